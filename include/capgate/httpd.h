@@ -1,0 +1,98 @@
+/* httpd.h: a small HTTP/1.1 server on libevent bufferevents (plain or OpenSSL), written for the
+ * API's needs: every error it finds itself (bad request line, oversized URI, header flood, large
+ * body, slow client) reaches the program's handler as a request with error_status set, so the
+ * program answers it in its own JSON shape. Keep-alive, Content-Length and chunked bodies,
+ * pipelined requests handled one at a time in order. One httpd per event_base (per worker);
+ * nothing in it takes a lock. */
+#ifndef CAPGATE_HTTPD_H
+#define CAPGATE_HTTPD_H
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/ssl.h>
+
+struct event_base;
+struct httpd;
+
+struct httpd_limits {
+    size_t max_uri;              /* request-target bytes (default 8192) */
+    size_t max_header_bytes;     /* all header lines together (default 16384) */
+    unsigned max_headers;        /* header count (default 100) */
+    size_t max_body;             /* body bytes after de-chunking (default 65536) */
+    unsigned header_timeout_ms;  /* from first byte to end of headers (default 10000) */
+    unsigned body_timeout_ms;    /* from end of headers to end of body (default 10000) */
+    unsigned idle_timeout_ms;    /* keep-alive idle before close (default 60000) */
+    unsigned write_timeout_ms;   /* a reply not taken by the peer (default 10000) */
+};
+void httpd_limits_default(struct httpd_limits *lim);
+
+struct httpd_header {
+    const char *name;   /* as sent */
+    const char *value;  /* leading/trailing spaces trimmed */
+};
+
+/* One request. Everything here is borrowed and valid until the request ends (httpd_reply*, or
+ * the cancel callback returns). Handlers treat it as read-only. */
+struct httpd_req {
+    const char *method;       /* "GET", "POST", ... ("" when the request line was unreadable) */
+    const char *target;       /* request-target as sent ("/v2/index.php?a=1") */
+    const char *path;         /* target up to '?', not decoded */
+    const char *query;        /* after '?', not decoded; NULL when there is none */
+    const char *host;         /* Host header, or NULL */
+    const char *content_type; /* Content-Type header, or NULL */
+    const char *body;         /* NUL-terminated copy of the body ("" when none) */
+    size_t body_len;
+    const struct httpd_header *headers;
+    size_t header_count;
+    int http_minor;           /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
+    int is_tls;               /* arrived on a TLS listener */
+    const char *peer_ip;      /* "127.0.0.1" / "::1" */
+    uint64_t start_us;        /* clock_mono_us() when the first byte arrived */
+    /* 0 for a well-formed request. Otherwise the HTTP status that fits the error the server found
+     * (400 bad framing or request line, 408 header/body timeout, 413 body too large, 414 URI too
+     * long, 431 headers too large or too many, 501 unsupported Transfer-Encoding, 505 version),
+     * with error_message saying what was wrong in one sentence ("request body is 102400 bytes;
+     * the limit is 65536"). The fields above hold what could be read. The program must still
+     * reply; the connection is closed after that reply. */
+    int error_status;
+    const char *error_message;
+    void *user;               /* free for the handler */
+};
+
+/* Called once per request, on the worker's thread. The handler must end the request exactly
+ * once, now or later, with httpd_reply() (or httpd_reset()/httpd_drop()/a stall until cancel). */
+typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
+/* Called at most once if the connection dies (peer closed, write failed) before the request
+ * ended; the request is freed when it returns, and must not be replied to. */
+typedef void (*httpd_cancel_fn)(struct httpd_req *req, void *arg);
+
+/* New server on base; handler and arg are borrowed. NULL on OOM. */
+struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
+                        httpd_handler_fn handler, void *arg);
+/* Listens on host:port (port 0 picks one); tls borrowed (NULL for plain HTTP; the caller keeps
+ * it alive); reuseport sets SO_REUSEPORT so several workers share the port. Returns the bound
+ * port, or -1 with err set. May be called more than once (HTTP and HTTPS listeners). */
+int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int reuseport,
+                 char *err, size_t errlen);
+/* Stops accepting and closes idle keep-alive connections; in-flight requests finish and their
+ * connections close after the reply. */
+void httpd_stop_accepting(struct httpd *h);
+size_t httpd_inflight(const struct httpd *h);     /* requests not yet ended */
+size_t httpd_connections(const struct httpd *h);  /* open connections */
+/* Frees everything, closing every connection (pending requests get their cancel callback). */
+void httpd_free(struct httpd *h);
+
+/* Response headers, before the reply. Date, Content-Length, Content-Type and Connection are
+ * written by the server. 0/-1. */
+int httpd_add_header(struct httpd_req *req, const char *name, const char *value);
+void httpd_set_cancel(struct httpd_req *req, httpd_cancel_fn cb, void *arg);
+/* Ends the request: status line, headers, body (copied). After it req is gone. */
+void httpd_reply(struct httpd_req *req, int status, const char *content_type, const char *body,
+                 size_t body_len);
+/* Fault injection (the mock): end the request by closing the connection with a TCP RST
+ * (SO_LINGER 0), or by closing it cleanly without any answer. After either, req is gone. */
+void httpd_reset(struct httpd_req *req);
+void httpd_drop(struct httpd_req *req);
+/* The standard reason phrase ("OK", "Bad Request", ...). */
+const char *httpd_reason(int status);
+
+#endif

@@ -1,0 +1,34 @@
+/* sign.h: API 2.0 request signing. The string to sign is METHOD + host + path + "?" + every
+ * parameter except Signature, sorted by name as sent (byte order), joined name=value with "&",
+ * values raw (decoded); a '_' in a name past position 0 is written '.'. The signature is
+ * base64(HMAC-SHA1 or HMAC-SHA256(secret_key, string)). */
+#ifndef CAPGATE_SIGN_H
+#define CAPGATE_SIGN_H
+#include <stddef.h>
+
+struct params;
+
+enum sign_method { SIGN_HMAC_SHA1, SIGN_HMAC_SHA256 };
+
+#define SIGN_B64_MAX 48  /* room for a base64 SHA-256 HMAC (44) plus NUL */
+
+/* "HmacSHA256" selects SHA-256; anything else, or NULL, is SHA-1 (as upstream). */
+enum sign_method sign_method_parse(const char *value);
+const char *sign_method_name(enum sign_method m); /* "HmacSHA1" / "HmacSHA256" */
+
+/* The string to sign for p (its Signature, if any, left out). Caller frees; NULL on OOM.
+ * p is not modified (sorting happens on a private index). */
+char *sign_string_to_sign(const char *http_method, const char *host, const char *path,
+                          const struct params *p);
+/* base64(HMAC(key, data)) into out, NUL-terminated. 0, or -1 on an OpenSSL failure. */
+int sign_compute(enum sign_method m, const char *key, size_t key_len, const char *data,
+                 size_t data_len, char out[SIGN_B64_MAX]);
+/* Sets p's Signature for the request (the method comes from p's SignatureMethod). 0/-1. */
+int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key);
+/* Checks p's Signature against key, in constant time. 0 when it matches; -1 when it is missing
+ * or differs. */
+int sign_verify(const struct params *p, const char *http_method, const char *host,
+                const char *path, const char *key);
+
+#endif

@@ -1,0 +1,70 @@
+/* validate.h: the one validator of v2 requests, used by both programs: public parameters, the
+ * Action, and each Action's own parameters. Messages name the parameter and the rule, e.g.
+ * "clientType must be one of 1, 2, 4; got 3". Pure functions, no I/O. */
+#ifndef CAPGATE_VALIDATE_H
+#define CAPGATE_VALIDATE_H
+#include <stddef.h>
+#include <stdint.h>
+#include "capgate/sign.h"
+
+struct params;
+
+enum v2_action {
+    V2_ACTION_UNKNOWN = 0,
+    V2_ACTION_CAPTCHA_IFRAME_QUERY,
+    V2_ACTION_CAPTCHA_CHECK,
+    V2_ACTION_CAPTCHA_QUERY,
+    V2_ACTION_COUNT
+};
+
+/* Exact, case-sensitive match; V2_ACTION_UNKNOWN for NULL or anything else. */
+enum v2_action validate_action_parse(const char *name);
+const char *validate_action_name(enum v2_action a); /* "CaptchaIframeQuery", ..., "unknown" */
+
+/* The public parameters of a signed request. Strings are borrowed from the params. */
+struct v2_public {
+    const char *action;
+    const char *secret_id;
+    const char *signature;
+    const char *region;    /* NULL when absent */
+    uint64_t timestamp;    /* Unix seconds */
+    uint64_t nonce;        /* 0..2^64-1 accepted */
+    enum sign_method method;
+};
+
+/* Checks that Action, SecretId, Timestamp, Nonce and Signature are present and non-empty, and
+ * that Timestamp and Nonce are unsigned decimal 64-bit numbers. 0, or -1 with err set
+ * ("missing required parameter Nonce", "Timestamp must be an unsigned integer; got \"abc\""). */
+int validate_public(const struct params *p, struct v2_public *out, char *err, size_t errlen);
+
+/* Names of the per-user fields (the PII the gateway hashes and the pool refuses). NULL-ended. */
+extern const char *const validate_user_fields[];
+
+/* The business fields of a request after validation. Strings are borrowed from the params;
+ * has_* is 1 when the parameter was present. */
+struct v2_fields {
+    enum v2_action action;
+    uint32_t captcha_type, disturb_level, is_https, client_type, account_type;
+    uint32_t business_id, scene_id, register_time, script;
+    unsigned has_captcha_type : 1, has_disturb_level : 1, has_is_https : 1,
+             has_client_type : 1, has_account_type : 1, has_business_id : 1, has_scene_id : 1,
+             has_register_time : 1, has_script : 1;
+    const char *app_id, *uid, *user_ip, *x_forwarded_for, *mac_address, *imei,
+               *associate_account, *ticket;
+};
+
+/* Validates the parameters of action (public parameters are ignored; unknown extra parameters
+ * are accepted, as upstream does). Rules:
+ *  CaptchaIframeQuery: required UInt captchaType, disturbLevel, isHttps (0|1), clientType
+ *    (1|2|4), accountType (0|1|2|4|6|7); appId required when accountType is 1 or 2; optional UInt
+ *    businessId, sceneId, registerTime; optional strings uid, userIp (an IPv4 or IPv6 address),
+ *    xForwardedFor, macAddress, imei, associateAccount.
+ *  CaptchaQuery: as CaptchaIframeQuery, plus optional UInt script (0|1).
+ *  CaptchaCheck: required ticket, captchaType (UInt), userIp (IP address); optional UInt
+ *    businessId, sceneId; optional strings uid, appId and the other user fields.
+ * UInt = decimal digits only, 0..4294967295. A present but empty required value is an error.
+ * Returns 0, or -1 with err set (the reply is then code 4000). */
+int validate_request(enum v2_action action, const struct params *p, struct v2_fields *out,
+                     char *err, size_t errlen);
+
+#endif
