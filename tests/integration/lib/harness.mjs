@@ -8,8 +8,9 @@ import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 
-export const SOURCE_DIR = process.env.CAPGATE_SOURCE_DIR || path.resolve(import.meta.dirname, '../../..');
+export const SOURCE_DIR = process.env.CAPGATE_SOURCE_DIR || path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 export const BUILD_DIR = process.env.CAPGATE_BUILD_DIR || path.join(SOURCE_DIR, 'build');
 export const MOCK_BIN = process.env.CAPGATE_MOCK_BIN || path.join(BUILD_DIR, 'capgate-mock');
 export const CAPGATE_BIN = process.env.CAPGATE_BIN || path.join(BUILD_DIR, 'capgate');
