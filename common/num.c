@@ -1,0 +1,36 @@
+/* num.c: the checked decimal parser for every number that comes from outside. Strict on purpose:
+ * strtoul would accept spaces, a sign and trailing text, and the API rejects all of those. */
+#include "capgate/num.h"
+
+#include <string.h>
+
+int num_parse_range(const char *s, size_t len, uint64_t min, uint64_t max, uint64_t *out) {
+    uint64_t v = 0;
+    if (!s || len == 0) return -1;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d = (unsigned char)s[i] - (unsigned)'0';
+        if (d > 9) return -1;
+        /* v * 10 + d must not pass max; checked before multiplying so nothing wraps. */
+        if (d > max || v > (max - d) / 10) return -1;
+        v = v * 10 + d;
+    }
+    if (v < min) return -1;
+    *out = v;
+    return 0;
+}
+
+int num_parse_u64(const char *s, size_t len, uint64_t *out) {
+    return num_parse_range(s, len, 0, UINT64_MAX, out);
+}
+
+int num_parse_u32(const char *s, size_t len, uint32_t *out) {
+    uint64_t v;
+    if (num_parse_range(s, len, 0, UINT32_MAX, &v) != 0) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int num_parse_u64z(const char *s, uint64_t *out) {
+    if (!s) return -1;
+    return num_parse_u64(s, strlen(s), out);
+}

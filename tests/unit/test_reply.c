@@ -1,0 +1,87 @@
+/* test_reply.c: the JSON reply shape: key order, compact text, defaults from the error table,
+ * unknown codes, caller fields after the fixed three. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "capgate/reply.h"
+
+static void test_success_shape(void **state) {
+    json_t *obj = reply_new(0, NULL);
+    assert_non_null(obj);
+    char *text = reply_dump(obj);
+    assert_string_equal(text, "{\"code\":0,\"codeDesc\":\"Success\",\"message\":\"No Error\"}");
+    free(text);
+    json_decref(obj);
+}
+
+static void test_caller_fields_follow(void **state) {
+    json_t *obj = reply_new(0, NULL);
+    assert_non_null(obj);
+    assert_int_equal(json_object_set_new(obj, "url", json_string("https://x/a?b=1")), 0);
+    assert_int_equal(json_object_set_new(obj, "n", json_integer(3)), 0);
+    char *text = reply_dump(obj);
+    assert_string_equal(text, "{\"code\":0,\"codeDesc\":\"Success\",\"message\":\"No Error\","
+                              "\"url\":\"https://x/a?b=1\",\"n\":3}");
+    free(text);
+    json_decref(obj);
+}
+
+static void test_custom_message(void **state) {
+    json_t *obj = reply_new(4000, "missing required parameter ticket");
+    char *text = reply_dump(obj);
+    assert_string_equal(text, "{\"code\":4000,\"codeDesc\":\"InvalidParameter\","
+                              "\"message\":\"missing required parameter ticket\"}");
+    free(text);
+    json_decref(obj);
+}
+
+static void test_unknown_code(void **state) {
+    json_t *obj = reply_new(4242, NULL);
+    assert_non_null(obj);
+    assert_int_equal(json_integer_value(json_object_get(obj, "code")), 4242);
+    assert_string_equal(json_string_value(json_object_get(obj, "codeDesc")), "InternalError");
+    assert_true(strlen(json_string_value(json_object_get(obj, "message"))) > 0);
+    json_decref(obj);
+}
+
+static void test_reply_error_formats(void **state) {
+    char *text = reply_error(4500, "Nonce %u was already used", 42u);
+    assert_string_equal(text, "{\"code\":4500,\"codeDesc\":\"ReplayAttack\","
+                              "\"message\":\"Nonce 42 was already used\"}");
+    free(text);
+    /* Quotes and control characters are escaped, so the text stays valid JSON. */
+    text = reply_error(4000, "bad \"%s\"", "a\nb");
+    assert_string_equal(text, "{\"code\":4000,\"codeDesc\":\"InvalidParameter\","
+                              "\"message\":\"bad \\\"a\\nb\\\"\"}");
+    free(text);
+}
+
+static void test_reply_error_non_utf8(void **state) {
+    /* A raw byte echoed from a request must not lose the reply. */
+    char *text = reply_error(4000, "bad value %s", "\xff\xfe");
+    assert_non_null(text);
+    json_error_t jerr;
+    json_t *obj = json_loads(text, 0, &jerr);
+    assert_non_null(obj);
+    assert_int_equal(json_integer_value(json_object_get(obj, "code")), 4000);
+    assert_string_equal(json_string_value(json_object_get(obj, "codeDesc")), "InvalidParameter");
+    json_decref(obj);
+    free(text);
+}
+
+static void test_dump_null(void **state) { assert_null(reply_dump(NULL)); }
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_success_shape),    cmocka_unit_test(test_caller_fields_follow),
+        cmocka_unit_test(test_custom_message),   cmocka_unit_test(test_unknown_code),
+        cmocka_unit_test(test_reply_error_formats), cmocka_unit_test(test_reply_error_non_utf8),
+        cmocka_unit_test(test_dump_null),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
