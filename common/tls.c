@@ -1,0 +1,138 @@
+/* tls.c: OpenSSL contexts for the listeners (server side) and for the upstream client, with
+ * TLS 1.2 as the floor and per-connection hostname (or IP) verification on the client side. */
+#include "capgate/tls.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+/* Appends OpenSSL's most recent queued error to what, so a bad PEM file says why. */
+static void tls_set_err(char *err, size_t errlen, const char *what, const char *file) {
+    unsigned long e = ERR_peek_last_error();
+    char reason[256] = "";
+    if (e) ERR_error_string_n(e, reason, sizeof reason);
+    ERR_clear_error();
+    if (!err || errlen == 0) return;
+    if (file)
+        snprintf(err, errlen, "%s %s: %s", what, file, reason[0] ? reason : "unknown error");
+    else
+        snprintf(err, errlen, "%s: %s", what, reason[0] ? reason : "unknown error");
+}
+
+void tls_global_init(void) {
+    /* OPENSSL_init_ssl is itself run-once and thread-safe; calling it early just makes sure no
+     * worker thread races the lazy initialisation. */
+    OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
+}
+
+SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
+                            size_t errlen) {
+    SSL_CTX *ctx = NULL;
+    if (!cert_file || !key_file) {
+        snprintf(err, errlen, "a TLS listener needs both a certificate and a key file");
+        goto fail;
+    }
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (!ctx) {
+        tls_set_err(err, errlen, "cannot create a TLS server context", NULL);
+        goto fail;
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+        tls_set_err(err, errlen, "cannot require TLS 1.2", NULL);
+        goto fail;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION |
+                                 SSL_OP_CIPHER_SERVER_PREFERENCE);
+    /* Partial writes and a moving write buffer are what bufferevent_openssl expects. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
+        tls_set_err(err, errlen, "cannot load the certificate chain", cert_file);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key_file, SSL_FILETYPE_PEM) != 1) {
+        tls_set_err(err, errlen, "cannot load the private key", key_file);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        tls_set_err(err, errlen, "the private key does not match the certificate", key_file);
+        goto fail;
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL_CTX *tls_client_ctx_new(const char *ca_file, int verify, char *err, size_t errlen) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (!ctx) {
+        tls_set_err(err, errlen, "cannot create a TLS client context", NULL);
+        goto fail;
+    }
+    if (!SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)) {
+        tls_set_err(err, errlen, "cannot require TLS 1.2", NULL);
+        goto fail;
+    }
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+                              SSL_MODE_RELEASE_BUFFERS);
+    if (verify) {
+        if (ca_file) {
+            if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+                tls_set_err(err, errlen, "cannot load the CA file", ca_file);
+                goto fail;
+            }
+        } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+            tls_set_err(err, errlen, "cannot load the system CA store", NULL);
+            goto fail;
+        }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    } else {
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+    }
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+/* An IP literal ("127.0.0.1", "::1", or "[::1]" as written in URLs) is checked against the
+ * certificate's IP SANs and is never sent as SNI (RFC 6066 forbids literal addresses there). */
+static int tls_is_ip_literal(const char *host, char *ip, size_t iplen) {
+    size_t n = strlen(host);
+    if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+        host++;
+        n -= 2;
+    }
+    if (n == 0 || n >= iplen) return 0;
+    memcpy(ip, host, n);
+    ip[n] = '\0';
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, ip, buf) == 1 || inet_pton(AF_INET6, ip, buf) == 1;
+}
+
+SSL *tls_client_ssl_new(SSL_CTX *ctx, const char *host, int verify) {
+    SSL *ssl = SSL_new(ctx);
+    char ip[INET6_ADDRSTRLEN + 2];
+    if (!ssl || !host) goto fail;
+    if (tls_is_ip_literal(host, ip, sizeof ip)) {
+        if (verify) {
+            X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+            if (X509_VERIFY_PARAM_set1_ip_asc(param, ip) != 1) goto fail;
+        }
+    } else {
+        if (SSL_set_tlsext_host_name(ssl, host) != 1) goto fail;
+        if (verify && SSL_set1_host(ssl, host) != 1) goto fail;
+    }
+    if (verify) SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+    return ssl;
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return NULL;
+}
