@@ -1,0 +1,163 @@
+/* config.h: the gateway's configuration (DESIGN.md section 4). A strict JSON file is loaded into a
+ * plain struct: defaults, bounds and enums checked, secrets resolved from the environment or from
+ * files, every error naming the key path with line and column. The struct is read-only once loaded;
+ * handlers never touch JSON. docs/configuration.md documents every key. */
+#ifndef CAPGATE_CONFIG_H
+#define CAPGATE_CONFIG_H
+#include <stddef.h>
+#include <stdint.h>
+#include "capgate/sign.h"
+#include "capgate/validate.h"
+
+/* One app allowed to call the gateway. */
+struct config_app {
+    char *name;
+    enum config_app_auth { CONFIG_AUTH_SIGNATURE, CONFIG_AUTH_TOKEN } auth;
+    char *secret_id;       /* signature apps; NULL for token apps */
+    char *secret_key;      /* signature apps, resolved secret; NULL for token apps */
+    char *token;           /* token apps, resolved secret; NULL for signature apps */
+    unsigned actions;      /* bitmask of 1u << enum v2_action (include/capgate/validate.h); all
+                            * supported Actions when the key is absent */
+    int business_any;      /* "business_ids": "*" or key absent */
+    uint32_t *business_ids;
+    size_t n_business_ids;
+    int secret_literal;    /* the secret was written literally in the file (warned about) */
+};
+
+/* The one real Tencent credential and where to send requests. */
+struct config_upstream {
+    char *url;
+    int tls;               /* url scheme is https */
+    char *host;            /* parsed from url */
+    int port;              /* parsed from url; 443 for https, 80 for http when absent */
+    char *path;            /* parsed from url; "/" when absent */
+    char *sign_host;       /* host used in the string to sign; default host[:port] */
+    char *secret_id;
+    char *secret_key;
+    char *region;
+    enum sign_method signature_method;
+    int post;              /* method POST (default) or GET */
+    char *ca_file;         /* NULL: the system trust store */
+    int verify_tls;
+    unsigned connect_timeout_ms, timeout_ms, retries, max_connections;
+    unsigned breaker_failures;   /* consecutive failures that open the breaker; default 5 */
+    unsigned breaker_open_ms;    /* how long it stays open; default 5000 */
+    int secret_literal;    /* secret_key written literally in the file (warned about) */
+};
+
+/* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. */
+struct config_redis {
+    char *url;             /* redis://[:password@]host[:port][/db] */
+    char *host;
+    int port;              /* default 6379 */
+    unsigned db;           /* default 0 */
+    char *password;        /* from password_env, or from the url; NULL when none */
+    unsigned timeout_ms;
+    char *key_prefix;      /* default "capgate:" */
+};
+
+enum config_store_error { CONFIG_STORE_ERROR_LOCAL, CONFIG_STORE_ERROR_ALLOW,
+                          CONFIG_STORE_ERROR_DENY };
+
+/* One rate-limit rule (DESIGN.md 4.1). */
+struct config_limit {
+    char *name;
+    enum config_limit_scope { CONFIG_SCOPE_PARAMS, CONFIG_SCOPE_APP, CONFIG_SCOPE_GLOBAL } scope;
+    int business_any, scene_any;   /* "*": a bucket per distinct value (absent is "-") */
+    uint32_t business_id, scene_id;
+    double rate;           /* tokens per period_s, > 0 */
+    double period_s;       /* > 0 */
+    double burst;          /* >= 1; default rate */
+    int shadow;            /* "mode": "shadow": counts but never blocks */
+};
+
+struct config_audit {
+    char *stream;          /* Redis stream key; default "capgate:audit" */
+    unsigned long maxlen;  /* XADD MAXLEN ~; default 1000000 */
+    char *spool_dir;       /* default "var/spool" */
+    char *file;            /* NULL: no JSONL file sink */
+    int pii_raw;           /* "pii": "raw"; default "hash" */
+    char *pii_key;         /* HMAC key for PII hashes */
+    size_t pii_key_len;    /* bytes in pii_key (a generated key may hold NUL bytes) */
+    int pii_key_generated; /* 1: pii_key_env absent, 32 random bytes for this process */
+};
+
+struct config_metrics {
+    unsigned flush_ms;           /* default 1000 */
+    unsigned long retention_s;   /* default 691200 (8 days) */
+};
+
+/* A parameter profile the prefetch pool keeps URLs ready for (DESIGN.md 4.4). */
+struct config_pool_profile {
+    uint32_t captcha_type, disturb_level, is_https, client_type, account_type;
+    int has_business_id, has_scene_id;
+    uint32_t business_id, scene_id;
+    unsigned size;         /* URLs kept ready */
+};
+
+struct config_pool {
+    unsigned ttl_s;        /* default 60 */
+    struct config_pool_profile *profiles;
+    size_t n_profiles;
+};
+
+/* Front HTTP limits (key "http"). */
+struct config_http {
+    size_t max_uri, max_header_bytes, max_body;  /* defaults 8192, 16384, 65536 */
+    unsigned max_headers;                        /* default 100 */
+    unsigned header_timeout_ms, body_timeout_ms, idle_timeout_ms; /* 10000, 10000, 60000 */
+};
+
+struct config {
+    char *path;            /* the file's path, or the name given to config_load_string */
+    char *listen_host;
+    int listen_port;       /* 0 = pick a free port */
+    char *admin_host;
+    int admin_port;
+    unsigned workers;      /* 1..64 */
+    int http_errors_semantic;  /* "http_errors": "semantic"; default "compat" */
+    struct config_upstream upstream;
+    struct config_redis *redis;  /* NULL: the embedded memory store */
+    enum config_store_error on_store_error;
+    unsigned timestamp_window_s; /* key auth.timestamp_window_s; default 300 */
+    struct config_app *apps;
+    size_t n_apps;
+    struct config_limit *limits;
+    size_t n_limits;
+    struct config_audit audit;
+    struct config_metrics metrics;
+    struct config_pool pool;
+    unsigned idempotency_ttl_s;  /* key idempotency.ttl_s; default 300 */
+    int demo;
+    struct config_http http;
+    char *instance;        /* default hostname:pid */
+    char *log_level;       /* "debug" "info" "warn" "error"; default "info" */
+};
+
+/* Loads and checks the file at path. 0 and *out set (caller frees with config_free), or -1 with
+ * err naming the file, line, column and key path:
+ *   "config.json:12:7: apps[1].auth: must be \"signature\" or \"token\"; got \"basic\"" */
+int config_load(const char *path, struct config **out, char *err, size_t errlen);
+/* Same from text in memory; name stands for the file name in messages and in c->path. */
+int config_load_string(const char *json_text, const char *name, struct config **out, char *err,
+                       size_t errlen);
+/* Frees c and everything it owns (secrets are wiped first). NULL is accepted. */
+void config_free(struct config *c);
+
+/* The effective config as pretty JSON, every secret (upstream secret_key, app secret_key/token,
+ * redis password, pii_key) shown as "***" (secret ids are not secret). Caller frees with free();
+ * NULL on OOM. */
+char *config_dump_masked(const struct config *c);
+
+/* Borrowed pointers into c, valid until config_free(c); NULL when no app matches. */
+const struct config_app *config_find_app_by_secret_id(const struct config *c,
+                                                      const char *secret_id);
+/* Compares in constant time against every token app (CRYPTO_memcmp after a length check). */
+const struct config_app *config_find_app_by_token(const struct config *c, const char *token,
+                                                  size_t len);
+
+/* Calls warn once per risky setting (verify_tls false, a literal secret, a generated PII key,
+ * raw PII, demo mode, ...). msg is valid only during the call. */
+void config_warnings(const struct config *c, void (*warn)(const char *msg, void *arg), void *arg);
+
+#endif
