@@ -1,0 +1,43 @@
+/* breaker.h: a circuit breaker with no I/O; the caller passes the time in. It stops calls to an
+ * upstream that keeps failing and lets one probe through after a pause. */
+#ifndef CAPGATE_BREAKER_H
+#define CAPGATE_BREAKER_H
+#include <stdint.h>
+
+/* CLOSED: every call goes ahead; `failures` consecutive failures open the breaker.
+ * OPEN: every call is rejected until open_ms have passed since it opened; the next
+ *       breaker_allow() after that moves to HALF_OPEN and admits that call as the probe.
+ * HALF_OPEN: one probe at a time; other calls are rejected while it runs. Its result decides:
+ *       success closes the breaker, failure re-opens it (a new open_ms pause from that moment). */
+enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
+/* Embedded by the caller; fields are private, read them through the functions below. */
+struct breaker {
+    enum breaker_state state;
+    unsigned threshold;      /* consecutive failures that open it (>= 1) */
+    unsigned open_ms;        /* pause before a probe */
+    unsigned consecutive;    /* failures in a row while closed */
+    unsigned opened_after;   /* the failure count that last opened it, for messages */
+    uint64_t opened_at_ms;   /* when it last opened */
+    int probe_inflight;      /* HALF_OPEN: the probe was admitted and has not reported yet */
+};
+
+/* failures 0 is treated as 1. */
+void breaker_init(struct breaker *b, unsigned failures, unsigned open_ms);
+/* 1: go ahead (the call must later be reported with breaker_record); 0: rejected. In HALF_OPEN
+ * the admitted call is the probe. */
+int breaker_allow(struct breaker *b, uint64_t now_ms);
+/* The outcome of an admitted call. In OPEN a result is ignored (a call admitted before the
+ * breaker opened); in HALF_OPEN any result is taken as the probe's. */
+void breaker_record(struct breaker *b, int success, uint64_t now_ms);
+/* The stored state: an OPEN breaker whose pause is over still says OPEN until the next
+ * breaker_allow(). */
+enum breaker_state breaker_state(const struct breaker *b);
+/* "closed", "open", "half-open". */
+const char *breaker_state_name(enum breaker_state s);
+/* OPEN: milliseconds until a probe is admitted (0 when due); 0 in the other states. */
+uint64_t breaker_retry_in_ms(const struct breaker *b, uint64_t now_ms);
+/* The consecutive failure count that last opened the breaker (for "open after N failures"). */
+unsigned breaker_opened_after(const struct breaker *b);
+
+#endif

@@ -1,0 +1,101 @@
+/* upstream.h: the gateway's client for the real v2 API: evhttp over plain TCP or verified TLS
+ * (bufferevent_openssl), a keep-alive pool with a bounded wait queue, per-call total timeout,
+ * connect timeout, retries of calls that never reached upstream, and a circuit breaker. */
+#ifndef CAPGATE_UPSTREAM_H
+#define CAPGATE_UPSTREAM_H
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/ssl.h>
+#include "breaker.h"
+
+struct event_base;
+struct upstream;
+
+struct upstream_options {
+    int tls;                    /* 1: https (bufferevent_openssl), 0: plain http */
+    const char *host;           /* connect to, and with TLS the SNI and certificate name */
+    int port;
+    const char *path;           /* "/v2/index.php" */
+    const char *sign_host;      /* the Host header */
+    SSL_CTX *ssl_ctx;           /* borrowed, must outlive the upstream (tls_client_ctx_new) */
+    int verify_tls;             /* hostname check per connection (the ctx verifies the chain) */
+    unsigned connect_timeout_ms;/* TCP connect + TLS handshake of one attempt (0: 1000) */
+    unsigned timeout_ms;        /* whole call, queueing and retries included (0: 3000) */
+    unsigned retries;           /* extra attempts after a retriable failure */
+    unsigned max_connections;   /* keep-alive pool cap for this worker (0: 64) */
+    unsigned breaker_failures;  /* consecutive failures that open the breaker (0: 5) */
+    unsigned breaker_open_ms;   /* pause before a probe (0: 5000) */
+    unsigned max_queued;        /* calls waiting for a free connection (0: 1024); beyond it a
+                                 * call fails at once with "upstream queue is full" */
+};                              /* strings are copied by upstream_new */
+
+/* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
+ * the SSL_CTX (borrowed). NULL and err on a bad option or OOM. */
+struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
+                              char *err, size_t errlen);
+/* Pending and queued calls complete with an error ("upstream client shut down") first, inside
+ * this call; then every connection is closed. Accepts NULL. Must not be called from inside an
+ * upstream_done_fn of this upstream. */
+void upstream_free(struct upstream *u);
+
+struct upstream_result {
+    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object */
+    int http_status;        /* 0 when no reply status was received */
+    const char *body;       /* the raw body, borrowed, valid during the callback only (also on
+                             * !ok when a body was received); NULL when none */
+    size_t body_len;
+    const char *error;      /* !ok: one sentence for the 6200 message, e.g. "upstream timed out
+                             * after 3000 ms", "upstream answered HTTP 500", "upstream reply is
+                             * not JSON", "upstream TLS certificate verification failed: ...",
+                             * "circuit breaker open after 5 consecutive failures; retrying in
+                             * 4200 ms", "connection refused"; NULL when ok. Borrowed, valid
+                             * during the callback. */
+    int breaker_rejected;   /* 1: the breaker was open; nothing was attempted */
+    unsigned attempts;      /* connection attempts made (0 when rejected or queued out) */
+    uint64_t latency_us;    /* from upstream_call to the callback */
+    int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
+                             * breaker, queue full, timed out while queued) */
+};
+
+/* Fires exactly once per accepted call, on the worker's thread, never from inside upstream_call.
+ * The result and its strings are borrowed for the duration of the callback. The callback may
+ * call upstream_call again, but not upstream_free. */
+typedef void (*upstream_done_fn)(const struct upstream_result *r, void *arg);
+
+/* Sends one v2 call: method "POST" (encoded_params as an x-www-form-urlencoded body) or "GET"
+ * (encoded_params as the query). encoded_params is copied. Headers: Host (sign_host),
+ * Content-Type (POST), Connection: keep-alive, User-Agent: capgate/<version>.
+ *
+ * Retries (at most `retries` extra attempts, all within timeout_ms) happen only when the request
+ * cannot have been processed upstream: connection refused, connect timeout, TLS handshake or
+ * verification failure; and one exception: a connection reset (RST, or a close) before any reply
+ * byte on a reused keep-alive connection, the usual race with the server closing an idle
+ * connection. A failure after a reply byte arrived, a timeout after the request was written and
+ * any HTTP status are never retried. Outcomes reported to the breaker: a reply that is a JSON
+ * object (any HTTP status below 500) counts as success; timeouts, connection and TLS failures,
+ * HTTP 5xx and garbage count as failures. While the breaker is open, the call completes
+ * asynchronously with breaker_rejected = 1.
+ * Returns 0, or -1 on OOM or a method other than GET/POST (cb not called). */
+int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
+                  upstream_done_fn cb, void *arg);
+
+/* Latency histogram: bucket i counts calls with latency <= upstream_latency_bounds_us[i] and
+ * above bound i-1 (per bucket, not cumulative; sum them for Prometheus). The last bound is
+ * UINT64_MAX (+Inf). Bounds: 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms, +Inf. */
+#define UPSTREAM_LATENCY_BUCKETS 13
+extern const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS];
+
+struct upstream_stats {
+    uint64_t requests;            /* calls accepted by upstream_call */
+    uint64_t failures;            /* calls completed with !ok (breaker rejections included) */
+    uint64_t retries;             /* extra attempts made */
+    uint64_t breaker_rejections;
+    enum breaker_state breaker;
+    unsigned open_connections;    /* connections in the pool, busy or idle */
+    unsigned idle_connections;
+    uint64_t latency_buckets[UPSTREAM_LATENCY_BUCKETS];  /* completed calls, not rejections */
+    uint64_t latency_sum_us, latency_count;
+};
+void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
+
+#endif
