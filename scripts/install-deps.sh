@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
+# missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
+# redis, node (unless a node >= 18 is already on PATH) and chromium (optional: the browser test
+# skips without it). --bench adds wrk and nginx-light.
+set -euo pipefail
+
+want_test=0
+want_bench=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --bench) want_bench=1 ;;
+    -h | --help)
+      sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+      exit 0
+      ;;
+    *)
+      echo "install-deps.sh: unknown argument: $arg" >&2
+      exit 2
+      ;;
+  esac
+done
+
+required=(build-essential cmake pkg-config libevent-dev libssl-dev libhiredis-dev
+  libjansson-dev libcmocka-dev openssl)
+optional=()
+
+node_major() {
+  local v
+  v=$(node --version 2>/dev/null) || return 1
+  v=${v#v}
+  printf '%s\n' "${v%%.*}"
+}
+
+if ((want_test)); then
+  # ca-certificates: npm reaches its registry over https with the system store.
+  required+=(redis-server redis-tools ca-certificates)
+  major=$(node_major || echo 0)
+  if ((major >= 18)); then
+    command -v npm >/dev/null 2>&1 || required+=(npm)
+  else
+    required+=(nodejs npm)
+  fi
+  optional+=(chromium)
+fi
+if ((want_bench)); then
+  required+=(wrk nginx-light)
+fi
+
+is_installed() {
+  [[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null || true) == installed ]]
+}
+
+missing_required=()
+missing_optional=()
+for p in "${required[@]}"; do is_installed "$p" || missing_required+=("$p"); done
+for p in "${optional[@]}"; do is_installed "$p" || missing_optional+=("$p"); done
+
+if ((${#missing_required[@]} == 0 && ${#missing_optional[@]} == 0)); then
+  exit 0
+fi
+
+as_root=()
+if ((EUID != 0)); then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "install-deps.sh: missing packages (${missing_required[*]} ${missing_optional[*]}) and not root, no sudo" >&2
+    exit 1
+  fi
+  as_root=(sudo)
+fi
+
+apt_get() {
+  "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q \
+    -o Dpkg::Use-Pty=0 --no-install-recommends "$@"
+}
+
+echo "install-deps.sh: installing ${missing_required[*]} ${missing_optional[*]}" >&2
+apt_get update >/dev/null
+if ((${#missing_required[@]})); then
+  apt_get install "${missing_required[@]}" >/dev/null
+fi
+for p in "${missing_optional[@]}"; do
+  if ! apt_get install "$p" >/dev/null; then
+    echo "install-deps.sh: warning: could not install optional package $p; tests that need it will skip" >&2
+  fi
+done
