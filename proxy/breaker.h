@@ -37,7 +37,7 @@ enum breaker_state breaker_state(const struct breaker *b);
 const char *breaker_state_name(enum breaker_state s);
 /* OPEN: milliseconds until a probe is admitted (0 when due); 0 in the other states. */
 uint64_t breaker_retry_in_ms(const struct breaker *b, uint64_t now_ms);
-/* The consecutive failure count that last opened the breaker (for "open after N failures"). */
+/* Consecutive failures when the breaker last opened (failed probes included), for messages. */
 unsigned breaker_opened_after(const struct breaker *b);
 
 #endif
