@@ -1,0 +1,599 @@
+/* params.c: the ordered parameter list and the strict decoders of a v2 request's three forms
+ * (GET query, urlencoded body, multipart body). This runs for every request the gateway serves,
+ * so each parameter costs one allocation (name and value share a block), values are decoded into
+ * stack buffers first, and duplicates are found by sorting a small index instead of comparing
+ * every pair. A failed parse leaves the list as it was. */
+#include "capgate/params.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "capgate/strbuf.h"
+
+#define PARAMS_INITIAL_CAP 16
+#define PARAMS_QUOTE_MAX 32 /* bytes of a bad name or value echoed in a message */
+
+void params_init(struct params *p) {
+    p->items = NULL;
+    p->count = 0;
+    p->cap = 0;
+}
+
+/* name and value live in one block that starts at name; value points into it. */
+static void param_free(struct param *it) {
+    free(it->name);
+    it->name = NULL;
+    it->value = NULL;
+}
+
+void params_cleanup(struct params *p) {
+    for (size_t i = 0; i < p->count; i++) param_free(&p->items[i]);
+    free(p->items);
+    params_init(p);
+}
+
+static int param_fill(struct param *it, const char *name, size_t name_len, const char *value,
+                      size_t value_len) {
+    if (name_len > SIZE_MAX / 2 || value_len > SIZE_MAX / 2) return -1;
+    char *block = malloc(name_len + value_len + 2);
+    if (!block) return -1;
+    if (name_len) memcpy(block, name, name_len);
+    block[name_len] = '\0';
+    if (value_len) memcpy(block + name_len + 1, value, value_len);
+    block[name_len + 1 + value_len] = '\0';
+    it->name = block;
+    it->name_len = name_len;
+    it->value = block + name_len + 1;
+    it->value_len = value_len;
+    return 0;
+}
+
+int params_add(struct params *p, const char *name, size_t name_len, const char *value,
+               size_t value_len) {
+    if (p->count == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : PARAMS_INITIAL_CAP;
+        if (cap > SIZE_MAX / sizeof *p->items) return -1;
+        struct param *items = realloc(p->items, cap * sizeof *items);
+        if (!items) return -1;
+        p->items = items;
+        p->cap = cap;
+    }
+    if (param_fill(&p->items[p->count], name, name_len, value, value_len) != 0) return -1;
+    p->count++;
+    return 0;
+}
+
+int params_adds(struct params *p, const char *name, const char *value) {
+    return params_add(p, name, strlen(name), value, strlen(value));
+}
+
+static size_t params_index(const struct params *p, const char *name, size_t name_len) {
+    for (size_t i = 0; i < p->count; i++) {
+        const struct param *it = &p->items[i];
+        if (it->name_len == name_len && memcmp(it->name, name, name_len) == 0) return i;
+    }
+    return SIZE_MAX;
+}
+
+int params_set(struct params *p, const char *name, const char *value) {
+    size_t name_len = strlen(name);
+    size_t i = params_index(p, name, name_len);
+    if (i == SIZE_MAX) return params_add(p, name, name_len, value, strlen(value));
+    struct param fresh;
+    if (param_fill(&fresh, name, name_len, value, strlen(value)) != 0) return -1;
+    param_free(&p->items[i]);
+    p->items[i] = fresh;
+    return 0;
+}
+
+int params_remove(struct params *p, const char *name) {
+    size_t i = params_index(p, name, strlen(name));
+    if (i == SIZE_MAX) return 0;
+    param_free(&p->items[i]);
+    memmove(&p->items[i], &p->items[i + 1], (p->count - i - 1) * sizeof *p->items);
+    p->count--;
+    return 1;
+}
+
+const struct param *params_find(const struct params *p, const char *name) {
+    size_t i = params_index(p, name, strlen(name));
+    return i == SIZE_MAX ? NULL : &p->items[i];
+}
+
+const char *params_get(const struct params *p, const char *name) {
+    const struct param *it = params_find(p, name);
+    return it ? it->value : NULL;
+}
+
+static int param_name_cmp(const struct param *a, const struct param *b) {
+    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    int c = memcmp(a->name, b->name, n);
+    if (c != 0) return c;
+    return (a->name_len > b->name_len) - (a->name_len < b->name_len);
+}
+
+static int param_cmp_qsort(const void *a, const void *b) { return param_name_cmp(a, b); }
+
+static int param_ptr_cmp_qsort(const void *a, const void *b) {
+    return param_name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
+}
+
+void params_sort(struct params *p) {
+    if (p->count > 1) qsort(p->items, p->count, sizeof *p->items, param_cmp_qsort);
+}
+
+int params_copy(struct params *dst, const struct params *src) {
+    params_init(dst);
+    if (src->count == 0) return 0;
+    dst->items = malloc(src->count * sizeof *dst->items);
+    if (!dst->items) return -1;
+    dst->cap = src->count;
+    for (size_t i = 0; i < src->count; i++) {
+        const struct param *it = &src->items[i];
+        if (param_fill(&dst->items[i], it->name, it->name_len, it->value, it->value_len) != 0) {
+            params_cleanup(dst);
+            return -1;
+        }
+        dst->count++;
+    }
+    return 0;
+}
+
+int params_utf8_valid(const char *str, size_t len) {
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;
+        unsigned lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            n = 3;
+            if (c == 0xE0) lo = 0xA0; /* overlong */
+            if (c == 0xED) hi = 0x9F; /* surrogates */
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            n = 4;
+            if (c == 0xF0) lo = 0x90; /* overlong */
+            if (c == 0xF4) hi = 0x8F; /* above U+10FFFF */
+        } else {
+            return 0;
+        }
+        if (len - i < n) return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi) return 0;
+        for (size_t k = 2; k < n; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
+        i += n;
+    }
+    return 1;
+}
+
+/* A name made only of these is echoed bare in messages ("parameter uid"); anything else is
+ * quoted and escaped, so a message never carries raw bytes from a request. */
+static int name_is_plain(const char *s, size_t len) {
+    if (len == 0 || len > PARAMS_MAX_NAME) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* Writes s as a quoted, escaped, cut string ("abc", "\xff...") into out. */
+static void quote_bytes(char *out, size_t outlen, const char *s, size_t len) {
+    size_t o = 0;
+    size_t n = len > PARAMS_QUOTE_MAX ? PARAMS_QUOTE_MAX : len;
+    if (outlen == 0) return;
+    out[0] = '\0';
+    if (outlen < 8) return;
+    out[o++] = '"';
+    for (size_t i = 0; i < n && o + 6 < outlen; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c < 0x20 || c >= 0x7f) {
+            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (n < len && o + 5 < outlen) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+}
+
+/* How a parameter is named in an error message. */
+static void name_for_message(char *out, size_t outlen, const char *name, size_t len) {
+    if (name_is_plain(name, len))
+        snprintf(out, outlen, "%.*s", (int)len, name);
+    else
+        quote_bytes(out, outlen, name, len);
+}
+
+static void set_err(char *err, size_t errlen, const char *fmt, const char *name, size_t len) {
+    char shown[PARAMS_QUOTE_MAX * 4 + 16];
+    if (!err || errlen == 0) return;
+    name_for_message(shown, sizeof shown, name, len);
+    snprintf(err, errlen, fmt, shown);
+}
+
+static int hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* Decodes src[0..len) into dst (room for max bytes). Returns the decoded length, -1 on
+ * malformed percent-encoding, -2 when the result would pass max. */
+static long form_decode(const char *src, size_t len, char *dst, size_t max) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%') {
+            if (len - i < 3) return -1;
+            int hi = hexval((unsigned char)src[i + 1]);
+            int lo = hexval((unsigned char)src[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (o == max) return -2;
+        dst[o++] = c;
+    }
+    return (long)o;
+}
+
+/* Shared checks of a decoded name/value pair. */
+static int check_pair(const char *name, size_t name_len, const char *value, size_t value_len,
+                      char *err, size_t errlen) {
+    if (name_len == 0) {
+        snprintf(err, errlen, "empty parameter name");
+        return -1;
+    }
+    if (name_len > PARAMS_MAX_NAME) {
+        set_err(err, errlen, "parameter name %s is longer than 64 bytes", name, name_len);
+        return -1;
+    }
+    if (!params_utf8_valid(name, name_len) || memchr(name, '\0', name_len)) {
+        set_err(err, errlen, "parameter name %s is not valid UTF-8 text", name, name_len);
+        return -1;
+    }
+    if (value_len > PARAMS_MAX_VALUE) {
+        set_err(err, errlen, "parameter %s is longer than 4096 bytes", name, name_len);
+        return -1;
+    }
+    /* A NUL byte would make the value read differently by C string users and by the signer. */
+    if (!params_utf8_valid(value, value_len) || memchr(value, '\0', value_len)) {
+        set_err(err, errlen, "parameter %s is not valid UTF-8 text", name, name_len);
+        return -1;
+    }
+    return 0;
+}
+
+/* After a parse appended items from index first on, checks the count and duplicates. */
+static int check_list(const struct params *p, size_t first, char *err, size_t errlen) {
+    const struct param *index[PARAMS_MAX_COUNT];
+    if (p->count == first) return 0;
+    if (p->count > PARAMS_MAX_COUNT) {
+        snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
+        return -1;
+    }
+    for (size_t i = 0; i < p->count; i++) index[i] = &p->items[i];
+    qsort(index, p->count, sizeof index[0], param_ptr_cmp_qsort);
+    for (size_t i = 1; i < p->count; i++) {
+        if (param_name_cmp(index[i - 1], index[i]) == 0) {
+            set_err(err, errlen, "duplicated parameter %s", index[i]->name, index[i]->name_len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void truncate_to(struct params *p, size_t count) {
+    while (p->count > count) param_free(&p->items[--p->count]);
+}
+
+/* Appends one decoded pair with its checks; a full list is an error here so a flood of tiny
+ * pairs stops early instead of allocating. */
+static int append_checked(struct params *p, const char *name, size_t name_len, const char *value,
+                          size_t value_len, char *err, size_t errlen) {
+    if (check_pair(name, name_len, value, value_len, err, errlen) != 0) return -1;
+    if (p->count >= PARAMS_MAX_COUNT) {
+        snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
+        return -1;
+    }
+    if (params_add(p, name, name_len, value, value_len) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+int params_parse_urlencoded(struct params *p, const char *buf, size_t len, char *err,
+                            size_t errlen) {
+    /* One byte over each limit so "too long" is told apart from "exactly at the limit". */
+    char name[PARAMS_MAX_NAME + 1];
+    char value[PARAMS_MAX_VALUE + 1];
+    size_t first = p->count;
+    size_t pos = 0;
+    int rc = -1;
+
+    if (err && errlen) err[0] = '\0';
+    while (pos < len) {
+        const char *pair = buf + pos;
+        const char *amp = memchr(pair, '&', len - pos);
+        size_t pair_len = amp ? (size_t)(amp - pair) : len - pos;
+        pos += pair_len + 1;
+        if (pair_len == 0) continue;
+
+        const char *eq = memchr(pair, '=', pair_len);
+        size_t raw_name_len = eq ? (size_t)(eq - pair) : pair_len;
+        const char *raw_value = eq ? eq + 1 : pair + pair_len;
+        size_t raw_value_len = eq ? pair_len - raw_name_len - 1 : 0;
+
+        long n = form_decode(pair, raw_name_len, name, sizeof name);
+        if (n == -1) {
+            set_err(err, errlen, "malformed percent-encoding in parameter name %s", pair,
+                    raw_name_len);
+            goto out;
+        }
+        if (n == -2) {
+            set_err(err, errlen, "parameter name %s is longer than 64 bytes", pair, raw_name_len);
+            goto out;
+        }
+        size_t name_len = (size_t)n;
+        long v = form_decode(raw_value, raw_value_len, value, sizeof value);
+        if (v == -1) {
+            set_err(err, errlen, "malformed percent-encoding in parameter %s", name, name_len);
+            goto out;
+        }
+        if (v == -2) v = (long)sizeof value; /* over the limit: check_pair names it */
+        if (append_checked(p, name, name_len, value, (size_t)v, err, errlen) != 0) goto out;
+    }
+    if (check_list(p, first, err, errlen) != 0) goto out;
+    rc = 0;
+out:
+    if (rc != 0) truncate_to(p, first);
+    return rc;
+}
+
+/* Case-insensitive prefix test on a bounded buffer. */
+static int starts_with_ci(const char *s, size_t len, const char *prefix) {
+    size_t n = strlen(prefix);
+    return len >= n && strncasecmp(s, prefix, n) == 0;
+}
+
+static const char *skip_ws(const char *s, const char *end) {
+    while (s < end && (*s == ' ' || *s == '\t')) s++;
+    return s;
+}
+
+/* Finds parameter key (case-insensitive) in a header value's "; key=value" list and copies its
+ * value (quoted or token) into out. Returns the length, or -1 when absent or malformed. */
+static long header_param(const char *s, size_t len, const char *key, char *out, size_t outlen) {
+    const char *end = s + len;
+    size_t key_len = strlen(key);
+    const char *cur = memchr(s, ';', len);
+    while (cur && cur < end) {
+        cur = skip_ws(cur + 1, end);
+        const char *eq = cur;
+        while (eq < end && *eq != '=' && *eq != ';') eq++;
+        const char *kend = eq;
+        while (kend > cur && (kend[-1] == ' ' || kend[-1] == '\t')) kend--;
+        int match = (size_t)(kend - cur) == key_len && strncasecmp(cur, key, key_len) == 0;
+        if (eq >= end || *eq == ';') {
+            cur = eq;
+            continue;
+        }
+        const char *v = skip_ws(eq + 1, end);
+        size_t o = 0;
+        if (v < end && *v == '"') {
+            v++;
+            while (v < end && *v != '"') {
+                if (*v == '\\' && v + 1 < end) v++;
+                if (match) {
+                    if (o + 1 >= outlen) return -1;
+                    out[o++] = *v;
+                }
+                v++;
+            }
+            if (v >= end) return -1; /* unterminated quote */
+            v++;
+        } else {
+            while (v < end && *v != ';' && *v != ' ' && *v != '\t') {
+                if (match) {
+                    if (o + 1 >= outlen) return -1;
+                    out[o++] = *v;
+                }
+                v++;
+            }
+        }
+        if (match) {
+            out[o] = '\0';
+            return (long)o;
+        }
+        cur = memchr(v, ';', (size_t)(end - v));
+    }
+    return -1;
+}
+
+#define MULTIPART_BOUNDARY_MAX 70 /* RFC 2046 */
+
+/* Parses one part's header block [h, hend); sets the name. */
+static int multipart_part_headers(const char *h, const char *hend, char *name, size_t namecap,
+                                  size_t *name_len, char *err, size_t errlen) {
+    int have_name = 0;
+    while (h < hend) {
+        const char *eol = memmem(h, (size_t)(hend - h), "\r\n", 2);
+        const char *lend = eol ? eol : hend;
+        size_t line_len = (size_t)(lend - h);
+        if (starts_with_ci(h, line_len, "content-disposition:")) {
+            const char *v = skip_ws(h + 20, lend);
+            if (!starts_with_ci(v, (size_t)(lend - v), "form-data")) {
+                snprintf(err, errlen, "multipart part is not form-data");
+                return -1;
+            }
+            long n = header_param(v, (size_t)(lend - v), "name", name, namecap);
+            if (n < 0) {
+                snprintf(err, errlen, "multipart part without a valid name");
+                return -1;
+            }
+            *name_len = (size_t)n;
+            have_name = 1;
+        }
+        h = eol ? eol + 2 : hend;
+    }
+    if (!have_name) {
+        snprintf(err, errlen, "multipart part without a name");
+        return -1;
+    }
+    return 0;
+}
+
+int params_parse_multipart(struct params *p, const char *content_type, const char *body,
+                           size_t len, char *err, size_t errlen) {
+    char boundary[MULTIPART_BOUNDARY_MAX + 1];
+    /* "\r\n--" + boundary: every delimiter after the first is searched with its CRLF. */
+    char delim[MULTIPART_BOUNDARY_MAX + 5];
+    char name[PARAMS_MAX_NAME + 2];
+    size_t first = p->count;
+    const char *end = body + len;
+    int rc = -1;
+
+    if (err && errlen) err[0] = '\0';
+    long blen = content_type ? header_param(content_type, strlen(content_type), "boundary",
+                                            boundary, sizeof boundary)
+                             : -1;
+    if (blen <= 0) {
+        snprintf(err, errlen, "multipart/form-data without a valid boundary");
+        goto out;
+    }
+    memcpy(delim, "\r\n--", 4);
+    memcpy(delim + 4, boundary, (size_t)blen);
+    size_t dlen = (size_t)blen + 4;
+
+    /* The first delimiter may open the body (no CRLF before it) or follow a preamble; the Java
+     * SDK starts its body with a CRLF. */
+    const char *cur;
+    if (len >= dlen - 2 && memcmp(body, delim + 2, dlen - 2) == 0) {
+        cur = body + dlen - 2;
+    } else {
+        const char *d = memmem(body, len, delim, dlen);
+        if (!d) {
+            snprintf(err, errlen, "multipart body without its boundary");
+            goto out;
+        }
+        cur = d + dlen;
+    }
+
+    for (;;) {
+        /* cur is just past a delimiter: "--" closes, otherwise padding then CRLF opens a part. */
+        if (end - cur >= 2 && cur[0] == '-' && cur[1] == '-') {
+            cur += 2;
+            if (end - cur >= 2 && cur[0] == '\r' && cur[1] == '\n') cur += 2;
+            if (cur != end) {
+                snprintf(err, errlen, "multipart body has data after the closing boundary");
+                goto out;
+            }
+            break;
+        }
+        cur = skip_ws(cur, end);
+        if (end - cur < 2 || cur[0] != '\r' || cur[1] != '\n') {
+            snprintf(err, errlen, "multipart body does not end with the closing boundary");
+            goto out;
+        }
+        cur += 2;
+        const char *hend = (end - cur >= 2 && cur[0] == '\r' && cur[1] == '\n')
+                               ? cur /* no headers at all */
+                               : memmem(cur, (size_t)(end - cur), "\r\n\r\n", 4);
+        if (!hend) {
+            snprintf(err, errlen, "multipart part headers are not terminated");
+            goto out;
+        }
+        size_t name_len = 0;
+        if (multipart_part_headers(cur, hend, name, sizeof name, &name_len, err, errlen) != 0)
+            goto out;
+        const char *value = hend + (hend == cur ? 2 : 4);
+        const char *next = memmem(value, (size_t)(end - value), delim, dlen);
+        if (!next) {
+            snprintf(err, errlen, "multipart body does not end with the closing boundary");
+            goto out;
+        }
+        if (append_checked(p, name, name_len, value, (size_t)(next - value), err, errlen) != 0)
+            goto out;
+        cur = next + dlen;
+    }
+    if (check_list(p, first, err, errlen) != 0) goto out;
+    rc = 0;
+out:
+    if (rc != 0) truncate_to(p, first);
+    return rc;
+}
+
+int params_parse_body(struct params *p, const char *content_type, const char *body, size_t len,
+                      char *err, size_t errlen) {
+    const char *ct = content_type ? content_type : "";
+    const char *ct_end = ct + strlen(ct);
+    const char *semi = memchr(ct, ';', (size_t)(ct_end - ct));
+    const char *type = skip_ws(ct, ct_end);
+    const char *type_end = semi ? semi : ct_end;
+    while (type_end > type && (type_end[-1] == ' ' || type_end[-1] == '\t')) type_end--;
+    size_t type_len = (size_t)(type_end - type);
+
+    if (type_len == 0 ||
+        (type_len == 33 && strncasecmp(type, "application/x-www-form-urlencoded", 33) == 0))
+        return params_parse_urlencoded(p, body, len, err, errlen);
+    if (type_len == 19 && strncasecmp(type, "multipart/form-data", 19) == 0)
+        return params_parse_multipart(p, content_type, body, len, err, errlen);
+    char shown[PARAMS_QUOTE_MAX * 4 + 16];
+    quote_bytes(shown, sizeof shown, type, type_len);
+    snprintf(err, errlen, "unsupported Content-Type %s", shown);
+    return -1;
+}
+
+int params_encode_value(struct strbuf *out, const char *s, size_t len) {
+    static const char hex[] = "0123456789ABCDEF";
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '_' || c == '.' || c == '~') {
+            if (strbuf_appendc(out, (char)c) != 0) return -1;
+        } else {
+            char enc[3] = {'%', hex[c >> 4], hex[c & 15]};
+            if (strbuf_append(out, enc, 3) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+char *params_encode(const struct params *p) {
+    struct strbuf out;
+    strbuf_init(&out);
+    for (size_t i = 0; i < p->count; i++) {
+        const struct param *it = &p->items[i];
+        if ((i > 0 && strbuf_appendc(&out, '&') != 0) ||
+            params_encode_value(&out, it->name, it->name_len) != 0 ||
+            strbuf_appendc(&out, '=') != 0 ||
+            params_encode_value(&out, it->value, it->value_len) != 0) {
+            strbuf_cleanup(&out);
+            return NULL;
+        }
+    }
+    return strbuf_detach(&out);
+}

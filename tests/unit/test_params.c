@@ -1,0 +1,435 @@
+/* test_params.c: the parameter list and its decoders: urlencoded (query and body), multipart as
+ * the Java SDK sends it, strict errors with exact messages, limits, UTF-8, encoding. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "capgate/params.h"
+#include "capgate/strbuf.h"
+
+static int parse_q(struct params *p, const char *q, char *err, size_t errlen) {
+    return params_parse_urlencoded(p, q, strlen(q), err, errlen);
+}
+
+static void test_list_basics(void **state) {
+    struct params p;
+    params_init(&p);
+    assert_int_equal(params_adds(&p, "b", "2"), 0);
+    assert_int_equal(params_adds(&p, "a", "1"), 0);
+    assert_string_equal(params_get(&p, "a"), "1");
+    assert_null(params_get(&p, "c"));
+    assert_int_equal(params_set(&p, "a", "one"), 0);
+    assert_string_equal(params_get(&p, "a"), "one");
+    assert_int_equal(params_find(&p, "a")->value_len, 3);
+    assert_int_equal(p.count, 2);
+    assert_int_equal(params_set(&p, "c", ""), 0);
+    assert_int_equal(p.count, 3);
+    assert_string_equal(params_get(&p, "c"), "");
+    assert_int_equal(params_remove(&p, "b"), 1);
+    assert_int_equal(params_remove(&p, "b"), 0);
+    assert_int_equal(p.count, 2);
+    /* Order kept after remove: a, c. */
+    assert_string_equal(p.items[0].name, "a");
+    assert_string_equal(p.items[1].name, "c");
+    params_cleanup(&p);
+    assert_int_equal(p.count, 0);
+    params_cleanup(&p); /* twice is harmless */
+}
+
+static void test_many_adds_grow(void **state) {
+    struct params p;
+    char name[16];
+    params_init(&p);
+    for (int i = 0; i < 200; i++) {
+        snprintf(name, sizeof name, "k%d", i);
+        assert_int_equal(params_adds(&p, name, name), 0);
+    }
+    assert_int_equal(p.count, 200);
+    assert_string_equal(params_get(&p, "k137"), "k137");
+    params_cleanup(&p);
+}
+
+static void test_sort_byte_order(void **state) {
+    struct params p;
+    params_init(&p);
+    params_adds(&p, "ab", "3");
+    params_adds(&p, "a_b", "4");
+    params_adds(&p, "a", "2");
+    params_adds(&p, "B", "1");
+    params_adds(&p, "a.c", "5");
+    params_sort(&p);
+    /* 'B' (0x42) < 'a'; "a" before "a.c" (shorter first); '.' (0x2e) < '_' (0x5f) < 'b'. */
+    const char *want[] = {"B", "a", "a.c", "a_b", "ab"};
+    for (size_t i = 0; i < 5; i++) assert_string_equal(p.items[i].name, want[i]);
+    params_cleanup(&p);
+}
+
+static void test_copy(void **state) {
+    struct params p, q;
+    params_init(&p);
+    params_adds(&p, "x", "1");
+    params_adds(&p, "y", "");
+    assert_int_equal(params_copy(&q, &p), 0);
+    params_set(&p, "x", "changed");
+    assert_string_equal(params_get(&q, "x"), "1");
+    assert_string_equal(params_get(&q, "y"), "");
+    assert_int_equal(q.count, 2);
+    params_cleanup(&p);
+    params_cleanup(&q);
+    params_init(&p);
+    assert_int_equal(params_copy(&q, &p), 0);
+    assert_int_equal(q.count, 0);
+    params_cleanup(&q);
+}
+
+static void test_urlencoded_decoding(void **state) {
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(parse_q(&p, "a=1&&b=x+y%20z&c&d=&e=%E5%BC%A0%2b%2B&f=a=b", err, sizeof err),
+                     0);
+    assert_int_equal(p.count, 6);
+    assert_string_equal(params_get(&p, "a"), "1");
+    assert_string_equal(params_get(&p, "b"), "x y z");
+    assert_string_equal(params_get(&p, "c"), "");
+    assert_string_equal(params_get(&p, "d"), "");
+    assert_string_equal(params_get(&p, "e"), "\xE5\xBC\xA0++");
+    assert_string_equal(params_get(&p, "f"), "a=b"); /* split at the first '=' only */
+    assert_string_equal(p.items[0].name, "a");          /* arrival order */
+    assert_string_equal(p.items[5].name, "f");
+    params_cleanup(&p);
+
+    params_init(&p);
+    assert_int_equal(parse_q(&p, "", err, sizeof err), 0);
+    assert_int_equal(parse_q(&p, "&&&", err, sizeof err), 0);
+    assert_int_equal(p.count, 0);
+    assert_int_equal(parse_q(&p, "my+name=v", err, sizeof err), 0);
+    assert_string_equal(params_get(&p, "my name"), "v");
+    params_cleanup(&p);
+}
+
+static void test_urlencoded_not_nul_terminated(void **state) {
+    struct params p;
+    char err[256];
+    const char buf[] = {'a', '=', '1', '&', 'b', '=', '2'};
+    params_init(&p);
+    assert_int_equal(params_parse_urlencoded(&p, buf, 5, err, sizeof err), 0);
+    assert_int_equal(p.count, 2);
+    assert_string_equal(params_get(&p, "b"), "");
+    params_cleanup(&p);
+}
+
+struct bad_case {
+    const char *input;
+    const char *message;
+};
+
+static void test_urlencoded_errors(void **state) {
+    static const struct bad_case cases[] = {
+        {"uid=%4", "malformed percent-encoding in parameter uid"},
+        {"uid=%zz", "malformed percent-encoding in parameter uid"},
+        {"uid=ab%", "malformed percent-encoding in parameter uid"},
+        {"uid=%g1", "malformed percent-encoding in parameter uid"},
+        {"a=1&u%4=1", "malformed percent-encoding in parameter name \"u%4\""},
+        {"=1", "empty parameter name"},
+        {"a=1&a=2", "duplicated parameter a"},
+        {"b=1&a=1&c=1&a=", "duplicated parameter a"},
+        {"a=%00", "parameter a is not valid UTF-8 text"},
+        {"uid=%C3%28", "parameter uid is not valid UTF-8 text"},
+        {"uid=%ED%A0%80", "parameter uid is not valid UTF-8 text"},
+        {"uid=%C0%AF", "parameter uid is not valid UTF-8 text"},
+        {"%FF=1", "parameter name \"\\xff\" is not valid UTF-8 text"},
+        {"a%22b=%FF", "parameter \"a\\\"b\" is not valid UTF-8 text"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct params p;
+        char err[256] = "";
+        params_init(&p);
+        assert_int_equal(parse_q(&p, cases[i].input, err, sizeof err), -1);
+        assert_string_equal(err, cases[i].message);
+        assert_int_equal(p.count, 0); /* nothing kept from a failed parse */
+        params_cleanup(&p);
+    }
+}
+
+static void test_urlencoded_duplicate_against_existing(void **state) {
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(parse_q(&p, "Action=A&Nonce=1", err, sizeof err), 0);
+    assert_int_equal(parse_q(&p, "x=1&Nonce=2", err, sizeof err), -1);
+    assert_string_equal(err, "duplicated parameter Nonce");
+    /* The failed call left the earlier parameters alone. */
+    assert_int_equal(p.count, 2);
+    assert_string_equal(params_get(&p, "Nonce"), "1");
+    assert_null(params_get(&p, "x"));
+    params_cleanup(&p);
+}
+
+static void test_urlencoded_limits(void **state) {
+    struct params p;
+    struct strbuf q;
+    char err[256];
+
+    /* Name: 64 bytes pass, 65 fail. */
+    char name[80];
+    memset(name, 'n', 65);
+    name[64] = '\0';
+    params_init(&p);
+    strbuf_init(&q);
+    strbuf_appendf(&q, "%s=1", name);
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), 0);
+    params_cleanup(&p);
+    strbuf_reset(&q);
+    name[64] = 'n';
+    name[65] = '\0';
+    strbuf_appendf(&q, "%s=1", name);
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), -1);
+    assert_string_equal(err, "parameter name \"nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn...\" is longer "
+                             "than 64 bytes");
+
+    /* Value: 4096 decoded bytes pass (even when sent as 3x as many encoded), 4097 fail. */
+    strbuf_reset(&q);
+    strbuf_appends(&q, "v=");
+    for (int i = 0; i < 4096; i++) strbuf_appends(&q, "%41");
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), 0);
+    assert_int_equal(params_find(&p, "v")->value_len, 4096);
+    params_cleanup(&p);
+    strbuf_appends(&q, "A");
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), -1);
+    assert_string_equal(err, "parameter v is longer than 4096 bytes");
+    assert_int_equal(p.count, 0);
+
+    /* Count: 64 pass, 65 fail. */
+    strbuf_reset(&q);
+    for (int i = 0; i < 64; i++) strbuf_appendf(&q, "%sp%d=1", i ? "&" : "", i);
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), 0);
+    assert_int_equal(p.count, 64);
+    params_cleanup(&p);
+    strbuf_appends(&q, "&p64=1");
+    assert_int_equal(parse_q(&p, q.s, err, sizeof err), -1);
+    assert_string_equal(err, "more than 64 parameters");
+    assert_int_equal(p.count, 0);
+    params_cleanup(&p);
+    strbuf_cleanup(&q);
+}
+
+/* What the Java SDK sends: a CRLF before the first delimiter, no Content-Type per part. */
+static const char java_body[] =
+    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+    "Content-Disposition: form-data; name=\"Action\"\r\n\r\n"
+    "CaptchaIframeQuery"
+    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+    "Content-Disposition: form-data; name=\"uid\"\r\n\r\n"
+    "a+b%20c\r\nline2"
+    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+    "content-disposition: form-data; name=\"empty\"\r\n"
+    "Content-Type: text/plain; charset=UTF-8\r\n\r\n"
+    "\r\n--------------------------3a4f1b2c5d6e7f8--\r\n";
+
+static void test_multipart_java(void **state) {
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(
+        params_parse_multipart(&p, "multipart/form-data; boundary=------------------------"
+                                   "3a4f1b2c5d6e7f8",
+                               java_body, sizeof java_body - 1, err, sizeof err),
+        0);
+    assert_int_equal(p.count, 3);
+    assert_string_equal(params_get(&p, "Action"), "CaptchaIframeQuery");
+    /* Bytes as sent: no '+' rule, no percent-decoding, inner CRLF kept. */
+    assert_string_equal(params_get(&p, "uid"), "a+b%20c\r\nline2");
+    assert_string_equal(params_get(&p, "empty"), "");
+    params_cleanup(&p);
+}
+
+static void test_multipart_quoted_boundary_and_dispatch(void **state) {
+    static const char body[] = "--xyz\r\n"
+                               "Content-Disposition: form-data; filename=\"f\"; name=\"a\"\r\n"
+                               "\r\n1\r\n"
+                               "--xyz\r\n"
+                               "Content-Disposition: form-data; name=b\r\n"
+                               "\r\n2\r\n"
+                               "--xyz--";
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(params_parse_body(&p, "Multipart/Form-Data; charset=utf-8; boundary=\"xyz\"",
+                                       body, sizeof body - 1, err, sizeof err),
+                     0);
+    assert_int_equal(p.count, 2);
+    assert_string_equal(params_get(&p, "a"), "1");
+    assert_string_equal(params_get(&p, "b"), "2");
+    params_cleanup(&p);
+}
+
+static void test_multipart_errors(void **state) {
+    static const struct {
+        const char *content_type;
+        const char *body;
+        const char *message;
+    } cases[] = {
+        {"multipart/form-data", "--x\r\n\r\n", "multipart/form-data without a valid boundary"},
+        {"multipart/form-data; boundary=", "--x--", "multipart/form-data without a valid boundary"},
+        {"multipart/form-data; boundary=b", "nothing here",
+         "multipart body without its boundary"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n",
+         "multipart body does not end with the closing boundary"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b",
+         "multipart body does not end with the closing boundary"},
+        {"multipart/form-data; boundary=b", "--b\r\nContent-Type: text/plain\r\n\r\n1\r\n--b--",
+         "multipart part without a name"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: attachment; name=\"a\"\r\n\r\n1\r\n--b--",
+         "multipart part is not form-data"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\r\n\r\n1\r\n--b--",
+         "multipart part without a valid name"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n1\r\n--b--",
+         "multipart part headers are not terminated"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n2\r\n--b--",
+         "duplicated parameter a"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n\xff\r\n--b--",
+         "parameter a is not valid UTF-8 text"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--b--junk",
+         "multipart body has data after the closing boundary"},
+        {"multipart/form-data; boundary=b",
+         "--b\r\nContent-Disposition: form-data; name=\"\"\r\n\r\n1\r\n--b--",
+         "empty parameter name"},
+        {"text/plain", "a=1", "unsupported Content-Type \"text/plain\""},
+        {"application/json; charset=utf-8", "{}", "unsupported Content-Type \"application/json\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct params p;
+        char err[256] = "";
+        params_init(&p);
+        assert_int_equal(params_parse_body(&p, cases[i].content_type, cases[i].body,
+                                           strlen(cases[i].body), err, sizeof err),
+                         -1);
+        assert_string_equal(err, cases[i].message);
+        assert_int_equal(p.count, 0);
+        params_cleanup(&p);
+    }
+}
+
+static void test_body_dispatch_urlencoded(void **state) {
+    static const char *const types[] = {NULL, "", "application/x-www-form-urlencoded",
+                                        "Application/X-WWW-Form-URLEncoded ; charset=UTF-8"};
+    for (size_t i = 0; i < 4; i++) {
+        struct params p;
+        char err[256];
+        params_init(&p);
+        assert_int_equal(params_parse_body(&p, types[i], "a=1+2", 5, err, sizeof err), 0);
+        assert_string_equal(params_get(&p, "a"), "1 2");
+        params_cleanup(&p);
+    }
+}
+
+static void test_utf8(void **state) {
+    assert_true(params_utf8_valid("", 0));
+    assert_true(params_utf8_valid("plain", 5));
+    assert_true(params_utf8_valid("\xE5\xBC\xA0\xE4\xB8\x89", 6));
+    assert_true(params_utf8_valid("\xF0\x9F\x98\x80", 4));      /* U+1F600 */
+    assert_true(params_utf8_valid("\xF4\x8F\xBF\xBF", 4));      /* U+10FFFF */
+    assert_true(params_utf8_valid("\xED\x9F\xBF", 3));          /* U+D7FF */
+    assert_false(params_utf8_valid("\xF4\x90\x80\x80", 4));     /* above U+10FFFF */
+    assert_false(params_utf8_valid("\xED\xA0\x80", 3));         /* surrogate */
+    assert_false(params_utf8_valid("\xC0\x80", 2));             /* overlong NUL */
+    assert_false(params_utf8_valid("\xE0\x80\xAF", 3));         /* overlong */
+    assert_false(params_utf8_valid("\xF0\x80\x80\xAF", 4));     /* overlong */
+    assert_false(params_utf8_valid("\xE5\xBC", 2));             /* truncated */
+    assert_false(params_utf8_valid("\x80", 1));                 /* lone continuation */
+    assert_false(params_utf8_valid("\xF5\x80\x80\x80", 4));
+    assert_false(params_utf8_valid("\xE5\x41\xA0", 3));
+}
+
+static void test_encode(void **state) {
+    struct params p;
+    char err[256];
+    params_init(&p);
+    params_adds(&p, "a b", "x y+z/~-_.");
+    params_adds(&p, "u", "\xE5\xBC\xA0&=%");
+    params_adds(&p, "e", "");
+    char *s = params_encode(&p);
+    assert_string_equal(s, "a%20b=x%20y%2Bz%2F~-_.&u=%E5%BC%A0%26%3D%25&e=");
+    /* Round trip: what we encode, we decode to the same list. */
+    struct params q;
+    params_init(&q);
+    assert_int_equal(parse_q(&q, s, err, sizeof err), 0);
+    assert_int_equal(q.count, 3);
+    for (size_t i = 0; i < 3; i++) {
+        assert_string_equal(q.items[i].name, p.items[i].name);
+        assert_string_equal(q.items[i].value, p.items[i].value);
+    }
+    free(s);
+    params_cleanup(&q);
+    params_cleanup(&p);
+
+    params_init(&p);
+    s = params_encode(&p);
+    assert_string_equal(s, "");
+    free(s);
+}
+
+/* Garbage never crashes: random bytes in every decoder either parse or fail cleanly. */
+static void test_fuzz_no_crash(void **state) {
+    static const char alphabet[] = "ab=&%+0F\r\n-\"; \xff\xe5name";
+    unsigned seed = 12345;
+    char buf[256];
+    for (int round = 0; round < 20000; round++) {
+        size_t len = (size_t)(round % 200);
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            buf[i] = alphabet[(seed >> 16) % (sizeof alphabet - 1)];
+        }
+        struct params p;
+        char err[256];
+        params_init(&p);
+        int rc = params_parse_urlencoded(&p, buf, len, err, sizeof err);
+        if (rc == 0)
+            for (size_t i = 0; i < p.count; i++)
+                assert_true(params_utf8_valid(p.items[i].value, p.items[i].value_len));
+        else
+            assert_true(strlen(err) > 0);
+        params_cleanup(&p);
+        rc = params_parse_multipart(&p, "multipart/form-data; boundary=a", buf, len, err,
+                                    sizeof err);
+        if (rc != 0) assert_int_equal(p.count, 0);
+        params_cleanup(&p);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_list_basics),
+        cmocka_unit_test(test_many_adds_grow),
+        cmocka_unit_test(test_sort_byte_order),
+        cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_urlencoded_decoding),
+        cmocka_unit_test(test_urlencoded_not_nul_terminated),
+        cmocka_unit_test(test_urlencoded_errors),
+        cmocka_unit_test(test_urlencoded_duplicate_against_existing),
+        cmocka_unit_test(test_urlencoded_limits),
+        cmocka_unit_test(test_multipart_java),
+        cmocka_unit_test(test_multipart_quoted_boundary_and_dispatch),
+        cmocka_unit_test(test_multipart_errors),
+        cmocka_unit_test(test_body_dispatch_urlencoded),
+        cmocka_unit_test(test_utf8),
+        cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_fuzz_no_crash),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
