@@ -51,7 +51,7 @@ for (const { scheme, method, signatureMethod } of combos) {
     assert.equal(seen[0].method, method);
     assert.equal(seen[0].action, 'CaptchaIframeQuery');
     assert.equal(seen[0].secret_id, MOCK_SECRET_ID);
-    assert.equal(seen[0].verdict, 'ok');
+    assert.equal(seen[0].signature, 'ok');
     assert.equal(seen[0].code, 0);
     assert.equal(seen[0].params.Signature, undefined, 'journal must not keep the Signature');
     assert.equal(seen[0].params.SignatureMethod, signatureMethod === 'sha256' ? 'HmacSHA256' : undefined);
@@ -68,7 +68,7 @@ for (const { scheme, method, signatureMethod } of combos) {
     assert.equal(r.url, undefined);
     const seen = findByNonce(await journal(), nonce);
     assert.equal(seen.length, 1, 'one journal entry for the call');
-    assert.equal(seen[0].verdict, 'bad');
+    assert.equal(seen[0].signature, 'bad');
     assert.equal(seen[0].code, 4100);
   });
 }
