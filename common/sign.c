@@ -1,0 +1,140 @@
+/* sign.c: API 2.0 request signing and verification. The string to sign is built in one
+ * allocation from a sorted index of the parameters, so the caller's list keeps its order and a
+ * verification costs one HMAC. */
+#include "capgate/sign.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "capgate/params.h"
+
+#define SIGN_INDEX_STACK 64 /* a parsed request never has more (PARAMS_MAX_COUNT) */
+
+enum sign_method sign_method_parse(const char *value) {
+    if (value && strcmp(value, "HmacSHA256") == 0) return SIGN_HMAC_SHA256;
+    return SIGN_HMAC_SHA1;
+}
+
+const char *sign_method_name(enum sign_method m) {
+    return m == SIGN_HMAC_SHA256 ? "HmacSHA256" : "HmacSHA1";
+}
+
+static int name_cmp(const struct param *a, const struct param *b) {
+    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    int c = memcmp(a->name, b->name, n);
+    if (c != 0) return c;
+    return (a->name_len > b->name_len) - (a->name_len < b->name_len);
+}
+
+static int name_cmp_qsort(const void *a, const void *b) {
+    return name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
+}
+
+static int is_signature(const struct param *it) {
+    return it->name_len == 9 && memcmp(it->name, "Signature", 9) == 0;
+}
+
+/* The string to sign and its length (values may hold any byte when added by hand). */
+static char *string_to_sign(const char *http_method, const char *host, const char *path,
+                            const struct params *p, size_t *len_out) {
+    const struct param *stack_index[SIGN_INDEX_STACK];
+    const struct param **index = stack_index;
+    char *out = NULL;
+    size_t n = 0;
+
+    if (p->count > SIGN_INDEX_STACK) {
+        index = malloc(p->count * sizeof *index);
+        if (!index) goto out;
+    }
+    size_t method_len = strlen(http_method), host_len = strlen(host), path_len = strlen(path);
+    size_t total = method_len + host_len + path_len + 1;
+    for (size_t i = 0; i < p->count; i++) {
+        if (is_signature(&p->items[i])) continue;
+        index[n++] = &p->items[i];
+        total += p->items[i].name_len + p->items[i].value_len + 2; /* '=' and '&' */
+    }
+    /* Sorted by the name as sent: the '_' rewrite below happens after ordering. */
+    qsort(index, n, sizeof *index, name_cmp_qsort);
+
+    out = malloc(total + 1);
+    if (!out) goto out;
+    char *w = out;
+    memcpy(w, http_method, method_len);
+    w += method_len;
+    memcpy(w, host, host_len);
+    w += host_len;
+    memcpy(w, path, path_len);
+    w += path_len;
+    *w++ = '?';
+    for (size_t i = 0; i < n; i++) {
+        const struct param *it = index[i];
+        if (i > 0) *w++ = '&';
+        memcpy(w, it->name, it->name_len);
+        for (size_t k = 1; k < it->name_len; k++)
+            if (w[k] == '_') w[k] = '.';
+        w += it->name_len;
+        *w++ = '=';
+        memcpy(w, it->value, it->value_len);
+        w += it->value_len;
+    }
+    *w = '\0';
+    *len_out = (size_t)(w - out);
+out:
+    if (index != stack_index) free(index);
+    return out;
+}
+
+char *sign_string_to_sign(const char *http_method, const char *host, const char *path,
+                          const struct params *p) {
+    size_t len;
+    return string_to_sign(http_method, host, path, p, &len);
+}
+
+int sign_compute(enum sign_method m, const char *key, size_t key_len, const char *data,
+                 size_t data_len, char out[SIGN_B64_MAX]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    const EVP_MD *evp = m == SIGN_HMAC_SHA256 ? EVP_sha256() : EVP_sha1();
+
+    out[0] = '\0';
+    /* HMAC() wants a non-NULL key even when it is empty. */
+    if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md,
+              &md_len))
+        return -1;
+    if (EVP_EncodeBlock((unsigned char *)out, md, (int)md_len) <= 0) return -1;
+    return 0;
+}
+
+/* Computes p's signature for the request into out. */
+static int sign_for(const struct params *p, const char *http_method, const char *host,
+                    const char *path, const char *key, char out[SIGN_B64_MAX]) {
+    size_t len;
+    char *text = string_to_sign(http_method, host, path, p, &len);
+    if (!text) return -1;
+    enum sign_method m = sign_method_parse(params_get(p, "SignatureMethod"));
+    int rc = sign_compute(m, key, strlen(key), text, len, out);
+    free(text);
+    return rc;
+}
+
+int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key) {
+    char sig[SIGN_B64_MAX];
+    if (sign_for(p, http_method, host, path, key, sig) != 0) return -1;
+    return params_set(p, "Signature", sig);
+}
+
+int sign_verify(const struct params *p, const char *http_method, const char *host,
+                const char *path, const char *key) {
+    char want[SIGN_B64_MAX];
+    const struct param *got = params_find(p, "Signature");
+    if (!got || got->value_len == 0) return -1;
+    if (sign_for(p, http_method, host, path, key, want) != 0) return -1;
+    /* The length of a valid signature is public (28 or 44), so checking it first leaks nothing. */
+    if (got->value_len != strlen(want)) return -1;
+    return CRYPTO_memcmp(got->value, want, got->value_len) == 0 ? 0 : -1;
+}

@@ -1,0 +1,285 @@
+/* test_sign.c: v2 signing against the official Node SDK's vectors (shared testdata), the string
+ * to sign's ordering and '_' rule, HMAC known answers, and rejection of every tampered input. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <jansson.h>
+
+#include "capgate/params.h"
+#include "capgate/sign.h"
+#include "capgate/strbuf.h"
+
+struct vector {
+    const char *name, *method, *host, *path, *secret_key, *signature_method, *encoded_params,
+        *expected_signature;
+};
+
+static json_t *load_vectors(void) {
+    json_error_t jerr;
+    json_t *root = json_load_file(CAPGATE_TESTDATA_DIR "/v2-signature-vectors.json", 0, &jerr);
+    if (!root) fail_msg("cannot load vectors: %s (line %d)", jerr.text, jerr.line);
+    json_t *vectors = json_object_get(root, "vectors");
+    assert_true(json_is_array(vectors));
+    assert_true(json_array_size(vectors) >= 5);
+    return root;
+}
+
+static void vector_from_json(json_t *v, struct vector *out) {
+    assert_int_equal(json_unpack(v, "{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "name", &out->name,
+                                 "method", &out->method, "host", &out->host, "path", &out->path,
+                                 "secret_key", &out->secret_key, "signature_method",
+                                 &out->signature_method, "encoded_params", &out->encoded_params,
+                                 "expected_signature", &out->expected_signature),
+                     0);
+}
+
+static void parse_vector(const struct vector *v, struct params *p) {
+    char err[256];
+    params_init(p);
+    if (params_parse_urlencoded(p, v->encoded_params, strlen(v->encoded_params), err,
+                                sizeof err) != 0)
+        fail_msg("%s: %s", v->name, err);
+}
+
+static int verify(const struct params *p, const struct vector *v) {
+    return sign_verify(p, v->method, v->host, v->path, v->secret_key);
+}
+
+static void check_vector(const struct vector *v) {
+    struct params p, resigned;
+    char sig[SIGN_B64_MAX];
+    parse_vector(v, &p);
+
+    /* As received: accepted. */
+    assert_int_equal(verify(&p, v), 0);
+    assert_string_equal(params_get(&p, "Signature"), v->expected_signature);
+
+    /* Recomputed from the string to sign. */
+    char *text = sign_string_to_sign(v->method, v->host, v->path, &p);
+    assert_non_null(text);
+    assert_null(strstr(text, "Signature="));
+    assert_int_equal(sign_compute(sign_method_parse(params_get(&p, "SignatureMethod")),
+                                  v->secret_key, strlen(v->secret_key), text, strlen(text), sig),
+                     0);
+    assert_string_equal(sig, v->expected_signature);
+    assert_int_equal(sign_method_parse(params_get(&p, "SignatureMethod")),
+                     sign_method_parse(v->signature_method));
+    free(text);
+
+    /* Re-signed from scratch: the same Signature. */
+    assert_int_equal(params_copy(&resigned, &p), 0);
+    assert_int_equal(params_remove(&resigned, "Signature"), 1);
+    assert_int_equal(sign_params(&resigned, v->method, v->host, v->path, v->secret_key), 0);
+    assert_string_equal(params_get(&resigned, "Signature"), v->expected_signature);
+    params_cleanup(&resigned);
+
+    /* A wrong key. */
+    assert_int_equal(sign_verify(&p, v->method, v->host, v->path, "Gu5t9xGARNpq86cd98joQYCN3EXAMPLF"),
+                     -1);
+    assert_int_equal(sign_verify(&p, v->method, v->host, v->path, ""), -1);
+
+    /* A changed value. */
+    struct params changed;
+    assert_int_equal(params_copy(&changed, &p), 0);
+    assert_int_equal(params_set(&changed, "Nonce", "1"), 0);
+    assert_int_equal(verify(&changed, v), -1);
+    params_cleanup(&changed);
+    assert_int_equal(params_copy(&changed, &p), 0);
+    assert_int_equal(params_set(&changed, "captchaType", "2"), 0);
+    assert_int_equal(verify(&changed, v), -1);
+    params_cleanup(&changed);
+    /* An added parameter is signed too. */
+    assert_int_equal(params_copy(&changed, &p), 0);
+    assert_int_equal(params_adds(&changed, "extra", ""), 0);
+    assert_int_equal(verify(&changed, v), -1);
+    params_cleanup(&changed);
+
+    /* A changed host: the port is part of it. */
+    char host[256];
+    const char *colon = strchr(v->host, ':');
+    if (colon)
+        snprintf(host, sizeof host, "%.*s", (int)(colon - v->host), v->host);
+    else
+        snprintf(host, sizeof host, "%s:443", v->host);
+    assert_int_equal(sign_verify(&p, v->method, host, v->path, v->secret_key), -1);
+    assert_int_equal(sign_verify(&p, v->method, "csec.api.qcloud.co", v->path, v->secret_key), -1);
+
+    /* A changed method and path. */
+    const char *other = strcmp(v->method, "GET") == 0 ? "POST" : "GET";
+    assert_int_equal(sign_verify(&p, other, v->host, v->path, v->secret_key), -1);
+    assert_int_equal(sign_verify(&p, v->method, v->host, "/v2/index.php/", v->secret_key), -1);
+
+    /* A changed or missing Signature. */
+    assert_int_equal(params_copy(&changed, &p), 0);
+    char bad[SIGN_B64_MAX];
+    snprintf(bad, sizeof bad, "%s", v->expected_signature);
+    bad[0] = bad[0] == 'A' ? 'B' : 'A';
+    params_set(&changed, "Signature", bad);
+    assert_int_equal(verify(&changed, v), -1);
+    bad[strlen(bad) - 1] = '\0'; /* shorter */
+    params_set(&changed, "Signature", bad);
+    assert_int_equal(verify(&changed, v), -1);
+    params_set(&changed, "Signature", "");
+    assert_int_equal(verify(&changed, v), -1);
+    params_remove(&changed, "Signature");
+    assert_int_equal(verify(&changed, v), -1);
+    params_cleanup(&changed);
+
+    params_cleanup(&p);
+}
+
+static void test_vectors(void **state) {
+    json_t *root = load_vectors();
+    json_t *vectors = json_object_get(root, "vectors");
+    size_t i;
+    json_t *item;
+    json_array_foreach(vectors, i, item) {
+        struct vector v;
+        vector_from_json(item, &v);
+        check_vector(&v);
+    }
+    json_decref(root);
+}
+
+/* The same parameters sent as multipart/form-data (the Java SDK) verify the same way. */
+static void test_vectors_multipart(void **state) {
+    json_t *root = load_vectors();
+    json_t *vectors = json_object_get(root, "vectors");
+    size_t i;
+    json_t *item;
+    json_array_foreach(vectors, i, item) {
+        struct vector v;
+        struct params url, multi;
+        struct strbuf body;
+        char err[256];
+        vector_from_json(item, &v);
+        parse_vector(&v, &url);
+
+        strbuf_init(&body);
+        for (size_t k = 0; k < url.count; k++)
+            strbuf_appendf(&body,
+                           "\r\n--capgateBoundary7d9\r\nContent-Disposition: form-data; "
+                           "name=\"%s\"\r\n\r\n%s",
+                           url.items[k].name, url.items[k].value);
+        strbuf_appends(&body, "\r\n--capgateBoundary7d9--\r\n");
+        params_init(&multi);
+        if (params_parse_body(&multi, "multipart/form-data; boundary=capgateBoundary7d9", body.s,
+                              body.len, err, sizeof err) != 0)
+            fail_msg("%s: %s", v.name, err);
+        assert_int_equal(multi.count, url.count);
+        assert_int_equal(verify(&multi, &v), 0);
+
+        char *a = sign_string_to_sign(v.method, v.host, v.path, &url);
+        char *b = sign_string_to_sign(v.method, v.host, v.path, &multi);
+        assert_string_equal(a, b);
+        free(a);
+        free(b);
+        /* Tampering is caught in this form too. */
+        params_set(&multi, "Region", "bj");
+        assert_int_equal(verify(&multi, &v), -1);
+
+        params_cleanup(&multi);
+        params_cleanup(&url);
+        strbuf_cleanup(&body);
+    }
+    json_decref(root);
+}
+
+static void test_string_to_sign_rules(void **state) {
+    struct params p;
+    params_init(&p);
+    params_adds(&p, "a_b", "1");
+    params_adds(&p, "_x", "lead");
+    params_adds(&p, "a.c", "2");
+    params_adds(&p, "Signature", "ignored");
+    params_adds(&p, "B", "x y&z=\xE5\xBC\xA0");
+    char *text = sign_string_to_sign("GET", "h:8080", "/v2/index.php", &p);
+    /* Ordered by the name as sent ('.' 0x2e < '_' 0x5f), then '_' past position 0 written '.';
+     * values raw. */
+    assert_string_equal(text, "GETh:8080/v2/index.php?B=x y&z=\xE5\xBC\xA0&_x=lead&a.c=2&a.b=1");
+    free(text);
+    /* The caller's order is untouched. */
+    assert_string_equal(p.items[0].name, "a_b");
+    assert_string_equal(p.items[4].name, "B");
+    params_cleanup(&p);
+
+    params_init(&p);
+    text = sign_string_to_sign("POST", "h", "/", &p);
+    assert_string_equal(text, "POSTh/?");
+    free(text);
+}
+
+static void test_string_to_sign_many_params(void **state) {
+    struct params p;
+    char name[16];
+    params_init(&p);
+    for (int i = 99; i >= 0; i--) {
+        snprintf(name, sizeof name, "k%02d", i);
+        params_adds(&p, name, "v");
+    }
+    char *text = sign_string_to_sign("GET", "h", "/", &p);
+    assert_non_null(text);
+    assert_memory_equal(text, "GETh/?k00=v&k01=v&k02=v", 23);
+    assert_non_null(strstr(text, "&k98=v&k99=v"));
+    assert_int_equal(strlen(text), 6 + 100 * 5 + 99);
+    free(text);
+    params_cleanup(&p);
+}
+
+static void test_hmac_known_answers(void **state) {
+    static const char data[] = "what do ya want for nothing?";
+    char out[SIGN_B64_MAX];
+    /* RFC 2202 and RFC 4231 test case 2, base64. */
+    assert_int_equal(sign_compute(SIGN_HMAC_SHA1, "Jefe", 4, data, strlen(data), out), 0);
+    assert_string_equal(out, "7/zfauXrL6LSdBbV8YTfnCWafHk=");
+    assert_int_equal(sign_compute(SIGN_HMAC_SHA256, "Jefe", 4, data, strlen(data), out), 0);
+    assert_string_equal(out, "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM=");
+    assert_int_equal(strlen(out), 44);
+    assert_int_equal(sign_compute(SIGN_HMAC_SHA1, "", 0, "", 0, out), 0);
+    assert_string_equal(out, "+9sdGxiqbAgyS31ktx+3Y3BpDh0=");
+}
+
+static void test_method_names(void **state) {
+    assert_int_equal(sign_method_parse("HmacSHA256"), SIGN_HMAC_SHA256);
+    assert_int_equal(sign_method_parse("HmacSHA1"), SIGN_HMAC_SHA1);
+    assert_int_equal(sign_method_parse(NULL), SIGN_HMAC_SHA1);
+    assert_int_equal(sign_method_parse("hmacsha256"), SIGN_HMAC_SHA1);
+    assert_int_equal(sign_method_parse(""), SIGN_HMAC_SHA1);
+    assert_string_equal(sign_method_name(SIGN_HMAC_SHA1), "HmacSHA1");
+    assert_string_equal(sign_method_name(SIGN_HMAC_SHA256), "HmacSHA256");
+}
+
+static void test_sign_then_verify(void **state) {
+    struct params p;
+    params_init(&p);
+    params_adds(&p, "Action", "CaptchaCheck");
+    params_adds(&p, "SignatureMethod", "HmacSHA256");
+    assert_int_equal(sign_params(&p, "POST", "gw.internal:8080", "/v2/index.php", "k"), 0);
+    assert_int_equal(params_find(&p, "Signature")->value_len, 44);
+    assert_int_equal(sign_verify(&p, "POST", "gw.internal:8080", "/v2/index.php", "k"), 0);
+    /* Signing again replaces the Signature rather than adding a second one. */
+    assert_int_equal(sign_params(&p, "POST", "gw.internal:8080", "/v2/index.php", "k"), 0);
+    assert_int_equal(p.count, 3);
+    /* The method comes from SignatureMethod, so downgrading it breaks the signature. */
+    params_set(&p, "SignatureMethod", "HmacSHA1");
+    assert_int_equal(sign_verify(&p, "POST", "gw.internal:8080", "/v2/index.php", "k"), -1);
+    params_cleanup(&p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_vectors),
+        cmocka_unit_test(test_vectors_multipart),
+        cmocka_unit_test(test_string_to_sign_rules),
+        cmocka_unit_test(test_string_to_sign_many_params),
+        cmocka_unit_test(test_hmac_known_answers),
+        cmocka_unit_test(test_method_names),
+        cmocka_unit_test(test_sign_then_verify),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
