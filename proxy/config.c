@@ -1,0 +1,1523 @@
+/* config.c: loads the gateway's JSON configuration into struct config. Each object is parsed by
+ * one table of fields (key, kind, offset, bounds); sections with cross-field rules get a check
+ * after their table ran. jansson keeps no positions of nodes, so an error's line and column come
+ * from a small scanner that walks the source text along the key path of the offending node. */
+#include "config.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "capgate/num.h"
+
+#define MAX_DEPTH 8
+#define MAX_FILE_BYTES (4u << 20)
+#define MAX_SECRET_FILE_BYTES 65536
+#define NO_FLAG ((size_t)-1)
+#define PII_KEY_BYTES 32
+
+/* ---- key paths and positions ------------------------------------------------------------- */
+
+struct seg {
+    const char *key; /* NULL: an array index */
+    size_t index;
+};
+
+struct ctx {
+    const char *text;
+    const char *name;
+    struct seg path[MAX_DEPTH];
+    size_t depth;
+    char *err;
+    size_t errlen;
+};
+
+struct scan {
+    const char *s;
+    size_t i;
+};
+
+static void scan_ws(struct scan *sc) {
+    while (sc->s[sc->i] == ' ' || sc->s[sc->i] == '\t' || sc->s[sc->i] == '\n' ||
+           sc->s[sc->i] == '\r')
+        sc->i++;
+}
+
+static void scan_string(struct scan *sc) {
+    sc->i++; /* opening quote */
+    while (sc->s[sc->i] && sc->s[sc->i] != '"') {
+        if (sc->s[sc->i] == '\\' && sc->s[sc->i + 1]) sc->i++;
+        sc->i++;
+    }
+    if (sc->s[sc->i] == '"') sc->i++;
+}
+
+/* Skips one value; the text already passed jansson, so it is well formed. */
+static void scan_value(struct scan *sc) {
+    char c = sc->s[sc->i];
+    if (c == '"') {
+        scan_string(sc);
+    } else if (c == '{' || c == '[') {
+        int level = 0;
+        do {
+            c = sc->s[sc->i];
+            if (c == '"') {
+                scan_string(sc);
+                continue;
+            }
+            if (c == '{' || c == '[') level++;
+            else if (c == '}' || c == ']') level--;
+            sc->i++;
+        } while (level > 0 && sc->s[sc->i]);
+    } else {
+        while (sc->s[sc->i] && !strchr(",]} \t\r\n", sc->s[sc->i])) sc->i++;
+    }
+}
+
+/* Does the string token at [start, end) decode to key? jansson decodes it, escapes and all. */
+static int scan_key_is(const char *start, size_t len, const char *key) {
+    json_t *s = json_loadb(start, len, JSON_DECODE_ANY, NULL);
+    int same = s && json_is_string(s) && strcmp(json_string_value(s), key) == 0;
+    json_decref(s);
+    return same;
+}
+
+/* At the value for path[0..depth): finds where path[0..n) starts: the key of an object member,
+ * or the value of an array element. Returns 1 and sets *pos, or 0. */
+static int scan_find(struct scan *sc, const struct seg *path, size_t n, size_t depth, size_t *pos) {
+    scan_ws(sc);
+    if (depth == n) {
+        *pos = sc->i;
+        return 1;
+    }
+    if (sc->s[sc->i] == '{' && path[depth].key) {
+        sc->i++;
+        for (;;) {
+            scan_ws(sc);
+            if (sc->s[sc->i] != '"') return 0;
+            size_t key_start = sc->i;
+            scan_string(sc);
+            int match = scan_key_is(sc->s + key_start, sc->i - key_start, path[depth].key);
+            scan_ws(sc);
+            if (sc->s[sc->i] != ':') return 0;
+            sc->i++;
+            if (match) {
+                if (depth + 1 == n) {
+                    *pos = key_start;
+                    return 1;
+                }
+                return scan_find(sc, path, n, depth + 1, pos);
+            }
+            scan_ws(sc);
+            scan_value(sc);
+            scan_ws(sc);
+            if (sc->s[sc->i] != ',') return 0;
+            sc->i++;
+        }
+    }
+    if (sc->s[sc->i] == '[' && !path[depth].key) {
+        sc->i++;
+        for (size_t idx = 0;; idx++) {
+            scan_ws(sc);
+            if (sc->s[sc->i] == ']' || !sc->s[sc->i]) return 0;
+            if (idx == path[depth].index) return scan_find(sc, path, n, depth + 1, pos);
+            scan_value(sc);
+            scan_ws(sc);
+            if (sc->s[sc->i] != ',') return 0;
+            sc->i++;
+        }
+    }
+    return 0;
+}
+
+/* Line and column (both from 1, columns in characters) of the node at path[0..n). */
+static void locate(const char *text, const struct seg *path, size_t n, int *line, int *col) {
+    struct scan sc = {text, 0};
+    size_t pos = 0;
+    if (!scan_find(&sc, path, n, 0, &pos)) pos = 0;
+    *line = 1;
+    *col = 1;
+    for (size_t i = 0; i < pos && text[i]; i++) {
+        unsigned char ch = (unsigned char)text[i];
+        if (ch == '\n') {
+            (*line)++;
+            *col = 1;
+        } else if ((ch & 0xC0) != 0x80) {
+            (*col)++;
+        }
+    }
+}
+
+static void path_format(const struct seg *path, size_t n, char *buf, size_t len) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < n && used < len; i++) {
+        int w;
+        if (path[i].key)
+            w = snprintf(buf + used, len - used, "%s%s", i ? "." : "", path[i].key);
+        else
+            w = snprintf(buf + used, len - used, "[%zu]", path[i].index);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+}
+
+/* Formats "name:line:col: path: message" for the node at the current path. Returns -1. */
+static int fail(struct ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int fail(struct ctx *x, const char *fmt, ...) {
+    char msg[512], where[256];
+    int line, col;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    locate(x->text, x->path, x->depth, &line, &col);
+    path_format(x->path, x->depth, where, sizeof where);
+    if (x->errlen)
+        snprintf(x->err, x->errlen, "%s:%d:%d: %s%s%s", x->name, line, col, where,
+                 where[0] ? ": " : "", msg);
+    return -1;
+}
+
+static void push_key(struct ctx *x, const char *key) {
+    if (x->depth < MAX_DEPTH) x->path[x->depth] = (struct seg){key, 0};
+    x->depth++;
+}
+
+static void push_index(struct ctx *x, size_t index) {
+    if (x->depth < MAX_DEPTH) x->path[x->depth] = (struct seg){NULL, index};
+    x->depth++;
+}
+
+static void pop(struct ctx *x) { x->depth--; }
+
+/* A short picture of a JSON value for "got ..." in messages. */
+static void describe(const json_t *v, char *buf, size_t len) {
+    if (json_is_object(v)) {
+        snprintf(buf, len, "an object");
+    } else if (json_is_array(v)) {
+        snprintf(buf, len, "an array");
+    } else {
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        if (s && strlen(s) > 60) snprintf(buf, len, "%.57s...", s);
+        else snprintf(buf, len, "%s", s ? s : "?");
+        free(s);
+    }
+}
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static void secret_free(char *s, size_t len) {
+    if (!s) return;
+    OPENSSL_cleanse(s, len);
+    free(s);
+}
+
+static void secret_freez(char *s) { secret_free(s, s ? strlen(s) : 0); }
+
+static int set_str(char **dst, const char *src) {
+    char *copy = NULL;
+    if (src && !(copy = strdup(src))) return -1;
+    free(*dst);
+    *dst = copy;
+    return 0;
+}
+
+static int oom(struct ctx *x) { return fail(x, "out of memory"); }
+
+/* Reads a whole file into a NUL-terminated buffer. 0, or -1 with errno set (EFBIG when big). */
+static int read_file(const char *path, size_t max, char **out, size_t *outlen) {
+    FILE *f = NULL;
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    int rc = -1;
+    if (!(f = fopen(path, "rb"))) goto out;
+    for (;;) {
+        if (len + 1 >= cap) {
+            size_t ncap = cap ? cap * 2 : 4096;
+            char *nbuf;
+            if (ncap > max + 1) ncap = max + 1;
+            if (len + 1 >= ncap) {
+                errno = EFBIG;
+                goto out;
+            }
+            if (!(nbuf = realloc(buf, ncap))) goto out;
+            buf = nbuf;
+            cap = ncap;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) {
+            if (ferror(f)) goto out;
+            break;
+        }
+    }
+    buf[len] = '\0';
+    *out = buf;
+    *outlen = len;
+    buf = NULL;
+    rc = 0;
+out:
+    if (f) fclose(f);
+    if (buf) secret_free(buf, cap);
+    return rc;
+}
+
+/* host:port, host may be [v6]. */
+static int split_host_port(const char *s, char **host, int *port, int port_required) {
+    const char *colon, *hend;
+    const char *hstart = s;
+    uint64_t p = 0;
+    if (s[0] == '[') {
+        hend = strchr(s, ']');
+        if (!hend || hend == s + 1) return -1;
+        hstart = s + 1;
+        colon = hend[1] == ':' ? hend + 1 : NULL;
+        if (hend[1] && !colon) return -1;
+    } else {
+        colon = strrchr(s, ':');
+        hend = colon ? colon : s + strlen(s);
+        if (memchr(s, ':', (size_t)(hend - s))) return -1;
+        if (hend == s) return -1;
+    }
+    if (colon) {
+        if (num_parse_range(colon + 1, strlen(colon + 1), 0, 65535, &p) != 0) return -1;
+    } else if (port_required) {
+        return -1;
+    } else {
+        p = 0;
+    }
+    if (!(*host = strndup(hstart, (size_t)(hend - hstart)))) return -1;
+    *port = colon ? (int)p : -1;
+    return 0;
+}
+
+/* ---- table-driven objects ---------------------------------------------------------------- */
+
+enum field_kind {
+    FK_STRING,      /* char *, a non-empty string */
+    FK_STRING_NULL, /* char *, a string, or null for none */
+    FK_UINT,        /* unsigned */
+    FK_U32,         /* uint32_t; flag_off (if any) set to 1 when present */
+    FK_ULONG,       /* unsigned long */
+    FK_SIZE,        /* size_t */
+    FK_DOUBLE,      /* double */
+    FK_BOOL,        /* int 0/1 */
+    FK_ENUM,        /* int-sized enum, index into names */
+    FK_SECRET,      /* char *, literal value; flag_off (if any) set to 1 */
+    FK_SECRET_ENV,  /* char *, from the environment variable named */
+    FK_SECRET_FILE, /* char *, from the file named, one trailing newline trimmed */
+    FK_CUSTOM,      /* handler */
+};
+
+#define F_REQUIRED 1u
+#define F_EXCL_MIN 2u /* FK_DOUBLE: the value must be greater than min */
+
+struct field {
+    const char *key;
+    enum field_kind kind;
+    size_t off;
+    double min, max;
+    const char *const *names;                        /* FK_ENUM, NULL-ended */
+    int (*parse)(struct ctx *x, json_t *v, void *base); /* FK_CUSTOM; the key is on the path */
+    size_t flag_off;
+    unsigned flags;
+    const char *group; /* secret kinds: the base name, e.g. "secret_key" */
+};
+
+_Static_assert(sizeof(enum config_app_auth) == sizeof(int), "enums are int-sized");
+_Static_assert(sizeof(enum config_limit_scope) == sizeof(int), "enums are int-sized");
+_Static_assert(sizeof(enum config_store_error) == sizeof(int), "enums are int-sized");
+_Static_assert(sizeof(enum sign_method) == sizeof(int), "enums are int-sized");
+
+static int parse_integer(struct ctx *x, json_t *v, const struct field *f, uint64_t *out) {
+    char got[80];
+    if (!json_is_integer(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be an integer; got %s", got);
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < 0 || (double)n < f->min || (double)n > f->max)
+        return fail(x, "must be between %.0f and %.0f; got %lld", f->min, f->max, (long long)n);
+    *out = (uint64_t)n;
+    return 0;
+}
+
+static int parse_enum(struct ctx *x, json_t *v, const struct field *f, int *out) {
+    char expect[256], got[80];
+    size_t used = 0, count = 0;
+    if (json_is_string(v)) {
+        for (int i = 0; f->names[i]; i++) {
+            if (strcmp(json_string_value(v), f->names[i]) == 0) {
+                *out = i;
+                return 0;
+            }
+        }
+    }
+    while (f->names[count]) count++;
+    expect[0] = '\0';
+    for (size_t i = 0; i < count && used < sizeof expect; i++) {
+        int w = snprintf(expect + used, sizeof expect - used, "%s\"%s\"",
+                         i == 0 ? "" : i + 1 == count ? " or " : ", ", f->names[i]);
+        if (w < 0) break;
+        used += (size_t)w;
+    }
+    describe(v, got, sizeof got);
+    return fail(x, "must be %s; got %s", expect, got);
+}
+
+static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *base) {
+    char **dst = (char **)(base + f->off);
+    const char *name;
+    char got[80];
+    if (json_is_null(v) && f->kind != FK_SECRET) return 0;
+    if (!json_is_string(v) || json_string_length(v) == 0) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a non-empty string%s; got %s",
+                    f->kind == FK_SECRET ? "" : " or null", got);
+    }
+    if (*dst)
+        return fail(x, "only one of %s, %s_env and %s_file may be set", f->group, f->group,
+                    f->group);
+    name = json_string_value(v);
+    if (f->kind == FK_SECRET) {
+        if (!(*dst = strdup(name))) return oom(x);
+        if (f->flag_off != NO_FLAG) *(int *)(base + f->flag_off) = 1;
+    } else if (f->kind == FK_SECRET_ENV) {
+        const char *val = getenv(name);
+        if (!val) return fail(x, "environment variable %s is not set", name);
+        if (!*val) return fail(x, "environment variable %s is empty", name);
+        if (!(*dst = strdup(val))) return oom(x);
+    } else {
+        char *buf = NULL;
+        size_t len = 0;
+        if (read_file(name, MAX_SECRET_FILE_BYTES, &buf, &len) != 0)
+            return fail(x, "cannot read %s: %s", name,
+                        errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
+        if (len && buf[len - 1] == '\n') buf[--len] = '\0';
+        if (len && buf[len - 1] == '\r') buf[--len] = '\0';
+        if (len == 0 || strlen(buf) != len) {
+            secret_free(buf, len + 1);
+            return fail(x, "%s is empty or holds a NUL byte", name);
+        }
+        *dst = buf;
+    }
+    return 0;
+}
+
+static int parse_field(struct ctx *x, json_t *v, const struct field *f, char *base) {
+    uint64_t n = 0;
+    char got[80];
+    switch (f->kind) {
+    case FK_STRING:
+    case FK_STRING_NULL:
+        if (f->kind == FK_STRING_NULL && json_is_null(v)) {
+            set_str((char **)(base + f->off), NULL);
+            return 0;
+        }
+        if (!json_is_string(v) || json_string_length(v) == 0 ||
+            strlen(json_string_value(v)) != json_string_length(v)) {
+            describe(v, got, sizeof got);
+            return fail(x, "must be a non-empty string%s; got %s",
+                        f->kind == FK_STRING_NULL ? " or null" : "", got);
+        }
+        return set_str((char **)(base + f->off), json_string_value(v)) ? oom(x) : 0;
+    case FK_UINT:
+        if (parse_integer(x, v, f, &n)) return -1;
+        *(unsigned *)(base + f->off) = (unsigned)n;
+        return 0;
+    case FK_U32:
+        if (parse_integer(x, v, f, &n)) return -1;
+        *(uint32_t *)(base + f->off) = (uint32_t)n;
+        if (f->flag_off != NO_FLAG) *(int *)(base + f->flag_off) = 1;
+        return 0;
+    case FK_ULONG:
+        if (parse_integer(x, v, f, &n)) return -1;
+        *(unsigned long *)(base + f->off) = (unsigned long)n;
+        return 0;
+    case FK_SIZE:
+        if (parse_integer(x, v, f, &n)) return -1;
+        *(size_t *)(base + f->off) = (size_t)n;
+        return 0;
+    case FK_DOUBLE: {
+        double d;
+        if (!json_is_number(v)) {
+            describe(v, got, sizeof got);
+            return fail(x, "must be a number; got %s", got);
+        }
+        d = json_number_value(v);
+        if ((f->flags & F_EXCL_MIN) ? !(d > f->min) : !(d >= f->min))
+            return fail(x, "must be %s %g; got %g", (f->flags & F_EXCL_MIN) ? "greater than"
+                        : "at least", f->min, d);
+        if (d > f->max) return fail(x, "must be at most %g; got %g", f->max, d);
+        *(double *)(base + f->off) = d;
+        return 0;
+    }
+    case FK_BOOL:
+        if (!json_is_boolean(v)) {
+            describe(v, got, sizeof got);
+            return fail(x, "must be true or false; got %s", got);
+        }
+        *(int *)(base + f->off) = json_is_true(v);
+        return 0;
+    case FK_ENUM:
+        return parse_enum(x, v, f, (int *)(base + f->off));
+    case FK_SECRET:
+    case FK_SECRET_ENV:
+    case FK_SECRET_FILE:
+        return parse_secret(x, v, f, base);
+    case FK_CUSTOM:
+        return f->parse(x, v, base);
+    }
+    return fail(x, "internal error: unknown field kind");
+}
+
+/* Runs the table over obj, which sits at the current path. */
+static int parse_object(struct ctx *x, json_t *obj, const struct field *table, void *base) {
+    const char *key;
+    json_t *v;
+    char got[80];
+    if (!json_is_object(obj)) {
+        describe(obj, got, sizeof got);
+        return fail(x, "must be an object; got %s", got);
+    }
+    json_object_foreach(obj, key, v) {
+        const struct field *f = table;
+        while (f->key && strcmp(f->key, key) != 0) f++;
+        push_key(x, key);
+        if (!f->key) return fail(x, "unknown key");
+        if (parse_field(x, v, f, base)) return -1;
+        pop(x);
+    }
+    for (const struct field *f = table; f->key; f++) {
+        if ((f->flags & F_REQUIRED) && !json_object_get(obj, f->key))
+            return fail(x, "missing required key \"%s\"", f->key);
+    }
+    return 0;
+}
+
+/* ---- names ------------------------------------------------------------------------------- */
+
+static const char *const http_errors_names[] = {"compat", "semantic", NULL};
+static const char *const store_error_names[] = {"local", "allow", "deny", NULL};
+static const char *const method_names[] = {"GET", "POST", NULL};
+static const char *const sign_method_names[] = {"HmacSHA1", "HmacSHA256", NULL};
+static const char *const app_auth_names[] = {"signature", "token", NULL};
+static const char *const scope_names[] = {"params", "app", "global", NULL};
+static const char *const mode_names[] = {"enforce", "shadow", NULL};
+static const char *const pii_names[] = {"hash", "raw", NULL};
+static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
+
+static const char *const action_names[V2_ACTION_COUNT] = {
+    [V2_ACTION_UNKNOWN] = NULL,
+    [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",
+    [V2_ACTION_CAPTCHA_CHECK] = "CaptchaCheck",
+    [V2_ACTION_CAPTCHA_QUERY] = "CaptchaQuery",
+};
+
+static unsigned all_actions(void) {
+    unsigned m = 0;
+    for (int a = V2_ACTION_UNKNOWN + 1; a < V2_ACTION_COUNT; a++) m |= 1u << a;
+    return m;
+}
+
+/* ---- custom fields ----------------------------------------------------------------------- */
+
+static int parse_listen_into(struct ctx *x, json_t *v, char **host, int *port) {
+    char got[80];
+    char *h = NULL;
+    int p = 0;
+    if (!json_is_string(v) || split_host_port(json_string_value(v), &h, &p, 1) != 0) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be \"host:port\" with a port 0..65535; got %s", got);
+    }
+    free(*host);
+    *host = h;
+    *port = p;
+    return 0;
+}
+
+static int parse_listen(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_listen_into(x, v, &c->listen_host, &c->listen_port);
+}
+
+static int parse_admin_listen(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_listen_into(x, v, &c->admin_host, &c->admin_port);
+}
+
+static int parse_log_level(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    static const struct field f = {.key = "log_level", .kind = FK_ENUM, .names = log_level_names};
+    int idx;
+    if (parse_enum(x, v, &f, &idx)) return -1;
+    return set_str(&c->log_level, log_level_names[idx]) ? oom(x) : 0;
+}
+
+static int parse_actions(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a non-empty list of Action names; got %s", got);
+    }
+    app->actions = 0;
+    json_array_foreach(v, i, e) {
+        int found = 0;
+        push_index(x, i);
+        for (int a = V2_ACTION_UNKNOWN + 1; a < V2_ACTION_COUNT && json_is_string(e); a++) {
+            if (strcmp(json_string_value(e), action_names[a]) == 0) {
+                if (app->actions & (1u << a)) return fail(x, "listed twice");
+                app->actions |= 1u << a;
+                found = 1;
+            }
+        }
+        if (!found) {
+            describe(e, got, sizeof got);
+            return fail(x, "must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
+                        "\"CaptchaQuery\"; got %s", got);
+        }
+        pop(x);
+    }
+    return 0;
+}
+
+static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (json_is_string(v) && strcmp(json_string_value(v), "*") == 0) {
+        app->business_any = 1;
+        return 0;
+    }
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be \"*\" or a non-empty list of UInt businessIds; got %s", got);
+    }
+    if (!(app->business_ids = calloc(json_array_size(v), sizeof *app->business_ids)))
+        return oom(x);
+    app->business_any = 0;
+    json_array_foreach(v, i, e) {
+        push_index(x, i);
+        if (!json_is_integer(e) || json_integer_value(e) < 0 ||
+            json_integer_value(e) > (json_int_t)UINT32_MAX) {
+            describe(e, got, sizeof got);
+            return fail(x, "must be a UInt (0..4294967295); got %s", got);
+        }
+        uint32_t id = (uint32_t)json_integer_value(e);
+        for (size_t j = 0; j < app->n_business_ids; j++)
+            if (app->business_ids[j] == id) return fail(x, "businessId %u listed twice", id);
+        app->business_ids[app->n_business_ids++] = id;
+        pop(x);
+    }
+    return 0;
+}
+
+static int parse_param_match(struct ctx *x, json_t *v, int *any, uint32_t *id) {
+    char got[80];
+    if (json_is_string(v) && strcmp(json_string_value(v), "*") == 0) {
+        *any = 1;
+        return 0;
+    }
+    if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+        json_integer_value(v) > (json_int_t)UINT32_MAX) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a UInt (0..4294967295) or \"*\"; got %s", got);
+    }
+    *any = 0;
+    *id = (uint32_t)json_integer_value(v);
+    return 0;
+}
+
+static int parse_limit_business(struct ctx *x, json_t *v, void *base) {
+    struct config_limit *l = base;
+    return parse_param_match(x, v, &l->business_any, &l->business_id);
+}
+
+static int parse_limit_scene(struct ctx *x, json_t *v, void *base) {
+    struct config_limit *l = base;
+    return parse_param_match(x, v, &l->scene_any, &l->scene_id);
+}
+
+/* ---- tables ------------------------------------------------------------------------------ */
+
+#define STR(k, T, m) {.key = k, .kind = FK_STRING, .off = offsetof(T, m), .flag_off = NO_FLAG}
+#define STRN(k, T, m) {.key = k, .kind = FK_STRING_NULL, .off = offsetof(T, m), .flag_off = NO_FLAG}
+#define NUM(k, kd, T, m, lo, hi) \
+    {.key = k, .kind = kd, .off = offsetof(T, m), .min = lo, .max = hi, .flag_off = NO_FLAG}
+#define BOOL(k, T, m) {.key = k, .kind = FK_BOOL, .off = offsetof(T, m), .flag_off = NO_FLAG}
+#define ENUM(k, T, m, n) {.key = k, .kind = FK_ENUM, .off = offsetof(T, m), .names = n, \
+                          .flag_off = NO_FLAG}
+#define SECRET(k, kd, T, m, g, flag) \
+    {.key = k, .kind = kd, .off = offsetof(T, m), .group = g, .flag_off = flag}
+#define CUSTOM(k, fn) {.key = k, .kind = FK_CUSTOM, .parse = fn, .flag_off = NO_FLAG}
+#define END {.key = NULL}
+
+#define MS_MAX 600000.0
+
+static const struct field upstream_fields[] = {
+    STR("url", struct config_upstream, url),
+    STR("sign_host", struct config_upstream, sign_host),
+    SECRET("secret_id", FK_SECRET, struct config_upstream, secret_id, "secret_id", NO_FLAG),
+    SECRET("secret_id_env", FK_SECRET_ENV, struct config_upstream, secret_id, "secret_id", NO_FLAG),
+    SECRET("secret_id_file", FK_SECRET_FILE, struct config_upstream, secret_id, "secret_id",
+           NO_FLAG),
+    SECRET("secret_key", FK_SECRET, struct config_upstream, secret_key, "secret_key",
+           offsetof(struct config_upstream, secret_literal)),
+    SECRET("secret_key_env", FK_SECRET_ENV, struct config_upstream, secret_key, "secret_key",
+           NO_FLAG),
+    SECRET("secret_key_file", FK_SECRET_FILE, struct config_upstream, secret_key, "secret_key",
+           NO_FLAG),
+    STR("region", struct config_upstream, region),
+    ENUM("signature_method", struct config_upstream, signature_method, sign_method_names),
+    ENUM("method", struct config_upstream, post, method_names),
+    STRN("ca_file", struct config_upstream, ca_file),
+    BOOL("verify_tls", struct config_upstream, verify_tls),
+    NUM("connect_timeout_ms", FK_UINT, struct config_upstream, connect_timeout_ms, 1, MS_MAX),
+    NUM("timeout_ms", FK_UINT, struct config_upstream, timeout_ms, 1, MS_MAX),
+    NUM("retries", FK_UINT, struct config_upstream, retries, 0, 10),
+    NUM("max_connections", FK_UINT, struct config_upstream, max_connections, 1, 65536),
+    NUM("breaker_failures", FK_UINT, struct config_upstream, breaker_failures, 1, 10000),
+    NUM("breaker_open_ms", FK_UINT, struct config_upstream, breaker_open_ms, 1, MS_MAX),
+    END,
+};
+
+static const struct field redis_fields[] = {
+    {.key = "url", .kind = FK_STRING, .off = offsetof(struct config_redis, url),
+     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    SECRET("password_env", FK_SECRET_ENV, struct config_redis, password, "password", NO_FLAG),
+    SECRET("password_file", FK_SECRET_FILE, struct config_redis, password, "password", NO_FLAG),
+    NUM("timeout_ms", FK_UINT, struct config_redis, timeout_ms, 1, MS_MAX),
+    STR("key_prefix", struct config_redis, key_prefix),
+    END,
+};
+
+static const struct field auth_fields[] = {
+    NUM("timestamp_window_s", FK_UINT, struct config, timestamp_window_s, 1, 86400),
+    END,
+};
+
+static const struct field app_fields[] = {
+    {.key = "name", .kind = FK_STRING, .off = offsetof(struct config_app, name),
+     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    {.key = "auth", .kind = FK_ENUM, .off = offsetof(struct config_app, auth),
+     .names = app_auth_names, .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    STR("secret_id", struct config_app, secret_id),
+    SECRET("secret_key", FK_SECRET, struct config_app, secret_key, "secret_key",
+           offsetof(struct config_app, secret_literal)),
+    SECRET("secret_key_env", FK_SECRET_ENV, struct config_app, secret_key, "secret_key", NO_FLAG),
+    SECRET("secret_key_file", FK_SECRET_FILE, struct config_app, secret_key, "secret_key",
+           NO_FLAG),
+    SECRET("token", FK_SECRET, struct config_app, token, "token",
+           offsetof(struct config_app, secret_literal)),
+    SECRET("token_env", FK_SECRET_ENV, struct config_app, token, "token", NO_FLAG),
+    SECRET("token_file", FK_SECRET_FILE, struct config_app, token, "token", NO_FLAG),
+    CUSTOM("actions", parse_actions),
+    CUSTOM("business_ids", parse_business_ids),
+    END,
+};
+
+static const struct field limit_fields[] = {
+    {.key = "name", .kind = FK_STRING, .off = offsetof(struct config_limit, name),
+     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    ENUM("scope", struct config_limit, scope, scope_names),
+    CUSTOM("businessId", parse_limit_business),
+    CUSTOM("sceneId", parse_limit_scene),
+    {.key = "rate", .kind = FK_DOUBLE, .off = offsetof(struct config_limit, rate), .min = 0,
+     .max = 1e9, .flag_off = NO_FLAG, .flags = F_REQUIRED | F_EXCL_MIN},
+    {.key = "period_s", .kind = FK_DOUBLE, .off = offsetof(struct config_limit, period_s),
+     .min = 0, .max = 86400, .flag_off = NO_FLAG, .flags = F_EXCL_MIN},
+    NUM("burst", FK_DOUBLE, struct config_limit, burst, 1, 1e9),
+    ENUM("mode", struct config_limit, shadow, mode_names),
+    END,
+};
+
+static const struct field audit_fields[] = {
+    STR("stream", struct config_audit, stream),
+    NUM("maxlen", FK_ULONG, struct config_audit, maxlen, 1, 1e10),
+    STR("spool_dir", struct config_audit, spool_dir),
+    STRN("file", struct config_audit, file),
+    ENUM("pii", struct config_audit, pii_raw, pii_names),
+    SECRET("pii_key_env", FK_SECRET_ENV, struct config_audit, pii_key, "pii_key", NO_FLAG),
+    SECRET("pii_key_file", FK_SECRET_FILE, struct config_audit, pii_key, "pii_key", NO_FLAG),
+    END,
+};
+
+static const struct field metrics_fields[] = {
+    NUM("flush_ms", FK_UINT, struct config_metrics, flush_ms, 10, MS_MAX),
+    NUM("retention_s", FK_ULONG, struct config_metrics, retention_s, 60, 31622400),
+    END,
+};
+
+#define PROFILE_U32(k, m, hi) \
+    {.key = k, .kind = FK_U32, .off = offsetof(struct config_pool_profile, m), .max = hi, \
+     .flag_off = NO_FLAG, .flags = F_REQUIRED}
+static const struct field profile_fields[] = {
+    PROFILE_U32("captchaType", captcha_type, UINT32_MAX),
+    PROFILE_U32("disturbLevel", disturb_level, UINT32_MAX),
+    PROFILE_U32("isHttps", is_https, 1),
+    PROFILE_U32("clientType", client_type, 4),
+    PROFILE_U32("accountType", account_type, 7),
+    {.key = "businessId", .kind = FK_U32, .off = offsetof(struct config_pool_profile, business_id),
+     .max = UINT32_MAX, .flag_off = offsetof(struct config_pool_profile, has_business_id)},
+    {.key = "sceneId", .kind = FK_U32, .off = offsetof(struct config_pool_profile, scene_id),
+     .max = UINT32_MAX, .flag_off = offsetof(struct config_pool_profile, has_scene_id)},
+    NUM("size", FK_UINT, struct config_pool_profile, size, 1, 10000),
+    END,
+};
+
+static int parse_profiles(struct ctx *x, json_t *v, void *base);
+
+static const struct field pool_fields[] = {
+    NUM("ttl_s", FK_UINT, struct config_pool, ttl_s, 1, 86400),
+    CUSTOM("profiles", parse_profiles),
+    END,
+};
+
+static const struct field idempotency_fields[] = {
+    NUM("ttl_s", FK_UINT, struct config, idempotency_ttl_s, 1, 86400),
+    END,
+};
+
+static const struct field http_fields[] = {
+    NUM("max_uri", FK_SIZE, struct config_http, max_uri, 256, 1048576),
+    NUM("max_header_bytes", FK_SIZE, struct config_http, max_header_bytes, 1024, 1048576),
+    NUM("max_body", FK_SIZE, struct config_http, max_body, 1024, 16777216),
+    NUM("max_headers", FK_UINT, struct config_http, max_headers, 1, 1000),
+    NUM("header_timeout_ms", FK_UINT, struct config_http, header_timeout_ms, 1, MS_MAX),
+    NUM("body_timeout_ms", FK_UINT, struct config_http, body_timeout_ms, 1, MS_MAX),
+    NUM("idle_timeout_ms", FK_UINT, struct config_http, idle_timeout_ms, 1, MS_MAX),
+    END,
+};
+
+/* ---- URLs -------------------------------------------------------------------------------- */
+
+/* http(s)://host[:port][/path] into tls/host/port/path. -1 with *why set, or -1 with *why NULL
+ * on OOM. */
+static int parse_upstream_url(struct config_upstream *u, const char **why) {
+    const char *rest, *slash;
+    char *authority = NULL, *host = NULL;
+    int port = -1, rc = -1;
+    *why = NULL;
+    if (strncmp(u->url, "https://", 8) == 0) {
+        u->tls = 1;
+        rest = u->url + 8;
+    } else if (strncmp(u->url, "http://", 7) == 0) {
+        u->tls = 0;
+        rest = u->url + 7;
+    } else {
+        *why = "must start with https:// or http://";
+        goto out;
+    }
+    if (strpbrk(rest, "?# \t")) {
+        *why = "must not hold a query, a fragment or spaces";
+        goto out;
+    }
+    slash = strchr(rest, '/');
+    if (!(authority = strndup(rest, slash ? (size_t)(slash - rest) : strlen(rest)))) goto out;
+    if (strchr(authority, '@') || split_host_port(authority, &host, &port, 0) != 0 ||
+        port == 0) {
+        *why = "must be http(s)://host[:port][/path] with a port 1..65535";
+        goto out;
+    }
+    if (port < 0) port = u->tls ? 443 : 80;
+    if (set_str(&u->path, slash ? slash : "/")) goto out;
+    free(u->host);
+    u->host = host;
+    host = NULL;
+    u->port = port;
+    rc = 0;
+out:
+    free(authority);
+    free(host);
+    return rc;
+}
+
+static int hexval(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes [s, s + len) into a new string; NULL on a bad escape or OOM. */
+static char *percent_decode(const char *s, size_t len) {
+    char *out = malloc(len + 1);
+    size_t o = 0;
+    if (!out) return NULL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi = i + 1 < len ? hexval(s[i + 1]) : -1;
+            int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
+                secret_free(out, len + 1);
+                return NULL;
+            }
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* redis://[:password@]host[:port][/db] into host/port/db/password. */
+static int parse_redis_url(struct config_redis *r, const char **why) {
+    const char *rest, *at, *slash, *hostpart;
+    char *authority = NULL, *host = NULL, *password = NULL;
+    uint64_t db = 0;
+    int port = -1, rc = -1;
+    *why = NULL;
+    if (strncmp(r->url, "redis://", 8) != 0) {
+        *why = "must be redis://[:password@]host[:port][/db]";
+        goto out;
+    }
+    rest = r->url + 8;
+    if (strpbrk(rest, "?# \t")) {
+        *why = "must not hold a query, a fragment or spaces";
+        goto out;
+    }
+    slash = strchr(rest, '/');
+    at = memchr(rest, '@', slash ? (size_t)(slash - rest) : strlen(rest));
+    /* a password may hold '/' and '@' only percent-encoded */
+    if (at) {
+        if (rest[0] != ':' || at == rest + 1) {
+            *why = "must give the password as redis://:password@host (user names are not "
+                   "supported)";
+            goto out;
+        }
+        if (!(password = percent_decode(rest + 1, (size_t)(at - rest - 1)))) {
+            *why = "has a bad %-escape in the password";
+            goto out;
+        }
+        hostpart = at + 1;
+    } else {
+        hostpart = rest;
+    }
+    if (!(authority = strndup(hostpart, slash ? (size_t)(slash - hostpart)
+                                              : strlen(hostpart))))
+        goto out;
+    if (split_host_port(authority, &host, &port, 0) != 0 || port == 0) {
+        *why = "must be redis://[:password@]host[:port][/db] with a port 1..65535";
+        goto out;
+    }
+    if (slash && slash[1] && num_parse_range(slash + 1, strlen(slash + 1), 0, 65535, &db) != 0) {
+        *why = "must end in /db, a database number 0..65535";
+        goto out;
+    }
+    if (password && r->password) {
+        *why = "holds a password, and so does password_env/password_file: give one";
+        goto out;
+    }
+    if (password) {
+        r->password = password;
+        password = NULL;
+    }
+    free(r->host);
+    r->host = host;
+    host = NULL;
+    r->port = port < 0 ? 6379 : port;
+    r->db = (unsigned)db;
+    rc = 0;
+out:
+    free(authority);
+    free(host);
+    secret_freez(password);
+    return rc;
+}
+
+/* ---- sections ---------------------------------------------------------------------------- */
+
+static int parse_upstream(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    struct config_upstream *u = &c->upstream;
+    const char *why = NULL;
+    if (parse_object(x, v, upstream_fields, u)) return -1;
+    if (parse_upstream_url(u, &why) != 0) {
+        int rc;
+        push_key(x, "url");
+        rc = why ? fail(x, "%s; got \"%s\"", why, u->url) : oom(x);
+        return rc;
+    }
+    if (!u->sign_host) {
+        char buf[300];
+        int is_default = u->port == (u->tls ? 443 : 80);
+        int v6 = strchr(u->host, ':') != NULL;
+        if (is_default)
+            snprintf(buf, sizeof buf, "%s%s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
+        else
+            snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "",
+                     u->port);
+        if (set_str(&u->sign_host, buf)) return oom(x);
+    }
+    if (!u->secret_id) return fail(x, "missing required key \"secret_id_env\" (or secret_id)");
+    if (!u->secret_key)
+        return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
+    return 0;
+}
+
+static int parse_redis(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    const char *why = NULL;
+    if (json_is_null(v)) return 0; /* same as no section: the embedded memory store */
+    if (!(c->redis = calloc(1, sizeof *c->redis))) return oom(x);
+    c->redis->port = 6379;
+    c->redis->timeout_ms = 100;
+    if (set_str(&c->redis->key_prefix, "capgate:")) return oom(x);
+    if (parse_object(x, v, redis_fields, c->redis)) return -1;
+    if (parse_redis_url(c->redis, &why) != 0) {
+        int rc;
+        push_key(x, "url");
+        rc = why ? fail(x, "%s; got \"%s\"", why, c->redis->url) : oom(x);
+        return rc;
+    }
+    return 0;
+}
+
+static int parse_auth(struct ctx *x, json_t *v, void *base) {
+    return parse_object(x, v, auth_fields, base);
+}
+
+static int parse_apps(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of apps; got %s", got);
+    }
+    if (json_array_size(v) && !(c->apps = calloc(json_array_size(v), sizeof *c->apps)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        struct config_app *app = &c->apps[i];
+        c->n_apps = i + 1;
+        app->actions = all_actions();
+        app->business_any = 1;
+        push_index(x, i);
+        if (parse_object(x, e, app_fields, app)) return -1;
+        if (app->auth == CONFIG_AUTH_SIGNATURE) {
+            if (app->token) return fail(x, "token keys are only for \"auth\": \"token\" apps");
+            if (!app->secret_id) return fail(x, "missing required key \"secret_id\"");
+            if (!app->secret_key)
+                return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
+        } else {
+            if (app->secret_id || app->secret_key)
+                return fail(x, "secret_id and secret_key keys are only for \"auth\": "
+                            "\"signature\" apps");
+            if (!app->token) return fail(x, "missing required key \"token_env\" (or token_file)");
+        }
+        pop(x);
+    }
+    /* Duplicates: reported at the later of the two. */
+    for (i = 0; i < c->n_apps; i++) {
+        const struct config_app *a = &c->apps[i];
+        for (size_t j = 0; j < i; j++) {
+            const struct config_app *b = &c->apps[j];
+            const char *what = NULL;
+            if (strcmp(a->name, b->name) == 0) what = "name";
+            else if (a->secret_id && b->secret_id && strcmp(a->secret_id, b->secret_id) == 0)
+                what = "secret_id";
+            else if (a->token && b->token && strcmp(a->token, b->token) == 0)
+                what = "token";
+            if (what) {
+                int rc;
+                push_index(x, i);
+                push_key(x, strcmp(what, "name") == 0 || strcmp(what, "secret_id") == 0 ? what
+                         : "token");
+                if (strcmp(what, "token") == 0)
+                    rc = fail(x, "the same token as apps[%zu] (\"%s\")", j, b->name);
+                else
+                    rc = fail(x, "duplicate %s \"%s\" (also apps[%zu])", what,
+                              strcmp(what, "name") == 0 ? a->name : a->secret_id, j);
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+static int parse_limits(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of limits; got %s", got);
+    }
+    if (json_array_size(v) && !(c->limits = calloc(json_array_size(v), sizeof *c->limits)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        struct config_limit *l = &c->limits[i];
+        c->n_limits = i + 1;
+        l->scope = CONFIG_SCOPE_PARAMS;
+        l->business_any = l->scene_any = 1;
+        l->period_s = 1;
+        l->burst = 0; /* unset */
+        push_index(x, i);
+        if (parse_object(x, e, limit_fields, l)) return -1;
+        if (l->scope != CONFIG_SCOPE_PARAMS &&
+            (json_object_get(e, "businessId") || json_object_get(e, "sceneId"))) {
+            push_key(x, json_object_get(e, "businessId") ? "businessId" : "sceneId");
+            return fail(x, "only for rules without a scope (or \"scope\": \"params\")");
+        }
+        if (l->burst == 0) l->burst = l->rate < 1 ? 1 : l->rate;
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(c->limits[j].name, l->name) == 0) {
+                push_key(x, "name");
+                return fail(x, "duplicate name \"%s\" (also limits[%zu])", l->name, j);
+            }
+        }
+        pop(x);
+    }
+    return 0;
+}
+
+static int parse_audit(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, audit_fields, &c->audit);
+}
+
+static int parse_metrics(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, metrics_fields, &c->metrics);
+}
+
+static int parse_profiles(struct ctx *x, json_t *v, void *base) {
+    struct config_pool *pool = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of profiles; got %s", got);
+    }
+    if (json_array_size(v) &&
+        !(pool->profiles = calloc(json_array_size(v), sizeof *pool->profiles)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        struct config_pool_profile *p = &pool->profiles[i];
+        pool->n_profiles = i + 1;
+        p->size = 10;
+        push_index(x, i);
+        if (parse_object(x, e, profile_fields, p)) return -1;
+        if (p->client_type != 1 && p->client_type != 2 && p->client_type != 4) {
+            push_key(x, "clientType");
+            return fail(x, "must be one of 1, 2, 4; got %u", p->client_type);
+        }
+        if (p->account_type != 0 && p->account_type != 4 && p->account_type != 6 &&
+            p->account_type != 7) {
+            push_key(x, "accountType");
+            return fail(x, "must be one of 0, 4, 6, 7 (1 and 2 need a per-request appId); "
+                        "got %u", p->account_type);
+        }
+        pop(x);
+    }
+    return 0;
+}
+
+static int parse_pool(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, pool_fields, &c->pool);
+}
+
+static int parse_idempotency(struct ctx *x, json_t *v, void *base) {
+    return parse_object(x, v, idempotency_fields, base);
+}
+
+static int parse_http(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, http_fields, &c->http);
+}
+
+static const struct field config_fields[] = {
+    CUSTOM("listen", parse_listen),
+    CUSTOM("admin_listen", parse_admin_listen),
+    NUM("workers", FK_UINT, struct config, workers, 1, 64),
+    ENUM("http_errors", struct config, http_errors_semantic, http_errors_names),
+    {.key = "upstream", .kind = FK_CUSTOM, .parse = parse_upstream, .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
+    CUSTOM("redis", parse_redis),
+    ENUM("on_store_error", struct config, on_store_error, store_error_names),
+    CUSTOM("auth", parse_auth),
+    CUSTOM("apps", parse_apps),
+    CUSTOM("limits", parse_limits),
+    CUSTOM("audit", parse_audit),
+    CUSTOM("metrics", parse_metrics),
+    CUSTOM("pool", parse_pool),
+    CUSTOM("idempotency", parse_idempotency),
+    CUSTOM("http", parse_http),
+    BOOL("demo", struct config, demo),
+    STR("instance", struct config, instance),
+    CUSTOM("log_level", parse_log_level),
+    END,
+};
+
+/* ---- loading ----------------------------------------------------------------------------- */
+
+/* Every default in one place; docs/configuration.md mirrors it. */
+static int config_defaults(struct config *c) {
+    c->listen_port = 8080;
+    c->admin_port = 8081;
+    c->workers = 2;
+    c->http_errors_semantic = 0;
+    c->on_store_error = CONFIG_STORE_ERROR_LOCAL;
+    c->timestamp_window_s = 300;
+    c->idempotency_ttl_s = 300;
+    c->demo = 0;
+
+    c->upstream.signature_method = SIGN_HMAC_SHA256;
+    c->upstream.post = 1;
+    c->upstream.verify_tls = 1;
+    c->upstream.connect_timeout_ms = 1000;
+    c->upstream.timeout_ms = 3000;
+    c->upstream.retries = 1;
+    c->upstream.max_connections = 64;
+    c->upstream.breaker_failures = 5;
+    c->upstream.breaker_open_ms = 5000;
+
+    c->audit.maxlen = 1000000;
+    c->audit.pii_raw = 0;
+    c->metrics.flush_ms = 1000;
+    c->metrics.retention_s = 691200;
+    c->pool.ttl_s = 60;
+
+    c->http.max_uri = 8192;
+    c->http.max_header_bytes = 16384;
+    c->http.max_body = 65536;
+    c->http.max_headers = 100;
+    c->http.header_timeout_ms = 10000;
+    c->http.body_timeout_ms = 10000;
+    c->http.idle_timeout_ms = 60000;
+
+    if (set_str(&c->listen_host, "127.0.0.1") || set_str(&c->admin_host, "127.0.0.1") ||
+        set_str(&c->upstream.url, "https://csec.api.qcloud.com/v2/index.php") ||
+        set_str(&c->upstream.region, "gz") || set_str(&c->audit.stream, "capgate:audit") ||
+        set_str(&c->audit.spool_dir, "var/spool") || set_str(&c->log_level, "info"))
+        return -1;
+    return 0;
+}
+
+/* Settings that depend on the process rather than the file. */
+static int config_finish(struct ctx *x, struct config *c) {
+    if (!c->instance) {
+        char host[256], buf[300];
+        if (gethostname(host, sizeof host) != 0) snprintf(host, sizeof host, "localhost");
+        host[sizeof host - 1] = '\0';
+        snprintf(buf, sizeof buf, "%s:%ld", host, (long)getpid());
+        if (set_str(&c->instance, buf)) return oom(x);
+    }
+    if (!c->audit.pii_raw && !c->audit.pii_key) {
+        if (!(c->audit.pii_key = malloc(PII_KEY_BYTES))) return oom(x);
+        c->audit.pii_key_len = PII_KEY_BYTES;
+        c->audit.pii_key_generated = 1;
+        if (RAND_bytes((unsigned char *)c->audit.pii_key, PII_KEY_BYTES) != 1)
+            return fail(x, "cannot generate a PII key: RAND_bytes failed");
+    } else if (c->audit.pii_key && !c->audit.pii_key_generated) {
+        c->audit.pii_key_len = strlen(c->audit.pii_key);
+    }
+    return 0;
+}
+
+int config_load_string(const char *json_text, const char *name, struct config **out, char *err,
+                       size_t errlen) {
+    struct ctx x = {.text = json_text, .name = name, .err = err, .errlen = errlen};
+    struct config *c = NULL;
+    json_t *root = NULL;
+    json_error_t jerr;
+    int rc = -1;
+
+    if (errlen) err[0] = '\0';
+    *out = NULL;
+    if (!(root = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr))) {
+        if (errlen)
+            snprintf(err, errlen, "%s:%d:%d: syntax error: %s", name, jerr.line < 1 ? 1 : jerr.line,
+                     jerr.column < 1 ? 1 : jerr.column, jerr.text);
+        goto out;
+    }
+    if (!(c = calloc(1, sizeof *c)) || config_defaults(c) != 0 || set_str(&c->path, name)) {
+        oom(&x);
+        goto out;
+    }
+    if (parse_object(&x, root, config_fields, c) != 0) goto out;
+    if (config_finish(&x, c) != 0) goto out;
+    *out = c;
+    c = NULL;
+    rc = 0;
+out:
+    json_decref(root);
+    config_free(c);
+    return rc;
+}
+
+int config_load(const char *path, struct config **out, char *err, size_t errlen) {
+    char *text = NULL;
+    size_t len = 0;
+    int rc = -1;
+    *out = NULL;
+    if (read_file(path, MAX_FILE_BYTES, &text, &len) != 0) {
+        if (errlen)
+            snprintf(err, errlen, "%s: cannot read: %s", path,
+                     errno == EFBIG ? "larger than 4 MiB" : strerror(errno));
+        goto out;
+    }
+    if (strlen(text) != len) {
+        if (errlen) snprintf(err, errlen, "%s: holds a NUL byte", path);
+        goto out;
+    }
+    rc = config_load_string(text, path, out, err, errlen);
+out:
+    free(text);
+    return rc;
+}
+
+void config_free(struct config *c) {
+    if (!c) return;
+    free(c->path);
+    free(c->listen_host);
+    free(c->admin_host);
+    free(c->upstream.url);
+    free(c->upstream.host);
+    free(c->upstream.path);
+    free(c->upstream.sign_host);
+    free(c->upstream.secret_id);
+    secret_freez(c->upstream.secret_key);
+    free(c->upstream.region);
+    free(c->upstream.ca_file);
+    if (c->redis) {
+        free(c->redis->url);
+        free(c->redis->host);
+        secret_freez(c->redis->password);
+        free(c->redis->key_prefix);
+        free(c->redis);
+    }
+    for (size_t i = 0; i < c->n_apps; i++) {
+        free(c->apps[i].name);
+        free(c->apps[i].secret_id);
+        secret_freez(c->apps[i].secret_key);
+        secret_freez(c->apps[i].token);
+        free(c->apps[i].business_ids);
+    }
+    free(c->apps);
+    for (size_t i = 0; i < c->n_limits; i++) free(c->limits[i].name);
+    free(c->limits);
+    free(c->audit.stream);
+    free(c->audit.spool_dir);
+    free(c->audit.file);
+    secret_free(c->audit.pii_key, c->audit.pii_key_len);
+    free(c->pool.profiles);
+    free(c->instance);
+    free(c->log_level);
+    free(c);
+}
+
+/* ---- the masked dump --------------------------------------------------------------------- */
+
+#define MASK "***"
+
+static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+
+static json_t *host_port(const char *host, int port) {
+    char buf[300];
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
+    return json_string(buf);
+}
+
+static json_t *dump_upstream(const struct config_upstream *u) {
+    return json_pack("{s:s, s:b, s:s, s:i, s:s, s:s, s:o, s:o, s:s, s:s, s:s, s:o, s:b, s:I, s:I,"
+                     " s:I, s:I, s:I, s:I}",
+                     "url", u->url, "tls", u->tls, "host", u->host, "port", u->port, "path",
+                     u->path, "sign_host", u->sign_host, "secret_id", str_or_null(u->secret_id),
+                     "secret_key", str_or_null(u->secret_key ? MASK : NULL), "region", u->region,
+                     "signature_method", sign_method_names[u->signature_method], "method",
+                     method_names[u->post], "ca_file", str_or_null(u->ca_file), "verify_tls",
+                     u->verify_tls, "connect_timeout_ms", (json_int_t)u->connect_timeout_ms,
+                     "timeout_ms", (json_int_t)u->timeout_ms, "retries", (json_int_t)u->retries,
+                     "max_connections", (json_int_t)u->max_connections, "breaker_failures",
+                     (json_int_t)u->breaker_failures, "breaker_open_ms",
+                     (json_int_t)u->breaker_open_ms);
+}
+
+static json_t *dump_redis(const struct config_redis *r) {
+    char url[600];
+    int v6;
+    if (!r) return json_null();
+    v6 = strchr(r->host, ':') != NULL;
+    snprintf(url, sizeof url, "redis://%s%s%s%s:%d/%u", r->password ? ":" MASK "@" : "",
+             v6 ? "[" : "", r->host, v6 ? "]" : "", r->port, r->db);
+    return json_pack("{s:s, s:s, s:i, s:I, s:o, s:I, s:s}", "url", url, "host", r->host, "port",
+                     r->port, "db", (json_int_t)r->db, "password",
+                     str_or_null(r->password ? MASK : NULL), "timeout_ms",
+                     (json_int_t)r->timeout_ms, "key_prefix", r->key_prefix);
+}
+
+static json_t *dump_app(const struct config_app *a) {
+    json_t *o = json_pack("{s:s, s:s}", "name", a->name, "auth", app_auth_names[a->auth]);
+    json_t *actions = json_array(), *ids;
+    if (!o || !actions) goto fail;
+    if (a->auth == CONFIG_AUTH_SIGNATURE) {
+        json_object_set_new(o, "secret_id", json_string(a->secret_id));
+        json_object_set_new(o, "secret_key", json_string(MASK));
+    } else {
+        json_object_set_new(o, "token", json_string(MASK));
+    }
+    for (int i = V2_ACTION_UNKNOWN + 1; i < V2_ACTION_COUNT; i++)
+        if (a->actions & (1u << i)) json_array_append_new(actions, json_string(action_names[i]));
+    json_object_set_new(o, "actions", actions);
+    if (a->business_any) {
+        ids = json_string("*");
+    } else {
+        ids = json_array();
+        for (size_t i = 0; ids && i < a->n_business_ids; i++)
+            json_array_append_new(ids, json_integer(a->business_ids[i]));
+    }
+    json_object_set_new(o, "business_ids", ids);
+    return o;
+fail:
+    json_decref(o);
+    json_decref(actions);
+    return NULL;
+}
+
+static json_t *dump_limit(const struct config_limit *l) {
+    json_t *o = json_pack("{s:s, s:s}", "name", l->name, "scope", scope_names[l->scope]);
+    if (!o) return NULL;
+    if (l->scope == CONFIG_SCOPE_PARAMS) {
+        json_object_set_new(o, "businessId", l->business_any ? json_string("*")
+                                                             : json_integer(l->business_id));
+        json_object_set_new(o, "sceneId", l->scene_any ? json_string("*")
+                                                       : json_integer(l->scene_id));
+    }
+    json_object_set_new(o, "rate", json_real(l->rate));
+    json_object_set_new(o, "period_s", json_real(l->period_s));
+    json_object_set_new(o, "burst", json_real(l->burst));
+    json_object_set_new(o, "mode", json_string(mode_names[l->shadow]));
+    return o;
+}
+
+static json_t *dump_profile(const struct config_pool_profile *p) {
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:I}", "captchaType", (json_int_t)p->captcha_type,
+                          "disturbLevel", (json_int_t)p->disturb_level, "isHttps",
+                          (json_int_t)p->is_https, "clientType", (json_int_t)p->client_type,
+                          "accountType", (json_int_t)p->account_type);
+    if (!o) return NULL;
+    if (p->has_business_id) json_object_set_new(o, "businessId", json_integer(p->business_id));
+    if (p->has_scene_id) json_object_set_new(o, "sceneId", json_integer(p->scene_id));
+    json_object_set_new(o, "size", json_integer(p->size));
+    return o;
+}
+
+char *config_dump_masked(const struct config *c) {
+    json_t *root = NULL, *apps = NULL, *limits = NULL, *profiles = NULL;
+    char *out = NULL;
+    if (!(apps = json_array()) || !(limits = json_array()) || !(profiles = json_array()))
+        goto out;
+    for (size_t i = 0; i < c->n_apps; i++)
+        if (json_array_append_new(apps, dump_app(&c->apps[i]))) goto out;
+    for (size_t i = 0; i < c->n_limits; i++)
+        if (json_array_append_new(limits, dump_limit(&c->limits[i]))) goto out;
+    for (size_t i = 0; i < c->pool.n_profiles; i++)
+        if (json_array_append_new(profiles, dump_profile(&c->pool.profiles[i]))) goto out;
+    root = json_pack(
+        "{s:s, s:o, s:o, s:I, s:s, s:o, s:o, s:s, s:{s:I}, s:O, s:O,"
+        " s:{s:s, s:I, s:s, s:o, s:s, s:o},"
+        " s:{s:I, s:I}, s:{s:I, s:O}, s:{s:I},"
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:s, s:s}",
+        "path", c->path, "listen", host_port(c->listen_host, c->listen_port), "admin_listen",
+        host_port(c->admin_host, c->admin_port), "workers", (json_int_t)c->workers,
+        "http_errors", http_errors_names[c->http_errors_semantic], "upstream",
+        dump_upstream(&c->upstream), "redis", dump_redis(c->redis), "on_store_error",
+        store_error_names[c->on_store_error], "auth", "timestamp_window_s",
+        (json_int_t)c->timestamp_window_s, "apps", apps, "limits", limits,
+        "audit", "stream", c->audit.stream, "maxlen", (json_int_t)c->audit.maxlen, "spool_dir",
+        c->audit.spool_dir, "file", str_or_null(c->audit.file), "pii",
+        pii_names[c->audit.pii_raw], "pii_key",
+        c->audit.pii_key_generated ? json_string("(random per process)")
+        : str_or_null(c->audit.pii_key ? MASK : NULL),
+        "metrics", "flush_ms", (json_int_t)c->metrics.flush_ms, "retention_s",
+        (json_int_t)c->metrics.retention_s, "pool", "ttl_s", (json_int_t)c->pool.ttl_s,
+        "profiles", profiles, "idempotency", "ttl_s", (json_int_t)c->idempotency_ttl_s,
+        "http", "max_uri", (json_int_t)c->http.max_uri, "max_header_bytes",
+        (json_int_t)c->http.max_header_bytes, "max_body", (json_int_t)c->http.max_body,
+        "max_headers", (json_int_t)c->http.max_headers, "header_timeout_ms",
+        (json_int_t)c->http.header_timeout_ms, "body_timeout_ms",
+        (json_int_t)c->http.body_timeout_ms, "idle_timeout_ms",
+        (json_int_t)c->http.idle_timeout_ms, "demo", c->demo, "instance", c->instance,
+        "log_level", c->log_level);
+    if (root) out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+out:
+    json_decref(root);
+    json_decref(apps);
+    json_decref(limits);
+    json_decref(profiles);
+    return out;
+}
+
+/* ---- lookups and warnings ---------------------------------------------------------------- */
+
+const struct config_app *config_find_app_by_secret_id(const struct config *c,
+                                                      const char *secret_id) {
+    if (!secret_id) return NULL;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        const struct config_app *a = &c->apps[i];
+        if (a->auth == CONFIG_AUTH_SIGNATURE && strcmp(a->secret_id, secret_id) == 0) return a;
+    }
+    return NULL;
+}
+
+const struct config_app *config_find_app_by_token(const struct config *c, const char *token,
+                                                  size_t len) {
+    const struct config_app *found = NULL;
+    if (!token || len == 0) return NULL;
+    /* Every token app is compared, so the time taken does not depend on which one matched. */
+    for (size_t i = 0; i < c->n_apps; i++) {
+        const struct config_app *a = &c->apps[i];
+        if (a->auth != CONFIG_AUTH_TOKEN) continue;
+        if (strlen(a->token) == len && CRYPTO_memcmp(a->token, token, len) == 0 && !found)
+            found = a;
+    }
+    return found;
+}
+
+void config_warnings(const struct config *c, void (*warn)(const char *msg, void *arg), void *arg) {
+    char msg[512];
+    if (!c->upstream.verify_tls)
+        warn("upstream.verify_tls is false: the upstream's certificate is not checked", arg);
+    if (!c->upstream.tls)
+        warn("upstream.url is plain http: the signed requests travel unencrypted", arg);
+    if (c->upstream.secret_literal)
+        warn("upstream.secret_key is written in the config file: use secret_key_env or "
+             "secret_key_file outside local development", arg);
+    for (size_t i = 0; i < c->n_apps; i++) {
+        if (!c->apps[i].secret_literal) continue;
+        snprintf(msg, sizeof msg, "apps[%zu] (\"%s\"): the %s is written in the config file: use "
+                 "%s_env or %s_file outside local development", i, c->apps[i].name,
+                 c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key",
+                 c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key",
+                 c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key");
+        warn(msg, arg);
+    }
+    if (c->n_apps == 0) warn("apps is empty: every request will be refused", arg);
+    if (c->audit.pii_key_generated)
+        warn("audit.pii_key_env is not set: PII hashing uses a per-process random key, so "
+             "hashes differ between instances and restarts", arg);
+    if (c->audit.pii_raw) warn("audit.pii is \"raw\": per-user fields are stored unhashed", arg);
+    if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
+        warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
+    if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);
+}
