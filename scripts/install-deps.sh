@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
 # missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
-# redis, node (unless a node >= 18 is already on PATH) and chromium (optional: the browser test
-# skips without it). --bench adds wrk and nginx-light.
+# redis, node and npm (unless a node >= 18 is already on PATH) and chromium (optional: the
+# browser test skips without it). --bench adds wrk, nginx-light and node.
 set -euo pipefail
 
 want_test=0
@@ -33,15 +33,19 @@ node_major() {
   printf '%s\n' "${v%%.*}"
 }
 
+if ((want_test || want_bench)); then
+  # The tests and the benchmark's request signer run on node; any node >= 18 on PATH will do.
+  major=$(node_major || echo 0)
+  if ((major >= 18)); then
+    if ((want_test)) && ! command -v npm >/dev/null 2>&1; then required+=(npm); fi
+  else
+    required+=(nodejs)
+    ((want_test)) && required+=(npm)
+  fi
+fi
 if ((want_test)); then
   # ca-certificates: npm reaches its registry over https with the system store.
   required+=(redis-server redis-tools ca-certificates)
-  major=$(node_major || echo 0)
-  if ((major >= 18)); then
-    command -v npm >/dev/null 2>&1 || required+=(npm)
-  else
-    required+=(nodejs npm)
-  fi
   optional+=(chromium)
 fi
 if ((want_bench)); then
