@@ -1,0 +1,284 @@
+/* stats.c: per-worker counters without locks. A worker owns its table: it fills a slot's labels
+ * and then publishes the slot with a release store; the scraper only reads slots it saw
+ * published (acquire), so it never sees half-written labels. Slots are never removed. */
+#include "stats.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capgate/strbuf.h"
+
+struct stats_series {
+    atomic_int used;
+    char app[STATS_LABEL_MAX];
+    char action[STATS_LABEL_MAX];
+    char decision[STATS_LABEL_MAX];
+    atomic_uint_fast64_t count;
+};
+
+struct stats_worker {
+    unsigned id;
+    size_t n_used;                     /* slots taken; read and written by the worker only */
+    atomic_int_fast64_t inflight;
+    atomic_uint_fast64_t connections;
+    /* the worker's upstream stats, copied after each call */
+    atomic_uint_fast64_t up_buckets[UPSTREAM_LATENCY_BUCKETS];
+    atomic_uint_fast64_t up_sum_us;
+    atomic_int up_breaker;
+    atomic_uint_fast64_t up_open;
+    struct stats_series series[STATS_MAX_SERIES];
+};
+
+struct stats_worker *stats_worker_new(unsigned id) {
+    struct stats_worker *w = calloc(1, sizeof(*w));
+    if (!w) return NULL;
+    w->id = id;
+    return w;
+}
+
+void stats_worker_free(struct stats_worker *w) { free(w); }
+
+static void stats_copy_label(char dst[STATS_LABEL_MAX], const char *src) {
+    size_t n = strlen(src);
+    if (n >= STATS_LABEL_MAX) n = STATS_LABEL_MAX - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+static int stats_label_eq(const char label[STATS_LABEL_MAX], const char *s) {
+    size_t n = strlen(s);
+    if (n >= STATS_LABEL_MAX) n = STATS_LABEL_MAX - 1;
+    return strncmp(label, s, n) == 0 && label[n] == '\0';
+}
+
+static size_t stats_hash(const char *app, const char *action, const char *decision) {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    const char *parts[3] = {app, action, decision};
+    for (int i = 0; i < 3; i++) {
+        for (size_t j = 0; parts[i][j] && j < STATS_LABEL_MAX - 1; j++) {
+            h ^= (unsigned char)parts[i][j];
+            h *= 0x100000001b3ULL;
+        }
+        h ^= 0xff;
+        h *= 0x100000001b3ULL;
+    }
+    return (size_t)(h % STATS_MAX_SERIES);
+}
+
+static struct stats_series *stats_find(const struct stats_worker *w, const char *app,
+                                       const char *action, const char *decision, int *free_slot) {
+    size_t i = stats_hash(app, action, decision);
+    *free_slot = -1;
+    for (size_t probes = 0; probes < STATS_MAX_SERIES; probes++, i = (i + 1) % STATS_MAX_SERIES) {
+        const struct stats_series *s = &w->series[i];
+        if (!atomic_load_explicit(&s->used, memory_order_acquire)) {
+            *free_slot = (int)i;
+            return NULL;
+        }
+        if (stats_label_eq(s->app, app) && stats_label_eq(s->action, action) &&
+            stats_label_eq(s->decision, decision))
+            return (struct stats_series *)s;
+    }
+    return NULL;
+}
+
+void stats_count_request(struct stats_worker *w, const char *app, const char *action,
+                         const char *decision) {
+    int slot;
+    struct stats_series *s = stats_find(w, app, action, decision, &slot);
+    if (!s && slot >= 0 && w->n_used < STATS_MAX_SERIES - 64) {
+        /* The last slots are kept for the overflow series below. */
+        s = &w->series[slot];
+    } else if (!s) {
+        s = stats_find(w, "~", action, decision, &slot);
+        if (!s && slot >= 0) {
+            s = &w->series[slot];
+            app = "~";
+        }
+    }
+    if (!s) return;
+    if (!atomic_load_explicit(&s->used, memory_order_relaxed)) {
+        w->n_used++;
+        stats_copy_label(s->app, app);
+        stats_copy_label(s->action, action);
+        stats_copy_label(s->decision, decision);
+        atomic_store_explicit(&s->used, 1, memory_order_release);
+    }
+    atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
+}
+
+uint64_t stats_requests(const struct stats_worker *w, const char *app, const char *action,
+                        const char *decision) {
+    int slot;
+    const struct stats_series *s = stats_find(w, app, action, decision, &slot);
+    return s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
+}
+
+void stats_inflight_add(struct stats_worker *w, int delta) {
+    atomic_fetch_add_explicit(&w->inflight, delta, memory_order_relaxed);
+}
+
+void stats_set_connections(struct stats_worker *w, size_t front_connections) {
+    atomic_store_explicit(&w->connections, front_connections, memory_order_relaxed);
+}
+
+void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s) {
+    for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
+        atomic_store_explicit(&w->up_buckets[i], s->latency_buckets[i], memory_order_relaxed);
+    atomic_store_explicit(&w->up_sum_us, s->latency_sum_us, memory_order_relaxed);
+    atomic_store_explicit(&w->up_breaker, (int)s->breaker, memory_order_relaxed);
+    atomic_store_explicit(&w->up_open, s->open_connections, memory_order_relaxed);
+}
+
+/* ---- rendering ---- */
+
+struct stats_row {
+    const char *app, *action, *decision;
+    uint64_t count;
+};
+
+static int stats_row_cmp(const void *a, const void *b) {
+    const struct stats_row *x = a, *y = b;
+    int c = strcmp(x->app, y->app);
+    if (!c) c = strcmp(x->action, y->action);
+    if (!c) c = strcmp(x->decision, y->decision);
+    return c;
+}
+
+/* Label value escaping of the text format: backslash, double quote and line feed. */
+static int stats_append_label(struct strbuf *out, const char *v) {
+    for (; *v; v++) {
+        int rc;
+        if (*v == '\\') rc = strbuf_appends(out, "\\\\");
+        else if (*v == '"') rc = strbuf_appends(out, "\\\"");
+        else if (*v == '\n') rc = strbuf_appends(out, "\\n");
+        else rc = strbuf_appendc(out, *v);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+static int stats_render_requests(struct strbuf *out, struct stats_worker *const *workers,
+                                 size_t n_workers) {
+    struct stats_row *rows = NULL;
+    size_t n_rows = 0;
+    int rc = -1;
+
+    if (n_workers) {
+        rows = calloc(n_workers * STATS_MAX_SERIES, sizeof(*rows));
+        if (!rows) goto out;
+    }
+    for (size_t w = 0; w < n_workers; w++) {
+        for (size_t i = 0; i < STATS_MAX_SERIES; i++) {
+            const struct stats_series *s = &workers[w]->series[i];
+            if (!atomic_load_explicit(&s->used, memory_order_acquire)) continue;
+            rows[n_rows].app = s->app;
+            rows[n_rows].action = s->action;
+            rows[n_rows].decision = s->decision;
+            rows[n_rows].count = atomic_load_explicit(&s->count, memory_order_relaxed);
+            n_rows++;
+        }
+    }
+    if (n_rows) qsort(rows, n_rows, sizeof(*rows), stats_row_cmp);
+    /* The same triple from several workers is one series: merge neighbours after sorting. */
+    size_t merged = 0;
+    for (size_t j = 0; j < n_rows; j++) {
+        if (merged && !stats_row_cmp(&rows[merged - 1], &rows[j])) rows[merged - 1].count += rows[j].count;
+        else rows[merged++] = rows[j];
+    }
+    n_rows = merged;
+    if (strbuf_appends(out, "# HELP capgate_requests_total Front requests by app, Action and "
+                            "decision.\n# TYPE capgate_requests_total counter\n"))
+        goto out;
+    for (size_t j = 0; j < n_rows; j++) {
+        if (strbuf_appends(out, "capgate_requests_total{app=\"") ||
+            stats_append_label(out, rows[j].app) || strbuf_appends(out, "\",action=\"") ||
+            stats_append_label(out, rows[j].action) || strbuf_appends(out, "\",decision=\"") ||
+            stats_append_label(out, rows[j].decision) ||
+            strbuf_appendf(out, "\"} %llu\n", (unsigned long long)rows[j].count))
+            goto out;
+    }
+    rc = 0;
+out:
+    free(rows);
+    return rc;
+}
+
+static int stats_render_upstream(struct strbuf *out, struct stats_worker *const *workers,
+                                 size_t n_workers) {
+    uint64_t buckets[UPSTREAM_LATENCY_BUCKETS] = {0};
+    uint64_t sum_us = 0, cumulative = 0, open = 0;
+
+    for (size_t w = 0; w < n_workers; w++) {
+        for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
+            buckets[i] += atomic_load_explicit(&workers[w]->up_buckets[i], memory_order_relaxed);
+        sum_us += atomic_load_explicit(&workers[w]->up_sum_us, memory_order_relaxed);
+        open += atomic_load_explicit(&workers[w]->up_open, memory_order_relaxed);
+    }
+    if (strbuf_appends(out, "# HELP capgate_upstream_request_duration_seconds Upstream call "
+                            "latency, retries included.\n"
+                            "# TYPE capgate_upstream_request_duration_seconds histogram\n"))
+        return -1;
+    for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++) {
+        cumulative += buckets[i];
+        int rc;
+        if (upstream_latency_bounds_us[i] == UINT64_MAX)
+            rc = strbuf_appendf(out, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                                (unsigned long long)cumulative);
+        else
+            rc = strbuf_appendf(out, "capgate_upstream_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                                (double)upstream_latency_bounds_us[i] / 1e6,
+                                (unsigned long long)cumulative);
+        if (rc) return -1;
+    }
+    if (strbuf_appendf(out, "capgate_upstream_request_duration_seconds_sum %.6f\n"
+                            "capgate_upstream_request_duration_seconds_count %llu\n",
+                       (double)sum_us / 1e6, (unsigned long long)cumulative))
+        return -1;
+    if (strbuf_appends(out, "# HELP capgate_upstream_breaker_state Circuit breaker per worker: "
+                            "0 closed, 1 open, 2 half-open.\n"
+                            "# TYPE capgate_upstream_breaker_state gauge\n"))
+        return -1;
+    for (size_t w = 0; w < n_workers; w++) {
+        int st = atomic_load_explicit(&workers[w]->up_breaker, memory_order_relaxed);
+        int code = st == BREAKER_OPEN ? 1 : st == BREAKER_HALF_OPEN ? 2 : 0;
+        if (strbuf_appendf(out, "capgate_upstream_breaker_state{worker=\"%u\"} %d\n",
+                           workers[w]->id, code))
+            return -1;
+    }
+    if (strbuf_appendf(out, "# HELP capgate_upstream_open_connections Upstream connections in the "
+                            "pools.\n# TYPE capgate_upstream_open_connections gauge\n"
+                            "capgate_upstream_open_connections %llu\n",
+                       (unsigned long long)open))
+        return -1;
+    return 0;
+}
+
+int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t n_workers,
+                 const struct stats_process *p) {
+    uint64_t conns = 0;
+    int64_t inflight = 0;
+
+    if (stats_render_requests(out, workers, n_workers)) return -1;
+    if (stats_render_upstream(out, workers, n_workers)) return -1;
+    for (size_t w = 0; w < n_workers; w++) {
+        conns += atomic_load_explicit(&workers[w]->connections, memory_order_relaxed);
+        inflight += atomic_load_explicit(&workers[w]->inflight, memory_order_relaxed);
+    }
+    if (inflight < 0) inflight = 0;
+    if (strbuf_appendf(out, "# HELP capgate_open_connections Open front connections.\n"
+                            "# TYPE capgate_open_connections gauge\n"
+                            "capgate_open_connections %llu\n"
+                            "# HELP capgate_inflight_requests Front requests being processed.\n"
+                            "# TYPE capgate_inflight_requests gauge\n"
+                            "capgate_inflight_requests %lld\n"
+                            "# HELP capgate_config_reloads_total Configuration reloads by result.\n"
+                            "# TYPE capgate_config_reloads_total counter\n"
+                            "capgate_config_reloads_total{result=\"success\"} %llu\n"
+                            "capgate_config_reloads_total{result=\"failure\"} %llu\n",
+                       (unsigned long long)conns, (long long)inflight,
+                       (unsigned long long)p->reloads_ok, (unsigned long long)p->reloads_failed))
+        return -1;
+    return 0;
+}

@@ -1,0 +1,122 @@
+/* test_stats.c: per-worker counters summed over workers, and the Prometheus text they render. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "capgate/strbuf.h"
+#include "stats.h"
+
+static char *render(struct stats_worker **w, size_t n, const struct stats_process *p) {
+    struct strbuf b;
+    strbuf_init(&b);
+    assert_int_equal(stats_render(&b, w, n, p), 0);
+    return strbuf_detach(&b);
+}
+
+static void test_counts_summed_and_sorted(void **state) {
+    struct stats_worker *w[2] = {stats_worker_new(0), stats_worker_new(1)};
+    struct stats_process p = {.reloads_ok = 2, .reloads_failed = 1};
+    stats_count_request(w[0], "shop-web", "CaptchaIframeQuery", "forwarded");
+    stats_count_request(w[0], "shop-web", "CaptchaIframeQuery", "forwarded");
+    stats_count_request(w[1], "shop-web", "CaptchaIframeQuery", "forwarded");
+    stats_count_request(w[1], "-", "unknown", "unauthorized");
+    stats_count_request(w[0], "batch", "CaptchaCheck", "denied");
+    assert_int_equal(stats_requests(w[0], "shop-web", "CaptchaIframeQuery", "forwarded"), 2);
+    assert_int_equal(stats_requests(w[1], "shop-web", "CaptchaCheck", "forwarded"), 0);
+    stats_inflight_add(w[0], 3);
+    stats_inflight_add(w[0], -1);
+    stats_inflight_add(w[1], 1);
+    stats_set_connections(w[0], 4);
+    stats_set_connections(w[1], 5);
+
+    char *text = render(w, 2, &p);
+    const char *expect_requests =
+        "# HELP capgate_requests_total Front requests by app, Action and decision.\n"
+        "# TYPE capgate_requests_total counter\n"
+        "capgate_requests_total{app=\"-\",action=\"unknown\",decision=\"unauthorized\"} 1\n"
+        "capgate_requests_total{app=\"batch\",action=\"CaptchaCheck\",decision=\"denied\"} 1\n"
+        "capgate_requests_total{app=\"shop-web\",action=\"CaptchaIframeQuery\",decision=\"forwarded\"} 3\n";
+    assert_memory_equal(text, expect_requests, strlen(expect_requests));
+    assert_non_null(strstr(text, "\ncapgate_open_connections 9\n"));
+    assert_non_null(strstr(text, "\ncapgate_inflight_requests 3\n"));
+    assert_non_null(strstr(text, "capgate_config_reloads_total{result=\"success\"} 2\n"));
+    assert_non_null(strstr(text, "capgate_config_reloads_total{result=\"failure\"} 1\n"));
+    assert_non_null(strstr(text, "# TYPE capgate_config_reloads_total counter\n"));
+    /* every line is a comment or "name{labels} value" */
+    for (char *line = text; *line;) {
+        char *nl = strchr(line, '\n');
+        assert_non_null(nl);
+        assert_true(line[0] == '#' || (strchr(line, ' ') && strchr(line, ' ') < nl));
+        line = nl + 1;
+    }
+    free(text);
+    stats_worker_free(w[0]);
+    stats_worker_free(w[1]);
+}
+
+static void test_histogram_and_breaker(void **state) {
+    struct stats_worker *w[2] = {stats_worker_new(0), stats_worker_new(1)};
+    struct stats_process p = {0};
+    struct upstream_stats a = {0}, b = {0};
+    a.latency_buckets[0] = 1;           /* <= 1 ms */
+    a.latency_buckets[3] = 2;           /* <= 10 ms */
+    a.latency_sum_us = 12500;
+    a.breaker = BREAKER_OPEN;
+    a.open_connections = 2;
+    b.latency_buckets[3] = 1;
+    b.latency_buckets[UPSTREAM_LATENCY_BUCKETS - 1] = 1; /* +Inf */
+    b.latency_sum_us = 7500000;
+    b.breaker = BREAKER_HALF_OPEN;
+    stats_set_upstream(w[0], &a);
+    stats_set_upstream(w[1], &b);
+
+    char *text = render(w, 2, &p);
+    assert_non_null(strstr(text, "# TYPE capgate_upstream_request_duration_seconds histogram\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.01\"} 4\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"5\"} 4\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 5\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_sum 7.512500\n"));
+    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_count 5\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"0\"} 1\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"1\"} 2\n"));
+    assert_non_null(strstr(text, "capgate_upstream_open_connections 2\n"));
+    /* no requests yet: the family is declared with no series */
+    assert_non_null(strstr(text, "# TYPE capgate_requests_total counter\n# HELP capgate_upstream"));
+    free(text);
+    stats_worker_free(w[0]);
+    stats_worker_free(w[1]);
+}
+
+static void test_label_escaping_and_overflow(void **state) {
+    struct stats_worker *w[1] = {stats_worker_new(0)};
+    struct stats_process p = {0};
+    char name[32];
+    stats_count_request(w[0], "a\"b\\c\nd", "CaptchaCheck", "forwarded");
+    for (int i = 0; i < STATS_MAX_SERIES + 100; i++) {
+        snprintf(name, sizeof(name), "app%d", i);
+        stats_count_request(w[0], name, "CaptchaCheck", "forwarded");
+    }
+    char *text = render(w, 1, &p);
+    assert_non_null(strstr(text, "{app=\"a\\\"b\\\\c\\nd\",action=\"CaptchaCheck\""));
+    /* triples beyond the table are counted under app "~" rather than lost */
+    assert_non_null(strstr(text, "capgate_requests_total{app=\"~\",action=\"CaptchaCheck\",decision=\"forwarded\"}"));
+    assert_true(stats_requests(w[0], "~", "CaptchaCheck", "forwarded") > 100);
+    free(text);
+    stats_worker_free(w[0]);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counts_summed_and_sorted),
+        cmocka_unit_test(test_histogram_and_breaker),
+        cmocka_unit_test(test_label_escaping_and_overflow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
