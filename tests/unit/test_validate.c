@@ -1,0 +1,319 @@
+/* test_validate.c: the v2 validator: public parameters, Action names, each Action's rules, with a
+ * table of bad inputs that asserts each exact message, and the fields a valid request yields. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "capgate/params.h"
+#include "capgate/validate.h"
+
+static void parse_into(struct params *p, const char *query) {
+    char err[256];
+    params_init(p);
+    if (params_parse_urlencoded(p, query, strlen(query), err, sizeof err) != 0)
+        fail_msg("test input %s: %s", query, err);
+}
+
+static void test_action_names(void **state) {
+    assert_int_equal(validate_action_parse("CaptchaIframeQuery"), V2_ACTION_CAPTCHA_IFRAME_QUERY);
+    assert_int_equal(validate_action_parse("CaptchaCheck"), V2_ACTION_CAPTCHA_CHECK);
+    assert_int_equal(validate_action_parse("CaptchaQuery"), V2_ACTION_CAPTCHA_QUERY);
+    assert_int_equal(validate_action_parse("captchaiframequery"), V2_ACTION_UNKNOWN);
+    assert_int_equal(validate_action_parse("CaptchaIframeCheck"), V2_ACTION_UNKNOWN);
+    assert_int_equal(validate_action_parse(""), V2_ACTION_UNKNOWN);
+    assert_int_equal(validate_action_parse(NULL), V2_ACTION_UNKNOWN);
+    assert_int_equal(validate_action_parse("unknown"), V2_ACTION_UNKNOWN);
+    for (int a = 1; a < V2_ACTION_COUNT; a++)
+        assert_int_equal(validate_action_parse(validate_action_name((enum v2_action)a)), a);
+    assert_string_equal(validate_action_name(V2_ACTION_UNKNOWN), "unknown");
+    assert_string_equal(validate_action_name(V2_ACTION_COUNT), "unknown");
+}
+
+static const char public_ok[] = "Action=CaptchaCheck&SecretId=AKIDx&Timestamp=1700000000"
+                                "&Nonce=18446744073709551615&Signature=abc%3D";
+
+static void test_public_ok(void **state) {
+    struct params p;
+    struct v2_public pub;
+    char err[256];
+    parse_into(&p, public_ok);
+    assert_int_equal(validate_public(&p, &pub, err, sizeof err), 0);
+    assert_string_equal(pub.action, "CaptchaCheck");
+    assert_string_equal(pub.secret_id, "AKIDx");
+    assert_string_equal(pub.signature, "abc=");
+    assert_null(pub.region);
+    assert_true(pub.timestamp == 1700000000u);
+    assert_true(pub.nonce == UINT64_MAX);
+    assert_int_equal(pub.method, SIGN_HMAC_SHA1);
+    params_set(&p, "SignatureMethod", "HmacSHA256");
+    params_set(&p, "Region", "gz");
+    assert_int_equal(validate_public(&p, &pub, err, sizeof err), 0);
+    assert_int_equal(pub.method, SIGN_HMAC_SHA256);
+    assert_string_equal(pub.region, "gz");
+    params_cleanup(&p);
+}
+
+struct public_case {
+    const char *name;  /* parameter to change */
+    const char *value; /* NULL removes it */
+    const char *message;
+};
+
+static void test_public_errors(void **state) {
+    static const struct public_case cases[] = {
+        {"Action", NULL, "missing required parameter Action"},
+        {"Action", "", "Action must not be empty"},
+        {"SecretId", NULL, "missing required parameter SecretId"},
+        {"Timestamp", NULL, "missing required parameter Timestamp"},
+        {"Nonce", NULL, "missing required parameter Nonce"},
+        {"Signature", NULL, "missing required parameter Signature"},
+        {"Signature", "", "Signature must not be empty"},
+        {"Timestamp", "abc", "Timestamp must be an unsigned integer; got \"abc\""},
+        {"Timestamp", "", "Timestamp must be an unsigned integer; got \"\""},
+        {"Nonce", "-1", "Nonce must be an unsigned integer; got \"-1\""},
+        {"Nonce", "18446744073709551616",
+         "Nonce must be an unsigned integer; got \"18446744073709551616\""},
+        {"Nonce", "1 ", "Nonce must be an unsigned integer; got \"1 \""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct params p;
+        struct v2_public pub;
+        char err[256] = "";
+        parse_into(&p, public_ok);
+        if (cases[i].value)
+            params_set(&p, cases[i].name, cases[i].value);
+        else
+            params_remove(&p, cases[i].name);
+        assert_int_equal(validate_public(&p, &pub, err, sizeof err), -1);
+        assert_string_equal(err, cases[i].message);
+        params_cleanup(&p);
+    }
+}
+
+static const char iframe_ok[] = "captchaType=9&disturbLevel=2&isHttps=0&clientType=1&accountType=2"
+                                "&appId=wx1&uid=u1&businessId=42&sceneId=7&registerTime=1690000000"
+                                "&userIp=203.0.113.9&xForwardedFor=a&macAddress=m&imei=i"
+                                "&associateAccount=x%40y&RequestClient=SDK";
+
+static void test_iframe_ok(void **state) {
+    struct params p;
+    struct v2_fields f;
+    char err[256];
+    parse_into(&p, iframe_ok);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), 0);
+    assert_int_equal(f.action, V2_ACTION_CAPTCHA_IFRAME_QUERY);
+    assert_int_equal(f.captcha_type, 9);
+    assert_int_equal(f.disturb_level, 2);
+    assert_int_equal(f.is_https, 0);
+    assert_int_equal(f.client_type, 1);
+    assert_int_equal(f.account_type, 2);
+    assert_int_equal(f.business_id, 42);
+    assert_int_equal(f.scene_id, 7);
+    assert_int_equal(f.register_time, 1690000000u);
+    assert_true(f.has_captcha_type && f.has_disturb_level && f.has_is_https &&
+                f.has_client_type && f.has_account_type && f.has_business_id &&
+                f.has_scene_id && f.has_register_time);
+    assert_false(f.has_script);
+    assert_string_equal(f.app_id, "wx1");
+    assert_string_equal(f.uid, "u1");
+    assert_string_equal(f.user_ip, "203.0.113.9");
+    assert_string_equal(f.x_forwarded_for, "a");
+    assert_string_equal(f.mac_address, "m");
+    assert_string_equal(f.imei, "i");
+    assert_string_equal(f.associate_account, "x@y");
+    assert_null(f.ticket);
+    params_cleanup(&p);
+
+    /* The minimum: only the five required UInts. */
+    parse_into(&p, "captchaType=0&disturbLevel=0&isHttps=1&clientType=4&accountType=0");
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), 0);
+    assert_false(f.has_business_id || f.has_scene_id || f.has_register_time);
+    assert_null(f.app_id);
+    assert_null(f.user_ip);
+    assert_int_equal(f.is_https, 1);
+    params_cleanup(&p);
+
+    /* Upper bound and leading zeros; IPv6; every allowed enum value. */
+    static const char *const more[] = {
+        "captchaType=4294967295&disturbLevel=007&isHttps=1&clientType=2&accountType=4",
+        "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=6&userIp=2001:db8::1",
+        "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=7&userIp=::ffff:1.2.3.4",
+        "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=1&appId=x",
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++) {
+        parse_into(&p, more[i]);
+        if (validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err) != 0)
+            fail_msg("%s: %s", more[i], err);
+        params_cleanup(&p);
+    }
+}
+
+static void test_query_script(void **state) {
+    struct params p;
+    struct v2_fields f;
+    char err[256];
+    parse_into(&p, "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=0&script=1");
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
+    assert_true(f.has_script);
+    assert_int_equal(f.script, 1);
+    assert_int_equal(f.action, V2_ACTION_CAPTCHA_QUERY);
+    /* CaptchaIframeQuery does not read script. */
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), 0);
+    assert_false(f.has_script);
+    params_cleanup(&p);
+}
+
+static void test_check_ok(void **state) {
+    struct params p;
+    struct v2_fields f;
+    char err[256];
+    parse_into(&p, "ticket=t02abc_def&captchaType=1&userIp=198.51.100.4&businessId=3&uid=u"
+                   "&appId=a&imei=9");
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), 0);
+    assert_string_equal(f.ticket, "t02abc_def");
+    assert_int_equal(f.captcha_type, 1);
+    assert_string_equal(f.user_ip, "198.51.100.4");
+    assert_true(f.has_business_id);
+    assert_int_equal(f.business_id, 3);
+    assert_false(f.has_scene_id);
+    assert_false(f.has_client_type);
+    assert_string_equal(f.uid, "u");
+    assert_string_equal(f.app_id, "a");
+    assert_string_equal(f.imei, "9");
+    params_cleanup(&p);
+}
+
+struct request_case {
+    enum v2_action action;
+    const char *base;
+    const char *name;  /* parameter to change; NULL: base as is */
+    const char *value; /* NULL removes it */
+    const char *message;
+};
+
+#define IFQ V2_ACTION_CAPTCHA_IFRAME_QUERY
+#define CHK V2_ACTION_CAPTCHA_CHECK
+#define CQ V2_ACTION_CAPTCHA_QUERY
+#define IFRAME_MIN "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=0"
+#define CHECK_MIN "ticket=t&captchaType=1&userIp=1.2.3.4"
+#define UINT_RULE "must be an unsigned integer (0..4294967295); got "
+
+static void test_request_errors(void **state) {
+    static const struct request_case cases[] = {
+        /* Non-numeric, overflow, negative, signs, spaces, empty. */
+        {IFQ, IFRAME_MIN, "captchaType", "abc", "captchaType " UINT_RULE "\"abc\""},
+        {IFQ, IFRAME_MIN, "captchaType", "4294967296", "captchaType " UINT_RULE "\"4294967296\""},
+        {IFQ, IFRAME_MIN, "captchaType", "-1", "captchaType " UINT_RULE "\"-1\""},
+        {IFQ, IFRAME_MIN, "captchaType", "+1", "captchaType " UINT_RULE "\"+1\""},
+        {IFQ, IFRAME_MIN, "disturbLevel", " 1", "disturbLevel " UINT_RULE "\" 1\""},
+        {IFQ, IFRAME_MIN, "disturbLevel", "1.5", "disturbLevel " UINT_RULE "\"1.5\""},
+        {IFQ, IFRAME_MIN, "captchaType", "", "captchaType " UINT_RULE "\"\""},
+        {IFQ, IFRAME_MIN, "businessId", "x1", "businessId " UINT_RULE "\"x1\""},
+        {IFQ, IFRAME_MIN, "sceneId", "99999999999", "sceneId " UINT_RULE "\"99999999999\""},
+        {IFQ, IFRAME_MIN, "registerTime", "-5", "registerTime " UINT_RULE "\"-5\""},
+        /* Long and odd values are cut and escaped. */
+        {IFQ, IFRAME_MIN, "captchaType", "1234567890123456789012345678901234567890",
+         "captchaType " UINT_RULE "\"12345678901234567890123456789012...\""},
+        {IFQ, IFRAME_MIN, "captchaType", "a\"b\\c\n", "captchaType " UINT_RULE "\"a\\\"b\\\\c\\x0a\""},
+        {IFQ, IFRAME_MIN, "captchaType", "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC"
+                                         "\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5"
+                                         "\xBC\xA0\xE5\xBC\xA0",
+         "captchaType " UINT_RULE "\"\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0"
+         "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0...\""},
+        /* Missing required. */
+        {IFQ, IFRAME_MIN, "captchaType", NULL, "missing required parameter captchaType"},
+        {IFQ, IFRAME_MIN, "disturbLevel", NULL, "missing required parameter disturbLevel"},
+        {IFQ, IFRAME_MIN, "isHttps", NULL, "missing required parameter isHttps"},
+        {IFQ, IFRAME_MIN, "clientType", NULL, "missing required parameter clientType"},
+        {IFQ, IFRAME_MIN, "accountType", NULL, "missing required parameter accountType"},
+        /* Each enum out of range. */
+        {IFQ, IFRAME_MIN, "isHttps", "2", "isHttps must be one of 0, 1; got 2"},
+        {IFQ, IFRAME_MIN, "clientType", "3", "clientType must be one of 1, 2, 4; got 3"},
+        {IFQ, IFRAME_MIN, "clientType", "0", "clientType must be one of 1, 2, 4; got 0"},
+        {IFQ, IFRAME_MIN, "accountType", "3", "accountType must be one of 0, 1, 2, 4, 6, 7; got 3"},
+        {IFQ, IFRAME_MIN, "accountType", "5", "accountType must be one of 0, 1, 2, 4, 6, 7; got 5"},
+        {IFQ, IFRAME_MIN, "accountType", "8", "accountType must be one of 0, 1, 2, 4, 6, 7; got 8"},
+        {CQ, IFRAME_MIN, "script", "2", "script must be one of 0, 1; got 2"},
+        {CQ, IFRAME_MIN, "script", "", "script " UINT_RULE "\"\""},
+        {CQ, IFRAME_MIN, "clientType", "5", "clientType must be one of 1, 2, 4; got 5"},
+        /* appId with accountType 1 or 2. */
+        {IFQ, IFRAME_MIN, "accountType", "1", "appId is required when accountType is 1 or 2"},
+        {IFQ, IFRAME_MIN "&appId=", "accountType", "2",
+         "appId is required when accountType is 1 or 2"},
+        /* Bad userIp. */
+        {IFQ, IFRAME_MIN, "userIp", "1.2.3", "userIp must be an IPv4 or IPv6 address; got \"1.2.3\""},
+        {IFQ, IFRAME_MIN, "userIp", "256.1.1.1",
+         "userIp must be an IPv4 or IPv6 address; got \"256.1.1.1\""},
+        {IFQ, IFRAME_MIN, "userIp", "1.2.3.4:80",
+         "userIp must be an IPv4 or IPv6 address; got \"1.2.3.4:80\""},
+        {IFQ, IFRAME_MIN, "userIp", "", "userIp must be an IPv4 or IPv6 address; got \"\""},
+        {CHK, CHECK_MIN, "userIp", "localhost",
+         "userIp must be an IPv4 or IPv6 address; got \"localhost\""},
+        {CHK, CHECK_MIN, "userIp", "2001:db8::g",
+         "userIp must be an IPv4 or IPv6 address; got \"2001:db8::g\""},
+        /* CaptchaCheck's required parameters. */
+        {CHK, CHECK_MIN, "ticket", NULL, "missing required parameter ticket"},
+        {CHK, CHECK_MIN, "ticket", "", "ticket must not be empty"},
+        {CHK, CHECK_MIN, "captchaType", NULL, "missing required parameter captchaType"},
+        {CHK, CHECK_MIN, "captchaType", "x", "captchaType " UINT_RULE "\"x\""},
+        {CHK, CHECK_MIN, "userIp", NULL, "missing required parameter userIp"},
+        {CHK, CHECK_MIN, "businessId", "-1", "businessId " UINT_RULE "\"-1\""},
+        /* Unknown Action. */
+        {V2_ACTION_UNKNOWN, "Action=CaptchaIframeCheck", NULL, NULL,
+         "Action must be one of CaptchaIframeQuery, CaptchaCheck, CaptchaQuery; "
+         "got \"CaptchaIframeCheck\""},
+        {V2_ACTION_UNKNOWN, "x=1", NULL, NULL, "missing required parameter Action"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct params p;
+        struct v2_fields f;
+        char err[256] = "";
+        parse_into(&p, cases[i].base);
+        if (cases[i].name) {
+            if (cases[i].value)
+                assert_int_equal(params_set(&p, cases[i].name, cases[i].value), 0);
+            else
+                assert_int_equal(params_remove(&p, cases[i].name), 1);
+        }
+        if (validate_request(cases[i].action, &p, &f, err, sizeof err) != -1)
+            fail_msg("case %zu (%s=%s) was accepted", i, cases[i].name ? cases[i].name : "-",
+                     cases[i].value ? cases[i].value : "(removed)");
+        assert_string_equal(err, cases[i].message);
+        params_cleanup(&p);
+    }
+}
+
+static void test_small_err_buffer(void **state) {
+    struct params p;
+    struct v2_fields f;
+    char err[8];
+    parse_into(&p, IFRAME_MIN);
+    params_set(&p, "clientType", "3");
+    assert_int_equal(validate_request(IFQ, &p, &f, err, sizeof err), -1);
+    assert_string_equal(err, "clientT"); /* cut, still terminated */
+    params_cleanup(&p);
+}
+
+static void test_user_fields(void **state) {
+    static const char *const want[] = {"uid",  "userIp", "xForwardedFor", "macAddress",
+                                       "imei", "associateAccount", "appId", "registerTime"};
+    size_t n = 0;
+    while (validate_user_fields[n]) n++;
+    assert_int_equal(n, sizeof want / sizeof want[0]);
+    for (size_t i = 0; i < n; i++) assert_string_equal(validate_user_fields[i], want[i]);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_action_names),   cmocka_unit_test(test_public_ok),
+        cmocka_unit_test(test_public_errors),  cmocka_unit_test(test_iframe_ok),
+        cmocka_unit_test(test_query_script),   cmocka_unit_test(test_check_ok),
+        cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
+        cmocka_unit_test(test_user_fields),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
