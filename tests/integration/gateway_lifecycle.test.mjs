@@ -1,0 +1,180 @@
+// gateway_lifecycle.test.mjs: capgate's process life. --check-config validates and prints the
+// config with secrets masked; SIGHUP reloads apps without dropping keep-alive connections and
+// refuses a bad file; SIGTERM drains a request in flight and exits 0; the admin listener answers
+// /healthz, /readyz and /metrics with counters that follow the requests sent.
+import { test, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startMock, request, waitFor, SEED_PARAMS } from './lib/harness.mjs';
+import {
+  startGateway, gatewayConfig, runCapgate, gwCall, resetMock, addFault, assertApiReply, baseApps,
+  CountingAgent, APPS, SECRETS,
+} from './lib/gateway.mjs';
+
+let mock;
+const gateways = [];
+async function gateway(opts = {}) {
+  const gw = await startGateway({ mock, ...opts });
+  gateways.push(gw);
+  return gw;
+}
+before(async () => {
+  mock = await startMock({ tls: true });
+});
+after(async () => {
+  await Promise.all(gateways.map((g) => g.stop()));
+  await mock?.stop();
+});
+beforeEach(async () => {
+  await resetMock(mock);
+});
+
+test('--check-config: a good config exits 0 and prints it with every secret masked', async () => {
+  const { dir, config } = gatewayConfig(mock, {
+    // A literal secret too (allowed for local dev): it must be masked like the others.
+    apps: [...baseApps(), { name: APPS.extra.name, auth: 'token', token: APPS.extra.token }],
+  });
+  const file = path.join(dir, 'good.json');
+  fs.writeFileSync(file, JSON.stringify(config, null, 2));
+  const r = await runCapgate(['--check-config', file]);
+  assert.equal(r.code, 0, `exit ${r.code}; stderr: ${r.stderr}`);
+  const out = r.stdout + r.stderr;
+  for (const s of SECRETS) assert.ok(!out.includes(s), `a secret appears in the output: ${s}`);
+  assert.ok(r.stdout.includes(APPS.sig.secretId), 'the effective config is printed (secret ids are not secret)');
+  assert.ok(r.stdout.includes('***'), 'masked secrets are shown as ***');
+  assert.ok(r.stdout.includes(APPS.token.name) && r.stdout.includes(APPS.extra.name), 'the apps are printed');
+});
+
+test('--check-config: an unknown key exits 1 naming the key with line:column', async () => {
+  const { dir, config } = gatewayConfig(mock);
+  const text = JSON.stringify({ ...config, upstream: { ...config.upstream, bogus_timeout: 5 } }, null, 2);
+  const line = text.split('\n').findIndex((l) => l.includes('"bogus_timeout"')) + 1;
+  assert.ok(line > 1);
+  const file = path.join(dir, 'bad.json');
+  fs.writeFileSync(file, text);
+  const r = await runCapgate(['--check-config', file]);
+  assert.equal(r.code, 1, `exit ${r.code}; stdout: ${r.stdout}; stderr: ${r.stderr}`);
+  const out = r.stdout + r.stderr;
+  assert.match(out, /bogus_timeout/, out);
+  assert.match(out, new RegExp(`:${line}:\\d+`), `the message gives line ${line} and a column: ${out}`);
+  for (const s of SECRETS) assert.ok(!out.includes(s), `a secret appears in the output: ${s}`);
+
+  const syntax = path.join(dir, 'syntax.json');
+  fs.writeFileSync(syntax, '{\n  "listen": "127.0.0.1:0",\n  "workers": 2,,\n}\n');
+  const r2 = await runCapgate(['--check-config', syntax]);
+  assert.equal(r2.code, 1, `exit ${r2.code} for a JSON syntax error`);
+  assert.match(r2.stdout + r2.stderr, /:3:\d+/, r2.stdout + r2.stderr);
+});
+
+test('SIGHUP applies a new app and changed business_ids without dropping a keep-alive connection; a bad file is refused', async () => {
+  const gw = await gateway();
+  const agent = new CountingAgent();
+  try {
+    const call = (opts) => gwCall(gw, { agent, ...opts });
+    const extraBefore = await call({ app: APPS.extra });
+    assert.equal(assertApiReply(extraBefore).code, 4100, `extra-app is not configured yet: ${extraBefore.body}`);
+    const b3before = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '3' } });
+    assert.equal(assertApiReply(b3before).code, 4300, b3before.body);
+    const b1before = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '1' } });
+    assert.equal(assertApiReply(b1before).code, 0, b1before.body);
+    assert.equal(agent.created, 1, 'one keep-alive connection so far');
+
+    const apps = baseApps().map((a) => (a.name === APPS.limited.name ? { ...a, business_ids: [3] } : a));
+    apps.push({ name: APPS.extra.name, auth: 'token', token_env: APPS.extra.env });
+    gw.writeConfig({ ...gw.config, apps });
+    gw.reload();
+    await waitFor(async () => (await call({ app: APPS.extra })).json?.code === 0,
+      { timeoutMs: 5000, intervalMs: 50, what: 'the new app to be accepted after SIGHUP' });
+    const b3after = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '3' } });
+    assert.equal(assertApiReply(b3after).code, 0, b3after.body);
+    const b1after = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '1' } });
+    assert.equal(assertApiReply(b1after).code, 4300, b1after.body);
+    assert.equal(agent.created, 1, 'the keep-alive connection survived the reload');
+    assert.deepEqual(agent.socketErrors, []);
+
+    // A bad file: refused, the running config keeps serving.
+    gw.writeConfig(JSON.stringify({ ...gw.config, apps: [], no_such_key: true }, null, 2));
+    gw.reload();
+    await waitFor(() => /refus/i.test(gw.proc.stderr), { timeoutMs: 5000, what: 'stderr saying the reload was refused' });
+    assert.match(gw.proc.stderr, /no_such_key/, 'stderr names what was wrong');
+    assert.equal(gw.proc.child.exitCode, null, 'still running');
+    const still = await call({ app: APPS.extra });
+    assert.equal(assertApiReply(still).code, 0, `the previous config still serves: ${still.body}`);
+    const b3still = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '3' } });
+    assert.equal(assertApiReply(b3still).code, 0, b3still.body);
+    assert.equal(agent.created, 1, 'the keep-alive connection survived the refused reload');
+    assert.deepEqual(agent.socketErrors, []);
+  } finally {
+    agent.destroy();
+  }
+});
+
+test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exit 0', async () => {
+  const gw = await gateway();
+  const ready = await gw.admin('/readyz');
+  assert.equal(ready.status, 200, `readyz before: ${ready.status}`);
+  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 800 });
+  const inflight = gwCall(gw, { app: APPS.token, timeoutMs: 10000 });
+  // The request is now waiting on the mock's 800 ms delay.
+  await new Promise((r) => setTimeout(r, 100));
+  const t0 = Date.now();
+  gw.proc.signal('SIGTERM');
+  let readyz;
+  try {
+    await new Promise((r) => setTimeout(r, 100));
+    readyz = await gw.admin('/readyz', { timeoutMs: 1000 });
+  } catch (e) {
+    readyz = { error: e };
+  }
+  const r = await inflight;
+  assert.equal(assertApiReply(r, 'in flight').code, 0, r.body);
+  assert.match(r.json.url, /asig=/);
+  if (!readyz.error) assert.equal(readyz.status, 503, `/readyz while draining: ${readyz.status} ${readyz.body}`);
+  const exit = await Promise.race([gw.proc.exited, new Promise((res) => setTimeout(() => res('timeout'), 8000))]);
+  assert.notEqual(exit, 'timeout', 'capgate did not exit within 8 s of SIGTERM');
+  assert.deepEqual(exit, { code: 0, signal: null }, `exit status; stderr: ${gw.proc.stderr}`);
+  assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
+});
+
+test('/healthz, /readyz, /metrics: capgate_requests_total by app/action/decision, a histogram, the breaker gauge', async () => {
+  const gw = await gateway();
+  const health = await gw.admin('/healthz');
+  assert.equal(health.status, 200, health.body);
+  const ready = await gw.admin('/readyz');
+  assert.equal(ready.status, 200, ready.body);
+
+  for (let i = 0; i < 3; i++) assert.equal((await gwCall(gw, { app: APPS.token })).json?.code, 0);
+  for (let i = 0; i < 2; i++) assert.equal((await gwCall(gw, { app: APPS.sig, params: { ...SEED_PARAMS, clientType: '3' } })).json?.code, 4000);
+  assert.equal((await gwCall(gw, { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '7' } })).json?.code, 4300);
+  assert.equal((await gwCall(gw, { app: APPS.sig, secretKey: 'wrong' })).json?.code, 4100);
+
+  const want = [
+    [{ app: APPS.token.name, action: 'CaptchaIframeQuery', decision: 'forwarded' }, 3],
+    [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'invalid' }, 2],
+    [{ app: APPS.limited.name, action: 'CaptchaIframeQuery', decision: 'denied' }, 1],
+    [{ decision: 'unauthorized' }, 1],
+  ];
+  let m;
+  try {
+    await waitFor(async () => {
+      m = await gw.metrics();
+      return want.every(([labels, n]) => m.get('capgate_requests_total', labels) >= n);
+    }, { timeoutMs: 4000, intervalMs: 100, what: 'capgate_requests_total to count the requests' });
+  } catch (e) {
+    assert.fail(`${e.message}\n${m?.text ?? ''}`);
+  }
+  for (const [labels, n] of want) {
+    assert.equal(m.get('capgate_requests_total', labels), n, `capgate_requests_total${JSON.stringify(labels)}\n${m.text}`);
+  }
+  assert.equal(m.get('capgate_requests_total'), 7, `7 requests in all\n${m.text}`);
+  const hist = Object.entries(m.types).filter(([, t]) => t === 'histogram').map(([n]) => n);
+  assert.ok(hist.length > 0, `no histogram in /metrics\n${m.text}`);
+  const h = hist[0];
+  assert.ok(m.samples.some((s) => s.name === `${h}_bucket` && s.labels.le === '+Inf'), `${h}_bucket{le="+Inf"} missing`);
+  assert.ok(m.has(`${h}_count`) && m.has(`${h}_sum`), `${h}_count/_sum missing`);
+  assert.ok(m.get(`${h}_count`) >= 3, `${h}_count counts the requests\n${m.text}`);
+  const breaker = m.samples.filter((s) => /breaker/.test(s.name));
+  assert.ok(breaker.length > 0, `no breaker gauge in /metrics\n${m.text}`);
+  assert.ok(breaker.some((s) => m.types[s.name] === 'gauge'), `the breaker metric is a gauge\n${m.text}`);
+});

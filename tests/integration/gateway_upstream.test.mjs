@@ -1,0 +1,164 @@
+// gateway_upstream.test.mjs: capgate when upstream misbehaves. The mock's network faults surface
+// as 6200 within timeout_ms, the circuit breaker opens after breaker_failures and closes after
+// breaker_open_ms, an upstream certificate from the wrong CA is never trusted, and "http_errors"
+// maps gateway errors to HTTP statuses only in "semantic" mode.
+import { test, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { startMock, certs, request, SEED_PARAMS, MOCK_SECRET_ID } from './lib/harness.mjs';
+import { startGateway, gwCall, journal, resetMock, addFault, assertApiReply, APPS } from './lib/gateway.mjs';
+
+const TIMEOUT_MS = 1000;
+// Scheduling slack on a loaded 2-core machine.
+const SLACK_MS = 1500;
+
+let mock;
+const gateways = [];
+async function gateway(config) {
+  const gw = await startGateway({ mock, config });
+  gateways.push(gw);
+  return gw;
+}
+let compat;
+before(async () => {
+  mock = await startMock({ tls: true });
+  compat = await gateway({ upstream: { timeout_ms: TIMEOUT_MS, breaker_failures: 1000 } });
+});
+after(async () => {
+  await Promise.all(gateways.map((g) => g.stop()));
+  await mock?.stop();
+});
+beforeEach(async () => {
+  await resetMock(mock);
+});
+
+async function clearFaults() {
+  const r = await request(`${mock.url}/__admin/faults`, { method: 'DELETE' });
+  assert.ok(r.status >= 200 && r.status < 300, `DELETE faults: ${r.status}`);
+}
+
+for (const network of ['stall', 'reset', 'close', 'malformed_json', 'http_500']) {
+  test(`upstream fault "${network}" → 6200 within timeout_ms, then the gateway recovers`, async () => {
+    await addFault(mock, { action: 'CaptchaIframeQuery', network });
+    const r = await gwCall(compat, { timeoutMs: TIMEOUT_MS + SLACK_MS + 5000 });
+    const j = assertApiReply(r, network);
+    assert.equal(j.code, 6200, r.body);
+    assert.equal(j.codeDesc, 'ServiceUnavailable', r.body);
+    assert.equal(r.status, 200, 'compat mode answers 200');
+    assert.ok(r.ms < TIMEOUT_MS + SLACK_MS, `answered after ${r.ms} ms; timeout_ms is ${TIMEOUT_MS}`);
+    assert.equal(j.url, undefined);
+    if (network === 'stall') {
+      assert.ok(r.ms >= TIMEOUT_MS - 100, `a stalled upstream answered 6200 after only ${r.ms} ms`);
+      assert.match(j.message, /time(d)?[ -]?out/i, `the message says it timed out: ${r.body}`);
+    } else {
+      assert.doesNotMatch(j.message, /^No Error$/);
+    }
+    await clearFaults();
+    const ok = await gwCall(compat, {});
+    assert.equal(assertApiReply(ok, 'after').code, 0, `after removing the fault: ${ok.body}`);
+  });
+}
+
+test('breaker opens after breaker_failures, answers 6200 at once without reaching upstream, closes after breaker_open_ms', async () => {
+  const OPEN_MS = 1500;
+  const gw = await gateway({ upstream: { timeout_ms: 700, breaker_failures: 3, breaker_open_ms: OPEN_MS } });
+  const warm = await gwCall(gw, {});
+  assert.equal(assertApiReply(warm).code, 0, warm.body);
+  await resetMock(mock);
+
+  await addFault(mock, { action: 'CaptchaIframeQuery', network: 'http_500' });
+  for (let i = 0; i < 3; i++) {
+    const r = await gwCall(gw, {});
+    assert.equal(assertApiReply(r, `failure ${i}`).code, 6200, r.body);
+  }
+  const openedAt = Date.now();
+  assert.equal((await journal(mock)).length, 3, 'the three failures reached upstream');
+
+  // Were a request forwarded now, it would stall for the whole timeout.
+  await clearFaults();
+  await addFault(mock, { action: 'CaptchaIframeQuery', network: 'stall' });
+  for (let i = 0; i < 3; i++) {
+    const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig });
+    assert.equal(assertApiReply(r, `open ${i}`).code, 6200, r.body);
+    assert.ok(r.ms < 350, `an open breaker should answer at once, took ${r.ms} ms (timeout_ms 700)`);
+  }
+  assert.equal((await journal(mock)).length, 3, 'nothing reached upstream while the breaker was open');
+
+  await clearFaults();
+  let firstOk;
+  const deadline = Date.now() + OPEN_MS + 5000;
+  while (Date.now() < deadline) {
+    const r = await gwCall(gw, {});
+    const j = assertApiReply(r, 'probe');
+    if (j.code === 0) { firstOk = Date.now(); break; }
+    assert.equal(j.code, 6200, r.body);
+    await new Promise((res) => setTimeout(res, 100));
+  }
+  assert.ok(firstOk, 'the breaker never closed');
+  assert.ok(firstOk - openedAt >= OPEN_MS - 150, `closed after ${firstOk - openedAt} ms; breaker_open_ms is ${OPEN_MS}`);
+  for (let i = 0; i < 3; i++) {
+    const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig });
+    assert.equal(assertApiReply(r, `closed ${i}`).code, 0, r.body);
+  }
+  const entries = await journal(mock);
+  assert.ok(entries.slice(3).every((e) => e.code === 0 && e.secret_id === MOCK_SECRET_ID), JSON.stringify(entries.slice(3)));
+  assert.equal(entries.length, 3 + 4, 'after closing: the probe and three requests reached upstream');
+});
+
+test('an upstream certificate from an unrelated CA → 6200 naming certificate verification; nothing sent', async () => {
+  const gw = await gateway({ upstream: { ca_file: path.join(certs().dir, 'wrong-ca.pem'), breaker_failures: 1000 } });
+  for (const app of [APPS.sig, APPS.token]) {
+    const r = await gwCall(gw, { app });
+    const j = assertApiReply(r, 'wrong CA');
+    assert.equal(j.code, 6200, r.body);
+    assert.match(j.message, /certificate|verif/i, `the message names certificate verification: ${r.body}`);
+  }
+  assert.deepEqual(await journal(mock), [], 'no request reached the mock');
+});
+
+/** The same failing cases against a gateway; returns [[name, status, code], ...]. */
+async function mappingCases(gw) {
+  const out = [];
+  const run = async (name, opts) => {
+    const r = await gwCall(gw, { timeoutMs: 10000, ...opts });
+    const j = assertApiReply(r, name);
+    out.push([name, r.status, j.code]);
+  };
+  await run('ok', {});
+  await run('invalid', { params: { ...SEED_PARAMS, clientType: '3' } });
+  await run('auth', { secretKey: 'wrong' });
+  await run('token', { app: APPS.token, token: 'wrong' });
+  await run('denied', { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '9' } });
+  await addFault(mock, { action: 'CaptchaIframeQuery', network: 'http_500', times: 1 });
+  await run('upstream', {});
+  await clearFaults();
+  await addFault(mock, { action: 'CaptchaIframeQuery', network: 'stall', times: 1 });
+  await run('timeout', {});
+  await clearFaults();
+  return out;
+}
+
+test('"http_errors": "semantic" maps 4000→400, 4100→401, 4300→403, 6200→502, timeout→504', async () => {
+  const gw = await gateway({ http_errors: 'semantic', upstream: { timeout_ms: 700, breaker_failures: 1000 } });
+  assert.deepEqual(await mappingCases(gw), [
+    ['ok', 200, 0],
+    ['invalid', 400, 4000],
+    ['auth', 401, 4100],
+    ['token', 401, 4100],
+    ['denied', 403, 4300],
+    ['upstream', 502, 6200],
+    ['timeout', 504, 6200],
+  ]);
+});
+
+test('"http_errors": "compat" (the default) answers 200 for the same cases', async () => {
+  assert.deepEqual(await mappingCases(compat), [
+    ['ok', 200, 0],
+    ['invalid', 200, 4000],
+    ['auth', 200, 4100],
+    ['token', 200, 4100],
+    ['denied', 200, 4300],
+    ['upstream', 200, 6200],
+    ['timeout', 200, 6200],
+  ]);
+});
