@@ -269,6 +269,24 @@ static void test_multipart_quoted_boundary_and_dispatch(void **state) {
     params_cleanup(&p);
 }
 
+static void test_multipart_preamble_and_padding(void **state) {
+    /* A preamble before the first delimiter is ignored; spaces after a delimiter are padding. */
+    static const char body[] = "this is a preamble\r\n--b  \r\n"
+                               "Content-Disposition: form-data; name=\"a\"\r\n\r\n"
+                               "x--b\n--b-"
+                               "\r\n--b--";
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(params_parse_multipart(&p, "multipart/form-data;boundary=b", body,
+                                            sizeof body - 1, err, sizeof err),
+                     0);
+    assert_int_equal(p.count, 1);
+    /* A boundary-like text without its CRLF is part of the value. */
+    assert_string_equal(params_get(&p, "a"), "x--b\n--b-");
+    params_cleanup(&p);
+}
+
 static void test_multipart_errors(void **state) {
     static const struct {
         const char *content_type;
@@ -425,6 +443,7 @@ int main(void) {
         cmocka_unit_test(test_urlencoded_limits),
         cmocka_unit_test(test_multipart_java),
         cmocka_unit_test(test_multipart_quoted_boundary_and_dispatch),
+        cmocka_unit_test(test_multipart_preamble_and_padding),
         cmocka_unit_test(test_multipart_errors),
         cmocka_unit_test(test_body_dispatch_urlencoded),
         cmocka_unit_test(test_utf8),
