@@ -1,0 +1,741 @@
+/* test_httpd.c: the HTTP server and the TLS helpers over real loopback sockets on port 0, with
+ * the clients driven from the server's own event_base: request fields, keep-alive, pipelining,
+ * chunked bodies, every limit and framing error, reset/drop/cancel, and a TLS listener. */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/x509v3.h>
+
+#include "capgate/httpd.h"
+#include "capgate/tls.h"
+
+enum handler_mode { MODE_REPLY, MODE_STALL, MODE_RESET, MODE_DROP };
+
+/* What the handler saw of the last request (copied: the request is gone after the reply). */
+struct seen {
+    int count;
+    char method[16];
+    char target[512];
+    char path[512];
+    char query[256];
+    int has_query;
+    char host[128];
+    char content_type[128];
+    char body[4096];
+    size_t body_len;
+    size_t header_count;
+    int http_minor;
+    int is_tls;
+    char peer_ip[64];
+    int error_status;
+    char error_message[256];
+};
+
+struct fixture {
+    struct event_base *base;
+    struct httpd *h;
+    int port;
+    enum handler_mode mode;
+    struct seen seen;
+    struct httpd_req *stalled;
+    int cancels;
+};
+
+static void copy_str(char *dst, size_t n, const char *src) {
+    snprintf(dst, n, "%s", src ? src : "");
+}
+
+static void on_cancel(struct httpd_req *req, void *arg) {
+    struct fixture *f = arg;
+    assert_ptr_equal(req, f->stalled);
+    f->cancels++;
+    f->stalled = NULL;
+}
+
+static void on_request(struct httpd_req *req, void *arg) {
+    struct fixture *f = arg;
+    struct seen *s = &f->seen;
+    s->count++;
+    copy_str(s->method, sizeof s->method, req->method);
+    copy_str(s->target, sizeof s->target, req->target);
+    copy_str(s->path, sizeof s->path, req->path);
+    copy_str(s->query, sizeof s->query, req->query);
+    s->has_query = req->query != NULL;
+    copy_str(s->host, sizeof s->host, req->host);
+    copy_str(s->content_type, sizeof s->content_type, req->content_type);
+    copy_str(s->body, sizeof s->body, req->body);
+    s->body_len = req->body_len;
+    s->header_count = req->header_count;
+    s->http_minor = req->http_minor;
+    s->is_tls = req->is_tls;
+    copy_str(s->peer_ip, sizeof s->peer_ip, req->peer_ip);
+    s->error_status = req->error_status;
+    copy_str(s->error_message, sizeof s->error_message, req->error_message);
+    if (req->error_status) assert_non_null(req->error_message);
+
+    switch (f->mode) {
+    case MODE_STALL:
+        f->stalled = req;
+        httpd_set_cancel(req, on_cancel, f);
+        return;
+    case MODE_RESET:
+        httpd_reset(req);
+        return;
+    case MODE_DROP:
+        httpd_drop(req);
+        return;
+    case MODE_REPLY:
+        break;
+    }
+    char body[600];
+    int status = req->error_status ? req->error_status : 200;
+    int n = snprintf(body, sizeof body, "{\"path\":\"%.500s\",\"status\":%d}", req->path, status);
+    assert_int_equal(httpd_add_header(req, "X-Test", "yes"), 0);
+    assert_int_equal(httpd_add_header(req, "Bad\r\nName", "x"), -1);
+    httpd_reply(req, status, "application/json", body, (size_t)n);
+}
+
+static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls) {
+    struct fixture *f = calloc(1, sizeof *f);
+    char err[256] = "";
+    assert_non_null(f);
+    f->base = event_base_new();
+    assert_non_null(f->base);
+    f->h = httpd_new(f->base, lim, on_request, f);
+    assert_non_null(f->h);
+    f->port = httpd_listen(f->h, "127.0.0.1", 0, tls, 0, err, sizeof err);
+    if (f->port <= 0) fail_msg("httpd_listen: %s", err);
+    return f;
+}
+
+static void fixture_free(struct fixture *f) {
+    httpd_free(f->h);
+    event_base_free(f->base);
+    free(f);
+}
+
+/* Short limits so the error and timeout cases run in milliseconds. */
+static void small_limits(struct httpd_limits *lim) {
+    httpd_limits_default(lim);
+    lim->max_uri = 256;
+    lim->max_header_bytes = 1024;
+    lim->max_headers = 10;
+    lim->max_body = 1024;
+    lim->header_timeout_ms = 300;
+    lim->body_timeout_ms = 300;
+    lim->idle_timeout_ms = 2000;
+    lim->write_timeout_ms = 2000;
+}
+
+/* ---- a raw non-blocking client on the same event_base ---- */
+
+struct client {
+    int fd;
+    struct event *ev;
+    char buf[262144];
+    size_t len;
+    int eof;
+    int err;
+};
+
+static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
+    struct client *c = arg;
+    for (;;) {
+        if (c->len == sizeof c->buf) return;
+        ssize_t n = recv(fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+        if (n > 0) {
+            c->len += (size_t)n;
+            continue;
+        }
+        if (n == 0) c->eof = 1;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK) c->err = errno;
+        else return;
+        event_del(c->ev);
+        return;
+    }
+}
+
+static struct client *client_new(struct fixture *f, int port) {
+    struct client *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    c->fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(c->fd >= 0);
+    assert_int_equal(connect(c->fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    fcntl(c->fd, F_SETFL, fcntl(c->fd, F_GETFL) | O_NONBLOCK);
+    c->ev = event_new(f->base, c->fd, EV_READ | EV_PERSIST, client_read_cb, c);
+    event_add(c->ev, NULL);
+    return c;
+}
+
+static void client_send(struct client *c, const char *data, size_t len) {
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = send(c->fd, data + off, len - off, MSG_NOSIGNAL);
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+        assert_true(n > 0);
+        off += (size_t)n;
+    }
+}
+
+static void client_sends(struct client *c, const char *s) { client_send(c, s, strlen(s)); }
+
+static void client_free(struct client *c) {
+    if (!c) return;
+    event_free(c->ev);
+    if (c->fd >= 0) close(c->fd);
+    free(c);
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg) {}
+
+typedef int (*cond_fn)(void *arg);
+
+/* Runs the loop until cond holds or ms pass; returns cond's final value. */
+static int run_until(struct event_base *base, cond_fn cond, void *arg, int ms) {
+    struct event *wake = evtimer_new(base, wake_cb, NULL);
+    struct timeval tick = {0, 5000};
+    for (int waited = 0; !cond(arg) && waited < ms; waited += 5) {
+        evtimer_add(wake, &tick);
+        event_base_loop(base, EVLOOP_ONCE);
+    }
+    event_free(wake);
+    return cond(arg);
+}
+
+/* Complete replies: every "HTTP/1.1 " head has its Content-Length body. */
+static int complete_replies(const struct client *c) {
+    int n = 0;
+    size_t i = 0;
+    while (i < c->len) {
+        const char *start = c->buf + i;
+        const char *end = memmem(start, c->len - i, "\r\n\r\n", 4);
+        if (!end) break;
+        const char *cl = memmem(start, (size_t)(end - start), "Content-Length: ", 16);
+        size_t body = cl ? strtoul(cl + 16, NULL, 10) : 0;
+        size_t total = (size_t)(end - start) + 4 + body;
+        if (i + total > c->len) break;
+        if (memcmp(start, "HTTP/1.1 1", 10) != 0) n++;
+        i += total;
+    }
+    return n;
+}
+
+struct want { struct client *c; int replies; };
+static int has_replies(void *arg) {
+    struct want *w = arg;
+    return complete_replies(w->c) >= w->replies;
+}
+static int closed(void *arg) {
+    struct client *c = arg;
+    return c->eof || c->err;
+}
+static int got_request(void *arg) {
+    struct fixture *f = arg;
+    return f->seen.count > 0;
+}
+static int got_cancel(void *arg) {
+    struct fixture *f = arg;
+    return f->cancels > 0;
+}
+
+static int status_of(const struct client *c, int nth) {
+    int n = 0;
+    for (size_t i = 0; i + 12 <= c->len; i++) {
+        if (memcmp(c->buf + i, "HTTP/1.1 ", 9) == 0 && (i == 0 || c->buf[i - 1] == '\n')) {
+            if (n++ == nth) return (int)strtol(c->buf + i + 9, NULL, 10);
+        }
+    }
+    return -1;
+}
+
+static void wait_replies(struct fixture *f, struct client *c, int n) {
+    struct want w = {c, n};
+    if (!run_until(f->base, has_replies, &w, 3000))
+        fail_msg("expected %d replies, got %d: %.*s", n, complete_replies(c), (int)c->len, c->buf);
+}
+
+/* ---- tests ---- */
+
+static void test_get_and_post(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /v2/index.php?Action=CaptchaIframeQuery&a=1 HTTP/1.1\r\n"
+                    "Host: example.test:9000\r\nUser-Agent: t\r\n\r\n");
+    wait_replies(f, c, 1);
+    assert_int_equal(status_of(c, 0), 200);
+    assert_string_equal(f->seen.method, "GET");
+    assert_string_equal(f->seen.target, "/v2/index.php?Action=CaptchaIframeQuery&a=1");
+    assert_string_equal(f->seen.path, "/v2/index.php");
+    assert_true(f->seen.has_query);
+    assert_string_equal(f->seen.query, "Action=CaptchaIframeQuery&a=1");
+    assert_string_equal(f->seen.host, "example.test:9000");
+    assert_int_equal(f->seen.header_count, 2);
+    assert_int_equal(f->seen.http_minor, 1);
+    assert_int_equal(f->seen.is_tls, 0);
+    assert_int_equal(f->seen.error_status, 0);
+    assert_string_equal(f->seen.peer_ip, "127.0.0.1");
+    assert_int_equal(f->seen.body_len, 0);
+    assert_non_null(memmem(c->buf, c->len, "X-Test: yes\r\n", 13));
+    assert_non_null(memmem(c->buf, c->len, "Date: ", 6));
+    assert_non_null(memmem(c->buf, c->len, "Content-Type: application/json\r\n", 32));
+    assert_non_null(memmem(c->buf, c->len, "{\"path\":\"/v2/index.php\",\"status\":200}", 37));
+
+    client_sends(c, "POST /v2/index.php HTTP/1.1\r\nHost: h\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\n"
+                    "Content-Length: 17\r\n\r\nAction=X&Nonce=12");
+    wait_replies(f, c, 2);
+    assert_string_equal(f->seen.method, "POST");
+    assert_string_equal(f->seen.path, "/v2/index.php");
+    assert_false(f->seen.has_query);
+    assert_string_equal(f->seen.content_type, "application/x-www-form-urlencoded");
+    assert_int_equal(f->seen.body_len, 17);
+    assert_string_equal(f->seen.body, "Action=X&Nonce=12");
+    assert_int_equal(httpd_connections(f->h), 1);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_keepalive_three(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    for (int i = 1; i <= 3; i++) {
+        char req[128];
+        snprintf(req, sizeof req, "GET /r%d HTTP/1.1\r\nHost: h\r\n\r\n", i);
+        client_sends(c, req);
+        wait_replies(f, c, i);
+        assert_int_equal(httpd_connections(f->h), 1);
+    }
+    assert_int_equal(f->seen.count, 3);
+    assert_string_equal(f->seen.path, "/r3");
+    assert_false(c->eof);
+    /* HTTP/1.0 without keep-alive closes after its reply. */
+    client_sends(c, "GET /old HTTP/1.0\r\n\r\n");
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(complete_replies(c), 4);
+    assert_int_equal(f->seen.http_minor, 0);
+    assert_non_null(memmem(c->buf, c->len, "Connection: close\r\n", 19));
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_pipelining_in_order(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n"
+                    "POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nxyz"
+                    "GET /c HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(complete_replies(c), 3);
+    const char *a = memmem(c->buf, c->len, "\"/a\"", 4);
+    const char *b = memmem(c->buf, c->len, "\"/b\"", 4);
+    const char *cc = memmem(c->buf, c->len, "\"/c\"", 4);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(cc);
+    assert_true(a < b && b < cc);
+    assert_int_equal(f->seen.count, 3);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_chunked_body(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "POST /v2/index.php HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "4\r\nWiki\r\n5;ext=1\r\npedia\r\n");
+    struct want w = {c, 1};
+    run_until(f->base, has_replies, &w, 50);
+    assert_int_equal(f->seen.count, 0);
+    client_sends(c, "E\r\n in\r\n\r\nchunks.\r\n0\r\nTrailer: x\r\n\r\n");
+    wait_replies(f, c, 1);
+    assert_int_equal(status_of(c, 0), 200);
+    assert_string_equal(f->seen.body, "Wikipedia in\r\n\r\nchunks.");
+    assert_int_equal(f->seen.body_len, 23);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_expect_continue(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    struct want w = {c, 1};
+    run_until(f->base, has_replies, &w, 100);
+    assert_true(c->len >= 25);
+    assert_memory_equal(c->buf, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    client_sends(c, "abcd");
+    wait_replies(f, c, 1);
+    assert_int_equal(status_of(c, 1), 200);
+    assert_string_equal(f->seen.body, "abcd");
+    client_free(c);
+    fixture_free(f);
+}
+
+/* Sends raw bytes, then expects the handler to get error status with a message and the client
+ * to receive that reply followed by the close. */
+static void expect_error(struct fixture *f, const char *data, size_t len, int status,
+                         const char *msg_part) {
+    struct client *c = client_new(f, f->port);
+    memset(&f->seen, 0, sizeof f->seen);
+    client_send(c, data, len);
+    if (!run_until(f->base, closed, c, 3000)) fail_msg("no close after the %d reply", status);
+    assert_int_equal(f->seen.count, 1);
+    if (f->seen.error_status != status)
+        fail_msg("want %d, got %d (%s)", status, f->seen.error_status, f->seen.error_message);
+    assert_true(strlen(f->seen.error_message) > 10);
+    if (msg_part && !strstr(f->seen.error_message, msg_part))
+        fail_msg("message \"%s\" lacks \"%s\"", f->seen.error_message, msg_part);
+    assert_int_equal(c->err, 0);
+    assert_int_equal(complete_replies(c), 1);
+    assert_int_equal(status_of(c, 0), status);
+    assert_non_null(memmem(c->buf, c->len, "Connection: close\r\n", 19));
+    assert_int_equal(httpd_inflight(f->h), 0);
+    client_free(c);
+}
+
+static void expect_errors(struct fixture *f, const char *data, int status, const char *part) {
+    expect_error(f, data, strlen(data), status, part);
+}
+
+static void test_errors(void **state) {
+    struct httpd_limits lim;
+    small_limits(&lim);
+    struct fixture *f = fixture_new(&lim, NULL);
+    char big[8192];
+
+    /* 414: a complete request line, and one that never ends. */
+    int n = snprintf(big, sizeof big, "GET /%0300d HTTP/1.1\r\nHost: h\r\n\r\n", 7);
+    expect_error(f, big, (size_t)n, 414, "the limit is 256");
+    assert_string_equal(f->seen.method, "GET");
+    memset(big, 'a', 1000);
+    memcpy(big, "GET /", 5);
+    expect_error(f, big, 1000, 414, "the limit is 256");
+    assert_string_equal(f->seen.method, "GET");
+
+    /* 431 by size (one huge header, cut before its end) and by count. */
+    n = snprintf(big, sizeof big, "GET / HTTP/1.1\r\nHost: h\r\nX-Big: ");
+    memset(big + n, 'b', 2000);
+    expect_error(f, big, (size_t)n + 2000, 431, "the limit is 1024");
+    assert_string_equal(f->seen.path, "/");
+    assert_string_equal(f->seen.host, "h");
+    n = snprintf(big, sizeof big, "GET / HTTP/1.1\r\n");
+    for (int i = 0; i < 12; i++) n += snprintf(big + n, sizeof big - (size_t)n, "X-%d: v\r\n", i);
+    n += snprintf(big + n, sizeof big - (size_t)n, "\r\n");
+    expect_error(f, big, (size_t)n, 431, "the limit is 10");
+
+    /* 413 by Content-Length, while the client keeps sending the body. */
+    n = snprintf(big, sizeof big, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 100000\r\n\r\n");
+    memset(big + n, 'x', sizeof big - (size_t)n);
+    expect_error(f, big, sizeof big, 413, "100000 bytes; the limit is 1024");
+    assert_int_equal(f->seen.body_len, 0);
+
+    /* 413 while de-chunking. */
+    n = snprintf(big, sizeof big, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "300\r\n");
+    memset(big + n, 'y', 0x300);
+    n += 0x300;
+    n += snprintf(big + n, sizeof big - (size_t)n, "\r\n300\r\n");
+    memset(big + n, 'y', 0x300);
+    n += 0x300;
+    expect_error(f, big, (size_t)n, 413, "the limit is 1024");
+
+    expect_errors(f, "GARBAGE\r\n\r\n", 400, "request line");
+    expect_errors(f, "GET / HTTP/1.1\r\nHost h\r\n\r\n", 400, "header line 1");
+    expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400, "folding");
+    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400, "Content-Length");
+    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     "0\r\n\r\n", 400, "both");
+    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+                  "hexadecimal");
+    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+                  "Transfer-Encoding");
+    expect_errors(f, "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "HTTP/2.0");
+    expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n", 408, "headers");
+
+    /* 408 on a body that stops halfway: the handler sees what arrived. */
+    expect_errors(f, "POST /slow HTTP/1.1\r\nHost: h\r\nContent-Length: 20\r\n\r\n0123456789", 408,
+                  "10 of 20 bytes");
+    assert_string_equal(f->seen.path, "/slow");
+    assert_int_equal(f->seen.body_len, 10);
+    assert_string_equal(f->seen.body, "0123456789");
+
+    /* The server kept serving through all of it. */
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /ok HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, c, 1);
+    assert_int_equal(status_of(c, 0), 200);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_reset_gives_econnreset(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_RESET;
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /rst HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(c->err, ECONNRESET);
+    assert_int_equal(c->len, 0);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_drop_gives_eof(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_DROP;
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /drop HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(c->err, 0);
+    assert_true(c->eof);
+    assert_int_equal(c->len, 0);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_cancel_on_client_close(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL;
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    assert_int_equal(httpd_inflight(f->h), 1);
+    /* The stalled request stays while the client waits. */
+    run_until(f->base, got_cancel, f, 100);
+    assert_int_equal(f->cancels, 0);
+    client_free(c);
+    assert_true(run_until(f->base, got_cancel, f, 3000));
+    run_until(f->base, got_cancel, f, 50);
+    assert_int_equal(f->cancels, 1);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_int_equal(httpd_connections(f->h), 0);
+    fixture_free(f);
+}
+
+static void test_free_cancels_pending(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL;
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    httpd_free(f->h);
+    assert_int_equal(f->cancels, 1);
+    f->h = httpd_new(f->base, NULL, on_request, f);
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(f->cancels, 1);
+    client_free(c);
+    fixture_free(f);
+}
+
+static void test_stop_accepting_drains(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL;
+    struct client *idle = client_new(f, f->port);
+    struct client *busy = client_new(f, f->port);
+    client_sends(busy, "GET /busy HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    assert_int_equal(httpd_connections(f->h), 2);
+    httpd_stop_accepting(f->h);
+    assert_true(run_until(f->base, closed, idle, 3000));
+    assert_int_equal(httpd_inflight(f->h), 1);
+    httpd_reply(f->stalled, 200, "text/plain", "done", 4);
+    f->stalled = NULL;
+    assert_true(run_until(f->base, closed, busy, 3000));
+    assert_int_equal(complete_replies(busy), 1);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_int_equal(f->cancels, 0);
+    client_free(idle);
+    client_free(busy);
+    fixture_free(f);
+}
+
+/* ---- TLS ---- */
+
+struct tls_files {
+    char cert[64];
+    char key[64];
+};
+
+static void write_self_signed(struct tls_files *tf) {
+    EVP_PKEY *pkey = EVP_EC_gen("P-256");
+    assert_non_null(pkey);
+    X509 *x = X509_new();
+    assert_non_null(x);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_gmtime_adj(X509_getm_notBefore(x), -60);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    X509_set_pubkey(x, pkey);
+    X509_NAME *name = X509_get_subject_name(x);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
+                               -1, 0);
+    X509_set_issuer_name(x, name);
+    X509V3_CTX v3;
+    X509V3_set_ctx_nodb(&v3);
+    X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name,
+                                              "DNS:localhost,IP:127.0.0.1");
+    assert_non_null(ext);
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    ext = X509V3_EXT_conf_nid(NULL, &v3, NID_basic_constraints, "critical,CA:TRUE");
+    X509_add_ext(x, ext, -1);
+    X509_EXTENSION_free(ext);
+    assert_true(X509_sign(x, pkey, EVP_sha256()) > 0);
+
+    snprintf(tf->cert, sizeof tf->cert, "/tmp/test_httpd_cert_XXXXXX");
+    snprintf(tf->key, sizeof tf->key, "/tmp/test_httpd_key_XXXXXX");
+    int cfd = mkstemp(tf->cert), kfd = mkstemp(tf->key);
+    assert_true(cfd >= 0 && kfd >= 0);
+    FILE *cf = fdopen(cfd, "w"), *kf = fdopen(kfd, "w");
+    assert_true(PEM_write_X509(cf, x) == 1);
+    assert_true(PEM_write_PrivateKey(kf, pkey, NULL, NULL, 0, NULL, NULL) == 1);
+    fclose(cf);
+    fclose(kf);
+    X509_free(x);
+    EVP_PKEY_free(pkey);
+}
+
+struct tls_client {
+    struct evbuffer *got;
+    int done;
+    int error;
+};
+
+static void tls_read_cb(struct bufferevent *bev, void *arg) {
+    struct tls_client *tc = arg;
+    evbuffer_add_buffer(tc->got, bufferevent_get_input(bev));
+    size_t len = evbuffer_get_length(tc->got);
+    const char *s = (const char *)evbuffer_pullup(tc->got, -1);
+    if (len && memmem(s, len, "\"status\":200}", 13)) tc->done = 1;
+}
+
+static void tls_event_cb(struct bufferevent *bev, short what, void *arg) {
+    struct tls_client *tc = arg;
+    if (what & (BEV_EVENT_ERROR | BEV_EVENT_EOF)) tc->error = 1;
+}
+
+static int tls_finished(void *arg) {
+    struct tls_client *tc = arg;
+    return tc->done || tc->error;
+}
+
+static void tls_roundtrip(struct fixture *f, SSL_CTX *cctx, const char *host, int verify,
+                          int expect_ok) {
+    struct tls_client tc = {evbuffer_new(), 0, 0};
+    SSL *ssl = tls_client_ssl_new(cctx, host, verify);
+    assert_non_null(ssl);
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        f->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    assert_non_null(bev);
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    bufferevent_setcb(bev, tls_read_cb, NULL, tls_event_cb, &tc);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    struct sockaddr_in sin;
+    memset(&sin, 0, sizeof sin);
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons((uint16_t)f->port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bufferevent_socket_connect(bev, (struct sockaddr *)&sin, sizeof sin), 0);
+    bufferevent_write(bev, "GET /tls HTTP/1.1\r\nHost: localhost\r\n\r\n", 38);
+    assert_true(run_until(f->base, tls_finished, &tc, 3000));
+    assert_int_equal(tc.done, expect_ok);
+    bufferevent_free(bev);
+    evbuffer_free(tc.got);
+}
+
+static void test_tls_listener(void **state) {
+    struct tls_files tf;
+    char err[256] = "";
+    tls_global_init();
+    write_self_signed(&tf);
+    SSL_CTX *sctx = tls_server_ctx_new(tf.cert, tf.key, err, sizeof err);
+    if (!sctx) fail_msg("tls_server_ctx_new: %s", err);
+    /* A key that does not match the certificate is refused with a reason. */
+    assert_null(tls_server_ctx_new(tf.cert, "/nonexistent/key.pem", err, sizeof err));
+    assert_true(strstr(err, "/nonexistent/key.pem") != NULL);
+
+    struct fixture *f = fixture_new(NULL, sctx);
+    SSL_CTX *noverify = tls_client_ctx_new(NULL, 0, err, sizeof err);
+    assert_non_null(noverify);
+    tls_roundtrip(f, noverify, "localhost", 0, 1);
+    assert_int_equal(f->seen.is_tls, 1);
+    assert_string_equal(f->seen.path, "/tls");
+
+    /* Verification against the certificate as CA: by name, by IP literal, and a wrong name. */
+    SSL_CTX *verify = tls_client_ctx_new(tf.cert, 1, err, sizeof err);
+    if (!verify) fail_msg("tls_client_ctx_new: %s", err);
+    tls_roundtrip(f, verify, "localhost", 1, 1);
+    tls_roundtrip(f, verify, "127.0.0.1", 1, 1);
+    tls_roundtrip(f, verify, "wrong.example", 1, 0);
+
+    SSL_CTX_free(noverify);
+    SSL_CTX_free(verify);
+    fixture_free(f);
+    SSL_CTX_free(sctx);
+    unlink(tf.cert);
+    unlink(tf.key);
+}
+
+static void test_reason_and_ipv6(void **state) {
+    assert_string_equal(httpd_reason(200), "OK");
+    assert_string_equal(httpd_reason(413), "Content Too Large");
+    assert_string_equal(httpd_reason(431), "Request Header Fields Too Large");
+    struct event_base *base = event_base_new();
+    struct httpd *h = httpd_new(base, NULL, on_request, NULL);
+    char err[256] = "";
+    int p6 = httpd_listen(h, "::1", 0, NULL, 1, err, sizeof err);
+    /* A machine without IPv6 loopback is told so in err; with it, the port is real. */
+    if (p6 < 0) assert_true(strlen(err) > 0);
+    else assert_true(p6 > 0);
+    assert_true(httpd_listen(h, "localhost", 0, NULL, 0, err, sizeof err) > 0);
+    assert_int_equal(httpd_listen(h, "256.1.1.1", 0, NULL, 0, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    httpd_free(h);
+    httpd_free(NULL);
+    event_base_free(base);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_get_and_post),
+        cmocka_unit_test(test_keepalive_three),
+        cmocka_unit_test(test_pipelining_in_order),
+        cmocka_unit_test(test_chunked_body),
+        cmocka_unit_test(test_expect_continue),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_reset_gives_econnreset),
+        cmocka_unit_test(test_drop_gives_eof),
+        cmocka_unit_test(test_cancel_on_client_close),
+        cmocka_unit_test(test_free_cancels_pending),
+        cmocka_unit_test(test_stop_accepting_drains),
+        cmocka_unit_test(test_tls_listener),
+        cmocka_unit_test(test_reason_and_ipv6),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
