@@ -211,7 +211,6 @@ test('upstream replies pass through byte-for-byte (success and upstream errors)'
   assert.equal(assertApiReply(viaGw).code, 0, viaGw.body);
   assert.deepEqual(Object.keys(viaGw.json), Object.keys(directRaw.json), 'same fields in the same order');
   assert.equal(withoutUrl(viaGw), withoutUrl(directRaw), 'same bytes apart from the url');
-  assert.equal(viaGw.headers['content-type'], directRaw.headers['content-type']);
 
   // An error the mock answers (an injected code) reaches the app unchanged.
   await addFault(mock, { action: 'CaptchaIframeQuery', code: 5000, times: 2 });
