@@ -1,0 +1,91 @@
+/* auth.c: app authentication. The order of the checks is the upstream's, so an app sees the
+ * same codes through the gateway as it would calling Tencent directly; the Nonce is checked
+ * before the signature (a cheap refusal of obvious replays) and recorded after it (an attacker
+ * without the key cannot burn an app's nonces), with the record itself atomic so that two copies
+ * racing on different workers cannot both pass. */
+#include "auth.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#include "capgate/params.h"
+#include "capgate/sign.h"
+#include "capgate/validate.h"
+#include "config.h"
+#include "nonce.h"
+
+static int auth_fail(struct auth_result *r, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int auth_fail(struct auth_result *r, int code, const char *fmt, ...) {
+    va_list ap;
+    r->code = code;
+    r->app = NULL;
+    va_start(ap, fmt);
+    vsnprintf(r->message, sizeof(r->message), fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+const char *auth_bearer_token(const char *authorization, size_t *len) {
+    if (!authorization) return NULL;
+    while (*authorization == ' ' || *authorization == '\t') authorization++;
+    if (strncasecmp(authorization, "Bearer", 6) != 0) return NULL;
+    const char *t = authorization + 6;
+    if (*t != ' ' && *t != '\t' && *t != '\0') return NULL;
+    while (*t == ' ' || *t == '\t') t++;
+    size_t n = strlen(t);
+    while (n && (t[n - 1] == ' ' || t[n - 1] == '\t')) n--;
+    *len = n;
+    return t;
+}
+
+static int auth_token(const struct config *c, const char *token, size_t len,
+                      struct auth_result *r) {
+    const struct config_app *app = config_find_app_by_token(c, token, len);
+    if (!app) return auth_fail(r, 4100, "the bearer token is not valid at this gateway");
+    r->app = app;
+    r->token = 1;
+    return 0;
+}
+
+int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
+                      const struct auth_request *req, struct auth_result *r) {
+    struct v2_public pub;
+    char err[200];
+    size_t token_len = 0;
+
+    memset(r, 0, sizeof(*r));
+    const char *token = auth_bearer_token(req->authorization, &token_len);
+    if (token) return auth_token(c, token, token_len, r);
+
+    if (validate_public(req->params, &pub, err, sizeof(err)) != 0)
+        return auth_fail(r, 4000, "%s", err);
+    const struct config_app *app = config_find_app_by_secret_id(c, pub.secret_id);
+    if (!app) return auth_fail(r, 4100, "SecretId is not known at this gateway");
+
+    uint64_t window = c->timestamp_window_s;
+    uint64_t skew = pub.timestamp > req->now_s ? pub.timestamp - req->now_s
+                                               : req->now_s - pub.timestamp;
+    if (skew > window)
+        return auth_fail(r, 4500, "Timestamp %llu is outside the allowed window of %llu s "
+                                  "around the server time",
+                         (unsigned long long)pub.timestamp, (unsigned long long)window);
+    if (nonce_cache_seen(nonces, pub.secret_id, pub.nonce, req->now_s))
+        return auth_fail(r, 4500, "Nonce %llu was already used by this SecretId",
+                         (unsigned long long)pub.nonce);
+    if (sign_verify(req->params, req->method, req->host ? req->host : "", req->path,
+                    app->secret_key) != 0)
+        return auth_fail(r, 4100, "the Signature does not match the request");
+    /* A Timestamp is accepted until now + window at the latest, and a request carrying it
+     * until its Timestamp + window: remembering the Nonce for twice the window covers both. */
+    int rc = nonce_cache_insert(nonces, pub.secret_id, pub.nonce, req->now_s, 2 * window + 1);
+    if (rc == 1)
+        return auth_fail(r, 4500, "Nonce %llu was already used by this SecretId",
+                         (unsigned long long)pub.nonce);
+    if (rc < 0) return auth_fail(r, 6000, "the Nonce could not be recorded");
+    r->app = app;
+    return 0;
+}
