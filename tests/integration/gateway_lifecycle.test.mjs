@@ -38,6 +38,7 @@ test('--check-config: a good config exits 0 and prints it with every secret mask
   const file = path.join(dir, 'good.json');
   fs.writeFileSync(file, JSON.stringify(config, null, 2));
   const r = await runCapgate(['--check-config', file]);
+  fs.rmSync(dir, { recursive: true, force: true });
   assert.equal(r.code, 0, `exit ${r.code}; stderr: ${r.stderr}`);
   const out = r.stdout + r.stderr;
   for (const s of SECRETS) assert.ok(!out.includes(s), `a secret appears in the output: ${s}`);
@@ -63,6 +64,7 @@ test('--check-config: an unknown key exits 1 naming the key with line:column', a
   const syntax = path.join(dir, 'syntax.json');
   fs.writeFileSync(syntax, '{\n  "listen": "127.0.0.1:0",\n  "workers": 2,,\n}\n');
   const r2 = await runCapgate(['--check-config', syntax]);
+  fs.rmSync(dir, { recursive: true, force: true });
   assert.equal(r2.code, 1, `exit ${r2.code} for a JSON syntax error`);
   assert.match(r2.stdout + r2.stderr, /:3:\d+/, r2.stdout + r2.stderr);
 });

@@ -115,6 +115,7 @@ export async function startGateway({ mock, config = {}, env = {}, args = [] } = 
     adminLine = await proc.waitLine(/^capgate admin listening on http:\/\//);
   } catch (e) {
     await proc.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
     throw e;
   }
   const base = line.replace(/^capgate listening on /, '').trim().replace(/\/$/, '');
@@ -136,7 +137,11 @@ export async function startGateway({ mock, config = {}, env = {}, args = [] } = 
       return parseMetrics(r.body);
     },
     admin: (p, opts) => request(`${adminUrl}${p}`, { timeoutMs: 3000, ...opts }),
-    stop: () => proc.stop(),
+    async stop() {
+      const r = await proc.stop();
+      fs.rmSync(dir, { recursive: true, force: true });
+      return r;
+    },
   };
   return gw;
 }
