@@ -1,0 +1,503 @@
+/* test_config.c: the gateway's config loader: the shipped configs load, defaults, every kind of
+ * error with its key path and line:column, secrets from env and files, URL parsing, the masked
+ * dump, app lookups and warnings. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+
+#define UPSTREAM_OK "\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_UP_KEY\"}"
+
+static int setup_env(void **state) {
+    setenv("T_UP_KEY", "upstream-secret-key-value", 1);
+    setenv("CAPGATE_SECRET_ID", "AKIDrealUpstreamId", 1);
+    setenv("CAPGATE_SECRET_KEY", "real-upstream-key-9f8e7d", 1);
+    setenv("SHOP_WEB_KEY", "shop-web-key-c0ffee", 1);
+    setenv("BATCH_TOKEN", "batch-token-deadbeef", 1);
+    setenv("CAPGATE_PII_KEY", "pii-key-12345678", 1);
+    setenv("CAPGATE_DEMO_WEB_KEY", "demo-web-key-abcdef", 1);
+    setenv("CAPGATE_BATCH_TOKEN", "dev-batch-token-0123", 1);
+    return 0;
+}
+
+static struct config *load_ok(const char *text) {
+    struct config *c = NULL;
+    char err[512];
+    int rc = config_load_string(text, "t.json", &c, err, sizeof err);
+    if (rc != 0) fail_msg("unexpected error: %s", err);
+    assert_non_null(c);
+    return c;
+}
+
+static void expect_error(const char *text, const char *expected) {
+    struct config *c = (struct config *)1;
+    char err[512];
+    assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
+    assert_null(c);
+    if (strcmp(err, expected) != 0) fail_msg("got      %s\nexpected %s", err, expected);
+}
+
+static void test_example_loads(void **state) {
+    struct config *c = NULL;
+    char err[512];
+    int rc = config_load(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
+    if (rc != 0) fail_msg("%s", err);
+    assert_string_equal(c->listen_host, "127.0.0.1");
+    assert_int_equal(c->listen_port, 8080);
+    assert_int_equal(c->admin_port, 8081);
+    assert_int_equal(c->workers, 2);
+    assert_string_equal(c->upstream.host, "csec.api.qcloud.com");
+    assert_int_equal(c->upstream.port, 443);
+    assert_true(c->upstream.tls);
+    assert_string_equal(c->upstream.path, "/v2/index.php");
+    assert_string_equal(c->upstream.secret_id, "AKIDrealUpstreamId");
+    assert_string_equal(c->upstream.secret_key, "real-upstream-key-9f8e7d");
+    assert_int_equal(c->upstream.signature_method, SIGN_HMAC_SHA256);
+    assert_non_null(c->redis);
+    assert_string_equal(c->redis->host, "127.0.0.1");
+    assert_int_equal(c->redis->port, 6379);
+    assert_int_equal(c->redis->db, 0);
+    assert_null(c->redis->password);
+    assert_int_equal(c->n_apps, 2);
+    assert_string_equal(c->apps[0].secret_key, "shop-web-key-c0ffee");
+    assert_int_equal(c->apps[0].actions, (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) |
+                                             (1u << V2_ACTION_CAPTCHA_CHECK));
+    assert_false(c->apps[0].business_any);
+    assert_int_equal(c->apps[0].n_business_ids, 2);
+    assert_int_equal(c->apps[0].business_ids[1], 2);
+    assert_int_equal(c->apps[1].auth, CONFIG_AUTH_TOKEN);
+    assert_string_equal(c->apps[1].token, "batch-token-deadbeef");
+    assert_true(c->apps[1].business_any);
+    assert_int_equal(c->n_limits, 4);
+    assert_int_equal(c->limits[0].business_id, 1);
+    assert_int_equal(c->limits[0].scene_id, 2);
+    assert_true(c->limits[0].burst == 100.0);
+    assert_true(c->limits[1].business_any && c->limits[1].scene_any);
+    assert_true(c->limits[1].burst == 20.0); /* default: rate */
+    assert_int_equal(c->limits[2].scope, CONFIG_SCOPE_APP);
+    assert_int_equal(c->limits[3].scope, CONFIG_SCOPE_GLOBAL);
+    assert_string_equal(c->audit.pii_key, "pii-key-12345678");
+    assert_false(c->audit.pii_key_generated);
+    assert_int_equal(c->pool.n_profiles, 1);
+    assert_int_equal(c->pool.profiles[0].captcha_type, 9);
+    assert_true(c->pool.profiles[0].has_business_id);
+    assert_string_equal(c->instance, "gw-1");
+    config_free(c);
+}
+
+static void test_dev_loads(void **state) {
+    struct config *c = NULL;
+    char err[512];
+    int rc = config_load(CAPGATE_SOURCE_DIR "/config/dev.json", &c, err, sizeof err);
+    if (rc != 0) fail_msg("%s", err);
+    assert_int_equal(c->listen_port, 8080);
+    assert_int_equal(c->admin_port, 8081);
+    assert_int_equal(c->workers, 2);
+    assert_string_equal(c->upstream.host, "127.0.0.1");
+    assert_int_equal(c->upstream.port, 9443);
+    assert_string_equal(c->upstream.sign_host, "127.0.0.1:9443");
+    assert_string_equal(c->upstream.ca_file, "var/certs/ca.pem");
+    assert_null(c->redis);
+    assert_true(c->demo);
+    assert_int_equal(c->n_apps, 2);
+    assert_string_equal(c->apps[0].name, "demo-web");
+    assert_string_equal(c->apps[0].secret_id, "AKIDcapgateDemoWeb0000000000000000000");
+    assert_string_equal(c->apps[0].secret_key, "demo-web-key-abcdef");
+    assert_string_equal(c->apps[1].name, "batch-job");
+    assert_string_equal(c->apps[1].token, "dev-batch-token-0123");
+    assert_true(c->n_limits >= 2);
+    config_free(c);
+}
+
+static void test_defaults(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK "}");
+    char host[256];
+    assert_string_equal(c->path, "t.json");
+    assert_string_equal(c->listen_host, "127.0.0.1");
+    assert_int_equal(c->listen_port, 8080);
+    assert_string_equal(c->admin_host, "127.0.0.1");
+    assert_int_equal(c->admin_port, 8081);
+    assert_int_equal(c->workers, 2);
+    assert_false(c->http_errors_semantic);
+    assert_string_equal(c->upstream.url, "https://csec.api.qcloud.com/v2/index.php");
+    assert_string_equal(c->upstream.sign_host, "csec.api.qcloud.com");
+    assert_string_equal(c->upstream.region, "gz");
+    assert_int_equal(c->upstream.signature_method, SIGN_HMAC_SHA256);
+    assert_true(c->upstream.post);
+    assert_null(c->upstream.ca_file);
+    assert_true(c->upstream.verify_tls);
+    assert_int_equal(c->upstream.connect_timeout_ms, 1000);
+    assert_int_equal(c->upstream.timeout_ms, 3000);
+    assert_int_equal(c->upstream.retries, 1);
+    assert_int_equal(c->upstream.max_connections, 64);
+    assert_int_equal(c->upstream.breaker_failures, 5);
+    assert_int_equal(c->upstream.breaker_open_ms, 5000);
+    assert_null(c->redis);
+    assert_int_equal(c->on_store_error, CONFIG_STORE_ERROR_LOCAL);
+    assert_int_equal(c->timestamp_window_s, 300);
+    assert_int_equal(c->n_apps, 0);
+    assert_int_equal(c->n_limits, 0);
+    assert_string_equal(c->audit.stream, "capgate:audit");
+    assert_int_equal(c->audit.maxlen, 1000000);
+    assert_string_equal(c->audit.spool_dir, "var/spool");
+    assert_null(c->audit.file);
+    assert_false(c->audit.pii_raw);
+    assert_true(c->audit.pii_key_generated);
+    assert_int_equal(c->audit.pii_key_len, 32);
+    assert_int_equal(c->metrics.flush_ms, 1000);
+    assert_int_equal(c->metrics.retention_s, 691200);
+    assert_int_equal(c->pool.ttl_s, 60);
+    assert_int_equal(c->pool.n_profiles, 0);
+    assert_int_equal(c->idempotency_ttl_s, 300);
+    assert_false(c->demo);
+    assert_int_equal(c->http.max_uri, 8192);
+    assert_int_equal(c->http.max_header_bytes, 16384);
+    assert_int_equal(c->http.max_body, 65536);
+    assert_int_equal(c->http.max_headers, 100);
+    assert_int_equal(c->http.header_timeout_ms, 10000);
+    assert_int_equal(c->http.body_timeout_ms, 10000);
+    assert_int_equal(c->http.idle_timeout_ms, 60000);
+    assert_string_equal(c->log_level, "info");
+    assert_int_equal(gethostname(host, sizeof host), 0);
+    host[sizeof host - 1] = '\0';
+    char expect[300];
+    snprintf(expect, sizeof expect, "%s:%ld", host, (long)getpid());
+    assert_string_equal(c->instance, expect);
+    config_free(c);
+}
+
+static void test_app_defaults(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK ", \"apps\": [{\"name\": \"a\", \"auth\": "
+                               "\"token\", \"token\": \"tok-a\"}], \"limits\": [{\"name\": \"l\", "
+                               "\"rate\": 0.5, \"mode\": \"shadow\"}]}");
+    assert_int_equal(c->apps[0].actions, (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) |
+                                             (1u << V2_ACTION_CAPTCHA_CHECK) |
+                                             (1u << V2_ACTION_CAPTCHA_QUERY));
+    assert_true(c->apps[0].business_any);
+    assert_true(c->apps[0].secret_literal);
+    assert_int_equal(c->limits[0].scope, CONFIG_SCOPE_PARAMS);
+    assert_true(c->limits[0].business_any && c->limits[0].scene_any);
+    assert_true(c->limits[0].period_s == 1.0);
+    assert_true(c->limits[0].burst == 1.0); /* rate below 1: burst 1 */
+    assert_true(c->limits[0].shadow);
+    config_free(c);
+}
+
+struct error_case {
+    const char *text;
+    const char *expected;
+};
+
+static void test_errors(void **state) {
+    static const struct error_case cases[] = {
+        /* unknown key at the top level */
+        {"{\n  \"workers\": 2,\n  \"colour\": 1\n}",
+         "t.json:3:3: colour: unknown key"},
+        /* unknown key nested in apps[1] */
+        {"{" UPSTREAM_OK ",\n \"apps\": [\n  {\"name\": \"a\", \"auth\": \"token\", \"token_env\": "
+         "\"BATCH_TOKEN\"},\n  {\"name\": \"b\",\n   \"auth\": \"token\", \"colour\": \"red\"}\n ]\n}",
+         "t.json:5:21: apps[1].colour: unknown key"},
+        /* wrong type */
+        {"{\"workers\": \"2\"}", "t.json:1:2: workers: must be an integer; got \"2\""},
+        {"{" UPSTREAM_OK ", \"demo\": 1}", "t.json:1:69: demo: must be true or false; got 1"},
+        /* out of bounds */
+        {"{\"workers\": 65}", "t.json:1:2: workers: must be between 1 and 64; got 65"},
+        {"{\"workers\": 0}", "t.json:1:2: workers: must be between 1 and 64; got 0"},
+        {"{\n\"upstream\": {\"timeout_ms\": 600001}}",
+         "t.json:2:14: upstream.timeout_ms: must be between 1 and 600000; got 600001"},
+        {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"x\", \"rate\": 0}]}",
+         "t.json:2:26: limits[0].rate: must be greater than 0; got 0"},
+        {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"x\", \"rate\": 5, \"burst\": 0.5}]}",
+         "t.json:2:37: limits[0].burst: must be at least 1; got 0.5"},
+        {"{\"listen\": \"127.0.0.1:65536\"}",
+         "t.json:1:2: listen: must be \"host:port\" with a port 0..65535; got \"127.0.0.1:65536\""},
+        /* bad enum */
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"basic\"}]}",
+         "t.json:2:24: apps[0].auth: must be \"signature\" or \"token\"; got \"basic\""},
+        {"{\"http_errors\": \"loud\"}",
+         "t.json:1:2: http_errors: must be \"compat\" or \"semantic\"; got \"loud\""},
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
+         "\"actions\": [\"CaptchaCheck\", \"Describe\"]}]}",
+         "t.json:2:83: apps[0].actions[1]: must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
+         "\"CaptchaQuery\"; got \"Describe\""},
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
+         "\"business_ids\": [1, -2]}]}",
+         "t.json:2:75: apps[0].business_ids[1]: must be a UInt (0..4294967295); got -2"},
+        /* missing environment variable */
+        {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": \"T_NOT_SET_ANYWHERE\"\n  }\n}",
+         "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set"},
+        /* missing required */
+        {"{\"workers\": 1}", "t.json:1:1: missing required key \"upstream\""},
+        {"{\"upstream\": {\"secret_id\": \"x\"}}",
+         "t.json:1:2: upstream: missing required key \"secret_key_env\" (or secret_key_file)"},
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"signature\", "
+         "\"secret_key\": \"k\"}]}",
+         "t.json:2:10: apps[0]: missing required key \"secret_id\""},
+        /* duplicates */
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
+         "{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t2\"}]}",
+         "t.json:3:2: apps[1].name: duplicate name \"a\" (also apps[0])"},
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
+         "{\"name\": \"b\", \"auth\": \"token\", \"token\": \"t1\"}]}",
+         "t.json:3:32: apps[1].token: the same token as apps[0] (\"a\")"},
+        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"signature\", \"secret_id\": "
+         "\"S\", \"secret_key\": \"k\"},\n{\"name\": \"b\", \"auth\": \"signature\", \"secret_id\": "
+         "\"S\", \"secret_key\": \"k2\"}]}",
+         "t.json:3:36: apps[1].secret_id: duplicate secret_id \"S\" (also apps[0])"},
+        {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"l\", \"rate\": 1},\n {\"name\": \"l\", "
+         "\"rate\": 2}]}",
+         "t.json:3:3: limits[1].name: duplicate name \"l\" (also limits[0])"},
+        {"{\"workers\": 1, \"workers\": 2}",
+         "t.json:1:24: syntax error: duplicate object key near '\"workers\"'"},
+        /* bad redis url */
+        {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"http://127.0.0.1:6379\"}}",
+         "t.json:2:11: redis.url: must be redis://[:password@]host[:port][/db]; got "
+         "\"http://127.0.0.1:6379\""},
+        {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"redis://h:6379/x\"}}",
+         "t.json:2:11: redis.url: must end in /db, a database number 0..65535; got "
+         "\"redis://h:6379/x\""},
+        {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"redis://user:pw@h\"}}",
+         "t.json:2:11: redis.url: must give the password as redis://:password@host (user names "
+         "are not supported); got \"redis://user:pw@h\""},
+        /* bad upstream url */
+        {"{\"upstream\": {\"url\": \"ftp://x/\", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
+         "t.json:1:15: upstream.url: must start with https:// or http://; got \"ftp://x/\""},
+        /* syntax errors */
+        {"{\n  \"workers\": 2,\n}", "t.json:3:1: syntax error: string or '}' expected near '}'"},
+        {"[]", "t.json:1:1: must be an object; got an array"},
+        /* scope-only keys */
+        {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"l\", \"scope\": \"app\", \"businessId\": 1, "
+         "\"rate\": 1}]}",
+         "t.json:2:42: limits[0].businessId: only for rules without a scope (or \"scope\": "
+         "\"params\")"},
+        /* two ways to give one secret */
+        {"{\"upstream\": {\"secret_id\": \"x\", \"secret_key\": \"a\", \"secret_key_env\": "
+         "\"T_UP_KEY\"}}",
+         "t.json:1:52: upstream.secret_key_env: only one of secret_key, secret_key_env and "
+         "secret_key_file may be set"},
+        /* a key with an escape in it is still found */
+        {"{\n \"w\\u006frkers\": 99}", "t.json:2:2: workers: must be between 1 and 64; got 99"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        print_message("case %zu\n", i);
+        expect_error(cases[i].text, cases[i].expected);
+    }
+}
+
+static void test_empty_env_var(void **state) {
+    setenv("T_EMPTY_VAR", "", 1);
+    expect_error("{\"upstream\": {\"secret_id\": \"x\", \"secret_key_env\": \"T_EMPTY_VAR\"}}",
+                 "t.json:1:33: upstream.secret_key_env: environment variable T_EMPTY_VAR is empty");
+    unsetenv("T_EMPTY_VAR");
+}
+
+static void test_load_missing_file(void **state) {
+    struct config *c = NULL;
+    char err[512];
+    assert_int_equal(config_load("/nonexistent/capgate.json", &c, err, sizeof err), -1);
+    assert_null(c);
+    assert_string_equal(err, "/nonexistent/capgate.json: cannot read: No such file or directory");
+}
+
+static void test_secret_file(void **state) {
+    char path[] = "/tmp/capgate-test-secret-XXXXXX";
+    char text[512], err[512];
+    struct config *c = NULL;
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "file-secret-value\n", 18), 18);
+    close(fd);
+    snprintf(text, sizeof text,
+             "{\"upstream\": {\"secret_id\": \"x\", \"secret_key_file\": \"%s\"}}", path);
+    c = load_ok(text);
+    assert_string_equal(c->upstream.secret_key, "file-secret-value");
+    assert_false(c->upstream.secret_literal);
+    config_free(c);
+    unlink(path);
+    assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "t.json:1:33: upstream.secret_key_file: cannot read "));
+    assert_non_null(strstr(err, "No such file or directory"));
+}
+
+static void test_redis_url(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"url\": "
+                               "\"redis://:p%40ss@redis.internal:6380/3\", \"timeout_ms\": 50}}");
+    assert_non_null(c->redis);
+    assert_string_equal(c->redis->host, "redis.internal");
+    assert_int_equal(c->redis->port, 6380);
+    assert_int_equal(c->redis->db, 3);
+    assert_string_equal(c->redis->password, "p@ss");
+    assert_int_equal(c->redis->timeout_ms, 50);
+    assert_string_equal(c->redis->key_prefix, "capgate:");
+    config_free(c);
+
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://[::1]\", \"password_env\": "
+                "\"T_UP_KEY\"}}");
+    assert_string_equal(c->redis->host, "::1");
+    assert_int_equal(c->redis->port, 6379);
+    assert_int_equal(c->redis->db, 0);
+    assert_string_equal(c->redis->password, "upstream-secret-key-value");
+    config_free(c);
+
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": null}");
+    assert_null(c->redis);
+    config_free(c);
+}
+
+static void test_upstream_url(void **state) {
+    struct config *c = load_ok("{\"upstream\": {\"url\": \"http://mock.local:8000\", "
+                               "\"secret_id\": \"i\", \"secret_key\": \"k\", \"method\": \"GET\", "
+                               "\"signature_method\": \"HmacSHA1\"}}");
+    assert_false(c->upstream.tls);
+    assert_string_equal(c->upstream.host, "mock.local");
+    assert_int_equal(c->upstream.port, 8000);
+    assert_string_equal(c->upstream.path, "/");
+    assert_string_equal(c->upstream.sign_host, "mock.local:8000");
+    assert_false(c->upstream.post);
+    assert_int_equal(c->upstream.signature_method, SIGN_HMAC_SHA1);
+    assert_true(c->upstream.secret_literal);
+    config_free(c);
+
+    c = load_ok("{\"upstream\": {\"url\": \"https://[::1]/v2/index.php\", \"secret_id\": \"i\", "
+                "\"secret_key\": \"k\"}, \"listen\": \"[::1]:0\"}");
+    assert_string_equal(c->upstream.host, "::1");
+    assert_int_equal(c->upstream.port, 443);
+    assert_string_equal(c->upstream.sign_host, "[::1]");
+    assert_string_equal(c->listen_host, "::1");
+    assert_int_equal(c->listen_port, 0);
+    config_free(c);
+}
+
+static const char *const masked_secrets[] = {
+    "real-upstream-key-9f8e7d", "shop-web-key-c0ffee", "batch-token-deadbeef", "pii-key-12345678",
+    "redis-pass-778899",
+};
+
+static void test_dump_masked(void **state) {
+    struct config *c = NULL;
+    char err[512];
+    char *dump;
+    setenv("T_REDIS_PW", "redis-pass-778899", 1);
+    int rc = config_load(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
+    if (rc != 0) fail_msg("%s", err);
+    /* A password in the url must be hidden too: load it separately below. */
+    dump = config_dump_masked(c);
+    assert_non_null(dump);
+    for (size_t i = 0; i < sizeof masked_secrets / sizeof masked_secrets[0]; i++)
+        assert_null(strstr(dump, masked_secrets[i]));
+    assert_non_null(strstr(dump, "\"secret_key\": \"***\""));
+    assert_non_null(strstr(dump, "\"token\": \"***\""));
+    assert_non_null(strstr(dump, "\"pii_key\": \"***\""));
+    assert_non_null(strstr(dump, "\"secret_id\": \"AKIDrealUpstreamId\""));
+    assert_non_null(strstr(dump, "\"secret_id\": \"AKIDshopweb0000000000000000000000000\""));
+    assert_non_null(strstr(dump, "\"listen\": \"127.0.0.1:8080\""));
+    assert_non_null(strstr(dump, "\"name\": \"tencent-quota\""));
+    assert_non_null(strstr(dump, "\"workers\": 2"));
+    assert_non_null(strstr(dump, "\"max_body\": 65536"));
+    free(dump);
+    config_free(c);
+
+    c = load_ok("{\"upstream\": {\"secret_id\": \"i\", \"secret_key_env\": \"CAPGATE_SECRET_KEY\"}, "
+                "\"redis\": {\"url\": \"redis://:redis-pass-778899@h/2\"}, \"audit\": "
+                "{\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
+    dump = config_dump_masked(c);
+    assert_non_null(dump);
+    for (size_t i = 0; i < sizeof masked_secrets / sizeof masked_secrets[0]; i++)
+        assert_null(strstr(dump, masked_secrets[i]));
+    assert_non_null(strstr(dump, "\"url\": \"redis://:***@h:6379/2\""));
+    assert_non_null(strstr(dump, "\"password\": \"***\""));
+    free(dump);
+    config_free(c);
+    unsetenv("T_REDIS_PW");
+}
+
+static void test_lookups(void **state) {
+    struct config *c = load_ok(
+        "{" UPSTREAM_OK ", \"apps\": ["
+        "{\"name\": \"sig\", \"auth\": \"signature\", \"secret_id\": \"AKIDone\", \"secret_key\": \"k\"},"
+        "{\"name\": \"tok1\", \"auth\": \"token\", \"token\": \"abcdef\"},"
+        "{\"name\": \"tok2\", \"auth\": \"token\", \"token\": \"abcdeg\"},"
+        "{\"name\": \"tok3\", \"auth\": \"token\", \"token\": \"abcdefgh\"}]}");
+    const struct config_app *a;
+    a = config_find_app_by_token(c, "abcdef", 6);
+    assert_non_null(a);
+    assert_string_equal(a->name, "tok1");
+    a = config_find_app_by_token(c, "abcdegXX", 6); /* length given, not NUL */
+    assert_non_null(a);
+    assert_string_equal(a->name, "tok2");
+    a = config_find_app_by_token(c, "abcdefgh", 8);
+    assert_non_null(a);
+    assert_string_equal(a->name, "tok3");
+    assert_null(config_find_app_by_token(c, "abcdefg", 7));
+    assert_null(config_find_app_by_token(c, "", 0));
+    assert_null(config_find_app_by_token(c, "AKIDone", 7)); /* a secret id is no token */
+    a = config_find_app_by_secret_id(c, "AKIDone");
+    assert_non_null(a);
+    assert_string_equal(a->name, "sig");
+    assert_null(config_find_app_by_secret_id(c, "AKIDtwo"));
+    assert_null(config_find_app_by_secret_id(c, NULL));
+    config_free(c);
+}
+
+struct warn_log {
+    char text[4096];
+    int count;
+};
+
+static void collect(const char *msg, void *arg) {
+    struct warn_log *w = arg;
+    size_t used = strlen(w->text);
+    snprintf(w->text + used, sizeof w->text - used, "%s\n", msg);
+    w->count++;
+}
+
+static void test_warnings(void **state) {
+    struct warn_log w = {{0}, 0};
+    struct config *c = load_ok(
+        "{\"upstream\": {\"secret_id\": \"i\", \"secret_key\": \"k\", \"verify_tls\": false},"
+        " \"apps\": [{\"name\": \"t\", \"auth\": \"token\", \"token\": \"x\"}],"
+        " \"on_store_error\": \"allow\", \"demo\": true}");
+    config_warnings(c, collect, &w);
+    assert_int_equal(w.count, 6);
+    assert_non_null(strstr(w.text, "upstream.verify_tls is false"));
+    assert_non_null(strstr(w.text, "upstream.secret_key is written in the config file"));
+    assert_non_null(strstr(w.text, "apps[0] (\"t\"): the token is written in the config file"));
+    assert_non_null(strstr(w.text, "per-process random key"));
+    assert_non_null(strstr(w.text, "on_store_error is \"allow\""));
+    assert_non_null(strstr(w.text, "demo is true"));
+    config_free(c);
+
+    memset(&w, 0, sizeof w);
+    c = load_ok("{" UPSTREAM_OK ", \"apps\": [{\"name\": \"t\", \"auth\": \"token\", "
+                "\"token_env\": \"BATCH_TOKEN\"}], \"audit\": {\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
+    config_warnings(c, collect, &w);
+    assert_int_equal(w.count, 0);
+    config_free(c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_example_loads),
+        cmocka_unit_test(test_dev_loads),
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_app_defaults),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_empty_env_var),
+        cmocka_unit_test(test_load_missing_file),
+        cmocka_unit_test(test_secret_file),
+        cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_upstream_url),
+        cmocka_unit_test(test_dump_masked),
+        cmocka_unit_test(test_lookups),
+        cmocka_unit_test(test_warnings),
+    };
+    return cmocka_run_group_tests(tests, setup_env, NULL);
+}
