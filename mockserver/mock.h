@@ -1,0 +1,108 @@
+/* mock.h: capgate-mock's server: the state shared by the API (mock.c), the widget endpoints
+ * (widget.c) and the admin API (admin.c), and the entry points main.c uses. One event loop,
+ * one thread: nothing here takes a lock. */
+#ifndef CAPGATE_MOCK_H
+#define CAPGATE_MOCK_H
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <openssl/ssl.h>
+
+#include "etable.h"
+#include "faults.h"
+#include "journal.h"
+#include "mockopts.h"
+#include "mockrng.h"
+
+struct event_base;
+struct httpd;
+struct httpd_req;
+
+#define MOCK_API_PATH "/v2/index.php"
+#define MOCK_WIDGET_PATH "/template/TCapIframeApi.js"
+#define MOCK_SOLVE_PATH "/__widget/solve"
+#define MOCK_ADMIN_PREFIX "/__admin/"
+#define MOCK_ASIG_LEN 64
+#define MOCK_TICKET_LEN 67       /* "t03" + 64 */
+#define MOCK_RANDSTR_LEN 4       /* "@" + 3 */
+#define MOCK_TICKET_CHECKS 2     /* a ticket passes this many checks */
+#define MOCK_MAX_URLS 100000
+#define MOCK_MAX_TICKETS 100000
+#define MOCK_MAX_NONCES 1000000
+
+/* One issued captcha URL (key: its asig). */
+struct mock_url {
+    uint64_t created_us;   /* clock_mono_us */
+    uint32_t client_type;
+    unsigned fetched : 1;  /* the widget script was served */
+    unsigned solved : 1;   /* a ticket was issued */
+};
+
+/* One issued ticket (key: the ticket). */
+struct mock_ticket {
+    uint64_t solved_us;    /* clock_mono_us */
+    unsigned checks;       /* successful CaptchaCheck calls so far */
+};
+
+struct mock_quota {
+    uint64_t second;       /* the Unix second being counted */
+    uint32_t count;
+};
+
+struct mock {
+    struct event_base *base;       /* borrowed */
+    const struct mock_opts *opts;  /* borrowed, outlives the mock */
+    struct httpd *httpd;
+    SSL_CTX *tls;
+    char http_base[300];           /* "http://127.0.0.1:PORT" as listening */
+    char https_base[300];          /* "" without a TLS listener */
+    const char *url_base;          /* --public-url, else http_base */
+    struct mockrng rng;            /* asig, ticket, randstr, appid */
+    struct mockrng fault_rng;      /* probability draws, apart so faults do not shift asigs */
+    char appid[16];
+    uint64_t ttl_us;               /* lifetime of URLs and tickets */
+    struct etable *nonces;         /* "<credential index>:<nonce>" */
+    struct etable *urls;           /* asig -> struct mock_url */
+    struct etable *tickets;        /* ticket -> struct mock_ticket */
+    struct faults faults;
+    struct journal *journal;
+    struct mock_quota *quota;      /* one per credential */
+    uint64_t api_calls;            /* since start or reset */
+    size_t pending;                /* delayed or stalled calls not yet ended */
+};
+
+/* Creates the mock on base and opens its listeners (printing nothing). NULL with err set. */
+struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, char *err,
+                      size_t errlen);
+/* Closes every listener and connection (stalled calls get their cancel callbacks) and frees
+ * all state. Accepts NULL. */
+void mock_free(struct mock *m);
+/* Forgets nonces, URLs, tickets, the journal, faults and quota counters. */
+void mock_reset(struct mock *m);
+
+/* Marks the URL of asig solved and issues its ticket. 0 with ticket (MOCK_TICKET_LEN + 1) and
+ * randstr (MOCK_RANDSTR_LEN + 1) filled; -1 with *status (404 unknown or expired, 409 already
+ * solved) and err. */
+int mock_solve(struct mock *m, const char *asig, char *ticket, char *randstr, int *status,
+               char *err, size_t errlen);
+/* The origin the widget script calls back: --public-url, else the scheme of the listener and the
+ * Host the client used, else the listener's own address. Writes into out. */
+void mock_origin_for(const struct mock *m, const struct httpd_req *req, char *out, size_t len);
+
+/* Replies: obj is taken (decref'd). */
+void mock_reply_json(struct httpd_req *req, int status, json_t *obj);
+/* A JSON error in the API shape ({"code","codeDesc","message"}) with the given HTTP status. */
+void mock_reply_error(struct httpd_req *req, int status, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* widget.c: the test widget script for asig, calling back origin; appended to out. 0/-1. */
+struct strbuf;
+int widget_script(struct strbuf *out, const char *origin, const char *asig);
+/* GET /template/TCapIframeApi.js?...&asig=... and GET|OPTIONS /__widget/solve?asig=... */
+void widget_handle_fetch(struct mock *m, struct httpd_req *req);
+void widget_handle_solve(struct mock *m, struct httpd_req *req);
+
+/* admin.c: everything under /__admin/. */
+void admin_handle(struct mock *m, struct httpd_req *req);
+
+#endif
