@@ -981,7 +981,10 @@ static int parse_redis(struct ctx *x, json_t *v, void *base) {
     if (parse_redis_url(c->redis, &why) != 0) {
         int rc;
         push_key(x, "url");
-        rc = why ? fail(x, "%s; got \"%s\"", why, c->redis->url) : oom(x);
+        /* a url holding a password is not echoed back */
+        if (!why) rc = oom(x);
+        else if (strchr(c->redis->url, '@')) rc = fail(x, "%s", why);
+        else rc = fail(x, "%s; got \"%s\"", why, c->redis->url);
         return rc;
     }
     return 0;

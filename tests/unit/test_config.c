@@ -266,7 +266,10 @@ static void test_errors(void **state) {
          "\"redis://h:6379/x\""},
         {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"redis://user:pw@h\"}}",
          "t.json:2:11: redis.url: must give the password as redis://:password@host (user names "
-         "are not supported); got \"redis://user:pw@h\""},
+         "are not supported)"},
+        {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"redis://:hunter2@h:99999\"}}",
+         "t.json:2:11: redis.url: must be redis://[:password@]host[:port][/db] with a port "
+         "1..65535"},
         /* bad upstream url */
         {"{\"upstream\": {\"url\": \"ftp://x/\", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
          "t.json:1:15: upstream.url: must start with https:// or http://; got \"ftp://x/\""},
