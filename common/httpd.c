@@ -963,12 +963,24 @@ void httpd_drop(struct httpd_req *req) { request_abort(req, 0); }
 
 /* ---- connection callbacks -------------------------------------------------------------------- */
 
+/* Closes a connection that is between requests, after the replies already queued reached the
+ * peer (a client that half-closes right after its request still gets the answer). */
+static void conn_close_idle(struct httpd_conn *c) {
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+        conn_close(c);
+        return;
+    }
+    evtimer_del(c->timer);
+    c->linger = 0;
+    conn_set_state(c, CONN_WRITING);
+}
+
 /* A head or body cut short by a timeout or by the peer's EOF still reaches the program. */
 static void conn_fail_partial(struct httpd_conn *c, int status, const char *why) {
     struct httpd_request *r = c->req;
     if (c->state == CONN_READ_HEAD) {
         if (!c->started || r) {
-            conn_close(c);
+            conn_close_idle(c);
             return;
         }
         r = c->req = request_from_head(c, c->scan_off, c->lines, 0);
@@ -1255,7 +1267,7 @@ void httpd_stop_accepting(struct httpd *h) {
     struct httpd_conn *c = h->conns;
     while (c) {
         struct httpd_conn *next = c->next;
-        if (c->state == CONN_READ_HEAD && !c->started) conn_close(c);
+        if (c->state == CONN_READ_HEAD && !c->started) conn_close_idle(c);
         c = next;
     }
 }

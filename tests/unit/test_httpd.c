@@ -492,6 +492,28 @@ static void test_errors(void **state) {
     fixture_free(f);
 }
 
+static void test_half_close_gets_reply(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /half HTTP/1.1\r\nHost: h\r\n\r\n");
+    shutdown(c->fd, SHUT_WR);
+    assert_true(run_until(f->base, closed, c, 3000));
+    assert_int_equal(c->err, 0);
+    assert_int_equal(complete_replies(c), 1);
+    assert_int_equal(status_of(c, 0), 200);
+    /* A head cut short by the client's EOF still gets an answer. */
+    struct client *d = client_new(f, f->port);
+    client_sends(d, "POST /cut HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nabc");
+    shutdown(d->fd, SHUT_WR);
+    assert_true(run_until(f->base, closed, d, 3000));
+    assert_int_equal(status_of(d, 0), 400);
+    assert_int_equal(f->seen.error_status, 400);
+    assert_non_null(strstr(f->seen.error_message, "3 of 9 bytes"));
+    client_free(c);
+    client_free(d);
+    fixture_free(f);
+}
+
 static void test_reset_gives_econnreset(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     f->mode = MODE_RESET;
@@ -729,6 +751,7 @@ int main(void) {
         cmocka_unit_test(test_chunked_body),
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_half_close_gets_reply),
         cmocka_unit_test(test_reset_gives_econnreset),
         cmocka_unit_test(test_drop_gives_eof),
         cmocka_unit_test(test_cancel_on_client_close),
