@@ -362,6 +362,36 @@ static void test_pipelining_in_order(void **state) {
     fixture_free(f);
 }
 
+static int seen_two(void *arg) {
+    struct fixture *f = arg;
+    return f->seen.count >= 2;
+}
+
+/* A reply from outside the server's callbacks (as after an upstream call) lets the next
+ * pipelined request through, in order. */
+static void test_pipelining_async_reply(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL;
+    struct client *c = client_new(f, f->port);
+    client_sends(c, "GET /one HTTP/1.1\r\nHost: h\r\n\r\nGET /two HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    run_until(f->base, seen_two, f, 50);
+    assert_int_equal(f->seen.count, 1);
+    assert_string_equal(f->seen.path, "/one");
+    httpd_reply(f->stalled, 200, "text/plain", "1\n", 2);
+    assert_int_equal(f->seen.count, 1);
+    assert_true(run_until(f->base, seen_two, f, 3000));
+    assert_string_equal(f->seen.path, "/two");
+    httpd_reply(f->stalled, 201, "text/plain", "2\n", 2);
+    f->stalled = NULL;
+    wait_replies(f, c, 2);
+    assert_int_equal(status_of(c, 0), 200);
+    assert_int_equal(status_of(c, 1), 201);
+    assert_int_equal(f->cancels, 0);
+    client_free(c);
+    fixture_free(f);
+}
+
 static void test_chunked_body(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     struct client *c = client_new(f, f->port);
@@ -748,6 +778,7 @@ int main(void) {
         cmocka_unit_test(test_get_and_post),
         cmocka_unit_test(test_keepalive_three),
         cmocka_unit_test(test_pipelining_in_order),
+        cmocka_unit_test(test_pipelining_async_reply),
         cmocka_unit_test(test_chunked_body),
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_errors),
