@@ -27,7 +27,7 @@ export function rawHttp(method, target, host, { headers = [], body } = {}) {
 export const BAD_INPUT_CASES = [
   {
     name: 'malformed percent-encoding',
-    expect: [/percent|encod|%/i],
+    expect: [/percent/i, /uid/],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', {})}&uid=%zz`, host),
   },
   {
@@ -39,19 +39,19 @@ export const BAD_INPUT_CASES = [
   },
   {
     name: '20 KiB URI',
-    expect: [/URI|URL|request.target|request line/i],
+    expect: [/URI|request.target/i, /limit|long/i],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', {})}&pad=${'a'.repeat(20 * 1024)}`, host),
   },
   {
     name: 'header flood (2000 headers)',
-    expect: [/header/i],
+    expect: [/header/i, /limit|many/i],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', {})}`, host, {
       headers: Array.from({ length: 2000 }, (_, i) => [`X-Flood-${i}`, 'v']),
     }),
   },
   {
     name: 'body that stops halfway (Content-Length 1000, 500 sent)',
-    expect: [/time|slow|within/i],
+    expect: [/body/i, /not complete|timed? ?out|after \d+ ?ms/i],
     timeoutMs: 8000,
     send: ({ host }) => {
       const head = [`POST ${API_PATH} HTTP/1.1`, `Host: ${host}`, 'Connection: close',
@@ -61,27 +61,27 @@ export const BAD_INPUT_CASES = [
   },
   {
     name: 'non-numeric UInt',
-    expect: [/captchaType/],
+    expect: [/captchaType/, /integer|digit|number/i],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', { captchaType: 'abc' })}`, host),
   },
   {
     name: 'UInt out of range (4294967296)',
-    expect: [/businessId/],
+    expect: [/businessId/, /4294967295|range/i],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', { businessId: '4294967296' })}`, host),
   },
   {
     name: 'negative number',
-    expect: [/sceneId/],
+    expect: [/sceneId/, /unsigned|negative|integer/i],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', { sceneId: '-1' })}`, host),
   },
   {
     name: 'unknown Action',
-    expect: [/Action|NoSuchAction/],
+    expect: [/Action/, /NoSuchAction/],
     send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', { Action: 'NoSuchAction' })}`, host),
   },
   {
     name: 'PUT',
-    expect: [/method|PUT/i],
+    expect: [/method/i, /PUT/],
     send: ({ host, signed }) => rawHttp('PUT', `${API_PATH}?${signed('PUT', {})}`, host),
   },
 ];
