@@ -27,6 +27,7 @@ struct upstream_options {
     unsigned breaker_open_ms;   /* pause before a probe (0: 5000) */
     unsigned max_queued;        /* calls waiting for a free connection (0: 1024); beyond it a
                                  * call fails at once with "upstream queue is full" */
+    const char *tls_name;       /* name for SNI and the certificate check (NULL: host) */
 };                              /* strings are copied by upstream_new */
 
 /* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
@@ -67,8 +68,8 @@ typedef void (*upstream_done_fn)(const struct upstream_result *r, void *arg);
  * Content-Type (POST), Connection: keep-alive, User-Agent: capgate/<version>.
  *
  * Retries (at most `retries` extra attempts, all within timeout_ms) happen only when the request
- * cannot have been processed upstream: connection refused, connect timeout, TLS handshake or
- * verification failure; and one exception: a connection reset (RST, or a close) before any reply
+ * cannot have been processed upstream: connection refused, connect timeout, TLS handshake failure
+ * (not a certificate verification failure: it would fail again); and one exception: a connection reset (RST, or a close) before any reply
  * byte on a reused keep-alive connection, the usual race with the server closing an idle
  * connection. A failure after a reply byte arrived, a timeout after the request was written and
  * any HTTP status are never retried. Outcomes reported to the breaker: a reply that is a JSON

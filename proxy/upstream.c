@@ -1,0 +1,882 @@
+/* upstream.c: the gateway's client for the real v2 API (see upstream.h). evhttp does the HTTP/1.1
+ * framing; this file owns the pool, the timers, the retry rules and the breaker. evhttp's own
+ * reconnects are never used: a connection that errors or closes is discarded, because a
+ * bufferevent_openssl cannot be reconnected with a fresh TLS session. */
+#include "upstream.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <arpa/inet.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include "capgate/clock.h"
+#include "capgate/log.h"
+#include "capgate/tls.h"
+#include "capgate/version.h"
+
+#define UPSTREAM_DEFAULT_CONNECT_MS 1000u
+#define UPSTREAM_DEFAULT_TIMEOUT_MS 3000u
+#define UPSTREAM_DEFAULT_MAX_CONNECTIONS 64u
+#define UPSTREAM_DEFAULT_BREAKER_FAILURES 5u
+#define UPSTREAM_DEFAULT_BREAKER_OPEN_MS 5000u
+#define UPSTREAM_DEFAULT_MAX_QUEUED 1024u
+/* evhttp's per-connection read/write timeout: a backstop behind our own timers, and the idle
+ * time after which evhttp drops a keep-alive connection. */
+#define UPSTREAM_IDLE_MS 30000u
+#define UPSTREAM_MAX_BODY (1024 * 1024)
+#define UPSTREAM_MAX_HEADERS (64 * 1024)
+
+const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS] = {
+    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
+    UINT64_MAX,
+};
+
+enum conn_state { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_DEAD };
+static const char *const conn_state_names[] = {
+    [CONN_CONNECTING] = "connecting", [CONN_BUSY] = "busy", [CONN_IDLE] = "idle",
+    [CONN_DEAD] = "dead",
+};
+
+enum call_state { CALL_QUEUED, CALL_ACTIVE, CALL_FAILING_FAST, CALL_DONE };
+static const char *const call_state_names[] = {
+    [CALL_QUEUED] = "queued", [CALL_ACTIVE] = "active", [CALL_FAILING_FAST] = "failing-fast",
+    [CALL_DONE] = "done",
+};
+
+struct upstream_call;
+
+/* One keep-alive connection; carries at most one call at a time. */
+struct conn {
+    struct upstream *u;
+    struct evhttp_connection *evcon;
+    struct bufferevent *bev;            /* owned by evcon */
+    struct evbuffer_cb_entry *out_cb, *in_cb;
+    enum conn_state state;
+    struct upstream_call *call;         /* CONNECTING/BUSY */
+    uint64_t out_added, in_added;       /* bytes queued for writing / received, ever */
+    unsigned replies;                   /* completed replies: > 0 means reused */
+    int verify_error;                   /* X509_V_OK or the first certificate error */
+    TAILQ_ENTRY(conn) link;             /* u->conns or u->dead */
+};
+TAILQ_HEAD(conn_list, conn);
+
+struct upstream_call {
+    struct upstream *u;
+    enum call_state state;
+    int post;
+    char *params;
+    upstream_done_fn cb;
+    void *arg;
+    struct event *deadline;             /* the total timeout; also delivers fail-fast results */
+    struct event *connect_timer;        /* the connect phase of an attempt on a new connection */
+    uint64_t start_us;
+    struct conn *conn;                  /* ACTIVE */
+    uint64_t snap_out, snap_in;         /* conn counters when this attempt started */
+    int admitted;                       /* breaker_allow said yes: the outcome is recorded */
+    int sent_any;                       /* request bytes reached a connection in some attempt */
+    int submitting;                     /* inside upstream_call: results are deferred */
+    int fast_success;                   /* CALL_FAILING_FAST: the breaker outcome to record */
+    unsigned attempts;
+    struct upstream_result fast;        /* CALL_FAILING_FAST: the result to deliver */
+    char errbuf[256];
+    TAILQ_ENTRY(upstream_call) link;    /* u->calls */
+    TAILQ_ENTRY(upstream_call) qlink;   /* u->queue while QUEUED */
+};
+TAILQ_HEAD(call_list, upstream_call);
+
+struct upstream {
+    struct event_base *base;
+    struct evdns_base *dns;             /* only for a host name; NULL for an IP literal */
+    int tls;
+    char *host, *path, *sign_host, *tls_name, *user_agent;
+    int port;
+    SSL_CTX *ssl_ctx;
+    int verify_tls;
+    unsigned connect_timeout_ms, timeout_ms, retries, max_connections, max_queued;
+    struct breaker breaker;
+    struct conn_list conns;             /* live: connecting, busy, idle */
+    struct conn_list dead;              /* waiting for reap_ev */
+    struct event *reap_ev;
+    struct call_list calls;             /* every call not yet completed */
+    struct call_list queue;
+    unsigned n_conns, n_idle, n_queued;
+    int closing;                        /* upstream_free is running */
+    struct upstream_stats stats;
+};
+
+static void call_start_attempt(struct upstream_call *c);
+static void pump_queue(struct upstream *u);
+
+static uint64_t now_ms(void)
+{
+    return clock_mono_us() / 1000;
+}
+
+static struct timeval ms_tv(unsigned ms)
+{
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+    return tv;
+}
+
+static char *dup_str(const char *s)
+{
+    size_t n;
+    char *d;
+
+    if (!s)
+        return NULL;
+    n = strlen(s) + 1;
+    d = malloc(n);
+    if (d)
+        memcpy(d, s, n);
+    return d;
+}
+
+/* --- connections ------------------------------------------------------------------------ */
+
+static void conn_set_state(struct conn *k, enum conn_state to)
+{
+    struct upstream *u = k->u;
+
+    if (k->state == to)
+        return;
+    log_debug("upstream %s:%d: connection %p %s -> %s", u->host, u->port, (void *)k,
+              conn_state_names[k->state], conn_state_names[to]);
+    if (k->state == CONN_IDLE)
+        u->n_idle--;
+    if (to == CONN_IDLE)
+        u->n_idle++;
+    if (to == CONN_DEAD) {
+        TAILQ_REMOVE(&u->conns, k, link);
+        TAILQ_INSERT_TAIL(&u->dead, k, link);
+        u->n_conns--;
+        k->call = NULL;
+        event_active(u->reap_ev, EV_TIMEOUT, 1);
+    }
+    k->state = to;
+}
+
+static void conn_destroy(struct conn *k)
+{
+    if (k->evcon) {
+        evhttp_connection_set_closecb(k->evcon, NULL, NULL);
+        if (k->out_cb)
+            evbuffer_remove_cb_entry(bufferevent_get_output(k->bev), k->out_cb);
+        if (k->in_cb)
+            evbuffer_remove_cb_entry(bufferevent_get_input(k->bev), k->in_cb);
+        /* frees the bufferevent, the SSL and any request of ours still on it, without callbacks */
+        evhttp_connection_free(k->evcon);
+    }
+    free(k);
+}
+
+/* Dead connections are freed here, outside evhttp's callbacks (which still use them). */
+static void reap_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    struct conn *k;
+
+    while ((k = TAILQ_FIRST(&u->dead)) != NULL) {
+        TAILQ_REMOVE(&u->dead, k, link);
+        conn_destroy(k);
+    }
+    pump_queue(u);
+}
+
+static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *k = arg;
+
+    k->out_added += info->n_added;
+}
+
+static void conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *k = arg;
+
+    k->in_added += info->n_added;
+}
+
+/* evhttp closed the socket (peer closed an idle connection, Connection: close, error). */
+static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
+{
+    struct conn *k = arg;
+
+    if (k->state == CONN_IDLE)
+        conn_set_state(k, CONN_DEAD);
+    /* CONNECTING/BUSY: the request callback follows and decides */
+}
+
+static int conn_verify_cb(int preverify_ok, X509_STORE_CTX *store)
+{
+    SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
+    struct conn *k = ssl ? SSL_get_app_data(ssl) : NULL;
+
+    if (!preverify_ok && k && k->verify_error == X509_V_OK)
+        k->verify_error = X509_STORE_CTX_get_error(store);
+    return preverify_ok;
+}
+
+static struct conn *conn_new(struct upstream *u, char *err, size_t errlen)
+{
+    struct conn *k = calloc(1, sizeof(*k));
+    struct bufferevent *bev = NULL;
+    SSL *ssl = NULL;
+
+    if (!k) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    k->u = u;
+    k->verify_error = X509_V_OK;
+    if (u->tls) {
+        ssl = tls_client_ssl_new(u->ssl_ctx, u->tls_name, u->verify_tls);
+        if (!ssl) {
+            snprintf(err, errlen, "could not set up TLS for upstream %s", u->tls_name);
+            goto fail;
+        }
+        SSL_set_app_data(ssl, k);
+        SSL_set_verify(ssl, SSL_get_verify_mode(ssl), conn_verify_cb);
+        bev = bufferevent_openssl_socket_new(u->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
+                                             BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (!bev) {
+            SSL_free(ssl);
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    } else {
+        bev = bufferevent_socket_new(u->base, -1, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        if (!bev) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+    }
+    k->evcon = evhttp_connection_base_bufferevent_new(u->base, u->dns, bev, u->host,
+                                                      (ev_uint16_t)u->port);
+    if (!k->evcon) {
+        bufferevent_free(bev);
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    k->bev = bev;
+    evhttp_connection_set_retries(k->evcon, 0);
+    {
+        struct timeval tv = ms_tv(u->timeout_ms + 1000 > UPSTREAM_IDLE_MS ? u->timeout_ms + 1000
+                                                                          : UPSTREAM_IDLE_MS);
+        evhttp_connection_set_timeout_tv(k->evcon, &tv);
+    }
+    evhttp_connection_set_max_body_size(k->evcon, UPSTREAM_MAX_BODY);
+    evhttp_connection_set_max_headers_size(k->evcon, UPSTREAM_MAX_HEADERS);
+    evhttp_connection_set_closecb(k->evcon, conn_close_cb, k);
+    k->out_cb = evbuffer_add_cb(bufferevent_get_output(bev), conn_out_cb, k);
+    k->in_cb = evbuffer_add_cb(bufferevent_get_input(bev), conn_in_cb, k);
+    if (!k->out_cb || !k->in_cb) {
+        snprintf(err, errlen, "out of memory");
+        goto fail;
+    }
+    k->state = CONN_CONNECTING;
+    TAILQ_INSERT_TAIL(&u->conns, k, link);
+    u->n_conns++;
+    log_debug("upstream %s:%d: new connection %p", u->host, u->port, (void *)k);
+    return k;
+fail:
+    if (k)
+        conn_destroy(k);
+    return NULL;
+}
+
+/* --- calls ------------------------------------------------------------------------------- */
+
+static void call_set_state(struct upstream_call *c, enum call_state to)
+{
+    if (c->state != to)
+        log_debug("upstream call %p: %s -> %s", (void *)c, call_state_names[c->state],
+                  call_state_names[to]);
+    if (c->state == CALL_QUEUED) {
+        TAILQ_REMOVE(&c->u->queue, c, qlink);
+        c->u->n_queued--;
+    }
+    if (to == CALL_QUEUED) {
+        TAILQ_INSERT_TAIL(&c->u->queue, c, qlink);
+        c->u->n_queued++;
+    }
+    c->state = to;
+}
+
+static void call_free(struct upstream_call *c)
+{
+    if (!c)
+        return;
+    if (c->deadline)
+        event_free(c->deadline);
+    if (c->connect_timer)
+        event_free(c->connect_timer);
+    free(c->params);
+    free(c);
+}
+
+static void record_latency(struct upstream_stats *s, uint64_t us)
+{
+    size_t i = 0;
+
+    while (i + 1 < UPSTREAM_LATENCY_BUCKETS && us > upstream_latency_bounds_us[i])
+        i++;
+    s->latency_buckets[i]++;
+    s->latency_sum_us += us;
+    s->latency_count++;
+}
+
+/* The one place a call ends: the user's callback runs, then the call is freed. breaker_success
+ * is 1/0 for an admitted call's outcome. */
+static void call_finish(struct upstream_call *c, struct upstream_result *r, int breaker_success)
+{
+    struct upstream *u = c->u;
+    struct conn *k = c->conn;
+
+    event_del(c->deadline);
+    event_del(c->connect_timer);
+    if (k) {
+        if (k->out_added != c->snap_out)
+            c->sent_any = 1;
+        k->call = NULL;
+        c->conn = NULL;
+        if (k->state != CONN_DEAD)
+            conn_set_state(k, CONN_DEAD);   /* a connection left mid-call is not reusable */
+    }
+    if (c->submitting) {
+        /* evhttp failed synchronously inside upstream_call: deliver on the next loop turn */
+        struct timeval zero = { 0, 0 };
+        c->fast = *r;
+        c->fast_success = breaker_success;
+        call_set_state(c, CALL_FAILING_FAST);
+        evtimer_add(c->deadline, &zero);
+        return;
+    }
+    call_set_state(c, CALL_DONE);
+    TAILQ_REMOVE(&u->calls, c, link);
+    if (c->admitted)
+        breaker_record(&u->breaker, breaker_success, now_ms());
+    r->attempts = c->attempts;
+    r->latency_us = clock_mono_us() - c->start_us;
+    if (!r->breaker_rejected)
+        r->nothing_sent = !c->sent_any;
+    if (!r->ok)
+        u->stats.failures++;
+    if (r->breaker_rejected)
+        u->stats.breaker_rejections++;
+    else
+        record_latency(&u->stats, r->latency_us);
+    if (!r->ok)
+        log_debug("upstream call %p failed: %s", (void *)c, r->error);
+    c->cb(r, c->arg);
+    call_free(c);
+}
+
+static void call_fail(struct upstream_call *c, int breaker_success, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void call_fail(struct upstream_call *c, int breaker_success, const char *fmt, ...)
+{
+    struct upstream_result r;
+    va_list ap;
+
+    memset(&r, 0, sizeof(r));
+    va_start(ap, fmt);
+    vsnprintf(c->errbuf, sizeof(c->errbuf), fmt, ap);
+    va_end(ap);
+    r.error = c->errbuf;
+    call_finish(c, &r, breaker_success);
+}
+
+/* Completes the call from its deadline event on the next loop turn (never inside upstream_call). */
+static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const char *msg)
+{
+    struct timeval zero = { 0, 0 };
+
+    snprintf(c->errbuf, sizeof(c->errbuf), "%s", msg);
+    memset(&c->fast, 0, sizeof(c->fast));
+    c->fast.error = c->errbuf;
+    c->fast.breaker_rejected = breaker_rejected;
+    c->fast.nothing_sent = 1;
+    c->fast_success = 0;
+    call_set_state(c, CALL_FAILING_FAST);
+    evtimer_add(c->deadline, &zero);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_call *c = arg;
+
+    if (c->state == CALL_FAILING_FAST) {
+        struct upstream_result r = c->fast;
+        call_finish(c, &r, c->fast_success);
+        return;
+    }
+    call_fail(c, 0, "upstream timed out after %u ms", c->u->timeout_ms);
+}
+
+static unsigned remaining_ms(const struct upstream_call *c)
+{
+    uint64_t spent = (clock_mono_us() - c->start_us) / 1000;
+
+    return spent >= c->u->timeout_ms ? 0 : (unsigned)(c->u->timeout_ms - spent);
+}
+
+/* A failed attempt: retried on a fresh or idle connection when allowed, else the call fails. */
+static void call_attempt_failed(struct upstream_call *c, int retriable, const char *msg)
+{
+    struct upstream *u = c->u;
+
+    if (c->conn) {
+        struct conn *k = c->conn;
+        c->conn = NULL;
+        conn_set_state(k, CONN_DEAD);
+    }
+    event_del(c->connect_timer);
+    if (retriable && c->attempts <= u->retries && remaining_ms(c) > 0) {
+        log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts, msg);
+        u->stats.retries++;
+        call_start_attempt(c);
+        return;
+    }
+    call_fail(c, 0, "%s", msg);
+}
+
+static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_call *c = arg;
+    char msg[128];
+
+    if (!c->conn || c->conn->out_added != c->snap_out)
+        return;   /* connected: the request went out */
+    snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
+             c->u->port, c->u->connect_timeout_ms);
+    call_attempt_failed(c, 1, msg);
+}
+
+static int body_is_json_object(const char *body, size_t len)
+{
+    json_error_t jerr;
+    json_t *j;
+    int ok;
+
+    if (len == 0)
+        return 0;
+    j = json_loadb(body, len, 0, &jerr);
+    ok = j && json_is_object(j);
+    json_decref(j);
+    return ok;
+}
+
+static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
+{
+    struct upstream *u = c->u;
+    struct conn *k = c->conn;
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    struct upstream_result r;
+    int json;
+
+    memset(&r, 0, sizeof(r));
+    r.http_status = evhttp_request_get_response_code(req);
+    r.body_len = len;
+    r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+    json = r.body && body_is_json_object(r.body, len);
+    c->sent_any = 1;
+    k->replies++;
+    /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
+    c->conn = NULL;
+    k->call = NULL;
+    if (k->state != CONN_DEAD)
+        conn_set_state(k, CONN_IDLE);
+    if (r.http_status >= 300) {
+        snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
+        r.error = c->errbuf;
+    } else if (!json) {
+        snprintf(c->errbuf, sizeof(c->errbuf), "%s",
+                 len ? "upstream reply is not JSON" : "upstream reply is empty");
+        r.error = c->errbuf;
+    } else {
+        r.ok = 1;
+    }
+    call_finish(c, &r, json && r.http_status < 500);
+    pump_queue(u);
+}
+
+/* errno-free description of an attempt that died before a reply was complete. */
+static void call_got_error(struct upstream_call *c, enum evhttp_request_error error,
+                           int refused, int saved_errno)
+{
+    struct upstream *u = c->u;
+    struct conn *k = c->conn;
+    int sent = k->out_added != c->snap_out;
+    int got_bytes = k->in_added != c->snap_in;
+    unsigned long ssl_err = u->tls ? bufferevent_get_openssl_error(k->bev) : 0;
+    char msg[256];
+
+    if (sent)
+        c->sent_any = 1;
+    if (k->verify_error != X509_V_OK) {
+        snprintf(msg, sizeof(msg), "upstream TLS certificate verification failed: %s",
+                 X509_verify_cert_error_string(k->verify_error));
+        call_attempt_failed(c, 0, msg);
+    } else if (!sent) {
+        if (ssl_err) {
+            char e[160];
+            ERR_error_string_n(ssl_err, e, sizeof(e));
+            snprintf(msg, sizeof(msg), "upstream TLS handshake with %s:%d failed: %s", u->host,
+                     u->port, e);
+        } else if (refused || saved_errno == ECONNREFUSED) {
+            snprintf(msg, sizeof(msg), "connection refused by upstream %s:%d", u->host, u->port);
+        } else if (saved_errno == ECONNRESET) {
+            snprintf(msg, sizeof(msg), "connection reset by upstream %s:%d during connect",
+                     u->host, u->port);
+        } else if (u->tls) {
+            snprintf(msg, sizeof(msg), "upstream %s:%d closed the connection during the TLS "
+                     "handshake", u->host, u->port);
+        } else {
+            snprintf(msg, sizeof(msg), "could not connect to upstream %s:%d%s%s", u->host,
+                     u->port, saved_errno ? ": " : "", saved_errno ? strerror(saved_errno) : "");
+        }
+        ERR_clear_error();
+        call_attempt_failed(c, 1, msg);
+    } else if (!got_bytes && error == EVREQ_HTTP_EOF) {
+        /* the request went out and nothing came back: retry only the stale keep-alive race */
+        snprintf(msg, sizeof(msg), "upstream %s the connection before replying",
+                 saved_errno == ECONNRESET ? "reset" : "closed");
+        call_attempt_failed(c, k->replies > 0, msg);
+    } else if (error == EVREQ_HTTP_TIMEOUT) {
+        call_attempt_failed(c, 0, "upstream stopped sending mid-reply");
+    } else if (error == EVREQ_HTTP_DATA_TOO_LONG) {
+        snprintf(msg, sizeof(msg), "upstream reply is malformed or larger than %d bytes",
+                 UPSTREAM_MAX_BODY);
+        call_attempt_failed(c, 0, msg);
+    } else if (error == EVREQ_HTTP_INVALID_HEADER) {
+        call_attempt_failed(c, 0, "upstream reply has an invalid header");
+    } else {
+        call_attempt_failed(c, 0, got_bytes ? "upstream closed the connection mid-reply"
+                                            : "upstream connection failed before replying");
+    }
+}
+
+/* evhttp: the error kind comes first (evhttp_connection_fail_), then the request callback. */
+static void request_error_cb(enum evhttp_request_error error, void *arg)
+{
+    struct conn *k = arg;
+    int saved_errno = errno;
+    struct upstream_call *c = k->call;
+
+    if (!c || error == EVREQ_HTTP_REQUEST_CANCEL)
+        return;
+    call_got_error(c, error, 0, saved_errno);
+}
+
+static void request_done_cb(struct evhttp_request *req, void *arg)
+{
+    struct conn *k = arg;
+    struct upstream_call *c = k->call;
+
+    if (!c)
+        return;   /* already handled by request_error_cb, or the call left */
+    if (req && evhttp_request_get_response_code(req) > 0) {
+        call_got_reply(c, req);
+        return;
+    }
+    /* evhttp's connect failure path: no error callback, no status (connection refused) */
+    call_got_error(c, EVREQ_HTTP_EOF, 1, errno);
+}
+
+static int call_send(struct upstream_call *c, struct conn *k)
+{
+    struct upstream *u = c->u;
+    struct evhttp_request *req = evhttp_request_new(request_done_cb, k);
+    struct evkeyvalq *h;
+    char *uri = NULL;
+    size_t n;
+    int rc = -1;
+
+    if (!req)
+        goto out;
+    evhttp_request_set_error_cb(req, request_error_cb);
+    h = evhttp_request_get_output_headers(req);
+    if (evhttp_add_header(h, "Host", u->sign_host) || evhttp_add_header(h, "User-Agent", u->user_agent)
+        || evhttp_add_header(h, "Connection", "keep-alive")
+        || evhttp_add_header(h, "Accept", "application/json"))
+        goto out;
+    if (c->post) {
+        if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded")
+            || evbuffer_add(evhttp_request_get_output_buffer(req), c->params, strlen(c->params)))
+            goto out;
+        uri = dup_str(u->path);
+    } else {
+        n = strlen(u->path) + 1 + strlen(c->params) + 1;
+        uri = malloc(n);
+        if (uri)
+            snprintf(uri, n, "%s%s%s", u->path, c->params[0] ? "?" : "", c->params);
+    }
+    if (!uri)
+        goto out;
+    k->call = c;
+    c->conn = k;
+    c->snap_out = k->out_added;
+    c->snap_in = k->in_added;
+    /* evhttp owns req from here, even when this fails (it frees it on its strdup failure). A
+     * connect that fails at once runs request_done_cb before this returns. */
+    rc = evhttp_make_request(k->evcon, req, c->post ? EVHTTP_REQ_POST : EVHTTP_REQ_GET, uri);
+    req = NULL;
+    if (rc != 0) {
+        k->call = NULL;
+        c->conn = NULL;
+    }
+out:
+    if (req)
+        evhttp_request_free(req);
+    free(uri);
+    return rc;
+}
+
+/* One attempt: an idle connection, else a new one below the cap, else the queue. */
+static void call_start_attempt(struct upstream_call *c)
+{
+    struct upstream *u = c->u;
+    struct conn *k;
+    char err[160];
+
+    TAILQ_FOREACH(k, &u->conns, link) {
+        if (k->state == CONN_IDLE)
+            break;
+    }
+    if (!k && u->n_conns >= u->max_connections) {
+        call_set_state(c, CALL_QUEUED);
+        return;
+    }
+    call_set_state(c, CALL_ACTIVE);
+    c->attempts++;
+    if (k) {
+        conn_set_state(k, CONN_BUSY);
+        if (call_send(c, k) == 0)
+            return;   /* c may already be finished: do not touch it */
+        conn_set_state(k, CONN_DEAD);
+        call_attempt_failed(c, 0, "upstream request could not be built (out of memory)");
+        return;
+    }
+    k = conn_new(u, err, sizeof(err));
+    if (!k) {
+        call_attempt_failed(c, 0, err);
+        return;
+    }
+    {
+        struct timeval tv = ms_tv(u->connect_timeout_ms);
+        evtimer_add(c->connect_timer, &tv);
+    }
+    /* after a successful call_send, c may already be finished: do not touch it */
+    if (call_send(c, k) != 0) {
+        conn_set_state(k, CONN_DEAD);
+        snprintf(err, sizeof(err), "could not connect to upstream %s:%d", u->host, u->port);
+        call_attempt_failed(c, 0, err);
+    }
+}
+
+static void pump_queue(struct upstream *u)
+{
+    struct upstream_call *c;
+    unsigned idle;
+
+    for (;;) {
+        c = TAILQ_FIRST(&u->queue);
+        if (!c)
+            return;
+        idle = u->n_idle;
+        if (!idle && u->n_conns >= u->max_connections)
+            return;
+        call_start_attempt(c);
+    }
+}
+
+/* --- public ------------------------------------------------------------------------------ */
+
+static int is_ip_literal(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
+}
+
+struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
+                              char *err, size_t errlen)
+{
+    struct upstream *u = NULL;
+    char ua[64];
+
+    if (!base || !o || !o->host || !o->host[0] || o->port <= 0 || o->port > 65535 || !o->path
+        || o->path[0] != '/') {
+        snprintf(err, errlen, "upstream needs a host, a port in 1..65535 and a path starting with /");
+        goto fail;
+    }
+    if (o->tls && !o->ssl_ctx) {
+        snprintf(err, errlen, "upstream over TLS needs an SSL_CTX");
+        goto fail;
+    }
+    u = calloc(1, sizeof(*u));
+    if (!u)
+        goto oom;
+    u->base = base;
+    TAILQ_INIT(&u->conns);
+    TAILQ_INIT(&u->dead);
+    TAILQ_INIT(&u->calls);
+    TAILQ_INIT(&u->queue);
+    u->tls = o->tls;
+    u->port = o->port;
+    u->ssl_ctx = o->ssl_ctx;
+    u->verify_tls = o->verify_tls;
+    u->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : UPSTREAM_DEFAULT_CONNECT_MS;
+    u->timeout_ms = o->timeout_ms ? o->timeout_ms : UPSTREAM_DEFAULT_TIMEOUT_MS;
+    u->retries = o->retries;
+    u->max_connections = o->max_connections ? o->max_connections : UPSTREAM_DEFAULT_MAX_CONNECTIONS;
+    u->max_queued = o->max_queued ? o->max_queued : UPSTREAM_DEFAULT_MAX_QUEUED;
+    breaker_init(&u->breaker,
+                 o->breaker_failures ? o->breaker_failures : UPSTREAM_DEFAULT_BREAKER_FAILURES,
+                 o->breaker_open_ms ? o->breaker_open_ms : UPSTREAM_DEFAULT_BREAKER_OPEN_MS);
+    snprintf(ua, sizeof(ua), "capgate/%s", version_string());
+    u->host = dup_str(o->host);
+    u->path = dup_str(o->path);
+    u->sign_host = dup_str(o->sign_host && o->sign_host[0] ? o->sign_host : o->host);
+    u->tls_name = dup_str(o->tls_name && o->tls_name[0] ? o->tls_name : o->host);
+    u->user_agent = dup_str(ua);
+    if (!u->host || !u->path || !u->sign_host || !u->tls_name || !u->user_agent)
+        goto oom;
+    u->reap_ev = event_new(base, -1, 0, reap_cb, u);
+    if (!u->reap_ev)
+        goto oom;
+    if (!is_ip_literal(u->host)) {
+        u->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                          EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (!u->dns) {
+            snprintf(err, errlen, "upstream: could not set up the DNS resolver for %s", u->host);
+            goto fail;
+        }
+    }
+    return u;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    upstream_free(u);
+    return NULL;
+}
+
+void upstream_free(struct upstream *u)
+{
+    struct upstream_call *c;
+    struct conn *k;
+
+    if (!u)
+        return;
+    u->closing = 1;
+    while ((c = TAILQ_FIRST(&u->calls)) != NULL) {
+        c->submitting = 0;
+        if (c->state == CALL_FAILING_FAST) {
+            struct upstream_result r = c->fast;
+            call_finish(c, &r, c->fast_success);
+        } else {
+            c->admitted = 0;   /* shutting down says nothing about upstream's health */
+            call_fail(c, 0, "upstream client shut down");
+        }
+    }
+    while ((k = TAILQ_FIRST(&u->conns)) != NULL)
+        conn_set_state(k, CONN_DEAD);
+    while ((k = TAILQ_FIRST(&u->dead)) != NULL) {
+        TAILQ_REMOVE(&u->dead, k, link);
+        conn_destroy(k);
+    }
+    if (u->reap_ev)
+        event_free(u->reap_ev);
+    if (u->dns)
+        evdns_base_free(u->dns, 0);
+    free(u->host);
+    free(u->path);
+    free(u->sign_host);
+    free(u->tls_name);
+    free(u->user_agent);
+    free(u);
+}
+
+int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
+                  upstream_done_fn cb, void *arg)
+{
+    struct upstream_call *c = NULL;
+    struct timeval tv;
+    uint64_t now;
+    int post;
+
+    if (!u || !method || !cb || u->closing)
+        return -1;
+    if (strcmp(method, "POST") == 0)
+        post = 1;
+    else if (strcmp(method, "GET") == 0)
+        post = 0;
+    else
+        return -1;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        goto fail;
+    c->u = u;
+    c->state = CALL_DONE;
+    c->post = post;
+    c->cb = cb;
+    c->arg = arg;
+    c->start_us = clock_mono_us();
+    c->params = dup_str(encoded_params ? encoded_params : "");
+    c->deadline = evtimer_new(u->base, deadline_cb, c);
+    c->connect_timer = evtimer_new(u->base, connect_timer_cb, c);
+    if (!c->params || !c->deadline || !c->connect_timer)
+        goto fail;
+    TAILQ_INSERT_TAIL(&u->calls, c, link);
+    u->stats.requests++;
+
+    if (!u->n_idle && u->n_conns >= u->max_connections && u->n_queued >= u->max_queued) {
+        call_fail_soon(c, 0, "upstream queue is full");
+        return 0;
+    }
+    now = now_ms();
+    if (!breaker_allow(&u->breaker, now)) {
+        char msg[128];
+        snprintf(msg, sizeof(msg), "circuit breaker open after %u consecutive failures; "
+                 "retrying in %llu ms", breaker_opened_after(&u->breaker),
+                 (unsigned long long)breaker_retry_in_ms(&u->breaker, now));
+        call_fail_soon(c, 1, msg);
+        return 0;
+    }
+    c->admitted = 1;
+    tv = ms_tv(u->timeout_ms);
+    evtimer_add(c->deadline, &tv);
+    /* c stays alive through this: a synchronous failure is turned into a deferred result */
+    c->submitting = 1;
+    call_start_attempt(c);
+    c->submitting = 0;
+    return 0;
+fail:
+    call_free(c);
+    return -1;
+}
+
+void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
+{
+    *out = u->stats;
+    out->breaker = breaker_state(&u->breaker);
+    out->open_connections = u->n_conns;
+    out->idle_connections = u->n_idle;
+}
