@@ -246,16 +246,10 @@ json_t *faults_to_json(const struct faults *f) {
 }
 
 void faults_describe(const struct fault_effect *e, char *buf, size_t len) {
-    size_t n = 0;
-    buf[0] = '\0';
-    if (e->delay_ms) {
-        int w = snprintf(buf, len, "delay_ms %u", e->delay_ms);
-        n = w > 0 ? (size_t)w : 0;
-    }
     const char *net = faults_network_name(e->network);
-    if (n < len && (e->code || net))
-        snprintf(buf + n, len - n, "%s%s", n ? ", " : "", "");
-    n = strlen(buf);
-    if (n < len && e->code) snprintf(buf + n, len - n, "code %d", e->code);
-    else if (n < len && net) snprintf(buf + n, len - n, "%s", net);
+    char delay[32] = "", what[32] = "";
+    if (e->delay_ms) snprintf(delay, sizeof(delay), "delay_ms %u", e->delay_ms);
+    if (e->code) snprintf(what, sizeof(what), "code %d", e->code);
+    else if (net) snprintf(what, sizeof(what), "%s", net);
+    snprintf(buf, len, "%s%s%s", delay, delay[0] && what[0] ? ", " : "", what);
 }
