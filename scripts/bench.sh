@@ -76,13 +76,18 @@ wait_line() {
   return 1
 }
 
-# wrk_run LABEL URL [WRK ARGS...]: one wrk run; sets rps, p50, p99 (and fails on socket errors,
-# non-2xx answers or a wrapped request file).
+# wrk_run LABEL URL [LUA_SCRIPT [SCRIPT ARGS...]]: one wrk run; sets rps, p50, p99 (and fails
+# on socket errors, non-2xx answers or a wrapped request file).
 wrk_run() {
-  local label=$1 url=$2 out
+  local label=$1 url=$2 out script=()
   shift 2
+  if (($#)); then
+    script=(-s "$1")
+    shift
+  fi
   out="$work/wrk.out"
-  "${client_pin[@]}" wrk -t1 -c "$connections" -d "${duration}s" --latency "$@" "$url" >"$out" 2>&1 || {
+  "${client_pin[@]}" wrk -t1 -c "$connections" -d "${duration}s" --latency "${script[@]}" "$url" "$@" \
+    >"$out" 2>&1 || {
     cat "$out" >&2
     return 1
   }
@@ -149,7 +154,7 @@ bench_mock() {
   node "$root/scripts/bench/presign.mjs" --host "$host" --count "$count" --out "$file"
   for ((i = 1; i <= runs; i++)); do
     node "$root/scripts/bench/admin.mjs" reset "$mock_url"
-    wrk_run "mock run $i" "$mock_url/" -s "$root/scripts/bench/cycle.lua" -- "$file" "$host" 1
+    wrk_run "mock run $i" "$mock_url/" "$root/scripts/bench/cycle.lua" "$file" "$host" 1
     total=$(node "$root/scripts/bench/admin.mjs" check "$mock_url")
     say "mock run $i: journal counted $total requests, the last ones answered code 0"
     results+=("$rps $p50 $p99")
