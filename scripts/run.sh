@@ -19,7 +19,7 @@ pids=()
 names=()
 
 cleanup() {
-  local i
+  local i t
   trap - EXIT INT TERM
   for i in "${!pids[@]}"; do
     if kill -0 "${pids[$i]}" 2>/dev/null; then
@@ -27,7 +27,15 @@ cleanup() {
       kill -TERM "${pids[$i]}" 2>/dev/null || true
     fi
   done
-  for i in "${!pids[@]}"; do wait "${pids[$i]}" 2>/dev/null || true; done
+  # Bounded: whatever has not exited 5 s after SIGTERM gets SIGKILL.
+  for i in "${!pids[@]}"; do
+    for ((t = 0; t < 50; t++)); do
+      kill -0 "${pids[$i]}" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "${pids[$i]}" 2>/dev/null || true
+    wait "${pids[$i]}" 2>/dev/null || true
+  done
 }
 
 build() {
