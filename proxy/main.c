@@ -1,4 +1,115 @@
-/* main.c: capgate, the gateway (built in the next step). */
+/* main.c: capgate, the gateway in front of the captcha API 2.0: command line, config check,
+ * then the gateway until SIGTERM/SIGINT. */
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/thread.h>
 
-int main(void) { return 0; }
+#include "capgate/log.h"
+#include "capgate/tls.h"
+#include "capgate/version.h"
+#include "config.h"
+#include "gateway.h"
+
+static void usage(FILE *out) {
+    fprintf(out,
+            "usage: capgate --config FILE        run the gateway\n"
+            "       capgate --check-config FILE  validate FILE and print the effective config\n"
+            "                                    (secrets masked); exit 0 when valid, 1 if not\n"
+            "       capgate --version            print the version\n"
+            "       capgate --help               this text\n"
+            "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads apps,\n"
+            "limits and auth settings from the same file.\n");
+}
+
+static void print_warning(const char *msg, void *arg) { log_warn("config: %s", msg); }
+
+/* --name VALUE or --name=VALUE; returns the value, or NULL when argv[*i] is not --name. */
+static const char *flag_value(int argc, char **argv, int *i, const char *name, int *missing) {
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0') return NULL;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+int main(int argc, char **argv) {
+    const char *config_path = NULL, *check_path = NULL;
+    struct config *c = NULL;
+    struct gateway *g = NULL;
+    char err[1024];
+    int rc = 1;
+
+    log_init("capgate", LOG_LEVEL_INFO);
+    for (int i = 1; i < argc; i++) {
+        int missing = 0;
+        const char *v;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("capgate %s\n", version_string());
+            return 0;
+        } else if ((v = flag_value(argc, argv, &i, "--config", &missing))) {
+            config_path = v;
+        } else if ((v = flag_value(argc, argv, &i, "--check-config", &missing))) {
+            check_path = v;
+        } else {
+            if (missing) fprintf(stderr, "capgate: %s needs a FILE\n", argv[i]);
+            else fprintf(stderr, "capgate: unknown argument %s\n", argv[i]);
+            usage(stderr);
+            return 2;
+        }
+    }
+
+    if (check_path) {
+        if (config_load(check_path, &c, err, sizeof(err)) != 0) {
+            fprintf(stderr, "capgate: %s\n", err);
+            return 1;
+        }
+        config_warnings(c, print_warning, NULL);
+        char *dump = config_dump_masked(c);
+        if (dump) {
+            printf("%s\n", dump);
+            rc = 0;
+        } else {
+            fprintf(stderr, "capgate: out of memory\n");
+        }
+        free(dump);
+        config_free(c);
+        return rc;
+    }
+    if (!config_path) {
+        fprintf(stderr, "capgate: --config FILE is required\n");
+        usage(stderr);
+        return 2;
+    }
+
+    if (config_load(config_path, &c, err, sizeof(err)) != 0) {
+        fprintf(stderr, "capgate: %s\n", err);
+        return 1;
+    }
+    enum log_level level;
+    if (c->log_level && log_level_parse(c->log_level, &level) == 0) log_init("capgate", level);
+
+    signal(SIGPIPE, SIG_IGN);
+    tls_global_init();
+    if (evthread_use_pthreads() != 0) {
+        fprintf(stderr, "capgate: libevent threading is not available\n");
+        config_free(c);
+        return 1;
+    }
+    g = gateway_new(config_path, c, err, sizeof(err));
+    if (!g) {
+        fprintf(stderr, "capgate: %s\n", err);
+        return 1;
+    }
+    rc = gateway_run(g) == 0 ? 0 : 1;
+    gateway_free(g);
+    return rc;
+}

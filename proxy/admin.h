@@ -1,0 +1,28 @@
+/* admin.h: the admin listener (config "admin_listen", localhost by default), served by its own
+ * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining),
+ * GET /metrics (Prometheus text of every worker summed). Anything else is a 404 in JSON. */
+#ifndef CAPGATE_ADMIN_H
+#define CAPGATE_ADMIN_H
+#include <stddef.h>
+
+struct event_base;
+struct stats_worker;
+struct stats_process;
+struct admin;
+
+/* What the admin listener reports; everything borrowed and read on the main thread, and must
+ * outlive the admin. */
+struct admin_source {
+    struct stats_worker *const *workers;  /* one per worker */
+    size_t n_workers;
+    const struct stats_process *process;
+    const int *draining;                  /* non-zero once shutdown began */
+};
+
+/* NULL on OOM. */
+struct admin *admin_new(struct event_base *base, const struct admin_source *src);
+/* Listens on host:port (0 picks one). Returns the bound port, or -1 with err. */
+int admin_listen(struct admin *a, const char *host, int port, char *err, size_t errlen);
+void admin_free(struct admin *a);  /* NULL accepted */
+
+#endif

@@ -1,0 +1,497 @@
+/* gateway.c: process lifecycle. The main thread owns the signals, the admin listener and the
+ * current config; each worker thread owns an event base, a front httpd and an upstream pool,
+ * and shares nothing on the request path but the nonce cache. The main thread talks to a worker
+ * only through its mailbox (a mutex-protected slot plus event_active on the worker's base): a
+ * new config after SIGHUP, or the order to drain. */
+#include "gateway.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/event.h>
+
+#include "admin.h"
+#include "capgate/clock.h"
+#include "capgate/httpd.h"
+#include "capgate/log.h"
+#include "capgate/tls.h"
+#include "config.h"
+#include "nonce.h"
+#include "pipeline.h"
+#include "stats.h"
+#include "upstream.h"
+
+#define GATEWAY_NONCE_MAX 1000000  /* replay cache entries, all SecretIds together */
+#define GATEWAY_NONCE_STRIPES 64
+#define GATEWAY_TICK_MS 200        /* publishing of worker gauges, drain checks */
+
+struct gateway;
+
+struct gateway_worker {
+    struct gateway *g;
+    struct pipeline_worker pw;
+    struct httpd *httpd;
+    struct event *wake;      /* activated by the main thread: look at the mailbox */
+    struct event *tick;
+    pthread_t thread;
+    int started;
+    /* mailbox, under lock */
+    pthread_mutex_t lock;
+    struct pipeline_config *pending;
+    int stop;
+    /* worker thread only */
+    int draining;
+    uint64_t drain_deadline_us;
+};
+
+struct gateway {
+    char *path;
+    struct pipeline_config *current;  /* the latest good config (main thread) */
+    struct pipeline_config *boot;     /* the startup config: listeners, workers, upstream */
+    struct event_base *base;
+    struct event *sig_term, *sig_int, *sig_hup, *workers_done;
+    SSL_CTX *ssl_ctx;
+    struct nonce_cache *nonces;
+    struct gateway_worker *workers;
+    unsigned n_workers;
+    unsigned n_started;               /* worker threads running (a prefix of workers) */
+    struct stats_worker **stats;
+    struct stats_process process;
+    struct admin *admin;
+    int draining;
+    atomic_uint finished;
+};
+
+static void gateway_warn(const char *msg, void *arg) { log_warn("config: %s", msg); }
+
+/* "host:port", with brackets around an IPv6 host. */
+static void gateway_host_port(char *out, size_t cap, const char *host, int port) {
+    if (strchr(host, ':')) snprintf(out, cap, "[%s]:%d", host, port);
+    else snprintf(out, cap, "%s:%d", host, port);
+}
+
+/* ---- worker thread ---- */
+
+static struct gateway_worker *worker_of(struct pipeline_worker *pw) {
+    return (struct gateway_worker *)((char *)pw - offsetof(struct gateway_worker, pw));
+}
+
+static void worker_publish(struct gateway_worker *w) {
+    struct upstream_stats us;
+    upstream_get_stats(w->pw.upstream, &us);
+    stats_set_upstream(w->pw.stats, &us);
+    stats_set_connections(w->pw.stats, httpd_connections(w->httpd));
+}
+
+static void worker_check_drain(struct gateway_worker *w) {
+    if (!w->draining) return;
+    int idle = w->pw.live == 0 && httpd_inflight(w->httpd) == 0;
+    if (idle || clock_mono_us() >= w->drain_deadline_us) {
+        if (!idle)
+            log_warn("worker %u: drain deadline reached with %zu request(s) in flight",
+                     w->pw.id, w->pw.live);
+        event_base_loopexit(w->pw.base, NULL);
+    }
+}
+
+static void worker_on_release(struct pipeline_worker *pw) {
+    struct gateway_worker *w = worker_of(pw);
+    worker_publish(w);
+    worker_check_drain(w);
+}
+
+static void worker_tick(evutil_socket_t fd, short what, void *arg) {
+    struct gateway_worker *w = arg;
+    worker_publish(w);
+    worker_check_drain(w);
+}
+
+static void worker_wake(evutil_socket_t fd, short what, void *arg) {
+    struct gateway_worker *w = arg;
+    struct pipeline_config *fresh;
+    int stop;
+
+    pthread_mutex_lock(&w->lock);
+    fresh = w->pending;
+    w->pending = NULL;
+    stop = w->stop;
+    pthread_mutex_unlock(&w->lock);
+
+    if (fresh) {
+        /* Requests in flight hold their own reference to the old config. */
+        pipeline_config_unref(w->pw.config);
+        w->pw.config = fresh;
+        log_debug("worker %u: new config in use for new requests", w->pw.id);
+    }
+    if (stop && !w->draining) {
+        const struct config *boot = w->pw.boot;
+        w->draining = 1;
+        w->drain_deadline_us = clock_mono_us() + (uint64_t)boot->upstream.timeout_ms * 1000 +
+                               1000000;
+        httpd_stop_accepting(w->httpd);
+        log_debug("worker %u: draining %zu request(s)", w->pw.id, w->pw.live);
+        worker_check_drain(w);
+    }
+}
+
+static void *worker_main(void *arg) {
+    struct gateway_worker *w = arg;
+    struct gateway *g = w->g;
+    event_base_loop(w->pw.base, EVLOOP_NO_EXIT_ON_EMPTY);
+    atomic_fetch_add(&g->finished, 1);
+    event_active(g->workers_done, EV_READ, 0);
+    return NULL;
+}
+
+/* Sends the worker a new config (one reference is taken for it) and/or the order to stop. */
+static void worker_post(struct gateway_worker *w, struct pipeline_config *pc, int stop) {
+    pthread_mutex_lock(&w->lock);
+    if (pc) {
+        pipeline_config_unref(w->pending);
+        w->pending = pipeline_config_ref(pc);
+    }
+    if (stop) w->stop = 1;
+    pthread_mutex_unlock(&w->lock);
+    event_active(w->wake, EV_READ, 0);
+}
+
+static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits *lim,
+                       const struct upstream_options *uo, char *err, size_t errlen) {
+    struct gateway_worker *w = &g->workers[i];
+    w->g = g;
+    pthread_mutex_init(&w->lock, NULL);
+    w->pw.id = i;
+    w->pw.boot = g->boot->config;
+    w->pw.config = pipeline_config_ref(g->current);
+    w->pw.nonces = g->nonces;
+    w->pw.on_release = worker_on_release;
+    if (pipeline_worker_seed(&w->pw) != 0) {
+        snprintf(err, errlen, "worker %u: no random seed from the CSPRNG", i);
+        return -1;
+    }
+    w->pw.stats = g->stats[i];
+    w->pw.base = event_base_new();
+    if (!w->pw.base) goto oom;
+    w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
+    if (!w->pw.upstream) return -1;
+    w->httpd = httpd_new(w->pw.base, lim, pipeline_handle, &w->pw);
+    w->wake = event_new(w->pw.base, -1, 0, worker_wake, w);
+    w->tick = event_new(w->pw.base, -1, EV_PERSIST, worker_tick, w);
+    if (!w->httpd || !w->wake || !w->tick) goto oom;
+    struct timeval tv = {0, GATEWAY_TICK_MS * 1000};
+    event_add(w->tick, &tv);
+    return 0;
+oom:
+    snprintf(err, errlen, "worker %u: out of memory", i);
+    return -1;
+}
+
+/* After the worker's thread ended (or never started). Pending requests are cancelled by
+ * httpd_free, then their upstream calls complete inside upstream_free and release them. */
+static void worker_cleanup(struct gateway_worker *w) {
+    w->pw.on_release = NULL;
+    httpd_free(w->httpd);
+    w->httpd = NULL;
+    upstream_free(w->pw.upstream);
+    w->pw.upstream = NULL;
+    if (w->wake) event_free(w->wake);
+    if (w->tick) event_free(w->tick);
+    pipeline_config_unref(w->pending);
+    pipeline_config_unref(w->pw.config);
+    if (w->pw.base) event_base_free(w->pw.base);
+    if (w->g) pthread_mutex_destroy(&w->lock);
+}
+
+/* ---- reload ---- */
+
+static int str_differs(const char *a, const char *b) {
+    if (!a || !b) return a != b;
+    return strcmp(a, b) != 0;
+}
+
+static const struct config_app *find_app(const struct config *c, const char *name) {
+    for (size_t i = 0; i < c->n_apps; i++)
+        if (strcmp(c->apps[i].name, name) == 0) return &c->apps[i];
+    return NULL;
+}
+
+static int app_differs(const struct config_app *a, const struct config_app *b) {
+    if (a->auth != b->auth || str_differs(a->secret_id, b->secret_id) ||
+        str_differs(a->secret_key, b->secret_key) || str_differs(a->token, b->token) ||
+        a->actions != b->actions || a->business_any != b->business_any ||
+        a->n_business_ids != b->n_business_ids)
+        return 1;
+    for (size_t i = 0; i < a->n_business_ids; i++)
+        if (a->business_ids[i] != b->business_ids[i]) return 1;
+    return 0;
+}
+
+static int limits_differ(const struct config *a, const struct config *b) {
+    if (a->n_limits != b->n_limits) return 1;
+    for (size_t i = 0; i < a->n_limits; i++) {
+        const struct config_limit *x = &a->limits[i], *y = &b->limits[i];
+        if (str_differs(x->name, y->name) || x->scope != y->scope ||
+            x->business_any != y->business_any || x->scene_any != y->scene_any ||
+            x->business_id != y->business_id || x->scene_id != y->scene_id ||
+            x->rate != y->rate || x->period_s != y->period_s || x->burst != y->burst ||
+            x->shadow != y->shadow)
+            return 1;
+    }
+    return 0;
+}
+
+static int upstream_differs(const struct config_upstream *a, const struct config_upstream *b) {
+    return str_differs(a->url, b->url) || str_differs(a->sign_host, b->sign_host) ||
+           str_differs(a->secret_id, b->secret_id) || str_differs(a->secret_key, b->secret_key) ||
+           str_differs(a->region, b->region) || a->signature_method != b->signature_method ||
+           a->post != b->post || str_differs(a->ca_file, b->ca_file) ||
+           a->verify_tls != b->verify_tls || a->connect_timeout_ms != b->connect_timeout_ms ||
+           a->timeout_ms != b->timeout_ms || a->retries != b->retries ||
+           a->max_connections != b->max_connections ||
+           a->breaker_failures != b->breaker_failures || a->breaker_open_ms != b->breaker_open_ms;
+}
+
+/* Logs what a reload changes, and what it cannot change without a restart (compared with the
+ * config the process started with, which is what those parts still run on). */
+static void reload_log_changes(const struct config *old, const struct config *boot,
+                               const struct config *c) {
+    int changes = 0;
+    for (size_t i = 0; i < c->n_apps; i++) {
+        const struct config_app *o = find_app(old, c->apps[i].name);
+        if (!o) log_info("reload: app %s added", c->apps[i].name), changes++;
+        else if (app_differs(o, &c->apps[i])) log_info("reload: app %s changed", c->apps[i].name), changes++;
+    }
+    for (size_t i = 0; i < old->n_apps; i++)
+        if (!find_app(c, old->apps[i].name)) log_info("reload: app %s removed", old->apps[i].name), changes++;
+    if (limits_differ(old, c)) log_info("reload: limits changed (%zu rule(s))", c->n_limits), changes++;
+    if (old->timestamp_window_s != c->timestamp_window_s)
+        log_info("reload: auth.timestamp_window_s %u -> %u", old->timestamp_window_s,
+                 c->timestamp_window_s), changes++;
+    if (old->http_errors_semantic != c->http_errors_semantic)
+        log_info("reload: http_errors %s -> %s", old->http_errors_semantic ? "semantic" : "compat",
+                 c->http_errors_semantic ? "semantic" : "compat"), changes++;
+    if (!changes) log_info("reload: no change to apps, limits, auth or http_errors");
+
+    if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
+        log_warn("reload: listen changed; not applied, it needs a restart");
+    if (str_differs(boot->admin_host, c->admin_host) || boot->admin_port != c->admin_port)
+        log_warn("reload: admin_listen changed; not applied, it needs a restart");
+    if (boot->workers != c->workers)
+        log_warn("reload: workers changed (%u -> %u); not applied, it needs a restart",
+                 boot->workers, c->workers);
+    if (upstream_differs(&boot->upstream, &c->upstream))
+        log_warn("reload: upstream changed; not applied, it needs a restart");
+    if (memcmp(&boot->http, &c->http, sizeof(c->http)) != 0)
+        log_warn("reload: http limits changed; not applied, they need a restart");
+}
+
+static void gateway_reload(struct gateway *g) {
+    struct config *c = NULL;
+    char err[1024];
+    if (g->draining) {
+        log_info("reload ignored: shutting down");
+        return;
+    }
+    if (config_load(g->path, &c, err, sizeof(err)) != 0) {
+        log_error("reload refused: %s; keeping the running config", err);
+        g->process.reloads_failed++;
+        return;
+    }
+    config_warnings(c, gateway_warn, NULL);
+    reload_log_changes(g->current->config, g->boot->config, c);
+    struct pipeline_config *pc = pipeline_config_new(c);
+    if (!pc) {
+        log_error("reload refused: out of memory; keeping the running config");
+        g->process.reloads_failed++;
+        return;
+    }
+    for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], pc, 0);
+    pipeline_config_unref(g->current);
+    g->current = pc;
+    g->process.reloads_ok++;
+    log_info("reload: config %s applied", g->path);
+}
+
+/* ---- main thread ---- */
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    struct gateway *g = arg;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reloading %s", g->path);
+        gateway_reload(g);
+        return;
+    }
+    if (g->draining) {
+        log_info("%s: already draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        return;
+    }
+    log_info("%s: draining in-flight requests, then exiting",
+             sig == SIGINT ? "SIGINT" : "SIGTERM");
+    g->draining = 1;
+    for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], NULL, 1);
+}
+
+static void on_workers_done(evutil_socket_t fd, short what, void *arg) {
+    struct gateway *g = arg;
+    if (atomic_load(&g->finished) >= g->n_started) event_base_loopexit(g->base, NULL);
+}
+
+struct gateway *gateway_new(const char *path, struct config *c, char *err, size_t errlen) {
+    struct gateway *g = calloc(1, sizeof(*g));
+    struct httpd_limits lim;
+    struct upstream_options uo;
+    char hp[300];
+
+    if (!g) {
+        config_free(c);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    atomic_init(&g->finished, 0);
+    g->path = strdup(path);
+    g->current = pipeline_config_new(c);
+    if (!g->path || !g->current) goto oom;
+    g->boot = pipeline_config_ref(g->current);
+    c = g->current->config;
+    config_warnings(c, gateway_warn, NULL);
+
+    g->base = event_base_new();
+    g->nonces = nonce_cache_new(GATEWAY_NONCE_MAX, GATEWAY_NONCE_STRIPES);
+    g->n_workers = c->workers ? c->workers : 1;
+    g->workers = calloc(g->n_workers, sizeof(*g->workers));
+    g->stats = calloc(g->n_workers, sizeof(*g->stats));
+    if (!g->base || !g->nonces || !g->workers || !g->stats) goto oom;
+    for (unsigned i = 0; i < g->n_workers; i++)
+        if (!(g->stats[i] = stats_worker_new(i))) goto oom;
+
+    if (c->upstream.tls) {
+        g->ssl_ctx = tls_client_ctx_new(c->upstream.ca_file, c->upstream.verify_tls, err, errlen);
+        if (!g->ssl_ctx) goto fail;
+    }
+    memset(&uo, 0, sizeof(uo));
+    uo.tls = c->upstream.tls;
+    uo.host = c->upstream.host;
+    uo.port = c->upstream.port;
+    uo.path = c->upstream.path;
+    uo.sign_host = c->upstream.sign_host;
+    uo.ssl_ctx = g->ssl_ctx;
+    uo.verify_tls = c->upstream.verify_tls;
+    uo.connect_timeout_ms = c->upstream.connect_timeout_ms;
+    uo.timeout_ms = c->upstream.timeout_ms;
+    uo.retries = c->upstream.retries;
+    uo.max_connections = c->upstream.max_connections;
+    uo.breaker_failures = c->upstream.breaker_failures;
+    uo.breaker_open_ms = c->upstream.breaker_open_ms;
+
+    httpd_limits_default(&lim);
+    if (c->http.max_uri) lim.max_uri = c->http.max_uri;
+    if (c->http.max_header_bytes) lim.max_header_bytes = c->http.max_header_bytes;
+    if (c->http.max_headers) lim.max_headers = c->http.max_headers;
+    if (c->http.max_body) lim.max_body = c->http.max_body;
+    if (c->http.header_timeout_ms) lim.header_timeout_ms = c->http.header_timeout_ms;
+    if (c->http.body_timeout_ms) lim.body_timeout_ms = c->http.body_timeout_ms;
+    if (c->http.idle_timeout_ms) lim.idle_timeout_ms = c->http.idle_timeout_ms;
+
+    int port = c->listen_port;
+    for (unsigned i = 0; i < g->n_workers; i++) {
+        if (worker_init(g, i, &lim, &uo, err, errlen) != 0) goto fail;
+        /* Port 0: the first worker picks the port, the others share it. */
+        int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err, errlen);
+        if (got < 0) goto fail;
+        port = got;
+    }
+
+    struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
+                               .process = &g->process, .draining = &g->draining};
+    g->admin = admin_new(g->base, &src);
+    if (!g->admin) goto oom;
+    int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
+    if (admin_port < 0) goto fail;
+
+    g->sig_term = evsignal_new(g->base, SIGTERM, on_signal, g);
+    g->sig_int = evsignal_new(g->base, SIGINT, on_signal, g);
+    g->sig_hup = evsignal_new(g->base, SIGHUP, on_signal, g);
+    g->workers_done = event_new(g->base, -1, 0, on_workers_done, g);
+    if (!g->sig_term || !g->sig_int || !g->sig_hup || !g->workers_done) goto oom;
+    event_add(g->sig_term, NULL);
+    event_add(g->sig_int, NULL);
+    event_add(g->sig_hup, NULL);
+
+    gateway_host_port(hp, sizeof(hp), c->listen_host, port);
+    printf("capgate listening on http://%s\n", hp);
+    gateway_host_port(hp, sizeof(hp), c->admin_host, admin_port);
+    printf("capgate admin listening on http://%s\n", hp);
+    fflush(stdout);
+    log_info("capgate %s: %u worker(s), upstream %s", c->path, g->n_workers, c->upstream.url);
+    return g;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    gateway_free(g);
+    return NULL;
+}
+
+int gateway_run(struct gateway *g) {
+    sigset_t block, old;
+    int rc = 0;
+
+    /* The workers leave the signals to the main thread. */
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigaddset(&block, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (unsigned i = 0; i < g->n_workers; i++) {
+        struct gateway_worker *w = &g->workers[i];
+        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+            log_error("worker %u: thread not started", i);
+            rc = -1;
+            break;
+        }
+        w->started = 1;
+        g->n_started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        /* Stop the workers that did start; the loop below ends when they all finished. */
+        g->draining = 1;
+        for (unsigned i = 0; i < g->n_started; i++) worker_post(&g->workers[i], NULL, 1);
+    }
+    if (g->n_started) event_base_loop(g->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    for (unsigned i = 0; i < g->n_started; i++) {
+        pthread_join(g->workers[i].thread, NULL);
+        g->workers[i].started = 0;
+    }
+    g->n_started = 0;
+    if (rc == 0) log_info("drained; exiting");
+    return rc;
+}
+
+void gateway_free(struct gateway *g) {
+    if (!g) return;
+    for (unsigned i = 0; g->workers && i < g->n_workers; i++)
+        if (g->workers[i].started) {
+            worker_post(&g->workers[i], NULL, 1);
+            pthread_join(g->workers[i].thread, NULL);
+        }
+    for (unsigned i = 0; g->workers && i < g->n_workers; i++) worker_cleanup(&g->workers[i]);
+    free(g->workers);
+    admin_free(g->admin);
+    if (g->sig_term) event_free(g->sig_term);
+    if (g->sig_int) event_free(g->sig_int);
+    if (g->sig_hup) event_free(g->sig_hup);
+    if (g->workers_done) event_free(g->workers_done);
+    for (unsigned i = 0; g->stats && i < g->n_workers; i++) stats_worker_free(g->stats[i]);
+    free(g->stats);
+    nonce_cache_free(g->nonces);
+    if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
+    if (g->base) event_base_free(g->base);
+    pipeline_config_unref(g->boot);
+    pipeline_config_unref(g->current);
+    free(g->path);
+    free(g);
+}

@@ -1,0 +1,521 @@
+/* pipeline.c: one front request's state machine. The stages run in a fixed order from a table;
+ * a stage may finish later (from an upstream or store callback) and the request resumes where
+ * it left off. A client that goes away mid-request only marks the context cancelled: the
+ * pending stage still completes, is recorded, and the context is released then, in the one
+ * place that releases it (ctx_release). */
+#include "pipeline.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <jansson.h>
+#include <openssl/rand.h>
+
+#include "auth.h"
+#include "capgate/apierr.h"
+#include "capgate/clock.h"
+#include "capgate/httpd.h"
+#include "capgate/log.h"
+#include "capgate/params.h"
+#include "capgate/reply.h"
+#include "capgate/sign.h"
+#include "config.h"
+#include "stats.h"
+#include "upstream.h"
+
+#define PIPELINE_API_PATH "/v2/index.php"
+#define PIPELINE_JSON "application/json"
+
+/* ---- shared config ---- */
+
+struct pipeline_config *pipeline_config_new(struct config *c) {
+    struct pipeline_config *pc = malloc(sizeof(*pc));
+    if (!pc) {
+        config_free(c);
+        return NULL;
+    }
+    atomic_init(&pc->refs, 1);
+    pc->config = c;
+    return pc;
+}
+
+struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc) {
+    atomic_fetch_add_explicit(&pc->refs, 1, memory_order_relaxed);
+    return pc;
+}
+
+void pipeline_config_unref(struct pipeline_config *pc) {
+    if (!pc) return;
+    if (atomic_fetch_sub_explicit(&pc->refs, 1, memory_order_acq_rel) != 1) return;
+    config_free(pc->config);
+    free(pc);
+}
+
+/* ---- names ---- */
+
+static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
+    [PIPELINE_FORWARDED] = "forwarded",       [PIPELINE_POOL] = "pool",
+    [PIPELINE_REPLAYED] = "replayed",         [PIPELINE_LIMITED] = "limited",
+    [PIPELINE_SHADOW_LIMITED] = "shadow_limited", [PIPELINE_INVALID] = "invalid",
+    [PIPELINE_UNAUTHORIZED] = "unauthorized", [PIPELINE_DENIED] = "denied",
+    [PIPELINE_UPSTREAM_ERROR] = "upstream_error",
+};
+
+const char *pipeline_decision_name(enum pipeline_decision d) {
+    return (unsigned)d < PIPELINE_DECISION_COUNT ? decision_names[d] : "unknown";
+}
+
+/* ---- randomness ---- */
+
+int pipeline_worker_seed(struct pipeline_worker *w) {
+    do {
+        if (RAND_bytes((unsigned char *)w->rng, sizeof(w->rng)) != 1) return -1;
+    } while (!(w->rng[0] | w->rng[1] | w->rng[2] | w->rng[3]));
+    return 0;
+}
+
+static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t pipeline_random(struct pipeline_worker *w) {
+    uint64_t *s = w->rng;
+    uint64_t result = rotl(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return result;
+}
+
+/* ---- pure decisions ---- */
+
+int pipeline_http_status(int code, int semantic, int timed_out, int framing_status) {
+    if (!semantic) return 200;
+    if (framing_status) return framing_status;
+    if (code == 0) return 200;
+    if (code == 4000) return 400;
+    if (code >= 4100 && code < 4200) return 401;
+    if (code == 4300 || code == 4600) return 403;
+    if (code == 4400) return 429;
+    if (code == 4500) return 401;
+    if (code == 5000) return 404;
+    if (code == 6200) return timed_out ? 504 : 502;
+    if (code >= 5000) return 500;
+    return 400;
+}
+
+int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
+                       size_t errlen) {
+    if (!(app->actions & (1u << f->action))) {
+        snprintf(err, errlen, "app %s may not call Action %s", app->name,
+                 validate_action_name(f->action));
+        return -1;
+    }
+    if (app->business_any) return 0;
+    if (!f->has_business_id) {
+        snprintf(err, errlen, "app %s must send a businessId it is allowed to use", app->name);
+        return -1;
+    }
+    for (size_t i = 0; i < app->n_business_ids; i++)
+        if (app->business_ids[i] == f->business_id) return 0;
+    snprintf(err, errlen, "app %s may not use businessId %u", app->name, (unsigned)f->business_id);
+    return -1;
+}
+
+static const char *const app_public_params[] = {
+    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+};
+
+int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
+                             uint64_t now_s, uint64_t nonce, struct params *out) {
+    char num[32];
+    if (params_copy(out, in) != 0) return -1;
+    for (size_t i = 0; app_public_params[i]; i++) params_remove(out, app_public_params[i]);
+    if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)now_s);
+    if (params_adds(out, "Timestamp", num) != 0) return -1;
+    snprintf(num, sizeof(num), "%llu", (unsigned long long)nonce);
+    if (params_adds(out, "Nonce", num) != 0) return -1;
+    if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
+    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
+        return -1;
+    return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
+}
+
+int pipeline_upstream_timed_out(const char *error) {
+    return error && (strstr(error, "timed out") || strstr(error, "timeout"));
+}
+
+/* ---- the request context ---- */
+
+enum pipeline_state {
+    ST_NEW, ST_PARSED, ST_AUTHED, ST_VALIDATED, ST_AUTHORIZED, ST_REPLAY, ST_LIMITED, ST_POOL,
+    ST_UPSTREAM, ST_REPLIED, ST_AUDITED, ST_COUNT
+};
+
+static const char *const state_names[ST_COUNT] = {
+    [ST_NEW] = "new",           [ST_PARSED] = "parsed",       [ST_AUTHED] = "authed",
+    [ST_VALIDATED] = "validated", [ST_AUTHORIZED] = "authorized", [ST_REPLAY] = "replay",
+    [ST_LIMITED] = "limited?",  [ST_POOL] = "pool",           [ST_UPSTREAM] = "upstream",
+    [ST_REPLIED] = "replied",   [ST_AUDITED] = "audited",
+};
+
+enum stage_result { STAGE_NEXT, STAGE_FINISH, STAGE_PENDING };
+
+struct pipeline_ctx {
+    struct pipeline_worker *w;
+    struct httpd_req *req;          /* NULL once replied or cancelled */
+    struct pipeline_config *pc;     /* reference held for the request's life */
+    const struct config *config;    /* pc->config */
+    enum pipeline_state state;
+    size_t stage;                   /* index of the next stage to run */
+    int cancelled;
+    int in_stage;                   /* a stage function is on the stack */
+    int resumed;                    /* pipeline_resume came while in_stage */
+    enum stage_result resumed_with;
+    uint64_t start_us;              /* monotonic */
+    struct params params;
+    const struct config_app *app;   /* borrowed from config */
+    struct v2_fields fields;
+    struct pipeline_record rec;
+    /* the reply, ready once a stage finished */
+    int reply_status;
+    char *reply_body;
+    size_t reply_len;
+};
+
+static void set_state(struct pipeline_ctx *ctx, enum pipeline_state to) {
+    log_debug("request %s: %s -> %s", ctx->rec.request_id, state_names[ctx->state],
+              state_names[to]);
+    ctx->state = to;
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) {
+    size_t n = src ? strlen(src) : 0;
+    if (n >= cap) n = cap - 1;
+    if (n) memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Prepares an error reply in the API's shape; returns STAGE_FINISH for the caller to return. */
+static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
+                                   enum pipeline_decision decision, int timed_out,
+                                   int framing_status, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+
+static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
+                                   enum pipeline_decision decision, int timed_out,
+                                   int framing_status, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    free(ctx->reply_body);
+    ctx->reply_body = reply_error(code, "%s", msg);
+    ctx->reply_len = ctx->reply_body ? strlen(ctx->reply_body) : 0;
+    ctx->reply_status = pipeline_http_status(code, ctx->config->http_errors_semantic, timed_out,
+                                             framing_status);
+    ctx->rec.decision = decision;
+    ctx->rec.code = code;
+    copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc),
+             apierr_desc(code) ? apierr_desc(code) : "InternalError");
+    return STAGE_FINISH;
+}
+
+/* ---- stages ---- */
+
+static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
+    struct httpd_req *req = ctx->req;
+    char err[256];
+    if (strcmp(req->path, PIPELINE_API_PATH) != 0)
+        return ctx_error(ctx, APIERR_NOT_FOUND, PIPELINE_INVALID, 0, 0,
+                         "no resource at %.200s; the API is GET|POST %s", req->path,
+                         PIPELINE_API_PATH);
+    int rc;
+    if (strcmp(req->method, "GET") == 0) {
+        rc = req->query ? params_parse_urlencoded(&ctx->params, req->query, strlen(req->query),
+                                                  err, sizeof(err))
+                        : 0;
+    } else if (strcmp(req->method, "POST") == 0) {
+        rc = params_parse_body(&ctx->params, req->content_type, req->body, req->body_len, err,
+                               sizeof(err));
+    } else {
+        return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0,
+                         "method %.32s is not allowed; use GET or POST", req->method);
+    }
+    if (rc != 0) return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+    copy_str(ctx->rec.action, sizeof(ctx->rec.action), params_get(&ctx->params, "Action"));
+    return STAGE_NEXT;
+}
+
+static const char *req_header(const struct httpd_req *req, const char *name) {
+    for (size_t i = 0; i < req->header_count; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    return NULL;
+}
+
+static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
+    struct auth_result r;
+    struct auth_request ar = {
+        .params = &ctx->params,
+        .authorization = req_header(ctx->req, "Authorization"),
+        .method = ctx->req->method,
+        .host = ctx->req->host ? ctx->req->host : "",
+        .path = ctx->req->path,
+        .now_s = clock_wall_us() / 1000000,
+    };
+    if (auth_authenticate(ctx->config, ctx->w->nonces, &ar, &r) != 0)
+        return ctx_error(ctx, r.code,
+                         r.code == APIERR_INVALID_PARAMETER ? PIPELINE_INVALID
+                                                            : PIPELINE_UNAUTHORIZED,
+                         0, 0, "%s", r.message);
+    ctx->app = r.app;
+    copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.app->name);
+    return STAGE_NEXT;
+}
+
+static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
+    char err[256];
+    enum v2_action action = validate_action_parse(params_get(&ctx->params, "Action"));
+    ctx->rec.action_id = action;
+    if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0)
+        return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+    const struct v2_fields *f = &ctx->fields;
+    struct pipeline_record *rec = &ctx->rec;
+    rec->has_business_id = f->has_business_id;
+    rec->business_id = f->business_id;
+    rec->has_scene_id = f->has_scene_id;
+    rec->scene_id = f->scene_id;
+    rec->has_captcha_type = f->has_captcha_type;
+    rec->captcha_type = f->captcha_type;
+    rec->has_client_type = f->has_client_type;
+    rec->client_type = f->client_type;
+    rec->has_account_type = f->has_account_type;
+    rec->account_type = f->account_type;
+    return STAGE_NEXT;
+}
+
+static enum stage_result stage_authorize(struct pipeline_ctx *ctx) {
+    char err[256];
+    if (pipeline_authorize(ctx->app, &ctx->fields, err, sizeof(err)) != 0)
+        return ctx_error(ctx, APIERR_ACCESS_DENIED, PIPELINE_DENIED, 0, 0, "%s", err);
+    return STAGE_NEXT;
+}
+
+/* Idempotent replay, rate limits and the prefetch pool are decided by modules that come with
+ * the store; until then each of these stages lets the request continue. */
+static enum stage_result stage_replay(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
+static enum stage_result stage_limit(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
+static enum stage_result stage_pool(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
+
+static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r);
+
+/* The upstream reply's code and codeDesc, for the record; the body itself passes unchanged. */
+static void record_upstream_code(struct pipeline_record *rec, const char *body, size_t len) {
+    json_t *j = json_loadb(body, len, 0, NULL);
+    json_t *code = json_object_get(j, "code");
+    json_t *desc = json_object_get(j, "codeDesc");
+    if (json_is_integer(code)) rec->code = (int)json_integer_value(code);
+    if (json_is_string(desc)) copy_str(rec->code_desc, sizeof(rec->code_desc), json_string_value(desc));
+    json_decref(j);
+}
+
+static void forward_done(const struct upstream_result *r, void *arg) {
+    struct pipeline_ctx *ctx = arg;
+    ctx->rec.upstream_status = r->http_status;
+    ctx->rec.upstream_latency_us = r->latency_us;
+    if (r->ok) {
+        ctx->rec.decision = PIPELINE_FORWARDED;
+        ctx->reply_body = malloc(r->body_len + 1);
+        if (ctx->reply_body) {
+            memcpy(ctx->reply_body, r->body, r->body_len);
+            ctx->reply_body[r->body_len] = '\0';
+            ctx->reply_len = r->body_len;
+            ctx->reply_status = 200;
+            record_upstream_code(&ctx->rec, r->body, r->body_len);
+        } else {
+            ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
+        }
+    } else {
+        ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR,
+                  pipeline_upstream_timed_out(r->error), 0, "%s",
+                  r->error ? r->error : "upstream call failed");
+    }
+    pipeline_resume(ctx, STAGE_NEXT);
+}
+
+static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
+    const struct config_upstream *up = &ctx->w->boot->upstream;
+    struct params out;
+    char *encoded = NULL;
+    enum stage_result res;
+
+    params_init(&out);
+    if (pipeline_upstream_params(&ctx->params, up, clock_wall_us() / 1000000,
+                                 pipeline_random(ctx->w), &out) != 0 ||
+        !(encoded = params_encode(&out))) {
+        res = ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0,
+                        "the upstream request could not be built");
+        goto out;
+    }
+    if (upstream_call(ctx->w->upstream, up->post ? "POST" : "GET", encoded, forward_done, ctx) != 0) {
+        res = ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
+                        "the upstream call could not be started");
+        goto out;
+    }
+    res = STAGE_PENDING;
+out:
+    free(encoded);
+    params_cleanup(&out);
+    return res;
+}
+
+struct pipeline_stage {
+    enum stage_result (*run)(struct pipeline_ctx *ctx);
+    enum pipeline_state done;  /* the state once the stage said "next" */
+};
+
+static const struct pipeline_stage stages[] = {
+    {stage_parse, ST_PARSED},         {stage_authenticate, ST_AUTHED},
+    {stage_validate, ST_VALIDATED},   {stage_authorize, ST_AUTHORIZED},
+    {stage_replay, ST_REPLAY},        {stage_limit, ST_LIMITED},
+    {stage_pool, ST_POOL},            {stage_forward, ST_UPSTREAM},
+};
+#define N_STAGES (sizeof(stages) / sizeof(stages[0]))
+
+/* ---- reply, audit, release ---- */
+
+static void ctx_release(struct pipeline_ctx *ctx) {
+    struct pipeline_worker *w = ctx->w;
+    params_cleanup(&ctx->params);
+    free(ctx->reply_body);
+    pipeline_config_unref(ctx->pc);
+    free(ctx);
+    w->live--;
+    stats_inflight_add(w->stats, -1);
+    if (w->on_release) w->on_release(w);
+}
+
+static void ctx_reply(struct pipeline_ctx *ctx) {
+    if (ctx->cancelled || !ctx->req) {
+        ctx->rec.http_status = 0;
+        return;
+    }
+    struct httpd_req *req = ctx->req;
+    ctx->req = NULL;
+    httpd_set_cancel(req, NULL, NULL);
+    if (!ctx->reply_body) {
+        static const char oom[] =
+            "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}";
+        ctx->rec.code = APIERR_INTERNAL;
+        httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
+        httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
+        ctx->rec.http_status = 500;
+        return;
+    }
+    httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
+    httpd_reply(req, ctx->reply_status, PIPELINE_JSON, ctx->reply_body, ctx->reply_len);
+    ctx->rec.http_status = ctx->reply_status;
+}
+
+static void ctx_audit(struct pipeline_ctx *ctx) {
+    ctx->rec.latency_us = clock_mono_us() - ctx->start_us;
+    stats_count_request(ctx->w->stats, ctx->rec.app[0] ? ctx->rec.app : "-",
+                        validate_action_name(ctx->rec.action_id),
+                        pipeline_decision_name(ctx->rec.decision));
+    log_debug("request %s: app=%s action=%s decision=%s code=%d http=%d upstream=%d "
+              "latency_us=%llu", ctx->rec.request_id, ctx->rec.app[0] ? ctx->rec.app : "-",
+              ctx->rec.action[0] ? ctx->rec.action : "-",
+              pipeline_decision_name(ctx->rec.decision), ctx->rec.code, ctx->rec.http_status,
+              ctx->rec.upstream_status, (unsigned long long)ctx->rec.latency_us);
+}
+
+static void ctx_finish(struct pipeline_ctx *ctx) {
+    ctx_reply(ctx);
+    set_state(ctx, ST_REPLIED);
+    ctx_audit(ctx);
+    set_state(ctx, ST_AUDITED);
+    ctx_release(ctx);
+}
+
+/* Runs stages from ctx->stage until one is pending or the reply is ready. */
+static void ctx_run(struct pipeline_ctx *ctx) {
+    while (ctx->stage < N_STAGES) {
+        ctx->in_stage = 1;
+        ctx->resumed = 0;
+        enum stage_result r = stages[ctx->stage].run(ctx);
+        ctx->in_stage = 0;
+        if (r == STAGE_PENDING) {
+            if (!ctx->resumed) return;
+            r = ctx->resumed_with;
+        }
+        if (r == STAGE_FINISH) break;
+        set_state(ctx, stages[ctx->stage].done);
+        ctx->stage++;
+    }
+    ctx_finish(ctx);
+}
+
+/* A pending stage completed: "next" continues with the following stage (after the last one,
+ * the reply); "finish" replies with what the stage prepared. */
+static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r) {
+    if (ctx->in_stage) {
+        ctx->resumed = 1;
+        ctx->resumed_with = r;
+        return;
+    }
+    if (r == STAGE_FINISH) {
+        ctx_finish(ctx);
+        return;
+    }
+    set_state(ctx, stages[ctx->stage].done);
+    ctx->stage++;
+    ctx_run(ctx);
+}
+
+static void pipeline_cancel(struct httpd_req *req, void *arg) {
+    struct pipeline_ctx *ctx = arg;
+    log_debug("request %s: client went away in state %s", ctx->rec.request_id,
+              state_names[ctx->state]);
+    ctx->cancelled = 1;
+    ctx->req = NULL;
+}
+
+void pipeline_handle(struct httpd_req *req, void *arg) {
+    struct pipeline_worker *w = arg;
+    struct pipeline_ctx *ctx = calloc(1, sizeof(*ctx));
+    if (!ctx) {
+        static const char oom[] =
+            "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}";
+        httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
+        return;
+    }
+    ctx->w = w;
+    ctx->req = req;
+    ctx->pc = pipeline_config_ref(w->config);
+    ctx->config = ctx->pc->config;
+    ctx->start_us = clock_mono_us();
+    ctx->state = ST_NEW;
+    params_init(&ctx->params);
+    ctx->rec.ts_us = clock_wall_us();
+    snprintf(ctx->rec.request_id, sizeof(ctx->rec.request_id), "%016llx",
+             (unsigned long long)pipeline_random(w));
+    copy_str(ctx->rec.client_ip, sizeof(ctx->rec.client_ip), req->peer_ip);
+    ctx->rec.decision = PIPELINE_INVALID;
+    w->live++;
+    stats_inflight_add(w->stats, 1);
+    httpd_set_cancel(req, pipeline_cancel, ctx);
+
+    if (req->error_status) {
+        ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, req->error_status, "%s",
+                  req->error_message ? req->error_message : "malformed request");
+        ctx_finish(ctx);
+        return;
+    }
+    ctx_run(ctx);
+}

@@ -1,0 +1,121 @@
+/* pipeline.h: one front request through the gateway, as an explicit state machine:
+ *   parsed → authed → validated → authorized → replay → limit → pool → upstream → replied → audited
+ * Each stage is a function that decides "next", "finish" (the reply is ready) or "pending" (it
+ * resumes later from a callback), so stages that wait on Redis or upstream slot in without
+ * blocking the worker's event loop. A request context has one place where it is released. The
+ * pure decisions (HTTP status mapping, authorization, the outgoing parameters) are exported for
+ * unit tests. */
+#ifndef CAPGATE_PIPELINE_H
+#define CAPGATE_PIPELINE_H
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "capgate/validate.h"
+
+struct config;
+struct config_app;
+struct config_upstream;
+struct event_base;
+struct httpd_req;
+struct nonce_cache;
+struct params;
+struct stats_worker;
+struct upstream;
+
+/* A loaded config shared by the workers and their in-flight requests: a reload swaps the
+ * worker's pointer for new requests while requests in flight keep the old one alive. */
+struct pipeline_config {
+    atomic_uint refs;
+    struct config *config;  /* owned */
+};
+/* Takes ownership of c; one reference. NULL on OOM (c is then freed). */
+struct pipeline_config *pipeline_config_new(struct config *c);
+struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc);
+/* Drops a reference; the last one frees the config. NULL accepted. Any thread. */
+void pipeline_config_unref(struct pipeline_config *pc);
+
+/* What happened to a request (the audit record's "decision"). */
+enum pipeline_decision {
+    PIPELINE_FORWARDED,
+    PIPELINE_POOL,
+    PIPELINE_REPLAYED,
+    PIPELINE_LIMITED,
+    PIPELINE_SHADOW_LIMITED,
+    PIPELINE_INVALID,
+    PIPELINE_UNAUTHORIZED,
+    PIPELINE_DENIED,
+    PIPELINE_UPSTREAM_ERROR,
+    PIPELINE_DECISION_COUNT
+};
+const char *pipeline_decision_name(enum pipeline_decision d); /* "forwarded", ... */
+
+/* Everything an audit record needs, filled in as the request advances; self-contained (no
+ * pointers into the request), so an audit sink may copy it and keep it. */
+struct pipeline_record {
+    uint64_t ts_us;                /* wall clock when the request arrived */
+    char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
+    char app[64];                  /* app name, "" before authentication */
+    char client_ip[64];
+    char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
+    enum v2_action action_id;
+    int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
+    uint32_t business_id, scene_id, captcha_type, client_type, account_type;
+    enum pipeline_decision decision;
+    char rule[64];                 /* the limit rule that decided, "" when none */
+    int code;                      /* the API code answered (upstream's, for a pass-through) */
+    char code_desc[32];
+    int http_status;               /* the HTTP status answered (0: client gone, no reply) */
+    int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */
+    uint64_t latency_us;           /* arrival to reply */
+    uint64_t upstream_latency_us;  /* 0 when upstream was not called */
+};
+
+/* A worker's environment, owned by the gateway (one per worker thread); everything here is
+ * used only on that worker's thread, except nonces (shared, locked inside). */
+struct pipeline_worker {
+    unsigned id;
+    struct event_base *base;
+    struct pipeline_config *config;    /* for new requests; the worker's own reference */
+    const struct config *boot;         /* the startup config: upstream and listener settings
+                                        * (they need a restart), valid for the process life */
+    struct upstream *upstream;
+    struct stats_worker *stats;
+    struct nonce_cache *nonces;
+    uint64_t rng[4];                   /* xoshiro256**, seeded from the CSPRNG */
+    size_t live;                       /* request contexts not yet released */
+    /* Called (if set) each time a context is released, after live was decremented. */
+    void (*on_release)(struct pipeline_worker *w);
+};
+
+/* Seeds w->rng from OpenSSL's CSPRNG. 0/-1. */
+int pipeline_worker_seed(struct pipeline_worker *w);
+uint64_t pipeline_random(struct pipeline_worker *w);
+
+/* The httpd handler of the front listener; arg is the struct pipeline_worker. */
+void pipeline_handle(struct httpd_req *req, void *arg);
+
+/* ---- pure decisions ---- */
+
+/* The HTTP status of a gateway reply with API code. compat (semantic 0): always 200. semantic:
+ * framing_status when non-zero (413, 414, 431, 408, ...); 0 → 200, 4000 → 400, 4100-4199 → 401,
+ * 4300 → 403, 4400 → 429, 4500 → 401, 4600 → 403, 5000 → 404, 6200 → 502 (504 when
+ * timed_out), other 5xxx/6xxx → 500. */
+int pipeline_http_status(int code, int semantic, int timed_out, int framing_status);
+
+/* May app call this Action with these fields? 0, or -1 with err naming what was refused
+ * (the reply is then 4300 AccessDenied). */
+int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
+                       size_t errlen);
+
+/* The parameters sent upstream: a copy of in without the app's public parameters (SecretId,
+ * Signature, Timestamp, Nonce, Region, SignatureMethod, Token; Action stays), plus the
+ * gateway's own (SecretId, Timestamp now_s, Nonce, Region, SignatureMethod), signed with the
+ * real key for up's sign_host, path and method. out is initialised by the call; the caller
+ * cleans it up (also on failure). 0, or -1 on OOM. */
+int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
+                             uint64_t now_s, uint64_t nonce, struct params *out);
+
+/* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
+int pipeline_upstream_timed_out(const char *error);
+
+#endif
