@@ -33,8 +33,10 @@ size_t limit_buckets(const struct config *cfg, const char *key_prefix, const cha
                      struct limit_bucket *out, size_t cap);
 
 /* GCRA for one bucket. tat_us is the stored theoretical arrival time (0 when none). Sets *new_tat_us
- * (the value to store when the whole request is admitted), *retry_after_us (0 when allowed) and
- * *remaining (tokens left after this request, 0 when refused). Returns 1 allowed, 0 refused. */
+ * (the value to store when the whole request is admitted; tat_us unchanged when refused),
+ * *retry_after_us (0 when allowed: how long until this request would be admitted) and *remaining
+ * (tokens left after this request, 0 when refused). Allowed iff max(tat, now) + emission - now <=
+ * tolerance. Returns 1 allowed, 0 refused. */
 int limit_gcra(uint64_t now_us, uint64_t tat_us, uint64_t emission_us, uint64_t tolerance_us,
                uint64_t *new_tat_us, uint64_t *retry_after_us, uint64_t *remaining);
 
@@ -43,15 +45,24 @@ struct limit_outcome {
     int allowed;           /* every enforcing bucket admitted (tokens taken from all, or from none) */
     int denied;            /* index of the first enforcing bucket that refused, -1 when none */
     int shadow_denied;     /* index of the first shadow bucket that would have refused, -1 when none */
-    uint64_t retry_after_us;
+    uint64_t retry_after_us; /* of the denied bucket; 0 when allowed */
+    /* Per bucket: tokens left, and the time until the bucket is full again. When the request is
+     * refused nothing was taken, so a bucket that would have admitted reports its tokens as they
+     * stand (one more than it would have after taking), and a refusing bucket reports 0. */
     uint64_t remaining[LIMIT_MAX_BUCKETS];
-    uint64_t reset_us[LIMIT_MAX_BUCKETS];  /* time until the bucket is full again */
+    uint64_t reset_us[LIMIT_MAX_BUCKETS];
 };
 
 /* Headers for a reply: RateLimit-Policy and RateLimit in the IETF httpapi draft syntax
  * ("name";q=<burst>;w=<period_s>, "name";r=<remaining>;t=<seconds>) for the enforcing buckets, and
  * Retry-After (whole seconds, rounded up) when refused. Appends "Name: value\r\n"-free values to the
- * given buffers (empty when there is nothing to say). 0/-1 (OOM). */
+ * given buffers (empty when there is nothing to say). 0/-1 (OOM).
+ *  - RateLimit-Policy lists every enforcing bucket, comma-separated; q is floor(burst) and w is
+ *    period_s rounded up (the draft wants integers), both at least 1.
+ *  - RateLimit names one bucket: the denied one when refused (r=0), else the one with the fewest
+ *    tokens left (ties: the longest reset); t is its reset in seconds, rounded up.
+ *  - Retry-After: retry_after_us in seconds, rounded up, at least 1; only when refused.
+ * o may be NULL (no outcome, e.g. the store failed): then only RateLimit-Policy. */
 int limit_headers(const struct limit_bucket *b, size_t n, const struct limit_outcome *o,
                   struct strbuf *policy, struct strbuf *ratelimit, struct strbuf *retry_after);
 

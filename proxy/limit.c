@@ -1,0 +1,151 @@
+/* limit.c: which buckets a request falls in, the GCRA arithmetic, and the RateLimit header text.
+ * No I/O and no clock: callers pass the time, so the same code serves the memory store, the local
+ * fallback beside Redis and the unit tests (the Redis script in store_lua.h mirrors limit_gcra). */
+#include "limit.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "capgate/strbuf.h"
+#include "config.h"
+
+/* period_s / rate in µs and emission * burst, both at least 1 µs. */
+static void limit_rule_times(const struct config_limit *r, uint64_t *emission_us,
+                             uint64_t *tolerance_us) {
+    double e = r->rate > 0 ? r->period_s * 1e6 / r->rate : 1e6;
+    double burst = r->burst >= 1 ? r->burst : 1;
+    uint64_t em, tol;
+    if (!(e >= 1)) e = 1;
+    if (e > 1e15) e = 1e15;
+    em = (uint64_t)llround(e);
+    tol = (uint64_t)llround((double)em * burst);
+    if (tol < em) tol = em;
+    *emission_us = em;
+    *tolerance_us = tol;
+}
+
+static int limit_fill(struct limit_bucket *b, const struct config_limit *r, const char *prefix,
+                      const char *fmt_tail, const char *a, const char *c) {
+    int n;
+    b->rule = r;
+    b->shadow = r->shadow;
+    limit_rule_times(r, &b->emission_us, &b->tolerance_us);
+    if (c)
+        n = snprintf(b->key, sizeof b->key, "%srl:%s:%s:%s", prefix, r->name, a, c);
+    else
+        n = snprintf(b->key, sizeof b->key, "%srl:%s:%s%s", prefix, r->name, fmt_tail, a);
+    /* a key that does not fit would alias another; rule names and app names are short */
+    return n < 0 || (size_t)n >= sizeof b->key ? -1 : 0;
+}
+
+size_t limit_buckets(const struct config *cfg, const char *key_prefix, const char *app,
+                     int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
+                     struct limit_bucket *out, size_t cap) {
+    size_t n = 0;
+    char bid[16], sid[16];
+    if (!cfg || !out) return 0;
+    if (!key_prefix) key_prefix = "";
+    if (!app) app = "-";
+    if (has_business_id) snprintf(bid, sizeof bid, "%u", (unsigned)business_id);
+    else memcpy(bid, "-", 2);
+    if (has_scene_id) snprintf(sid, sizeof sid, "%u", (unsigned)scene_id);
+    else memcpy(sid, "-", 2);
+
+    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+        const struct config_limit *r = &cfg->limits[i];
+        if (r->scope != CONFIG_SCOPE_PARAMS) continue;
+        if (!r->business_any && (!has_business_id || r->business_id != business_id)) continue;
+        if (!r->scene_any && (!has_scene_id || r->scene_id != scene_id)) continue;
+        if (limit_fill(&out[n], r, key_prefix, NULL, bid, sid) == 0) n++;
+        break; /* the first matching params rule only */
+    }
+    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+        const struct config_limit *r = &cfg->limits[i];
+        if (r->scope != CONFIG_SCOPE_APP) continue;
+        if (limit_fill(&out[n], r, key_prefix, "app:", app, NULL) == 0) n++;
+    }
+    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+        const struct config_limit *r = &cfg->limits[i];
+        if (r->scope != CONFIG_SCOPE_GLOBAL) continue;
+        if (limit_fill(&out[n], r, key_prefix, "", "global", NULL) == 0) n++;
+    }
+    return n;
+}
+
+int limit_gcra(uint64_t now_us, uint64_t tat_us, uint64_t emission_us, uint64_t tolerance_us,
+               uint64_t *new_tat_us, uint64_t *retry_after_us, uint64_t *remaining) {
+    uint64_t base, next, ahead;
+    if (emission_us == 0) emission_us = 1;
+    base = tat_us > now_us ? tat_us : now_us;
+    next = base + emission_us;
+    ahead = next - now_us;
+    if (ahead <= tolerance_us) {
+        *new_tat_us = next;
+        *retry_after_us = 0;
+        *remaining = (tolerance_us - ahead) / emission_us;
+        return 1;
+    }
+    *new_tat_us = tat_us; /* unchanged: nothing is stored for a refusal */
+    *retry_after_us = ahead - tolerance_us;
+    *remaining = 0;
+    return 0;
+}
+
+/* An sf-string: printable ASCII, '"' and '\' escaped; anything else becomes '?'. */
+static int limit_append_name(struct strbuf *sb, const char *name) {
+    if (strbuf_appendc(sb, '"')) return -1;
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            if (strbuf_appendc(sb, '\\') || strbuf_appendc(sb, (char)*p)) return -1;
+        } else if (*p < 0x20 || *p > 0x7e) {
+            if (strbuf_appendc(sb, '?')) return -1;
+        } else if (strbuf_appendc(sb, (char)*p)) {
+            return -1;
+        }
+    }
+    return strbuf_appendc(sb, '"');
+}
+
+static uint64_t limit_ceil_s(uint64_t us) {
+    return us / 1000000 + (us % 1000000 != 0);
+}
+
+int limit_headers(const struct limit_bucket *b, size_t n, const struct limit_outcome *o,
+                  struct strbuf *policy, struct strbuf *ratelimit, struct strbuf *retry_after) {
+    int first = 1;
+    long pick = -1;
+    for (size_t i = 0; i < n; i++) {
+        const struct config_limit *r = b[i].rule;
+        double q, w;
+        if (b[i].shadow || !r) continue;
+        /* the draft wants integers: whole tokens of the burst, the period rounded up */
+        q = floor(r->burst);
+        w = ceil(r->period_s);
+        if (q < 1) q = 1;
+        if (w < 1) w = 1;
+        if (!first && strbuf_appends(policy, ", ")) return -1;
+        if (limit_append_name(policy, r->name) ||
+            strbuf_appendf(policy, ";q=%.0f;w=%.0f", q, w))
+            return -1;
+        first = 0;
+        if (!o) continue;
+        if (pick < 0 || o->remaining[i] < o->remaining[pick] ||
+            (o->remaining[i] == o->remaining[pick] && o->reset_us[i] > o->reset_us[pick]))
+            pick = (long)i;
+    }
+    if (!o) return 0;
+    if (!o->allowed && o->denied >= 0 && (size_t)o->denied < n) pick = o->denied;
+    if (pick >= 0) {
+        uint64_t r = o->allowed ? o->remaining[pick] : 0;
+        if (limit_append_name(ratelimit, b[pick].rule->name) ||
+            strbuf_appendf(ratelimit, ";r=%llu;t=%llu", (unsigned long long)r,
+                           (unsigned long long)limit_ceil_s(o->reset_us[pick])))
+            return -1;
+    }
+    if (!o->allowed) {
+        uint64_t s = limit_ceil_s(o->retry_after_us);
+        if (strbuf_appendf(retry_after, "%llu", (unsigned long long)(s ? s : 1))) return -1;
+    }
+    return 0;
+}
