@@ -89,7 +89,9 @@ static void worker_publish(struct gateway_worker *w) {
 
 static void worker_check_drain(struct gateway_worker *w) {
     if (!w->draining) return;
-    int idle = w->pw.live == 0 && httpd_inflight(w->httpd) == 0;
+    /* Connections too: a reply just handed to httpd may still be in its output buffer. */
+    int idle = w->pw.live == 0 && httpd_inflight(w->httpd) == 0 &&
+               httpd_connections(w->httpd) == 0;
     if (idle || clock_mono_us() >= w->drain_deadline_us) {
         if (!idle)
             log_warn("worker %u: drain deadline reached with %zu request(s) in flight",
