@@ -423,9 +423,10 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
         size_t n = strlen(o->public_url);
         if ((strncmp(o->public_url, "http://", 7) != 0 &&
              strncmp(o->public_url, "https://", 8) != 0) ||
-            strpbrk(o->public_url, "\"'<> \t\r\n\\?#")) {
+            strpbrk(o->public_url, "\"'<> \t\r\n\\?#") || n > MOCKOPTS_MAX_URL) {
             snprintf(err, errlen, "--public-url must be an http:// or https:// base URL "
-                     "without query; got \"%s\"", o->public_url);
+                     "without query, at most %d bytes; got \"%s\"", MOCKOPTS_MAX_URL,
+                     o->public_url);
             return -1;
         }
         while (n > 0 && o->public_url[n - 1] == '/') o->public_url[--n] = '\0';

@@ -9,6 +9,8 @@
 
 #define MOCKOPTS_DEFAULT_SECRET_ID "AKIDcapgateMockTestKey00000000000000"
 #define MOCKOPTS_DEFAULT_SECRET_KEY "capgate-mock-secret"
+/* Longest --public-url: returned URLs and widget origins are built in fixed buffers. */
+#define MOCKOPTS_MAX_URL 512
 
 struct mock_credential {
     char *secret_id;

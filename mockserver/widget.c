@@ -186,7 +186,7 @@ void widget_handle_fetch(struct mock *m, struct httpd_req *req) {
         refuse(req, "this captcha URL was already used; a URL serves its widget once");
         return;
     }
-    char origin[512];
+    char origin[MOCKOPTS_MAX_URL + 64];
     mock_origin_for(m, req, origin, sizeof(origin));
     struct strbuf js;
     strbuf_init(&js);
