@@ -92,6 +92,40 @@ int limit_gcra(uint64_t now_us, uint64_t tat_us, uint64_t emission_us, uint64_t 
     return 0;
 }
 
+void limit_decide(uint64_t now_us, const struct limit_bucket *b, size_t n, const uint64_t *tat_us,
+                  uint64_t *new_tat_us, struct limit_outcome *o) {
+    memset(o, 0, sizeof *o);
+    o->denied = o->shadow_denied = -1;
+    if (n > LIMIT_MAX_BUCKETS) n = LIMIT_MAX_BUCKETS;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t nt, ra, rem;
+        if (limit_gcra(now_us, tat_us[i], b[i].emission_us, b[i].tolerance_us, &nt, &ra, &rem)) {
+            new_tat_us[i] = nt;
+            o->remaining[i] = rem;
+            o->reset_us[i] = nt - now_us;
+            continue;
+        }
+        new_tat_us[i] = 0;
+        o->remaining[i] = 0;
+        o->reset_us[i] = tat_us[i] > now_us ? tat_us[i] - now_us : 0;
+        if (b[i].shadow) {
+            if (o->shadow_denied < 0) o->shadow_denied = (int)i;
+        } else if (o->denied < 0) {
+            o->denied = (int)i;
+            o->retry_after_us = ra;
+        }
+    }
+    o->allowed = o->denied < 0;
+    if (o->allowed) return;
+    /* refused: nothing is taken, so the admitting buckets report their tokens as they stand */
+    for (size_t i = 0; i < n; i++) {
+        if (!new_tat_us[i]) continue;
+        o->remaining[i] += 1;
+        o->reset_us[i] -= b[i].emission_us;
+        new_tat_us[i] = 0;
+    }
+}
+
 /* An sf-string: printable ASCII, '"' and '\' escaped; anything else becomes '?'. */
 static int limit_append_name(struct strbuf *sb, const char *name) {
     if (strbuf_appendc(sb, '"')) return -1;

@@ -53,6 +53,13 @@ struct limit_outcome {
     uint64_t reset_us[LIMIT_MAX_BUCKETS];
 };
 
+/* The decision over all of a request's buckets at now_us, given each bucket's stored TAT (0 when
+ * none): the request is allowed iff every enforcing bucket admits. Fills *o and new_tat_us[i], the
+ * TAT to store for bucket i, or 0 when bucket i must not be written (the whole request refused, or a
+ * shadow bucket that would refuse). Both stores apply exactly this; store_lua.h mirrors it. */
+void limit_decide(uint64_t now_us, const struct limit_bucket *b, size_t n, const uint64_t *tat_us,
+                  uint64_t *new_tat_us, struct limit_outcome *o);
+
 /* Headers for a reply: RateLimit-Policy and RateLimit in the IETF httpapi draft syntax
  * ("name";q=<burst>;w=<period_s>, "name";r=<remaining>;t=<seconds>) for the enforcing buckets, and
  * Retry-After (whole seconds, rounded up) when refused. Appends "Name: value\r\n"-free values to the

@@ -49,4 +49,46 @@ void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                        void *arg);
 
+/* ---- Backends. store.c owns struct store (the deferred-callback queue, the counters) and dispatches
+ * to these; the gateway uses only the functions above. ---- */
+
+/* Memory (store_memory.c): buckets in a hash table shared by every thread, striped mutexes taken
+ * in ascending stripe order. Expired buckets (TAT in the past by more than the tolerance) are
+ * dropped as the table is touched. */
+struct store_memory;
+struct store_memory *store_memory_new(void);  /* NULL on OOM */
+void store_memory_free(struct store_memory *m);
+/* limit_decide over the stored TATs, then writes the admitted buckets; synchronous, any thread.
+ * Time is the caller's (monotonic µs in the store, explicit in tests). */
+void store_memory_check(struct store_memory *m, const struct limit_bucket *b, size_t n,
+                        uint64_t now_us, struct limit_outcome *o);
+size_t store_memory_count(struct store_memory *m); /* buckets held, expired ones included */
+
+/* Where the redis backend connects; store_shared owns a copy of the config's values. */
+struct store_redis_options {
+    char *host;
+    int port;
+    unsigned db;
+    char *password;       /* NULL: no AUTH */
+    unsigned timeout_ms;  /* every command, queue wait included */
+};
+
+/* Redis (store_redis.c): one connection on the worker's base, owned by a struct store. */
+struct store_redis;
+struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+                                    struct event_base *base, char *err, size_t errlen);
+/* Pending callbacks fire with "store closed" before it returns. */
+void store_redis_free(struct store_redis *r);
+int store_redis_connected(const struct store_redis *r);
+void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
+                       store_limit_fn cb, void *arg);
+
+/* For the backends: deliver cb(err, o) from the owner's base on a later loop turn (err and o are
+ * copied; o NULL when err is set), and count in the owner's statistics. */
+void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
+                 const struct limit_outcome *o);
+enum store_counter { STORE_COMMANDS, STORE_ERRORS, STORE_TIMEOUTS, STORE_RECONNECTS,
+                     STORE_NOSCRIPT_RELOADS };
+void store_count(struct store *s, enum store_counter c);
+
 #endif
