@@ -1,0 +1,587 @@
+/* store_redis.c: the redis backend of one worker: a hiredis async connection on the worker's
+ * event_base, driven by an explicit state machine
+ *   disconnected → connecting → (authenticating → selecting) → loading → ready
+ * and, on any error or disconnect, backoff (100 ms doubling to 5 s, with jitter) → connecting.
+ * hiredis 0.14 has no command timeouts, so every command carries its own timer: on expiry the
+ * caller hears "redis timed out after N ms" and the command is marked abandoned; hiredis still
+ * calls back later (with the late reply, or NULL when the connection goes), and only then is the
+ * command freed. Callers only ever hear back through the owner's deferred queue (store_defer), so
+ * no caller callback runs inside hiredis or inside store_limit. */
+#include "store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "capgate/clock.h"
+#include "capgate/log.h"
+#include "store_lua.h"
+
+#define STORE_REDIS_QUEUE_MAX 4096        /* commands waiting for a connection */
+#define STORE_REDIS_BACKOFF_MIN_MS 100
+#define STORE_REDIS_BACKOFF_MAX_MS 5000
+#define STORE_REDIS_TIMEOUTS_DROP 3       /* consecutive timed-out replies that drop the link */
+#define STORE_REDIS_SHA_LEN 40
+
+enum store_redis_state {
+    STORE_REDIS_DISCONNECTED,
+    STORE_REDIS_CONNECTING,
+    STORE_REDIS_AUTHENTICATING,
+    STORE_REDIS_SELECTING,
+    STORE_REDIS_LOADING,
+    STORE_REDIS_READY,
+    STORE_REDIS_BACKOFF,
+};
+
+static const char *const store_redis_state_names[] = {
+    "disconnected", "connecting", "authenticating", "selecting", "loading scripts", "ready",
+    "backoff",
+};
+
+enum store_redis_cmd_kind {
+    STORE_REDIS_CMD_LIMIT,    /* a caller's EVALSHA */
+    STORE_REDIS_CMD_AUTH,
+    STORE_REDIS_CMD_SELECT,
+    STORE_REDIS_CMD_LOAD,     /* SCRIPT LOAD while connecting */
+    STORE_REDIS_CMD_RELOAD,   /* SCRIPT LOAD after NOSCRIPT */
+};
+
+enum store_redis_cmd_where {
+    STORE_REDIS_QUEUED,       /* on r->queue, waiting for ready */
+    STORE_REDIS_INFLIGHT,     /* handed to hiredis, on r->inflight */
+    STORE_REDIS_ABANDONED,    /* handed to hiredis, caller already answered: free on callback */
+};
+
+struct store_redis_cmd {
+    struct store_redis_cmd *prev, *next;
+    struct store_redis *r;                /* NULL once abandoned */
+    enum store_redis_cmd_kind kind;
+    enum store_redis_cmd_where where;
+    store_limit_fn cb;
+    void *arg;
+    struct event *timer;                  /* caller commands only */
+    int noscript_retried;
+    size_t n;
+    uint64_t emission_us[LIMIT_MAX_BUCKETS], tolerance_us[LIMIT_MAX_BUCKETS];
+    int shadow[LIMIT_MAX_BUCKETS];
+    char *keys[LIMIT_MAX_BUCKETS];
+};
+
+struct store_redis_list {
+    struct store_redis_cmd *head, *tail;
+    size_t count;
+};
+
+struct store_redis {
+    struct store *owner;
+    struct event_base *base;
+    const struct store_redis_options *opt;  /* borrowed from store_shared */
+    enum store_redis_state state;
+    redisAsyncContext *ac;
+    struct event *backoff_timer, *handshake_timer;
+    unsigned backoff_ms;                    /* the next backoff's base */
+    uint64_t backoff_until_us;              /* monotonic */
+    unsigned consecutive_timeouts;
+    uint64_t rng;
+    char sha[STORE_REDIS_SHA_LEN + 1];
+    char last_err[128];
+    struct store_redis_list queue, inflight;
+};
+
+static void store_redis_connect(struct store_redis *r);
+static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c);
+
+static void store_redis_set_state(struct store_redis *r, enum store_redis_state to) {
+    if (r->state == to) return;
+    if (to == STORE_REDIS_READY)
+        log_info("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
+                 store_redis_state_names[r->state], store_redis_state_names[to]);
+    else
+        log_debug("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
+                  store_redis_state_names[r->state], store_redis_state_names[to]);
+    r->state = to;
+}
+
+static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
+    c->prev = l->tail;
+    c->next = NULL;
+    if (l->tail) l->tail->next = c;
+    else l->head = c;
+    l->tail = c;
+    l->count++;
+}
+
+static void store_redis_list_remove(struct store_redis_list *l, struct store_redis_cmd *c) {
+    if (c->prev) c->prev->next = c->next;
+    else l->head = c->next;
+    if (c->next) c->next->prev = c->prev;
+    else l->tail = c->prev;
+    c->prev = c->next = NULL;
+    l->count--;
+}
+
+static void store_redis_cmd_free(struct store_redis_cmd *c) {
+    if (!c) return;
+    if (c->timer) event_free(c->timer);
+    for (size_t i = 0; i < c->n; i++) free(c->keys[i]);
+    free(c);
+}
+
+/* Answers the caller once, through the deferred queue; the command stays where it is. */
+static void store_redis_answer(struct store_redis *r, struct store_redis_cmd *c, const char *err,
+                               const struct limit_outcome *o) {
+    store_limit_fn cb = c->cb;
+    if (c->timer) event_del(c->timer);
+    c->cb = NULL;
+    if (!cb) return;
+    if (err && strncmp(err, "redis timed out", 15) == 0) store_count(r->owner, STORE_TIMEOUTS);
+    store_defer(r->owner, cb, c->arg, err, o);
+}
+
+/* Every inflight command is answered (caller commands with err) and left to hiredis to free. */
+static void store_redis_abandon_inflight(struct store_redis *r, const char *err) {
+    struct store_redis_cmd *c;
+    while ((c = r->inflight.head)) {
+        store_redis_list_remove(&r->inflight, c);
+        if (c->kind == STORE_REDIS_CMD_LIMIT) store_redis_answer(r, c, err, NULL);
+        c->where = STORE_REDIS_ABANDONED;
+        c->r = NULL;
+    }
+}
+
+static unsigned store_redis_jitter(struct store_redis *r, unsigned ms) {
+    /* xorshift64: spreads the workers' reconnects over ±20% */
+    r->rng ^= r->rng << 13;
+    r->rng ^= r->rng >> 7;
+    r->rng ^= r->rng << 17;
+    return ms * 4 / 5 + (unsigned)(r->rng % (ms * 2 / 5 + 1));
+}
+
+static void store_redis_backoff(struct store_redis *r, const char *why) {
+    unsigned ms = store_redis_jitter(r, r->backoff_ms);
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (why) snprintf(r->last_err, sizeof r->last_err, "%s", why);
+    log_warn("redis %s:%d: %s; retrying in %u ms", r->opt->host, r->opt->port, r->last_err, ms);
+    store_redis_set_state(r, STORE_REDIS_BACKOFF);
+    event_del(r->handshake_timer);
+    r->backoff_until_us = clock_mono_us() + (uint64_t)ms * 1000;
+    r->backoff_ms = r->backoff_ms * 2 > STORE_REDIS_BACKOFF_MAX_MS ? STORE_REDIS_BACKOFF_MAX_MS
+                                                                   : r->backoff_ms * 2;
+    event_add(r->backoff_timer, &tv);
+}
+
+/* Closes the connection on purpose (error reply, handshake timeout, a server that stopped
+ * answering) and backs off. Safe inside a hiredis callback: hiredis then frees after it returns. */
+static void store_redis_drop(struct store_redis *r, const char *why) {
+    redisAsyncContext *ac = r->ac;
+    char err[200];
+    snprintf(err, sizeof err, "redis connection lost: %s", why);
+    r->ac = NULL;
+    store_redis_abandon_inflight(r, err);
+    if (ac) {
+        ac->data = NULL;
+        ac->onConnect = NULL;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+    }
+    store_redis_backoff(r, why);
+}
+
+static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd_kind kind) {
+    struct store_redis_cmd *c = calloc(1, sizeof *c);
+    if (!c) return -1;
+    c->r = r;
+    c->kind = kind;
+    if (store_redis_send(r, c) != 0) {
+        store_redis_cmd_free(c);
+        return -1;
+    }
+    return 0;
+}
+
+/* The handshake step after state `from`, or ready. */
+static void store_redis_handshake_next(struct store_redis *r) {
+    enum store_redis_state next = r->state;
+    if (r->state == STORE_REDIS_CONNECTING && r->opt->password) next = STORE_REDIS_AUTHENTICATING;
+    else if ((r->state == STORE_REDIS_CONNECTING || r->state == STORE_REDIS_AUTHENTICATING) &&
+             r->opt->db)
+        next = STORE_REDIS_SELECTING;
+    else if (r->state != STORE_REDIS_LOADING) next = STORE_REDIS_LOADING;
+    else next = STORE_REDIS_READY;
+    store_redis_set_state(r, next);
+    if (next == STORE_REDIS_READY) {
+        struct store_redis_cmd *c;
+        event_del(r->handshake_timer);
+        r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+        r->consecutive_timeouts = 0;
+        r->last_err[0] = 0;
+        while (r->state == STORE_REDIS_READY && (c = r->queue.head)) {
+            store_redis_list_remove(&r->queue, c);
+            if (store_redis_send(r, c) != 0) {
+                store_redis_answer(r, c, "redis command could not be sent", NULL);
+                store_redis_cmd_free(c);
+            }
+        }
+        return;
+    }
+    if (store_redis_send_internal(r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH
+                                     : next == STORE_REDIS_SELECTING     ? STORE_REDIS_CMD_SELECT
+                                                                         : STORE_REDIS_CMD_LOAD))
+        store_redis_drop(r, "could not send the handshake");
+}
+
+static void store_redis_on_connect(const redisAsyncContext *ac, int status) {
+    struct store_redis *r = ac->data;
+    if (!r) return;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this returns */
+        char why[128];
+        snprintf(why, sizeof why, "connect failed: %s", ac->errstr[0] ? ac->errstr : "error");
+        r->ac = NULL;
+        store_redis_abandon_inflight(r, why);
+        store_redis_backoff(r, why);
+        return;
+    }
+    store_redis_handshake_next(r);
+}
+
+static void store_redis_on_disconnect(const redisAsyncContext *ac, int status) {
+    struct store_redis *r = ac->data;
+    char why[128];
+    if (!r) return;
+    /* hiredis has already answered every pending command with NULL, and frees ac next */
+    snprintf(why, sizeof why, "disconnected: %s",
+             status == REDIS_OK ? "closed" : ac->errstr[0] ? ac->errstr : "error");
+    r->ac = NULL;
+    store_redis_abandon_inflight(r, why);
+    store_redis_backoff(r, why);
+}
+
+/* Parses the script's reply into o: 0, or -1 when it has the wrong shape. */
+static int store_redis_parse_outcome(const redisReply *rep, size_t n, struct limit_outcome *o) {
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4 + 2 * n) return -1;
+    for (size_t i = 0; i < rep->elements; i++)
+        if (rep->element[i]->type != REDIS_REPLY_INTEGER) return -1;
+    memset(o, 0, sizeof *o);
+    o->allowed = rep->element[0]->integer == 1;
+    o->denied = (int)rep->element[1]->integer;
+    o->shadow_denied = (int)rep->element[2]->integer;
+    if (o->denied < -1 || o->denied >= (int)n || o->shadow_denied < -1 ||
+        o->shadow_denied >= (int)n || rep->element[3]->integer < 0)
+        return -1;
+    o->retry_after_us = (uint64_t)rep->element[3]->integer;
+    for (size_t i = 0; i < n; i++) {
+        long long rem = rep->element[4 + 2 * i]->integer, reset = rep->element[5 + 2 * i]->integer;
+        o->remaining[i] = rem > 0 ? (uint64_t)rem : 0;
+        o->reset_us[i] = reset > 0 ? (uint64_t)reset : 0;
+    }
+    return 0;
+}
+
+static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis_cmd *c,
+                                       redisReply *rep) {
+    struct limit_outcome o;
+    char err[200];
+    r->consecutive_timeouts = 0;
+    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
+        !c->noscript_retried) {
+        /* the script cache was flushed (restart, SCRIPT FLUSH, failover): load and retry once;
+         * both go down the same connection, so the retry runs after the load */
+        c->noscript_retried = 1;
+        store_count(r->owner, STORE_NOSCRIPT_RELOADS);
+        log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
+                 r->opt->port);
+        if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD) == 0 &&
+            store_redis_send(r, c) == 0)
+            return;
+        store_redis_answer(r, c, "redis script could not be reloaded", NULL);
+        store_redis_cmd_free(c);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(err, sizeof err, "redis error: %s", rep->str);
+        store_redis_answer(r, c, err, NULL);
+    } else if (store_redis_parse_outcome(rep, c->n, &o) != 0) {
+        store_redis_answer(r, c, "redis replied to the limit script in an unexpected shape", NULL);
+    } else {
+        store_redis_answer(r, c, NULL, &o);
+    }
+    store_redis_cmd_free(c);
+}
+
+static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct store_redis_cmd *c = privdata;
+    struct store_redis *r = c->r;
+    redisReply *rep = reply;
+    char why[200];
+    if (c->where == STORE_REDIS_ABANDONED || !r) {
+        store_redis_cmd_free(c);
+        return;
+    }
+    store_redis_list_remove(&r->inflight, c);
+    c->where = STORE_REDIS_QUEUED; /* on no list for now */
+    if (!rep) {
+        /* the connection is going; the disconnect callback follows */
+        snprintf(why, sizeof why, "redis connection lost: %s",
+                 ac->errstr[0] ? ac->errstr : "closed");
+        if (c->kind == STORE_REDIS_CMD_LIMIT) store_redis_answer(r, c, why, NULL);
+        store_redis_cmd_free(c);
+        return;
+    }
+    switch (c->kind) {
+    case STORE_REDIS_CMD_LIMIT:
+        store_redis_on_limit_reply(r, c, rep);
+        return;
+    case STORE_REDIS_CMD_AUTH:
+    case STORE_REDIS_CMD_SELECT:
+        store_redis_cmd_free(c);
+        if (rep->type == REDIS_REPLY_ERROR) {
+            snprintf(why, sizeof why, "%s refused: %s",
+                     r->state == STORE_REDIS_AUTHENTICATING ? "AUTH" : "SELECT", rep->str);
+            store_redis_drop(r, why);
+            return;
+        }
+        store_redis_handshake_next(r);
+        return;
+    case STORE_REDIS_CMD_LOAD:
+    case STORE_REDIS_CMD_RELOAD:
+        {
+            enum store_redis_cmd_kind kind = c->kind;
+            store_redis_cmd_free(c);
+            if (rep->type != REDIS_REPLY_STRING || rep->len != STORE_REDIS_SHA_LEN) {
+                snprintf(why, sizeof why, "SCRIPT LOAD failed: %s",
+                         rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+                store_redis_drop(r, why);
+                return;
+            }
+            memcpy(r->sha, rep->str, STORE_REDIS_SHA_LEN);
+            r->sha[STORE_REDIS_SHA_LEN] = 0;
+            if (kind == STORE_REDIS_CMD_LOAD) store_redis_handshake_next(r);
+        }
+        return;
+    }
+}
+
+/* Hands c to hiredis: 0, or -1 (nothing was handed over; c is the caller's again). */
+static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
+    const char *argv[3 + 4 * LIMIT_MAX_BUCKETS];
+    size_t argvlen[3 + 4 * LIMIT_MAX_BUCKETS];
+    char nums[1 + 2 * LIMIT_MAX_BUCKETS][24];
+    char dbuf[16];
+    int argc = 0;
+    if (!r->ac) return -1;
+    switch (c->kind) {
+    case STORE_REDIS_CMD_AUTH:
+        argv[argc++] = "AUTH";
+        argv[argc++] = r->opt->password;
+        break;
+    case STORE_REDIS_CMD_SELECT:
+        snprintf(dbuf, sizeof dbuf, "%u", r->opt->db);
+        argv[argc++] = "SELECT";
+        argv[argc++] = dbuf;
+        break;
+    case STORE_REDIS_CMD_LOAD:
+    case STORE_REDIS_CMD_RELOAD:
+        argv[argc++] = "SCRIPT";
+        argv[argc++] = "LOAD";
+        argv[argc++] = STORE_LUA_LIMIT;
+        break;
+    case STORE_REDIS_CMD_LIMIT:
+        snprintf(nums[0], sizeof nums[0], "%zu", c->n);
+        argv[argc++] = "EVALSHA";
+        argv[argc++] = r->sha;
+        argv[argc++] = nums[0];
+        for (size_t i = 0; i < c->n; i++) argv[argc++] = c->keys[i];
+        for (size_t i = 0; i < c->n; i++) {
+            snprintf(nums[1 + 2 * i], sizeof nums[0], "%llu", (unsigned long long)c->emission_us[i]);
+            snprintf(nums[2 + 2 * i], sizeof nums[0], "%llu",
+                     (unsigned long long)c->tolerance_us[i]);
+            argv[argc++] = nums[1 + 2 * i];
+            argv[argc++] = nums[2 + 2 * i];
+            argv[argc++] = c->shadow[i] ? "1" : "0";
+        }
+        break;
+    }
+    for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(r->ac, store_redis_on_reply, c, argc, argv, argvlen) != REDIS_OK)
+        return -1;
+    if (c->kind == STORE_REDIS_CMD_LIMIT) store_count(r->owner, STORE_COMMANDS);
+    c->where = STORE_REDIS_INFLIGHT;
+    store_redis_list_push(&r->inflight, c);
+    return 0;
+}
+
+static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg) {
+    struct store_redis_cmd *c = arg;
+    struct store_redis *r = c->r;
+    char err[200];
+    if (c->where == STORE_REDIS_QUEUED) {
+        snprintf(err, sizeof err, "redis timed out after %u ms waiting for a connection%s%s%s",
+                 r->opt->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
+                 r->last_err[0] ? ")" : "");
+        store_redis_list_remove(&r->queue, c);
+        store_redis_answer(r, c, err, NULL);
+        store_redis_cmd_free(c);
+        return;
+    }
+    /* sent: answer now, let hiredis hand the late reply (or NULL) to a command marked abandoned */
+    snprintf(err, sizeof err, "redis timed out after %u ms", r->opt->timeout_ms);
+    store_redis_list_remove(&r->inflight, c);
+    store_redis_answer(r, c, err, NULL);
+    c->where = STORE_REDIS_ABANDONED;
+    c->r = NULL;
+    if (++r->consecutive_timeouts >= STORE_REDIS_TIMEOUTS_DROP && r->ac) {
+        snprintf(err, sizeof err, "%u commands in a row timed out", r->consecutive_timeouts);
+        store_redis_drop(r, err);
+    }
+}
+
+static void store_redis_on_backoff(evutil_socket_t fd, short what, void *arg) {
+    struct store_redis *r = arg;
+    store_count(r->owner, STORE_RECONNECTS);
+    store_redis_connect(r);
+}
+
+static void store_redis_on_handshake_timeout(evutil_socket_t fd, short what, void *arg) {
+    struct store_redis *r = arg;
+    char why[96];
+    snprintf(why, sizeof why, "no answer while %s", store_redis_state_names[r->state]);
+    store_redis_drop(r, why);
+}
+
+static void store_redis_connect(struct store_redis *r) {
+    redisAsyncContext *ac;
+    unsigned hs_ms = r->opt->timeout_ms * 2 < 1000 ? 1000 : r->opt->timeout_ms * 2;
+    struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
+    char why[160];
+    store_redis_set_state(r, STORE_REDIS_CONNECTING);
+    ac = redisAsyncConnect(r->opt->host, r->opt->port);
+    if (!ac) {
+        store_redis_backoff(r, "connect failed: out of memory");
+        return;
+    }
+    if (ac->err) {
+        snprintf(why, sizeof why, "connect failed: %s", ac->errstr);
+        redisAsyncFree(ac);
+        store_redis_backoff(r, why);
+        return;
+    }
+    if (redisLibeventAttach(ac, r->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        store_redis_backoff(r, "connect failed: could not attach to the event loop");
+        return;
+    }
+    ac->data = r;
+    redisAsyncSetConnectCallback(ac, store_redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, store_redis_on_disconnect);
+    r->ac = ac;
+    event_add(r->handshake_timer, &tv);
+}
+
+struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+                                    struct event_base *base, char *err, size_t errlen) {
+    struct store_redis *r = calloc(1, sizeof *r);
+    if (!r) goto oom;
+    r->owner = owner;
+    r->base = base;
+    r->opt = opt;
+    r->state = STORE_REDIS_DISCONNECTED;
+    r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    r->rng = clock_mono_us() ^ (uint64_t)(uintptr_t)r ^ 0x9e3779b97f4a7c15ULL;
+    if (!r->rng) r->rng = 1;
+    if (!(r->backoff_timer = event_new(base, -1, 0, store_redis_on_backoff, r))) goto oom;
+    if (!(r->handshake_timer = event_new(base, -1, 0, store_redis_on_handshake_timeout, r)))
+        goto oom;
+    /* a failure to connect now is not an error: commands wait, and the backoff retries */
+    store_redis_connect(r);
+    return r;
+oom:
+    snprintf(err, errlen, "out of memory");
+    store_redis_free(r);
+    return NULL;
+}
+
+void store_redis_free(struct store_redis *r) {
+    struct store_redis_cmd *c;
+    redisAsyncContext *ac;
+    if (!r) return;
+    while ((c = r->queue.head)) {
+        store_redis_list_remove(&r->queue, c);
+        store_redis_answer(r, c, "store closed", NULL);
+        store_redis_cmd_free(c);
+    }
+    store_redis_abandon_inflight(r, "store closed");
+    if ((ac = r->ac)) {
+        r->ac = NULL;
+        ac->data = NULL;
+        ac->onConnect = NULL;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac); /* answers the abandoned commands with NULL: they free themselves */
+    }
+    if (r->backoff_timer) event_free(r->backoff_timer);
+    if (r->handshake_timer) event_free(r->handshake_timer);
+    free(r);
+}
+
+int store_redis_connected(const struct store_redis *r) {
+    return r->state == STORE_REDIS_READY;
+}
+
+void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
+                       store_limit_fn cb, void *arg) {
+    struct store_redis_cmd *c = NULL;
+    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    uint64_t now;
+    char err[200];
+    if (n == 0 || n > LIMIT_MAX_BUCKETS) {
+        struct limit_outcome o;
+        if (n == 0) {
+            memset(&o, 0, sizeof o);
+            o.allowed = 1;
+            o.denied = o.shadow_denied = -1;
+            store_defer(r->owner, cb, arg, NULL, &o);
+        } else {
+            store_defer(r->owner, cb, arg, "too many buckets for one request", NULL);
+        }
+        return;
+    }
+    /* known down for longer than a command may wait: say so now rather than after timeout_ms */
+    now = clock_mono_us();
+    if (r->state == STORE_REDIS_BACKOFF &&
+        r->backoff_until_us > now + (uint64_t)r->opt->timeout_ms * 1000) {
+        snprintf(err, sizeof err, "redis unavailable (reconnecting in %llu ms): %s",
+                 (unsigned long long)((r->backoff_until_us - now) / 1000), r->last_err);
+        store_defer(r->owner, cb, arg, err, NULL);
+        return;
+    }
+    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+        store_defer(r->owner, cb, arg, "redis queue full: too many commands waiting for a connection",
+                    NULL);
+        return;
+    }
+    if (!(c = calloc(1, sizeof *c))) goto oom;
+    c->r = r;
+    c->kind = STORE_REDIS_CMD_LIMIT;
+    c->cb = cb;
+    c->arg = arg;
+    for (size_t i = 0; i < n; i++) {
+        if (!(c->keys[i] = strdup(b[i].key))) goto oom;
+        c->n = i + 1;
+        c->emission_us[i] = b[i].emission_us ? b[i].emission_us : 1;
+        c->tolerance_us[i] = b[i].tolerance_us;
+        c->shadow[i] = b[i].shadow;
+    }
+    if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto oom;
+    event_add(c->timer, &tv);
+    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    c->where = STORE_REDIS_QUEUED;
+    store_redis_list_push(&r->queue, c);
+    return;
+oom:
+    store_redis_cmd_free(c);
+    store_defer(r->owner, cb, arg, "out of memory", NULL);
+}
