@@ -15,6 +15,9 @@ const REDIS_TIMEOUT_MS = 100;
 const UPSTREAM_TIMEOUT_MS = 1500; // gatewayConfig's upstream.timeout_ms
 // No hanging: a reply within the Redis timeout plus the upstream's, plus slack for a noisy machine.
 const MAX_REPLY_MS = REDIS_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 1000;
+// Enough in flight that the offered load stays far above the rule even if each request waits out
+// the Redis timeout while it is down.
+const OUTAGE_CONCURRENCY = 16;
 const RULE = { name: 'outage', businessId: '*', sceneId: '*', rate: 10, period_s: 1, burst: 5 };
 
 let mock;
@@ -69,7 +72,7 @@ test('on_store_error local: with Redis killed, in-process buckets keep enforcing
   await withOutageSetup('local', async ({ gw, redis, prefix }) => {
     await enforcedThroughRedis(gw, redis, prefix);
     await killRedis(redis);
-    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '2', sceneId: '2' }), concurrency: 4, durationMs: 3000 });
+    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '2', sceneId: '2' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 3000 });
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
     assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
     assert.equal(r.admitted + (r.codes['4400'] || 0), r.replies, `only 0 (admitted) and 4400 (limited) during the outage: ${summary(r)}; samples ${JSON.stringify(r.samples)}`);
@@ -89,7 +92,7 @@ test('on_store_error allow: with Redis killed, every request is admitted', async
   await withOutageSetup('allow', async ({ gw, redis, prefix }) => {
     await enforcedThroughRedis(gw, redis, prefix);
     await killRedis(redis);
-    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '1', sceneId: '1' }), concurrency: 4, durationMs: 2000 });
+    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '1', sceneId: '1' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 2000 });
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
     assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
     assert.equal(r.admitted, r.replies, `all admitted: ${summary(r)}; samples ${JSON.stringify(r.samples)}`);
@@ -103,7 +106,7 @@ test('on_store_error deny: with Redis killed, every request is refused with 6200
     await enforcedThroughRedis(gw, redis, prefix);
     await killRedis(redis);
     await resetMock(mock);
-    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '3', sceneId: '3' }), concurrency: 4, durationMs: 2000 });
+    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '3', sceneId: '3' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 2000 });
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
     assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
     assert.ok(r.replies >= 20, `enough requests: ${summary(r)}`);
