@@ -548,7 +548,7 @@ char *metrics_query_json(const struct metrics_query *q, const struct metrics_bat
     jb.n_steps = (size_t)((q->to - q->from + q->step - 1) / q->step);
     metrics_batch_foreach(b, json_build_cell, &jb);
     if (jb.failed) goto out;
-    qsort(jb.pairs, jb.n_pairs, sizeof(*jb.pairs), pair_cmp);
+    if (jb.n_pairs) qsort(jb.pairs, jb.n_pairs, sizeof(*jb.pairs), pair_cmp);
     if (!(root = json_object())) goto out;
     pairs = json_array();
     if (json_object_set_new(root, "from", json_integer((json_int_t)q->from)) ||

@@ -87,7 +87,8 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
  *     "series":[{"ts", nonzero fields}...]}...],"totals":{every field}}
  * (businessId/sceneId are numbers, or "-" when absent; one series entry per step, ts its start),
  * or 503/500 with {"error": "..."}. reply_base must keep running until done was called, and
- * libevent threading must be enabled. q is copied. */
+ * libevent threading must be enabled. q is copied. Only when not even the reply event can be
+ * allocated is done called (500) before metrics_query returns. */
 void metrics_query(struct metrics *m, const struct metrics_query *q,
                    struct event_base *reply_base,
                    void (*done)(const char *json, int http_status, void *arg), void *arg);

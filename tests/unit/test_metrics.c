@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -236,12 +237,18 @@ static void test_query_parse(void **state) {
     assert_int_equal(metrics_query_parse("from=0&to=86400", &q, err, sizeof(err)), 0);
 }
 
-static json_t *find_pair(json_t *root, json_t *b, json_t *s) {
+/* An id in the reply: a number, or "-" when absent (want -1). */
+static int id_is(json_t *v, long long want) {
+    if (want < 0) return json_is_string(v) && strcmp(json_string_value(v), "-") == 0;
+    return json_is_integer(v) && json_integer_value(v) == want;
+}
+
+/* The pair (b, s) of the reply; -1 stands for "-". Borrowed from root. */
+static json_t *find_pair(json_t *root, long long b, long long s) {
     size_t i;
     json_t *p;
     json_array_foreach(json_object_get(root, "pairs"), i, p) {
-        if (json_equal(json_object_get(p, "businessId"), b) &&
-            json_equal(json_object_get(p, "sceneId"), s))
+        if (id_is(json_object_get(p, "businessId"), b) && id_is(json_object_get(p, "sceneId"), s))
             return p;
     }
     return NULL;
@@ -278,7 +285,7 @@ static void test_query_json(void **state) {
     assert_int_equal(json_array_size(json_object_get(root, "pairs")), 2);
     /* numbers first, "-" last */
     assert_int_equal(jint(json_array_get(json_object_get(root, "pairs"), 0), "businessId"), 1);
-    json_t *p = find_pair(root, json_integer(1), json_integer(2));
+    json_t *p = find_pair(root, 1, 2);
     assert_non_null(p);
     json_t *t = json_object_get(p, "totals");
     assert_int_equal(jint(t, "requests"), 4);
@@ -302,8 +309,7 @@ static void test_query_json(void **state) {
     assert_int_equal(jint(s1, "requests"), 1);
     assert_int_equal(jint(s1, "code:5100"), 1);
     assert_int_equal(jint(s1, "code:0"), -1);
-    json_t *dash = json_string("-");
-    p = find_pair(root, dash, dash);
+    p = find_pair(root, -1, -1);
     assert_non_null(p);
     assert_int_equal(jint(json_object_get(p, "totals"), "invalid"), 1);
     t = json_object_get(root, "totals");
@@ -318,8 +324,8 @@ static void test_query_json(void **state) {
     text = metrics_query_json(&q, b);
     root = json_loads(text, 0, NULL);
     assert_int_equal(json_array_size(json_object_get(root, "pairs")), 1);
-    assert_non_null(find_pair(root, dash, dash));
-    assert_int_equal(json_array_size(json_object_get(find_pair(root, dash, dash), "series")), 10);
+    assert_non_null(find_pair(root, -1, -1));
+    assert_int_equal(json_array_size(json_object_get(find_pair(root, -1, -1), "series")), 10);
     json_decref(root);
     free(text);
     assert_int_equal(metrics_query_parse("businessId=1&sceneId=3&from=6000&to=6600", &q, err,
@@ -329,7 +335,6 @@ static void test_query_json(void **state) {
     assert_int_equal(json_array_size(json_object_get(root, "pairs")), 0);
     assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 0);
     json_decref(root);
-    json_decref(dash);
     free(text);
     metrics_batch_free(b);
 }
@@ -399,7 +404,7 @@ static void test_memory_mode(void **state) {
     json_t *root = run_query(m, qs, &status);
     assert_int_equal(status, 200);
     assert_non_null(root);
-    json_t *p = find_pair(root, json_integer(5), json_integer(6));
+    json_t *p = find_pair(root, 5, 6);
     assert_non_null(p);
     json_t *t = json_object_get(p, "totals");
     assert_int_equal(jint(t, "requests"), 51);
@@ -426,6 +431,53 @@ static void test_memory_mode(void **state) {
     assert_int_equal(st.flush_errors, 0);
     assert_int_equal(st.pending_keys, 0);
     assert_int_equal(st.dropped_requests, 1);
+    metrics_free(m);
+}
+
+/* Workers record while the flush thread keeps taking their batches: nothing is lost or counted
+ * twice. */
+struct worker_arg {
+    struct metrics *m;
+    unsigned id;
+    uint64_t ts;
+};
+
+static void *worker_main(void *arg) {
+    struct worker_arg *w = arg;
+    for (int i = 0; i < 20000; i++) {
+        struct pipeline_record r = rec(w->ts, 1, 77, 1, (uint32_t)(i % 7), PIPELINE_FORWARDED,
+                                       0, 10);
+        metrics_record(w->m, w->id, &r);
+    }
+    return NULL;
+}
+
+static void test_concurrent_handover(void **state) {
+    struct config cfg;
+    char err[256], qs[128];
+    int status;
+    pthread_t t[2];
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.metrics.flush_ms = 1;
+    cfg.metrics.retention_s = 3600;
+    struct metrics *m = metrics_new(&cfg, 2, err, sizeof(err));
+    assert_non_null(m);
+    uint64_t now = clock_wall_us() / 1000000u;
+    struct worker_arg wa[2] = {{m, 0, now - 120}, {m, 1, now - 120}};
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, worker_main, &wa[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+    metrics_flush(m);
+    snprintf(qs, sizeof(qs), "businessId=77&from=%llu&to=%llu", (unsigned long long)(now - 600),
+             (unsigned long long)now + 60);
+    json_t *root = run_query(m, qs, &status);
+    assert_int_equal(status, 200);
+    assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 40000);
+    assert_int_equal(json_array_size(json_object_get(root, "pairs")), 7);
+    json_decref(root);
+    struct metrics_stats st;
+    metrics_get_stats(m, &st);
+    assert_true(st.flushes >= 1);
+    assert_int_equal(st.dropped_requests, 0);
     metrics_free(m);
 }
 
@@ -552,8 +604,7 @@ static void test_redis_mode(void **state) {
              (unsigned long long)m1 + 60);
     json_t *root = run_query(m, qs, &status);
     assert_int_equal(status, 200);
-    json_t *dash = json_string("-");
-    json_t *p = find_pair(root, json_integer(11), dash);
+    json_t *p = find_pair(root, 11, -1);
     assert_non_null(p);
     assert_int_equal(jint(json_object_get(p, "totals"), "requests"), 30);
     assert_int_equal(jint(json_object_get(p, "totals"), "upstream_error"), 10);
@@ -604,7 +655,6 @@ static void test_redis_mode(void **state) {
     c = redis_client();
     assert_int_equal(redis_int(c, "HGET %s requests", key), 6);
     redisFree(c);
-    json_decref(dash);
     redis_stop();
 }
 
@@ -623,6 +673,7 @@ int main(void) {
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_query_json),
         cmocka_unit_test(test_memory_mode),
+        cmocka_unit_test(test_concurrent_handover),
         cmocka_unit_test_teardown(test_redis_mode, teardown_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
