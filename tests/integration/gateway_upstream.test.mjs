@@ -59,30 +59,39 @@ for (const network of ['stall', 'reset', 'close', 'malformed_json', 'http_500'])
   });
 }
 
-test('breaker opens after breaker_failures, answers 6200 at once without reaching upstream, closes after breaker_open_ms', async () => {
+/**
+ * Opens the breaker with breaker_failures failing calls (http_500), checks it answers 6200 at once
+ * without reaching upstream (a stall fault would hold any forwarded call for the whole timeout),
+ * that the breaker gauge says open, and that it closes after breaker_open_ms once the fault is gone.
+ */
+async function breakerScenario(workers) {
   const OPEN_MS = 1500;
-  const gw = await gateway({ upstream: { timeout_ms: 700, breaker_failures: 3, breaker_open_ms: OPEN_MS } });
+  const FAILURES = 3;
+  const gw = await gateway({ workers, upstream: { timeout_ms: 700, breaker_failures: FAILURES, breaker_open_ms: OPEN_MS } });
   const warm = await gwCall(gw, {});
   assert.equal(assertApiReply(warm).code, 0, warm.body);
   await resetMock(mock);
 
   await addFault(mock, { action: 'CaptchaIframeQuery', network: 'http_500' });
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < FAILURES; i++) {
     const r = await gwCall(gw, {});
     assert.equal(assertApiReply(r, `failure ${i}`).code, 6200, r.body);
   }
   const openedAt = Date.now();
-  assert.equal((await journal(mock)).length, 3, 'the three failures reached upstream');
+  assert.equal((await journal(mock)).length, FAILURES, 'the failures reached upstream');
 
-  // Were a request forwarded now, it would stall for the whole timeout.
   await clearFaults();
   await addFault(mock, { action: 'CaptchaIframeQuery', network: 'stall' });
-  for (let i = 0; i < 3; i++) {
+  for (let i = 0; i < 4; i++) {
     const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig });
     assert.equal(assertApiReply(r, `open ${i}`).code, 6200, r.body);
-    assert.ok(r.ms < 350, `an open breaker should answer at once, took ${r.ms} ms (timeout_ms 700)`);
+    assert.ok(r.ms < 350, `after ${FAILURES} consecutive failures (workers ${workers}) the breaker should answer at once; `
+      + `request ${i} took ${r.ms} ms (timeout_ms 700): it was forwarded`);
   }
-  assert.equal((await journal(mock)).length, 3, 'nothing reached upstream while the breaker was open');
+  assert.equal((await journal(mock)).length, FAILURES, 'nothing reached upstream while the breaker was open');
+  const m = await gw.metrics();
+  const gauges = m.samples.filter((s) => s.name === 'capgate_upstream_breaker_state');
+  assert.ok(gauges.length > 0 && gauges.every((s) => s.value === 1), `breaker gauge while open:\n${m.text}`);
 
   await clearFaults();
   let firstOk;
@@ -101,8 +110,18 @@ test('breaker opens after breaker_failures, answers 6200 at once without reachin
     assert.equal(assertApiReply(r, `closed ${i}`).code, 0, r.body);
   }
   const entries = await journal(mock);
-  assert.ok(entries.slice(3).every((e) => e.code === 0 && e.secret_id === MOCK_SECRET_ID), JSON.stringify(entries.slice(3)));
-  assert.equal(entries.length, 3 + 4, 'after closing: the probe and three requests reached upstream');
+  assert.ok(entries.slice(FAILURES).every((e) => e.code === 0 && e.secret_id === MOCK_SECRET_ID), JSON.stringify(entries.slice(FAILURES)));
+  assert.ok(entries.length >= FAILURES + 4, 'after closing: the probes and three requests reached upstream');
+}
+
+test('breaker (workers 1): opens after breaker_failures, answers 6200 at once without reaching upstream, closes after breaker_open_ms', async () => {
+  await breakerScenario(1);
+});
+
+// docs/configuration.md: "consecutive failures that open the circuit breaker" — failures of the
+// instance, whichever worker forwarded them.
+test('breaker (workers 2): breaker_failures consecutive failures of the instance open it', async () => {
+  await breakerScenario(2);
 });
 
 test('an upstream certificate from an unrelated CA → 6200 naming certificate verification; nothing sent', async () => {
