@@ -2,18 +2,19 @@
  * split into stripes, each a chained hash table under its own mutex; a request locks the stripes
  * its buckets fall in, in ascending order (so two requests never wait on each other in a cycle),
  * decides with limit_decide and writes only when the whole request is admitted. Buckets whose TAT
- * is in the past by more than their tolerance are dropped a few chains at a time as stripes are
- * touched, and whole stripes are swept when they grow. */
+ * is in the past by more than their tolerance are dropped a few chains per request, round-robin
+ * over the table, and whole stripes are swept before they grow. */
 #include "store.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/rand.h>
 
 #define STORE_MEMORY_STRIPES 64      /* power of two */
 #define STORE_MEMORY_MIN_CHAINS 16   /* per stripe, power of two */
-#define STORE_MEMORY_SWEEP_STEP 2    /* chains checked for expired buckets per request */
+#define STORE_MEMORY_SWEEP_STEP 4    /* chains checked for expired buckets per request */
 
 struct store_memory_entry {
     struct store_memory_entry *next;
@@ -34,6 +35,7 @@ struct store_memory_stripe {
 struct store_memory {
     struct store_memory_stripe stripes[STORE_MEMORY_STRIPES];
     uint64_t seed;
+    atomic_uint sweep_stripe;            /* the stripe the next request sweeps */
 };
 
 static uint64_t store_memory_hash(const struct store_memory *m, const char *key) {
@@ -157,7 +159,8 @@ static void store_memory_put(struct store_memory_stripe *st, uint64_t hash, cons
 
 void store_memory_check(struct store_memory *m, const struct limit_bucket *b, size_t n,
                         uint64_t now_us, struct limit_outcome *o) {
-    uint64_t hash[LIMIT_MAX_BUCKETS], tat[LIMIT_MAX_BUCKETS] = {0}, new_tat[LIMIT_MAX_BUCKETS] = {0};
+    uint64_t hash[LIMIT_MAX_BUCKETS], tat[LIMIT_MAX_BUCKETS] = {0};
+    uint64_t new_tat[LIMIT_MAX_BUCKETS] = {0};
     unsigned order[LIMIT_MAX_BUCKETS];
     size_t n_stripes = 0;
     if (n > LIMIT_MAX_BUCKETS) n = LIMIT_MAX_BUCKETS;
@@ -186,14 +189,20 @@ void store_memory_check(struct store_memory *m, const struct limit_bucket *b, si
         struct store_memory_stripe *st = &m->stripes[store_memory_stripe_of(hash[i])];
         if (new_tat[i]) store_memory_put(st, hash[i], b[i].key, new_tat[i], b[i].tolerance_us, now_us);
     }
-    for (size_t j = 0; j < n_stripes; j++) {
-        struct store_memory_stripe *st = &m->stripes[order[j]];
-        for (unsigned k = 0; k < STORE_MEMORY_SWEEP_STEP; k++) {
+    for (size_t j = n_stripes; j-- > 0;) pthread_mutex_unlock(&m->stripes[order[j]].lock);
+
+    /* expiry: a few chains of one stripe per request, round-robin over the whole table, under
+     * that stripe's lock alone (nothing else is held, so the lock order cannot be broken) */
+    {
+        unsigned k = atomic_fetch_add_explicit(&m->sweep_stripe, 1, memory_order_relaxed);
+        struct store_memory_stripe *st = &m->stripes[k & (STORE_MEMORY_STRIPES - 1)];
+        pthread_mutex_lock(&st->lock);
+        for (unsigned step = 0; step < STORE_MEMORY_SWEEP_STEP; step++) {
             store_memory_sweep_chain(st, st->sweep, now_us);
             st->sweep = (st->sweep + 1) & (st->n_chains - 1);
         }
+        pthread_mutex_unlock(&st->lock);
     }
-    for (size_t j = n_stripes; j-- > 0;) pthread_mutex_unlock(&m->stripes[order[j]].lock);
 }
 
 size_t store_memory_count(struct store_memory *m) {

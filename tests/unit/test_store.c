@@ -1,0 +1,565 @@
+/* test_store.c: one contract suite for both stores, driven on a real event_base: burst, refusal
+ * and refill; all-or-none over a request's buckets; shadow buckets; independent keys; callbacks
+ * never inside store_limit. It runs against the memory store and against a redis-server this test
+ * starts on a free loopback port; Redis alone adds AUTH and a db number from the config, NOSCRIPT
+ * recovery, a stopped server (timeout) and a restarted one (reconnect). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <cmocka.h>
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+
+#include "capgate/clock.h"
+#include "capgate/log.h"
+#include "config.h"
+#include "store.h"
+
+#define TIMEOUT_MS 100
+#define SLACK_MS 150
+
+/* ---- a redis-server of our own ---- */
+
+struct redis_proc {
+    pid_t pid;
+    int port;
+    const char *password;
+};
+
+static struct redis_proc main_redis = {-1, 0, NULL};
+
+static int free_port(void) {
+    struct sockaddr_in a;
+    socklen_t len = sizeof a;
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
+    if (fd < 0) return -1;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static redisContext *redis_sync(const struct redis_proc *rp) {
+    struct timeval tv = {0, 200000};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", rp->port, tv);
+    redisReply *rep;
+    if (!c || c->err) {
+        if (c) redisFree(c);
+        return NULL;
+    }
+    if (rp->password) {
+        rep = redisCommand(c, "AUTH %s", rp->password);
+        if (rep) freeReplyObject(rep);
+    }
+    return c;
+}
+
+/* Starts redis-server on rp->port and waits (bounded) until it answers PING. 0 or -1. */
+static int redis_start(struct redis_proc *rp) {
+    char port[16];
+    snprintf(port, sizeof port, "%d", rp->port);
+    rp->pid = fork();
+    if (rp->pid < 0) return -1;
+    if (rp->pid == 0) {
+        const char *argv[16];
+        int argc = 0;
+        FILE *devnull = freopen("/dev/null", "w", stdout);
+        (void)devnull;
+        argv[argc++] = "redis-server";
+        argv[argc++] = "--port";
+        argv[argc++] = port;
+        argv[argc++] = "--bind";
+        argv[argc++] = "127.0.0.1";
+        argv[argc++] = "--save";
+        argv[argc++] = "";
+        argv[argc++] = "--appendonly";
+        argv[argc++] = "no";
+        argv[argc++] = "--dir";
+        argv[argc++] = "/tmp";
+        if (rp->password) {
+            argv[argc++] = "--requirepass";
+            argv[argc++] = rp->password;
+        }
+        argv[argc] = NULL;
+        execvp("redis-server", (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 250; i++) {
+        int status;
+        redisContext *c;
+        if (waitpid(rp->pid, &status, WNOHANG) == rp->pid) {
+            rp->pid = -1;
+            if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+                fprintf(stderr, "redis-server is not installed (not on PATH): the store tests "
+                                "need it (Debian: apt-get install redis-server)\n");
+            else
+                fprintf(stderr, "redis-server exited at start (port %d)\n", rp->port);
+            return -1;
+        }
+        if ((c = redis_sync(rp))) {
+            redisReply *rep = redisCommand(c, "PING");
+            int ok = rep && rep->type == REDIS_REPLY_STATUS;
+            if (rep) freeReplyObject(rep);
+            redisFree(c);
+            if (ok) return 0;
+        }
+        usleep(20000);
+    }
+    fprintf(stderr, "redis-server on port %d did not answer PING within 5 s\n", rp->port);
+    return -1;
+}
+
+static void redis_stop(struct redis_proc *rp) {
+    if (rp->pid <= 0) return;
+    kill(rp->pid, SIGCONT);
+    kill(rp->pid, SIGKILL);
+    waitpid(rp->pid, NULL, 0);
+    rp->pid = -1;
+}
+
+static long long redis_int(const struct redis_proc *rp, unsigned db, const char *cmd,
+                           const char *key) {
+    redisContext *c = redis_sync(rp);
+    redisReply *rep;
+    long long v = -1;
+    if (!c) return -1;
+    rep = redisCommand(c, "SELECT %u", db);
+    if (rep) freeReplyObject(rep);
+    rep = key ? redisCommand(c, "%s %s", cmd, key) : redisCommand(c, "%s", cmd);
+    if (rep && rep->type == REDIS_REPLY_INTEGER) v = rep->integer;
+    else if (rep && rep->type == REDIS_REPLY_STATUS) v = 0;
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    return v;
+}
+
+/* ---- driving a store ---- */
+
+struct fixture {
+    struct event_base *base;
+    struct config cfg;
+    struct config_redis redis;
+    struct store_shared *sh;
+    struct store *store;
+    int is_redis;
+    struct redis_proc *rp;
+};
+
+struct call {
+    int fired, returned, fired_inside;
+    int failed;
+    char err[256];
+    struct limit_outcome o;
+    uint64_t elapsed_us;
+};
+
+static void on_limit(const char *err, const struct limit_outcome *o, void *arg) {
+    struct call *c = arg;
+    c->fired++;
+    if (!c->returned) c->fired_inside = 1;
+    if (err) {
+        c->failed = 1;
+        snprintf(c->err, sizeof c->err, "%s", err);
+        assert_null(o);
+    } else {
+        assert_non_null(o);
+        c->o = *o;
+    }
+}
+
+static void run_loop_ms(struct fixture *f, unsigned ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_base_loopexit(f->base, &tv);
+    event_base_dispatch(f->base);
+}
+
+static void guard_cb(evutil_socket_t fd, short what, void *arg) {
+}
+
+/* One store_limit (or store_limit_local) call, run to its callback (bounded at 5 s). */
+static void call(struct fixture *f, int local, const struct limit_bucket *b, size_t n,
+                 struct call *c) {
+    uint64_t t0 = clock_mono_us();
+    struct timeval tick = {0, 10000};
+    struct event *guard = event_new(f->base, -1, EV_PERSIST, guard_cb, NULL);
+    memset(c, 0, sizeof *c);
+    event_add(guard, &tick);
+    if (local) store_limit_local(f->store, b, n, on_limit, c);
+    else store_limit(f->store, b, n, on_limit, c);
+    c->returned = 1;
+    assert_int_equal(c->fired, 0);
+    while (!c->fired && clock_mono_us() - t0 < 5000000) event_base_loop(f->base, EVLOOP_ONCE);
+    c->elapsed_us = clock_mono_us() - t0;
+    event_free(guard);
+    assert_int_equal(c->fired, 1);
+    assert_int_equal(c->fired_inside, 0);
+}
+
+static void call_ok(struct fixture *f, const struct limit_bucket *b, size_t n, struct call *c) {
+    call(f, 0, b, n, c);
+    if (c->failed) fail_msg("store_limit failed: %s", c->err);
+}
+
+static unsigned key_serial;
+
+static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_us,
+                   unsigned burst, int shadow) {
+    memset(b, 0, sizeof *b);
+    snprintf(b->key, sizeof b->key, "capgate-test:%d:%u:rl:%s", (int)getpid(), key_serial, name);
+    b->emission_us = emission_us;
+    b->tolerance_us = emission_us * burst;
+    b->shadow = shadow;
+}
+
+static struct fixture *fixture_new(struct redis_proc *rp, unsigned db, const char *password) {
+    struct fixture *f = calloc(1, sizeof *f);
+    char err[256] = "";
+    assert_non_null(f);
+    assert_non_null(f->base = event_base_new());
+    if (rp) {
+        f->is_redis = 1;
+        f->rp = rp;
+        f->redis.host = "127.0.0.1";
+        f->redis.port = rp->port;
+        f->redis.db = db;
+        f->redis.password = (char *)password;
+        f->redis.timeout_ms = TIMEOUT_MS;
+        f->redis.key_prefix = "capgate:";
+        f->cfg.redis = &f->redis;
+    }
+    f->sh = store_shared_new(&f->cfg, err, sizeof err);
+    if (!f->sh) fail_msg("store_shared_new: %s", err);
+    assert_string_equal(store_shared_kind(f->sh), rp ? "redis" : "memory");
+    f->store = store_new(f->sh, f->base, err, sizeof err);
+    if (!f->store) fail_msg("store_new: %s", err);
+    key_serial++;
+    return f;
+}
+
+static void fixture_free(struct fixture *f) {
+    store_free(f->store);
+    store_shared_free(f->sh);
+    event_base_free(f->base);
+    free(f);
+}
+
+/* ---- the contract, for both stores ---- */
+
+static void contract_burst_refusal_refill(struct fixture *f) {
+    struct limit_bucket b;
+    struct call c;
+    bucket(&b, "burst", 200000, 3, 0);
+    for (uint64_t i = 0; i < 3; i++) {
+        call_ok(f, &b, 1, &c);
+        assert_int_equal(c.o.allowed, 1);
+        assert_int_equal(c.o.denied, -1);
+        assert_int_equal(c.o.remaining[0], 2 - i);
+        assert_int_equal(c.o.retry_after_us, 0);
+        assert_true(c.o.reset_us[0] > 0 && c.o.reset_us[0] <= 600000);
+    }
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 0);
+    assert_int_equal(c.o.denied, 0);
+    assert_int_equal(c.o.remaining[0], 0);
+    /* one emission interval at most, less the time the calls took */
+    assert_true(c.o.retry_after_us > 100000 && c.o.retry_after_us <= 200000);
+    run_loop_ms(f, (unsigned)(c.o.retry_after_us / 1000) + 20);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.remaining[0], 0);
+}
+
+static void contract_all_or_none(struct fixture *f) {
+    struct limit_bucket b[2];
+    struct call c;
+    bucket(&b[0], "wide", 1000000, 5, 0);
+    bucket(&b[1], "narrow", 1000000, 1, 0);
+    call_ok(f, b, 2, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.remaining[0], 4);
+    assert_int_equal(c.o.remaining[1], 0);
+    /* narrow refuses: wide reports its 4 tokens untouched */
+    call_ok(f, b, 2, &c);
+    assert_int_equal(c.o.allowed, 0);
+    assert_int_equal(c.o.denied, 1);
+    assert_int_equal(c.o.remaining[0], 4);
+    assert_int_equal(c.o.remaining[1], 0);
+    assert_true(c.o.retry_after_us > 900000 && c.o.retry_after_us <= 1000000);
+    call_ok(f, b, 2, &c);
+    assert_int_equal(c.o.allowed, 0);
+    /* and wide alone still has them: the refusals took nothing */
+    call_ok(f, b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.remaining[0], 3);
+}
+
+static void contract_shadow(struct fixture *f) {
+    struct limit_bucket b[2];
+    struct call c;
+    bucket(&b[0], "shadow", 1000000, 1, 1);
+    bucket(&b[1], "enforced", 1000000, 10, 0);
+    call_ok(f, b, 2, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.shadow_denied, -1);
+    for (int i = 0; i < 3; i++) {
+        call_ok(f, b, 2, &c);
+        assert_int_equal(c.o.allowed, 1);
+        assert_int_equal(c.o.denied, -1);
+        assert_int_equal(c.o.shadow_denied, 0);
+        assert_int_equal(c.o.remaining[1], 8 - i);
+    }
+}
+
+static void contract_independent_keys(struct fixture *f) {
+    struct limit_bucket a, b;
+    struct call c;
+    bucket(&a, "one", 5000000, 1, 0);
+    bucket(&b, "two", 5000000, 1, 0);
+    call_ok(f, &a, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    call_ok(f, &a, 1, &c);
+    assert_int_equal(c.o.allowed, 0);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+}
+
+static void contract_local(struct fixture *f) {
+    /* the process's own buckets: also async, also all-or-none */
+    struct limit_bucket b;
+    struct call c;
+    bucket(&b, "local", 5000000, 2, 0);
+    call(f, 1, &b, 1, &c);
+    assert_int_equal(c.failed, 0);
+    assert_int_equal(c.o.remaining[0], 1);
+    call(f, 1, &b, 1, &c);
+    call(f, 1, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 0);
+}
+
+static void run_contract(struct fixture *f) {
+    struct store_stats st;
+    contract_burst_refusal_refill(f);
+    contract_all_or_none(f);
+    contract_shadow(f);
+    contract_independent_keys(f);
+    contract_local(f);
+    assert_int_equal(store_connected(f->store), 1);
+    store_get_stats(f->store, &st);
+    /* 16 store_limit calls; the memory store also counts the 3 local ones */
+    assert_int_equal(st.commands, f->is_redis ? 16 : 19);
+    assert_int_equal(st.errors, 0);
+    assert_int_equal(st.timeouts, 0);
+}
+
+static void test_memory_contract(void **state) {
+    struct fixture *f = fixture_new(NULL, 0, NULL);
+    run_contract(f);
+    fixture_free(f);
+}
+
+static void test_memory_expiry_and_closed(void **state) {
+    struct store_memory *m = store_memory_new();
+    struct limit_bucket b[3];
+    struct limit_outcome o;
+    struct fixture *f;
+    struct call c;
+    assert_non_null(m);
+    bucket(&b[0], "e1", 1000, 2, 0);
+    bucket(&b[1], "e2", 1000, 2, 0);
+    bucket(&b[2], "e3", 50000, 2, 0);
+    store_memory_check(m, b, 3, 1000000, &o);
+    assert_int_equal(o.allowed, 1);
+    assert_int_equal(store_memory_count(m), 3);
+    /* long past TAT + tolerance, touching the table drops what expired */
+    for (int i = 0; i < 400; i++) store_memory_check(m, &b[2], 1, 1000000 + 20000 * (uint64_t)i, &o);
+    assert_int_equal(store_memory_count(m), 1);
+    store_memory_free(m);
+
+    /* a callback still pending when the store goes fires once, with "store closed" */
+    f = fixture_new(NULL, 0, NULL);
+    memset(&c, 0, sizeof c);
+    store_limit(f->store, b, 1, on_limit, &c);
+    c.returned = 1;
+    assert_int_equal(c.fired, 0);
+    store_free(f->store);
+    f->store = NULL;
+    assert_int_equal(c.fired, 1);
+    assert_string_equal(c.err, "store closed");
+    fixture_free(f);
+}
+
+static int redis_group_setup(void **state) {
+    main_redis.port = free_port();
+    if (main_redis.port <= 0 || redis_start(&main_redis) != 0) {
+        fprintf(stderr, "test_store: could not start redis-server; failing the redis cases\n");
+        main_redis.pid = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static int redis_group_teardown(void **state) {
+    redis_stop(&main_redis);
+    return 0;
+}
+
+static void test_redis_contract(void **state) {
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    long long ttl;
+    run_contract(f);
+    /* the bucket lives in Redis with an expiry no longer than its tolerance */
+    bucket(&b, "burst", 200000, 3, 0);
+    ttl = redis_int(&main_redis, 0, "PTTL", b.key);
+    assert_true(ttl > 0 && ttl <= 600);
+    fixture_free(f);
+}
+
+static void test_redis_auth_and_db(void **state) {
+    struct redis_proc rp = {-1, free_port(), "s3cret pass"};
+    struct fixture *f;
+    struct limit_bucket b;
+    struct call c;
+    assert_int_equal(redis_start(&rp), 0);
+    f = fixture_new(&rp, 5, "s3cret pass");
+    bucket(&b, "db5", 1000000, 2, 0);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(redis_int(&rp, 5, "EXISTS", b.key), 1);
+    assert_int_equal(redis_int(&rp, 0, "EXISTS", b.key), 0);
+    fixture_free(f);
+
+    /* a wrong password never admits: the caller hears an error within the timeout */
+    f = fixture_new(&rp, 0, "wrong");
+    call(f, 0, &b, 1, &c);
+    assert_int_equal(c.failed, 1);
+    assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+    assert_int_equal(store_connected(f->store), 0);
+    fixture_free(f);
+    redis_stop(&rp);
+}
+
+static void test_redis_noscript(void **state) {
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    bucket(&b, "noscript", 1000000, 5, 0);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(redis_int(&main_redis, 0, "SCRIPT", "FLUSH"), 0);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.remaining[0], 3);
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.noscript_reloads, 1);
+    assert_int_equal(st.errors, 0);
+    /* loaded again: no further reload */
+    call_ok(f, &b, 1, &c);
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.noscript_reloads, 1);
+    fixture_free(f);
+}
+
+/* Calls until one succeeds, bounded; returns the number of calls that failed first. */
+static int call_until_ok(struct fixture *f, const struct limit_bucket *b, unsigned within_ms) {
+    uint64_t t0 = clock_mono_us();
+    int failures = 0;
+    struct call c;
+    for (;;) {
+        call(f, 0, b, 1, &c);
+        if (!c.failed) return failures;
+        failures++;
+        if (clock_mono_us() - t0 > within_ms * 1000ULL)
+            fail_msg("store still failing after %u ms: %s", within_ms, c.err);
+        run_loop_ms(f, 50);
+    }
+}
+
+static void test_redis_timeout(void **state) {
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    bucket(&b, "stopped", 1000, 1000, 0);
+    call_ok(f, &b, 1, &c);
+    kill(main_redis.pid, SIGSTOP);
+    for (int i = 0; i < 2; i++) {
+        call(f, 0, &b, 1, &c);
+        assert_int_equal(c.failed, 1);
+        assert_string_equal(c.err, "redis timed out after 100 ms");
+        assert_true(c.elapsed_us >= TIMEOUT_MS * 1000 - 5000);
+        assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+    }
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.timeouts, 2);
+    assert_int_equal(st.errors, 2);
+    kill(main_redis.pid, SIGCONT);
+    /* the late replies are dropped; the next calls work */
+    call_until_ok(f, &b, 3000);
+    call_ok(f, &b, 1, &c);
+    assert_int_equal(c.o.allowed, 1);
+    fixture_free(f);
+}
+
+static void test_redis_reconnect(void **state) {
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    bucket(&b, "restart", 1000, 1000, 0);
+    call_ok(f, &b, 1, &c);
+    redis_stop(&main_redis);
+    /* down: an error, never a wait past the timeout; the local buckets still answer */
+    for (int i = 0; i < 3; i++) {
+        call(f, 0, &b, 1, &c);
+        assert_int_equal(c.failed, 1);
+        assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+        run_loop_ms(f, 30);
+    }
+    assert_int_equal(store_connected(f->store), 0);
+    call(f, 1, &b, 1, &c);
+    assert_int_equal(c.failed, 0);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(redis_start(&main_redis), 0);
+    call_until_ok(f, &b, 8000);
+    assert_int_equal(store_connected(f->store), 1);
+    store_get_stats(f->store, &st);
+    assert_true(st.reconnects >= 1);
+    fixture_free(f);
+}
+
+int main(void) {
+    const struct CMUnitTest memory_tests[] = {
+        cmocka_unit_test(test_memory_contract),
+        cmocka_unit_test(test_memory_expiry_and_closed),
+    };
+    const struct CMUnitTest redis_tests[] = {
+        cmocka_unit_test(test_redis_contract),
+        cmocka_unit_test(test_redis_auth_and_db),
+        cmocka_unit_test(test_redis_noscript),
+        cmocka_unit_test(test_redis_timeout),
+        cmocka_unit_test(test_redis_reconnect),
+    };
+    int failed;
+    signal(SIGPIPE, SIG_IGN);
+    log_init("test_store", LOG_LEVEL_ERROR);
+    failed = cmocka_run_group_tests_name("memory", memory_tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("redis", redis_tests, redis_group_setup,
+                                          redis_group_teardown);
+    return failed ? 1 : 0;
+}
