@@ -133,7 +133,9 @@ test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exi
   assert.equal(assertApiReply(r, 'in flight').code, 0, r.body);
   assert.match(r.json.url, /asig=/);
   if (!readyz.error) assert.equal(readyz.status, 503, `/readyz while draining: ${readyz.status} ${readyz.body}`);
-  const exit = await Promise.race([gw.proc.exited, new Promise((res) => setTimeout(() => res('timeout'), 8000))]);
+  let timer;
+  const exit = await Promise.race([gw.proc.exited, new Promise((res) => { timer = setTimeout(() => res('timeout'), 8000); })]);
+  clearTimeout(timer);
   assert.notEqual(exit, 'timeout', 'capgate did not exit within 8 s of SIGTERM');
   assert.deepEqual(exit, { code: 0, signal: null }, `exit status; stderr: ${gw.proc.stderr}`);
   assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
