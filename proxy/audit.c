@@ -1,0 +1,1810 @@
+/* audit.c: the audit trail. Records are built on the worker threads and cross to one sink
+ * thread over per-worker single-producer/single-consumer rings (an overflow list behind each, so
+ * nothing is dropped and a worker never waits). The sink writes them to Redis with pipelined
+ * XADDs, spools them to append-only JSONL segments while Redis is unreachable and replays the
+ * spool, oldest first and idempotently, when it comes back; without Redis it keeps a bounded
+ * memory stream. Queries run on short-lived threads and answer on the caller's event base. */
+#include "audit.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+
+#include "capgate/clock.h"
+#include "capgate/log.h"
+#include "capgate/num.h"
+#include "capgate/params.h"
+#include "capgate/strbuf.h"
+#include "config.h"
+#include "pipeline.h"
+
+/* ======================================================================================== */
+/* Records                                                                                  */
+/* ======================================================================================== */
+
+/* The decision names of DESIGN.md 4.2, indexed by enum pipeline_decision (kept here so the
+ * audit module does not depend on the pipeline's code, only on its header). */
+static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
+    [PIPELINE_FORWARDED] = "forwarded",
+    [PIPELINE_POOL] = "pool",
+    [PIPELINE_REPLAYED] = "replayed",
+    [PIPELINE_LIMITED] = "limited",
+    [PIPELINE_SHADOW_LIMITED] = "shadow_limited",
+    [PIPELINE_INVALID] = "invalid",
+    [PIPELINE_UNAUTHORIZED] = "unauthorized",
+    [PIPELINE_DENIED] = "denied",
+    [PIPELINE_UPSTREAM_ERROR] = "upstream_error",
+};
+
+static const char *decision_name(enum pipeline_decision d) {
+    return (unsigned)d < PIPELINE_DECISION_COUNT ? decision_names[d] : "unknown";
+}
+
+enum field_kind {
+    FK_TS,      /* uint64_t Unix us, written as ISO-8601 UTC with milliseconds */
+    FK_STR,     /* char[], always present */
+    FK_OPTSTR,  /* char[], "" = absent (null in JSON, left out of the stream) */
+    FK_U32OPT,  /* uint32_t with an int has_ flag */
+    FK_INT,     /* int */
+    FK_U64      /* uint64_t */
+};
+
+struct field_desc {
+    const char *name;
+    enum field_kind kind;
+    size_t off;
+    size_t size;
+    size_t has_off;
+};
+
+#define REC_SIZE(m) sizeof(((struct audit_record *)0)->m)
+#define F_TS(n, m) {n, FK_TS, offsetof(struct audit_record, m), 0, 0}
+#define F_STR(n, m) {n, FK_STR, offsetof(struct audit_record, m), REC_SIZE(m), 0}
+#define F_OPT(n, m) {n, FK_OPTSTR, offsetof(struct audit_record, m), REC_SIZE(m), 0}
+#define F_U32(n, m, h) {n, FK_U32OPT, offsetof(struct audit_record, m), 0, \
+                        offsetof(struct audit_record, h)}
+#define F_INT(n, m) {n, FK_INT, offsetof(struct audit_record, m), 0, 0}
+#define F_U64(n, m) {n, FK_U64, offsetof(struct audit_record, m), 0, 0}
+
+/* DESIGN.md 4.2 order. */
+static const struct field_desc record_fields[] = {
+    F_TS("ts", ts_us),
+    F_STR("request_id", request_id),
+    F_STR("instance", instance),
+    F_STR("app", app),
+    F_STR("client_ip", client_ip),
+    F_STR("action", action),
+    F_U32("businessId", business_id, has_business_id),
+    F_U32("sceneId", scene_id, has_scene_id),
+    F_U32("captchaType", captcha_type, has_captcha_type),
+    F_U32("clientType", client_type, has_client_type),
+    F_U32("accountType", account_type, has_account_type),
+    F_STR("decision", decision),
+    F_OPT("rule", rule),
+    F_INT("code", code),
+    F_STR("codeDesc", code_desc),
+    F_INT("upstream_status", upstream_status),
+    F_U64("latency_us", latency_us),
+    F_U64("upstream_latency_us", upstream_latency_us),
+    F_OPT("uid", uid),
+    F_OPT("userIp", user_ip),
+    F_OPT("imei", imei),
+    F_OPT("macAddress", mac_address),
+    F_OPT("associateAccount", associate_account),
+    F_OPT("url_sha256", url_sha256),
+};
+#define N_RECORD_FIELDS (sizeof(record_fields) / sizeof(record_fields[0]))
+_Static_assert(N_RECORD_FIELDS <= AUDIT_FIELDS_MAX, "AUDIT_FIELDS_MAX too small");
+
+/* Copies at most size-1 bytes of src, cut back to a UTF-8 boundary so the copy stays valid. */
+static void copy_utf8(char *dst, size_t size, const char *src, size_t len) {
+    if (len > size - 1)
+        len = size - 1;
+    while (len > 0 && !params_utf8_valid(src, len))
+        len--;
+    memcpy(dst, src, len);
+    dst[len] = '\0';
+}
+
+static void copy_str(char *dst, size_t size, const char *src) {
+    copy_utf8(dst, size, src ? src : "", src ? strlen(src) : 0);
+}
+
+static void hex_encode(const unsigned char *in, size_t n, char *out) {
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+/* A per-user field: absent/empty stays "", raw mode copies, hash mode keeps 32 hex digits of
+ * HMAC-SHA256(pii_key, value). */
+static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct config_audit *cfg) {
+    dst[0] = '\0';
+    if (!value || !*value)
+        return 0;
+    if (cfg->pii_raw) {
+        copy_str(dst, AUDIT_PII_MAX, value);
+        return 0;
+    }
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned md_len = 0;
+    const char *key = cfg->pii_key ? cfg->pii_key : "";
+    if (!HMAC(EVP_sha256(), key, (int)(cfg->pii_key ? cfg->pii_key_len : 0),
+              (const unsigned char *)value, strlen(value), md, &md_len) || md_len < 16)
+        return -1;
+    hex_encode(md, 16, dst);
+    return 0;
+}
+
+int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
+                      const struct params *request_params, const char *reply_url,
+                      const struct config_audit *cfg, const char *instance) {
+    memset(r, 0, sizeof(*r));
+    r->ts_us = pr->ts_us;
+    copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
+    copy_str(r->instance, sizeof(r->instance), instance);
+    copy_str(r->app, sizeof(r->app), pr->app);
+    copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
+    copy_str(r->action, sizeof(r->action), pr->action);
+    r->has_business_id = pr->has_business_id != 0;
+    r->business_id = r->has_business_id ? pr->business_id : 0;
+    r->has_scene_id = pr->has_scene_id != 0;
+    r->scene_id = r->has_scene_id ? pr->scene_id : 0;
+    r->has_captcha_type = pr->has_captcha_type != 0;
+    r->captcha_type = r->has_captcha_type ? pr->captcha_type : 0;
+    r->has_client_type = pr->has_client_type != 0;
+    r->client_type = r->has_client_type ? pr->client_type : 0;
+    r->has_account_type = pr->has_account_type != 0;
+    r->account_type = r->has_account_type ? pr->account_type : 0;
+    copy_str(r->decision, sizeof(r->decision), decision_name(pr->decision));
+    copy_str(r->rule, sizeof(r->rule), pr->rule);
+    r->code = pr->code;
+    copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
+    r->upstream_status = pr->upstream_status;
+    r->latency_us = pr->latency_us;
+    r->upstream_latency_us = pr->upstream_latency_us;
+    if (request_params) {
+        if (pii_field(r->uid, params_get(request_params, "uid"), cfg) != 0 ||
+            pii_field(r->user_ip, params_get(request_params, "userIp"), cfg) != 0 ||
+            pii_field(r->imei, params_get(request_params, "imei"), cfg) != 0 ||
+            pii_field(r->mac_address, params_get(request_params, "macAddress"), cfg) != 0 ||
+            pii_field(r->associate_account, params_get(request_params, "associateAccount"),
+                      cfg) != 0)
+            return -1;
+    }
+    if (reply_url && *reply_url) {
+        unsigned char md[SHA256_DIGEST_LENGTH];
+        SHA256((const unsigned char *)reply_url, strlen(reply_url), md);
+        hex_encode(md, 8, r->url_sha256);
+    }
+    return 0;
+}
+
+static void format_ts(uint64_t ts_us, char out[32]) {
+    time_t s = (time_t)(ts_us / 1000000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ",
+             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
+             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
+             (unsigned)tm.tm_sec % 100u, (unsigned)(ts_us / 1000 % 1000));
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.mmmZ" → Unix us (ms precision). 0/-1. */
+static int parse_ts(const char *s, size_t len, uint64_t *out) {
+    static const struct { size_t at, n; } parts[] = {
+        {0, 4}, {5, 2}, {8, 2}, {11, 2}, {14, 2}, {17, 2}, {20, 3}};
+    uint32_t v[7];
+    if (len != 24 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
+        s[16] != ':' || s[19] != '.' || s[23] != 'Z')
+        return -1;
+    for (size_t i = 0; i < 7; i++)
+        if (num_parse_u32(s + parts[i].at, parts[i].n, &v[i]) != 0)
+            return -1;
+    if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > 31 || v[3] > 23 || v[4] > 59 || v[5] > 60)
+        return -1;
+    struct tm tm = {.tm_year = (int)v[0] - 1900, .tm_mon = (int)v[1] - 1, .tm_mday = (int)v[2],
+                    .tm_hour = (int)v[3], .tm_min = (int)v[4], .tm_sec = (int)v[5]};
+    time_t t = timegm(&tm);
+    if (t < 0)
+        return -1;
+    *out = (uint64_t)t * 1000000 + (uint64_t)v[6] * 1000;
+    return 0;
+}
+
+static json_t *record_to_object(const struct audit_record *r) {
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
+        const struct field_desc *f = &record_fields[i];
+        const char *p = (const char *)r + f->off;
+        json_t *v = NULL;
+        char ts[32];
+        switch (f->kind) {
+        case FK_TS:
+            format_ts(*(const uint64_t *)(const void *)p, ts);
+            v = json_string(ts);
+            break;
+        case FK_STR:
+            v = json_string(p);
+            break;
+        case FK_OPTSTR:
+            v = *p ? json_string(p) : json_null();
+            break;
+        case FK_U32OPT:
+            v = *(const int *)(const void *)((const char *)r + f->has_off)
+                    ? json_integer(*(const uint32_t *)(const void *)p)
+                    : json_null();
+            break;
+        case FK_INT:
+            v = json_integer(*(const int *)(const void *)p);
+            break;
+        case FK_U64:
+            v = json_integer((json_int_t)*(const uint64_t *)(const void *)p);
+            break;
+        }
+        /* json_string refuses invalid UTF-8; every string was copied with copy_utf8. */
+        if (!v || json_object_set_new(o, f->name, v) != 0) {
+            json_decref(o);
+            return NULL;
+        }
+    }
+    return o;
+}
+
+static int append_json(struct strbuf *out, json_t *o) {
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (!text)
+        return -1;
+    int rc = strbuf_appends(out, text);
+    free(text);
+    return rc;
+}
+
+int audit_record_json(const struct audit_record *r, struct strbuf *out) {
+    json_t *o = record_to_object(r);
+    if (!o)
+        return -1;
+    int rc = append_json(out, o);
+    json_decref(o);
+    return rc;
+}
+
+/* Sets one field of r from its text form (the stream's, or a JSON value printed). 0/-1. */
+static int set_field(struct audit_record *r, const struct field_desc *f, const char *s,
+                     size_t len) {
+    char *p = (char *)r + f->off;
+    uint64_t u;
+    switch (f->kind) {
+    case FK_TS:
+        return parse_ts(s, len, (uint64_t *)(void *)p);
+    case FK_STR:
+    case FK_OPTSTR:
+        copy_utf8(p, f->size, s, len);
+        return 0;
+    case FK_U32OPT:
+        if (num_parse_u32(s, len, (uint32_t *)(void *)p) != 0)
+            return -1;
+        *(int *)(void *)((char *)r + f->has_off) = 1;
+        return 0;
+    case FK_INT: {
+        int neg = len > 0 && s[0] == '-';
+        if (num_parse_range(s + neg, len - (size_t)neg, 0, 2147483647u, &u) != 0)
+            return -1;
+        *(int *)(void *)p = neg ? -(int)u : (int)u;
+        return 0;
+    }
+    case FK_U64:
+        return num_parse_u64(s, len, (uint64_t *)(void *)p);
+    }
+    return -1;
+}
+
+static const struct field_desc *find_field(const char *name) {
+    for (size_t i = 0; i < N_RECORD_FIELDS; i++)
+        if (strcmp(record_fields[i].name, name) == 0)
+            return &record_fields[i];
+    return NULL;
+}
+
+int audit_record_from_fields(struct audit_record *r, size_t n, const char *const *names,
+                             const char *const *values, const size_t *value_lens) {
+    memset(r, 0, sizeof(*r));
+    for (size_t i = 0; i < n; i++) {
+        const struct field_desc *f = find_field(names[i]);
+        if (f && set_field(r, f, values[i], value_lens[i]) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int record_from_object(json_t *o, struct audit_record *r) {
+    const char *key;
+    json_t *v;
+    memset(r, 0, sizeof(*r));
+    json_object_foreach(o, key, v) {
+        const struct field_desc *f = find_field(key);
+        char num[32];
+        if (!f || json_is_null(v))
+            continue;
+        if (json_is_string(v)) {
+            if (f->kind != FK_TS && f->kind != FK_STR && f->kind != FK_OPTSTR)
+                return -1;
+            if (set_field(r, f, json_string_value(v), json_string_length(v)) != 0)
+                return -1;
+        } else if (json_is_integer(v)) {
+            if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_U64)
+                return -1;
+            int len = snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+            if (set_field(r, f, num, (size_t)len) != 0)
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int audit_record_from_json(const char *text, size_t len, struct audit_record *r) {
+    json_t *o = json_loadb(text, len, 0, NULL);
+    int rc = -1;
+    if (o && json_is_object(o))
+        rc = record_from_object(o, r);
+    json_decref(o);
+    return rc;
+}
+
+void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
+    f->count = 0;
+    for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
+        const struct field_desc *d = &record_fields[i];
+        const char *p = (const char *)r + d->off;
+        char *num = f->num[f->count];
+        const char *value = num;
+        int len = 0;
+        switch (d->kind) {
+        case FK_TS:
+            format_ts(*(const uint64_t *)(const void *)p, num);
+            len = (int)strlen(num);
+            break;
+        case FK_STR:
+            value = p;
+            len = (int)strlen(p);
+            break;
+        case FK_OPTSTR:
+            if (!*p)
+                continue;
+            value = p;
+            len = (int)strlen(p);
+            break;
+        case FK_U32OPT:
+            if (!*(const int *)(const void *)((const char *)r + d->has_off))
+                continue;
+            len = snprintf(num, sizeof(f->num[0]), "%u", *(const uint32_t *)(const void *)p);
+            break;
+        case FK_INT:
+            len = snprintf(num, sizeof(f->num[0]), "%d", *(const int *)(const void *)p);
+            break;
+        case FK_U64:
+            len = snprintf(num, sizeof(f->num[0]), "%llu",
+                           (unsigned long long)*(const uint64_t *)(const void *)p);
+            break;
+        }
+        f->name[f->count] = d->name;
+        f->value[f->count] = value;
+        f->value_len[f->count] = (size_t)len;
+        f->count++;
+    }
+}
+
+/* ======================================================================================== */
+/* Per-worker queues: an SPSC ring of node pointers, and a lock-free overflow stack behind it  */
+/* ======================================================================================== */
+
+struct audit_node {
+    struct audit_node *next;
+    int uncertain;           /* spool only: its live XADD was sent but never answered */
+    struct audit_record rec;
+};
+
+/* Producer: the worker (tail, overflow push). Consumer: the sink (head, overflow take).
+ * While the overflow stack is non-empty the producer pushes there too, and the consumer takes it
+ * only once the ring is empty, so a worker's records keep their order. */
+struct audit_queue {
+    _Alignas(64) atomic_size_t tail;
+    atomic_uint_fast64_t submitted;
+    atomic_uint_fast64_t overflowed;
+    _Alignas(64) atomic_size_t head;
+    atomic_uint_fast64_t taken;
+    _Alignas(64) _Atomic(struct audit_node *) overflow;  /* newest first */
+    _Alignas(64) struct audit_node *pending;  /* consumer only: taken overflow, oldest first */
+    struct audit_node *slots[AUDIT_RING_SIZE];
+};
+_Static_assert((AUDIT_RING_SIZE & (AUDIT_RING_SIZE - 1)) == 0, "ring size: a power of two");
+
+static void queue_push(struct audit_queue *q, struct audit_node *n) {
+    if (atomic_load_explicit(&q->overflow, memory_order_acquire) == NULL) {
+        size_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        size_t h = atomic_load_explicit(&q->head, memory_order_acquire);
+        if (t - h < AUDIT_RING_SIZE) {
+            q->slots[t & (AUDIT_RING_SIZE - 1)] = n;
+            atomic_store_explicit(&q->tail, t + 1, memory_order_release);
+            atomic_fetch_add_explicit(&q->submitted, 1, memory_order_relaxed);
+            return;
+        }
+    }
+    atomic_fetch_add_explicit(&q->overflowed, 1, memory_order_relaxed);
+    struct audit_node *old = atomic_load_explicit(&q->overflow, memory_order_relaxed);
+    do {
+        n->next = old;
+    } while (!atomic_compare_exchange_weak_explicit(&q->overflow, &old, n, memory_order_release,
+                                                    memory_order_relaxed));
+    atomic_fetch_add_explicit(&q->submitted, 1, memory_order_relaxed);
+}
+
+/* The next record of this worker, oldest first, or NULL. Consumer only. */
+static struct audit_node *queue_pop(struct audit_queue *q) {
+    struct audit_node *n = q->pending;
+    if (n) {
+        q->pending = n->next;
+        goto taken;
+    }
+    size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
+    size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
+    if (h != t) {
+        n = q->slots[h & (AUDIT_RING_SIZE - 1)];
+        atomic_store_explicit(&q->head, h + 1, memory_order_release);
+        goto taken;
+    }
+    struct audit_node *stack = atomic_exchange_explicit(&q->overflow, NULL, memory_order_acquire);
+    if (!stack)
+        return NULL;
+    while (stack) { /* reverse: oldest first */
+        struct audit_node *next = stack->next;
+        stack->next = q->pending;
+        q->pending = stack;
+        stack = next;
+    }
+    n = q->pending;
+    q->pending = n->next;
+taken:
+    n->next = NULL;
+    atomic_fetch_add_explicit(&q->taken, 1, memory_order_relaxed);
+    return n;
+}
+
+/* ======================================================================================== */
+/* The sink                                                                                 */
+/* ======================================================================================== */
+
+enum audit_state {
+    AUDIT_CONNECTING,  /* Redis mode, before the first connection attempt */
+    AUDIT_LIVE,        /* records go straight to the stream */
+    AUDIT_SPOOLING,    /* Redis down or erroring: records go to the spool; reconnect w/ backoff */
+    AUDIT_REPLAYING,   /* Redis back: the spool is replayed; new records still go to the spool */
+    AUDIT_MEMORY,      /* no Redis: the memory stream */
+    AUDIT_STOPPED
+};
+static const char *const audit_state_names[] = {"connecting", "live",   "spooling",
+                                                "replaying",  "memory", "stopped"};
+
+#define SINK_BATCH 512            /* records per pipelined write */
+#define SINK_IDLE_US 2000         /* sleep when there is nothing to do */
+#define SYNC_EVERY_US 100000      /* fsync the spool and the file at least this often ... */
+#define SYNC_EVERY_RECORDS 512    /* ... or after this many records */
+#define SEGMENT_MAX_BYTES (8u << 20)
+#define REPLAY_CHUNK 256
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define CURSOR_NAME "replay.cursor"
+
+/* Replays one spooled record: adds it to the stream only the first time its request_id is
+ * seen. KEYS: stream, seen key. ARGV: ttl, maxlen, field, value, ... */
+static const char replay_script[] =
+    "if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then "
+    "redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3)) "
+    "return 1 end return 0";
+
+/* An append-only file fsynced in batches (a spool segment or audit.file). */
+struct sync_file {
+    int fd;
+    unsigned unsynced;
+    uint64_t synced_us;
+};
+
+struct audit {
+    const struct config *cfg;
+    unsigned n_workers;
+    struct audit_queue **queues;
+    pthread_t thread;
+    int thread_started;
+    atomic_int stopping;
+    atomic_int state;
+
+    atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
+
+    /* sink thread only */
+    redisContext *redis;
+    char script_sha[41];
+    unsigned backoff_ms;
+    uint64_t next_connect_us;
+    struct audit_node *held;        /* records to retry first (the spool could not take them) */
+    char maxlen[24];
+    char safe_instance[48];
+    unsigned segment_seq;
+    struct sync_file segment;       /* the spool segment being appended to; fd -1 when none */
+    char segment_name[128];
+    uint64_t segment_bytes, segment_records;
+    FILE *replay_fp;                /* the segment being replayed */
+    char replay_name[128];
+    uint64_t replay_off;
+    char (*tail_ids)[17];           /* request_ids of the stream's tail, sorted; for uncertain */
+    size_t n_tail_ids;
+    int tail_loaded;
+    struct sync_file file;          /* audit.file; fd -1 when not configured */
+
+    /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
+    pthread_mutex_t mem_lock;
+    struct audit_record *mem;
+    size_t mem_cap, mem_alloc;
+    uint64_t mem_total;
+
+    /* running queries */
+    pthread_mutex_t query_lock;
+    pthread_cond_t query_cond;
+    unsigned queries;
+};
+
+static void set_state(struct audit *a, enum audit_state s) {
+    enum audit_state old = (enum audit_state)atomic_load(&a->state);
+    if (old == s)
+        return;
+    atomic_store(&a->state, (int)s);
+    log_info("audit: sink %s -> %s", audit_state_names[old], audit_state_names[s]);
+}
+
+const char *audit_state_name(struct audit *a) {
+    return audit_state_names[atomic_load(&a->state)];
+}
+
+static void block_signals(void) {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
+}
+
+static int write_all(int fd, const char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void sync_file_sync(struct audit *a, struct sync_file *f, int force) {
+    if (f->fd < 0 || f->unsynced == 0)
+        return;
+    uint64_t now = clock_mono_us();
+    if (!force && f->unsynced < SYNC_EVERY_RECORDS && now - f->synced_us < SYNC_EVERY_US)
+        return;
+    if (fsync(f->fd) != 0) {
+        atomic_fetch_add(&a->file_errors, 1);
+        log_error("audit: fsync: %s", strerror(errno));
+    }
+    f->unsynced = 0;
+    f->synced_us = now;
+}
+
+static void fsync_dir(const char *dir) {
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
+static int mkdir_p(const char *path) {
+    char buf[4096];
+    size_t len = strlen(path);
+    if (len == 0 || len >= sizeof(buf))
+        return -1;
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            buf[i] = c;
+        }
+    }
+    return 0;
+}
+
+/* ---- Redis ---- */
+
+static redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* A synchronous connection with AUTH and SELECT as configured. NULL with err. */
+static redisContext *redis_open(const struct config_redis *rc, char *err, size_t errlen) {
+    struct timeval tv = {(time_t)(rc->timeout_ms / 1000), (suseconds_t)(rc->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(rc->host, rc->port, tv);
+    redisReply *r = NULL;
+    if (!c || c->err) {
+        snprintf(err, errlen, "connect %s:%d: %s", rc->host, rc->port, c ? c->errstr : "OOM");
+        goto fail;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(err, errlen, "set timeout: %s", c->errstr);
+        goto fail;
+    }
+    if (rc->password) {
+        r = redis_cmd(c, "AUTH %s", rc->password);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "AUTH: %s", r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
+    r = redis_cmd(c, "SELECT %u", rc->db);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "SELECT %u: %s", rc->db, r ? r->str : c->errstr);
+        goto fail;
+    }
+    freeReplyObject(r);
+    return c;
+fail:
+    if (r)
+        freeReplyObject(r);
+    if (c)
+        redisFree(c);
+    return NULL;
+}
+
+static void sink_disconnect(struct audit *a) {
+    if (a->redis) {
+        redisFree(a->redis);
+        a->redis = NULL;
+    }
+    a->script_sha[0] = '\0';
+}
+
+static int load_script(struct audit *a) {
+    redisReply *r = redis_cmd(a->redis, "SCRIPT LOAD %s", replay_script);
+    int rc = -1;
+    if (r && r->type == REDIS_REPLY_STRING && r->len == 40) {
+        memcpy(a->script_sha, r->str, 41);
+        rc = 0;
+    } else {
+        log_warn("audit: SCRIPT LOAD: %s", r ? r->str : a->redis->errstr);
+    }
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+/* Spooling (or connecting): an error moves to spooling and schedules the next attempt. */
+static void sink_failed(struct audit *a, const char *what) {
+    atomic_fetch_add(&a->redis_errors, 1);
+    log_warn("audit: redis: %s; spooling, next attempt in %u ms", what, a->backoff_ms);
+    sink_disconnect(a);
+    if (a->replay_fp) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+    free(a->tail_ids);
+    a->tail_ids = NULL;
+    a->n_tail_ids = 0;
+    a->tail_loaded = 0;
+    a->next_connect_us = clock_mono_us() + (uint64_t)a->backoff_ms * 1000;
+    a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
+    set_state(a, AUDIT_SPOOLING);
+}
+
+/* ---- spool ---- */
+
+static int is_segment_name(const char *name) {
+    size_t n = strlen(name);
+    return name[0] != '.' && n > 6 && strcmp(name + n - 6, ".jsonl") == 0;
+}
+
+static int segment_filter(const struct dirent *d) {
+    return is_segment_name(d->d_name);
+}
+
+/* Segment names in order (they start with a zero-padded wall clock). Caller frees with
+ * free_names. -1 when the directory cannot be read. */
+static int list_segments(const char *dir, struct dirent ***names) {
+    return scandir(dir, names, segment_filter, alphasort);
+}
+
+static void free_names(struct dirent **names, int n) {
+    for (int i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+static int spool_path(const struct audit *a, const char *name, char *out, size_t outlen) {
+    int n = snprintf(out, outlen, "%s/%s", a->cfg->audit.spool_dir, name);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+static void spool_close_segment(struct audit *a) {
+    if (a->segment.fd < 0)
+        return;
+    a->segment.unsynced = a->segment.unsynced ? a->segment.unsynced : 1;
+    sync_file_sync(a, &a->segment, 1);
+    close(a->segment.fd);
+    a->segment.fd = -1;
+    a->segment_name[0] = '\0';
+    a->segment_bytes = a->segment_records = 0;
+}
+
+static int spool_open_segment(struct audit *a) {
+    char path[4096];
+    snprintf(a->segment_name, sizeof(a->segment_name), "%017llu-%06u-%s.jsonl",
+             (unsigned long long)clock_wall_us(), a->segment_seq++ % 1000000, a->safe_instance);
+    if (spool_path(a, a->segment_name, path, sizeof(path)) != 0)
+        goto fail;
+    a->segment.fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (a->segment.fd < 0)
+        goto fail;
+    fsync_dir(a->cfg->audit.spool_dir);
+    a->segment.unsynced = 0;
+    a->segment.synced_us = clock_mono_us();
+    a->segment_bytes = a->segment_records = 0;
+    return 0;
+fail:
+    log_error("audit: cannot create spool segment in %s: %s", a->cfg->audit.spool_dir,
+              strerror(errno));
+    a->segment_name[0] = '\0';
+    return -1;
+}
+
+/* One spool line: the record's JSON, plus "uncertain": true when its live write may have
+ * landed. */
+static int spool_line(const struct audit_node *n, struct strbuf *out) {
+    json_t *o = record_to_object(&n->rec);
+    int rc = -1;
+    if (!o)
+        return -1;
+    if (n->uncertain && json_object_set_new(o, "uncertain", json_true()) != 0)
+        goto out;
+    if (append_json(out, o) != 0 || strbuf_appendc(out, '\n') != 0)
+        goto out;
+    rc = 0;
+out:
+    json_decref(o);
+    return rc;
+}
+
+/* Appends nodes to the spool. 0, or -1 (nothing counted; the caller keeps the records). */
+static int spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
+    struct strbuf b;
+    int rc = -1;
+    strbuf_init(&b);
+    for (size_t i = 0; i < n; i++)
+        if (spool_line(nodes[i], &b) != 0)
+            goto out;
+    if (a->segment.fd >= 0 && a->segment_bytes >= SEGMENT_MAX_BYTES)
+        spool_close_segment(a);
+    if (a->segment.fd < 0 && spool_open_segment(a) != 0)
+        goto out;
+    if (write_all(a->segment.fd, b.s, b.len) != 0) {
+        log_error("audit: spool write %s: %s", a->segment_name, strerror(errno));
+        /* a partial line would be skipped at replay; start a fresh segment next time */
+        spool_close_segment(a);
+        goto out;
+    }
+    a->segment_bytes += b.len;
+    a->segment_records += n;
+    a->segment.unsynced += (unsigned)n;
+    atomic_fetch_add(&a->spooled, n);
+    atomic_fetch_add(&a->spool_depth, n);
+    sync_file_sync(a, &a->segment, 0);
+    rc = 0;
+out:
+    if (rc != 0)
+        atomic_fetch_add(&a->file_errors, 1);
+    strbuf_cleanup(&b);
+    return rc;
+}
+
+static void cursor_write(struct audit *a, const char *segment, uint64_t off) {
+    char path[4096], tmp[4096], line[256];
+    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0 ||
+        spool_path(a, CURSOR_NAME ".tmp", tmp, sizeof(tmp)) != 0)
+        return;
+    int len = snprintf(line, sizeof(line), "%s %llu\n", segment, (unsigned long long)off);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0 || write_all(fd, line, (size_t)len) != 0 || fsync(fd) != 0 ||
+        rename(tmp, path) != 0) {
+        atomic_fetch_add(&a->file_errors, 1);
+        log_error("audit: cannot write the replay cursor: %s", strerror(errno));
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+/* The offset the cursor file holds for segment, or 0. */
+static uint64_t cursor_read(struct audit *a, const char *segment) {
+    char path[4096], line[256];
+    uint64_t off = 0;
+    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0)
+        return 0;
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 0;
+    if (fgets(line, sizeof(line), f)) {
+        char *sp = strchr(line, ' ');
+        char *nl = strchr(line, '\n');
+        if (sp && nl && (size_t)(sp - line) == strlen(segment) &&
+            memcmp(line, segment, strlen(segment)) == 0 &&
+            num_parse_u64(sp + 1, (size_t)(nl - sp - 1), &off) != 0)
+            off = 0;
+    }
+    fclose(f);
+    return off;
+}
+
+/* Lines after the cursor in every segment: the spool depth left by an earlier run. */
+static uint64_t spool_count(struct audit *a) {
+    struct dirent **names;
+    int n = list_segments(a->cfg->audit.spool_dir, &names);
+    uint64_t total = 0;
+    for (int i = 0; i < n; i++) {
+        char path[4096];
+        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0)
+            continue;
+        FILE *f = fopen(path, "re");
+        if (!f)
+            continue;
+        uint64_t off = cursor_read(a, names[i]->d_name);
+        if (off && fseeko(f, (off_t)off, SEEK_SET) != 0)
+            off = 0;
+        int c;
+        while ((c = getc(f)) != EOF)
+            total += c == '\n';
+        fclose(f);
+    }
+    if (n > 0)
+        free_names(names, n);
+    return total;
+}
+
+/* ---- live writes ---- */
+
+struct argv_buf {
+    int argc;
+    const char *argv[8 + 2 * AUDIT_FIELDS_MAX];
+    size_t len[8 + 2 * AUDIT_FIELDS_MAX];
+};
+
+static void argv_add(struct argv_buf *b, const char *s, size_t len) {
+    b->argv[b->argc] = s;
+    b->len[b->argc] = len;
+    b->argc++;
+}
+
+static void argv_adds(struct argv_buf *b, const char *s) {
+    argv_add(b, s, strlen(s));
+}
+
+static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
+    for (size_t i = 0; i < f->count; i++) {
+        argv_adds(b, f->name[i]);
+        argv_add(b, f->value[i], f->value_len[i]);
+    }
+}
+
+/* Pipelined XADDs. Records answered OK are freed; an error reply or a lost connection moves the
+ * rest to the spool (unanswered ones marked uncertain) and the sink to spooling. */
+static void live_write(struct audit *a, struct audit_node **nodes, size_t n) {
+    struct audit_fields f;
+    size_t sent = 0, i;
+    int failed = 0;
+    char why[160] = "";
+    for (i = 0; i < n; i++) {
+        struct argv_buf b = {0};
+        audit_record_fields(&nodes[i]->rec, &f);
+        argv_adds(&b, "XADD");
+        argv_adds(&b, a->cfg->audit.stream);
+        argv_adds(&b, "MAXLEN");
+        argv_adds(&b, "~");
+        argv_adds(&b, a->maxlen);
+        argv_adds(&b, "*");
+        argv_fields(&b, &f);
+        if (redisAppendCommandArgv(a->redis, b.argc, b.argv, b.len) != REDIS_OK)
+            break;
+        sent++;
+    }
+    struct audit_node **retry = calloc(n ? n : 1, sizeof(*retry));
+    size_t n_retry = 0;
+    for (i = 0; i < sent; i++) {
+        redisReply *r = NULL;
+        if (failed || redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            if (!failed)
+                snprintf(why, sizeof(why), "XADD: %s", a->redis->errstr);
+            failed = 1;
+            nodes[i]->uncertain = 1;
+            retry[n_retry++] = nodes[i];
+            continue;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            if (!why[0])
+                snprintf(why, sizeof(why), "XADD: %s", r->str);
+            atomic_fetch_add(&a->redis_errors, 1);
+            retry[n_retry++] = nodes[i];
+        } else {
+            atomic_fetch_add(&a->written, 1);
+            free(nodes[i]);
+        }
+        freeReplyObject(r);
+    }
+    for (i = sent; i < n; i++)  /* never sent: certainly not written */
+        retry[n_retry++] = nodes[i];
+    if (sent < n && !why[0])
+        snprintf(why, sizeof(why), "XADD: cannot queue the command");
+    if (n_retry > 0) {
+        sink_failed(a, why);
+        if (spool_append(a, retry, n_retry) == 0) {
+            for (i = 0; i < n_retry; i++)
+                free(retry[i]);
+        } else {
+            for (i = n_retry; i-- > 0;) {
+                retry[i]->next = a->held;
+                a->held = retry[i];
+            }
+        }
+    }
+    free(retry);
+}
+
+/* ---- replay ---- */
+
+static int tail_cmp(const void *x, const void *y) {
+    return memcmp(x, y, 17);
+}
+
+/* request_ids of the newest AUDIT_TAIL_CHECK stream entries, sorted. 0/-1 (connection). */
+static int load_tail(struct audit *a) {
+    redisReply *r = redis_cmd(a->redis, "XREVRANGE %s + - COUNT %d", a->cfg->audit.stream,
+                              AUDIT_TAIL_CHECK);
+    if (!r || r->type != REDIS_REPLY_ARRAY) {
+        if (r)
+            freeReplyObject(r);
+        return -1;
+    }
+    free(a->tail_ids);
+    a->tail_ids = calloc(r->elements ? r->elements : 1, sizeof(*a->tail_ids));
+    a->n_tail_ids = 0;
+    for (size_t i = 0; a->tail_ids && i < r->elements; i++) {
+        redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+            e->element[1]->type != REDIS_REPLY_ARRAY)
+            continue;
+        redisReply *kv = e->element[1];
+        for (size_t j = 0; j + 1 < kv->elements; j += 2) {
+            if (kv->element[j]->type == REDIS_REPLY_STRING &&
+                strcmp(kv->element[j]->str, "request_id") == 0 &&
+                kv->element[j + 1]->type == REDIS_REPLY_STRING) {
+                copy_utf8(a->tail_ids[a->n_tail_ids++], 17, kv->element[j + 1]->str,
+                          kv->element[j + 1]->len);
+                break;
+            }
+        }
+    }
+    if (a->tail_ids)
+        qsort(a->tail_ids, a->n_tail_ids, sizeof(*a->tail_ids), tail_cmp);
+    freeReplyObject(r);
+    a->tail_loaded = a->tail_ids != NULL;
+    return a->tail_loaded ? 0 : -1;
+}
+
+static int in_tail(struct audit *a, const char *request_id) {
+    char key[17] = {0};
+    copy_str(key, sizeof(key), request_id);
+    return a->tail_ids &&
+           bsearch(key, a->tail_ids, a->n_tail_ids, sizeof(*a->tail_ids), tail_cmp) != NULL;
+}
+
+/* Finishes the replay: the spool is empty, records go live again. */
+static void replay_done(struct audit *a) {
+    char path[4096];
+    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0)
+        unlink(path);
+    free(a->tail_ids);
+    a->tail_ids = NULL;
+    a->n_tail_ids = 0;
+    a->tail_loaded = 0;
+    set_state(a, AUDIT_LIVE);
+}
+
+/* Opens the oldest segment not being appended to. 1 opened, 0 the spool is replayed, -1 on
+ * error (already handled). */
+static int replay_open(struct audit *a) {
+    struct dirent **names;
+    int n = list_segments(a->cfg->audit.spool_dir, &names);
+    int rc = 0;
+    if (n < 0) {
+        atomic_fetch_add(&a->file_errors, 1);
+        log_error("audit: cannot list %s: %s", a->cfg->audit.spool_dir, strerror(errno));
+        return -1;
+    }
+    for (int i = 0; i < n && rc == 0; i++) {
+        char path[4096];
+        if (strcmp(names[i]->d_name, a->segment_name) == 0)
+            continue;
+        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0)
+            continue;
+        a->replay_fp = fopen(path, "re");
+        if (!a->replay_fp) {
+            log_error("audit: cannot open %s: %s", path, strerror(errno));
+            continue;
+        }
+        copy_str(a->replay_name, sizeof(a->replay_name), names[i]->d_name);
+        a->replay_off = cursor_read(a, a->replay_name);
+        if (a->replay_off && fseeko(a->replay_fp, (off_t)a->replay_off, SEEK_SET) != 0)
+            a->replay_off = 0;
+        log_info("audit: replaying %s from byte %llu", a->replay_name,
+                 (unsigned long long)a->replay_off);
+        rc = 1;
+    }
+    free_names(names, n);
+    if (rc == 0 && a->segment.fd >= 0) {
+        if (a->segment_records == 0) {  /* nothing new arrived: drop the empty segment */
+            char path[4096];
+            if (spool_path(a, a->segment_name, path, sizeof(path)) == 0)
+                unlink(path);
+            close(a->segment.fd);
+            a->segment.fd = -1;
+            a->segment_name[0] = '\0';
+        } else {                        /* replay it next; new records start another one */
+            spool_close_segment(a);
+            return replay_open(a);
+        }
+    }
+    return rc;
+}
+
+/* Replays up to REPLAY_CHUNK records of the current segment, then persists the cursor. */
+static void replay_step(struct audit *a) {
+    if (!a->replay_fp) {
+        int rc = replay_open(a);
+        if (rc == 0)
+            replay_done(a);
+        if (rc != 1)
+            return;
+    }
+    struct audit_node *chunk[REPLAY_CHUNK];
+    int skip[REPLAY_CHUNK];
+    size_t n = 0, lines = 0, bad = 0;
+    uint64_t off = a->replay_off;
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    while (n < REPLAY_CHUNK && (len = getline(&line, &cap, a->replay_fp)) > 0) {
+        if (line[len - 1] != '\n')  /* a torn last line, from a crash mid-write */
+            break;
+        off += (uint64_t)len;
+        lines++;
+        struct audit_node *node = calloc(1, sizeof(*node));
+        json_t *o = json_loadb(line, (size_t)len - 1, 0, NULL);
+        if (!node || !o || record_from_object(o, &node->rec) != 0 || !node->rec.request_id[0]) {
+            log_warn("audit: skipping a malformed spool line in %s at byte %llu", a->replay_name,
+                     (unsigned long long)(off - (uint64_t)len));
+            free(node);
+            json_decref(o);
+            bad++;
+            continue;
+        }
+        node->uncertain = json_is_true(json_object_get(o, "uncertain"));
+        json_decref(o);
+        chunk[n++] = node;
+    }
+    free(line);
+    if (lines == 0) {  /* the segment is done */
+        char path[4096];
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+        if (spool_path(a, a->replay_name, path, sizeof(path)) == 0 && unlink(path) != 0)
+            log_error("audit: cannot remove %s: %s", path, strerror(errno));
+        fsync_dir(a->cfg->audit.spool_dir);
+        log_info("audit: replayed %s", a->replay_name);
+        a->replay_name[0] = '\0';
+        return;
+    }
+    char seen_prefix[256], maxlen_ttl[24];
+    snprintf(seen_prefix, sizeof(seen_prefix), "%saudit:seen:", a->cfg->redis->key_prefix);
+    snprintf(maxlen_ttl, sizeof(maxlen_ttl), "%d", AUDIT_SEEN_TTL_S);
+    char (*seen_keys)[300] = calloc(n ? n : 1, sizeof(*seen_keys));
+    const char *why = NULL;
+    char errbuf[160] = "";
+    size_t sent = 0, i;
+    if (!seen_keys) {
+        why = "out of memory";
+        goto out;
+    }
+    for (i = 0; i < n; i++) {
+        skip[i] = 0;
+        if (chunk[i]->uncertain) {
+            if (!a->tail_loaded && load_tail(a) != 0) {
+                why = "XREVRANGE of the tail failed";
+                goto out;
+            }
+            skip[i] = in_tail(a, chunk[i]->rec.request_id);
+        }
+        if (skip[i])
+            continue;
+        struct audit_fields f;
+        struct argv_buf b = {0};
+        audit_record_fields(&chunk[i]->rec, &f);
+        snprintf(seen_keys[i], sizeof(seen_keys[i]), "%s%s", seen_prefix,
+                 chunk[i]->rec.request_id);
+        argv_adds(&b, "EVALSHA");
+        argv_adds(&b, a->script_sha);
+        argv_adds(&b, "2");
+        argv_adds(&b, a->cfg->audit.stream);
+        argv_adds(&b, seen_keys[i]);
+        argv_adds(&b, maxlen_ttl);
+        argv_adds(&b, a->maxlen);
+        argv_fields(&b, &f);
+        if (redisAppendCommandArgv(a->redis, b.argc, b.argv, b.len) != REDIS_OK) {
+            why = "cannot queue EVALSHA";
+            goto out;
+        }
+        sent++;
+    }
+    int noscript = 0;
+    for (i = 0; i < sent; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            snprintf(errbuf, sizeof(errbuf), "EVALSHA: %s", a->redis->errstr);
+            why = errbuf;
+            goto out;
+        }
+        if (r->type == REDIS_REPLY_ERROR) {
+            if (strncmp(r->str, "NOSCRIPT", 8) == 0)
+                noscript = 1;
+            else if (!why) {
+                snprintf(errbuf, sizeof(errbuf), "EVALSHA: %s", r->str);
+                why = errbuf;
+            }
+        }
+        freeReplyObject(r);
+    }
+    if (why)
+        goto out;
+    if (noscript) {  /* Redis lost its scripts (restart, SCRIPT FLUSH): load and redo */
+        if (load_script(a) != 0)
+            why = "SCRIPT LOAD failed";
+        goto rewind;
+    }
+    a->replay_off = off;
+    cursor_write(a, a->replay_name, off);
+    atomic_fetch_add(&a->replayed, n);
+    {
+        uint64_t depth = atomic_load(&a->spool_depth), done = n + bad;
+        atomic_store(&a->spool_depth, depth > done ? depth - done : 0);
+    }
+    goto out_free;
+rewind:
+    if (fseeko(a->replay_fp, (off_t)a->replay_off, SEEK_SET) != 0) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+out:
+    if (why)
+        sink_failed(a, why);  /* the chunk is replayed again from the cursor */
+out_free:
+    free(seen_keys);
+    for (i = 0; i < n; i++)
+        free(chunk[i]);
+}
+
+/* ---- connection ---- */
+
+static void try_connect(struct audit *a) {
+    char err[256];
+    a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+    if (!a->redis) {
+        sink_failed(a, err);
+        return;
+    }
+    if (load_script(a) != 0) {
+        sink_failed(a, "SCRIPT LOAD failed");
+        return;
+    }
+    a->backoff_ms = BACKOFF_MIN_MS;
+    struct dirent **names;
+    int n = list_segments(a->cfg->audit.spool_dir, &names);
+    if (n > 0)
+        free_names(names, n);
+    log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
+    set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
+}
+
+/* ---- the memory stream ---- */
+
+static void memory_push(struct audit *a, const struct audit_record *r) {
+    pthread_mutex_lock(&a->mem_lock);
+    if (a->mem_total < a->mem_cap && a->mem_total == a->mem_alloc) {
+        size_t grow = a->mem_alloc ? a->mem_alloc * 2 : 1024;
+        if (grow > a->mem_cap)
+            grow = a->mem_cap;
+        struct audit_record *m = realloc(a->mem, grow * sizeof(*m));
+        if (!m) {  /* keep what we have as a smaller ring */
+            a->mem_cap = a->mem_alloc ? a->mem_alloc : 0;
+        } else {
+            a->mem = m;
+            a->mem_alloc = grow;
+        }
+    }
+    if (a->mem_cap > 0) {
+        a->mem[a->mem_total % a->mem_cap] = *r;
+        a->mem_total++;
+    }
+    pthread_mutex_unlock(&a->mem_lock);
+}
+
+/* ---- the loop ---- */
+
+/* Held records first (alone, so they are not written twice to audit.file), else up to max
+ * from the workers, round-robin, each worker's in order. */
+static size_t collect(struct audit *a, struct audit_node **batch, size_t max, int *retried) {
+    size_t n = 0;
+    *retried = a->held != NULL;
+    while (n < max && a->held) {
+        batch[n] = a->held;
+        a->held = a->held->next;
+        batch[n++]->next = NULL;
+    }
+    if (*retried)
+        return n;
+    int progress = 1;
+    while (n < max && progress) {
+        progress = 0;
+        for (unsigned w = 0; w < a->n_workers && n < max; w++) {
+            struct audit_node *node = queue_pop(a->queues[w]);
+            if (node) {
+                batch[n++] = node;
+                progress = 1;
+            }
+        }
+    }
+    return n;
+}
+
+static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
+    struct strbuf b;
+    strbuf_init(&b);
+    for (size_t i = 0; i < n; i++) {
+        if (audit_record_json(&batch[i]->rec, &b) != 0 || strbuf_appendc(&b, '\n') != 0) {
+            atomic_fetch_add(&a->file_errors, 1);
+            goto out;
+        }
+    }
+    if (write_all(a->file.fd, b.s, b.len) != 0) {
+        atomic_fetch_add(&a->file_errors, 1);
+        log_error("audit: write %s: %s", a->cfg->audit.file, strerror(errno));
+        goto out;
+    }
+    a->file.unsynced += (unsigned)n;
+    sync_file_sync(a, &a->file, 0);
+out:
+    strbuf_cleanup(&b);
+}
+
+static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
+    size_t i;
+    if (a->file.fd >= 0 && !retried)
+        file_append(a, batch, n);
+    switch ((enum audit_state)atomic_load(&a->state)) {
+    case AUDIT_MEMORY:
+        for (i = 0; i < n; i++) {
+            memory_push(a, &batch[i]->rec);
+            free(batch[i]);
+        }
+        atomic_fetch_add(&a->written, n);
+        return;
+    case AUDIT_LIVE:
+        live_write(a, batch, n);
+        return;
+    default:
+        if (spool_append(a, batch, n) == 0) {
+            for (i = 0; i < n; i++)
+                free(batch[i]);
+        } else {
+            for (i = n; i-- > 0;) {
+                batch[i]->next = a->held;
+                a->held = batch[i];
+            }
+        }
+        return;
+    }
+}
+
+#define REPLAY_STEPS 4            /* replay chunks per loop turn, so replay outpaces arrivals */
+#define STOP_RETRIES 50           /* turns a stopping sink retries records the spool refused */
+
+static void *sink_main(void *arg) {
+    struct audit *a = arg;
+    struct audit_node *batch[SINK_BATCH];
+    unsigned stop_retries = 0;
+    block_signals();
+    if (a->cfg->redis)
+        try_connect(a);
+    for (;;) {
+        int stopping = atomic_load(&a->stopping), retried;
+        size_t n = collect(a, batch, SINK_BATCH, &retried);
+        if (n > 0)
+            handle_batch(a, batch, n, retried);
+        enum audit_state s = (enum audit_state)atomic_load(&a->state);
+        if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
+            try_connect(a);
+        for (int i = 0; i < REPLAY_STEPS && !stopping &&
+                        atomic_load(&a->state) == AUDIT_REPLAYING; i++)
+            replay_step(a);
+        sync_file_sync(a, &a->segment, 0);
+        sync_file_sync(a, &a->file, 0);
+        if (stopping && n == 0 && !a->held)
+            break;  /* the workers stopped submitting before audit_free: all is written */
+        if (stopping && a->held && ++stop_retries > STOP_RETRIES)
+            break;
+        if ((n == 0 || a->held) && atomic_load(&a->state) != AUDIT_REPLAYING) {
+            struct timespec ts = {0, (a->held ? 20000L : SINK_IDLE_US) * 1000L};
+            nanosleep(&ts, NULL);
+        }
+    }
+    size_t lost = 0;
+    while (a->held) {
+        struct audit_node *next = a->held->next;
+        free(a->held);
+        a->held = next;
+        lost++;
+    }
+    if (lost)
+        log_error("audit: %zu records could be written neither to redis nor to the spool", lost);
+    spool_close_segment(a);
+    if (a->replay_fp) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+    if (a->file.fd >= 0 && a->file.unsynced == 0)
+        a->file.unsynced = 1;
+    sync_file_sync(a, &a->file, 1);
+    sink_disconnect(a);
+    set_state(a, AUDIT_STOPPED);
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen) {
+    struct audit *a = calloc(1, sizeof(*a));
+    if (!a) {
+        snprintf(err, errlen, "audit: out of memory");
+        return NULL;
+    }
+    a->cfg = cfg;
+    a->n_workers = n_workers;
+    a->segment.fd = -1;
+    a->file.fd = -1;
+    a->backoff_ms = BACKOFF_MIN_MS;
+    pthread_mutex_init(&a->mem_lock, NULL);
+    pthread_mutex_init(&a->query_lock, NULL);
+    pthread_cond_init(&a->query_cond, NULL);
+    snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
+    {
+        const char *inst = cfg->instance ? cfg->instance : "capgate";
+        size_t i;
+        for (i = 0; inst[i] && i < sizeof(a->safe_instance) - 1; i++) {
+            char c = inst[i];
+            int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                     c == '-' || c == '_';
+            a->safe_instance[i] = ok ? c : '_';
+        }
+        a->safe_instance[i] = '\0';
+    }
+    a->queues = calloc(n_workers ? n_workers : 1, sizeof(*a->queues));
+    if (!a->queues) {
+        snprintf(err, errlen, "audit: out of memory");
+        goto fail;
+    }
+    for (unsigned w = 0; w < n_workers; w++) {
+        a->queues[w] = aligned_alloc(64, (sizeof(struct audit_queue) + 63) / 64 * 64);
+        if (!a->queues[w]) {
+            snprintf(err, errlen, "audit: out of memory");
+            goto fail;
+        }
+        memset(a->queues[w], 0, sizeof(struct audit_queue));
+        atomic_init(&a->queues[w]->overflow, NULL);
+    }
+    if (cfg->redis) {
+        if (!cfg->audit.spool_dir || mkdir_p(cfg->audit.spool_dir) != 0) {
+            snprintf(err, errlen, "audit.spool_dir: cannot create %s: %s",
+                     cfg->audit.spool_dir ? cfg->audit.spool_dir : "(none)", strerror(errno));
+            goto fail;
+        }
+        atomic_store(&a->spool_depth, spool_count(a));
+        if (atomic_load(&a->spool_depth) > 0)
+            log_info("audit: %llu spooled records from an earlier run wait for redis",
+                     (unsigned long long)atomic_load(&a->spool_depth));
+        atomic_store(&a->state, AUDIT_CONNECTING);
+    } else {
+        a->mem_cap = cfg->audit.maxlen < AUDIT_MEMORY_MAX ? cfg->audit.maxlen : AUDIT_MEMORY_MAX;
+        atomic_store(&a->state, AUDIT_MEMORY);
+    }
+    if (cfg->audit.file) {
+        a->file.fd = open(cfg->audit.file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (a->file.fd < 0) {
+            snprintf(err, errlen, "audit.file: cannot open %s: %s", cfg->audit.file,
+                     strerror(errno));
+            goto fail;
+        }
+        a->file.synced_us = clock_mono_us();
+    }
+    if (pthread_create(&a->thread, NULL, sink_main, a) != 0) {
+        snprintf(err, errlen, "audit: cannot start the sink thread");
+        goto fail;
+    }
+    a->thread_started = 1;
+    return a;
+fail:
+    audit_free(a);
+    return NULL;
+}
+
+int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r) {
+    if (!a || worker >= a->n_workers)
+        return -1;
+    struct audit_node *n = malloc(sizeof(*n));
+    if (!n)
+        return -1;
+    n->next = NULL;
+    n->uncertain = 0;
+    n->rec = *r;
+    queue_push(a->queues[worker], n);
+    return 0;
+}
+
+void audit_free(struct audit *a) {
+    if (!a)
+        return;
+    if (a->thread_started) {
+        atomic_store(&a->stopping, 1);
+        pthread_join(a->thread, NULL);
+    }
+    pthread_mutex_lock(&a->query_lock);
+    while (a->queries > 0)
+        pthread_cond_wait(&a->query_cond, &a->query_lock);
+    pthread_mutex_unlock(&a->query_lock);
+    for (unsigned w = 0; a->queues && w < a->n_workers; w++) {
+        struct audit_queue *q = a->queues[w];
+        if (!q)
+            continue;
+        struct audit_node *n;
+        while ((n = queue_pop(q)) != NULL)  /* only when the sink never started */
+            free(n);
+        free(q);
+    }
+    free(a->queues);
+    if (a->file.fd >= 0)
+        close(a->file.fd);
+    if (a->segment.fd >= 0)
+        close(a->segment.fd);
+    if (a->replay_fp)
+        fclose(a->replay_fp);
+    sink_disconnect(a);
+    free(a->tail_ids);
+    free(a->mem);
+    pthread_mutex_destroy(&a->mem_lock);
+    pthread_mutex_destroy(&a->query_lock);
+    pthread_cond_destroy(&a->query_cond);
+    free(a);
+}
+
+void audit_get_stats(struct audit *a, struct audit_stats *out) {
+    memset(out, 0, sizeof(*out));
+    for (unsigned w = 0; w < a->n_workers; w++) {
+        struct audit_queue *q = a->queues[w];
+        uint64_t s = atomic_load_explicit(&q->submitted, memory_order_relaxed);
+        uint64_t t = atomic_load_explicit(&q->taken, memory_order_relaxed);
+        out->queue_depth += s > t ? s - t : 0;
+        out->overflowed += atomic_load_explicit(&q->overflowed, memory_order_relaxed);
+    }
+    out->spool_depth = atomic_load(&a->spool_depth);
+    out->written = atomic_load(&a->written);
+    out->spooled = atomic_load(&a->spooled);
+    out->replayed = atomic_load(&a->replayed);
+    out->redis_errors = atomic_load(&a->redis_errors);
+    out->file_errors = atomic_load(&a->file_errors);
+}
+
+/* ======================================================================================== */
+/* Read side                                                                                */
+/* ======================================================================================== */
+
+int audit_query_parse(const char *query_string, struct audit_query *q, char *err, size_t errlen) {
+    struct params p;
+    int rc = -1;
+    params_init(&p);
+    memset(q, 0, sizeof(*q));
+    q->limit = AUDIT_QUERY_LIMIT_DEFAULT;
+    if (query_string && *query_string &&
+        params_parse_urlencoded(&p, query_string, strlen(query_string), err, errlen) != 0)
+        goto out;
+    for (size_t i = 0; i < p.count; i++) {
+        const char *name = p.items[i].name, *v = p.items[i].value;
+        size_t len = p.items[i].value_len;
+        uint64_t u;
+        if (strcmp(name, "businessId") == 0 || strcmp(name, "sceneId") == 0) {
+            int biz = name[0] == 'b';
+            if (num_parse_u32(v, len, biz ? &q->business_id : &q->scene_id) != 0) {
+                snprintf(err, errlen, "%s must be an integer 0..4294967295; got \"%.64s\"", name,
+                         v);
+                goto out;
+            }
+            *(biz ? &q->has_business_id : &q->has_scene_id) = 1;
+        } else if (strcmp(name, "app") == 0) {
+            if (len >= sizeof(q->app)) {
+                snprintf(err, errlen, "app must be at most %zu bytes", sizeof(q->app) - 1);
+                goto out;
+            }
+            memcpy(q->app, v, len + 1);
+        } else if (strcmp(name, "decision") == 0) {
+            int found = 0;
+            for (int d = 0; d < PIPELINE_DECISION_COUNT; d++)
+                found |= strcmp(v, decision_names[d]) == 0;
+            if (!found) {
+                snprintf(err, errlen, "decision must be one of forwarded, pool, replayed, "
+                         "limited, shadow_limited, invalid, unauthorized, denied, "
+                         "upstream_error; got \"%.64s\"", v);
+                goto out;
+            }
+            memcpy(q->decision, v, len + 1);
+        } else if (strcmp(name, "since") == 0) {
+            if (num_parse_range(v, len, 0, UINT64_MAX / 1000, &u) != 0) {
+                snprintf(err, errlen, "since must be Unix seconds or milliseconds; got \"%.64s\"",
+                         v);
+                goto out;
+            }
+            q->since_ms = u >= 100000000000ull ? u : u * 1000;
+        } else if (strcmp(name, "limit") == 0) {
+            if (num_parse_range(v, len, 1, AUDIT_QUERY_LIMIT_MAX, &u) != 0) {
+                snprintf(err, errlen, "limit must be 1..%d; got \"%.64s\"", AUDIT_QUERY_LIMIT_MAX,
+                         v);
+                goto out;
+            }
+            q->limit = (unsigned)u;
+        } else {
+            snprintf(err, errlen, "unknown parameter %.64s (businessId, sceneId, app, decision, "
+                     "since, limit)", name);
+            goto out;
+        }
+    }
+    rc = 0;
+out:
+    params_cleanup(&p);
+    return rc;
+}
+
+static int query_match(const struct audit_query *q, const struct audit_record *r) {
+    if (q->has_business_id && (!r->has_business_id || r->business_id != q->business_id))
+        return 0;
+    if (q->has_scene_id && (!r->has_scene_id || r->scene_id != q->scene_id))
+        return 0;
+    if (q->app[0] && strcmp(q->app, r->app) != 0)
+        return 0;
+    if (q->decision[0] && strcmp(q->decision, r->decision) != 0)
+        return 0;
+    if (q->since_ms && r->ts_us / 1000 < q->since_ms)
+        return 0;
+    return 1;
+}
+
+struct query_job {
+    struct audit *a;
+    struct audit_query q;
+    struct event_base *base;
+    void (*done)(const char *json, int http_status, void *arg);
+    void *arg;
+    char *json;
+    int status;
+};
+
+static int query_add(json_t *records, const struct audit_record *r) {
+    json_t *o = record_to_object(r);
+    return o ? json_array_append_new(records, o) : -1;
+}
+
+/* Newest first over the Redis stream, in chunks. 0, or -1 with err. */
+static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
+                       size_t errlen) {
+    const struct config *cfg = j->a->cfg;
+    redisContext *c = redis_open(cfg->redis, err, errlen);
+    char end[64] = "+", start[32] = "-";
+    int rc = -1;
+    if (!c)
+        return -1;
+    if (j->q.since_ms)
+        snprintf(start, sizeof(start), "%llu", (unsigned long long)j->q.since_ms);
+    while (*scanned < AUDIT_QUERY_SCAN_MAX && json_array_size(records) < j->q.limit) {
+        redisReply *r = redis_cmd(c, "XREVRANGE %s %s %s COUNT %d", cfg->audit.stream, end, start,
+                                  1000);
+        if (!r || r->type != REDIS_REPLY_ARRAY) {
+            snprintf(err, errlen, "XREVRANGE: %s", r && r->str ? r->str : c->errstr);
+            if (r)
+                freeReplyObject(r);
+            goto out;
+        }
+        size_t n = r->elements;
+        for (size_t i = 0; i < n && json_array_size(records) < j->q.limit; i++) {
+            redisReply *e = r->element[i];
+            if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
+                e->element[0]->type != REDIS_REPLY_STRING ||
+                e->element[1]->type != REDIS_REPLY_ARRAY)
+                continue;
+            (*scanned)++;
+            snprintf(end, sizeof(end), "(%s", e->element[0]->str);
+            redisReply *kv = e->element[1];
+            const char *names[AUDIT_FIELDS_MAX + 8], *values[AUDIT_FIELDS_MAX + 8];
+            size_t lens[AUDIT_FIELDS_MAX + 8], m = 0;
+            for (size_t k = 0; k + 1 < kv->elements && m < AUDIT_FIELDS_MAX + 8; k += 2) {
+                if (kv->element[k]->type != REDIS_REPLY_STRING ||
+                    kv->element[k + 1]->type != REDIS_REPLY_STRING)
+                    continue;
+                names[m] = kv->element[k]->str;
+                values[m] = kv->element[k + 1]->str;
+                lens[m] = kv->element[k + 1]->len;
+                m++;
+            }
+            struct audit_record rec;
+            if (audit_record_from_fields(&rec, m, names, values, lens) == 0 &&
+                query_match(&j->q, &rec) && query_add(records, &rec) != 0) {
+                freeReplyObject(r);
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+        }
+        freeReplyObject(r);
+        if (n < 1000)
+            break;
+    }
+    rc = 0;
+out:
+    redisFree(c);
+    return rc;
+}
+
+static void query_memory(struct query_job *j, json_t *records, uint64_t *scanned) {
+    struct audit *a = j->a;
+    pthread_mutex_lock(&a->mem_lock);
+    uint64_t kept = a->mem_total < a->mem_cap ? a->mem_total : a->mem_cap;
+    for (uint64_t i = 0; i < kept && json_array_size(records) < j->q.limit; i++) {
+        const struct audit_record *r = &a->mem[(a->mem_total - 1 - i) % a->mem_cap];
+        (*scanned)++;
+        if (query_match(&j->q, r) && query_add(records, r) != 0)
+            break;
+    }
+    pthread_mutex_unlock(&a->mem_lock);
+}
+
+static void query_deliver(evutil_socket_t fd, short what, void *arg) {
+    struct query_job *j = arg;
+    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500,
+            j->arg);
+    free(j->json);
+    free(j);
+}
+
+static void *query_main(void *arg) {
+    struct query_job *j = arg;
+    struct audit *a = j->a;
+    json_t *records = json_array(), *o = NULL;
+    uint64_t scanned = 0;
+    char err[256] = "";
+    block_signals();
+    if (!records)
+        goto out;
+    if (a->cfg->redis) {
+        if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
+            o = json_pack("{s:s}", "error", err);
+            j->status = 503;
+        }
+    } else {
+        query_memory(j, records, &scanned);
+    }
+    if (!o) {
+        o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
+        j->status = 200;
+    }
+    if (o)
+        j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+out:
+    json_decref(records);
+    json_decref(o);
+    const struct timeval now = {0, 0};
+    if (event_base_once(j->base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
+        log_error("audit: cannot deliver a query result to the event loop");
+        free(j->json);
+        free(j);
+    }
+    pthread_mutex_lock(&a->query_lock);
+    a->queries--;
+    pthread_cond_broadcast(&a->query_cond);
+    pthread_mutex_unlock(&a->query_lock);
+    return NULL;
+}
+
+void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,
+                 void (*done)(const char *json, int http_status, void *arg), void *arg) {
+    struct query_job *j = calloc(1, sizeof(*j));
+    pthread_t t;
+    pthread_attr_t attr;
+    if (!j) {
+        done("{\"error\":\"out of memory\"}", 500, arg);
+        return;
+    }
+    j->a = a;
+    j->q = *q;
+    j->base = base;
+    j->done = done;
+    j->arg = arg;
+    pthread_mutex_lock(&a->query_lock);
+    a->queries++;
+    pthread_mutex_unlock(&a->query_lock);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, query_main, j);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_lock(&a->query_lock);
+        a->queries--;
+        pthread_cond_broadcast(&a->query_cond);
+        pthread_mutex_unlock(&a->query_lock);
+        j->json = strdup("{\"error\":\"cannot start the query thread\"}");
+        j->status = 503;
+        const struct timeval now = {0, 0};
+        if (event_base_once(base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
+            free(j->json);
+            free(j);
+            done("{\"error\":\"cannot start the query thread\"}", 503, arg);
+        }
+    }
+}

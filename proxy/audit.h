@@ -1,0 +1,155 @@
+/* audit.h: the audit trail (DESIGN.md 4.2). One record per request whatever the decision, built
+ * on the worker thread from the pipeline's record, handed over a lock-free per-worker queue to
+ * one background sink thread that writes it to the Redis stream (or, without Redis, to a bounded
+ * in-memory stream), spools it to disk while Redis is unreachable and replays the spool in order
+ * when Redis returns, so no record is lost across a Redis outage or a capgate restart. The read
+ * side (GET /admin/audit) runs its queries off the main loop and answers on the caller's base. */
+#ifndef CAPGATE_AUDIT_H
+#define CAPGATE_AUDIT_H
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct config_audit;
+struct event_base;
+struct params;
+struct pipeline_record;
+struct strbuf;
+
+/* Bounds. */
+#define AUDIT_RING_SIZE 16384      /* records per worker ring; beyond it: the overflow list */
+#define AUDIT_MEMORY_MAX 100000    /* in-memory stream cap (memory store mode) */
+#define AUDIT_SEEN_TTL_S 604800    /* replay dedup keys <prefix>audit:seen:<request_id> live 7 d */
+/* Before replaying a record marked uncertain (its live XADD was sent but never answered), the
+ * sink looks for its request_id in the newest AUDIT_TAIL_CHECK entries of the stream and skips
+ * it when found. An uncertain record whose live write did land but has since been pushed out of
+ * that tail (more than AUDIT_TAIL_CHECK newer entries before Redis came back) is written again:
+ * a possible duplicate, never a loss. */
+#define AUDIT_TAIL_CHECK 20000
+#define AUDIT_QUERY_SCAN_MAX 100000  /* entries one /admin/audit query looks at, at most */
+#define AUDIT_QUERY_LIMIT_DEFAULT 100
+#define AUDIT_QUERY_LIMIT_MAX 1000
+
+#define AUDIT_PII_MAX 65   /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
+
+/* One audit record: a self-contained copy (fixed-size buffers, no pointers), so it can cross
+ * threads and outlive the request. Strings are valid UTF-8 and NUL-terminated; "" in an optional
+ * string (rule, PII fields, url_sha256) means absent. */
+struct audit_record {
+    uint64_t ts_us;                 /* arrival, Unix microseconds; rendered ISO-8601 UTC ms */
+    char request_id[17];
+    char instance[64];
+    char app[64];
+    char client_ip[64];
+    char action[64];
+    int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
+    uint32_t business_id, scene_id, captcha_type, client_type, account_type;
+    char decision[24];              /* pipeline_decision_name() */
+    char rule[64];
+    int code;
+    char code_desc[32];
+    int upstream_status;
+    uint64_t latency_us;
+    uint64_t upstream_latency_us;
+    char uid[AUDIT_PII_MAX];        /* HMAC-SHA256(pii_key, value), first 32 hex, or raw */
+    char user_ip[AUDIT_PII_MAX];
+    char imei[AUDIT_PII_MAX];
+    char mac_address[AUDIT_PII_MAX];
+    char associate_account[AUDIT_PII_MAX];
+    char url_sha256[17];            /* first 16 hex of SHA-256 of the returned url */
+};
+
+/* Fills r from the pipeline's record pr (borrowed, copied), the request's parameters (for uid,
+ * userIp, imei, macAddress, associateAccount; NULL when there are none), the url of the reply
+ * (only its hash is kept; NULL when the reply had none), cfg (pii_raw, pii_key) and instance.
+ * Never copies a secret, the Signature, an Authorization header or the url. 0, or -1 when
+ * hashing failed (OpenSSL). */
+int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
+                      const struct params *request_params, const char *reply_url,
+                      const struct config_audit *cfg, const char *instance);
+/* Compact JSON object of r appended to out: every field, in DESIGN.md 4.2 order, null for an
+ * absent optional value. 0, or -1 on OOM. */
+int audit_record_json(const struct audit_record *r, struct strbuf *out);
+/* Parses what audit_record_json wrote (unknown keys ignored) back into r. 0, or -1. */
+int audit_record_from_json(const char *text, size_t len, struct audit_record *r);
+
+/* The flat field/value list of a stream entry (XADD): the same names as the JSON, absent
+ * optional values left out, numbers in decimal. Values point into r or into f. */
+#define AUDIT_FIELDS_MAX 24
+struct audit_fields {
+    size_t count;
+    const char *name[AUDIT_FIELDS_MAX];
+    const char *value[AUDIT_FIELDS_MAX];
+    size_t value_len[AUDIT_FIELDS_MAX];
+    char num[AUDIT_FIELDS_MAX][32];
+};
+/* f is valid while r and f live. */
+void audit_record_fields(const struct audit_record *r, struct audit_fields *f);
+/* Builds r from a stream entry's fields (names[i] = values[i]); unknown fields ignored. 0/-1. */
+int audit_record_from_fields(struct audit_record *r, size_t n, const char *const *names,
+                             const char *const *values, const size_t *value_lens);
+
+/* ---- queue and sink ---- */
+
+struct audit;
+
+struct audit_stats {
+    uint64_t queue_depth;   /* submitted, not yet taken by the sink */
+    uint64_t spool_depth;   /* records in the spool not yet replayed */
+    uint64_t written;       /* records written live (Redis stream or memory stream) */
+    uint64_t spooled;       /* records appended to the spool */
+    uint64_t replayed;      /* spooled records acknowledged by Redis (including skipped dups) */
+    uint64_t overflowed;    /* submits that found their ring full (kept in the overflow list) */
+    uint64_t redis_errors;  /* failed connects, lost connections and error replies */
+    uint64_t file_errors;   /* failed writes to audit.file or the spool */
+};
+
+/* Starts the sink thread for n_workers producers (worker ids 0..n_workers-1). cfg is borrowed
+ * and must outlive the audit (redis, audit and instance are read). With cfg->redis the sink
+ * writes to the stream cfg->audit.stream (the key exactly as configured; the replay dedup keys
+ * use cfg->redis->key_prefix) and spools to cfg->audit.spool_dir (created if missing); any
+ * spool left there by an earlier run, whatever its instance, is replayed once Redis answers.
+ * Without redis, records go to a memory stream of min(maxlen, AUDIT_MEMORY_MAX) records.
+ * cfg->audit.file, when set, receives every record as a JSON line too. NULL with err. */
+struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen);
+/* Copies r into worker's queue. Called on that worker's thread only (one producer per worker);
+ * never blocks and does no I/O. A full ring sends the record to the overflow list (counted in
+ * overflowed): a record is never dropped. 0, or -1 on OOM or a bad worker id. */
+int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r);
+/* Stops the sink after it has written every queued record to Redis (or to the spool when Redis
+ * is down; a replay in progress resumes at the next start), fsyncs, joins the thread and frees.
+ * Waits for running queries to finish their scan. Call after the workers stopped submitting.
+ * NULL accepted. */
+void audit_free(struct audit *a);
+/* Any thread. */
+void audit_get_stats(struct audit *a, struct audit_stats *out);
+/* "memory" "live" "spooling" "replaying" "stopped": the sink's state, for /readyz and tests. */
+const char *audit_state_name(struct audit *a);
+
+/* ---- read side ---- */
+
+struct audit_query {
+    int has_business_id, has_scene_id;
+    uint32_t business_id, scene_id;
+    char app[64];          /* "" = any */
+    char decision[24];     /* "" = any */
+    uint64_t since_ms;     /* 0 = any; records with ts >= since */
+    unsigned limit;        /* 1..AUDIT_QUERY_LIMIT_MAX */
+};
+
+/* Parses the query string of GET /admin/audit (NULL or "" = no filter): businessId, sceneId
+ * (UInt), app, decision (one of the decision names), since (Unix seconds, or milliseconds when
+ * >= 10^11), limit (1..1000, default 100). Unknown or repeated parameters are errors. 0, or -1
+ * with err naming the parameter ("limit must be 1..1000; got 0"). */
+int audit_query_parse(const char *query_string, struct audit_query *q, char *err, size_t errlen);
+/* Runs q off the calling thread (a short-lived thread: XREVRANGE in chunks on its own Redis
+ * connection, newest first, at most AUDIT_QUERY_SCAN_MAX entries; or the memory stream), then
+ * calls done exactly once on base's loop with the JSON text {"records": [...newest first...],
+ * "scanned": N} and 200, or an error JSON {"error": "..."} and 503 when Redis cannot be read.
+ * json is valid only during the call. base must have libevent threading enabled
+ * (evthread_use_pthreads) and keep running until done fired. Records still queued or spooled
+ * are not visible until written. */
+void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,
+                 void (*done)(const char *json, int http_status, void *arg), void *arg);
+
+#endif

@@ -1,0 +1,730 @@
+/* test_audit.c: audit records (JSON, stream fields, PII hashing), query parsing, the per-worker
+ * queues (a producer thread against the sink, order and count) and the sink against a real
+ * redis-server started here: live XADDs, spooling while Redis is down, ordered idempotent
+ * replay when it returns, and replay of a spool left by an earlier audit object. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/sha.h>
+
+#include "audit.h"
+#include "capgate/params.h"
+#include "capgate/strbuf.h"
+#include "config.h"
+#include "pipeline.h"
+
+static const char pii_key[] = "test-pii-key-0123456789";
+
+static void hex_prefix(const unsigned char *md, size_t bytes, char *out) {
+    for (size_t i = 0; i < bytes; i++)
+        snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+static void expected_hmac(const char *value, char out[33]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned len = 0;
+    assert_non_null(HMAC(EVP_sha256(), pii_key, (int)strlen(pii_key),
+                         (const unsigned char *)value, strlen(value), md, &len));
+    hex_prefix(md, 16, out);
+}
+
+static void sample_pipeline_record(struct pipeline_record *pr, const char *request_id) {
+    memset(pr, 0, sizeof(*pr));
+    pr->ts_us = 1764351822123000ull;  /* 2025-11-28T17:43:42.123Z */
+    snprintf(pr->request_id, sizeof(pr->request_id), "%s", request_id);
+    snprintf(pr->app, sizeof(pr->app), "shop-web");
+    snprintf(pr->client_ip, sizeof(pr->client_ip), "127.0.0.1");
+    snprintf(pr->action, sizeof(pr->action), "CaptchaIframeQuery");
+    pr->has_business_id = 1;
+    pr->business_id = 7;
+    pr->has_scene_id = 0;
+    pr->has_captcha_type = 1;
+    pr->captcha_type = 9;
+    pr->has_client_type = 1;
+    pr->client_type = 2;
+    pr->has_account_type = 1;
+    pr->account_type = 4;
+    pr->decision = PIPELINE_LIMITED;
+    snprintf(pr->rule, sizeof(pr->rule), "login");
+    pr->code = 4400;
+    snprintf(pr->code_desc, sizeof(pr->code_desc), "LimitExceeded");
+    pr->http_status = 200;
+    pr->upstream_status = 0;
+    pr->latency_us = 1234;
+    pr->upstream_latency_us = 0;
+}
+
+static void sample_params(struct params *p) {
+    params_init(p);
+    assert_int_equal(params_adds(p, "Action", "CaptchaIframeQuery"), 0);
+    assert_int_equal(params_adds(p, "SecretId", "AKIDsecretidvalue"), 0);
+    assert_int_equal(params_adds(p, "Signature", "c2lnbmF0dXJlLXZhbHVl"), 0);
+    assert_int_equal(params_adds(p, "uid", "user-42"), 0);
+    assert_int_equal(params_adds(p, "userIp", "203.0.113.9"), 0);
+    assert_int_equal(params_adds(p, "imei", "356938035643809"), 0);
+    assert_int_equal(params_adds(p, "macAddress", "00:11:22:33:44:55"), 0);
+    assert_int_equal(params_adds(p, "associateAccount", "alice@example.com"), 0);
+}
+
+static struct config_audit audit_cfg(int raw) {
+    struct config_audit c = {0};
+    c.stream = "capgate:audit";
+    c.maxlen = 1000;
+    c.pii_raw = raw;
+    c.pii_key = (char *)pii_key;
+    c.pii_key_len = strlen(pii_key);
+    return c;
+}
+
+static json_t *record_object(const struct audit_record *r) {
+    struct strbuf b;
+    strbuf_init(&b);
+    assert_int_equal(audit_record_json(r, &b), 0);
+    json_t *o = json_loads(b.s, 0, NULL);
+    assert_non_null(o);
+    assert_null(strstr(b.s, "AKIDsecretidvalue"));
+    assert_null(strstr(b.s, "c2lnbmF0dXJlLXZhbHVl"));
+    assert_null(strstr(b.s, "Signature"));
+    assert_null(strstr(b.s, "asig"));
+    strbuf_cleanup(&b);
+    return o;
+}
+
+static const char *jstr(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    assert_true(json_is_string(v));
+    return json_string_value(v);
+}
+
+static long long jint(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    assert_true(json_is_integer(v));
+    return json_integer_value(v);
+}
+
+static void test_record_json_hashed(void **state) {
+    struct pipeline_record pr;
+    struct params p;
+    struct audit_record r;
+    struct config_audit cfg = audit_cfg(0);
+    const char *url = "https://captcha.example/template/TCapIframeApi.js?appid=1&asig=secretasig";
+    sample_pipeline_record(&pr, "0123456789abcdef");
+    sample_params(&p);
+    assert_int_equal(audit_record_init(&r, &pr, &p, url, &cfg, "host:1"), 0);
+    json_t *o = record_object(&r);
+    assert_int_equal(json_object_size(o), 24);
+    assert_string_equal(jstr(o, "ts"), "2025-11-28T17:43:42.123Z");
+    assert_string_equal(jstr(o, "request_id"), "0123456789abcdef");
+    assert_string_equal(jstr(o, "instance"), "host:1");
+    assert_string_equal(jstr(o, "app"), "shop-web");
+    assert_string_equal(jstr(o, "client_ip"), "127.0.0.1");
+    assert_string_equal(jstr(o, "action"), "CaptchaIframeQuery");
+    assert_int_equal(jint(o, "businessId"), 7);
+    assert_true(json_is_null(json_object_get(o, "sceneId")));
+    assert_int_equal(jint(o, "captchaType"), 9);
+    assert_int_equal(jint(o, "clientType"), 2);
+    assert_int_equal(jint(o, "accountType"), 4);
+    assert_string_equal(jstr(o, "decision"), "limited");
+    assert_string_equal(jstr(o, "rule"), "login");
+    assert_int_equal(jint(o, "code"), 4400);
+    assert_string_equal(jstr(o, "codeDesc"), "LimitExceeded");
+    assert_int_equal(jint(o, "upstream_status"), 0);
+    assert_int_equal(jint(o, "latency_us"), 1234);
+    assert_int_equal(jint(o, "upstream_latency_us"), 0);
+    static const char *const pii[][2] = {{"uid", "user-42"},
+                                         {"userIp", "203.0.113.9"},
+                                         {"imei", "356938035643809"},
+                                         {"macAddress", "00:11:22:33:44:55"},
+                                         {"associateAccount", "alice@example.com"}};
+    for (size_t i = 0; i < 5; i++) {
+        char want[33];
+        expected_hmac(pii[i][1], want);
+        assert_string_equal(jstr(o, pii[i][0]), want);
+    }
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char want_url[17];
+    SHA256((const unsigned char *)url, strlen(url), md);
+    hex_prefix(md, 8, want_url);
+    assert_string_equal(jstr(o, "url_sha256"), want_url);
+    json_decref(o);
+
+    /* JSON and stream fields both read back to the same record */
+    struct strbuf b;
+    struct audit_record back;
+    strbuf_init(&b);
+    assert_int_equal(audit_record_json(&r, &b), 0);
+    assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+    assert_memory_equal(&back, &r, sizeof(r));
+    strbuf_cleanup(&b);
+    struct audit_fields f;
+    audit_record_fields(&r, &f);
+    assert_int_equal(f.count, 23); /* sceneId absent */
+    assert_string_equal(f.name[0], "ts");
+    assert_memory_equal(f.value[0], "2025-11-28T17:43:42.123Z", 24);
+    assert_int_equal(audit_record_from_fields(&back, f.count, f.name, f.value, f.value_len), 0);
+    assert_memory_equal(&back, &r, sizeof(r));
+    params_cleanup(&p);
+}
+
+static void test_record_raw_no_url(void **state) {
+    struct pipeline_record pr;
+    struct params p;
+    struct audit_record r;
+    struct config_audit cfg = audit_cfg(1);
+    sample_pipeline_record(&pr, "fedcba9876543210");
+    pr.decision = PIPELINE_FORWARDED;
+    pr.rule[0] = '\0';
+    pr.code = 0;
+    pr.upstream_status = 200;
+    pr.upstream_latency_us = 800;
+    sample_params(&p);
+    params_remove(&p, "imei");
+    assert_int_equal(audit_record_init(&r, &pr, &p, NULL, &cfg, "i"), 0);
+    json_t *o = record_object(&r);
+    assert_string_equal(jstr(o, "uid"), "user-42");
+    assert_string_equal(jstr(o, "associateAccount"), "alice@example.com");
+    assert_true(json_is_null(json_object_get(o, "imei")));
+    assert_true(json_is_null(json_object_get(o, "url_sha256")));
+    assert_true(json_is_null(json_object_get(o, "rule")));
+    assert_string_equal(jstr(o, "decision"), "forwarded");
+    assert_int_equal(jint(o, "upstream_status"), 200);
+    assert_int_equal(jint(o, "upstream_latency_us"), 800);
+    json_decref(o);
+    params_cleanup(&p);
+
+    /* no params at all: every per-user field is null */
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    o = record_object(&r);
+    assert_true(json_is_null(json_object_get(o, "uid")));
+    assert_true(json_is_null(json_object_get(o, "userIp")));
+    json_decref(o);
+
+    /* a raw value longer than the buffer is cut at a UTF-8 boundary */
+    params_init(&p);
+    char longv[200];
+    memset(longv, 'x', sizeof(longv));
+    memcpy(longv + 63, "\xc3\xa9", 2);  /* straddles the 64-byte cut */
+    longv[199] = '\0';
+    assert_int_equal(params_adds(&p, "uid", longv), 0);
+    assert_int_equal(audit_record_init(&r, &pr, &p, NULL, &cfg, "i"), 0);
+    assert_int_equal(strlen(r.uid), 63);
+    params_cleanup(&p);
+}
+
+static void test_query_parse(void **state) {
+    struct audit_query q;
+    char err[256];
+    assert_int_equal(audit_query_parse(NULL, &q, err, sizeof(err)), 0);
+    assert_int_equal(q.limit, 100);
+    assert_false(q.has_business_id);
+    assert_int_equal(audit_query_parse("businessId=1&sceneId=2&app=shop-web&decision=denied"
+                                       "&since=1700000000&limit=1000", &q, err, sizeof(err)), 0);
+    assert_true(q.has_business_id && q.business_id == 1 && q.has_scene_id && q.scene_id == 2);
+    assert_string_equal(q.app, "shop-web");
+    assert_string_equal(q.decision, "denied");
+    assert_int_equal(q.since_ms, 1700000000000ull);
+    assert_int_equal(q.limit, 1000);
+    assert_int_equal(audit_query_parse("since=1700000000123", &q, err, sizeof(err)), 0);
+    assert_int_equal(q.since_ms, 1700000000123ull);
+
+    static const char *const bad[][2] = {
+        {"limit=0", "limit"}, {"limit=1001", "limit"}, {"limit=x", "limit"},
+        {"businessId=-1", "businessId"}, {"sceneId=4294967296", "sceneId"},
+        {"decision=maybe", "decision"}, {"since=yesterday", "since"},
+        {"foo=1", "unknown parameter foo"}, {"app=a&app=b", "app"},
+        {"businessId=%zz", "businessId"}};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        assert_int_equal(audit_query_parse(bad[i][0], &q, err, sizeof(err)), -1);
+        if (!strstr(err, bad[i][1]))
+            fail_msg("%s: error \"%s\" does not name %s", bad[i][0], err, bad[i][1]);
+    }
+}
+
+/* ---- helpers for the sink tests ---- */
+
+static void make_record(struct audit_record *r, const char *prefix, unsigned i, unsigned worker) {
+    struct pipeline_record pr;
+    struct config_audit cfg = audit_cfg(0);
+    char id[17];
+    snprintf(id, sizeof(id), "%s%08x", prefix, i);
+    sample_pipeline_record(&pr, id);
+    pr.business_id = worker;
+    pr.decision = (enum pipeline_decision)(i % PIPELINE_DECISION_COUNT);
+    assert_int_equal(audit_record_init(r, &pr, NULL, NULL, &cfg, "test"), 0);
+}
+
+static char *make_tmpdir(void) {
+    char tmpl[] = "/tmp/capgate-test-audit-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    assert_non_null(d);
+    return strdup(d);
+}
+
+static void rm_rf(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char path[1024];
+    if (!d)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            rm_rf(path);
+        else
+            unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static uint64_t now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void sleep_ms(unsigned ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+#define WAIT_UNTIL(cond, ms, what)                                   \
+    do {                                                             \
+        uint64_t deadline_ = now_ms() + (ms);                        \
+        while (!(cond)) {                                            \
+            if (now_ms() > deadline_)                                \
+                fail_msg("timed out waiting for %s", what);          \
+            sleep_ms(5);                                             \
+        }                                                            \
+    } while (0)
+
+static struct audit_stats stats_of(struct audit *a) {
+    struct audit_stats s;
+    audit_get_stats(a, &s);
+    return s;
+}
+
+/* ---- the queue: producers against the sink, through the memory stream and audit.file ---- */
+
+struct producer {
+    struct audit *a;
+    unsigned worker, count;
+};
+
+static void *produce(void *arg) {
+    struct producer *p = arg;
+    struct audit_record r;
+    for (unsigned i = 0; i < p->count; i++) {
+        make_record(&r, p->worker ? "bbbbbbbb" : "aaaaaaaa", i, p->worker);
+        assert_int_equal(audit_submit(p->a, p->worker, &r), 0);
+    }
+    return NULL;
+}
+
+static void test_queue_order_and_count(void **state) {
+    char *dir = make_tmpdir();
+    char file[512];
+    snprintf(file, sizeof(file), "%s/audit.jsonl", dir);
+    struct config cfg = {0};
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 50;
+    cfg.audit.file = file;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 2, err, sizeof(err));
+    assert_non_null(a);
+    assert_string_equal(audit_state_name(a), "memory");
+    struct audit_record r;
+    assert_int_equal(audit_submit(a, 2, (make_record(&r, "cccccccc", 0, 0), &r)), -1);
+
+    const unsigned count = 40000;
+    struct producer p[2] = {{a, 0, count}, {a, 1, count}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    WAIT_UNTIL(stats_of(a).written == 2 * count, 10000, "the sink to take every record");
+    struct audit_stats s = stats_of(a);
+    assert_int_equal(s.queue_depth, 0);
+    assert_int_equal(s.spooled, 0);
+    audit_free(a);
+
+    /* every record in audit.file, each worker's in submission order */
+    FILE *f = fopen(file, "r");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned next[2] = {0, 0};
+    while (getline(&line, &cap, f) > 0) {
+        assert_int_equal(audit_record_from_json(line, strlen(line), &r), 0);
+        unsigned w = r.request_id[0] == 'b';
+        char want[17];
+        snprintf(want, sizeof(want), "%s%08x", w ? "bbbbbbbb" : "aaaaaaaa", next[w]);
+        assert_string_equal(r.request_id, want);
+        assert_int_equal(r.business_id, w);
+        next[w]++;
+    }
+    free(line);
+    fclose(f);
+    assert_int_equal(next[0], count);
+    assert_int_equal(next[1], count);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* ---- the read side over the memory stream ---- */
+
+struct query_result {
+    int calls, status;
+    json_t *json;
+    struct event_base *base;
+};
+
+static void query_done(const char *json, int status, void *arg) {
+    struct query_result *res = arg;
+    res->calls++;
+    res->status = status;
+    res->json = json_loads(json, 0, NULL);
+    event_base_loopbreak(res->base);
+}
+
+static struct query_result run_query(struct audit *a, const char *qs) {
+    struct audit_query q;
+    char err[256];
+    struct query_result res = {0};
+    assert_int_equal(audit_query_parse(qs, &q, err, sizeof(err)), 0);
+    res.base = event_base_new();
+    assert_non_null(res.base);
+    audit_query(a, &q, res.base, query_done, &res);
+    struct timeval tv = {10, 0};
+    event_base_loopexit(res.base, &tv);
+    event_base_dispatch(res.base);
+    event_base_free(res.base);
+    assert_int_equal(res.calls, 1);
+    assert_non_null(res.json);
+    return res;
+}
+
+static void test_query_memory(void **state) {
+    struct config cfg = {0};
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 30;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    struct audit_record r;
+    for (unsigned i = 0; i < 40; i++) {
+        make_record(&r, "dddddddd", i, i % 2);
+        assert_int_equal(audit_submit(a, 0, &r), 0);
+    }
+    WAIT_UNTIL(stats_of(a).written == 40, 5000, "records in the memory stream");
+
+    struct query_result res = run_query(a, "limit=5");
+    assert_int_equal(res.status, 200);
+    json_t *recs = json_object_get(res.json, "records");
+    assert_int_equal(json_array_size(recs), 5);
+    assert_string_equal(jstr(json_array_get(recs, 0), "request_id"), "dddddddd00000027");
+    assert_string_equal(jstr(json_array_get(recs, 4), "request_id"), "dddddddd00000023");
+    assert_int_equal(jint(res.json, "scanned"), 5);
+    json_decref(res.json);
+
+    /* only the newest 30 are kept; filters apply */
+    res = run_query(a, "businessId=1&decision=forwarded&limit=1000");
+    recs = json_object_get(res.json, "records");
+    assert_int_equal(jint(res.json, "scanned"), 30);
+    for (size_t i = 0; i < json_array_size(recs); i++) {
+        assert_int_equal(jint(json_array_get(recs, i), "businessId"), 1);
+        assert_string_equal(jstr(json_array_get(recs, i), "decision"), "forwarded");
+    }
+    /* i % 9 == 0 (forwarded) and odd, among 10..39: 27 */
+    assert_int_equal(json_array_size(recs), 1);
+    json_decref(res.json);
+    audit_free(a);
+}
+
+/* ---- the sink against redis-server ---- */
+
+struct redis_server {
+    pid_t pid;
+    int port;
+    char dir[256];
+};
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t len = sizeof(sa);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    close(fd);
+    return ntohs(sa.sin_port);
+}
+
+static redisContext *redis_client(int port) {
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
+    if (c && c->err) {
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void redis_start(struct redis_server *s) {
+    char port[16];
+    snprintf(port, sizeof(port), "%d", s->port);
+    s->pid = fork();
+    assert_true(s->pid >= 0);
+    if (s->pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
+               "", "--appendonly", "no", "--dir", s->dir, (char *)NULL);
+        _exit(127);
+    }
+    uint64_t deadline = now_ms() + 5000;
+    for (;;) {
+        redisContext *c = redis_client(s->port);
+        if (c) {
+            redisReply *r = redisCommand(c, "PING");
+            int ok = r && r->type == REDIS_REPLY_STATUS;
+            if (r)
+                freeReplyObject(r);
+            redisFree(c);
+            if (ok)
+                return;
+        }
+        if (now_ms() > deadline)
+            fail_msg("redis-server did not start on port %d", s->port);
+        sleep_ms(20);
+    }
+}
+
+static void redis_stop(struct redis_server *s) {
+    if (s->pid > 0) {
+        kill(s->pid, SIGKILL);
+        waitpid(s->pid, NULL, 0);
+        s->pid = 0;
+    }
+}
+
+/* request_ids of the stream, oldest first; *n set. Caller frees. */
+static char (*stream_ids(int port, size_t *n))[17] {
+    redisContext *c = redis_client(port);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, "XRANGE capgate:audit - +");
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    char (*ids)[17] = calloc(r->elements + 1, 17);
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *kv = r->element[i]->element[1];
+        for (size_t j = 0; j + 1 < kv->elements; j += 2)
+            if (strcmp(kv->element[j]->str, "request_id") == 0)
+                snprintf(ids[i], 17, "%s", kv->element[j + 1]->str);
+    }
+    *n = r->elements;
+    freeReplyObject(r);
+    redisFree(c);
+    return ids;
+}
+
+/* Checks that the stream holds exactly the ids prefix+[0, count) once each, in order, after
+ * `from` entries that are not checked. */
+static void assert_stream_tail(int port, size_t from, const char *prefix, unsigned count) {
+    size_t n;
+    char (*ids)[17] = stream_ids(port, &n);
+    assert_int_equal(n, from + count);
+    for (unsigned i = 0; i < count; i++) {
+        char want[17];
+        snprintf(want, sizeof(want), "%s%08x", prefix, i);
+        assert_string_equal(ids[from + i], want);
+    }
+    free(ids);
+}
+
+static size_t count_spool_lines(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    size_t lines = 0;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+        FILE *f = fopen(path, "r");
+        int c;
+        assert_non_null(f);
+        while ((c = getc(f)) != EOF)
+            lines += c == '\n';
+        fclose(f);
+    }
+    closedir(d);
+    return lines;
+}
+
+static void copy_dir_files(const char *from, const char *to) {
+    DIR *d = opendir(from);
+    struct dirent *e;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        char src[1024], dst[1024], buf[65536];
+        snprintf(src, sizeof(src), "%s/%s", from, e->d_name);
+        snprintf(dst, sizeof(dst), "%s/%s", to, e->d_name);
+        int in = open(src, O_RDONLY), out = open(dst, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        ssize_t n;
+        assert_true(in >= 0 && out >= 0);
+        while ((n = read(in, buf, sizeof(buf))) > 0)
+            assert_int_equal(write(out, buf, (size_t)n), n);
+        close(in);
+        close(out);
+    }
+    closedir(d);
+}
+
+static void submit_n(struct audit *a, const char *prefix, unsigned n) {
+    struct audit_record r;
+    for (unsigned i = 0; i < n; i++) {
+        make_record(&r, prefix, i, 0);
+        assert_int_equal(audit_submit(a, 0, &r), 0);
+    }
+}
+
+static void test_sink_redis(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512], copy[512];
+    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    snprintf(spool, sizeof(spool), "%s/spool/nested", dir);
+    snprintf(copy, sizeof(copy), "%s/copy", dir);
+    assert_int_equal(mkdir(copy, 0700), 0);
+    rs.port = free_port();
+    redis_start(&rs);
+
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test host:1";
+    char err[256];
+
+    /* live: XADD */
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
+    submit_n(a, "a0000000", 100);
+    WAIT_UNTIL(stats_of(a).written == 100, 5000, "100 live writes");
+    assert_stream_tail(rs.port, 0, "a0000000", 100);
+
+    /* Redis down: records go to the spool */
+    redis_stop(&rs);
+    submit_n(a, "b0000000", 300);
+    WAIT_UNTIL(stats_of(a).spooled == 300, 5000, "300 spooled records");
+    assert_string_equal(audit_state_name(a), "spooling");
+    assert_int_equal(stats_of(a).spool_depth, 300);
+    assert_true(stats_of(a).redis_errors > 0);
+    WAIT_UNTIL(count_spool_lines(spool) == 300, 2000, "300 lines in the spool files");
+    copy_dir_files(spool, copy);
+
+    /* Redis back (empty: no persistence): the spool is replayed in order, once each */
+    redis_start(&rs);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "replay and live again");
+    assert_int_equal(stats_of(a).replayed, 300);
+    assert_stream_tail(rs.port, 0, "b0000000", 300);
+    assert_int_equal(count_spool_lines(spool), 0);
+    submit_n(a, "c0000000", 10);
+    WAIT_UNTIL(stats_of(a).written == 110, 5000, "live writes after the replay");
+    assert_stream_tail(rs.port, 300, "c0000000", 10);
+    audit_free(a);
+
+    /* the same spool again, in a new audit object: idempotent, nothing is added */
+    copy_dir_files(copy, spool);
+    a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    assert_int_equal(stats_of(a).spool_depth, 300);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "second replay");
+    assert_int_equal(stats_of(a).replayed, 300);
+    assert_int_equal(count_spool_lines(spool), 0);
+    {
+        size_t n;
+        free(stream_ids(rs.port, &n));
+        assert_int_equal(n, 310);
+    }
+    audit_free(a);
+
+    /* restart: records spooled by an object that stops while Redis is down are replayed by the
+     * next one */
+    redis_stop(&rs);
+    a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    submit_n(a, "d0000000", 50);
+    audit_free(a);
+    assert_int_equal(count_spool_lines(spool), 50);
+    redis_start(&rs);
+    a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "replay after a restart");
+    assert_stream_tail(rs.port, 0, "d0000000", 50);
+    audit_free(a);
+
+    redis_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_record_json_hashed),
+        cmocka_unit_test(test_record_raw_no_url),
+        cmocka_unit_test(test_query_parse),
+        cmocka_unit_test(test_queue_order_and_count),
+        cmocka_unit_test(test_query_memory),
+        cmocka_unit_test(test_sink_redis),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
