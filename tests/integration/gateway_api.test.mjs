@@ -32,8 +32,9 @@ for (const method of ['GET', 'POST']) {
     const name = `${method} ${signatureMethod === 'sha256' ? 'HmacSHA256' : 'HmacSHA1'}`;
     test(`official SDK ${name} with the app's credentials gets the mock's reply, re-signed upstream`, async () => {
       const uid = uniqueUid('sdk');
+      const nonce = nextNonce();
       const r = await sdkCall(gw.base, {
-        method, signatureMethod, secretId: APPS.sig.secretId, secretKey: APPS.sig.secretKey,
+        method, signatureMethod, nonce, secretId: APPS.sig.secretId, secretKey: APPS.sig.secretKey,
         params: { ...SEED_PARAMS, uid },
       });
       assert.equal(r.code, 0, JSON.stringify(r));
@@ -52,6 +53,12 @@ for (const method of ['GET', 'POST']) {
       assert.equal(verdict(e), 'ok', JSON.stringify(e));
       assert.equal(e.code, 0);
       assert.equal(e.action, 'CaptchaIframeQuery');
+      // The gateway's own public params, not the app's.
+      assert.notEqual(e.params.Nonce, String(nonce), 'the app Nonce is not forwarded');
+      assert.equal(e.params.SignatureMethod, 'HmacSHA256', 'upstream.signature_method defaults to HmacSHA256');
+      assert.equal(e.params.Region, 'gz');
+      assert.ok(Math.abs(Number(e.params.Timestamp) - Date.now() / 1000) < 60, `Timestamp ${e.params.Timestamp}`);
+      for (const [k, v] of Object.entries(SEED_PARAMS)) assert.equal(e.params[k], v, `business param ${k} forwarded`);
       const all = JSON.stringify(await journal(mock));
       assert.ok(!all.includes(APPS.sig.secretId), 'the app SecretId never reaches upstream');
     });

@@ -73,7 +73,8 @@ test('SIGHUP applies a new app and changed business_ids without dropping a keep-
   const gw = await gateway();
   const agent = new CountingAgent();
   try {
-    const call = (opts) => gwCall(gw, { agent, ...opts });
+    let sent = 0;
+    const call = (opts) => { sent++; return gwCall(gw, { agent, ...opts }); };
     const extraBefore = await call({ app: APPS.extra });
     assert.equal(assertApiReply(extraBefore).code, 4100, `extra-app is not configured yet: ${extraBefore.body}`);
     const b3before = await call({ app: APPS.limited, params: { ...SEED_PARAMS, businessId: '3' } });
@@ -107,6 +108,11 @@ test('SIGHUP applies a new app and changed business_ids without dropping a keep-
     assert.equal(assertApiReply(b3still).code, 0, b3still.body);
     assert.equal(agent.created, 1, 'the keep-alive connection survived the refused reload');
     assert.deepEqual(agent.socketErrors, []);
+    // Counters survive reloads: every request sent on this gateway is counted.
+    let m;
+    await waitFor(async () => { m = await gw.metrics(); return m.get('capgate_requests_total') >= sent; },
+      { timeoutMs: 4000, intervalMs: 100, what: `capgate_requests_total to reach ${sent}` }).catch(() => {});
+    assert.equal(m.get('capgate_requests_total'), sent, `counters kept across reloads\n${m.text}`);
   } finally {
     agent.destroy();
   }
