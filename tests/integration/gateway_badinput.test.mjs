@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, rawRequest, parseRawResponse } from './lib/harness.mjs';
-import { runBadInputCases, rawHttp, seedWith } from './lib/badinput.mjs';
+import { runBadInputCases, rawHttp, seedWith, BAD_INPUT_CASES } from './lib/badinput.mjs';
 import { startGateway, gwCall, journal, resetMock, signedQuery, assertApiReply, API_PATH } from './lib/gateway.mjs';
 
 let mock;
@@ -31,6 +31,10 @@ const target = () => ({
 test('the shared bad-input table against the gateway', async (t) => {
   await resetMock(mock);
   await runBadInputCases(t, target());
+  // Only the liveness checks after each case reached upstream.
+  const entries = await journal(mock);
+  assert.equal(entries.length, BAD_INPUT_CASES.length, JSON.stringify(entries.map((e) => [e.action, e.code])));
+  assert.ok(entries.every((e) => e.action === 'CaptchaIframeQuery' && e.code === 0), JSON.stringify(entries.map((e) => [e.action, e.code])));
 });
 
 for (const [name, send, re] of [
