@@ -102,8 +102,8 @@ void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
                  const struct limit_outcome *o) {
     struct store_deferred *d = calloc(1, sizeof *d);
     if (!d) {
-        /* nothing to queue with: the one allocation-free path left is the base's own once-queue,
-         * which also allocates, so the caller cannot be told later; log it loudly */
+        /* answering now would break "never inside the call", and every later path allocates
+         * too: the one case where a callback is lost, so say so */
         log_error("store: out of memory queueing a callback; the request stays pending");
         return;
     }

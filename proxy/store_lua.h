@@ -47,7 +47,8 @@
     "    end\n" \
     "  elseif newtat[i] then\n" \
     "    local px = math.ceil(tonumber(ARGV[3 * i - 1]) / 1000)\n" \
-    "    redis.call('SET', KEYS[i], string.format('%d', newtat[i]), 'PX', string.format('%d', px))\n" \
+    "    redis.call('SET', KEYS[i], string.format('%d', newtat[i]),\n" \
+    "               'PX', string.format('%d', px))\n" \
     "  end\n" \
     "  out[#out + 1] = rem[i]\n" \
     "  out[#out + 1] = reset[i]\n" \
