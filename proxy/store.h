@@ -28,7 +28,8 @@ const char *store_shared_kind(const struct store_shared *sh); /* "redis" or "mem
 /* One per worker, on the worker's base. Connecting happens in the background; commands before the
  * connection is up wait for it (bounded by timeout_ms). NULL + err on failure. */
 struct store *store_new(struct store_shared *sh, struct event_base *base, char *err, size_t errlen);
-/* Pending callbacks fire with err "store closed" before it returns. */
+/* Pending callbacks fire with err "store closed" before it returns. Not from inside a store
+ * callback (free on the next loop turn instead). */
 void store_free(struct store *s);
 int store_connected(const struct store *s);  /* 1 when the backend is reachable right now */
 
