@@ -1165,6 +1165,7 @@ static const struct field config_fields[] = {
     CUSTOM("idempotency", parse_idempotency),
     CUSTOM("http", parse_http),
     BOOL("demo", struct config, demo),
+    STRN("demo_app", struct config, demo_app),
     STR("instance", struct config, instance),
     CUSTOM("log_level", parse_log_level),
     END,
@@ -1215,6 +1216,32 @@ static int config_defaults(struct config *c) {
     return 0;
 }
 
+/* demo_app names a token app whenever demo is on: the /demo page calls the front API as it. */
+static int check_demo(struct ctx *x, struct config *c) {
+    const struct config_app *app = NULL;
+    if (!c->demo) return 0;
+    for (size_t i = 0; i < c->n_apps && !app; i++) {
+        const struct config_app *a = &c->apps[i];
+        if (c->demo_app ? strcmp(a->name, c->demo_app) == 0 : a->auth == CONFIG_AUTH_TOKEN)
+            app = a;
+    }
+    if (!c->demo_app) {
+        if (!app) {
+            push_key(x, "demo");
+            return fail(x, "is true but no app has \"auth\": \"token\"; the /demo page calls "
+                        "the front API as a token app");
+        }
+        return set_str(&c->demo_app, app->name) ? oom(x) : 0;
+    }
+    push_key(x, "demo_app");
+    if (!app) return fail(x, "no app is named \"%s\"", c->demo_app);
+    if (app->auth != CONFIG_AUTH_TOKEN)
+        return fail(x, "app \"%s\" authenticates by signature; the /demo page needs a token app",
+                    c->demo_app);
+    pop(x);
+    return 0;
+}
+
 /* Settings that depend on the process rather than the file. */
 static int config_finish(struct ctx *x, struct config *c) {
     if (!c->instance) {
@@ -1257,6 +1284,7 @@ int config_load_string(const char *json_text, const char *name, struct config **
         goto out;
     }
     if (parse_object(&x, root, config_fields, c) != 0) goto out;
+    if (check_demo(&x, c) != 0) goto out;
     if (config_finish(&x, c) != 0) goto out;
     *out = c;
     c = NULL;
@@ -1323,6 +1351,7 @@ void config_free(struct config *c) {
     free(c->audit.file);
     secret_free(c->audit.pii_key, c->audit.pii_key_len);
     free(c->pool.profiles);
+    free(c->demo_app);
     free(c->instance);
     free(c->log_level);
     free(c);
@@ -1440,7 +1469,7 @@ char *config_dump_masked(const struct config *c) {
         "{s:s, s:o, s:o, s:I, s:s, s:o, s:o, s:s, s:{s:I}, s:O, s:O,"
         " s:{s:s, s:I, s:s, s:o, s:s, s:o},"
         " s:{s:I, s:I}, s:{s:I, s:O}, s:{s:I},"
-        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:s, s:s}",
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:o, s:s, s:s}",
         "path", c->path, "listen", host_port(c->listen_host, c->listen_port), "admin_listen",
         host_port(c->admin_host, c->admin_port), "workers", (json_int_t)c->workers,
         "http_errors", http_errors_names[c->http_errors_semantic], "upstream",
@@ -1460,8 +1489,8 @@ char *config_dump_masked(const struct config *c) {
         "max_headers", (json_int_t)c->http.max_headers, "header_timeout_ms",
         (json_int_t)c->http.header_timeout_ms, "body_timeout_ms",
         (json_int_t)c->http.body_timeout_ms, "idle_timeout_ms",
-        (json_int_t)c->http.idle_timeout_ms, "demo", c->demo, "instance", c->instance,
-        "log_level", c->log_level);
+        (json_int_t)c->http.idle_timeout_ms, "demo", c->demo, "demo_app",
+        str_or_null(c->demo_app), "instance", c->instance, "log_level", c->log_level);
     if (root) out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 out:
     json_decref(root);

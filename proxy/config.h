@@ -129,6 +129,8 @@ struct config {
     struct config_pool pool;
     unsigned idempotency_ttl_s;  /* key idempotency.ttl_s; default 300 */
     int demo;
+    char *demo_app;        /* the token app the admin listener's /demo page calls as; when demo is
+                            * true, always the name of a token app (default: the first one) */
     struct config_http http;
     char *instance;        /* default hostname:pid */
     char *log_level;       /* "debug" "info" "warn" "error"; default "info" */

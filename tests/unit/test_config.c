@@ -113,6 +113,11 @@ static void test_dev_loads(void **state) {
     assert_string_equal(c->apps[0].secret_key, "demo-web-key-abcdef");
     assert_string_equal(c->apps[1].name, "batch-job");
     assert_string_equal(c->apps[1].token, "dev-batch-token-0123");
+    /* the /demo page calls CaptchaIframeQuery and CaptchaCheck as batch-job */
+    assert_string_equal(c->demo_app, "batch-job");
+    assert_true(c->apps[1].actions & (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY));
+    assert_true(c->apps[1].actions & (1u << V2_ACTION_CAPTCHA_CHECK));
+    assert_true(c->apps[1].business_any);
     assert_true(c->n_limits >= 2);
     config_free(c);
 }
@@ -486,12 +491,45 @@ static void test_warnings(void **state) {
     config_free(c);
 }
 
+#define DEMO_APPS "\"apps\": [{\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": " \
+    "\"S\", \"secret_key\": \"k\"}, {\"name\": \"t1\", \"auth\": \"token\", \"token\": \"x\"}, " \
+    "{\"name\": \"t2\", \"auth\": \"token\", \"token\": \"y\"}]"
+
+static void test_demo_app(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK ", " DEMO_APPS ", \"demo\": true}");
+    assert_string_equal(c->demo_app, "t1"); /* default: the first token app */
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK ", " DEMO_APPS ", \"demo\": true, \"demo_app\": \"t2\"}");
+    assert_string_equal(c->demo_app, "t2");
+    config_free(c);
+    /* demo off: demo_app is not checked, and no default is picked */
+    c = load_ok("{" UPSTREAM_OK ", \"demo_app\": \"nobody\"}");
+    assert_false(c->demo);
+    assert_string_equal(c->demo_app, "nobody");
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK ", " DEMO_APPS "}");
+    assert_null(c->demo_app);
+    config_free(c);
+
+    expect_error("{" UPSTREAM_OK ", " DEMO_APPS ",\n\"demo\": true, \"demo_app\": \"t3\"}",
+                 "t.json:2:15: demo_app: no app is named \"t3\"");
+    expect_error("{" UPSTREAM_OK ", " DEMO_APPS ",\n\"demo\": true, \"demo_app\": \"s\"}",
+                 "t.json:2:15: demo_app: app \"s\" authenticates by signature; the /demo page "
+                 "needs a token app");
+    expect_error("{" UPSTREAM_OK ",\n\"demo\": true}",
+                 "t.json:2:1: demo: is true but no app has \"auth\": \"token\"; the /demo page "
+                 "calls the front API as a token app");
+    expect_error("{" UPSTREAM_OK ", \"demo_app\": 7}",
+                 "t.json:1:69: demo_app: must be a non-empty string or null; got 7");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
         cmocka_unit_test(test_dev_loads),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_app_defaults),
+        cmocka_unit_test(test_demo_app),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_empty_env_var),
         cmocka_unit_test(test_load_missing_file),
