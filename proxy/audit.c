@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
@@ -564,6 +565,7 @@ struct audit {
     size_t n_tail_ids;
     int tail_loaded;
     struct sync_file file;          /* audit.file; fd -1 when not configured */
+    int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
 
     /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
     pthread_mutex_t mem_lock;
@@ -1425,6 +1427,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->n_workers = n_workers;
     a->segment.fd = -1;
     a->file.fd = -1;
+    a->lock_fd = -1;
     a->backoff_ms = BACKOFF_MIN_MS;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
@@ -1459,6 +1462,20 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         if (!cfg->audit.spool_dir || mkdir_p(cfg->audit.spool_dir) != 0) {
             snprintf(err, errlen, "audit.spool_dir: cannot create %s: %s",
                      cfg->audit.spool_dir ? cfg->audit.spool_dir : "(none)", strerror(errno));
+            goto fail;
+        }
+        char lock[4096];
+        if (spool_path(a, ".lock", lock, sizeof(lock)) != 0 ||
+            (a->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
+            snprintf(err, errlen, "audit.spool_dir: cannot open %s/.lock: %s",
+                     cfg->audit.spool_dir, strerror(errno));
+            goto fail;
+        }
+        if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+            /* two processes replaying and appending to one spool would delete each other's
+             * segments */
+            snprintf(err, errlen, "audit.spool_dir: %s is in use by another capgate process",
+                     cfg->audit.spool_dir);
             goto fail;
         }
         atomic_store(&a->spool_depth, spool_count(a));
@@ -1528,6 +1545,8 @@ void audit_free(struct audit *a) {
         close(a->file.fd);
     if (a->segment.fd >= 0)
         close(a->segment.fd);
+    if (a->lock_fd >= 0)
+        close(a->lock_fd);
     if (a->replay_fp)
         fclose(a->replay_fp);
     sink_disconnect(a);

@@ -109,7 +109,8 @@ struct audit_stats {
  * writes to the stream cfg->audit.stream (the key exactly as configured; the replay dedup keys
  * use cfg->redis->key_prefix) and spools to cfg->audit.spool_dir (created if missing); any
  * spool left there by an earlier run, whatever its instance, is replayed once Redis answers.
- * Without redis, records go to a memory stream of min(maxlen, AUDIT_MEMORY_MAX) records.
+ * The spool directory is locked (flock on <spool_dir>/.lock): a second process using it fails
+ * here. Without redis, records go to a memory stream of min(maxlen, AUDIT_MEMORY_MAX) records.
  * cfg->audit.file, when set, receives every record as a JSON line too. NULL with err. */
 struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen);
 /* Copies r into worker's queue. Called on that worker's thread only (one producer per worker);
@@ -146,7 +147,8 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
  * connection, newest first, at most AUDIT_QUERY_SCAN_MAX entries; or the memory stream), then
  * calls done exactly once on base's loop with the JSON text {"records": [...newest first...],
  * "scanned": N} and 200, or an error JSON {"error": "..."} and 503 when Redis cannot be read.
- * json is valid only during the call. base must have libevent threading enabled
+ * json is valid only during the call. Only when memory or a thread cannot be had may done run
+ * before audit_query returns (with a 500/503 error JSON). base must have libevent threading enabled
  * (evthread_use_pthreads) and keep running until done fired. Records still queued or spooled
  * are not visible until written. */
 void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,

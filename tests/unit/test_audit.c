@@ -652,6 +652,9 @@ static void test_sink_redis(void **state) {
     struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
     assert_non_null(a);
     WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
+    /* one process per spool directory */
+    assert_null(audit_new(&cfg, 1, err, sizeof(err)));
+    assert_non_null(strstr(err, "in use by another capgate process"));
     submit_n(a, "a0000000", 100);
     WAIT_UNTIL(stats_of(a).written == 100, 5000, "100 live writes");
     assert_stream_tail(rs.port, 0, "a0000000", 100);
