@@ -2,6 +2,7 @@
  * thread, which owns no request path, so a slow scrape never delays an API request. */
 #include "admin.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +34,16 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
     strbuf_cleanup(&b);
 }
 
+/* Ready while not draining. A store that is down does not make the gateway unready: requests
+ * are still served per on_store_error; the JSON says so for operators. */
+static void admin_ready(struct admin *a, struct httpd_req *req) {
+    char body[128];
+    int store_up = stats_store_connected(a->src.workers, a->src.n_workers);
+    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"store\":\"%s\"}",
+             *a->src.draining ? "draining" : "ready", store_up ? "up" : "down");
+    admin_json(req, *a->src.draining ? 503 : 200, body);
+}
+
 static void admin_handle(struct httpd_req *req, void *arg) {
     struct admin *a = arg;
     if (req->error_status) {
@@ -43,8 +54,7 @@ static void admin_handle(struct httpd_req *req, void *arg) {
     if (get && strcmp(req->path, "/healthz") == 0) {
         admin_json(req, 200, "{\"status\":\"ok\"}");
     } else if (get && strcmp(req->path, "/readyz") == 0) {
-        if (*a->src.draining) admin_json(req, 503, "{\"status\":\"draining\"}");
-        else admin_json(req, 200, "{\"status\":\"ready\"}");
+        admin_ready(a, req);
     } else if (get && strcmp(req->path, "/metrics") == 0) {
         admin_metrics(a, req);
     } else if (strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/readyz") == 0 ||

@@ -1,6 +1,6 @@
 /* admin.h: the admin listener (config "admin_listen", localhost by default), served by its own
- * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining),
- * GET /metrics (Prometheus text of every worker summed). Anything else is a 404 in JSON. */
+ * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining; its
+ * JSON says "store":"up" or "down"), GET /metrics (Prometheus text of every worker summed). Anything else is a 404 in JSON. */
 #ifndef CAPGATE_ADMIN_H
 #define CAPGATE_ADMIN_H
 #include <stddef.h>

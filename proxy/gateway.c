@@ -1,6 +1,7 @@
 /* gateway.c: process lifecycle. The main thread owns the signals, the admin listener and the
- * current config; each worker thread owns an event base, a front httpd and an upstream pool,
- * and shares nothing on the request path but the nonce cache. The main thread talks to a worker
+ * current config; each worker thread owns an event base, a front httpd, an upstream pool and a
+ * rate-limit store, and shares nothing on the request path but the nonce cache and the store's
+ * process-wide part (made once at start, so counters survive reloads). The main thread talks to a worker
  * only through its mailbox (a mutex-protected slot plus event_active on the worker's base): a
  * new config after SIGHUP, or the order to drain. */
 #include "gateway.h"
@@ -23,6 +24,7 @@
 #include "nonce.h"
 #include "pipeline.h"
 #include "stats.h"
+#include "store.h"
 #include "upstream.h"
 
 #define GATEWAY_NONCE_MAX 1000000  /* replay cache entries, all SecretIds together */
@@ -56,6 +58,7 @@ struct gateway {
     struct event *sig_term, *sig_int, *sig_hup, *workers_done;
     SSL_CTX *ssl_ctx;
     struct nonce_cache *nonces;
+    struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
     struct gateway_worker *workers;
     unsigned n_workers;
     unsigned n_started;               /* worker threads running (a prefix of workers) */
@@ -82,8 +85,12 @@ static struct gateway_worker *worker_of(struct pipeline_worker *pw) {
 
 static void worker_publish(struct gateway_worker *w) {
     struct upstream_stats us;
+    struct store_stats ss;
     upstream_get_stats(w->pw.upstream, &us);
     stats_set_upstream(w->pw.stats, &us);
+    store_get_stats(w->pw.store, &ss);
+    stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors,
+                    ss.timeouts, ss.reconnects);
     stats_set_connections(w->pw.stats, httpd_connections(w->httpd));
 }
 
@@ -180,6 +187,10 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     if (!w->pw.base) goto oom;
     w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
     if (!w->pw.upstream) return -1;
+    /* A Redis that is down now is no reason not to start: the store connects in the
+     * background and requests are served per on_store_error meanwhile. */
+    w->pw.store = store_new(g->store_shared, w->pw.base, err, errlen);
+    if (!w->pw.store) return -1;
     w->httpd = httpd_new(w->pw.base, lim, pipeline_handle, &w->pw);
     w->wake = event_new(w->pw.base, -1, 0, worker_wake, w);
     w->tick = event_new(w->pw.base, -1, EV_PERSIST, worker_tick, w);
@@ -193,11 +204,16 @@ oom:
 }
 
 /* After the worker's thread ended (or never started). Pending requests are cancelled by
- * httpd_free, then their upstream calls complete inside upstream_free and release them. */
+ * httpd_free; those waiting on the store end with "store closed" inside store_free (no new store
+ * call starts then), those waiting on upstream complete inside upstream_free; either way they
+ * are released there. */
 static void worker_cleanup(struct gateway_worker *w) {
     w->pw.on_release = NULL;
     httpd_free(w->httpd);
     w->httpd = NULL;
+    w->pw.store_closing = 1;
+    store_free(w->pw.store);
+    w->pw.store = NULL;
     upstream_free(w->pw.upstream);
     w->pw.upstream = NULL;
     if (w->wake) event_free(w->wake);
@@ -257,6 +273,24 @@ static int upstream_differs(const struct config_upstream *a, const struct config
            a->breaker_failures != b->breaker_failures || a->breaker_open_ms != b->breaker_open_ms;
 }
 
+static int redis_differs(const struct config_redis *a, const struct config_redis *b) {
+    if (!a || !b) return a != b;
+    return str_differs(a->host, b->host) || a->port != b->port || a->db != b->db ||
+           str_differs(a->password, b->password) || a->timeout_ms != b->timeout_ms ||
+           str_differs(a->key_prefix, b->key_prefix);
+}
+
+/* A generated PII key is new on every load: only a configured one can be compared. */
+static int audit_differs(const struct config_audit *a, const struct config_audit *b) {
+    int key = !a->pii_key_generated || !b->pii_key_generated;
+    return str_differs(a->stream, b->stream) || a->maxlen != b->maxlen ||
+           str_differs(a->spool_dir, b->spool_dir) || str_differs(a->file, b->file) ||
+           a->pii_raw != b->pii_raw ||
+           (key && (a->pii_key_generated != b->pii_key_generated ||
+                    a->pii_key_len != b->pii_key_len ||
+                    (a->pii_key_len && memcmp(a->pii_key, b->pii_key, a->pii_key_len) != 0)));
+}
+
 /* Logs what a reload changes, and what it cannot change without a restart (compared with the
  * config the process started with, which is what those parts still run on). */
 static void reload_log_changes(const struct config *old, const struct config *boot,
@@ -273,10 +307,13 @@ static void reload_log_changes(const struct config *old, const struct config *bo
     if (old->timestamp_window_s != c->timestamp_window_s)
         log_info("reload: auth.timestamp_window_s %u -> %u", old->timestamp_window_s,
                  c->timestamp_window_s), changes++;
+    if (old->on_store_error != c->on_store_error)
+        log_info("reload: on_store_error changed"), changes++;
     if (old->http_errors_semantic != c->http_errors_semantic)
         log_info("reload: http_errors %s -> %s", old->http_errors_semantic ? "semantic" : "compat",
                  c->http_errors_semantic ? "semantic" : "compat"), changes++;
-    if (!changes) log_info("reload: no change to apps, limits, auth or http_errors");
+    if (!changes)
+        log_info("reload: no change to apps, limits, auth, on_store_error or http_errors");
 
     if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
         log_warn("reload: listen changed; not applied, it needs a restart");
@@ -289,6 +326,13 @@ static void reload_log_changes(const struct config *old, const struct config *bo
         log_warn("reload: upstream changed; not applied, it needs a restart");
     if (memcmp(&boot->http, &c->http, sizeof(c->http)) != 0)
         log_warn("reload: http limits changed; not applied, they need a restart");
+    if (redis_differs(boot->redis, c->redis))
+        log_warn("reload: redis changed; not applied, it needs a restart");
+    if (audit_differs(&boot->audit, &c->audit) || str_differs(boot->instance, c->instance))
+        log_warn("reload: audit or instance changed; not applied, it needs a restart");
+    if (boot->metrics.flush_ms != c->metrics.flush_ms ||
+        boot->metrics.retention_s != c->metrics.retention_s)
+        log_warn("reload: metrics changed; not applied, it needs a restart");
 }
 
 static void gateway_reload(struct gateway *g) {
@@ -363,6 +407,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
 
     g->base = event_base_new();
     g->nonces = nonce_cache_new(GATEWAY_NONCE_MAX, GATEWAY_NONCE_STRIPES);
+    g->store_shared = store_shared_new(c, err, errlen);
+    if (!g->store_shared) goto fail;
     g->n_workers = c->workers ? c->workers : 1;
     g->workers = calloc(g->n_workers, sizeof(*g->workers));
     g->stats = calloc(g->n_workers, sizeof(*g->stats));
@@ -428,7 +474,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     gateway_host_port(hp, sizeof(hp), c->admin_host, admin_port);
     printf("capgate admin listening on http://%s\n", hp);
     fflush(stdout);
-    log_info("capgate %s: %u worker(s), upstream %s", c->path, g->n_workers, c->upstream.url);
+    log_info("capgate %s: %u worker(s), upstream %s, %s store", c->path, g->n_workers,
+             c->upstream.url, store_shared_kind(g->store_shared));
     return g;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -490,6 +537,7 @@ void gateway_free(struct gateway *g) {
     for (unsigned i = 0; g->stats && i < g->n_workers; i++) stats_worker_free(g->stats[i]);
     free(g->stats);
     nonce_cache_free(g->nonces);
+    store_shared_free(g->store_shared);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
     if (g->base) event_base_free(g->base);
     pipeline_config_unref(g->boot);

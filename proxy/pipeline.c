@@ -21,12 +21,16 @@
 #include "capgate/params.h"
 #include "capgate/reply.h"
 #include "capgate/sign.h"
+#include "capgate/strbuf.h"
 #include "config.h"
+#include "limit.h"
 #include "stats.h"
+#include "store.h"
 #include "upstream.h"
 
 #define PIPELINE_API_PATH "/v2/index.php"
 #define PIPELINE_JSON "application/json"
+#define PIPELINE_KEY_PREFIX "capgate:"  /* limit keys without a redis section */
 
 /* ---- shared config ---- */
 
@@ -150,6 +154,66 @@ int pipeline_upstream_timed_out(const char *error) {
     return error && (strstr(error, "timed out") || strstr(error, "timeout"));
 }
 
+static void copy_str(char *dst, size_t cap, const char *src);
+
+enum pipeline_decision pipeline_limit_verdict(const struct limit_bucket *b, size_t n,
+                                              const struct limit_outcome *o, char *rule,
+                                              size_t rulelen, char *msg, size_t msglen) {
+    copy_str(rule, rulelen, "");
+    copy_str(msg, msglen, "");
+    if (!o->allowed && o->denied >= 0 && (size_t)o->denied < n) {
+        const char *name = b[o->denied].rule ? b[o->denied].rule->name : "";
+        /* Whole seconds rounded up, at least 1: the same number as Retry-After. */
+        uint64_t s = (o->retry_after_us + 999999) / 1000000;
+        copy_str(rule, rulelen, name);
+        snprintf(msg, msglen, "rate limit %s exceeded; retry in %llu s", name,
+                 (unsigned long long)(s ? s : 1));
+        return PIPELINE_LIMITED;
+    }
+    if (o->shadow_denied >= 0 && (size_t)o->shadow_denied < n) {
+        copy_str(rule, rulelen, b[o->shadow_denied].rule ? b[o->shadow_denied].rule->name : "");
+        return PIPELINE_SHADOW_LIMITED;
+    }
+    return PIPELINE_FORWARDED;
+}
+
+enum pipeline_store_fallback pipeline_store_fallback(enum config_store_error policy,
+                                                     int local_tried, int closing) {
+    if (closing) return PIPELINE_STORE_DENY;
+    if (policy == CONFIG_STORE_ERROR_ALLOW) return PIPELINE_STORE_ALLOW;
+    if (policy == CONFIG_STORE_ERROR_DENY || local_tried) return PIPELINE_STORE_DENY;
+    return PIPELINE_STORE_LOCAL;
+}
+
+void pipeline_limit_headers_cleanup(struct pipeline_limit_headers *h) {
+    for (size_t i = 0; i < h->count; i++) free(h->value[i]);
+    memset(h, 0, sizeof(*h));
+}
+
+int pipeline_limit_headers_init(struct pipeline_limit_headers *h, const struct limit_bucket *b,
+                                size_t n, const struct limit_outcome *o) {
+    static const char *const names[PIPELINE_LIMIT_HEADERS_MAX] = {"RateLimit-Policy",
+                                                                  "RateLimit", "Retry-After"};
+    struct strbuf v[PIPELINE_LIMIT_HEADERS_MAX];
+    int rc = -1;
+
+    memset(h, 0, sizeof(*h));
+    for (size_t i = 0; i < PIPELINE_LIMIT_HEADERS_MAX; i++) strbuf_init(&v[i]);
+    if (limit_headers(b, n, o, &v[0], &v[1], &v[2]) != 0) goto out;
+    for (size_t i = 0; i < PIPELINE_LIMIT_HEADERS_MAX; i++) {
+        if (!v[i].len) continue;
+        h->name[h->count] = names[i];
+        h->value[h->count] = strbuf_detach(&v[i]);
+        if (!h->value[h->count]) goto out;
+        h->count++;
+    }
+    rc = 0;
+out:
+    for (size_t i = 0; i < PIPELINE_LIMIT_HEADERS_MAX; i++) strbuf_cleanup(&v[i]);
+    if (rc != 0) pipeline_limit_headers_cleanup(h);
+    return rc;
+}
+
 /* ---- the request context ---- */
 
 enum pipeline_state {
@@ -182,6 +246,12 @@ struct pipeline_ctx {
     const struct config_app *app;   /* borrowed from config */
     struct v2_fields fields;
     struct pipeline_record rec;
+    /* rate limits: the request's buckets (rules borrowed from config) */
+    struct limit_bucket buckets[LIMIT_MAX_BUCKETS];
+    size_t n_buckets;
+    int local_tried;                /* on_store_error "local": the local buckets were asked */
+    int shadow_limited;             /* a shadow rule would have refused (kept for the audit) */
+    struct pipeline_limit_headers limit_headers;
     /* the reply, ready once a stage finished */
     int reply_status;
     char *reply_body;
@@ -195,6 +265,7 @@ static void set_state(struct pipeline_ctx *ctx, enum pipeline_state to) {
 }
 
 static void copy_str(char *dst, size_t cap, const char *src) {
+    if (!cap) return;
     size_t n = src ? strlen(src) : 0;
     if (n >= cap) n = cap - 1;
     if (n) memcpy(dst, src, n);
@@ -307,13 +378,90 @@ static enum stage_result stage_authorize(struct pipeline_ctx *ctx) {
     return STAGE_NEXT;
 }
 
-/* Idempotent replay, rate limits and the prefetch pool are decided by modules that come with
- * the store; until then each of these stages lets the request continue. */
+/* Idempotent replay and the prefetch pool are decided by modules that come with the store;
+ * until then each of these stages lets the request continue. */
 static enum stage_result stage_replay(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
-static enum stage_result stage_limit(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
 static enum stage_result stage_pool(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
 
 static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r);
+
+/* The headers every reply after the limit stage carries; a failure only loses the headers. */
+static void limit_set_headers(struct pipeline_ctx *ctx, const struct limit_outcome *o) {
+    pipeline_limit_headers_cleanup(&ctx->limit_headers);
+    if (pipeline_limit_headers_init(&ctx->limit_headers, ctx->buckets, ctx->n_buckets, o) != 0)
+        log_warn("request %s: out of memory for the rate-limit headers", ctx->rec.request_id);
+}
+
+/* capgate_limit_decisions_total: a refusal counts for the refusing rule only (nothing was
+ * taken from the others); an admission counts for every rule, as shadow_limited for the shadow
+ * rule that would have refused. */
+static void limit_count(struct pipeline_ctx *ctx, const struct limit_outcome *o) {
+    struct stats_worker *st = ctx->w->stats;
+    if (!o->allowed && o->denied >= 0 && (size_t)o->denied < ctx->n_buckets) {
+        stats_count_limit(st, ctx->buckets[o->denied].rule->name, "limited");
+        return;
+    }
+    for (size_t i = 0; i < ctx->n_buckets; i++)
+        stats_count_limit(st, ctx->buckets[i].rule->name,
+                          (int)i == o->shadow_denied ? "shadow_limited" : "admitted");
+}
+
+static void limit_done(const char *err, const struct limit_outcome *o, void *arg) {
+    struct pipeline_ctx *ctx = arg;
+    struct pipeline_worker *w = ctx->w;
+    char msg[256];
+
+    if (err) {
+        switch (pipeline_store_fallback(ctx->config->on_store_error, ctx->local_tried,
+                                        w->store_closing)) {
+        case PIPELINE_STORE_LOCAL:
+            log_debug("request %s: rate-limit store failed (%s); local buckets decide",
+                      ctx->rec.request_id, err);
+            ctx->local_tried = 1;
+            store_limit_local(w->store, ctx->buckets, ctx->n_buckets, limit_done, ctx);
+            return;
+        case PIPELINE_STORE_ALLOW:
+            log_debug("request %s: rate-limit store failed (%s); admitted unlimited",
+                      ctx->rec.request_id, err);
+            limit_set_headers(ctx, NULL);
+            pipeline_resume(ctx, STAGE_NEXT);
+            return;
+        case PIPELINE_STORE_DENY:
+            pipeline_resume(ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_LIMITED, 0, 0,
+                                           "rate-limit store unavailable: %s", err));
+            return;
+        }
+    }
+    limit_count(ctx, o);
+    limit_set_headers(ctx, o);
+    enum pipeline_decision d = pipeline_limit_verdict(ctx->buckets, ctx->n_buckets, o,
+                                                      ctx->rec.rule, sizeof(ctx->rec.rule), msg,
+                                                      sizeof(msg));
+    if (d == PIPELINE_LIMITED) {
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_LIMIT_EXCEEDED, PIPELINE_LIMITED, 0, 0, "%s",
+                                       msg));
+        return;
+    }
+    if (d == PIPELINE_SHADOW_LIMITED) {
+        ctx->shadow_limited = 1;
+        ctx->rec.decision = PIPELINE_SHADOW_LIMITED;
+    }
+    pipeline_resume(ctx, STAGE_NEXT);
+}
+
+/* Buckets are named from the startup config's key prefix: the store it talks to is that one. */
+static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
+    const struct config_redis *redis = ctx->w->boot->redis;
+    const char *prefix = redis && redis->key_prefix ? redis->key_prefix : PIPELINE_KEY_PREFIX;
+    const struct v2_fields *f = &ctx->fields;
+
+    ctx->n_buckets = limit_buckets(ctx->config, prefix, ctx->app->name, f->has_business_id,
+                                   f->business_id, f->has_scene_id, f->scene_id, ctx->buckets,
+                                   LIMIT_MAX_BUCKETS);
+    if (!ctx->n_buckets) return STAGE_NEXT;
+    store_limit(ctx->w->store, ctx->buckets, ctx->n_buckets, limit_done, ctx);
+    return STAGE_PENDING;
+}
 
 /* The upstream reply's code and codeDesc, for the record; the body itself passes unchanged. */
 static void record_upstream_code(struct pipeline_record *rec, const char *body, size_t len) {
@@ -330,7 +478,8 @@ static void forward_done(const struct upstream_result *r, void *arg) {
     ctx->rec.upstream_status = r->http_status;
     ctx->rec.upstream_latency_us = r->latency_us;
     if (r->ok) {
-        ctx->rec.decision = PIPELINE_FORWARDED;
+        /* A shadow refusal stays the decision of a request that was forwarded anyway. */
+        ctx->rec.decision = ctx->shadow_limited ? PIPELINE_SHADOW_LIMITED : PIPELINE_FORWARDED;
         ctx->reply_body = malloc(r->body_len + 1);
         if (ctx->reply_body) {
             memcpy(ctx->reply_body, r->body, r->body_len);
@@ -393,6 +542,7 @@ static const struct pipeline_stage stages[] = {
 static void ctx_release(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
     params_cleanup(&ctx->params);
+    pipeline_limit_headers_cleanup(&ctx->limit_headers);
     free(ctx->reply_body);
     pipeline_config_unref(ctx->pc);
     free(ctx);
@@ -419,6 +569,8 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
         return;
     }
     httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
+    for (size_t i = 0; i < ctx->limit_headers.count; i++)
+        httpd_add_header(req, ctx->limit_headers.name[i], ctx->limit_headers.value[i]);
     httpd_reply(req, ctx->reply_status, PIPELINE_JSON, ctx->reply_body, ctx->reply_len);
     ctx->rec.http_status = ctx->reply_status;
 }

@@ -11,15 +11,20 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "capgate/validate.h"
+#include "config.h"
+#include "limit.h"
 
+struct audit;
 struct config;
 struct config_app;
 struct config_upstream;
 struct event_base;
 struct httpd_req;
+struct metrics;
 struct nonce_cache;
 struct params;
 struct stats_worker;
+struct store;
 struct upstream;
 
 /* A loaded config shared by the workers and their in-flight requests: a reload swaps the
@@ -81,6 +86,14 @@ struct pipeline_worker {
     struct upstream *upstream;
     struct stats_worker *stats;
     struct nonce_cache *nonces;
+    struct store *store;               /* rate-limit buckets, the worker's own */
+    int store_closing;                 /* set before store_free: its "store closed" callbacks
+                                        * end their requests instead of retrying locally */
+    /* Process-wide sinks, fed at the end of every request (worker id = id); may be NULL. */
+    struct audit *audit;
+    struct metrics *metrics;
+    const struct config_audit *audit_config;  /* pii settings of the sink (the boot config) */
+    const char *instance;              /* the audit records' "instance" */
     uint64_t rng[4];                   /* xoshiro256**, seeded from the CSPRNG */
     size_t live;                       /* request contexts not yet released */
     /* Called (if set) each time a context is released, after live was decremented. */
@@ -117,5 +130,42 @@ int pipeline_upstream_params(const struct params *in, const struct config_upstre
 
 /* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
 int pipeline_upstream_timed_out(const char *error);
+
+/* The limit stage's reading of a store outcome o over the request's n buckets b:
+ *  - PIPELINE_LIMITED: an enforcing bucket refused; rule gets its rule's name and msg the 4400
+ *    reply's message "rate limit <rule> exceeded; retry in N s" (N as in Retry-After);
+ *  - PIPELINE_SHADOW_LIMITED: admitted, but a shadow bucket would have refused; rule names it;
+ *  - PIPELINE_FORWARDED: admitted; rule "".
+ * msg is "" unless refused. */
+enum pipeline_decision pipeline_limit_verdict(const struct limit_bucket *b, size_t n,
+                                              const struct limit_outcome *o, char *rule,
+                                              size_t rulelen, char *msg, size_t msglen);
+
+/* What the limit stage does when the store failed (err from store_limit). */
+enum pipeline_store_fallback {
+    PIPELINE_STORE_LOCAL,  /* ask the in-process buckets (store_limit_local) */
+    PIPELINE_STORE_ALLOW,  /* continue unlimited */
+    PIPELINE_STORE_DENY    /* answer 6200 "rate-limit store unavailable: <err>" */
+};
+/* policy is the config's on_store_error; local_tried: the local buckets were already asked
+ * (and failed too); closing: the store is being freed (no new call may start). */
+enum pipeline_store_fallback pipeline_store_fallback(enum config_store_error policy,
+                                                     int local_tried, int closing);
+
+/* The rate-limit headers of a reply, names in the order they are sent; values owned. */
+#define PIPELINE_LIMIT_HEADERS_MAX 3
+struct pipeline_limit_headers {
+    size_t count;
+    const char *name[PIPELINE_LIMIT_HEADERS_MAX];  /* static strings */
+    char *value[PIPELINE_LIMIT_HEADERS_MAX];
+};
+/* Fills h (initialised by the call) from limit_headers: RateLimit-Policy and RateLimit for the
+ * enforcing buckets, Retry-After when o refused the request; o NULL (the store failed and the
+ * request is let through) gives RateLimit-Policy only. Empty values are left out. 0, or -1 on
+ * OOM (h then empty). The caller cleans up with pipeline_limit_headers_cleanup (also on
+ * failure). */
+int pipeline_limit_headers_init(struct pipeline_limit_headers *h, const struct limit_bucket *b,
+                                size_t n, const struct limit_outcome *o);
+void pipeline_limit_headers_cleanup(struct pipeline_limit_headers *h);
 
 #endif

@@ -17,9 +17,17 @@ struct stats_series {
     atomic_uint_fast64_t count;
 };
 
+/* An open-addressing table of series; slots are never removed. */
+struct stats_table {
+    struct stats_series *series;
+    size_t cap;
+    size_t n_used;                     /* slots taken; read and written by the worker only */
+};
+
 struct stats_worker {
     unsigned id;
-    size_t n_used;                     /* slots taken; read and written by the worker only */
+    struct stats_table requests;       /* (app, action, decision) */
+    struct stats_table limits;         /* (rule, "", decision) */
     atomic_int_fast64_t inflight;
     atomic_uint_fast64_t connections;
     /* the worker's upstream stats, copied after each call */
@@ -27,13 +35,24 @@ struct stats_worker {
     atomic_uint_fast64_t up_sum_us;
     atomic_int up_breaker;
     atomic_uint_fast64_t up_open;
+    /* the worker's rate-limit store, copied on each publish */
+    atomic_int store_connected;
+    atomic_uint_fast64_t store_commands, store_errors, store_timeouts, store_reconnects;
+    atomic_uint_fast64_t audit_failures;
     struct stats_series series[STATS_MAX_SERIES];
+    struct stats_series limit_series[STATS_MAX_LIMIT_SERIES];
 };
 
 struct stats_worker *stats_worker_new(unsigned id) {
     struct stats_worker *w = calloc(1, sizeof(*w));
     if (!w) return NULL;
     w->id = id;
+    w->requests.series = w->series;
+    w->requests.cap = STATS_MAX_SERIES;
+    w->limits.series = w->limit_series;
+    w->limits.cap = STATS_MAX_LIMIT_SERIES;
+    /* Until the first publish says otherwise (the memory store is always reachable). */
+    atomic_store_explicit(&w->store_connected, 1, memory_order_relaxed);
     return w;
 }
 
@@ -52,7 +71,8 @@ static int stats_label_eq(const char label[STATS_LABEL_MAX], const char *s) {
     return strncmp(label, s, n) == 0 && label[n] == '\0';
 }
 
-static size_t stats_hash(const char *app, const char *action, const char *decision) {
+static size_t stats_hash(const char *app, const char *action, const char *decision,
+                         size_t cap) {
     uint64_t h = 0xcbf29ce484222325ULL;
     const char *parts[3] = {app, action, decision};
     for (int i = 0; i < 3; i++) {
@@ -63,15 +83,15 @@ static size_t stats_hash(const char *app, const char *action, const char *decisi
         h ^= 0xff;
         h *= 0x100000001b3ULL;
     }
-    return (size_t)(h % STATS_MAX_SERIES);
+    return (size_t)(h % cap);
 }
 
-static struct stats_series *stats_find(const struct stats_worker *w, const char *app,
+static struct stats_series *stats_find(const struct stats_table *t, const char *app,
                                        const char *action, const char *decision, int *free_slot) {
-    size_t i = stats_hash(app, action, decision);
+    size_t i = stats_hash(app, action, decision, t->cap);
     *free_slot = -1;
-    for (size_t probes = 0; probes < STATS_MAX_SERIES; probes++, i = (i + 1) % STATS_MAX_SERIES) {
-        const struct stats_series *s = &w->series[i];
+    for (size_t probes = 0; probes < t->cap; probes++, i = (i + 1) % t->cap) {
+        const struct stats_series *s = &t->series[i];
         if (!atomic_load_explicit(&s->used, memory_order_acquire)) {
             *free_slot = (int)i;
             return NULL;
@@ -83,23 +103,25 @@ static struct stats_series *stats_find(const struct stats_worker *w, const char 
     return NULL;
 }
 
-void stats_count_request(struct stats_worker *w, const char *app, const char *action,
-                         const char *decision) {
+/* Counts one in the series (app, action, decision) of t; once t is nearly full, new series go
+ * to app "~" instead. */
+static void stats_table_count(struct stats_table *t, const char *app, const char *action,
+                              const char *decision) {
     int slot;
-    struct stats_series *s = stats_find(w, app, action, decision, &slot);
-    if (!s && slot >= 0 && w->n_used < STATS_MAX_SERIES - 64) {
+    struct stats_series *s = stats_find(t, app, action, decision, &slot);
+    if (!s && slot >= 0 && t->n_used < t->cap - t->cap / 16) {
         /* The last slots are kept for the overflow series below. */
-        s = &w->series[slot];
+        s = &t->series[slot];
     } else if (!s) {
-        s = stats_find(w, "~", action, decision, &slot);
+        s = stats_find(t, "~", action, decision, &slot);
         if (!s && slot >= 0) {
-            s = &w->series[slot];
+            s = &t->series[slot];
             app = "~";
         }
     }
     if (!s) return;
     if (!atomic_load_explicit(&s->used, memory_order_relaxed)) {
-        w->n_used++;
+        t->n_used++;
         stats_copy_label(s->app, app);
         stats_copy_label(s->action, action);
         stats_copy_label(s->decision, decision);
@@ -108,11 +130,46 @@ void stats_count_request(struct stats_worker *w, const char *app, const char *ac
     atomic_fetch_add_explicit(&s->count, 1, memory_order_relaxed);
 }
 
+void stats_count_request(struct stats_worker *w, const char *app, const char *action,
+                         const char *decision) {
+    stats_table_count(&w->requests, app, action, decision);
+}
+
+void stats_count_limit(struct stats_worker *w, const char *rule, const char *decision) {
+    stats_table_count(&w->limits, rule, "", decision);
+}
+
 uint64_t stats_requests(const struct stats_worker *w, const char *app, const char *action,
                         const char *decision) {
     int slot;
-    const struct stats_series *s = stats_find(w, app, action, decision, &slot);
+    const struct stats_series *s = stats_find(&w->requests, app, action, decision, &slot);
     return s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
+}
+
+uint64_t stats_limit_decisions(const struct stats_worker *w, const char *rule,
+                               const char *decision) {
+    int slot;
+    const struct stats_series *s = stats_find(&w->limits, rule, "", decision, &slot);
+    return s ? atomic_load_explicit(&s->count, memory_order_relaxed) : 0;
+}
+
+void stats_set_store(struct stats_worker *w, int connected, uint64_t commands, uint64_t errors,
+                     uint64_t timeouts, uint64_t reconnects) {
+    atomic_store_explicit(&w->store_connected, connected ? 1 : 0, memory_order_relaxed);
+    atomic_store_explicit(&w->store_commands, commands, memory_order_relaxed);
+    atomic_store_explicit(&w->store_errors, errors, memory_order_relaxed);
+    atomic_store_explicit(&w->store_timeouts, timeouts, memory_order_relaxed);
+    atomic_store_explicit(&w->store_reconnects, reconnects, memory_order_relaxed);
+}
+
+void stats_count_audit_failure(struct stats_worker *w) {
+    atomic_fetch_add_explicit(&w->audit_failures, 1, memory_order_relaxed);
+}
+
+int stats_store_connected(struct stats_worker *const *workers, size_t n_workers) {
+    for (size_t i = 0; i < n_workers; i++)
+        if (!atomic_load_explicit(&workers[i]->store_connected, memory_order_relaxed)) return 0;
+    return 1;
 }
 
 void stats_inflight_add(struct stats_worker *w, int delta) {
@@ -159,19 +216,24 @@ static int stats_append_label(struct strbuf *out, const char *v) {
     return 0;
 }
 
-static int stats_render_requests(struct strbuf *out, struct stats_worker *const *workers,
-                                 size_t n_workers) {
+/* One counter family from one table of every worker: the same labels from several workers
+ * are one series. With rule_family the table holds (rule, "", decision) and renders
+ * {rule,decision}; otherwise (app, action, decision). */
+static int stats_render_table(struct strbuf *out, struct stats_worker *const *workers,
+                              size_t n_workers, int rule_family) {
     struct stats_row *rows = NULL;
-    size_t n_rows = 0;
+    size_t n_rows = 0, cap = rule_family ? STATS_MAX_LIMIT_SERIES : STATS_MAX_SERIES;
+    const char *name = rule_family ? "capgate_limit_decisions_total" : "capgate_requests_total";
     int rc = -1;
 
     if (n_workers) {
-        rows = calloc(n_workers * STATS_MAX_SERIES, sizeof(*rows));
+        rows = calloc(n_workers * cap, sizeof(*rows));
         if (!rows) goto out;
     }
     for (size_t w = 0; w < n_workers; w++) {
-        for (size_t i = 0; i < STATS_MAX_SERIES; i++) {
-            const struct stats_series *s = &workers[w]->series[i];
+        const struct stats_table *t = rule_family ? &workers[w]->limits : &workers[w]->requests;
+        for (size_t i = 0; i < t->cap; i++) {
+            const struct stats_series *s = &t->series[i];
             if (!atomic_load_explicit(&s->used, memory_order_acquire)) continue;
             rows[n_rows].app = s->app;
             rows[n_rows].action = s->action;
@@ -181,20 +243,27 @@ static int stats_render_requests(struct strbuf *out, struct stats_worker *const 
         }
     }
     if (n_rows) qsort(rows, n_rows, sizeof(*rows), stats_row_cmp);
-    /* The same triple from several workers is one series: merge neighbours after sorting. */
+    /* The same labels from several workers are one series: merge neighbours after sorting. */
     size_t merged = 0;
     for (size_t j = 0; j < n_rows; j++) {
         if (merged && !stats_row_cmp(&rows[merged - 1], &rows[j])) rows[merged - 1].count += rows[j].count;
         else rows[merged++] = rows[j];
     }
     n_rows = merged;
-    if (strbuf_appends(out, "# HELP capgate_requests_total Front requests by app, Action and "
-                            "decision.\n# TYPE capgate_requests_total counter\n"))
+    if (strbuf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n", name,
+                       rule_family ? "Rate-limit decisions by rule: admitted, limited, "
+                                     "shadow_limited."
+                                   : "Front requests by app, Action and decision.",
+                       name))
         goto out;
     for (size_t j = 0; j < n_rows; j++) {
-        if (strbuf_appends(out, "capgate_requests_total{app=\"") ||
-            stats_append_label(out, rows[j].app) || strbuf_appends(out, "\",action=\"") ||
-            stats_append_label(out, rows[j].action) || strbuf_appends(out, "\",decision=\"") ||
+        int bad;
+        if (rule_family)
+            bad = strbuf_appendf(out, "%s{rule=\"", name) || stats_append_label(out, rows[j].app);
+        else
+            bad = strbuf_appendf(out, "%s{app=\"", name) || stats_append_label(out, rows[j].app) ||
+                  strbuf_appends(out, "\",action=\"") || stats_append_label(out, rows[j].action);
+        if (bad || strbuf_appends(out, "\",decision=\"") ||
             stats_append_label(out, rows[j].decision) ||
             strbuf_appendf(out, "\"} %llu\n", (unsigned long long)rows[j].count))
             goto out;
@@ -203,6 +272,80 @@ static int stats_render_requests(struct strbuf *out, struct stats_worker *const 
 out:
     free(rows);
     return rc;
+}
+
+static int stats_render_store(struct strbuf *out, struct stats_worker *const *workers,
+                              size_t n_workers) {
+    uint64_t commands = 0, errors = 0, timeouts = 0, reconnects = 0, audit_failures = 0;
+    if (strbuf_appends(out, "# HELP capgate_store_connected Rate-limit store reachable, per "
+                            "worker (1 yes, 0 no).\n# TYPE capgate_store_connected gauge\n"))
+        return -1;
+    for (size_t w = 0; w < n_workers; w++) {
+        const struct stats_worker *x = workers[w];
+        if (strbuf_appendf(out, "capgate_store_connected{worker=\"%u\"} %d\n", x->id,
+                           atomic_load_explicit(&x->store_connected, memory_order_relaxed)))
+            return -1;
+        commands += atomic_load_explicit(&x->store_commands, memory_order_relaxed);
+        errors += atomic_load_explicit(&x->store_errors, memory_order_relaxed);
+        timeouts += atomic_load_explicit(&x->store_timeouts, memory_order_relaxed);
+        reconnects += atomic_load_explicit(&x->store_reconnects, memory_order_relaxed);
+        audit_failures += atomic_load_explicit(&x->audit_failures, memory_order_relaxed);
+    }
+    if (strbuf_appendf(out, "# HELP capgate_store_commands_total Rate-limit checks sent to the "
+                            "store.\n# TYPE capgate_store_commands_total counter\n"
+                            "capgate_store_commands_total %llu\n"
+                            "# HELP capgate_store_errors_total Rate-limit checks the store failed "
+                            "(answered per on_store_error).\n"
+                            "# TYPE capgate_store_errors_total counter\n"
+                            "capgate_store_errors_total %llu\n"
+                            "# HELP capgate_store_timeouts_total Store commands that timed out.\n"
+                            "# TYPE capgate_store_timeouts_total counter\n"
+                            "capgate_store_timeouts_total %llu\n"
+                            "# HELP capgate_store_reconnects_total Store reconnection attempts.\n"
+                            "# TYPE capgate_store_reconnects_total counter\n"
+                            "capgate_store_reconnects_total %llu\n"
+                            "# HELP capgate_audit_submit_failures_total Audit records not handed "
+                            "to the sink (out of memory).\n"
+                            "# TYPE capgate_audit_submit_failures_total counter\n"
+                            "capgate_audit_submit_failures_total %llu\n",
+                       (unsigned long long)commands, (unsigned long long)errors,
+                       (unsigned long long)timeouts, (unsigned long long)reconnects,
+                       (unsigned long long)audit_failures))
+        return -1;
+    return 0;
+}
+
+static int stats_render_sinks(struct strbuf *out, const struct stats_process *p) {
+    if (p->has_audit &&
+        strbuf_appendf(out, "# HELP capgate_audit_queue_depth Audit records waiting for the "
+                            "sink.\n# TYPE capgate_audit_queue_depth gauge\n"
+                            "capgate_audit_queue_depth %llu\n"
+                            "# HELP capgate_audit_spool_records Audit records in the spool, not "
+                            "yet replayed.\n# TYPE capgate_audit_spool_records gauge\n"
+                            "capgate_audit_spool_records %llu\n"
+                            "# HELP capgate_audit_records_total Audit records by what became of "
+                            "them.\n# TYPE capgate_audit_records_total counter\n"
+                            "capgate_audit_records_total{result=\"written\"} %llu\n"
+                            "capgate_audit_records_total{result=\"spooled\"} %llu\n"
+                            "capgate_audit_records_total{result=\"replayed\"} %llu\n"
+                            "capgate_audit_records_total{result=\"overflowed\"} %llu\n",
+                       (unsigned long long)p->audit_queue_depth,
+                       (unsigned long long)p->audit_spool_records,
+                       (unsigned long long)p->audit_written, (unsigned long long)p->audit_spooled,
+                       (unsigned long long)p->audit_replayed,
+                       (unsigned long long)p->audit_overflowed))
+        return -1;
+    if (p->has_metrics &&
+        strbuf_appendf(out, "# HELP capgate_metrics_flushes_total Metrics flush cycles that "
+                            "wrote their batch.\n# TYPE capgate_metrics_flushes_total counter\n"
+                            "capgate_metrics_flushes_total %llu\n"
+                            "# HELP capgate_metrics_flush_errors_total Metrics flush cycles that "
+                            "failed.\n# TYPE capgate_metrics_flush_errors_total counter\n"
+                            "capgate_metrics_flush_errors_total %llu\n",
+                       (unsigned long long)p->metrics_flushes,
+                       (unsigned long long)p->metrics_flush_errors))
+        return -1;
+    return 0;
 }
 
 static int stats_render_upstream(struct strbuf *out, struct stats_worker *const *workers,
@@ -260,8 +403,11 @@ int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t
     uint64_t conns = 0;
     int64_t inflight = 0;
 
-    if (stats_render_requests(out, workers, n_workers)) return -1;
+    if (stats_render_table(out, workers, n_workers, 0)) return -1;
     if (stats_render_upstream(out, workers, n_workers)) return -1;
+    if (stats_render_table(out, workers, n_workers, 1)) return -1;
+    if (stats_render_store(out, workers, n_workers)) return -1;
+    if (stats_render_sinks(out, p)) return -1;
     for (size_t w = 0; w < n_workers; w++) {
         conns += atomic_load_explicit(&workers[w]->connections, memory_order_relaxed);
         inflight += atomic_load_explicit(&workers[w]->inflight, memory_order_relaxed);

@@ -10,6 +10,7 @@
 #include "upstream.h"
 
 #define STATS_MAX_SERIES 1024   /* (app, action, decision) triples per worker; more go to app "~" */
+#define STATS_MAX_LIMIT_SERIES 256  /* (rule, decision) pairs per worker; more go to rule "~" */
 #define STATS_LABEL_MAX 64      /* longer label values are cut */
 
 struct strbuf;
@@ -25,22 +26,44 @@ void stats_count_request(struct stats_worker *w, const char *app, const char *ac
 void stats_inflight_add(struct stats_worker *w, int delta);
 void stats_set_connections(struct stats_worker *w, size_t front_connections);
 void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s);
+/* decision: "admitted", "limited" or "shadow_limited"; rule: a limit rule's name. */
+void stats_count_limit(struct stats_worker *w, const char *rule, const char *decision);
+/* The worker's rate-limit store, copied on each publish: reachable now, and its counters. */
+void stats_set_store(struct stats_worker *w, int connected, uint64_t commands, uint64_t errors,
+                     uint64_t timeouts, uint64_t reconnects);
+/* An audit record the worker could not hand to the sink (OOM). */
+void stats_count_audit_failure(struct stats_worker *w);
 
 /* Any thread: one counter's current value (0 when the triple was never counted). */
 uint64_t stats_requests(const struct stats_worker *w, const char *app, const char *action,
                         const char *decision);
+uint64_t stats_limit_decisions(const struct stats_worker *w, const char *rule,
+                               const char *decision);
+/* Any thread: 1 when every worker's store was reachable at its last publish. */
+int stats_store_connected(struct stats_worker *const *workers, size_t n_workers);
 
-/* Process-wide numbers the main thread owns. */
+/* Process-wide numbers the main thread owns, and the sinks' counters the admin listener copies
+ * in before rendering (has_audit / has_metrics: 0 leaves those families out). */
 struct stats_process {
     uint64_t reloads_ok;
     uint64_t reloads_failed;
+    int has_audit;
+    uint64_t audit_queue_depth, audit_spool_records;
+    uint64_t audit_written, audit_spooled, audit_replayed, audit_overflowed;
+    int has_metrics;
+    uint64_t metrics_flushes, metrics_flush_errors;
 };
 
 /* Appends the Prometheus text exposition (version 0.0.4) of every worker summed, series sorted
  * by labels: capgate_requests_total{app,action,decision},
  * capgate_upstream_request_duration_seconds (histogram), capgate_upstream_breaker_state{worker},
  * capgate_upstream_open_connections, capgate_open_connections, capgate_inflight_requests,
- * capgate_config_reloads_total{result}. 0, or -1 on OOM. */
+ * capgate_config_reloads_total{result}, capgate_limit_decisions_total{rule,decision},
+ * capgate_store_connected{worker}, capgate_store_commands_total, capgate_store_errors_total,
+ * capgate_store_timeouts_total, capgate_store_reconnects_total, and with p's sinks
+ * capgate_audit_queue_depth, capgate_audit_spool_records, capgate_audit_records_total{result},
+ * capgate_audit_submit_failures_total, capgate_metrics_flushes_total,
+ * capgate_metrics_flush_errors_total. 0, or -1 on OOM. */
 int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t n_workers,
                  const struct stats_process *p);
 

@@ -148,6 +148,124 @@ static void test_config_refcount(void **state) {
     pipeline_config_unref(NULL);
 }
 
+/* Two enforcing rules and a shadow one, as limit_buckets would give them. */
+static struct config_limit rules[3] = {
+    {.name = "login", .scope = CONFIG_SCOPE_PARAMS, .rate = 1, .period_s = 2, .burst = 3},
+    {.name = "all", .scope = CONFIG_SCOPE_GLOBAL, .rate = 10, .period_s = 0.5, .burst = 10},
+    {.name = "trial", .scope = CONFIG_SCOPE_APP, .rate = 1, .period_s = 60, .burst = 1,
+     .shadow = 1},
+};
+
+static void make_buckets(struct limit_bucket *b) {
+    memset(b, 0, 3 * sizeof(*b));
+    for (int i = 0; i < 3; i++) {
+        b[i].rule = &rules[i];
+        snprintf(b[i].key, sizeof(b[i].key), "capgate:rl:%s", rules[i].name);
+        b[i].shadow = rules[i].shadow;
+    }
+}
+
+static void test_limit_verdict(void **state) {
+    struct limit_bucket b[3];
+    struct limit_outcome o = {.allowed = 1, .denied = -1, .shadow_denied = -1};
+    char rule[64], msg[256];
+    make_buckets(b);
+
+    assert_int_equal(pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg)),
+                     PIPELINE_FORWARDED);
+    assert_string_equal(rule, "");
+    assert_string_equal(msg, "");
+
+    o.shadow_denied = 2;
+    assert_int_equal(pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg)),
+                     PIPELINE_SHADOW_LIMITED);
+    assert_string_equal(rule, "trial");
+    assert_string_equal(msg, "");
+
+    /* Refused: the refusing rule, and the wait rounded up to whole seconds (as Retry-After). */
+    o.allowed = 0;
+    o.denied = 0;
+    o.retry_after_us = 1000001;
+    assert_int_equal(pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg)),
+                     PIPELINE_LIMITED);
+    assert_string_equal(rule, "login");
+    assert_string_equal(msg, "rate limit login exceeded; retry in 2 s");
+    o.denied = 1;
+    o.retry_after_us = 1;
+    assert_int_equal(pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg)),
+                     PIPELINE_LIMITED);
+    assert_string_equal(msg, "rate limit all exceeded; retry in 1 s");
+    o.retry_after_us = 0; /* at least 1 s, never "retry in 0 s" */
+    pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg));
+    assert_string_equal(msg, "rate limit all exceeded; retry in 1 s");
+    o.retry_after_us = 3000000;
+    pipeline_limit_verdict(b, 3, &o, rule, sizeof(rule), msg, sizeof(msg));
+    assert_string_equal(msg, "rate limit all exceeded; retry in 3 s");
+
+    /* A short rule buffer cuts the name, never overflows. */
+    char small[4];
+    o.denied = 0;
+    pipeline_limit_verdict(b, 3, &o, small, sizeof(small), msg, sizeof(msg));
+    assert_string_equal(small, "log");
+}
+
+static void test_store_fallback(void **state) {
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_LOCAL, 0, 0), PIPELINE_STORE_LOCAL);
+    /* the local buckets failed too: nothing left to decide with */
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_LOCAL, 1, 0), PIPELINE_STORE_DENY);
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_ALLOW, 0, 0), PIPELINE_STORE_ALLOW);
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_DENY, 0, 0), PIPELINE_STORE_DENY);
+    /* shutting down: no new store call, whatever the policy */
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_LOCAL, 0, 1), PIPELINE_STORE_DENY);
+    assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_ALLOW, 0, 1), PIPELINE_STORE_DENY);
+}
+
+static const char *header(const struct pipeline_limit_headers *h, const char *name) {
+    for (size_t i = 0; i < h->count; i++)
+        if (strcmp(h->name[i], name) == 0) return h->value[i];
+    return NULL;
+}
+
+static void test_limit_headers(void **state) {
+    struct limit_bucket b[3];
+    struct pipeline_limit_headers h;
+    struct limit_outcome o = {.allowed = 1, .denied = -1, .shadow_denied = -1,
+                              .remaining = {2, 7, 0}, .reset_us = {2000000, 400000, 0}};
+    make_buckets(b);
+
+    /* Admitted: the policy of the enforcing rules (not the shadow one) and the tightest bucket. */
+    assert_int_equal(pipeline_limit_headers_init(&h, b, 3, &o), 0);
+    assert_int_equal(h.count, 2);
+    assert_string_equal(h.name[0], "RateLimit-Policy");
+    assert_string_equal(header(&h, "RateLimit-Policy"), "\"login\";q=3;w=2, \"all\";q=10;w=1");
+    assert_string_equal(header(&h, "RateLimit"), "\"login\";r=2;t=2");
+    assert_null(header(&h, "Retry-After"));
+    pipeline_limit_headers_cleanup(&h);
+    assert_int_equal(h.count, 0);
+
+    /* Refused by "all": RateLimit names it with r=0, Retry-After in whole seconds. */
+    o.allowed = 0;
+    o.denied = 1;
+    o.retry_after_us = 1500000;
+    o.remaining[1] = 0;
+    assert_int_equal(pipeline_limit_headers_init(&h, b, 3, &o), 0);
+    assert_int_equal(h.count, 3);
+    assert_string_equal(header(&h, "RateLimit"), "\"all\";r=0;t=1");
+    assert_string_equal(header(&h, "Retry-After"), "2");
+    pipeline_limit_headers_cleanup(&h);
+
+    /* The store failed and the request went through (on_store_error "allow"): policy only. */
+    assert_int_equal(pipeline_limit_headers_init(&h, b, 3, NULL), 0);
+    assert_int_equal(h.count, 1);
+    assert_string_equal(h.name[0], "RateLimit-Policy");
+    pipeline_limit_headers_cleanup(&h);
+
+    /* Only a shadow rule: nothing to say. */
+    assert_int_equal(pipeline_limit_headers_init(&h, &b[2], 1, NULL), 0);
+    assert_int_equal(h.count, 0);
+    pipeline_limit_headers_cleanup(&h);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
@@ -156,6 +274,9 @@ int main(void) {
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_upstream_params),
         cmocka_unit_test(test_config_refcount),
+        cmocka_unit_test(test_limit_verdict),
+        cmocka_unit_test(test_store_fallback),
+        cmocka_unit_test(test_limit_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

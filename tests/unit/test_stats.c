@@ -112,11 +112,73 @@ static void test_label_escaping_and_overflow(void **state) {
     stats_worker_free(w[0]);
 }
 
+static void test_limits_store_and_sinks(void **state) {
+    struct stats_worker *w[2] = {stats_worker_new(0), stats_worker_new(1)};
+    struct stats_process p = {0};
+
+    /* Before any publish a worker's store counts as reachable; one down worker makes it down. */
+    assert_int_equal(stats_store_connected(w, 2), 1);
+    stats_set_store(w[0], 1, 10, 1, 1, 0);
+    stats_set_store(w[1], 0, 5, 3, 0, 2);
+    assert_int_equal(stats_store_connected(w, 2), 0);
+
+    stats_count_limit(w[0], "login", "limited");
+    stats_count_limit(w[1], "login", "limited");
+    stats_count_limit(w[1], "login", "admitted");
+    stats_count_limit(w[0], "shadowed", "shadow_limited");
+    assert_int_equal(stats_limit_decisions(w[0], "login", "limited"), 1);
+    assert_int_equal(stats_limit_decisions(w[0], "login", "admitted"), 0);
+    /* the two tables are separate */
+    assert_int_equal(stats_requests(w[0], "login", "", "limited"), 0);
+
+    char *text = render(w, 2, &p);
+    const char *expect_limits =
+        "# TYPE capgate_limit_decisions_total counter\n"
+        "capgate_limit_decisions_total{rule=\"login\",decision=\"admitted\"} 1\n"
+        "capgate_limit_decisions_total{rule=\"login\",decision=\"limited\"} 2\n"
+        "capgate_limit_decisions_total{rule=\"shadowed\",decision=\"shadow_limited\"} 1\n";
+    assert_non_null(strstr(text, expect_limits));
+    assert_non_null(strstr(text, "capgate_store_connected{worker=\"0\"} 1\n"
+                                 "capgate_store_connected{worker=\"1\"} 0\n"));
+    assert_non_null(strstr(text, "\ncapgate_store_commands_total 15\n"));
+    assert_non_null(strstr(text, "\ncapgate_store_errors_total 4\n"));
+    assert_non_null(strstr(text, "\ncapgate_store_reconnects_total 2\n"));
+    /* sinks absent: their families are left out */
+    assert_null(strstr(text, "capgate_audit_queue_depth"));
+    assert_null(strstr(text, "capgate_metrics_flushes_total"));
+    free(text);
+
+    p.has_audit = 1;
+    p.audit_queue_depth = 3;
+    p.audit_spool_records = 4;
+    p.audit_written = 10;
+    p.audit_spooled = 5;
+    p.audit_replayed = 1;
+    p.has_metrics = 1;
+    p.metrics_flushes = 7;
+    p.metrics_flush_errors = 2;
+    stats_count_audit_failure(w[1]);
+    text = render(w, 2, &p);
+    assert_non_null(strstr(text, "\ncapgate_audit_queue_depth 3\n"));
+    assert_non_null(strstr(text, "\ncapgate_audit_spool_records 4\n"));
+    assert_non_null(strstr(text, "capgate_audit_records_total{result=\"written\"} 10\n"
+                                 "capgate_audit_records_total{result=\"spooled\"} 5\n"
+                                 "capgate_audit_records_total{result=\"replayed\"} 1\n"
+                                 "capgate_audit_records_total{result=\"overflowed\"} 0\n"));
+    assert_non_null(strstr(text, "\ncapgate_audit_submit_failures_total 1\n"));
+    assert_non_null(strstr(text, "\ncapgate_metrics_flushes_total 7\n"));
+    assert_non_null(strstr(text, "\ncapgate_metrics_flush_errors_total 2\n"));
+    free(text);
+    stats_worker_free(w[0]);
+    stats_worker_free(w[1]);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counts_summed_and_sorted),
         cmocka_unit_test(test_histogram_and_breaker),
         cmocka_unit_test(test_label_escaping_and_overflow),
+        cmocka_unit_test(test_limits_store_and_sinks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
