@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# run.sh: builds capgate into build/ and runs the local stack in the foreground until Ctrl-C:
-# capgate-mock on 127.0.0.1:9000, then prints how to call it (a signed curl and the official
-# Node SDK). Logs go to var/log/. `run.sh curl` prints a fresh signed curl for a running mock.
-# Env: CAPGATE_MOCK_HOST (127.0.0.1), CAPGATE_MOCK_PORT (9000), CAPGATE_MOCK_SECRET_ID,
-# CAPGATE_MOCK_SECRET_KEY (the mock's documented test pair), CAPGATE_RUN_SKIP_BUILD=1.
+# run.sh: the local stack in the foreground until Ctrl-C. Installs what is missing
+# (install-deps.sh), builds into build/, makes the test certificates in var/certs, starts
+# capgate-mock (HTTP 127.0.0.1:9000, HTTPS 127.0.0.1:9443 with the test certificate), then
+# capgate with config/dev.json, waits for both, and prints how to call the gateway: a token curl,
+# a signed curl, Tencent's Node SDK, the admin endpoints and the demo page. Logs go to var/log/.
+#   run.sh            the stack
+#   run.sh curl       a fresh signed curl through a running gateway (signature app demo-web)
+#   run.sh curl-mock  a fresh signed curl straight to a running mock (its test credential)
+# Env: REDIS_URL (redis://host:port/db: capgate runs with a derived config var/capgate.json that
+# adds "redis": {"url": REDIS_URL}), CAPGATE_DEMO_WEB_KEY (SecretKey of the app demo-web, default
+# capgate-dev-demo-web-secret), CAPGATE_BATCH_TOKEN (bearer token of the app batch-job, default
+# capgate-dev-batch-token), CAPGATE_MOCK_HOST (127.0.0.1), CAPGATE_MOCK_PORT (9000),
+# CAPGATE_MOCK_SECRET_ID, CAPGATE_MOCK_SECRET_KEY (the mock's documented test pair, also the
+# gateway's "real" upstream credential), CAPGATE_RUN_SKIP_BUILD=1, CAPGATE_BUILD_DIR (build/).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_dir="$root/build"
+build_dir=${CAPGATE_BUILD_DIR:-"$root/build"}
 log_dir="$root/var/log"
+cert_dir="$root/var/certs"
+dev_config="$root/config/dev.json"
 
 mock_host=${CAPGATE_MOCK_HOST:-127.0.0.1}
 mock_port=${CAPGATE_MOCK_PORT:-9000}
 mock_secret_id=${CAPGATE_MOCK_SECRET_ID:-AKIDcapgateMockTestKey00000000000000}
 mock_secret_key=${CAPGATE_MOCK_SECRET_KEY:-capgate-mock-secret}
+demo_web_key=${CAPGATE_DEMO_WEB_KEY:-capgate-dev-demo-web-secret}
+batch_token=${CAPGATE_BATCH_TOKEN:-capgate-dev-batch-token}
+redis_url=${REDIS_URL:-}
 
 pids=()
 names=()
@@ -21,14 +35,13 @@ names=()
 cleanup() {
   local i t
   trap - EXIT INT TERM
-  for i in "${!pids[@]}"; do
+  # Stop in reverse order of start: the gateway drains before its upstream goes away.
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     if kill -0 "${pids[$i]}" 2>/dev/null; then
       echo "run.sh: stopping ${names[$i]} (pid ${pids[$i]})" >&2
       kill -TERM "${pids[$i]}" 2>/dev/null || true
     fi
-  done
-  # Bounded: whatever has not exited 5 s after SIGTERM gets SIGKILL.
-  for i in "${!pids[@]}"; do
+    # Bounded: whatever has not exited 5 s after SIGTERM gets SIGKILL.
     for ((t = 0; t < 50; t++)); do
       kill -0 "${pids[$i]}" 2>/dev/null || break
       sleep 0.1
@@ -38,11 +51,30 @@ cleanup() {
   done
 }
 
+die() {
+  echo "run.sh: $*" >&2
+  exit 1
+}
+
 build() {
   "$root/scripts/install-deps.sh"
-  cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
   cmake --build "$build_dir" -j 2 >/dev/null
 }
+
+# json_string FILE KEY: the first "KEY": "value" of a JSON file (flat string values only).
+json_string() {
+  sed -nE "s/.*\"$2\"[[:space:]]*:[[:space:]]*\"([^\"]*)\".*/\\1/p" "$1" | head -n 1
+}
+
+# The mock's TLS listener is where config/dev.json sends upstream requests.
+upstream_url=$(json_string "$dev_config" url)
+[[ $upstream_url =~ ^https://([^/]+)/ ]] || die "config/dev.json: upstream.url is not https://HOST:PORT/...: $upstream_url"
+mock_tls=${BASH_REMATCH[1]}
+demo_web_id=$(json_string "$dev_config" secret_id)
+[[ -n $demo_web_id ]] || die "config/dev.json: no app with a secret_id"
+gw_addr=$(json_string "$dev_config" listen)
+admin_addr=$(json_string "$dev_config" admin_listen)
 
 # start_service NAME LOGFILE READY_REGEX CMD...: starts CMD in the background with stdout and
 # stderr in LOGFILE, waits (bounded) until LOGFILE has a line matching READY_REGEX.
@@ -64,77 +96,148 @@ start_service() {
 }
 
 start_mock() {
-  start_service capgate-mock "$log_dir/capgate-mock.log" '^capgate-mock listening on http://' \
-    "$build_dir/capgate-mock" --listen "$mock_host:$mock_port" \
+  start_service capgate-mock "$log_dir/capgate-mock.log" '^capgate-mock listening on https://' \
+    "$build_dir/capgate-mock" --listen "$mock_host:$mock_port" --tls-listen "$mock_tls" \
+    --tls-cert "$cert_dir/server.pem" --tls-key "$cert_dir/server.key" \
     --credential "$mock_secret_id:$mock_secret_key"
 }
 
-# signed_query METHOD HOST PATH NAME=VALUE...: the v2 parameters (values without reserved
-# characters) plus Timestamp, Nonce, SecretId, SignatureMethod=HmacSHA256 and their Signature,
-# URL-encoded, for the mock's credential.
+# gateway_config: config/dev.json, or with REDIS_URL a copy in var/ with a redis section.
+gateway_config() {
+  local out="$root/var/capgate.json" url
+  if [[ -z $redis_url ]]; then
+    printf '%s\n' "$dev_config"
+    return 0
+  fi
+  [[ $redis_url =~ ^redis:// ]] || die "REDIS_URL must look like redis://[:password@]host[:port][/db]; got $redis_url"
+  url=${redis_url//\\/\\\\}
+  url=${url//\"/\\\"}
+  # JSON allows keys in any order: the redis section goes right after the opening brace.
+  awk -v url="$url" 'NR == 1 && /^\{/ { print; printf "  \"redis\": { \"url\": \"%s\" },\n", url; next } { print }' \
+    "$dev_config" >"$out.tmp"
+  mv -f "$out.tmp" "$out"
+  printf '%s\n' "$out"
+}
+
+start_gateway() {
+  local config=$1 log="$log_dir/capgate.log" i
+  # Relative paths in the config (ca_file, spool_dir, audit file) are relative to the root.
+  start_service capgate "$log" '^capgate admin listening on http://' \
+    env CAPGATE_SECRET_ID="$mock_secret_id" CAPGATE_SECRET_KEY="$mock_secret_key" \
+    CAPGATE_DEMO_WEB_KEY="$demo_web_key" CAPGATE_BATCH_TOKEN="$batch_token" \
+    "$build_dir/capgate" --config "$config"
+  gw_addr=$(sed -n 's|^capgate listening on http://||p' "$log" | head -n 1)
+  admin_addr=$(sed -n 's|^capgate admin listening on http://||p' "$log" | head -n 1)
+  # Ready: /healthz answers 200 (bounded, 5 s).
+  for ((i = 0; i < 50; i++)); do
+    if curl -fs -o /dev/null --max-time 1 "http://$admin_addr/healthz"; then return 0; fi
+    sleep 0.1
+  done
+  die "capgate did not answer http://$admin_addr/healthz within 5 s; see $log"
+}
+
+# signed_query METHOD HOST PATH SECRET_ID SECRET_KEY NAME=VALUE...: the v2 parameters (values
+# without reserved characters) plus Timestamp, Nonce, SecretId, SignatureMethod=HmacSHA256 and
+# their Signature, URL-encoded.
 signed_query() {
-  local method=$1 host=$2 path=$3 sorted sig
-  shift 3
-  local params=("$@" "SecretId=$mock_secret_id" "Timestamp=$(date +%s)"
+  local method=$1 host=$2 path=$3 id=$4 key=$5 sorted sig
+  shift 5
+  local params=("$@" "SecretId=$id" "Timestamp=$(date +%s)"
     "Nonce=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')" "SignatureMethod=HmacSHA256")
   sorted=$(printf '%s\n' "${params[@]}" | LC_ALL=C sort | paste -sd '&' -)
   sig=$(printf '%s' "$method$host$path?$sorted" |
-    openssl dgst -sha256 -hmac "$mock_secret_key" -binary | openssl base64 -A)
+    openssl dgst -sha256 -hmac "$key" -binary | openssl base64 -A)
   sig=${sig//+/%2B}
   sig=${sig//\//%2F}
   sig=${sig//=/%3D}
   printf '%s&Signature=%s\n' "$sorted" "$sig"
 }
 
+seed=(Action=CaptchaIframeQuery Region=gz captchaType=1 disturbLevel=1 isHttps=0 clientType=2 accountType=0)
+
 mock_curl() {
   local host="$mock_host:$mock_port"
-  printf "curl -s 'http://%s/v2/index.php?%s'\n" "$host" "$(signed_query GET "$host" /v2/index.php \
-    Action=CaptchaIframeQuery Region=gz captchaType=1 disturbLevel=1 isHttps=0 clientType=2 accountType=0)"
+  printf "curl -s 'http://%s/v2/index.php?%s'\n" "$host" \
+    "$(signed_query GET "$host" /v2/index.php "$mock_secret_id" "$mock_secret_key" "${seed[@]}")"
 }
 
-print_mock_usage() {
-  local host="$mock_host:$mock_port" cmd answer="(install curl to see it)"
-  cmd=$(mock_curl)
-  if command -v curl >/dev/null 2>&1; then
-    answer=$(bash -c "$(mock_curl)" || echo "(curl failed)")
-  fi
+gateway_signed_curl() {
+  printf "curl -s 'http://%s/v2/index.php?%s'\n" "$gw_addr" \
+    "$(signed_query GET "$gw_addr" /v2/index.php "$demo_web_id" "$demo_web_key" "${seed[@]}")"
+}
+
+gateway_token_curl() {
+  printf "curl -s -H 'Authorization: Bearer %s' 'http://%s/v2/index.php?%s'\n" "$batch_token" \
+    "$gw_addr" "Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0"
+}
+
+# answer CMD: what CMD printed just now (it is run to check that it works).
+answer() {
+  bash -c "$1" 2>&1 || echo "(the command failed: status $?)"
+}
+
+print_usage() {
+  local config=$1 token_cmd signed_cmd
+  token_cmd=$(gateway_token_curl)
+  signed_cmd=$(gateway_signed_curl)
   cat <<USAGE
 
-capgate-mock is listening on http://$host (log: $log_dir/capgate-mock.log)
-credential: SecretId=$mock_secret_id SecretKey=$mock_secret_key
+capgate is listening on http://$gw_addr (config: ${config#"$root"/}; log: var/log/capgate.log)
+  upstream: capgate-mock over HTTPS at https://$mock_tls (test CA var/certs/ca.pem), also plain
+  HTTP at http://$mock_host:$mock_port (log: var/log/capgate-mock.log)
+  redis: ${redis_url:-none (the embedded in-memory store; set REDIS_URL to use one)}
 
-A signed CaptchaIframeQuery (each Nonce is accepted once and a Timestamp for 300 s; print a
-fresh one with: ./scripts/run.sh curl):
+App batch-job, token auth (CAPGATE_BATCH_TOKEN=$batch_token):
 
-  $cmd
+  $token_cmd
 
-The answer it gave just now:
+  answered just now: $(answer "$token_cmd")
 
-  $answer
+App demo-web, v2 signature (SecretId $demo_web_id, SecretKey CAPGATE_DEMO_WEB_KEY=$demo_web_key;
+each Nonce is accepted once and a Timestamp for 300 s; a fresh one: ./scripts/run.sh curl):
 
-The same call with Tencent's Node SDK (npm install qcloudapi-sdk@0.2.1):
+  $signed_cmd
+
+  answered just now: $(answer "$signed_cmd")
+
+The same signed call with Tencent's Node SDK (npm install qcloudapi-sdk@0.2.1), only host and
+credentials changed:
 
   const Capi = require('qcloudapi-sdk');
-  const capi = new Capi({ SecretId: '$mock_secret_id', SecretKey: '$mock_secret_key',
-    serviceType: 'csec', protocol: 'http', host: '$host', Region: 'gz', signatureMethod: 'sha256' });
+  const capi = new Capi({ SecretId: '$demo_web_id', SecretKey: '$demo_web_key',
+    serviceType: 'csec', protocol: 'http', host: '$gw_addr', path: '/v2/index.php',
+    Region: 'gz', signatureMethod: 'sha256' });
   capi.request({ Action: 'CaptchaIframeQuery', captchaType: 1, disturbLevel: 1, isHttps: 0,
     clientType: 2, accountType: 0 }, (err, body) => console.log(err || body));
 
-Admin API: curl http://$host/__admin/health, /__admin/requests (journal). Ctrl-C stops.
+Admin: curl http://$admin_addr/healthz, /readyz, /metrics (Prometheus), /admin/stats
+(per businessId/sceneId/minute), /admin/audit (recent audit records).
+Demo page (the whole captcha flow in a browser): http://$admin_addr/demo
+Mock admin API: http://$mock_host:$mock_port/__admin/health, /__admin/requests (journal).
+
+Ctrl-C stops both.
 USAGE
 }
 
 main() {
-  if [[ ${1:-} == curl ]]; then
-    mock_curl
-    return 0
-  fi
+  case ${1:-} in
+    curl) gateway_signed_curl; return 0 ;;
+    curl-mock) mock_curl; return 0 ;;
+    "") ;;
+    *) echo "usage: $0 [curl|curl-mock]" >&2; return 2 ;;
+  esac
+  cd "$root"
   mkdir -p "$log_dir"
   [[ ${CAPGATE_RUN_SKIP_BUILD:-0} == 1 ]] || build
+  "$root/scripts/gen-certs.sh" "$cert_dir"
+  command -v curl >/dev/null 2>&1 || die "curl is needed (apt-get install curl)"
+  local config
+  config=$(gateway_config)
   trap cleanup EXIT
   trap 'exit 130' INT TERM
   start_mock
-  print_mock_usage
+  start_gateway "$config"
+  print_usage "$config"
   # In the foreground until Ctrl-C or until a service exits on its own.
   local rc=0
   wait -n "${pids[@]}" || rc=$?
