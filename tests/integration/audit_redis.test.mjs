@@ -1,0 +1,164 @@
+// audit_redis.test.mjs: the audit trail of a gateway with a redis section. One record per request
+// whatever the decision; a Redis outage under load loses nothing and duplicates nothing (records
+// spool and replay); a capgate restart over a non-empty spool delivers the spooled records once
+// Redis is back. Redis runs with --appendonly yes --appendfsync always so its stream survives a
+// kill, on a fixed port so the gateway can reconnect to the restarted server.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { startMock, freePort, tmpDir, waitFor, Proc, SEED_PARAMS } from './lib/harness.mjs';
+import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
+
+const STREAM = 'capgate:audit';
+let mock;
+const cleanups = [];
+
+before(async () => {
+  mock = await startMock({ tls: true });
+});
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+  await mock?.stop();
+});
+
+/** A redis-server on a fixed port and directory that can be killed and started again. */
+async function persistentRedis() {
+  const port = await freePort();
+  const dir = tmpDir('capgate-audit-redis-');
+  const r = {
+    port, dir, proc: null,
+    url: `redis://127.0.0.1:${port}/0`,
+    cli: (...a) => execFileSync('redis-cli', ['-p', String(port), ...a], { encoding: 'utf8' }).trim(),
+    async start() {
+      r.proc = new Proc('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '',
+        '--appendonly', 'yes', '--appendfsync', 'always', '--dir', dir]);
+      await waitFor(() => { try { return r.cli('PING') === 'PONG'; } catch { return false; } },
+        { what: 'redis PING', timeoutMs: 10000 });
+    },
+    async kill() {
+      r.proc.signal('SIGKILL');
+      await r.proc.exited;
+    },
+  };
+  await r.start();
+  cleanups.push(async () => { await r.proc?.stop(); fs.rmSync(dir, { recursive: true, force: true }); });
+  return r;
+}
+
+/** The stream's records as { request_id: [decision, ...] } (a list, to see duplicates). */
+function streamRecords(redis) {
+  const out = redis.cli('--no-raw', 'XRANGE', STREAM, '-', '+');
+  // redis-cli prints entries as nested numbered lists: each field and value on its own line,
+  // quoted. Field names are followed by their value.
+  const tokens = [...out.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+  const byId = {};
+  for (let i = 0; i + 1 < tokens.length; i++) {
+    if (tokens[i] !== 'request_id') continue;
+    const id = tokens[i + 1];
+    const j = tokens.indexOf('decision', i);
+    (byId[id] ??= []).push(j > 0 ? tokens[j + 1] : undefined);
+  }
+  return byId;
+}
+
+async function gateway(redis, extra = {}) {
+  const gw = await startGateway({
+    mock,
+    config: {
+      redis: { url: redis.url, timeout_ms: 200 },
+      limits: [{ name: 'tight', businessId: 5, sceneId: 5, rate: 1, period_s: 60, burst: 1 }],
+      ...extra,
+    },
+  });
+  cleanups.push(() => gw.stop());
+  return gw;
+}
+
+/** One request of each decision the gateway makes without upstream faults. */
+async function requestsOfEveryDecision(gw) {
+  const calls = [
+    ['forwarded', gwCall(gw)],
+    ['invalid', gwCall(gw, { params: { ...SEED_PARAMS, clientType: '3' } })],
+    ['unauthorized', gwCall(gw, { secretKey: 'not-the-key' })],
+    ['denied', gwCall(gw, { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '9' } })],
+  ];
+  const out = [];
+  for (const [decision, p] of calls) {
+    const r = await p;
+    out.push({ decision, id: r.headers['x-request-id'] });
+  }
+  const first = await gwCall(gw, { params: { ...SEED_PARAMS, businessId: '5', sceneId: '5' } });
+  const second = await gwCall(gw, { params: { ...SEED_PARAMS, businessId: '5', sceneId: '5' } });
+  out.push({ decision: 'forwarded', id: first.headers['x-request-id'] });
+  out.push({ decision: 'limited', id: second.headers['x-request-id'] });
+  for (const o of out) assert.match(o.id ?? '', /^[0-9a-f]{16}$/, `X-Request-Id of a ${o.decision} reply`);
+  return out;
+}
+
+async function waitForIds(redis, ids, what) {
+  let recs;
+  await waitFor(() => {
+    try { recs = streamRecords(redis); } catch { return false; }
+    return ids.every((id) => recs[id]);
+  }, { what, timeoutMs: 20000, intervalMs: 100 });
+  for (const id of ids) assert.equal(recs[id].length, 1, `request ${id} has ${recs[id].length} records`);
+  return recs;
+}
+
+test('one record per request, whatever the decision', async () => {
+  const redis = await persistentRedis();
+  const gw = await gateway(redis);
+  const sent = await requestsOfEveryDecision(gw);
+  const recs = await waitForIds(redis, sent.map((s) => s.id), 'every record in the stream');
+  for (const s of sent) assert.deepEqual(recs[s.id], [s.decision], `decision of ${s.id}`);
+  assert.equal(Number(redis.cli('XLEN', STREAM)), sent.length);
+  // nothing secret in the stream
+  const dump = redis.cli('XRANGE', STREAM, '-', '+');
+  for (const secret of [APPS.sig.secretKey, APPS.limited.secretKey, 'Signature', 'asig=']) {
+    assert.ok(!dump.includes(secret), `the stream holds ${secret}`);
+  }
+});
+
+test('a Redis outage under load: every request has exactly one record afterwards', async () => {
+  const redis = await persistentRedis();
+  const gw = await gateway(redis);
+  const ids = [];
+  const send = async (n) => {
+    const batch = [];
+    for (let i = 0; i < n; i++) batch.push(gwCall(gw, { params: { ...SEED_PARAMS, uid: `u${i}` } }));
+    for (const r of await Promise.all(batch)) ids.push(r.headers['x-request-id']);
+  };
+  for (let i = 0; i < 5; i++) await send(20);
+  await redis.kill();
+  for (let i = 0; i < 5; i++) await send(20);
+  await redis.start();
+  for (let i = 0; i < 5; i++) await send(20);
+  assert.equal(ids.length, 300);
+  assert.ok(ids.every((id) => /^[0-9a-f]{16}$/.test(id ?? '')));
+  await waitForIds(redis, ids, 'all 300 records after the outage');
+  assert.equal(Number(redis.cli('XLEN', STREAM)), 300);
+});
+
+test('a capgate restart over a non-empty spool: the records arrive', async () => {
+  const redis = await persistentRedis();
+  const spool = tmpDir('capgate-audit-spool-');
+  cleanups.push(() => fs.rmSync(spool, { recursive: true, force: true }));
+  const gw1 = await gateway(redis, { audit: { spool_dir: spool } });
+  await redis.kill();
+  const ids = [];
+  for (let i = 0; i < 30; i++) ids.push((await gwCall(gw1)).headers['x-request-id']);
+  const r = await gw1.proc.stop();
+  assert.equal(r.code, 0);
+  const segments = fs.readdirSync(spool).filter((f) => f.endsWith('.jsonl'));
+  assert.ok(segments.length > 0, 'the stopped gateway left a spool');
+  const lines = segments.map((f) => fs.readFileSync(path.join(spool, f), 'utf8')).join('');
+  for (const id of ids) assert.ok(lines.includes(`"request_id":"${id}"`), `${id} in the spool`);
+
+  await redis.start();
+  await gateway(redis, { audit: { spool_dir: spool } });
+  await waitForIds(redis, ids, 'the spooled records after the restart');
+  await waitFor(() => fs.readdirSync(spool).filter((f) => f.endsWith('.jsonl')).length === 0,
+    { what: 'the spool emptied', timeoutMs: 10000 });
+});
