@@ -9,6 +9,7 @@
 #include "capgate/httpd.h"
 #include "capgate/log.h"
 #include "capgate/strbuf.h"
+#include "demo.h"
 #include "stats.h"
 
 #define ADMIN_JSON "application/json"
@@ -50,6 +51,7 @@ static void admin_handle(struct httpd_req *req, void *arg) {
         admin_json(req, req->error_status, "{\"error\":\"malformed request\"}");
         return;
     }
+    if (demo_handle(a->src.demo, req)) return;
     int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
     if (get && strcmp(req->path, "/healthz") == 0) {
         admin_json(req, 200, "{\"status\":\"ok\"}");

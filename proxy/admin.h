@@ -8,6 +8,7 @@
 struct event_base;
 struct stats_worker;
 struct stats_process;
+struct demo;
 struct admin;
 
 /* What the admin listener reports; everything borrowed and read on the main thread, and must
@@ -17,6 +18,7 @@ struct admin_source {
     size_t n_workers;
     const struct stats_process *process;
     const int *draining;                  /* non-zero once shutdown began */
+    struct demo *demo;                    /* the /demo page (demo.h); off unless "demo": true */
 };
 
 /* NULL on OOM. */

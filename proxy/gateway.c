@@ -21,6 +21,7 @@
 #include "capgate/log.h"
 #include "capgate/tls.h"
 #include "config.h"
+#include "demo.h"
 #include "nonce.h"
 #include "pipeline.h"
 #include "stats.h"
@@ -65,6 +66,7 @@ struct gateway {
     struct stats_worker **stats;
     struct stats_process process;
     struct admin *admin;
+    struct demo *demo;                /* the admin listener's /demo page */
     int draining;
     atomic_uint finished;
 };
@@ -358,6 +360,7 @@ static void gateway_reload(struct gateway *g) {
     for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], pc, 0);
     pipeline_config_unref(g->current);
     g->current = pc;
+    demo_configure(g->demo, c);
     g->process.reloads_ok++;
     log_info("reload: config %s applied", g->path);
 }
@@ -453,8 +456,11 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
         port = got;
     }
 
+    g->demo = demo_new(g->base, c->listen_host, port);
+    if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
-                               .process = &g->process, .draining = &g->draining};
+                               .process = &g->process, .draining = &g->draining,
+                               .demo = g->demo};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
@@ -530,6 +536,7 @@ void gateway_free(struct gateway *g) {
     for (unsigned i = 0; g->workers && i < g->n_workers; i++) worker_cleanup(&g->workers[i]);
     free(g->workers);
     admin_free(g->admin);
+    demo_free(g->demo);  /* after admin_free: its requests are ended or cancelled by then */
     if (g->sig_term) event_free(g->sig_term);
     if (g->sig_int) event_free(g->sig_int);
     if (g->sig_hup) event_free(g->sig_hup);
