@@ -17,72 +17,88 @@ const char *breaker_state_name(enum breaker_state s)
     return breaker_state_names[s];
 }
 
-static void set_state(struct breaker *b, enum breaker_state to, uint64_t now_ms)
+static enum breaker_state load_state(const struct breaker *b)
 {
-    if (b->state != to)
-        log_debug("breaker: %s -> %s", breaker_state_name(b->state), breaker_state_name(to));
-    b->state = to;
-    b->probe_inflight = 0;
-    if (to == BREAKER_OPEN)
-        b->opened_at_ms = now_ms;
-    if (to == BREAKER_CLOSED)
-        b->consecutive = 0;
+    return (enum breaker_state)atomic_load(&((struct breaker *)b)->state);
+}
+
+/* Moves from `from` to `to` if no other thread moved first; 1 when this call made the move. */
+static int move_state(struct breaker *b, enum breaker_state from, enum breaker_state to)
+{
+    int expected = (int)from;
+
+    if (!atomic_compare_exchange_strong(&b->state, &expected, (int)to))
+        return 0;
+    log_debug("breaker: %s -> %s", breaker_state_name(from), breaker_state_name(to));
+    return 1;
 }
 
 void breaker_init(struct breaker *b, unsigned failures, unsigned open_ms)
 {
-    b->state = BREAKER_CLOSED;
+    atomic_init(&b->state, BREAKER_CLOSED);
     b->threshold = failures ? failures : 1;
     b->open_ms = open_ms;
-    b->consecutive = 0;
-    b->opened_after = 0;
-    b->opened_at_ms = 0;
-    b->probe_inflight = 0;
+    atomic_init(&b->consecutive, 0);
+    atomic_init(&b->opened_after, 0);
+    atomic_init(&b->opened_at_ms, 0);
+    atomic_init(&b->probe_inflight, 0);
 }
 
 int breaker_allow(struct breaker *b, uint64_t now_ms)
 {
-    switch (b->state) {
+    int idle = 0;
+
+    switch (load_state(b)) {
     case BREAKER_CLOSED:
         return 1;
     case BREAKER_OPEN:
-        if (now_ms < b->opened_at_ms + b->open_ms)
+        if (now_ms < atomic_load(&b->opened_at_ms) + b->open_ms)
             return 0;
-        set_state(b, BREAKER_HALF_OPEN, now_ms);
-        b->probe_inflight = 1;
-        return 1;
+        /* the pause is over: the one caller that moves it to HALF_OPEN is the probe */
+        atomic_store(&b->probe_inflight, 1);
+        if (move_state(b, BREAKER_OPEN, BREAKER_HALF_OPEN))
+            return 1;
+        return 0;
     case BREAKER_HALF_OPEN:
-        if (b->probe_inflight)
-            return 0;
-        b->probe_inflight = 1;
-        return 1;
+        return atomic_compare_exchange_strong(&b->probe_inflight, &idle, 1);
     }
     return 0;
 }
 
+/* Opens the breaker from `from` after `failures` consecutive failures. */
+static void open_from(struct breaker *b, enum breaker_state from, unsigned failures,
+                      uint64_t now_ms)
+{
+    atomic_store(&b->opened_at_ms, now_ms);
+    atomic_store(&b->opened_after, failures);
+    if (move_state(b, from, BREAKER_OPEN))
+        atomic_store(&b->probe_inflight, 0);
+}
+
 void breaker_record(struct breaker *b, int success, uint64_t now_ms)
 {
-    switch (b->state) {
+    unsigned n;
+
+    switch (load_state(b)) {
     case BREAKER_CLOSED:
         if (success) {
-            b->consecutive = 0;
+            atomic_store(&b->consecutive, 0);
             break;
         }
-        b->consecutive++;
-        if (b->consecutive >= b->threshold) {
-            b->opened_after = b->consecutive;
-            set_state(b, BREAKER_OPEN, now_ms);
-        }
+        n = atomic_fetch_add(&b->consecutive, 1) + 1;
+        if (n >= b->threshold)
+            open_from(b, BREAKER_CLOSED, n, now_ms);
         break;
     case BREAKER_OPEN:
         break;
     case BREAKER_HALF_OPEN:
         if (success) {
-            set_state(b, BREAKER_CLOSED, now_ms);
+            atomic_store(&b->consecutive, 0);
+            if (move_state(b, BREAKER_HALF_OPEN, BREAKER_CLOSED))
+                atomic_store(&b->probe_inflight, 0);
         } else {
-            b->consecutive++;
-            b->opened_after = b->consecutive;
-            set_state(b, BREAKER_OPEN, now_ms);
+            n = atomic_fetch_add(&b->consecutive, 1) + 1;
+            open_from(b, BREAKER_HALF_OPEN, n, now_ms);
         }
         break;
     }
@@ -90,20 +106,20 @@ void breaker_record(struct breaker *b, int success, uint64_t now_ms)
 
 enum breaker_state breaker_state(const struct breaker *b)
 {
-    return b->state;
+    return load_state(b);
 }
 
 uint64_t breaker_retry_in_ms(const struct breaker *b, uint64_t now_ms)
 {
     uint64_t due;
 
-    if (b->state != BREAKER_OPEN)
+    if (load_state(b) != BREAKER_OPEN)
         return 0;
-    due = b->opened_at_ms + b->open_ms;
+    due = atomic_load(&((struct breaker *)b)->opened_at_ms) + b->open_ms;
     return now_ms >= due ? 0 : due - now_ms;
 }
 
 unsigned breaker_opened_after(const struct breaker *b)
 {
-    return b->opened_after;
+    return atomic_load(&((struct breaker *)b)->opened_after);
 }

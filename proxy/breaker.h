@@ -1,7 +1,10 @@
 /* breaker.h: a circuit breaker with no I/O; the caller passes the time in. It stops calls to an
- * upstream that keeps failing and lets one probe through after a pause. */
+ * upstream that keeps failing and lets one probe through after a pause. One breaker serves all of
+ * a process's workers (the upstream is one service): its fields are C11 atomics and every
+ * transition is a compare-and-swap, so workers share it without a lock. */
 #ifndef CAPGATE_BREAKER_H
 #define CAPGATE_BREAKER_H
+#include <stdatomic.h>
 #include <stdint.h>
 
 /* CLOSED: every call goes ahead; `failures` consecutive failures open the breaker.
@@ -13,13 +16,13 @@ enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
 
 /* Embedded by the caller; fields are private, read them through the functions below. */
 struct breaker {
-    enum breaker_state state;
-    unsigned threshold;      /* consecutive failures that open it (>= 1) */
-    unsigned open_ms;        /* pause before a probe */
-    unsigned consecutive;    /* failures in a row while closed */
-    unsigned opened_after;   /* the failure count that last opened it, for messages */
-    uint64_t opened_at_ms;   /* when it last opened */
-    int probe_inflight;      /* HALF_OPEN: the probe was admitted and has not reported yet */
+    atomic_int state;               /* enum breaker_state */
+    unsigned threshold;             /* consecutive failures that open it (>= 1); set at init */
+    unsigned open_ms;               /* pause before a probe; set at init */
+    atomic_uint consecutive;        /* failures in a row while closed */
+    atomic_uint opened_after;       /* the failure count that last opened it, for messages */
+    atomic_uint_least64_t opened_at_ms; /* when it last opened */
+    atomic_int probe_inflight;      /* HALF_OPEN: the probe was admitted and has not reported */
 };
 
 /* failures 0 is treated as 1. */

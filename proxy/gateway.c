@@ -58,6 +58,7 @@ struct gateway {
     struct event_base *base;
     struct event *sig_term, *sig_int, *sig_hup, *workers_done;
     SSL_CTX *ssl_ctx;
+    struct breaker breaker;       /* one for the process: upstream is one service */
     struct nonce_cache *nonces;
     struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
     struct gateway_worker *workers;
@@ -435,8 +436,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     uo.timeout_ms = c->upstream.timeout_ms;
     uo.retries = c->upstream.retries;
     uo.max_connections = c->upstream.max_connections;
-    uo.breaker_failures = c->upstream.breaker_failures;
-    uo.breaker_open_ms = c->upstream.breaker_open_ms;
+    breaker_init(&g->breaker, c->upstream.breaker_failures, c->upstream.breaker_open_ms);
+    uo.breaker = &g->breaker;
 
     httpd_limits_default(&lim);
     if (c->http.max_uri) lim.max_uri = c->http.max_uri;

@@ -379,7 +379,8 @@ static int stats_render_upstream(struct strbuf *out, struct stats_worker *const 
                             "capgate_upstream_request_duration_seconds_count %llu\n",
                        (double)sum_us / 1e6, (unsigned long long)cumulative))
         return -1;
-    if (strbuf_appends(out, "# HELP capgate_upstream_breaker_state Circuit breaker per worker: "
+    if (strbuf_appends(out, "# HELP capgate_upstream_breaker_state Upstream circuit breaker (one per process, "
+                            "as each worker last saw it): "
                             "0 closed, 1 open, 2 half-open.\n"
                             "# TYPE capgate_upstream_breaker_state gauge\n"))
         return -1;

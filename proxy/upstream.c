@@ -107,7 +107,8 @@ struct upstream {
     SSL_CTX *ssl_ctx;
     int verify_tls;
     unsigned connect_timeout_ms, timeout_ms, retries, max_connections, max_queued;
-    struct breaker breaker;
+    struct breaker own_breaker;         /* used when the options name no shared one */
+    struct breaker *breaker;            /* own_breaker, or the process-wide one (borrowed) */
     struct conn_list conns;             /* live: connecting, busy, idle */
     struct conn_list dead;              /* waiting for reap_ev */
     struct event *reap_ev;
@@ -370,7 +371,7 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
     call_set_state(c, CALL_DONE);
     TAILQ_REMOVE(&u->calls, c, link);
     if (c->admitted)
-        breaker_record(&u->breaker, breaker_success, now_ms());
+        breaker_record(u->breaker, breaker_success, now_ms());
     r->attempts = c->attempts;
     r->latency_us = clock_mono_us() - c->start_us;
     if (!r->breaker_rejected)
@@ -748,9 +749,14 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
     u->retries = o->retries;
     u->max_connections = o->max_connections ? o->max_connections : UPSTREAM_DEFAULT_MAX_CONNECTIONS;
     u->max_queued = o->max_queued ? o->max_queued : UPSTREAM_DEFAULT_MAX_QUEUED;
-    breaker_init(&u->breaker,
-                 o->breaker_failures ? o->breaker_failures : UPSTREAM_DEFAULT_BREAKER_FAILURES,
-                 o->breaker_open_ms ? o->breaker_open_ms : UPSTREAM_DEFAULT_BREAKER_OPEN_MS);
+    if (o->breaker) {
+        u->breaker = o->breaker;
+    } else {
+        breaker_init(&u->own_breaker,
+                     o->breaker_failures ? o->breaker_failures : UPSTREAM_DEFAULT_BREAKER_FAILURES,
+                     o->breaker_open_ms ? o->breaker_open_ms : UPSTREAM_DEFAULT_BREAKER_OPEN_MS);
+        u->breaker = &u->own_breaker;
+    }
     snprintf(ua, sizeof(ua), "capgate/%s", version_string());
     u->host = dup_str(o->host);
     u->path = dup_str(o->path);
@@ -852,11 +858,11 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
         return 0;
     }
     now = now_ms();
-    if (!breaker_allow(&u->breaker, now)) {
+    if (!breaker_allow(u->breaker, now)) {
         char msg[128];
         snprintf(msg, sizeof(msg), "circuit breaker open after %u consecutive failures; "
-                 "retrying in %llu ms", breaker_opened_after(&u->breaker),
-                 (unsigned long long)breaker_retry_in_ms(&u->breaker, now));
+                 "retrying in %llu ms", breaker_opened_after(u->breaker),
+                 (unsigned long long)breaker_retry_in_ms(u->breaker, now));
         call_fail_soon(c, 1, msg);
         return 0;
     }
@@ -876,7 +882,7 @@ fail:
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
 {
     *out = u->stats;
-    out->breaker = breaker_state(&u->breaker);
+    out->breaker = breaker_state(u->breaker);
     out->open_connections = u->n_conns;
     out->idle_connections = u->n_idle;
 }

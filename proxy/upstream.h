@@ -28,10 +28,13 @@ struct upstream_options {
     unsigned max_queued;        /* calls waiting for a free connection (0: 1024); beyond it a
                                  * call fails at once with "upstream queue is full" */
     const char *tls_name;       /* name for SNI and the certificate check (NULL: host) */
+    struct breaker *breaker;    /* shared by every worker's upstream (borrowed, initialised by
+                                 * the caller, outlives the upstream); NULL: a breaker of its own
+                                 * from breaker_failures/breaker_open_ms */
 };                              /* strings are copied by upstream_new */
 
 /* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
- * the SSL_CTX (borrowed). NULL and err on a bad option or OOM. */
+ * the SSL_CTX and the breaker (both borrowed; the breaker is lock-free). NULL and err on a bad option or OOM. */
 struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
                               char *err, size_t errlen);
 /* Pending and queued calls complete with an error ("upstream client shut down") first, inside
