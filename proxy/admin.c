@@ -1,5 +1,7 @@
 /* admin.c: health, readiness and metrics for operators and orchestrators. It runs on the main
- * thread, which owns no request path, so a slow scrape never delays an API request. */
+ * thread, which owns no request path, so a slow scrape never delays an API request. Queries
+ * that read Redis (/admin/stats) run off this thread and answer later from their callback; a
+ * client that leaves meanwhile only detaches its request from the query. */
 #include "admin.h"
 
 #include <stdio.h>
@@ -10,23 +12,101 @@
 #include "capgate/log.h"
 #include "capgate/strbuf.h"
 #include "demo.h"
+#include "metrics.h"
 #include "stats.h"
 
 #define ADMIN_JSON "application/json"
 
 struct admin {
+    struct event_base *base;
     struct httpd *httpd;
     struct admin_source src;
+    size_t pending;        /* queries whose done callback has not fired yet */
+};
+
+/* One query in flight: lives from the start of the query to its done callback, which fires
+ * exactly once whatever became of the client. */
+struct admin_query {
+    struct admin *a;
+    struct httpd_req *req; /* NULL once the client went away */
 };
 
 static void admin_json(struct httpd_req *req, int status, const char *body) {
     httpd_reply(req, status, ADMIN_JSON, body, strlen(body));
 }
 
-static void admin_metrics(struct admin *a, struct httpd_req *req) {
+/* {"error": msg}, msg escaped as JSON. */
+static void admin_error(struct httpd_req *req, int status, const char *msg) {
     struct strbuf b;
     strbuf_init(&b);
-    if (stats_render(&b, a->src.workers, a->src.n_workers, a->src.process) != 0) {
+    int bad = strbuf_appends(&b, "{\"error\":\"");
+    for (const unsigned char *p = (const unsigned char *)msg; !bad && *p; p++) {
+        if (*p == '"' || *p == '\\') bad = strbuf_appendc(&b, '\\') || strbuf_appendc(&b, (char)*p);
+        else if (*p < 0x20) bad = strbuf_appendf(&b, "\\u%04x", *p);
+        else bad = strbuf_appendc(&b, (char)*p);
+    }
+    if (bad || strbuf_appends(&b, "\"}")) admin_json(req, 500, "{\"error\":\"out of memory\"}");
+    else admin_json(req, status, b.s);
+    strbuf_cleanup(&b);
+}
+
+static void admin_query_cancel(struct httpd_req *req, void *arg) {
+    struct admin_query *q = arg;
+    q->req = NULL;
+}
+
+static void admin_query_done(const char *json, int http_status, void *arg) {
+    struct admin_query *q = arg;
+    if (q->req) {
+        httpd_set_cancel(q->req, NULL, NULL);
+        if (json) admin_json(q->req, http_status, json);
+        else admin_json(q->req, 500, "{\"error\":\"query failed\"}");
+    }
+    q->a->pending--;
+    free(q);
+}
+
+/* A query context for req, or NULL after answering 500 (OOM). */
+static struct admin_query *admin_query_new(struct admin *a, struct httpd_req *req) {
+    struct admin_query *q = calloc(1, sizeof(*q));
+    if (!q) {
+        admin_json(req, 500, "{\"error\":\"out of memory\"}");
+        return NULL;
+    }
+    q->a = a;
+    q->req = req;
+    a->pending++;
+    httpd_set_cancel(req, admin_query_cancel, q);
+    return q;
+}
+
+static void admin_stats(struct admin *a, struct httpd_req *req) {
+    struct metrics_query mq;
+    char err[256];
+    if (!a->src.metrics) {
+        admin_json(req, 503, "{\"error\":\"metrics are not running\"}");
+        return;
+    }
+    if (metrics_query_parse(req->query, &mq, err, sizeof(err)) != 0) {
+        admin_error(req, 400, err);
+        return;
+    }
+    struct admin_query *q = admin_query_new(a, req);
+    if (q) metrics_query(a->src.metrics, &mq, a->base, admin_query_done, q);
+}
+
+static void admin_metrics(struct admin *a, struct httpd_req *req) {
+    struct strbuf b;
+    struct stats_process p = *a->src.process;
+    if (a->src.metrics) {
+        struct metrics_stats ms;
+        metrics_get_stats(a->src.metrics, &ms);
+        p.has_metrics = 1;
+        p.metrics_flushes = ms.flushes;
+        p.metrics_flush_errors = ms.flush_errors;
+    }
+    strbuf_init(&b);
+    if (stats_render(&b, a->src.workers, a->src.n_workers, &p) != 0) {
         strbuf_cleanup(&b);
         admin_json(req, 500, "{\"error\":\"out of memory\"}");
         return;
@@ -59,11 +139,14 @@ static void admin_handle(struct httpd_req *req, void *arg) {
         admin_ready(a, req);
     } else if (get && strcmp(req->path, "/metrics") == 0) {
         admin_metrics(a, req);
+    } else if (get && strcmp(req->path, "/admin/stats") == 0) {
+        admin_stats(a, req);
     } else if (strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/readyz") == 0 ||
-               strcmp(req->path, "/metrics") == 0) {
+               strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/admin/stats") == 0) {
         admin_json(req, 405, "{\"error\":\"method not allowed; use GET\"}");
     } else {
-        admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz or /metrics\"}");
+        admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz, /metrics or "
+                             "/admin/stats\"}");
     }
 }
 
@@ -71,6 +154,7 @@ struct admin *admin_new(struct event_base *base, const struct admin_source *src)
     struct httpd_limits lim;
     struct admin *a = calloc(1, sizeof(*a));
     if (!a) return NULL;
+    a->base = base;
     a->src = *src;
     httpd_limits_default(&lim);
     a->httpd = httpd_new(base, &lim, admin_handle, a);
@@ -85,8 +169,17 @@ int admin_listen(struct admin *a, const char *host, int port, char *err, size_t 
     return httpd_listen(a->httpd, host, port, NULL, 0, err, errlen);
 }
 
+size_t admin_pending(const struct admin *a) { return a ? a->pending : 0; }
+
+void admin_stop_accepting(struct admin *a) {
+    if (a) httpd_stop_accepting(a->httpd);
+}
+
 void admin_free(struct admin *a) {
     if (!a) return;
+    if (a->pending)
+        log_error("admin: freed with %zu query(ies) in flight; their replies are lost",
+                  a->pending);
     httpd_free(a->httpd);
     free(a);
 }

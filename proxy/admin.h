@@ -1,6 +1,8 @@
 /* admin.h: the admin listener (config "admin_listen", localhost by default), served by its own
  * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining; its
- * JSON says "store":"up" or "down"), GET /metrics (Prometheus text of every worker summed). Anything else is a 404 in JSON. */
+ * JSON says "store":"up" or "down"), GET /metrics (Prometheus text of every worker summed,
+ * and the sinks' counters), GET /admin/stats (metrics_query, DESIGN.md 4.3; 400 naming a bad
+ * parameter). Anything else is a 404 in JSON. */
 #ifndef CAPGATE_ADMIN_H
 #define CAPGATE_ADMIN_H
 #include <stddef.h>
@@ -9,6 +11,7 @@ struct event_base;
 struct stats_worker;
 struct stats_process;
 struct demo;
+struct metrics;
 struct admin;
 
 /* What the admin listener reports; everything borrowed and read on the main thread, and must
@@ -19,12 +22,18 @@ struct admin_source {
     const struct stats_process *process;
     const int *draining;                  /* non-zero once shutdown began */
     struct demo *demo;                    /* the /demo page (demo.h); off unless "demo": true */
+    struct metrics *metrics;              /* /admin/stats and the flush counters; NULL: none */
 };
 
 /* NULL on OOM. */
 struct admin *admin_new(struct event_base *base, const struct admin_source *src);
 /* Listens on host:port (0 picks one). Returns the bound port, or -1 with err. */
 int admin_listen(struct admin *a, const char *host, int port, char *err, size_t errlen);
-void admin_free(struct admin *a);  /* NULL accepted */
+/* Queries started and not yet answered (their callbacks arrive on the admin's base). */
+size_t admin_pending(const struct admin *a);
+/* Shutdown: no new connection; requests on open ones are still answered. */
+void admin_stop_accepting(struct admin *a);
+/* Call once admin_pending is 0 (the base must run until then). NULL accepted. */
+void admin_free(struct admin *a);
 
 #endif

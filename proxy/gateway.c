@@ -22,6 +22,7 @@
 #include "capgate/tls.h"
 #include "config.h"
 #include "demo.h"
+#include "metrics.h"
 #include "nonce.h"
 #include "pipeline.h"
 #include "stats.h"
@@ -61,6 +62,7 @@ struct gateway {
     struct breaker breaker;       /* one for the process: upstream is one service */
     struct nonce_cache *nonces;
     struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
+    struct metrics *metrics;      /* per-(businessId, sceneId, minute) counters, one flush thread */
     struct gateway_worker *workers;
     unsigned n_workers;
     unsigned n_started;               /* worker threads running (a prefix of workers) */
@@ -186,6 +188,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
         return -1;
     }
     w->pw.stats = g->stats[i];
+    w->pw.metrics = g->metrics;
     w->pw.base = event_base_new();
     if (!w->pw.base) goto oom;
     w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
@@ -411,14 +414,17 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
 
     g->base = event_base_new();
     g->nonces = nonce_cache_new(GATEWAY_NONCE_MAX, GATEWAY_NONCE_STRIPES);
-    g->store_shared = store_shared_new(c, err, errlen);
-    if (!g->store_shared) goto fail;
     g->n_workers = c->workers ? c->workers : 1;
     g->workers = calloc(g->n_workers, sizeof(*g->workers));
     g->stats = calloc(g->n_workers, sizeof(*g->stats));
     if (!g->base || !g->nonces || !g->workers || !g->stats) goto oom;
     for (unsigned i = 0; i < g->n_workers; i++)
         if (!(g->stats[i] = stats_worker_new(i))) goto oom;
+    g->store_shared = store_shared_new(c, err, errlen);
+    if (!g->store_shared) goto fail;
+    /* Redis is not contacted here: an unreachable one only delays the flushes. */
+    g->metrics = metrics_new(c, g->n_workers, err, errlen);
+    if (!g->metrics) goto fail;
 
     if (c->upstream.tls) {
         g->ssl_ctx = tls_client_ctx_new(c->upstream.ca_file, c->upstream.verify_tls, err, errlen);
@@ -461,7 +467,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
                                .process = &g->process, .draining = &g->draining,
-                               .demo = g->demo};
+                               .demo = g->demo, .metrics = g->metrics};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
@@ -518,6 +524,9 @@ int gateway_run(struct gateway *g) {
         for (unsigned i = 0; i < g->n_started; i++) worker_post(&g->workers[i], NULL, 1);
     }
     if (g->n_started) event_base_loop(g->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    /* Admin queries still running answer on this base: let them, then nothing is left on it. */
+    admin_stop_accepting(g->admin);
+    while (admin_pending(g->admin) > 0) event_base_loop(g->base, EVLOOP_ONCE);
     for (unsigned i = 0; i < g->n_started; i++) {
         pthread_join(g->workers[i].thread, NULL);
         g->workers[i].started = 0;
@@ -538,6 +547,7 @@ void gateway_free(struct gateway *g) {
     free(g->workers);
     admin_free(g->admin);
     demo_free(g->demo);  /* after admin_free: its requests are ended or cancelled by then */
+    metrics_free(g->metrics);  /* after the workers: its last flush has every request */
     if (g->sig_term) event_free(g->sig_term);
     if (g->sig_int) event_free(g->sig_int);
     if (g->sig_hup) event_free(g->sig_hup);

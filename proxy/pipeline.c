@@ -24,6 +24,7 @@
 #include "capgate/strbuf.h"
 #include "config.h"
 #include "limit.h"
+#include "metrics.h"
 #include "stats.h"
 #include "store.h"
 #include "upstream.h"
@@ -575,8 +576,11 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
     ctx->rec.http_status = ctx->reply_status;
 }
 
+/* The end of every request, whatever became of it: counters, the metrics batch, the audit. */
 static void ctx_audit(struct pipeline_ctx *ctx) {
+    struct pipeline_worker *w = ctx->w;
     ctx->rec.latency_us = clock_mono_us() - ctx->start_us;
+    if (w->metrics) metrics_record(w->metrics, w->id, &ctx->rec);
     stats_count_request(ctx->w->stats, ctx->rec.app[0] ? ctx->rec.app : "-",
                         validate_action_name(ctx->rec.action_id),
                         pipeline_decision_name(ctx->rec.decision));
