@@ -1,6 +1,6 @@
 /* admin.c: health, readiness and metrics for operators and orchestrators. It runs on the main
  * thread, which owns no request path, so a slow scrape never delays an API request. Queries
- * that read Redis (/admin/stats) run off this thread and answer later from their callback; a
+ * that read Redis (/admin/stats, /admin/audit) run off this thread and answer later from their callback; a
  * client that leaves meanwhile only detaches its request from the query. */
 #include "admin.h"
 
@@ -10,6 +10,7 @@
 
 #include "capgate/httpd.h"
 #include "capgate/log.h"
+#include "audit.h"
 #include "capgate/strbuf.h"
 #include "demo.h"
 #include "metrics.h"
@@ -95,6 +96,21 @@ static void admin_stats(struct admin *a, struct httpd_req *req) {
     if (q) metrics_query(a->src.metrics, &mq, a->base, admin_query_done, q);
 }
 
+static void admin_audit(struct admin *a, struct httpd_req *req) {
+    struct audit_query aq;
+    char err[256];
+    if (!a->src.audit) {
+        admin_json(req, 503, "{\"error\":\"the audit is not running\"}");
+        return;
+    }
+    if (audit_query_parse(req->query, &aq, err, sizeof(err)) != 0) {
+        admin_error(req, 400, err);
+        return;
+    }
+    struct admin_query *q = admin_query_new(a, req);
+    if (q) audit_query(a->src.audit, &aq, a->base, admin_query_done, q);
+}
+
 static void admin_metrics(struct admin *a, struct httpd_req *req) {
     struct strbuf b;
     struct stats_process p = *a->src.process;
@@ -104,6 +120,17 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
         p.has_metrics = 1;
         p.metrics_flushes = ms.flushes;
         p.metrics_flush_errors = ms.flush_errors;
+    }
+    if (a->src.audit) {
+        struct audit_stats as;
+        audit_get_stats(a->src.audit, &as);
+        p.has_audit = 1;
+        p.audit_queue_depth = as.queue_depth;
+        p.audit_spool_records = as.spool_depth;
+        p.audit_written = as.written;
+        p.audit_spooled = as.spooled;
+        p.audit_replayed = as.replayed;
+        p.audit_overflowed = as.overflowed;
     }
     strbuf_init(&b);
     if (stats_render(&b, a->src.workers, a->src.n_workers, &p) != 0) {
@@ -118,10 +145,11 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
 /* Ready while not draining. A store that is down does not make the gateway unready: requests
  * are still served per on_store_error; the JSON says so for operators. */
 static void admin_ready(struct admin *a, struct httpd_req *req) {
-    char body[128];
+    char body[160];
     int store_up = stats_store_connected(a->src.workers, a->src.n_workers);
-    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"store\":\"%s\"}",
-             *a->src.draining ? "draining" : "ready", store_up ? "up" : "down");
+    snprintf(body, sizeof(body), "{\"status\":\"%s\",\"store\":\"%s\",\"audit\":\"%s\"}",
+             *a->src.draining ? "draining" : "ready", store_up ? "up" : "down",
+             a->src.audit ? audit_state_name(a->src.audit) : "off");
     admin_json(req, *a->src.draining ? 503 : 200, body);
 }
 
@@ -141,12 +169,15 @@ static void admin_handle(struct httpd_req *req, void *arg) {
         admin_metrics(a, req);
     } else if (get && strcmp(req->path, "/admin/stats") == 0) {
         admin_stats(a, req);
+    } else if (get && strcmp(req->path, "/admin/audit") == 0) {
+        admin_audit(a, req);
     } else if (strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/readyz") == 0 ||
-               strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/admin/stats") == 0) {
+               strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/admin/stats") == 0 ||
+               strcmp(req->path, "/admin/audit") == 0) {
         admin_json(req, 405, "{\"error\":\"method not allowed; use GET\"}");
     } else {
-        admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz, /metrics or "
-                             "/admin/stats\"}");
+        admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz, /metrics, "
+                             "/admin/stats or /admin/audit\"}");
     }
 }
 

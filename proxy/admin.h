@@ -1,8 +1,8 @@
 /* admin.h: the admin listener (config "admin_listen", localhost by default), served by its own
  * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining; its
- * JSON says "store":"up" or "down"), GET /metrics (Prometheus text of every worker summed,
- * and the sinks' counters), GET /admin/stats (metrics_query, DESIGN.md 4.3; 400 naming a bad
- * parameter). Anything else is a 404 in JSON. */
+ * JSON says "store":"up" or "down" and the audit sink's state), GET /metrics (Prometheus
+ * text of every worker summed, and the sinks' counters), GET /admin/stats (metrics_query,
+ * DESIGN.md 4.3) and GET /admin/audit (audit_query, 4.2), each 400 naming a bad parameter. Anything else is a 404 in JSON. */
 #ifndef CAPGATE_ADMIN_H
 #define CAPGATE_ADMIN_H
 #include <stddef.h>
@@ -10,6 +10,7 @@
 struct event_base;
 struct stats_worker;
 struct stats_process;
+struct audit;
 struct demo;
 struct metrics;
 struct admin;
@@ -23,6 +24,7 @@ struct admin_source {
     const int *draining;                  /* non-zero once shutdown began */
     struct demo *demo;                    /* the /demo page (demo.h); off unless "demo": true */
     struct metrics *metrics;              /* /admin/stats and the flush counters; NULL: none */
+    struct audit *audit;                  /* /admin/audit and the sink's counters; NULL: none */
 };
 
 /* NULL on OOM. */

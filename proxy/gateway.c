@@ -16,6 +16,7 @@
 #include <event2/event.h>
 
 #include "admin.h"
+#include "audit.h"
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
 #include "capgate/log.h"
@@ -63,6 +64,7 @@ struct gateway {
     struct nonce_cache *nonces;
     struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
     struct metrics *metrics;      /* per-(businessId, sceneId, minute) counters, one flush thread */
+    struct audit *audit;          /* one record per request, one sink thread; reads boot */
     struct gateway_worker *workers;
     unsigned n_workers;
     unsigned n_started;               /* worker threads running (a prefix of workers) */
@@ -189,6 +191,9 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     }
     w->pw.stats = g->stats[i];
     w->pw.metrics = g->metrics;
+    w->pw.audit = g->audit;
+    w->pw.audit_config = &g->boot->config->audit;
+    w->pw.instance = g->boot->config->instance ? g->boot->config->instance : "";
     w->pw.base = event_base_new();
     if (!w->pw.base) goto oom;
     w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
@@ -425,6 +430,9 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     /* Redis is not contacted here: an unreachable one only delays the flushes. */
     g->metrics = metrics_new(c, g->n_workers, err, errlen);
     if (!g->metrics) goto fail;
+    /* Borrows the boot config (kept until gateway_free); a Redis that is down means spooling. */
+    g->audit = audit_new(c, g->n_workers, err, errlen);
+    if (!g->audit) goto fail;
 
     if (c->upstream.tls) {
         g->ssl_ctx = tls_client_ctx_new(c->upstream.ca_file, c->upstream.verify_tls, err, errlen);
@@ -467,7 +475,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
                                .process = &g->process, .draining = &g->draining,
-                               .demo = g->demo, .metrics = g->metrics};
+                               .demo = g->demo, .metrics = g->metrics, .audit = g->audit};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
@@ -548,6 +556,7 @@ void gateway_free(struct gateway *g) {
     admin_free(g->admin);
     demo_free(g->demo);  /* after admin_free: its requests are ended or cancelled by then */
     metrics_free(g->metrics);  /* after the workers: its last flush has every request */
+    audit_free(g->audit);      /* after the workers too: it drains every record submitted */
     if (g->sig_term) event_free(g->sig_term);
     if (g->sig_int) event_free(g->sig_int);
     if (g->sig_hup) event_free(g->sig_hup);

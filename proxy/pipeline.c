@@ -13,6 +13,7 @@
 #include <jansson.h>
 #include <openssl/rand.h>
 
+#include "audit.h"
 #include "auth.h"
 #include "capgate/apierr.h"
 #include "capgate/clock.h"
@@ -238,6 +239,7 @@ struct pipeline_ctx {
     const struct config *config;    /* pc->config */
     enum pipeline_state state;
     size_t stage;                   /* index of the next stage to run */
+    int parsed;                     /* params hold the request's parameters */
     int cancelled;
     int in_stage;                   /* a stage function is on the stack */
     int resumed;                    /* pipeline_resume came while in_stage */
@@ -257,6 +259,7 @@ struct pipeline_ctx {
     int reply_status;
     char *reply_body;
     size_t reply_len;
+    char *reply_url;                /* a successful CaptchaIframeQuery's url, for the audit */
 };
 
 static void set_state(struct pipeline_ctx *ctx, enum pipeline_state to) {
@@ -321,6 +324,7 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
                          "method %.32s is not allowed; use GET or POST", req->method);
     }
     if (rc != 0) return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+    ctx->parsed = 1;
     copy_str(ctx->rec.action, sizeof(ctx->rec.action), params_get(&ctx->params, "Action"));
     return STAGE_NEXT;
 }
@@ -464,13 +468,21 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     return STAGE_PENDING;
 }
 
-/* The upstream reply's code and codeDesc, for the record; the body itself passes unchanged. */
-static void record_upstream_code(struct pipeline_record *rec, const char *body, size_t len) {
+/* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
+ * url for the audit (which keeps only its hash), from one parse; the body passes unchanged. */
+static void record_upstream_reply(struct pipeline_ctx *ctx, const char *body, size_t len) {
+    struct pipeline_record *rec = &ctx->rec;
     json_t *j = json_loadb(body, len, 0, NULL);
     json_t *code = json_object_get(j, "code");
     json_t *desc = json_object_get(j, "codeDesc");
+    json_t *url = json_object_get(j, "url");
     if (json_is_integer(code)) rec->code = (int)json_integer_value(code);
     if (json_is_string(desc)) copy_str(rec->code_desc, sizeof(rec->code_desc), json_string_value(desc));
+    if (rec->action_id == V2_ACTION_CAPTCHA_IFRAME_QUERY && json_is_integer(code) &&
+        json_integer_value(code) == 0 && json_is_string(url)) {
+        free(ctx->reply_url);
+        ctx->reply_url = strdup(json_string_value(url));
+    }
     json_decref(j);
 }
 
@@ -487,7 +499,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
             ctx->reply_body[r->body_len] = '\0';
             ctx->reply_len = r->body_len;
             ctx->reply_status = 200;
-            record_upstream_code(&ctx->rec, r->body, r->body_len);
+            record_upstream_reply(ctx, r->body, r->body_len);
         } else {
             ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
         }
@@ -545,6 +557,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
     params_cleanup(&ctx->params);
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
     free(ctx->reply_body);
+    free(ctx->reply_url);
     pipeline_config_unref(ctx->pc);
     free(ctx);
     w->live--;
@@ -581,6 +594,15 @@ static void ctx_audit(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
     ctx->rec.latency_us = clock_mono_us() - ctx->start_us;
     if (w->metrics) metrics_record(w->metrics, w->id, &ctx->rec);
+    if (w->audit) {
+        struct audit_record ar;
+        if (audit_record_init(&ar, &ctx->rec, ctx->parsed ? &ctx->params : NULL, ctx->reply_url,
+                              w->audit_config, w->instance) != 0 ||
+            audit_submit(w->audit, w->id, &ar) != 0) {
+            stats_count_audit_failure(w->stats);
+            log_error("request %s: audit record not submitted", ctx->rec.request_id);
+        }
+    }
     stats_count_request(ctx->w->stats, ctx->rec.app[0] ? ctx->rec.app : "-",
                         validate_action_name(ctx->rec.action_id),
                         pipeline_decision_name(ctx->rec.decision));
