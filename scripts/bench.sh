@@ -1,22 +1,38 @@
 #!/usr/bin/env bash
-# bench.sh: throughput and latency over keep-alive loopback with wrk. The server under test is
-# pinned to CPU 0 and wrk to CPU 1. Each target runs --runs times; the table on stdout gives the
-# median requests/s and the p50/p99 latency of the median run.
-# Targets: mock (capgate-mock CaptchaIframeQuery, pre-signed distinct requests: the mock refuses
-# a repeated Nonce), mock-health (GET /__admin/health, the floor of the HTTP stack).
-# Usage: bench.sh [--targets mock,mock-health] [--duration SECONDS] [--runs N]
+# bench.sh: the gateway against the mock called directly and against nginx, in one run, with wrk
+# over keep-alive loopback. Pinning (2 CPUs or more): capgate-mock alone on CPU 0; the proxy
+# under test (nginx, capgate), redis-server and wrk (1 thread) share CPU 1, so every proxy gets
+# the same one core and the same competition from the load generator. Each target runs --runs
+# times, the targets taking turns (run 1 of each, then run 2 of each, ...) so a noisy phase of the
+# machine hits every target alike; the table gives the median requests/s of the valid runs and
+# p50/p99 of that median run, then the ratios capgate/nginx req/s and capgate p99 - direct p99.
+# Targets (letters of the brief in brackets):
+#   direct      (a) capgate-mock called directly, pre-signed CaptchaIframeQuery (mock credential)
+#   nginx       (b) nginx (1 worker, upstream keepalive 64) in front of the same mock
+#   capgate     (c) capgate, 1 worker, signature app, upstream plain HTTP to the mock
+#   capgate-w2  (c) the same with 2 workers
+#   capgate-tls (c) capgate, 1 worker, signature app, upstream HTTPS to the mock's TLS listener
+#   token       (d) capgate, 1 worker, token app (Authorization: Bearer), upstream plain HTTP
+#   full        (e) capgate, 1 worker, token app, with redis-server, limits (never refusing),
+#                   audit and metrics on; counts Redis commands per forwarded request
+# A run is valid when wrk saw no socket error and no non-2xx reply, every body had "code":0
+# (counted by cycle.lua), no pre-signed request was sent twice, and the mock's journal ends in
+# code-0 entries; the table counts invalid runs apart.
+# Usage: bench.sh [--targets direct,nginx,...|a,b,c,d,e] [--duration S] [--runs N]
 #                 [--connections N] [--no-build]
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_dir="$root/build-bench"
-targets="mock,mock-health"
+build_dir=${CAPGATE_BENCH_BUILD_DIR:-"$root/build"}
+targets="direct,nginx,capgate,capgate-w2,capgate-tls,token,full"
 duration=10
 runs=3
-connections=64
+connections=50
 build=1
 # Pre-signed requests per second of run: above what one core can serve, so no Nonce repeats.
 presign_rate=${CAPGATE_BENCH_PRESIGN_RATE:-80000}
+
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -25,7 +41,7 @@ while (($#)); do
     --runs) runs=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h | --help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -34,12 +50,37 @@ done
   exit 2
 }
 
+all_targets=(direct nginx capgate capgate-w2 capgate-tls token full)
+target_list=()
+IFS=, read -r -a requested <<<"$targets"
+for t in "${requested[@]}"; do
+  case "$t" in
+    a) t=direct ;; b) t=nginx ;; c) t=capgate,capgate-w2,capgate-tls ;; d) t=token ;; e) t=full ;;
+  esac
+  IFS=, read -r -a expanded <<<"$t"
+  for x in "${expanded[@]}"; do
+    [[ " ${all_targets[*]} " == *" $x "* ]] || {
+      echo "bench.sh: unknown target: $x (known: ${all_targets[*]}, or a b c d e)" >&2
+      exit 2
+    }
+    [[ " ${target_list[*]} " == *" $x "* ]] || target_list+=("$x")
+  done
+done
+
 work=$(mktemp -d "${TMPDIR:-/tmp}/capgate-bench.XXXXXX")
 pids=()
 cleanup() {
-  local p
+  local p t
+  trap - EXIT INT TERM
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do
+    for ((t = 0; t < 50; t++)); do
+      kill -0 "$p" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -47,17 +88,16 @@ trap 'exit 130' INT TERM
 
 say() { printf 'bench.sh: %s\n' "$*" >&2; }
 
-# CPU pinning: server on CPU 0, wrk on CPU 1 (no pinning on a single-CPU machine).
-server_pin=()
-client_pin=()
+mock_pin=()
+proxy_pin=()
 if (($(nproc) >= 2)); then
-  server_pin=(taskset -c 0)
-  client_pin=(taskset -c 1)
+  mock_pin=(taskset -c 0)
+  proxy_pin=(taskset -c 1)
+  pinning="capgate-mock on CPU 0; the proxy under test, redis-server and wrk on CPU 1"
 else
-  say "one CPU only: server and wrk share it, numbers are not comparable"
+  pinning="one CPU only: everything shares it, numbers are not comparable"
+  say "$pinning"
 fi
-
-rows=()
 
 # wait_line FILE REGEX PID: bounded wait for a line in a process's output; prints the line.
 wait_line() {
@@ -76,104 +116,342 @@ wait_line() {
   return 1
 }
 
-# wrk_run LABEL URL [LUA_SCRIPT [SCRIPT ARGS...]]: one wrk run; sets rps, p50, p99 (and fails
-# on socket errors, non-2xx answers or a wrapped request file).
-wrk_run() {
-  local label=$1 url=$2 out script=()
-  shift 2
-  if (($#)); then
-    script=(-s "$1")
-    shift
-  fi
-  out="$work/wrk.out"
-  "${client_pin[@]}" wrk -t1 -c "$connections" -d "${duration}s" --latency "${script[@]}" "$url" "$@" \
-    >"$out" 2>&1 || {
-    cat "$out" >&2
-    return 1
-  }
-  rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
-  p50=$(awk '$1 == "50%" {print $2}' "$out")
-  p99=$(awk '$1 == "99%" {print $2}' "$out")
-  if grep -Eq 'Socket errors|Non-2xx' "$out" || grep -Eq 'cycle.lua: wrapped [1-9]' "$out"; then
-    say "$label: run is void:"
-    cat "$out" >&2
-    return 1
-  fi
-  [[ -n $rps && -n $p50 && -n $p99 ]] || {
-    cat "$out" >&2
-    return 1
-  }
-  say "$label: $rps req/s, p50 $p50, p99 $p99"
+# free_port: a TCP port free on 127.0.0.1 right now (for servers whose address must be known
+# before they start: requests are signed for HOST:PORT).
+free_port() {
+  node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => {
+    console.log(s.address().port); s.close(); });'
 }
 
-# record TARGET WHAT "RPS P50 P99"...: appends a table row with the median run by req/s.
-record() {
-  local target=$1 what=$2 median all
-  shift 2
-  median=$(printf '%s\n' "$@" | sort -n -k1,1 | sed -n "$((($# + 1) / 2))p")
-  all=$(printf '%s\n' "$@" | awk '{printf "%s%.0f", (NR > 1 ? ", " : ""), $1}')
-  read -r m_rps m_p50 m_p99 <<<"$median"
-  rows+=("| $target | $what | $(printf '%.0f' "$m_rps") | $all | $m_p50 | $m_p99 |")
+# wait_http URL: bounded wait (10 s) until URL answers at all.
+wait_http() {
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if curl -s -o /dev/null --max-time 1 "$1"; then return 0; fi
+    sleep 0.1
+  done
+  say "$1 did not answer within 10 s"
+  return 1
 }
 
 do_build() {
   "$root/scripts/install-deps.sh" --bench
   cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" -j 2 --target capgate-mock >/dev/null
+  cmake --build "$build_dir" -j 2 --target capgate capgate-mock >/dev/null
 }
 
-mock_url=""
-# start_mock: capgate-mock on a free port, pinned, quiet, with a Timestamp window that covers
-# the whole benchmark (the pre-signed file is made once).
+# ---- servers -----------------------------------------------------------------------------
+
+mock_url="" mock_tls=""
 start_mock() {
-  [[ -z $mock_url ]] || return 0
-  local log="$work/mock.log" line
-  "${server_pin[@]}" "$build_dir/capgate-mock" --listen 127.0.0.1:0 --timestamp-window 3600 \
-    --log-level warn >"$log" 2>&1 &
+  local log="$work/mock.log"
+  "$root/scripts/gen-certs.sh" "$work/certs"
+  # The Timestamp window covers the whole benchmark: the pre-signed files keep their Timestamp.
+  "${mock_pin[@]}" "$build_dir/capgate-mock" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+    --tls-cert "$work/certs/server.pem" --tls-key "$work/certs/server.key" \
+    --timestamp-window 3600 --log-level warn >"$log" 2>&1 &
   pids+=("$!")
-  line=$(wait_line "$log" '^capgate-mock listening on http://' "$!")
-  mock_url=${line#capgate-mock listening on }
-  say "capgate-mock at $mock_url"
+  mock_url=$(wait_line "$log" '^capgate-mock listening on http://' "$!")
+  mock_url=${mock_url#capgate-mock listening on }
+  mock_tls=$(wait_line "$log" '^capgate-mock listening on https://' "${pids[-1]}")
+  mock_tls=${mock_tls#capgate-mock listening on }
+  say "capgate-mock at $mock_url and $mock_tls"
 }
 
-bench_mock_health() {
-  start_mock
-  local results=() i
-  for ((i = 1; i <= runs; i++)); do
-    wrk_run "mock-health run $i" "$mock_url/__admin/health"
-    results+=("$rps $p50 $p99")
-  done
-  record capgate-mock "GET /__admin/health" "${results[@]}"
+nginx_host=""
+start_nginx() {
+  local dir="$work/nginx" port
+  port=$(free_port)
+  nginx_host="127.0.0.1:$port"
+  mkdir -p "$dir/tmp"
+  cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/body;
+  proxy_temp_path $dir/tmp/proxy;
+  upstream mock {
+    server ${mock_url#http://};
+    keepalive 64;
+  }
+  server {
+    listen $nginx_host;
+    location / {
+      proxy_pass http://mock;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      # The requests are signed for nginx's host:port; the mock checks the Host it sees.
+      proxy_set_header Host \$http_host;
+    }
+  }
+}
+CONF
+  "${proxy_pin[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
+  pids+=("$!")
+  wait_http "http://$nginx_host/__admin/health"
+  say "nginx at http://$nginx_host (one worker, upstream keepalive 64)"
 }
 
-bench_mock() {
-  start_mock
-  local file="$work/mock-requests.txt" host=${mock_url#http://} count results=() i total
-  count=$((presign_rate * duration))
-  say "pre-signing $count CaptchaIframeQuery requests"
-  node "$root/scripts/bench/presign.mjs" --host "$host" --count "$count" --out "$file"
-  for ((i = 1; i <= runs; i++)); do
-    node "$root/scripts/bench/admin.mjs" reset "$mock_url"
-    wrk_run "mock run $i" "$mock_url/" "$root/scripts/bench/cycle.lua" "$file" "$host" 1
-    total=$(node "$root/scripts/bench/admin.mjs" check "$mock_url")
-    say "mock run $i: journal counted $total requests, the last ones answered code 0"
-    results+=("$rps $p50 $p99")
+redis_port=""
+start_redis() {
+  redis_port=$(free_port)
+  "${proxy_pin[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' \
+    --appendonly no --dir "$work" --logfile "$work/redis.log" &
+  pids+=("$!")
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+      say "redis-server at 127.0.0.1:$redis_port"
+      return 0
+    fi
+    sleep 0.1
   done
-  record capgate-mock "CaptchaIframeQuery (GET, HmacSHA256)" "${results[@]}"
+  say "redis-server did not answer within 10 s"
+  return 1
 }
+
+# capgate_config WORKERS UPSTREAM_URL PORT [full]: a gateway config on stdout.
+capgate_config() {
+  local workers=$1 url=$2 port=$3 full=${4:-} extra=""
+  if [[ $full == full ]]; then
+    extra=$(
+      cat <<JSON
+  "redis": { "url": "redis://127.0.0.1:$redis_port/0", "timeout_ms": 1000 },
+  "limits": [
+    { "name": "bench-scene", "businessId": "*", "sceneId": "*", "rate": 1000000000, "period_s": 1, "burst": 1000000000 },
+    { "name": "bench-app", "scope": "app", "rate": 1000000000, "period_s": 1, "burst": 1000000000 },
+    { "name": "bench-global", "scope": "global", "rate": 1000000000, "period_s": 1, "burst": 1000000000 }
+  ],
+  "audit": { "stream": "capgate:audit", "maxlen": 100000, "spool_dir": "$work/spool-$port", "pii": "hash" },
+  "metrics": { "flush_ms": 1000 },
+JSON
+    )
+  fi
+  cat <<JSON
+{
+  "listen": "127.0.0.1:$port",
+  "admin_listen": "127.0.0.1:0",
+  "workers": $workers,
+  "log_level": "warn",
+  "upstream": {
+    "url": "$url",
+    "secret_id_env": "BENCH_UPSTREAM_ID",
+    "secret_key_env": "BENCH_UPSTREAM_KEY",
+    "signature_method": "HmacSHA256",
+    "method": "GET",
+    "ca_file": "$work/certs/ca.pem",
+    "max_connections": 64
+  },
+$extra
+  "auth": { "timestamp_window_s": 3600 },
+  "apps": [
+    { "name": "bench-sig", "auth": "signature", "secret_id": "$app_id", "secret_key_env": "BENCH_APP_KEY" },
+    { "name": "bench-token", "auth": "token", "token_env": "BENCH_APP_TOKEN" }
+  ]
+}
+JSON
+}
+
+app_id="AKIDcapgateBench00000000000000000000"
+app_key="capgate-bench-app-secret"
+app_token="capgate-bench-token"
+declare -A gw_host=() gw_admin=() gw_pid=()
+
+# start_capgate NAME WORKERS UPSTREAM_URL [full]
+start_capgate() {
+  local name=$1 workers=$2 url=$3 full=${4:-} port conf="$work/$1.json" log="$work/$1.log" line
+  port=$(free_port)
+  capgate_config "$workers" "$url" "$port" "$full" >"$conf"
+  "${proxy_pin[@]}" env BENCH_UPSTREAM_ID=AKIDcapgateMockTestKey00000000000000 \
+    BENCH_UPSTREAM_KEY=capgate-mock-secret BENCH_APP_KEY="$app_key" BENCH_APP_TOKEN="$app_token" \
+    "$build_dir/capgate" --config "$conf" >"$log" 2>&1 &
+  pids+=("$!")
+  gw_pid[$name]=$!
+  line=$(wait_line "$log" '^capgate admin listening on http://' "$!")
+  gw_admin[$name]=${line#capgate admin listening on }
+  gw_host[$name]="127.0.0.1:$port"
+  wait_http "${gw_admin[$name]}/healthz"
+  say "capgate ($name: $workers worker(s), upstream $url${full:+, redis + limits + audit + metrics}) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
+}
+
+# ---- runs ----------------------------------------------------------------------------------
+
+declare -A results=() invalid=() label=()
+label[direct]="capgate-mock direct | mock credential"
+label[nginx]="nginx -> mock (HTTP) | mock credential"
+label[capgate]="capgate 1 worker -> mock (HTTP) | signature"
+label[capgate-w2]="capgate 2 workers -> mock (HTTP) | signature"
+label[capgate-tls]="capgate 1 worker -> mock (HTTPS) | signature"
+label[token]="capgate 1 worker -> mock (HTTP) | token"
+label[full]="capgate 1 worker + redis (limits, audit, metrics) -> mock (HTTP) | token"
+
+# presign HOST ID KEY FILE
+presign() {
+  node "$root/scripts/bench/presign.mjs" --host "$1" --secret-id "$2" --secret-key "$3" \
+    --count "$((presign_rate * duration))" --out "$4"
+}
+
+# one_run TARGET RUN: one wrk run of TARGET; appends "rps p50 p99" to results or counts invalid.
+one_run() {
+  local t=$1 i=$2 url host file="$work/requests.txt" out="$work/wrk-$1-$2.out" args bad=() total
+  case "$t" in
+    direct) host=${mock_url#http://}; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
+    nginx) host=$nginx_host; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
+    capgate | capgate-w2 | capgate-tls) host=${gw_host[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
+    token | full) host=${gw_host[$t]} ;;
+  esac
+  if [[ $t == token || $t == full ]]; then
+    url="http://$host/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=1&sceneId=1"
+    args=(- "$host" 1 Authorization "Bearer $app_token")
+  else
+    url="http://$host/"
+    args=("$file" "$host" 1)
+  fi
+  node "$root/scripts/bench/admin.mjs" reset "$mock_url"
+  if [[ $t == full ]]; then redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null; fi
+  if ! "${proxy_pin[@]}" wrk -t1 -c "$connections" -d "${duration}s" --latency \
+    -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
+    bad+=("wrk failed")
+  fi
+  rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
+  p50=$(awk '$1 == "50%" {print $2}' "$out")
+  p99=$(awk '$1 == "99%" {print $2}' "$out")
+  total=$(awk '/requests in/ {print $1}' "$out")
+  grep -q 'Socket errors' "$out" && bad+=("$(grep 'Socket errors' "$out")")
+  grep -q 'Non-2xx' "$out" && bad+=("$(grep 'Non-2xx' "$out")")
+  grep -Eq 'cycle.lua: wrapped [1-9]' "$out" && bad+=("a pre-signed request was sent twice (raise CAPGATE_BENCH_PRESIGN_RATE)")
+  grep -Eq 'cycle.lua: bad [1-9]' "$out" && bad+=("$(grep 'cycle.lua: bad' "$out") replies without \"code\":0")
+  grep -q 'cycle.lua: bad 0' "$out" || bad+=("cycle.lua did not report")
+  [[ -n $rps && -n $p50 && -n $p99 ]] || bad+=("no numbers in wrk's output")
+  node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
+  if ((${#bad[@]})); then
+    invalid[$t]=$((${invalid[$t]:-0} + 1))
+    say "$t run $i: INVALID: ${bad[*]}"
+    cat "$out" >&2
+    return 0
+  fi
+  results[$t]+="$rps $(to_us "$p50") $(to_us "$p99")"$'\n'
+  say "$t run $i: $rps req/s, p50 $p50, p99 $p99 ($total requests)"
+  if [[ $t == full ]]; then
+    redis_per_request "$total"
+  fi
+}
+
+# to_us 1.23ms|456.00us|1.2s: microseconds.
+to_us() {
+  awk -v v="$1" 'BEGIN {
+    if (v ~ /us$/) m = 1; else if (v ~ /ms$/) m = 1000; else if (v ~ /s$/) m = 1000000; else m = 0
+    sub(/[a-z]+$/, "", v); printf "%.0f", v * m }'
+}
+
+redis_stats=()
+# redis_per_request TOTAL: Redis commands per forwarded request in the last run.
+redis_per_request() {
+  local total=$1 stats line=""
+  # The metrics flush runs every flush_ms (1 s): let the last one land.
+  sleep 1.5
+  stats=$(redis-cli -p "$redis_port" INFO commandstats | tr -d '\r')
+  for cmd in evalsha xadd hincrby; do
+    local calls
+    calls=$(sed -nE "s/^cmdstat_$cmd:calls=([0-9]+),.*/\\1/p" <<<"$stats")
+    line+="$(printf '%s %s (%.4f per request); ' "${cmd^^}" "${calls:-0}" "$(awk -v c="${calls:-0}" -v n="$total" 'BEGIN { print c / n }')")"
+  done
+  redis_stats+=("$total requests: $line")
+  say "redis: $total requests: $line"
+}
+
+# full_probe: does capgate with a redis section put keys into Redis? (limits, audit, metrics
+# wired in); returns 1 with a message when not.
+full_probe() {
+  local i keys
+  for ((i = 0; i < 5; i++)); do
+    curl -s -o /dev/null --max-time 2 -H "Authorization: Bearer $app_token" \
+      "http://${gw_host[full]}/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=1&sceneId=1" || true
+  done
+  sleep 1.5
+  keys=$(redis-cli -p "$redis_port" DBSIZE)
+  say "full: after 5 requests Redis holds $keys key(s): $(redis-cli -p "$redis_port" --scan | head -n 5 | paste -sd ' ' -)"
+  ((keys > 0))
+}
+
+# ---- main ----------------------------------------------------------------------------------
 
 ((build)) && do_build
-IFS=, read -r -a target_list <<<"$targets"
+start_mock
 for t in "${target_list[@]}"; do
   case "$t" in
-    mock) bench_mock ;;
-    mock-health) bench_mock_health ;;
-    *) echo "bench.sh: unknown target: $t (known: mock, mock-health)" >&2; exit 2 ;;
+    nginx) start_nginx ;;
+    capgate) start_capgate capgate 1 "$mock_url/v2/index.php" ;;
+    capgate-w2) start_capgate capgate-w2 2 "$mock_url/v2/index.php" ;;
+    capgate-tls) start_capgate capgate-tls 1 "$mock_tls/v2/index.php" ;;
+    token) start_capgate token 1 "$mock_url/v2/index.php" ;;
+    full)
+      start_redis
+      start_capgate full 1 "$mock_url/v2/index.php" full
+      ;;
   esac
 done
+skipped=()
+if [[ " ${target_list[*]} " == *" full "* ]] && ! full_probe; then
+  skipped+=("full: SKIPPED: capgate with a redis section put no key into Redis (limits, audit and metrics are not wired into this build)")
+  say "${skipped[-1]}"
+  target_list=("${target_list[@]/full/}")
+fi
 
-printf '\nwrk 1 thread, %s keep-alive connections, %s s per run, median of %s runs; server on CPU 0, wrk on CPU 1 (%s).\n\n' \
-  "$connections" "$duration" "$runs" "$(nproc) CPUs"
-echo "| server | request | req/s (median) | req/s (runs) | p50 | p99 |"
-echo "|---|---|---:|---|---:|---:|"
-printf '%s\n' "${rows[@]}"
+for ((i = 1; i <= runs; i++)); do
+  for t in "${target_list[@]}"; do
+    if [[ -n $t ]]; then one_run "$t" "$i"; fi
+  done
+done
+
+# ---- report --------------------------------------------------------------------------------
+
+# median TARGET: "rps p50 p99" of the median valid run by req/s (empty when none).
+median() {
+  local lines n
+  lines=$(printf '%s' "${results[$1]:-}" | sed '/^$/d' | sort -n -k1,1)
+  n=$(printf '%s\n' "$lines" | sed '/^$/d' | wc -l)
+  ((n > 0)) || return 0
+  printf '%s\n' "$lines" | sed -n "$(((n + 1) / 2))p"
+}
+fmt_ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
+
+printf '\nwrk 1 thread, %s keep-alive connections, %s s per run, %s runs per target taken in turns;\n%s (%s CPUs); GET CaptchaIframeQuery, HmacSHA256.\n\n' \
+  "$connections" "$duration" "$runs" "$pinning" "$(nproc)"
+echo "| target | path | client auth | req/s (median) | req/s (valid runs) | p50 | p99 | invalid runs |"
+echo "|---|---|---|---:|---|---:|---:|---:|"
+declare -A med_rps=() med_p99=()
+for t in "${target_list[@]}"; do
+  [[ -n $t ]] || continue
+  m=$(median "$t")
+  runs_list=$(printf '%s' "${results[$t]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
+  if [[ -z $m ]]; then
+    echo "| $t | ${label[$t]} | - | - | - | - | ${invalid[$t]:-0} |"
+    continue
+  fi
+  read -r m_rps m_p50 m_p99 <<<"$m"
+  med_rps[$t]=$m_rps
+  med_p99[$t]=$m_p99
+  printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "${label[$t]}" "$m_rps" "$runs_list" \
+    "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${invalid[$t]:-0}"
+done
+echo
+for t in capgate capgate-w2 capgate-tls token full; do
+  if [[ -n ${med_rps[$t]:-} && -n ${med_rps[nginx]:-} ]]; then
+    awk -v a="${med_rps[$t]}" -v b="${med_rps[nginx]}" -v t="$t" \
+      'BEGIN { printf "- %s / nginx req/s: %.2f (goal >= 0.8)\n", t, a / b }'
+  fi
+  if [[ -n ${med_p99[$t]:-} && -n ${med_p99[direct]:-} ]]; then
+    awk -v a="${med_p99[$t]}" -v b="${med_p99[direct]}" -v t="$t" -v c="$connections" \
+      'BEGIN { printf "- %s p99 - direct p99 at %s connections: %.2f ms (goal < 1 ms)\n", t, c, (a - b) / 1000 }'
+  fi
+done
+if [[ -n ${med_rps[nginx]:-} && -n ${med_rps[direct]:-} ]]; then
+  awk -v a="${med_rps[nginx]}" -v b="${med_rps[direct]}" 'BEGIN { printf "- nginx / direct req/s: %.2f\n", a / b }'
+fi
+for s in "${redis_stats[@]}"; do echo "- full, Redis commands: $s"; done
+for s in "${skipped[@]}"; do echo "- $s"; done

@@ -1,7 +1,9 @@
 -- cycle.lua: wrk script that sends each pre-signed request target of a file at most once.
 -- Thread k of n takes lines k, k+n, k+2n, ... so threads never share a Nonce. If a thread runs
--- out it starts over and counts the wrap; done() reports it and the run is void.
--- Usage: wrk -t N -s cycle.lua URL -- FILE HOST N
+-- out it starts over and counts the wrap; done() reports it and the run is void. Every reply
+-- whose body has no "code":0 is counted as bad; done() reports that too ("cycle.lua: bad N").
+-- Usage: wrk -t N -s cycle.lua URL -- FILE HOST N [HEADER_NAME HEADER_VALUE]
+-- FILE "-": no file, every request is GET HOST's URL path (for token auth; pair with a header).
 
 local threads = {}
 local counter = 0
@@ -15,14 +17,23 @@ end
 local targets = {}
 local pos = 0
 wrapped = 0
+bad = 0
 
 function init(args)
   -- setup() of this thread ran just before, in the main state, and set the global id.
   local file, host, nthreads = args[1], args[2], tonumber(args[3])
+  local headers = { Host = host }
+  if args[4] then
+    headers[args[4]] = args[5]
+  end
+  if file == "-" then
+    targets[1] = wrk.format("GET", wrk.path, headers)
+    return
+  end
   local k, i = id, 0
   for line in io.lines(file) do
     if i % nthreads == k then
-      targets[#targets + 1] = wrk.format("GET", line, { Host = host })
+      targets[#targets + 1] = wrk.format("GET", line, headers)
     end
     i = i + 1
   end
@@ -35,15 +46,25 @@ function request()
   pos = pos + 1
   if pos > #targets then
     pos = 1
-    wrapped = wrapped + 1
+    if #targets > 1 then
+      wrapped = wrapped + 1
+    end
   end
   return targets[pos]
 end
 
+function response(status, headers, body)
+  if not (body and body:find('"code":0[,}]')) then
+    bad = bad + 1
+  end
+end
+
 function done(summary, latency, requests)
-  local w = 0
+  local w, b = 0, 0
   for _, t in ipairs(threads) do
     w = w + (tonumber(t:get("wrapped")) or 0)
+    b = b + (tonumber(t:get("bad")) or 0)
   end
   io.write(string.format("cycle.lua: wrapped %d\n", w))
+  io.write(string.format("cycle.lua: bad %d\n", b))
 end
