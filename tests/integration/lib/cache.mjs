@@ -1,0 +1,436 @@
+// cache.mjs: helpers for the prefetch pool and Idempotency-Key tests (DESIGN.md 4.4): the pool
+// profile used throughout, readiness on capgate_pool_depth, the mock's CaptchaIframeQuery journal,
+// "did the mock issue this url" through /__admin/solve, audit and stats counts on the admin
+// listener. Every wait is bounded.
+import { test, before, after, beforeEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { MOCK_SECRET_ID, request, sleep, startMock, startRedis, waitFor } from './harness.mjs';
+import {
+  APPS, addFault, assertApiReply, deepMerge, gwCall, journal, resetMock, startGateway,
+} from './gateway.mjs';
+
+/** The profile every pool test keeps ready, as config (integers) ... */
+export const PROFILE = Object.freeze({
+  captchaType: 9, disturbLevel: 1, isHttps: 1, clientType: 2, accountType: 0, businessId: 7, sceneId: 8,
+});
+/** ... and as the business params of a request that matches it exactly. */
+export const PROFILE_PARAMS = Object.freeze(Object.fromEntries(Object.entries(PROFILE).map(([k, v]) => [k, String(v)])));
+
+/** The eight per-user fields, each with a valid value: any of them keeps a request out of the pool. */
+export const PER_USER_FIELDS = Object.freeze({
+  uid: 'pool-user-1',
+  userIp: '10.1.2.3',
+  xForwardedFor: '10.4.5.6',
+  macAddress: '00:11:22:33:44:55',
+  imei: '356938035643809',
+  associateAccount: 'assoc-account-1',
+  appId: '1400000001',
+  registerTime: '1700000000',
+});
+
+/** pool config for profiles (default: PROFILE with size). */
+export const poolConfig = ({ size = 4, ttl_s = 60, profiles } = {}) => ({
+  pool: { ttl_s, profiles: profiles ?? [{ ...PROFILE, size }] },
+});
+
+/** capgate_pool_depth summed over every profile (or labels). */
+export async function poolDepth(gw, labels = {}) {
+  return (await gw.metrics()).get('capgate_pool_depth', labels);
+}
+
+/** Waits until capgate_pool_depth reaches n (bounded); returns the metrics then. */
+export async function waitDepth(gw, n, { timeoutMs = 10000, what } = {}) {
+  let last;
+  try {
+    return await waitFor(async () => {
+      const m = await gw.metrics();
+      last = m.has('capgate_pool_depth') ? m.get('capgate_pool_depth') : 'absent';
+      return m.has('capgate_pool_depth') && m.get('capgate_pool_depth') >= n ? m : null;
+    }, { timeoutMs, intervalMs: 50, what: what ?? `capgate_pool_depth >= ${n}` });
+  } catch (e) {
+    throw new Error(`${e.message} (last capgate_pool_depth: ${last})`);
+  }
+}
+
+/** The mock's CaptchaIframeQuery entries (optionally only those answered with code). */
+export async function iframeCalls(mock, { code } = {}) {
+  return (await journal(mock)).filter((e) => e.action === 'CaptchaIframeQuery' && (code === undefined || e.code === code));
+}
+
+/** POST /__admin/solve for url: 200 with a ticket when the mock issued url and nobody solved it yet. */
+export async function solve(mock, url) {
+  return request(`${mock.url}/__admin/solve`, { json: { url }, timeoutMs: 5000 });
+}
+
+/** GET /admin/audit?... on the admin listener; returns the records (all of them up to limit 1000). */
+export async function auditRecords(gw, query = '') {
+  const r = await gw.admin(`/admin/audit?limit=1000${query ? `&${query}` : ''}`);
+  assert.equal(r.status, 200, `/admin/audit answered ${r.status}: ${r.body.slice(0, 300)}`);
+  assert.ok(Array.isArray(r.json?.records), `/admin/audit body: ${r.body.slice(0, 300)}`);
+  return r.json.records;
+}
+
+/** Waits until GET /admin/audit?decision=... holds exactly n records (bounded); returns them. */
+export async function waitAudit(gw, decision, n, { timeoutMs = 8000 } = {}) {
+  let last = [];
+  try {
+    await waitFor(async () => {
+      last = await auditRecords(gw, `decision=${decision}`);
+      return last.length >= n;
+    }, { timeoutMs, intervalMs: 100, what: `${n} audit records with decision ${decision}` });
+  } catch (e) {
+    throw new Error(`${e.message} (have ${last.length})`);
+  }
+  return last;
+}
+
+/** Waits until /admin/stats totals[field] reaches n (bounded); returns the totals. */
+export async function waitStats(gw, field, n, { timeoutMs = 8000 } = {}) {
+  let last;
+  try {
+    return await waitFor(async () => {
+      const r = await gw.admin('/admin/stats');
+      assert.equal(r.status, 200, `/admin/stats answered ${r.status}: ${r.body.slice(0, 300)}`);
+      last = r.json.totals;
+      return last && last[field] >= n ? last : null;
+    }, { timeoutMs, intervalMs: 100, what: `/admin/stats totals.${field} >= ${n}` });
+  } catch (e) {
+    throw new Error(`${e.message} (last totals: ${JSON.stringify(last)})`);
+  }
+}
+
+/** Starts the gateways in order, runs fn(gws), stops every one of them even on failure. */
+export async function withGateways(specs, fn) {
+  const gws = [];
+  try {
+    for (const s of specs) gws.push(await startGateway(s));
+    return await fn(gws);
+  } finally {
+    for (const gw of gws) await gw.stop().catch(() => {});
+  }
+}
+
+/** Runs fns (async functions returning promises) with at most n running at once; results in order. */
+export async function parallel(n, fns) {
+  const out = new Array(fns.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < fns.length) {
+      const i = next++;
+      out[i] = await fns[i]();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(n, fns.length) }, worker));
+  return out;
+}
+
+/** The value of an Idempotency-Key header that is unique to this test run. */
+let keySeq = 0;
+export const idemKey = (tag = 'k') => `${tag}-${process.pid}-${Date.now()}-${++keySeq}`;
+
+// ---- the prefetch pool suite, run by pool_memory.test.mjs and pool_redis.test.mjs ----
+
+/** Deep-merges config fragments left to right. */
+export const cfg = (...parts) => parts.reduce((a, b) => deepMerge(a, b), {});
+
+/** Sum of a metric over several gateways. */
+export async function metricSum(gws, name, labels = {}) {
+  let n = 0;
+  for (const gw of gws) n += (await gw.metrics()).get(name, labels);
+  return n;
+}
+
+/** RateLimit header → [{name, r, t}]. */
+export function parseRateLimit(h) {
+  const out = [];
+  const re = /"((?:[^"\\]|\\.)*)"((?:;[a-z]+=[^,;]+)*)/g;
+  let m;
+  while ((m = re.exec(h || ''))) {
+    const p = { name: m[1] };
+    for (const kv of m[2].split(';').slice(1)) {
+      const [k, v] = kv.split('=');
+      p[k.trim()] = Number(v);
+    }
+    out.push(p);
+  }
+  return out;
+}
+
+const FAULT_6000 = Object.freeze({ action: 'CaptchaIframeQuery', code: 6000 });
+
+/**
+ * Defines the prefetch-pool tests against store ('memory': the embedded store, one instance;
+ * 'redis': a redis-server started here, and two instances sharing it for the concurrency test).
+ */
+export function poolSuite(store) {
+  let mock;
+  let redis;
+  let seq = 0;
+  before(async () => {
+    mock = await startMock({ tls: true });
+    if (store === 'redis') redis = await startRedis();
+  });
+  after(async () => {
+    await mock?.stop();
+    await redis?.stop();
+  });
+  beforeEach(async () => {
+    await resetMock(mock);
+  });
+
+  /** The store part of a config: a fresh key prefix (and audit stream) per call with redis. */
+  const storeConfig = () => {
+    if (store !== 'redis') return {};
+    const prefix = `pt${process.pid}x${++seq}:`;
+    return { redis: { url: redis.url, key_prefix: prefix, timeout_ms: 3000 }, audit: { stream: `${prefix}audit` } };
+  };
+  const call = (gw, opts = {}) => gwCall(gw, { timeoutMs: 8000, ...opts, params: opts.params ?? { ...PROFILE_PARAMS } });
+
+  test(`${store}: hits are served from the pool with urls the refiller got; no upstream call for a hit`, async () => {
+    const size = 4;
+    await withGateways([{ mock, config: cfg(storeConfig(), poolConfig({ size })) }], async ([gw]) => {
+      await waitDepth(gw, size);
+      // From now on upstream refuses every CaptchaIframeQuery: a reply with code 0 can only come from the pool.
+      await addFault(mock, FAULT_6000);
+      const filled = await iframeCalls(mock, { code: 0 });
+      assert.ok(filled.length >= size, `the refiller made at least ${size} successful calls: ${filled.length}`);
+      for (const e of filled) {
+        assert.equal(e.secret_id, MOCK_SECRET_ID, 'refill is signed with the real credential');
+        for (const [k, v] of Object.entries(PROFILE_PARAMS)) assert.equal(e.params?.[k], v, `refill param ${k}: ${JSON.stringify(e.params)}`);
+        for (const f of Object.keys(PER_USER_FIELDS)) assert.equal(e.params?.[f], undefined, `refill sends no ${f}`);
+      }
+      const urls = [];
+      for (let i = 0; i < size; i++) {
+        const r = await call(gw, { app: i % 2 ? APPS.token : APPS.sig, method: i % 3 ? 'GET' : 'POST' });
+        const j = assertApiReply(r, `matching request ${i + 1}`);
+        assert.equal(j.code, 0, `matching request ${i + 1} is served from the full pool: ${r.body}`);
+        assert.equal(j.codeDesc, 'Success');
+        assert.match(j.url, /TCapIframeApi\.js\?.*asig=/, r.body);
+        urls.push(j.url);
+      }
+      assert.equal(new Set(urls).size, urls.length, `every url handed out is distinct: ${urls.join(' ')}`);
+      assert.equal((await iframeCalls(mock, { code: 0 })).length, filled.length,
+        'no successful CaptchaIframeQuery reached the mock for the hits');
+      for (const url of urls) {
+        const s = await solve(mock, url);
+        assert.equal(s.status, 200, `the mock issued ${url} to the refiller and nobody used it: ${s.status} ${s.body}`);
+      }
+      assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), size, 'capgate_pool_hits_total');
+
+      // Once every url the refiller got is handed out (refill now fails), a matching request goes
+      // upstream and gets upstream's reply: the fault's 6000.
+      let extra = 0;
+      let r;
+      for (;;) {
+        const before = (await iframeCalls(mock)).length;
+        r = await call(gw);
+        assertApiReply(r, 'request after the pool ran out');
+        if (r.json.code !== 0) {
+          assert.ok((await iframeCalls(mock)).length > before, 'the request reached the mock');
+          break;
+        }
+        extra++;
+        urls.push(r.json.url);
+        assert.ok(size + extra <= filled.length, `no more hits than urls the refiller got (${filled.length}): ${r.body}`);
+      }
+      assert.equal(r.json.code, 6000, `an empty pool falls through to upstream (the fault's reply): ${r.body}`);
+      assert.equal(new Set(urls).size, urls.length, 'every url handed out is distinct');
+    });
+  });
+
+  test(`${store}: every url handed out is distinct under concurrent load${store === 'redis' ? ' (two instances, one redis)' : ''}`, async () => {
+    const size = 8;
+    const instances = store === 'redis' ? 2 : 1;
+    const config = cfg(storeConfig(), poolConfig({ size }), { workers: 2 });
+    await withGateways(Array.from({ length: instances }, () => ({ mock, config })), async (gws) => {
+      for (const gw of gws) await waitDepth(gw, size);
+      const perInstance = instances === 2 ? 30 : 48;
+      const replies = await Promise.all(gws.map((gw, gi) => parallel(8, Array.from({ length: perInstance },
+        (_, i) => () => call(gw, { app: (i + gi) % 2 ? APPS.token : APPS.sig, method: i % 2 ? 'POST' : 'GET' })))));
+      const all = replies.flat();
+      const urls = [];
+      for (const r of all) {
+        const j = assertApiReply(r, 'concurrent request');
+        assert.equal(j.code, 0, `every request is served (pool or upstream): ${r.body}`);
+        urls.push(j.url);
+      }
+      const seen = new Map();
+      const dups = [];
+      for (const u of urls) {
+        if (seen.has(u)) dups.push(u);
+        seen.set(u, true);
+      }
+      assert.deepEqual(dups, [], `no url handed out twice (${urls.length} replies)`);
+      const hits = await metricSum(gws, 'capgate_pool_hits_total');
+      assert.ok(hits >= size, `the full pool served at least ${size} of the requests: ${hits} hits`);
+      assert.ok(hits <= urls.length, `hits ${hits} <= requests ${urls.length}`);
+      const issued = (await iframeCalls(mock, { code: 0 })).length;
+      assert.ok(issued >= urls.length, `the mock issued every url handed out (${issued} successful calls, ${urls.length} urls)`);
+      for (const u of urls) {
+        const s = await solve(mock, u);
+        assert.equal(s.status, 200, `${u} is a url the mock issued and nobody solved: ${s.status} ${s.body}`);
+      }
+    });
+  });
+
+  test(`${store}: an entry older than ttl_s is never served; the request goes upstream; expired discards are counted`, async () => {
+    const ttl = 2;
+    await withGateways([{ mock, config: cfg(storeConfig(), poolConfig({ size: 3, ttl_s: ttl })) }], async ([gw]) => {
+      await waitDepth(gw, 3);
+      const fullAt = Date.now();
+      await addFault(mock, FAULT_6000); // refill cannot replace the entries that age out
+      const m0 = await gw.metrics();
+      assert.ok(m0.has('capgate_pool_discarded_expired_total'), 'capgate_pool_discarded_expired_total on /metrics');
+      const discarded0 = m0.get('capgate_pool_discarded_expired_total');
+      const hits0 = m0.get('capgate_pool_hits_total');
+      await sleep(Math.max(0, fullAt + ttl * 1000 + 1000 - Date.now()));
+      const before = (await iframeCalls(mock)).length;
+      const r = await call(gw);
+      const j = assertApiReply(r, 'matching request after the ttl');
+      assert.notEqual(j.code, 0, `an expired url is never served: ${r.body}`);
+      assert.equal(j.code, 6000, `the request went upstream and got the fault's reply: ${r.body}`);
+      assert.ok((await iframeCalls(mock)).length > before, 'the request reached the mock (journal)');
+      await waitFor(async () => (await gw.metrics()).get('capgate_pool_discarded_expired_total') > discarded0,
+        { timeoutMs: 5000, intervalMs: 100, what: 'capgate_pool_discarded_expired_total to rise' });
+      assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), hits0, 'no hit after the ttl');
+    });
+  });
+
+  test(`${store}: a request with any per-user field, or not matching a profile exactly, bypasses the pool`, async () => {
+    await withGateways([{ mock, config: cfg(storeConfig(), poolConfig({ size: 2 })) }], async ([gw]) => {
+      await waitDepth(gw, 2);
+      const hits0 = (await gw.metrics()).get('capgate_pool_hits_total');
+      for (const [field, value] of Object.entries(PER_USER_FIELDS)) {
+        const r = await call(gw, { params: { ...PROFILE_PARAMS, [field]: value } });
+        assert.equal(assertApiReply(r, field).code, 0, `${field}: ${r.body}`);
+        const seen = (await iframeCalls(mock)).filter((e) => e.params?.[field] === value);
+        assert.equal(seen.length, 1, `the request with ${field} reached the mock once: ${JSON.stringify(seen)}`);
+        assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), hits0, `a request with ${field} is not a pool hit`);
+      }
+      // Not an exact match: no sceneId; another captchaType.
+      const { sceneId, ...noScene } = PROFILE_PARAMS;
+      assert.equal(sceneId, '8');
+      for (const [what, params, probe] of [
+        ['no sceneId', noScene, (e) => e.params?.captchaType === '9' && e.params?.sceneId === undefined],
+        ['captchaType 8', { ...PROFILE_PARAMS, captchaType: '8' }, (e) => e.params?.captchaType === '8'],
+      ]) {
+        const r = await call(gw, { params });
+        assert.equal(assertApiReply(r, what).code, 0, `${what}: ${r.body}`);
+        assert.equal((await iframeCalls(mock)).filter(probe).length, 1, `${what}: the request reached the mock`);
+      }
+      assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), hits0, 'none of them was a pool hit');
+      // The pool was there all along: an exact match is a hit.
+      const r = await call(gw);
+      assert.equal(assertApiReply(r).code, 0, r.body);
+      assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), hits0 + 1, 'an exact match is a hit');
+    });
+  });
+
+  test(`${store}: an empty pool falls through to a normal upstream call (code 0 from upstream)`, async () => {
+    const size = 2;
+    const config = cfg(storeConfig(), poolConfig({ size }), { upstream: { timeout_ms: 5000 } });
+    await withGateways([{ mock, config }], async ([gw]) => {
+      await waitDepth(gw, size);
+      // Every CaptchaIframeQuery now takes a second: refill cannot keep up with the requests below.
+      await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 1000 });
+      const m0 = await gw.metrics();
+      const hits0 = m0.get('capgate_pool_hits_total');
+      const misses0 = m0.get('capgate_pool_misses_total');
+      const drained = [];
+      for (let i = 0; i < size; i++) drained.push(await call(gw));
+      for (const r of drained) assert.equal(assertApiReply(r, 'drain').code, 0, r.body);
+      assert.equal((await gw.metrics()).get('capgate_pool_hits_total'), hits0 + size, 'the pool served the first requests');
+      const r = await call(gw);
+      const j = assertApiReply(r, 'request on the empty pool');
+      assert.equal(j.code, 0, `an empty pool never errors: ${r.body}`);
+      assert.match(j.url, /asig=/);
+      assert.ok(!drained.some((d) => d.json.url === j.url), 'a fresh url');
+      assert.ok(r.ms >= 500, `the reply waited for the (delayed) upstream call: ${r.ms} ms`);
+      const m1 = await gw.metrics();
+      assert.equal(m1.get('capgate_pool_hits_total'), hits0 + size, 'the request on the empty pool is not a hit');
+      assert.ok(m1.get('capgate_pool_misses_total') > misses0, 'capgate_pool_misses_total rises');
+      const s = await solve(mock, j.url);
+      assert.equal(s.status, 200, `the mock issued ${j.url}: ${s.body}`);
+    });
+  });
+
+  test(`${store}: refill spends tokens from the global limit only`, async () => {
+    const size = 4;
+    const limits = [
+      { name: 'scene', businessId: PROFILE.businessId, sceneId: PROFILE.sceneId, rate: 1, period_s: 600, burst: 3 },
+      { name: 'global', scope: 'global', rate: 1, period_s: 600, burst: 40 },
+    ];
+    await withGateways([{ mock, config: cfg(storeConfig(), poolConfig({ size }), { limits }) }], async ([gw]) => {
+      await waitDepth(gw, size, { what: `capgate_pool_depth >= ${size} (a refill charged to the 'scene' rule, burst 3, would never get there)` });
+      const refills = (await iframeCalls(mock)).length;
+      assert.ok(refills >= size, `refill calls: ${refills}`);
+      // Only the global rule applies to businessId 99; a uid keeps it out of the pool.
+      const probe = await call(gw, { params: { ...PROFILE_PARAMS, businessId: '99', uid: 'probe' } });
+      assert.equal(assertApiReply(probe, 'probe').code, 0, probe.body);
+      const rl = parseRateLimit(probe.headers.ratelimit);
+      assert.equal(rl.length, 1, `RateLimit: ${probe.headers.ratelimit}`);
+      assert.equal(rl[0].name, 'global', `RateLimit names the global bucket: ${probe.headers.ratelimit}`);
+      // 40 - refills (refill) - 1 (this request); one more allowed for rounding up of a partial token.
+      assert.ok(rl[0].r >= 40 - refills - 1 && rl[0].r <= 40 - refills,
+        `the global bucket shows the ${refills} refill calls spent: ${probe.headers.ratelimit}`);
+      // The scene rule still admits its full burst of 3 (pool hits or not), then refuses.
+      const rs = [];
+      for (let i = 0; i < 4; i++) rs.push(await call(gw));
+      const codes = rs.map((r) => assertApiReply(r, 'scene').code);
+      assert.deepEqual(codes, [0, 0, 0, 4400], `the scene rule admits its whole burst, then refuses: ${rs.map((r) => r.body).join('\n')}`);
+      const refused = parseRateLimit(rs[3].headers.ratelimit);
+      assert.equal(refused[0]?.name, 'scene', `the 4400 names the scene rule: ${rs[3].headers.ratelimit}`);
+      assert.ok((await gw.metrics()).get('capgate_pool_hits_total') >= 1, 'the admitted requests were served from the pool');
+    });
+  });
+
+  test(`${store}: pool hits are audited (decision pool) and counted (/metrics, /admin/stats)`, async () => {
+    const size = 3;
+    const config = cfg(storeConfig(), poolConfig({ size }), { metrics: { flush_ms: 100 } });
+    await withGateways([{ mock, config }], async ([gw]) => {
+      await waitDepth(gw, size);
+      await addFault(mock, FAULT_6000); // replies with code 0 below are hits, and refill adds nothing
+      const urls = [];
+      for (let i = 0; i < size; i++) {
+        const r = await call(gw, { app: i % 2 ? APPS.token : APPS.sig });
+        assert.equal(assertApiReply(r).code, 0, r.body);
+        urls.push(r.json.url);
+      }
+      // one forwarded request (a uid keeps it out of the pool) and one denied one
+      const fwd = await call(gw, { params: { ...PROFILE_PARAMS, uid: 'audit-user' } });
+      assert.equal(assertApiReply(fwd).code, 6000, fwd.body);
+      const denied = await call(gw, { app: APPS.limited });
+      assert.equal(assertApiReply(denied).code, 4300, `businessId 7 is not allowed for limited-app: ${denied.body}`);
+
+      const m = await gw.metrics();
+      assert.equal(m.get('capgate_pool_hits_total'), size, 'capgate_pool_hits_total');
+      assert.equal(m.get('capgate_requests_total', { decision: 'pool' }), size, 'capgate_requests_total{decision="pool"}');
+      assert.ok(m.has('capgate_pool_depth'), 'capgate_pool_depth');
+      assert.ok(m.has('capgate_pool_misses_total'), 'capgate_pool_misses_total');
+
+      const recs = await waitAudit(gw, 'pool', size);
+      await sleep(200);
+      const again = await auditRecords(gw, 'decision=pool');
+      assert.equal(again.length, size, `audit records with decision pool equal the hits: ${JSON.stringify(again)}`);
+      for (const rec of recs) {
+        assert.equal(rec.decision, 'pool');
+        assert.equal(Number(rec.code), 0, JSON.stringify(rec));
+        assert.equal(String(rec.businessId), '7', JSON.stringify(rec));
+        assert.equal(String(rec.sceneId), '8', JSON.stringify(rec));
+        assert.equal(rec.action, 'CaptchaIframeQuery');
+        assert.ok([APPS.sig.name, APPS.token.name].includes(rec.app), JSON.stringify(rec));
+        const text = JSON.stringify(rec);
+        for (const u of urls) assert.ok(!text.includes(u), 'the url is never stored in the audit');
+      }
+      assert.deepEqual(recs.map((x) => x.app).sort(), [APPS.sig.name, APPS.sig.name, APPS.token.name].sort());
+      const byApp = await auditRecords(gw, `decision=pool&app=${APPS.token.name}`);
+      assert.equal(byApp.length, 1, 'decision and app filters combine');
+
+      const totals = await waitStats(gw, 'pool', size);
+      assert.equal(totals.pool, size, `/admin/stats totals.pool: ${JSON.stringify(totals)}`);
+      const after = await waitStats(gw, 'requests', size + 2);
+      assert.equal(after.pool, size);
+      assert.equal(after.denied, 1, JSON.stringify(after));
+    });
+  });
+}
