@@ -10,6 +10,8 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
+#include "capgate/net.h"
+
 /* Appends OpenSSL's most recent queued error to what, so a bad PEM file says why. */
 static void tls_set_err(char *err, size_t errlen, const char *what, const char *file) {
     unsigned long e = ERR_peek_last_error();
@@ -112,8 +114,7 @@ static int tls_is_ip_literal(const char *host, char *ip, size_t iplen) {
     if (n == 0 || n >= iplen) return 0;
     memcpy(ip, host, n);
     ip[n] = '\0';
-    unsigned char buf[sizeof(struct in6_addr)];
-    return inet_pton(AF_INET, ip, buf) == 1 || inet_pton(AF_INET6, ip, buf) == 1;
+    return net_is_ip_literal(ip);
 }
 
 SSL *tls_client_ssl_new(SSL_CTX *ctx, const char *host, int verify) {

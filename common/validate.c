@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "capgate/net.h"
 #include "capgate/num.h"
 #include "capgate/params.h"
 
@@ -127,7 +128,6 @@ static int check_enum(const char *name, uint32_t v, const uint32_t *allowed, siz
 static int check_ip(const struct params *p, int required, const char **out, char *err,
                     size_t errlen) {
     const struct param *it = params_find(p, "userIp");
-    unsigned char addr[sizeof(struct in6_addr)];
     if (!it) {
         if (!required) return 0;
         err_missing(err, errlen, "userIp");
@@ -135,7 +135,7 @@ static int check_ip(const struct params *p, int required, const char **out, char
     }
     /* Values hold no NUL (params rejects them), so the string is the whole value. */
     if (it->value_len == 0 || it->value_len >= INET6_ADDRSTRLEN ||
-        (inet_pton(AF_INET, it->value, addr) != 1 && inet_pton(AF_INET6, it->value, addr) != 1)) {
+        !net_is_ip_literal(it->value)) {
         char q[QUOTED_MAX];
         quote_value(q, sizeof q, it->value, it->value_len);
         snprintf(err, errlen, "userIp must be an IPv4 or IPv6 address; got %s", q);

@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "capgate/log.h"
+#include "capgate/net.h"
 #include "capgate/num.h"
 
 enum opt_kind { OPT_STR, OPT_U32, OPT_BOOL, OPT_SEED, OPT_CRED, OPT_LOGLEVEL, OPT_CLI_ONLY };
@@ -378,27 +379,7 @@ int mockopts_add_credentials_text(struct mock_opts *o, const char *text, const c
 
 int mockopts_split_hostport(const char *s, char *host, size_t hostlen, int *port, char *err,
                             size_t errlen) {
-    const char *colon, *h = s;
-    size_t hl;
-    if (s[0] == '[') {
-        const char *close = strchr(s, ']');
-        if (!close || close[1] != ':') goto bad;
-        h = s + 1;
-        hl = (size_t)(close - h);
-        colon = close + 1;
-    } else {
-        colon = strrchr(s, ':');
-        if (!colon) goto bad;
-        hl = (size_t)(colon - s);
-    }
-    uint64_t p;
-    if (hl == 0 || hl >= hostlen || num_parse_range(colon + 1, strlen(colon + 1), 0, 65535, &p))
-        goto bad;
-    memcpy(host, h, hl);
-    host[hl] = '\0';
-    *port = (int)p;
-    return 0;
-bad:
+    if (net_split_host_port(s, host, hostlen, port, 1) == 0) return 0;
     snprintf(err, errlen, "\"%s\" is not HOST:PORT (port 0..65535; [v6]:PORT for IPv6)", s);
     return -1;
 }

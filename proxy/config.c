@@ -15,6 +15,7 @@
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 
+#include "capgate/net.h"
 #include "capgate/num.h"
 
 #define MAX_DEPTH 8
@@ -270,33 +271,11 @@ out:
     return rc;
 }
 
-/* host:port, host may be [v6]. */
+/* host:port (net_split_host_port's forms) into a heap copy of the host. */
 static int split_host_port(const char *s, char **host, int *port, int port_required) {
-    const char *colon, *hend;
-    const char *hstart = s;
-    uint64_t p = 0;
-    if (s[0] == '[') {
-        hend = strchr(s, ']');
-        if (!hend || hend == s + 1) return -1;
-        hstart = s + 1;
-        colon = hend[1] == ':' ? hend + 1 : NULL;
-        if (hend[1] && !colon) return -1;
-    } else {
-        colon = strrchr(s, ':');
-        hend = colon ? colon : s + strlen(s);
-        if (memchr(s, ':', (size_t)(hend - s))) return -1;
-        if (hend == s) return -1;
-    }
-    if (colon) {
-        if (num_parse_range(colon + 1, strlen(colon + 1), 0, 65535, &p) != 0) return -1;
-    } else if (port_required) {
-        return -1;
-    } else {
-        p = 0;
-    }
-    if (!(*host = strndup(hstart, (size_t)(hend - hstart)))) return -1;
-    *port = colon ? (int)p : -1;
-    return 0;
+    char buf[NET_HOST_MAX];
+    if (net_split_host_port(s, buf, sizeof buf, port, port_required) != 0) return -1;
+    return (*host = strdup(buf)) ? 0 : -1;
 }
 
 /* ---- table-driven objects ---------------------------------------------------------------- */

@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
-#include <arpa/inet.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -25,6 +24,7 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
+#include "capgate/net.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
 
@@ -710,13 +710,6 @@ static void pump_queue(struct upstream *u)
 
 /* --- public ------------------------------------------------------------------------------ */
 
-static int is_ip_literal(const char *host)
-{
-    unsigned char buf[sizeof(struct in6_addr)];
-
-    return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
-}
-
 struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
                               char *err, size_t errlen)
 {
@@ -768,7 +761,7 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
     u->reap_ev = event_new(base, -1, 0, reap_cb, u);
     if (!u->reap_ev)
         goto oom;
-    if (!is_ip_literal(u->host)) {
+    if (!net_is_ip_literal(u->host)) {
         u->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
         if (!u->dns) {
