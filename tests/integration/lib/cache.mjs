@@ -4,7 +4,7 @@
 // listener. Every wait is bounded.
 import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { MOCK_SECRET_ID, request, sleep, startMock, startRedis, waitFor } from './harness.mjs';
+import { MOCK_SECRET_ID, SEED_PARAMS, request, sleep, startMock, startRedis, waitFor } from './harness.mjs';
 import {
   APPS, addFault, assertApiReply, deepMerge, gwCall, journal, resetMock, startGateway,
 } from './gateway.mjs';
@@ -433,4 +433,231 @@ export function poolSuite(store) {
       assert.equal(after.denied, 1, JSON.stringify(after));
     });
   });
+}
+
+// ---- the Idempotency-Key suite, run by idem_memory.test.mjs and idem_redis.test.mjs ----
+
+/** A fresh uid: a request's business params that the journal can be searched by. */
+let uidSeq = 0;
+export const freshUid = (tag = 'idem') => `${tag}-${process.pid}-${++uidSeq}`;
+export const replayed = (r) => String(r.headers['idempotent-replayed'] ?? '').toLowerCase() === 'true';
+/** The mock's entries whose uid is uid. */
+export async function callsFor(mock, uid) {
+  return (await journal(mock)).filter((e) => e.params?.uid === uid);
+}
+
+/**
+ * Defines the Idempotency-Key tests against store ('memory' or 'redis'); returns a context
+ * ({ mock, redis, storeConfig }) whose fields are set once before() ran, for extra tests.
+ */
+export function idemSuite(store) {
+  const ctx = { mock: null, redis: null, storeConfig: null };
+  let seq = 0;
+  before(async () => {
+    ctx.mock = await startMock({ tls: true });
+    if (store === 'redis') ctx.redis = await startRedis();
+  });
+  after(async () => {
+    await ctx.mock?.stop();
+    await ctx.redis?.stop();
+  });
+  beforeEach(async () => {
+    await resetMock(ctx.mock);
+  });
+  ctx.storeConfig = () => {
+    if (store !== 'redis') return {};
+    const prefix = `it${process.pid}x${++seq}:`;
+    return { redis: { url: ctx.redis.url, key_prefix: prefix, timeout_ms: 3000 }, audit: { stream: `${prefix}audit` } };
+  };
+  const one = (config) => [{ mock: ctx.mock, config: cfg(ctx.storeConfig(), config) }];
+  const call = (gw, key, opts = {}) => gwCall(gw, {
+    timeoutMs: 8000, ...opts, headers: { ...(key === undefined ? {} : { 'idempotency-key': key }), ...(opts.headers || {}) },
+  });
+
+  test(`${store}: a repeat gets the identical body with Idempotent-Replayed: true, no upstream call, no token spent`, async () => {
+    const limits = [{ name: 'per-app', scope: 'app', rate: 1, period_s: 600, burst: 2 }];
+    await withGateways(one({ limits, metrics: { flush_ms: 100 } }), async ([gw]) => {
+      const key = idemKey('replay');
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      const first = await call(gw, key, { params });
+      assert.equal(assertApiReply(first, 'first').code, 0, first.body);
+      assert.ok(!replayed(first), `the first reply is not a replay: ${JSON.stringify(first.headers)}`);
+      for (let i = 0; i < 5; i++) {
+        const again = await call(gw, key, { params, method: i % 2 ? 'POST' : 'GET' });
+        assert.equal(again.status, first.status);
+        assert.equal(again.body, first.body, `repeat ${i + 1}: the identical body`);
+        assert.ok(replayed(again), `repeat ${i + 1}: Idempotent-Replayed: true; headers ${JSON.stringify(again.headers)}`);
+      }
+      assert.equal((await callsFor(ctx.mock, uid)).length, 1, 'one upstream call for six requests');
+      // The app's bucket (burst 2) spent one token on the first request: one more is admitted.
+      const second = await call(gw, undefined, { params: { ...SEED_PARAMS, uid: freshUid() } });
+      assert.equal(assertApiReply(second, 'second token').code, 0, `the 5 replays spent no token: ${second.body}`);
+      const third = await call(gw, undefined, { params: { ...SEED_PARAMS, uid: freshUid() } });
+      assert.equal(assertApiReply(third, 'third').code, 4400, `burst 2 is now spent: ${third.body}`);
+      // A replay needs no token, even with the bucket empty.
+      const late = await call(gw, key, { params });
+      assert.equal(late.body, first.body, `a replay with the bucket empty: ${late.body}`);
+      assert.ok(replayed(late));
+      assert.equal((await callsFor(ctx.mock, uid)).length, 1);
+
+      const recs = await waitAudit(gw, 'replayed', 6);
+      assert.equal(recs.length, 6, 'every replay is audited as replayed');
+      for (const rec of recs) assert.equal(rec.app, APPS.sig.name, JSON.stringify(rec));
+      const m = await gw.metrics();
+      assert.equal(m.get('capgate_requests_total', { decision: 'replayed' }), 6, 'capgate_requests_total{decision="replayed"}');
+      const totals = await waitStats(gw, 'replayed', 6);
+      assert.equal(totals.replayed, 6, JSON.stringify(totals));
+    });
+  });
+
+  test(`${store}: a concurrent duplicate waits for the first request's reply (one upstream call)`, async () => {
+    await withGateways(one({ upstream: { timeout_ms: 5000 } }), async ([gw]) => {
+      await addFault(ctx.mock, { action: 'CaptchaIframeQuery', delay_ms: 500 });
+      const key = idemKey('concurrent');
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      const [a, b] = await Promise.all([call(gw, key, { params }), call(gw, key, { params, app: APPS.sig, method: 'POST' })]);
+      assert.equal(assertApiReply(a, 'a').code, 0, a.body);
+      assert.equal(assertApiReply(b, 'b').code, 0, b.body);
+      assert.equal(a.body, b.body, 'both get the same body');
+      assert.equal((await callsFor(ctx.mock, uid)).length, 1, 'the mock saw one call');
+      assert.equal([a, b].filter(replayed).length, 1, `exactly one of the two is the replay: ${JSON.stringify([a.headers, b.headers])}`);
+    });
+  });
+
+  test(`${store}: the same key with different params is refused with 4000 saying so`, async () => {
+    await withGateways(one({}), async ([gw]) => {
+      const key = idemKey('mismatch');
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      const first = await call(gw, key, { params });
+      assert.equal(assertApiReply(first).code, 0, first.body);
+      for (const other of [{ ...params, captchaType: '2' }, { ...params, uid: `${uid}-other` }, { ...params, businessId: '1' }]) {
+        const r = await call(gw, key, { params: other });
+        const j = assertApiReply(r, 'mismatch');
+        assert.equal(j.code, 4000, `same key, different params: ${r.body}`);
+        assert.equal(j.codeDesc, 'InvalidParameter');
+        assert.match(j.message, /differ/i, `the message says the params differ: ${j.message}`);
+        assert.ok(!replayed(r), 'not a replay');
+      }
+      assert.equal((await callsFor(ctx.mock, uid)).length, 1, 'the mismatches never reached upstream');
+      assert.equal((await callsFor(ctx.mock, `${uid}-other`)).length, 0);
+      const again = await call(gw, key, { params });
+      assert.equal(again.body, first.body, 'the stored reply is still there');
+      assert.ok(replayed(again));
+    });
+  });
+
+  test(`${store}: after ttl_s the same key makes a new upstream call`, async () => {
+    await withGateways(one({ idempotency: { ttl_s: 1 } }), async ([gw]) => {
+      const key = idemKey('expiry');
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      const first = await call(gw, key, { params });
+      assert.equal(assertApiReply(first).code, 0, first.body);
+      const t0 = Date.now();
+      const soon = await call(gw, key, { params });
+      if (Date.now() - t0 < 800) {
+        assert.ok(replayed(soon), 'a repeat within the ttl is replayed');
+        assert.equal(soon.body, first.body);
+      }
+      await sleep(1500);
+      const later = await call(gw, key, { params });
+      assert.equal(assertApiReply(later).code, 0, later.body);
+      assert.ok(!replayed(later), `past the ttl: not a replay: ${JSON.stringify(later.headers)}`);
+      assert.notEqual(later.json.url, first.json.url, 'a new url');
+      assert.equal((await callsFor(ctx.mock, uid)).length, 2, 'a new upstream call');
+    });
+  });
+
+  test(`${store}: keys are scoped per app: two apps with the same key both reach upstream`, async () => {
+    await withGateways(one({}), async ([gw]) => {
+      const key = idemKey('scope');
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      const bySig = await call(gw, key, { params, app: APPS.sig });
+      const byToken = await call(gw, key, { params, app: APPS.token });
+      for (const r of [bySig, byToken]) {
+        assert.equal(assertApiReply(r).code, 0, r.body);
+        assert.ok(!replayed(r), `another app's key is not a repeat: ${JSON.stringify(r.headers)}`);
+      }
+      assert.notEqual(bySig.json.url, byToken.json.url);
+      assert.equal((await callsFor(ctx.mock, uid)).length, 2, 'both reached upstream');
+      const sigAgain = await call(gw, key, { params, app: APPS.sig });
+      const tokenAgain = await call(gw, key, { params, app: APPS.token });
+      assert.equal(sigAgain.body, bySig.body, 'each app replays its own reply');
+      assert.equal(tokenAgain.body, byToken.body, 'each app replays its own reply');
+      assert.ok(replayed(sigAgain) && replayed(tokenAgain));
+      assert.equal((await callsFor(ctx.mock, uid)).length, 2);
+    });
+  });
+
+  test(`${store}: gateway errors (4100, 4300, 4400) are not stored: the fixed request with the same key proceeds`, async () => {
+    const limits = [{ name: 'tight', businessId: 5, sceneId: 5, rate: 1, period_s: 600, burst: 1 }];
+    await withGateways(one({ limits }), async ([gw]) => {
+      // 4300: limited-app may use businessIds 1 and 2 only.
+      const k1 = idemKey('e4300');
+      const uid1 = freshUid();
+      const denied = await call(gw, k1, { app: APPS.limited, params: { ...SEED_PARAMS, uid: uid1, businessId: '9' } });
+      assert.equal(assertApiReply(denied).code, 4300, denied.body);
+      const fixed = await call(gw, k1, { app: APPS.limited, params: { ...SEED_PARAMS, uid: uid1, businessId: '1' } });
+      assert.equal(assertApiReply(fixed).code, 0, `the 4300 was not stored: ${fixed.body}`);
+      assert.ok(!replayed(fixed));
+      assert.equal((await callsFor(ctx.mock, uid1)).length, 1);
+      const rep = await call(gw, k1, { app: APPS.limited, params: { ...SEED_PARAMS, uid: uid1, businessId: '1' } });
+      assert.equal(rep.body, fixed.body, 'the successful reply is the one stored');
+      assert.ok(replayed(rep));
+
+      // 4100: a wrong signature.
+      const k2 = idemKey('e4100');
+      const uid2 = freshUid();
+      const bad = await call(gw, k2, { secretKey: 'not-the-key', params: { ...SEED_PARAMS, uid: uid2 } });
+      assert.equal(assertApiReply(bad).code, 4100, bad.body);
+      const good = await call(gw, k2, { params: { ...SEED_PARAMS, uid: uid2 } });
+      assert.equal(assertApiReply(good).code, 0, `the 4100 was not stored: ${good.body}`);
+      assert.ok(!replayed(good));
+
+      // 4400: the 5:5 bucket holds one token.
+      const spend = await call(gw, undefined, { params: { ...SEED_PARAMS, uid: freshUid(), businessId: '5', sceneId: '5' } });
+      assert.equal(assertApiReply(spend).code, 0, spend.body);
+      const k3 = idemKey('e4400');
+      const uid3 = freshUid();
+      const limited = await call(gw, k3, { params: { ...SEED_PARAMS, uid: uid3, businessId: '5', sceneId: '5' } });
+      assert.equal(assertApiReply(limited).code, 4400, limited.body);
+      const moved = await call(gw, k3, { params: { ...SEED_PARAMS, uid: uid3, businessId: '6', sceneId: '5' } });
+      assert.equal(assertApiReply(moved).code, 0, `the 4400 was not stored: ${moved.body}`);
+      assert.ok(!replayed(moved));
+      assert.equal((await callsFor(ctx.mock, uid3)).length, 1);
+    });
+  });
+
+  test(`${store}: a bad Idempotency-Key (129 chars, non-printable) is 4000 naming the header`, async () => {
+    await withGateways(one({}), async ([gw]) => {
+      const uid = freshUid();
+      const params = { ...SEED_PARAMS, uid };
+      for (const [what, key] of [['129 characters', 'k'.repeat(129)], ['a tab inside', 'ab\tcd'],
+        ['a non-ASCII byte', 'ab\u00e9cd'], ['a DEL', 'ab\u007fcd']]) {
+        for (const app of [APPS.sig, APPS.token]) {
+          let r;
+          try {
+            r = await call(gw, key, { params, app });
+          } catch (e) {
+            if (e.code === 'ERR_INVALID_CHAR') continue; // node refuses to send it
+            throw e;
+          }
+          const j = assertApiReply(r, what);
+          assert.equal(j.code, 4000, `${what} (${app.name}): ${r.body}`);
+          assert.match(j.message, /Idempotency-Key/, `${what}: the message names the header: ${j.message}`);
+        }
+      }
+      assert.equal((await callsFor(ctx.mock, uid)).length, 0, 'nothing reached upstream');
+      const max = await call(gw, 'k'.repeat(128), { params });
+      assert.equal(assertApiReply(max, '128 characters').code, 0, `128 printable characters are a key: ${max.body}`);
+      const printable = await call(gw, '!~az09-_.:/=+', { params: { ...params, uid: `${uid}-p` } });
+      assert.equal(assertApiReply(printable, 'printable').code, 0, printable.body);
+    });
+  });
+
+  return ctx;
 }
