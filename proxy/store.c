@@ -21,13 +21,20 @@ struct store_shared {
     struct store_redis_options redis;    /* copies of the config's strings (it may be reloaded) */
 };
 
+enum store_deferred_kind { STORE_DEFERRED_LIMIT, STORE_DEFERRED_POOL, STORE_DEFERRED_IDEM };
+
 struct store_deferred {
     struct store_deferred *next;
+    enum store_deferred_kind kind;
     store_limit_fn cb;
+    store_pool_fn pool_cb;
+    store_idem_fn idem_cb;
     void *arg;
     int failed;
     char err[160];
     struct limit_outcome outcome;
+    struct store_pool_result pool;   /* pool.url owned (the cast away const is ours) */
+    struct store_idem_result idem;   /* idem.body owned */
 };
 
 struct store {
@@ -85,6 +92,26 @@ const char *store_shared_kind(const struct store_shared *sh) {
     return sh->kind == STORE_KIND_REDIS ? "redis" : "memory";
 }
 
+/* Calls d's callback once (err overrides: "store closed") and frees d. */
+static void store_deferred_fire(struct store_deferred *d, const char *err) {
+    int failed = err || d->failed;
+    if (!err) err = d->err;
+    switch (d->kind) {
+    case STORE_DEFERRED_LIMIT:
+        d->cb(failed ? err : NULL, failed ? NULL : &d->outcome, d->arg);
+        break;
+    case STORE_DEFERRED_POOL:
+        d->pool_cb(failed ? err : NULL, failed ? NULL : &d->pool, d->arg);
+        break;
+    case STORE_DEFERRED_IDEM:
+        d->idem_cb(failed ? err : NULL, failed ? NULL : &d->idem, d->arg);
+        break;
+    }
+    free((char *)d->pool.url);
+    free((char *)d->idem.body);
+    free(d);
+}
+
 static void store_run_deferred(evutil_socket_t fd, short what, void *arg) {
     struct store *s = arg;
     /* take the whole list: callbacks that queue more run on the next turn */
@@ -92,34 +119,83 @@ static void store_run_deferred(evutil_socket_t fd, short what, void *arg) {
     s->head = s->tail = NULL;
     while (d) {
         struct store_deferred *next = d->next;
-        d->cb(d->failed ? d->err : NULL, d->failed ? NULL : &d->outcome, d->arg);
-        free(d);
+        store_deferred_fire(d, NULL);
         d = next;
     }
 }
 
-void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
-                 const struct limit_outcome *o) {
+static struct store_deferred *store_deferred_new(struct store *s, enum store_deferred_kind kind,
+                                                 void *arg, const char *err, int failed) {
     struct store_deferred *d = calloc(1, sizeof *d);
     if (!d) {
         /* answering now would break "never inside the call", and every later path allocates
          * too: the one case where a callback is lost, so say so */
         log_error("store: out of memory queueing a callback; the request stays pending");
-        return;
+        return NULL;
     }
-    d->cb = cb;
+    d->kind = kind;
     d->arg = arg;
-    if (err || !o) {
+    if (failed) {
         d->failed = 1;
         snprintf(d->err, sizeof d->err, "%s", err ? err : "store failed");
         store_count(s, STORE_ERRORS);
-    } else {
-        d->outcome = *o;
     }
+    return d;
+}
+
+static void store_deferred_queue(struct store *s, struct store_deferred *d) {
     if (s->tail) s->tail->next = d;
     else s->head = d;
     s->tail = d;
     event_active(s->deferred_ev, EV_TIMEOUT, 0);
+}
+
+void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
+                 const struct limit_outcome *o) {
+    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_LIMIT, arg, err, err || !o);
+    if (!d) return;
+    d->cb = cb;
+    if (!d->failed) d->outcome = *o;
+    store_deferred_queue(s, d);
+}
+
+void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *err,
+                      const struct store_pool_result *r) {
+    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_POOL, arg, err, err || !r);
+    if (!d) return;
+    d->pool_cb = cb;
+    if (!d->failed) {
+        d->pool = *r;
+        d->pool.url = NULL;
+        if (r->url && !(d->pool.url = strdup(r->url))) {
+            d->failed = 1;
+            snprintf(d->err, sizeof d->err, "out of memory");
+        }
+    }
+    store_deferred_queue(s, d);
+}
+
+void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
+                      const struct store_idem_result *r) {
+    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_IDEM, arg, err, err || !r);
+    if (!d) return;
+    d->idem_cb = cb;
+    if (!d->failed) {
+        d->idem = *r;
+        d->idem.body = NULL;
+        if (r->body) {
+            char *b = malloc(r->body_len + 1);
+            if (b) {
+                memcpy(b, r->body, r->body_len);
+                b[r->body_len] = 0;
+                d->idem.body = b;
+            } else {
+                d->failed = 1;
+                snprintf(d->err, sizeof d->err, "out of memory");
+            }
+        }
+    }
+    store_deferred_queue(s, d);
 }
 
 void store_count(struct store *s, enum store_counter c) {
@@ -158,8 +234,7 @@ void store_free(struct store *s) {
     while ((d = s->head)) {
         s->head = d->next;
         if (!s->head) s->tail = NULL;
-        d->cb("store closed", NULL, d->arg);
-        free(d);
+        store_deferred_fire(d, "store closed");
     }
     if (s->deferred_ev) event_free(s->deferred_ev);
     free(s);
@@ -195,4 +270,145 @@ void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_
                  void *arg) {
     if (s->redis) store_redis_limit(s->redis, b, n, cb, arg);
     else store_limit_local(s, b, n, cb, arg);
+}
+
+/* ---- prefetch pool and idempotency: the memory backend answers at once (deferred), the redis
+ * backend runs one script per call ---- */
+
+static uint64_t store_now_ms(void) { return clock_wall_us() / 1000; }
+
+void store_pool_push(struct store *s, const char *key, const char *url, size_t cap,
+                     unsigned ttl_ms, store_pool_fn cb, void *arg) {
+    struct store_pool_result r = {0};
+    if (s->redis) {
+        char capbuf[24], ttlbuf[24];
+        const char *argv[3] = {url, capbuf, ttlbuf};
+        size_t argvlen[3];
+        snprintf(capbuf, sizeof capbuf, "%zu", cap);
+        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms);
+        for (size_t i = 0; i < 3; i++) argvlen[i] = strlen(argv[i]);
+        store_redis_pool(s->redis, STORE_OP_POOL_PUSH, key, argv, argvlen, 3, cb, arg);
+        return;
+    }
+    store_count(s, STORE_COMMANDS);
+    if (store_memory_pool_push(s->sh->memory, key, url, cap, ttl_ms, store_now_ms(), &r.depth))
+        store_defer_pool(s, cb, arg, "out of memory", NULL);
+    else
+        store_defer_pool(s, cb, arg, NULL, &r);
+}
+
+static void store_pool_take(struct store *s, enum store_redis_op op, const char *key,
+                            unsigned ttl_ms, store_pool_fn cb, void *arg) {
+    struct store_pool_result r = {0};
+    char *url = NULL;
+    int rc;
+    if (s->redis) {
+        char ttlbuf[24];
+        const char *argv[1] = {ttlbuf};
+        size_t argvlen[1];
+        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms);
+        argvlen[0] = strlen(ttlbuf);
+        store_redis_pool(s->redis, op, key, argv, argvlen, 1, cb, arg);
+        return;
+    }
+    store_count(s, STORE_COMMANDS);
+    if (op == STORE_OP_POOL_POP)
+        rc = store_memory_pool_pop(s->sh->memory, key, ttl_ms, store_now_ms(), &url, &r.discarded);
+    else
+        rc = store_memory_pool_depth(s->sh->memory, key, ttl_ms, store_now_ms(), &r.depth,
+                                     &r.discarded);
+    r.url = url;
+    if (rc) store_defer_pool(s, cb, arg, "out of memory", NULL);
+    else store_defer_pool(s, cb, arg, NULL, &r);
+    free(url);
+}
+
+void store_pool_pop(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
+                    void *arg) {
+    store_pool_take(s, STORE_OP_POOL_POP, key, ttl_ms, cb, arg);
+}
+
+void store_pool_depth(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
+                      void *arg) {
+    store_pool_take(s, STORE_OP_POOL_DEPTH, key, ttl_ms, cb, arg);
+}
+
+static int store_fp_ok(const char *fp) {
+    size_t n = 0;
+    for (; fp[n]; n++)
+        if (fp[n] == '|') return 0;
+    return n == STORE_IDEM_FP_LEN;
+}
+
+void store_idem_begin(struct store *s, const char *key, const char *fp, unsigned pending_ms,
+                      store_idem_fn cb, void *arg) {
+    struct store_idem_result r = {0};
+    char *body = NULL;
+    if (!store_fp_ok(fp)) {
+        store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
+        return;
+    }
+    if (s->redis) {
+        char ttlbuf[24];
+        const char *argv[2] = {fp, ttlbuf};
+        size_t argvlen[2];
+        snprintf(ttlbuf, sizeof ttlbuf, "%u", pending_ms ? pending_ms : 1);
+        argvlen[0] = strlen(fp);
+        argvlen[1] = strlen(ttlbuf);
+        store_redis_idem(s->redis, STORE_OP_IDEM_BEGIN, key, argv, argvlen, 2, cb, arg);
+        return;
+    }
+    store_count(s, STORE_COMMANDS);
+    if (store_memory_idem_begin(s->sh->memory, key, fp, pending_ms, store_now_ms(), &r.state,
+                                &body, &r.body_len)) {
+        store_defer_idem(s, cb, arg, "out of memory", NULL);
+        return;
+    }
+    r.body = body;
+    store_defer_idem(s, cb, arg, NULL, &r);
+    free(body);
+}
+
+void store_idem_complete(struct store *s, const char *key, const char *fp, const char *body,
+                         size_t body_len, unsigned ttl_ms, store_idem_fn cb, void *arg) {
+    struct store_idem_result r = {0};
+    if (!store_fp_ok(fp)) {
+        store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
+        return;
+    }
+    if (s->redis) {
+        char ttlbuf[24];
+        const char *argv[3] = {fp, body, ttlbuf};
+        size_t argvlen[3];
+        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms ? ttl_ms : 1);
+        argvlen[0] = strlen(fp);
+        argvlen[1] = body_len;
+        argvlen[2] = strlen(ttlbuf);
+        store_redis_idem(s->redis, STORE_OP_IDEM_COMPLETE, key, argv, argvlen, 3, cb, arg);
+        return;
+    }
+    store_count(s, STORE_COMMANDS);
+    if (store_memory_idem_complete(s->sh->memory, key, fp, body, body_len, ttl_ms,
+                                   store_now_ms(), &r.state))
+        store_defer_idem(s, cb, arg, "out of memory", NULL);
+    else
+        store_defer_idem(s, cb, arg, NULL, &r);
+}
+
+void store_idem_abandon(struct store *s, const char *key, const char *fp, store_idem_fn cb,
+                        void *arg) {
+    struct store_idem_result r = {0};
+    if (!store_fp_ok(fp)) {
+        store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
+        return;
+    }
+    if (s->redis) {
+        const char *argv[1] = {fp};
+        size_t argvlen[1] = {strlen(fp)};
+        store_redis_idem(s->redis, STORE_OP_IDEM_ABANDON, key, argv, argvlen, 1, cb, arg);
+        return;
+    }
+    store_count(s, STORE_COMMANDS);
+    store_memory_idem_abandon(s->sh->memory, key, fp, store_now_ms(), &r.state);
+    store_defer_idem(s, cb, arg, NULL, &r);
 }

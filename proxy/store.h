@@ -1,5 +1,5 @@
-/* store.h: the shared state behind rate limits, and later the prefetch pool and idempotent replay:
- * one interface, two implementations chosen by the config (a "redis" section or not).
+/* store.h: the shared state behind rate limits, the prefetch pool and idempotent replay (DESIGN.md
+ * 4.1, 4.4): one interface, two implementations chosen by the config (a "redis" section or not).
  *  - redis: hiredis async on the worker's event_base, one connection per worker, pipelined,
  *    reconnecting with backoff, every command timed out after redis.timeout_ms (hiredis 0.14 has no
  *    async timeouts, so each command carries a timer; a late reply is discarded). Limits run as one
@@ -50,6 +50,62 @@ void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                        void *arg);
 
+/* ---- Prefetch pool (pool.h): one FIFO of single-use captcha URLs per profile key. ----
+ * Entries carry their creation time (Redis TIME in the script, the wall clock in memory); an
+ * entry whose age is ttl_ms or more is never returned: pop and depth drop such entries from the
+ * front (entries are in creation order) and report how many they dropped. Each URL is returned
+ * by at most one pop, across every process sharing the store.
+ *  - redis: a list per key, entries "<created_ms>|<url>", RPUSH by a script that caps the list
+ *    (the oldest entries go beyond cap) and sets PEXPIRE 2 * ttl_ms on the key (an abandoned
+ *    profile's list disappears); pop is a script: LPOP until a fresh entry.
+ *  - memory: a ring per key under one mutex, shared by the workers of the process. */
+struct store_pool_result {
+    const char *url;        /* pop: the URL handed out (borrowed for the callback), NULL: none */
+    size_t depth;           /* push: entries after the push; depth: fresh entries left */
+    unsigned discarded;     /* pop, depth: expired entries dropped by this call */
+};
+/* err NULL and r set, or err set (a sentence) and r NULL. */
+typedef void (*store_pool_fn)(const char *err, const struct store_pool_result *r, void *arg);
+/* Appends url (copied) to key's list, capped at cap entries (the oldest are dropped beyond). */
+void store_pool_push(struct store *s, const char *key, const char *url, size_t cap,
+                     unsigned ttl_ms, store_pool_fn cb, void *arg);
+/* Removes and returns the oldest entry younger than ttl_ms, dropping older ones before it. */
+void store_pool_pop(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
+                    void *arg);
+/* Drops the expired entries at the front and reports the fresh count. */
+void store_pool_depth(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
+                      void *arg);
+
+/* ---- Idempotency records (idem.h): key → pending(fingerprint) or done(fingerprint, body). ----
+ * fingerprint is a 64-character hex digest (no '|'). redis: one string per key, "P|<fp>" or
+ * "D|<fp>|<body>", every operation one script (atomic against concurrent duplicates on any
+ * instance); memory: a hash table under one mutex, expired entries dropped as it is touched. */
+enum store_idem_state {
+    STORE_IDEM_NEW,        /* begin: no record; a pending marker of ours is now in place */
+    STORE_IDEM_PENDING,    /* begin: someone holds the key with this fingerprint, no reply yet */
+    STORE_IDEM_DONE,       /* begin: a reply is stored (body); complete/abandon: done as asked */
+    STORE_IDEM_MISMATCH,   /* begin: the key holds another fingerprint; complete/abandon: the
+                            * pending marker was not ours any more (expired, replaced): nothing
+                            * was written */
+};
+struct store_idem_result {
+    enum store_idem_state state;
+    const char *body;      /* STORE_IDEM_DONE from begin: the stored reply, borrowed for the
+                            * callback; else NULL */
+    size_t body_len;
+};
+typedef void (*store_idem_fn)(const char *err, const struct store_idem_result *r, void *arg);
+#define STORE_IDEM_FP_LEN 64
+/* Reads key; when absent, writes a pending marker with fingerprint fp for pending_ms. */
+void store_idem_begin(struct store *s, const char *key, const char *fp, unsigned pending_ms,
+                      store_idem_fn cb, void *arg);
+/* Replaces our pending marker (same fp) with the reply body for ttl_ms. */
+void store_idem_complete(struct store *s, const char *key, const char *fp, const char *body,
+                         size_t body_len, unsigned ttl_ms, store_idem_fn cb, void *arg);
+/* Removes our pending marker (same fp): the reply is not to be replayed. */
+void store_idem_abandon(struct store *s, const char *key, const char *fp, store_idem_fn cb,
+                        void *arg);
+
 /* ---- Backends. store.c owns struct store (the deferred-callback queue, the counters) and dispatches
  * to these; the gateway uses only the functions above. ---- */
 
@@ -64,6 +120,26 @@ void store_memory_free(struct store_memory *m);
 void store_memory_check(struct store_memory *m, const struct limit_bucket *b, size_t n,
                         uint64_t now_us, struct limit_outcome *o);
 size_t store_memory_count(struct store_memory *m); /* buckets held, expired ones included */
+
+/* Memory pool and idempotency records (store_memory.c), synchronous, any thread, the time given
+ * in wall-clock ms by the caller. url/body in the results are malloc'ed copies the caller frees
+ * (r->url cast, or the body out-parameter). */
+int store_memory_pool_push(struct store_memory *m, const char *key, const char *url, size_t cap,
+                           unsigned ttl_ms, uint64_t now_ms, size_t *depth);
+int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms,
+                          uint64_t now_ms, char **url, unsigned *discarded);
+int store_memory_pool_depth(struct store_memory *m, const char *key, unsigned ttl_ms,
+                            uint64_t now_ms, size_t *depth, unsigned *discarded);
+/* 0 and *state (and *body, *len for DONE; the caller frees body), or -1 on OOM. */
+int store_memory_idem_begin(struct store_memory *m, const char *key, const char *fp,
+                            unsigned pending_ms, uint64_t now_ms, enum store_idem_state *state,
+                            char **body, size_t *len);
+int store_memory_idem_complete(struct store_memory *m, const char *key, const char *fp,
+                               const char *body, size_t len, unsigned ttl_ms, uint64_t now_ms,
+                               enum store_idem_state *state);
+int store_memory_idem_abandon(struct store_memory *m, const char *key, const char *fp,
+                              uint64_t now_ms, enum store_idem_state *state);
+size_t store_memory_idem_count(struct store_memory *m); /* records held, expired ones included */
 
 /* Where the redis backend connects; store_shared owns a copy of the config's values. */
 struct store_redis_options {
@@ -83,11 +159,25 @@ void store_redis_free(struct store_redis *r);
 int store_redis_connected(const struct store_redis *r);
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
                        store_limit_fn cb, void *arg);
+/* One of the cache scripts (store_lua.h) over one key with string arguments (copied); the reply
+ * is answered as a pool or an idempotency result through store_defer_pool / store_defer_idem. */
+enum store_redis_op { STORE_OP_POOL_PUSH, STORE_OP_POOL_POP, STORE_OP_POOL_DEPTH,
+                      STORE_OP_IDEM_BEGIN, STORE_OP_IDEM_COMPLETE, STORE_OP_IDEM_ABANDON };
+void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
+                      const char *const *argv, const size_t *argvlen, size_t argc,
+                      store_pool_fn cb, void *arg);
+void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
+                      const char *const *argv, const size_t *argvlen, size_t argc,
+                      store_idem_fn cb, void *arg);
 
 /* For the backends: deliver cb(err, o) from the owner's base on a later loop turn (err and o are
  * copied; o NULL when err is set), and count in the owner's statistics. */
 void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
                  const struct limit_outcome *o);
+void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *err,
+                      const struct store_pool_result *r);
+void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
+                      const struct store_idem_result *r);
 enum store_counter { STORE_COMMANDS, STORE_ERRORS, STORE_TIMEOUTS, STORE_RECONNECTS,
                      STORE_NOSCRIPT_RELOADS };
 void store_count(struct store *s, enum store_counter c);

@@ -1,4 +1,5 @@
-/* store_lua.h: the Redis script behind store_limit, one EVALSHA per request over all its keys.
+/* store_lua.h: the Redis scripts. STORE_LUA_LIMIT is behind store_limit, one EVALSHA per request
+ * over all its keys (the cache scripts follow it, after its description).
  * It mirrors limit_decide (limit.c) on Redis TIME: KEYS are the request's buckets, ARGV holds three
  * values per key (emission_us, tolerance_us, shadow 0/1). Nothing is written unless every
  * enforcing bucket admits; then each admitting bucket gets its new TAT with PX expiry = tolerance
@@ -54,5 +55,77 @@
     "  out[#out + 1] = reset[i]\n" \
     "end\n" \
     "return out\n"
+
+/* Prefetch pool: KEYS[1] is a profile's list of "<created_ms>|<url>" entries, oldest first.
+ * PUSH: ARGV url, cap, ttl_ms; appends with Redis TIME, drops the oldest beyond cap, sets PEXPIRE
+ * 2 * ttl_ms; returns the length. POP / DEPTH: ARGV ttl_ms; drop entries from the front whose age
+ * is ttl_ms or more (a malformed entry counts as expired); POP returns {dropped, url} (or
+ * {dropped} when none is fresh) and removes the url; DEPTH returns {dropped, length}. */
+#define STORE_LUA_NOW \
+    "if redis.replicate_commands then redis.replicate_commands() end\n" \
+    "local t = redis.call('TIME')\n" \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+
+#define STORE_LUA_POOL_PUSH \
+    STORE_LUA_NOW \
+    "local n = redis.call('RPUSH', KEYS[1], string.format('%d', now) .. '|' .. ARGV[1])\n" \
+    "local cap = tonumber(ARGV[2])\n" \
+    "while n > cap do\n" \
+    "  redis.call('LPOP', KEYS[1])\n" \
+    "  n = n - 1\n" \
+    "end\n" \
+    "redis.call('PEXPIRE', KEYS[1], string.format('%d', 2 * tonumber(ARGV[3])))\n" \
+    "return n\n"
+
+#define STORE_LUA_POOL_TAKE(pop) \
+    STORE_LUA_NOW \
+    "local ttl = tonumber(ARGV[1])\n" \
+    "local dropped = 0\n" \
+    "while true do\n" \
+    "  local e = redis.call('LINDEX', KEYS[1], 0)\n" \
+    "  if not e then break end\n" \
+    "  local bar = string.find(e, '|', 1, true)\n" \
+    "  local created = bar and tonumber(string.sub(e, 1, bar - 1)) or nil\n" \
+    "  if created and now < created + ttl then\n" \
+    "    if " pop " then\n" \
+    "      redis.call('LPOP', KEYS[1])\n" \
+    "      return {dropped, string.sub(e, bar + 1)}\n" \
+    "    end\n" \
+    "    break\n" \
+    "  end\n" \
+    "  redis.call('LPOP', KEYS[1])\n" \
+    "  dropped = dropped + 1\n" \
+    "end\n" \
+    "if " pop " then return {dropped} end\n" \
+    "return {dropped, redis.call('LLEN', KEYS[1])}\n"
+
+#define STORE_LUA_POOL_POP STORE_LUA_POOL_TAKE("true")
+#define STORE_LUA_POOL_DEPTH STORE_LUA_POOL_TAKE("false")
+
+/* Idempotency: KEYS[1] holds "P|<fp>" (pending) or "D|<fp>|<body>" (done), with PX expiry.
+ * BEGIN: ARGV fp, pending_ms; absent → SET the pending marker, {0}; another fp → {3}; pending →
+ * {1}; done → {2, body}. COMPLETE: ARGV fp, body, ttl_ms; only over our own pending marker: 2
+ * written, 3 not ours. ABANDON: ARGV fp; deletes our own pending marker: 2, else 3. The numbers are
+ * enum store_idem_state. */
+#define STORE_LUA_IDEM_BEGIN \
+    "local v = redis.call('GET', KEYS[1])\n" \
+    "if not v then\n" \
+    "  redis.call('SET', KEYS[1], 'P|' .. ARGV[1], 'PX', ARGV[2])\n" \
+    "  return {0}\n" \
+    "end\n" \
+    "if string.sub(v, 3, 2 + #ARGV[1]) ~= ARGV[1] then return {3} end\n" \
+    "if string.sub(v, 1, 2) == 'P|' and #v == 2 + #ARGV[1] then return {1} end\n" \
+    "if string.sub(v, 1, 2) == 'D|' then return {2, string.sub(v, 4 + #ARGV[1])} end\n" \
+    "return {3}\n"
+
+#define STORE_LUA_IDEM_COMPLETE \
+    "if redis.call('GET', KEYS[1]) ~= 'P|' .. ARGV[1] then return 3 end\n" \
+    "redis.call('SET', KEYS[1], 'D|' .. ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])\n" \
+    "return 2\n"
+
+#define STORE_LUA_IDEM_ABANDON \
+    "if redis.call('GET', KEYS[1]) ~= 'P|' .. ARGV[1] then return 3 end\n" \
+    "redis.call('DEL', KEYS[1])\n" \
+    "return 2\n"
 
 #endif

@@ -3,7 +3,10 @@
  * its buckets fall in, in ascending order (so two requests never wait on each other in a cycle),
  * decides with limit_decide and writes only when the whole request is admitted. Buckets whose TAT
  * is in the past by more than their tolerance are dropped a few chains per request, round-robin
- * over the table, and whole stripes are swept before they grow. */
+ * over the table, and whole stripes are swept before they grow.
+ * The prefetch pool is a ring of URLs per profile key under one mutex (a handful of profiles,
+ * critical sections of a pointer move); idempotency records live in a chained table under one
+ * mutex, expired records dropped a few chains per call. */
 #include "store.h"
 
 #include <pthread.h>
@@ -32,10 +35,41 @@ struct store_memory_stripe {
     size_t sweep;                    /* next chain to check for expired buckets */
 };
 
+#define STORE_MEMORY_IDEM_CHAINS 1024  /* power of two */
+#define STORE_MEMORY_IDEM_SWEEP 4
+
+struct store_memory_url {
+    uint64_t created_ms;
+    char *url;
+};
+
+struct store_memory_pool {
+    struct store_memory_pool *next;
+    struct store_memory_url *ring;
+    size_t cap, head, count;             /* entries ring[head], ring[head+1], ... (mod cap) */
+    char key[];
+};
+
+struct store_memory_idem {
+    struct store_memory_idem *next;
+    uint64_t hash;
+    uint64_t expires_ms;
+    int done;
+    char fp[STORE_IDEM_FP_LEN + 1];
+    char *body;
+    size_t body_len;
+    char key[];
+};
+
 struct store_memory {
     struct store_memory_stripe stripes[STORE_MEMORY_STRIPES];
     uint64_t seed;
     atomic_uint sweep_stripe;            /* the stripe the next request sweeps */
+    pthread_mutex_t pool_lock;
+    struct store_memory_pool *pools;
+    pthread_mutex_t idem_lock;
+    struct store_memory_idem *idem[STORE_MEMORY_IDEM_CHAINS];
+    size_t idem_count, idem_sweep;
 };
 
 static uint64_t store_memory_hash(const struct store_memory *m, const char *key) {
@@ -58,6 +92,8 @@ struct store_memory *store_memory_new(void) {
     struct store_memory *m = calloc(1, sizeof *m);
     if (!m) return NULL;
     if (RAND_bytes((unsigned char *)&m->seed, sizeof m->seed) != 1) m->seed = 0x9e3779b97f4a7c15ULL;
+    pthread_mutex_init(&m->pool_lock, NULL);
+    pthread_mutex_init(&m->idem_lock, NULL);
     for (unsigned i = 0; i < STORE_MEMORY_STRIPES; i++) {
         struct store_memory_stripe *st = &m->stripes[i];
         pthread_mutex_init(&st->lock, NULL);
@@ -85,6 +121,23 @@ void store_memory_free(struct store_memory *m) {
         free(st->chains);
         pthread_mutex_destroy(&st->lock);
     }
+    while (m->pools) {
+        struct store_memory_pool *p = m->pools;
+        m->pools = p->next;
+        for (size_t i = 0; i < p->count; i++) free(p->ring[(p->head + i) % p->cap].url);
+        free(p->ring);
+        free(p);
+    }
+    for (size_t c = 0; c < STORE_MEMORY_IDEM_CHAINS; c++) {
+        while (m->idem[c]) {
+            struct store_memory_idem *e = m->idem[c];
+            m->idem[c] = e->next;
+            free(e->body);
+            free(e);
+        }
+    }
+    pthread_mutex_destroy(&m->pool_lock);
+    pthread_mutex_destroy(&m->idem_lock);
     free(m);
 }
 
@@ -212,5 +265,250 @@ size_t store_memory_count(struct store_memory *m) {
         n += m->stripes[i].count;
         pthread_mutex_unlock(&m->stripes[i].lock);
     }
+    return n;
+}
+
+/* ---- prefetch pool ---- */
+
+static struct store_memory_pool *store_memory_pool_find(struct store_memory *m, const char *key) {
+    for (struct store_memory_pool *p = m->pools; p; p = p->next)
+        if (strcmp(p->key, key) == 0) return p;
+    return NULL;
+}
+
+static int store_memory_url_fresh(const struct store_memory_url *u, unsigned ttl_ms,
+                                  uint64_t now_ms) {
+    return now_ms < u->created_ms + ttl_ms;
+}
+
+/* Drops expired entries from the front; returns how many. */
+static unsigned store_memory_pool_trim(struct store_memory_pool *p, unsigned ttl_ms,
+                                       uint64_t now_ms) {
+    unsigned dropped = 0;
+    while (p->count && !store_memory_url_fresh(&p->ring[p->head], ttl_ms, now_ms)) {
+        free(p->ring[p->head].url);
+        p->ring[p->head].url = NULL;
+        p->head = (p->head + 1) % p->cap;
+        p->count--;
+        dropped++;
+    }
+    return dropped;
+}
+
+/* Resizes p's ring to cap, keeping the newest entries. 0/-1 (OOM: unchanged). */
+static int store_memory_pool_resize(struct store_memory_pool *p, size_t cap) {
+    struct store_memory_url *ring = calloc(cap, sizeof *ring);
+    size_t keep = p->count < cap ? p->count : cap, skip = p->count - keep;
+    if (!ring) return -1;
+    for (size_t i = 0; i < skip; i++) free(p->ring[(p->head + i) % p->cap].url);
+    for (size_t i = 0; i < keep; i++) ring[i] = p->ring[(p->head + skip + i) % p->cap];
+    free(p->ring);
+    p->ring = ring;
+    p->cap = cap;
+    p->head = 0;
+    p->count = keep;
+    return 0;
+}
+
+int store_memory_pool_push(struct store_memory *m, const char *key, const char *url, size_t cap,
+                           unsigned ttl_ms, uint64_t now_ms, size_t *depth) {
+    struct store_memory_pool *p;
+    char *copy = NULL;
+    int rc = -1;
+    if (cap == 0) cap = 1;
+    if (!(copy = strdup(url))) return -1;
+    pthread_mutex_lock(&m->pool_lock);
+    if (!(p = store_memory_pool_find(m, key))) {
+        size_t len = strlen(key);
+        if (!(p = calloc(1, sizeof *p + len + 1))) goto out;
+        memcpy(p->key, key, len + 1);
+        if (!(p->ring = calloc(cap, sizeof *p->ring))) {
+            free(p);
+            goto out;
+        }
+        p->cap = cap;
+        p->next = m->pools;
+        m->pools = p;
+    } else if (p->cap != cap && store_memory_pool_resize(p, cap) != 0) {
+        goto out;
+    }
+    if (p->count == p->cap) {
+        /* full: the oldest entry makes room */
+        free(p->ring[p->head].url);
+        p->head = (p->head + 1) % p->cap;
+        p->count--;
+    }
+    p->ring[(p->head + p->count) % p->cap] = (struct store_memory_url){now_ms, copy};
+    p->count++;
+    copy = NULL;
+    *depth = p->count;
+    rc = 0;
+out:
+    pthread_mutex_unlock(&m->pool_lock);
+    free(copy);
+    return rc;
+}
+
+int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms,
+                          uint64_t now_ms, char **url, unsigned *discarded) {
+    struct store_memory_pool *p;
+    *url = NULL;
+    *discarded = 0;
+    pthread_mutex_lock(&m->pool_lock);
+    if ((p = store_memory_pool_find(m, key))) {
+        *discarded = store_memory_pool_trim(p, ttl_ms, now_ms);
+        if (p->count) {
+            *url = p->ring[p->head].url;
+            p->ring[p->head].url = NULL;
+            p->head = (p->head + 1) % p->cap;
+            p->count--;
+        }
+    }
+    pthread_mutex_unlock(&m->pool_lock);
+    return 0;
+}
+
+int store_memory_pool_depth(struct store_memory *m, const char *key, unsigned ttl_ms,
+                            uint64_t now_ms, size_t *depth, unsigned *discarded) {
+    struct store_memory_pool *p;
+    *depth = 0;
+    *discarded = 0;
+    pthread_mutex_lock(&m->pool_lock);
+    if ((p = store_memory_pool_find(m, key))) {
+        *discarded = store_memory_pool_trim(p, ttl_ms, now_ms);
+        *depth = p->count;
+    }
+    pthread_mutex_unlock(&m->pool_lock);
+    return 0;
+}
+
+/* ---- idempotency records ---- */
+
+static void store_memory_idem_unlink(struct store_memory *m, struct store_memory_idem **pp) {
+    struct store_memory_idem *e = *pp;
+    *pp = e->next;
+    free(e->body);
+    free(e);
+    m->idem_count--;
+}
+
+/* The live record of key (expired ones on its chain are dropped), and its chain link. Also sweeps
+ * a few other chains round-robin. Under idem_lock. */
+static struct store_memory_idem **store_memory_idem_find(struct store_memory *m, const char *key,
+                                                         uint64_t now_ms, uint64_t *hash) {
+    struct store_memory_idem **pp, **found = NULL;
+    *hash = store_memory_hash(m, key);
+    for (unsigned step = 0; step < STORE_MEMORY_IDEM_SWEEP; step++) {
+        pp = &m->idem[m->idem_sweep];
+        while (*pp) {
+            if ((*pp)->expires_ms <= now_ms) store_memory_idem_unlink(m, pp);
+            else pp = &(*pp)->next;
+        }
+        m->idem_sweep = (m->idem_sweep + 1) & (STORE_MEMORY_IDEM_CHAINS - 1);
+    }
+    pp = &m->idem[*hash & (STORE_MEMORY_IDEM_CHAINS - 1)];
+    while (*pp) {
+        struct store_memory_idem *e = *pp;
+        if (e->expires_ms <= now_ms) {
+            store_memory_idem_unlink(m, pp);
+            continue;
+        }
+        if (e->hash == *hash && strcmp(e->key, key) == 0) found = pp;
+        pp = &e->next;
+    }
+    return found;
+}
+
+int store_memory_idem_begin(struct store_memory *m, const char *key, const char *fp,
+                            unsigned pending_ms, uint64_t now_ms, enum store_idem_state *state,
+                            char **body, size_t *len) {
+    struct store_memory_idem **pp, *e;
+    uint64_t hash;
+    int rc = 0;
+    *body = NULL;
+    *len = 0;
+    pthread_mutex_lock(&m->idem_lock);
+    if ((pp = store_memory_idem_find(m, key, now_ms, &hash))) {
+        e = *pp;
+        if (strcmp(e->fp, fp) != 0) {
+            *state = STORE_IDEM_MISMATCH;
+        } else if (!e->done) {
+            *state = STORE_IDEM_PENDING;
+        } else if (!(*body = malloc(e->body_len + 1))) {
+            rc = -1;
+        } else {
+            memcpy(*body, e->body, e->body_len);
+            (*body)[e->body_len] = 0;
+            *len = e->body_len;
+            *state = STORE_IDEM_DONE;
+        }
+        goto out;
+    }
+    size_t klen = strlen(key);
+    if (!(e = calloc(1, sizeof *e + klen + 1))) {
+        rc = -1;
+        goto out;
+    }
+    memcpy(e->key, key, klen + 1);
+    snprintf(e->fp, sizeof e->fp, "%s", fp);
+    e->hash = hash;
+    e->expires_ms = now_ms + (pending_ms ? pending_ms : 1);
+    e->next = m->idem[hash & (STORE_MEMORY_IDEM_CHAINS - 1)];
+    m->idem[hash & (STORE_MEMORY_IDEM_CHAINS - 1)] = e;
+    m->idem_count++;
+    *state = STORE_IDEM_NEW;
+out:
+    pthread_mutex_unlock(&m->idem_lock);
+    return rc;
+}
+
+int store_memory_idem_complete(struct store_memory *m, const char *key, const char *fp,
+                               const char *body, size_t len, unsigned ttl_ms, uint64_t now_ms,
+                               enum store_idem_state *state) {
+    struct store_memory_idem **pp, *e;
+    uint64_t hash;
+    char *copy = malloc(len + 1);
+    if (!copy) return -1;
+    memcpy(copy, body, len);
+    copy[len] = 0;
+    pthread_mutex_lock(&m->idem_lock);
+    pp = store_memory_idem_find(m, key, now_ms, &hash);
+    if (pp && !(*pp)->done && strcmp((*pp)->fp, fp) == 0) {
+        e = *pp;
+        e->done = 1;
+        e->body = copy;
+        e->body_len = len;
+        e->expires_ms = now_ms + (ttl_ms ? ttl_ms : 1);
+        copy = NULL;
+        *state = STORE_IDEM_DONE;
+    } else {
+        *state = STORE_IDEM_MISMATCH;
+    }
+    pthread_mutex_unlock(&m->idem_lock);
+    free(copy);
+    return 0;
+}
+
+int store_memory_idem_abandon(struct store_memory *m, const char *key, const char *fp,
+                              uint64_t now_ms, enum store_idem_state *state) {
+    struct store_memory_idem **pp;
+    uint64_t hash;
+    pthread_mutex_lock(&m->idem_lock);
+    pp = store_memory_idem_find(m, key, now_ms, &hash);
+    if (pp && !(*pp)->done && strcmp((*pp)->fp, fp) == 0) {
+        store_memory_idem_unlink(m, pp);
+        *state = STORE_IDEM_DONE;
+    } else {
+        *state = STORE_IDEM_MISMATCH;
+    }
+    pthread_mutex_unlock(&m->idem_lock);
+    return 0;
+}
+
+size_t store_memory_idem_count(struct store_memory *m) {
+    size_t n;
+    pthread_mutex_lock(&m->idem_lock);
+    n = m->idem_count;
+    pthread_mutex_unlock(&m->idem_lock);
     return n;
 }

@@ -6,7 +6,10 @@
  * caller hears "redis timed out after N ms" and the command is marked abandoned; hiredis still
  * calls back later (with the late reply, or NULL when the connection goes), and only then is the
  * command freed. Callers only ever hear back through the owner's deferred queue (store_defer), so
- * no caller callback runs inside hiredis or inside store_limit. */
+ * no caller callback runs inside hiredis or inside store_limit.
+ * Besides the limit script, the prefetch pool and idempotency operations are one script each
+ * (store_lua.h); every script is loaded at connect (pipelined, ready after the last reply) and
+ * the one a command needs is loaded again after NOSCRIPT. */
 #include "store.h"
 
 #include <stdio.h>
@@ -42,8 +45,18 @@ static const char *const store_redis_state_names[] = {
     "backoff",
 };
 
+/* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
+static const char *const store_redis_scripts[] = {
+    STORE_LUA_LIMIT,         STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,
+    STORE_LUA_POOL_DEPTH,    STORE_LUA_IDEM_BEGIN,    STORE_LUA_IDEM_COMPLETE,
+    STORE_LUA_IDEM_ABANDON,
+};
+#define STORE_REDIS_N_SCRIPTS (sizeof store_redis_scripts / sizeof store_redis_scripts[0])
+#define STORE_REDIS_CACHE_ARGS 3   /* most string arguments of a cache script */
+
 enum store_redis_cmd_kind {
     STORE_REDIS_CMD_LIMIT,    /* a caller's EVALSHA */
+    STORE_REDIS_CMD_CACHE,    /* a caller's pool or idempotency EVALSHA */
     STORE_REDIS_CMD_AUTH,
     STORE_REDIS_CMD_SELECT,
     STORE_REDIS_CMD_LOAD,     /* SCRIPT LOAD while connecting */
@@ -62,9 +75,16 @@ struct store_redis_cmd {
     enum store_redis_cmd_kind kind;
     enum store_redis_cmd_where where;
     store_limit_fn cb;
+    store_pool_fn pool_cb;                /* CACHE commands: one of these two */
+    store_idem_fn idem_cb;
     void *arg;
     struct event *timer;                  /* caller commands only */
     int noscript_retried;
+    unsigned script;                      /* index in store_redis_scripts */
+    enum store_redis_op op;               /* CACHE */
+    size_t argc;                          /* CACHE: owned argv strings */
+    char *argv[STORE_REDIS_CACHE_ARGS];
+    size_t argvlen[STORE_REDIS_CACHE_ARGS];
     size_t n;
     uint64_t emission_us[LIMIT_MAX_BUCKETS], tolerance_us[LIMIT_MAX_BUCKETS];
     int shadow[LIMIT_MAX_BUCKETS];
@@ -87,7 +107,7 @@ struct store_redis {
     uint64_t backoff_until_us;              /* monotonic */
     unsigned consecutive_timeouts;
     uint64_t rng;
-    char sha[STORE_REDIS_SHA_LEN + 1];
+    char sha[STORE_REDIS_N_SCRIPTS][STORE_REDIS_SHA_LEN + 1];
     char last_err[128];
     struct store_redis_list queue, inflight;
 };
@@ -128,6 +148,7 @@ static void store_redis_cmd_free(struct store_redis_cmd *c) {
     if (!c) return;
     if (c->timer) event_free(c->timer);
     for (size_t i = 0; i < c->n; i++) free(c->keys[i]);
+    for (size_t i = 0; i < c->argc; i++) free(c->argv[i]);
     free(c);
 }
 
@@ -135,11 +156,34 @@ static void store_redis_cmd_free(struct store_redis_cmd *c) {
 static void store_redis_answer(struct store_redis *r, struct store_redis_cmd *c, const char *err,
                                const struct limit_outcome *o) {
     store_limit_fn cb = c->cb;
+    store_pool_fn pool_cb = c->pool_cb;
+    store_idem_fn idem_cb = c->idem_cb;
     if (c->timer) event_del(c->timer);
     c->cb = NULL;
-    if (!cb) return;
+    c->pool_cb = NULL;
+    c->idem_cb = NULL;
+    if (!cb && !pool_cb && !idem_cb) return;
     if (err && strncmp(err, "redis timed out", 15) == 0) store_count(r->owner, STORE_TIMEOUTS);
-    store_defer(r->owner, cb, c->arg, err, o);
+    if (cb) store_defer(r->owner, cb, c->arg, err, o);
+    else if (pool_cb) store_defer_pool(r->owner, pool_cb, c->arg, err ? err : "store failed", NULL);
+    else store_defer_idem(r->owner, idem_cb, c->arg, err ? err : "store failed", NULL);
+}
+
+/* A CACHE command's successful answer (err NULL), once. */
+static void store_redis_answer_cache(struct store_redis *r, struct store_redis_cmd *c,
+                                     const struct store_pool_result *pr,
+                                     const struct store_idem_result *ir) {
+    store_pool_fn pool_cb = c->pool_cb;
+    store_idem_fn idem_cb = c->idem_cb;
+    if (c->timer) event_del(c->timer);
+    c->pool_cb = NULL;
+    c->idem_cb = NULL;
+    if (pool_cb) store_defer_pool(r->owner, pool_cb, c->arg, NULL, pr);
+    else if (idem_cb) store_defer_idem(r->owner, idem_cb, c->arg, NULL, ir);
+}
+
+static int store_redis_caller_cmd(const struct store_redis_cmd *c) {
+    return c->kind == STORE_REDIS_CMD_LIMIT || c->kind == STORE_REDIS_CMD_CACHE;
 }
 
 /* Every inflight command is answered (caller commands with err) and left to hiredis to free. */
@@ -147,7 +191,7 @@ static void store_redis_abandon_inflight(struct store_redis *r, const char *err)
     struct store_redis_cmd *c;
     while ((c = r->inflight.head)) {
         store_redis_list_remove(&r->inflight, c);
-        if (c->kind == STORE_REDIS_CMD_LIMIT) store_redis_answer(r, c, err, NULL);
+        if (store_redis_caller_cmd(c)) store_redis_answer(r, c, err, NULL);
         c->where = STORE_REDIS_ABANDONED;
         c->r = NULL;
     }
@@ -191,11 +235,13 @@ static void store_redis_drop(struct store_redis *r, const char *why) {
     store_redis_backoff(r, why);
 }
 
-static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd_kind kind) {
+static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd_kind kind,
+                                     unsigned script) {
     struct store_redis_cmd *c = calloc(1, sizeof *c);
     if (!c) return -1;
     c->r = r;
     c->kind = kind;
+    c->script = script;
     if (store_redis_send(r, c) != 0) {
         store_redis_cmd_free(c);
         return -1;
@@ -228,9 +274,18 @@ static void store_redis_handshake_next(struct store_redis *r) {
         }
         return;
     }
+    if (next == STORE_REDIS_LOADING) {
+        /* every script at once; the last reply makes the connection ready */
+        for (unsigned i = 0; i < STORE_REDIS_N_SCRIPTS; i++)
+            if (store_redis_send_internal(r, STORE_REDIS_CMD_LOAD, i)) {
+                store_redis_drop(r, "could not send the handshake");
+                return;
+            }
+        return;
+    }
     if (store_redis_send_internal(r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH
-                                     : next == STORE_REDIS_SELECTING     ? STORE_REDIS_CMD_SELECT
-                                                                         : STORE_REDIS_CMD_LOAD))
+                                                                        : STORE_REDIS_CMD_SELECT,
+                                  0))
         store_redis_drop(r, "could not send the handshake");
 }
 
@@ -282,9 +337,66 @@ static int store_redis_parse_outcome(const redisReply *rep, size_t n, struct lim
     return 0;
 }
 
+/* The reply of a CACHE script: 0 and the result, or -1 when it has the wrong shape. */
+static int store_redis_parse_cache(const struct store_redis_cmd *c, const redisReply *rep,
+                                   struct store_pool_result *pr, struct store_idem_result *ir) {
+    memset(pr, 0, sizeof *pr);
+    memset(ir, 0, sizeof *ir);
+    switch (c->op) {
+    case STORE_OP_POOL_PUSH:
+        if (rep->type != REDIS_REPLY_INTEGER || rep->integer < 0) return -1;
+        pr->depth = (size_t)rep->integer;
+        return 0;
+    case STORE_OP_POOL_POP:
+    case STORE_OP_POOL_DEPTH:
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->elements > 2 ||
+            rep->element[0]->type != REDIS_REPLY_INTEGER || rep->element[0]->integer < 0)
+            return -1;
+        pr->discarded = (unsigned)rep->element[0]->integer;
+        if (c->op == STORE_OP_POOL_POP) {
+            if (rep->elements == 2) {
+                if (rep->element[1]->type != REDIS_REPLY_STRING) return -1;
+                pr->url = rep->element[1]->str;
+            }
+            return 0;
+        }
+        if (rep->elements != 2 || rep->element[1]->type != REDIS_REPLY_INTEGER ||
+            rep->element[1]->integer < 0)
+            return -1;
+        pr->depth = (size_t)rep->element[1]->integer;
+        return 0;
+    case STORE_OP_IDEM_BEGIN:
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 ||
+            rep->element[0]->type != REDIS_REPLY_INTEGER)
+            return -1;
+        switch (rep->element[0]->integer) {
+        case 0: ir->state = STORE_IDEM_NEW; break;
+        case 1: ir->state = STORE_IDEM_PENDING; break;
+        case 3: ir->state = STORE_IDEM_MISMATCH; break;
+        case 2:
+            if (rep->elements != 2 || rep->element[1]->type != REDIS_REPLY_STRING) return -1;
+            ir->state = STORE_IDEM_DONE;
+            ir->body = rep->element[1]->str;
+            ir->body_len = rep->element[1]->len;
+            break;
+        default: return -1;
+        }
+        return 0;
+    case STORE_OP_IDEM_COMPLETE:
+    case STORE_OP_IDEM_ABANDON:
+        if (rep->type != REDIS_REPLY_INTEGER || (rep->integer != 2 && rep->integer != 3))
+            return -1;
+        ir->state = rep->integer == 2 ? STORE_IDEM_DONE : STORE_IDEM_MISMATCH;
+        return 0;
+    }
+    return -1;
+}
+
 static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis_cmd *c,
                                        redisReply *rep) {
     struct limit_outcome o;
+    struct store_pool_result pr;
+    struct store_idem_result ir;
     char err[200];
     r->consecutive_timeouts = 0;
     if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
@@ -295,7 +407,7 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
         store_count(r->owner, STORE_NOSCRIPT_RELOADS);
         log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
                  r->opt->port);
-        if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD) == 0 &&
+        if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD, c->script) == 0 &&
             store_redis_send(r, c) == 0)
             return;
         store_redis_answer(r, c, "redis script could not be reloaded", NULL);
@@ -305,6 +417,11 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
     if (rep->type == REDIS_REPLY_ERROR) {
         snprintf(err, sizeof err, "redis error: %s", rep->str);
         store_redis_answer(r, c, err, NULL);
+    } else if (c->kind == STORE_REDIS_CMD_CACHE) {
+        if (store_redis_parse_cache(c, rep, &pr, &ir) != 0)
+            store_redis_answer(r, c, "redis replied to a cache script in an unexpected shape", NULL);
+        else
+            store_redis_answer_cache(r, c, &pr, &ir);
     } else if (store_redis_parse_outcome(rep, c->n, &o) != 0) {
         store_redis_answer(r, c, "redis replied to the limit script in an unexpected shape", NULL);
     } else {
@@ -328,12 +445,13 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         /* the connection is going; the disconnect callback follows */
         snprintf(why, sizeof why, "redis connection lost: %s",
                  ac->errstr[0] ? ac->errstr : "closed");
-        if (c->kind == STORE_REDIS_CMD_LIMIT) store_redis_answer(r, c, why, NULL);
+        if (store_redis_caller_cmd(c)) store_redis_answer(r, c, why, NULL);
         store_redis_cmd_free(c);
         return;
     }
     switch (c->kind) {
     case STORE_REDIS_CMD_LIMIT:
+    case STORE_REDIS_CMD_CACHE:
         store_redis_on_limit_reply(r, c, rep);
         return;
     case STORE_REDIS_CMD_AUTH:
@@ -351,6 +469,7 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
     case STORE_REDIS_CMD_RELOAD:
         {
             enum store_redis_cmd_kind kind = c->kind;
+            unsigned script = c->script;
             store_redis_cmd_free(c);
             if (rep->type != REDIS_REPLY_STRING || rep->len != STORE_REDIS_SHA_LEN) {
                 snprintf(why, sizeof why, "SCRIPT LOAD failed: %s",
@@ -358,9 +477,10 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
                 store_redis_drop(r, why);
                 return;
             }
-            memcpy(r->sha, rep->str, STORE_REDIS_SHA_LEN);
-            r->sha[STORE_REDIS_SHA_LEN] = 0;
-            if (kind == STORE_REDIS_CMD_LOAD) store_redis_handshake_next(r);
+            memcpy(r->sha[script], rep->str, STORE_REDIS_SHA_LEN);
+            r->sha[script][STORE_REDIS_SHA_LEN] = 0;
+            if (kind == STORE_REDIS_CMD_LOAD && script + 1 == STORE_REDIS_N_SCRIPTS)
+                store_redis_handshake_next(r);
         }
         return;
     }
@@ -388,12 +508,23 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     case STORE_REDIS_CMD_RELOAD:
         argv[argc++] = "SCRIPT";
         argv[argc++] = "LOAD";
-        argv[argc++] = STORE_LUA_LIMIT;
+        argv[argc++] = store_redis_scripts[c->script];
         break;
+    case STORE_REDIS_CMD_CACHE:
+        argv[argc++] = "EVALSHA";
+        argv[argc++] = r->sha[c->script];
+        argv[argc++] = "1";
+        argv[argc++] = c->keys[0];
+        for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+        for (size_t i = 0; i < c->argc; i++) {
+            argv[argc] = c->argv[i];
+            argvlen[argc++] = c->argvlen[i];
+        }
+        goto send;
     case STORE_REDIS_CMD_LIMIT:
         snprintf(nums[0], sizeof nums[0], "%zu", c->n);
         argv[argc++] = "EVALSHA";
-        argv[argc++] = r->sha;
+        argv[argc++] = r->sha[0];
         argv[argc++] = nums[0];
         for (size_t i = 0; i < c->n; i++) argv[argc++] = c->keys[i];
         for (size_t i = 0; i < c->n; i++) {
@@ -407,9 +538,10 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         break;
     }
     for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+send:
     if (redisAsyncCommandArgv(r->ac, store_redis_on_reply, c, argc, argv, argvlen) != REDIS_OK)
         return -1;
-    if (c->kind == STORE_REDIS_CMD_LIMIT) store_count(r->owner, STORE_COMMANDS);
+    if (store_redis_caller_cmd(c)) store_count(r->owner, STORE_COMMANDS);
     c->where = STORE_REDIS_INFLIGHT;
     store_redis_list_push(&r->inflight, c);
     return 0;
@@ -584,4 +716,70 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
 oom:
     store_redis_cmd_free(c);
     store_defer(r->owner, cb, arg, "out of memory", NULL);
+}
+
+/* Queues or sends one cache script; exactly one of pool_cb / idem_cb is set. */
+static void store_redis_cache(struct store_redis *r, enum store_redis_op op, const char *key,
+                              const char *const *argv, const size_t *argvlen, size_t argc,
+                              store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
+    struct store_redis_cmd *c = NULL;
+    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    uint64_t now = clock_mono_us();
+    char err[200];
+    const char *fail = NULL;
+    if (argc > STORE_REDIS_CACHE_ARGS) {
+        fail = "too many script arguments";
+        goto failed;
+    }
+    if (r->state == STORE_REDIS_BACKOFF &&
+        r->backoff_until_us > now + (uint64_t)r->opt->timeout_ms * 1000) {
+        snprintf(err, sizeof err, "redis unavailable (reconnecting in %llu ms): %s",
+                 (unsigned long long)((r->backoff_until_us - now) / 1000), r->last_err);
+        fail = err;
+        goto failed;
+    }
+    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+        fail = "redis queue full: too many commands waiting for a connection";
+        goto failed;
+    }
+    fail = "out of memory";
+    if (!(c = calloc(1, sizeof *c))) goto failed;
+    c->r = r;
+    c->kind = STORE_REDIS_CMD_CACHE;
+    c->op = op;
+    c->script = 1 + (unsigned)op;
+    c->arg = arg;
+    if (!(c->keys[0] = strdup(key))) goto failed;
+    c->n = 1;
+    for (size_t i = 0; i < argc; i++) {
+        if (!(c->argv[i] = malloc(argvlen[i] + 1))) goto failed;
+        memcpy(c->argv[i], argv[i], argvlen[i]);
+        c->argv[i][argvlen[i]] = 0;
+        c->argvlen[i] = argvlen[i];
+        c->argc = i + 1;
+    }
+    if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto failed;
+    c->pool_cb = pool_cb;
+    c->idem_cb = idem_cb;
+    event_add(c->timer, &tv);
+    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    c->where = STORE_REDIS_QUEUED;
+    store_redis_list_push(&r->queue, c);
+    return;
+failed:
+    store_redis_cmd_free(c);
+    if (pool_cb) store_defer_pool(r->owner, pool_cb, arg, fail, NULL);
+    else store_defer_idem(r->owner, idem_cb, arg, fail, NULL);
+}
+
+void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
+                      const char *const *argv, const size_t *argvlen, size_t argc,
+                      store_pool_fn cb, void *arg) {
+    store_redis_cache(r, op, key, argv, argvlen, argc, cb, NULL, arg);
+}
+
+void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
+                      const char *const *argv, const size_t *argvlen, size_t argc,
+                      store_idem_fn cb, void *arg) {
+    store_redis_cache(r, op, key, argv, argvlen, argc, NULL, cb, arg);
 }

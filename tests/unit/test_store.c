@@ -2,7 +2,10 @@
  * and refill; all-or-none over a request's buckets; shadow buckets; independent keys; callbacks
  * never inside store_limit. It runs against the memory store and against a redis-server this test
  * starts on a free loopback port; Redis alone adds AUTH and a db number from the config, NOSCRIPT
- * recovery, a stopped server (timeout) and a restarted one (reconnect). */
+ * recovery, a stopped server (timeout) and a restarted one (reconnect). The prefetch pool's and
+ * the idempotency records' operations run through the same contract on both stores: capping,
+ * FIFO order, expiry by TTL with the discarded count, each URL popped once across two stores
+ * sharing the backend, and the pending → done / mismatch / abandon life of a record. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -366,9 +369,261 @@ static void run_contract(struct fixture *f) {
     assert_int_equal(st.timeouts, 0);
 }
 
+/* ---- prefetch pool and idempotency records, for both stores ---- */
+
+struct cache_call {
+    int fired, returned, fired_inside, failed;
+    char err[256];
+    char *url;
+    size_t depth;
+    unsigned discarded;
+    enum store_idem_state state;
+    char *body;
+    size_t body_len;
+};
+
+static void cache_reset(struct cache_call *c) {
+    free(c->url);
+    free(c->body);
+    memset(c, 0, sizeof *c);
+}
+
+static void cache_failed(struct cache_call *c, const char *err) {
+    c->failed = 1;
+    snprintf(c->err, sizeof c->err, "%s", err);
+}
+
+static void on_pool(const char *err, const struct store_pool_result *r, void *arg) {
+    struct cache_call *c = arg;
+    c->fired++;
+    if (!c->returned) c->fired_inside = 1;
+    if (err) {
+        assert_null(r);
+        cache_failed(c, err);
+        return;
+    }
+    c->url = r->url ? strdup(r->url) : NULL;
+    c->depth = r->depth;
+    c->discarded = r->discarded;
+}
+
+static void on_idem(const char *err, const struct store_idem_result *r, void *arg) {
+    struct cache_call *c = arg;
+    c->fired++;
+    if (!c->returned) c->fired_inside = 1;
+    if (err) {
+        assert_null(r);
+        cache_failed(c, err);
+        return;
+    }
+    c->state = r->state;
+    if (r->body) {
+        c->body = malloc(r->body_len + 1);
+        memcpy(c->body, r->body, r->body_len);
+        c->body[r->body_len] = 0;
+        c->body_len = r->body_len;
+    }
+}
+
+/* Runs f's loop until every call in c[0..n) fired (bounded at 5 s); each fired once, never
+ * inside the call that started it, without error. */
+static void cache_wait(struct fixture *f, struct cache_call *c, size_t n) {
+    uint64_t t0 = clock_mono_us();
+    struct timeval tick = {0, 10000};
+    struct event *guard = event_new(f->base, -1, EV_PERSIST, guard_cb, NULL);
+    size_t done;
+    event_add(guard, &tick);
+    for (;;) {
+        done = 0;
+        for (size_t i = 0; i < n; i++) done += c[i].fired != 0;
+        if (done == n || clock_mono_us() - t0 > 5000000) break;
+        event_base_loop(f->base, EVLOOP_ONCE);
+    }
+    event_free(guard);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(c[i].fired, 1);
+        assert_int_equal(c[i].fired_inside, 0);
+        if (c[i].failed) fail_msg("store call failed: %s", c[i].err);
+    }
+}
+
+#define CACHE_CALL(f, c, expr)                                                                 \
+    do {                                                                                       \
+        cache_reset(c);                                                                        \
+        expr;                                                                                  \
+        (c)->returned = 1;                                                                     \
+        assert_int_equal((c)->fired, 0);                                                       \
+        cache_wait(f, c, 1);                                                                   \
+    } while (0)
+
+static void cache_key(char *out, size_t cap, const char *name) {
+    snprintf(out, cap, "capgate-test:%d:%u:%s", (int)getpid(), key_serial, name);
+}
+
+static void contract_pool(struct fixture *f, struct fixture *other) {
+    char key[128], url[64];
+    struct cache_call c = {0}, many[24];
+    cache_key(key, sizeof key, "pool:fifo");
+    /* capped at 2: the oldest goes */
+    for (int i = 1; i <= 3; i++) {
+        snprintf(url, sizeof url, "https://captcha.test/u%d?a=1|b", i);
+        CACHE_CALL(f, &c, store_pool_push(f->store, key, url, 2, 60000, on_pool, &c));
+        assert_int_equal(c.depth, i < 2 ? (size_t)i : 2);
+    }
+    CACHE_CALL(f, &c, store_pool_depth(f->store, key, 60000, on_pool, &c));
+    assert_int_equal(c.depth, 2);
+    assert_int_equal(c.discarded, 0);
+    CACHE_CALL(f, &c, store_pool_pop(f->store, key, 60000, on_pool, &c));
+    assert_string_equal(c.url, "https://captcha.test/u2?a=1|b");
+    CACHE_CALL(f, &c, store_pool_pop(other->store, key, 60000, on_pool, &c));
+    assert_string_equal(c.url, "https://captcha.test/u3?a=1|b");
+    CACHE_CALL(f, &c, store_pool_pop(f->store, key, 60000, on_pool, &c));
+    assert_null(c.url);
+    assert_int_equal(c.discarded, 0);
+
+    /* never after the TTL: depth and pop drop what expired and say how many */
+    cache_key(key, sizeof key, "pool:ttl");
+    CACHE_CALL(f, &c, store_pool_push(f->store, key, "https://x/old1", 10, 100, on_pool, &c));
+    CACHE_CALL(f, &c, store_pool_push(f->store, key, "https://x/old2", 10, 100, on_pool, &c));
+    run_loop_ms(f, 130);
+    CACHE_CALL(f, &c, store_pool_push(f->store, key, "https://x/new", 10, 100, on_pool, &c));
+    CACHE_CALL(f, &c, store_pool_depth(f->store, key, 100, on_pool, &c));
+    assert_int_equal(c.depth, 1);
+    assert_int_equal(c.discarded, 2);
+    run_loop_ms(f, 130);
+    CACHE_CALL(f, &c, store_pool_pop(f->store, key, 100, on_pool, &c));
+    assert_null(c.url);
+    assert_int_equal(c.discarded, 1);
+
+    /* each URL once, across two stores on the same backend, popped concurrently */
+    cache_key(key, sizeof key, "pool:once");
+    for (int i = 0; i < 20; i++) {
+        snprintf(url, sizeof url, "https://x/once%d", i);
+        CACHE_CALL(f, &c, store_pool_push(f->store, key, url, 100, 60000, on_pool, &c));
+    }
+    memset(many, 0, sizeof many);
+    for (int i = 0; i < 24; i++) {
+        struct fixture *which = i % 2 ? other : f;
+        store_pool_pop(which->store, key, 60000, on_pool, &many[i]);
+        many[i].returned = 1;
+    }
+    cache_wait(f, many, 24);   /* the other base's callbacks: see below */
+    {
+        int got = 0, none = 0;
+        for (int i = 0; i < 24; i++) {
+            if (!many[i].url) {
+                none++;
+                continue;
+            }
+            got++;
+            for (int j = 0; j < i; j++)
+                if (many[j].url) assert_string_not_equal(many[i].url, many[j].url);
+        }
+        assert_int_equal(got, 20);
+        assert_int_equal(none, 4);
+    }
+    for (int i = 0; i < 24; i++) cache_reset(&many[i]);
+    cache_reset(&c);
+}
+
+static void contract_idem(struct fixture *f, struct fixture *other) {
+    char key[128], fa[STORE_IDEM_FP_LEN + 1], fb[STORE_IDEM_FP_LEN + 1];
+    static const char body[] = "{\"code\":0,\"url\":\"https://x/a|b\"}\n\x01 tail";
+    struct cache_call c = {0};
+    memset(fa, 'a', STORE_IDEM_FP_LEN);
+    memset(fb, 'b', STORE_IDEM_FP_LEN);
+    fa[STORE_IDEM_FP_LEN] = fb[STORE_IDEM_FP_LEN] = 0;
+    cache_key(key, sizeof key, "idem:k1");
+
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fa, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_NEW);
+    CACHE_CALL(f, &c, store_idem_begin(other->store, key, fa, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_PENDING);
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fb, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    /* only the pending marker's own fingerprint completes it */
+    CACHE_CALL(f, &c, store_idem_complete(f->store, key, fb, "x", 1, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    CACHE_CALL(f, &c, store_idem_complete(f->store, key, fa, body, sizeof body - 1, 150, on_idem,
+                                          &c));
+    assert_int_equal(c.state, STORE_IDEM_DONE);
+    CACHE_CALL(f, &c, store_idem_begin(other->store, key, fa, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_DONE);
+    assert_int_equal(c.body_len, sizeof body - 1);
+    assert_memory_equal(c.body, body, sizeof body - 1);
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fb, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    /* done is final: neither complete nor abandon touch it */
+    CACHE_CALL(f, &c, store_idem_complete(f->store, key, fa, "y", 1, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    CACHE_CALL(f, &c, store_idem_abandon(f->store, key, fa, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    /* the reply lives ttl_ms */
+    run_loop_ms(f, 200);
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fb, 5000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_NEW);
+
+    /* abandon frees the key at once; a pending marker expires by itself */
+    cache_key(key, sizeof key, "idem:k2");
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fa, 100, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_NEW);
+    CACHE_CALL(f, &c, store_idem_abandon(f->store, key, fb, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_MISMATCH);
+    CACHE_CALL(f, &c, store_idem_abandon(f->store, key, fa, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_DONE);
+    CACHE_CALL(f, &c, store_idem_begin(other->store, key, fa, 100, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_NEW);
+    run_loop_ms(f, 150);
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fa, 100, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_NEW);
+    /* a malformed fingerprint is refused, asynchronously */
+    cache_reset(&c);
+    store_idem_begin(f->store, key, "short", 100, on_idem, &c);
+    c.returned = 1;
+    assert_int_equal(c.fired, 0);
+    run_loop_ms(f, 20);
+    assert_int_equal(c.failed, 1);
+    cache_reset(&c);
+}
+
+/* A second store on the same backend, driven from f's base (two instances sharing Redis, or two
+ * workers sharing the memory store). */
+static struct fixture *fixture_peer(struct fixture *f) {
+    struct fixture *p = calloc(1, sizeof *p);
+    char err[256] = "";
+    assert_non_null(p);
+    p->base = f->base;
+    p->is_redis = f->is_redis;
+    p->rp = f->rp;
+    p->sh = f->sh;
+    if (f->is_redis) {
+        p->redis = f->redis;
+        p->cfg.redis = &p->redis;
+        p->sh = store_shared_new(&p->cfg, err, sizeof err);
+        if (!p->sh) fail_msg("store_shared_new: %s", err);
+    }
+    p->store = store_new(p->sh, f->base, err, sizeof err);
+    if (!p->store) fail_msg("store_new: %s", err);
+    return p;
+}
+
+static void fixture_peer_free(struct fixture *p) {
+    store_free(p->store);
+    if (p->is_redis) store_shared_free(p->sh);
+    free(p);
+}
+
+static void run_cache_contract(struct fixture *f) {
+    struct fixture *other = fixture_peer(f);
+    contract_pool(f, other);
+    contract_idem(f, other);
+    fixture_peer_free(other);
+}
+
 static void test_memory_contract(void **state) {
     struct fixture *f = fixture_new(NULL, 0, NULL);
     run_contract(f);
+    run_cache_contract(f);
     fixture_free(f);
 }
 
@@ -427,6 +682,37 @@ static void test_redis_contract(void **state) {
     bucket(&b, "burst", 200000, 3, 0);
     ttl = redis_int(&main_redis, 0, "PTTL", b.key);
     assert_true(ttl > 0 && ttl <= 600);
+    run_cache_contract(f);
+    fixture_free(f);
+}
+
+static void test_redis_cache_layout(void **state) {
+    /* the pool is a Redis list expiring with 2 * ttl; an idempotency record a string with PX */
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct cache_call c = {0};
+    char key[128], fp[STORE_IDEM_FP_LEN + 1];
+    long long ttl;
+    cache_key(key, sizeof key, "layout:pool");
+    CACHE_CALL(f, &c, store_pool_push(f->store, key, "https://x/1", 5, 60000, on_pool, &c));
+    assert_int_equal(redis_int(&main_redis, 0, "LLEN", key), 1);
+    ttl = redis_int(&main_redis, 0, "PTTL", key);
+    assert_true(ttl > 60000 && ttl <= 120000);
+    memset(fp, 'c', STORE_IDEM_FP_LEN);
+    fp[STORE_IDEM_FP_LEN] = 0;
+    cache_key(key, sizeof key, "layout:idem");
+    CACHE_CALL(f, &c, store_idem_begin(f->store, key, fp, 3500, on_idem, &c));
+    ttl = redis_int(&main_redis, 0, "PTTL", key);
+    assert_true(ttl > 3000 && ttl <= 3500);
+    /* scripts flushed: each cache operation reloads its own script and succeeds */
+    assert_int_equal(redis_int(&main_redis, 0, "SCRIPT", "FLUSH"), 0);
+    CACHE_CALL(f, &c, store_idem_complete(f->store, key, fp, "{}", 2, 300000, on_idem, &c));
+    assert_int_equal(c.state, STORE_IDEM_DONE);
+    ttl = redis_int(&main_redis, 0, "PTTL", key);
+    assert_true(ttl > 290000 && ttl <= 300000);
+    cache_key(key, sizeof key, "layout:pool");
+    CACHE_CALL(f, &c, store_pool_pop(f->store, key, 60000, on_pool, &c));
+    assert_string_equal(c.url, "https://x/1");
+    cache_reset(&c);
     fixture_free(f);
 }
 
@@ -578,6 +864,7 @@ int main(void) {
     };
     const struct CMUnitTest redis_tests[] = {
         cmocka_unit_test(test_redis_contract),
+        cmocka_unit_test(test_redis_cache_layout),
         cmocka_unit_test(test_redis_auth_and_db),
         cmocka_unit_test(test_redis_noscript),
         cmocka_unit_test(test_redis_timeout),
