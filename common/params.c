@@ -14,7 +14,6 @@
 #include "capgate/strbuf.h"
 
 #define PARAMS_INITIAL_CAP 16
-#define PARAMS_QUOTE_MAX 32 /* bytes of a bad name or value echoed in a message */
 
 void params_init(struct params *p) {
     p->items = NULL;
@@ -188,26 +187,32 @@ static int name_is_plain(const char *s, size_t len) {
     return 1;
 }
 
-/* Writes s as a quoted, escaped, cut string ("abc", "\xff...") into out. */
-static void quote_bytes(char *out, size_t outlen, const char *s, size_t len) {
+/* Cut on a character boundary so a valid value stays valid; invalid UTF-8 is shown as \xNN. */
+void params_quote(char *out, size_t outlen, const char *s, size_t len) {
+    size_t cut = len;
+    if (cut > PARAMS_QUOTE_MAX) {
+        cut = PARAMS_QUOTE_MAX;
+        while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--;
+    }
+    int utf8 = params_utf8_valid(s, cut);
     size_t o = 0;
-    size_t n = len > PARAMS_QUOTE_MAX ? PARAMS_QUOTE_MAX : len;
-    if (outlen == 0) return;
-    out[0] = '\0';
-    if (outlen < 8) return;
+    if (outlen < 8) {
+        if (outlen) out[0] = '\0';
+        return;
+    }
     out[o++] = '"';
-    for (size_t i = 0; i < n && o + 6 < outlen; i++) {
+    for (size_t i = 0; i < cut && o + 6 < outlen; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c == '"' || c == '\\') {
             out[o++] = '\\';
             out[o++] = (char)c;
-        } else if (c < 0x20 || c >= 0x7f) {
+        } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) {
             o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
         } else {
             out[o++] = (char)c;
         }
     }
-    if (n < len && o + 5 < outlen) {
+    if (cut < len && o + 5 < outlen) {
         memcpy(out + o, "...", 3);
         o += 3;
     }
@@ -220,11 +225,11 @@ static void name_for_message(char *out, size_t outlen, const char *name, size_t 
     if (name_is_plain(name, len))
         snprintf(out, outlen, "%.*s", (int)len, name);
     else
-        quote_bytes(out, outlen, name, len);
+        params_quote(out, outlen, name, len);
 }
 
 static void set_err(char *err, size_t errlen, const char *fmt, const char *name, size_t len) {
-    char shown[PARAMS_QUOTE_MAX * 4 + 16];
+    char shown[PARAMS_QUOTED_MAX];
     if (!err || errlen == 0) return;
     name_for_message(shown, sizeof shown, name, len);
     snprintf(err, errlen, fmt, shown);
@@ -561,8 +566,8 @@ int params_parse_body(struct params *p, const char *content_type, const char *bo
         return params_parse_urlencoded(p, body, len, err, errlen);
     if (type_len == 19 && strncasecmp(type, "multipart/form-data", 19) == 0)
         return params_parse_multipart(p, content_type, body, len, err, errlen);
-    char shown[PARAMS_QUOTE_MAX * 4 + 16];
-    quote_bytes(shown, sizeof shown, type, type_len);
+    char shown[PARAMS_QUOTED_MAX];
+    params_quote(shown, sizeof shown, type, type_len);
     snprintf(err, errlen, "unsupported Content-Type %s", shown);
     return -1;
 }

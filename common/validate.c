@@ -12,7 +12,6 @@
 #include "capgate/num.h"
 #include "capgate/params.h"
 
-#define QUOTE_MAX 32 /* bytes of a bad value echoed in a message */
 
 const char *const validate_user_fields[] = {
     "uid", "userIp", "xForwardedFor", "macAddress", "imei", "associateAccount", "appId",
@@ -37,43 +36,6 @@ const char *validate_action_name(enum v2_action a) {
     if ((int)a <= V2_ACTION_UNKNOWN || a >= V2_ACTION_COUNT) return action_names[0];
     return action_names[a];
 }
-
-/* "value" quoted for a message: at most QUOTE_MAX bytes cut on a character boundary, then "...";
- * quotes, backslashes and control bytes escaped; bytes of invalid UTF-8 written as \xNN. */
-static void quote_value(char *out, size_t outlen, const char *s, size_t len) {
-    size_t cut = len;
-    if (cut > QUOTE_MAX) {
-        cut = QUOTE_MAX;
-        while (cut > 0 && ((unsigned char)s[cut] & 0xC0) == 0x80) cut--;
-    }
-    int utf8 = params_utf8_valid(s, cut);
-    size_t o = 0;
-    if (outlen < 8) {
-        if (outlen) out[0] = '\0';
-        return;
-    }
-    out[o++] = '"';
-    for (size_t i = 0; i < cut && o + 6 < outlen; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)c;
-        } else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) {
-            o += (size_t)snprintf(out + o, outlen - o, "\\x%02x", c);
-        } else {
-            out[o++] = (char)c;
-        }
-    }
-    if (cut < len && o + 5 < outlen) {
-        memcpy(out + o, "...", 3);
-        o += 3;
-    }
-    out[o++] = '"';
-    out[o] = '\0';
-}
-
-/* Room for a quoted value: every byte may become \xNN. */
-#define QUOTED_MAX (QUOTE_MAX * 4 + 8)
 
 static void err_missing(char *err, size_t errlen, const char *name) {
     snprintf(err, errlen, "missing required parameter %s", name);
@@ -106,8 +68,8 @@ static int get_uint(const struct params *p, const char *name, int required, uint
         return -1;
     }
     if (num_parse_u32(it->value, it->value_len, out) != 0) {
-        char q[QUOTED_MAX];
-        quote_value(q, sizeof q, it->value, it->value_len);
+        char q[PARAMS_QUOTED_MAX];
+        params_quote(q, sizeof q, it->value, it->value_len);
         snprintf(err, errlen, "%s must be an unsigned integer (0..4294967295); got %s", name, q);
         return -1;
     }
@@ -136,8 +98,8 @@ static int check_ip(const struct params *p, int required, const char **out, char
     /* Values hold no NUL (params rejects them), so the string is the whole value. */
     if (it->value_len == 0 || it->value_len >= INET6_ADDRSTRLEN ||
         !net_is_ip_literal(it->value)) {
-        char q[QUOTED_MAX];
-        quote_value(q, sizeof q, it->value, it->value_len);
+        char q[PARAMS_QUOTED_MAX];
+        params_quote(q, sizeof q, it->value, it->value_len);
         snprintf(err, errlen, "userIp must be an IPv4 or IPv6 address; got %s", q);
         return -1;
     }
@@ -158,8 +120,8 @@ int validate_public(const struct params *p, struct v2_public *out, char *err, si
             return -1;
         }
         if (num_parse_u64(it->value, it->value_len, &values[i]) != 0) {
-            char q[QUOTED_MAX];
-            quote_value(q, sizeof q, it->value, it->value_len);
+            char q[PARAMS_QUOTED_MAX];
+            params_quote(q, sizeof q, it->value, it->value_len);
             snprintf(err, errlen, "%s must be an unsigned integer; got %s", numbers[i], q);
             return -1;
         }
@@ -266,8 +228,8 @@ int validate_request(enum v2_action action, const struct params *p, struct v2_fi
     if (!it) {
         err_missing(err, errlen, "Action");
     } else {
-        char q[QUOTED_MAX];
-        quote_value(q, sizeof q, it->value, it->value_len);
+        char q[PARAMS_QUOTED_MAX];
+        params_quote(q, sizeof q, it->value, it->value_len);
         snprintf(err, errlen,
                  "Action must be one of CaptchaIframeQuery, CaptchaCheck, CaptchaQuery; got %s", q);
     }

@@ -61,6 +61,15 @@ int params_parse_body(struct params *p, const char *content_type, const char *bo
 
 /* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
 int params_utf8_valid(const char *s, size_t len);
+/* Bytes of a bad name or value echoed in a message, and the room its quoted form needs (every
+ * byte may become \xNN, plus quotes, "..." and the NUL). */
+#define PARAMS_QUOTE_MAX 32
+#define PARAMS_QUOTED_MAX (PARAMS_QUOTE_MAX * 4 + 8)
+/* s[0..len) for an error message, into out: in double quotes, at most PARAMS_QUOTE_MAX bytes cut
+ * on a character boundary then "...", quotes, backslashes and control bytes escaped, bytes of
+ * invalid UTF-8 as \xNN; so a message never carries raw bytes from a request. out is always
+ * NUL-terminated (empty when outlen < 8). */
+void params_quote(char *out, size_t outlen, const char *s, size_t len);
 /* Percent-encodes for a query or urlencoded body: A-Z a-z 0-9 - _ . ~ kept, everything else
  * %XX (uppercase hex, space as %20). Returns 0/-1 (OOM); appends to out. */
 struct strbuf;

@@ -430,6 +430,29 @@ static void test_fuzz_no_crash(void **state) {
     }
 }
 
+/* The one quoting helper both the parser and the validators use for messages. */
+static void test_quote(void **state) {
+    char out[PARAMS_QUOTED_MAX];
+    (void)state;
+    params_quote(out, sizeof out, "a\"b\\c\n", 6);
+    assert_string_equal(out, "\"a\\\"b\\\\c\\x0a\"");
+    params_quote(out, sizeof out, "\xff", 1);
+    assert_string_equal(out, "\"\\xff\"");
+    /* 11 three-byte characters: the cut at 32 bytes falls inside the 11th, so 10 are shown. */
+    const char *zh = "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0"
+                     "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0";
+    params_quote(out, sizeof out, zh, strlen(zh));
+    assert_int_equal(strlen(out), 1 + 30 + 3 + 1);
+    assert_memory_equal(out + 1, zh, 30);
+    /* Every byte escaped still fits the documented room. */
+    char worst[64];
+    memset(worst, 0x01, sizeof worst);
+    params_quote(out, sizeof out, worst, sizeof worst);
+    assert_int_equal(strlen(out), 1 + 32 * 4 + 3 + 1);
+    params_quote(out, 7, "abc", 3);
+    assert_string_equal(out, "");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_basics),
@@ -449,6 +472,7 @@ int main(void) {
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_fuzz_no_crash),
+        cmocka_unit_test(test_quote),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
