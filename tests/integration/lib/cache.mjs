@@ -38,17 +38,23 @@ export async function poolDepth(gw, labels = {}) {
   return (await gw.metrics()).get('capgate_pool_depth', labels);
 }
 
-/** Waits until capgate_pool_depth reaches n (bounded); returns the metrics then. */
+/** Waits until capgate_pool_depth reaches n (bounded); returns the metrics then. A gateway whose
+ * /metrics has no capgate_pool_depth at all after 3 s fails at once. */
 export async function waitDepth(gw, n, { timeoutMs = 10000, what } = {}) {
-  let last;
-  try {
-    return await waitFor(async () => {
-      const m = await gw.metrics();
-      last = m.has('capgate_pool_depth') ? m.get('capgate_pool_depth') : 'absent';
-      return m.has('capgate_pool_depth') && m.get('capgate_pool_depth') >= n ? m : null;
-    }, { timeoutMs, intervalMs: 50, what: what ?? `capgate_pool_depth >= ${n}` });
-  } catch (e) {
-    throw new Error(`${e.message} (last capgate_pool_depth: ${last})`);
+  const t0 = Date.now();
+  let last = 'absent';
+  for (;;) {
+    const m = await gw.metrics();
+    if (m.has('capgate_pool_depth')) {
+      last = m.get('capgate_pool_depth');
+      if (last >= n) return m;
+    } else if (Date.now() - t0 > 3000) {
+      throw new Error('capgate_pool_depth is not on /metrics (no prefetch pool in this capgate?)');
+    }
+    if (Date.now() - t0 > timeoutMs) {
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what ?? `capgate_pool_depth >= ${n}`} (last: ${last})`);
+    }
+    await sleep(50);
   }
 }
 
