@@ -39,8 +39,7 @@ void mock_reply_json(struct httpd_req *req, int status, json_t *obj) {
     char *text = obj ? reply_dump(obj) : NULL;
     json_decref(obj);
     if (!text) {
-        static const char oom[] =
-            "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}";
+        static const char oom[] = REPLY_OOM_JSON;
         httpd_reply(req, 500, "application/json", oom, sizeof(oom) - 1);
         return;
     }

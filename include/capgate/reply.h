@@ -4,6 +4,10 @@
 #define CAPGATE_REPLY_H
 #include <jansson.h>
 
+/* The reply for when building one failed for lack of memory: a literal, so it needs none. */
+#define REPLY_OOM_JSON \
+    "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}"
+
 /* New reference {"code","codeDesc","message"}; message NULL uses the table's default.
  * An unknown code gets codeDesc "InternalError". */
 json_t *reply_new(int code, const char *message);

@@ -76,12 +76,19 @@ static void test_non_utf8_repaired(void **state) {
 
 static void test_dump_null(void **state) { assert_null(reply_dump(NULL)); }
 
+/* The out-of-memory literal is exactly what reply_error would have built. */
+static void test_oom_literal(void **state) {
+    char *text = reply_error(6000, "out of memory");
+    assert_string_equal(text, REPLY_OOM_JSON);
+    free(text);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_success_shape),    cmocka_unit_test(test_caller_fields_follow),
         cmocka_unit_test(test_custom_message),   cmocka_unit_test(test_unknown_code),
         cmocka_unit_test(test_reply_error_formats), cmocka_unit_test(test_non_utf8_repaired),
-        cmocka_unit_test(test_dump_null),
+        cmocka_unit_test(test_dump_null),        cmocka_unit_test(test_oom_literal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
