@@ -14,6 +14,7 @@
 #include "capgate/strbuf.h"
 #include "demo.h"
 #include "metrics.h"
+#include "pool.h"
 #include "stats.h"
 
 #define ADMIN_JSON "application/json"
@@ -30,6 +31,7 @@ struct admin {
 struct admin_query {
     struct admin *a;
     struct httpd_req *req; /* NULL once the client went away */
+    int add_pool;          /* /admin/stats: the pool totals join the answer as "pool" */
 };
 
 static void admin_json(struct httpd_req *req, int status, const char *body) {
@@ -56,14 +58,35 @@ static void admin_query_cancel(struct httpd_req *req, void *arg) {
     q->req = NULL;
 }
 
+/* json (an object) with ,"pool":{...} before its closing brace; NULL when it is not an object
+ * or on OOM. Caller frees. */
+static char *admin_with_pool(const struct pool *p, const char *json) {
+    struct strbuf b;
+    size_t n = strlen(json);
+    while (n && (json[n - 1] == '\n' || json[n - 1] == ' ')) n--;
+    if (n < 2 || json[0] != '{' || json[n - 1] != '}') return NULL;
+    strbuf_init(&b);
+    if (strbuf_append(&b, json, n - 1) || strbuf_appends(&b, n > 2 ? ",\"pool\":" : "\"pool\":") ||
+        pool_render_json(p, &b) || strbuf_appendc(&b, '}')) {
+        strbuf_cleanup(&b);
+        return NULL;
+    }
+    return strbuf_detach(&b);
+}
+
 static void admin_query_done(const char *json, int http_status, void *arg) {
     struct admin_query *q = arg;
+    char *with_pool = NULL;
+    if (q->req && json && q->add_pool && q->a->src.pool && http_status == 200)
+        with_pool = admin_with_pool(q->a->src.pool, json);
+    if (with_pool) json = with_pool;
     if (q->req) {
         httpd_set_cancel(q->req, NULL, NULL);
         if (json) admin_json(q->req, http_status, json);
         else admin_json(q->req, 500, "{\"error\":\"query failed\"}");
     }
     q->a->pending--;
+    free(with_pool);
     free(q);
 }
 
@@ -93,7 +116,9 @@ static void admin_stats(struct admin *a, struct httpd_req *req) {
         return;
     }
     struct admin_query *q = admin_query_new(a, req);
-    if (q) metrics_query(a->src.metrics, &mq, a->base, admin_query_done, q);
+    if (!q) return;
+    q->add_pool = 1;
+    metrics_query(a->src.metrics, &mq, a->base, admin_query_done, q);
 }
 
 static void admin_audit(struct admin *a, struct httpd_req *req) {
@@ -133,7 +158,8 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
         p.audit_overflowed = as.overflowed;
     }
     strbuf_init(&b);
-    if (stats_render(&b, a->src.workers, a->src.n_workers, &p) != 0) {
+    if (stats_render(&b, a->src.workers, a->src.n_workers, &p) != 0 ||
+        (a->src.pool && pool_render_metrics(a->src.pool, &b) != 0)) {
         strbuf_cleanup(&b);
         admin_json(req, 500, "{\"error\":\"out of memory\"}");
         return;

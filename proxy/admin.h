@@ -13,6 +13,7 @@ struct stats_process;
 struct audit;
 struct demo;
 struct metrics;
+struct pool;
 struct admin;
 
 /* What the admin listener reports; everything borrowed and read on the main thread, and must
@@ -25,6 +26,8 @@ struct admin_source {
     struct demo *demo;                    /* the /demo page (demo.h); off unless "demo": true */
     struct metrics *metrics;              /* /admin/stats and the flush counters; NULL: none */
     struct audit *audit;                  /* /admin/audit and the sink's counters; NULL: none */
+    struct pool *pool;                    /* prefetch pool counters in /metrics and as "pool" in
+                                           * /admin/stats; NULL: none */
 };
 
 /* NULL on OOM. */

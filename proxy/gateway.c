@@ -26,6 +26,7 @@
 #include "metrics.h"
 #include "nonce.h"
 #include "pipeline.h"
+#include "pool.h"
 #include "stats.h"
 #include "store.h"
 #include "upstream.h"
@@ -44,6 +45,7 @@ struct gateway_worker {
     struct event *tick;
     pthread_t thread;
     int started;
+    struct pool_refiller *refiller;  /* worker 0 only: the process's one prefetch refiller */
     /* mailbox, under lock */
     pthread_mutex_t lock;
     struct pipeline_config *pending;
@@ -64,6 +66,7 @@ struct gateway {
     struct nonce_cache *nonces;
     struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
     struct metrics *metrics;      /* per-(businessId, sceneId, minute) counters, one flush thread */
+    struct pool *pool;            /* prefetch pool counters; URLs live in the store */
     struct audit *audit;          /* one record per request, one sink thread; reads boot */
     struct gateway_worker *workers;
     unsigned n_workers;
@@ -149,6 +152,7 @@ static void worker_wake(evutil_socket_t fd, short what, void *arg) {
         w->drain_deadline_us = clock_mono_us() + (uint64_t)boot->upstream.timeout_ms * 1000 +
                                1000000;
         httpd_stop_accepting(w->httpd);
+        pool_refiller_stop(w->refiller);
         log_debug("worker %u: draining %zu request(s)", w->pw.id, w->pw.live);
         worker_check_drain(w);
     }
@@ -191,6 +195,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     }
     w->pw.stats = g->stats[i];
     w->pw.metrics = g->metrics;
+    w->pw.pool = g->pool;
     w->pw.audit = g->audit;
     w->pw.audit_config = &g->boot->config->audit;
     w->pw.instance = g->boot->config->instance ? g->boot->config->instance : "";
@@ -202,6 +207,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
      * background and requests are served per on_store_error meanwhile. */
     w->pw.store = store_new(g->store_shared, w->pw.base, err, errlen);
     if (!w->pw.store) return -1;
+    if (i == 0 && !(w->refiller = pool_refiller_new(g->pool, &w->pw, err, errlen))) return -1;
     w->httpd = httpd_new(w->pw.base, lim, pipeline_handle, &w->pw);
     w->wake = event_new(w->pw.base, -1, 0, worker_wake, w);
     w->tick = event_new(w->pw.base, -1, EV_PERSIST, worker_tick, w);
@@ -223,10 +229,13 @@ static void worker_cleanup(struct gateway_worker *w) {
     httpd_free(w->httpd);
     w->httpd = NULL;
     w->pw.store_closing = 1;
+    pool_refiller_stop(w->refiller);
     store_free(w->pw.store);
     w->pw.store = NULL;
     upstream_free(w->pw.upstream);
     w->pw.upstream = NULL;
+    pool_refiller_free(w->refiller);  /* its store and upstream callbacks have all fired */
+    w->refiller = NULL;
     if (w->wake) event_free(w->wake);
     if (w->tick) event_free(w->tick);
     pipeline_config_unref(w->pending);
@@ -425,6 +434,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (!g->base || !g->nonces || !g->workers || !g->stats) goto oom;
     for (unsigned i = 0; i < g->n_workers; i++)
         if (!(g->stats[i] = stats_worker_new(i))) goto oom;
+    if (!(g->pool = pool_new())) goto oom;
     g->store_shared = store_shared_new(c, err, errlen);
     if (!g->store_shared) goto fail;
     /* Redis is not contacted here: an unreachable one only delays the flushes. */
@@ -475,7 +485,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
                                .process = &g->process, .draining = &g->draining,
-                               .demo = g->demo, .metrics = g->metrics, .audit = g->audit};
+                               .demo = g->demo, .metrics = g->metrics, .audit = g->audit,
+                               .pool = g->pool};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
@@ -565,6 +576,7 @@ void gateway_free(struct gateway *g) {
     free(g->stats);
     nonce_cache_free(g->nonces);
     store_shared_free(g->store_shared);
+    pool_free(g->pool);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
     if (g->base) event_base_free(g->base);
     pipeline_config_unref(g->boot);

@@ -24,8 +24,10 @@
 #include "capgate/sign.h"
 #include "capgate/strbuf.h"
 #include "config.h"
+#include "idem.h"
 #include "limit.h"
 #include "metrics.h"
+#include "pool.h"
 #include "stats.h"
 #include "store.h"
 #include "upstream.h"
@@ -260,6 +262,11 @@ struct pipeline_ctx {
     char *reply_body;
     size_t reply_len;
     char *reply_url;                /* a successful CaptchaIframeQuery's url, for the audit */
+    int storable;                   /* the reply is upstream's or a pool hit: replayable */
+    int replayed;                   /* the reply is a stored one: Idempotent-Replayed: true */
+    int idem_owned;                 /* this request holds idem_key: finish it at the end */
+    char idem_key[IDEM_KEY_MAX];
+    char idem_fp[STORE_IDEM_FP_LEN + 1];
 };
 
 static void set_state(struct pipeline_ctx *ctx, enum pipeline_state to) {
@@ -383,12 +390,112 @@ static enum stage_result stage_authorize(struct pipeline_ctx *ctx) {
     return STAGE_NEXT;
 }
 
-/* Idempotent replay and the prefetch pool are decided by modules that come with the store;
- * until then each of these stages lets the request continue. */
-static enum stage_result stage_replay(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
-static enum stage_result stage_pool(struct pipeline_ctx *ctx) { return STAGE_NEXT; }
-
 static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r);
+static void record_upstream_reply(struct pipeline_ctx *ctx, const char *body, size_t len);
+
+static const char *store_prefix(const struct pipeline_ctx *ctx) {
+    const struct config_redis *redis = ctx->w->boot->redis;
+    return redis && redis->key_prefix ? redis->key_prefix : PIPELINE_KEY_PREFIX;
+}
+
+/* Idempotent replay (idem.h): a stored reply byte for byte, a wait for a concurrent duplicate,
+ * or the key taken for this request. */
+static void replay_done(const char *err, enum store_idem_state state, const char *body,
+                        size_t len, void *arg) {
+    struct pipeline_ctx *ctx = arg;
+    if (err && state == STORE_IDEM_PENDING) {
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 1, 0,
+                                       "%s", err));
+        return;
+    }
+    if (err) {
+        log_warn("request %s: idempotency store failed (%s); served without replay",
+                 ctx->rec.request_id, err);
+        pipeline_resume(ctx, STAGE_NEXT);
+        return;
+    }
+    switch (state) {
+    case STORE_IDEM_NEW:
+        ctx->idem_owned = 1;
+        pipeline_resume(ctx, STAGE_NEXT);
+        return;
+    case STORE_IDEM_DONE:
+        free(ctx->reply_body);
+        if (!(ctx->reply_body = malloc(len + 1))) {
+            pipeline_resume(ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_REPLAYED, 0, 0,
+                                           "out of memory"));
+            return;
+        }
+        memcpy(ctx->reply_body, body, len);
+        ctx->reply_body[len] = 0;
+        ctx->reply_len = len;
+        ctx->reply_status = 200;
+        ctx->replayed = 1;
+        ctx->rec.decision = PIPELINE_REPLAYED;
+        record_upstream_reply(ctx, body, len);
+        pipeline_resume(ctx, STAGE_FINISH);
+        return;
+    case STORE_IDEM_MISMATCH:
+    case STORE_IDEM_PENDING:
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0,
+                                       IDEM_MISMATCH_MESSAGE));
+        return;
+    }
+}
+
+static enum stage_result stage_replay(struct pipeline_ctx *ctx) {
+    const char *h = req_header(ctx->req, IDEM_HEADER);
+    const struct config_upstream *up = &ctx->w->boot->upstream;
+    char err[256];
+    if (!h) return STAGE_NEXT;
+    if (idem_header_check(h, err, sizeof(err)) != 0)
+        return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+    if (ctx->w->store_closing ||
+        idem_key(store_prefix(ctx), ctx->app->name, h, ctx->idem_key, sizeof(ctx->idem_key)) ||
+        idem_fingerprint(&ctx->params, ctx->idem_fp) ||
+        idem_begin(ctx->w->store, ctx->w->base, ctx->idem_key, ctx->idem_fp,
+                   up->timeout_ms + IDEM_PENDING_MARGIN_MS, up->timeout_ms, replay_done, ctx)) {
+        log_warn("request %s: idempotency not checked (out of memory or shutting down)",
+                 ctx->rec.request_id);
+        return STAGE_NEXT;
+    }
+    return STAGE_PENDING;
+}
+
+/* The prefetch pool (pool.h): a hit is the reply; a miss goes on to upstream. */
+static void pool_done(const char *url, void *arg) {
+    struct pipeline_ctx *ctx = arg;
+    if (!url) {
+        pipeline_resume(ctx, STAGE_NEXT);
+        return;
+    }
+    free(ctx->reply_body);
+    free(ctx->reply_url);
+    ctx->reply_url = strdup(url);
+    if (!(ctx->reply_body = pool_hit_body(url))) {
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_POOL, 0, 0,
+                                       "out of memory"));
+        return;
+    }
+    ctx->reply_len = strlen(ctx->reply_body);
+    ctx->reply_status = 200;
+    ctx->storable = 1;
+    ctx->rec.decision = PIPELINE_POOL;
+    ctx->rec.code = 0;
+    copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc), "Success");
+    pipeline_resume(ctx, STAGE_FINISH);
+}
+
+static enum stage_result stage_pool(struct pipeline_ctx *ctx) {
+    const struct config_pool_profile *pr;
+    if (!ctx->w->pool || ctx->w->store_closing ||
+        !(pr = pool_match(&ctx->config->pool, &ctx->fields, &ctx->params)))
+        return STAGE_NEXT;
+    if (pool_take(ctx->w->pool, ctx->w->store, store_prefix(ctx), ctx->config->pool.ttl_s, pr,
+                  pool_done, ctx) != 0)
+        return STAGE_NEXT;
+    return STAGE_PENDING;
+}
 
 /* The headers every reply after the limit stage carries; a failure only loses the headers. */
 static void limit_set_headers(struct pipeline_ctx *ctx, const struct limit_outcome *o) {
@@ -499,6 +606,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
             ctx->reply_body[r->body_len] = '\0';
             ctx->reply_len = r->body_len;
             ctx->reply_status = 200;
+            ctx->storable = 1;
             record_upstream_reply(ctx, r->body, r->body_len);
         } else {
             ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
@@ -583,6 +691,7 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
         return;
     }
     httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
+    if (ctx->replayed) httpd_add_header(req, "Idempotent-Replayed", "true");
     for (size_t i = 0; i < ctx->limit_headers.count; i++)
         httpd_add_header(req, ctx->limit_headers.name[i], ctx->limit_headers.value[i]);
     httpd_reply(req, ctx->reply_status, PIPELINE_JSON, ctx->reply_body, ctx->reply_len);
@@ -614,6 +723,11 @@ static void ctx_audit(struct pipeline_ctx *ctx) {
 }
 
 static void ctx_finish(struct pipeline_ctx *ctx) {
+    /* the idempotency key this request holds: its reply is stored before it is sent, so a
+     * duplicate polling for it finds it as early as possible */
+    if (ctx->idem_owned && !ctx->w->store_closing)
+        idem_finish(ctx->w->store, ctx->idem_key, ctx->idem_fp, ctx->storable, ctx->reply_body,
+                    ctx->reply_len, ctx->config->idempotency_ttl_s * 1000u);
     ctx_reply(ctx);
     set_state(ctx, ST_REPLIED);
     ctx_audit(ctx);

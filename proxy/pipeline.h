@@ -23,6 +23,7 @@ struct httpd_req;
 struct metrics;
 struct nonce_cache;
 struct params;
+struct pool;
 struct stats_worker;
 struct store;
 struct upstream;
@@ -92,6 +93,7 @@ struct pipeline_worker {
     /* Process-wide sinks, fed at the end of every request (worker id = id); may be NULL. */
     struct audit *audit;
     struct metrics *metrics;
+    struct pool *pool;                 /* prefetch pool counters (pool.h); NULL: no pool stage */
     const struct config_audit *audit_config;  /* pii settings of the sink (the boot config) */
     const char *instance;              /* the audit records' "instance" */
     uint64_t rng[4];                   /* xoshiro256**, seeded from the CSPRNG */
