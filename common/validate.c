@@ -107,6 +107,10 @@ static int check_ip(const struct params *p, int required, const char **out, char
     return 0;
 }
 
+uint64_t validate_nonce_ttl_s(uint64_t window_s) {
+    return window_s >= (UINT64_MAX - 1) / 2 ? UINT64_MAX : 2 * window_s + 1;
+}
+
 int validate_public(const struct params *p, struct v2_public *out, char *err, size_t errlen) {
     static const char *const numbers[] = {"Timestamp", "Nonce"};
     uint64_t values[2];

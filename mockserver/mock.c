@@ -380,7 +380,7 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
     if (etable_find(m->nonces, nonce_key, (size_t)nk, NULL)) {
         call_error(&c, APIERR_REPLAY, "the Nonce %llu was already used by this SecretId within "
                    "the last %llu s", (unsigned long long)c.pub.nonce,
-                   (unsigned long long)window);
+                   (unsigned long long)validate_nonce_ttl_s(window));
         goto out;
     }
     const struct mock_credential *cr = &m->opts->creds[cred];
@@ -392,8 +392,10 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     c.verdict = JOURNAL_SIG_OK;
-    /* Only a correctly signed request spends its Nonce, so a forger cannot burn nonces. */
-    if (etable_put(m->nonces, nonce_key, (size_t)nk, NULL, now_us + window * 1000000u) != 0)
+    /* Only a correctly signed request spends its Nonce, so a forger cannot burn nonces. It is
+     * remembered as long as its Timestamp could still pass the window (twice the window). */
+    if (etable_put(m->nonces, nonce_key, (size_t)nk, NULL,
+                   now_us + validate_nonce_ttl_s(window) * 1000000u) != 0)
         log_warn("nonce table: out of memory");
     if (m->opts->quota) {
         struct mock_quota *q = &m->quota[cred];

@@ -79,9 +79,8 @@ int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
     if (sign_verify(req->params, req->method, req->host ? req->host : "", req->path,
                     app->secret_key) != 0)
         return auth_fail(r, 4100, "the Signature does not match the request");
-    /* A Timestamp is accepted until now + window at the latest, and a request carrying it
-     * until its Timestamp + window: remembering the Nonce for twice the window covers both. */
-    int rc = nonce_cache_insert(nonces, pub.secret_id, pub.nonce, req->now_s, 2 * window + 1);
+    int rc = nonce_cache_insert(nonces, pub.secret_id, pub.nonce, req->now_s,
+                                validate_nonce_ttl_s(window));
     if (rc == 1)
         return auth_fail(r, 4500, "Nonce %llu was already used by this SecretId",
                          (unsigned long long)pub.nonce);

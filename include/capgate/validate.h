@@ -36,6 +36,10 @@ struct v2_public {
  * that Timestamp and Nonce are unsigned decimal 64-bit numbers. 0, or -1 with err set
  * ("missing required parameter Nonce", "Timestamp must be an unsigned integer; got \"abc\""). */
 int validate_public(const struct params *p, struct v2_public *out, char *err, size_t errlen);
+/* How long a spent Nonce must be remembered so no replay passes the Timestamp window: a
+ * Timestamp is accepted from now - window to now + window, so a request is replayable for 2 *
+ * window seconds after it was made. 2 * window_s + 1, saturating. */
+uint64_t validate_nonce_ttl_s(uint64_t window_s);
 
 /* Names of the per-user fields (the PII the gateway hashes and the pool refuses). NULL-ended. */
 extern const char *const validate_user_fields[];

@@ -307,13 +307,27 @@ static void test_user_fields(void **state) {
     for (size_t i = 0; i < n; i++) assert_string_equal(validate_user_fields[i], want[i]);
 }
 
+/* A Timestamp passes from now - window to now + window, so a request stays replayable for twice
+ * the window: its Nonce must be remembered that long (the mock once kept it for one window). */
+static void test_nonce_ttl(void **state) {
+    (void)state;
+    assert_true(validate_nonce_ttl_s(300) == 601);
+    assert_true(validate_nonce_ttl_s(0) == 1);
+    assert_true(validate_nonce_ttl_s(UINT64_MAX) == UINT64_MAX);
+    assert_true(validate_nonce_ttl_s(UINT64_MAX / 2) == UINT64_MAX);
+    /* Made at T - window, replayed just before T + window: still remembered. */
+    uint64_t window = 300, first_use = 1000, ts = first_use + window;
+    uint64_t last_accepted = ts + window;
+    assert_true(first_use + validate_nonce_ttl_s(window) > last_accepted);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_action_names),   cmocka_unit_test(test_public_ok),
         cmocka_unit_test(test_public_errors),  cmocka_unit_test(test_iframe_ok),
         cmocka_unit_test(test_query_script),   cmocka_unit_test(test_check_ok),
         cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
-        cmocka_unit_test(test_user_fields),
+        cmocka_unit_test(test_user_fields),    cmocka_unit_test(test_nonce_ttl),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
