@@ -19,7 +19,9 @@ static void limit_rule_times(const struct config_limit *r, uint64_t *emission_us
     if (!(e >= 1)) e = 1;
     if (e > 1e15) e = 1e15;
     em = (uint64_t)llround(e);
-    tol = (uint64_t)llround((double)em * burst);
+    /* e and burst are both bounded by the config, their product is not: keep it in range of
+     * llround (1e18 µs is some 30,000 years of tolerance). */
+    tol = (double)em * burst > 1e18 ? (uint64_t)1e18 : (uint64_t)llround((double)em * burst);
     if (tol < em) tol = em;
     *emission_us = em;
     *tolerance_us = tol;

@@ -274,6 +274,18 @@ static void test_headers_refused_and_shadow(void **state) {
     strbuf_cleanup(&ra);
 }
 
+/* The slowest rate the config allows with the largest burst: the tolerance stays in range. */
+static void test_extreme_rule_times(void **state) {
+    struct config_limit slow[] = {SCOPED("slow", CONFIG_SCOPE_GLOBAL, 1e-9, 86400, 1e9)};
+    struct config c = cfg_with(slow, 1);
+    struct limit_bucket b[LIMIT_MAX_BUCKETS];
+    (void)state;
+    assert_int_equal(limit_buckets(&c, "cg:", "shop", 1, 1, 1, 2, b, LIMIT_MAX_BUCKETS), 1);
+    assert_true(b[0].emission_us == (uint64_t)1e15);
+    assert_true(b[0].tolerance_us == (uint64_t)1e18);
+    assert_true(b[0].tolerance_us >= b[0].emission_us);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_rule_then_app_then_global),
@@ -287,6 +299,7 @@ int main(void) {
         cmocka_unit_test(test_gcra_fractional_burst),
         cmocka_unit_test(test_headers_allowed),
         cmocka_unit_test(test_headers_refused_and_shadow),
+        cmocka_unit_test(test_extreme_rule_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
