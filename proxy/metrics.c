@@ -431,12 +431,13 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
     }
     if (!has_to) to = has_from ? from + 3600 : clock_wall_us() / 1000000u;
     if (!has_from) from = to >= 3600 ? to - 3600 : 0;
-    from -= from % 60;
+    /* compare what the caller asked for; alignment to whole minutes comes after */
     if (to <= from) {
         snprintf(err, errlen, "to must be later than from (from %" PRIu64 ", to %" PRIu64 ")",
                  from, to);
         goto out;
     }
+    from -= from % 60;
     if ((to - from + q->step - 1) / q->step > METRICS_QUERY_MAX_STEPS) {
         snprintf(err, errlen,
                  "from..to spans %" PRIu64 " steps of %" PRIu64 " s; the limit is %d (raise step)",

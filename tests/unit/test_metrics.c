@@ -225,6 +225,7 @@ static void test_query_parse(void **state) {
         {"step=90", "step"},
         {"step=0", "step"},
         {"from=6000&to=6000", "to must be later than from"},
+        {"from=10&to=5", "to must be later than from"},  /* not hidden by minute alignment */
         {"from=0&to=86460", "limit is 1440"},
         {"color=red", "unknown parameter color"},
         {"from=1&from=2", "from"},
