@@ -576,21 +576,19 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
 }
 
 /* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
- * url for the audit (which keeps only its hash), from one parse; the body passes unchanged. */
+ * url for the audit (which keeps only its hash), from one scan; the body passes unchanged. */
 static void record_upstream_reply(struct pipeline_ctx *ctx, const char *body, size_t len) {
     struct pipeline_record *rec = &ctx->rec;
-    json_t *j = json_loadb(body, len, 0, NULL);
-    json_t *code = json_object_get(j, "code");
-    json_t *desc = json_object_get(j, "codeDesc");
-    json_t *url = json_object_get(j, "url");
-    if (json_is_integer(code)) rec->code = (int)json_integer_value(code);
-    if (json_is_string(desc)) copy_str(rec->code_desc, sizeof(rec->code_desc), json_string_value(desc));
-    if (rec->action_id == V2_ACTION_CAPTCHA_IFRAME_QUERY && json_is_integer(code) &&
-        json_integer_value(code) == 0 && json_is_string(url)) {
+    struct reply_fields f;
+    if (reply_scan(body, len, &f) != 0) return;
+    if (f.has_code) rec->code = (int)f.code;
+    if (f.has_code_desc) copy_str(rec->code_desc, sizeof(rec->code_desc), f.code_desc);
+    if (rec->action_id == V2_ACTION_CAPTCHA_IFRAME_QUERY && f.has_code && f.code == 0 && f.url) {
         free(ctx->reply_url);
-        ctx->reply_url = strdup(json_string_value(url));
+        ctx->reply_url = f.url;
+        f.url = NULL;
     }
-    json_decref(j);
+    reply_fields_cleanup(&f);
 }
 
 static void forward_done(const struct upstream_result *r, void *arg) {

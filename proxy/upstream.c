@@ -18,13 +18,13 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <jansson.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/net.h"
+#include "capgate/reply.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
 
@@ -469,20 +469,6 @@ static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
     call_attempt_failed(c, 1, msg);
 }
 
-static int body_is_json_object(const char *body, size_t len)
-{
-    json_error_t jerr;
-    json_t *j;
-    int ok;
-
-    if (len == 0)
-        return 0;
-    j = json_loadb(body, len, 0, &jerr);
-    ok = j && json_is_object(j);
-    json_decref(j);
-    return ok;
-}
-
 static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
 {
     struct upstream *u = c->u;
@@ -496,7 +482,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
-    json = r.body && body_is_json_object(r.body, len);
+    json = r.body && reply_scan(r.body, len, NULL) == 0;
     c->sent_any = 1;
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
