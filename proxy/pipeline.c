@@ -21,6 +21,7 @@
 #include "capgate/log.h"
 #include "capgate/params.h"
 #include "capgate/reply.h"
+#include "capgate/rng.h"
 #include "capgate/sign.h"
 #include "capgate/strbuf.h"
 #include "config.h"
@@ -84,20 +85,7 @@ int pipeline_worker_seed(struct pipeline_worker *w) {
     return 0;
 }
 
-static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
-
-uint64_t pipeline_random(struct pipeline_worker *w) {
-    uint64_t *s = w->rng;
-    uint64_t result = rotl(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return result;
-}
+uint64_t pipeline_random(struct pipeline_worker *w) { return rng_next(w->rng); }
 
 /* ---- pure decisions ---- */
 
@@ -681,7 +669,7 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
     httpd_set_cancel(req, NULL, NULL);
     if (!ctx->reply_body) {
         static const char oom[] =
-            "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}";
+            REPLY_OOM_JSON;
         ctx->rec.code = APIERR_INTERNAL;
         httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
         httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
@@ -781,7 +769,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     struct pipeline_ctx *ctx = calloc(1, sizeof(*ctx));
     if (!ctx) {
         static const char oom[] =
-            "{\"code\":6000,\"codeDesc\":\"InternalError\",\"message\":\"out of memory\"}";
+            REPLY_OOM_JSON;
         httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
         return;
     }
