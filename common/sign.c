@@ -1,11 +1,14 @@
 /* sign.c: API 2.0 request signing and verification. The string to sign is built in one
  * allocation from a sorted index of the parameters, so the caller's list keeps its order and a
- * verification costs one HMAC. */
+ * verification costs one HMAC. Each thread keeps keyed HMAC contexts for its last few keys, so a
+ * signature costs the hashing alone, not a digest lookup and key set-up per call. */
 #include "capgate/sign.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -94,17 +97,122 @@ char *sign_string_to_sign(const char *http_method, const char *host, const char 
     return string_to_sign(http_method, host, path, p, &len);
 }
 
+/* ---- keyed HMAC contexts, per thread ----
+ * A slot holds an EVP_MAC_CTX already keyed for (method, key); EVP_MAC_init with no key rewinds
+ * it to the state after the key, so a call is update + final. A key longer than the slot's copy
+ * is not cached. Slots are reused least recently used first; a thread's slots are freed (keys
+ * cleansed) when it exits. */
+#define SIGN_SLOTS 8
+#define SIGN_SLOT_KEY_MAX 128
+
+struct sign_slot {
+    EVP_MAC_CTX *ctx;
+    enum sign_method method;
+    size_t key_len;
+    unsigned long last_use;
+    unsigned char key[SIGN_SLOT_KEY_MAX];
+};
+
+struct sign_cache {
+    struct sign_slot slot[SIGN_SLOTS];
+    unsigned long clock;
+    int registered;   /* the thread-exit destructor knows this cache */
+};
+
+static pthread_once_t sign_once = PTHREAD_ONCE_INIT;
+static pthread_key_t sign_exit_key;
+static EVP_MAC *sign_hmac;   /* fetched once; lives as long as the process */
+static int sign_ready;
+static _Thread_local struct sign_cache sign_cache;
+
+static void slot_clear(struct sign_slot *sl) {
+    EVP_MAC_CTX_free(sl->ctx);
+    OPENSSL_cleanse(sl->key, sizeof sl->key);
+    memset(sl, 0, sizeof *sl);
+}
+
+static void sign_cache_exit(void *arg) {
+    struct sign_cache *c = arg;
+    for (size_t i = 0; i < SIGN_SLOTS; i++) slot_clear(&c->slot[i]);
+    c->registered = 0;
+}
+
+static void sign_init_once(void) {
+    sign_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (sign_hmac && pthread_key_create(&sign_exit_key, sign_cache_exit) == 0) sign_ready = 1;
+}
+
+/* A context keyed for (m, key), rewound and ready for data; NULL when none can be had (the
+ * caller then uses one-shot HMAC). */
+static EVP_MAC_CTX *cached_mac(enum sign_method m, const char *key, size_t key_len) {
+    struct sign_cache *c = &sign_cache;
+    struct sign_slot *sl = NULL;
+
+    if (key_len > SIGN_SLOT_KEY_MAX || pthread_once(&sign_once, sign_init_once) != 0 ||
+        !sign_ready)
+        return NULL;
+    if (!c->registered) {
+        if (pthread_setspecific(sign_exit_key, c) != 0) return NULL;
+        c->registered = 1;
+    }
+    for (size_t i = 0; i < SIGN_SLOTS; i++) {
+        struct sign_slot *it = &c->slot[i];
+        if (it->ctx && it->method == m && it->key_len == key_len &&
+            CRYPTO_memcmp(it->key, key, key_len) == 0) {
+            sl = it;
+            break;
+        }
+    }
+    if (sl) {
+        if (!EVP_MAC_init(sl->ctx, NULL, 0, NULL)) {
+            slot_clear(sl);
+            return NULL;
+        }
+    } else {
+        static char sha256[] = "SHA256", sha1[] = "SHA1";   /* OSSL_PARAM wants char * */
+        OSSL_PARAM params[2];
+        sl = &c->slot[0];
+        for (size_t i = 1; i < SIGN_SLOTS && sl->ctx; i++)
+            if (!c->slot[i].ctx || c->slot[i].last_use < sl->last_use) sl = &c->slot[i];
+        slot_clear(sl);
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     m == SIGN_HMAC_SHA256 ? sha256 : sha1, 0);
+        params[1] = OSSL_PARAM_construct_end();
+        sl->ctx = EVP_MAC_CTX_new(sign_hmac);
+        /* EVP_MAC_init wants a non-NULL key even when it is empty. */
+        if (!sl->ctx ||
+            !EVP_MAC_init(sl->ctx, (const unsigned char *)(key_len ? key : ""), key_len, params)) {
+            slot_clear(sl);
+            return NULL;
+        }
+        sl->method = m;
+        sl->key_len = key_len;
+        if (key_len) memcpy(sl->key, key, key_len);
+    }
+    sl->last_use = ++c->clock;
+    return sl->ctx;
+}
+
 int sign_compute(enum sign_method m, const char *key, size_t key_len, const char *data,
                  size_t data_len, char out[SIGN_B64_MAX]) {
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    const EVP_MD *evp = m == SIGN_HMAC_SHA256 ? EVP_sha256() : EVP_sha1();
+    size_t md_len = 0;
+    EVP_MAC_CTX *ctx = cached_mac(m, key ? key : "", key ? key_len : 0);
 
     out[0] = '\0';
-    /* HMAC() wants a non-NULL key even when it is empty. */
-    if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md,
-              &md_len))
-        return -1;
+    if (ctx) {
+        if (!EVP_MAC_update(ctx, (const unsigned char *)data, data_len) ||
+            !EVP_MAC_final(ctx, md, &md_len, sizeof md))
+            return -1;
+    } else {
+        unsigned int n = 0;
+        const EVP_MD *evp = m == SIGN_HMAC_SHA256 ? EVP_sha256() : EVP_sha1();
+        /* HMAC() wants a non-NULL key even when it is empty. */
+        if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md,
+                  &n))
+            return -1;
+        md_len = n;
+    }
     if (EVP_EncodeBlock((unsigned char *)out, md, (int)md_len) <= 0) return -1;
     return 0;
 }

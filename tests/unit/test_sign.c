@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 #include <jansson.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 
 #include "capgate/params.h"
 #include "capgate/sign.h"
@@ -271,6 +273,33 @@ static void test_sign_then_verify(void **state) {
     params_cleanup(&p);
 }
 
+/* The per-thread keyed contexts: more keys than slots, both methods, an empty and a long key,
+ * each computed again after the others; every result equals one-shot HMAC. */
+static void test_compute_many_keys(void **state) {
+    char keys[12][160];
+    size_t lens[12];
+    for (int i = 0; i < 12; i++) {
+        memset(keys[i], 'a' + i, sizeof keys[i]);
+        lens[i] = i == 0 ? 0 : i == 11 ? sizeof keys[i] : (size_t)(8 + i);
+    }
+    static const char data[] = "GETcsec.api.qcloud.com/v2/index.php?Action=CaptchaIframeQuery";
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 12; i++) {
+            for (int m = 0; m < 2; m++) {
+                enum sign_method method = m ? SIGN_HMAC_SHA256 : SIGN_HMAC_SHA1;
+                unsigned char md[EVP_MAX_MD_SIZE];
+                unsigned int md_len = 0;
+                char want[SIGN_B64_MAX], got[SIGN_B64_MAX];
+                assert_non_null(HMAC(m ? EVP_sha256() : EVP_sha1(), keys[i], (int)lens[i],
+                                     (const unsigned char *)data, sizeof data - 1, md, &md_len));
+                EVP_EncodeBlock((unsigned char *)want, md, (int)md_len);
+                assert_int_equal(sign_compute(method, keys[i], lens[i], data, sizeof data - 1, got), 0);
+                assert_string_equal(got, want);
+            }
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
@@ -280,6 +309,7 @@ int main(void) {
         cmocka_unit_test(test_hmac_known_answers),
         cmocka_unit_test(test_method_names),
         cmocka_unit_test(test_sign_then_verify),
+        cmocka_unit_test(test_compute_many_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
