@@ -15,24 +15,47 @@
 #   token       (d) capgate, 1 worker, token app (Authorization: Bearer), upstream plain HTTP
 #   full        (e) capgate, 1 worker, token app, with redis-server, limits (never refusing),
 #                   audit and metrics on; counts Redis commands per forwarded request
+#   pool-hit        capgate, 1 worker, token app, prefetch pool (in-memory store): requests with
+#                   exactly a profile's parameters, answered from the pool; the mock delays every
+#                   CaptchaIframeQuery by 20 ms (fault rule) during the run
+#   pool-forward    the same gateway and fault, the same parameters plus userIp (a per-user
+#                   field), so every request bypasses the pool and waits for the mock
+#   ("pool" = both.) The pool targets run --pool-duration / --duration seconds at each of the
+#   --pool-connections counts, and take their turn with the others. The gateway keeps N profiles
+#   of size 10000 (N = CAPGATE_BENCH_POOL_RATE (80000) x --pool-duration / 10000, businessId
+#   1..N) so a hit run cannot drain it. Before each hit run the fault is off until every profile
+#   is full again (/metrics capgate_pool_depth, bounded wait), then it is added. A hit run is
+#   valid only if capgate_pool_misses_total did not rise and capgate_pool_hits_total rose by at
+#   least wrk's count; a forward run only if neither counter moved. The report adds the p50 and
+#   p99 ratios forwarded / hit at each connection count.
 # A run is valid when wrk saw no socket error and no non-2xx reply, every body had "code":0
 # (counted by cycle.lua), no pre-signed request was sent twice, and the mock's journal ends in
 # code-0 entries; the table counts invalid runs apart.
-# Usage: bench.sh [--targets direct,nginx,...|a,b,c,d,e] [--duration S] [--runs N]
-#                 [--connections N] [--no-build]
+# Usage: bench.sh [--targets direct,nginx,...,pool-hit,pool-forward|a,b,c,d,e,pool]
+#                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
+#                 [--pool-duration S] [--no-build]
+# Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (80000),
+# CAPGATE_BENCH_POOL_RATE (80000).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${CAPGATE_BENCH_BUILD_DIR:-"$root/build"}
-targets="direct,nginx,capgate,capgate-w2,capgate-tls,token,full"
+targets="direct,nginx,capgate,capgate-w2,capgate-tls,token,full,pool-hit,pool-forward"
 duration=10
 runs=3
 connections=50
+pool_connections="10,50"
+pool_duration=3
 build=1
 # Pre-signed requests per second of run: above what one core can serve, so no Nonce repeats.
 presign_rate=${CAPGATE_BENCH_PRESIGN_RATE:-80000}
+# Pool hits per second to provision for (above what one core serves): sizes the pool.
+pool_rate=${CAPGATE_BENCH_POOL_RATE:-80000}
+pool_size=10000
+# The upstream latency the mock adds during the pool runs.
+pool_delay_ms=20
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 while (($#)); do
   case "$1" in
@@ -40,27 +63,37 @@ while (($#)); do
     --duration) duration=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --connections) connections=$2; shift 2 ;;
+    --pool-connections) pool_connections=$2; shift 2 ;;
+    --pool-duration) pool_duration=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
 done
-[[ $duration =~ ^[1-9][0-9]*$ && $runs =~ ^[1-9][0-9]*$ && $connections =~ ^[1-9][0-9]*$ ]] || {
-  echo "bench.sh: --duration, --runs and --connections take positive integers" >&2
+[[ $duration =~ ^[1-9][0-9]*$ && $runs =~ ^[1-9][0-9]*$ && $connections =~ ^[1-9][0-9]*$ &&
+  $pool_duration =~ ^[1-9][0-9]*$ && $pool_rate =~ ^[1-9][0-9]*$ ]] || {
+  echo "bench.sh: --duration, --runs, --connections, --pool-duration and CAPGATE_BENCH_POOL_RATE take positive integers" >&2
   exit 2
 }
+[[ $pool_connections =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || {
+  echo "bench.sh: --pool-connections takes positive integers separated by commas" >&2
+  exit 2
+}
+IFS=, read -r -a pool_conns <<<"$pool_connections"
+pool_profiles=$(((pool_rate * pool_duration + pool_size - 1) / pool_size))
 
-all_targets=(direct nginx capgate capgate-w2 capgate-tls token full)
+all_targets=(direct nginx capgate capgate-w2 capgate-tls token full pool-hit pool-forward)
 target_list=()
 IFS=, read -r -a requested <<<"$targets"
 for t in "${requested[@]}"; do
   case "$t" in
     a) t=direct ;; b) t=nginx ;; c) t=capgate,capgate-w2,capgate-tls ;; d) t=token ;; e) t=full ;;
+    pool) t=pool-hit,pool-forward ;;
   esac
   IFS=, read -r -a expanded <<<"$t"
   for x in "${expanded[@]}"; do
     [[ " ${all_targets[*]} " == *" $x "* ]] || {
-      echo "bench.sh: unknown target: $x (known: ${all_targets[*]}, or a b c d e)" >&2
+      echo "bench.sh: unknown target: $x (known: ${all_targets[*]}, or a b c d e pool)" >&2
       exit 2
     }
     [[ " ${target_list[*]} " == *" $x "* ]] || target_list+=("$x")
@@ -214,10 +247,24 @@ start_redis() {
   return 1
 }
 
-# capgate_config WORKERS UPSTREAM_URL PORT [full]: a gateway config on stdout.
+# pool_profile_query K: the parameters of pool profile K (1..pool_profiles), in a query string.
+pool_profile_query() {
+  printf 'Action=CaptchaIframeQuery&captchaType=9&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=%s' "$1"
+}
+
+# capgate_config WORKERS UPSTREAM_URL PORT [full|pool]: a gateway config on stdout.
 capgate_config() {
-  local workers=$1 url=$2 port=$3 full=${4:-} extra=""
-  if [[ $full == full ]]; then
+  local workers=$1 url=$2 port=$3 full=${4:-} extra="" k
+  if [[ $full == pool ]]; then
+    extra=$(
+      printf '  "pool": { "ttl_s": 300, "profiles": [\n'
+      for ((k = 1; k <= pool_profiles; k++)); do
+        printf '    { "captchaType": 9, "disturbLevel": 1, "isHttps": 0, "clientType": 2, "accountType": 0, "businessId": %s, "size": %s }%s\n' \
+          "$k" "$pool_size" "$( ((k < pool_profiles)) && echo ,)"
+      done
+      printf '  ] },'
+    )
+  elif [[ $full == full ]]; then
     extra=$(
       cat <<JSON
   "redis": { "url": "redis://127.0.0.1:$redis_port/0", "timeout_ms": 1000 },
@@ -275,7 +322,11 @@ start_capgate() {
   gw_admin[$name]=${line#capgate admin listening on }
   gw_host[$name]="127.0.0.1:$port"
   wait_http "${gw_admin[$name]}/healthz"
-  say "capgate ($name: $workers worker(s), upstream $url${full:+, redis + limits + audit + metrics}) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
+  case "$full" in
+    full) full=", redis + limits + audit + metrics" ;;
+    pool) full=", pool of $pool_profiles profile(s) x $pool_size URLs in memory" ;;
+  esac
+  say "capgate ($name: $workers worker(s), upstream $url$full) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
 }
 
 # ---- runs ----------------------------------------------------------------------------------
@@ -288,6 +339,8 @@ label[capgate-w2]="capgate 2 workers -> mock (HTTP) | signature"
 label[capgate-tls]="capgate 1 worker -> mock (HTTPS) | signature"
 label[token]="capgate 1 worker -> mock (HTTP) | token"
 label[full]="capgate 1 worker + redis (limits, audit, metrics) -> mock (HTTP) | token"
+label[pool-hit]="capgate 1 worker, pool hit (mock +${pool_delay_ms} ms) | token"
+label[pool-forward]="capgate 1 worker -> mock +${pool_delay_ms} ms (HTTP), userIp bypasses the pool | token"
 
 # presign HOST ID KEY FILE
 presign() {
@@ -295,16 +348,55 @@ presign() {
     --count "$((presign_rate * duration))" --out "$4"
 }
 
-# one_run TARGET RUN: one wrk run of TARGET; appends "rps p50 p99" to results or counts invalid.
+# pool_metric NAME: the value of an unlabelled metric on the pool gateway's /metrics.
+pool_metric() {
+  curl -s --max-time 5 "${gw_admin[pool]}/metrics" | awk -v n="$1" '$1 == n { print $2; f = 1 } END { if (!f) print "" }'
+}
+
+# pool_depth: URLs ready over every profile (sum of capgate_pool_depth{profile=...}).
+pool_depth() {
+  curl -s --max-time 5 "${gw_admin[pool]}/metrics" | awk '/^capgate_pool_depth\{/ { s += $2 } END { printf "%d\n", s }'
+}
+
+# pool_fill: with no fault in the mock, bounded wait (300 s) until the pool holds at least 99%
+# of pool_profiles x pool_size URLs.
+pool_fill() {
+  local want=$((pool_profiles * pool_size * 99 / 100)) start=$SECONDS depth=0
+  while ((SECONDS - start < 300)); do
+    depth=$(pool_depth)
+    if ((depth >= want)); then
+      say "pool: $depth URLs ready after $((SECONDS - start)) s"
+      return 0
+    fi
+    sleep 0.5
+  done
+  say "pool: only $depth of $want URLs ready after 300 s"
+  return 1
+}
+
+# one_run TARGET RUN [CONNECTIONS]: one wrk run of TARGET; appends "rps p50 p99" to
+# results[TARGET] (results[TARGET@CONNECTIONS] for the pool targets) or counts invalid.
 one_run() {
-  local t=$1 i=$2 url host file="$work/requests.txt" out="$work/wrk-$1-$2.out" args bad=() total
+  local t=$1 i=$2 c=${3:-$connections} d=$duration key=$1 url host file="$work/requests.txt"
+  local out="$work/wrk-$1-$2-${3:-c}.out" args bad=() total k hits0="" misses0="" hits1="" misses1=""
   case "$t" in
     direct) host=${mock_url#http://}; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
     nginx) host=$nginx_host; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
     capgate | capgate-w2 | capgate-tls) host=${gw_host[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
     token | full) host=${gw_host[$t]} ;;
+    pool-hit | pool-forward) host=${gw_host[pool]}; key="$t@$c" ;;
   esac
-  if [[ $t == token || $t == full ]]; then
+  if [[ $t == pool-hit ]]; then
+    d=$pool_duration
+    for ((k = 1; k <= pool_profiles; k++)); do
+      printf '/v2/index.php?%s\n' "$(pool_profile_query "$k")"
+    done >"$file"
+    url="http://$host/"
+    args=("$file" "$host" 1 Authorization "Bearer $app_token" repeat)
+  elif [[ $t == pool-forward ]]; then
+    url="http://$host/v2/index.php?$(pool_profile_query 1)&userIp=203.0.113.9"
+    args=(- "$host" 1 Authorization "Bearer $app_token")
+  elif [[ $t == token || $t == full ]]; then
     url="http://$host/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=1&sceneId=1"
     args=(- "$host" 1 Authorization "Bearer $app_token")
   else
@@ -313,7 +405,17 @@ one_run() {
   fi
   node "$root/scripts/bench/admin.mjs" reset "$mock_url"
   if [[ $t == full ]]; then redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null; fi
-  if ! "${proxy_pin[@]}" wrk -t1 -c "$connections" -d "${duration}s" --latency \
+  if [[ $t == pool-hit ]]; then
+    # Refill at the mock's full speed (reset dropped the fault), then slow upstream down.
+    pool_fill || bad+=("the pool did not fill")
+  fi
+  if [[ $t == pool-* ]]; then
+    node "$root/scripts/bench/admin.mjs" fault "$mock_url" \
+      "{\"action\": \"CaptchaIframeQuery\", \"delay_ms\": $pool_delay_ms}"
+    hits0=$(pool_metric capgate_pool_hits_total)
+    misses0=$(pool_metric capgate_pool_misses_total)
+  fi
+  if ! "${proxy_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
     -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
     bad+=("wrk failed")
   fi
@@ -328,14 +430,26 @@ one_run() {
   grep -q 'cycle.lua: bad 0' "$out" || bad+=("cycle.lua did not report")
   [[ -n $rps && -n $p50 && -n $p99 ]] || bad+=("no numbers in wrk's output")
   node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
+  if [[ $t == pool-* ]]; then
+    hits1=$(pool_metric capgate_pool_hits_total)
+    misses1=$(pool_metric capgate_pool_misses_total)
+    if [[ -z $hits0 || -z $hits1 || -z $misses0 || -z $misses1 ]]; then
+      bad+=("no capgate_pool_hits_total / capgate_pool_misses_total in /metrics")
+    elif [[ $t == pool-hit ]]; then
+      ((misses1 == misses0)) || bad+=("$((misses1 - misses0)) pool misses during the run (the pool ran dry)")
+      ((hits1 - hits0 >= ${total:-0})) || bad+=("only $((hits1 - hits0)) pool hits for $total requests")
+    else
+      ((hits1 == hits0 && misses1 == misses0)) || bad+=("the pool was consulted ($((hits1 - hits0)) hits, $((misses1 - misses0)) misses)")
+    fi
+  fi
   if ((${#bad[@]})); then
-    invalid[$t]=$((${invalid[$t]:-0} + 1))
-    say "$t run $i: INVALID: ${bad[*]}"
+    invalid[$key]=$((${invalid[$key]:-0} + 1))
+    say "$key run $i: INVALID: ${bad[*]}"
     cat "$out" >&2
     return 0
   fi
-  results[$t]+="$rps $(to_us "$p50") $(to_us "$p99")"$'\n'
-  say "$t run $i: $rps req/s, p50 $p50, p99 $p99 ($total requests)"
+  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99")"$'\n'
+  say "$key run $i: $rps req/s, p50 $p50, p99 $p99 ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full ]]; then
     redis_per_request "$total"
   fi
@@ -393,6 +507,9 @@ for t in "${target_list[@]}"; do
       start_redis
       start_capgate full 1 "$mock_url/v2/index.php" full
       ;;
+    pool-hit | pool-forward)
+      [[ -n ${gw_pid[pool]:-} ]] || start_capgate pool 1 "$mock_url/v2/index.php" pool
+      ;;
   esac
 done
 skipped=()
@@ -404,7 +521,19 @@ fi
 
 for ((i = 1; i <= runs; i++)); do
   for t in "${target_list[@]}"; do
-    if [[ -n $t ]]; then one_run "$t" "$i"; fi
+    case "$t" in
+      "") ;;
+      pool-hit | pool-forward)
+        # Both pool targets at each connection count, hit then forward, in pool-hit's turn.
+        if [[ $t == pool-forward && " ${target_list[*]} " == *" pool-hit "* ]]; then continue; fi
+        for c in "${pool_conns[@]}"; do
+          for p in pool-hit pool-forward; do
+            if [[ " ${target_list[*]} " == *" $p "* ]]; then one_run "$p" "$i" "$c"; fi
+          done
+        done
+        ;;
+      *) one_run "$t" "$i" ;;
+    esac
   done
 done
 
@@ -420,13 +549,23 @@ median() {
 }
 fmt_ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
 
+declare -A med_rps=() med_p50=() med_p99=()
+main_targets=() pool_targets=()
+for t in "${target_list[@]}"; do
+  case "$t" in
+    "") ;;
+    pool-*) pool_targets+=("$t") ;;
+    *) main_targets+=("$t") ;;
+  esac
+done
+
+if ((${#main_targets[@]})); then
 printf '\nwrk 1 thread, %s keep-alive connections, %s s per run, %s runs per target taken in turns;\n%s (%s CPUs); GET CaptchaIframeQuery, HmacSHA256.\n\n' \
   "$connections" "$duration" "$runs" "$pinning" "$(nproc)"
 echo "| target | path | client auth | req/s (median) | req/s (valid runs) | p50 | p99 | invalid runs |"
 echo "|---|---|---|---:|---|---:|---:|---:|"
-declare -A med_rps=() med_p99=()
-for t in "${target_list[@]}"; do
-  [[ -n $t ]] || continue
+fi
+for t in "${main_targets[@]}"; do
   m=$(median "$t")
   runs_list=$(printf '%s' "${results[$t]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
   if [[ -z $m ]]; then
@@ -455,3 +594,39 @@ if [[ -n ${med_rps[nginx]:-} && -n ${med_rps[direct]:-} ]]; then
 fi
 for s in "${redis_stats[@]}"; do echo "- full, Redis commands: $s"; done
 for s in "${skipped[@]}"; do echo "- $s"; done
+
+if ((${#pool_targets[@]})); then
+  printf '\nPrefetch pool: wrk 1 thread, keep-alive, hits %s s and forwarded %s s per run, %s runs taken in\nturns; %s (%s CPUs); the mock delays CaptchaIframeQuery by %s ms; %s profile(s) x %s URLs.\n\n' \
+    "$pool_duration" "$duration" "$runs" "$pinning" "$(nproc)" "$pool_delay_ms" "$pool_profiles" "$pool_size"
+  echo "| target | path | client auth | connections | req/s (median) | req/s (valid runs) | p50 | p99 | invalid runs |"
+  echo "|---|---|---|---:|---:|---|---:|---:|---:|"
+  for c in "${pool_conns[@]}"; do
+    for t in "${pool_targets[@]}"; do
+      k="$t@$c"
+      m=$(median "$k")
+      runs_list=$(printf '%s' "${results[$k]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
+      if [[ -z $m ]]; then
+        echo "| $t | ${label[$t]} | $c | - | - | - | - | ${invalid[$k]:-0} |"
+        continue
+      fi
+      read -r m_rps m_p50 m_p99 <<<"$m"
+      med_rps[$k]=$m_rps
+      med_p50[$k]=$m_p50
+      med_p99[$k]=$m_p99
+      printf '| %s | %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "${label[$t]}" "$c" "$m_rps" \
+        "$runs_list" "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${invalid[$k]:-0}"
+    done
+  done
+  echo
+  for c in "${pool_conns[@]}"; do
+    if [[ -n ${med_p50[pool-hit@$c]:-} && -n ${med_p50[pool-forward@$c]:-} ]]; then
+      awk -v h="${med_p50[pool-hit@$c]}" -v f="${med_p50[pool-forward@$c]}" \
+        -v h99="${med_p99[pool-hit@$c]}" -v f99="${med_p99[pool-forward@$c]}" -v c="$c" \
+        'BEGIN { printf "- forwarded / pool hit at %s connections: p50 %.1fx (goal >= 5), p99 %.1fx\n", c, f / h, f99 / h99 }'
+    fi
+    if [[ -n ${med_rps[pool-forward@$c]:-} ]]; then
+      awk -v r="${med_rps[pool-forward@$c]}" -v c="$c" -v d="$pool_delay_ms" \
+        'BEGIN { printf "- forwarded at %s connections: %.0f req/s, bounded by %s connections / %s ms = %.0f req/s\n", c, r, c, d, c * 1000 / d }'
+    fi
+  done
+fi

@@ -4,13 +4,16 @@
 //                                   can be replayed in the next run)
 //   admin.mjs check BASE_URL        the journal's most recent entries all answered code 0;
 //                                   prints how many requests the journal counted
+//   admin.mjs fault BASE_URL JSON   POST /__admin/faults with the rule (or array of rules) JSON
+//                                   (reset drops every rule)
 import http from 'node:http';
 
 const [cmd, base] = process.argv.slice(2);
 
-function call(method, path) {
+function call(method, path, body) {
   return new Promise((resolve, reject) => {
-    const req = http.request(`${base}${path}`, { method, agent: false }, (res) => {
+    const headers = body === undefined ? {} : { 'content-type': 'application/json' };
+    const req = http.request(`${base}${path}`, { method, agent: false, headers }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('end', () => {
@@ -21,7 +24,7 @@ function call(method, path) {
     });
     req.setTimeout(10000, () => req.destroy(new Error(`${method} ${path}: timed out`)));
     req.on('error', reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -34,8 +37,12 @@ try {
     if (!j.requests?.length) throw new Error('the journal is empty: no request reached the mock');
     if (bad.length) throw new Error(`${bad.length} of the last ${j.requests.length} requests failed, e.g. ${JSON.stringify(bad[0])}`);
     console.log(j.total);
+  } else if (cmd === 'fault') {
+    const rule = process.argv[4];
+    JSON.parse(rule);
+    await call('POST', '/__admin/faults', rule);
   } else {
-    console.error('usage: admin.mjs reset|check BASE_URL');
+    console.error('usage: admin.mjs reset|check BASE_URL | fault BASE_URL JSON');
     process.exit(2);
   }
 } catch (e) {

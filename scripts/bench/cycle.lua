@@ -2,8 +2,10 @@
 -- Thread k of n takes lines k, k+n, k+2n, ... so threads never share a Nonce. If a thread runs
 -- out it starts over and counts the wrap; done() reports it and the run is void. Every reply
 -- whose body has no "code":0 is counted as bad; done() reports that too ("cycle.lua: bad N").
--- Usage: wrk -t N -s cycle.lua URL -- FILE HOST N [HEADER_NAME HEADER_VALUE]
+-- Usage: wrk -t N -s cycle.lua URL -- FILE HOST N [HEADER_NAME HEADER_VALUE [repeat]]
 -- FILE "-": no file, every request is GET HOST's URL path (for token auth; pair with a header).
+-- "repeat": the file's targets are meant to be sent over and over (token auth, no Nonce), so a
+-- wrap is not counted.
 
 local threads = {}
 local counter = 0
@@ -16,6 +18,7 @@ end
 
 local targets = {}
 local pos = 0
+local repeating = false
 wrapped = 0
 bad = 0
 
@@ -26,6 +29,7 @@ function init(args)
   if args[4] then
     headers[args[4]] = args[5]
   end
+  repeating = args[6] == "repeat"
   if file == "-" then
     targets[1] = wrk.format("GET", wrk.path, headers)
     return
@@ -46,7 +50,7 @@ function request()
   pos = pos + 1
   if pos > #targets then
     pos = 1
-    if #targets > 1 then
+    if #targets > 1 and not repeating then
       wrapped = wrapped + 1
     end
   end
