@@ -572,33 +572,63 @@ int params_parse_body(struct params *p, const char *content_type, const char *bo
     return -1;
 }
 
-int params_encode_value(struct strbuf *out, const char *s, size_t len) {
+/* Unreserved bytes, kept as they are: A-Z a-z 0-9 - _ . ~ (a bit per byte value). */
+static const uint64_t unreserved_bits[2] = {
+    0x03FF600000000000u,   /* - . 0-9 */
+    0x47FFFFFE87FFFFFEu,   /* A-Z _ a-z ~ */
+};
+
+static int is_unreserved(unsigned char c) {
+    return c < 128 && ((unreserved_bits[c >> 6] >> (c & 63)) & 1);
+}
+
+/* Writes the encoding of s at w (at most 3 * len bytes); returns the end. */
+static char *encode_into(char *w, const char *s, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '_' || c == '.' || c == '~') {
-            if (strbuf_appendc(out, (char)c) != 0) return -1;
+        if (is_unreserved(c)) {
+            *w++ = (char)c;
         } else {
-            char enc[3] = {'%', hex[c >> 4], hex[c & 15]};
-            if (strbuf_append(out, enc, 3) != 0) return -1;
+            *w++ = '%';
+            *w++ = hex[c >> 4];
+            *w++ = hex[c & 15];
         }
+    }
+    return w;
+}
+
+int params_encode_value(struct strbuf *out, const char *s, size_t len) {
+    char chunk[255];
+    for (size_t i = 0; i < len;) {
+        size_t n = len - i < sizeof chunk / 3 ? len - i : sizeof chunk / 3;
+        char *end = encode_into(chunk, s + i, n);
+        if (strbuf_append(out, chunk, (size_t)(end - chunk)) != 0) return -1;
+        i += n;
     }
     return 0;
 }
 
+/* One allocation sized for the worst case (every byte %XX): this runs for every forwarded
+ * request, and the string lives only until upstream_call has copied it. */
 char *params_encode(const struct params *p) {
-    struct strbuf out;
-    strbuf_init(&out);
+    size_t total = 1;
     for (size_t i = 0; i < p->count; i++) {
         const struct param *it = &p->items[i];
-        if ((i > 0 && strbuf_appendc(&out, '&') != 0) ||
-            params_encode_value(&out, it->name, it->name_len) != 0 ||
-            strbuf_appendc(&out, '=') != 0 ||
-            params_encode_value(&out, it->value, it->value_len) != 0) {
-            strbuf_cleanup(&out);
-            return NULL;
-        }
+        size_t n = it->name_len + it->value_len; /* both sizes of real memory: no overflow */
+        if (n > (SIZE_MAX - total) / 3 - 1) return NULL;
+        total += 3 * n + 2;
     }
-    return strbuf_detach(&out);
+    char *out = malloc(total);
+    if (!out) return NULL;
+    char *w = out;
+    for (size_t i = 0; i < p->count; i++) {
+        const struct param *it = &p->items[i];
+        if (i > 0) *w++ = '&';
+        w = encode_into(w, it->name, it->name_len);
+        *w++ = '=';
+        w = encode_into(w, it->value, it->value_len);
+    }
+    *w = '\0';
+    return out;
 }

@@ -400,6 +400,23 @@ static void test_encode(void **state) {
     s = params_encode(&p);
     assert_string_equal(s, "");
     free(s);
+
+    /* A value longer than the encoder's chunk: params_encode and params_encode_value agree. */
+    char value[300];
+    for (size_t i = 0; i < sizeof value - 1; i++) value[i] = "a /%~\xE5"[i % 6];
+    value[sizeof value - 1] = '\0';
+    params_init(&p);
+    params_adds(&p, "v", value);
+    s = params_encode(&p);
+    struct strbuf b;
+    strbuf_init(&b);
+    assert_int_equal(strbuf_appends(&b, "v="), 0);
+    assert_int_equal(params_encode_value(&b, value, strlen(value)), 0);
+    assert_string_equal(s, b.s);
+    assert_int_equal(strlen(s), 2 + 49 * 14 + 11); /* 49 whole patterns, then "a /%~" */
+    strbuf_cleanup(&b);
+    free(s);
+    params_cleanup(&p);
 }
 
 /* Garbage never crashes: random bytes in every decoder either parse or fail cleanly. */
