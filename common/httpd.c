@@ -29,6 +29,7 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/num.h"
+#include "capgate/strbuf.h"
 
 /* Room for "METHOD " and " HTTP/1.1" around the target when a request line has no end yet. */
 #define HTTPD_LINE_SLACK 64
@@ -67,7 +68,7 @@ struct httpd_conn;
 struct httpd_request {
     struct httpd_req pub;           /* first: handlers hold &pub */
     struct httpd_conn *conn;        /* NULL once detached from a dead connection */
-    struct evbuffer *reply_headers; /* from httpd_add_header, created on first use */
+    struct strbuf reply_headers;    /* "Name: value\r\n" lines from httpd_add_header */
     httpd_cancel_fn cancel;
     void *cancel_arg;
     char *body_buf;                 /* heap body (NULL: pub.body is "") */
@@ -210,7 +211,7 @@ static int conn_leave(struct httpd_conn *c) {
 
 static void request_free(struct httpd_request *r) {
     if (!r) return;
-    if (r->reply_headers) evbuffer_free(r->reply_headers);
+    strbuf_cleanup(&r->reply_headers);
     free(r->body_buf);
     free(r);
 }
@@ -880,8 +881,14 @@ int httpd_add_header(struct httpd_req *req, const char *name, const char *value)
     for (const char *p = name; *p; p++)
         if (!is_tchar((unsigned char)*p)) return -1;
     if (strpbrk(value, "\r\n")) return -1;
-    if (!r->reply_headers && !(r->reply_headers = evbuffer_new())) return -1;
-    return evbuffer_add_printf(r->reply_headers, "%s: %s\r\n", name, value) < 0 ? -1 : 0;
+    struct strbuf *b = &r->reply_headers;
+    size_t was = b->len;
+    if (strbuf_appends(b, name) != 0 || strbuf_append(b, ": ", 2) != 0 ||
+        strbuf_appends(b, value) != 0 || strbuf_append(b, "\r\n", 2) != 0) {
+        if (b->s) b->s[b->len = was] = '\0';   /* no half header line */
+        return -1;
+    }
+    return 0;
 }
 
 void httpd_set_cancel(struct httpd_req *req, httpd_cancel_fn cb, void *arg) {
@@ -912,6 +919,40 @@ static void conn_after_reply(struct httpd_conn *c, int keep) {
     }
 }
 
+/* A reply is assembled here and handed to the output buffer in one piece (one evbuffer_add, one
+ * iovec for the write); a part that does not fit goes to the buffer on its own. */
+struct reply_writer {
+    struct evbuffer *out;
+    size_t len;
+    char buf[2048];
+};
+
+static void reply_put(struct reply_writer *w, const char *s, size_t n) {
+    if (n == 0) return;
+    if (n > sizeof w->buf - w->len) {
+        if (w->len) evbuffer_add(w->out, w->buf, w->len);
+        w->len = 0;
+        if (n > sizeof w->buf) {
+            evbuffer_add(w->out, s, n);
+            return;
+        }
+    }
+    memcpy(w->buf + w->len, s, n);
+    w->len += n;
+}
+
+static void reply_puts(struct reply_writer *w, const char *s) { reply_put(w, s, strlen(s)); }
+
+static void reply_putu(struct reply_writer *w, uint64_t v) {
+    char digits[20];
+    size_t i = sizeof digits;
+    do {
+        digits[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    reply_put(w, digits + i, sizeof digits - i);
+}
+
 void httpd_reply(struct httpd_req *req, int status, const char *content_type, const char *body,
                  size_t body_len) {
     struct httpd_request *r = (struct httpd_request *)req;
@@ -921,19 +962,35 @@ void httpd_reply(struct httpd_req *req, int status, const char *content_type, co
         return;
     }
     struct httpd *h = c->h;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct reply_writer w;
+    w.out = bufferevent_get_output(c->bev);
+    w.len = 0;
     int keep = r->keepalive && !req->error_status && !h->draining && !c->eof;
     int no_body = (status >= 100 && status < 200) || status == 204 || status == 304;
     if (status < 100 || status > 999) status = 500;
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, httpd_reason(status),
-                        httpd_date(h));
-    if (!no_body) evbuffer_add_printf(out, "Content-Length: %zu\r\n", body_len);
-    if (content_type && !no_body) evbuffer_add_printf(out, "Content-Type: %s\r\n", content_type);
-    if (!keep) evbuffer_add(out, "Connection: close\r\n", 19);
-    else if (req->http_minor == 0) evbuffer_add(out, "Connection: keep-alive\r\n", 24);
-    if (r->reply_headers) evbuffer_add_buffer(out, r->reply_headers);
-    evbuffer_add(out, "\r\n", 2);
-    if (body_len && !no_body && !r->is_head) evbuffer_add(out, body, body_len);
+    reply_put(&w, "HTTP/1.1 ", 9);
+    reply_putu(&w, (uint64_t)status);
+    reply_put(&w, " ", 1);
+    reply_puts(&w, httpd_reason(status));
+    reply_put(&w, "\r\nDate: ", 8);
+    reply_puts(&w, httpd_date(h));
+    reply_put(&w, "\r\n", 2);
+    if (!no_body) {
+        reply_put(&w, "Content-Length: ", 16);
+        reply_putu(&w, body_len);
+        reply_put(&w, "\r\n", 2);
+    }
+    if (content_type && !no_body) {
+        reply_put(&w, "Content-Type: ", 14);
+        reply_puts(&w, content_type);
+        reply_put(&w, "\r\n", 2);
+    }
+    if (!keep) reply_put(&w, "Connection: close\r\n", 19);
+    else if (req->http_minor == 0) reply_put(&w, "Connection: keep-alive\r\n", 24);
+    reply_put(&w, r->reply_headers.s, r->reply_headers.len);
+    reply_put(&w, "\r\n", 2);
+    if (body_len && !no_body && !r->is_head) reply_put(&w, body, body_len);
+    if (w.len) evbuffer_add(w.out, w.buf, w.len);
     c->linger = req->error_status != 0;
     request_end(r);
     conn_after_reply(c, keep);
