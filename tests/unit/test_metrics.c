@@ -17,6 +17,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <dirent.h>
 
 #include <event2/event.h>
 #include <event2/thread.h>
@@ -437,6 +438,65 @@ static void test_memory_mode(void **state) {
 
 /* Workers record while the flush thread keeps taking their batches: nothing is lost or counted
  * twice. */
+/* The tasks of this process other than the caller, as thread ids; n returned, at most cap. */
+static size_t other_tasks(long *out, size_t cap) {
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    size_t n = 0;
+    long self = (long)gettid();
+    assert_non_null(d);
+    while ((e = readdir(d)) && n < cap) {
+        long id = strtol(e->d_name, NULL, 10);
+        if (id > 0 && id != self) out[n++] = id;
+    }
+    closedir(d);
+    return n;
+}
+
+/* The SigBlk mask of thread tid, from /proc. */
+static unsigned long long task_sigblk(long tid) {
+    char path[64], line[256];
+    unsigned long long mask = 0;
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/status", tid);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    while (fgets(line, sizeof(line), f))
+        if (sscanf(line, "SigBlk: %llx", &mask) == 1) break;
+    fclose(f);
+    return mask;
+}
+
+/* The flush thread must never take SIGHUP/SIGTERM/SIGINT (the main thread's loop handles them;
+ * taken here, an EINTR fails hiredis's blocking connect): it is started with them blocked, even
+ * when the caller has them unblocked. */
+static void test_flush_thread_blocks_signals(void **state) {
+    struct config cfg;
+    char err[256];
+    long before[64], after[64];
+    sigset_t none, old;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.metrics.flush_ms = 60000;
+    sigemptyset(&none);
+    pthread_sigmask(SIG_SETMASK, &none, &old);
+    size_t nb = other_tasks(before, 64);
+    struct metrics *m = metrics_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(m);
+    size_t na = other_tasks(after, 64), checked = 0;
+    for (size_t i = 0; i < na; i++) {
+        int known = 0;
+        for (size_t j = 0; j < nb; j++) known |= before[j] == after[i];
+        if (known) continue;
+        unsigned long long blk = task_sigblk(after[i]);
+        assert_true(blk & (1ull << (SIGHUP - 1)));
+        assert_true(blk & (1ull << (SIGINT - 1)));
+        assert_true(blk & (1ull << (SIGTERM - 1)));
+        checked++;
+    }
+    assert_true(checked >= 1);
+    metrics_free(m);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
 struct worker_arg {
     struct metrics *m;
     unsigned id;
@@ -675,6 +735,7 @@ int main(void) {
         cmocka_unit_test(test_query_json),
         cmocka_unit_test(test_memory_mode),
         cmocka_unit_test(test_concurrent_handover),
+        cmocka_unit_test(test_flush_thread_blocks_signals),
         cmocka_unit_test_teardown(test_redis_mode, teardown_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
