@@ -116,9 +116,6 @@ static int param_name_cmp(const struct param *a, const struct param *b) {
 
 static int param_cmp_qsort(const void *a, const void *b) { return param_name_cmp(a, b); }
 
-static int param_ptr_cmp_qsort(const void *a, const void *b) {
-    return param_name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
-}
 
 void params_sort(struct params *p) {
     if (p->count > 1) qsort(p->items, p->count, sizeof *p->items, param_cmp_qsort);
@@ -299,8 +296,16 @@ static int check_list(const struct params *p, size_t first, char *err, size_t er
         snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
         return -1;
     }
-    for (size_t i = 0; i < p->count; i++) index[i] = &p->items[i];
-    qsort(index, p->count, sizeof index[0], param_ptr_cmp_qsort);
+    /* Insertion sort: at most PARAMS_MAX_COUNT entries, usually a dozen. */
+    for (size_t i = 0; i < p->count; i++) {
+        const struct param *it = &p->items[i];
+        size_t j = i;
+        while (j > 0 && param_name_cmp(index[j - 1], it) > 0) {
+            index[j] = index[j - 1];
+            j--;
+        }
+        index[j] = it;
+    }
     for (size_t i = 1; i < p->count; i++) {
         if (param_name_cmp(index[i - 1], index[i]) == 0) {
             set_err(err, errlen, "duplicated parameter %s", index[i]->name, index[i]->name_len);

@@ -37,6 +37,24 @@ static int name_cmp_qsort(const void *a, const void *b) {
     return name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
 }
 
+/* Insertion sort for the dozen or so parameters of a request (qsort's set-up and indirect
+ * calls cost more than the sorting there); qsort past the stack index's size. */
+static void sort_index(const struct param **index, size_t n) {
+    if (n > SIGN_INDEX_STACK) {
+        qsort(index, n, sizeof *index, name_cmp_qsort);
+        return;
+    }
+    for (size_t i = 1; i < n; i++) {
+        const struct param *it = index[i];
+        size_t j = i;
+        while (j > 0 && name_cmp(index[j - 1], it) > 0) {
+            index[j] = index[j - 1];
+            j--;
+        }
+        index[j] = it;
+    }
+}
+
 static int is_signature(const struct param *it) {
     return it->name_len == 9 && memcmp(it->name, "Signature", 9) == 0;
 }
@@ -61,7 +79,7 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
         total += p->items[i].name_len + p->items[i].value_len + 2; /* '=' and '&' */
     }
     /* Sorted by the name as sent: the '_' rewrite below happens after ordering. */
-    qsort(index, n, sizeof *index, name_cmp_qsort);
+    sort_index(index, n);
 
     out = malloc(total + 1);
     if (!out) goto out;
