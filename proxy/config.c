@@ -281,7 +281,8 @@ static int split_host_port(const char *s, char **host, int *port, int port_requi
 /* ---- table-driven objects ---------------------------------------------------------------- */
 
 enum field_kind {
-    FK_STRING,      /* char *, a non-empty string */
+    FK_STRING,      /* char *, a non-empty string; at most max bytes when max > 0 */
+    FK_NAME,        /* char *, a name: 1..CONFIG_NAME_MAX bytes of [A-Za-z0-9._-] */
     FK_STRING_NULL, /* char *, a string, or null for none */
     FK_UINT,        /* unsigned */
     FK_U32,         /* uint32_t; flag_off (if any) set to 1 when present */
@@ -391,6 +392,19 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
     return 0;
 }
 
+/* Names end up in Redis keys, audit records, metrics labels and RateLimit headers: a short,
+ * plain alphabet keeps every one of them whole and unescaped. */
+static int name_ok(const char *s, size_t len) {
+    if (len == 0 || len > CONFIG_NAME_MAX || strlen(s) != len) return 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (!((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
+}
+
 static int parse_field(struct ctx *x, json_t *v, const struct field *f, char *base) {
     uint64_t n = 0;
     char got[80];
@@ -406,6 +420,15 @@ static int parse_field(struct ctx *x, json_t *v, const struct field *f, char *ba
             describe(v, got, sizeof got);
             return fail(x, "must be a non-empty string%s; got %s",
                         f->kind == FK_STRING_NULL ? " or null" : "", got);
+        }
+        if (f->max > 0 && (double)json_string_length(v) > f->max)
+            return fail(x, "must be at most %.0f bytes; got %zu", f->max, json_string_length(v));
+        return set_str((char **)(base + f->off), json_string_value(v)) ? oom(x) : 0;
+    case FK_NAME:
+        if (!json_is_string(v) || !name_ok(json_string_value(v), json_string_length(v))) {
+            describe(v, got, sizeof got);
+            return fail(x, "must be 1 to %d bytes of A-Z, a-z, 0-9, '.', '_' and '-'; got %s",
+                        CONFIG_NAME_MAX, got);
         }
         return set_str((char **)(base + f->off), json_string_value(v)) ? oom(x) : 0;
     case FK_UINT:
@@ -678,7 +701,8 @@ static const struct field redis_fields[] = {
     SECRET("password_env", FK_SECRET_ENV, struct config_redis, password, "password", NO_FLAG),
     SECRET("password_file", FK_SECRET_FILE, struct config_redis, password, "password", NO_FLAG),
     NUM("timeout_ms", FK_UINT, struct config_redis, timeout_ms, 1, MS_MAX),
-    STR("key_prefix", struct config_redis, key_prefix),
+    {.key = "key_prefix", .kind = FK_STRING, .off = offsetof(struct config_redis, key_prefix),
+     .max = CONFIG_KEY_PREFIX_MAX, .flag_off = NO_FLAG},
     END,
 };
 
@@ -688,7 +712,7 @@ static const struct field auth_fields[] = {
 };
 
 static const struct field app_fields[] = {
-    {.key = "name", .kind = FK_STRING, .off = offsetof(struct config_app, name),
+    {.key = "name", .kind = FK_NAME, .off = offsetof(struct config_app, name),
      .flag_off = NO_FLAG, .flags = F_REQUIRED},
     {.key = "auth", .kind = FK_ENUM, .off = offsetof(struct config_app, auth),
      .names = app_auth_names, .flag_off = NO_FLAG, .flags = F_REQUIRED},
@@ -708,7 +732,7 @@ static const struct field app_fields[] = {
 };
 
 static const struct field limit_fields[] = {
-    {.key = "name", .kind = FK_STRING, .off = offsetof(struct config_limit, name),
+    {.key = "name", .kind = FK_NAME, .off = offsetof(struct config_limit, name),
      .flag_off = NO_FLAG, .flags = F_REQUIRED},
     ENUM("scope", struct config_limit, scope, scope_names),
     CUSTOM("businessId", parse_limit_business),

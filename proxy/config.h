@@ -9,6 +9,12 @@
 #include "capgate/sign.h"
 #include "capgate/validate.h"
 
+/* App names and limit rule names are 1..CONFIG_NAME_MAX bytes of [A-Za-z0-9._-], and
+ * redis.key_prefix is 1..CONFIG_KEY_PREFIX_MAX bytes, so every Redis key, audit field and metrics
+ * label built from them fits its buffer whole (limit.h, pipeline.h). */
+#define CONFIG_NAME_MAX 64
+#define CONFIG_KEY_PREFIX_MAX 64
+
 /* One app allowed to call the gateway. */
 struct config_app {
     char *name;

@@ -523,6 +523,44 @@ static void test_demo_app(void **state) {
                  "t.json:1:69: demo_app: must be a non-empty string or null; got 7");
 }
 
+/* App and limit rule names are 1..64 bytes of [A-Za-z0-9._-] and key_prefix at most 64 bytes,
+ * so every key, record field and label built from them fits whole. */
+#define NAME64 "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._"
+#define NAME_RULE "must be 1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' and '-'; got "
+
+static void test_name_bounds(void **state) {
+    struct config *c;
+    (void)state;
+    assert_int_equal(strlen(NAME64), 64);
+    c = load_ok("{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"" NAME64 "\", \"auth\": \"token\", "
+                "\"token\": \"t\"}],\n\"limits\": [{\"name\": \"" NAME64 "\", \"rate\": 1}],\n"
+                "\"redis\": {\"url\": \"redis://127.0.0.1\", \"key_prefix\": \"" NAME64 "\"}}");
+    assert_string_equal(c->apps[0].name, NAME64);
+    assert_string_equal(c->limits[0].name, NAME64);
+    assert_string_equal(c->redis->key_prefix, NAME64);
+    config_free(c);
+
+    expect_error("{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"" NAME64 "-\", \"auth\": "
+                 "\"token\", \"token\": \"t\"}]}",
+                 "t.json:2:11: apps[0].name: " NAME_RULE "\"abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"
+                 "KLMNOPQRSTUVWXYZ0123...");
+    expect_error("{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"shop web\", \"auth\": \"token\", "
+                 "\"token\": \"t\"}]}",
+                 "t.json:2:11: apps[0].name: " NAME_RULE "\"shop web\"");
+    expect_error("{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"\", \"auth\": \"token\", "
+                 "\"token\": \"t\"}]}",
+                 "t.json:2:11: apps[0].name: " NAME_RULE "\"\"");
+    expect_error("{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"ok\", \"rate\": 1},\n"
+                 "  {\"name\": \"a:b\", \"rate\": 1}]}",
+                 "t.json:3:4: limits[1].name: " NAME_RULE "\"a:b\"");
+    expect_error("{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"" NAME64 "x\", \"rate\": 1}]}",
+                 "t.json:2:13: limits[0].name: " NAME_RULE "\"abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"
+                 "KLMNOPQRSTUVWXYZ0123...");
+    expect_error("{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"redis://127.0.0.1\", "
+                 "\"key_prefix\": \"" NAME64 ":\"}}",
+                 "t.json:2:39: redis.key_prefix: must be at most 64 bytes; got 65");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -531,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_app_defaults),
         cmocka_unit_test(test_demo_app),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_name_bounds),
         cmocka_unit_test(test_empty_env_var),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),
