@@ -1103,6 +1103,15 @@ static int parse_metrics(struct ctx *x, json_t *v, void *base) {
     return parse_object(x, v, metrics_fields, &c->metrics);
 }
 
+/* Equal in every parameter that names the pool (size aside). */
+static int profile_same(const struct config_pool_profile *a, const struct config_pool_profile *b) {
+    return a->captcha_type == b->captcha_type && a->disturb_level == b->disturb_level &&
+           a->is_https == b->is_https && a->client_type == b->client_type &&
+           a->account_type == b->account_type && a->has_business_id == b->has_business_id &&
+           (!a->has_business_id || a->business_id == b->business_id) &&
+           a->has_scene_id == b->has_scene_id && (!a->has_scene_id || a->scene_id == b->scene_id);
+}
+
 static int parse_profiles(struct ctx *x, json_t *v, void *base) {
     struct config_pool *pool = base;
     size_t i;
@@ -1130,6 +1139,11 @@ static int parse_profiles(struct ctx *x, json_t *v, void *base) {
             push_key(x, "accountType");
             return fail(x, "must be one of 0, 4, 6, 7 (1 and 2 need a per-request appId); "
                         "got %u", p->account_type);
+        }
+        /* two equal profiles would share one pool list: reported at the later of the two */
+        for (size_t j = 0; j < i; j++) {
+            if (profile_same(&pool->profiles[j], p))
+                return fail(x, "the same profile as pool.profiles[%zu]", j);
         }
         pop(x);
     }

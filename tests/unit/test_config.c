@@ -561,6 +561,22 @@ static void test_name_bounds(void **state) {
                  "t.json:2:39: redis.key_prefix: must be at most 64 bytes; got 65");
 }
 
+/* Two profiles equal in every parameter (size aside) would share one pool list. */
+#define PROFILE_A "\"captchaType\": 9, \"disturbLevel\": 1, \"isHttps\": 1, \"clientType\": 2, " \
+                  "\"accountType\": 0"
+static void test_duplicate_profiles(void **state) {
+    struct config *c;
+    (void)state;
+    c = load_ok("{" UPSTREAM_OK ",\n\"pool\": {\"profiles\": [\n {" PROFILE_A ", \"businessId\": 1},"
+                "\n {" PROFILE_A ", \"businessId\": 2},\n {" PROFILE_A "},\n {" PROFILE_A
+                ", \"sceneId\": 1}]}}");
+    assert_int_equal(c->pool.n_profiles, 4);
+    config_free(c);
+    expect_error("{" UPSTREAM_OK ",\n\"pool\": {\"profiles\": [\n {" PROFILE_A ", \"size\": 5},\n"
+                 " {" PROFILE_A ", \"businessId\": 1},\n {\"size\": 7, " PROFILE_A "}]}}",
+                 "t.json:5:2: pool.profiles[2]: the same profile as pool.profiles[0]");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -570,6 +586,7 @@ int main(void) {
         cmocka_unit_test(test_demo_app),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_name_bounds),
+        cmocka_unit_test(test_duplicate_profiles),
         cmocka_unit_test(test_empty_env_var),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),
