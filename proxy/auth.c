@@ -86,5 +86,19 @@ int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
                          (unsigned long long)pub.nonce);
     if (rc < 0) return auth_fail(r, 6000, "the Nonce could not be recorded");
     r->app = app;
+    r->has_nonce = 1;
+    r->nonce = pub.nonce;
     return 0;
+}
+
+int auth_nonce_key(const char *prefix, const char *secret_id, uint64_t nonce, char *out,
+                   size_t outlen) {
+    int n = snprintf(out, outlen, "%snonce:%s:%llu", prefix ? prefix : "", secret_id,
+                     (unsigned long long)nonce);
+    return n < 0 || (size_t)n >= outlen ? -1 : 0;
+}
+
+void auth_replay_message(const char *secret_id, uint64_t nonce, char *out, size_t outlen) {
+    snprintf(out, outlen, "Nonce %llu was already used by SecretId %s",
+             (unsigned long long)nonce, secret_id);
 }

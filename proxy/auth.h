@@ -2,7 +2,9 @@
  * ("Authorization: Bearer <token>", compared in constant time), or the app's own v2 signature,
  * checked like upstream: public params (4000) → SecretId known (4100) → Timestamp inside the
  * window (4500) → Nonce not used by this SecretId inside the window (4500) → signature (4100);
- * the Nonce is recorded only once all of that passed. No I/O; the clock comes from the caller. */
+ * the Nonce is recorded only once all of that passed. No I/O; the clock comes from the caller.
+ * The cache is per process; with Redis the limit stage also claims the Nonce for every instance
+ * (auth_nonce_key, store_limit_nonce), from has_nonce/nonce of the result. */
 #ifndef CAPGATE_AUTH_H
 #define CAPGATE_AUTH_H
 #include <stddef.h>
@@ -28,6 +30,8 @@ struct auth_result {
     int code;
     const struct config_app *app;  /* borrowed from the config, valid while it is */
     int token;                     /* 1 when the app came by bearer token */
+    int has_nonce;                 /* a signed request: its Nonce passed the in-process cache */
+    uint64_t nonce;
     char message[256];
 };
 
@@ -35,6 +39,15 @@ struct auth_result {
  * request that passed. Returns 0 (r->app set) or -1 (r->code and r->message set). */
 int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
                       const struct auth_request *req, struct auth_result *r);
+
+/* The key that claims a signed request's Nonce across instances sharing one Redis:
+ * "<prefix>nonce:<SecretId>:<Nonce>" (the Nonce in decimal, as the in-process cache keys it). 0, or
+ * -1 when it does not fit in out. */
+int auth_nonce_key(const char *prefix, const char *secret_id, uint64_t nonce, char *out,
+                   size_t outlen);
+/* The 4500 message for a Nonce another instance already claimed:
+ * "Nonce <n> was already used by SecretId <id>". */
+void auth_replay_message(const char *secret_id, uint64_t nonce, char *out, size_t outlen);
 
 /* The bearer token of an Authorization value ("Bearer abc" → "abc", scheme case-insensitive,
  * spaces trimmed), with *len; NULL when the value is not a Bearer credential. */

@@ -46,6 +46,8 @@ struct limit_outcome {
     int denied;            /* index of the first enforcing bucket that refused, -1 when none */
     int shadow_denied;     /* index of the first shadow bucket that would have refused, -1 when none */
     uint64_t retry_after_us; /* of the denied bucket; 0 when allowed */
+    int replay;            /* the Nonce key sent with the check (store_limit_nonce) was already
+                            * claimed: nothing was checked or taken; allowed 0, denied -1 */
     /* Per bucket: tokens left, and the time until the bucket is full again. When the request is
      * refused nothing was taken, so a bucket that would have admitted reports its tokens as they
      * stand (one more than it would have after taking), and a refusing bucket reports 0. */

@@ -243,6 +243,8 @@ struct pipeline_ctx {
     struct limit_bucket buckets[LIMIT_MAX_BUCKETS];
     size_t n_buckets;
     int local_tried;                /* on_store_error "local": the local buckets were asked */
+    int has_nonce;                  /* signed: the Nonce the limit stage claims with Redis */
+    uint64_t nonce;
     int shadow_limited;             /* a shadow rule would have refused (kept for the audit) */
     struct pipeline_limit_headers limit_headers;
     /* the reply, ready once a stage finished */
@@ -346,6 +348,8 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
                                                             : PIPELINE_UNAUTHORIZED,
                          0, 0, "%s", r.message);
     ctx->app = r.app;
+    ctx->has_nonce = r.has_nonce;
+    ctx->nonce = r.nonce;
     copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.app->name);
     return STAGE_NEXT;
 }
@@ -515,6 +519,13 @@ static void limit_done(const char *err, const struct limit_outcome *o, void *arg
         switch (pipeline_store_fallback(ctx->config->on_store_error, ctx->local_tried,
                                         w->store_closing)) {
         case PIPELINE_STORE_LOCAL:
+            if (!ctx->n_buckets) {
+                /* only the Nonce was asked: this process's cache checked it in authenticate */
+                log_debug("request %s: store failed (%s); the Nonce stays checked locally",
+                          ctx->rec.request_id, err);
+                pipeline_resume(ctx, STAGE_NEXT);
+                return;
+            }
             log_debug("request %s: rate-limit store failed (%s); local buckets decide",
                       ctx->rec.request_id, err);
             ctx->local_tried = 1;
@@ -528,9 +539,18 @@ static void limit_done(const char *err, const struct limit_outcome *o, void *arg
             return;
         case PIPELINE_STORE_DENY:
             pipeline_resume(ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_LIMITED, 0, 0,
-                                           "rate-limit store unavailable: %s", err));
+                                           "%s store unavailable: %s",
+                                           ctx->n_buckets ? "rate-limit" : "replay-protection",
+                                           err));
             return;
         }
+    }
+    if (o->replay) {
+        /* another instance took this Nonce first; no token was taken here */
+        auth_replay_message(ctx->app->secret_id, ctx->nonce, msg, sizeof(msg));
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_REPLAY, PIPELINE_UNAUTHORIZED, 0, 0, "%s",
+                                       msg));
+        return;
     }
     limit_count(ctx, o);
     limit_set_headers(ctx, o);
@@ -549,17 +569,34 @@ static void limit_done(const char *err, const struct limit_outcome *o, void *arg
     pipeline_resume(ctx, STAGE_NEXT);
 }
 
-/* Buckets are named from the startup config's key prefix: the store it talks to is that one. */
+/* Buckets are named from the startup config's key prefix: the store it talks to is that one.
+ * With Redis, a signed request's Nonce is claimed for every instance in the same command (a lone
+ * SET NX when no rule applies), so a replay sent to another instance is refused too; without
+ * Redis there is one process, whose nonce cache authenticate already asked. */
 static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     const struct config_redis *redis = ctx->w->boot->redis;
     const char *prefix = redis && redis->key_prefix ? redis->key_prefix : PIPELINE_KEY_PREFIX;
     const struct v2_fields *f = &ctx->fields;
+    char nonce_key[LIMIT_KEY_MAX + 160];
+    struct store_nonce nonce = {nonce_key, 0};
+    int claim = 0;
 
     ctx->n_buckets = limit_buckets(ctx->config, prefix, ctx->app->name, f->has_business_id,
                                    f->business_id, f->has_scene_id, f->scene_id, ctx->buckets,
                                    LIMIT_MAX_BUCKETS);
-    if (!ctx->n_buckets) return STAGE_NEXT;
-    store_limit(ctx->w->store, ctx->buckets, ctx->n_buckets, limit_done, ctx);
+    if (redis && ctx->has_nonce && ctx->app->secret_id) {
+        if (auth_nonce_key(prefix, ctx->app->secret_id, ctx->nonce, nonce_key,
+                           sizeof(nonce_key)) == 0) {
+            nonce.ttl_ms = (unsigned)(validate_nonce_ttl_s(ctx->config->timestamp_window_s) * 1000);
+            claim = 1;
+        } else {
+            log_warn("request %s: Nonce key too long; checked in this process only",
+                     ctx->rec.request_id);
+        }
+    }
+    if (!ctx->n_buckets && !claim) return STAGE_NEXT;
+    store_limit_nonce(ctx->w->store, ctx->buckets, ctx->n_buckets, claim ? &nonce : NULL,
+                      limit_done, ctx);
     return STAGE_PENDING;
 }
 

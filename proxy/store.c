@@ -268,7 +268,12 @@ void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, 
 
 void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                  void *arg) {
-    if (s->redis) store_redis_limit(s->redis, b, n, cb, arg);
+    store_limit_nonce(s, b, n, NULL, cb, arg);
+}
+
+void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
+                       const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
+    if (s->redis) store_redis_limit(s->redis, b, n, nonce, cb, arg);
     else store_limit_local(s, b, n, cb, arg);
 }
 

@@ -45,6 +45,20 @@ void store_get_stats(const struct store *s, struct store_stats *out);
 typedef void (*store_limit_fn)(const char *err, const struct limit_outcome *o, void *arg);
 void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                  void *arg);
+/* A signed request's Nonce to claim across every process sharing the store (DESIGN.md 4: a replay
+ * to another instance is refused as upstream refuses it). key "<prefix>nonce:<SecretId>:<Nonce>",
+ * held for ttl_ms (validate_nonce_ttl_s(window) * 1000); both borrowed for the call. */
+struct store_nonce {
+    const char *key;
+    unsigned ttl_ms;
+};
+/* store_limit that also claims nonce (NULL: none) in the same command. redis: SET NX PX before any
+ * bucket is touched, inside the limit script (the nonce key an extra KEYS entry), or a plain
+ * "SET key 1 NX PX ttl" when n is 0; a key already there answers o->replay (allowed 0, denied -1,
+ * no token taken). memory: nonce is ignored (the process's own nonce cache already checked it);
+ * n 0 then answers allowed. On err neither the claim nor the check is known. */
+void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
+                       const struct store_nonce *nonce, store_limit_fn cb, void *arg);
 /* The same check against this process's own buckets only (on_store_error "local": the in-process
  * buckets keep enforcing while Redis is unreachable). For the memory store it is store_limit. */
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
@@ -158,7 +172,7 @@ struct store_redis *store_redis_new(const struct store_redis_options *opt, struc
 void store_redis_free(struct store_redis *r);
 int store_redis_connected(const struct store_redis *r);
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
-                       store_limit_fn cb, void *arg);
+                       const struct store_nonce *nonce, store_limit_fn cb, void *arg);
 /* One of the cache scripts (store_lua.h) over one key with string arguments (copied); the reply
  * is answered as a pool or an idempotency result through store_defer_pool / store_defer_idem. */
 enum store_redis_op { STORE_OP_POOL_PUSH, STORE_OP_POOL_POP, STORE_OP_POOL_DEPTH,

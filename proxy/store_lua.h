@@ -1,7 +1,10 @@
 /* store_lua.h: the Redis scripts. STORE_LUA_LIMIT is behind store_limit, one EVALSHA per request
  * over all its keys (the cache scripts follow it, after its description).
  * It mirrors limit_decide (limit.c) on Redis TIME: KEYS are the request's buckets, ARGV holds three
- * values per key (emission_us, tolerance_us, shadow 0/1). Nothing is written unless every
+ * values per key (emission_us, tolerance_us, shadow 0/1). A signed request's Nonce key may follow
+ * the buckets as one more KEYS entry, its PX in ms one more ARGV entry: it is claimed with SET NX PX
+ * before any bucket is read, and when it already exists the script returns the string "replay"
+ * having touched nothing else (store_limit_nonce). Nothing is written unless every
  * enforcing bucket admits; then each admitting bucket gets its new TAT with PX expiry = tolerance
  * (a shadow bucket that would refuse is reported and not advanced). Reply: allowed (0/1), denied
  * index, shadow_denied index (0-based, -1 none), retry_after_us, then remaining and reset_us per
@@ -11,9 +14,12 @@
 
 #define STORE_LUA_LIMIT \
     "if redis.replicate_commands then redis.replicate_commands() end\n" \
+    "local n = math.floor(#ARGV / 3)\n" \
+    "if #KEYS > n and not redis.call('SET', KEYS[n + 1], '1', 'NX', 'PX', ARGV[3 * n + 1]) then\n" \
+    "  return 'replay'\n" \
+    "end\n" \
     "local t = redis.call('TIME')\n" \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n" \
-    "local n = #KEYS\n" \
     "local denied, shadow_denied, retry = -1, -1, 0\n" \
     "local newtat, rem, reset = {}, {}, {}\n" \
     "for i = 1, n do\n" \

@@ -55,7 +55,7 @@ static const char *const store_redis_scripts[] = {
 #define STORE_REDIS_CACHE_ARGS 3   /* most string arguments of a cache script */
 
 enum store_redis_cmd_kind {
-    STORE_REDIS_CMD_LIMIT,    /* a caller's EVALSHA */
+    STORE_REDIS_CMD_LIMIT,    /* a caller's EVALSHA, or SET NX of a lone Nonce */
     STORE_REDIS_CMD_CACHE,    /* a caller's pool or idempotency EVALSHA */
     STORE_REDIS_CMD_AUTH,
     STORE_REDIS_CMD_SELECT,
@@ -89,6 +89,8 @@ struct store_redis_cmd {
     uint64_t emission_us[LIMIT_MAX_BUCKETS], tolerance_us[LIMIT_MAX_BUCKETS];
     int shadow[LIMIT_MAX_BUCKETS];
     char *keys[LIMIT_MAX_BUCKETS];
+    char *nonce_key;                      /* LIMIT: the Nonce to claim, NULL: none */
+    unsigned nonce_ttl_ms;
 };
 
 struct store_redis_list {
@@ -149,6 +151,7 @@ static void store_redis_cmd_free(struct store_redis_cmd *c) {
     if (c->timer) event_free(c->timer);
     for (size_t i = 0; i < c->n; i++) free(c->keys[i]);
     for (size_t i = 0; i < c->argc; i++) free(c->argv[i]);
+    free(c->nonce_key);
     free(c);
 }
 
@@ -337,6 +340,26 @@ static int store_redis_parse_outcome(const redisReply *rep, size_t n, struct lim
     return 0;
 }
 
+/* A LIMIT command's reply when it carried a Nonce: "replay" (the script) or nil (the plain SET)
+ * when the key was already claimed, "OK" when the plain SET claimed it. 1 when rep is one of
+ * those and *o is set, 0 when it is the script's ordinary outcome. */
+static int store_redis_parse_nonce(const struct store_redis_cmd *c, const redisReply *rep,
+                                   struct limit_outcome *o) {
+    int replay;
+    if (!c->nonce_key) return 0;
+    if (c->n == 0 && rep->type == REDIS_REPLY_NIL) replay = 1;
+    else if (c->n == 0 && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0)
+        replay = 0;
+    else if (c->n > 0 && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "replay") == 0)
+        replay = 1;
+    else return 0;
+    memset(o, 0, sizeof *o);
+    o->allowed = !replay;
+    o->replay = replay;
+    o->denied = o->shadow_denied = -1;
+    return 1;
+}
+
 /* The reply of a CACHE script: 0 and the result, or -1 when it has the wrong shape. */
 static int store_redis_parse_cache(const struct store_redis_cmd *c, const redisReply *rep,
                                    struct store_pool_result *pr, struct store_idem_result *ir) {
@@ -422,7 +445,9 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
             store_redis_answer(r, c, "redis replied to a cache script in an unexpected shape", NULL);
         else
             store_redis_answer_cache(r, c, &pr, &ir);
-    } else if (store_redis_parse_outcome(rep, c->n, &o) != 0) {
+    } else if (store_redis_parse_nonce(c, rep, &o)) {
+        store_redis_answer(r, c, NULL, &o);
+    } else if (c->n == 0 || store_redis_parse_outcome(rep, c->n, &o) != 0) {
         store_redis_answer(r, c, "redis replied to the limit script in an unexpected shape", NULL);
     } else {
         store_redis_answer(r, c, NULL, &o);
@@ -488,9 +513,9 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
 
 /* Hands c to hiredis: 0, or -1 (nothing was handed over; c is the caller's again). */
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
-    const char *argv[3 + 4 * LIMIT_MAX_BUCKETS];
-    size_t argvlen[3 + 4 * LIMIT_MAX_BUCKETS];
-    char nums[1 + 2 * LIMIT_MAX_BUCKETS][24];
+    const char *argv[5 + 4 * LIMIT_MAX_BUCKETS];
+    size_t argvlen[5 + 4 * LIMIT_MAX_BUCKETS];
+    char nums[2 + 2 * LIMIT_MAX_BUCKETS][24];
     char dbuf[16];
     int argc = 0;
     if (!r->ac) return -1;
@@ -522,11 +547,24 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         }
         goto send;
     case STORE_REDIS_CMD_LIMIT:
-        snprintf(nums[0], sizeof nums[0], "%zu", c->n);
+        if (c->nonce_key)
+            snprintf(nums[1 + 2 * LIMIT_MAX_BUCKETS], sizeof nums[0], "%u", c->nonce_ttl_ms);
+        if (c->n == 0) {
+            /* only a Nonce to claim: no script needed */
+            argv[argc++] = "SET";
+            argv[argc++] = c->nonce_key;
+            argv[argc++] = "1";
+            argv[argc++] = "NX";
+            argv[argc++] = "PX";
+            argv[argc++] = nums[1 + 2 * LIMIT_MAX_BUCKETS];
+            break;
+        }
+        snprintf(nums[0], sizeof nums[0], "%zu", c->n + (c->nonce_key ? 1 : 0));
         argv[argc++] = "EVALSHA";
         argv[argc++] = r->sha[0];
         argv[argc++] = nums[0];
         for (size_t i = 0; i < c->n; i++) argv[argc++] = c->keys[i];
+        if (c->nonce_key) argv[argc++] = c->nonce_key;
         for (size_t i = 0; i < c->n; i++) {
             snprintf(nums[1 + 2 * i], sizeof nums[0], "%llu", (unsigned long long)c->emission_us[i]);
             snprintf(nums[2 + 2 * i], sizeof nums[0], "%llu",
@@ -535,6 +573,7 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
             argv[argc++] = nums[2 + 2 * i];
             argv[argc++] = c->shadow[i] ? "1" : "0";
         }
+        if (c->nonce_key) argv[argc++] = nums[1 + 2 * LIMIT_MAX_BUCKETS];
         break;
     }
     for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
@@ -664,12 +703,13 @@ int store_redis_connected(const struct store_redis *r) {
 }
 
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
-                       store_limit_fn cb, void *arg) {
+                       const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
     struct store_redis_cmd *c = NULL;
     struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
     uint64_t now;
     char err[200];
-    if (n == 0 || n > LIMIT_MAX_BUCKETS) {
+    if (nonce && (!nonce->key || !*nonce->key)) nonce = NULL;
+    if ((n == 0 && !nonce) || n > LIMIT_MAX_BUCKETS) {
         struct limit_outcome o;
         if (n == 0) {
             memset(&o, 0, sizeof o);
@@ -706,6 +746,10 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
         c->emission_us[i] = b[i].emission_us ? b[i].emission_us : 1;
         c->tolerance_us[i] = b[i].tolerance_us;
         c->shadow[i] = b[i].shadow;
+    }
+    if (nonce) {
+        if (!(c->nonce_key = strdup(nonce->key))) goto oom;
+        c->nonce_ttl_ms = nonce->ttl_ms ? nonce->ttl_ms : 1;
     }
     if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto oom;
     event_add(c->timer, &tv);
