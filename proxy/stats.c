@@ -277,8 +277,9 @@ out:
 static int stats_render_store(struct strbuf *out, struct stats_worker *const *workers,
                               size_t n_workers) {
     uint64_t commands = 0, errors = 0, timeouts = 0, reconnects = 0, audit_failures = 0;
-    if (strbuf_appends(out, "# HELP capgate_store_connected Rate-limit store reachable, per "
-                            "worker (1 yes, 0 no).\n# TYPE capgate_store_connected gauge\n"))
+    if (strbuf_appends(out, "# HELP capgate_store_connected Store (rate limits, pool, "
+                            "idempotency) reachable, per worker (1 yes, 0 no).\n"
+                            "# TYPE capgate_store_connected gauge\n"))
         return -1;
     for (size_t w = 0; w < n_workers; w++) {
         const struct stats_worker *x = workers[w];
@@ -291,11 +292,12 @@ static int stats_render_store(struct strbuf *out, struct stats_worker *const *wo
         reconnects += atomic_load_explicit(&x->store_reconnects, memory_order_relaxed);
         audit_failures += atomic_load_explicit(&x->audit_failures, memory_order_relaxed);
     }
-    if (strbuf_appendf(out, "# HELP capgate_store_commands_total Rate-limit checks sent to the "
-                            "store.\n# TYPE capgate_store_commands_total counter\n"
+    if (strbuf_appendf(out, "# HELP capgate_store_commands_total Commands sent to the store: "
+                            "rate-limit checks, pool and idempotency commands.\n"
+                            "# TYPE capgate_store_commands_total counter\n"
                             "capgate_store_commands_total %llu\n"
-                            "# HELP capgate_store_errors_total Rate-limit checks the store failed "
-                            "(answered per on_store_error).\n"
+                            "# HELP capgate_store_errors_total Store commands that failed (a "
+                            "rate-limit check is then answered per on_store_error).\n"
                             "# TYPE capgate_store_errors_total counter\n"
                             "capgate_store_errors_total %llu\n"
                             "# HELP capgate_store_timeouts_total Store commands that timed out.\n"

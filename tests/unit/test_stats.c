@@ -143,6 +143,13 @@ static void test_limits_store_and_sinks(void **state) {
     assert_non_null(strstr(text, "\ncapgate_store_commands_total 15\n"));
     assert_non_null(strstr(text, "\ncapgate_store_errors_total 4\n"));
     assert_non_null(strstr(text, "\ncapgate_store_reconnects_total 2\n"));
+    /* the store serves rate limits, the pool and idempotency alike */
+    assert_non_null(strstr(text, "# HELP capgate_store_connected Store (rate limits, pool, "
+                                 "idempotency) reachable, per worker (1 yes, 0 no).\n"));
+    assert_non_null(strstr(text, "# HELP capgate_store_commands_total Commands sent to the "
+                                 "store: rate-limit checks, pool and idempotency commands.\n"));
+    assert_non_null(strstr(text, "# HELP capgate_store_errors_total Store commands that failed "
+                                 "(a rate-limit check is then answered per on_store_error).\n"));
     /* sinks absent: their families are left out */
     assert_null(strstr(text, "capgate_audit_queue_depth"));
     assert_null(strstr(text, "capgate_metrics_flushes_total"));
