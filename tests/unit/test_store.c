@@ -5,7 +5,9 @@
  * recovery, a stopped server (timeout) and a restarted one (reconnect). The prefetch pool's and
  * the idempotency records' operations run through the same contract on both stores: capping,
  * FIFO order, expiry by TTL with the discarded count, each URL popped once across two stores
- * sharing the backend, and the pending → done / mismatch / abandon life of a record. */
+ * sharing the backend, and the pending → done / mismatch / abandon life of a record. A Nonce
+ * claimed with the limit check (store_limit_nonce) is refused the second time in Redis, across
+ * stores too, without taking a token, and expires; the memory store ignores it. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -194,15 +196,17 @@ static void run_loop_ms(struct fixture *f, unsigned ms) {
 static void guard_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
-/* One store_limit (or store_limit_local) call, run to its callback (bounded at 5 s). */
-static void call(struct fixture *f, int local, const struct limit_bucket *b, size_t n,
-                 struct call *c) {
+/* One store_limit (or store_limit_local, or store_limit_nonce when nonce is set) call, run to
+ * its callback (bounded at 5 s). */
+static void call_with(struct fixture *f, int local, const struct limit_bucket *b, size_t n,
+                      const struct store_nonce *nonce, struct call *c) {
     uint64_t t0 = clock_mono_us();
     struct timeval tick = {0, 10000};
     struct event *guard = event_new(f->base, -1, EV_PERSIST, guard_cb, NULL);
     memset(c, 0, sizeof *c);
     event_add(guard, &tick);
     if (local) store_limit_local(f->store, b, n, on_limit, c);
+    else if (nonce) store_limit_nonce(f->store, b, n, nonce, on_limit, c);
     else store_limit(f->store, b, n, on_limit, c);
     c->returned = 1;
     assert_int_equal(c->fired, 0);
@@ -211,6 +215,18 @@ static void call(struct fixture *f, int local, const struct limit_bucket *b, siz
     event_free(guard);
     assert_int_equal(c->fired, 1);
     assert_int_equal(c->fired_inside, 0);
+}
+
+static void call(struct fixture *f, int local, const struct limit_bucket *b, size_t n,
+                 struct call *c) {
+    call_with(f, local, b, n, NULL, c);
+}
+
+static void call_nonce_ok(struct fixture *f, const struct limit_bucket *b, size_t n,
+                          const char *key, unsigned ttl_ms, struct call *c) {
+    struct store_nonce nonce = {key, ttl_ms};
+    call_with(f, 0, b, n, &nonce, c);
+    if (c->failed) fail_msg("store_limit_nonce failed: %s", c->err);
 }
 
 static void call_ok(struct fixture *f, const struct limit_bucket *b, size_t n, struct call *c) {
@@ -367,6 +383,54 @@ static void run_contract(struct fixture *f) {
     assert_int_equal(st.commands, f->is_redis ? 16 : 19);
     assert_int_equal(st.errors, 0);
     assert_int_equal(st.timeouts, 0);
+}
+
+/* A signed request's Nonce claimed with its limit check (store_limit_nonce). Redis: the second
+ * claim of a key is a replay that takes no token from the buckets, with or without buckets, and
+ * the key expires after its TTL; memory: the nonce is ignored (the process's own cache has it). */
+static void contract_nonce(struct fixture *f) {
+    struct limit_bucket b;
+    struct call c;
+    char key[128], lone[128];
+    bucket(&b, "nonce", 5000000, 2, 0);
+    snprintf(key, sizeof key, "capgate-test:%d:%u:nonce:AKIDx:42", (int)getpid(), key_serial);
+    snprintf(lone, sizeof lone, "capgate-test:%d:%u:nonce:AKIDx:43", (int)getpid(), key_serial);
+    call_nonce_ok(f, &b, 1, key, 60000, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.replay, 0);
+    assert_int_equal(c.o.remaining[0], 1);
+    call_nonce_ok(f, &b, 1, key, 60000, &c);
+    if (f->is_redis) {
+        assert_int_equal(c.o.replay, 1);
+        assert_int_equal(c.o.allowed, 0);
+        assert_int_equal(c.o.denied, -1);
+        assert_int_equal(c.o.shadow_denied, -1);
+        /* the replay took nothing: the bucket still has its last token */
+        call_ok(f, &b, 1, &c);
+        assert_int_equal(c.o.allowed, 1);
+        assert_int_equal(c.o.remaining[0], 0);
+        assert_true(redis_int(f->rp, 0, "PTTL", key) > 59000);
+    } else {
+        assert_int_equal(c.o.replay, 0);
+        assert_int_equal(c.o.allowed, 1);
+        assert_int_equal(c.o.remaining[0], 0);
+    }
+    /* no bucket: the claim alone (a plain SET NX PX in Redis) */
+    call_nonce_ok(f, NULL, 0, lone, 200, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.replay, 0);
+    call_nonce_ok(f, NULL, 0, lone, 200, &c);
+    assert_int_equal(c.o.replay, f->is_redis);
+    assert_int_equal(c.o.allowed, !f->is_redis);
+    if (f->is_redis) {
+        long long ttl = redis_int(f->rp, 0, "PTTL", lone);
+        assert_true(ttl > 0 && ttl <= 200);
+    }
+    /* expired: the same Nonce may be claimed again */
+    run_loop_ms(f, 250);
+    call_nonce_ok(f, NULL, 0, lone, 200, &c);
+    assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(c.o.replay, 0);
 }
 
 /* ---- prefetch pool and idempotency records, for both stores ---- */
@@ -627,6 +691,12 @@ static void test_memory_contract(void **state) {
     fixture_free(f);
 }
 
+static void test_memory_nonce(void **state) {
+    struct fixture *f = fixture_new(NULL, 0, NULL);
+    contract_nonce(f);
+    fixture_free(f);
+}
+
 static void test_memory_expiry_and_closed(void **state) {
     struct store_memory *m = store_memory_new();
     struct limit_bucket b[3];
@@ -683,6 +753,37 @@ static void test_redis_contract(void **state) {
     ttl = redis_int(&main_redis, 0, "PTTL", b.key);
     assert_true(ttl > 0 && ttl <= 600);
     run_cache_contract(f);
+    fixture_free(f);
+}
+
+static void test_redis_nonce(void **state) {
+    /* also across two stores sharing the server (two instances): one claim wins */
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *g = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    char key[128];
+    contract_nonce(f);
+    store_get_stats(f->store, &st);
+    /* one command per call: the claim rides in the limit's EVALSHA or is the lone SET */
+    assert_int_equal(st.commands, 6);
+    assert_int_equal(st.errors, 0);
+    bucket(&b, "nonce-peer", 5000000, 5, 0);
+    snprintf(key, sizeof key, "capgate-test:%d:%u:nonce:AKIDpeer:7", (int)getpid(), key_serial);
+    call_nonce_ok(f, &b, 1, key, 60000, &c);
+    assert_int_equal(c.o.allowed, 1);
+    call_nonce_ok(g, &b, 1, key, 60000, &c);
+    assert_int_equal(c.o.replay, 1);
+    call_nonce_ok(g, NULL, 0, key, 60000, &c);
+    assert_int_equal(c.o.replay, 1);
+    /* after SCRIPT FLUSH the claim still rides in the (reloaded) script */
+    assert_int_equal(redis_int(&main_redis, 0, "SCRIPT", "FLUSH"), 0);
+    call_nonce_ok(g, &b, 1, key, 60000, &c);
+    assert_int_equal(c.o.replay, 1);
+    call_ok(g, &b, 1, &c);
+    assert_int_equal(c.o.remaining[0], 3);
+    fixture_free(g);
     fixture_free(f);
 }
 
@@ -861,9 +962,11 @@ int main(void) {
     const struct CMUnitTest memory_tests[] = {
         cmocka_unit_test(test_memory_contract),
         cmocka_unit_test(test_memory_expiry_and_closed),
+        cmocka_unit_test(test_memory_nonce),
     };
     const struct CMUnitTest redis_tests[] = {
         cmocka_unit_test(test_redis_contract),
+        cmocka_unit_test(test_redis_nonce),
         cmocka_unit_test(test_redis_cache_layout),
         cmocka_unit_test(test_redis_auth_and_db),
         cmocka_unit_test(test_redis_noscript),
