@@ -84,6 +84,9 @@ static void test_signature_ok_then_replay(void **state) {
     assert_int_equal(r.code, 0);
     assert_string_equal(r.app->name, "shop");
     assert_int_equal(r.token, 0);
+    /* the Nonce goes on to the limit stage's claim across instances */
+    assert_int_equal(r.has_nonce, 1);
+    assert_true(r.nonce == UINT64_MAX);
     /* the same request again is a replay */
     assert_int_equal(run(f, NULL, &r), -1);
     assert_int_equal(r.code, 4500);
@@ -146,6 +149,7 @@ static void test_token(void **state) {
     assert_int_equal(run(f, "Bearer batch-token-1234", &r), 0);
     assert_string_equal(r.app->name, "batch");
     assert_int_equal(r.token, 1);
+    assert_int_equal(r.has_nonce, 0);
     assert_int_equal(run(f, "bearer   batch-token-1234  ", &r), 0);
     assert_int_equal(run(f, "Bearer batch-token-123", &r), -1);
     assert_int_equal(r.code, 4100);
@@ -157,6 +161,16 @@ static void test_token(void **state) {
     /* another scheme means signature mode, which needs the public params */
     assert_int_equal(run(f, "Basic YmF0Y2g6eA==", &r), -1);
     assert_int_equal(r.code, 4000);
+}
+
+static void test_nonce_key_and_message(void **state) {
+    char key[64], small[16], msg[128];
+    assert_int_equal(auth_nonce_key("capgate:", "AKIDshop", 18446744073709551615ULL, key,
+                                    sizeof(key)), 0);
+    assert_string_equal(key, "capgate:nonce:AKIDshop:18446744073709551615");
+    assert_int_equal(auth_nonce_key("capgate:", "AKIDshop", 7, small, sizeof(small)), -1);
+    auth_replay_message("AKIDshop", 7, msg, sizeof(msg));
+    assert_string_equal(msg, "Nonce 7 was already used by SecretId AKIDshop");
 }
 
 static void test_bearer_parse(void **state) {
@@ -178,6 +192,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_signature_ok_then_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_signature_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token, setup, teardown),
+        cmocka_unit_test(test_nonce_key_and_message),
         cmocka_unit_test(test_bearer_parse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
