@@ -2,6 +2,7 @@
 #include "capgate/log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -9,12 +10,18 @@
 #include <unistd.h>
 
 static const char *log_prog = "capgate";
-static volatile enum log_level log_min = LOG_LEVEL_INFO;
+/* Read on every message by every thread and changed by a reload: one atomic int, relaxed, as
+ * nothing else is ordered by it. */
+static atomic_int log_min = LOG_LEVEL_INFO;
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
 
 void log_init(const char *prog, enum log_level min) {
     if (prog) log_prog = prog;
-    log_min = min;
+    log_set_level(min);
+}
+
+void log_set_level(enum log_level min) {
+    atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
 int log_level_parse(const char *name, enum log_level *out) {
@@ -28,10 +35,12 @@ int log_level_parse(const char *name, enum log_level *out) {
     return -1;
 }
 
-enum log_level log_get_level(void) { return log_min; }
+enum log_level log_get_level(void) {
+    return (enum log_level)atomic_load_explicit(&log_min, memory_order_relaxed);
+}
 
 void log_msg(enum log_level level, const char *fmt, ...) {
-    if (level < log_min) return;
+    if ((int)level < atomic_load_explicit(&log_min, memory_order_relaxed)) return;
     char line[2048];
     struct timespec ts;
     struct tm tm;

@@ -295,6 +295,20 @@ static int limits_differ(const struct config *a, const struct config *b) {
     return 0;
 }
 
+static int pool_differs(const struct config_pool *a, const struct config_pool *b) {
+    if (a->ttl_s != b->ttl_s || a->n_profiles != b->n_profiles) return 1;
+    for (size_t i = 0; i < a->n_profiles; i++) {
+        const struct config_pool_profile *x = &a->profiles[i], *y = &b->profiles[i];
+        if (x->captcha_type != y->captcha_type || x->disturb_level != y->disturb_level ||
+            x->is_https != y->is_https || x->client_type != y->client_type ||
+            x->account_type != y->account_type || x->has_business_id != y->has_business_id ||
+            x->business_id != y->business_id || x->has_scene_id != y->has_scene_id ||
+            x->scene_id != y->scene_id || x->size != y->size)
+            return 1;
+    }
+    return 0;
+}
+
 static int upstream_differs(const struct config_upstream *a, const struct config_upstream *b) {
     return str_differs(a->url, b->url) || str_differs(a->sign_host, b->sign_host) ||
            str_differs(a->secret_id, b->secret_id) || str_differs(a->secret_key, b->secret_key) ||
@@ -324,8 +338,9 @@ static int audit_differs(const struct config_audit *a, const struct config_audit
                     (a->pii_key_len && memcmp(a->pii_key, b->pii_key, a->pii_key_len) != 0)));
 }
 
-/* Logs what a reload changes, and what it cannot change without a restart (compared with the
- * config the process started with, which is what those parts still run on). */
+/* Logs every section a reload changes (all of them applied), and what it cannot change without a
+ * restart (compared with the config the process started with, which is what those parts still
+ * run on). */
 static void reload_log_changes(const struct config *old, const struct config *boot,
                                const struct config *c) {
     int changes = 0;
@@ -345,8 +360,21 @@ static void reload_log_changes(const struct config *old, const struct config *bo
     if (old->http_errors_semantic != c->http_errors_semantic)
         log_info("reload: http_errors %s -> %s", old->http_errors_semantic ? "semantic" : "compat",
                  c->http_errors_semantic ? "semantic" : "compat"), changes++;
+    if (pool_differs(&old->pool, &c->pool))
+        log_info("reload: pool changed (ttl_s %u, %zu profile(s))", c->pool.ttl_s,
+                 c->pool.n_profiles), changes++;
+    if (old->idempotency_ttl_s != c->idempotency_ttl_s)
+        log_info("reload: idempotency.ttl_s %u -> %u", old->idempotency_ttl_s,
+                 c->idempotency_ttl_s), changes++;
+    if (old->demo != c->demo || (c->demo && str_differs(old->demo_app, c->demo_app)))
+        log_info("reload: demo %s (demo_app %s)", c->demo ? "on" : "off",
+                 c->demo_app ? c->demo_app : "none"), changes++;
+    if (str_differs(old->log_level, c->log_level))
+        log_info("reload: log_level %s -> %s", old->log_level ? old->log_level : "info",
+                 c->log_level ? c->log_level : "info"), changes++;
     if (!changes)
-        log_info("reload: no change to apps, limits, auth, on_store_error or http_errors");
+        log_info("reload: no change to apps, limits, auth, on_store_error, http_errors, pool, "
+                 "idempotency, demo or log_level");
 
     if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
         log_warn("reload: listen changed; not applied, it needs a restart");
@@ -370,6 +398,7 @@ static void reload_log_changes(const struct config *old, const struct config *bo
 
 static void gateway_reload(struct gateway *g) {
     struct config *c = NULL;
+    enum log_level level;
     char err[1024];
     if (g->draining) {
         log_info("reload ignored: shutting down");
@@ -388,6 +417,9 @@ static void gateway_reload(struct gateway *g) {
         g->process.reloads_failed++;
         return;
     }
+    /* the level first, so the workers' own lines about the new config follow it */
+    if (!c->log_level || log_level_parse(c->log_level, &level) != 0) level = LOG_LEVEL_INFO;
+    log_set_level(level);
     for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], pc, 0);
     pipeline_config_unref(g->current);
     g->current = pc;

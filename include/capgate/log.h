@@ -5,8 +5,10 @@
 
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
-/* prog is borrowed and must outlive logging (a string literal). */
+/* prog is borrowed and must outlive logging (a string literal). Before other threads log. */
 void log_init(const char *prog, enum log_level min);
+/* Changes the minimum level (a config reload); any thread, while others log. */
+void log_set_level(enum log_level min);
 /* "debug" "info" "warn" "error" → 0 and *out set; -1 for anything else. */
 int log_level_parse(const char *name, enum log_level *out);
 enum log_level log_get_level(void);

@@ -118,6 +118,47 @@ test('SIGHUP applies a new app and changed business_ids without dropping a keep-
   }
 });
 
+test('SIGHUP: the log names every section that changed (pool, idempotency, demo, log_level) and applies log_level', async () => {
+  const gw = await gateway();
+  const applied = () => (gw.proc.stderr.match(/reload: config \S+ applied/g) || []).length;
+  const reload = async (config) => {
+    const before = applied();
+    gw.writeConfig(config);
+    gw.reload();
+    await waitFor(() => applied() > before, { timeoutMs: 5000, intervalMs: 20, what: 'the reload to be applied' });
+  };
+  assert.doesNotMatch(gw.proc.stderr, / DEBUG /, 'log_level info at start');
+
+  const changed = { ...gw.config, pool: { ttl_s: 30 }, idempotency: { ttl_s: 60 }, demo: true, log_level: 'debug' };
+  let from = gw.proc.stderr.length;
+  await reload(changed);
+  const log = gw.proc.stderr.slice(from);
+  assert.match(log, /reload: pool changed \(ttl_s 30, 0 profile\(s\)\)/, log);
+  assert.match(log, /reload: idempotency\.ttl_s 300 -> 60/, log);
+  assert.match(log, /reload: demo on \(demo_app token-app\)/, log);
+  assert.match(log, /reload: log_level info -> debug/, log);
+  assert.doesNotMatch(log, /no change/, log);
+  // applied: each worker says at debug level that it took the new config
+  await waitFor(() => (gw.proc.stderr.slice(from).match(/ DEBUG worker \d+: new config in use/g) || []).length >= 2,
+    { timeoutMs: 5000, what: `both workers' debug lines after log_level debug; stderr:\n${gw.proc.stderr}` });
+
+  from = gw.proc.stderr.length;
+  await reload(changed);
+  assert.match(gw.proc.stderr.slice(from),
+    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, demo or log_level/);
+
+  // warn hides the info line closing that reload; the next reload (back to info) shows its own
+  from = gw.proc.stderr.length;
+  const beforeWarn = applied();
+  gw.writeConfig({ ...changed, log_level: 'warn' });
+  gw.reload();
+  await waitFor(() => gw.proc.stderr.slice(from).includes('reload: log_level debug -> warn'),
+    { timeoutMs: 5000, what: 'the log_level change to be logged' });
+  await reload({ ...changed, log_level: 'info' });
+  assert.equal(applied(), beforeWarn + 1, `only the reload back to info says "applied"; stderr:\n${gw.proc.stderr.slice(from)}`);
+  assert.doesNotMatch(gw.proc.stderr.slice(from), / DEBUG /);
+});
+
 test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exit 0', async () => {
   const gw = await gateway();
   const ready = await gw.admin('/readyz');
