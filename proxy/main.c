@@ -19,8 +19,10 @@ static void usage(FILE *out) {
             "                                    (secrets masked); exit 0 when valid, 1 if not\n"
             "       capgate --version            print the version\n"
             "       capgate --help               this text\n"
-            "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads apps,\n"
-            "limits and auth settings from the same file.\n");
+            "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
+            "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
+            "idempotency, demo, demo_app and log_level; listen, admin_listen, workers,\n"
+            "upstream, http, redis, audit, instance and metrics need a restart.\n");
 }
 
 static void print_warning(const char *msg, void *arg) { log_warn("config: %s", msg); }

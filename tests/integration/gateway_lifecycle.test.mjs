@@ -69,6 +69,14 @@ test('--check-config: an unknown key exits 1 naming the key with line:column', a
   assert.match(r2.stdout + r2.stderr, /:3:\d+/, r2.stdout + r2.stderr);
 });
 
+test('--help says what SIGHUP applies and what needs a restart', async () => {
+  const r = await runCapgate(['--help']);
+  assert.equal(r.code, 0, r.stderr);
+  const text = r.stdout.replace(/\s+/g, ' ');
+  assert.match(text, /SIGHUP reloads the same file and applies apps, limits, auth, on_store_error, http_errors, pool, idempotency, demo, demo_app and log_level;/, r.stdout);
+  assert.match(text, /listen, admin_listen, workers, upstream, http, redis, audit, instance and metrics need a restart/, r.stdout);
+});
+
 test('SIGHUP applies a new app and changed business_ids without dropping a keep-alive connection; a bad file is refused', async () => {
   const gw = await gateway();
   const agent = new CountingAgent();
