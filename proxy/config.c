@@ -1058,7 +1058,7 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
 
 static int parse_limits(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
-    size_t i;
+    size_t i, scoped = 0;
     json_t *e;
     char got[80];
     if (!json_is_array(v)) {
@@ -1082,6 +1082,10 @@ static int parse_limits(struct ctx *x, json_t *v, void *base) {
             return fail(x, "only for rules without a scope (or \"scope\": \"params\")");
         }
         if (l->burst == 0) l->burst = l->rate < 1 ? 1 : l->rate;
+        /* every one of them is a bucket of every request, and a request has a bounded few */
+        if (l->scope != CONFIG_SCOPE_PARAMS && ++scoped > CONFIG_SCOPED_LIMITS_MAX)
+            return fail(x, "more than %d rules with scope \"app\" or \"global\"",
+                        CONFIG_SCOPED_LIMITS_MAX);
         for (size_t j = 0; j < i; j++) {
             if (strcmp(c->limits[j].name, l->name) == 0) {
                 push_key(x, "name");

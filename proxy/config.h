@@ -14,6 +14,8 @@
  * label built from them fits its buffer whole (limit.h, pipeline.h). */
 #define CONFIG_NAME_MAX 64
 #define CONFIG_KEY_PREFIX_MAX 64
+/* Rules with scope app or global, all of which apply to every request (with one params rule). */
+#define CONFIG_SCOPED_LIMITS_MAX 15
 
 /* One app allowed to call the gateway. */
 struct config_app {

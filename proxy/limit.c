@@ -27,6 +27,12 @@ static void limit_rule_times(const struct config_limit *r, uint64_t *emission_us
     *tolerance_us = tol;
 }
 
+/* The longest key a loaded config can make (<prefix>rl:<rule>:app:<app>, the ids being shorter)
+ * and the most buckets (one params rule, every app and global rule) fit. */
+_Static_assert(CONFIG_KEY_PREFIX_MAX + 3 + CONFIG_NAME_MAX + 5 + CONFIG_NAME_MAX < LIMIT_KEY_MAX,
+               "a bucket key fits");
+_Static_assert(1 + CONFIG_SCOPED_LIMITS_MAX <= LIMIT_MAX_BUCKETS, "a request's buckets fit");
+
 static int limit_fill(struct limit_bucket *b, const struct config_limit *r, const char *prefix,
                       const char *fmt_tail, const char *a, const char *c) {
     int n;
@@ -37,11 +43,11 @@ static int limit_fill(struct limit_bucket *b, const struct config_limit *r, cons
         n = snprintf(b->key, sizeof b->key, "%srl:%s:%s:%s", prefix, r->name, a, c);
     else
         n = snprintf(b->key, sizeof b->key, "%srl:%s:%s%s", prefix, r->name, fmt_tail, a);
-    /* a key that does not fit would alias another; rule names and app names are short */
+    /* a key cut short would alias another */
     return n < 0 || (size_t)n >= sizeof b->key ? -1 : 0;
 }
 
-size_t limit_buckets(const struct config *cfg, const char *key_prefix, const char *app,
+int limit_buckets(const struct config *cfg, const char *key_prefix, const char *app,
                      int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
                      struct limit_bucket *out, size_t cap) {
     size_t n = 0;
@@ -54,25 +60,28 @@ size_t limit_buckets(const struct config *cfg, const char *key_prefix, const cha
     if (has_scene_id) snprintf(sid, sizeof sid, "%u", (unsigned)scene_id);
     else memcpy(sid, "-", 2);
 
-    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+    for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];
         if (r->scope != CONFIG_SCOPE_PARAMS) continue;
         if (!r->business_any && (!has_business_id || r->business_id != business_id)) continue;
         if (!r->scene_any && (!has_scene_id || r->scene_id != scene_id)) continue;
-        if (limit_fill(&out[n], r, key_prefix, NULL, bid, sid) == 0) n++;
+        if (n >= cap || limit_fill(&out[n], r, key_prefix, NULL, bid, sid) != 0) return -1;
+        n++;
         break; /* the first matching params rule only */
     }
-    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+    for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];
         if (r->scope != CONFIG_SCOPE_APP) continue;
-        if (limit_fill(&out[n], r, key_prefix, "app:", app, NULL) == 0) n++;
+        if (n >= cap || limit_fill(&out[n], r, key_prefix, "app:", app, NULL) != 0) return -1;
+        n++;
     }
-    for (size_t i = 0; i < cfg->n_limits && n < cap; i++) {
+    for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];
         if (r->scope != CONFIG_SCOPE_GLOBAL) continue;
-        if (limit_fill(&out[n], r, key_prefix, "", "global", NULL) == 0) n++;
+        if (n >= cap || limit_fill(&out[n], r, key_prefix, "", "global", NULL) != 0) return -1;
+        n++;
     }
-    return n;
+    return (int)n;
 }
 
 int limit_gcra(uint64_t now_us, uint64_t tat_us, uint64_t emission_us, uint64_t tolerance_us,

@@ -579,11 +579,19 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     const struct v2_fields *f = &ctx->fields;
     char nonce_key[LIMIT_KEY_MAX + 160];
     struct store_nonce nonce = {nonce_key, 0};
-    int claim = 0;
+    int claim = 0, n;
 
-    ctx->n_buckets = limit_buckets(ctx->config, prefix, ctx->app->name, f->has_business_id,
-                                   f->business_id, f->has_scene_id, f->scene_id, ctx->buckets,
-                                   LIMIT_MAX_BUCKETS);
+    n = limit_buckets(ctx->config, prefix, ctx->app->name, f->has_business_id, f->business_id,
+                      f->has_scene_id, f->scene_id, ctx->buckets, LIMIT_MAX_BUCKETS);
+    if (n < 0) {
+        /* a rule that cannot be checked is not skipped: the request is refused (fail closed);
+         * the config's bounds keep this from happening (limit.h) */
+        log_error("request %s: the rate-limit buckets of app %s could not be built; refused",
+                  ctx->rec.request_id, ctx->app->name);
+        return ctx_error(ctx, APIERR_INTERNAL, PIPELINE_LIMITED, 0, 0,
+                         "the rate limits could not be checked");
+    }
+    ctx->n_buckets = (size_t)n;
     if (redis && ctx->has_nonce && ctx->app->secret_id) {
         if (auth_nonce_key(prefix, ctx->app->secret_id, ctx->nonce, nonce_key,
                            sizeof(nonce_key)) == 0) {

@@ -484,19 +484,21 @@ static void pool_depth_read(const char *err, const struct store_pool_result *res
     pool_fill_start(f);
 }
 
-/* Global rules only: the buckets limit_buckets gives for no app and no ids, scope global. */
-static size_t pool_global_buckets(const struct config *cfg, const char *prefix,
-                                  struct limit_bucket *out) {
+/* Global rules only: the buckets limit_buckets gives for no app and no ids, scope global. The
+ * count, or -1 when they cannot be built (no refill then: never without the global tokens). */
+static int pool_global_buckets(const struct config *cfg, const char *prefix,
+                               struct limit_bucket *out) {
     struct limit_bucket all[LIMIT_MAX_BUCKETS];
-    size_t n = limit_buckets(cfg, prefix, "-", 0, 0, 0, 0, all, LIMIT_MAX_BUCKETS), k = 0;
-    for (size_t i = 0; i < n; i++)
+    int n = limit_buckets(cfg, prefix, "-", 0, 0, 0, 0, all, LIMIT_MAX_BUCKETS), k = 0;
+    for (int i = 0; i < n; i++)
         if (all[i].rule && all[i].rule->scope == CONFIG_SCOPE_GLOBAL) out[k++] = all[i];
-    return k;
+    return n < 0 ? -1 : k;
 }
 
 static void pool_refiller_tick(evutil_socket_t fd, short what, void *arg) {
     struct pool_refiller *r = arg;
     const struct config *cfg;
+    int nb;
     if (r->stopped || r->round) return;
     pool_set_profiles(r->pool, &r->w->config->config->pool);
     if (r->state == POOL_BACKING_OFF) {
@@ -514,11 +516,12 @@ static void pool_refiller_tick(evutil_socket_t fd, short what, void *arg) {
         f->pr = &cfg->pool.profiles[i];
         f->ttl_ms = cfg->pool.ttl_s * 1000u;
         if (pool_profile_id(f->pr, f->id, sizeof f->id) != 0 ||
-            pool_key(r->prefix, f->pr, f->key, sizeof f->key) != 0) {
+            pool_key(r->prefix, f->pr, f->key, sizeof f->key) != 0 ||
+            (nb = pool_global_buckets(cfg, r->prefix, f->buckets)) < 0) {
             free(f);
             continue;
         }
-        f->n_buckets = pool_global_buckets(cfg, r->prefix, f->buckets);
+        f->n_buckets = (size_t)nb;
         r->pending++;
         store_pool_depth(r->w->store, f->key, f->ttl_ms, pool_depth_read, f);
     }

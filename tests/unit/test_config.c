@@ -561,6 +561,32 @@ static void test_name_bounds(void **state) {
                  "t.json:2:39: redis.key_prefix: must be at most 64 bytes; got 65");
 }
 
+/* Every app and global rule is a bucket of every request: at most 15 of them (with one params
+ * rule, 16 buckets). */
+static void test_scoped_limits_bound(void **state) {
+    char text[4096];
+    size_t used;
+    struct config *c;
+    (void)state;
+    for (int n = 15; n <= 16; n++) {
+        used = (size_t)snprintf(text, sizeof text, "{" UPSTREAM_OK ",\n\"limits\": [\n"
+                                "{\"name\": \"p\", \"rate\": 1}");
+        for (int i = 0; i < n; i++)
+            used += (size_t)snprintf(text + used, sizeof text - used,
+                                     ",\n{\"name\": \"s%d\", \"scope\": \"%s\", \"rate\": 1}", i,
+                                     i % 2 ? "app" : "global");
+        snprintf(text + used, sizeof text - used, "]}");
+        if (n == 15) {
+            c = load_ok(text);
+            assert_int_equal(c->n_limits, 16);
+            config_free(c);
+        } else {
+            expect_error(text, "t.json:19:1: limits[16]: more than 15 rules with scope \"app\" or "
+                               "\"global\"");
+        }
+    }
+}
+
 /* Two profiles equal in every parameter (size aside) would share one pool list. */
 #define PROFILE_A "\"captchaType\": 9, \"disturbLevel\": 1, \"isHttps\": 1, \"clientType\": 2, " \
                   "\"accountType\": 0"
@@ -587,6 +613,7 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_name_bounds),
         cmocka_unit_test(test_duplicate_profiles),
+        cmocka_unit_test(test_scoped_limits_bound),
         cmocka_unit_test(test_empty_env_var),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),

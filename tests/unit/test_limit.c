@@ -118,10 +118,34 @@ static void test_keys_ignore_config_version_and_cap(void **state) {
     assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 4), 2);
     assert_string_equal(a[0].key, b[0].key);
     assert_int_equal(b[0].emission_us, 20202); /* 2 s / 99 = 20202.02 µs, rounded */
-    /* the cap bounds what is written */
-    assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 1), 1);
-    assert_string_equal(b[0].key, "x:rl:r:3:4");
-    assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 0), 0);
+    /* buckets that do not fit the cap are not dropped: the request cannot be checked */
+    assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 1), -1);
+    assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 0), -1);
+    assert_int_equal(limit_buckets(&c1, "x:", "a", 0, 0, 0, 0, b, 1), 1);
+    assert_int_equal(limit_buckets(&c2, "x:", "a", 1, 3, 1, 4, b, 2), 2);
+}
+
+/* A key over LIMIT_KEY_MAX bytes is never skipped silently (and a params rule whose key failed
+ * does not hand over to the next one): -1, the request is refused. */
+static void test_key_too_long_fails_closed(void **state) {
+    char prefix[LIMIT_KEY_MAX], app[LIMIT_KEY_MAX];
+    struct config_limit p[] = {PARAMS("first", 1, 0, 1, 0, 10, 1, 10),
+                               PARAMS("second", 1, 0, 1, 0, 10, 1, 10)};
+    struct config_limit a[] = {SCOPED("per-app", CONFIG_SCOPE_APP, 10, 1, 10)};
+    struct config_limit g[] = {SCOPED("quota", CONFIG_SCOPE_GLOBAL, 10, 1, 10)};
+    struct config cp = cfg_with(p, 2), ca = cfg_with(a, 1), cg = cfg_with(g, 1);
+    struct limit_bucket b[4];
+    memset(prefix, 'p', sizeof prefix - 12);
+    prefix[sizeof prefix - 12] = '\0'; /* "<prefix>rl:first:-:-" is just over */
+    memset(app, 'a', sizeof app - 1);
+    app[sizeof app - 1] = '\0';
+    assert_int_equal(limit_buckets(&cp, prefix, "a", 0, 0, 0, 0, b, 4), -1);
+    assert_int_equal(limit_buckets(&ca, "x:", app, 0, 0, 0, 0, b, 4), -1);
+    assert_int_equal(limit_buckets(&cg, prefix, "a", 0, 0, 0, 0, b, 4), -1);
+    prefix[sizeof prefix - 20] = '\0';
+    assert_int_equal(limit_buckets(&cp, prefix, "a", 0, 0, 0, 0, b, 4), 1);
+    assert_string_equal(b[0].rule->name, "first");
+    assert_int_equal(limit_buckets(&cg, prefix, "a", 0, 0, 0, 0, b, 4), 1);
 }
 
 static void test_shadow_flag(void **state) {
@@ -289,6 +313,7 @@ static void test_extreme_rule_times(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_rule_then_app_then_global),
+        cmocka_unit_test(test_key_too_long_fails_closed),
         cmocka_unit_test(test_star_on_either_side),
         cmocka_unit_test(test_exact_rule_needs_the_param),
         cmocka_unit_test(test_first_match_in_file_order),
