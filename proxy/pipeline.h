@@ -60,14 +60,15 @@ const char *pipeline_decision_name(enum pipeline_decision d); /* "forwarded", ..
 struct pipeline_record {
     uint64_t ts_us;                /* wall clock when the request arrived */
     char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
-    char app[64];                  /* app name, "" before authentication */
+    char app[CONFIG_NAME_MAX + 1]; /* app name whole (config.h bounds it), "" before
+                                    * authentication */
     char client_ip[64];
     char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
     enum v2_action action_id;
     int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
     uint32_t business_id, scene_id, captcha_type, client_type, account_type;
     enum pipeline_decision decision;
-    char rule[64];                 /* the limit rule that decided, "" when none */
+    char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
     int code;                      /* the API code answered (upstream's, for a pass-through) */
     char code_desc[32];
     int http_status;               /* the HTTP status answered (0: client gone, no reply) */

@@ -7,11 +7,13 @@
 #define CAPGATE_STATS_H
 #include <stddef.h>
 #include <stdint.h>
+#include "config.h"
 #include "upstream.h"
 
 #define STATS_MAX_SERIES 1024   /* (app, action, decision) triples per worker; more go to app "~" */
 #define STATS_MAX_LIMIT_SERIES 256  /* (rule, decision) pairs per worker; more go to rule "~" */
-#define STATS_LABEL_MAX 64      /* longer label values are cut */
+/* An app or rule name whole (config.h bounds them); Action names and decisions are shorter. */
+#define STATS_LABEL_MAX (CONFIG_NAME_MAX + 1)
 
 struct strbuf;
 struct stats_worker;

@@ -209,6 +209,24 @@ static void test_limit_verdict(void **state) {
     assert_string_equal(small, "log");
 }
 
+/* A record keeps app and rule names as long as the config allows (64 bytes) whole. */
+static void test_record_names_whole(void **state) {
+    static const char name[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._";
+    struct config_limit r = {.name = (char *)name, .scope = CONFIG_SCOPE_GLOBAL, .rate = 1,
+                             .period_s = 1, .burst = 1};
+    struct limit_bucket b = {.rule = &r};
+    struct limit_outcome o = {.allowed = 0, .denied = 0, .shadow_denied = -1,
+                              .retry_after_us = 1};
+    struct pipeline_record rec;
+    char msg[256];
+    assert_int_equal(strlen(name), CONFIG_NAME_MAX);
+    assert_true(sizeof(rec.app) > CONFIG_NAME_MAX);
+    assert_int_equal(pipeline_limit_verdict(&b, 1, &o, rec.rule, sizeof(rec.rule), msg,
+                                            sizeof(msg)),
+                     PIPELINE_LIMITED);
+    assert_string_equal(rec.rule, name);
+}
+
 static void test_store_fallback(void **state) {
     assert_int_equal(pipeline_store_fallback(CONFIG_STORE_ERROR_LOCAL, 0, 0), PIPELINE_STORE_LOCAL);
     /* the local buckets failed too: nothing left to decide with */
@@ -275,6 +293,7 @@ int main(void) {
         cmocka_unit_test(test_upstream_params),
         cmocka_unit_test(test_config_refcount),
         cmocka_unit_test(test_limit_verdict),
+        cmocka_unit_test(test_record_names_whole),
         cmocka_unit_test(test_store_fallback),
         cmocka_unit_test(test_limit_headers),
     };

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "capgate/strbuf.h"
+#include "config.h"
 #include "stats.h"
 
 static char *render(struct stats_worker **w, size_t n, const struct stats_process *p) {
@@ -112,6 +113,22 @@ static void test_label_escaping_and_overflow(void **state) {
     stats_worker_free(w[0]);
 }
 
+/* App and rule names as long as the config allows (64 bytes) are labels whole. */
+#define NAME64 "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._"
+static void test_longest_names_whole(void **state) {
+    struct stats_worker *w[1] = {stats_worker_new(0)};
+    struct stats_process p = {0};
+    assert_int_equal(strlen(NAME64), CONFIG_NAME_MAX);
+    stats_count_request(w[0], NAME64, "CaptchaCheck", "forwarded");
+    stats_count_limit(w[0], NAME64, "limited");
+    char *text = render(w, 1, &p);
+    assert_non_null(strstr(text, "capgate_requests_total{app=\"" NAME64 "\",action="));
+    assert_non_null(strstr(text, "capgate_limit_decisions_total{rule=\"" NAME64 "\",decision="));
+    assert_int_equal(stats_requests(w[0], NAME64, "CaptchaCheck", "forwarded"), 1);
+    free(text);
+    stats_worker_free(w[0]);
+}
+
 static void test_limits_store_and_sinks(void **state) {
     struct stats_worker *w[2] = {stats_worker_new(0), stats_worker_new(1)};
     struct stats_process p = {0};
@@ -186,6 +203,7 @@ int main(void) {
         cmocka_unit_test(test_histogram_and_breaker),
         cmocka_unit_test(test_label_escaping_and_overflow),
         cmocka_unit_test(test_limits_store_and_sinks),
+        cmocka_unit_test(test_longest_names_whole),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
