@@ -323,6 +323,9 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
     if (rc != 0) return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
     ctx->parsed = 1;
     copy_str(ctx->rec.action, sizeof(ctx->rec.action), params_get(&ctx->params, "Action"));
+    /* known now, so refusals before validation (4100, 4500) are counted under it; anything else
+     * stays "unknown", which keeps the label's values bounded */
+    ctx->rec.action_id = validate_action_parse(params_get(&ctx->params, "Action"));
     return STAGE_NEXT;
 }
 
@@ -356,8 +359,7 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
 
 static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
     char err[256];
-    enum v2_action action = validate_action_parse(params_get(&ctx->params, "Action"));
-    ctx->rec.action_id = action;
+    enum v2_action action = ctx->rec.action_id;
     if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0)
         return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
     const struct v2_fields *f = &ctx->fields;

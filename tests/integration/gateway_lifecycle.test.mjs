@@ -196,6 +196,33 @@ test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exi
   assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
 });
 
+test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent; an unknown one is "unknown"', async () => {
+  const gw = await gateway();
+  assert.equal((await gwCall(gw, { app: APPS.sig, action: 'CaptchaCheck', secretKey: 'wrong' })).json?.code, 4100);
+  const nonce = 424242;
+  assert.equal((await gwCall(gw, { app: APPS.sig, nonce })).json?.code, 0);
+  assert.equal((await gwCall(gw, { app: APPS.sig, nonce })).json?.code, 4500);
+  assert.equal((await gwCall(gw, { app: APPS.token, action: 'Describe', token: 'not-a-token' })).json?.code, 4100);
+  const want = [
+    [{ app: '-', action: 'CaptchaCheck', decision: 'unauthorized' }, 1],
+    [{ app: '-', action: 'CaptchaIframeQuery', decision: 'unauthorized' }, 1],
+    [{ app: '-', action: 'unknown', decision: 'unauthorized' }, 1],
+    [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'forwarded' }, 1],
+  ];
+  let m;
+  try {
+    await waitFor(async () => {
+      m = await gw.metrics();
+      return m.get('capgate_requests_total') >= 4;
+    }, { timeoutMs: 4000, intervalMs: 100, what: 'capgate_requests_total to count the requests' });
+  } catch (e) {
+    assert.fail(`${e.message}\n${m?.text ?? ''}`);
+  }
+  for (const [labels, n] of want) {
+    assert.equal(m.get('capgate_requests_total', labels), n, `capgate_requests_total${JSON.stringify(labels)}\n${m.text}`);
+  }
+});
+
 test('/healthz, /readyz, /metrics: capgate_requests_total by app/action/decision, a histogram, the breaker gauge', async () => {
   const gw = await gateway();
   const health = await gw.admin('/healthz');
