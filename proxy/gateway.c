@@ -20,6 +20,7 @@
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
 #include "capgate/log.h"
+#include "capgate/thread.h"
 #include "capgate/tls.h"
 #include "config.h"
 #include "demo.h"
@@ -562,18 +563,12 @@ fail:
 }
 
 int gateway_run(struct gateway *g) {
-    sigset_t block, old;
     int rc = 0;
 
     /* The workers leave the signals to the main thread. */
-    sigemptyset(&block);
-    sigaddset(&block, SIGTERM);
-    sigaddset(&block, SIGINT);
-    sigaddset(&block, SIGHUP);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
     for (unsigned i = 0; i < g->n_workers; i++) {
         struct gateway_worker *w = &g->workers[i];
-        if (pthread_create(&w->thread, NULL, worker_main, w) != 0) {
+        if (thread_start(&w->thread, NULL, worker_main, w) != 0) {
             log_error("worker %u: thread not started", i);
             rc = -1;
             break;
@@ -581,7 +576,6 @@ int gateway_run(struct gateway *g) {
         w->started = 1;
         g->n_started++;
     }
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0) {
         /* Stop the workers that did start; the loop below ends when they all finished. */
         g->draining = 1;

@@ -23,6 +23,7 @@
 #include "capgate/log.h"
 #include "capgate/num.h"
 #include "capgate/params.h"
+#include "capgate/thread.h"
 #include "config.h"
 
 /* ---- fields ---- */
@@ -932,20 +933,6 @@ void metrics_flush(struct metrics *m) {
 
 /* ---- lifecycle ---- */
 
-/* Starts fn on a thread that inherits a mask blocking every signal: SIGTERM, SIGINT and SIGHUP
- * belong to the main thread's event loop, and one taken here would also make a blocking hiredis
- * connect fail (its poll(2) gives up on EINTR). Blocked before pthread_create, not by the new
- * thread itself, so no signal lands in between. 0 or an errno. */
-static int metrics_thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *),
-                                void *arg) {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &old);
-    int rc = pthread_create(t, attr, fn, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return rc;
-}
-
 static void redis_cfg_free(struct metrics_redis *r) {
     if (!r) return;
     free(r->host);
@@ -989,7 +976,7 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
     if (!wake_init) goto oom;
     if (pthread_cond_init(&m->flushed, NULL) != 0) goto oom;
     flushed_init = 1;
-    if (metrics_thread_start(&m->thread, NULL, flush_main, m) != 0) {
+    if (thread_start(&m->thread, NULL, flush_main, m) != 0) {
         snprintf(err, errlen, "metrics: cannot start the flush thread");
         goto fail;
     }
@@ -1224,7 +1211,7 @@ void metrics_query(struct metrics *m, const struct metrics_query *q,
     pthread_mutex_unlock(&m->lock);
     if (pthread_attr_init(&attr) == 0) {
         pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        started = metrics_thread_start(&t, &attr, query_main, j) == 0;
+        started = thread_start(&t, &attr, query_main, j) == 0;
         pthread_attr_destroy(&attr);
     }
     if (!started) {

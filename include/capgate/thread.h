@@ -1,0 +1,14 @@
+/* thread.h: starting helper threads that leave process signals to the main thread. */
+#ifndef CAPGATE_THREAD_H
+#define CAPGATE_THREAD_H
+#include <pthread.h>
+
+/* pthread_create with the asynchronous signals (SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1,
+ * SIGUSR2, SIGALRM, SIGCHLD, SIGPIPE, SIGWINCH) blocked in the new thread from its first
+ * instruction: they belong to the main thread's event loop, and one taken by a helper thread would
+ * interrupt its blocking calls (hiredis's connect gives up on EINTR). Synchronous signals (SIGSEGV,
+ * SIGBUS, ...) stay deliverable so crashes and sanitizers report where they happened. The
+ * caller's mask is unchanged. 0, or an errno value. */
+int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
+
+#endif
