@@ -6,15 +6,12 @@
 // demo off (404).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { startMock, request, tmpDir, waitFor, MOCK_SECRET_ID } from './lib/harness.mjs';
+import { HAVE_CHROMIUM, SKIP_REASON, STEP_MS, launchBrowser } from './lib/browser.mjs';
+import { startMock, request, waitFor, MOCK_SECRET_ID } from './lib/harness.mjs';
 import { startGateway, journal, verdict, resetMock, addFault, gwCall, APPS } from './lib/gateway.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
-const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const STEP_MS = 10000; // bound of every browser wait
 
 // The token app of the base config is the demo app (demo_app given explicitly).
 const DEMO_APP = APPS.token;
@@ -22,29 +19,18 @@ const DEMO_APP = APPS.token;
 let mock;
 let gw;
 let browser;
-let userDataDir;
 
 before(async () => {
   mock = await startMock({ tls: true });
   gw = await startGateway({ mock, config: { demo: true, demo_app: DEMO_APP.name } });
   if (!HAVE_CHROMIUM) return;
-  const { chromium } = await import('playwright-core');
-  userDataDir = tmpDir('capgate-chromium-');
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  browser.setDefaultTimeout(STEP_MS);
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
   await gw?.stop();
   await mock?.stop();
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
 });
 
 const postJson = (p, body, headers = {}) => request(`${gw.adminUrl}${p}`, {
@@ -52,7 +38,7 @@ const postJson = (p, body, headers = {}) => request(`${gw.adminUrl}${p}`, {
 });
 
 test('the page through the full pipeline in chromium: CaptchaCheck passed: code 0', async (t) => {
-  if (!HAVE_CHROMIUM) return t.skip(`${CHROMIUM} not found (install Debian's chromium to run the browser test)`);
+  if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
   await resetMock(mock);
   const before = await gw.metrics();
   const page = await browser.newPage();

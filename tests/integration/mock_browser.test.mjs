@@ -3,17 +3,13 @@
 // capInit → click → {ret: 0, ticket} → CaptchaCheck passes; the close link yields {ret: 1}.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import http from 'node:http';
-import { startMock, v2Call, tmpDir, SEED_PARAMS } from './lib/harness.mjs';
+import { HAVE_CHROMIUM, SKIP_REASON, STEP_MS, launchBrowser } from './lib/browser.mjs';
+import { startMock, v2Call, SEED_PARAMS } from './lib/harness.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
-const HAVE_CHROMIUM = fs.existsSync(CHROMIUM);
-const STEP_MS = 10000; // bound of every browser wait
 
 let mock;
 let browser;
-let userDataDir;
 let pageServer;
 let pageUrl;
 const pages = new Map(); // path → html
@@ -29,23 +25,13 @@ before(async () => {
   });
   await new Promise((resolve) => pageServer.listen(0, '127.0.0.1', resolve));
   pageUrl = `http://127.0.0.1:${pageServer.address().port}`;
-  const { chromium } = await import('playwright-core');
-  userDataDir = tmpDir('capgate-chromium-');
-  browser = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM,
-    headless: true,
-    timeout: 30000,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  browser.setDefaultTimeout(STEP_MS);
+  browser = await launchBrowser();
 });
 
 after(async () => {
   await browser?.close();
   await new Promise((resolve) => (pageServer ? pageServer.close(resolve) : resolve()));
   await mock?.stop();
-  if (userDataDir) fs.rmSync(userDataDir, { recursive: true, force: true });
 });
 
 /** A fresh single-use captcha URL from the mock. */
@@ -82,7 +68,7 @@ const resultWithin = (page) => page.evaluate((ms) => Promise.race([
 ]), STEP_MS);
 
 test('widget solve: callback gets {ret: 0, ticket}, CaptchaCheck passes it', async (t) => {
-  if (!HAVE_CHROMIUM) return t.skip(`${CHROMIUM} not found (install Debian's chromium to run the browser test)`);
+  if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
   const page = await openWidgetPage('solve', await captchaUrl());
   await page.click('#capgate-mock-solve', { timeout: STEP_MS });
   const res = await resultWithin(page);
@@ -97,7 +83,7 @@ test('widget solve: callback gets {ret: 0, ticket}, CaptchaCheck passes it', asy
 });
 
 test('widget close: callback gets {ret: 1}', async (t) => {
-  if (!HAVE_CHROMIUM) return t.skip(`${CHROMIUM} not found (install Debian's chromium to run the browser test)`);
+  if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
   const page = await openWidgetPage('close', await captchaUrl());
   await page.click('#capgate-mock-close', { timeout: STEP_MS });
   const res = await resultWithin(page);
