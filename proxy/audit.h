@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"  /* CONFIG_NAME_MAX */
+
 struct config;
 struct config_audit;
 struct event_base;
@@ -39,13 +41,13 @@ struct audit_record {
     uint64_t ts_us;                 /* arrival, Unix microseconds; rendered ISO-8601 UTC ms */
     char request_id[17];
     char instance[64];
-    char app[64];
+    char app[CONFIG_NAME_MAX + 1];  /* whole: config.h bounds app names */
     char client_ip[64];
     char action[64];
     int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
     uint32_t business_id, scene_id, captcha_type, client_type, account_type;
     char decision[24];              /* pipeline_decision_name() */
-    char rule[64];
+    char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
     char code_desc[32];
     int upstream_status;
@@ -132,7 +134,7 @@ const char *audit_state_name(struct audit *a);
 struct audit_query {
     int has_business_id, has_scene_id;
     uint32_t business_id, scene_id;
-    char app[64];          /* "" = any */
+    char app[CONFIG_NAME_MAX + 1]; /* "" = any */
     char decision[24];     /* "" = any */
     uint64_t since_ms;     /* 0 = any; records with ts >= since */
     unsigned limit;        /* 1..AUDIT_QUERY_LIMIT_MAX */

@@ -235,6 +235,31 @@ static void test_record_raw_no_url(void **state) {
     params_cleanup(&p);
 }
 
+/* Config names are up to CONFIG_NAME_MAX bytes: the record and the app filter hold them whole. */
+static void test_record_whole_names(void **state) {
+    struct pipeline_record pr;
+    struct audit_record r;
+    struct audit_query q;
+    struct config_audit cfg = audit_cfg(1);
+    char name[CONFIG_NAME_MAX + 1], query[CONFIG_NAME_MAX + 8], err[256];
+    memset(name, 'a', CONFIG_NAME_MAX);
+    name[CONFIG_NAME_MAX] = '\0';
+    name[CONFIG_NAME_MAX - 1] = 'z';
+    sample_pipeline_record(&pr, "0011223344556677");
+    snprintf(pr.app, sizeof(pr.app), "%s", name);
+    snprintf(pr.rule, sizeof(pr.rule), "%s", name);
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    assert_string_equal(r.app, name);
+    assert_string_equal(r.rule, name);
+    json_t *o = record_object(&r);
+    assert_string_equal(jstr(o, "app"), name);
+    assert_string_equal(jstr(o, "rule"), name);
+    json_decref(o);
+    snprintf(query, sizeof(query), "app=%s", name);
+    assert_int_equal(audit_query_parse(query, &q, err, sizeof(err)), 0);
+    assert_string_equal(q.app, name);
+}
+
 static void test_query_parse(void **state) {
     struct audit_query q;
     char err[256];
@@ -724,6 +749,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),
+        cmocka_unit_test(test_record_whole_names),
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_queue_order_and_count),
         cmocka_unit_test(test_query_memory),
