@@ -860,7 +860,18 @@ static void flush_cycle(struct metrics *m) {
             metrics_batch_trim(m->memory, SIZE_MAX, keep_from, NULL);
             m->memory_pruned_minute = keep_from;
         }
+        /* clients choose the ids: bound the tables like the pending batch in Redis mode */
+        dropped = metrics_batch_count(m->memory) > METRICS_MEMORY_MAX_KEYS
+                      ? metrics_batch_trim(m->memory, METRICS_MEMORY_MAX_KEYS, 0, &dropped_reqs)
+                      : 0;
         pthread_mutex_unlock(&m->lock);
+        if (dropped) {
+            atomic_fetch_add_explicit(&m->dropped_keys, dropped, memory_order_relaxed);
+            atomic_fetch_add_explicit(&m->dropped_requests, dropped_reqs, memory_order_relaxed);
+            log_warn("metrics: dropped the %zu oldest keys (%" PRIu64 " requests) beyond the "
+                     "in-process bound of %d keys", dropped, dropped_reqs,
+                     METRICS_MEMORY_MAX_KEYS);
+        }
         metrics_batch_clear(m->pending);
         if (have) atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
         return;

@@ -30,6 +30,8 @@ struct metrics_batch;
 #define METRICS_BATCH_MAX_KEYS 65536     /* distinct keys one worker batch holds; more are dropped */
 #define METRICS_PENDING_MAX_KEYS 16384   /* keys kept while Redis is unreachable; the oldest
                                           * minutes beyond this are dropped (and counted) */
+#define METRICS_MEMORY_MAX_KEYS 262144   /* keys the in-process tables hold without Redis; the
+                                          * oldest minutes beyond this are dropped (and counted) */
 #define METRICS_QUERY_MAX_STEPS 1440
 
 /* ---- lifecycle and the worker side ---- */

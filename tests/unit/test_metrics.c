@@ -436,6 +436,34 @@ static void test_memory_mode(void **state) {
     metrics_free(m);
 }
 
+/* Without Redis the in-process tables are bounded whatever the clients send: distinct sceneIds
+ * beyond METRICS_MEMORY_MAX_KEYS drop the oldest minutes, counted. */
+static void test_memory_mode_bounded(void **state) {
+    struct config cfg;
+    char err[256];
+    struct metrics_stats st;
+    const uint32_t per_minute = METRICS_MEMORY_MAX_KEYS / 2 + 1000;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.metrics.flush_ms = 60000;   /* only explicit flushes */
+    cfg.metrics.retention_s = 3600;
+    struct metrics *m = metrics_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(m);
+    uint64_t now = clock_wall_us() / 1000000u;
+    uint64_t m0 = (now / 60 - 2) * 60, m1 = m0 + 60;
+    for (int minute = 0; minute < 2; minute++) {
+        for (uint32_t s = 0; s < per_minute; s++) {
+            struct pipeline_record r = rec(minute ? m1 : m0, 1, 5, 1, s, PIPELINE_FORWARDED, 0, 1);
+            metrics_record(m, 0, &r);
+            if ((s + 1) % 50000 == 0) metrics_flush(m);
+        }
+        metrics_flush(m);
+    }
+    metrics_get_stats(m, &st);
+    assert_int_equal(st.dropped_keys, per_minute);      /* the older minute, whole */
+    assert_int_equal(st.dropped_requests, per_minute);
+    metrics_free(m);
+}
+
 /* Workers record while the flush thread keeps taking their batches: nothing is lost or counted
  * twice. */
 /* The tasks of this process other than the caller, as thread ids; n returned, at most cap. */
@@ -734,6 +762,7 @@ int main(void) {
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_query_json),
         cmocka_unit_test(test_memory_mode),
+        cmocka_unit_test(test_memory_mode_bounded),
         cmocka_unit_test(test_concurrent_handover),
         cmocka_unit_test(test_flush_thread_blocks_signals),
         cmocka_unit_test_teardown(test_redis_mode, teardown_redis),
