@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,6 +33,7 @@
 #include "capgate/num.h"
 #include "capgate/params.h"
 #include "capgate/strbuf.h"
+#include "capgate/thread.h"
 #include "config.h"
 #include "pipeline.h"
 
@@ -627,12 +627,6 @@ static void set_state(struct audit *a, enum audit_state s) {
 
 const char *audit_state_name(struct audit *a) {
     return audit_state_names[atomic_load(&a->state)];
-}
-
-static void block_signals(void) {
-    sigset_t all;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, NULL);
 }
 
 static int write_all(int fd, const char *p, size_t n) {
@@ -1406,7 +1400,6 @@ static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
     unsigned stop_retries = 0;
-    block_signals();
     if (a->cfg->redis)
         try_connect(a);
     for (;;) {
@@ -1534,7 +1527,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         }
         a->file.synced_us = clock_mono_us();
     }
-    if (pthread_create(&a->thread, NULL, sink_main, a) != 0) {
+    if (thread_start(&a->thread, NULL, sink_main, a) != 0) {
         snprintf(err, errlen, "audit: cannot start the sink thread");
         goto fail;
     }
@@ -1796,7 +1789,6 @@ static void *query_main(void *arg) {
     json_t *records = json_array(), *o = NULL;
     uint64_t scanned = 0;
     char err[256] = "";
-    block_signals();
     if (!records)
         goto out;
     if (a->cfg->redis) {
@@ -1848,7 +1840,7 @@ void audit_query(struct audit *a, const struct audit_query *q, struct event_base
     pthread_mutex_unlock(&a->query_lock);
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, query_main, j);
+    int rc = thread_start(&t, &attr, query_main, j);
     pthread_attr_destroy(&attr);
     if (rc != 0) {
         pthread_mutex_lock(&a->query_lock);

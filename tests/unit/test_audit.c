@@ -743,6 +743,68 @@ static void test_sink_redis(void **state) {
     free(dir);
 }
 
+/* ---- the sink thread's signal mask ---- */
+
+/* Thread ids of this process into ids (at most cap); the count. */
+static size_t task_ids(long *ids, size_t cap) {
+    DIR *d = opendir("/proc/self/task");
+    struct dirent *e;
+    size_t n = 0;
+    assert_non_null(d);
+    while ((e = readdir(d)) != NULL && n < cap)
+        if (e->d_name[0] != '.')
+            ids[n++] = strtol(e->d_name, NULL, 10);
+    closedir(d);
+    return n;
+}
+
+/* The SigBlk mask of thread tid, or 0 when it cannot be read. */
+static unsigned long long task_blocked(long tid) {
+    char path[128], line[256];
+    unsigned long long mask = 0;
+    snprintf(path, sizeof(path), "/proc/self/task/%ld/status", tid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return 0;
+    while (fgets(line, sizeof(line), f))
+        if (strncmp(line, "SigBlk:", 7) == 0)
+            mask = strtoull(line + 7, NULL, 16);
+    fclose(f);
+    return mask;
+}
+
+/* The sink starts through thread_start: the asynchronous signals are blocked, the synchronous
+ * ones (a crash) stay deliverable so it is reported where it happened. */
+static void test_sink_signal_mask(void **state) {
+    long before[256], after[256], sink = 0;
+    size_t n_before = task_ids(before, 256);
+    struct config cfg = {0};
+    cfg.audit = audit_cfg(0);
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    size_t n_after = task_ids(after, 256);
+    for (size_t i = 0; i < n_after && !sink; i++) {
+        int old = 0;
+        for (size_t j = 0; j < n_before; j++)
+            old |= after[i] == before[j];
+        if (!old)
+            sink = after[i];
+    }
+    assert_true(sink > 0);
+    /* glibc starts a thread with every signal blocked and sets the mask it was given a moment
+     * later */
+    WAIT_UNTIL(!(task_blocked(sink) & (1ull << (SIGSEGV - 1))), 2000,
+               "SIGSEGV deliverable in the sink thread");
+    unsigned long long mask = task_blocked(sink);
+    assert_true(mask & (1ull << (SIGTERM - 1)));
+    assert_true(mask & (1ull << (SIGPIPE - 1)));
+    assert_false(mask & (1ull << (SIGSEGV - 1)));
+    assert_false(mask & (1ull << (SIGBUS - 1)));
+    audit_free(a);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
@@ -754,6 +816,7 @@ int main(void) {
         cmocka_unit_test(test_queue_order_and_count),
         cmocka_unit_test(test_query_memory),
         cmocka_unit_test(test_sink_redis),
+        cmocka_unit_test(test_sink_signal_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
