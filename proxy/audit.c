@@ -966,9 +966,29 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
     }
 }
 
+/* Keeps nodes (in order) ahead of the held records, to be retried first. */
+static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
+    for (size_t i = n; i-- > 0;) {
+        nodes[i]->next = a->held;
+        a->held = nodes[i];
+    }
+}
+
+/* Spools nodes and frees them, or holds them when the spool refuses them. */
+static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) {
+    if (spool_append(a, nodes, n) == 0) {
+        for (size_t i = 0; i < n; i++)
+            free(nodes[i]);
+    } else {
+        hold(a, nodes, n);
+    }
+}
+
 /* Pipelined XADDs. Records answered OK are freed; an error reply or a lost connection moves the
- * rest to the spool (unanswered ones marked uncertain) and the sink to spooling. */
-static void live_write(struct audit *a, struct audit_node **nodes, size_t n) {
+ * sink to spooling and leaves the rest, in order, at the front of nodes (unanswered ones marked
+ * uncertain): their count is returned. The retries are gathered in place, without allocating,
+ * because this is the path that runs when things already go wrong. */
+static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n) {
     struct audit_fields f;
     size_t sent = 0, i;
     int failed = 0;
@@ -987,8 +1007,7 @@ static void live_write(struct audit *a, struct audit_node **nodes, size_t n) {
             break;
         sent++;
     }
-    struct audit_node **retry = calloc(n ? n : 1, sizeof(*retry));
-    size_t n_retry = 0;
+    size_t n_retry = 0;  /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
     for (i = 0; i < sent; i++) {
         redisReply *r = NULL;
         if (failed || redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
@@ -996,14 +1015,14 @@ static void live_write(struct audit *a, struct audit_node **nodes, size_t n) {
                 snprintf(why, sizeof(why), "XADD: %s", a->redis->errstr);
             failed = 1;
             nodes[i]->uncertain = 1;
-            retry[n_retry++] = nodes[i];
+            nodes[n_retry++] = nodes[i];
             continue;
         }
         if (r->type == REDIS_REPLY_ERROR) {
             if (!why[0])
                 snprintf(why, sizeof(why), "XADD: %s", r->str);
             atomic_fetch_add(&a->redis_errors, 1);
-            retry[n_retry++] = nodes[i];
+            nodes[n_retry++] = nodes[i];
         } else {
             atomic_fetch_add(&a->written, 1);
             free(nodes[i]);
@@ -1011,22 +1030,12 @@ static void live_write(struct audit *a, struct audit_node **nodes, size_t n) {
         freeReplyObject(r);
     }
     for (i = sent; i < n; i++)  /* never sent: certainly not written */
-        retry[n_retry++] = nodes[i];
+        nodes[n_retry++] = nodes[i];
     if (sent < n && !why[0])
         snprintf(why, sizeof(why), "XADD: cannot queue the command");
-    if (n_retry > 0) {
+    if (n_retry > 0)
         sink_failed(a, why);
-        if (spool_append(a, retry, n_retry) == 0) {
-            for (i = 0; i < n_retry; i++)
-                free(retry[i]);
-        } else {
-            for (i = n_retry; i-- > 0;) {
-                retry[i]->next = a->held;
-                a->held = retry[i];
-            }
-        }
-    }
-    free(retry);
+    return n_retry;
 }
 
 /* ---- replay ---- */
@@ -1377,18 +1386,12 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
-        live_write(a, batch, n);
+        n = live_write(a, batch, n);
+        if (n > 0)
+            spool_or_hold(a, batch, n);
         return;
     default:
-        if (spool_append(a, batch, n) == 0) {
-            for (i = 0; i < n; i++)
-                free(batch[i]);
-        } else {
-            for (i = n; i-- > 0;) {
-                batch[i]->next = a->held;
-                a->held = batch[i];
-            }
-        }
+        spool_or_hold(a, batch, n);
         return;
     }
 }

@@ -5,6 +5,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,17 @@
 #include "pipeline.h"
 
 static const char pii_key[] = "test-pii-key-0123456789";
+
+/* Linked with -Wl,--wrap=calloc: while fail_pointer_arrays is set, every calloc of pointer-sized
+ * elements (the sink's arrays of records) fails, as on an out-of-memory. */
+static atomic_int fail_pointer_arrays;
+void *__real_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size) {
+    if (size == sizeof(void *) && atomic_load(&fail_pointer_arrays))
+        return NULL;
+    return __real_calloc(n, size);
+}
 
 static void hex_prefix(const unsigned char *md, size_t bytes, char *out) {
     for (size_t i = 0; i < bytes; i++)
@@ -743,6 +755,46 @@ static void test_sink_redis(void **state) {
     free(dir);
 }
 
+/* An out-of-memory in a failed live write keeps the records: they reach the spool and, once
+ * Redis is back, the stream. */
+static void test_sink_live_failure_oom(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512];
+    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    rs.port = free_port();
+    redis_start(&rs);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
+    atomic_store(&fail_pointer_arrays, 1);
+    redis_stop(&rs);
+    submit_n(a, "e0000000", 100);
+    WAIT_UNTIL(stats_of(a).spooled == 100, 5000, "100 spooled records");
+    atomic_store(&fail_pointer_arrays, 0);
+    redis_start(&rs);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "replay and live again");
+    assert_stream_tail(rs.port, 0, "e0000000", 100);
+    audit_free(a);
+    redis_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* ---- the sink thread's signal mask ---- */
 
 /* Thread ids of this process into ids (at most cap); the count. */
@@ -817,6 +869,7 @@ int main(void) {
         cmocka_unit_test(test_query_memory),
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
+        cmocka_unit_test(test_sink_live_failure_oom),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
