@@ -1399,6 +1399,76 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
 #define REPLAY_STEPS 4            /* replay chunks per loop turn, so replay outpaces arrivals */
 #define STOP_RETRIES 50           /* turns a stopping sink retries records the spool refused */
 
+#define UNSAVED_PREFIX "capgate audit record (unsaved): "
+
+/* Writes n's record to stderr as one JSON line after UNSAVED_PREFIX: the log is the last durable
+ * place for a record neither Redis nor the spool took. */
+static void print_unsaved(const struct audit_node *n) {
+    struct strbuf b;
+    strbuf_init(&b);
+    if (audit_record_json(&n->rec, &b) == 0)
+        fprintf(stderr, UNSAVED_PREFIX "%s\n", b.s);
+    else  /* no memory for the JSON: what identifies the record, by hand */
+        fprintf(stderr, UNSAVED_PREFIX "{\"ts_us\":%llu,\"request_id\":\"%s\",\"app\":\"%s\","
+                "\"decision\":\"%s\",\"code\":%d}\n", (unsigned long long)n->rec.ts_us,
+                n->rec.request_id, n->rec.app, n->rec.decision, n->rec.code);
+    strbuf_cleanup(&b);
+}
+
+/* A stopping sink whose spool keeps refusing records (Redis down and the disk full or the
+ * directory gone). The held records and everything still in the worker queues (which a sink
+ * holding records does not drain) get one more attempt at Redis, then at the spool, and what
+ * neither takes is printed to stderr, one line each, and counted: no record is freed unseen.
+ * Written to Redis here, records may land ahead of older ones still in the spool. */
+static void sink_last_resort(struct audit *a) {
+    struct audit_node *batch[SINK_BATCH], *rest = a->held, **tail = &rest;
+    size_t n, total = 0, unsaved = 0;
+    int retried;
+    a->held = NULL;
+    while (*tail)
+        tail = &(*tail)->next;
+    while ((n = collect(a, batch, SINK_BATCH, &retried)) > 0) {  /* the queues, in order */
+        if (a->file.fd >= 0)
+            file_append(a, batch, n);
+        for (size_t i = 0; i < n; i++) {
+            *tail = batch[i];
+            tail = &batch[i]->next;
+        }
+    }
+    if (!a->redis && a->cfg->redis) {
+        char err[256];
+        a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+        if (!a->redis)
+            log_warn("audit: last attempt at redis: %s", err);
+    }
+    while (rest) {
+        for (n = 0; n < SINK_BATCH && rest; n++) {
+            batch[n] = rest;
+            rest = rest->next;
+            batch[n]->next = NULL;
+        }
+        total += n;
+        if (a->redis)
+            n = live_write(a, batch, n);  /* on failure it disconnects: later batches skip it */
+        if (n > 0 && spool_append(a, batch, n) == 0) {
+            for (size_t i = 0; i < n; i++)
+                free(batch[i]);
+            n = 0;
+        }
+        for (size_t i = 0; i < n; i++) {
+            print_unsaved(batch[i]);
+            free(batch[i]);
+        }
+        unsaved += n;
+    }
+    if (unsaved)
+        log_error("audit: stopping: %zu of %zu remaining records could be written neither to "
+                  "redis nor to the spool; each is on stderr as a \"" UNSAVED_PREFIX "\" line",
+                  unsaved, total);
+    else
+        log_warn("audit: stopping: the last %zu records were written at the last attempt", total);
+}
+
 static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1427,15 +1497,8 @@ static void *sink_main(void *arg) {
             nanosleep(&ts, NULL);
         }
     }
-    size_t lost = 0;
-    while (a->held) {
-        struct audit_node *next = a->held->next;
-        free(a->held);
-        a->held = next;
-        lost++;
-    }
-    if (lost)
-        log_error("audit: %zu records could be written neither to redis nor to the spool", lost);
+    if (a->held)
+        sink_last_resort(a);
     spool_close_segment(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
@@ -1570,8 +1633,18 @@ void audit_free(struct audit *a) {
         if (!q)
             continue;
         struct audit_node *n;
-        while ((n = queue_pop(q)) != NULL)  /* only when the sink never started */
+        size_t unsaved = 0;
+        /* The sink drains every queue before it ends (its last resort included), so records
+         * are left here only when they were submitted after audit_free began, against the
+         * contract; they still go to stderr rather than nowhere. */
+        while ((n = queue_pop(q)) != NULL) {
+            print_unsaved(n);
             free(n);
+            unsaved++;
+        }
+        if (unsaved)
+            log_error("audit: %zu records of worker %u arrived after the sink stopped; each is "
+                      "on stderr as a \"" UNSAVED_PREFIX "\" line", unsaved, w);
         free(q);
     }
     free(a->queues);

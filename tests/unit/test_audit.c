@@ -795,6 +795,70 @@ static void test_sink_live_failure_oom(void **state) {
     free(dir);
 }
 
+/* Stopping while Redis is down and the spool directory is gone: every record, held by the sink
+ * or still in the worker queue, ends as one "capgate audit record (unsaved):" line on stderr. */
+static void test_sink_stop_unsaved(void **state) {
+    char *dir = make_tmpdir();
+    char spool[512], errfile[512];
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = free_port();  /* nothing listens there */
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "spooling") == 0, 5000, "spooling");
+    rm_rf(spool);
+    const unsigned count = 1500;  /* more than one sink batch: some stay in the queue */
+    submit_n(a, "f0000000", count);
+    sleep_ms(100);
+
+    fflush(stderr);
+    int saved = dup(2), fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+    audit_free(a);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+
+    FILE *f = fopen(errfile, "r");
+    assert_non_null(f);
+    static const char prefix[] = "capgate audit record (unsaved): ";
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned next = 0;
+    int counted = 0;
+    while (getline(&line, &cap, f) > 0) {
+        if (strncmp(line, prefix, strlen(prefix)) != 0) {
+            counted |= strstr(line, "1500 of 1500 remaining records") != NULL;
+            continue;
+        }
+        struct audit_record r;
+        char want[17];
+        assert_int_equal(audit_record_from_json(line + strlen(prefix),
+                                                strlen(line + strlen(prefix)), &r), 0);
+        snprintf(want, sizeof(want), "f0000000%08x", next++);
+        assert_string_equal(r.request_id, want);
+    }
+    free(line);
+    fclose(f);
+    assert_int_equal(next, count);
+    assert_true(counted);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* ---- the sink thread's signal mask ---- */
 
 /* Thread ids of this process into ids (at most cap); the count. */
@@ -870,6 +934,7 @@ int main(void) {
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
         cmocka_unit_test(test_sink_live_failure_oom),
+        cmocka_unit_test(test_sink_stop_unsaved),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
