@@ -477,6 +477,7 @@ struct audit_queue {
     atomic_uint_fast64_t overflowed;
     _Alignas(64) atomic_size_t head;
     atomic_uint_fast64_t taken;
+    atomic_uint_fast64_t overflow_taken;  /* of taken, those that came from the overflow */
     _Alignas(64) _Atomic(struct audit_node *) overflow;  /* newest first */
     _Alignas(64) struct audit_node *pending;  /* consumer only: taken overflow, oldest first */
     struct audit_node *slots[AUDIT_RING_SIZE];
@@ -508,7 +509,10 @@ static struct audit_node *queue_pop(struct audit_queue *q) {
     struct audit_node *n = q->pending;
     if (n) {
         q->pending = n->next;
-        goto taken;
+        n->next = NULL;
+        atomic_fetch_add_explicit(&q->overflow_taken, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&q->taken, 1, memory_order_relaxed);
+        return n;
     }
     size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
     size_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
@@ -528,6 +532,10 @@ static struct audit_node *queue_pop(struct audit_queue *q) {
     }
     n = q->pending;
     q->pending = n->next;
+    n->next = NULL;
+    atomic_fetch_add_explicit(&q->overflow_taken, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&q->taken, 1, memory_order_relaxed);
+    return n;
 taken:
     n->next = NULL;
     atomic_fetch_add_explicit(&q->taken, 1, memory_order_relaxed);
@@ -583,6 +591,7 @@ struct audit {
     atomic_int state;
 
     atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
+    atomic_uint_fast64_t held_records;  /* the length of held, for audit_get_stats */
 
     /* sink thread only */
     redisContext *redis;
@@ -590,6 +599,7 @@ struct audit {
     unsigned backoff_ms;
     uint64_t next_connect_us;
     struct audit_node *held;        /* records to retry first (the spool could not take them) */
+    int holding;                    /* held was non-empty at the last look (logged once) */
     char maxlen[24];
     char safe_instance[48];
     unsigned segment_seq;
@@ -968,6 +978,7 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
 
 /* Keeps nodes (in order) ahead of the held records, to be retried first. */
 static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
+    atomic_fetch_add(&a->held_records, n);
     for (size_t i = n; i-- > 0;) {
         nodes[i]->next = a->held;
         a->held = nodes[i];
@@ -1337,6 +1348,7 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
         a->held = a->held->next;
         batch[n++]->next = NULL;
     }
+    atomic_fetch_sub(&a->held_records, n);
     if (*retried)
         return n;
     int progress = 1;
@@ -1425,6 +1437,7 @@ static void sink_last_resort(struct audit *a) {
     size_t n, total = 0, unsaved = 0;
     int retried;
     a->held = NULL;
+    atomic_store(&a->held_records, 0);
     while (*tail)
         tail = &(*tail)->next;
     while ((n = collect(a, batch, SINK_BATCH, &retried)) > 0) {  /* the queues, in order */
@@ -1480,6 +1493,16 @@ static void *sink_main(void *arg) {
         size_t n = collect(a, batch, SINK_BATCH, &retried);
         if (n > 0)
             handle_batch(a, batch, n, retried);
+        if (!a->holding != !a->held) {
+            a->holding = a->held != NULL;
+            if (a->holding)
+                log_error("audit: the spool refuses records: %llu held in memory and retried; "
+                          "the worker queues wait meanwhile and grow (capgate_audit_held_records, "
+                          "capgate_audit_overflow_records)",
+                          (unsigned long long)atomic_load(&a->held_records));
+            else
+                log_info("audit: the held records are written; the worker queues drain again");
+        }
         enum audit_state s = (enum audit_state)atomic_load(&a->state);
         if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
             try_connect(a);
@@ -1672,7 +1695,10 @@ void audit_get_stats(struct audit *a, struct audit_stats *out) {
         uint64_t s = atomic_load_explicit(&q->submitted, memory_order_relaxed);
         uint64_t t = atomic_load_explicit(&q->taken, memory_order_relaxed);
         out->queue_depth += s > t ? s - t : 0;
-        out->overflowed += atomic_load_explicit(&q->overflowed, memory_order_relaxed);
+        uint64_t o = atomic_load_explicit(&q->overflowed, memory_order_relaxed);
+        uint64_t ot = atomic_load_explicit(&q->overflow_taken, memory_order_relaxed);
+        out->overflowed += o;
+        out->overflow_records += o > ot ? o - ot : 0;
     }
     out->spool_depth = atomic_load(&a->spool_depth);
     out->written = atomic_load(&a->written);
@@ -1680,6 +1706,7 @@ void audit_get_stats(struct audit *a, struct audit_stats *out) {
     out->replayed = atomic_load(&a->replayed);
     out->redis_errors = atomic_load(&a->redis_errors);
     out->file_errors = atomic_load(&a->file_errors);
+    out->held_records = atomic_load(&a->held_records);
 }
 
 /* ======================================================================================== */

@@ -104,6 +104,11 @@ struct audit_stats {
     uint64_t overflowed;    /* submits that found their ring full (kept in the overflow list) */
     uint64_t redis_errors;  /* failed connects, lost connections and error replies */
     uint64_t file_errors;   /* failed writes to audit.file or the spool */
+    /* Records the sink holds in memory because the spool refused them (disk full, directory
+     * gone). While any are held the sink retries only them: the worker queues wait, and their
+     * overflow lists grow. */
+    uint64_t held_records;
+    uint64_t overflow_records;  /* records in the overflow lists now (queue_depth counts them) */
 };
 
 /* Starts the sink thread for n_workers producers (worker ids 0..n_workers-1). cfg is borrowed

@@ -325,6 +325,14 @@ static int stats_render_sinks(struct strbuf *out, const struct stats_process *p)
                             "# HELP capgate_audit_spool_records Audit records in the spool, not "
                             "yet replayed.\n# TYPE capgate_audit_spool_records gauge\n"
                             "capgate_audit_spool_records %llu\n"
+                            "# HELP capgate_audit_held_records Audit records held in memory "
+                            "because the spool refused them.\n"
+                            "# TYPE capgate_audit_held_records gauge\n"
+                            "capgate_audit_held_records %llu\n"
+                            "# HELP capgate_audit_overflow_records Audit records in the worker "
+                            "queues' overflow lists.\n"
+                            "# TYPE capgate_audit_overflow_records gauge\n"
+                            "capgate_audit_overflow_records %llu\n"
                             "# HELP capgate_audit_records_total Audit records by what became of "
                             "them.\n# TYPE capgate_audit_records_total counter\n"
                             "capgate_audit_records_total{result=\"written\"} %llu\n"
@@ -333,6 +341,8 @@ static int stats_render_sinks(struct strbuf *out, const struct stats_process *p)
                             "capgate_audit_records_total{result=\"overflowed\"} %llu\n",
                        (unsigned long long)p->audit_queue_depth,
                        (unsigned long long)p->audit_spool_records,
+                       (unsigned long long)p->audit_held_records,
+                       (unsigned long long)p->audit_overflow_records,
                        (unsigned long long)p->audit_written, (unsigned long long)p->audit_spooled,
                        (unsigned long long)p->audit_replayed,
                        (unsigned long long)p->audit_overflowed))

@@ -859,6 +859,46 @@ static void test_sink_stop_unsaved(void **state) {
     free(dir);
 }
 
+/* While the spool refuses records the sink holds them and the worker queue waits: both show in
+ * the stats, and both drain once the spool takes records again. */
+static void test_sink_held_stats(void **state) {
+    char *dir = make_tmpdir();
+    char spool[512];
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = free_port();  /* nothing listens there */
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "spooling") == 0, 5000, "spooling");
+    rm_rf(spool);
+    submit_n(a, "g0000000", 512);
+    WAIT_UNTIL(stats_of(a).held_records == 512, 5000, "512 held records");
+    submit_n(a, "h0000000", AUDIT_RING_SIZE + 100);
+    struct audit_stats s = stats_of(a);
+    assert_int_equal(s.held_records, 512);
+    assert_int_equal(s.overflow_records, 100);
+    assert_int_equal(s.queue_depth, AUDIT_RING_SIZE + 100);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    WAIT_UNTIL(stats_of(a).spooled == 512 + AUDIT_RING_SIZE + 100, 10000, "every record spooled");
+    s = stats_of(a);
+    assert_int_equal(s.held_records, 0);
+    assert_int_equal(s.overflow_records, 0);
+    assert_int_equal(s.queue_depth, 0);
+    audit_free(a);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* ---- the sink thread's signal mask ---- */
 
 /* Thread ids of this process into ids (at most cap); the count. */
@@ -935,6 +975,7 @@ int main(void) {
         cmocka_unit_test(test_sink_signal_mask),
         cmocka_unit_test(test_sink_live_failure_oom),
         cmocka_unit_test(test_sink_stop_unsaved),
+        cmocka_unit_test(test_sink_held_stats),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

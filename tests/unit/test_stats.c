@@ -175,6 +175,8 @@ static void test_limits_store_and_sinks(void **state) {
     p.has_audit = 1;
     p.audit_queue_depth = 3;
     p.audit_spool_records = 4;
+    p.audit_held_records = 6;
+    p.audit_overflow_records = 7;
     p.audit_written = 10;
     p.audit_spooled = 5;
     p.audit_replayed = 1;
@@ -185,6 +187,8 @@ static void test_limits_store_and_sinks(void **state) {
     text = render(w, 2, &p);
     assert_non_null(strstr(text, "\ncapgate_audit_queue_depth 3\n"));
     assert_non_null(strstr(text, "\ncapgate_audit_spool_records 4\n"));
+    assert_non_null(strstr(text, "\ncapgate_audit_held_records 6\n"));
+    assert_non_null(strstr(text, "\ncapgate_audit_overflow_records 7\n"));
     assert_non_null(strstr(text, "capgate_audit_records_total{result=\"written\"} 10\n"
                                  "capgate_audit_records_total{result=\"spooled\"} 5\n"
                                  "capgate_audit_records_total{result=\"replayed\"} 1\n"
