@@ -154,6 +154,7 @@ int store_memory_idem_complete(struct store_memory *m, const char *key, const ch
 int store_memory_idem_abandon(struct store_memory *m, const char *key, const char *fp,
                               uint64_t now_ms, enum store_idem_state *state);
 size_t store_memory_idem_count(struct store_memory *m); /* records held, expired ones included */
+size_t store_memory_idem_chains(struct store_memory *m); /* the table grows with its records */
 
 /* Where the redis backend connects; store_shared owns a copy of the config's values. */
 struct store_redis_options {

@@ -35,7 +35,7 @@ struct store_memory_stripe {
     size_t sweep;                    /* next chain to check for expired buckets */
 };
 
-#define STORE_MEMORY_IDEM_CHAINS 1024  /* power of two */
+#define STORE_MEMORY_IDEM_CHAINS 1024  /* initial chains, power of two; doubles as records pile up */
 #define STORE_MEMORY_IDEM_SWEEP 4
 
 struct store_memory_url {
@@ -68,7 +68,8 @@ struct store_memory {
     pthread_mutex_t pool_lock;
     struct store_memory_pool *pools;
     pthread_mutex_t idem_lock;
-    struct store_memory_idem *idem[STORE_MEMORY_IDEM_CHAINS];
+    struct store_memory_idem **idem;  /* idem_chains chains (power of two) */
+    size_t idem_chains;
     size_t idem_count, idem_sweep;
 };
 
@@ -103,6 +104,11 @@ struct store_memory *store_memory_new(void) {
         }
         st->n_chains = STORE_MEMORY_MIN_CHAINS;
     }
+    if (!(m->idem = calloc(STORE_MEMORY_IDEM_CHAINS, sizeof *m->idem))) {
+        store_memory_free(m);
+        return NULL;
+    }
+    m->idem_chains = STORE_MEMORY_IDEM_CHAINS;
     return m;
 }
 
@@ -128,7 +134,7 @@ void store_memory_free(struct store_memory *m) {
         free(p->ring);
         free(p);
     }
-    for (size_t c = 0; c < STORE_MEMORY_IDEM_CHAINS; c++) {
+    for (size_t c = 0; m->idem && c < m->idem_chains; c++) {
         while (m->idem[c]) {
             struct store_memory_idem *e = m->idem[c];
             m->idem[c] = e->next;
@@ -136,6 +142,7 @@ void store_memory_free(struct store_memory *m) {
             free(e);
         }
     }
+    free(m->idem);
     pthread_mutex_destroy(&m->pool_lock);
     pthread_mutex_destroy(&m->idem_lock);
     free(m);
@@ -392,6 +399,38 @@ static void store_memory_idem_unlink(struct store_memory *m, struct store_memory
     m->idem_count--;
 }
 
+/* The record count is driven by clients (rate x idempotency.ttl_s), so the table grows: sweep
+ * every chain, then double the chains if it is still crowded (on OOM it stays as it is). Under
+ * idem_lock. */
+static void store_memory_idem_grow(struct store_memory *m, uint64_t now_ms) {
+    struct store_memory_idem **chains;
+    size_t n;
+    for (size_t c = 0; c < m->idem_chains; c++) {
+        struct store_memory_idem **pp = &m->idem[c];
+        while (*pp) {
+            if ((*pp)->expires_ms <= now_ms) store_memory_idem_unlink(m, pp);
+            else pp = &(*pp)->next;
+        }
+    }
+    if (m->idem_count < m->idem_chains * 2) return;
+    n = m->idem_chains * 2;
+    if (!(chains = calloc(n, sizeof *chains))) return;
+    for (size_t c = 0; c < m->idem_chains; c++) {
+        struct store_memory_idem *e = m->idem[c];
+        while (e) {
+            struct store_memory_idem *next = e->next;
+            size_t at = (size_t)e->hash & (n - 1);
+            e->next = chains[at];
+            chains[at] = e;
+            e = next;
+        }
+    }
+    free(m->idem);
+    m->idem = chains;
+    m->idem_chains = n;
+    m->idem_sweep = 0;
+}
+
 /* The live record of key (expired ones on its chain are dropped), and its chain link. Also sweeps
  * a few other chains round-robin. Under idem_lock. */
 static struct store_memory_idem **store_memory_idem_find(struct store_memory *m, const char *key,
@@ -404,9 +443,9 @@ static struct store_memory_idem **store_memory_idem_find(struct store_memory *m,
             if ((*pp)->expires_ms <= now_ms) store_memory_idem_unlink(m, pp);
             else pp = &(*pp)->next;
         }
-        m->idem_sweep = (m->idem_sweep + 1) & (STORE_MEMORY_IDEM_CHAINS - 1);
+        m->idem_sweep = (m->idem_sweep + 1) & (m->idem_chains - 1);
     }
-    pp = &m->idem[*hash & (STORE_MEMORY_IDEM_CHAINS - 1)];
+    pp = &m->idem[*hash & (m->idem_chains - 1)];
     while (*pp) {
         struct store_memory_idem *e = *pp;
         if (e->expires_ms <= now_ms) {
@@ -453,8 +492,9 @@ int store_memory_idem_begin(struct store_memory *m, const char *key, const char 
     snprintf(e->fp, sizeof e->fp, "%s", fp);
     e->hash = hash;
     e->expires_ms = now_ms + (pending_ms ? pending_ms : 1);
-    e->next = m->idem[hash & (STORE_MEMORY_IDEM_CHAINS - 1)];
-    m->idem[hash & (STORE_MEMORY_IDEM_CHAINS - 1)] = e;
+    if (m->idem_count >= m->idem_chains * 2) store_memory_idem_grow(m, now_ms);
+    e->next = m->idem[hash & (m->idem_chains - 1)];
+    m->idem[hash & (m->idem_chains - 1)] = e;
     m->idem_count++;
     *state = STORE_IDEM_NEW;
 out:
@@ -509,6 +549,13 @@ size_t store_memory_idem_count(struct store_memory *m) {
     size_t n;
     pthread_mutex_lock(&m->idem_lock);
     n = m->idem_count;
+    pthread_mutex_unlock(&m->idem_lock);
+    return n;
+}
+
+size_t store_memory_idem_chains(struct store_memory *m) {
+    pthread_mutex_lock(&m->idem_lock);
+    size_t n = m->idem_chains;
     pthread_mutex_unlock(&m->idem_lock);
     return n;
 }

@@ -728,6 +728,37 @@ static void test_memory_expiry_and_closed(void **state) {
     fixture_free(f);
 }
 
+/* The idempotency table's size is driven by clients (rate x ttl_s): it grows, and every record
+ * stays findable across the rehash; expired records go before it grows. */
+static void test_memory_idem_grows(void **state) {
+    struct store_memory *m = store_memory_new();
+    enum store_idem_state st;
+    char key[32], *body;
+    size_t len, first = 0;
+    assert_non_null(m);
+    first = store_memory_idem_chains(m);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(store_memory_idem_begin(m, key, "fp", 60000, 1000, &st, &body, &len), 0);
+        assert_int_equal(st, STORE_IDEM_NEW);
+    }
+    assert_true(store_memory_idem_chains(m) >= 4 * first);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        assert_int_equal(store_memory_idem_begin(m, key, "fp", 60000, 2000, &st, &body, &len), 0);
+        assert_int_equal(st, STORE_IDEM_PENDING);
+    }
+    /* long after the pending markers expired, new records sweep them instead of growing more */
+    size_t grown = store_memory_idem_chains(m);
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "n%d", i);
+        assert_int_equal(store_memory_idem_begin(m, key, "fp", 60000, 100000, &st, &body, &len), 0);
+    }
+    assert_int_equal(store_memory_idem_chains(m), grown);
+    assert_true(store_memory_idem_count(m) <= 5000 + grown);
+    store_memory_free(m);
+}
+
 static int redis_group_setup(void **state) {
     main_redis.port = free_port();
     if (main_redis.port <= 0 || redis_start(&main_redis) != 0) {
@@ -962,6 +993,7 @@ int main(void) {
     const struct CMUnitTest memory_tests[] = {
         cmocka_unit_test(test_memory_contract),
         cmocka_unit_test(test_memory_expiry_and_closed),
+        cmocka_unit_test(test_memory_idem_grows),
         cmocka_unit_test(test_memory_nonce),
     };
     const struct CMUnitTest redis_tests[] = {
