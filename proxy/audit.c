@@ -614,6 +614,7 @@ struct audit {
     int tail_loaded;
     struct sync_file file;          /* audit.file; fd -1 when not configured */
     int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
+    char file_path[4096];           /* audit.file, or <spool_dir>/audit.jsonl without redis */
 
     /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
     pthread_mutex_t mem_lock;
@@ -1376,7 +1377,7 @@ static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
     }
     if (write_all(a->file.fd, b.s, b.len) != 0) {
         atomic_fetch_add(&a->file_errors, 1);
-        log_error("audit: write %s: %s", a->cfg->audit.file, strerror(errno));
+        log_error("audit: write %s: %s", a->file_path, strerror(errno));
         goto out;
     }
     a->file.unsynced += (unsigned)n;
@@ -1608,9 +1609,23 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         atomic_store(&a->state, AUDIT_MEMORY);
     }
     if (cfg->audit.file) {
-        a->file.fd = open(cfg->audit.file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        snprintf(a->file_path, sizeof(a->file_path), "%s", cfg->audit.file);
+    } else if (!cfg->redis && cfg->audit.spool_dir) {
+        /* Without Redis the memory stream ends with the process: records must still survive a
+         * restart, so they also go to a JSONL file in the spool directory (the config always
+         * names one; only a struct built by hand can leave it out). */
+        if (mkdir_p(cfg->audit.spool_dir) != 0 ||
+            spool_path(a, "audit.jsonl", a->file_path, sizeof(a->file_path)) != 0) {
+            snprintf(err, errlen, "audit.spool_dir: cannot create %s: %s", cfg->audit.spool_dir,
+                     strerror(errno));
+            goto fail;
+        }
+    }
+    if (a->file_path[0]) {
+        a->file.fd = open(a->file_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
         if (a->file.fd < 0) {
-            snprintf(err, errlen, "audit.file: cannot open %s: %s", cfg->audit.file,
+            snprintf(err, errlen, "%s: cannot open %s: %s",
+                     cfg->audit.file ? "audit.file" : "audit.spool_dir", a->file_path,
                      strerror(errno));
             goto fail;
         }

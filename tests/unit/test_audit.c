@@ -929,6 +929,41 @@ static unsigned long long task_blocked(long tid) {
     return mask;
 }
 
+/* Without Redis the memory stream ends with the process; every record also lands, in order, in
+ * <spool_dir>/audit.jsonl so none is lost across a restart (a second run appends). */
+static void test_memory_mode_keeps_file(void **state) {
+    char *dir = make_tmpdir();
+    char path[1024], line[4096], want[32];
+    for (int run = 0; run < 2; run++) {
+        struct config cfg = {0};
+        cfg.audit = audit_cfg(0);
+        cfg.audit.spool_dir = dir;
+        cfg.instance = "test";
+        char err[256];
+        struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+        assert_non_null(a);
+        struct audit_record r;
+        for (unsigned i = 0; i < 50; i++) {
+            make_record(&r, run ? "bbbbbbbb" : "aaaaaaaa", i, 0);
+            assert_int_equal(audit_submit(a, 0, &r), 0);
+        }
+        audit_free(a);
+    }
+    snprintf(path, sizeof(path), "%s/audit.jsonl", dir);
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    unsigned n = 0;
+    while (fgets(line, sizeof(line), f)) {
+        snprintf(want, sizeof(want), "\"%s%08x\"", n < 50 ? "aaaaaaaa" : "bbbbbbbb", n % 50);
+        assert_non_null(strstr(line, want));
+        n++;
+    }
+    fclose(f);
+    assert_int_equal(n, 100);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* The sink starts through thread_start: the asynchronous signals are blocked, the synchronous
  * ones (a crash) stay deliverable so it is reported where it happened. */
 static void test_sink_signal_mask(void **state) {
@@ -973,6 +1008,7 @@ int main(void) {
         cmocka_unit_test(test_query_memory),
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
+        cmocka_unit_test(test_memory_mode_keeps_file),
         cmocka_unit_test(test_sink_live_failure_oom),
         cmocka_unit_test(test_sink_stop_unsaved),
         cmocka_unit_test(test_sink_held_stats),
