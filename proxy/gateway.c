@@ -250,6 +250,7 @@ static void worker_cleanup(struct gateway_worker *w) {
     w->pw.upstream = NULL;
     pool_refiller_free(w->refiller);  /* its store and upstream callbacks have all fired */
     w->refiller = NULL;
+    pipeline_worker_cleanup(&w->pw);  /* every request context is released by now */
     if (w->wake) event_free(w->wake);
     if (w->tick) event_free(w->tick);
     pipeline_config_unref(w->pending);

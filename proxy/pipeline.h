@@ -23,6 +23,7 @@ struct httpd_req;
 struct metrics;
 struct nonce_cache;
 struct params;
+struct pipeline_ctx;
 struct pool;
 struct stats_worker;
 struct store;
@@ -99,9 +100,19 @@ struct pipeline_worker {
     const char *instance;              /* the audit records' "instance" */
     uint64_t rng[4];                   /* xoshiro256**, seeded from the CSPRNG */
     size_t live;                       /* request contexts not yet released */
+    /* Released contexts kept for new requests (at most PIPELINE_FREE_CTX_MAX): a context is
+     * 5.7 KB, past malloc's fast bins, and each such malloc consolidates them. */
+    struct pipeline_ctx *free_ctx;
+    size_t n_free_ctx;
     /* Called (if set) each time a context is released, after live was decremented. */
     void (*on_release)(struct pipeline_worker *w);
 };
+
+#define PIPELINE_FREE_CTX_MAX 256
+
+/* Frees the worker's kept contexts, once no request of w is live (after its httpd, store and
+ * upstream are freed). */
+void pipeline_worker_cleanup(struct pipeline_worker *w);
 
 /* Seeds w->rng from OpenSSL's CSPRNG. 0/-1. */
 int pipeline_worker_seed(struct pipeline_worker *w);
