@@ -29,6 +29,7 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/num.h"
+#include "capgate/poison.h"
 #include "capgate/strbuf.h"
 
 /* Room for "METHOD " and " HTTP/1.1" around the target when a request line has no end yet. */
@@ -65,6 +66,11 @@ struct httpd_listener {
 
 struct httpd_conn;
 
+/* A request block kept by its connection between requests: allocated at least this large, kept
+ * only up to the larger size (a flood of headers is not held on an idle connection). */
+#define REQUEST_BLOCK_MIN 4096
+#define REQUEST_SPARE_MAX 16384
+
 struct httpd_request {
     struct httpd_req pub;           /* first: handlers hold &pub */
     struct httpd_conn *conn;        /* NULL once detached from a dead connection */
@@ -73,6 +79,7 @@ struct httpd_request {
     void *cancel_arg;
     char *body_buf;                 /* heap body (NULL: pub.body is "") */
     size_t body_cap;
+    size_t block_size;              /* bytes allocated for this block (request_alloc) */
     uint64_t content_length;
     int has_content_length;
     int chunked;
@@ -92,6 +99,7 @@ struct httpd_conn {
     struct event *timer;   /* the deadline of the current state */
     struct event *resume;  /* parses buffered pipelined input after an asynchronous reply */
     struct httpd_request *req;
+    struct httpd_request *spare;  /* the last request's block, kept for the next one */
     char peer_ip[INET6_ADDRSTRLEN];
     /* head scanning: complete lines seen so far, by offset into the input */
     size_t scan_off;
@@ -216,13 +224,23 @@ static void request_free(struct httpd_request *r) {
     free(r);
 }
 
-/* The request ends: no longer counted, no longer reachable from its connection. */
+/* The request ends: no longer counted, no longer reachable from its connection. Its block
+ * stays with a live connection for the next request (a keep-alive connection serves many, and a
+ * block this size is past malloc's fast bins); a large one is freed. */
 static void request_end(struct httpd_request *r) {
     struct httpd_conn *c = r->conn;
     if (c) {
         if (c->req == r) c->req = NULL;
         c->h->inflight--;
         r->conn = NULL;
+        if (!c->spare && r->block_size <= REQUEST_SPARE_MAX) {
+            free(r->body_buf);
+            r->body_buf = NULL;
+            strbuf_reset(&r->reply_headers);
+            c->spare = r;
+            poison_mark(r + 1, r->block_size - sizeof(*r));
+            return;
+        }
     }
     request_free(r);
 }
@@ -236,6 +254,8 @@ static void conn_free(struct httpd_conn *c) {
     if (c->timer) event_free(c->timer);
     if (c->resume) event_free(c->resume);
     if (c->bev) bufferevent_free(c->bev);
+    if (c->spare) poison_clear(c->spare + 1, c->spare->block_size - sizeof(*c->spare));
+    request_free(c->spare);
     free(c);
 }
 
@@ -285,13 +305,31 @@ static void request_fail(struct httpd_request *r, int status, const char *fmt, .
     r->pub.error_message = r->errmsg;
 }
 
-/* One block holds the request, its header table, the head text and a copy of the path. */
+/* One block holds the request, its header table, the head text and a copy of the path. The
+ * connection's spare block is used when it is large enough: only the struct is cleared, the
+ * rest is written before it is read. A new block has room for a usual head (REQUEST_BLOCK_MIN),
+ * so the next request on the connection fits it too. */
 static struct httpd_request *request_alloc(struct httpd_conn *c, size_t head_len,
                                            unsigned nheaders) {
     size_t hdr_size = (size_t)nheaders * sizeof(struct httpd_header);
     size_t size = sizeof(struct httpd_request) + hdr_size + 2 * (head_len + 1);
-    struct httpd_request *r = calloc(1, size);
-    if (!r) return NULL;
+    struct httpd_request *r = c->spare;
+    c->spare = NULL;
+    if (r && r->block_size >= size) {
+        struct strbuf headers = r->reply_headers;   /* keeps its memory, emptied */
+        size_t block_size = r->block_size;
+        poison_clear(r + 1, block_size - sizeof(*r));
+        memset(r, 0, sizeof(*r));
+        r->reply_headers = headers;
+        r->block_size = block_size;
+    } else {
+        if (r) poison_clear(r + 1, r->block_size - sizeof(*r));
+        request_free(r);
+        size_t block_size = size < REQUEST_BLOCK_MIN ? REQUEST_BLOCK_MIN : size;
+        if (!(r = malloc(block_size))) return NULL;
+        memset(r, 0, sizeof(*r));
+        r->block_size = block_size;
+    }
     r->conn = c;
     r->pub.method = "";
     r->pub.target = "";

@@ -342,6 +342,51 @@ static void test_keepalive_three(void **state) {
     fixture_free(f);
 }
 
+static size_t count_of(const struct client *c, const char *s) {
+    size_t n = 0, len = strlen(s);
+    for (const char *p = c->buf; (p = memmem(p, c->len - (size_t)(p - c->buf), s, len)); p += len)
+        n++;
+    return n;
+}
+
+/* A keep-alive connection reuses its request block: a head larger than the block, then smaller
+ * ones, then one too large to keep; each request sees only its own head and reply headers. */
+static void test_keepalive_block_reuse(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *c = client_new(f, f->port);
+    static const size_t big[] = {0, 6000, 0, 9000, 0};
+    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++) {
+        char *req = malloc(big[i] + 128);
+        assert_non_null(req);
+        int n = snprintf(req, 128, "GET /r%zu HTTP/1.1\r\nHost: h%zu\r\n", i, i);
+        if (big[i]) {
+            memcpy(req + n, "X-Big: ", 7);
+            memset(req + n + 7, 'a' + (int)i, big[i]);
+            n += 7 + (int)big[i];
+            memcpy(req + n, "\r\n", 2);
+            n += 2;
+        }
+        memcpy(req + n, "\r\n", 3);
+        client_sends(c, req);
+        free(req);
+        wait_replies(f, c, (int)i + 1);
+        char path[16], host[16];
+        snprintf(path, sizeof path, "/r%zu", i);
+        snprintf(host, sizeof host, "h%zu", i);
+        assert_string_equal(f->seen.path, path);
+        assert_string_equal(f->seen.host, host);
+        assert_false(f->seen.has_query);
+        assert_int_equal(f->seen.header_count, big[i] ? 2 : 1);
+        assert_int_equal(count_of(c, "HTTP/1.1 200 "), i + 1);
+        assert_int_equal(count_of(c, "X-Test: yes\r\n"), i + 1);
+        assert_int_equal(httpd_connections(f->h), 1);
+        assert_int_equal(httpd_inflight(f->h), 0);
+    }
+    assert_false(c->eof);
+    client_free(c);
+    fixture_free(f);
+}
+
 static void test_pipelining_in_order(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     struct client *c = client_new(f, f->port);
@@ -777,6 +822,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_and_post),
         cmocka_unit_test(test_keepalive_three),
+        cmocka_unit_test(test_keepalive_block_reuse),
         cmocka_unit_test(test_pipelining_in_order),
         cmocka_unit_test(test_pipelining_async_reply),
         cmocka_unit_test(test_chunked_body),
