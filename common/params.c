@@ -1,8 +1,9 @@
 /* params.c: the ordered parameter list and the strict decoders of a v2 request's three forms
  * (GET query, urlencoded body, multipart body). This runs for every request the gateway serves,
- * so each parameter costs one allocation (name and value share a block), values are decoded into
- * stack buffers first, and duplicates are found by sorting a small index instead of comparing
- * every pair. A failed parse leaves the list as it was. */
+ * so names and values are appended to the list's text blocks (one allocation for a usual
+ * request's parameters, not one each), values are decoded into stack buffers first, and
+ * duplicates are found by sorting a small index instead of comparing every pair. A failed parse
+ * leaves the list as it was (the text it appended stays allocated until params_cleanup). */
 #include "capgate/params.h"
 
 #include <stdint.h>
@@ -14,30 +15,55 @@
 #include "capgate/strbuf.h"
 
 #define PARAMS_INITIAL_CAP 16
+/* A text block's usual size: a forwarded request's names and values fit one, and the block
+ * stays within malloc's thread cache (a larger request would consolidate its fast bins). */
+#define PARAMS_TEXT_BYTES (1000 - sizeof(struct params_text))
+
+struct params_text {
+    struct params_text *next;
+    size_t len, cap;
+    char bytes[];
+};
 
 void params_init(struct params *p) {
     p->items = NULL;
     p->count = 0;
     p->cap = 0;
-}
-
-/* name and value live in one block that starts at name; value points into it. */
-static void param_free(struct param *it) {
-    free(it->name);
-    it->name = NULL;
-    it->value = NULL;
+    p->text = NULL;
 }
 
 void params_cleanup(struct params *p) {
-    for (size_t i = 0; i < p->count; i++) param_free(&p->items[i]);
+    while (p->text) {
+        struct params_text *t = p->text;
+        p->text = t->next;
+        free(t);
+    }
     free(p->items);
     params_init(p);
 }
 
-static int param_fill(struct param *it, const char *name, size_t name_len, const char *value,
-                      size_t value_len) {
-    if (name_len > SIZE_MAX / 2 || value_len > SIZE_MAX / 2) return -1;
-    char *block = malloc(name_len + value_len + 2);
+/* n bytes of p's text: from the newest block, or a new block of at least min_cap bytes. */
+static char *text_take(struct params *p, size_t n, size_t min_cap) {
+    struct params_text *t = p->text;
+    if (!t || t->cap - t->len < n) {
+        size_t cap = n > min_cap ? n : min_cap;
+        if (cap > SIZE_MAX - sizeof(*t)) return NULL;
+        if (!(t = malloc(sizeof(*t) + cap))) return NULL;
+        t->len = 0;
+        t->cap = cap;
+        t->next = p->text;
+        p->text = t;
+    }
+    char *s = t->bytes + t->len;
+    t->len += n;
+    return s;
+}
+
+/* name and value share n = name_len + value_len + 2 bytes of p's text; value follows name. */
+static int param_fill(struct params *p, struct param *it, const char *name, size_t name_len,
+                      const char *value, size_t value_len) {
+    if (name_len > SIZE_MAX / 4 || value_len > SIZE_MAX / 4) return -1;
+    char *block = text_take(p, name_len + value_len + 2, PARAMS_TEXT_BYTES);
     if (!block) return -1;
     if (name_len) memcpy(block, name, name_len);
     block[name_len] = '\0';
@@ -60,7 +86,7 @@ int params_add(struct params *p, const char *name, size_t name_len, const char *
         p->items = items;
         p->cap = cap;
     }
-    if (param_fill(&p->items[p->count], name, name_len, value, value_len) != 0) return -1;
+    if (param_fill(p, &p->items[p->count], name, name_len, value, value_len) != 0) return -1;
     p->count++;
     return 0;
 }
@@ -82,8 +108,7 @@ int params_set(struct params *p, const char *name, const char *value) {
     size_t i = params_index(p, name, name_len);
     if (i == SIZE_MAX) return params_add(p, name, name_len, value, strlen(value));
     struct param fresh;
-    if (param_fill(&fresh, name, name_len, value, strlen(value)) != 0) return -1;
-    param_free(&p->items[i]);
+    if (param_fill(p, &fresh, name, name_len, value, strlen(value)) != 0) return -1;
     p->items[i] = fresh;
     return 0;
 }
@@ -91,7 +116,6 @@ int params_set(struct params *p, const char *name, const char *value) {
 int params_remove(struct params *p, const char *name) {
     size_t i = params_index(p, name, strlen(name));
     if (i == SIZE_MAX) return 0;
-    param_free(&p->items[i]);
     memmove(&p->items[i], &p->items[i + 1], (p->count - i - 1) * sizeof *p->items);
     p->count--;
     return 1;
@@ -121,15 +145,25 @@ void params_sort(struct params *p) {
     if (p->count > 1) qsort(p->items, p->count, sizeof *p->items, param_cmp_qsort);
 }
 
+/* The copy's text is one block with room for src's strings and a few more (callers add their
+ * own parameters to a copy). */
 int params_copy(struct params *dst, const struct params *src) {
     params_init(dst);
     if (src->count == 0) return 0;
     dst->items = malloc(src->count * sizeof *dst->items);
     if (!dst->items) return -1;
     dst->cap = src->count;
+    size_t text = 0;
+    for (size_t i = 0; i < src->count; i++)
+        text += src->items[i].name_len + src->items[i].value_len + 2;
+    if (!text_take(dst, 0, text + PARAMS_TEXT_BYTES / 2)) {
+        params_cleanup(dst);
+        return -1;
+    }
     for (size_t i = 0; i < src->count; i++) {
         const struct param *it = &src->items[i];
-        if (param_fill(&dst->items[i], it->name, it->name_len, it->value, it->value_len) != 0) {
+        if (param_fill(dst, &dst->items[i], it->name, it->name_len, it->value, it->value_len) !=
+            0) {
             params_cleanup(dst);
             return -1;
         }
@@ -316,7 +350,7 @@ static int check_list(const struct params *p, size_t first, char *err, size_t er
 }
 
 static void truncate_to(struct params *p, size_t count) {
-    while (p->count > count) param_free(&p->items[--p->count]);
+    if (p->count > count) p->count = count;
 }
 
 /* Appends one decoded pair with its checks; a full list is an error here so a flood of tiny

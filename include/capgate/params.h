@@ -10,16 +10,22 @@
 #define PARAMS_MAX_VALUE 4096   /* bytes, decoded */
 
 struct param {
-    char *name;        /* decoded, NUL-terminated, valid UTF-8 */
-    char *value;       /* decoded, NUL-terminated, valid UTF-8, may be "" */
+    char *name;        /* decoded, NUL-terminated, valid UTF-8; in the list's text */
+    char *value;       /* decoded, NUL-terminated, valid UTF-8, may be ""; in the list's text */
     size_t name_len;
     size_t value_len;
 };
 
+struct params_text;
+
+/* Names and values live in the list's text blocks (a few per list, not one allocation per
+ * parameter): they stay valid until params_cleanup, also after params_remove or params_set
+ * replaced them. */
 struct params {
     struct param *items;  /* in arrival order (or sorted after params_sort) */
     size_t count;
     size_t cap;
+    struct params_text *text;  /* newest first */
 };
 
 void params_init(struct params *p);

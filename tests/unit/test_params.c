@@ -87,6 +87,39 @@ static void test_copy(void **state) {
     params_cleanup(&q);
 }
 
+/* Names and values span several text blocks (one value larger than a block) and stay intact,
+ * in the list, in its copy and after adds, sets and removes on either. */
+static void test_text_blocks(void **state) {
+    struct params p, q;
+    char name[16], value[PARAMS_MAX_VALUE + 1];
+    params_init(&p);
+    for (int i = 0; i < 40; i++) {
+        size_t n = i == 20 ? 3000 : 40 + (size_t)i;
+        memset(value, 'a' + i % 26, n);
+        value[n] = '\0';
+        snprintf(name, sizeof name, "k%d", i);
+        assert_int_equal(params_adds(&p, name, value), 0);
+    }
+    assert_int_equal(params_copy(&q, &p), 0);
+    assert_int_equal(params_adds(&q, "extra", "x"), 0);
+    assert_int_equal(params_set(&q, "k3", "three"), 0);
+    assert_int_equal(params_remove(&p, "k5"), 1);
+    for (int i = 0; i < 40; i++) {
+        size_t n = i == 20 ? 3000 : 40 + (size_t)i;
+        memset(value, 'a' + i % 26, n);
+        value[n] = '\0';
+        snprintf(name, sizeof name, "k%d", i);
+        if (i != 5) assert_string_equal(params_get(&p, name), value);
+        if (i != 3) assert_string_equal(params_get(&q, name), value);
+        assert_int_equal(params_find(&q, name)->name_len, strlen(name));
+    }
+    assert_string_equal(params_get(&q, "k3"), "three");
+    assert_string_equal(params_get(&q, "extra"), "x");
+    assert_int_equal(q.count, 41);
+    params_cleanup(&p);
+    params_cleanup(&q);
+}
+
 static void test_urlencoded_decoding(void **state) {
     struct params p;
     char err[256];
@@ -474,6 +507,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_basics),
         cmocka_unit_test(test_many_adds_grow),
+        cmocka_unit_test(test_text_blocks),
         cmocka_unit_test(test_sort_byte_order),
         cmocka_unit_test(test_copy),
         cmocka_unit_test(test_urlencoded_decoding),
