@@ -591,7 +591,11 @@ struct audit {
     atomic_int state;
 
     atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
-    atomic_uint_fast64_t held_records;  /* the length of held, for audit_get_stats */
+    size_t held_n;                  /* the length of held plus the records out for a retry
+                                     * (sink thread only) */
+    atomic_uint_fast64_t held_records;  /* held_n as of the last finished attempt, for
+                                         * audit_get_stats: a retry in progress does not make
+                                         * it drop to 0 and back */
 
     /* sink thread only */
     redisContext *redis;
@@ -979,7 +983,7 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
 
 /* Keeps nodes (in order) ahead of the held records, to be retried first. */
 static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
-    atomic_fetch_add(&a->held_records, n);
+    a->held_n += n;
     for (size_t i = n; i-- > 0;) {
         nodes[i]->next = a->held;
         a->held = nodes[i];
@@ -1349,7 +1353,7 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
         a->held = a->held->next;
         batch[n++]->next = NULL;
     }
-    atomic_fetch_sub(&a->held_records, n);
+    a->held_n -= n;
     if (*retried)
         return n;
     int progress = 1;
@@ -1438,6 +1442,7 @@ static void sink_last_resort(struct audit *a) {
     size_t n, total = 0, unsaved = 0;
     int retried;
     a->held = NULL;
+    a->held_n = 0;
     atomic_store(&a->held_records, 0);
     while (*tail)
         tail = &(*tail)->next;
@@ -1494,6 +1499,7 @@ static void *sink_main(void *arg) {
         size_t n = collect(a, batch, SINK_BATCH, &retried);
         if (n > 0)
             handle_batch(a, batch, n, retried);
+        atomic_store(&a->held_records, a->held_n);
         if (!a->holding != !a->held) {
             a->holding = a->held != NULL;
             if (a->holding)
