@@ -7,7 +7,7 @@
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, waitFor, sleep, SEED_PARAMS } from './lib/harness.mjs';
-import { startGateway, gwCall, baseApps, assertApiReply, APPS } from './lib/gateway.mjs';
+import { startGateway, gwCall, baseApps, assertApiReply, APPS, parseRateLimitHeader } from './lib/gateway.mjs';
 
 let mock;
 let redis;
@@ -71,22 +71,6 @@ async function expectCodes(gw, n, opts, expected, what) {
   return rs;
 }
 
-/** RateLimit-Policy → [{name, q, w}]; RateLimit → {name, r, t}. */
-function parsePolicy(h) {
-  const out = [];
-  const re = /"((?:[^"\\]|\\.)*)"((?:;[a-z]+=[^,;]+)*)/g;
-  let m;
-  while ((m = re.exec(h || ''))) {
-    const p = { name: m[1] };
-    for (const kv of m[2].split(';').slice(1)) {
-      const [k, v] = kv.split('=');
-      p[k.trim()] = Number(v);
-    }
-    out.push(p);
-  }
-  return out;
-}
-
 /** Asserts r is a limited reply from rule (code 4400 LimitExceeded, headers naming the rule). */
 function assertLimited(r, rule, { status = 200, q, w } = {}) {
   assert.equal(r.json.code, 4400, `want 4400: ${r.body}`);
@@ -95,12 +79,12 @@ function assertLimited(r, rule, { status = 200, q, w } = {}) {
   const ra = r.headers['retry-after'];
   assert.match(String(ra), /^\d+$/, `Retry-After is whole seconds: ${ra}`);
   assert.ok(Number(ra) >= 1, `Retry-After >= 1: ${ra}`);
-  const rl = parsePolicy(r.headers.ratelimit);
+  const rl = parseRateLimitHeader(r.headers.ratelimit);
   assert.equal(rl.length, 1, `RateLimit names one bucket: ${r.headers.ratelimit}`);
   assert.equal(rl[0].name, rule, `RateLimit names the refusing rule ${rule}: ${r.headers.ratelimit}`);
   assert.equal(rl[0].r, 0, `RateLimit r=0 when refused: ${r.headers.ratelimit}`);
   assert.ok(Number.isInteger(rl[0].t) && rl[0].t >= 0, `RateLimit t: ${r.headers.ratelimit}`);
-  const pol = parsePolicy(r.headers['ratelimit-policy']);
+  const pol = parseRateLimitHeader(r.headers['ratelimit-policy']);
   const mine = pol.find((p) => p.name === rule);
   assert.ok(mine, `RateLimit-Policy names ${rule}: ${r.headers['ratelimit-policy']}`);
   if (q !== undefined) assert.equal(mine.q, q, `RateLimit-Policy q: ${r.headers['ratelimit-policy']}`);

@@ -7,7 +7,7 @@ import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { MOCK_SECRET_ID, SEED_PARAMS, parseRawResponse, rawRequest, request, sleep, startMock, startRedis, waitFor } from './harness.mjs';
 import {
-  APPS, addFault, assertApiReply, deepMerge, gwCall, journal, resetMock, startGateway,
+  APPS, addFault, assertApiReply, deepMerge, gwCall, journal, resetMock, startGateway, parseRateLimitHeader,
 } from './gateway.mjs';
 
 /** The profile every pool test keeps ready, as config (integers) ... */
@@ -145,22 +145,6 @@ export async function metricSum(gws, name, labels = {}) {
   let n = 0;
   for (const gw of gws) n += (await gw.metrics()).get(name, labels);
   return n;
-}
-
-/** RateLimit header → [{name, r, t}]. */
-export function parseRateLimit(h) {
-  const out = [];
-  const re = /"((?:[^"\\]|\\.)*)"((?:;[a-z]+=[^,;]+)*)/g;
-  let m;
-  while ((m = re.exec(h || ''))) {
-    const p = { name: m[1] };
-    for (const kv of m[2].split(';').slice(1)) {
-      const [k, v] = kv.split('=');
-      p[k.trim()] = Number(v);
-    }
-    out.push(p);
-  }
-  return out;
 }
 
 const FAULT_6000 = Object.freeze({ action: 'CaptchaIframeQuery', code: 6000 });
@@ -374,7 +358,7 @@ export function poolSuite(store) {
       // Only the global rule applies to businessId 99; a uid keeps it out of the pool.
       const probe = await call(gw, { params: { ...PROFILE_PARAMS, businessId: '99', uid: 'probe' } });
       assert.equal(assertApiReply(probe, 'probe').code, 0, probe.body);
-      const rl = parseRateLimit(probe.headers.ratelimit);
+      const rl = parseRateLimitHeader(probe.headers.ratelimit);
       assert.equal(rl.length, 1, `RateLimit: ${probe.headers.ratelimit}`);
       assert.equal(rl[0].name, 'global', `RateLimit names the global bucket: ${probe.headers.ratelimit}`);
       // 40 - refills (refill) - 1 (this request); one more allowed for rounding up of a partial token.
@@ -385,7 +369,7 @@ export function poolSuite(store) {
       for (let i = 0; i < 4; i++) rs.push(await call(gw));
       const codes = rs.map((r) => assertApiReply(r, 'scene').code);
       assert.deepEqual(codes, [0, 0, 0, 4400], `the scene rule admits its whole burst, then refuses: ${rs.map((r) => r.body).join('\n')}`);
-      const refused = parseRateLimit(rs[3].headers.ratelimit);
+      const refused = parseRateLimitHeader(rs[3].headers.ratelimit);
       assert.equal(refused[0]?.name, 'scene', `the 4400 names the scene rule: ${rs[3].headers.ratelimit}`);
       assert.ok((await gw.metrics()).get('capgate_pool_hits_total') >= 1, 'the admitted requests were served from the pool');
     });

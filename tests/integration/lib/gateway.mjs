@@ -297,3 +297,20 @@ export function assertApiReply(r, what = '') {
   assert.equal(typeof r.json.message, 'string', `${what} message: ${r.body}`);
   return r.json;
 }
+
+/** A RateLimit or RateLimit-Policy header (IETF httpapi draft syntax) → [{name, q, w}] or
+ *  [{name, r, t}]: one entry per quoted policy name with its numeric parameters. */
+export function parseRateLimitHeader(h) {
+  const out = [];
+  const re = /"((?:[^"\\]|\\.)*)"((?:;[a-z]+=[^,;]+)*)/g;
+  let m;
+  while ((m = re.exec(h || ''))) {
+    const p = { name: m[1] };
+    for (const kv of m[2].split(';').slice(1)) {
+      const [k, v] = kv.split('=');
+      p[k.trim()] = Number(v);
+    }
+    out.push(p);
+  }
+  return out;
+}
