@@ -41,11 +41,20 @@ cleanup() {
       echo "run.sh: stopping ${names[$i]} (pid ${pids[$i]})" >&2
       kill -TERM "${pids[$i]}" 2>/dev/null || true
     fi
-    # Bounded: whatever has not exited 5 s after SIGTERM gets SIGKILL.
-    for ((t = 0; t < 50; t++)); do
+    # Bounded: whatever has not exited 30 s after SIGTERM gets SIGKILL. capgate needs that long
+    # at worst (in-flight requests up to the upstream timeout, then the last audit and metrics
+    # flushes, each bounded by redis.timeout_ms retries); killing it sooner could lose audit
+    # records still queued in memory.
+    for ((t = 0; t < 300; t++)); do
       kill -0 "${pids[$i]}" 2>/dev/null || break
+      if ((t == 50)); then
+        echo "run.sh: ${names[$i]} is still finishing its work; waiting up to 25 s more" >&2
+      fi
       sleep 0.1
     done
+    if kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "run.sh: ${names[$i]} did not exit 30 s after SIGTERM; killing it" >&2
+    fi
     kill -KILL "${pids[$i]}" 2>/dev/null || true
     wait "${pids[$i]}" 2>/dev/null || true
   done
