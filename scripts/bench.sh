@@ -262,9 +262,13 @@ capgate_config() {
         printf '    { "captchaType": 9, "disturbLevel": 1, "isHttps": 0, "clientType": 2, "accountType": 0, "businessId": %s, "size": %s }%s\n' \
           "$k" "$pool_size" "$( ((k < pool_profiles)) && echo ,)"
       done
-      printf '  ] },'
+      printf '  ] },\n'
+      # without redis every audit record also goes to <spool_dir>/audit.jsonl: keep it in $work
+      printf '  "audit": { "spool_dir": "%s" },' "$work/spool-$port"
     )
-  elif [[ $full == full ]]; then
+  elif [[ $full != full ]]; then
+    extra=$(printf '  "audit": { "spool_dir": "%s" },' "$work/spool-$port")
+  else
     extra=$(
       cat <<JSON
   "redis": { "url": "redis://127.0.0.1:$redis_port/0", "timeout_ms": 1000 },
