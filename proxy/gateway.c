@@ -24,6 +24,7 @@
 #include "capgate/tls.h"
 #include "config.h"
 #include "demo.h"
+#include "idem.h"
 #include "metrics.h"
 #include "nonce.h"
 #include "pipeline.h"
@@ -203,6 +204,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     w->pw.config = pipeline_config_ref(g->current);
     w->pw.nonces = g->nonces;
     w->pw.on_release = worker_on_release;
+    idem_waits_init(&w->pw.idem_waits);
     if (pipeline_worker_seed(&w->pw) != 0) {
         snprintf(err, errlen, "worker %u: no random seed from the CSPRNG", i);
         return -1;
@@ -235,15 +237,19 @@ oom:
 }
 
 /* After the worker's thread ended (or never started). Pending requests are cancelled by
- * httpd_free; those waiting on the store end with "store closed" inside store_free (no new store
- * call starts then), those waiting on upstream complete inside upstream_free; either way they
- * are released there. */
+ * httpd_free; those waiting on an Idempotency-Key between two lookups end with "store closed"
+ * in idem_waits_close (their poll timers are on the loop freed last), those waiting on the
+ * store end with "store closed" inside store_free (no new store call starts then), those
+ * waiting on upstream complete inside upstream_free; either way they are released there. */
 static void worker_cleanup(struct gateway_worker *w) {
+    size_t n;
     w->pw.on_release = NULL;
     httpd_free(w->httpd);
     w->httpd = NULL;
     w->pw.store_closing = 1;
     pool_refiller_stop(w->refiller);
+    n = idem_waits_close(&w->pw.idem_waits);
+    if (n) log_debug("worker %u: %zu idempotency waits ended by the shutdown", w->pw.id, n);
     store_free(w->pw.store);
     w->pw.store = NULL;
     upstream_free(w->pw.upstream);

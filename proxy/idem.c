@@ -1,6 +1,7 @@
 /* idem.c: Idempotency-Key handling: the header rule, the per-app key, the parameter fingerprint,
  * and the wait of a concurrent duplicate (a timer on the worker's loop between store lookups, so
- * the loop never blocks and the caller hears back exactly once). */
+ * the loop never blocks and the caller hears back exactly once; each wait is in its worker's
+ * registry, so a shutdown between two lookups ends it too). */
 #include "idem.h"
 
 #include <stdio.h>
@@ -103,8 +104,11 @@ out:
 /* ---- async ---- */
 
 struct idem_wait {
+    struct idem_waits *waits;   /* the registry it is in until cb fires */
+    struct idem_wait *prev, *next;
     struct store *store;
     struct event *timer;
+    int polling;                /* timer armed, no store command pending */
     char *key;
     char fp[STORE_IDEM_FP_LEN + 1];
     unsigned pending_ms;
@@ -113,39 +117,92 @@ struct idem_wait {
     void *arg;
 };
 
+void idem_waits_init(struct idem_waits *ws) {
+    ws->head = NULL;
+    ws->closed = 0;
+}
+
+static void idem_waits_unlink(struct idem_wait *w) {
+    if (w->prev) w->prev->next = w->next;
+    else w->waits->head = w->next;
+    if (w->next) w->next->prev = w->prev;
+    w->prev = w->next = NULL;
+}
+
 static void idem_wait_free(struct idem_wait *w) {
     if (w->timer) event_free(w->timer);
     free(w->key);
     free(w);
 }
 
+/* The one way a registered wait ends: out of the registry first, so nothing else can end it. */
+static void idem_wait_end(struct idem_wait *w, const char *err, enum store_idem_state state,
+                          const char *body, size_t len) {
+    idem_waits_unlink(w);
+    w->cb(err, state, body, len, w->arg);
+    idem_wait_free(w);
+}
+
 static void idem_on_begin(const char *err, const struct store_idem_result *r, void *arg) {
     struct idem_wait *w = arg;
-    if (!err && r->state == STORE_IDEM_PENDING) {
-        uint64_t now = clock_mono_us();
-        if (now < w->deadline_us) {
-            uint64_t left = w->deadline_us - now;
-            uint64_t us = left < IDEM_POLL_MS * 1000 ? left : IDEM_POLL_MS * 1000;
-            struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
-            event_add(w->timer, &tv);
-            return;
-        }
-        w->cb(IDEM_IN_PROGRESS_MESSAGE, STORE_IDEM_PENDING, NULL, 0, w->arg);
-    } else if (err) {
-        w->cb(err, STORE_IDEM_NEW, NULL, 0, w->arg);
-    } else {
-        w->cb(NULL, r->state, r->body, r->body_len, w->arg);
+    uint64_t now, left, us;
+    if (err) {
+        idem_wait_end(w, err, STORE_IDEM_NEW, NULL, 0);
+        return;
     }
-    idem_wait_free(w);
+    if (r->state != STORE_IDEM_PENDING) {
+        idem_wait_end(w, NULL, r->state, r->body, r->body_len);
+        return;
+    }
+    if (w->waits->closed) {
+        idem_wait_end(w, STORE_CLOSED_MESSAGE, STORE_IDEM_NEW, NULL, 0);
+        return;
+    }
+    now = clock_mono_us();
+    if (now >= w->deadline_us) {
+        idem_wait_end(w, IDEM_IN_PROGRESS_MESSAGE, STORE_IDEM_PENDING, NULL, 0);
+        return;
+    }
+    left = w->deadline_us - now;
+    us = left < IDEM_POLL_MS * 1000 ? left : IDEM_POLL_MS * 1000;
+    struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
+    event_add(w->timer, &tv);
+    w->polling = 1;
 }
 
 static void idem_on_poll(evutil_socket_t fd, short what, void *arg) {
     struct idem_wait *w = arg;
+    w->polling = 0;
     store_idem_begin(w->store, w->key, w->fp, w->pending_ms, idem_on_begin, w);
 }
 
-int idem_begin(struct store *s, struct event_base *base, const char *key, const char *fp,
-               unsigned pending_ms, unsigned wait_ms, idem_begin_fn cb, void *arg) {
+size_t idem_waits_close(struct idem_waits *ws) {
+    struct idem_wait *w, *next, *armed = NULL, **tail = &armed;
+    size_t n = 0;
+    ws->closed = 1;
+    /* Take the armed waits out before any callback runs: a callback may register new waits
+     * (their store commands end in store_free). */
+    for (w = ws->head; w; w = next) {
+        next = w->next;
+        if (!w->polling) continue;
+        idem_waits_unlink(w);
+        event_del(w->timer);
+        w->polling = 0;
+        *tail = w;
+        tail = &w->next;
+    }
+    while ((w = armed)) {
+        armed = w->next;
+        w->cb(STORE_CLOSED_MESSAGE, STORE_IDEM_NEW, NULL, 0, w->arg);
+        idem_wait_free(w);
+        n++;
+    }
+    return n;
+}
+
+int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits,
+               const char *key, const char *fp, unsigned pending_ms, unsigned wait_ms,
+               idem_begin_fn cb, void *arg) {
     struct idem_wait *w = calloc(1, sizeof *w);
     if (!w) return -1;
     if (!(w->key = strdup(key)) || !(w->timer = evtimer_new(base, idem_on_poll, w))) {
@@ -158,12 +215,16 @@ int idem_begin(struct store *s, struct event_base *base, const char *key, const 
     w->deadline_us = clock_mono_us() + (uint64_t)wait_ms * 1000;
     w->cb = cb;
     w->arg = arg;
+    w->waits = waits;
+    w->next = waits->head;
+    if (w->next) w->next->prev = w;
+    waits->head = w;
     store_idem_begin(s, key, w->fp, pending_ms, idem_on_begin, w);
     return 0;
 }
 
 static void idem_on_finish(const char *err, const struct store_idem_result *r, void *arg) {
-    if (err && strcmp(err, "store closed") != 0)
+    if (err && strcmp(err, STORE_CLOSED_MESSAGE) != 0)
         log_warn("idempotency record not finished: %s (it expires by itself)", err);
     else if (!err && r->state == STORE_IDEM_MISMATCH)
         log_debug("idempotency record was no longer ours to finish (pending marker expired)");

@@ -41,6 +41,22 @@ int idem_fingerprint(const struct params *p, char *out);
 
 /* ---- async ---- */
 
+/* The idempotency waits of one worker, for its shutdown: every idem_begin is registered here
+ * until its callback fires. The caller embeds it (all zero is an empty registry too). */
+struct idem_wait;
+struct idem_waits {
+    struct idem_wait *head;   /* newest first */
+    int closed;               /* idem_waits_close ran: a wait is never armed again */
+};
+void idem_waits_init(struct idem_waits *ws);
+/* At shutdown, after the worker's loop stopped and before store_free: every wait between polls
+ * (its timer armed, no store command pending) gets err STORE_CLOSED_MESSAGE, as on a store
+ * error, once, and is freed; its timer goes with it, before the loop is freed. A wait with a
+ * store command pending stays registered and ends inside store_free; from now on a
+ * STORE_IDEM_PENDING answer ends a wait with STORE_CLOSED_MESSAGE instead of arming its timer.
+ * The registry is empty once store_free has returned. Returns how many waits it ended. */
+size_t idem_waits_close(struct idem_waits *ws);
+
 /* The outcome of idem_begin, exactly once, never inside idem_begin:
  *  - err NULL, STORE_IDEM_NEW: the caller owns the key; it must call idem_finish at the end;
  *  - err NULL, STORE_IDEM_DONE: body/len is the stored reply (borrowed for the callback);
@@ -50,9 +66,11 @@ int idem_fingerprint(const struct params *p, char *out);
 typedef void (*idem_begin_fn)(const char *err, enum store_idem_state state, const char *body,
                               size_t len, void *arg);
 /* Starts the lookup on s; polls on base while another request holds the key, for at most
- * wait_ms. key and fp are copied. 0, or -1 on OOM (cb not called). */
-int idem_begin(struct store *s, struct event_base *base, const char *key, const char *fp,
-               unsigned pending_ms, unsigned wait_ms, idem_begin_fn cb, void *arg);
+ * wait_ms. The wait is registered in waits (borrowed; the worker's, on base) until cb fires.
+ * key and fp are copied. 0, or -1 on OOM (cb not called). */
+int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits,
+               const char *key, const char *fp, unsigned pending_ms, unsigned wait_ms,
+               idem_begin_fn cb, void *arg);
 /* The owner's end: stores body for ttl_ms when storable, else removes the marker. Fire and
  * forget (a failure is logged; the marker then expires by itself). */
 void idem_finish(struct store *s, const char *key, const char *fp, int storable,

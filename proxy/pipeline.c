@@ -453,8 +453,9 @@ static enum stage_result stage_replay(struct pipeline_ctx *ctx) {
     if (ctx->w->store_closing ||
         idem_key(store_prefix(ctx), ctx->app->name, h, ctx->idem_key, sizeof(ctx->idem_key)) ||
         idem_fingerprint(&ctx->params, ctx->idem_fp) ||
-        idem_begin(ctx->w->store, ctx->w->base, ctx->idem_key, ctx->idem_fp,
-                   up->timeout_ms + IDEM_PENDING_MARGIN_MS, up->timeout_ms, replay_done, ctx)) {
+        idem_begin(ctx->w->store, ctx->w->base, &ctx->w->idem_waits, ctx->idem_key,
+                   ctx->idem_fp, up->timeout_ms + IDEM_PENDING_MARGIN_MS, up->timeout_ms,
+                   replay_done, ctx)) {
         log_warn("request %s: idempotency not checked (out of memory or shutting down)",
                  ctx->rec.request_id);
         return STAGE_NEXT;

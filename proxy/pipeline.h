@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include "capgate/validate.h"
 #include "config.h"
+#include "idem.h"
 #include "limit.h"
 
 struct audit;
@@ -92,6 +93,7 @@ struct pipeline_worker {
     struct store *store;               /* rate-limit buckets, the worker's own */
     int store_closing;                 /* set before store_free: its "store closed" callbacks
                                         * end their requests instead of retrying locally */
+    struct idem_waits idem_waits;      /* requests waiting on an Idempotency-Key (idem.h) */
     /* Process-wide sinks, fed at the end of every request (worker id = id); may be NULL. */
     struct audit *audit;
     struct metrics *metrics;

@@ -92,7 +92,7 @@ const char *store_shared_kind(const struct store_shared *sh) {
     return sh->kind == STORE_KIND_REDIS ? "redis" : "memory";
 }
 
-/* Calls d's callback once (err overrides: "store closed") and frees d. */
+/* Calls d's callback once (err overrides: STORE_CLOSED_MESSAGE) and frees d. */
 static void store_deferred_fire(struct store_deferred *d, const char *err) {
     int failed = err || d->failed;
     if (!err) err = d->err;
@@ -234,7 +234,7 @@ void store_free(struct store *s) {
     while ((d = s->head)) {
         s->head = d->next;
         if (!s->head) s->tail = NULL;
-        store_deferred_fire(d, "store closed");
+        store_deferred_fire(d, STORE_CLOSED_MESSAGE);
     }
     if (s->deferred_ev) event_free(s->deferred_ev);
     free(s);

@@ -28,8 +28,9 @@ const char *store_shared_kind(const struct store_shared *sh); /* "redis" or "mem
 /* One per worker, on the worker's base. Connecting happens in the background; commands before the
  * connection is up wait for it (bounded by timeout_ms). NULL + err on failure. */
 struct store *store_new(struct store_shared *sh, struct event_base *base, char *err, size_t errlen);
-/* Pending callbacks fire with err "store closed" before it returns. Not from inside a store
- * callback (free on the next loop turn instead). */
+/* Pending callbacks fire with err STORE_CLOSED_MESSAGE before it returns. Not from inside a
+ * store callback (free on the next loop turn instead). */
+#define STORE_CLOSED_MESSAGE "store closed"
 void store_free(struct store *s);
 int store_connected(const struct store *s);  /* 1 when the backend is reachable right now */
 
@@ -169,7 +170,7 @@ struct store_redis_options {
 struct store_redis;
 struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen);
-/* Pending callbacks fire with "store closed" before it returns. */
+/* Pending callbacks fire with STORE_CLOSED_MESSAGE before it returns. */
 void store_redis_free(struct store_redis *r);
 int store_redis_connected(const struct store_redis *r);
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,

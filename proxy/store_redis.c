@@ -682,10 +682,10 @@ void store_redis_free(struct store_redis *r) {
     if (!r) return;
     while ((c = r->queue.head)) {
         store_redis_list_remove(&r->queue, c);
-        store_redis_answer(r, c, "store closed", NULL);
+        store_redis_answer(r, c, STORE_CLOSED_MESSAGE, NULL);
         store_redis_cmd_free(c);
     }
-    store_redis_abandon_inflight(r, "store closed");
+    store_redis_abandon_inflight(r, STORE_CLOSED_MESSAGE);
     if ((ac = r->ac)) {
         r->ac = NULL;
         ac->data = NULL;

@@ -2,7 +2,9 @@
  * the fingerprint (public params and order ignored, business params and Action counted), and the
  * async life over the memory store: the first request owns the key, a concurrent duplicate waits
  * and gets the stored reply, or owns the key once the first abandons it, or gives up after its
- * bound; another fingerprint is a mismatch; callbacks never inside the call. */
+ * bound; another fingerprint is a mismatch; callbacks never inside the call. At shutdown
+ * idem_waits_close ends the waits between two polls once, store_free the ones with a lookup
+ * pending, and nothing ends a wait twice. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -100,6 +102,7 @@ struct fixture {
     struct event_base *base;
     struct store_shared *sh;
     struct store *store;
+    struct idem_waits waits;
 };
 
 static void fixture_init(struct fixture *f) {
@@ -109,10 +112,14 @@ static void fixture_init(struct fixture *f) {
     assert_non_null(f->base = event_base_new());
     assert_non_null(f->sh = store_shared_new(&cfg, err, sizeof err));
     assert_non_null(f->store = store_new(f->sh, f->base, err, sizeof err));
+    idem_waits_init(&f->waits);
 }
 
+/* The gateway's order: the waits between polls, then the store (the rest), then the loop. */
 static void fixture_cleanup(struct fixture *f) {
+    idem_waits_close(&f->waits);
     store_free(f->store);
+    assert_null(f->waits.head);
     store_shared_free(f->sh);
     event_base_free(f->base);
 }
@@ -120,7 +127,8 @@ static void fixture_cleanup(struct fixture *f) {
 static void begin(struct fixture *f, const char *key, const char *fp, unsigned wait_ms,
                   struct outcome *o) {
     memset(o, 0, sizeof *o);
-    assert_int_equal(idem_begin(f->store, f->base, key, fp, 2000, wait_ms, on_begin, o), 0);
+    assert_int_equal(idem_begin(f->store, f->base, &f->waits, key, fp, 2000, wait_ms, on_begin,
+                                o), 0);
     o->returned = 1;
     assert_int_equal(o->fired, 0);
 }
@@ -201,12 +209,97 @@ static void test_life(void **state) {
     fixture_cleanup(&f);
 }
 
+/* One turn of the loop without blocking: the memory store's pending answers are delivered (a
+ * wait still held off is then between polls, its timer armed for IDEM_POLL_MS). */
+static void run_pending(struct fixture *f) {
+    assert_int_not_equal(event_base_loop(f->base, EVLOOP_NONBLOCK), -1);
+}
+
+static void test_close_between_polls(void **state) {
+    struct fixture f;
+    struct outcome first, done, dup, late;
+    char fa[STORE_IDEM_FP_LEN + 1];
+    static const char reply[] = "{\"code\":0}";
+    fixture_init(&f);
+    fp_of("Action=CaptchaIframeQuery&captchaType=9", fa);
+
+    /* a wait that ended normally, with a stored reply */
+    begin(&f, "k5", fa, 1000, &first);
+    wait_fired(&f, &first);
+    begin(&f, "k5", fa, 1000, &done);
+    run_ms(&f, 30);
+    idem_finish(f.store, "k5", fa, 1, reply, sizeof reply - 1, 5000);
+    wait_fired(&f, &done);
+    assert_int_equal(done.state, STORE_IDEM_DONE);
+
+    /* an owner still at work, a duplicate polling it */
+    begin(&f, "k6", fa, 1000, &first);
+    wait_fired(&f, &first);
+    assert_int_equal(first.state, STORE_IDEM_NEW);
+    begin(&f, "k6", fa, 1000, &dup);
+    run_ms(&f, 50);
+    run_pending(&f);
+    assert_int_equal(dup.fired, 0);
+    /* another duplicate with its first lookup still pending: not the registry's to end */
+    begin(&f, "k6", fa, 1000, &late);
+
+    /* the drain deadline passed: the poller ends now, once, as on a store error */
+    assert_int_equal(idem_waits_close(&f.waits), 1);
+    assert_int_equal(dup.fired, 1);
+    assert_int_equal(dup.inside, 0);
+    assert_string_equal(dup.err, STORE_CLOSED_MESSAGE);
+    assert_int_equal(dup.state, STORE_IDEM_NEW);
+    assert_int_equal(late.fired, 0);
+    assert_int_equal(first.fired, 1);
+    assert_int_equal(done.fired, 1);
+    assert_non_null(f.waits.head);    /* late's lookup */
+
+    /* a second close finds nothing armed; store_free ends late and nothing else */
+    assert_int_equal(idem_waits_close(&f.waits), 0);
+    store_free(f.store);
+    f.store = NULL;
+    assert_int_equal(late.fired, 1);
+    assert_string_equal(late.err, STORE_CLOSED_MESSAGE);
+    assert_int_equal(dup.fired, 1);
+    assert_int_equal(first.fired, 1);
+    assert_int_equal(done.fired, 1);
+    assert_null(f.waits.head);
+    fixture_cleanup(&f);
+    assert_int_equal(dup.fired, 1);
+    assert_int_equal(late.fired, 1);
+}
+
+/* After the close a lookup that still answers "pending" ends the wait instead of arming its
+ * timer again (the loop is about to be freed). */
+static void test_close_then_pending(void **state) {
+    struct fixture f;
+    struct outcome first, dup;
+    char fa[STORE_IDEM_FP_LEN + 1];
+    fixture_init(&f);
+    fp_of("Action=CaptchaIframeQuery&captchaType=9", fa);
+    begin(&f, "k7", fa, 1000, &first);
+    wait_fired(&f, &first);
+    begin(&f, "k7", fa, 1000, &dup);
+    assert_int_equal(idem_waits_close(&f.waits), 0);
+    run_pending(&f);
+    assert_int_equal(dup.fired, 1);
+    assert_string_equal(dup.err, STORE_CLOSED_MESSAGE);
+    assert_int_equal(dup.state, STORE_IDEM_NEW);
+    assert_null(f.waits.head);
+    run_ms(&f, 3 * IDEM_POLL_MS);
+    assert_int_equal(dup.fired, 1);
+    fixture_cleanup(&f);
+    assert_int_equal(dup.fired, 1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_header),
         cmocka_unit_test(test_key),
         cmocka_unit_test(test_fingerprint),
         cmocka_unit_test(test_life),
+        cmocka_unit_test(test_close_between_polls),
+        cmocka_unit_test(test_close_then_pending),
     };
     log_init("test_idem", LOG_LEVEL_ERROR);
     return cmocka_run_group_tests(tests, NULL, NULL);
