@@ -240,14 +240,43 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     return 0;
 }
 
+/* Writes n decimal digits of v, zero-padded, at out. */
+static void put_digits(char *out, unsigned v, unsigned n) {
+    while (n-- > 0) {
+        out[n] = (char)('0' + v % 10);
+        v /= 10;
+    }
+}
+
+/* ISO-8601 UTC with milliseconds, 24 bytes and a NUL. The civil date comes from the day number
+ * by arithmetic (Hinnant's civil_from_days) rather than gmtime_r, which takes glibc's time zone
+ * lock for every record the sink writes. */
 static void format_ts(uint64_t ts_us, char out[32]) {
-    time_t s = (time_t)(ts_us / 1000000);
-    struct tm tm;
-    gmtime_r(&s, &tm);
-    snprintf(out, 32, "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ",
-             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
-             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
-             (unsigned)tm.tm_sec % 100u, (unsigned)(ts_us / 1000 % 1000));
+    uint64_t s = ts_us / 1000000;
+    uint64_t days = s / 86400, sod = s % 86400;
+    uint64_t z = days + 719468;
+    uint64_t era = z / 146097, doe = z % 146097;
+    uint64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    uint64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    uint64_t mp = (5 * doy + 2) / 153;
+    unsigned day = (unsigned)(doy - (153 * mp + 2) / 5 + 1);
+    unsigned month = (unsigned)(mp < 10 ? mp + 3 : mp - 9);
+    uint64_t year = yoe + era * 400 + (month <= 2);
+    put_digits(out, (unsigned)(year % 10000), 4);
+    out[4] = '-';
+    put_digits(out + 5, month, 2);
+    out[7] = '-';
+    put_digits(out + 8, day, 2);
+    out[10] = 'T';
+    put_digits(out + 11, (unsigned)(sod / 3600), 2);
+    out[13] = ':';
+    put_digits(out + 14, (unsigned)(sod / 60 % 60), 2);
+    out[16] = ':';
+    put_digits(out + 17, (unsigned)(sod % 60), 2);
+    out[19] = '.';
+    put_digits(out + 20, (unsigned)(ts_us / 1000 % 1000), 3);
+    out[23] = 'Z';
+    out[24] = '\0';
 }
 
 /* "YYYY-MM-DDTHH:MM:SS.mmmZ" → Unix us (ms precision). 0/-1. */
@@ -313,22 +342,124 @@ static json_t *record_to_object(const struct audit_record *r) {
     return o;
 }
 
-static int append_json(struct strbuf *out, json_t *o) {
-    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    if (!text)
-        return -1;
-    int rc = strbuf_appends(out, text);
-    free(text);
-    return rc;
+/* ---- the JSON writer ---- */
+
+/* The longest JSON text of a record: every string byte escaped to at most 6 bytes (strings are
+ * at most sizeof the record together), plus names, punctuation and numbers. */
+#define RECORD_JSON_MAX (sizeof(struct audit_record) * 6 + 2048)
+
+static char *put_str(char *o, const char *s, size_t len) {
+    memcpy(o, s, len);
+    return o + len;
+}
+
+static char *put_u64(char *o, uint64_t v) {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n > 0)
+        *o++ = tmp[--n];
+    return o;
+}
+
+static char *put_i64(char *o, int64_t v) {
+    if (v >= 0)
+        return put_u64(o, (uint64_t)v);
+    *o++ = '-';
+    return put_u64(o, (uint64_t)0 - (uint64_t)v);
+}
+
+/* A JSON string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: quote,
+ * backslash and the control characters escaped (the short forms where JSON has them, else
+ * \u00XX in upper-case hex), everything else, UTF-8 included, as it is. */
+static char *put_json_string(char *o, const char *s, size_t len) {
+    static const char hex[] = "0123456789ABCDEF";
+    *o++ = '"';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *o++ = (char)c;
+            continue;
+        }
+        *o++ = '\\';
+        switch (c) {
+        case '"': *o++ = '"'; break;
+        case '\\': *o++ = '\\'; break;
+        case '\b': *o++ = 'b'; break;
+        case '\f': *o++ = 'f'; break;
+        case '\n': *o++ = 'n'; break;
+        case '\r': *o++ = 'r'; break;
+        case '\t': *o++ = 't'; break;
+        default:
+            o = put_str(o, "u00", 3);
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        }
+    }
+    *o++ = '"';
+    return o;
+}
+
+/* The compact JSON object of r, byte for byte what json_dumps(record_to_object(r),
+ * JSON_COMPACT | JSON_PRESERVE_ORDER) gives, written straight from the fixed-size record (the
+ * sink writes one per record to audit.file or the spool). With uncertain, ,"uncertain":true
+ * ends it, as a spool line has it. -1 when a string is not valid UTF-8 (jansson refuses it too)
+ * or on OOM. */
+static int record_json(const struct audit_record *r, int uncertain, struct strbuf *out) {
+    char buf[RECORD_JSON_MAX], *o = buf;
+    *o++ = '{';
+    for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
+        const struct field_desc *f = &record_fields[i];
+        const char *p = (const char *)r + f->off;
+        size_t len;
+        if (i > 0)
+            *o++ = ',';
+        *o++ = '"';
+        o = put_str(o, f->name, strlen(f->name));
+        *o++ = '"';
+        *o++ = ':';
+        switch (f->kind) {
+        case FK_TS:
+            format_ts(*(const uint64_t *)(const void *)p, o + 1);
+            *o = '"';
+            o[25] = '"';
+            o += 26;
+            break;
+        case FK_STR:
+        case FK_OPTSTR:
+            len = strnlen(p, f->size);
+            if (len == f->size || !params_utf8_valid(p, len))
+                return -1;
+            if (f->kind == FK_OPTSTR && len == 0)
+                o = put_str(o, "null", 4);
+            else
+                o = put_json_string(o, p, len);
+            break;
+        case FK_U32OPT:
+            if (*(const int *)(const void *)((const char *)r + f->has_off))
+                o = put_u64(o, *(const uint32_t *)(const void *)p);
+            else
+                o = put_str(o, "null", 4);
+            break;
+        case FK_INT:
+            o = put_i64(o, *(const int *)(const void *)p);
+            break;
+        case FK_U64:  /* as jansson's json_int_t: past INT64_MAX it reads negative */
+            o = put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
+            break;
+        }
+    }
+    if (uncertain)
+        o = put_str(o, ",\"uncertain\":true", 17);
+    *o++ = '}';
+    return strbuf_append(out, buf, (size_t)(o - buf));
 }
 
 int audit_record_json(const struct audit_record *r, struct strbuf *out) {
-    json_t *o = record_to_object(r);
-    if (!o)
-        return -1;
-    int rc = append_json(out, o);
-    json_decref(o);
-    return rc;
+    return record_json(r, 0, out);
 }
 
 /* Sets one field of r from its text form (the stream's, or a JSON value printed). 0/-1. */
@@ -848,18 +979,8 @@ fail:
 /* One spool line: the record's JSON, plus "uncertain": true when its live write may have
  * landed. */
 static int spool_line(const struct audit_node *n, struct strbuf *out) {
-    json_t *o = record_to_object(&n->rec);
-    int rc = -1;
-    if (!o)
-        return -1;
-    if (n->uncertain && json_object_set_new(o, "uncertain", json_true()) != 0)
-        goto out;
-    if (append_json(out, o) != 0 || strbuf_appendc(out, '\n') != 0)
-        goto out;
-    rc = 0;
-out:
-    json_decref(o);
-    return rc;
+    return record_json(&n->rec, n->uncertain, out) == 0 && strbuf_appendc(out, '\n') == 0 ? 0
+                                                                                          : -1;
 }
 
 /* Appends nodes to the spool. 0, or -1 (nothing counted; the caller keeps the records). */

@@ -272,6 +272,163 @@ static void test_record_whole_names(void **state) {
     assert_string_equal(q.app, name);
 }
 
+/* ---- audit_record_json against jansson ---- */
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+
+static uint64_t rng_next(void) {  /* xorshift64*: the same records on every run */
+    rng_state ^= rng_state >> 12;
+    rng_state ^= rng_state << 25;
+    rng_state ^= rng_state >> 27;
+    return rng_state * 2685821657736338717ull;
+}
+
+/* A valid UTF-8 string of up to size-1 bytes: ASCII, every character JSON escapes, DEL, '/',
+ * and 2-, 3- and 4-byte sequences; empty about one time in four. */
+static void random_string(char *dst, size_t size) {
+    static const char *const pieces[] = {
+        "a", "Z", "0", " ", "/", "\"", "\\", "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f",
+        "\x7f", "\xc3\xa9", "\xc2\x80", "\xdf\xbf", "\xe2\x82\xac", "\xe4\xb8\xad", "\xef\xbf\xbf",
+        "\xed\x9f\xbf", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "u00", "null", "}", ",:"};
+    size_t len = 0, want = rng_next() % 4 == 0 ? 0 : rng_next() % size;
+    while (len < want) {
+        const char *piece;
+        if (rng_next() % 3 == 0) {
+            static char ctl[2];
+            ctl[0] = (char)(1 + rng_next() % 0x1f);  /* any control character */
+            piece = ctl;
+        } else {
+            piece = pieces[rng_next() % (sizeof(pieces) / sizeof(pieces[0]))];
+        }
+        size_t n = strlen(piece);
+        if (len + n > size - 1)
+            break;
+        memcpy(dst + len, piece, n);
+        len += n;
+    }
+    dst[len] = '\0';
+}
+
+static uint64_t random_u64(void) {
+    static const uint64_t edges[] = {0, 1, 9, 10, 4294967295ull, 4294967296ull,
+                                     9223372036854775807ull, 9223372036854775808ull,
+                                     18446744073709551615ull};
+    return rng_next() % 4 == 0 ? edges[rng_next() % (sizeof(edges) / sizeof(edges[0]))]
+                               : rng_next() >> (rng_next() % 64);
+}
+
+static void random_record(struct audit_record *r) {
+    static const uint64_t ts_edges[] = {0, 999, 86399999999ull, 951782400000000ull,
+                                        1764351822123000ull, 253402300799999999ull,
+                                        253402300800000000ull, 4102444800000000ull};
+    memset(r, 0, sizeof(*r));
+    r->ts_us = rng_next() % 2 ? ts_edges[rng_next() % (sizeof(ts_edges) / sizeof(ts_edges[0]))]
+                              : rng_next() % 1000000000000000000ull;
+    random_string(r->request_id, sizeof(r->request_id));
+    random_string(r->instance, sizeof(r->instance));
+    random_string(r->app, sizeof(r->app));
+    random_string(r->client_ip, sizeof(r->client_ip));
+    random_string(r->action, sizeof(r->action));
+    int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type,
+                  &r->has_client_type, &r->has_account_type};
+    uint32_t *val[] = {&r->business_id, &r->scene_id, &r->captcha_type, &r->client_type,
+                       &r->account_type};
+    for (size_t i = 0; i < 5; i++) {
+        *has[i] = (int)(rng_next() % 2);
+        *val[i] = *has[i] ? (uint32_t)random_u64() : 0;
+    }
+    random_string(r->decision, sizeof(r->decision));
+    random_string(r->rule, sizeof(r->rule));
+    r->code = (int)(uint32_t)random_u64();
+    random_string(r->code_desc, sizeof(r->code_desc));
+    r->upstream_status = (int)(uint32_t)random_u64();
+    r->latency_us = random_u64();
+    r->upstream_latency_us = random_u64();
+    random_string(r->uid, sizeof(r->uid));
+    random_string(r->user_ip, sizeof(r->user_ip));
+    random_string(r->imei, sizeof(r->imei));
+    random_string(r->mac_address, sizeof(r->mac_address));
+    random_string(r->associate_account, sizeof(r->associate_account));
+    random_string(r->url_sha256, sizeof(r->url_sha256));
+}
+
+/* What audit_record_json printed when it built a jansson object (DESIGN.md 4.2 order, null for
+ * an absent optional value, the time through gmtime_r) and dumped it compact. */
+static char *reference_json(const struct audit_record *r) {
+    time_t s = (time_t)(r->ts_us / 1000000);
+    struct tm tm;
+    char ts[32];
+    assert_non_null(gmtime_r(&s, &tm));
+    snprintf(ts, sizeof(ts), "%04u-%02u-%02uT%02u:%02u:%02u.%03uZ",
+             (unsigned)(tm.tm_year + 1900) % 10000u, (unsigned)(tm.tm_mon + 1) % 100u,
+             (unsigned)tm.tm_mday % 100u, (unsigned)tm.tm_hour % 100u, (unsigned)tm.tm_min % 100u,
+             (unsigned)tm.tm_sec % 100u, (unsigned)(r->ts_us / 1000 % 1000));
+#define OPT_STR(v) ((v)[0] ? json_string(v) : json_null())
+#define OPT_U32(h, v) ((h) ? json_integer(v) : json_null())
+    json_t *o = json_pack(
+        "{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
+        "s:o,s:o,s:o}",
+        "ts", json_string(ts), "request_id", json_string(r->request_id), "instance",
+        json_string(r->instance), "app", json_string(r->app), "client_ip",
+        json_string(r->client_ip), "action", json_string(r->action), "businessId",
+        OPT_U32(r->has_business_id, r->business_id), "sceneId",
+        OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
+        OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
+        OPT_U32(r->has_client_type, r->client_type), "accountType",
+        OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision),
+        "rule", OPT_STR(r->rule), "code", json_integer(r->code), "codeDesc",
+        json_string(r->code_desc), "upstream_status", json_integer(r->upstream_status),
+        "latency_us", json_integer((json_int_t)r->latency_us), "upstream_latency_us",
+        json_integer((json_int_t)r->upstream_latency_us), "uid", OPT_STR(r->uid), "userIp",
+        OPT_STR(r->user_ip), "imei", OPT_STR(r->imei), "macAddress", OPT_STR(r->mac_address),
+        "associateAccount", OPT_STR(r->associate_account), "url_sha256",
+        OPT_STR(r->url_sha256));
+#undef OPT_STR
+#undef OPT_U32
+    assert_non_null(o);
+    char *text = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    assert_non_null(text);
+    json_decref(o);
+    return text;
+}
+
+/* The direct writer prints what jansson printed, byte for byte: escapes, UTF-8, empty and absent
+ * fields, numbers at their edges, dates past 9999; and reads back to the same record. */
+static void test_record_json_matches_jansson(void **state) {
+    struct audit_record r, back;
+    struct strbuf b;
+    strbuf_init(&b);
+    for (int i = 0; i < 20000; i++) {
+        random_record(&r);
+        char *want = reference_json(&r);
+        strbuf_reset(&b);
+        assert_int_equal(audit_record_json(&r, &b), 0);
+        if (b.len != strlen(want) || memcmp(b.s, want, b.len) != 0)
+            fail_msg("record %d:\n  got  %s\n  want %s", i, b.s, want);
+        /* those that can come back: ms precision, a year below 10000, numbers in range */
+        if (r.ts_us < 253402300800000000ull && r.ts_us % 1000 == 0 &&
+            (int64_t)r.latency_us >= 0 && (int64_t)r.upstream_latency_us >= 0 &&
+            r.code > INT32_MIN && r.upstream_status > INT32_MIN) {
+            assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+            assert_memory_equal(&back, &r, sizeof(r));
+        }
+        free(want);
+    }
+    /* appends: a second record follows the first */
+    random_record(&r);
+    char *want = reference_json(&r);
+    size_t before = b.len;
+    assert_int_equal(audit_record_json(&r, &b), 0);
+    assert_string_equal(b.s + before, want);
+    free(want);
+    /* jansson refused a string that is not UTF-8; so does the writer, and appends nothing */
+    snprintf(r.uid, sizeof(r.uid), "ab\xc3(");
+    before = b.len;
+    assert_int_equal(audit_record_json(&r, &b), -1);
+    assert_int_equal(b.len, before);
+    strbuf_cleanup(&b);
+}
+
 static void test_query_parse(void **state) {
     struct audit_query q;
     char err[256];
@@ -1003,6 +1160,7 @@ int main(void) {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),
         cmocka_unit_test(test_record_whole_names),
+        cmocka_unit_test(test_record_json_matches_jansson),
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_queue_order_and_count),
         cmocka_unit_test(test_query_memory),
