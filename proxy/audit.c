@@ -9,12 +9,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -689,7 +691,10 @@ static const char *const audit_state_names[] = {"connecting", "live",   "spoolin
                                                 "replaying",  "memory", "stopped"};
 
 #define SINK_BATCH 512            /* records per pipelined write */
-#define SINK_IDLE_US 2000         /* sleep when there is nothing to do */
+#define SINK_IDLE_MAX_US 100000   /* an idle sink sleeps until a submit wakes it, a deadline
+                                   * (fsync, reconnect) or at most this long */
+#define SINK_GATHER_US 5000       /* after a submit woke it, the sink lets a batch gather */
+#define SINK_HELD_RETRY_US 20000  /* retry of records the spool refused */
 #define SYNC_EVERY_US 100000      /* fsync the spool and the file at least this often ... */
 #define SYNC_EVERY_RECORDS 512    /* ... or after this many records */
 #define SEGMENT_MAX_BYTES (8u << 20)
@@ -720,6 +725,11 @@ struct audit {
     int thread_started;
     atomic_int stopping;
     atomic_int state;
+    /* The sink sleeps in poll() on wake_fd (an eventfd) with sleeping set; the first submit
+     * that finds it set clears it and writes wake_fd, so a busy sink costs the workers no
+     * syscall and an idle one does not spin. */
+    int wake_fd;
+    atomic_int sleeping;
 
     atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
     size_t held_n;                  /* the length of held plus the records out for a retry
@@ -1609,6 +1619,65 @@ static void sink_last_resort(struct audit *a) {
         log_warn("audit: stopping: the last %zu records were written at the last attempt", total);
 }
 
+/* Whether every worker queue looks empty to the sink (consumer side). */
+static int queues_empty(struct audit *a) {
+    for (unsigned w = 0; w < a->n_workers; w++) {
+        struct audit_queue *q = a->queues[w];
+        if (q->pending || atomic_load(&q->head) != atomic_load(&q->tail) ||
+            atomic_load(&q->overflow) != NULL)
+            return 0;
+    }
+    return 1;
+}
+
+static void sink_wake(struct audit *a) {
+    uint64_t one = 1;
+    /* nonblocking; EAGAIN only when the counter is full, and then the sink is awake anyway */
+    (void)!write(a->wake_fd, &one, sizeof(one));
+}
+
+static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
+    if (f->fd >= 0 && f->unsynced > 0 && f->synced_us + SYNC_EVERY_US < deadline)
+        return f->synced_us + SYNC_EVERY_US;
+    return deadline;
+}
+
+static void sink_gather(struct audit *a) {
+    if (!atomic_load(&a->stopping)) {
+        struct timespec ts = {0, SINK_GATHER_US * 1000L};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The last batch was not full. With records waiting, sleeps SINK_GATHER_US so those arriving
+ * meanwhile go out in one batch; with none, until a submit or audit_free wakes the sink (then
+ * it gathers too) or until its next deadline (a batched fsync, a reconnect), at most
+ * SINK_IDLE_MAX_US. A loaded sink so wakes about 1 / SINK_GATHER_US times a second instead of
+ * once a record, an idle one only for its deadlines, and a record waits about SINK_GATHER_US. */
+static void sink_wait(struct audit *a) {
+    uint64_t now = clock_mono_us(), deadline = now + SINK_IDLE_MAX_US;
+    deadline = sync_deadline(&a->file, sync_deadline(&a->segment, deadline));
+    if (atomic_load(&a->state) == AUDIT_SPOOLING && a->next_connect_us < deadline)
+        deadline = a->next_connect_us > now ? a->next_connect_us : now;
+    atomic_store(&a->sleeping, 1);
+    atomic_thread_fence(memory_order_seq_cst);  /* pairs with audit_submit's fence */
+    if (!queues_empty(a) || atomic_load(&a->stopping) || deadline <= now) {
+        /* a submit that cleared sleeping first also wrote wake_fd: the next poll takes it */
+        atomic_store(&a->sleeping, 0);
+        if (deadline > now)
+            sink_gather(a);
+        return;
+    }
+    struct pollfd p = {.fd = a->wake_fd, .events = POLLIN};
+    int woken = poll(&p, 1, (int)((deadline - now + 999) / 1000)) > 0;
+    atomic_store(&a->sleeping, 0);
+    if (!woken)
+        return;
+    uint64_t count;
+    (void)!read(a->wake_fd, &count, sizeof(count));
+    sink_gather(a);
+}
+
 static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1643,9 +1712,11 @@ static void *sink_main(void *arg) {
             break;  /* the workers stopped submitting before audit_free: all is written */
         if (stopping && a->held && ++stop_retries > STOP_RETRIES)
             break;
-        if ((n == 0 || a->held) && atomic_load(&a->state) != AUDIT_REPLAYING) {
-            struct timespec ts = {0, (a->held ? 20000L : SINK_IDLE_US) * 1000L};
+        if (a->held && atomic_load(&a->state) != AUDIT_REPLAYING) {
+            struct timespec ts = {0, SINK_HELD_RETRY_US * 1000L};
             nanosleep(&ts, NULL);
+        } else if (n < SINK_BATCH && atomic_load(&a->state) != AUDIT_REPLAYING) {
+            sink_wait(a);
         }
     }
     if (a->held)
@@ -1676,6 +1747,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->segment.fd = -1;
     a->file.fd = -1;
     a->lock_fd = -1;
+    a->wake_fd = -1;
     a->backoff_ms = BACKOFF_MIN_MS;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
@@ -1758,6 +1830,11 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         }
         a->file.synced_us = clock_mono_us();
     }
+    a->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (a->wake_fd < 0) {
+        snprintf(err, errlen, "audit: eventfd: %s", strerror(errno));
+        goto fail;
+    }
     if (thread_start(&a->thread, NULL, sink_main, a) != 0) {
         snprintf(err, errlen, "audit: cannot start the sink thread");
         goto fail;
@@ -1779,6 +1856,12 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
     n->uncertain = 0;
     n->rec = *r;
     queue_push(a->queues[worker], n);
+    /* pairs with sink_wait's fence: either the sink sees the record before it sleeps, or this
+     * sees sleeping set */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
+        atomic_exchange(&a->sleeping, 0))
+        sink_wake(a);
     return 0;
 }
 
@@ -1787,6 +1870,7 @@ void audit_free(struct audit *a) {
         return;
     if (a->thread_started) {
         atomic_store(&a->stopping, 1);
+        sink_wake(a);
         pthread_join(a->thread, NULL);
     }
     pthread_mutex_lock(&a->query_lock);
@@ -1819,6 +1903,8 @@ void audit_free(struct audit *a) {
         close(a->segment.fd);
     if (a->lock_fd >= 0)
         close(a->lock_fd);
+    if (a->wake_fd >= 0)
+        close(a->wake_fd);
     if (a->replay_fp)
         fclose(a->replay_fp);
     sink_disconnect(a);

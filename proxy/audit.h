@@ -121,8 +121,9 @@ struct audit_stats {
  * cfg->audit.file, when set, receives every record as a JSON line too. NULL with err. */
 struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen);
 /* Copies r into worker's queue. Called on that worker's thread only (one producer per worker);
- * never blocks and does no I/O. A full ring sends the record to the overflow list (counted in
- * overflowed): a record is never dropped. 0, or -1 on OOM or a bad worker id. */
+ * never blocks; its only I/O is one nonblocking eventfd write when it finds the sink asleep.
+ * A full ring sends the record to the overflow list (counted in overflowed): a record is never
+ * dropped. 0, or -1 on OOM or a bad worker id. */
 int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r);
 /* Stops the sink after it has written every queued record to Redis (or to the spool when Redis
  * is down; a replay in progress resumes at the next start), fsyncs, joins the thread and frees.
