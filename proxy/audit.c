@@ -376,14 +376,23 @@ static char *put_i64(char *o, int64_t v) {
 
 /* A JSON string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: quote,
  * backslash and the control characters escaped (the short forms where JSON has them, else
- * \u00XX in upper-case hex), everything else, UTF-8 included, as it is. */
+ * \u00XX in upper-case hex), everything else, UTF-8 included, as it is. NULL when s is not
+ * valid UTF-8 (checked in the same pass, one sequence at a time). */
 static char *put_json_string(char *o, const char *s, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
     *o++ = '"';
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
+        if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
             *o++ = (char)c;
+            continue;
+        }
+        if (c >= 0x80) {
+            size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+            if (n > len - i || !params_utf8_valid(s + i, n))
+                return NULL;
+            o = put_str(o, s + i, n);
+            i += n - 1;
             continue;
         }
         *o++ = '\\';
@@ -433,12 +442,12 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
         case FK_STR:
         case FK_OPTSTR:
             len = strnlen(p, f->size);
-            if (len == f->size || !params_utf8_valid(p, len))
+            if (len == f->size)
                 return -1;
             if (f->kind == FK_OPTSTR && len == 0)
                 o = put_str(o, "null", 4);
-            else
-                o = put_json_string(o, p, len);
+            else if ((o = put_json_string(o, p, len)) == NULL)
+                return -1;
             break;
         case FK_U32OPT:
             if (*(const int *)(const void *)((const char *)r + f->has_off))
@@ -758,6 +767,7 @@ struct audit {
     size_t n_tail_ids;
     int tail_loaded;
     struct sync_file file;          /* audit.file; fd -1 when not configured */
+    struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
     int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];           /* audit.file, or <spool_dir>/audit.jsonl without redis */
 
@@ -1501,24 +1511,23 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
     return n;
 }
 
+/* One write() per batch; the buffer is kept for the next batch (at most SINK_BATCH lines). */
 static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
-    struct strbuf b;
-    strbuf_init(&b);
+    struct strbuf *b = &a->file_text;
+    strbuf_reset(b);
     for (size_t i = 0; i < n; i++) {
-        if (audit_record_json(&batch[i]->rec, &b) != 0 || strbuf_appendc(&b, '\n') != 0) {
+        if (audit_record_json(&batch[i]->rec, b) != 0 || strbuf_appendc(b, '\n') != 0) {
             atomic_fetch_add(&a->file_errors, 1);
-            goto out;
+            return;
         }
     }
-    if (write_all(a->file.fd, b.s, b.len) != 0) {
+    if (write_all(a->file.fd, b->s, b->len) != 0) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: write %s: %s", a->file_path, strerror(errno));
-        goto out;
+        return;
     }
     a->file.unsynced += (unsigned)n;
     sync_file_sync(a, &a->file, 0);
-out:
-    strbuf_cleanup(&b);
 }
 
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
@@ -1748,6 +1757,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->file.fd = -1;
     a->lock_fd = -1;
     a->wake_fd = -1;
+    strbuf_init(&a->file_text);
     a->backoff_ms = BACKOFF_MIN_MS;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
@@ -1905,6 +1915,7 @@ void audit_free(struct audit *a) {
         close(a->lock_fd);
     if (a->wake_fd >= 0)
         close(a->wake_fd);
+    strbuf_cleanup(&a->file_text);
     if (a->replay_fp)
         fclose(a->replay_fp);
     sink_disconnect(a);
