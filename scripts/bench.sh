@@ -34,7 +34,7 @@
 # Usage: bench.sh [--targets direct,nginx,...,pool-hit,pool-forward|a,b,c,d,e,pool]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--no-build]
-# Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (80000),
+# Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (120000),
 # CAPGATE_BENCH_POOL_RATE (80000).
 set -euo pipefail
 
@@ -48,7 +48,7 @@ pool_connections="10,50"
 pool_duration=3
 build=1
 # Pre-signed requests per second of run: above what one core can serve, so no Nonce repeats.
-presign_rate=${CAPGATE_BENCH_PRESIGN_RATE:-80000}
+presign_rate=${CAPGATE_BENCH_PRESIGN_RATE:-120000}
 # Pool hits per second to provision for (above what one core serves): sizes the pool.
 pool_rate=${CAPGATE_BENCH_POOL_RATE:-80000}
 pool_size=10000
