@@ -376,6 +376,98 @@ static void test_pool_caps_connections_and_queues(void **state)
     fake_stop(&f);
 }
 
+/* A raw listening socket on 127.0.0.1; *port gets its port. */
+static int raw_listener(int *port)
+{
+    struct sockaddr_in sa;
+    socklen_t len = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+
+    assert_true(fd >= 0);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 8), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
+    *port = ntohs(sa.sin_port);
+    return fd;
+}
+
+/* Reads one request head from the raw server side, turning the client's loop meanwhile. */
+static size_t raw_read_request(struct event_base *base, int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    uint64_t until = clock_mono_us() + 5000000;
+
+    buf[0] = '\0';
+    while (!strstr(buf, "\r\n\r\n") && clock_mono_us() < until) {
+        ssize_t got = recv(fd, buf + n, cap - 1 - n, MSG_DONTWAIT);
+        if (got > 0) {
+            n += (size_t)got;
+            buf[n] = '\0';
+        } else {
+            event_base_loop(base, EVLOOP_NONBLOCK);
+            usleep(1000);
+        }
+    }
+    return n;
+}
+
+static const char raw_reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"code\":0}";
+
+/* On a warm keep-alive connection the request is on the wire when upstream_call returns: it does
+ * not wait for the loop to report the socket writable. */
+static void test_warm_connection_writes_before_the_loop_turns(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct upstream_options o;
+    struct upstream *u;
+    struct outcome r;
+    char buf[2048];
+    int port, lfd = raw_listener(&port), sfd = -1, extra;
+    uint64_t until = clock_mono_us() + 5000000;
+    ssize_t got;
+
+    plain_options(&o, port);
+    u = new_upstream(base, &o);
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery&n=1", on_done, &r), 0);
+    while (sfd < 0 && clock_mono_us() < until) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        sfd = accept(lfd, NULL, NULL);
+        if (sfd < 0)
+            usleep(1000);
+    }
+    assert_true(sfd >= 0);
+    assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+    assert_non_null(strstr(buf, "GET /v2/index.php?Action=CaptchaQuery&n=1 HTTP/1.1\r\n"));
+    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
+    wait_for(base, &r);
+    assert_int_equal(r.ok, 1);
+
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery&n=2", on_done, &r), 0);
+    usleep(20000);   /* loopback delivery; the client's loop does not run */
+    got = recv(sfd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
+    assert_true(got > 0);
+    buf[got] = '\0';
+    assert_non_null(strstr(buf, "GET /v2/index.php?Action=CaptchaQuery&n=2 HTTP/1.1\r\n"));
+    assert_non_null(strstr(buf, "\r\n\r\n"));
+    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
+    wait_for(base, &r);
+    assert_int_equal(r.ok, 1);
+    assert_string_equal(r.body, "{\"code\":0}");
+    extra = accept(lfd, NULL, NULL);
+    assert_int_equal(extra, -1);   /* both calls used the one connection */
+    upstream_free(u);
+    close(sfd);
+    close(lfd);
+    event_base_free(base);
+}
+
 static void test_stalled_upstream_times_out(void **state)
 {
     struct fake f;
@@ -764,6 +856,7 @@ int main(void)
         cmocka_unit_test(test_get_sends_query),
         cmocka_unit_test(test_keepalive_reuses_one_connection),
         cmocka_unit_test(test_pool_caps_connections_and_queues),
+        cmocka_unit_test(test_warm_connection_writes_before_the_loop_turns),
         cmocka_unit_test(test_stalled_upstream_times_out),
         cmocka_unit_test(test_http_500_is_an_error_with_status),
         cmocka_unit_test(test_non_json_body_is_an_error),
