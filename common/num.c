@@ -34,3 +34,24 @@ int num_parse_u64z(const char *s, uint64_t *out) {
     if (!s) return -1;
     return num_parse_u64(s, strlen(s), out);
 }
+
+char *num_put_u64(char *o, uint64_t v) {
+    char tmp[NUM_U64_DIGITS];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n > 0)
+        *o++ = tmp[--n];
+    return o;
+}
+
+char *num_put_hex64(char *o, uint64_t v) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--) {
+        o[i] = hex[v & 15];
+        v >>= 4;
+    }
+    return o + 16;
+}

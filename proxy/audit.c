@@ -355,23 +355,11 @@ static char *put_str(char *o, const char *s, size_t len) {
     return o + len;
 }
 
-static char *put_u64(char *o, uint64_t v) {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n > 0)
-        *o++ = tmp[--n];
-    return o;
-}
-
 static char *put_i64(char *o, int64_t v) {
     if (v >= 0)
-        return put_u64(o, (uint64_t)v);
+        return num_put_u64(o, (uint64_t)v);
     *o++ = '-';
-    return put_u64(o, (uint64_t)0 - (uint64_t)v);
+    return num_put_u64(o, (uint64_t)0 - (uint64_t)v);
 }
 
 /* A JSON string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: quote,
@@ -451,7 +439,7 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
             break;
         case FK_U32OPT:
             if (*(const int *)(const void *)((const char *)r + f->has_off))
-                o = put_u64(o, *(const uint32_t *)(const void *)p);
+                o = num_put_u64(o, *(const uint32_t *)(const void *)p);
             else
                 o = put_str(o, "null", 4);
             break;

@@ -22,6 +22,7 @@
 #include "capgate/log.h"
 #include "capgate/params.h"
 #include "capgate/poison.h"
+#include "capgate/num.h"
 #include "capgate/reply.h"
 #include "capgate/rng.h"
 #include "capgate/sign.h"
@@ -130,13 +131,13 @@ static const char *const app_public_params[] = {
 
 int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
                              uint64_t now_s, uint64_t nonce, struct params *out) {
-    char num[32];
+    char num[NUM_U64_DIGITS + 1];
     if (params_copy(out, in) != 0) return -1;
     for (size_t i = 0; app_public_params[i]; i++) params_remove(out, app_public_params[i]);
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
-    snprintf(num, sizeof(num), "%llu", (unsigned long long)now_s);
+    *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;
-    snprintf(num, sizeof(num), "%llu", (unsigned long long)nonce);
+    *num_put_u64(num, nonce) = '\0';
     if (params_adds(out, "Nonce", num) != 0) return -1;
     if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
     if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
@@ -391,7 +392,7 @@ static enum stage_result stage_authorize(struct pipeline_ctx *ctx) {
 }
 
 static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r);
-static void record_upstream_reply(struct pipeline_ctx *ctx, const char *body, size_t len);
+static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields *f);
 
 static const char *store_prefix(const struct pipeline_ctx *ctx) {
     const struct config_redis *redis = ctx->w->boot->redis;
@@ -432,7 +433,13 @@ static void replay_done(const char *err, enum store_idem_state state, const char
         ctx->reply_status = 200;
         ctx->replayed = 1;
         ctx->rec.decision = PIPELINE_REPLAYED;
-        record_upstream_reply(ctx, body, len);
+        {
+            struct reply_fields f;
+            if (reply_scan(body, len, &f) == 0) {
+                record_upstream_reply(ctx, &f);
+                reply_fields_cleanup(&f);
+            }
+        }
         pipeline_resume(ctx, STAGE_FINISH);
         return;
     case STORE_IDEM_MISMATCH:
@@ -618,19 +625,17 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
 }
 
 /* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
- * url for the audit (which keeps only its hash), from one scan; the body passes unchanged. */
-static void record_upstream_reply(struct pipeline_ctx *ctx, const char *body, size_t len) {
+ * url for the audit (which keeps only its hash), from the upstream client's scan of the body; the
+ * body passes unchanged. */
+static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields *f) {
     struct pipeline_record *rec = &ctx->rec;
-    struct reply_fields f;
-    if (reply_scan(body, len, &f) != 0) return;
-    if (f.has_code) rec->code = (int)f.code;
-    if (f.has_code_desc) copy_str(rec->code_desc, sizeof(rec->code_desc), f.code_desc);
-    if (rec->action_id == V2_ACTION_CAPTCHA_IFRAME_QUERY && f.has_code && f.code == 0 && f.url) {
+    if (f->has_code) rec->code = (int)f->code;
+    if (f->has_code_desc) copy_str(rec->code_desc, sizeof(rec->code_desc), f->code_desc);
+    if (rec->action_id == V2_ACTION_CAPTCHA_IFRAME_QUERY && f->has_code && f->code == 0 && f->url) {
         free(ctx->reply_url);
-        ctx->reply_url = f.url;
-        f.url = NULL;
+        ctx->reply_url = f->url;
+        f->url = NULL;
     }
-    reply_fields_cleanup(&f);
 }
 
 static void forward_done(const struct upstream_result *r, void *arg) {
@@ -647,7 +652,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
             ctx->reply_len = r->body_len;
             ctx->reply_status = 200;
             ctx->storable = 1;
-            record_upstream_reply(ctx, r->body, r->body_len);
+            if (r->fields) record_upstream_reply(ctx, r->fields);
         } else {
             ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
         }
@@ -864,8 +869,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     ctx->state = ST_NEW;
     params_init(&ctx->params);
     ctx->rec.ts_us = clock_wall_us();
-    snprintf(ctx->rec.request_id, sizeof(ctx->rec.request_id), "%016llx",
-             (unsigned long long)pipeline_random(w));
+    *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';
     copy_str(ctx->rec.client_ip, sizeof(ctx->rec.client_ip), req->peer_ip);
     ctx->rec.decision = PIPELINE_INVALID;
     w->live++;

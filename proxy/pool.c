@@ -345,26 +345,28 @@ static void pool_pushed(const char *err, const struct store_pool_result *res, vo
     pool_fill_start(f);
 }
 
-/* The url of a code 0 reply (malloc'ed), or NULL with why set. */
+/* The url of a code 0 reply (taken from the upstream client's scan), or NULL with why set. */
 static char *pool_reply_url(const struct upstream_result *u, char *why, size_t whylen) {
-    json_t *j, *code, *url;
-    char *out = NULL;
-    if (!u->ok) {
+    struct reply_fields *f = u->fields;
+    char *out;
+    if (!u->ok || !f) {
         snprintf(why, whylen, "%s", u->error ? u->error : "upstream call failed");
         return NULL;
     }
-    j = json_loadb(u->body, u->body_len, 0, NULL);
-    code = json_object_get(j, "code");
-    url = json_object_get(j, "url");
-    if (json_is_integer(code) && json_integer_value(code) == 0 && json_is_string(url))
-        out = strdup(json_string_value(url));
-    else if (json_is_integer(code))
-        snprintf(why, whylen, "upstream answered code %lld", (long long)json_integer_value(code));
-    else
+    if (!f->has_code) {
         snprintf(why, whylen, "upstream reply has no code");
-    if (!out && json_is_integer(code) && json_integer_value(code) == 0)
+        return NULL;
+    }
+    if (f->code != 0) {
+        snprintf(why, whylen, "upstream answered code %lld", f->code);
+        return NULL;
+    }
+    if (!f->url) {
         snprintf(why, whylen, "upstream answered code 0 without a url");
-    json_decref(j);
+        return NULL;
+    }
+    out = f->url;
+    f->url = NULL;
     return out;
 }
 

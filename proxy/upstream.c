@@ -483,13 +483,16 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
     size_t len = evbuffer_get_length(in);
     struct upstream_result r;
+    struct reply_fields fields;
     int json;
 
     memset(&r, 0, sizeof(r));
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
-    json = r.body && reply_scan(r.body, len, NULL) == 0;
+    json = r.body && reply_scan(r.body, len, &fields) == 0;
+    if (json)
+        r.fields = &fields;
     c->sent_any = 1;
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
@@ -507,7 +510,9 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     } else {
         r.ok = 1;
     }
-    call_finish(c, &r, json && r.http_status < 500);
+    call_finish(c, &r, json && r.http_status < 500);   /* a reply never arrives inside upstream_call */
+    if (json)
+        reply_fields_cleanup(&fields);
     pump_queue(u);
 }
 
@@ -645,10 +650,15 @@ static int call_send(struct upstream_call *c, struct conn *k)
             goto out;
         uri = dup_str(u->path);
     } else {
-        n = strlen(u->path) + 1 + strlen(c->params) + 1;
+        size_t path_len = strlen(u->path), params_len = strlen(c->params);
+        n = path_len + 1 + params_len + 1;
         uri = malloc(n);
-        if (uri)
-            snprintf(uri, n, "%s%s%s", u->path, c->params[0] ? "?" : "", c->params);
+        if (uri) {
+            char *o = (char *)memcpy(uri, u->path, path_len) + path_len;
+            if (params_len)
+                *o++ = '?';
+            memcpy(o, c->params, params_len + 1);
+        }
     }
     if (!uri)
         goto out;

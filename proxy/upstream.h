@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <openssl/ssl.h>
 #include "breaker.h"
+#include "capgate/reply.h"
 
 struct event_base;
 struct upstream;
@@ -59,6 +60,9 @@ struct upstream_result {
     uint64_t latency_us;    /* from upstream_call to the callback */
     int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
+    struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
+                                    * (from the scan that decided ok), else NULL. Borrowed for the
+                                    * callback, which may take fields->url (setting it to NULL). */
 };
 
 /* Fires exactly once per accepted call, on the worker's thread, never from inside upstream_call.

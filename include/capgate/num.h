@@ -14,4 +14,10 @@ int num_parse_range(const char *s, size_t len, uint64_t min, uint64_t max, uint6
 /* NUL-terminated convenience: num_parse_u64(s, strlen(s), out). */
 int num_parse_u64z(const char *s, uint64_t *out);
 
+/* Writes v in decimal at o, without a NUL (at most NUM_U64_DIGITS bytes); returns the end. */
+#define NUM_U64_DIGITS 20
+char *num_put_u64(char *o, uint64_t v);
+/* Writes v as 16 lower-case hex digits at o, without a NUL; returns the end. */
+char *num_put_hex64(char *o, uint64_t v);
+
 #endif

@@ -1,8 +1,10 @@
-/* test_num.c: the checked decimal parser: digits only, bounds, overflow at the exact edge. */
+/* test_num.c: the checked decimal parser: digits only, bounds, overflow at the exact edge; the
+ * decimal and hex writers against printf. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -74,11 +76,37 @@ static void test_range(void **state) {
     assert_int_equal(num_parse_range("1", 1, 0, 0, &v), -1);
 }
 
+/* num_put_u64 and num_put_hex64 write what printf's %llu and %016llx write, with no NUL. */
+static void test_writers_match_printf(void **state) {
+    static const uint64_t values[] = {0, 1, 9, 10, 99, 100, 4294967295u, 4294967296u,
+                                      1795897256, 999999999999, 10000000000000000000u,
+                                      UINT64_MAX};
+    char got[32], want[32];
+    (void)state;
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        memset(got, 'x', sizeof(got));
+        char *end = num_put_u64(got, values[i]);
+        assert_int_equal(*end, 'x');
+        *end = '\0';
+        snprintf(want, sizeof(want), "%llu", (unsigned long long)values[i]);
+        assert_string_equal(got, want);
+        assert_true((size_t)(end - got) <= NUM_U64_DIGITS);
+        memset(got, 'x', sizeof(got));
+        end = num_put_hex64(got, values[i]);
+        assert_int_equal(end - got, 16);
+        assert_int_equal(*end, 'x');
+        *end = '\0';
+        snprintf(want, sizeof(want), "%016llx", (unsigned long long)values[i]);
+        assert_string_equal(got, want);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_u32_accepts_digits), cmocka_unit_test(test_u32_rejects),
         cmocka_unit_test(test_u64_edges),          cmocka_unit_test(test_len_not_nul_terminated),
         cmocka_unit_test(test_range),
+        cmocka_unit_test(test_writers_match_printf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
