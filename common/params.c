@@ -611,35 +611,52 @@ int params_parse_body(struct params *p, const char *content_type, const char *bo
     return -1;
 }
 
-/* Unreserved bytes, kept as they are: A-Z a-z 0-9 - _ . ~ (a bit per byte value). */
-static const uint64_t unreserved_bits[2] = {
-    0x03FF600000000000u,   /* - . 0-9 */
-    0x47FFFFFE87FFFFFEu,   /* A-Z _ a-z ~ */
+/* 1 for the bytes written as %XX; 0 for the unreserved ones, kept as they are: A-Z a-z 0-9
+ * - _ . ~ (RFC 3986). */
+static const unsigned char url_escaped[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
-static int is_unreserved(unsigned char c) {
-    return c < 128 && ((unreserved_bits[c >> 6] >> (c & 63)) & 1);
-}
-
 static size_t encoded_len(const char *s, size_t len) {
-    size_t n = len;
-    for (size_t i = 0; i < len; i++)
-        if (!is_unreserved((unsigned char)s[i])) n += 2;
-    return n;
+    const unsigned char *u = (const unsigned char *)s;
+    size_t escaped = 0;
+    for (size_t i = 0; i < len; i++) escaped += url_escaped[u[i]];
+    return len + 2 * escaped;
 }
 
-/* Writes the encoding of s at w (encoded_len bytes, at most 3 * len); returns the end. */
+/* Writes the encoding of s at w (encoded_len bytes, at most 3 * len); returns the end. Names and
+ * most values are all unreserved, so runs of kept bytes are copied whole. */
 static char *encode_into(char *w, const char *s, size_t len) {
     static const char hex[] = "0123456789ABCDEF";
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (is_unreserved(c)) {
-            *w++ = (char)c;
-        } else {
-            *w++ = '%';
-            *w++ = hex[c >> 4];
-            *w++ = hex[c & 15];
+    const unsigned char *u = (const unsigned char *)s, *end = u + len;
+    while (u < end) {
+        const unsigned char *run = u;
+        while (u < end && !url_escaped[*u]) u++;
+        if (u > run) {
+            memcpy(w, run, (size_t)(u - run));
+            w += u - run;
         }
+        if (u == end) break;
+        w[0] = '%';
+        w[1] = hex[*u >> 4];
+        w[2] = hex[*u & 15];
+        w += 3;
+        u++;
     }
     return w;
 }
@@ -657,13 +674,21 @@ int params_encode_value(struct strbuf *out, const char *s, size_t len) {
 
 /* Measured, then written into one allocation of the exact size: this runs for every forwarded
  * request, and an exact size stays in malloc's small bins (a worst-case 3x size would not, and
- * glibc consolidates its fast bins on every large request). */
+ * glibc consolidates its fast bins on every large request). The measuring pass remembers which
+ * of the first 64 names and values need no escaping (all names and most values), and those are
+ * copied whole instead of scanned again. */
 char *params_encode(const struct params *p) {
+    uint64_t plain_name = 0, plain_value = 0; /* bit i: item i is written as it is */
     size_t total = 1;
     for (size_t i = 0; i < p->count; i++) {
         const struct param *it = &p->items[i];
-        total += (i > 0) + encoded_len(it->name, it->name_len) + 1 +
-                 encoded_len(it->value, it->value_len);
+        size_t name = encoded_len(it->name, it->name_len);
+        size_t value = encoded_len(it->value, it->value_len);
+        if (i < 64) {
+            plain_name |= (uint64_t)(name == it->name_len) << i;
+            plain_value |= (uint64_t)(value == it->value_len) << i;
+        }
+        total += (i > 0) + name + 1 + value;
     }
     char *out = malloc(total);
     if (!out) return NULL;
@@ -671,9 +696,19 @@ char *params_encode(const struct params *p) {
     for (size_t i = 0; i < p->count; i++) {
         const struct param *it = &p->items[i];
         if (i > 0) *w++ = '&';
-        w = encode_into(w, it->name, it->name_len);
+        if (i < 64 && (plain_name >> i & 1)) {
+            memcpy(w, it->name, it->name_len);
+            w += it->name_len;
+        } else {
+            w = encode_into(w, it->name, it->name_len);
+        }
         *w++ = '=';
-        w = encode_into(w, it->value, it->value_len);
+        if (i < 64 && (plain_value >> i & 1)) {
+            memcpy(w, it->value, it->value_len);
+            w += it->value_len;
+        } else {
+            w = encode_into(w, it->value, it->value_len);
+        }
     }
     *w = '\0';
     return out;

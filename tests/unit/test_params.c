@@ -3,6 +3,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -452,6 +453,78 @@ static void test_encode(void **state) {
     params_cleanup(&p);
 }
 
+/* The encoder as it was first written (a bit per unreserved byte, one byte at a time): the
+ * table-driven one must match it byte for byte. */
+static void reference_encode(struct strbuf *b, const unsigned char *s, size_t len) {
+    static const uint64_t unreserved_bits[2] = {0x03FF600000000000u, 0x47FFFFFE87FFFFFEu};
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = s[i];
+        char tmp[4];
+        if (c < 128 && ((unreserved_bits[c >> 6] >> (c & 63)) & 1)) {
+            tmp[0] = (char)c;
+            assert_int_equal(strbuf_append(b, tmp, 1), 0);
+        } else {
+            snprintf(tmp, sizeof tmp, "%%%02X", c);
+            assert_int_equal(strbuf_append(b, tmp, 3), 0);
+        }
+    }
+}
+
+static void test_encode_every_byte(void **state) {
+    unsigned char all[256];
+    for (size_t c = 0; c < 256; c++) all[c] = (unsigned char)c;
+    /* Each byte alone, between kept bytes, and all 256 in one value (runs of every length). */
+    for (size_t c = 0; c < 256; c++) {
+        unsigned char v[3] = {'a', (unsigned char)c, 'z'};
+        for (size_t off = 0; off < 3; off++) {
+            struct strbuf got, want;
+            strbuf_init(&got);
+            strbuf_init(&want);
+            assert_int_equal(params_encode_value(&got, (const char *)v + off, 3 - off), 0);
+            reference_encode(&want, v + off, 3 - off);
+            assert_int_equal(got.len, want.len);
+            assert_memory_equal(got.s, want.s, want.len);
+            strbuf_cleanup(&got);
+            strbuf_cleanup(&want);
+        }
+    }
+    struct params p;
+    struct strbuf want;
+    params_init(&p);
+    strbuf_init(&want);
+    assert_int_equal(params_add(&p, "all", 3, (const char *)all, sizeof all), 0);
+    assert_int_equal(params_add(&p, (const char *)all + 1, 255, "~x y", 4), 0);
+    assert_int_equal(strbuf_appends(&want, "all="), 0);
+    reference_encode(&want, all, sizeof all);
+    assert_int_equal(strbuf_appends(&want, "&"), 0);
+    reference_encode(&want, all + 1, 255);
+    assert_int_equal(strbuf_appends(&want, "=~x%20y"), 0);
+    char *s = params_encode(&p);
+    assert_non_null(s);
+    assert_string_equal(s, want.s);
+    free(s);
+    /* Random mixes of kept and escaped bytes. */
+    unsigned seed = 7;
+    for (int round = 0; round < 2000; round++) {
+        unsigned char buf[64];
+        size_t len = (size_t)(round % 64);
+        for (size_t i = 0; i < len; i++) {
+            seed = seed * 1103515245u + 12345u;
+            buf[i] = (seed >> 16) & 1 ? "aZ09-_.~"[(seed >> 8) & 7] : (unsigned char)(seed >> 20);
+        }
+        struct strbuf got;
+        strbuf_init(&got);
+        strbuf_reset(&want);
+        assert_int_equal(params_encode_value(&got, (const char *)buf, len), 0);
+        reference_encode(&want, buf, len);
+        assert_int_equal(got.len, want.len);
+        if (want.len) assert_memory_equal(got.s, want.s, want.len);
+        strbuf_cleanup(&got);
+    }
+    strbuf_cleanup(&want);
+    params_cleanup(&p);
+}
+
 /* Garbage never crashes: random bytes in every decoder either parse or fail cleanly. */
 static void test_fuzz_no_crash(void **state) {
     static const char alphabet[] = "ab=&%+0F\r\n-\"; \xff\xe5name";
@@ -522,6 +595,7 @@ int main(void) {
         cmocka_unit_test(test_body_dispatch_urlencoded),
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_encode),
+        cmocka_unit_test(test_encode_every_byte),
         cmocka_unit_test(test_fuzz_no_crash),
         cmocka_unit_test(test_quote),
     };
