@@ -26,44 +26,21 @@ const char *sign_method_name(enum sign_method m) {
     return m == SIGN_HMAC_SHA256 ? "HmacSHA256" : "HmacSHA1";
 }
 
-static int name_cmp(const struct param *a, const struct param *b) {
-    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
-    int c = memcmp(a->name, b->name, n);
-    if (c != 0) return c;
-    return (a->name_len > b->name_len) - (a->name_len < b->name_len);
-}
-
-static int name_cmp_qsort(const void *a, const void *b) {
-    return name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
-}
-
-/* Insertion sort for the dozen or so parameters of a request (qsort's set-up and indirect
- * calls cost more than the sorting there); qsort past the stack index's size. */
-static void sort_index(const struct param **index, size_t n) {
-    if (n > SIGN_INDEX_STACK) {
-        qsort(index, n, sizeof *index, name_cmp_qsort);
-        return;
-    }
-    for (size_t i = 1; i < n; i++) {
-        const struct param *it = index[i];
-        size_t j = i;
-        while (j > 0 && name_cmp(index[j - 1], it) > 0) {
-            index[j] = index[j - 1];
-            j--;
-        }
-        index[j] = it;
-    }
-}
-
 static int is_signature(const struct param *it) {
     return it->name_len == 9 && memcmp(it->name, "Signature", 9) == 0;
 }
 
-/* The string to sign and its length (values may hold any byte when added by hand). */
+static int is_signature_method(const struct param *it) {
+    return it->name_len == 15 && memcmp(it->name, "SignatureMethod", 15) == 0;
+}
+
+/* The string to sign and its length (values may hold any byte when added by hand). method, when
+ * not NULL, gets the value of the first SignatureMethod (NULL when absent), found on the way. */
 static char *string_to_sign(const char *http_method, const char *host, const char *path,
-                            const struct params *p, size_t *len_out) {
+                            const struct params *p, size_t *len_out, const char **method) {
     const struct param *stack_index[SIGN_INDEX_STACK];
     const struct param **index = stack_index;
+    const char *method_value = NULL;
     char *out = NULL;
     size_t n = 0;
 
@@ -74,12 +51,14 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
     size_t method_len = strlen(http_method), host_len = strlen(host), path_len = strlen(path);
     size_t total = method_len + host_len + path_len + 1;
     for (size_t i = 0; i < p->count; i++) {
-        if (is_signature(&p->items[i])) continue;
-        index[n++] = &p->items[i];
-        total += p->items[i].name_len + p->items[i].value_len + 2; /* '=' and '&' */
+        const struct param *it = &p->items[i];
+        if (is_signature(it)) continue;
+        if (!method_value && is_signature_method(it)) method_value = it->value;
+        index[n++] = it;
+        total += it->name_len + it->value_len + 2; /* '=' and '&' */
     }
     /* Sorted by the name as sent: the '_' rewrite below happens after ordering. */
-    sort_index(index, n);
+    params_sort_index(index, n);
 
     out = malloc(total + 1);
     if (!out) goto out;
@@ -94,16 +73,16 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
     for (size_t i = 0; i < n; i++) {
         const struct param *it = index[i];
         if (i > 0) *w++ = '&';
-        memcpy(w, it->name, it->name_len);
+        /* "name\0value" is one run of the list's text; the NUL becomes the '='. */
+        memcpy(w, it->name, it->name_len + 1 + it->value_len);
         for (size_t k = 1; k < it->name_len; k++)
             if (w[k] == '_') w[k] = '.';
-        w += it->name_len;
-        *w++ = '=';
-        memcpy(w, it->value, it->value_len);
-        w += it->value_len;
+        w[it->name_len] = '=';
+        w += it->name_len + 1 + it->value_len;
     }
     *w = '\0';
     *len_out = (size_t)(w - out);
+    if (method) *method = method_value;
 out:
     if (index != stack_index) free(index);
     return out;
@@ -112,7 +91,7 @@ out:
 char *sign_string_to_sign(const char *http_method, const char *host, const char *path,
                           const struct params *p) {
     size_t len;
-    return string_to_sign(http_method, host, path, p, &len);
+    return string_to_sign(http_method, host, path, p, &len, NULL);
 }
 
 /* ---- keyed HMAC contexts, per thread ----
@@ -239,9 +218,10 @@ int sign_compute(enum sign_method m, const char *key, size_t key_len, const char
 static int sign_for(const struct params *p, const char *http_method, const char *host,
                     const char *path, const char *key, char out[SIGN_B64_MAX]) {
     size_t len;
-    char *text = string_to_sign(http_method, host, path, p, &len);
+    const char *method;
+    char *text = string_to_sign(http_method, host, path, p, &len, &method);
     if (!text) return -1;
-    enum sign_method m = sign_method_parse(params_get(p, "SignatureMethod"));
+    enum sign_method m = sign_method_parse(method);
     int rc = sign_compute(m, key, strlen(key), text, len, out);
     free(text);
     return rc;

@@ -9,9 +9,11 @@
 #define PARAMS_MAX_NAME 64      /* bytes, decoded */
 #define PARAMS_MAX_VALUE 4096   /* bytes, decoded */
 
+/* In the list's text, value follows its name's NUL: name_len + value_len + 2 bytes from name
+ * are "name\0value\0" (so both can be copied at once). */
 struct param {
     char *name;        /* decoded, NUL-terminated, valid UTF-8; in the list's text */
-    char *value;       /* decoded, NUL-terminated, valid UTF-8, may be ""; in the list's text */
+    char *value;       /* decoded, NUL-terminated, valid UTF-8, may be ""; name + name_len + 1 */
     size_t name_len;
     size_t value_len;
 };
@@ -43,6 +45,9 @@ const char *params_get(const struct params *p, const char *name);
 const struct param *params_find(const struct params *p, const char *name);
 /* Sorts by name in byte order (memcmp, shorter first on a tie of the common prefix). */
 void params_sort(struct params *p);
+/* Sorts index[0..n) (borrowed entries of a list) by name as params_sort orders them; stable
+ * up to PARAMS_MAX_COUNT entries (equal names keep their order). */
+void params_sort_index(const struct param **index, size_t n);
 /* Deep copy into dst (initialised by the call). 0/-1. */
 int params_copy(struct params *dst, const struct params *src);
 
