@@ -525,6 +525,46 @@ static void test_encode_every_byte(void **state) {
     params_cleanup(&p);
 }
 
+static int reference_name_cmp(const struct param *a, const struct param *b) {
+    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    int c = memcmp(a->name, b->name, n);
+    if (c != 0) return c;
+    return (a->name_len > b->name_len) - (a->name_len < b->name_len);
+}
+
+/* The prefix-keyed sort orders like memcmp-then-shorter-first and keeps equal names in order:
+ * names around the 4- and 8-byte prefix sizes, with NUL and high bytes, and duplicates. */
+static void test_sort_index(void **state) {
+    static const char alphabet[] = {'a', 'b', '_', '\0', '\xff', 'S'};
+    unsigned seed = 99;
+    for (int round = 0; round < 3000; round++) {
+        struct params p;
+        const struct param *index[PARAMS_MAX_COUNT];
+        size_t n = (size_t)(round % PARAMS_MAX_COUNT) + 1;
+        params_init(&p);
+        for (size_t i = 0; i < n; i++) {
+            char name[12];
+            seed = seed * 1103515245u + 12345u;
+            size_t len = (seed >> 16) % sizeof name;
+            for (size_t k = 0; k < len; k++) {
+                seed = seed * 1103515245u + 12345u;
+                /* mostly a shared prefix, so ties past 8 bytes happen */
+                name[k] = k < 6 && (seed >> 12) % 4 ? "Signat"[k] : alphabet[(seed >> 16) % 6];
+            }
+            char value[8];
+            snprintf(value, sizeof value, "%zu", i);
+            assert_int_equal(params_add(&p, name, len, value, strlen(value)), 0);
+        }
+        for (size_t i = 0; i < n; i++) index[i] = &p.items[i];
+        params_sort_index(index, n);
+        for (size_t i = 1; i < n; i++) {
+            int c = reference_name_cmp(index[i - 1], index[i]);
+            assert_true(c < 0 || (c == 0 && index[i - 1] < index[i]));
+        }
+        params_cleanup(&p);
+    }
+}
+
 /* Garbage never crashes: random bytes in every decoder either parse or fail cleanly. */
 static void test_fuzz_no_crash(void **state) {
     static const char alphabet[] = "ab=&%+0F\r\n-\"; \xff\xe5name";
@@ -596,6 +636,7 @@ int main(void) {
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_encode),
         cmocka_unit_test(test_encode_every_byte),
+        cmocka_unit_test(test_sort_index),
         cmocka_unit_test(test_fuzz_no_crash),
         cmocka_unit_test(test_quote),
     };
