@@ -309,6 +309,86 @@ static void test_user_fields(void **state) {
 
 /* A Timestamp passes from now - window to now + window, so a request stays replayable for twice
  * the window: its Nonce must be remembered that long (the mock once kept it for one window). */
+/* Names are looked up in a table slot picked by first byte, last byte and length: a look-alike
+ * in the same slot is not taken for the real name, and the first of two equal names wins (as
+ * params_find has it). */
+static void test_known_name_lookup(void **state) {
+    static const char *const real[] = {
+        "Action", "SecretId", "Timestamp", "Nonce", "Signature", "Region", "SignatureMethod",
+        "appId", "uid", "xForwardedFor", "macAddress", "imei", "associateAccount", "captchaType",
+        "disturbLevel", "isHttps", "clientType", "accountType", "businessId", "sceneId",
+        "registerTime", "userIp", "script", "ticket",
+    };
+    struct params p;
+    struct v2_public pub;
+    struct v2_fields f;
+    char err[256];
+    params_init(&p);
+    for (size_t i = 0; i < sizeof real / sizeof real[0]; i++) {
+        char fake[32];
+        size_t len = strlen(real[i]);
+        memcpy(fake, real[i], len + 1);
+        for (size_t k = 1; k + 1 < len; k++) fake[k] = 'x';
+        if (len == 3) fake[1] = 'q'; /* "uid" -> "uqd" */
+        assert_int_equal(params_adds(&p, fake, "1"), 0);
+    }
+    assert_int_equal(validate_public(&p, &pub, err, sizeof err), -1);
+    assert_string_equal(err, "missing required parameter Action");
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err),
+                     -1);
+    assert_string_equal(err, "missing required parameter captchaType");
+    assert_null(f.uid);
+    assert_null(f.app_id);
+    assert_null(f.imei);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), -1);
+    assert_string_equal(err, "missing required parameter ticket");
+
+    /* The real names after the look-alikes, then a second uid and Action. */
+    assert_int_equal(params_adds(&p, "Action", "CaptchaQuery"), 0);
+    assert_int_equal(params_adds(&p, "SecretId", "AKIDx"), 0);
+    assert_int_equal(params_adds(&p, "Timestamp", "1700000000"), 0);
+    assert_int_equal(params_adds(&p, "Nonce", "7"), 0);
+    assert_int_equal(params_adds(&p, "Signature", "sig"), 0);
+    assert_int_equal(params_adds(&p, "Region", "gz"), 0);
+    assert_int_equal(params_adds(&p, "SignatureMethod", "HmacSHA256"), 0);
+    assert_int_equal(params_adds(&p, "uid", "first"), 0);
+    assert_int_equal(params_adds(&p, "uid", "second"), 0);
+    assert_int_equal(params_adds(&p, "Action", "CaptchaCheck"), 0);
+    assert_int_equal(validate_public(&p, &pub, err, sizeof err), 0);
+    assert_string_equal(pub.action, "CaptchaQuery");
+    assert_string_equal(pub.secret_id, "AKIDx");
+    assert_true(pub.timestamp == 1700000000u && pub.nonce == 7);
+    assert_string_equal(pub.signature, "sig");
+    assert_string_equal(pub.region, "gz");
+    assert_int_equal(pub.method, SIGN_HMAC_SHA256);
+    static const char *const fields[][2] = {
+        {"appId", "app"}, {"xForwardedFor", "1.2.3.4"}, {"macAddress", "mac"}, {"imei", "im"},
+        {"associateAccount", "acc"}, {"captchaType", "9"}, {"disturbLevel", "2"},
+        {"isHttps", "1"}, {"clientType", "4"}, {"accountType", "7"}, {"businessId", "11"},
+        {"sceneId", "12"}, {"registerTime", "13"}, {"userIp", "::1"}, {"script", "1"},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
+        assert_int_equal(params_adds(&p, fields[i][0], fields[i][1]), 0);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
+    assert_string_equal(f.uid, "first");
+    assert_string_equal(f.app_id, "app");
+    assert_string_equal(f.x_forwarded_for, "1.2.3.4");
+    assert_string_equal(f.mac_address, "mac");
+    assert_string_equal(f.imei, "im");
+    assert_string_equal(f.associate_account, "acc");
+    assert_string_equal(f.user_ip, "::1");
+    assert_true(f.captcha_type == 9 && f.disturb_level == 2 && f.is_https == 1 &&
+                f.client_type == 4 && f.account_type == 7 && f.business_id == 11 &&
+                f.scene_id == 12 && f.register_time == 13 && f.script == 1);
+    assert_true(f.has_business_id && f.has_scene_id && f.has_register_time && f.has_script);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), -1);
+    assert_string_equal(err, "missing required parameter ticket");
+    assert_int_equal(params_adds(&p, "ticket", "t"), 0);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), 0);
+    assert_string_equal(f.ticket, "t");
+    params_cleanup(&p);
+}
+
 static void test_nonce_ttl(void **state) {
     (void)state;
     assert_true(validate_nonce_ttl_s(300) == 601);
@@ -328,6 +408,7 @@ int main(void) {
         cmocka_unit_test(test_query_script),   cmocka_unit_test(test_check_ok),
         cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
         cmocka_unit_test(test_user_fields),    cmocka_unit_test(test_nonce_ttl),
+        cmocka_unit_test(test_known_name_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
