@@ -1,7 +1,11 @@
-/* nonce.c: the striped replay cache. Each stripe is a chained hash table plus an insertion-order
- * list; because every entry of a stripe gets the same ttl from the caller, insertion order is
- * expiry order and pruning only ever looks at the list's head. The hash is keyed with random
- * bytes so that clients cannot aim many entries at one chain. */
+/* nonce.c: the striped replay cache. Each stripe is an open-addressed table of (hash, entry)
+ * pairs plus a ring of its entries in insertion order; because every entry of a stripe gets the
+ * same ttl from the caller, insertion order is expiry order and pruning only ever looks at the
+ * ring's head. A lookup compares hashes inside the table and reads an entry only when the hash
+ * matches, and the ring keeps each entry's expiry, so a first use costs about one cache miss for
+ * the check and one for the eviction of the oldest entry (a chained table of a million entries
+ * took several: bucket, chain, list neighbours). The hash is keyed with random bytes so that
+ * clients cannot aim many entries at one probe sequence. */
 #include "nonce.h"
 
 #include <pthread.h>
@@ -10,24 +14,36 @@
 #include <openssl/rand.h>
 
 #define NONCE_PRUNE_STEP 4      /* expired entries removed per insert, at most */
-#define NONCE_MIN_BUCKETS 16
+#define NONCE_MIN_SLOTS 32      /* table slots of a new stripe; kept at most half full */
+#define NONCE_MIN_RING 16
 
 struct nonce_entry {
-    struct nonce_entry *chain;           /* next in the bucket */
-    struct nonce_entry *older, *newer;   /* insertion order */
     uint64_t hash;
     uint64_t nonce;
-    uint64_t expires_s;
+    uint64_t seq;                        /* position in the stripe's ring, counted from 0 */
     size_t id_len;
     char secret_id[];
 };
 
+struct nonce_slot {
+    uint64_t hash;
+    struct nonce_entry *e;               /* NULL: empty */
+};
+
+struct nonce_ring_item {
+    struct nonce_entry *e;               /* NULL: removed before reaching the head */
+    uint64_t expires_s;
+};
+
 struct nonce_stripe {
     pthread_mutex_t lock;
-    struct nonce_entry **buckets;
-    size_t n_buckets;                    /* power of two */
+    struct nonce_slot *slots;
+    size_t n_slots;                      /* power of two */
+    struct nonce_ring_item *ring;
+    size_t ring_cap;                     /* power of two */
+    size_t ring_head, ring_len;          /* ring_len counts removed items not yet passed */
+    uint64_t head_seq;                   /* seq of the item at ring_head */
     size_t count;
-    struct nonce_entry *oldest, *newest;
     uint64_t evictions;
 };
 
@@ -47,13 +63,27 @@ static uint64_t nonce_mix(uint64_t x) {
     return x;
 }
 
+/* Eight bytes of the SecretId per multiply (a byte at a time took ~150 instructions for a usual
+ * 36-byte id, twice a request), the last ones read as the id's final 8 bytes (overlapping) or
+ * byte by byte when it is shorter; the length is mixed in so "a" and "a\0" differ. The seeded
+ * finaliser spreads every input bit over the stripe and slot bits. */
 static uint64_t nonce_hash(const struct nonce_cache *c, const char *id, size_t len,
                            uint64_t nonce) {
-    uint64_t h = 0xcbf29ce484222325ULL ^ c->seed;
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)id[i];
-        h *= 0x100000001b3ULL;
+    const uint64_t k = 0x9e3779b97f4a7c15ULL;
+    uint64_t h = (c->seed ^ len) * k, w;
+    size_t i = 0;
+    if (len >= 8) {
+        for (; i + 8 < len; i += 8) {
+            memcpy(&w, id + i, 8);
+            h = (h ^ w) * k;
+            h ^= h >> 32;
+        }
+        memcpy(&w, id + len - 8, 8);
+    } else {
+        w = 0;
+        for (; i < len; i++) w |= (uint64_t)(unsigned char)id[i] << (8 * i);
     }
+    h = (h ^ w) * k;
     return nonce_mix(h ^ nonce_mix(nonce + c->seed));
 }
 
@@ -72,9 +102,16 @@ struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes) {
     if (!c->stripes) goto fail;
     for (unsigned i = 0; i < n; i++) {
         struct nonce_stripe *s = &c->stripes[i];
-        s->buckets = calloc(NONCE_MIN_BUCKETS, sizeof(*s->buckets));
-        if (!s->buckets) goto fail;
-        s->n_buckets = NONCE_MIN_BUCKETS;
+        s->slots = calloc(NONCE_MIN_SLOTS, sizeof(*s->slots));
+        s->ring = calloc(NONCE_MIN_RING, sizeof(*s->ring));
+        if (!s->slots || !s->ring) {
+            free(s->slots);
+            free(s->ring);
+            s->slots = NULL;
+            goto fail;
+        }
+        s->n_slots = NONCE_MIN_SLOTS;
+        s->ring_cap = NONCE_MIN_RING;
         pthread_mutex_init(&s->lock, NULL);
     }
     return c;
@@ -87,14 +124,10 @@ void nonce_cache_free(struct nonce_cache *c) {
     if (!c) return;
     for (unsigned i = 0; c->stripes && i < c->n_stripes; i++) {
         struct nonce_stripe *s = &c->stripes[i];
-        if (!s->buckets) continue;
-        struct nonce_entry *e = s->oldest;
-        while (e) {
-            struct nonce_entry *next = e->newer;
-            free(e);
-            e = next;
-        }
-        free(s->buckets);
+        if (!s->slots) continue;
+        for (size_t k = 0; k < s->n_slots; k++) free(s->slots[k].e);
+        free(s->slots);
+        free(s->ring);
         pthread_mutex_destroy(&s->lock);
     }
     free(c->stripes);
@@ -102,50 +135,106 @@ void nonce_cache_free(struct nonce_cache *c) {
 }
 
 static struct nonce_stripe *nonce_stripe_of(struct nonce_cache *c, uint64_t hash) {
-    /* The low bits pick the bucket inside the stripe; the high bits pick the stripe. */
+    /* The low bits pick the slot inside the stripe; the high bits pick the stripe. */
     return &c->stripes[(hash >> 48) & (c->n_stripes - 1)];
 }
 
-static struct nonce_entry **nonce_slot(struct nonce_stripe *s, uint64_t hash) {
-    return &s->buckets[hash & (s->n_buckets - 1)];
-}
-
-static struct nonce_entry *nonce_lookup(struct nonce_stripe *s, uint64_t hash, const char *id,
-                                        size_t len, uint64_t nonce) {
-    for (struct nonce_entry *e = *nonce_slot(s, hash); e; e = e->chain) {
-        if (e->hash == hash && e->nonce == nonce && e->id_len == len &&
+/* The slot holding (id, nonce), or SIZE_MAX. */
+static size_t nonce_lookup(const struct nonce_stripe *s, uint64_t hash, const char *id,
+                           size_t len, uint64_t nonce) {
+    size_t mask = s->n_slots - 1;
+    for (size_t i = hash & mask; s->slots[i].e; i = (i + 1) & mask) {
+        const struct nonce_entry *e = s->slots[i].e;
+        if (s->slots[i].hash == hash && e->nonce == nonce && e->id_len == len &&
             memcmp(e->secret_id, id, len) == 0)
-            return e;
+            return i;
     }
-    return NULL;
+    return SIZE_MAX;
 }
 
-static void nonce_unlink(struct nonce_stripe *s, struct nonce_entry *e) {
-    struct nonce_entry **pp = nonce_slot(s, e->hash);
-    while (*pp && *pp != e) pp = &(*pp)->chain;
-    if (*pp) *pp = e->chain;
-    if (e->older) e->older->newer = e->newer;
-    else s->oldest = e->newer;
-    if (e->newer) e->newer->older = e->older;
-    else s->newest = e->older;
+/* Empties slot i and moves later members of its probe run back (linear probing needs no
+ * tombstones then). */
+static void nonce_slot_clear(struct nonce_stripe *s, size_t i) {
+    size_t mask = s->n_slots - 1;
+    for (size_t j = (i + 1) & mask; s->slots[j].e; j = (j + 1) & mask) {
+        size_t home = s->slots[j].hash & mask;
+        /* The member at j may move to i unless its home lies cyclically in (i, j]. */
+        int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (!stays) {
+            s->slots[i] = s->slots[j];
+            i = j;
+        }
+    }
+    s->slots[i].e = NULL;
+}
+
+static struct nonce_ring_item *nonce_ring_at(struct nonce_stripe *s, uint64_t seq) {
+    return &s->ring[(s->ring_head + (size_t)(seq - s->head_seq)) & (s->ring_cap - 1)];
+}
+
+/* Removes the entry in slot i from the table and the ring, and frees it. */
+static void nonce_remove(struct nonce_stripe *s, size_t i) {
+    struct nonce_entry *e = s->slots[i].e;
+    nonce_ring_at(s, e->seq)->e = NULL;
+    nonce_slot_clear(s, i);
     s->count--;
     free(e);
 }
 
-/* Doubles the bucket array once the chains average more than one entry; a failed allocation
- * keeps the old array (longer chains, still correct). */
-static void nonce_grow(struct nonce_stripe *s) {
-    size_t n = s->n_buckets * 2;
-    struct nonce_entry **b = calloc(n, sizeof(*b));
-    if (!b) return;
-    for (struct nonce_entry *e = s->oldest; e; e = e->newer) {
-        struct nonce_entry **slot = &b[e->hash & (n - 1)];
-        e->chain = *slot;
-        *slot = e;
+/* The slot of an entry known to be in the table. */
+static size_t nonce_slot_of(const struct nonce_stripe *s, const struct nonce_entry *e) {
+    size_t mask = s->n_slots - 1, i = e->hash & mask;
+    while (s->slots[i].e != e) i = (i + 1) & mask;
+    return i;
+}
+
+/* Passes removed items at the ring's head; then the head is the oldest entry (if any). */
+static struct nonce_ring_item *nonce_oldest(struct nonce_stripe *s) {
+    while (s->ring_len && !s->ring[s->ring_head].e) {
+        s->ring_head = (s->ring_head + 1) & (s->ring_cap - 1);
+        s->ring_len--;
+        s->head_seq++;
     }
-    free(s->buckets);
-    s->buckets = b;
-    s->n_buckets = n;
+    return s->ring_len ? &s->ring[s->ring_head] : NULL;
+}
+
+static void nonce_remove_oldest(struct nonce_stripe *s, struct nonce_ring_item *oldest) {
+    nonce_remove(s, nonce_slot_of(s, oldest->e));
+    nonce_oldest(s);
+}
+
+/* Doubles the table once it is half full; a failed allocation keeps the old table, which a
+ * full stripe's eviction keeps from filling up (per_stripe_max < n_slots is not required for
+ * correctness, only an empty slot is). -1 when the table is full and could not grow. */
+static int nonce_grow_slots(struct nonce_stripe *s) {
+    if ((s->count + 1) * 2 <= s->n_slots) return 0;
+    size_t n = s->n_slots * 2;
+    struct nonce_slot *b = calloc(n, sizeof(*b));
+    if (!b) return s->count + 1 < s->n_slots ? 0 : -1;
+    for (size_t k = 0; k < s->n_slots; k++) {
+        if (!s->slots[k].e) continue;
+        size_t i = s->slots[k].hash & (n - 1);
+        while (b[i].e) i = (i + 1) & (n - 1);
+        b[i] = s->slots[k];
+    }
+    free(s->slots);
+    s->slots = b;
+    s->n_slots = n;
+    return 0;
+}
+
+/* Room for one more ring item: doubles the ring (laid out from index 0 again). -1 on OOM. */
+static int nonce_grow_ring(struct nonce_stripe *s) {
+    if (s->ring_len < s->ring_cap) return 0;
+    size_t n = s->ring_cap * 2;
+    struct nonce_ring_item *r = malloc(n * sizeof(*r));
+    if (!r) return -1;
+    for (size_t k = 0; k < s->ring_len; k++) r[k] = s->ring[(s->ring_head + k) & (s->ring_cap - 1)];
+    free(s->ring);
+    s->ring = r;
+    s->ring_cap = n;
+    s->ring_head = 0;
+    return 0;
 }
 
 int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce,
@@ -155,8 +244,8 @@ int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonc
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);
     struct nonce_stripe *s = nonce_stripe_of(c, hash);
     pthread_mutex_lock(&s->lock);
-    struct nonce_entry *e = nonce_lookup(s, hash, secret_id, len, nonce);
-    int seen = e && e->expires_s > now_s;
+    size_t i = nonce_lookup(s, hash, secret_id, len, nonce);
+    int seen = i != SIZE_MAX && nonce_ring_at(s, s->slots[i].e->seq)->expires_s > now_s;
     pthread_mutex_unlock(&s->lock);
     return seen;
 }
@@ -169,38 +258,46 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
     struct nonce_stripe *s = nonce_stripe_of(c, hash);
     /* Allocated before taking the lock, to keep the critical section short. */
     struct nonce_entry *fresh = malloc(sizeof(*fresh) + len + 1);
+    struct nonce_ring_item *oldest;
     int rc = 0;
     if (!fresh) return -1;
     fresh->hash = hash;
     fresh->nonce = nonce;
-    fresh->expires_s = now_s + ttl_s;
     fresh->id_len = len;
     memcpy(fresh->secret_id, secret_id, len + 1);
 
     pthread_mutex_lock(&s->lock);
-    for (int i = 0; i < NONCE_PRUNE_STEP && s->oldest && s->oldest->expires_s <= now_s; i++)
-        nonce_unlink(s, s->oldest);
-    struct nonce_entry *e = nonce_lookup(s, hash, secret_id, len, nonce);
-    if (e && e->expires_s > now_s) {
-        rc = 1;
+    oldest = nonce_oldest(s);
+    for (int k = 0; k < NONCE_PRUNE_STEP && oldest && oldest->expires_s <= now_s; k++) {
+        nonce_remove_oldest(s, oldest);
+        oldest = nonce_oldest(s);
+    }
+    size_t i = nonce_lookup(s, hash, secret_id, len, nonce);
+    if (i != SIZE_MAX) {
+        if (nonce_ring_at(s, s->slots[i].e->seq)->expires_s > now_s) {
+            rc = 1;
+            goto out;
+        }
+        nonce_remove(s, i);
+    }
+    while (s->count >= c->per_stripe_max && (oldest = nonce_oldest(s))) {
+        if (oldest->expires_s > now_s) s->evictions++;
+        nonce_remove_oldest(s, oldest);
+    }
+    if (nonce_grow_slots(s) != 0 || nonce_grow_ring(s) != 0) {
+        rc = -1;
         goto out;
     }
-    if (e) nonce_unlink(s, e);
-    while (s->count >= c->per_stripe_max && s->oldest) {
-        if (s->oldest->expires_s > now_s) s->evictions++;
-        nonce_unlink(s, s->oldest);
-    }
-    struct nonce_entry **slot = nonce_slot(s, hash);
-    fresh->chain = *slot;
-    *slot = fresh;
-    fresh->older = s->newest;
-    fresh->newer = NULL;
-    if (s->newest) s->newest->newer = fresh;
-    else s->oldest = fresh;
-    s->newest = fresh;
+    i = hash & (s->n_slots - 1);
+    while (s->slots[i].e) i = (i + 1) & (s->n_slots - 1);
+    s->slots[i].hash = hash;
+    s->slots[i].e = fresh;
+    fresh->seq = s->head_seq + s->ring_len;
+    s->ring[(s->ring_head + s->ring_len) & (s->ring_cap - 1)] =
+        (struct nonce_ring_item){fresh, now_s + ttl_s};
+    s->ring_len++;
     s->count++;
     fresh = NULL;
-    if (s->count > s->n_buckets) nonce_grow(s);
 out:
     pthread_mutex_unlock(&s->lock);
     free(fresh);

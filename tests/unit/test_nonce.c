@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "nonce.h"
@@ -72,6 +73,114 @@ static void test_long_secret_id(void **state) {
     nonce_cache_free(c);
 }
 
+/* A plain model of the cache's contract for one stripe: insertion order is expiry order, an
+ * insert prunes up to 4 expired entries from the oldest end, replaces an expired entry of the
+ * same key, and evicts the oldest entries while the stripe is full. */
+#define MODEL_MAX 48
+struct model_entry {
+    const char *id;
+    uint64_t nonce, expires_s;
+};
+struct model {
+    struct model_entry e[MODEL_MAX + 1];
+    size_t n;
+    uint64_t evictions;
+};
+
+static void model_drop(struct model *m, size_t i) {
+    for (size_t k = i + 1; k < m->n; k++) m->e[k - 1] = m->e[k];
+    m->n--;
+}
+
+static size_t model_find(const struct model *m, const char *id, uint64_t nonce) {
+    for (size_t i = 0; i < m->n; i++)
+        if (m->e[i].nonce == nonce && strcmp(m->e[i].id, id) == 0) return i;
+    return SIZE_MAX;
+}
+
+static int model_insert(struct model *m, const char *id, uint64_t nonce, uint64_t now,
+                        uint64_t ttl) {
+    for (int k = 0; k < 4 && m->n && m->e[0].expires_s <= now; k++) model_drop(m, 0);
+    size_t i = model_find(m, id, nonce);
+    if (i != SIZE_MAX) {
+        if (m->e[i].expires_s > now) return 1;
+        model_drop(m, i);
+    }
+    while (m->n >= MODEL_MAX) {
+        if (m->e[0].expires_s > now) m->evictions++;
+        model_drop(m, 0);
+    }
+    m->e[m->n++] = (struct model_entry){id, nonce, now + ttl};
+    return 0;
+}
+
+/* Random inserts and checks on one stripe against the model: few keys, so the same key comes
+ * back live, expired and evicted; the table wraps, grows and moves probe runs back on every
+ * removal (from the oldest end, from the middle for an expired key, by eviction). */
+static void test_matches_model(void **state) {
+    static const char *const ids[] = {"AKIDa", "AKIDb", "AKIDaa", "",
+                                      "AKIDaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"};
+    for (unsigned round = 0; round < 20; round++) {
+        struct nonce_cache *c = nonce_cache_new(MODEL_MAX, 1);
+        static struct model m;
+        unsigned seed = 1000 + round;
+        uint64_t now = 100;
+        memset(&m, 0, sizeof m);
+        assert_non_null(c);
+        for (int op = 0; op < 20000; op++) {
+            seed = seed * 1103515245u + 12345u;
+            const char *id = ids[(seed >> 8) % 5];
+            uint64_t nonce = (seed >> 12) % (round < 10 ? 40 : 400);
+            if ((seed >> 24) % 8 == 0) now += (seed >> 27) % 3;
+            if ((seed >> 20) % 3 == 0) {
+                size_t i = model_find(&m, id, nonce);
+                int want = i != SIZE_MAX && m.e[i].expires_s > now;
+                assert_int_equal(nonce_cache_seen(c, id, nonce, now), want);
+            } else {
+                assert_int_equal(nonce_cache_insert(c, id, nonce, now, 7),
+                                 model_insert(&m, id, nonce, now, 7));
+            }
+            if (op % 97 == 0) {
+                assert_int_equal(nonce_cache_count(c), m.n);
+                assert_int_equal(nonce_cache_evictions(c), m.evictions);
+            }
+        }
+        /* everything the model holds is found, and nothing else of the key space */
+        for (size_t k = 0; k < 5; k++)
+            for (uint64_t n = 0; n < 400; n++) {
+                size_t i = model_find(&m, ids[k], n);
+                int want = i != SIZE_MAX && m.e[i].expires_s > now;
+                assert_int_equal(nonce_cache_seen(c, ids[k], n, now), want);
+            }
+        nonce_cache_free(c);
+    }
+}
+
+/* Many keys differing only in the nonce or in one byte of the SecretId, in one stripe whose
+ * table grows from its smallest size: all are told apart. */
+static void test_many_similar_keys(void **state) {
+    struct nonce_cache *c = nonce_cache_new(100000, 1);
+    char id[] = "AKIDcapgateBench00000000000000000000";
+    for (uint64_t n = 0; n < 3000; n++) {
+        id[4 + n % 30] = (char)('a' + n % 26);
+        assert_int_equal(nonce_cache_insert(c, id, n / 7, 0, 600), 0);
+        assert_int_equal(nonce_cache_insert(c, id, n / 7, 0, 600), 1);
+    }
+    assert_int_equal(nonce_cache_count(c), 3000);
+    memcpy(id, "AKIDcapgateBench00000000000000000000", sizeof id);
+    for (uint64_t n = 0; n < 3000; n++) {
+        id[4 + n % 30] = (char)('a' + n % 26);
+        assert_int_equal(nonce_cache_seen(c, id, n / 7, 1), 1);
+        assert_int_equal(nonce_cache_seen(c, id, n / 7 + 100000, 1), 0);
+    }
+    /* a length is part of the key: "AKID" and "AKID\0..." style prefixes differ */
+    assert_int_equal(nonce_cache_insert(c, "AKIDcapgate", 5, 0, 600), 0);
+    assert_int_equal(nonce_cache_seen(c, "AKIDcapgat", 5, 1), 0);
+    assert_int_equal(nonce_cache_seen(c, "AKIDcapgatee", 5, 1), 0);
+    assert_int_equal(nonce_cache_seen(c, "AKIDcapgate", 5, 1), 1);
+    nonce_cache_free(c);
+}
+
 #define RACE_THREADS 8
 #define RACE_NONCES 2000
 
@@ -129,6 +238,8 @@ int main(void) {
         cmocka_unit_test(test_prunes_incrementally),
         cmocka_unit_test(test_bounded),
         cmocka_unit_test(test_long_secret_id),
+        cmocka_unit_test(test_matches_model),
+        cmocka_unit_test(test_many_similar_keys),
         cmocka_unit_test(test_threads_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
