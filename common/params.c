@@ -213,15 +213,19 @@ int params_copy(struct params *dst, const struct params *src) {
         params_cleanup(dst);
         return -1;
     }
+    /* The block has room for all of them (text_take cannot fail here), and "name\0value\0"
+     * is one run of the source, so each parameter is one memcpy. */
     for (size_t i = 0; i < src->count; i++) {
         const struct param *it = &src->items[i];
-        if (param_fill(dst, &dst->items[i], it->name, it->name_len, it->value, it->value_len) !=
-            0) {
-            params_cleanup(dst);
-            return -1;
-        }
-        dst->count++;
+        struct param *to = &dst->items[i];
+        size_t n = it->name_len + it->value_len + 2;
+        to->name = text_take(dst, n, 0);
+        memcpy(to->name, it->name, n);
+        to->name_len = it->name_len;
+        to->value = to->name + it->name_len + 1;
+        to->value_len = it->value_len;
     }
+    dst->count = src->count;
     return 0;
 }
 
