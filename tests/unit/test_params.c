@@ -551,7 +551,7 @@ static void test_sort_index(void **state) {
                 /* mostly a shared prefix, so ties past 8 bytes happen */
                 name[k] = k < 6 && (seed >> 12) % 4 ? "Signat"[k] : alphabet[(seed >> 16) % 6];
             }
-            char value[8];
+            char value[24];
             snprintf(value, sizeof value, "%zu", i);
             assert_int_equal(params_add(&p, name, len, value, strlen(value)), 0);
         }
