@@ -4,7 +4,8 @@
  * values per key (emission_us, tolerance_us, shadow 0/1). A signed request's Nonce key may follow
  * the buckets as one more KEYS entry, its PX in ms one more ARGV entry: it is claimed with SET NX PX
  * before any bucket is read, and when it already exists the script returns the string "replay"
- * having touched nothing else (store_limit_nonce). Nothing is written unless every
+ * having touched nothing else (store_limit_nonce). The buckets are read with one MGET (a key that
+ * is missing or not a string counts as an empty bucket). Nothing is written unless every
  * enforcing bucket admits; then each admitting bucket gets its new TAT with PX expiry = tolerance
  * (a shadow bucket that would refuse is reported and not advanced). Reply: allowed (0/1), denied
  * index, shadow_denied index (0-based, -1 none), retry_after_us, then remaining and reset_us per
@@ -22,11 +23,12 @@
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n" \
     "local denied, shadow_denied, retry = -1, -1, 0\n" \
     "local newtat, rem, reset = {}, {}, {}\n" \
+    "local tats = n > 0 and redis.call('MGET', unpack(KEYS, 1, n)) or {}\n" \
     "for i = 1, n do\n" \
     "  local e = tonumber(ARGV[3 * i - 2])\n" \
     "  local tol = tonumber(ARGV[3 * i - 1])\n" \
     "  local shadow = ARGV[3 * i] == '1'\n" \
-    "  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0\n" \
+    "  local tat = tonumber(tats[i] or '0') or 0\n" \
     "  local base = tat > now and tat or now\n" \
     "  local nt = base + e\n" \
     "  if nt - now <= tol then\n" \
