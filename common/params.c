@@ -1,9 +1,10 @@
 /* params.c: the ordered parameter list and the strict decoders of a v2 request's three forms
  * (GET query, urlencoded body, multipart body). This runs for every request the gateway serves,
  * so names and values are appended to the list's text blocks (one allocation for a usual
- * request's parameters, not one each), values are decoded into stack buffers first, and
- * duplicates are found by sorting a small index instead of comparing every pair. A failed parse
- * leaves the list as it was (the text it appended stays allocated until params_cleanup). */
+ * request's parameters, not one each), the urlencoded decoder writes straight into them in one
+ * pass, and duplicates are found by sorting a small index instead of comparing every pair. A
+ * failed parse leaves the list as it was (the text it appended stays allocated until
+ * params_cleanup). */
 #include "capgate/params.h"
 
 #include <endian.h>
@@ -43,21 +44,36 @@ void params_cleanup(struct params *p) {
     params_init(p);
 }
 
+/* A new empty block of cap bytes, now p's newest. NULL on OOM. */
+static struct params_text *text_block_new(struct params *p, size_t cap) {
+    struct params_text *t;
+    if (cap > SIZE_MAX - sizeof(*t)) return NULL;
+    if (!(t = malloc(sizeof(*t) + cap))) return NULL;
+    t->len = 0;
+    t->cap = cap;
+    t->next = p->text;
+    p->text = t;
+    return t;
+}
+
 /* n bytes of p's text: from the newest block, or a new block of at least min_cap bytes. */
 static char *text_take(struct params *p, size_t n, size_t min_cap) {
     struct params_text *t = p->text;
-    if (!t || t->cap - t->len < n) {
-        size_t cap = n > min_cap ? n : min_cap;
-        if (cap > SIZE_MAX - sizeof(*t)) return NULL;
-        if (!(t = malloc(sizeof(*t) + cap))) return NULL;
-        t->len = 0;
-        t->cap = cap;
-        t->next = p->text;
-        p->text = t;
-    }
+    if ((!t || t->cap - t->len < n) && !(t = text_block_new(p, n > min_cap ? n : min_cap)))
+        return NULL;
     char *s = t->bytes + t->len;
     t->len += n;
     return s;
+}
+
+/* The free end of p's newest block when it has need bytes, else of a new block of need or
+ * want bytes, whichever is more. Nothing is claimed: text_take(p, n, 0) with n <= need claims
+ * the first n bytes. NULL on OOM. */
+static char *text_room(struct params *p, size_t need, size_t want) {
+    struct params_text *t = p->text;
+    if ((!t || t->cap - t->len < need) && !(t = text_block_new(p, need > want ? need : want)))
+        return NULL;
+    return t->bytes + t->len;
 }
 
 /* name and value share n = name_len + value_len + 2 bytes of p's text; value follows name. */
@@ -77,16 +93,21 @@ static int param_fill(struct params *p, struct param *it, const char *name, size
     return 0;
 }
 
+/* Room for one more item. 0/-1. */
+static int items_reserve(struct params *p) {
+    if (p->count < p->cap) return 0;
+    size_t cap = p->cap ? p->cap * 2 : PARAMS_INITIAL_CAP;
+    if (cap > SIZE_MAX / sizeof *p->items) return -1;
+    struct param *items = realloc(p->items, cap * sizeof *items);
+    if (!items) return -1;
+    p->items = items;
+    p->cap = cap;
+    return 0;
+}
+
 int params_add(struct params *p, const char *name, size_t name_len, const char *value,
                size_t value_len) {
-    if (p->count == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : PARAMS_INITIAL_CAP;
-        if (cap > SIZE_MAX / sizeof *p->items) return -1;
-        struct param *items = realloc(p->items, cap * sizeof *items);
-        if (!items) return -1;
-        p->items = items;
-        p->cap = cap;
-    }
+    if (items_reserve(p) != 0) return -1;
     if (param_fill(p, &p->items[p->count], name, name_len, value, value_len) != 0) return -1;
     p->count++;
     return 0;
@@ -330,31 +351,84 @@ static int hexval(unsigned char c) {
     return -1;
 }
 
-/* Decodes src[0..len) into dst (room for max bytes). Returns the decoded length, -1 on
- * malformed percent-encoding, -2 when the result would pass max. */
-static long form_decode(const char *src, size_t len, char *dst, size_t max) {
-    size_t o = 0;
-    for (size_t i = 0; i < len; i++) {
-        char c = src[i];
-        if (c == '%') {
-            if (len - i < 3) return -1;
-            int hi = hexval((unsigned char)src[i + 1]);
-            int lo = hexval((unsigned char)src[i + 2]);
-            if (hi < 0 || lo < 0) return -1;
-            c = (char)(hi << 4 | lo);
-            i += 2;
-        } else if (c == '+') {
-            c = ' ';
+/* The urlencoded decoder's byte classes. FORM_PLAIN bytes (most of a request) are copied as
+ * they are; FORM_WIDE ones (NUL, 0x80-0xFF) too, but they mark the field for the UTF-8 and NUL
+ * checks, which a field of plain ASCII skips. */
+enum { FORM_PLAIN, FORM_WIDE, FORM_PLUS, FORM_PCT, FORM_EQ, FORM_AMP };
+
+/* Which fields of a decoded pair may hold a NUL or a byte over 0x7F and so need the UTF-8 and
+ * NUL checks (a field of plain ASCII is valid UTF-8 text as it is). */
+#define PAIR_NAME_WIDE 1u
+#define PAIR_VALUE_WIDE 2u
+
+static const unsigned char form_class[256] = {
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* NUL */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 2, 0, 0, 0, 0, /* % & + */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, /* = */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x80-0xFF */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+};
+
+/* Decodes one field of a pair, from *at up to end, the first '&' and (when stop_eq) the first
+ * '=', into dst (room for max bytes); *at is left on the byte that ended it. Returns the decoded
+ * length, -1 on malformed percent-encoding, -2 when the result would pass max (whichever comes
+ * first); mark is added to *wide when the result has a NUL or a byte over 0x7F. */
+static inline long form_field(const unsigned char **at, const unsigned char *end, int stop_eq,
+                              char *dst, size_t max, unsigned *wide, unsigned mark) {
+    const unsigned char *s = *at;
+    char *d = dst, *limit = dst + max;
+    while (s < end) {
+        /* A run of plain bytes, bounded by the input and the room so it needs no other test. */
+        const unsigned char *stop = end - s < limit - d ? end : s + (limit - d);
+        /* Eight at a time while all eight are plain (SecretId, Signature, most names). */
+        while (stop - s >= 8 &&
+               (form_class[s[0]] | form_class[s[1]] | form_class[s[2]] | form_class[s[3]] |
+                form_class[s[4]] | form_class[s[5]] | form_class[s[6]] | form_class[s[7]]) ==
+                   FORM_PLAIN) {
+            memcpy(d, s, 8);
+            d += 8;
+            s += 8;
         }
-        if (o == max) return -2;
-        dst[o++] = c;
+        while (s < stop && form_class[*s] == FORM_PLAIN) *d++ = (char)*s++;
+        if (s == end) break;
+        unsigned char c = *s;
+        unsigned k = form_class[c];
+        if (k == FORM_AMP || (k == FORM_EQ && stop_eq)) break;
+        if (k == FORM_PCT) {
+            if (end - s < 3) return -1;
+            int hi = hexval(s[1]);
+            int lo = hexval(s[2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = (unsigned char)(hi << 4 | lo);
+            s += 2;
+            if (c == 0 || c >= 0x80) *wide |= mark;
+        } else if (k == FORM_PLUS) {
+            c = ' ';
+        } else if (k == FORM_WIDE) {
+            *wide |= mark;
+        }
+        if (d == limit) return -2;
+        *d++ = (char)c;
+        s++;
     }
-    return (long)o;
+    *at = s;
+    return (long)(d - dst);
 }
 
 /* Shared checks of a decoded name/value pair. */
 static int check_pair(const char *name, size_t name_len, const char *value, size_t value_len,
-                      char *err, size_t errlen) {
+                      unsigned wide, char *err, size_t errlen) {
     if (name_len == 0) {
         snprintf(err, errlen, "empty parameter name");
         return -1;
@@ -363,7 +437,8 @@ static int check_pair(const char *name, size_t name_len, const char *value, size
         set_err(err, errlen, "parameter name %s is longer than 64 bytes", name, name_len);
         return -1;
     }
-    if (!params_utf8_valid(name, name_len) || memchr(name, '\0', name_len)) {
+    if ((wide & PAIR_NAME_WIDE) &&
+        (!params_utf8_valid(name, name_len) || memchr(name, '\0', name_len))) {
         set_err(err, errlen, "parameter name %s is not valid UTF-8 text", name, name_len);
         return -1;
     }
@@ -372,7 +447,8 @@ static int check_pair(const char *name, size_t name_len, const char *value, size
         return -1;
     }
     /* A NUL byte would make the value read differently by C string users and by the signer. */
-    if (!params_utf8_valid(value, value_len) || memchr(value, '\0', value_len)) {
+    if ((wide & PAIR_VALUE_WIDE) &&
+        (!params_utf8_valid(value, value_len) || memchr(value, '\0', value_len))) {
         set_err(err, errlen, "parameter %s is not valid UTF-8 text", name, name_len);
         return -1;
     }
@@ -408,7 +484,9 @@ static void truncate_to(struct params *p, size_t count) {
  * pairs stops early instead of allocating. */
 static int append_checked(struct params *p, const char *name, size_t name_len, const char *value,
                           size_t value_len, char *err, size_t errlen) {
-    if (check_pair(name, name_len, value, value_len, err, errlen) != 0) return -1;
+    if (check_pair(name, name_len, value, value_len, PAIR_NAME_WIDE | PAIR_VALUE_WIDE, err,
+                   errlen) != 0)
+        return -1;
     if (p->count >= PARAMS_MAX_COUNT) {
         snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
         return -1;
@@ -420,46 +498,90 @@ static int append_checked(struct params *p, const char *name, size_t name_len, c
     return 0;
 }
 
+/* A pair's decoded bytes at most: one over each limit (so "too long" is told apart from
+ * "exactly at the limit") and the two NULs. */
+#define FORM_PAIR_MAX (PARAMS_MAX_NAME + 1 + PARAMS_MAX_VALUE + 1 + 2)
+/* A text block started for a urlencoded input holds all of its rest when that is below this:
+ * the rest decodes to at most its own length plus one byte per pair (a pair's two NULs against
+ * its '&'), and the pairs decoded before the last one of a parse are at most PARAMS_MAX_COUNT,
+ * so rest + 2 + PARAMS_MAX_COUNT bytes leave the room each later pair needs. */
+#define FORM_TEXT_MAX 16384
+
+/* The raw name of the pair at pair: up to its first '=' or '&'. */
+static size_t form_raw_name_len(const unsigned char *pair, const unsigned char *end) {
+    const unsigned char *s = pair;
+    while (s < end && *s != '=' && *s != '&') s++;
+    return (size_t)(s - pair);
+}
+
+/* Each pair is decoded straight into the free end of p's text, which is claimed once the pair
+ * passed its checks; the decoded bytes are at most the raw ones, so the room is known before the
+ * '&' is found. */
 int params_parse_urlencoded(struct params *p, const char *buf, size_t len, char *err,
                             size_t errlen) {
-    /* One byte over each limit so "too long" is told apart from "exactly at the limit". */
-    char name[PARAMS_MAX_NAME + 1];
-    char value[PARAMS_MAX_VALUE + 1];
+    /* Where a pair is decoded when p's text has no room for it (OOM): it is still checked, so
+     * "out of memory" is reported only for a pair that passed, as params_add reports it. */
+    char spill[FORM_PAIR_MAX];
+    const unsigned char *at = (const unsigned char *)buf, *end = at + len;
     size_t first = p->count;
-    size_t pos = 0;
     int rc = -1;
 
     if (err && errlen) err[0] = '\0';
-    while (pos < len) {
-        const char *pair = buf + pos;
-        const char *amp = memchr(pair, '&', len - pos);
-        size_t pair_len = amp ? (size_t)(amp - pair) : len - pos;
-        pos += pair_len + 1;
-        if (pair_len == 0) continue;
+    while (at < end) {
+        if (*at == '&') { /* an empty pair */
+            at++;
+            continue;
+        }
+        const unsigned char *pair = at;
+        size_t rest = (size_t)(end - at);
+        size_t cut = rest < FORM_TEXT_MAX ? rest : FORM_TEXT_MAX;
+        size_t need = (rest < FORM_PAIR_MAX - 2 ? rest : FORM_PAIR_MAX - 2) + 2;
+        char *name = text_room(p, need, cut + 2 + PARAMS_MAX_COUNT);
+        if (!name) name = spill;
+        unsigned wide = 0;
 
-        const char *eq = memchr(pair, '=', pair_len);
-        size_t raw_name_len = eq ? (size_t)(eq - pair) : pair_len;
-        const char *raw_value = eq ? eq + 1 : pair + pair_len;
-        size_t raw_value_len = eq ? pair_len - raw_name_len - 1 : 0;
-
-        long n = form_decode(pair, raw_name_len, name, sizeof name);
+        long n = form_field(&at, end, 1, name, PARAMS_MAX_NAME + 1, &wide, PAIR_NAME_WIDE);
         if (n == -1) {
-            set_err(err, errlen, "malformed percent-encoding in parameter name %s", pair,
-                    raw_name_len);
+            set_err(err, errlen, "malformed percent-encoding in parameter name %s",
+                    (const char *)pair, form_raw_name_len(pair, end));
             goto out;
         }
         if (n == -2) {
-            set_err(err, errlen, "parameter name %s is longer than 64 bytes", pair, raw_name_len);
+            set_err(err, errlen, "parameter name %s is longer than 64 bytes", (const char *)pair,
+                    form_raw_name_len(pair, end));
             goto out;
         }
         size_t name_len = (size_t)n;
-        long v = form_decode(raw_value, raw_value_len, value, sizeof value);
+        char *value = name + name_len + 1;
+        long v = 0;
+        if (at < end && *at == '=') {
+            at++;
+            v = form_field(&at, end, 0, value, PARAMS_MAX_VALUE + 1, &wide, PAIR_VALUE_WIDE);
+        }
         if (v == -1) {
             set_err(err, errlen, "malformed percent-encoding in parameter %s", name, name_len);
             goto out;
         }
-        if (v == -2) v = (long)sizeof value; /* over the limit: check_pair names it */
-        if (append_checked(p, name, name_len, value, (size_t)v, err, errlen) != 0) goto out;
+        if (v == -2) v = PARAMS_MAX_VALUE + 1; /* over the limit: check_pair names it */
+        size_t value_len = (size_t)v;
+        if (check_pair(name, name_len, value, value_len, wide, err, errlen) != 0) goto out;
+        if (p->count >= PARAMS_MAX_COUNT) {
+            snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
+            goto out;
+        }
+        if (name == spill || items_reserve(p) != 0) {
+            snprintf(err, errlen, "out of memory");
+            goto out;
+        }
+        name[name_len] = '\0';
+        value[value_len] = '\0';
+        text_take(p, name_len + value_len + 2, 0); /* the room found above */
+        struct param *it = &p->items[p->count++];
+        it->name = name;
+        it->name_len = name_len;
+        it->value = value;
+        it->value_len = value_len;
+        if (at < end) at++; /* the '&' */
     }
     if (check_list(p, first, err, errlen) != 0) goto out;
     rc = 0;

@@ -253,6 +253,376 @@ static void test_urlencoded_limits(void **state) {
     strbuf_cleanup(&q);
 }
 
+/* ---- The urlencoded parser as it was before the one-pass decoder (decode into stack buffers,
+ * then UTF-8 and NUL checks, then a copy), kept only to compare the new one with it. ---- */
+
+static int old_name_is_plain(const char *s, size_t len) {
+    if (len == 0 || len > PARAMS_MAX_NAME) return 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static void old_set_err(char *err, size_t errlen, const char *fmt, const char *name, size_t len) {
+    char shown[PARAMS_QUOTED_MAX];
+    if (!err || errlen == 0) return;
+    if (old_name_is_plain(name, len))
+        snprintf(shown, sizeof shown, "%.*s", (int)len, name);
+    else
+        params_quote(shown, sizeof shown, name, len);
+    snprintf(err, errlen, fmt, shown);
+}
+
+static int old_hexval(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static long old_form_decode(const char *src, size_t len, char *dst, size_t max) {
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = src[i];
+        if (c == '%') {
+            if (len - i < 3) return -1;
+            int hi = old_hexval((unsigned char)src[i + 1]);
+            int lo = old_hexval((unsigned char)src[i + 2]);
+            if (hi < 0 || lo < 0) return -1;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        } else if (c == '+') {
+            c = ' ';
+        }
+        if (o == max) return -2;
+        dst[o++] = c;
+    }
+    return (long)o;
+}
+
+static int old_check_pair(const char *name, size_t name_len, const char *value,
+                          size_t value_len, char *err, size_t errlen) {
+    if (name_len == 0) {
+        snprintf(err, errlen, "empty parameter name");
+        return -1;
+    }
+    if (name_len > PARAMS_MAX_NAME) {
+        old_set_err(err, errlen, "parameter name %s is longer than 64 bytes", name, name_len);
+        return -1;
+    }
+    if (!params_utf8_valid(name, name_len) || memchr(name, '\0', name_len)) {
+        old_set_err(err, errlen, "parameter name %s is not valid UTF-8 text", name, name_len);
+        return -1;
+    }
+    if (value_len > PARAMS_MAX_VALUE) {
+        old_set_err(err, errlen, "parameter %s is longer than 4096 bytes", name, name_len);
+        return -1;
+    }
+    if (!params_utf8_valid(value, value_len) || memchr(value, '\0', value_len)) {
+        old_set_err(err, errlen, "parameter %s is not valid UTF-8 text", name, name_len);
+        return -1;
+    }
+    return 0;
+}
+
+static int old_check_list(const struct params *p, size_t first, char *err, size_t errlen) {
+    const struct param *index[PARAMS_MAX_COUNT];
+    if (p->count == first) return 0;
+    if (p->count > PARAMS_MAX_COUNT) {
+        snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
+        return -1;
+    }
+    for (size_t i = 0; i < p->count; i++) index[i] = &p->items[i];
+    params_sort_index(index, p->count);
+    for (size_t i = 1; i < p->count; i++) {
+        const struct param *a = index[i - 1], *b = index[i];
+        if (a->name_len == b->name_len && memcmp(a->name, b->name, a->name_len) == 0) {
+            old_set_err(err, errlen, "duplicated parameter %s", index[i]->name,
+                        index[i]->name_len);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int old_append_checked(struct params *p, const char *name, size_t name_len,
+                              const char *value, size_t value_len, char *err, size_t errlen) {
+    if (old_check_pair(name, name_len, value, value_len, err, errlen) != 0) return -1;
+    if (p->count >= PARAMS_MAX_COUNT) {
+        snprintf(err, errlen, "more than %d parameters", PARAMS_MAX_COUNT);
+        return -1;
+    }
+    if (params_add(p, name, name_len, value, value_len) != 0) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+static int old_parse_urlencoded(struct params *p, const char *buf, size_t len, char *err,
+                                size_t errlen) {
+    char name[PARAMS_MAX_NAME + 1];
+    char value[PARAMS_MAX_VALUE + 1];
+    size_t first = p->count;
+    size_t pos = 0;
+    int rc = -1;
+
+    if (err && errlen) err[0] = '\0';
+    while (pos < len) {
+        const char *pair = buf + pos;
+        const char *amp = memchr(pair, '&', len - pos);
+        size_t pair_len = amp ? (size_t)(amp - pair) : len - pos;
+        pos += pair_len + 1;
+        if (pair_len == 0) continue;
+
+        const char *eq = memchr(pair, '=', pair_len);
+        size_t raw_name_len = eq ? (size_t)(eq - pair) : pair_len;
+        const char *raw_value = eq ? eq + 1 : pair + pair_len;
+        size_t raw_value_len = eq ? pair_len - raw_name_len - 1 : 0;
+
+        long n = old_form_decode(pair, raw_name_len, name, sizeof name);
+        if (n == -1) {
+            old_set_err(err, errlen, "malformed percent-encoding in parameter name %s", pair,
+                        raw_name_len);
+            goto out;
+        }
+        if (n == -2) {
+            old_set_err(err, errlen, "parameter name %s is longer than 64 bytes", pair,
+                        raw_name_len);
+            goto out;
+        }
+        size_t name_len = (size_t)n;
+        long v = old_form_decode(raw_value, raw_value_len, value, sizeof value);
+        if (v == -1) {
+            old_set_err(err, errlen, "malformed percent-encoding in parameter %s", name,
+                        name_len);
+            goto out;
+        }
+        if (v == -2) v = (long)sizeof value;
+        if (old_append_checked(p, name, name_len, value, (size_t)v, err, errlen) != 0) goto out;
+    }
+    if (old_check_list(p, first, err, errlen) != 0) goto out;
+    rc = 0;
+out:
+    if (rc != 0 && p->count > first) p->count = first;
+    return rc;
+}
+
+/* Both parsers on the same input and the same starting list (existing: "k=v" pairs already in
+ * it): the same result, message and parameters. */
+static void assert_same_parse(const char *buf, size_t len, const char *existing, size_t errlen) {
+    struct params a, b;
+    char err_a[256], err_b[256];
+    char *ea = errlen ? err_a : NULL, *eb = errlen ? err_b : NULL;
+    params_init(&a);
+    params_init(&b);
+    if (existing) {
+        assert_int_equal(old_parse_urlencoded(&a, existing, strlen(existing), NULL, 0), 0);
+        assert_int_equal(old_parse_urlencoded(&b, existing, strlen(existing), NULL, 0), 0);
+    }
+    memset(err_a, 'x', sizeof err_a);
+    memset(err_b, 'x', sizeof err_b);
+    int rc_a = old_parse_urlencoded(&a, buf, len, ea, errlen);
+    int rc_b = params_parse_urlencoded(&b, buf, len, eb, errlen);
+    assert_int_equal(rc_b, rc_a);
+    assert_memory_equal(err_b, err_a, sizeof err_a);
+    assert_int_equal(b.count, a.count);
+    for (size_t i = 0; i < a.count; i++) {
+        assert_int_equal(b.items[i].name_len, a.items[i].name_len);
+        assert_int_equal(b.items[i].value_len, a.items[i].value_len);
+        assert_memory_equal(b.items[i].name, a.items[i].name, a.items[i].name_len + 1);
+        assert_memory_equal(b.items[i].value, a.items[i].value, a.items[i].value_len + 1);
+        assert_ptr_equal(b.items[i].value, b.items[i].name + b.items[i].name_len + 1);
+    }
+    params_cleanup(&a);
+    params_cleanup(&b);
+}
+
+/* Edge inputs, each with its exact outcome, and the same from the old parser. */
+static void test_urlencoded_edges(void **state) {
+    static const struct {
+        const char *input;
+        size_t len; /* 0: strlen */
+        const char *message; /* NULL: accepted */
+    } cases[] = {
+        {"a=%", 0, "malformed percent-encoding in parameter a"},
+        {"a=1%", 0, "malformed percent-encoding in parameter a"},
+        {"a=%4", 0, "malformed percent-encoding in parameter a"},
+        {"%", 0, "malformed percent-encoding in parameter name \"%\""},
+        {"a%=1", 0, "malformed percent-encoding in parameter name \"a%\""},
+        {"a=%G1", 0, "malformed percent-encoding in parameter a"},
+        {"a=%1G", 0, "malformed percent-encoding in parameter a"},
+        {"%G1=1", 0, "malformed percent-encoding in parameter name \"%G1\""},
+        {"a%G1&b=1", 0, "malformed percent-encoding in parameter name \"a%G1\""},
+        {"=%G1", 0, "malformed percent-encoding in parameter \"\""},
+        {"%G1=%", 0, "malformed percent-encoding in parameter name \"%G1\""},
+        {"a=1&=b", 0, "empty parameter name"},
+        {"a=&=b", 0, "empty parameter name"},
+        {"=", 0, "empty parameter name"},
+        {"a=%00", 0, "parameter a is not valid UTF-8 text"},
+        {"%00=1", 0, "parameter name \"\\x00\" is not valid UTF-8 text"},
+        {"a%00b=1", 0, "parameter name \"a\\x00b\" is not valid UTF-8 text"},
+        {"a=x\0y", 5, "parameter a is not valid UTF-8 text"},
+        {"a\0=1", 4, "parameter name \"a\\x00\" is not valid UTF-8 text"},
+        {"a=%C0%80", 0, "parameter a is not valid UTF-8 text"},       /* overlong NUL */
+        {"a=%E0%80%AF", 0, "parameter a is not valid UTF-8 text"},    /* overlong */
+        {"a=%F0%80%80%AF", 0, "parameter a is not valid UTF-8 text"}, /* overlong */
+        {"a=%C3%28", 0, "parameter a is not valid UTF-8 text"},       /* bad continuation */
+        {"a=%E5%BC%28", 0, "parameter a is not valid UTF-8 text"},
+        {"a=%F0%9F%98", 0, "parameter a is not valid UTF-8 text"},    /* truncated */
+        {"a=%80", 0, "parameter a is not valid UTF-8 text"},          /* lone continuation */
+        {"a=\x80", 0, "parameter a is not valid UTF-8 text"},
+        {"a=%F4%90%80%80", 0, "parameter a is not valid UTF-8 text"}, /* above U+10FFFF */
+        {"a=%F5%80%80%80", 0, "parameter a is not valid UTF-8 text"},
+        {"a=%ED%A0%80", 0, "parameter a is not valid UTF-8 text"},    /* surrogate */
+        {"a=%FF&b=%00", 0, "parameter a is not valid UTF-8 text"},
+        {"a=1&b=2&a=3", 0, "duplicated parameter a"},
+        {"a=1&a", 0, "duplicated parameter a"},
+        {"a+b=1&a%20b=2", 0, "duplicated parameter \"a b\""}, /* a space is quoted */
+        {"a=1&%61=2", 0, "duplicated parameter a"},
+        {"\xE5\xBC\xA0=1&%E5%BC%A0=2", 0, "duplicated parameter \"\xE5\xBC\xA0\""},
+        {"a=1", 0, NULL},
+        {"a=+", 0, NULL},
+        {"+=+", 0, NULL},
+        {"a=&b=", 0, NULL},
+        {"a&b", 0, NULL},
+        {"&a=1&", 0, NULL},
+        {"a==", 0, NULL},
+        {"a=%F0%9F%98%80", 0, NULL},          /* 4 bytes: U+1F600 */
+        {"a=%F4%8F%BF%BF", 0, NULL},          /* U+10FFFF */
+        {"a=\xF0\x9F\x98\x80", 0, NULL},      /* the same, raw */
+        {"%F0%9F%98%80=\xE5\xBC\xA0", 0, NULL},
+        {"a=%26%3D%25%2B", 0, NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct params p;
+        char err[256] = "";
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].input);
+        params_init(&p);
+        int rc = params_parse_urlencoded(&p, cases[i].input, len, err, sizeof err);
+        if (cases[i].message) {
+            if (rc != -1 || strcmp(err, cases[i].message) != 0)
+                fail_msg("case %zu: rc %d, \"%s\"", i, rc, err);
+            assert_int_equal(p.count, 0);
+        } else {
+            if (rc != 0) fail_msg("case %zu: \"%s\"", i, err);
+        }
+        params_cleanup(&p);
+        assert_same_parse(cases[i].input, len, NULL, 256);
+    }
+
+    /* The decoded values of the accepted ones. */
+    struct params p;
+    char err[256];
+    params_init(&p);
+    assert_int_equal(parse_q(&p, "a=+&+=%2B+&c=&d&e=x==y&f=%F0%9F%98%80", err, sizeof err), 0);
+    assert_int_equal(p.count, 6);
+    assert_string_equal(params_get(&p, "a"), " ");
+    assert_string_equal(params_get(&p, " "), "+ ");
+    assert_string_equal(params_get(&p, "c"), "");
+    assert_string_equal(params_get(&p, "d"), "");
+    assert_string_equal(params_get(&p, "e"), "x==y");
+    assert_string_equal(params_get(&p, "f"), "\xF0\x9F\x98\x80");
+    params_cleanup(&p);
+}
+
+/* The limits at their edges, where a malformed escape and "too long" compete, and a name of
+ * exactly 65 decoded bytes (named decoded) against 66 (named as sent). */
+static void test_urlencoded_limit_edges(void **state) {
+    struct strbuf q;
+    char name[80];
+    strbuf_init(&q);
+    memset(name, 'n', sizeof name);
+    for (size_t n = 62; n <= 67; n++) {
+        for (int tail = 0; tail < 6; tail++) {
+            static const char *const tails[] = {"=1", "%", "%4", "%41=1", "%G1=1", "&n=1"};
+            strbuf_reset(&q);
+            strbuf_appends(&q, "%41");
+            strbuf_append(&q, name, n - 1);
+            strbuf_appends(&q, tails[tail]);
+            assert_same_parse(q.s, q.len, NULL, 256);
+        }
+    }
+    for (size_t n = 4094; n <= 4099; n++) {
+        for (int tail = 0; tail < 6; tail++) {
+            static const char *const tails[] = {"", "%", "%4", "%41", "%FF", "&b=1"};
+            strbuf_reset(&q);
+            strbuf_appends(&q, "v=%41");
+            for (size_t i = 1; i < n; i++) strbuf_appends(&q, i % 3 ? "a" : "+");
+            strbuf_appends(&q, tails[tail]);
+            assert_same_parse(q.s, q.len, NULL, 256);
+            assert_same_parse(q.s, q.len, "x=1&y=2", 256);
+        }
+    }
+    /* 4096 four-byte characters are over the limit; 1024 are at it. */
+    strbuf_reset(&q);
+    strbuf_appends(&q, "v=");
+    for (int i = 0; i < 1024; i++) strbuf_appends(&q, i % 2 ? "%F0%9F%98%80" : "\xF0\x9F\x98\x80");
+    assert_same_parse(q.s, q.len, NULL, 256);
+    strbuf_appends(&q, "%F0");
+    assert_same_parse(q.s, q.len, NULL, 256);
+    strbuf_cleanup(&q);
+}
+
+/* The one-pass parser against the old one on random inputs: bytes from a small alphabet of
+ * tricky ones, then tokens (escapes of every kind, long runs near the limits), into empty and
+ * non-empty lists, with full, short and no error buffers. */
+static void test_urlencoded_same_as_before(void **state) {
+    static const char bytes[] = "aA=&%+0F\xff\xe5\xbc\xa0\x80 .g";
+    static const char *const tokens[] = {
+        "a", "b", "n", "=", "&", "&&", "+", "%", "%4", "%41", "%61", "%G1", "%00", "%2B",
+        "%26", "%3D", "%C3%A9", "%C3%28", "%C0%AF", "%E5%BC%A0", "%ED%A0%80", "%F0%9F%98%80",
+        "%F4%90%80%80", "%80", "\xff", "\xE5\xBC\xA0", "\xF0\x9F\x98\x80", "Nonce", "SecretId",
+        "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", /* 63 */
+    };
+    static const char *const existing[] = {NULL, "a=1", "Nonce=5&b=&n=x"};
+    static const size_t errlens[] = {256, 256, 24, 0};
+    unsigned seed = 2024;
+    struct strbuf q;
+    strbuf_init(&q);
+    for (int round = 0; round < 6000; round++) {
+        strbuf_reset(&q);
+        if (round % 2 == 0) {
+            size_t len = (size_t)(round / 2 % 48);
+            for (size_t i = 0; i < len; i++) {
+                seed = seed * 1103515245u + 12345u;
+                char c = bytes[(seed >> 16) % (sizeof bytes)]; /* the last is the NUL */
+                strbuf_append(&q, &c, 1);
+            }
+        } else {
+            size_t n = (size_t)(round / 2 % 24);
+            for (size_t i = 0; i < n; i++) {
+                seed = seed * 1103515245u + 12345u;
+                strbuf_appends(&q, tokens[(seed >> 16) % (sizeof tokens / sizeof tokens[0])]);
+            }
+            if (round % 7 == 1) { /* a value near its limit */
+                strbuf_appends(&q, "&v=");
+                for (size_t i = 0; i < 4090 + (seed >> 8) % 12; i++) strbuf_appends(&q, "x");
+                strbuf_appends(&q, tokens[(seed >> 20) % (sizeof tokens / sizeof tokens[0])]);
+            }
+        }
+        seed = seed * 1103515245u + 12345u;
+        assert_same_parse(q.len ? q.s : "", q.len, existing[(seed >> 16) % 3],
+                          errlens[(seed >> 20) % 4]);
+    }
+    /* Many pairs: the 64-parameter limit and a text block that fills up. */
+    for (int round = 0; round < 200; round++) {
+        strbuf_reset(&q);
+        size_t pairs = 50 + (size_t)round % 20;
+        for (size_t i = 0; i < pairs; i++) {
+            seed = seed * 1103515245u + 12345u;
+            strbuf_appendf(&q, "%sk%zu=", i ? "&" : "", i);
+            for (size_t k = 0; k < (seed >> 16) % 200; k++) strbuf_appends(&q, k % 5 ? "y" : "%7A");
+        }
+        assert_same_parse(q.s, q.len, round % 3 ? NULL : "a=1", 256);
+    }
+    strbuf_cleanup(&q);
+}
+
 /* What the Java SDK sends: a CRLF before the first delimiter, no Content-Type per part. */
 static const char java_body[] =
     "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
@@ -628,6 +998,9 @@ int main(void) {
         cmocka_unit_test(test_urlencoded_errors),
         cmocka_unit_test(test_urlencoded_duplicate_against_existing),
         cmocka_unit_test(test_urlencoded_limits),
+        cmocka_unit_test(test_urlencoded_edges),
+        cmocka_unit_test(test_urlencoded_limit_edges),
+        cmocka_unit_test(test_urlencoded_same_as_before),
         cmocka_unit_test(test_multipart_java),
         cmocka_unit_test(test_multipart_quoted_boundary_and_dispatch),
         cmocka_unit_test(test_multipart_preamble_and_padding),
