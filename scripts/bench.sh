@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
 # bench.sh: the gateway against the mock called directly and against nginx, in one run, with wrk
-# over keep-alive loopback. Pinning (2 CPUs or more): capgate-mock alone on CPU 0; the proxy
-# under test (nginx, capgate), redis-server and wrk (1 thread) share CPU 1, so every proxy gets
-# the same one core and the same competition from the load generator. Each target runs --runs
+# over keep-alive loopback. Pinning (2 CPUs or more), --layout shared (the default): capgate-mock
+# alone on CPU 0; the proxy under test (nginx, capgate), redis-server and wrk (1 thread) share
+# CPU 1, so every proxy gets the same one core and the same competition from the load generator.
+# --layout dedicated: capgate-mock and wrk share CPU 0, the proxy under test and redis-server have
+# CPU 1 to themselves; the run is then bounded by CPU 0 as much as by the proxy. Besides req/s,
+# every run records the CPU time the server under test used per request (utime + stime of the
+# mock, the nginx worker or capgate with redis-server, over the run / requests): a figure that
+# varies far less than req/s on a shared machine. Each target runs --runs
 # times, the targets taking turns (run 1 of each, then run 2 of each, ...) so a noisy phase of the
 # machine hits every target alike; the table gives the median requests/s of the valid runs and
-# p50/p99 of that median run, then the ratios capgate/nginx req/s and capgate p99 - direct p99.
+# p50/p99 of that median run and the median CPU per request, then the ratios capgate/nginx req/s
+# and CPU per request and capgate p99 - direct p99.
 # Targets (letters of the brief in brackets):
 #   direct      (a) capgate-mock called directly, pre-signed CaptchaIframeQuery (mock credential)
 #   nginx       (b) nginx (1 worker, upstream keepalive 64) in front of the same mock
@@ -33,7 +39,7 @@
 # code-0 entries; the table counts invalid runs apart.
 # Usage: bench.sh [--targets direct,nginx,...,pool-hit,pool-forward|a,b,c,d,e,pool]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
-#                 [--pool-duration S] [--no-build]
+#                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
 # Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (120000),
 # CAPGATE_BENCH_POOL_RATE (80000).
 set -euo pipefail
@@ -47,6 +53,7 @@ connections=50
 pool_connections="10,50"
 pool_duration=3
 build=1
+layout=shared
 # Pre-signed requests per second of run: above what one core can serve, so no Nonce repeats.
 presign_rate=${CAPGATE_BENCH_PRESIGN_RATE:-120000}
 # Pool hits per second to provision for (above what one core serves): sizes the pool.
@@ -65,6 +72,7 @@ while (($#)); do
     --connections) connections=$2; shift 2 ;;
     --pool-connections) pool_connections=$2; shift 2 ;;
     --pool-duration) pool_duration=$2; shift 2 ;;
+    --layout) layout=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
@@ -73,6 +81,10 @@ done
 [[ $duration =~ ^[1-9][0-9]*$ && $runs =~ ^[1-9][0-9]*$ && $connections =~ ^[1-9][0-9]*$ &&
   $pool_duration =~ ^[1-9][0-9]*$ && $pool_rate =~ ^[1-9][0-9]*$ ]] || {
   echo "bench.sh: --duration, --runs, --connections, --pool-duration and CAPGATE_BENCH_POOL_RATE take positive integers" >&2
+  exit 2
+}
+[[ $layout == shared || $layout == dedicated ]] || {
+  echo "bench.sh: --layout takes shared or dedicated" >&2
   exit 2
 }
 [[ $pool_connections =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || {
@@ -123,10 +135,17 @@ say() { printf 'bench.sh: %s\n' "$*" >&2; }
 
 mock_pin=()
 proxy_pin=()
+wrk_pin=()
 if (($(nproc) >= 2)); then
   mock_pin=(taskset -c 0)
   proxy_pin=(taskset -c 1)
-  pinning="capgate-mock on CPU 0; the proxy under test, redis-server and wrk on CPU 1"
+  if [[ $layout == shared ]]; then
+    wrk_pin=(taskset -c 1)
+    pinning="capgate-mock on CPU 0; the proxy under test, redis-server and wrk on CPU 1"
+  else
+    wrk_pin=(taskset -c 0)
+    pinning="capgate-mock and wrk on CPU 0; the proxy under test and redis-server on CPU 1"
+  fi
 else
   pinning="one CPU only: everything shares it, numbers are not comparable"
   say "$pinning"
@@ -184,6 +203,7 @@ start_mock() {
     --tls-cert "$work/certs/server.pem" --tls-key "$work/certs/server.key" \
     --timestamp-window 3600 --log-level warn >"$log" 2>&1 &
   pids+=("$!")
+  mock_pid=$!
   mock_url=$(wait_line "$log" '^capgate-mock listening on http://' "$!")
   mock_url=${mock_url#capgate-mock listening on }
   mock_tls=$(wait_line "$log" '^capgate-mock listening on https://' "${pids[-1]}")
@@ -225,6 +245,7 @@ http {
 CONF
   "${proxy_pin[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
   pids+=("$!")
+  nginx_pid=$!
   wait_http "http://$nginx_host/__admin/health"
   say "nginx at http://$nginx_host (one worker, upstream keepalive 64)"
 }
@@ -235,6 +256,7 @@ start_redis() {
   "${proxy_pin[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' \
     --appendonly no --dir "$work" --logfile "$work/redis.log" &
   pids+=("$!")
+  redis_pid=$!
   local i
   for ((i = 0; i < 100; i++)); do
     if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
@@ -378,7 +400,30 @@ pool_fill() {
   return 1
 }
 
-# one_run TARGET RUN [CONNECTIONS]: one wrk run of TARGET; appends "rps p50 p99" to
+# server_pids TARGET: the processes whose CPU time counts as the server's for TARGET.
+server_pids() {
+  case "$1" in
+    direct) echo "$mock_pid" ;;
+    nginx) pgrep -P "$nginx_pid" | paste -sd ' ' - ;;
+    full) echo "${gw_pid[full]} $redis_pid" ;;
+    pool-hit | pool-forward) echo "${gw_pid[pool]}" ;;
+    *) echo "${gw_pid[$1]}" ;;
+  esac
+}
+
+clk_tck=$(getconf CLK_TCK)
+# cpu_ticks PID...: utime + stime of the processes (all their threads), in clock ticks.
+cpu_ticks() {
+  local p total=0 t
+  for p in "$@"; do
+    # the fields after "(comm) ": state is 1st, utime 12th, stime 13th
+    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }')
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+
+# one_run TARGET RUN [CONNECTIONS]: one wrk run of TARGET; appends "rps p50_us p99_us cpu_us" to
 # results[TARGET] (results[TARGET@CONNECTIONS] for the pool targets) or counts invalid.
 one_run() {
   local t=$1 i=$2 c=${3:-$connections} d=$duration key=$1 url host file="$work/requests.txt"
@@ -419,10 +464,14 @@ one_run() {
     hits0=$(pool_metric capgate_pool_hits_total)
     misses0=$(pool_metric capgate_pool_misses_total)
   fi
-  if ! "${proxy_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
+  local spids cpu0 cpu1 cpu_us
+  read -r -a spids <<<"$(server_pids "$t")"
+  cpu0=$(cpu_ticks "${spids[@]}")
+  if ! "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
     -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
     bad+=("wrk failed")
   fi
+  cpu1=$(cpu_ticks "${spids[@]}")
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
@@ -432,7 +481,8 @@ one_run() {
   grep -Eq 'cycle.lua: wrapped [1-9]' "$out" && bad+=("a pre-signed request was sent twice (raise CAPGATE_BENCH_PRESIGN_RATE)")
   grep -Eq 'cycle.lua: bad [1-9]' "$out" && bad+=("$(grep 'cycle.lua: bad' "$out") replies without \"code\":0")
   grep -q 'cycle.lua: bad 0' "$out" || bad+=("cycle.lua did not report")
-  [[ -n $rps && -n $p50 && -n $p99 ]] || bad+=("no numbers in wrk's output")
+  [[ -n $rps && -n $p50 && -n $p99 && ${total:-0} -gt 0 ]] || bad+=("no numbers in wrk's output")
+  cpu_us=$(awk -v a="$cpu0" -v b="$cpu1" -v hz="$clk_tck" -v n="${total:-1}" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')
   node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
   if [[ $t == pool-* ]]; then
     hits1=$(pool_metric capgate_pool_hits_total)
@@ -452,8 +502,8 @@ one_run() {
     cat "$out" >&2
     return 0
   fi
-  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99")"$'\n'
-  say "$key run $i: $rps req/s, p50 $p50, p99 $p99 ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
+  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us"$'\n'
+  say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full ]]; then
     redis_per_request "$total"
   fi
@@ -552,8 +602,13 @@ median() {
   printf '%s\n' "$lines" | sed -n "$(((n + 1) / 2))p"
 }
 fmt_ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
+# median_cpu TARGET: the median server CPU us/request over the valid runs (empty when none).
+median_cpu() {
+  printf '%s' "${results[$1]:-}" | awk 'NF { print $4 }' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)] }'
+}
 
-declare -A med_rps=() med_p50=() med_p99=()
+declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
 main_targets=() pool_targets=()
 for t in "${target_list[@]}"; do
   case "$t" in
@@ -566,27 +621,32 @@ done
 if ((${#main_targets[@]})); then
 printf '\nwrk 1 thread, %s keep-alive connections, %s s per run, %s runs per target taken in turns;\n%s (%s CPUs); GET CaptchaIframeQuery, HmacSHA256.\n\n' \
   "$connections" "$duration" "$runs" "$pinning" "$(nproc)"
-echo "| target | path | client auth | req/s (median) | req/s (valid runs) | p50 | p99 | invalid runs |"
-echo "|---|---|---|---:|---|---:|---:|---:|"
+echo "| target | path | client auth | req/s (median) | req/s (valid runs) | p50 | p99 | server CPU / request | invalid runs |"
+echo "|---|---|---|---:|---|---:|---:|---:|---:|"
 fi
 for t in "${main_targets[@]}"; do
   m=$(median "$t")
   runs_list=$(printf '%s' "${results[$t]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
   if [[ -z $m ]]; then
-    echo "| $t | ${label[$t]} | - | - | - | - | ${invalid[$t]:-0} |"
+    echo "| $t | ${label[$t]} | - | - | - | - | - | ${invalid[$t]:-0} |"
     continue
   fi
-  read -r m_rps m_p50 m_p99 <<<"$m"
+  read -r m_rps m_p50 m_p99 _ <<<"$m"
   med_rps[$t]=$m_rps
   med_p99[$t]=$m_p99
-  printf '| %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "${label[$t]}" "$m_rps" "$runs_list" \
-    "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${invalid[$t]:-0}"
+  med_cpu[$t]=$(median_cpu "$t")
+  printf '| %s | %s | %.0f | %s | %s | %s | %s us | %s |\n' "$t" "${label[$t]}" "$m_rps" "$runs_list" \
+    "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${med_cpu[$t]}" "${invalid[$t]:-0}"
 done
 echo
 for t in capgate capgate-w2 capgate-tls token full; do
   if [[ -n ${med_rps[$t]:-} && -n ${med_rps[nginx]:-} ]]; then
     awk -v a="${med_rps[$t]}" -v b="${med_rps[nginx]}" -v t="$t" \
       'BEGIN { printf "- %s / nginx req/s: %.2f (goal >= 0.8)\n", t, a / b }'
+  fi
+  if [[ -n ${med_cpu[$t]:-} && -n ${med_cpu[nginx]:-} ]]; then
+    awk -v a="${med_cpu[$t]}" -v b="${med_cpu[nginx]}" -v t="$t" \
+      'BEGIN { printf "- %s / nginx server CPU per request: %.2f (%.2f us against %.2f us)\n", t, a / b, a, b }'
   fi
   if [[ -n ${med_p99[$t]:-} && -n ${med_p99[direct]:-} ]]; then
     awk -v a="${med_p99[$t]}" -v b="${med_p99[direct]}" -v t="$t" -v c="$connections" \
@@ -613,7 +673,7 @@ if ((${#pool_targets[@]})); then
         echo "| $t | ${label[$t]} | $c | - | - | - | - | ${invalid[$k]:-0} |"
         continue
       fi
-      read -r m_rps m_p50 m_p99 <<<"$m"
+      read -r m_rps m_p50 m_p99 _ <<<"$m"
       med_rps[$k]=$m_rps
       med_p50[$k]=$m_p50
       med_p99[$k]=$m_p99
