@@ -72,7 +72,7 @@ typedef void (*upstream_done_fn)(const struct upstream_result *r, void *arg);
 
 /* Sends one v2 call: method "POST" (encoded_params as an x-www-form-urlencoded body) or "GET"
  * (encoded_params as the query). encoded_params is copied. Headers: Host (sign_host),
- * Content-Type (POST), Connection: keep-alive, User-Agent: capgate/<version>.
+ * Content-Type (POST), User-Agent: capgate/<version> (HTTP/1.1 keeps the connection alive).
  *
  * Retries (at most `retries` extra attempts, all within timeout_ms) happen only when the request
  * cannot have been processed upstream: connection refused, connect timeout, TLS handshake failure
