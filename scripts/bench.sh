@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # bench.sh: the gateway against the mock called directly and against nginx, in one run, with wrk
 # over keep-alive loopback. Pinning (2 CPUs or more), --layout shared (the default): capgate-mock
-# alone on CPU 0; the proxy under test (nginx, capgate), redis-server and wrk (1 thread) share
-# CPU 1, so every proxy gets the same one core and the same competition from the load generator.
-# --layout dedicated: capgate-mock and wrk share CPU 0, the proxy under test and redis-server have
-# CPU 1 to themselves; the run is then bounded by CPU 0 as much as by the proxy. Besides req/s,
-# every run records the CPU time the server under test used per request (utime + stime of the
-# mock, the nginx worker or capgate with redis-server, over the run / requests): a figure that
-# varies far less than req/s on a shared machine. Each target runs --runs
+# and redis-server (the services outside the gateway) on CPU 0; the proxy under test (nginx,
+# capgate) and wrk (1 thread) share CPU 1, so every proxy gets the same one core and the same
+# competition from the load generator. --layout dedicated: capgate-mock, redis-server and wrk share
+# CPU 0, the proxy under test has CPU 1 to itself; the run is then bounded by CPU 0 as much as by
+# the proxy. Besides req/s, every run records the CPU time the server under test used per request
+# (utime + stime of the mock, the nginx worker or capgate, over the run / requests; for full,
+# redis-server's is reported beside it): a figure that varies far less than req/s on a shared
+# machine. Each target runs --runs
 # times, the targets taking turns (run 1 of each, then run 2 of each, ...) so a noisy phase of the
 # machine hits every target alike; the table gives the median requests/s of the valid runs and
 # p50/p99 of that median run and the median CPU per request, then the ratios capgate/nginx req/s
@@ -141,10 +142,10 @@ if (($(nproc) >= 2)); then
   proxy_pin=(taskset -c 1)
   if [[ $layout == shared ]]; then
     wrk_pin=(taskset -c 1)
-    pinning="capgate-mock on CPU 0; the proxy under test, redis-server and wrk on CPU 1"
+    pinning="capgate-mock and redis-server on CPU 0; the proxy under test and wrk on CPU 1"
   else
     wrk_pin=(taskset -c 0)
-    pinning="capgate-mock and wrk on CPU 0; the proxy under test and redis-server on CPU 1"
+    pinning="capgate-mock, redis-server and wrk on CPU 0; the proxy under test on CPU 1"
   fi
 else
   pinning="one CPU only: everything shares it, numbers are not comparable"
@@ -253,7 +254,7 @@ CONF
 redis_port=""
 start_redis() {
   redis_port=$(free_port)
-  "${proxy_pin[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' \
+  "${mock_pin[@]}" redis-server --bind 127.0.0.1 --port "$redis_port" --save '' \
     --appendonly no --dir "$work" --logfile "$work/redis.log" &
   pids+=("$!")
   redis_pid=$!
@@ -405,7 +406,6 @@ server_pids() {
   case "$1" in
     direct) echo "$mock_pid" ;;
     nginx) pgrep -P "$nginx_pid" | paste -sd ' ' - ;;
-    full) echo "${gw_pid[full]} $redis_pid" ;;
     pool-hit | pool-forward) echo "${gw_pid[pool]}" ;;
     *) echo "${gw_pid[$1]}" ;;
   esac
@@ -453,7 +453,11 @@ one_run() {
     args=("$file" "$host" 1)
   fi
   node "$root/scripts/bench/admin.mjs" reset "$mock_url"
-  if [[ $t == full ]]; then redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null; fi
+  local redis0=""
+  if [[ $t == full ]]; then
+    redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
+    redis0=$(cpu_ticks "$redis_pid")
+  fi
   if [[ $t == pool-hit ]]; then
     # Refill at the mock's full speed (reset dropped the fault), then slow upstream down.
     pool_fill || bad+=("the pool did not fill")
@@ -505,7 +509,8 @@ one_run() {
   results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us"$'\n'
   say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full ]]; then
-    redis_per_request "$total"
+    redis_per_request "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
+      -v n="$total" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')"
   fi
 }
 
@@ -517,9 +522,10 @@ to_us() {
 }
 
 redis_stats=()
-# redis_per_request TOTAL: Redis commands per forwarded request in the last run.
+# redis_per_request TOTAL CPU_US: Redis commands per forwarded request in the last run, and
+# redis-server's CPU per request (CPU_US, measured over the wrk run).
 redis_per_request() {
-  local total=$1 stats line=""
+  local total=$1 stats line="redis-server CPU $2 us per request; "
   # The metrics flush runs every flush_ms (1 s): let the last one land.
   sleep 1.5
   stats=$(redis-cli -p "$redis_port" INFO commandstats | tr -d '\r')
