@@ -219,10 +219,33 @@ void params_sort(struct params *p) {
     if (p->count > 1) qsort(p->items, p->count, sizeof *p->items, param_cmp_qsort);
 }
 
-/* The copy's text is one block with room for src's strings and a few more (callers add their
- * own parameters to a copy). */
 int params_copy(struct params *dst, const struct params *src) {
+    static const char *const none[] = {NULL};
+    return params_copy_without(dst, src, none);
+}
+
+/* A bit for a name's first byte and length: a parameter whose bit no name to leave out has is
+ * copied without comparing names (most of a request's). */
+static uint64_t name_bit(const char *name, size_t len) {
+    return (uint64_t)1 << (((unsigned char)name[0] + len) & 63);
+}
+
+/* The copy's text is one block with room for src's strings and a few more (callers add their
+ * own parameters to a copy). The names to leave out are a few (the pipeline's seven): each
+ * parameter whose name_bit they have is compared with those still pending. */
+int params_copy_without(struct params *dst, const struct params *src, const char *const *names) {
+    size_t skip_len[PARAMS_COPY_SKIP_MAX];
+    size_t n_skip = 0;
+    uint64_t skip_bits = 0;
     params_init(dst);
+    for (; names[n_skip]; n_skip++) {
+        if (n_skip == PARAMS_COPY_SKIP_MAX) return -1;
+        skip_len[n_skip] = strlen(names[n_skip]);
+        skip_bits |= name_bit(names[n_skip], skip_len[n_skip]);
+    }
+    /* bit k: names[k] has not left out a parameter yet */
+    _Static_assert(PARAMS_COPY_SKIP_MAX <= 64, "a bit per name");
+    uint64_t pending = n_skip == 64 ? UINT64_MAX : ((uint64_t)1 << n_skip) - 1;
     if (src->count == 0) return 0;
     dst->items = malloc(src->count * sizeof *dst->items);
     if (!dst->items) return -1;
@@ -238,7 +261,18 @@ int params_copy(struct params *dst, const struct params *src) {
      * is one run of the source, so each parameter is one memcpy. */
     for (size_t i = 0; i < src->count; i++) {
         const struct param *it = &src->items[i];
-        struct param *to = &dst->items[i];
+        size_t k = 0;
+        if (pending && (skip_bits & name_bit(it->name, it->name_len))) {
+            while (k < n_skip &&
+                   !((pending >> k & 1) && skip_len[k] == it->name_len &&
+                     names[k][0] == it->name[0] && memcmp(names[k], it->name, it->name_len) == 0))
+                k++;
+            if (k < n_skip) {
+                pending &= ~((uint64_t)1 << k);
+                continue;
+            }
+        }
+        struct param *to = &dst->items[dst->count++];
         size_t n = it->name_len + it->value_len + 2;
         to->name = text_take(dst, n, 0);
         memcpy(to->name, it->name, n);
@@ -246,7 +280,6 @@ int params_copy(struct params *dst, const struct params *src) {
         to->value = to->name + it->name_len + 1;
         to->value_len = it->value_len;
     }
-    dst->count = src->count;
     return 0;
 }
 

@@ -132,8 +132,7 @@ static const char *const app_public_params[] = {
 int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
                              uint64_t now_s, uint64_t nonce, struct params *out) {
     char num[NUM_U64_DIGITS + 1];
-    if (params_copy(out, in) != 0) return -1;
-    for (size_t i = 0; app_public_params[i]; i++) params_remove(out, app_public_params[i]);
+    if (params_copy_without(out, in, app_public_params) != 0) return -1;
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
     *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;

@@ -50,6 +50,13 @@ void params_sort(struct params *p);
 void params_sort_index(const struct param **index, size_t n);
 /* Deep copy into dst (initialised by the call). 0/-1. */
 int params_copy(struct params *dst, const struct params *src);
+/* Deep copy of src into dst (initialised by the call) without the parameters named in names
+ * (NULL-terminated, at most PARAMS_COPY_SKIP_MAX, borrowed for the call). Each name leaves out
+ * the first parameter of that name still in the copy, as params_remove of each name in turn
+ * after params_copy would (a name listed twice leaves out two). 0, or -1 on OOM or too many
+ * names. */
+#define PARAMS_COPY_SKIP_MAX 64
+int params_copy_without(struct params *dst, const struct params *src, const char *const *names);
 
 /* Decodes an application/x-www-form-urlencoded string (also a GET query) and appends its
  * parameters: '+' is a space, %XX is decoded. Errors: malformed percent-encoding, an empty name,

@@ -121,6 +121,121 @@ static void test_text_blocks(void **state) {
     params_cleanup(&q);
 }
 
+/* params_copy_without is params_copy then params_remove of each name in turn: the pipeline's
+ * case, names absent, a name twice (in the list and in names), empty lists, random lists. */
+static void assert_same_lists(const struct params *a, const struct params *b) {
+    assert_int_equal(b->count, a->count);
+    for (size_t i = 0; i < a->count; i++) {
+        assert_int_equal(b->items[i].name_len, a->items[i].name_len);
+        assert_int_equal(b->items[i].value_len, a->items[i].value_len);
+        assert_memory_equal(b->items[i].name, a->items[i].name, a->items[i].name_len + 1);
+        assert_memory_equal(b->items[i].value, a->items[i].value, a->items[i].value_len + 1);
+        assert_ptr_equal(b->items[i].value, b->items[i].name + b->items[i].name_len + 1);
+    }
+}
+
+static void assert_copy_without(const struct params *src, const char *const *names) {
+    struct params want, got;
+    assert_int_equal(params_copy(&want, src), 0);
+    for (size_t i = 0; names[i]; i++) params_remove(&want, names[i]);
+    assert_int_equal(params_copy_without(&got, src, names), 0);
+    assert_same_lists(&want, &got);
+    /* The copy is independent of src and takes more parameters. */
+    assert_int_equal(params_adds(&want, "added", "1"), 0);
+    assert_int_equal(params_adds(&got, "added", "1"), 0);
+    assert_same_lists(&want, &got);
+    params_cleanup(&want);
+    params_cleanup(&got);
+}
+
+static void test_copy_without(void **state) {
+    static const char *const public_params[] = {
+        "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+    };
+    static const char *const none[] = {NULL};
+    static const char *const twice[] = {"a", "b", "a", "", NULL};
+    struct params p, q;
+    char err[256];
+
+    params_init(&p);
+    assert_copy_without(&p, public_params);
+    assert_int_equal(params_copy_without(&q, &p, public_params), 0);
+    assert_int_equal(q.count, 0);
+    params_cleanup(&q);
+
+    assert_int_equal(parse_q(&p, "Action=CaptchaIframeQuery&Region=gz&SecretId=AKIDx&Timestamp=1"
+                                 "&SignatureMethod=HmacSHA256&captchaType=1&Nonce=9&Signature=s"
+                                 "&Tokens=t&Nonc=1",
+                             err, sizeof err),
+                     0);
+    assert_int_equal(params_copy_without(&q, &p, public_params), 0);
+    assert_int_equal(q.count, 4);
+    assert_string_equal(q.items[0].name, "Action");
+    assert_string_equal(q.items[1].name, "captchaType");
+    assert_string_equal(q.items[2].name, "Tokens");
+    assert_string_equal(q.items[3].name, "Nonc");
+    assert_string_equal(q.items[3].value, "1");
+    params_cleanup(&p); /* q holds its own text */
+    assert_string_equal(params_get(&q, "Action"), "CaptchaIframeQuery");
+    params_cleanup(&q);
+
+    /* Only the first of a name goes, as with params_remove; "" is a name like any other. */
+    params_init(&p);
+    params_adds(&p, "a", "1");
+    params_adds(&p, "b", "2");
+    params_adds(&p, "a", "3");
+    params_adds(&p, "a", "4");
+    params_adds(&p, "", "5");
+    params_adds(&p, "c", "6");
+    assert_copy_without(&p, twice);
+    assert_copy_without(&p, public_params);
+    assert_copy_without(&p, none);
+    assert_int_equal(params_copy_without(&q, &p, twice), 0);
+    assert_int_equal(q.count, 2);
+    assert_string_equal(params_get(&q, "a"), "4");
+    assert_string_equal(params_get(&q, "c"), "6");
+    params_cleanup(&q);
+    params_cleanup(&p);
+
+    /* At most PARAMS_COPY_SKIP_MAX names. */
+    const char *many[PARAMS_COPY_SKIP_MAX + 2];
+    for (size_t i = 0; i <= PARAMS_COPY_SKIP_MAX; i++) many[i] = "x";
+    many[PARAMS_COPY_SKIP_MAX + 1] = NULL;
+    params_init(&p);
+    for (int i = 0; i < 70; i++) params_adds(&p, i % 3 ? "x" : "y", "v");
+    assert_int_equal(params_copy_without(&q, &p, many), -1);
+    assert_int_equal(q.count, 0);
+    params_cleanup(&q);
+    many[PARAMS_COPY_SKIP_MAX] = NULL;
+    assert_copy_without(&p, many);
+    params_cleanup(&p);
+
+    /* Random lists and names over a small set of names, duplicates included. */
+    static const char *const pool[] = {"a", "b", "ab", "ba", "Nonce", "Nonc", "", "Token"};
+    unsigned seed = 77;
+    for (int round = 0; round < 3000; round++) {
+        const char *names[10];
+        params_init(&p);
+        seed = seed * 1103515245u + 12345u;
+        size_t n = (seed >> 16) % 20;
+        for (size_t i = 0; i < n; i++) {
+            seed = seed * 1103515245u + 12345u;
+            char value[24];
+            snprintf(value, sizeof value, "%zu", i);
+            assert_int_equal(params_adds(&p, pool[(seed >> 16) % 8], value), 0);
+        }
+        seed = seed * 1103515245u + 12345u;
+        size_t k = (seed >> 16) % 10;
+        for (size_t i = 0; i < k; i++) {
+            seed = seed * 1103515245u + 12345u;
+            names[i] = pool[(seed >> 16) % 8];
+        }
+        names[k] = NULL;
+        assert_copy_without(&p, names);
+        params_cleanup(&p);
+    }
+}
+
 static void test_urlencoded_decoding(void **state) {
     struct params p;
     char err[256];
@@ -993,6 +1108,7 @@ int main(void) {
         cmocka_unit_test(test_text_blocks),
         cmocka_unit_test(test_sort_byte_order),
         cmocka_unit_test(test_copy),
+        cmocka_unit_test(test_copy_without),
         cmocka_unit_test(test_urlencoded_decoding),
         cmocka_unit_test(test_urlencoded_not_nul_terminated),
         cmocka_unit_test(test_urlencoded_errors),
