@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "capgate/num.h"
 #include "capgate/strbuf.h"
 #include "config.h"
 
@@ -137,19 +138,37 @@ void limit_decide(uint64_t now_us, const struct limit_bucket *b, size_t n, const
     }
 }
 
-/* An sf-string: printable ASCII, '"' and '\' escaped; anything else becomes '?'. */
+/* An sf-string: printable ASCII, '"' and '\' escaped; anything else becomes '?'. Runs of bytes
+ * that need nothing are appended whole. */
 static int limit_append_name(struct strbuf *sb, const char *name) {
+    const unsigned char *p = (const unsigned char *)name, *run = p;
     if (strbuf_appendc(sb, '"')) return -1;
-    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+    for (; *p; p++) {
+        if (*p != '"' && *p != '\\' && *p >= 0x20 && *p <= 0x7e) continue;
+        if (strbuf_append(sb, (const char *)run, (size_t)(p - run))) return -1;
         if (*p == '"' || *p == '\\') {
             if (strbuf_appendc(sb, '\\') || strbuf_appendc(sb, (char)*p)) return -1;
-        } else if (*p < 0x20 || *p > 0x7e) {
-            if (strbuf_appendc(sb, '?')) return -1;
-        } else if (strbuf_appendc(sb, (char)*p)) {
+        } else if (strbuf_appendc(sb, '?')) {
             return -1;
         }
+        run = p + 1;
     }
+    if (strbuf_append(sb, (const char *)run, (size_t)(p - run))) return -1;
     return strbuf_appendc(sb, '"');
+}
+
+/* prefix, then v in decimal. */
+static int limit_append_u64(struct strbuf *sb, const char *prefix, uint64_t v) {
+    char buf[NUM_U64_DIGITS];
+    return strbuf_appends(sb, prefix) ||
+           strbuf_append(sb, buf, (size_t)(num_put_u64(buf, v) - buf));
+}
+
+/* prefix, then the whole number v (>= 1) as "%.0f" writes it; without printf below 2^53, where a
+ * double holds every integer exactly. Every request with limits writes two per rule. */
+static int limit_append_whole(struct strbuf *sb, const char *prefix, double v) {
+    if (v < 9007199254740992.0) return limit_append_u64(sb, prefix, (uint64_t)v);
+    return strbuf_appendf(sb, "%s%.0f", prefix, v);
 }
 
 static uint64_t limit_ceil_s(uint64_t us) {
@@ -170,8 +189,8 @@ int limit_headers(const struct limit_bucket *b, size_t n, const struct limit_out
         if (q < 1) q = 1;
         if (w < 1) w = 1;
         if (!first && strbuf_appends(policy, ", ")) return -1;
-        if (limit_append_name(policy, r->name) ||
-            strbuf_appendf(policy, ";q=%.0f;w=%.0f", q, w))
+        if (limit_append_name(policy, r->name) || limit_append_whole(policy, ";q=", q) ||
+            limit_append_whole(policy, ";w=", w))
             return -1;
         first = 0;
         if (!o) continue;
@@ -184,8 +203,8 @@ int limit_headers(const struct limit_bucket *b, size_t n, const struct limit_out
     if (pick >= 0) {
         uint64_t r = o->allowed ? o->remaining[pick] : 0;
         if (limit_append_name(ratelimit, b[pick].rule->name) ||
-            strbuf_appendf(ratelimit, ";r=%llu;t=%llu", (unsigned long long)r,
-                           (unsigned long long)limit_ceil_s(o->reset_us[pick])))
+            limit_append_u64(ratelimit, ";r=", r) ||
+            limit_append_u64(ratelimit, ";t=", limit_ceil_s(o->reset_us[pick])))
             return -1;
     }
     if (!o->allowed) {

@@ -310,6 +310,40 @@ static void test_extreme_rule_times(void **state) {
     assert_true(b[0].tolerance_us >= b[0].emission_us);
 }
 
+/* Numbers as printf's %.0f and %llu write them on both sides of 2^53 (below it the header is
+ * built without printf), and names with bytes that need escaping or replacing. */
+static void test_headers_number_and_name_edges(void **state) {
+    struct config_limit l[] = {SCOPED("big", CONFIG_SCOPE_GLOBAL, 1, 1e20, 1e20),
+                               SCOPED("edge", CONFIG_SCOPE_APP, 1, 1, 9007199254740991.0),
+                               SCOPED("a\x01" "b\\c\"d\xc3\xa9", CONFIG_SCOPE_GLOBAL, 1, 1, 1)};
+    struct config c = cfg_with(l, 3);
+    struct limit_bucket b[4];
+    struct limit_outcome o;
+    struct strbuf p, r, ra;
+    size_t n = limit_buckets(&c, "", "a", 1, 1, 1, 1, b, 4);
+    (void)state;
+    assert_int_equal(n, 3);
+    strbuf_init(&p);
+    strbuf_init(&r);
+    strbuf_init(&ra);
+    memset(&o, 0, sizeof o);
+    o.allowed = 1;
+    o.denied = o.shadow_denied = -1;
+    o.remaining[0] = UINT64_MAX; o.reset_us[0] = 1;
+    o.remaining[1] = UINT64_MAX; o.reset_us[1] = 1;
+    o.remaining[2] = 18446744073709551614u; o.reset_us[2] = UINT64_MAX;
+    assert_int_equal(limit_headers(b, n, &o, &p, &r, &ra), 0);
+    /* app rules come before global ones */
+    assert_string_equal(p.s, "\"edge\";q=9007199254740991;w=1, "
+                             "\"big\";q=100000000000000000000;w=100000000000000000000, "
+                             "\"a?b\\\\c\\\"d??\";q=1;w=1");
+    assert_string_equal(r.s, "\"a?b\\\\c\\\"d??\";r=18446744073709551614;t=18446744073710");
+    assert_int_equal(ra.len, 0);
+    strbuf_cleanup(&p);
+    strbuf_cleanup(&r);
+    strbuf_cleanup(&ra);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_exact_rule_then_app_then_global),
@@ -324,6 +358,7 @@ int main(void) {
         cmocka_unit_test(test_gcra_fractional_burst),
         cmocka_unit_test(test_headers_allowed),
         cmocka_unit_test(test_headers_refused_and_shadow),
+        cmocka_unit_test(test_headers_number_and_name_edges),
         cmocka_unit_test(test_extreme_rule_times),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
