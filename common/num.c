@@ -47,6 +47,13 @@ char *num_put_u64(char *o, uint64_t v) {
     return o;
 }
 
+char *num_put_i64(char *o, int64_t v) {
+    if (v >= 0)
+        return num_put_u64(o, (uint64_t)v);
+    *o++ = '-';
+    return num_put_u64(o, (uint64_t)0 - (uint64_t)v);
+}
+
 char *num_put_hex64(char *o, uint64_t v) {
     static const char hex[] = "0123456789abcdef";
     for (int i = 15; i >= 0; i--) {

@@ -355,13 +355,6 @@ static char *put_str(char *o, const char *s, size_t len) {
     return o + len;
 }
 
-static char *put_i64(char *o, int64_t v) {
-    if (v >= 0)
-        return num_put_u64(o, (uint64_t)v);
-    *o++ = '-';
-    return num_put_u64(o, (uint64_t)0 - (uint64_t)v);
-}
-
 /* A JSON string as jansson dumps it without JSON_ENSURE_ASCII or JSON_ESCAPE_SLASH: quote,
  * backslash and the control characters escaped (the short forms where JSON has them, else
  * \u00XX in upper-case hex), everything else, UTF-8 included, as it is. NULL when s is not
@@ -444,10 +437,10 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
                 o = put_str(o, "null", 4);
             break;
         case FK_INT:
-            o = put_i64(o, *(const int *)(const void *)p);
+            o = num_put_i64(o, *(const int *)(const void *)p);
             break;
         case FK_U64:  /* as jansson's json_int_t: past INT64_MAX it reads negative */
-            o = put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
+            o = num_put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
             break;
         }
     }
@@ -545,6 +538,12 @@ int audit_record_from_json(const char *text, size_t len, struct audit_record *r)
     return rc;
 }
 
+/* NUL-terminates a number written at num, ending at end; its length. */
+static int put_num_z(char *num, char *end) {
+    *end = '\0';
+    return (int)(end - num);
+}
+
 void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
     f->count = 0;
     for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
@@ -571,14 +570,13 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
         case FK_U32OPT:
             if (!*(const int *)(const void *)((const char *)r + d->has_off))
                 continue;
-            len = snprintf(num, sizeof(f->num[0]), "%u", *(const uint32_t *)(const void *)p);
+            len = put_num_z(num, num_put_u64(num, *(const uint32_t *)(const void *)p));
             break;
         case FK_INT:
-            len = snprintf(num, sizeof(f->num[0]), "%d", *(const int *)(const void *)p);
+            len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
             break;
         case FK_U64:
-            len = snprintf(num, sizeof(f->num[0]), "%llu",
-                           (unsigned long long)*(const uint64_t *)(const void *)p);
+            len = put_num_z(num, num_put_u64(num, *(const uint64_t *)(const void *)p));
             break;
         }
         f->name[f->count] = d->name;

@@ -22,6 +22,7 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
+#include "capgate/num.h"
 #include "store_lua.h"
 
 #define STORE_REDIS_QUEUE_MAX 4096        /* commands waiting for a connection */
@@ -548,7 +549,7 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         goto send;
     case STORE_REDIS_CMD_LIMIT:
         if (c->nonce_key)
-            snprintf(nums[1 + 2 * LIMIT_MAX_BUCKETS], sizeof nums[0], "%u", c->nonce_ttl_ms);
+            *num_put_u64(nums[1 + 2 * LIMIT_MAX_BUCKETS], c->nonce_ttl_ms) = '\0';
         if (c->n == 0) {
             /* only a Nonce to claim: no script needed */
             argv[argc++] = "SET";
@@ -559,16 +560,16 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
             argv[argc++] = nums[1 + 2 * LIMIT_MAX_BUCKETS];
             break;
         }
-        snprintf(nums[0], sizeof nums[0], "%zu", c->n + (c->nonce_key ? 1 : 0));
+        *num_put_u64(nums[0], c->n + (c->nonce_key ? 1 : 0)) = '\0';
         argv[argc++] = "EVALSHA";
         argv[argc++] = r->sha[0];
         argv[argc++] = nums[0];
         for (size_t i = 0; i < c->n; i++) argv[argc++] = c->keys[i];
         if (c->nonce_key) argv[argc++] = c->nonce_key;
         for (size_t i = 0; i < c->n; i++) {
-            snprintf(nums[1 + 2 * i], sizeof nums[0], "%llu", (unsigned long long)c->emission_us[i]);
-            snprintf(nums[2 + 2 * i], sizeof nums[0], "%llu",
-                     (unsigned long long)c->tolerance_us[i]);
+            /* numbers by hand: snprintf cost about 900 instructions each, 7 per request */
+            *num_put_u64(nums[1 + 2 * i], c->emission_us[i]) = '\0';
+            *num_put_u64(nums[2 + 2 * i], c->tolerance_us[i]) = '\0';
             argv[argc++] = nums[1 + 2 * i];
             argv[argc++] = nums[2 + 2 * i];
             argv[argc++] = c->shadow[i] ? "1" : "0";

@@ -17,6 +17,8 @@ int num_parse_u64z(const char *s, uint64_t *out);
 /* Writes v in decimal at o, without a NUL (at most NUM_U64_DIGITS bytes); returns the end. */
 #define NUM_U64_DIGITS 20
 char *num_put_u64(char *o, uint64_t v);
+/* The same for a signed v ('-' first when negative; at most NUM_U64_DIGITS + 1 bytes). */
+char *num_put_i64(char *o, int64_t v);
 /* Writes v as 16 lower-case hex digits at o, without a NUL; returns the end. */
 char *num_put_hex64(char *o, uint64_t v);
 

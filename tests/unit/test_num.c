@@ -76,7 +76,8 @@ static void test_range(void **state) {
     assert_int_equal(num_parse_range("1", 1, 0, 0, &v), -1);
 }
 
-/* num_put_u64 and num_put_hex64 write what printf's %llu and %016llx write, with no NUL. */
+/* num_put_u64, num_put_hex64 and num_put_i64 write what printf's %llu, %016llx and %lld write,
+ * with no NUL. */
 static void test_writers_match_printf(void **state) {
     static const uint64_t values[] = {0, 1, 9, 10, 99, 100, 4294967295u, 4294967296u,
                                       1795897256, 999999999999, 10000000000000000000u,
@@ -97,6 +98,16 @@ static void test_writers_match_printf(void **state) {
         assert_int_equal(*end, 'x');
         *end = '\0';
         snprintf(want, sizeof(want), "%016llx", (unsigned long long)values[i]);
+        assert_string_equal(got, want);
+    }
+    static const int64_t signed_values[] = {0, 1, -1, 9, -10, INT32_MIN, INT32_MAX,
+                                            INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    for (size_t i = 0; i < sizeof(signed_values) / sizeof(signed_values[0]); i++) {
+        memset(got, 'x', sizeof(got));
+        char *end = num_put_i64(got, signed_values[i]);
+        assert_int_equal(*end, 'x');
+        *end = '\0';
+        snprintf(want, sizeof(want), "%lld", (long long)signed_values[i]);
         assert_string_equal(got, want);
     }
 }
