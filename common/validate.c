@@ -260,7 +260,8 @@ static void user_strings(const struct known_params *k, struct v2_fields *out) {
 }
 
 /* Optional UInts every Action accepts. */
-static int common_uints(const struct known_params *k, struct v2_fields *out, char *err, size_t errlen) {
+static int common_uints(const struct known_params *k, struct v2_fields *out, char *err,
+                        size_t errlen) {
     int has;
     if (get_uint(k, KN_BUSINESS_ID, 0, &out->business_id, &has, err, errlen) != 0) return -1;
     out->has_business_id = has ? 1u : 0u;

@@ -510,7 +510,9 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     } else {
         r.ok = 1;
     }
-    call_finish(c, &r, json && r.http_status < 500);   /* a reply never arrives inside upstream_call */
+    /* r.fields points into this frame: fine, as a reply never arrives inside upstream_call (the
+     * one case where call_finish keeps r for later) */
+    call_finish(c, &r, json && r.http_status < 500);
     if (json)
         reply_fields_cleanup(&fields);
     pump_queue(u);
@@ -587,7 +589,7 @@ static void request_error_cb(enum evhttp_request_error error, void *arg)
 /* On an established plain connection, writes the request evhttp just queued at once instead of on
  * the next loop turn, then runs evhttp's write-done callback, which turns the connection to
  * reading. The bufferevent's write event, enabled and disabled within this turn, never reaches
- * epoll: a request costs one writev and no epoll_ctl or extra loop turn. Whatever the socket does not take (or an
+ * epoll, and the request waits for no extra loop turn. Whatever the socket does not take (or an
  * error) is left to the bufferevent, which reports it as before. TLS is left alone: its output
  * buffer holds plaintext. */
 static void conn_write_now(struct conn *k)
@@ -642,7 +644,8 @@ static int call_send(struct upstream_call *c, struct conn *k)
     h = evhttp_request_get_output_headers(req);
     /* HTTP/1.1 keeps the connection alive without a Connection header; each header costs evhttp
      * a printf and three allocations per request. */
-    if (evhttp_add_header(h, "Host", u->sign_host) || evhttp_add_header(h, "User-Agent", u->user_agent))
+    if (evhttp_add_header(h, "Host", u->sign_host) ||
+        evhttp_add_header(h, "User-Agent", u->user_agent))
         goto out;
     if (c->post) {
         if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded")
