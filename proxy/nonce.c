@@ -16,12 +16,18 @@
 #define NONCE_PRUNE_STEP 4      /* expired entries removed per insert, at most */
 #define NONCE_MIN_SLOTS 32      /* table slots of a new stripe; kept at most half full */
 #define NONCE_MIN_RING 16
+#define NONCE_SPARE_MAX 64      /* removed entries a stripe keeps for reuse */
+#define NONCE_MIN_ID_ROOM 40    /* an entry holds an id of this many bytes at least (36 usual) */
 
 struct nonce_entry {
     uint64_t hash;
     uint64_t nonce;
-    uint64_t seq;                        /* position in the stripe's ring, counted from 0 */
-    size_t id_len;
+    union {
+        uint64_t seq;                    /* in the table: position in the stripe's ring */
+        struct nonce_entry *next_spare;  /* on the stripe's spare list */
+    };
+    uint32_t id_len;
+    uint32_t id_room;                    /* bytes secret_id can hold, its NUL included */
     char secret_id[];
 };
 
@@ -45,6 +51,11 @@ struct nonce_stripe {
     uint64_t head_seq;                   /* seq of the item at ring_head */
     size_t count;
     uint64_t evictions;
+    /* Entries removed from the table, reused by the next inserts: once the cache is full every
+     * insert evicts one entry, so a steady stream of Nonces costs no malloc or free (a million
+     * small allocations and frees interleaved with the requests' own fragmented the heap). */
+    struct nonce_entry *spare;
+    unsigned n_spare;
 };
 
 struct nonce_cache {
@@ -126,6 +137,11 @@ void nonce_cache_free(struct nonce_cache *c) {
         struct nonce_stripe *s = &c->stripes[i];
         if (!s->slots) continue;
         for (size_t k = 0; k < s->n_slots; k++) free(s->slots[k].e);
+        while (s->spare) {
+            struct nonce_entry *next = s->spare->next_spare;
+            free(s->spare);
+            s->spare = next;
+        }
         free(s->slots);
         free(s->ring);
         pthread_mutex_destroy(&s->lock);
@@ -172,13 +188,35 @@ static struct nonce_ring_item *nonce_ring_at(struct nonce_stripe *s, uint64_t se
     return &s->ring[(s->ring_head + (size_t)(seq - s->head_seq)) & (s->ring_cap - 1)];
 }
 
-/* Removes the entry in slot i from the table and the ring, and frees it. */
+/* Removes the entry in slot i from the table and the ring; it goes to the spare list (or is
+ * freed when that is full). */
 static void nonce_remove(struct nonce_stripe *s, size_t i) {
     struct nonce_entry *e = s->slots[i].e;
     nonce_ring_at(s, e->seq)->e = NULL;
     nonce_slot_clear(s, i);
     s->count--;
-    free(e);
+    if (s->n_spare >= NONCE_SPARE_MAX) {
+        free(e);
+        return;
+    }
+    e->next_spare = s->spare;
+    s->spare = e;
+    s->n_spare++;
+}
+
+/* An entry with room for an id of len bytes: a spare one when the first fits, else a new one;
+ * NULL when out of memory. */
+static struct nonce_entry *nonce_entry_take(struct nonce_stripe *s, size_t len) {
+    struct nonce_entry *e = s->spare;
+    if (e && e->id_room > len) {
+        s->spare = e->next_spare;
+        s->n_spare--;
+        return e;
+    }
+    size_t room = len + 1 > NONCE_MIN_ID_ROOM ? len + 1 : NONCE_MIN_ID_ROOM;
+    e = malloc(sizeof(*e) + room);
+    if (e) e->id_room = (uint32_t)room;
+    return e;
 }
 
 /* The slot of an entry known to be in the table. */
@@ -256,15 +294,9 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
     if (len > NONCE_MAX_SECRET_ID) return -1;
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);
     struct nonce_stripe *s = nonce_stripe_of(c, hash);
-    /* Allocated before taking the lock, to keep the critical section short. */
-    struct nonce_entry *fresh = malloc(sizeof(*fresh) + len + 1);
+    struct nonce_entry *fresh;
     struct nonce_ring_item *oldest;
     int rc = 0;
-    if (!fresh) return -1;
-    fresh->hash = hash;
-    fresh->nonce = nonce;
-    fresh->id_len = len;
-    memcpy(fresh->secret_id, secret_id, len + 1);
 
     pthread_mutex_lock(&s->lock);
     oldest = nonce_oldest(s);
@@ -284,10 +316,15 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
         if (oldest->expires_s > now_s) s->evictions++;
         nonce_remove_oldest(s, oldest);
     }
-    if (nonce_grow_slots(s) != 0 || nonce_grow_ring(s) != 0) {
+    if (nonce_grow_slots(s) != 0 || nonce_grow_ring(s) != 0 ||
+        !(fresh = nonce_entry_take(s, len))) {
         rc = -1;
         goto out;
     }
+    fresh->hash = hash;
+    fresh->nonce = nonce;
+    fresh->id_len = (uint32_t)len;
+    memcpy(fresh->secret_id, secret_id, len + 1);
     i = hash & (s->n_slots - 1);
     while (s->slots[i].e) i = (i + 1) & (s->n_slots - 1);
     s->slots[i].hash = hash;
@@ -297,10 +334,8 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
         (struct nonce_ring_item){fresh, now_s + ttl_s};
     s->ring_len++;
     s->count++;
-    fresh = NULL;
 out:
     pthread_mutex_unlock(&s->lock);
-    free(fresh);
     return rc;
 }
 

@@ -63,6 +63,39 @@ static void test_bounded(void **state) {
     nonce_cache_free(c);
 }
 
+/* Evicted entries are reused for later inserts: SecretIds of every length up to the limit, mixed
+ * so that a short id's entry comes back for a long one, keep their own bytes (ASan would see an
+ * entry written past its room), and only the newest entries of a full cache are seen. */
+static void test_reused_entries_keep_ids_apart(void **state) {
+    static const size_t lens[] = {1, 39, 40, 41, 100, NONCE_MAX_SECRET_ID, 7, 36};
+    const size_t n_lens = sizeof(lens) / sizeof(lens[0]);
+    char ids[8][NONCE_MAX_SECRET_ID + 1];
+    /* 5 entries against 8 ids taken with stride 3: the entry evicted for an insert (and reused
+     * by it) always held an id of another length */
+    struct nonce_cache *c = nonce_cache_new(5, 1);
+    (void)state;
+    assert_non_null(c);
+    for (size_t k = 0; k < n_lens; k++) {
+        memset(ids[k], (int)('a' + k), lens[k]);
+        ids[k][lens[k]] = '\0';
+    }
+    for (uint64_t i = 0; i < 2000; i++) {
+        const char *id = ids[(i * 3) % n_lens];
+        assert_int_equal(nonce_cache_insert(c, id, i, 0, 600), 0);
+        assert_int_equal(nonce_cache_seen(c, id, i, 1), 1);
+        assert_true(nonce_cache_count(c) <= 5);
+        if (i >= 5) {
+            /* evicted: the entry is gone even though its memory lives on in a new key */
+            assert_int_equal(nonce_cache_seen(c, ids[((i - 5) * 3) % n_lens], i - 5, 1), 0);
+        }
+        /* an id one byte shorter or longer is another key */
+        assert_int_equal(nonce_cache_seen(c, id + 1, i, 1), 0);
+    }
+    for (uint64_t i = 1995; i < 2000; i++)
+        assert_int_equal(nonce_cache_seen(c, ids[(i * 3) % n_lens], i, 1), 1);
+    nonce_cache_free(c);
+}
+
 static void test_long_secret_id(void **state) {
     char id[NONCE_MAX_SECRET_ID + 2];
     for (size_t i = 0; i < sizeof(id) - 1; i++) id[i] = 'x';
@@ -238,6 +271,7 @@ int main(void) {
         cmocka_unit_test(test_prunes_incrementally),
         cmocka_unit_test(test_bounded),
         cmocka_unit_test(test_long_secret_id),
+        cmocka_unit_test(test_reused_entries_keep_ids_apart),
         cmocka_unit_test(test_matches_model),
         cmocka_unit_test(test_many_similar_keys),
         cmocka_unit_test(test_threads_race),
