@@ -615,6 +615,24 @@ median_cpu() {
 }
 
 declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
+# table_row KEY CELLS: the table row of results[KEY], after its leading CELLS ("target | path |
+# auth", plus the connections for the pool); sets med_rps, med_p50, med_p99 and med_cpu[KEY].
+table_row() {
+  local k=$1 cells=$2 m runs_list m_rps m_p50 m_p99
+  m=$(median "$k")
+  if [[ -z $m ]]; then
+    echo "| $cells | - | - | - | - | - | ${invalid[$k]:-0} |"
+    return
+  fi
+  runs_list=$(printf '%s' "${results[$k]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
+  read -r m_rps m_p50 m_p99 _ <<<"$m"
+  med_rps[$k]=$m_rps
+  med_p50[$k]=$m_p50
+  med_p99[$k]=$m_p99
+  med_cpu[$k]=$(median_cpu "$k")
+  printf '| %s | %.0f | %s | %s | %s | %s us | %s |\n' "$cells" "$m_rps" "$runs_list" \
+    "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${med_cpu[$k]}" "${invalid[$k]:-0}"
+}
 main_targets=() pool_targets=()
 for t in "${target_list[@]}"; do
   case "$t" in
@@ -630,20 +648,7 @@ printf '\nwrk 1 thread, %s keep-alive connections, %s s per run, %s runs per tar
 echo "| target | path | client auth | req/s (median) | req/s (valid runs) | p50 | p99 | server CPU / request | invalid runs |"
 echo "|---|---|---|---:|---|---:|---:|---:|---:|"
 fi
-for t in "${main_targets[@]}"; do
-  m=$(median "$t")
-  runs_list=$(printf '%s' "${results[$t]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
-  if [[ -z $m ]]; then
-    echo "| $t | ${label[$t]} | - | - | - | - | - | ${invalid[$t]:-0} |"
-    continue
-  fi
-  read -r m_rps m_p50 m_p99 _ <<<"$m"
-  med_rps[$t]=$m_rps
-  med_p99[$t]=$m_p99
-  med_cpu[$t]=$(median_cpu "$t")
-  printf '| %s | %s | %.0f | %s | %s | %s | %s us | %s |\n' "$t" "${label[$t]}" "$m_rps" "$runs_list" \
-    "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${med_cpu[$t]}" "${invalid[$t]:-0}"
-done
+for t in "${main_targets[@]}"; do table_row "$t" "$t | ${label[$t]}"; done
 echo
 for t in capgate capgate-w2 capgate-tls token full; do
   if [[ -n ${med_rps[$t]:-} && -n ${med_rps[nginx]:-} ]]; then
@@ -668,24 +673,10 @@ for s in "${skipped[@]}"; do echo "- $s"; done
 if ((${#pool_targets[@]})); then
   printf '\nPrefetch pool: wrk 1 thread, keep-alive, hits %s s and forwarded %s s per run, %s runs taken in\nturns; %s (%s CPUs); the mock delays CaptchaIframeQuery by %s ms; %s profile(s) x %s URLs.\n\n' \
     "$pool_duration" "$duration" "$runs" "$pinning" "$(nproc)" "$pool_delay_ms" "$pool_profiles" "$pool_size"
-  echo "| target | path | client auth | connections | req/s (median) | req/s (valid runs) | p50 | p99 | invalid runs |"
-  echo "|---|---|---|---:|---:|---|---:|---:|---:|"
+  echo "| target | path | client auth | connections | req/s (median) | req/s (valid runs) | p50 | p99 | server CPU / request | invalid runs |"
+  echo "|---|---|---|---:|---:|---|---:|---:|---:|---:|"
   for c in "${pool_conns[@]}"; do
-    for t in "${pool_targets[@]}"; do
-      k="$t@$c"
-      m=$(median "$k")
-      runs_list=$(printf '%s' "${results[$k]:-}" | awk 'NF {printf "%s%.0f", (n++ ? ", " : ""), $1}')
-      if [[ -z $m ]]; then
-        echo "| $t | ${label[$t]} | $c | - | - | - | - | ${invalid[$k]:-0} |"
-        continue
-      fi
-      read -r m_rps m_p50 m_p99 _ <<<"$m"
-      med_rps[$k]=$m_rps
-      med_p50[$k]=$m_p50
-      med_p99[$k]=$m_p99
-      printf '| %s | %s | %s | %.0f | %s | %s | %s | %s |\n' "$t" "${label[$t]}" "$c" "$m_rps" \
-        "$runs_list" "$(fmt_ms "$m_p50")" "$(fmt_ms "$m_p99")" "${invalid[$k]:-0}"
-    done
+    for t in "${pool_targets[@]}"; do table_row "$t@$c" "$t | ${label[$t]} | $c"; done
   done
   echo
   for c in "${pool_conns[@]}"; do
