@@ -725,6 +725,7 @@ struct audit {
      * syscall and an idle one does not spin. */
     int wake_fd;
     atomic_int sleeping;
+    atomic_int reopen;              /* audit_reopen asked; the sink clears it when it reopens */
 
     atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
     size_t held_n;                  /* the length of held plus the records out for a retry
@@ -807,6 +808,12 @@ static void sync_file_sync(struct audit *a, struct sync_file *f, int force) {
     }
     f->unsynced = 0;
     f->synced_us = now;
+}
+
+/* audit.file, at start and at each audit_reopen. O_APPEND: after a copytruncate rotation the
+ * writes go on at the new end, not at the old offset behind a hole of zeros. */
+static int file_open(const char *path) {
+    return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 }
 
 static void fsync_dir(const char *dir) {
@@ -1516,6 +1523,29 @@ static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
     sync_file_sync(a, &a->file, 0);
 }
 
+/* Between two batches, so each batch goes whole to one file: what the old file got is fsynced
+ * there and the next batch goes to the file now at file_path. When that does not open, the old
+ * file keeps receiving records: better the rotated file than none. */
+static void file_reopen(struct audit *a) {
+    if (!atomic_exchange(&a->reopen, 0) || a->file.fd < 0)
+        return;
+    if (a->file.unsynced == 0)
+        a->file.unsynced = 1;  /* a write that failed midway may have left bytes behind */
+    sync_file_sync(a, &a->file, 1);
+    int fd = file_open(a->file_path);
+    if (fd < 0) {
+        atomic_fetch_add(&a->file_errors, 1);
+        log_error("audit: reopen %s: %s; still writing to the file open before", a->file_path,
+                  strerror(errno));
+        return;
+    }
+    close(a->file.fd);
+    a->file.fd = fd;
+    a->file.unsynced = 0;
+    a->file.synced_us = clock_mono_us();
+    log_info("audit: reopened %s", a->file_path);
+}
+
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
     size_t i;
     if (a->file.fd >= 0 && !retried)
@@ -1656,7 +1686,8 @@ static void sink_wait(struct audit *a) {
         deadline = a->next_connect_us > now ? a->next_connect_us : now;
     atomic_store(&a->sleeping, 1);
     atomic_thread_fence(memory_order_seq_cst);  /* pairs with audit_submit's fence */
-    if (!queues_empty(a) || atomic_load(&a->stopping) || deadline <= now) {
+    if (!queues_empty(a) || atomic_load(&a->stopping) || atomic_load(&a->reopen) ||
+        deadline <= now) {
         /* a submit that cleared sleeping first also wrote wake_fd: the next poll takes it */
         atomic_store(&a->sleeping, 0);
         if (deadline > now)
@@ -1681,6 +1712,7 @@ static void *sink_main(void *arg) {
         try_connect(a);
     for (;;) {
         int stopping = atomic_load(&a->stopping), retried;
+        file_reopen(a);
         size_t n = collect(a, batch, SINK_BATCH, &retried);
         if (n > 0)
             handle_batch(a, batch, n, retried);
@@ -1817,7 +1849,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         }
     }
     if (a->file_path[0]) {
-        a->file.fd = open(a->file_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        a->file.fd = file_open(a->file_path);
         if (a->file.fd < 0) {
             snprintf(err, errlen, "%s: cannot open %s: %s",
                      cfg->audit.file ? "audit.file" : "audit.spool_dir", a->file_path,
@@ -1859,6 +1891,18 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
         atomic_exchange(&a->sleeping, 0))
         sink_wake(a);
     return 0;
+}
+
+void audit_reopen(struct audit *a) {
+    if (!a)
+        return;
+    atomic_store(&a->reopen, 1);
+    /* pairs with sink_wait's fence, as in audit_submit: either the sink sees reopen before it
+     * sleeps, or this sees sleeping set and wakes it */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
+        atomic_exchange(&a->sleeping, 0))
+        sink_wake(a);
 }
 
 void audit_free(struct audit *a) {

@@ -130,6 +130,13 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
  * Waits for running queries to finish their scan. Call after the workers stopped submitting.
  * NULL accepted. */
 void audit_free(struct audit *a);
+/* Any thread; never blocks. For log rotation: the sink, before its next batch, fsyncs the audit
+ * file (audit.file, or <spool_dir>/audit.jsonl without redis) and opens its path again (created
+ * if missing), so the records of earlier batches are in the file open until then and the later
+ * ones in the file now at the path. When the path does not open, the sink logs it, counts a
+ * file error and goes on writing to the file it had. Nothing happens without an audit file.
+ * NULL accepted. */
+void audit_reopen(struct audit *a);
 /* Any thread. */
 void audit_get_stats(struct audit *a, struct audit_stats *out);
 /* "memory" "live" "spooling" "replaying" "stopped": the sink's state, for /readyz and tests. */

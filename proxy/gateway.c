@@ -3,7 +3,8 @@
  * rate-limit store, and shares nothing on the request path but the nonce cache and the store's
  * process-wide part (made once at start, so counters survive reloads). The main thread talks to a worker
  * only through its mailbox (a mutex-protected slot plus event_active on the worker's base): a
- * new config after SIGHUP, or the order to drain. */
+ * new config after SIGHUP, or the order to drain. SIGUSR1 (and SIGHUP too) has the audit sink
+ * reopen its file after a log rotation. */
 #include "gateway.h"
 
 #include <pthread.h>
@@ -62,7 +63,7 @@ struct gateway {
     struct pipeline_config *current;  /* the latest good config (main thread) */
     struct pipeline_config *boot;     /* the startup config: listeners, workers, upstream */
     struct event_base *base;
-    struct event *sig_term, *sig_int, *sig_hup, *workers_done;
+    struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *workers_done;
     SSL_CTX *ssl_ctx;
     struct breaker breaker;       /* one for the process: upstream is one service */
     struct nonce_cache *nonces;
@@ -443,6 +444,13 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     if (sig == SIGHUP) {
         log_info("SIGHUP: reloading %s", g->path);
         gateway_reload(g);
+        /* whether or not the reload took: a logrotate postrotate may send either signal */
+        audit_reopen(g->audit);
+        return;
+    }
+    if (sig == SIGUSR1) {
+        log_info("SIGUSR1: reopening the audit file");
+        audit_reopen(g->audit);
         return;
     }
     if (g->draining) {
@@ -548,11 +556,13 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     g->sig_term = evsignal_new(g->base, SIGTERM, on_signal, g);
     g->sig_int = evsignal_new(g->base, SIGINT, on_signal, g);
     g->sig_hup = evsignal_new(g->base, SIGHUP, on_signal, g);
+    g->sig_usr1 = evsignal_new(g->base, SIGUSR1, on_signal, g);
     g->workers_done = event_new(g->base, -1, 0, on_workers_done, g);
-    if (!g->sig_term || !g->sig_int || !g->sig_hup || !g->workers_done) goto oom;
+    if (!g->sig_term || !g->sig_int || !g->sig_hup || !g->sig_usr1 || !g->workers_done) goto oom;
     event_add(g->sig_term, NULL);
     event_add(g->sig_int, NULL);
     event_add(g->sig_hup, NULL);
+    event_add(g->sig_usr1, NULL);
 
     gateway_host_port(hp, sizeof(hp), c->listen_host, port);
     printf("capgate listening on http://%s\n", hp);
@@ -617,6 +627,7 @@ void gateway_free(struct gateway *g) {
     if (g->sig_term) event_free(g->sig_term);
     if (g->sig_int) event_free(g->sig_int);
     if (g->sig_hup) event_free(g->sig_hup);
+    if (g->sig_usr1) event_free(g->sig_usr1);
     if (g->workers_done) event_free(g->workers_done);
     for (unsigned i = 0; g->stats && i < g->n_workers; i++) stats_worker_free(g->stats[i]);
     free(g->stats);

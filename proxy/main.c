@@ -22,7 +22,9 @@ static void usage(FILE *out) {
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
             "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
             "idempotency, demo, demo_app and log_level; listen, admin_listen, workers,\n"
-            "upstream, http, redis, audit, instance and metrics need a restart.\n");
+            "upstream, http, redis, audit, instance and metrics need a restart. SIGUSR1\n"
+            "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
+            "after a log rotation; SIGHUP reopens it too.\n");
 }
 
 static void print_warning(const char *msg, void *arg) { log_warn("config: %s", msg); }
