@@ -65,6 +65,7 @@ struct conn {
     struct evhttp_connection *evcon;
     struct bufferevent *bev;            /* owned by evcon */
     struct evbuffer_cb_entry *out_cb, *in_cb;
+    struct event *watch;                /* plain TCP: the second read watcher (conn_watch_arm) */
     enum conn_state state;
     struct upstream_call *call;         /* CONNECTING/BUSY */
     uint64_t out_added, in_added;       /* bytes queued for writing / received, ever */
@@ -149,6 +150,52 @@ static char *dup_str(const char *s)
 
 /* --- connections ------------------------------------------------------------------------ */
 
+/* evhttp turns EV_READ off and on again around every request it sends and every reply it reads.
+ * libevent's epoll backend folds the pair made in one loop turn, but re-registers a descriptor
+ * that gets EV_READ again even when it never lost it: an epoll_ctl each time, two per call. A
+ * second read watcher on the same socket keeps libevent's count of readers above zero, so those
+ * toggles never reach epoll. It does nothing when it fires beside evhttp's read. Should it find
+ * the socket readable while evhttp is not reading, it would fire on every loop turn, so it then
+ * steps aside until the connection is next idle (a safety net: libevent 2.1's evhttp reads even
+ * while a request is still being written). It is removed before evhttp closes the socket
+ * (conn_close_cb, conn_destroy), so a later socket with the same number starts with a true count.
+ * Not for TLS, whose bufferevent reads on its own terms. */
+static void conn_watch_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *k = arg;
+
+    if (!(bufferevent_get_enabled(k->bev) & EV_READ))
+        event_del(k->watch);
+}
+
+/* On a connection that has just become idle: evhttp reads (close detection) and the socket is
+ * connected. */
+static void conn_watch_arm(struct conn *k)
+{
+    evutil_socket_t fd = bufferevent_getfd(k->bev);
+
+    if (k->u->tls || fd < 0)
+        return;
+    if (k->watch && event_get_fd(k->watch) != fd) {
+        /* evhttp reconnected after a reply that closed the connection */
+        event_free(k->watch);
+        k->watch = NULL;
+    }
+    if (!k->watch) {
+        k->watch = event_new(k->u->base, fd, EV_READ | EV_PERSIST, conn_watch_cb, k);
+        if (!k->watch)
+            return;   /* only the saving is lost */
+    }
+    if (!event_pending(k->watch, EV_READ, NULL))
+        event_add(k->watch, NULL);
+}
+
+static void conn_watch_stop(struct conn *k)
+{
+    if (k->watch)
+        event_del(k->watch);
+}
+
 static void conn_set_state(struct conn *k, enum conn_state to)
 {
     struct upstream *u = k->u;
@@ -168,7 +215,10 @@ static void conn_set_state(struct conn *k, enum conn_state to)
         TAILQ_REMOVE(&u->conns, k, link);
         TAILQ_INSERT_TAIL(&u->conns, k, link);
     }
+    if (to == CONN_IDLE)
+        conn_watch_arm(k);
     if (to == CONN_DEAD) {
+        conn_watch_stop(k);
         TAILQ_REMOVE(&u->conns, k, link);
         TAILQ_INSERT_TAIL(&u->dead, k, link);
         u->n_conns--;
@@ -180,6 +230,8 @@ static void conn_set_state(struct conn *k, enum conn_state to)
 
 static void conn_destroy(struct conn *k)
 {
+    if (k->watch)
+        event_free(k->watch);   /* deletes it too */
     if (k->evcon) {
         evhttp_connection_set_closecb(k->evcon, NULL, NULL);
         if (k->out_cb)
@@ -224,6 +276,7 @@ static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
 {
     struct conn *k = arg;
 
+    conn_watch_stop(k);
     if (k->state == CONN_IDLE)
         conn_set_state(k, CONN_DEAD);
     /* CONNECTING/BUSY: the request callback follows and decides */

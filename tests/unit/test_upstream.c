@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <event2/event.h>
@@ -468,6 +469,126 @@ static void test_warm_connection_writes_before_the_loop_turns(void **state)
     event_base_free(base);
 }
 
+/* The server closes a kept-alive connection. The client notices while the connection is idle,
+ * and the next call goes out on a new one; its socket most likely reuses the old descriptor
+ * number, which must be watched afresh (a watcher left on the old socket would leave the new one
+ * unwatched or call into a freed connection). */
+static void test_connection_closed_while_idle_is_replaced(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct upstream_options o;
+    struct upstream *u;
+    struct upstream_stats st;
+    struct outcome r;
+    char buf[2048];
+    int port, lfd = raw_listener(&port), sfd = -1;
+
+    plain_options(&o, port);
+    u = new_upstream(base, &o);
+    for (int round = 0; round < 3; round++) {
+        uint64_t until = clock_mono_us() + 5000000;
+
+        for (int i = 0; i < 2; i++) {   /* a new connection, then the same one kept alive */
+            memset(&r, 0, sizeof(r));
+            r.base = base;
+            assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
+            while (sfd < 0 && clock_mono_us() < until) {
+                event_base_loop(base, EVLOOP_NONBLOCK);
+                sfd = accept(lfd, NULL, NULL);
+                if (sfd < 0)
+                    usleep(1000);
+            }
+            assert_true(sfd >= 0);
+            assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+            assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0),
+                             (ssize_t)strlen(raw_reply));
+            wait_for(base, &r);
+            assert_int_equal(r.ok, 1);
+        }
+        close(sfd);
+        sfd = -1;
+        spin(base, 50);
+        upstream_get_stats(u, &st);
+        assert_int_equal(st.open_connections, 0);
+    }
+    upstream_free(u);
+    close(lfd);
+    event_base_free(base);
+}
+
+static uint64_t cpu_us(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return (uint64_t)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000u +
+           (uint64_t)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+}
+
+/* A reply that arrives while a request on a warm connection is still being written (the server
+ * has not read a large body yet): the socket is readable while evhttp is busy writing, and the
+ * client must not spin on it (the second read watcher of upstream.c fires there). When the server
+ * drains the body, the reply is read as usual. */
+static void test_reply_during_a_long_write_does_not_spin(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct upstream_options o;
+    struct upstream *u;
+    struct outcome r;
+    size_t big = 32u << 20;
+    char *body = malloc(big + 1), buf[65536];
+    int port, lfd = raw_listener(&port), sfd = -1;
+    uint64_t until = clock_mono_us() + 5000000, cpu0, cpu;
+
+    assert_non_null(body);
+    memset(body, 'a', big);
+    body[big] = '\0';
+    plain_options(&o, port);
+    o.timeout_ms = 5000;
+    u = new_upstream(base, &o);
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
+    while (sfd < 0 && clock_mono_us() < until) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        sfd = accept(lfd, NULL, NULL);
+        if (sfd < 0)
+            usleep(1000);
+    }
+    assert_true(sfd >= 0);
+    assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
+    wait_for(base, &r);
+    assert_int_equal(r.ok, 1);
+
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "POST", body, on_done, &r), 0);
+    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
+    cpu0 = cpu_us();
+    spin(base, 300);
+    cpu = cpu_us() - cpu0;
+    assert_int_equal(r.done, 0);
+    /* a loop spinning on the socket burns the whole 300 ms */
+    if (cpu > 100000)
+        fail_msg("the client used %llu us of CPU in 300 ms while waiting",
+                 (unsigned long long)cpu);
+    until = clock_mono_us() + 5000000;
+    while (!r.done && clock_mono_us() < until) {
+        if (recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
+            usleep(100);
+        event_base_loop(base, EVLOOP_NONBLOCK);
+    }
+    assert_int_equal(r.done, 1);
+    assert_int_equal(r.ok, 1);
+    assert_string_equal(r.body, "{\"code\":0}");
+    upstream_free(u);
+    close(sfd);
+    close(lfd);
+    event_base_free(base);
+    free(body);
+}
+
 static void test_stalled_upstream_times_out(void **state)
 {
     struct fake f;
@@ -857,6 +978,8 @@ int main(void)
         cmocka_unit_test(test_keepalive_reuses_one_connection),
         cmocka_unit_test(test_pool_caps_connections_and_queues),
         cmocka_unit_test(test_warm_connection_writes_before_the_loop_turns),
+        cmocka_unit_test(test_connection_closed_while_idle_is_replaced),
+        cmocka_unit_test(test_reply_during_a_long_write_does_not_spin),
         cmocka_unit_test(test_stalled_upstream_times_out),
         cmocka_unit_test(test_http_500_is_an_error_with_status),
         cmocka_unit_test(test_non_json_body_is_an_error),
