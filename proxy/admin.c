@@ -158,6 +158,7 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
         p.audit_overflowed = as.overflowed;
         p.audit_held_records = as.held_records;
         p.audit_overflow_records = as.overflow_records;
+        p.audit_file_errors = as.file_errors;
     }
     strbuf_init(&b);
     if (stats_render(&b, a->src.workers, a->src.n_workers, &p) != 0 ||

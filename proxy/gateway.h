@@ -1,6 +1,7 @@
 /* gateway.h: the capgate process: worker threads (each its own event base, front httpd on a
  * shared SO_REUSEPORT port, and upstream pool), the admin listener and the signals on the main
- * thread, drain on SIGTERM/SIGINT and config reload on SIGHUP. */
+ * thread, drain on SIGTERM/SIGINT, config reload on SIGHUP, and reopening of the audit file on
+ * SIGUSR1 and SIGHUP. */
 #ifndef CAPGATE_GATEWAY_H
 #define CAPGATE_GATEWAY_H
 #include <stddef.h>

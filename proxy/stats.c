@@ -338,14 +338,19 @@ static int stats_render_sinks(struct strbuf *out, const struct stats_process *p)
                             "capgate_audit_records_total{result=\"written\"} %llu\n"
                             "capgate_audit_records_total{result=\"spooled\"} %llu\n"
                             "capgate_audit_records_total{result=\"replayed\"} %llu\n"
-                            "capgate_audit_records_total{result=\"overflowed\"} %llu\n",
+                            "capgate_audit_records_total{result=\"overflowed\"} %llu\n"
+                            "# HELP capgate_audit_file_errors_total Failed writes, fsyncs and "
+                            "reopens of the audit file and the spool.\n"
+                            "# TYPE capgate_audit_file_errors_total counter\n"
+                            "capgate_audit_file_errors_total %llu\n",
                        (unsigned long long)p->audit_queue_depth,
                        (unsigned long long)p->audit_spool_records,
                        (unsigned long long)p->audit_held_records,
                        (unsigned long long)p->audit_overflow_records,
                        (unsigned long long)p->audit_written, (unsigned long long)p->audit_spooled,
                        (unsigned long long)p->audit_replayed,
-                       (unsigned long long)p->audit_overflowed))
+                       (unsigned long long)p->audit_overflowed,
+                       (unsigned long long)p->audit_file_errors))
         return -1;
     if (p->has_metrics &&
         strbuf_appendf(out, "# HELP capgate_metrics_flushes_total Metrics flush cycles that "

@@ -52,7 +52,7 @@ struct stats_process {
     int has_audit;
     uint64_t audit_queue_depth, audit_spool_records;
     uint64_t audit_written, audit_spooled, audit_replayed, audit_overflowed;
-    uint64_t audit_held_records, audit_overflow_records;
+    uint64_t audit_held_records, audit_overflow_records, audit_file_errors;
     int has_metrics;
     uint64_t metrics_flushes, metrics_flush_errors;
 };
@@ -66,8 +66,8 @@ struct stats_process {
  * capgate_store_timeouts_total, capgate_store_reconnects_total, and with p's sinks
  * capgate_audit_queue_depth, capgate_audit_spool_records, capgate_audit_held_records,
  * capgate_audit_overflow_records, capgate_audit_records_total{result},
- * capgate_audit_submit_failures_total, capgate_metrics_flushes_total,
- * capgate_metrics_flush_errors_total. 0, or -1 on OOM. */
+ * capgate_audit_file_errors_total, capgate_audit_submit_failures_total,
+ * capgate_metrics_flushes_total, capgate_metrics_flush_errors_total. 0, or -1 on OOM. */
 int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t n_workers,
                  const struct stats_process *p);
 

@@ -110,11 +110,13 @@ test('a path that cannot be opened: the gateway keeps serving and writing to the
   const { gw, file } = await gateway();
   const first = await send(gw, 20);
   await waitForRecords(file, first.length, 'the file');
+  assert.equal((await gw.metrics()).get('capgate_audit_file_errors_total'), 0);
   fs.renameSync(file, `${file}.1`);
   fs.mkdirSync(file);
   gw.proc.signal('SIGUSR1');
   await waitFor(() => gw.proc.stderr.includes(`audit: reopen ${file}: Is a directory`),
     { what: 'the reopen error in the log', timeoutMs: 5000 });
+  assert.equal((await gw.metrics()).get('capgate_audit_file_errors_total'), 1);
 
   const later = await send(gw, 20);
   const oldIds = await waitForRecords(`${file}.1`, first.length + later.length, 'the moved file');

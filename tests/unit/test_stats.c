@@ -180,6 +180,7 @@ static void test_limits_store_and_sinks(void **state) {
     p.audit_written = 10;
     p.audit_spooled = 5;
     p.audit_replayed = 1;
+    p.audit_file_errors = 8;
     p.has_metrics = 1;
     p.metrics_flushes = 7;
     p.metrics_flush_errors = 2;
@@ -193,6 +194,7 @@ static void test_limits_store_and_sinks(void **state) {
                                  "capgate_audit_records_total{result=\"spooled\"} 5\n"
                                  "capgate_audit_records_total{result=\"replayed\"} 1\n"
                                  "capgate_audit_records_total{result=\"overflowed\"} 0\n"));
+    assert_non_null(strstr(text, "\ncapgate_audit_file_errors_total 8\n"));
     assert_non_null(strstr(text, "\ncapgate_audit_submit_failures_total 1\n"));
     assert_non_null(strstr(text, "\ncapgate_metrics_flushes_total 7\n"));
     assert_non_null(strstr(text, "\ncapgate_metrics_flush_errors_total 2\n"));
