@@ -417,6 +417,30 @@ static size_t raw_read_request(struct event_base *base, int fd, char *buf, size_
 
 static const char raw_reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\"code\":0}";
 
+/* One GET call answered by the raw server side: accepts the client's connection first when *sfd
+ * is -1, reads the request head into buf, sends raw_reply and waits for a successful outcome. */
+static void raw_call(struct upstream *u, struct event_base *base, int lfd, int *sfd,
+                     const char *params, char *buf, size_t cap)
+{
+    struct outcome r;
+    uint64_t until = clock_mono_us() + 5000000;
+
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "GET", params, on_done, &r), 0);
+    while (*sfd < 0 && clock_mono_us() < until) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        *sfd = accept(lfd, NULL, NULL);
+        if (*sfd < 0)
+            usleep(1000);
+    }
+    assert_true(*sfd >= 0);
+    assert_true(raw_read_request(base, *sfd, buf, cap) > 0);
+    assert_int_equal(send(*sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
+    wait_for(base, &r);
+    assert_int_equal(r.ok, 1);
+}
+
 /* On a warm keep-alive connection the request is on the wire when upstream_call returns: it does
  * not wait for the loop to report the socket writable. */
 static void test_warm_connection_writes_before_the_loop_turns(void **state)
@@ -427,26 +451,12 @@ static void test_warm_connection_writes_before_the_loop_turns(void **state)
     struct outcome r;
     char buf[2048];
     int port, lfd = raw_listener(&port), sfd = -1, extra;
-    uint64_t until = clock_mono_us() + 5000000;
     ssize_t got;
 
     plain_options(&o, port);
     u = new_upstream(base, &o);
-    memset(&r, 0, sizeof(r));
-    r.base = base;
-    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery&n=1", on_done, &r), 0);
-    while (sfd < 0 && clock_mono_us() < until) {
-        event_base_loop(base, EVLOOP_NONBLOCK);
-        sfd = accept(lfd, NULL, NULL);
-        if (sfd < 0)
-            usleep(1000);
-    }
-    assert_true(sfd >= 0);
-    assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+    raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery&n=1", buf, sizeof(buf));
     assert_non_null(strstr(buf, "GET /v2/index.php?Action=CaptchaQuery&n=1 HTTP/1.1\r\n"));
-    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
-    wait_for(base, &r);
-    assert_int_equal(r.ok, 1);
 
     memset(&r, 0, sizeof(r));
     r.base = base;
@@ -479,32 +489,15 @@ static void test_connection_closed_while_idle_is_replaced(void **state)
     struct upstream_options o;
     struct upstream *u;
     struct upstream_stats st;
-    struct outcome r;
     char buf[2048];
     int port, lfd = raw_listener(&port), sfd = -1;
 
     plain_options(&o, port);
     u = new_upstream(base, &o);
     for (int round = 0; round < 3; round++) {
-        uint64_t until = clock_mono_us() + 5000000;
-
-        for (int i = 0; i < 2; i++) {   /* a new connection, then the same one kept alive */
-            memset(&r, 0, sizeof(r));
-            r.base = base;
-            assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
-            while (sfd < 0 && clock_mono_us() < until) {
-                event_base_loop(base, EVLOOP_NONBLOCK);
-                sfd = accept(lfd, NULL, NULL);
-                if (sfd < 0)
-                    usleep(1000);
-            }
-            assert_true(sfd >= 0);
-            assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
-            assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0),
-                             (ssize_t)strlen(raw_reply));
-            wait_for(base, &r);
-            assert_int_equal(r.ok, 1);
-        }
+        /* a new connection, then the same one kept alive */
+        raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery", buf, sizeof(buf));
+        raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery", buf, sizeof(buf));
         close(sfd);
         sfd = -1;
         spin(base, 50);
@@ -538,7 +531,7 @@ static void test_reply_during_a_long_write_does_not_spin(void **state)
     size_t big = 32u << 20;
     char *body = malloc(big + 1), buf[65536];
     int port, lfd = raw_listener(&port), sfd = -1;
-    uint64_t until = clock_mono_us() + 5000000, cpu0, cpu;
+    uint64_t until, cpu0, cpu;
 
     assert_non_null(body);
     memset(body, 'a', big);
@@ -546,20 +539,7 @@ static void test_reply_during_a_long_write_does_not_spin(void **state)
     plain_options(&o, port);
     o.timeout_ms = 5000;
     u = new_upstream(base, &o);
-    memset(&r, 0, sizeof(r));
-    r.base = base;
-    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
-    while (sfd < 0 && clock_mono_us() < until) {
-        event_base_loop(base, EVLOOP_NONBLOCK);
-        sfd = accept(lfd, NULL, NULL);
-        if (sfd < 0)
-            usleep(1000);
-    }
-    assert_true(sfd >= 0);
-    assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
-    assert_int_equal(send(sfd, raw_reply, strlen(raw_reply), 0), (ssize_t)strlen(raw_reply));
-    wait_for(base, &r);
-    assert_int_equal(r.ok, 1);
+    raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery", buf, sizeof(buf));
 
     memset(&r, 0, sizeof(r));
     r.base = base;
