@@ -5,7 +5,7 @@
 import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { startMock, certs, request, SEED_PARAMS, MOCK_SECRET_ID } from './lib/harness.mjs';
+import { startMock, certs, request, waitFor, SEED_PARAMS, MOCK_SECRET_ID } from './lib/harness.mjs';
 import { startGateway, gwCall, journal, resetMock, addFault, assertApiReply, APPS } from './lib/gateway.mjs';
 
 const TIMEOUT_MS = 1000;
@@ -89,9 +89,16 @@ async function breakerScenario(workers) {
       + `request ${i} took ${r.ms} ms (timeout_ms 700): it was forwarded`);
   }
   assert.equal((await journal(mock)).length, FAILURES, 'nothing reached upstream while the breaker was open');
-  const m = await gw.metrics();
-  const gauges = m.samples.filter((s) => s.name === 'capgate_upstream_breaker_state');
-  assert.ok(gauges.length > 0 && gauges.every((s) => s.value === 1), `breaker gauge while open:\n${m.text}`);
+  // Each worker publishes its view of the process's breaker every 200 ms (GATEWAY_TICK_MS); a
+  // worker that served none of the requests above shows the change at its next tick.
+  let m;
+  const allOpen = () => {
+    const gauges = m.samples.filter((s) => s.name === 'capgate_upstream_breaker_state');
+    return gauges.length > 0 && gauges.every((s) => s.value === 1);
+  };
+  await waitFor(async () => { m = await gw.metrics(); return allOpen(); },
+    { what: 'capgate_upstream_breaker_state 1 for every worker', timeoutMs: 1000 })
+    .catch(() => assert.fail(`breaker gauge while open:\n${m.text}`));
 
   await clearFaults();
   let firstOk;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 
@@ -250,6 +251,26 @@ static int closed_port(void)
     return port;
 }
 
+/* TCP_NODELAY of this process's socket connected to 127.0.0.1:port (the client's side: a server's
+ * accepted sockets have the client's port as peer): 1 or 0, or -1 when there is no such socket. */
+static int client_nodelay(int port)
+{
+    for (int fd = 3; fd < 1024; fd++) {
+        struct sockaddr_in sa;
+        socklen_t len = sizeof(sa);
+        int v = 0;
+        socklen_t vlen = sizeof(v);
+
+        if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0 || sa.sin_family != AF_INET ||
+            ntohs(sa.sin_port) != port)
+            continue;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vlen) != 0)
+            return -1;
+        return v != 0;
+    }
+    return -1;
+}
+
 /* --- plain HTTP -------------------------------------------------------------------------- */
 
 static void test_post_roundtrip(void **state)
@@ -328,6 +349,7 @@ static void test_keepalive_reuses_one_connection(void **state)
     assert_int_equal(f.requests, 5);
     assert_int_equal(f.max_connections_seen, 1);
     assert_int_equal(httpd_connections(f.httpd), 1);
+    assert_int_equal(client_nodelay(f.port), 1);
     upstream_get_stats(u, &st);
     assert_int_equal(st.open_connections, 1);
     assert_int_equal(st.requests, 5);
@@ -505,6 +527,48 @@ static void test_connection_closed_while_idle_is_replaced(void **state)
         assert_int_equal(st.open_connections, 0);
     }
     upstream_free(u);
+    close(lfd);
+    event_base_free(base);
+}
+
+/* A reply with "Connection: close": evhttp opens a new socket for the next call on the same
+ * connection, and that socket gets TCP_NODELAY too (it may reuse the old descriptor number). */
+static void test_socket_after_connection_close_gets_nodelay(void **state)
+{
+    static const char closing[] =
+        "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\n{\"code\":0}";
+    struct event_base *base = event_base_new();
+    struct upstream_options o;
+    struct upstream *u;
+    struct outcome r;
+    char buf[2048];
+    int port, lfd = raw_listener(&port), sfd = -1;
+    uint64_t until = clock_mono_us() + 5000000;
+
+    plain_options(&o, port);
+    u = new_upstream(base, &o);
+    memset(&r, 0, sizeof(r));
+    r.base = base;
+    assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
+    while (sfd < 0 && clock_mono_us() < until) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        sfd = accept(lfd, NULL, NULL);
+        if (sfd < 0)
+            usleep(1000);
+    }
+    assert_true(sfd >= 0);
+    assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+    assert_int_equal(send(sfd, closing, strlen(closing), 0), (ssize_t)strlen(closing));
+    close(sfd);
+    sfd = -1;
+    wait_for(base, &r);
+    assert_int_equal(r.ok, 1);
+    spin(base, 20);
+    assert_int_equal(client_nodelay(port), -1);   /* the client closed its side */
+    raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery", buf, sizeof(buf));
+    assert_int_equal(client_nodelay(port), 1);
+    upstream_free(u);
+    close(sfd);
     close(lfd);
     event_base_free(base);
 }
@@ -898,6 +962,9 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
         call(u, f.base, "POST", "Action=CaptchaIframeQuery", &again);
         assert_int_equal(again.ok, 1);
         assert_int_equal(f.max_connections_seen, 1);
+        /* without it Nagle held the second TLS record of each request for the server's
+         * delayed ACK: about 40 ms per request on a warm connection */
+        assert_int_equal(client_nodelay(f.port), 1);
     }
     spin(f.base, 50);
     *fake_requests = f.requests;
@@ -960,6 +1027,7 @@ int main(void)
         cmocka_unit_test(test_warm_connection_writes_before_the_loop_turns),
         cmocka_unit_test(test_connection_closed_while_idle_is_replaced),
         cmocka_unit_test(test_reply_during_a_long_write_does_not_spin),
+        cmocka_unit_test(test_socket_after_connection_close_gets_nodelay),
         cmocka_unit_test(test_stalled_upstream_times_out),
         cmocka_unit_test(test_http_500_is_an_error_with_status),
         cmocka_unit_test(test_non_json_body_is_an_error),
