@@ -668,8 +668,10 @@ static void request_error_cb(enum evhttp_request_error error, void *arg)
  * the next loop turn, then runs evhttp's write-done callback, which turns the connection to
  * reading. The bufferevent's write event, enabled and disabled within this turn, never reaches
  * epoll, and the request waits for no extra loop turn. Whatever the socket does not take (or an
- * error) is left to the bufferevent, which reports it as before. TLS is left alone: its output
- * buffer holds plaintext. */
+ * error) is left to the bufferevent, which reports it as before.
+ * Over TLS the output buffer holds plaintext, which bufferevent_openssl encrypts a buffer chain
+ * at a time: evhttp's request line and headers in two chains made two TLS records and two
+ * writes. Made one chain here, the request leaves as one record in one write. */
 static void conn_write_now(struct conn *k)
 {
     struct evbuffer *out = bufferevent_get_output(k->bev);
@@ -678,8 +680,12 @@ static void conn_write_now(struct conn *k)
     void *cb_arg = NULL;
     int written;
 
-    if (k->u->tls || fd < 0 || evbuffer_get_length(out) == 0)
+    if (fd < 0 || evbuffer_get_length(out) == 0)
         return;
+    if (k->u->tls) {
+        evbuffer_pullup(out, -1);   /* NULL on OOM: the chains are then sent as they are */
+        return;
+    }
     /* A socket bufferevent keeps its output's start frozen except inside its own write; this
      * is that write, done early. */
     evbuffer_unfreeze(out, 1);
