@@ -38,6 +38,7 @@
 #include "capgate/thread.h"
 #include "config.h"
 #include "pipeline.h"
+#include "resp.h"
 
 /* ======================================================================================== */
 /* Records                                                                                  */
@@ -755,6 +756,7 @@ struct audit {
     int tail_loaded;
     struct sync_file file;          /* audit.file; fd -1 when not configured */
     struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
+    struct strbuf resp;             /* the command being queued, formatted (argv_send) */
     int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];           /* audit.file, or <spool_dir>/audit.jsonl without redis */
 
@@ -1115,6 +1117,15 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
     }
 }
 
+/* Queues b's command on the sink's connection, formatted here (resp.h) rather than by hiredis.
+ * 0, or -1 (out of memory, or hiredis refused it). */
+static int argv_send(struct audit *a, const struct argv_buf *b) {
+    strbuf_reset(&a->resp);
+    if (resp_append_command(&a->resp, b->argc, b->argv, b->len) != 0)
+        return -1;
+    return redisAppendFormattedCommand(a->redis, a->resp.s, a->resp.len) == REDIS_OK ? 0 : -1;
+}
+
 /* Keeps nodes (in order) ahead of the held records, to be retried first. */
 static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
     a->held_n += n;
@@ -1153,7 +1164,7 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n) {
         argv_adds(&b, a->maxlen);
         argv_adds(&b, "*");
         argv_fields(&b, &f);
-        if (redisAppendCommandArgv(a->redis, b.argc, b.argv, b.len) != REDIS_OK)
+        if (argv_send(a, &b) != 0)
             break;
         sent++;
     }
@@ -1377,7 +1388,7 @@ static void replay_step(struct audit *a) {
         argv_adds(&b, maxlen_ttl);
         argv_adds(&b, a->maxlen);
         argv_fields(&b, &f);
-        if (redisAppendCommandArgv(a->redis, b.argc, b.argv, b.len) != REDIS_OK) {
+        if (argv_send(a, &b) != 0) {
             why = "cannot queue EVALSHA";
             goto out;
         }
@@ -1776,6 +1787,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->lock_fd = -1;
     a->wake_fd = -1;
     strbuf_init(&a->file_text);
+    strbuf_init(&a->resp);
     a->backoff_ms = BACKOFF_MIN_MS;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
@@ -1946,6 +1958,7 @@ void audit_free(struct audit *a) {
     if (a->wake_fd >= 0)
         close(a->wake_fd);
     strbuf_cleanup(&a->file_text);
+    strbuf_cleanup(&a->resp);
     if (a->replay_fp)
         fclose(a->replay_fp);
     sink_disconnect(a);

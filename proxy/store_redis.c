@@ -23,6 +23,8 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/num.h"
+#include "capgate/strbuf.h"
+#include "resp.h"
 #include "store_lua.h"
 
 #define STORE_REDIS_QUEUE_MAX 4096        /* commands waiting for a connection */
@@ -113,6 +115,7 @@ struct store_redis {
     char sha[STORE_REDIS_N_SCRIPTS][STORE_REDIS_SHA_LEN + 1];
     char last_err[128];
     struct store_redis_list queue, inflight;
+    struct strbuf resp;                     /* the command being sent, formatted (resp.h) */
 };
 
 static void store_redis_connect(struct store_redis *r);
@@ -579,7 +582,10 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     }
     for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
 send:
-    if (redisAsyncCommandArgv(r->ac, store_redis_on_reply, c, argc, argv, argvlen) != REDIS_OK)
+    strbuf_reset(&r->resp);
+    if (resp_append_command(&r->resp, argc, argv, argvlen) != 0 ||
+        redisAsyncFormattedCommand(r->ac, store_redis_on_reply, c, r->resp.s, r->resp.len) !=
+            REDIS_OK)
         return -1;
     if (store_redis_caller_cmd(c)) store_count(r->owner, STORE_COMMANDS);
     c->where = STORE_REDIS_INFLIGHT;
@@ -663,6 +669,7 @@ struct store_redis *store_redis_new(const struct store_redis_options *opt, struc
     r->opt = opt;
     r->state = STORE_REDIS_DISCONNECTED;
     r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    strbuf_init(&r->resp);
     r->rng = clock_mono_us() ^ (uint64_t)(uintptr_t)r ^ 0x9e3779b97f4a7c15ULL;
     if (!r->rng) r->rng = 1;
     if (!(r->backoff_timer = event_new(base, -1, 0, store_redis_on_backoff, r))) goto oom;
@@ -696,6 +703,7 @@ void store_redis_free(struct store_redis *r) {
     }
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
+    strbuf_cleanup(&r->resp);
     free(r);
 }
 
