@@ -23,7 +23,7 @@ void strbuf_reset(struct strbuf *b) {
     if (b->s) b->s[0] = '\0';
 }
 
-static int strbuf_reserve(struct strbuf *b, size_t extra) {
+int strbuf_reserve(struct strbuf *b, size_t extra) {
     if (extra > SIZE_MAX / 2 - b->len) return -1;
     size_t need = b->len + extra + 1;
     if (need <= b->cap) return 0;

@@ -10,7 +10,7 @@
 #include "capgate/strbuf.h"
 
 /* Appends "*<argc>\r\n" and, for each argument, "$<len>\r\n<bytes>\r\n" to out. len may be NULL
- * for NUL-terminated arguments. 0, or -1 on OOM (out then holds a part: reset it). */
+ * for NUL-terminated arguments. 0, or -1 on OOM or a negative argc (out is then unchanged). */
 int resp_append_command(struct strbuf *out, int argc, const char *const *argv,
                         const size_t *len);
 
