@@ -1672,6 +1672,15 @@ static void sink_wake(struct audit *a) {
     (void)!write(a->wake_fd, &one, sizeof(one));
 }
 
+/* After publishing work for the sink (a record, a reopen): wakes it if it sleeps. The fence pairs
+ * with sink_wait's: either the sink sees the work before it sleeps, or this sees sleeping set. */
+static void sink_nudge(struct audit *a) {
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
+        atomic_exchange(&a->sleeping, 0))
+        sink_wake(a);
+}
+
 static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
     if (f->fd >= 0 && f->unsynced > 0 && f->synced_us + SYNC_EVERY_US < deadline)
         return f->synced_us + SYNC_EVERY_US;
@@ -1696,7 +1705,7 @@ static void sink_wait(struct audit *a) {
     if (atomic_load(&a->state) == AUDIT_SPOOLING && a->next_connect_us < deadline)
         deadline = a->next_connect_us > now ? a->next_connect_us : now;
     atomic_store(&a->sleeping, 1);
-    atomic_thread_fence(memory_order_seq_cst);  /* pairs with audit_submit's fence */
+    atomic_thread_fence(memory_order_seq_cst);  /* pairs with sink_nudge's fence */
     if (!queues_empty(a) || atomic_load(&a->stopping) || atomic_load(&a->reopen) ||
         deadline <= now) {
         /* a submit that cleared sleeping first also wrote wake_fd: the next poll takes it */
@@ -1896,12 +1905,7 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
     n->uncertain = 0;
     n->rec = *r;
     queue_push(a->queues[worker], n);
-    /* pairs with sink_wait's fence: either the sink sees the record before it sleeps, or this
-     * sees sleeping set */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
-        atomic_exchange(&a->sleeping, 0))
-        sink_wake(a);
+    sink_nudge(a);
     return 0;
 }
 
@@ -1909,12 +1913,7 @@ void audit_reopen(struct audit *a) {
     if (!a)
         return;
     atomic_store(&a->reopen, 1);
-    /* pairs with sink_wait's fence, as in audit_submit: either the sink sees reopen before it
-     * sleeps, or this sees sleeping set and wakes it */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
-        atomic_exchange(&a->sleeping, 0))
-        sink_wake(a);
+    sink_nudge(a);
 }
 
 void audit_free(struct audit *a) {

@@ -182,11 +182,6 @@ static void conn_watch_arm(struct conn *k)
 
     if (k->u->tls || fd < 0)
         return;
-    if (k->watch && event_get_fd(k->watch) != fd) {
-        /* evhttp reconnected after a reply that closed the connection */
-        event_free(k->watch);
-        k->watch = NULL;
-    }
     if (!k->watch) {
         k->watch = event_new(k->u->base, fd, EV_READ | EV_PERSIST, conn_watch_cb, k);
         if (!k->watch)
@@ -196,10 +191,12 @@ static void conn_watch_arm(struct conn *k)
         event_add(k->watch, NULL);
 }
 
+/* The socket is closing: a new one (evhttp's reconnect) gets a watcher of its own. */
 static void conn_watch_stop(struct conn *k)
 {
     if (k->watch)
-        event_del(k->watch);
+        event_free(k->watch);   /* deletes it too */
+    k->watch = NULL;
 }
 
 /* TCP_NODELAY on each socket evhttp opens for k (a new connection, or evhttp's reconnect after
@@ -253,8 +250,7 @@ static void conn_set_state(struct conn *k, enum conn_state to)
 
 static void conn_destroy(struct conn *k)
 {
-    if (k->watch)
-        event_free(k->watch);   /* deletes it too */
+    conn_watch_stop(k);
     if (k->evcon) {
         evhttp_connection_set_closecb(k->evcon, NULL, NULL);
         if (k->out_cb)
