@@ -1,4 +1,4 @@
-/* test_sign.c: v2 signing against the official Node SDK's vectors (shared testdata), the string
+/* test_sign.c: v2 signing against the official Node SDK's vectors (tests/data/), the string
  * to sign's ordering and '_' rule, HMAC known answers, and rejection of every tampered input. */
 #include <setjmp.h>
 #include <stdarg.h>
