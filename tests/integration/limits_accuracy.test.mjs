@@ -1,12 +1,15 @@
 // limits_accuracy.test.mjs: one global rule shared through one Redis by three capgate processes
-// (DESIGN.md 4.1: one EVALSHA per request, timed by Redis TIME). All three are driven concurrently
-// at well over the rule's rate for 10 s; the total admitted (code 0 replies, counted, not timed) is
-// within 2% of rate × 10 s + burst.
+// (docs/design.md "Rate limits": one EVALSHA per request, timed by Redis TIME). All three are
+// driven concurrently at well over the rule's rate for 10 s. The expectation comes from what Redis
+// saw, not from the client's 10 s: MONITOR gives the server time of every EVALSHA of the rule, a
+// token bucket of the configured rate and burst is run over those times, and the total admitted
+// (code 0 replies) must match it within 1%.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, sleep } from './lib/harness.mjs';
 import { startGateway, gwCall, assertApiReply, APPS } from './lib/gateway.mjs';
-import { runLoad, tokenRequest, summary } from './lib/load.mjs';
+import { runLoad, tokenRequest, summary, tokenBucketAdmits } from './lib/load.mjs';
+import { monitorRedis } from './lib/redismonitor.mjs';
 
 const RATE = Number(process.env.CAPGATE_TEST_LIMIT_RATE || 200); // per second
 // A small burst, not 1: with burst 1 a bucket cannot bank the time between the moment a token is
@@ -51,7 +54,7 @@ after(async () => {
   await redis?.stop();
 });
 
-test(`three instances, one Redis, one global rule (${RATE}/s, burst ${BURST}): admitted within 2% of rate × ${SECONDS} s + burst`, async (t) => {
+test(`three instances, one Redis, one global rule (${RATE}/s, burst ${BURST}): admitted within 1% of a token bucket over the times Redis saw`, async (t) => {
   // Every instance is connected and admits through Redis (sequential calls, a few ms apart, so each
   // finds a token: one per 1/RATE s).
   for (const [i, gw] of gws.entries()) {
@@ -64,6 +67,8 @@ test(`three instances, one Redis, one global rule (${RATE}/s, burst ${BURST}): a
   assert.ok(warm >= INSTANCES, `the limit went through Redis (EVALSHA calls: ${warm})`);
   await sleep(Math.ceil((1000 * BURST) / RATE) + 50); // the bucket is full again
 
+  const key = `"${prefix}rl:shared:global"`;
+  const monitor = await monitorRedis(redis.port, { match: /"evalsha"/i });
   const runs = await Promise.all(gws.map((gw, i) => runLoad({
     spec: tokenRequest(gw, APPS.token, { businessId: String(i + 1), sceneId: '1' }),
     concurrency: CONCURRENCY,
@@ -81,9 +86,30 @@ test(`three instances, one Redis, one global rule (${RATE}/s, burst ${BURST}): a
   assert.ok(replies >= 3 * RATE * SECONDS, `offered load ${replies} >= 3 × ${RATE} × ${SECONDS} (lower CAPGATE_TEST_LIMIT_RATE if the machine cannot)\n${detail}`);
   const evalsha = evalshaCalls() - warm;
   assert.ok(evalsha >= replies, `one EVALSHA per request: ${evalsha} EVALSHA for ${replies} replies`);
-  t.diagnostic(`admitted ${total} of ${replies} replies; EVALSHA ${evalsha}`);
-  const expected = RATE * SECONDS + BURST;
-  const tol = 0.02 * expected;
+  const seen = (await monitor.stop(redis.cli)).filter((e) => e.line.includes(key));
+  assert.equal(seen.length, replies, `MONITOR saw one EVALSHA of ${key} per reply: ${seen.length} for ${replies}`);
+  const times = seen.map((e) => e.us);
+  const spanS = (times[times.length - 1] - times[0]) / 1e6;
+  let gapMs = 0;
+  for (let k = 1; k < times.length; k++) gapMs = Math.max(gapMs, (times[k] - times[k - 1]) / 1000);
+  // The ideal for the arrivals Redis saw. It is rate × span + burst only when requests reached Redis
+  // without pause; on a loaded machine the load generator or a gateway stalls for longer than the
+  // burst lasts (BURST / RATE = 50 ms), and a full bucket banks nothing more while nobody asks.
+  const expected = tokenBucketAdmits(times, { rate: RATE, periodS: 1, burst: BURST });
+  t.diagnostic(`admitted ${total} of ${replies} replies; EVALSHA ${evalsha}; Redis saw them over ${spanS.toFixed(3)} s ` +
+    `(longest gap ${gapMs.toFixed(1)} ms); a token bucket over those times admits ${expected}; ` +
+    `rate × span + burst = ${(RATE * spanS + BURST).toFixed(1)}`);
+  // 1%, about 20 tokens. The MONITOR time of a command trails the TIME its script read by the
+  // script's run time, or by a scheduling slice if Redis was preempted in between, so a request
+  // that arrived just as its token fell due may be counted on the other side of it; each such case
+  // moves the two counts apart by one token and later arrivals pull them together again (both
+  // buckets refill at the same rate), so they differ by a few tokens, not by a share of the total.
+  // A real bug is far outside: a rule admitting twice the rate (or per instance: 3x) gives about
+  // +100%, one admitting half the rate -50%, a bucket per instance instead of one shared +200%.
+  // (The burst alone, 10 tokens, is below this resolution; limits_rules counts it exactly.)
+  const tol = Math.max(5, Math.ceil(0.01 * expected));
   assert.ok(Math.abs(total - expected) <= tol,
-    `admitted ${total} across ${INSTANCES} instances, expected ${expected} ± ${tol.toFixed(1)} (2%)\n${detail}`);
+    `admitted ${total} across ${INSTANCES} instances, a token bucket over Redis's times admits ${expected} ± ${tol} (1%)\n${detail}`);
+  // Independent of the simulation: a token bucket never admits more than burst + rate × span.
+  assert.ok(total <= BURST + RATE * spanS + 1 + tol, `admitted ${total} <= burst + rate × ${spanS.toFixed(3)} s`);
 });
