@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test.sh: the whole suite from a fresh clone. Installs what is missing (install-deps.sh --test),
 # installs the integration tests' npm packages, builds build/ (-Werror) and build-asan/
-# (ASan+UBSan), runs ctest in both and prints a one-line summary. Exit status 0 only if every
+# (ASan+UBSan), runs ctest in both, checks a copy of the repository alone in a fresh directory
+# (scripts/check-standalone.sh) and prints a one-line summary. Exit status 0 only if every
 # build and every test passed.
 # Env: CAPGATE_TEST_JOBS (parallel integration tests, default 2), CAPGATE_SKIP_ASAN=1.
 set -euo pipefail
@@ -50,6 +51,18 @@ run_suite() {
 }
 
 run_suite build build -DCAPGATE_WERROR=ON
+
+# Once, in the normal tree: a copy of the repository alone in a fresh directory builds and passes
+# the unit tests (scripts/check-standalone.sh).
+log "standalone: the repository copied to a directory with nothing beside it"
+out=$(mktemp)
+if ctest --test-dir build -L standalone --output-on-failure 2>&1 | tee "$out"; then
+  summary+=("standalone: $(grep -E 'tests passed' "$out" | tail -n1 || true)")
+else
+  summary+=("standalone: FAILED")
+  failed=1
+fi
+rm -f "$out"
 
 if [[ ${CAPGATE_SKIP_ASAN:-0} != 1 ]]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
