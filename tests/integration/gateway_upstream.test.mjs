@@ -7,9 +7,12 @@ import assert from 'node:assert/strict';
 import path from 'node:path';
 import { startMock, certs, request, waitFor, SEED_PARAMS, MOCK_SECRET_ID } from './lib/harness.mjs';
 import { startGateway, gwCall, journal, resetMock, addFault, assertApiReply, APPS } from './lib/gateway.mjs';
+import { auditOf } from './lib/auditlog.mjs';
 
 const TIMEOUT_MS = 1000;
-// Scheduling slack on a loaded 2-core machine.
+// Scheduling slack on a loaded 2-core machine, on the gateway's own measure of a request (audit
+// latency_us): its timer can fire late when its thread is descheduled. The client only bounds its
+// wait (SLACK_MS + 5 s more), so a hang still fails.
 const SLACK_MS = 1500;
 
 let mock;
@@ -45,10 +48,15 @@ for (const network of ['stall', 'reset', 'close', 'malformed_json', 'http_500'])
     assert.equal(j.code, 6200, r.body);
     assert.equal(j.codeDesc, 'ServiceUnavailable', r.body);
     assert.equal(r.status, 200, 'compat mode answers 200');
-    assert.ok(r.ms < TIMEOUT_MS + SLACK_MS, `answered after ${r.ms} ms; timeout_ms is ${TIMEOUT_MS}`);
+    const [rec] = await auditOf(compat, [r]);
+    const ms = rec.latency_us / 1000;
+    assert.equal(rec.decision, 'upstream_error', JSON.stringify(rec));
+    assert.ok(ms < TIMEOUT_MS + SLACK_MS, `the gateway answered after ${ms} ms by its own clock; timeout_ms is ${TIMEOUT_MS}`);
     assert.equal(j.url, undefined);
     if (network === 'stall') {
-      assert.ok(r.ms >= TIMEOUT_MS - 100, `a stalled upstream answered 6200 after only ${r.ms} ms`);
+      // The call's timer starts after the request arrived, so by the gateway's clock a stalled
+      // upstream is answered no sooner than timeout_ms (less a timer tick).
+      assert.ok(ms >= TIMEOUT_MS - 100, `a stalled upstream answered 6200 after only ${ms} ms`);
       assert.match(j.message, /time(d)?[ -]?out/i, `the message says it timed out: ${r.body}`);
     } else {
       assert.doesNotMatch(j.message, /^No Error$/);
@@ -73,22 +81,29 @@ async function breakerScenario(workers) {
   await resetMock(mock);
 
   await addFault(mock, { action: 'CaptchaIframeQuery', network: 'http_500' });
+  let lastFailure;
   for (let i = 0; i < FAILURES; i++) {
-    const r = await gwCall(gw, {});
-    assert.equal(assertApiReply(r, `failure ${i}`).code, 6200, r.body);
+    lastFailure = await gwCall(gw, {});
+    assert.equal(assertApiReply(lastFailure, `failure ${i}`).code, 6200, lastFailure.body);
   }
-  const openedAt = Date.now();
   assert.equal((await journal(mock)).length, FAILURES, 'the failures reached upstream');
 
   await clearFaults();
   await addFault(mock, { action: 'CaptchaIframeQuery', network: 'stall' });
+  const open = [];
   for (let i = 0; i < 4; i++) {
-    const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig });
+    const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig, timeoutMs: 10000 });
     assert.equal(assertApiReply(r, `open ${i}`).code, 6200, r.body);
-    assert.ok(r.ms < 350, `after ${FAILURES} consecutive failures (workers ${workers}) the breaker should answer at once; `
-      + `request ${i} took ${r.ms} ms (timeout_ms 700): it was forwarded`);
+    open.push(r);
   }
   assert.equal((await journal(mock)).length, FAILURES, 'nothing reached upstream while the breaker was open');
+  // "At once", by the gateway's own account: no upstream reply (upstream_status 0) and no wait for
+  // the stalled mock, which would have held the request for the whole timeout_ms (700 ms) by the
+  // gateway's clock.
+  for (const [i, rec] of (await auditOf(gw, open)).entries()) {
+    assert.ok(rec.upstream_status === 0 && rec.latency_us < 700000,
+      `after ${FAILURES} consecutive failures (workers ${workers}) the breaker should answer at once; request ${i}: ${JSON.stringify(rec)}`);
+  }
   // Each worker publishes its view of the process's breaker every 200 ms (GATEWAY_TICK_MS); a
   // worker that served none of the requests above shows the change at its next tick.
   let m;
@@ -97,21 +112,27 @@ async function breakerScenario(workers) {
     return gauges.length > 0 && gauges.every((s) => s.value === 1);
   };
   await waitFor(async () => { m = await gw.metrics(); return allOpen(); },
-    { what: 'capgate_upstream_breaker_state 1 for every worker', timeoutMs: 1000 })
+    { what: 'capgate_upstream_breaker_state 1 for every worker', timeoutMs: 5000 })
     .catch(() => assert.fail(`breaker gauge while open:\n${m.text}`));
 
   await clearFaults();
   let firstOk;
-  const deadline = Date.now() + OPEN_MS + 5000;
+  const deadline = Date.now() + OPEN_MS + 10000;
   while (Date.now() < deadline) {
     const r = await gwCall(gw, {});
     const j = assertApiReply(r, 'probe');
-    if (j.code === 0) { firstOk = Date.now(); break; }
+    if (j.code === 0) { firstOk = r; break; }
     assert.equal(j.code, 6200, r.body);
     await new Promise((res) => setTimeout(res, 100));
   }
   assert.ok(firstOk, 'the breaker never closed');
-  assert.ok(firstOk - openedAt >= OPEN_MS - 150, `closed after ${firstOk - openedAt} ms; breaker_open_ms is ${OPEN_MS}`);
+  // By the gateway's clock (audit ts = arrival): the breaker opened while the last failure was
+  // answered, after it arrived, and let the first probe through no sooner than breaker_open_ms
+  // later; the probe arrived a moment before that check (parse, auth: far below the 150 ms
+  // allowed). A breaker closing at half its time, or not opening, fails.
+  const [fail, ok] = await auditOf(gw, [lastFailure, firstOk]);
+  const closedAfter = ok.tsMs - fail.tsMs;
+  assert.ok(closedAfter >= OPEN_MS - 150, `closed ${closedAfter} ms after the last failure arrived; breaker_open_ms is ${OPEN_MS}`);
   for (let i = 0; i < 3; i++) {
     const r = await gwCall(gw, { app: i % 2 ? APPS.token : APPS.sig });
     assert.equal(assertApiReply(r, `closed ${i}`).code, 0, r.body);

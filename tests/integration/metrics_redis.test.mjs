@@ -13,7 +13,15 @@ const gws = [];
 before(async () => {
   mock = await startMock({ tls: true });
   redis = await startRedis();
-  const config = { redis: { url: redis.url, key_prefix: PREFIX }, metrics: { flush_ms: 200, retention_s: 3600 } };
+  // Generous Redis and upstream timeouts: this test counts requests, and on a loaded machine a
+  // 100 ms Redis timeout (the default) or the 1.5 s upstream timeout of gatewayConfig can expire
+  // for reasons that have nothing to do with counting (a flush whose reply came late is written
+  // again, an upstream call is answered 6200). Each is tested where it is the subject.
+  const config = {
+    redis: { url: redis.url, key_prefix: PREFIX, timeout_ms: 5000 },
+    upstream: { timeout_ms: 10000 },
+    metrics: { flush_ms: 200, retention_s: 3600 },
+  };
   gws.push(await startGateway({ mock, config }));
   gws.push(await startGateway({ mock, config }));
 });
@@ -76,10 +84,21 @@ test('/admin/stats on either instance sums what both instances counted, per deci
   const expect = await sendTraffic();
   const query = `?from=${from}&to=${Math.floor(Date.now() / 1000) + 120}`;
   // every flush_ms each instance writes its batches; wait for all of them, bounded
+  let seen;
   const body = await waitFor(async () => {
     const s = await stats(gws[0], query);
+    seen = s.json?.totals;
     return s.status === 200 && s.json.totals.requests === expect.requests ? s.json : null;
-  }, { timeoutMs: 10000, what: `/admin/stats totals.requests == ${expect.requests}` });
+  }, { timeoutMs: 20000, what: `/admin/stats totals.requests == ${expect.requests}` }).catch(async (e) => {
+    // Say what the servers saw: the totals, and whether a flush failed (and may have been
+    // written twice) on either instance.
+    const flush = [];
+    for (const gw of gws) {
+      const m = await gw.metrics();
+      flush.push({ flushes: m.get('capgate_metrics_flushes_total'), errors: m.get('capgate_metrics_flush_errors_total') });
+    }
+    assert.fail(`${e.message}; last totals ${JSON.stringify(seen)}; expected ${JSON.stringify(expect)}; flushes ${JSON.stringify(flush)}`);
+  });
 
   for (const [field, n] of Object.entries(expect)) assert.equal(body.totals[field], n, `totals.${field}`);
   for (const d of ['pool', 'replayed', 'limited', 'shadow_limited', 'upstream_error']) {
