@@ -1,6 +1,6 @@
-/* faults.h: the mock's fault rules (DESIGN.md section 3): parsing and strict validation of the
- * JSON rules, and the matcher that picks the effect for one API call. Rules match in order, the
- * first that fires wins; probability and times limit a rule. No I/O: the caller applies the
+/* faults.h: the mock's fault rules (docs/design.md "capgate-mock"): parsing and strict validation
+ * of the JSON rules, and the matcher that picks the effect for one API call. Rules match in order,
+ * the first that fires wins; probability and times limit a rule. No I/O: the caller applies the
  * effect. */
 #ifndef CAPGATE_FAULTS_H
 #define CAPGATE_FAULTS_H

@@ -2,7 +2,8 @@
  * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining; its
  * JSON says "store":"up" or "down" and the audit sink's state), GET /metrics (Prometheus
  * text of every worker summed, and the sinks' counters), GET /admin/stats (metrics_query,
- * DESIGN.md 4.3) and GET /admin/audit (audit_query, 4.2), each 400 naming a bad parameter. Anything else is a 404 in JSON. */
+ * docs/design.md "Metrics") and GET /admin/audit (audit_query, "Audit"), each 400 naming a bad
+ * parameter. Anything else is a 404 in JSON. */
 #ifndef CAPGATE_ADMIN_H
 #define CAPGATE_ADMIN_H
 #include <stddef.h>

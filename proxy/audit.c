@@ -44,7 +44,7 @@
 /* Records                                                                                  */
 /* ======================================================================================== */
 
-/* The decision names of DESIGN.md 4.2, indexed by enum pipeline_decision (kept here so the
+/* The decision names of docs/design.md "Audit", indexed by enum pipeline_decision (kept here so the
  * audit module does not depend on the pipeline's code, only on its header). */
 static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
     [PIPELINE_FORWARDED] = "forwarded",
@@ -88,7 +88,7 @@ struct field_desc {
 #define F_INT(n, m) {n, FK_INT, offsetof(struct audit_record, m), 0, 0}
 #define F_U64(n, m) {n, FK_U64, offsetof(struct audit_record, m), 0, 0}
 
-/* DESIGN.md 4.2 order. */
+/* docs/design.md "Audit" order. */
 static const struct field_desc record_fields[] = {
     F_TS("ts", ts_us),
     F_STR("request_id", request_id),

@@ -1,6 +1,6 @@
-/* audit.h: the audit trail (DESIGN.md 4.2). One record per request whatever the decision, built
- * on the worker thread from the pipeline's record, handed over a lock-free per-worker queue to
- * one background sink thread that writes it to the Redis stream (or, without Redis, to a bounded
+/* audit.h: the audit trail (docs/design.md "Audit"). One record per request whatever the decision,
+ * built on the worker thread from the pipeline's record, handed over a lock-free per-worker queue
+ * to one background sink thread that writes it to the Redis stream (or, without Redis, to a bounded
  * in-memory stream), spools it to disk while Redis is unreachable and replays the spool in order
  * when Redis returns, so no record is lost across a Redis outage or a capgate restart. The read
  * side (GET /admin/audit) runs its queries off the main loop and answers on the caller's base. */
@@ -69,8 +69,8 @@ struct audit_record {
 int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
                       const struct params *request_params, const char *reply_url,
                       const struct config_audit *cfg, const char *instance);
-/* Compact JSON object of r appended to out: every field, in DESIGN.md 4.2 order, null for an
- * absent optional value. 0, or -1 on OOM. */
+/* Compact JSON object of r appended to out: every field, in docs/design.md "Audit" order, null for
+ * an absent optional value. 0, or -1 on OOM. */
 int audit_record_json(const struct audit_record *r, struct strbuf *out);
 /* Parses what audit_record_json wrote (unknown keys ignored) back into r. 0, or -1. */
 int audit_record_from_json(const char *text, size_t len, struct audit_record *r);

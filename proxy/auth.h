@@ -1,4 +1,4 @@
-/* auth.h: which app sent a request. Two modes (DESIGN.md section 4): a bearer token
+/* auth.h: which app sent a request. Two modes (docs/design.md "Gateway"): a bearer token
  * ("Authorization: Bearer <token>", compared in constant time), or the app's own v2 signature,
  * checked like upstream: public params (4000) → SecretId known (4100) → Timestamp inside the
  * window (4500) → Nonce not used by this SecretId inside the window (4500) → signature (4100);

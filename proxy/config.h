@@ -1,7 +1,7 @@
-/* config.h: the gateway's configuration (DESIGN.md section 4). A strict JSON file is loaded into a
- * plain struct: defaults, bounds and enums checked, secrets resolved from the environment or from
- * files, every error naming the key path with line and column. The struct is read-only once loaded;
- * handlers never touch JSON. docs/configuration.md documents every key. */
+/* config.h: the gateway's configuration (docs/design.md "Gateway"). A strict JSON file is loaded
+ * into a plain struct: defaults, bounds and enums checked, secrets resolved from the environment or
+ * from files, every error naming the key path with line and column. The struct is read-only once
+ * loaded; handlers never touch JSON. docs/configuration.md documents every key. */
 #ifndef CAPGATE_CONFIG_H
 #define CAPGATE_CONFIG_H
 #include <stddef.h>
@@ -67,7 +67,7 @@ struct config_redis {
 enum config_store_error { CONFIG_STORE_ERROR_LOCAL, CONFIG_STORE_ERROR_ALLOW,
                           CONFIG_STORE_ERROR_DENY };
 
-/* One rate-limit rule (DESIGN.md 4.1). */
+/* One rate-limit rule (docs/design.md "Rate limits"). */
 struct config_limit {
     char *name;
     enum config_limit_scope { CONFIG_SCOPE_PARAMS, CONFIG_SCOPE_APP, CONFIG_SCOPE_GLOBAL } scope;
@@ -95,7 +95,7 @@ struct config_metrics {
     unsigned long retention_s;   /* default 691200 (8 days) */
 };
 
-/* A parameter profile the prefetch pool keeps URLs ready for (DESIGN.md 4.4). */
+/* A parameter profile the prefetch pool keeps URLs ready for (docs/design.md "Caches"). */
 struct config_pool_profile {
     uint32_t captcha_type, disturb_level, is_https, client_type, account_type;
     int has_business_id, has_scene_id;

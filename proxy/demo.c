@@ -32,7 +32,7 @@
 #define DEMO_MAX_REPLY_HEADERS 16384
 #define DEMO_TIMEOUT_SLACK_MS 2000  /* past the front's own bound on its reply */
 
-/* The business parameters of the page's two calls (DESIGN.md section 2). */
+/* The business parameters of the page's two calls (docs/design.md "Protocol"). */
 #define DEMO_IFRAME_FORM \
     "Action=CaptchaIframeQuery&captchaType=9&disturbLevel=1&isHttps=0&clientType=2&accountType=0"
 #define DEMO_CHECK_FORM "Action=CaptchaCheck&captchaType=9"

@@ -1,5 +1,5 @@
-/* idem.h: idempotent replay (DESIGN.md 4.4). A request with an Idempotency-Key header (1 to 128
- * printable ASCII characters, space included) is scoped per app: key
+/* idem.h: idempotent replay (docs/design.md "Caches"). A request with an Idempotency-Key header (1
+ * to 128 printable ASCII characters, space included) is scoped per app: key
  * <prefix>idem:<app>:<hex SHA-256 of the header value>. Its fingerprint is the hex SHA-256 over
  * the Action and the business parameters sorted by name (the public parameters SecretId
  * Signature Timestamp Nonce Region SignatureMethod Token and RequestClient excluded), so a

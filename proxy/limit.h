@@ -1,6 +1,7 @@
-/* limit.h: rate-limit decisions (DESIGN.md 4.1) without I/O: which buckets a request falls in, the GCRA
- * arithmetic both stores share, and the RateLimit/RateLimit-Policy/Retry-After header text. The store
- * (store.h) applies the arithmetic atomically over all of a request's buckets. */
+/* limit.h: rate-limit decisions (docs/design.md "Rate limits") without I/O: which buckets a request
+ * falls in, the GCRA arithmetic both stores share, and the RateLimit/RateLimit-Policy/Retry-After
+ * header text. The store (store.h) applies the arithmetic atomically over all of a request's
+ * buckets. */
 #ifndef CAPGATE_LIMIT_H
 #define CAPGATE_LIMIT_H
 #include <stddef.h>

@@ -1,7 +1,7 @@
-/* metrics.h: per-(businessId, sceneId, minute) request counters (DESIGN.md 4.3). Workers add each
- * finished request to their own batch without locks or I/O; one background thread takes every
- * worker's batch each flush_ms and writes them to Redis in one pipeline (or, without Redis, into
- * in-process tables of the same shape); the read side (/admin/stats) sums them per step.
+/* metrics.h: per-(businessId, sceneId, minute) request counters (docs/design.md "Metrics"). Workers
+ * add each finished request to their own batch without locks or I/O; one background thread takes
+ * every worker's batch each flush_ms and writes them to Redis in one pipeline (or, without Redis,
+ * into in-process tables of the same shape); the read side (/admin/stats) sums them per step.
  *
  * Redis layout (every instance writes the same keys, so a query sees all instances together):
  *   hash <prefix>m:<businessId>:<sceneId>:<unix_minute>   absent ids are "-"; unix_minute = ts/60

@@ -1,4 +1,4 @@
-/* pool.h: the prefetch pool (DESIGN.md 4.4). For each configured profile (an exact
+/* pool.h: the prefetch pool (docs/design.md "Caches"). For each configured profile (an exact
  * CaptchaIframeQuery parameter set) single-use URLs are fetched ahead of time by one background
  * refiller per process and kept in the store (store_pool_*: a Redis list per profile shared by
  * every instance, or a ring in memory); a front request that equals a profile and carries no

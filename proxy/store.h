@@ -1,5 +1,6 @@
-/* store.h: the shared state behind rate limits, the prefetch pool and idempotent replay (DESIGN.md
- * 4.1, 4.4): one interface, two implementations chosen by the config (a "redis" section or not).
+/* store.h: the shared state behind rate limits, the prefetch pool and idempotent replay
+ * (docs/design.md "Store interface"): one interface, two implementations chosen by the config (a
+ * "redis" section or not).
  *  - redis: hiredis async on the worker's event_base, one connection per worker, pipelined,
  *    reconnecting with backoff, every command timed out after redis.timeout_ms (hiredis 0.14 has no
  *    async timeouts, so each command carries a timer; a late reply is discarded). Limits run as one
@@ -46,9 +47,10 @@ void store_get_stats(const struct store *s, struct store_stats *out);
 typedef void (*store_limit_fn)(const char *err, const struct limit_outcome *o, void *arg);
 void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                  void *arg);
-/* A signed request's Nonce to claim across every process sharing the store (DESIGN.md 4: a replay
- * to another instance is refused as upstream refuses it). key "<prefix>nonce:<SecretId>:<Nonce>",
- * held for ttl_ms (validate_nonce_ttl_s(window) * 1000); both borrowed for the call. */
+/* A signed request's Nonce to claim across every process sharing the store (docs/design.md
+ * "Decisions": a replay to another instance is refused as upstream refuses it). key
+ * "<prefix>nonce:<SecretId>:<Nonce>", held for ttl_ms (validate_nonce_ttl_s(window) * 1000); both
+ * borrowed for the call. */
 struct store_nonce {
     const char *key;
     unsigned ttl_ms;

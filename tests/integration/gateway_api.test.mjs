@@ -146,7 +146,8 @@ test('authorization: forbidden businessId, missing businessId with a list, forbi
   assert.equal((await journal(mock)).length, n, 'denied requests never reach upstream');
 });
 
-/** The seed table's invalid parameters (DESIGN.md section 2), each with the name its error must carry. */
+/** The seed table's invalid parameters (docs/design.md "Protocol"), each with the name its error
+ * must carry. */
 function invalidCases() {
   const cases = [];
   for (const p of ['captchaType', 'disturbLevel', 'isHttps', 'clientType', 'accountType']) {

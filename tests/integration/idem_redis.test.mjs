@@ -1,6 +1,6 @@
-// idem_redis.test.mjs: Idempotency-Key replay (DESIGN.md 4.4) shared through a real redis-server:
-// the cases of idem_memory.test.mjs, and two capgate instances on one redis: a key used on one is
-// replayed on the other, and duplicates sent at once to both make one upstream call.
+// idem_redis.test.mjs: Idempotency-Key replay (docs/design.md "Caches") shared through a real
+// redis-server: the cases of idem_memory.test.mjs, and two capgate instances on one redis: a key
+// used on one is replayed on the other, and duplicates sent at once to both make one upstream call.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { SEED_PARAMS } from './lib/harness.mjs';

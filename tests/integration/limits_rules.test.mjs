@@ -1,9 +1,10 @@
-// limits_rules.test.mjs: rate-limit rules (DESIGN.md 4.1) against a real redis-server and against
-// the embedded memory store: every rule shape (exact, "*" on businessId and sceneId, absent params
-// as "-", first match in file order, scope app, scope global), burst then refill with the 4400
-// reply's headers, atomicity across buckets (a refusal takes no token from the other buckets),
-// shadow mode and counters kept across SIGHUP. Rules use long periods (1 token per 60 s) wherever
-// refill is not the point, so every count below is exact whatever the machine's speed.
+// limits_rules.test.mjs: rate-limit rules (docs/design.md "Rate limits") against a real
+// redis-server and against the embedded memory store: every rule shape (exact, "*" on businessId
+// and sceneId, absent params as "-", first match in file order, scope app, scope global), burst
+// then refill with the 4400 reply's headers, atomicity across buckets (a refusal takes no token
+// from the other buckets), shadow mode and counters kept across SIGHUP. Rules use long periods (1
+// token per 60 s) wherever refill is not the point, so every count below is exact whatever the
+// machine's speed.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, waitFor, sleep, SEED_PARAMS } from './lib/harness.mjs';

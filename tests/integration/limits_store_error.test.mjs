@@ -1,9 +1,10 @@
-// limits_store_error.test.mjs: on_store_error (DESIGN.md 4.1, 5) with Redis killed mid-run. capgate
-// starts with a real redis-server and enforces a rule through it; then redis-server is killed
-// (SIGKILL) and load continues: "local" keeps enforcing the rule with in-process buckets (admitted ≈
-// burst + rate × time, loose bound), "allow" admits everything, "deny" refuses everything with 6200
-// "rate-limit store unavailable"; no request hangs (each answered within redis.timeout_ms plus
-// upstream slack). "deny" also checks that limits work again once Redis is back on its port.
+// limits_store_error.test.mjs: on_store_error (docs/design.md "Rate limits", "Failure and bad
+// input") with Redis killed mid-run. capgate starts with a real redis-server and enforces a rule
+// through it; then redis-server is killed (SIGKILL) and load continues: "local" keeps enforcing the
+// rule with in-process buckets (admitted ≈ burst + rate × time, loose bound), "allow" admits
+// everything, "deny" refuses everything with 6200 "rate-limit store unavailable"; no request hangs
+// (each answered within redis.timeout_ms plus upstream slack). "deny" also checks that limits work
+// again once Redis is back on its port.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';

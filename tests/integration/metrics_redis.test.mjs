@@ -1,6 +1,6 @@
 // metrics_redis.test.mjs: two capgate instances share one redis-server; after flush_ms the
 // per-(businessId, sceneId, minute) hashes they both write add up, and /admin/stats on either
-// instance reports exactly the requests sent, per decision and per code (DESIGN.md 4.3).
+// instance reports exactly the requests sent, per decision and per code (docs/design.md "Metrics").
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, waitFor, SEED_PARAMS } from './lib/harness.mjs';
@@ -128,7 +128,7 @@ test('/admin/stats on either instance sums what both instances counted, per deci
   assert.equal(only.json.pairs.length, 1);
   assert.equal(only.json.totals.forwarded, 6);
 
-  // the keys as DESIGN.md 4.3 names them, with a TTL within retention_s
+  // the keys as docs/design.md "Redis layout" names them, with a TTL within retention_s
   const members = redis.cli('SMEMBERS', `${PREFIX}m:index`).split('\n');
   assert.ok(members.includes('1:2') && members.includes('-:-'), members.join(','));
   const keys = redis.cli('KEYS', `${PREFIX}m:1:2:*`).split('\n').filter(Boolean);

@@ -1,9 +1,9 @@
-// nonce_redis.test.mjs: replay protection across capgate instances sharing one Redis (DESIGN.md
-// section 4: "Nonce replay as upstream"). Two instances behind one Host (as a load balancer
-// passes it): a signed request to A, the same bytes to B → B answers 4500 and upstream saw one
-// call; with and without limit rules (the claim rides in the limit EVALSHA, or is a lone SET NX);
-// the same request raced to A and B → exactly one code 0; and INFO commandstats shows a forwarded
-// request with limits still costs one limit EVALSHA, the claim adding one SET inside it.
+// nonce_redis.test.mjs: replay protection across capgate instances sharing one Redis
+// (docs/design.md "Gateway": "Nonce replay as upstream"). Two instances behind one Host (as a load
+// balancer passes it): a signed request to A, the same bytes to B → B answers 4500 and upstream saw
+// one call; with and without limit rules (the claim rides in the limit EVALSHA, or is a lone SET
+// NX); the same request raced to A and B → exactly one code 0; and INFO commandstats shows a
+// forwarded request with limits still costs one limit EVALSHA, the claim adding one SET inside it.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, nextNonce, request, sign, waitFor, SEED_PARAMS } from './lib/harness.mjs';

@@ -352,8 +352,8 @@ static void random_record(struct audit_record *r) {
     random_string(r->url_sha256, sizeof(r->url_sha256));
 }
 
-/* What audit_record_json printed when it built a jansson object (DESIGN.md 4.2 order, null for
- * an absent optional value, the time through gmtime_r) and dumped it compact. */
+/* What audit_record_json printed when it built a jansson object (docs/design.md "Audit" order, null
+ * for an absent optional value, the time through gmtime_r) and dumped it compact. */
 static char *reference_json(const struct audit_record *r) {
     time_t s = (time_t)(r->ts_us / 1000000);
     struct tm tm;

@@ -1,7 +1,7 @@
-// cache.mjs: helpers for the prefetch pool and Idempotency-Key tests (DESIGN.md 4.4): the pool
-// profile used throughout, readiness on capgate_pool_depth, the mock's CaptchaIframeQuery journal,
-// "did the mock issue this url" through /__admin/solve, audit and stats counts on the admin
-// listener; and the two suites the test files run on a store: poolSuite (pool_memory,
+// cache.mjs: helpers for the prefetch pool and Idempotency-Key tests (docs/design.md "Caches"): the
+// pool profile used throughout, readiness on capgate_pool_depth, the mock's CaptchaIframeQuery
+// journal, "did the mock issue this url" through /__admin/solve, audit and stats counts on the
+// admin listener; and the two suites the test files run on a store: poolSuite (pool_memory,
 // pool_redis) and idemSuite (idem_memory, idem_redis). Every wait is bounded.
 import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';

@@ -257,8 +257,8 @@ export async function journal(mock) {
   return list;
 }
 
-/** A journal entry's signature verdict ("ok" / "bad"): field "signature" (DESIGN.md section 3's
- * "signature verdict"), "verdict" in older drafts. */
+/** A journal entry's signature verdict ("ok" / "bad"): field "signature" (docs/design.md
+ * "capgate-mock"), "verdict" in older drafts. */
 export const verdict = (e) => e.signature ?? e.verdict;
 
 /** Resets the mock (journal, faults, nonces, URLs, tickets) and checks the journal is empty. */

@@ -15,7 +15,7 @@ export const BUILD_DIR = process.env.CAPGATE_BUILD_DIR || path.join(SOURCE_DIR, 
 export const MOCK_BIN = process.env.CAPGATE_MOCK_BIN || path.join(BUILD_DIR, 'capgate-mock');
 export const CAPGATE_BIN = process.env.CAPGATE_BIN || path.join(BUILD_DIR, 'capgate');
 
-// The mock's documented default credential (DESIGN.md section 3).
+// The mock's documented default credential (docs/design.md "capgate-mock").
 export const MOCK_SECRET_ID = 'AKIDcapgateMockTestKey00000000000000';
 export const MOCK_SECRET_KEY = 'capgate-mock-secret';
 
@@ -264,7 +264,7 @@ export function parseRawResponse(text) {
   return { status: Number(statusLine.split(' ')[1]), headers, body, json };
 }
 
-// ---- API 2.0 signing, written from the protocol description (DESIGN.md section 2) ----
+// ---- API 2.0 signing, written from the protocol description (docs/design.md "Protocol") ----
 
 /** The string to sign: METHOD host path ? sorted params (no Signature), '_' → '.' past pos 0. */
 export function stringToSign(method, host, pathname, params) {
