@@ -37,7 +37,7 @@ git -C "$src" ls-files -z |
   tar -C "$src" --null -T - -cf - | tar -C "$copy" -xf -
 echo "check-standalone: $(git -C "$src" ls-files | wc -l) tracked files copied to $copy"
 
-# The copy's parent holds nothing else, so a path such as ../shared/ cannot resolve.
+# The copy's parent holds nothing else, so a path that climbs out of the checkout finds nothing.
 others=$(find "$outer" -mindepth 1 -maxdepth 1 ! -name capgate)
 if [[ -n $others ]]; then
   echo "check-standalone: FAIL: $outer holds more than the copy: $others"
