@@ -8,13 +8,17 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 import { startMock, startRedis, waitFor, tmpDir, Proc } from './lib/harness.mjs';
 import { startGateway, gwCall, journal, resetMock, assertApiReply, APPS } from './lib/gateway.mjs';
 import { runLoad, tokenRequest, summary } from './lib/load.mjs';
+import { spooledAudit } from './lib/auditlog.mjs';
 
 const REDIS_TIMEOUT_MS = 100;
 const UPSTREAM_TIMEOUT_MS = 1500; // gatewayConfig's upstream.timeout_ms
-// No hanging: a reply within the Redis timeout plus the upstream's, plus slack for a noisy machine.
+// No hanging: by the gateway's own clock (audit latency_us), a reply within the Redis timeout plus
+// the upstream's, plus slack for a noisy machine. The client only bounds its wait (runLoad's 5 s
+// per request), so a request that hangs still fails as a transport error.
 const MAX_REPLY_MS = REDIS_TIMEOUT_MS + UPSTREAM_TIMEOUT_MS + 1000;
 // Enough in flight that the offered load stays far above the rule even if each request waits out
 // the Redis timeout while it is down.
@@ -52,6 +56,22 @@ async function withOutageSetup(mode, fn) {
   }
 }
 
+/**
+ * The gateway's audit records of the outage load (spooled to disk while Redis is down): every reply
+ * of r has one, none took longer than MAX_REPLY_MS by the gateway's clock. Returns them and the
+ * span of their arrival times in seconds.
+ */
+async function outageRecords(gw, r, businessId) {
+  const recs = await spooledAudit(path.join(gw.dir, 'spool'), {
+    filter: (x) => x.businessId === businessId, count: r.replies,
+  });
+  assert.equal(recs.length, r.replies, `one spooled audit record per reply: ${recs.length} for ${summary(r)}`);
+  const slowest = Math.max(...recs.map((x) => x.latency_us)) / 1000;
+  assert.ok(slowest <= MAX_REPLY_MS, `slowest reply ${slowest} ms (gateway's clock) <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
+  const ts = recs.map((x) => x.tsMs);
+  return { recs, spanS: (Math.max(...ts) - Math.min(...ts)) / 1000 };
+}
+
 /** Through Redis first: the rule limits a burst and its key exists in Redis. */
 async function enforcedThroughRedis(gw, redis, prefix) {
   const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '1', sceneId: '1' }), concurrency: 4, count: 40 });
@@ -76,11 +96,13 @@ test('on_store_error local: with Redis killed, in-process buckets keep enforcing
     const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '2', sceneId: '2' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 3000 });
     t.diagnostic(`during the outage: ${summary(r)}`);
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
-    assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
     assert.equal(r.admitted + (r.codes['4400'] || 0), r.replies, `only 0 (admitted) and 4400 (limited) during the outage: ${summary(r)}; samples ${JSON.stringify(r.samples)}`);
-    const secs = r.elapsedMs / 1000;
+    // The time the gateway saw requests over (their audit arrival times), not the client's 3 s.
+    const { spanS: secs } = await outageRecords(gw, r, 2);
     const expected = RULE.burst + RULE.rate * secs;
-    // Loose: the rule still limits (far below the offered load) and roughly at its rate.
+    // Loose: the rule still limits (far below the offered load) and roughly at its rate. A local
+    // decision may come up to redis.timeout_ms after its arrival (the store is tried first): one
+    // token at 10/s, inside the + 3.
     assert.ok(r.replies >= 3 * expected, `offered load ${r.replies} >= 3x the limit ${expected.toFixed(1)}: ${summary(r)}`);
     assert.ok(r.admitted <= expected + 3, `admitted ${r.admitted} <= burst + rate × ${secs.toFixed(2)} s + 3 = ${(expected + 3).toFixed(1)}: ${summary(r)}`);
     assert.ok(r.admitted >= RULE.burst + RULE.rate * secs * 0.5, `admitted ${r.admitted} >= burst + half the rate × time: ${summary(r)}`);
@@ -94,12 +116,12 @@ test('on_store_error allow: with Redis killed, every request is admitted', async
   await withOutageSetup('allow', async ({ gw, redis, prefix }) => {
     await enforcedThroughRedis(gw, redis, prefix);
     await killRedis(redis);
-    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '1', sceneId: '1' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 2000 });
+    const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '5', sceneId: '5' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 2000 });
     t.diagnostic(`during the outage: ${summary(r)}`);
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
-    assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
     assert.equal(r.admitted, r.replies, `all admitted: ${summary(r)}; samples ${JSON.stringify(r.samples)}`);
-    const limit = RULE.burst + RULE.rate * (r.elapsedMs / 1000);
+    const { spanS } = await outageRecords(gw, r, 5);
+    const limit = RULE.burst + RULE.rate * spanS;
     assert.ok(r.admitted > 2 * limit, `more admitted (${r.admitted}) than the rule would allow (${limit.toFixed(1)}): the limit is not applied: ${summary(r)}`);
   });
 });
@@ -112,7 +134,7 @@ test('on_store_error deny: with Redis killed, every request is refused with 6200
     const r = await runLoad({ spec: tokenRequest(gw, APPS.token, { businessId: '3', sceneId: '3' }), concurrency: OUTAGE_CONCURRENCY, durationMs: 2000 });
     t.diagnostic(`during the outage: ${summary(r)}`);
     assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
-    assert.ok(r.maxMs <= MAX_REPLY_MS, `slowest reply ${Math.round(r.maxMs)} ms <= ${MAX_REPLY_MS} ms: ${summary(r)}`);
+    await outageRecords(gw, r, 3);
     assert.ok(r.replies >= 20, `enough requests: ${summary(r)}`);
     assert.deepEqual(Object.keys(r.codes), ['6200'], `every reply is 6200: ${summary(r)}; samples ${JSON.stringify(r.samples)}`);
     const one = await gwCall(gw, { app: APPS.token, params: { captchaType: '1', disturbLevel: '1', isHttps: '1', clientType: '2', accountType: '0', businessId: '3' } });

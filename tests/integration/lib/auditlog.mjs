@@ -4,6 +4,8 @@
 // about timing assert on them rather than on how long the client waited, which on a loaded
 // machine includes time the client itself spent descheduled.
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { waitFor } from './harness.mjs';
 
 /**
@@ -32,4 +34,28 @@ export async function auditOf(gw, replies, { timeoutMs = 10000 } = {}) {
     const rec = found.get(id);
     return { ...rec, tsMs: Date.parse(rec.ts) };
   });
+}
+
+/**
+ * The audit records a gateway has written to JSONL files in dir (its spool segments while Redis
+ * is unreachable, or audit.jsonl), each with `tsMs` added, oldest file first; a line still being
+ * written is skipped. `filter(rec)` picks records. Waits (bounded) until at least `count` match.
+ */
+export async function spooledAudit(dir, { filter = () => true, count = 0, timeoutMs = 10000 } = {}) {
+  let recs = [];
+  const read = () => {
+    const files = fs.existsSync(dir) ? fs.readdirSync(dir).filter((f) => f.endsWith('.jsonl')).sort() : [];
+    recs = [];
+    for (const f of files) {
+      for (const line of fs.readFileSync(path.join(dir, f), 'utf8').split('\n')) {
+        let rec;
+        try { rec = JSON.parse(line); } catch { continue; }
+        if (filter(rec)) recs.push({ ...rec, tsMs: Date.parse(rec.ts) });
+      }
+    }
+    return recs.length >= count;
+  };
+  await waitFor(read, { timeoutMs, intervalMs: 100, what: `${count} audit records in ${dir}` })
+    .catch((e) => { throw new Error(`${e.message} (have ${recs.length})`); });
+  return recs;
 }
