@@ -90,24 +90,24 @@ export const summary = (r) => JSON.stringify({ sent: r.sent, replies: r.replies,
   errors: r.errors, maxMs: Math.round(r.maxMs), elapsedMs: r.elapsedMs });
 
 /**
- * How many of the requests that reached a rule at timesUs (µs, ascending, the server's clock) a
- * token bucket of `burst` tokens refilled at `rate` per `periodS` admits, starting full. Written
- * as a token count, not as limit.c's GCRA, so the tests compare the gateway with the rule as the
- * configuration documents it rather than with a copy of its own arithmetic.
+ * The verdicts (true: admitted) a token bucket of `burst` tokens refilled at `rate` per `periodS`
+ * gives requests that reached it at timesUs (µs, ascending, the server's clock), starting full.
+ * Written as a token count, not as limit.c's GCRA, so the tests compare the gateway with the rule
+ * as the configuration documents it rather than with a copy of its own arithmetic.
  */
-export function tokenBucketAdmits(timesUs, { rate, periodS = 1, burst = rate }) {
+export function tokenBucketVerdicts(timesUs, { rate, periodS = 1, burst = rate }) {
   const perUs = rate / (periodS * 1e6);
   let tokens = burst;
   let last = timesUs.length ? timesUs[0] : 0;
-  let admitted = 0;
-  for (const t of timesUs) {
+  return timesUs.map((t) => {
     tokens = Math.min(burst, tokens + Math.max(0, t - last) * perUs);
     last = Math.max(last, t);
     // A hair of slack for the float sum: a token due at t is there at t.
-    if (tokens >= 1 - 1e-9) {
-      tokens -= 1;
-      admitted++;
-    }
-  }
-  return admitted;
+    if (tokens < 1 - 1e-9) return false;
+    tokens -= 1;
+    return true;
+  });
 }
+
+/** How many of those requests the bucket admits (tokenBucketVerdicts). */
+export const tokenBucketAdmits = (timesUs, rule) => tokenBucketVerdicts(timesUs, rule).filter(Boolean).length;
