@@ -168,14 +168,16 @@ test('SIGHUP: the log names every section that changed (pool, idempotency, demo,
 });
 
 test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exit 0', async () => {
-  const gw = await gateway();
+  const gw = await gateway({ config: { upstream: { timeout_ms: 10000 } } });
   const ready = await gw.admin('/readyz');
   assert.equal(ready.status, 200, `readyz before: ${ready.status}`);
-  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 800 });
+  // Long enough that the poll below sees the call held even on a loaded machine.
+  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 2000 });
   const inflight = gwCall(gw, { app: APPS.token, timeoutMs: 10000 });
-  // The request is now waiting on the mock's 800 ms delay.
-  await new Promise((r) => setTimeout(r, 100));
-  const t0 = Date.now();
+  // Wait until the mock holds the call (its delayed calls not yet ended), not for a nominal
+  // 100 ms: on a loaded machine the request may not even have reached the gateway by then.
+  await waitFor(async () => (await request(`${mock.url}/__admin/health`)).json?.pending >= 1,
+    { timeoutMs: 5000, what: 'the call pending at the mock' });
   gw.proc.signal('SIGTERM');
   let readyz;
   try {
@@ -192,8 +194,9 @@ test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exi
   const exit = await Promise.race([gw.proc.exited, new Promise((res) => { timer = setTimeout(() => res('timeout'), 8000); })]);
   clearTimeout(timer);
   assert.notEqual(exit, 'timeout', 'capgate did not exit within 8 s of SIGTERM');
+  // The drain waited for the request in flight: it was at the mock when SIGTERM came, and its
+  // full code-0 reply (above) could only come from a gateway still serving it.
   assert.deepEqual(exit, { code: 0, signal: null }, `exit status; stderr: ${gw.proc.stderr}`);
-  assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
 });
 
 test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent; an unknown one is "unknown"', async () => {
