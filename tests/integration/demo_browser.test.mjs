@@ -165,7 +165,9 @@ test('demo false: /demo and its calls are 404 like any unknown admin path', asyn
 
 test('a browser that leaves mid-call gets no reply, and the admin listener keeps serving', async () => {
   await resetMock(mock);
-  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 600, times: 1 });
+  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 1500, times: 1 });
+  // The browser leaves once the mock holds the call (its pending count), not after a nominal
+  // 200 ms: on a loaded machine the call may not have reached the mock by then.
   await new Promise((resolve, reject) => {
     const req = http.request(`${gw.adminUrl}/demo/api/iframe`, {
       method: 'POST', headers: { 'content-type': 'application/json' }, agent: false,
@@ -173,13 +175,15 @@ test('a browser that leaves mid-call gets no reply, and the admin listener keeps
     req.on('error', (e) => (e.code === 'ECONNRESET' ? resolve() : reject(e)));
     req.on('response', () => reject(new Error('a reply came before the browser left')));
     req.end('{}');
-    setTimeout(() => { req.destroy(); resolve(); }, 200);
+    waitFor(async () => (await request(`${mock.url}/__admin/health`)).json?.pending >= 1,
+      { timeoutMs: 5000, what: 'the demo call pending at the mock' })
+      .then(() => { req.destroy(); resolve(); }, reject);
   });
   // The abandoned call completes upstream; its reply is dropped.
   await waitFor(async () => (await journal(mock)).some((e) => e.action === 'CaptchaIframeQuery' && e.fault),
-    { timeoutMs: 3000, what: 'the delayed call in the journal' });
+    { timeoutMs: 10000, what: 'the delayed call in the journal' });
   await waitFor(async () => (await gw.metrics()).get('capgate_inflight_requests') === 0,
-    { timeoutMs: 3000, what: 'the abandoned front call finished' });
+    { timeoutMs: 10000, what: 'the abandoned front call finished' });
   const r = await postJson('/demo/api/iframe', '{}');
   assert.equal(r.status, 200, r.body);
   assert.equal(r.json?.code, 0, r.body);
@@ -190,14 +194,16 @@ test('a failed front call is a 502 naming the problem (front listener closed by 
   // A gateway of its own. A slow upstream call keeps it draining after SIGTERM: the front
   // listener is closed at once, the admin listener still answers until the drain ends.
   await resetMock(mock);
-  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 1500, times: 1 });
-  const g2 = await startGateway({ mock, config: { demo: true, upstream: { timeout_ms: 4000 } } });
+  // The delay is the window in which the admin listener must still answer: generous, so the
+  // steps below fit in it on a loaded machine.
+  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 3000, times: 1 });
+  const g2 = await startGateway({ mock, config: { demo: true, upstream: { timeout_ms: 8000 } } });
   try {
-    const slow = gwCall(g2, { app: APPS.token, timeoutMs: 8000 });
-    await waitFor(async () => (await g2.metrics()).get('capgate_inflight_requests') >= 1,
-      { timeoutMs: 3000, what: 'the slow call in flight' });
+    const slow = gwCall(g2, { app: APPS.token, timeoutMs: 12000 });
+    await waitFor(async () => (await request(`${mock.url}/__admin/health`)).json?.pending >= 1,
+      { timeoutMs: 5000, what: 'the slow call pending at the mock' });
     g2.proc.signal('SIGTERM');
-    await waitFor(() => frontRefuses(g2.port), { timeoutMs: 1000, what: 'front listener closed' });
+    await waitFor(() => frontRefuses(g2.port), { timeoutMs: 2000, what: 'front listener closed' });
     const r = await request(`${g2.adminUrl}/demo/api/iframe`, {
       method: 'POST', body: '{}', headers: { 'content-type': 'application/json' }, timeoutMs: 5000,
     });
