@@ -165,7 +165,9 @@ test('demo false: /demo and its calls are 404 like any unknown admin path', asyn
 
 test('a browser that leaves mid-call gets no reply, and the admin listener keeps serving', async () => {
   await resetMock(mock);
-  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 1500, times: 1 });
+  // Below the gateway's upstream timeout_ms (1500 ms): a call it gave up on would never reach the
+  // journal (the mock records a delayed call when it answers).
+  await addFault(mock, { action: 'CaptchaIframeQuery', delay_ms: 1000, times: 1 });
   // The browser leaves once the mock holds the call (its pending count), not after a nominal
   // 200 ms: on a loaded machine the call may not have reached the mock by then.
   await new Promise((resolve, reject) => {
