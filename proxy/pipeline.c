@@ -367,7 +367,8 @@ static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
     char err[256];
     enum v2_action action = ctx->rec.action_id;
     if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0)
-        return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+        return ctx_error(ctx, validate_error_code(action, &ctx->params), PIPELINE_INVALID, 0, 0,
+                         "%s", err);
     const struct v2_fields *f = &ctx->fields;
     struct pipeline_record *rec = &ctx->rec;
     rec->has_business_id = f->has_business_id;
