@@ -309,10 +309,12 @@ static void test_request_errors(void **state) {
         {IFQ, IFRAME_MIN "&appId=", "accountType", "2",
          "appId is required when accountType is 1 or 2"},
         /* Bad userIp: empty, too long, not printable ASCII. */
-        {IFQ, IFRAME_MIN, "userIp", "", "userIp must be 1 to 64 printable ASCII characters; got \"\""},
+        {IFQ, IFRAME_MIN, "userIp", "",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\""},
         {CHK, CHECK_MIN, "userIp", "",
          "userIp must be 1 to 64 printable ASCII characters; got \"\""},
-        {CQ, QUERY_MIN, "userIp", "", "userIp must be 1 to 64 printable ASCII characters; got \"\""},
+        {CQ, QUERY_MIN, "userIp", "",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\""},
         {CHK, CHECK_MIN, "userIp",
          "12345678901234567890123456789012345678901234567890123456789012345", /* 65 */
          "userIp must be 1 to 64 printable ASCII characters; got "
