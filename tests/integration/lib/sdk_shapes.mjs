@@ -224,13 +224,14 @@ function buildJava(baseUrl, opts) {
   const signMethod = map.get('SignatureMethod') === 'HmacSHA256' ? 'HmacSHA256' : 'HmacSHA1';
   map.set('Signature', hmac(signMethod, opts.secretKey, text));
   const list = sorted();
-  // HttpURLConnection sends the SDK's three headers first (its own spelling), then what it adds.
-  const common = [['accept', '*/*'], ['connection', 'Keep-Alive'],
-    ['user-agent', 'Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1;SV1)']];
+  // The SDK sets accept, connection and user-agent; HttpURLConnection drops its "connection"
+  // (a restricted header) and sends its own after Host, as a JDK 17 was seen to do.
+  const common = [['accept', '*/*'], ['user-agent', 'Mozilla/4.0 (compatible; MSIE 6.0; Windows NT 5.1;SV1)']];
   if (method === 'GET') {
     // Names as they are, values through URLEncoder.
     const q = encodePairs(list, javaUrlEncode, false);
-    return { u, method, path: `${path}?${q}`, headers: [...common, ['Host', host]], body: undefined, params: list };
+    return { u, method, path: `${path}?${q}`, headers: [...common, ['Host', host], ['Connection', 'keep-alive']],
+      body: undefined, params: list };
   }
   // multipart/form-data, every value raw: each part is CRLF "--" boundary CRLF, one
   // Content-Disposition line, an empty line and the value; the body so starts with a CRLF and
@@ -243,7 +244,7 @@ function buildJava(baseUrl, opts) {
   const buf = Buffer.from(body, 'utf8');
   return { u, method, path, body: buf,
     headers: [...common, ['Content-Type', `multipart/form-data; boundary=${boundary}`], ['Host', host],
-      ['Content-Length', String(buf.length)]],
+      ['Connection', 'keep-alive'], ['Content-Length', String(buf.length)]],
     params: list };
 }
 
@@ -261,6 +262,8 @@ function send(req, { ca, verify, timeoutMs = 10000 }) {
       res.on('end', () => resolve(reply(res, Buffer.concat(chunks).toString('utf8'))));
       res.on('error', reject);
     });
+    // Node would add "Connection: close" (agent false); Python and PHP send no Connection header.
+    if (!req.headers.some(([k]) => k.toLowerCase() === 'connection')) r.removeHeader('Connection');
     r.setTimeout(timeoutMs, () => r.destroy(new Error(`request to ${req.u.host} timed out`)));
     r.on('error', reject);
     r.end(req.body);
