@@ -123,7 +123,7 @@ static void fake_handler(struct httpd_req *req, void *arg)
     }
 }
 
-static void fake_start(struct fake *f, SSL_CTX *server_tls)
+static void fake_start(struct fake *f, struct tls_server *server_tls)
 {
     char err[256];
 
@@ -933,6 +933,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
 {
     char err[256];
     SSL_CTX *server = tls_server_ctx_new(g_cert, g_key, err, sizeof(err));
+    struct tls_server *server_ts;
     SSL_CTX *client;
     struct fake f;
     struct upstream_options o;
@@ -944,7 +945,9 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     client = tls_client_ctx_new(tc->ca, 1, err, sizeof(err));
     if (!client)
         fail_msg("client ctx: %s", err);
-    fake_start(&f, server);
+    server_ts = tls_server_wrap(SSL_CTX_up_ref(server) == 1 ? server : NULL);
+    assert_non_null(server_ts);
+    fake_start(&f, server_ts);
     plain_options(&o, f.port);
     o.tls = 1;
     o.ssl_ctx = client;
@@ -970,6 +973,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     upstream_free(u);
     fake_stop(&f);
     SSL_CTX_free(client);
+    tls_server_free(server_ts);
     SSL_CTX_free(server);
 }
 
