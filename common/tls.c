@@ -3,6 +3,7 @@
 #include "capgate/tls.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -55,6 +56,16 @@ SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *e
     if (!cert_file || !key_file) {
         snprintf(err, errlen, "a TLS listener needs both a certificate and a key file");
         goto fail;
+    }
+    /* OpenSSL says only "system lib" for a file it cannot open */
+    for (int i = 0; i < 2; i++) {
+        const char *file = i ? key_file : cert_file;
+        FILE *f = fopen(file, "r");
+        if (!f) {
+            snprintf(err, errlen, "cannot open %s: %s", file, strerror(errno));
+            goto fail;
+        }
+        fclose(f);
     }
     ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
