@@ -663,30 +663,28 @@ static void forward_done(const struct upstream_result *r, void *arg) {
     pipeline_resume(ctx, STAGE_NEXT);
 }
 
-static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
+/* The parameters of one upstream attempt, from the request's own (kept for its life): every
+ * attempt, a retry included, gets a fresh Timestamp, Nonce and Signature. */
+static char *forward_sign(void *arg) {
+    struct pipeline_ctx *ctx = arg;
     const struct config_upstream *up = &ctx->w->boot->upstream;
     struct params out;
     char *encoded = NULL;
-    enum stage_result res;
-
     params_init(&out);
     if (pipeline_upstream_params(&ctx->params, up, clock_wall_us() / 1000000,
-                                 pipeline_random(ctx->w), &out) != 0 ||
-        !(encoded = params_encode(&out))) {
-        res = ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0,
-                        "the upstream request could not be built");
-        goto out;
-    }
-    if (upstream_call(ctx->w->upstream, up->post ? "POST" : "GET", encoded, forward_done, ctx) != 0) {
-        res = ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
-                        "the upstream call could not be started");
-        goto out;
-    }
-    res = STAGE_PENDING;
-out:
-    free(encoded);
+                                 pipeline_random(ctx->w), &out) == 0)
+        encoded = params_encode(&out);
     params_cleanup(&out);
-    return res;
+    return encoded;
+}
+
+static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
+    const struct config_upstream *up = &ctx->w->boot->upstream;
+    if (upstream_call_signed(ctx->w->upstream, up->post ? "POST" : "GET", forward_sign,
+                             forward_done, ctx) != 0)
+        return ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
+                         "the upstream call could not be started");
+    return STAGE_PENDING;
 }
 
 struct pipeline_stage {
