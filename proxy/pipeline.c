@@ -351,11 +351,17 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
         .path = ctx->req->path,
         .now_s = clock_wall_us() / 1000000,
     };
-    if (auth_authenticate(ctx->config, ctx->w->nonces, &ar, &r) != 0)
+    if (auth_authenticate(ctx->config, ctx->w->nonces, &ar, &r) != 0) {
+        /* who failed: the app the SecretId belongs to, or else the SecretId itself, so an
+         * operator can find a misconfigured client */
+        const char *sid = params_get(&ctx->params, "SecretId");
+        if (r.claimed) copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.claimed->name);
+        else if (!r.bearer && sid) copy_str(ctx->rec.secret_id, sizeof(ctx->rec.secret_id), sid);
         return ctx_error(ctx, r.code,
                          r.code == APIERR_INVALID_PARAMETER ? PIPELINE_INVALID
                                                             : PIPELINE_UNAUTHORIZED,
                          0, 0, "%s", r.message);
+    }
     ctx->app = r.app;
     ctx->has_nonce = r.has_nonce;
     ctx->nonce = r.nonce;
