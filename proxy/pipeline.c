@@ -32,6 +32,7 @@
 #include "limit.h"
 #include "metrics.h"
 #include "pool.h"
+#include "realip.h"
 #include "stats.h"
 #include "store.h"
 #include "upstream.h"
@@ -873,7 +874,10 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     params_init(&ctx->params);
     ctx->rec.ts_us = clock_wall_us();
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';
-    copy_str(ctx->rec.client_ip, sizeof(ctx->rec.client_ip), req->peer_ip);
+    /* the peer, or the client a trusted proxy names (config trusted_proxies) */
+    realip_client(ctx->config->trusted_proxies, ctx->config->n_trusted_proxies, req->peer_ip,
+                  req->headers, req->header_count, ctx->rec.client_ip,
+                  sizeof(ctx->rec.client_ip));
     ctx->rec.decision = PIPELINE_INVALID;
     w->live++;
     stats_inflight_add(w->stats, 1);
