@@ -430,7 +430,7 @@ out:
 /* Sends one CaptchaIframeQuery for the profile, signed per attempt. 0/-1. */
 static int pool_fetch_send(struct pool_fill *f) {
     const struct config_upstream *up = &f->r->w->boot->upstream;
-    return upstream_call_signed(f->r->w->upstream, up->post ? "POST" : "GET", pool_fetch_sign,
+    return upstream_call_signed(f->r->w->upstream, up->post ? "POST" : "GET", pool_fetch_sign, 0,
                                 pool_fetched, f);
 }
 
