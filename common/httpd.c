@@ -31,6 +31,7 @@
 #include "capgate/num.h"
 #include "capgate/poison.h"
 #include "capgate/strbuf.h"
+#include "capgate/tls.h"
 
 /* Room for "METHOD " and " HTTP/1.1" around the target when a request line has no end yet. */
 #define HTTPD_LINE_SLACK 64
@@ -61,7 +62,7 @@ struct httpd_listener {
     struct httpd_listener *next;
     struct httpd *h;
     struct evconnlistener *lev;
-    SSL_CTX *tls;  /* borrowed */
+    struct tls_server *tls;  /* borrowed */
 };
 
 struct httpd_conn;
@@ -1203,7 +1204,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
     conn_leave(c);
 }
 
-static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa, SSL_CTX *tls) {
+static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa,
+                     struct tls_server *tls) {
     const struct httpd_limits *lim = &h->lim;
     struct httpd_conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -1232,7 +1234,7 @@ static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa, S
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (tls) {
-        SSL *ssl = SSL_new(tls);
+        SSL *ssl = tls_server_ssl_new(tls);
         if (ssl) {
             c->bev = bufferevent_openssl_socket_new(h->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                     BEV_OPT_CLOSE_ON_FREE);
@@ -1296,8 +1298,8 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
     return h;
 }
 
-int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int reuseport,
-                 char *err, size_t errlen) {
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
+                 int reuseport, char *err, size_t errlen) {
     struct addrinfo hints, *res = NULL;
     struct httpd_listener *l = NULL;
     char portstr[16];

@@ -586,7 +586,7 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     }
     base_url(m->http_base, sizeof(m->http_base), "http", host, bound);
     if (opts->tls_listen) {
-        m->tls = tls_server_ctx_new(opts->tls_cert, opts->tls_key, lerr, sizeof(lerr));
+        m->tls = tls_server_new(opts->tls_cert, opts->tls_key, lerr, sizeof(lerr));
         if (!m->tls) {
             snprintf(err, errlen, "TLS: %s", lerr);
             goto fail;
@@ -612,7 +612,7 @@ void mock_free(struct mock *m) {
     if (!m) return;
     /* First the server: pending delayed/stalled calls are cancelled and free themselves. */
     if (m->httpd) httpd_free(m->httpd);
-    if (m->tls) SSL_CTX_free(m->tls);
+    tls_server_free(m->tls);
     etable_free(m->nonces);
     etable_free(m->urls);
     etable_free(m->tickets);

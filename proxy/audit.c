@@ -97,6 +97,7 @@ static const struct field_desc record_fields[] = {
     F_STR("request_id", request_id),
     F_STR("instance", instance),
     F_STR("app", app),
+    F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
@@ -209,6 +210,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
     copy_str(r->instance, sizeof(r->instance), instance);
     copy_str(r->app, sizeof(r->app), pr->app);
+    copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
     r->has_business_id = pr->has_business_id != 0;

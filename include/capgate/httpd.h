@@ -12,6 +12,7 @@
 
 struct event_base;
 struct httpd;
+struct tls_server;
 
 struct httpd_limits {
     size_t max_uri;              /* request-target bytes (default 8192) */
@@ -69,10 +70,10 @@ typedef void (*httpd_cancel_fn)(struct httpd_req *req, void *arg);
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
                         httpd_handler_fn handler, void *arg);
 /* Listens on host:port (port 0 picks one); tls borrowed (NULL for plain HTTP; the caller keeps
- * it alive); reuseport sets SO_REUSEPORT so several workers share the port. Returns the bound
+ * it alive; tls_server_reload on it changes the certificate of later handshakes); reuseport sets SO_REUSEPORT so several workers share the port. Returns the bound
  * port, or -1 with err set. May be called more than once (HTTP and HTTPS listeners). */
-int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int reuseport,
-                 char *err, size_t errlen);
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
+                 int reuseport, char *err, size_t errlen);
 /* Stops accepting and closes idle keep-alive connections; in-flight requests finish and their
  * connections close after the reply. */
 void httpd_stop_accepting(struct httpd *h);

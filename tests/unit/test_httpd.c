@@ -113,7 +113,7 @@ static void on_request(struct httpd_req *req, void *arg) {
     httpd_reply(req, status, "application/json", body, (size_t)n);
 }
 
-static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls) {
+static struct fixture *fixture_new(const struct httpd_limits *lim, struct tls_server *tls) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
     assert_non_null(f);
@@ -777,7 +777,9 @@ static void test_tls_listener(void **state) {
     assert_null(tls_server_ctx_new(tf.cert, "/nonexistent/key.pem", err, sizeof err));
     assert_true(strstr(err, "/nonexistent/key.pem") != NULL);
 
-    struct fixture *f = fixture_new(NULL, sctx);
+    struct tls_server *sts = tls_server_wrap(sctx);
+    assert_non_null(sts);
+    struct fixture *f = fixture_new(NULL, sts);
     SSL_CTX *noverify = tls_client_ctx_new(NULL, 0, err, sizeof err);
     assert_non_null(noverify);
     tls_roundtrip(f, noverify, "localhost", 0, 1);
@@ -794,7 +796,7 @@ static void test_tls_listener(void **state) {
     SSL_CTX_free(noverify);
     SSL_CTX_free(verify);
     fixture_free(f);
-    SSL_CTX_free(sctx);
+    tls_server_free(sts);
     unlink(tf.cert);
     unlink(tf.key);
 }
