@@ -28,12 +28,11 @@ after(async () => {
  */
 function gateway() {
   gwPromise ??= (async () => {
-    const c = certs();
-    const gw = await startGateway({ mock, config: { tls_listen: '127.0.0.1:0', tls: { cert_file: c.cert, key_file: c.key } } });
+    // tls: "tls_listen" on a run-time port with the test certificate (lib/gateway.mjs).
+    const gw = await startGateway({ mock, tls: true });
     gateways.push(gw);
-    const line = await gw.proc.waitLine(/^capgate listening on https:\/\//);
-    const base = line.replace(/^capgate listening on /, '').trim().replace(/\/$/, '');
-    return { gw, url: `${base}${API_PATH}` };
+    assert.ok(gw.httpsUrl, 'capgate printed its HTTPS listener');
+    return { gw, url: gw.httpsUrl };
   })();
   return gwPromise;
 }
