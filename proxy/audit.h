@@ -32,8 +32,8 @@ struct strbuf;
 #define AUDIT_QUERY_LIMIT_DEFAULT 100
 #define AUDIT_QUERY_LIMIT_MAX 1000
 
-#define AUDIT_PII_MAX 65
-#define AUDIT_SECRET_ID_MAX 129  /* an unknown SecretId, up to 128 bytes (cut at UTF-8) */   /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
+#define AUDIT_PII_MAX 65   /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
+#define AUDIT_SECRET_ID_MAX 129  /* an unknown SecretId: up to 128 bytes (cut at UTF-8) */
 
 /* One audit record: a self-contained copy (fixed-size buffers, no pointers), so it can cross
  * threads and outlive the request. Strings are valid UTF-8 and NUL-terminated; "" in an optional

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -1694,4 +1695,11 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);
+    for (size_t i = 0; i < c->n_trusted_proxies; i++) {
+        if (c->trusted_proxies[i].prefix != 0) continue;
+        snprintf(msg, sizeof msg, "trusted_proxies[%zu] is a /0 block: every %s client may set "
+                 "the client_ip it is audited under", i,
+                 c->trusted_proxies[i].addr.family == AF_INET ? "IPv4" : "IPv6");
+        warn(msg, arg);
+    }
 }

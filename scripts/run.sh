@@ -191,8 +191,9 @@ gateway_https_curl() {
 # would send it: the test certificate names csec.api.qcloud.com.
 gateway_resolve_curl() {
   local port=${gw_tls_addr##*:} host="csec.api.qcloud.com:${gw_tls_addr##*:}"
-  printf "curl -s --cacert '%s' --resolve 'csec.api.qcloud.com:%s:%s' 'https://%s/v2/index.php?%s'\n" \
-    "$cert_dir/ca.pem" "$port" "${gw_tls_addr%:*}" "$host" \
+  local fmt="curl -s --cacert '%s' --resolve 'csec.api.qcloud.com:%s:%s'"
+  fmt+=" 'https://%s/v2/index.php?%s'"
+  printf "$fmt\n" "$cert_dir/ca.pem" "$port" "${gw_tls_addr%:*}" "$host" \
     "$(signed_query GET "$host" /v2/index.php "$demo_web_id" "$demo_web_key" "${seed[@]}")"
 }
 
@@ -240,7 +241,8 @@ The same over the HTTPS front, verified against the test CA (./scripts/run.sh cu
   answered just now: $(answer "$https_cmd")
 
 And addressed as csec.api.qcloud.com, as an app with a hosts entry or internal DNS record for
-it would (the certificate's SAN includes the name; signed for csec.api.qcloud.com:${gw_tls_addr##*:}):
+it would (the certificate's SAN includes the name; signed for the Host
+csec.api.qcloud.com:${gw_tls_addr##*:}):
 
   $resolve_cmd
 

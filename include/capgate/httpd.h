@@ -70,8 +70,9 @@ typedef void (*httpd_cancel_fn)(struct httpd_req *req, void *arg);
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
                         httpd_handler_fn handler, void *arg);
 /* Listens on host:port (port 0 picks one); tls borrowed (NULL for plain HTTP; the caller keeps
- * it alive; tls_server_reload on it changes the certificate of later handshakes); reuseport sets SO_REUSEPORT so several workers share the port. Returns the bound
- * port, or -1 with err set. May be called more than once (HTTP and HTTPS listeners). */
+ * it alive; tls_server_reload on it changes the certificate of later handshakes); reuseport
+ * sets SO_REUSEPORT so several workers share the port. Returns the bound port, or -1 with err
+ * set. May be called more than once (HTTP and HTTPS listeners). */
 int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
                  int reuseport, char *err, size_t errlen);
 /* Stops accepting and closes idle keep-alive connections; in-flight requests finish and their

@@ -153,7 +153,7 @@ test('SIGHUP: the log names every section that changed (pool, idempotency, demo,
   from = gw.proc.stderr.length;
   await reload(changed);
   assert.match(gw.proc.stderr.slice(from),
-    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, demo or log_level/);
+    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo or log_level/);
 
   // warn hides the info line closing that reload; the next reload (back to info) shows its own
   from = gw.proc.stderr.length;
@@ -196,7 +196,7 @@ test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exi
   assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
 });
 
-test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent; an unknown one is "unknown"', async () => {
+test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent and the app the SecretId names; an unknown one is "unknown"', async () => {
   const gw = await gateway();
   assert.equal((await gwCall(gw, { app: APPS.sig, action: 'CaptchaCheck', secretKey: 'wrong' })).json?.code, 4100);
   const nonce = 424242;
@@ -204,8 +204,9 @@ test('capgate_requests_total: refusals before validation (4100, 4500) carry the 
   assert.equal((await gwCall(gw, { app: APPS.sig, nonce })).json?.code, 4500);
   assert.equal((await gwCall(gw, { app: APPS.token, action: 'Describe', token: 'not-a-token' })).json?.code, 4100);
   const want = [
-    [{ app: '-', action: 'CaptchaCheck', decision: 'unauthorized' }, 1],
-    [{ app: '-', action: 'CaptchaIframeQuery', decision: 'unauthorized' }, 1],
+    // who failed: a refused signed request counts under the app its SecretId names
+    [{ app: APPS.sig.name, action: 'CaptchaCheck', decision: 'unauthorized' }, 1],
+    [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'unauthorized' }, 1],
     [{ app: '-', action: 'unknown', decision: 'unauthorized' }, 1],
     [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'forwarded' }, 1],
   ];

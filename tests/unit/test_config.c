@@ -708,6 +708,11 @@ static void test_tls_front(void **state) {
     remove_dir(dir);
 }
 
+static void collect_warning(const char *msg, void *arg) {
+    char *seen = arg;
+    strncat(seen, msg, 2047 - strlen(seen));
+}
+
 static void test_trusted_proxies(void **state) {
     struct config *c = load_ok("{" UPSTREAM_OK ", \"trusted_proxies\": [\"10.0.0.0/8\", "
                                "\"192.168.1.7\", \"fd00::/8\", \"0.0.0.0/0\"]}");
@@ -726,6 +731,12 @@ static void test_trusted_proxies(void **state) {
     config_free(c);
     c = load_ok("{" UPSTREAM_OK "}");
     assert_int_equal(c->n_trusted_proxies, 0);
+    config_free(c);
+    /* a /0 block is allowed, and warned about */
+    c = load_ok("{" UPSTREAM_OK ", \"trusted_proxies\": [\"::/0\"]}");
+    char seen[2048] = "";
+    config_warnings(c, collect_warning, seen);
+    assert_non_null(strstr(seen, "trusted_proxies[0] is a /0 block: every IPv6 client"));
     config_free(c);
 }
 

@@ -801,6 +801,46 @@ static void test_tls_listener(void **state) {
     unlink(tf.key);
 }
 
+/* A listener's certificate is replaced for new handshakes; files that do not load leave the one
+ * in use. Each self-signed certificate is its own CA, so a client trusting only the first one
+ * tells the two apart. */
+static void test_tls_reload(void **state) {
+    struct tls_files a, b;
+    char err[256] = "";
+    tls_global_init();
+    write_self_signed(&a);
+    write_self_signed(&b);
+    struct tls_server *ts = tls_server_new(a.cert, a.key, err, sizeof err);
+    if (!ts) fail_msg("tls_server_new: %s", err);
+    struct fixture *f = fixture_new(NULL, ts);
+    SSL_CTX *trust_a = tls_client_ctx_new(a.cert, 1, err, sizeof err);
+    SSL_CTX *trust_b = tls_client_ctx_new(b.cert, 1, err, sizeof err);
+    assert_non_null(trust_a);
+    assert_non_null(trust_b);
+    tls_roundtrip(f, trust_a, "localhost", 1, 1);
+    tls_roundtrip(f, trust_b, "localhost", 1, 0);
+
+    /* a key that is not the certificate's, and a missing file: refused, a stays */
+    assert_int_equal(tls_server_reload(ts, b.cert, a.key, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    assert_int_equal(tls_server_reload(ts, "/nonexistent/c.pem", b.key, err, sizeof err), -1);
+    assert_non_null(strstr(err, "/nonexistent/c.pem"));
+    tls_roundtrip(f, trust_a, "localhost", 1, 1);
+
+    assert_int_equal(tls_server_reload(ts, b.cert, b.key, err, sizeof err), 0);
+    tls_roundtrip(f, trust_b, "localhost", 1, 1);
+    tls_roundtrip(f, trust_a, "localhost", 1, 0);
+
+    SSL_CTX_free(trust_a);
+    SSL_CTX_free(trust_b);
+    fixture_free(f);
+    tls_server_free(ts);
+    unlink(a.cert);
+    unlink(a.key);
+    unlink(b.cert);
+    unlink(b.key);
+}
+
 static void test_reason_and_ipv6(void **state) {
     assert_string_equal(httpd_reason(200), "OK");
     assert_string_equal(httpd_reason(413), "Content Too Large");
@@ -837,6 +877,7 @@ int main(void) {
         cmocka_unit_test(test_free_cancels_pending),
         cmocka_unit_test(test_stop_accepting_drains),
         cmocka_unit_test(test_tls_listener),
+        cmocka_unit_test(test_tls_reload),
         cmocka_unit_test(test_reason_and_ipv6),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
