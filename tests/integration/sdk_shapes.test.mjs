@@ -139,6 +139,18 @@ for (const targetName of Object.keys(TARGETS)) {
   }
 }
 
+for (const shape of SHAPES) {
+  test(`${shape}: POST with HmacSHA256, at the mock and at the HTTPS front`, async () => {
+    for (const targetName of Object.keys(TARGETS)) {
+      const r = await call(targetName, shape, { params: { ...SEED_PARAMS }, method: 'POST', signatureMethod: 'HmacSHA256' });
+      assert.equal(r.sent.method, 'POST');
+      assert.ok(r.sent.params.some(([k, v]) => k === 'SignatureMethod' && v === 'HmacSHA256'), 'SignatureMethod sent');
+      assert.equal(jsonOf(r, targetName).code, 0, `${targetName}: ${r.body}`);
+      if (targetName === 'mock') await assertArrivedAsSent(r, 0);
+    }
+  });
+}
+
 // ---- what sets the shapes apart, checked at the mock ----
 
 test('python: Region left out when unset, SignatureMethod and RequestClient always, a Token sent', async () => {
