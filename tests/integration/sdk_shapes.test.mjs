@@ -229,3 +229,16 @@ test('a shape signed with a wrong key is refused with 4100 (the shapes really si
     assert.equal(jsonOf(r, shape).code, 4100, `${shape}: ${r.body}`);
   }
 });
+
+// Python sorts the names after turning '_' into '.', the other SDKs and the docs (接口鉴权.md:
+// sort in 2.1, rewrite in 2.2) before; both programs follow the docs. So a name with '_' whose
+// place changes (user_x: after userIp as sent, before it as user.x) fails the signature with the
+// Python SDK only. No captcha API name has a '_'; open, hence todo (reported, not failing the run).
+test('python: a name with "_" that sorts differently once rewritten (user_x, userIp)', {
+  todo: 'both programs sort before the rewrite, as the docs and PHP/Java/Node do; Python sorts after',
+}, async () => {
+  for (const targetName of Object.keys(TARGETS)) {
+    const r = await call(targetName, 'python', { params: { ...SEED_PARAMS, userIp: '203.0.113.7', user_x: '1' } });
+    assert.equal(jsonOf(r, targetName).code, 0, `${targetName}: ${r.body}`);
+  }
+});
