@@ -16,7 +16,11 @@ const QcloudApi = require('qcloudapi-sdk');
 
 export const SHAPES = Object.freeze(['python', 'php', 'java', 'node']);
 
-/** What each SDK sends when the app sets nothing: method, Region, Nonce range, RequestClient. */
+/**
+ * Each SDK's defaults: method, the Region configured when the app sets none (Python then leaves
+ * Region out; Node, with none configured, sends it empty), the Nonce range it draws from, its
+ * RequestClient, and whether it checks the server certificate.
+ */
 export const SHAPE_FACTS = Object.freeze({
   python: Object.freeze({ method: 'GET', region: undefined, nonceMin: 1n, nonceMax: (1n << 63n) - 1n,
     requestClient: 'SDK_PYTHON_2.0.15', verifiesTls: true }),
