@@ -251,7 +251,8 @@ static void stall_cancel(struct httpd_req *req, void *arg) {
     heap_call_free(c);
 }
 
-/* A stall keeps the call until the peer gives up; the cancel callback frees it. */
+/* A stall keeps the call until the peer gives up (closes, or shuts down its sending side:
+ * nothing will ever answer it); the cancel callback frees it. */
 static void stall(struct call *c) {
     char fault[64];
     faults_describe(&c->fault, fault, sizeof(fault));
@@ -261,6 +262,7 @@ static void stall(struct call *c) {
         c->timer = NULL;
     }
     httpd_set_cancel(c->req, stall_cancel, c);
+    httpd_cancel_on_eof(c->req);
 }
 
 static void delay_cancel(struct httpd_req *req, void *arg) { heap_call_free(arg); }

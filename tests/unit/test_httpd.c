@@ -27,7 +27,7 @@
 #include "capgate/httpd.h"
 #include "capgate/tls.h"
 
-enum handler_mode { MODE_REPLY, MODE_STALL, MODE_RESET, MODE_DROP };
+enum handler_mode { MODE_REPLY, MODE_STALL, MODE_STALL_EOF, MODE_LATER, MODE_RESET, MODE_DROP };
 
 /* What the handler saw of the last request (copied: the request is gone after the reply). */
 struct seen {
@@ -57,6 +57,8 @@ struct fixture {
     struct seen seen;
     struct httpd_req *stalled;
     int cancels;
+    struct event *later;   /* MODE_LATER: replies to the stalled request after later_ms */
+    int later_ms;
 };
 
 static void copy_str(char *dst, size_t n, const char *src) {
@@ -93,9 +95,18 @@ static void on_request(struct httpd_req *req, void *arg) {
 
     switch (f->mode) {
     case MODE_STALL:
+    case MODE_STALL_EOF:
         f->stalled = req;
         httpd_set_cancel(req, on_cancel, f);
+        if (f->mode == MODE_STALL_EOF) httpd_cancel_on_eof(req);
         return;
+    case MODE_LATER: {
+        f->stalled = req;
+        httpd_set_cancel(req, on_cancel, f);
+        struct timeval tv = {0, f->later_ms * 1000};
+        evtimer_add(f->later, &tv);
+        return;
+    }
     case MODE_RESET:
         httpd_reset(req);
         return;
@@ -113,6 +124,15 @@ static void on_request(struct httpd_req *req, void *arg) {
     httpd_reply(req, status, "application/json", body, (size_t)n);
 }
 
+static void later_cb(evutil_socket_t fd, short what, void *arg) {
+    struct fixture *f = arg;
+    struct httpd_req *req = f->stalled;
+    if (!req) return;
+    f->stalled = NULL;
+    httpd_set_cancel(req, NULL, NULL);
+    httpd_reply(req, 200, "application/json", "{\"later\":1}", 11);
+}
+
 static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
@@ -121,6 +141,8 @@ static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls)
     assert_non_null(f->base);
     f->h = httpd_new(f->base, lim, on_request, f);
     assert_non_null(f->h);
+    f->later = evtimer_new(f->base, later_cb, f);
+    assert_non_null(f->later);
     f->port = httpd_listen(f->h, "127.0.0.1", 0, tls, 0, err, sizeof err);
     if (f->port <= 0) fail_msg("httpd_listen: %s", err);
     return f;
@@ -128,6 +150,7 @@ static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls)
 
 static void fixture_free(struct fixture *f) {
     httpd_free(f->h);
+    event_free(f->later);
     event_base_free(f->base);
     free(f);
 }
@@ -255,6 +278,9 @@ static int closed(void *arg) {
 static int got_request(void *arg) {
     struct fixture *f = arg;
     return f->seen.count > 0;
+}
+static int no_connections(void *arg) {
+    return httpd_connections(arg) == 0;
 }
 static int got_cancel(void *arg) {
     struct fixture *f = arg;
@@ -541,12 +567,13 @@ static void test_errors(void **state) {
     expect_errors(f, "GARBAGE\r\n\r\n", 400, "request line");
     expect_errors(f, "GET / HTTP/1.1\r\nHost h\r\n\r\n", 400, "header line 1");
     expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400, "folding");
-    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400, "Content-Length");
-    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "0\r\n\r\n", 400, "both");
-    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
-                  "hexadecimal");
-    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12x\r\n\r\n", 400,
+                  "Content-Length");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "both");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                  400, "hexadecimal");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
                   "Transfer-Encoding");
     expect_errors(f, "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "HTTP/2.0");
     expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n", 408, "headers");
@@ -564,6 +591,86 @@ static void test_errors(void **state) {
     wait_replies(f, c, 1);
     assert_int_equal(status_of(c, 0), 200);
     client_free(c);
+    fixture_free(f);
+}
+
+/* Sends one request and expects a 200 whose body echo came through. */
+static void expect_ok(struct fixture *f, const char *data, size_t len, const char *body) {
+    struct client *c = client_new(f, f->port);
+    memset(&f->seen, 0, sizeof f->seen);
+    client_send(c, data, len);
+    wait_replies(f, c, 1);
+    if (f->seen.error_status)
+        fail_msg("unexpected %d (%s) for %.60s", f->seen.error_status, f->seen.error_message,
+                 data);
+    assert_int_equal(status_of(c, 0), 200);
+    if (body) assert_string_equal(f->seen.body, body);
+    client_free(c);
+}
+#define EXPECT_OK(f, lit, body) expect_ok(f, lit, sizeof(lit) - 1, body)
+#define EXPECT_400(f, lit, part) expect_error(f, lit, sizeof(lit) - 1, 400, part)
+
+/* RFC 9112: Host (3.2), Transfer-Encoding on HTTP/1.0 (6.1), Content-Length (6.3), chunk
+ * extensions (7.1.1). */
+static void test_framing_rfc9112(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+
+    EXPECT_400(f, "GET / HTTP/1.1\r\n\r\n", "must have a Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n", "must have a Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", "Host header is not");
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", NULL);
+    assert_string_equal(f->seen.host, "example.com");
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost:\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.0\r\n\r\n", NULL);
+
+    EXPECT_400(f, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+               "HTTP/1.0");
+    EXPECT_400(f, "POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+               "HTTP/1.0");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+                  "abc", "more than one Content-Length");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+                  "abcd", "more than one Content-Length");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
+               "Content-Length");
+
+    /* Chunk-size lines: a NUL, a bare CR, broken extensions. */
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\0garbage\r\nhello\r\n0\r\n\r\n", "chunk-size");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3;\rGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    assert_int_equal(f->seen.count, 1);
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\rx\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    static const char *const bad_ext[] = {
+        "3;", "3;=x", "3;a=", "3;a=\"open", "3;a=b c", "3;a b", "3 x", "3;a=\"x\"y",
+        "3;a=\"\x01\"", "3;a;", "3;a@b",
+    };
+    for (size_t i = 0; i < sizeof bad_ext / sizeof *bad_ext; i++) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+                         "chunked\r\n\r\n%s\r\nabc\r\n0\r\n\r\n", bad_ext[i]);
+        expect_error(f, req, (size_t)n, 400, "chunk-size");
+    }
+    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3;name=val;q=\"a \\\" b\";flag \r\nabc\r\n2 ; x = y\r\nde\r\n0\r\n\r\n", "abcde");
+    /* Trailer lines are header fields. */
+    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n", "abc");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\n0\r\nX-Sum\0: 1\r\n\r\n", "trailer");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\n0\r\nnot a field\r\n\r\n", "trailer");
     fixture_free(f);
 }
 
@@ -616,9 +723,77 @@ static void test_drop_gives_eof(void **state) {
     fixture_free(f);
 }
 
+/* The 1-in-3 race of issue 12: the client sends its request and shuts down its sending side;
+ * the reply comes from a later loop turn (as an upstream answer does), after the server saw the
+ * EOF. Every try must get the reply, then the close. */
+static void test_half_close_async_reply(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_LATER;
+    for (int i = 0; i < 90; i++) {
+        f->later_ms = i % 3 == 0 ? 0 : i % 3 == 1 ? 2 : 20;
+        struct client *c = client_new(f, f->port);
+        if (i % 2) {
+            client_sends(c, "GET /half HTTP/1.1\r\nHost: h\r\n\r\n");
+        } else {
+            client_sends(c, "POST /half HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
+        }
+        shutdown(c->fd, SHUT_WR);
+        if (!run_until(f->base, closed, c, 3000)) fail_msg("try %d: no close", i);
+        if (c->err != 0 || complete_replies(c) != 1 || status_of(c, 0) != 200)
+            fail_msg("try %d (reply after %d ms): err %d, %d replies: %.*s", i, f->later_ms,
+                     c->err, complete_replies(c), (int)c->len, c->buf);
+        assert_non_null(memmem(c->buf, c->len, "{\"later\":1}", 11));
+        assert_non_null(memmem(c->buf, c->len, "Connection: close\r\n", 19));
+        client_free(c);
+    }
+    assert_int_equal(f->cancels, 0);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    fixture_free(f);
+}
+
+/* A stalled request asked to end on EOF (the mock's stall) is cancelled by a half-close. */
+static void test_cancel_on_eof(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL_EOF;
+    for (int i = 0; i < 2; i++) {
+        f->cancels = 0;
+        f->seen.count = 0;
+        struct client *c = client_new(f, f->port);
+        client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+        /* First with the EOF after the handler asked, then with it already there. */
+        if (i == 0) assert_true(run_until(f->base, got_request, f, 3000));
+        shutdown(c->fd, SHUT_WR);
+        assert_true(run_until(f->base, got_cancel, f, 3000));
+        assert_true(run_until(f->base, closed, c, 3000));
+        assert_int_equal(c->len, 0);
+        assert_int_equal(httpd_inflight(f->h), 0);
+        client_free(c);
+    }
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    fixture_free(f);
+}
+
+/* Without it, a client's EOF leaves the request to its handler; a reset ends it. */
 static void test_cancel_on_client_close(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     f->mode = MODE_STALL;
+    struct client *e = client_new(f, f->port);
+    client_sends(e, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    client_free(e);
+    run_until(f->base, got_cancel, f, 200);
+    assert_int_equal(f->cancels, 0);
+    assert_int_equal(httpd_inflight(f->h), 1);
+    /* The handler answers at last; the write meets a closed peer and the connection goes. */
+    struct httpd_req *req = f->stalled;
+    f->stalled = NULL;
+    httpd_set_cancel(req, NULL, NULL);
+    httpd_reply(req, 200, "text/plain", "late", 4);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+
+    f->seen.count = 0;
     struct client *c = client_new(f, f->port);
     client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_true(run_until(f->base, got_request, f, 3000));
@@ -626,6 +801,8 @@ static void test_cancel_on_client_close(void **state) {
     /* The stalled request stays while the client waits. */
     run_until(f->base, got_cancel, f, 100);
     assert_int_equal(f->cancels, 0);
+    struct linger lg = {1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     client_free(c);
     assert_true(run_until(f->base, got_cancel, f, 3000));
     run_until(f->base, got_cancel, f, 50);
@@ -828,9 +1005,12 @@ int main(void) {
         cmocka_unit_test(test_chunked_body),
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_framing_rfc9112),
         cmocka_unit_test(test_half_close_gets_reply),
         cmocka_unit_test(test_reset_gives_econnreset),
         cmocka_unit_test(test_drop_gives_eof),
+        cmocka_unit_test(test_half_close_async_reply),
+        cmocka_unit_test(test_cancel_on_eof),
         cmocka_unit_test(test_cancel_on_client_close),
         cmocka_unit_test(test_free_cancels_pending),
         cmocka_unit_test(test_stop_accepting_drains),
