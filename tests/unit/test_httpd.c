@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -281,6 +283,9 @@ static int got_request(void *arg) {
 }
 static int no_connections(void *arg) {
     return httpd_connections(arg) == 0;
+}
+static int no_more_than_one(void *arg) {
+    return httpd_connections(arg) <= 1;
 }
 static int got_cancel(void *arg) {
     struct fixture *f = arg;
@@ -696,6 +701,160 @@ static void test_half_close_gets_reply(void **state) {
     fixture_free(f);
 }
 
+/* Runs the loop for ms whatever happens. */
+static int never(void *arg) { return 0; }
+static void spin(struct fixture *f, int ms) { run_until(f->base, never, NULL, ms); }
+
+/* Past max_connections a connection is accepted and closed at once; a freed slot serves the
+ * next one. Two servers given one budget count together. */
+static void test_max_connections(void **state) {
+    struct httpd_limits lim;
+    httpd_limits_default(&lim);
+    lim.max_connections = 2;
+    struct fixture *f = fixture_new(&lim, NULL);
+    struct client *a = client_new(f, f->port);
+    struct client *b = client_new(f, f->port);
+    client_sends(a, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, a, 1);
+    struct client *over = client_new(f, f->port);
+    assert_true(run_until(f->base, closed, over, 3000));
+    assert_int_equal(over->len, 0);
+    assert_int_equal(httpd_refused(f->h), 1);
+    assert_int_equal(httpd_connections(f->h), 2);
+    /* The open ones are still served. */
+    client_sends(b, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, b, 1);
+    client_free(over);
+    client_free(a);
+    assert_true(run_until(f->base, no_more_than_one, f->h, 3000));
+    struct client *next = client_new(f, f->port);
+    client_sends(next, "GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, next, 1);
+    assert_int_equal(status_of(next, 0), 200);
+    assert_int_equal(httpd_refused(f->h), 1);
+    client_free(next);
+    client_free(b);
+
+    /* One budget of 2 for this server and a second one on the same loop. */
+    struct httpd_budget budget;
+    httpd_budget_init(&budget, 2);
+    char err[256];
+    struct httpd *h2 = httpd_new(f->base, NULL, on_request, f);
+    assert_non_null(h2);
+    int port2 = httpd_listen(h2, "127.0.0.1", 0, NULL, 0, err, sizeof err);
+    assert_true(port2 > 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    httpd_set_budget(f->h, &budget);
+    httpd_set_budget(h2, &budget);
+    struct client *c1 = client_new(f, f->port);
+    struct client *c2 = client_new(f, port2);
+    client_sends(c1, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    client_sends(c2, "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, c1, 1);
+    wait_replies(f, c2, 1);
+    struct client *c3 = client_new(f, port2);
+    assert_true(run_until(f->base, closed, c3, 3000));
+    assert_int_equal(c3->len, 0);
+    assert_int_equal(httpd_refused(h2), 1);
+    assert_int_equal(atomic_load(&budget.open), 2);
+    client_free(c1);
+    client_free(c2);
+    client_free(c3);
+    assert_true(run_until(f->base, no_connections, h2, 3000));
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    assert_int_equal(atomic_load(&budget.open), 0);
+    httpd_free(h2);
+    fixture_free(f);
+}
+
+static int highest_fd(void) {
+    int max = -1;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int fd = atoi(e->d_name);
+        if (fd > max) max = fd;
+    }
+    closedir(d);
+    return max;
+}
+
+/* Out of descriptors: the server pauses accepting instead of spinning, logs the episode once,
+ * keeps serving the connection it has, and serves new ones by itself once descriptors free. */
+static void test_emfile_pauses_accepting(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *old = client_new(f, f->port);
+    client_sends(old, "GET /old HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, old, 1);
+    /* Idle clients, connected by the kernel and waiting in the listen queue. */
+    enum { IDLE = 12 };
+    struct client *idle[IDLE];
+    for (int i = 0; i < IDLE; i++) idle[i] = client_new(f, f->port);
+    struct rlimit saved, low;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = (rlim_t)highest_fd() + 1 + 8;
+    fflush(stderr);
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    int saved_err = dup(STDERR_FILENO);
+    assert_true(saved_err >= 0);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    /* Every free descriptor below the limit taken, then three given back: room for three
+     * accepted connections. */
+    static int filler[1024];
+    int nfill = 0;
+    while (nfill < 1024 && (filler[nfill] = dup(0)) >= 0) nfill++;
+    assert_true(nfill >= 3 && nfill < 1024);
+    for (int i = 0; i < 3; i++) close(filler[--nfill]);
+    dup2(fileno(log), STDERR_FILENO);
+
+    spin(f, 1200);
+    uint64_t errors = httpd_accept_errors(f->h);
+    size_t open = httpd_connections(f->h);
+    /* The old connection is served meanwhile. */
+    client_sends(old, "GET /again HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, old, 2);
+    assert_string_equal(f->seen.path, "/again");
+    static const char again[] = "{\"path\":\"/again\",\"status\":200}";
+    assert_non_null(memmem(old->buf, old->len, again, sizeof again - 1));
+
+    /* The idle clients go; their descriptors come back and the waiting ones are served. */
+    for (int i = 0; i < IDLE; i++) client_free(idle[i]);
+    assert_true(run_until(f->base, no_more_than_one, f->h, 3000));
+    struct client *fresh = client_new(f, f->port);
+    client_sends(fresh, "GET /fresh HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, fresh, 1);
+    assert_int_equal(status_of(fresh, 0), 200);
+    spin(f, 1100);   /* a second without failures ends the episode at the next accept */
+    client_free(fresh);
+    struct client *last = client_new(f, f->port);
+    client_sends(last, "GET /last HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, last, 1);
+    client_free(last);
+
+    for (int i = 0; i < nfill; i++) close(filler[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    dup2(saved_err, STDERR_FILENO);
+    close(saved_err);
+    char text[4096] = "";
+    size_t n = (size_t)pread(fileno(log), text, sizeof text - 1, 0);
+    text[n] = '\0';
+    fclose(log);
+
+    /* Failures stopped accepting: three descriptors taken, then one failure per 500 ms pause
+     * (a listener left enabled fails on every loop turn, thousands in 1.2 s). */
+    if (errors < 1 || errors > 5) fail_msg("%llu accept failures", (unsigned long long)errors);
+    assert_true(open >= 2 && open <= 5);
+    const char *warn = strstr(text, "accept failed: Too many open files");
+    if (!warn) fail_msg("no accept warning in: %s", text);
+    assert_null(strstr(warn + 1, "accept failed"));
+    assert_non_null(strstr(text, "accepting connections again (the warning occurred"));
+    client_free(old);
+    fixture_free(f);
+}
+
 static void test_reset_gives_econnreset(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     f->mode = MODE_RESET;
@@ -1007,6 +1166,8 @@ int main(void) {
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_framing_rfc9112),
         cmocka_unit_test(test_half_close_gets_reply),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_emfile_pauses_accepting),
         cmocka_unit_test(test_reset_gives_econnreset),
         cmocka_unit_test(test_drop_gives_eof),
         cmocka_unit_test(test_half_close_async_reply),
