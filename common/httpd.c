@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -162,6 +163,16 @@ void httpd_limits_default(struct httpd_limits *lim) {
 void httpd_budget_init(struct httpd_budget *b, size_t max) {
     atomic_init(&b->open, 0);
     b->max = max;
+}
+
+size_t httpd_default_max_connections(size_t reserve, size_t *limit) {
+    struct rlimit rl;
+    size_t n = 1024;   /* the usual soft limit, should getrlimit fail */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) n = (size_t)rl.rlim_cur;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0) n = (size_t)1 << 20;
+    if (limit) *limit = n;
+    size_t max = n >= 2 * reserve ? n - reserve : n / 2;
+    return max ? max : 1;
 }
 
 const char *httpd_reason(int status) {

@@ -553,6 +553,12 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     httpd_limits_default(&lim);
     lim.header_timeout_ms = opts->header_timeout_ms;
     lim.body_timeout_ms = opts->body_timeout_ms;
+    /* 32 descriptors kept for stdio, the listeners, the event loop and files. */
+    size_t nofile = 0;
+    lim.max_connections = opts->max_connections ? opts->max_connections
+                                                : httpd_default_max_connections(32, &nofile);
+    if (!opts->max_connections)
+        log_info("max_connections %zu (RLIMIT_NOFILE %zu)", lim.max_connections, nofile);
     m->httpd = httpd_new(base, &lim, handle, m);
     if (!m->httpd) {
         snprintf(err, errlen, "out of memory");

@@ -37,6 +37,10 @@ struct httpd_budget {
     size_t max;   /* 0: no limit */
 };
 void httpd_budget_init(struct httpd_budget *b, size_t max);
+/* The default max_connections: the soft RLIMIT_NOFILE minus reserve (the descriptors the
+ * program needs besides client connections), or half the limit when that would leave less than
+ * half; at least 1. *limit gets the RLIMIT_NOFILE it used (NULL: not wanted). */
+size_t httpd_default_max_connections(size_t reserve, size_t *limit);
 
 /* When accept() fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
  * server stops accepting for this long, then tries again, as nginx does: existing connections
