@@ -1459,10 +1459,11 @@ static void accept_timer_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* accept() failed with an error libevent does not retry by itself: EMFILE or ENFILE (out of
- * descriptors), ENOBUFS or ENOMEM. The listening socket stays readable, so accepting on would
- * spin a core and log each failure; instead this server stops accepting for
- * HTTPD_ACCEPT_PAUSE_MS and tries again, as nginx does (its accept_mutex_delay). Connections
- * already open are served meanwhile, and as they close the descriptors come back. */
+ * descriptors), ENOBUFS or ENOMEM (or anything else). The listening socket stays readable, so
+ * accepting on would spin a core and log each failure; instead this server stops accepting for
+ * HTTPD_ACCEPT_PAUSE_MS and tries again, as nginx does (ngx_event_accept.c: the accept events
+ * disabled, a timer of accept_mutex_delay). Connections already open are served meanwhile, and
+ * as they close the descriptors come back. */
 static void listener_error_cb(struct evconnlistener *lev, void *arg) {
     struct httpd_listener *l = arg;
     struct httpd *h = l->h;
