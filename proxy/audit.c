@@ -940,10 +940,15 @@ static int load_script(struct audit *a) {
     return rc;
 }
 
+/* One warning when reconnect attempts start failing (and when the error changes), a summary a
+ * minute while Redis stays down, one line when it is back. */
+static struct log_limiter sink_warning = LOG_LIMITER_INIT(60, 0);
+
 /* Spooling (or connecting): an error moves to spooling and schedules the next attempt. */
 static void sink_failed(struct audit *a, const char *what) {
     atomic_fetch_add(&a->redis_errors, 1);
-    log_warn("audit: redis: %s; spooling, next attempt in %u ms", what, a->backoff_ms);
+    log_limited(&sink_warning, LOG_LEVEL_WARN, "audit: redis: %s; spooling, next attempt in %u ms",
+                what, a->backoff_ms);
     sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
@@ -1486,6 +1491,7 @@ static void try_connect(struct audit *a) {
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0)
         free_names(names, n);
+    log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
     log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
 }

@@ -847,6 +847,7 @@ static const struct field http_fields[] = {
     NUM("header_timeout_ms", FK_UINT, struct config_http, header_timeout_ms, 1, MS_MAX),
     NUM("body_timeout_ms", FK_UINT, struct config_http, body_timeout_ms, 1, MS_MAX),
     NUM("idle_timeout_ms", FK_UINT, struct config_http, idle_timeout_ms, 1, MS_MAX),
+    NUM("max_connections", FK_SIZE, struct config_http, max_connections, 1, 1048576),
     END,
 };
 
@@ -1610,7 +1611,7 @@ char *config_dump_masked(const struct config *c) {
         "{s:s, s:o, s:o, s:o, s:o, s:o, s:I, s:s, s:o, s:o, s:s, s:{s:I}, s:O, s:O,"
         " s:{s:s, s:I, s:s, s:o, s:s, s:o},"
         " s:{s:I, s:I}, s:{s:I, s:O}, s:{s:I},"
-        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:o, s:s, s:s}",
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:o, s:s, s:s}",
         "path", c->path, "listen", listen_or_null(c->listen_host, c->listen_port), "tls_listen",
         listen_or_null(c->tls_listen_host, c->tls_listen_port), "tls", dump_tls(c),
         "trusted_proxies", dump_trusted_proxies(c), "admin_listen",
@@ -1632,7 +1633,8 @@ char *config_dump_masked(const struct config *c) {
         "max_headers", (json_int_t)c->http.max_headers, "header_timeout_ms",
         (json_int_t)c->http.header_timeout_ms, "body_timeout_ms",
         (json_int_t)c->http.body_timeout_ms, "idle_timeout_ms",
-        (json_int_t)c->http.idle_timeout_ms, "demo", c->demo, "demo_app",
+        (json_int_t)c->http.idle_timeout_ms, "max_connections",
+        (json_int_t)c->http.max_connections, "demo", c->demo, "demo_app",
         str_or_null(c->demo_app), "instance", c->instance, "log_level", c->log_level);
     if (root) out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 out:

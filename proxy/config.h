@@ -115,6 +115,7 @@ struct config_http {
     size_t max_uri, max_header_bytes, max_body;  /* defaults 8192, 16384, 65536 */
     unsigned max_headers;                        /* default 100 */
     unsigned header_timeout_ms, body_timeout_ms, idle_timeout_ms; /* 10000, 10000, 60000 */
+    size_t max_connections;  /* front connections of the process; 0: from RLIMIT_NOFILE */
 };
 
 /* The HTTPS front's certificate (key "tls"). */

@@ -79,6 +79,7 @@ struct gateway {
     struct stats_process process;
     struct admin *admin;
     struct demo *demo;                /* the admin listener's /demo page */
+    struct httpd_budget connections;  /* http.max_connections, counted over all workers */
     int draining;
     atomic_uint finished;
 };
@@ -554,6 +555,21 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (c->http.header_timeout_ms) lim.header_timeout_ms = c->http.header_timeout_ms;
     if (c->http.body_timeout_ms) lim.body_timeout_ms = c->http.body_timeout_ms;
     if (c->http.idle_timeout_ms) lim.idle_timeout_ms = c->http.idle_timeout_ms;
+    /* Descriptors besides front connections: each worker's upstream connections plus 16 (its
+     * Redis connections, event loop, wake-up pipe), the admin listener's connections, and 64
+     * for the rest (stdio, listeners, metrics and audit Redis connections, files). */
+    size_t reserve = 64 + ADMIN_MAX_CONNECTIONS +
+                     (size_t)g->n_workers * ((size_t)c->upstream.max_connections + 16);
+    size_t nofile = 0;
+    size_t max_conns = c->http.max_connections
+                           ? c->http.max_connections
+                           : httpd_default_max_connections(reserve, &nofile);
+    httpd_budget_init(&g->connections, max_conns);
+    if (c->http.max_connections)
+        log_info("http: max_connections %zu", max_conns);
+    else
+        log_info("http: max_connections %zu (RLIMIT_NOFILE %zu, %zu kept for upstream, Redis and "
+                 "files)", max_conns, nofile, nofile - max_conns);
 
     if (c->tls_listen_host &&
         !(g->front_tls = tls_server_new(c->tls.cert_file, c->tls.key_file, err, errlen)))
@@ -561,6 +577,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     int port = c->listen_port, tls_port = c->tls_listen_port;
     for (unsigned i = 0; i < g->n_workers; i++) {
         if (worker_init(g, i, &lim, &uo, err, errlen) != 0) goto fail;
+        httpd_set_budget(g->workers[i].httpd, &g->connections);
         /* Port 0: the first worker picks the port, the others share it. */
         if (c->listen_host) {
             int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err,

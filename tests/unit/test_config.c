@@ -740,6 +740,22 @@ static void test_trusted_proxies(void **state) {
     config_free(c);
 }
 
+/* http.max_connections: 0 by default (derived from RLIMIT_NOFILE at start), 1..1048576. */
+static void test_http_max_connections(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK "}");
+    assert_int_equal(c->http.max_connections, 0);
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 500}}");
+    assert_int_equal(c->http.max_connections, 500);
+    char *dump = config_dump_masked(c);
+    assert_non_null(dump);
+    assert_non_null(strstr(dump, "\"max_connections\": 500"));
+    free(dump);
+    config_free(c);
+    expect_error("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 0}}",
+                 "t.json:1:78: http.max_connections: must be between 1 and 1048576; got 0");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -761,6 +777,7 @@ int main(void) {
         cmocka_unit_test(test_warnings),
         cmocka_unit_test(test_tls_front),
         cmocka_unit_test(test_trusted_proxies),
+        cmocka_unit_test(test_http_max_connections),
     };
     return cmocka_run_group_tests(tests, setup_env, NULL);
 }

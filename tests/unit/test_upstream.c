@@ -120,6 +120,7 @@ static void fake_handler(struct httpd_req *req, void *arg)
     case FAKE_STALL:
         f->stalled = req;
         httpd_set_cancel(req, fake_cancel, f);
+        httpd_cancel_on_eof(req);   /* like the mock's stall: ends when the client leaves */
         break;
     case FAKE_RESET:
         httpd_reset(req);

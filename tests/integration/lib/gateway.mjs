@@ -9,7 +9,7 @@ import http from 'node:http';
 import path from 'node:path';
 import {
   Proc, CAPGATE_BIN, MOCK_SECRET_ID, MOCK_SECRET_KEY, SEED_PARAMS, certs, nextNonce, request,
-  sign, tmpDir, waitFor,
+  sign, tmpDir, waitFor, withNofile,
 } from './harness.mjs';
 
 export const API_PATH = '/v2/index.php';
@@ -95,14 +95,15 @@ process.on('exit', () => {
 
 /**
  * Starts capgate in front of mock (started with tls: true). config is deep-merged over the base
- * config; env over the base environment. tls: true also opens the HTTPS front on a port picked at
- * run time with the test certificate (tls.cert_file/key_file may be set in config instead).
+ * config; env over the base environment; nofile runs it under `ulimit -n nofile`. tls: true also
+ * opens the HTTPS front on a port picked at run time with the test certificate (tls.cert_file/
+ * key_file may be set in config instead).
  * Returns { proc, url (the /v2/index.php URL), base ('http://127.0.0.1:PORT'), host, port,
  * adminUrl, configPath, config, writeConfig(cfg), reload(), metrics(), stop() }, and with tls
  * { httpsBase ('https://127.0.0.1:PORT'), httpsUrl, tlsHost, tlsPort }. With "listen": null
  * (HTTPS only) base, url, host and port are null.
  */
-export async function startGateway({ mock, config = {}, env = {}, args = [], tls = false } = {}) {
+export async function startGateway({ mock, config = {}, env = {}, args = [], tls = false, nofile } = {}) {
   assert.ok(mock?.tlsPort, 'startGateway needs a mock started with tls: true');
   if (tls) {
     const c = certs();
@@ -113,7 +114,8 @@ export async function startGateway({ mock, config = {}, env = {}, args = [], tls
   fs.mkdirSync(path.join(dir, 'spool'), { recursive: true });
   const configPath = path.join(dir, 'capgate.json');
   fs.writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
-  const proc = new Proc(CAPGATE_BIN, ['--config', configPath, ...args], { env: gatewayEnv(env) });
+  const proc = new Proc(...withNofile(nofile, CAPGATE_BIN, ['--config', configPath, ...args]),
+    { env: gatewayEnv(env) });
   running.add(proc);
   proc.exited.then(() => running.delete(proc));
   let line = null;
