@@ -68,6 +68,7 @@ enum field_kind {
     FK_OPTSTR,  /* char[], "" = absent (null in JSON, left out of the stream) */
     FK_U32OPT,  /* uint32_t with an int has_ flag */
     FK_INT,     /* int */
+    FK_INTOPT,  /* int with an int has_ flag (absent: null in JSON, left out of the stream) */
     FK_U64      /* uint64_t */
 };
 
@@ -86,6 +87,8 @@ struct field_desc {
 #define F_U32(n, m, h) {n, FK_U32OPT, offsetof(struct audit_record, m), 0, \
                         offsetof(struct audit_record, h)}
 #define F_INT(n, m) {n, FK_INT, offsetof(struct audit_record, m), 0, 0}
+#define F_INTOPT(n, m, h) {n, FK_INTOPT, offsetof(struct audit_record, m), 0, \
+                           offsetof(struct audit_record, h)}
 #define F_U64(n, m) {n, FK_U64, offsetof(struct audit_record, m), 0, 0}
 
 /* docs/design.md "Audit" order. */
@@ -94,6 +97,7 @@ static const struct field_desc record_fields[] = {
     F_STR("request_id", request_id),
     F_STR("instance", instance),
     F_STR("app", app),
+    F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
@@ -103,7 +107,7 @@ static const struct field_desc record_fields[] = {
     F_U32("accountType", account_type, has_account_type),
     F_STR("decision", decision),
     F_OPT("rule", rule),
-    F_INT("code", code),
+    F_INTOPT("code", code, has_code),
     F_STR("codeDesc", code_desc),
     F_INT("upstream_status", upstream_status),
     F_U64("latency_us", latency_us),
@@ -206,6 +210,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
     copy_str(r->instance, sizeof(r->instance), instance);
     copy_str(r->app, sizeof(r->app), pr->app);
+    copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
     r->has_business_id = pr->has_business_id != 0;
@@ -220,7 +225,9 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->account_type = r->has_account_type ? pr->account_type : 0;
     copy_str(r->decision, sizeof(r->decision), decision_name(pr->decision));
     copy_str(r->rule, sizeof(r->rule), pr->rule);
-    r->code = pr->code;
+    /* A reply with no API code (CaptchaQuery script=1's JavaScript) has none in the record. */
+    r->has_code = !pr->no_code;
+    r->code = r->has_code ? pr->code : 0;
     copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
     r->upstream_status = pr->upstream_status;
     r->latency_us = pr->latency_us;
@@ -332,6 +339,11 @@ static json_t *record_to_object(const struct audit_record *r) {
         case FK_INT:
             v = json_integer(*(const int *)(const void *)p);
             break;
+        case FK_INTOPT:
+            v = *(const int *)(const void *)((const char *)r + f->has_off)
+                    ? json_integer(*(const int *)(const void *)p)
+                    : json_null();
+            break;
         case FK_U64:
             v = json_integer((json_int_t)*(const uint64_t *)(const void *)p);
             break;
@@ -440,6 +452,12 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
         case FK_INT:
             o = num_put_i64(o, *(const int *)(const void *)p);
             break;
+        case FK_INTOPT:
+            if (*(const int *)(const void *)((const char *)r + f->has_off))
+                o = num_put_i64(o, *(const int *)(const void *)p);
+            else
+                o = put_str(o, "null", 4);
+            break;
         case FK_U64:  /* as jansson's json_int_t: past INT64_MAX it reads negative */
             o = num_put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
             break;
@@ -472,11 +490,14 @@ static int set_field(struct audit_record *r, const struct field_desc *f, const c
             return -1;
         *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
-    case FK_INT: {
+    case FK_INT:
+    case FK_INTOPT: {
         int neg = len > 0 && s[0] == '-';
         if (num_parse_range(s + neg, len - (size_t)neg, 0, 2147483647u, &u) != 0)
             return -1;
         *(int *)(void *)p = neg ? -(int)u : (int)u;
+        if (f->kind == FK_INTOPT)
+            *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
     }
     case FK_U64:
@@ -518,7 +539,8 @@ static int record_from_object(json_t *o, struct audit_record *r) {
             if (set_field(r, f, json_string_value(v), json_string_length(v)) != 0)
                 return -1;
         } else if (json_is_integer(v)) {
-            if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_U64)
+            if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_INTOPT &&
+                f->kind != FK_U64)
                 return -1;
             int len = snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
             if (set_field(r, f, num, (size_t)len) != 0)
@@ -574,6 +596,11 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
             len = put_num_z(num, num_put_u64(num, *(const uint32_t *)(const void *)p));
             break;
         case FK_INT:
+            len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
+            break;
+        case FK_INTOPT:
+            if (!*(const int *)(const void *)((const char *)r + d->has_off))
+                continue;
             len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
             break;
         case FK_U64:
@@ -913,10 +940,15 @@ static int load_script(struct audit *a) {
     return rc;
 }
 
+/* One warning when reconnect attempts start failing (and when the error changes), a summary a
+ * minute while Redis stays down, one line when it is back. */
+static struct log_limiter sink_warning = LOG_LIMITER_INIT(60, 0);
+
 /* Spooling (or connecting): an error moves to spooling and schedules the next attempt. */
 static void sink_failed(struct audit *a, const char *what) {
     atomic_fetch_add(&a->redis_errors, 1);
-    log_warn("audit: redis: %s; spooling, next attempt in %u ms", what, a->backoff_ms);
+    log_limited(&sink_warning, LOG_LEVEL_WARN, "audit: redis: %s; spooling, next attempt in %u ms",
+                what, a->backoff_ms);
     sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
@@ -1459,6 +1491,7 @@ static void try_connect(struct audit *a) {
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0)
         free_names(names, n);
+    log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
     log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
 }

@@ -63,7 +63,10 @@ struct pipeline_record {
     uint64_t ts_us;                /* wall clock when the request arrived */
     char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
     char app[CONFIG_NAME_MAX + 1]; /* app name whole (config.h bounds it), "" before
-                                    * authentication */
+                                    * authentication; a refused signed request whose SecretId is
+                                    * an app's has that app */
+    char secret_id[129];           /* a refused request's SecretId that no app has (cut at 128
+                                    * bytes), "" otherwise; the Signature is never kept */
     char client_ip[64];
     char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
     enum v2_action action_id;
@@ -72,6 +75,8 @@ struct pipeline_record {
     enum pipeline_decision decision;
     char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
     int code;                      /* the API code answered (upstream's, for a pass-through) */
+    int no_code;                   /* 1: the reply carries no API code (CaptchaQuery script=1's
+                                    * JavaScript passed through): code is not recorded */
     char code_desc[32];
     int http_status;               /* the HTTP status answered (0: client gone, no reply) */
     int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */
@@ -144,6 +149,9 @@ int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, 
 int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
                              uint64_t now_s, uint64_t nonce, struct params *out);
 
+/* 1 for CaptchaQuery with script=1: its documented reply is JavaScript, not JSON, so a 2xx
+ * non-JSON reply is passed through (UPSTREAM_RAW_OK) instead of being an upstream error. */
+int pipeline_reply_may_be_script(const struct v2_fields *f);
 /* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
 int pipeline_upstream_timed_out(const char *error);
 

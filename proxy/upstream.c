@@ -85,7 +85,9 @@ struct upstream_call {
     struct upstream *u;
     enum call_state state;
     int post;
+    unsigned flags;                     /* UPSTREAM_RAW_OK */
     char *params;
+    upstream_sign_fn sign;              /* NULL: params as given, for every attempt */
     upstream_done_fn cb;
     void *arg;
     struct event *deadline;             /* the total timeout; also delivers fail-fast results */
@@ -558,15 +560,19 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     size_t len = evbuffer_get_length(in);
     struct upstream_result r;
     struct reply_fields fields;
-    int json;
+    int json, raw_ok;
 
     memset(&r, 0, sizeof(r));
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+    r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     json = r.body && reply_scan(r.body, len, &fields) == 0;
     if (json)
         r.fields = &fields;
+    /* a reply the caller said may be other than JSON (CaptchaQuery script=1: JavaScript) */
+    raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
+             r.http_status < 300;
     c->sent_any = 1;
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
@@ -577,7 +583,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     if (r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
         r.error = c->errbuf;
-    } else if (!json) {
+    } else if (!json && !raw_ok) {
         snprintf(c->errbuf, sizeof(c->errbuf), "%s",
                  len ? "upstream reply is not JSON" : "upstream reply is empty");
         r.error = c->errbuf;
@@ -586,7 +592,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     }
     /* r.fields points into this frame: fine, as a reply never arrives inside upstream_call (the
      * one case where call_finish keeps r for later) */
-    call_finish(c, &r, json && r.http_status < 500);
+    call_finish(c, &r, (json && r.http_status < 500) || raw_ok);
     if (json)
         reply_fields_cleanup(&fields);
     pump_queue(u);
@@ -782,6 +788,15 @@ static void call_start_attempt(struct upstream_call *c)
     }
     call_set_state(c, CALL_ACTIVE);
     c->attempts++;
+    if (c->sign) {
+        char *fresh = c->sign(c->arg);
+        if (!fresh) {
+            call_attempt_failed(c, 0, "upstream request could not be signed (out of memory)");
+            return;
+        }
+        free(c->params);
+        c->params = fresh;
+    }
     if (k) {
         conn_set_state(k, CONN_BUSY);
         if (call_send(c, k) == 0)
@@ -928,8 +943,8 @@ void upstream_free(struct upstream *u)
     free(u);
 }
 
-int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
-                  upstream_done_fn cb, void *arg)
+static int call_submit(struct upstream *u, const char *method, const char *encoded_params,
+                       upstream_sign_fn sign, unsigned flags, upstream_done_fn cb, void *arg)
 {
     struct upstream_call *c = NULL;
     struct timeval tv;
@@ -950,8 +965,10 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
     c->u = u;
     c->state = CALL_DONE;
     c->post = post;
+    c->flags = flags;
     c->cb = cb;
     c->arg = arg;
+    c->sign = sign;
     c->start_us = clock_mono_us();
     c->params = dup_str(encoded_params ? encoded_params : "");
     c->deadline = evtimer_new(u->base, deadline_cb, c);
@@ -985,6 +1002,26 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
 fail:
     call_free(c);
     return -1;
+}
+
+int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
+                  upstream_done_fn cb, void *arg)
+{
+    return call_submit(u, method, encoded_params, NULL, 0, cb, arg);
+}
+
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg)
+{
+    return call_submit(u, method, encoded_params, NULL, flags, cb, arg);
+}
+
+int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
+                         unsigned flags, upstream_done_fn cb, void *arg)
+{
+    if (!sign)
+        return -1;
+    return call_submit(u, method, NULL, sign, flags, cb, arg);
 }
 
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)

@@ -44,7 +44,8 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
 void upstream_free(struct upstream *u);
 
 struct upstream_result {
-    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object */
+    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object (or, with
+                             * UPSTREAM_RAW_OK, any non-empty body) */
     int http_status;        /* 0 when no reply status was received */
     const char *body;       /* the raw body, borrowed, valid during the callback only (also on
                              * !ok when a body was received); NULL when none */
@@ -60,6 +61,8 @@ struct upstream_result {
     uint64_t latency_us;    /* from upstream_call to the callback */
     int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
+    const char *content_type;      /* upstream's Content-Type header, NULL when none (borrowed
+                                    * for the callback) */
     struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
                                     * (from the scan that decided ok), else NULL. Borrowed for the
                                     * callback, which may take fields->url (setting it to NULL). */
@@ -86,6 +89,25 @@ typedef void (*upstream_done_fn)(const struct upstream_result *r, void *arg);
  * Returns 0, or -1 on OOM or a method other than GET/POST (cb not called). */
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
                   upstream_done_fn cb, void *arg);
+
+/* upstream_call with flags. UPSTREAM_RAW_OK: a 2xx reply with a non-empty body that is not JSON
+ * is ok too (r->ok 1, r->fields NULL, r->content_type upstream's) and a breaker success, for
+ * CaptchaQuery script=1, whose documented reply is JavaScript. Other replies as upstream_call. */
+#define UPSTREAM_RAW_OK 1u
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg);
+
+/* Builds the encoded, signed parameters of one attempt: a malloc'd string, or NULL on OOM (the
+ * attempt then fails, not retried). arg is upstream_call_signed's. */
+typedef char *(*upstream_sign_fn)(void *arg);
+/* upstream_call, with the parameters built by sign for every attempt, just before it is sent: a
+ * retry goes out with a fresh Nonce, Timestamp and Signature (upstream refuses a Nonce it has
+ * seen with 4500, and a retried request may well have been seen), and a call that waited for a
+ * free connection is signed when it leaves, not when it was queued. sign runs on the worker's
+ * thread, the first time inside this call. flags as upstream_call_flags. 0, or -1 as
+ * upstream_call. */
+int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
+                         unsigned flags, upstream_done_fn cb, void *arg);
 
 /* Latency histogram: bucket i counts calls with latency <= upstream_latency_bounds_us[i] and
  * above bound i-1 (per bucket, not cumulative; sum them for Prometheus). The last bound is

@@ -6,6 +6,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -131,6 +132,51 @@ static void test_upstream_params(void **state) {
     assert_int_equal(n, 1);
     params_cleanup(&out);
     params_cleanup(&in);
+}
+
+/* The gateway's own upstream signing follows the '@' rule: with POST the randstr is forwarded
+ * and left out of the signature (so changing it keeps the signature valid); with GET it is
+ * signed. */
+static void test_upstream_params_at_rule(void **state) {
+    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
+                                 .region = "gz", .signature_method = SIGN_HMAC_SHA1,
+                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+                                 .path = "/v2/index.php"};
+    struct params in, out;
+    params_init(&in);
+    assert_int_equal(params_adds(&in, "Action", "CaptchaCheck"), 0);
+    assert_int_equal(params_adds(&in, "ticket", "t03abc"), 0);
+    assert_int_equal(params_adds(&in, "randstr", "@xYz"), 0);
+    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 42, &out), 0);
+    assert_string_equal(params_get(&out, "randstr"), "@xYz");
+    char *text = sign_string_to_sign("POST", up.sign_host, up.path, &out);
+    assert_null(strstr(text, "randstr"));
+    assert_non_null(strstr(text, "ticket=t03abc"));
+    free(text);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "POST", up.sign_host, up.path, "real-key"), 0);
+    params_cleanup(&out);
+
+    up.post = 0;
+    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 43, &out), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), 0);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), -1);
+    params_cleanup(&out);
+    params_cleanup(&in);
+}
+
+static void test_reply_may_be_script(void **state) {
+    struct v2_fields f;
+    memset(&f, 0, sizeof f);
+    f.action = V2_ACTION_CAPTCHA_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
+    f.has_script = 1;
+    assert_false(pipeline_reply_may_be_script(&f));   /* script=0: JSON */
+    f.script = 1;
+    assert_true(pipeline_reply_may_be_script(&f));
+    f.action = V2_ACTION_CAPTCHA_IFRAME_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
 }
 
 static void test_config_refcount(void **state) {
@@ -291,6 +337,8 @@ int main(void) {
         cmocka_unit_test(test_decision_names),
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_upstream_params),
+        cmocka_unit_test(test_upstream_params_at_rule),
+        cmocka_unit_test(test_reply_may_be_script),
         cmocka_unit_test(test_config_refcount),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),

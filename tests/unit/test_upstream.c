@@ -29,7 +29,7 @@
 #include "capgate/tls.h"
 #include "upstream.h"
 
-enum fake_mode { FAKE_JSON, FAKE_500, FAKE_TEXT, FAKE_STALL, FAKE_RESET };
+enum fake_mode { FAKE_JSON, FAKE_500, FAKE_TEXT, FAKE_STALL, FAKE_RESET, FAKE_RESET_ONCE };
 
 /* The fake upstream and what it saw. */
 struct fake {
@@ -45,6 +45,7 @@ struct fake {
     char user_agent[64];
     char body[512];
     char query[512];
+    char bodies[4][512];                /* the first four request bodies */
     struct httpd_req *stalled;
 };
 
@@ -54,6 +55,7 @@ struct outcome {
     int ok;
     int http_status;
     int breaker_rejected;
+    int json_fields;        /* the result had JSON fields (test_raw_ok_passes_a_script) */
     int nothing_sent;
     unsigned attempts;
     uint64_t latency_us;
@@ -103,6 +105,8 @@ static void fake_handler(struct httpd_req *req, void *arg)
     copy_str(f->user_agent, sizeof(f->user_agent), find_header(req, "User-Agent"));
     copy_str(f->body, sizeof(f->body), req->body);
     copy_str(f->query, sizeof(f->query), req->query);
+    if (f->requests <= 4)
+        copy_str(f->bodies[f->requests - 1], sizeof(f->bodies[0]), req->body);
     switch (f->mode) {
     case FAKE_JSON:
         httpd_reply(req, 200, "application/json", json, strlen(json));
@@ -116,14 +120,19 @@ static void fake_handler(struct httpd_req *req, void *arg)
     case FAKE_STALL:
         f->stalled = req;
         httpd_set_cancel(req, fake_cancel, f);
+        httpd_cancel_on_eof(req);   /* like the mock's stall: ends when the client leaves */
         break;
     case FAKE_RESET:
+        httpd_reset(req);
+        break;
+    case FAKE_RESET_ONCE:   /* as a server closing an idle connection just as a request came */
+        f->mode = FAKE_JSON;
         httpd_reset(req);
         break;
     }
 }
 
-static void fake_start(struct fake *f, SSL_CTX *server_tls)
+static void fake_start(struct fake *f, struct tls_server *server_tls)
 {
     char err[256];
 
@@ -692,6 +701,75 @@ static void test_non_json_body_is_an_error(void **state)
     fake_stop(&f);
 }
 
+/* UPSTREAM_RAW_OK (CaptchaQuery script=1): a 2xx body that is not JSON is ok, with upstream's
+ * Content-Type, and a breaker success; a 5xx is still an error; without the flag the same body
+ * is a failure again. */
+static void raw_content_type(const struct upstream_result *r, void *arg)
+{
+    struct outcome *o = arg;
+
+    if (r->content_type)
+        copy_str(o->error, sizeof(o->error), r->content_type);
+    o->json_fields = r->fields != NULL;
+    o->done = 1;
+    o->ok = r->ok;
+    o->http_status = r->http_status;
+    if (r->body) {
+        size_t n = r->body_len < sizeof(o->body) - 1 ? r->body_len : sizeof(o->body) - 1;
+        memcpy(o->body, r->body, n);
+        o->body[n] = '\0';
+    }
+    event_base_loopbreak(o->base);
+}
+
+static void call_raw(struct upstream *u, struct event_base *base, struct outcome *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->base = base;
+    assert_int_equal(upstream_call_flags(u, "POST", "Action=CaptchaQuery&script=1",
+                                         UPSTREAM_RAW_OK, raw_content_type, o), 0);
+    wait_for(base, o);
+}
+
+static void test_raw_ok_passes_a_script(void **state)
+{
+    struct fake f;
+    struct upstream_options o;
+    struct upstream *u;
+    struct upstream_stats st;
+    struct outcome r;
+
+    fake_start(&f, NULL);
+    f.mode = FAKE_TEXT;
+    plain_options(&o, f.port);
+    o.breaker_failures = 2;
+    u = new_upstream(f.base, &o);
+    for (int i = 0; i < 4; i++) {
+        call_raw(u, f.base, &r);
+        assert_int_equal(r.ok, 1);
+        assert_int_equal(r.http_status, 200);
+        assert_string_equal(r.body, "<html>maintenance</html>");
+        assert_string_equal(r.error, "text/html");   /* the Content-Type, passed on */
+        assert_int_equal(r.json_fields, 0);
+    }
+    upstream_get_stats(u, &st);
+    assert_int_equal(st.breaker, BREAKER_CLOSED);
+    assert_int_equal(st.failures, 0);
+    /* a 5xx is not a script */
+    f.mode = FAKE_500;
+    call_raw(u, f.base, &r);
+    assert_int_equal(r.ok, 0);
+    /* without the flag the same 2xx text is a failure: two failures open the breaker */
+    f.mode = FAKE_TEXT;
+    call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
+    assert_int_equal(r.ok, 0);
+    assert_string_equal(r.error, "upstream reply is not JSON");
+    upstream_get_stats(u, &st);
+    assert_int_equal(st.breaker, BREAKER_OPEN);
+    upstream_free(u);
+    fake_stop(&f);
+}
+
 static void test_reset_after_sending_is_not_retried(void **state)
 {
     struct fake f;
@@ -711,6 +789,63 @@ static void test_reset_after_sending_is_not_retried(void **state)
     /* a fresh connection: the request may have been processed, so it is not sent again */
     assert_int_equal(r.attempts, 1);
     assert_int_equal(f.requests, 1);
+    upstream_free(u);
+    fake_stop(&f);
+}
+
+struct signer {
+    unsigned calls;
+};
+
+struct signed_call {
+    struct signer sg;
+    struct outcome r;
+};
+
+static char *sign_attempt(void *arg)
+{
+    struct signer *sg = &((struct signed_call *)arg)->sg;
+    char buf[64];
+
+    sg->calls++;
+    snprintf(buf, sizeof(buf), "Action=CaptchaIframeQuery&Nonce=%u", sg->calls);
+    return strdup(buf);
+}
+
+static void on_signed_done(const struct upstream_result *r, void *arg)
+{
+    on_done(r, &((struct signed_call *)arg)->r);
+}
+
+/* A reset of a reused keep-alive connection before any reply byte is retried, and the retry is
+ * signed again: upstream may have seen the first attempt's Nonce. */
+static void test_retry_signs_again(void **state)
+{
+    struct fake f;
+    struct upstream_options o;
+    struct upstream *u;
+    struct signed_call c;
+
+    fake_start(&f, NULL);
+    plain_options(&o, f.port);
+    o.retries = 1;
+    u = new_upstream(f.base, &o);
+    call(u, f.base, "POST", "Action=CaptchaIframeQuery&warm=1", &c.r);
+    assert_int_equal(c.r.ok, 1);
+    f.mode = FAKE_RESET_ONCE;
+    memset(&c, 0, sizeof(c));
+    c.r.base = f.base;
+    assert_int_equal(upstream_call_signed(u, "POST", sign_attempt, 0, on_signed_done, &c), 0);
+    assert_int_equal(c.sg.calls, 1);   /* the first attempt is signed inside the call */
+    wait_for(f.base, &c.r);
+    assert_int_equal(c.r.ok, 1);
+    assert_int_equal(c.r.attempts, 2);
+    assert_int_equal(c.sg.calls, 2);
+    assert_int_equal(f.requests, 3);
+    assert_string_equal(f.bodies[1], "Action=CaptchaIframeQuery&Nonce=1");
+    assert_string_equal(f.bodies[2], "Action=CaptchaIframeQuery&Nonce=2");
+    /* a sign failure fails the call without sending */
+    assert_int_equal(upstream_call_signed(u, "POST", NULL, 0, on_done, &c.r), -1);
     upstream_free(u);
     fake_stop(&f);
 }
@@ -933,6 +1068,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
 {
     char err[256];
     SSL_CTX *server = tls_server_ctx_new(g_cert, g_key, err, sizeof(err));
+    struct tls_server *server_ts;
     SSL_CTX *client;
     struct fake f;
     struct upstream_options o;
@@ -944,7 +1080,9 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     client = tls_client_ctx_new(tc->ca, 1, err, sizeof(err));
     if (!client)
         fail_msg("client ctx: %s", err);
-    fake_start(&f, server);
+    server_ts = tls_server_wrap(SSL_CTX_up_ref(server) == 1 ? server : NULL);
+    assert_non_null(server_ts);
+    fake_start(&f, server_ts);
     plain_options(&o, f.port);
     o.tls = 1;
     o.ssl_ctx = client;
@@ -970,6 +1108,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     upstream_free(u);
     fake_stop(&f);
     SSL_CTX_free(client);
+    tls_server_free(server_ts);
     SSL_CTX_free(server);
 }
 
@@ -1032,7 +1171,9 @@ int main(void)
         cmocka_unit_test(test_non_json_body_is_an_error),
         cmocka_unit_test(test_reset_after_sending_is_not_retried),
         cmocka_unit_test(test_refused_port_is_retried),
+        cmocka_unit_test(test_retry_signs_again),
         cmocka_unit_test(test_breaker_opens_rejects_and_probe_closes),
+        cmocka_unit_test(test_raw_ok_passes_a_script),
         cmocka_unit_test(test_free_completes_pending_calls),
         cmocka_unit_test(test_tls_roundtrip),
         cmocka_unit_test(test_tls_wrong_ca_fails_verification),
