@@ -19,7 +19,7 @@
 #define CAPGATE_METRICS_H
 #include <stddef.h>
 #include <stdint.h>
-#include "pipeline.h"
+#include "record.h"
 
 struct config;
 struct event_base;

@@ -14,6 +14,7 @@
 #include "config.h"
 #include "idem.h"
 #include "limit.h"
+#include "record.h"
 
 struct audit;
 struct config;
@@ -41,43 +42,6 @@ struct pipeline_config *pipeline_config_new(struct config *c);
 struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc);
 /* Drops a reference; the last one frees the config. NULL accepted. Any thread. */
 void pipeline_config_unref(struct pipeline_config *pc);
-
-/* What happened to a request (the audit record's "decision"). */
-enum pipeline_decision {
-    PIPELINE_FORWARDED,
-    PIPELINE_POOL,
-    PIPELINE_REPLAYED,
-    PIPELINE_LIMITED,
-    PIPELINE_SHADOW_LIMITED,
-    PIPELINE_INVALID,
-    PIPELINE_UNAUTHORIZED,
-    PIPELINE_DENIED,
-    PIPELINE_UPSTREAM_ERROR,
-    PIPELINE_DECISION_COUNT
-};
-const char *pipeline_decision_name(enum pipeline_decision d); /* "forwarded", ... */
-
-/* Everything an audit record needs, filled in as the request advances; self-contained (no
- * pointers into the request), so an audit sink may copy it and keep it. */
-struct pipeline_record {
-    uint64_t ts_us;                /* wall clock when the request arrived */
-    char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
-    char app[CONFIG_NAME_MAX + 1]; /* app name whole (config.h bounds it), "" before
-                                    * authentication */
-    char client_ip[64];
-    char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
-    enum v2_action action_id;
-    int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
-    uint32_t business_id, scene_id, captcha_type, client_type, account_type;
-    enum pipeline_decision decision;
-    char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
-    int code;                      /* the API code answered (upstream's, for a pass-through) */
-    char code_desc[32];
-    int http_status;               /* the HTTP status answered (0: client gone, no reply) */
-    int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */
-    uint64_t latency_us;           /* arrival to reply */
-    uint64_t upstream_latency_us;  /* 0 when upstream was not called */
-};
 
 /* A worker's environment, owned by the gateway (one per worker thread); everything here is
  * used only on that worker's thread, except nonces (shared, locked inside). */

@@ -36,7 +36,7 @@
 #include "capgate/params.h"
 #include "capgate/strbuf.h"
 #include "config.h"
-#include "pipeline.h"
+#include "record.h"
 
 static const char pii_key[] = "test-pii-key-0123456789";
 

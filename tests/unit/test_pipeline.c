@@ -1,6 +1,6 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
  * authorization, the parameters sent upstream (public params replaced, signed with the real
- * key), timeout detection, decision names and the shared config's reference count. */
+ * key), timeout detection and the shared config's reference count. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -44,13 +44,6 @@ static void test_timed_out(void **state) {
     assert_true(pipeline_upstream_timed_out("connect timed out after 1000 ms"));
     assert_false(pipeline_upstream_timed_out("upstream answered HTTP 500"));
     assert_false(pipeline_upstream_timed_out(NULL));
-}
-
-static void test_decision_names(void **state) {
-    assert_string_equal(pipeline_decision_name(PIPELINE_FORWARDED), "forwarded");
-    assert_string_equal(pipeline_decision_name(PIPELINE_SHADOW_LIMITED), "shadow_limited");
-    assert_string_equal(pipeline_decision_name(PIPELINE_UPSTREAM_ERROR), "upstream_error");
-    assert_string_equal(pipeline_decision_name(PIPELINE_DECISION_COUNT), "unknown");
 }
 
 static void test_authorize(void **state) {
@@ -288,7 +281,6 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
         cmocka_unit_test(test_timed_out),
-        cmocka_unit_test(test_decision_names),
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_upstream_params),
         cmocka_unit_test(test_config_refcount),
