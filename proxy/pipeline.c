@@ -111,25 +111,6 @@ int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, 
     return -1;
 }
 
-static const char *const app_public_params[] = {
-    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
-};
-
-int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
-                             uint64_t now_s, uint64_t nonce, struct params *out) {
-    char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, app_public_params) != 0) return -1;
-    if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
-    *num_put_u64(num, now_s) = '\0';
-    if (params_adds(out, "Timestamp", num) != 0) return -1;
-    *num_put_u64(num, nonce) = '\0';
-    if (params_adds(out, "Nonce", num) != 0) return -1;
-    if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
-    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
-        return -1;
-    return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
-}
-
 int pipeline_upstream_timed_out(const char *error) {
     return error && (strstr(error, "timed out") || strstr(error, "timeout"));
 }
@@ -656,8 +637,8 @@ static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
     enum stage_result res;
 
     params_init(&out);
-    if (pipeline_upstream_params(&ctx->params, up, clock_wall_us() / 1000000,
-                                 pipeline_random(ctx->w), &out) != 0 ||
+    if (upstream_params(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
+                        &out) != 0 ||
         !(encoded = params_encode(&out))) {
         res = ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0,
                         "the upstream request could not be built");

@@ -100,14 +100,6 @@ int pipeline_http_status(int code, int semantic, int timed_out, int framing_stat
 int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
                        size_t errlen);
 
-/* The parameters sent upstream: a copy of in without the app's public parameters (SecretId,
- * Signature, Timestamp, Nonce, Region, SignatureMethod, Token; Action stays), plus the
- * gateway's own (SecretId, Timestamp now_s, Nonce, Region, SignatureMethod), signed with the
- * real key for up's sign_host, path and method. out is initialised by the call; the caller
- * cleans it up (also on failure). 0, or -1 on OOM. */
-int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
-                             uint64_t now_s, uint64_t nonce, struct params *out);
-
 /* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
 int pipeline_upstream_timed_out(const char *error);
 

@@ -417,8 +417,7 @@ static int pool_fetch_send(struct pool_fill *f) {
     if (pr->has_business_id) POOL_ADD_UINT("businessId", pr->business_id);
     if (pr->has_scene_id) POOL_ADD_UINT("sceneId", pr->scene_id);
 #undef POOL_ADD_UINT
-    if (pipeline_upstream_params(&in, up, clock_wall_us() / 1000000, pipeline_random(r->w),
-                                 &out) != 0 ||
+    if (upstream_params(&in, up, clock_wall_us() / 1000000, pipeline_random(r->w), &out) != 0 ||
         !(encoded = params_encode(&out)))
         goto out;
     rc = upstream_call(r->w->upstream, up->post ? "POST" : "GET", encoded, pool_fetched, f);

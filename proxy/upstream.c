@@ -29,9 +29,13 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/net.h"
+#include "capgate/num.h"
+#include "capgate/params.h"
 #include "capgate/reply.h"
+#include "capgate/sign.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
+#include "config.h"
 
 #define UPSTREAM_DEFAULT_CONNECT_MS 1000u
 #define UPSTREAM_DEFAULT_TIMEOUT_MS 3000u
@@ -993,4 +997,25 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
     out->breaker = breaker_state(u->breaker);
     out->open_connections = u->n_conns;
     out->idle_connections = u->n_idle;
+}
+
+/* ---- the request sent upstream ---- */
+
+static const char *const app_public_params[] = {
+    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+};
+
+int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                    uint64_t nonce, struct params *out) {
+    char num[NUM_U64_DIGITS + 1];
+    if (params_copy_without(out, in, app_public_params) != 0) return -1;
+    if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
+    *num_put_u64(num, now_s) = '\0';
+    if (params_adds(out, "Timestamp", num) != 0) return -1;
+    *num_put_u64(num, nonce) = '\0';
+    if (params_adds(out, "Nonce", num) != 0) return -1;
+    if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
+    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
+        return -1;
+    return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
 }

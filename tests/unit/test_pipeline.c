@@ -1,6 +1,5 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
- * authorization, the parameters sent upstream (public params replaced, signed with the real
- * key), timeout detection and the shared config's reference count. */
+ * authorization, timeout detection and the shared config's reference count. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -74,56 +73,6 @@ static void test_authorize(void **state) {
     app.business_any = 1;
     f.has_business_id = 0;
     assert_int_equal(pipeline_authorize(&app, &f, err, sizeof(err)), 0);
-}
-
-static void test_upstream_params(void **state) {
-    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
-                                 .region = "gz", .signature_method = SIGN_HMAC_SHA256,
-                                 .post = 1, .sign_host = "csec.api.qcloud.com",
-                                 .path = "/v2/index.php"};
-    struct params in, out;
-    params_init(&in);
-    assert_int_equal(params_adds(&in, "Action", "CaptchaIframeQuery"), 0);
-    assert_int_equal(params_adds(&in, "SecretId", "AKIDapp"), 0);
-    assert_int_equal(params_adds(&in, "Signature", "appsig"), 0);
-    assert_int_equal(params_adds(&in, "Timestamp", "1"), 0);
-    assert_int_equal(params_adds(&in, "Nonce", "2"), 0);
-    assert_int_equal(params_adds(&in, "Region", "sh"), 0);
-    assert_int_equal(params_adds(&in, "SignatureMethod", "HmacSHA1"), 0);
-    assert_int_equal(params_adds(&in, "Token", "t"), 0);
-    assert_int_equal(params_adds(&in, "captchaType", "1"), 0);
-    assert_int_equal(params_adds(&in, "RequestClient", "SDK_NODE_1.0"), 0);
-
-    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 18446744073709551615ULL, &out), 0);
-    assert_string_equal(params_get(&out, "Action"), "CaptchaIframeQuery");
-    assert_string_equal(params_get(&out, "SecretId"), "AKIDreal");
-    assert_string_equal(params_get(&out, "Timestamp"), "1700000000");
-    assert_string_equal(params_get(&out, "Nonce"), "18446744073709551615");
-    assert_string_equal(params_get(&out, "Region"), "gz");
-    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA256");
-    assert_null(params_get(&out, "Token"));
-    assert_string_equal(params_get(&out, "captchaType"), "1");
-    assert_string_equal(params_get(&out, "RequestClient"), "SDK_NODE_1.0");
-    assert_string_not_equal(params_get(&out, "Signature"), "appsig");
-    /* signed for upstream's host, path and method with the real key */
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), -1);
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "app-key"), -1);
-    /* the input is untouched */
-    assert_string_equal(params_get(&in, "SecretId"), "AKIDapp");
-    params_cleanup(&out);
-
-    up.post = 0;
-    up.signature_method = SIGN_HMAC_SHA1;
-    assert_int_equal(pipeline_upstream_params(&in, &up, 5, 6, &out), 0);
-    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA1");
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
-    /* each name once */
-    size_t n = 0;
-    for (size_t i = 0; i < out.count; i++) n += strcmp(out.items[i].name, "Nonce") == 0;
-    assert_int_equal(n, 1);
-    params_cleanup(&out);
-    params_cleanup(&in);
 }
 
 static void test_config_refcount(void **state) {
@@ -282,7 +231,6 @@ int main(void) {
         cmocka_unit_test(test_http_status),
         cmocka_unit_test(test_timed_out),
         cmocka_unit_test(test_authorize),
-        cmocka_unit_test(test_upstream_params),
         cmocka_unit_test(test_config_refcount),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),
