@@ -51,7 +51,7 @@ struct gateway_worker {
     struct pool_refiller *refiller;  /* worker 0 only: the process's one prefetch refiller */
     /* mailbox, under lock */
     pthread_mutex_t lock;
-    struct pipeline_config *pending;
+    struct shared_config *pending;
     int stop;
     /* worker thread only */
     int draining;
@@ -60,8 +60,8 @@ struct gateway_worker {
 
 struct gateway {
     char *path;
-    struct pipeline_config *current;  /* the latest good config (main thread) */
-    struct pipeline_config *boot;     /* the startup config: listeners, workers, upstream */
+    struct shared_config *current;  /* the latest good config (main thread) */
+    struct shared_config *boot;     /* the startup config: listeners, workers, upstream */
     struct event_base *base;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *workers_done;
     SSL_CTX *ssl_ctx;
@@ -134,7 +134,7 @@ static void worker_tick(evutil_socket_t fd, short what, void *arg) {
 
 static void worker_wake(evutil_socket_t fd, short what, void *arg) {
     struct gateway_worker *w = arg;
-    struct pipeline_config *fresh;
+    struct shared_config *fresh;
     int stop;
 
     pthread_mutex_lock(&w->lock);
@@ -145,7 +145,7 @@ static void worker_wake(evutil_socket_t fd, short what, void *arg) {
 
     if (fresh) {
         /* Requests in flight hold their own reference to the old config. */
-        pipeline_config_unref(w->pw.config);
+        shared_config_unref(w->pw.config);
         w->pw.config = fresh;
         log_debug("worker %u: new config in use for new requests", w->pw.id);
     }
@@ -171,11 +171,11 @@ static void *worker_main(void *arg) {
 }
 
 /* Sends the worker a new config (one reference is taken for it) and/or the order to stop. */
-static void worker_post(struct gateway_worker *w, struct pipeline_config *pc, int stop) {
+static void worker_post(struct gateway_worker *w, struct shared_config *pc, int stop) {
     pthread_mutex_lock(&w->lock);
     if (pc) {
-        pipeline_config_unref(w->pending);
-        w->pending = pipeline_config_ref(pc);
+        shared_config_unref(w->pending);
+        w->pending = shared_config_ref(pc);
     }
     if (stop) w->stop = 1;
     pthread_mutex_unlock(&w->lock);
@@ -202,7 +202,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     pthread_mutex_init(&w->lock, NULL);
     w->pw.id = i;
     w->pw.boot = g->boot->config;
-    w->pw.config = pipeline_config_ref(g->current);
+    w->pw.config = shared_config_ref(g->current);
     w->pw.nonces = g->nonces;
     w->pw.on_release = worker_on_release;
     idem_waits_init(&w->pw.idem_waits);
@@ -224,7 +224,14 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
      * background and requests are served per on_store_error meanwhile. */
     w->pw.store = store_new(g->store_shared, w->pw.base, err, errlen);
     if (!w->pw.store) return -1;
-    if (i == 0 && !(w->refiller = pool_refiller_new(g->pool, &w->pw, err, errlen))) return -1;
+    if (i == 0) {
+        struct pool_refiller_env env = {
+            .base = w->pw.base, .store = w->pw.store, .store_closing = &w->pw.store_closing,
+            .upstream = w->pw.upstream, .boot = w->pw.boot, .config = &w->pw.config,
+            .rng = w->pw.rng,
+        };
+        if (!(w->refiller = pool_refiller_new(g->pool, &env, err, errlen))) return -1;
+    }
     w->httpd = httpd_new(w->pw.base, lim, pipeline_handle, &w->pw);
     w->wake = event_new(w->pw.base, -1, 0, worker_wake, w);
     w->tick = event_new(w->pw.base, -1, EV_PERSIST, worker_tick, w);
@@ -260,8 +267,8 @@ static void worker_cleanup(struct gateway_worker *w) {
     pipeline_worker_cleanup(&w->pw);  /* every request context is released by now */
     if (w->wake) event_free(w->wake);
     if (w->tick) event_free(w->tick);
-    pipeline_config_unref(w->pending);
-    pipeline_config_unref(w->pw.config);
+    shared_config_unref(w->pending);
+    shared_config_unref(w->pw.config);
     if (w->pw.base) event_base_free(w->pw.base);
     if (w->g) pthread_mutex_destroy(&w->lock);
 }
@@ -420,7 +427,7 @@ static void gateway_reload(struct gateway *g) {
     }
     config_warnings(c, gateway_warn, NULL);
     reload_log_changes(g->current->config, g->boot->config, c);
-    struct pipeline_config *pc = pipeline_config_new(c);
+    struct shared_config *pc = shared_config_new(c);
     if (!pc) {
         log_error("reload refused: out of memory; keeping the running config");
         g->process.reloads_failed++;
@@ -430,7 +437,7 @@ static void gateway_reload(struct gateway *g) {
     if (!c->log_level || log_level_parse(c->log_level, &level) != 0) level = LOG_LEVEL_INFO;
     log_set_level(level);
     for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], pc, 0);
-    pipeline_config_unref(g->current);
+    shared_config_unref(g->current);
     g->current = pc;
     demo_configure(g->demo, c);
     g->process.reloads_ok++;
@@ -481,9 +488,9 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     }
     atomic_init(&g->finished, 0);
     g->path = strdup(path);
-    g->current = pipeline_config_new(c);
+    g->current = shared_config_new(c);
     if (!g->path || !g->current) goto oom;
-    g->boot = pipeline_config_ref(g->current);
+    g->boot = shared_config_ref(g->current);
     c = g->current->config;
     config_warnings(c, gateway_warn, NULL);
 
@@ -636,8 +643,8 @@ void gateway_free(struct gateway *g) {
     pool_free(g->pool);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
     if (g->base) event_base_free(g->base);
-    pipeline_config_unref(g->boot);
-    pipeline_config_unref(g->current);
+    shared_config_unref(g->boot);
+    shared_config_unref(g->current);
     free(g->path);
     free(g);
 }

@@ -40,31 +40,6 @@
 #define PIPELINE_JSON "application/json"
 #define PIPELINE_KEY_PREFIX "capgate:"  /* limit keys without a redis section */
 
-/* ---- shared config ---- */
-
-struct pipeline_config *pipeline_config_new(struct config *c) {
-    struct pipeline_config *pc = malloc(sizeof(*pc));
-    if (!pc) {
-        config_free(c);
-        return NULL;
-    }
-    atomic_init(&pc->refs, 1);
-    pc->config = c;
-    return pc;
-}
-
-struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc) {
-    atomic_fetch_add_explicit(&pc->refs, 1, memory_order_relaxed);
-    return pc;
-}
-
-void pipeline_config_unref(struct pipeline_config *pc) {
-    if (!pc) return;
-    if (atomic_fetch_sub_explicit(&pc->refs, 1, memory_order_acq_rel) != 1) return;
-    config_free(pc->config);
-    free(pc);
-}
-
 /* ---- randomness ---- */
 
 int pipeline_worker_seed(struct pipeline_worker *w) {
@@ -194,7 +169,7 @@ enum stage_result { STAGE_NEXT, STAGE_FINISH, STAGE_PENDING };
 struct pipeline_ctx {
     struct pipeline_worker *w;
     struct httpd_req *req;          /* NULL once replied or cancelled */
-    struct pipeline_config *pc;     /* reference held for the request's life */
+    struct shared_config *pc;       /* reference held for the request's life */
     const struct config *config;    /* pc->config */
     enum pipeline_state state;
     size_t stage;                   /* index of the next stage to run */
@@ -699,7 +674,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
     free(ctx->reply_body);
     free(ctx->reply_url);
-    pipeline_config_unref(ctx->pc);
+    shared_config_unref(ctx->pc);
     if (w->n_free_ctx < PIPELINE_FREE_CTX_MAX) {
         ctx->next_free = w->free_ctx;
         w->free_ctx = ctx;
@@ -829,7 +804,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     }
     ctx->w = w;
     ctx->req = req;
-    ctx->pc = pipeline_config_ref(w->config);
+    ctx->pc = shared_config_ref(w->config);
     ctx->config = ctx->pc->config;
     ctx->start_us = clock_mono_us();
     ctx->state = ST_NEW;

@@ -15,6 +15,7 @@
 #include "idem.h"
 #include "limit.h"
 #include "record.h"
+#include "shared_config.h"
 
 struct audit;
 struct config;
@@ -31,24 +32,12 @@ struct stats_worker;
 struct store;
 struct upstream;
 
-/* A loaded config shared by the workers and their in-flight requests: a reload swaps the
- * worker's pointer for new requests while requests in flight keep the old one alive. */
-struct pipeline_config {
-    atomic_uint refs;
-    struct config *config;  /* owned */
-};
-/* Takes ownership of c; one reference. NULL on OOM (c is then freed). */
-struct pipeline_config *pipeline_config_new(struct config *c);
-struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc);
-/* Drops a reference; the last one frees the config. NULL accepted. Any thread. */
-void pipeline_config_unref(struct pipeline_config *pc);
-
 /* A worker's environment, owned by the gateway (one per worker thread); everything here is
  * used only on that worker's thread, except nonces (shared, locked inside). */
 struct pipeline_worker {
     unsigned id;
     struct event_base *base;
-    struct pipeline_config *config;    /* for new requests; the worker's own reference */
+    struct shared_config *config;      /* for new requests; the worker's own reference */
     const struct config *boot;         /* the startup config: upstream and listener settings
                                         * (they need a restart), valid for the process life */
     struct upstream *upstream;

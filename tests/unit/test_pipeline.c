@@ -1,5 +1,5 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
- * authorization, timeout detection and the shared config's reference count. */
+ * authorization, timeout detection, the limit verdict and headers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -73,21 +73,6 @@ static void test_authorize(void **state) {
     app.business_any = 1;
     f.has_business_id = 0;
     assert_int_equal(pipeline_authorize(&app, &f, err, sizeof(err)), 0);
-}
-
-static void test_config_refcount(void **state) {
-    struct config *c = NULL;
-    char err[256];
-    assert_int_equal(config_load_string("{\"upstream\": {\"url\": \"https://127.0.0.1/v2/index.php\","
-                                        " \"secret_id\": \"AKID\", \"secret_key\": \"k\"}}",
-                                        "t.json", &c, err, sizeof(err)), 0);
-    struct pipeline_config *pc = pipeline_config_new(c);
-    assert_non_null(pc);
-    assert_ptr_equal(pipeline_config_ref(pc), pc);
-    pipeline_config_unref(pc);
-    assert_ptr_equal(pc->config, c);  /* still alive: one reference left */
-    pipeline_config_unref(pc);
-    pipeline_config_unref(NULL);
 }
 
 /* Two enforcing rules and a shadow one, as limit_buckets would give them. */
@@ -231,7 +216,6 @@ int main(void) {
         cmocka_unit_test(test_http_status),
         cmocka_unit_test(test_timed_out),
         cmocka_unit_test(test_authorize),
-        cmocka_unit_test(test_config_refcount),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),
         cmocka_unit_test(test_store_fallback),
