@@ -275,141 +275,41 @@ static void worker_cleanup(struct gateway_worker *w) {
 
 /* ---- reload ---- */
 
-static int str_differs(const char *a, const char *b) {
-    if (!a || !b) return a != b;
-    return strcmp(a, b) != 0;
+static void reload_log_change(const char *path, const char *detail, int applied, void *arg) {
+    if (applied) log_info("reload: %s %s", path, detail);
+    else log_warn("reload: %s %s; not applied, it needs a restart", path, detail);
 }
 
-static const struct config_app *find_app(const struct config *c, const char *name) {
-    for (size_t i = 0; i < c->n_apps; i++)
-        if (strcmp(c->apps[i].name, name) == 0) return &c->apps[i];
-    return NULL;
-}
+struct reload_keys {
+    char line[512];
+    size_t used;
+    const char *last;  /* the top-level key added last */
+};
 
-static int app_differs(const struct config_app *a, const struct config_app *b) {
-    if (a->auth != b->auth || str_differs(a->secret_id, b->secret_id) ||
-        str_differs(a->secret_key, b->secret_key) || str_differs(a->token, b->token) ||
-        a->actions != b->actions || a->business_any != b->business_any ||
-        a->n_business_ids != b->n_business_ids)
-        return 1;
-    for (size_t i = 0; i < a->n_business_ids; i++)
-        if (a->business_ids[i] != b->business_ids[i]) return 1;
-    return 0;
-}
-
-static int limits_differ(const struct config *a, const struct config *b) {
-    if (a->n_limits != b->n_limits) return 1;
-    for (size_t i = 0; i < a->n_limits; i++) {
-        const struct config_limit *x = &a->limits[i], *y = &b->limits[i];
-        if (str_differs(x->name, y->name) || x->scope != y->scope ||
-            x->business_any != y->business_any || x->scene_any != y->scene_any ||
-            x->business_id != y->business_id || x->scene_id != y->scene_id ||
-            x->rate != y->rate || x->period_s != y->period_s || x->burst != y->burst ||
-            x->shadow != y->shadow)
-            return 1;
+/* Collects the top-level keys a reload applies, for the "no change" line. */
+static void reload_key(const struct config_key *k, void *arg) {
+    struct reload_keys *rk = arg;
+    int w;
+    if (!k->reload || (rk->last && strcmp(rk->last, k->top) == 0)) return;
+    if (rk->last && rk->used < sizeof rk->line) {
+        w = snprintf(rk->line + rk->used, sizeof rk->line - rk->used, ", %s", rk->last);
+        if (w > 0) rk->used += (size_t)w;
     }
-    return 0;
+    rk->last = k->top;
 }
 
-static int pool_differs(const struct config_pool *a, const struct config_pool *b) {
-    if (a->ttl_s != b->ttl_s || a->n_profiles != b->n_profiles) return 1;
-    for (size_t i = 0; i < a->n_profiles; i++) {
-        const struct config_pool_profile *x = &a->profiles[i], *y = &b->profiles[i];
-        if (x->captcha_type != y->captcha_type || x->disturb_level != y->disturb_level ||
-            x->is_https != y->is_https || x->client_type != y->client_type ||
-            x->account_type != y->account_type || x->has_business_id != y->has_business_id ||
-            x->business_id != y->business_id || x->has_scene_id != y->has_scene_id ||
-            x->scene_id != y->scene_id || x->size != y->size)
-            return 1;
-    }
-    return 0;
-}
-
-static int upstream_differs(const struct config_upstream *a, const struct config_upstream *b) {
-    return str_differs(a->url, b->url) || str_differs(a->sign_host, b->sign_host) ||
-           str_differs(a->secret_id, b->secret_id) || str_differs(a->secret_key, b->secret_key) ||
-           str_differs(a->region, b->region) || a->signature_method != b->signature_method ||
-           a->post != b->post || str_differs(a->ca_file, b->ca_file) ||
-           a->verify_tls != b->verify_tls || a->connect_timeout_ms != b->connect_timeout_ms ||
-           a->timeout_ms != b->timeout_ms || a->retries != b->retries ||
-           a->max_connections != b->max_connections ||
-           a->breaker_failures != b->breaker_failures || a->breaker_open_ms != b->breaker_open_ms;
-}
-
-static int redis_differs(const struct config_redis *a, const struct config_redis *b) {
-    if (!a || !b) return a != b;
-    return str_differs(a->host, b->host) || a->port != b->port || a->db != b->db ||
-           str_differs(a->password, b->password) || a->timeout_ms != b->timeout_ms ||
-           str_differs(a->key_prefix, b->key_prefix);
-}
-
-/* A generated PII key is new on every load: only a configured one can be compared. */
-static int audit_differs(const struct config_audit *a, const struct config_audit *b) {
-    int key = !a->pii_key_generated || !b->pii_key_generated;
-    return str_differs(a->stream, b->stream) || a->maxlen != b->maxlen ||
-           str_differs(a->spool_dir, b->spool_dir) || str_differs(a->file, b->file) ||
-           a->pii_raw != b->pii_raw ||
-           (key && (a->pii_key_generated != b->pii_key_generated ||
-                    a->pii_key_len != b->pii_key_len ||
-                    (a->pii_key_len && memcmp(a->pii_key, b->pii_key, a->pii_key_len) != 0)));
-}
-
-/* Logs every section a reload changes (all of them applied), and what it cannot change without a
- * restart (compared with the config the process started with, which is what those parts still
- * run on). */
+/* Logs every change a reload applies (compared with the running config) and every change it
+ * cannot apply without a restart (compared with the config the process started with, which is
+ * what those parts still run on); config.c's tables say which is which. */
 static void reload_log_changes(const struct config *old, const struct config *boot,
                                const struct config *c) {
-    int changes = 0;
-    for (size_t i = 0; i < c->n_apps; i++) {
-        const struct config_app *o = find_app(old, c->apps[i].name);
-        if (!o) log_info("reload: app %s added", c->apps[i].name), changes++;
-        else if (app_differs(o, &c->apps[i])) log_info("reload: app %s changed", c->apps[i].name), changes++;
+    if (!config_diff(old, c, 1, reload_log_change, NULL)) {
+        struct reload_keys rk = {.used = 0};
+        config_keys(reload_key, &rk);
+        log_info("reload: no change to %s%s%s", rk.used > 2 ? rk.line + 2 : "",
+                 rk.used > 2 ? " or " : "", rk.last ? rk.last : "");
     }
-    for (size_t i = 0; i < old->n_apps; i++)
-        if (!find_app(c, old->apps[i].name)) log_info("reload: app %s removed", old->apps[i].name), changes++;
-    if (limits_differ(old, c)) log_info("reload: limits changed (%zu rule(s))", c->n_limits), changes++;
-    if (old->timestamp_window_s != c->timestamp_window_s)
-        log_info("reload: auth.timestamp_window_s %u -> %u", old->timestamp_window_s,
-                 c->timestamp_window_s), changes++;
-    if (old->on_store_error != c->on_store_error)
-        log_info("reload: on_store_error changed"), changes++;
-    if (old->http_errors_semantic != c->http_errors_semantic)
-        log_info("reload: http_errors %s -> %s", old->http_errors_semantic ? "semantic" : "compat",
-                 c->http_errors_semantic ? "semantic" : "compat"), changes++;
-    if (pool_differs(&old->pool, &c->pool))
-        log_info("reload: pool changed (ttl_s %u, %zu profile(s))", c->pool.ttl_s,
-                 c->pool.n_profiles), changes++;
-    if (old->idempotency_ttl_s != c->idempotency_ttl_s)
-        log_info("reload: idempotency.ttl_s %u -> %u", old->idempotency_ttl_s,
-                 c->idempotency_ttl_s), changes++;
-    if (old->demo != c->demo || (c->demo && str_differs(old->demo_app, c->demo_app)))
-        log_info("reload: demo %s (demo_app %s)", c->demo ? "on" : "off",
-                 c->demo_app ? c->demo_app : "none"), changes++;
-    if (str_differs(old->log_level, c->log_level))
-        log_info("reload: log_level %s -> %s", old->log_level ? old->log_level : "info",
-                 c->log_level ? c->log_level : "info"), changes++;
-    if (!changes)
-        log_info("reload: no change to apps, limits, auth, on_store_error, http_errors, pool, "
-                 "idempotency, demo or log_level");
-
-    if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
-        log_warn("reload: listen changed; not applied, it needs a restart");
-    if (str_differs(boot->admin_host, c->admin_host) || boot->admin_port != c->admin_port)
-        log_warn("reload: admin_listen changed; not applied, it needs a restart");
-    if (boot->workers != c->workers)
-        log_warn("reload: workers changed (%u -> %u); not applied, it needs a restart",
-                 boot->workers, c->workers);
-    if (upstream_differs(&boot->upstream, &c->upstream))
-        log_warn("reload: upstream changed; not applied, it needs a restart");
-    if (memcmp(&boot->http, &c->http, sizeof(c->http)) != 0)
-        log_warn("reload: http limits changed; not applied, they need a restart");
-    if (redis_differs(boot->redis, c->redis))
-        log_warn("reload: redis changed; not applied, it needs a restart");
-    if (audit_differs(&boot->audit, &c->audit) || str_differs(boot->instance, c->instance))
-        log_warn("reload: audit or instance changed; not applied, it needs a restart");
-    if (boot->metrics.flush_ms != c->metrics.flush_ms ||
-        boot->metrics.retention_s != c->metrics.retention_s)
-        log_warn("reload: metrics changed; not applied, it needs a restart");
+    config_diff(boot, c, 0, reload_log_change, NULL);
 }
 
 static void gateway_reload(struct gateway *g) {
