@@ -26,11 +26,11 @@
 #include "config.h"
 #include "demo.h"
 #include "idem.h"
-#include "metrics.h"
+#include "minute_stats.h"
 #include "nonce.h"
 #include "pipeline.h"
 #include "pool.h"
-#include "stats.h"
+#include "prometheus.h"
 #include "store.h"
 #include "upstream.h"
 

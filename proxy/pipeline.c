@@ -30,9 +30,9 @@
 #include "config.h"
 #include "idem.h"
 #include "limit.h"
-#include "metrics.h"
+#include "minute_stats.h"
 #include "pool.h"
-#include "stats.h"
+#include "prometheus.h"
 #include "store.h"
 #include "upstream.h"
 

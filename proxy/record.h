@@ -1,5 +1,5 @@
 /* record.h: what happened to one front request, as the pipeline fills it in and the sinks
- * (audit.h, metrics.h) read it: the decision and its names, and the record itself. A module of
+ * (audit.h, minute_stats.h) read it: the decision and its names, and the record itself. A module of
  * its own so the sinks depend on the record, not on the pipeline that produces it. */
 #ifndef CAPGATE_RECORD_H
 #define CAPGATE_RECORD_H

@@ -1,4 +1,4 @@
-/* test_metrics.c: metrics key and field naming, latency buckets, batching, merging and trimming,
+/* test_minute_stats.c: metrics key and field naming, latency buckets, batching, merging and trimming,
  * /admin/stats query parsing and JSON, the in-memory mode end to end, and the Redis mode against a
  * real redis-server started here (sums, TTLs, index, a query across minutes, an outage). */
 #include <stdarg.h>
@@ -26,7 +26,7 @@
 
 #include "capgate/clock.h"
 #include "config.h"
-#include "metrics.h"
+#include "minute_stats.h"
 
 static struct pipeline_record rec(uint64_t ts_s, int has_b, uint32_t b, int has_s, uint32_t s,
                                   enum pipeline_decision d, int code, uint64_t latency_us) {
