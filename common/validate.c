@@ -18,6 +18,18 @@ const char *const validate_user_fields[] = {
     "registerTime", NULL,
 };
 
+/* Tencent's 公共参数 (Action, Region, Timestamp, Nonce, SecretId, Signature), SignatureMethod
+ * (接口鉴权; the SDKs send it), and Token. */
+const char *const validate_public_params[] = {
+    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+};
+
+int validate_is_public(const char *name) {
+    for (size_t i = 0; validate_public_params[i]; i++)
+        if (strcmp(name, validate_public_params[i]) == 0) return 1;
+    return 0;
+}
+
 static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_UNKNOWN] = "unknown",
     [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",

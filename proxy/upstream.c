@@ -34,6 +34,7 @@
 #include "capgate/reply.h"
 #include "capgate/sign.h"
 #include "capgate/tls.h"
+#include "capgate/validate.h"
 #include "capgate/version.h"
 #include "config.h"
 
@@ -1001,14 +1002,10 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
 
 /* ---- the request sent upstream ---- */
 
-static const char *const app_public_params[] = {
-    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
-};
-
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out) {
     char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, app_public_params) != 0) return -1;
+    if (params_copy_without(out, in, validate_public_params) != 0) return -1;
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
     *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;

@@ -108,11 +108,12 @@ struct upstream_stats {
 };
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
 
-/* The parameters sent upstream: a copy of in without the app's public parameters (SecretId,
- * Signature, Timestamp, Nonce, Region, SignatureMethod, Token; Action stays), plus the
- * gateway's own (SecretId, Timestamp now_s, Nonce, Region, SignatureMethod), signed with the
- * real key for up's sign_host, path and method. out is initialised by the call; the caller
- * cleans it up (also on failure). 0, or -1 on OOM. */
+/* The parameters sent upstream: a copy of in without the app's public parameters
+ * (validate_public_params: SecretId, Signature, Timestamp, Nonce, Region, SignatureMethod,
+ * Token; Action and RequestClient stay), plus the gateway's own (SecretId, Timestamp now_s,
+ * Nonce, Region, SignatureMethod), signed with the real key for up's sign_host, path and
+ * method. out is initialised by the call; the caller cleans it up (also on failure). 0, or -1
+ * on OOM. */
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out);
 
