@@ -86,10 +86,6 @@ int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, 
     return -1;
 }
 
-int pipeline_upstream_timed_out(const char *error) {
-    return error && (strstr(error, "timed out") || strstr(error, "timeout"));
-}
-
 static void copy_str(char *dst, size_t cap, const char *src);
 
 enum pipeline_decision pipeline_limit_verdict(const struct limit_bucket *b, size_t n,
@@ -599,7 +595,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
         }
     } else {
         ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR,
-                  pipeline_upstream_timed_out(r->error), 0, "%s",
+                  r->timed_out, 0, "%s",
                   r->error ? r->error : "upstream call failed");
     }
     pipeline_resume(ctx, STAGE_NEXT);

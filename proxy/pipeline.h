@@ -89,9 +89,6 @@ int pipeline_http_status(int code, int semantic, int timed_out, int framing_stat
 int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
                        size_t errlen);
 
-/* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
-int pipeline_upstream_timed_out(const char *error);
-
 /* The limit stage's reading of a store outcome o over the request's n buckets b:
  *  - PIPELINE_LIMITED: an enforcing bucket refused; rule gets its rule's name and msg the 4400
  *    reply's message "rate limit <rule> exceeded; retry in N s" (N as in Retry-After);

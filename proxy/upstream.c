@@ -104,6 +104,8 @@ struct upstream_call {
     int fast_success;                   /* CALL_FAILING_FAST: the breaker outcome to record */
     unsigned attempts;
     struct upstream_result fast;        /* CALL_FAILING_FAST: the result to deliver */
+    int timed_out;                      /* the call ends on a timeout: total, or the last
+                                         * attempt's connect (upstream_result.timed_out) */
     char errbuf[256];
     TAILQ_ENTRY(upstream_call) link;    /* u->calls */
     TAILQ_ENTRY(upstream_call) qlink;   /* u->queue while QUEUED */
@@ -456,6 +458,7 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
     }
     call_set_state(c, CALL_DONE);
     TAILQ_REMOVE(&u->calls, c, link);
+    r->timed_out = !r->ok && c->timed_out;
     if (c->admitted)
         breaker_record(u->breaker, breaker_success, now_ms());
     r->attempts = c->attempts;
@@ -513,6 +516,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         call_finish(c, &r, c->fast_success);
         return;
     }
+    c->timed_out = 1;
     call_fail(c, 0, "upstream timed out after %u ms", c->u->timeout_ms);
 }
 
@@ -537,6 +541,7 @@ static void call_attempt_failed(struct upstream_call *c, int retriable, const ch
     if (retriable && c->attempts <= u->retries && remaining_ms(c) > 0) {
         log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts, msg);
         u->stats.retries++;
+        c->timed_out = 0;  /* the next attempt decides */
         call_start_attempt(c);
         return;
     }
@@ -552,6 +557,7 @@ static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;   /* connected: the request went out */
     snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
              c->u->port, c->u->connect_timeout_ms);
+    c->timed_out = 1;
     call_attempt_failed(c, 1, msg);
 }
 

@@ -62,6 +62,9 @@ struct upstream_result {
     uint64_t latency_us;    /* from upstream_call to the callback */
     int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
+    int timed_out;          /* !ok because a timer ran out: the call's timeout_ms (queued or
+                             * sent), or the last attempt's connect_timeout_ms (a 504, where
+                             * other failures are a 502) */
     struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
                                     * (from the scan that decided ok), else NULL. Borrowed for the
                                     * callback, which may take fields->url (setting it to NULL). */

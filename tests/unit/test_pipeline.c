@@ -1,5 +1,5 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
- * authorization, timeout detection, the limit verdict and headers. */
+ * authorization, the limit verdict and headers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -36,13 +36,6 @@ static void test_http_status(void **state) {
     assert_int_equal(pipeline_http_status(4000, 1, 0, 414), 414);
     assert_int_equal(pipeline_http_status(4000, 1, 0, 431), 431);
     assert_int_equal(pipeline_http_status(4000, 1, 0, 408), 408);
-}
-
-static void test_timed_out(void **state) {
-    assert_true(pipeline_upstream_timed_out("upstream timed out after 3000 ms"));
-    assert_true(pipeline_upstream_timed_out("connect timed out after 1000 ms"));
-    assert_false(pipeline_upstream_timed_out("upstream answered HTTP 500"));
-    assert_false(pipeline_upstream_timed_out(NULL));
 }
 
 static void test_authorize(void **state) {
@@ -214,7 +207,6 @@ static void test_limit_headers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
-        cmocka_unit_test(test_timed_out),
         cmocka_unit_test(test_authorize),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),

@@ -58,6 +58,7 @@ struct outcome {
     int http_status;
     int breaker_rejected;
     int nothing_sent;
+    int timed_out;
     unsigned attempts;
     uint64_t latency_us;
     char error[256];
@@ -156,6 +157,7 @@ static void on_done(const struct upstream_result *r, void *arg)
     o->http_status = r->http_status;
     o->breaker_rejected = r->breaker_rejected;
     o->nothing_sent = r->nothing_sent;
+    o->timed_out = r->timed_out;
     o->attempts = r->attempts;
     o->latency_us = r->latency_us;
     copy_str(o->error, sizeof(o->error), r->error);
@@ -637,6 +639,7 @@ static void test_stalled_upstream_times_out(void **state)
     call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_string_equal(r.error, "upstream timed out after 300 ms");
+    assert_int_equal(r.timed_out, 1);  /* a 504 in the pipeline */
     assert_true(r.latency_us >= 280000);
     assert_true(r.latency_us < 1500000);
     assert_int_equal(r.nothing_sent, 0);
@@ -667,6 +670,7 @@ static void test_http_500_is_an_error_with_status(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 500);
     assert_string_equal(r.error, "upstream answered HTTP 500");
+    assert_int_equal(r.timed_out, 0);  /* a 502 */
     assert_string_equal(r.body, "<h1>oops</h1>");
     /* a status is never retried */
     assert_int_equal(r.attempts, 1);
@@ -690,6 +694,7 @@ static void test_non_json_body_is_an_error(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 200);
     assert_string_equal(r.error, "upstream reply is not JSON");
+    assert_int_equal(r.timed_out, 0);
     assert_string_equal(r.body, "<html>maintenance</html>");
     upstream_free(u);
     fake_stop(&f);
@@ -732,6 +737,7 @@ static void test_refused_port_is_retried(void **state)
     call(u, base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_non_null(strstr(r.error, "connection refused"));
+    assert_int_equal(r.timed_out, 0);
     assert_int_equal(r.attempts, 3);
     assert_int_equal(r.nothing_sent, 1);
     assert_int_equal(r.http_status, 0);
