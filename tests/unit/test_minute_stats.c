@@ -1,6 +1,7 @@
-/* test_minute_stats.c: metrics key and field naming, latency buckets, batching, merging and trimming,
- * /admin/stats query parsing and JSON, the in-memory mode end to end, and the Redis mode against a
- * real redis-server started here (sums, TTLs, index, a query across minutes, an outage). */
+/* test_minute_stats.c: metrics key and field naming, latency buckets, batching, merging and
+ * trimming, /admin/stats query parsing and JSON, the in-memory mode end to end, and the Redis
+ * mode against a real redis-server started here (sums, TTLs, index, a query across minutes, an
+ * outage). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
