@@ -1788,11 +1788,14 @@ static const char *element_name(const struct field *sub, const char *elem) {
     return NULL;
 }
 
-/* Lists of named elements are matched by name (added, removed, changed), others by index. */
+/* Lists of named elements are matched by name (added, removed, changed; the same elements in
+ * another order: "reordered", which matters to limits), others by index. Called when the lists
+ * differ. */
 static void diff_list(struct diff *d, const struct field *f, const char *a, const char *b,
                       const char *path) {
     const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
     size_t nx = *(const size_t *)(a + f->count_off), ny = *(const size_t *)(b + f->count_off);
+    size_t reported = d->count;
     char where[CONFIG_NAME_MAX + 300];
     int named = (nx && element_name(f->sub, x)) || (ny && element_name(f->sub, y));
     for (size_t j = 0; j < ny; j++) {
@@ -1823,6 +1826,7 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
         }
         if (!kept) diff_report(d, where, "removed");
     }
+    if (d->count == reported) diff_report(d, path, "reordered");
 }
 
 static void diff_field(struct diff *d, const struct field *f, const char *a, const char *b,
