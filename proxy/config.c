@@ -1652,10 +1652,11 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
 }
 
 /* Can the file say null for f? (Else a null value is left out of the dump, as it is absent from
- * the file: a token app's secret_id, a signature app's token.) */
+ * the file: a token app's secret_id, a signature app's token.) A dump hook decides for itself:
+ * null is shown, a NULL result left out. */
 static int null_ok(const struct field *f) {
-    return f->kind == FK_STRING_NULL || f->kind == FK_SECRET_ENV || f->kind == FK_SECRET_FILE ||
-           f->shape == SHAPE_OBJECT_PTR;
+    return f->dump || f->kind == FK_STRING_NULL || f->kind == FK_SECRET_ENV ||
+           f->kind == FK_SECRET_FILE || f->shape == SHAPE_OBJECT_PTR;
 }
 
 static int dump_object(const struct field *table, const char *base, json_t **out) {
