@@ -90,6 +90,7 @@ struct upstream_call {
     struct upstream *u;
     enum call_state state;
     int post;
+    unsigned flags;                     /* UPSTREAM_RAW_OK */
     char *params;
     upstream_done_fn cb;
     void *arg;
@@ -569,15 +570,19 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     size_t len = evbuffer_get_length(in);
     struct upstream_result r;
     struct reply_fields fields;
-    int json;
+    int json, raw_ok;
 
     memset(&r, 0, sizeof(r));
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+    r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     json = r.body && reply_scan(r.body, len, &fields) == 0;
     if (json)
         r.fields = &fields;
+    /* a reply the caller said may be other than JSON (CaptchaQuery script=1: JavaScript) */
+    raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
+             r.http_status < 300;
     c->sent_any = 1;
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
@@ -588,7 +593,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     if (r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
         r.error = c->errbuf;
-    } else if (!json) {
+    } else if (!json && !raw_ok) {
         snprintf(c->errbuf, sizeof(c->errbuf), "%s",
                  len ? "upstream reply is not JSON" : "upstream reply is empty");
         r.error = c->errbuf;
@@ -597,7 +602,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     }
     /* r.fields points into this frame: fine, as a reply never arrives inside upstream_call (the
      * one case where call_finish keeps r for later) */
-    call_finish(c, &r, json && r.http_status < 500);
+    call_finish(c, &r, (json && r.http_status < 500) || raw_ok);
     if (json)
         reply_fields_cleanup(&fields);
     pump_queue(u);
@@ -942,6 +947,12 @@ void upstream_free(struct upstream *u)
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
                   upstream_done_fn cb, void *arg)
 {
+    return upstream_call_flags(u, method, encoded_params, 0, cb, arg);
+}
+
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg)
+{
     struct upstream_call *c = NULL;
     struct timeval tv;
     uint64_t now;
@@ -961,6 +972,7 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
     c->u = u;
     c->state = CALL_DONE;
     c->post = post;
+    c->flags = flags;
     c->cb = cb;
     c->arg = arg;
     c->start_us = clock_mono_us();

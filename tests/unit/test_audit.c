@@ -248,6 +248,42 @@ static void test_record_raw_no_url(void **state) {
     params_cleanup(&p);
 }
 
+/* A reply without an API code (CaptchaQuery script=1's JavaScript, passed through): code is
+ * null in JSON, left out of the stream's fields, and stays absent when read back. */
+static void test_record_no_code(void **state) {
+    struct pipeline_record pr;
+    struct audit_record r, back;
+    struct config_audit cfg = audit_cfg(1);
+    struct audit_fields f;
+    struct strbuf b;
+    sample_pipeline_record(&pr, "00112233445566ff");
+    pr.decision = PIPELINE_FORWARDED;
+    pr.no_code = 1;
+    pr.code_desc[0] = '\0';
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    json_t *o = record_object(&r);
+    assert_true(json_is_null(json_object_get(o, "code")));
+    assert_string_equal(jstr(o, "codeDesc"), "");
+    json_decref(o);
+    audit_record_fields(&r, &f);
+    for (size_t i = 0; i < f.count; i++) assert_string_not_equal(f.name[i], "code");
+    strbuf_init(&b);
+    assert_int_equal(audit_record_json(&r, &b), 0);
+    assert_non_null(strstr(b.s, "\"code\":null,"));
+    assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+    assert_int_equal(back.has_code, 0);
+    strbuf_cleanup(&b);
+    /* with a code (0 included) it is there */
+    pr.no_code = 0;
+    pr.code = 0;
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    audit_record_fields(&r, &f);
+    int seen = 0;
+    for (size_t i = 0; i < f.count; i++)
+        if (strcmp(f.name[i], "code") == 0) seen = f.value_len[i] == 1 && f.value[i][0] == '0';
+    assert_true(seen);
+}
+
 /* Config names are up to CONFIG_NAME_MAX bytes: the record and the app filter hold them whole. */
 static void test_record_whole_names(void **state) {
     struct pipeline_record pr;
@@ -340,7 +376,8 @@ static void random_record(struct audit_record *r) {
     }
     random_string(r->decision, sizeof(r->decision));
     random_string(r->rule, sizeof(r->rule));
-    r->code = (int)(uint32_t)random_u64();
+    r->has_code = (int)(rng_next() % 4 != 0);   /* no code: a passed-through script */
+    r->code = r->has_code ? (int)(uint32_t)random_u64() : 0;
     random_string(r->code_desc, sizeof(r->code_desc));
     r->upstream_status = (int)(uint32_t)random_u64();
     r->latency_us = random_u64();
@@ -377,7 +414,8 @@ static char *reference_json(const struct audit_record *r) {
         OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
         OPT_U32(r->has_client_type, r->client_type), "accountType",
         OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision),
-        "rule", OPT_STR(r->rule), "code", json_integer(r->code), "codeDesc",
+        "rule", OPT_STR(r->rule), "code", r->has_code ? json_integer(r->code) : json_null(),
+        "codeDesc",
         json_string(r->code_desc), "upstream_status", json_integer(r->upstream_status),
         "latency_us", json_integer((json_int_t)r->latency_us), "upstream_latency_us",
         json_integer((json_int_t)r->upstream_latency_us), "uid", OPT_STR(r->uid), "userIp",
@@ -1104,6 +1142,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),
+        cmocka_unit_test(test_record_no_code),
         cmocka_unit_test(test_record_whole_names),
         cmocka_unit_test(test_record_json_matches_jansson),
         cmocka_unit_test(test_query_parse),

@@ -5,6 +5,7 @@
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -66,6 +67,19 @@ static void test_authorize(void **state) {
     app.business_any = 1;
     f.has_business_id = 0;
     assert_int_equal(pipeline_authorize(&app, &f, err, sizeof(err)), 0);
+}
+
+static void test_reply_may_be_script(void **state) {
+    struct v2_fields f;
+    memset(&f, 0, sizeof f);
+    f.action = V2_ACTION_CAPTCHA_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
+    f.has_script = 1;
+    assert_false(pipeline_reply_may_be_script(&f));   /* script=0: JSON */
+    f.script = 1;
+    assert_true(pipeline_reply_may_be_script(&f));
+    f.action = V2_ACTION_CAPTCHA_IFRAME_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
 }
 
 /* Two enforcing rules and a shadow one, as limit_buckets would give them. */
@@ -208,6 +222,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
         cmocka_unit_test(test_authorize),
+        cmocka_unit_test(test_reply_may_be_script),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),
         cmocka_unit_test(test_store_fallback),
