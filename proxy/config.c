@@ -1,7 +1,15 @@
 /* config.c: loads the gateway's JSON configuration into struct config. Each object is parsed by
  * one table of fields (key, kind, offset, bounds); sections with cross-field rules get a check
  * after their table ran. jansson keeps no positions of nodes, so an error's line and column come
- * from a small scanner that walks the source text along the key path of the offending node. */
+ * from a small scanner that walks the source text along the key path of the offending node.
+ *
+ * The same tables drive the masked dump (--check-config) and the reload diff (SIGHUP's log). A
+ * new key of a plain kind needs nothing more; an FK_CUSTOM one needs, for a leaf, .dump/.same
+ * hooks (or .view and .off), and for a section or a list of objects .shape and .sub (SECTION,
+ * LIST). A new top-level key says whether SIGHUP applies it (F_RELOAD); the README's table of
+ * what SIGHUP applies and test_config's test_reload_keys_match_readme list it. test_config
+ * changes every key of config/capgate.example.json and fails on one the dump or the diff
+ * misses. */
 #include "config.h"
 
 #include <errno.h>
