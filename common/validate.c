@@ -17,8 +17,10 @@ const char *const validate_user_fields[] = {
     "registerTime", NULL,
 };
 
-/* Tencent's 公共参数 (Action, Region, Timestamp, Nonce, SecretId, Signature), SignatureMethod
- * (接口鉴权; the SDKs send it), and Token. */
+/* Tencent's 公共参数 besides Action (Region, Timestamp, Nonce, SecretId, Signature:
+ * qcloud-documents, 天御业务安全防护/调用方式/公共参数.md), SignatureMethod as the SDKs send it
+ * (qcloudapi-sdk-python QcloudApi/modules/base.py, the npm qcloudapi-sdk's index.js), and
+ * Token, a temporary credential's, which the gateway never forwards. */
 const char *const validate_public_params[] = {
     "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
 };
