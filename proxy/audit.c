@@ -37,30 +37,12 @@
 #include "capgate/strbuf.h"
 #include "capgate/thread.h"
 #include "config.h"
-#include "pipeline.h"
+#include "record.h"
 #include "resp.h"
 
 /* ======================================================================================== */
 /* Records                                                                                  */
 /* ======================================================================================== */
-
-/* The decision names of docs/design.md "Audit", indexed by enum pipeline_decision (kept here so the
- * audit module does not depend on the pipeline's code, only on its header). */
-static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
-    [PIPELINE_FORWARDED] = "forwarded",
-    [PIPELINE_POOL] = "pool",
-    [PIPELINE_REPLAYED] = "replayed",
-    [PIPELINE_LIMITED] = "limited",
-    [PIPELINE_SHADOW_LIMITED] = "shadow_limited",
-    [PIPELINE_INVALID] = "invalid",
-    [PIPELINE_UNAUTHORIZED] = "unauthorized",
-    [PIPELINE_DENIED] = "denied",
-    [PIPELINE_UPSTREAM_ERROR] = "upstream_error",
-};
-
-static const char *decision_name(enum pipeline_decision d) {
-    return (unsigned)d < PIPELINE_DECISION_COUNT ? decision_names[d] : "unknown";
-}
 
 enum field_kind {
     FK_TS,      /* uint64_t Unix us, written as ISO-8601 UTC with milliseconds */
@@ -223,7 +205,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->client_type = r->has_client_type ? pr->client_type : 0;
     r->has_account_type = pr->has_account_type != 0;
     r->account_type = r->has_account_type ? pr->account_type : 0;
-    copy_str(r->decision, sizeof(r->decision), decision_name(pr->decision));
+    copy_str(r->decision, sizeof(r->decision), pipeline_decision_name(pr->decision));
     copy_str(r->rule, sizeof(r->rule), pr->rule);
     /* A reply with no API code (CaptchaQuery script=1's JavaScript) has none in the record. */
     r->has_code = !pr->no_code;
@@ -2057,7 +2039,7 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
         } else if (strcmp(name, "decision") == 0) {
             int found = 0;
             for (int d = 0; d < PIPELINE_DECISION_COUNT; d++)
-                found |= strcmp(v, decision_names[d]) == 0;
+                found |= strcmp(v, pipeline_decision_name((enum pipeline_decision)d)) == 0;
             if (!found) {
                 snprintf(err, errlen, "decision must be one of forwarded, pool, replayed, "
                          "limited, shadow_limited, invalid, unauthorized, denied, "

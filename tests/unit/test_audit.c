@@ -36,7 +36,8 @@
 #include "capgate/params.h"
 #include "capgate/strbuf.h"
 #include "config.h"
-#include "pipeline.h"
+#include "record.h"
+#include "redis_server.h"
 
 static const char pii_key[] = "test-pii-key-0123456789";
 
@@ -728,69 +729,13 @@ static void test_query_memory(void **state) {
 
 /* ---- the sink against redis-server ---- */
 
-struct redis_server {
-    pid_t pid;
-    int port;
-    char dir[256];
-};
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static redisContext *redis_client(int port) {
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (c && c->err) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    struct redis_server s = {.port = port};
+    return redis_server_connect(&s);
 }
 
 static void redis_start(struct redis_server *s) {
-    char port[16];
-    snprintf(port, sizeof(port), "%d", s->port);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    uint64_t deadline = now_ms() + 5000;
-    for (;;) {
-        redisContext *c = redis_client(s->port);
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return;
-        }
-        if (now_ms() > deadline)
-            fail_msg("redis-server did not start on port %d", s->port);
-        sleep_ms(20);
-    }
-}
-
-static void redis_stop(struct redis_server *s) {
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
+    assert_int_equal(redis_server_start(s), 0);
 }
 
 /* request_ids of the stream, oldest first; *n set. Caller frees. */
@@ -879,14 +824,14 @@ static void submit_n(struct audit *a, const char *prefix, unsigned n) {
 }
 
 static void test_sink_redis(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512], copy[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool/nested", dir);
     snprintf(copy, sizeof(copy), "%s/copy", dir);
     assert_int_equal(mkdir(copy, 0700), 0);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
 
     struct config_redis rc = {0};
@@ -914,7 +859,7 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "a0000000", 100);
 
     /* Redis down: records go to the spool */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "b0000000", 300);
     WAIT_UNTIL(stats_of(a).spooled == 300, 5000, "300 spooled records");
     assert_string_equal(audit_state_name(a), "spooling");
@@ -953,7 +898,7 @@ static void test_sink_redis(void **state) {
 
     /* restart: records spooled by an object that stops while Redis is down are replayed by the
      * next one */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     a = audit_new(&cfg, 1, err, sizeof(err));
     assert_non_null(a);
     submit_n(a, "d0000000", 50);
@@ -967,7 +912,7 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "d0000000", 50);
     audit_free(a);
 
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -975,12 +920,12 @@ static void test_sink_redis(void **state) {
 /* An out-of-memory in a failed live write keeps the records: they reach the spool and, once
  * Redis is back, the stream. */
 static void test_sink_live_failure_oom(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool", dir);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
@@ -998,7 +943,7 @@ static void test_sink_live_failure_oom(void **state) {
     assert_non_null(a);
     WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
     atomic_store(&fail_pointer_arrays, 1);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "e0000000", 100);
     WAIT_UNTIL(stats_of(a).spooled == 100, 5000, "100 spooled records");
     atomic_store(&fail_pointer_arrays, 0);
@@ -1007,7 +952,7 @@ static void test_sink_live_failure_oom(void **state) {
                "replay and live again");
     assert_stream_tail(rs.port, 0, "e0000000", 100);
     audit_free(a);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -1021,7 +966,7 @@ static void test_sink_stop_unsaved(void **state) {
     snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1084,7 +1029,7 @@ static void test_sink_held_stats(void **state) {
     snprintf(spool, sizeof(spool), "%s/spool", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};

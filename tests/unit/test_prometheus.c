@@ -1,4 +1,4 @@
-/* test_stats.c: per-worker counters summed over workers, and the Prometheus text they render. */
+/* test_prometheus.c: per-worker counters summed over workers, and the Prometheus text they render. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,7 +10,7 @@
 
 #include "capgate/strbuf.h"
 #include "config.h"
-#include "stats.h"
+#include "prometheus.h"
 
 static char *render(struct stats_worker **w, size_t n, const struct stats_process *p) {
     struct strbuf b;

@@ -1,10 +1,10 @@
-/* stats.h: the gateway's per-worker counters and their Prometheus text. Each worker writes only
- * its own struct stats_worker (relaxed atomics, no locks); the admin listener on the main thread
- * sums every worker at scrape time. Label values are bounded by the caller: app names from the
- * config ("-" before authentication), Action names from validate_action_name(), decisions from
- * the pipeline's table. */
-#ifndef CAPGATE_STATS_H
-#define CAPGATE_STATS_H
+/* prometheus.h: the gateway's per-worker counters and their Prometheus text (/metrics). Each
+ * worker writes only its own struct stats_worker (relaxed atomics, no locks); the admin listener
+ * on the main thread sums every worker at scrape time. Label values are bounded by the caller:
+ * app names from the config ("-" before authentication), Action names from
+ * validate_action_name(), decisions from pipeline_decision_name() (record.h). */
+#ifndef CAPGATE_PROMETHEUS_H
+#define CAPGATE_PROMETHEUS_H
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"

@@ -1,7 +1,8 @@
-/* stats.c: per-worker counters without locks. A worker owns its table: it fills a slot's labels
- * and then publishes the slot with a release store; the scraper only reads slots it saw
- * published (acquire), so it never sees half-written labels. Slots are never removed. */
-#include "stats.h"
+/* prometheus.c: the counters behind /metrics, per worker and without locks. A worker owns its
+ * table: it fills a slot's labels and then publishes the slot with a release store; the scraper
+ * only reads slots it saw published (acquire), so it never sees half-written labels. Slots are
+ * never removed. */
+#include "prometheus.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
