@@ -69,10 +69,21 @@ die() {
   exit 1
 }
 
+# step TEXT: a progress line with the time since run.sh started, so a long install or build is
+# visibly under way rather than silent.
+run_start=$(date +%s)
+step() {
+  echo "run.sh: [+$(($(date +%s) - run_start))s] $*" >&2
+}
+
 build() {
+  step "installing missing dependencies (scripts/install-deps.sh)"
   "$root/scripts/install-deps.sh"
+  step "configuring $build_dir"
   cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  step "building (about 2 minutes on 2 cores the first time)"
   cmake --build "$build_dir" -j 2 >/dev/null
+  step "built"
 }
 
 # json_string FILE KEY: the first "KEY": "value" of a JSON file (flat string values only).
@@ -202,14 +213,23 @@ gateway_token_curl() {
     "$gw_addr" "Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0"
 }
 
-# answer CMD: what CMD printed just now (it is run to check that it works).
+# answer CMD: what CMD printed just now (it is run to check that it works). A signed command is
+# usable once (its Nonce), so the one checked is never the one printed: the caller prints a
+# fresh one made after the check.
 answer() {
   bash -c "$1" 2>&1 || echo "(the command failed: status $?)"
 }
 
 print_usage() {
   local config=$1 token_cmd signed_cmd https_cmd resolve_cmd
+  local token_ans signed_ans https_ans resolve_ans
+  # Checked first, then printed fresh: a pasted signed curl has a Nonce nobody used yet.
+  step "checking each way to call the gateway once"
   token_cmd=$(gateway_token_curl)
+  token_ans=$(answer "$token_cmd")
+  signed_ans=$(answer "$(gateway_signed_curl)")
+  https_ans=$(answer "$(gateway_https_curl)")
+  resolve_ans=$(answer "$(gateway_resolve_curl)")
   signed_cmd=$(gateway_signed_curl)
   https_cmd=$(gateway_https_curl)
   resolve_cmd=$(gateway_resolve_curl)
@@ -225,20 +245,20 @@ App batch-job, token auth (CAPGATE_BATCH_TOKEN=$batch_token):
 
   $token_cmd
 
-  answered just now: $(answer "$token_cmd")
+  answered just now: $token_ans
 
 App demo-web, v2 signature (SecretId $demo_web_id, SecretKey CAPGATE_DEMO_WEB_KEY=$demo_web_key;
 each Nonce is accepted once and a Timestamp for 300 s; a fresh one: ./scripts/run.sh curl):
 
   $signed_cmd
 
-  answered just now: $(answer "$signed_cmd")
+  a call like it (its own Nonce) answered just now: $signed_ans
 
 The same over the HTTPS front, verified against the test CA (./scripts/run.sh curl-https):
 
   $https_cmd
 
-  answered just now: $(answer "$https_cmd")
+  a call like it answered just now: $https_ans
 
 And addressed as csec.api.qcloud.com, as an app with a hosts entry or internal DNS record for
 it would (the certificate's SAN includes the name; signed for the Host
@@ -246,7 +266,7 @@ csec.api.qcloud.com:${gw_tls_addr##*:}):
 
   $resolve_cmd
 
-  answered just now: $(answer "$resolve_cmd")
+  a call like it answered just now: $resolve_ans
 
 The same signed call with Tencent's Node SDK (npm install qcloudapi-sdk@0.2.1), only host and
 credentials changed:
@@ -278,14 +298,18 @@ main() {
   cd "$root"
   mkdir -p "$log_dir"
   [[ ${CAPGATE_RUN_SKIP_BUILD:-0} == 1 ]] || build
+  step "making the test certificates in var/certs"
   "$root/scripts/gen-certs.sh" "$cert_dir"
   command -v curl >/dev/null 2>&1 || die "curl is needed (apt-get install curl)"
   local config
   config=$(gateway_config)
   trap cleanup EXIT
   trap 'exit 130' INT TERM
+  step "starting capgate-mock (log: var/log/capgate-mock.log)"
   start_mock
+  step "starting capgate (log: var/log/capgate.log)"
   start_gateway "$config"
+  step "ready"
   print_usage "$config"
   # In the foreground until Ctrl-C or until a service exits on its own.
   local rc=0
