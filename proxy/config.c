@@ -404,7 +404,12 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         if (f->flag_off != NO_FLAG) *(int *)(base + f->flag_off) = 1;
     } else if (f->kind == FK_SECRET_ENV) {
         const char *val = getenv(name);
-        if (!val) return fail(x, "environment variable %s is not set", name);
+        /* A reload reads the environment the process started with: a variable exported later
+         * never reaches it, so the message points at the file form, which is read every time. */
+        if (!val)
+            return fail(x, "environment variable %s is not set (a running capgate keeps the "
+                        "environment it started with: for a secret added at run time use "
+                        "%s_file)", name, f->group);
         if (!*val) return fail(x, "environment variable %s is empty", name);
         if (!(*dst = strdup(val))) return oom(x);
     } else {

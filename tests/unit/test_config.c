@@ -275,7 +275,9 @@ static void test_errors(void **state) {
          "t.json:2:75: apps[0].business_ids[1]: must be a UInt (0..4294967295); got -2"},
         /* missing environment variable */
         {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": \"T_NOT_SET_ANYWHERE\"\n  }\n}",
-         "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set"},
+         "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set (a "
+         "running capgate keeps the environment it started with: for a secret added at run time "
+         "use secret_key_file)"},
         /* missing required */
         {"{\"workers\": 1}", "t.json:1:1: missing required key \"upstream\""},
         {"{\"upstream\": {\"secret_id\": \"x\"}}",
