@@ -4,11 +4,13 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 
 #include <event2/event.h>
 
 #include "capgate/log.h"
+#include "capgate/sdnotify.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
 #include "mock.h"
@@ -146,6 +148,8 @@ int main(int argc, char **argv) {
         printf("capgate-mock listening on %s\n", m->https_base);
         fflush(stdout);
     }
+    if (sd_notify_state("READY=1") < 0) log_warn("cannot notify $NOTIFY_SOCKET: %s",
+                                                 strerror(errno));
     log_info("%zu credential(s), timestamp window %u s%s%s", opts.ncreds, opts.timestamp_window,
              opts.has_seed ? ", seeded" : "", opts.https_only ? ", HTTPS only" : "");
     if (event_base_dispatch(base) < 0) {

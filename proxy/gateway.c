@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <errno.h>
 #include <string.h>
 #include <event2/event.h>
 
@@ -21,6 +22,7 @@
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
 #include "capgate/log.h"
+#include "capgate/sdnotify.h"
 #include "capgate/thread.h"
 #include "capgate/tls.h"
 #include "config.h"
@@ -528,6 +530,9 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     fflush(stdout);
     log_info("capgate %s: %u worker(s), upstream %s, %s store", c->path, g->n_workers,
              c->upstream.url, store_shared_kind(g->store_shared));
+    /* Every listener is bound: Type=notify units count as started from here. */
+    if (sd_notify_state("READY=1") < 0) log_warn("cannot notify $NOTIFY_SOCKET: %s",
+                                                 strerror(errno));
     return g;
 oom:
     snprintf(err, errlen, "out of memory");
