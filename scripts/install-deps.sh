@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
 # missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
-# redis, node and npm (unless a node >= 18 is already on PATH) and chromium (optional: the
-# browser test skips without it). --bench adds wrk, nginx-light and node.
+# redis, node and npm (unless a node >= 18 is already on PATH), chromium (optional: the
+# browser test skips without it) and what the install test uses (man-db, systemd, dpkg-dev).
+# --bench adds wrk, nginx-light and node.
 set -euo pipefail
 
 want_test=0
@@ -12,7 +13,7 @@ for arg in "$@"; do
     --test) want_test=1 ;;
     --bench) want_bench=1 ;;
     -h | --help)
-      sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -46,6 +47,9 @@ fi
 if ((want_test)); then
   # ca-certificates: npm reaches its registry over https with the system store.
   required+=(redis-server redis-tools ca-certificates)
+  # The install test (tests/install/): man -l renders the pages, systemd-analyze verify checks
+  # the units, dpkg-shlibdeps (dpkg-dev) fills the .deb's Depends, curl sends its request.
+  required+=(man-db groff-base systemd dpkg-dev curl)
   optional+=(chromium)
 fi
 if ((want_bench)); then

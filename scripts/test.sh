@@ -2,8 +2,8 @@
 # test.sh: the whole suite from a fresh clone. Installs what is missing (install-deps.sh --test),
 # installs the integration tests' npm packages, builds build/ (-Werror) and build-asan/
 # (ASan+UBSan), runs ctest in both, checks a copy of the repository alone in a fresh directory
-# (scripts/check-standalone.sh) and prints a one-line summary. Exit status 0 only if every
-# build and every test passed.
+# (scripts/check-standalone.sh), checks the install and the .deb (tests/install/) and prints a
+# one-line summary. Exit status 0 only if every build and every test passed.
 # Env: CAPGATE_TEST_JOBS (parallel integration tests, default 2), CAPGATE_SKIP_ASAN=1.
 set -euo pipefail
 
@@ -60,6 +60,18 @@ if ctest --test-dir build -L standalone --output-on-failure 2>&1 | tee "$out"; t
   summary+=("standalone: $(grep -E 'tests passed' "$out" | tail -n1 || true)")
 else
   summary+=("standalone: FAILED")
+  failed=1
+fi
+rm -f "$out"
+
+# Once, in the normal tree: cmake --install into a staging root, the man pages, the units, the
+# installed programs with the installed config, and the .deb (tests/install/check_install.sh).
+log "install: staging install, man pages, units, installed config, .deb"
+out=$(mktemp)
+if ctest --test-dir build -L install --output-on-failure 2>&1 | tee "$out"; then
+  summary+=("install: $(grep -E 'tests passed' "$out" | tail -n1 || true)")
+else
+  summary+=("install: FAILED")
   failed=1
 fi
 rm -f "$out"
