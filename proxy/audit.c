@@ -1513,7 +1513,7 @@ static void replay_step(struct audit *a) {
     char (*seen_keys)[300] = calloc(n ? n : 1, sizeof(*seen_keys));
     const char *why = NULL;
     char errbuf[160] = "";
-    size_t sent = 0, i;
+    size_t sent = 0, i, n_landed = 0;
     struct batch_runs runs = {0};
     if (!seen_keys) {
         why = "out of memory";
@@ -1529,8 +1529,12 @@ static void replay_step(struct audit *a) {
                 goto out;
             }
             skip[i] = landed == 1;
+            n_landed += skip[i];
         }
     }
+    if (n_landed)
+        log_info("audit: %zu uncertain records are in the stream already (their batch landed); "
+                 "not replayed", n_landed);
     for (i = 0; i < n; i++) {
         if (skip[i])
             continue;
