@@ -1725,6 +1725,30 @@ static void file_reopen(struct audit *a) {
     log_info("audit: reopened %s", a->file_path);
 }
 
+/* Held records going live again (the spool refused them, so they were never replayed) may be
+ * uncertain ones whose batch landed meanwhile: those are freed, as replay would skip them. The
+ * rest stay in order at the front of nodes; their count. Without an answer from Redis, all stay
+ * (and the next attempt fails the same way). */
+static size_t drop_landed(struct audit *a, struct audit_node **nodes, size_t n) {
+    struct batch_runs runs = {0};
+    size_t i, kept = 0, dropped = 0;
+    for (i = 0; i < n; i++) {
+        if (nodes[i]->uncertain && nodes[i]->batch[0] &&
+            batch_landed(a, &runs, nodes[i]->batch) == 1) {
+            free(nodes[i]);
+            dropped++;
+            continue;
+        }
+        nodes[kept++] = nodes[i];
+    }
+    if (dropped) {
+        atomic_fetch_add(&a->written, dropped);
+        log_info("audit: %zu held uncertain records are in the stream already (their batch "
+                 "landed); not written again", dropped);
+    }
+    return kept;
+}
+
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
     size_t i;
     if (a->file.fd >= 0 && !retried)
@@ -1738,6 +1762,8 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
+        if (retried && (n = drop_landed(a, batch, n)) == 0)
+            return;
         n = live_write(a, batch, n, 0);
         if (n > 0)
             spool_or_hold(a, batch, n);
