@@ -938,8 +938,9 @@ static void sink_disconnect(struct audit *a) {
     a->client_addr[0] = '\0';
 }
 
-/* The connection's CLIENT ID and local address, so a batch left unanswered on it can be fenced
- * after a reconnect. Unknown (-1) when CLIENT ID is refused (an ACL): fencing is then skipped. */
+/* The connection's CLIENT ID and local address (as Redis writes a client's addr: ip:port, an
+ * IPv6 address in brackets), so a batch left unanswered on it can be fenced after a reconnect.
+ * Unknown (-1) when CLIENT ID is refused (an ACL): fencing is then skipped. */
 static void learn_client(struct audit *a) {
     struct sockaddr_storage ss;
     socklen_t sl = sizeof(ss);
@@ -958,7 +959,8 @@ static void learn_client(struct audit *a) {
     } else if (ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
         if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
-            snprintf(a->client_addr, sizeof(a->client_addr), "%s:%u", ip, ntohs(in6->sin6_port));
+            snprintf(a->client_addr, sizeof(a->client_addr), "[%s]:%u", ip,
+                     ntohs(in6->sin6_port));
     }
 }
 
