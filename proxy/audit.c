@@ -724,7 +724,11 @@ static const char *const audit_state_names[] = {"connecting", "live",   "spoolin
 #define SYNC_EVERY_US 100000      /* fsync the spool and the file at least this often ... */
 #define SYNC_EVERY_RECORDS 512    /* ... or after this many records */
 #define SEGMENT_MAX_BYTES (8u << 20)
-#define REPLAY_CHUNK 256
+#define REPLAY_CHUNK 256          /* the bound of one replay step: records, each one O(1)
+                                   * script (SET NX + XADD), plus a GET per run of uncertain ones */
+#define REPLAY_TIMEOUT_MIN_MS 1000 /* a replay step's replies wait max(this, redis.timeout_ms):
+                                    * background work, not to be torn down (and restarted) by a
+                                    * Redis that is slow for a moment */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CURSOR_NAME "replay.cursor"
@@ -1459,8 +1463,27 @@ static int replay_open(struct audit *a) {
     return rc;
 }
 
-/* Replays up to REPLAY_CHUNK records of the current segment, then persists the cursor. */
+/* The sink connection's read timeout: redis.timeout_ms, or the replay's own. */
+static void sink_timeout(struct audit *a, int replay) {
+    unsigned ms = a->cfg->redis->timeout_ms;
+    if (replay && ms < REPLAY_TIMEOUT_MIN_MS)
+        ms = REPLAY_TIMEOUT_MIN_MS;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    if (a->redis)
+        (void)redisSetTimeout(a->redis, tv);
+}
+
+static void replay_chunk(struct audit *a);
+
+/* Replays up to REPLAY_CHUNK records of the current segment, then persists the cursor; its
+ * replies are waited for with the replay's own timeout. */
 static void replay_step(struct audit *a) {
+    sink_timeout(a, 1);
+    replay_chunk(a);
+    sink_timeout(a, 0);
+}
+
+static void replay_chunk(struct audit *a) {
     if (!a->replay_fp) {
         int rc = replay_open(a);
         if (rc == 0)
