@@ -6,6 +6,7 @@
 #include "capgate/httpd.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <time.h>
@@ -31,6 +33,7 @@
 #include "capgate/num.h"
 #include "capgate/poison.h"
 #include "capgate/strbuf.h"
+#include "capgate/tls.h"
 
 /* Room for "METHOD " and " HTTP/1.1" around the target when a request line has no end yet. */
 #define HTTPD_LINE_SLACK 64
@@ -61,7 +64,7 @@ struct httpd_listener {
     struct httpd_listener *next;
     struct httpd *h;
     struct evconnlistener *lev;
-    SSL_CTX *tls;  /* borrowed */
+    struct tls_server *tls;  /* borrowed */
 };
 
 struct httpd_conn;
@@ -86,6 +89,7 @@ struct httpd_request {
     int keepalive;
     int is_head;
     int expect_continue;
+    int cancel_on_eof;
     char errmsg[224];
 };
 
@@ -126,6 +130,11 @@ struct httpd {
     struct httpd_conn *conns;
     size_t nconns;
     size_t inflight;
+    struct httpd_budget own_budget;
+    struct httpd_budget *budget;   /* own_budget, or one shared with other servers */
+    struct event *accept_timer;    /* re-enables the listeners after an accept failure */
+    int accept_paused;
+    uint64_t refused, accept_errors;
     int draining;
     time_t date_sec;
     char date[40];
@@ -133,6 +142,12 @@ struct httpd {
 
 static void conn_process(struct httpd_conn *c);
 static void conn_close(struct httpd_conn *c);
+
+/* Accept failures and refusals at max_connections, whichever server and thread: one warning
+ * when they start, a summary a minute while they go on, one line when accepting works again
+ * (a second after the last failure, so one lucky accept between failures ends nothing). */
+static struct log_limiter accept_warning = LOG_LIMITER_INIT(60, 1000);
+static struct log_limiter refuse_warning = LOG_LIMITER_INIT(60, 1000);
 
 void httpd_limits_default(struct httpd_limits *lim) {
     lim->max_uri = 8192;
@@ -143,6 +158,22 @@ void httpd_limits_default(struct httpd_limits *lim) {
     lim->body_timeout_ms = 10000;
     lim->idle_timeout_ms = 60000;
     lim->write_timeout_ms = 10000;
+    lim->max_connections = 0;
+}
+
+void httpd_budget_init(struct httpd_budget *b, size_t max) {
+    atomic_init(&b->open, 0);
+    b->max = max;
+}
+
+size_t httpd_default_max_connections(size_t reserve, size_t *limit) {
+    struct rlimit rl;
+    size_t n = 1024;   /* the usual soft limit, should getrlimit fail */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) n = (size_t)rl.rlim_cur;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0) n = (size_t)1 << 20;
+    if (limit) *limit = n;
+    size_t max = n >= 2 * reserve ? n - reserve : n / 2;
+    return max ? max : 1;
 }
 
 const char *httpd_reason(int status) {
@@ -251,6 +282,7 @@ static void conn_free(struct httpd_conn *c) {
     else h->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     h->nconns--;
+    atomic_fetch_sub_explicit(&h->budget->open, 1, memory_order_relaxed);
     if (c->timer) event_free(c->timer);
     if (c->resume) event_free(c->resume);
     if (c->bev) bufferevent_free(c->bev);
@@ -440,12 +472,52 @@ static int list_has_token(const char *value, const char *token) {
     return 0;
 }
 
+/* RFC 3986 host [":" port]: an IP-literal in brackets, or reg-name / IPv4address characters
+ * (unreserved, pct-encoded, sub-delims), then an optional decimal port. Empty is allowed
+ * (RFC 9112 3.2: a target without an authority). */
+static int host_value_ok(const char *v) {
+    const char *p = v;
+    if (*p == '[') {
+        for (p++; *p && *p != ']'; p++) {
+            if (!isxdigit((unsigned char)*p) && !strchr(":.vV", *p)) return 0;
+        }
+        if (*p++ != ']') return 0;
+    } else {
+        for (; *p && *p != ':'; p++) {
+            unsigned char ch = (unsigned char)*p;
+            if (isalnum(ch) || strchr("-._~!$&'()*+,;=", ch)) continue;
+            if (ch == '%' && isxdigit((unsigned char)p[1]) && isxdigit((unsigned char)p[2])) {
+                p += 2;
+                continue;
+            }
+            return 0;
+        }
+    }
+    if (*p == ':') {
+        int digits = 0;
+        for (p++; *p >= '0' && *p <= '9'; p++) digits++;
+        if (digits > 5) return 0;
+    }
+    return *p == '\0';
+}
+
 static void parse_header_semantics(struct httpd_request *r, size_t max_body) {
-    int conn_close_tok = 0, conn_keep = 0, te_other = 0;
+    int conn_close_tok = 0, conn_keep = 0, te_other = 0, te_seen = 0, hosts = 0;
     for (size_t i = 0; i < r->pub.header_count; i++) {
         const char *name = r->pub.headers[i].name;
         const char *value = r->pub.headers[i].value;
-        if (!r->pub.host && strcasecmp(name, "Host") == 0) {
+        if (strcasecmp(name, "Host") == 0) {
+            /* RFC 9112 3.2: more than one Host, or an invalid one, is a 400. Host is part of
+             * the string to sign, so an ambiguous Host would also be an ambiguous signature. */
+            if (hosts++) {
+                request_fail(r, 400, "the request has more than one Host header");
+                return;
+            }
+            if (!host_value_ok(value)) {
+                request_fail(r, 400, "the Host header is not a valid host[:port]: \"%.40s\"",
+                             value);
+                return;
+            }
             r->pub.host = value;
         } else if (!r->pub.content_type && strcasecmp(name, "Content-Type") == 0) {
             r->pub.content_type = value;
@@ -455,13 +527,16 @@ static void parse_header_semantics(struct httpd_request *r, size_t max_body) {
                 request_fail(r, 400, "Content-Length is not a decimal number: \"%.40s\"", value);
                 return;
             }
-            if (r->has_content_length && n != r->content_length) {
-                request_fail(r, 400, "the request has conflicting Content-Length headers");
+            /* RFC 9112 6.3 lets a server merge equal values; two framing headers are a
+             * smuggling vector between a proxy and a server that disagree, so none is kept. */
+            if (r->has_content_length) {
+                request_fail(r, 400, "the request has more than one Content-Length header");
                 return;
             }
             r->has_content_length = 1;
             r->content_length = n;
         } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
+            te_seen = 1;
             if (strcasecmp(value, "chunked") == 0 && !r->chunked) r->chunked = 1;
             else te_other = 1;
         } else if (strcasecmp(name, "Connection") == 0) {
@@ -471,12 +546,21 @@ static void parse_header_semantics(struct httpd_request *r, size_t max_body) {
             if (strcasecmp(value, "100-continue") == 0) r->expect_continue = 1;
         }
     }
+    if (te_seen && r->pub.http_minor == 0) {
+        /* RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing. */
+        request_fail(r, 400, "Transfer-Encoding is not allowed in an HTTP/1.0 request");
+        return;
+    }
     if (te_other) {
         request_fail(r, 501, "Transfer-Encoding other than a single \"chunked\" is not supported");
         return;
     }
     if (r->chunked && r->has_content_length) {
         request_fail(r, 400, "the request has both Content-Length and Transfer-Encoding");
+        return;
+    }
+    if (!hosts && r->pub.http_minor >= 1) {
+        request_fail(r, 400, "an HTTP/1.1 request must have a Host header");
         return;
     }
     if (r->has_content_length && r->content_length > max_body) {
@@ -732,6 +816,47 @@ static ssize_t take_line(struct evbuffer *in, char *buf, size_t buflen, size_t *
     return (ssize_t)n;
 }
 
+static const char *skip_bws(const char *p) {
+    while (*p == ' ' || *p == '\t') p++;
+    return p;
+}
+
+/* What follows the size on a chunk-size line, per RFC 9112 7.1.1: BWS, then any number of
+ * ";" name ["=" token / quoted-string] with BWS around the separators. A CR, a NUL or any
+ * other byte outside that grammar makes the line invalid ("3;\rGET / ..." smuggles). */
+static int chunk_ext_ok(const char *p) {
+    p = skip_bws(p);
+    while (*p == ';') {
+        p = skip_bws(p + 1);
+        if (!is_tchar((unsigned char)*p)) return 0;
+        while (is_tchar((unsigned char)*p)) p++;
+        p = skip_bws(p);
+        if (*p == '=') {
+            p = skip_bws(p + 1);
+            if (*p == '"') {
+                for (p++; *p != '"'; p++) {
+                    unsigned char ch = (unsigned char)*p;
+                    if (ch == '\\') ch = (unsigned char)*++p;
+                    if (ch == '\0' || (ch < 0x20 && ch != '\t') || ch == 0x7f) return 0;
+                }
+                p++;
+            } else {
+                if (!is_tchar((unsigned char)*p)) return 0;
+                while (is_tchar((unsigned char)*p)) p++;
+            }
+            p = skip_bws(p);
+        }
+    }
+    return *p == '\0';
+}
+
+/* A trailer field line: a token name, a colon, a value without control characters. */
+static int trailer_line_ok(const char *line) {
+    const char *p = line;
+    while (is_tchar((unsigned char)*p)) p++;
+    return p > line && *p == ':' && !has_ctl(p + 1);
+}
+
 static enum read_result conn_read_chunked(struct httpd_conn *c) {
     struct httpd_request *r = c->req;
     struct evbuffer *in = bufferevent_get_input(c->bev);
@@ -772,10 +897,9 @@ static enum read_result conn_read_chunked(struct httpd_conn *c) {
                 }
                 size = size * 16 + (uint64_t)d;
             }
-            while (*p == ' ' || *p == '\t') p++;
-            if (digits == 0 || (*p && *p != ';')) {
-                request_fail(r, 400, "a chunk-size line is not a hexadecimal size: \"%.32s\"",
-                             line);
+            if (digits == 0 || memchr(line, '\0', (size_t)n) || !chunk_ext_ok(p)) {
+                request_fail(r, 400, "a chunk-size line is not a hexadecimal size with valid "
+                             "extensions: \"%.32s\"", line);
                 return READ_READY;
             }
             if (size == 0) {
@@ -827,6 +951,10 @@ static enum read_result conn_read_chunked(struct httpd_conn *c) {
                 return READ_WAIT;
             }
             if (n == 0) return READ_READY;
+            if (memchr(line, '\0', (size_t)n) || !trailer_line_ok(line)) {
+                request_fail(r, 400, "a trailer line is not \"Name: value\"");
+                return READ_READY;
+            }
             c->trailer_bytes += (size_t)n + eol_len;
             if (c->trailer_bytes > lim->max_header_bytes) {
                 request_fail(r, 431, "the trailer fields are more than %zu bytes",
@@ -933,6 +1061,17 @@ void httpd_set_cancel(struct httpd_req *req, httpd_cancel_fn cb, void *arg) {
     struct httpd_request *r = (struct httpd_request *)req;
     r->cancel = cb;
     r->cancel_arg = arg;
+}
+
+void httpd_cancel_on_eof(struct httpd_req *req) {
+    struct httpd_request *r = (struct httpd_request *)req;
+    r->cancel_on_eof = 1;
+    /* The EOF may have come already: the connection closes on the next loop turn (its
+     * timer), not inside the program's code. */
+    if (r->conn && r->conn->eof && r->conn->state == CONN_HANDLING) {
+        struct timeval now = {0, 0};
+        evtimer_add(r->conn->timer, &now);
+    }
 }
 
 /* After a reply: the next request on a keep-alive connection, or the closing sequence. */
@@ -1189,6 +1328,14 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
         case CONN_WRITING:
             if (evbuffer_get_length(bufferevent_get_output(bev)) == 0) conn_close(c);
             break;
+        case CONN_HANDLING:
+            /* A client that sent its whole request and shut down its sending side waits for
+             * the answer: the request goes on, and its reply closes the connection (a peer
+             * that closed entirely makes that write fail, which ends it). Only a request
+             * that asked for it (httpd_cancel_on_eof) ends here. */
+            bufferevent_disable(bev, EV_READ);
+            if (c->req && c->req->cancel_on_eof) conn_close(c);
+            break;
         default:
             conn_close(c);
             break;
@@ -1203,11 +1350,13 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
     conn_leave(c);
 }
 
-static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa, SSL_CTX *tls) {
+static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa,
+                     struct tls_server *tls) {
     const struct httpd_limits *lim = &h->lim;
     struct httpd_conn *c = calloc(1, sizeof *c);
     if (!c) {
         evutil_closesocket(fd);
+        atomic_fetch_sub_explicit(&h->budget->open, 1, memory_order_relaxed);
         goto fail;
     }
     /* Linked first, so conn_free is the one cleanup path; it closes fd once bev owns it. */
@@ -1232,7 +1381,7 @@ static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa, S
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     }
     if (tls) {
-        SSL *ssl = SSL_new(tls);
+        SSL *ssl = tls_server_ssl_new(tls);
         if (ssl) {
             c->bev = bufferevent_openssl_socket_new(h->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
                                                     BEV_OPT_CLOSE_ON_FREE);
@@ -1276,12 +1425,61 @@ fail:
 static void listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
                                struct sockaddr *sa, int salen, void *arg) {
     struct httpd_listener *l = arg;
-    conn_new(l->h, fd, sa, l->tls);
+    struct httpd *h = l->h;
+    struct httpd_budget *b = h->budget;
+    size_t open = atomic_fetch_add_explicit(&b->open, 1, memory_order_relaxed);
+    if (b->max && open >= b->max) {
+        /* Past max_connections the connection is accepted and closed, as nginx does past
+         * worker_connections: left in the listen queue it would wait in silence for the
+         * client's own timeout (and, with SO_REUSEPORT, behind a full worker while another
+         * has room); closed, the client or its balancer can try again at once. */
+        atomic_fetch_sub_explicit(&b->open, 1, memory_order_relaxed);
+        evutil_closesocket(fd);
+        h->refused++;
+        log_limited(&refuse_warning, LOG_LEVEL_WARN,
+                    "httpd: %zu connections are open, the limit (max_connections); new ones "
+                    "are closed at once", b->max);
+        return;
+    }
+    log_limited_ok(&refuse_warning, LOG_LEVEL_INFO,
+                   "httpd: below max_connections again; new connections are served");
+    log_limited_ok(&accept_warning, LOG_LEVEL_INFO, "httpd: accepting connections again");
+    conn_new(h, fd, sa, l->tls);
 }
 
+static void httpd_enable_listeners(struct httpd *h, int on) {
+    for (struct httpd_listener *l = h->listeners; l; l = l->next) {
+        if (on) evconnlistener_enable(l->lev);
+        else evconnlistener_disable(l->lev);
+    }
+}
+
+static void accept_timer_cb(evutil_socket_t fd, short what, void *arg) {
+    struct httpd *h = arg;
+    h->accept_paused = 0;
+    if (!h->draining) httpd_enable_listeners(h, 1);
+}
+
+/* accept() failed with an error libevent does not retry by itself: EMFILE or ENFILE (out of
+ * descriptors), ENOBUFS or ENOMEM (or anything else). The listening socket stays readable, so
+ * accepting on would spin a core and log each failure; instead this server stops accepting for
+ * HTTPD_ACCEPT_PAUSE_MS and tries again, as nginx does (ngx_event_accept.c: the accept events
+ * disabled, a timer of accept_mutex_delay). Connections already open are served meanwhile, and
+ * as they close the descriptors come back. */
 static void listener_error_cb(struct evconnlistener *lev, void *arg) {
-    /* EMFILE and friends: libevent keeps the listener; the next accept may succeed. */
-    log_warn("httpd: accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    struct httpd_listener *l = arg;
+    struct httpd *h = l->h;
+    int err = EVUTIL_SOCKET_ERROR();
+    h->accept_errors++;
+    log_limited(&accept_warning, LOG_LEVEL_WARN,
+                "httpd: accept failed: %s; pausing new connections for %d ms at a time until "
+                "it works again (open connections are still served)",
+                evutil_socket_error_to_string(err), HTTPD_ACCEPT_PAUSE_MS);
+    if (h->accept_paused || !h->accept_timer) return;
+    h->accept_paused = 1;
+    httpd_enable_listeners(h, 0);
+    struct timeval tv = {HTTPD_ACCEPT_PAUSE_MS / 1000, (HTTPD_ACCEPT_PAUSE_MS % 1000) * 1000};
+    evtimer_add(h->accept_timer, &tv);
 }
 
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
@@ -1293,11 +1491,22 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
     else httpd_limits_default(&h->lim);
     h->handler = handler;
     h->arg = arg;
+    httpd_budget_init(&h->own_budget, h->lim.max_connections);
+    h->budget = &h->own_budget;
+    h->accept_timer = evtimer_new(base, accept_timer_cb, h);
+    if (!h->accept_timer) {
+        free(h);
+        return NULL;
+    }
     return h;
 }
 
-int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int reuseport,
-                 char *err, size_t errlen) {
+void httpd_set_budget(struct httpd *h, struct httpd_budget *b) {
+    h->budget = b ? b : &h->own_budget;
+}
+
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
+                 int reuseport, char *err, size_t errlen) {
     struct addrinfo hints, *res = NULL;
     struct httpd_listener *l = NULL;
     char portstr[16];
@@ -1339,6 +1548,7 @@ int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int 
         goto out;
     }
     evconnlistener_set_error_cb(l->lev, listener_error_cb);
+    if (h->accept_paused) evconnlistener_disable(l->lev);
     struct sockaddr_storage ss;
     socklen_t sslen = sizeof ss;
     if (getsockname(evconnlistener_get_fd(l->lev), (struct sockaddr *)&ss, &sslen) != 0) {
@@ -1371,6 +1581,7 @@ static void httpd_close_listeners(struct httpd *h) {
 
 void httpd_stop_accepting(struct httpd *h) {
     httpd_close_listeners(h);
+    evtimer_del(h->accept_timer);
     h->draining = 1;
     struct httpd_conn *c = h->conns;
     while (c) {
@@ -1382,6 +1593,8 @@ void httpd_stop_accepting(struct httpd *h) {
 
 size_t httpd_inflight(const struct httpd *h) { return h->inflight; }
 size_t httpd_connections(const struct httpd *h) { return h->nconns; }
+uint64_t httpd_refused(const struct httpd *h) { return h->refused; }
+uint64_t httpd_accept_errors(const struct httpd *h) { return h->accept_errors; }
 
 void httpd_free(struct httpd *h) {
     if (!h) return;
@@ -1394,5 +1607,6 @@ void httpd_free(struct httpd *h) {
         conn_close(c);
         conn_free(c);
     }
+    event_free(h->accept_timer);
     free(h);
 }

@@ -9,6 +9,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "capgate/clock.h"
+
 static const char *log_prog = "capgate";
 /* Read on every message by every thread and changed by a reload: one atomic int, relaxed, as
  * nothing else is ordered by it. */
@@ -60,4 +62,103 @@ void log_msg(enum log_level level, const char *fmt, ...) {
     line[len++] = '\n';
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
+}
+
+/* ---- rate-limited warnings ------------------------------------------------------------------ */
+
+void log_limiter_init(struct log_limiter *l, unsigned interval_s, unsigned quiet_ms) {
+    memset(l, 0, sizeof *l);
+    pthread_mutex_init(&l->lock, NULL);
+    l->interval_s = interval_s;
+    l->quiet_ms = quiet_ms;
+    atomic_init(&l->active, 0);
+}
+
+void log_limiter_destroy(struct log_limiter *l) { pthread_mutex_destroy(&l->lock); }
+
+/* The text with every run of digits replaced by one '#': what makes two warnings "the same". */
+static void limiter_key(const char *text, char *key, size_t keylen) {
+    size_t k = 0;
+    for (const char *p = text; *p && k + 1 < keylen; p++) {
+        if (*p >= '0' && *p <= '9') {
+            if (k == 0 || key[k - 1] != '#') key[k++] = '#';
+        } else {
+            key[k++] = *p;
+        }
+    }
+    key[k] = '\0';
+}
+
+int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level level,
+                  const char *fmt, va_list ap) {
+    char text[1024];
+    char key[sizeof l->key];
+    int logged = 0;
+    if (ok && !atomic_load_explicit(&l->active, memory_order_relaxed)) return 0;
+    vsnprintf(text, sizeof text, fmt, ap);
+    pthread_mutex_lock(&l->lock);
+    uint64_t interval_us = (uint64_t)l->interval_s * 1000000u;
+    if (ok) {
+        /* A success while failures still come (one accept got a descriptor another just freed)
+         * is no recovery yet: the episode goes on. */
+        if (atomic_load_explicit(&l->active, memory_order_relaxed) &&
+            now_us - l->last_seen_us >= (uint64_t)l->quiet_ms * 1000u) {
+            log_msg(level, "%s (the warning occurred %llu times over %llu s)", text,
+                    (unsigned long long)l->total,
+                    (unsigned long long)((l->last_seen_us - l->since_us) / 1000000u));
+            atomic_store_explicit(&l->active, 0, memory_order_relaxed);
+            l->key[0] = '\0';
+            logged = 1;
+        }
+        pthread_mutex_unlock(&l->lock);
+        return logged;
+    }
+    limiter_key(text, key, sizeof key);
+    if (!atomic_load_explicit(&l->active, memory_order_relaxed)) {
+        atomic_store_explicit(&l->active, 1, memory_order_relaxed);
+        l->since_us = now_us;
+        l->total = 0;
+        l->repeats = 0;
+        log_msg(level, "%s", text);
+        logged = 1;
+    } else if (strcmp(key, l->key) != 0) {
+        if (l->repeats)
+            log_msg(level, "%s (the previous warning repeated %llu more times)", text,
+                    (unsigned long long)l->repeats);
+        else
+            log_msg(level, "%s", text);
+        l->repeats = 0;
+        logged = 1;
+    } else if (now_us - l->last_line_us >= interval_us) {
+        log_msg(level, "%s (repeated %llu times in the last %llu s)", text,
+                (unsigned long long)(l->repeats + 1),
+                (unsigned long long)((now_us - l->last_line_us) / 1000000u));
+        l->repeats = 0;
+        logged = 1;
+    } else {
+        l->repeats++;
+    }
+    if (logged) {
+        memcpy(l->key, key, sizeof l->key);
+        l->last_line_us = now_us;
+    }
+    l->total++;
+    l->last_seen_us = now_us;
+    pthread_mutex_unlock(&l->lock);
+    return logged;
+}
+
+void log_limited(struct log_limiter *l, enum log_level level, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    log_limited_v(l, clock_mono_us(), 0, level, fmt, ap);
+    va_end(ap);
+}
+
+void log_limited_ok(struct log_limiter *l, enum log_level level, const char *fmt, ...) {
+    if (!atomic_load_explicit(&l->active, memory_order_relaxed)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    log_limited_v(l, clock_mono_us(), 1, level, fmt, ap);
+    va_end(ap);
 }

@@ -49,18 +49,62 @@ static int value_is_at(const struct param *it) {
     return it->value_len > 0 && it->value[0] == '@';
 }
 
+/* How the SDKs write names into the string to sign. They agree but for a name with a '_':
+ * - NAMES_SENT: sorted as sent, then each '_' past the first byte becomes '.': PHP
+ *   (Sign.php _buildParamStr: ksort, then strpos($key, '_') is falsy for a leading '_'), Node
+ *   (index.js generateQueryString) and the docs (接口鉴权.md: sort in 2.1, '_' to '.' in 2.2).
+ *   Both programs sign this way.
+ * - NAMES_ALL: sorted as sent, every '_' becomes '.': Java (Sign.java buildParamStr, a TreeMap
+ *   of the names as sent) and the Python SDK before 2.0.15.
+ * - NAMES_ALL_SORTED: every '_' becomes '.', then the new names are sorted: Python 2.0.15
+ *   (common/sign.py Sign.make builds a dict of replaced names and sorts it), so `user_x` signs as
+ *   `user.x`, before `userIp`, where the others put it after. */
+enum name_form { NAMES_SENT, NAMES_ALL, NAMES_ALL_SORTED };
+
+/* What string_to_sign saw besides the string: the '@' values it left out, and where names hold
+ * a '_' (the forms differ only then). */
+struct sign_seen {
+    size_t skipped;
+    int underscore_first; /* some name starts with '_' */
+    int underscore;       /* some name has a '_' anywhere */
+};
+
+/* Byte order of the names once every '_' is '.'. */
+static int rewritten_cmp(const struct param *a, const struct param *b) {
+    size_t n = a->name_len < b->name_len ? a->name_len : b->name_len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a->name[i], y = (unsigned char)b->name[i];
+        if (x == '_') x = '.';
+        if (y == '_') y = '.';
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return a->name_len < b->name_len ? -1 : a->name_len > b->name_len;
+}
+
+/* Insertion sort by rewritten_cmp: only a verification that failed its first forms and has a
+ * name with '_' comes here, with at most a parsed request's count of parameters. */
+static void sort_rewritten(const struct param **index, size_t n) {
+    for (size_t i = 1; i < n; i++) {
+        const struct param *it = index[i];
+        size_t j = i;
+        for (; j > 0 && rewritten_cmp(index[j - 1], it) > 0; j--) index[j] = index[j - 1];
+        index[j] = it;
+    }
+}
+
 /* The string to sign and its length (values may hold any byte when added by hand). skip_at: the
- * parameters whose value starts with '@' are left out, and *skipped (when not NULL) counts them.
- * method, when not NULL, gets the value of the first SignatureMethod (NULL when absent), found on
- * the way. */
+ * parameters whose value starts with '@' are left out. names: see enum name_form. seen, when not
+ * NULL, is filled. method, when not NULL, gets the value of the first SignatureMethod (NULL when
+ * absent), found on the way. */
 static char *string_to_sign(const char *http_method, const char *host, const char *path,
-                            const struct params *p, int skip_at, size_t *skipped,
-                            size_t *len_out, const char **method) {
+                            const struct params *p, int skip_at, enum name_form names,
+                            struct sign_seen *seen, size_t *len_out, const char **method) {
     const struct param *stack_index[SIGN_INDEX_STACK];
     const struct param **index = stack_index;
     const char *method_value = NULL;
     char *out = NULL;
-    size_t n = 0, n_skipped = 0;
+    size_t n = 0;
+    struct sign_seen saw = {0};
 
     if (p->count > SIGN_INDEX_STACK) {
         index = malloc(p->count * sizeof *index);
@@ -73,14 +117,22 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
         if (is_signature(it)) continue;
         if (!method_value && is_signature_method(it)) method_value = it->value;
         if (skip_at && value_is_at(it)) {
-            n_skipped++;
+            saw.skipped++;
             continue;
+        }
+        const char *u = memchr(it->name, '_', it->name_len);
+        if (u) {
+            saw.underscore = 1;
+            if (u == it->name) saw.underscore_first = 1;
         }
         index[n++] = it;
         total += it->name_len + it->value_len + 2; /* '=' and '&' */
     }
-    /* Sorted by the name as sent: the '_' rewrite below happens after ordering. */
-    params_sort_index(index, n);
+    if (names == NAMES_ALL_SORTED && saw.underscore)
+        sort_rewritten(index, n);
+    else
+        params_sort_index(index, n); /* by the name as sent: the rewrite below comes after */
+    size_t first = names == NAMES_SENT ? 1 : 0;
 
     out = malloc(total + 1);
     if (!out) goto out;
@@ -97,7 +149,7 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
         if (i > 0) *w++ = '&';
         /* "name\0value" is one run of the list's text; the NUL becomes the '='. */
         memcpy(w, it->name, it->name_len + 1 + it->value_len);
-        for (size_t k = 1; k < it->name_len; k++)
+        for (size_t k = first; k < it->name_len; k++)
             if (w[k] == '_') w[k] = '.';
         w[it->name_len] = '=';
         w += it->name_len + 1 + it->value_len;
@@ -105,7 +157,7 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
     *w = '\0';
     *len_out = (size_t)(w - out);
     if (method) *method = method_value;
-    if (skipped) *skipped = n_skipped;
+    if (seen) *seen = saw;
 out:
     if (index != stack_index) free(index);
     return out;
@@ -114,8 +166,8 @@ out:
 char *sign_string_to_sign(const char *http_method, const char *host, const char *path,
                           const struct params *p) {
     size_t len;
-    return string_to_sign(http_method, host, path, p, sign_skips_at(http_method), NULL, &len,
-                          NULL);
+    return string_to_sign(http_method, host, path, p, sign_skips_at(http_method), NAMES_SENT, NULL,
+                          &len, NULL);
 }
 
 /* ---- keyed HMAC contexts, per thread ----
@@ -238,14 +290,14 @@ int sign_compute(enum sign_method m, const char *key, size_t key_len, const char
     return 0;
 }
 
-/* Computes p's signature for the request into out, the '@' values left out when skip_at.
- * *skipped (when not NULL) gets how many were. */
+/* Computes p's signature for the request into out, the '@' values left out when skip_at and the
+ * names written as `names` says. seen (when not NULL) gets what string_to_sign saw. */
 static int sign_for(const struct params *p, const char *http_method, const char *host,
-                    const char *path, const char *key, int skip_at, size_t *skipped,
-                    char out[SIGN_B64_MAX]) {
+                    const char *path, const char *key, int skip_at, enum name_form names,
+                    struct sign_seen *seen, char out[SIGN_B64_MAX]) {
     size_t len;
     const char *method;
-    char *text = string_to_sign(http_method, host, path, p, skip_at, skipped, &len, &method);
+    char *text = string_to_sign(http_method, host, path, p, skip_at, names, seen, &len, &method);
     if (!text) return -1;
     enum sign_method m = sign_method_parse(method);
     int rc = sign_compute(m, key, strlen(key), text, len, out);
@@ -256,7 +308,8 @@ static int sign_for(const struct params *p, const char *http_method, const char 
 int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
                 const char *key) {
     char sig[SIGN_B64_MAX];
-    if (sign_for(p, http_method, host, path, key, sign_skips_at(http_method), NULL, sig) != 0)
+    if (sign_for(p, http_method, host, path, key, sign_skips_at(http_method), NAMES_SENT, NULL,
+                 sig) != 0)
         return -1;
     return params_set(p, "Signature", sig);
 }
@@ -268,22 +321,40 @@ static int sig_equal(const struct param *got, const char *want) {
     return CRYPTO_memcmp(got->value, want, got->value_len) == 0 ? 0 : -1;
 }
 
+/* 0 when p's Signature is what key makes in this form. */
+static int verify_form(const struct params *p, const struct param *got, const char *http_method,
+                       const char *host, const char *path, const char *key, int skip_at,
+                       enum name_form names, struct sign_seen *seen) {
+    char want[SIGN_B64_MAX];
+    if (sign_for(p, http_method, host, path, key, skip_at, names, seen, want) != 0) return -1;
+    return sig_equal(got, want);
+}
+
 int sign_verify(const struct params *p, const char *http_method, const char *host,
                 const char *path, const char *key) {
-    char want[SIGN_B64_MAX];
-    size_t skipped = 0;
+    struct sign_seen seen;
     const struct param *got = params_find(p, "Signature");
     int skip_at = sign_skips_at(http_method);
     if (!got || got->value_len == 0) return -1;
-    if (sign_for(p, http_method, host, path, key, skip_at, &skipped, want) != 0) return -1;
-    if (sig_equal(got, want) == 0) return 0;
+    if (verify_form(p, got, http_method, host, path, key, skip_at, NAMES_SENT, &seen) == 0)
+        return 0;
     /* A POST whose '@' values were left out is also accepted when they were signed: the Node
      * SDK signs them when the request carries a Version (index.js, its API 3.0 branch), and a
      * signature over every parameter covers strictly more than the SDKs' rule asks, so this
      * admits no request the key holder did not sign. GET gets one form only: no SDK leaves
      * anything out of a GET, and trying the shorter form there would accept signatures no SDK
      * makes and leave the '@' values of a GET unauthenticated. */
-    if (!skip_at || skipped == 0) return -1;
-    if (sign_for(p, http_method, host, path, key, 0, NULL, want) != 0) return -1;
-    return sig_equal(got, want);
+    if (skip_at && seen.skipped > 0 &&
+        verify_form(p, got, http_method, host, path, key, 0, NAMES_SENT, NULL) == 0)
+        return 0;
+    /* The other SDKs' names (enum name_form): the same parameters and values in another order or
+     * spelling, so each covers exactly what the first form covers. Tried only when a name has a
+     * '_', the one case where the forms differ. */
+    if (seen.underscore_first &&
+        verify_form(p, got, http_method, host, path, key, skip_at, NAMES_ALL, NULL) == 0)
+        return 0;
+    if (seen.underscore &&
+        verify_form(p, got, http_method, host, path, key, skip_at, NAMES_ALL_SORTED, NULL) == 0)
+        return 0;
+    return -1;
 }

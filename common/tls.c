@@ -3,8 +3,11 @@
 #include "capgate/tls.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <openssl/err.h>
@@ -31,12 +34,38 @@ void tls_global_init(void) {
     OPENSSL_init_ssl(OPENSSL_INIT_LOAD_SSL_STRINGS | OPENSSL_INIT_LOAD_CRYPTO_STRINGS, NULL);
 }
 
+/* ALPN: both programs speak HTTP/1.1 only. A client offering it gets it; one offering only
+ * other protocols (h2) gets no ALPN answer and may go on with HTTP/1.1 or give up, as RFC 7301
+ * allows, rather than a fatal alert. */
+static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                           const unsigned char *in, unsigned inlen, void *arg) {
+    static const unsigned char http11[] = "\x08http/1.1";
+    unsigned char *sel = NULL;
+    unsigned char sel_len = 0;
+    if (SSL_select_next_proto(&sel, &sel_len, http11, sizeof http11 - 1, in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = sel;
+    *outlen = sel_len;
+    return SSL_TLSEXT_ERR_OK;
+}
+
 SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
                             size_t errlen) {
     SSL_CTX *ctx = NULL;
     if (!cert_file || !key_file) {
         snprintf(err, errlen, "a TLS listener needs both a certificate and a key file");
         goto fail;
+    }
+    /* OpenSSL says only "system lib" for a file it cannot open */
+    for (int i = 0; i < 2; i++) {
+        const char *file = i ? key_file : cert_file;
+        FILE *f = fopen(file, "r");
+        if (!f) {
+            snprintf(err, errlen, "cannot open %s: %s", file, strerror(errno));
+            goto fail;
+        }
+        fclose(f);
     }
     ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) {
@@ -52,6 +81,7 @@ SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *e
     /* Partial writes and a moving write buffer are what bufferevent_openssl expects. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
                               SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_select, NULL);
     if (SSL_CTX_use_certificate_chain_file(ctx, cert_file) != 1) {
         tls_set_err(err, errlen, "cannot load the certificate chain", cert_file);
         goto fail;
@@ -68,6 +98,59 @@ SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *e
 fail:
     SSL_CTX_free(ctx);
     return NULL;
+}
+
+struct tls_server {
+    pthread_mutex_t lock;  /* held only to read or swap ctx: the workers accept, main reloads */
+    SSL_CTX *ctx;
+};
+
+struct tls_server *tls_server_wrap(SSL_CTX *ctx) {
+    struct tls_server *ts = calloc(1, sizeof *ts);
+    if (!ts || pthread_mutex_init(&ts->lock, NULL) != 0) {
+        free(ts);
+        SSL_CTX_free(ctx);
+        return NULL;
+    }
+    ts->ctx = ctx;
+    return ts;
+}
+
+struct tls_server *tls_server_new(const char *cert_file, const char *key_file, char *err,
+                                  size_t errlen) {
+    SSL_CTX *ctx = tls_server_ctx_new(cert_file, key_file, err, errlen);
+    struct tls_server *ts;
+    if (!ctx) return NULL;
+    if (!(ts = tls_server_wrap(ctx))) snprintf(err, errlen, "out of memory");
+    return ts;
+}
+
+int tls_server_reload(struct tls_server *ts, const char *cert_file, const char *key_file,
+                      char *err, size_t errlen) {
+    SSL_CTX *fresh = tls_server_ctx_new(cert_file, key_file, err, errlen), *old;
+    if (!fresh) return -1;
+    pthread_mutex_lock(&ts->lock);
+    old = ts->ctx;
+    ts->ctx = fresh;
+    pthread_mutex_unlock(&ts->lock);
+    /* Connections made on the old context hold references of their own. */
+    SSL_CTX_free(old);
+    return 0;
+}
+
+SSL *tls_server_ssl_new(struct tls_server *ts) {
+    SSL *ssl;
+    pthread_mutex_lock(&ts->lock);
+    ssl = SSL_new(ts->ctx);
+    pthread_mutex_unlock(&ts->lock);
+    return ssl;
+}
+
+void tls_server_free(struct tls_server *ts) {
+    if (!ts) return;
+    SSL_CTX_free(ts->ctx);
+    pthread_mutex_destroy(&ts->lock);
+    free(ts);
 }
 
 SSL_CTX *tls_client_ctx_new(const char *ca_file, int verify, char *err, size_t errlen) {

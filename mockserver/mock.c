@@ -272,7 +272,8 @@ static void stall_cancel(struct httpd_req *req, void *arg) {
     heap_call_free(c);
 }
 
-/* A stall keeps the call until the peer gives up; the cancel callback frees it. */
+/* A stall keeps the call until the peer gives up (closes, or shuts down its sending side:
+ * nothing will ever answer it); the cancel callback frees it. */
 static void stall(struct call *c) {
     char fault[64];
     faults_describe(&c->fault, fault, sizeof(fault));
@@ -282,6 +283,7 @@ static void stall(struct call *c) {
         c->timer = NULL;
     }
     httpd_set_cancel(c->req, stall_cancel, c);
+    httpd_cancel_on_eof(c->req);
 }
 
 static void delay_cancel(struct httpd_req *req, void *arg) { heap_call_free(arg); }
@@ -569,6 +571,12 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     httpd_limits_default(&lim);
     lim.header_timeout_ms = opts->header_timeout_ms;
     lim.body_timeout_ms = opts->body_timeout_ms;
+    /* 32 descriptors kept for stdio, the listeners, the event loop and files. */
+    size_t nofile = 0;
+    lim.max_connections = opts->max_connections ? opts->max_connections
+                                                : httpd_default_max_connections(32, &nofile);
+    if (!opts->max_connections)
+        log_info("max_connections %zu (RLIMIT_NOFILE %zu)", lim.max_connections, nofile);
     m->httpd = httpd_new(base, &lim, handle, m);
     if (!m->httpd) {
         snprintf(err, errlen, "out of memory");
@@ -586,7 +594,7 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     }
     base_url(m->http_base, sizeof(m->http_base), "http", host, bound);
     if (opts->tls_listen) {
-        m->tls = tls_server_ctx_new(opts->tls_cert, opts->tls_key, lerr, sizeof(lerr));
+        m->tls = tls_server_new(opts->tls_cert, opts->tls_key, lerr, sizeof(lerr));
         if (!m->tls) {
             snprintf(err, errlen, "TLS: %s", lerr);
             goto fail;
@@ -612,7 +620,7 @@ void mock_free(struct mock *m) {
     if (!m) return;
     /* First the server: pending delayed/stalled calls are cancelled and free themselves. */
     if (m->httpd) httpd_free(m->httpd);
-    if (m->tls) SSL_CTX_free(m->tls);
+    tls_server_free(m->tls);
     etable_free(m->nonces);
     etable_free(m->urls);
     etable_free(m->tickets);

@@ -53,7 +53,7 @@ struct mock {
     struct event_base *base;       /* borrowed */
     const struct mock_opts *opts;  /* borrowed, outlives the mock */
     struct httpd *httpd;
-    SSL_CTX *tls;
+    struct tls_server *tls;
     char http_base[300];           /* "http://127.0.0.1:PORT" as listening */
     char https_base[300];          /* "" without a TLS listener */
     const char *url_base;          /* --public-url, else http_base */

@@ -39,6 +39,7 @@ static const struct opt_def opt_defs[] = {
     {"quota", OPT_U32, OFF(quota), 0, 100000000},
     {"header-timeout-ms", OPT_U32, OFF(header_timeout_ms), 1, 3600000},
     {"body-timeout-ms", OPT_U32, OFF(body_timeout_ms), 1, 3600000},
+    {"max-connections", OPT_U32, OFF(max_connections), 0, 1048576},
     {"captcha-ttl", OPT_U32, OFF(captcha_ttl_s), 1, 86400},
     {"log-level", OPT_LOGLEVEL, OFF(log_level), 0, 0},
     {"config", OPT_CLI_ONLY, OFF(config), 0, 0},
@@ -446,6 +447,8 @@ const char *mockopts_usage(void) {
            "  --captcha-ttl SECONDS       lifetime of captcha URLs and tickets (default 1200)\n"
            "  --header-timeout-ms MS      time allowed for request headers (default 10000)\n"
            "  --body-timeout-ms MS        time allowed for a request body (default 10000)\n"
+           "  --max-connections N         open connections at once, more are closed at once\n"
+           "                              (default 0: RLIMIT_NOFILE minus 32)\n"
            "  --log-level LEVEL           debug, info, warn, error (default info)\n"
            "  --config FILE               JSON file with the same keys (and \"faults\": [...])\n"
            "  --version, --help\n"

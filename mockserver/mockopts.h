@@ -32,6 +32,7 @@ struct mock_opts {
     int https_only;
     uint32_t quota;            /* requests/s per SecretId, 0: unlimited */
     uint32_t header_timeout_ms, body_timeout_ms;  /* default 10000 */
+    uint32_t max_connections;  /* open connections at once; 0 (default): from RLIMIT_NOFILE */
     uint32_t captcha_ttl_s;    /* lifetime of URLs and tickets, default 1200 */
     char *log_level;           /* default "info" */
     char *config;              /* the --config path, if any */

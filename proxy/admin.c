@@ -217,6 +217,7 @@ struct admin *admin_new(struct event_base *base, const struct admin_source *src)
     a->base = base;
     a->src = *src;
     httpd_limits_default(&lim);
+    lim.max_connections = ADMIN_MAX_CONNECTIONS;
     a->httpd = httpd_new(base, &lim, admin_handle, a);
     if (!a->httpd) {
         free(a);

@@ -16,6 +16,10 @@ struct metrics;
 struct pool;
 struct admin;
 
+/* The admin listener's own max_connections: an operator can still reach /metrics while the
+ * front listener is full. */
+#define ADMIN_MAX_CONNECTIONS 64
+
 /* What the admin listener reports; everything borrowed and read on the main thread, and must
  * outlive the admin. */
 struct admin_source {

@@ -101,6 +101,7 @@ static const struct field_desc record_fields[] = {
     F_STR("request_id", request_id),
     F_STR("instance", instance),
     F_STR("app", app),
+    F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
@@ -213,6 +214,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
     copy_str(r->instance, sizeof(r->instance), instance);
     copy_str(r->app, sizeof(r->app), pr->app);
+    copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
     r->has_business_id = pr->has_business_id != 0;
@@ -1010,10 +1012,15 @@ static int load_script(struct audit *a) {
     return rc;
 }
 
+/* One warning when reconnect attempts start failing (and when the error changes), a summary a
+ * minute while Redis stays down, one line when it is back. */
+static struct log_limiter sink_warning = LOG_LIMITER_INIT(60, 0);
+
 /* Spooling (or connecting): an error moves to spooling and schedules the next attempt. */
 static void sink_failed(struct audit *a, const char *what) {
     atomic_fetch_add(&a->redis_errors, 1);
-    log_warn("audit: redis: %s; spooling, next attempt in %u ms", what, a->backoff_ms);
+    log_limited(&sink_warning, LOG_LEVEL_WARN, "audit: redis: %s; spooling, next attempt in %u ms",
+                what, a->backoff_ms);
     sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
@@ -1652,6 +1659,7 @@ static void try_connect(struct audit *a) {
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0)
         free_names(names, n);
+    log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
     log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
 }

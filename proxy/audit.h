@@ -30,6 +30,7 @@ struct strbuf;
 #define AUDIT_QUERY_LIMIT_MAX 1000
 
 #define AUDIT_PII_MAX 65   /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
+#define AUDIT_SECRET_ID_MAX 129  /* an unknown SecretId: up to 128 bytes (cut at UTF-8) */
 
 /* One audit record: a self-contained copy (fixed-size buffers, no pointers), so it can cross
  * threads and outlive the request. Strings are valid UTF-8 and NUL-terminated; "" in an optional
@@ -39,6 +40,7 @@ struct audit_record {
     char request_id[17];
     char instance[64];
     char app[CONFIG_NAME_MAX + 1];  /* whole: config.h bounds app names */
+    char secret_id[AUDIT_SECRET_ID_MAX]; /* a SecretId no app has (cut at 128 bytes), "" else */
     char client_ip[64];
     char action[64];
     int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
@@ -75,7 +77,7 @@ int audit_record_from_json(const char *text, size_t len, struct audit_record *r)
 
 /* The flat field/value list of a stream entry (XADD): the same names as the JSON, absent
  * optional values left out, numbers in decimal. Values point into r or into f. */
-#define AUDIT_FIELDS_MAX 24
+#define AUDIT_FIELDS_MAX 26
 struct audit_fields {
     size_t count;
     const char *name[AUDIT_FIELDS_MAX];

@@ -59,12 +59,18 @@ int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
 
     memset(r, 0, sizeof(*r));
     const char *token = auth_bearer_token(req->authorization, &token_len);
-    if (token) return auth_token(c, token, token_len, r);
+    if (token) {
+        r->bearer = 1;
+        return auth_token(c, token, token_len, r);
+    }
 
-    if (validate_public(req->params, &pub, err, sizeof(err)) != 0)
+    if (validate_public(req->params, &pub, err, sizeof(err)) != 0) {
+        r->claimed = config_find_app_by_secret_id(c, params_get(req->params, "SecretId"));
         return auth_fail(r, 4000, "%s", err);
+    }
     const struct config_app *app = config_find_app_by_secret_id(c, pub.secret_id);
     if (!app) return auth_fail(r, 4100, "SecretId is not known at this gateway");
+    r->claimed = app;
 
     uint64_t window = c->timestamp_window_s;
     uint64_t skew = pub.timestamp > req->now_s ? pub.timestamp - req->now_s

@@ -30,6 +30,10 @@ struct auth_result {
     int code;
     const struct config_app *app;  /* borrowed from the config, valid while it is */
     int token;                     /* 1 when the app came by bearer token */
+    int bearer;                    /* an Authorization: Bearer header decided (either way) */
+    const struct config_app *claimed; /* the app whose SecretId the request names, also when
+                                       * it was refused (who failed, for the audit); NULL when
+                                       * no app has it or a bearer token decided */
     int has_nonce;                 /* a signed request: its Nonce passed the in-process cache */
     uint64_t nonce;
     char message[256];

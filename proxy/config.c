@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -17,6 +18,7 @@
 
 #include "capgate/net.h"
 #include "capgate/num.h"
+#include "capgate/tls.h"
 
 #define MAX_DEPTH 8
 #define MAX_FILE_BYTES (4u << 20)
@@ -546,9 +548,53 @@ static int parse_listen_into(struct ctx *x, json_t *v, char **host, int *port) {
     return 0;
 }
 
+/* null: no plain listener (an HTTPS-only front) */
 static int parse_listen(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
+    if (json_is_null(v)) {
+        free(c->listen_host);
+        c->listen_host = NULL;
+        return 0;
+    }
     return parse_listen_into(x, v, &c->listen_host, &c->listen_port);
+}
+
+static int parse_tls_listen(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    if (json_is_null(v)) {
+        free(c->tls_listen_host);
+        c->tls_listen_host = NULL;
+        return 0;
+    }
+    return parse_listen_into(x, v, &c->tls_listen_host, &c->tls_listen_port);
+}
+
+static int parse_trusted_proxies(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    size_t i;
+    json_t *e;
+    char got[80], err[160];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of IPv4 or IPv6 CIDR blocks (\"10.0.0.0/8\", "
+                    "\"fd00::/8\"); got %s", got);
+    }
+    if (json_array_size(v) &&
+        !(c->trusted_proxies = calloc(json_array_size(v), sizeof *c->trusted_proxies)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        push_index(x, i);
+        if (!json_is_string(e)) {
+            describe(e, got, sizeof got);
+            return fail(x, "must be a CIDR block as a string, e.g. \"10.0.0.0/8\"; got %s",
+                        got);
+        }
+        if (net_parse_cidr(json_string_value(e), &c->trusted_proxies[i], err, sizeof err) != 0)
+            return fail(x, "%s", err);
+        c->n_trusted_proxies = i + 1;
+        pop(x);
+    }
+    return 0;
 }
 
 static int parse_admin_listen(struct ctx *x, json_t *v, void *base) {
@@ -801,6 +847,7 @@ static const struct field http_fields[] = {
     NUM("header_timeout_ms", FK_UINT, struct config_http, header_timeout_ms, 1, MS_MAX),
     NUM("body_timeout_ms", FK_UINT, struct config_http, body_timeout_ms, 1, MS_MAX),
     NUM("idle_timeout_ms", FK_UINT, struct config_http, idle_timeout_ms, 1, MS_MAX),
+    NUM("max_connections", FK_SIZE, struct config_http, max_connections, 1, 1048576),
     END,
 };
 
@@ -1163,6 +1210,19 @@ static int parse_idempotency(struct ctx *x, json_t *v, void *base) {
     return parse_object(x, v, idempotency_fields, base);
 }
 
+static const struct field tls_fields[] = {
+    {.key = "cert_file", .kind = FK_STRING, .off = offsetof(struct config_tls, cert_file),
+     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    {.key = "key_file", .kind = FK_STRING, .off = offsetof(struct config_tls, key_file),
+     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    END,
+};
+
+static int parse_tls(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, tls_fields, &c->tls);
+}
+
 static int parse_http(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     return parse_object(x, v, http_fields, &c->http);
@@ -1170,6 +1230,9 @@ static int parse_http(struct ctx *x, json_t *v, void *base) {
 
 static const struct field config_fields[] = {
     CUSTOM("listen", parse_listen),
+    CUSTOM("tls_listen", parse_tls_listen),
+    CUSTOM("tls", parse_tls),
+    CUSTOM("trusted_proxies", parse_trusted_proxies),
     CUSTOM("admin_listen", parse_admin_listen),
     NUM("workers", FK_UINT, struct config, workers, 1, 64),
     ENUM("http_errors", struct config, http_errors_semantic, http_errors_names),
@@ -1263,6 +1326,39 @@ static int check_demo(struct ctx *x, struct config *c) {
     return 0;
 }
 
+/* At least one front listener; tls_listen and tls go together, and the certificate loads (so
+ * --check-config and a SIGHUP reload refuse a bad one, naming why). */
+static int check_listeners(struct ctx *x, struct config *c) {
+    char err[512];
+    SSL_CTX *ctx;
+    if (!c->listen_host && !c->tls_listen_host) {
+        push_key(x, "listen");
+        return fail(x, "is null and tls_listen is not set: the front needs at least one "
+                    "listener");
+    }
+    if (!c->tls_listen_host && c->tls.cert_file) {
+        push_key(x, "tls");
+        return fail(x, "is set but tls_listen is not; set tls_listen to serve HTTPS");
+    }
+    if (!c->tls_listen_host) return 0;
+    if (!c->tls.cert_file) {
+        push_key(x, "tls_listen");
+        return fail(x, "needs \"tls\": {\"cert_file\": ..., \"key_file\": ...}");
+    }
+    if (c->demo && !c->listen_host) {
+        push_key(x, "demo");
+        return fail(x, "is true but listen is null; the /demo page calls the plain front "
+                    "listener");
+    }
+    tls_global_init();
+    if (!(ctx = tls_server_ctx_new(c->tls.cert_file, c->tls.key_file, err, sizeof err))) {
+        push_key(x, "tls");
+        return fail(x, "%s", err);
+    }
+    SSL_CTX_free(ctx);
+    return 0;
+}
+
 /* Settings that depend on the process rather than the file. */
 static int config_finish(struct ctx *x, struct config *c) {
     if (!c->instance) {
@@ -1306,6 +1402,7 @@ int config_load_string(const char *json_text, const char *name, struct config **
     }
     if (parse_object(&x, root, config_fields, c) != 0) goto out;
     if (check_demo(&x, c) != 0) goto out;
+    if (check_listeners(&x, c) != 0) goto out;
     if (config_finish(&x, c) != 0) goto out;
     *out = c;
     c = NULL;
@@ -1341,6 +1438,10 @@ void config_free(struct config *c) {
     if (!c) return;
     free(c->path);
     free(c->listen_host);
+    free(c->tls_listen_host);
+    free(c->tls.cert_file);
+    free(c->tls.key_file);
+    free(c->trusted_proxies);
     free(c->admin_host);
     free(c->upstream.url);
     free(c->upstream.host);
@@ -1389,6 +1490,26 @@ static json_t *host_port(const char *host, int port) {
     int v6 = strchr(host, ':') != NULL;
     snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", host, v6 ? "]" : "", port);
     return json_string(buf);
+}
+
+static json_t *listen_or_null(const char *host, int port) {
+    return host ? host_port(host, port) : json_null();
+}
+
+static json_t *dump_tls(const struct config *c) {
+    if (!c->tls.cert_file) return json_null();
+    return json_pack("{s:s, s:s}", "cert_file", c->tls.cert_file, "key_file", c->tls.key_file);
+}
+
+static json_t *dump_trusted_proxies(const struct config *c) {
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < c->n_trusted_proxies; i++) {
+        char addr[64], buf[80];
+        net_addr_format(&c->trusted_proxies[i].addr, addr, sizeof addr);
+        snprintf(buf, sizeof buf, "%s/%u", addr, c->trusted_proxies[i].prefix);
+        json_array_append_new(a, json_string(buf));
+    }
+    return a;
 }
 
 static json_t *dump_upstream(const struct config_upstream *u) {
@@ -1487,11 +1608,13 @@ char *config_dump_masked(const struct config *c) {
     for (size_t i = 0; i < c->pool.n_profiles; i++)
         if (json_array_append_new(profiles, dump_profile(&c->pool.profiles[i]))) goto out;
     root = json_pack(
-        "{s:s, s:o, s:o, s:I, s:s, s:o, s:o, s:s, s:{s:I}, s:O, s:O,"
+        "{s:s, s:o, s:o, s:o, s:o, s:o, s:I, s:s, s:o, s:o, s:s, s:{s:I}, s:O, s:O,"
         " s:{s:s, s:I, s:s, s:o, s:s, s:o},"
         " s:{s:I, s:I}, s:{s:I, s:O}, s:{s:I},"
-        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:o, s:s, s:s}",
-        "path", c->path, "listen", host_port(c->listen_host, c->listen_port), "admin_listen",
+        " s:{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}, s:b, s:o, s:s, s:s}",
+        "path", c->path, "listen", listen_or_null(c->listen_host, c->listen_port), "tls_listen",
+        listen_or_null(c->tls_listen_host, c->tls_listen_port), "tls", dump_tls(c),
+        "trusted_proxies", dump_trusted_proxies(c), "admin_listen",
         host_port(c->admin_host, c->admin_port), "workers", (json_int_t)c->workers,
         "http_errors", http_errors_names[c->http_errors_semantic], "upstream",
         dump_upstream(&c->upstream), "redis", dump_redis(c->redis), "on_store_error",
@@ -1510,7 +1633,8 @@ char *config_dump_masked(const struct config *c) {
         "max_headers", (json_int_t)c->http.max_headers, "header_timeout_ms",
         (json_int_t)c->http.header_timeout_ms, "body_timeout_ms",
         (json_int_t)c->http.body_timeout_ms, "idle_timeout_ms",
-        (json_int_t)c->http.idle_timeout_ms, "demo", c->demo, "demo_app",
+        (json_int_t)c->http.idle_timeout_ms, "max_connections",
+        (json_int_t)c->http.max_connections, "demo", c->demo, "demo_app",
         str_or_null(c->demo_app), "instance", c->instance, "log_level", c->log_level);
     if (root) out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
 out:
@@ -1573,4 +1697,11 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);
+    for (size_t i = 0; i < c->n_trusted_proxies; i++) {
+        if (c->trusted_proxies[i].prefix != 0) continue;
+        snprintf(msg, sizeof msg, "trusted_proxies[%zu] is a /0 block: every %s client may set "
+                 "the client_ip it is audited under", i,
+                 c->trusted_proxies[i].addr.family == AF_INET ? "IPv4" : "IPv6");
+        warn(msg, arg);
+    }
 }

@@ -6,6 +6,7 @@
 #define CAPGATE_CONFIG_H
 #include <stddef.h>
 #include <stdint.h>
+#include "capgate/net.h"
 #include "capgate/sign.h"
 #include "capgate/validate.h"
 
@@ -114,12 +115,25 @@ struct config_http {
     size_t max_uri, max_header_bytes, max_body;  /* defaults 8192, 16384, 65536 */
     unsigned max_headers;                        /* default 100 */
     unsigned header_timeout_ms, body_timeout_ms, idle_timeout_ms; /* 10000, 10000, 60000 */
+    size_t max_connections;  /* front connections of the process; 0: from RLIMIT_NOFILE */
+};
+
+/* The HTTPS front's certificate (key "tls"). */
+struct config_tls {
+    char *cert_file;       /* PEM chain, leaf first */
+    char *key_file;        /* PEM private key */
 };
 
 struct config {
     char *path;            /* the file's path, or the name given to config_load_string */
-    char *listen_host;
+    char *listen_host;     /* NULL ("listen": null): no plain HTTP front listener */
     int listen_port;       /* 0 = pick a free port */
+    char *tls_listen_host; /* NULL (default): no HTTPS front listener */
+    int tls_listen_port;
+    struct config_tls tls; /* both set exactly when tls_listen is; the files were loaded once by
+                            * config_load, so a bad certificate fails the load */
+    struct net_cidr *trusted_proxies;  /* peers whose X-Forwarded-For / X-Real-IP are believed */
+    size_t n_trusted_proxies;
     char *admin_host;
     int admin_port;
     unsigned workers;      /* 1..64 */

@@ -65,6 +65,7 @@ struct gateway {
     struct event_base *base;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *workers_done;
     SSL_CTX *ssl_ctx;
+    struct tls_server *front_tls;  /* the HTTPS front's certificate; NULL without tls_listen */
     struct breaker breaker;       /* one for the process: upstream is one service */
     struct nonce_cache *nonces;
     struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
@@ -78,6 +79,7 @@ struct gateway {
     struct stats_process process;
     struct admin *admin;
     struct demo *demo;                /* the admin listener's /demo page */
+    struct httpd_budget connections;  /* http.max_connections, counted over all workers */
     int draining;
     atomic_uint finished;
 };
@@ -373,6 +375,11 @@ static void reload_log_changes(const struct config *old, const struct config *bo
     if (pool_differs(&old->pool, &c->pool))
         log_info("reload: pool changed (ttl_s %u, %zu profile(s))", c->pool.ttl_s,
                  c->pool.n_profiles), changes++;
+    if (old->n_trusted_proxies != c->n_trusted_proxies ||
+        (c->n_trusted_proxies && memcmp(old->trusted_proxies, c->trusted_proxies,
+                                        c->n_trusted_proxies * sizeof *c->trusted_proxies) != 0))
+        log_info("reload: trusted_proxies changed (%zu block(s))", c->n_trusted_proxies),
+            changes++;
     if (old->idempotency_ttl_s != c->idempotency_ttl_s)
         log_info("reload: idempotency.ttl_s %u -> %u", old->idempotency_ttl_s,
                  c->idempotency_ttl_s), changes++;
@@ -384,10 +391,13 @@ static void reload_log_changes(const struct config *old, const struct config *bo
                  c->log_level ? c->log_level : "info"), changes++;
     if (!changes)
         log_info("reload: no change to apps, limits, auth, on_store_error, http_errors, pool, "
-                 "idempotency, demo or log_level");
+                 "idempotency, trusted_proxies, demo or log_level");
 
     if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
         log_warn("reload: listen changed; not applied, it needs a restart");
+    if (str_differs(boot->tls_listen_host, c->tls_listen_host) ||
+        boot->tls_listen_port != c->tls_listen_port)
+        log_warn("reload: tls_listen changed; not applied, it needs a restart");
     if (str_differs(boot->admin_host, c->admin_host) || boot->admin_port != c->admin_port)
         log_warn("reload: admin_listen changed; not applied, it needs a restart");
     if (boot->workers != c->workers)
@@ -420,6 +430,19 @@ static void gateway_reload(struct gateway *g) {
         return;
     }
     config_warnings(c, gateway_warn, NULL);
+    /* The certificate is read again on every reload (the usual renewal keeps the paths), before
+     * anything else is applied: a certificate that does not load refuses the whole reload, and
+     * new handshakes keep the old one. */
+    if (g->front_tls && c->tls.cert_file &&
+        tls_server_reload(g->front_tls, c->tls.cert_file, c->tls.key_file, err,
+                          sizeof(err)) != 0) {
+        log_error("reload refused: tls: %s; keeping the running config and certificate", err);
+        g->process.reloads_failed++;
+        config_free(c);
+        return;
+    }
+    if (g->front_tls && c->tls.cert_file)
+        log_info("reload: tls certificate %s loaded for new connections", c->tls.cert_file);
     reload_log_changes(g->current->config, g->boot->config, c);
     struct pipeline_config *pc = pipeline_config_new(c);
     if (!pc) {
@@ -533,17 +556,46 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (c->http.header_timeout_ms) lim.header_timeout_ms = c->http.header_timeout_ms;
     if (c->http.body_timeout_ms) lim.body_timeout_ms = c->http.body_timeout_ms;
     if (c->http.idle_timeout_ms) lim.idle_timeout_ms = c->http.idle_timeout_ms;
+    /* Descriptors besides front connections: each worker's upstream connections plus 16 (its
+     * Redis connections, event loop, wake-up pipe), the admin listener's connections, and 64
+     * for the rest (stdio, listeners, metrics and audit Redis connections, files). */
+    size_t reserve = 64 + ADMIN_MAX_CONNECTIONS +
+                     (size_t)g->n_workers * ((size_t)c->upstream.max_connections + 16);
+    size_t nofile = 0;
+    size_t max_conns = c->http.max_connections
+                           ? c->http.max_connections
+                           : httpd_default_max_connections(reserve, &nofile);
+    httpd_budget_init(&g->connections, max_conns);
+    if (c->http.max_connections)
+        log_info("http: max_connections %zu", max_conns);
+    else
+        log_info("http: max_connections %zu (RLIMIT_NOFILE %zu, %zu kept for upstream, Redis and "
+                 "files)", max_conns, nofile, nofile - max_conns);
 
-    int port = c->listen_port;
+    if (c->tls_listen_host &&
+        !(g->front_tls = tls_server_new(c->tls.cert_file, c->tls.key_file, err, errlen)))
+        goto fail;
+    int port = c->listen_port, tls_port = c->tls_listen_port;
     for (unsigned i = 0; i < g->n_workers; i++) {
         if (worker_init(g, i, &lim, &uo, err, errlen) != 0) goto fail;
+        httpd_set_budget(g->workers[i].httpd, &g->connections);
         /* Port 0: the first worker picks the port, the others share it. */
-        int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err, errlen);
-        if (got < 0) goto fail;
-        port = got;
+        if (c->listen_host) {
+            int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err,
+                                   errlen);
+            if (got < 0) goto fail;
+            port = got;
+        }
+        if (c->tls_listen_host) {
+            int got = httpd_listen(g->workers[i].httpd, c->tls_listen_host, tls_port,
+                                   g->front_tls, 1, err, errlen);
+            if (got < 0) goto fail;
+            tls_port = got;
+        }
     }
 
-    g->demo = demo_new(g->base, c->listen_host, port);
+    /* config_load refuses demo without the plain listener */
+    g->demo = demo_new(g->base, c->listen_host ? c->listen_host : "127.0.0.1", port);
     if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
                                .process = &g->process, .draining = &g->draining,
@@ -565,8 +617,14 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     event_add(g->sig_hup, NULL);
     event_add(g->sig_usr1, NULL);
 
-    gateway_host_port(hp, sizeof(hp), c->listen_host, port);
-    printf("capgate listening on http://%s\n", hp);
+    if (c->listen_host) {
+        gateway_host_port(hp, sizeof(hp), c->listen_host, port);
+        printf("capgate listening on http://%s\n", hp);
+    }
+    if (c->tls_listen_host) {
+        gateway_host_port(hp, sizeof(hp), c->tls_listen_host, tls_port);
+        printf("capgate listening on https://%s\n", hp);
+    }
     gateway_host_port(hp, sizeof(hp), c->admin_host, admin_port);
     printf("capgate admin listening on http://%s\n", hp);
     fflush(stdout);
@@ -636,6 +694,7 @@ void gateway_free(struct gateway *g) {
     store_shared_free(g->store_shared);
     pool_free(g->pool);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
+    tls_server_free(g->front_tls);  /* after the workers' httpd: no accept is left */
     if (g->base) event_base_free(g->base);
     pipeline_config_unref(g->boot);
     pipeline_config_unref(g->current);

@@ -21,8 +21,10 @@ static void usage(FILE *out) {
             "       capgate --help               this text\n"
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
             "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
-            "idempotency, demo, demo_app and log_level; listen, admin_listen, workers,\n"
-            "upstream, http, redis, audit, instance and metrics need a restart. SIGUSR1\n"
+            "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
+            "certificate and key again (a file that does not load refuses the reload);\n"
+            "listen, tls_listen, admin_listen, workers, upstream, http, redis, audit,\n"
+            "instance and metrics need a restart. SIGUSR1\n"
             "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
             "after a log rotation; SIGHUP reopens it too.\n");
 }

@@ -879,21 +879,29 @@ static void flush_cycle(struct metrics *m) {
         return;
     }
     if (metrics_batch_count(m->pending)) {
+        /* A flush a second fails for as long as Redis is down: one line when it starts (and
+         * when the error changes), a summary a minute, one line when a flush works again. */
+        static struct log_limiter flush_warning = LOG_LIMITER_INIT(60, 0);
+        static struct log_limiter drop_warning = LOG_LIMITER_INIT(60, 0);
         if (redis_write(m, m->pending, err, sizeof(err)) == 0) {
             metrics_batch_clear(m->pending);
             atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
+            log_limited_ok(&flush_warning, LOG_LEVEL_INFO, "metrics: flushing to redis again");
+            log_limited_ok(&drop_warning, LOG_LEVEL_INFO, "metrics: no more keys dropped");
         } else {
             atomic_fetch_add_explicit(&m->flush_errors, 1, memory_order_relaxed);
-            log_warn("metrics: flush failed, %zu keys kept for the next one: %s",
-                     metrics_batch_count(m->pending), err);
+            log_limited(&flush_warning, LOG_LEVEL_WARN,
+                        "metrics: flush failed, %zu keys kept for the next one: %s",
+                        metrics_batch_count(m->pending), err);
             dropped = metrics_batch_trim(m->pending, METRICS_PENDING_MAX_KEYS, keep_from,
                                          &dropped_reqs);
             if (dropped) {
                 atomic_fetch_add_explicit(&m->dropped_keys, dropped, memory_order_relaxed);
                 atomic_fetch_add_explicit(&m->dropped_requests, dropped_reqs,
                                           memory_order_relaxed);
-                log_warn("metrics: dropped the %zu oldest keys (%" PRIu64 " requests) held "
-                         "while redis is unreachable", dropped, dropped_reqs);
+                log_limited(&drop_warning, LOG_LEVEL_WARN,
+                            "metrics: dropped the %zu oldest keys (%" PRIu64 " requests) held "
+                            "while redis is unreachable", dropped, dropped_reqs);
             }
         }
     }

@@ -32,6 +32,7 @@
 #include "limit.h"
 #include "metrics.h"
 #include "pool.h"
+#include "realip.h"
 #include "stats.h"
 #include "store.h"
 #include "upstream.h"
@@ -361,11 +362,17 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
         .path = ctx->req->path,
         .now_s = clock_wall_us() / 1000000,
     };
-    if (auth_authenticate(ctx->config, ctx->w->nonces, &ar, &r) != 0)
+    if (auth_authenticate(ctx->config, ctx->w->nonces, &ar, &r) != 0) {
+        /* who failed: the app the SecretId belongs to, or else the SecretId itself, so an
+         * operator can find a misconfigured client */
+        const char *sid = params_get(&ctx->params, "SecretId");
+        if (r.claimed) copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.claimed->name);
+        else if (!r.bearer && sid) copy_str(ctx->rec.secret_id, sizeof(ctx->rec.secret_id), sid);
         return ctx_error(ctx, r.code,
                          r.code == APIERR_INVALID_PARAMETER ? PIPELINE_INVALID
                                                             : PIPELINE_UNAUTHORIZED,
                          0, 0, "%s", r.message);
+    }
     ctx->app = r.app;
     ctx->has_nonce = r.has_nonce;
     ctx->nonce = r.nonce;
@@ -695,32 +702,29 @@ static void forward_done(const struct upstream_result *r, void *arg) {
     pipeline_resume(ctx, STAGE_NEXT);
 }
 
-static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
+/* The parameters of one upstream attempt, from the request's own (kept for its life): every
+ * attempt, a retry included, gets a fresh Timestamp, Nonce and Signature. */
+static char *forward_sign(void *arg) {
+    struct pipeline_ctx *ctx = arg;
     const struct config_upstream *up = &ctx->w->boot->upstream;
     struct params out;
     char *encoded = NULL;
-    enum stage_result res;
-
     params_init(&out);
     if (pipeline_upstream_params(&ctx->params, up, clock_wall_us() / 1000000,
-                                 pipeline_random(ctx->w), &out) != 0 ||
-        !(encoded = params_encode(&out))) {
-        res = ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0,
-                        "the upstream request could not be built");
-        goto out;
-    }
-    if (upstream_call_flags(ctx->w->upstream, up->post ? "POST" : "GET", encoded,
-                            pipeline_reply_may_be_script(&ctx->fields) ? UPSTREAM_RAW_OK : 0,
-                            forward_done, ctx) != 0) {
-        res = ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
-                        "the upstream call could not be started");
-        goto out;
-    }
-    res = STAGE_PENDING;
-out:
-    free(encoded);
+                                 pipeline_random(ctx->w), &out) == 0)
+        encoded = params_encode(&out);
     params_cleanup(&out);
-    return res;
+    return encoded;
+}
+
+static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
+    const struct config_upstream *up = &ctx->w->boot->upstream;
+    if (upstream_call_signed(ctx->w->upstream, up->post ? "POST" : "GET", forward_sign,
+                             pipeline_reply_may_be_script(&ctx->fields) ? UPSTREAM_RAW_OK : 0,
+                             forward_done, ctx) != 0)
+        return ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
+                         "the upstream call could not be started");
+    return STAGE_PENDING;
 }
 
 struct pipeline_stage {
@@ -905,7 +909,10 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     params_init(&ctx->params);
     ctx->rec.ts_us = clock_wall_us();
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';
-    copy_str(ctx->rec.client_ip, sizeof(ctx->rec.client_ip), req->peer_ip);
+    /* the peer, or the client a trusted proxy names (config trusted_proxies) */
+    realip_client(ctx->config->trusted_proxies, ctx->config->n_trusted_proxies, req->peer_ip,
+                  req->headers, req->header_count, ctx->rec.client_ip,
+                  sizeof(ctx->rec.client_ip));
     ctx->rec.decision = PIPELINE_INVALID;
     w->live++;
     stats_inflight_add(w->stats, 1);

@@ -63,7 +63,10 @@ struct pipeline_record {
     uint64_t ts_us;                /* wall clock when the request arrived */
     char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
     char app[CONFIG_NAME_MAX + 1]; /* app name whole (config.h bounds it), "" before
-                                    * authentication */
+                                    * authentication; a refused signed request whose SecretId is
+                                    * an app's has that app */
+    char secret_id[129];           /* a refused request's SecretId that no app has (cut at 128
+                                    * bytes), "" otherwise; the Signature is never kept */
     char client_ip[64];
     char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
     enum v2_action action_id;

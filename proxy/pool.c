@@ -393,14 +393,15 @@ static void pool_fetched(const struct upstream_result *u, void *arg) {
     free(url);
 }
 
-/* Signs and sends one CaptchaIframeQuery with exactly the profile's parameters. 0/-1. */
-static int pool_fetch_send(struct pool_fill *f) {
+/* One attempt's CaptchaIframeQuery with exactly the profile's parameters, freshly signed (a
+ * retry gets a new Nonce). NULL on OOM. */
+static char *pool_fetch_sign(void *arg) {
+    struct pool_fill *f = arg;
     struct pool_refiller *r = f->r;
     const struct config_upstream *up = &r->w->boot->upstream;
     const struct config_pool_profile *pr = f->pr;
     struct params in, out;
     char num[16], *encoded = NULL;
-    int rc = -1;
     params_init(&in);
     params_init(&out);
     if (params_adds(&in, "Action", "CaptchaIframeQuery") != 0) goto out;
@@ -418,15 +419,19 @@ static int pool_fetch_send(struct pool_fill *f) {
     if (pr->has_scene_id) POOL_ADD_UINT("sceneId", pr->scene_id);
 #undef POOL_ADD_UINT
     if (pipeline_upstream_params(&in, up, clock_wall_us() / 1000000, pipeline_random(r->w),
-                                 &out) != 0 ||
-        !(encoded = params_encode(&out)))
-        goto out;
-    rc = upstream_call(r->w->upstream, up->post ? "POST" : "GET", encoded, pool_fetched, f);
+                                 &out) == 0)
+        encoded = params_encode(&out);
 out:
-    free(encoded);
     params_cleanup(&in);
     params_cleanup(&out);
-    return rc;
+    return encoded;
+}
+
+/* Sends one CaptchaIframeQuery for the profile, signed per attempt. 0/-1. */
+static int pool_fetch_send(struct pool_fill *f) {
+    const struct config_upstream *up = &f->r->w->boot->upstream;
+    return upstream_call_signed(f->r->w->upstream, up->post ? "POST" : "GET", pool_fetch_sign, 0,
+                                pool_fetched, f);
 }
 
 static void pool_token_done(const char *err, const struct limit_outcome *o, void *arg) {

@@ -132,8 +132,16 @@ struct store_redis {
 static void store_redis_connect(struct store_redis *r);
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c);
 
+/* Every worker retries while Redis is down: one warning when that starts (and when the error
+ * changes), a summary a minute, one line when a connection is ready again. */
+static struct log_limiter store_redis_warning = LOG_LIMITER_INIT(60, 0);
+
 static void store_redis_set_state(struct store_redis *r, enum store_redis_state to) {
     if (r->state == to) return;
+    if (to == STORE_REDIS_READY) {
+        log_limited_ok(&store_redis_warning, LOG_LEVEL_INFO, "redis %s:%d: connected again",
+                       r->opt->host, r->opt->port);
+    }
     if (to == STORE_REDIS_READY)
         log_info("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
                  store_redis_state_names[r->state], store_redis_state_names[to]);
@@ -250,7 +258,8 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
     unsigned ms = store_redis_jitter(r, r->backoff_ms);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (why) snprintf(r->last_err, sizeof r->last_err, "%s", why);
-    log_warn("redis %s:%d: %s; retrying in %u ms", r->opt->host, r->opt->port, r->last_err, ms);
+    log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s:%d: %s; retrying in %u ms",
+                r->opt->host, r->opt->port, r->last_err, ms);
     store_redis_set_state(r, STORE_REDIS_BACKOFF);
     store_redis_mark_down(r, r->last_err);
     event_del(r->probe_timer);

@@ -87,6 +87,7 @@ struct upstream_call {
     int post;
     unsigned flags;                     /* UPSTREAM_RAW_OK */
     char *params;
+    upstream_sign_fn sign;              /* NULL: params as given, for every attempt */
     upstream_done_fn cb;
     void *arg;
     struct event *deadline;             /* the total timeout; also delivers fail-fast results */
@@ -787,6 +788,15 @@ static void call_start_attempt(struct upstream_call *c)
     }
     call_set_state(c, CALL_ACTIVE);
     c->attempts++;
+    if (c->sign) {
+        char *fresh = c->sign(c->arg);
+        if (!fresh) {
+            call_attempt_failed(c, 0, "upstream request could not be signed (out of memory)");
+            return;
+        }
+        free(c->params);
+        c->params = fresh;
+    }
     if (k) {
         conn_set_state(k, CONN_BUSY);
         if (call_send(c, k) == 0)
@@ -933,14 +943,8 @@ void upstream_free(struct upstream *u)
     free(u);
 }
 
-int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
-                  upstream_done_fn cb, void *arg)
-{
-    return upstream_call_flags(u, method, encoded_params, 0, cb, arg);
-}
-
-int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
-                        unsigned flags, upstream_done_fn cb, void *arg)
+static int call_submit(struct upstream *u, const char *method, const char *encoded_params,
+                       upstream_sign_fn sign, unsigned flags, upstream_done_fn cb, void *arg)
 {
     struct upstream_call *c = NULL;
     struct timeval tv;
@@ -964,6 +968,7 @@ int upstream_call_flags(struct upstream *u, const char *method, const char *enco
     c->flags = flags;
     c->cb = cb;
     c->arg = arg;
+    c->sign = sign;
     c->start_us = clock_mono_us();
     c->params = dup_str(encoded_params ? encoded_params : "");
     c->deadline = evtimer_new(u->base, deadline_cb, c);
@@ -997,6 +1002,26 @@ int upstream_call_flags(struct upstream *u, const char *method, const char *enco
 fail:
     call_free(c);
     return -1;
+}
+
+int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
+                  upstream_done_fn cb, void *arg)
+{
+    return call_submit(u, method, encoded_params, NULL, 0, cb, arg);
+}
+
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg)
+{
+    return call_submit(u, method, encoded_params, NULL, flags, cb, arg);
+}
+
+int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
+                         unsigned flags, upstream_done_fn cb, void *arg)
+{
+    if (!sign)
+        return -1;
+    return call_submit(u, method, NULL, sign, flags, cb, arg);
 }
 
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)

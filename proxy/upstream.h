@@ -97,6 +97,18 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
 int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
                         unsigned flags, upstream_done_fn cb, void *arg);
 
+/* Builds the encoded, signed parameters of one attempt: a malloc'd string, or NULL on OOM (the
+ * attempt then fails, not retried). arg is upstream_call_signed's. */
+typedef char *(*upstream_sign_fn)(void *arg);
+/* upstream_call, with the parameters built by sign for every attempt, just before it is sent: a
+ * retry goes out with a fresh Nonce, Timestamp and Signature (upstream refuses a Nonce it has
+ * seen with 4500, and a retried request may well have been seen), and a call that waited for a
+ * free connection is signed when it leaves, not when it was queued. sign runs on the worker's
+ * thread, the first time inside this call. flags as upstream_call_flags. 0, or -1 as
+ * upstream_call. */
+int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
+                         unsigned flags, upstream_done_fn cb, void *arg);
+
 /* Latency histogram: bucket i counts calls with latency <= upstream_latency_bounds_us[i] and
  * above bound i-1 (per bucket, not cumulative; sum them for Prometheus). The last bound is
  * UINT64_MAX (+Inf). Bounds: 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms, +Inf. */

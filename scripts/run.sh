@@ -2,11 +2,15 @@
 # run.sh: the local stack in the foreground until Ctrl-C. Installs what is missing
 # (install-deps.sh), builds into build/, makes the test certificates in var/certs, starts
 # capgate-mock (HTTP 127.0.0.1:9000, HTTPS 127.0.0.1:9443 with the test certificate), then
-# capgate with config/dev.json, waits for both, and prints how to call the gateway: a token curl,
-# a signed curl, Tencent's Node SDK, the admin endpoints and the demo page. Logs go to var/log/.
-#   run.sh            the stack
-#   run.sh curl       a fresh signed curl through a running gateway (signature app demo-web)
-#   run.sh curl-mock  a fresh signed curl straight to a running mock (its test credential)
+# capgate with config/dev.json (front HTTP 127.0.0.1:8080 and HTTPS 127.0.0.1:8443 with the test
+# certificate), waits for both, and prints how to call the gateway: a token curl, a signed curl,
+# a signed curl over HTTPS (verified with var/certs/ca.pem, also addressed as csec.api.qcloud.com
+# as a hosts entry would), Tencent's Node SDK, the admin endpoints and the demo page. Logs go to
+# var/log/.
+#   run.sh             the stack
+#   run.sh curl        a fresh signed curl through a running gateway (signature app demo-web)
+#   run.sh curl-https  the same over the gateway's HTTPS front
+#   run.sh curl-mock   a fresh signed curl straight to a running mock (its test credential)
 # Env: REDIS_URL (redis://host:port/db: capgate runs with a derived config var/capgate.json that
 # adds "redis": {"url": REDIS_URL}), CAPGATE_DEMO_WEB_KEY (SecretKey of the app demo-web, default
 # capgate-dev-demo-web-secret), CAPGATE_BATCH_TOKEN (bearer token of the app batch-job, default
@@ -83,6 +87,7 @@ mock_tls=${BASH_REMATCH[1]}
 demo_web_id=$(json_string "$dev_config" secret_id)
 [[ -n $demo_web_id ]] || die "config/dev.json: no app with a secret_id"
 gw_addr=$(json_string "$dev_config" listen)
+gw_tls_addr=$(json_string "$dev_config" tls_listen)
 admin_addr=$(json_string "$dev_config" admin_listen)
 
 # start_service NAME LOGFILE READY_REGEX CMD...: starts CMD in the background with stdout and
@@ -136,6 +141,7 @@ start_gateway() {
     CAPGATE_DEMO_WEB_KEY="$demo_web_key" CAPGATE_BATCH_TOKEN="$batch_token" \
     "$build_dir/capgate" --config "$config"
   gw_addr=$(sed -n 's|^capgate listening on http://||p' "$log" | head -n 1)
+  gw_tls_addr=$(sed -n 's|^capgate listening on https://||p' "$log" | head -n 1)
   admin_addr=$(sed -n 's|^capgate admin listening on http://||p' "$log" | head -n 1)
   # Ready: /healthz answers 200 (bounded, 5 s).
   for ((i = 0; i < 50; i++)); do
@@ -175,6 +181,22 @@ gateway_signed_curl() {
     "$(signed_query GET "$gw_addr" /v2/index.php "$demo_web_id" "$demo_web_key" "${seed[@]}")"
 }
 
+# Over the HTTPS front, verified against the test CA; the Host signed is the one addressed.
+gateway_https_curl() {
+  printf "curl -s --cacert '%s' 'https://%s/v2/index.php?%s'\n" "$cert_dir/ca.pem" "$gw_tls_addr" \
+    "$(signed_query GET "$gw_tls_addr" /v2/index.php "$demo_web_id" "$demo_web_key" "${seed[@]}")"
+}
+
+# The same as an app with a hosts entry (or internal DNS) mapping csec.api.qcloud.com to capgate
+# would send it: the test certificate names csec.api.qcloud.com.
+gateway_resolve_curl() {
+  local port=${gw_tls_addr##*:} host="csec.api.qcloud.com:${gw_tls_addr##*:}"
+  local fmt="curl -s --cacert '%s' --resolve 'csec.api.qcloud.com:%s:%s'"
+  fmt+=" 'https://%s/v2/index.php?%s'"
+  printf "$fmt\n" "$cert_dir/ca.pem" "$port" "${gw_tls_addr%:*}" "$host" \
+    "$(signed_query GET "$host" /v2/index.php "$demo_web_id" "$demo_web_key" "${seed[@]}")"
+}
+
 gateway_token_curl() {
   printf "curl -s -H 'Authorization: Bearer %s' 'http://%s/v2/index.php?%s'\n" "$batch_token" \
     "$gw_addr" "Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0"
@@ -186,12 +208,15 @@ answer() {
 }
 
 print_usage() {
-  local config=$1 token_cmd signed_cmd
+  local config=$1 token_cmd signed_cmd https_cmd resolve_cmd
   token_cmd=$(gateway_token_curl)
   signed_cmd=$(gateway_signed_curl)
+  https_cmd=$(gateway_https_curl)
+  resolve_cmd=$(gateway_resolve_curl)
   cat <<USAGE
 
-capgate is listening on http://$gw_addr (config: ${config#"$root"/}; log: var/log/capgate.log)
+capgate is listening on http://$gw_addr and https://$gw_tls_addr (certificate var/certs/server.pem
+from the test CA var/certs/ca.pem; config: ${config#"$root"/}; log: var/log/capgate.log)
   upstream: capgate-mock over HTTPS at https://$mock_tls (test CA var/certs/ca.pem), also plain
   HTTP at http://$mock_host:$mock_port (log: var/log/capgate-mock.log)
   redis: ${redis_url:-none (the embedded in-memory store; set REDIS_URL to use one)}
@@ -208,6 +233,20 @@ each Nonce is accepted once and a Timestamp for 300 s; a fresh one: ./scripts/ru
   $signed_cmd
 
   answered just now: $(answer "$signed_cmd")
+
+The same over the HTTPS front, verified against the test CA (./scripts/run.sh curl-https):
+
+  $https_cmd
+
+  answered just now: $(answer "$https_cmd")
+
+And addressed as csec.api.qcloud.com, as an app with a hosts entry or internal DNS record for
+it would (the certificate's SAN includes the name; signed for the Host
+csec.api.qcloud.com:${gw_tls_addr##*:}):
+
+  $resolve_cmd
+
+  answered just now: $(answer "$resolve_cmd")
 
 The same signed call with Tencent's Node SDK (npm install qcloudapi-sdk@0.2.1), only host and
 credentials changed:
@@ -231,9 +270,10 @@ USAGE
 main() {
   case ${1:-} in
     curl) gateway_signed_curl; return 0 ;;
+    curl-https) gateway_https_curl; return 0 ;;
     curl-mock) mock_curl; return 0 ;;
     "") ;;
-    *) echo "usage: $0 [curl|curl-mock]" >&2; return 2 ;;
+    *) echo "usage: $0 [curl|curl-https|curl-mock]" >&2; return 2 ;;
   esac
   cd "$root"
   mkdir -p "$log_dir"

@@ -6,12 +6,14 @@
  * nothing in it takes a lock. */
 #ifndef CAPGATE_HTTPD_H
 #define CAPGATE_HTTPD_H
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <openssl/ssl.h>
 
 struct event_base;
 struct httpd;
+struct tls_server;
 
 struct httpd_limits {
     size_t max_uri;              /* request-target bytes (default 8192) */
@@ -22,8 +24,29 @@ struct httpd_limits {
     unsigned body_timeout_ms;    /* from end of headers to end of body (default 10000) */
     unsigned idle_timeout_ms;    /* keep-alive idle before close (default 60000) */
     unsigned write_timeout_ms;   /* a reply not taken by the peer (default 10000) */
+    /* Open connections at once (0: no limit, the default). A connection past it is accepted
+     * and closed at once, as nginx does past worker_connections: the client learns now, not
+     * after its own timeout in the listen queue. httpd_set_budget shares one count. */
+    size_t max_connections;
 };
 void httpd_limits_default(struct httpd_limits *lim);
+
+/* One max_connections for several servers (the workers of a process share its descriptor
+ * table): servers given the same budget count their connections together, from any thread. */
+struct httpd_budget {
+    atomic_size_t open;
+    size_t max;   /* 0: no limit */
+};
+void httpd_budget_init(struct httpd_budget *b, size_t max);
+/* The default max_connections: the soft RLIMIT_NOFILE minus reserve (the descriptors the
+ * program needs besides client connections), or half the limit when that would leave less than
+ * half; at least 1. *limit gets the RLIMIT_NOFILE it used (NULL: not wanted). */
+size_t httpd_default_max_connections(size_t reserve, size_t *limit);
+
+/* When accept() fails for want of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM) the
+ * server stops accepting for this long, then tries again, as nginx does: existing connections
+ * are served meanwhile, one warning says the episode began and one line says it ended. */
+#define HTTPD_ACCEPT_PAUSE_MS 500
 
 struct httpd_header {
     const char *name;   /* as sent */
@@ -61,23 +84,33 @@ struct httpd_req {
 /* Called once per request, on the worker's thread. The handler must end the request exactly
  * once, now or later, with httpd_reply() (or httpd_reset()/httpd_drop()/a stall until cancel). */
 typedef void (*httpd_handler_fn)(struct httpd_req *req, void *arg);
-/* Called at most once if the connection dies (peer closed, write failed) before the request
- * ended; the request is freed when it returns, and must not be replied to. */
+/* Called at most once if the connection dies (reset, write failed, server freed) before the
+ * request ended; the request is freed when it returns, and must not be replied to. The peer's
+ * EOF alone does not end a request: a client that sent its request and then shut down its
+ * sending side (shutdown(SHUT_WR)) still gets the reply, and TCP cannot tell that from a full
+ * close until the reply is written. */
 typedef void (*httpd_cancel_fn)(struct httpd_req *req, void *arg);
 
 /* New server on base; handler and arg are borrowed. NULL on OOM. */
 struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
                         httpd_handler_fn handler, void *arg);
 /* Listens on host:port (port 0 picks one); tls borrowed (NULL for plain HTTP; the caller keeps
- * it alive); reuseport sets SO_REUSEPORT so several workers share the port. Returns the bound
- * port, or -1 with err set. May be called more than once (HTTP and HTTPS listeners). */
-int httpd_listen(struct httpd *h, const char *host, int port, SSL_CTX *tls, int reuseport,
-                 char *err, size_t errlen);
+ * it alive; tls_server_reload on it changes the certificate of later handshakes); reuseport
+ * sets SO_REUSEPORT so several workers share the port. Returns the bound port, or -1 with err
+ * set. May be called more than once (HTTP and HTTPS listeners). */
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
+                 int reuseport, char *err, size_t errlen);
+/* Counts this server's connections in b (borrowed, it outlives the server) instead of its own
+ * max_connections; before the first connection. */
+void httpd_set_budget(struct httpd *h, struct httpd_budget *b);
 /* Stops accepting and closes idle keep-alive connections; in-flight requests finish and their
  * connections close after the reply. */
 void httpd_stop_accepting(struct httpd *h);
 size_t httpd_inflight(const struct httpd *h);     /* requests not yet ended */
 size_t httpd_connections(const struct httpd *h);  /* open connections */
+/* Connections closed at accept because max_connections were open, and accept() failures. */
+uint64_t httpd_refused(const struct httpd *h);
+uint64_t httpd_accept_errors(const struct httpd *h);
 /* Frees everything, closing every connection (pending requests get their cancel callback). */
 void httpd_free(struct httpd *h);
 
@@ -85,6 +118,9 @@ void httpd_free(struct httpd *h);
  * written by the server. 0/-1. */
 int httpd_add_header(struct httpd_req *req, const char *name, const char *value);
 void httpd_set_cancel(struct httpd_req *req, httpd_cancel_fn cb, void *arg);
+/* The peer's EOF ends this request too (cancel callback, connection closed): for a request
+ * that would never be answered anyway (the mock's stall), so it does not outlive its client. */
+void httpd_cancel_on_eof(struct httpd_req *req);
 /* Ends the request: status line, headers, body (copied). After it req is gone. */
 void httpd_reply(struct httpd_req *req, int status, const char *content_type, const char *body,
                  size_t body_len);

@@ -2,6 +2,10 @@
  * Format: 2026-11-28T17:43:42.123Z capgate[1234] INFO message */
 #ifndef CAPGATE_LOG_H
 #define CAPGATE_LOG_H
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdarg.h>
+#include <stdint.h>
 
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
 
@@ -13,6 +17,39 @@ void log_set_level(enum log_level min);
 int log_level_parse(const char *name, enum log_level *out);
 enum log_level log_get_level(void);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* A warning that can repeat without end (accept failing while descriptors are exhausted, a
+ * metrics flush failing every second while Redis is down, reconnect attempts). The first
+ * occurrence and every change of its text are logged; repeats of the same text are counted and
+ * logged as one "(repeated N times in the last S s)" line per interval; log_limited_ok() ends
+ * the episode with one line. Texts are compared with runs of digits ignored, so "retrying in
+ * 212 ms" and "retrying in 187 ms" are one warning. One static limiter per call site, shared
+ * by every thread (a mutex; log_limited_ok costs one atomic load when nothing is wrong). */
+struct log_limiter {
+    pthread_mutex_t lock;
+    unsigned interval_s;    /* between "repeated" summaries */
+    unsigned quiet_ms;      /* log_limited_ok ends the episode only this long after the last
+                             * occurrence: a success between failures is no recovery */
+    atomic_int active;      /* an episode is on */
+    char key[192];          /* the last text logged, digit runs collapsed */
+    uint64_t repeats;       /* occurrences not logged since the last line */
+    uint64_t total;         /* occurrences in this episode */
+    uint64_t since_us, last_line_us, last_seen_us;   /* monotonic */
+};
+#define LOG_LIMITER_INIT(interval_s, quiet_ms) \
+    {PTHREAD_MUTEX_INITIALIZER, (interval_s), (quiet_ms), 0, "", 0, 0, 0, 0, 0}
+void log_limiter_init(struct log_limiter *l, unsigned interval_s, unsigned quiet_ms);
+void log_limiter_destroy(struct log_limiter *l);
+/* One occurrence of the warning. */
+void log_limited(struct log_limiter *l, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The condition is over: logs fmt with the episode's count, once, if an episode was on. */
+void log_limited_ok(struct log_limiter *l, enum log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Both with the clock given (tests): ok 0 for log_limited, 1 for log_limited_ok. Returns 1
+ * when a line was written (or would have been, below the minimum level). */
+int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level level,
+                  const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
 
 #define log_debug(...) do { if (log_get_level() <= LOG_LEVEL_DEBUG) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__); } while (0)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)

@@ -34,7 +34,8 @@ int sign_params(struct params *p, const char *http_method, const char *host, con
 /* Checks p's Signature against key, in constant time. 0 when it matches; -1 when it is missing
  * or differs. A POST with '@' values matches a signature made with them left out (the SDKs'
  * rule) or, failing that, one made over every parameter (the Node SDK with a Version); a GET
- * only one over every parameter. */
+ * only one over every parameter. When a name holds a '_', the Java and Python SDKs' spellings of
+ * the names are also accepted (sign.c, enum name_form). */
 int sign_verify(const struct params *p, const char *http_method, const char *host,
                 const char *path, const char *key);
 

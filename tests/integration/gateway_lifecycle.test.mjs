@@ -73,8 +73,8 @@ test('--help says what SIGHUP applies and what needs a restart', async () => {
   const r = await runCapgate(['--help']);
   assert.equal(r.code, 0, r.stderr);
   const text = r.stdout.replace(/\s+/g, ' ');
-  assert.match(text, /SIGHUP reloads the same file and applies apps, limits, auth, on_store_error, http_errors, pool, idempotency, demo, demo_app and log_level;/, r.stdout);
-  assert.match(text, /listen, admin_listen, workers, upstream, http, redis, audit, instance and metrics need a restart/, r.stdout);
+  assert.match(text, /SIGHUP reloads the same file and applies apps, limits, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls certificate and key again/, r.stdout);
+  assert.match(text, /listen, tls_listen, admin_listen, workers, upstream, http, redis, audit, instance and metrics need a restart/, r.stdout);
 });
 
 test('SIGHUP applies a new app and changed business_ids without dropping a keep-alive connection; a bad file is refused', async () => {
@@ -153,7 +153,7 @@ test('SIGHUP: the log names every section that changed (pool, idempotency, demo,
   from = gw.proc.stderr.length;
   await reload(changed);
   assert.match(gw.proc.stderr.slice(from),
-    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, demo or log_level/);
+    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo or log_level/);
 
   // warn hides the info line closing that reload; the next reload (back to info) shows its own
   from = gw.proc.stderr.length;
@@ -196,7 +196,7 @@ test('SIGTERM drains a request in flight: full reply, /readyz 503 meanwhile, exi
   assert.ok(Date.now() - t0 >= 500, 'exit waited for the request in flight');
 });
 
-test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent; an unknown one is "unknown"', async () => {
+test('capgate_requests_total: refusals before validation (4100, 4500) carry the Action sent and the app the SecretId names; an unknown one is "unknown"', async () => {
   const gw = await gateway();
   assert.equal((await gwCall(gw, { app: APPS.sig, action: 'CaptchaCheck', secretKey: 'wrong' })).json?.code, 4100);
   const nonce = 424242;
@@ -204,8 +204,9 @@ test('capgate_requests_total: refusals before validation (4100, 4500) carry the 
   assert.equal((await gwCall(gw, { app: APPS.sig, nonce })).json?.code, 4500);
   assert.equal((await gwCall(gw, { app: APPS.token, action: 'Describe', token: 'not-a-token' })).json?.code, 4100);
   const want = [
-    [{ app: '-', action: 'CaptchaCheck', decision: 'unauthorized' }, 1],
-    [{ app: '-', action: 'CaptchaIframeQuery', decision: 'unauthorized' }, 1],
+    // who failed: a refused signed request counts under the app its SecretId names
+    [{ app: APPS.sig.name, action: 'CaptchaCheck', decision: 'unauthorized' }, 1],
+    [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'unauthorized' }, 1],
     [{ app: '-', action: 'unknown', decision: 'unauthorized' }, 1],
     [{ app: APPS.sig.name, action: 'CaptchaIframeQuery', decision: 'forwarded' }, 1],
   ];

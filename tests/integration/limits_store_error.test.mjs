@@ -136,6 +136,16 @@ test('on_store_error deny: with Redis killed, every request is refused with 6200
     }, { timeoutMs: 10000, intervalMs: 200, what: 'an admitted request after Redis returned' }).catch((e) => {
       assert.fail(`${e.message}; last reply: ${last?.body}`);
     });
+    // No log flood over the outage (issue 12): the store's reconnects, the metrics flushes and
+    // the audit sink's attempts each warn when the failure starts or its error changes, not on
+    // every attempt of every worker (without it: about ten store lines and five audit lines).
+    const lines = gw.proc.stderr.split('\n');
+    const count = (re) => lines.filter((l) => re.test(l)).length;
+    t.diagnostic(`outage warnings: store ${count(/retrying in/)}, metrics ${count(/metrics: flush failed/)}, audit ${count(/spooling, next attempt/)}`);
+    assert.ok(count(/retrying in/) <= 4, gw.proc.stderr);
+    assert.ok(count(/metrics: flush failed/) <= 2, gw.proc.stderr);
+    assert.ok(count(/spooling, next attempt/) <= 3, gw.proc.stderr);
+    assert.equal(count(/redis 127\.0\.0\.1:\d+: connected again/), 1, gw.proc.stderr);
     const keyType = execFileSync('redis-cli', ['-p', String(redis.port), 'TYPE', `${prefix}rl:outage:4:-`], { encoding: 'utf8' }).trim();
     assert.notEqual(keyType, 'none', 'the bucket is in the restarted Redis');
   });

@@ -148,8 +148,9 @@ static void test_record_json_hashed(void **state) {
     sample_params(&p);
     assert_int_equal(audit_record_init(&r, &pr, &p, url, &cfg, "host:1"), 0);
     json_t *o = record_object(&r);
-    assert_int_equal(json_object_size(o), 24);
+    assert_int_equal(json_object_size(o), 25);
     assert_string_equal(jstr(o, "ts"), "2025-11-28T17:43:42.123Z");
+    assert_true(json_is_null(json_object_get(o, "secret_id")));
     assert_string_equal(jstr(o, "request_id"), "0123456789abcdef");
     assert_string_equal(jstr(o, "instance"), "host:1");
     assert_string_equal(jstr(o, "app"), "shop-web");
@@ -227,6 +228,25 @@ static void test_record_raw_no_url(void **state) {
     assert_int_equal(jint(o, "upstream_latency_us"), 800);
     json_decref(o);
     params_cleanup(&p);
+
+    /* an unknown SecretId is kept, cut at 128 bytes; the record reads back the same */
+    pr.app[0] = '\0';
+    memset(pr.secret_id, 'S', sizeof(pr.secret_id) - 1);
+    pr.secret_id[sizeof(pr.secret_id) - 1] = '\0';
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    o = record_object(&r);
+    assert_int_equal(strlen(jstr(o, "secret_id")), 128);
+    json_decref(o);
+    {
+        struct strbuf b;
+        struct audit_record back;
+        strbuf_init(&b);
+        assert_int_equal(audit_record_json(&r, &b), 0);
+        assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+        assert_string_equal(back.secret_id, r.secret_id);
+        strbuf_cleanup(&b);
+    }
+    pr.secret_id[0] = '\0';
 
     /* no params at all: every per-user field is null */
     assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
@@ -363,6 +383,7 @@ static void random_record(struct audit_record *r) {
     random_string(r->request_id, sizeof(r->request_id));
     random_string(r->instance, sizeof(r->instance));
     random_string(r->app, sizeof(r->app));
+    random_string(r->secret_id, sizeof(r->secret_id));
     random_string(r->client_ip, sizeof(r->client_ip));
     random_string(r->action, sizeof(r->action));
     int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type,
@@ -404,9 +425,10 @@ static char *reference_json(const struct audit_record *r) {
 #define OPT_U32(h, v) ((h) ? json_integer(v) : json_null())
     json_t *o = json_pack(
         "{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
-        "s:o,s:o,s:o}",
+        "s:o,s:o,s:o,s:o}",
         "ts", json_string(ts), "request_id", json_string(r->request_id), "instance",
-        json_string(r->instance), "app", json_string(r->app), "client_ip",
+        json_string(r->instance), "app", json_string(r->app), "secret_id",
+        OPT_STR(r->secret_id), "client_ip",
         json_string(r->client_ip), "action", json_string(r->action), "businessId",
         OPT_U32(r->has_business_id, r->business_id), "sceneId",
         OPT_U32(r->has_scene_id, r->scene_id), "captchaType",

@@ -101,6 +101,10 @@ static void test_signature_refusals(void **state) {
     signed_params(&f->p, "AKIDshop", "wrong-key", NOW, "1");
     assert_int_equal(run(f, NULL, &r), -1);
     assert_int_equal(r.code, 4100);
+    assert_null(r.app);
+    /* who failed: the app the SecretId names (for the audit), though it is not authenticated */
+    assert_non_null(r.claimed);
+    assert_string_equal(r.claimed->name, "shop");
     /* a refused signature does not burn the Nonce */
     signed_params(&f->p, "AKIDshop", "shop-key", NOW, "1");
     assert_int_equal(run(f, NULL, &r), 0);
@@ -109,10 +113,13 @@ static void test_signature_refusals(void **state) {
     assert_int_equal(run(f, NULL, &r), -1);
     assert_int_equal(r.code, 4100);
     assert_non_null(strstr(r.message, "SecretId"));
+    assert_null(r.claimed);
+    assert_int_equal(r.bearer, 0);
 
     signed_params(&f->p, "AKIDshop", "shop-key", NOW - 301, "3");
     assert_int_equal(run(f, NULL, &r), -1);
     assert_int_equal(r.code, 4500);
+    assert_string_equal(r.claimed->name, "shop");
     assert_non_null(strstr(r.message, "Timestamp"));
     assert_non_null(strstr(r.message, "outside"));
     signed_params(&f->p, "AKIDshop", "shop-key", NOW + 301, "3");
@@ -138,6 +145,7 @@ static void test_signature_refusals(void **state) {
     assert_int_equal(run(f, NULL, &r), -1);
     assert_int_equal(r.code, 4000);
     assert_non_null(strstr(r.message, "Nonce"));
+    assert_string_equal(r.claimed->name, "shop");
 }
 
 static void test_token(void **state) {
@@ -153,6 +161,8 @@ static void test_token(void **state) {
     assert_int_equal(run(f, "bearer   batch-token-1234  ", &r), 0);
     assert_int_equal(run(f, "Bearer batch-token-123", &r), -1);
     assert_int_equal(r.code, 4100);
+    assert_int_equal(r.bearer, 1);
+    assert_null(r.claimed);
     assert_int_equal(run(f, "Bearer ", &r), -1);
     assert_int_equal(r.code, 4100);
     /* a signature app's key is not a token */

@@ -45,11 +45,43 @@ static void expect_error(const char *text, const char *expected) {
     if (strcmp(err, expected) != 0) fail_msg("got      %s\nexpected %s", err, expected);
 }
 
+/* Certificates from scripts/gen-certs.sh in a fresh directory; the path in dir. */
+static void make_certs(char *dir, size_t len) {
+    char cmd[600];
+    snprintf(dir, len, "/tmp/capgate-test-config-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "%s/scripts/gen-certs.sh %s/var/certs >/dev/null 2>&1",
+             CAPGATE_SOURCE_DIR, dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void remove_dir(const char *dir) {
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* Loads a shipped config (its certificate paths are relative, as run.sh runs from the checkout
+ * where gen-certs.sh made var/certs) from a directory holding fresh certificates. */
+static int load_shipped(const char *path, struct config **c, char *err, size_t errlen) {
+    char dir[64], cwd[4096];
+    make_certs(dir, sizeof dir);
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(dir), 0);
+    int rc = config_load(path, c, err, errlen);
+    assert_int_equal(chdir(cwd), 0);
+    remove_dir(dir);
+    return rc;
+}
+
 static void test_example_loads(void **state) {
     struct config *c = NULL;
     char err[512];
-    int rc = config_load(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
+    int rc = load_shipped(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
     if (rc != 0) fail_msg("%s", err);
+    assert_int_equal(c->tls_listen_port, 8443);
+    assert_string_equal(c->tls.key_file, "var/certs/server.key");
+    assert_int_equal(c->n_trusted_proxies, 2);
     assert_string_equal(c->listen_host, "127.0.0.1");
     assert_int_equal(c->listen_port, 8080);
     assert_int_equal(c->admin_port, 8081);
@@ -96,8 +128,11 @@ static void test_example_loads(void **state) {
 static void test_dev_loads(void **state) {
     struct config *c = NULL;
     char err[512];
-    int rc = config_load(CAPGATE_SOURCE_DIR "/config/dev.json", &c, err, sizeof err);
+    int rc = load_shipped(CAPGATE_SOURCE_DIR "/config/dev.json", &c, err, sizeof err);
     if (rc != 0) fail_msg("%s", err);
+    assert_string_equal(c->tls_listen_host, "127.0.0.1");
+    assert_int_equal(c->tls_listen_port, 8443);
+    assert_string_equal(c->tls.cert_file, "var/certs/server.pem");
     assert_int_equal(c->listen_port, 8080);
     assert_int_equal(c->admin_port, 8081);
     assert_int_equal(c->workers, 2);
@@ -291,6 +326,30 @@ static void test_errors(void **state) {
          "\"T_UP_KEY\"}}",
          "t.json:1:52: upstream.secret_key_env: only one of secret_key, secret_key_env and "
          "secret_key_file may be set"},
+        /* front listeners, TLS and trusted proxies */
+        {"{" UPSTREAM_OK ",\n\"listen\": null}",
+         "t.json:2:1: listen: is null and tls_listen is not set: the front needs at least one "
+         "listener"},
+        {"{" UPSTREAM_OK ",\n\"tls_listen\": \"127.0.0.1:8443\"}",
+         "t.json:2:1: tls_listen: needs \"tls\": {\"cert_file\": ..., \"key_file\": ...}"},
+        {"{" UPSTREAM_OK ",\n\"tls\": {\"cert_file\": \"c.pem\", \"key_file\": \"k.pem\"}}",
+         "t.json:2:1: tls: is set but tls_listen is not; set tls_listen to serve HTTPS"},
+        {"{" UPSTREAM_OK ",\n\"tls_listen\": \"127.0.0.1:0\", \"tls\": {\"cert_file\": "
+         "\"/nonexistent/c.pem\"}}",
+         "t.json:2:30: tls: missing required key \"key_file\""},
+        {"{" UPSTREAM_OK ",\n\"trusted_proxies\": \"10.0.0.0/8\"}",
+         "t.json:2:1: trusted_proxies: must be a list of IPv4 or IPv6 CIDR blocks "
+         "(\"10.0.0.0/8\", \"fd00::/8\"); got \"10.0.0.0/8\""},
+        {"{" UPSTREAM_OK ",\n\"trusted_proxies\": [\"10.0.0.0/8\", \"10.0.0.1/8\"]}",
+         "t.json:2:35: trusted_proxies[1]: 10.0.0.1/8 has bits set past its /8 prefix"},
+        {"{" UPSTREAM_OK ",\n\"trusted_proxies\": [\"fd00::/129\"]}",
+         "t.json:2:21: trusted_proxies[0]: the prefix length of fd00::/129 must be 0..128"},
+        {"{" UPSTREAM_OK ",\n\"trusted_proxies\": [\"proxy.internal\"]}",
+         "t.json:2:21: trusted_proxies[0]: must be an IPv4 or IPv6 address, optionally with "
+         "/prefix; got proxy.internal"},
+        {"{" UPSTREAM_OK ",\n\"trusted_proxies\": [8]}",
+         "t.json:2:21: trusted_proxies[0]: must be a CIDR block as a string, e.g. "
+         "\"10.0.0.0/8\"; got 8"},
         /* a key with an escape in it is still found */
         {"{\n \"w\\u006frkers\": 99}", "t.json:2:2: workers: must be between 1 and 64; got 99"},
     };
@@ -394,7 +453,7 @@ static void test_dump_masked(void **state) {
     char err[512];
     char *dump;
     setenv("T_REDIS_PW", "redis-pass-778899", 1);
-    int rc = config_load(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
+    int rc = load_shipped(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
     if (rc != 0) fail_msg("%s", err);
     /* A password in the url must be hidden too: load it separately below. */
     dump = config_dump_masked(c);
@@ -603,6 +662,100 @@ static void test_duplicate_profiles(void **state) {
                  "t.json:5:2: pool.profiles[2]: the same profile as pool.profiles[0]");
 }
 
+/* The HTTPS front: both listeners, HTTPS only, and a certificate that does not load refused by
+ * the loader (so by --check-config and by a reload) with OpenSSL's reason. */
+static void test_tls_front(void **state) {
+    char dir[64], text[2048], err[512];
+    struct config *c = NULL;
+    make_certs(dir, sizeof dir);
+    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"[::1]:8443\", \"tls\": "
+             "{\"cert_file\": \"%s/var/certs/server.pem\", \"key_file\": "
+             "\"%s/var/certs/server.key\"}}", dir, dir);
+    c = load_ok(text);
+    assert_string_equal(c->listen_host, "127.0.0.1");
+    assert_string_equal(c->tls_listen_host, "::1");
+    assert_int_equal(c->tls_listen_port, 8443);
+    char *dump = config_dump_masked(c);
+    assert_non_null(strstr(dump, "\"tls_listen\": \"[::1]:8443\""));
+    assert_non_null(strstr(dump, "server.key"));
+    free(dump);
+    config_free(c);
+
+    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"listen\": null, \"tls_listen\": "
+             "\"127.0.0.1:0\", \"tls\": {\"cert_file\": \"%s/var/certs/server.pem\", "
+             "\"key_file\": \"%s/var/certs/server.key\"}}", dir, dir);
+    c = load_ok(text);
+    assert_null(c->listen_host);
+    dump = config_dump_masked(c);
+    assert_non_null(strstr(dump, "\"listen\": null"));
+    free(dump);
+    config_free(c);
+
+    /* the CA's key does not match the server certificate */
+    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
+             "{\"cert_file\": \"%s/var/certs/server.pem\", \"key_file\": "
+             "\"%s/var/certs/ca.key\"}}", dir, dir);
+    c = (struct config *)1;
+    assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
+    assert_null(c);
+    if (!strstr(err, "ca.key: ") || !strstr(err, "mismatch")) fail_msg("%s", err);
+    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
+             "{\"cert_file\": \"%s/var/certs/missing.pem\", \"key_file\": "
+             "\"%s/var/certs/server.key\"}}", dir, dir);
+    assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "tls: cannot open "));
+    assert_non_null(strstr(err, "missing.pem"));
+    remove_dir(dir);
+}
+
+static void collect_warning(const char *msg, void *arg) {
+    char *seen = arg;
+    strncat(seen, msg, 2047 - strlen(seen));
+}
+
+static void test_trusted_proxies(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK ", \"trusted_proxies\": [\"10.0.0.0/8\", "
+                               "\"192.168.1.7\", \"fd00::/8\", \"0.0.0.0/0\"]}");
+    struct net_addr a;
+    assert_int_equal(c->n_trusted_proxies, 4);
+    assert_int_equal(c->trusted_proxies[1].prefix, 32);
+    assert_int_equal(net_parse_addr("10.200.3.4", 10, &a), 0);
+    assert_true(net_cidr_match(&c->trusted_proxies[0], &a));
+    assert_false(net_cidr_match(&c->trusted_proxies[1], &a));
+    assert_false(net_cidr_match(&c->trusted_proxies[2], &a));
+    assert_true(net_cidr_match(&c->trusted_proxies[3], &a));
+    char *dump = config_dump_masked(c);
+    assert_non_null(strstr(dump, "\"192.168.1.7/32\""));
+    assert_non_null(strstr(dump, "\"fd00::/8\""));
+    free(dump);
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK "}");
+    assert_int_equal(c->n_trusted_proxies, 0);
+    config_free(c);
+    /* a /0 block is allowed, and warned about */
+    c = load_ok("{" UPSTREAM_OK ", \"trusted_proxies\": [\"::/0\"]}");
+    char seen[2048] = "";
+    config_warnings(c, collect_warning, seen);
+    assert_non_null(strstr(seen, "trusted_proxies[0] is a /0 block: every IPv6 client"));
+    config_free(c);
+}
+
+/* http.max_connections: 0 by default (derived from RLIMIT_NOFILE at start), 1..1048576. */
+static void test_http_max_connections(void **state) {
+    struct config *c = load_ok("{" UPSTREAM_OK "}");
+    assert_int_equal(c->http.max_connections, 0);
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 500}}");
+    assert_int_equal(c->http.max_connections, 500);
+    char *dump = config_dump_masked(c);
+    assert_non_null(dump);
+    assert_non_null(strstr(dump, "\"max_connections\": 500"));
+    free(dump);
+    config_free(c);
+    expect_error("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 0}}",
+                 "t.json:1:78: http.max_connections: must be between 1 and 1048576; got 0");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -622,6 +775,9 @@ int main(void) {
         cmocka_unit_test(test_dump_masked),
         cmocka_unit_test(test_lookups),
         cmocka_unit_test(test_warnings),
+        cmocka_unit_test(test_tls_front),
+        cmocka_unit_test(test_trusted_proxies),
+        cmocka_unit_test(test_http_max_connections),
     };
     return cmocka_run_group_tests(tests, setup_env, NULL);
 }

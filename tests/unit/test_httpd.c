@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -27,7 +29,7 @@
 #include "capgate/httpd.h"
 #include "capgate/tls.h"
 
-enum handler_mode { MODE_REPLY, MODE_STALL, MODE_RESET, MODE_DROP };
+enum handler_mode { MODE_REPLY, MODE_STALL, MODE_STALL_EOF, MODE_LATER, MODE_RESET, MODE_DROP };
 
 /* What the handler saw of the last request (copied: the request is gone after the reply). */
 struct seen {
@@ -57,6 +59,8 @@ struct fixture {
     struct seen seen;
     struct httpd_req *stalled;
     int cancels;
+    struct event *later;   /* MODE_LATER: replies to the stalled request after later_ms */
+    int later_ms;
 };
 
 static void copy_str(char *dst, size_t n, const char *src) {
@@ -93,9 +97,18 @@ static void on_request(struct httpd_req *req, void *arg) {
 
     switch (f->mode) {
     case MODE_STALL:
+    case MODE_STALL_EOF:
         f->stalled = req;
         httpd_set_cancel(req, on_cancel, f);
+        if (f->mode == MODE_STALL_EOF) httpd_cancel_on_eof(req);
         return;
+    case MODE_LATER: {
+        f->stalled = req;
+        httpd_set_cancel(req, on_cancel, f);
+        struct timeval tv = {0, f->later_ms * 1000};
+        evtimer_add(f->later, &tv);
+        return;
+    }
     case MODE_RESET:
         httpd_reset(req);
         return;
@@ -113,7 +126,16 @@ static void on_request(struct httpd_req *req, void *arg) {
     httpd_reply(req, status, "application/json", body, (size_t)n);
 }
 
-static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls) {
+static void later_cb(evutil_socket_t fd, short what, void *arg) {
+    struct fixture *f = arg;
+    struct httpd_req *req = f->stalled;
+    if (!req) return;
+    f->stalled = NULL;
+    httpd_set_cancel(req, NULL, NULL);
+    httpd_reply(req, 200, "application/json", "{\"later\":1}", 11);
+}
+
+static struct fixture *fixture_new(const struct httpd_limits *lim, struct tls_server *tls) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
     assert_non_null(f);
@@ -121,6 +143,8 @@ static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls)
     assert_non_null(f->base);
     f->h = httpd_new(f->base, lim, on_request, f);
     assert_non_null(f->h);
+    f->later = evtimer_new(f->base, later_cb, f);
+    assert_non_null(f->later);
     f->port = httpd_listen(f->h, "127.0.0.1", 0, tls, 0, err, sizeof err);
     if (f->port <= 0) fail_msg("httpd_listen: %s", err);
     return f;
@@ -128,6 +152,7 @@ static struct fixture *fixture_new(const struct httpd_limits *lim, SSL_CTX *tls)
 
 static void fixture_free(struct fixture *f) {
     httpd_free(f->h);
+    event_free(f->later);
     event_base_free(f->base);
     free(f);
 }
@@ -255,6 +280,12 @@ static int closed(void *arg) {
 static int got_request(void *arg) {
     struct fixture *f = arg;
     return f->seen.count > 0;
+}
+static int no_connections(void *arg) {
+    return httpd_connections(arg) == 0;
+}
+static int no_more_than_one(void *arg) {
+    return httpd_connections(arg) <= 1;
 }
 static int got_cancel(void *arg) {
     struct fixture *f = arg;
@@ -541,12 +572,13 @@ static void test_errors(void **state) {
     expect_errors(f, "GARBAGE\r\n\r\n", 400, "request line");
     expect_errors(f, "GET / HTTP/1.1\r\nHost h\r\n\r\n", 400, "header line 1");
     expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400, "folding");
-    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 12x\r\n\r\n", 400, "Content-Length");
-    expect_errors(f, "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     "0\r\n\r\n", 400, "both");
-    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
-                  "hexadecimal");
-    expect_errors(f, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12x\r\n\r\n", 400,
+                  "Content-Length");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "both");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                  400, "hexadecimal");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
                   "Transfer-Encoding");
     expect_errors(f, "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "HTTP/2.0");
     expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n", 408, "headers");
@@ -564,6 +596,86 @@ static void test_errors(void **state) {
     wait_replies(f, c, 1);
     assert_int_equal(status_of(c, 0), 200);
     client_free(c);
+    fixture_free(f);
+}
+
+/* Sends one request and expects a 200 whose body echo came through. */
+static void expect_ok(struct fixture *f, const char *data, size_t len, const char *body) {
+    struct client *c = client_new(f, f->port);
+    memset(&f->seen, 0, sizeof f->seen);
+    client_send(c, data, len);
+    wait_replies(f, c, 1);
+    if (f->seen.error_status)
+        fail_msg("unexpected %d (%s) for %.60s", f->seen.error_status, f->seen.error_message,
+                 data);
+    assert_int_equal(status_of(c, 0), 200);
+    if (body) assert_string_equal(f->seen.body, body);
+    client_free(c);
+}
+#define EXPECT_OK(f, lit, body) expect_ok(f, lit, sizeof(lit) - 1, body)
+#define EXPECT_400(f, lit, part) expect_error(f, lit, sizeof(lit) - 1, 400, part)
+
+/* RFC 9112: Host (3.2), Transfer-Encoding on HTTP/1.0 (6.1), Content-Length (6.3), chunk
+ * extensions (7.1.1). */
+static void test_framing_rfc9112(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+
+    EXPECT_400(f, "GET / HTTP/1.1\r\n\r\n", "must have a Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nX-A: 1\r\n\r\n", "must have a Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a@b\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", "Host header is not");
+    EXPECT_400(f, "GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", "Host header is not");
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", NULL);
+    assert_string_equal(f->seen.host, "example.com");
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.1\r\nHost:\r\n\r\n", NULL);
+    EXPECT_OK(f, "GET / HTTP/1.0\r\n\r\n", NULL);
+
+    EXPECT_400(f, "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+               "HTTP/1.0");
+    EXPECT_400(f, "POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
+               "HTTP/1.0");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+                  "abc", "more than one Content-Length");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+                  "abcd", "more than one Content-Length");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
+               "Content-Length");
+
+    /* Chunk-size lines: a NUL, a bare CR, broken extensions. */
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "5\0garbage\r\nhello\r\n0\r\n\r\n", "chunk-size");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3;\rGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    assert_int_equal(f->seen.count, 1);
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\rx\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    static const char *const bad_ext[] = {
+        "3;", "3;=x", "3;a=", "3;a=\"open", "3;a=b c", "3;a b", "3 x", "3;a=\"x\"y",
+        "3;a=\"\x01\"", "3;a;", "3;a@b",
+    };
+    for (size_t i = 0; i < sizeof bad_ext / sizeof *bad_ext; i++) {
+        char req[256];
+        int n = snprintf(req, sizeof req, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+                         "chunked\r\n\r\n%s\r\nabc\r\n0\r\n\r\n", bad_ext[i]);
+        expect_error(f, req, (size_t)n, 400, "chunk-size");
+    }
+    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3;name=val;q=\"a \\\" b\";flag \r\nabc\r\n2 ; x = y\r\nde\r\n0\r\n\r\n", "abcde");
+    /* Trailer lines are header fields. */
+    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n", "abc");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\n0\r\nX-Sum\0: 1\r\n\r\n", "trailer");
+    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  "3\r\nabc\r\n0\r\nnot a field\r\n\r\n", "trailer");
     fixture_free(f);
 }
 
@@ -586,6 +698,160 @@ static void test_half_close_gets_reply(void **state) {
     assert_non_null(strstr(f->seen.error_message, "3 of 9 bytes"));
     client_free(c);
     client_free(d);
+    fixture_free(f);
+}
+
+/* Runs the loop for ms whatever happens. */
+static int never(void *arg) { return 0; }
+static void spin(struct fixture *f, int ms) { run_until(f->base, never, NULL, ms); }
+
+/* Past max_connections a connection is accepted and closed at once; a freed slot serves the
+ * next one. Two servers given one budget count together. */
+static void test_max_connections(void **state) {
+    struct httpd_limits lim;
+    httpd_limits_default(&lim);
+    lim.max_connections = 2;
+    struct fixture *f = fixture_new(&lim, NULL);
+    struct client *a = client_new(f, f->port);
+    struct client *b = client_new(f, f->port);
+    client_sends(a, "GET /a HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, a, 1);
+    struct client *over = client_new(f, f->port);
+    assert_true(run_until(f->base, closed, over, 3000));
+    assert_int_equal(over->len, 0);
+    assert_int_equal(httpd_refused(f->h), 1);
+    assert_int_equal(httpd_connections(f->h), 2);
+    /* The open ones are still served. */
+    client_sends(b, "GET /b HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, b, 1);
+    client_free(over);
+    client_free(a);
+    assert_true(run_until(f->base, no_more_than_one, f->h, 3000));
+    struct client *next = client_new(f, f->port);
+    client_sends(next, "GET /next HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, next, 1);
+    assert_int_equal(status_of(next, 0), 200);
+    assert_int_equal(httpd_refused(f->h), 1);
+    client_free(next);
+    client_free(b);
+
+    /* One budget of 2 for this server and a second one on the same loop. */
+    struct httpd_budget budget;
+    httpd_budget_init(&budget, 2);
+    char err[256];
+    struct httpd *h2 = httpd_new(f->base, NULL, on_request, f);
+    assert_non_null(h2);
+    int port2 = httpd_listen(h2, "127.0.0.1", 0, NULL, 0, err, sizeof err);
+    assert_true(port2 > 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    httpd_set_budget(f->h, &budget);
+    httpd_set_budget(h2, &budget);
+    struct client *c1 = client_new(f, f->port);
+    struct client *c2 = client_new(f, port2);
+    client_sends(c1, "GET /1 HTTP/1.1\r\nHost: h\r\n\r\n");
+    client_sends(c2, "GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, c1, 1);
+    wait_replies(f, c2, 1);
+    struct client *c3 = client_new(f, port2);
+    assert_true(run_until(f->base, closed, c3, 3000));
+    assert_int_equal(c3->len, 0);
+    assert_int_equal(httpd_refused(h2), 1);
+    assert_int_equal(atomic_load(&budget.open), 2);
+    client_free(c1);
+    client_free(c2);
+    client_free(c3);
+    assert_true(run_until(f->base, no_connections, h2, 3000));
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    assert_int_equal(atomic_load(&budget.open), 0);
+    httpd_free(h2);
+    fixture_free(f);
+}
+
+static int highest_fd(void) {
+    int max = -1;
+    DIR *d = opendir("/proc/self/fd");
+    assert_non_null(d);
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int fd = atoi(e->d_name);
+        if (fd > max) max = fd;
+    }
+    closedir(d);
+    return max;
+}
+
+/* Out of descriptors: the server pauses accepting instead of spinning, logs the episode once,
+ * keeps serving the connection it has, and serves new ones by itself once descriptors free. */
+static void test_emfile_pauses_accepting(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    struct client *old = client_new(f, f->port);
+    client_sends(old, "GET /old HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, old, 1);
+    /* Idle clients, connected by the kernel and waiting in the listen queue. */
+    enum { IDLE = 12 };
+    struct client *idle[IDLE];
+    for (int i = 0; i < IDLE; i++) idle[i] = client_new(f, f->port);
+    struct rlimit saved, low;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &saved), 0);
+    low = saved;
+    low.rlim_cur = (rlim_t)highest_fd() + 1 + 8;
+    fflush(stderr);
+    FILE *log = tmpfile();
+    assert_non_null(log);
+    int saved_err = dup(STDERR_FILENO);
+    assert_true(saved_err >= 0);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    /* Every free descriptor below the limit taken, then three given back: room for three
+     * accepted connections. */
+    static int filler[1024];
+    int nfill = 0;
+    while (nfill < 1024 && (filler[nfill] = dup(0)) >= 0) nfill++;
+    assert_true(nfill >= 3 && nfill < 1024);
+    for (int i = 0; i < 3; i++) close(filler[--nfill]);
+    dup2(fileno(log), STDERR_FILENO);
+
+    spin(f, 1200);
+    uint64_t errors = httpd_accept_errors(f->h);
+    size_t open = httpd_connections(f->h);
+    /* The old connection is served meanwhile. */
+    client_sends(old, "GET /again HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, old, 2);
+    assert_string_equal(f->seen.path, "/again");
+    static const char again[] = "{\"path\":\"/again\",\"status\":200}";
+    assert_non_null(memmem(old->buf, old->len, again, sizeof again - 1));
+
+    /* The idle clients go; their descriptors come back and the waiting ones are served. */
+    for (int i = 0; i < IDLE; i++) client_free(idle[i]);
+    assert_true(run_until(f->base, no_more_than_one, f->h, 3000));
+    struct client *fresh = client_new(f, f->port);
+    client_sends(fresh, "GET /fresh HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, fresh, 1);
+    assert_int_equal(status_of(fresh, 0), 200);
+    spin(f, 1100);   /* a second without failures ends the episode at the next accept */
+    client_free(fresh);
+    struct client *last = client_new(f, f->port);
+    client_sends(last, "GET /last HTTP/1.1\r\nHost: h\r\n\r\n");
+    wait_replies(f, last, 1);
+    client_free(last);
+
+    for (int i = 0; i < nfill; i++) close(filler[i]);
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &saved), 0);
+    dup2(saved_err, STDERR_FILENO);
+    close(saved_err);
+    char text[4096] = "";
+    size_t n = (size_t)pread(fileno(log), text, sizeof text - 1, 0);
+    text[n] = '\0';
+    fclose(log);
+
+    /* Failures stopped accepting: three descriptors taken, then one failure per 500 ms pause
+     * (a listener left enabled fails on every loop turn, thousands in 1.2 s). */
+    if (errors < 1 || errors > 5) fail_msg("%llu accept failures", (unsigned long long)errors);
+    assert_true(open >= 2 && open <= 5);
+    const char *warn = strstr(text, "accept failed: Too many open files");
+    if (!warn) fail_msg("no accept warning in: %s", text);
+    assert_null(strstr(warn + 1, "accept failed"));
+    assert_non_null(strstr(text, "accepting connections again (the warning occurred"));
+    client_free(old);
     fixture_free(f);
 }
 
@@ -616,9 +882,77 @@ static void test_drop_gives_eof(void **state) {
     fixture_free(f);
 }
 
+/* The 1-in-3 race of issue 12: the client sends its request and shuts down its sending side;
+ * the reply comes from a later loop turn (as an upstream answer does), after the server saw the
+ * EOF. Every try must get the reply, then the close. */
+static void test_half_close_async_reply(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_LATER;
+    for (int i = 0; i < 90; i++) {
+        f->later_ms = i % 3 == 0 ? 0 : i % 3 == 1 ? 2 : 20;
+        struct client *c = client_new(f, f->port);
+        if (i % 2) {
+            client_sends(c, "GET /half HTTP/1.1\r\nHost: h\r\n\r\n");
+        } else {
+            client_sends(c, "POST /half HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc");
+        }
+        shutdown(c->fd, SHUT_WR);
+        if (!run_until(f->base, closed, c, 3000)) fail_msg("try %d: no close", i);
+        if (c->err != 0 || complete_replies(c) != 1 || status_of(c, 0) != 200)
+            fail_msg("try %d (reply after %d ms): err %d, %d replies: %.*s", i, f->later_ms,
+                     c->err, complete_replies(c), (int)c->len, c->buf);
+        assert_non_null(memmem(c->buf, c->len, "{\"later\":1}", 11));
+        assert_non_null(memmem(c->buf, c->len, "Connection: close\r\n", 19));
+        client_free(c);
+    }
+    assert_int_equal(f->cancels, 0);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    fixture_free(f);
+}
+
+/* A stalled request asked to end on EOF (the mock's stall) is cancelled by a half-close. */
+static void test_cancel_on_eof(void **state) {
+    struct fixture *f = fixture_new(NULL, NULL);
+    f->mode = MODE_STALL_EOF;
+    for (int i = 0; i < 2; i++) {
+        f->cancels = 0;
+        f->seen.count = 0;
+        struct client *c = client_new(f, f->port);
+        client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+        /* First with the EOF after the handler asked, then with it already there. */
+        if (i == 0) assert_true(run_until(f->base, got_request, f, 3000));
+        shutdown(c->fd, SHUT_WR);
+        assert_true(run_until(f->base, got_cancel, f, 3000));
+        assert_true(run_until(f->base, closed, c, 3000));
+        assert_int_equal(c->len, 0);
+        assert_int_equal(httpd_inflight(f->h), 0);
+        client_free(c);
+    }
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+    fixture_free(f);
+}
+
+/* Without it, a client's EOF leaves the request to its handler; a reset ends it. */
 static void test_cancel_on_client_close(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     f->mode = MODE_STALL;
+    struct client *e = client_new(f, f->port);
+    client_sends(e, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
+    assert_true(run_until(f->base, got_request, f, 3000));
+    client_free(e);
+    run_until(f->base, got_cancel, f, 200);
+    assert_int_equal(f->cancels, 0);
+    assert_int_equal(httpd_inflight(f->h), 1);
+    /* The handler answers at last; the write meets a closed peer and the connection goes. */
+    struct httpd_req *req = f->stalled;
+    f->stalled = NULL;
+    httpd_set_cancel(req, NULL, NULL);
+    httpd_reply(req, 200, "text/plain", "late", 4);
+    assert_int_equal(httpd_inflight(f->h), 0);
+    assert_true(run_until(f->base, no_connections, f->h, 3000));
+
+    f->seen.count = 0;
     struct client *c = client_new(f, f->port);
     client_sends(c, "GET /stall HTTP/1.1\r\nHost: h\r\n\r\n");
     assert_true(run_until(f->base, got_request, f, 3000));
@@ -626,6 +960,8 @@ static void test_cancel_on_client_close(void **state) {
     /* The stalled request stays while the client waits. */
     run_until(f->base, got_cancel, f, 100);
     assert_int_equal(f->cancels, 0);
+    struct linger lg = {1, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     client_free(c);
     assert_true(run_until(f->base, got_cancel, f, 3000));
     run_until(f->base, got_cancel, f, 50);
@@ -777,7 +1113,9 @@ static void test_tls_listener(void **state) {
     assert_null(tls_server_ctx_new(tf.cert, "/nonexistent/key.pem", err, sizeof err));
     assert_true(strstr(err, "/nonexistent/key.pem") != NULL);
 
-    struct fixture *f = fixture_new(NULL, sctx);
+    struct tls_server *sts = tls_server_wrap(sctx);
+    assert_non_null(sts);
+    struct fixture *f = fixture_new(NULL, sts);
     SSL_CTX *noverify = tls_client_ctx_new(NULL, 0, err, sizeof err);
     assert_non_null(noverify);
     tls_roundtrip(f, noverify, "localhost", 0, 1);
@@ -794,9 +1132,49 @@ static void test_tls_listener(void **state) {
     SSL_CTX_free(noverify);
     SSL_CTX_free(verify);
     fixture_free(f);
-    SSL_CTX_free(sctx);
+    tls_server_free(sts);
     unlink(tf.cert);
     unlink(tf.key);
+}
+
+/* A listener's certificate is replaced for new handshakes; files that do not load leave the one
+ * in use. Each self-signed certificate is its own CA, so a client trusting only the first one
+ * tells the two apart. */
+static void test_tls_reload(void **state) {
+    struct tls_files a, b;
+    char err[256] = "";
+    tls_global_init();
+    write_self_signed(&a);
+    write_self_signed(&b);
+    struct tls_server *ts = tls_server_new(a.cert, a.key, err, sizeof err);
+    if (!ts) fail_msg("tls_server_new: %s", err);
+    struct fixture *f = fixture_new(NULL, ts);
+    SSL_CTX *trust_a = tls_client_ctx_new(a.cert, 1, err, sizeof err);
+    SSL_CTX *trust_b = tls_client_ctx_new(b.cert, 1, err, sizeof err);
+    assert_non_null(trust_a);
+    assert_non_null(trust_b);
+    tls_roundtrip(f, trust_a, "localhost", 1, 1);
+    tls_roundtrip(f, trust_b, "localhost", 1, 0);
+
+    /* a key that is not the certificate's, and a missing file: refused, a stays */
+    assert_int_equal(tls_server_reload(ts, b.cert, a.key, err, sizeof err), -1);
+    assert_true(strlen(err) > 0);
+    assert_int_equal(tls_server_reload(ts, "/nonexistent/c.pem", b.key, err, sizeof err), -1);
+    assert_non_null(strstr(err, "/nonexistent/c.pem"));
+    tls_roundtrip(f, trust_a, "localhost", 1, 1);
+
+    assert_int_equal(tls_server_reload(ts, b.cert, b.key, err, sizeof err), 0);
+    tls_roundtrip(f, trust_b, "localhost", 1, 1);
+    tls_roundtrip(f, trust_a, "localhost", 1, 0);
+
+    SSL_CTX_free(trust_a);
+    SSL_CTX_free(trust_b);
+    fixture_free(f);
+    tls_server_free(ts);
+    unlink(a.cert);
+    unlink(a.key);
+    unlink(b.cert);
+    unlink(b.key);
 }
 
 static void test_reason_and_ipv6(void **state) {
@@ -828,13 +1206,19 @@ int main(void) {
         cmocka_unit_test(test_chunked_body),
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_framing_rfc9112),
         cmocka_unit_test(test_half_close_gets_reply),
+        cmocka_unit_test(test_max_connections),
+        cmocka_unit_test(test_emfile_pauses_accepting),
         cmocka_unit_test(test_reset_gives_econnreset),
         cmocka_unit_test(test_drop_gives_eof),
+        cmocka_unit_test(test_half_close_async_reply),
+        cmocka_unit_test(test_cancel_on_eof),
         cmocka_unit_test(test_cancel_on_client_close),
         cmocka_unit_test(test_free_cancels_pending),
         cmocka_unit_test(test_stop_accepting_drains),
         cmocka_unit_test(test_tls_listener),
+        cmocka_unit_test(test_tls_reload),
         cmocka_unit_test(test_reason_and_ipv6),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

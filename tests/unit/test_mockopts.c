@@ -33,6 +33,7 @@ static void test_defaults(void **state) {
     assert_int_equal(o.timestamp_window, 300);
     assert_int_equal(o.header_timeout_ms, 10000);
     assert_int_equal(o.body_timeout_ms, 10000);
+    assert_int_equal(o.max_connections, 0);
     assert_int_equal(o.quota, 0);
     assert_int_equal(o.has_seed, 0);
     assert_int_equal(mockopts_finish(&o, err, sizeof(err)), 0);
@@ -135,6 +136,24 @@ static void test_args_errors(void **state) {
     expect_args_error(3, a5, "--seed");
     char *a6[] = {"m", "stray", NULL};
     expect_args_error(2, a6, "stray");
+    char *a7[] = {"m", "--max-connections", "2000000", NULL};
+    expect_args_error(3, a7, "--max-connections");
+}
+
+static void test_max_connections(void **state) {
+    struct mock_opts o;
+    char err[256];
+    char *a1[] = {"m", "--max-connections", "500", NULL};
+    mockopts_init(&o);
+    assert_int_equal(mockopts_apply_args(&o, 3, a1, err, sizeof(err)), 0);
+    assert_int_equal(o.max_connections, 500);
+    mockopts_cleanup(&o);
+    json_t *cfg = js("{\"max_connections\": 40}");
+    mockopts_init(&o);
+    assert_int_equal(mockopts_apply_json(&o, cfg, err, sizeof(err)), 0);
+    assert_int_equal(o.max_connections, 40);
+    json_decref(cfg);
+    mockopts_cleanup(&o);
 }
 
 static void test_finish_checks(void **state) {
@@ -209,6 +228,7 @@ int main(void) {
         cmocka_unit_test(test_env_credentials_replace_config),
         cmocka_unit_test(test_config_strict),
         cmocka_unit_test(test_args_errors),
+        cmocka_unit_test(test_max_connections),
         cmocka_unit_test(test_finish_checks),
         cmocka_unit_test(test_credentials_text),
         cmocka_unit_test(test_split_hostport),

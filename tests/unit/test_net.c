@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <sys/socket.h>
 
 #include "capgate/net.h"
 
@@ -68,12 +69,53 @@ static void test_ip_literal(void **state) {
     assert_false(net_is_ip_literal(NULL));
 }
 
+static void test_cidr(void **state) {
+    struct net_cidr c;
+    struct net_addr a;
+    char err[160], text[64];
+    assert_int_equal(net_parse_cidr("10.1.0.0/16", &c, err, sizeof err), 0);
+    assert_int_equal(net_parse_addr("10.1.255.9", 10, &a), 0);
+    assert_true(net_cidr_match(&c, &a));
+    assert_int_equal(net_parse_addr("10.2.0.1", 8, &a), 0);
+    assert_false(net_cidr_match(&c, &a));
+    /* a prefix that is not a whole number of bytes */
+    assert_int_equal(net_parse_cidr("172.16.0.0/12", &c, err, sizeof err), 0);
+    assert_int_equal(net_parse_addr("172.31.255.255", 14, &a), 0);
+    assert_true(net_cidr_match(&c, &a));
+    assert_int_equal(net_parse_addr("172.32.0.0", 10, &a), 0);
+    assert_false(net_cidr_match(&c, &a));
+    /* IPv6, and an IPv4-mapped address taken as IPv4 */
+    assert_int_equal(net_parse_cidr("2001:db8::/32", &c, err, sizeof err), 0);
+    assert_int_equal(net_parse_addr("2001:db8:ffff::1", 16, &a), 0);
+    assert_true(net_cidr_match(&c, &a));
+    assert_int_equal(net_parse_addr("::ffff:10.1.2.3", 15, &a), 0);
+    assert_int_equal(a.family, AF_INET);
+    net_addr_format(&a, text, sizeof text);
+    assert_string_equal(text, "10.1.2.3");
+    assert_false(net_cidr_match(&c, &a));
+    /* a bare address is all of its bits */
+    assert_int_equal(net_parse_cidr("::1", &c, err, sizeof err), 0);
+    assert_int_equal(c.prefix, 128);
+    /* refusals */
+    assert_int_equal(net_parse_cidr("10.0.0.1/8", &c, err, sizeof err), -1);
+    assert_string_equal(err, "10.0.0.1/8 has bits set past its /8 prefix");
+    assert_int_equal(net_parse_cidr("10.0.0.0/33", &c, err, sizeof err), -1);
+    assert_int_equal(net_parse_cidr("10.0.0.0/", &c, err, sizeof err), -1);
+    assert_int_equal(net_parse_cidr("10.0.0.0/8/8", &c, err, sizeof err), -1);
+    assert_int_equal(net_parse_cidr("/8", &c, err, sizeof err), -1);
+    assert_int_equal(net_parse_cidr("", &c, err, sizeof err), -1);
+    assert_int_equal(net_parse_addr("1.2.3.4 ", 8, &a), -1);
+    assert_int_equal(net_parse_addr("1.2.3", 5, &a), -1);
+    assert_int_equal(net_parse_addr("[::1]", 5, &a), -1);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_forms),
         cmocka_unit_test(test_split_rejects),
         cmocka_unit_test(test_split_host_too_long),
         cmocka_unit_test(test_ip_literal),
+        cmocka_unit_test(test_cidr),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

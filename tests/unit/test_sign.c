@@ -435,6 +435,58 @@ static void test_at_rule_sign_and_verify(void **state) {
     params_cleanup(&p);
 }
 
+/* ---- the SDKs' spellings of a name with '_' (common/sign.c enum name_form) ----
+ * Signed outside the code under test, as above, from these strings (GET, key AT_KEY):
+ *   PHP/Node/docs: sorted as sent, '_' past the first byte to '.'
+ *     ...?Action=CaptchaCheck&Nonce=7&SecretId=AKIDtest&Timestamp=1700000000&_lead=2
+ *        &userIp=1.2.3.4&user.x=1
+ *   Java: sorted as sent, every '_' to '.'
+ *     ...&Timestamp=1700000000&.lead=2&userIp=1.2.3.4&user.x=1
+ *   Python 2.0.15: every '_' to '.', then sorted
+ *     ...?.lead=2&Action=CaptchaCheck&Nonce=7&SecretId=AKIDtest&Timestamp=1700000000&user.x=1
+ *        &userIp=1.2.3.4 */
+#define NAMES_SIG_SENT "bi1t7juApPAaNOSmODM5F49VH1Q="
+#define NAMES_SIG_JAVA "Ckj7+54bCORWEI7AuJI1IRuTtc4="
+#define NAMES_SIG_PYTHON "wjw2AOrErfVjv/wBSvEh3x9QwEk="
+
+static void names_params(struct params *p, const char *signature) {
+    params_init(p);
+    params_adds(p, "user_x", "1");
+    params_adds(p, "Action", "CaptchaCheck");
+    params_adds(p, "userIp", "1.2.3.4");
+    params_adds(p, "_lead", "2");
+    params_adds(p, "Nonce", "7");
+    params_adds(p, "SecretId", "AKIDtest");
+    params_adds(p, "Timestamp", "1700000000");
+    params_adds(p, "Signature", signature);
+}
+
+static void test_underscore_name_forms(void **state) {
+    const char *ok[] = {NAMES_SIG_SENT, NAMES_SIG_JAVA, NAMES_SIG_PYTHON};
+    struct params p;
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        names_params(&p, ok[i]);
+        assert_int_equal(sign_verify(&p, "GET", AT_HOST, AT_PATH, AT_KEY), 0);
+        /* every form still covers every value */
+        params_set(&p, "user_x", "2");
+        assert_int_equal(sign_verify(&p, "GET", AT_HOST, AT_PATH, AT_KEY), -1);
+        params_set(&p, "user_x", "1");
+        params_set(&p, "_lead", "3");
+        assert_int_equal(sign_verify(&p, "GET", AT_HOST, AT_PATH, AT_KEY), -1);
+        params_cleanup(&p);
+    }
+    /* The gateway signs in the first form only. */
+    names_params(&p, "x");
+    assert_int_equal(sign_params(&p, "GET", AT_HOST, AT_PATH, AT_KEY), 0);
+    assert_string_equal(params_get(&p, "Signature"), NAMES_SIG_SENT);
+    params_cleanup(&p);
+    /* Without a '_' in any name there is one form: a Python-order signature of other names is
+     * not accepted by accident. */
+    at_params(&p, NAMES_SIG_PYTHON);
+    assert_int_equal(sign_verify(&p, "GET", AT_HOST, AT_PATH, AT_KEY), -1);
+    params_cleanup(&p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
@@ -446,6 +498,7 @@ int main(void) {
         cmocka_unit_test(test_sign_then_verify),
         cmocka_unit_test(test_compute_many_keys),
         cmocka_unit_test(test_at_rule_string_to_sign),
+        cmocka_unit_test(test_underscore_name_forms),
         cmocka_unit_test(test_at_rule_sign_and_verify),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -29,7 +29,7 @@
 #include "capgate/tls.h"
 #include "upstream.h"
 
-enum fake_mode { FAKE_JSON, FAKE_500, FAKE_TEXT, FAKE_STALL, FAKE_RESET };
+enum fake_mode { FAKE_JSON, FAKE_500, FAKE_TEXT, FAKE_STALL, FAKE_RESET, FAKE_RESET_ONCE };
 
 /* The fake upstream and what it saw. */
 struct fake {
@@ -45,6 +45,7 @@ struct fake {
     char user_agent[64];
     char body[512];
     char query[512];
+    char bodies[4][512];                /* the first four request bodies */
     struct httpd_req *stalled;
 };
 
@@ -104,6 +105,8 @@ static void fake_handler(struct httpd_req *req, void *arg)
     copy_str(f->user_agent, sizeof(f->user_agent), find_header(req, "User-Agent"));
     copy_str(f->body, sizeof(f->body), req->body);
     copy_str(f->query, sizeof(f->query), req->query);
+    if (f->requests <= 4)
+        copy_str(f->bodies[f->requests - 1], sizeof(f->bodies[0]), req->body);
     switch (f->mode) {
     case FAKE_JSON:
         httpd_reply(req, 200, "application/json", json, strlen(json));
@@ -117,14 +120,19 @@ static void fake_handler(struct httpd_req *req, void *arg)
     case FAKE_STALL:
         f->stalled = req;
         httpd_set_cancel(req, fake_cancel, f);
+        httpd_cancel_on_eof(req);   /* like the mock's stall: ends when the client leaves */
         break;
     case FAKE_RESET:
+        httpd_reset(req);
+        break;
+    case FAKE_RESET_ONCE:   /* as a server closing an idle connection just as a request came */
+        f->mode = FAKE_JSON;
         httpd_reset(req);
         break;
     }
 }
 
-static void fake_start(struct fake *f, SSL_CTX *server_tls)
+static void fake_start(struct fake *f, struct tls_server *server_tls)
 {
     char err[256];
 
@@ -785,6 +793,63 @@ static void test_reset_after_sending_is_not_retried(void **state)
     fake_stop(&f);
 }
 
+struct signer {
+    unsigned calls;
+};
+
+struct signed_call {
+    struct signer sg;
+    struct outcome r;
+};
+
+static char *sign_attempt(void *arg)
+{
+    struct signer *sg = &((struct signed_call *)arg)->sg;
+    char buf[64];
+
+    sg->calls++;
+    snprintf(buf, sizeof(buf), "Action=CaptchaIframeQuery&Nonce=%u", sg->calls);
+    return strdup(buf);
+}
+
+static void on_signed_done(const struct upstream_result *r, void *arg)
+{
+    on_done(r, &((struct signed_call *)arg)->r);
+}
+
+/* A reset of a reused keep-alive connection before any reply byte is retried, and the retry is
+ * signed again: upstream may have seen the first attempt's Nonce. */
+static void test_retry_signs_again(void **state)
+{
+    struct fake f;
+    struct upstream_options o;
+    struct upstream *u;
+    struct signed_call c;
+
+    fake_start(&f, NULL);
+    plain_options(&o, f.port);
+    o.retries = 1;
+    u = new_upstream(f.base, &o);
+    call(u, f.base, "POST", "Action=CaptchaIframeQuery&warm=1", &c.r);
+    assert_int_equal(c.r.ok, 1);
+    f.mode = FAKE_RESET_ONCE;
+    memset(&c, 0, sizeof(c));
+    c.r.base = f.base;
+    assert_int_equal(upstream_call_signed(u, "POST", sign_attempt, 0, on_signed_done, &c), 0);
+    assert_int_equal(c.sg.calls, 1);   /* the first attempt is signed inside the call */
+    wait_for(f.base, &c.r);
+    assert_int_equal(c.r.ok, 1);
+    assert_int_equal(c.r.attempts, 2);
+    assert_int_equal(c.sg.calls, 2);
+    assert_int_equal(f.requests, 3);
+    assert_string_equal(f.bodies[1], "Action=CaptchaIframeQuery&Nonce=1");
+    assert_string_equal(f.bodies[2], "Action=CaptchaIframeQuery&Nonce=2");
+    /* a sign failure fails the call without sending */
+    assert_int_equal(upstream_call_signed(u, "POST", NULL, 0, on_done, &c.r), -1);
+    upstream_free(u);
+    fake_stop(&f);
+}
+
 static void test_refused_port_is_retried(void **state)
 {
     struct event_base *base = event_base_new();
@@ -1003,6 +1068,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
 {
     char err[256];
     SSL_CTX *server = tls_server_ctx_new(g_cert, g_key, err, sizeof(err));
+    struct tls_server *server_ts;
     SSL_CTX *client;
     struct fake f;
     struct upstream_options o;
@@ -1014,7 +1080,9 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     client = tls_client_ctx_new(tc->ca, 1, err, sizeof(err));
     if (!client)
         fail_msg("client ctx: %s", err);
-    fake_start(&f, server);
+    server_ts = tls_server_wrap(SSL_CTX_up_ref(server) == 1 ? server : NULL);
+    assert_non_null(server_ts);
+    fake_start(&f, server_ts);
     plain_options(&o, f.port);
     o.tls = 1;
     o.ssl_ctx = client;
@@ -1040,6 +1108,7 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     upstream_free(u);
     fake_stop(&f);
     SSL_CTX_free(client);
+    tls_server_free(server_ts);
     SSL_CTX_free(server);
 }
 
@@ -1102,6 +1171,7 @@ int main(void)
         cmocka_unit_test(test_non_json_body_is_an_error),
         cmocka_unit_test(test_reset_after_sending_is_not_retried),
         cmocka_unit_test(test_refused_port_is_retried),
+        cmocka_unit_test(test_retry_signs_again),
         cmocka_unit_test(test_breaker_opens_rejects_and_probe_closes),
         cmocka_unit_test(test_raw_ok_passes_a_script),
         cmocka_unit_test(test_free_completes_pending_calls),

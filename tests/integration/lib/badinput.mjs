@@ -84,6 +84,58 @@ export const BAD_INPUT_CASES = [
     expect: [/method/i, /PUT/],
     send: ({ host, signed }) => rawHttp('PUT', `${API_PATH}?${signed('PUT', {})}`, host),
   },
+  // Framing per RFC 9112 (3.2 Host, 6.1 Transfer-Encoding, 6.3 Content-Length, 7.1.1 chunks).
+  {
+    name: 'HTTP/1.1 without Host',
+    expect: [/Host/],
+    send: ({ signed }) => `GET ${API_PATH}?${signed('GET', {})} HTTP/1.1\r\nConnection: close\r\n\r\n`,
+  },
+  {
+    name: 'two Host headers',
+    expect: [/more than one Host/],
+    send: ({ host, signed }) => rawHttp('GET', `${API_PATH}?${signed('GET', {})}`, host, {
+      headers: [['Host', host]],
+    }),
+  },
+  {
+    name: 'two equal Content-Length headers',
+    expect: [/more than one Content-Length/],
+    send: ({ host, signed }) => {
+      const body = signed('POST', {});
+      return rawHttp('POST', API_PATH, host, { body, headers: [['Content-Length', Buffer.byteLength(body)]] });
+    },
+  },
+  {
+    name: 'Transfer-Encoding on HTTP/1.0',
+    expect: [/Transfer-Encoding/, /HTTP\/1\.0/],
+    send: ({ host, signed }) => {
+      const body = signed('POST', {});
+      return [`POST ${API_PATH} HTTP/1.0`, `Host: ${host}`, 'Transfer-Encoding: chunked',
+        'Content-Type: application/x-www-form-urlencoded', '', `${body.length.toString(16)}`,
+        body, '0', '', ''].join('\r\n');
+    },
+  },
+  {
+    name: 'chunk-size line with a NUL (5\\0garbage)',
+    expect: [/chunk-size/],
+    send: ({ host, signed }) => {
+      const body = signed('POST', {});
+      return [`POST ${API_PATH} HTTP/1.1`, `Host: ${host}`, 'Connection: close',
+        'Transfer-Encoding: chunked', 'Content-Type: application/x-www-form-urlencoded', '',
+        `${body.length.toString(16)}\0garbage`, body, '0', '', ''].join('\r\n');
+    },
+  },
+  {
+    name: 'chunk extension with a bare CR (3;\\rGET ...)',
+    expect: [/chunk-size/],
+    send: ({ host, signed }) => {
+      const body = signed('POST', {});
+      return [`POST ${API_PATH} HTTP/1.1`, `Host: ${host}`, 'Connection: close',
+        'Transfer-Encoding: chunked', 'Content-Type: application/x-www-form-urlencoded', '',
+        `${body.length.toString(16)};\rGET ${API_PATH}?${signed('GET', {})} HTTP/1.1`,
+        `Host: ${host}`, '', body, '0', '', ''].join('\r\n');
+    },
+  },
 ];
 
 /**

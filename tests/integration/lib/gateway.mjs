@@ -9,7 +9,7 @@ import http from 'node:http';
 import path from 'node:path';
 import {
   Proc, CAPGATE_BIN, MOCK_SECRET_ID, MOCK_SECRET_KEY, SEED_PARAMS, certs, nextNonce, request,
-  sign, tmpDir, waitFor,
+  sign, tmpDir, waitFor, withNofile,
 } from './harness.mjs';
 
 export const API_PATH = '/v2/index.php';
@@ -95,34 +95,49 @@ process.on('exit', () => {
 
 /**
  * Starts capgate in front of mock (started with tls: true). config is deep-merged over the base
- * config; env over the base environment. Returns { proc, url (the /v2/index.php URL), base
- * ('http://127.0.0.1:PORT'), host, port, adminUrl, configPath, config, writeConfig(cfg),
- * reload(), metrics(), stop() }.
+ * config; env over the base environment; nofile runs it under `ulimit -n nofile`. tls: true also
+ * opens the HTTPS front on a port picked at run time with the test certificate (tls.cert_file/
+ * key_file may be set in config instead).
+ * Returns { proc, url (the /v2/index.php URL), base ('http://127.0.0.1:PORT'), host, port,
+ * adminUrl, configPath, config, writeConfig(cfg), reload(), metrics(), stop() }, and with tls
+ * { httpsBase ('https://127.0.0.1:PORT'), httpsUrl, tlsHost, tlsPort }. With "listen": null
+ * (HTTPS only) base, url, host and port are null.
  */
-export async function startGateway({ mock, config = {}, env = {}, args = [] } = {}) {
+export async function startGateway({ mock, config = {}, env = {}, args = [], tls = false, nofile } = {}) {
   assert.ok(mock?.tlsPort, 'startGateway needs a mock started with tls: true');
+  if (tls) {
+    const c = certs();
+    config = deepMerge({ tls_listen: '127.0.0.1:0', tls: { cert_file: c.cert, key_file: c.key } }, config);
+  }
   const { dir, config: cfg } = gatewayConfig(mock, config);
+  const plain = cfg.listen !== null;
   fs.mkdirSync(path.join(dir, 'spool'), { recursive: true });
   const configPath = path.join(dir, 'capgate.json');
   fs.writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
-  const proc = new Proc(CAPGATE_BIN, ['--config', configPath, ...args], { env: gatewayEnv(env) });
+  const proc = new Proc(...withNofile(nofile, CAPGATE_BIN, ['--config', configPath, ...args]),
+    { env: gatewayEnv(env) });
   running.add(proc);
   proc.exited.then(() => running.delete(proc));
-  let line;
+  let line = null;
+  let tlsLine = null;
   let adminLine;
   try {
-    line = await proc.waitLine(/^capgate listening on http:\/\//);
+    if (plain) line = await proc.waitLine(/^capgate listening on http:\/\//);
+    if (tls) tlsLine = await proc.waitLine(/^capgate listening on https:\/\//);
     adminLine = await proc.waitLine(/^capgate admin listening on http:\/\//);
   } catch (e) {
     await proc.stop();
     fs.rmSync(dir, { recursive: true, force: true });
     throw e;
   }
-  const base = line.replace(/^capgate listening on /, '').trim().replace(/\/$/, '');
+  const base = line ? line.replace(/^capgate listening on /, '').trim().replace(/\/$/, '') : null;
   const adminUrl = adminLine.replace(/^capgate admin listening on /, '').trim().replace(/\/$/, '');
-  const port = Number(new URL(base).port);
+  const port = base ? Number(new URL(base).port) : null;
+  const httpsBase = tlsLine ? tlsLine.replace(/^capgate listening on /, '').trim().replace(/\/$/, '') : null;
+  const tlsPort = httpsBase ? Number(new URL(httpsBase).port) : null;
   const gw = {
-    proc, base, url: `${base}${API_PATH}`, host: `127.0.0.1:${port}`, port, adminUrl, configPath, dir, config: cfg,
+    proc, base, url: base && `${base}${API_PATH}`, host: port && `127.0.0.1:${port}`, port, adminUrl, configPath, dir, config: cfg,
+    httpsBase, httpsUrl: httpsBase && `${httpsBase}${API_PATH}`, tlsHost: tlsPort && `127.0.0.1:${tlsPort}`, tlsPort,
     /** Writes a new config file: an object is written as JSON as it is, a string verbatim. */
     writeConfig(newConfig) {
       const text = typeof newConfig === 'string' ? newConfig : `${JSON.stringify(newConfig, null, 2)}\n`;
@@ -196,11 +211,15 @@ export function parseMetrics(text) {
  * A call an app makes to the gateway. opts: app (APPS.sig / APPS.limited: signed; APPS.token /
  * APPS.extra: bearer token, no public params), method, action, params (business params; default
  * the seed's), publicParams (override; undefined drops), signatureMethod, secretId, secretKey,
- * token, timestamp, nonce, headers, agent, timeoutMs.
+ * token, timestamp, nonce, headers, agent, timeoutMs; https: true calls the HTTPS front (signed
+ * for its host:port), verified against ca (default: the test CA).
  * Returns { status, headers, body, json, params, ms }.
  */
 export async function gwCall(gw, opts = {}) {
   const app = opts.app ?? APPS.sig;
+  const base = opts.https ? gw.httpsBase : gw.base;
+  const signHost = opts.https ? gw.tlsHost : gw.host;
+  const ca = opts.https ? (opts.ca ?? certs().caPem) : undefined;
   const method = (opts.method || 'GET').toUpperCase();
   const headers = { ...(opts.headers || {}) };
   let params;
@@ -224,16 +243,16 @@ export async function gwCall(gw, opts = {}) {
     else params[k] = String(v);
   }
   if (params.SecretId !== undefined && opts.sign !== false) {
-    params.Signature = sign(method, gw.host, API_PATH, params, opts.secretKey ?? app.secretKey);
+    params.Signature = sign(method, signHost, API_PATH, params, opts.secretKey ?? app.secretKey);
   }
   const encoded = new URLSearchParams(params).toString();
   const t0 = Date.now();
   let r;
   if (method === 'GET') {
-    r = await request(`${gw.base}${API_PATH}?${encoded}`, { method, headers, agent: opts.agent, timeoutMs: opts.timeoutMs });
+    r = await request(`${base}${API_PATH}?${encoded}`, { method, headers, agent: opts.agent, timeoutMs: opts.timeoutMs, ca });
   } else {
     headers['content-type'] ??= 'application/x-www-form-urlencoded';
-    r = await request(`${gw.base}${API_PATH}`, { method, headers, body: encoded, agent: opts.agent, timeoutMs: opts.timeoutMs });
+    r = await request(`${base}${API_PATH}`, { method, headers, body: encoded, agent: opts.agent, timeoutMs: opts.timeoutMs, ca });
   }
   return { ...r, params, ms: Date.now() - t0 };
 }

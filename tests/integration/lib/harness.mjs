@@ -70,6 +70,15 @@ export function certs() {
   return certsCache;
 }
 
+/**
+ * [bin, args] to spawn; with nofile, through sh so the program runs under `ulimit -n nofile`
+ * (exec keeps the pid, so /proc/PID is the program's).
+ */
+export function withNofile(nofile, bin, args) {
+  if (!nofile) return [bin, args];
+  return ['/bin/sh', ['-c', `ulimit -n ${Number(nofile)} && exec "$0" "$@"`, bin, ...args]];
+}
+
 /** A child process whose stdout lines can be awaited; stop() ends it (SIGTERM, then SIGKILL). */
 class Proc {
   constructor(bin, args, opts = {}) {
@@ -140,16 +149,17 @@ function track(p) {
 }
 
 /**
- * Starts capgate-mock on port 0 (and a TLS listener with the test certificate when tls is true).
+ * Starts capgate-mock on port 0 (and a TLS listener with the test certificate when tls is true;
+ * under `ulimit -n nofile` when nofile is given).
  * Returns { proc, url, httpsUrl, port, tlsPort, admin(path, opts), stop() }.
  */
-export async function startMock({ args = [], env = {}, tls = false } = {}) {
+export async function startMock({ args = [], env = {}, tls = false, nofile } = {}) {
   const a = ['--listen', '127.0.0.1:0', ...args];
   if (tls) {
     const c = certs();
     a.push('--tls-listen', '127.0.0.1:0', '--tls-cert', c.cert, '--tls-key', c.key);
   }
-  const proc = track(new Proc(MOCK_BIN, a, { env }));
+  const proc = track(new Proc(...withNofile(nofile, MOCK_BIN, a), { env }));
   const line = await proc.waitLine(/^capgate-mock listening on http:\/\//);
   const url = line.replace(/^capgate-mock listening on /, '').trim();
   const port = Number(new URL(url).port);
