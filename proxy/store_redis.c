@@ -153,13 +153,18 @@ static void store_redis_set_state(struct store_redis *r, enum store_redis_state 
 
 static void store_redis_probe(struct store_redis *r);
 
+/* Every worker marks its store down: one warning when that starts (or its reason changes), a
+ * summary a minute, one line when a store is up again. */
+static struct log_limiter store_redis_down_warning = LOG_LIMITER_INIT(60, 0);
+
 /* Fail fast from now on (see the top of the file); on a live connection, probe it. */
 static void store_redis_mark_down(struct store_redis *r, const char *why) {
     if (!r->down) {
         r->down = 1;
         snprintf(r->down_why, sizeof r->down_why, "%s", why);
-        log_warn("redis %s:%d: store marked down (%s); commands fail at once until it answers",
-                 r->opt->host, r->opt->port, why);
+        log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
+                    "redis %s:%d: store marked down (%s); commands fail at once until it "
+                    "answers", r->opt->host, r->opt->port, why);
     }
     if (r->state == STORE_REDIS_READY) store_redis_probe(r);
 }
@@ -169,7 +174,8 @@ static void store_redis_mark_up(struct store_redis *r, const char *how) {
     r->down = 0;
     r->down_why[0] = 0;
     event_del(r->probe_timer);
-    log_info("redis %s:%d: store up again (%s)", r->opt->host, r->opt->port, how);
+    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s:%d: store up again (%s)",
+                   r->opt->host, r->opt->port, how);
 }
 
 static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
