@@ -939,10 +939,25 @@ static void test_redis_timeout(void **state) {
             fail_msg("not refused as marked down: %s", c.err);
         assert_non_null(strstr(c.err, "redis timed out after 100 ms"));
     }
+    {
+        /* the pool and idempotency commands too */
+        struct cache_call cc = {0};
+        char key[128];
+        cache_key(key, sizeof key, "stopped-pool");
+        uint64_t t0 = clock_mono_us();
+        store_pool_pop(f->store, key, 60000, on_pool, &cc);
+        cc.returned = 1;
+        while (!cc.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
+        assert_int_equal(cc.fired, 1);
+        assert_int_equal(cc.failed, 1);
+        if (strncmp(cc.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("pool pop not refused as marked down: %s", cc.err);
+        cache_reset(&cc);
+    }
     store_get_stats(f->store, &st);
     assert_int_equal(st.timeouts, 1);
-    assert_int_equal(st.fast_fails, 3);
-    assert_int_equal(st.errors, 4);
+    assert_int_equal(st.fast_fails, 4);
+    assert_int_equal(st.errors, 5);
     assert_int_equal(store_connected(f->store), 0);
     kill(main_redis.pid, SIGCONT);
     /* the probe (a PING on the same connection, or a reconnect) brings it back by itself */
