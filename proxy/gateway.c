@@ -108,6 +108,7 @@ static void worker_publish(struct gateway_worker *w) {
     store_get_stats(w->pw.store, &ss);
     stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors,
                     ss.timeouts, ss.reconnects);
+    stats_set_store_fast_fails(w->pw.stats, ss.fast_fails);
     stats_set_connections(w->pw.stats, httpd_connections(w->httpd));
 }
 

@@ -917,6 +917,173 @@ static void test_sink_redis(void **state) {
     free(dir);
 }
 
+/* Appends n records prefix+[0, n) to the spool file f as spool lines, with `extra` (JSON members,
+ * "" for none) before the closing brace. */
+static void spool_write(FILE *f, const char *prefix, unsigned n, const char *extra) {
+    struct audit_record r;
+    struct strbuf b;
+    strbuf_init(&b);
+    for (unsigned i = 0; i < n; i++) {
+        make_record(&r, prefix, i, 0);
+        strbuf_reset(&b);
+        assert_int_equal(audit_record_json(&r, &b), 0);
+        b.s[b.len - 1] = '\0';  /* the closing brace */
+        fprintf(f, "%s%s}\n", b.s, extra);
+    }
+    strbuf_cleanup(&b);
+}
+
+static void redis_exec(int port, const char *cmd) {
+    redisContext *c = redis_client(port);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, cmd);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* Uncertain records (a live batch whose EXEC went unanswered) are checked against their batch
+ * key, one GET, and not against the stream: a batch the key shows landed is skipped, any other
+ * uncertain record is replayed, each exactly once. */
+static void test_sink_uncertain_replay(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512], seg[600];
+    rs.dir = dir;
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    rs.port = redis_server_free_port();
+    redis_start(&rs);
+    /* batch 5 of run aaaa... landed (its records are in the stream, its key says 7); batch 8 of
+     * the same run did not; run bbbb... has no key at all */
+    for (unsigned i = 0; i < 5; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "XADD capgate:audit * request_id u0000000%08x", i);
+        redis_exec(rs.port, cmd);
+    }
+    redis_exec(rs.port, "SET capgate:audit:batch:aaaaaaaaaaaaaaaa 7");
+    snprintf(seg, sizeof(seg), "%s/00000000000000001-000000-test.jsonl", spool);
+    FILE *f = fopen(seg, "w");
+    assert_non_null(f);
+    spool_write(f, "u0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:5\"");
+    spool_write(f, "v0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:8\"");
+    spool_write(f, "w0000000", 5, ",\"uncertain\":true,\"batch\":\"bbbbbbbbbbbbbbbb:1\"");
+    spool_write(f, "x0000000", 5, ",\"uncertain\":true");       /* an older version's spool */
+    spool_write(f, "y0000000", 5, "");
+    fclose(f);
+
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    assert_int_equal(stats_of(a).spool_depth, 25);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "replay");
+    size_t n;
+    char (*ids)[17] = stream_ids(rs.port, &n);
+    assert_int_equal(n, 25);
+    const char *order[] = {"u0000000", "v0000000", "w0000000", "x0000000", "y0000000"};
+    for (size_t k = 0; k < 25; k++) {
+        char want[17];
+        snprintf(want, sizeof(want), "%s%08x", order[k / 5], (unsigned)(k % 5));
+        assert_string_equal(ids[k], want);
+    }
+    free(ids);
+    audit_free(a);
+    redis_server_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A live batch sent to a stopped Redis: no EXEC answer, so its records spool as uncertain with
+ * their batch number. When Redis resumes it runs the batch still unread on the lost connection
+ * (or the sink's CLIENT KILL discards it); either way each record ends in the stream once. */
+static void test_sink_uncertain_live(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512];
+    rs.dir = dir;
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    rs.port = redis_server_free_port();
+    redis_start(&rs);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 200;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
+    submit_n(a, "f0000000", 10);
+    WAIT_UNTIL(stats_of(a).written == 10, 5000, "10 live writes");
+    kill(rs.pid, SIGSTOP);
+    submit_n(a, "g0000000", 20);
+    WAIT_UNTIL(stats_of(a).spooled == 20, 5000, "20 spooled records");
+    WAIT_UNTIL(count_spool_lines(spool) == 20, 2000, "20 lines in the spool");
+    {
+        /* every spooled line carries "uncertain":true and its batch */
+        DIR *d = opendir(spool);
+        struct dirent *e;
+        size_t tagged = 0;
+        assert_non_null(d);
+        while ((e = readdir(d)) != NULL) {
+            size_t len = strlen(e->d_name);
+            if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0)
+                continue;
+            char path[1024], line[8192];
+            snprintf(path, sizeof(path), "%s/%s", spool, e->d_name);
+            FILE *f = fopen(path, "r");
+            assert_non_null(f);
+            while (fgets(line, sizeof(line), f))
+                tagged += strstr(line, "\"uncertain\":true,\"batch\":\"") != NULL;
+            fclose(f);
+        }
+        closedir(d);
+        assert_true(tagged >= 1);
+    }
+    kill(rs.pid, SIGCONT);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 15000,
+               "replay after SIGCONT");
+    submit_n(a, "h0000000", 5);
+    WAIT_UNTIL(stats_of(a).written >= 15, 5000, "live writes after the replay");
+    assert_stream_tail(rs.port, 10 + 20, "h0000000", 5);
+    {
+        size_t n;
+        char (*ids)[17] = stream_ids(rs.port, &n);
+        for (unsigned i = 0; i < 20; i++) {
+            char want[17];
+            unsigned seen = 0;
+            snprintf(want, sizeof(want), "g0000000%08x", i);
+            for (size_t k = 0; k < n; k++)
+                seen += strcmp(ids[k], want) == 0;
+            assert_int_equal(seen, 1);
+        }
+        free(ids);
+    }
+    audit_free(a);
+    redis_server_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* An out-of-memory in a failed live write keeps the records: they reach the spool and, once
  * Redis is back, the stream. */
 static void test_sink_live_failure_oom(void **state) {
@@ -1173,6 +1340,8 @@ int main(void) {
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
         cmocka_unit_test(test_memory_mode_keeps_file),
+        cmocka_unit_test(test_sink_uncertain_replay),
+        cmocka_unit_test(test_sink_uncertain_live),
         cmocka_unit_test(test_sink_live_failure_oom),
         cmocka_unit_test(test_sink_stop_unsaved),
         cmocka_unit_test(test_sink_held_stats),

@@ -813,6 +813,8 @@ static int call_until_ok(struct fixture *f, const struct limit_bucket *b, unsign
     }
 }
 
+#define MARKED_DOWN "redis unavailable (marked down: "
+
 static void test_redis_timeout(void **state) {
     struct fixture *f = fixture_new(&main_redis, 0, NULL);
     struct limit_bucket b;
@@ -821,27 +823,82 @@ static void test_redis_timeout(void **state) {
     bucket(&b, "stopped", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
     kill(main_redis.pid, SIGSTOP);
-    /* the third timeout in a row also drops the connection (its late replies go with it) */
+    /* the first command waits out its timeout... */
+    call(f, 0, &b, 1, &c);
+    assert_int_equal(c.failed, 1);
+    assert_string_equal(c.err, "redis timed out after 100 ms");
+    /* The bound that matters is the upper one (a dead Redis never makes a request wait
+     * longer). The lower one only shows the timer is the command's: libevent times it
+     * from the loop's cached clock (CLOCK_MONOTONIC_COARSE, taken when the loop iteration
+     * began), so under a sanitizer on a loaded machine it may fire some ms early. */
+    assert_true(c.elapsed_us >= TIMEOUT_MS * 1000 / 2);
+    assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+    assert_int_equal(store_connected(f->store), 0);
+    /* ...and marks the store down: the next ones are refused at once, without a timer */
     for (int i = 0; i < 3; i++) {
         call(f, 0, &b, 1, &c);
         assert_int_equal(c.failed, 1);
-        assert_string_equal(c.err, "redis timed out after 100 ms");
-        /* The bound that matters is the upper one (a dead Redis never makes a request wait
-         * longer). The lower one only shows the timer is the command's: libevent times it
-         * from the loop's cached clock (CLOCK_MONOTONIC_COARSE, taken when the loop iteration
-         * began), so under a sanitizer on a loaded machine it may fire some ms early. */
-        assert_true(c.elapsed_us >= TIMEOUT_MS * 1000 / 2);
-        assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+        if (strncmp(c.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("not refused as marked down: %s", c.err);
+        assert_non_null(strstr(c.err, "redis timed out after 100 ms"));
+    }
+    {
+        /* the pool and idempotency commands too */
+        struct cache_call cc = {0};
+        char key[128];
+        cache_key(key, sizeof key, "stopped-pool");
+        uint64_t t0 = clock_mono_us();
+        store_pool_pop(f->store, key, 60000, on_pool, &cc);
+        cc.returned = 1;
+        while (!cc.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
+        assert_int_equal(cc.fired, 1);
+        assert_int_equal(cc.failed, 1);
+        if (strncmp(cc.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("pool pop not refused as marked down: %s", cc.err);
+        cache_reset(&cc);
     }
     store_get_stats(f->store, &st);
-    assert_int_equal(st.timeouts, 3);
-    assert_int_equal(st.errors, 3);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.fast_fails, 4);
+    assert_int_equal(st.errors, 5);
     assert_int_equal(store_connected(f->store), 0);
     kill(main_redis.pid, SIGCONT);
-    /* the next calls work again, on a new connection */
+    /* the probe (a PING on the same connection, or a reconnect) brings it back by itself */
     call_until_ok(f, &b, 3000);
     call_ok(f, &b, 1, &c);
     assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(store_connected(f->store), 1);
+    fixture_free(f);
+}
+
+static void test_redis_probe_drop(void **state) {
+    /* a server that stays stopped: the probes time out too, the third timeout in a row drops
+     * the connection, commands keep failing at once meanwhile, and the reconnect's handshake is
+     * the probe that brings the store back after SIGCONT */
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    bucket(&b, "stopped-long", 1000, 1000, 0);
+    call_ok(f, &b, 1, &c);
+    kill(main_redis.pid, SIGSTOP);
+    call(f, 0, &b, 1, &c);
+    assert_string_equal(c.err, "redis timed out after 100 ms");
+    run_loop_ms(f, 4 * TIMEOUT_MS);
+    for (int i = 0; i < 3; i++) {
+        call(f, 0, &b, 1, &c);
+        assert_int_equal(c.failed, 1);
+        if (strncmp(c.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("not refused as marked down: %s", c.err);
+        run_loop_ms(f, 30);
+    }
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.fast_fails, 3);
+    assert_int_equal(store_connected(f->store), 0);
+    kill(main_redis.pid, SIGCONT);
+    call_until_ok(f, &b, 8000);
+    assert_int_equal(store_connected(f->store), 1);
     store_get_stats(f->store, &st);
     assert_true(st.reconnects >= 1);
     fixture_free(f);
@@ -852,16 +909,22 @@ static void test_redis_free_with_pending(void **state) {
      * the waiting one hears "store closed" once, the abandoned one is freed with the link */
     struct fixture *f = fixture_new(&main_redis, 0, NULL);
     struct limit_bucket b;
-    struct call c, pending;
+    struct call c, first, pending;
+    uint64_t t0;
     bucket(&b, "pending", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
     kill(main_redis.pid, SIGSTOP);
-    call(f, 0, &b, 1, &c);
-    assert_string_equal(c.err, "redis timed out after 100 ms");
+    /* both sent before the first timeout marks the store down */
+    memset(&first, 0, sizeof first);
     memset(&pending, 0, sizeof pending);
+    store_limit(f->store, &b, 1, on_limit, &first);
+    first.returned = 1;
+    run_loop_ms(f, 40);
     store_limit(f->store, &b, 1, on_limit, &pending);
     pending.returned = 1;
-    run_loop_ms(f, 20);
+    t0 = clock_mono_us();
+    while (!first.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
+    assert_string_equal(first.err, "redis timed out after 100 ms");
     assert_int_equal(pending.fired, 0);
     store_free(f->store);
     f->store = NULL;
@@ -912,6 +975,7 @@ int main(void) {
         cmocka_unit_test(test_redis_auth_and_db),
         cmocka_unit_test(test_redis_noscript),
         cmocka_unit_test(test_redis_timeout),
+        cmocka_unit_test(test_redis_probe_drop),
         cmocka_unit_test(test_redis_free_with_pending),
         cmocka_unit_test(test_redis_reconnect),
     };
