@@ -7,6 +7,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 #include "capgate/httpd.h"
 #include "capgate/log.h"
@@ -182,31 +186,73 @@ static void admin_ready(struct admin *a, struct httpd_req *req) {
     admin_json(req, *a->src.draining ? 503 : 200, body);
 }
 
+/* The request carries "Authorization: Bearer <token>" (RFC 6750 section 2.1; the scheme is
+ * case-insensitive, RFC 9110 section 11.1). Both sides are hashed first so the comparison takes
+ * the same time whatever the sent value's length or first wrong byte. */
+static int admin_authorized(const struct admin *a, const struct httpd_req *req) {
+    unsigned char want[SHA256_DIGEST_LENGTH], got[SHA256_DIGEST_LENGTH];
+    const char *sent = NULL;
+    if (!a->src.token) return 1;
+    for (size_t i = 0; i < req->header_count; i++) {
+        if (strcasecmp(req->headers[i].name, "Authorization") == 0) {
+            sent = req->headers[i].value;
+            break;
+        }
+    }
+    if (!sent || strncasecmp(sent, "Bearer ", 7) != 0) return 0;
+    sent += 7;
+    while (*sent == ' ') sent++;
+    SHA256((const unsigned char *)a->src.token, strlen(a->src.token), want);
+    SHA256((const unsigned char *)sent, strlen(sent), got);
+    return CRYPTO_memcmp(want, got, sizeof want) == 0;
+}
+
+static void admin_config(struct admin *a, struct httpd_req *req) {
+    char *dump = a->src.dump_config ? a->src.dump_config(a->src.dump_arg) : NULL;
+    if (!dump) {
+        admin_json(req, 500, "{\"error\":\"out of memory\"}");
+        return;
+    }
+    admin_json(req, 200, dump);
+    free(dump);
+}
+
 static void admin_handle(struct httpd_req *req, void *arg) {
     struct admin *a = arg;
     if (req->error_status) {
         admin_json(req, req->error_status, "{\"error\":\"malformed request\"}");
         return;
     }
-    if (demo_handle(a->src.demo, req)) return;
     int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
+    /* The probes stay open: an orchestrator's health check carries no token. */
     if (get && strcmp(req->path, "/healthz") == 0) {
         admin_json(req, 200, "{\"status\":\"ok\"}");
+        return;
     } else if (get && strcmp(req->path, "/readyz") == 0) {
         admin_ready(a, req);
-    } else if (get && strcmp(req->path, "/metrics") == 0) {
+        return;
+    }
+    if (!admin_authorized(a, req)) {
+        admin_json(req, 401, "{\"error\":\"unauthorized: this admin listener needs "
+                             "'Authorization: Bearer <admin token>' (admin.token_file)\"}");
+        return;
+    }
+    if (demo_handle(a->src.demo, req)) return;
+    if (get && strcmp(req->path, "/metrics") == 0) {
         admin_metrics(a, req);
     } else if (get && strcmp(req->path, "/admin/stats") == 0) {
         admin_stats(a, req);
     } else if (get && strcmp(req->path, "/admin/audit") == 0) {
         admin_audit(a, req);
+    } else if (get && strcmp(req->path, "/admin/config") == 0) {
+        admin_config(a, req);
     } else if (strcmp(req->path, "/healthz") == 0 || strcmp(req->path, "/readyz") == 0 ||
                strcmp(req->path, "/metrics") == 0 || strcmp(req->path, "/admin/stats") == 0 ||
-               strcmp(req->path, "/admin/audit") == 0) {
+               strcmp(req->path, "/admin/audit") == 0 || strcmp(req->path, "/admin/config") == 0) {
         admin_json(req, 405, "{\"error\":\"method not allowed; use GET\"}");
     } else {
         admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz, /metrics, "
-                             "/admin/stats or /admin/audit\"}");
+                             "/admin/stats, /admin/audit or /admin/config\"}");
     }
 }
 

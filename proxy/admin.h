@@ -2,8 +2,10 @@
  * httpd on the main thread's event base: GET /healthz, GET /readyz (503 while draining; its
  * JSON says "store":"up" or "down" and the audit sink's state), GET /metrics (Prometheus
  * text of every worker summed, and the sinks' counters), GET /admin/stats (metrics_query,
- * docs/design.md "Metrics") and GET /admin/audit (audit_query, "Audit"), each 400 naming a bad
- * parameter. Anything else is a 404 in JSON. */
+ * docs/design.md "Metrics"), GET /admin/audit (audit_query, "Audit"), each 400 naming a bad
+ * parameter, and GET /admin/config (the running config, masked). With admin.token everything
+ * but the two probes needs it as a bearer token (401 otherwise). Anything else is a 404 in
+ * JSON. */
 #ifndef CAPGATE_ADMIN_H
 #define CAPGATE_ADMIN_H
 #include <stddef.h>
@@ -33,6 +35,11 @@ struct admin_source {
     struct audit *audit;                  /* /admin/audit and the sink's counters; NULL: none */
     struct pool *pool;                    /* prefetch pool counters in /metrics and as "pool" in
                                            * /admin/stats; NULL: none */
+    const char *token;                    /* admin.token: every path but /healthz and /readyz
+                                           * needs "Authorization: Bearer <token>"; NULL: open */
+    char *(*dump_config)(void *arg);      /* /admin/config: the running config, secrets masked
+                                           * (malloc'd; NULL on OOM) */
+    void *dump_arg;
 };
 
 /* NULL on OOM. */

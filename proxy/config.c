@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1453,6 +1455,18 @@ static int parse_tls(struct ctx *x, json_t *v, void *base) {
     return parse_object(x, v, tls_fields, &c->tls);
 }
 
+static const struct field admin_fields[] = {
+    SECRET("token_env", FK_SECRET_ENV, struct config_admin, token, "token", NO_FLAG),
+    SECRET("token_file", FK_SECRET_FILE, struct config_admin, token, "token", NO_FLAG),
+    BOOL("allow_unauthenticated", struct config_admin, allow_unauthenticated),
+    END,
+};
+
+static int parse_admin(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    return parse_object(x, v, admin_fields, &c->admin);
+}
+
 static int parse_http(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     return parse_object(x, v, http_fields, &c->http);
@@ -1467,6 +1481,7 @@ static const struct field config_fields[] = {
     CUSTOM_LEAF("trusted_proxies", parse_trusted_proxies, dump_trusted_proxies,
                 same_trusted_proxies, F_RELOAD),
     CUSTOM_LEAF("admin_listen", parse_admin_listen, dump_admin_listen, same_admin_listen, 0),
+    SECTION("admin", parse_admin, admin_fields, struct config, admin, 0),
     NUM("workers", FK_UINT, struct config, workers, 1, 64),
     {.key = "http_errors", .kind = FK_ENUM, .off = offsetof(struct config, http_errors_semantic),
      .names = http_errors_names, .flag_off = NO_FLAG, .flags = F_RELOAD},
@@ -1602,6 +1617,27 @@ static int check_listeners(struct ctx *x, struct config *c) {
     return 0;
 }
 
+/* An address only this host can reach: 127.0.0.0/8, ::1 or the name localhost. */
+static int host_is_loopback(const char *host) {
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (strcmp(host, "localhost") == 0) return 1;
+    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+    return 0;
+}
+
+/* The admin listener shows client IPs (/admin/audit) and the config: reachable from other hosts
+ * it needs a token, unless the file says on purpose that it does not. */
+static int check_admin(struct ctx *x, struct config *c) {
+    if (c->admin.token || c->admin.allow_unauthenticated || host_is_loopback(c->admin_host))
+        return 0;
+    push_key(x, "admin_listen");
+    return fail(x, "%s is not a loopback address and admin has no token: set admin.token_file "
+                "(or admin.token_env), or \"admin\": {\"allow_unauthenticated\": true}",
+                c->admin_host);
+}
+
 /* Settings that depend on the process rather than the file. */
 static int config_finish(struct ctx *x, struct config *c) {
     if (!c->instance) {
@@ -1646,6 +1682,7 @@ int config_load_string(const char *json_text, const char *name, struct config **
     if (parse_object(&x, root, config_fields, c) != 0) goto out;
     if (check_demo(&x, c) != 0) goto out;
     if (check_listeners(&x, c) != 0) goto out;
+    if (check_admin(&x, c) != 0) goto out;
     if (config_finish(&x, c) != 0) goto out;
     *out = c;
     c = NULL;
@@ -1692,6 +1729,7 @@ void config_free(struct config *c) {
     free(c->upstream.sign_host);
     free(c->upstream.secret_id);
     secret_freez(c->upstream.secret_key);
+    secret_freez(c->admin.token);
     free(c->upstream.region);
     free(c->upstream.ca_file);
     if (c->redis) {
@@ -2128,6 +2166,12 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);
+    if (!c->admin.token && !host_is_loopback(c->admin_host)) {
+        snprintf(msg, sizeof msg, "admin_listen %s is reachable from other hosts without a "
+                 "token (admin.allow_unauthenticated): /admin/audit shows client IPs",
+                 c->admin_host);
+        warn(msg, arg);
+    }
     for (size_t i = 0; i < c->n_trusted_proxies; i++) {
         if (c->trusted_proxies[i].prefix != 0) continue;
         snprintf(msg, sizeof msg, "trusted_proxies[%zu] is a /0 block: every %s client may set "

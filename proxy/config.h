@@ -124,6 +124,13 @@ struct config_tls {
     char *key_file;        /* PEM private key */
 };
 
+/* The admin listener's access (key "admin"). */
+struct config_admin {
+    char *token;               /* bearer token for everything but /healthz and /readyz; NULL: none
+                                * (token_env or token_file) */
+    int allow_unauthenticated; /* a non-loopback admin_listen without a token starts (warned) */
+};
+
 struct config {
     char *path;            /* the file's path, or the name given to config_load_string */
     char *listen_host;     /* NULL ("listen": null): no plain HTTP front listener */
@@ -136,6 +143,7 @@ struct config {
     size_t n_trusted_proxies;
     char *admin_host;
     int admin_port;
+    struct config_admin admin;
     unsigned workers;      /* 1..64 */
     int http_errors_semantic;  /* "http_errors": "semantic"; default "compat" */
     struct config_upstream upstream;

@@ -393,6 +393,12 @@ static void on_workers_done(evutil_socket_t fd, short what, void *arg) {
     if (atomic_load(&g->finished) >= g->n_started) event_base_loopexit(g->base, NULL);
 }
 
+/* /admin/config: the config now running (the last applied reload), masked. */
+static char *gateway_dump_config(void *arg) {
+    struct gateway *g = arg;
+    return config_dump_masked(g->current->config);
+}
+
 struct gateway *gateway_new(const char *path, struct config *c, char *err, size_t errlen) {
     struct gateway *g = calloc(1, sizeof(*g));
     struct httpd_limits lim;
@@ -501,7 +507,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
                                .process = &g->process, .draining = &g->draining,
                                .demo = g->demo, .metrics = g->metrics, .audit = g->audit,
-                               .pool = g->pool};
+                               .pool = g->pool, .token = c->admin.token,
+                               .dump_config = gateway_dump_config, .dump_arg = g};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);

@@ -23,7 +23,7 @@ static void usage(FILE *out) {
             "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
             "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
             "certificate and key again (a file that does not load refuses the reload);\n"
-            "listen, tls_listen, admin_listen, workers, upstream, http, redis, audit,\n"
+            "listen, tls_listen, admin_listen, admin, workers, upstream, http, redis, audit,\n"
             "instance and metrics need a restart. SIGUSR1\n"
             "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
             "after a log rotation; SIGHUP reopens it too.\n");

@@ -38,6 +38,11 @@ for ((i = 0; i < 50; i++)); do
 done
 curl -fs -o /dev/null http://127.0.0.1:8081/healthz || fail "/healthz"
 curl -fs -o /dev/null http://127.0.0.1:8081/readyz || fail "/readyz"
+# The admin listener is published, so it has a token (docker/secrets/admin_token).
+code=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8081/metrics)
+[[ $code == 401 ]] || fail "/metrics without the admin token: $code, not 401"
+curl -fs -o /dev/null -H "Authorization: Bearer $(tr -d '\n' <docker/secrets/admin_token)" \
+  http://127.0.0.1:8081/metrics || fail "/metrics with the admin token"
 
 # A v2 signature with the compose app's credential (docker/capgate.compose.json, its secret file).
 app_id=$(sed -nE 's/.*"secret_id": "([^"]*)".*/\1/p' docker/capgate.compose.json | head -n 1)

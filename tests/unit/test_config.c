@@ -273,6 +273,13 @@ static void test_errors(void **state) {
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
          "\"business_ids\": [1, -2]}]}",
          "t.json:2:75: apps[0].business_ids[1]: must be a UInt (0..4294967295); got -2"},
+        /* an admin listener other hosts can reach needs a token or an explicit opt-out */
+        {"{" UPSTREAM_OK ",\n\"admin_listen\": \"0.0.0.0:9\"}",
+         "t.json:2:1: admin_listen: 0.0.0.0 is not a loopback address and admin has no token: "
+         "set admin.token_file (or admin.token_env), or \"admin\": {\"allow_unauthenticated\": "
+         "true}"},
+        {"{" UPSTREAM_OK ",\n\"admin_listen\": \"[::]:9\", \"admin\": {\"token\": \"x\"}}",
+         "t.json:2:37: admin.token: unknown key"},
         /* missing environment variable */
         {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": \"T_NOT_SET_ANYWHERE\"\n  }\n}",
          "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set (a "
@@ -926,9 +933,9 @@ static void test_reload_keys_match_readme(void **state) {
     static const char *const applied[] = {"tls", "trusted_proxies", "http_errors",
                                           "on_store_error", "auth", "apps", "limits", "pool",
                                           "idempotency", "demo", "demo_app", "log_level"};
-    static const char *const restart[] = {"listen", "tls_listen", "admin_listen", "workers",
-                                          "upstream", "redis", "audit", "metrics", "http",
-                                          "instance"};
+    static const char *const restart[] = {"listen", "tls_listen", "admin_listen", "admin",
+                                          "workers", "upstream", "redis", "audit", "metrics",
+                                          "http", "instance"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
@@ -1215,6 +1222,37 @@ static void test_http_max_connections(void **state) {
                  "t.json:1:78: http.max_connections: must be between 0 and 1048576; got 1048577");
 }
 
+static void count_warning(const char *msg, void *arg) {
+    if (strstr(msg, "admin_listen")) ++*(int *)arg;
+}
+
+/* A loopback admin listener needs nothing; another one starts with a token (no warning) or with
+ * allow_unauthenticated (warned). */
+static void test_admin_token(void **state) {
+    int warned = 0;
+    struct config *c = load_ok("{" UPSTREAM_OK ", \"admin_listen\": \"[::1]:0\"}");
+    assert_null(c->admin.token);
+    config_free(c);
+    setenv("T_ADMIN_TOKEN", "s3cret-admin", 1);
+    c = load_ok("{" UPSTREAM_OK ", \"admin_listen\": \"0.0.0.0:0\", "
+                "\"admin\": {\"token_env\": \"T_ADMIN_TOKEN\"}}");
+    assert_string_equal(c->admin.token, "s3cret-admin");
+    config_warnings(c, count_warning, &warned);
+    assert_int_equal(warned, 0);
+    char *dump = config_dump_masked(c);
+    assert_non_null(dump);
+    assert_null(strstr(dump, "s3cret-admin"));
+    assert_non_null(strstr(dump, "\"token\": \"***\""));
+    free(dump);
+    config_free(c);
+    unsetenv("T_ADMIN_TOKEN");
+    c = load_ok("{" UPSTREAM_OK ", \"admin_listen\": \"0.0.0.0:0\", "
+                "\"admin\": {\"allow_unauthenticated\": true}}");
+    config_warnings(c, count_warning, &warned);
+    assert_int_equal(warned, 1);
+    config_free(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -1242,6 +1280,7 @@ int main(void) {
         cmocka_unit_test(test_tls_front),
         cmocka_unit_test(test_trusted_proxies),
         cmocka_unit_test(test_http_max_connections),
+        cmocka_unit_test(test_admin_token),
     };
     return cmocka_run_group_tests(tests, setup_env, NULL);
 }
