@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -15,16 +16,34 @@ static const char *log_prog = "capgate";
 /* Read on every message by every thread and changed by a reload: one atomic int, relaxed, as
  * nothing else is ordered by it. */
 static atomic_int log_min = LOG_LEVEL_INFO;
+static atomic_int log_json = 0;    /* "log_format": "json" */
+static atomic_int log_journal = 0; /* stderr is the journal: no timestamp, a <N> priority */
 static const char *const level_names[] = {"DEBUG", "INFO", "WARN", "ERROR"};
+static const char *const level_json[] = {"debug", "info", "warn", "error"};
+/* syslog priorities (sd-daemon(3) prefixes): debug 7, info 6, warning 4, err 3. */
+static const char *const level_prio[] = {"<7>", "<6>", "<4>", "<3>"};
+
+/* systemd sets JOURNAL_STREAM for a service whose stderr is the journal, and INVOCATION_ID for
+ * every service it runs (systemd.exec(5)); the journal stamps each line itself, so ours would be
+ * a second timestamp. */
+static int under_journal(void) {
+    const char *js = getenv("JOURNAL_STREAM"), *inv = getenv("INVOCATION_ID");
+    return (js && *js) || (inv && *inv);
+}
 
 void log_init(const char *prog, enum log_level min) {
     if (prog) log_prog = prog;
+    atomic_store_explicit(&log_journal, under_journal(), memory_order_relaxed);
     log_set_level(min);
 }
 
 void log_set_level(enum log_level min) {
     atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
+
+void log_set_json(int json) { atomic_store_explicit(&log_json, json != 0, memory_order_relaxed); }
+
+int log_is_json(void) { return atomic_load_explicit(&log_json, memory_order_relaxed); }
 
 int log_level_parse(const char *name, enum log_level *out) {
     static const char *const names[] = {"debug", "info", "warn", "error"};
@@ -41,27 +60,97 @@ enum log_level log_get_level(void) {
     return (enum log_level)atomic_load_explicit(&log_min, memory_order_relaxed);
 }
 
+/* Appends s to b[*n..cap) as the inside of a JSON string; stops short when full. */
+static void json_escape_into(char *b, size_t cap, size_t *n, const char *s) {
+    static const char hex[] = "0123456789abcdef";
+    for (const unsigned char *p = (const unsigned char *)s; *p && *n + 7 < cap; p++) {
+        if (*p == '"' || *p == '\\') {
+            b[(*n)++] = '\\';
+            b[(*n)++] = (char)*p;
+        } else if (*p < 0x20) {
+            b[(*n)++] = '\\';
+            b[(*n)++] = 'u';
+            b[(*n)++] = '0';
+            b[(*n)++] = '0';
+            b[(*n)++] = hex[*p >> 4];
+            b[(*n)++] = hex[*p & 15];
+        } else {
+            b[(*n)++] = (char)*p;
+        }
+    }
+}
+
+/* One line: text in the text format; in JSON {"ts","level","prog","pid","msg": text} plus the
+ * members of fields (a JSON object's text, or NULL). Under the journal no "ts" and no time. */
+static void log_write(enum log_level level, const char *text, const char *fields) {
+    char line[4096];
+    size_t n = 0;
+    int journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
+    int json = atomic_load_explicit(&log_json, memory_order_relaxed);
+    char ts_text[80] = "";
+    if (!journal) {
+        struct timespec ts;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        snprintf(ts_text, sizeof ts_text, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
+                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                 ts.tv_nsec / 1000000);
+    }
+    int m;
+    if (json) {
+        m = snprintf(line, sizeof line, "%s{%s%s%s\"level\":\"%s\",\"prog\":\"%s\",\"pid\":%d,"
+                     "\"msg\":\"", journal ? level_prio[level] : "", journal ? "" : "\"ts\":\"",
+                     ts_text, journal ? "" : "\",", level_json[level], log_prog, (int)getpid());
+        if (m < 0) return;
+        n = (size_t)m;
+        json_escape_into(line, sizeof line - 4, &n, text);
+        line[n++] = '"';
+        if (fields && fields[0] == '{' && fields[1] && fields[1] != '}') {
+            size_t flen = strlen(fields + 1); /* members and the closing brace */
+            if (n + 1 + flen < sizeof line - 2) {
+                line[n++] = ',';
+                memcpy(line + n, fields + 1, flen);
+                n += flen;
+            } else {
+                line[n++] = '}';
+            }
+        } else {
+            line[n++] = '}';
+        }
+    } else {
+        if (journal)
+            m = snprintf(line, sizeof line, "%s%s ", level_prio[level], level_names[level]);
+        else
+            m = snprintf(line, sizeof line, "%s %s[%d] %s ", ts_text, log_prog, (int)getpid(),
+                         level_names[level]);
+        if (m < 0) return;
+        n = (size_t)m;
+        size_t tlen = strlen(text);
+        if (tlen > sizeof line - 2 - n) tlen = sizeof line - 2 - n;
+        memcpy(line + n, text, tlen);
+        n += tlen;
+    }
+    if (n > sizeof line - 1) n = sizeof line - 1;
+    line[n++] = '\n';
+    ssize_t w = write(STDERR_FILENO, line, n);
+    (void)w;
+}
+
 void log_msg(enum log_level level, const char *fmt, ...) {
     if ((int)level < atomic_load_explicit(&log_min, memory_order_relaxed)) return;
-    char line[2048];
-    struct timespec ts;
-    struct tm tm;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    int n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s ",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000, log_prog, (int)getpid(),
-                     level_names[level]);
-    if (n < 0) return;
+    char text[2048];
     va_list ap;
     va_start(ap, fmt);
-    int m = vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    int m = vsnprintf(text, sizeof text, fmt, ap);
     va_end(ap);
-    size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
-    if (len > sizeof line - 2) len = sizeof line - 2;
-    line[len++] = '\n';
-    ssize_t w = write(STDERR_FILENO, line, len);
-    (void)w;
+    if (m < 0) return;
+    log_write(level, text, NULL);
+}
+
+void log_fields(enum log_level level, const char *text, const char *fields) {
+    if ((int)level < atomic_load_explicit(&log_min, memory_order_relaxed)) return;
+    log_write(level, text, fields);
 }
 
 /* ---- rate-limited warnings ------------------------------------------------------------------ */

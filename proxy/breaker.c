@@ -29,7 +29,8 @@ static int move_state(struct breaker *b, enum breaker_state from, enum breaker_s
 
     if (!atomic_compare_exchange_strong(&b->state, &expected, (int)to))
         return 0;
-    log_debug("breaker: %s -> %s", breaker_state_name(from), breaker_state_name(to));
+    /* Rare and operationally important (upstream calls are refused while it is open). */
+    log_warn("upstream breaker: %s -> %s", breaker_state_name(from), breaker_state_name(to));
     return 1;
 }
 

@@ -557,6 +557,7 @@ static const char *const scope_names[] = {"params", "app", "global", NULL};
 static const char *const mode_names[] = {"enforce", "shadow", NULL};
 static const char *const pii_names[] = {"hash", "raw", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
+static const char *const log_format_names[] = {"text", "json", NULL};
 
 static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_UNKNOWN] = NULL,
@@ -1510,6 +1511,7 @@ static const struct field config_fields[] = {
     {.key = "log_level", .kind = FK_CUSTOM, .parse = parse_log_level, .view = FK_STRING,
      .off = offsetof(struct config, log_level), .names = log_level_names, .flag_off = NO_FLAG,
      .flags = F_RELOAD},
+    ENUM("log_format", struct config, log_json, log_format_names),
     END,
 };
 

@@ -164,6 +164,7 @@ struct config {
     struct config_http http;
     char *instance;        /* default hostname:pid */
     char *log_level;       /* "debug" "info" "warn" "error"; default "info" */
+    int log_json;          /* "log_format": "json" (1) or "text" (0, default); needs a restart */
 };
 
 /* Loads and checks the file at path. 0 and *out set (caller frees with config_free), or -1 with

@@ -24,7 +24,7 @@ static void usage(FILE *out) {
             "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
             "certificate and key again (a file that does not load refuses the reload);\n"
             "listen, tls_listen, admin_listen, admin, workers, upstream, http, redis, audit,\n"
-            "instance and metrics need a restart. SIGUSR1\n"
+            "instance, metrics and log_format need a restart. SIGUSR1\n"
             "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
             "after a log rotation; SIGHUP reopens it too.\n");
 }
@@ -102,6 +102,7 @@ int main(int argc, char **argv) {
     }
     enum log_level level;
     if (c->log_level && log_level_parse(c->log_level, &level) == 0) log_init("capgate", level);
+    log_set_json(c->log_json);
 
     signal(SIGPIPE, SIG_IGN);
     tls_global_init();

@@ -473,8 +473,14 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
         u->stats.breaker_rejections++;
     else
         record_latency(&u->stats, r->latency_us);
-    if (!r->ok)
-        log_debug("upstream call %p failed: %s", (void *)c, r->error);
+    /* A failed call at warn; when the upstream is down every call fails the same way, so the
+     * repeats are counted and summarised (log_limited) rather than logged one by one. */
+    if (!r->ok) {
+        static struct log_limiter failures = LOG_LIMITER_INIT(10, 5000);
+        log_limited(&failures, LOG_LEVEL_WARN,
+                    "upstream %s:%d: call failed after %u attempt(s): %s", u->host, u->port,
+                    c->attempts, r->error);
+    }
     c->cb(r, c->arg);
     call_free(c);
 }

@@ -1,5 +1,9 @@
 /* log.h: leveled logging to stderr, one line per message, safe from any thread.
- * Format: 2026-11-28T17:43:42.123Z capgate[1234] INFO message */
+ * Format: 2026-11-28T17:43:42.123Z capgate[1234] INFO message
+ * Under systemd (JOURNAL_STREAM or INVOCATION_ID set at log_init): <6>INFO message, as the
+ * journal records the time, program and pid itself and reads the <N> priority (sd-daemon(3)).
+ * JSON (log_set_json): {"ts":"...","level":"info","prog":"capgate","pid":1234,"msg":"message"}
+ * (no "ts" under the journal). */
 #ifndef CAPGATE_LOG_H
 #define CAPGATE_LOG_H
 #include <pthread.h>
@@ -16,6 +20,12 @@ void log_set_level(enum log_level min);
 /* "debug" "info" "warn" "error" → 0 and *out set; -1 for anything else. */
 int log_level_parse(const char *name, enum log_level *out);
 enum log_level log_get_level(void);
+/* "log_format": "json" (1) or "text" (0); any thread. */
+void log_set_json(int json);
+int log_is_json(void);
+/* A line with structured fields: in the text format text alone; in JSON the usual members and
+ * then those of fields (the text of a JSON object, e.g. from json_dumps; NULL: none). */
+void log_fields(enum log_level level, const char *text, const char *fields);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* A warning that can repeat without end (accept failing while descriptors are exhausted, a

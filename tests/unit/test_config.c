@@ -935,7 +935,7 @@ static void test_reload_keys_match_readme(void **state) {
                                           "idempotency", "demo", "demo_app", "log_level"};
     static const char *const restart[] = {"listen", "tls_listen", "admin_listen", "admin",
                                           "workers", "upstream", "redis", "audit", "metrics",
-                                          "http", "instance"};
+                                          "http", "instance", "log_format"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
