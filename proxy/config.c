@@ -46,6 +46,8 @@ struct seg {
 struct ctx {
     const char *text;
     const char *name;
+    const char *base_dir; /* the config file's directory: relative paths are under it (NULL:
+                           * config_load_string, paths stay as written) */
     struct seg path[MAX_DEPTH];
     size_t depth;
     char *err;
@@ -243,6 +245,26 @@ static int set_str(char **dst, const char *src) {
     return 0;
 }
 
+/* p as the process must open it: a relative path is under the config file's directory, so
+ * capgate finds the same files whatever directory it starts in. malloc'd; NULL on OOM. */
+static char *path_under(const struct ctx *x, const char *p) {
+    if (!x->base_dir || p[0] == '/') return strdup(p);
+    size_t n = strlen(x->base_dir) + 1 + strlen(p) + 1;
+    char *out = malloc(n);
+    if (out) snprintf(out, n, "%s/%s", x->base_dir, p);
+    return out;
+}
+
+/* Rewrites *p (when set) with path_under. */
+static int resolve_path(const struct ctx *x, char **p) {
+    if (!*p) return 0;
+    char *r = path_under(x, *p);
+    if (!r) return -1;
+    free(*p);
+    *p = r;
+    return 0;
+}
+
 static int oom(struct ctx *x) { return fail(x, "out of memory"); }
 
 /* Reads a whole file into a NUL-terminated buffer. 0, or -1 with errno set (EFBIG when big). */
@@ -415,17 +437,25 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         if (!*val) return fail(x, "environment variable %s is empty", name);
         if (!(*dst = strdup(val))) return oom(x);
     } else {
-        char *buf = NULL;
+        char *buf = NULL, *file = path_under(x, name);
         size_t len = 0;
-        if (read_file(name, MAX_SECRET_FILE_BYTES, &buf, &len) != 0)
-            return fail(x, "cannot read %s: %s", name,
-                        errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
+        if (!file) return oom(x);
+        if (read_file(file, MAX_SECRET_FILE_BYTES, &buf, &len) != 0) {
+            int e = errno;
+            int rc = fail(x, "cannot read %s: %s", file,
+                          e == EFBIG ? "larger than 64 KiB" : strerror(e));
+            free(file);
+            return rc;
+        }
         if (len && buf[len - 1] == '\n') buf[--len] = '\0';
         if (len && buf[len - 1] == '\r') buf[--len] = '\0';
         if (len == 0 || strlen(buf) != len) {
             secret_free(buf, len + 1);
-            return fail(x, "%s is empty or holds a NUL byte", name);
+            int rc = fail(x, "%s is empty or holds a NUL byte", file);
+            free(file);
+            return rc;
         }
+        free(file);
         *dst = buf;
     }
     return 0;
@@ -1661,9 +1691,10 @@ static int config_finish(struct ctx *x, struct config *c) {
     return 0;
 }
 
-int config_load_string(const char *json_text, const char *name, struct config **out, char *err,
-                       size_t errlen) {
-    struct ctx x = {.text = json_text, .name = name, .err = err, .errlen = errlen};
+static int load_text(const char *json_text, const char *name, const char *base_dir,
+                     struct config **out, char *err, size_t errlen) {
+    struct ctx x = {.text = json_text, .name = name, .base_dir = base_dir, .err = err,
+                    .errlen = errlen};
     struct config *c = NULL;
     json_t *root = NULL;
     json_error_t jerr;
@@ -1682,6 +1713,12 @@ int config_load_string(const char *json_text, const char *name, struct config **
         goto out;
     }
     if (parse_object(&x, root, config_fields, c) != 0) goto out;
+    if (resolve_path(&x, &c->upstream.ca_file) || resolve_path(&x, &c->tls.cert_file) ||
+        resolve_path(&x, &c->tls.key_file) || resolve_path(&x, &c->audit.spool_dir) ||
+        resolve_path(&x, &c->audit.file)) {
+        oom(&x);
+        goto out;
+    }
     if (check_demo(&x, c) != 0) goto out;
     if (check_listeners(&x, c) != 0) goto out;
     if (check_admin(&x, c) != 0) goto out;
@@ -1695,8 +1732,13 @@ out:
     return rc;
 }
 
+int config_load_string(const char *json_text, const char *name, struct config **out, char *err,
+                       size_t errlen) {
+    return load_text(json_text, name, NULL, out, err, errlen);
+}
+
 int config_load(const char *path, struct config **out, char *err, size_t errlen) {
-    char *text = NULL;
+    char *text = NULL, *dir = NULL;
     size_t len = 0;
     int rc = -1;
     *out = NULL;
@@ -1710,8 +1752,16 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         if (errlen) snprintf(err, errlen, "%s: holds a NUL byte", path);
         goto out;
     }
-    rc = config_load_string(text, path, out, err, errlen);
+    /* The file's directory, as given (relative to the working directory at load time; no '/':
+     * the working directory, where relative paths already point). */
+    const char *slash = strrchr(path, '/');
+    if (slash && !(dir = strndup(path, slash == path ? 1 : (size_t)(slash - path)))) {
+        if (errlen) snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    rc = load_text(text, path, dir, out, err, errlen);
 out:
+    free(dir);
     free(text);
     return rc;
 }

@@ -1,9 +1,12 @@
 /* main.c: capgate, the gateway in front of the captcha API 2.0: command line, config check,
  * then the gateway until SIGTERM/SIGINT. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <event2/thread.h>
 
 #include "capgate/log.h"
@@ -16,7 +19,10 @@ static void usage(FILE *out) {
     fprintf(out,
             "usage: capgate --config FILE        run the gateway\n"
             "       capgate --check-config FILE  validate FILE and print the effective config\n"
-            "                                    (secrets masked); exit 0 when valid, 1 if not\n"
+            "                                    (secrets masked; relative paths resolved under\n"
+            "                                    FILE's directory); also checks that the spool\n"
+            "                                    directory and audit file can be written and the\n"
+            "                                    certificates read; exit 0 when valid, 1 if not\n"
             "       capgate --version            print the version\n"
             "       capgate --help               this text\n"
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
@@ -30,6 +36,73 @@ static void usage(FILE *out) {
 }
 
 static void print_warning(const char *msg, void *arg) { log_warn("config: %s", msg); }
+
+/* The directory part of path into buf ("." when it has none). */
+static void dir_of(const char *path, char *buf, size_t len) {
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(buf, len, ".");
+    else if (slash == path) snprintf(buf, len, "/");
+    else snprintf(buf, len, "%.*s", (int)(slash - path), path); /* cut at len - 1 */
+}
+
+/* The spool directory is made at start (mkdir -p): it must exist writable, or its nearest
+ * existing ancestor must be. */
+static int check_spool_dir(const char *dir, char *err, size_t errlen) {
+    char p[4096];
+    struct stat st;
+    snprintf(p, sizeof p, "%.4000s", dir);
+    for (;;) {
+        if (stat(p, &st) == 0) {
+            if (!S_ISDIR(st.st_mode)) {
+                snprintf(err, errlen, "audit.spool_dir: %.400s is not a directory", p);
+                return -1;
+            }
+            if (access(p, W_OK | X_OK) != 0) {
+                snprintf(err, errlen, "audit.spool_dir: %.400s%s is not writable: %s", p,
+                         strcmp(p, dir) == 0 ? "" : " (where it would be created)",
+                         strerror(errno));
+                return -1;
+            }
+            return 0;
+        }
+        if (errno != ENOENT || strcmp(p, "/") == 0 || strcmp(p, ".") == 0) {
+            snprintf(err, errlen, "audit.spool_dir: %.400s: %s", p, strerror(errno));
+            return -1;
+        }
+        char up[4096];
+        dir_of(p, up, sizeof up);
+        memcpy(p, up, sizeof p);
+    }
+}
+
+/* The audit file is opened O_APPEND|O_CREAT at start: it must be writable, or its directory
+ * must exist writable. */
+static int check_audit_file(const char *file, char *err, size_t errlen) {
+    char dir[4096];
+    if (access(file, F_OK) == 0) {
+        if (access(file, W_OK) == 0) return 0;
+        snprintf(err, errlen, "audit.file: %.400s is not writable: %s", file, strerror(errno));
+        return -1;
+    }
+    dir_of(file, dir, sizeof dir);
+    if (access(dir, W_OK | X_OK) == 0) return 0;
+    snprintf(err, errlen, "audit.file: cannot create %.400s: directory %.400s: %s", file, dir,
+             strerror(errno));
+    return -1;
+}
+
+/* What start-up opens besides the files config_load already read (certificates, secrets): so a
+ * config that passes --check-config starts, as far as the file system goes. */
+static int check_paths(const struct config *c, char *err, size_t errlen) {
+    if (c->upstream.ca_file && access(c->upstream.ca_file, R_OK) != 0) {
+        snprintf(err, errlen, "upstream.ca_file: cannot read %.400s: %s", c->upstream.ca_file,
+                 strerror(errno));
+        return -1;
+    }
+    if (c->audit.spool_dir && check_spool_dir(c->audit.spool_dir, err, errlen) != 0) return -1;
+    if (c->audit.file && check_audit_file(c->audit.file, err, errlen) != 0) return -1;
+    return 0;
+}
 
 /* --name VALUE or --name=VALUE; returns the value, or NULL when argv[*i] is not --name. */
 static const char *flag_value(int argc, char **argv, int *i, const char *name, int *missing) {
@@ -76,6 +149,11 @@ int main(int argc, char **argv) {
     if (check_path) {
         if (config_load(check_path, &c, err, sizeof(err)) != 0) {
             fprintf(stderr, "capgate: %s\n", err);
+            return 1;
+        }
+        if (check_paths(c, err, sizeof(err)) != 0) {
+            fprintf(stderr, "capgate: %s: %s\n", check_path, err);
+            config_free(c);
             return 1;
         }
         config_warnings(c, print_warning, NULL);

@@ -146,7 +146,8 @@ gateway_config() {
 
 start_gateway() {
   local config=$1 log="$log_dir/capgate.log" i
-  # Relative paths in the config (ca_file, spool_dir, audit file) are relative to the root.
+  # Relative paths in the config (ca_file, tls, spool_dir, audit file) are relative to its
+  # directory: config/dev.json names ../var/..., and so does var/capgate.json (REDIS_URL).
   start_service capgate "$log" '^capgate admin listening on http://' \
     env CAPGATE_SECRET_ID="$mock_secret_id" CAPGATE_SECRET_KEY="$mock_secret_key" \
     CAPGATE_DEMO_WEB_KEY="$demo_web_key" CAPGATE_BATCH_TOKEN="$batch_token" \

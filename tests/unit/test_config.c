@@ -6,9 +6,11 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -63,17 +65,32 @@ static void remove_dir(const char *dir) {
     assert_int_equal(system(cmd), 0);
 }
 
-/* Loads a shipped config (its certificate paths are relative, as run.sh runs from the checkout
- * where gen-certs.sh made var/certs) from a directory holding fresh certificates. */
+/* Loads a shipped config the way it is laid out in the checkout (config/NAME, with run.sh's
+ * certificates in var/certs beside config/): a copy in a fresh directory holding new
+ * certificates, loaded from another working directory ("/"), since its relative paths are
+ * relative to the file's directory. */
 static int load_shipped(const char *path, struct config **c, char *err, size_t errlen) {
-    char dir[64], cwd[4096];
+    char dir[64], cwd[4096], cmd[1024], copy[256];
     make_certs(dir, sizeof dir);
+    const char *base = strrchr(path, '/');
+    snprintf(copy, sizeof copy, "%s/config/%s", dir, base ? base + 1 : path);
+    snprintf(cmd, sizeof cmd, "mkdir -p %s/config && cp %s %s", dir, path, copy);
+    assert_int_equal(system(cmd), 0);
     assert_non_null(getcwd(cwd, sizeof cwd));
-    assert_int_equal(chdir(dir), 0);
-    int rc = config_load(path, c, err, errlen);
+    assert_int_equal(chdir("/"), 0);
+    int rc = config_load(copy, c, err, errlen);
     assert_int_equal(chdir(cwd), 0);
     remove_dir(dir);
     return rc;
+}
+
+/* s ends with "/config/" suffix: a shipped config's relative path, under its directory. */
+static void assert_under_config(const char *s, const char *suffix) {
+    char want[256];
+    snprintf(want, sizeof want, "/config/%s", suffix);
+    size_t n = strlen(s), m = strlen(want);
+    if (n < m || strcmp(s + n - m, want) != 0 || s[0] != '/')
+        fail_msg("%s is not <config dir>%s", s, want);
 }
 
 static void test_example_loads(void **state) {
@@ -82,7 +99,7 @@ static void test_example_loads(void **state) {
     int rc = load_shipped(CAPGATE_SOURCE_DIR "/config/capgate.example.json", &c, err, sizeof err);
     if (rc != 0) fail_msg("%s", err);
     assert_int_equal(c->tls_listen_port, 8443);
-    assert_string_equal(c->tls.key_file, "var/certs/server.key");
+    assert_under_config(c->tls.key_file, "../var/certs/server.key");
     assert_int_equal(c->n_trusted_proxies, 2);
     assert_string_equal(c->listen_host, "127.0.0.1");
     assert_int_equal(c->listen_port, 8080);
@@ -134,14 +151,14 @@ static void test_dev_loads(void **state) {
     if (rc != 0) fail_msg("%s", err);
     assert_string_equal(c->tls_listen_host, "127.0.0.1");
     assert_int_equal(c->tls_listen_port, 8443);
-    assert_string_equal(c->tls.cert_file, "var/certs/server.pem");
+    assert_under_config(c->tls.cert_file, "../var/certs/server.pem");
     assert_int_equal(c->listen_port, 8080);
     assert_int_equal(c->admin_port, 8081);
     assert_int_equal(c->workers, 2);
     assert_string_equal(c->upstream.host, "127.0.0.1");
     assert_int_equal(c->upstream.port, 9443);
     assert_string_equal(c->upstream.sign_host, "127.0.0.1:9443");
-    assert_string_equal(c->upstream.ca_file, "var/certs/ca.pem");
+    assert_under_config(c->upstream.ca_file, "../var/certs/ca.pem");
     assert_null(c->redis);
     assert_true(c->demo);
     assert_int_equal(c->n_apps, 2);
@@ -565,7 +582,11 @@ static struct config *load_json(json_t *root, char *err, size_t errlen) {
         atexit(remove_json_certs);
     }
     assert_non_null(getcwd(cwd, sizeof cwd));
-    assert_int_equal(chdir(json_certs_dir), 0);
+    /* The example's paths are relative to its directory, config/, beside var/certs. */
+    char config_dir[128];
+    snprintf(config_dir, sizeof config_dir, "%s/config", json_certs_dir);
+    if (mkdir(config_dir, 0700) != 0 && errno != EEXIST) fail_msg("mkdir %s", config_dir);
+    assert_int_equal(chdir(config_dir), 0);
     if (config_load_string(text, "t.json", &c, err, errlen) != 0) c = NULL;
     assert_int_equal(chdir(cwd), 0);
     free(text);
@@ -746,8 +767,9 @@ static int change_special(const struct config_key *k, const struct config *c0, j
         json_t *copy = json_deep_copy(root);
         int ok;
         assert_non_null(copy);
-        json_object_set_new(copy, "tls", json_pack("{s:s, s:s}", "cert_file", "var/certs/ca.pem",
-                                                   "key_file", "var/certs/ca.key"));
+        json_object_set_new(copy, "tls", json_pack("{s:s, s:s}",
+                                                   "cert_file", "../var/certs/ca.pem",
+                                                   "key_file", "../var/certs/ca.key"));
         ok = try_change(k, c0, copy);
         json_decref(copy);
         return ok;

@@ -162,9 +162,9 @@ export async function startGateway({ mock, config = {}, env = {}, args = [], tls
 }
 
 /** Runs capgate with args (e.g. --check-config FILE) to completion: { code, stdout, stderr }. */
-export function runCapgate(args, { env = {}, timeoutMs = 10000 } = {}) {
+export function runCapgate(args, { env = {}, timeoutMs = 10000, cwd } = {}) {
   return new Promise((resolve) => {
-    execFile(CAPGATE_BIN, args, { env: { ...process.env, ...gatewayEnv(env) }, timeout: timeoutMs, encoding: 'utf8' },
+    execFile(CAPGATE_BIN, args, { env: { ...process.env, ...gatewayEnv(env) }, timeout: timeoutMs, encoding: 'utf8', cwd },
       (err, stdout, stderr) => {
         const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
         resolve({ code, signal: err?.signal ?? null, stdout, stderr });

@@ -86,7 +86,7 @@ class Proc {
     this.lines = [];
     this.stderr = '';
     this.waiters = [];
-    this.child = spawn(bin, args, { env: { ...process.env, ...(opts.env || {}) }, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child = spawn(bin, args, { env: { ...process.env, ...(opts.env || {}) }, cwd: opts.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
     this.exited = new Promise((resolve) => this.child.on('exit', (code, signal) => resolve({ code, signal })));
     let buf = '';
     this.child.stdout.on('data', (d) => {
