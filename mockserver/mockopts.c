@@ -32,6 +32,7 @@ static const struct opt_def opt_defs[] = {
     {"tls-key", OPT_STR, OFF(tls_key), 0, 0},
     {"credential", OPT_CRED, 0, 0, 0},
     {"credentials-file", OPT_STR, OFF(credentials_file), 0, 0},
+    {"captcha-app", OPT_STR, OFF(captcha_app), 0, 0},
     {"timestamp-window", OPT_U32, OFF(timestamp_window), 1, 86400},
     {"public-url", OPT_STR, OFF(public_url), 0, 0},
     {"seed", OPT_SEED, 0, 0, 0},
@@ -76,6 +77,7 @@ void mockopts_cleanup(struct mock_opts *o) {
     free(o->credentials_file);
     free(o->public_url);
     free(o->log_level);
+    free(o->captcha_app);
     free(o->config);
     json_decref(o->faults);
     memset(o, 0, sizeof(*o));
@@ -413,6 +415,15 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
         }
         while (n > 0 && o->public_url[n - 1] == '/') o->public_url[--n] = '\0';
     }
+    if (o->captcha_app) {
+        const char *a = o->captcha_app;
+        size_t digits = strspn(a, "0123456789");
+        if (digits == 0 || digits > 18 || a[digits] != ':' || !a[digits + 1]) {
+            snprintf(err, errlen, "--captcha-app must be CAPTCHAAPPID:APPSECRETKEY with a "
+                     "numeric id of at most 18 digits and a non-empty key");
+            return -1;
+        }
+    }
     if (o->ncreds == 0) {
         if (add_credential(o, MOCKOPTS_DEFAULT_SECRET_ID ":" MOCKOPTS_DEFAULT_SECRET_KEY,
                            strlen(MOCKOPTS_DEFAULT_SECRET_ID ":" MOCKOPTS_DEFAULT_SECRET_KEY),
@@ -441,6 +452,8 @@ const char *mockopts_usage(void) {
            "  --credentials-file FILE     ID:KEY per line, # comments\n"
            "  --timestamp-window SECONDS  accepted clock skew and Nonce memory (default 300)\n"
            "  --public-url URL            base of returned captcha URLs (default: the HTTP listener)\n"
+           "  --captcha-app ID:KEY        API 3.0 CaptchaAppId and AppSecretKey (default: the\n"
+           "                              generated app id and " MOCKOPTS_DEFAULT_APP_SECRET_KEY ")\n"
            "  --seed N                    deterministic asig, tickets, randstr, appid\n"
            "  --https-only                API calls over plain HTTP get code 4600\n"
            "  --quota N                   requests/s per SecretId, then code 4400 (0: no limit)\n"
