@@ -545,6 +545,8 @@ static void handle(struct httpd_req *req, void *arg) {
         admin_handle(m, req);
     else if (path_is(path, MOCK_WIDGET_PATH)) widget_handle_fetch(m, req);
     else if (path_is(path, MOCK_SOLVE_PATH)) widget_handle_solve(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_PATH)) tcaptcha_handle_script(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_WIDGET_PATH)) tcaptcha_handle_widget(m, req);
     else mock_reply_error(req, 200, APIERR_NOT_FOUND, "no resource at path %.200s", path);
 }
 

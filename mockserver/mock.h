@@ -139,6 +139,13 @@ void api3_reply(struct mock *m, struct httpd_req *req, json_t *resp, const char 
 struct params;
 void api3_journal_params(const struct api3_call *c, struct params *out);
 
+/* tcaptcha.c: GET /TCaptcha.js (the API 3.0 front-end script, emulated) and
+ * GET /__widget/tcaptcha.js?appid=N (a captcha of that CaptchaAppId: the widget's script). */
+#define MOCK_TCAPTCHA_PATH "/TCaptcha.js"
+#define MOCK_TCAPTCHA_WIDGET_PATH "/__widget/tcaptcha.js"
+void tcaptcha_handle_script(struct mock *m, struct httpd_req *req);
+void tcaptcha_handle_widget(struct mock *m, struct httpd_req *req);
+
 /* admin.c: everything under /__admin/. */
 void admin_handle(struct mock *m, struct httpd_req *req);
 
