@@ -48,7 +48,8 @@ async function openPage(name) {
 <body>
 <script>
 window.capResult = new Promise(function (resolve) {
-  new TencentCaptcha('${APP_ID}', resolve, { bizState: 'state-42' }).show();
+  window.lastCaptcha = new TencentCaptcha('${APP_ID}', resolve, { bizState: 'state-42' });
+  window.lastCaptcha.show();
 });
 </script></body></html>`);
   const page = await browser.newPage();
@@ -71,6 +72,8 @@ test('TCaptcha.js solve: {ret: 0, ticket, randstr, appid}; DescribeCaptchaResult
   const res = await resultWithin(page);
   assert.equal(await page.evaluate(() => document.getElementById('capgate-mock-tcaptcha')), null,
     'the widget is removed after solving');
+  assert.deepEqual(await page.evaluate(() => window.lastCaptcha.getTicket()),
+    { appid: String(APP_ID), ticket: res.ticket });
   await page.close();
   assert.equal(res.ret, 0, JSON.stringify(res));
   assert.equal(res.appid, String(APP_ID));
@@ -87,13 +90,13 @@ test('TCaptcha.js solve: {ret: 0, ticket, randstr, appid}; DescribeCaptchaResult
   assert.equal(r.CaptchaCode, 1, JSON.stringify(r));
 });
 
-test('TCaptcha.js close: {ret: 2} with empty ticket', async (t) => {
+test('TCaptcha.js close: {ret: 2, ticket: null}', async (t) => {
   if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
   const page = await openPage('close');
   await page.click('#capgate-mock-close', { timeout: STEP_MS });
   const res = await resultWithin(page);
   await page.close();
   assert.equal(res.ret, 2, JSON.stringify(res));
-  assert.equal(res.ticket, '');
+  assert.equal(res.ticket, null);
   assert.equal(res.appid, String(APP_ID));
 });
