@@ -224,10 +224,11 @@ json_t *api3_run(struct mock *m, struct api3_call *c) {
     uint64_t appid = (uint64_t)json_integer_value(json_object_get(c->body, "CaptchaAppId"));
     /* Codes as the SDK models document them (DescribeCaptchaResultResponse.CaptchaCode and
      * DescribeCaptchaMiniResultResponse.CaptchaCode). */
-    if (appid != m->app_id)
+    const char *key = mock_app_secret(m, appid);
+    if (!key)
         return mini ? result(16, "CaptchaAppId wrong format")
                     : result(100, "appid-secretkey-ticket mismatch");
-    if (strcmp(secret, m->app_secret_key) != 0)
+    if (strcmp(secret, key) != 0)
         return result(100, mini ? "param err" : "appid-secretkey-ticket mismatch");
     uint64_t now = clock_mono_us();
     void *v = NULL;

@@ -552,6 +552,14 @@ static void handle(struct httpd_req *req, void *arg) {
 
 /* ---- shared by the widget and admin endpoints ---- */
 
+const char *mock_app_secret(const struct mock *m, uint64_t appid) {
+    if (m->opts->napps == 0) return appid == m->app_id ? MOCKOPTS_DEFAULT_APP_SECRET_KEY : NULL;
+    for (size_t i = 0; i < m->opts->napps; i++)
+        if (strtoull(m->opts->apps[i].secret_id, NULL, 10) == appid)
+            return m->opts->apps[i].secret_key;
+    return NULL;
+}
+
 int mock_issue_captcha(struct mock *m, uint64_t appid, char asig[MOCK_ASIG_LEN + 1]) {
     if (issue_url(m, 0, asig, 1) != 0) return -1;
     void *v = NULL;
@@ -637,13 +645,8 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     m->ttl_us = (uint64_t)opts->captcha_ttl_s * 1000000u;
     /* A ten-digit captcha app id, fixed for the process as an account's would be. */
     m->app_id = 1900000000ull + mockrng_u64(&m->rng) % 99999999ull;
-    m->app_secret_key = MOCKOPTS_DEFAULT_APP_SECRET_KEY;
-    if (opts->captcha_app) {
-        /* "APPID:APPSECRETKEY", checked by mockopts_finish. */
-        const char *colon = strchr(opts->captcha_app, ':');
-        m->app_id = strtoull(opts->captcha_app, NULL, 10);
-        m->app_secret_key = colon + 1;
-    }
+    /* Numeric ids, checked by mockopts. */
+    if (opts->napps) m->app_id = strtoull(opts->apps[0].secret_id, NULL, 10);
     snprintf(m->appid, sizeof(m->appid), "%llu", (unsigned long long)m->app_id);
     m->nonces = etable_new(MOCK_MAX_NONCES, NULL);
     m->urls = etable_new(MOCK_MAX_URLS, free_value);

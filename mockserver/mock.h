@@ -66,9 +66,8 @@ struct mock {
     struct mockrng rng;            /* asig, ticket, randstr, appid */
     struct mockrng rid_rng;        /* API 3.0 RequestIds, apart for the same reason */
     struct mockrng fault_rng;      /* probability draws, apart so faults do not shift asigs */
-    char appid[24];                /* the captcha app: --captcha-app's id, else generated */
+    char appid[24];                /* the app of v2 URLs: the first --captcha-app, else generated */
     uint64_t app_id;               /* the same as a number */
-    const char *app_secret_key;    /* its AppSecretKey (API 3.0) */
     uint64_t ttl_us;               /* lifetime of URLs and tickets */
     struct etable *nonces;         /* "<credential index>:<nonce>" */
     struct etable *urls;           /* asig -> struct mock_url */
@@ -88,6 +87,10 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
 void mock_free(struct mock *m);
 /* Forgets nonces, URLs, tickets, the journal, faults and quota counters. */
 void mock_reset(struct mock *m);
+
+/* The AppSecretKey of a CaptchaAppId (--captcha-app; without any, the generated app id has
+ * MOCKOPTS_DEFAULT_APP_SECRET_KEY), or NULL for an unknown app. */
+const char *mock_app_secret(const struct mock *m, uint64_t appid);
 
 /* Issues a captcha (as a URL would) for appid, for the TCaptcha.js flow and admin solve.
  * 0 with asig filled; -1 on OOM. */

@@ -18,10 +18,13 @@ const Sign = require('tencentcloud-sdk-nodejs/tencentcloud/common/sign.js').defa
 
 const APP_ID = 190012345;
 const APP_KEY = 'app-secret-for-tests';
+const APP2_ID = 190099999;
+const APP2_KEY = 'second-app-key';
 let mock;
 
 before(async () => {
-  mock = await startMock({ tls: true, args: ['--captcha-app', `${APP_ID}:${APP_KEY}`] });
+  // The apps through the environment here (a list, as CAPGATE_MOCK_CREDENTIAL); flags below.
+  mock = await startMock({ tls: true, env: { CAPGATE_MOCK_CAPTCHA_APP: `${APP_ID}:${APP_KEY},${APP2_ID}:${APP2_KEY}` } });
 });
 after(async () => {
   await mock?.stop();
@@ -109,9 +112,38 @@ test('SDK DescribeCaptchaResult: each documented CaptchaCode', async () => {
   const other = await solve(APP_ID + 7);
   r = await c.DescribeCaptchaResult(req(other));
   assert.deepEqual([r.CaptchaCode, r.CaptchaMsg], [16, 'appid-ticket mismatch']);
+  // A configured app's pair, but the ticket is this app's: 16.
+  r = await c.DescribeCaptchaResult(req(s, { CaptchaAppId: APP2_ID, AppSecretKey: APP2_KEY }));
+  assert.equal(r.CaptchaCode, 16);
   // None of the failures spent the ticket.
   r = await c.DescribeCaptchaResult(req(s));
   assert.equal(r.CaptchaCode, 1);
+});
+
+test('several --captcha-app pairs: each app verifies its own tickets with its own key', async () => {
+  const m = await startMock({ tls: true, args: ['--captcha-app', `${APP_ID}:${APP_KEY}`, '--captcha-app', `${APP2_ID}:${APP2_KEY}`] });
+  try {
+    const call = async (s, appid, key) => (await tc3Call(m.httpsUrl, { body: req(s, { CaptchaAppId: appid, AppSecretKey: key }),
+      secretId: MOCK_SECRET_ID, secretKey: MOCK_SECRET_KEY, ca: certs().caPem })).json.Response;
+    const s2 = await m.admin('solve', { method: 'POST', json: { appid: APP2_ID } });
+    assert.equal((await call(s2, APP2_ID, APP_KEY)).CaptchaCode, 100, 'another app\'s key');
+    assert.equal((await call(s2, APP_ID, APP_KEY)).CaptchaCode, 16, 'checked as the other app');
+    assert.equal((await call(s2, APP2_ID, APP2_KEY)).CaptchaCode, 1);
+    const s1 = await m.admin('solve', { method: 'POST', json: { appid: APP_ID } });
+    assert.equal((await call(s1, APP_ID, APP_KEY)).CaptchaCode, 1);
+  } finally {
+    await m.stop();
+  }
+});
+
+test('a malformed --captcha-app stops the mock with a message naming it', async () => {
+  const { spawnSync } = await import('node:child_process');
+  const { MOCK_BIN } = await import('./lib/harness.mjs');
+  for (const bad of ['abc:key', '123:', '0:key', '12345']) {
+    const r = spawnSync(MOCK_BIN, ['--listen', '127.0.0.1:0', '--captcha-app', bad], { encoding: 'utf8', timeout: 10000 });
+    assert.notEqual(r.status, 0, bad);
+    assert.match(r.stderr, /captcha-app.*CAPTCHAAPPID:APPSECRETKEY/, `${bad}: ${r.stderr}`);
+  }
 });
 
 test('SDK DescribeCaptchaResult: 8 ticket expired after --captcha-ttl', async () => {
