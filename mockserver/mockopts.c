@@ -487,7 +487,8 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
 
 const char *mockopts_usage(void) {
     return "Usage: capgate-mock [options]\n"
-           "An offline emulator of Tencent Cloud's captcha API 2.0 (csec.api.qcloud.com).\n"
+           "An offline emulator of Tencent Cloud's captcha API 2.0 (csec.api.qcloud.com)\n"
+           "and API 3.0 (captcha.tencentcloudapi.com: POST / with TC3-HMAC-SHA256).\n"
            "\n"
            "  --listen HOST:PORT          HTTP listener (default 127.0.0.1:9000; port 0 picks one)\n"
            "  --tls-listen HOST:PORT      HTTPS listener, with --tls-cert FILE --tls-key FILE\n"
@@ -495,9 +496,10 @@ const char *mockopts_usage(void) {
            "  --credentials-file FILE     ID:KEY per line, # comments\n"
            "  --timestamp-window SECONDS  accepted clock skew and Nonce memory (default 300)\n"
            "  --public-url URL            base of returned captcha URLs (default: the HTTP listener)\n"
-           "  --captcha-app ID:KEY        an API 3.0 CaptchaAppId:AppSecretKey (repeatable; the\n"
-           "                              first is the app of v2 URLs; default: the generated\n"
-           "                              app id with " MOCKOPTS_DEFAULT_APP_SECRET_KEY ")\n"
+           "  --captcha-app ID:KEY        an API 3.0 CaptchaAppId:AppSecretKey (repeatable;\n"
+           "                              the first is the app of v2 URLs; default: the\n"
+           "                              generated app id with " MOCKOPTS_DEFAULT_APP_SECRET_KEY
+           ")\n"
            "  --seed N                    deterministic asig, tickets, randstr, appid\n"
            "  --https-only                API calls over plain HTTP get code 4600\n"
            "  --quota N                   requests/s per SecretId, then code 4400 (0: no limit)\n"

@@ -1,8 +1,8 @@
 /* tcaptcha.c: an emulation of TCaptcha.js, the front-end script of API 3.0 captchas:
  * `new TencentCaptcha(appId, callback, options).show()` shows a widget; solving it calls back
- * {ret: 0, ticket, randstr, appid, bizState}, closing it {ret: 2, ticket: null, appid, bizState}
- * (the callback fields of qcloud-documents product/安全服务/验证码/SDK/Web前端接入.md); getTicket()
- * returns {appid, ticket}. It is a thin wrapper:
+ * {ret: 0, ticket, randstr, appid, bizState}, closing it {ret: 2, ticket: null, appid,
+ * bizState}, getTicket() returns {appid, ticket} (tencentyun/qcloud-documents
+ * product/安全服务/验证码/SDK/Web前端接入.md). It is a thin wrapper:
  * show() loads GET /__widget/tcaptcha.js?appid=N, which issues a captcha for that CaptchaAppId
  * and answers the v2 test widget's script for it (widget.c), then drives capInit. Tickets come
  * from the same /__widget/solve, so POST /__admin/solve and DescribeCaptchaResult see them. */
