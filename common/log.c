@@ -89,6 +89,10 @@ static void limiter_key(const char *text, char *key, size_t keylen) {
     key[k] = '\0';
 }
 
+/* b - a, or 0 when a is later: callers read the clock before taking the lock, so a thread can
+ * arrive with a time older than the one another thread just recorded. */
+static uint64_t since(uint64_t a, uint64_t b) { return b > a ? b - a : 0; }
+
 int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level level,
                   const char *fmt, va_list ap) {
     char text[1024];
@@ -102,10 +106,10 @@ int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level
         /* A success while failures still come (one accept got a descriptor another just freed)
          * is no recovery yet: the episode goes on. */
         if (atomic_load_explicit(&l->active, memory_order_relaxed) &&
-            now_us - l->last_seen_us >= (uint64_t)l->quiet_ms * 1000u) {
+            since(l->last_seen_us, now_us) >= (uint64_t)l->quiet_ms * 1000u) {
             log_msg(level, "%s (the warning occurred %llu times over %llu s)", text,
                     (unsigned long long)l->total,
-                    (unsigned long long)((l->last_seen_us - l->since_us) / 1000000u));
+                    (unsigned long long)(since(l->since_us, l->last_seen_us) / 1000000u));
             atomic_store_explicit(&l->active, 0, memory_order_relaxed);
             l->key[0] = '\0';
             logged = 1;
@@ -129,10 +133,10 @@ int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level
             log_msg(level, "%s", text);
         l->repeats = 0;
         logged = 1;
-    } else if (now_us - l->last_line_us >= interval_us) {
+    } else if (since(l->last_line_us, now_us) >= interval_us) {
         log_msg(level, "%s (repeated %llu times in the last %llu s)", text,
                 (unsigned long long)(l->repeats + 1),
-                (unsigned long long)((now_us - l->last_line_us) / 1000000u));
+                (unsigned long long)(since(l->last_line_us, now_us) / 1000000u));
         l->repeats = 0;
         logged = 1;
     } else {
@@ -143,7 +147,7 @@ int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level
         l->last_line_us = now_us;
     }
     l->total++;
-    l->last_seen_us = now_us;
+    if (now_us > l->last_seen_us) l->last_seen_us = now_us;
     pthread_mutex_unlock(&l->lock);
     return logged;
 }

@@ -17,6 +17,20 @@ const char *const validate_user_fields[] = {
     "registerTime", NULL,
 };
 
+/* Tencent's 公共参数 besides Action (Region, Timestamp, Nonce, SecretId, Signature:
+ * qcloud-documents, 天御业务安全防护/调用方式/公共参数.md), SignatureMethod as the SDKs send it
+ * (qcloudapi-sdk-python QcloudApi/modules/base.py, the npm qcloudapi-sdk's index.js), and
+ * Token, a temporary credential's, which the gateway never forwards. */
+const char *const validate_public_params[] = {
+    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+};
+
+int validate_is_public(const char *name) {
+    for (size_t i = 0; validate_public_params[i]; i++)
+        if (strcmp(name, validate_public_params[i]) == 0) return 1;
+    return 0;
+}
+
 static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_UNKNOWN] = "unknown",
     [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",

@@ -13,9 +13,9 @@
 #include "audit.h"
 #include "capgate/strbuf.h"
 #include "demo.h"
-#include "metrics.h"
+#include "minute_stats.h"
 #include "pool.h"
-#include "stats.h"
+#include "prometheus.h"
 
 #define ADMIN_JSON "application/json"
 

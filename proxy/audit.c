@@ -26,9 +26,13 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <sys/socket.h>
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
@@ -37,30 +41,12 @@
 #include "capgate/strbuf.h"
 #include "capgate/thread.h"
 #include "config.h"
-#include "pipeline.h"
+#include "record.h"
 #include "resp.h"
 
 /* ======================================================================================== */
 /* Records                                                                                  */
 /* ======================================================================================== */
-
-/* The decision names of docs/design.md "Audit", indexed by enum pipeline_decision (kept here so the
- * audit module does not depend on the pipeline's code, only on its header). */
-static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
-    [PIPELINE_FORWARDED] = "forwarded",
-    [PIPELINE_POOL] = "pool",
-    [PIPELINE_REPLAYED] = "replayed",
-    [PIPELINE_LIMITED] = "limited",
-    [PIPELINE_SHADOW_LIMITED] = "shadow_limited",
-    [PIPELINE_INVALID] = "invalid",
-    [PIPELINE_UNAUTHORIZED] = "unauthorized",
-    [PIPELINE_DENIED] = "denied",
-    [PIPELINE_UPSTREAM_ERROR] = "upstream_error",
-};
-
-static const char *decision_name(enum pipeline_decision d) {
-    return (unsigned)d < PIPELINE_DECISION_COUNT ? decision_names[d] : "unknown";
-}
 
 enum field_kind {
     FK_TS,      /* uint64_t Unix us, written as ISO-8601 UTC with milliseconds */
@@ -223,7 +209,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->client_type = r->has_client_type ? pr->client_type : 0;
     r->has_account_type = pr->has_account_type != 0;
     r->account_type = r->has_account_type ? pr->account_type : 0;
-    copy_str(r->decision, sizeof(r->decision), decision_name(pr->decision));
+    copy_str(r->decision, sizeof(r->decision), pipeline_decision_name(pr->decision));
     copy_str(r->rule, sizeof(r->rule), pr->rule);
     /* A reply with no API code (CaptchaQuery script=1's JavaScript) has none in the record. */
     r->has_code = !pr->no_code;
@@ -621,6 +607,7 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
 struct audit_node {
     struct audit_node *next;
     int uncertain;           /* spool only: its live XADD was sent but never answered */
+    char batch[48];          /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
     struct audit_record rec;
 };
 
@@ -721,7 +708,11 @@ static const char *const audit_state_names[] = {"connecting", "live",   "spoolin
 #define SYNC_EVERY_US 100000      /* fsync the spool and the file at least this often ... */
 #define SYNC_EVERY_RECORDS 512    /* ... or after this many records */
 #define SEGMENT_MAX_BYTES (8u << 20)
-#define REPLAY_CHUNK 256
+#define REPLAY_CHUNK 256          /* the bound of one replay step: records, each one O(1)
+                                   * script (SET NX + XADD), plus a GET per run of uncertain ones */
+#define REPLAY_TIMEOUT_MIN_MS 1000 /* a replay step's replies wait max(this, redis.timeout_ms):
+                                    * background work, not to be torn down (and restarted) by a
+                                    * Redis that is slow for a moment */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CURSOR_NAME "replay.cursor"
@@ -778,9 +769,16 @@ struct audit {
     FILE *replay_fp;                /* the segment being replayed */
     char replay_name[128];
     uint64_t replay_off;
-    char (*tail_ids)[17];           /* request_ids of the stream's tail, sorted; for uncertain */
-    size_t n_tail_ids;
-    int tail_loaded;
+    /* Live batches are numbered per process (run_id, batch_seq); each one's MULTI/EXEC also sets
+     * batch_key to its number, so whether an unanswered batch landed is one GET at replay. */
+    char run_id[17];
+    char batch_key[320];            /* <prefix>audit:batch:<run_id> */
+    uint64_t batch_seq;             /* the last live batch sent */
+    long long client_id;            /* CLIENT ID of the connection; -1 unknown */
+    char client_addr[64];           /* its local address as Redis names the client: ip:port */
+    long long fence_id;             /* a lost connection that carried an unanswered batch,
+                                     * killed at the next connect before replay; -1 none */
+    char fence_addr[64];
     struct sync_file file;          /* audit.file; fd -1 when not configured */
     struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
     struct strbuf resp;             /* the command being queued, formatted (argv_send) */
@@ -924,6 +922,62 @@ static void sink_disconnect(struct audit *a) {
         a->redis = NULL;
     }
     a->script_sha[0] = '\0';
+    a->client_id = -1;
+    a->client_addr[0] = '\0';
+}
+
+/* The connection's CLIENT ID and local address (as Redis writes a client's addr: ip:port, an
+ * IPv6 address in brackets), so a batch left unanswered on it can be fenced after a reconnect.
+ * Unknown (-1) when CLIENT ID is refused (an ACL): fencing is then skipped. */
+static void learn_client(struct audit *a) {
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    char ip[INET6_ADDRSTRLEN];
+    redisReply *r = redis_cmd(a->redis, "CLIENT ID");
+    a->client_id = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    if (r)
+        freeReplyObject(r);
+    a->client_addr[0] = '\0';
+    if (getsockname(a->redis->fd, (struct sockaddr *)&ss, &sl) != 0)
+        return;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip)))
+            snprintf(a->client_addr, sizeof(a->client_addr), "%s:%u", ip, ntohs(in->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
+            snprintf(a->client_addr, sizeof(a->client_addr), "[%s]:%u", ip,
+                     ntohs(in6->sin6_port));
+    }
+}
+
+/* A live batch whose EXEC went unanswered may still sit unread in Redis on the lost connection
+ * (Redis stopped or busy) and run later. Killing that client (by its id and address both, so a
+ * reused id after a Redis restart matches nothing) settles it: once CLIENT KILL has answered, the
+ * batch either ran or never will, and the GET of the batch key at replay is final. */
+static int fence_lost_batch(struct audit *a) {
+    if (a->fence_id < 0)
+        return 0;
+    redisReply *r;
+    char id[24];
+    snprintf(id, sizeof(id), "%lld", a->fence_id);
+    if (a->fence_addr[0])
+        r = redis_cmd(a->redis, "CLIENT KILL ID %s ADDR %s", id, a->fence_addr);
+    else
+        r = redis_cmd(a->redis, "CLIENT KILL ID %s", id);
+    if (!r)
+        return -1;  /* no answer: fence again at the next connect */
+    if (r->type == REDIS_REPLY_INTEGER)
+        log_info("audit: the connection of the unanswered batch %s (client %s): %s", a->fence_addr,
+                 id, r->integer > 0 ? "closed now" : "already gone");
+    else
+        log_warn("audit: CLIENT KILL of the connection of an unanswered batch: %s; replay checks "
+                 "the batch key without that fence", r->str);
+    freeReplyObject(r);
+    a->fence_id = -1;
+    a->fence_addr[0] = '\0';
+    return 0;
 }
 
 static int load_script(struct audit *a) {
@@ -954,10 +1008,6 @@ static void sink_failed(struct audit *a, const char *what) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
     }
-    free(a->tail_ids);
-    a->tail_ids = NULL;
-    a->n_tail_ids = 0;
-    a->tail_loaded = 0;
     a->next_connect_us = clock_mono_us() + (uint64_t)a->backoff_ms * 1000;
     a->backoff_ms = a->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : a->backoff_ms * 2;
     set_state(a, AUDIT_SPOOLING);
@@ -1024,10 +1074,16 @@ fail:
 }
 
 /* One spool line: the record's JSON, plus "uncertain": true when its live write may have
- * landed. */
+ * landed, and then "batch": "<run>:<seq>", the live batch it was in. */
 static int spool_line(const struct audit_node *n, struct strbuf *out) {
-    return record_json(&n->rec, n->uncertain, out) == 0 && strbuf_appendc(out, '\n') == 0 ? 0
-                                                                                          : -1;
+    if (record_json(&n->rec, n->uncertain, out) != 0)
+        return -1;
+    if (n->uncertain && n->batch[0]) {
+        out->len--;  /* the closing brace */
+        if (strbuf_appendf(out, ",\"batch\":\"%s\"}", n->batch) != 0)
+            return -1;
+    }
+    return strbuf_appendc(out, '\n');
 }
 
 /* Appends nodes to the spool. 0, or -1 (nothing counted; the caller keeps the records). */
@@ -1177,17 +1233,32 @@ static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) 
     }
 }
 
-/* Pipelined XADDs. Records answered OK are freed; an error reply or a lost connection moves the
- * sink to spooling and leaves the rest, in order, at the front of nodes (unanswered ones marked
- * uncertain): their count is returned. The retries are gathered in place, without allocating,
- * because this is the path that runs when things already go wrong. */
-static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n) {
+/* One live batch: MULTI, an XADD per record, SET <batch_key> <seq> (unless unfenced), EXEC, all
+ * pipelined. The transaction makes the batch land whole or not at all, and its number in the
+ * batch key tells a later replay which of the two happened without reading the stream. Records
+ * whose XADD ran are freed; an error reply or a lost connection moves the sink to spooling and
+ * leaves the rest, in order, at the front of nodes (marked uncertain with the batch number when
+ * no EXEC answer came): their count is returned. The retries are gathered in place, without
+ * allocating, because this is the path that runs when things already go wrong. unfenced: the
+ * last resort at stop, which writes ahead of an unreplayed spool and so must not move the batch
+ * key past the batches in it. */
+static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, int unfenced) {
     struct audit_fields f;
-    size_t sent = 0, i;
-    int failed = 0;
-    char why[160] = "";
+    struct argv_buf b;
+    size_t sent = 0, i, n_retry = 0;  /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
+    char why[160] = "", seq[24], ttl[24], batch[48];
+    redisReply *r = NULL, *exec = NULL;
+    int queued = 0;
+    a->batch_seq++;
+    snprintf(seq, sizeof(seq), "%llu", (unsigned long long)a->batch_seq);
+    snprintf(ttl, sizeof(ttl), "%d", AUDIT_SEEN_TTL_S);
+    snprintf(batch, sizeof(batch), "%s:%s", a->run_id, seq);
+    b.argc = 0;
+    argv_adds(&b, "MULTI");
+    if (argv_send(a, &b) != 0)
+        goto unsent;
     for (i = 0; i < n; i++) {
-        struct argv_buf b = {0};
+        b.argc = 0;
         audit_record_fields(&nodes[i]->rec, &f);
         argv_adds(&b, "XADD");
         argv_adds(&b, a->cfg->audit.stream);
@@ -1200,83 +1271,130 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n) {
             break;
         sent++;
     }
-    size_t n_retry = 0;  /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
-    for (i = 0; i < sent; i++) {
-        redisReply *r = NULL;
-        if (failed || redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
-            if (!failed)
-                snprintf(why, sizeof(why), "XADD: %s", a->redis->errstr);
-            failed = 1;
-            nodes[i]->uncertain = 1;
-            nodes[n_retry++] = nodes[i];
-            continue;
-        }
-        if (r->type == REDIS_REPLY_ERROR) {
+    b.argc = 0;
+    if (unfenced) {
+        argv_adds(&b, "EXEC");
+    } else {
+        argv_adds(&b, "SET");
+        argv_adds(&b, a->batch_key);
+        argv_adds(&b, seq);
+        argv_adds(&b, "EX");
+        argv_adds(&b, ttl);
+    }
+    if (sent < n || argv_send(a, &b) != 0) {
+        /* nothing went out yet (hiredis only buffers): end the transaction unsent */
+        snprintf(why, sizeof(why), "XADD: cannot queue the command");
+        goto unsent;
+    }
+    b.argc = 0;
+    argv_adds(&b, "EXEC");
+    if (!unfenced && argv_send(a, &b) != 0) {
+        snprintf(why, sizeof(why), "XADD: cannot queue the command");
+        goto unsent;
+    }
+    /* MULTI, n XADDs, SET (fenced): each answered +OK/+QUEUED or an error that aborts EXEC */
+    for (i = 0; i < n + (unfenced ? 1 : 2); i++) {
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r)
+            goto lost;
+        if (r->type == REDIS_REPLY_ERROR && !why[0])
+            snprintf(why, sizeof(why), "XADD (queued): %s", r->str);
+        freeReplyObject(r);
+        r = NULL;
+        queued++;
+    }
+    if (redisGetReply(a->redis, (void **)&exec) != REDIS_OK || !exec)
+        goto lost;
+    if (exec->type != REDIS_REPLY_ARRAY || exec->elements < n) {
+        /* EXECABORT (a command refused while queued: OOM, a wrong argument): nothing ran */
+        if (!why[0])
+            snprintf(why, sizeof(why), "EXEC: %s",
+                     exec->type == REDIS_REPLY_ERROR ? exec->str : "unexpected reply");
+        atomic_fetch_add(&a->redis_errors, 1);
+        freeReplyObject(exec);
+        sink_failed(a, why);
+        return n;
+    }
+    for (i = 0; i < n; i++) {
+        if (exec->element[i]->type == REDIS_REPLY_ERROR) {  /* ran and failed: not written */
             if (!why[0])
-                snprintf(why, sizeof(why), "XADD: %s", r->str);
+                snprintf(why, sizeof(why), "XADD: %s", exec->element[i]->str);
             atomic_fetch_add(&a->redis_errors, 1);
             nodes[n_retry++] = nodes[i];
         } else {
             atomic_fetch_add(&a->written, 1);
             free(nodes[i]);
         }
-        freeReplyObject(r);
     }
-    for (i = sent; i < n; i++)  /* never sent: certainly not written */
-        nodes[n_retry++] = nodes[i];
-    if (sent < n && !why[0])
-        snprintf(why, sizeof(why), "XADD: cannot queue the command");
+    freeReplyObject(exec);
     if (n_retry > 0)
         sink_failed(a, why);
     return n_retry;
+lost:
+    /* no EXEC answer: the batch ran whole or not at all, and only Redis knows which */
+    snprintf(why, sizeof(why), "XADD: %s%s", a->redis->errstr,
+             queued ? " (waiting for EXEC)" : "");
+    for (i = 0; i < n; i++) {
+        nodes[i]->uncertain = 1;
+        if (!unfenced)
+            snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
+    }
+    if (!unfenced && a->client_id >= 0) {
+        a->fence_id = a->client_id;
+        snprintf(a->fence_addr, sizeof(a->fence_addr), "%s", a->client_addr);
+    }
+    sink_failed(a, why);
+    return n;
+unsent:
+    if (!why[0])
+        snprintf(why, sizeof(why), "MULTI: cannot queue the command");
+    /* the output buffer may hold part of the batch: dropping the connection discards it */
+    sink_failed(a, why);
+    return n;
 }
 
 /* ---- replay ---- */
 
-static int tail_cmp(const void *x, const void *y) {
-    return memcmp(x, y, 17);
-}
+/* What the batch keys said during one replay chunk: run id → the last batch of that run that
+ * landed (0: none, or its key expired). */
+#define BATCH_RUNS_MAX 8
+struct batch_runs {
+    size_t n;
+    char run[BATCH_RUNS_MAX][17];
+    uint64_t landed[BATCH_RUNS_MAX];
+};
 
-/* request_ids of the newest AUDIT_TAIL_CHECK stream entries, sorted. 0/-1 (connection). */
-static int load_tail(struct audit *a) {
-    redisReply *r = redis_cmd(a->redis, "XREVRANGE %s + - COUNT %d", a->cfg->audit.stream,
-                              AUDIT_TAIL_CHECK);
-    if (!r || r->type != REDIS_REPLY_ARRAY) {
-        if (r)
-            freeReplyObject(r);
+/* Whether the live batch tag ("<run>:<seq>") ran: its run's batch key holds its number or a
+ * later one (a run's batches are sent in order, and the next one only after an unanswered one
+ * was settled). One GET per run and chunk; the cost never depends on the stream. 1 landed,
+ * 0 not, -1 when Redis did not answer, -2 for a malformed tag (then the record is replayed: a
+ * possible duplicate, never a loss). */
+static int batch_landed(struct audit *a, struct batch_runs *runs, const char *tag) {
+    const char *colon = strchr(tag, ':');
+    uint64_t seq, landed = 0;
+    size_t k, rl = colon ? (size_t)(colon - tag) : 0;
+    if (!colon || rl == 0 || rl > 16 || num_parse_u64(colon + 1, strlen(colon + 1), &seq) != 0)
+        return -2;
+    for (k = 0; k < runs->n; k++)
+        if (strlen(runs->run[k]) == rl && memcmp(runs->run[k], tag, rl) == 0)
+            return runs->landed[k] >= seq;
+    redisReply *r = redis_cmd(a->redis, "GET %saudit:batch:%b", a->cfg->redis->key_prefix, tag,
+                              rl);
+    if (!r)
+        return -1;
+    if (r->type == REDIS_REPLY_STRING && num_parse_u64(r->str, r->len, &landed) != 0)
+        landed = 0;
+    if (r->type == REDIS_REPLY_ERROR) {
+        log_warn("audit: GET of a batch key: %s", r->str);
+        freeReplyObject(r);
         return -1;
     }
-    free(a->tail_ids);
-    a->tail_ids = calloc(r->elements ? r->elements : 1, sizeof(*a->tail_ids));
-    a->n_tail_ids = 0;
-    for (size_t i = 0; a->tail_ids && i < r->elements; i++) {
-        redisReply *e = r->element[i];
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2 ||
-            e->element[1]->type != REDIS_REPLY_ARRAY)
-            continue;
-        redisReply *kv = e->element[1];
-        for (size_t j = 0; j + 1 < kv->elements; j += 2) {
-            if (kv->element[j]->type == REDIS_REPLY_STRING &&
-                strcmp(kv->element[j]->str, "request_id") == 0 &&
-                kv->element[j + 1]->type == REDIS_REPLY_STRING) {
-                copy_utf8(a->tail_ids[a->n_tail_ids++], 17, kv->element[j + 1]->str,
-                          kv->element[j + 1]->len);
-                break;
-            }
-        }
-    }
-    if (a->tail_ids)
-        qsort(a->tail_ids, a->n_tail_ids, sizeof(*a->tail_ids), tail_cmp);
     freeReplyObject(r);
-    a->tail_loaded = a->tail_ids != NULL;
-    return a->tail_loaded ? 0 : -1;
-}
-
-static int in_tail(struct audit *a, const char *request_id) {
-    char key[17] = {0};
-    copy_str(key, sizeof(key), request_id);
-    return a->tail_ids &&
-           bsearch(key, a->tail_ids, a->n_tail_ids, sizeof(*a->tail_ids), tail_cmp) != NULL;
+    if (runs->n < BATCH_RUNS_MAX) {
+        memcpy(runs->run[runs->n], tag, rl);
+        runs->run[runs->n][rl] = '\0';
+        runs->landed[runs->n++] = landed;
+    }
+    return landed >= seq;
 }
 
 /* Finishes the replay: the spool is empty, records go live again. */
@@ -1284,10 +1402,6 @@ static void replay_done(struct audit *a) {
     char path[4096];
     if (spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0)
         unlink(path);
-    free(a->tail_ids);
-    a->tail_ids = NULL;
-    a->n_tail_ids = 0;
-    a->tail_loaded = 0;
     set_state(a, AUDIT_LIVE);
 }
 
@@ -1338,8 +1452,27 @@ static int replay_open(struct audit *a) {
     return rc;
 }
 
-/* Replays up to REPLAY_CHUNK records of the current segment, then persists the cursor. */
+/* The sink connection's read timeout: redis.timeout_ms, or the replay's own. */
+static void sink_timeout(struct audit *a, int replay) {
+    unsigned ms = a->cfg->redis->timeout_ms;
+    if (replay && ms < REPLAY_TIMEOUT_MIN_MS)
+        ms = REPLAY_TIMEOUT_MIN_MS;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    if (a->redis)
+        (void)redisSetTimeout(a->redis, tv);
+}
+
+static void replay_chunk(struct audit *a);
+
+/* Replays up to REPLAY_CHUNK records of the current segment, then persists the cursor; its
+ * replies are waited for with the replay's own timeout. */
 static void replay_step(struct audit *a) {
+    sink_timeout(a, 1);
+    replay_chunk(a);
+    sink_timeout(a, 0);
+}
+
+static void replay_chunk(struct audit *a) {
     if (!a->replay_fp) {
         int rc = replay_open(a);
         if (rc == 0)
@@ -1370,6 +1503,9 @@ static void replay_step(struct audit *a) {
             continue;
         }
         node->uncertain = json_is_true(json_object_get(o, "uncertain"));
+        if (node->uncertain && json_is_string(json_object_get(o, "batch")))
+            copy_str(node->batch, sizeof(node->batch),
+                     json_string_value(json_object_get(o, "batch")));
         json_decref(o);
         chunk[n++] = node;
     }
@@ -1391,20 +1527,29 @@ static void replay_step(struct audit *a) {
     char (*seen_keys)[300] = calloc(n ? n : 1, sizeof(*seen_keys));
     const char *why = NULL;
     char errbuf[160] = "";
-    size_t sent = 0, i;
+    size_t sent = 0, i, n_landed = 0;
+    struct batch_runs runs = {0};
     if (!seen_keys) {
         why = "out of memory";
         goto out;
     }
+    /* first the batch checks (synchronous GETs), before any EVALSHA is queued behind them */
     for (i = 0; i < n; i++) {
         skip[i] = 0;
-        if (chunk[i]->uncertain) {
-            if (!a->tail_loaded && load_tail(a) != 0) {
-                why = "XREVRANGE of the tail failed";
+        if (chunk[i]->uncertain && chunk[i]->batch[0]) {
+            int landed = batch_landed(a, &runs, chunk[i]->batch);
+            if (landed == -1) {
+                why = "GET of a batch key failed";
                 goto out;
             }
-            skip[i] = in_tail(a, chunk[i]->rec.request_id);
+            skip[i] = landed == 1;
+            n_landed += skip[i];
         }
+    }
+    if (n_landed)
+        log_info("audit: %zu uncertain records are in the stream already (their batch landed); "
+                 "not replayed", n_landed);
+    for (i = 0; i < n; i++) {
         if (skip[i])
             continue;
         struct audit_fields f;
@@ -1486,6 +1631,11 @@ static void try_connect(struct audit *a) {
         sink_failed(a, "SCRIPT LOAD failed");
         return;
     }
+    if (fence_lost_batch(a) != 0) {
+        sink_failed(a, "CLIENT KILL of the lost connection: no answer");
+        return;
+    }
+    learn_client(a);
     a->backoff_ms = BACKOFF_MIN_MS;
     struct dirent **names;
     int n = list_segments(a->cfg->audit.spool_dir, &names);
@@ -1590,6 +1740,30 @@ static void file_reopen(struct audit *a) {
     log_info("audit: reopened %s", a->file_path);
 }
 
+/* Held records going live again (the spool refused them, so they were never replayed) may be
+ * uncertain ones whose batch landed meanwhile: those are freed, as replay would skip them. The
+ * rest stay in order at the front of nodes; their count. Without an answer from Redis, all stay
+ * (and the next attempt fails the same way). */
+static size_t drop_landed(struct audit *a, struct audit_node **nodes, size_t n) {
+    struct batch_runs runs = {0};
+    size_t i, kept = 0, dropped = 0;
+    for (i = 0; i < n; i++) {
+        if (nodes[i]->uncertain && nodes[i]->batch[0] &&
+            batch_landed(a, &runs, nodes[i]->batch) == 1) {
+            free(nodes[i]);
+            dropped++;
+            continue;
+        }
+        nodes[kept++] = nodes[i];
+    }
+    if (dropped) {
+        atomic_fetch_add(&a->written, dropped);
+        log_info("audit: %zu held uncertain records are in the stream already (their batch "
+                 "landed); not written again", dropped);
+    }
+    return kept;
+}
+
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
     size_t i;
     if (a->file.fd >= 0 && !retried)
@@ -1603,7 +1777,9 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
-        n = live_write(a, batch, n);
+        if (retried && (n = drop_landed(a, batch, n)) == 0)
+            return;
+        n = live_write(a, batch, n, 0);
         if (n > 0)
             spool_or_hold(a, batch, n);
         return;
@@ -1668,7 +1844,7 @@ static void sink_last_resort(struct audit *a) {
         }
         total += n;
         if (a->redis)
-            n = live_write(a, batch, n);  /* on failure it disconnects: later batches skip it */
+            n = live_write(a, batch, n, 1);  /* on failure it disconnects: later batches skip it */
         if (n > 0 && spool_append(a, batch, n) == 0) {
             for (size_t i = 0; i < n; i++)
                 free(batch[i]);
@@ -1831,6 +2007,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     strbuf_init(&a->file_text);
     strbuf_init(&a->resp);
     a->backoff_ms = BACKOFF_MIN_MS;
+    a->client_id = -1;
+    a->fence_id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
     pthread_cond_init(&a->query_cond, NULL);
@@ -1880,6 +2058,14 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
                      cfg->audit.spool_dir);
             goto fail;
         }
+        unsigned char rnd[8];
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+            snprintf(err, errlen, "audit: RAND_bytes failed");
+            goto fail;
+        }
+        hex_encode(rnd, sizeof(rnd), a->run_id);
+        snprintf(a->batch_key, sizeof(a->batch_key), "%saudit:batch:%s",
+                 cfg->redis->key_prefix, a->run_id);
         atomic_store(&a->spool_depth, spool_count(a));
         if (atomic_load(&a->spool_depth) > 0)
             log_info("audit: %llu spooled records from an earlier run wait for redis",
@@ -1994,7 +2180,6 @@ void audit_free(struct audit *a) {
     if (a->replay_fp)
         fclose(a->replay_fp);
     sink_disconnect(a);
-    free(a->tail_ids);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
     pthread_mutex_destroy(&a->query_lock);
@@ -2057,7 +2242,7 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
         } else if (strcmp(name, "decision") == 0) {
             int found = 0;
             for (int d = 0; d < PIPELINE_DECISION_COUNT; d++)
-                found |= strcmp(v, decision_names[d]) == 0;
+                found |= strcmp(v, pipeline_decision_name((enum pipeline_decision)d)) == 0;
             if (!found) {
                 snprintf(err, errlen, "decision must be one of forwarded, pool, replayed, "
                          "limited, shadow_limited, invalid, unauthorized, denied, "

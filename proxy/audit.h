@@ -22,12 +22,9 @@ struct strbuf;
 #define AUDIT_RING_SIZE 16384      /* records per worker ring; beyond it: the overflow list */
 #define AUDIT_MEMORY_MAX 100000    /* in-memory stream cap (memory store mode) */
 #define AUDIT_SEEN_TTL_S 604800    /* replay dedup keys <prefix>audit:seen:<request_id> live 7 d */
-/* Before replaying a record marked uncertain (its live XADD was sent but never answered), the
- * sink looks for its request_id in the newest AUDIT_TAIL_CHECK entries of the stream and skips
- * it when found. An uncertain record whose live write did land but has since been pushed out of
- * that tail (more than AUDIT_TAIL_CHECK newer entries before Redis came back) is written again:
- * a possible duplicate, never a loss. */
-#define AUDIT_TAIL_CHECK 20000
+/* A record marked uncertain (its live batch was sent but EXEC never answered) carries its batch
+ * number; the sink replays it only if <prefix>audit:batch:<run> shows that batch did not land
+ * (one GET, whatever the stream's length). Batch keys live AUDIT_SEEN_TTL_S too. */
 #define AUDIT_QUERY_SCAN_MAX 100000  /* entries one /admin/audit query looks at, at most */
 #define AUDIT_QUERY_LIMIT_DEFAULT 100
 #define AUDIT_QUERY_LIMIT_MAX 1000

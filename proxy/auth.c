@@ -10,16 +10,17 @@
 #include <string.h>
 #include <strings.h>
 
+#include "capgate/apierr.h"
 #include "capgate/params.h"
 #include "capgate/sign.h"
 #include "capgate/validate.h"
 #include "config.h"
 #include "nonce.h"
 
-static int auth_fail(struct auth_result *r, int code, const char *fmt, ...)
+static int auth_fail(struct auth_result *r, enum apierr_code code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static int auth_fail(struct auth_result *r, int code, const char *fmt, ...) {
+static int auth_fail(struct auth_result *r, enum apierr_code code, const char *fmt, ...) {
     va_list ap;
     r->code = code;
     r->app = NULL;
@@ -45,7 +46,8 @@ const char *auth_bearer_token(const char *authorization, size_t *len) {
 static int auth_token(const struct config *c, const char *token, size_t len,
                       struct auth_result *r) {
     const struct config_app *app = config_find_app_by_token(c, token, len);
-    if (!app) return auth_fail(r, 4100, "the bearer token is not valid at this gateway");
+    if (!app)
+        return auth_fail(r, APIERR_AUTH_FAILURE, "the bearer token is not valid at this gateway");
     r->app = app;
     r->token = 1;
     return 0;
@@ -66,31 +68,31 @@ int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
 
     if (validate_public(req->params, &pub, err, sizeof(err)) != 0) {
         r->claimed = config_find_app_by_secret_id(c, params_get(req->params, "SecretId"));
-        return auth_fail(r, 4000, "%s", err);
+        return auth_fail(r, APIERR_INVALID_PARAMETER, "%s", err);
     }
     const struct config_app *app = config_find_app_by_secret_id(c, pub.secret_id);
-    if (!app) return auth_fail(r, 4100, "SecretId is not known at this gateway");
+    if (!app) return auth_fail(r, APIERR_AUTH_FAILURE, "SecretId is not known at this gateway");
     r->claimed = app;
 
     uint64_t window = c->timestamp_window_s;
     uint64_t skew = pub.timestamp > req->now_s ? pub.timestamp - req->now_s
                                                : req->now_s - pub.timestamp;
     if (skew > window)
-        return auth_fail(r, 4500, "Timestamp %llu is outside the allowed window of %llu s "
-                                  "around the server time",
+        return auth_fail(r, APIERR_REPLAY, "Timestamp %llu is outside the allowed window of "
+                         "%llu s around the server time",
                          (unsigned long long)pub.timestamp, (unsigned long long)window);
     if (nonce_cache_seen(nonces, pub.secret_id, pub.nonce, req->now_s))
-        return auth_fail(r, 4500, "Nonce %llu was already used by this SecretId",
+        return auth_fail(r, APIERR_REPLAY, "Nonce %llu was already used by this SecretId",
                          (unsigned long long)pub.nonce);
     if (sign_verify(req->params, req->method, req->host ? req->host : "", req->path,
                     app->secret_key) != 0)
-        return auth_fail(r, 4100, "the Signature does not match the request");
+        return auth_fail(r, APIERR_AUTH_FAILURE, "the Signature does not match the request");
     int rc = nonce_cache_insert(nonces, pub.secret_id, pub.nonce, req->now_s,
                                 validate_nonce_ttl_s(window));
     if (rc == 1)
-        return auth_fail(r, 4500, "Nonce %llu was already used by this SecretId",
+        return auth_fail(r, APIERR_REPLAY, "Nonce %llu was already used by this SecretId",
                          (unsigned long long)pub.nonce);
-    if (rc < 0) return auth_fail(r, 6000, "the Nonce could not be recorded");
+    if (rc < 0) return auth_fail(r, APIERR_INTERNAL, "the Nonce could not be recorded");
     r->app = app;
     r->has_nonce = 1;
     r->nonce = pub.nonce;

@@ -25,7 +25,8 @@ struct auth_request {
     uint64_t now_s;             /* wall clock, Unix seconds */
 };
 
-/* The verdict: code 0 and app set, or an API code (4000, 4100, 4500) with message. */
+/* The verdict: code 0 and app set, or an API code (enum apierr_code: 4000, 4100, 4500, or 6000
+ * when the Nonce could not be recorded) with message. */
 struct auth_result {
     int code;
     const struct config_app *app;  /* borrowed from the config, valid while it is */

@@ -168,10 +168,38 @@ int config_load_string(const char *json_text, const char *name, struct config **
 /* Frees c and everything it owns (secrets are wiped first). NULL is accepted. */
 void config_free(struct config *c);
 
-/* The effective config as pretty JSON, every secret (upstream secret_key, app secret_key/token,
- * redis password, pii_key) shown as "***" (secret ids are not secret). Caller frees with free();
- * NULL on OOM. */
+/* The effective config as pretty JSON, written from the same tables that parse it: the keys of
+ * the file (with their defaults), a secret group under its name (upstream "secret_key", apps'
+ * "secret_key"/"token", redis "password", audit "pii_key") as "***", or null when unset; the
+ * redis url with its password masked; secret ids are not secret and are shown. Caller frees with
+ * free(); NULL on OOM. */
 char *config_dump_masked(const struct config *c);
+
+/* ---- reload ---- */
+
+/* One difference between two configs: path names the key ("idempotency.ttl_s", "upstream",
+ * "apps[shop-web]", "pool.profiles[0]"), detail what happened ("300 -> 60", "added", "removed",
+ * "changed": a secret's value and a list element's fields are never shown); applied: a SIGHUP
+ * reload applies it (0: it needs a restart). */
+typedef void (*config_change_fn)(const char *path, const char *detail, int applied, void *arg);
+/* Calls fn for each difference from a to b under the top-level keys a reload applies (applied
+ * 1) or under those it does not (applied 0), in table order. Returns how many there were. */
+size_t config_diff(const struct config *a, const struct config *b, int applied,
+                   config_change_fn fn, void *arg);
+
+/* One value of the config, as the tables describe it (for tests and the reload log). */
+struct config_key {
+    char path[160];           /* "workers", "upstream.timeout_ms", "apps[].actions",
+                               * "redis.password" (a secret group by its name) */
+    const char *top;          /* the top-level key it is under ("apps") */
+    int reload;               /* a SIGHUP reload applies it */
+    int secret;               /* shown as "***" */
+    int env_file;             /* also given as <key>_env or <key>_file (one of the three) */
+    const char *const *names; /* enum values, NULL-ended; NULL when not an enum */
+    double min, max;          /* numbers: the bounds (max 0: none); strings: max bytes */
+};
+/* Calls fn for every value of the config, depth first in table order. */
+void config_keys(void (*fn)(const struct config_key *k, void *arg), void *arg);
 
 /* Borrowed pointers into c, valid until config_free(c); NULL when no app matches. */
 const struct config_app *config_find_app_by_secret_id(const struct config *c,

@@ -26,11 +26,11 @@
 #include "config.h"
 #include "demo.h"
 #include "idem.h"
-#include "metrics.h"
+#include "minute_stats.h"
 #include "nonce.h"
 #include "pipeline.h"
 #include "pool.h"
-#include "stats.h"
+#include "prometheus.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -51,7 +51,7 @@ struct gateway_worker {
     struct pool_refiller *refiller;  /* worker 0 only: the process's one prefetch refiller */
     /* mailbox, under lock */
     pthread_mutex_t lock;
-    struct pipeline_config *pending;
+    struct shared_config *pending;
     int stop;
     /* worker thread only */
     int draining;
@@ -60,8 +60,8 @@ struct gateway_worker {
 
 struct gateway {
     char *path;
-    struct pipeline_config *current;  /* the latest good config (main thread) */
-    struct pipeline_config *boot;     /* the startup config: listeners, workers, upstream */
+    struct shared_config *current;  /* the latest good config (main thread) */
+    struct shared_config *boot;     /* the startup config: listeners, workers, upstream */
     struct event_base *base;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *workers_done;
     SSL_CTX *ssl_ctx;
@@ -106,6 +106,7 @@ static void worker_publish(struct gateway_worker *w) {
     store_get_stats(w->pw.store, &ss);
     stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors,
                     ss.timeouts, ss.reconnects);
+    stats_set_store_fast_fails(w->pw.stats, ss.fast_fails);
     stats_set_connections(w->pw.stats, httpd_connections(w->httpd));
 }
 
@@ -136,7 +137,7 @@ static void worker_tick(evutil_socket_t fd, short what, void *arg) {
 
 static void worker_wake(evutil_socket_t fd, short what, void *arg) {
     struct gateway_worker *w = arg;
-    struct pipeline_config *fresh;
+    struct shared_config *fresh;
     int stop;
 
     pthread_mutex_lock(&w->lock);
@@ -147,7 +148,7 @@ static void worker_wake(evutil_socket_t fd, short what, void *arg) {
 
     if (fresh) {
         /* Requests in flight hold their own reference to the old config. */
-        pipeline_config_unref(w->pw.config);
+        shared_config_unref(w->pw.config);
         w->pw.config = fresh;
         log_debug("worker %u: new config in use for new requests", w->pw.id);
     }
@@ -173,11 +174,11 @@ static void *worker_main(void *arg) {
 }
 
 /* Sends the worker a new config (one reference is taken for it) and/or the order to stop. */
-static void worker_post(struct gateway_worker *w, struct pipeline_config *pc, int stop) {
+static void worker_post(struct gateway_worker *w, struct shared_config *pc, int stop) {
     pthread_mutex_lock(&w->lock);
     if (pc) {
-        pipeline_config_unref(w->pending);
-        w->pending = pipeline_config_ref(pc);
+        shared_config_unref(w->pending);
+        w->pending = shared_config_ref(pc);
     }
     if (stop) w->stop = 1;
     pthread_mutex_unlock(&w->lock);
@@ -204,7 +205,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     pthread_mutex_init(&w->lock, NULL);
     w->pw.id = i;
     w->pw.boot = g->boot->config;
-    w->pw.config = pipeline_config_ref(g->current);
+    w->pw.config = shared_config_ref(g->current);
     w->pw.nonces = g->nonces;
     w->pw.on_release = worker_on_release;
     idem_waits_init(&w->pw.idem_waits);
@@ -226,7 +227,14 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
      * background and requests are served per on_store_error meanwhile. */
     w->pw.store = store_new(g->store_shared, w->pw.base, err, errlen);
     if (!w->pw.store) return -1;
-    if (i == 0 && !(w->refiller = pool_refiller_new(g->pool, &w->pw, err, errlen))) return -1;
+    if (i == 0) {
+        struct pool_refiller_env env = {
+            .base = w->pw.base, .store = w->pw.store, .store_closing = &w->pw.store_closing,
+            .upstream = w->pw.upstream, .boot = w->pw.boot, .config = &w->pw.config,
+            .rng = w->pw.rng,
+        };
+        if (!(w->refiller = pool_refiller_new(g->pool, &env, err, errlen))) return -1;
+    }
     w->httpd = httpd_new(w->pw.base, lim, pipeline_handle, &w->pw);
     w->wake = event_new(w->pw.base, -1, 0, worker_wake, w);
     w->tick = event_new(w->pw.base, -1, EV_PERSIST, worker_tick, w);
@@ -262,157 +270,49 @@ static void worker_cleanup(struct gateway_worker *w) {
     pipeline_worker_cleanup(&w->pw);  /* every request context is released by now */
     if (w->wake) event_free(w->wake);
     if (w->tick) event_free(w->tick);
-    pipeline_config_unref(w->pending);
-    pipeline_config_unref(w->pw.config);
+    shared_config_unref(w->pending);
+    shared_config_unref(w->pw.config);
     if (w->pw.base) event_base_free(w->pw.base);
     if (w->g) pthread_mutex_destroy(&w->lock);
 }
 
 /* ---- reload ---- */
 
-static int str_differs(const char *a, const char *b) {
-    if (!a || !b) return a != b;
-    return strcmp(a, b) != 0;
+static void reload_log_change(const char *path, const char *detail, int applied, void *arg) {
+    if (applied) log_info("reload: %s %s", path, detail);
+    else log_warn("reload: %s %s; not applied, it needs a restart", path, detail);
 }
 
-static const struct config_app *find_app(const struct config *c, const char *name) {
-    for (size_t i = 0; i < c->n_apps; i++)
-        if (strcmp(c->apps[i].name, name) == 0) return &c->apps[i];
-    return NULL;
-}
+struct reload_keys {
+    char line[512];
+    size_t used;
+    const char *last;  /* the top-level key added last */
+};
 
-static int app_differs(const struct config_app *a, const struct config_app *b) {
-    if (a->auth != b->auth || str_differs(a->secret_id, b->secret_id) ||
-        str_differs(a->secret_key, b->secret_key) || str_differs(a->token, b->token) ||
-        a->actions != b->actions || a->business_any != b->business_any ||
-        a->n_business_ids != b->n_business_ids)
-        return 1;
-    for (size_t i = 0; i < a->n_business_ids; i++)
-        if (a->business_ids[i] != b->business_ids[i]) return 1;
-    return 0;
-}
-
-static int limits_differ(const struct config *a, const struct config *b) {
-    if (a->n_limits != b->n_limits) return 1;
-    for (size_t i = 0; i < a->n_limits; i++) {
-        const struct config_limit *x = &a->limits[i], *y = &b->limits[i];
-        if (str_differs(x->name, y->name) || x->scope != y->scope ||
-            x->business_any != y->business_any || x->scene_any != y->scene_any ||
-            x->business_id != y->business_id || x->scene_id != y->scene_id ||
-            x->rate != y->rate || x->period_s != y->period_s || x->burst != y->burst ||
-            x->shadow != y->shadow)
-            return 1;
+/* Collects the top-level keys a reload applies, for the "no change" line. */
+static void reload_key(const struct config_key *k, void *arg) {
+    struct reload_keys *rk = arg;
+    int w;
+    if (!k->reload || (rk->last && strcmp(rk->last, k->top) == 0)) return;
+    if (rk->last && rk->used < sizeof rk->line) {
+        w = snprintf(rk->line + rk->used, sizeof rk->line - rk->used, ", %s", rk->last);
+        if (w > 0) rk->used += (size_t)w;
     }
-    return 0;
+    rk->last = k->top;
 }
 
-static int pool_differs(const struct config_pool *a, const struct config_pool *b) {
-    if (a->ttl_s != b->ttl_s || a->n_profiles != b->n_profiles) return 1;
-    for (size_t i = 0; i < a->n_profiles; i++) {
-        const struct config_pool_profile *x = &a->profiles[i], *y = &b->profiles[i];
-        if (x->captcha_type != y->captcha_type || x->disturb_level != y->disturb_level ||
-            x->is_https != y->is_https || x->client_type != y->client_type ||
-            x->account_type != y->account_type || x->has_business_id != y->has_business_id ||
-            x->business_id != y->business_id || x->has_scene_id != y->has_scene_id ||
-            x->scene_id != y->scene_id || x->size != y->size)
-            return 1;
-    }
-    return 0;
-}
-
-static int upstream_differs(const struct config_upstream *a, const struct config_upstream *b) {
-    return str_differs(a->url, b->url) || str_differs(a->sign_host, b->sign_host) ||
-           str_differs(a->secret_id, b->secret_id) || str_differs(a->secret_key, b->secret_key) ||
-           str_differs(a->region, b->region) || a->signature_method != b->signature_method ||
-           a->post != b->post || str_differs(a->ca_file, b->ca_file) ||
-           a->verify_tls != b->verify_tls || a->connect_timeout_ms != b->connect_timeout_ms ||
-           a->timeout_ms != b->timeout_ms || a->retries != b->retries ||
-           a->max_connections != b->max_connections ||
-           a->breaker_failures != b->breaker_failures || a->breaker_open_ms != b->breaker_open_ms;
-}
-
-static int redis_differs(const struct config_redis *a, const struct config_redis *b) {
-    if (!a || !b) return a != b;
-    return str_differs(a->host, b->host) || a->port != b->port || a->db != b->db ||
-           str_differs(a->password, b->password) || a->timeout_ms != b->timeout_ms ||
-           str_differs(a->key_prefix, b->key_prefix);
-}
-
-/* A generated PII key is new on every load: only a configured one can be compared. */
-static int audit_differs(const struct config_audit *a, const struct config_audit *b) {
-    int key = !a->pii_key_generated || !b->pii_key_generated;
-    return str_differs(a->stream, b->stream) || a->maxlen != b->maxlen ||
-           str_differs(a->spool_dir, b->spool_dir) || str_differs(a->file, b->file) ||
-           a->pii_raw != b->pii_raw ||
-           (key && (a->pii_key_generated != b->pii_key_generated ||
-                    a->pii_key_len != b->pii_key_len ||
-                    (a->pii_key_len && memcmp(a->pii_key, b->pii_key, a->pii_key_len) != 0)));
-}
-
-/* Logs every section a reload changes (all of them applied), and what it cannot change without a
- * restart (compared with the config the process started with, which is what those parts still
- * run on). */
+/* Logs every change a reload applies (compared with the running config) and every change it
+ * cannot apply without a restart (compared with the config the process started with, which is
+ * what those parts still run on); config.c's tables say which is which. */
 static void reload_log_changes(const struct config *old, const struct config *boot,
                                const struct config *c) {
-    int changes = 0;
-    for (size_t i = 0; i < c->n_apps; i++) {
-        const struct config_app *o = find_app(old, c->apps[i].name);
-        if (!o) log_info("reload: app %s added", c->apps[i].name), changes++;
-        else if (app_differs(o, &c->apps[i])) log_info("reload: app %s changed", c->apps[i].name), changes++;
+    if (!config_diff(old, c, 1, reload_log_change, NULL)) {
+        struct reload_keys rk = {.used = 0};
+        config_keys(reload_key, &rk);
+        log_info("reload: no change to %s%s%s", rk.used > 2 ? rk.line + 2 : "",
+                 rk.used > 2 ? " or " : "", rk.last ? rk.last : "");
     }
-    for (size_t i = 0; i < old->n_apps; i++)
-        if (!find_app(c, old->apps[i].name)) log_info("reload: app %s removed", old->apps[i].name), changes++;
-    if (limits_differ(old, c)) log_info("reload: limits changed (%zu rule(s))", c->n_limits), changes++;
-    if (old->timestamp_window_s != c->timestamp_window_s)
-        log_info("reload: auth.timestamp_window_s %u -> %u", old->timestamp_window_s,
-                 c->timestamp_window_s), changes++;
-    if (old->on_store_error != c->on_store_error)
-        log_info("reload: on_store_error changed"), changes++;
-    if (old->http_errors_semantic != c->http_errors_semantic)
-        log_info("reload: http_errors %s -> %s", old->http_errors_semantic ? "semantic" : "compat",
-                 c->http_errors_semantic ? "semantic" : "compat"), changes++;
-    if (pool_differs(&old->pool, &c->pool))
-        log_info("reload: pool changed (ttl_s %u, %zu profile(s))", c->pool.ttl_s,
-                 c->pool.n_profiles), changes++;
-    if (old->n_trusted_proxies != c->n_trusted_proxies ||
-        (c->n_trusted_proxies && memcmp(old->trusted_proxies, c->trusted_proxies,
-                                        c->n_trusted_proxies * sizeof *c->trusted_proxies) != 0))
-        log_info("reload: trusted_proxies changed (%zu block(s))", c->n_trusted_proxies),
-            changes++;
-    if (old->idempotency_ttl_s != c->idempotency_ttl_s)
-        log_info("reload: idempotency.ttl_s %u -> %u", old->idempotency_ttl_s,
-                 c->idempotency_ttl_s), changes++;
-    if (old->demo != c->demo || (c->demo && str_differs(old->demo_app, c->demo_app)))
-        log_info("reload: demo %s (demo_app %s)", c->demo ? "on" : "off",
-                 c->demo_app ? c->demo_app : "none"), changes++;
-    if (str_differs(old->log_level, c->log_level))
-        log_info("reload: log_level %s -> %s", old->log_level ? old->log_level : "info",
-                 c->log_level ? c->log_level : "info"), changes++;
-    if (!changes)
-        log_info("reload: no change to apps, limits, auth, on_store_error, http_errors, pool, "
-                 "idempotency, trusted_proxies, demo or log_level");
-
-    if (str_differs(boot->listen_host, c->listen_host) || boot->listen_port != c->listen_port)
-        log_warn("reload: listen changed; not applied, it needs a restart");
-    if (str_differs(boot->tls_listen_host, c->tls_listen_host) ||
-        boot->tls_listen_port != c->tls_listen_port)
-        log_warn("reload: tls_listen changed; not applied, it needs a restart");
-    if (str_differs(boot->admin_host, c->admin_host) || boot->admin_port != c->admin_port)
-        log_warn("reload: admin_listen changed; not applied, it needs a restart");
-    if (boot->workers != c->workers)
-        log_warn("reload: workers changed (%u -> %u); not applied, it needs a restart",
-                 boot->workers, c->workers);
-    if (upstream_differs(&boot->upstream, &c->upstream))
-        log_warn("reload: upstream changed; not applied, it needs a restart");
-    if (memcmp(&boot->http, &c->http, sizeof(c->http)) != 0)
-        log_warn("reload: http limits changed; not applied, they need a restart");
-    if (redis_differs(boot->redis, c->redis))
-        log_warn("reload: redis changed; not applied, it needs a restart");
-    if (audit_differs(&boot->audit, &c->audit) || str_differs(boot->instance, c->instance))
-        log_warn("reload: audit or instance changed; not applied, it needs a restart");
-    if (boot->metrics.flush_ms != c->metrics.flush_ms ||
-        boot->metrics.retention_s != c->metrics.retention_s)
-        log_warn("reload: metrics changed; not applied, it needs a restart");
+    config_diff(boot, c, 0, reload_log_change, NULL);
 }
 
 static void gateway_reload(struct gateway *g) {
@@ -443,7 +343,7 @@ static void gateway_reload(struct gateway *g) {
     if (g->front_tls && c->tls.cert_file)
         log_info("reload: tls certificate %s loaded for new connections", c->tls.cert_file);
     reload_log_changes(g->current->config, g->boot->config, c);
-    struct pipeline_config *pc = pipeline_config_new(c);
+    struct shared_config *pc = shared_config_new(c);
     if (!pc) {
         log_error("reload refused: out of memory; keeping the running config");
         g->process.reloads_failed++;
@@ -453,7 +353,7 @@ static void gateway_reload(struct gateway *g) {
     if (!c->log_level || log_level_parse(c->log_level, &level) != 0) level = LOG_LEVEL_INFO;
     log_set_level(level);
     for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], pc, 0);
-    pipeline_config_unref(g->current);
+    shared_config_unref(g->current);
     g->current = pc;
     demo_configure(g->demo, c);
     g->process.reloads_ok++;
@@ -504,9 +404,9 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     }
     atomic_init(&g->finished, 0);
     g->path = strdup(path);
-    g->current = pipeline_config_new(c);
+    g->current = shared_config_new(c);
     if (!g->path || !g->current) goto oom;
-    g->boot = pipeline_config_ref(g->current);
+    g->boot = shared_config_ref(g->current);
     c = g->current->config;
     config_warnings(c, gateway_warn, NULL);
 
@@ -695,8 +595,8 @@ void gateway_free(struct gateway *g) {
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
     tls_server_free(g->front_tls);  /* after the workers' httpd: no accept is left */
     if (g->base) event_base_free(g->base);
-    pipeline_config_unref(g->boot);
-    pipeline_config_unref(g->current);
+    shared_config_unref(g->boot);
+    shared_config_unref(g->current);
     free(g->path);
     free(g);
 }

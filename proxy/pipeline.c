@@ -30,10 +30,10 @@
 #include "config.h"
 #include "idem.h"
 #include "limit.h"
-#include "metrics.h"
+#include "minute_stats.h"
 #include "pool.h"
+#include "prometheus.h"
 #include "realip.h"
-#include "stats.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -42,45 +42,6 @@
 /* CaptchaQuery script=1's reply when upstream named no type, and for a replayed one. */
 #define PIPELINE_SCRIPT_TYPE "application/javascript; charset=utf-8"
 #define PIPELINE_KEY_PREFIX "capgate:"  /* limit keys without a redis section */
-
-/* ---- shared config ---- */
-
-struct pipeline_config *pipeline_config_new(struct config *c) {
-    struct pipeline_config *pc = malloc(sizeof(*pc));
-    if (!pc) {
-        config_free(c);
-        return NULL;
-    }
-    atomic_init(&pc->refs, 1);
-    pc->config = c;
-    return pc;
-}
-
-struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc) {
-    atomic_fetch_add_explicit(&pc->refs, 1, memory_order_relaxed);
-    return pc;
-}
-
-void pipeline_config_unref(struct pipeline_config *pc) {
-    if (!pc) return;
-    if (atomic_fetch_sub_explicit(&pc->refs, 1, memory_order_acq_rel) != 1) return;
-    config_free(pc->config);
-    free(pc);
-}
-
-/* ---- names ---- */
-
-static const char *const decision_names[PIPELINE_DECISION_COUNT] = {
-    [PIPELINE_FORWARDED] = "forwarded",       [PIPELINE_POOL] = "pool",
-    [PIPELINE_REPLAYED] = "replayed",         [PIPELINE_LIMITED] = "limited",
-    [PIPELINE_SHADOW_LIMITED] = "shadow_limited", [PIPELINE_INVALID] = "invalid",
-    [PIPELINE_UNAUTHORIZED] = "unauthorized", [PIPELINE_DENIED] = "denied",
-    [PIPELINE_UPSTREAM_ERROR] = "upstream_error",
-};
-
-const char *pipeline_decision_name(enum pipeline_decision d) {
-    return (unsigned)d < PIPELINE_DECISION_COUNT ? decision_names[d] : "unknown";
-}
 
 /* ---- randomness ---- */
 
@@ -128,31 +89,8 @@ int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, 
     return -1;
 }
 
-static const char *const app_public_params[] = {
-    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
-};
-
-int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
-                             uint64_t now_s, uint64_t nonce, struct params *out) {
-    char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, app_public_params) != 0) return -1;
-    if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
-    *num_put_u64(num, now_s) = '\0';
-    if (params_adds(out, "Timestamp", num) != 0) return -1;
-    *num_put_u64(num, nonce) = '\0';
-    if (params_adds(out, "Nonce", num) != 0) return -1;
-    if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
-    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
-        return -1;
-    return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
-}
-
 int pipeline_reply_may_be_script(const struct v2_fields *f) {
     return f->action == V2_ACTION_CAPTCHA_QUERY && f->has_script && f->script == 1;
-}
-
-int pipeline_upstream_timed_out(const char *error) {
-    return error && (strstr(error, "timed out") || strstr(error, "timeout"));
 }
 
 static void copy_str(char *dst, size_t cap, const char *src);
@@ -234,7 +172,7 @@ enum stage_result { STAGE_NEXT, STAGE_FINISH, STAGE_PENDING };
 struct pipeline_ctx {
     struct pipeline_worker *w;
     struct httpd_req *req;          /* NULL once replied or cancelled */
-    struct pipeline_config *pc;     /* reference held for the request's life */
+    struct shared_config *pc;       /* reference held for the request's life */
     const struct config *config;    /* pc->config */
     enum pipeline_state state;
     size_t stage;                   /* index of the next stage to run */
@@ -696,7 +634,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
         }
     } else {
         ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR,
-                  pipeline_upstream_timed_out(r->error), 0, "%s",
+                  r->timed_out, 0, "%s",
                   r->error ? r->error : "upstream call failed");
     }
     pipeline_resume(ctx, STAGE_NEXT);
@@ -710,8 +648,8 @@ static char *forward_sign(void *arg) {
     struct params out;
     char *encoded = NULL;
     params_init(&out);
-    if (pipeline_upstream_params(&ctx->params, up, clock_wall_us() / 1000000,
-                                 pipeline_random(ctx->w), &out) == 0)
+    if (upstream_params(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
+                        &out) == 0)
         encoded = params_encode(&out);
     params_cleanup(&out);
     return encoded;
@@ -771,7 +709,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
     free(ctx->reply_body);
     free(ctx->reply_url);
     free(ctx->reply_type);
-    pipeline_config_unref(ctx->pc);
+    shared_config_unref(ctx->pc);
     if (w->n_free_ctx < PIPELINE_FREE_CTX_MAX) {
         ctx->next_free = w->free_ctx;
         w->free_ctx = ctx;
@@ -902,7 +840,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     }
     ctx->w = w;
     ctx->req = req;
-    ctx->pc = pipeline_config_ref(w->config);
+    ctx->pc = shared_config_ref(w->config);
     ctx->config = ctx->pc->config;
     ctx->start_us = clock_mono_us();
     ctx->state = ST_NEW;

@@ -14,6 +14,8 @@
 #include "config.h"
 #include "idem.h"
 #include "limit.h"
+#include "record.h"
+#include "shared_config.h"
 
 struct audit;
 struct config;
@@ -30,66 +32,12 @@ struct stats_worker;
 struct store;
 struct upstream;
 
-/* A loaded config shared by the workers and their in-flight requests: a reload swaps the
- * worker's pointer for new requests while requests in flight keep the old one alive. */
-struct pipeline_config {
-    atomic_uint refs;
-    struct config *config;  /* owned */
-};
-/* Takes ownership of c; one reference. NULL on OOM (c is then freed). */
-struct pipeline_config *pipeline_config_new(struct config *c);
-struct pipeline_config *pipeline_config_ref(struct pipeline_config *pc);
-/* Drops a reference; the last one frees the config. NULL accepted. Any thread. */
-void pipeline_config_unref(struct pipeline_config *pc);
-
-/* What happened to a request (the audit record's "decision"). */
-enum pipeline_decision {
-    PIPELINE_FORWARDED,
-    PIPELINE_POOL,
-    PIPELINE_REPLAYED,
-    PIPELINE_LIMITED,
-    PIPELINE_SHADOW_LIMITED,
-    PIPELINE_INVALID,
-    PIPELINE_UNAUTHORIZED,
-    PIPELINE_DENIED,
-    PIPELINE_UPSTREAM_ERROR,
-    PIPELINE_DECISION_COUNT
-};
-const char *pipeline_decision_name(enum pipeline_decision d); /* "forwarded", ... */
-
-/* Everything an audit record needs, filled in as the request advances; self-contained (no
- * pointers into the request), so an audit sink may copy it and keep it. */
-struct pipeline_record {
-    uint64_t ts_us;                /* wall clock when the request arrived */
-    char request_id[17];           /* 16 hex digits, also the X-Request-Id header */
-    char app[CONFIG_NAME_MAX + 1]; /* app name whole (config.h bounds it), "" before
-                                    * authentication; a refused signed request whose SecretId is
-                                    * an app's has that app */
-    char secret_id[129];           /* a refused request's SecretId that no app has (cut at 128
-                                    * bytes), "" otherwise; the Signature is never kept */
-    char client_ip[64];
-    char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
-    enum v2_action action_id;
-    int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
-    uint32_t business_id, scene_id, captcha_type, client_type, account_type;
-    enum pipeline_decision decision;
-    char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
-    int code;                      /* the API code answered (upstream's, for a pass-through) */
-    int no_code;                   /* 1: the reply carries no API code (CaptchaQuery script=1's
-                                    * JavaScript passed through): code is not recorded */
-    char code_desc[32];
-    int http_status;               /* the HTTP status answered (0: client gone, no reply) */
-    int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */
-    uint64_t latency_us;           /* arrival to reply */
-    uint64_t upstream_latency_us;  /* 0 when upstream was not called */
-};
-
 /* A worker's environment, owned by the gateway (one per worker thread); everything here is
  * used only on that worker's thread, except nonces (shared, locked inside). */
 struct pipeline_worker {
     unsigned id;
     struct event_base *base;
-    struct pipeline_config *config;    /* for new requests; the worker's own reference */
+    struct shared_config *config;      /* for new requests; the worker's own reference */
     const struct config *boot;         /* the startup config: upstream and listener settings
                                         * (they need a restart), valid for the process life */
     struct upstream *upstream;
@@ -141,20 +89,9 @@ int pipeline_http_status(int code, int semantic, int timed_out, int framing_stat
 int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
                        size_t errlen);
 
-/* The parameters sent upstream: a copy of in without the app's public parameters (SecretId,
- * Signature, Timestamp, Nonce, Region, SignatureMethod, Token; Action stays), plus the
- * gateway's own (SecretId, Timestamp now_s, Nonce, Region, SignatureMethod), signed with the
- * real key for up's sign_host, path and method. out is initialised by the call; the caller
- * cleans it up (also on failure). 0, or -1 on OOM. */
-int pipeline_upstream_params(const struct params *in, const struct config_upstream *up,
-                             uint64_t now_s, uint64_t nonce, struct params *out);
-
 /* 1 for CaptchaQuery with script=1: its documented reply is JavaScript, not JSON, so a 2xx
  * non-JSON reply is passed through (UPSTREAM_RAW_OK) instead of being an upstream error. */
 int pipeline_reply_may_be_script(const struct v2_fields *f);
-/* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
-int pipeline_upstream_timed_out(const char *error);
-
 /* The limit stage's reading of a store outcome o over the request's n buckets b:
  *  - PIPELINE_LIMITED: an enforcing bucket refused; rule gets its rule's name and msg the 4400
  *    reply's message "rate limit <rule> exceeded; retry in N s" (N as in Retry-After);

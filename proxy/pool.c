@@ -15,10 +15,11 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/params.h"
+#include "capgate/rng.h"
 #include "capgate/strbuf.h"
 #include "capgate/validate.h"
 #include "limit.h"
-#include "pipeline.h"
+#include "shared_config.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -45,14 +46,14 @@ int pool_key(const char *prefix, const struct config_pool_profile *pr, char *out
     return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
-/* Parameters a pooled request may carry besides the profile's own. */
+/* Parameters a pooled request may carry besides the public ones and the profile's ids. */
 static const char *const pool_allowed_params[] = {
-    "Action", "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod",
-    "Token", "RequestClient", "captchaType", "disturbLevel", "isHttps", "clientType",
+    "Action", V2_REQUEST_CLIENT, "captchaType", "disturbLevel", "isHttps", "clientType",
     "accountType", NULL,
 };
 
 static int pool_param_allowed(const char *name, const struct config_pool_profile *pr) {
+    if (validate_is_public(name)) return 1;
     for (size_t i = 0; pool_allowed_params[i]; i++)
         if (strcmp(name, pool_allowed_params[i]) == 0) return 1;
     if (pr->has_business_id && strcmp(name, "businessId") == 0) return 1;
@@ -270,14 +271,14 @@ static const char *const pool_refiller_state_names[] = {"idle", "filling", "back
 
 struct pool_refiller {
     struct pool *pool;
-    struct pipeline_worker *w;
+    struct pool_refiller_env env;      /* a copy; what it points to is borrowed */
     const char *prefix;                 /* borrowed from the boot config */
     enum pool_refiller_state state;
     struct event *tick;
     int stopped;
     unsigned backoff_ms;                /* the next pause */
     uint64_t backoff_until_us;          /* monotonic */
-    struct pipeline_config *round;      /* the config of the running round, a reference */
+    struct shared_config *round;        /* the config of the running round, a reference */
     unsigned pending;                   /* depth reads and fetches of the round not yet ended */
     unsigned fetching;                  /* fetches in flight */
     char last_err[200];
@@ -312,7 +313,7 @@ static void pool_refiller_set_state(struct pool_refiller *r, enum pool_refiller_
 /* One piece of the round ended; the last one ends the round. */
 static void pool_round_step_done(struct pool_refiller *r) {
     if (--r->pending) return;
-    pipeline_config_unref(r->round);
+    shared_config_unref(r->round);
     r->round = NULL;
     if (r->state == POOL_FILLING) pool_refiller_set_state(r, POOL_IDLE);
 }
@@ -388,7 +389,7 @@ static void pool_fetched(const struct upstream_result *u, void *arg) {
         pool_refiller_set_state(r, POOL_FILLING);
     }
     r->backoff_ms = POOL_BACKOFF_MIN_MS;
-    store_pool_push(r->w->store, f->key, url, f->pr->size ? f->pr->size : 1, f->ttl_ms,
+    store_pool_push(r->env.store, f->key, url, f->pr->size ? f->pr->size : 1, f->ttl_ms,
                     pool_pushed, f);
     free(url);
 }
@@ -398,7 +399,7 @@ static void pool_fetched(const struct upstream_result *u, void *arg) {
 static char *pool_fetch_sign(void *arg) {
     struct pool_fill *f = arg;
     struct pool_refiller *r = f->r;
-    const struct config_upstream *up = &r->w->boot->upstream;
+    const struct config_upstream *up = &r->env.boot->upstream;
     const struct config_pool_profile *pr = f->pr;
     struct params in, out;
     char num[16], *encoded = NULL;
@@ -418,8 +419,7 @@ static char *pool_fetch_sign(void *arg) {
     if (pr->has_business_id) POOL_ADD_UINT("businessId", pr->business_id);
     if (pr->has_scene_id) POOL_ADD_UINT("sceneId", pr->scene_id);
 #undef POOL_ADD_UINT
-    if (pipeline_upstream_params(&in, up, clock_wall_us() / 1000000, pipeline_random(r->w),
-                                 &out) == 0)
+    if (upstream_params(&in, up, clock_wall_us() / 1000000, rng_next(r->env.rng), &out) == 0)
         encoded = params_encode(&out);
 out:
     params_cleanup(&in);
@@ -429,8 +429,8 @@ out:
 
 /* Sends one CaptchaIframeQuery for the profile, signed per attempt. 0/-1. */
 static int pool_fetch_send(struct pool_fill *f) {
-    const struct config_upstream *up = &f->r->w->boot->upstream;
-    return upstream_call_signed(f->r->w->upstream, up->post ? "POST" : "GET", pool_fetch_sign, 0,
+    const struct config_upstream *up = &f->r->env.boot->upstream;
+    return upstream_call_signed(f->r->env.upstream, up->post ? "POST" : "GET", pool_fetch_sign, 0,
                                 pool_fetched, f);
 }
 
@@ -466,7 +466,7 @@ static void pool_fill_start(struct pool_fill *f) {
     r->fetching++;
     pool_refiller_set_state(r, POOL_FILLING);
     if (f->n_buckets) {
-        store_limit(r->w->store, f->buckets, f->n_buckets, pool_token_done, f);
+        store_limit(r->env.store, f->buckets, f->n_buckets, pool_token_done, f);
         return;
     }
     if (pool_fetch_send(f) != 0) {
@@ -507,14 +507,14 @@ static void pool_refiller_tick(evutil_socket_t fd, short what, void *arg) {
     const struct config *cfg;
     int nb;
     if (r->stopped || r->round) return;
-    pool_set_profiles(r->pool, &r->w->config->config->pool);
+    pool_set_profiles(r->pool, &(*r->env.config)->config->pool);
     if (r->state == POOL_BACKING_OFF) {
         if (clock_mono_us() < r->backoff_until_us) return;
         pool_refiller_set_state(r, POOL_IDLE);
     }
-    cfg = r->w->config->config;
-    if (!cfg->pool.n_profiles || r->w->store_closing) return;
-    r->round = pipeline_config_ref(r->w->config);
+    cfg = (*r->env.config)->config;
+    if (!cfg->pool.n_profiles || *r->env.store_closing) return;
+    r->round = shared_config_ref(*r->env.config);
     r->pending = 1; /* this function's own step, ended below */
     for (size_t i = 0; i < cfg->pool.n_profiles; i++) {
         struct pool_fill *f = calloc(1, sizeof *f);
@@ -530,25 +530,26 @@ static void pool_refiller_tick(evutil_socket_t fd, short what, void *arg) {
         }
         f->n_buckets = (size_t)nb;
         r->pending++;
-        store_pool_depth(r->w->store, f->key, f->ttl_ms, pool_depth_read, f);
+        store_pool_depth(r->env.store, f->key, f->ttl_ms, pool_depth_read, f);
     }
     pool_round_step_done(r);
 }
 
-struct pool_refiller *pool_refiller_new(struct pool *p, struct pipeline_worker *w, char *err,
-                                        size_t errlen) {
+struct pool_refiller *pool_refiller_new(struct pool *p, const struct pool_refiller_env *env,
+                                        char *err, size_t errlen) {
     struct pool_refiller *r = calloc(1, sizeof *r);
+    const struct config *boot = env->boot;
     struct timeval tv = {0, POOL_REFILL_TICK_MS * 1000};
     if (!r) goto oom;
     r->pool = p;
-    r->w = w;
-    r->prefix = w->boot->redis && w->boot->redis->key_prefix ? w->boot->redis->key_prefix
-                                                             : POOL_DEFAULT_PREFIX;
+    r->env = *env;
+    r->prefix = boot->redis && boot->redis->key_prefix ? boot->redis->key_prefix
+                                                       : POOL_DEFAULT_PREFIX;
     r->state = POOL_IDLE;
     r->backoff_ms = POOL_BACKOFF_MIN_MS;
-    if (!(r->tick = event_new(w->base, -1, EV_PERSIST, pool_refiller_tick, r))) goto oom;
+    if (!(r->tick = event_new(env->base, -1, EV_PERSIST, pool_refiller_tick, r))) goto oom;
     event_add(r->tick, &tv);
-    pool_set_profiles(p, &w->config->config->pool);
+    pool_set_profiles(p, &(*env->config)->config->pool);
     return r;
 oom:
     snprintf(err, errlen, "pool refiller: out of memory");
@@ -567,6 +568,6 @@ void pool_refiller_free(struct pool_refiller *r) {
     if (r->pending)
         log_warn("pool refiller: freed with %u step(s) unanswered", r->pending);
     if (r->tick) event_free(r->tick);
-    pipeline_config_unref(r->round);
+    shared_config_unref(r->round);
     free(r);
 }

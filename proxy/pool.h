@@ -9,7 +9,7 @@
  * absent), so a reload that keeps a profile keeps its pool: key <prefix>pool:<id>.
  *
  * Refiller (one per process, on worker 0's event loop, with that worker's store and upstream
- * client), an explicit state machine:
+ * client, handed over as a struct pool_refiller_env), an explicit state machine:
  *   idle → filling (fetches in flight) → idle, and on an upstream failure → backing off (0.5 s
  *   doubling to 30 s; no fetch starts meanwhile) → idle once the pause is over.
  * Every POOL_REFILL_TICK_MS it reads each profile's depth (which also drops expired entries) and
@@ -27,7 +27,6 @@
 #include "config.h"
 
 struct params;
-struct pipeline_worker;
 struct store;
 struct strbuf;
 struct v2_fields;
@@ -47,8 +46,8 @@ int pool_profile_id(const struct config_pool_profile *pr, char *out, size_t cap)
 int pool_key(const char *prefix, const struct config_pool_profile *pr, char *out, size_t cap);
 /* The profile a validated request is served from, or NULL: Action CaptchaIframeQuery; the five
  * UInts equal; businessId and sceneId equal, or both absent; none of validate_user_fields[]
- * present; no parameter besides the public ones (SecretId Signature Timestamp Nonce Region
- * SignatureMethod Token RequestClient), Action and the profile's own. Borrowed from cfg. */
+ * present; no parameter besides the public ones (validate_public_params), RequestClient, Action
+ * and the profile's own. Borrowed from cfg. */
 const struct config_pool_profile *pool_match(const struct config_pool *cfg,
                                              const struct v2_fields *f, const struct params *p);
 /* The reply to a hit, in upstream's shape: {"code":0,"codeDesc":"Success","message":"No Error",
@@ -88,11 +87,28 @@ int pool_take(struct pool *p, struct store *s, const char *key_prefix, unsigned 
 /* ---- the refiller ---- */
 
 struct pool_refiller;
-/* Starts refilling from w's current config (w->config, read on every tick: a reload changes the
- * profiles) with w's base, store and upstream; boot gives the key prefix and the upstream
- * credentials. Runs on w's thread only. NULL and err on OOM. */
-struct pool_refiller *pool_refiller_new(struct pool *p, struct pipeline_worker *w, char *err,
-                                        size_t errlen);
+struct event_base;
+struct shared_config;
+struct upstream;
+/* What the refiller works with: everything is used on one thread (the one running base's loop)
+ * and is borrowed; each pointer outlives the refiller (store and upstream: until
+ * pool_refiller_stop). */
+struct pool_refiller_env {
+    struct event_base *base;
+    struct store *store;                 /* pool lists and depths, the global limit tokens */
+    const int *store_closing;            /* *store_closing set: the store is being freed, no
+                                          * round starts */
+    struct upstream *upstream;           /* the refill calls */
+    const struct config *boot;           /* the startup config: the key prefix and the upstream
+                                          * credentials (both need a restart to change) */
+    struct shared_config *const *config; /* the running config: read on every tick (a reload
+                                          * swaps *config), a reference held for each round */
+    uint64_t *rng;                       /* the thread's xoshiro256** state (capgate/rng.h), for
+                                          * the refill calls' Nonces */
+};
+/* Starts refilling the profiles of the running config. NULL and err on OOM. */
+struct pool_refiller *pool_refiller_new(struct pool *p, const struct pool_refiller_env *env,
+                                        char *err, size_t errlen);
 /* No new work from now on (a fetch whose callback arrives later only ends). Call before the
  * store and the upstream client it uses are freed. NULL accepted. */
 void pool_refiller_stop(struct pool_refiller *r);

@@ -43,7 +43,7 @@ struct store {
     struct event *deferred_ev;
     struct store_deferred *head, *tail;
     struct store_redis *redis;           /* NULL for the memory store */
-    atomic_uint_fast64_t counters[STORE_NOSCRIPT_RELOADS + 1];
+    atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
 static void store_secret_free(char *s) {
@@ -211,7 +211,7 @@ struct store *store_new(struct store_shared *sh, struct event_base *base, char *
     }
     s->sh = sh;
     s->base = base;
-    for (size_t i = 0; i <= STORE_NOSCRIPT_RELOADS; i++) atomic_init(&s->counters[i], 0);
+    for (size_t i = 0; i <= STORE_FAST_FAILS; i++) atomic_init(&s->counters[i], 0);
     if (!(s->deferred_ev = event_new(base, -1, 0, store_run_deferred, s))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
@@ -252,6 +252,7 @@ void store_get_stats(const struct store *s, struct store_stats *out) {
     out->reconnects = atomic_load_explicit(&m->counters[STORE_RECONNECTS], memory_order_relaxed);
     out->noscript_reloads =
         atomic_load_explicit(&m->counters[STORE_NOSCRIPT_RELOADS], memory_order_relaxed);
+    out->fast_fails = atomic_load_explicit(&m->counters[STORE_FAST_FAILS], memory_order_relaxed);
 }
 
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,

@@ -33,10 +33,13 @@ struct store *store_new(struct store_shared *sh, struct event_base *base, char *
  * store callback (free on the next loop turn instead). */
 #define STORE_CLOSED_MESSAGE "store closed"
 void store_free(struct store *s);
-int store_connected(const struct store *s);  /* 1 when the backend is reachable right now */
+/* 1 when the backend is reachable right now: redis connected and not marked down (a command
+ * timed out and no probe has succeeded since; commands then fail at once, see store_redis.c). */
+int store_connected(const struct store *s);
 
 struct store_stats {
     uint64_t commands, errors, timeouts, reconnects, noscript_reloads;
+    uint64_t fast_fails;  /* commands refused at once while the store was marked down */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 
@@ -197,7 +200,7 @@ void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *
 void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
                       const struct store_idem_result *r);
 enum store_counter { STORE_COMMANDS, STORE_ERRORS, STORE_TIMEOUTS, STORE_RECONNECTS,
-                     STORE_NOSCRIPT_RELOADS };
+                     STORE_NOSCRIPT_RELOADS, STORE_FAST_FAILS };
 void store_count(struct store *s, enum store_counter c);
 
 #endif

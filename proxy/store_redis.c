@@ -9,7 +9,12 @@
  * no caller callback runs inside hiredis or inside store_limit.
  * Besides the limit script, the prefetch pool and idempotency operations are one script each
  * (store_lua.h); every script is loaded at connect (pipelined, ready after the last reply) and
- * the one a command needs is loaded again after NOSCRIPT. */
+ * the one a command needs is loaded again after NOSCRIPT.
+ * Fail fast: the first command that times out (or a lost connection) marks the store down, and
+ * from then on every command is answered at once with an error (the caller applies
+ * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
+ * again when a probe succeeds: a PING on the same connection (its reply comes after every late
+ * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake. */
 #include "store.h"
 
 #include <stdio.h>
@@ -32,6 +37,7 @@
 #define STORE_REDIS_BACKOFF_MAX_MS 5000
 #define STORE_REDIS_TIMEOUTS_DROP 3       /* consecutive timed-out replies that drop the link */
 #define STORE_REDIS_SHA_LEN 40
+#define STORE_REDIS_PROBE_RETRY_MS 50     /* after a probe answered with an error (-LOADING) */
 
 enum store_redis_state {
     STORE_REDIS_DISCONNECTED,
@@ -64,6 +70,7 @@ enum store_redis_cmd_kind {
     STORE_REDIS_CMD_SELECT,
     STORE_REDIS_CMD_LOAD,     /* SCRIPT LOAD while connecting */
     STORE_REDIS_CMD_RELOAD,   /* SCRIPT LOAD after NOSCRIPT */
+    STORE_REDIS_CMD_PROBE,    /* PING while marked down on a live connection */
 };
 
 enum store_redis_cmd_where {
@@ -111,6 +118,10 @@ struct store_redis {
     unsigned backoff_ms;                    /* the next backoff's base */
     uint64_t backoff_until_us;              /* monotonic */
     unsigned consecutive_timeouts;
+    int down;                               /* marked down: commands fail at once (fail fast) */
+    int probing;                            /* a PING probe is in flight */
+    char down_why[128];                     /* what marked it down */
+    struct event *probe_timer;
     uint64_t rng;
     char sha[STORE_REDIS_N_SCRIPTS][STORE_REDIS_SHA_LEN + 1];
     char last_err[128];
@@ -138,6 +149,33 @@ static void store_redis_set_state(struct store_redis *r, enum store_redis_state 
         log_debug("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
                   store_redis_state_names[r->state], store_redis_state_names[to]);
     r->state = to;
+}
+
+static void store_redis_probe(struct store_redis *r);
+
+/* Every worker marks its store down: one warning when that starts (or its reason changes), a
+ * summary a minute, one line when a store is up again. */
+static struct log_limiter store_redis_down_warning = LOG_LIMITER_INIT(60, 0);
+
+/* Fail fast from now on (see the top of the file); on a live connection, probe it. */
+static void store_redis_mark_down(struct store_redis *r, const char *why) {
+    if (!r->down) {
+        r->down = 1;
+        snprintf(r->down_why, sizeof r->down_why, "%s", why);
+        log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
+                    "redis %s:%d: store marked down (%s); commands fail at once until it "
+                    "answers", r->opt->host, r->opt->port, why);
+    }
+    if (r->state == STORE_REDIS_READY) store_redis_probe(r);
+}
+
+static void store_redis_mark_up(struct store_redis *r, const char *how) {
+    if (!r->down) return;
+    r->down = 0;
+    r->down_why[0] = 0;
+    event_del(r->probe_timer);
+    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s:%d: store up again (%s)",
+                   r->opt->host, r->opt->port, how);
 }
 
 static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
@@ -207,9 +245,11 @@ static void store_redis_abandon_inflight(struct store_redis *r, const char *err)
     while ((c = r->inflight.head)) {
         store_redis_list_remove(&r->inflight, c);
         if (store_redis_caller_cmd(c)) store_redis_answer(r, c, err, NULL);
+        if (c->timer) event_del(c->timer);
         c->where = STORE_REDIS_ABANDONED;
         c->r = NULL;
     }
+    r->probing = 0;
 }
 
 static unsigned store_redis_jitter(struct store_redis *r, unsigned ms) {
@@ -227,6 +267,8 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
     log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s:%d: %s; retrying in %u ms",
                 r->opt->host, r->opt->port, r->last_err, ms);
     store_redis_set_state(r, STORE_REDIS_BACKOFF);
+    store_redis_mark_down(r, r->last_err);
+    event_del(r->probe_timer);
     event_del(r->handshake_timer);
     r->backoff_until_us = clock_mono_us() + (uint64_t)ms * 1000;
     r->backoff_ms = r->backoff_ms * 2 > STORE_REDIS_BACKOFF_MAX_MS ? STORE_REDIS_BACKOFF_MAX_MS
@@ -281,6 +323,7 @@ static void store_redis_handshake_next(struct store_redis *r) {
         r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
         r->consecutive_timeouts = 0;
         r->last_err[0] = 0;
+        store_redis_mark_up(r, "connected");
         while (r->state == STORE_REDIS_READY && (c = r->queue.head)) {
             store_redis_list_remove(&r->queue, c);
             if (store_redis_send(r, c) != 0) {
@@ -503,6 +546,19 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         }
         store_redis_handshake_next(r);
         return;
+    case STORE_REDIS_CMD_PROBE:
+        store_redis_cmd_free(c);
+        r->probing = 0;
+        if (rep->type == REDIS_REPLY_ERROR) {
+            /* answering but not serving (-LOADING, -BUSY): stay down, ask again shortly */
+            struct timeval tv = {0, STORE_REDIS_PROBE_RETRY_MS * 1000};
+            snprintf(r->down_why, sizeof r->down_why, "PING: %s", rep->str);
+            event_add(r->probe_timer, &tv);
+            return;
+        }
+        r->consecutive_timeouts = 0;
+        store_redis_mark_up(r, "PING answered");
+        return;
     case STORE_REDIS_CMD_LOAD:
     case STORE_REDIS_CMD_RELOAD:
         {
@@ -541,6 +597,9 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         snprintf(dbuf, sizeof dbuf, "%u", r->opt->db);
         argv[argc++] = "SELECT";
         argv[argc++] = dbuf;
+        break;
+    case STORE_REDIS_CMD_PROBE:
+        argv[argc++] = "PING";
         break;
     case STORE_REDIS_CMD_LOAD:
     case STORE_REDIS_CMD_RELOAD:
@@ -613,18 +672,44 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
         store_redis_list_remove(&r->queue, c);
         store_redis_answer(r, c, err, NULL);
         store_redis_cmd_free(c);
+        store_redis_mark_down(r, "no connection within timeout_ms");
         return;
     }
     /* sent: answer now, let hiredis hand the late reply (or NULL) to a command marked abandoned */
     snprintf(err, sizeof err, "redis timed out after %u ms", r->opt->timeout_ms);
     store_redis_list_remove(&r->inflight, c);
-    store_redis_answer(r, c, err, NULL);
+    if (c->kind == STORE_REDIS_CMD_PROBE) r->probing = 0;
+    else store_redis_answer(r, c, err, NULL);
     c->where = STORE_REDIS_ABANDONED;
     c->r = NULL;
     if (++r->consecutive_timeouts >= STORE_REDIS_TIMEOUTS_DROP && r->ac) {
         snprintf(err, sizeof err, "%u commands in a row timed out", r->consecutive_timeouts);
         store_redis_drop(r, err);
+        return;
     }
+    store_redis_mark_down(r, err);  /* probes again when the probe itself timed out */
+}
+
+/* One PING at a time on the live connection, timed out like any command. */
+static void store_redis_probe(struct store_redis *r) {
+    struct store_redis_cmd *c;
+    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    if (r->probing || r->state != STORE_REDIS_READY || !r->ac) return;
+    if (!(c = calloc(1, sizeof *c))) return;  /* the next timeout or reconnect probes again */
+    c->r = r;
+    c->kind = STORE_REDIS_CMD_PROBE;
+    if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c)) ||
+        store_redis_send(r, c) != 0) {
+        store_redis_cmd_free(c);
+        store_redis_drop(r, "could not send a probe");
+        return;
+    }
+    event_add(c->timer, &tv);
+    r->probing = 1;
+}
+
+static void store_redis_on_probe_timer(evutil_socket_t fd, short what, void *arg) {
+    store_redis_probe(arg);
 }
 
 static void store_redis_on_backoff(evutil_socket_t fd, short what, void *arg) {
@@ -684,6 +769,7 @@ struct store_redis *store_redis_new(const struct store_redis_options *opt, struc
     if (!(r->backoff_timer = event_new(base, -1, 0, store_redis_on_backoff, r))) goto oom;
     if (!(r->handshake_timer = event_new(base, -1, 0, store_redis_on_handshake_timeout, r)))
         goto oom;
+    if (!(r->probe_timer = event_new(base, -1, 0, store_redis_on_probe_timer, r))) goto oom;
     /* a failure to connect now is not an error: commands wait, and the backoff retries */
     store_redis_connect(r);
     return r;
@@ -712,19 +798,26 @@ void store_redis_free(struct store_redis *r) {
     }
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
+    if (r->probe_timer) event_free(r->probe_timer);
     strbuf_cleanup(&r->resp);
     free(r);
 }
 
 int store_redis_connected(const struct store_redis *r) {
-    return r->state == STORE_REDIS_READY;
+    return r->state == STORE_REDIS_READY && !r->down;
+}
+
+/* The error of a command refused at once because the store is marked down. */
+static void store_redis_down_error(struct store_redis *r, char *err, size_t errlen) {
+    store_count(r->owner, STORE_FAST_FAILS);
+    snprintf(err, errlen, "redis unavailable (marked down: %s; %s)", r->down_why,
+             r->state == STORE_REDIS_READY ? "probing" : "reconnecting");
 }
 
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
     struct store_redis_cmd *c = NULL;
     struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
-    uint64_t now;
     char err[200];
     if (nonce && (!nonce->key || !*nonce->key)) nonce = NULL;
     if ((n == 0 && !nonce) || n > LIMIT_MAX_BUCKETS) {
@@ -739,12 +832,9 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
         }
         return;
     }
-    /* known down for longer than a command may wait: say so now rather than after timeout_ms */
-    now = clock_mono_us();
-    if (r->state == STORE_REDIS_BACKOFF &&
-        r->backoff_until_us > now + (uint64_t)r->opt->timeout_ms * 1000) {
-        snprintf(err, sizeof err, "redis unavailable (reconnecting in %llu ms): %s",
-                 (unsigned long long)((r->backoff_until_us - now) / 1000), r->last_err);
+    /* known down: say so now rather than after timeout_ms */
+    if (r->down) {
+        store_redis_down_error(r, err, sizeof err);
         store_defer(r->owner, cb, arg, err, NULL);
         return;
     }
@@ -786,17 +876,14 @@ static void store_redis_cache(struct store_redis *r, enum store_redis_op op, con
                               store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
     struct store_redis_cmd *c = NULL;
     struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
-    uint64_t now = clock_mono_us();
     char err[200];
     const char *fail = NULL;
     if (argc > STORE_REDIS_CACHE_ARGS) {
         fail = "too many script arguments";
         goto failed;
     }
-    if (r->state == STORE_REDIS_BACKOFF &&
-        r->backoff_until_us > now + (uint64_t)r->opt->timeout_ms * 1000) {
-        snprintf(err, sizeof err, "redis unavailable (reconnecting in %llu ms): %s",
-                 (unsigned long long)((r->backoff_until_us - now) / 1000), r->last_err);
+    if (r->down) {
+        store_redis_down_error(r, err, sizeof err);
         fail = err;
         goto failed;
     }

@@ -29,9 +29,14 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/net.h"
+#include "capgate/num.h"
+#include "capgate/params.h"
 #include "capgate/reply.h"
+#include "capgate/sign.h"
 #include "capgate/tls.h"
+#include "capgate/validate.h"
 #include "capgate/version.h"
+#include "config.h"
 
 #define UPSTREAM_DEFAULT_CONNECT_MS 1000u
 #define UPSTREAM_DEFAULT_TIMEOUT_MS 3000u
@@ -101,6 +106,8 @@ struct upstream_call {
     int fast_success;                   /* CALL_FAILING_FAST: the breaker outcome to record */
     unsigned attempts;
     struct upstream_result fast;        /* CALL_FAILING_FAST: the result to deliver */
+    int timed_out;                      /* the call ends on a timeout: total, or the last
+                                         * attempt's connect (upstream_result.timed_out) */
     char errbuf[256];
     TAILQ_ENTRY(upstream_call) link;    /* u->calls */
     TAILQ_ENTRY(upstream_call) qlink;   /* u->queue while QUEUED */
@@ -453,6 +460,7 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
     }
     call_set_state(c, CALL_DONE);
     TAILQ_REMOVE(&u->calls, c, link);
+    r->timed_out = !r->ok && c->timed_out;
     if (c->admitted)
         breaker_record(u->breaker, breaker_success, now_ms());
     r->attempts = c->attempts;
@@ -510,6 +518,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         call_finish(c, &r, c->fast_success);
         return;
     }
+    c->timed_out = 1;
     call_fail(c, 0, "upstream timed out after %u ms", c->u->timeout_ms);
 }
 
@@ -534,6 +543,7 @@ static void call_attempt_failed(struct upstream_call *c, int retriable, const ch
     if (retriable && c->attempts <= u->retries && remaining_ms(c) > 0) {
         log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts, msg);
         u->stats.retries++;
+        c->timed_out = 0;  /* the next attempt decides */
         call_start_attempt(c);
         return;
     }
@@ -549,6 +559,7 @@ static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;   /* connected: the request went out */
     snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
              c->u->port, c->u->connect_timeout_ms);
+    c->timed_out = 1;
     call_attempt_failed(c, 1, msg);
 }
 
@@ -1030,4 +1041,21 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
     out->breaker = breaker_state(u->breaker);
     out->open_connections = u->n_conns;
     out->idle_connections = u->n_idle;
+}
+
+/* ---- the request sent upstream ---- */
+
+int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                    uint64_t nonce, struct params *out) {
+    char num[NUM_U64_DIGITS + 1];
+    if (params_copy_without(out, in, validate_public_params) != 0) return -1;
+    if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
+    *num_put_u64(num, now_s) = '\0';
+    if (params_adds(out, "Timestamp", num) != 0) return -1;
+    *num_put_u64(num, nonce) = '\0';
+    if (params_adds(out, "Nonce", num) != 0) return -1;
+    if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
+    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
+        return -1;
+    return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
 }

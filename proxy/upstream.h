@@ -9,7 +9,9 @@
 #include "breaker.h"
 #include "capgate/reply.h"
 
+struct config_upstream;
 struct event_base;
+struct params;
 struct upstream;
 
 struct upstream_options {
@@ -61,6 +63,9 @@ struct upstream_result {
     uint64_t latency_us;    /* from upstream_call to the callback */
     int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
+    int timed_out;          /* !ok because a timer ran out: the call's timeout_ms (queued or
+                             * sent), or the last attempt's connect_timeout_ms (a 504, where
+                             * other failures are a 502) */
     const char *content_type;      /* upstream's Content-Type header, NULL when none (borrowed
                                     * for the callback) */
     struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
@@ -127,5 +132,14 @@ struct upstream_stats {
     uint64_t latency_sum_us, latency_count;
 };
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
+
+/* The parameters sent upstream: a copy of in without the app's public parameters
+ * (validate_public_params: SecretId, Signature, Timestamp, Nonce, Region, SignatureMethod,
+ * Token; Action and RequestClient stay), plus the gateway's own (SecretId, Timestamp now_s,
+ * Nonce, Region, SignatureMethod), signed with the real key for up's sign_host, path and
+ * method. out is initialised by the call; the caller cleans it up (also on failure). 0, or -1
+ * on OOM. */
+int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                    uint64_t nonce, struct params *out);
 
 #endif

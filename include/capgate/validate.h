@@ -44,6 +44,16 @@ uint64_t validate_nonce_ttl_s(uint64_t window_s);
 /* Names of the per-user fields (the PII the gateway hashes and the pool refuses). NULL-ended. */
 extern const char *const validate_user_fields[];
 
+/* The public parameters of a request besides Action: who signed it and how (SecretId,
+ * Signature, Timestamp, Nonce, Region, SignatureMethod; Token, a temporary credential's), the
+ * parameters the gateway replaces with its own when it calls upstream. NULL-ended. */
+extern const char *const validate_public_params[];
+/* The SDK's own marker ("RequestClient": "SDK_NODEJS_0.2.1"): not public, not business either;
+ * forwarded as is, left out of idempotency fingerprints and allowed on pooled requests. */
+#define V2_REQUEST_CLIENT "RequestClient"
+/* 1 when name is one of validate_public_params. */
+int validate_is_public(const char *name);
+
 /* The business fields of a request after validation. Strings are borrowed from the params;
  * has_* is 1 when the parameter was present. */
 struct v2_fields {

@@ -126,7 +126,7 @@ test('SIGHUP applies a new app and changed business_ids without dropping a keep-
   }
 });
 
-test('SIGHUP: the log names every section that changed (pool, idempotency, demo, log_level) and applies log_level', async () => {
+test('SIGHUP: the log names every key that changed (pool, idempotency, demo, log_level; workers and upstream not applied) and applies log_level', async () => {
   const gw = await gateway();
   const applied = () => (gw.proc.stderr.match(/reload: config \S+ applied/g) || []).length;
   const reload = async (config) => {
@@ -137,14 +137,21 @@ test('SIGHUP: the log names every section that changed (pool, idempotency, demo,
   };
   assert.doesNotMatch(gw.proc.stderr, / DEBUG /, 'log_level info at start');
 
-  const changed = { ...gw.config, pool: { ttl_s: 30 }, idempotency: { ttl_s: 60 }, demo: true, log_level: 'debug' };
+  const changed = {
+    ...gw.config, pool: { ttl_s: 30 }, idempotency: { ttl_s: 60 }, demo: true, log_level: 'debug',
+    workers: gw.config.workers + 1, upstream: { ...gw.config.upstream, timeout_ms: 4321 },
+  };
   let from = gw.proc.stderr.length;
   await reload(changed);
   const log = gw.proc.stderr.slice(from);
-  assert.match(log, /reload: pool changed \(ttl_s 30, 0 profile\(s\)\)/, log);
+  assert.match(log, /reload: pool\.ttl_s 60 -> 30\n/, log);
   assert.match(log, /reload: idempotency\.ttl_s 300 -> 60/, log);
-  assert.match(log, /reload: demo on \(demo_app token-app\)/, log);
+  assert.match(log, /reload: demo false -> true\n/, log);
+  assert.match(log, /reload: demo_app null -> token-app\n/, log);
   assert.match(log, /reload: log_level info -> debug/, log);
+  // restart-only keys: logged, not applied (two workers still run: both lines below)
+  assert.match(log, new RegExp(`reload: workers ${gw.config.workers} -> ${gw.config.workers + 1}; not applied, it needs a restart`), log);
+  assert.match(log, /reload: upstream\.timeout_ms \d+ -> 4321; not applied, it needs a restart/, log);
   assert.doesNotMatch(log, /no change/, log);
   // applied: each worker says at debug level that it took the new config
   await waitFor(() => (gw.proc.stderr.slice(from).match(/ DEBUG worker \d+: new config in use/g) || []).length >= 2,
@@ -153,7 +160,7 @@ test('SIGHUP: the log names every section that changed (pool, idempotency, demo,
   from = gw.proc.stderr.length;
   await reload(changed);
   assert.match(gw.proc.stderr.slice(from),
-    /reload: no change to apps, limits, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo or log_level/);
+    /reload: no change to tls, trusted_proxies, http_errors, on_store_error, auth, apps, limits, pool, idempotency, demo, demo_app or log_level/);
 
   // warn hides the info line closing that reload; the next reload (back to info) shows its own
   from = gw.proc.stderr.length;

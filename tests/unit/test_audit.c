@@ -36,7 +36,8 @@
 #include "capgate/params.h"
 #include "capgate/strbuf.h"
 #include "config.h"
-#include "pipeline.h"
+#include "record.h"
+#include "redis_server.h"
 
 static const char pii_key[] = "test-pii-key-0123456789";
 
@@ -728,69 +729,13 @@ static void test_query_memory(void **state) {
 
 /* ---- the sink against redis-server ---- */
 
-struct redis_server {
-    pid_t pid;
-    int port;
-    char dir[256];
-};
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static redisContext *redis_client(int port) {
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (c && c->err) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    struct redis_server s = {.port = port};
+    return redis_server_connect(&s);
 }
 
 static void redis_start(struct redis_server *s) {
-    char port[16];
-    snprintf(port, sizeof(port), "%d", s->port);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    uint64_t deadline = now_ms() + 5000;
-    for (;;) {
-        redisContext *c = redis_client(s->port);
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return;
-        }
-        if (now_ms() > deadline)
-            fail_msg("redis-server did not start on port %d", s->port);
-        sleep_ms(20);
-    }
-}
-
-static void redis_stop(struct redis_server *s) {
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
+    assert_int_equal(redis_server_start(s), 0);
 }
 
 /* request_ids of the stream, oldest first; *n set. Caller frees. */
@@ -879,14 +824,14 @@ static void submit_n(struct audit *a, const char *prefix, unsigned n) {
 }
 
 static void test_sink_redis(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512], copy[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool/nested", dir);
     snprintf(copy, sizeof(copy), "%s/copy", dir);
     assert_int_equal(mkdir(copy, 0700), 0);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
 
     struct config_redis rc = {0};
@@ -914,7 +859,7 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "a0000000", 100);
 
     /* Redis down: records go to the spool */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "b0000000", 300);
     WAIT_UNTIL(stats_of(a).spooled == 300, 5000, "300 spooled records");
     assert_string_equal(audit_state_name(a), "spooling");
@@ -953,7 +898,7 @@ static void test_sink_redis(void **state) {
 
     /* restart: records spooled by an object that stops while Redis is down are replayed by the
      * next one */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     a = audit_new(&cfg, 1, err, sizeof(err));
     assert_non_null(a);
     submit_n(a, "d0000000", 50);
@@ -967,7 +912,174 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "d0000000", 50);
     audit_free(a);
 
-    redis_stop(&rs);
+    redis_server_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Appends n records prefix+[0, n) to the spool file f as spool lines, with `extra` (JSON members,
+ * "" for none) before the closing brace. */
+static void spool_write(FILE *f, const char *prefix, unsigned n, const char *extra) {
+    struct audit_record r;
+    struct strbuf b;
+    strbuf_init(&b);
+    for (unsigned i = 0; i < n; i++) {
+        make_record(&r, prefix, i, 0);
+        strbuf_reset(&b);
+        assert_int_equal(audit_record_json(&r, &b), 0);
+        b.s[b.len - 1] = '\0';  /* the closing brace */
+        fprintf(f, "%s%s}\n", b.s, extra);
+    }
+    strbuf_cleanup(&b);
+}
+
+static void redis_exec(int port, const char *cmd) {
+    redisContext *c = redis_client(port);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, cmd);
+    assert_non_null(r);
+    assert_int_not_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* Uncertain records (a live batch whose EXEC went unanswered) are checked against their batch
+ * key, one GET, and not against the stream: a batch the key shows landed is skipped, any other
+ * uncertain record is replayed, each exactly once. */
+static void test_sink_uncertain_replay(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512], seg[600];
+    rs.dir = dir;
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    rs.port = redis_server_free_port();
+    redis_start(&rs);
+    /* batch 5 of run aaaa... landed (its records are in the stream, its key says 7); batch 8 of
+     * the same run did not; run bbbb... has no key at all */
+    for (unsigned i = 0; i < 5; i++) {
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "XADD capgate:audit * request_id u0000000%08x", i);
+        redis_exec(rs.port, cmd);
+    }
+    redis_exec(rs.port, "SET capgate:audit:batch:aaaaaaaaaaaaaaaa 7");
+    snprintf(seg, sizeof(seg), "%s/00000000000000001-000000-test.jsonl", spool);
+    FILE *f = fopen(seg, "w");
+    assert_non_null(f);
+    spool_write(f, "u0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:5\"");
+    spool_write(f, "v0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:8\"");
+    spool_write(f, "w0000000", 5, ",\"uncertain\":true,\"batch\":\"bbbbbbbbbbbbbbbb:1\"");
+    spool_write(f, "x0000000", 5, ",\"uncertain\":true");       /* an older version's spool */
+    spool_write(f, "y0000000", 5, "");
+    fclose(f);
+
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    assert_int_equal(stats_of(a).spool_depth, 25);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
+               "replay");
+    size_t n;
+    char (*ids)[17] = stream_ids(rs.port, &n);
+    assert_int_equal(n, 25);
+    const char *order[] = {"u0000000", "v0000000", "w0000000", "x0000000", "y0000000"};
+    for (size_t k = 0; k < 25; k++) {
+        char want[17];
+        snprintf(want, sizeof(want), "%s%08x", order[k / 5], (unsigned)(k % 5));
+        assert_string_equal(ids[k], want);
+    }
+    free(ids);
+    audit_free(a);
+    redis_server_stop(&rs);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* A live batch sent to a stopped Redis: no EXEC answer, so its records spool as uncertain with
+ * their batch number. When Redis resumes it runs the batch still unread on the lost connection
+ * (or the sink's CLIENT KILL discards it); either way each record ends in the stream once. */
+static void test_sink_uncertain_live(void **state) {
+    struct redis_server rs = {0};
+    char *dir = make_tmpdir();
+    char spool[512];
+    rs.dir = dir;
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    rs.port = redis_server_free_port();
+    redis_start(&rs);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = rs.port;
+    rc.timeout_ms = 200;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
+    submit_n(a, "f0000000", 10);
+    WAIT_UNTIL(stats_of(a).written == 10, 5000, "10 live writes");
+    kill(rs.pid, SIGSTOP);
+    submit_n(a, "g0000000", 20);
+    WAIT_UNTIL(stats_of(a).spooled == 20, 5000, "20 spooled records");
+    WAIT_UNTIL(count_spool_lines(spool) == 20, 2000, "20 lines in the spool");
+    {
+        /* every spooled line carries "uncertain":true and its batch */
+        DIR *d = opendir(spool);
+        struct dirent *e;
+        size_t tagged = 0;
+        assert_non_null(d);
+        while ((e = readdir(d)) != NULL) {
+            size_t len = strlen(e->d_name);
+            if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0)
+                continue;
+            char path[1024], line[8192];
+            snprintf(path, sizeof(path), "%s/%s", spool, e->d_name);
+            FILE *f = fopen(path, "r");
+            assert_non_null(f);
+            while (fgets(line, sizeof(line), f))
+                tagged += strstr(line, "\"uncertain\":true,\"batch\":\"") != NULL;
+            fclose(f);
+        }
+        closedir(d);
+        assert_true(tagged >= 1);
+    }
+    kill(rs.pid, SIGCONT);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 15000,
+               "replay after SIGCONT");
+    submit_n(a, "h0000000", 5);
+    WAIT_UNTIL(stats_of(a).written >= 15, 5000, "live writes after the replay");
+    assert_stream_tail(rs.port, 10 + 20, "h0000000", 5);
+    {
+        size_t n;
+        char (*ids)[17] = stream_ids(rs.port, &n);
+        for (unsigned i = 0; i < 20; i++) {
+            char want[17];
+            unsigned seen = 0;
+            snprintf(want, sizeof(want), "g0000000%08x", i);
+            for (size_t k = 0; k < n; k++)
+                seen += strcmp(ids[k], want) == 0;
+            assert_int_equal(seen, 1);
+        }
+        free(ids);
+    }
+    audit_free(a);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -975,12 +1087,12 @@ static void test_sink_redis(void **state) {
 /* An out-of-memory in a failed live write keeps the records: they reach the spool and, once
  * Redis is back, the stream. */
 static void test_sink_live_failure_oom(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool", dir);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
@@ -998,7 +1110,7 @@ static void test_sink_live_failure_oom(void **state) {
     assert_non_null(a);
     WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
     atomic_store(&fail_pointer_arrays, 1);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "e0000000", 100);
     WAIT_UNTIL(stats_of(a).spooled == 100, 5000, "100 spooled records");
     atomic_store(&fail_pointer_arrays, 0);
@@ -1007,7 +1119,7 @@ static void test_sink_live_failure_oom(void **state) {
                "replay and live again");
     assert_stream_tail(rs.port, 0, "e0000000", 100);
     audit_free(a);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -1021,7 +1133,7 @@ static void test_sink_stop_unsaved(void **state) {
     snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1084,7 +1196,7 @@ static void test_sink_held_stats(void **state) {
     snprintf(spool, sizeof(spool), "%s/spool", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1228,6 +1340,8 @@ int main(void) {
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
         cmocka_unit_test(test_memory_mode_keeps_file),
+        cmocka_unit_test(test_sink_uncertain_replay),
+        cmocka_unit_test(test_sink_uncertain_live),
         cmocka_unit_test(test_sink_live_failure_oom),
         cmocka_unit_test(test_sink_stop_unsaved),
         cmocka_unit_test(test_sink_held_stats),

@@ -1,6 +1,7 @@
 /* test_config.c: the gateway's config loader: the shipped configs load, defaults, every kind of
  * error with its key path and line:column, secrets from env and files, URL parsing, the masked
- * dump, app lookups and warnings. */
+ * dump and the reload diff (both driven by the field tables: every key is covered), app lookups
+ * and warnings. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#include <jansson.h>
 
 #include "config.h"
 
@@ -486,6 +488,458 @@ static void test_dump_masked(void **state) {
     unsetenv("T_REDIS_PW");
 }
 
+/* ---- the tables drive the dump and the reload diff ---------------------------------------- */
+
+#define MAX_KEYS 256
+#define CHANGED_SECRET_ENV "T_CHANGED_SECRET"
+
+struct key_list {
+    struct config_key k[MAX_KEYS];
+    size_t n;
+};
+
+static void collect_key(const struct config_key *k, void *arg) {
+    struct key_list *l = arg;
+    assert_true(l->n < MAX_KEYS);
+    l->k[l->n++] = *k;
+}
+
+static const char *last_segment(const char *path) {
+    const char *dot = strrchr(path, '.');
+    return dot ? dot + 1 : path;
+}
+
+/* Is the value at path ("apps[].token": in any element) in the JSON v? */
+static int json_has_path(json_t *v, const char *path) {
+    const char *dot = strchr(path, '.');
+    size_t len = dot ? (size_t)(dot - path) : strlen(path);
+    char seg[64];
+    int list;
+    json_t *child;
+    assert_true(len < sizeof seg);
+    memcpy(seg, path, len);
+    seg[len] = '\0';
+    list = len > 2 && strcmp(seg + len - 2, "[]") == 0;
+    if (list) seg[len - 2] = '\0';
+    if (!json_is_object(v) || !(child = json_object_get(v, seg))) return 0;
+    if (!dot) return 1;
+    if (!list) return json_has_path(child, dot + 1);
+    for (size_t i = 0; i < json_array_size(child); i++)
+        if (json_has_path(json_array_get(child, i), dot + 1)) return 1;
+    return 0;
+}
+
+static json_t *example_json(void) {
+    json_error_t jerr;
+    json_t *root = json_load_file(CAPGATE_SOURCE_DIR "/config/capgate.example.json", 0, &jerr);
+    if (!root) fail_msg("capgate.example.json: %s", jerr.text);
+    return root;
+}
+
+/* One directory of fresh certificates for every load_json of this process: the example's
+ * tls.cert_file and key_file are relative to it. */
+static char json_certs_dir[64];
+
+static void remove_json_certs(void) {
+    char cmd[100];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", json_certs_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", json_certs_dir);
+}
+
+static struct config *load_json(json_t *root, char *err, size_t errlen) {
+    struct config *c = NULL;
+    char cwd[4096];
+    char *text = json_dumps(root, 0);
+    assert_non_null(text);
+    if (!json_certs_dir[0]) {
+        make_certs(json_certs_dir, sizeof json_certs_dir);
+        atexit(remove_json_certs);
+    }
+    assert_non_null(getcwd(cwd, sizeof cwd));
+    assert_int_equal(chdir(json_certs_dir), 0);
+    if (config_load_string(text, "t.json", &c, err, errlen) != 0) c = NULL;
+    assert_int_equal(chdir(cwd), 0);
+    free(text);
+    return c;
+}
+
+/* Every value the tables describe is in the dump of the example config (which sets every key,
+ * so an absent one would be a field the dump forgets). */
+static void test_dump_has_every_key(void **state) {
+    struct key_list keys = {.n = 0};
+    char err[512];
+    json_t *root = example_json(), *dump;
+    struct config *c = load_json(root, err, sizeof err);
+    char *text;
+    if (!c) fail_msg("%s", err);
+    config_keys(collect_key, &keys);
+    assert_true(keys.n > 50);
+    text = config_dump_masked(c);
+    assert_non_null(text);
+    assert_non_null(dump = json_loads(text, 0, NULL));
+    for (size_t i = 0; i < keys.n; i++)
+        if (!json_has_path(dump, keys.k[i].path)) fail_msg("%s is not in the dump", keys.k[i].path);
+    json_decref(dump);
+    json_decref(root);
+    free(text);
+    config_free(c);
+}
+
+/* Where a key's value sits: its parent object in the file, and the same object in the dump
+ * (the effective value when the file leaves the key out). */
+struct target {
+    json_t *src, *dump;
+};
+
+static void find_targets(json_t *src, json_t *dump, const char *path, struct target *t,
+                         size_t *n, size_t cap) {
+    const char *dot = strchr(path, '.');
+    size_t len = dot ? (size_t)(dot - path) : strlen(path);
+    char seg[64];
+    int list;
+    json_t *s, *d;
+    if (!dot) {
+        if (*n < cap) t[(*n)++] = (struct target){src, dump};
+        return;
+    }
+    memcpy(seg, path, len);
+    seg[len] = '\0';
+    list = len > 2 && strcmp(seg + len - 2, "[]") == 0;
+    if (list) seg[len - 2] = '\0';
+    if (!(s = json_object_get(src, seg)) || !(d = json_object_get(dump, seg))) return;
+    if (!list) {
+        find_targets(s, d, dot + 1, t, n, cap);
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(s) && i < json_array_size(d); i++)
+        find_targets(json_array_get(s, i), json_array_get(d, i), dot + 1, t, n, cap);
+}
+
+/* Values to try instead of cur: other enum names, the bounds, a step, a changed string or list.
+ * Which of them load is for the loader to say. */
+static size_t candidates(const struct config_key *k, json_t *cur, json_t **out, size_t cap) {
+    size_t n = 0;
+#define ADD(v)                                  \
+    do {                                        \
+        json_t *v_ = (v);                       \
+        if (v_ && n < cap) out[n++] = v_;       \
+        else json_decref(v_);                   \
+    } while (0)
+    for (size_t i = 0; k->names && k->names[i]; i++) ADD(json_string(k->names[i]));
+    if (json_is_integer(cur)) {
+        json_int_t v = json_integer_value(cur);
+        ADD(json_integer((json_int_t)k->min));
+        if (k->max > 0) ADD(json_integer((json_int_t)k->max));
+        ADD(json_integer(v + 1));
+        ADD(json_integer(v - 1));
+    } else if (json_is_real(cur)) {
+        ADD(json_real(json_real_value(cur) * 2));
+        ADD(json_real(json_real_value(cur) + 1));
+    } else if (json_is_boolean(cur)) {
+        ADD(json_boolean(!json_is_true(cur)));
+    } else if (json_is_string(cur)) {
+        char buf[512];
+        const char *s = json_string_value(cur);
+        size_t len = strlen(s), end = len;
+        snprintf(buf, sizeof buf, "%sx", s);
+        ADD(json_string(buf));
+        /* the last number in it, plus one: a port, a database */
+        while (end > 0 && !(s[end - 1] >= '0' && s[end - 1] <= '9')) end--;
+        if (end > 0) {
+            size_t start = end;
+            while (start > 0 && s[start - 1] >= '0' && s[start - 1] <= '9') start--;
+            snprintf(buf, sizeof buf, "%.*s%lu%s", (int)start, s,
+                     strtoul(s + start, NULL, 10) + 1, s + end);
+            ADD(json_string(buf));
+        }
+        ADD(json_pack("[i]", 7));
+    } else if (json_is_array(cur)) {
+        if (json_array_size(cur) > 1) {
+            json_t *shorter = json_deep_copy(cur);
+            if (shorter) json_array_remove(shorter, json_array_size(shorter) - 1);
+            ADD(shorter);
+        }
+        ADD(json_pack("[i]", 7));
+        ADD(json_string("*"));
+    } else if (json_is_null(cur)) {
+        ADD(json_string("x"));
+    }
+#undef ADD
+    return n;
+}
+
+struct diff_seen {
+    const struct config_key *k;
+    size_t n;
+    int outside;          /* a reported path not under the key's top-level key */
+    char first[256];
+};
+
+static void note_change(const char *path, const char *detail, int applied, void *arg) {
+    struct diff_seen *d = arg;
+    const char *top = d->k->top;
+    size_t tl = strlen(top);
+    if (!d->n++) snprintf(d->first, sizeof d->first, "%s %s", path, detail);
+    if (strncmp(path, top, tl) != 0 || (path[tl] && path[tl] != '.' && path[tl] != '['))
+        d->outside = 1;
+    /* a secret's value never reaches the log */
+    if (d->k->secret) assert_string_equal(detail, "changed");
+    assert_null(strstr(detail, "shop-web-key"));
+}
+
+/* Loads root and compares with c0: 1 when the change was reported, under k's top-level key, as
+ * applied by a reload exactly when the table says so (and nothing else was reported). */
+static int try_change(const struct config_key *k, const struct config *c0, json_t *root) {
+    struct diff_seen want, other;
+    char err[512];
+    struct config *c1 = load_json(root, err, sizeof err);
+    if (!c1) return 0;
+    memset(&want, 0, sizeof want);
+    memset(&other, 0, sizeof other);
+    want.k = other.k = k;
+    config_diff(c0, c1, k->reload, note_change, &want);
+    config_diff(c0, c1, !k->reload, note_change, &other);
+    config_free(c1);
+    if (!want.n && !other.n) return 0; /* the same value after all: try another */
+    if (other.n)
+        fail_msg("%s: a change was reported as %s: %s", k->path,
+                 k->reload ? "needing a restart" : "applied by a reload", other.first);
+    if (want.outside) fail_msg("%s: reported under another key: %s", k->path, want.first);
+    return 1;
+}
+
+/* A change to a secret given as <key>, <key>_env or <key>_file: a new one from the environment. */
+static int change_secret(const struct config_key *k, const struct config *c0, json_t *obj,
+                         json_t *root) {
+    const char *key = last_segment(k->path);
+    char names[3][80];
+    json_t *saved[3];
+    int ok;
+    snprintf(names[0], sizeof names[0], "%s", key);
+    snprintf(names[1], sizeof names[1], "%s_env", key);
+    snprintf(names[2], sizeof names[2], "%s_file", key);
+    for (int i = 0; i < 3; i++) {
+        saved[i] = json_incref(json_object_get(obj, names[i]));
+        json_object_del(obj, names[i]);
+    }
+    json_object_set_new(obj, names[1], json_string(CHANGED_SECRET_ENV));
+    ok = try_change(k, c0, root);
+    json_object_del(obj, names[1]);
+    for (int i = 0; i < 3; i++)
+        if (saved[i]) json_object_set_new(obj, names[i], saved[i]);
+    return ok;
+}
+
+/* Keys that cannot change alone: apps[].auth takes the other kind of credential with it. */
+static int change_special(const struct config_key *k, const struct config *c0, json_t *root) {
+    if (strcmp(k->path, "tls") == 0) {
+        /* another valid pair of files: the test CA's own certificate and key */
+        json_t *copy = json_deep_copy(root);
+        int ok;
+        assert_non_null(copy);
+        json_object_set_new(copy, "tls", json_pack("{s:s, s:s}", "cert_file", "var/certs/ca.pem",
+                                                   "key_file", "var/certs/ca.key"));
+        ok = try_change(k, c0, copy);
+        json_decref(copy);
+        return ok;
+    }
+    if (strcmp(k->path, "apps[].auth") == 0) {
+        json_t *copy = json_deep_copy(root), *app;
+        int ok;
+        assert_non_null(copy);
+        app = json_array_get(json_object_get(copy, "apps"), 1); /* batch-job, a token app */
+        assert_string_equal(json_string_value(json_object_get(app, "auth")), "token");
+        json_object_del(app, "token_env");
+        json_object_set_new(app, "auth", json_string("signature"));
+        json_object_set_new(app, "secret_id", json_string("AKIDbatchjob00000000000000000000000"));
+        json_object_set_new(app, "secret_key_env", json_string("SHOP_WEB_KEY"));
+        ok = try_change(k, c0, copy);
+        json_decref(copy);
+        return ok;
+    }
+    return 0;
+}
+
+/* For every value the tables describe: a valid change to it (made in the example config) is
+ * reported by config_diff, as applied by SIGHUP when the table says F_RELOAD and as needing a
+ * restart otherwise. A key added to a table is covered without touching this test. */
+static void test_reload_diff_covers_every_key(void **state) {
+    struct key_list keys = {.n = 0};
+    char err[512];
+    json_t *root = example_json(), *dump;
+    struct config *c0 = load_json(root, err, sizeof err);
+    char *text;
+    if (!c0) fail_msg("%s", err);
+    setenv(CHANGED_SECRET_ENV, "changed-secret-value-1", 1);
+    text = config_dump_masked(c0);
+    assert_non_null(text);
+    assert_non_null(dump = json_loads(text, 0, NULL));
+    free(text);
+    config_keys(collect_key, &keys);
+    for (size_t i = 0; i < keys.n; i++) {
+        const struct config_key *k = &keys.k[i];
+        const char *leaf = last_segment(k->path);
+        struct target t[16];
+        size_t nt = 0;
+        int done = change_special(k, c0, root);
+        find_targets(root, dump, k->path, t, &nt, 16);
+        for (size_t j = 0; j < nt && !done; j++) {
+            json_t *cur, *cand[16], *saved;
+            size_t nc;
+            if (k->env_file) {
+                done = change_secret(k, c0, t[j].src, root);
+                continue;
+            }
+            cur = json_object_get(t[j].src, leaf);
+            if (!cur) cur = json_object_get(t[j].dump, leaf);
+            if (!cur) continue;
+            saved = json_incref(json_object_get(t[j].src, leaf));
+            nc = candidates(k, cur, cand, 16);
+            for (size_t m = 0; m < nc; m++) {
+                if (!done) {
+                    json_object_set(t[j].src, leaf, cand[m]);
+                    done = try_change(k, c0, root);
+                }
+                json_decref(cand[m]);
+            }
+            if (saved) json_object_set_new(t[j].src, leaf, saved);
+            else json_object_del(t[j].src, leaf);
+        }
+        if (!done)
+            fail_msg("%s: no change to it loads and is reported by config_diff (a custom field "
+                     "without dump/same hooks, or a key that needs a case in change_special)",
+                     k->path);
+    }
+    unsetenv(CHANGED_SECRET_ENV);
+    json_decref(dump);
+    json_decref(root);
+    config_free(c0);
+}
+
+struct change_log {
+    char text[1024];
+    size_t n;
+};
+
+static void log_change(const char *path, const char *detail, int applied, void *arg) {
+    struct change_log *l = arg;
+    size_t used = strlen(l->text);
+    snprintf(l->text + used, sizeof l->text - used, "%s%s %s%s", l->n++ ? "; " : "", path,
+             detail, applied ? "" : " (restart)");
+}
+
+/* What the reload log says for lists: apps and limits by name, the order of limits, profiles by
+ * index; a secret never shows its value. */
+static void test_reload_diff_lists(void **state) {
+    char err[512];
+    json_t *src = example_json(), *limits = json_object_get(src, "limits");
+    json_t *apps = json_object_get(src, "apps");
+    struct config *c0 = load_json(src, err, sizeof err), *c1;
+    struct change_log l;
+    if (!c0) fail_msg("%s", err);
+    /* limits 0 and 1 swapped: the same rules, another order (the first that fires wins) */
+    json_t *first = json_incref(json_array_get(limits, 0));
+    json_array_remove(limits, 0);
+    json_array_insert_new(limits, 1, first);
+    /* an app renamed, one changed (its secret), a profile's size */
+    json_object_set_new(json_array_get(apps, 0), "name", json_string("shop-app"));
+    json_object_set_new(json_array_get(apps, 1), "token_env", json_string("SHOP_WEB_KEY"));
+    json_object_set_new(json_array_get(json_object_get(json_object_get(src, "pool"),
+                                                       "profiles"), 0),
+                        "size", json_integer(11));
+    json_object_set_new(src, "workers", json_integer(3));
+    if (!(c1 = load_json(src, err, sizeof err))) fail_msg("%s", err);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c1, 1, log_change, &l), 5);
+    assert_string_equal(l.text, "apps[shop-app] added; apps[batch-job] changed; "
+                                "apps[shop-web] removed; limits reordered; "
+                                "pool.profiles[0] changed");
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c1, 0, log_change, &l), 1);
+    assert_string_equal(l.text, "workers 2 -> 3 (restart)");
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c0, 1, log_change, &l), 0);
+    assert_int_equal(config_diff(c0, c0, 0, log_change, &l), 0);
+    json_decref(src);
+    config_free(c0);
+    config_free(c1);
+}
+
+/* The dump is the config: with each masked secret given again the way the file gives it (its
+ * <key>_env / <key>_file), the dump loads, compares equal in every key and dumps the same. */
+static void unmask(json_t *dump, json_t *src) {
+    const char *key;
+    json_t *v;
+    void *tmp;
+    char alt[96];
+    if (json_is_array(dump)) {
+        for (size_t i = 0; i < json_array_size(dump); i++)
+            unmask(json_array_get(dump, i), json_array_get(src, i));
+        return;
+    }
+    if (!json_is_object(dump) || !json_is_object(src)) return;
+    json_object_foreach_safe(dump, tmp, key, v) {
+        static const char *const suffixes[] = {"_env", "_file"};
+        unmask(v, json_object_get(src, key));
+        if (json_object_get(src, key)) continue;
+        for (int i = 0; i < 2; i++) {
+            snprintf(alt, sizeof alt, "%s%s", key, suffixes[i]);
+            if (!json_object_get(src, alt)) continue;
+            json_object_del(dump, key);
+            json_object_set(dump, alt, json_object_get(src, alt));
+            break;
+        }
+    }
+}
+
+static void test_dump_loads_back(void **state) {
+    struct diff_seen none;
+    struct config_key any = {.top = ""};
+    char err[512], *first, *second;
+    json_t *src = example_json(), *dump;
+    struct config *c0 = load_json(src, err, sizeof err), *c1;
+    if (!c0) fail_msg("%s", err);
+    first = config_dump_masked(c0);
+    assert_non_null(first);
+    assert_non_null(dump = json_loads(first, 0, NULL));
+    unmask(dump, src);
+    if (!(c1 = load_json(dump, err, sizeof err))) fail_msg("the dump does not load: %s", err);
+    memset(&none, 0, sizeof none);
+    none.k = &any;
+    assert_int_equal(config_diff(c0, c1, 1, note_change, &none), 0);
+    assert_int_equal(config_diff(c0, c1, 0, note_change, &none), 0);
+    second = config_dump_masked(c1);
+    assert_non_null(second);
+    assert_string_equal(second, first);
+    free(first);
+    free(second);
+    json_decref(dump);
+    json_decref(src);
+    config_free(c0);
+    config_free(c1);
+}
+
+/* The README's table of what SIGHUP applies, as the tables say it. */
+static void test_reload_keys_match_readme(void **state) {
+    static const char *const applied[] = {"tls", "trusted_proxies", "http_errors",
+                                          "on_store_error", "auth", "apps", "limits", "pool",
+                                          "idempotency", "demo", "demo_app", "log_level"};
+    static const char *const restart[] = {"listen", "tls_listen", "admin_listen", "workers",
+                                          "upstream", "redis", "audit", "metrics", "http",
+                                          "instance"};
+    struct key_list keys = {.n = 0};
+    config_keys(collect_key, &keys);
+    for (size_t i = 0; i < keys.n; i++) {
+        int found = 0;
+        for (size_t j = 0; j < sizeof applied / sizeof *applied; j++)
+            if (strcmp(keys.k[i].top, applied[j]) == 0) found = 1, assert_true(keys.k[i].reload);
+        for (size_t j = 0; j < sizeof restart / sizeof *restart; j++)
+            if (strcmp(keys.k[i].top, restart[j]) == 0) found = 1, assert_false(keys.k[i].reload);
+        if (!found) fail_msg("%s: a new top-level key; add it to the README's SIGHUP table and "
+                             "here", keys.k[i].top);
+    }
+}
+
 static void test_lookups(void **state) {
     struct config *c = load_ok(
         "{" UPSTREAM_OK ", \"apps\": ["
@@ -752,8 +1206,11 @@ static void test_http_max_connections(void **state) {
     assert_non_null(strstr(dump, "\"max_connections\": 500"));
     free(dump);
     config_free(c);
-    expect_error("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 0}}",
-                 "t.json:1:78: http.max_connections: must be between 1 and 1048576; got 0");
+    c = load_ok("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 0}}");
+    assert_int_equal(c->http.max_connections, 0); /* the derived default, as the dump shows it */
+    config_free(c);
+    expect_error("{" UPSTREAM_OK ", \"http\": {\"max_connections\": 1048577}}",
+                 "t.json:1:78: http.max_connections: must be between 0 and 1048576; got 1048577");
 }
 
 int main(void) {
@@ -773,6 +1230,11 @@ int main(void) {
         cmocka_unit_test(test_redis_url),
         cmocka_unit_test(test_upstream_url),
         cmocka_unit_test(test_dump_masked),
+        cmocka_unit_test(test_dump_has_every_key),
+        cmocka_unit_test(test_reload_diff_covers_every_key),
+        cmocka_unit_test(test_reload_keys_match_readme),
+        cmocka_unit_test(test_dump_loads_back),
+        cmocka_unit_test(test_reload_diff_lists),
         cmocka_unit_test(test_lookups),
         cmocka_unit_test(test_warnings),
         cmocka_unit_test(test_tls_front),

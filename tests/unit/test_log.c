@@ -147,6 +147,25 @@ static void test_below_the_level_still_counts(void **state) {
 
 static struct log_limiter shared = LOG_LIMITER_INIT(3600, 0);
 
+/* Threads read the clock before the limiter's lock, so a call can carry a time older than the
+ * last one recorded: that is no time passed, not 584,000 years. */
+static void test_time_from_before_the_last_line(void **state) {
+    struct log_limiter l;
+    struct capture cap;
+    log_init("test", LOG_LEVEL_INFO);
+    log_limiter_init(&l, 60, 0);
+    capture_start(&cap);
+    say(&l, S(100), 0, "accept failed: %s", "Too many open files");
+    say(&l, S(100) - 5, 0, "accept failed: %s", "Too many open files");
+    say(&l, S(100) - 1, 1, "accepting again");
+    char *out = capture_take(&cap);
+    assert_int_equal(count_lines(out), 2);
+    assert_non_null(strstr(out, "accepting again (the warning occurred 2 times over 0 s)"));
+    free(out);
+    capture_stop(&cap);
+    log_limiter_destroy(&l);
+}
+
 static void *hammer(void *arg) {
     for (int i = 0; i < 20000; i++)
         log_limited(&shared, LOG_LEVEL_WARN, "metrics: flush failed, %d keys kept: timeout", i);
@@ -173,6 +192,7 @@ int main(void) {
         cmocka_unit_test(test_repeats_become_summaries),
         cmocka_unit_test(test_ok_ends_the_episode_once),
         cmocka_unit_test(test_below_the_level_still_counts),
+        cmocka_unit_test(test_time_from_before_the_last_line),
         cmocka_unit_test(test_threads_share_one_limiter),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

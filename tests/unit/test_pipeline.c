@@ -1,6 +1,5 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
- * authorization, the parameters sent upstream (public params replaced, signed with the real
- * key), timeout detection, decision names and the shared config's reference count. */
+ * authorization, the limit verdict and headers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -40,20 +39,6 @@ static void test_http_status(void **state) {
     assert_int_equal(pipeline_http_status(4000, 1, 0, 408), 408);
 }
 
-static void test_timed_out(void **state) {
-    assert_true(pipeline_upstream_timed_out("upstream timed out after 3000 ms"));
-    assert_true(pipeline_upstream_timed_out("connect timed out after 1000 ms"));
-    assert_false(pipeline_upstream_timed_out("upstream answered HTTP 500"));
-    assert_false(pipeline_upstream_timed_out(NULL));
-}
-
-static void test_decision_names(void **state) {
-    assert_string_equal(pipeline_decision_name(PIPELINE_FORWARDED), "forwarded");
-    assert_string_equal(pipeline_decision_name(PIPELINE_SHADOW_LIMITED), "shadow_limited");
-    assert_string_equal(pipeline_decision_name(PIPELINE_UPSTREAM_ERROR), "upstream_error");
-    assert_string_equal(pipeline_decision_name(PIPELINE_DECISION_COUNT), "unknown");
-}
-
 static void test_authorize(void **state) {
     uint32_t ids[] = {1, 2};
     struct config_app app = {.name = "shop",
@@ -84,88 +69,6 @@ static void test_authorize(void **state) {
     assert_int_equal(pipeline_authorize(&app, &f, err, sizeof(err)), 0);
 }
 
-static void test_upstream_params(void **state) {
-    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
-                                 .region = "gz", .signature_method = SIGN_HMAC_SHA256,
-                                 .post = 1, .sign_host = "csec.api.qcloud.com",
-                                 .path = "/v2/index.php"};
-    struct params in, out;
-    params_init(&in);
-    assert_int_equal(params_adds(&in, "Action", "CaptchaIframeQuery"), 0);
-    assert_int_equal(params_adds(&in, "SecretId", "AKIDapp"), 0);
-    assert_int_equal(params_adds(&in, "Signature", "appsig"), 0);
-    assert_int_equal(params_adds(&in, "Timestamp", "1"), 0);
-    assert_int_equal(params_adds(&in, "Nonce", "2"), 0);
-    assert_int_equal(params_adds(&in, "Region", "sh"), 0);
-    assert_int_equal(params_adds(&in, "SignatureMethod", "HmacSHA1"), 0);
-    assert_int_equal(params_adds(&in, "Token", "t"), 0);
-    assert_int_equal(params_adds(&in, "captchaType", "1"), 0);
-    assert_int_equal(params_adds(&in, "RequestClient", "SDK_NODE_1.0"), 0);
-
-    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 18446744073709551615ULL, &out), 0);
-    assert_string_equal(params_get(&out, "Action"), "CaptchaIframeQuery");
-    assert_string_equal(params_get(&out, "SecretId"), "AKIDreal");
-    assert_string_equal(params_get(&out, "Timestamp"), "1700000000");
-    assert_string_equal(params_get(&out, "Nonce"), "18446744073709551615");
-    assert_string_equal(params_get(&out, "Region"), "gz");
-    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA256");
-    assert_null(params_get(&out, "Token"));
-    assert_string_equal(params_get(&out, "captchaType"), "1");
-    assert_string_equal(params_get(&out, "RequestClient"), "SDK_NODE_1.0");
-    assert_string_not_equal(params_get(&out, "Signature"), "appsig");
-    /* signed for upstream's host, path and method with the real key */
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), -1);
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "app-key"), -1);
-    /* the input is untouched */
-    assert_string_equal(params_get(&in, "SecretId"), "AKIDapp");
-    params_cleanup(&out);
-
-    up.post = 0;
-    up.signature_method = SIGN_HMAC_SHA1;
-    assert_int_equal(pipeline_upstream_params(&in, &up, 5, 6, &out), 0);
-    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA1");
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
-    /* each name once */
-    size_t n = 0;
-    for (size_t i = 0; i < out.count; i++) n += strcmp(out.items[i].name, "Nonce") == 0;
-    assert_int_equal(n, 1);
-    params_cleanup(&out);
-    params_cleanup(&in);
-}
-
-/* The gateway's own upstream signing follows the '@' rule: with POST the randstr is forwarded
- * and left out of the signature (so changing it keeps the signature valid); with GET it is
- * signed. */
-static void test_upstream_params_at_rule(void **state) {
-    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
-                                 .region = "gz", .signature_method = SIGN_HMAC_SHA1,
-                                 .post = 1, .sign_host = "csec.api.qcloud.com",
-                                 .path = "/v2/index.php"};
-    struct params in, out;
-    params_init(&in);
-    assert_int_equal(params_adds(&in, "Action", "CaptchaCheck"), 0);
-    assert_int_equal(params_adds(&in, "ticket", "t03abc"), 0);
-    assert_int_equal(params_adds(&in, "randstr", "@xYz"), 0);
-    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 42, &out), 0);
-    assert_string_equal(params_get(&out, "randstr"), "@xYz");
-    char *text = sign_string_to_sign("POST", up.sign_host, up.path, &out);
-    assert_null(strstr(text, "randstr"));
-    assert_non_null(strstr(text, "ticket=t03abc"));
-    free(text);
-    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
-    assert_int_equal(sign_verify(&out, "POST", up.sign_host, up.path, "real-key"), 0);
-    params_cleanup(&out);
-
-    up.post = 0;
-    assert_int_equal(pipeline_upstream_params(&in, &up, 1700000000, 43, &out), 0);
-    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), 0);
-    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
-    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), -1);
-    params_cleanup(&out);
-    params_cleanup(&in);
-}
-
 static void test_reply_may_be_script(void **state) {
     struct v2_fields f;
     memset(&f, 0, sizeof f);
@@ -177,21 +80,6 @@ static void test_reply_may_be_script(void **state) {
     assert_true(pipeline_reply_may_be_script(&f));
     f.action = V2_ACTION_CAPTCHA_IFRAME_QUERY;
     assert_false(pipeline_reply_may_be_script(&f));
-}
-
-static void test_config_refcount(void **state) {
-    struct config *c = NULL;
-    char err[256];
-    assert_int_equal(config_load_string("{\"upstream\": {\"url\": \"https://127.0.0.1/v2/index.php\","
-                                        " \"secret_id\": \"AKID\", \"secret_key\": \"k\"}}",
-                                        "t.json", &c, err, sizeof(err)), 0);
-    struct pipeline_config *pc = pipeline_config_new(c);
-    assert_non_null(pc);
-    assert_ptr_equal(pipeline_config_ref(pc), pc);
-    pipeline_config_unref(pc);
-    assert_ptr_equal(pc->config, c);  /* still alive: one reference left */
-    pipeline_config_unref(pc);
-    pipeline_config_unref(NULL);
 }
 
 /* Two enforcing rules and a shadow one, as limit_buckets would give them. */
@@ -333,13 +221,8 @@ static void test_limit_headers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
-        cmocka_unit_test(test_timed_out),
-        cmocka_unit_test(test_decision_names),
         cmocka_unit_test(test_authorize),
-        cmocka_unit_test(test_upstream_params),
-        cmocka_unit_test(test_upstream_params_at_rule),
         cmocka_unit_test(test_reply_may_be_script),
-        cmocka_unit_test(test_config_refcount),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),
         cmocka_unit_test(test_store_fallback),

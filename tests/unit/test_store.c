@@ -29,117 +29,20 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "config.h"
+#include "redis_server.h"
 #include "store.h"
 
-#define TIMEOUT_MS 100
+#define TIMEOUT_MS 100        /* the tests of timeouts: a stopped or wrong server */
+#define CALL_TIMEOUT_MS 5000  /* every other test: a busy machine must not make a call time out */
 #define SLACK_MS 150
 
-/* ---- a redis-server of our own ---- */
+/* ---- a redis-server of our own (redis_server.h) ---- */
 
-struct redis_proc {
-    pid_t pid;
-    int port;
-    const char *password;
-};
+static struct redis_server main_redis = {.pid = -1};
 
-static struct redis_proc main_redis = {-1, 0, NULL};
-
-static int free_port(void) {
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd < 0) return -1;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static redisContext *redis_sync(const struct redis_proc *rp) {
-    struct timeval tv = {0, 200000};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", rp->port, tv);
-    redisReply *rep;
-    if (!c || c->err) {
-        if (c) redisFree(c);
-        return NULL;
-    }
-    if (rp->password) {
-        rep = redisCommand(c, "AUTH %s", rp->password);
-        if (rep) freeReplyObject(rep);
-    }
-    return c;
-}
-
-/* Starts redis-server on rp->port and waits (bounded) until it answers PING. 0 or -1. */
-static int redis_start(struct redis_proc *rp) {
-    char port[16];
-    snprintf(port, sizeof port, "%d", rp->port);
-    rp->pid = fork();
-    if (rp->pid < 0) return -1;
-    if (rp->pid == 0) {
-        const char *argv[16];
-        int argc = 0;
-        FILE *devnull = freopen("/dev/null", "w", stdout);
-        (void)devnull;
-        argv[argc++] = "redis-server";
-        argv[argc++] = "--port";
-        argv[argc++] = port;
-        argv[argc++] = "--bind";
-        argv[argc++] = "127.0.0.1";
-        argv[argc++] = "--save";
-        argv[argc++] = "";
-        argv[argc++] = "--appendonly";
-        argv[argc++] = "no";
-        argv[argc++] = "--dir";
-        argv[argc++] = "/tmp";
-        if (rp->password) {
-            argv[argc++] = "--requirepass";
-            argv[argc++] = rp->password;
-        }
-        argv[argc] = NULL;
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 250; i++) {
-        int status;
-        redisContext *c;
-        if (waitpid(rp->pid, &status, WNOHANG) == rp->pid) {
-            rp->pid = -1;
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
-                fprintf(stderr, "redis-server is not installed (not on PATH): the store tests "
-                                "need it (Debian: apt-get install redis-server)\n");
-            else
-                fprintf(stderr, "redis-server exited at start (port %d)\n", rp->port);
-            return -1;
-        }
-        if ((c = redis_sync(rp))) {
-            redisReply *rep = redisCommand(c, "PING");
-            int ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep) freeReplyObject(rep);
-            redisFree(c);
-            if (ok) return 0;
-        }
-        usleep(20000);
-    }
-    fprintf(stderr, "redis-server on port %d did not answer PING within 5 s\n", rp->port);
-    return -1;
-}
-
-static void redis_stop(struct redis_proc *rp) {
-    if (rp->pid <= 0) return;
-    kill(rp->pid, SIGCONT);
-    kill(rp->pid, SIGKILL);
-    waitpid(rp->pid, NULL, 0);
-    rp->pid = -1;
-}
-
-static long long redis_int(const struct redis_proc *rp, unsigned db, const char *cmd,
+static long long redis_int(const struct redis_server *rp, unsigned db, const char *cmd,
                            const char *key) {
-    redisContext *c = redis_sync(rp);
+    redisContext *c = redis_server_connect(rp);
     redisReply *rep;
     long long v = -1;
     if (!c) return -1;
@@ -162,7 +65,7 @@ struct fixture {
     struct store_shared *sh;
     struct store *store;
     int is_redis;
-    struct redis_proc *rp;
+    struct redis_server *rp;
 };
 
 struct call {
@@ -245,7 +148,8 @@ static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_u
     b->shadow = shadow;
 }
 
-static struct fixture *fixture_new(struct redis_proc *rp, unsigned db, const char *password) {
+static struct fixture *fixture_new_ms(struct redis_server *rp, unsigned db, const char *password,
+                                      unsigned timeout_ms) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
     assert_non_null(f);
@@ -259,7 +163,7 @@ static struct fixture *fixture_new(struct redis_proc *rp, unsigned db, const cha
         f->redis.port = rp->port;
         f->redis.db = db;
         f->redis.password = (char *)password;
-        f->redis.timeout_ms = TIMEOUT_MS;
+        f->redis.timeout_ms = timeout_ms;
         f->redis.key_prefix = "capgate:";
         f->cfg.redis = &f->redis;
     }
@@ -271,6 +175,8 @@ static struct fixture *fixture_new(struct redis_proc *rp, unsigned db, const cha
     key_serial++;
     return f;
 }
+
+#define fixture_new(rp, db, password) fixture_new_ms(rp, db, password, CALL_TIMEOUT_MS)
 
 static void fixture_free(struct fixture *f) {
     store_free(f->store);
@@ -762,8 +668,8 @@ static void test_memory_idem_grows(void **state) {
 }
 
 static int redis_group_setup(void **state) {
-    main_redis.port = free_port();
-    if (main_redis.port <= 0 || redis_start(&main_redis) != 0) {
+    main_redis.port = redis_server_free_port();
+    if (main_redis.port <= 0 || redis_server_start(&main_redis) != 0) {
         fprintf(stderr, "test_store: could not start redis-server; failing the redis cases\n");
         main_redis.pid = -1;
         return -1;
@@ -772,7 +678,7 @@ static int redis_group_setup(void **state) {
 }
 
 static int redis_group_teardown(void **state) {
-    redis_stop(&main_redis);
+    redis_server_stop(&main_redis);
     return 0;
 }
 
@@ -851,11 +757,12 @@ static void test_redis_cache_layout(void **state) {
 }
 
 static void test_redis_auth_and_db(void **state) {
-    struct redis_proc rp = {-1, free_port(), "s3cret pass"};
+    struct redis_server rp = {.pid = -1, .port = redis_server_free_port(),
+                              .password = "s3cret pass"};
     struct fixture *f;
     struct limit_bucket b;
     struct call c;
-    assert_int_equal(redis_start(&rp), 0);
+    assert_int_equal(redis_server_start(&rp), 0);
     f = fixture_new(&rp, 5, "s3cret pass");
     bucket(&b, "db5", 1000000, 2, 0);
     call_ok(f, &b, 1, &c);
@@ -865,13 +772,13 @@ static void test_redis_auth_and_db(void **state) {
     fixture_free(f);
 
     /* a wrong password never admits: the caller hears an error within the timeout */
-    f = fixture_new(&rp, 0, "wrong");
+    f = fixture_new_ms(&rp, 0, "wrong", TIMEOUT_MS);
     call(f, 0, &b, 1, &c);
     assert_int_equal(c.failed, 1);
     assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
     assert_int_equal(store_connected(f->store), 0);
     fixture_free(f);
-    redis_stop(&rp);
+    redis_server_stop(&rp);
 }
 
 static void test_redis_noscript(void **state) {
@@ -910,35 +817,92 @@ static int call_until_ok(struct fixture *f, const struct limit_bucket *b, unsign
     }
 }
 
+#define MARKED_DOWN "redis unavailable (marked down: "
+
 static void test_redis_timeout(void **state) {
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
     struct limit_bucket b;
     struct call c;
     struct store_stats st;
     bucket(&b, "stopped", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
     kill(main_redis.pid, SIGSTOP);
-    /* the third timeout in a row also drops the connection (its late replies go with it) */
+    /* the first command waits out its timeout... */
+    call(f, 0, &b, 1, &c);
+    assert_int_equal(c.failed, 1);
+    assert_string_equal(c.err, "redis timed out after 100 ms");
+    /* The bound that matters is the upper one (a dead Redis never makes a request wait
+     * longer). The lower one only shows the timer is the command's: libevent times it
+     * from the loop's cached clock (CLOCK_MONOTONIC_COARSE, taken when the loop iteration
+     * began), so under a sanitizer on a loaded machine it may fire some ms early. */
+    assert_true(c.elapsed_us >= TIMEOUT_MS * 1000 / 2);
+    assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+    assert_int_equal(store_connected(f->store), 0);
+    /* ...and marks the store down: the next ones are refused at once, without a timer */
     for (int i = 0; i < 3; i++) {
         call(f, 0, &b, 1, &c);
         assert_int_equal(c.failed, 1);
-        assert_string_equal(c.err, "redis timed out after 100 ms");
-        /* The bound that matters is the upper one (a dead Redis never makes a request wait
-         * longer). The lower one only shows the timer is the command's: libevent times it
-         * from the loop's cached clock (CLOCK_MONOTONIC_COARSE, taken when the loop iteration
-         * began), so under a sanitizer on a loaded machine it may fire some ms early. */
-        assert_true(c.elapsed_us >= TIMEOUT_MS * 1000 / 2);
-        assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
+        if (strncmp(c.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("not refused as marked down: %s", c.err);
+        assert_non_null(strstr(c.err, "redis timed out after 100 ms"));
+    }
+    {
+        /* the pool and idempotency commands too */
+        struct cache_call cc = {0};
+        char key[128];
+        cache_key(key, sizeof key, "stopped-pool");
+        uint64_t t0 = clock_mono_us();
+        store_pool_pop(f->store, key, 60000, on_pool, &cc);
+        cc.returned = 1;
+        while (!cc.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
+        assert_int_equal(cc.fired, 1);
+        assert_int_equal(cc.failed, 1);
+        if (strncmp(cc.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("pool pop not refused as marked down: %s", cc.err);
+        cache_reset(&cc);
     }
     store_get_stats(f->store, &st);
-    assert_int_equal(st.timeouts, 3);
-    assert_int_equal(st.errors, 3);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.fast_fails, 4);
+    assert_int_equal(st.errors, 5);
     assert_int_equal(store_connected(f->store), 0);
     kill(main_redis.pid, SIGCONT);
-    /* the next calls work again, on a new connection */
+    /* the probe (a PING on the same connection, or a reconnect) brings it back by itself */
     call_until_ok(f, &b, 3000);
     call_ok(f, &b, 1, &c);
     assert_int_equal(c.o.allowed, 1);
+    assert_int_equal(store_connected(f->store), 1);
+    fixture_free(f);
+}
+
+static void test_redis_probe_drop(void **state) {
+    /* a server that stays stopped: the probes time out too, the third timeout in a row drops
+     * the connection, commands keep failing at once meanwhile, and the reconnect's handshake is
+     * the probe that brings the store back after SIGCONT */
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
+    struct limit_bucket b;
+    struct call c;
+    struct store_stats st;
+    bucket(&b, "stopped-long", 1000, 1000, 0);
+    call_ok(f, &b, 1, &c);
+    kill(main_redis.pid, SIGSTOP);
+    call(f, 0, &b, 1, &c);
+    assert_string_equal(c.err, "redis timed out after 100 ms");
+    run_loop_ms(f, 4 * TIMEOUT_MS);
+    for (int i = 0; i < 3; i++) {
+        call(f, 0, &b, 1, &c);
+        assert_int_equal(c.failed, 1);
+        if (strncmp(c.err, MARKED_DOWN, strlen(MARKED_DOWN)) != 0)
+            fail_msg("not refused as marked down: %s", c.err);
+        run_loop_ms(f, 30);
+    }
+    store_get_stats(f->store, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.fast_fails, 3);
+    assert_int_equal(store_connected(f->store), 0);
+    kill(main_redis.pid, SIGCONT);
+    call_until_ok(f, &b, 8000);
+    assert_int_equal(store_connected(f->store), 1);
     store_get_stats(f->store, &st);
     assert_true(st.reconnects >= 1);
     fixture_free(f);
@@ -947,18 +911,26 @@ static void test_redis_timeout(void **state) {
 static void test_redis_free_with_pending(void **state) {
     /* freed with one command abandoned after its timeout and one still waiting for its reply:
      * the waiting one hears "store closed" once, the abandoned one is freed with the link */
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    /* 1 s: the second command goes out 40 ms after the first, well before the first times out
+     * and marks the store down, even on a busy machine */
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, 1000);
     struct limit_bucket b;
-    struct call c, pending;
+    struct call c, first, pending;
+    uint64_t t0;
     bucket(&b, "pending", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
     kill(main_redis.pid, SIGSTOP);
-    call(f, 0, &b, 1, &c);
-    assert_string_equal(c.err, "redis timed out after 100 ms");
+    /* both sent before the first timeout marks the store down */
+    memset(&first, 0, sizeof first);
     memset(&pending, 0, sizeof pending);
+    store_limit(f->store, &b, 1, on_limit, &first);
+    first.returned = 1;
+    run_loop_ms(f, 40);
     store_limit(f->store, &b, 1, on_limit, &pending);
     pending.returned = 1;
-    run_loop_ms(f, 20);
+    t0 = clock_mono_us();
+    while (!first.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
+    assert_string_equal(first.err, "redis timed out after 1000 ms");
     assert_int_equal(pending.fired, 0);
     store_free(f->store);
     f->store = NULL;
@@ -969,13 +941,13 @@ static void test_redis_free_with_pending(void **state) {
 }
 
 static void test_redis_reconnect(void **state) {
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
     struct limit_bucket b;
     struct call c;
     struct store_stats st;
     bucket(&b, "restart", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
-    redis_stop(&main_redis);
+    redis_server_stop(&main_redis);
     /* down: an error, never a wait past the timeout; the local buckets still answer */
     for (int i = 0; i < 3; i++) {
         call(f, 0, &b, 1, &c);
@@ -987,7 +959,7 @@ static void test_redis_reconnect(void **state) {
     call(f, 1, &b, 1, &c);
     assert_int_equal(c.failed, 0);
     assert_int_equal(c.o.allowed, 1);
-    assert_int_equal(redis_start(&main_redis), 0);
+    assert_int_equal(redis_server_start(&main_redis), 0);
     call_until_ok(f, &b, 8000);
     assert_int_equal(store_connected(f->store), 1);
     store_get_stats(f->store, &st);
@@ -1009,6 +981,7 @@ int main(void) {
         cmocka_unit_test(test_redis_auth_and_db),
         cmocka_unit_test(test_redis_noscript),
         cmocka_unit_test(test_redis_timeout),
+        cmocka_unit_test(test_redis_probe_drop),
         cmocka_unit_test(test_redis_free_with_pending),
         cmocka_unit_test(test_redis_reconnect),
     };

@@ -1,6 +1,6 @@
 /* test_upstream.c: the upstream client against a fake upstream (the project's httpd) on
  * 127.0.0.1 in the same event_base, over plain HTTP and over TLS with a CA and leaf certificate
- * made here with the OpenSSL API. */
+ * made here with the OpenSSL API; and upstream_params, the signed request sent upstream. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -26,7 +26,10 @@
 
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
+#include "capgate/params.h"
+#include "capgate/sign.h"
 #include "capgate/tls.h"
+#include "config.h"
 #include "upstream.h"
 
 enum fake_mode { FAKE_JSON, FAKE_500, FAKE_TEXT, FAKE_STALL, FAKE_RESET, FAKE_RESET_ONCE };
@@ -57,6 +60,7 @@ struct outcome {
     int breaker_rejected;
     int json_fields;        /* the result had JSON fields (test_raw_ok_passes_a_script) */
     int nothing_sent;
+    int timed_out;
     unsigned attempts;
     uint64_t latency_us;
     char error[256];
@@ -162,6 +166,7 @@ static void on_done(const struct upstream_result *r, void *arg)
     o->http_status = r->http_status;
     o->breaker_rejected = r->breaker_rejected;
     o->nothing_sent = r->nothing_sent;
+    o->timed_out = r->timed_out;
     o->attempts = r->attempts;
     o->latency_us = r->latency_us;
     copy_str(o->error, sizeof(o->error), r->error);
@@ -643,6 +648,7 @@ static void test_stalled_upstream_times_out(void **state)
     call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_string_equal(r.error, "upstream timed out after 300 ms");
+    assert_int_equal(r.timed_out, 1);  /* a 504 in the pipeline */
     assert_true(r.latency_us >= 280000);
     assert_true(r.latency_us < 1500000);
     assert_int_equal(r.nothing_sent, 0);
@@ -673,6 +679,7 @@ static void test_http_500_is_an_error_with_status(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 500);
     assert_string_equal(r.error, "upstream answered HTTP 500");
+    assert_int_equal(r.timed_out, 0);  /* a 502 */
     assert_string_equal(r.body, "<h1>oops</h1>");
     /* a status is never retried */
     assert_int_equal(r.attempts, 1);
@@ -696,6 +703,7 @@ static void test_non_json_body_is_an_error(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 200);
     assert_string_equal(r.error, "upstream reply is not JSON");
+    assert_int_equal(r.timed_out, 0);
     assert_string_equal(r.body, "<html>maintenance</html>");
     upstream_free(u);
     fake_stop(&f);
@@ -864,6 +872,7 @@ static void test_refused_port_is_retried(void **state)
     call(u, base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_non_null(strstr(r.error, "connection refused"));
+    assert_int_equal(r.timed_out, 0);
     assert_int_equal(r.attempts, 3);
     assert_int_equal(r.nothing_sent, 1);
     assert_int_equal(r.http_status, 0);
@@ -1155,9 +1164,95 @@ static void test_tls_hostname_mismatch_fails(void **state)
     assert_int_equal(n, 0);
 }
 
+/* ---- upstream_params: the request sent upstream ---- */
+
+static void test_upstream_params(void **state) {
+    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
+                                 .region = "gz", .signature_method = SIGN_HMAC_SHA256,
+                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+                                 .path = "/v2/index.php"};
+    struct params in, out;
+    params_init(&in);
+    assert_int_equal(params_adds(&in, "Action", "CaptchaIframeQuery"), 0);
+    assert_int_equal(params_adds(&in, "SecretId", "AKIDapp"), 0);
+    assert_int_equal(params_adds(&in, "Signature", "appsig"), 0);
+    assert_int_equal(params_adds(&in, "Timestamp", "1"), 0);
+    assert_int_equal(params_adds(&in, "Nonce", "2"), 0);
+    assert_int_equal(params_adds(&in, "Region", "sh"), 0);
+    assert_int_equal(params_adds(&in, "SignatureMethod", "HmacSHA1"), 0);
+    assert_int_equal(params_adds(&in, "Token", "t"), 0);
+    assert_int_equal(params_adds(&in, "captchaType", "1"), 0);
+    assert_int_equal(params_adds(&in, "RequestClient", "SDK_NODE_1.0"), 0);
+
+    assert_int_equal(upstream_params(&in, &up, 1700000000, 18446744073709551615ULL, &out), 0);
+    assert_string_equal(params_get(&out, "Action"), "CaptchaIframeQuery");
+    assert_string_equal(params_get(&out, "SecretId"), "AKIDreal");
+    assert_string_equal(params_get(&out, "Timestamp"), "1700000000");
+    assert_string_equal(params_get(&out, "Nonce"), "18446744073709551615");
+    assert_string_equal(params_get(&out, "Region"), "gz");
+    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA256");
+    assert_null(params_get(&out, "Token"));
+    assert_string_equal(params_get(&out, "captchaType"), "1");
+    assert_string_equal(params_get(&out, "RequestClient"), "SDK_NODE_1.0");
+    assert_string_not_equal(params_get(&out, "Signature"), "appsig");
+    /* signed for upstream's host, path and method with the real key */
+    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
+    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), -1);
+    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "app-key"), -1);
+    /* the input is untouched */
+    assert_string_equal(params_get(&in, "SecretId"), "AKIDapp");
+    params_cleanup(&out);
+
+    up.post = 0;
+    up.signature_method = SIGN_HMAC_SHA1;
+    assert_int_equal(upstream_params(&in, &up, 5, 6, &out), 0);
+    assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA1");
+    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
+    /* each name once */
+    size_t n = 0;
+    for (size_t i = 0; i < out.count; i++) n += strcmp(out.items[i].name, "Nonce") == 0;
+    assert_int_equal(n, 1);
+    params_cleanup(&out);
+    params_cleanup(&in);
+}
+
+/* The gateway's own upstream signing follows the '@' rule: with POST the randstr is forwarded
+ * and left out of the signature (so changing it keeps the signature valid); with GET it is
+ * signed. */
+static void test_upstream_params_at_rule(void **state) {
+    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
+                                 .region = "gz", .signature_method = SIGN_HMAC_SHA1,
+                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+                                 .path = "/v2/index.php"};
+    struct params in, out;
+    params_init(&in);
+    assert_int_equal(params_adds(&in, "Action", "CaptchaCheck"), 0);
+    assert_int_equal(params_adds(&in, "ticket", "t03abc"), 0);
+    assert_int_equal(params_adds(&in, "randstr", "@xYz"), 0);
+    assert_int_equal(upstream_params(&in, &up, 1700000000, 42, &out), 0);
+    assert_string_equal(params_get(&out, "randstr"), "@xYz");
+    char *text = sign_string_to_sign("POST", up.sign_host, up.path, &out);
+    assert_null(strstr(text, "randstr"));
+    assert_non_null(strstr(text, "ticket=t03abc"));
+    free(text);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "POST", up.sign_host, up.path, "real-key"), 0);
+    params_cleanup(&out);
+
+    up.post = 0;
+    assert_int_equal(upstream_params(&in, &up, 1700000000, 43, &out), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), 0);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), -1);
+    params_cleanup(&out);
+    params_cleanup(&in);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_upstream_params),
+        cmocka_unit_test(test_upstream_params_at_rule),
         cmocka_unit_test(test_post_roundtrip),
         cmocka_unit_test(test_get_sends_query),
         cmocka_unit_test(test_keepalive_reuses_one_connection),

@@ -493,6 +493,22 @@ static void test_nonce_ttl(void **state) {
     assert_true(first_use + validate_nonce_ttl_s(window) > last_accepted);
 }
 
+/* The one list of public parameters: Tencent's 公共参数 besides Action, SignatureMethod and
+ * Token; not Action, not the SDK's RequestClient, not a business or per-user field. */
+static void test_public_params(void **state) {
+    static const char *const yes[] = {"SecretId", "Signature", "Timestamp", "Nonce", "Region",
+                                       "SignatureMethod", "Token"};
+    static const char *const no[] = {"Action", V2_REQUEST_CLIENT, "secretid", "SecretId ",
+                                      "captchaType", "businessId", "ticket", ""};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_true(validate_is_public(yes[i]));
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_false(validate_is_public(no[i]));
+    for (size_t i = 0; validate_user_fields[i]; i++)
+        assert_false(validate_is_public(validate_user_fields[i]));
+    while (validate_public_params[n]) n++;
+    assert_int_equal(n, sizeof yes / sizeof *yes);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_action_names),   cmocka_unit_test(test_public_ok),
@@ -501,7 +517,7 @@ int main(void) {
         cmocka_unit_test(test_user_ip_string), cmocka_unit_test(test_error_code),
         cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
         cmocka_unit_test(test_user_fields),    cmocka_unit_test(test_nonce_ttl),
-        cmocka_unit_test(test_known_name_lookup),
+        cmocka_unit_test(test_known_name_lookup), cmocka_unit_test(test_public_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,4 @@
-/* test_stats.c: per-worker counters summed over workers, and the Prometheus text they render. */
+/* test_prometheus.c: per-worker counters summed over workers, and the Prometheus text they render. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,7 +10,7 @@
 
 #include "capgate/strbuf.h"
 #include "config.h"
-#include "stats.h"
+#include "prometheus.h"
 
 static char *render(struct stats_worker **w, size_t n, const struct stats_process *p) {
     struct strbuf b;
@@ -137,6 +137,8 @@ static void test_limits_store_and_sinks(void **state) {
     assert_int_equal(stats_store_connected(w, 2), 1);
     stats_set_store(w[0], 1, 10, 1, 1, 0);
     stats_set_store(w[1], 0, 5, 3, 0, 2);
+    stats_set_store_fast_fails(w[0], 4);
+    stats_set_store_fast_fails(w[1], 3);
     assert_int_equal(stats_store_connected(w, 2), 0);
 
     stats_count_limit(w[0], "login", "limited");
@@ -160,6 +162,9 @@ static void test_limits_store_and_sinks(void **state) {
     assert_non_null(strstr(text, "\ncapgate_store_commands_total 15\n"));
     assert_non_null(strstr(text, "\ncapgate_store_errors_total 4\n"));
     assert_non_null(strstr(text, "\ncapgate_store_reconnects_total 2\n"));
+    /* one worker down (not connected, or marked down after a timeout): the process is down */
+    assert_non_null(strstr(text, "\ncapgate_store_up 0\n"));
+    assert_non_null(strstr(text, "\ncapgate_store_fast_failures_total 7\n"));
     /* the store serves rate limits, the pool and idempotency alike */
     assert_non_null(strstr(text, "# HELP capgate_store_connected Store (rate limits, pool, "
                                  "idempotency) reachable, per worker (1 yes, 0 no).\n"));

@@ -1,8 +1,9 @@
-/* metrics.c: per-(businessId, sceneId, minute) counters. Workers fill private batches; one flush
- * thread collects them through lock-free slots and writes Redis (or the in-memory tables); the
- * read side runs on short-lived threads and hands its JSON back to the caller's event loop.
- * Layout and contracts are in metrics.h. */
-#include "metrics.h"
+/* minute_stats.c: per-(businessId, sceneId, minute) counters, behind /admin/stats. Workers fill
+ * private batches; one flush thread collects them through lock-free slots and writes Redis (or
+ * the in-memory tables); the read side runs on short-lived threads and hands its JSON back to
+ * the caller's event loop.
+ * Layout and contracts are in minute_stats.h. */
+#include "minute_stats.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,7 +1,8 @@
-/* metrics.h: per-(businessId, sceneId, minute) request counters (docs/design.md "Metrics"). Workers
- * add each finished request to their own batch without locks or I/O; one background thread takes
- * every worker's batch each flush_ms and writes them to Redis in one pipeline (or, without Redis,
- * into in-process tables of the same shape); the read side (/admin/stats) sums them per step.
+/* minute_stats.h: per-(businessId, sceneId, minute) request counters (docs/design.md "Metrics").
+ * Workers add each finished request to their own batch without locks or I/O; one background
+ * thread takes every worker's batch each flush_ms and writes them to Redis in one pipeline (or,
+ * without Redis, into in-process tables of the same shape); the read side (/admin/stats) sums
+ * them per step.
  *
  * Redis layout (every instance writes the same keys, so a query sees all instances together):
  *   hash <prefix>m:<businessId>:<sceneId>:<unix_minute>   absent ids are "-"; unix_minute = ts/60
@@ -15,11 +16,11 @@
  *                              (1 ms, 5 ms], le_inf those above 5 s; the buckets sum to requests
  *   set  <prefix>m:index       members "<businessId>:<sceneId>" of every pair written
  * Each hash and the index expire retention_s after their last write. Zero fields are not written. */
-#ifndef CAPGATE_METRICS_H
-#define CAPGATE_METRICS_H
+#ifndef CAPGATE_MINUTE_STATS_H
+#define CAPGATE_MINUTE_STATS_H
 #include <stddef.h>
 #include <stdint.h>
-#include "pipeline.h"
+#include "record.h"
 
 struct config;
 struct event_base;

@@ -1,10 +1,10 @@
-/* stats.h: the gateway's per-worker counters and their Prometheus text. Each worker writes only
- * its own struct stats_worker (relaxed atomics, no locks); the admin listener on the main thread
- * sums every worker at scrape time. Label values are bounded by the caller: app names from the
- * config ("-" before authentication), Action names from validate_action_name(), decisions from
- * the pipeline's table. */
-#ifndef CAPGATE_STATS_H
-#define CAPGATE_STATS_H
+/* prometheus.h: the gateway's per-worker counters and their Prometheus text (/metrics). Each
+ * worker writes only its own struct stats_worker (relaxed atomics, no locks); the admin listener
+ * on the main thread sums every worker at scrape time. Label values are bounded by the caller:
+ * app names from the config ("-" before authentication), Action names from
+ * validate_action_name(), decisions from pipeline_decision_name() (record.h). */
+#ifndef CAPGATE_PROMETHEUS_H
+#define CAPGATE_PROMETHEUS_H
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"
@@ -33,6 +33,8 @@ void stats_count_limit(struct stats_worker *w, const char *rule, const char *dec
 /* The worker's rate-limit store, copied on each publish: reachable now, and its counters. */
 void stats_set_store(struct stats_worker *w, int connected, uint64_t commands, uint64_t errors,
                      uint64_t timeouts, uint64_t reconnects);
+/* Commands the worker's store refused at once because it was marked down (fail fast). */
+void stats_set_store_fast_fails(struct stats_worker *w, uint64_t fast_fails);
 /* An audit record the worker could not hand to the sink (OOM). */
 void stats_count_audit_failure(struct stats_worker *w);
 
@@ -62,8 +64,9 @@ struct stats_process {
  * capgate_upstream_request_duration_seconds (histogram), capgate_upstream_breaker_state{worker},
  * capgate_upstream_open_connections, capgate_open_connections, capgate_inflight_requests,
  * capgate_config_reloads_total{result}, capgate_limit_decisions_total{rule,decision},
- * capgate_store_connected{worker}, capgate_store_commands_total, capgate_store_errors_total,
- * capgate_store_timeouts_total, capgate_store_reconnects_total, and with p's sinks
+ * capgate_store_connected{worker}, capgate_store_up, capgate_store_commands_total,
+ * capgate_store_errors_total, capgate_store_timeouts_total, capgate_store_reconnects_total,
+ * capgate_store_fast_failures_total, and with p's sinks
  * capgate_audit_queue_depth, capgate_audit_spool_records, capgate_audit_held_records,
  * capgate_audit_overflow_records, capgate_audit_records_total{result},
  * capgate_audit_file_errors_total, capgate_audit_submit_failures_total,

@@ -1,7 +1,8 @@
-/* stats.c: per-worker counters without locks. A worker owns its table: it fills a slot's labels
- * and then publishes the slot with a release store; the scraper only reads slots it saw
- * published (acquire), so it never sees half-written labels. Slots are never removed. */
-#include "stats.h"
+/* prometheus.c: the counters behind /metrics, per worker and without locks. A worker owns its
+ * table: it fills a slot's labels and then publishes the slot with a release store; the scraper
+ * only reads slots it saw published (acquire), so it never sees half-written labels. Slots are
+ * never removed. */
+#include "prometheus.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -38,6 +39,7 @@ struct stats_worker {
     /* the worker's rate-limit store, copied on each publish */
     atomic_int store_connected;
     atomic_uint_fast64_t store_commands, store_errors, store_timeouts, store_reconnects;
+    atomic_uint_fast64_t store_fast_fails;
     atomic_uint_fast64_t audit_failures;
     struct stats_series series[STATS_MAX_SERIES];
     struct stats_series limit_series[STATS_MAX_LIMIT_SERIES];
@@ -162,6 +164,10 @@ void stats_set_store(struct stats_worker *w, int connected, uint64_t commands, u
     atomic_store_explicit(&w->store_reconnects, reconnects, memory_order_relaxed);
 }
 
+void stats_set_store_fast_fails(struct stats_worker *w, uint64_t fast_fails) {
+    atomic_store_explicit(&w->store_fast_fails, fast_fails, memory_order_relaxed);
+}
+
 void stats_count_audit_failure(struct stats_worker *w) {
     atomic_fetch_add_explicit(&w->audit_failures, 1, memory_order_relaxed);
 }
@@ -277,6 +283,7 @@ out:
 static int stats_render_store(struct strbuf *out, struct stats_worker *const *workers,
                               size_t n_workers) {
     uint64_t commands = 0, errors = 0, timeouts = 0, reconnects = 0, audit_failures = 0;
+    uint64_t fast_fails = 0;
     if (strbuf_appends(out, "# HELP capgate_store_connected Store (rate limits, pool, "
                             "idempotency) reachable, per worker (1 yes, 0 no).\n"
                             "# TYPE capgate_store_connected gauge\n"))
@@ -290,6 +297,7 @@ static int stats_render_store(struct strbuf *out, struct stats_worker *const *wo
         errors += atomic_load_explicit(&x->store_errors, memory_order_relaxed);
         timeouts += atomic_load_explicit(&x->store_timeouts, memory_order_relaxed);
         reconnects += atomic_load_explicit(&x->store_reconnects, memory_order_relaxed);
+        fast_fails += atomic_load_explicit(&x->store_fast_fails, memory_order_relaxed);
         audit_failures += atomic_load_explicit(&x->audit_failures, memory_order_relaxed);
     }
     if (strbuf_appendf(out, "# HELP capgate_store_commands_total Commands sent to the store: "
@@ -313,6 +321,19 @@ static int stats_render_store(struct strbuf *out, struct stats_worker *const *wo
                        (unsigned long long)commands, (unsigned long long)errors,
                        (unsigned long long)timeouts, (unsigned long long)reconnects,
                        (unsigned long long)audit_failures))
+        return -1;
+    if (strbuf_appendf(out, "# HELP capgate_store_up Store up in every worker (1), or down in "
+                            "at least one (0): not connected, or marked down after a timeout "
+                            "until a probe answers; requests then go straight to "
+                            "on_store_error.\n"
+                            "# TYPE capgate_store_up gauge\n"
+                            "capgate_store_up %d\n"
+                            "# HELP capgate_store_fast_failures_total Store commands refused at "
+                            "once because the store was marked down.\n"
+                            "# TYPE capgate_store_fast_failures_total counter\n"
+                            "capgate_store_fast_failures_total %llu\n",
+                       stats_store_connected(workers, n_workers),
+                       (unsigned long long)fast_fails))
         return -1;
     return 0;
 }
