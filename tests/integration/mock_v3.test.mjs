@@ -234,6 +234,24 @@ test('our client signs with service captcha and Host with its port: accepted too
   assert.equal(bad.json.Response.Error.Code, 'AuthFailure.SignatureFailure');
 });
 
+test('plain HTTP listener and a charset in Content-Type work; --https-only refuses HTTP', async () => {
+  const call = (base, s, o = {}) => tc3Call(base, { body: req(s), secretId: MOCK_SECRET_ID, secretKey: MOCK_SECRET_KEY, ...o });
+  let r = await call(mock.url, await solve());
+  assert.equal(r.json.Response.CaptchaCode, 1, r.body);
+  r = await call(mock.httpsUrl, await solve(), { ca: certs().caPem, contentType: 'application/json; charset=utf-8' });
+  assert.equal(r.json.Response.CaptchaCode, 1, r.body);
+  const strict = await startMock({ tls: true, args: ['--https-only', '--captcha-app', `${APP_ID}:${APP_KEY}`] });
+  try {
+    const s = await strict.admin('solve', { method: 'POST', json: { appid: APP_ID } });
+    r = await call(strict.url, s);
+    assert.equal(r.json?.Response?.Error?.Code, 'UnsupportedProtocol', r.body);
+    r = await call(strict.httpsUrl, s, { ca: certs().caPem });
+    assert.equal(r.json.Response.CaptchaCode, 1, r.body);
+  } finally {
+    await strict.stop();
+  }
+});
+
 test('bad input: each a 3.0-shaped error naming the problem, and the mock keeps serving', async () => {
   const call = (o) => tc3Call(mock.httpsUrl, { secretId: MOCK_SECRET_ID, secretKey: MOCK_SECRET_KEY, ca: certs().caPem, ...o });
   const s = await solve();
