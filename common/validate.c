@@ -98,7 +98,8 @@ static const struct {
  * another, which -Woverride-init (in -Wextra) reports. */
 #define KNOWN_SLOT(first, last, len) (((unsigned)(first) * 7 + (unsigned)(last) + (len) * 2) & 63)
 
-static const unsigned char known_slots[64] = { /* enum known_name + 1; 0 is no name */
+/* enum known_name + 1; 0 is no name */
+static const unsigned char known_slots[64] = {
 #define KS(first, last, len, id) [KNOWN_SLOT(first, last, len)] = (id) + 1
     KS('A', 'n', 6, KN_ACTION),
     KS('S', 'd', 8, KN_SECRET_ID),

@@ -91,16 +91,31 @@ static void faults_post(struct mock *m, struct httpd_req *req) {
     json_decref(v);
 }
 
-/* The asig of {"url": "..."} (the URL CaptchaIframeQuery returned) or {"asig": "..."}. */
-static int solve_target(const json_t *v, char *asig, size_t len, char *err, size_t errlen) {
+/* The asig of {"url": "..."} (the URL CaptchaIframeQuery returned) or {"asig": "..."}, or
+ * {"appid": N}: a new captcha of that CaptchaAppId (API 3.0's TCaptcha.js flow) is issued. */
+static int solve_target(struct mock *m, const json_t *v, char *asig, size_t len, char *err,
+                        size_t errlen) {
     if (!json_is_object(v)) goto bad;
     const char *key;
     json_t *val;
     json_object_foreach((json_t *)v, key, val) {
-        if (strcmp(key, "url") != 0 && strcmp(key, "asig") != 0) {
-            snprintf(err, errlen, "%s is not a field of solve (known: url, asig)", key);
+        if (strcmp(key, "url") != 0 && strcmp(key, "asig") != 0 && strcmp(key, "appid") != 0) {
+            snprintf(err, errlen, "%s is not a field of solve (known: url, asig, appid)", key);
             return -1;
         }
+    }
+    json_t *appid = json_object_get(v, "appid");
+    if (appid) {
+        if (!json_is_integer(appid) || json_integer_value(appid) <= 0) {
+            snprintf(err, errlen, "appid must be a positive integer");
+            return -1;
+        }
+        if (len <= MOCK_ASIG_LEN ||
+            mock_issue_captcha(m, (uint64_t)json_integer_value(appid), asig) != 0) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        return 0;
     }
     const char *url = json_string_value(json_object_get(v, "url"));
     const char *a = json_string_value(json_object_get(v, "asig"));
@@ -131,7 +146,8 @@ static int solve_target(const json_t *v, char *asig, size_t len, char *err, size
         return 0;
     }
 bad:
-    snprintf(err, errlen, "solve takes {\"url\": \"<captcha URL>\"} or {\"asig\": \"...\"}");
+    snprintf(err, errlen, "solve takes {\"url\": \"<captcha URL>\"}, {\"asig\": \"...\"} or "
+             "{\"appid\": N}");
     return -1;
 }
 
@@ -141,14 +157,17 @@ static void solve(struct mock *m, struct httpd_req *req) {
     int status = 400;
     json_t *v = body_json(req);
     if (!v) return;
-    if (solve_target(v, asig, sizeof(asig), err, sizeof(err)) != 0) {
+    if (solve_target(m, v, asig, sizeof(asig), err, sizeof(err)) != 0) {
         mock_reply_error(req, 400, APIERR_INVALID_PARAMETER, "%s", err);
     } else if (mock_solve(m, asig, ticket, randstr, &status, err, sizeof(err)) != 0) {
         mock_reply_error(req, status, status == 404 ? APIERR_NOT_FOUND : APIERR_OPERATION_FAILED,
                          "%s", err);
     } else {
-        mock_reply_json(req, 200, json_pack("{s:s, s:s, s:s}", "ticket", ticket, "randstr",
-                                            randstr, "asig", asig));
+        void *u = NULL;
+        json_int_t appid = etable_find(m->urls, asig, strlen(asig), &u)
+                               ? (json_int_t)((struct mock_url *)u)->appid : 0;
+        mock_reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:I}", "ticket", ticket, "randstr",
+                                            randstr, "asig", asig, "appid", appid));
     }
     json_decref(v);
 }

@@ -33,6 +33,8 @@ struct call {
     struct fault_effect fault;
     int has_fault;
     struct event *timer;
+    int api3;                 /* an API 3.0 call (api3.c) */
+    struct api3_call a3;
 };
 
 void mock_reply_json(struct httpd_req *req, int status, json_t *obj) {
@@ -79,6 +81,15 @@ static double fault_draw(void *arg) { return mockrng_unit(arg); }
 
 static void record(struct call *c, int code, const char *fault) {
     struct mock *m = c->m;
+    if (c->api3) {
+        /* 3.0 calls: code 0 for a Response without Error, 1 with one; its Code goes in the
+         * entry's params as "Error.Code". */
+        params_cleanup(&c->params);
+        params_init(&c->params);
+        api3_journal_params(&c->a3, &c->params);
+        if (code > 0 && c->a3.code) params_adds(&c->params, "Error.Code", c->a3.code);
+        if (code > 0) code = 1;
+    }
     if (journal_add(m->journal, clock_wall_us(), c->req->method,
                     params_get(&c->params, "Action"), params_get(&c->params, "SecretId"),
                     c->verdict, code, fault, &c->params) != 0)
@@ -108,6 +119,8 @@ static int issue_url(struct mock *m, uint32_t client_type, char asig[MOCK_ASIG_L
     }
     uint64_t now = clock_mono_us();
     u->created_us = now;
+    u->created_wall_s = clock_wall_us() / 1000000u;
+    u->appid = m->app_id;
     u->client_type = client_type;
     u->fetched = fetched ? 1 : 0;
     etable_expire(m->urls, now);
@@ -210,6 +223,20 @@ static void action_check(struct call *c, char *fault) {
     mock_reply_json(c->req, 200, o);
 }
 
+static void finish_api3(struct call *c, char *fdesc) {
+    json_t *resp = NULL;
+    if (c->has_fault && c->fault.code) {
+        /* A code fault on a 3.0 call: InternalError, naming the rule's code. */
+        c->a3.code = "InternalError";
+        snprintf(c->a3.msg, sizeof(c->a3.msg), "injected by capgate-mock (fault code %d)",
+                 c->fault.code);
+    } else {
+        resp = api3_run(c->m, &c->a3);
+    }
+    record(c, resp ? 0 : 1, fdesc);
+    api3_reply(c->m, c->req, resp, c->a3.code, c->a3.msg);
+}
+
 /* Ends the call as its fault (if any) and Action say. */
 static void finish(struct call *c) {
     char fault[64];
@@ -244,6 +271,10 @@ static void finish(struct call *c) {
             return; /* stall is handled by the caller: it needs the cancel callback */
         }
     }
+    if (c->api3) {
+        finish_api3(c, fdesc);
+        return;
+    }
     if (c->has_fault && c->fault.code) {
         record(c, c->fault.code, fdesc);
         mock_reply_json(c->req, 200, reply_new(c->fault.code, NULL));
@@ -261,6 +292,7 @@ static void finish(struct call *c) {
 
 static void heap_call_free(struct call *c) {
     if (c->timer) event_free(c->timer);
+    json_decref(c->a3.body);
     params_cleanup(&c->params);
     c->m->pending--;
     free(c);
@@ -305,6 +337,7 @@ static struct call *call_to_heap(struct call *c) {
     if (!h) return NULL;
     *h = *c;
     params_init(&c->params);
+    c->a3.body = NULL;
     h->m->pending++;
     return h;
 }
@@ -449,12 +482,50 @@ out:
     params_cleanup(&c.params);
 }
 
+/* API 3.0: the checks (api3.c), then faults (matched on the Action), then the Action. */
+static void handle_api3(struct mock *m, struct httpd_req *req) {
+    struct call c;
+    memset(&c, 0, sizeof(c));
+    c.m = m;
+    c.req = req;
+    c.api3 = 1;
+    params_init(&c.params);
+    m->api_calls++;
+    if (api3_check(m, req, &c.a3) != 0) {
+        c.verdict = c.a3.verdict;
+        record(&c, 1, NULL);
+        api3_reply(m, req, NULL, c.a3.code, c.a3.msg);
+        goto out;
+    }
+    c.verdict = c.a3.verdict;
+    c.has_fault = faults_match(&m->faults, c.a3.action, c.a3.secret_id, fault_draw,
+                               &m->fault_rng, &c.fault);
+    /* A delayed or stalled call moves to the heap with its body (call_to_heap). */
+    if (c.has_fault) apply_fault(&c);
+    else finish(&c);
+out:
+    json_decref(c.a3.body);
+    params_cleanup(&c.params);
+}
+
 /* ---- routing ---- */
 
 static int path_is(const char *path, const char *want) { return strcmp(path, want) == 0; }
 
 static void handle(struct httpd_req *req, void *arg) {
     struct mock *m = arg;
+    if (req->error_status != 0 && req->path && path_is(req->path, MOCK_API3_PATH)) {
+        /* 3.0's shape; a body over the limit is RequestSizeLimitExceeded. */
+        struct params none;
+        params_init(&none);
+        const char *code = req->error_status == 413 ? "RequestSizeLimitExceeded"
+                                                     : "InvalidParameter";
+        journal_add(m->journal, clock_wall_us(), req->method, NULL, NULL, JOURNAL_UNCHECKED, 1,
+                    NULL, &none);
+        api3_reply(m, req, NULL, code,
+                   req->error_message ? req->error_message : "malformed request");
+        return;
+    }
     if (req->error_status != 0) {
         /* The server found a framing error; answer in the API's shape, it closes after. */
         if (!req->path || !*req->path || path_is(req->path, MOCK_API_PATH)) {
@@ -469,14 +540,32 @@ static void handle(struct httpd_req *req, void *arg) {
     }
     const char *path = req->path ? req->path : "";
     if (path_is(path, MOCK_API_PATH)) handle_api(m, req);
+    else if (path_is(path, MOCK_API3_PATH)) handle_api3(m, req);
     else if (strncmp(path, MOCK_ADMIN_PREFIX, strlen(MOCK_ADMIN_PREFIX)) == 0)
         admin_handle(m, req);
     else if (path_is(path, MOCK_WIDGET_PATH)) widget_handle_fetch(m, req);
     else if (path_is(path, MOCK_SOLVE_PATH)) widget_handle_solve(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_PATH)) tcaptcha_handle_script(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_WIDGET_PATH)) tcaptcha_handle_widget(m, req);
     else mock_reply_error(req, 200, APIERR_NOT_FOUND, "no resource at path %.200s", path);
 }
 
 /* ---- shared by the widget and admin endpoints ---- */
+
+const char *mock_app_secret(const struct mock *m, uint64_t appid) {
+    if (m->opts->napps == 0) return appid == m->app_id ? MOCKOPTS_DEFAULT_APP_SECRET_KEY : NULL;
+    for (size_t i = 0; i < m->opts->napps; i++)
+        if (strtoull(m->opts->apps[i].secret_id, NULL, 10) == appid)
+            return m->opts->apps[i].secret_key;
+    return NULL;
+}
+
+int mock_issue_captcha(struct mock *m, uint64_t appid, char asig[MOCK_ASIG_LEN + 1]) {
+    if (issue_url(m, 0, asig, 1) != 0) return -1;
+    void *v = NULL;
+    if (etable_find(m->urls, asig, MOCK_ASIG_LEN, &v)) ((struct mock_url *)v)->appid = appid;
+    return 0;
+}
 
 int mock_solve(struct mock *m, const char *asig, char *ticket, char *randstr, int *status,
                char *err, size_t errlen) {
@@ -501,6 +590,10 @@ int mock_solve(struct mock *m, const char *asig, char *ticket, char *randstr, in
         goto oom;
     randstr[0] = '@';
     t->solved_us = now;
+    t->appid = u->appid;
+    t->get_wall_s = u->created_wall_s;
+    t->solve_wall_s = clock_wall_us() / 1000000u;
+    memcpy(t->randstr, randstr, MOCK_RANDSTR_LEN);
     etable_expire(m->tickets, now);
     /* Kept for twice the lifetime so a late check hears "expired" rather than "unknown". */
     if (etable_put(m->tickets, ticket, MOCK_TICKET_LEN, t, now + 2 * m->ttl_us) != 0) goto oom;
@@ -548,10 +641,13 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     faults_init(&m->faults);
     mockrng_init(&m->rng, opts->has_seed, opts->seed);
     mockrng_init(&m->fault_rng, opts->has_seed, opts->seed ^ 0x5deece66dull);
+    mockrng_init(&m->rid_rng, opts->has_seed, opts->seed ^ 0x3c6ef372fe94f82bull);
     m->ttl_us = (uint64_t)opts->captcha_ttl_s * 1000000u;
     /* A ten-digit captcha app id, fixed for the process as an account's would be. */
-    snprintf(m->appid, sizeof(m->appid), "%llu",
-             1900000000ull + (unsigned long long)(mockrng_u64(&m->rng) % 99999999ull));
+    m->app_id = 1900000000ull + mockrng_u64(&m->rng) % 99999999ull;
+    /* Numeric ids, checked by mockopts. */
+    if (opts->napps) m->app_id = strtoull(opts->apps[0].secret_id, NULL, 10);
+    snprintf(m->appid, sizeof(m->appid), "%llu", (unsigned long long)m->app_id);
     m->nonces = etable_new(MOCK_MAX_NONCES, NULL);
     m->urls = etable_new(MOCK_MAX_URLS, free_value);
     m->tickets = etable_new(MOCK_MAX_TICKETS, free_value);

@@ -34,6 +34,8 @@ struct httpd_req;
 struct mock_url {
     uint64_t created_us;   /* clock_mono_us */
     uint32_t client_type;
+    uint64_t appid;        /* the CaptchaAppId the captcha belongs to */
+    uint64_t created_wall_s; /* Unix time, for API 3.0's GetCaptchaTime */
     unsigned fetched : 1;  /* the widget script was served */
     unsigned solved : 1;   /* a ticket was issued */
 };
@@ -42,6 +44,10 @@ struct mock_url {
 struct mock_ticket {
     uint64_t solved_us;    /* clock_mono_us */
     unsigned checks;       /* successful CaptchaCheck calls so far */
+    uint64_t appid;        /* of its captcha */
+    uint64_t get_wall_s, solve_wall_s; /* Unix times: captcha issued, solved */
+    char randstr[MOCK_RANDSTR_LEN + 1];
+    unsigned v3_checks;    /* API 3.0 verifications so far (a ticket verifies once) */
 };
 
 struct mock_quota {
@@ -58,8 +64,10 @@ struct mock {
     char https_base[300];          /* "" without a TLS listener */
     const char *url_base;          /* --public-url, else http_base */
     struct mockrng rng;            /* asig, ticket, randstr, appid */
+    struct mockrng rid_rng;        /* API 3.0 RequestIds, apart for the same reason */
     struct mockrng fault_rng;      /* probability draws, apart so faults do not shift asigs */
-    char appid[16];
+    char appid[24];                /* the app of v2 URLs: the first --captcha-app, else generated */
+    uint64_t app_id;               /* the same as a number */
     uint64_t ttl_us;               /* lifetime of URLs and tickets */
     struct etable *nonces;         /* "<credential index>:<nonce>" */
     struct etable *urls;           /* asig -> struct mock_url */
@@ -79,6 +87,14 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
 void mock_free(struct mock *m);
 /* Forgets nonces, URLs, tickets, the journal, faults and quota counters. */
 void mock_reset(struct mock *m);
+
+/* The AppSecretKey of a CaptchaAppId (--captcha-app; without any, the generated app id has
+ * MOCKOPTS_DEFAULT_APP_SECRET_KEY), or NULL for an unknown app. */
+const char *mock_app_secret(const struct mock *m, uint64_t appid);
+
+/* Issues a captcha (as a URL would) for appid, for the TCaptcha.js flow and admin solve.
+ * 0 with asig filled; -1 on OOM. */
+int mock_issue_captcha(struct mock *m, uint64_t appid, char asig[MOCK_ASIG_LEN + 1]);
 
 /* Marks the URL of asig solved and issues its ticket. 0 with ticket (MOCK_TICKET_LEN + 1) and
  * randstr (MOCK_RANDSTR_LEN + 1) filled; -1 with *status (404 unknown or expired, 409 already
@@ -101,6 +117,37 @@ int widget_script(struct strbuf *out, const char *origin, const char *asig);
 /* GET /template/TCapIframeApi.js?...&asig=... and GET|OPTIONS /__widget/solve?asig=... */
 void widget_handle_fetch(struct mock *m, struct httpd_req *req);
 void widget_handle_solve(struct mock *m, struct httpd_req *req);
+
+/* api3.c: API 3.0 (captcha.tencentcloudapi.com, POST / with TC3-HMAC-SHA256). */
+#define MOCK_API3_PATH "/"
+#define MOCK_API3_VERSION "2019-07-22"
+struct api3_call {
+    json_t *body;                  /* the parsed JSON body (owned) */
+    const char *action;            /* X-TC-Action, borrowed from the request */
+    char secret_id[130];
+    int cred;                      /* index into opts->creds, -1 before it is known */
+    enum journal_verdict verdict;
+    const char *code;              /* the 3.0 error code, NULL while all is well */
+    char msg[512];
+};
+/* Runs the checks in order (protocol, headers, Authorization, SecretId, Timestamp,
+ * signature, quota, JSON body, Action and Version). 0, or -1 with code and msg set. */
+int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c);
+/* Runs c's Action: a new Response object (without RequestId), or NULL with code/msg set. */
+json_t *api3_run(struct mock *m, struct api3_call *c);
+/* The reply {"Response": {...resp, "RequestId"}} (resp taken; NULL: an Error from code/msg). */
+void api3_reply(struct mock *m, struct httpd_req *req, json_t *resp, const char *code,
+                const char *msg);
+/* The body's top-level scalars as params for the journal (AppSecretKey masked). */
+struct params;
+void api3_journal_params(const struct api3_call *c, struct params *out);
+
+/* tcaptcha.c: GET /TCaptcha.js (the API 3.0 front-end script, emulated) and
+ * GET /__widget/tcaptcha.js?appid=N (a captcha of that CaptchaAppId: the widget's script). */
+#define MOCK_TCAPTCHA_PATH "/TCaptcha.js"
+#define MOCK_TCAPTCHA_WIDGET_PATH "/__widget/tcaptcha.js"
+void tcaptcha_handle_script(struct mock *m, struct httpd_req *req);
+void tcaptcha_handle_widget(struct mock *m, struct httpd_req *req);
 
 /* admin.c: everything under /__admin/. */
 void admin_handle(struct mock *m, struct httpd_req *req);

@@ -13,7 +13,8 @@
 #include "capgate/net.h"
 #include "capgate/num.h"
 
-enum opt_kind { OPT_STR, OPT_U32, OPT_BOOL, OPT_SEED, OPT_CRED, OPT_LOGLEVEL, OPT_CLI_ONLY };
+enum opt_kind { OPT_STR, OPT_U32, OPT_BOOL, OPT_SEED, OPT_CRED, OPT_APP, OPT_LOGLEVEL,
+                OPT_CLI_ONLY };
 
 enum opt_level { LEVEL_CONFIG = 1, LEVEL_ENV = 2, LEVEL_ARGS = 3 };
 
@@ -32,6 +33,7 @@ static const struct opt_def opt_defs[] = {
     {"tls-key", OPT_STR, OFF(tls_key), 0, 0},
     {"credential", OPT_CRED, 0, 0, 0},
     {"credentials-file", OPT_STR, OFF(credentials_file), 0, 0},
+    {"captcha-app", OPT_APP, 0, 0, 0},
     {"timestamp-window", OPT_U32, OFF(timestamp_window), 1, 86400},
     {"public-url", OPT_STR, OFF(public_url), 0, 0},
     {"seed", OPT_SEED, 0, 0, 0},
@@ -58,6 +60,14 @@ void mockopts_init(struct mock_opts *o) {
     o->log_level = strdup("info");
 }
 
+static void apps_clear(struct mock_opts *o) {
+    for (size_t i = 0; i < o->napps; i++) {
+        free(o->apps[i].secret_id);
+        free(o->apps[i].secret_key);
+    }
+    o->napps = 0;
+}
+
 static void creds_clear(struct mock_opts *o) {
     for (size_t i = 0; i < o->ncreds; i++) {
         free(o->creds[i].secret_id);
@@ -76,6 +86,8 @@ void mockopts_cleanup(struct mock_opts *o) {
     free(o->credentials_file);
     free(o->public_url);
     free(o->log_level);
+    apps_clear(o);
+    free(o->apps);
     free(o->config);
     json_decref(o->faults);
     memset(o, 0, sizeof(*o));
@@ -97,9 +109,20 @@ static const struct opt_def *find_opt(const char *key, size_t key_len) {
     return NULL;
 }
 
-static int add_credential(struct mock_opts *o, const char *pair, size_t len, const char *label,
-                          char *err, size_t errlen) {
+/* Appends ID:KEY to a list (credentials, or captcha apps when app is 1). */
+static int add_pair(struct mock_credential **list, size_t *n, size_t *capp, int app,
+                    const char *pair, size_t len, const char *label, char *err, size_t errlen) {
     const char *colon = memchr(pair, ':', len);
+    if (app) {
+        size_t digits = 0;
+        while (digits < len && isdigit((unsigned char)pair[digits])) digits++;
+        if (!colon || digits == 0 || digits > 18 || pair + digits != colon ||
+            colon + 1 == pair + len || strtoull(pair, NULL, 10) == 0) {
+            snprintf(err, errlen, "%s: a captcha app must be CAPTCHAAPPID:APPSECRETKEY with a "
+                     "non-zero numeric id of at most 18 digits and a non-empty key", label);
+            return -1;
+        }
+    }
     if (!colon || colon == pair || colon + 1 == pair + len) {
         snprintf(err, errlen, "%s: a credential must be SECRETID:SECRETKEY with both parts "
                  "non-empty", label);
@@ -111,12 +134,12 @@ static int add_credential(struct mock_opts *o, const char *pair, size_t len, con
             return -1;
         }
     }
-    if (o->ncreds == o->creds_cap) {
-        size_t cap = o->creds_cap ? o->creds_cap * 2 : 4;
-        struct mock_credential *n = realloc(o->creds, cap * sizeof(*n));
-        if (!n) goto oom;
-        o->creds = n;
-        o->creds_cap = cap;
+    if (*n == *capp) {
+        size_t cap = *capp ? *capp * 2 : 4;
+        struct mock_credential *grown = realloc(*list, cap * sizeof(*grown));
+        if (!grown) goto oom;
+        *list = grown;
+        *capp = cap;
     }
     char *id = strndup(pair, (size_t)(colon - pair));
     char *key = strndup(colon + 1, (size_t)(pair + len - colon - 1));
@@ -125,13 +148,23 @@ static int add_credential(struct mock_opts *o, const char *pair, size_t len, con
         free(key);
         goto oom;
     }
-    o->creds[o->ncreds].secret_id = id;
-    o->creds[o->ncreds].secret_key = key;
-    o->ncreds++;
+    (*list)[*n].secret_id = id;
+    (*list)[*n].secret_key = key;
+    (*n)++;
     return 0;
 oom:
     snprintf(err, errlen, "out of memory");
     return -1;
+}
+
+static int add_credential(struct mock_opts *o, const char *pair, size_t len, const char *label,
+                          char *err, size_t errlen) {
+    return add_pair(&o->creds, &o->ncreds, &o->creds_cap, 0, pair, len, label, err, errlen);
+}
+
+static int add_app(struct mock_opts *o, const char *pair, size_t len, const char *label,
+                   char *err, size_t errlen) {
+    return add_pair(&o->apps, &o->napps, &o->apps_cap, 1, pair, len, label, err, errlen);
 }
 
 static int parse_bool(const char *v, int *out) {
@@ -205,6 +238,12 @@ static int set_opt(struct mock_opts *o, const struct opt_def *d, const char *val
             o->creds_level = level;
         }
         return add_credential(o, value, strlen(value), label, err, errlen);
+    case OPT_APP:
+        if (o->apps_level != level) {
+            apps_clear(o);
+            o->apps_level = level;
+        }
+        return add_app(o, value, strlen(value), label, err, errlen);
     }
     return -1;
 }
@@ -246,12 +285,14 @@ int mockopts_apply_json(struct mock_opts *o, const json_t *root, char *err, size
             snprintf(err, errlen, "config: unknown key \"%s\"", key);
             return -1;
         }
-        if (d->kind == OPT_CRED && json_is_array(v)) {
+        if ((d->kind == OPT_CRED || d->kind == OPT_APP) && json_is_array(v)) {
             size_t i;
             json_t *item;
             json_array_foreach(v, i, item) {
                 if (!json_is_string(item)) {
-                    snprintf(err, errlen, "%s must hold strings SECRETID:SECRETKEY", label);
+                    snprintf(err, errlen, "%s must hold strings %s", label,
+                             d->kind == OPT_APP ? "CAPTCHAAPPID:APPSECRETKEY"
+                                                : "SECRETID:SECRETKEY");
                     return -1;
                 }
                 if (set_opt(o, d, json_string_value(item), LEVEL_CONFIG, label, err, errlen))
@@ -291,7 +332,7 @@ int mockopts_apply_env(struct mock_opts *o, mockopts_getenv_fn get, char *err, s
         var[n] = '\0';
         const char *value = get(var);
         if (!value) continue;
-        if (d->kind == OPT_CRED) {
+        if (d->kind == OPT_CRED || d->kind == OPT_APP) {
             /* Several pairs in one variable, separated by commas or whitespace. */
             const char *p = value;
             while (*p) {
@@ -299,11 +340,15 @@ int mockopts_apply_env(struct mock_opts *o, mockopts_getenv_fn get, char *err, s
                 p += skip;
                 size_t len = strcspn(p, ", \t\n");
                 if (len == 0) break;
-                if (o->creds_level != LEVEL_ENV) {
-                    creds_clear(o);
-                    o->creds_level = LEVEL_ENV;
+                int *lvl = d->kind == OPT_APP ? &o->apps_level : &o->creds_level;
+                if (*lvl != LEVEL_ENV) {
+                    if (d->kind == OPT_APP) apps_clear(o);
+                    else creds_clear(o);
+                    *lvl = LEVEL_ENV;
                 }
-                if (add_credential(o, p, len, var, err, errlen) != 0) return -1;
+                if ((d->kind == OPT_APP ? add_app : add_credential)(o, p, len, var, err,
+                                                                     errlen) != 0)
+                    return -1;
                 p += len;
             }
             continue;
@@ -413,6 +458,15 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
         }
         while (n > 0 && o->public_url[n - 1] == '/') o->public_url[--n] = '\0';
     }
+    for (size_t i = 0; i < o->napps; i++) {
+        for (size_t j = 0; j < i; j++) {
+            if (strtoull(o->apps[i].secret_id, NULL, 10) ==
+                strtoull(o->apps[j].secret_id, NULL, 10)) {
+                snprintf(err, errlen, "CaptchaAppId %s is given twice", o->apps[i].secret_id);
+                return -1;
+            }
+        }
+    }
     if (o->ncreds == 0) {
         if (add_credential(o, MOCKOPTS_DEFAULT_SECRET_ID ":" MOCKOPTS_DEFAULT_SECRET_KEY,
                            strlen(MOCKOPTS_DEFAULT_SECRET_ID ":" MOCKOPTS_DEFAULT_SECRET_KEY),
@@ -433,7 +487,8 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
 
 const char *mockopts_usage(void) {
     return "Usage: capgate-mock [options]\n"
-           "An offline emulator of Tencent Cloud's captcha API 2.0 (csec.api.qcloud.com).\n"
+           "An offline emulator of Tencent Cloud's captcha API 2.0 (csec.api.qcloud.com)\n"
+           "and API 3.0 (captcha.tencentcloudapi.com: POST / with TC3-HMAC-SHA256).\n"
            "\n"
            "  --listen HOST:PORT          HTTP listener (default 127.0.0.1:9000; port 0 picks one)\n"
            "  --tls-listen HOST:PORT      HTTPS listener, with --tls-cert FILE --tls-key FILE\n"
@@ -441,6 +496,10 @@ const char *mockopts_usage(void) {
            "  --credentials-file FILE     ID:KEY per line, # comments\n"
            "  --timestamp-window SECONDS  accepted clock skew and Nonce memory (default 300)\n"
            "  --public-url URL            base of returned captcha URLs (default: the HTTP listener)\n"
+           "  --captcha-app ID:KEY        an API 3.0 CaptchaAppId:AppSecretKey (repeatable;\n"
+           "                              the first is the app of v2 URLs; default: the\n"
+           "                              generated app id with " MOCKOPTS_DEFAULT_APP_SECRET_KEY
+           ")\n"
            "  --seed N                    deterministic asig, tickets, randstr, appid\n"
            "  --https-only                API calls over plain HTTP get code 4600\n"
            "  --quota N                   requests/s per SecretId, then code 4400 (0: no limit)\n"

@@ -9,6 +9,8 @@
 
 #define MOCKOPTS_DEFAULT_SECRET_ID "AKIDcapgateMockTestKey00000000000000"
 #define MOCKOPTS_DEFAULT_SECRET_KEY "capgate-mock-secret"
+/* The AppSecretKey of the mock's captcha app (API 3.0) when --captcha-app is not given. */
+#define MOCKOPTS_DEFAULT_APP_SECRET_KEY "capgate-mock-app-secret"
 /* Longest --public-url: returned URLs and widget origins are built in fixed buffers. */
 #define MOCKOPTS_MAX_URL 512
 
@@ -34,6 +36,11 @@ struct mock_opts {
     uint32_t header_timeout_ms, body_timeout_ms;  /* default 10000 */
     uint32_t max_connections;  /* open connections at once; 0 (default): from RLIMIT_NOFILE */
     uint32_t captcha_ttl_s;    /* lifetime of URLs and tickets, default 1200 */
+    /* API 3.0 captcha apps, --captcha-app CAPTCHAAPPID:APPSECRETKEY (secret_id holds the
+     * decimal CaptchaAppId). Empty: one app with the generated id and the default key. */
+    struct mock_credential *apps;
+    size_t napps, apps_cap;
+    int apps_level;
     char *log_level;           /* default "info" */
     char *config;              /* the --config path, if any */
     int show_help, show_version;

@@ -92,6 +92,45 @@ static void test_env_credentials_replace_config(void **state) {
     mockopts_cleanup(&o);
 }
 
+/* --captcha-app: a list like --credential (config array, env list, flags replace); ids are
+ * numeric and unique. */
+static void test_captcha_apps(void **state) {
+    struct mock_opts o;
+    char err[256];
+    mockopts_init(&o);
+    json_t *cfg = js("{\"captcha_app\": [\"190000001:k1\", \"190000002:k:2\"]}");
+    assert_int_equal(mockopts_apply_json(&o, cfg, err, sizeof(err)), 0);
+    json_decref(cfg);
+    assert_int_equal(o.napps, 2);
+    assert_string_equal(o.apps[1].secret_id, "190000002");
+    assert_string_equal(o.apps[1].secret_key, "k:2");
+    static const char *const env[] = {"CAPGATE_MOCK_CAPTCHA_APP", "7:a, 8:b 9:c", NULL};
+    fake_env = env;
+    assert_int_equal(mockopts_apply_env(&o, fake_getenv, err, sizeof(err)), 0);
+    assert_int_equal(o.napps, 3);
+    char *argv[] = {"m", "--captcha-app", "5:x", NULL};
+    assert_int_equal(mockopts_apply_args(&o, 3, argv, err, sizeof(err)), 0);
+    assert_int_equal(o.napps, 1);
+    assert_string_equal(o.apps[0].secret_key, "x");
+    assert_int_equal(mockopts_finish(&o, err, sizeof(err)), 0);
+    mockopts_cleanup(&o);
+
+    static const char *const bad[] = {"abc:k", "12:", ":k", "0:k", "1234567890123456789:k"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        mockopts_init(&o);
+        char *a[] = {"m", "--captcha-app", (char *)bad[i], NULL};
+        assert_int_equal(mockopts_apply_args(&o, 3, a, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "CAPTCHAAPPID:APPSECRETKEY"));
+        mockopts_cleanup(&o);
+    }
+    mockopts_init(&o);
+    char *dup[] = {"m", "--captcha-app", "7:a", "--captcha-app", "007:b", NULL};
+    assert_int_equal(mockopts_apply_args(&o, 5, dup, err, sizeof(err)), 0);
+    assert_int_equal(mockopts_finish(&o, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "twice"));
+    mockopts_cleanup(&o);
+}
+
 static void expect_config_error(const char *text, const char *needle) {
     struct mock_opts o;
     char err[256] = "";
@@ -226,6 +265,7 @@ int main(void) {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_precedence),
         cmocka_unit_test(test_env_credentials_replace_config),
+        cmocka_unit_test(test_captcha_apps),
         cmocka_unit_test(test_config_strict),
         cmocka_unit_test(test_args_errors),
         cmocka_unit_test(test_max_connections),

@@ -32,7 +32,8 @@
 #include "redis_server.h"
 #include "store.h"
 
-#define TIMEOUT_MS 100
+#define TIMEOUT_MS 100        /* the tests of timeouts: a stopped or wrong server */
+#define CALL_TIMEOUT_MS 5000  /* every other test: a busy machine must not make a call time out */
 #define SLACK_MS 150
 
 /* ---- a redis-server of our own (redis_server.h) ---- */
@@ -147,7 +148,8 @@ static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_u
     b->shadow = shadow;
 }
 
-static struct fixture *fixture_new(struct redis_server *rp, unsigned db, const char *password) {
+static struct fixture *fixture_new_ms(struct redis_server *rp, unsigned db, const char *password,
+                                      unsigned timeout_ms) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
     assert_non_null(f);
@@ -161,7 +163,7 @@ static struct fixture *fixture_new(struct redis_server *rp, unsigned db, const c
         f->redis.port = rp->port;
         f->redis.db = db;
         f->redis.password = (char *)password;
-        f->redis.timeout_ms = TIMEOUT_MS;
+        f->redis.timeout_ms = timeout_ms;
         f->redis.key_prefix = "capgate:";
         f->cfg.redis = &f->redis;
     }
@@ -173,6 +175,8 @@ static struct fixture *fixture_new(struct redis_server *rp, unsigned db, const c
     key_serial++;
     return f;
 }
+
+#define fixture_new(rp, db, password) fixture_new_ms(rp, db, password, CALL_TIMEOUT_MS)
 
 static void fixture_free(struct fixture *f) {
     store_free(f->store);
@@ -768,7 +772,7 @@ static void test_redis_auth_and_db(void **state) {
     fixture_free(f);
 
     /* a wrong password never admits: the caller hears an error within the timeout */
-    f = fixture_new(&rp, 0, "wrong");
+    f = fixture_new_ms(&rp, 0, "wrong", TIMEOUT_MS);
     call(f, 0, &b, 1, &c);
     assert_int_equal(c.failed, 1);
     assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
@@ -816,7 +820,7 @@ static int call_until_ok(struct fixture *f, const struct limit_bucket *b, unsign
 #define MARKED_DOWN "redis unavailable (marked down: "
 
 static void test_redis_timeout(void **state) {
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
     struct limit_bucket b;
     struct call c;
     struct store_stats st;
@@ -875,7 +879,7 @@ static void test_redis_probe_drop(void **state) {
     /* a server that stays stopped: the probes time out too, the third timeout in a row drops
      * the connection, commands keep failing at once meanwhile, and the reconnect's handshake is
      * the probe that brings the store back after SIGCONT */
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
     struct limit_bucket b;
     struct call c;
     struct store_stats st;
@@ -907,7 +911,9 @@ static void test_redis_probe_drop(void **state) {
 static void test_redis_free_with_pending(void **state) {
     /* freed with one command abandoned after its timeout and one still waiting for its reply:
      * the waiting one hears "store closed" once, the abandoned one is freed with the link */
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    /* 1 s: the second command goes out 40 ms after the first, well before the first times out
+     * and marks the store down, even on a busy machine */
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, 1000);
     struct limit_bucket b;
     struct call c, first, pending;
     uint64_t t0;
@@ -924,7 +930,7 @@ static void test_redis_free_with_pending(void **state) {
     pending.returned = 1;
     t0 = clock_mono_us();
     while (!first.fired && clock_mono_us() - t0 < 5000000) run_loop_ms(f, 5);
-    assert_string_equal(first.err, "redis timed out after 100 ms");
+    assert_string_equal(first.err, "redis timed out after 1000 ms");
     assert_int_equal(pending.fired, 0);
     store_free(f->store);
     f->store = NULL;
@@ -935,7 +941,7 @@ static void test_redis_free_with_pending(void **state) {
 }
 
 static void test_redis_reconnect(void **state) {
-    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *f = fixture_new_ms(&main_redis, 0, NULL, TIMEOUT_MS);
     struct limit_bucket b;
     struct call c;
     struct store_stats st;

@@ -1,0 +1,293 @@
+/* api3.c: the API 3.0 face of the mock (captcha.tencentcloudapi.com): POST / with a JSON body,
+ * X-TC-* headers and a TC3-HMAC-SHA256 Authorization (common/tc3.c), answered in 3.0's shape
+ * {"Response": {..., "RequestId"}} or {"Response": {"Error": {"Code", "Message"}, "RequestId"}}.
+ * Error codes are the API 3.0 common ones (AuthFailure.*, MissingParameter, InvalidParameter,
+ * InvalidAction, NoSuchVersion, UnsupportedProtocol, RequestLimitExceeded, ...); the Actions and
+ * their fields follow the official SDK's models (captcha v20190722). */
+#include "mock.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "capgate/clock.h"
+#include "capgate/httpd.h"
+#include "capgate/params.h"
+#include "capgate/tc3.h"
+
+static const char *header(const struct httpd_req *req, const char *name) {
+    for (size_t i = 0; i < req->header_count; i++)
+        if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
+    return NULL;
+}
+
+/* Header lookup for tc3: host can be the Host header as sent or without its port (the Node
+ * SDK signs URL.hostname but sends URL.host). */
+struct hdr_arg {
+    const struct httpd_req *req;
+    char host[300];
+};
+
+static const char *hdr_as_sent(void *arg, const char *lname) {
+    return header(((struct hdr_arg *)arg)->req, lname);
+}
+
+static const char *hdr_no_port(void *arg, const char *lname) {
+    struct hdr_arg *a = arg;
+    return strcmp(lname, "host") == 0 ? a->host : header(a->req, lname);
+}
+
+static void host_without_port(const char *host, char *out, size_t len) {
+    snprintf(out, len, "%s", host ? host : "");
+    char *close = strchr(out, ']');
+    char *colon = strrchr(out, ':');
+    if (out[0] == '[' && close) {
+        if (close[1] == ':') close[1] = '\0';
+    } else if (colon && colon == strchr(out, ':')) {
+        *colon = '\0';
+    }
+}
+
+static int fail(struct api3_call *c, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(struct api3_call *c, const char *code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->msg, sizeof(c->msg), fmt, ap);
+    va_end(ap);
+    c->code = code;
+    return -1;
+}
+
+static int find_cred(const struct mock *m, const char *id) {
+    for (size_t i = 0; i < m->opts->ncreds; i++)
+        if (strcmp(m->opts->creds[i].secret_id, id) == 0) return (int)i;
+    return -1;
+}
+
+static int parse_u64(const char *s, uint64_t *out) {
+    if (!s || !*s || strlen(s) > 19) return -1;
+    uint64_t v = 0;
+    for (; *s; s++) {
+        if (!isdigit((unsigned char)*s)) return -1;
+        v = v * 10 + (uint64_t)(*s - '0');
+    }
+    *out = v;
+    return 0;
+}
+
+int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
+    c->cred = -1;
+    c->verdict = JOURNAL_UNCHECKED;
+    c->action = header(req, "x-tc-action");
+    if (m->opts->https_only && !req->is_tls)
+        return fail(c, "UnsupportedProtocol", "this endpoint accepts HTTPS only");
+    if (strcmp(req->method, "POST") != 0)
+        return fail(c, "UnsupportedProtocol", "method %s is not supported; this emulator takes "
+                    "POST with a JSON body", req->method);
+    const char *ct = req->content_type ? req->content_type : "";
+    if (strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';'))
+        return fail(c, "InvalidParameter", "Content-Type %.100s is not supported; use "
+                    "application/json", *ct ? ct : "(none)");
+    static const char *const need[] = {"X-TC-Action", "X-TC-Version", "X-TC-Timestamp",
+                                       "Authorization"};
+    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
+        if (!header(req, need[i]) || !*header(req, need[i]))
+            return i == 3 ? fail(c, "AuthFailure.InvalidAuthorization", "the Authorization "
+                                 "header is missing")
+                          : fail(c, "MissingParameter", "the header %s is missing", need[i]);
+    uint64_t ts;
+    const char *tss = header(req, "x-tc-timestamp");
+    if (parse_u64(tss, &ts) != 0)
+        return fail(c, "InvalidParameter", "X-TC-Timestamp %.40s is not a Unix time in "
+                    "seconds", tss);
+    struct tc3_auth a;
+    char err[256];
+    if (tc3_parse_authorization(header(req, "authorization"), &a, err, sizeof(err)) != 0)
+        return fail(c, "AuthFailure.InvalidAuthorization", "%s", err);
+    snprintf(c->secret_id, sizeof(c->secret_id), "%s", a.secret_id);
+    c->cred = find_cred(m, a.secret_id);
+    if (c->cred < 0)
+        return fail(c, "AuthFailure.SecretIdNotFound", "SecretId %s does not exist",
+                    a.secret_id);
+    uint64_t now = clock_wall_us() / 1000000u;
+    if (!tc3_timestamp_fresh(ts, now, m->opts->timestamp_window))
+        return fail(c, "AuthFailure.SignatureExpire", "X-TC-Timestamp %llu is %llu s from the "
+                    "server time; at most %u s is accepted", (unsigned long long)ts,
+                    (unsigned long long)(ts > now ? ts - now : now - ts),
+                    m->opts->timestamp_window);
+    /* The service of the scope: "captcha", or the first label of the Host, which is what the
+     * SDKs derive from an endpoint (endpoint.split(".")[0]) when pointed at the emulator. */
+    struct hdr_arg ha = {.req = req};
+    host_without_port(req->host, ha.host, sizeof(ha.host));
+    size_t label = strcspn(req->host ? req->host : "", ".");
+    if (strcmp(a.service, "captcha") != 0 &&
+        (!req->host || strlen(a.service) != label || strncmp(a.service, req->host, label) != 0))
+        return fail(c, "AuthFailure.SignatureFailure", "the Credential service %s is neither "
+                    "captcha nor the first label of the Host", a.service);
+    const char *key = m->opts->creds[c->cred].secret_key;
+    struct tc3_request r = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
+    int rc = tc3_verify(&r, &a, key, ts, err, sizeof(err));
+    if (rc == -1) {
+        r.header = hdr_no_port;
+        char err2[256];
+        if (tc3_verify(&r, &a, key, ts, err2, sizeof(err2)) == 0) rc = 0;
+    }
+    if (rc != 0) {
+        c->verdict = JOURNAL_SIG_BAD;
+        return fail(c, "AuthFailure.SignatureFailure", "%s (signed with the SecretKey of %s)",
+                    err, a.secret_id);
+    }
+    c->verdict = JOURNAL_SIG_OK;
+    if (m->opts->quota) {
+        struct mock_quota *q = &m->quota[c->cred];
+        if (q->second != now) {
+            q->second = now;
+            q->count = 0;
+        }
+        if (q->count >= m->opts->quota)
+            return fail(c, "RequestLimitExceeded", "quota of %u requests/s for SecretId %s "
+                        "exceeded", m->opts->quota, a.secret_id);
+        q->count++;
+    }
+    json_error_t jerr;
+    c->body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!c->body) return fail(c, "InvalidParameter", "the body is not JSON: %s", jerr.text);
+    if (!json_is_object(c->body))
+        return fail(c, "InvalidParameter", "the body must be a JSON object");
+    if (strcmp(c->action, "DescribeCaptchaResult") != 0 &&
+        strcmp(c->action, "DescribeCaptchaMiniResult") != 0)
+        return fail(c, "InvalidAction", "the Action %.64s does not exist (this emulator has "
+                    "DescribeCaptchaResult and DescribeCaptchaMiniResult)", c->action);
+    const char *ver = header(req, "x-tc-version");
+    if (strcmp(ver, MOCK_API3_VERSION) != 0)
+        return fail(c, "NoSuchVersion", "the Version %.40s does not exist; use "
+                    MOCK_API3_VERSION, ver);
+    return 0;
+}
+
+/* ---- the Actions ---- */
+
+enum ftype { F_INT, F_STR };
+struct field {
+    const char *name;
+    enum ftype type;
+    int required;
+};
+
+static const struct field result_fields[] = {
+    {"CaptchaType", F_INT, 1}, {"Ticket", F_STR, 1},       {"UserIp", F_STR, 1},
+    {"Randstr", F_STR, 1},     {"CaptchaAppId", F_INT, 1}, {"AppSecretKey", F_STR, 1},
+    {"BusinessId", F_INT, 0},  {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
+    {"Imei", F_STR, 0},        {"NeedGetCaptchaTime", F_INT, 0}, {NULL, F_INT, 0}};
+static const struct field mini_fields[] = {
+    {"CaptchaType", F_INT, 1}, {"Ticket", F_STR, 1},       {"UserIp", F_STR, 1},
+    {"CaptchaAppId", F_INT, 1}, {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
+    {"SceneId", F_INT, 0},     {"MacAddress", F_STR, 0},   {"Imei", F_STR, 0},
+    {NULL, F_INT, 0}};
+
+static int check_fields(struct api3_call *c, const struct field *f) {
+    const char *key;
+    json_t *v;
+    json_object_foreach(c->body, key, v) {
+        const struct field *k = f;
+        while (k->name && strcmp(k->name, key) != 0) k++;
+        if (!k->name)
+            return fail(c, "UnknownParameter", "%.64s is not a parameter of %s", key,
+                        c->action);
+        if (k->type == F_INT && (!json_is_integer(v) || json_integer_value(v) < 0))
+            return fail(c, "InvalidParameter", "%s must be a non-negative integer", key);
+        if (k->type == F_STR && !json_is_string(v))
+            return fail(c, "InvalidParameter", "%s must be a string", key);
+    }
+    for (; f->name; f++)
+        if (f->required && !json_object_get(c->body, f->name))
+            return fail(c, "MissingParameter", "the parameter %s is missing", f->name);
+    if (json_integer_value(json_object_get(c->body, "CaptchaType")) != 9)
+        return fail(c, "InvalidParameterValue", "CaptchaType must be 9");
+    return 0;
+}
+
+static json_t *result(int code, const char *msg) {
+    return json_pack("{s:i, s:s}", "CaptchaCode", code, "CaptchaMsg", msg);
+}
+
+json_t *api3_run(struct mock *m, struct api3_call *c) {
+    int mini = strcmp(c->action, "DescribeCaptchaMiniResult") == 0;
+    if (check_fields(c, mini ? mini_fields : result_fields) != 0) return NULL;
+    const char *ticket = json_string_value(json_object_get(c->body, "Ticket"));
+    const char *randstr = json_string_value(json_object_get(c->body, "Randstr"));
+    const char *secret = json_string_value(json_object_get(c->body, "AppSecretKey"));
+    uint64_t appid = (uint64_t)json_integer_value(json_object_get(c->body, "CaptchaAppId"));
+    /* Codes as the SDK models document them (DescribeCaptchaResultResponse.CaptchaCode and
+     * DescribeCaptchaMiniResultResponse.CaptchaCode). */
+    const char *key = mock_app_secret(m, appid);
+    if (!key)
+        return mini ? result(16, "CaptchaAppId wrong format")
+                    : result(100, "appid-secretkey-ticket mismatch");
+    if (strcmp(secret, key) != 0)
+        return result(100, mini ? "param err" : "appid-secretkey-ticket mismatch");
+    uint64_t now = clock_mono_us();
+    void *v = NULL;
+    etable_expire(m->tickets, now);
+    if (!etable_find(m->tickets, ticket, strlen(ticket), &v))
+        return mini ? result(25, "invalid ticket") : result(15, "decrypt fail");
+    struct mock_ticket *t = v;
+    if (t->appid != appid)
+        return mini ? result(7, "CaptchaAppId does not match")
+                    : result(16, "appid-ticket mismatch");
+    if (!mini && strcmp(randstr, t->randstr) != 0) return result(7, "captcha no match");
+    if (now - t->solved_us >= m->ttl_us) return result(8, "ticket expired");
+    if (t->v3_checks > 0)
+        return mini ? result(25, "invalid ticket") : result(9, "ticket reused");
+    t->v3_checks++;
+    json_t *o = result(1, mini ? "ticket verification succeeded" : "OK");
+    if (!mini) {
+        int need_time =
+            json_integer_value(json_object_get(c->body, "NeedGetCaptchaTime")) == 1;
+        json_object_set_new(o, "EvilLevel", json_integer(0));
+        json_object_set_new(o, "GetCaptchaTime",
+                            json_integer(need_time ? (json_int_t)t->get_wall_s : 0));
+        json_object_set_new(o, "EvilBitmap", json_null());
+        json_object_set_new(o, "SubmitCaptchaTime", json_integer((json_int_t)t->solve_wall_s));
+        json_object_set_new(o, "DeviceRiskCategory", json_null());
+        json_object_set_new(o, "Score", json_integer(0));
+    }
+    return o;
+}
+
+void api3_reply(struct mock *m, struct httpd_req *req, json_t *resp, const char *code,
+                const char *msg) {
+    char rid[40];
+    char hex[40];
+    snprintf(hex, sizeof(hex), "%016llx%016llx", (unsigned long long)mockrng_u64(&m->rid_rng),
+             (unsigned long long)mockrng_u64(&m->rid_rng));
+    /* A UUID-shaped RequestId, as the real service returns. */
+    snprintf(rid, sizeof(rid), "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12, hex + 16,
+             hex + 20);
+    if (!resp) resp = json_pack("{s:{s:s, s:s}}", "Error", "Code", code, "Message", msg);
+    if (resp) json_object_set_new(resp, "RequestId", json_string(rid));
+    mock_reply_json(req, 200, resp ? json_pack("{s:o}", "Response", resp) : NULL);
+}
+
+void api3_journal_params(const struct api3_call *c, struct params *out) {
+    if (c->action) params_adds(out, "Action", c->action);
+    if (c->secret_id[0]) params_adds(out, "SecretId", c->secret_id);
+    if (!json_is_object(c->body)) return;
+    const char *key;
+    json_t *v;
+    json_object_foreach(c->body, key, v) {
+        char num[32];
+        const char *s = NULL;
+        if (strcmp(key, "AppSecretKey") == 0) s = "***";
+        else if (json_is_string(v)) s = json_string_value(v);
+        else if (json_is_integer(v)) {
+            snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+            s = num;
+        }
+        if (s) params_adds(out, key, s);
+    }
+}
