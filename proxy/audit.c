@@ -42,6 +42,7 @@
 #include "capgate/thread.h"
 #include "config.h"
 #include "record.h"
+#include "redis_fence.h"
 #include "resp.h"
 
 /* ======================================================================================== */
@@ -774,11 +775,9 @@ struct audit {
     char run_id[17];
     char batch_key[320];            /* <prefix>audit:batch:<run_id> */
     uint64_t batch_seq;             /* the last live batch sent */
-    long long client_id;            /* CLIENT ID of the connection; -1 unknown */
-    char client_addr[64];           /* its local address as Redis names the client: ip:port */
-    long long fence_id;             /* a lost connection that carried an unanswered batch,
-                                     * killed at the next connect before replay; -1 none */
-    char fence_addr[64];
+    struct redis_fence client;      /* the connection's CLIENT ID and address; id -1 unknown */
+    struct redis_fence fence;       /* a lost connection that carried an unanswered batch,
+                                     * killed at the next connect before replay; id -1 none */
     struct sync_file file;          /* audit.file; fd -1 when not configured */
     struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
     struct strbuf resp;             /* the command being queued, formatted (argv_send) */
@@ -922,62 +921,18 @@ static void sink_disconnect(struct audit *a) {
         a->redis = NULL;
     }
     a->script_sha[0] = '\0';
-    a->client_id = -1;
-    a->client_addr[0] = '\0';
+    a->client.id = -1;
+    a->client.addr[0] = '\0';
 }
 
-/* The connection's CLIENT ID and local address (as Redis writes a client's addr: ip:port, an
- * IPv6 address in brackets), so a batch left unanswered on it can be fenced after a reconnect.
- * Unknown (-1) when CLIENT ID is refused (an ACL): fencing is then skipped. */
-static void learn_client(struct audit *a) {
-    struct sockaddr_storage ss;
-    socklen_t sl = sizeof(ss);
-    char ip[INET6_ADDRSTRLEN];
-    redisReply *r = redis_cmd(a->redis, "CLIENT ID");
-    a->client_id = r && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-    if (r)
-        freeReplyObject(r);
-    a->client_addr[0] = '\0';
-    if (getsockname(a->redis->fd, (struct sockaddr *)&ss, &sl) != 0)
-        return;
-    if (ss.ss_family == AF_INET) {
-        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
-        if (inet_ntop(AF_INET, &in->sin_addr, ip, sizeof(ip)))
-            snprintf(a->client_addr, sizeof(a->client_addr), "%s:%u", ip, ntohs(in->sin_port));
-    } else if (ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
-        if (inet_ntop(AF_INET6, &in6->sin6_addr, ip, sizeof(ip)))
-            snprintf(a->client_addr, sizeof(a->client_addr), "[%s]:%u", ip,
-                     ntohs(in6->sin6_port));
-    }
-}
+/* The connection's CLIENT ID and address, so a batch left unanswered on it can be fenced after
+ * a reconnect (redis_fence.h). */
+static void learn_client(struct audit *a) { redis_fence_learn(a->redis, &a->client); }
 
-/* A live batch whose EXEC went unanswered may still sit unread in Redis on the lost connection
- * (Redis stopped or busy) and run later. Killing that client (by its id and address both, so a
- * reused id after a Redis restart matches nothing) settles it: once CLIENT KILL has answered, the
- * batch either ran or never will, and the GET of the batch key at replay is final. */
+/* Settles a live batch whose EXEC went unanswered (redis_fence.h): after it the GET of the batch
+ * key at replay is final. */
 static int fence_lost_batch(struct audit *a) {
-    if (a->fence_id < 0)
-        return 0;
-    redisReply *r;
-    char id[24];
-    snprintf(id, sizeof(id), "%lld", a->fence_id);
-    if (a->fence_addr[0])
-        r = redis_cmd(a->redis, "CLIENT KILL ID %s ADDR %s", id, a->fence_addr);
-    else
-        r = redis_cmd(a->redis, "CLIENT KILL ID %s", id);
-    if (!r)
-        return -1;  /* no answer: fence again at the next connect */
-    if (r->type == REDIS_REPLY_INTEGER)
-        log_info("audit: the connection of the unanswered batch %s (client %s): %s", a->fence_addr,
-                 id, r->integer > 0 ? "closed now" : "already gone");
-    else
-        log_warn("audit: CLIENT KILL of the connection of an unanswered batch: %s; replay checks "
-                 "the batch key without that fence", r->str);
-    freeReplyObject(r);
-    a->fence_id = -1;
-    a->fence_addr[0] = '\0';
-    return 0;
+    return redis_fence_kill(a->redis, &a->fence, "audit");
 }
 
 static int load_script(struct audit *a) {
@@ -1338,10 +1293,8 @@ lost:
         if (!unfenced)
             snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
     }
-    if (!unfenced && a->client_id >= 0) {
-        a->fence_id = a->client_id;
-        snprintf(a->fence_addr, sizeof(a->fence_addr), "%s", a->client_addr);
-    }
+    if (!unfenced && a->client.id >= 0)
+        a->fence = a->client;
     sink_failed(a, why);
     return n;
 unsent:
@@ -2007,8 +1960,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     strbuf_init(&a->file_text);
     strbuf_init(&a->resp);
     a->backoff_ms = BACKOFF_MIN_MS;
-    a->client_id = -1;
-    a->fence_id = -1;
+    a->client.id = -1;
+    a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
     pthread_cond_init(&a->query_cond, NULL);

@@ -19,6 +19,7 @@
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <openssl/rand.h>
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
@@ -26,6 +27,7 @@
 #include "capgate/params.h"
 #include "capgate/thread.h"
 #include "config.h"
+#include "redis_fence.h"
 
 /* ---- fields ---- */
 
@@ -640,6 +642,16 @@ struct metrics {
     /* flush thread only */
     struct metrics_batch *pending;    /* Redis mode: merged sums not yet written */
     redisContext *conn;
+    /* Flush batches are numbered per process (run_id, batch_seq); each one's MULTI/EXEC also sets
+     * batch_key to its number, so whether a batch whose EXEC reply never came landed is one GET
+     * (after fencing the connection it went on), whatever the history. */
+    char run_id[17];
+    char *batch_key;                  /* <prefix>m:batch:<run_id> */
+    uint64_t batch_seq;               /* the last batch sent */
+    struct metrics_batch *unsure;     /* batch unsure_seq: sent, EXEC unanswered; NULL none */
+    uint64_t unsure_seq;
+    struct redis_fence client;        /* m->conn's CLIENT ID and address */
+    struct redis_fence lost;          /* the connection unsure went on, to kill; id -1 none */
     /* memory mode, under lock */
     struct metrics_batch *memory;
     uint64_t memory_pruned_minute;
@@ -730,6 +742,60 @@ fail:
     return NULL;
 }
 
+/* A connection, made if needed: the connection of an unanswered batch is killed first (so the
+ * GET of the batch key that follows is final), then this one's client id is learnt. */
+static int conn_ensure(struct metrics *m, char *err, size_t errlen) {
+    if (m->conn && !m->conn->err) return 0;
+    if (m->conn) redisFree(m->conn);
+    if (!(m->conn = redis_connect(m->redis, err, errlen))) return -1;
+    if (redis_fence_kill(m->conn, &m->lost, "metrics") != 0) {
+        snprintf(err, errlen, "redis %s:%d: CLIENT KILL of the lost connection: no answer",
+                 m->redis->host, m->redis->port);
+        redisFree(m->conn);
+        m->conn = NULL;
+        return -1;
+    }
+    redis_fence_learn(m->conn, &m->client);
+    return 0;
+}
+
+/* Settles m->unsure: one GET of the batch key says whether its EXEC ran (the key holds at least
+ * its number): then it is dropped, else merged back into pending to be sent again. 0, or -1 with
+ * err (unsure is kept). */
+static int settle_unsure(struct metrics *m, char *err, size_t errlen) {
+    if (!m->unsure) return 0;
+    if (conn_ensure(m, err, errlen) != 0) return -1;
+    redisReply *r = redisCommand(m->conn, "GET %s", m->batch_key);
+    uint64_t landed = 0;
+    if (!r || (r->type != REDIS_REPLY_NIL &&
+               (r->type != REDIS_REPLY_STRING || num_parse_u64(r->str, r->len, &landed) != 0))) {
+        snprintf(err, errlen, "redis: GET %s: %s", m->batch_key,
+                 !r ? m->conn->errstr : r->type == REDIS_REPLY_ERROR ? r->str : "not a number");
+        if (r) freeReplyObject(r);
+        else {
+            redisFree(m->conn);
+            m->conn = NULL;
+        }
+        return -1;
+    }
+    freeReplyObject(r);
+    if (landed >= m->unsure_seq) {
+        log_info("metrics: the unanswered flush %s:%" PRIu64 " was written; not sending it again",
+                 m->run_id, m->unsure_seq);
+    } else {
+        log_info("metrics: the unanswered flush %s:%" PRIu64 " was not written; sending it again",
+                 m->run_id, m->unsure_seq);
+        if (metrics_batch_merge(m->pending, m->unsure) != 0) {
+            atomic_fetch_add_explicit(&m->dropped_keys, metrics_batch_count(m->unsure),
+                                      memory_order_relaxed);
+            log_warn("metrics: out of memory while merging a batch; its counts are lost");
+        }
+    }
+    metrics_batch_free(m->unsure);
+    m->unsure = NULL;
+    return 0;
+}
+
 struct redis_write {
     redisContext *c;
     const struct metrics *m;
@@ -762,17 +828,16 @@ static void redis_write_cell(const struct metrics_cell *cell, void *arg) {
     else w->appended += 2;
 }
 
-/* Writes every cell of b in one MULTI/EXEC pipeline, so a connection lost halfway applies
- * nothing and the retry does not count twice. 0, or -1 with err (b is then kept). */
-static int redis_write(struct metrics *m, struct metrics_batch *b, char *err, size_t errlen) {
+/* Writes every cell of b in one MULTI/EXEC pipeline with the batch key set to seq, so a
+ * connection lost halfway applies nothing and the retry does not count twice. 0; -1 with err when
+ * nothing was applied (b is then kept); 1 with err when the EXEC may have run unanswered. */
+static int redis_write(struct metrics *m, struct metrics_batch *b, uint64_t seq, char *err,
+                       size_t errlen) {
     struct redis_write w = {.m = m};
     redisReply *reply = NULL;
-    int rc = -1;
+    int rc = -1, sent = 0;
     size_t plen = strlen(m->redis->prefix);
-    if (!m->conn || m->conn->err) {
-        if (m->conn) redisFree(m->conn);
-        if (!(m->conn = redis_connect(m->redis, err, errlen))) return -1;
-    }
+    if (conn_ensure(m, err, errlen) != 0) return -1;
     w.c = m->conn;
     w.keylen = plen + 64;
     w.keybuf = malloc(w.keylen);
@@ -782,8 +847,11 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, char *err, si
         goto out;
     }
     snprintf(w.index, plen + 8, "%sm:index", m->redis->prefix);
-    if (redisAppendCommand(w.c, "MULTI") != REDIS_OK) goto conn_err;
-    w.appended = 1;
+    if (redisAppendCommand(w.c, "MULTI") != REDIS_OK ||
+        redisAppendCommand(w.c, "SET %s %llu EX %llu", m->batch_key, (unsigned long long)seq,
+                           (unsigned long long)m->retention_s) != REDIS_OK)
+        goto conn_err;
+    w.appended = 2;
     metrics_batch_foreach(b, redis_write_cell, &w);
     if (w.failed ||
         redisAppendCommand(w.c, "EXPIRE %s %llu", w.index,
@@ -792,6 +860,7 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, char *err, si
         goto conn_err;
     w.appended += 2;
     for (size_t i = 0; i < w.appended; i++) {
+        sent = 1;   /* from the first read on, Redis may have the whole batch */
         if (redisGetReply(w.c, (void **)&reply) != REDIS_OK || !reply) goto conn_err;
         if (i + 1 < w.appended) {
             if (reply->type == REDIS_REPLY_ERROR) {
@@ -824,7 +893,12 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, char *err, si
 conn_err:
     snprintf(err, errlen, "redis %s:%d: %s", m->redis->host, m->redis->port,
              w.c->err ? w.c->errstr : "out of memory");
-    /* the connection is in an unknown state: start over next time */
+    /* the connection is in an unknown state: start over next time, after fencing it when the
+     * EXEC may still run (conn_ensure) */
+    if (sent) {
+        rc = 1;
+        m->lost = m->client;
+    }
     redisFree(m->conn);
     m->conn = NULL;
 out:
@@ -879,12 +953,25 @@ static void flush_cycle(struct metrics *m) {
         if (have) atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
         return;
     }
-    if (metrics_batch_count(m->pending)) {
+    if (metrics_batch_count(m->pending) || m->unsure) {
         /* A flush a second fails for as long as Redis is down: one line when it starts (and
          * when the error changes), a summary a minute, one line when a flush works again. */
         static struct log_limiter flush_warning = LOG_LIMITER_INIT(60, 0);
         static struct log_limiter drop_warning = LOG_LIMITER_INIT(60, 0);
-        if (redis_write(m, m->pending, err, sizeof(err)) == 0) {
+        int rc = settle_unsure(m, err, sizeof(err));
+        if (rc == 0 && metrics_batch_count(m->pending)) {
+            rc = redis_write(m, m->pending, ++m->batch_seq, err, sizeof(err));
+            if (rc == 1) {
+                /* the EXEC may have run: keep this batch apart, settled before the next one */
+                m->unsure = m->pending;
+                m->unsure_seq = m->batch_seq;
+                if (!(m->pending = metrics_batch_new())) {
+                    atomic_fetch_add_explicit(&m->flush_errors, 1, memory_order_relaxed);
+                    return;   /* taken again at the next cycle */
+                }
+            }
+        }
+        if (rc == 0) {
             metrics_batch_clear(m->pending);
             atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
             log_limited_ok(&flush_warning, LOG_LEVEL_INFO, "metrics: flushing to redis again");
@@ -906,7 +993,9 @@ static void flush_cycle(struct metrics *m) {
             }
         }
     }
-    atomic_store_explicit(&m->pending_keys, metrics_batch_count(m->pending),
+    atomic_store_explicit(&m->pending_keys,
+                          metrics_batch_count(m->pending) +
+                              (m->unsure ? metrics_batch_count(m->unsure) : 0),
                           memory_order_relaxed);
 }
 
@@ -986,6 +1075,21 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
             !(m->redis->prefix = strdup(cr->key_prefix ? cr->key_prefix : "capgate:")) ||
             (cr->password && !(m->redis->password = strdup(cr->password))))
             goto oom;
+        unsigned char rnd[8];
+        static const char digits[] = "0123456789abcdef";
+        if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+            snprintf(err, errlen, "metrics: RAND_bytes failed");
+            goto fail;
+        }
+        for (size_t i = 0; i < sizeof(rnd); i++) {
+            m->run_id[2 * i] = digits[rnd[i] >> 4];
+            m->run_id[2 * i + 1] = digits[rnd[i] & 15];
+        }
+        m->run_id[2 * sizeof(rnd)] = '\0';
+        size_t klen = strlen(m->redis->prefix) + sizeof("m:batch:") + sizeof(m->run_id);
+        if (!(m->batch_key = malloc(klen))) goto oom;
+        snprintf(m->batch_key, klen, "%sm:batch:%s", m->redis->prefix, m->run_id);
+        m->client.id = m->lost.id = -1;
     } else if (!(m->memory = metrics_batch_new())) {
         goto oom;
     }
@@ -1012,6 +1116,7 @@ fail:
         if (wake_init) pthread_cond_destroy(&m->wake);
         if (lock_init) pthread_mutex_destroy(&m->lock);
         redis_cfg_free(m->redis);
+        free(m->batch_key);
         metrics_batch_free(m->memory);
         free(m->slots);
         free(m);
@@ -1035,7 +1140,13 @@ void metrics_free(struct metrics *m) {
         if (b != SLOT_BUSY) metrics_batch_free(b);
         metrics_batch_free(atomic_load(&m->slots[i].spare));
     }
+    if (m->unsure)
+        log_warn("metrics: the flush %s:%" PRIu64 " (%zu keys) got no answer before exit; it may "
+                 "or may not have been written", m->run_id, m->unsure_seq,
+                 metrics_batch_count(m->unsure));
     if (m->conn) redisFree(m->conn);
+    metrics_batch_free(m->unsure);
+    free(m->batch_key);
     metrics_batch_free(m->pending);
     metrics_batch_free(m->memory);
     redis_cfg_free(m->redis);
