@@ -980,7 +980,8 @@ static void flush_cycle(struct metrics *m) {
             atomic_fetch_add_explicit(&m->flush_errors, 1, memory_order_relaxed);
             log_limited(&flush_warning, LOG_LEVEL_WARN,
                         "metrics: flush failed, %zu keys kept for the next one: %s",
-                        metrics_batch_count(m->pending), err);
+                        metrics_batch_count(m->pending) +
+                            (m->unsure ? metrics_batch_count(m->unsure) : 0), err);
             dropped = metrics_batch_trim(m->pending, METRICS_PENDING_MAX_KEYS, keep_from,
                                          &dropped_reqs);
             if (dropped) {

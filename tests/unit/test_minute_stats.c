@@ -701,6 +701,94 @@ static void test_redis_mode(void **state) {
     redis_stop();
 }
 
+/* An EXEC that ran but answered after redis.timeout_ms is not written again (the batch key of
+ * the late batch shows it landed), and a batch that never ran is sent again: the hash counts
+ * equal the requests recorded, exactly. The late reply: the server is stopped (SIGSTOP) with the
+ * flush sent to it, continued after the flush timed out. */
+static long long wait_count(const char *key, long long want) {
+    long long v = -1;
+    for (int i = 0; i < 500; i++) {   /* up to 5 s for the late EXEC to run */
+        redisContext *c = redis_client();
+        assert_non_null(c);
+        v = redis_int(c, "HGET %s requests", key);
+        redisFree(c);
+        if (v >= want) break;
+        usleep(10000);
+    }
+    return v;
+}
+
+static void test_redis_late_exec(void **state) {
+    struct config cfg;
+    struct config_redis rc;
+    char err[256], key[128];
+    (void)state;
+    redis.port = redis_server_free_port();
+    redis_start();
+    memset(&cfg, 0, sizeof(cfg));
+    memset(&rc, 0, sizeof(rc));
+    rc.host = "127.0.0.1";
+    rc.port = redis.port;
+    rc.timeout_ms = 200;
+    rc.key_prefix = "late:";
+    cfg.redis = &rc;
+    cfg.metrics.flush_ms = 60000;
+    cfg.metrics.retention_s = 600;
+    struct metrics *m = metrics_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(m);
+    uint64_t m0 = (clock_wall_us() / 60000000u - 1) * 60;
+    snprintf(key, sizeof(key), "late:m:7:-:%llu", (unsigned long long)(m0 / 60));
+    struct pipeline_record r = rec(m0 + 1, 1, 7, 0, 0, PIPELINE_FORWARDED, 0, 1000);
+
+    /* a first flush opens the connection */
+    for (int i = 0; i < 3; i++) metrics_record(m, 0, &r);
+    metrics_flush(m);
+    assert_int_equal(wait_count(key, 3), 3);
+
+    /* the next batch reaches a stopped server: no reply within the timeout */
+    for (int i = 0; i < 5; i++) metrics_record(m, 0, &r);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    metrics_flush(m);
+    struct metrics_stats st;
+    metrics_get_stats(m, &st);
+    assert_int_equal(st.flush_errors, 1);
+    assert_int_equal(kill(redis.pid, SIGCONT), 0);
+    /* the server runs the batch late */
+    assert_int_equal(wait_count(key, 8), 8);
+
+    /* the next flush finds the batch written and does not send it again */
+    for (int i = 0; i < 2; i++) metrics_record(m, 0, &r);
+    metrics_flush(m);
+    redisContext *c = redis_client();
+    assert_non_null(c);
+    assert_int_equal(redis_int(c, "HGET %s requests", key), 10);
+    assert_int_equal(redis_int(c, "HGET %s forwarded", key), 10);
+    redisFree(c);
+    metrics_get_stats(m, &st);
+    assert_int_equal(st.pending_keys, 0);
+
+    /* a batch that never ran (the stopped server is killed, a new empty one takes its port) is
+     * sent again, once */
+    for (int i = 0; i < 4; i++) metrics_record(m, 0, &r);
+    assert_int_equal(kill(redis.pid, SIGSTOP), 0);
+    metrics_flush(m);
+    assert_int_equal(kill(redis.pid, SIGKILL), 0);
+    redis_stop();
+    redis_start();
+    metrics_flush(m);
+    metrics_get_stats(m, &st);
+    assert_int_equal(st.pending_keys, 0);
+    c = redis_client();
+    assert_non_null(c);
+    assert_int_equal(redis_int(c, "HGET %s requests", key), 4);
+    redisFree(c);
+    metrics_free(m);
+    c = redis_client();
+    assert_int_equal(redis_int(c, "HGET %s requests", key), 4);
+    redisFree(c);
+    redis_stop();
+}
+
 static int teardown_redis(void **state) {
     redis_stop();
     return 0;
@@ -720,6 +808,7 @@ int main(void) {
         cmocka_unit_test(test_concurrent_handover),
         cmocka_unit_test(test_flush_thread_blocks_signals),
         cmocka_unit_test_teardown(test_redis_mode, teardown_redis),
+        cmocka_unit_test_teardown(test_redis_late_exec, teardown_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
