@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -1673,8 +1674,6 @@ static void memory_push(struct audit *a, const struct audit_record *r) {
 
 /* ---- the loop ---- */
 
-/* Held records first (alone, so they are not written twice to audit.file), else up to max
- * from the workers, round-robin, each worker's in order. */
 /* A value as sent, fit for a key=value text line: anything but printable ASCII other than
  * space, '"' and '\\' becomes '_', so a client can neither split the line nor fake a field. */
 static const char *access_text(const char *v, char *buf, size_t len) {
@@ -1732,23 +1731,37 @@ static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX])
     return log_line(LOG_LEVEL_INFO, text, NULL, line);
 }
 
+/* Writes what b holds to stderr and empties it. Failing, stderr is nowhere to say so. */
+static void access_flush(struct strbuf *b) {
+    if (b->len > 0)
+        (void)write_all(STDERR_FILENO, b->s, b->len);
+    strbuf_reset(b);
+}
+
 /* The access lines of records just taken from the worker queues (each record once: held ones
- * being retried had theirs), in one write to stderr: the workers never write the log per
- * request, and a slow stderr (a journal falling behind) delays only this thread. */
+ * being retried had theirs) go to stderr from here, so the workers never write the log per
+ * request and a slow stderr (a journal falling behind) delays only this thread. One write per
+ * batch, or per PIPE_BUF bytes of whole lines when a batch is longer: a pipe keeps a write of
+ * at most PIPE_BUF bytes whole, so another thread's log line never lands inside one of these
+ * (pipe(7)); a longer one may be split while the reader lags. */
 static void access_log(struct audit *a, struct audit_node **batch, size_t n) {
+    _Static_assert(LOG_LINE_MAX <= PIPE_BUF, "an access line fits one atomic write");
     if (n == 0 || log_get_level() > LOG_LEVEL_INFO) return;
     struct strbuf *b = &a->access;
     char line[LOG_LINE_MAX];
     strbuf_reset(b);
     for (size_t i = 0; i < n; i++) {
         size_t len = access_line(&batch[i]->rec, line);
+        if (b->len + len > PIPE_BUF)
+            access_flush(b);
         if (len > 0 && strbuf_append(b, line, len) != 0)
             break;  /* no memory: what fits goes out */
     }
-    if (b->len > 0)
-        (void)write_all(STDERR_FILENO, b->s, b->len);  /* failing, stderr is nowhere to say so */
+    access_flush(b);
 }
 
+/* Held records first (alone, so they are not written twice to audit.file, nor their access
+ * lines twice), else up to max from the workers, round-robin, each worker's in order. */
 static size_t collect(struct audit *a, struct audit_node **batch, size_t max, int *retried) {
     size_t n = 0;
     *retried = a->held != NULL;
