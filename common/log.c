@@ -81,9 +81,11 @@ static void json_escape_into(char *b, size_t cap, size_t *n, const char *s) {
 }
 
 /* One line: text in the text format; in JSON {"ts","level","prog","pid","msg": text} plus the
- * members of fields (a JSON object's text, or NULL). Under the journal no "ts" and no time. */
-static void log_write(enum log_level level, const char *text, const char *fields) {
-    char line[4096];
+ * members of fields (a JSON object's text, or NULL). Under the journal no "ts" and no time.
+ * Into line[LOG_LINE_MAX], '\n' included; its length, 0 on error. */
+static size_t log_format(enum log_level level, const char *text, const char *fields,
+                         char line[LOG_LINE_MAX]) {
+    const size_t cap = LOG_LINE_MAX;
     size_t n = 0;
     int journal = atomic_load_explicit(&log_journal, memory_order_relaxed);
     int json = atomic_load_explicit(&log_json, memory_order_relaxed);
@@ -99,16 +101,16 @@ static void log_write(enum log_level level, const char *text, const char *fields
     }
     int m;
     if (json) {
-        m = snprintf(line, sizeof line, "%s{%s%s%s\"level\":\"%s\",\"prog\":\"%s\",\"pid\":%d,"
+        m = snprintf(line, cap, "%s{%s%s%s\"level\":\"%s\",\"prog\":\"%s\",\"pid\":%d,"
                      "\"msg\":\"", journal ? level_prio[level] : "", journal ? "" : "\"ts\":\"",
                      ts_text, journal ? "" : "\",", level_json[level], log_prog, (int)getpid());
-        if (m < 0) return;
+        if (m < 0) return 0;
         n = (size_t)m;
-        json_escape_into(line, sizeof line - 4, &n, text);
+        json_escape_into(line, cap - 4, &n, text);
         line[n++] = '"';
         if (fields && fields[0] == '{' && fields[1] && fields[1] != '}') {
             size_t flen = strlen(fields + 1); /* members and the closing brace */
-            if (n + 1 + flen < sizeof line - 2) {
+            if (n + 1 + flen < cap - 2) {
                 line[n++] = ',';
                 memcpy(line + n, fields + 1, flen);
                 n += flen;
@@ -120,21 +122,34 @@ static void log_write(enum log_level level, const char *text, const char *fields
         }
     } else {
         if (journal)
-            m = snprintf(line, sizeof line, "%s%s ", level_prio[level], level_names[level]);
+            m = snprintf(line, cap, "%s%s ", level_prio[level], level_names[level]);
         else
-            m = snprintf(line, sizeof line, "%s %s[%d] %s ", ts_text, log_prog, (int)getpid(),
+            m = snprintf(line, cap, "%s %s[%d] %s ", ts_text, log_prog, (int)getpid(),
                          level_names[level]);
-        if (m < 0) return;
+        if (m < 0) return 0;
         n = (size_t)m;
         size_t tlen = strlen(text);
-        if (tlen > sizeof line - 2 - n) tlen = sizeof line - 2 - n;
+        if (tlen > cap - 2 - n) tlen = cap - 2 - n;
         memcpy(line + n, text, tlen);
         n += tlen;
     }
-    if (n > sizeof line - 1) n = sizeof line - 1;
+    if (n > cap - 1) n = cap - 1;
     line[n++] = '\n';
+    return n;
+}
+
+static void log_write(enum log_level level, const char *text, const char *fields) {
+    char line[LOG_LINE_MAX];
+    size_t n = log_format(level, text, fields, line);
+    if (n == 0) return;
     ssize_t w = write(STDERR_FILENO, line, n);
     (void)w;
+}
+
+size_t log_line(enum log_level level, const char *text, const char *fields,
+                char out[LOG_LINE_MAX]) {
+    if ((int)level < atomic_load_explicit(&log_min, memory_order_relaxed)) return 0;
+    return log_format(level, text, fields, out);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...) {

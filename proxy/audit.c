@@ -9,6 +9,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -217,6 +218,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->code = r->has_code ? pr->code : 0;
     copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
     r->upstream_status = pr->upstream_status;
+    r->http_status = pr->http_status;
     r->latency_us = pr->latency_us;
     r->upstream_latency_us = pr->upstream_latency_us;
     if (request_params) {
@@ -781,6 +783,7 @@ struct audit {
     struct sync_file file;          /* audit.file; fd -1 when not configured */
     struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
     struct strbuf resp;             /* the command being queued, formatted (argv_send) */
+    struct strbuf access;           /* one batch's access lines for stderr, kept between them */
     int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];           /* audit.file, or <spool_dir>/audit.jsonl without redis */
 
@@ -1624,8 +1627,94 @@ static void memory_push(struct audit *a, const struct audit_record *r) {
 
 /* ---- the loop ---- */
 
-/* Held records first (alone, so they are not written twice to audit.file), else up to max
- * from the workers, round-robin, each worker's in order. */
+/* A value as sent, fit for a key=value text line: anything but printable ASCII other than
+ * space, '"' and '\\' becomes '_', so a client can neither split the line nor fake a field. */
+static const char *access_text(const char *v, char *buf, size_t len) {
+    size_t i = 0;
+    if (!v[0]) return "-";
+    for (; v[i] && i + 1 < len; i++)
+        buf[i] = v[i] > ' ' && v[i] < 0x7f && v[i] != '"' && v[i] != '\\' ? v[i] : '_';
+    buf[i] = '\0';
+    return buf;
+}
+
+/* r's access line (README "Install and operate") into line, as log.c frames it; its length, 0
+ * when none. Text: key=value with "-" for what does not apply; JSON (log_format): the same as
+ * members, null for what does not apply, latencies in milliseconds. */
+static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX]) {
+    double ms = (double)r->latency_us / 1000.0, up_ms = (double)r->upstream_latency_us / 1000.0;
+    if (log_is_json()) {
+        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:i, s:f, s:s?}",
+                              "request_id", r->request_id, "app", r->app[0] ? r->app : NULL,
+                              "action", r->action[0] ? r->action : NULL,
+                              "client_ip", r->client_ip[0] ? r->client_ip : NULL,
+                              "decision", r->decision, "rule", r->rule[0] ? r->rule : NULL,
+                              "http", r->http_status, "latency_ms", ms, "type", "access");
+        if (!o) return 0;
+        json_object_set_new(o, "businessId", r->has_business_id
+                                                 ? json_integer(r->business_id) : json_null());
+        json_object_set_new(o, "sceneId", r->has_scene_id ? json_integer(r->scene_id)
+                                                          : json_null());
+        json_object_set_new(o, "code", r->has_code ? json_integer(r->code) : json_null());
+        json_object_set_new(o, "upstream_ms", r->upstream_latency_us ? json_real(up_ms)
+                                                                     : json_null());
+        json_object_set_new(o, "upstream_status", r->upstream_status
+                                                      ? json_integer(r->upstream_status)
+                                                      : json_null());
+        char *fields = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(o);
+        if (!fields) return 0;
+        size_t n = log_line(LOG_LEVEL_INFO, "access", fields, line);
+        free(fields);
+        return n;
+    }
+    char text[2048], action[64], ip[64];
+    char biz[16] = "-", scene[16] = "-", code[16] = "-", up[32] = "-";
+    if (r->has_business_id) snprintf(biz, sizeof biz, "%u", (unsigned)r->business_id);
+    if (r->has_scene_id) snprintf(scene, sizeof scene, "%u", (unsigned)r->scene_id);
+    if (r->has_code) snprintf(code, sizeof code, "%d", r->code);
+    if (r->upstream_latency_us) snprintf(up, sizeof up, "%.3f", up_ms);
+    if (snprintf(text, sizeof text, "access request_id=%s app=%s action=%s businessId=%s "
+                 "sceneId=%s decision=%s rule=%s code=%s http=%d latency_ms=%.3f upstream_ms=%s "
+                 "client_ip=%s", r->request_id, r->app[0] ? r->app : "-",
+                 access_text(r->action, action, sizeof action), biz, scene, r->decision,
+                 r->rule[0] ? r->rule : "-", code, r->http_status, ms, up,
+                 access_text(r->client_ip, ip, sizeof ip)) < 0)
+        return 0;
+    return log_line(LOG_LEVEL_INFO, text, NULL, line);
+}
+
+/* Writes what b holds to stderr and empties it. Failing, stderr is nowhere to say so. */
+static void access_flush(struct strbuf *b) {
+    if (b->len > 0)
+        (void)write_all(STDERR_FILENO, b->s, b->len);
+    strbuf_reset(b);
+}
+
+/* The access lines of records just taken from the worker queues (each record once: held ones
+ * being retried had theirs) go to stderr from here, so the workers never write the log per
+ * request and a slow stderr (a journal falling behind) delays only this thread. One write per
+ * batch, or per PIPE_BUF bytes of whole lines when a batch is longer: a pipe keeps a write of
+ * at most PIPE_BUF bytes whole, so another thread's log line never lands inside one of these
+ * (pipe(7)); a longer one may be split while the reader lags. */
+static void access_log(struct audit *a, struct audit_node **batch, size_t n) {
+    _Static_assert(LOG_LINE_MAX <= PIPE_BUF, "an access line fits one atomic write");
+    if (n == 0 || log_get_level() > LOG_LEVEL_INFO) return;
+    struct strbuf *b = &a->access;
+    char line[LOG_LINE_MAX];
+    strbuf_reset(b);
+    for (size_t i = 0; i < n; i++) {
+        size_t len = access_line(&batch[i]->rec, line);
+        if (b->len + len > PIPE_BUF)
+            access_flush(b);
+        if (len > 0 && strbuf_append(b, line, len) != 0)
+            break;  /* no memory: what fits goes out */
+    }
+    access_flush(b);
+}
+
+/* Held records first (alone, so they are not written twice to audit.file, nor their access
+ * lines twice), else up to max from the workers, round-robin, each worker's in order. */
 static size_t collect(struct audit *a, struct audit_node **batch, size_t max, int *retried) {
     size_t n = 0;
     *retried = a->held != NULL;
@@ -1648,6 +1737,7 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
             }
         }
     }
+    access_log(a, batch, n);
     return n;
 }
 
@@ -1958,6 +2048,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->lock_fd = -1;
     a->wake_fd = -1;
     strbuf_init(&a->file_text);
+    strbuf_init(&a->access);
     strbuf_init(&a->resp);
     a->backoff_ms = BACKOFF_MIN_MS;
     a->client.id = -1;
@@ -2129,6 +2220,7 @@ void audit_free(struct audit *a) {
     if (a->wake_fd >= 0)
         close(a->wake_fd);
     strbuf_cleanup(&a->file_text);
+    strbuf_cleanup(&a->access);
     strbuf_cleanup(&a->resp);
     if (a->replay_fp)
         fclose(a->replay_fp);

@@ -51,6 +51,8 @@ struct audit_record {
     int has_code;                   /* 0: the reply had no API code (null / left out) */
     char code_desc[32];
     int upstream_status;
+    int http_status;                /* answered (0: client gone); the access line's only: not
+                                     * in the stream, the JSON or the spool */
     uint64_t latency_us;
     uint64_t upstream_latency_us;
     char uid[AUDIT_PII_MAX];        /* HMAC-SHA256(pii_key, value), first 32 hex, or raw */
@@ -118,7 +120,9 @@ struct audit_stats {
  * spool left there by an earlier run, whatever its instance, is replayed once Redis answers.
  * The spool directory is locked (flock on <spool_dir>/.lock): a second process using it fails
  * here. Without redis, records go to a memory stream of min(maxlen, AUDIT_MEMORY_MAX) records.
- * cfg->audit.file, when set, receives every record as a JSON line too. NULL with err. */
+ * cfg->audit.file, when set, receives every record as a JSON line too. At info the sink also
+ * writes each record's access line to stderr, one write per batch (README "Install and
+ * operate"), so no worker writes to the log per request. NULL with err. */
 struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen);
 /* Copies r into worker's queue. Called on that worker's thread only (one producer per worker);
  * never blocks; its only I/O is one nonblocking eventfd write when it finds the sink asleep.

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <jansson.h>
 #include <openssl/rand.h>
 
 #include "audit.h"
@@ -749,10 +748,8 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
     ctx->rec.http_status = ctx->reply_status;
 }
 
-static void access_log(const struct pipeline_record *r);
-
-/* The end of every request, whatever became of it: counters, the metrics batch, the audit, the
- * access line. */
+/* The end of every request, whatever became of it: counters, the metrics batch, the audit (whose
+ * thread also writes the access line: no log write here on the worker's loop). */
 static void ctx_audit(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
     ctx->rec.latency_us = clock_mono_us() - ctx->start_us;
@@ -769,62 +766,6 @@ static void ctx_audit(struct pipeline_ctx *ctx) {
     stats_count_request(ctx->w->stats, ctx->rec.app[0] ? ctx->rec.app : "-",
                         validate_action_name(ctx->rec.action_id),
                         pipeline_decision_name(ctx->rec.decision));
-    access_log(&ctx->rec);
-}
-
-/* A value as sent, fit for a key=value text line: anything but printable ASCII other than
- * space, '"' and '\\' becomes '_', so a client can neither split the line nor fake a field. */
-static const char *access_text(const char *v, char *buf, size_t len) {
-    size_t i = 0;
-    if (!v[0]) return "-";
-    for (; v[i] && i + 1 < len; i++)
-        buf[i] = v[i] > ' ' && v[i] < 0x7f && v[i] != '"' && v[i] != '\\' ? v[i] : '_';
-    buf[i] = '\0';
-    return buf;
-}
-
-/* The access line: one per request at info, after its reply (README "Install and operate").
- * Text: key=value with "-" for what does not apply; JSON (log_format): the same as members,
- * null for what does not apply, latencies in milliseconds. */
-static void access_log(const struct pipeline_record *r) {
-    if (log_get_level() > LOG_LEVEL_INFO) return;
-    const char *decision = pipeline_decision_name(r->decision);
-    double ms = (double)r->latency_us / 1000.0, up_ms = (double)r->upstream_latency_us / 1000.0;
-    if (log_is_json()) {
-        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:i, s:f, s:s?}",
-                              "request_id", r->request_id, "app", r->app[0] ? r->app : NULL,
-                              "action", r->action[0] ? r->action : NULL,
-                              "client_ip", r->client_ip[0] ? r->client_ip : NULL,
-                              "decision", decision, "rule", r->rule[0] ? r->rule : NULL,
-                              "http", r->http_status, "latency_ms", ms, "type", "access");
-        if (!o) return;
-        json_object_set_new(o, "businessId", r->has_business_id
-                                                 ? json_integer(r->business_id) : json_null());
-        json_object_set_new(o, "sceneId", r->has_scene_id ? json_integer(r->scene_id)
-                                                          : json_null());
-        json_object_set_new(o, "code", r->no_code ? json_null() : json_integer(r->code));
-        json_object_set_new(o, "upstream_ms", r->upstream_latency_us ? json_real(up_ms)
-                                                                     : json_null());
-        json_object_set_new(o, "upstream_status", r->upstream_status
-                                                      ? json_integer(r->upstream_status)
-                                                      : json_null());
-        char *fields = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        json_decref(o);
-        if (!fields) return;
-        log_fields(LOG_LEVEL_INFO, "access", fields);
-        free(fields);
-        return;
-    }
-    char action[64], ip[64], biz[16] = "-", scene[16] = "-", code[16] = "-", up[32] = "-";
-    if (r->has_business_id) snprintf(biz, sizeof biz, "%u", (unsigned)r->business_id);
-    if (r->has_scene_id) snprintf(scene, sizeof scene, "%u", (unsigned)r->scene_id);
-    if (!r->no_code) snprintf(code, sizeof code, "%d", r->code);
-    if (r->upstream_latency_us) snprintf(up, sizeof up, "%.3f", up_ms);
-    log_info("access request_id=%s app=%s action=%s businessId=%s sceneId=%s decision=%s "
-             "rule=%s code=%s http=%d latency_ms=%.3f upstream_ms=%s client_ip=%s",
-             r->request_id, r->app[0] ? r->app : "-", access_text(r->action, action, sizeof action),
-             biz, scene, decision, r->rule[0] ? r->rule : "-", code, r->http_status, ms, up,
-             access_text(r->client_ip, ip, sizeof ip));
 }
 
 static void ctx_finish(struct pipeline_ctx *ctx) {

@@ -9,6 +9,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 
 enum log_level { LOG_LEVEL_DEBUG, LOG_LEVEL_INFO, LOG_LEVEL_WARN, LOG_LEVEL_ERROR };
@@ -27,6 +28,12 @@ int log_is_json(void);
  * then those of fields (the text of a JSON object, e.g. from json_dumps; NULL: none). */
 void log_fields(enum log_level level, const char *text, const char *fields);
 void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The longest line, its '\n' included; longer texts are cut. */
+#define LOG_LINE_MAX 4096
+/* The line log_fields would write, '\n' included, into out, for a thread that writes many lines
+ * at once (the audit thread's access lines); its length, 0 below the minimum level. */
+size_t log_line(enum log_level level, const char *text, const char *fields,
+                char out[LOG_LINE_MAX]);
 
 /* A warning that can repeat without end (accept failing while descriptors are exhausted, a
  * metrics flush failing every second while Redis is down, reconnect attempts). The first

@@ -33,6 +33,7 @@
 #include <openssl/sha.h>
 
 #include "audit.h"
+#include "capgate/log.h"
 #include "capgate/params.h"
 #include "capgate/strbuf.h"
 #include "config.h"
@@ -192,6 +193,7 @@ static void test_record_json_hashed(void **state) {
     strbuf_init(&b);
     assert_int_equal(audit_record_json(&r, &b), 0);
     assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+    back.http_status = r.http_status;  /* the access line's only: not in the JSON */
     assert_memory_equal(&back, &r, sizeof(r));
     strbuf_cleanup(&b);
     struct audit_fields f;
@@ -200,6 +202,7 @@ static void test_record_json_hashed(void **state) {
     assert_string_equal(f.name[0], "ts");
     assert_memory_equal(f.value[0], "2025-11-28T17:43:42.123Z", 24);
     assert_int_equal(audit_record_from_fields(&back, f.count, f.name, f.value, f.value_len), 0);
+    back.http_status = r.http_status;  /* nor in the stream */
     assert_memory_equal(&back, &r, sizeof(r));
     params_cleanup(&p);
 }
@@ -652,6 +655,100 @@ static void test_queue_order_and_count(void **state) {
     fclose(f);
     assert_int_equal(next[0], count);
     assert_int_equal(next[1], count);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* The sink writes one access line per record taken from the worker queues, each worker's in
+ * order, in the text format and in JSON. */
+static void test_access_lines(void **state) {
+    char *dir = make_tmpdir();
+    char errfile[512];
+    snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
+    struct config cfg = {0};
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 50;
+    cfg.instance = "test";
+    char err[256];
+    log_set_level(LOG_LEVEL_INFO);
+    fflush(stderr);
+    int saved = dup(2), fd = open(errfile, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(saved >= 0 && fd >= 0);
+    dup2(fd, 2);
+    close(fd);
+    struct audit *a = audit_new(&cfg, 2, err, sizeof(err));
+    assert_non_null(a);
+    const unsigned count = 3000;
+    struct producer p[2] = {{a, 0, count}, {a, 1, count}};
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
+    for (int i = 0; i < 2; i++)
+        pthread_join(t[i], NULL);
+    WAIT_UNTIL(stats_of(a).written == 2 * count, 10000, "the sink to take every record");
+    audit_free(a);
+    log_set_json(1);
+    cfg.audit.file = NULL;
+    a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    struct pipeline_record pr;
+    struct config_audit acfg = audit_cfg(0);
+    struct audit_record r;
+    sample_pipeline_record(&pr, "cccccccc00000000");
+    pr.no_code = 1;
+    pr.upstream_status = 502;
+    pr.upstream_latency_us = 2500;
+    pr.http_status = 503;
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &acfg, "test"), 0);
+    assert_int_equal(audit_submit(a, 0, &r), 0);
+    audit_free(a);
+    log_set_json(0);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    log_set_level(LOG_LEVEL_WARN);
+
+    FILE *f = fopen(errfile, "r");
+    assert_non_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned next[2] = {0, 0}, json_lines = 0;
+    while (getline(&line, &cap, f) > 0) {
+        const char *text = strstr(line, " INFO access ");
+        if (line[0] == '{' && strstr(line, "\"msg\":\"access\"")) {
+            json_t *o = json_loads(line, 0, NULL);
+            assert_non_null(o);
+            assert_string_equal(json_string_value(json_object_get(o, "msg")), "access");
+            assert_string_equal(json_string_value(json_object_get(o, "request_id")),
+                                "cccccccc00000000");
+            assert_true(json_is_null(json_object_get(o, "code")));
+            assert_true(json_is_null(json_object_get(o, "sceneId")));
+            assert_int_equal(json_integer_value(json_object_get(o, "businessId")), 7);
+            assert_int_equal(json_integer_value(json_object_get(o, "http")), 503);
+            assert_int_equal(json_integer_value(json_object_get(o, "upstream_status")), 502);
+            assert_true(json_real_value(json_object_get(o, "upstream_ms")) == 2.5);
+            json_decref(o);
+            json_lines++;
+            continue;
+        }
+        if (!text)
+            continue;
+        unsigned w = strstr(text, "request_id=b") != NULL;
+        char want[512];
+        snprintf(want, sizeof(want), " INFO access request_id=%s%08x app=shop-web "
+                 "action=CaptchaIframeQuery businessId=%u sceneId=- decision=%s rule=login "
+                 "code=4400 http=200 latency_ms=1.234 upstream_ms=- client_ip=127.0.0.1\n",
+                 w ? "bbbbbbbb" : "aaaaaaaa", next[w], w,
+                 pipeline_decision_name((enum pipeline_decision)(next[w] %
+                                                                 PIPELINE_DECISION_COUNT)));
+        assert_string_equal(text, want);
+        next[w]++;
+    }
+    free(line);
+    fclose(f);
+    assert_int_equal(next[0], count);
+    assert_int_equal(next[1], count);
+    assert_int_equal(json_lines, 1);
     rm_rf(dir);
     free(dir);
 }
@@ -1328,6 +1425,7 @@ static void test_sink_signal_mask(void **state) {
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
+    log_set_level(LOG_LEVEL_WARN);  /* the sink's access lines: test_access_lines asks for them */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),
@@ -1336,6 +1434,7 @@ int main(void) {
         cmocka_unit_test(test_record_json_matches_jansson),
         cmocka_unit_test(test_query_parse),
         cmocka_unit_test(test_queue_order_and_count),
+        cmocka_unit_test(test_access_lines),
         cmocka_unit_test(test_query_memory),
         cmocka_unit_test(test_sink_redis),
         cmocka_unit_test(test_sink_signal_mask),
