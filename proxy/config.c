@@ -1649,7 +1649,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     }
     rc = config_load_string(text, path, out, err, errlen);
 out:
-    free(text);
+    /* the file's text may hold literal secrets */
+    wipe_free(text, len);
     return rc;
 }
 
