@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
 # missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
-# redis, node and npm (unless a node >= 18 is already on PATH) and chromium (optional: the
-# browser test skips without it). --bench adds wrk, nginx-light and node.
+# redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
+# (the fuzz targets, scripts/fuzz.sh) and chromium (optional: the browser test skips without it).
+# --bench adds wrk, nginx-light and node.
 set -euo pipefail
 
 want_test=0
@@ -12,7 +13,7 @@ for arg in "$@"; do
     --test) want_test=1 ;;
     --bench) want_bench=1 ;;
     -h | --help)
-      sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'
+      sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
       exit 0
       ;;
     *)
@@ -46,6 +47,8 @@ fi
 if ((want_test)); then
   # ca-certificates: npm reaches its registry over https with the system store.
   required+=(redis-server redis-tools ca-certificates)
+  # clang: tests/fuzz (libFuzzer ships in libclang-rt-14-dev on Debian 12)
+  required+=(clang libclang-rt-14-dev)
   optional+=(chromium)
 fi
 if ((want_bench)); then
