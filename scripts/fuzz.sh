@@ -11,7 +11,10 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 seconds=${1:-60}
 [[ $seconds =~ ^[0-9]+$ ]] || { echo "usage: fuzz.sh [SECONDS]" >&2; exit 2; }
-command -v clang >/dev/null || { echo "fuzz.sh: clang is needed (install-deps.sh --test)" >&2; exit 2; }
+if ! command -v clang >/dev/null; then
+  echo "fuzz.sh: clang is needed (install-deps.sh --test)" >&2
+  exit 2
+fi
 
 CC=clang cmake -S . -B build-fuzz -DCAPGATE_FUZZ=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build-fuzz --target fuzz -j 2

@@ -31,7 +31,7 @@ function writeConfig(config) {
   return { dir, file, cfg };
 }
 
-test('--check-config: a literal secret with a control character is refused without echoing it', async () => {
+test('--check-config: a literal secret with a control character is refused, not echoed', async () => {
   const secret = 'literal-secret-4f1d';
   const { dir, file } = writeConfig();
   // JSON.stringify would escape the control character; written raw it is a JSON syntax error
@@ -84,7 +84,7 @@ function coreSoftLimit(pid) {
   return l.trim().split(/\s{2,}/)[1];
 }
 
-test('a running capgate: secrets gone from its environment, no core dumps, reload re-uses *_env', async () => {
+test('running: secrets gone from the environment, no core dumps, reload re-uses *_env', async () => {
   const { dir, file, cfg } = writeConfig();
   const gw = await startUnderCoreLimit(file, [], { CAPGATE_TEST_MARKER: 'still-here' });
   assert.equal(coreSoftLimit(gw.pid), '0', 'RLIMIT_CORE is 0 by default');
@@ -116,8 +116,8 @@ test('a running capgate: secrets gone from its environment, no core dumps, reloa
     ...cfg, apps: [...cfg.apps, { name: 'late-app', auth: 'token', token_env: 'GW_LATE_TOKEN' }],
   }, null, 2)}\n`);
   gw.proc.signal('SIGHUP');
-  await waitFor(() => /reload refused: .*GW_LATE_TOKEN is not set \(a secret added after start goes in token_file\)/.test(gw.proc.stderr),
-    { what: 'the reload refused' });
+  const refused = /reload refused: .*GW_LATE_TOKEN is not set \(a secret added after start goes in token_file\)/;
+  await waitFor(() => refused.test(gw.proc.stderr), { what: 'the reload refused' });
   await call();
   assert.equal(applied(), 1);
   await gw.proc.stop();
