@@ -10,16 +10,23 @@ struct apierr_entry {
     const char *message;
 };
 
-/* Sorted by code; the CAM failures share one codeDesc because Tencent attests none for them. */
+/* Sorted by code. Every code of the public error code page (tencentyun/qcloud-documents
+ * api/安全服务/天御业务安全防护/错误码.md), with its meaning as the default message. That page
+ * describes each code in Chinese and gives no codeDesc strings: the codeDesc names are Tencent
+ * Cloud's usual English ones where the API uses them (Success, InvalidParameter, AuthFailure,
+ * ...), and ours for the CAM failures (one shared name) and the purchase codes 5200-5500, which
+ * no captcha call returns. */
 static const struct apierr_entry apierr_table[] = {
     {0, "Success", "No Error"},
     {4000, "InvalidParameter", "invalid parameter"},
     {4100, "AuthFailure", "authentication failed"},
     {4101, "UnauthorizedOperation", "CAM: the sub-account is not authorized to call this API"},
-    {4102, "UnauthorizedOperation", "CAM: the sub-account is not authorized to access this resource"},
-    {4103, "UnauthorizedOperation", "CAM: this API does not accept sub-account calls"},
-    {4104, "UnauthorizedOperation", "CAM: the temporary credential Token is invalid"},
-    {4105, "UnauthorizedOperation", "CAM: the temporary credential Token has expired"},
+    {4102, "UnauthorizedOperation",
+     "CAM: the sub-account is not authorized to access this resource"},
+    {4103, "UnauthorizedOperation",
+     "CAM: the sub-account is not authorized to access the resource this API operates on"},
+    {4104, "UnauthorizedOperation", "CAM: the key used for the request does not exist"},
+    {4105, "UnauthorizedOperation", "CAM: the token is invalid"},
     {4106, "UnauthorizedOperation", "CAM: the MFA check failed"},
     {4110, "UnauthorizedOperation", "CAM: authorization failed for another reason"},
     {4300, "AccessDenied", "access denied"},
@@ -28,8 +35,14 @@ static const struct apierr_entry apierr_table[] = {
     {4600, "HttpsRequired", "the API only accepts HTTPS requests"},
     {5000, "ResourceNotFound", "resource not found"},
     {5100, "OperationFailed", "operation failed"},
+    {5200, "PurchaseFailed", "resource purchase failed"},
+    {5300, "InsufficientBalance", "insufficient account balance"},
+    {5400, "PartialSuccess", "the batch operation partly succeeded"},
+    {5500, "QualificationRejected",
+     "purchase failed: the account's qualification was not approved"},
     {6000, "InternalError", "internal server error"},
-    {6100, "VersionNotSupported", "API version not supported"},
+    {6100, "VersionNotSupported",
+     "this version does not support this interface (check the Action and the API host)"},
     {6200, "ServiceUnavailable", "API temporarily unavailable"},
 };
 

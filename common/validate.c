@@ -4,11 +4,10 @@
  * they are echoed to clients and logs. */
 #include "capgate/validate.h"
 
-#include <arpa/inet.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "capgate/net.h"
+#include "capgate/apierr.h"
 #include "capgate/num.h"
 #include "capgate/params.h"
 
@@ -17,6 +16,20 @@ const char *const validate_user_fields[] = {
     "uid", "userIp", "xForwardedFor", "macAddress", "imei", "associateAccount", "appId",
     "registerTime", NULL,
 };
+
+/* Tencent's 公共参数 besides Action (Region, Timestamp, Nonce, SecretId, Signature:
+ * qcloud-documents, 天御业务安全防护/调用方式/公共参数.md), SignatureMethod as the SDKs send it
+ * (qcloudapi-sdk-python QcloudApi/modules/base.py, the npm qcloudapi-sdk's index.js), and
+ * Token, a temporary credential's, which the gateway never forwards. */
+const char *const validate_public_params[] = {
+    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
+};
+
+int validate_is_public(const char *name) {
+    for (size_t i = 0; validate_public_params[i]; i++)
+        if (strcmp(name, validate_public_params[i]) == 0) return 1;
+    return 0;
+}
 
 static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_UNKNOWN] = "unknown",
@@ -194,21 +207,26 @@ static int check_enum(const char *name, uint32_t v, const uint32_t *allowed, siz
     return -1;
 }
 
-/* userIp: an IPv4 or IPv6 address in its usual text form (no port, no zone). */
-static int check_ip(const struct known_params *k, int required, const char **out, char *err,
-                    size_t errlen) {
+/* userIp: typed String by every Action's doc page, so any printable ASCII text (space to '~') of
+ * 1 to VALIDATE_USER_IP_MAX bytes, not only an address: upstream documents no format, and an
+ * app may send what its own proxy chain gave it. */
+static int check_user_ip(const struct known_params *k, int required, const char **out, char *err,
+                         size_t errlen) {
     const struct param *it = known_find(k, KN_USER_IP);
     if (!it) {
         if (!required) return 0;
         err_missing(err, errlen, "userIp");
         return -1;
     }
-    /* Values hold no NUL (params rejects them), so the string is the whole value. */
-    if (it->value_len == 0 || it->value_len >= INET6_ADDRSTRLEN ||
-        !net_is_ip_literal(it->value)) {
+    int printable = it->value_len > 0 && it->value_len <= VALIDATE_USER_IP_MAX;
+    for (size_t i = 0; printable && i < it->value_len; i++)
+        if ((unsigned char)it->value[i] < 0x20 || (unsigned char)it->value[i] > 0x7e)
+            printable = 0;
+    if (!printable) {
         char q[PARAMS_QUOTED_MAX];
         params_quote(q, sizeof q, it->value, it->value_len);
-        snprintf(err, errlen, "userIp must be an IPv4 or IPv6 address; got %s", q);
+        snprintf(err, errlen, "userIp must be 1 to %d printable ASCII characters; got %s",
+                 VALIDATE_USER_IP_MAX, q);
         return -1;
     }
     *out = it->value;
@@ -272,12 +290,34 @@ static int common_uints(const struct known_params *k, struct v2_fields *out, cha
     return 0;
 }
 
-static int validate_iframe_query(const struct known_params *k, struct v2_fields *out, int is_query,
-                                 char *err, size_t errlen) {
+static const uint32_t account_types[] = {0, 1, 2, 4, 6, 7};
+
+/* accountType against the documented list, and appId when it names a QQ or WeChat account. */
+static int check_account(const struct known_params *k, int required, struct v2_fields *out,
+                         char *err, size_t errlen) {
+    int has;
+    if (get_uint(k, KN_ACCOUNT_TYPE, required, &out->account_type, &has, err, errlen) != 0)
+        return -1;
+    if (!has) return 0;
+    if (check_enum("accountType", out->account_type, account_types, 6, "0, 1, 2, 4, 6, 7", err,
+                   errlen) != 0)
+        return -1;
+    out->has_account_type = 1;
+    if (out->account_type == 1 || out->account_type == 2) {
+        const char *app_id = known_get(k, KN_APP_ID);
+        if (!app_id || !*app_id) {
+            snprintf(err, errlen, "appId is required when accountType is 1 or 2");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int validate_iframe_query(const struct known_params *k, struct v2_fields *out, char *err,
+                                 size_t errlen) {
     static const uint32_t is_https[] = {0, 1};
-    static const uint32_t client_types[] = {1, 2, 4};
-    static const uint32_t account_types[] = {0, 1, 2, 4, 6, 7};
-    static const uint32_t scripts[] = {0, 1};
+    /* 3 is APP in older versions of the doc page, 4 in newer ones: both are accepted. */
+    static const uint32_t client_types[] = {1, 2, 3, 4};
     int has;
 
     if (get_uint(k, KN_CAPTCHA_TYPE, 1, &out->captcha_type, &has, err, errlen) != 0) return -1;
@@ -289,30 +329,37 @@ static int validate_iframe_query(const struct known_params *k, struct v2_fields 
         return -1;
     out->has_is_https = 1;
     if (get_uint(k, KN_CLIENT_TYPE, 1, &out->client_type, &has, err, errlen) != 0 ||
-        check_enum("clientType", out->client_type, client_types, 3, "1, 2, 4", err, errlen) != 0)
-        return -1;
-    out->has_client_type = 1;
-    if (get_uint(k, KN_ACCOUNT_TYPE, 1, &out->account_type, &has, err, errlen) != 0 ||
-        check_enum("accountType", out->account_type, account_types, 6, "0, 1, 2, 4, 6, 7", err,
+        check_enum("clientType", out->client_type, client_types, 4, "1, 2, 3, 4", err,
                    errlen) != 0)
         return -1;
-    out->has_account_type = 1;
-    if (out->account_type == 1 || out->account_type == 2) {
-        const char *app_id = known_get(k, KN_APP_ID);
-        if (!app_id || !*app_id) {
-            snprintf(err, errlen, "appId is required when accountType is 1 or 2");
-            return -1;
-        }
-    }
+    out->has_client_type = 1;
+    if (check_account(k, 1, out, err, errlen) != 0) return -1;
     if (common_uints(k, out, err, errlen) != 0) return -1;
-    if (check_ip(k, 0, &out->user_ip, err, errlen) != 0) return -1;
-    if (is_query) {
-        if (get_uint(k, KN_SCRIPT, 0, &out->script, &has, err, errlen) != 0) return -1;
-        if (has && check_enum("script", out->script, scripts, 2, "0, 1", err, errlen) != 0)
-            return -1;
-        out->has_script = has ? 1u : 0u;
-    }
-    return 0;
+    return check_user_ip(k, 0, &out->user_ip, err, errlen);
+}
+
+/* CaptchaQuery as its doc page has it: required registerTime, userIp, captchaType, script,
+ * businessId; optional accountType (with its appId rule), sceneId, callBack and the user
+ * strings. It has no disturbLevel, isHttps or clientType: sent anyway, they are extra parameters
+ * like any other (accepted, not checked). */
+static int validate_query(const struct known_params *k, struct v2_fields *out, char *err,
+                          size_t errlen) {
+    static const uint32_t scripts[] = {0, 1};
+    int has;
+
+    if (get_uint(k, KN_REGISTER_TIME, 1, &out->register_time, &has, err, errlen) != 0)
+        return -1;
+    if (check_user_ip(k, 1, &out->user_ip, err, errlen) != 0) return -1;
+    if (get_uint(k, KN_CAPTCHA_TYPE, 1, &out->captcha_type, &has, err, errlen) != 0) return -1;
+    out->has_captcha_type = 1;
+    if (get_uint(k, KN_SCRIPT, 1, &out->script, &has, err, errlen) != 0 ||
+        check_enum("script", out->script, scripts, 2, "0, 1", err, errlen) != 0)
+        return -1;
+    out->has_script = 1;
+    if (get_uint(k, KN_BUSINESS_ID, 1, &out->business_id, &has, err, errlen) != 0) return -1;
+    if (check_account(k, 0, out, err, errlen) != 0) return -1;
+    /* businessId and registerTime again: present, so common_uints only sets their flags. */
+    return common_uints(k, out, err, errlen);
 }
 
 static int validate_check(const struct known_params *k, struct v2_fields *out, char *err,
@@ -321,7 +368,7 @@ static int validate_check(const struct known_params *k, struct v2_fields *out, c
     if (need_string(k, KN_TICKET, &out->ticket, err, errlen) != 0) return -1;
     if (get_uint(k, KN_CAPTCHA_TYPE, 1, &out->captcha_type, &has, err, errlen) != 0) return -1;
     out->has_captcha_type = 1;
-    if (check_ip(k, 1, &out->user_ip, err, errlen) != 0) return -1;
+    if (check_user_ip(k, 1, &out->user_ip, err, errlen) != 0) return -1;
     return common_uints(k, out, err, errlen);
 }
 
@@ -334,9 +381,9 @@ int validate_request(enum v2_action action, const struct params *p, struct v2_fi
     user_strings(&k, out);
     switch (action) {
     case V2_ACTION_CAPTCHA_IFRAME_QUERY:
-        return validate_iframe_query(&k, out, 0, err, errlen);
+        return validate_iframe_query(&k, out, err, errlen);
     case V2_ACTION_CAPTCHA_QUERY:
-        return validate_iframe_query(&k, out, 1, err, errlen);
+        return validate_query(&k, out, err, errlen);
     case V2_ACTION_CAPTCHA_CHECK:
         return validate_check(&k, out, err, errlen);
     default:
@@ -352,4 +399,10 @@ int validate_request(enum v2_action action, const struct params *p, struct v2_fi
                  "Action must be one of CaptchaIframeQuery, CaptchaCheck, CaptchaQuery; got %s", q);
     }
     return -1;
+}
+
+int validate_error_code(enum v2_action action, const struct params *p) {
+    if (action != V2_ACTION_UNKNOWN) return APIERR_INVALID_PARAMETER;
+    const char *name = params_get(p, "Action");
+    return name && *name ? APIERR_VERSION : APIERR_INVALID_PARAMETER;
 }

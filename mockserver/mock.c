@@ -120,6 +120,26 @@ static int issue_url(struct mock *m, uint32_t client_type, char asig[MOCK_ASIG_L
 
 static json_t *success_obj(void) { return reply_new(0, NULL); }
 
+/* The origin of a captcha URL. isHttps is "whether the returned JavaScript uses HTTPS" (the
+ * CaptchaIframeQuery doc page), so with 1 the URL is https://: --public-url when it is https,
+ * else the TLS listener, else the http origin (--public-url or the listener) with its scheme
+ * changed (nothing answers TLS there: run the mock with --tls-listen to load such a URL). With 0
+ * it is --public-url or the plain listener, as before. */
+static void url_origin(const struct mock *m, int https, char *out, size_t len) {
+    static const char http[] = "http://";
+    const char *base = m->url_base;
+    if (!https || strncmp(base, "https://", 8) == 0) {
+        snprintf(out, len, "%s", base);
+        return;
+    }
+    if (!m->opts->public_url && m->https_base[0]) {
+        snprintf(out, len, "%s", m->https_base);
+        return;
+    }
+    if (strncmp(base, http, sizeof(http) - 1) == 0) base += sizeof(http) - 1;
+    snprintf(out, len, "https://%s", base);
+}
+
 static void action_iframe_query(struct call *c, char *fault) {
     struct mock *m = c->m;
     char asig[MOCK_ASIG_LEN + 1];
@@ -127,8 +147,9 @@ static void action_iframe_query(struct call *c, char *fault) {
         call_error(c, APIERR_INTERNAL, "out of memory");
         return;
     }
-    char url[1024];
-    snprintf(url, sizeof(url), "%s%s?appid=%s&clientype=%u&lang=2052&asig=%s", m->url_base,
+    char origin[320], url[1024];
+    url_origin(m, c->fields.is_https == 1, origin, sizeof(origin));
+    snprintf(url, sizeof(url), "%s%s?appid=%s&clientype=%u&lang=2052&asig=%s", origin,
              MOCK_WIDGET_PATH, m->appid, c->fields.client_type, asig);
     json_t *o = success_obj();
     json_object_set_new(o, "url", json_string(url));
@@ -410,14 +431,11 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
         }
         q->count++;
     }
+    /* An Action other than the three: 6100, the code the error code page gives for an
+     * interface this version does not have (validate_error_code). */
     enum v2_action action = validate_action_parse(c.pub.action);
-    if (action == V2_ACTION_UNKNOWN) {
-        call_error(&c, APIERR_INVALID_PARAMETER, "unknown Action %s (supported: "
-                   "CaptchaIframeQuery, CaptchaCheck, CaptchaQuery)", c.pub.action);
-        goto out;
-    }
     if (validate_request(action, &c.params, &c.fields, err, sizeof(err)) != 0) {
-        call_error(&c, APIERR_INVALID_PARAMETER, "%s", err);
+        call_error(&c, validate_error_code(action, &c.params), "%s", err);
         goto out;
     }
     c.fields.action = action;

@@ -50,6 +50,7 @@ enum field_kind {
     FK_OPTSTR,  /* char[], "" = absent (null in JSON, left out of the stream) */
     FK_U32OPT,  /* uint32_t with an int has_ flag */
     FK_INT,     /* int */
+    FK_INTOPT,  /* int with an int has_ flag (absent: null in JSON, left out of the stream) */
     FK_U64      /* uint64_t */
 };
 
@@ -68,6 +69,8 @@ struct field_desc {
 #define F_U32(n, m, h) {n, FK_U32OPT, offsetof(struct audit_record, m), 0, \
                         offsetof(struct audit_record, h)}
 #define F_INT(n, m) {n, FK_INT, offsetof(struct audit_record, m), 0, 0}
+#define F_INTOPT(n, m, h) {n, FK_INTOPT, offsetof(struct audit_record, m), 0, \
+                           offsetof(struct audit_record, h)}
 #define F_U64(n, m) {n, FK_U64, offsetof(struct audit_record, m), 0, 0}
 
 /* DESIGN.md 4.2 order. */
@@ -85,7 +88,7 @@ static const struct field_desc record_fields[] = {
     F_U32("accountType", account_type, has_account_type),
     F_STR("decision", decision),
     F_OPT("rule", rule),
-    F_INT("code", code),
+    F_INTOPT("code", code, has_code),
     F_STR("codeDesc", code_desc),
     F_INT("upstream_status", upstream_status),
     F_U64("latency_us", latency_us),
@@ -202,7 +205,9 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->account_type = r->has_account_type ? pr->account_type : 0;
     copy_str(r->decision, sizeof(r->decision), pipeline_decision_name(pr->decision));
     copy_str(r->rule, sizeof(r->rule), pr->rule);
-    r->code = pr->code;
+    /* A reply with no API code (CaptchaQuery script=1's JavaScript) has none in the record. */
+    r->has_code = !pr->no_code;
+    r->code = r->has_code ? pr->code : 0;
     copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
     r->upstream_status = pr->upstream_status;
     r->latency_us = pr->latency_us;
@@ -314,6 +319,11 @@ static json_t *record_to_object(const struct audit_record *r) {
         case FK_INT:
             v = json_integer(*(const int *)(const void *)p);
             break;
+        case FK_INTOPT:
+            v = *(const int *)(const void *)((const char *)r + f->has_off)
+                    ? json_integer(*(const int *)(const void *)p)
+                    : json_null();
+            break;
         case FK_U64:
             v = json_integer((json_int_t)*(const uint64_t *)(const void *)p);
             break;
@@ -422,6 +432,12 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
         case FK_INT:
             o = num_put_i64(o, *(const int *)(const void *)p);
             break;
+        case FK_INTOPT:
+            if (*(const int *)(const void *)((const char *)r + f->has_off))
+                o = num_put_i64(o, *(const int *)(const void *)p);
+            else
+                o = put_str(o, "null", 4);
+            break;
         case FK_U64:  /* as jansson's json_int_t: past INT64_MAX it reads negative */
             o = num_put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
             break;
@@ -454,11 +470,14 @@ static int set_field(struct audit_record *r, const struct field_desc *f, const c
             return -1;
         *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
-    case FK_INT: {
+    case FK_INT:
+    case FK_INTOPT: {
         int neg = len > 0 && s[0] == '-';
         if (num_parse_range(s + neg, len - (size_t)neg, 0, 2147483647u, &u) != 0)
             return -1;
         *(int *)(void *)p = neg ? -(int)u : (int)u;
+        if (f->kind == FK_INTOPT)
+            *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
     }
     case FK_U64:
@@ -500,7 +519,8 @@ static int record_from_object(json_t *o, struct audit_record *r) {
             if (set_field(r, f, json_string_value(v), json_string_length(v)) != 0)
                 return -1;
         } else if (json_is_integer(v)) {
-            if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_U64)
+            if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_INTOPT &&
+                f->kind != FK_U64)
                 return -1;
             int len = snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
             if (set_field(r, f, num, (size_t)len) != 0)
@@ -556,6 +576,11 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
             len = put_num_z(num, num_put_u64(num, *(const uint32_t *)(const void *)p));
             break;
         case FK_INT:
+            len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
+            break;
+        case FK_INTOPT:
+            if (!*(const int *)(const void *)((const char *)r + d->has_off))
+                continue;
             len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
             break;
         case FK_U64:

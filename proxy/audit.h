@@ -49,6 +49,7 @@ struct audit_record {
     char decision[24];              /* pipeline_decision_name() */
     char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
+    int has_code;                   /* 0: the reply had no API code (null / left out) */
     char code_desc[32];
     int upstream_status;
     uint64_t latency_us;

@@ -1,7 +1,15 @@
 /* config.c: loads the gateway's JSON configuration into struct config. Each object is parsed by
  * one table of fields (key, kind, offset, bounds); sections with cross-field rules get a check
  * after their table ran. jansson keeps no positions of nodes, so an error's line and column come
- * from a small scanner that walks the source text along the key path of the offending node. */
+ * from a small scanner that walks the source text along the key path of the offending node.
+ *
+ * The same tables drive the masked dump (--check-config) and the reload diff (SIGHUP's log). A
+ * new key of a plain kind needs nothing more; an FK_CUSTOM one needs, for a leaf, .dump/.same
+ * hooks (or .view and .off), and for a section or a list of objects .shape and .sub (SECTION,
+ * LIST). A new top-level key says whether SIGHUP applies it (F_RELOAD); the README's table of
+ * what SIGHUP applies and test_config's test_reload_keys_match_readme list it. test_config
+ * changes every key of config/capgate.example.json and fails on one the dump or the diff
+ * misses. */
 #include "config.h"
 
 #include <errno.h>
@@ -1792,10 +1800,11 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
 }
 
 /* Can the file say null for f? (Else a null value is left out of the dump, as it is absent from
- * the file: a token app's secret_id, a signature app's token.) */
+ * the file: a token app's secret_id, a signature app's token.) A dump hook decides for itself:
+ * null is shown, a NULL result left out. */
 static int null_ok(const struct field *f) {
-    return f->kind == FK_STRING_NULL || f->kind == FK_SECRET_ENV || f->kind == FK_SECRET_FILE ||
-           f->shape == SHAPE_OBJECT_PTR;
+    return f->dump || f->kind == FK_STRING_NULL || f->kind == FK_SECRET_ENV ||
+           f->kind == FK_SECRET_FILE || f->shape == SHAPE_OBJECT_PTR;
 }
 
 static int dump_object(const struct field *table, const char *base, json_t **out) {
@@ -1928,11 +1937,14 @@ static const char *element_name(const struct field *sub, const char *elem) {
     return NULL;
 }
 
-/* Lists of named elements are matched by name (added, removed, changed), others by index. */
+/* Lists of named elements are matched by name (added, removed, changed; the same elements in
+ * another order: "reordered", which matters to limits), others by index. Called when the lists
+ * differ. */
 static void diff_list(struct diff *d, const struct field *f, const char *a, const char *b,
                       const char *path) {
     const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
     size_t nx = *(const size_t *)(a + f->count_off), ny = *(const size_t *)(b + f->count_off);
+    size_t reported = d->count;
     char where[CONFIG_NAME_MAX + 300];
     int named = (nx && element_name(f->sub, x)) || (ny && element_name(f->sub, y));
     for (size_t j = 0; j < ny; j++) {
@@ -1963,6 +1975,7 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
         }
         if (!kept) diff_report(d, where, "removed");
     }
+    if (d->count == reported) diff_report(d, path, "reordered");
 }
 
 static void diff_field(struct diff *d, const struct field *f, const char *a, const char *b,

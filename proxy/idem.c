@@ -13,6 +13,7 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/params.h"
+#include "capgate/validate.h"
 
 /* ---- pure ---- */
 
@@ -55,17 +56,6 @@ int idem_key(const char *prefix, const char *app, const char *value, char *out, 
     return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
-static const char *const idem_public_params[] = {
-    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token",
-    "RequestClient", NULL,
-};
-
-static int idem_public(const char *name) {
-    for (size_t i = 0; idem_public_params[i]; i++)
-        if (strcmp(name, idem_public_params[i]) == 0) return 1;
-    return 0;
-}
-
 /* Each field as its length (8 bytes, big-endian) then its bytes: no two lists hash alike. */
 static int idem_digest_field(EVP_MD_CTX *md, const char *s, size_t n) {
     unsigned char len[8];
@@ -87,7 +77,9 @@ int idem_fingerprint(const struct params *p, char *out) {
     if (idem_digest_field(md, action ? action : "", action ? strlen(action) : 0) != 0) goto out;
     for (size_t i = 0; i < sorted.count; i++) {
         const struct param *it = &sorted.items[i];
-        if (idem_public(it->name) || strcmp(it->name, "Action") == 0) continue;
+        if (validate_is_public(it->name) || strcmp(it->name, V2_REQUEST_CLIENT) == 0 ||
+            strcmp(it->name, "Action") == 0)
+            continue;
         if (idem_digest_field(md, it->name, it->name_len) != 0 ||
             idem_digest_field(md, it->value, it->value_len) != 0)
             goto out;

@@ -192,9 +192,11 @@ void metrics_cell_cleanup(struct metrics_cell *c) {
 }
 
 static int cell_add_record(struct metrics_cell *c, const struct pipeline_record *r) {
-    uint64_t *slot = cell_code_slot(c, r->code);
-    if (!slot) return -1;
-    (*slot)++;
+    if (!r->no_code) {  /* a reply without an API code is in no code:<N> field */
+        uint64_t *slot = cell_code_slot(c, r->code);
+        if (!slot) return -1;
+        (*slot)++;
+    }
     c->requests++;
     if ((unsigned)r->decision < PIPELINE_DECISION_COUNT) c->decisions[r->decision]++;
     c->latency_us_sum += r->latency_us;

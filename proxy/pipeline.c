@@ -38,6 +38,8 @@
 
 #define PIPELINE_API_PATH "/v2/index.php"
 #define PIPELINE_JSON "application/json"
+/* CaptchaQuery script=1's reply when upstream named no type, and for a replayed one. */
+#define PIPELINE_SCRIPT_TYPE "application/javascript; charset=utf-8"
 #define PIPELINE_KEY_PREFIX "capgate:"  /* limit keys without a redis section */
 
 /* ---- randomness ---- */
@@ -86,8 +88,8 @@ int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, 
     return -1;
 }
 
-int pipeline_upstream_timed_out(const char *error) {
-    return error && (strstr(error, "timed out") || strstr(error, "timeout"));
+int pipeline_reply_may_be_script(const struct v2_fields *f) {
+    return f->action == V2_ACTION_CAPTCHA_QUERY && f->has_script && f->script == 1;
 }
 
 static void copy_str(char *dst, size_t cap, const char *src);
@@ -195,6 +197,7 @@ struct pipeline_ctx {
     char *reply_body;
     size_t reply_len;
     char *reply_url;                /* a successful CaptchaIframeQuery's url, for the audit */
+    char *reply_type;               /* the reply's Content-Type when not JSON (a script) */
     int storable;                   /* the reply is upstream's or a pool hit: replayable */
     int replayed;                   /* the reply is a stored one: Idempotent-Replayed: true */
     int idem_owned;                 /* this request holds idem_key: finish it at the end */
@@ -242,6 +245,9 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
                                              framing_status);
     ctx->rec.decision = decision;
     ctx->rec.code = code;
+    ctx->rec.no_code = 0;
+    free(ctx->reply_type);
+    ctx->reply_type = NULL;
     copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc),
              apierr_desc(code) ? apierr_desc(code) : "InternalError");
     return STAGE_FINISH;
@@ -309,7 +315,8 @@ static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
     char err[256];
     enum v2_action action = ctx->rec.action_id;
     if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0)
-        return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
+        return ctx_error(ctx, validate_error_code(action, &ctx->params), PIPELINE_INVALID, 0, 0,
+                         "%s", err);
     const struct v2_fields *f = &ctx->fields;
     struct pipeline_record *rec = &ctx->rec;
     rec->has_business_id = f->has_business_id;
@@ -379,6 +386,11 @@ static void replay_done(const char *err, enum store_idem_state state, const char
             if (reply_scan(body, len, &f) == 0) {
                 record_upstream_reply(ctx, &f);
                 reply_fields_cleanup(&f);
+            } else if (pipeline_reply_may_be_script(&ctx->fields)) {
+                /* the only body stored that is not JSON: a script, replayed as one */
+                ctx->rec.no_code = 1;
+                ctx->rec.code_desc[0] = '\0';
+                ctx->reply_type = strdup(PIPELINE_SCRIPT_TYPE);
             }
         }
         pipeline_resume(ctx, STAGE_FINISH);
@@ -579,11 +591,27 @@ static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields 
     }
 }
 
+/* A 2xx reply to CaptchaQuery script=1 that is not JSON is the script the doc page describes:
+ * passed through byte for byte with upstream's Content-Type (or PIPELINE_SCRIPT_TYPE), and
+ * recorded with no API code (the audit's code is null, codeDesc ""; no code:<N> is counted). */
+static int record_script_reply(struct pipeline_ctx *ctx, const struct upstream_result *r) {
+    const char *type = r->content_type && *r->content_type ? r->content_type
+                                                           : PIPELINE_SCRIPT_TYPE;
+    ctx->rec.no_code = 1;
+    ctx->rec.code = 0;
+    ctx->rec.code_desc[0] = '\0';
+    free(ctx->reply_type);
+    ctx->reply_type = strdup(type);
+    return ctx->reply_type ? 0 : -1;
+}
+
 static void forward_done(const struct upstream_result *r, void *arg) {
     struct pipeline_ctx *ctx = arg;
     ctx->rec.upstream_status = r->http_status;
     ctx->rec.upstream_latency_us = r->latency_us;
-    if (r->ok) {
+    if (r->ok && !r->fields && record_script_reply(ctx, r) != 0) {
+        ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
+    } else if (r->ok) {
         /* A shadow refusal stays the decision of a request that was forwarded anyway. */
         ctx->rec.decision = ctx->shadow_limited ? PIPELINE_SHADOW_LIMITED : PIPELINE_FORWARDED;
         ctx->reply_body = malloc(r->body_len + 1);
@@ -599,7 +627,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
         }
     } else {
         ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR,
-                  pipeline_upstream_timed_out(r->error), 0, "%s",
+                  r->timed_out, 0, "%s",
                   r->error ? r->error : "upstream call failed");
     }
     pipeline_resume(ctx, STAGE_NEXT);
@@ -619,7 +647,9 @@ static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
                         "the upstream request could not be built");
         goto out;
     }
-    if (upstream_call(ctx->w->upstream, up->post ? "POST" : "GET", encoded, forward_done, ctx) != 0) {
+    if (upstream_call_flags(ctx->w->upstream, up->post ? "POST" : "GET", encoded,
+                            pipeline_reply_may_be_script(&ctx->fields) ? UPSTREAM_RAW_OK : 0,
+                            forward_done, ctx) != 0) {
         res = ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
                         "the upstream call could not be started");
         goto out;
@@ -674,6 +704,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
     free(ctx->reply_body);
     free(ctx->reply_url);
+    free(ctx->reply_type);
     shared_config_unref(ctx->pc);
     if (w->n_free_ctx < PIPELINE_FREE_CTX_MAX) {
         ctx->next_free = w->free_ctx;
@@ -709,7 +740,8 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
     if (ctx->replayed) httpd_add_header(req, "Idempotent-Replayed", "true");
     for (size_t i = 0; i < ctx->limit_headers.count; i++)
         httpd_add_header(req, ctx->limit_headers.name[i], ctx->limit_headers.value[i]);
-    httpd_reply(req, ctx->reply_status, PIPELINE_JSON, ctx->reply_body, ctx->reply_len);
+    httpd_reply(req, ctx->reply_status, ctx->reply_type ? ctx->reply_type : PIPELINE_JSON,
+                ctx->reply_body, ctx->reply_len);
     ctx->rec.http_status = ctx->reply_status;
 }
 

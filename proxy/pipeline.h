@@ -89,9 +89,9 @@ int pipeline_http_status(int code, int semantic, int timed_out, int framing_stat
 int pipeline_authorize(const struct config_app *app, const struct v2_fields *f, char *err,
                        size_t errlen);
 
-/* 1 when an upstream failure message reports a timeout (for the 504 mapping). */
-int pipeline_upstream_timed_out(const char *error);
-
+/* 1 for CaptchaQuery with script=1: its documented reply is JavaScript, not JSON, so a 2xx
+ * non-JSON reply is passed through (UPSTREAM_RAW_OK) instead of being an upstream error. */
+int pipeline_reply_may_be_script(const struct v2_fields *f);
 /* The limit stage's reading of a store outcome o over the request's n buckets b:
  *  - PIPELINE_LIMITED: an enforcing bucket refused; rule gets its rule's name and msg the 4400
  *    reply's message "rate limit <rule> exceeded; retry in N s" (N as in Retry-After);

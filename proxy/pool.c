@@ -46,14 +46,14 @@ int pool_key(const char *prefix, const struct config_pool_profile *pr, char *out
     return n < 0 || (size_t)n >= cap ? -1 : 0;
 }
 
-/* Parameters a pooled request may carry besides the profile's own. */
+/* Parameters a pooled request may carry besides the public ones and the profile's ids. */
 static const char *const pool_allowed_params[] = {
-    "Action", "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod",
-    "Token", "RequestClient", "captchaType", "disturbLevel", "isHttps", "clientType",
+    "Action", V2_REQUEST_CLIENT, "captchaType", "disturbLevel", "isHttps", "clientType",
     "accountType", NULL,
 };
 
 static int pool_param_allowed(const char *name, const struct config_pool_profile *pr) {
+    if (validate_is_public(name)) return 1;
     for (size_t i = 0; pool_allowed_params[i]; i++)
         if (strcmp(name, pool_allowed_params[i]) == 0) return 1;
     if (pr->has_business_id && strcmp(name, "businessId") == 0) return 1;

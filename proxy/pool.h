@@ -46,8 +46,8 @@ int pool_profile_id(const struct config_pool_profile *pr, char *out, size_t cap)
 int pool_key(const char *prefix, const struct config_pool_profile *pr, char *out, size_t cap);
 /* The profile a validated request is served from, or NULL: Action CaptchaIframeQuery; the five
  * UInts equal; businessId and sceneId equal, or both absent; none of validate_user_fields[]
- * present; no parameter besides the public ones (SecretId Signature Timestamp Nonce Region
- * SignatureMethod Token RequestClient), Action and the profile's own. Borrowed from cfg. */
+ * present; no parameter besides the public ones (validate_public_params), RequestClient, Action
+ * and the profile's own. Borrowed from cfg. */
 const struct config_pool_profile *pool_match(const struct config_pool *cfg,
                                              const struct v2_fields *f, const struct params *p);
 /* The reply to a hit, in upstream's shape: {"code":0,"codeDesc":"Success","message":"No Error",

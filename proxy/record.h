@@ -39,6 +39,8 @@ struct pipeline_record {
     enum pipeline_decision decision;
     char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
     int code;                      /* the API code answered (upstream's, for a pass-through) */
+    int no_code;                   /* 1: the reply carries no API code (CaptchaQuery script=1's
+                                    * JavaScript passed through): code is not recorded */
     char code_desc[32];
     int http_status;               /* the HTTP status answered (0: client gone, no reply) */
     int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */

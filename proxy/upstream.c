@@ -34,6 +34,7 @@
 #include "capgate/reply.h"
 #include "capgate/sign.h"
 #include "capgate/tls.h"
+#include "capgate/validate.h"
 #include "capgate/version.h"
 #include "config.h"
 
@@ -89,6 +90,7 @@ struct upstream_call {
     struct upstream *u;
     enum call_state state;
     int post;
+    unsigned flags;                     /* UPSTREAM_RAW_OK */
     char *params;
     upstream_done_fn cb;
     void *arg;
@@ -103,6 +105,8 @@ struct upstream_call {
     int fast_success;                   /* CALL_FAILING_FAST: the breaker outcome to record */
     unsigned attempts;
     struct upstream_result fast;        /* CALL_FAILING_FAST: the result to deliver */
+    int timed_out;                      /* the call ends on a timeout: total, or the last
+                                         * attempt's connect (upstream_result.timed_out) */
     char errbuf[256];
     TAILQ_ENTRY(upstream_call) link;    /* u->calls */
     TAILQ_ENTRY(upstream_call) qlink;   /* u->queue while QUEUED */
@@ -455,6 +459,7 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
     }
     call_set_state(c, CALL_DONE);
     TAILQ_REMOVE(&u->calls, c, link);
+    r->timed_out = !r->ok && c->timed_out;
     if (c->admitted)
         breaker_record(u->breaker, breaker_success, now_ms());
     r->attempts = c->attempts;
@@ -512,6 +517,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         call_finish(c, &r, c->fast_success);
         return;
     }
+    c->timed_out = 1;
     call_fail(c, 0, "upstream timed out after %u ms", c->u->timeout_ms);
 }
 
@@ -536,6 +542,7 @@ static void call_attempt_failed(struct upstream_call *c, int retriable, const ch
     if (retriable && c->attempts <= u->retries && remaining_ms(c) > 0) {
         log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts, msg);
         u->stats.retries++;
+        c->timed_out = 0;  /* the next attempt decides */
         call_start_attempt(c);
         return;
     }
@@ -551,6 +558,7 @@ static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;   /* connected: the request went out */
     snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
              c->u->port, c->u->connect_timeout_ms);
+    c->timed_out = 1;
     call_attempt_failed(c, 1, msg);
 }
 
@@ -562,15 +570,19 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     size_t len = evbuffer_get_length(in);
     struct upstream_result r;
     struct reply_fields fields;
-    int json;
+    int json, raw_ok;
 
     memset(&r, 0, sizeof(r));
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
+    r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     json = r.body && reply_scan(r.body, len, &fields) == 0;
     if (json)
         r.fields = &fields;
+    /* a reply the caller said may be other than JSON (CaptchaQuery script=1: JavaScript) */
+    raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
+             r.http_status < 300;
     c->sent_any = 1;
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
@@ -582,7 +594,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     if (r.http_status < 200 || r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
         r.error = c->errbuf;
-    } else if (!json) {
+    } else if (!json && !raw_ok) {
         snprintf(c->errbuf, sizeof(c->errbuf), "%s",
                  len ? "upstream reply is not JSON" : "upstream reply is empty");
         r.error = c->errbuf;
@@ -591,7 +603,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     }
     /* r.fields points into this frame: fine, as a reply never arrives inside upstream_call (the
      * one case where call_finish keeps r for later) */
-    call_finish(c, &r, json && r.http_status < 500);
+    call_finish(c, &r, (json && r.http_status < 500) || raw_ok);
     if (json)
         reply_fields_cleanup(&fields);
     pump_queue(u);
@@ -936,6 +948,12 @@ void upstream_free(struct upstream *u)
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
                   upstream_done_fn cb, void *arg)
 {
+    return upstream_call_flags(u, method, encoded_params, 0, cb, arg);
+}
+
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg)
+{
     struct upstream_call *c = NULL;
     struct timeval tv;
     uint64_t now;
@@ -955,6 +973,7 @@ int upstream_call(struct upstream *u, const char *method, const char *encoded_pa
     c->u = u;
     c->state = CALL_DONE;
     c->post = post;
+    c->flags = flags;
     c->cb = cb;
     c->arg = arg;
     c->start_us = clock_mono_us();
@@ -1002,14 +1021,10 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
 
 /* ---- the request sent upstream ---- */
 
-static const char *const app_public_params[] = {
-    "SecretId", "Signature", "Timestamp", "Nonce", "Region", "SignatureMethod", "Token", NULL,
-};
-
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out) {
     char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, app_public_params) != 0) return -1;
+    if (params_copy_without(out, in, validate_public_params) != 0) return -1;
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
     *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;

@@ -46,7 +46,8 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
 void upstream_free(struct upstream *u);
 
 struct upstream_result {
-    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object */
+    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object (or, with
+                             * UPSTREAM_RAW_OK, any non-empty body) */
     int http_status;        /* 0 when no reply status was received */
     const char *body;       /* the raw body, borrowed, valid during the callback only (also on
                              * !ok when a body was received); NULL when none */
@@ -62,6 +63,11 @@ struct upstream_result {
     uint64_t latency_us;    /* from upstream_call to the callback */
     int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
+    int timed_out;          /* !ok because a timer ran out: the call's timeout_ms (queued or
+                             * sent), or the last attempt's connect_timeout_ms (a 504, where
+                             * other failures are a 502) */
+    const char *content_type;      /* upstream's Content-Type header, NULL when none (borrowed
+                                    * for the callback) */
     struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
                                     * (from the scan that decided ok), else NULL. Borrowed for the
                                     * callback, which may take fields->url (setting it to NULL). */
@@ -89,6 +95,13 @@ typedef void (*upstream_done_fn)(const struct upstream_result *r, void *arg);
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
                   upstream_done_fn cb, void *arg);
 
+/* upstream_call with flags. UPSTREAM_RAW_OK: a 2xx reply with a non-empty body that is not JSON
+ * is ok too (r->ok 1, r->fields NULL, r->content_type upstream's) and a breaker success, for
+ * CaptchaQuery script=1, whose documented reply is JavaScript. Other replies as upstream_call. */
+#define UPSTREAM_RAW_OK 1u
+int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
+                        unsigned flags, upstream_done_fn cb, void *arg);
+
 /* Latency histogram: bucket i counts calls with latency <= upstream_latency_bounds_us[i] and
  * above bound i-1 (per bucket, not cumulative; sum them for Prometheus). The last bound is
  * UINT64_MAX (+Inf). Bounds: 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms, +Inf. */
@@ -108,11 +121,12 @@ struct upstream_stats {
 };
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
 
-/* The parameters sent upstream: a copy of in without the app's public parameters (SecretId,
- * Signature, Timestamp, Nonce, Region, SignatureMethod, Token; Action stays), plus the
- * gateway's own (SecretId, Timestamp now_s, Nonce, Region, SignatureMethod), signed with the
- * real key for up's sign_host, path and method. out is initialised by the call; the caller
- * cleans it up (also on failure). 0, or -1 on OOM. */
+/* The parameters sent upstream: a copy of in without the app's public parameters
+ * (validate_public_params: SecretId, Signature, Timestamp, Nonce, Region, SignatureMethod,
+ * Token; Action and RequestClient stay), plus the gateway's own (SecretId, Timestamp now_s,
+ * Nonce, Region, SignatureMethod), signed with the real key for up's sign_host, path and
+ * method. out is initialised by the call; the caller cleans it up (also on failure). 0, or -1
+ * on OOM. */
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out);
 

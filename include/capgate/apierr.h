@@ -12,13 +12,18 @@ enum apierr_code {
     APIERR_HTTPS_REQUIRED = 4600,    /* HttpsRequired */
     APIERR_NOT_FOUND = 5000,         /* ResourceNotFound */
     APIERR_OPERATION_FAILED = 5100,  /* OperationFailed (and CaptchaCheck "verification failed") */
+    APIERR_PURCHASE_FAILED = 5200,   /* PurchaseFailed */
+    APIERR_INSUFFICIENT_BALANCE = 5300, /* InsufficientBalance */
+    APIERR_PARTIAL_SUCCESS = 5400,   /* PartialSuccess */
+    APIERR_QUALIFICATION = 5500,     /* QualificationRejected */
     APIERR_INTERNAL = 6000,          /* InternalError */
-    APIERR_VERSION = 6100,           /* VersionNotSupported */
+    APIERR_VERSION = 6100,           /* VersionNotSupported: also an Action that is not supported */
     APIERR_UNAVAILABLE = 6200        /* ServiceUnavailable */
 };
 
-/* codeDesc for a code ("Success" for 0), or NULL when the code is not in the table.
- * The table also holds the CAM failures 4101-4104, 4105, 4106, 4110. */
+/* codeDesc for a code ("Success" for 0), or NULL when the code is not in the table. The table
+ * holds every code of the docs' error code page, the CAM failures 4101-4106 and 4110 and the
+ * purchase codes 5200-5500 included. */
 const char *apierr_desc(int code);
 /* The default English message for a code ("No Error" for 0), or NULL when unknown. */
 const char *apierr_message(int code);

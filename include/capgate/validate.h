@@ -1,6 +1,6 @@
 /* validate.h: the one validator of v2 requests, used by both programs: public parameters, the
  * Action, and each Action's own parameters. Messages name the parameter and the rule, e.g.
- * "clientType must be one of 1, 2, 4; got 3". Pure functions, no I/O. */
+ * "clientType must be one of 1, 2, 3, 4; got 5". Pure functions, no I/O. */
 #ifndef CAPGATE_VALIDATE_H
 #define CAPGATE_VALIDATE_H
 #include <stddef.h>
@@ -44,6 +44,16 @@ uint64_t validate_nonce_ttl_s(uint64_t window_s);
 /* Names of the per-user fields (the PII the gateway hashes and the pool refuses). NULL-ended. */
 extern const char *const validate_user_fields[];
 
+/* The public parameters of a request besides Action: who signed it and how (SecretId,
+ * Signature, Timestamp, Nonce, Region, SignatureMethod; Token, a temporary credential's), the
+ * parameters the gateway replaces with its own when it calls upstream. NULL-ended. */
+extern const char *const validate_public_params[];
+/* The SDK's own marker ("RequestClient": "SDK_NODEJS_0.2.1"): not public, not business either;
+ * forwarded as is, left out of idempotency fingerprints and allowed on pooled requests. */
+#define V2_REQUEST_CLIENT "RequestClient"
+/* 1 when name is one of validate_public_params. */
+int validate_is_public(const char *name);
+
 /* The business fields of a request after validation. Strings are borrowed from the params;
  * has_* is 1 when the parameter was present. */
 struct v2_fields {
@@ -57,18 +67,31 @@ struct v2_fields {
                *associate_account, *ticket;
 };
 
+/* The longest userIp accepted. The doc pages type it String and give no length; 64 bytes hold
+ * any IPv6 text form with a zone (INET6_ADDRSTRLEN is 46) with room to spare, and are what the
+ * audit keeps of a raw per-user field, so an accepted value is never recorded cut. */
+#define VALIDATE_USER_IP_MAX 64
+
 /* Validates the parameters of action (public parameters are ignored; unknown extra parameters
- * are accepted, as upstream does). Rules:
+ * are accepted, as upstream does). Rules, from the doc pages in tencentyun/qcloud-documents
+ * api/安全服务/天御业务安全防护/ (see README "Protocol rules and their sources"):
  *  CaptchaIframeQuery: required UInt captchaType, disturbLevel, isHttps (0|1), clientType
- *    (1|2|4), accountType (0|1|2|4|6|7); appId required when accountType is 1 or 2; optional UInt
- *    businessId, sceneId, registerTime; optional strings uid, userIp (an IPv4 or IPv6 address),
- *    xForwardedFor, macAddress, imei, associateAccount.
- *  CaptchaQuery: as CaptchaIframeQuery, plus optional UInt script (0|1).
- *  CaptchaCheck: required ticket, captchaType (UInt), userIp (IP address); optional UInt
- *    businessId, sceneId; optional strings uid, appId and the other user fields.
- * UInt = decimal digits only, 0..4294967295. A present but empty required value is an error.
- * Returns 0, or -1 with err set (the reply is then code 4000). */
+ *    (1|2|3|4: older pages list 3 as APP, newer 4), accountType (0|1|2|4|6|7); appId required
+ *    when accountType is 1 or 2; optional UInt businessId, sceneId, registerTime; optional
+ *    strings uid, userIp, xForwardedFor, macAddress, imei, associateAccount.
+ *  CaptchaQuery: required UInt registerTime, captchaType, script (0|1), businessId and String
+ *    userIp; optional accountType (as above, with its appId rule), sceneId and the user
+ *    strings. No disturbLevel, isHttps or clientType (sent anyway, they are unchecked extras).
+ *  CaptchaCheck: required ticket, captchaType (UInt), userIp; optional UInt businessId,
+ *    sceneId; optional strings uid, appId and the other user fields.
+ * UInt = decimal digits only, 0..4294967295. userIp = 1 to VALIDATE_USER_IP_MAX printable ASCII
+ * characters. A present but empty required value is an error.
+ * Returns 0, or -1 with err set; validate_error_code gives the reply's code. */
 int validate_request(enum v2_action action, const struct params *p, struct v2_fields *out,
                      char *err, size_t errlen);
+/* The API code for a request validate_request refused: 6100 (VersionNotSupported) when an
+ * Action was sent but is not one of the three (the error code page: "this version does not
+ * support this interface"), else 4000 (InvalidParameter). */
+int validate_error_code(enum v2_action action, const struct params *p);
 
 #endif

@@ -80,7 +80,7 @@ async function gateway(redis, extra = {}) {
 async function requestsOfEveryDecision(gw) {
   const calls = [
     ['forwarded', gwCall(gw)],
-    ['invalid', gwCall(gw, { params: { ...SEED_PARAMS, clientType: '3' } })],
+    ['invalid', gwCall(gw, { params: { ...SEED_PARAMS, clientType: '5' } })],
     ['unauthorized', gwCall(gw, { secretKey: 'not-the-key' })],
     ['denied', gwCall(gw, { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '9' } })],
   ];

@@ -158,7 +158,7 @@ function invalidCases() {
     }
   }
   cases.push(['isHttps=2', 'isHttps', { ...SEED_PARAMS, isHttps: '2' }]);
-  cases.push(['clientType=3', 'clientType', { ...SEED_PARAMS, clientType: '3' }]);
+  cases.push(['clientType=5', 'clientType', { ...SEED_PARAMS, clientType: '5' }]);
   cases.push(['accountType=3', 'accountType', { ...SEED_PARAMS, accountType: '3' }]);
   cases.push(['appId missing with accountType 1', 'appId', { ...SEED_PARAMS, accountType: '1' }]);
   cases.push(['appId missing with accountType 2', 'appId', { ...SEED_PARAMS, accountType: '2' }]);
@@ -195,7 +195,7 @@ test('every reply carries X-Request-Id, distinct per request', async () => {
   const replies = [
     await gwCall(gw, {}),
     await gwCall(gw, { secretKey: 'wrong' }),
-    await gwCall(gw, { params: { ...SEED_PARAMS, clientType: '3' } }),
+    await gwCall(gw, { params: { ...SEED_PARAMS, clientType: '5' } }),
     await gwCall(gw, { app: APPS.token, method: 'POST' }),
     await request(`${gw.base}/v2/index.php`),
     await request(`${gw.base}/no/such/path`),

@@ -238,7 +238,7 @@ test('/healthz, /readyz, /metrics: capgate_requests_total by app/action/decision
   assert.equal(ready.status, 200, ready.body);
 
   for (let i = 0; i < 3; i++) assert.equal((await gwCall(gw, { app: APPS.token })).json?.code, 0);
-  for (let i = 0; i < 2; i++) assert.equal((await gwCall(gw, { app: APPS.sig, params: { ...SEED_PARAMS, clientType: '3' } })).json?.code, 4000);
+  for (let i = 0; i < 2; i++) assert.equal((await gwCall(gw, { app: APPS.sig, params: { ...SEED_PARAMS, clientType: '5' } })).json?.code, 4000);
   assert.equal((await gwCall(gw, { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '7' } })).json?.code, 4300);
   assert.equal((await gwCall(gw, { app: APPS.sig, secretKey: 'wrong' })).json?.code, 4100);
 

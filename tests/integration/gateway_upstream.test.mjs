@@ -151,7 +151,7 @@ async function mappingCases(gw) {
     out.push([name, r.status, j.code]);
   };
   await run('ok', {});
-  await run('invalid', { params: { ...SEED_PARAMS, clientType: '3' } });
+  await run('invalid', { params: { ...SEED_PARAMS, clientType: '5' } });
   await run('auth', { secretKey: 'wrong' });
   await run('token', { app: APPS.token, token: 'wrong' });
   await run('denied', { app: APPS.limited, params: { ...SEED_PARAMS, businessId: '9' } });

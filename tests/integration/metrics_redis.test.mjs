@@ -61,8 +61,8 @@ async function sendTraffic() {
     record(r);
     add('unauthorized');
   }
-  // invalid: clientType 3
-  const r = await gwCall(gws[0], { params: { ...SEED_PARAMS, clientType: '3', businessId: '1', sceneId: '2' } });
+  // invalid: clientType 5
+  const r = await gwCall(gws[0], { params: { ...SEED_PARAMS, clientType: '5', businessId: '1', sceneId: '2' } });
   assert.equal(r.json?.code, 4000, r.body);
   record(r);
   add('invalid');

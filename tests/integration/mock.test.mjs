@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import {
-  MOCK_BIN, MOCK_SECRET_ID, MOCK_SECRET_KEY, SEED_PARAMS, certs, nextNonce, rawRequest, request,
+  MOCK_BIN, MOCK_SECRET_ID, MOCK_SECRET_KEY, SEED_PARAMS, QUERY_PARAMS, certs, nextNonce, rawRequest, request,
   sign, sleep, startMock, tmpDir, v2Call, waitFor,
 } from './lib/harness.mjs';
 
@@ -171,10 +171,10 @@ describe('capgate-mock', () => {
     });
 
     test('CaptchaQuery answers the script as JSON or raw JavaScript', async () => {
-      const j = await iframeQuery(mock.url, { action: 'CaptchaQuery' });
+      const j = await iframeQuery(mock.url, { action: 'CaptchaQuery', params: QUERY_PARAMS });
       assert.equal(j.json.code, 0, j.body);
       assert.match(j.json.script, /window\.capInit = function/);
-      const raw = await iframeQuery(mock.url, { action: 'CaptchaQuery', params: { ...SEED_PARAMS, script: '1' } });
+      const raw = await iframeQuery(mock.url, { action: 'CaptchaQuery', params: { ...QUERY_PARAMS, script: '1' } });
       assert.equal(raw.status, 200);
       assert.match(raw.headers['content-type'], /^application\/javascript/);
       assert.match(raw.body, /window\.capGetTicket = function/);
@@ -202,7 +202,7 @@ describe('capgate-mock', () => {
   });
 
   describe('error codes', () => {
-    test('4000: a missing public parameter, a missing Action parameter, an unknown Action', async () => {
+    test('4000: a missing public parameter, a missing Action parameter; 6100: an unknown Action', async () => {
       const noNonce = await iframeQuery(mock.url, { publicParams: { Nonce: undefined } });
       assert.equal(noNonce.status, 200);
       assert.equal(noNonce.json.code, 4000);
@@ -212,11 +212,13 @@ describe('capgate-mock', () => {
       const noClient = await iframeQuery(mock.url, { params: rest });
       assert.equal(noClient.json.code, 4000);
       assert.match(noClient.json.message, /clientType/);
-      const badClient = await iframeQuery(mock.url, { params: { ...SEED_PARAMS, clientType: '3' } });
+      const badClient = await iframeQuery(mock.url, { params: { ...SEED_PARAMS, clientType: '5' } });
       assert.equal(badClient.json.code, 4000);
       assert.match(badClient.json.message, /clientType/);
+      // An Action that is not supported: 6100, the error code page's "interface not supported".
       const unknown = await iframeQuery(mock.url, { action: 'CaptchaSolveForMe' });
-      assert.equal(unknown.json.code, 4000);
+      assert.equal(unknown.json.code, 6100, unknown.body);
+      assert.equal(unknown.json.codeDesc, 'VersionNotSupported');
       assert.match(unknown.json.message, /CaptchaSolveForMe/);
       assert.equal(clientType, '2');
     });
@@ -553,7 +555,7 @@ describe('capgate-mock flags', () => {
       const r = await iframeQuery(m.url, auth);
       assert.equal(r.json.code, 0, r.body);
       assert.ok(r.json.url.startsWith('http://captcha.example.test:8000/template/TCapIframeApi.js?'), r.json.url);
-      assert.equal((await iframeQuery(m.url, { ...auth, action: 'CaptchaQuery' })).json.code, 6100);
+      assert.equal((await iframeQuery(m.url, { ...auth, action: 'CaptchaQuery', params: QUERY_PARAMS })).json.code, 6100);
       const s = await m.admin('solve', { method: 'POST', json: { url: r.json.url } });
       await sleep(1100);
       const late = await v2Call(`${m.url}${API}`, { ...auth, action: 'CaptchaCheck', params: CHECK_PARAMS(s.ticket) });

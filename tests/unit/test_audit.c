@@ -37,6 +37,7 @@
 #include "capgate/strbuf.h"
 #include "config.h"
 #include "record.h"
+#include "redis_server.h"
 
 static const char pii_key[] = "test-pii-key-0123456789";
 
@@ -247,6 +248,42 @@ static void test_record_raw_no_url(void **state) {
     params_cleanup(&p);
 }
 
+/* A reply without an API code (CaptchaQuery script=1's JavaScript, passed through): code is
+ * null in JSON, left out of the stream's fields, and stays absent when read back. */
+static void test_record_no_code(void **state) {
+    struct pipeline_record pr;
+    struct audit_record r, back;
+    struct config_audit cfg = audit_cfg(1);
+    struct audit_fields f;
+    struct strbuf b;
+    sample_pipeline_record(&pr, "00112233445566ff");
+    pr.decision = PIPELINE_FORWARDED;
+    pr.no_code = 1;
+    pr.code_desc[0] = '\0';
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    json_t *o = record_object(&r);
+    assert_true(json_is_null(json_object_get(o, "code")));
+    assert_string_equal(jstr(o, "codeDesc"), "");
+    json_decref(o);
+    audit_record_fields(&r, &f);
+    for (size_t i = 0; i < f.count; i++) assert_string_not_equal(f.name[i], "code");
+    strbuf_init(&b);
+    assert_int_equal(audit_record_json(&r, &b), 0);
+    assert_non_null(strstr(b.s, "\"code\":null,"));
+    assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
+    assert_int_equal(back.has_code, 0);
+    strbuf_cleanup(&b);
+    /* with a code (0 included) it is there */
+    pr.no_code = 0;
+    pr.code = 0;
+    assert_int_equal(audit_record_init(&r, &pr, NULL, NULL, &cfg, "i"), 0);
+    audit_record_fields(&r, &f);
+    int seen = 0;
+    for (size_t i = 0; i < f.count; i++)
+        if (strcmp(f.name[i], "code") == 0) seen = f.value_len[i] == 1 && f.value[i][0] == '0';
+    assert_true(seen);
+}
+
 /* Config names are up to CONFIG_NAME_MAX bytes: the record and the app filter hold them whole. */
 static void test_record_whole_names(void **state) {
     struct pipeline_record pr;
@@ -339,7 +376,8 @@ static void random_record(struct audit_record *r) {
     }
     random_string(r->decision, sizeof(r->decision));
     random_string(r->rule, sizeof(r->rule));
-    r->code = (int)(uint32_t)random_u64();
+    r->has_code = (int)(rng_next() % 4 != 0);   /* no code: a passed-through script */
+    r->code = r->has_code ? (int)(uint32_t)random_u64() : 0;
     random_string(r->code_desc, sizeof(r->code_desc));
     r->upstream_status = (int)(uint32_t)random_u64();
     r->latency_us = random_u64();
@@ -376,7 +414,8 @@ static char *reference_json(const struct audit_record *r) {
         OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
         OPT_U32(r->has_client_type, r->client_type), "accountType",
         OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision),
-        "rule", OPT_STR(r->rule), "code", json_integer(r->code), "codeDesc",
+        "rule", OPT_STR(r->rule), "code", r->has_code ? json_integer(r->code) : json_null(),
+        "codeDesc",
         json_string(r->code_desc), "upstream_status", json_integer(r->upstream_status),
         "latency_us", json_integer((json_int_t)r->latency_us), "upstream_latency_us",
         json_integer((json_int_t)r->upstream_latency_us), "uid", OPT_STR(r->uid), "userIp",
@@ -668,69 +707,13 @@ static void test_query_memory(void **state) {
 
 /* ---- the sink against redis-server ---- */
 
-struct redis_server {
-    pid_t pid;
-    int port;
-    char dir[256];
-};
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(sa);
-    assert_true(fd >= 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
 static redisContext *redis_client(int port) {
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", port, tv);
-    if (c && c->err) {
-        redisFree(c);
-        return NULL;
-    }
-    return c;
+    struct redis_server s = {.port = port};
+    return redis_server_connect(&s);
 }
 
 static void redis_start(struct redis_server *s) {
-    char port[16];
-    snprintf(port, sizeof(port), "%d", s->port);
-    s->pid = fork();
-    assert_true(s->pid >= 0);
-    if (s->pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        dup2(null, 1);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save",
-               "", "--appendonly", "no", "--dir", s->dir, (char *)NULL);
-        _exit(127);
-    }
-    uint64_t deadline = now_ms() + 5000;
-    for (;;) {
-        redisContext *c = redis_client(s->port);
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r)
-                freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return;
-        }
-        if (now_ms() > deadline)
-            fail_msg("redis-server did not start on port %d", s->port);
-        sleep_ms(20);
-    }
-}
-
-static void redis_stop(struct redis_server *s) {
-    if (s->pid > 0) {
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
+    assert_int_equal(redis_server_start(s), 0);
 }
 
 /* request_ids of the stream, oldest first; *n set. Caller frees. */
@@ -819,14 +802,14 @@ static void submit_n(struct audit *a, const char *prefix, unsigned n) {
 }
 
 static void test_sink_redis(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512], copy[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool/nested", dir);
     snprintf(copy, sizeof(copy), "%s/copy", dir);
     assert_int_equal(mkdir(copy, 0700), 0);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
 
     struct config_redis rc = {0};
@@ -854,7 +837,7 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "a0000000", 100);
 
     /* Redis down: records go to the spool */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "b0000000", 300);
     WAIT_UNTIL(stats_of(a).spooled == 300, 5000, "300 spooled records");
     assert_string_equal(audit_state_name(a), "spooling");
@@ -893,7 +876,7 @@ static void test_sink_redis(void **state) {
 
     /* restart: records spooled by an object that stops while Redis is down are replayed by the
      * next one */
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     a = audit_new(&cfg, 1, err, sizeof(err));
     assert_non_null(a);
     submit_n(a, "d0000000", 50);
@@ -907,7 +890,7 @@ static void test_sink_redis(void **state) {
     assert_stream_tail(rs.port, 0, "d0000000", 50);
     audit_free(a);
 
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -915,12 +898,12 @@ static void test_sink_redis(void **state) {
 /* An out-of-memory in a failed live write keeps the records: they reach the spool and, once
  * Redis is back, the stream. */
 static void test_sink_live_failure_oom(void **state) {
-    struct redis_server rs = {0};
+    struct redis_server rs = {.pid = -1};
     char *dir = make_tmpdir();
     char spool[512];
-    snprintf(rs.dir, sizeof(rs.dir), "%s", dir);
+    rs.dir = dir;
     snprintf(spool, sizeof(spool), "%s/spool", dir);
-    rs.port = free_port();
+    rs.port = redis_server_free_port();
     redis_start(&rs);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
@@ -938,7 +921,7 @@ static void test_sink_live_failure_oom(void **state) {
     assert_non_null(a);
     WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0, 5000, "live");
     atomic_store(&fail_pointer_arrays, 1);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     submit_n(a, "e0000000", 100);
     WAIT_UNTIL(stats_of(a).spooled == 100, 5000, "100 spooled records");
     atomic_store(&fail_pointer_arrays, 0);
@@ -947,7 +930,7 @@ static void test_sink_live_failure_oom(void **state) {
                "replay and live again");
     assert_stream_tail(rs.port, 0, "e0000000", 100);
     audit_free(a);
-    redis_stop(&rs);
+    redis_server_stop(&rs);
     rm_rf(dir);
     free(dir);
 }
@@ -961,7 +944,7 @@ static void test_sink_stop_unsaved(void **state) {
     snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1024,7 +1007,7 @@ static void test_sink_held_stats(void **state) {
     snprintf(spool, sizeof(spool), "%s/spool", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port();  /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1159,6 +1142,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),
+        cmocka_unit_test(test_record_no_code),
         cmocka_unit_test(test_record_whole_names),
         cmocka_unit_test(test_record_json_matches_jansson),
         cmocka_unit_test(test_query_parse),

@@ -730,6 +730,109 @@ static void test_reload_diff_covers_every_key(void **state) {
     config_free(c0);
 }
 
+struct change_log {
+    char text[1024];
+    size_t n;
+};
+
+static void log_change(const char *path, const char *detail, int applied, void *arg) {
+    struct change_log *l = arg;
+    size_t used = strlen(l->text);
+    snprintf(l->text + used, sizeof l->text - used, "%s%s %s%s", l->n++ ? "; " : "", path,
+             detail, applied ? "" : " (restart)");
+}
+
+/* What the reload log says for lists: apps and limits by name, the order of limits, profiles by
+ * index; a secret never shows its value. */
+static void test_reload_diff_lists(void **state) {
+    char err[512];
+    json_t *src = example_json(), *limits = json_object_get(src, "limits");
+    json_t *apps = json_object_get(src, "apps");
+    struct config *c0 = load_json(src, err, sizeof err), *c1;
+    struct change_log l;
+    if (!c0) fail_msg("%s", err);
+    /* limits 0 and 1 swapped: the same rules, another order (the first that fires wins) */
+    json_t *first = json_incref(json_array_get(limits, 0));
+    json_array_remove(limits, 0);
+    json_array_insert_new(limits, 1, first);
+    /* an app renamed, one changed (its secret), a profile's size */
+    json_object_set_new(json_array_get(apps, 0), "name", json_string("shop-app"));
+    json_object_set_new(json_array_get(apps, 1), "token_env", json_string("SHOP_WEB_KEY"));
+    json_object_set_new(json_array_get(json_object_get(json_object_get(src, "pool"),
+                                                       "profiles"), 0),
+                        "size", json_integer(11));
+    json_object_set_new(src, "workers", json_integer(3));
+    if (!(c1 = load_json(src, err, sizeof err))) fail_msg("%s", err);
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c1, 1, log_change, &l), 5);
+    assert_string_equal(l.text, "apps[shop-app] added; apps[batch-job] changed; "
+                                "apps[shop-web] removed; limits reordered; "
+                                "pool.profiles[0] changed");
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c1, 0, log_change, &l), 1);
+    assert_string_equal(l.text, "workers 2 -> 3 (restart)");
+    memset(&l, 0, sizeof l);
+    assert_int_equal(config_diff(c0, c0, 1, log_change, &l), 0);
+    assert_int_equal(config_diff(c0, c0, 0, log_change, &l), 0);
+    json_decref(src);
+    config_free(c0);
+    config_free(c1);
+}
+
+/* The dump is the config: with each masked secret given again the way the file gives it (its
+ * <key>_env / <key>_file), the dump loads, compares equal in every key and dumps the same. */
+static void unmask(json_t *dump, json_t *src) {
+    const char *key;
+    json_t *v;
+    void *tmp;
+    char alt[96];
+    if (json_is_array(dump)) {
+        for (size_t i = 0; i < json_array_size(dump); i++)
+            unmask(json_array_get(dump, i), json_array_get(src, i));
+        return;
+    }
+    if (!json_is_object(dump) || !json_is_object(src)) return;
+    json_object_foreach_safe(dump, tmp, key, v) {
+        static const char *const suffixes[] = {"_env", "_file"};
+        unmask(v, json_object_get(src, key));
+        if (json_object_get(src, key)) continue;
+        for (int i = 0; i < 2; i++) {
+            snprintf(alt, sizeof alt, "%s%s", key, suffixes[i]);
+            if (!json_object_get(src, alt)) continue;
+            json_object_del(dump, key);
+            json_object_set(dump, alt, json_object_get(src, alt));
+            break;
+        }
+    }
+}
+
+static void test_dump_loads_back(void **state) {
+    struct diff_seen none;
+    struct config_key any = {.top = ""};
+    char err[512], *first, *second;
+    json_t *src = example_json(), *dump;
+    struct config *c0 = load_json(src, err, sizeof err), *c1;
+    if (!c0) fail_msg("%s", err);
+    first = config_dump_masked(c0);
+    assert_non_null(first);
+    assert_non_null(dump = json_loads(first, 0, NULL));
+    unmask(dump, src);
+    if (!(c1 = load_json(dump, err, sizeof err))) fail_msg("the dump does not load: %s", err);
+    memset(&none, 0, sizeof none);
+    none.k = &any;
+    assert_int_equal(config_diff(c0, c1, 1, note_change, &none), 0);
+    assert_int_equal(config_diff(c0, c1, 0, note_change, &none), 0);
+    second = config_dump_masked(c1);
+    assert_non_null(second);
+    assert_string_equal(second, first);
+    free(first);
+    free(second);
+    json_decref(dump);
+    json_decref(src);
+    config_free(c0);
+    config_free(c1);
+}
+
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
     static const char *const applied[] = {"http_errors", "on_store_error", "auth", "apps",
@@ -1067,6 +1170,8 @@ int main(void) {
         cmocka_unit_test(test_dump_has_every_key),
         cmocka_unit_test(test_reload_diff_covers_every_key),
         cmocka_unit_test(test_reload_keys_match_readme),
+        cmocka_unit_test(test_dump_loads_back),
+        cmocka_unit_test(test_reload_diff_lists),
         cmocka_unit_test(test_lookups),
         cmocka_unit_test(test_warnings),
     };

@@ -1,6 +1,7 @@
-/* test_minute_stats.c: metrics key and field naming, latency buckets, batching, merging and trimming,
- * /admin/stats query parsing and JSON, the in-memory mode end to end, and the Redis mode against a
- * real redis-server started here (sums, TTLs, index, a query across minutes, an outage). */
+/* test_minute_stats.c: metrics key and field naming, latency buckets, batching, merging and
+ * trimming, /admin/stats query parsing and JSON, the in-memory mode end to end, and the Redis
+ * mode against a real redis-server started here (sums, TTLs, index, a query across minutes, an
+ * outage). */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -27,6 +28,7 @@
 #include "capgate/clock.h"
 #include "config.h"
 #include "minute_stats.h"
+#include "redis_server.h"
 
 static struct pipeline_record rec(uint64_t ts_s, int has_b, uint32_t b, int has_s, uint32_t s,
                                   enum pipeline_decision d, int code, uint64_t latency_us) {
@@ -570,62 +572,14 @@ static void test_concurrent_handover(void **state) {
     metrics_free(m);
 }
 
-/* A redis-server of our own on a free loopback port. */
-static pid_t redis_pid = -1;
-static int redis_port;
+/* A redis-server of our own on a free loopback port (redis_server.h). */
+static struct redis_server redis = {.pid = -1};
 
-static int free_port(void) {
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
+static redisContext *redis_client(void) { return redis_server_connect(&redis); }
 
-static redisContext *redis_client(void) {
-    struct timeval tv = {1, 0};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
-    if (c && !c->err) return c;
-    if (c) redisFree(c);
-    return NULL;
-}
+static void redis_start(void) { assert_int_equal(redis_server_start(&redis), 0); }
 
-static void redis_start(void) {
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis_port);
-    redis_pid = fork();
-    assert_true(redis_pid >= 0);
-    if (redis_pid == 0) {
-        if (!freopen("/dev/null", "w", stdout)) _exit(127);
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {   /* up to 5 s */
-        redisContext *c = redis_client();
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-            if (r) freeReplyObject(r);
-            redisFree(c);
-            if (ok) return;
-        }
-        usleep(10000);
-    }
-    fail_msg("redis-server did not start on port %d", redis_port);
-}
-
-static void redis_stop(void) {
-    if (redis_pid <= 0) return;
-    kill(redis_pid, SIGTERM);
-    waitpid(redis_pid, NULL, 0);
-    redis_pid = -1;
-}
+static void redis_stop(void) { redis_server_stop(&redis); }
 
 static long long redis_int(redisContext *c, const char *fmt, ...) {
     va_list ap;
@@ -644,12 +598,12 @@ static void test_redis_mode(void **state) {
     struct config_redis rc;
     char err[256], key[128], qs[128];
     int status;
-    redis_port = free_port();
+    redis.port = redis_server_free_port();
     redis_start();
     memset(&cfg, 0, sizeof(cfg));
     memset(&rc, 0, sizeof(rc));
     rc.host = "127.0.0.1";
-    rc.port = redis_port;
+    rc.port = redis.port;
     rc.timeout_ms = 500;
     rc.key_prefix = "t:";
     cfg.redis = &rc;

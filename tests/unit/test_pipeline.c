@@ -1,10 +1,11 @@
 /* test_pipeline.c: the pipeline's pure decisions: HTTP status mapping in both modes, app
- * authorization, timeout detection, the limit verdict and headers. */
+ * authorization, the limit verdict and headers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -38,13 +39,6 @@ static void test_http_status(void **state) {
     assert_int_equal(pipeline_http_status(4000, 1, 0, 408), 408);
 }
 
-static void test_timed_out(void **state) {
-    assert_true(pipeline_upstream_timed_out("upstream timed out after 3000 ms"));
-    assert_true(pipeline_upstream_timed_out("connect timed out after 1000 ms"));
-    assert_false(pipeline_upstream_timed_out("upstream answered HTTP 500"));
-    assert_false(pipeline_upstream_timed_out(NULL));
-}
-
 static void test_authorize(void **state) {
     uint32_t ids[] = {1, 2};
     struct config_app app = {.name = "shop",
@@ -73,6 +67,19 @@ static void test_authorize(void **state) {
     app.business_any = 1;
     f.has_business_id = 0;
     assert_int_equal(pipeline_authorize(&app, &f, err, sizeof(err)), 0);
+}
+
+static void test_reply_may_be_script(void **state) {
+    struct v2_fields f;
+    memset(&f, 0, sizeof f);
+    f.action = V2_ACTION_CAPTCHA_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
+    f.has_script = 1;
+    assert_false(pipeline_reply_may_be_script(&f));   /* script=0: JSON */
+    f.script = 1;
+    assert_true(pipeline_reply_may_be_script(&f));
+    f.action = V2_ACTION_CAPTCHA_IFRAME_QUERY;
+    assert_false(pipeline_reply_may_be_script(&f));
 }
 
 /* Two enforcing rules and a shadow one, as limit_buckets would give them. */
@@ -214,8 +221,8 @@ static void test_limit_headers(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_http_status),
-        cmocka_unit_test(test_timed_out),
         cmocka_unit_test(test_authorize),
+        cmocka_unit_test(test_reply_may_be_script),
         cmocka_unit_test(test_limit_verdict),
         cmocka_unit_test(test_record_names_whole),
         cmocka_unit_test(test_store_fallback),

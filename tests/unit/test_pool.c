@@ -97,7 +97,8 @@ static void test_match_other_values(void **state) {
     struct v2_fields f;
     char err[256];
     static const char check[] = "Action=CaptchaQuery&captchaType=9&disturbLevel=1&isHttps=1"
-                                "&clientType=2&accountType=0&businessId=7&sceneId=8";
+                                "&clientType=2&accountType=0&businessId=7&sceneId=8"
+                                "&registerTime=1&userIp=h&script=0";
     params_init(&p);
     assert_int_equal(params_parse_urlencoded(&p, check, strlen(check), err, sizeof err), 0);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);

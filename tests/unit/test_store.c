@@ -29,117 +29,19 @@
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "config.h"
+#include "redis_server.h"
 #include "store.h"
 
 #define TIMEOUT_MS 100
 #define SLACK_MS 150
 
-/* ---- a redis-server of our own ---- */
+/* ---- a redis-server of our own (redis_server.h) ---- */
 
-struct redis_proc {
-    pid_t pid;
-    int port;
-    const char *password;
-};
+static struct redis_server main_redis = {.pid = -1};
 
-static struct redis_proc main_redis = {-1, 0, NULL};
-
-static int free_port(void) {
-    struct sockaddr_in a;
-    socklen_t len = sizeof a;
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port = -1;
-    if (fd < 0) return -1;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
-static redisContext *redis_sync(const struct redis_proc *rp) {
-    struct timeval tv = {0, 200000};
-    redisContext *c = redisConnectWithTimeout("127.0.0.1", rp->port, tv);
-    redisReply *rep;
-    if (!c || c->err) {
-        if (c) redisFree(c);
-        return NULL;
-    }
-    if (rp->password) {
-        rep = redisCommand(c, "AUTH %s", rp->password);
-        if (rep) freeReplyObject(rep);
-    }
-    return c;
-}
-
-/* Starts redis-server on rp->port and waits (bounded) until it answers PING. 0 or -1. */
-static int redis_start(struct redis_proc *rp) {
-    char port[16];
-    snprintf(port, sizeof port, "%d", rp->port);
-    rp->pid = fork();
-    if (rp->pid < 0) return -1;
-    if (rp->pid == 0) {
-        const char *argv[16];
-        int argc = 0;
-        FILE *devnull = freopen("/dev/null", "w", stdout);
-        (void)devnull;
-        argv[argc++] = "redis-server";
-        argv[argc++] = "--port";
-        argv[argc++] = port;
-        argv[argc++] = "--bind";
-        argv[argc++] = "127.0.0.1";
-        argv[argc++] = "--save";
-        argv[argc++] = "";
-        argv[argc++] = "--appendonly";
-        argv[argc++] = "no";
-        argv[argc++] = "--dir";
-        argv[argc++] = "/tmp";
-        if (rp->password) {
-            argv[argc++] = "--requirepass";
-            argv[argc++] = rp->password;
-        }
-        argv[argc] = NULL;
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 250; i++) {
-        int status;
-        redisContext *c;
-        if (waitpid(rp->pid, &status, WNOHANG) == rp->pid) {
-            rp->pid = -1;
-            if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
-                fprintf(stderr, "redis-server is not installed (not on PATH): the store tests "
-                                "need it (Debian: apt-get install redis-server)\n");
-            else
-                fprintf(stderr, "redis-server exited at start (port %d)\n", rp->port);
-            return -1;
-        }
-        if ((c = redis_sync(rp))) {
-            redisReply *rep = redisCommand(c, "PING");
-            int ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep) freeReplyObject(rep);
-            redisFree(c);
-            if (ok) return 0;
-        }
-        usleep(20000);
-    }
-    fprintf(stderr, "redis-server on port %d did not answer PING within 5 s\n", rp->port);
-    return -1;
-}
-
-static void redis_stop(struct redis_proc *rp) {
-    if (rp->pid <= 0) return;
-    kill(rp->pid, SIGCONT);
-    kill(rp->pid, SIGKILL);
-    waitpid(rp->pid, NULL, 0);
-    rp->pid = -1;
-}
-
-static long long redis_int(const struct redis_proc *rp, unsigned db, const char *cmd,
+static long long redis_int(const struct redis_server *rp, unsigned db, const char *cmd,
                            const char *key) {
-    redisContext *c = redis_sync(rp);
+    redisContext *c = redis_server_connect(rp);
     redisReply *rep;
     long long v = -1;
     if (!c) return -1;
@@ -162,7 +64,7 @@ struct fixture {
     struct store_shared *sh;
     struct store *store;
     int is_redis;
-    struct redis_proc *rp;
+    struct redis_server *rp;
 };
 
 struct call {
@@ -245,7 +147,7 @@ static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_u
     b->shadow = shadow;
 }
 
-static struct fixture *fixture_new(struct redis_proc *rp, unsigned db, const char *password) {
+static struct fixture *fixture_new(struct redis_server *rp, unsigned db, const char *password) {
     struct fixture *f = calloc(1, sizeof *f);
     char err[256] = "";
     assert_non_null(f);
@@ -762,8 +664,8 @@ static void test_memory_idem_grows(void **state) {
 }
 
 static int redis_group_setup(void **state) {
-    main_redis.port = free_port();
-    if (main_redis.port <= 0 || redis_start(&main_redis) != 0) {
+    main_redis.port = redis_server_free_port();
+    if (main_redis.port <= 0 || redis_server_start(&main_redis) != 0) {
         fprintf(stderr, "test_store: could not start redis-server; failing the redis cases\n");
         main_redis.pid = -1;
         return -1;
@@ -772,7 +674,7 @@ static int redis_group_setup(void **state) {
 }
 
 static int redis_group_teardown(void **state) {
-    redis_stop(&main_redis);
+    redis_server_stop(&main_redis);
     return 0;
 }
 
@@ -851,11 +753,12 @@ static void test_redis_cache_layout(void **state) {
 }
 
 static void test_redis_auth_and_db(void **state) {
-    struct redis_proc rp = {-1, free_port(), "s3cret pass"};
+    struct redis_server rp = {.pid = -1, .port = redis_server_free_port(),
+                              .password = "s3cret pass"};
     struct fixture *f;
     struct limit_bucket b;
     struct call c;
-    assert_int_equal(redis_start(&rp), 0);
+    assert_int_equal(redis_server_start(&rp), 0);
     f = fixture_new(&rp, 5, "s3cret pass");
     bucket(&b, "db5", 1000000, 2, 0);
     call_ok(f, &b, 1, &c);
@@ -871,7 +774,7 @@ static void test_redis_auth_and_db(void **state) {
     assert_true(c.elapsed_us <= (TIMEOUT_MS + SLACK_MS) * 1000);
     assert_int_equal(store_connected(f->store), 0);
     fixture_free(f);
-    redis_stop(&rp);
+    redis_server_stop(&rp);
 }
 
 static void test_redis_noscript(void **state) {
@@ -975,7 +878,7 @@ static void test_redis_reconnect(void **state) {
     struct store_stats st;
     bucket(&b, "restart", 1000, 1000, 0);
     call_ok(f, &b, 1, &c);
-    redis_stop(&main_redis);
+    redis_server_stop(&main_redis);
     /* down: an error, never a wait past the timeout; the local buckets still answer */
     for (int i = 0; i < 3; i++) {
         call(f, 0, &b, 1, &c);
@@ -987,7 +890,7 @@ static void test_redis_reconnect(void **state) {
     call(f, 1, &b, 1, &c);
     assert_int_equal(c.failed, 0);
     assert_int_equal(c.o.allowed, 1);
-    assert_int_equal(redis_start(&main_redis), 0);
+    assert_int_equal(redis_server_start(&main_redis), 0);
     call_until_ok(f, &b, 8000);
     assert_int_equal(store_connected(f->store), 1);
     store_get_stats(f->store, &st);

@@ -57,7 +57,9 @@ struct outcome {
     int ok;
     int http_status;
     int breaker_rejected;
+    int json_fields;        /* the result had JSON fields (test_raw_ok_passes_a_script) */
     int nothing_sent;
+    int timed_out;
     unsigned attempts;
     uint64_t latency_us;
     char error[256];
@@ -156,6 +158,7 @@ static void on_done(const struct upstream_result *r, void *arg)
     o->http_status = r->http_status;
     o->breaker_rejected = r->breaker_rejected;
     o->nothing_sent = r->nothing_sent;
+    o->timed_out = r->timed_out;
     o->attempts = r->attempts;
     o->latency_us = r->latency_us;
     copy_str(o->error, sizeof(o->error), r->error);
@@ -637,6 +640,7 @@ static void test_stalled_upstream_times_out(void **state)
     call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_string_equal(r.error, "upstream timed out after 300 ms");
+    assert_int_equal(r.timed_out, 1);  /* a 504 in the pipeline */
     assert_true(r.latency_us >= 280000);
     assert_true(r.latency_us < 1500000);
     assert_int_equal(r.nothing_sent, 0);
@@ -667,6 +671,7 @@ static void test_http_500_is_an_error_with_status(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 500);
     assert_string_equal(r.error, "upstream answered HTTP 500");
+    assert_int_equal(r.timed_out, 0);  /* a 502 */
     assert_string_equal(r.body, "<h1>oops</h1>");
     /* a status is never retried */
     assert_int_equal(r.attempts, 1);
@@ -690,6 +695,7 @@ static void test_non_json_body_is_an_error(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 200);
     assert_string_equal(r.error, "upstream reply is not JSON");
+    assert_int_equal(r.timed_out, 0);
     assert_string_equal(r.body, "<html>maintenance</html>");
     upstream_free(u);
     fake_stop(&f);
@@ -740,6 +746,75 @@ static void test_status_below_200_is_an_error(void **state)
     }
 }
 
+/* UPSTREAM_RAW_OK (CaptchaQuery script=1): a 2xx body that is not JSON is ok, with upstream's
+ * Content-Type, and a breaker success; a 5xx is still an error; without the flag the same body
+ * is a failure again. */
+static void raw_content_type(const struct upstream_result *r, void *arg)
+{
+    struct outcome *o = arg;
+
+    if (r->content_type)
+        copy_str(o->error, sizeof(o->error), r->content_type);
+    o->json_fields = r->fields != NULL;
+    o->done = 1;
+    o->ok = r->ok;
+    o->http_status = r->http_status;
+    if (r->body) {
+        size_t n = r->body_len < sizeof(o->body) - 1 ? r->body_len : sizeof(o->body) - 1;
+        memcpy(o->body, r->body, n);
+        o->body[n] = '\0';
+    }
+    event_base_loopbreak(o->base);
+}
+
+static void call_raw(struct upstream *u, struct event_base *base, struct outcome *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->base = base;
+    assert_int_equal(upstream_call_flags(u, "POST", "Action=CaptchaQuery&script=1",
+                                         UPSTREAM_RAW_OK, raw_content_type, o), 0);
+    wait_for(base, o);
+}
+
+static void test_raw_ok_passes_a_script(void **state)
+{
+    struct fake f;
+    struct upstream_options o;
+    struct upstream *u;
+    struct upstream_stats st;
+    struct outcome r;
+
+    fake_start(&f, NULL);
+    f.mode = FAKE_TEXT;
+    plain_options(&o, f.port);
+    o.breaker_failures = 2;
+    u = new_upstream(f.base, &o);
+    for (int i = 0; i < 4; i++) {
+        call_raw(u, f.base, &r);
+        assert_int_equal(r.ok, 1);
+        assert_int_equal(r.http_status, 200);
+        assert_string_equal(r.body, "<html>maintenance</html>");
+        assert_string_equal(r.error, "text/html");   /* the Content-Type, passed on */
+        assert_int_equal(r.json_fields, 0);
+    }
+    upstream_get_stats(u, &st);
+    assert_int_equal(st.breaker, BREAKER_CLOSED);
+    assert_int_equal(st.failures, 0);
+    /* a 5xx is not a script */
+    f.mode = FAKE_500;
+    call_raw(u, f.base, &r);
+    assert_int_equal(r.ok, 0);
+    /* without the flag the same 2xx text is a failure: two failures open the breaker */
+    f.mode = FAKE_TEXT;
+    call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
+    assert_int_equal(r.ok, 0);
+    assert_string_equal(r.error, "upstream reply is not JSON");
+    upstream_get_stats(u, &st);
+    assert_int_equal(st.breaker, BREAKER_OPEN);
+    upstream_free(u);
+    fake_stop(&f);
+}
+
 static void test_reset_after_sending_is_not_retried(void **state)
 {
     struct fake f;
@@ -777,6 +852,7 @@ static void test_refused_port_is_retried(void **state)
     call(u, base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_non_null(strstr(r.error, "connection refused"));
+    assert_int_equal(r.timed_out, 0);
     assert_int_equal(r.attempts, 3);
     assert_int_equal(r.nothing_sent, 1);
     assert_int_equal(r.http_status, 0);
@@ -1116,10 +1192,43 @@ static void test_upstream_params(void **state) {
     params_cleanup(&in);
 }
 
+/* The gateway's own upstream signing follows the '@' rule: with POST the randstr is forwarded
+ * and left out of the signature (so changing it keeps the signature valid); with GET it is
+ * signed. */
+static void test_upstream_params_at_rule(void **state) {
+    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
+                                 .region = "gz", .signature_method = SIGN_HMAC_SHA1,
+                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+                                 .path = "/v2/index.php"};
+    struct params in, out;
+    params_init(&in);
+    assert_int_equal(params_adds(&in, "Action", "CaptchaCheck"), 0);
+    assert_int_equal(params_adds(&in, "ticket", "t03abc"), 0);
+    assert_int_equal(params_adds(&in, "randstr", "@xYz"), 0);
+    assert_int_equal(upstream_params(&in, &up, 1700000000, 42, &out), 0);
+    assert_string_equal(params_get(&out, "randstr"), "@xYz");
+    char *text = sign_string_to_sign("POST", up.sign_host, up.path, &out);
+    assert_null(strstr(text, "randstr"));
+    assert_non_null(strstr(text, "ticket=t03abc"));
+    free(text);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "POST", up.sign_host, up.path, "real-key"), 0);
+    params_cleanup(&out);
+
+    up.post = 0;
+    assert_int_equal(upstream_params(&in, &up, 1700000000, 43, &out), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), 0);
+    assert_int_equal(params_set(&out, "randstr", "@other"), 0);
+    assert_int_equal(sign_verify(&out, "GET", up.sign_host, up.path, "real-key"), -1);
+    params_cleanup(&out);
+    params_cleanup(&in);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upstream_params),
+        cmocka_unit_test(test_upstream_params_at_rule),
         cmocka_unit_test(test_post_roundtrip),
         cmocka_unit_test(test_get_sends_query),
         cmocka_unit_test(test_keepalive_reuses_one_connection),
@@ -1135,6 +1244,7 @@ int main(void)
         cmocka_unit_test(test_reset_after_sending_is_not_retried),
         cmocka_unit_test(test_refused_port_is_retried),
         cmocka_unit_test(test_breaker_opens_rejects_and_probe_closes),
+        cmocka_unit_test(test_raw_ok_passes_a_script),
         cmocka_unit_test(test_free_completes_pending_calls),
         cmocka_unit_test(test_tls_roundtrip),
         cmocka_unit_test(test_tls_wrong_ca_fails_verification),

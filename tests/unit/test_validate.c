@@ -152,19 +152,74 @@ static void test_iframe_ok(void **state) {
     }
 }
 
-static void test_query_script(void **state) {
+#define QUERY_MIN "registerTime=1700000000&userIp=1.2.3.4&captchaType=1&script=1&businessId=1"
+
+/* CaptchaQuery as its doc page (拉取验证码JavaScript2.md) lists it. */
+static void test_query_rules(void **state) {
     struct params p;
     struct v2_fields f;
     char err[256];
-    parse_into(&p, "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=0&script=1");
+    parse_into(&p, QUERY_MIN);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
-    assert_true(f.has_script);
-    assert_int_equal(f.script, 1);
     assert_int_equal(f.action, V2_ACTION_CAPTCHA_QUERY);
-    /* CaptchaIframeQuery does not read script. */
+    assert_true(f.has_script && f.has_register_time && f.has_business_id && f.has_captcha_type);
+    assert_int_equal(f.script, 1);
+    assert_int_equal(f.register_time, 1700000000u);
+    assert_string_equal(f.user_ip, "1.2.3.4");
+    /* No disturbLevel, isHttps, clientType, accountType needed, none read. */
+    assert_false(f.has_disturb_level || f.has_is_https || f.has_client_type ||
+                 f.has_account_type || f.has_scene_id);
+    /* CaptchaIframeQuery's rules do not apply: its parameters are unchecked extras here. */
+    assert_int_equal(params_adds(&p, "clientType", "9"), 0);
+    assert_int_equal(params_adds(&p, "isHttps", "x"), 0);
+    assert_int_equal(params_adds(&p, "disturbLevel", "-1"), 0);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
+    assert_false(f.has_client_type);
+    /* ...and CaptchaIframeQuery does not read script. */
+    params_cleanup(&p);
+    parse_into(&p, "captchaType=1&disturbLevel=1&isHttps=1&clientType=2&accountType=0&script=1");
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), 0);
     assert_false(f.has_script);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), -1);
+    assert_string_equal(err, "missing required parameter registerTime");
     params_cleanup(&p);
+    /* script 0, the optional ones, a callBack. */
+    parse_into(&p, "registerTime=0&userIp=h&captchaType=9&script=0&businessId=4294967295"
+                   "&accountType=1&appId=wx&sceneId=3&uid=u&callBack=onErr");
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
+    assert_int_equal(f.script, 0);
+    assert_true(f.has_account_type && f.account_type == 1 && f.has_scene_id);
+    assert_int_equal(f.business_id, 4294967295u);
+    params_cleanup(&p);
+}
+
+/* userIp is a String on every doc page: any printable ASCII up to VALIDATE_USER_IP_MAX. */
+static void test_user_ip_string(void **state) {
+    static const char *const ok[] = {
+        "1.2.3.4", "1.2.3", "localhost", "1.2.3.4:80", "2001:db8::1", "fe80::1%eth0",
+        "203.0.113.9, 10.0.0.1", " ", "~",
+        "1234567890123456789012345678901234567890123456789012345678901234", /* 64 */
+    };
+    struct params p;
+    struct v2_fields f;
+    char err[256];
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        for (int a = 0; a < 3; a++) {
+            static const char *const base[] = {"captchaType=1&disturbLevel=1&isHttps=1"
+                                               "&clientType=2&accountType=0",
+                                               "ticket=t&captchaType=1", QUERY_MIN};
+            static const enum v2_action act[] = {V2_ACTION_CAPTCHA_IFRAME_QUERY,
+                                                 V2_ACTION_CAPTCHA_CHECK,
+                                                 V2_ACTION_CAPTCHA_QUERY};
+            parse_into(&p, base[a]);
+            assert_int_equal(params_set(&p, "userIp", ok[i]), 0);
+            if (validate_request(act[a], &p, &f, err, sizeof err) != 0)
+                fail_msg("userIp \"%s\" refused for action %d: %s", ok[i], a, err);
+            assert_string_equal(f.user_ip, ok[i]);
+            params_cleanup(&p);
+        }
+    }
+    assert_int_equal(VALIDATE_USER_IP_MAX, 64);
 }
 
 static void test_check_ok(void **state) {
@@ -232,29 +287,46 @@ static void test_request_errors(void **state) {
         {IFQ, IFRAME_MIN, "accountType", NULL, "missing required parameter accountType"},
         /* Each enum out of range. */
         {IFQ, IFRAME_MIN, "isHttps", "2", "isHttps must be one of 0, 1; got 2"},
-        {IFQ, IFRAME_MIN, "clientType", "3", "clientType must be one of 1, 2, 4; got 3"},
-        {IFQ, IFRAME_MIN, "clientType", "0", "clientType must be one of 1, 2, 4; got 0"},
+        {IFQ, IFRAME_MIN, "clientType", "5", "clientType must be one of 1, 2, 3, 4; got 5"},
+        {IFQ, IFRAME_MIN, "clientType", "0", "clientType must be one of 1, 2, 3, 4; got 0"},
         {IFQ, IFRAME_MIN, "accountType", "3", "accountType must be one of 0, 1, 2, 4, 6, 7; got 3"},
         {IFQ, IFRAME_MIN, "accountType", "5", "accountType must be one of 0, 1, 2, 4, 6, 7; got 5"},
         {IFQ, IFRAME_MIN, "accountType", "8", "accountType must be one of 0, 1, 2, 4, 6, 7; got 8"},
-        {CQ, IFRAME_MIN, "script", "2", "script must be one of 0, 1; got 2"},
-        {CQ, IFRAME_MIN, "script", "", "script " UINT_RULE "\"\""},
-        {CQ, IFRAME_MIN, "clientType", "5", "clientType must be one of 1, 2, 4; got 5"},
+        {CQ, QUERY_MIN, "script", "2", "script must be one of 0, 1; got 2"},
+        {CQ, QUERY_MIN, "script", "", "script " UINT_RULE "\"\""},
+        {CQ, QUERY_MIN, "accountType", "3", "accountType must be one of 0, 1, 2, 4, 6, 7; got 3"},
+        {CQ, QUERY_MIN, "accountType", "2", "appId is required when accountType is 1 or 2"},
+        /* CaptchaQuery's required parameters. */
+        {CQ, QUERY_MIN, "registerTime", NULL, "missing required parameter registerTime"},
+        {CQ, QUERY_MIN, "userIp", NULL, "missing required parameter userIp"},
+        {CQ, QUERY_MIN, "captchaType", NULL, "missing required parameter captchaType"},
+        {CQ, QUERY_MIN, "script", NULL, "missing required parameter script"},
+        {CQ, QUERY_MIN, "businessId", NULL, "missing required parameter businessId"},
+        {CQ, QUERY_MIN, "registerTime", "x", "registerTime " UINT_RULE "\"x\""},
+        {CQ, QUERY_MIN, "businessId", "-1", "businessId " UINT_RULE "\"-1\""},
         /* appId with accountType 1 or 2. */
         {IFQ, IFRAME_MIN, "accountType", "1", "appId is required when accountType is 1 or 2"},
         {IFQ, IFRAME_MIN "&appId=", "accountType", "2",
          "appId is required when accountType is 1 or 2"},
-        /* Bad userIp. */
-        {IFQ, IFRAME_MIN, "userIp", "1.2.3", "userIp must be an IPv4 or IPv6 address; got \"1.2.3\""},
-        {IFQ, IFRAME_MIN, "userIp", "256.1.1.1",
-         "userIp must be an IPv4 or IPv6 address; got \"256.1.1.1\""},
-        {IFQ, IFRAME_MIN, "userIp", "1.2.3.4:80",
-         "userIp must be an IPv4 or IPv6 address; got \"1.2.3.4:80\""},
-        {IFQ, IFRAME_MIN, "userIp", "", "userIp must be an IPv4 or IPv6 address; got \"\""},
-        {CHK, CHECK_MIN, "userIp", "localhost",
-         "userIp must be an IPv4 or IPv6 address; got \"localhost\""},
-        {CHK, CHECK_MIN, "userIp", "2001:db8::g",
-         "userIp must be an IPv4 or IPv6 address; got \"2001:db8::g\""},
+        /* Bad userIp: empty, too long, not printable ASCII. */
+        {IFQ, IFRAME_MIN, "userIp", "",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\""},
+        {CHK, CHECK_MIN, "userIp", "",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\""},
+        {CQ, QUERY_MIN, "userIp", "",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\""},
+        {CHK, CHECK_MIN, "userIp",
+         "12345678901234567890123456789012345678901234567890123456789012345", /* 65 */
+         "userIp must be 1 to 64 printable ASCII characters; got "
+         "\"12345678901234567890123456789012...\""},
+        {CHK, CHECK_MIN, "userIp", "1.2.3.4\n",
+         "userIp must be 1 to 64 printable ASCII characters; got \"1.2.3.4\\x0a\""},
+        {IFQ, IFRAME_MIN, "userIp", "a\tb",
+         "userIp must be 1 to 64 printable ASCII characters; got \"a\\x09b\""},
+        {CQ, QUERY_MIN, "userIp", "\x7f", "userIp must be 1 to 64 printable ASCII characters; got "
+                                          "\"\\x7f\""},
+        {CHK, CHECK_MIN, "userIp", "\xE5\xBC\xA0",
+         "userIp must be 1 to 64 printable ASCII characters; got \"\xE5\xBC\xA0\""},
         /* CaptchaCheck's required parameters. */
         {CHK, CHECK_MIN, "ticket", NULL, "missing required parameter ticket"},
         {CHK, CHECK_MIN, "ticket", "", "ticket must not be empty"},
@@ -292,7 +364,7 @@ static void test_small_err_buffer(void **state) {
     struct v2_fields f;
     char err[8];
     parse_into(&p, IFRAME_MIN);
-    params_set(&p, "clientType", "3");
+    params_set(&p, "clientType", "5");
     assert_int_equal(validate_request(IFQ, &p, &f, err, sizeof err), -1);
     assert_string_equal(err, "clientT"); /* cut, still terminated */
     params_cleanup(&p);
@@ -377,15 +449,35 @@ static void test_known_name_lookup(void **state) {
     assert_string_equal(f.imei, "im");
     assert_string_equal(f.associate_account, "acc");
     assert_string_equal(f.user_ip, "::1");
-    assert_true(f.captcha_type == 9 && f.disturb_level == 2 && f.is_https == 1 &&
-                f.client_type == 4 && f.account_type == 7 && f.business_id == 11 &&
+    assert_true(f.captcha_type == 9 && f.account_type == 7 && f.business_id == 11 &&
                 f.scene_id == 12 && f.register_time == 13 && f.script == 1);
     assert_true(f.has_business_id && f.has_scene_id && f.has_register_time && f.has_script);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err),
+                     0);
+    assert_true(f.captcha_type == 9 && f.disturb_level == 2 && f.is_https == 1 &&
+                f.client_type == 4 && f.account_type == 7);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), -1);
     assert_string_equal(err, "missing required parameter ticket");
     assert_int_equal(params_adds(&p, "ticket", "t"), 0);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), 0);
     assert_string_equal(f.ticket, "t");
+    params_cleanup(&p);
+}
+
+/* The reply code for a refused request: 6100 for an Action that was sent but is not one of the
+ * three (the error code page's "interface not supported"), 4000 for everything else. */
+static void test_error_code(void **state) {
+    struct params p;
+    parse_into(&p, "Action=CaptchaSolveForMe");
+    assert_int_equal(validate_error_code(V2_ACTION_UNKNOWN, &p), 6100);
+    assert_int_equal(validate_error_code(V2_ACTION_CAPTCHA_CHECK, &p), 4000);
+    params_cleanup(&p);
+    parse_into(&p, "Action=");
+    assert_int_equal(validate_error_code(V2_ACTION_UNKNOWN, &p), 4000);
+    params_cleanup(&p);
+    parse_into(&p, "x=1");
+    assert_int_equal(validate_error_code(V2_ACTION_UNKNOWN, &p), 4000);
+    assert_int_equal(validate_error_code(V2_ACTION_CAPTCHA_QUERY, &p), 4000);
     params_cleanup(&p);
 }
 
@@ -401,14 +493,31 @@ static void test_nonce_ttl(void **state) {
     assert_true(first_use + validate_nonce_ttl_s(window) > last_accepted);
 }
 
+/* The one list of public parameters: Tencent's 公共参数 besides Action, SignatureMethod and
+ * Token; not Action, not the SDK's RequestClient, not a business or per-user field. */
+static void test_public_params(void **state) {
+    static const char *const yes[] = {"SecretId", "Signature", "Timestamp", "Nonce", "Region",
+                                       "SignatureMethod", "Token"};
+    static const char *const no[] = {"Action", V2_REQUEST_CLIENT, "secretid", "SecretId ",
+                                      "captchaType", "businessId", "ticket", ""};
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_true(validate_is_public(yes[i]));
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_false(validate_is_public(no[i]));
+    for (size_t i = 0; validate_user_fields[i]; i++)
+        assert_false(validate_is_public(validate_user_fields[i]));
+    while (validate_public_params[n]) n++;
+    assert_int_equal(n, sizeof yes / sizeof *yes);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_action_names),   cmocka_unit_test(test_public_ok),
         cmocka_unit_test(test_public_errors),  cmocka_unit_test(test_iframe_ok),
-        cmocka_unit_test(test_query_script),   cmocka_unit_test(test_check_ok),
+        cmocka_unit_test(test_query_rules),    cmocka_unit_test(test_check_ok),
+        cmocka_unit_test(test_user_ip_string), cmocka_unit_test(test_error_code),
         cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
         cmocka_unit_test(test_user_fields),    cmocka_unit_test(test_nonce_ttl),
-        cmocka_unit_test(test_known_name_lookup),
+        cmocka_unit_test(test_known_name_lookup), cmocka_unit_test(test_public_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -321,4 +321,6 @@ export async function v2Call(url, opts = {}) {
 }
 
 /** The seed request's business parameters (a valid CaptchaIframeQuery). */
-export const SEED_PARAMS = Object.freeze({ captchaType: '1', disturbLevel: '1', isHttps: '1', clientType: '2', accountType: '0' });
+export const SEED_PARAMS = Object.freeze({ captchaType: '1', disturbLevel: '1', isHttps: '0', clientType: '2', accountType: '0' });
+/** A valid CaptchaQuery's business parameters (its doc page's required five; script 0: JSON). */
+export const QUERY_PARAMS = Object.freeze({ registerTime: '1700000000', userIp: '127.0.0.1', captchaType: '1', script: '0', businessId: '1' });
