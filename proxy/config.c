@@ -226,9 +226,20 @@ static void describe(const json_t *v, char *buf, size_t len) {
     } else if (json_is_array(v)) {
         snprintf(buf, len, "an array");
     } else {
-        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        if (s && strlen(s) > 60) snprintf(buf, len, "%.57s...", s);
-        else snprintf(buf, len, "%s", s ? s : "?");
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT), shown[80];
+        size_t n = 0;
+        /* JSON leaves DEL as it is; a message carries no control byte (found by fuzz_config) */
+        for (const char *p = s ? s : "?"; *p && n + 7 < sizeof shown; p++) {
+            if (*p == 0x7f) {
+                memcpy(shown + n, "\\u007f", 6);
+                n += 6;
+            } else {
+                shown[n++] = *p;
+            }
+        }
+        shown[n] = '\0';
+        if (n > 60) snprintf(buf, len, "%.57s...", shown);
+        else snprintf(buf, len, "%s", shown);
         free(s);
     }
 }

@@ -1082,6 +1082,10 @@ static void test_errors_hide_secrets(void **state) {
     assert_int_equal(config_load_string(up, "t.json", &c, err, sizeof err), -1);
     assert_err_clean(err, (const char *const[]){"up-pw-55", "user:", NULL});
 
+    /* A DEL in a value shown back is escaped as JSON would escape a control character. */
+    expect_error("{\"log_level\": \"de\x7f" "bug\"}",
+                 "t.json:1:2: log_level: must be \"debug\", \"info\", \"warn\" or \"error\"; "
+                 "got \"de\\u007fbug\"");
     /* A control byte in an unknown key's name is shown as \xNN. */
     expect_error("{\"work\\u0001ers\": 2}", "t.json:1:2: work\\x01ers: unknown key");
 }
