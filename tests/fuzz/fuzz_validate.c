@@ -1,7 +1,8 @@
 /* fuzz_validate.c: the validator (common/validate.c) over an urlencoded parameter list.
  * Invariants: an accepted request's fields are the parameters' own values (each UInt read back
  * with a plain decimal parser, each string borrowed from the list), enums keep their documented
- * sets, required fields are present; a refused one has a message without control bytes. */
+ * sets (validate.h), required fields are present, userIp is 1..VALIDATE_USER_IP_MAX printable
+ * bytes; a refused one has a message without control bytes. */
 #include <string.h>
 
 #include "capgate/params.h"
@@ -71,28 +72,40 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check_uint(&p, "captchaType", f.has_captcha_type, f.captcha_type);
         check_uint(&p, "businessId", f.has_business_id, f.business_id);
         check_uint(&p, "sceneId", f.has_scene_id, f.scene_id);
+        check_uint(&p, "registerTime", f.has_register_time, f.register_time);
         check_str(&p, "uid", f.uid);
         check_str(&p, "appId", f.app_id);
         check_str(&p, "userIp", f.user_ip);
         FUZZ_CHECK(f.has_captcha_type);
+        if (f.user_ip) {
+            size_t n = strlen(f.user_ip);
+            FUZZ_CHECK(n >= 1 && n <= VALIDATE_USER_IP_MAX);
+            for (size_t c = 0; c < n; c++) FUZZ_CHECK(f.user_ip[c] >= 0x20 && f.user_ip[c] < 0x7f);
+        }
+        if (f.has_account_type) {
+            static const uint32_t accounts[] = {0, 1, 2, 4, 6, 7};
+            check_uint(&p, "accountType", f.has_account_type, f.account_type);
+            FUZZ_CHECK(in_set(f.account_type, accounts, 6));
+            if (f.account_type == 1 || f.account_type == 2)
+                FUZZ_CHECK(f.app_id && f.app_id[0]);
+        }
         if (a == V2_ACTION_CAPTCHA_CHECK) {
             FUZZ_CHECK(f.ticket && f.ticket[0] && f.ticket == params_get(&p, "ticket"));
-            FUZZ_CHECK(f.user_ip && f.user_ip[0]);
+            FUZZ_CHECK(f.user_ip);
+        } else if (a == V2_ACTION_CAPTCHA_QUERY) {
+            /* registerTime, userIp, captchaType, script (0|1), businessId are required */
+            FUZZ_CHECK(f.has_register_time && f.user_ip && f.has_script && f.has_business_id);
+            check_uint(&p, "script", f.has_script, f.script);
+            FUZZ_CHECK(f.script <= 1);
         } else {
-            static const uint32_t clients[] = {1, 2, 4}, accounts[] = {0, 1, 2, 4, 6, 7};
+            static const uint32_t clients[] = {1, 2, 3, 4};
             FUZZ_CHECK(f.has_disturb_level && f.has_is_https && f.has_client_type &&
                        f.has_account_type);
             check_uint(&p, "disturbLevel", f.has_disturb_level, f.disturb_level);
             check_uint(&p, "isHttps", f.has_is_https, f.is_https);
             check_uint(&p, "clientType", f.has_client_type, f.client_type);
-            check_uint(&p, "accountType", f.has_account_type, f.account_type);
-            check_uint(&p, "registerTime", f.has_register_time, f.register_time);
             FUZZ_CHECK(f.is_https <= 1);
-            FUZZ_CHECK(in_set(f.client_type, clients, 3));
-            FUZZ_CHECK(in_set(f.account_type, accounts, 6));
-            if (f.account_type == 1 || f.account_type == 2)
-                FUZZ_CHECK(f.app_id && f.app_id[0]);
-            if (a == V2_ACTION_CAPTCHA_QUERY && f.has_script) FUZZ_CHECK(f.script <= 1);
+            FUZZ_CHECK(in_set(f.client_type, clients, 4));
         }
     }
 out:
