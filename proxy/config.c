@@ -244,6 +244,17 @@ static void describe(const json_t *v, char *buf, size_t len) {
     }
 }
 
+/* s for a message, a control byte in it as \xNN (a variable's or a file's name). */
+static void shown_plain(const char *s, char *buf, size_t len) {
+    size_t n = 0;
+    for (; *s && n + 5 < len; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(buf + n, len - n, "\\x%02X", ch);
+        else buf[n++] = (char)ch;
+    }
+    buf[n] = '\0';
+}
+
 /* The type of a JSON value, for a message about a secret of the wrong type: its value is not
  * shown. */
 static const char *json_kind(const json_t *v) {
@@ -516,6 +527,8 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         return fail(x, "only one of %s, %s_env and %s_file may be set", f->group, f->group,
                     f->group);
     name = json_string_value(v);
+    char shown[160]; /* the variable's or the file's name in a message (not for a literal) */
+    shown_plain(f->kind == FK_SECRET ? "" : name, shown, sizeof shown);
     if (f->kind == FK_SECRET) {
         if (!(*dst = secret ? secmem_strdup(name) : strdup(name))) return oom(x);
         if (f->flag_off != NO_FLAG) *(int *)(base + f->flag_off) = 1;
@@ -523,29 +536,29 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         switch (env_secret_take(name, dst)) {
         case 1:
             return fail(x, "environment variable %s is not set (a secret added after start "
-                        "goes in %s_file)", name, f->group);
+                        "goes in %s_file)", shown, f->group);
         case 2:
-            return fail(x, "environment variable %s is empty", name);
+            return fail(x, "environment variable %s is empty", shown);
         case -1:
             return oom(x);
         }
     } else if (f->kind == FK_SECRET_ENV) {
         const char *val = getenv(name);
-        if (!val) return fail(x, "environment variable %s is not set", name);
-        if (!*val) return fail(x, "environment variable %s is empty", name);
+        if (!val) return fail(x, "environment variable %s is not set", shown);
+        if (!*val) return fail(x, "environment variable %s is empty", shown);
         if (!(*dst = strdup(val))) return oom(x);
     } else {
         char *buf = NULL;
         size_t len = 0;
         if (read_file(name, MAX_SECRET_FILE_BYTES, &buf, &len) != 0)
-            return fail(x, "cannot read %s: %s", name,
+            return fail(x, "cannot read %s: %s", shown,
                         errno == EFBIG ? "larger than 64 KiB" : strerror(errno));
         size_t read_len = len;
         if (len && buf[len - 1] == '\n') buf[--len] = '\0';
         if (len && buf[len - 1] == '\r') buf[--len] = '\0';
         if (len == 0 || strlen(buf) != len) {
             wipe_free(buf, read_len + 1);
-            return fail(x, "%s is empty or holds a NUL byte", name);
+            return fail(x, "%s is empty or holds a NUL byte", shown);
         }
         if (!secret) {
             *dst = buf;

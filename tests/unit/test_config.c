@@ -1086,6 +1086,10 @@ static void test_errors_hide_secrets(void **state) {
     expect_error("{\"log_level\": \"de\x7f" "bug\"}",
                  "t.json:1:2: log_level: must be \"debug\", \"info\", \"warn\" or \"error\"; "
                  "got \"de\\u007fbug\"");
+    /* So is one in a variable's name (found by fuzz_config). */
+    expect_error("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_\x7f\"}}",
+                 "t.json:1:38: upstream.secret_key_env: environment variable T_\\x7F is not set "
+                 "(a secret added after start goes in secret_key_file)");
     /* A control byte in an unknown key's name is shown as \xNN. */
     expect_error("{\"work\\u0001ers\": 2}", "t.json:1:2: work\\x01ers: unknown key");
 }
