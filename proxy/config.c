@@ -1377,9 +1377,12 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
                          : "token");
                 if (strcmp(what, "token") == 0)
                     rc = fail(x, "the same token as apps[%zu] (\"%s\")", j, b->name);
-                else
-                    rc = fail(x, "duplicate %s \"%s\" (also apps[%zu])", what,
-                              strcmp(what, "name") == 0 ? a->name : a->secret_id, j);
+                else {
+                    char shown[160];
+                    shown_plain(strcmp(what, "name") == 0 ? a->name : a->secret_id, shown,
+                                sizeof shown);
+                    rc = fail(x, "duplicate %s \"%s\" (also apps[%zu])", what, shown, j);
+                }
                 return rc;
             }
         }
@@ -1598,10 +1601,12 @@ static int check_demo(struct ctx *x, struct config *c) {
         return set_str(&c->demo_app, app->name) ? oom(x) : 0;
     }
     push_key(x, "demo_app");
-    if (!app) return fail(x, "no app is named \"%s\"", c->demo_app);
+    char shown[160];
+    shown_plain(c->demo_app, shown, sizeof shown);
+    if (!app) return fail(x, "no app is named \"%s\"", shown);
     if (app->auth != CONFIG_AUTH_TOKEN)
         return fail(x, "app \"%s\" authenticates by signature; the /demo page needs a token app",
-                    c->demo_app);
+                    shown);
     pop(x);
     return 0;
 }

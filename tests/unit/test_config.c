@@ -1090,6 +1090,14 @@ static void test_errors_hide_secrets(void **state) {
     expect_error("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_\x7f\"}}",
                  "t.json:1:38: upstream.secret_key_env: environment variable T_\\x7F is not set "
                  "(a secret added after start goes in secret_key_file)");
+    /* And in demo_app's name (found by fuzz_config). */
+    {
+        struct config *d = NULL;
+        char e[512];
+        assert_int_equal(config_load_string("{" UPSTREAM_OK ", \"demo\": true, \"demo_app\": "
+                                            "\"no\x7f" "pe\"}", "t.json", &d, e, sizeof e), -1);
+        assert_non_null(strstr(e, "demo_app: no app is named \"no\\x7Fpe\""));
+    }
     /* A control byte in an unknown key's name is shown as \xNN. */
     expect_error("{\"work\\u0001ers\": 2}", "t.json:1:2: work\\x01ers: unknown key");
 }
