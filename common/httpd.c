@@ -1610,3 +1610,17 @@ void httpd_free(struct httpd *h) {
     event_free(h->accept_timer);
     free(h);
 }
+
+int httpd_adopt(struct httpd *h, int fd) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (evutil_make_socket_nonblocking(fd) != 0) {
+        evutil_closesocket(fd);
+        return -1;
+    }
+    memset(&ss, 0, sizeof ss);
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) ss.ss_family = AF_UNSPEC;
+    size_t before = h->nconns;
+    conn_new(h, fd, (struct sockaddr *)&ss, NULL);
+    return h->nconns > before ? 0 : -1;
+}

@@ -13,6 +13,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include "capgate/net.h"
 #include "capgate/num.h"
 #include "capgate/tls.h"
+#include "capgate/secmem.h"
 
 #define MAX_DEPTH 8
 #define MAX_FILE_BYTES (4u << 20)
@@ -175,9 +177,19 @@ static void path_format(const struct seg *path, size_t n, char *buf, size_t len)
     buf[0] = '\0';
     for (size_t i = 0; i < n && used < len; i++) {
         int w;
-        if (path[i].key)
-            w = snprintf(buf + used, len - used, "%s%s", i ? "." : "", path[i].key);
-        else
+        if (path[i].key) {
+            /* a key is shown as written, but a control byte in it as \xNN: a message carries
+             * none from the file */
+            w = snprintf(buf + used, len - used, "%s", i ? "." : "");
+            for (const char *k = path[i].key; *k && w >= 0 && used + (size_t)w < len; k++) {
+                unsigned char ch = (unsigned char)*k;
+                int m = ch < 0x20 || ch == 0x7f
+                            ? snprintf(buf + used + w, len - used - w, "\\x%02X", ch)
+                            : snprintf(buf + used + w, len - used - w, "%c", ch);
+                if (m < 0) w = -1;
+                else w += m;
+            }
+        } else
             w = snprintf(buf + used, len - used, "[%zu]", path[i].index);
         if (w < 0) break;
         used += (size_t)w;
@@ -220,22 +232,77 @@ static void describe(const json_t *v, char *buf, size_t len) {
     } else if (json_is_array(v)) {
         snprintf(buf, len, "an array");
     } else {
-        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
-        if (s && strlen(s) > 60) snprintf(buf, len, "%.57s...", s);
-        else snprintf(buf, len, "%s", s ? s : "?");
+        char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT), shown[80];
+        size_t n = 0;
+        /* JSON leaves DEL as it is; a message carries no control byte (found by fuzz_config) */
+        for (const char *p = s ? s : "?"; *p && n + 7 < sizeof shown; p++) {
+            if (*p == 0x7f) {
+                memcpy(shown + n, "\\u007f", 6);
+                n += 6;
+            } else {
+                shown[n++] = *p;
+            }
+        }
+        shown[n] = '\0';
+        if (n > 60) snprintf(buf, len, "%.57s...", shown);
+        else snprintf(buf, len, "%s", shown);
         free(s);
+    }
+}
+
+/* s for a message, a control byte in it as \xNN (a variable's or a file's name). */
+static void shown_plain(const char *s, char *buf, size_t len) {
+    size_t n = 0;
+    for (; *s && n + 5 < len; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(buf + n, len - n, "\\x%02X", ch);
+        else buf[n++] = (char)ch;
+    }
+    buf[n] = '\0';
+}
+
+/* The type of a JSON value, for a message about a secret of the wrong type: its value is not
+ * shown. */
+static const char *json_kind(const json_t *v) {
+    switch (json_typeof(v)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return json_string_length(v) ? "a string" : "an empty string";
+    case JSON_INTEGER: return "an integer (not shown: a secret)";
+    case JSON_REAL: return "a number (not shown: a secret)";
+    case JSON_TRUE: return "true";
+    case JSON_FALSE: return "false";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
+/* A url for a message, with anything between "://" and an '@' (user and password) as "***". */
+static void url_masked(const char *url, char *buf, size_t len) {
+    const char *scheme = strstr(url, "://");
+    const char *auth = scheme ? scheme + 3 : url;
+    const char *at = strrchr(auth, '@');
+    char picture[80];
+    if (at) snprintf(buf, len, "%.*s***%s", (int)(auth - url), url, at);
+    else snprintf(buf, len, "%s", url);
+    /* and as JSON would show it: no control byte reaches a message */
+    json_t *s = json_stringn_nocheck(buf, strlen(buf));
+    if (s) {
+        describe(s, picture, sizeof picture);
+        snprintf(buf, len, "%s", picture);
+        json_decref(s);
     }
 }
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static void secret_free(char *s, size_t len) {
+/* A heap buffer that held a secret on its way (a secret file's text): wiped, then freed. The
+ * secrets a config keeps live in secmem (capgate/secmem.h). */
+static void wipe_free(char *s, size_t len) {
     if (!s) return;
     OPENSSL_cleanse(s, len);
     free(s);
 }
-
-static void secret_freez(char *s) { secret_free(s, s ? strlen(s) : 0); }
 
 static int set_str(char **dst, const char *src) {
     char *copy = NULL;
@@ -301,7 +368,7 @@ static int read_file(const char *path, size_t max, char **out, size_t *outlen) {
     rc = 0;
 out:
     if (f) fclose(f);
-    if (buf) secret_free(buf, cap);
+    if (buf) wipe_free(buf, cap);
     return rc;
 }
 
@@ -409,13 +476,76 @@ static int parse_enum(struct ctx *x, json_t *v, const struct field *f, int *out)
     return fail(x, "must be %s; got %s", expect, got);
 }
 
+/* ---- secrets from the environment ----
+ * A secret read from the environment is removed from it (and its text there wiped, which also
+ * clears it from /proc/PID/environ), so it does not reach child processes, crash reports or
+ * anything else that reads the environment. The value is remembered here, in secmem, under the
+ * variable's name: a SIGHUP reload that names the same variable gets the value read at start
+ * (the environment of a running process cannot be changed from outside anyway); a variable the
+ * environment still holds is read afresh. Rotation goes through <name>_file. */
+struct env_secret {
+    char *name;   /* heap */
+    char *value;  /* secmem */
+    struct env_secret *next;
+};
+
+static pthread_mutex_t env_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct env_secret *env_secrets;
+
+/* The value of the environment variable name as a new secmem string: 0, 1 (unset), 2 (empty)
+ * or -1 (OOM). */
+static int env_secret_take(const char *name, char **out) {
+    struct env_secret *e;
+    int rc = 0;
+    *out = NULL;
+    pthread_mutex_lock(&env_lock);
+    for (e = env_secrets; e && strcmp(e->name, name) != 0; e = e->next) {}
+    char *val = getenv(name);
+    if (val) {
+        char *copy = *val ? secmem_strdup(val) : NULL;
+        if (*val && !copy) {
+            rc = -1;
+            goto out;
+        }
+        if (!*val) {
+            rc = 2;
+            goto out;
+        }
+        if (!e) {
+            if (!(e = calloc(1, sizeof *e)) || !(e->name = strdup(name))) {
+                free(e);
+                secmem_free(copy);
+                rc = -1;
+                goto out;
+            }
+            e->next = env_secrets;
+            env_secrets = e;
+        }
+        secmem_free(e->value);
+        e->value = copy;
+        OPENSSL_cleanse(val, strlen(val));
+        unsetenv(name);
+    } else if (!e) {
+        rc = 1;
+        goto out;
+    }
+    if (!(*out = secmem_strdup(e->value))) rc = -1;
+out:
+    pthread_mutex_unlock(&env_lock);
+    return rc;
+}
+
 static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *base) {
     char **dst = (char **)(base + f->off);
     const char *name;
     char got[80];
+    /* a secret id is not secret: plain heap, shown by the dump */
+    int secret = !(f->flags & F_SHOWN);
     if (json_is_null(v) && f->kind != FK_SECRET) return 0;
     if (!json_is_string(v) || json_string_length(v) == 0) {
-        describe(v, got, sizeof got);
+        /* the value of a literal secret is not echoed, whatever its type */
+        if (f->kind == FK_SECRET && secret) snprintf(got, sizeof got, "%s", json_kind(v));
+        else describe(v, got, sizeof got);
         return fail(x, "must be a non-empty string%s; got %s",
                     f->kind == FK_SECRET ? "" : " or null", got);
     }
@@ -423,40 +553,56 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         return fail(x, "only one of %s, %s_env and %s_file may be set", f->group, f->group,
                     f->group);
     name = json_string_value(v);
+    char shown[160]; /* the variable's or the file's name in a message (not for a literal) */
+    shown_plain(f->kind == FK_SECRET ? "" : name, shown, sizeof shown);
     if (f->kind == FK_SECRET) {
-        if (!(*dst = strdup(name))) return oom(x);
+        if (!(*dst = secret ? secmem_strdup(name) : strdup(name))) return oom(x);
         if (f->flag_off != NO_FLAG) *(int *)(base + f->flag_off) = 1;
+    } else if (f->kind == FK_SECRET_ENV && secret) {
+        switch (env_secret_take(name, dst)) {
+        case 1:
+            return fail(x, "environment variable %s is not set (a secret added after start "
+                        "goes in %s_file)", shown, f->group);
+        case 2:
+            return fail(x, "environment variable %s is empty", shown);
+        case -1:
+            return oom(x);
+        }
     } else if (f->kind == FK_SECRET_ENV) {
         const char *val = getenv(name);
         /* A reload reads the environment the process started with: a variable exported later
          * never reaches it, so the message points at the file form, which is read every time. */
         if (!val)
             return fail(x, "environment variable %s is not set (a running capgate keeps the "
-                        "environment it started with: for a secret added at run time use "
-                        "%s_file)", name, f->group);
-        if (!*val) return fail(x, "environment variable %s is empty", name);
+                        "environment it started with: for a value added at run time use "
+                        "%s_file)", shown, f->group);
+        if (!*val) return fail(x, "environment variable %s is empty", shown);
         if (!(*dst = strdup(val))) return oom(x);
     } else {
         char *buf = NULL, *file = path_under(x, name);
         size_t len = 0;
         if (!file) return oom(x);
-        if (read_file(file, MAX_SECRET_FILE_BYTES, &buf, &len) != 0) {
-            int e = errno;
-            int rc = fail(x, "cannot read %s: %s", file,
-                          e == EFBIG ? "larger than 64 KiB" : strerror(e));
-            free(file);
-            return rc;
-        }
+        shown_plain(file, shown, sizeof shown); /* the path as resolved, in messages */
+        int rc = read_file(file, MAX_SECRET_FILE_BYTES, &buf, &len);
+        int e = errno;
+        free(file);
+        if (rc != 0)
+            return fail(x, "cannot read %s: %s", shown,
+                        e == EFBIG ? "larger than 64 KiB" : strerror(e));
+        size_t read_len = len;
         if (len && buf[len - 1] == '\n') buf[--len] = '\0';
         if (len && buf[len - 1] == '\r') buf[--len] = '\0';
         if (len == 0 || strlen(buf) != len) {
-            secret_free(buf, len + 1);
-            int rc = fail(x, "%s is empty or holds a NUL byte", file);
-            free(file);
-            return rc;
+            wipe_free(buf, read_len + 1);
+            return fail(x, "%s is empty or holds a NUL byte", shown);
         }
-        free(file);
-        *dst = buf;
+        if (!secret) {
+            *dst = buf;
+            return 0;
+        }
+        *dst = secmem_memdup(buf, len);
+        wipe_free(buf, read_len + 1);
+        if (!*dst) return oom(x);
     }
     return 0;
 }
@@ -977,9 +1123,12 @@ static const struct field upstream_fields[] = {
     STR("sign_host", struct config_upstream, sign_host),
     {.key = "secret_id", .kind = FK_SECRET, .off = offsetof(struct config_upstream, secret_id),
      .group = "secret_id", .flag_off = NO_FLAG, .flags = F_SHOWN},
-    SECRET("secret_id_env", FK_SECRET_ENV, struct config_upstream, secret_id, "secret_id", NO_FLAG),
-    SECRET("secret_id_file", FK_SECRET_FILE, struct config_upstream, secret_id, "secret_id",
-           NO_FLAG),
+    {.key = "secret_id_env", .kind = FK_SECRET_ENV,
+     .off = offsetof(struct config_upstream, secret_id), .group = "secret_id",
+     .flag_off = NO_FLAG, .flags = F_SHOWN},
+    {.key = "secret_id_file", .kind = FK_SECRET_FILE,
+     .off = offsetof(struct config_upstream, secret_id), .group = "secret_id",
+     .flag_off = NO_FLAG, .flags = F_SHOWN},
     SECRET("secret_key", FK_SECRET, struct config_upstream, secret_key, "secret_key",
            offsetof(struct config_upstream, secret_literal)),
     SECRET("secret_key_env", FK_SECRET_ENV, struct config_upstream, secret_key, "secret_key",
@@ -1166,7 +1315,7 @@ static int hexval(char ch) {
 
 /* Percent-decodes [s, s + len) into a new string; NULL on a bad escape or OOM. */
 static char *percent_decode(const char *s, size_t len) {
-    char *out = malloc(len + 1);
+    char *out = secmem_alloc(len);
     size_t o = 0;
     if (!out) return NULL;
     for (size_t i = 0; i < len; i++) {
@@ -1174,7 +1323,7 @@ static char *percent_decode(const char *s, size_t len) {
             int hi = i + 1 < len ? hexval(s[i + 1]) : -1;
             int lo = i + 2 < len ? hexval(s[i + 2]) : -1;
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0)) {
-                secret_free(out, len + 1);
+                secmem_free(out);
                 return NULL;
             }
             out[o++] = (char)(hi * 16 + lo);
@@ -1248,7 +1397,7 @@ static int parse_redis_url(struct config_redis *r, const char **why) {
 out:
     free(authority);
     free(host);
-    secret_freez(password);
+    secmem_free(password);
     return rc;
 }
 
@@ -1262,7 +1411,9 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     if (parse_upstream_url(u, &why) != 0) {
         int rc;
         push_key(x, "url");
-        rc = why ? fail(x, "%s; got \"%s\"", why, u->url) : oom(x);
+        char shown[200];
+        if (why) url_masked(u->url, shown, sizeof shown);
+        rc = why ? fail(x, "%s; got %s", why, shown) : oom(x);
         return rc;
     }
     if (!u->sign_host) {
@@ -1297,7 +1448,11 @@ static int parse_redis(struct ctx *x, json_t *v, void *base) {
         /* a url holding a password is not echoed back */
         if (!why) rc = oom(x);
         else if (strchr(c->redis->url, '@')) rc = fail(x, "%s", why);
-        else rc = fail(x, "%s; got \"%s\"", why, c->redis->url);
+        else {
+            char shown[200];
+            url_masked(c->redis->url, shown, sizeof shown);
+            rc = fail(x, "%s; got %s", why, shown);
+        }
         return rc;
     }
     return 0;
@@ -1356,9 +1511,12 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
                          : "token");
                 if (strcmp(what, "token") == 0)
                     rc = fail(x, "the same token as apps[%zu] (\"%s\")", j, b->name);
-                else
-                    rc = fail(x, "duplicate %s \"%s\" (also apps[%zu])", what,
-                              strcmp(what, "name") == 0 ? a->name : a->secret_id, j);
+                else {
+                    char shown[160];
+                    shown_plain(strcmp(what, "name") == 0 ? a->name : a->secret_id, shown,
+                                sizeof shown);
+                    rc = fail(x, "duplicate %s \"%s\" (also apps[%zu])", what, shown, j);
+                }
                 return rc;
             }
         }
@@ -1608,10 +1766,12 @@ static int check_demo(struct ctx *x, struct config *c) {
         return set_str(&c->demo_app, app->name) ? oom(x) : 0;
     }
     push_key(x, "demo_app");
-    if (!app) return fail(x, "no app is named \"%s\"", c->demo_app);
+    char shown[160];
+    shown_plain(c->demo_app, shown, sizeof shown);
+    if (!app) return fail(x, "no app is named \"%s\"", shown);
     if (app->auth != CONFIG_AUTH_TOKEN)
         return fail(x, "app \"%s\" authenticates by signature; the /demo page needs a token app",
-                    c->demo_app);
+                    shown);
     pop(x);
     return 0;
 }
@@ -1680,7 +1840,7 @@ static int config_finish(struct ctx *x, struct config *c) {
         if (set_str(&c->instance, buf)) return oom(x);
     }
     if (!c->audit.pii_raw && !c->audit.pii_key) {
-        if (!(c->audit.pii_key = malloc(PII_KEY_BYTES))) return oom(x);
+        if (!(c->audit.pii_key = secmem_alloc(PII_KEY_BYTES))) return oom(x);
         c->audit.pii_key_len = PII_KEY_BYTES;
         c->audit.pii_key_generated = 1;
         if (RAND_bytes((unsigned char *)c->audit.pii_key, PII_KEY_BYTES) != 1)
@@ -1703,6 +1863,11 @@ static int load_text(const char *json_text, const char *name, const char *base_d
     if (errlen) err[0] = '\0';
     *out = NULL;
     if (!(root = json_loads(json_text, JSON_REJECT_DUPLICATES, &jerr))) {
+        /* jansson's text ends in "near '<the text at the error>'", which can be a secret
+         * written in the file: the line and column say where, without quoting it. Only a
+         * duplicate key keeps it, as it names the key. */
+        char *near = strstr(jerr.text, " near '");
+        if (near && strncmp(jerr.text, "duplicate object key", 20) != 0) *near = '\0';
         if (errlen)
             snprintf(err, errlen, "%s:%d:%d: syntax error: %s", name, jerr.line < 1 ? 1 : jerr.line,
                      jerr.column < 1 ? 1 : jerr.column, jerr.text);
@@ -1762,7 +1927,8 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
     rc = load_text(text, path, dir, out, err, errlen);
 out:
     free(dir);
-    free(text);
+    /* the file's text may hold literal secrets */
+    wipe_free(text, len);
     return rc;
 }
 
@@ -1780,22 +1946,22 @@ void config_free(struct config *c) {
     free(c->upstream.path);
     free(c->upstream.sign_host);
     free(c->upstream.secret_id);
-    secret_freez(c->upstream.secret_key);
-    secret_freez(c->admin.token);
+    secmem_free(c->upstream.secret_key);
+    secmem_free(c->admin.token);
     free(c->upstream.region);
     free(c->upstream.ca_file);
     if (c->redis) {
         free(c->redis->url);
         free(c->redis->host);
-        secret_freez(c->redis->password);
+        secmem_free(c->redis->password);
         free(c->redis->key_prefix);
         free(c->redis);
     }
     for (size_t i = 0; i < c->n_apps; i++) {
         free(c->apps[i].name);
         free(c->apps[i].secret_id);
-        secret_freez(c->apps[i].secret_key);
-        secret_freez(c->apps[i].token);
+        secmem_free(c->apps[i].secret_key);
+        secmem_free(c->apps[i].token);
         free(c->apps[i].business_ids);
     }
     free(c->apps);
@@ -1804,7 +1970,7 @@ void config_free(struct config *c) {
     free(c->audit.stream);
     free(c->audit.spool_dir);
     free(c->audit.file);
-    secret_free(c->audit.pii_key, c->audit.pii_key_len);
+    secmem_free(c->audit.pii_key);
     free(c->pool.profiles);
     free(c->demo_app);
     free(c->instance);

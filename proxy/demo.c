@@ -21,6 +21,7 @@
 
 #include "capgate/httpd.h"
 #include "capgate/log.h"
+#include "capgate/secmem.h"
 #include "capgate/strbuf.h"
 #include "config.h"
 
@@ -201,11 +202,8 @@ static const char demo_page[] =
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
-static void secret_freez(char *s) {
-    if (!s) return;
-    OPENSSL_cleanse(s, strlen(s));
-    free(s);
-}
+/* The token copy lives in secmem: out of core dumps, wiped when freed. */
+static void secret_freez(char *s) { secmem_free(s); }
 
 static void call_set_state(struct demo_call *call, enum demo_call_state to) {
     log_debug("demo: %s call %p: %s -> %s", call->action, (void *)call,
@@ -526,7 +524,7 @@ int demo_configure(struct demo *d, const struct config *c) {
     /* config_load made sure a demo has its token app. */
     if (c->demo && app && app->auth == CONFIG_AUTH_TOKEN) {
         name = strdup(app->name);
-        token = strdup(app->token);
+        token = secmem_strdup(app->token);
         if (!name || !token) {
             free(name);
             secret_freez(token);

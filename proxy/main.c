@@ -10,6 +10,7 @@
 #include <event2/thread.h>
 
 #include "capgate/log.h"
+#include "capgate/secmem.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
 #include "config.h"
@@ -25,6 +26,9 @@ static void usage(FILE *out) {
             "                                    certificates read; exit 0 when valid, 1 if not\n"
             "       capgate --version            print the version\n"
             "       capgate --help               this text\n"
+            "Option: --allow-core-dump  keep the process dumpable (by default it is not: no\n"
+            "        core file, RLIMIT_CORE 0, no ptrace by other processes of the user), for\n"
+            "        debugging; a core file then holds the secrets of the config.\n"
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
             "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
             "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
@@ -122,7 +126,7 @@ int main(int argc, char **argv) {
     struct config *c = NULL;
     struct gateway *g = NULL;
     char err[1024];
-    int rc = 1;
+    int rc = 1, allow_core_dump = 0;
 
     log_init("capgate", LOG_LEVEL_INFO);
     for (int i = 1; i < argc; i++) {
@@ -138,12 +142,22 @@ int main(int argc, char **argv) {
             config_path = v;
         } else if ((v = flag_value(argc, argv, &i, "--check-config", &missing))) {
             check_path = v;
+        } else if (strcmp(argv[i], "--allow-core-dump") == 0) {
+            allow_core_dump = 1;
         } else {
             if (missing) fprintf(stderr, "capgate: %s needs a FILE\n", argv[i]);
             else fprintf(stderr, "capgate: unknown argument %s\n", argv[i]);
             usage(stderr);
             return 2;
         }
+    }
+
+    /* Before any secret is read: the config's secrets (and the environment they came from) must
+     * not reach a core file or a debugger of another process. */
+    if (allow_core_dump) {
+        log_warn("--allow-core-dump: the process stays dumpable; a core file holds the secrets");
+    } else if (secmem_no_dumps() != 0) {
+        log_warn("cannot make the process non-dumpable: %s", strerror(errno));
     }
 
     if (check_path) {

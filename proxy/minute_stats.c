@@ -25,6 +25,7 @@
 #include "capgate/log.h"
 #include "capgate/num.h"
 #include "capgate/params.h"
+#include "capgate/secmem.h"
 #include "capgate/thread.h"
 #include "config.h"
 #include "redis_fence.h"
@@ -1048,10 +1049,7 @@ void metrics_flush(struct metrics *m) {
 static void redis_cfg_free(struct metrics_redis *r) {
     if (!r) return;
     free(r->host);
-    if (r->password) {
-        explicit_bzero(r->password, strlen(r->password));
-        free(r->password);
-    }
+    secmem_free(r->password); /* wiped */
     free(r->prefix);
     free(r);
 }
@@ -1074,7 +1072,7 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
         m->redis->timeout_ms = cr->timeout_ms ? cr->timeout_ms : 100;
         if (!(m->redis->host = strdup(cr->host ? cr->host : "127.0.0.1")) ||
             !(m->redis->prefix = strdup(cr->key_prefix ? cr->key_prefix : "capgate:")) ||
-            (cr->password && !(m->redis->password = strdup(cr->password))))
+            (cr->password && !(m->redis->password = secmem_strdup(cr->password))))
             goto oom;
         unsigned char rnd[8];
         static const char digits[] = "0123456789abcdef";

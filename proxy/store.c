@@ -11,6 +11,7 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
+#include "capgate/secmem.h"
 #include "config.h"
 
 enum store_kind { STORE_KIND_MEMORY, STORE_KIND_REDIS };
@@ -46,12 +47,8 @@ struct store {
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
-static void store_secret_free(char *s) {
-    if (!s) return;
-    /* volatile so the wipe is not optimised away */
-    for (volatile char *p = s; *p; p++) *p = 0;
-    free(s);
-}
+/* The password copy lives in secmem: out of core dumps, wiped when freed. */
+static void store_secret_free(char *s) { secmem_free(s); }
 
 struct store_shared *store_shared_new(const struct config *cfg, char *err, size_t errlen) {
     struct store_shared *sh = calloc(1, sizeof *sh);
@@ -65,7 +62,7 @@ struct store_shared *store_shared_new(const struct config *cfg, char *err, size_
             goto fail;
         }
         if (!(sh->redis.host = strdup(r->host))) goto oom;
-        if (r->password && !(sh->redis.password = strdup(r->password))) goto oom;
+        if (r->password && !(sh->redis.password = secmem_strdup(r->password))) goto oom;
         sh->redis.port = r->port ? r->port : 6379;
         sh->redis.db = r->db;
         sh->redis.timeout_ms = r->timeout_ms ? r->timeout_ms : 100;

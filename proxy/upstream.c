@@ -597,7 +597,8 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     k->call = NULL;
     if (k->state != CONN_DEAD)
         conn_set_state(k, CONN_IDLE);
-    if (r.http_status >= 300) {
+    /* not 2xx: a 1xx (or a bare "2") is no final answer either (found by tests/fuzz) */
+    if (r.http_status < 200 || r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
         r.error = c->errbuf;
     } else if (!json && !raw_ok) {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
 # missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
-# redis, node and npm (unless a node >= 18 is already on PATH), chromium (optional: the
-# browser test skips without it) and what the install test uses (man-db, systemd, dpkg-dev).
+# redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
+# (the fuzz targets, scripts/fuzz.sh), chromium (optional: the browser test skips without it) and
+# what the install test uses (man-db, systemd, dpkg-dev).
 # --bench adds wrk, nginx-light and node.
 set -euo pipefail
 
@@ -50,6 +51,8 @@ if ((want_test)); then
   # The install test (tests/install/): man -l renders the pages, systemd-analyze verify checks
   # the units, dpkg-shlibdeps (dpkg-dev) fills the .deb's Depends, curl sends its request.
   required+=(man-db groff-base systemd dpkg-dev curl)
+  # clang: tests/fuzz (libFuzzer ships in libclang-rt-14-dev on Debian 12)
+  required+=(clang libclang-rt-14-dev)
   optional+=(chromium)
 fi
 if ((want_bench)); then

@@ -2,9 +2,11 @@
 # test.sh: the whole suite from a fresh clone. Installs what is missing (install-deps.sh --test),
 # installs the integration tests' npm packages, builds build/ (-Werror) and build-asan/
 # (ASan+UBSan), runs ctest in both, checks a copy of the repository alone in a fresh directory
-# (scripts/check-standalone.sh), checks the install and the .deb (tests/install/) and prints a
-# one-line summary. Exit status 0 only if every build and every test passed.
-# Env: CAPGATE_TEST_JOBS (parallel integration tests, default 2), CAPGATE_SKIP_ASAN=1.
+# (scripts/check-standalone.sh), checks the install and the .deb (tests/install/), runs each fuzz
+# target briefly (scripts/fuzz.sh, when clang is there) and prints a one-line summary. Exit
+# status 0 only if every build and every test passed.
+# Env: CAPGATE_TEST_JOBS (parallel integration tests, default 2), CAPGATE_SKIP_ASAN=1,
+# CAPGATE_SKIP_FUZZ=1, CAPGATE_FUZZ_SECONDS (per fuzz target, default 10).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -81,6 +83,18 @@ if [[ ${CAPGATE_SKIP_ASAN:-0} != 1 ]]; then
   export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   run_suite asan build-asan -DCAPGATE_SANITIZE=address,undefined
   unset ASAN_OPTIONS UBSAN_OPTIONS
+fi
+
+# A short run of every fuzz target (10 s each, about 2 minutes with the build) when clang is
+# there: a smoke test that the targets build and hold their invariants on their seeds and more.
+if [[ ${CAPGATE_SKIP_FUZZ:-0} != 1 ]] && command -v clang >/dev/null 2>&1; then
+  log "fuzz: build-fuzz, each target for ${CAPGATE_FUZZ_SECONDS:-10}s"
+  if ./scripts/fuzz.sh "${CAPGATE_FUZZ_SECONDS:-10}"; then
+    summary+=("fuzz: every target ran ${CAPGATE_FUZZ_SECONDS:-10}s without a finding")
+  else
+    summary+=("fuzz: FAILED (see build-fuzz/fuzz-artifacts/)")
+    failed=1
+  fi
 fi
 
 elapsed=$(($(date +%s) - start))

@@ -131,4 +131,9 @@ void httpd_drop(struct httpd_req *req);
 /* The standard reason phrase ("OK", "Bad Request", ...). */
 const char *httpd_reason(int status);
 
+/* Serves a connected stream socket (a socketpair end, as the fuzz target tests/fuzz/fuzz_httpd
+ * uses) as if it had been accepted on a plain listener; fd is owned by h from now on, closed
+ * also on failure. 0, or -1 (OOM). peer_ip is "" for a non-IP socket. */
+int httpd_adopt(struct httpd *h, int fd);
+
 #endif

@@ -16,6 +16,7 @@
 #include <cmocka.h>
 #include <jansson.h>
 
+#include "capgate/secmem.h"
 #include "config.h"
 
 #define UPSTREAM_OK "\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_UP_KEY\"}"
@@ -299,9 +300,8 @@ static void test_errors(void **state) {
          "t.json:2:37: admin.token: unknown key"},
         /* missing environment variable */
         {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": \"T_NOT_SET_ANYWHERE\"\n  }\n}",
-         "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set (a "
-         "running capgate keeps the environment it started with: for a secret added at run time "
-         "use secret_key_file)"},
+         "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set "
+         "(a secret added after start goes in secret_key_file)"},
         /* missing required */
         {"{\"workers\": 1}", "t.json:1:1: missing required key \"upstream\""},
         {"{\"upstream\": {\"secret_id\": \"x\"}}",
@@ -342,7 +342,7 @@ static void test_errors(void **state) {
         {"{\"upstream\": {\"url\": \"ftp://x/\", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
          "t.json:1:15: upstream.url: must start with https:// or http://; got \"ftp://x/\""},
         /* syntax errors */
-        {"{\n  \"workers\": 2,\n}", "t.json:3:1: syntax error: string or '}' expected near '}'"},
+        {"{\n  \"workers\": 2,\n}", "t.json:3:1: syntax error: string or '}' expected"},
         {"[]", "t.json:1:1: must be an object; got an array"},
         /* scope-only keys */
         {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"l\", \"scope\": \"app\", \"businessId\": 1, "
@@ -753,6 +753,8 @@ static int change_secret(const struct config_key *k, const struct config *c0, js
         json_object_del(obj, names[i]);
     }
     json_object_set_new(obj, names[1], json_string(CHANGED_SECRET_ENV));
+    /* set again each time: loading a secret from it takes it out of the environment */
+    setenv(CHANGED_SECRET_ENV, "changed-secret-value-1", 1);
     ok = try_change(k, c0, root);
     json_object_del(obj, names[1]);
     for (int i = 0; i < 3; i++)
@@ -1275,6 +1277,140 @@ static void test_admin_token(void **state) {
     config_free(c);
 }
 
+/* ---- secrets kept out of errors, the environment and dumps ---- */
+
+/* err must hold none of the given strings, and no control byte. */
+static void assert_err_clean(const char *err, const char *const *secrets) {
+    for (const char *p = err; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) fail_msg("control byte in: %s", err);
+    for (size_t i = 0; secrets[i]; i++)
+        if (strstr(err, secrets[i])) fail_msg("the error shows \"%s\": %s", secrets[i], err);
+}
+
+static void test_errors_hide_secrets(void **state) {
+    struct config *c = NULL;
+    char err[512];
+    /* A literal secret with a control character: jansson's "near '...'" would quote it. */
+    const char *ctl = "{\n  \"upstream\": {\"secret_id\": \"AKIDup\",\n"
+                      "    \"secret_key\": \"lit-secret-9f3c\x01tail\"}\n}";
+    assert_int_equal(config_load_string(ctl, "t.json", &c, err, sizeof err), -1);
+    assert_null(c);
+    assert_err_clean(err, (const char *const[]){"lit-secret", "9f3c", "tail", NULL});
+    assert_non_null(strstr(err, "t.json:3:"));
+    assert_non_null(strstr(err, "syntax error: control character"));
+
+    /* The same as an invalid token (a secret written without quotes). */
+    const char *bare = "{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key\": s3cretBare}}";
+    assert_int_equal(config_load_string(bare, "t.json", &c, err, sizeof err), -1);
+    assert_err_clean(err, (const char *const[]){"s3cretBare", "s3cret", NULL});
+
+    /* A secret of the wrong type: named by its type, not echoed. */
+    expect_error("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key\": 12345678901}}",
+                 "t.json:1:38: upstream.secret_key: must be a non-empty string; got an integer "
+                 "(not shown: a secret)");
+    const char *types[] = {"[\"arr-secret-1\"]", "{\"k\": \"obj-secret-1\"}", "1.5e3", "true"};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        char text[256];
+        snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"apps\": [{\"name\": \"a\", "
+                 "\"auth\": \"token\", \"token\": %s}]}", types[i]);
+        assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
+        assert_err_clean(err, (const char *const[]){"arr-secret", "obj-secret", "1.5", "1500",
+                                                    NULL});
+        assert_non_null(strstr(err, "apps[0].token: must be a non-empty string; got "));
+    }
+
+    /* A redis url that is refused is not echoed when it holds a password. */
+    const char *url = "{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://:pw-in-url-77@h:99999\"}}";
+    assert_int_equal(config_load_string(url, "t.json", &c, err, sizeof err), -1);
+    assert_err_clean(err, (const char *const[]){"pw-in-url-77", NULL});
+    assert_non_null(strstr(err, "redis.url: must be redis://"));
+    /* an upstream url with user:password@ too */
+    const char *up = "{\"upstream\": {\"url\": \"https://user:up-pw-55@h/v2\", \"secret_id\": "
+                     "\"AKIDup\", \"secret_key_env\": \"T_UP_KEY\"}}";
+    assert_int_equal(config_load_string(up, "t.json", &c, err, sizeof err), -1);
+    assert_err_clean(err, (const char *const[]){"up-pw-55", "user:", NULL});
+
+    /* A DEL in a value shown back is escaped as JSON would escape a control character. */
+    expect_error("{\"log_level\": \"de\x7f" "bug\"}",
+                 "t.json:1:2: log_level: must be \"debug\", \"info\", \"warn\" or \"error\"; "
+                 "got \"de\\u007fbug\"");
+    /* So is one in a variable's name (found by fuzz_config). */
+    expect_error("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_\x7f\"}}",
+                 "t.json:1:38: upstream.secret_key_env: environment variable T_\\x7F is not set "
+                 "(a secret added after start goes in secret_key_file)");
+    /* And in demo_app's name (found by fuzz_config). */
+    {
+        struct config *d = NULL;
+        char e[512];
+        assert_int_equal(config_load_string("{" UPSTREAM_OK ", \"demo\": true, \"demo_app\": "
+                                            "\"no\x7f" "pe\"}", "t.json", &d, e, sizeof e), -1);
+        assert_non_null(strstr(e, "demo_app: no app is named \"no\\x7Fpe\""));
+    }
+    /* A control byte in an unknown key's name is shown as \xNN. */
+    expect_error("{\"work\\u0001ers\": 2}", "t.json:1:2: work\\x01ers: unknown key");
+}
+
+/* A secret read from the environment leaves it (and its text there is wiped); a second load
+ * naming the same variable (a SIGHUP reload) gets the value read first; a value set again is
+ * read again. */
+static void test_env_secret_removed(void **state) {
+    const char *text = "{\"upstream\": {\"secret_id\": \"AKIDup\", "
+                       "\"secret_key_env\": \"T_ENV_TAKEN\"}}";
+    setenv("T_ENV_TAKEN", "env-secret-first-31", 1);
+    char *in_env = getenv("T_ENV_TAKEN");
+    struct config *c = load_ok(text);
+    assert_string_equal(c->upstream.secret_key, "env-secret-first-31");
+    assert_null(getenv("T_ENV_TAKEN"));
+    for (size_t i = 0; i < strlen("env-secret-first-31"); i++) assert_int_equal(in_env[i], 0);
+    for (char **e = environ; *e; e++) assert_null(strstr(*e, "env-secret-first"));
+    config_free(c);
+
+    c = load_ok(text); /* the reload */
+    assert_string_equal(c->upstream.secret_key, "env-secret-first-31");
+    config_free(c);
+
+    setenv("T_ENV_TAKEN", "env-secret-second-32", 1);
+    c = load_ok(text);
+    assert_string_equal(c->upstream.secret_key, "env-secret-second-32");
+    assert_null(getenv("T_ENV_TAKEN"));
+    config_free(c);
+
+    /* Two keys naming one variable both get it. */
+    setenv("T_ENV_SHARED", "env-shared-33", 1);
+    c = load_ok("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_ENV_SHARED\"},"
+                " \"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token_env\": "
+                "\"T_ENV_SHARED\"}]}");
+    assert_string_equal(c->upstream.secret_key, "env-shared-33");
+    assert_string_equal(c->apps[0].token, "env-shared-33");
+    config_free(c);
+
+    /* A variable never read and not set is an error that points at *_file. */
+    expect_error("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key_env\": \"T_NEVER_SET\"}}",
+                 "t.json:1:38: upstream.secret_key_env: environment variable T_NEVER_SET is not "
+                 "set (a secret added after start goes in secret_key_file)");
+}
+
+/* Every secret of a loaded config sits in memory left out of core dumps. */
+static void test_secrets_not_dumped(void **state) {
+    setenv("T_REDIS_PW2", "redis-pass-dd", 1);
+    struct config *c = load_ok(
+        "{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key\": \"lit-up-key\"},"
+        " \"redis\": {\"url\": \"redis://h\", \"password_env\": \"T_REDIS_PW2\"},"
+        " \"apps\": [{\"name\": \"t\", \"auth\": \"token\", \"token\": \"lit-token\"},"
+        "  {\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": \"AKIDs\","
+        "   \"secret_key_env\": \"T_UP_KEY\"}]}");
+    assert_true(secmem_dontdump(c->upstream.secret_key));
+    assert_true(secmem_dontdump(c->redis->password));
+    assert_true(secmem_dontdump(c->apps[0].token));
+    assert_true(secmem_dontdump(c->apps[1].secret_key));
+    assert_true(secmem_dontdump(c->audit.pii_key)); /* the generated one */
+    config_free(c);
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://:pw%40url@h\"}}");
+    assert_string_equal(c->redis->password, "pw@url");
+    assert_true(secmem_dontdump(c->redis->password));
+    config_free(c);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_example_loads),
@@ -1283,6 +1419,9 @@ int main(void) {
         cmocka_unit_test(test_app_defaults),
         cmocka_unit_test(test_demo_app),
         cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_errors_hide_secrets),
+        cmocka_unit_test(test_env_secret_removed),
+        cmocka_unit_test(test_secrets_not_dumped),
         cmocka_unit_test(test_name_bounds),
         cmocka_unit_test(test_duplicate_profiles),
         cmocka_unit_test(test_scoped_limits_bound),

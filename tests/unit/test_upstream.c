@@ -709,6 +709,51 @@ static void test_non_json_body_is_an_error(void **state)
     fake_stop(&f);
 }
 
+/* A status outside 2xx with a JSON body is not a success: "HTTP/1.1 2 OK" was taken for one
+ * (found by tests/fuzz/fuzz_upstream; its input is corpus/upstream/regress-status-2), and so
+ * would a 1xx sent as the final status. */
+static void test_status_below_200_is_an_error(void **state)
+{
+    static const char *const replies[] = {
+        "HTTP/1.1 2 OK\r\nContent-Length: 10\r\n\r\n{\"code\":0}",
+        "HTTP/1.1 199 Odd\r\nContent-Length: 10\r\n\r\n{\"code\":0}",
+    };
+    for (size_t i = 0; i < sizeof(replies) / sizeof(replies[0]); i++) {
+        struct event_base *base = event_base_new();
+        struct upstream_options o;
+        struct upstream *u;
+        struct outcome r;
+        char buf[2048], want[64];
+        int port, lfd = raw_listener(&port), sfd = -1;
+        uint64_t until = clock_mono_us() + 5000000;
+
+        plain_options(&o, port);
+        u = new_upstream(base, &o);
+        memset(&r, 0, sizeof(r));
+        r.base = base;
+        assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery", on_done, &r), 0);
+        while (sfd < 0 && clock_mono_us() < until) {
+            event_base_loop(base, EVLOOP_NONBLOCK);
+            sfd = accept(lfd, NULL, NULL);
+            if (sfd < 0)
+                usleep(1000);
+        }
+        assert_true(sfd >= 0);
+        assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
+        assert_int_equal(send(sfd, replies[i], strlen(replies[i]), 0),
+                         (ssize_t)strlen(replies[i]));
+        wait_for(base, &r);
+        assert_int_equal(r.ok, 0);
+        snprintf(want, sizeof(want), "upstream answered HTTP %d", r.http_status);
+        assert_true(r.http_status < 200);
+        assert_string_equal(r.error, want);
+        upstream_free(u);
+        close(sfd);
+        close(lfd);
+        event_base_free(base);
+    }
+}
+
 /* UPSTREAM_RAW_OK (CaptchaQuery script=1): a 2xx body that is not JSON is ok, with upstream's
  * Content-Type, and a breaker success; a 5xx is still an error; without the flag the same body
  * is a failure again. */
@@ -1264,6 +1309,7 @@ int main(void)
         cmocka_unit_test(test_stalled_upstream_times_out),
         cmocka_unit_test(test_http_500_is_an_error_with_status),
         cmocka_unit_test(test_non_json_body_is_an_error),
+        cmocka_unit_test(test_status_below_200_is_an_error),
         cmocka_unit_test(test_reset_after_sending_is_not_retried),
         cmocka_unit_test(test_refused_port_is_retried),
         cmocka_unit_test(test_retry_signs_again),
