@@ -69,4 +69,6 @@ const char *apierr_message(int code) {
     return e ? e->message : NULL;
 }
 
-int apierr_known(int code) { return apierr_lookup(code) != NULL; }
+int apierr_known(int code) {
+    return apierr_lookup(code) != NULL;
+}

@@ -46,12 +46,12 @@
 #define HTTPD_OUTPUT_HIGH (256 * 1024)
 
 enum conn_state {
-    CONN_READ_HEAD,   /* waiting for (the rest of) a request head; idle between requests */
-    CONN_READ_BODY,   /* head parsed, reading a Content-Length or chunked body */
-    CONN_HANDLING,    /* the program has the request and has not ended it */
-    CONN_WRITING,     /* the reply is queued; the connection closes once the peer took it */
-    CONN_LINGER,      /* reply sent, draining what the peer still sends before closing */
-    CONN_CLOSED,      /* closed; freed as soon as no callback of it is on the stack */
+    CONN_READ_HEAD, /* waiting for (the rest of) a request head; idle between requests */
+    CONN_READ_BODY, /* head parsed, reading a Content-Length or chunked body */
+    CONN_HANDLING,  /* the program has the request and has not ended it */
+    CONN_WRITING,   /* the reply is queued; the connection closes once the peer took it */
+    CONN_LINGER,    /* reply sent, draining what the peer still sends before closing */
+    CONN_CLOSED,    /* closed; freed as soon as no callback of it is on the stack */
 };
 
 static const char *const conn_state_names[] = {
@@ -64,7 +64,7 @@ struct httpd_listener {
     struct httpd_listener *next;
     struct httpd *h;
     struct evconnlistener *lev;
-    struct tls_server *tls;  /* borrowed */
+    struct tls_server *tls; /* borrowed */
 };
 
 struct httpd_conn;
@@ -75,14 +75,14 @@ struct httpd_conn;
 #define REQUEST_SPARE_MAX 16384
 
 struct httpd_request {
-    struct httpd_req pub;           /* first: handlers hold &pub */
-    struct httpd_conn *conn;        /* NULL once detached from a dead connection */
-    struct strbuf reply_headers;    /* "Name: value\r\n" lines from httpd_add_header */
+    struct httpd_req pub;        /* first: handlers hold &pub */
+    struct httpd_conn *conn;     /* NULL once detached from a dead connection */
+    struct strbuf reply_headers; /* "Name: value\r\n" lines from httpd_add_header */
     httpd_cancel_fn cancel;
     void *cancel_arg;
-    char *body_buf;                 /* heap body (NULL: pub.body is "") */
+    char *body_buf; /* heap body (NULL: pub.body is "") */
     size_t body_cap;
-    size_t block_size;              /* bytes allocated for this block (request_alloc) */
+    size_t block_size; /* bytes allocated for this block (request_alloc) */
     uint64_t content_length;
     int has_content_length;
     int chunked;
@@ -100,25 +100,25 @@ struct httpd_conn {
     evutil_socket_t fd;
     int is_tls;
     enum conn_state state;
-    struct event *timer;   /* the deadline of the current state */
-    struct event *resume;  /* parses buffered pipelined input after an asynchronous reply */
+    struct event *timer;  /* the deadline of the current state */
+    struct event *resume; /* parses buffered pipelined input after an asynchronous reply */
     struct httpd_request *req;
-    struct httpd_request *spare;  /* the last request's block, kept for the next one */
+    struct httpd_request *spare; /* the last request's block, kept for the next one */
     char peer_ip[INET6_ADDRSTRLEN];
     /* head scanning: complete lines seen so far, by offset into the input */
     size_t scan_off;
     unsigned lines;
     size_t header_bytes;
-    int started;            /* the current request's first byte arrived */
+    int started; /* the current request's first byte arrived */
     uint64_t start_us;
     /* body */
-    uint64_t body_left;     /* Content-Length or current chunk bytes still to read */
+    uint64_t body_left; /* Content-Length or current chunk bytes still to read */
     enum chunk_state cstate;
     size_t trailer_bytes;
-    int linger;             /* drain input after the reply before closing */
-    int eof;                /* the peer closed its side */
-    int output_paused;      /* parsing waits for the output to drain */
-    int in_callback;        /* callbacks of this connection on the stack */
+    int linger;        /* drain input after the reply before closing */
+    int eof;           /* the peer closed its side */
+    int output_paused; /* parsing waits for the output to drain */
+    int in_callback;   /* callbacks of this connection on the stack */
 };
 
 struct httpd {
@@ -131,8 +131,8 @@ struct httpd {
     size_t nconns;
     size_t inflight;
     struct httpd_budget own_budget;
-    struct httpd_budget *budget;   /* own_budget, or one shared with other servers */
-    struct event *accept_timer;    /* re-enables the listeners after an accept failure */
+    struct httpd_budget *budget; /* own_budget, or one shared with other servers */
+    struct event *accept_timer;  /* re-enables the listeners after an accept failure */
     int accept_paused;
     uint64_t refused, accept_errors;
     int draining;
@@ -168,9 +168,11 @@ void httpd_budget_init(struct httpd_budget *b, size_t max) {
 
 size_t httpd_default_max_connections(size_t reserve, size_t *limit) {
     struct rlimit rl;
-    size_t n = 1024;   /* the usual soft limit, should getrlimit fail */
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) n = (size_t)rl.rlim_cur;
-    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0) n = (size_t)1 << 20;
+    size_t n = 1024; /* the usual soft limit, should getrlimit fail */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY)
+        n = (size_t)rl.rlim_cur;
+    else if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+        n = (size_t)1 << 20;
     if (limit) *limit = n;
     size_t max = n >= 2 * reserve ? n - reserve : n / 2;
     return max ? max : 1;
@@ -236,7 +238,9 @@ static void conn_arm_timer(struct httpd_conn *c, unsigned ms) {
 /* Callbacks bracket their work with conn_enter/conn_leave: a connection closed underneath (by the
  * handler calling httpd_reset, say) is freed only once nothing of it is on the stack. conn_leave
  * returns -1 when c is gone. */
-static void conn_enter(struct httpd_conn *c) { c->in_callback++; }
+static void conn_enter(struct httpd_conn *c) {
+    c->in_callback++;
+}
 
 static void conn_free(struct httpd_conn *c);
 
@@ -278,8 +282,10 @@ static void request_end(struct httpd_request *r) {
 
 static void conn_free(struct httpd_conn *c) {
     struct httpd *h = c->h;
-    if (c->prev) c->prev->next = c->next;
-    else h->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        h->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     h->nconns--;
     atomic_fetch_sub_explicit(&h->budget->open, 1, memory_order_relaxed);
@@ -318,8 +324,7 @@ static void conn_close(struct httpd_conn *c) {
 /* ---- request construction ------------------------------------------------------------------ */
 
 static int is_tchar(unsigned char ch) {
-    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
-        return 1;
+    if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9')) return 1;
     return ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL;
 }
 
@@ -348,7 +353,7 @@ static struct httpd_request *request_alloc(struct httpd_conn *c, size_t head_len
     struct httpd_request *r = c->spare;
     c->spare = NULL;
     if (r && r->block_size >= size) {
-        struct strbuf headers = r->reply_headers;   /* keeps its memory, emptied */
+        struct strbuf headers = r->reply_headers; /* keeps its memory, emptied */
         size_t block_size = r->block_size;
         poison_clear(r + 1, block_size - sizeof(*r));
         memset(r, 0, sizeof(*r));
@@ -537,8 +542,10 @@ static void parse_header_semantics(struct httpd_request *r, size_t max_body) {
             r->content_length = n;
         } else if (strcasecmp(name, "Transfer-Encoding") == 0) {
             te_seen = 1;
-            if (strcasecmp(value, "chunked") == 0 && !r->chunked) r->chunked = 1;
-            else te_other = 1;
+            if (strcasecmp(value, "chunked") == 0 && !r->chunked)
+                r->chunked = 1;
+            else
+                te_other = 1;
         } else if (strcasecmp(name, "Connection") == 0) {
             if (list_has_token(value, "close")) conn_close_tok = 1;
             if (list_has_token(value, "keep-alive")) conn_keep = 1;
@@ -630,7 +637,8 @@ static struct httpd_request *request_from_head(struct httpd_conn *c, size_t head
     r->pub.header_count = n;
     /* Headers of an incomplete head still help the program (Host, say); only a complete head's
      * framing headers are acted upon. */
-    if (complete && !r->pub.error_status) parse_header_semantics(r, lim->max_body);
+    if (complete && !r->pub.error_status)
+        parse_header_semantics(r, lim->max_body);
     else {
         for (size_t i = 0; i < n; i++) {
             if (!r->pub.host && strcasecmp(hdrs[i].name, "Host") == 0) r->pub.host = hdrs[i].value;
@@ -752,8 +760,7 @@ static enum read_result conn_read_head(struct httpd_conn *c) {
         if (c->lines - 1 > lim->max_headers) {
             c->req = request_from_head(c, c->scan_off, c->lines - 1, 0);
             if (!c->req) return READ_FATAL;
-            request_fail(c->req, 431,
-                         "the request has more than %u header fields; the limit is %u",
+            request_fail(c->req, 431, "the request has more than %u header fields; the limit is %u",
                          lim->max_headers, lim->max_headers);
             return READ_READY;
         }
@@ -886,20 +893,28 @@ static enum read_result conn_read_chunked(struct httpd_conn *c) {
             int digits = 0;
             for (; *p; p++, digits++) {
                 int d;
-                if (*p >= '0' && *p <= '9') d = *p - '0';
-                else if (*p >= 'a' && *p <= 'f') d = *p - 'a' + 10;
-                else if (*p >= 'A' && *p <= 'F') d = *p - 'A' + 10;
-                else break;
+                if (*p >= '0' && *p <= '9')
+                    d = *p - '0';
+                else if (*p >= 'a' && *p <= 'f')
+                    d = *p - 'a' + 10;
+                else if (*p >= 'A' && *p <= 'F')
+                    d = *p - 'A' + 10;
+                else
+                    break;
                 if (size > ((uint64_t)1 << 56)) {
-                    request_fail(r, 413, "a request body chunk is larger than the limit of %zu "
-                                 "bytes", lim->max_body);
+                    request_fail(r, 413,
+                                 "a request body chunk is larger than the limit of %zu "
+                                 "bytes",
+                                 lim->max_body);
                     return READ_READY;
                 }
                 size = size * 16 + (uint64_t)d;
             }
             if (digits == 0 || memchr(line, '\0', (size_t)n) || !chunk_ext_ok(p)) {
-                request_fail(r, 400, "a chunk-size line is not a hexadecimal size with valid "
-                             "extensions: \"%.32s\"", line);
+                request_fail(r, 400,
+                             "a chunk-size line is not a hexadecimal size with valid "
+                             "extensions: \"%.32s\"",
+                             line);
                 return READ_READY;
             }
             if (size == 0) {
@@ -1051,7 +1066,7 @@ int httpd_add_header(struct httpd_req *req, const char *name, const char *value)
     size_t was = b->len;
     if (strbuf_appends(b, name) != 0 || strbuf_append(b, ": ", 2) != 0 ||
         strbuf_appends(b, value) != 0 || strbuf_append(b, "\r\n", 2) != 0) {
-        if (b->s) b->s[b->len = was] = '\0';   /* no half header line */
+        if (b->s) b->s[b->len = was] = '\0'; /* no half header line */
         return -1;
     }
     return 0;
@@ -1118,7 +1133,9 @@ static void reply_put(struct reply_writer *w, const char *s, size_t n) {
     w->len += n;
 }
 
-static void reply_puts(struct reply_writer *w, const char *s) { reply_put(w, s, strlen(s)); }
+static void reply_puts(struct reply_writer *w, const char *s) {
+    reply_put(w, s, strlen(s));
+}
 
 static void reply_putu(struct reply_writer *w, uint64_t v) {
     char digits[20];
@@ -1175,8 +1192,10 @@ void httpd_reply(struct httpd_req *req, int status, const char *content_type, co
         reply_puts(&w, content_type);
         reply_put(&w, "\r\n", 2);
     }
-    if (!keep) reply_put(&w, "Connection: close\r\n", 19);
-    else if (req->http_minor == 0) reply_put(&w, "Connection: keep-alive\r\n", 24);
+    if (!keep)
+        reply_put(&w, "Connection: close\r\n", 19);
+    else if (req->http_minor == 0)
+        reply_put(&w, "Connection: keep-alive\r\n", 24);
     reply_put(&w, r->reply_headers.s, r->reply_headers.len);
     reply_put(&w, "\r\n", 2);
     if (body_len && !no_body && !r->is_head) reply_put(&w, body, body_len);
@@ -1205,8 +1224,12 @@ static void request_abort(struct httpd_req *req, int rst) {
     conn_close(c);
 }
 
-void httpd_reset(struct httpd_req *req) { request_abort(req, 1); }
-void httpd_drop(struct httpd_req *req) { request_abort(req, 0); }
+void httpd_reset(struct httpd_req *req) {
+    request_abort(req, 1);
+}
+void httpd_drop(struct httpd_req *req) {
+    request_abort(req, 0);
+}
 
 /* ---- connection callbacks -------------------------------------------------------------------- */
 
@@ -1259,9 +1282,7 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg) {
         snprintf(why, sizeof why, "after %u ms", c->h->lim.body_timeout_ms);
         conn_fail_partial(c, 408, why);
         break;
-    default:
-        conn_close(c);
-        break;
+    default: conn_close(c); break;
     }
     conn_leave(c);
 }
@@ -1271,9 +1292,7 @@ static void conn_read_cb(struct bufferevent *bev, void *arg) {
     struct evbuffer *in = bufferevent_get_input(bev);
     switch (c->state) {
     case CONN_READ_HEAD:
-    case CONN_READ_BODY:
-        conn_process(c);
-        break;
+    case CONN_READ_BODY: conn_process(c); break;
     case CONN_WRITING:
     case CONN_LINGER:
     case CONN_CLOSED:
@@ -1336,9 +1355,7 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg) {
             bufferevent_disable(bev, EV_READ);
             if (c->req && c->req->cancel_on_eof) conn_close(c);
             break;
-        default:
-            conn_close(c);
-            break;
+        default: conn_close(c); break;
         }
     } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
         if (what & BEV_EVENT_ERROR) {
@@ -1422,8 +1439,8 @@ fail:
 
 /* ---- server ---------------------------------------------------------------------------------- */
 
-static void listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
-                               struct sockaddr *sa, int salen, void *arg) {
+static void listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa,
+                               int salen, void *arg) {
     struct httpd_listener *l = arg;
     struct httpd *h = l->h;
     struct httpd_budget *b = h->budget;
@@ -1438,7 +1455,8 @@ static void listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
         h->refused++;
         log_limited(&refuse_warning, LOG_LEVEL_WARN,
                     "httpd: %zu connections are open, the limit (max_connections); new ones "
-                    "are closed at once", b->max);
+                    "are closed at once",
+                    b->max);
         return;
     }
     log_limited_ok(&refuse_warning, LOG_LEVEL_INFO,
@@ -1449,8 +1467,10 @@ static void listener_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 
 static void httpd_enable_listeners(struct httpd *h, int on) {
     for (struct httpd_listener *l = h->listeners; l; l = l->next) {
-        if (on) evconnlistener_enable(l->lev);
-        else evconnlistener_disable(l->lev);
+        if (on)
+            evconnlistener_enable(l->lev);
+        else
+            evconnlistener_disable(l->lev);
     }
 }
 
@@ -1487,8 +1507,10 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
     struct httpd *h = calloc(1, sizeof *h);
     if (!h) return NULL;
     h->base = base;
-    if (lim) h->lim = *lim;
-    else httpd_limits_default(&h->lim);
+    if (lim)
+        h->lim = *lim;
+    else
+        httpd_limits_default(&h->lim);
     h->handler = handler;
     h->arg = arg;
     httpd_budget_init(&h->own_budget, h->lim.max_connections);
@@ -1505,8 +1527,8 @@ void httpd_set_budget(struct httpd *h, struct httpd_budget *b) {
     h->budget = b ? b : &h->own_budget;
 }
 
-int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
-                 int reuseport, char *err, size_t errlen) {
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls, int reuseport,
+                 char *err, size_t errlen) {
     struct addrinfo hints, *res = NULL;
     struct httpd_listener *l = NULL;
     char portstr[16];
@@ -1537,8 +1559,8 @@ int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server 
     if (reuseport) flags |= LEV_OPT_REUSEABLE_PORT;
     int saved_errno = 0;
     for (struct addrinfo *ai = res; ai; ai = ai->ai_next) {
-        l->lev = evconnlistener_new_bind(h->base, listener_accept_cb, l, flags, 1024,
-                                         ai->ai_addr, (int)ai->ai_addrlen);
+        l->lev = evconnlistener_new_bind(h->base, listener_accept_cb, l, flags, 1024, ai->ai_addr,
+                                         (int)ai->ai_addrlen);
         if (l->lev) break;
         saved_errno = errno;
     }
@@ -1555,8 +1577,10 @@ int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server 
         snprintf(err, errlen, "cannot read the bound address: %s", strerror(errno));
         goto out;
     }
-    if (ss.ss_family == AF_INET6) bound = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
-    else bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    if (ss.ss_family == AF_INET6)
+        bound = ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    else
+        bound = ntohs(((struct sockaddr_in *)&ss)->sin_port);
     l->next = h->listeners;
     h->listeners = l;
     l = NULL;
@@ -1591,10 +1615,18 @@ void httpd_stop_accepting(struct httpd *h) {
     }
 }
 
-size_t httpd_inflight(const struct httpd *h) { return h->inflight; }
-size_t httpd_connections(const struct httpd *h) { return h->nconns; }
-uint64_t httpd_refused(const struct httpd *h) { return h->refused; }
-uint64_t httpd_accept_errors(const struct httpd *h) { return h->accept_errors; }
+size_t httpd_inflight(const struct httpd *h) {
+    return h->inflight;
+}
+size_t httpd_connections(const struct httpd *h) {
+    return h->nconns;
+}
+uint64_t httpd_refused(const struct httpd *h) {
+    return h->refused;
+}
+uint64_t httpd_accept_errors(const struct httpd *h) {
+    return h->accept_errors;
+}
 
 void httpd_free(struct httpd *h) {
     if (!h) return;

@@ -41,9 +41,13 @@ void log_set_level(enum log_level min) {
     atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
-void log_set_json(int json) { atomic_store_explicit(&log_json, json != 0, memory_order_relaxed); }
+void log_set_json(int json) {
+    atomic_store_explicit(&log_json, json != 0, memory_order_relaxed);
+}
 
-int log_is_json(void) { return atomic_load_explicit(&log_json, memory_order_relaxed); }
+int log_is_json(void) {
+    return atomic_load_explicit(&log_json, memory_order_relaxed);
+}
 
 int log_level_parse(const char *name, enum log_level *out) {
     static const char *const names[] = {"debug", "info", "warn", "error"};
@@ -95,15 +99,16 @@ static size_t log_format(enum log_level level, const char *text, const char *fie
         struct tm tm;
         clock_gettime(CLOCK_REALTIME, &ts);
         gmtime_r(&ts.tv_sec, &tm);
-        snprintf(ts_text, sizeof ts_text, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 ts.tv_nsec / 1000000);
+        snprintf(ts_text, sizeof ts_text, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
     }
     int m;
     if (json) {
-        m = snprintf(line, cap, "%s{%s%s%s\"level\":\"%s\",\"prog\":\"%s\",\"pid\":%d,"
-                     "\"msg\":\"", journal ? level_prio[level] : "", journal ? "" : "\"ts\":\"",
-                     ts_text, journal ? "" : "\",", level_json[level], log_prog, (int)getpid());
+        m = snprintf(line, cap,
+                     "%s{%s%s%s\"level\":\"%s\",\"prog\":\"%s\",\"pid\":%d,"
+                     "\"msg\":\"",
+                     journal ? level_prio[level] : "", journal ? "" : "\"ts\":\"", ts_text,
+                     journal ? "" : "\",", level_json[level], log_prog, (int)getpid());
         if (m < 0) return 0;
         n = (size_t)m;
         json_escape_into(line, cap - 4, &n, text);
@@ -178,7 +183,9 @@ void log_limiter_init(struct log_limiter *l, unsigned interval_s, unsigned quiet
     atomic_init(&l->active, 0);
 }
 
-void log_limiter_destroy(struct log_limiter *l) { pthread_mutex_destroy(&l->lock); }
+void log_limiter_destroy(struct log_limiter *l) {
+    pthread_mutex_destroy(&l->lock);
+}
 
 /* The text with every run of digits replaced by one '#': what makes two warnings "the same". */
 static void limiter_key(const char *text, char *key, size_t keylen) {
@@ -195,7 +202,9 @@ static void limiter_key(const char *text, char *key, size_t keylen) {
 
 /* b - a, or 0 when a is later: callers read the clock before taking the lock, so a thread can
  * arrive with a time older than the one another thread just recorded. */
-static uint64_t since(uint64_t a, uint64_t b) { return b > a ? b - a : 0; }
+static uint64_t since(uint64_t a, uint64_t b) {
+    return b > a ? b - a : 0;
+}
 
 int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level level,
                   const char *fmt, va_list ap) {

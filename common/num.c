@@ -42,14 +42,12 @@ char *num_put_u64(char *o, uint64_t v) {
         tmp[n++] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    while (n > 0)
-        *o++ = tmp[--n];
+    while (n > 0) *o++ = tmp[--n];
     return o;
 }
 
 char *num_put_i64(char *o, int64_t v) {
-    if (v >= 0)
-        return num_put_u64(o, (uint64_t)v);
+    if (v >= 0) return num_put_u64(o, (uint64_t)v);
     *o++ = '-';
     return num_put_u64(o, (uint64_t)0 - (uint64_t)v);
 }

@@ -163,7 +163,9 @@ static int param_name_cmp(const struct param *a, const struct param *b) {
     return (a->name_len > b->name_len) - (a->name_len < b->name_len);
 }
 
-static int param_cmp_qsort(const void *a, const void *b) { return param_name_cmp(a, b); }
+static int param_cmp_qsort(const void *a, const void *b) {
+    return param_name_cmp(a, b);
+}
 
 static int param_ptr_cmp_qsort(const void *a, const void *b) {
     return param_name_cmp(*(const struct param *const *)a, *(const struct param *const *)b);
@@ -203,8 +205,8 @@ void params_sort_index(const struct param **index, size_t n) {
         const struct param *it = index[i];
         uint64_t k = name_prefix(it);
         size_t j = i;
-        while (j > 0 && (key[j - 1] > k ||
-                         (key[j - 1] == k && param_name_cmp(index[j - 1], it) > 0))) {
+        while (j > 0 &&
+               (key[j - 1] > k || (key[j - 1] == k && param_name_cmp(index[j - 1], it) > 0))) {
             index[j] = index[j - 1];
             key[j] = key[j - 1];
             j--;
@@ -213,7 +215,6 @@ void params_sort_index(const struct param **index, size_t n) {
         key[j] = k;
     }
 }
-
 
 void params_sort(struct params *p) {
     if (p->count > 1) qsort(p->items, p->count, sizeof *p->items, param_cmp_qsort);
@@ -396,21 +397,16 @@ enum { FORM_PLAIN, FORM_WIDE, FORM_PLUS, FORM_PCT, FORM_EQ, FORM_AMP };
 
 static const unsigned char form_class[256] = {
     1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* NUL */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 2, 0, 0, 0, 0, /* % & + */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 5, 0, 0, 0, 0, 2,
+    0, 0, 0, 0,                                     /* % & + */
     0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, /* = */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x80-0xFF */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x80-0xFF */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
 /* Decodes one field of a pair, from *at up to end, the first '&' and (when stop_eq) the first
@@ -425,10 +421,9 @@ static inline long form_field(const unsigned char **at, const unsigned char *end
         /* A run of plain bytes, bounded by the input and the room so it needs no other test. */
         const unsigned char *stop = end - s < limit - d ? end : s + (limit - d);
         /* Eight at a time while all eight are plain (SecretId, Signature, most names). */
-        while (stop - s >= 8 &&
-               (form_class[s[0]] | form_class[s[1]] | form_class[s[2]] | form_class[s[3]] |
-                form_class[s[4]] | form_class[s[5]] | form_class[s[6]] | form_class[s[7]]) ==
-                   FORM_PLAIN) {
+        while (stop - s >= 8 && (form_class[s[0]] | form_class[s[1]] | form_class[s[2]] |
+                                 form_class[s[3]] | form_class[s[4]] | form_class[s[5]] |
+                                 form_class[s[6]] | form_class[s[7]]) == FORM_PLAIN) {
             memcpy(d, s, 8);
             d += 8;
             s += 8;
@@ -716,8 +711,8 @@ static int multipart_part_headers(const char *h, const char *hend, char *name, s
     return 0;
 }
 
-int params_parse_multipart(struct params *p, const char *content_type, const char *body,
-                           size_t len, char *err, size_t errlen) {
+int params_parse_multipart(struct params *p, const char *content_type, const char *body, size_t len,
+                           char *err, size_t errlen) {
     char boundary[MULTIPART_BOUNDARY_MAX + 1];
     /* "\r\n--" + boundary: every delimiter after the first is searched with its CRLF. */
     char delim[MULTIPART_BOUNDARY_MAX + 5];
@@ -820,22 +815,14 @@ int params_parse_body(struct params *p, const char *content_type, const char *bo
 /* 1 for the bytes written as %XX; 0 for the unreserved ones, kept as they are: A-Z a-z 0-9
  * - _ . ~ (RFC 3986). */
 static const unsigned char url_escaped[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1,
-    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0,
-    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 0,
+    1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
 };
 
 static size_t encoded_len(const char *s, size_t len) {

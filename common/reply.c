@@ -95,12 +95,12 @@ out:
  * error, so error messages stay jansson's business) to jansson. */
 
 #define SCAN_MAX_DEPTH 32
-#define SCAN_MAX_INT_DIGITS 18  /* always fits jansson's json_int_t (long long) */
+#define SCAN_MAX_INT_DIGITS 18 /* always fits jansson's json_int_t (long long) */
 
 struct scan_span {
-    const unsigned char *p;  /* the raw bytes between the quotes */
+    const unsigned char *p; /* the raw bytes between the quotes */
     size_t n;
-    int escaped;             /* holds a backslash escape */
+    int escaped; /* holds a backslash escape */
 };
 
 struct scan {
@@ -125,22 +125,22 @@ static void scan_ws(struct scan *s) {
 /* Bytes a string scan must stop at: '"', '\\', control characters and every byte of a multi-byte
  * UTF-8 sequence; the rest (printable ASCII, most of a reply's url) are skipped in a tight loop. */
 static const unsigned char string_stop[256] = {
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0x00 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0x10 */
-    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 0x20 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 0x30 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 0x40 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,  /* 0x50 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 0x60 */
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  /* 0x70 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0x80 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0x90 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xA0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xB0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xC0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xD0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xE0 */
-    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  /* 0xF0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x00 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x10 */
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x20 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x30 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x40 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, /* 0x50 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x60 */
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, /* 0x70 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x80 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x90 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xA0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xB0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xC0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xD0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xE0 */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0xF0 */
 };
 
 /* At the opening quote: 1 and the raw span, or 0 (invalid, or a \u escape). */
@@ -162,10 +162,15 @@ static int scan_string(struct scan *s, struct scan_span *out) {
         if (c == '\\') {
             if (p + 1 >= s->end) return 0;
             switch (p[1]) {
-            case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
-                break;
-            default:
-                return 0;
+            case '"':
+            case '\\':
+            case '/':
+            case 'b':
+            case 'f':
+            case 'n':
+            case 'r':
+            case 't': break;
+            default: return 0;
             }
             escaped = 1;
             p += 2;
@@ -219,8 +224,7 @@ static int span_is(const struct scan_span *sp, const char *word) {
 static int scan_object(struct scan *s, struct scan_captures *cap);
 static int scan_array(struct scan *s);
 
-static int scan_value(struct scan *s, enum scan_kind *kind, struct scan_span *str,
-                      long long *num) {
+static int scan_value(struct scan *s, enum scan_kind *kind, struct scan_span *str, long long *num) {
     *kind = SCAN_OTHER;
     if (s->p >= s->end) return 0;
     switch (*s->p) {
@@ -235,8 +239,8 @@ static int scan_value(struct scan *s, enum scan_kind *kind, struct scan_span *st
 }
 
 /* Records a top-level member; 0 for an escaped key (jansson compares it decoded). */
-static int scan_capture(struct scan_captures *cap, const struct scan_span *key,
-                        enum scan_kind kind, const struct scan_span *str, long long num) {
+static int scan_capture(struct scan_captures *cap, const struct scan_span *key, enum scan_kind kind,
+                        const struct scan_span *str, long long num) {
     if (key->escaped) return 0;
     if (span_is(key, "code")) {
         cap->code_is_int = kind == SCAN_INT;

@@ -14,8 +14,8 @@
 #include <openssl/crypto.h>
 
 struct secmem_head {
-    size_t map_len;   /* bytes mapped, header included */
-    int dontdump;     /* madvise(MADV_DONTDUMP) succeeded */
+    size_t map_len; /* bytes mapped, header included */
+    int dontdump;   /* madvise(MADV_DONTDUMP) succeeded */
     int pad;
 };
 
@@ -50,7 +50,9 @@ char *secmem_memdup(const void *s, size_t len) {
     return p;
 }
 
-char *secmem_strdup(const char *s) { return secmem_memdup(s, strlen(s)); }
+char *secmem_strdup(const char *s) {
+    return secmem_memdup(s, strlen(s));
+}
 
 void secmem_free(void *p) {
     if (!p) return;

@@ -189,12 +189,12 @@ struct sign_slot {
 struct sign_cache {
     struct sign_slot slot[SIGN_SLOTS];
     unsigned long clock;
-    int registered;   /* the thread-exit destructor knows this cache */
+    int registered; /* the thread-exit destructor knows this cache */
 };
 
 static pthread_once_t sign_once = PTHREAD_ONCE_INIT;
 static pthread_key_t sign_exit_key;
-static EVP_MAC *sign_hmac;   /* fetched once; lives as long as the process */
+static EVP_MAC *sign_hmac; /* fetched once; lives as long as the process */
 static int sign_ready;
 static _Thread_local struct sign_cache sign_cache;
 
@@ -221,8 +221,7 @@ static EVP_MAC_CTX *cached_mac(enum sign_method m, const char *key, size_t key_l
     struct sign_cache *c = &sign_cache;
     struct sign_slot *sl = NULL;
 
-    if (key_len > SIGN_SLOT_KEY_MAX || pthread_once(&sign_once, sign_init_once) != 0 ||
-        !sign_ready)
+    if (key_len > SIGN_SLOT_KEY_MAX || pthread_once(&sign_once, sign_init_once) != 0 || !sign_ready)
         return NULL;
     if (!c->registered) {
         if (pthread_setspecific(sign_exit_key, c) != 0) return NULL;
@@ -242,7 +241,7 @@ static EVP_MAC_CTX *cached_mac(enum sign_method m, const char *key, size_t key_l
             return NULL;
         }
     } else {
-        static char sha256[] = "SHA256", sha1[] = "SHA1";   /* OSSL_PARAM wants char * */
+        static char sha256[] = "SHA256", sha1[] = "SHA1"; /* OSSL_PARAM wants char * */
         OSSL_PARAM params[2];
         sl = &c->slot[0];
         for (size_t i = 1; i < SIGN_SLOTS && sl->ctx; i++)
@@ -281,8 +280,7 @@ int sign_compute(enum sign_method m, const char *key, size_t key_len, const char
         unsigned int n = 0;
         const EVP_MD *evp = m == SIGN_HMAC_SHA256 ? EVP_sha256() : EVP_sha1();
         /* HMAC() wants a non-NULL key even when it is empty. */
-        if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md,
-                  &n))
+        if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md, &n))
             return -1;
         md_len = n;
     }
@@ -330,8 +328,8 @@ static int verify_form(const struct params *p, const struct param *got, const ch
     return sig_equal(got, want);
 }
 
-int sign_verify(const struct params *p, const char *http_method, const char *host,
-                const char *path, const char *key) {
+int sign_verify(const struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key) {
     struct sign_seen seen;
     const struct param *got = params_find(p, "Signature");
     int skip_at = sign_skips_at(http_method);

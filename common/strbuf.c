@@ -44,9 +44,13 @@ int strbuf_append(struct strbuf *b, const char *s, size_t n) {
     return 0;
 }
 
-int strbuf_appends(struct strbuf *b, const char *s) { return strbuf_append(b, s, strlen(s)); }
+int strbuf_appends(struct strbuf *b, const char *s) {
+    return strbuf_append(b, s, strlen(s));
+}
 
-int strbuf_appendc(struct strbuf *b, char c) { return strbuf_append(b, &c, 1); }
+int strbuf_appendc(struct strbuf *b, char c) {
+    return strbuf_append(b, &c, 1);
+}
 
 int strbuf_appendf(struct strbuf *b, const char *fmt, ...) {
     va_list ap;

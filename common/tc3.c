@@ -44,8 +44,9 @@ int tc3_sha256_hex(const void *data, size_t len, char out[TC3_HEX_LEN + 1]) {
 static int hmac256(const void *key, size_t klen, const char *msg, unsigned char out[32]) {
     unsigned int n = 0;
     /* HMAC() wants a non-NULL key even when it is empty. */
-    if (!HMAC(EVP_sha256(), key ? key : "", (int)klen, (const unsigned char *)msg, strlen(msg),
-              out, &n) || n != 32)
+    if (!HMAC(EVP_sha256(), key ? key : "", (int)klen, (const unsigned char *)msg, strlen(msg), out,
+              &n) ||
+        n != 32)
         return -1;
     return 0;
 }
@@ -101,18 +102,17 @@ int tc3_parse_authorization(const char *value, struct tc3_auth *out, char *err, 
         return -1;
     }
     while (*p == ' ') p++;
-    if (take(&p, "Credential=") != 0 || field(&p, "/", out->secret_id,
-                                               sizeof(out->secret_id)) != 0 ||
-        take(&p, "/") != 0 || field(&p, "/", out->date, sizeof(out->date)) != 0 ||
-        take(&p, "/") != 0 || field(&p, "/,", out->service, sizeof(out->service)) != 0 ||
-        take(&p, "/tc3_request") != 0) {
-        snprintf(err, errlen, "Authorization: Credential must be "
+    if (take(&p, "Credential=") != 0 ||
+        field(&p, "/", out->secret_id, sizeof(out->secret_id)) != 0 || take(&p, "/") != 0 ||
+        field(&p, "/", out->date, sizeof(out->date)) != 0 || take(&p, "/") != 0 ||
+        field(&p, "/,", out->service, sizeof(out->service)) != 0 || take(&p, "/tc3_request") != 0) {
+        snprintf(err, errlen,
+                 "Authorization: Credential must be "
                  "SecretId/YYYY-MM-DD/service/tc3_request");
         return -1;
     }
     if (!valid_date(out->date)) {
-        snprintf(err, errlen, "Authorization: the Credential date %s is not YYYY-MM-DD",
-                 out->date);
+        snprintf(err, errlen, "Authorization: the Credential date %s is not YYYY-MM-DD", out->date);
         return -1;
     }
     skip_sep(&p);
@@ -122,15 +122,17 @@ int tc3_parse_authorization(const char *value, struct tc3_auth *out, char *err, 
         return -1;
     }
     for (const char *s = out->signed_headers; *s; s++)
-        if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' ||
-              *s == ';') || (*s == ';' && (s[1] == ';' || s[1] == '\0'))) {
-            snprintf(err, errlen, "Authorization: SignedHeaders must be lower-case header "
+        if (!(islower((unsigned char)*s) || isdigit((unsigned char)*s) || *s == '-' || *s == ';') ||
+            (*s == ';' && (s[1] == ';' || s[1] == '\0'))) {
+            snprintf(err, errlen,
+                     "Authorization: SignedHeaders must be lower-case header "
                      "names separated by ';'");
             return -1;
         }
     if (!has_header(out->signed_headers, "content-type") ||
         !has_header(out->signed_headers, "host")) {
-        snprintf(err, errlen, "Authorization: SignedHeaders must include content-type and "
+        snprintf(err, errlen,
+                 "Authorization: SignedHeaders must include content-type and "
                  "host");
         return -1;
     }
@@ -248,16 +250,17 @@ static int sign_request(const struct tc3_request *r, const char *signed_headers,
     return rc;
 }
 
-int tc3_authorization(const struct tc3_request *r, const char *secret_id,
-                      const char *secret_key, const char *service, uint64_t timestamp,
-                      char *out, size_t outlen) {
+int tc3_authorization(const struct tc3_request *r, const char *secret_id, const char *secret_key,
+                      const char *service, uint64_t timestamp, char *out, size_t outlen) {
     static const char sh[] = "content-type;host";
     char date[TC3_DATE_LEN + 1], sig[TC3_HEX_LEN + 1];
     if (tc3_date(timestamp, date) != 0 ||
         sign_request(r, sh, secret_key, date, service, timestamp, sig, NULL) != 0)
         return -1;
-    int n = snprintf(out, outlen, TC3_ALGORITHM " Credential=%s/%s/%s/tc3_request, "
-                     "SignedHeaders=%s, Signature=%s", secret_id, date, service, sh, sig);
+    int n = snprintf(out, outlen,
+                     TC3_ALGORITHM " Credential=%s/%s/%s/tc3_request, "
+                                   "SignedHeaders=%s, Signature=%s",
+                     secret_id, date, service, sh, sig);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
@@ -269,13 +272,15 @@ int tc3_verify(const struct tc3_request *r, const struct tc3_auth *a, const char
         return -1;
     }
     if (strcmp(date, a->date) != 0) {
-        snprintf(err, errlen, "the Credential date %s is not the UTC date of the timestamp "
-                 "%llu (%s)", a->date, (unsigned long long)timestamp, date);
+        snprintf(err, errlen,
+                 "the Credential date %s is not the UTC date of the timestamp "
+                 "%llu (%s)",
+                 a->date, (unsigned long long)timestamp, date);
         return -1;
     }
     const char *missing = NULL;
-    int rc = sign_request(r, a->signed_headers, secret_key, a->date, a->service, timestamp,
-                          sig, &missing);
+    int rc = sign_request(r, a->signed_headers, secret_key, a->date, a->service, timestamp, sig,
+                          &missing);
     if (rc == -2) {
         snprintf(err, errlen, "signed header %.*s is not in the request",
                  (int)strcspn(missing, ";"), missing);

@@ -50,8 +50,7 @@ static int tls_alpn_select(SSL *ssl, const unsigned char **out, unsigned char *o
     return SSL_TLSEXT_ERR_OK;
 }
 
-SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
-                            size_t errlen) {
+SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen) {
     SSL_CTX *ctx = NULL;
     if (!cert_file || !key_file) {
         snprintf(err, errlen, "a TLS listener needs both a certificate and a key file");
@@ -101,7 +100,7 @@ fail:
 }
 
 struct tls_server {
-    pthread_mutex_t lock;  /* held only to read or swap ctx: the workers accept, main reloads */
+    pthread_mutex_t lock; /* held only to read or swap ctx: the workers accept, main reloads */
     SSL_CTX *ctx;
 };
 
@@ -125,8 +124,8 @@ struct tls_server *tls_server_new(const char *cert_file, const char *key_file, c
     return ts;
 }
 
-int tls_server_reload(struct tls_server *ts, const char *cert_file, const char *key_file,
-                      char *err, size_t errlen) {
+int tls_server_reload(struct tls_server *ts, const char *cert_file, const char *key_file, char *err,
+                      size_t errlen) {
     SSL_CTX *fresh = tls_server_ctx_new(cert_file, key_file, err, errlen), *old;
     if (!fresh) return -1;
     pthread_mutex_lock(&ts->lock);

@@ -11,9 +11,8 @@
 #include "capgate/num.h"
 #include "capgate/params.h"
 
-
 const char *const validate_user_fields[] = {
-    "uid", "userIp", "xForwardedFor", "macAddress", "imei", "associateAccount", "appId",
+    "uid",          "userIp", "xForwardedFor", "macAddress", "imei", "associateAccount", "appId",
     "registerTime", NULL,
 };
 
@@ -55,11 +54,31 @@ const char *validate_action_name(enum v2_action a) {
  * instead of a linear search with memcmp per name; a name's first occurrence wins, as with
  * params_find. */
 enum known_name {
-    KN_ACTION, KN_SECRET_ID, KN_TIMESTAMP, KN_NONCE, KN_SIGNATURE, KN_REGION,
-    KN_SIGNATURE_METHOD, KN_APP_ID, KN_UID, KN_X_FORWARDED_FOR, KN_MAC_ADDRESS, KN_IMEI,
-    KN_ASSOCIATE_ACCOUNT, KN_CAPTCHA_TYPE, KN_DISTURB_LEVEL, KN_IS_HTTPS, KN_CLIENT_TYPE,
-    KN_ACCOUNT_TYPE, KN_BUSINESS_ID, KN_SCENE_ID, KN_REGISTER_TIME, KN_USER_IP, KN_SCRIPT,
-    KN_TICKET, KN_COUNT
+    KN_ACTION,
+    KN_SECRET_ID,
+    KN_TIMESTAMP,
+    KN_NONCE,
+    KN_SIGNATURE,
+    KN_REGION,
+    KN_SIGNATURE_METHOD,
+    KN_APP_ID,
+    KN_UID,
+    KN_X_FORWARDED_FOR,
+    KN_MAC_ADDRESS,
+    KN_IMEI,
+    KN_ASSOCIATE_ACCOUNT,
+    KN_CAPTCHA_TYPE,
+    KN_DISTURB_LEVEL,
+    KN_IS_HTTPS,
+    KN_CLIENT_TYPE,
+    KN_ACCOUNT_TYPE,
+    KN_BUSINESS_ID,
+    KN_SCENE_ID,
+    KN_REGISTER_TIME,
+    KN_USER_IP,
+    KN_SCRIPT,
+    KN_TICKET,
+    KN_COUNT
 };
 
 static const struct {
@@ -96,7 +115,7 @@ static const struct {
 
 /* Distinct for the names above: two of them in one slot would be an initializer overriding
  * another, which -Woverride-init (in -Wextra) reports. */
-#define KNOWN_SLOT(first, last, len) (((unsigned)(first) * 7 + (unsigned)(last) + (len) * 2) & 63)
+#define KNOWN_SLOT(first, last, len) (((unsigned)(first)*7 + (unsigned)(last) + (len)*2) & 63)
 
 /* enum known_name + 1; 0 is no name */
 static const unsigned char known_slots[64] = {
@@ -179,8 +198,8 @@ static int need_string(const struct known_params *k, enum known_name id, const c
 }
 
 /* A UInt (0..4294967295). required: absent is an error; otherwise absent leaves *has 0. */
-static int get_uint(const struct known_params *k, enum known_name id, int required,
-                    uint32_t *out, int *has, char *err, size_t errlen) {
+static int get_uint(const struct known_params *k, enum known_name id, int required, uint32_t *out,
+                    int *has, char *err, size_t errlen) {
     const char *name = known_names[id].name;
     const struct param *it = known_find(k, id);
     *has = 0;
@@ -221,8 +240,7 @@ static int check_user_ip(const struct known_params *k, int required, const char 
     }
     int printable = it->value_len > 0 && it->value_len <= VALIDATE_USER_IP_MAX;
     for (size_t i = 0; printable && i < it->value_len; i++)
-        if ((unsigned char)it->value[i] < 0x20 || (unsigned char)it->value[i] > 0x7e)
-            printable = 0;
+        if ((unsigned char)it->value[i] < 0x20 || (unsigned char)it->value[i] > 0x7e) printable = 0;
     if (!printable) {
         char q[PARAMS_QUOTED_MAX];
         params_quote(q, sizeof q, it->value, it->value_len);
@@ -330,8 +348,7 @@ static int validate_iframe_query(const struct known_params *k, struct v2_fields 
         return -1;
     out->has_is_https = 1;
     if (get_uint(k, KN_CLIENT_TYPE, 1, &out->client_type, &has, err, errlen) != 0 ||
-        check_enum("clientType", out->client_type, client_types, 4, "1, 2, 3, 4", err,
-                   errlen) != 0)
+        check_enum("clientType", out->client_type, client_types, 4, "1, 2, 3, 4", err, errlen) != 0)
         return -1;
     out->has_client_type = 1;
     if (check_account(k, 1, out, err, errlen) != 0) return -1;
@@ -348,8 +365,7 @@ static int validate_query(const struct known_params *k, struct v2_fields *out, c
     static const uint32_t scripts[] = {0, 1};
     int has;
 
-    if (get_uint(k, KN_REGISTER_TIME, 1, &out->register_time, &has, err, errlen) != 0)
-        return -1;
+    if (get_uint(k, KN_REGISTER_TIME, 1, &out->register_time, &has, err, errlen) != 0) return -1;
     if (check_user_ip(k, 1, &out->user_ip, err, errlen) != 0) return -1;
     if (get_uint(k, KN_CAPTCHA_TYPE, 1, &out->captcha_type, &has, err, errlen) != 0) return -1;
     out->has_captcha_type = 1;
@@ -381,14 +397,10 @@ int validate_request(enum v2_action action, const struct params *p, struct v2_fi
     known_collect(p, &k);
     user_strings(&k, out);
     switch (action) {
-    case V2_ACTION_CAPTCHA_IFRAME_QUERY:
-        return validate_iframe_query(&k, out, err, errlen);
-    case V2_ACTION_CAPTCHA_QUERY:
-        return validate_query(&k, out, err, errlen);
-    case V2_ACTION_CAPTCHA_CHECK:
-        return validate_check(&k, out, err, errlen);
-    default:
-        break;
+    case V2_ACTION_CAPTCHA_IFRAME_QUERY: return validate_iframe_query(&k, out, err, errlen);
+    case V2_ACTION_CAPTCHA_QUERY: return validate_query(&k, out, err, errlen);
+    case V2_ACTION_CAPTCHA_CHECK: return validate_check(&k, out, err, errlen);
+    default: break;
     }
     const struct param *it = known_find(&k, KN_ACTION);
     if (!it) {

@@ -15,8 +15,8 @@
 
 static void method_not_allowed(struct httpd_req *req, const char *allowed) {
     httpd_add_header(req, "Allow", allowed);
-    mock_reply_error(req, 405, APIERR_INVALID_PARAMETER,
-                     "method %s is not allowed on %s; use %s", req->method, req->path, allowed);
+    mock_reply_error(req, 405, APIERR_INVALID_PARAMETER, "method %s is not allowed on %s; use %s",
+                     req->method, req->path, allowed);
 }
 
 /* The request body as JSON, or NULL after replying with the error. New reference. */
@@ -32,16 +32,13 @@ static json_t *body_json(struct httpd_req *req) {
 }
 
 static void health(struct mock *m, struct httpd_req *req) {
-    json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}",
-                          "status", "ok", "version", version_string(),
-                          "api_calls", (json_int_t)m->api_calls,
-                          "urls", (json_int_t)etable_count(m->urls),
-                          "tickets", (json_int_t)etable_count(m->tickets),
-                          "nonces", (json_int_t)etable_count(m->nonces),
-                          "journal", (json_int_t)journal_count(m->journal),
-                          "faults", (json_int_t)m->faults.count,
-                          "pending", (json_int_t)m->pending,
-                          "connections", (json_int_t)httpd_connections(m->httpd));
+    json_t *o = json_pack(
+        "{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "status", "ok", "version",
+        version_string(), "api_calls", (json_int_t)m->api_calls, "urls",
+        (json_int_t)etable_count(m->urls), "tickets", (json_int_t)etable_count(m->tickets),
+        "nonces", (json_int_t)etable_count(m->nonces), "journal",
+        (json_int_t)journal_count(m->journal), "faults", (json_int_t)m->faults.count, "pending",
+        (json_int_t)m->pending, "connections", (json_int_t)httpd_connections(m->httpd));
     mock_reply_json(req, 200, o);
 }
 
@@ -70,8 +67,8 @@ static void requests_get(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     const char *action = params_get(&q, "action");
-    mock_reply_json(req, 200, journal_to_json(m->journal, (size_t)limit,
-                                              action && *action ? action : NULL));
+    mock_reply_json(req, 200,
+                    journal_to_json(m->journal, (size_t)limit, action && *action ? action : NULL));
 out:
     params_cleanup(&q);
 }
@@ -84,9 +81,9 @@ static void faults_post(struct mock *m, struct httpd_req *req) {
     if (faults_add_json(&m->faults, v, err, sizeof(err)) != 0) {
         mock_reply_error(req, 400, APIERR_INVALID_PARAMETER, "%s", err);
     } else {
-        mock_reply_json(req, 200, json_pack("{s:I, s:o}", "added",
-                                            (json_int_t)(m->faults.count - before), "faults",
-                                            faults_to_json(&m->faults)));
+        mock_reply_json(req, 200,
+                        json_pack("{s:I, s:o}", "added", (json_int_t)(m->faults.count - before),
+                                  "faults", faults_to_json(&m->faults)));
     }
     json_decref(v);
 }
@@ -146,7 +143,8 @@ static int solve_target(struct mock *m, const json_t *v, char *asig, size_t len,
         return 0;
     }
 bad:
-    snprintf(err, errlen, "solve takes {\"url\": \"<captcha URL>\"}, {\"asig\": \"...\"} or "
+    snprintf(err, errlen,
+             "solve takes {\"url\": \"<captcha URL>\"}, {\"asig\": \"...\"} or "
              "{\"appid\": N}");
     return -1;
 }
@@ -165,9 +163,11 @@ static void solve(struct mock *m, struct httpd_req *req) {
     } else {
         void *u = NULL;
         json_int_t appid = etable_find(m->urls, asig, strlen(asig), &u)
-                               ? (json_int_t)((struct mock_url *)u)->appid : 0;
-        mock_reply_json(req, 200, json_pack("{s:s, s:s, s:s, s:I}", "ticket", ticket, "randstr",
-                                            randstr, "asig", asig, "appid", appid));
+                               ? (json_int_t)((struct mock_url *)u)->appid
+                               : 0;
+        mock_reply_json(req, 200,
+                        json_pack("{s:s, s:s, s:s, s:I}", "ticket", ticket, "randstr", randstr,
+                                  "asig", asig, "appid", appid));
     }
     json_decref(v);
 }
@@ -178,8 +178,10 @@ void admin_handle(struct mock *m, struct httpd_req *req) {
     int get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
     int del = strcmp(method, "DELETE") == 0;
     if (strcmp(what, "health") == 0) {
-        if (get) health(m, req);
-        else method_not_allowed(req, "GET");
+        if (get)
+            health(m, req);
+        else
+            method_not_allowed(req, "GET");
     } else if (strcmp(what, "reset") == 0) {
         if (!post) {
             method_not_allowed(req, "POST");
@@ -210,10 +212,14 @@ void admin_handle(struct mock *m, struct httpd_req *req) {
             method_not_allowed(req, "GET, POST, DELETE");
         }
     } else if (strcmp(what, "solve") == 0) {
-        if (post) solve(m, req);
-        else method_not_allowed(req, "POST");
+        if (post)
+            solve(m, req);
+        else
+            method_not_allowed(req, "POST");
     } else {
-        mock_reply_error(req, 404, APIERR_NOT_FOUND, "no admin resource %.200s (known: health, "
-                         "reset, requests, faults, solve)", req->path);
+        mock_reply_error(req, 404, APIERR_NOT_FOUND,
+                         "no admin resource %.200s (known: health, "
+                         "reset, requests, faults, solve)",
+                         req->path);
     }
 }

@@ -86,24 +86,31 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
     if (m->opts->https_only && !req->is_tls)
         return fail(c, "UnsupportedProtocol", "this endpoint accepts HTTPS only");
     if (strcmp(req->method, "POST") != 0)
-        return fail(c, "UnsupportedProtocol", "method %s is not supported; this emulator takes "
-                    "POST with a JSON body", req->method);
+        return fail(c, "UnsupportedProtocol",
+                    "method %s is not supported; this emulator takes "
+                    "POST with a JSON body",
+                    req->method);
     const char *ct = req->content_type ? req->content_type : "";
     if (strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';'))
-        return fail(c, "InvalidParameter", "Content-Type %.100s is not supported; use "
-                    "application/json", *ct ? ct : "(none)");
+        return fail(c, "InvalidParameter",
+                    "Content-Type %.100s is not supported; use "
+                    "application/json",
+                    *ct ? ct : "(none)");
     static const char *const need[] = {"X-TC-Action", "X-TC-Version", "X-TC-Timestamp",
                                        "Authorization"};
     for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
         if (!header(req, need[i]) || !*header(req, need[i]))
-            return i == 3 ? fail(c, "AuthFailure.InvalidAuthorization", "the Authorization "
+            return i == 3 ? fail(c, "AuthFailure.InvalidAuthorization",
+                                 "the Authorization "
                                  "header is missing")
                           : fail(c, "MissingParameter", "the header %s is missing", need[i]);
     uint64_t ts;
     const char *tss = header(req, "x-tc-timestamp");
     if (parse_u64(tss, &ts) != 0)
-        return fail(c, "InvalidParameter", "X-TC-Timestamp %.40s is not a Unix time in "
-                    "seconds", tss);
+        return fail(c, "InvalidParameter",
+                    "X-TC-Timestamp %.40s is not a Unix time in "
+                    "seconds",
+                    tss);
     struct tc3_auth a;
     char err[256];
     if (tc3_parse_authorization(header(req, "authorization"), &a, err, sizeof(err)) != 0)
@@ -111,13 +118,13 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
     snprintf(c->secret_id, sizeof(c->secret_id), "%s", a.secret_id);
     c->cred = find_cred(m, a.secret_id);
     if (c->cred < 0)
-        return fail(c, "AuthFailure.SecretIdNotFound", "SecretId %s does not exist",
-                    a.secret_id);
+        return fail(c, "AuthFailure.SecretIdNotFound", "SecretId %s does not exist", a.secret_id);
     uint64_t now = clock_wall_us() / 1000000u;
     if (!tc3_timestamp_fresh(ts, now, m->opts->timestamp_window))
-        return fail(c, "AuthFailure.SignatureExpire", "X-TC-Timestamp %llu is %llu s from the "
-                    "server time; at most %u s is accepted", (unsigned long long)ts,
-                    (unsigned long long)(ts > now ? ts - now : now - ts),
+        return fail(c, "AuthFailure.SignatureExpire",
+                    "X-TC-Timestamp %llu is %llu s from the "
+                    "server time; at most %u s is accepted",
+                    (unsigned long long)ts, (unsigned long long)(ts > now ? ts - now : now - ts),
                     m->opts->timestamp_window);
     /* The service of the scope: "captcha", or the first label of the Host, which is what the
      * SDKs derive from an endpoint (endpoint.split(".")[0]) when pointed at the emulator. */
@@ -126,8 +133,10 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
     size_t label = strcspn(req->host ? req->host : "", ".");
     if (strcmp(a.service, "captcha") != 0 &&
         (!req->host || strlen(a.service) != label || strncmp(a.service, req->host, label) != 0))
-        return fail(c, "AuthFailure.SignatureFailure", "the Credential service %s is neither "
-                    "captcha nor the first label of the Host", a.service);
+        return fail(c, "AuthFailure.SignatureFailure",
+                    "the Credential service %s is neither "
+                    "captcha nor the first label of the Host",
+                    a.service);
     const char *key = m->opts->creds[c->cred].secret_key;
     struct tc3_request r = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
     int rc = tc3_verify(&r, &a, key, ts, err, sizeof(err));
@@ -138,8 +147,8 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
     }
     if (rc != 0) {
         c->verdict = JOURNAL_SIG_BAD;
-        return fail(c, "AuthFailure.SignatureFailure", "%s (signed with the SecretKey of %s)",
-                    err, a.secret_id);
+        return fail(c, "AuthFailure.SignatureFailure", "%s (signed with the SecretKey of %s)", err,
+                    a.secret_id);
     }
     c->verdict = JOURNAL_SIG_OK;
     if (m->opts->quota) {
@@ -149,8 +158,10 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
             q->count = 0;
         }
         if (q->count >= m->opts->quota)
-            return fail(c, "RequestLimitExceeded", "quota of %u requests/s for SecretId %s "
-                        "exceeded", m->opts->quota, a.secret_id);
+            return fail(c, "RequestLimitExceeded",
+                        "quota of %u requests/s for SecretId %s "
+                        "exceeded",
+                        m->opts->quota, a.secret_id);
         q->count++;
     }
     json_error_t jerr;
@@ -160,12 +171,14 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
         return fail(c, "InvalidParameter", "the body must be a JSON object");
     if (strcmp(c->action, "DescribeCaptchaResult") != 0 &&
         strcmp(c->action, "DescribeCaptchaMiniResult") != 0)
-        return fail(c, "InvalidAction", "the Action %.64s does not exist (this emulator has "
-                    "DescribeCaptchaResult and DescribeCaptchaMiniResult)", c->action);
+        return fail(c, "InvalidAction",
+                    "the Action %.64s does not exist (this emulator has "
+                    "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
+                    c->action);
     const char *ver = header(req, "x-tc-version");
     if (strcmp(ver, MOCK_API3_VERSION) != 0)
-        return fail(c, "NoSuchVersion", "the Version %.40s does not exist; use "
-                    MOCK_API3_VERSION, ver);
+        return fail(c, "NoSuchVersion", "the Version %.40s does not exist; use " MOCK_API3_VERSION,
+                    ver);
     return 0;
 }
 
@@ -178,16 +191,23 @@ struct field {
     int required;
 };
 
-static const struct field result_fields[] = {
-    {"CaptchaType", F_INT, 1}, {"Ticket", F_STR, 1},       {"UserIp", F_STR, 1},
-    {"Randstr", F_STR, 1},     {"CaptchaAppId", F_INT, 1}, {"AppSecretKey", F_STR, 1},
-    {"BusinessId", F_INT, 0},  {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
-    {"Imei", F_STR, 0},        {"NeedGetCaptchaTime", F_INT, 0}, {NULL, F_INT, 0}};
-static const struct field mini_fields[] = {
-    {"CaptchaType", F_INT, 1}, {"Ticket", F_STR, 1},       {"UserIp", F_STR, 1},
-    {"CaptchaAppId", F_INT, 1}, {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
-    {"SceneId", F_INT, 0},     {"MacAddress", F_STR, 0},   {"Imei", F_STR, 0},
-    {NULL, F_INT, 0}};
+static const struct field result_fields[] = {{"CaptchaType", F_INT, 1},
+                                             {"Ticket", F_STR, 1},
+                                             {"UserIp", F_STR, 1},
+                                             {"Randstr", F_STR, 1},
+                                             {"CaptchaAppId", F_INT, 1},
+                                             {"AppSecretKey", F_STR, 1},
+                                             {"BusinessId", F_INT, 0},
+                                             {"SceneId", F_INT, 0},
+                                             {"MacAddress", F_STR, 0},
+                                             {"Imei", F_STR, 0},
+                                             {"NeedGetCaptchaTime", F_INT, 0},
+                                             {NULL, F_INT, 0}};
+static const struct field mini_fields[] = {{"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},
+                                           {"UserIp", F_STR, 1},       {"CaptchaAppId", F_INT, 1},
+                                           {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
+                                           {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
+                                           {"Imei", F_STR, 0},         {NULL, F_INT, 0}};
 
 static int check_fields(struct api3_call *c, const struct field *f) {
     const char *key;
@@ -196,8 +216,7 @@ static int check_fields(struct api3_call *c, const struct field *f) {
         const struct field *k = f;
         while (k->name && strcmp(k->name, key) != 0) k++;
         if (!k->name)
-            return fail(c, "UnknownParameter", "%.64s is not a parameter of %s", key,
-                        c->action);
+            return fail(c, "UnknownParameter", "%.64s is not a parameter of %s", key, c->action);
         if (k->type == F_INT && (!json_is_integer(v) || json_integer_value(v) < 0))
             return fail(c, "InvalidParameter", "%s must be a non-negative integer", key);
         if (k->type == F_STR && !json_is_string(v))
@@ -241,13 +260,11 @@ json_t *api3_run(struct mock *m, struct api3_call *c) {
                     : result(16, "appid-ticket mismatch");
     if (!mini && strcmp(randstr, t->randstr) != 0) return result(7, "captcha no match");
     if (now - t->solved_us >= m->ttl_us) return result(8, "ticket expired");
-    if (t->v3_checks > 0)
-        return mini ? result(25, "invalid ticket") : result(9, "ticket reused");
+    if (t->v3_checks > 0) return mini ? result(25, "invalid ticket") : result(9, "ticket reused");
     t->v3_checks++;
     json_t *o = result(1, mini ? "ticket verification succeeded" : "OK");
     if (!mini) {
-        int need_time =
-            json_integer_value(json_object_get(c->body, "NeedGetCaptchaTime")) == 1;
+        int need_time = json_integer_value(json_object_get(c->body, "NeedGetCaptchaTime")) == 1;
         json_object_set_new(o, "EvilLevel", json_integer(0));
         json_object_set_new(o, "GetCaptchaTime",
                             json_integer(need_time ? (json_int_t)t->get_wall_s : 0));
@@ -282,8 +299,10 @@ void api3_journal_params(const struct api3_call *c, struct params *out) {
     json_object_foreach(c->body, key, v) {
         char num[32];
         const char *s = NULL;
-        if (strcmp(key, "AppSecretKey") == 0) s = "***";
-        else if (json_is_string(v)) s = json_string_value(v);
+        if (strcmp(key, "AppSecretKey") == 0)
+            s = "***";
+        else if (json_is_string(v))
+            s = json_string_value(v);
         else if (json_is_integer(v)) {
             snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
             s = num;

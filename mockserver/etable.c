@@ -6,8 +6,8 @@
 #include <string.h>
 
 struct etable_entry {
-    struct etable_entry *hnext;             /* bucket chain */
-    struct etable_entry *older, *newer;     /* insertion order */
+    struct etable_entry *hnext;         /* bucket chain */
+    struct etable_entry *older, *newer; /* insertion order */
     uint64_t hash;
     uint64_t expire_us;
     void *value;
@@ -17,7 +17,7 @@ struct etable_entry {
 
 struct etable {
     struct etable_entry **buckets;
-    size_t nbuckets;  /* power of two */
+    size_t nbuckets; /* power of two */
     size_t count;
     size_t max_entries;
     uint64_t evicted;
@@ -63,10 +63,14 @@ static struct etable_entry **find_slot(const struct etable *t, const char *key, 
 static void unlink_entry(struct etable *t, struct etable_entry *e) {
     struct etable_entry **pp = find_slot(t, e->key, e->key_len, e->hash);
     if (*pp == e) *pp = e->hnext;
-    if (e->older) e->older->newer = e->newer;
-    else t->oldest = e->newer;
-    if (e->newer) e->newer->older = e->older;
-    else t->newest = e->older;
+    if (e->older)
+        e->older->newer = e->newer;
+    else
+        t->oldest = e->newer;
+    if (e->newer)
+        e->newer->older = e->older;
+    else
+        t->newest = e->older;
     t->count--;
     if (t->free_value && e->value) t->free_value(e->value);
     free(e);
@@ -91,8 +95,7 @@ static void grow(struct etable *t) {
     t->nbuckets = n;
 }
 
-int etable_put(struct etable *t, const char *key, size_t key_len, void *value,
-               uint64_t expire_us) {
+int etable_put(struct etable *t, const char *key, size_t key_len, void *value, uint64_t expire_us) {
     uint64_t h = hash_key(key, key_len);
     struct etable_entry **pp = find_slot(t, key, key_len, h);
     if (*pp) unlink_entry(t, *pp);
@@ -110,8 +113,10 @@ int etable_put(struct etable *t, const char *key, size_t key_len, void *value,
     e->value = value;
     e->newer = NULL;
     e->older = t->newest;
-    if (t->newest) t->newest->newer = e;
-    else t->oldest = e;
+    if (t->newest)
+        t->newest->newer = e;
+    else
+        t->oldest = e;
     t->newest = e;
     if (t->count >= t->nbuckets) grow(t);
     size_t i = h & (t->nbuckets - 1);
@@ -148,8 +153,12 @@ void etable_clear(struct etable *t) {
     while (t->oldest) unlink_entry(t, t->oldest);
 }
 
-size_t etable_count(const struct etable *t) { return t->count; }
-uint64_t etable_evicted(const struct etable *t) { return t->evicted; }
+size_t etable_count(const struct etable *t) {
+    return t->count;
+}
+uint64_t etable_evicted(const struct etable *t) {
+    return t->evicted;
+}
 
 void etable_free(struct etable *t) {
     if (!t) return;

@@ -12,7 +12,7 @@ typedef void (*etable_free_fn)(void *value);
 
 /* max_entries > 0; free_value may be NULL (values not owned). NULL on OOM. */
 struct etable *etable_new(size_t max_entries, etable_free_fn free_value);
-void etable_free(struct etable *t);  /* accepts NULL */
+void etable_free(struct etable *t); /* accepts NULL */
 /* Inserts key (copied) with value (owned when free_value is set) expiring at expire_us. An
  * existing entry with the same key is replaced and becomes the newest. When the table is full the
  * oldest entry is evicted first. 0, or -1 on OOM (value not taken). */

@@ -42,8 +42,8 @@ void faults_cleanup(struct faults *f) {
 }
 
 /* Optional string-or-null field; *out gets a copy or NULL. */
-static int parse_match(const json_t *v, const char *field, const char *where, char **out,
-                       char *err, size_t errlen) {
+static int parse_match(const json_t *v, const char *field, const char *where, char **out, char *err,
+                       size_t errlen) {
     *out = NULL;
     if (!v || json_is_null(v)) return 0;
     if (!json_is_string(v) || json_string_length(v) == 0) {
@@ -67,7 +67,7 @@ static int parse_rule(const json_t *o, const char *where, struct fault_rule *r, 
         snprintf(err, errlen, "%sa fault rule must be a JSON object", where);
         return -1;
     }
-    static const char *const known[] = {"action", "secret_id", "code", "delay_ms",
+    static const char *const known[] = {"action",  "secret_id",   "code", "delay_ms",
                                         "network", "probability", "times"};
     const char *key;
     const json_t *v;
@@ -76,8 +76,10 @@ static int parse_rule(const json_t *o, const char *where, struct fault_rule *r, 
         for (i = 0; i < sizeof(known) / sizeof(known[0]); i++)
             if (strcmp(key, known[i]) == 0) break;
         if (i == sizeof(known) / sizeof(known[0])) {
-            snprintf(err, errlen, "%s%s is not a fault rule field (known: action, secret_id, "
-                     "code, delay_ms, network, probability, times)", where, key);
+            snprintf(err, errlen,
+                     "%s%s is not a fault rule field (known: action, secret_id, "
+                     "code, delay_ms, network, probability, times)",
+                     where, key);
             return -1;
         }
     }
@@ -90,8 +92,10 @@ static int parse_rule(const json_t *o, const char *where, struct fault_rule *r, 
     if (v && !json_is_null(v)) {
         json_int_t c = json_is_integer(v) ? json_integer_value(v) : -1;
         if (c <= 0 || c > 99999 || !apierr_known((int)c)) {
-            snprintf(err, errlen, "%scode must be a known API error code (4000, 4100, 4300, "
-                     "4400, 4500, 4600, 5000, 5100, 6000, 6100, 6200, ...)", where);
+            snprintf(err, errlen,
+                     "%scode must be a known API error code (4000, 4100, 4300, "
+                     "4400, 4500, 4600, 5000, 5100, 6000, 6100, 6200, ...)",
+                     where);
             goto fail;
         }
         r->code = (int)c;
@@ -113,8 +117,10 @@ static int parse_rule(const json_t *o, const char *where, struct fault_rule *r, 
             for (; i < NETWORK_COUNT; i++)
                 if (strcmp(json_string_value(v), network_names[i]) == 0) break;
         if (!json_is_string(v) || i == NETWORK_COUNT) {
-            snprintf(err, errlen, "%snetwork must be one of reset, close, stall, "
-                     "malformed_json, http_500, or null", where);
+            snprintf(err, errlen,
+                     "%snetwork must be one of reset, close, stall, "
+                     "malformed_json, http_500, or null",
+                     where);
             goto fail;
         }
         r->network = (enum fault_network)i;
@@ -138,8 +144,10 @@ static int parse_rule(const json_t *o, const char *where, struct fault_rule *r, 
         r->times = (int64_t)t;
     }
     if (r->code && r->network != FAULT_NET_NONE) {
-        snprintf(err, errlen, "%scode and network exclude each other: a network fault gives "
-                 "no JSON answer", where);
+        snprintf(err, errlen,
+                 "%scode and network exclude each other: a network fault gives "
+                 "no JSON answer",
+                 where);
         goto fail;
     }
     if (!r->code && !r->delay_ms && r->network == FAULT_NET_NONE) {
@@ -199,8 +207,8 @@ out:
     return rc;
 }
 
-int faults_match(struct faults *f, const char *action, const char *secret_id,
-                 faults_draw_fn draw, void *draw_arg, struct fault_effect *out) {
+int faults_match(struct faults *f, const char *action, const char *secret_id, faults_draw_fn draw,
+                 void *draw_arg, struct fault_effect *out) {
     for (size_t i = 0; i < f->count; i++) {
         struct fault_rule *r = &f->rules[i];
         if (r->action && (!action || strcmp(r->action, action) != 0)) continue;
@@ -221,22 +229,21 @@ int faults_match(struct faults *f, const char *action, const char *secret_id,
     return 0;
 }
 
-static json_t *str_or_null(const char *s) { return s ? json_string(s) : json_null(); }
+static json_t *str_or_null(const char *s) {
+    return s ? json_string(s) : json_null();
+}
 
 json_t *faults_to_json(const struct faults *f) {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < f->count; i++) {
         const struct fault_rule *r = &f->rules[i];
         const char *net = faults_network_name(r->network);
-        json_t *o = json_pack("{s:o, s:o, s:o, s:I, s:o, s:f, s:o, s:I}",
-                              "action", str_or_null(r->action),
-                              "secret_id", str_or_null(r->secret_id),
-                              "code", r->code ? json_integer(r->code) : json_null(),
-                              "delay_ms", (json_int_t)r->delay_ms,
-                              "network", str_or_null(net),
-                              "probability", r->probability,
-                              "times", r->times >= 0 ? json_integer(r->times) : json_null(),
-                              "fired", (json_int_t)r->fired);
+        json_t *o = json_pack(
+            "{s:o, s:o, s:o, s:I, s:o, s:f, s:o, s:I}", "action", str_or_null(r->action),
+            "secret_id", str_or_null(r->secret_id), "code",
+            r->code ? json_integer(r->code) : json_null(), "delay_ms", (json_int_t)r->delay_ms,
+            "network", str_or_null(net), "probability", r->probability, "times",
+            r->times >= 0 ? json_integer(r->times) : json_null(), "fired", (json_int_t)r->fired);
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             return NULL;
@@ -249,7 +256,9 @@ void faults_describe(const struct fault_effect *e, char *buf, size_t len) {
     const char *net = faults_network_name(e->network);
     char delay[32] = "", what[32] = "";
     if (e->delay_ms) snprintf(delay, sizeof(delay), "delay_ms %u", e->delay_ms);
-    if (e->code) snprintf(what, sizeof(what), "code %d", e->code);
-    else if (net) snprintf(what, sizeof(what), "%s", net);
+    if (e->code)
+        snprintf(what, sizeof(what), "code %d", e->code);
+    else if (net)
+        snprintf(what, sizeof(what), "%s", net);
     snprintf(buf, len, "%s%s%s", delay, delay[0] && what[0] ? ", " : "", what);
 }

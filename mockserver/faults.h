@@ -10,24 +10,24 @@
 
 enum fault_network {
     FAULT_NET_NONE = 0,
-    FAULT_NET_RESET,           /* close with a TCP RST */
-    FAULT_NET_CLOSE,           /* close cleanly without answering */
-    FAULT_NET_STALL,           /* never answer */
-    FAULT_NET_MALFORMED_JSON,  /* HTTP 200 with a broken JSON body */
-    FAULT_NET_HTTP_500         /* HTTP 500 with a body */
+    FAULT_NET_RESET,          /* close with a TCP RST */
+    FAULT_NET_CLOSE,          /* close cleanly without answering */
+    FAULT_NET_STALL,          /* never answer */
+    FAULT_NET_MALFORMED_JSON, /* HTTP 200 with a broken JSON body */
+    FAULT_NET_HTTP_500        /* HTTP 500 with a body */
 };
 
 #define FAULTS_MAX_RULES 1000
 #define FAULTS_MAX_DELAY_MS 600000u
 
 struct fault_rule {
-    char *action;     /* NULL: any */
-    char *secret_id;  /* NULL: any */
-    int code;         /* 0: none; else a known non-zero API error code */
+    char *action;    /* NULL: any */
+    char *secret_id; /* NULL: any */
+    int code;        /* 0: none; else a known non-zero API error code */
     uint32_t delay_ms;
     enum fault_network network;
-    double probability;  /* 0..1 */
-    int64_t times;       /* fires left; -1: unlimited */
+    double probability; /* 0..1 */
+    int64_t times;      /* fires left; -1: unlimited */
     uint64_t fired;
 };
 
@@ -56,11 +56,11 @@ typedef double (*faults_draw_fn)(void *arg);
 /* Finds the first rule that matches action/secret_id (NULL matches only "any" rules) and fires
  * (a draw below probability; probability 1 fires without a draw, 0 never). A fired rule's
  * times counts down; at 0 the rule is removed. Returns 1 and fills out, or 0. */
-int faults_match(struct faults *f, const char *action, const char *secret_id,
-                 faults_draw_fn draw, void *draw_arg, struct fault_effect *out);
+int faults_match(struct faults *f, const char *action, const char *secret_id, faults_draw_fn draw,
+                 void *draw_arg, struct fault_effect *out);
 /* New reference: the rules as a JSON array (with "times" left and "fired"). NULL on OOM. */
 json_t *faults_to_json(const struct faults *f);
-const char *faults_network_name(enum fault_network n);  /* "reset", ..., NULL for none */
+const char *faults_network_name(enum fault_network n); /* "reset", ..., NULL for none */
 /* A short description for the journal: "code 6000", "delay_ms 200, reset", ... */
 void faults_describe(const struct fault_effect *e, char *buf, size_t len);
 

@@ -17,13 +17,13 @@ struct journal_entry {
     enum journal_verdict verdict;
     unsigned has_action : 1, has_secret_id : 1, has_fault : 1;
     size_t nparams;
-    char *buf;  /* method\0action\0secret_id\0fault\0(name\0value\0)* */
+    char *buf; /* method\0action\0secret_id\0fault\0(name\0value\0)* */
 };
 
 struct journal {
     struct journal_entry *slots;
     size_t capacity;
-    size_t head;   /* index of the oldest entry */
+    size_t head; /* index of the oldest entry */
     size_t count;
     uint64_t total;
 };
@@ -59,8 +59,12 @@ void journal_free(struct journal *j) {
     free(j);
 }
 
-size_t journal_count(const struct journal *j) { return j->count; }
-uint64_t journal_total(const struct journal *j) { return j->total; }
+size_t journal_count(const struct journal *j) {
+    return j->count;
+}
+uint64_t journal_total(const struct journal *j) {
+    return j->total;
+}
 
 const char *journal_verdict_name(enum journal_verdict v) {
     switch (v) {
@@ -126,7 +130,9 @@ int journal_add(struct journal *j, uint64_t time_us, const char *method, const c
     return 0;
 }
 
-static json_t *str_or_null(int has, const char *s) { return has ? json_string(s) : json_null(); }
+static json_t *str_or_null(int has, const char *s) {
+    return has ? json_string(s) : json_null();
+}
 
 static json_t *entry_json(const struct journal_entry *e) {
     const char *method = e->buf;

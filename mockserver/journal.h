@@ -17,7 +17,7 @@ struct journal;
 
 /* capacity > 0. NULL on OOM. */
 struct journal *journal_new(size_t capacity);
-void journal_free(struct journal *j);  /* accepts NULL */
+void journal_free(struct journal *j); /* accepts NULL */
 /* Appends one entry; every string is copied (NULL allowed for action, secret_id, fault; method
  * NULL is ""). params may be NULL; its Signature is never stored. code is the code answered
  * (-1 when no JSON answer was given, e.g. a network fault). 0, or -1 on OOM (nothing stored). */
@@ -25,9 +25,9 @@ int journal_add(struct journal *j, uint64_t time_us, const char *method, const c
                 const char *secret_id, enum journal_verdict verdict, int code, const char *fault,
                 const struct params *params);
 void journal_clear(struct journal *j);
-size_t journal_count(const struct journal *j);  /* entries held */
-uint64_t journal_total(const struct journal *j);  /* entries ever added since the last clear */
-const char *journal_verdict_name(enum journal_verdict v);  /* "unchecked" "ok" "bad" */
+size_t journal_count(const struct journal *j);   /* entries held */
+uint64_t journal_total(const struct journal *j); /* entries ever added since the last clear */
+const char *journal_verdict_name(enum journal_verdict v); /* "unchecked" "ok" "bad" */
 /* New reference: {"total": N, "count": n, "requests": [...]} oldest first. With action non-NULL
  * only entries of that Action; with limit > 0 only the limit most recent matching ones (still
  * oldest first). Each entry: {"seq","time","time_us","method","action","secret_id","signature",

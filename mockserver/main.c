@@ -16,7 +16,9 @@
 #include "mock.h"
 #include "mockopts.h"
 
-static const char *env_get(const char *name) { return getenv(name); }
+static const char *env_get(const char *name) {
+    return getenv(name);
+}
 
 /* The whole file as a NUL-terminated string; caller frees. NULL with err set. */
 static char *read_text(const char *path, char *err, size_t errlen) {
@@ -121,7 +123,8 @@ int main(int argc, char **argv) {
     log_init("capgate-mock", level);
     if (opts.default_credential)
         log_warn("no credential given: accepting the documented test pair SecretId %s, "
-                 "SecretKey %s", MOCKOPTS_DEFAULT_SECRET_ID, MOCKOPTS_DEFAULT_SECRET_KEY);
+                 "SecretKey %s",
+                 MOCKOPTS_DEFAULT_SECRET_ID, MOCKOPTS_DEFAULT_SECRET_KEY);
 
     signal(SIGPIPE, SIG_IGN);
     tls_global_init();
@@ -148,8 +151,8 @@ int main(int argc, char **argv) {
         printf("capgate-mock listening on %s\n", m->https_base);
         fflush(stdout);
     }
-    if (sd_notify_state("READY=1") < 0) log_warn("cannot notify $NOTIFY_SOCKET: %s",
-                                                 strerror(errno));
+    if (sd_notify_state("READY=1") < 0)
+        log_warn("cannot notify $NOTIFY_SOCKET: %s", strerror(errno));
     log_info("%zu credential(s), timestamp window %u s%s%s", opts.ncreds, opts.timestamp_window,
              opts.has_seed ? ", seeded" : "", opts.https_only ? ", HTTPS only" : "");
     if (event_base_dispatch(base) < 0) {

@@ -33,7 +33,7 @@ struct call {
     struct fault_effect fault;
     int has_fault;
     struct event *timer;
-    int api3;                 /* an API 3.0 call (api3.c) */
+    int api3; /* an API 3.0 call (api3.c) */
     struct api3_call a3;
 };
 
@@ -65,7 +65,9 @@ void mock_reply_error(struct httpd_req *req, int status, int code, const char *f
 
 /* ---- state ---- */
 
-static void free_value(void *v) { free(v); }
+static void free_value(void *v) {
+    free(v);
+}
 
 void mock_reset(struct mock *m) {
     etable_clear(m->nonces);
@@ -77,7 +79,9 @@ void mock_reset(struct mock *m) {
     m->api_calls = 0;
 }
 
-static double fault_draw(void *arg) { return mockrng_unit(arg); }
+static double fault_draw(void *arg) {
+    return mockrng_unit(arg);
+}
 
 static void record(struct call *c, int code, const char *fault) {
     struct mock *m = c->m;
@@ -90,9 +94,8 @@ static void record(struct call *c, int code, const char *fault) {
         if (code > 0 && c->a3.code) params_adds(&c->params, "Error.Code", c->a3.code);
         if (code > 0) code = 1;
     }
-    if (journal_add(m->journal, clock_wall_us(), c->req->method,
-                    params_get(&c->params, "Action"), params_get(&c->params, "SecretId"),
-                    c->verdict, code, fault, &c->params) != 0)
+    if (journal_add(m->journal, clock_wall_us(), c->req->method, params_get(&c->params, "Action"),
+                    params_get(&c->params, "SecretId"), c->verdict, code, fault, &c->params) != 0)
         log_warn("journal: out of memory, a request went unrecorded");
 }
 
@@ -131,7 +134,9 @@ static int issue_url(struct mock *m, uint32_t client_type, char asig[MOCK_ASIG_L
     return 0;
 }
 
-static json_t *success_obj(void) { return reply_new(0, NULL); }
+static json_t *success_obj(void) {
+    return reply_new(0, NULL);
+}
 
 /* The origin of a captcha URL. isHttps is "whether the returned JavaScript uses HTTPS" (the
  * CaptchaIframeQuery doc page), so with 1 the URL is https://: --public-url when it is https,
@@ -202,13 +207,14 @@ static void action_check(struct call *c, char *fault) {
     etable_expire(m->tickets, now);
     if (!etable_find(m->tickets, ticket, strlen(ticket), &v)) {
         record(c, APIERR_OPERATION_FAILED, fault);
-        mock_reply_json(c->req, 200, reply_new(APIERR_OPERATION_FAILED,
-                                               "verification failed: unknown ticket"));
+        mock_reply_json(c->req, 200,
+                        reply_new(APIERR_OPERATION_FAILED, "verification failed: unknown ticket"));
         return;
     }
     struct mock_ticket *t = v;
     const char *why = NULL;
-    if (now - t->solved_us >= m->ttl_us) why = "verification failed: ticket expired";
+    if (now - t->solved_us >= m->ttl_us)
+        why = "verification failed: ticket expired";
     else if (t->checks >= MOCK_TICKET_CHECKS)
         why = "verification failed: ticket already checked twice";
     if (why) {
@@ -267,8 +273,7 @@ static void finish(struct call *c) {
             record(c, -1, fdesc);
             httpd_reply(c->req, 500, "text/html", page500, sizeof(page500) - 1);
             return;
-        default:
-            return; /* stall is handled by the caller: it needs the cancel callback */
+        default: return; /* stall is handled by the caller: it needs the cancel callback */
         }
     }
     if (c->api3) {
@@ -318,7 +323,9 @@ static void stall(struct call *c) {
     httpd_cancel_on_eof(c->req);
 }
 
-static void delay_cancel(struct httpd_req *req, void *arg) { heap_call_free(arg); }
+static void delay_cancel(struct httpd_req *req, void *arg) {
+    heap_call_free(arg);
+}
 
 static void delay_fired(evutil_socket_t fd, short what, void *arg) {
     struct call *c = arg;
@@ -397,10 +404,9 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     int rc = is_get ? params_parse_urlencoded(&c.params, req->query ? req->query : "",
-                                              req->query ? strlen(req->query) : 0, err,
-                                              sizeof(err))
-                    : params_parse_body(&c.params, req->content_type, req->body, req->body_len,
-                                        err, sizeof(err));
+                                              req->query ? strlen(req->query) : 0, err, sizeof(err))
+                    : params_parse_body(&c.params, req->content_type, req->body, req->body_len, err,
+                                        sizeof(err));
     if (rc != 0) {
         call_error(&c, APIERR_INVALID_PARAMETER, "%s", err);
         goto out;
@@ -422,20 +428,23 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
     uint64_t window = m->opts->timestamp_window;
     uint64_t skew = c.pub.timestamp > now_s ? c.pub.timestamp - now_s : now_s - c.pub.timestamp;
     if (skew > window) {
-        call_error(&c, APIERR_REPLAY, "Timestamp %llu is outside the window of %llu s "
-                   "(skew %s%llu s)", (unsigned long long)c.pub.timestamp,
-                   (unsigned long long)window, c.pub.timestamp > now_s ? "+" : "-",
-                   (unsigned long long)skew);
+        call_error(&c, APIERR_REPLAY,
+                   "Timestamp %llu is outside the window of %llu s "
+                   "(skew %s%llu s)",
+                   (unsigned long long)c.pub.timestamp, (unsigned long long)window,
+                   c.pub.timestamp > now_s ? "+" : "-", (unsigned long long)skew);
         goto out;
     }
     char nonce_key[48];
-    int nk = snprintf(nonce_key, sizeof(nonce_key), "%d:%llu", cred,
-                      (unsigned long long)c.pub.nonce);
+    int nk =
+        snprintf(nonce_key, sizeof(nonce_key), "%d:%llu", cred, (unsigned long long)c.pub.nonce);
     uint64_t now_us = clock_mono_us();
     etable_expire(m->nonces, now_us);
     if (etable_find(m->nonces, nonce_key, (size_t)nk, NULL)) {
-        call_error(&c, APIERR_REPLAY, "the Nonce %llu was already used by this SecretId within "
-                   "the last %llu s", (unsigned long long)c.pub.nonce,
+        call_error(&c, APIERR_REPLAY,
+                   "the Nonce %llu was already used by this SecretId within "
+                   "the last %llu s",
+                   (unsigned long long)c.pub.nonce,
                    (unsigned long long)validate_nonce_ttl_s(window));
         goto out;
     }
@@ -443,8 +452,10 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
     if (sign_verify(&c.params, req->method, req->host ? req->host : "", req->path,
                     cr->secret_key) != 0) {
         c.verdict = JOURNAL_SIG_BAD;
-        call_error(&c, APIERR_AUTH_FAILURE, "signature verification failed: the Signature does "
-                   "not match the request signed with the SecretKey of %s", c.pub.secret_id);
+        call_error(&c, APIERR_AUTH_FAILURE,
+                   "signature verification failed: the Signature does "
+                   "not match the request signed with the SecretKey of %s",
+                   c.pub.secret_id);
         goto out;
     }
     c.verdict = JOURNAL_SIG_OK;
@@ -460,8 +471,10 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
             q->count = 0;
         }
         if (q->count >= m->opts->quota) {
-            call_error(&c, APIERR_LIMIT_EXCEEDED, "quota of %u requests/s for SecretId %s "
-                       "exceeded", m->opts->quota, c.pub.secret_id);
+            call_error(&c, APIERR_LIMIT_EXCEEDED,
+                       "quota of %u requests/s for SecretId %s "
+                       "exceeded",
+                       m->opts->quota, c.pub.secret_id);
             goto out;
         }
         q->count++;
@@ -474,10 +487,12 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     c.fields.action = action;
-    c.has_fault = faults_match(&m->faults, c.pub.action, c.pub.secret_id, fault_draw,
-                               &m->fault_rng, &c.fault);
-    if (c.has_fault) apply_fault(&c);
-    else finish(&c);
+    c.has_fault = faults_match(&m->faults, c.pub.action, c.pub.secret_id, fault_draw, &m->fault_rng,
+                               &c.fault);
+    if (c.has_fault)
+        apply_fault(&c);
+    else
+        finish(&c);
 out:
     params_cleanup(&c.params);
 }
@@ -498,11 +513,13 @@ static void handle_api3(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     c.verdict = c.a3.verdict;
-    c.has_fault = faults_match(&m->faults, c.a3.action, c.a3.secret_id, fault_draw,
-                               &m->fault_rng, &c.fault);
+    c.has_fault =
+        faults_match(&m->faults, c.a3.action, c.a3.secret_id, fault_draw, &m->fault_rng, &c.fault);
     /* A delayed or stalled call moves to the heap with its body (call_to_heap). */
-    if (c.has_fault) apply_fault(&c);
-    else finish(&c);
+    if (c.has_fault)
+        apply_fault(&c);
+    else
+        finish(&c);
 out:
     json_decref(c.a3.body);
     params_cleanup(&c.params);
@@ -510,7 +527,9 @@ out:
 
 /* ---- routing ---- */
 
-static int path_is(const char *path, const char *want) { return strcmp(path, want) == 0; }
+static int path_is(const char *path, const char *want) {
+    return strcmp(path, want) == 0;
+}
 
 static void handle(struct httpd_req *req, void *arg) {
     struct mock *m = arg;
@@ -518,8 +537,8 @@ static void handle(struct httpd_req *req, void *arg) {
         /* 3.0's shape; a body over the limit is RequestSizeLimitExceeded. */
         struct params none;
         params_init(&none);
-        const char *code = req->error_status == 413 ? "RequestSizeLimitExceeded"
-                                                     : "InvalidParameter";
+        const char *code =
+            req->error_status == 413 ? "RequestSizeLimitExceeded" : "InvalidParameter";
         journal_add(m->journal, clock_wall_us(), req->method, NULL, NULL, JOURNAL_UNCHECKED, 1,
                     NULL, &none);
         api3_reply(m, req, NULL, code,
@@ -531,23 +550,30 @@ static void handle(struct httpd_req *req, void *arg) {
         if (!req->path || !*req->path || path_is(req->path, MOCK_API_PATH)) {
             struct params none;
             params_init(&none);
-            journal_add(m->journal, clock_wall_us(), req->method, NULL, NULL,
-                        JOURNAL_UNCHECKED, APIERR_INVALID_PARAMETER, NULL, &none);
+            journal_add(m->journal, clock_wall_us(), req->method, NULL, NULL, JOURNAL_UNCHECKED,
+                        APIERR_INVALID_PARAMETER, NULL, &none);
         }
         mock_reply_error(req, 200, APIERR_INVALID_PARAMETER, "%s",
                          req->error_message ? req->error_message : "malformed request");
         return;
     }
     const char *path = req->path ? req->path : "";
-    if (path_is(path, MOCK_API_PATH)) handle_api(m, req);
-    else if (path_is(path, MOCK_API3_PATH)) handle_api3(m, req);
+    if (path_is(path, MOCK_API_PATH))
+        handle_api(m, req);
+    else if (path_is(path, MOCK_API3_PATH))
+        handle_api3(m, req);
     else if (strncmp(path, MOCK_ADMIN_PREFIX, strlen(MOCK_ADMIN_PREFIX)) == 0)
         admin_handle(m, req);
-    else if (path_is(path, MOCK_WIDGET_PATH)) widget_handle_fetch(m, req);
-    else if (path_is(path, MOCK_SOLVE_PATH)) widget_handle_solve(m, req);
-    else if (path_is(path, MOCK_TCAPTCHA_PATH)) tcaptcha_handle_script(m, req);
-    else if (path_is(path, MOCK_TCAPTCHA_WIDGET_PATH)) tcaptcha_handle_widget(m, req);
-    else mock_reply_error(req, 200, APIERR_NOT_FOUND, "no resource at path %.200s", path);
+    else if (path_is(path, MOCK_WIDGET_PATH))
+        widget_handle_fetch(m, req);
+    else if (path_is(path, MOCK_SOLVE_PATH))
+        widget_handle_solve(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_PATH))
+        tcaptcha_handle_script(m, req);
+    else if (path_is(path, MOCK_TCAPTCHA_WIDGET_PATH))
+        tcaptcha_handle_widget(m, req);
+    else
+        mock_reply_error(req, 200, APIERR_NOT_FOUND, "no resource at path %.200s", path);
 }
 
 /* ---- shared by the widget and admin endpoints ---- */
@@ -615,18 +641,21 @@ static int host_is_plain(const char *h) {
 }
 
 void mock_origin_for(const struct mock *m, const struct httpd_req *req, char *out, size_t len) {
-    if (m->opts->public_url) snprintf(out, len, "%s", m->opts->public_url);
+    if (m->opts->public_url)
+        snprintf(out, len, "%s", m->opts->public_url);
     else if (host_is_plain(req->host))
         snprintf(out, len, "%s://%s", req->is_tls ? "https" : "http", req->host);
-    else snprintf(out, len, "%s", req->is_tls && m->https_base[0] ? m->https_base
-                                                                    : m->http_base);
+    else
+        snprintf(out, len, "%s", req->is_tls && m->https_base[0] ? m->https_base : m->http_base);
 }
 
 /* ---- lifecycle ---- */
 
 static void base_url(char *out, size_t len, const char *scheme, const char *host, int port) {
-    if (strchr(host, ':')) snprintf(out, len, "%s://[%s]:%d", scheme, host, port);
-    else snprintf(out, len, "%s://%s:%d", scheme, host, port);
+    if (strchr(host, ':'))
+        snprintf(out, len, "%s://[%s]:%d", scheme, host, port);
+    else
+        snprintf(out, len, "%s://%s:%d", scheme, host, port);
 }
 
 struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, char *err,
@@ -669,8 +698,8 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
     lim.body_timeout_ms = opts->body_timeout_ms;
     /* 32 descriptors kept for stdio, the listeners, the event loop and files. */
     size_t nofile = 0;
-    lim.max_connections = opts->max_connections ? opts->max_connections
-                                                : httpd_default_max_connections(32, &nofile);
+    lim.max_connections =
+        opts->max_connections ? opts->max_connections : httpd_default_max_connections(32, &nofile);
     if (!opts->max_connections)
         log_info("max_connections %zu (RLIMIT_NOFILE %zu)", lim.max_connections, nofile);
     m->httpd = httpd_new(base, &lim, handle, m);
@@ -695,8 +724,7 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
             snprintf(err, errlen, "TLS: %s", lerr);
             goto fail;
         }
-        if (mockopts_split_hostport(opts->tls_listen, host, sizeof(host), &port, err,
-                                    errlen) != 0)
+        if (mockopts_split_hostport(opts->tls_listen, host, sizeof(host), &port, err, errlen) != 0)
             goto fail;
         bound = httpd_listen(m->httpd, host, port, m->tls, 0, lerr, sizeof(lerr));
         if (bound < 0) {

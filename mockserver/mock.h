@@ -23,60 +23,60 @@ struct httpd_req;
 #define MOCK_SOLVE_PATH "/__widget/solve"
 #define MOCK_ADMIN_PREFIX "/__admin/"
 #define MOCK_ASIG_LEN 64
-#define MOCK_TICKET_LEN 67       /* "t03" + 64 */
-#define MOCK_RANDSTR_LEN 4       /* "@" + 3 */
-#define MOCK_TICKET_CHECKS 2     /* a ticket passes this many checks */
+#define MOCK_TICKET_LEN 67   /* "t03" + 64 */
+#define MOCK_RANDSTR_LEN 4   /* "@" + 3 */
+#define MOCK_TICKET_CHECKS 2 /* a ticket passes this many checks */
 #define MOCK_MAX_URLS 100000
 #define MOCK_MAX_TICKETS 100000
 #define MOCK_MAX_NONCES 1000000
 
 /* One issued captcha URL (key: its asig). */
 struct mock_url {
-    uint64_t created_us;   /* clock_mono_us */
+    uint64_t created_us; /* clock_mono_us */
     uint32_t client_type;
-    uint64_t appid;        /* the CaptchaAppId the captcha belongs to */
+    uint64_t appid;          /* the CaptchaAppId the captcha belongs to */
     uint64_t created_wall_s; /* Unix time, for API 3.0's GetCaptchaTime */
-    unsigned fetched : 1;  /* the widget script was served */
-    unsigned solved : 1;   /* a ticket was issued */
+    unsigned fetched : 1;    /* the widget script was served */
+    unsigned solved : 1;     /* a ticket was issued */
 };
 
 /* One issued ticket (key: the ticket). */
 struct mock_ticket {
-    uint64_t solved_us;    /* clock_mono_us */
-    unsigned checks;       /* successful CaptchaCheck calls so far */
-    uint64_t appid;        /* of its captcha */
+    uint64_t solved_us;                /* clock_mono_us */
+    unsigned checks;                   /* successful CaptchaCheck calls so far */
+    uint64_t appid;                    /* of its captcha */
     uint64_t get_wall_s, solve_wall_s; /* Unix times: captcha issued, solved */
     char randstr[MOCK_RANDSTR_LEN + 1];
-    unsigned v3_checks;    /* API 3.0 verifications so far (a ticket verifies once) */
+    unsigned v3_checks; /* API 3.0 verifications so far (a ticket verifies once) */
 };
 
 struct mock_quota {
-    uint64_t second;       /* the Unix second being counted */
+    uint64_t second; /* the Unix second being counted */
     uint32_t count;
 };
 
 struct mock {
-    struct event_base *base;       /* borrowed */
-    const struct mock_opts *opts;  /* borrowed, outlives the mock */
+    struct event_base *base;      /* borrowed */
+    const struct mock_opts *opts; /* borrowed, outlives the mock */
     struct httpd *httpd;
     struct tls_server *tls;
-    char http_base[300];           /* "http://127.0.0.1:PORT" as listening */
-    char https_base[300];          /* "" without a TLS listener */
-    const char *url_base;          /* --public-url, else http_base */
-    struct mockrng rng;            /* asig, ticket, randstr, appid */
-    struct mockrng rid_rng;        /* API 3.0 RequestIds, apart for the same reason */
-    struct mockrng fault_rng;      /* probability draws, apart so faults do not shift asigs */
-    char appid[24];                /* the app of v2 URLs: the first --captcha-app, else generated */
-    uint64_t app_id;               /* the same as a number */
-    uint64_t ttl_us;               /* lifetime of URLs and tickets */
-    struct etable *nonces;         /* "<credential index>:<nonce>" */
-    struct etable *urls;           /* asig -> struct mock_url */
-    struct etable *tickets;        /* ticket -> struct mock_ticket */
+    char http_base[300];      /* "http://127.0.0.1:PORT" as listening */
+    char https_base[300];     /* "" without a TLS listener */
+    const char *url_base;     /* --public-url, else http_base */
+    struct mockrng rng;       /* asig, ticket, randstr, appid */
+    struct mockrng rid_rng;   /* API 3.0 RequestIds, apart for the same reason */
+    struct mockrng fault_rng; /* probability draws, apart so faults do not shift asigs */
+    char appid[24];           /* the app of v2 URLs: the first --captcha-app, else generated */
+    uint64_t app_id;          /* the same as a number */
+    uint64_t ttl_us;          /* lifetime of URLs and tickets */
+    struct etable *nonces;    /* "<credential index>:<nonce>" */
+    struct etable *urls;      /* asig -> struct mock_url */
+    struct etable *tickets;   /* ticket -> struct mock_ticket */
     struct faults faults;
     struct journal *journal;
-    struct mock_quota *quota;      /* one per credential */
-    uint64_t api_calls;            /* since start or reset */
-    size_t pending;                /* delayed or stalled calls not yet ended */
+    struct mock_quota *quota; /* one per credential */
+    uint64_t api_calls;       /* since start or reset */
+    size_t pending;           /* delayed or stalled calls not yet ended */
 };
 
 /* Creates the mock on base and opens its listeners (printing nothing). NULL with err set. */
@@ -122,12 +122,12 @@ void widget_handle_solve(struct mock *m, struct httpd_req *req);
 #define MOCK_API3_PATH "/"
 #define MOCK_API3_VERSION "2019-07-22"
 struct api3_call {
-    json_t *body;                  /* the parsed JSON body (owned) */
-    const char *action;            /* X-TC-Action, borrowed from the request */
+    json_t *body;       /* the parsed JSON body (owned) */
+    const char *action; /* X-TC-Action, borrowed from the request */
     char secret_id[130];
-    int cred;                      /* index into opts->creds, -1 before it is known */
+    int cred; /* index into opts->creds, -1 before it is known */
     enum journal_verdict verdict;
-    const char *code;              /* the 3.0 error code, NULL while all is well */
+    const char *code; /* the 3.0 error code, NULL while all is well */
     char msg[512];
 };
 /* Runs the checks in order (protocol, headers, Authorization, SecretId, Timestamp,

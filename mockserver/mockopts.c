@@ -13,13 +13,21 @@
 #include "capgate/net.h"
 #include "capgate/num.h"
 
-enum opt_kind { OPT_STR, OPT_U32, OPT_BOOL, OPT_SEED, OPT_CRED, OPT_APP, OPT_LOGLEVEL,
-                OPT_CLI_ONLY };
+enum opt_kind {
+    OPT_STR,
+    OPT_U32,
+    OPT_BOOL,
+    OPT_SEED,
+    OPT_CRED,
+    OPT_APP,
+    OPT_LOGLEVEL,
+    OPT_CLI_ONLY
+};
 
 enum opt_level { LEVEL_CONFIG = 1, LEVEL_ENV = 2, LEVEL_ARGS = 3 };
 
 struct opt_def {
-    const char *name;  /* flag name without "--" */
+    const char *name; /* flag name without "--" */
     enum opt_kind kind;
     size_t offset;
     uint32_t min, max; /* OPT_U32 bounds */
@@ -118,14 +126,18 @@ static int add_pair(struct mock_credential **list, size_t *n, size_t *capp, int 
         while (digits < len && isdigit((unsigned char)pair[digits])) digits++;
         if (!colon || digits == 0 || digits > 18 || pair + digits != colon ||
             colon + 1 == pair + len || strtoull(pair, NULL, 10) == 0) {
-            snprintf(err, errlen, "%s: a captcha app must be CAPTCHAAPPID:APPSECRETKEY with a "
-                     "non-zero numeric id of at most 18 digits and a non-empty key", label);
+            snprintf(err, errlen,
+                     "%s: a captcha app must be CAPTCHAAPPID:APPSECRETKEY with a "
+                     "non-zero numeric id of at most 18 digits and a non-empty key",
+                     label);
             return -1;
         }
     }
     if (!colon || colon == pair || colon + 1 == pair + len) {
-        snprintf(err, errlen, "%s: a credential must be SECRETID:SECRETKEY with both parts "
-                 "non-empty", label);
+        snprintf(err, errlen,
+                 "%s: a credential must be SECRETID:SECRETKEY with both parts "
+                 "non-empty",
+                 label);
         return -1;
     }
     for (const char *c = pair; c < colon; c++) {
@@ -162,8 +174,8 @@ static int add_credential(struct mock_opts *o, const char *pair, size_t len, con
     return add_pair(&o->creds, &o->ncreds, &o->creds_cap, 0, pair, len, label, err, errlen);
 }
 
-static int add_app(struct mock_opts *o, const char *pair, size_t len, const char *label,
-                   char *err, size_t errlen) {
+static int add_app(struct mock_opts *o, const char *pair, size_t len, const char *label, char *err,
+                   size_t errlen) {
     return add_pair(&o->apps, &o->napps, &o->apps_cap, 1, pair, len, label, err, errlen);
 }
 
@@ -210,8 +222,8 @@ static int set_opt(struct mock_opts *o, const struct opt_def *d, const char *val
     case OPT_U32: {
         uint64_t v;
         if (num_parse_range(value, strlen(value), d->min, d->max, &v) != 0) {
-            snprintf(err, errlen, "%s must be an integer from %u to %u; got \"%s\"", label,
-                     d->min, d->max, value);
+            snprintf(err, errlen, "%s must be an integer from %u to %u; got \"%s\"", label, d->min,
+                     d->max, value);
             return -1;
         }
         *(uint32_t *)field = (uint32_t)v;
@@ -251,8 +263,10 @@ static int set_opt(struct mock_opts *o, const struct opt_def *d, const char *val
 const char *mockopts_config_path(int argc, char **argv, mockopts_getenv_fn get) {
     const char *path = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) path = argv[++i];
-        else if (strncmp(argv[i], "--config=", 9) == 0) path = argv[i] + 9;
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            path = argv[++i];
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            path = argv[i] + 9;
     }
     if (!path && get) {
         const char *e = get("CAPGATE_MOCK_CONFIG");
@@ -342,12 +356,14 @@ int mockopts_apply_env(struct mock_opts *o, mockopts_getenv_fn get, char *err, s
                 if (len == 0) break;
                 int *lvl = d->kind == OPT_APP ? &o->apps_level : &o->creds_level;
                 if (*lvl != LEVEL_ENV) {
-                    if (d->kind == OPT_APP) apps_clear(o);
-                    else creds_clear(o);
+                    if (d->kind == OPT_APP)
+                        apps_clear(o);
+                    else
+                        creds_clear(o);
                     *lvl = LEVEL_ENV;
                 }
-                if ((d->kind == OPT_APP ? add_app : add_credential)(o, p, len, var, err,
-                                                                     errlen) != 0)
+                if ((d->kind == OPT_APP ? add_app : add_credential)(o, p, len, var, err, errlen) !=
+                    0)
                     return -1;
                 p += len;
             }
@@ -362,8 +378,10 @@ int mockopts_apply_args(struct mock_opts *o, int argc, char **argv, char *err, s
     for (int i = 1; i < argc; i++) {
         const char *arg = argv[i];
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
-            snprintf(err, errlen, "unexpected argument \"%s\" (options start with --; see "
-                     "--help)", arg);
+            snprintf(err, errlen,
+                     "unexpected argument \"%s\" (options start with --; see "
+                     "--help)",
+                     arg);
             return -1;
         }
         const char *name = arg + 2;
@@ -433,8 +451,7 @@ int mockopts_split_hostport(const char *s, char *host, size_t hostlen, int *port
 int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
     char host[256];
     int port;
-    if (mockopts_split_hostport(o->listen, host, sizeof(host), &port, err, errlen) != 0)
-        return -1;
+    if (mockopts_split_hostport(o->listen, host, sizeof(host), &port, err, errlen) != 0) return -1;
     if (o->tls_listen) {
         if (mockopts_split_hostport(o->tls_listen, host, sizeof(host), &port, err, errlen) != 0)
             return -1;
@@ -451,9 +468,10 @@ int mockopts_finish(struct mock_opts *o, char *err, size_t errlen) {
         if ((strncmp(o->public_url, "http://", 7) != 0 &&
              strncmp(o->public_url, "https://", 8) != 0) ||
             strpbrk(o->public_url, "\"'<> \t\r\n\\?#") || n > MOCKOPTS_MAX_URL) {
-            snprintf(err, errlen, "--public-url must be an http:// or https:// base URL "
-                     "without query, at most %d bytes; got \"%s\"", MOCKOPTS_MAX_URL,
-                     o->public_url);
+            snprintf(err, errlen,
+                     "--public-url must be an http:// or https:// base URL "
+                     "without query, at most %d bytes; got \"%s\"",
+                     MOCKOPTS_MAX_URL, o->public_url);
             return -1;
         }
         while (n > 0 && o->public_url[n - 1] == '/') o->public_url[--n] = '\0';
@@ -490,12 +508,14 @@ const char *mockopts_usage(void) {
            "An offline emulator of Tencent Cloud's captcha API 2.0 (csec.api.qcloud.com)\n"
            "and API 3.0 (captcha.tencentcloudapi.com: POST / with TC3-HMAC-SHA256).\n"
            "\n"
-           "  --listen HOST:PORT          HTTP listener (default 127.0.0.1:9000; port 0 picks one)\n"
+           "  --listen HOST:PORT          HTTP listener (default 127.0.0.1:9000; port 0 picks "
+           "one)\n"
            "  --tls-listen HOST:PORT      HTTPS listener, with --tls-cert FILE --tls-key FILE\n"
            "  --credential ID:KEY         an accepted SecretId/SecretKey (repeatable)\n"
            "  --credentials-file FILE     ID:KEY per line, # comments\n"
            "  --timestamp-window SECONDS  accepted clock skew and Nonce memory (default 300)\n"
-           "  --public-url URL            base of returned captcha URLs (default: the HTTP listener)\n"
+           "  --public-url URL            base of returned captcha URLs (default: the HTTP "
+           "listener)\n"
            "  --captcha-app ID:KEY        an API 3.0 CaptchaAppId:AppSecretKey (repeatable;\n"
            "                              the first is the app of v2 URLs; default: the\n"
            "                              generated app id with " MOCKOPTS_DEFAULT_APP_SECRET_KEY
@@ -514,7 +534,7 @@ const char *mockopts_usage(void) {
            "\n"
            "Every option can also be set as CAPGATE_MOCK_<OPTION> (e.g. CAPGATE_MOCK_QUOTA=10).\n"
            "Flags override the environment, which overrides the config file.\n"
-           "Without a credential the test pair " MOCKOPTS_DEFAULT_SECRET_ID " / "
-           MOCKOPTS_DEFAULT_SECRET_KEY " is accepted.\n"
+           "Without a credential the test pair " MOCKOPTS_DEFAULT_SECRET_ID
+           " / " MOCKOPTS_DEFAULT_SECRET_KEY " is accepted.\n"
            "Admin API: /__admin/health, reset, requests, faults, solve (see the README).\n";
 }

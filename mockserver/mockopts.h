@@ -20,37 +20,37 @@ struct mock_credential {
 };
 
 struct mock_opts {
-    char *listen;              /* HOST:PORT, default 127.0.0.1:9000 */
-    char *tls_listen;          /* NULL: no TLS listener */
+    char *listen;     /* HOST:PORT, default 127.0.0.1:9000 */
+    char *tls_listen; /* NULL: no TLS listener */
     char *tls_cert, *tls_key;
     struct mock_credential *creds;
     size_t ncreds, creds_cap;
-    int creds_level;           /* which source set the --credential list (0 none) */
+    int creds_level; /* which source set the --credential list (0 none) */
     char *credentials_file;
     uint32_t timestamp_window; /* seconds, default 300 */
     char *public_url;          /* NULL: the HTTP listener's own address */
     int has_seed;
     uint64_t seed;
     int https_only;
-    uint32_t quota;            /* requests/s per SecretId, 0: unlimited */
-    uint32_t header_timeout_ms, body_timeout_ms;  /* default 10000 */
-    uint32_t max_connections;  /* open connections at once; 0 (default): from RLIMIT_NOFILE */
-    uint32_t captcha_ttl_s;    /* lifetime of URLs and tickets, default 1200 */
+    uint32_t quota;                              /* requests/s per SecretId, 0: unlimited */
+    uint32_t header_timeout_ms, body_timeout_ms; /* default 10000 */
+    uint32_t max_connections; /* open connections at once; 0 (default): from RLIMIT_NOFILE */
+    uint32_t captcha_ttl_s;   /* lifetime of URLs and tickets, default 1200 */
     /* API 3.0 captcha apps, --captcha-app CAPTCHAAPPID:APPSECRETKEY (secret_id holds the
      * decimal CaptchaAppId). Empty: one app with the generated id and the default key. */
     struct mock_credential *apps;
     size_t napps, apps_cap;
     int apps_level;
-    char *log_level;           /* default "info" */
-    char *config;              /* the --config path, if any */
+    char *log_level; /* default "info" */
+    char *config;    /* the --config path, if any */
     int show_help, show_version;
-    json_t *faults;            /* "faults" of the config file (owned), or NULL */
-    int default_credential;    /* 1 when mockopts_finish added the documented test pair */
+    json_t *faults;         /* "faults" of the config file (owned), or NULL */
+    int default_credential; /* 1 when mockopts_finish added the documented test pair */
 };
 
 typedef const char *(*mockopts_getenv_fn)(const char *name);
 
-void mockopts_init(struct mock_opts *o);  /* the defaults */
+void mockopts_init(struct mock_opts *o); /* the defaults */
 void mockopts_cleanup(struct mock_opts *o);
 /* The config file path: --config on the command line, else CAPGATE_MOCK_CONFIG, else NULL.
  * Borrowed from argv or the environment. */

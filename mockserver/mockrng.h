@@ -7,8 +7,8 @@
 #include <stdint.h>
 
 struct mockrng {
-    int seeded;     /* 1: deterministic stream from seed; 0: RAND_bytes */
-    uint64_t s[4];  /* xoshiro256** state */
+    int seeded;    /* 1: deterministic stream from seed; 0: RAND_bytes */
+    uint64_t s[4]; /* xoshiro256** state */
 };
 
 /* seeded = 0 ignores seed. */

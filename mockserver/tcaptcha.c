@@ -113,7 +113,8 @@ void tcaptcha_handle_script(struct mock *m, struct httpd_req *req) {
     if (!q || strbuf_appends(&b, tcaptcha_head) != 0 || strbuf_appends(&b, q) != 0 ||
         strbuf_appends(&b, tcaptcha_tail) != 0)
         js_error(req, 500, "out of memory");
-    else js_reply(req, 200, b.s, b.len);
+    else
+        js_reply(req, 200, b.s, b.len);
     free(q);
     strbuf_cleanup(&b);
 }
@@ -156,7 +157,9 @@ void tcaptcha_handle_widget(struct mock *m, struct httpd_req *req) {
     mock_origin_for(m, req, origin, sizeof(origin));
     struct strbuf js;
     strbuf_init(&js);
-    if (widget_script(&js, origin, asig) != 0) js_error(req, 500, "out of memory");
-    else js_reply(req, 200, js.s, js.len);
+    if (widget_script(&js, origin, asig) != 0)
+        js_error(req, 500, "out of memory");
+    else
+        js_reply(req, 200, js.s, js.len);
     strbuf_cleanup(&js);
 }

@@ -63,7 +63,8 @@ static const char script_tail[] =
     "            { method: 'GET', mode: 'cors', credentials: 'omit', cache: 'no-store' })\n"
     "        .then(function (r) {\n"
     "          return r.json().then(function (body) {\n"
-    "            if (!r.ok || !body.ticket) throw new Error(body.message || ('HTTP ' + r.status));\n"
+    "            if (!r.ok || !body.ticket) throw new Error(body.message || ('HTTP ' + "
+    "r.status));\n"
     "            return body;\n"
     "          });\n"
     "        })\n"
@@ -133,8 +134,8 @@ static int query_token(const char *query, const char *name, char *out, size_t le
             if (vl == 0 || vl >= len) return -1;
             for (size_t i = 0; i < vl; i++) {
                 char c = p[nl + 1 + i];
-                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                      (c >= '0' && c <= '9') || c == '-' || c == '_'))
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '_'))
                     return -1;
             }
             memcpy(out, p + nl + 1, vl);
@@ -151,14 +152,17 @@ static void refuse(struct httpd_req *req, const char *why) {
     strbuf_init(&b);
     json_t *j = json_string(why);
     char *quoted = j ? json_dumps(j, JSON_ENCODE_ANY) : NULL;
-    int ok = strbuf_appendf(&b, "/* capgate-mock: %s\n * Captcha URLs are single-use: ask "
+    int ok = strbuf_appendf(&b,
+                            "/* capgate-mock: %s\n * Captcha URLs are single-use: ask "
                             "CaptchaIframeQuery for a new one. */\n"
                             "console.error(\"capgate-mock: \" + %s);\n",
                             why, quoted ? quoted : "\"refused\"") == 0;
     httpd_add_header(req, "Cache-Control", "no-store");
     httpd_add_header(req, "Access-Control-Allow-Origin", "*");
-    if (ok) httpd_reply(req, 404, "application/javascript; charset=utf-8", b.s, b.len);
-    else httpd_reply(req, 404, "application/javascript", "", 0);
+    if (ok)
+        httpd_reply(req, 404, "application/javascript; charset=utf-8", b.s, b.len);
+    else
+        httpd_reply(req, 404, "application/javascript", "", 0);
     free(quoted);
     json_decref(j);
     strbuf_cleanup(&b);
@@ -213,7 +217,8 @@ void widget_handle_solve(struct mock *m, struct httpd_req *req) {
         return;
     }
     if (strcmp(req->method, "GET") != 0 && strcmp(req->method, "POST") != 0) {
-        mock_reply_error(req, 405, APIERR_INVALID_PARAMETER, "method %s is not allowed; use GET", req->method);
+        mock_reply_error(req, 405, APIERR_INVALID_PARAMETER, "method %s is not allowed; use GET",
+                         req->method);
         return;
     }
     char asig[MOCK_ASIG_LEN + 1], ticket[MOCK_TICKET_LEN + 1], randstr[MOCK_RANDSTR_LEN + 1];
@@ -224,7 +229,8 @@ void widget_handle_solve(struct mock *m, struct httpd_req *req) {
         return;
     }
     if (mock_solve(m, asig, ticket, randstr, &status, err, sizeof(err)) != 0) {
-        mock_reply_error(req, status, status == 404 ? APIERR_NOT_FOUND : APIERR_OPERATION_FAILED, "%s", err);
+        mock_reply_error(req, status, status == 404 ? APIERR_NOT_FOUND : APIERR_OPERATION_FAILED,
+                         "%s", err);
         return;
     }
     mock_reply_json(req, 200, json_pack("{s:s, s:s}", "ticket", ticket, "randstr", randstr));

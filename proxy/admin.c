@@ -27,7 +27,7 @@ struct admin {
     struct event_base *base;
     struct httpd *httpd;
     struct admin_source src;
-    size_t pending;        /* queries whose done callback has not fired yet */
+    size_t pending; /* queries whose done callback has not fired yet */
 };
 
 /* One query in flight: lives from the start of the query to its done callback, which fires
@@ -48,12 +48,17 @@ static void admin_error(struct httpd_req *req, int status, const char *msg) {
     strbuf_init(&b);
     int bad = strbuf_appends(&b, "{\"error\":\"");
     for (const unsigned char *p = (const unsigned char *)msg; !bad && *p; p++) {
-        if (*p == '"' || *p == '\\') bad = strbuf_appendc(&b, '\\') || strbuf_appendc(&b, (char)*p);
-        else if (*p < 0x20) bad = strbuf_appendf(&b, "\\u%04x", *p);
-        else bad = strbuf_appendc(&b, (char)*p);
+        if (*p == '"' || *p == '\\')
+            bad = strbuf_appendc(&b, '\\') || strbuf_appendc(&b, (char)*p);
+        else if (*p < 0x20)
+            bad = strbuf_appendf(&b, "\\u%04x", *p);
+        else
+            bad = strbuf_appendc(&b, (char)*p);
     }
-    if (bad || strbuf_appends(&b, "\"}")) admin_json(req, 500, "{\"error\":\"out of memory\"}");
-    else admin_json(req, status, b.s);
+    if (bad || strbuf_appends(&b, "\"}"))
+        admin_json(req, 500, "{\"error\":\"out of memory\"}");
+    else
+        admin_json(req, status, b.s);
     strbuf_cleanup(&b);
 }
 
@@ -86,8 +91,10 @@ static void admin_query_done(const char *json, int http_status, void *arg) {
     if (with_pool) json = with_pool;
     if (q->req) {
         httpd_set_cancel(q->req, NULL, NULL);
-        if (json) admin_json(q->req, http_status, json);
-        else admin_json(q->req, 500, "{\"error\":\"query failed\"}");
+        if (json)
+            admin_json(q->req, http_status, json);
+        else
+            admin_json(q->req, 500, "{\"error\":\"query failed\"}");
     }
     q->a->pending--;
     free(with_pool);
@@ -233,8 +240,9 @@ static void admin_handle(struct httpd_req *req, void *arg) {
         return;
     }
     if (!admin_authorized(a, req)) {
-        admin_json(req, 401, "{\"error\":\"unauthorized: this admin listener needs "
-                             "'Authorization: Bearer <admin token>' (admin.token_file)\"}");
+        admin_json(req, 401,
+                   "{\"error\":\"unauthorized: this admin listener needs "
+                   "'Authorization: Bearer <admin token>' (admin.token_file)\"}");
         return;
     }
     if (demo_handle(a->src.demo, req)) return;
@@ -251,8 +259,9 @@ static void admin_handle(struct httpd_req *req, void *arg) {
                strcmp(req->path, "/admin/audit") == 0 || strcmp(req->path, "/admin/config") == 0) {
         admin_json(req, 405, "{\"error\":\"method not allowed; use GET\"}");
     } else {
-        admin_json(req, 404, "{\"error\":\"not found; try /healthz, /readyz, /metrics, "
-                             "/admin/stats, /admin/audit or /admin/config\"}");
+        admin_json(req, 404,
+                   "{\"error\":\"not found; try /healthz, /readyz, /metrics, "
+                   "/admin/stats, /admin/audit or /admin/config\"}");
     }
 }
 
@@ -276,7 +285,9 @@ int admin_listen(struct admin *a, const char *host, int port, char *err, size_t 
     return httpd_listen(a->httpd, host, port, NULL, 0, err, errlen);
 }
 
-size_t admin_pending(const struct admin *a) { return a ? a->pending : 0; }
+size_t admin_pending(const struct admin *a) {
+    return a ? a->pending : 0;
+}
 
 void admin_stop_accepting(struct admin *a) {
     if (a) httpd_stop_accepting(a->httpd);
@@ -285,8 +296,7 @@ void admin_stop_accepting(struct admin *a) {
 void admin_free(struct admin *a) {
     if (!a) return;
     if (a->pending)
-        log_error("admin: freed with %zu query(ies) in flight; their replies are lost",
-                  a->pending);
+        log_error("admin: freed with %zu query(ies) in flight; their replies are lost", a->pending);
     httpd_free(a->httpd);
     free(a);
 }

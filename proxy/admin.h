@@ -26,18 +26,18 @@ struct admin;
 /* What the admin listener reports; everything borrowed and read on the main thread, and must
  * outlive the admin. */
 struct admin_source {
-    struct stats_worker *const *workers;  /* one per worker */
+    struct stats_worker *const *workers; /* one per worker */
     size_t n_workers;
     const struct stats_process *process;
-    const int *draining;                  /* non-zero once shutdown began */
-    struct demo *demo;                    /* the /demo page (demo.h); off unless "demo": true */
-    struct metrics *metrics;              /* /admin/stats and the flush counters; NULL: none */
-    struct audit *audit;                  /* /admin/audit and the sink's counters; NULL: none */
-    struct pool *pool;                    /* prefetch pool counters in /metrics and as "pool" in
+    const int *draining;             /* non-zero once shutdown began */
+    struct demo *demo;               /* the /demo page (demo.h); off unless "demo": true */
+    struct metrics *metrics;         /* /admin/stats and the flush counters; NULL: none */
+    struct audit *audit;             /* /admin/audit and the sink's counters; NULL: none */
+    struct pool *pool;               /* prefetch pool counters in /metrics and as "pool" in
                                            * /admin/stats; NULL: none */
-    const char *token;                    /* admin.token: every path but /healthz and /readyz
+    const char *token;               /* admin.token: every path but /healthz and /readyz
                                            * needs "Authorization: Bearer <token>"; NULL: open */
-    char *(*dump_config)(void *arg);      /* /admin/config: the running config, secrets masked
+    char *(*dump_config)(void *arg); /* /admin/config: the running config, secrets masked
                                            * (malloc'd; NULL on OOM) */
     void *dump_arg;
 };

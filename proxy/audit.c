@@ -51,13 +51,13 @@
 /* ======================================================================================== */
 
 enum field_kind {
-    FK_TS,      /* uint64_t Unix us, written as ISO-8601 UTC with milliseconds */
-    FK_STR,     /* char[], always present */
-    FK_OPTSTR,  /* char[], "" = absent (null in JSON, left out of the stream) */
-    FK_U32OPT,  /* uint32_t with an int has_ flag */
-    FK_INT,     /* int */
-    FK_INTOPT,  /* int with an int has_ flag (absent: null in JSON, left out of the stream) */
-    FK_U64      /* uint64_t */
+    FK_TS,     /* uint64_t Unix us, written as ISO-8601 UTC with milliseconds */
+    FK_STR,    /* char[], always present */
+    FK_OPTSTR, /* char[], "" = absent (null in JSON, left out of the stream) */
+    FK_U32OPT, /* uint32_t with an int has_ flag */
+    FK_INT,    /* int */
+    FK_INTOPT, /* int with an int has_ flag (absent: null in JSON, left out of the stream) */
+    FK_U64     /* uint64_t */
 };
 
 struct field_desc {
@@ -69,15 +69,20 @@ struct field_desc {
 };
 
 #define REC_SIZE(m) sizeof(((struct audit_record *)0)->m)
-#define F_TS(n, m) {n, FK_TS, offsetof(struct audit_record, m), 0, 0}
-#define F_STR(n, m) {n, FK_STR, offsetof(struct audit_record, m), REC_SIZE(m), 0}
-#define F_OPT(n, m) {n, FK_OPTSTR, offsetof(struct audit_record, m), REC_SIZE(m), 0}
-#define F_U32(n, m, h) {n, FK_U32OPT, offsetof(struct audit_record, m), 0, \
-                        offsetof(struct audit_record, h)}
-#define F_INT(n, m) {n, FK_INT, offsetof(struct audit_record, m), 0, 0}
-#define F_INTOPT(n, m, h) {n, FK_INTOPT, offsetof(struct audit_record, m), 0, \
-                           offsetof(struct audit_record, h)}
-#define F_U64(n, m) {n, FK_U64, offsetof(struct audit_record, m), 0, 0}
+#define F_TS(n, m) \
+    { n, FK_TS, offsetof(struct audit_record, m), 0, 0 }
+#define F_STR(n, m) \
+    { n, FK_STR, offsetof(struct audit_record, m), REC_SIZE(m), 0 }
+#define F_OPT(n, m) \
+    { n, FK_OPTSTR, offsetof(struct audit_record, m), REC_SIZE(m), 0 }
+#define F_U32(n, m, h) \
+    { n, FK_U32OPT, offsetof(struct audit_record, m), 0, offsetof(struct audit_record, h) }
+#define F_INT(n, m) \
+    { n, FK_INT, offsetof(struct audit_record, m), 0, 0 }
+#define F_INTOPT(n, m, h) \
+    { n, FK_INTOPT, offsetof(struct audit_record, m), 0, offsetof(struct audit_record, h) }
+#define F_U64(n, m) \
+    { n, FK_U64, offsetof(struct audit_record, m), 0, 0 }
 
 /* docs/design.md "Audit" order. */
 static const struct field_desc record_fields[] = {
@@ -112,10 +117,8 @@ _Static_assert(N_RECORD_FIELDS <= AUDIT_FIELDS_MAX, "AUDIT_FIELDS_MAX too small"
 
 /* Copies at most size-1 bytes of src, cut back to a UTF-8 boundary so the copy stays valid. */
 static void copy_utf8(char *dst, size_t size, const char *src, size_t len) {
-    if (len > size - 1)
-        len = size - 1;
-    while (len > 0 && !params_utf8_valid(src, len))
-        len--;
+    if (len > size - 1) len = size - 1;
+    while (len > 0 && !params_utf8_valid(src, len)) len--;
     memcpy(dst, src, len);
     dst[len] = '\0';
 }
@@ -137,8 +140,7 @@ static void hex_encode(const unsigned char *in, size_t n, char *out) {
  * HMAC-SHA256(pii_key, value). */
 static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct config_audit *cfg) {
     dst[0] = '\0';
-    if (!value || !*value)
-        return 0;
+    if (!value || !*value) return 0;
     if (cfg->pii_raw) {
         copy_str(dst, AUDIT_PII_MAX, value);
         return 0;
@@ -147,7 +149,8 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
     unsigned md_len = 0;
     const char *key = cfg->pii_key ? cfg->pii_key : "";
     if (!HMAC(EVP_sha256(), key, (int)(cfg->pii_key ? cfg->pii_key_len : 0),
-              (const unsigned char *)value, strlen(value), md, &md_len) || md_len < 16)
+              (const unsigned char *)value, strlen(value), md, &md_len) ||
+        md_len < 16)
         return -1;
     hex_encode(md, 16, dst);
     return 0;
@@ -158,7 +161,7 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
  * two thirds of a record's cost). A thread's context is freed when it exits. */
 static pthread_once_t url_md_once = PTHREAD_ONCE_INIT;
 static pthread_key_t url_md_exit_key;
-static EVP_MD *url_md;   /* fetched once; lives as long as the process */
+static EVP_MD *url_md; /* fetched once; lives as long as the process */
 static int url_md_ready;
 static _Thread_local EVP_MD_CTX *url_md_ctx;
 
@@ -183,8 +186,7 @@ static int url_digest(const char *data, size_t len, unsigned char md[SHA256_DIGE
                 EVP_MD_CTX_free(ctx);
         }
         if (url_md_ctx && EVP_DigestInit_ex2(url_md_ctx, url_md, NULL) &&
-            EVP_DigestUpdate(url_md_ctx, data, len) &&
-            EVP_DigestFinal_ex(url_md_ctx, md, NULL))
+            EVP_DigestUpdate(url_md_ctx, data, len) && EVP_DigestFinal_ex(url_md_ctx, md, NULL))
             return 0;
     }
     return SHA256((const unsigned char *)data, len, md) ? 0 : -1;
@@ -226,14 +228,13 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
             pii_field(r->user_ip, params_get(request_params, "userIp"), cfg) != 0 ||
             pii_field(r->imei, params_get(request_params, "imei"), cfg) != 0 ||
             pii_field(r->mac_address, params_get(request_params, "macAddress"), cfg) != 0 ||
-            pii_field(r->associate_account, params_get(request_params, "associateAccount"),
-                      cfg) != 0)
+            pii_field(r->associate_account, params_get(request_params, "associateAccount"), cfg) !=
+                0)
             return -1;
     }
     if (reply_url && *reply_url) {
         unsigned char md[SHA256_DIGEST_LENGTH];
-        if (url_digest(reply_url, strlen(reply_url), md) != 0)
-            return -1;
+        if (url_digest(reply_url, strlen(reply_url), md) != 0) return -1;
         hex_encode(md, 8, r->url_sha256);
     }
     return 0;
@@ -280,30 +281,32 @@ static void format_ts(uint64_t ts_us, char out[32]) {
 
 /* "YYYY-MM-DDTHH:MM:SS.mmmZ" → Unix us (ms precision). 0/-1. */
 static int parse_ts(const char *s, size_t len, uint64_t *out) {
-    static const struct { size_t at, n; } parts[] = {
-        {0, 4}, {5, 2}, {8, 2}, {11, 2}, {14, 2}, {17, 2}, {20, 3}};
+    static const struct {
+        size_t at, n;
+    } parts[] = {{0, 4}, {5, 2}, {8, 2}, {11, 2}, {14, 2}, {17, 2}, {20, 3}};
     uint32_t v[7];
-    if (len != 24 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' ||
-        s[16] != ':' || s[19] != '.' || s[23] != 'Z')
+    if (len != 24 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' ||
+        s[19] != '.' || s[23] != 'Z')
         return -1;
     for (size_t i = 0; i < 7; i++)
-        if (num_parse_u32(s + parts[i].at, parts[i].n, &v[i]) != 0)
-            return -1;
+        if (num_parse_u32(s + parts[i].at, parts[i].n, &v[i]) != 0) return -1;
     if (v[1] < 1 || v[1] > 12 || v[2] < 1 || v[2] > 31 || v[3] > 23 || v[4] > 59 || v[5] > 60)
         return -1;
-    struct tm tm = {.tm_year = (int)v[0] - 1900, .tm_mon = (int)v[1] - 1, .tm_mday = (int)v[2],
-                    .tm_hour = (int)v[3], .tm_min = (int)v[4], .tm_sec = (int)v[5]};
+    struct tm tm = {.tm_year = (int)v[0] - 1900,
+                    .tm_mon = (int)v[1] - 1,
+                    .tm_mday = (int)v[2],
+                    .tm_hour = (int)v[3],
+                    .tm_min = (int)v[4],
+                    .tm_sec = (int)v[5]};
     time_t t = timegm(&tm);
-    if (t < 0)
-        return -1;
+    if (t < 0) return -1;
     *out = (uint64_t)t * 1000000 + (uint64_t)v[6] * 1000;
     return 0;
 }
 
 static json_t *record_to_object(const struct audit_record *r) {
     json_t *o = json_object();
-    if (!o)
-        return NULL;
+    if (!o) return NULL;
     for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
         const struct field_desc *f = &record_fields[i];
         const char *p = (const char *)r + f->off;
@@ -314,28 +317,20 @@ static json_t *record_to_object(const struct audit_record *r) {
             format_ts(*(const uint64_t *)(const void *)p, ts);
             v = json_string(ts);
             break;
-        case FK_STR:
-            v = json_string(p);
-            break;
-        case FK_OPTSTR:
-            v = *p ? json_string(p) : json_null();
-            break;
+        case FK_STR: v = json_string(p); break;
+        case FK_OPTSTR: v = *p ? json_string(p) : json_null(); break;
         case FK_U32OPT:
             v = *(const int *)(const void *)((const char *)r + f->has_off)
                     ? json_integer(*(const uint32_t *)(const void *)p)
                     : json_null();
             break;
-        case FK_INT:
-            v = json_integer(*(const int *)(const void *)p);
-            break;
+        case FK_INT: v = json_integer(*(const int *)(const void *)p); break;
         case FK_INTOPT:
             v = *(const int *)(const void *)((const char *)r + f->has_off)
                     ? json_integer(*(const int *)(const void *)p)
                     : json_null();
             break;
-        case FK_U64:
-            v = json_integer((json_int_t)*(const uint64_t *)(const void *)p);
-            break;
+        case FK_U64: v = json_integer((json_int_t) * (const uint64_t *)(const void *)p); break;
         }
         /* json_string refuses invalid UTF-8; every string was copied with copy_utf8. */
         if (!v || json_object_set_new(o, f->name, v) != 0) {
@@ -372,8 +367,7 @@ static char *put_json_string(char *o, const char *s, size_t len) {
         }
         if (c >= 0x80) {
             size_t n = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-            if (n > len - i || !params_utf8_valid(s + i, n))
-                return NULL;
+            if (n > len - i || !params_utf8_valid(s + i, n)) return NULL;
             o = put_str(o, s + i, n);
             i += n - 1;
             continue;
@@ -409,8 +403,7 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
         const struct field_desc *f = &record_fields[i];
         const char *p = (const char *)r + f->off;
         size_t len;
-        if (i > 0)
-            *o++ = ',';
+        if (i > 0) *o++ = ',';
         *o++ = '"';
         o = put_str(o, f->name, strlen(f->name));
         *o++ = '"';
@@ -425,8 +418,7 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
         case FK_STR:
         case FK_OPTSTR:
             len = strnlen(p, f->size);
-            if (len == f->size)
-                return -1;
+            if (len == f->size) return -1;
             if (f->kind == FK_OPTSTR && len == 0)
                 o = put_str(o, "null", 4);
             else if ((o = put_json_string(o, p, len)) == NULL)
@@ -438,22 +430,19 @@ static int record_json(const struct audit_record *r, int uncertain, struct strbu
             else
                 o = put_str(o, "null", 4);
             break;
-        case FK_INT:
-            o = num_put_i64(o, *(const int *)(const void *)p);
-            break;
+        case FK_INT: o = num_put_i64(o, *(const int *)(const void *)p); break;
         case FK_INTOPT:
             if (*(const int *)(const void *)((const char *)r + f->has_off))
                 o = num_put_i64(o, *(const int *)(const void *)p);
             else
                 o = put_str(o, "null", 4);
             break;
-        case FK_U64:  /* as jansson's json_int_t: past INT64_MAX it reads negative */
-            o = num_put_i64(o, (int64_t)*(const uint64_t *)(const void *)p);
+        case FK_U64: /* as jansson's json_int_t: past INT64_MAX it reads negative */
+            o = num_put_i64(o, (int64_t) * (const uint64_t *)(const void *)p);
             break;
         }
     }
-    if (uncertain)
-        o = put_str(o, ",\"uncertain\":true", 17);
+    if (uncertain) o = put_str(o, ",\"uncertain\":true", 17);
     *o++ = '}';
     return strbuf_append(out, buf, (size_t)(o - buf));
 }
@@ -468,37 +457,29 @@ static int set_field(struct audit_record *r, const struct field_desc *f, const c
     char *p = (char *)r + f->off;
     uint64_t u;
     switch (f->kind) {
-    case FK_TS:
-        return parse_ts(s, len, (uint64_t *)(void *)p);
+    case FK_TS: return parse_ts(s, len, (uint64_t *)(void *)p);
     case FK_STR:
-    case FK_OPTSTR:
-        copy_utf8(p, f->size, s, len);
-        return 0;
+    case FK_OPTSTR: copy_utf8(p, f->size, s, len); return 0;
     case FK_U32OPT:
-        if (num_parse_u32(s, len, (uint32_t *)(void *)p) != 0)
-            return -1;
+        if (num_parse_u32(s, len, (uint32_t *)(void *)p) != 0) return -1;
         *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
     case FK_INT:
     case FK_INTOPT: {
         int neg = len > 0 && s[0] == '-';
-        if (num_parse_range(s + neg, len - (size_t)neg, 0, 2147483647u, &u) != 0)
-            return -1;
+        if (num_parse_range(s + neg, len - (size_t)neg, 0, 2147483647u, &u) != 0) return -1;
         *(int *)(void *)p = neg ? -(int)u : (int)u;
-        if (f->kind == FK_INTOPT)
-            *(int *)(void *)((char *)r + f->has_off) = 1;
+        if (f->kind == FK_INTOPT) *(int *)(void *)((char *)r + f->has_off) = 1;
         return 0;
     }
-    case FK_U64:
-        return num_parse_u64(s, len, (uint64_t *)(void *)p);
+    case FK_U64: return num_parse_u64(s, len, (uint64_t *)(void *)p);
     }
     return -1;
 }
 
 static const struct field_desc *find_field(const char *name) {
     for (size_t i = 0; i < N_RECORD_FIELDS; i++)
-        if (strcmp(record_fields[i].name, name) == 0)
-            return &record_fields[i];
+        if (strcmp(record_fields[i].name, name) == 0) return &record_fields[i];
     return NULL;
 }
 
@@ -507,8 +488,7 @@ int audit_record_from_fields(struct audit_record *r, size_t n, const char *const
     memset(r, 0, sizeof(*r));
     for (size_t i = 0; i < n; i++) {
         const struct field_desc *f = find_field(names[i]);
-        if (f && set_field(r, f, values[i], value_lens[i]) != 0)
-            return -1;
+        if (f && set_field(r, f, values[i], value_lens[i]) != 0) return -1;
     }
     return 0;
 }
@@ -520,20 +500,16 @@ static int record_from_object(json_t *o, struct audit_record *r) {
     json_object_foreach(o, key, v) {
         const struct field_desc *f = find_field(key);
         char num[32];
-        if (!f || json_is_null(v))
-            continue;
+        if (!f || json_is_null(v)) continue;
         if (json_is_string(v)) {
-            if (f->kind != FK_TS && f->kind != FK_STR && f->kind != FK_OPTSTR)
-                return -1;
-            if (set_field(r, f, json_string_value(v), json_string_length(v)) != 0)
-                return -1;
+            if (f->kind != FK_TS && f->kind != FK_STR && f->kind != FK_OPTSTR) return -1;
+            if (set_field(r, f, json_string_value(v), json_string_length(v)) != 0) return -1;
         } else if (json_is_integer(v)) {
             if (f->kind != FK_U32OPT && f->kind != FK_INT && f->kind != FK_INTOPT &&
                 f->kind != FK_U64)
                 return -1;
             int len = snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
-            if (set_field(r, f, num, (size_t)len) != 0)
-                return -1;
+            if (set_field(r, f, num, (size_t)len) != 0) return -1;
         } else {
             return -1;
         }
@@ -544,8 +520,7 @@ static int record_from_object(json_t *o, struct audit_record *r) {
 int audit_record_from_json(const char *text, size_t len, struct audit_record *r) {
     json_t *o = json_loadb(text, len, 0, NULL);
     int rc = -1;
-    if (o && json_is_object(o))
-        rc = record_from_object(o, r);
+    if (o && json_is_object(o)) rc = record_from_object(o, r);
     json_decref(o);
     return rc;
 }
@@ -574,22 +549,17 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
             len = (int)strlen(p);
             break;
         case FK_OPTSTR:
-            if (!*p)
-                continue;
+            if (!*p) continue;
             value = p;
             len = (int)strlen(p);
             break;
         case FK_U32OPT:
-            if (!*(const int *)(const void *)((const char *)r + d->has_off))
-                continue;
+            if (!*(const int *)(const void *)((const char *)r + d->has_off)) continue;
             len = put_num_z(num, num_put_u64(num, *(const uint32_t *)(const void *)p));
             break;
-        case FK_INT:
-            len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
-            break;
+        case FK_INT: len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p)); break;
         case FK_INTOPT:
-            if (!*(const int *)(const void *)((const char *)r + d->has_off))
-                continue;
+            if (!*(const int *)(const void *)((const char *)r + d->has_off)) continue;
             len = put_num_z(num, num_put_i64(num, *(const int *)(const void *)p));
             break;
         case FK_U64:
@@ -609,8 +579,8 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
 
 struct audit_node {
     struct audit_node *next;
-    int uncertain;           /* spool only: its live XADD was sent but never answered */
-    char batch[48];          /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
+    int uncertain;  /* spool only: its live XADD was sent but never answered */
+    char batch[48]; /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
     struct audit_record rec;
 };
 
@@ -623,9 +593,9 @@ struct audit_queue {
     atomic_uint_fast64_t overflowed;
     _Alignas(64) atomic_size_t head;
     atomic_uint_fast64_t taken;
-    atomic_uint_fast64_t overflow_taken;  /* of taken, those that came from the overflow */
-    _Alignas(64) _Atomic(struct audit_node *) overflow;  /* newest first */
-    _Alignas(64) struct audit_node *pending;  /* consumer only: taken overflow, oldest first */
+    atomic_uint_fast64_t overflow_taken; /* of taken, those that came from the overflow */
+    _Alignas(64) _Atomic(struct audit_node *) overflow; /* newest first */
+    _Alignas(64) struct audit_node *pending; /* consumer only: taken overflow, oldest first */
     struct audit_node *slots[AUDIT_RING_SIZE];
 };
 _Static_assert((AUDIT_RING_SIZE & (AUDIT_RING_SIZE - 1)) == 0, "ring size: a power of two");
@@ -668,8 +638,7 @@ static struct audit_node *queue_pop(struct audit_queue *q) {
         goto taken;
     }
     struct audit_node *stack = atomic_exchange_explicit(&q->overflow, NULL, memory_order_acquire);
-    if (!stack)
-        return NULL;
+    if (!stack) return NULL;
     while (stack) { /* reverse: oldest first */
         struct audit_node *next = stack->next;
         stack->next = q->pending;
@@ -693,27 +662,30 @@ taken:
 /* ======================================================================================== */
 
 enum audit_state {
-    AUDIT_CONNECTING,  /* Redis mode, before the first connection attempt */
-    AUDIT_LIVE,        /* records go straight to the stream */
-    AUDIT_SPOOLING,    /* Redis down or erroring: records go to the spool; reconnect w/ backoff */
-    AUDIT_REPLAYING,   /* Redis back: the spool is replayed; new records still go to the spool */
-    AUDIT_MEMORY,      /* no Redis: the memory stream */
+    AUDIT_CONNECTING, /* Redis mode, before the first connection attempt */
+    AUDIT_LIVE,       /* records go straight to the stream */
+    AUDIT_SPOOLING,   /* Redis down or erroring: records go to the spool; reconnect w/ backoff */
+    AUDIT_REPLAYING,  /* Redis back: the spool is replayed; new records still go to the spool */
+    AUDIT_MEMORY,     /* no Redis: the memory stream */
     AUDIT_STOPPED
 };
 static const char *const audit_state_names[] = {"connecting", "live",   "spooling",
                                                 "replaying",  "memory", "stopped"};
 
-#define SINK_BATCH 512            /* records per pipelined write */
-#define SINK_IDLE_MAX_US 100000   /* an idle sink sleeps until a submit wakes it, a deadline
+#define SINK_BATCH 512 /* records per pipelined write */
+#define SINK_IDLE_MAX_US \
+    100000                       /* an idle sink sleeps until a submit wakes it, a deadline
                                    * (fsync, reconnect) or at most this long */
-#define SINK_GATHER_US 5000       /* after a submit woke it, the sink lets a batch gather */
-#define SINK_HELD_RETRY_US 20000  /* retry of records the spool refused */
-#define SYNC_EVERY_US 100000      /* fsync the spool and the file at least this often ... */
-#define SYNC_EVERY_RECORDS 512    /* ... or after this many records */
+#define SINK_GATHER_US 5000      /* after a submit woke it, the sink lets a batch gather */
+#define SINK_HELD_RETRY_US 20000 /* retry of records the spool refused */
+#define SYNC_EVERY_US 100000     /* fsync the spool and the file at least this often ... */
+#define SYNC_EVERY_RECORDS 512   /* ... or after this many records */
 #define SEGMENT_MAX_BYTES (8u << 20)
-#define REPLAY_CHUNK 256          /* the bound of one replay step: records, each one O(1)
+#define REPLAY_CHUNK \
+    256 /* the bound of one replay step: records, each one O(1)
                                    * script (SET NX + XADD), plus a GET per run of uncertain ones */
-#define REPLAY_TIMEOUT_MIN_MS 1000 /* a replay step's replies wait max(this, redis.timeout_ms):
+#define REPLAY_TIMEOUT_MIN_MS \
+    1000 /* a replay step's replies wait max(this, redis.timeout_ms):
                                     * background work, not to be torn down (and restarted) by a
                                     * Redis that is slow for a moment */
 #define BACKOFF_MIN_MS 100
@@ -747,12 +719,12 @@ struct audit {
      * syscall and an idle one does not spin. */
     int wake_fd;
     atomic_int sleeping;
-    atomic_int reopen;              /* audit_reopen asked; the sink clears it when it reopens */
+    atomic_int reopen; /* audit_reopen asked; the sink clears it when it reopens */
 
     atomic_uint_fast64_t written, spooled, replayed, redis_errors, file_errors, spool_depth;
-    size_t held_n;                  /* the length of held plus the records out for a retry
+    size_t held_n;                     /* the length of held plus the records out for a retry
                                      * (sink thread only) */
-    atomic_uint_fast64_t held_records;  /* held_n as of the last finished attempt, for
+    atomic_uint_fast64_t held_records; /* held_n as of the last finished attempt, for
                                          * audit_get_stats: a retry in progress does not make
                                          * it drop to 0 and back */
 
@@ -761,31 +733,31 @@ struct audit {
     char script_sha[41];
     unsigned backoff_ms;
     uint64_t next_connect_us;
-    struct audit_node *held;        /* records to retry first (the spool could not take them) */
-    int holding;                    /* held was non-empty at the last look (logged once) */
+    struct audit_node *held; /* records to retry first (the spool could not take them) */
+    int holding;             /* held was non-empty at the last look (logged once) */
     char maxlen[24];
     char safe_instance[48];
     unsigned segment_seq;
-    struct sync_file segment;       /* the spool segment being appended to; fd -1 when none */
+    struct sync_file segment; /* the spool segment being appended to; fd -1 when none */
     char segment_name[128];
     uint64_t segment_bytes, segment_records;
-    FILE *replay_fp;                /* the segment being replayed */
+    FILE *replay_fp; /* the segment being replayed */
     char replay_name[128];
     uint64_t replay_off;
     /* Live batches are numbered per process (run_id, batch_seq); each one's MULTI/EXEC also sets
      * batch_key to its number, so whether an unanswered batch landed is one GET at replay. */
     char run_id[17];
-    char batch_key[320];            /* <prefix>audit:batch:<run_id> */
-    uint64_t batch_seq;             /* the last live batch sent */
-    struct redis_fence client;      /* the connection's CLIENT ID and address; id -1 unknown */
-    struct redis_fence fence;       /* a lost connection that carried an unanswered batch,
+    char batch_key[320];       /* <prefix>audit:batch:<run_id> */
+    uint64_t batch_seq;        /* the last live batch sent */
+    struct redis_fence client; /* the connection's CLIENT ID and address; id -1 unknown */
+    struct redis_fence fence;  /* a lost connection that carried an unanswered batch,
                                      * killed at the next connect before replay; id -1 none */
-    struct sync_file file;          /* audit.file; fd -1 when not configured */
-    struct strbuf file_text;        /* the lines of one batch for audit.file, kept between them */
-    struct strbuf resp;             /* the command being queued, formatted (argv_send) */
-    struct strbuf access;           /* one batch's access lines for stderr, kept between them */
-    int lock_fd;                    /* flock on <spool_dir>/.lock: one process per spool */
-    char file_path[4096];           /* audit.file, or <spool_dir>/audit.jsonl without redis */
+    struct sync_file file;     /* audit.file; fd -1 when not configured */
+    struct strbuf file_text;   /* the lines of one batch for audit.file, kept between them */
+    struct strbuf resp;        /* the command being queued, formatted (argv_send) */
+    struct strbuf access;      /* one batch's access lines for stderr, kept between them */
+    int lock_fd;               /* flock on <spool_dir>/.lock: one process per spool */
+    char file_path[4096];      /* audit.file, or <spool_dir>/audit.jsonl without redis */
 
     /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
     pthread_mutex_t mem_lock;
@@ -801,8 +773,7 @@ struct audit {
 
 static void set_state(struct audit *a, enum audit_state s) {
     enum audit_state old = (enum audit_state)atomic_load(&a->state);
-    if (old == s)
-        return;
+    if (old == s) return;
     atomic_store(&a->state, (int)s);
     log_info("audit: sink %s -> %s", audit_state_names[old], audit_state_names[s]);
 }
@@ -815,8 +786,7 @@ static int write_all(int fd, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             return -1;
         }
         p += w;
@@ -826,11 +796,9 @@ static int write_all(int fd, const char *p, size_t n) {
 }
 
 static void sync_file_sync(struct audit *a, struct sync_file *f, int force) {
-    if (f->fd < 0 || f->unsynced == 0)
-        return;
+    if (f->fd < 0 || f->unsynced == 0) return;
     uint64_t now = clock_mono_us();
-    if (!force && f->unsynced < SYNC_EVERY_RECORDS && now - f->synced_us < SYNC_EVERY_US)
-        return;
+    if (!force && f->unsynced < SYNC_EVERY_RECORDS && now - f->synced_us < SYNC_EVERY_US) return;
     if (fsync(f->fd) != 0) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: fsync: %s", strerror(errno));
@@ -856,15 +824,13 @@ static void fsync_dir(const char *dir) {
 static int mkdir_p(const char *path) {
     char buf[4096];
     size_t len = strlen(path);
-    if (len == 0 || len >= sizeof(buf))
-        return -1;
+    if (len == 0 || len >= sizeof(buf)) return -1;
     memcpy(buf, path, len + 1);
     for (size_t i = 1; i <= len; i++) {
         if (buf[i] == '/' || buf[i] == '\0') {
             char c = buf[i];
             buf[i] = '\0';
-            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
-                return -1;
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST) return -1;
             buf[i] = c;
         }
     }
@@ -883,7 +849,8 @@ static redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
 
 /* A synchronous connection with AUTH and SELECT as configured. NULL with err. */
 static redisContext *redis_open(const struct config_redis *rc, char *err, size_t errlen) {
-    struct timeval tv = {(time_t)(rc->timeout_ms / 1000), (suseconds_t)(rc->timeout_ms % 1000) * 1000};
+    struct timeval tv = {(time_t)(rc->timeout_ms / 1000),
+                         (suseconds_t)(rc->timeout_ms % 1000) * 1000};
     redisContext *c = redisConnectWithTimeout(rc->host, rc->port, tv);
     redisReply *r = NULL;
     if (!c || c->err) {
@@ -911,10 +878,8 @@ static redisContext *redis_open(const struct config_redis *rc, char *err, size_t
     freeReplyObject(r);
     return c;
 fail:
-    if (r)
-        freeReplyObject(r);
-    if (c)
-        redisFree(c);
+    if (r) freeReplyObject(r);
+    if (c) redisFree(c);
     return NULL;
 }
 
@@ -930,7 +895,9 @@ static void sink_disconnect(struct audit *a) {
 
 /* The connection's CLIENT ID and address, so a batch left unanswered on it can be fenced after
  * a reconnect (redis_fence.h). */
-static void learn_client(struct audit *a) { redis_fence_learn(a->redis, &a->client); }
+static void learn_client(struct audit *a) {
+    redis_fence_learn(a->redis, &a->client);
+}
 
 /* Settles a live batch whose EXEC went unanswered (redis_fence.h): after it the GET of the batch
  * key at replay is final. */
@@ -947,8 +914,7 @@ static int load_script(struct audit *a) {
     } else {
         log_warn("audit: SCRIPT LOAD: %s", r ? r->str : a->redis->errstr);
     }
-    if (r)
-        freeReplyObject(r);
+    if (r) freeReplyObject(r);
     return rc;
 }
 
@@ -989,8 +955,7 @@ static int list_segments(const char *dir, struct dirent ***names) {
 }
 
 static void free_names(struct dirent **names, int n) {
-    for (int i = 0; i < n; i++)
-        free(names[i]);
+    for (int i = 0; i < n; i++) free(names[i]);
     free(names);
 }
 
@@ -1000,8 +965,7 @@ static int spool_path(const struct audit *a, const char *name, char *out, size_t
 }
 
 static void spool_close_segment(struct audit *a) {
-    if (a->segment.fd < 0)
-        return;
+    if (a->segment.fd < 0) return;
     a->segment.unsynced = a->segment.unsynced ? a->segment.unsynced : 1;
     sync_file_sync(a, &a->segment, 1);
     close(a->segment.fd);
@@ -1014,11 +978,9 @@ static int spool_open_segment(struct audit *a) {
     char path[4096];
     snprintf(a->segment_name, sizeof(a->segment_name), "%017llu-%06u-%s.jsonl",
              (unsigned long long)clock_wall_us(), a->segment_seq++ % 1000000, a->safe_instance);
-    if (spool_path(a, a->segment_name, path, sizeof(path)) != 0)
-        goto fail;
+    if (spool_path(a, a->segment_name, path, sizeof(path)) != 0) goto fail;
     a->segment.fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-    if (a->segment.fd < 0)
-        goto fail;
+    if (a->segment.fd < 0) goto fail;
     fsync_dir(a->cfg->audit.spool_dir);
     a->segment.unsynced = 0;
     a->segment.synced_us = clock_mono_us();
@@ -1034,12 +996,10 @@ fail:
 /* One spool line: the record's JSON, plus "uncertain": true when its live write may have
  * landed, and then "batch": "<run>:<seq>", the live batch it was in. */
 static int spool_line(const struct audit_node *n, struct strbuf *out) {
-    if (record_json(&n->rec, n->uncertain, out) != 0)
-        return -1;
+    if (record_json(&n->rec, n->uncertain, out) != 0) return -1;
     if (n->uncertain && n->batch[0]) {
-        out->len--;  /* the closing brace */
-        if (strbuf_appendf(out, ",\"batch\":\"%s\"}", n->batch) != 0)
-            return -1;
+        out->len--; /* the closing brace */
+        if (strbuf_appendf(out, ",\"batch\":\"%s\"}", n->batch) != 0) return -1;
     }
     return strbuf_appendc(out, '\n');
 }
@@ -1050,12 +1010,9 @@ static int spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
     int rc = -1;
     strbuf_init(&b);
     for (size_t i = 0; i < n; i++)
-        if (spool_line(nodes[i], &b) != 0)
-            goto out;
-    if (a->segment.fd >= 0 && a->segment_bytes >= SEGMENT_MAX_BYTES)
-        spool_close_segment(a);
-    if (a->segment.fd < 0 && spool_open_segment(a) != 0)
-        goto out;
+        if (spool_line(nodes[i], &b) != 0) goto out;
+    if (a->segment.fd >= 0 && a->segment_bytes >= SEGMENT_MAX_BYTES) spool_close_segment(a);
+    if (a->segment.fd < 0 && spool_open_segment(a) != 0) goto out;
     if (write_all(a->segment.fd, b.s, b.len) != 0) {
         log_error("audit: spool write %s: %s", a->segment_name, strerror(errno));
         /* a partial line would be skipped at replay; start a fresh segment next time */
@@ -1070,8 +1027,7 @@ static int spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
     sync_file_sync(a, &a->segment, 0);
     rc = 0;
 out:
-    if (rc != 0)
-        atomic_fetch_add(&a->file_errors, 1);
+    if (rc != 0) atomic_fetch_add(&a->file_errors, 1);
     strbuf_cleanup(&b);
     return rc;
 }
@@ -1088,19 +1044,16 @@ static void cursor_write(struct audit *a, const char *segment, uint64_t off) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: cannot write the replay cursor: %s", strerror(errno));
     }
-    if (fd >= 0)
-        close(fd);
+    if (fd >= 0) close(fd);
 }
 
 /* The offset the cursor file holds for segment, or 0. */
 static uint64_t cursor_read(struct audit *a, const char *segment) {
     char path[4096], line[256];
     uint64_t off = 0;
-    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0)
-        return 0;
+    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0) return 0;
     FILE *f = fopen(path, "re");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     if (fgets(line, sizeof(line), f)) {
         char *sp = strchr(line, ' ');
         char *nl = strchr(line, '\n');
@@ -1120,21 +1073,16 @@ static uint64_t spool_count(struct audit *a) {
     uint64_t total = 0;
     for (int i = 0; i < n; i++) {
         char path[4096];
-        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0)
-            continue;
+        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
         FILE *f = fopen(path, "re");
-        if (!f)
-            continue;
+        if (!f) continue;
         uint64_t off = cursor_read(a, names[i]->d_name);
-        if (off && fseeko(f, (off_t)off, SEEK_SET) != 0)
-            off = 0;
+        if (off && fseeko(f, (off_t)off, SEEK_SET) != 0) off = 0;
         int c;
-        while ((c = getc(f)) != EOF)
-            total += c == '\n';
+        while ((c = getc(f)) != EOF) total += c == '\n';
         fclose(f);
     }
-    if (n > 0)
-        free_names(names, n);
+    if (n > 0) free_names(names, n);
     return total;
 }
 
@@ -1167,8 +1115,7 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
  * 0, or -1 (out of memory, or hiredis refused it). */
 static int argv_send(struct audit *a, const struct argv_buf *b) {
     strbuf_reset(&a->resp);
-    if (resp_append_command(&a->resp, b->argc, b->argv, b->len) != 0)
-        return -1;
+    if (resp_append_command(&a->resp, b->argc, b->argv, b->len) != 0) return -1;
     return redisAppendFormattedCommand(a->redis, a->resp.s, a->resp.len) == REDIS_OK ? 0 : -1;
 }
 
@@ -1184,8 +1131,7 @@ static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
 /* Spools nodes and frees them, or holds them when the spool refuses them. */
 static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) {
     if (spool_append(a, nodes, n) == 0) {
-        for (size_t i = 0; i < n; i++)
-            free(nodes[i]);
+        for (size_t i = 0; i < n; i++) free(nodes[i]);
     } else {
         hold(a, nodes, n);
     }
@@ -1203,7 +1149,7 @@ static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) 
 static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, int unfenced) {
     struct audit_fields f;
     struct argv_buf b;
-    size_t sent = 0, i, n_retry = 0;  /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
+    size_t sent = 0, i, n_retry = 0; /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
     char why[160] = "", seq[24], ttl[24], batch[48];
     redisReply *r = NULL, *exec = NULL;
     int queued = 0;
@@ -1213,8 +1159,7 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     snprintf(batch, sizeof(batch), "%s:%s", a->run_id, seq);
     b.argc = 0;
     argv_adds(&b, "MULTI");
-    if (argv_send(a, &b) != 0)
-        goto unsent;
+    if (argv_send(a, &b) != 0) goto unsent;
     for (i = 0; i < n; i++) {
         b.argc = 0;
         audit_record_fields(&nodes[i]->rec, &f);
@@ -1225,8 +1170,7 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         argv_adds(&b, a->maxlen);
         argv_adds(&b, "*");
         argv_fields(&b, &f);
-        if (argv_send(a, &b) != 0)
-            break;
+        if (argv_send(a, &b) != 0) break;
         sent++;
     }
     b.argc = 0;
@@ -1252,16 +1196,14 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     }
     /* MULTI, n XADDs, SET (fenced): each answered +OK/+QUEUED or an error that aborts EXEC */
     for (i = 0; i < n + (unfenced ? 1 : 2); i++) {
-        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r)
-            goto lost;
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) goto lost;
         if (r->type == REDIS_REPLY_ERROR && !why[0])
             snprintf(why, sizeof(why), "XADD (queued): %s", r->str);
         freeReplyObject(r);
         r = NULL;
         queued++;
     }
-    if (redisGetReply(a->redis, (void **)&exec) != REDIS_OK || !exec)
-        goto lost;
+    if (redisGetReply(a->redis, (void **)&exec) != REDIS_OK || !exec) goto lost;
     if (exec->type != REDIS_REPLY_ARRAY || exec->elements < n) {
         /* EXECABORT (a command refused while queued: OOM, a wrong argument): nothing ran */
         if (!why[0])
@@ -1273,9 +1215,8 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         return n;
     }
     for (i = 0; i < n; i++) {
-        if (exec->element[i]->type == REDIS_REPLY_ERROR) {  /* ran and failed: not written */
-            if (!why[0])
-                snprintf(why, sizeof(why), "XADD: %s", exec->element[i]->str);
+        if (exec->element[i]->type == REDIS_REPLY_ERROR) { /* ran and failed: not written */
+            if (!why[0]) snprintf(why, sizeof(why), "XADD: %s", exec->element[i]->str);
             atomic_fetch_add(&a->redis_errors, 1);
             nodes[n_retry++] = nodes[i];
         } else {
@@ -1284,25 +1225,20 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         }
     }
     freeReplyObject(exec);
-    if (n_retry > 0)
-        sink_failed(a, why);
+    if (n_retry > 0) sink_failed(a, why);
     return n_retry;
 lost:
     /* no EXEC answer: the batch ran whole or not at all, and only Redis knows which */
-    snprintf(why, sizeof(why), "XADD: %s%s", a->redis->errstr,
-             queued ? " (waiting for EXEC)" : "");
+    snprintf(why, sizeof(why), "XADD: %s%s", a->redis->errstr, queued ? " (waiting for EXEC)" : "");
     for (i = 0; i < n; i++) {
         nodes[i]->uncertain = 1;
-        if (!unfenced)
-            snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
+        if (!unfenced) snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
     }
-    if (!unfenced && a->client.id >= 0)
-        a->fence = a->client;
+    if (!unfenced && a->client.id >= 0) a->fence = a->client;
     sink_failed(a, why);
     return n;
 unsent:
-    if (!why[0])
-        snprintf(why, sizeof(why), "MULTI: cannot queue the command");
+    if (!why[0]) snprintf(why, sizeof(why), "MULTI: cannot queue the command");
     /* the output buffer may hold part of the batch: dropping the connection discards it */
     sink_failed(a, why);
     return n;
@@ -1333,12 +1269,9 @@ static int batch_landed(struct audit *a, struct batch_runs *runs, const char *ta
     for (k = 0; k < runs->n; k++)
         if (strlen(runs->run[k]) == rl && memcmp(runs->run[k], tag, rl) == 0)
             return runs->landed[k] >= seq;
-    redisReply *r = redis_cmd(a->redis, "GET %saudit:batch:%b", a->cfg->redis->key_prefix, tag,
-                              rl);
-    if (!r)
-        return -1;
-    if (r->type == REDIS_REPLY_STRING && num_parse_u64(r->str, r->len, &landed) != 0)
-        landed = 0;
+    redisReply *r = redis_cmd(a->redis, "GET %saudit:batch:%b", a->cfg->redis->key_prefix, tag, rl);
+    if (!r) return -1;
+    if (r->type == REDIS_REPLY_STRING && num_parse_u64(r->str, r->len, &landed) != 0) landed = 0;
     if (r->type == REDIS_REPLY_ERROR) {
         log_warn("audit: GET of a batch key: %s", r->str);
         freeReplyObject(r);
@@ -1356,8 +1289,7 @@ static int batch_landed(struct audit *a, struct batch_runs *runs, const char *ta
 /* Finishes the replay: the spool is empty, records go live again. */
 static void replay_done(struct audit *a) {
     char path[4096];
-    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0)
-        unlink(path);
+    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0) unlink(path);
     set_state(a, AUDIT_LIVE);
 }
 
@@ -1374,10 +1306,8 @@ static int replay_open(struct audit *a) {
     }
     for (int i = 0; i < n && rc == 0; i++) {
         char path[4096];
-        if (strcmp(names[i]->d_name, a->segment_name) == 0)
-            continue;
-        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0)
-            continue;
+        if (strcmp(names[i]->d_name, a->segment_name) == 0) continue;
+        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
         a->replay_fp = fopen(path, "re");
         if (!a->replay_fp) {
             log_error("audit: cannot open %s: %s", path, strerror(errno));
@@ -1393,14 +1323,13 @@ static int replay_open(struct audit *a) {
     }
     free_names(names, n);
     if (rc == 0 && a->segment.fd >= 0) {
-        if (a->segment_records == 0) {  /* nothing new arrived: drop the empty segment */
+        if (a->segment_records == 0) { /* nothing new arrived: drop the empty segment */
             char path[4096];
-            if (spool_path(a, a->segment_name, path, sizeof(path)) == 0)
-                unlink(path);
+            if (spool_path(a, a->segment_name, path, sizeof(path)) == 0) unlink(path);
             close(a->segment.fd);
             a->segment.fd = -1;
             a->segment_name[0] = '\0';
-        } else {                        /* replay it next; new records start another one */
+        } else { /* replay it next; new records start another one */
             spool_close_segment(a);
             return replay_open(a);
         }
@@ -1411,11 +1340,9 @@ static int replay_open(struct audit *a) {
 /* The sink connection's read timeout: redis.timeout_ms, or the replay's own. */
 static void sink_timeout(struct audit *a, int replay) {
     unsigned ms = a->cfg->redis->timeout_ms;
-    if (replay && ms < REPLAY_TIMEOUT_MIN_MS)
-        ms = REPLAY_TIMEOUT_MIN_MS;
+    if (replay && ms < REPLAY_TIMEOUT_MIN_MS) ms = REPLAY_TIMEOUT_MIN_MS;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    if (a->redis)
-        (void)redisSetTimeout(a->redis, tv);
+    if (a->redis) (void)redisSetTimeout(a->redis, tv);
 }
 
 static void replay_chunk(struct audit *a);
@@ -1431,10 +1358,8 @@ static void replay_step(struct audit *a) {
 static void replay_chunk(struct audit *a) {
     if (!a->replay_fp) {
         int rc = replay_open(a);
-        if (rc == 0)
-            replay_done(a);
-        if (rc != 1)
-            return;
+        if (rc == 0) replay_done(a);
+        if (rc != 1) return;
     }
     struct audit_node *chunk[REPLAY_CHUNK];
     int skip[REPLAY_CHUNK];
@@ -1444,7 +1369,7 @@ static void replay_chunk(struct audit *a) {
     size_t cap = 0;
     ssize_t len;
     while (n < REPLAY_CHUNK && (len = getline(&line, &cap, a->replay_fp)) > 0) {
-        if (line[len - 1] != '\n')  /* a torn last line, from a crash mid-write */
+        if (line[len - 1] != '\n') /* a torn last line, from a crash mid-write */
             break;
         off += (uint64_t)len;
         lines++;
@@ -1466,7 +1391,7 @@ static void replay_chunk(struct audit *a) {
         chunk[n++] = node;
     }
     free(line);
-    if (lines == 0) {  /* the segment is done */
+    if (lines == 0) { /* the segment is done */
         char path[4096];
         fclose(a->replay_fp);
         a->replay_fp = NULL;
@@ -1480,7 +1405,7 @@ static void replay_chunk(struct audit *a) {
     char seen_prefix[256], maxlen_ttl[24];
     snprintf(seen_prefix, sizeof(seen_prefix), "%saudit:seen:", a->cfg->redis->key_prefix);
     snprintf(maxlen_ttl, sizeof(maxlen_ttl), "%d", AUDIT_SEEN_TTL_S);
-    char (*seen_keys)[300] = calloc(n ? n : 1, sizeof(*seen_keys));
+    char(*seen_keys)[300] = calloc(n ? n : 1, sizeof(*seen_keys));
     const char *why = NULL;
     char errbuf[160] = "";
     size_t sent = 0, i, n_landed = 0;
@@ -1504,15 +1429,14 @@ static void replay_chunk(struct audit *a) {
     }
     if (n_landed)
         log_info("audit: %zu uncertain records are in the stream already (their batch landed); "
-                 "not replayed", n_landed);
+                 "not replayed",
+                 n_landed);
     for (i = 0; i < n; i++) {
-        if (skip[i])
-            continue;
+        if (skip[i]) continue;
         struct audit_fields f;
         struct argv_buf b = {0};
         audit_record_fields(&chunk[i]->rec, &f);
-        snprintf(seen_keys[i], sizeof(seen_keys[i]), "%s%s", seen_prefix,
-                 chunk[i]->rec.request_id);
+        snprintf(seen_keys[i], sizeof(seen_keys[i]), "%s%s", seen_prefix, chunk[i]->rec.request_id);
         argv_adds(&b, "EVALSHA");
         argv_adds(&b, a->script_sha);
         argv_adds(&b, "2");
@@ -1545,11 +1469,9 @@ static void replay_chunk(struct audit *a) {
         }
         freeReplyObject(r);
     }
-    if (why)
-        goto out;
-    if (noscript) {  /* Redis lost its scripts (restart, SCRIPT FLUSH): load and redo */
-        if (load_script(a) != 0)
-            why = "SCRIPT LOAD failed";
+    if (why) goto out;
+    if (noscript) { /* Redis lost its scripts (restart, SCRIPT FLUSH): load and redo */
+        if (load_script(a) != 0) why = "SCRIPT LOAD failed";
         goto rewind;
     }
     a->replay_off = off;
@@ -1566,12 +1488,10 @@ rewind:
         a->replay_fp = NULL;
     }
 out:
-    if (why)
-        sink_failed(a, why);  /* the chunk is replayed again from the cursor */
+    if (why) sink_failed(a, why); /* the chunk is replayed again from the cursor */
 out_free:
     free(seen_keys);
-    for (i = 0; i < n; i++)
-        free(chunk[i]);
+    for (i = 0; i < n; i++) free(chunk[i]);
 }
 
 /* ---- connection ---- */
@@ -1595,8 +1515,7 @@ static void try_connect(struct audit *a) {
     a->backoff_ms = BACKOFF_MIN_MS;
     struct dirent **names;
     int n = list_segments(a->cfg->audit.spool_dir, &names);
-    if (n > 0)
-        free_names(names, n);
+    if (n > 0) free_names(names, n);
     log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
     log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
@@ -1608,10 +1527,9 @@ static void memory_push(struct audit *a, const struct audit_record *r) {
     pthread_mutex_lock(&a->mem_lock);
     if (a->mem_total < a->mem_cap && a->mem_total == a->mem_alloc) {
         size_t grow = a->mem_alloc ? a->mem_alloc * 2 : 1024;
-        if (grow > a->mem_cap)
-            grow = a->mem_cap;
+        if (grow > a->mem_cap) grow = a->mem_cap;
         struct audit_record *m = realloc(a->mem, grow * sizeof(*m));
-        if (!m) {  /* keep what we have as a smaller ring */
+        if (!m) { /* keep what we have as a smaller ring */
             a->mem_cap = a->mem_alloc ? a->mem_alloc : 0;
         } else {
             a->mem = m;
@@ -1644,23 +1562,22 @@ static const char *access_text(const char *v, char *buf, size_t len) {
 static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX]) {
     double ms = (double)r->latency_us / 1000.0, up_ms = (double)r->upstream_latency_us / 1000.0;
     if (log_is_json()) {
-        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:i, s:f, s:s?}",
-                              "request_id", r->request_id, "app", r->app[0] ? r->app : NULL,
-                              "action", r->action[0] ? r->action : NULL,
-                              "client_ip", r->client_ip[0] ? r->client_ip : NULL,
-                              "decision", r->decision, "rule", r->rule[0] ? r->rule : NULL,
-                              "http", r->http_status, "latency_ms", ms, "type", "access");
+        json_t *o = json_pack("{s:s, s:s?, s:s?, s:s?, s:s, s:s?, s:i, s:f, s:s?}", "request_id",
+                              r->request_id, "app", r->app[0] ? r->app : NULL, "action",
+                              r->action[0] ? r->action : NULL, "client_ip",
+                              r->client_ip[0] ? r->client_ip : NULL, "decision", r->decision,
+                              "rule", r->rule[0] ? r->rule : NULL, "http", r->http_status,
+                              "latency_ms", ms, "type", "access");
         if (!o) return 0;
-        json_object_set_new(o, "businessId", r->has_business_id
-                                                 ? json_integer(r->business_id) : json_null());
-        json_object_set_new(o, "sceneId", r->has_scene_id ? json_integer(r->scene_id)
-                                                          : json_null());
+        json_object_set_new(o, "businessId",
+                            r->has_business_id ? json_integer(r->business_id) : json_null());
+        json_object_set_new(o, "sceneId",
+                            r->has_scene_id ? json_integer(r->scene_id) : json_null());
         json_object_set_new(o, "code", r->has_code ? json_integer(r->code) : json_null());
-        json_object_set_new(o, "upstream_ms", r->upstream_latency_us ? json_real(up_ms)
-                                                                     : json_null());
-        json_object_set_new(o, "upstream_status", r->upstream_status
-                                                      ? json_integer(r->upstream_status)
-                                                      : json_null());
+        json_object_set_new(o, "upstream_ms",
+                            r->upstream_latency_us ? json_real(up_ms) : json_null());
+        json_object_set_new(o, "upstream_status",
+                            r->upstream_status ? json_integer(r->upstream_status) : json_null());
         char *fields = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(o);
         if (!fields) return 0;
@@ -1674,9 +1591,11 @@ static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX])
     if (r->has_scene_id) snprintf(scene, sizeof scene, "%u", (unsigned)r->scene_id);
     if (r->has_code) snprintf(code, sizeof code, "%d", r->code);
     if (r->upstream_latency_us) snprintf(up, sizeof up, "%.3f", up_ms);
-    if (snprintf(text, sizeof text, "access request_id=%s app=%s action=%s businessId=%s "
+    if (snprintf(text, sizeof text,
+                 "access request_id=%s app=%s action=%s businessId=%s "
                  "sceneId=%s decision=%s rule=%s code=%s http=%d latency_ms=%.3f upstream_ms=%s "
-                 "client_ip=%s", r->request_id, r->app[0] ? r->app : "-",
+                 "client_ip=%s",
+                 r->request_id, r->app[0] ? r->app : "-",
                  access_text(r->action, action, sizeof action), biz, scene, r->decision,
                  r->rule[0] ? r->rule : "-", code, r->http_status, ms, up,
                  access_text(r->client_ip, ip, sizeof ip)) < 0)
@@ -1686,8 +1605,7 @@ static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX])
 
 /* Writes what b holds to stderr and empties it. Failing, stderr is nowhere to say so. */
 static void access_flush(struct strbuf *b) {
-    if (b->len > 0)
-        (void)write_all(STDERR_FILENO, b->s, b->len);
+    if (b->len > 0) (void)write_all(STDERR_FILENO, b->s, b->len);
     strbuf_reset(b);
 }
 
@@ -1705,10 +1623,8 @@ static void access_log(struct audit *a, struct audit_node **batch, size_t n) {
     strbuf_reset(b);
     for (size_t i = 0; i < n; i++) {
         size_t len = access_line(&batch[i]->rec, line);
-        if (b->len + len > PIPE_BUF)
-            access_flush(b);
-        if (len > 0 && strbuf_append(b, line, len) != 0)
-            break;  /* no memory: what fits goes out */
+        if (b->len + len > PIPE_BUF) access_flush(b);
+        if (len > 0 && strbuf_append(b, line, len) != 0) break; /* no memory: what fits goes out */
     }
     access_flush(b);
 }
@@ -1724,8 +1640,7 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
         batch[n++]->next = NULL;
     }
     a->held_n -= n;
-    if (*retried)
-        return n;
+    if (*retried) return n;
     int progress = 1;
     while (n < max && progress) {
         progress = 0;
@@ -1764,10 +1679,9 @@ static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
  * there and the next batch goes to the file now at file_path. When that does not open, the old
  * file keeps receiving records: better the rotated file than none. */
 static void file_reopen(struct audit *a) {
-    if (!atomic_exchange(&a->reopen, 0) || a->file.fd < 0)
-        return;
+    if (!atomic_exchange(&a->reopen, 0) || a->file.fd < 0) return;
     if (a->file.unsynced == 0)
-        a->file.unsynced = 1;  /* a write that failed midway may have left bytes behind */
+        a->file.unsynced = 1; /* a write that failed midway may have left bytes behind */
     sync_file_sync(a, &a->file, 1);
     int fd = file_open(a->file_path);
     if (fd < 0) {
@@ -1802,15 +1716,15 @@ static size_t drop_landed(struct audit *a, struct audit_node **nodes, size_t n) 
     if (dropped) {
         atomic_fetch_add(&a->written, dropped);
         log_info("audit: %zu held uncertain records are in the stream already (their batch "
-                 "landed); not written again", dropped);
+                 "landed); not written again",
+                 dropped);
     }
     return kept;
 }
 
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
     size_t i;
-    if (a->file.fd >= 0 && !retried)
-        file_append(a, batch, n);
+    if (a->file.fd >= 0 && !retried) file_append(a, batch, n);
     switch ((enum audit_state)atomic_load(&a->state)) {
     case AUDIT_MEMORY:
         for (i = 0; i < n; i++) {
@@ -1820,20 +1734,16 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
-        if (retried && (n = drop_landed(a, batch, n)) == 0)
-            return;
+        if (retried && (n = drop_landed(a, batch, n)) == 0) return;
         n = live_write(a, batch, n, 0);
-        if (n > 0)
-            spool_or_hold(a, batch, n);
+        if (n > 0) spool_or_hold(a, batch, n);
         return;
-    default:
-        spool_or_hold(a, batch, n);
-        return;
+    default: spool_or_hold(a, batch, n); return;
     }
 }
 
-#define REPLAY_STEPS 4            /* replay chunks per loop turn, so replay outpaces arrivals */
-#define STOP_RETRIES 50           /* turns a stopping sink retries records the spool refused */
+#define REPLAY_STEPS 4  /* replay chunks per loop turn, so replay outpaces arrivals */
+#define STOP_RETRIES 50 /* turns a stopping sink retries records the spool refused */
 
 #define UNSAVED_PREFIX "capgate audit record (unsaved): "
 
@@ -1844,10 +1754,12 @@ static void print_unsaved(const struct audit_node *n) {
     strbuf_init(&b);
     if (audit_record_json(&n->rec, &b) == 0)
         fprintf(stderr, UNSAVED_PREFIX "%s\n", b.s);
-    else  /* no memory for the JSON: what identifies the record, by hand */
-        fprintf(stderr, UNSAVED_PREFIX "{\"ts_us\":%llu,\"request_id\":\"%s\",\"app\":\"%s\","
-                "\"decision\":\"%s\",\"code\":%d}\n", (unsigned long long)n->rec.ts_us,
-                n->rec.request_id, n->rec.app, n->rec.decision, n->rec.code);
+    else /* no memory for the JSON: what identifies the record, by hand */
+        fprintf(stderr,
+                UNSAVED_PREFIX "{\"ts_us\":%llu,\"request_id\":\"%s\",\"app\":\"%s\","
+                               "\"decision\":\"%s\",\"code\":%d}\n",
+                (unsigned long long)n->rec.ts_us, n->rec.request_id, n->rec.app, n->rec.decision,
+                n->rec.code);
     strbuf_cleanup(&b);
 }
 
@@ -1863,11 +1775,9 @@ static void sink_last_resort(struct audit *a) {
     a->held = NULL;
     a->held_n = 0;
     atomic_store(&a->held_records, 0);
-    while (*tail)
-        tail = &(*tail)->next;
-    while ((n = collect(a, batch, SINK_BATCH, &retried)) > 0) {  /* the queues, in order */
-        if (a->file.fd >= 0)
-            file_append(a, batch, n);
+    while (*tail) tail = &(*tail)->next;
+    while ((n = collect(a, batch, SINK_BATCH, &retried)) > 0) { /* the queues, in order */
+        if (a->file.fd >= 0) file_append(a, batch, n);
         for (size_t i = 0; i < n; i++) {
             *tail = batch[i];
             tail = &batch[i]->next;
@@ -1876,8 +1786,7 @@ static void sink_last_resort(struct audit *a) {
     if (!a->redis && a->cfg->redis) {
         char err[256];
         a->redis = redis_open(a->cfg->redis, err, sizeof(err));
-        if (!a->redis)
-            log_warn("audit: last attempt at redis: %s", err);
+        if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
         for (n = 0; n < SINK_BATCH && rest; n++) {
@@ -1887,10 +1796,9 @@ static void sink_last_resort(struct audit *a) {
         }
         total += n;
         if (a->redis)
-            n = live_write(a, batch, n, 1);  /* on failure it disconnects: later batches skip it */
+            n = live_write(a, batch, n, 1); /* on failure it disconnects: later batches skip it */
         if (n > 0 && spool_append(a, batch, n) == 0) {
-            for (size_t i = 0; i < n; i++)
-                free(batch[i]);
+            for (size_t i = 0; i < n; i++) free(batch[i]);
             n = 0;
         }
         for (size_t i = 0; i < n; i++) {
@@ -1957,20 +1865,18 @@ static void sink_wait(struct audit *a) {
     if (atomic_load(&a->state) == AUDIT_SPOOLING && a->next_connect_us < deadline)
         deadline = a->next_connect_us > now ? a->next_connect_us : now;
     atomic_store(&a->sleeping, 1);
-    atomic_thread_fence(memory_order_seq_cst);  /* pairs with sink_nudge's fence */
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with sink_nudge's fence */
     if (!queues_empty(a) || atomic_load(&a->stopping) || atomic_load(&a->reopen) ||
         deadline <= now) {
         /* a submit that cleared sleeping first also wrote wake_fd: the next poll takes it */
         atomic_store(&a->sleeping, 0);
-        if (deadline > now)
-            sink_gather(a);
+        if (deadline > now) sink_gather(a);
         return;
     }
     struct pollfd p = {.fd = a->wake_fd, .events = POLLIN};
     int woken = poll(&p, 1, (int)((deadline - now + 999) / 1000)) > 0;
     atomic_store(&a->sleeping, 0);
-    if (!woken)
-        return;
+    if (!woken) return;
     uint64_t count;
     (void)!read(a->wake_fd, &count, sizeof(count));
     sink_gather(a);
@@ -1980,14 +1886,12 @@ static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
     unsigned stop_retries = 0;
-    if (a->cfg->redis)
-        try_connect(a);
+    if (a->cfg->redis) try_connect(a);
     for (;;) {
         int stopping = atomic_load(&a->stopping), retried;
         file_reopen(a);
         size_t n = collect(a, batch, SINK_BATCH, &retried);
-        if (n > 0)
-            handle_batch(a, batch, n, retried);
+        if (n > 0) handle_batch(a, batch, n, retried);
         atomic_store(&a->held_records, a->held_n);
         if (!a->holding != !a->held) {
             a->holding = a->held != NULL;
@@ -2002,15 +1906,14 @@ static void *sink_main(void *arg) {
         enum audit_state s = (enum audit_state)atomic_load(&a->state);
         if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
             try_connect(a);
-        for (int i = 0; i < REPLAY_STEPS && !stopping &&
-                        atomic_load(&a->state) == AUDIT_REPLAYING; i++)
+        for (int i = 0; i < REPLAY_STEPS && !stopping && atomic_load(&a->state) == AUDIT_REPLAYING;
+             i++)
             replay_step(a);
         sync_file_sync(a, &a->segment, 0);
         sync_file_sync(a, &a->file, 0);
         if (stopping && n == 0 && !a->held)
-            break;  /* the workers stopped submitting before audit_free: all is written */
-        if (stopping && a->held && ++stop_retries > STOP_RETRIES)
-            break;
+            break; /* the workers stopped submitting before audit_free: all is written */
+        if (stopping && a->held && ++stop_retries > STOP_RETRIES) break;
         if (a->held && atomic_load(&a->state) != AUDIT_REPLAYING) {
             struct timespec ts = {0, SINK_HELD_RETRY_US * 1000L};
             nanosleep(&ts, NULL);
@@ -2018,15 +1921,13 @@ static void *sink_main(void *arg) {
             sink_wait(a);
         }
     }
-    if (a->held)
-        sink_last_resort(a);
+    if (a->held) sink_last_resort(a);
     spool_close_segment(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
     }
-    if (a->file.fd >= 0 && a->file.unsynced == 0)
-        a->file.unsynced = 1;
+    if (a->file.fd >= 0 && a->file.unsynced == 0) a->file.unsynced = 1;
     sync_file_sync(a, &a->file, 1);
     sink_disconnect(a);
     set_state(a, AUDIT_STOPPED);
@@ -2091,8 +1992,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         char lock[4096];
         if (spool_path(a, ".lock", lock, sizeof(lock)) != 0 ||
             (a->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
-            snprintf(err, errlen, "audit.spool_dir: cannot open %s/.lock: %s",
-                     cfg->audit.spool_dir, strerror(errno));
+            snprintf(err, errlen, "audit.spool_dir: cannot open %s/.lock: %s", cfg->audit.spool_dir,
+                     strerror(errno));
             goto fail;
         }
         if (flock(a->lock_fd, LOCK_EX | LOCK_NB) != 0) {
@@ -2108,8 +2009,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
             goto fail;
         }
         hex_encode(rnd, sizeof(rnd), a->run_id);
-        snprintf(a->batch_key, sizeof(a->batch_key), "%saudit:batch:%s",
-                 cfg->redis->key_prefix, a->run_id);
+        snprintf(a->batch_key, sizeof(a->batch_key), "%saudit:batch:%s", cfg->redis->key_prefix,
+                 a->run_id);
         atomic_store(&a->spool_depth, spool_count(a));
         if (atomic_load(&a->spool_depth) > 0)
             log_info("audit: %llu spooled records from an earlier run wait for redis",
@@ -2159,11 +2060,9 @@ fail:
 }
 
 int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r) {
-    if (!a || worker >= a->n_workers)
-        return -1;
+    if (!a || worker >= a->n_workers) return -1;
     struct audit_node *n = malloc(sizeof(*n));
-    if (!n)
-        return -1;
+    if (!n) return -1;
     n->next = NULL;
     n->uncertain = 0;
     n->rec = *r;
@@ -2173,28 +2072,24 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
 }
 
 void audit_reopen(struct audit *a) {
-    if (!a)
-        return;
+    if (!a) return;
     atomic_store(&a->reopen, 1);
     sink_nudge(a);
 }
 
 void audit_free(struct audit *a) {
-    if (!a)
-        return;
+    if (!a) return;
     if (a->thread_started) {
         atomic_store(&a->stopping, 1);
         sink_wake(a);
         pthread_join(a->thread, NULL);
     }
     pthread_mutex_lock(&a->query_lock);
-    while (a->queries > 0)
-        pthread_cond_wait(&a->query_cond, &a->query_lock);
+    while (a->queries > 0) pthread_cond_wait(&a->query_cond, &a->query_lock);
     pthread_mutex_unlock(&a->query_lock);
     for (unsigned w = 0; a->queues && w < a->n_workers; w++) {
         struct audit_queue *q = a->queues[w];
-        if (!q)
-            continue;
+        if (!q) continue;
         struct audit_node *n;
         size_t unsaved = 0;
         /* The sink drains every queue before it ends (its last resort included), so records
@@ -2207,23 +2102,19 @@ void audit_free(struct audit *a) {
         }
         if (unsaved)
             log_error("audit: %zu records of worker %u arrived after the sink stopped; each is "
-                      "on stderr as a \"" UNSAVED_PREFIX "\" line", unsaved, w);
+                      "on stderr as a \"" UNSAVED_PREFIX "\" line",
+                      unsaved, w);
         free(q);
     }
     free(a->queues);
-    if (a->file.fd >= 0)
-        close(a->file.fd);
-    if (a->segment.fd >= 0)
-        close(a->segment.fd);
-    if (a->lock_fd >= 0)
-        close(a->lock_fd);
-    if (a->wake_fd >= 0)
-        close(a->wake_fd);
+    if (a->file.fd >= 0) close(a->file.fd);
+    if (a->segment.fd >= 0) close(a->segment.fd);
+    if (a->lock_fd >= 0) close(a->lock_fd);
+    if (a->wake_fd >= 0) close(a->wake_fd);
     strbuf_cleanup(&a->file_text);
     strbuf_cleanup(&a->access);
     strbuf_cleanup(&a->resp);
-    if (a->replay_fp)
-        fclose(a->replay_fp);
+    if (a->replay_fp) fclose(a->replay_fp);
     sink_disconnect(a);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
@@ -2289,9 +2180,11 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
             for (int d = 0; d < PIPELINE_DECISION_COUNT; d++)
                 found |= strcmp(v, pipeline_decision_name((enum pipeline_decision)d)) == 0;
             if (!found) {
-                snprintf(err, errlen, "decision must be one of forwarded, pool, replayed, "
+                snprintf(err, errlen,
+                         "decision must be one of forwarded, pool, replayed, "
                          "limited, shadow_limited, invalid, unauthorized, denied, "
-                         "upstream_error; got \"%.64s\"", v);
+                         "upstream_error; got \"%.64s\"",
+                         v);
                 goto out;
             }
             memcpy(q->decision, v, len + 1);
@@ -2310,8 +2203,10 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
             }
             q->limit = (unsigned)u;
         } else {
-            snprintf(err, errlen, "unknown parameter %.64s (businessId, sceneId, app, decision, "
-                     "since, limit)", name);
+            snprintf(err, errlen,
+                     "unknown parameter %.64s (businessId, sceneId, app, decision, "
+                     "since, limit)",
+                     name);
             goto out;
         }
     }
@@ -2322,16 +2217,11 @@ out:
 }
 
 static int query_match(const struct audit_query *q, const struct audit_record *r) {
-    if (q->has_business_id && (!r->has_business_id || r->business_id != q->business_id))
-        return 0;
-    if (q->has_scene_id && (!r->has_scene_id || r->scene_id != q->scene_id))
-        return 0;
-    if (q->app[0] && strcmp(q->app, r->app) != 0)
-        return 0;
-    if (q->decision[0] && strcmp(q->decision, r->decision) != 0)
-        return 0;
-    if (q->since_ms && r->ts_us / 1000 < q->since_ms)
-        return 0;
+    if (q->has_business_id && (!r->has_business_id || r->business_id != q->business_id)) return 0;
+    if (q->has_scene_id && (!r->has_scene_id || r->scene_id != q->scene_id)) return 0;
+    if (q->app[0] && strcmp(q->app, r->app) != 0) return 0;
+    if (q->decision[0] && strcmp(q->decision, r->decision) != 0) return 0;
+    if (q->since_ms && r->ts_us / 1000 < q->since_ms) return 0;
     return 1;
 }
 
@@ -2357,17 +2247,14 @@ static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, 
     redisContext *c = redis_open(cfg->redis, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
-    if (!c)
-        return -1;
-    if (j->q.since_ms)
-        snprintf(start, sizeof(start), "%llu", (unsigned long long)j->q.since_ms);
+    if (!c) return -1;
+    if (j->q.since_ms) snprintf(start, sizeof(start), "%llu", (unsigned long long)j->q.since_ms);
     while (*scanned < AUDIT_QUERY_SCAN_MAX && json_array_size(records) < j->q.limit) {
-        redisReply *r = redis_cmd(c, "XREVRANGE %s %s %s COUNT %d", cfg->audit.stream, end, start,
-                                  1000);
+        redisReply *r =
+            redis_cmd(c, "XREVRANGE %s %s %s COUNT %d", cfg->audit.stream, end, start, 1000);
         if (!r || r->type != REDIS_REPLY_ARRAY) {
             snprintf(err, errlen, "XREVRANGE: %s", r && r->str ? r->str : c->errstr);
-            if (r)
-                freeReplyObject(r);
+            if (r) freeReplyObject(r);
             goto out;
         }
         size_t n = r->elements;
@@ -2400,8 +2287,7 @@ static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, 
             }
         }
         freeReplyObject(r);
-        if (n < 1000)
-            break;
+        if (n < 1000) break;
     }
     rc = 0;
 out:
@@ -2416,16 +2302,14 @@ static void query_memory(struct query_job *j, json_t *records, uint64_t *scanned
     for (uint64_t i = 0; i < kept && json_array_size(records) < j->q.limit; i++) {
         const struct audit_record *r = &a->mem[(a->mem_total - 1 - i) % a->mem_cap];
         (*scanned)++;
-        if (query_match(&j->q, r) && query_add(records, r) != 0)
-            break;
+        if (query_match(&j->q, r) && query_add(records, r) != 0) break;
     }
     pthread_mutex_unlock(&a->mem_lock);
 }
 
 static void query_deliver(evutil_socket_t fd, short what, void *arg) {
     struct query_job *j = arg;
-    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500,
-            j->arg);
+    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500, j->arg);
     free(j->json);
     free(j);
 }
@@ -2436,8 +2320,7 @@ static void *query_main(void *arg) {
     json_t *records = json_array(), *o = NULL;
     uint64_t scanned = 0;
     char err[256] = "";
-    if (!records)
-        goto out;
+    if (!records) goto out;
     if (a->cfg->redis) {
         if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
             o = json_pack("{s:s}", "error", err);
@@ -2450,8 +2333,7 @@ static void *query_main(void *arg) {
         o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
         j->status = 200;
     }
-    if (o)
-        j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (o) j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
     json_decref(records);
     json_decref(o);

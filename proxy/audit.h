@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "config.h"  /* CONFIG_NAME_MAX */
+#include "config.h" /* CONFIG_NAME_MAX */
 
 struct config;
 struct config_audit;
@@ -19,27 +19,27 @@ struct pipeline_record;
 struct strbuf;
 
 /* Bounds. */
-#define AUDIT_RING_SIZE 16384      /* records per worker ring; beyond it: the overflow list */
-#define AUDIT_MEMORY_MAX 100000    /* in-memory stream cap (memory store mode) */
-#define AUDIT_SEEN_TTL_S 604800    /* replay dedup keys <prefix>audit:seen:<request_id> live 7 d */
+#define AUDIT_RING_SIZE 16384   /* records per worker ring; beyond it: the overflow list */
+#define AUDIT_MEMORY_MAX 100000 /* in-memory stream cap (memory store mode) */
+#define AUDIT_SEEN_TTL_S 604800 /* replay dedup keys <prefix>audit:seen:<request_id> live 7 d */
 /* A record marked uncertain (its live batch was sent but EXEC never answered) carries its batch
  * number; the sink replays it only if <prefix>audit:batch:<run> shows that batch did not land
  * (one GET, whatever the stream's length). Batch keys live AUDIT_SEEN_TTL_S too. */
-#define AUDIT_QUERY_SCAN_MAX 100000  /* entries one /admin/audit query looks at, at most */
+#define AUDIT_QUERY_SCAN_MAX 100000 /* entries one /admin/audit query looks at, at most */
 #define AUDIT_QUERY_LIMIT_DEFAULT 100
 #define AUDIT_QUERY_LIMIT_MAX 1000
 
-#define AUDIT_PII_MAX 65   /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
-#define AUDIT_SECRET_ID_MAX 129  /* an unknown SecretId: up to 128 bytes (cut at UTF-8) */
+#define AUDIT_PII_MAX 65 /* raw PII: up to 64 bytes (cut at a UTF-8 boundary); hashed: 32 hex */
+#define AUDIT_SECRET_ID_MAX 129 /* an unknown SecretId: up to 128 bytes (cut at UTF-8) */
 
 /* One audit record: a self-contained copy (fixed-size buffers, no pointers), so it can cross
  * threads and outlive the request. Strings are valid UTF-8 and NUL-terminated; "" in an optional
  * string (rule, PII fields, url_sha256) means absent. */
 struct audit_record {
-    uint64_t ts_us;                 /* arrival, Unix microseconds; rendered ISO-8601 UTC ms */
+    uint64_t ts_us; /* arrival, Unix microseconds; rendered ISO-8601 UTC ms */
     char request_id[17];
     char instance[64];
-    char app[CONFIG_NAME_MAX + 1];  /* whole: config.h bounds app names */
+    char app[CONFIG_NAME_MAX + 1];       /* whole: config.h bounds app names */
     char secret_id[AUDIT_SECRET_ID_MAX]; /* a SecretId no app has (cut at 128 bytes), "" else */
     char client_ip[64];
     char action[64];
@@ -48,19 +48,19 @@ struct audit_record {
     char decision[24];              /* pipeline_decision_name() */
     char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
-    int has_code;                   /* 0: the reply had no API code (null / left out) */
+    int has_code; /* 0: the reply had no API code (null / left out) */
     char code_desc[32];
     int upstream_status;
-    int http_status;                /* answered (0: client gone); the access line's only: not
+    int http_status; /* answered (0: client gone); the access line's only: not
                                      * in the stream, the JSON or the spool */
     uint64_t latency_us;
     uint64_t upstream_latency_us;
-    char uid[AUDIT_PII_MAX];        /* HMAC-SHA256(pii_key, value), first 32 hex, or raw */
+    char uid[AUDIT_PII_MAX]; /* HMAC-SHA256(pii_key, value), first 32 hex, or raw */
     char user_ip[AUDIT_PII_MAX];
     char imei[AUDIT_PII_MAX];
     char mac_address[AUDIT_PII_MAX];
     char associate_account[AUDIT_PII_MAX];
-    char url_sha256[17];            /* first 16 hex of SHA-256 of the returned url */
+    char url_sha256[17]; /* first 16 hex of SHA-256 of the returned url */
 };
 
 /* Fills r from the pipeline's record pr (borrowed, copied), the request's parameters (for uid,
@@ -98,19 +98,19 @@ int audit_record_from_fields(struct audit_record *r, size_t n, const char *const
 struct audit;
 
 struct audit_stats {
-    uint64_t queue_depth;   /* submitted, not yet taken by the sink */
-    uint64_t spool_depth;   /* records in the spool not yet replayed */
-    uint64_t written;       /* records written live (Redis stream or memory stream) */
-    uint64_t spooled;       /* records appended to the spool */
-    uint64_t replayed;      /* spooled records acknowledged by Redis (including skipped dups) */
-    uint64_t overflowed;    /* submits that found their ring full (kept in the overflow list) */
-    uint64_t redis_errors;  /* failed connects, lost connections and error replies */
-    uint64_t file_errors;   /* failed writes to audit.file or the spool */
+    uint64_t queue_depth;  /* submitted, not yet taken by the sink */
+    uint64_t spool_depth;  /* records in the spool not yet replayed */
+    uint64_t written;      /* records written live (Redis stream or memory stream) */
+    uint64_t spooled;      /* records appended to the spool */
+    uint64_t replayed;     /* spooled records acknowledged by Redis (including skipped dups) */
+    uint64_t overflowed;   /* submits that found their ring full (kept in the overflow list) */
+    uint64_t redis_errors; /* failed connects, lost connections and error replies */
+    uint64_t file_errors;  /* failed writes to audit.file or the spool */
     /* Records the sink holds in memory because the spool refused them (disk full, directory
      * gone). While any are held the sink retries only them: the worker queues wait, and their
      * overflow lists grow. */
     uint64_t held_records;
-    uint64_t overflow_records;  /* records in the overflow lists now (queue_depth counts them) */
+    uint64_t overflow_records; /* records in the overflow lists now (queue_depth counts them) */
 };
 
 /* Starts the sink thread for n_workers producers (worker ids 0..n_workers-1). cfg is borrowed
@@ -152,9 +152,9 @@ struct audit_query {
     int has_business_id, has_scene_id;
     uint32_t business_id, scene_id;
     char app[CONFIG_NAME_MAX + 1]; /* "" = any */
-    char decision[24];     /* "" = any */
-    uint64_t since_ms;     /* 0 = any; records with ts >= since */
-    unsigned limit;        /* 1..AUDIT_QUERY_LIMIT_MAX */
+    char decision[24];             /* "" = any */
+    uint64_t since_ms;             /* 0 = any; records with ts >= since */
+    unsigned limit;                /* 1..AUDIT_QUERY_LIMIT_MAX */
 };
 
 /* Parses the query string of GET /admin/audit (NULL or "" = no filter): businessId, sceneId

@@ -75,10 +75,11 @@ int auth_authenticate(const struct config *c, struct nonce_cache *nonces,
     r->claimed = app;
 
     uint64_t window = c->timestamp_window_s;
-    uint64_t skew = pub.timestamp > req->now_s ? pub.timestamp - req->now_s
-                                               : req->now_s - pub.timestamp;
+    uint64_t skew =
+        pub.timestamp > req->now_s ? pub.timestamp - req->now_s : req->now_s - pub.timestamp;
     if (skew > window)
-        return auth_fail(r, APIERR_REPLAY, "Timestamp %llu is outside the allowed window of "
+        return auth_fail(r, APIERR_REPLAY,
+                         "Timestamp %llu is outside the allowed window of "
                          "%llu s around the server time",
                          (unsigned long long)pub.timestamp, (unsigned long long)window);
     if (nonce_cache_seen(nonces, pub.secret_id, pub.nonce, req->now_s))
@@ -107,6 +108,6 @@ int auth_nonce_key(const char *prefix, const char *secret_id, uint64_t nonce, ch
 }
 
 void auth_replay_message(const char *secret_id, uint64_t nonce, char *out, size_t outlen) {
-    snprintf(out, outlen, "Nonce %llu was already used by SecretId %s",
-             (unsigned long long)nonce, secret_id);
+    snprintf(out, outlen, "Nonce %llu was already used by SecretId %s", (unsigned long long)nonce,
+             secret_id);
 }

@@ -18,24 +18,24 @@ struct nonce_cache;
 /* What the request carried. All borrowed for the call. */
 struct auth_request {
     const struct params *params;
-    const char *authorization;  /* the Authorization header value, or NULL */
-    const char *method;         /* "GET" / "POST", as signed by the client */
-    const char *host;           /* the Host header as sent ("" when absent) */
-    const char *path;           /* the request path as sent */
-    uint64_t now_s;             /* wall clock, Unix seconds */
+    const char *authorization; /* the Authorization header value, or NULL */
+    const char *method;        /* "GET" / "POST", as signed by the client */
+    const char *host;          /* the Host header as sent ("" when absent) */
+    const char *path;          /* the request path as sent */
+    uint64_t now_s;            /* wall clock, Unix seconds */
 };
 
 /* The verdict: code 0 and app set, or an API code (enum apierr_code: 4000, 4100, 4500, or 6000
  * when the Nonce could not be recorded) with message. */
 struct auth_result {
     int code;
-    const struct config_app *app;  /* borrowed from the config, valid while it is */
-    int token;                     /* 1 when the app came by bearer token */
-    int bearer;                    /* an Authorization: Bearer header decided (either way) */
+    const struct config_app *app;     /* borrowed from the config, valid while it is */
+    int token;                        /* 1 when the app came by bearer token */
+    int bearer;                       /* an Authorization: Bearer header decided (either way) */
     const struct config_app *claimed; /* the app whose SecretId the request names, also when
                                        * it was refused (who failed, for the audit); NULL when
                                        * no app has it or a bearer token decided */
-    int has_nonce;                 /* a signed request: its Nonce passed the in-process cache */
+    int has_nonce;                    /* a signed request: its Nonce passed the in-process cache */
     uint64_t nonce;
     char message[256];
 };

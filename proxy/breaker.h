@@ -16,13 +16,13 @@ enum breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
 
 /* Embedded by the caller; fields are private, read them through the functions below. */
 struct breaker {
-    atomic_int state;               /* enum breaker_state */
-    unsigned threshold;             /* consecutive failures that open it (>= 1); set at init */
-    unsigned open_ms;               /* pause before a probe; set at init */
-    atomic_uint consecutive;        /* failures in a row while closed */
-    atomic_uint opened_after;       /* the failure count that last opened it, for messages */
+    atomic_int state;                   /* enum breaker_state */
+    unsigned threshold;                 /* consecutive failures that open it (>= 1); set at init */
+    unsigned open_ms;                   /* pause before a probe; set at init */
+    atomic_uint consecutive;            /* failures in a row while closed */
+    atomic_uint opened_after;           /* the failure count that last opened it, for messages */
     atomic_uint_least64_t opened_at_ms; /* when it last opened */
-    atomic_int probe_inflight;      /* HALF_OPEN: the probe was admitted and has not reported */
+    atomic_int probe_inflight;          /* HALF_OPEN: the probe was admitted and has not reported */
 };
 
 /* failures 0 is treated as 1. */

@@ -89,8 +89,10 @@ static void scan_value(struct scan *sc) {
                 scan_string(sc);
                 continue;
             }
-            if (c == '{' || c == '[') level++;
-            else if (c == '}' || c == ']') level--;
+            if (c == '{' || c == '[')
+                level++;
+            else if (c == '}' || c == ']')
+                level--;
             sc->i++;
         } while (level > 0 && sc->s[sc->i]);
     } else {
@@ -186,8 +188,10 @@ static void path_format(const struct seg *path, size_t n, char *buf, size_t len)
                 int m = ch < 0x20 || ch == 0x7f
                             ? snprintf(buf + used + w, len - used - w, "\\x%02X", ch)
                             : snprintf(buf + used + w, len - used - w, "%c", ch);
-                if (m < 0) w = -1;
-                else w += m;
+                if (m < 0)
+                    w = -1;
+                else
+                    w += m;
             }
         } else
             w = snprintf(buf + used, len - used, "[%zu]", path[i].index);
@@ -223,7 +227,9 @@ static void push_index(struct ctx *x, size_t index) {
     x->depth++;
 }
 
-static void pop(struct ctx *x) { x->depth--; }
+static void pop(struct ctx *x) {
+    x->depth--;
+}
 
 /* A short picture of a JSON value for "got ..." in messages. */
 static void describe(const json_t *v, char *buf, size_t len) {
@@ -244,8 +250,10 @@ static void describe(const json_t *v, char *buf, size_t len) {
             }
         }
         shown[n] = '\0';
-        if (n > 60) snprintf(buf, len, "%.57s...", shown);
-        else snprintf(buf, len, "%s", shown);
+        if (n > 60)
+            snprintf(buf, len, "%.57s...", shown);
+        else
+            snprintf(buf, len, "%s", shown);
         free(s);
     }
 }
@@ -255,8 +263,10 @@ static void shown_plain(const char *s, char *buf, size_t len) {
     size_t n = 0;
     for (; *s && n + 5 < len; s++) {
         unsigned char ch = (unsigned char)*s;
-        if (ch < 0x20 || ch == 0x7f) n += (size_t)snprintf(buf + n, len - n, "\\x%02X", ch);
-        else buf[n++] = (char)ch;
+        if (ch < 0x20 || ch == 0x7f)
+            n += (size_t)snprintf(buf + n, len - n, "\\x%02X", ch);
+        else
+            buf[n++] = (char)ch;
     }
     buf[n] = '\0';
 }
@@ -283,8 +293,10 @@ static void url_masked(const char *url, char *buf, size_t len) {
     const char *auth = scheme ? scheme + 3 : url;
     const char *at = strrchr(auth, '@');
     char picture[80];
-    if (at) snprintf(buf, len, "%.*s***%s", (int)(auth - url), url, at);
-    else snprintf(buf, len, "%s", url);
+    if (at)
+        snprintf(buf, len, "%.*s***%s", (int)(auth - url), url, at);
+    else
+        snprintf(buf, len, "%s", url);
     /* and as JSON would show it: no control byte reaches a message */
     json_t *s = json_stringn_nocheck(buf, strlen(buf));
     if (s) {
@@ -332,7 +344,9 @@ static int resolve_path(const struct ctx *x, char **p) {
     return 0;
 }
 
-static int oom(struct ctx *x) { return fail(x, "out of memory"); }
+static int oom(struct ctx *x) {
+    return fail(x, "out of memory");
+}
 
 /* Reads a whole file into a NUL-terminated buffer. 0, or -1 with errno set (EFBIG when big). */
 static int read_file(const char *path, size_t max, char **out, size_t *outlen) {
@@ -401,9 +415,10 @@ enum field_kind {
 
 #define F_REQUIRED 1u
 #define F_EXCL_MIN 2u /* FK_DOUBLE: the value must be greater than min */
-#define F_RELOAD 4u   /* top-level keys: a SIGHUP reload applies it (and all under it); without it
+#define F_RELOAD \
+    4u             /* top-level keys: a SIGHUP reload applies it (and all under it); without it
                        * a change is logged as needing a restart */
-#define F_SHOWN 8u    /* secret kinds: not a secret (a secret id), the dump shows the value */
+#define F_SHOWN 8u /* secret kinds: not a secret (a secret id), the dump shows the value */
 
 /* What the dump and the reload diff see of a field (parsing ignores it). */
 enum field_shape {
@@ -419,7 +434,7 @@ struct field {
     enum field_kind kind;
     size_t off;
     double min, max;
-    const char *const *names;                        /* FK_ENUM, NULL-ended */
+    const char *const *names;                           /* FK_ENUM, NULL-ended */
     int (*parse)(struct ctx *x, json_t *v, void *base); /* FK_CUSTOM; the key is on the path */
     size_t flag_off;
     unsigned flags;
@@ -428,7 +443,7 @@ struct field {
     enum field_shape shape;
     const struct field *sub;
     size_t count_off, elem_size;
-    enum field_kind view;  /* FK_CUSTOM leaf: the kind of the member at off */
+    enum field_kind view; /* FK_CUSTOM leaf: the kind of the member at off */
     /* FK_CUSTOM leaf hooks, used instead of view: the value (*out NULL: left out of the dump)
      * 0/-1 (OOM); 1 when a and b hold the same value. */
     int (*dump)(const struct field *f, const char *base, json_t **out);
@@ -468,7 +483,10 @@ static int parse_enum(struct ctx *x, json_t *v, const struct field *f, int *out)
     expect[0] = '\0';
     for (size_t i = 0; i < count && used < sizeof expect; i++) {
         int w = snprintf(expect + used, sizeof expect - used, "%s\"%s\"",
-                         i == 0 ? "" : i + 1 == count ? " or " : ", ", f->names[i]);
+                         i == 0           ? ""
+                         : i + 1 == count ? " or "
+                                          : ", ",
+                         f->names[i]);
         if (w < 0) break;
         used += (size_t)w;
     }
@@ -484,8 +502,8 @@ static int parse_enum(struct ctx *x, json_t *v, const struct field *f, int *out)
  * (the environment of a running process cannot be changed from outside anyway); a variable the
  * environment still holds is read afresh. Rotation goes through <name>_file. */
 struct env_secret {
-    char *name;   /* heap */
-    char *value;  /* secmem */
+    char *name;  /* heap */
+    char *value; /* secmem */
     struct env_secret *next;
 };
 
@@ -499,7 +517,8 @@ static int env_secret_take(const char *name, char **out) {
     int rc = 0;
     *out = NULL;
     pthread_mutex_lock(&env_lock);
-    for (e = env_secrets; e && strcmp(e->name, name) != 0; e = e->next) {}
+    for (e = env_secrets; e && strcmp(e->name, name) != 0; e = e->next) {
+    }
     char *val = getenv(name);
     if (val) {
         char *copy = *val ? secmem_strdup(val) : NULL;
@@ -544,8 +563,10 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
     if (json_is_null(v) && f->kind != FK_SECRET) return 0;
     if (!json_is_string(v) || json_string_length(v) == 0) {
         /* the value of a literal secret is not echoed, whatever its type */
-        if (f->kind == FK_SECRET && secret) snprintf(got, sizeof got, "%s", json_kind(v));
-        else describe(v, got, sizeof got);
+        if (f->kind == FK_SECRET && secret)
+            snprintf(got, sizeof got, "%s", json_kind(v));
+        else
+            describe(v, got, sizeof got);
         return fail(x, "must be a non-empty string%s; got %s",
                     f->kind == FK_SECRET ? "" : " or null", got);
     }
@@ -561,21 +582,23 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
     } else if (f->kind == FK_SECRET_ENV && secret) {
         switch (env_secret_take(name, dst)) {
         case 1:
-            return fail(x, "environment variable %s is not set (a secret added after start "
-                        "goes in %s_file)", shown, f->group);
-        case 2:
-            return fail(x, "environment variable %s is empty", shown);
-        case -1:
-            return oom(x);
+            return fail(x,
+                        "environment variable %s is not set (a secret added after start "
+                        "goes in %s_file)",
+                        shown, f->group);
+        case 2: return fail(x, "environment variable %s is empty", shown);
+        case -1: return oom(x);
         }
     } else if (f->kind == FK_SECRET_ENV) {
         const char *val = getenv(name);
         /* A reload reads the environment the process started with: a variable exported later
          * never reaches it, so the message points at the file form, which is read every time. */
         if (!val)
-            return fail(x, "environment variable %s is not set (a running capgate keeps the "
+            return fail(x,
+                        "environment variable %s is not set (a running capgate keeps the "
                         "environment it started with: for a value added at run time use "
-                        "%s_file)", shown, f->group);
+                        "%s_file)",
+                        shown, f->group);
         if (!*val) return fail(x, "environment variable %s is empty", shown);
         if (!(*dst = strdup(val))) return oom(x);
     } else {
@@ -671,8 +694,8 @@ static int parse_field(struct ctx *x, json_t *v, const struct field *f, char *ba
         }
         d = json_number_value(v);
         if ((f->flags & F_EXCL_MIN) ? !(d > f->min) : !(d >= f->min))
-            return fail(x, "must be %s %g; got %g", (f->flags & F_EXCL_MIN) ? "greater than"
-                        : "at least", f->min, d);
+            return fail(x, "must be %s %g; got %g",
+                        (f->flags & F_EXCL_MIN) ? "greater than" : "at least", f->min, d);
         if (d > f->max) return fail(x, "must be at most %g; got %g", f->max, d);
         *(double *)(base + f->off) = d;
         return 0;
@@ -684,16 +707,12 @@ static int parse_field(struct ctx *x, json_t *v, const struct field *f, char *ba
         }
         *(int *)(base + f->off) = json_is_true(v);
         return 0;
-    case FK_ENUM:
-        return parse_enum(x, v, f, (int *)(base + f->off));
+    case FK_ENUM: return parse_enum(x, v, f, (int *)(base + f->off));
     case FK_SECRET:
     case FK_SECRET_ENV:
-    case FK_SECRET_FILE:
-        return parse_secret(x, v, f, base);
-    case FK_CUSTOM:
-        return f->parse(x, v, base);
-    case FK_NONE:
-        break;
+    case FK_SECRET_FILE: return parse_secret(x, v, f, base);
+    case FK_CUSTOM: return f->parse(x, v, base);
+    case FK_NONE: break;
     }
     return fail(x, "internal error: unknown field kind");
 }
@@ -792,8 +811,10 @@ static int parse_trusted_proxies(struct ctx *x, json_t *v, void *base) {
     char got[80], err[160];
     if (!json_is_array(v)) {
         describe(v, got, sizeof got);
-        return fail(x, "must be a list of IPv4 or IPv6 CIDR blocks (\"10.0.0.0/8\", "
-                    "\"fd00::/8\"); got %s", got);
+        return fail(x,
+                    "must be a list of IPv4 or IPv6 CIDR blocks (\"10.0.0.0/8\", "
+                    "\"fd00::/8\"); got %s",
+                    got);
     }
     if (json_array_size(v) &&
         !(c->trusted_proxies = calloc(json_array_size(v), sizeof *c->trusted_proxies)))
@@ -802,8 +823,7 @@ static int parse_trusted_proxies(struct ctx *x, json_t *v, void *base) {
         push_index(x, i);
         if (!json_is_string(e)) {
             describe(e, got, sizeof got);
-            return fail(x, "must be a CIDR block as a string, e.g. \"10.0.0.0/8\"; got %s",
-                        got);
+            return fail(x, "must be a CIDR block as a string, e.g. \"10.0.0.0/8\"; got %s", got);
         }
         if (net_parse_cidr(json_string_value(e), &c->trusted_proxies[i], err, sizeof err) != 0)
             return fail(x, "%s", err);
@@ -848,8 +868,10 @@ static int parse_actions(struct ctx *x, json_t *v, void *base) {
         }
         if (!found) {
             describe(e, got, sizeof got);
-            return fail(x, "must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
-                        "\"CaptchaQuery\"; got %s", got);
+            return fail(x,
+                        "must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
+                        "\"CaptchaQuery\"; got %s",
+                        got);
         }
         pop(x);
     }
@@ -869,8 +891,7 @@ static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
         describe(v, got, sizeof got);
         return fail(x, "must be \"*\" or a non-empty list of UInt businessIds; got %s", got);
     }
-    if (!(app->business_ids = calloc(json_array_size(v), sizeof *app->business_ids)))
-        return oom(x);
+    if (!(app->business_ids = calloc(json_array_size(v), sizeof *app->business_ids))) return oom(x);
     app->business_any = 0;
     json_array_foreach(v, i, e) {
         push_index(x, i);
@@ -1076,7 +1097,8 @@ static int same_redis_url(const struct field *f, const char *a, const char *b) {
 static int dump_pii_key(const struct field *f, const char *base, json_t **out) {
     const struct config_audit *a = (const struct config_audit *)base;
     *out = a->pii_key_generated ? json_string("(random per process)")
-           : a->pii_key ? json_string(MASK) : json_null();
+           : a->pii_key         ? json_string(MASK)
+                                : json_null();
     return *out ? 0 : -1;
 }
 
@@ -1091,44 +1113,65 @@ static int same_pii_key(const struct field *f, const char *a, const char *b) {
 
 /* ---- tables ------------------------------------------------------------------------------ */
 
-#define STR(k, T, m) {.key = k, .kind = FK_STRING, .off = offsetof(T, m), .flag_off = NO_FLAG}
-#define STRN(k, T, m) {.key = k, .kind = FK_STRING_NULL, .off = offsetof(T, m), .flag_off = NO_FLAG}
+#define STR(k, T, m) \
+    { .key = k, .kind = FK_STRING, .off = offsetof(T, m), .flag_off = NO_FLAG }
+#define STRN(k, T, m) \
+    { .key = k, .kind = FK_STRING_NULL, .off = offsetof(T, m), .flag_off = NO_FLAG }
 #define NUM(k, kd, T, m, lo, hi) \
-    {.key = k, .kind = kd, .off = offsetof(T, m), .min = lo, .max = hi, .flag_off = NO_FLAG}
-#define BOOL(k, T, m) {.key = k, .kind = FK_BOOL, .off = offsetof(T, m), .flag_off = NO_FLAG}
-#define ENUM(k, T, m, n) {.key = k, .kind = FK_ENUM, .off = offsetof(T, m), .names = n, \
-                          .flag_off = NO_FLAG}
+    { .key = k, .kind = kd, .off = offsetof(T, m), .min = lo, .max = hi, .flag_off = NO_FLAG }
+#define BOOL(k, T, m) \
+    { .key = k, .kind = FK_BOOL, .off = offsetof(T, m), .flag_off = NO_FLAG }
+#define ENUM(k, T, m, n) \
+    { .key = k, .kind = FK_ENUM, .off = offsetof(T, m), .names = n, .flag_off = NO_FLAG }
 #define SECRET(k, kd, T, m, g, flag) \
-    {.key = k, .kind = kd, .off = offsetof(T, m), .group = g, .flag_off = flag}
-#define CUSTOM(k, fn) {.key = k, .kind = FK_CUSTOM, .parse = fn, .flag_off = NO_FLAG}
+    { .key = k, .kind = kd, .off = offsetof(T, m), .group = g, .flag_off = flag }
+#define CUSTOM(k, fn) \
+    { .key = k, .kind = FK_CUSTOM, .parse = fn, .flag_off = NO_FLAG }
 /* A custom leaf the dump and the diff see through the hooks d and sm. */
 #define CUSTOM_LEAF(k, fn, d, sm, fl) \
-    {.key = k, .kind = FK_CUSTOM, .parse = fn, .dump = d, .same = sm, .flag_off = NO_FLAG, \
-     .flags = fl}
+    { \
+        .key = k, .kind = FK_CUSTOM, .parse = fn, .dump = d, .same = sm, .flag_off = NO_FLAG, \
+        .flags = fl \
+    }
 /* A section: an object of fields sub at member m of T. */
 #define SECTION(k, fn, sub_, T, m, fl) \
-    {.key = k, .kind = FK_CUSTOM, .parse = fn, .shape = SHAPE_OBJECT, .sub = sub_, \
-     .off = offsetof(T, m), .flag_off = NO_FLAG, .flags = fl}
+    { \
+        .key = k, .kind = FK_CUSTOM, .parse = fn, .shape = SHAPE_OBJECT, .sub = sub_, \
+        .off = offsetof(T, m), .flag_off = NO_FLAG, .flags = fl \
+    }
 /* A list of objects of fields sub: array member m, count member n, elements of type E. */
 #define LIST(k, fn, sub_, T, m, n, E, fl) \
-    {.key = k, .kind = FK_CUSTOM, .parse = fn, .shape = SHAPE_LIST, .sub = sub_, \
-     .off = offsetof(T, m), .count_off = offsetof(T, n), .elem_size = sizeof(E), \
-     .flag_off = NO_FLAG, .flags = fl}
-#define END {.key = NULL}
+    { \
+        .key = k, .kind = FK_CUSTOM, .parse = fn, .shape = SHAPE_LIST, .sub = sub_, \
+        .off = offsetof(T, m), .count_off = offsetof(T, n), .elem_size = sizeof(E), \
+        .flag_off = NO_FLAG, .flags = fl \
+    }
+#define END \
+    { .key = NULL }
 
 #define MS_MAX 600000.0
 
 static const struct field upstream_fields[] = {
     STR("url", struct config_upstream, url),
     STR("sign_host", struct config_upstream, sign_host),
-    {.key = "secret_id", .kind = FK_SECRET, .off = offsetof(struct config_upstream, secret_id),
-     .group = "secret_id", .flag_off = NO_FLAG, .flags = F_SHOWN},
-    {.key = "secret_id_env", .kind = FK_SECRET_ENV,
-     .off = offsetof(struct config_upstream, secret_id), .group = "secret_id",
-     .flag_off = NO_FLAG, .flags = F_SHOWN},
-    {.key = "secret_id_file", .kind = FK_SECRET_FILE,
-     .off = offsetof(struct config_upstream, secret_id), .group = "secret_id",
-     .flag_off = NO_FLAG, .flags = F_SHOWN},
+    {.key = "secret_id",
+     .kind = FK_SECRET,
+     .off = offsetof(struct config_upstream, secret_id),
+     .group = "secret_id",
+     .flag_off = NO_FLAG,
+     .flags = F_SHOWN},
+    {.key = "secret_id_env",
+     .kind = FK_SECRET_ENV,
+     .off = offsetof(struct config_upstream, secret_id),
+     .group = "secret_id",
+     .flag_off = NO_FLAG,
+     .flags = F_SHOWN},
+    {.key = "secret_id_file",
+     .kind = FK_SECRET_FILE,
+     .off = offsetof(struct config_upstream, secret_id),
+     .group = "secret_id",
+     .flag_off = NO_FLAG,
+     .flags = F_SHOWN},
     SECRET("secret_key", FK_SECRET, struct config_upstream, secret_key, "secret_key",
            offsetof(struct config_upstream, secret_literal)),
     SECRET("secret_key_env", FK_SECRET_ENV, struct config_upstream, secret_key, "secret_key",
@@ -1150,14 +1193,21 @@ static const struct field upstream_fields[] = {
 };
 
 static const struct field redis_fields[] = {
-    {.key = "url", .kind = FK_STRING, .off = offsetof(struct config_redis, url),
-     .flag_off = NO_FLAG, .flags = F_REQUIRED, .dump = dump_redis_url,
+    {.key = "url",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, url),
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED,
+     .dump = dump_redis_url,
      .same = same_redis_url},
     SECRET("password_env", FK_SECRET_ENV, struct config_redis, password, "password", NO_FLAG),
     SECRET("password_file", FK_SECRET_FILE, struct config_redis, password, "password", NO_FLAG),
     NUM("timeout_ms", FK_UINT, struct config_redis, timeout_ms, 1, MS_MAX),
-    {.key = "key_prefix", .kind = FK_STRING, .off = offsetof(struct config_redis, key_prefix),
-     .max = CONFIG_KEY_PREFIX_MAX, .flag_off = NO_FLAG},
+    {.key = "key_prefix",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, key_prefix),
+     .max = CONFIG_KEY_PREFIX_MAX,
+     .flag_off = NO_FLAG},
     END,
 };
 
@@ -1167,16 +1217,22 @@ static const struct field auth_fields[] = {
 };
 
 static const struct field app_fields[] = {
-    {.key = "name", .kind = FK_NAME, .off = offsetof(struct config_app, name),
-     .flag_off = NO_FLAG, .flags = F_REQUIRED},
-    {.key = "auth", .kind = FK_ENUM, .off = offsetof(struct config_app, auth),
-     .names = app_auth_names, .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    {.key = "name",
+     .kind = FK_NAME,
+     .off = offsetof(struct config_app, name),
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
+    {.key = "auth",
+     .kind = FK_ENUM,
+     .off = offsetof(struct config_app, auth),
+     .names = app_auth_names,
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
     STR("secret_id", struct config_app, secret_id),
     SECRET("secret_key", FK_SECRET, struct config_app, secret_key, "secret_key",
            offsetof(struct config_app, secret_literal)),
     SECRET("secret_key_env", FK_SECRET_ENV, struct config_app, secret_key, "secret_key", NO_FLAG),
-    SECRET("secret_key_file", FK_SECRET_FILE, struct config_app, secret_key, "secret_key",
-           NO_FLAG),
+    SECRET("secret_key_file", FK_SECRET_FILE, struct config_app, secret_key, "secret_key", NO_FLAG),
     SECRET("token", FK_SECRET, struct config_app, token, "token",
            offsetof(struct config_app, secret_literal)),
     SECRET("token_env", FK_SECRET_ENV, struct config_app, token, "token", NO_FLAG),
@@ -1187,15 +1243,28 @@ static const struct field app_fields[] = {
 };
 
 static const struct field limit_fields[] = {
-    {.key = "name", .kind = FK_NAME, .off = offsetof(struct config_limit, name),
-     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    {.key = "name",
+     .kind = FK_NAME,
+     .off = offsetof(struct config_limit, name),
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
     ENUM("scope", struct config_limit, scope, scope_names),
     CUSTOM_LEAF("businessId", parse_limit_business, dump_limit_match, same_limit_match, 0),
     CUSTOM_LEAF("sceneId", parse_limit_scene, dump_limit_match, same_limit_match, 0),
-    {.key = "rate", .kind = FK_DOUBLE, .off = offsetof(struct config_limit, rate), .min = 0,
-     .max = 1e9, .flag_off = NO_FLAG, .flags = F_REQUIRED | F_EXCL_MIN},
-    {.key = "period_s", .kind = FK_DOUBLE, .off = offsetof(struct config_limit, period_s),
-     .min = 0, .max = 86400, .flag_off = NO_FLAG, .flags = F_EXCL_MIN},
+    {.key = "rate",
+     .kind = FK_DOUBLE,
+     .off = offsetof(struct config_limit, rate),
+     .min = 0,
+     .max = 1e9,
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED | F_EXCL_MIN},
+    {.key = "period_s",
+     .kind = FK_DOUBLE,
+     .off = offsetof(struct config_limit, period_s),
+     .min = 0,
+     .max = 86400,
+     .flag_off = NO_FLAG,
+     .flags = F_EXCL_MIN},
     NUM("burst", FK_DOUBLE, struct config_limit, burst, 1, 1e9),
     ENUM("mode", struct config_limit, shadow, mode_names),
     END,
@@ -1207,8 +1276,13 @@ static const struct field audit_fields[] = {
     STR("spool_dir", struct config_audit, spool_dir),
     STRN("file", struct config_audit, file),
     ENUM("pii", struct config_audit, pii_raw, pii_names),
-    {.key = "pii_key_env", .kind = FK_SECRET_ENV, .off = offsetof(struct config_audit, pii_key),
-     .group = "pii_key", .flag_off = NO_FLAG, .dump = dump_pii_key, .same = same_pii_key},
+    {.key = "pii_key_env",
+     .kind = FK_SECRET_ENV,
+     .off = offsetof(struct config_audit, pii_key),
+     .group = "pii_key",
+     .flag_off = NO_FLAG,
+     .dump = dump_pii_key,
+     .same = same_pii_key},
     SECRET("pii_key_file", FK_SECRET_FILE, struct config_audit, pii_key, "pii_key", NO_FLAG),
     END,
 };
@@ -1220,18 +1294,26 @@ static const struct field metrics_fields[] = {
 };
 
 #define PROFILE_U32(k, m, hi) \
-    {.key = k, .kind = FK_U32, .off = offsetof(struct config_pool_profile, m), .max = hi, \
-     .flag_off = NO_FLAG, .flags = F_REQUIRED}
+    { \
+        .key = k, .kind = FK_U32, .off = offsetof(struct config_pool_profile, m), .max = hi, \
+        .flag_off = NO_FLAG, .flags = F_REQUIRED \
+    }
 static const struct field profile_fields[] = {
     PROFILE_U32("captchaType", captcha_type, UINT32_MAX),
     PROFILE_U32("disturbLevel", disturb_level, UINT32_MAX),
     PROFILE_U32("isHttps", is_https, 1),
     PROFILE_U32("clientType", client_type, 4),
     PROFILE_U32("accountType", account_type, 7),
-    {.key = "businessId", .kind = FK_U32, .off = offsetof(struct config_pool_profile, business_id),
-     .max = UINT32_MAX, .flag_off = offsetof(struct config_pool_profile, has_business_id)},
-    {.key = "sceneId", .kind = FK_U32, .off = offsetof(struct config_pool_profile, scene_id),
-     .max = UINT32_MAX, .flag_off = offsetof(struct config_pool_profile, has_scene_id)},
+    {.key = "businessId",
+     .kind = FK_U32,
+     .off = offsetof(struct config_pool_profile, business_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config_pool_profile, has_business_id)},
+    {.key = "sceneId",
+     .kind = FK_U32,
+     .off = offsetof(struct config_pool_profile, scene_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config_pool_profile, has_scene_id)},
     NUM("size", FK_UINT, struct config_pool_profile, size, 1, 10000),
     END,
 };
@@ -1288,8 +1370,7 @@ static int parse_upstream_url(struct config_upstream *u, const char **why) {
     }
     slash = strchr(rest, '/');
     if (!(authority = strndup(rest, slash ? (size_t)(slash - rest) : strlen(rest)))) goto out;
-    if (strchr(authority, '@') || split_host_port(authority, &host, &port, 0) != 0 ||
-        port == 0) {
+    if (strchr(authority, '@') || split_host_port(authority, &host, &port, 0) != 0 || port == 0) {
         *why = "must be http(s)://host[:port][/path] with a port 1..65535";
         goto out;
     }
@@ -1369,8 +1450,7 @@ static int parse_redis_url(struct config_redis *r, const char **why) {
     } else {
         hostpart = rest;
     }
-    if (!(authority = strndup(hostpart, slash ? (size_t)(slash - hostpart)
-                                              : strlen(hostpart))))
+    if (!(authority = strndup(hostpart, slash ? (size_t)(slash - hostpart) : strlen(hostpart))))
         goto out;
     if (split_host_port(authority, &host, &port, 0) != 0 || port == 0) {
         *why = "must be redis://[:password@]host[:port][/db] with a port 1..65535";
@@ -1423,8 +1503,7 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
         if (is_default)
             snprintf(buf, sizeof buf, "%s%s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
         else
-            snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "",
-                     u->port);
+            snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "", u->port);
         if (set_str(&u->sign_host, buf)) return oom(x);
     }
     if (!u->secret_id) return fail(x, "missing required key \"secret_id_env\" (or secret_id)");
@@ -1446,8 +1525,10 @@ static int parse_redis(struct ctx *x, json_t *v, void *base) {
         int rc;
         push_key(x, "url");
         /* a url holding a password is not echoed back */
-        if (!why) rc = oom(x);
-        else if (strchr(c->redis->url, '@')) rc = fail(x, "%s", why);
+        if (!why)
+            rc = oom(x);
+        else if (strchr(c->redis->url, '@'))
+            rc = fail(x, "%s", why);
         else {
             char shown[200];
             url_masked(c->redis->url, shown, sizeof shown);
@@ -1488,7 +1569,7 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
         } else {
             if (app->secret_id || app->secret_key)
                 return fail(x, "secret_id and secret_key keys are only for \"auth\": "
-                            "\"signature\" apps");
+                               "\"signature\" apps");
             if (!app->token) return fail(x, "missing required key \"token_env\" (or token_file)");
         }
         pop(x);
@@ -1499,7 +1580,8 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
         for (size_t j = 0; j < i; j++) {
             const struct config_app *b = &c->apps[j];
             const char *what = NULL;
-            if (strcmp(a->name, b->name) == 0) what = "name";
+            if (strcmp(a->name, b->name) == 0)
+                what = "name";
             else if (a->secret_id && b->secret_id && strcmp(a->secret_id, b->secret_id) == 0)
                 what = "secret_id";
             else if (a->token && b->token && strcmp(a->token, b->token) == 0)
@@ -1508,7 +1590,7 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
                 int rc;
                 push_index(x, i);
                 push_key(x, strcmp(what, "name") == 0 || strcmp(what, "secret_id") == 0 ? what
-                         : "token");
+                                                                                        : "token");
                 if (strcmp(what, "token") == 0)
                     rc = fail(x, "the same token as apps[%zu] (\"%s\")", j, b->name);
                 else {
@@ -1609,8 +1691,10 @@ static int parse_profiles(struct ctx *x, json_t *v, void *base) {
         if (p->account_type != 0 && p->account_type != 4 && p->account_type != 6 &&
             p->account_type != 7) {
             push_key(x, "accountType");
-            return fail(x, "must be one of 0, 4, 6, 7 (1 and 2 need a per-request appId); "
-                        "got %u", p->account_type);
+            return fail(x,
+                        "must be one of 0, 4, 6, 7 (1 and 2 need a per-request appId); "
+                        "got %u",
+                        p->account_type);
         }
         /* two equal profiles would share one pool list: reported at the later of the two */
         for (size_t j = 0; j < i; j++) {
@@ -1632,10 +1716,16 @@ static int parse_idempotency(struct ctx *x, json_t *v, void *base) {
 }
 
 static const struct field tls_fields[] = {
-    {.key = "cert_file", .kind = FK_STRING, .off = offsetof(struct config_tls, cert_file),
-     .flag_off = NO_FLAG, .flags = F_REQUIRED},
-    {.key = "key_file", .kind = FK_STRING, .off = offsetof(struct config_tls, key_file),
-     .flag_off = NO_FLAG, .flags = F_REQUIRED},
+    {.key = "cert_file",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_tls, cert_file),
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
+    {.key = "key_file",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_tls, key_file),
+     .flag_off = NO_FLAG,
+     .flags = F_REQUIRED},
     END,
 };
 
@@ -1672,32 +1762,67 @@ static const struct field config_fields[] = {
     CUSTOM_LEAF("admin_listen", parse_admin_listen, dump_admin_listen, same_admin_listen, 0),
     SECTION("admin", parse_admin, admin_fields, struct config, admin, 0),
     NUM("workers", FK_UINT, struct config, workers, 1, 64),
-    {.key = "http_errors", .kind = FK_ENUM, .off = offsetof(struct config, http_errors_semantic),
-     .names = http_errors_names, .flag_off = NO_FLAG, .flags = F_RELOAD},
+    {.key = "http_errors",
+     .kind = FK_ENUM,
+     .off = offsetof(struct config, http_errors_semantic),
+     .names = http_errors_names,
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
     SECTION("upstream", parse_upstream, upstream_fields, struct config, upstream, F_REQUIRED),
-    {.key = "redis", .kind = FK_CUSTOM, .parse = parse_redis, .shape = SHAPE_OBJECT_PTR,
-     .sub = redis_fields, .off = offsetof(struct config, redis), .flag_off = NO_FLAG},
-    {.key = "on_store_error", .kind = FK_ENUM, .off = offsetof(struct config, on_store_error),
-     .names = store_error_names, .flag_off = NO_FLAG, .flags = F_RELOAD},
-    {.key = "auth", .kind = FK_CUSTOM, .parse = parse_auth, .shape = SHAPE_OBJECT,
-     .sub = auth_fields, .off = 0, .flag_off = NO_FLAG, .flags = F_RELOAD},
-    LIST("apps", parse_apps, app_fields, struct config, apps, n_apps, struct config_app,
+    {.key = "redis",
+     .kind = FK_CUSTOM,
+     .parse = parse_redis,
+     .shape = SHAPE_OBJECT_PTR,
+     .sub = redis_fields,
+     .off = offsetof(struct config, redis),
+     .flag_off = NO_FLAG},
+    {.key = "on_store_error",
+     .kind = FK_ENUM,
+     .off = offsetof(struct config, on_store_error),
+     .names = store_error_names,
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "auth",
+     .kind = FK_CUSTOM,
+     .parse = parse_auth,
+     .shape = SHAPE_OBJECT,
+     .sub = auth_fields,
+     .off = 0,
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    LIST("apps", parse_apps, app_fields, struct config, apps, n_apps, struct config_app, F_RELOAD),
+    LIST("limits", parse_limits, limit_fields, struct config, limits, n_limits, struct config_limit,
          F_RELOAD),
-    LIST("limits", parse_limits, limit_fields, struct config, limits, n_limits,
-         struct config_limit, F_RELOAD),
     SECTION("audit", parse_audit, audit_fields, struct config, audit, 0),
     SECTION("metrics", parse_metrics, metrics_fields, struct config, metrics, 0),
     SECTION("pool", parse_pool, pool_fields, struct config, pool, F_RELOAD),
-    {.key = "idempotency", .kind = FK_CUSTOM, .parse = parse_idempotency, .shape = SHAPE_OBJECT,
-     .sub = idempotency_fields, .off = 0, .flag_off = NO_FLAG, .flags = F_RELOAD},
-    SECTION("http", parse_http, http_fields, struct config, http, 0),
-    {.key = "demo", .kind = FK_BOOL, .off = offsetof(struct config, demo), .flag_off = NO_FLAG,
+    {.key = "idempotency",
+     .kind = FK_CUSTOM,
+     .parse = parse_idempotency,
+     .shape = SHAPE_OBJECT,
+     .sub = idempotency_fields,
+     .off = 0,
+     .flag_off = NO_FLAG,
      .flags = F_RELOAD},
-    {.key = "demo_app", .kind = FK_STRING_NULL, .off = offsetof(struct config, demo_app),
-     .flag_off = NO_FLAG, .flags = F_RELOAD},
+    SECTION("http", parse_http, http_fields, struct config, http, 0),
+    {.key = "demo",
+     .kind = FK_BOOL,
+     .off = offsetof(struct config, demo),
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_app",
+     .kind = FK_STRING_NULL,
+     .off = offsetof(struct config, demo_app),
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
     STR("instance", struct config, instance),
-    {.key = "log_level", .kind = FK_CUSTOM, .parse = parse_log_level, .view = FK_STRING,
-     .off = offsetof(struct config, log_level), .names = log_level_names, .flag_off = NO_FLAG,
+    {.key = "log_level",
+     .kind = FK_CUSTOM,
+     .parse = parse_log_level,
+     .view = FK_STRING,
+     .off = offsetof(struct config, log_level),
+     .names = log_level_names,
+     .flag_off = NO_FLAG,
      .flags = F_RELOAD},
     ENUM("log_format", struct config, log_json, log_format_names),
     END,
@@ -1754,14 +1879,13 @@ static int check_demo(struct ctx *x, struct config *c) {
     if (!c->demo) return 0;
     for (size_t i = 0; i < c->n_apps && !app; i++) {
         const struct config_app *a = &c->apps[i];
-        if (c->demo_app ? strcmp(a->name, c->demo_app) == 0 : a->auth == CONFIG_AUTH_TOKEN)
-            app = a;
+        if (c->demo_app ? strcmp(a->name, c->demo_app) == 0 : a->auth == CONFIG_AUTH_TOKEN) app = a;
     }
     if (!c->demo_app) {
         if (!app) {
             push_key(x, "demo");
             return fail(x, "is true but no app has \"auth\": \"token\"; the /demo page calls "
-                        "the front API as a token app");
+                           "the front API as a token app");
         }
         return set_str(&c->demo_app, app->name) ? oom(x) : 0;
     }
@@ -1784,7 +1908,7 @@ static int check_listeners(struct ctx *x, struct config *c) {
     if (!c->listen_host && !c->tls_listen_host) {
         push_key(x, "listen");
         return fail(x, "is null and tls_listen is not set: the front needs at least one "
-                    "listener");
+                       "listener");
     }
     if (!c->tls_listen_host && c->tls.cert_file) {
         push_key(x, "tls");
@@ -1798,7 +1922,7 @@ static int check_listeners(struct ctx *x, struct config *c) {
     if (c->demo && !c->listen_host) {
         push_key(x, "demo");
         return fail(x, "is true but listen is null; the /demo page calls the plain front "
-                    "listener");
+                       "listener");
     }
     tls_global_init();
     if (!(ctx = tls_server_ctx_new(c->tls.cert_file, c->tls.key_file, err, sizeof err))) {
@@ -1825,7 +1949,8 @@ static int check_admin(struct ctx *x, struct config *c) {
     if (c->admin.token || c->admin.allow_unauthenticated || host_is_loopback(c->admin_host))
         return 0;
     push_key(x, "admin_listen");
-    return fail(x, "%s is not a loopback address and admin has no token: set admin.token_file "
+    return fail(x,
+                "%s is not a loopback address and admin has no token: set admin.token_file "
                 "(or admin.token_env), or \"admin\": {\"allow_unauthenticated\": true}",
                 c->admin_host);
 }
@@ -1853,8 +1978,8 @@ static int config_finish(struct ctx *x, struct config *c) {
 
 static int load_text(const char *json_text, const char *name, const char *base_dir,
                      struct config **out, char *err, size_t errlen) {
-    struct ctx x = {.text = json_text, .name = name, .base_dir = base_dir, .err = err,
-                    .errlen = errlen};
+    struct ctx x = {
+        .text = json_text, .name = name, .base_dir = base_dir, .err = err, .errlen = errlen};
     struct config *c = NULL;
     json_t *root = NULL;
     json_error_t jerr;
@@ -1989,7 +2114,9 @@ static int group_follower(const struct field *table, const struct field *f) {
     return 0;
 }
 
-static const char *field_name(const struct field *f) { return f->group ? f->group : f->key; }
+static const char *field_name(const struct field *f) {
+    return f->group ? f->group : f->key;
+}
 
 static int is_secret(const struct field *f) {
     return (f->kind == FK_SECRET || f->kind == FK_SECRET_ENV || f->kind == FK_SECRET_FILE) &&
@@ -2006,8 +2133,7 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
     *out = NULL;
     if (f->dump) return f->dump(f, base, out);
     switch (f->shape) {
-    case SHAPE_OBJECT:
-        return dump_object(f->sub, at, out);
+    case SHAPE_OBJECT: return dump_object(f->sub, at, out);
     case SHAPE_OBJECT_PTR: {
         const char *p = *(char *const *)at;
         if (!p) return (*out = json_null()) ? 0 : -1;
@@ -2027,8 +2153,7 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
         *out = list;
         return 0;
     }
-    case SHAPE_LEAF:
-        break;
+    case SHAPE_LEAF: break;
     }
     switch (kind) {
     case FK_STRING:
@@ -2038,28 +2163,16 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
         *out = v ? json_string(v) : json_null();
         break;
     }
-    case FK_UINT:
-        *out = json_integer(*(const unsigned *)at);
-        break;
+    case FK_UINT: *out = json_integer(*(const unsigned *)at); break;
     case FK_U32:
         if (f->flag_off != NO_FLAG && !*(const int *)(base + f->flag_off)) return 0;
         *out = json_integer(*(const uint32_t *)at);
         break;
-    case FK_ULONG:
-        *out = json_integer((json_int_t)*(const unsigned long *)at);
-        break;
-    case FK_SIZE:
-        *out = json_integer((json_int_t)*(const size_t *)at);
-        break;
-    case FK_DOUBLE:
-        *out = json_real(*(const double *)at);
-        break;
-    case FK_BOOL:
-        *out = json_boolean(*(const int *)at);
-        break;
-    case FK_ENUM:
-        *out = json_string(f->names[*(const int *)at]);
-        break;
+    case FK_ULONG: *out = json_integer((json_int_t) * (const unsigned long *)at); break;
+    case FK_SIZE: *out = json_integer((json_int_t) * (const size_t *)at); break;
+    case FK_DOUBLE: *out = json_real(*(const double *)at); break;
+    case FK_BOOL: *out = json_boolean(*(const int *)at); break;
+    case FK_ENUM: *out = json_string(f->names[*(const int *)at]); break;
     case FK_SECRET:
     case FK_SECRET_ENV:
     case FK_SECRET_FILE: {
@@ -2119,8 +2232,7 @@ static int same_value(const struct field *f, const char *a, const char *b) {
     const char *pa = a + f->off, *pb = b + f->off;
     if (f->same) return f->same(f, a, b);
     switch (f->shape) {
-    case SHAPE_OBJECT:
-        return same_object(f->sub, pa, pb);
+    case SHAPE_OBJECT: return same_object(f->sub, pa, pb);
     case SHAPE_OBJECT_PTR: {
         const char *x = *(char *const *)pa, *y = *(char *const *)pb;
         if (!x || !y) return x == y;
@@ -2134,8 +2246,7 @@ static int same_value(const struct field *f, const char *a, const char *b) {
             if (!same_object(f->sub, x + i * f->elem_size, y + i * f->elem_size)) return 0;
         return 1;
     }
-    case SHAPE_LEAF:
-        break;
+    case SHAPE_LEAF: break;
     }
     switch (kind) {
     case FK_STRING:
@@ -2143,10 +2254,8 @@ static int same_value(const struct field *f, const char *a, const char *b) {
     case FK_STRING_NULL:
     case FK_SECRET:
     case FK_SECRET_ENV:
-    case FK_SECRET_FILE:
-        return same_str(*(char *const *)pa, *(char *const *)pb);
-    case FK_UINT:
-        return *(const unsigned *)pa == *(const unsigned *)pb;
+    case FK_SECRET_FILE: return same_str(*(char *const *)pa, *(char *const *)pb);
+    case FK_UINT: return *(const unsigned *)pa == *(const unsigned *)pb;
     case FK_U32:
         if (f->flag_off != NO_FLAG) {
             int fa = *(const int *)(a + f->flag_off), fb = *(const int *)(b + f->flag_off);
@@ -2154,18 +2263,13 @@ static int same_value(const struct field *f, const char *a, const char *b) {
             if (!fa) return 1;
         }
         return *(const uint32_t *)pa == *(const uint32_t *)pb;
-    case FK_ULONG:
-        return *(const unsigned long *)pa == *(const unsigned long *)pb;
-    case FK_SIZE:
-        return *(const size_t *)pa == *(const size_t *)pb;
-    case FK_DOUBLE:
-        return *(const double *)pa == *(const double *)pb;
+    case FK_ULONG: return *(const unsigned long *)pa == *(const unsigned long *)pb;
+    case FK_SIZE: return *(const size_t *)pa == *(const size_t *)pb;
+    case FK_DOUBLE: return *(const double *)pa == *(const double *)pb;
     case FK_BOOL:
-    case FK_ENUM:
-        return *(const int *)pa == *(const int *)pb;
+    case FK_ENUM: return *(const int *)pa == *(const int *)pb;
     case FK_NONE:
-    case FK_CUSTOM:
-        break;
+    case FK_CUSTOM: break;
     }
     return 1; /* nothing to compare (test_config sees a change that is never reported) */
 }
@@ -2192,11 +2296,16 @@ static void diff_report(struct diff *d, const char *path, const char *detail) {
 static void value_text(const struct field *f, const char *base, char *buf, size_t len) {
     json_t *v = NULL;
     char *s = NULL;
-    if (dump_value(f, base, &v) != 0) snprintf(buf, len, "?");
-    else if (!v) snprintf(buf, len, "absent");
-    else if (json_is_string(v)) snprintf(buf, len, "%s", json_string_value(v));
-    else if ((s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT))) snprintf(buf, len, "%s", s);
-    else snprintf(buf, len, "?");
+    if (dump_value(f, base, &v) != 0)
+        snprintf(buf, len, "?");
+    else if (!v)
+        snprintf(buf, len, "absent");
+    else if (json_is_string(v))
+        snprintf(buf, len, "%s", json_string_value(v));
+    else if ((s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT)))
+        snprintf(buf, len, "%s", s);
+    else
+        snprintf(buf, len, "?");
     free(s);
     json_decref(v);
 }
@@ -2233,16 +2342,18 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
             if (j < nx) o = x + j * f->elem_size;
             snprintf(where, sizeof where, "%s[%zu]", path, j);
         }
-        if (!o) diff_report(d, where, "added");
-        else if (!same_object(f->sub, o, e)) diff_report(d, where, "changed");
+        if (!o)
+            diff_report(d, where, "added");
+        else if (!same_object(f->sub, o, e))
+            diff_report(d, where, "changed");
     }
     for (size_t i = 0; i < nx; i++) {
         const char *o = x + i * f->elem_size;
         int kept = 0;
         if (named) {
             for (size_t j = 0; j < ny && !kept; j++)
-                kept = same_str(element_name(f->sub, o),
-                                element_name(f->sub, y + j * f->elem_size));
+                kept =
+                    same_str(element_name(f->sub, o), element_name(f->sub, y + j * f->elem_size));
             snprintf(where, sizeof where, "%s[%s]", path, element_name(f->sub, o));
         } else {
             kept = i < ny;
@@ -2258,20 +2369,17 @@ static void diff_field(struct diff *d, const struct field *f, const char *a, con
     char was[128], now[128], detail[300];
     if (same_value(f, a, b)) return;
     switch (f->shape) {
-    case SHAPE_OBJECT:
-        diff_object(d, f->sub, a + f->off, b + f->off, path);
-        return;
+    case SHAPE_OBJECT: diff_object(d, f->sub, a + f->off, b + f->off, path); return;
     case SHAPE_OBJECT_PTR: {
         const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
-        if (x && y) diff_object(d, f->sub, x, y, path);
-        else diff_report(d, path, x ? "removed" : "added");
+        if (x && y)
+            diff_object(d, f->sub, x, y, path);
+        else
+            diff_report(d, path, x ? "removed" : "added");
         return;
     }
-    case SHAPE_LIST:
-        diff_list(d, f, a, b, path);
-        return;
-    case SHAPE_LEAF:
-        break;
+    case SHAPE_LIST: diff_list(d, f, a, b, path); return;
+    case SHAPE_LEAF: break;
     }
     if (is_secret(f)) {
         diff_report(d, path, "changed");
@@ -2293,8 +2401,8 @@ static void diff_object(struct diff *d, const struct field *table, const char *a
     }
 }
 
-size_t config_diff(const struct config *a, const struct config *b, int applied,
-                   config_change_fn fn, void *arg) {
+size_t config_diff(const struct config *a, const struct config *b, int applied, config_change_fn fn,
+                   void *arg) {
     struct diff d = {.applied = !!applied, .fn = fn, .arg = arg};
     for (const struct field *f = config_fields; f->key; f++) {
         if (!(f->flags & F_RELOAD) != !applied || group_follower(config_fields, f)) continue;
@@ -2366,12 +2474,14 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
         warn("upstream.url is plain http: the signed requests travel unencrypted", arg);
     if (c->upstream.secret_literal)
         warn("upstream.secret_key is written in the config file: use secret_key_env or "
-             "secret_key_file outside local development", arg);
+             "secret_key_file outside local development",
+             arg);
     for (size_t i = 0; i < c->n_apps; i++) {
         if (!c->apps[i].secret_literal) continue;
-        snprintf(msg, sizeof msg, "apps[%zu] (\"%s\"): the %s is written in the config file: use "
-                 "%s_env or %s_file outside local development", i, c->apps[i].name,
-                 c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key",
+        snprintf(msg, sizeof msg,
+                 "apps[%zu] (\"%s\"): the %s is written in the config file: use "
+                 "%s_env or %s_file outside local development",
+                 i, c->apps[i].name, c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key",
                  c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key",
                  c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key");
         warn(msg, arg);
@@ -2379,22 +2489,25 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
     if (c->n_apps == 0) warn("apps is empty: every request will be refused", arg);
     if (c->audit.pii_key_generated)
         warn("audit.pii_key_env is not set: PII hashing uses a per-process random key, so "
-             "hashes differ between instances and restarts", arg);
+             "hashes differ between instances and restarts",
+             arg);
     if (c->audit.pii_raw) warn("audit.pii is \"raw\": per-user fields are stored unhashed", arg);
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);
     if (!c->admin.token && !host_is_loopback(c->admin_host)) {
-        snprintf(msg, sizeof msg, "admin_listen %s is reachable from other hosts without a "
+        snprintf(msg, sizeof msg,
+                 "admin_listen %s is reachable from other hosts without a "
                  "token (admin.allow_unauthenticated): /admin/audit shows client IPs",
                  c->admin_host);
         warn(msg, arg);
     }
     for (size_t i = 0; i < c->n_trusted_proxies; i++) {
         if (c->trusted_proxies[i].prefix != 0) continue;
-        snprintf(msg, sizeof msg, "trusted_proxies[%zu] is a /0 block: every %s client may set "
-                 "the client_ip it is audited under", i,
-                 c->trusted_proxies[i].addr.family == AF_INET ? "IPv4" : "IPv6");
+        snprintf(msg, sizeof msg,
+                 "trusted_proxies[%zu] is a /0 block: every %s client may set "
+                 "the client_ip it is audited under",
+                 i, c->trusted_proxies[i].addr.family == AF_INET ? "IPv4" : "IPv6");
         warn(msg, arg);
     }
 }

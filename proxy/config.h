@@ -22,62 +22,65 @@
 struct config_app {
     char *name;
     enum config_app_auth { CONFIG_AUTH_SIGNATURE, CONFIG_AUTH_TOKEN } auth;
-    char *secret_id;       /* signature apps; NULL for token apps */
-    char *secret_key;      /* signature apps, resolved secret; NULL for token apps */
-    char *token;           /* token apps, resolved secret; NULL for signature apps */
-    unsigned actions;      /* bitmask of 1u << enum v2_action (include/capgate/validate.h); all
+    char *secret_id;  /* signature apps; NULL for token apps */
+    char *secret_key; /* signature apps, resolved secret; NULL for token apps */
+    char *token;      /* token apps, resolved secret; NULL for signature apps */
+    unsigned actions; /* bitmask of 1u << enum v2_action (include/capgate/validate.h); all
                             * supported Actions when the key is absent */
-    int business_any;      /* "business_ids": "*" or key absent */
+    int business_any; /* "business_ids": "*" or key absent */
     uint32_t *business_ids;
     size_t n_business_ids;
-    int secret_literal;    /* the secret was written literally in the file (warned about) */
+    int secret_literal; /* the secret was written literally in the file (warned about) */
 };
 
 /* The one real Tencent credential and where to send requests. */
 struct config_upstream {
     char *url;
-    int tls;               /* url scheme is https */
-    char *host;            /* parsed from url */
-    int port;              /* parsed from url; 443 for https, 80 for http when absent */
-    char *path;            /* parsed from url; "/" when absent */
-    char *sign_host;       /* host used in the string to sign; default host[:port] */
+    int tls;         /* url scheme is https */
+    char *host;      /* parsed from url */
+    int port;        /* parsed from url; 443 for https, 80 for http when absent */
+    char *path;      /* parsed from url; "/" when absent */
+    char *sign_host; /* host used in the string to sign; default host[:port] */
     char *secret_id;
     char *secret_key;
     char *region;
     enum sign_method signature_method;
-    int post;              /* method POST (default) or GET */
-    char *ca_file;         /* NULL: the system trust store */
+    int post;      /* method POST (default) or GET */
+    char *ca_file; /* NULL: the system trust store */
     int verify_tls;
     unsigned connect_timeout_ms, timeout_ms, retries, max_connections;
-    unsigned breaker_failures;   /* consecutive failures that open the breaker; default 5 */
-    unsigned breaker_open_ms;    /* how long it stays open; default 5000 */
-    int secret_literal;    /* secret_key written literally in the file (warned about) */
+    unsigned breaker_failures; /* consecutive failures that open the breaker; default 5 */
+    unsigned breaker_open_ms;  /* how long it stays open; default 5000 */
+    int secret_literal;        /* secret_key written literally in the file (warned about) */
 };
 
 /* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. */
 struct config_redis {
-    char *url;             /* redis://[:password@]host[:port][/db] */
+    char *url; /* redis://[:password@]host[:port][/db] */
     char *host;
-    int port;              /* default 6379 */
-    unsigned db;           /* default 0 */
-    char *password;        /* from password_env, or from the url; NULL when none */
+    int port;       /* default 6379 */
+    unsigned db;    /* default 0 */
+    char *password; /* from password_env, or from the url; NULL when none */
     unsigned timeout_ms;
-    char *key_prefix;      /* default "capgate:" */
+    char *key_prefix; /* default "capgate:" */
 };
 
-enum config_store_error { CONFIG_STORE_ERROR_LOCAL, CONFIG_STORE_ERROR_ALLOW,
-                          CONFIG_STORE_ERROR_DENY };
+enum config_store_error {
+    CONFIG_STORE_ERROR_LOCAL,
+    CONFIG_STORE_ERROR_ALLOW,
+    CONFIG_STORE_ERROR_DENY
+};
 
 /* One rate-limit rule (docs/design.md "Rate limits"). */
 struct config_limit {
     char *name;
     enum config_limit_scope { CONFIG_SCOPE_PARAMS, CONFIG_SCOPE_APP, CONFIG_SCOPE_GLOBAL } scope;
-    int business_any, scene_any;   /* "*": a bucket per distinct value (absent is "-") */
+    int business_any, scene_any; /* "*": a bucket per distinct value (absent is "-") */
     uint32_t business_id, scene_id;
-    double rate;           /* tokens per period_s, > 0 */
-    double period_s;       /* > 0 */
-    double burst;          /* >= 1; default rate */
-    int shadow;            /* "mode": "shadow": counts but never blocks */
+    double rate;     /* tokens per period_s, > 0 */
+    double period_s; /* > 0 */
+    double burst;    /* >= 1; default rate */
+    int shadow;      /* "mode": "shadow": counts but never blocks */
 };
 
 struct config_audit {
@@ -92,8 +95,8 @@ struct config_audit {
 };
 
 struct config_metrics {
-    unsigned flush_ms;           /* default 1000 */
-    unsigned long retention_s;   /* default 691200 (8 days) */
+    unsigned flush_ms;         /* default 1000 */
+    unsigned long retention_s; /* default 691200 (8 days) */
 };
 
 /* A parameter profile the prefetch pool keeps URLs ready for (docs/design.md "Caches"). */
@@ -101,27 +104,27 @@ struct config_pool_profile {
     uint32_t captcha_type, disturb_level, is_https, client_type, account_type;
     int has_business_id, has_scene_id;
     uint32_t business_id, scene_id;
-    unsigned size;         /* URLs kept ready */
+    unsigned size; /* URLs kept ready */
 };
 
 struct config_pool {
-    unsigned ttl_s;        /* default 60 */
+    unsigned ttl_s; /* default 60 */
     struct config_pool_profile *profiles;
     size_t n_profiles;
 };
 
 /* Front HTTP limits (key "http"). */
 struct config_http {
-    size_t max_uri, max_header_bytes, max_body;  /* defaults 8192, 16384, 65536 */
-    unsigned max_headers;                        /* default 100 */
+    size_t max_uri, max_header_bytes, max_body;                   /* defaults 8192, 16384, 65536 */
+    unsigned max_headers;                                         /* default 100 */
     unsigned header_timeout_ms, body_timeout_ms, idle_timeout_ms; /* 10000, 10000, 60000 */
-    size_t max_connections;  /* front connections of the process; 0: from RLIMIT_NOFILE */
+    size_t max_connections; /* front connections of the process; 0: from RLIMIT_NOFILE */
 };
 
 /* The HTTPS front's certificate (key "tls"). */
 struct config_tls {
-    char *cert_file;       /* PEM chain, leaf first */
-    char *key_file;        /* PEM private key */
+    char *cert_file; /* PEM chain, leaf first */
+    char *key_file;  /* PEM private key */
 };
 
 /* The admin listener's access (key "admin"). */
@@ -139,15 +142,15 @@ struct config {
     int tls_listen_port;
     struct config_tls tls; /* both set exactly when tls_listen is; the files were loaded once by
                             * config_load, so a bad certificate fails the load */
-    struct net_cidr *trusted_proxies;  /* peers whose X-Forwarded-For / X-Real-IP are believed */
+    struct net_cidr *trusted_proxies; /* peers whose X-Forwarded-For / X-Real-IP are believed */
     size_t n_trusted_proxies;
     char *admin_host;
     int admin_port;
     struct config_admin admin;
-    unsigned workers;      /* 1..64 */
-    int http_errors_semantic;  /* "http_errors": "semantic"; default "compat" */
+    unsigned workers;         /* 1..64 */
+    int http_errors_semantic; /* "http_errors": "semantic"; default "compat" */
     struct config_upstream upstream;
-    struct config_redis *redis;  /* NULL: the embedded memory store */
+    struct config_redis *redis; /* NULL: the embedded memory store */
     enum config_store_error on_store_error;
     unsigned timestamp_window_s; /* key auth.timestamp_window_s; default 300 */
     struct config_app *apps;
@@ -157,14 +160,14 @@ struct config {
     struct config_audit audit;
     struct config_metrics metrics;
     struct config_pool pool;
-    unsigned idempotency_ttl_s;  /* key idempotency.ttl_s; default 300 */
+    unsigned idempotency_ttl_s; /* key idempotency.ttl_s; default 300 */
     int demo;
-    char *demo_app;        /* the token app the admin listener's /demo page calls as; when demo is
+    char *demo_app; /* the token app the admin listener's /demo page calls as; when demo is
                             * true, always the name of a token app (default: the first one) */
     struct config_http http;
-    char *instance;        /* default hostname:pid */
-    char *log_level;       /* "debug" "info" "warn" "error"; default "info" */
-    int log_json;          /* "log_format": "json" (1) or "text" (0, default); needs a restart */
+    char *instance;  /* default hostname:pid */
+    char *log_level; /* "debug" "info" "warn" "error"; default "info" */
+    int log_json;    /* "log_format": "json" (1) or "text" (0, default); needs a restart */
 };
 
 /* Loads and checks the file at path. 0 and *out set (caller frees with config_free), or -1 with
@@ -193,8 +196,8 @@ char *config_dump_masked(const struct config *c);
 typedef void (*config_change_fn)(const char *path, const char *detail, int applied, void *arg);
 /* Calls fn for each difference from a to b under the top-level keys a reload applies (applied
  * 1) or under those it does not (applied 0), in table order. Returns how many there were. */
-size_t config_diff(const struct config *a, const struct config *b, int applied,
-                   config_change_fn fn, void *arg);
+size_t config_diff(const struct config *a, const struct config *b, int applied, config_change_fn fn,
+                   void *arg);
 
 /* One value of the config, as the tables describe it (for tests and the reload log). */
 struct config_key {

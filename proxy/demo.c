@@ -27,11 +27,11 @@
 
 #define DEMO_JSON "application/json"
 #define DEMO_API_PATH "/v2/index.php"
-#define DEMO_MAX_BODY 4096          /* the page sends {"ticket": "..."} */
+#define DEMO_MAX_BODY 4096 /* the page sends {"ticket": "..."} */
 #define DEMO_MAX_TICKET 2048
-#define DEMO_MAX_REPLY (1u << 20)   /* front replies to the two Actions are small */
+#define DEMO_MAX_REPLY (1u << 20) /* front replies to the two Actions are small */
 #define DEMO_MAX_REPLY_HEADERS 16384
-#define DEMO_TIMEOUT_SLACK_MS 2000  /* past the front's own bound on its reply */
+#define DEMO_TIMEOUT_SLACK_MS 2000 /* past the front's own bound on its reply */
 
 /* The business parameters of the page's two calls (docs/design.md "Protocol"). */
 #define DEMO_IFRAME_FORM \
@@ -39,8 +39,8 @@
 #define DEMO_CHECK_FORM "Action=CaptchaCheck&captchaType=9"
 
 enum demo_call_state {
-    CALL_SENT,     /* waiting for the front listener */
-    CALL_DONE,     /* evhttp's callback ran (or the send failed); waiting to be reaped */
+    CALL_SENT, /* waiting for the front listener */
+    CALL_DONE, /* evhttp's callback ran (or the send failed); waiting to be reaped */
 };
 
 static const char *const call_state_names[] = {"sent", "done"};
@@ -48,25 +48,25 @@ static const char *const call_state_names[] = {"sent", "done"};
 struct demo_call {
     struct demo *d;
     enum demo_call_state state;
-    const char *action;                 /* static string */
-    struct httpd_req *req;              /* the browser's request; NULL once ended or cancelled */
+    const char *action;    /* static string */
+    struct httpd_req *req; /* the browser's request; NULL once ended or cancelled */
     struct evhttp_connection *evcon;
-    int error_kind;                     /* enum evhttp_request_error + 1; 0: none reported */
+    int error_kind; /* enum evhttp_request_error + 1; 0: none reported */
     TAILQ_ENTRY(demo_call) link;
 };
 TAILQ_HEAD(demo_call_list, demo_call);
 
 struct demo {
     struct event_base *base;
-    char *front_host;                   /* where to connect */
-    char *front_authority;              /* Host header: host:port, [v6]:port */
+    char *front_host;      /* where to connect */
+    char *front_authority; /* Host header: host:port, [v6]:port */
     int front_port;
     int on;
-    char *app;                          /* demo_app's name */
-    char *token;                        /* demo_app's token; wiped when replaced */
+    char *app;   /* demo_app's name */
+    char *token; /* demo_app's token; wiped when replaced */
     unsigned timeout_ms;
-    struct demo_call_list live;         /* CALL_SENT */
-    struct demo_call_list dead;         /* CALL_DONE */
+    struct demo_call_list live; /* CALL_SENT */
+    struct demo_call_list dead; /* CALL_DONE */
     struct event *reap_ev;
 };
 
@@ -203,7 +203,9 @@ static const char demo_page[] =
 /* ---- small helpers ----------------------------------------------------------------------- */
 
 /* The token copy lives in secmem: out of core dumps, wiped when freed. */
-static void secret_freez(char *s) { secmem_free(s); }
+static void secret_freez(char *s) {
+    secmem_free(s);
+}
 
 static void call_set_state(struct demo_call *call, enum demo_call_state to) {
     log_debug("demo: %s call %p: %s -> %s", call->action, (void *)call,
@@ -216,8 +218,10 @@ static void reply_error(struct httpd_req *req, int status, const char *msg) {
     json_t *o = json_pack("{s:s}", "error", msg);
     char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
     httpd_add_header(req, "Cache-Control", "no-store");
-    if (body) httpd_reply(req, status, DEMO_JSON, body, strlen(body));
-    else httpd_reply(req, 500, DEMO_JSON, "{\"error\":\"out of memory\"}", 25);
+    if (body)
+        httpd_reply(req, status, DEMO_JSON, body, strlen(body));
+    else
+        httpd_reply(req, 500, DEMO_JSON, "{\"error\":\"out of memory\"}", 25);
     free(body);
     json_decref(o);
 }
@@ -361,8 +365,8 @@ static void call_start(struct demo *d, struct httpd_req *req, const char *action
         call_finish(call, 500, NULL, 0, "the demo app's token is too long for a header");
         goto out;
     }
-    call->evcon = evhttp_connection_base_new(d->base, NULL, d->front_host,
-                                             (ev_uint16_t)d->front_port);
+    call->evcon =
+        evhttp_connection_base_new(d->base, NULL, d->front_host, (ev_uint16_t)d->front_port);
     evreq = evhttp_request_new(call_done_cb, call);
     if (!call->evcon || !evreq) goto oom;
     evhttp_connection_set_retries(call->evcon, 0);
@@ -482,10 +486,14 @@ static void page(struct httpd_req *req) {
 
 int demo_handle(struct demo *d, struct httpd_req *req) {
     if (!d || !d->on) return 0;
-    if (strcmp(req->path, "/demo") == 0) page(req);
-    else if (strcmp(req->path, "/demo/api/iframe") == 0) api_iframe(d, req);
-    else if (strcmp(req->path, "/demo/api/check") == 0) api_check(d, req);
-    else return 0;
+    if (strcmp(req->path, "/demo") == 0)
+        page(req);
+    else if (strcmp(req->path, "/demo/api/iframe") == 0)
+        api_iframe(d, req);
+    else if (strcmp(req->path, "/demo/api/check") == 0)
+        api_check(d, req);
+    else
+        return 0;
     return 1;
 }
 
@@ -497,10 +505,14 @@ struct demo *demo_new(struct event_base *base, const char *front_host, int front
     const char *host = front_host;
     if (!d) return NULL;
     /* A wildcard listener is reachable on loopback. */
-    if (strcmp(host, "0.0.0.0") == 0 || host[0] == '\0') host = "127.0.0.1";
-    else if (strcmp(host, "::") == 0) host = "::1";
-    if (strchr(host, ':')) snprintf(authority, sizeof authority, "[%s]:%d", host, front_port);
-    else snprintf(authority, sizeof authority, "%s:%d", host, front_port);
+    if (strcmp(host, "0.0.0.0") == 0 || host[0] == '\0')
+        host = "127.0.0.1";
+    else if (strcmp(host, "::") == 0)
+        host = "::1";
+    if (strchr(host, ':'))
+        snprintf(authority, sizeof authority, "[%s]:%d", host, front_port);
+    else
+        snprintf(authority, sizeof authority, "%s:%d", host, front_port);
     d->base = base;
     d->front_port = front_port;
     d->front_host = strdup(host);
@@ -541,8 +553,9 @@ int demo_configure(struct demo *d, const struct config *c) {
     d->on = token != NULL;
     d->timeout_ms = c->upstream.connect_timeout_ms +
                     c->upstream.timeout_ms * (c->upstream.retries + 1) + DEMO_TIMEOUT_SLACK_MS;
-    if (d->on) log_info("demo: /demo on the admin listener calls %s as app %s", d->front_authority,
-                        d->app);
+    if (d->on)
+        log_info("demo: /demo on the admin listener calls %s as app %s", d->front_authority,
+                 d->app);
     return 0;
 }
 

@@ -36,9 +36,9 @@
 #include "store.h"
 #include "upstream.h"
 
-#define GATEWAY_NONCE_MAX 1000000  /* replay cache entries, all SecretIds together */
+#define GATEWAY_NONCE_MAX 1000000 /* replay cache entries, all SecretIds together */
 #define GATEWAY_NONCE_STRIPES 64
-#define GATEWAY_TICK_MS 200        /* publishing of worker gauges, drain checks */
+#define GATEWAY_TICK_MS 200 /* publishing of worker gauges, drain checks */
 
 struct gateway;
 
@@ -46,11 +46,11 @@ struct gateway_worker {
     struct gateway *g;
     struct pipeline_worker pw;
     struct httpd *httpd;
-    struct event *wake;      /* activated by the main thread: look at the mailbox */
+    struct event *wake; /* activated by the main thread: look at the mailbox */
     struct event *tick;
     pthread_t thread;
     int started;
-    struct pool_refiller *refiller;  /* worker 0 only: the process's one prefetch refiller */
+    struct pool_refiller *refiller; /* worker 0 only: the process's one prefetch refiller */
     /* mailbox, under lock */
     pthread_mutex_t lock;
     struct shared_config *pending;
@@ -62,36 +62,40 @@ struct gateway_worker {
 
 struct gateway {
     char *path;
-    struct shared_config *current;  /* the latest good config (main thread) */
-    struct shared_config *boot;     /* the startup config: listeners, workers, upstream */
+    struct shared_config *current; /* the latest good config (main thread) */
+    struct shared_config *boot;    /* the startup config: listeners, workers, upstream */
     struct event_base *base;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1, *workers_done;
     SSL_CTX *ssl_ctx;
-    struct tls_server *front_tls;  /* the HTTPS front's certificate; NULL without tls_listen */
+    struct tls_server *front_tls; /* the HTTPS front's certificate; NULL without tls_listen */
     struct breaker breaker;       /* one for the process: upstream is one service */
     struct nonce_cache *nonces;
-    struct store_shared *store_shared;  /* lives as long as the process: counters survive SIGHUP */
-    struct metrics *metrics;      /* per-(businessId, sceneId, minute) counters, one flush thread */
-    struct pool *pool;            /* prefetch pool counters; URLs live in the store */
-    struct audit *audit;          /* one record per request, one sink thread; reads boot */
+    struct store_shared *store_shared; /* lives as long as the process: counters survive SIGHUP */
+    struct metrics *metrics; /* per-(businessId, sceneId, minute) counters, one flush thread */
+    struct pool *pool;       /* prefetch pool counters; URLs live in the store */
+    struct audit *audit;     /* one record per request, one sink thread; reads boot */
     struct gateway_worker *workers;
     unsigned n_workers;
-    unsigned n_started;               /* worker threads running (a prefix of workers) */
+    unsigned n_started; /* worker threads running (a prefix of workers) */
     struct stats_worker **stats;
     struct stats_process process;
     struct admin *admin;
-    struct demo *demo;                /* the admin listener's /demo page */
-    struct httpd_budget connections;  /* http.max_connections, counted over all workers */
+    struct demo *demo;               /* the admin listener's /demo page */
+    struct httpd_budget connections; /* http.max_connections, counted over all workers */
     int draining;
     atomic_uint finished;
 };
 
-static void gateway_warn(const char *msg, void *arg) { log_warn("config: %s", msg); }
+static void gateway_warn(const char *msg, void *arg) {
+    log_warn("config: %s", msg);
+}
 
 /* "host:port", with brackets around an IPv6 host. */
 static void gateway_host_port(char *out, size_t cap, const char *host, int port) {
-    if (strchr(host, ':')) snprintf(out, cap, "[%s]:%d", host, port);
-    else snprintf(out, cap, "%s:%d", host, port);
+    if (strchr(host, ':'))
+        snprintf(out, cap, "[%s]:%d", host, port);
+    else
+        snprintf(out, cap, "%s:%d", host, port);
 }
 
 /* ---- worker thread ---- */
@@ -106,8 +110,8 @@ static void worker_publish(struct gateway_worker *w) {
     upstream_get_stats(w->pw.upstream, &us);
     stats_set_upstream(w->pw.stats, &us);
     store_get_stats(w->pw.store, &ss);
-    stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors,
-                    ss.timeouts, ss.reconnects);
+    stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors, ss.timeouts,
+                    ss.reconnects);
     stats_set_store_fast_fails(w->pw.stats, ss.fast_fails);
     stats_set_connections(w->pw.stats, httpd_connections(w->httpd));
 }
@@ -115,12 +119,11 @@ static void worker_publish(struct gateway_worker *w) {
 static void worker_check_drain(struct gateway_worker *w) {
     if (!w->draining) return;
     /* Connections too: a reply just handed to httpd may still be in its output buffer. */
-    int idle = w->pw.live == 0 && httpd_inflight(w->httpd) == 0 &&
-               httpd_connections(w->httpd) == 0;
+    int idle = w->pw.live == 0 && httpd_inflight(w->httpd) == 0 && httpd_connections(w->httpd) == 0;
     if (idle || clock_mono_us() >= w->drain_deadline_us) {
         if (!idle)
-            log_warn("worker %u: drain deadline reached with %zu request(s) in flight",
-                     w->pw.id, w->pw.live);
+            log_warn("worker %u: drain deadline reached with %zu request(s) in flight", w->pw.id,
+                     w->pw.live);
         event_base_loopexit(w->pw.base, NULL);
     }
 }
@@ -157,8 +160,8 @@ static void worker_wake(evutil_socket_t fd, short what, void *arg) {
     if (stop && !w->draining) {
         const struct config *boot = w->pw.boot;
         w->draining = 1;
-        w->drain_deadline_us = clock_mono_us() + (uint64_t)boot->upstream.timeout_ms * 1000 +
-                               1000000;
+        w->drain_deadline_us =
+            clock_mono_us() + (uint64_t)boot->upstream.timeout_ms * 1000 + 1000000;
         httpd_stop_accepting(w->httpd);
         pool_refiller_stop(w->refiller);
         log_debug("worker %u: draining %zu request(s)", w->pw.id, w->pw.live);
@@ -231,8 +234,12 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     if (!w->pw.store) return -1;
     if (i == 0) {
         struct pool_refiller_env env = {
-            .base = w->pw.base, .store = w->pw.store, .store_closing = &w->pw.store_closing,
-            .upstream = w->pw.upstream, .boot = w->pw.boot, .config = &w->pw.config,
+            .base = w->pw.base,
+            .store = w->pw.store,
+            .store_closing = &w->pw.store_closing,
+            .upstream = w->pw.upstream,
+            .boot = w->pw.boot,
+            .config = &w->pw.config,
             .rng = w->pw.rng,
         };
         if (!(w->refiller = pool_refiller_new(g->pool, &env, err, errlen))) return -1;
@@ -267,9 +274,9 @@ static void worker_cleanup(struct gateway_worker *w) {
     w->pw.store = NULL;
     upstream_free(w->pw.upstream);
     w->pw.upstream = NULL;
-    pool_refiller_free(w->refiller);  /* its store and upstream callbacks have all fired */
+    pool_refiller_free(w->refiller); /* its store and upstream callbacks have all fired */
     w->refiller = NULL;
-    pipeline_worker_cleanup(&w->pw);  /* every request context is released by now */
+    pipeline_worker_cleanup(&w->pw); /* every request context is released by now */
     if (w->wake) event_free(w->wake);
     if (w->tick) event_free(w->tick);
     shared_config_unref(w->pending);
@@ -281,14 +288,16 @@ static void worker_cleanup(struct gateway_worker *w) {
 /* ---- reload ---- */
 
 static void reload_log_change(const char *path, const char *detail, int applied, void *arg) {
-    if (applied) log_info("reload: %s %s", path, detail);
-    else log_warn("reload: %s %s; not applied, it needs a restart", path, detail);
+    if (applied)
+        log_info("reload: %s %s", path, detail);
+    else
+        log_warn("reload: %s %s; not applied, it needs a restart", path, detail);
 }
 
 struct reload_keys {
     char line[512];
     size_t used;
-    const char *last;  /* the top-level key added last */
+    const char *last; /* the top-level key added last */
 };
 
 /* Collects the top-level keys a reload applies, for the "no change" line. */
@@ -335,8 +344,7 @@ static void gateway_reload(struct gateway *g) {
      * anything else is applied: a certificate that does not load refuses the whole reload, and
      * new handshakes keep the old one. */
     if (g->front_tls && c->tls.cert_file &&
-        tls_server_reload(g->front_tls, c->tls.cert_file, c->tls.key_file, err,
-                          sizeof(err)) != 0) {
+        tls_server_reload(g->front_tls, c->tls.cert_file, c->tls.key_file, err, sizeof(err)) != 0) {
         log_error("reload refused: tls: %s; keeping the running config and certificate", err);
         g->process.reloads_failed++;
         config_free(c);
@@ -382,8 +390,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
         log_info("%s: already draining", sig == SIGINT ? "SIGINT" : "SIGTERM");
         return;
     }
-    log_info("%s: draining in-flight requests, then exiting",
-             sig == SIGINT ? "SIGINT" : "SIGTERM");
+    log_info("%s: draining in-flight requests, then exiting", sig == SIGINT ? "SIGINT" : "SIGTERM");
     g->draining = 1;
     for (unsigned i = 0; i < g->n_workers; i++) worker_post(&g->workers[i], NULL, 1);
 }
@@ -469,15 +476,15 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     size_t reserve = 64 + ADMIN_MAX_CONNECTIONS +
                      (size_t)g->n_workers * ((size_t)c->upstream.max_connections + 16);
     size_t nofile = 0;
-    size_t max_conns = c->http.max_connections
-                           ? c->http.max_connections
-                           : httpd_default_max_connections(reserve, &nofile);
+    size_t max_conns = c->http.max_connections ? c->http.max_connections
+                                               : httpd_default_max_connections(reserve, &nofile);
     httpd_budget_init(&g->connections, max_conns);
     if (c->http.max_connections)
         log_info("http: max_connections %zu", max_conns);
     else
         log_info("http: max_connections %zu (RLIMIT_NOFILE %zu, %zu kept for upstream, Redis and "
-                 "files)", max_conns, nofile, nofile - max_conns);
+                 "files)",
+                 max_conns, nofile, nofile - max_conns);
 
     if (c->tls_listen_host &&
         !(g->front_tls = tls_server_new(c->tls.cert_file, c->tls.key_file, err, errlen)))
@@ -488,14 +495,13 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
         httpd_set_budget(g->workers[i].httpd, &g->connections);
         /* Port 0: the first worker picks the port, the others share it. */
         if (c->listen_host) {
-            int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err,
-                                   errlen);
+            int got = httpd_listen(g->workers[i].httpd, c->listen_host, port, NULL, 1, err, errlen);
             if (got < 0) goto fail;
             port = got;
         }
         if (c->tls_listen_host) {
-            int got = httpd_listen(g->workers[i].httpd, c->tls_listen_host, tls_port,
-                                   g->front_tls, 1, err, errlen);
+            int got = httpd_listen(g->workers[i].httpd, c->tls_listen_host, tls_port, g->front_tls,
+                                   1, err, errlen);
             if (got < 0) goto fail;
             tls_port = got;
         }
@@ -504,11 +510,17 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     /* config_load refuses demo without the plain listener */
     g->demo = demo_new(g->base, c->listen_host ? c->listen_host : "127.0.0.1", port);
     if (!g->demo || demo_configure(g->demo, c) != 0) goto oom;
-    struct admin_source src = {.workers = g->stats, .n_workers = g->n_workers,
-                               .process = &g->process, .draining = &g->draining,
-                               .demo = g->demo, .metrics = g->metrics, .audit = g->audit,
-                               .pool = g->pool, .token = c->admin.token,
-                               .dump_config = gateway_dump_config, .dump_arg = g};
+    struct admin_source src = {.workers = g->stats,
+                               .n_workers = g->n_workers,
+                               .process = &g->process,
+                               .draining = &g->draining,
+                               .demo = g->demo,
+                               .metrics = g->metrics,
+                               .audit = g->audit,
+                               .pool = g->pool,
+                               .token = c->admin.token,
+                               .dump_config = gateway_dump_config,
+                               .dump_arg = g};
     g->admin = admin_new(g->base, &src);
     if (!g->admin) goto oom;
     int admin_port = admin_listen(g->admin, c->admin_host, c->admin_port, err, errlen);
@@ -539,8 +551,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     log_info("capgate %s: %u worker(s), upstream %s, %s store", c->path, g->n_workers,
              c->upstream.url, store_shared_kind(g->store_shared));
     /* Every listener is bound: Type=notify units count as started from here. */
-    if (sd_notify_state("READY=1") < 0) log_warn("cannot notify $NOTIFY_SOCKET: %s",
-                                                 strerror(errno));
+    if (sd_notify_state("READY=1") < 0)
+        log_warn("cannot notify $NOTIFY_SOCKET: %s", strerror(errno));
     return g;
 oom:
     snprintf(err, errlen, "out of memory");
@@ -591,9 +603,9 @@ void gateway_free(struct gateway *g) {
     for (unsigned i = 0; g->workers && i < g->n_workers; i++) worker_cleanup(&g->workers[i]);
     free(g->workers);
     admin_free(g->admin);
-    demo_free(g->demo);  /* after admin_free: its requests are ended or cancelled by then */
-    metrics_free(g->metrics);  /* after the workers: its last flush has every request */
-    audit_free(g->audit);      /* after the workers too: it drains every record submitted */
+    demo_free(g->demo);       /* after admin_free: its requests are ended or cancelled by then */
+    metrics_free(g->metrics); /* after the workers: its last flush has every request */
+    audit_free(g->audit);     /* after the workers too: it drains every record submitted */
     if (g->sig_term) event_free(g->sig_term);
     if (g->sig_int) event_free(g->sig_int);
     if (g->sig_hup) event_free(g->sig_hup);
@@ -605,7 +617,7 @@ void gateway_free(struct gateway *g) {
     store_shared_free(g->store_shared);
     pool_free(g->pool);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
-    tls_server_free(g->front_tls);  /* after the workers' httpd: no accept is left */
+    tls_server_free(g->front_tls); /* after the workers' httpd: no accept is left */
     if (g->base) event_base_free(g->base);
     shared_config_unref(g->boot);
     shared_config_unref(g->current);

@@ -96,15 +96,15 @@ out:
 /* ---- async ---- */
 
 struct idem_wait {
-    struct idem_waits *waits;   /* the registry it is in until cb fires */
+    struct idem_waits *waits; /* the registry it is in until cb fires */
     struct idem_wait *prev, *next;
     struct store *store;
     struct event *timer;
-    int polling;                /* timer armed, no store command pending */
+    int polling; /* timer armed, no store command pending */
     char *key;
     char fp[STORE_IDEM_FP_LEN + 1];
     unsigned pending_ms;
-    uint64_t deadline_us;       /* monotonic */
+    uint64_t deadline_us; /* monotonic */
     idem_begin_fn cb;
     void *arg;
 };
@@ -115,8 +115,10 @@ void idem_waits_init(struct idem_waits *ws) {
 }
 
 static void idem_waits_unlink(struct idem_wait *w) {
-    if (w->prev) w->prev->next = w->next;
-    else w->waits->head = w->next;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        w->waits->head = w->next;
     if (w->next) w->next->prev = w->prev;
     w->prev = w->next = NULL;
 }
@@ -192,9 +194,8 @@ size_t idem_waits_close(struct idem_waits *ws) {
     return n;
 }
 
-int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits,
-               const char *key, const char *fp, unsigned pending_ms, unsigned wait_ms,
-               idem_begin_fn cb, void *arg) {
+int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits, const char *key,
+               const char *fp, unsigned pending_ms, unsigned wait_ms, idem_begin_fn cb, void *arg) {
     struct idem_wait *w = calloc(1, sizeof *w);
     if (!w) return -1;
     if (!(w->key = strdup(key)) || !(w->timer = evtimer_new(base, idem_on_poll, w))) {
@@ -222,8 +223,10 @@ static void idem_on_finish(const char *err, const struct store_idem_result *r, v
         log_debug("idempotency record was no longer ours to finish (pending marker expired)");
 }
 
-void idem_finish(struct store *s, const char *key, const char *fp, int storable,
-                 const char *body, size_t len, unsigned ttl_ms) {
-    if (storable && body) store_idem_complete(s, key, fp, body, len, ttl_ms, idem_on_finish, NULL);
-    else store_idem_abandon(s, key, fp, idem_on_finish, NULL);
+void idem_finish(struct store *s, const char *key, const char *fp, int storable, const char *body,
+                 size_t len, unsigned ttl_ms) {
+    if (storable && body)
+        store_idem_complete(s, key, fp, body, len, ttl_ms, idem_on_finish, NULL);
+    else
+        store_idem_abandon(s, key, fp, idem_on_finish, NULL);
 }

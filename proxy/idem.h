@@ -45,8 +45,8 @@ int idem_fingerprint(const struct params *p, char *out);
  * until its callback fires. The caller embeds it (all zero is an empty registry too). */
 struct idem_wait;
 struct idem_waits {
-    struct idem_wait *head;   /* newest first */
-    int closed;               /* idem_waits_close ran: a wait is never armed again */
+    struct idem_wait *head; /* newest first */
+    int closed;             /* idem_waits_close ran: a wait is never armed again */
 };
 void idem_waits_init(struct idem_waits *ws);
 /* At shutdown, after the worker's loop stopped and before store_free: every wait between polls
@@ -68,12 +68,11 @@ typedef void (*idem_begin_fn)(const char *err, enum store_idem_state state, cons
 /* Starts the lookup on s; polls on base while another request holds the key, for at most
  * wait_ms. The wait is registered in waits (borrowed; the worker's, on base) until cb fires.
  * key and fp are copied. 0, or -1 on OOM (cb not called). */
-int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits,
-               const char *key, const char *fp, unsigned pending_ms, unsigned wait_ms,
-               idem_begin_fn cb, void *arg);
+int idem_begin(struct store *s, struct event_base *base, struct idem_waits *waits, const char *key,
+               const char *fp, unsigned pending_ms, unsigned wait_ms, idem_begin_fn cb, void *arg);
 /* The owner's end: stores body for ttl_ms when storable, else removes the marker. Fire and
  * forget (a failure is logged; the marker then expires by itself). */
-void idem_finish(struct store *s, const char *key, const char *fp, int storable,
-                 const char *body, size_t len, unsigned ttl_ms);
+void idem_finish(struct store *s, const char *key, const char *fp, int storable, const char *body,
+                 size_t len, unsigned ttl_ms);
 
 #endif

@@ -49,17 +49,21 @@ static int limit_fill(struct limit_bucket *b, const struct config_limit *r, cons
 }
 
 int limit_buckets(const struct config *cfg, const char *key_prefix, const char *app,
-                     int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
-                     struct limit_bucket *out, size_t cap) {
+                  int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
+                  struct limit_bucket *out, size_t cap) {
     size_t n = 0;
     char bid[16], sid[16];
     if (!cfg || !out) return 0;
     if (!key_prefix) key_prefix = "";
     if (!app) app = "-";
-    if (has_business_id) snprintf(bid, sizeof bid, "%u", (unsigned)business_id);
-    else memcpy(bid, "-", 2);
-    if (has_scene_id) snprintf(sid, sizeof sid, "%u", (unsigned)scene_id);
-    else memcpy(sid, "-", 2);
+    if (has_business_id)
+        snprintf(bid, sizeof bid, "%u", (unsigned)business_id);
+    else
+        memcpy(bid, "-", 2);
+    if (has_scene_id)
+        snprintf(sid, sizeof sid, "%u", (unsigned)scene_id);
+    else
+        memcpy(sid, "-", 2);
 
     for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];

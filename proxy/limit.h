@@ -33,8 +33,8 @@ struct limit_bucket {
  * closed). A loaded config never gets -1 for cap LIMIT_MAX_BUCKETS: config.c bounds names, the key
  * prefix and the number of app and global rules (config.h) so that every key and bucket fits. */
 int limit_buckets(const struct config *cfg, const char *key_prefix, const char *app,
-                     int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
-                     struct limit_bucket *out, size_t cap);
+                  int has_business_id, uint32_t business_id, int has_scene_id, uint32_t scene_id,
+                  struct limit_bucket *out, size_t cap);
 
 /* GCRA for one bucket. tat_us is the stored theoretical arrival time (0 when none). Sets *new_tat_us
  * (the value to store when the whole request is admitted; tat_us unchanged when refused),
@@ -46,11 +46,11 @@ int limit_gcra(uint64_t now_us, uint64_t tat_us, uint64_t emission_us, uint64_t 
 
 /* The outcome of checking all of a request's buckets. */
 struct limit_outcome {
-    int allowed;           /* every enforcing bucket admitted (tokens taken from all, or from none) */
-    int denied;            /* index of the first enforcing bucket that refused, -1 when none */
-    int shadow_denied;     /* index of the first shadow bucket that would have refused, -1 when none */
+    int allowed;       /* every enforcing bucket admitted (tokens taken from all, or from none) */
+    int denied;        /* index of the first enforcing bucket that refused, -1 when none */
+    int shadow_denied; /* index of the first shadow bucket that would have refused, -1 when none */
     uint64_t retry_after_us; /* of the denied bucket; 0 when allowed */
-    int replay;            /* the Nonce key sent with the check (store_limit_nonce) was already
+    int replay;              /* the Nonce key sent with the check (store_limit_nonce) was already
                             * claimed: nothing was checked or taken; allowed 0, denied -1 */
     /* Per bucket: tokens left, and the time until the bucket is full again. When the request is
      * refused nothing was taken, so a bucket that would have admitted reports its tokens as they

@@ -39,14 +39,19 @@ static void usage(FILE *out) {
             "after a log rotation; SIGHUP reopens it too.\n");
 }
 
-static void print_warning(const char *msg, void *arg) { log_warn("config: %s", msg); }
+static void print_warning(const char *msg, void *arg) {
+    log_warn("config: %s", msg);
+}
 
 /* The directory part of path into buf ("." when it has none). */
 static void dir_of(const char *path, char *buf, size_t len) {
     const char *slash = strrchr(path, '/');
-    if (!slash) snprintf(buf, len, ".");
-    else if (slash == path) snprintf(buf, len, "/");
-    else snprintf(buf, len, "%.*s", (int)(slash - path), path); /* cut at len - 1 */
+    if (!slash)
+        snprintf(buf, len, ".");
+    else if (slash == path)
+        snprintf(buf, len, "/");
+    else
+        snprintf(buf, len, "%.*s", (int)(slash - path), path); /* cut at len - 1 */
 }
 
 /* The spool directory is made at start (mkdir -p): it must exist writable, or its nearest
@@ -145,8 +150,10 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--allow-core-dump") == 0) {
             allow_core_dump = 1;
         } else {
-            if (missing) fprintf(stderr, "capgate: %s needs a FILE\n", argv[i]);
-            else fprintf(stderr, "capgate: unknown argument %s\n", argv[i]);
+            if (missing)
+                fprintf(stderr, "capgate: %s needs a FILE\n", argv[i]);
+            else
+                fprintf(stderr, "capgate: unknown argument %s\n", argv[i]);
             usage(stderr);
             return 2;
         }

@@ -32,8 +32,8 @@
 
 /* ---- fields ---- */
 
-static const uint64_t bucket_bounds_us[METRICS_BUCKETS - 1] = {
-    1000, 5000, 10000, 50000, 100000, 500000, 1000000, 5000000};
+static const uint64_t bucket_bounds_us[METRICS_BUCKETS - 1] = {1000,   5000,   10000,   50000,
+                                                               100000, 500000, 1000000, 5000000};
 static const char *const bucket_names[METRICS_BUCKETS] = {
     "le_1ms", "le_5ms", "le_10ms", "le_50ms", "le_100ms", "le_500ms", "le_1s", "le_5s", "le_inf"};
 
@@ -101,8 +101,10 @@ static uint64_t *cell_code_slot(struct metrics_cell *c, int code) {
     size_t lo = 0, hi = c->n_codes;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (c->codes[mid].code < code) lo = mid + 1;
-        else hi = mid;
+        if (c->codes[mid].code < code)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     if (lo < c->n_codes && c->codes[lo].code == code) return &c->codes[lo].n;
     if (c->n_codes == c->cap_codes) {
@@ -124,8 +126,8 @@ void metrics_cell_foreach(const struct metrics_cell *c, int all,
     char name[32];
     if (all || c->requests) fn("requests", c->requests, arg);
     for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++)
-        if (all || c->decisions[d]) fn(pipeline_decision_name((enum pipeline_decision)d),
-                                       c->decisions[d], arg);
+        if (all || c->decisions[d])
+            fn(pipeline_decision_name((enum pipeline_decision)d), c->decisions[d], arg);
     for (size_t i = 0; i < c->n_codes; i++) {
         if (!all && !c->codes[i].n) continue;
         snprintf(name, sizeof(name), "code:%d", c->codes[i].code);
@@ -194,7 +196,7 @@ void metrics_cell_cleanup(struct metrics_cell *c) {
 }
 
 static int cell_add_record(struct metrics_cell *c, const struct pipeline_record *r) {
-    if (!r->no_code) {  /* a reply without an API code is in no code:<N> field */
+    if (!r->no_code) { /* a reply without an API code is in no code:<N> field */
         uint64_t *slot = cell_code_slot(c, r->code);
         if (!slot) return -1;
         (*slot)++;
@@ -215,7 +217,7 @@ struct batch_slot {
 
 struct metrics_batch {
     struct batch_slot *slots;
-    size_t cap;    /* power of two, or 0 */
+    size_t cap; /* power of two, or 0 */
     size_t count;
 };
 
@@ -379,19 +381,18 @@ static int match_parse(const char *name, const char *v, enum metrics_match *m, u
                        char *err, size_t errlen) {
     uint8_t has;
     if (id_parse(v, strlen(v), &has, id) != 0) {
-        snprintf(err, errlen, "%s must be an unsigned 32-bit integer or \"-\"; got \"%.40s\"",
-                 name, v);
+        snprintf(err, errlen, "%s must be an unsigned 32-bit integer or \"-\"; got \"%.40s\"", name,
+                 v);
         return -1;
     }
     *m = has ? METRICS_MATCH_ID : METRICS_MATCH_ABSENT;
     return 0;
 }
 
-static int seconds_parse(const char *name, const char *v, uint64_t *out, char *err,
-                         size_t errlen) {
+static int seconds_parse(const char *name, const char *v, uint64_t *out, char *err, size_t errlen) {
     if (num_parse_range(v, strlen(v), 0, 253402300799ull, out) != 0) {
-        snprintf(err, errlen, "%s must be unix seconds (an unsigned integer); got \"%.40s\"",
-                 name, v);
+        snprintf(err, errlen, "%s must be unix seconds (an unsigned integer); got \"%.40s\"", name,
+                 v);
         return -1;
     }
     return 0;
@@ -406,15 +407,15 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
     params_init(&p);
     memset(q, 0, sizeof(*q));
     q->step = 60;
-    if (query_string && params_parse_urlencoded(&p, query_string, strlen(query_string), err,
-                                                errlen) != 0)
+    if (query_string &&
+        params_parse_urlencoded(&p, query_string, strlen(query_string), err, errlen) != 0)
         goto out;
     for (size_t i = 0; i < p.count; i++) {
         const char *n = p.items[i].name;
         if (strcmp(n, "businessId") && strcmp(n, "sceneId") && strcmp(n, "from") &&
             strcmp(n, "to") && strcmp(n, "step")) {
-            snprintf(err, errlen, "unknown parameter %.40s; use businessId, sceneId, from, to, step",
-                     n);
+            snprintf(err, errlen,
+                     "unknown parameter %.40s; use businessId, sceneId, from, to, step", n);
             goto out;
         }
     }
@@ -441,8 +442,8 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
     if (!has_from) from = to >= 3600 ? to - 3600 : 0;
     /* compare what the caller asked for; alignment to whole minutes comes after */
     if (to <= from) {
-        snprintf(err, errlen, "to must be later than from (from %" PRIu64 ", to %" PRIu64 ")",
-                 from, to);
+        snprintf(err, errlen, "to must be later than from (from %" PRIu64 ", to %" PRIu64 ")", from,
+                 to);
         goto out;
     }
     from -= from % 60;
@@ -474,7 +475,7 @@ int metrics_query_matches(const struct metrics_query *q, const struct metrics_ke
 
 /* One pair of the reply: its totals and one cell per step. */
 struct json_pair {
-    struct metrics_key key;  /* minute 0 */
+    struct metrics_key key; /* minute 0 */
     struct metrics_cell totals;
     struct metrics_cell *series;
 };
@@ -569,16 +570,16 @@ char *metrics_query_json(const struct metrics_query *q, const struct metrics_bat
         struct json_pair *p = &jb.pairs[i];
         json_t *po = json_object(), *series;
         if (!po || json_array_append_new(pairs, po) || !(series = json_array()) ||
-            json_object_set_new(po, "businessId", json_id(p->key.has_business_id,
-                                                          p->key.business_id)) ||
+            json_object_set_new(po, "businessId",
+                                json_id(p->key.has_business_id, p->key.business_id)) ||
             json_object_set_new(po, "sceneId", json_id(p->key.has_scene_id, p->key.scene_id)) ||
             json_object_set_new(po, "totals", json_cell(&p->totals, 1, 0, 0)) ||
             json_object_set_new(po, "series", series) ||
             metrics_cell_merge(&total, &p->totals) != 0)
             goto out;
         for (size_t s = 0; s < jb.n_steps; s++) {
-            if (json_array_append_new(series, json_cell(&p->series[s], 0, 1,
-                                                        q->from + s * q->step)))
+            if (json_array_append_new(series,
+                                      json_cell(&p->series[s], 0, 1, q->from + s * q->step)))
                 goto out;
         }
     }
@@ -627,32 +628,32 @@ struct metrics_redis {
 struct metrics {
     unsigned flush_ms;
     uint64_t retention_s;
-    struct metrics_redis *redis;      /* NULL: memory mode */
+    struct metrics_redis *redis; /* NULL: memory mode */
     struct metrics_slot *slots;
     unsigned n_slots;
 
     pthread_t thread;
     int thread_started;
-    pthread_mutex_t lock;             /* guards the fields below and the memory tables */
-    pthread_cond_t wake;              /* flush thread: stop or a flush request */
-    pthread_cond_t flushed;           /* metrics_flush waiters; also query completions */
+    pthread_mutex_t lock;   /* guards the fields below and the memory tables */
+    pthread_cond_t wake;    /* flush thread: stop or a flush request */
+    pthread_cond_t flushed; /* metrics_flush waiters; also query completions */
     int stop;
     uint64_t flush_requested, flush_done;
     unsigned queries_running;
 
     /* flush thread only */
-    struct metrics_batch *pending;    /* Redis mode: merged sums not yet written */
+    struct metrics_batch *pending; /* Redis mode: merged sums not yet written */
     redisContext *conn;
     /* Flush batches are numbered per process (run_id, batch_seq); each one's MULTI/EXEC also sets
      * batch_key to its number, so whether a batch whose EXEC reply never came landed is one GET
      * (after fencing the connection it went on), whatever the history. */
     char run_id[17];
-    char *batch_key;                  /* <prefix>m:batch:<run_id> */
-    uint64_t batch_seq;               /* the last batch sent */
-    struct metrics_batch *unsure;     /* batch unsure_seq: sent, EXEC unanswered; NULL none */
+    char *batch_key;              /* <prefix>m:batch:<run_id> */
+    uint64_t batch_seq;           /* the last batch sent */
+    struct metrics_batch *unsure; /* batch unsure_seq: sent, EXEC unanswered; NULL none */
     uint64_t unsure_seq;
-    struct redis_fence client;        /* m->conn's CLIENT ID and address */
-    struct redis_fence lost;          /* the connection unsure went on, to kill; id -1 none */
+    struct redis_fence client; /* m->conn's CLIENT ID and address */
+    struct redis_fence lost;   /* the connection unsure went on, to kill; id -1 none */
     /* memory mode, under lock */
     struct metrics_batch *memory;
     uint64_t memory_pruned_minute;
@@ -771,8 +772,11 @@ static int settle_unsure(struct metrics *m, char *err, size_t errlen) {
     if (!r || (r->type != REDIS_REPLY_NIL &&
                (r->type != REDIS_REPLY_STRING || num_parse_u64(r->str, r->len, &landed) != 0))) {
         snprintf(err, errlen, "redis: GET %s: %s", m->batch_key,
-                 !r ? m->conn->errstr : r->type == REDIS_REPLY_ERROR ? r->str : "not a number");
-        if (r) freeReplyObject(r);
+                 !r                             ? m->conn->errstr
+                 : r->type == REDIS_REPLY_ERROR ? r->str
+                                                : "not a number");
+        if (r)
+            freeReplyObject(r);
         else {
             redisFree(m->conn);
             m->conn = NULL;
@@ -811,7 +815,8 @@ static void redis_write_field(const char *name, uint64_t value, void *arg) {
     struct redis_write *w = arg;
     if (redisAppendCommand(w->c, "HINCRBY %s %s %lld", w->key, name, (long long)value) != REDIS_OK)
         w->failed = 1;
-    else w->appended++;
+    else
+        w->appended++;
 }
 
 static void redis_write_cell(const struct metrics_cell *cell, void *arg) {
@@ -822,11 +827,12 @@ static void redis_write_cell(const struct metrics_cell *cell, void *arg) {
     metrics_pair_name(pair, sizeof(pair), &cell->key);
     w->key = w->keybuf;
     metrics_cell_foreach(cell, 0, redis_write_field, w);
-    if (redisAppendCommand(w->c, "EXPIRE %s %llu", w->key,
-                           (unsigned long long)w->m->retention_s) != REDIS_OK ||
+    if (redisAppendCommand(w->c, "EXPIRE %s %llu", w->key, (unsigned long long)w->m->retention_s) !=
+            REDIS_OK ||
         redisAppendCommand(w->c, "SADD %s %s", w->index, pair) != REDIS_OK)
         w->failed = 1;
-    else w->appended += 2;
+    else
+        w->appended += 2;
 }
 
 /* Writes every cell of b in one MULTI/EXEC pipeline with the batch key set to seq, so a
@@ -855,13 +861,13 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, uint64_t seq,
     w.appended = 2;
     metrics_batch_foreach(b, redis_write_cell, &w);
     if (w.failed ||
-        redisAppendCommand(w.c, "EXPIRE %s %llu", w.index,
-                           (unsigned long long)m->retention_s) != REDIS_OK ||
+        redisAppendCommand(w.c, "EXPIRE %s %llu", w.index, (unsigned long long)m->retention_s) !=
+            REDIS_OK ||
         redisAppendCommand(w.c, "EXEC") != REDIS_OK)
         goto conn_err;
     w.appended += 2;
     for (size_t i = 0; i < w.appended; i++) {
-        sent = 1;   /* from the first read on, Redis may have the whole batch */
+        sent = 1; /* from the first read on, Redis may have the whole batch */
         if (redisGetReply(w.c, (void **)&reply) != REDIS_OK || !reply) goto conn_err;
         if (i + 1 < w.appended) {
             if (reply->type == REDIS_REPLY_ERROR) {
@@ -947,8 +953,8 @@ static void flush_cycle(struct metrics *m) {
             atomic_fetch_add_explicit(&m->dropped_keys, dropped, memory_order_relaxed);
             atomic_fetch_add_explicit(&m->dropped_requests, dropped_reqs, memory_order_relaxed);
             log_warn("metrics: dropped the %zu oldest keys (%" PRIu64 " requests) beyond the "
-                     "in-process bound of %d keys", dropped, dropped_reqs,
-                     METRICS_MEMORY_MAX_KEYS);
+                     "in-process bound of %d keys",
+                     dropped, dropped_reqs, METRICS_MEMORY_MAX_KEYS);
         }
         metrics_batch_clear(m->pending);
         if (have) atomic_fetch_add_explicit(&m->flushes, 1, memory_order_relaxed);
@@ -968,7 +974,7 @@ static void flush_cycle(struct metrics *m) {
                 m->unsure_seq = m->batch_seq;
                 if (!(m->pending = metrics_batch_new())) {
                     atomic_fetch_add_explicit(&m->flush_errors, 1, memory_order_relaxed);
-                    return;   /* taken again at the next cycle */
+                    return; /* taken again at the next cycle */
                 }
             }
         }
@@ -982,16 +988,17 @@ static void flush_cycle(struct metrics *m) {
             log_limited(&flush_warning, LOG_LEVEL_WARN,
                         "metrics: flush failed, %zu keys kept for the next one: %s",
                         metrics_batch_count(m->pending) +
-                            (m->unsure ? metrics_batch_count(m->unsure) : 0), err);
-            dropped = metrics_batch_trim(m->pending, METRICS_PENDING_MAX_KEYS, keep_from,
-                                         &dropped_reqs);
+                            (m->unsure ? metrics_batch_count(m->unsure) : 0),
+                        err);
+            dropped =
+                metrics_batch_trim(m->pending, METRICS_PENDING_MAX_KEYS, keep_from, &dropped_reqs);
             if (dropped) {
                 atomic_fetch_add_explicit(&m->dropped_keys, dropped, memory_order_relaxed);
-                atomic_fetch_add_explicit(&m->dropped_requests, dropped_reqs,
-                                          memory_order_relaxed);
+                atomic_fetch_add_explicit(&m->dropped_requests, dropped_reqs, memory_order_relaxed);
                 log_limited(&drop_warning, LOG_LEVEL_WARN,
                             "metrics: dropped the %zu oldest keys (%" PRIu64 " requests) held "
-                            "while redis is unreachable", dropped, dropped_reqs);
+                            "while redis is unreachable",
+                            dropped, dropped_reqs);
             }
         }
     }
@@ -1141,8 +1148,8 @@ void metrics_free(struct metrics *m) {
     }
     if (m->unsure)
         log_warn("metrics: the flush %s:%" PRIu64 " (%zu keys) got no answer before exit; it may "
-                 "or may not have been written", m->run_id, m->unsure_seq,
-                 metrics_batch_count(m->unsure));
+                 "or may not have been written",
+                 m->run_id, m->unsure_seq, metrics_batch_count(m->unsure));
     if (m->conn) redisFree(m->conn);
     metrics_batch_free(m->unsure);
     free(m->batch_key);
@@ -1164,10 +1171,9 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out) {
     out->dropped_keys = atomic_load_explicit(&m->dropped_keys, memory_order_relaxed);
     out->dropped_requests = atomic_load_explicit(&m->dropped_requests, memory_order_relaxed);
     for (unsigned i = 0; i < m->n_slots; i++) {
-        out->dropped_keys += atomic_load_explicit(&m->slots[i].dropped_keys,
-                                                  memory_order_relaxed);
-        out->dropped_requests += atomic_load_explicit(&m->slots[i].dropped_requests,
-                                                      memory_order_relaxed);
+        out->dropped_keys += atomic_load_explicit(&m->slots[i].dropped_keys, memory_order_relaxed);
+        out->dropped_requests +=
+            atomic_load_explicit(&m->slots[i].dropped_requests, memory_order_relaxed);
     }
 }
 
@@ -1176,7 +1182,7 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out) {
 struct query_job {
     struct metrics *m;
     struct metrics_query q;
-    struct event *ev;         /* on reply_base; activated once the reply is ready */
+    struct event *ev; /* on reply_base; activated once the reply is ready */
     void (*done)(const char *json, int http_status, void *arg);
     void *arg;
     char *json;
@@ -1206,8 +1212,8 @@ static void query_copy_cell(const struct metrics_cell *c, void *arg) {
 }
 
 /* Reads every hash of the pairs in the index that q selects into out. 0, or -1 with err. */
-static int query_redis(struct metrics *m, const struct metrics_query *q,
-                       struct metrics_batch *out, char *err, size_t errlen) {
+static int query_redis(struct metrics *m, const struct metrics_query *q, struct metrics_batch *out,
+                       char *err, size_t errlen) {
     redisContext *c = redis_connect(m->redis, err, errlen);
     redisReply *members = NULL, *reply = NULL;
     struct metrics_key *keys = NULL;
@@ -1321,8 +1327,7 @@ static void query_deliver(evutil_socket_t fd, short what, void *arg) {
     free(j);
 }
 
-void metrics_query(struct metrics *m, const struct metrics_query *q,
-                   struct event_base *reply_base,
+void metrics_query(struct metrics *m, const struct metrics_query *q, struct event_base *reply_base,
                    void (*done)(const char *json, int http_status, void *arg), void *arg) {
     pthread_t t;
     pthread_attr_t attr;

@@ -27,11 +27,13 @@ struct event_base;
 struct metrics;
 struct metrics_batch;
 
-#define METRICS_BUCKETS 9                /* le_1ms .. le_inf */
-#define METRICS_BATCH_MAX_KEYS 65536     /* distinct keys one worker batch holds; more are dropped */
-#define METRICS_PENDING_MAX_KEYS 16384   /* keys kept while Redis is unreachable; the oldest
+#define METRICS_BUCKETS 9            /* le_1ms .. le_inf */
+#define METRICS_BATCH_MAX_KEYS 65536 /* distinct keys one worker batch holds; more are dropped */
+#define METRICS_PENDING_MAX_KEYS \
+    16384 /* keys kept while Redis is unreachable; the oldest
                                           * minutes beyond this are dropped (and counted) */
-#define METRICS_MEMORY_MAX_KEYS 262144   /* keys the in-process tables hold without Redis; the
+#define METRICS_MEMORY_MAX_KEYS \
+    262144 /* keys the in-process tables hold without Redis; the
                                           * oldest minutes beyond this are dropped (and counted) */
 #define METRICS_QUERY_MAX_STEPS 1440
 
@@ -40,8 +42,7 @@ struct metrics_batch;
 /* Copies what it needs from cfg (metrics and redis sections; cfg may be freed afterwards) and
  * starts the flush thread. n_workers is the number of worker slots (worker ids 0..n-1). NULL with
  * err on failure. Redis is not contacted here: an unreachable Redis only delays the flushes. */
-struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *err,
-                            size_t errlen);
+struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *err, size_t errlen);
 /* Adds r to worker's current batch. Called only from that worker's thread; never blocks, never
  * does I/O (it may allocate). r is borrowed for the call. An out-of-range worker, or a batch
  * already holding METRICS_BATCH_MAX_KEYS keys, counts the request as dropped. */
@@ -55,10 +56,10 @@ void metrics_free(struct metrics *m);
 
 /* For /metrics; any thread. */
 struct metrics_stats {
-    uint64_t flushes;        /* flush cycles that wrote something successfully */
-    uint64_t flush_errors;   /* flush cycles that failed (Redis unreachable, error reply) */
-    uint64_t pending_keys;   /* keys held in memory waiting for Redis (0 in memory mode) */
-    uint64_t dropped_keys;   /* keys dropped because a bound was reached */
+    uint64_t flushes;          /* flush cycles that wrote something successfully */
+    uint64_t flush_errors;     /* flush cycles that failed (Redis unreachable, error reply) */
+    uint64_t pending_keys;     /* keys held in memory waiting for Redis (0 in memory mode) */
+    uint64_t dropped_keys;     /* keys dropped because a bound was reached */
     uint64_t dropped_requests; /* requests whose counts were dropped with them */
 };
 void metrics_get_stats(struct metrics *m, struct metrics_stats *out);
@@ -68,11 +69,11 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out);
 enum metrics_match { METRICS_MATCH_ANY, METRICS_MATCH_ID, METRICS_MATCH_ABSENT };
 
 struct metrics_query {
-    uint64_t from;           /* unix seconds, aligned down to a minute; inclusive */
-    uint64_t to;             /* unix seconds; exclusive */
-    uint64_t step;           /* seconds, a multiple of 60 */
+    uint64_t from; /* unix seconds, aligned down to a minute; inclusive */
+    uint64_t to;   /* unix seconds; exclusive */
+    uint64_t step; /* seconds, a multiple of 60 */
     enum metrics_match business_match, scene_match;
-    uint32_t business_id, scene_id;   /* with METRICS_MATCH_ID */
+    uint32_t business_id, scene_id; /* with METRICS_MATCH_ID */
 };
 
 /* Parses the query string of /admin/stats (may be NULL or ""): businessId, sceneId (a number or
@@ -92,15 +93,14 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
  * or 503/500 with {"error": "..."}. reply_base must keep running until done was called, and
  * libevent threading must be enabled. q is copied. Only when not even the reply event can be
  * allocated is done called (500) before metrics_query returns. */
-void metrics_query(struct metrics *m, const struct metrics_query *q,
-                   struct event_base *reply_base,
+void metrics_query(struct metrics *m, const struct metrics_query *q, struct event_base *reply_base,
                    void (*done)(const char *json, int http_status, void *arg), void *arg);
 
 /* ---- pure parts, exported for tests ---- */
 
 /* Identity of one hash: a (businessId, sceneId) pair in one minute. */
 struct metrics_key {
-    uint64_t minute;         /* unix seconds / 60 */
+    uint64_t minute; /* unix seconds / 60 */
     uint32_t business_id, scene_id;
     uint8_t has_business_id, has_scene_id;
 };
@@ -117,7 +117,7 @@ struct metrics_cell {
     uint64_t decisions[PIPELINE_DECISION_COUNT];
     uint64_t latency_us_sum;
     uint64_t buckets[METRICS_BUCKETS];
-    struct metrics_code_count *codes;  /* sorted by code, owned */
+    struct metrics_code_count *codes; /* sorted by code, owned */
     size_t n_codes, cap_codes;
 };
 
@@ -148,8 +148,8 @@ void metrics_cell_cleanup(struct metrics_cell *c);
 
 /* A small hash table of cells keyed by struct metrics_key. NULL on OOM. */
 struct metrics_batch *metrics_batch_new(void);
-void metrics_batch_free(struct metrics_batch *b);   /* NULL accepted */
-void metrics_batch_clear(struct metrics_batch *b);  /* empty, keeps its table */
+void metrics_batch_free(struct metrics_batch *b);  /* NULL accepted */
+void metrics_batch_clear(struct metrics_batch *b); /* empty, keeps its table */
 size_t metrics_batch_count(const struct metrics_batch *b);
 /* The cell of k, created (zeroed) when absent unless the batch holds max_keys keys already.
  * NULL when full or on OOM. */

@@ -13,42 +13,42 @@
 #include <string.h>
 #include <openssl/rand.h>
 
-#define NONCE_PRUNE_STEP 4      /* expired entries removed per insert, at most */
-#define NONCE_MIN_SLOTS 32      /* table slots of a new stripe; kept at most half full */
+#define NONCE_PRUNE_STEP 4 /* expired entries removed per insert, at most */
+#define NONCE_MIN_SLOTS 32 /* table slots of a new stripe; kept at most half full */
 #define NONCE_MIN_RING 16
-#define NONCE_SPARE_MAX 64      /* removed entries a stripe keeps for reuse */
-#define NONCE_MIN_ID_ROOM 40    /* an entry holds an id of this many bytes at least (36 usual) */
+#define NONCE_SPARE_MAX 64   /* removed entries a stripe keeps for reuse */
+#define NONCE_MIN_ID_ROOM 40 /* an entry holds an id of this many bytes at least (36 usual) */
 
 struct nonce_entry {
     uint64_t hash;
     uint64_t nonce;
     union {
-        uint64_t seq;                    /* in the table: position in the stripe's ring */
-        struct nonce_entry *next_spare;  /* on the stripe's spare list */
+        uint64_t seq;                   /* in the table: position in the stripe's ring */
+        struct nonce_entry *next_spare; /* on the stripe's spare list */
     };
     uint32_t id_len;
-    uint32_t id_room;                    /* bytes secret_id can hold, its NUL included */
+    uint32_t id_room; /* bytes secret_id can hold, its NUL included */
     char secret_id[];
 };
 
 struct nonce_slot {
     uint64_t hash;
-    struct nonce_entry *e;               /* NULL: empty */
+    struct nonce_entry *e; /* NULL: empty */
 };
 
 struct nonce_ring_item {
-    struct nonce_entry *e;               /* NULL: removed before reaching the head */
+    struct nonce_entry *e; /* NULL: removed before reaching the head */
     uint64_t expires_s;
 };
 
 struct nonce_stripe {
     pthread_mutex_t lock;
     struct nonce_slot *slots;
-    size_t n_slots;                      /* power of two */
+    size_t n_slots; /* power of two */
     struct nonce_ring_item *ring;
-    size_t ring_cap;                     /* power of two */
-    size_t ring_head, ring_len;          /* ring_len counts removed items not yet passed */
-    uint64_t head_seq;                   /* seq of the item at ring_head */
+    size_t ring_cap;            /* power of two */
+    size_t ring_head, ring_len; /* ring_len counts removed items not yet passed */
+    uint64_t head_seq;          /* seq of the item at ring_head */
     size_t count;
     uint64_t evictions;
     /* Entries removed from the table, reused by the next inserts: once the cache is full every
@@ -60,7 +60,7 @@ struct nonce_stripe {
 
 struct nonce_cache {
     struct nonce_stripe *stripes;
-    unsigned n_stripes;                  /* power of two */
+    unsigned n_stripes; /* power of two */
     size_t per_stripe_max;
     uint64_t seed;
 };
@@ -108,7 +108,8 @@ struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes) {
     if (!c) goto fail;
     c->n_stripes = n;
     c->per_stripe_max = max_entries / n;
-    if (RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1) c->seed = 0x9e3779b97f4a7c15ULL;
+    if (RAND_bytes((unsigned char *)&c->seed, sizeof(c->seed)) != 1)
+        c->seed = 0x9e3779b97f4a7c15ULL;
     c->stripes = calloc(n, sizeof(*c->stripes));
     if (!c->stripes) goto fail;
     for (unsigned i = 0; i < n; i++) {
@@ -156,8 +157,8 @@ static struct nonce_stripe *nonce_stripe_of(struct nonce_cache *c, uint64_t hash
 }
 
 /* The slot holding (id, nonce), or SIZE_MAX. */
-static size_t nonce_lookup(const struct nonce_stripe *s, uint64_t hash, const char *id,
-                           size_t len, uint64_t nonce) {
+static size_t nonce_lookup(const struct nonce_stripe *s, uint64_t hash, const char *id, size_t len,
+                           uint64_t nonce) {
     size_t mask = s->n_slots - 1;
     for (size_t i = hash & mask; s->slots[i].e; i = (i + 1) & mask) {
         const struct nonce_entry *e = s->slots[i].e;
@@ -275,8 +276,7 @@ static int nonce_grow_ring(struct nonce_stripe *s) {
     return 0;
 }
 
-int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce,
-                     uint64_t now_s) {
+int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce, uint64_t now_s) {
     size_t len = strlen(secret_id);
     if (len > NONCE_MAX_SECRET_ID) return 0;
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);
@@ -288,8 +288,8 @@ int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonc
     return seen;
 }
 
-int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t nonce,
-                       uint64_t now_s, uint64_t ttl_s) {
+int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t nonce, uint64_t now_s,
+                       uint64_t ttl_s) {
     size_t len = strlen(secret_id);
     if (len > NONCE_MAX_SECRET_ID) return -1;
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);

@@ -10,7 +10,7 @@
 
 struct nonce_cache;
 
-#define NONCE_MAX_SECRET_ID 128  /* longer SecretIds are never stored (and never match) */
+#define NONCE_MAX_SECRET_ID 128 /* longer SecretIds are never stored (and never match) */
 
 /* max_entries: the bound for the whole cache (>= stripes). stripes: rounded up to a power of
  * two, at least 1. NULL on OOM. */
@@ -19,13 +19,12 @@ struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes);
 void nonce_cache_free(struct nonce_cache *c);
 
 /* 1 when (secret_id, nonce) is recorded and not expired at now_s, else 0. */
-int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce,
-                     uint64_t now_s);
+int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce, uint64_t now_s);
 /* Records (secret_id, nonce) until now_s + ttl_s, atomically with the check: returns 0 when it
  * was recorded, 1 when a live entry already existed (a replay that raced the first use), -1 on
  * OOM or a SecretId over NONCE_MAX_SECRET_ID bytes. */
-int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t nonce,
-                       uint64_t now_s, uint64_t ttl_s);
+int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t nonce, uint64_t now_s,
+                       uint64_t ttl_s);
 
 /* Live plus not-yet-pruned entries, and the evictions of live entries since creation. Each
  * stripe is read under its lock; the totals are a snapshot, not atomic as a whole. */

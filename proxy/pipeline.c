@@ -40,7 +40,7 @@
 #define PIPELINE_JSON "application/json"
 /* CaptchaQuery script=1's reply when upstream named no type, and for a replayed one. */
 #define PIPELINE_SCRIPT_TYPE "application/javascript; charset=utf-8"
-#define PIPELINE_KEY_PREFIX "capgate:"  /* limit keys without a redis section */
+#define PIPELINE_KEY_PREFIX "capgate:" /* limit keys without a redis section */
 
 /* ---- randomness ---- */
 
@@ -51,7 +51,9 @@ int pipeline_worker_seed(struct pipeline_worker *w) {
     return 0;
 }
 
-uint64_t pipeline_random(struct pipeline_worker *w) { return rng_next(w->rng); }
+uint64_t pipeline_random(struct pipeline_worker *w) {
+    return rng_next(w->rng);
+}
 
 /* ---- pure decisions ---- */
 
@@ -130,8 +132,8 @@ void pipeline_limit_headers_cleanup(struct pipeline_limit_headers *h) {
 
 int pipeline_limit_headers_init(struct pipeline_limit_headers *h, const struct limit_bucket *b,
                                 size_t n, const struct limit_outcome *o) {
-    static const char *const names[PIPELINE_LIMIT_HEADERS_MAX] = {"RateLimit-Policy",
-                                                                  "RateLimit", "Retry-After"};
+    static const char *const names[PIPELINE_LIMIT_HEADERS_MAX] = {"RateLimit-Policy", "RateLimit",
+                                                                  "Retry-After"};
     struct strbuf v[PIPELINE_LIMIT_HEADERS_MAX];
     int rc = -1;
 
@@ -155,42 +157,59 @@ out:
 /* ---- the request context ---- */
 
 enum pipeline_state {
-    ST_NEW, ST_PARSED, ST_AUTHED, ST_VALIDATED, ST_AUTHORIZED, ST_REPLAY, ST_LIMITED, ST_POOL,
-    ST_UPSTREAM, ST_REPLIED, ST_AUDITED, ST_COUNT
+    ST_NEW,
+    ST_PARSED,
+    ST_AUTHED,
+    ST_VALIDATED,
+    ST_AUTHORIZED,
+    ST_REPLAY,
+    ST_LIMITED,
+    ST_POOL,
+    ST_UPSTREAM,
+    ST_REPLIED,
+    ST_AUDITED,
+    ST_COUNT
 };
 
 static const char *const state_names[ST_COUNT] = {
-    [ST_NEW] = "new",           [ST_PARSED] = "parsed",       [ST_AUTHED] = "authed",
-    [ST_VALIDATED] = "validated", [ST_AUTHORIZED] = "authorized", [ST_REPLAY] = "replay",
-    [ST_LIMITED] = "limited?",  [ST_POOL] = "pool",           [ST_UPSTREAM] = "upstream",
-    [ST_REPLIED] = "replied",   [ST_AUDITED] = "audited",
+    [ST_NEW] = "new",
+    [ST_PARSED] = "parsed",
+    [ST_AUTHED] = "authed",
+    [ST_VALIDATED] = "validated",
+    [ST_AUTHORIZED] = "authorized",
+    [ST_REPLAY] = "replay",
+    [ST_LIMITED] = "limited?",
+    [ST_POOL] = "pool",
+    [ST_UPSTREAM] = "upstream",
+    [ST_REPLIED] = "replied",
+    [ST_AUDITED] = "audited",
 };
 
 enum stage_result { STAGE_NEXT, STAGE_FINISH, STAGE_PENDING };
 
 struct pipeline_ctx {
     struct pipeline_worker *w;
-    struct httpd_req *req;          /* NULL once replied or cancelled */
-    struct shared_config *pc;       /* reference held for the request's life */
-    const struct config *config;    /* pc->config */
+    struct httpd_req *req;       /* NULL once replied or cancelled */
+    struct shared_config *pc;    /* reference held for the request's life */
+    const struct config *config; /* pc->config */
     enum pipeline_state state;
-    size_t stage;                   /* index of the next stage to run */
-    int parsed;                     /* params hold the request's parameters */
+    size_t stage; /* index of the next stage to run */
+    int parsed;   /* params hold the request's parameters */
     int cancelled;
-    int in_stage;                   /* a stage function is on the stack */
-    int resumed;                    /* pipeline_resume came while in_stage */
+    int in_stage; /* a stage function is on the stack */
+    int resumed;  /* pipeline_resume came while in_stage */
     enum stage_result resumed_with;
-    uint64_t start_us;              /* monotonic */
+    uint64_t start_us; /* monotonic */
     struct params params;
-    const struct config_app *app;   /* borrowed from config */
+    const struct config_app *app; /* borrowed from config */
     struct v2_fields fields;
     struct pipeline_record rec;
     /* rate limits: the request's n_buckets buckets (in the scratch part below) */
     size_t n_buckets;
-    int local_tried;                /* on_store_error "local": the local buckets were asked */
-    int has_nonce;                  /* signed: the Nonce the limit stage claims with Redis */
+    int local_tried; /* on_store_error "local": the local buckets were asked */
+    int has_nonce;   /* signed: the Nonce the limit stage claims with Redis */
     uint64_t nonce;
-    int shadow_limited;             /* a shadow rule would have refused (kept for the audit) */
+    int shadow_limited; /* a shadow rule would have refused (kept for the audit) */
     struct pipeline_limit_headers limit_headers;
     /* the reply, ready once a stage finished */
     int reply_status;
@@ -241,8 +260,8 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
     free(ctx->reply_body);
     ctx->reply_body = reply_error(code, "%s", msg);
     ctx->reply_len = ctx->reply_body ? strlen(ctx->reply_body) : 0;
-    ctx->reply_status = pipeline_http_status(code, ctx->config->http_errors_semantic, timed_out,
-                                             framing_status);
+    ctx->reply_status =
+        pipeline_http_status(code, ctx->config->http_errors_semantic, timed_out, framing_status);
     ctx->rec.decision = decision;
     ctx->rec.code = code;
     ctx->rec.no_code = 0;
@@ -264,8 +283,8 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
                          PIPELINE_API_PATH);
     int rc;
     if (strcmp(req->method, "GET") == 0) {
-        rc = req->query ? params_parse_urlencoded(&ctx->params, req->query, strlen(req->query),
-                                                  err, sizeof(err))
+        rc = req->query ? params_parse_urlencoded(&ctx->params, req->query, strlen(req->query), err,
+                                                  sizeof(err))
                         : 0;
     } else if (strcmp(req->method, "POST") == 0) {
         rc = params_parse_body(&ctx->params, req->content_type, req->body, req->body_len, err,
@@ -303,8 +322,10 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
         /* who failed: the app the SecretId belongs to, or else the SecretId itself, so an
          * operator can find a misconfigured client */
         const char *sid = params_get(&ctx->params, "SecretId");
-        if (r.claimed) copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.claimed->name);
-        else if (!r.bearer && sid) copy_str(ctx->rec.secret_id, sizeof(ctx->rec.secret_id), sid);
+        if (r.claimed)
+            copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.claimed->name);
+        else if (!r.bearer && sid)
+            copy_str(ctx->rec.secret_id, sizeof(ctx->rec.secret_id), sid);
         return ctx_error(ctx, r.code,
                          r.code == APIERR_INVALID_PARAMETER ? PIPELINE_INVALID
                                                             : PIPELINE_UNAUTHORIZED,
@@ -355,12 +376,12 @@ static const char *store_prefix(const struct pipeline_ctx *ctx) {
 
 /* Idempotent replay (idem.h): a stored reply byte for byte, a wait for a concurrent duplicate,
  * or the key taken for this request. */
-static void replay_done(const char *err, enum store_idem_state state, const char *body,
-                        size_t len, void *arg) {
+static void replay_done(const char *err, enum store_idem_state state, const char *body, size_t len,
+                        void *arg) {
     struct pipeline_ctx *ctx = arg;
     if (err && state == STORE_IDEM_PENDING) {
-        pipeline_resume(ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 1, 0,
-                                       "%s", err));
+        pipeline_resume(
+            ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 1, 0, "%s", err));
         return;
     }
     if (err) {
@@ -377,8 +398,8 @@ static void replay_done(const char *err, enum store_idem_state state, const char
     case STORE_IDEM_DONE:
         free(ctx->reply_body);
         if (!(ctx->reply_body = malloc(len + 1))) {
-            pipeline_resume(ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_REPLAYED, 0, 0,
-                                           "out of memory"));
+            pipeline_resume(
+                ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_REPLAYED, 0, 0, "out of memory"));
             return;
         }
         memcpy(ctx->reply_body, body, len);
@@ -419,9 +440,8 @@ static enum stage_result stage_replay(struct pipeline_ctx *ctx) {
     if (ctx->w->store_closing ||
         idem_key(store_prefix(ctx), ctx->app->name, h, ctx->idem_key, sizeof(ctx->idem_key)) ||
         idem_fingerprint(&ctx->params, ctx->idem_fp) ||
-        idem_begin(ctx->w->store, ctx->w->base, &ctx->w->idem_waits, ctx->idem_key,
-                   ctx->idem_fp, up->timeout_ms + IDEM_PENDING_MARGIN_MS, up->timeout_ms,
-                   replay_done, ctx)) {
+        idem_begin(ctx->w->store, ctx->w->base, &ctx->w->idem_waits, ctx->idem_key, ctx->idem_fp,
+                   up->timeout_ms + IDEM_PENDING_MARGIN_MS, up->timeout_ms, replay_done, ctx)) {
         log_warn("request %s: idempotency not checked (out of memory or shutting down)",
                  ctx->rec.request_id);
         return STAGE_NEXT;
@@ -440,8 +460,7 @@ static void pool_done(const char *url, void *arg) {
     free(ctx->reply_url);
     ctx->reply_url = strdup(url);
     if (!(ctx->reply_body = pool_hit_body(url))) {
-        pipeline_resume(ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_POOL, 0, 0,
-                                       "out of memory"));
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_POOL, 0, 0, "out of memory"));
         return;
     }
     ctx->reply_len = strlen(ctx->reply_body);
@@ -513,28 +532,26 @@ static void limit_done(const char *err, const struct limit_outcome *o, void *arg
             pipeline_resume(ctx, STAGE_NEXT);
             return;
         case PIPELINE_STORE_DENY:
-            pipeline_resume(ctx, ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_LIMITED, 0, 0,
-                                           "%s store unavailable: %s",
-                                           ctx->n_buckets ? "rate-limit" : "replay-protection",
-                                           err));
+            pipeline_resume(ctx,
+                            ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_LIMITED, 0, 0,
+                                      "%s store unavailable: %s",
+                                      ctx->n_buckets ? "rate-limit" : "replay-protection", err));
             return;
         }
     }
     if (o->replay) {
         /* another instance took this Nonce first; no token was taken here */
         auth_replay_message(ctx->app->secret_id, ctx->nonce, msg, sizeof(msg));
-        pipeline_resume(ctx, ctx_error(ctx, APIERR_REPLAY, PIPELINE_UNAUTHORIZED, 0, 0, "%s",
-                                       msg));
+        pipeline_resume(ctx, ctx_error(ctx, APIERR_REPLAY, PIPELINE_UNAUTHORIZED, 0, 0, "%s", msg));
         return;
     }
     limit_count(ctx, o);
     limit_set_headers(ctx, o);
-    enum pipeline_decision d = pipeline_limit_verdict(ctx->buckets, ctx->n_buckets, o,
-                                                      ctx->rec.rule, sizeof(ctx->rec.rule), msg,
-                                                      sizeof(msg));
+    enum pipeline_decision d = pipeline_limit_verdict(
+        ctx->buckets, ctx->n_buckets, o, ctx->rec.rule, sizeof(ctx->rec.rule), msg, sizeof(msg));
     if (d == PIPELINE_LIMITED) {
-        pipeline_resume(ctx, ctx_error(ctx, APIERR_LIMIT_EXCEEDED, PIPELINE_LIMITED, 0, 0, "%s",
-                                       msg));
+        pipeline_resume(ctx,
+                        ctx_error(ctx, APIERR_LIMIT_EXCEEDED, PIPELINE_LIMITED, 0, 0, "%s", msg));
         return;
     }
     if (d == PIPELINE_SHADOW_LIMITED) {
@@ -568,8 +585,8 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     }
     ctx->n_buckets = (size_t)n;
     if (redis && ctx->has_nonce && ctx->app->secret_id) {
-        if (auth_nonce_key(prefix, ctx->app->secret_id, ctx->nonce, nonce_key,
-                           sizeof(nonce_key)) == 0) {
+        if (auth_nonce_key(prefix, ctx->app->secret_id, ctx->nonce, nonce_key, sizeof(nonce_key)) ==
+            0) {
             nonce.ttl_ms = (unsigned)(validate_nonce_ttl_s(ctx->config->timestamp_window_s) * 1000);
             claim = 1;
         } else {
@@ -601,8 +618,7 @@ static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields 
  * passed through byte for byte with upstream's Content-Type (or PIPELINE_SCRIPT_TYPE), and
  * recorded with no API code (the audit's code is null, codeDesc ""; no code:<N> is counted). */
 static int record_script_reply(struct pipeline_ctx *ctx, const struct upstream_result *r) {
-    const char *type = r->content_type && *r->content_type ? r->content_type
-                                                           : PIPELINE_SCRIPT_TYPE;
+    const char *type = r->content_type && *r->content_type ? r->content_type : PIPELINE_SCRIPT_TYPE;
     ctx->rec.no_code = 1;
     ctx->rec.code = 0;
     ctx->rec.code_desc[0] = '\0';
@@ -632,8 +648,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
             ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
         }
     } else {
-        ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR,
-                  r->timed_out, 0, "%s",
+        ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, r->timed_out, 0, "%s",
                   r->error ? r->error : "upstream call failed");
     }
     pipeline_resume(ctx, STAGE_NEXT);
@@ -666,14 +681,14 @@ static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
 
 struct pipeline_stage {
     enum stage_result (*run)(struct pipeline_ctx *ctx);
-    enum pipeline_state done;  /* the state once the stage said "next" */
+    enum pipeline_state done; /* the state once the stage said "next" */
 };
 
 static const struct pipeline_stage stages[] = {
-    {stage_parse, ST_PARSED},         {stage_authenticate, ST_AUTHED},
-    {stage_validate, ST_VALIDATED},   {stage_authorize, ST_AUTHORIZED},
-    {stage_replay, ST_REPLAY},        {stage_limit, ST_LIMITED},
-    {stage_pool, ST_POOL},            {stage_forward, ST_UPSTREAM},
+    {stage_parse, ST_PARSED},       {stage_authenticate, ST_AUTHED},
+    {stage_validate, ST_VALIDATED}, {stage_authorize, ST_AUTHORIZED},
+    {stage_replay, ST_REPLAY},      {stage_limit, ST_LIMITED},
+    {stage_pool, ST_POOL},          {stage_forward, ST_UPSTREAM},
 };
 #define N_STAGES (sizeof(stages) / sizeof(stages[0]))
 
@@ -731,8 +746,7 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
     ctx->req = NULL;
     httpd_set_cancel(req, NULL, NULL);
     if (!ctx->reply_body) {
-        static const char oom[] =
-            REPLY_OOM_JSON;
+        static const char oom[] = REPLY_OOM_JSON;
         ctx->rec.code = APIERR_INTERNAL;
         httpd_add_header(req, "X-Request-Id", ctx->rec.request_id);
         httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
@@ -828,8 +842,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     struct pipeline_worker *w = arg;
     struct pipeline_ctx *ctx = ctx_new(w);
     if (!ctx) {
-        static const char oom[] =
-            REPLY_OOM_JSON;
+        static const char oom[] = REPLY_OOM_JSON;
         httpd_reply(req, 500, PIPELINE_JSON, oom, sizeof(oom) - 1);
         return;
     }
@@ -844,8 +857,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';
     /* the peer, or the client a trusted proxy names (config trusted_proxies) */
     realip_client(ctx->config->trusted_proxies, ctx->config->n_trusted_proxies, req->peer_ip,
-                  req->headers, req->header_count, ctx->rec.client_ip,
-                  sizeof(ctx->rec.client_ip));
+                  req->headers, req->header_count, ctx->rec.client_ip, sizeof(ctx->rec.client_ip));
     ctx->rec.decision = PIPELINE_INVALID;
     w->live++;
     stats_inflight_add(w->stats, 1);

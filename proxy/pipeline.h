@@ -37,24 +37,24 @@ struct upstream;
 struct pipeline_worker {
     unsigned id;
     struct event_base *base;
-    struct shared_config *config;      /* for new requests; the worker's own reference */
-    const struct config *boot;         /* the startup config: upstream and listener settings
+    struct shared_config *config; /* for new requests; the worker's own reference */
+    const struct config *boot;    /* the startup config: upstream and listener settings
                                         * (they need a restart), valid for the process life */
     struct upstream *upstream;
     struct stats_worker *stats;
     struct nonce_cache *nonces;
-    struct store *store;               /* rate-limit buckets, the worker's own */
-    int store_closing;                 /* set before store_free: its "store closed" callbacks
+    struct store *store;          /* rate-limit buckets, the worker's own */
+    int store_closing;            /* set before store_free: its "store closed" callbacks
                                         * end their requests instead of retrying locally */
-    struct idem_waits idem_waits;      /* requests waiting on an Idempotency-Key (idem.h) */
+    struct idem_waits idem_waits; /* requests waiting on an Idempotency-Key (idem.h) */
     /* Process-wide sinks, fed at the end of every request (worker id = id); may be NULL. */
     struct audit *audit;
     struct metrics *metrics;
-    struct pool *pool;                 /* prefetch pool counters (pool.h); NULL: no pool stage */
-    const struct config_audit *audit_config;  /* pii settings of the sink (the boot config) */
-    const char *instance;              /* the audit records' "instance" */
-    uint64_t rng[4];                   /* xoshiro256**, seeded from the CSPRNG */
-    size_t live;                       /* request contexts not yet released */
+    struct pool *pool; /* prefetch pool counters (pool.h); NULL: no pool stage */
+    const struct config_audit *audit_config; /* pii settings of the sink (the boot config) */
+    const char *instance;                    /* the audit records' "instance" */
+    uint64_t rng[4];                         /* xoshiro256**, seeded from the CSPRNG */
+    size_t live;                             /* request contexts not yet released */
     /* Released contexts kept for new requests (at most PIPELINE_FREE_CTX_MAX): a context is
      * 5.7 KB, past malloc's fast bins, and each such malloc consolidates them. */
     struct pipeline_ctx *free_ctx;
@@ -104,9 +104,9 @@ enum pipeline_decision pipeline_limit_verdict(const struct limit_bucket *b, size
 
 /* What the limit stage does when the store failed (err from store_limit). */
 enum pipeline_store_fallback {
-    PIPELINE_STORE_LOCAL,  /* ask the in-process buckets (store_limit_local) */
-    PIPELINE_STORE_ALLOW,  /* continue unlimited */
-    PIPELINE_STORE_DENY    /* answer 6200 "rate-limit store unavailable: <err>" */
+    PIPELINE_STORE_LOCAL, /* ask the in-process buckets (store_limit_local) */
+    PIPELINE_STORE_ALLOW, /* continue unlimited */
+    PIPELINE_STORE_DENY   /* answer 6200 "rate-limit store unavailable: <err>" */
 };
 /* policy is the config's on_store_error; local_tried: the local buckets were already asked
  * (and failed too); closing: the store is being freed (no new call may start). */
@@ -117,7 +117,7 @@ enum pipeline_store_fallback pipeline_store_fallback(enum config_store_error pol
 #define PIPELINE_LIMIT_HEADERS_MAX 3
 struct pipeline_limit_headers {
     size_t count;
-    const char *name[PIPELINE_LIMIT_HEADERS_MAX];  /* static strings */
+    const char *name[PIPELINE_LIMIT_HEADERS_MAX]; /* static strings */
     char *value[PIPELINE_LIMIT_HEADERS_MAX];
 };
 /* Fills h (initialised by the call) from limit_headers: RateLimit-Policy and RateLimit for the

@@ -23,7 +23,7 @@
 #include "store.h"
 #include "upstream.h"
 
-#define POOL_DEFAULT_PREFIX "capgate:"  /* as the limit keys without a redis section */
+#define POOL_DEFAULT_PREFIX "capgate:" /* as the limit keys without a redis section */
 
 /* ---- pure ---- */
 
@@ -48,8 +48,8 @@ int pool_key(const char *prefix, const struct config_pool_profile *pr, char *out
 
 /* Parameters a pooled request may carry besides the public ones and the profile's ids. */
 static const char *const pool_allowed_params[] = {
-    "Action", V2_REQUEST_CLIENT, "captchaType", "disturbLevel", "isHttps", "clientType",
-    "accountType", NULL,
+    "Action",  V2_REQUEST_CLIENT, "captchaType", "disturbLevel",
+    "isHttps", "clientType",      "accountType", NULL,
 };
 
 static int pool_param_allowed(const char *name, const struct config_pool_profile *pr) {
@@ -62,11 +62,10 @@ static int pool_param_allowed(const char *name, const struct config_pool_profile
 }
 
 static int pool_profile_equal(const struct config_pool_profile *pr, const struct v2_fields *f) {
-    return f->has_captcha_type && f->captcha_type == pr->captcha_type &&
-           f->has_disturb_level && f->disturb_level == pr->disturb_level &&
-           f->has_is_https && f->is_https == pr->is_https && f->has_client_type &&
-           f->client_type == pr->client_type && f->has_account_type &&
-           f->account_type == pr->account_type &&
+    return f->has_captcha_type && f->captcha_type == pr->captcha_type && f->has_disturb_level &&
+           f->disturb_level == pr->disturb_level && f->has_is_https &&
+           f->is_https == pr->is_https && f->has_client_type && f->client_type == pr->client_type &&
+           f->has_account_type && f->account_type == pr->account_type &&
            (int)f->has_business_id == pr->has_business_id &&
            (!pr->has_business_id || f->business_id == pr->business_id) &&
            (int)f->has_scene_id == pr->has_scene_id &&
@@ -104,7 +103,7 @@ struct pool_depth {
 
 struct pool {
     atomic_uint_fast64_t hits, misses, discarded;
-    pthread_mutex_t lock;            /* depths */
+    pthread_mutex_t lock; /* depths */
     struct pool_depth *depths;
     size_t n_depths;
 };
@@ -160,10 +159,14 @@ static void pool_note_depth(struct pool *p, const char *id, size_t depth, int de
     pthread_mutex_lock(&p->lock);
     for (size_t i = 0; i < p->n_depths; i++) {
         if (strcmp(p->depths[i].id, id) != 0) continue;
-        if (!delta) p->depths[i].depth = depth;
-        else if (delta > 0) p->depths[i].depth += (size_t)delta;
-        else if (p->depths[i].depth >= (size_t)-delta) p->depths[i].depth -= (size_t)-delta;
-        else p->depths[i].depth = 0;
+        if (!delta)
+            p->depths[i].depth = depth;
+        else if (delta > 0)
+            p->depths[i].depth += (size_t)delta;
+        else if (p->depths[i].depth >= (size_t)-delta)
+            p->depths[i].depth -= (size_t)-delta;
+        else
+            p->depths[i].depth = 0;
     }
     pthread_mutex_unlock(&p->lock);
 }
@@ -209,8 +212,8 @@ int pool_render_json(const struct pool *p, struct strbuf *out) {
                          pool_hit_ratio(&t), (unsigned long long)t.discarded_expired);
     pthread_mutex_lock(&m->lock);
     for (size_t i = 0; i < m->n_depths; i++)
-        rc |= strbuf_appendf(out, "%s\"%s\":%zu", i ? "," : "", m->depths[i].id,
-                             m->depths[i].depth);
+        rc |=
+            strbuf_appendf(out, "%s\"%s\":%zu", i ? "," : "", m->depths[i].id, m->depths[i].depth);
     pthread_mutex_unlock(&m->lock);
     rc |= strbuf_appends(out, "}}");
     return rc ? -1 : 0;
@@ -271,27 +274,27 @@ static const char *const pool_refiller_state_names[] = {"idle", "filling", "back
 
 struct pool_refiller {
     struct pool *pool;
-    struct pool_refiller_env env;      /* a copy; what it points to is borrowed */
-    const char *prefix;                 /* borrowed from the boot config */
+    struct pool_refiller_env env; /* a copy; what it points to is borrowed */
+    const char *prefix;           /* borrowed from the boot config */
     enum pool_refiller_state state;
     struct event *tick;
     int stopped;
-    unsigned backoff_ms;                /* the next pause */
-    uint64_t backoff_until_us;          /* monotonic */
-    struct shared_config *round;        /* the config of the running round, a reference */
-    unsigned pending;                   /* depth reads and fetches of the round not yet ended */
-    unsigned fetching;                  /* fetches in flight */
+    unsigned backoff_ms;         /* the next pause */
+    uint64_t backoff_until_us;   /* monotonic */
+    struct shared_config *round; /* the config of the running round, a reference */
+    unsigned pending;            /* depth reads and fetches of the round not yet ended */
+    unsigned fetching;           /* fetches in flight */
     char last_err[200];
 };
 
 /* One profile in a round: its depth read, then its fetches. */
 struct pool_fill {
     struct pool_refiller *r;
-    const struct config_pool_profile *pr;   /* borrowed from r->round */
+    const struct config_pool_profile *pr; /* borrowed from r->round */
     char id[POOL_ID_MAX];
     char key[POOL_KEY_MAX];
     unsigned ttl_ms;
-    size_t want;                            /* fetches still to start */
+    size_t want; /* fetches still to start */
     struct limit_bucket buckets[LIMIT_MAX_BUCKETS];
     size_t n_buckets;
 };
@@ -332,8 +335,8 @@ static void pool_fetch_failed(struct pool_refiller *r, const char *why) {
     if (r->state != POOL_BACKING_OFF) {
         pool_refiller_set_state(r, POOL_BACKING_OFF);
         r->backoff_until_us = clock_mono_us() + (uint64_t)r->backoff_ms * 1000;
-        r->backoff_ms = r->backoff_ms * 2 > POOL_BACKOFF_MAX_MS ? POOL_BACKOFF_MAX_MS
-                                                                : r->backoff_ms * 2;
+        r->backoff_ms =
+            r->backoff_ms * 2 > POOL_BACKOFF_MAX_MS ? POOL_BACKOFF_MAX_MS : r->backoff_ms * 2;
     }
 }
 
@@ -341,8 +344,10 @@ static void pool_pushed(const char *err, const struct store_pool_result *res, vo
     struct pool_fill *f = arg;
     struct pool_refiller *r = f->r;
     r->fetching--;
-    if (err) log_debug("pool %s: url not stored: %s", f->id, err);
-    else pool_note_depth(r->pool, f->id, res->depth, 0);
+    if (err)
+        log_debug("pool %s: url not stored: %s", f->id, err);
+    else
+        pool_note_depth(r->pool, f->id, res->depth, 0);
     pool_fill_start(f);
 }
 
@@ -406,10 +411,10 @@ static char *pool_fetch_sign(void *arg) {
     params_init(&in);
     params_init(&out);
     if (params_adds(&in, "Action", "CaptchaIframeQuery") != 0) goto out;
-#define POOL_ADD_UINT(name, v)                                     \
-    do {                                                           \
-        snprintf(num, sizeof num, "%u", (unsigned)(v));            \
-        if (params_adds(&in, name, num) != 0) goto out;            \
+#define POOL_ADD_UINT(name, v) \
+    do { \
+        snprintf(num, sizeof num, "%u", (unsigned)(v)); \
+        if (params_adds(&in, name, num) != 0) goto out; \
     } while (0)
     POOL_ADD_UINT("captchaType", pr->captcha_type);
     POOL_ADD_UINT("disturbLevel", pr->disturb_level);
@@ -543,8 +548,8 @@ struct pool_refiller *pool_refiller_new(struct pool *p, const struct pool_refill
     if (!r) goto oom;
     r->pool = p;
     r->env = *env;
-    r->prefix = boot->redis && boot->redis->key_prefix ? boot->redis->key_prefix
-                                                       : POOL_DEFAULT_PREFIX;
+    r->prefix =
+        boot->redis && boot->redis->key_prefix ? boot->redis->key_prefix : POOL_DEFAULT_PREFIX;
     r->state = POOL_IDLE;
     r->backoff_ms = POOL_BACKOFF_MIN_MS;
     if (!(r->tick = event_new(env->base, -1, EV_PERSIST, pool_refiller_tick, r))) goto oom;
@@ -565,8 +570,7 @@ void pool_refiller_stop(struct pool_refiller *r) {
 
 void pool_refiller_free(struct pool_refiller *r) {
     if (!r) return;
-    if (r->pending)
-        log_warn("pool refiller: freed with %u step(s) unanswered", r->pending);
+    if (r->pending) log_warn("pool refiller: freed with %u step(s) unanswered", r->pending);
     if (r->tick) event_free(r->tick);
     shared_config_unref(r->round);
     free(r);

@@ -57,8 +57,8 @@ char *pool_hit_body(const char *url);
 /* ---- process-wide state: counters and the depth per profile (any thread) ---- */
 
 struct pool;
-struct pool *pool_new(void);        /* NULL on OOM */
-void pool_free(struct pool *p);     /* NULL accepted; after every user */
+struct pool *pool_new(void);    /* NULL on OOM */
+void pool_free(struct pool *p); /* NULL accepted; after every user */
 
 struct pool_totals {
     uint64_t hits, misses, discarded_expired;

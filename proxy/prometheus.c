@@ -22,13 +22,13 @@ struct stats_series {
 struct stats_table {
     struct stats_series *series;
     size_t cap;
-    size_t n_used;                     /* slots taken; read and written by the worker only */
+    size_t n_used; /* slots taken; read and written by the worker only */
 };
 
 struct stats_worker {
     unsigned id;
-    struct stats_table requests;       /* (app, action, decision) */
-    struct stats_table limits;         /* (rule, "", decision) */
+    struct stats_table requests; /* (app, action, decision) */
+    struct stats_table limits;   /* (rule, "", decision) */
     atomic_int_fast64_t inflight;
     atomic_uint_fast64_t connections;
     /* the worker's upstream stats, copied after each call */
@@ -58,7 +58,9 @@ struct stats_worker *stats_worker_new(unsigned id) {
     return w;
 }
 
-void stats_worker_free(struct stats_worker *w) { free(w); }
+void stats_worker_free(struct stats_worker *w) {
+    free(w);
+}
 
 static void stats_copy_label(char dst[STATS_LABEL_MAX], const char *src) {
     size_t n = strlen(src);
@@ -73,8 +75,7 @@ static int stats_label_eq(const char label[STATS_LABEL_MAX], const char *s) {
     return strncmp(label, s, n) == 0 && label[n] == '\0';
 }
 
-static size_t stats_hash(const char *app, const char *action, const char *decision,
-                         size_t cap) {
+static size_t stats_hash(const char *app, const char *action, const char *decision, size_t cap) {
     uint64_t h = 0xcbf29ce484222325ULL;
     const char *parts[3] = {app, action, decision};
     for (int i = 0; i < 3; i++) {
@@ -213,10 +214,14 @@ static int stats_row_cmp(const void *a, const void *b) {
 static int stats_append_label(struct strbuf *out, const char *v) {
     for (; *v; v++) {
         int rc;
-        if (*v == '\\') rc = strbuf_appends(out, "\\\\");
-        else if (*v == '"') rc = strbuf_appends(out, "\\\"");
-        else if (*v == '\n') rc = strbuf_appends(out, "\\n");
-        else rc = strbuf_appendc(out, *v);
+        if (*v == '\\')
+            rc = strbuf_appends(out, "\\\\");
+        else if (*v == '"')
+            rc = strbuf_appends(out, "\\\"");
+        else if (*v == '\n')
+            rc = strbuf_appends(out, "\\n");
+        else
+            rc = strbuf_appendc(out, *v);
         if (rc) return -1;
     }
     return 0;
@@ -252,8 +257,10 @@ static int stats_render_table(struct strbuf *out, struct stats_worker *const *wo
     /* The same labels from several workers are one series: merge neighbours after sorting. */
     size_t merged = 0;
     for (size_t j = 0; j < n_rows; j++) {
-        if (merged && !stats_row_cmp(&rows[merged - 1], &rows[j])) rows[merged - 1].count += rows[j].count;
-        else rows[merged++] = rows[j];
+        if (merged && !stats_row_cmp(&rows[merged - 1], &rows[j]))
+            rows[merged - 1].count += rows[j].count;
+        else
+            rows[merged++] = rows[j];
     }
     n_rows = merged;
     if (strbuf_appendf(out, "# HELP %s %s\n# TYPE %s counter\n", name,
@@ -300,86 +307,87 @@ static int stats_render_store(struct strbuf *out, struct stats_worker *const *wo
         fast_fails += atomic_load_explicit(&x->store_fast_fails, memory_order_relaxed);
         audit_failures += atomic_load_explicit(&x->audit_failures, memory_order_relaxed);
     }
-    if (strbuf_appendf(out, "# HELP capgate_store_commands_total Commands sent to the store: "
-                            "rate-limit checks, pool and idempotency commands.\n"
-                            "# TYPE capgate_store_commands_total counter\n"
-                            "capgate_store_commands_total %llu\n"
-                            "# HELP capgate_store_errors_total Store commands that failed (a "
-                            "rate-limit check is then answered per on_store_error).\n"
-                            "# TYPE capgate_store_errors_total counter\n"
-                            "capgate_store_errors_total %llu\n"
-                            "# HELP capgate_store_timeouts_total Store commands that timed out.\n"
-                            "# TYPE capgate_store_timeouts_total counter\n"
-                            "capgate_store_timeouts_total %llu\n"
-                            "# HELP capgate_store_reconnects_total Store reconnection attempts.\n"
-                            "# TYPE capgate_store_reconnects_total counter\n"
-                            "capgate_store_reconnects_total %llu\n"
-                            "# HELP capgate_audit_submit_failures_total Audit records not handed "
-                            "to the sink (out of memory).\n"
-                            "# TYPE capgate_audit_submit_failures_total counter\n"
-                            "capgate_audit_submit_failures_total %llu\n",
+    if (strbuf_appendf(out,
+                       "# HELP capgate_store_commands_total Commands sent to the store: "
+                       "rate-limit checks, pool and idempotency commands.\n"
+                       "# TYPE capgate_store_commands_total counter\n"
+                       "capgate_store_commands_total %llu\n"
+                       "# HELP capgate_store_errors_total Store commands that failed (a "
+                       "rate-limit check is then answered per on_store_error).\n"
+                       "# TYPE capgate_store_errors_total counter\n"
+                       "capgate_store_errors_total %llu\n"
+                       "# HELP capgate_store_timeouts_total Store commands that timed out.\n"
+                       "# TYPE capgate_store_timeouts_total counter\n"
+                       "capgate_store_timeouts_total %llu\n"
+                       "# HELP capgate_store_reconnects_total Store reconnection attempts.\n"
+                       "# TYPE capgate_store_reconnects_total counter\n"
+                       "capgate_store_reconnects_total %llu\n"
+                       "# HELP capgate_audit_submit_failures_total Audit records not handed "
+                       "to the sink (out of memory).\n"
+                       "# TYPE capgate_audit_submit_failures_total counter\n"
+                       "capgate_audit_submit_failures_total %llu\n",
                        (unsigned long long)commands, (unsigned long long)errors,
                        (unsigned long long)timeouts, (unsigned long long)reconnects,
                        (unsigned long long)audit_failures))
         return -1;
-    if (strbuf_appendf(out, "# HELP capgate_store_up Store up in every worker (1), or down in "
-                            "at least one (0): not connected, or marked down after a timeout "
-                            "until a probe answers; requests then go straight to "
-                            "on_store_error.\n"
-                            "# TYPE capgate_store_up gauge\n"
-                            "capgate_store_up %d\n"
-                            "# HELP capgate_store_fast_failures_total Store commands refused at "
-                            "once because the store was marked down.\n"
-                            "# TYPE capgate_store_fast_failures_total counter\n"
-                            "capgate_store_fast_failures_total %llu\n",
-                       stats_store_connected(workers, n_workers),
-                       (unsigned long long)fast_fails))
+    if (strbuf_appendf(out,
+                       "# HELP capgate_store_up Store up in every worker (1), or down in "
+                       "at least one (0): not connected, or marked down after a timeout "
+                       "until a probe answers; requests then go straight to "
+                       "on_store_error.\n"
+                       "# TYPE capgate_store_up gauge\n"
+                       "capgate_store_up %d\n"
+                       "# HELP capgate_store_fast_failures_total Store commands refused at "
+                       "once because the store was marked down.\n"
+                       "# TYPE capgate_store_fast_failures_total counter\n"
+                       "capgate_store_fast_failures_total %llu\n",
+                       stats_store_connected(workers, n_workers), (unsigned long long)fast_fails))
         return -1;
     return 0;
 }
 
 static int stats_render_sinks(struct strbuf *out, const struct stats_process *p) {
     if (p->has_audit &&
-        strbuf_appendf(out, "# HELP capgate_audit_queue_depth Audit records waiting for the "
-                            "sink.\n# TYPE capgate_audit_queue_depth gauge\n"
-                            "capgate_audit_queue_depth %llu\n"
-                            "# HELP capgate_audit_spool_records Audit records in the spool, not "
-                            "yet replayed.\n# TYPE capgate_audit_spool_records gauge\n"
-                            "capgate_audit_spool_records %llu\n"
-                            "# HELP capgate_audit_held_records Audit records held in memory "
-                            "because the spool refused them.\n"
-                            "# TYPE capgate_audit_held_records gauge\n"
-                            "capgate_audit_held_records %llu\n"
-                            "# HELP capgate_audit_overflow_records Audit records in the worker "
-                            "queues' overflow lists.\n"
-                            "# TYPE capgate_audit_overflow_records gauge\n"
-                            "capgate_audit_overflow_records %llu\n"
-                            "# HELP capgate_audit_records_total Audit records by what became of "
-                            "them.\n# TYPE capgate_audit_records_total counter\n"
-                            "capgate_audit_records_total{result=\"written\"} %llu\n"
-                            "capgate_audit_records_total{result=\"spooled\"} %llu\n"
-                            "capgate_audit_records_total{result=\"replayed\"} %llu\n"
-                            "capgate_audit_records_total{result=\"overflowed\"} %llu\n"
-                            "# HELP capgate_audit_file_errors_total Failed writes, fsyncs and "
-                            "reopens of the audit file and the spool.\n"
-                            "# TYPE capgate_audit_file_errors_total counter\n"
-                            "capgate_audit_file_errors_total %llu\n",
-                       (unsigned long long)p->audit_queue_depth,
-                       (unsigned long long)p->audit_spool_records,
-                       (unsigned long long)p->audit_held_records,
-                       (unsigned long long)p->audit_overflow_records,
-                       (unsigned long long)p->audit_written, (unsigned long long)p->audit_spooled,
-                       (unsigned long long)p->audit_replayed,
-                       (unsigned long long)p->audit_overflowed,
-                       (unsigned long long)p->audit_file_errors))
+        strbuf_appendf(
+            out,
+            "# HELP capgate_audit_queue_depth Audit records waiting for the "
+            "sink.\n# TYPE capgate_audit_queue_depth gauge\n"
+            "capgate_audit_queue_depth %llu\n"
+            "# HELP capgate_audit_spool_records Audit records in the spool, not "
+            "yet replayed.\n# TYPE capgate_audit_spool_records gauge\n"
+            "capgate_audit_spool_records %llu\n"
+            "# HELP capgate_audit_held_records Audit records held in memory "
+            "because the spool refused them.\n"
+            "# TYPE capgate_audit_held_records gauge\n"
+            "capgate_audit_held_records %llu\n"
+            "# HELP capgate_audit_overflow_records Audit records in the worker "
+            "queues' overflow lists.\n"
+            "# TYPE capgate_audit_overflow_records gauge\n"
+            "capgate_audit_overflow_records %llu\n"
+            "# HELP capgate_audit_records_total Audit records by what became of "
+            "them.\n# TYPE capgate_audit_records_total counter\n"
+            "capgate_audit_records_total{result=\"written\"} %llu\n"
+            "capgate_audit_records_total{result=\"spooled\"} %llu\n"
+            "capgate_audit_records_total{result=\"replayed\"} %llu\n"
+            "capgate_audit_records_total{result=\"overflowed\"} %llu\n"
+            "# HELP capgate_audit_file_errors_total Failed writes, fsyncs and "
+            "reopens of the audit file and the spool.\n"
+            "# TYPE capgate_audit_file_errors_total counter\n"
+            "capgate_audit_file_errors_total %llu\n",
+            (unsigned long long)p->audit_queue_depth, (unsigned long long)p->audit_spool_records,
+            (unsigned long long)p->audit_held_records,
+            (unsigned long long)p->audit_overflow_records, (unsigned long long)p->audit_written,
+            (unsigned long long)p->audit_spooled, (unsigned long long)p->audit_replayed,
+            (unsigned long long)p->audit_overflowed, (unsigned long long)p->audit_file_errors))
         return -1;
     if (p->has_metrics &&
-        strbuf_appendf(out, "# HELP capgate_metrics_flushes_total Metrics flush cycles that "
-                            "wrote their batch.\n# TYPE capgate_metrics_flushes_total counter\n"
-                            "capgate_metrics_flushes_total %llu\n"
-                            "# HELP capgate_metrics_flush_errors_total Metrics flush cycles that "
-                            "failed.\n# TYPE capgate_metrics_flush_errors_total counter\n"
-                            "capgate_metrics_flush_errors_total %llu\n",
+        strbuf_appendf(out,
+                       "# HELP capgate_metrics_flushes_total Metrics flush cycles that "
+                       "wrote their batch.\n# TYPE capgate_metrics_flushes_total counter\n"
+                       "capgate_metrics_flushes_total %llu\n"
+                       "# HELP capgate_metrics_flush_errors_total Metrics flush cycles that "
+                       "failed.\n# TYPE capgate_metrics_flush_errors_total counter\n"
+                       "capgate_metrics_flush_errors_total %llu\n",
                        (unsigned long long)p->metrics_flushes,
                        (unsigned long long)p->metrics_flush_errors))
         return -1;
@@ -405,22 +413,25 @@ static int stats_render_upstream(struct strbuf *out, struct stats_worker *const 
         cumulative += buckets[i];
         int rc;
         if (upstream_latency_bounds_us[i] == UINT64_MAX)
-            rc = strbuf_appendf(out, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
-                                (unsigned long long)cumulative);
+            rc = strbuf_appendf(
+                out, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+                (unsigned long long)cumulative);
         else
-            rc = strbuf_appendf(out, "capgate_upstream_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
-                                (double)upstream_latency_bounds_us[i] / 1e6,
-                                (unsigned long long)cumulative);
+            rc = strbuf_appendf(
+                out, "capgate_upstream_request_duration_seconds_bucket{le=\"%g\"} %llu\n",
+                (double)upstream_latency_bounds_us[i] / 1e6, (unsigned long long)cumulative);
         if (rc) return -1;
     }
-    if (strbuf_appendf(out, "capgate_upstream_request_duration_seconds_sum %.6f\n"
-                            "capgate_upstream_request_duration_seconds_count %llu\n",
+    if (strbuf_appendf(out,
+                       "capgate_upstream_request_duration_seconds_sum %.6f\n"
+                       "capgate_upstream_request_duration_seconds_count %llu\n",
                        (double)sum_us / 1e6, (unsigned long long)cumulative))
         return -1;
-    if (strbuf_appends(out, "# HELP capgate_upstream_breaker_state Upstream circuit breaker (one per process, "
-                            "as each worker last saw it): "
-                            "0 closed, 1 open, 2 half-open.\n"
-                            "# TYPE capgate_upstream_breaker_state gauge\n"))
+    if (strbuf_appends(
+            out, "# HELP capgate_upstream_breaker_state Upstream circuit breaker (one per process, "
+                 "as each worker last saw it): "
+                 "0 closed, 1 open, 2 half-open.\n"
+                 "# TYPE capgate_upstream_breaker_state gauge\n"))
         return -1;
     for (size_t w = 0; w < n_workers; w++) {
         int st = atomic_load_explicit(&workers[w]->up_breaker, memory_order_relaxed);
@@ -429,9 +440,10 @@ static int stats_render_upstream(struct strbuf *out, struct stats_worker *const 
                            workers[w]->id, code))
             return -1;
     }
-    if (strbuf_appendf(out, "# HELP capgate_upstream_open_connections Upstream connections in the "
-                            "pools.\n# TYPE capgate_upstream_open_connections gauge\n"
-                            "capgate_upstream_open_connections %llu\n",
+    if (strbuf_appendf(out,
+                       "# HELP capgate_upstream_open_connections Upstream connections in the "
+                       "pools.\n# TYPE capgate_upstream_open_connections gauge\n"
+                       "capgate_upstream_open_connections %llu\n",
                        (unsigned long long)open))
         return -1;
     return 0;
@@ -452,16 +464,17 @@ int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t
         inflight += atomic_load_explicit(&workers[w]->inflight, memory_order_relaxed);
     }
     if (inflight < 0) inflight = 0;
-    if (strbuf_appendf(out, "# HELP capgate_open_connections Open front connections.\n"
-                            "# TYPE capgate_open_connections gauge\n"
-                            "capgate_open_connections %llu\n"
-                            "# HELP capgate_inflight_requests Front requests being processed.\n"
-                            "# TYPE capgate_inflight_requests gauge\n"
-                            "capgate_inflight_requests %lld\n"
-                            "# HELP capgate_config_reloads_total Configuration reloads by result.\n"
-                            "# TYPE capgate_config_reloads_total counter\n"
-                            "capgate_config_reloads_total{result=\"success\"} %llu\n"
-                            "capgate_config_reloads_total{result=\"failure\"} %llu\n",
+    if (strbuf_appendf(out,
+                       "# HELP capgate_open_connections Open front connections.\n"
+                       "# TYPE capgate_open_connections gauge\n"
+                       "capgate_open_connections %llu\n"
+                       "# HELP capgate_inflight_requests Front requests being processed.\n"
+                       "# TYPE capgate_inflight_requests gauge\n"
+                       "capgate_inflight_requests %lld\n"
+                       "# HELP capgate_config_reloads_total Configuration reloads by result.\n"
+                       "# TYPE capgate_config_reloads_total counter\n"
+                       "capgate_config_reloads_total{result=\"success\"} %llu\n"
+                       "capgate_config_reloads_total{result=\"failure\"} %llu\n",
                        (unsigned long long)conns, (long long)inflight,
                        (unsigned long long)p->reloads_ok, (unsigned long long)p->reloads_failed))
         return -1;

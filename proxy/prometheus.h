@@ -10,8 +10,8 @@
 #include "config.h"
 #include "upstream.h"
 
-#define STATS_MAX_SERIES 1024   /* (app, action, decision) triples per worker; more go to app "~" */
-#define STATS_MAX_LIMIT_SERIES 256  /* (rule, decision) pairs per worker; more go to rule "~" */
+#define STATS_MAX_SERIES 1024 /* (app, action, decision) triples per worker; more go to app "~" */
+#define STATS_MAX_LIMIT_SERIES 256 /* (rule, decision) pairs per worker; more go to rule "~" */
 /* An app or rule name whole (config.h bounds them); Action names and decisions are shorter. */
 #define STATS_LABEL_MAX (CONFIG_NAME_MAX + 1)
 
@@ -20,7 +20,7 @@ struct stats_worker;
 
 /* id is the worker's number, used as the label of its breaker gauge. NULL on OOM. */
 struct stats_worker *stats_worker_new(unsigned id);
-void stats_worker_free(struct stats_worker *w);  /* NULL accepted */
+void stats_worker_free(struct stats_worker *w); /* NULL accepted */
 
 /* Worker thread only. */
 void stats_count_request(struct stats_worker *w, const char *app, const char *action,

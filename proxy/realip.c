@@ -51,8 +51,7 @@ static int prev_element(const char *h, size_t *end, const char **start, size_t *
 }
 
 int realip_client(const struct net_cidr *trusted, size_t n, const char *peer_ip,
-                  const struct httpd_header *headers, size_t n_headers, char *out,
-                  size_t outlen) {
+                  const struct httpd_header *headers, size_t n_headers, char *out, size_t outlen) {
     struct net_addr cur, next;
     int found = 0, any_xff = 0;
     size_t plen = peer_ip ? strlen(peer_ip) : 0;

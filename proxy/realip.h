@@ -19,7 +19,6 @@
  *  - else peer_ip.
  * Returns 1 when a header decided, 0 when the peer's own address stands. */
 int realip_client(const struct net_cidr *trusted, size_t n, const char *peer_ip,
-                  const struct httpd_header *headers, size_t n_headers, char *out,
-                  size_t outlen);
+                  const struct httpd_header *headers, size_t n_headers, char *out, size_t outlen);
 
 #endif

@@ -5,7 +5,7 @@
 #define CAPGATE_RECORD_H
 #include <stdint.h>
 #include "capgate/validate.h"
-#include "config.h"  /* CONFIG_NAME_MAX */
+#include "config.h" /* CONFIG_NAME_MAX */
 
 /* What happened to a request (the audit record's "decision"). */
 enum pipeline_decision {
@@ -35,20 +35,20 @@ struct pipeline_record {
     char secret_id[129];           /* a refused request's SecretId that no app has (cut at 128
                                     * bytes), "" otherwise; the Signature is never kept */
     char client_ip[64];
-    char action[64];               /* the Action as sent (cut at 63 bytes), "" when absent */
+    char action[64]; /* the Action as sent (cut at 63 bytes), "" when absent */
     enum v2_action action_id;
     int has_business_id, has_scene_id, has_captcha_type, has_client_type, has_account_type;
     uint32_t business_id, scene_id, captcha_type, client_type, account_type;
     enum pipeline_decision decision;
     char rule[CONFIG_NAME_MAX + 1]; /* the limit rule that decided (whole), "" when none */
-    int code;                      /* the API code answered (upstream's, for a pass-through) */
-    int no_code;                   /* 1: the reply carries no API code (CaptchaQuery script=1's
+    int code;                       /* the API code answered (upstream's, for a pass-through) */
+    int no_code;                    /* 1: the reply carries no API code (CaptchaQuery script=1's
                                     * JavaScript passed through): code is not recorded */
     char code_desc[32];
-    int http_status;               /* the HTTP status answered (0: client gone, no reply) */
-    int upstream_status;           /* upstream's HTTP status, 0 when not called or no reply */
-    uint64_t latency_us;           /* arrival to reply */
-    uint64_t upstream_latency_us;  /* 0 when upstream was not called */
+    int http_status;              /* the HTTP status answered (0: client gone, no reply) */
+    int upstream_status;          /* upstream's HTTP status, 0 when not called or no reply */
+    uint64_t latency_us;          /* arrival to reply */
+    uint64_t upstream_latency_us; /* 0 when upstream was not called */
 };
 
 #endif

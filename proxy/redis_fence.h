@@ -10,11 +10,12 @@
 #include <hiredis/hiredis.h>
 
 struct redis_fence {
-    long long id;    /* CLIENT ID; -1 unknown (CLIENT ID refused, e.g. by an ACL) */
-    char addr[64];   /* ip:port as Redis writes a client's addr (IPv6 in brackets); "" unknown */
+    long long id;  /* CLIENT ID; -1 unknown (CLIENT ID refused, e.g. by an ACL) */
+    char addr[64]; /* ip:port as Redis writes a client's addr (IPv6 in brackets); "" unknown */
 };
 
-#define REDIS_FENCE_NONE {.id = -1, .addr = ""}
+#define REDIS_FENCE_NONE \
+    { .id = -1, .addr = "" }
 
 /* Learns c's CLIENT ID and local address into f (id -1 when refused: fencing is then skipped). */
 void redis_fence_learn(redisContext *c, struct redis_fence *f);

@@ -18,19 +18,15 @@ static char *put_head(char *o, char c, size_t n) {
 }
 
 /* One reservation for the whole command, then the bytes written in place. */
-int resp_append_command(struct strbuf *out, int argc, const char *const *argv,
-                        const size_t *len) {
+int resp_append_command(struct strbuf *out, int argc, const char *const *argv, const size_t *len) {
     size_t need = RESP_HEAD_MAX;
-    if (argc < 0)
-        return -1;
+    if (argc < 0) return -1;
     for (int i = 0; i < argc; i++) {
         size_t n = len ? len[i] : strlen(argv[i]);
-        if (n > SIZE_MAX / 4 - need)
-            return -1;
+        if (n > SIZE_MAX / 4 - need) return -1;
         need += RESP_HEAD_MAX + n + 2;
     }
-    if (strbuf_reserve(out, need) != 0)
-        return -1;
+    if (strbuf_reserve(out, need) != 0) return -1;
     char *o = put_head(out->s + out->len, '*', (size_t)argc);
     for (int i = 0; i < argc; i++) {
         size_t n = len ? len[i] : strlen(argv[i]);

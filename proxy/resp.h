@@ -11,7 +11,6 @@
 
 /* Appends "*<argc>\r\n" and, for each argument, "$<len>\r\n<bytes>\r\n" to out. len may be NULL
  * for NUL-terminated arguments. 0, or -1 on OOM or a negative argc (out is then unchanged). */
-int resp_append_command(struct strbuf *out, int argc, const char *const *argv,
-                        const size_t *len);
+int resp_append_command(struct strbuf *out, int argc, const char *const *argv, const size_t *len);
 
 #endif

@@ -9,7 +9,7 @@ struct config;
 
 struct shared_config {
     atomic_uint refs;
-    struct config *config;  /* owned */
+    struct config *config; /* owned */
 };
 /* Takes ownership of c; one reference. NULL on OOM (c is then freed). */
 struct shared_config *shared_config_new(struct config *c);

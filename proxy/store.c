@@ -18,8 +18,8 @@ enum store_kind { STORE_KIND_MEMORY, STORE_KIND_REDIS };
 
 struct store_shared {
     enum store_kind kind;
-    struct store_memory *memory;         /* the memory store, or the local fallback beside redis */
-    struct store_redis_options redis;    /* copies of the config's strings (it may be reloaded) */
+    struct store_memory *memory;      /* the memory store, or the local fallback beside redis */
+    struct store_redis_options redis; /* copies of the config's strings (it may be reloaded) */
 };
 
 enum store_deferred_kind { STORE_DEFERRED_LIMIT, STORE_DEFERRED_POOL, STORE_DEFERRED_IDEM };
@@ -34,8 +34,8 @@ struct store_deferred {
     int failed;
     char err[160];
     struct limit_outcome outcome;
-    struct store_pool_result pool;   /* pool.url owned (the cast away const is ours) */
-    struct store_idem_result idem;   /* idem.body owned */
+    struct store_pool_result pool; /* pool.url owned (the cast away const is ours) */
+    struct store_idem_result idem; /* idem.body owned */
 };
 
 struct store {
@@ -43,12 +43,14 @@ struct store {
     struct event_base *base;
     struct event *deferred_ev;
     struct store_deferred *head, *tail;
-    struct store_redis *redis;           /* NULL for the memory store */
+    struct store_redis *redis; /* NULL for the memory store */
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
 /* The password copy lives in secmem: out of core dumps, wiped when freed. */
-static void store_secret_free(char *s) { secmem_free(s); }
+static void store_secret_free(char *s) {
+    secmem_free(s);
+}
 
 struct store_shared *store_shared_new(const struct config *cfg, char *err, size_t errlen) {
     struct store_shared *sh = calloc(1, sizeof *sh);
@@ -141,8 +143,10 @@ static struct store_deferred *store_deferred_new(struct store *s, enum store_def
 }
 
 static void store_deferred_queue(struct store *s, struct store_deferred *d) {
-    if (s->tail) s->tail->next = d;
-    else s->head = d;
+    if (s->tail)
+        s->tail->next = d;
+    else
+        s->head = d;
     s->tail = d;
     event_active(s->deferred_ev, EV_TIMEOUT, 0);
 }
@@ -271,17 +275,21 @@ void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_
 
 void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
-    if (s->redis) store_redis_limit(s->redis, b, n, nonce, cb, arg);
-    else store_limit_local(s, b, n, cb, arg);
+    if (s->redis)
+        store_redis_limit(s->redis, b, n, nonce, cb, arg);
+    else
+        store_limit_local(s, b, n, cb, arg);
 }
 
 /* ---- prefetch pool and idempotency: the memory backend answers at once (deferred), the redis
  * backend runs one script per call ---- */
 
-static uint64_t store_now_ms(void) { return clock_wall_us() / 1000; }
+static uint64_t store_now_ms(void) {
+    return clock_wall_us() / 1000;
+}
 
-void store_pool_push(struct store *s, const char *key, const char *url, size_t cap,
-                     unsigned ttl_ms, store_pool_fn cb, void *arg) {
+void store_pool_push(struct store *s, const char *key, const char *url, size_t cap, unsigned ttl_ms,
+                     store_pool_fn cb, void *arg) {
     struct store_pool_result r = {0};
     if (s->redis) {
         char capbuf[24], ttlbuf[24];
@@ -321,8 +329,10 @@ static void store_pool_take(struct store *s, enum store_redis_op op, const char 
         rc = store_memory_pool_depth(s->sh->memory, key, ttl_ms, store_now_ms(), &r.depth,
                                      &r.discarded);
     r.url = url;
-    if (rc) store_defer_pool(s, cb, arg, "out of memory", NULL);
-    else store_defer_pool(s, cb, arg, NULL, &r);
+    if (rc)
+        store_defer_pool(s, cb, arg, "out of memory", NULL);
+    else
+        store_defer_pool(s, cb, arg, NULL, &r);
     free(url);
 }
 
@@ -362,8 +372,8 @@ void store_idem_begin(struct store *s, const char *key, const char *fp, unsigned
         return;
     }
     store_count(s, STORE_COMMANDS);
-    if (store_memory_idem_begin(s->sh->memory, key, fp, pending_ms, store_now_ms(), &r.state,
-                                &body, &r.body_len)) {
+    if (store_memory_idem_begin(s->sh->memory, key, fp, pending_ms, store_now_ms(), &r.state, &body,
+                                &r.body_len)) {
         store_defer_idem(s, cb, arg, "out of memory", NULL);
         return;
     }
@@ -391,8 +401,8 @@ void store_idem_complete(struct store *s, const char *key, const char *fp, const
         return;
     }
     store_count(s, STORE_COMMANDS);
-    if (store_memory_idem_complete(s->sh->memory, key, fp, body, body_len, ttl_ms,
-                                   store_now_ms(), &r.state))
+    if (store_memory_idem_complete(s->sh->memory, key, fp, body, body_len, ttl_ms, store_now_ms(),
+                                   &r.state))
         store_defer_idem(s, cb, arg, "out of memory", NULL);
     else
         store_defer_idem(s, cb, arg, NULL, &r);

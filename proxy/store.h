@@ -39,7 +39,7 @@ int store_connected(const struct store *s);
 
 struct store_stats {
     uint64_t commands, errors, timeouts, reconnects, noscript_reloads;
-    uint64_t fast_fails;  /* commands refused at once while the store was marked down */
+    uint64_t fast_fails; /* commands refused at once while the store was marked down */
 };
 void store_get_stats(const struct store *s, struct store_stats *out);
 
@@ -80,18 +80,17 @@ void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, 
  *    profile's list disappears); pop is a script: LPOP until a fresh entry.
  *  - memory: a ring per key under one mutex, shared by the workers of the process. */
 struct store_pool_result {
-    const char *url;        /* pop: the URL handed out (borrowed for the callback), NULL: none */
-    size_t depth;           /* push: entries after the push; depth: fresh entries left */
-    unsigned discarded;     /* pop, depth: expired entries dropped by this call */
+    const char *url;    /* pop: the URL handed out (borrowed for the callback), NULL: none */
+    size_t depth;       /* push: entries after the push; depth: fresh entries left */
+    unsigned discarded; /* pop, depth: expired entries dropped by this call */
 };
 /* err NULL and r set, or err set (a sentence) and r NULL. */
 typedef void (*store_pool_fn)(const char *err, const struct store_pool_result *r, void *arg);
 /* Appends url (copied) to key's list, capped at cap entries (the oldest are dropped beyond). */
-void store_pool_push(struct store *s, const char *key, const char *url, size_t cap,
-                     unsigned ttl_ms, store_pool_fn cb, void *arg);
+void store_pool_push(struct store *s, const char *key, const char *url, size_t cap, unsigned ttl_ms,
+                     store_pool_fn cb, void *arg);
 /* Removes and returns the oldest entry younger than ttl_ms, dropping older ones before it. */
-void store_pool_pop(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
-                    void *arg);
+void store_pool_pop(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb, void *arg);
 /* Drops the expired entries at the front and reports the fresh count. */
 void store_pool_depth(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
                       void *arg);
@@ -101,16 +100,16 @@ void store_pool_depth(struct store *s, const char *key, unsigned ttl_ms, store_p
  * "D|<fp>|<body>", every operation one script (atomic against concurrent duplicates on any
  * instance); memory: a hash table under one mutex, expired entries dropped as it is touched. */
 enum store_idem_state {
-    STORE_IDEM_NEW,        /* begin: no record; a pending marker of ours is now in place */
-    STORE_IDEM_PENDING,    /* begin: someone holds the key with this fingerprint, no reply yet */
-    STORE_IDEM_DONE,       /* begin: a reply is stored (body); complete/abandon: done as asked */
-    STORE_IDEM_MISMATCH,   /* begin: the key holds another fingerprint; complete/abandon: the
+    STORE_IDEM_NEW,      /* begin: no record; a pending marker of ours is now in place */
+    STORE_IDEM_PENDING,  /* begin: someone holds the key with this fingerprint, no reply yet */
+    STORE_IDEM_DONE,     /* begin: a reply is stored (body); complete/abandon: done as asked */
+    STORE_IDEM_MISMATCH, /* begin: the key holds another fingerprint; complete/abandon: the
                             * pending marker was not ours any more (expired, replaced): nothing
                             * was written */
 };
 struct store_idem_result {
     enum store_idem_state state;
-    const char *body;      /* STORE_IDEM_DONE from begin: the stored reply, borrowed for the
+    const char *body; /* STORE_IDEM_DONE from begin: the stored reply, borrowed for the
                             * callback; else NULL */
     size_t body_len;
 };
@@ -133,7 +132,7 @@ void store_idem_abandon(struct store *s, const char *key, const char *fp, store_
  * in ascending stripe order. Expired buckets (TAT in the past by more than the tolerance) are
  * dropped as the table is touched. */
 struct store_memory;
-struct store_memory *store_memory_new(void);  /* NULL on OOM */
+struct store_memory *store_memory_new(void); /* NULL on OOM */
 void store_memory_free(struct store_memory *m);
 /* limit_decide over the stored TATs, then writes the admitted buckets; synchronous, any thread.
  * Time is the caller's (monotonic µs in the store, explicit in tests). */
@@ -146,8 +145,8 @@ size_t store_memory_count(struct store_memory *m); /* buckets held, expired ones
  * (r->url cast, or the body out-parameter). */
 int store_memory_pool_push(struct store_memory *m, const char *key, const char *url, size_t cap,
                            unsigned ttl_ms, uint64_t now_ms, size_t *depth);
-int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms,
-                          uint64_t now_ms, char **url, unsigned *discarded);
+int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms, uint64_t now_ms,
+                          char **url, unsigned *discarded);
 int store_memory_pool_depth(struct store_memory *m, const char *key, unsigned ttl_ms,
                             uint64_t now_ms, size_t *depth, unsigned *discarded);
 /* 0 and *state (and *body, *len for DONE; the caller frees body), or -1 on OOM. */
@@ -159,7 +158,7 @@ int store_memory_idem_complete(struct store_memory *m, const char *key, const ch
                                enum store_idem_state *state);
 int store_memory_idem_abandon(struct store_memory *m, const char *key, const char *fp,
                               uint64_t now_ms, enum store_idem_state *state);
-size_t store_memory_idem_count(struct store_memory *m); /* records held, expired ones included */
+size_t store_memory_idem_count(struct store_memory *m);  /* records held, expired ones included */
 size_t store_memory_idem_chains(struct store_memory *m); /* the table grows with its records */
 
 /* Where the redis backend connects; store_shared owns a copy of the config's values. */
@@ -167,8 +166,8 @@ struct store_redis_options {
     char *host;
     int port;
     unsigned db;
-    char *password;       /* NULL: no AUTH */
-    unsigned timeout_ms;  /* every command, queue wait included */
+    char *password;      /* NULL: no AUTH */
+    unsigned timeout_ms; /* every command, queue wait included */
 };
 
 /* Redis (store_redis.c): one connection on the worker's base, owned by a struct store. */
@@ -182,14 +181,20 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg);
 /* One of the cache scripts (store_lua.h) over one key with string arguments (copied); the reply
  * is answered as a pool or an idempotency result through store_defer_pool / store_defer_idem. */
-enum store_redis_op { STORE_OP_POOL_PUSH, STORE_OP_POOL_POP, STORE_OP_POOL_DEPTH,
-                      STORE_OP_IDEM_BEGIN, STORE_OP_IDEM_COMPLETE, STORE_OP_IDEM_ABANDON };
+enum store_redis_op {
+    STORE_OP_POOL_PUSH,
+    STORE_OP_POOL_POP,
+    STORE_OP_POOL_DEPTH,
+    STORE_OP_IDEM_BEGIN,
+    STORE_OP_IDEM_COMPLETE,
+    STORE_OP_IDEM_ABANDON
+};
 void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc,
-                      store_pool_fn cb, void *arg);
+                      const char *const *argv, const size_t *argvlen, size_t argc, store_pool_fn cb,
+                      void *arg);
 void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc,
-                      store_idem_fn cb, void *arg);
+                      const char *const *argv, const size_t *argvlen, size_t argc, store_idem_fn cb,
+                      void *arg);
 
 /* For the backends: deliver cb(err, o) from the owner's base on a later loop turn (err and o are
  * copied; o NULL when err is set), and count in the owner's statistics. */
@@ -199,8 +204,14 @@ void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *
                       const struct store_pool_result *r);
 void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
                       const struct store_idem_result *r);
-enum store_counter { STORE_COMMANDS, STORE_ERRORS, STORE_TIMEOUTS, STORE_RECONNECTS,
-                     STORE_NOSCRIPT_RELOADS, STORE_FAST_FAILS };
+enum store_counter {
+    STORE_COMMANDS,
+    STORE_ERRORS,
+    STORE_TIMEOUTS,
+    STORE_RECONNECTS,
+    STORE_NOSCRIPT_RELOADS,
+    STORE_FAST_FAILS
+};
 void store_count(struct store *s, enum store_counter c);
 
 #endif

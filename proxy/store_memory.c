@@ -15,9 +15,9 @@
 #include <string.h>
 #include <openssl/rand.h>
 
-#define STORE_MEMORY_STRIPES 64      /* power of two */
-#define STORE_MEMORY_MIN_CHAINS 16   /* per stripe, power of two */
-#define STORE_MEMORY_SWEEP_STEP 4    /* chains checked for expired buckets per request */
+#define STORE_MEMORY_STRIPES 64    /* power of two */
+#define STORE_MEMORY_MIN_CHAINS 16 /* per stripe, power of two */
+#define STORE_MEMORY_SWEEP_STEP 4  /* chains checked for expired buckets per request */
 
 struct store_memory_entry {
     struct store_memory_entry *next;
@@ -32,10 +32,10 @@ struct store_memory_stripe {
     struct store_memory_entry **chains;
     size_t n_chains;
     size_t count;
-    size_t sweep;                    /* next chain to check for expired buckets */
+    size_t sweep; /* next chain to check for expired buckets */
 };
 
-#define STORE_MEMORY_IDEM_CHAINS 1024  /* initial chains, power of two; doubles as records pile up */
+#define STORE_MEMORY_IDEM_CHAINS 1024 /* initial chains, power of two; doubles as records pile up */
 #define STORE_MEMORY_IDEM_SWEEP 4
 
 struct store_memory_url {
@@ -46,7 +46,7 @@ struct store_memory_url {
 struct store_memory_pool {
     struct store_memory_pool *next;
     struct store_memory_url *ring;
-    size_t cap, head, count;             /* entries ring[head], ring[head+1], ... (mod cap) */
+    size_t cap, head, count; /* entries ring[head], ring[head+1], ... (mod cap) */
     char key[];
 };
 
@@ -64,11 +64,11 @@ struct store_memory_idem {
 struct store_memory {
     struct store_memory_stripe stripes[STORE_MEMORY_STRIPES];
     uint64_t seed;
-    atomic_uint sweep_stripe;            /* the stripe the next request sweeps */
+    atomic_uint sweep_stripe; /* the stripe the next request sweeps */
     pthread_mutex_t pool_lock;
     struct store_memory_pool *pools;
     pthread_mutex_t idem_lock;
-    struct store_memory_idem **idem;  /* idem_chains chains (power of two) */
+    struct store_memory_idem **idem; /* idem_chains chains (power of two) */
     size_t idem_chains;
     size_t idem_count, idem_sweep;
 };
@@ -247,7 +247,8 @@ void store_memory_check(struct store_memory *m, const struct limit_bucket *b, si
     limit_decide(now_us, b, n, tat, new_tat, o);
     for (size_t i = 0; i < n; i++) {
         struct store_memory_stripe *st = &m->stripes[store_memory_stripe_of(hash[i])];
-        if (new_tat[i]) store_memory_put(st, hash[i], b[i].key, new_tat[i], b[i].tolerance_us, now_us);
+        if (new_tat[i])
+            store_memory_put(st, hash[i], b[i].key, new_tat[i], b[i].tolerance_us, now_us);
     }
     for (size_t j = n_stripes; j-- > 0;) pthread_mutex_unlock(&m->stripes[order[j]].lock);
 
@@ -356,8 +357,8 @@ out:
     return rc;
 }
 
-int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms,
-                          uint64_t now_ms, char **url, unsigned *discarded) {
+int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms, uint64_t now_ms,
+                          char **url, unsigned *discarded) {
     struct store_memory_pool *p;
     *url = NULL;
     *discarded = 0;
@@ -408,8 +409,10 @@ static void store_memory_idem_grow(struct store_memory *m, uint64_t now_ms) {
     for (size_t c = 0; c < m->idem_chains; c++) {
         struct store_memory_idem **pp = &m->idem[c];
         while (*pp) {
-            if ((*pp)->expires_ms <= now_ms) store_memory_idem_unlink(m, pp);
-            else pp = &(*pp)->next;
+            if ((*pp)->expires_ms <= now_ms)
+                store_memory_idem_unlink(m, pp);
+            else
+                pp = &(*pp)->next;
         }
     }
     if (m->idem_count < m->idem_chains * 2) return;
@@ -440,8 +443,10 @@ static struct store_memory_idem **store_memory_idem_find(struct store_memory *m,
     for (unsigned step = 0; step < STORE_MEMORY_IDEM_SWEEP; step++) {
         pp = &m->idem[m->idem_sweep];
         while (*pp) {
-            if ((*pp)->expires_ms <= now_ms) store_memory_idem_unlink(m, pp);
-            else pp = &(*pp)->next;
+            if ((*pp)->expires_ms <= now_ms)
+                store_memory_idem_unlink(m, pp);
+            else
+                pp = &(*pp)->next;
         }
         m->idem_sweep = (m->idem_sweep + 1) & (m->idem_chains - 1);
     }

@@ -32,12 +32,12 @@
 #include "resp.h"
 #include "store_lua.h"
 
-#define STORE_REDIS_QUEUE_MAX 4096        /* commands waiting for a connection */
+#define STORE_REDIS_QUEUE_MAX 4096 /* commands waiting for a connection */
 #define STORE_REDIS_BACKOFF_MIN_MS 100
 #define STORE_REDIS_BACKOFF_MAX_MS 5000
-#define STORE_REDIS_TIMEOUTS_DROP 3       /* consecutive timed-out replies that drop the link */
+#define STORE_REDIS_TIMEOUTS_DROP 3 /* consecutive timed-out replies that drop the link */
 #define STORE_REDIS_SHA_LEN 40
-#define STORE_REDIS_PROBE_RETRY_MS 50     /* after a probe answered with an error (-LOADING) */
+#define STORE_REDIS_PROBE_RETRY_MS 50 /* after a probe answered with an error (-LOADING) */
 
 enum store_redis_state {
     STORE_REDIS_DISCONNECTED,
@@ -50,56 +50,55 @@ enum store_redis_state {
 };
 
 static const char *const store_redis_state_names[] = {
-    "disconnected", "connecting", "authenticating", "selecting", "loading scripts", "ready",
-    "backoff",
+    "disconnected",    "connecting", "authenticating", "selecting",
+    "loading scripts", "ready",      "backoff",
 };
 
 /* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
 static const char *const store_redis_scripts[] = {
-    STORE_LUA_LIMIT,         STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,
-    STORE_LUA_POOL_DEPTH,    STORE_LUA_IDEM_BEGIN,    STORE_LUA_IDEM_COMPLETE,
-    STORE_LUA_IDEM_ABANDON,
+    STORE_LUA_LIMIT,      STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,     STORE_LUA_POOL_DEPTH,
+    STORE_LUA_IDEM_BEGIN, STORE_LUA_IDEM_COMPLETE, STORE_LUA_IDEM_ABANDON,
 };
 #define STORE_REDIS_N_SCRIPTS (sizeof store_redis_scripts / sizeof store_redis_scripts[0])
-#define STORE_REDIS_CACHE_ARGS 3   /* most string arguments of a cache script */
+#define STORE_REDIS_CACHE_ARGS 3 /* most string arguments of a cache script */
 
 enum store_redis_cmd_kind {
-    STORE_REDIS_CMD_LIMIT,    /* a caller's EVALSHA, or SET NX of a lone Nonce */
-    STORE_REDIS_CMD_CACHE,    /* a caller's pool or idempotency EVALSHA */
+    STORE_REDIS_CMD_LIMIT, /* a caller's EVALSHA, or SET NX of a lone Nonce */
+    STORE_REDIS_CMD_CACHE, /* a caller's pool or idempotency EVALSHA */
     STORE_REDIS_CMD_AUTH,
     STORE_REDIS_CMD_SELECT,
-    STORE_REDIS_CMD_LOAD,     /* SCRIPT LOAD while connecting */
-    STORE_REDIS_CMD_RELOAD,   /* SCRIPT LOAD after NOSCRIPT */
-    STORE_REDIS_CMD_PROBE,    /* PING while marked down on a live connection */
+    STORE_REDIS_CMD_LOAD,   /* SCRIPT LOAD while connecting */
+    STORE_REDIS_CMD_RELOAD, /* SCRIPT LOAD after NOSCRIPT */
+    STORE_REDIS_CMD_PROBE,  /* PING while marked down on a live connection */
 };
 
 enum store_redis_cmd_where {
-    STORE_REDIS_QUEUED,       /* on r->queue, waiting for ready */
-    STORE_REDIS_INFLIGHT,     /* handed to hiredis, on r->inflight */
-    STORE_REDIS_ABANDONED,    /* handed to hiredis, caller already answered: free on callback */
+    STORE_REDIS_QUEUED,    /* on r->queue, waiting for ready */
+    STORE_REDIS_INFLIGHT,  /* handed to hiredis, on r->inflight */
+    STORE_REDIS_ABANDONED, /* handed to hiredis, caller already answered: free on callback */
 };
 
 struct store_redis_cmd {
     struct store_redis_cmd *prev, *next;
-    struct store_redis *r;                /* NULL once abandoned */
+    struct store_redis *r; /* NULL once abandoned */
     enum store_redis_cmd_kind kind;
     enum store_redis_cmd_where where;
     store_limit_fn cb;
-    store_pool_fn pool_cb;                /* CACHE commands: one of these two */
+    store_pool_fn pool_cb; /* CACHE commands: one of these two */
     store_idem_fn idem_cb;
     void *arg;
-    struct event *timer;                  /* caller commands only */
+    struct event *timer; /* caller commands only */
     int noscript_retried;
-    unsigned script;                      /* index in store_redis_scripts */
-    enum store_redis_op op;               /* CACHE */
-    size_t argc;                          /* CACHE: owned argv strings */
+    unsigned script;        /* index in store_redis_scripts */
+    enum store_redis_op op; /* CACHE */
+    size_t argc;            /* CACHE: owned argv strings */
     char *argv[STORE_REDIS_CACHE_ARGS];
     size_t argvlen[STORE_REDIS_CACHE_ARGS];
     size_t n;
     uint64_t emission_us[LIMIT_MAX_BUCKETS], tolerance_us[LIMIT_MAX_BUCKETS];
     int shadow[LIMIT_MAX_BUCKETS];
     char *keys[LIMIT_MAX_BUCKETS];
-    char *nonce_key;                      /* LIMIT: the Nonce to claim, NULL: none */
+    char *nonce_key; /* LIMIT: the Nonce to claim, NULL: none */
     unsigned nonce_ttl_ms;
 };
 
@@ -111,22 +110,22 @@ struct store_redis_list {
 struct store_redis {
     struct store *owner;
     struct event_base *base;
-    const struct store_redis_options *opt;  /* borrowed from store_shared */
+    const struct store_redis_options *opt; /* borrowed from store_shared */
     enum store_redis_state state;
     redisAsyncContext *ac;
     struct event *backoff_timer, *handshake_timer;
-    unsigned backoff_ms;                    /* the next backoff's base */
-    uint64_t backoff_until_us;              /* monotonic */
+    unsigned backoff_ms;       /* the next backoff's base */
+    uint64_t backoff_until_us; /* monotonic */
     unsigned consecutive_timeouts;
-    int down;                               /* marked down: commands fail at once (fail fast) */
-    int probing;                            /* a PING probe is in flight */
-    char down_why[128];                     /* what marked it down */
+    int down;           /* marked down: commands fail at once (fail fast) */
+    int probing;        /* a PING probe is in flight */
+    char down_why[128]; /* what marked it down */
     struct event *probe_timer;
     uint64_t rng;
     char sha[STORE_REDIS_N_SCRIPTS][STORE_REDIS_SHA_LEN + 1];
     char last_err[128];
     struct store_redis_list queue, inflight;
-    struct strbuf resp;                     /* the command being sent, formatted (resp.h) */
+    struct strbuf resp; /* the command being sent, formatted (resp.h) */
 };
 
 static void store_redis_connect(struct store_redis *r);
@@ -164,7 +163,8 @@ static void store_redis_mark_down(struct store_redis *r, const char *why) {
         snprintf(r->down_why, sizeof r->down_why, "%s", why);
         log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
                     "redis %s:%d: store marked down (%s); commands fail at once until it "
-                    "answers", r->opt->host, r->opt->port, why);
+                    "answers",
+                    r->opt->host, r->opt->port, why);
     }
     if (r->state == STORE_REDIS_READY) store_redis_probe(r);
 }
@@ -181,17 +181,23 @@ static void store_redis_mark_up(struct store_redis *r, const char *how) {
 static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
     c->prev = l->tail;
     c->next = NULL;
-    if (l->tail) l->tail->next = c;
-    else l->head = c;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
     l->tail = c;
     l->count++;
 }
 
 static void store_redis_list_remove(struct store_redis_list *l, struct store_redis_cmd *c) {
-    if (c->prev) c->prev->next = c->next;
-    else l->head = c->next;
-    if (c->next) c->next->prev = c->prev;
-    else l->tail = c->prev;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
     c->prev = c->next = NULL;
     l->count--;
 }
@@ -217,9 +223,12 @@ static void store_redis_answer(struct store_redis *r, struct store_redis_cmd *c,
     c->idem_cb = NULL;
     if (!cb && !pool_cb && !idem_cb) return;
     if (err && strncmp(err, "redis timed out", 15) == 0) store_count(r->owner, STORE_TIMEOUTS);
-    if (cb) store_defer(r->owner, cb, c->arg, err, o);
-    else if (pool_cb) store_defer_pool(r->owner, pool_cb, c->arg, err ? err : "store failed", NULL);
-    else store_defer_idem(r->owner, idem_cb, c->arg, err ? err : "store failed", NULL);
+    if (cb)
+        store_defer(r->owner, cb, c->arg, err, o);
+    else if (pool_cb)
+        store_defer_pool(r->owner, pool_cb, c->arg, err ? err : "store failed", NULL);
+    else
+        store_defer_idem(r->owner, idem_cb, c->arg, err ? err : "store failed", NULL);
 }
 
 /* A CACHE command's successful answer (err NULL), once. */
@@ -231,8 +240,10 @@ static void store_redis_answer_cache(struct store_redis *r, struct store_redis_c
     if (c->timer) event_del(c->timer);
     c->pool_cb = NULL;
     c->idem_cb = NULL;
-    if (pool_cb) store_defer_pool(r->owner, pool_cb, c->arg, NULL, pr);
-    else if (idem_cb) store_defer_idem(r->owner, idem_cb, c->arg, NULL, ir);
+    if (pool_cb)
+        store_defer_pool(r->owner, pool_cb, c->arg, NULL, pr);
+    else if (idem_cb)
+        store_defer_idem(r->owner, idem_cb, c->arg, NULL, ir);
 }
 
 static int store_redis_caller_cmd(const struct store_redis_cmd *c) {
@@ -310,12 +321,15 @@ static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd
 /* The handshake step after state `from`, or ready. */
 static void store_redis_handshake_next(struct store_redis *r) {
     enum store_redis_state next = r->state;
-    if (r->state == STORE_REDIS_CONNECTING && r->opt->password) next = STORE_REDIS_AUTHENTICATING;
+    if (r->state == STORE_REDIS_CONNECTING && r->opt->password)
+        next = STORE_REDIS_AUTHENTICATING;
     else if ((r->state == STORE_REDIS_CONNECTING || r->state == STORE_REDIS_AUTHENTICATING) &&
              r->opt->db)
         next = STORE_REDIS_SELECTING;
-    else if (r->state != STORE_REDIS_LOADING) next = STORE_REDIS_LOADING;
-    else next = STORE_REDIS_READY;
+    else if (r->state != STORE_REDIS_LOADING)
+        next = STORE_REDIS_LOADING;
+    else
+        next = STORE_REDIS_READY;
     store_redis_set_state(r, next);
     if (next == STORE_REDIS_READY) {
         struct store_redis_cmd *c;
@@ -342,9 +356,9 @@ static void store_redis_handshake_next(struct store_redis *r) {
             }
         return;
     }
-    if (store_redis_send_internal(r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH
-                                                                        : STORE_REDIS_CMD_SELECT,
-                                  0))
+    if (store_redis_send_internal(
+            r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH : STORE_REDIS_CMD_SELECT,
+            0))
         store_redis_drop(r, "could not send the handshake");
 }
 
@@ -369,7 +383,9 @@ static void store_redis_on_disconnect(const redisAsyncContext *ac, int status) {
     if (!r) return;
     /* hiredis has already answered every pending command with NULL, and frees ac next */
     snprintf(why, sizeof why, "disconnected: %s",
-             status == REDIS_OK ? "closed" : ac->errstr[0] ? ac->errstr : "error");
+             status == REDIS_OK ? "closed"
+             : ac->errstr[0]    ? ac->errstr
+                                : "error");
     r->ac = NULL;
     store_redis_abandon_inflight(r, why);
     store_redis_backoff(r, why);
@@ -403,12 +419,14 @@ static int store_redis_parse_nonce(const struct store_redis_cmd *c, const redisR
                                    struct limit_outcome *o) {
     int replay;
     if (!c->nonce_key) return 0;
-    if (c->n == 0 && rep->type == REDIS_REPLY_NIL) replay = 1;
+    if (c->n == 0 && rep->type == REDIS_REPLY_NIL)
+        replay = 1;
     else if (c->n == 0 && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0)
         replay = 0;
     else if (c->n > 0 && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "replay") == 0)
         replay = 1;
-    else return 0;
+    else
+        return 0;
     memset(o, 0, sizeof *o);
     o->allowed = !replay;
     o->replay = replay;
@@ -463,8 +481,7 @@ static int store_redis_parse_cache(const struct store_redis_cmd *c, const redisR
         return 0;
     case STORE_OP_IDEM_COMPLETE:
     case STORE_OP_IDEM_ABANDON:
-        if (rep->type != REDIS_REPLY_INTEGER || (rep->integer != 2 && rep->integer != 3))
-            return -1;
+        if (rep->type != REDIS_REPLY_INTEGER || (rep->integer != 2 && rep->integer != 3)) return -1;
         ir->state = rep->integer == 2 ? STORE_IDEM_DONE : STORE_IDEM_MISMATCH;
         return 0;
     }
@@ -498,7 +515,8 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
         store_redis_answer(r, c, err, NULL);
     } else if (c->kind == STORE_REDIS_CMD_CACHE) {
         if (store_redis_parse_cache(c, rep, &pr, &ir) != 0)
-            store_redis_answer(r, c, "redis replied to a cache script in an unexpected shape", NULL);
+            store_redis_answer(r, c, "redis replied to a cache script in an unexpected shape",
+                               NULL);
         else
             store_redis_answer_cache(r, c, &pr, &ir);
     } else if (store_redis_parse_nonce(c, rep, &o)) {
@@ -532,9 +550,7 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
     }
     switch (c->kind) {
     case STORE_REDIS_CMD_LIMIT:
-    case STORE_REDIS_CMD_CACHE:
-        store_redis_on_limit_reply(r, c, rep);
-        return;
+    case STORE_REDIS_CMD_CACHE: store_redis_on_limit_reply(r, c, rep); return;
     case STORE_REDIS_CMD_AUTH:
     case STORE_REDIS_CMD_SELECT:
         store_redis_cmd_free(c);
@@ -560,22 +576,21 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         store_redis_mark_up(r, "PING answered");
         return;
     case STORE_REDIS_CMD_LOAD:
-    case STORE_REDIS_CMD_RELOAD:
-        {
-            enum store_redis_cmd_kind kind = c->kind;
-            unsigned script = c->script;
-            store_redis_cmd_free(c);
-            if (rep->type != REDIS_REPLY_STRING || rep->len != STORE_REDIS_SHA_LEN) {
-                snprintf(why, sizeof why, "SCRIPT LOAD failed: %s",
-                         rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
-                store_redis_drop(r, why);
-                return;
-            }
-            memcpy(r->sha[script], rep->str, STORE_REDIS_SHA_LEN);
-            r->sha[script][STORE_REDIS_SHA_LEN] = 0;
-            if (kind == STORE_REDIS_CMD_LOAD && script + 1 == STORE_REDIS_N_SCRIPTS)
-                store_redis_handshake_next(r);
+    case STORE_REDIS_CMD_RELOAD: {
+        enum store_redis_cmd_kind kind = c->kind;
+        unsigned script = c->script;
+        store_redis_cmd_free(c);
+        if (rep->type != REDIS_REPLY_STRING || rep->len != STORE_REDIS_SHA_LEN) {
+            snprintf(why, sizeof why, "SCRIPT LOAD failed: %s",
+                     rep->type == REDIS_REPLY_ERROR ? rep->str : "unexpected reply");
+            store_redis_drop(r, why);
+            return;
         }
+        memcpy(r->sha[script], rep->str, STORE_REDIS_SHA_LEN);
+        r->sha[script][STORE_REDIS_SHA_LEN] = 0;
+        if (kind == STORE_REDIS_CMD_LOAD && script + 1 == STORE_REDIS_N_SCRIPTS)
+            store_redis_handshake_next(r);
+    }
         return;
     }
 }
@@ -598,9 +613,7 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         argv[argc++] = "SELECT";
         argv[argc++] = dbuf;
         break;
-    case STORE_REDIS_CMD_PROBE:
-        argv[argc++] = "PING";
-        break;
+    case STORE_REDIS_CMD_PROBE: argv[argc++] = "PING"; break;
     case STORE_REDIS_CMD_LOAD:
     case STORE_REDIS_CMD_RELOAD:
         argv[argc++] = "SCRIPT";
@@ -619,8 +632,7 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         }
         goto send;
     case STORE_REDIS_CMD_LIMIT:
-        if (c->nonce_key)
-            *num_put_u64(nums[1 + 2 * LIMIT_MAX_BUCKETS], c->nonce_ttl_ms) = '\0';
+        if (c->nonce_key) *num_put_u64(nums[1 + 2 * LIMIT_MAX_BUCKETS], c->nonce_ttl_ms) = '\0';
         if (c->n == 0) {
             /* only a Nonce to claim: no script needed */
             argv[argc++] = "SET";
@@ -678,8 +690,10 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
     /* sent: answer now, let hiredis hand the late reply (or NULL) to a command marked abandoned */
     snprintf(err, sizeof err, "redis timed out after %u ms", r->opt->timeout_ms);
     store_redis_list_remove(&r->inflight, c);
-    if (c->kind == STORE_REDIS_CMD_PROBE) r->probing = 0;
-    else store_redis_answer(r, c, err, NULL);
+    if (c->kind == STORE_REDIS_CMD_PROBE)
+        r->probing = 0;
+    else
+        store_redis_answer(r, c, err, NULL);
     c->where = STORE_REDIS_ABANDONED;
     c->r = NULL;
     if (++r->consecutive_timeouts >= STORE_REDIS_TIMEOUTS_DROP && r->ac) {
@@ -687,7 +701,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
         store_redis_drop(r, err);
         return;
     }
-    store_redis_mark_down(r, err);  /* probes again when the probe itself timed out */
+    store_redis_mark_down(r, err); /* probes again when the probe itself timed out */
 }
 
 /* One PING at a time on the live connection, timed out like any command. */
@@ -695,7 +709,7 @@ static void store_redis_probe(struct store_redis *r) {
     struct store_redis_cmd *c;
     struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
     if (r->probing || r->state != STORE_REDIS_READY || !r->ac) return;
-    if (!(c = calloc(1, sizeof *c))) return;  /* the next timeout or reconnect probes again */
+    if (!(c = calloc(1, sizeof *c))) return; /* the next timeout or reconnect probes again */
     c->r = r;
     c->kind = STORE_REDIS_CMD_PROBE;
     if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c)) ||
@@ -839,8 +853,8 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
         return;
     }
     if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
-        store_defer(r->owner, cb, arg, "redis queue full: too many commands waiting for a connection",
-                    NULL);
+        store_defer(r->owner, cb, arg,
+                    "redis queue full: too many commands waiting for a connection", NULL);
         return;
     }
     if (!(c = calloc(1, sizeof *c))) goto oom;
@@ -917,18 +931,20 @@ static void store_redis_cache(struct store_redis *r, enum store_redis_op op, con
     return;
 failed:
     store_redis_cmd_free(c);
-    if (pool_cb) store_defer_pool(r->owner, pool_cb, arg, fail, NULL);
-    else store_defer_idem(r->owner, idem_cb, arg, fail, NULL);
+    if (pool_cb)
+        store_defer_pool(r->owner, pool_cb, arg, fail, NULL);
+    else
+        store_defer_idem(r->owner, idem_cb, arg, fail, NULL);
 }
 
 void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc,
-                      store_pool_fn cb, void *arg) {
+                      const char *const *argv, const size_t *argvlen, size_t argc, store_pool_fn cb,
+                      void *arg) {
     store_redis_cache(r, op, key, argv, argvlen, argc, cb, NULL, arg);
 }
 
 void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc,
-                      store_idem_fn cb, void *arg) {
+                      const char *const *argv, const size_t *argvlen, size_t argc, store_idem_fn cb,
+                      void *arg) {
     store_redis_cache(r, op, key, argv, argvlen, argc, NULL, cb, arg);
 }

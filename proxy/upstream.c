@@ -51,19 +51,23 @@
 #define UPSTREAM_MAX_HEADERS (64 * 1024)
 
 const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS] = {
-    1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000, 1000000, 2500000, 5000000,
-    UINT64_MAX,
+    1000,   2500,   5000,    10000,   25000,   50000,      100000,
+    250000, 500000, 1000000, 2500000, 5000000, UINT64_MAX,
 };
 
 enum conn_state { CONN_CONNECTING, CONN_BUSY, CONN_IDLE, CONN_DEAD };
 static const char *const conn_state_names[] = {
-    [CONN_CONNECTING] = "connecting", [CONN_BUSY] = "busy", [CONN_IDLE] = "idle",
+    [CONN_CONNECTING] = "connecting",
+    [CONN_BUSY] = "busy",
+    [CONN_IDLE] = "idle",
     [CONN_DEAD] = "dead",
 };
 
 enum call_state { CALL_QUEUED, CALL_ACTIVE, CALL_FAILING_FAST, CALL_DONE };
 static const char *const call_state_names[] = {
-    [CALL_QUEUED] = "queued", [CALL_ACTIVE] = "active", [CALL_FAILING_FAST] = "failing-fast",
+    [CALL_QUEUED] = "queued",
+    [CALL_ACTIVE] = "active",
+    [CALL_FAILING_FAST] = "failing-fast",
     [CALL_DONE] = "done",
 };
 
@@ -73,16 +77,16 @@ struct upstream_call;
 struct conn {
     struct upstream *u;
     struct evhttp_connection *evcon;
-    struct bufferevent *bev;            /* owned by evcon */
+    struct bufferevent *bev; /* owned by evcon */
     struct evbuffer_cb_entry *out_cb, *in_cb;
-    struct event *watch;                /* plain TCP: the second read watcher (conn_watch_arm) */
-    evutil_socket_t nodelay_fd;         /* the socket TCP_NODELAY was set on; -1 none */
+    struct event *watch;        /* plain TCP: the second read watcher (conn_watch_arm) */
+    evutil_socket_t nodelay_fd; /* the socket TCP_NODELAY was set on; -1 none */
     enum conn_state state;
-    struct upstream_call *call;         /* CONNECTING/BUSY */
-    uint64_t out_added, in_added;       /* bytes queued for writing / received, ever */
-    unsigned replies;                   /* completed replies: > 0 means reused */
-    int verify_error;                   /* X509_V_OK or the first certificate error */
-    TAILQ_ENTRY(conn) link;             /* u->conns or u->dead */
+    struct upstream_call *call;   /* CONNECTING/BUSY */
+    uint64_t out_added, in_added; /* bytes queued for writing / received, ever */
+    unsigned replies;             /* completed replies: > 0 means reused */
+    int verify_error;             /* X509_V_OK or the first certificate error */
+    TAILQ_ENTRY(conn) link;       /* u->conns or u->dead */
 };
 TAILQ_HEAD(conn_list, conn);
 
@@ -90,76 +94,71 @@ struct upstream_call {
     struct upstream *u;
     enum call_state state;
     int post;
-    unsigned flags;                     /* UPSTREAM_RAW_OK */
+    unsigned flags; /* UPSTREAM_RAW_OK */
     char *params;
-    upstream_sign_fn sign;              /* NULL: params as given, for every attempt */
+    upstream_sign_fn sign; /* NULL: params as given, for every attempt */
     upstream_done_fn cb;
     void *arg;
-    struct event *deadline;             /* the total timeout; also delivers fail-fast results */
-    struct event *connect_timer;        /* the connect phase of an attempt on a new connection */
+    struct event *deadline;      /* the total timeout; also delivers fail-fast results */
+    struct event *connect_timer; /* the connect phase of an attempt on a new connection */
     uint64_t start_us;
-    struct conn *conn;                  /* ACTIVE */
-    uint64_t snap_out, snap_in;         /* conn counters when this attempt started */
-    int admitted;                       /* breaker_allow said yes: the outcome is recorded */
-    int sent_any;                       /* request bytes reached a connection in some attempt */
-    int submitting;                     /* inside upstream_call: results are deferred */
-    int fast_success;                   /* CALL_FAILING_FAST: the breaker outcome to record */
+    struct conn *conn;          /* ACTIVE */
+    uint64_t snap_out, snap_in; /* conn counters when this attempt started */
+    int admitted;               /* breaker_allow said yes: the outcome is recorded */
+    int sent_any;               /* request bytes reached a connection in some attempt */
+    int submitting;             /* inside upstream_call: results are deferred */
+    int fast_success;           /* CALL_FAILING_FAST: the breaker outcome to record */
     unsigned attempts;
-    struct upstream_result fast;        /* CALL_FAILING_FAST: the result to deliver */
-    int timed_out;                      /* the call ends on a timeout: total, or the last
+    struct upstream_result fast; /* CALL_FAILING_FAST: the result to deliver */
+    int timed_out;               /* the call ends on a timeout: total, or the last
                                          * attempt's connect (upstream_result.timed_out) */
     char errbuf[256];
-    TAILQ_ENTRY(upstream_call) link;    /* u->calls */
-    TAILQ_ENTRY(upstream_call) qlink;   /* u->queue while QUEUED */
+    TAILQ_ENTRY(upstream_call) link;  /* u->calls */
+    TAILQ_ENTRY(upstream_call) qlink; /* u->queue while QUEUED */
 };
 TAILQ_HEAD(call_list, upstream_call);
 
 struct upstream {
     struct event_base *base;
-    struct evdns_base *dns;             /* only for a host name; NULL for an IP literal */
+    struct evdns_base *dns; /* only for a host name; NULL for an IP literal */
     int tls;
     char *host, *path, *sign_host, *tls_name, *user_agent;
     int port;
     SSL_CTX *ssl_ctx;
     int verify_tls;
     unsigned connect_timeout_ms, timeout_ms, retries, max_connections, max_queued;
-    struct breaker own_breaker;         /* used when the options name no shared one */
-    struct breaker *breaker;            /* own_breaker, or the process-wide one (borrowed) */
-    struct conn_list conns;             /* live: connecting, busy, idle */
-    struct conn_list dead;              /* waiting for reap_ev */
+    struct breaker own_breaker; /* used when the options name no shared one */
+    struct breaker *breaker;    /* own_breaker, or the process-wide one (borrowed) */
+    struct conn_list conns;     /* live: connecting, busy, idle */
+    struct conn_list dead;      /* waiting for reap_ev */
     struct event *reap_ev;
-    struct call_list calls;             /* every call not yet completed */
+    struct call_list calls; /* every call not yet completed */
     struct call_list queue;
     unsigned n_conns, n_idle, n_queued;
-    int closing;                        /* upstream_free is running */
+    int closing; /* upstream_free is running */
     struct upstream_stats stats;
 };
 
 static void call_start_attempt(struct upstream_call *c);
 static void pump_queue(struct upstream *u);
 
-static uint64_t now_ms(void)
-{
+static uint64_t now_ms(void) {
     return clock_mono_us() / 1000;
 }
 
-static struct timeval ms_tv(unsigned ms)
-{
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+static struct timeval ms_tv(unsigned ms) {
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     return tv;
 }
 
-static char *dup_str(const char *s)
-{
+static char *dup_str(const char *s) {
     size_t n;
     char *d;
 
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     n = strlen(s) + 1;
     d = malloc(n);
-    if (d)
-        memcpy(d, s, n);
+    if (d) memcpy(d, s, n);
     return d;
 }
 
@@ -175,36 +174,28 @@ static char *dup_str(const char *s)
  * while a request is still being written). It is removed before evhttp closes the socket
  * (conn_close_cb, conn_destroy), so a later socket with the same number starts with a true count.
  * Not for TLS, whose bufferevent reads on its own terms. */
-static void conn_watch_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void conn_watch_cb(evutil_socket_t fd, short what, void *arg) {
     struct conn *k = arg;
 
-    if (!(bufferevent_get_enabled(k->bev) & EV_READ))
-        event_del(k->watch);
+    if (!(bufferevent_get_enabled(k->bev) & EV_READ)) event_del(k->watch);
 }
 
 /* On a connection that has just become idle: evhttp reads (close detection) and the socket is
  * connected. */
-static void conn_watch_arm(struct conn *k)
-{
+static void conn_watch_arm(struct conn *k) {
     evutil_socket_t fd = bufferevent_getfd(k->bev);
 
-    if (k->u->tls || fd < 0)
-        return;
+    if (k->u->tls || fd < 0) return;
     if (!k->watch) {
         k->watch = event_new(k->u->base, fd, EV_READ | EV_PERSIST, conn_watch_cb, k);
-        if (!k->watch)
-            return;   /* only the saving is lost */
+        if (!k->watch) return; /* only the saving is lost */
     }
-    if (!event_pending(k->watch, EV_READ, NULL))
-        event_add(k->watch, NULL);
+    if (!event_pending(k->watch, EV_READ, NULL)) event_add(k->watch, NULL);
 }
 
 /* The socket is closing: a new one (evhttp's reconnect) gets a watcher of its own. */
-static void conn_watch_stop(struct conn *k)
-{
-    if (k->watch)
-        event_free(k->watch);   /* deletes it too */
+static void conn_watch_stop(struct conn *k) {
+    if (k->watch) event_free(k->watch); /* deletes it too */
     k->watch = NULL;
 }
 
@@ -214,28 +205,22 @@ static void conn_watch_stop(struct conn *k)
  * acknowledgement expecting to send it with the reply: up to 40 ms per request on a warm
  * connection. bufferevent_openssl writes a TLS record per buffer chain, so over HTTPS nearly
  * every request went out in two segments and waited. */
-static void conn_nodelay(struct conn *k)
-{
+static void conn_nodelay(struct conn *k) {
     evutil_socket_t fd = bufferevent_getfd(k->bev);
     int one = 1;
 
-    if (fd < 0 || fd == k->nodelay_fd)
-        return;
-    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0)
-        k->nodelay_fd = fd;
+    if (fd < 0 || fd == k->nodelay_fd) return;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) == 0) k->nodelay_fd = fd;
 }
 
-static void conn_set_state(struct conn *k, enum conn_state to)
-{
+static void conn_set_state(struct conn *k, enum conn_state to) {
     struct upstream *u = k->u;
 
-    if (k->state == to)
-        return;
+    if (k->state == to) return;
     log_debug("upstream %s:%d: connection %p %s -> %s", u->host, u->port, (void *)k,
               conn_state_names[k->state], conn_state_names[to]);
     /* Idle connections sit at the head of u->conns, so call_start_attempt finds one at once. */
-    if (k->state == CONN_IDLE)
-        u->n_idle--;
+    if (k->state == CONN_IDLE) u->n_idle--;
     if (to == CONN_IDLE) {
         u->n_idle++;
         TAILQ_REMOVE(&u->conns, k, link);
@@ -244,8 +229,7 @@ static void conn_set_state(struct conn *k, enum conn_state to)
         TAILQ_REMOVE(&u->conns, k, link);
         TAILQ_INSERT_TAIL(&u->conns, k, link);
     }
-    if (to == CONN_IDLE)
-        conn_watch_arm(k);
+    if (to == CONN_IDLE) conn_watch_arm(k);
     if (to == CONN_DEAD) {
         conn_watch_stop(k);
         TAILQ_REMOVE(&u->conns, k, link);
@@ -257,15 +241,12 @@ static void conn_set_state(struct conn *k, enum conn_state to)
     k->state = to;
 }
 
-static void conn_destroy(struct conn *k)
-{
+static void conn_destroy(struct conn *k) {
     conn_watch_stop(k);
     if (k->evcon) {
         evhttp_connection_set_closecb(k->evcon, NULL, NULL);
-        if (k->out_cb)
-            evbuffer_remove_cb_entry(bufferevent_get_output(k->bev), k->out_cb);
-        if (k->in_cb)
-            evbuffer_remove_cb_entry(bufferevent_get_input(k->bev), k->in_cb);
+        if (k->out_cb) evbuffer_remove_cb_entry(bufferevent_get_output(k->bev), k->out_cb);
+        if (k->in_cb) evbuffer_remove_cb_entry(bufferevent_get_input(k->bev), k->in_cb);
         /* frees the bufferevent, the SSL and any request of ours still on it, without callbacks */
         evhttp_connection_free(k->evcon);
     }
@@ -273,8 +254,7 @@ static void conn_destroy(struct conn *k)
 }
 
 /* Dead connections are freed here, outside evhttp's callbacks (which still use them). */
-static void reap_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void reap_cb(evutil_socket_t fd, short what, void *arg) {
     struct upstream *u = arg;
     struct conn *k;
 
@@ -285,34 +265,29 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
     pump_queue(u);
 }
 
-static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
+static void conn_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
     struct conn *k = arg;
 
     k->out_added += info->n_added;
 }
 
-static void conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
-{
+static void conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg) {
     struct conn *k = arg;
 
     k->in_added += info->n_added;
 }
 
 /* evhttp closed the socket (peer closed an idle connection, Connection: close, error). */
-static void conn_close_cb(struct evhttp_connection *evcon, void *arg)
-{
+static void conn_close_cb(struct evhttp_connection *evcon, void *arg) {
     struct conn *k = arg;
 
     conn_watch_stop(k);
-    k->nodelay_fd = -1;   /* a socket evhttp opens later may get the same number */
-    if (k->state == CONN_IDLE)
-        conn_set_state(k, CONN_DEAD);
+    k->nodelay_fd = -1; /* a socket evhttp opens later may get the same number */
+    if (k->state == CONN_IDLE) conn_set_state(k, CONN_DEAD);
     /* CONNECTING/BUSY: the request callback follows and decides */
 }
 
-static int conn_verify_cb(int preverify_ok, X509_STORE_CTX *store)
-{
+static int conn_verify_cb(int preverify_ok, X509_STORE_CTX *store) {
     SSL *ssl = X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx());
     struct conn *k = ssl ? SSL_get_app_data(ssl) : NULL;
 
@@ -321,8 +296,7 @@ static int conn_verify_cb(int preverify_ok, X509_STORE_CTX *store)
     return preverify_ok;
 }
 
-static struct conn *conn_new(struct upstream *u, char *err, size_t errlen)
-{
+static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
     struct conn *k = calloc(1, sizeof(*k));
     struct bufferevent *bev = NULL;
     SSL *ssl = NULL;
@@ -357,8 +331,8 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen)
             goto fail;
         }
     }
-    k->evcon = evhttp_connection_base_bufferevent_new(u->base, u->dns, bev, u->host,
-                                                      (ev_uint16_t)u->port);
+    k->evcon =
+        evhttp_connection_base_bufferevent_new(u->base, u->dns, bev, u->host, (ev_uint16_t)u->port);
     if (!k->evcon) {
         bufferevent_free(bev);
         snprintf(err, errlen, "out of memory");
@@ -386,15 +360,13 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen)
     log_debug("upstream %s:%d: new connection %p", u->host, u->port, (void *)k);
     return k;
 fail:
-    if (k)
-        conn_destroy(k);
+    if (k) conn_destroy(k);
     return NULL;
 }
 
 /* --- calls ------------------------------------------------------------------------------- */
 
-static void call_set_state(struct upstream_call *c, enum call_state to)
-{
+static void call_set_state(struct upstream_call *c, enum call_state to) {
     if (c->state != to)
         log_debug("upstream call %p: %s -> %s", (void *)c, call_state_names[c->state],
                   call_state_names[to]);
@@ -409,24 +381,18 @@ static void call_set_state(struct upstream_call *c, enum call_state to)
     c->state = to;
 }
 
-static void call_free(struct upstream_call *c)
-{
-    if (!c)
-        return;
-    if (c->deadline)
-        event_free(c->deadline);
-    if (c->connect_timer)
-        event_free(c->connect_timer);
+static void call_free(struct upstream_call *c) {
+    if (!c) return;
+    if (c->deadline) event_free(c->deadline);
+    if (c->connect_timer) event_free(c->connect_timer);
     free(c->params);
     free(c);
 }
 
-static void record_latency(struct upstream_stats *s, uint64_t us)
-{
+static void record_latency(struct upstream_stats *s, uint64_t us) {
     size_t i = 0;
 
-    while (i + 1 < UPSTREAM_LATENCY_BUCKETS && us > upstream_latency_bounds_us[i])
-        i++;
+    while (i + 1 < UPSTREAM_LATENCY_BUCKETS && us > upstream_latency_bounds_us[i]) i++;
     s->latency_buckets[i]++;
     s->latency_sum_us += us;
     s->latency_count++;
@@ -434,24 +400,22 @@ static void record_latency(struct upstream_stats *s, uint64_t us)
 
 /* The one place a call ends: the user's callback runs, then the call is freed. breaker_success
  * is 1/0 for an admitted call's outcome. */
-static void call_finish(struct upstream_call *c, struct upstream_result *r, int breaker_success)
-{
+static void call_finish(struct upstream_call *c, struct upstream_result *r, int breaker_success) {
     struct upstream *u = c->u;
     struct conn *k = c->conn;
 
     event_del(c->deadline);
     event_del(c->connect_timer);
     if (k) {
-        if (k->out_added != c->snap_out)
-            c->sent_any = 1;
+        if (k->out_added != c->snap_out) c->sent_any = 1;
         k->call = NULL;
         c->conn = NULL;
         if (k->state != CONN_DEAD)
-            conn_set_state(k, CONN_DEAD);   /* a connection left mid-call is not reusable */
+            conn_set_state(k, CONN_DEAD); /* a connection left mid-call is not reusable */
     }
     if (c->submitting) {
         /* evhttp failed synchronously inside upstream_call: deliver on the next loop turn */
-        struct timeval zero = { 0, 0 };
+        struct timeval zero = {0, 0};
         c->fast = *r;
         c->fast_success = breaker_success;
         call_set_state(c, CALL_FAILING_FAST);
@@ -461,14 +425,11 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
     call_set_state(c, CALL_DONE);
     TAILQ_REMOVE(&u->calls, c, link);
     r->timed_out = !r->ok && c->timed_out;
-    if (c->admitted)
-        breaker_record(u->breaker, breaker_success, now_ms());
+    if (c->admitted) breaker_record(u->breaker, breaker_success, now_ms());
     r->attempts = c->attempts;
     r->latency_us = clock_mono_us() - c->start_us;
-    if (!r->breaker_rejected)
-        r->nothing_sent = !c->sent_any;
-    if (!r->ok)
-        u->stats.failures++;
+    if (!r->breaker_rejected) r->nothing_sent = !c->sent_any;
+    if (!r->ok) u->stats.failures++;
     if (r->breaker_rejected)
         u->stats.breaker_rejections++;
     else
@@ -487,8 +448,7 @@ static void call_finish(struct upstream_call *c, struct upstream_result *r, int 
 
 static void call_fail(struct upstream_call *c, int breaker_success, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-static void call_fail(struct upstream_call *c, int breaker_success, const char *fmt, ...)
-{
+static void call_fail(struct upstream_call *c, int breaker_success, const char *fmt, ...) {
     struct upstream_result r;
     va_list ap;
 
@@ -501,9 +461,8 @@ static void call_fail(struct upstream_call *c, int breaker_success, const char *
 }
 
 /* Completes the call from its deadline event on the next loop turn (never inside upstream_call). */
-static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const char *msg)
-{
-    struct timeval zero = { 0, 0 };
+static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const char *msg) {
+    struct timeval zero = {0, 0};
 
     snprintf(c->errbuf, sizeof(c->errbuf), "%s", msg);
     memset(&c->fast, 0, sizeof(c->fast));
@@ -515,8 +474,7 @@ static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const 
     evtimer_add(c->deadline, &zero);
 }
 
-static void deadline_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
     struct upstream_call *c = arg;
 
     if (c->state == CALL_FAILING_FAST) {
@@ -528,16 +486,14 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     call_fail(c, 0, "upstream timed out after %u ms", c->u->timeout_ms);
 }
 
-static unsigned remaining_ms(const struct upstream_call *c)
-{
+static unsigned remaining_ms(const struct upstream_call *c) {
     uint64_t spent = (clock_mono_us() - c->start_us) / 1000;
 
     return spent >= c->u->timeout_ms ? 0 : (unsigned)(c->u->timeout_ms - spent);
 }
 
 /* A failed attempt: retried on a fresh or idle connection when allowed, else the call fails. */
-static void call_attempt_failed(struct upstream_call *c, int retriable, const char *msg)
-{
+static void call_attempt_failed(struct upstream_call *c, int retriable, const char *msg) {
     struct upstream *u = c->u;
 
     if (c->conn) {
@@ -547,30 +503,28 @@ static void call_attempt_failed(struct upstream_call *c, int retriable, const ch
     }
     event_del(c->connect_timer);
     if (retriable && c->attempts <= u->retries && remaining_ms(c) > 0) {
-        log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts, msg);
+        log_debug("upstream call %p: attempt %u failed (%s); retrying", (void *)c, c->attempts,
+                  msg);
         u->stats.retries++;
-        c->timed_out = 0;  /* the next attempt decides */
+        c->timed_out = 0; /* the next attempt decides */
         call_start_attempt(c);
         return;
     }
     call_fail(c, 0, "%s", msg);
 }
 
-static void connect_timer_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void connect_timer_cb(evutil_socket_t fd, short what, void *arg) {
     struct upstream_call *c = arg;
     char msg[128];
 
-    if (!c->conn || c->conn->out_added != c->snap_out)
-        return;   /* connected: the request went out */
+    if (!c->conn || c->conn->out_added != c->snap_out) return; /* connected: the request went out */
     snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
              c->u->port, c->u->connect_timeout_ms);
     c->timed_out = 1;
     call_attempt_failed(c, 1, msg);
 }
 
-static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
-{
+static void call_got_reply(struct upstream_call *c, struct evhttp_request *req) {
     struct upstream *u = c->u;
     struct conn *k = c->conn;
     struct evbuffer *in = evhttp_request_get_input_buffer(req);
@@ -585,8 +539,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
     r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     json = r.body && reply_scan(r.body, len, &fields) == 0;
-    if (json)
-        r.fields = &fields;
+    if (json) r.fields = &fields;
     /* a reply the caller said may be other than JSON (CaptchaQuery script=1: JavaScript) */
     raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
              r.http_status < 300;
@@ -595,8 +548,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
     c->conn = NULL;
     k->call = NULL;
-    if (k->state != CONN_DEAD)
-        conn_set_state(k, CONN_IDLE);
+    if (k->state != CONN_DEAD) conn_set_state(k, CONN_IDLE);
     /* not 2xx: a 1xx (or a bare "2") is no final answer either (found by tests/fuzz) */
     if (r.http_status < 200 || r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
@@ -611,15 +563,13 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req)
     /* r.fields points into this frame: fine, as a reply never arrives inside upstream_call (the
      * one case where call_finish keeps r for later) */
     call_finish(c, &r, (json && r.http_status < 500) || raw_ok);
-    if (json)
-        reply_fields_cleanup(&fields);
+    if (json) reply_fields_cleanup(&fields);
     pump_queue(u);
 }
 
 /* errno-free description of an attempt that died before a reply was complete. */
-static void call_got_error(struct upstream_call *c, enum evhttp_request_error error,
-                           int refused, int saved_errno)
-{
+static void call_got_error(struct upstream_call *c, enum evhttp_request_error error, int refused,
+                           int saved_errno) {
     struct upstream *u = c->u;
     struct conn *k = c->conn;
     int sent = k->out_added != c->snap_out;
@@ -627,8 +577,7 @@ static void call_got_error(struct upstream_call *c, enum evhttp_request_error er
     unsigned long ssl_err = u->tls ? bufferevent_get_openssl_error(k->bev) : 0;
     char msg[256];
 
-    if (sent)
-        c->sent_any = 1;
+    if (sent) c->sent_any = 1;
     if (k->verify_error != X509_V_OK) {
         snprintf(msg, sizeof(msg), "upstream TLS certificate verification failed: %s",
                  X509_verify_cert_error_string(k->verify_error));
@@ -642,14 +591,16 @@ static void call_got_error(struct upstream_call *c, enum evhttp_request_error er
         } else if (refused || saved_errno == ECONNREFUSED) {
             snprintf(msg, sizeof(msg), "connection refused by upstream %s:%d", u->host, u->port);
         } else if (saved_errno == ECONNRESET) {
-            snprintf(msg, sizeof(msg), "connection reset by upstream %s:%d during connect",
-                     u->host, u->port);
+            snprintf(msg, sizeof(msg), "connection reset by upstream %s:%d during connect", u->host,
+                     u->port);
         } else if (u->tls) {
-            snprintf(msg, sizeof(msg), "upstream %s:%d closed the connection during the TLS "
-                     "handshake", u->host, u->port);
+            snprintf(msg, sizeof(msg),
+                     "upstream %s:%d closed the connection during the TLS "
+                     "handshake",
+                     u->host, u->port);
         } else {
-            snprintf(msg, sizeof(msg), "could not connect to upstream %s:%d%s%s", u->host,
-                     u->port, saved_errno ? ": " : "", saved_errno ? strerror(saved_errno) : "");
+            snprintf(msg, sizeof(msg), "could not connect to upstream %s:%d%s%s", u->host, u->port,
+                     saved_errno ? ": " : "", saved_errno ? strerror(saved_errno) : "");
         }
         ERR_clear_error();
         call_attempt_failed(c, 1, msg);
@@ -667,20 +618,19 @@ static void call_got_error(struct upstream_call *c, enum evhttp_request_error er
     } else if (error == EVREQ_HTTP_INVALID_HEADER) {
         call_attempt_failed(c, 0, "upstream reply has an invalid header");
     } else {
-        call_attempt_failed(c, 0, got_bytes ? "upstream closed the connection mid-reply"
-                                            : "upstream connection failed before replying");
+        call_attempt_failed(c, 0,
+                            got_bytes ? "upstream closed the connection mid-reply"
+                                      : "upstream connection failed before replying");
     }
 }
 
 /* evhttp: the error kind comes first (evhttp_connection_fail_), then the request callback. */
-static void request_error_cb(enum evhttp_request_error error, void *arg)
-{
+static void request_error_cb(enum evhttp_request_error error, void *arg) {
     struct conn *k = arg;
     int saved_errno = errno;
     struct upstream_call *c = k->call;
 
-    if (!c || error == EVREQ_HTTP_REQUEST_CANCEL)
-        return;
+    if (!c || error == EVREQ_HTTP_REQUEST_CANCEL) return;
     call_got_error(c, error, 0, saved_errno);
 }
 
@@ -692,18 +642,16 @@ static void request_error_cb(enum evhttp_request_error error, void *arg)
  * Over TLS the output buffer holds plaintext, which bufferevent_openssl encrypts a buffer chain
  * at a time: evhttp's request line and headers in two chains made two TLS records and two
  * writes. Made one chain here, the request leaves as one record in one write. */
-static void conn_write_now(struct conn *k)
-{
+static void conn_write_now(struct conn *k) {
     struct evbuffer *out = bufferevent_get_output(k->bev);
     evutil_socket_t fd = bufferevent_getfd(k->bev);
     bufferevent_data_cb write_cb = NULL;
     void *cb_arg = NULL;
     int written;
 
-    if (fd < 0 || evbuffer_get_length(out) == 0)
-        return;
+    if (fd < 0 || evbuffer_get_length(out) == 0) return;
     if (k->u->tls) {
-        evbuffer_pullup(out, -1);   /* NULL on OOM: the chains are then sent as they are */
+        evbuffer_pullup(out, -1); /* NULL on OOM: the chains are then sent as they are */
         return;
     }
     /* A socket bufferevent keeps its output's start frozen except inside its own write; this
@@ -711,20 +659,16 @@ static void conn_write_now(struct conn *k)
     evbuffer_unfreeze(out, 1);
     written = evbuffer_write(out, fd);
     evbuffer_freeze(out, 1);
-    if (written <= 0 || evbuffer_get_length(out) > 0)
-        return;
+    if (written <= 0 || evbuffer_get_length(out) > 0) return;
     bufferevent_getcb(k->bev, NULL, &write_cb, NULL, &cb_arg);
-    if (write_cb)
-        write_cb(k->bev, cb_arg);
+    if (write_cb) write_cb(k->bev, cb_arg);
 }
 
-static void request_done_cb(struct evhttp_request *req, void *arg)
-{
+static void request_done_cb(struct evhttp_request *req, void *arg) {
     struct conn *k = arg;
     struct upstream_call *c = k->call;
 
-    if (!c)
-        return;   /* already handled by request_error_cb, or the call left */
+    if (!c) return; /* already handled by request_error_cb, or the call left */
     if (req && evhttp_request_get_response_code(req) > 0) {
         call_got_reply(c, req);
         return;
@@ -733,8 +677,7 @@ static void request_done_cb(struct evhttp_request *req, void *arg)
     call_got_error(c, EVREQ_HTTP_EOF, 1, errno);
 }
 
-static int call_send(struct upstream_call *c, struct conn *k)
-{
+static int call_send(struct upstream_call *c, struct conn *k) {
     struct upstream *u = c->u;
     struct evhttp_request *req = evhttp_request_new(request_done_cb, k);
     struct evkeyvalq *h;
@@ -742,8 +685,7 @@ static int call_send(struct upstream_call *c, struct conn *k)
     size_t n;
     int rc = -1;
 
-    if (!req)
-        goto out;
+    if (!req) goto out;
     evhttp_request_set_error_cb(req, request_error_cb);
     h = evhttp_request_get_output_headers(req);
     /* HTTP/1.1 keeps the connection alive without a Connection header; each header costs evhttp
@@ -752,8 +694,8 @@ static int call_send(struct upstream_call *c, struct conn *k)
         evhttp_add_header(h, "User-Agent", u->user_agent))
         goto out;
     if (c->post) {
-        if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded")
-            || evbuffer_add(evhttp_request_get_output_buffer(req), c->params, strlen(c->params)))
+        if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded") ||
+            evbuffer_add(evhttp_request_get_output_buffer(req), c->params, strlen(c->params)))
             goto out;
         uri = dup_str(u->path);
     } else {
@@ -762,13 +704,11 @@ static int call_send(struct upstream_call *c, struct conn *k)
         uri = malloc(n);
         if (uri) {
             char *o = (char *)memcpy(uri, u->path, path_len) + path_len;
-            if (params_len)
-                *o++ = '?';
+            if (params_len) *o++ = '?';
             memcpy(o, c->params, params_len + 1);
         }
     }
-    if (!uri)
-        goto out;
+    if (!uri) goto out;
     k->call = c;
     c->conn = k;
     c->snap_out = k->out_added;
@@ -782,24 +722,21 @@ static int call_send(struct upstream_call *c, struct conn *k)
         c->conn = NULL;
     } else {
         conn_nodelay(k);
-        if (k->state == CONN_BUSY)
-            conn_write_now(k);
+        if (k->state == CONN_BUSY) conn_write_now(k);
     }
 out:
-    if (req)
-        evhttp_request_free(req);
+    if (req) evhttp_request_free(req);
     free(uri);
     return rc;
 }
 
 /* One attempt: an idle connection, else a new one below the cap, else the queue. */
-static void call_start_attempt(struct upstream_call *c)
-{
+static void call_start_attempt(struct upstream_call *c) {
     struct upstream *u = c->u;
     struct conn *k;
     char err[160];
 
-    k = u->n_idle ? TAILQ_FIRST(&u->conns) : NULL;   /* idle ones are at the head */
+    k = u->n_idle ? TAILQ_FIRST(&u->conns) : NULL; /* idle ones are at the head */
     if (!k && u->n_conns >= u->max_connections) {
         call_set_state(c, CALL_QUEUED);
         return;
@@ -817,8 +754,7 @@ static void call_start_attempt(struct upstream_call *c)
     }
     if (k) {
         conn_set_state(k, CONN_BUSY);
-        if (call_send(c, k) == 0)
-            return;   /* c may already be finished: do not touch it */
+        if (call_send(c, k) == 0) return; /* c may already be finished: do not touch it */
         conn_set_state(k, CONN_DEAD);
         call_attempt_failed(c, 0, "upstream request could not be built (out of memory)");
         return;
@@ -840,33 +776,30 @@ static void call_start_attempt(struct upstream_call *c)
     }
 }
 
-static void pump_queue(struct upstream *u)
-{
+static void pump_queue(struct upstream *u) {
     struct upstream_call *c;
     unsigned idle;
 
     for (;;) {
         c = TAILQ_FIRST(&u->queue);
-        if (!c)
-            return;
+        if (!c) return;
         idle = u->n_idle;
-        if (!idle && u->n_conns >= u->max_connections)
-            return;
+        if (!idle && u->n_conns >= u->max_connections) return;
         call_start_attempt(c);
     }
 }
 
 /* --- public ------------------------------------------------------------------------------ */
 
-struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
-                              char *err, size_t errlen)
-{
+struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o, char *err,
+                              size_t errlen) {
     struct upstream *u = NULL;
     char ua[64];
 
-    if (!base || !o || !o->host || !o->host[0] || o->port <= 0 || o->port > 65535 || !o->path
-        || o->path[0] != '/') {
-        snprintf(err, errlen, "upstream needs a host, a port in 1..65535 and a path starting with /");
+    if (!base || !o || !o->host || !o->host[0] || o->port <= 0 || o->port > 65535 || !o->path ||
+        o->path[0] != '/') {
+        snprintf(err, errlen,
+                 "upstream needs a host, a port in 1..65535 and a path starting with /");
         goto fail;
     }
     if (o->tls && !o->ssl_ctx) {
@@ -874,8 +807,7 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
         goto fail;
     }
     u = calloc(1, sizeof(*u));
-    if (!u)
-        goto oom;
+    if (!u) goto oom;
     u->base = base;
     TAILQ_INIT(&u->conns);
     TAILQ_INIT(&u->dead);
@@ -885,7 +817,8 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
     u->port = o->port;
     u->ssl_ctx = o->ssl_ctx;
     u->verify_tls = o->verify_tls;
-    u->connect_timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : UPSTREAM_DEFAULT_CONNECT_MS;
+    u->connect_timeout_ms =
+        o->connect_timeout_ms ? o->connect_timeout_ms : UPSTREAM_DEFAULT_CONNECT_MS;
     u->timeout_ms = o->timeout_ms ? o->timeout_ms : UPSTREAM_DEFAULT_TIMEOUT_MS;
     u->retries = o->retries;
     u->max_connections = o->max_connections ? o->max_connections : UPSTREAM_DEFAULT_MAX_CONNECTIONS;
@@ -904,11 +837,9 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
     u->sign_host = dup_str(o->sign_host && o->sign_host[0] ? o->sign_host : o->host);
     u->tls_name = dup_str(o->tls_name && o->tls_name[0] ? o->tls_name : o->host);
     u->user_agent = dup_str(ua);
-    if (!u->host || !u->path || !u->sign_host || !u->tls_name || !u->user_agent)
-        goto oom;
+    if (!u->host || !u->path || !u->sign_host || !u->tls_name || !u->user_agent) goto oom;
     u->reap_ev = event_new(base, -1, 0, reap_cb, u);
-    if (!u->reap_ev)
-        goto oom;
+    if (!u->reap_ev) goto oom;
     if (!net_is_ip_literal(u->host)) {
         u->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
@@ -925,13 +856,11 @@ fail:
     return NULL;
 }
 
-void upstream_free(struct upstream *u)
-{
+void upstream_free(struct upstream *u) {
     struct upstream_call *c;
     struct conn *k;
 
-    if (!u)
-        return;
+    if (!u) return;
     u->closing = 1;
     while ((c = TAILQ_FIRST(&u->calls)) != NULL) {
         c->submitting = 0;
@@ -939,20 +868,17 @@ void upstream_free(struct upstream *u)
             struct upstream_result r = c->fast;
             call_finish(c, &r, c->fast_success);
         } else {
-            c->admitted = 0;   /* shutting down says nothing about upstream's health */
+            c->admitted = 0; /* shutting down says nothing about upstream's health */
             call_fail(c, 0, "upstream client shut down");
         }
     }
-    while ((k = TAILQ_FIRST(&u->conns)) != NULL)
-        conn_set_state(k, CONN_DEAD);
+    while ((k = TAILQ_FIRST(&u->conns)) != NULL) conn_set_state(k, CONN_DEAD);
     while ((k = TAILQ_FIRST(&u->dead)) != NULL) {
         TAILQ_REMOVE(&u->dead, k, link);
         conn_destroy(k);
     }
-    if (u->reap_ev)
-        event_free(u->reap_ev);
-    if (u->dns)
-        evdns_base_free(u->dns, 0);
+    if (u->reap_ev) event_free(u->reap_ev);
+    if (u->dns) evdns_base_free(u->dns, 0);
     free(u->host);
     free(u->path);
     free(u->sign_host);
@@ -962,15 +888,13 @@ void upstream_free(struct upstream *u)
 }
 
 static int call_submit(struct upstream *u, const char *method, const char *encoded_params,
-                       upstream_sign_fn sign, unsigned flags, upstream_done_fn cb, void *arg)
-{
+                       upstream_sign_fn sign, unsigned flags, upstream_done_fn cb, void *arg) {
     struct upstream_call *c = NULL;
     struct timeval tv;
     uint64_t now;
     int post;
 
-    if (!u || !method || !cb || u->closing)
-        return -1;
+    if (!u || !method || !cb || u->closing) return -1;
     if (strcmp(method, "POST") == 0)
         post = 1;
     else if (strcmp(method, "GET") == 0)
@@ -978,8 +902,7 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
     else
         return -1;
     c = calloc(1, sizeof(*c));
-    if (!c)
-        goto fail;
+    if (!c) goto fail;
     c->u = u;
     c->state = CALL_DONE;
     c->post = post;
@@ -991,8 +914,7 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
     c->params = dup_str(encoded_params ? encoded_params : "");
     c->deadline = evtimer_new(u->base, deadline_cb, c);
     c->connect_timer = evtimer_new(u->base, connect_timer_cb, c);
-    if (!c->params || !c->deadline || !c->connect_timer)
-        goto fail;
+    if (!c->params || !c->deadline || !c->connect_timer) goto fail;
     TAILQ_INSERT_TAIL(&u->calls, c, link);
     u->stats.requests++;
 
@@ -1003,8 +925,10 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
     now = now_ms();
     if (!breaker_allow(u->breaker, now)) {
         char msg[128];
-        snprintf(msg, sizeof(msg), "circuit breaker open after %u consecutive failures; "
-                 "retrying in %llu ms", breaker_opened_after(u->breaker),
+        snprintf(msg, sizeof(msg),
+                 "circuit breaker open after %u consecutive failures; "
+                 "retrying in %llu ms",
+                 breaker_opened_after(u->breaker),
                  (unsigned long long)breaker_retry_in_ms(u->breaker, now));
         call_fail_soon(c, 1, msg);
         return 0;
@@ -1023,27 +947,22 @@ fail:
 }
 
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
-                  upstream_done_fn cb, void *arg)
-{
+                  upstream_done_fn cb, void *arg) {
     return call_submit(u, method, encoded_params, NULL, 0, cb, arg);
 }
 
 int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
-                        unsigned flags, upstream_done_fn cb, void *arg)
-{
+                        unsigned flags, upstream_done_fn cb, void *arg) {
     return call_submit(u, method, encoded_params, NULL, flags, cb, arg);
 }
 
 int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
-                         unsigned flags, upstream_done_fn cb, void *arg)
-{
-    if (!sign)
-        return -1;
+                         unsigned flags, upstream_done_fn cb, void *arg) {
+    if (!sign) return -1;
     return call_submit(u, method, NULL, sign, flags, cb, arg);
 }
 
-void upstream_get_stats(const struct upstream *u, struct upstream_stats *out)
-{
+void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {
     *out = u->stats;
     out->breaker = breaker_state(u->breaker);
     out->open_connections = u->n_conns;
@@ -1062,7 +981,6 @@ int upstream_params(const struct params *in, const struct config_upstream *up, u
     *num_put_u64(num, nonce) = '\0';
     if (params_adds(out, "Nonce", num) != 0) return -1;
     if (up->region && *up->region && params_adds(out, "Region", up->region) != 0) return -1;
-    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0)
-        return -1;
+    if (params_adds(out, "SignatureMethod", sign_method_name(up->signature_method)) != 0) return -1;
     return sign_params(out, up->post ? "POST" : "GET", up->sign_host, up->path, up->secret_key);
 }

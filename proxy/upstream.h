@@ -15,60 +15,60 @@ struct params;
 struct upstream;
 
 struct upstream_options {
-    int tls;                    /* 1: https (bufferevent_openssl), 0: plain http */
-    const char *host;           /* connect to, and with TLS the SNI and certificate name */
+    int tls;          /* 1: https (bufferevent_openssl), 0: plain http */
+    const char *host; /* connect to, and with TLS the SNI and certificate name */
     int port;
-    const char *path;           /* "/v2/index.php" */
-    const char *sign_host;      /* the Host header */
-    SSL_CTX *ssl_ctx;           /* borrowed, must outlive the upstream (tls_client_ctx_new) */
-    int verify_tls;             /* hostname check per connection (the ctx verifies the chain) */
-    unsigned connect_timeout_ms;/* TCP connect + TLS handshake of one attempt (0: 1000) */
-    unsigned timeout_ms;        /* whole call, queueing and retries included (0: 3000) */
-    unsigned retries;           /* extra attempts after a retriable failure */
-    unsigned max_connections;   /* keep-alive pool cap for this worker (0: 64) */
-    unsigned breaker_failures;  /* consecutive failures that open the breaker (0: 5) */
-    unsigned breaker_open_ms;   /* pause before a probe (0: 5000) */
-    unsigned max_queued;        /* calls waiting for a free connection (0: 1024); beyond it a
+    const char *path;            /* "/v2/index.php" */
+    const char *sign_host;       /* the Host header */
+    SSL_CTX *ssl_ctx;            /* borrowed, must outlive the upstream (tls_client_ctx_new) */
+    int verify_tls;              /* hostname check per connection (the ctx verifies the chain) */
+    unsigned connect_timeout_ms; /* TCP connect + TLS handshake of one attempt (0: 1000) */
+    unsigned timeout_ms;         /* whole call, queueing and retries included (0: 3000) */
+    unsigned retries;            /* extra attempts after a retriable failure */
+    unsigned max_connections;    /* keep-alive pool cap for this worker (0: 64) */
+    unsigned breaker_failures;   /* consecutive failures that open the breaker (0: 5) */
+    unsigned breaker_open_ms;    /* pause before a probe (0: 5000) */
+    unsigned max_queued;         /* calls waiting for a free connection (0: 1024); beyond it a
                                  * call fails at once with "upstream queue is full" */
-    const char *tls_name;       /* name for SNI and the certificate check (NULL: host) */
-    struct breaker *breaker;    /* shared by every worker's upstream (borrowed, initialised by
+    const char *tls_name;        /* name for SNI and the certificate check (NULL: host) */
+    struct breaker *breaker;     /* shared by every worker's upstream (borrowed, initialised by
                                  * the caller, outlives the upstream); NULL: a breaker of its own
                                  * from breaker_failures/breaker_open_ms */
-};                              /* strings are copied by upstream_new */
+};                               /* strings are copied by upstream_new */
 
 /* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
  * the SSL_CTX and the breaker (both borrowed; the breaker is lock-free). NULL and err on a bad option or OOM. */
-struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o,
-                              char *err, size_t errlen);
+struct upstream *upstream_new(struct event_base *base, const struct upstream_options *o, char *err,
+                              size_t errlen);
 /* Pending and queued calls complete with an error ("upstream client shut down") first, inside
  * this call; then every connection is closed. Accepts NULL. Must not be called from inside an
  * upstream_done_fn of this upstream. */
 void upstream_free(struct upstream *u);
 
 struct upstream_result {
-    int ok;                 /* 1: HTTP 2xx with a body that is a JSON object (or, with
+    int ok;           /* 1: HTTP 2xx with a body that is a JSON object (or, with
                              * UPSTREAM_RAW_OK, any non-empty body) */
-    int http_status;        /* 0 when no reply status was received */
-    const char *body;       /* the raw body, borrowed, valid during the callback only (also on
+    int http_status;  /* 0 when no reply status was received */
+    const char *body; /* the raw body, borrowed, valid during the callback only (also on
                              * !ok when a body was received); NULL when none */
     size_t body_len;
-    const char *error;      /* !ok: one sentence for the 6200 message, e.g. "upstream timed out
+    const char *error;           /* !ok: one sentence for the 6200 message, e.g. "upstream timed out
                              * after 3000 ms", "upstream answered HTTP 500", "upstream reply is
                              * not JSON", "upstream TLS certificate verification failed: ...",
                              * "circuit breaker open after 5 consecutive failures; retrying in
                              * 4200 ms", "connection refused"; NULL when ok. Borrowed, valid
                              * during the callback. */
-    int breaker_rejected;   /* 1: the breaker was open; nothing was attempted */
-    unsigned attempts;      /* connection attempts made (0 when rejected or queued out) */
-    uint64_t latency_us;    /* from upstream_call to the callback */
-    int nothing_sent;       /* 1 when no request bytes reached upstream (connect/TLS failed,
+    int breaker_rejected;        /* 1: the breaker was open; nothing was attempted */
+    unsigned attempts;           /* connection attempts made (0 when rejected or queued out) */
+    uint64_t latency_us;         /* from upstream_call to the callback */
+    int nothing_sent;            /* 1 when no request bytes reached upstream (connect/TLS failed,
                              * breaker, queue full, timed out while queued) */
-    int timed_out;          /* !ok because a timer ran out: the call's timeout_ms (queued or
+    int timed_out;               /* !ok because a timer ran out: the call's timeout_ms (queued or
                              * sent), or the last attempt's connect_timeout_ms (a 504, where
                              * other failures are a 502) */
-    const char *content_type;      /* upstream's Content-Type header, NULL when none (borrowed
+    const char *content_type;    /* upstream's Content-Type header, NULL when none (borrowed
                                     * for the callback) */
-    struct reply_fields *fields;   /* the body's code, codeDesc and url when it is a JSON object
+    struct reply_fields *fields; /* the body's code, codeDesc and url when it is a JSON object
                                     * (from the scan that decided ok), else NULL. Borrowed for the
                                     * callback, which may take fields->url (setting it to NULL). */
 };
@@ -121,14 +121,14 @@ int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_f
 extern const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS];
 
 struct upstream_stats {
-    uint64_t requests;            /* calls accepted by upstream_call */
-    uint64_t failures;            /* calls completed with !ok (breaker rejections included) */
-    uint64_t retries;             /* extra attempts made */
+    uint64_t requests; /* calls accepted by upstream_call */
+    uint64_t failures; /* calls completed with !ok (breaker rejections included) */
+    uint64_t retries;  /* extra attempts made */
     uint64_t breaker_rejections;
     enum breaker_state breaker;
-    unsigned open_connections;    /* connections in the pool, busy or idle */
+    unsigned open_connections; /* connections in the pool, busy or idle */
     unsigned idle_connections;
-    uint64_t latency_buckets[UPSTREAM_LATENCY_BUCKETS];  /* completed calls, not rejections */
+    uint64_t latency_buckets[UPSTREAM_LATENCY_BUCKETS]; /* completed calls, not rejections */
     uint64_t latency_sum_us, latency_count;
 };
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);

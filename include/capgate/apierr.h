@@ -14,11 +14,11 @@ enum apierr_code {
     APIERR_OPERATION_FAILED = 5100,  /* OperationFailed (and CaptchaCheck "verification failed") */
     APIERR_PURCHASE_FAILED = 5200,   /* PurchaseFailed */
     APIERR_INSUFFICIENT_BALANCE = 5300, /* InsufficientBalance */
-    APIERR_PARTIAL_SUCCESS = 5400,   /* PartialSuccess */
-    APIERR_QUALIFICATION = 5500,     /* QualificationRejected */
-    APIERR_INTERNAL = 6000,          /* InternalError */
-    APIERR_VERSION = 6100,           /* VersionNotSupported: also an Action that is not supported */
-    APIERR_UNAVAILABLE = 6200        /* ServiceUnavailable */
+    APIERR_PARTIAL_SUCCESS = 5400,      /* PartialSuccess */
+    APIERR_QUALIFICATION = 5500,        /* QualificationRejected */
+    APIERR_INTERNAL = 6000,             /* InternalError */
+    APIERR_VERSION = 6100,    /* VersionNotSupported: also an Action that is not supported */
+    APIERR_UNAVAILABLE = 6200 /* ServiceUnavailable */
 };
 
 /* codeDesc for a code ("Success" for 0), or NULL when the code is not in the table. The table

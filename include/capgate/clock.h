@@ -3,7 +3,7 @@
 #define CAPGATE_CLOCK_H
 #include <stdint.h>
 
-uint64_t clock_wall_us(void);  /* CLOCK_REALTIME, Unix epoch */
-uint64_t clock_mono_us(void);  /* CLOCK_MONOTONIC */
+uint64_t clock_wall_us(void); /* CLOCK_REALTIME, Unix epoch */
+uint64_t clock_mono_us(void); /* CLOCK_MONOTONIC */
 
 #endif

@@ -16,14 +16,14 @@ struct httpd;
 struct tls_server;
 
 struct httpd_limits {
-    size_t max_uri;              /* request-target bytes (default 8192) */
-    size_t max_header_bytes;     /* all header lines together (default 16384) */
-    unsigned max_headers;        /* header count (default 100) */
-    size_t max_body;             /* body bytes after de-chunking (default 65536) */
-    unsigned header_timeout_ms;  /* from first byte to end of headers (default 10000) */
-    unsigned body_timeout_ms;    /* from end of headers to end of body (default 10000) */
-    unsigned idle_timeout_ms;    /* keep-alive idle before close (default 60000) */
-    unsigned write_timeout_ms;   /* a reply not taken by the peer (default 10000) */
+    size_t max_uri;             /* request-target bytes (default 8192) */
+    size_t max_header_bytes;    /* all header lines together (default 16384) */
+    unsigned max_headers;       /* header count (default 100) */
+    size_t max_body;            /* body bytes after de-chunking (default 65536) */
+    unsigned header_timeout_ms; /* from first byte to end of headers (default 10000) */
+    unsigned body_timeout_ms;   /* from end of headers to end of body (default 10000) */
+    unsigned idle_timeout_ms;   /* keep-alive idle before close (default 60000) */
+    unsigned write_timeout_ms;  /* a reply not taken by the peer (default 10000) */
     /* Open connections at once (0: no limit, the default). A connection past it is accepted
      * and closed at once, as nginx does past worker_connections: the client learns now, not
      * after its own timeout in the listen queue. httpd_set_budget shares one count. */
@@ -35,7 +35,7 @@ void httpd_limits_default(struct httpd_limits *lim);
  * table): servers given the same budget count their connections together, from any thread. */
 struct httpd_budget {
     atomic_size_t open;
-    size_t max;   /* 0: no limit */
+    size_t max; /* 0: no limit */
 };
 void httpd_budget_init(struct httpd_budget *b, size_t max);
 /* The default max_connections: the soft RLIMIT_NOFILE minus reserve (the descriptors the
@@ -49,8 +49,8 @@ size_t httpd_default_max_connections(size_t reserve, size_t *limit);
 #define HTTPD_ACCEPT_PAUSE_MS 500
 
 struct httpd_header {
-    const char *name;   /* as sent */
-    const char *value;  /* leading/trailing spaces trimmed */
+    const char *name;  /* as sent */
+    const char *value; /* leading/trailing spaces trimmed */
 };
 
 /* One request. Everything here is borrowed and valid until the request ends (httpd_reply*, or
@@ -66,10 +66,10 @@ struct httpd_req {
     size_t body_len;
     const struct httpd_header *headers;
     size_t header_count;
-    int http_minor;           /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
-    int is_tls;               /* arrived on a TLS listener */
-    const char *peer_ip;      /* "127.0.0.1" / "::1" */
-    uint64_t start_us;        /* clock_mono_us() when the first byte arrived */
+    int http_minor;      /* 0 for HTTP/1.0, 1 for HTTP/1.1 */
+    int is_tls;          /* arrived on a TLS listener */
+    const char *peer_ip; /* "127.0.0.1" / "::1" */
+    uint64_t start_us;   /* clock_mono_us() when the first byte arrived */
     /* 0 for a well-formed request. Otherwise the HTTP status that fits the error the server found
      * (400 bad framing or request line, 408 header/body timeout, 413 body too large, 414 URI too
      * long, 431 headers too large or too many, 501 unsupported Transfer-Encoding, 505 version),
@@ -78,7 +78,7 @@ struct httpd_req {
      * reply; the connection is closed after that reply. */
     int error_status;
     const char *error_message;
-    void *user;               /* free for the handler */
+    void *user; /* free for the handler */
 };
 
 /* Called once per request, on the worker's thread. The handler must end the request exactly
@@ -98,16 +98,16 @@ struct httpd *httpd_new(struct event_base *base, const struct httpd_limits *lim,
  * it alive; tls_server_reload on it changes the certificate of later handshakes); reuseport
  * sets SO_REUSEPORT so several workers share the port. Returns the bound port, or -1 with err
  * set. May be called more than once (HTTP and HTTPS listeners). */
-int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls,
-                 int reuseport, char *err, size_t errlen);
+int httpd_listen(struct httpd *h, const char *host, int port, struct tls_server *tls, int reuseport,
+                 char *err, size_t errlen);
 /* Counts this server's connections in b (borrowed, it outlives the server) instead of its own
  * max_connections; before the first connection. */
 void httpd_set_budget(struct httpd *h, struct httpd_budget *b);
 /* Stops accepting and closes idle keep-alive connections; in-flight requests finish and their
  * connections close after the reply. */
 void httpd_stop_accepting(struct httpd *h);
-size_t httpd_inflight(const struct httpd *h);     /* requests not yet ended */
-size_t httpd_connections(const struct httpd *h);  /* open connections */
+size_t httpd_inflight(const struct httpd *h);    /* requests not yet ended */
+size_t httpd_connections(const struct httpd *h); /* open connections */
 /* Connections closed at accept because max_connections were open, and accept() failures. */
 uint64_t httpd_refused(const struct httpd *h);
 uint64_t httpd_accept_errors(const struct httpd *h);

@@ -32,8 +32,7 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 #define LOG_LINE_MAX 4096
 /* The line log_fields would write, '\n' included, into out, for a thread that writes many lines
  * at once (the audit thread's access lines); its length, 0 below the minimum level. */
-size_t log_line(enum log_level level, const char *text, const char *fields,
-                char out[LOG_LINE_MAX]);
+size_t log_line(enum log_level level, const char *text, const char *fields, char out[LOG_LINE_MAX]);
 
 /* A warning that can repeat without end (accept failing while descriptors are exhausted, a
  * metrics flush failing every second while Redis is down, reconnect attempts). The first
@@ -44,17 +43,17 @@ size_t log_line(enum log_level level, const char *text, const char *fields,
  * by every thread (a mutex; log_limited_ok costs one atomic load when nothing is wrong). */
 struct log_limiter {
     pthread_mutex_t lock;
-    unsigned interval_s;    /* between "repeated" summaries */
-    unsigned quiet_ms;      /* log_limited_ok ends the episode only this long after the last
+    unsigned interval_s; /* between "repeated" summaries */
+    unsigned quiet_ms;   /* log_limited_ok ends the episode only this long after the last
                              * occurrence: a success between failures is no recovery */
-    atomic_int active;      /* an episode is on */
-    char key[192];          /* the last text logged, digit runs collapsed */
-    uint64_t repeats;       /* occurrences not logged since the last line */
-    uint64_t total;         /* occurrences in this episode */
-    uint64_t since_us, last_line_us, last_seen_us;   /* monotonic */
+    atomic_int active;   /* an episode is on */
+    char key[192];       /* the last text logged, digit runs collapsed */
+    uint64_t repeats;    /* occurrences not logged since the last line */
+    uint64_t total;      /* occurrences in this episode */
+    uint64_t since_us, last_line_us, last_seen_us; /* monotonic */
 };
 #define LOG_LIMITER_INIT(interval_s, quiet_ms) \
-    {PTHREAD_MUTEX_INITIALIZER, (interval_s), (quiet_ms), 0, "", 0, 0, 0, 0, 0}
+    { PTHREAD_MUTEX_INITIALIZER, (interval_s), (quiet_ms), 0, "", 0, 0, 0, 0, 0 }
 void log_limiter_init(struct log_limiter *l, unsigned interval_s, unsigned quiet_ms);
 void log_limiter_destroy(struct log_limiter *l);
 /* One occurrence of the warning. */
@@ -68,7 +67,10 @@ void log_limited_ok(struct log_limiter *l, enum log_level level, const char *fmt
 int log_limited_v(struct log_limiter *l, uint64_t now_us, int ok, enum log_level level,
                   const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
 
-#define log_debug(...) do { if (log_get_level() <= LOG_LEVEL_DEBUG) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__); } while (0)
+#define log_debug(...) \
+    do { \
+        if (log_get_level() <= LOG_LEVEL_DEBUG) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__); \
+    } while (0)
 #define log_info(...) log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_LEVEL_WARN, __VA_ARGS__)
 #define log_error(...) log_msg(LOG_LEVEL_ERROR, __VA_ARGS__)

@@ -5,15 +5,15 @@
 #define CAPGATE_PARAMS_H
 #include <stddef.h>
 
-#define PARAMS_MAX_COUNT 64     /* more parameters than this is an error */
-#define PARAMS_MAX_NAME 64      /* bytes, decoded */
-#define PARAMS_MAX_VALUE 4096   /* bytes, decoded */
+#define PARAMS_MAX_COUNT 64   /* more parameters than this is an error */
+#define PARAMS_MAX_NAME 64    /* bytes, decoded */
+#define PARAMS_MAX_VALUE 4096 /* bytes, decoded */
 
 /* In the list's text, value follows its name's NUL: name_len + value_len + 2 bytes from name
  * are "name\0value\0" (so both can be copied at once). */
 struct param {
-    char *name;        /* decoded, NUL-terminated, valid UTF-8; in the list's text */
-    char *value;       /* decoded, NUL-terminated, valid UTF-8, may be ""; name + name_len + 1 */
+    char *name;  /* decoded, NUL-terminated, valid UTF-8; in the list's text */
+    char *value; /* decoded, NUL-terminated, valid UTF-8, may be ""; name + name_len + 1 */
     size_t name_len;
     size_t value_len;
 };
@@ -24,10 +24,10 @@ struct params_text;
  * parameter): they stay valid until params_cleanup, also after params_remove or params_set
  * replaced them. */
 struct params {
-    struct param *items;  /* in arrival order (or sorted after params_sort) */
+    struct param *items; /* in arrival order (or sorted after params_sort) */
     size_t count;
     size_t cap;
-    struct params_text *text;  /* newest first */
+    struct params_text *text; /* newest first */
 };
 
 void params_init(struct params *p);
@@ -69,8 +69,8 @@ int params_parse_urlencoded(struct params *p, const char *buf, size_t len, char 
  * Content-Disposition name= is the parameter name, its bytes the value (no '+' rule). Same errors
  * as above, plus a missing boundary, a part without a name, a body that does not end with the
  * closing boundary. */
-int params_parse_multipart(struct params *p, const char *content_type, const char *body,
-                           size_t len, char *err, size_t errlen);
+int params_parse_multipart(struct params *p, const char *content_type, const char *body, size_t len,
+                           char *err, size_t errlen);
 /* Dispatch on content_type (parameters like charset ignored, case-insensitive type):
  * x-www-form-urlencoded or multipart/form-data; NULL or "" is treated as urlencoded; anything
  * else is an error naming the type. */

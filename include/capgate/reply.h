@@ -20,11 +20,11 @@ char *reply_error(int code, const char *fmt, ...) __attribute__((format(printf, 
  * object's top-level "code", "codeDesc" and "url" (the last occurrence of a repeated key). */
 #define REPLY_CODE_DESC_MAX 64
 struct reply_fields {
-    int has_code;                          /* "code" is present and an integer */
+    int has_code; /* "code" is present and an integer */
     long long code;
-    int has_code_desc;                     /* "codeDesc" is present and a string */
-    char code_desc[REPLY_CODE_DESC_MAX];   /* its decoded value, cut to fit */
-    char *url;                             /* "url" decoded when it is a string, else NULL;
+    int has_code_desc;                   /* "codeDesc" is present and a string */
+    char code_desc[REPLY_CODE_DESC_MAX]; /* its decoded value, cut to fit */
+    char *url;                           /* "url" decoded when it is a string, else NULL;
                                             * freed by reply_fields_cleanup */
 };
 /* 0 when text[0..len) is one JSON object, exactly as json_loadb(text, len, 0) would accept it,

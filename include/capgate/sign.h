@@ -11,7 +11,7 @@ struct params;
 
 enum sign_method { SIGN_HMAC_SHA1, SIGN_HMAC_SHA256 };
 
-#define SIGN_B64_MAX 48  /* room for a base64 SHA-256 HMAC (44) plus NUL */
+#define SIGN_B64_MAX 48 /* room for a base64 SHA-256 HMAC (44) plus NUL */
 
 /* "HmacSHA256" selects SHA-256; anything else, or NULL, is SHA-1 (as upstream). */
 enum sign_method sign_method_parse(const char *value);
@@ -36,7 +36,7 @@ int sign_params(struct params *p, const char *http_method, const char *host, con
  * rule) or, failing that, one made over every parameter (the Node SDK with a Version); a GET
  * only one over every parameter. When a name holds a '_', the Java and Python SDKs' spellings of
  * the names are also accepted (sign.c, enum name_form). */
-int sign_verify(const struct params *p, const char *http_method, const char *host,
-                const char *path, const char *key);
+int sign_verify(const struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key);
 
 #endif

@@ -17,7 +17,7 @@
 
 #define TC3_ALGORITHM "TC3-HMAC-SHA256"
 #define TC3_HEX_LEN 64
-#define TC3_DATE_LEN 10              /* YYYY-MM-DD */
+#define TC3_DATE_LEN 10 /* YYYY-MM-DD */
 #define TC3_MAX_SECRET_ID 128
 #define TC3_MAX_SERVICE 64
 #define TC3_MAX_SIGNED_HEADERS 256
@@ -36,9 +36,9 @@ typedef const char *(*tc3_header_fn)(void *arg, const char *lname);
 
 /* What is signed of one request. uri "" counts as "/". */
 struct tc3_request {
-    const char *method;      /* "POST" */
-    const char *uri;         /* "/" */
-    const char *query;       /* "" for POST */
+    const char *method; /* "POST" */
+    const char *uri;    /* "/" */
+    const char *query;  /* "" for POST */
     const void *payload;
     size_t payload_len;
     tc3_header_fn header;
@@ -69,9 +69,8 @@ int tc3_signature(const char *secret_key, const char *date, const char *service,
 
 /* Signs r (its headers must include content-type and host) as a client does:
  * writes the Authorization value into out. 0, or -1 (OOM, too small). */
-int tc3_authorization(const struct tc3_request *r, const char *secret_id,
-                      const char *secret_key, const char *service, uint64_t timestamp,
-                      char *out, size_t outlen);
+int tc3_authorization(const struct tc3_request *r, const char *secret_id, const char *secret_key,
+                      const char *service, uint64_t timestamp, char *out, size_t outlen);
 
 /* Verifies r against a parsed Authorization for secret_key and timestamp: the date of the
  * credential scope must be the UTC date of timestamp, and the signature must match (constant

@@ -8,8 +8,7 @@
 void tls_global_init(void);
 /* A server context with the PEM certificate chain and key, TLS 1.2+; ALPN answers http/1.1
  * when the client offers it. NULL and err on failure. Caller frees with SSL_CTX_free(). */
-SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err,
-                            size_t errlen);
+SSL_CTX *tls_server_ctx_new(const char *cert_file, const char *key_file, char *err, size_t errlen);
 
 /* What a TLS listener holds: a server context that can be replaced while listeners on any thread
  * use it (a certificate reload). A connection takes its SSL from the context current at accept
@@ -23,8 +22,8 @@ struct tls_server *tls_server_new(const char *cert_file, const char *key_file, c
 struct tls_server *tls_server_wrap(SSL_CTX *ctx);
 /* Loads the files into a new context and makes it current. 0, or -1 with err, the current
  * context unchanged. Any thread. */
-int tls_server_reload(struct tls_server *ts, const char *cert_file, const char *key_file,
-                      char *err, size_t errlen);
+int tls_server_reload(struct tls_server *ts, const char *cert_file, const char *key_file, char *err,
+                      size_t errlen);
 /* An SSL of the current context for one accepted connection; NULL on OOM. Any thread. */
 SSL *tls_server_ssl_new(struct tls_server *ts);
 /* Connections already made keep their SSL. NULL accepted. */

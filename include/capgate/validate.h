@@ -26,9 +26,9 @@ struct v2_public {
     const char *action;
     const char *secret_id;
     const char *signature;
-    const char *region;    /* NULL when absent */
-    uint64_t timestamp;    /* Unix seconds */
-    uint64_t nonce;        /* 0..2^64-1 accepted */
+    const char *region; /* NULL when absent */
+    uint64_t timestamp; /* Unix seconds */
+    uint64_t nonce;     /* 0..2^64-1 accepted */
     enum sign_method method;
 };
 
@@ -60,11 +60,11 @@ struct v2_fields {
     enum v2_action action;
     uint32_t captcha_type, disturb_level, is_https, client_type, account_type;
     uint32_t business_id, scene_id, register_time, script;
-    unsigned has_captcha_type : 1, has_disturb_level : 1, has_is_https : 1,
-             has_client_type : 1, has_account_type : 1, has_business_id : 1, has_scene_id : 1,
-             has_register_time : 1, has_script : 1;
-    const char *app_id, *uid, *user_ip, *x_forwarded_for, *mac_address, *imei,
-               *associate_account, *ticket;
+    unsigned has_captcha_type : 1, has_disturb_level : 1, has_is_https : 1, has_client_type : 1,
+        has_account_type : 1, has_business_id : 1, has_scene_id : 1, has_register_time : 1,
+        has_script : 1;
+    const char *app_id, *uid, *user_ip, *x_forwarded_for, *mac_address, *imei, *associate_account,
+        *ticket;
 };
 
 /* The longest userIp accepted. The doc pages type it String and give no length; 64 bytes hold

@@ -18,7 +18,9 @@
 #include "config.h"
 #include "fuzz.h"
 
-#define MARK "\x01" "fuzz-secret-marker-"
+#define MARK \
+    "\x01" \
+    "fuzz-secret-marker-"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
     log_init("fuzz_config", LOG_LEVEL_ERROR);
@@ -35,8 +37,7 @@ static int walk(json_t *v, json_t *secrets) {
         json_object_foreach(v, key, e) {
             size_t n = strlen(key);
             if (n >= 5 && strcmp(key + n - 5, "_file") == 0 && !json_is_null(e)) return 1;
-            if ((strcmp(key, "secret_key") == 0 || strcmp(key, "token") == 0) &&
-                json_is_string(e))
+            if ((strcmp(key, "secret_key") == 0 || strcmp(key, "token") == 0) && json_is_string(e))
                 json_array_append(secrets, e);
             if (walk(e, secrets)) return 1;
         }

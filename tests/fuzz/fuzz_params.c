@@ -86,8 +86,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         FUZZ_CHECK(body);
         memcpy(body, nl + 1, blen);
         body[blen] = '\0';
-        if (data[0] % 4 == 2) rc = params_parse_multipart(&p, ct, body, blen, err, sizeof err);
-        else rc = params_parse_body(&p, ct, body, blen, err, sizeof err);
+        if (data[0] % 4 == 2)
+            rc = params_parse_multipart(&p, ct, body, blen, err, sizeof err);
+        else
+            rc = params_parse_body(&p, ct, body, blen, err, sizeof err);
         free(body);
         free(ct);
         break;

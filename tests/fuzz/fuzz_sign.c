@@ -76,8 +76,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                *path = paths[(flags >> 2) & 1];
     params_init(&p);
     params_init(&rev);
-    if (key_len == 0 || params_parse_urlencoded(&p, nl + 1, rest_len - (size_t)(nl + 1 - rest),
-                                                err, sizeof err) != 0)
+    if (key_len == 0 || params_parse_urlencoded(&p, nl + 1, rest_len - (size_t)(nl + 1 - rest), err,
+                                                sizeof err) != 0)
         goto out;
 
     size_t elen;
@@ -104,8 +104,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(strcmp(sig, want) == 0);
 
     /* sign then verify; another key or a changed list fails */
-    if (params_set(&p, "SignatureMethod", m == SIGN_HMAC_SHA256 ? "HmacSHA256" : "HmacSHA1") ==
-        0) {
+    if (params_set(&p, "SignatureMethod", m == SIGN_HMAC_SHA256 ? "HmacSHA256" : "HmacSHA1") == 0) {
         FUZZ_CHECK(sign_params(&p, method, host, path, key) == 0);
         FUZZ_CHECK(sign_verify(&p, method, host, path, key) == 0);
         key[0] ^= 1;

@@ -42,8 +42,8 @@ static void peer_read_cb(evutil_socket_t fd, short what, void *arg) {
     free(p);
 }
 
-static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int salen, void *arg) {
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+                      void *arg) {
     struct peer *p = calloc(1, sizeof *p);
     size_t off = 0;
     FUZZ_CHECK(p);
@@ -69,9 +69,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
     memset(&sin, 0, sizeof sin);
     sin.sin_family = AF_INET;
     sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    lev = evconnlistener_new_bind(base, accept_cb, NULL,
-                                  LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 128,
-                                  (struct sockaddr *)&sin, sizeof sin);
+    lev = evconnlistener_new_bind(base, accept_cb, NULL, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                  128, (struct sockaddr *)&sin, sizeof sin);
     FUZZ_CHECK(lev);
     FUZZ_CHECK(getsockname(evconnlistener_get_fd(lev), (struct sockaddr *)&sin, &len) == 0);
     port = ntohs(sin.sin_port);

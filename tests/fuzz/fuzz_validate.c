@@ -86,8 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             static const uint32_t accounts[] = {0, 1, 2, 4, 6, 7};
             check_uint(&p, "accountType", f.has_account_type, f.account_type);
             FUZZ_CHECK(in_set(f.account_type, accounts, 6));
-            if (f.account_type == 1 || f.account_type == 2)
-                FUZZ_CHECK(f.app_id && f.app_id[0]);
+            if (f.account_type == 1 || f.account_type == 2) FUZZ_CHECK(f.app_id && f.app_id[0]);
         }
         if (a == V2_ACTION_CAPTCHA_CHECK) {
             FUZZ_CHECK(f.ticket && f.ticket[0] && f.ticket == params_get(&p, "ticket"));

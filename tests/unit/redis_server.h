@@ -6,10 +6,10 @@
 #include <hiredis/hiredis.h>
 
 struct redis_server {
-    pid_t pid;             /* > 0 while running */
-    int port;              /* 0: redis_server_start picks a free one */
-    const char *password;  /* --requirepass, or NULL */
-    const char *dir;       /* --dir (where a BGSAVE would go), or NULL for /tmp */
+    pid_t pid;            /* > 0 while running */
+    int port;             /* 0: redis_server_start picks a free one */
+    const char *password; /* --requirepass, or NULL */
+    const char *dir;      /* --dir (where a BGSAVE would go), or NULL for /tmp */
 };
 
 /* A TCP port of 127.0.0.1 that was free a moment ago (bound, read, closed), or -1. */

@@ -78,8 +78,8 @@ static void test_docs_page_codes(void **state) {
 }
 
 static void test_unknown_codes(void **state) {
-    static const int unknown[] = {-1, 1, 200, 3999, 4001, 4107, 4109, 4111, 4200, 5201, 5600,
-                                  6101, 6300, 99999};
+    static const int unknown[] = {-1,   1,    200,  3999, 4001, 4107, 4109,
+                                  4111, 4200, 5201, 5600, 6101, 6300, 99999};
     for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
         assert_false(apierr_known(unknown[i]));
         assert_null(apierr_desc(unknown[i]));

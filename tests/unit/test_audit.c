@@ -48,27 +48,25 @@ static atomic_int fail_pointer_arrays;
 void *__real_calloc(size_t n, size_t size);
 void *__wrap_calloc(size_t n, size_t size);
 void *__wrap_calloc(size_t n, size_t size) {
-    if (size == sizeof(void *) && atomic_load(&fail_pointer_arrays))
-        return NULL;
+    if (size == sizeof(void *) && atomic_load(&fail_pointer_arrays)) return NULL;
     return __real_calloc(n, size);
 }
 
 static void hex_prefix(const unsigned char *md, size_t bytes, char *out) {
-    for (size_t i = 0; i < bytes; i++)
-        snprintf(out + 2 * i, 3, "%02x", md[i]);
+    for (size_t i = 0; i < bytes; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
 static void expected_hmac(const char *value, char out[33]) {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned len = 0;
-    assert_non_null(HMAC(EVP_sha256(), pii_key, (int)strlen(pii_key),
-                         (const unsigned char *)value, strlen(value), md, &len));
+    assert_non_null(HMAC(EVP_sha256(), pii_key, (int)strlen(pii_key), (const unsigned char *)value,
+                         strlen(value), md, &len));
     hex_prefix(md, 16, out);
 }
 
 static void sample_pipeline_record(struct pipeline_record *pr, const char *request_id) {
     memset(pr, 0, sizeof(*pr));
-    pr->ts_us = 1764351822123000ull;  /* 2025-11-28T17:43:42.123Z */
+    pr->ts_us = 1764351822123000ull; /* 2025-11-28T17:43:42.123Z */
     snprintf(pr->request_id, sizeof(pr->request_id), "%s", request_id);
     snprintf(pr->app, sizeof(pr->app), "shop-web");
     snprintf(pr->client_ip, sizeof(pr->client_ip), "127.0.0.1");
@@ -193,7 +191,7 @@ static void test_record_json_hashed(void **state) {
     strbuf_init(&b);
     assert_int_equal(audit_record_json(&r, &b), 0);
     assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
-    back.http_status = r.http_status;  /* the access line's only: not in the JSON */
+    back.http_status = r.http_status; /* the access line's only: not in the JSON */
     assert_memory_equal(&back, &r, sizeof(r));
     strbuf_cleanup(&b);
     struct audit_fields f;
@@ -202,7 +200,7 @@ static void test_record_json_hashed(void **state) {
     assert_string_equal(f.name[0], "ts");
     assert_memory_equal(f.value[0], "2025-11-28T17:43:42.123Z", 24);
     assert_int_equal(audit_record_from_fields(&back, f.count, f.name, f.value, f.value_len), 0);
-    back.http_status = r.http_status;  /* nor in the stream */
+    back.http_status = r.http_status; /* nor in the stream */
     assert_memory_equal(&back, &r, sizeof(r));
     params_cleanup(&p);
 }
@@ -263,7 +261,7 @@ static void test_record_raw_no_url(void **state) {
     params_init(&p);
     char longv[200];
     memset(longv, 'x', sizeof(longv));
-    memcpy(longv + 63, "\xc3\xa9", 2);  /* straddles the 64-byte cut */
+    memcpy(longv + 63, "\xc3\xa9", 2); /* straddles the 64-byte cut */
     longv[199] = '\0';
     assert_int_equal(params_adds(&p, "uid", longv), 0);
     assert_int_equal(audit_record_init(&r, &pr, &p, NULL, &cfg, "i"), 0);
@@ -336,7 +334,7 @@ static void test_record_whole_names(void **state) {
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 
-static uint64_t rng_next(void) {  /* xorshift64*: the same records on every run */
+static uint64_t rng_next(void) { /* xorshift64*: the same records on every run */
     rng_state ^= rng_state >> 12;
     rng_state ^= rng_state << 25;
     rng_state ^= rng_state >> 27;
@@ -346,23 +344,46 @@ static uint64_t rng_next(void) {  /* xorshift64*: the same records on every run 
 /* A valid UTF-8 string of up to size-1 bytes: ASCII, every character JSON escapes, DEL, '/',
  * and 2-, 3- and 4-byte sequences; empty about one time in four. */
 static void random_string(char *dst, size_t size) {
-    static const char *const pieces[] = {
-        "a", "Z", "0", " ", "/", "\"", "\\", "\b", "\f", "\n", "\r", "\t", "\x01", "\x1f",
-        "\x7f", "\xc3\xa9", "\xc2\x80", "\xdf\xbf", "\xe2\x82\xac", "\xe4\xb8\xad", "\xef\xbf\xbf",
-        "\xed\x9f\xbf", "\xf0\x9f\x98\x80", "\xf4\x8f\xbf\xbf", "u00", "null", "}", ",:"};
+    static const char *const pieces[] = {"a",
+                                         "Z",
+                                         "0",
+                                         " ",
+                                         "/",
+                                         "\"",
+                                         "\\",
+                                         "\b",
+                                         "\f",
+                                         "\n",
+                                         "\r",
+                                         "\t",
+                                         "\x01",
+                                         "\x1f",
+                                         "\x7f",
+                                         "\xc3\xa9",
+                                         "\xc2\x80",
+                                         "\xdf\xbf",
+                                         "\xe2\x82\xac",
+                                         "\xe4\xb8\xad",
+                                         "\xef\xbf\xbf",
+                                         "\xed\x9f\xbf",
+                                         "\xf0\x9f\x98\x80",
+                                         "\xf4\x8f\xbf\xbf",
+                                         "u00",
+                                         "null",
+                                         "}",
+                                         ",:"};
     size_t len = 0, want = rng_next() % 4 == 0 ? 0 : rng_next() % size;
     while (len < want) {
         const char *piece;
         if (rng_next() % 3 == 0) {
             static char ctl[2];
-            ctl[0] = (char)(1 + rng_next() % 0x1f);  /* any control character */
+            ctl[0] = (char)(1 + rng_next() % 0x1f); /* any control character */
             piece = ctl;
         } else {
             piece = pieces[rng_next() % (sizeof(pieces) / sizeof(pieces[0]))];
         }
         size_t n = strlen(piece);
-        if (len + n > size - 1)
-            break;
+        if (len + n > size - 1) break;
         memcpy(dst + len, piece, n);
         len += n;
     }
@@ -370,17 +391,28 @@ static void random_string(char *dst, size_t size) {
 }
 
 static uint64_t random_u64(void) {
-    static const uint64_t edges[] = {0, 1, 9, 10, 4294967295ull, 4294967296ull,
-                                     9223372036854775807ull, 9223372036854775808ull,
+    static const uint64_t edges[] = {0,
+                                     1,
+                                     9,
+                                     10,
+                                     4294967295ull,
+                                     4294967296ull,
+                                     9223372036854775807ull,
+                                     9223372036854775808ull,
                                      18446744073709551615ull};
     return rng_next() % 4 == 0 ? edges[rng_next() % (sizeof(edges) / sizeof(edges[0]))]
                                : rng_next() >> (rng_next() % 64);
 }
 
 static void random_record(struct audit_record *r) {
-    static const uint64_t ts_edges[] = {0, 999, 86399999999ull, 951782400000000ull,
-                                        1764351822123000ull, 253402300799999999ull,
-                                        253402300800000000ull, 4102444800000000ull};
+    static const uint64_t ts_edges[] = {0,
+                                        999,
+                                        86399999999ull,
+                                        951782400000000ull,
+                                        1764351822123000ull,
+                                        253402300799999999ull,
+                                        253402300800000000ull,
+                                        4102444800000000ull};
     memset(r, 0, sizeof(*r));
     r->ts_us = rng_next() % 2 ? ts_edges[rng_next() % (sizeof(ts_edges) / sizeof(ts_edges[0]))]
                               : rng_next() % 1000000000000000000ull;
@@ -390,8 +422,8 @@ static void random_record(struct audit_record *r) {
     random_string(r->secret_id, sizeof(r->secret_id));
     random_string(r->client_ip, sizeof(r->client_ip));
     random_string(r->action, sizeof(r->action));
-    int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type,
-                  &r->has_client_type, &r->has_account_type};
+    int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type, &r->has_client_type,
+                  &r->has_account_type};
     uint32_t *val[] = {&r->business_id, &r->scene_id, &r->captcha_type, &r->client_type,
                        &r->account_type};
     for (size_t i = 0; i < 5; i++) {
@@ -400,7 +432,7 @@ static void random_record(struct audit_record *r) {
     }
     random_string(r->decision, sizeof(r->decision));
     random_string(r->rule, sizeof(r->rule));
-    r->has_code = (int)(rng_next() % 4 != 0);   /* no code: a passed-through script */
+    r->has_code = (int)(rng_next() % 4 != 0); /* no code: a passed-through script */
     r->code = r->has_code ? (int)(uint32_t)random_u64() : 0;
     random_string(r->code_desc, sizeof(r->code_desc));
     r->upstream_status = (int)(uint32_t)random_u64();
@@ -431,22 +463,19 @@ static char *reference_json(const struct audit_record *r) {
         "{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
         "s:o,s:o,s:o,s:o}",
         "ts", json_string(ts), "request_id", json_string(r->request_id), "instance",
-        json_string(r->instance), "app", json_string(r->app), "secret_id",
-        OPT_STR(r->secret_id), "client_ip",
-        json_string(r->client_ip), "action", json_string(r->action), "businessId",
+        json_string(r->instance), "app", json_string(r->app), "secret_id", OPT_STR(r->secret_id),
+        "client_ip", json_string(r->client_ip), "action", json_string(r->action), "businessId",
         OPT_U32(r->has_business_id, r->business_id), "sceneId",
         OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
         OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
         OPT_U32(r->has_client_type, r->client_type), "accountType",
-        OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision),
-        "rule", OPT_STR(r->rule), "code", r->has_code ? json_integer(r->code) : json_null(),
-        "codeDesc",
+        OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision), "rule",
+        OPT_STR(r->rule), "code", r->has_code ? json_integer(r->code) : json_null(), "codeDesc",
         json_string(r->code_desc), "upstream_status", json_integer(r->upstream_status),
         "latency_us", json_integer((json_int_t)r->latency_us), "upstream_latency_us",
         json_integer((json_int_t)r->upstream_latency_us), "uid", OPT_STR(r->uid), "userIp",
         OPT_STR(r->user_ip), "imei", OPT_STR(r->imei), "macAddress", OPT_STR(r->mac_address),
-        "associateAccount", OPT_STR(r->associate_account), "url_sha256",
-        OPT_STR(r->url_sha256));
+        "associateAccount", OPT_STR(r->associate_account), "url_sha256", OPT_STR(r->url_sha256));
 #undef OPT_STR
 #undef OPT_U32
     assert_non_null(o);
@@ -470,9 +499,9 @@ static void test_record_json_matches_jansson(void **state) {
         if (b.len != strlen(want) || memcmp(b.s, want, b.len) != 0)
             fail_msg("record %d:\n  got  %s\n  want %s", i, b.s, want);
         /* those that can come back: ms precision, a year below 10000, numbers in range */
-        if (r.ts_us < 253402300800000000ull && r.ts_us % 1000 == 0 &&
-            (int64_t)r.latency_us >= 0 && (int64_t)r.upstream_latency_us >= 0 &&
-            r.code > INT32_MIN && r.upstream_status > INT32_MIN) {
+        if (r.ts_us < 253402300800000000ull && r.ts_us % 1000 == 0 && (int64_t)r.latency_us >= 0 &&
+            (int64_t)r.upstream_latency_us >= 0 && r.code > INT32_MIN &&
+            r.upstream_status > INT32_MIN) {
             assert_int_equal(audit_record_from_json(b.s, b.len, &back), 0);
             assert_memory_equal(&back, &r, sizeof(r));
         }
@@ -500,7 +529,9 @@ static void test_query_parse(void **state) {
     assert_int_equal(q.limit, 100);
     assert_false(q.has_business_id);
     assert_int_equal(audit_query_parse("businessId=1&sceneId=2&app=shop-web&decision=denied"
-                                       "&since=1700000000&limit=1000", &q, err, sizeof(err)), 0);
+                                       "&since=1700000000&limit=1000",
+                                       &q, err, sizeof(err)),
+                     0);
     assert_true(q.has_business_id && q.business_id == 1 && q.has_scene_id && q.scene_id == 2);
     assert_string_equal(q.app, "shop-web");
     assert_string_equal(q.decision, "denied");
@@ -509,12 +540,16 @@ static void test_query_parse(void **state) {
     assert_int_equal(audit_query_parse("since=1700000000123", &q, err, sizeof(err)), 0);
     assert_int_equal(q.since_ms, 1700000000123ull);
 
-    static const char *const bad[][2] = {
-        {"limit=0", "limit"}, {"limit=1001", "limit"}, {"limit=x", "limit"},
-        {"businessId=-1", "businessId"}, {"sceneId=4294967296", "sceneId"},
-        {"decision=maybe", "decision"}, {"since=yesterday", "since"},
-        {"foo=1", "unknown parameter foo"}, {"app=a&app=b", "app"},
-        {"businessId=%zz", "businessId"}};
+    static const char *const bad[][2] = {{"limit=0", "limit"},
+                                         {"limit=1001", "limit"},
+                                         {"limit=x", "limit"},
+                                         {"businessId=-1", "businessId"},
+                                         {"sceneId=4294967296", "sceneId"},
+                                         {"decision=maybe", "decision"},
+                                         {"since=yesterday", "since"},
+                                         {"foo=1", "unknown parameter foo"},
+                                         {"app=a&app=b", "app"},
+                                         {"businessId=%zz", "businessId"}};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = '\0';
         assert_int_equal(audit_query_parse(bad[i][0], &q, err, sizeof(err)), -1);
@@ -547,11 +582,9 @@ static void rm_rf(const char *dir) {
     DIR *d = opendir(dir);
     struct dirent *e;
     char path[1024];
-    if (!d)
-        return;
+    if (!d) return;
     while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         struct stat st;
         if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode))
@@ -574,14 +607,13 @@ static void sleep_ms(unsigned ms) {
     nanosleep(&ts, NULL);
 }
 
-#define WAIT_UNTIL(cond, ms, what)                                   \
-    do {                                                             \
-        uint64_t deadline_ = now_ms() + (ms);                        \
-        while (!(cond)) {                                            \
-            if (now_ms() > deadline_)                                \
-                fail_msg("timed out waiting for %s", what);          \
-            sleep_ms(5);                                             \
-        }                                                            \
+#define WAIT_UNTIL(cond, ms, what) \
+    do { \
+        uint64_t deadline_ = now_ms() + (ms); \
+        while (!(cond)) { \
+            if (now_ms() > deadline_) fail_msg("timed out waiting for %s", what); \
+            sleep_ms(5); \
+        } \
     } while (0)
 
 static struct audit_stats stats_of(struct audit *a) {
@@ -626,10 +658,8 @@ static void test_queue_order_and_count(void **state) {
     const unsigned count = 40000;
     struct producer p[2] = {{a, 0, count}, {a, 1, count}};
     pthread_t t[2];
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
-    for (int i = 0; i < 2; i++)
-        pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     WAIT_UNTIL(stats_of(a).written == 2 * count, 10000, "the sink to take every record");
     struct audit_stats s = stats_of(a);
     assert_int_equal(s.queue_depth, 0);
@@ -681,10 +711,8 @@ static void test_access_lines(void **state) {
     const unsigned count = 3000;
     struct producer p[2] = {{a, 0, count}, {a, 1, count}};
     pthread_t t[2];
-    for (int i = 0; i < 2; i++)
-        assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
-    for (int i = 0; i < 2; i++)
-        pthread_join(t[i], NULL);
+    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, produce, &p[i]), 0);
+    for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     WAIT_UNTIL(stats_of(a).written == 2 * count, 10000, "the sink to take every record");
     audit_free(a);
     log_set_json(1);
@@ -731,16 +759,16 @@ static void test_access_lines(void **state) {
             json_lines++;
             continue;
         }
-        if (!text)
-            continue;
+        if (!text) continue;
         unsigned w = strstr(text, "request_id=b") != NULL;
         char want[512];
-        snprintf(want, sizeof(want), " INFO access request_id=%s%08x app=shop-web "
-                 "action=CaptchaIframeQuery businessId=%u sceneId=- decision=%s rule=login "
-                 "code=4400 http=200 latency_ms=1.234 upstream_ms=- client_ip=127.0.0.1\n",
-                 w ? "bbbbbbbb" : "aaaaaaaa", next[w], w,
-                 pipeline_decision_name((enum pipeline_decision)(next[w] %
-                                                                 PIPELINE_DECISION_COUNT)));
+        snprintf(
+            want, sizeof(want),
+            " INFO access request_id=%s%08x app=shop-web "
+            "action=CaptchaIframeQuery businessId=%u sceneId=- decision=%s rule=login "
+            "code=4400 http=200 latency_ms=1.234 upstream_ms=- client_ip=127.0.0.1\n",
+            w ? "bbbbbbbb" : "aaaaaaaa", next[w], w,
+            pipeline_decision_name((enum pipeline_decision)(next[w] % PIPELINE_DECISION_COUNT)));
         assert_string_equal(text, want);
         next[w]++;
     }
@@ -842,7 +870,7 @@ static char (*stream_ids(int port, size_t *n))[17] {
     redisReply *r = redisCommand(c, "XRANGE capgate:audit - +");
     assert_non_null(r);
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    char (*ids)[17] = calloc(r->elements + 1, 17);
+    char(*ids)[17] = calloc(r->elements + 1, 17);
     for (size_t i = 0; i < r->elements; i++) {
         redisReply *kv = r->element[i]->element[1];
         for (size_t j = 0; j + 1 < kv->elements; j += 2)
@@ -859,7 +887,7 @@ static char (*stream_ids(int port, size_t *n))[17] {
  * `from` entries that are not checked. */
 static void assert_stream_tail(int port, size_t from, const char *prefix, unsigned count) {
     size_t n;
-    char (*ids)[17] = stream_ids(port, &n);
+    char(*ids)[17] = stream_ids(port, &n);
     assert_int_equal(n, from + count);
     for (unsigned i = 0; i < count; i++) {
         char want[17];
@@ -876,15 +904,13 @@ static size_t count_spool_lines(const char *dir) {
     assert_non_null(d);
     while ((e = readdir(d)) != NULL) {
         size_t len = strlen(e->d_name);
-        if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0)
-            continue;
+        if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0) continue;
         char path[1024];
         snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
         FILE *f = fopen(path, "r");
         int c;
         assert_non_null(f);
-        while ((c = getc(f)) != EOF)
-            lines += c == '\n';
+        while ((c = getc(f)) != EOF) lines += c == '\n';
         fclose(f);
     }
     closedir(d);
@@ -896,8 +922,7 @@ static void copy_dir_files(const char *from, const char *to) {
     struct dirent *e;
     assert_non_null(d);
     while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.')
-            continue;
+        if (e->d_name[0] == '.') continue;
         char src[1024], dst[1024], buf[65536];
         snprintf(src, sizeof(src), "%s/%s", from, e->d_name);
         snprintf(dst, sizeof(dst), "%s/%s", to, e->d_name);
@@ -1024,7 +1049,7 @@ static void spool_write(FILE *f, const char *prefix, unsigned n, const char *ext
         make_record(&r, prefix, i, 0);
         strbuf_reset(&b);
         assert_int_equal(audit_record_json(&r, &b), 0);
-        b.s[b.len - 1] = '\0';  /* the closing brace */
+        b.s[b.len - 1] = '\0'; /* the closing brace */
         fprintf(f, "%s%s}\n", b.s, extra);
     }
     strbuf_cleanup(&b);
@@ -1066,7 +1091,7 @@ static void test_sink_uncertain_replay(void **state) {
     spool_write(f, "u0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:5\"");
     spool_write(f, "v0000000", 5, ",\"uncertain\":true,\"batch\":\"aaaaaaaaaaaaaaaa:8\"");
     spool_write(f, "w0000000", 5, ",\"uncertain\":true,\"batch\":\"bbbbbbbbbbbbbbbb:1\"");
-    spool_write(f, "x0000000", 5, ",\"uncertain\":true");       /* an older version's spool */
+    spool_write(f, "x0000000", 5, ",\"uncertain\":true"); /* an older version's spool */
     spool_write(f, "y0000000", 5, "");
     fclose(f);
 
@@ -1088,7 +1113,7 @@ static void test_sink_uncertain_replay(void **state) {
     WAIT_UNTIL(strcmp(audit_state_name(a), "live") == 0 && stats_of(a).spool_depth == 0, 10000,
                "replay");
     size_t n;
-    char (*ids)[17] = stream_ids(rs.port, &n);
+    char(*ids)[17] = stream_ids(rs.port, &n);
     assert_int_equal(n, 25);
     const char *order[] = {"u0000000", "v0000000", "w0000000", "x0000000", "y0000000"};
     for (size_t k = 0; k < 25; k++) {
@@ -1143,8 +1168,7 @@ static void test_sink_uncertain_live(void **state) {
         assert_non_null(d);
         while ((e = readdir(d)) != NULL) {
             size_t len = strlen(e->d_name);
-            if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0)
-                continue;
+            if (len < 6 || strcmp(e->d_name + len - 6, ".jsonl") != 0) continue;
             char path[1024], line[8192];
             snprintf(path, sizeof(path), "%s/%s", spool, e->d_name);
             FILE *f = fopen(path, "r");
@@ -1164,13 +1188,12 @@ static void test_sink_uncertain_live(void **state) {
     assert_stream_tail(rs.port, 10 + 20, "h0000000", 5);
     {
         size_t n;
-        char (*ids)[17] = stream_ids(rs.port, &n);
+        char(*ids)[17] = stream_ids(rs.port, &n);
         for (unsigned i = 0; i < 20; i++) {
             char want[17];
             unsigned seen = 0;
             snprintf(want, sizeof(want), "g0000000%08x", i);
-            for (size_t k = 0; k < n; k++)
-                seen += strcmp(ids[k], want) == 0;
+            for (size_t k = 0; k < n; k++) seen += strcmp(ids[k], want) == 0;
             assert_int_equal(seen, 1);
         }
         free(ids);
@@ -1230,7 +1253,7 @@ static void test_sink_stop_unsaved(void **state) {
     snprintf(errfile, sizeof(errfile), "%s/stderr.txt", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = redis_server_free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port(); /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1244,7 +1267,7 @@ static void test_sink_stop_unsaved(void **state) {
     assert_non_null(a);
     WAIT_UNTIL(strcmp(audit_state_name(a), "spooling") == 0, 5000, "spooling");
     rm_rf(spool);
-    const unsigned count = 1500;  /* more than one sink batch: some stay in the queue */
+    const unsigned count = 1500; /* more than one sink batch: some stay in the queue */
     submit_n(a, "f0000000", count);
     sleep_ms(100);
 
@@ -1272,8 +1295,8 @@ static void test_sink_stop_unsaved(void **state) {
         }
         struct audit_record r;
         char want[17];
-        assert_int_equal(audit_record_from_json(line + strlen(prefix),
-                                                strlen(line + strlen(prefix)), &r), 0);
+        assert_int_equal(
+            audit_record_from_json(line + strlen(prefix), strlen(line + strlen(prefix)), &r), 0);
         snprintf(want, sizeof(want), "f0000000%08x", next++);
         assert_string_equal(r.request_id, want);
     }
@@ -1293,7 +1316,7 @@ static void test_sink_held_stats(void **state) {
     snprintf(spool, sizeof(spool), "%s/spool", dir);
     struct config_redis rc = {0};
     rc.host = "127.0.0.1";
-    rc.port = redis_server_free_port();  /* nothing listens there */
+    rc.port = redis_server_free_port(); /* nothing listens there */
     rc.timeout_ms = 300;
     rc.key_prefix = "capgate:";
     struct config cfg = {0};
@@ -1334,8 +1357,7 @@ static size_t task_ids(long *ids, size_t cap) {
     size_t n = 0;
     assert_non_null(d);
     while ((e = readdir(d)) != NULL && n < cap)
-        if (e->d_name[0] != '.')
-            ids[n++] = strtol(e->d_name, NULL, 10);
+        if (e->d_name[0] != '.') ids[n++] = strtol(e->d_name, NULL, 10);
     closedir(d);
     return n;
 }
@@ -1346,11 +1368,9 @@ static unsigned long long task_blocked(long tid) {
     unsigned long long mask = 0;
     snprintf(path, sizeof(path), "/proc/self/task/%ld/status", tid);
     FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
+    if (!f) return 0;
     while (fgets(line, sizeof(line), f))
-        if (strncmp(line, "SigBlk:", 7) == 0)
-            mask = strtoull(line + 7, NULL, 16);
+        if (strncmp(line, "SigBlk:", 7) == 0) mask = strtoull(line + 7, NULL, 16);
     fclose(f);
     return mask;
 }
@@ -1404,10 +1424,8 @@ static void test_sink_signal_mask(void **state) {
     size_t n_after = task_ids(after, 256);
     for (size_t i = 0; i < n_after && !sink; i++) {
         int old = 0;
-        for (size_t j = 0; j < n_before; j++)
-            old |= after[i] == before[j];
-        if (!old)
-            sink = after[i];
+        for (size_t j = 0; j < n_before; j++) old |= after[i] == before[j];
+        if (!old) sink = after[i];
     }
     assert_true(sink > 0);
     /* glibc starts a thread with every signal blocked and sets the mask it was given a moment
@@ -1425,7 +1443,7 @@ static void test_sink_signal_mask(void **state) {
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
-    log_set_level(LOG_LEVEL_WARN);  /* the sink's access lines: test_access_lines asks for them */
+    log_set_level(LOG_LEVEL_WARN); /* the sink's access lines: test_access_lines asks for them */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_record_json_hashed),
         cmocka_unit_test(test_record_raw_no_url),

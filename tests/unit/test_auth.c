@@ -23,7 +23,8 @@ static const char *config_text =
     " \"secret_key\": \"real-key\"},"
     " \"auth\": {\"timestamp_window_s\": 300},"
     " \"apps\": ["
-    "  {\"name\": \"shop\", \"auth\": \"signature\", \"secret_id\": \"AKIDshop\", \"secret_key\": \"shop-key\"},"
+    "  {\"name\": \"shop\", \"auth\": \"signature\", \"secret_id\": \"AKIDshop\", \"secret_key\": "
+    "\"shop-key\"},"
     "  {\"name\": \"batch\", \"auth\": \"token\", \"token\": \"batch-token-1234\"}"
     " ]}";
 
@@ -55,8 +56,8 @@ static int teardown(void **state) {
 }
 
 /* A signed CaptchaIframeQuery from AKIDshop (or secret_id) with the given key, Timestamp, Nonce. */
-static void signed_params(struct params *p, const char *secret_id, const char *key,
-                          uint64_t ts, const char *nonce) {
+static void signed_params(struct params *p, const char *secret_id, const char *key, uint64_t ts,
+                          const char *nonce) {
     char tsbuf[32];
     params_cleanup(p);
     params_init(p);
@@ -71,8 +72,12 @@ static void signed_params(struct params *p, const char *secret_id, const char *k
 }
 
 static int run(struct fixture *f, const char *authorization, struct auth_result *r) {
-    struct auth_request req = {.params = &f->p, .authorization = authorization, .method = "GET",
-                               .host = HOST, .path = PATH, .now_s = NOW};
+    struct auth_request req = {.params = &f->p,
+                               .authorization = authorization,
+                               .method = "GET",
+                               .host = HOST,
+                               .path = PATH,
+                               .now_s = NOW};
     return auth_authenticate(f->config, f->nonces, &req, r);
 }
 
@@ -130,8 +135,8 @@ static void test_signature_refusals(void **state) {
 
     /* the Host is part of what was signed */
     signed_params(&f->p, "AKIDshop", "shop-key", NOW, "4");
-    struct auth_request req = {.params = &f->p, .method = "GET", .host = "127.0.0.1:9999",
-                               .path = PATH, .now_s = NOW};
+    struct auth_request req = {
+        .params = &f->p, .method = "GET", .host = "127.0.0.1:9999", .path = PATH, .now_s = NOW};
     assert_int_equal(auth_authenticate(f->config, f->nonces, &req, &r), -1);
     assert_int_equal(r.code, 4100);
     /* and the method */
@@ -175,8 +180,8 @@ static void test_token(void **state) {
 
 static void test_nonce_key_and_message(void **state) {
     char key[64], small[16], msg[128];
-    assert_int_equal(auth_nonce_key("capgate:", "AKIDshop", 18446744073709551615ULL, key,
-                                    sizeof(key)), 0);
+    assert_int_equal(
+        auth_nonce_key("capgate:", "AKIDshop", 18446744073709551615ULL, key, sizeof(key)), 0);
     assert_string_equal(key, "capgate:nonce:AKIDshop:18446744073709551615");
     assert_int_equal(auth_nonce_key("capgate:", "AKIDshop", 7, small, sizeof(small)), -1);
     auth_replay_message("AKIDshop", 7, msg, sizeof(msg));

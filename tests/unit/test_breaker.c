@@ -7,19 +7,16 @@
 
 #include "breaker.h"
 
-static void test_starts_closed_and_allows(void **state)
-{
+static void test_starts_closed_and_allows(void **state) {
     struct breaker b;
 
     breaker_init(&b, 3, 1000);
     assert_int_equal(breaker_state(&b), BREAKER_CLOSED);
-    for (int i = 0; i < 100; i++)
-        assert_int_equal(breaker_allow(&b, (uint64_t)i), 1);
+    for (int i = 0; i < 100; i++) assert_int_equal(breaker_allow(&b, (uint64_t)i), 1);
     assert_int_equal(breaker_retry_in_ms(&b, 0), 0);
 }
 
-static void test_opens_after_consecutive_failures(void **state)
-{
+static void test_opens_after_consecutive_failures(void **state) {
     struct breaker b;
 
     breaker_init(&b, 3, 1000);
@@ -40,8 +37,7 @@ static void test_opens_after_consecutive_failures(void **state)
     assert_int_equal(breaker_state(&b), BREAKER_OPEN);
 }
 
-static void test_success_resets_the_count(void **state)
-{
+static void test_success_resets_the_count(void **state) {
     struct breaker b;
 
     breaker_init(&b, 3, 1000);
@@ -55,8 +51,7 @@ static void test_success_resets_the_count(void **state)
     assert_int_equal(breaker_state(&b), BREAKER_OPEN);
 }
 
-static void test_half_open_admits_one_probe(void **state)
-{
+static void test_half_open_admits_one_probe(void **state) {
     struct breaker b;
 
     breaker_init(&b, 2, 500);
@@ -74,8 +69,7 @@ static void test_half_open_admits_one_probe(void **state)
     assert_int_equal(breaker_allow(&b, 10000), 0);
 }
 
-static void test_probe_success_closes(void **state)
-{
+static void test_probe_success_closes(void **state) {
     struct breaker b;
 
     breaker_init(&b, 1, 500);
@@ -98,8 +92,7 @@ static void test_probe_success_closes(void **state)
     assert_int_equal(breaker_state(&b), BREAKER_OPEN);
 }
 
-static void test_probe_failure_reopens_from_then(void **state)
-{
+static void test_probe_failure_reopens_from_then(void **state) {
     struct breaker b;
 
     breaker_init(&b, 2, 500);
@@ -118,8 +111,7 @@ static void test_probe_failure_reopens_from_then(void **state)
     assert_int_equal(breaker_state(&b), BREAKER_CLOSED);
 }
 
-static void test_results_while_open_are_ignored(void **state)
-{
+static void test_results_while_open_are_ignored(void **state) {
     struct breaker b;
 
     breaker_init(&b, 1, 500);
@@ -134,8 +126,7 @@ static void test_results_while_open_are_ignored(void **state)
     assert_int_equal(breaker_allow(&b, 600), 1);
 }
 
-static void test_zero_threshold_means_one(void **state)
-{
+static void test_zero_threshold_means_one(void **state) {
     struct breaker b;
 
     breaker_init(&b, 0, 0);
@@ -147,16 +138,14 @@ static void test_zero_threshold_means_one(void **state)
     assert_int_equal(breaker_allow(&b, 5), 0);
 }
 
-static void test_state_names(void **state)
-{
+static void test_state_names(void **state) {
     assert_string_equal(breaker_state_name(BREAKER_CLOSED), "closed");
     assert_string_equal(breaker_state_name(BREAKER_OPEN), "open");
     assert_string_equal(breaker_state_name(BREAKER_HALF_OPEN), "half-open");
     assert_string_equal(breaker_state_name((enum breaker_state)7), "unknown");
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_starts_closed_and_allows),
         cmocka_unit_test(test_opens_after_consecutive_failures),

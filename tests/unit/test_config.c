@@ -120,8 +120,8 @@ static void test_example_loads(void **state) {
     assert_null(c->redis->password);
     assert_int_equal(c->n_apps, 2);
     assert_string_equal(c->apps[0].secret_key, "shop-web-key-c0ffee");
-    assert_int_equal(c->apps[0].actions, (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) |
-                                             (1u << V2_ACTION_CAPTCHA_CHECK));
+    assert_int_equal(c->apps[0].actions,
+                     (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) | (1u << V2_ACTION_CAPTCHA_CHECK));
     assert_false(c->apps[0].business_any);
     assert_int_equal(c->apps[0].n_business_ids, 2);
     assert_int_equal(c->apps[0].business_ids[1], 2);
@@ -259,11 +259,11 @@ struct error_case {
 static void test_errors(void **state) {
     static const struct error_case cases[] = {
         /* unknown key at the top level */
-        {"{\n  \"workers\": 2,\n  \"colour\": 1\n}",
-         "t.json:3:3: colour: unknown key"},
+        {"{\n  \"workers\": 2,\n  \"colour\": 1\n}", "t.json:3:3: colour: unknown key"},
         /* unknown key nested in apps[1] */
         {"{" UPSTREAM_OK ",\n \"apps\": [\n  {\"name\": \"a\", \"auth\": \"token\", \"token_env\": "
-         "\"BATCH_TOKEN\"},\n  {\"name\": \"b\",\n   \"auth\": \"token\", \"colour\": \"red\"}\n ]\n}",
+         "\"BATCH_TOKEN\"},\n  {\"name\": \"b\",\n   \"auth\": \"token\", \"colour\": \"red\"}\n "
+         "]\n}",
          "t.json:5:21: apps[1].colour: unknown key"},
         /* wrong type */
         {"{\"workers\": \"2\"}", "t.json:1:2: workers: must be an integer; got \"2\""},
@@ -299,7 +299,8 @@ static void test_errors(void **state) {
         {"{" UPSTREAM_OK ",\n\"admin_listen\": \"[::]:9\", \"admin\": {\"token\": \"x\"}}",
          "t.json:2:37: admin.token: unknown key"},
         /* missing environment variable */
-        {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": \"T_NOT_SET_ANYWHERE\"\n  }\n}",
+        {"{\n  \"upstream\": {\n    \"secret_id\": \"x\",\n    \"secret_key_env\": "
+         "\"T_NOT_SET_ANYWHERE\"\n  }\n}",
          "t.json:4:5: upstream.secret_key_env: environment variable T_NOT_SET_ANYWHERE is not set "
          "(a secret added after start goes in secret_key_file)"},
         /* missing required */
@@ -310,14 +311,17 @@ static void test_errors(void **state) {
          "\"secret_key\": \"k\"}]}",
          "t.json:2:10: apps[0]: missing required key \"secret_id\""},
         /* duplicates */
-        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
+        {"{" UPSTREAM_OK
+         ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
          "{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t2\"}]}",
          "t.json:3:2: apps[1].name: duplicate name \"a\" (also apps[0])"},
-        {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
+        {"{" UPSTREAM_OK
+         ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t1\"},\n"
          "{\"name\": \"b\", \"auth\": \"token\", \"token\": \"t1\"}]}",
          "t.json:3:32: apps[1].token: the same token as apps[0] (\"a\")"},
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"signature\", \"secret_id\": "
-         "\"S\", \"secret_key\": \"k\"},\n{\"name\": \"b\", \"auth\": \"signature\", \"secret_id\": "
+         "\"S\", \"secret_key\": \"k\"},\n{\"name\": \"b\", \"auth\": \"signature\", "
+         "\"secret_id\": "
          "\"S\", \"secret_key\": \"k2\"}]}",
          "t.json:3:36: apps[1].secret_id: duplicate secret_id \"S\" (also apps[0])"},
         {"{" UPSTREAM_OK ",\n\"limits\": [{\"name\": \"l\", \"rate\": 1},\n {\"name\": \"l\", "
@@ -472,8 +476,8 @@ static void test_upstream_url(void **state) {
 }
 
 static const char *const masked_secrets[] = {
-    "real-upstream-key-9f8e7d", "shop-web-key-c0ffee", "batch-token-deadbeef", "pii-key-12345678",
-    "redis-pass-778899",
+    "real-upstream-key-9f8e7d", "shop-web-key-c0ffee", "batch-token-deadbeef",
+    "pii-key-12345678",         "redis-pass-778899",
 };
 
 static void test_dump_masked(void **state) {
@@ -500,9 +504,10 @@ static void test_dump_masked(void **state) {
     free(dump);
     config_free(c);
 
-    c = load_ok("{\"upstream\": {\"secret_id\": \"i\", \"secret_key_env\": \"CAPGATE_SECRET_KEY\"}, "
-                "\"redis\": {\"url\": \"redis://:redis-pass-778899@h/2\"}, \"audit\": "
-                "{\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
+    c = load_ok(
+        "{\"upstream\": {\"secret_id\": \"i\", \"secret_key_env\": \"CAPGATE_SECRET_KEY\"}, "
+        "\"redis\": {\"url\": \"redis://:redis-pass-778899@h/2\"}, \"audit\": "
+        "{\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
     dump = config_dump_masked(c);
     assert_non_null(dump);
     for (size_t i = 0; i < sizeof masked_secrets / sizeof masked_secrets[0]; i++)
@@ -621,8 +626,8 @@ struct target {
     json_t *src, *dump;
 };
 
-static void find_targets(json_t *src, json_t *dump, const char *path, struct target *t,
-                         size_t *n, size_t cap) {
+static void find_targets(json_t *src, json_t *dump, const char *path, struct target *t, size_t *n,
+                         size_t cap) {
     const char *dot = strchr(path, '.');
     size_t len = dot ? (size_t)(dot - path) : strlen(path);
     char seg[64];
@@ -649,11 +654,13 @@ static void find_targets(json_t *src, json_t *dump, const char *path, struct tar
  * Which of them load is for the loader to say. */
 static size_t candidates(const struct config_key *k, json_t *cur, json_t **out, size_t cap) {
     size_t n = 0;
-#define ADD(v)                                  \
-    do {                                        \
-        json_t *v_ = (v);                       \
-        if (v_ && n < cap) out[n++] = v_;       \
-        else json_decref(v_);                   \
+#define ADD(v) \
+    do { \
+        json_t *v_ = (v); \
+        if (v_ && n < cap) \
+            out[n++] = v_; \
+        else \
+            json_decref(v_); \
     } while (0)
     for (size_t i = 0; k->names && k->names[i]; i++) ADD(json_string(k->names[i]));
     if (json_is_integer(cur)) {
@@ -678,8 +685,8 @@ static size_t candidates(const struct config_key *k, json_t *cur, json_t **out, 
         if (end > 0) {
             size_t start = end;
             while (start > 0 && s[start - 1] >= '0' && s[start - 1] <= '9') start--;
-            snprintf(buf, sizeof buf, "%.*s%lu%s", (int)start, s,
-                     strtoul(s + start, NULL, 10) + 1, s + end);
+            snprintf(buf, sizeof buf, "%.*s%lu%s", (int)start, s, strtoul(s + start, NULL, 10) + 1,
+                     s + end);
             ADD(json_string(buf));
         }
         ADD(json_pack("[i]", 7));
@@ -701,7 +708,7 @@ static size_t candidates(const struct config_key *k, json_t *cur, json_t **out, 
 struct diff_seen {
     const struct config_key *k;
     size_t n;
-    int outside;          /* a reported path not under the key's top-level key */
+    int outside; /* a reported path not under the key's top-level key */
     char first[256];
 };
 
@@ -769,9 +776,9 @@ static int change_special(const struct config_key *k, const struct config *c0, j
         json_t *copy = json_deep_copy(root);
         int ok;
         assert_non_null(copy);
-        json_object_set_new(copy, "tls", json_pack("{s:s, s:s}",
-                                                   "cert_file", "../var/certs/ca.pem",
-                                                   "key_file", "../var/certs/ca.key"));
+        json_object_set_new(copy, "tls",
+                            json_pack("{s:s, s:s}", "cert_file", "../var/certs/ca.pem", "key_file",
+                                      "../var/certs/ca.key"));
         ok = try_change(k, c0, copy);
         json_decref(copy);
         return ok;
@@ -835,8 +842,10 @@ static void test_reload_diff_covers_every_key(void **state) {
                 }
                 json_decref(cand[m]);
             }
-            if (saved) json_object_set_new(t[j].src, leaf, saved);
-            else json_object_del(t[j].src, leaf);
+            if (saved)
+                json_object_set_new(t[j].src, leaf, saved);
+            else
+                json_object_del(t[j].src, leaf);
         }
         if (!done)
             fail_msg("%s: no change to it loads and is reported by config_diff (a custom field "
@@ -857,8 +866,8 @@ struct change_log {
 static void log_change(const char *path, const char *detail, int applied, void *arg) {
     struct change_log *l = arg;
     size_t used = strlen(l->text);
-    snprintf(l->text + used, sizeof l->text - used, "%s%s %s%s", l->n++ ? "; " : "", path,
-             detail, applied ? "" : " (restart)");
+    snprintf(l->text + used, sizeof l->text - used, "%s%s %s%s", l->n++ ? "; " : "", path, detail,
+             applied ? "" : " (restart)");
 }
 
 /* What the reload log says for lists: apps and limits by name, the order of limits, profiles by
@@ -877,9 +886,9 @@ static void test_reload_diff_lists(void **state) {
     /* an app renamed, one changed (its secret), a profile's size */
     json_object_set_new(json_array_get(apps, 0), "name", json_string("shop-app"));
     json_object_set_new(json_array_get(apps, 1), "token_env", json_string("SHOP_WEB_KEY"));
-    json_object_set_new(json_array_get(json_object_get(json_object_get(src, "pool"),
-                                                       "profiles"), 0),
-                        "size", json_integer(11));
+    json_object_set_new(
+        json_array_get(json_object_get(json_object_get(src, "pool"), "profiles"), 0), "size",
+        json_integer(11));
     json_object_set_new(src, "workers", json_integer(3));
     if (!(c1 = load_json(src, err, sizeof err))) fail_msg("%s", err);
     memset(&l, 0, sizeof l);
@@ -954,12 +963,12 @@ static void test_dump_loads_back(void **state) {
 
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
-    static const char *const applied[] = {"tls", "trusted_proxies", "http_errors",
-                                          "on_store_error", "auth", "apps", "limits", "pool",
-                                          "idempotency", "demo", "demo_app", "log_level"};
-    static const char *const restart[] = {"listen", "tls_listen", "admin_listen", "admin",
-                                          "workers", "upstream", "redis", "audit", "metrics",
-                                          "http", "instance", "log_format"};
+    static const char *const applied[] = {
+        "tls",  "trusted_proxies", "http_errors", "on_store_error", "auth",     "apps", "limits",
+        "pool", "idempotency",     "demo",        "demo_app",       "log_level"};
+    static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
+                                          "workers", "upstream",   "redis",        "audit",
+                                          "metrics", "http",       "instance",     "log_format"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
@@ -968,18 +977,21 @@ static void test_reload_keys_match_readme(void **state) {
             if (strcmp(keys.k[i].top, applied[j]) == 0) found = 1, assert_true(keys.k[i].reload);
         for (size_t j = 0; j < sizeof restart / sizeof *restart; j++)
             if (strcmp(keys.k[i].top, restart[j]) == 0) found = 1, assert_false(keys.k[i].reload);
-        if (!found) fail_msg("%s: a new top-level key; add it to the README's SIGHUP table and "
-                             "here", keys.k[i].top);
+        if (!found)
+            fail_msg("%s: a new top-level key; add it to the README's SIGHUP table and "
+                     "here",
+                     keys.k[i].top);
     }
 }
 
 static void test_lookups(void **state) {
-    struct config *c = load_ok(
-        "{" UPSTREAM_OK ", \"apps\": ["
-        "{\"name\": \"sig\", \"auth\": \"signature\", \"secret_id\": \"AKIDone\", \"secret_key\": \"k\"},"
-        "{\"name\": \"tok1\", \"auth\": \"token\", \"token\": \"abcdef\"},"
-        "{\"name\": \"tok2\", \"auth\": \"token\", \"token\": \"abcdeg\"},"
-        "{\"name\": \"tok3\", \"auth\": \"token\", \"token\": \"abcdefgh\"}]}");
+    struct config *c =
+        load_ok("{" UPSTREAM_OK ", \"apps\": ["
+                "{\"name\": \"sig\", \"auth\": \"signature\", \"secret_id\": \"AKIDone\", "
+                "\"secret_key\": \"k\"},"
+                "{\"name\": \"tok1\", \"auth\": \"token\", \"token\": \"abcdef\"},"
+                "{\"name\": \"tok2\", \"auth\": \"token\", \"token\": \"abcdeg\"},"
+                "{\"name\": \"tok3\", \"auth\": \"token\", \"token\": \"abcdefgh\"}]}");
     const struct config_app *a;
     a = config_find_app_by_token(c, "abcdef", 6);
     assert_non_null(a);
@@ -1030,14 +1042,16 @@ static void test_warnings(void **state) {
     config_free(c);
 
     memset(&w, 0, sizeof w);
-    c = load_ok("{" UPSTREAM_OK ", \"apps\": [{\"name\": \"t\", \"auth\": \"token\", "
-                "\"token_env\": \"BATCH_TOKEN\"}], \"audit\": {\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
+    c = load_ok(
+        "{" UPSTREAM_OK ", \"apps\": [{\"name\": \"t\", \"auth\": \"token\", "
+        "\"token_env\": \"BATCH_TOKEN\"}], \"audit\": {\"pii_key_env\": \"CAPGATE_PII_KEY\"}}");
     config_warnings(c, collect, &w);
     assert_int_equal(w.count, 0);
     config_free(c);
 }
 
-#define DEMO_APPS "\"apps\": [{\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": " \
+#define DEMO_APPS \
+    "\"apps\": [{\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": " \
     "\"S\", \"secret_key\": \"k\"}, {\"name\": \"t1\", \"auth\": \"token\", \"token\": \"x\"}, " \
     "{\"name\": \"t2\", \"auth\": \"token\", \"token\": \"y\"}]"
 
@@ -1115,7 +1129,8 @@ static void test_scoped_limits_bound(void **state) {
     struct config *c;
     (void)state;
     for (int n = 15; n <= 16; n++) {
-        used = (size_t)snprintf(text, sizeof text, "{" UPSTREAM_OK ",\n\"limits\": [\n"
+        used = (size_t)snprintf(text, sizeof text,
+                                "{" UPSTREAM_OK ",\n\"limits\": [\n"
                                 "{\"name\": \"p\", \"rate\": 1}");
         for (int i = 0; i < n; i++)
             used += (size_t)snprintf(text + used, sizeof text - used,
@@ -1134,12 +1149,14 @@ static void test_scoped_limits_bound(void **state) {
 }
 
 /* Two profiles equal in every parameter (size aside) would share one pool list. */
-#define PROFILE_A "\"captchaType\": 9, \"disturbLevel\": 1, \"isHttps\": 1, \"clientType\": 2, " \
-                  "\"accountType\": 0"
+#define PROFILE_A \
+    "\"captchaType\": 9, \"disturbLevel\": 1, \"isHttps\": 1, \"clientType\": 2, " \
+    "\"accountType\": 0"
 static void test_duplicate_profiles(void **state) {
     struct config *c;
     (void)state;
-    c = load_ok("{" UPSTREAM_OK ",\n\"pool\": {\"profiles\": [\n {" PROFILE_A ", \"businessId\": 1},"
+    c = load_ok("{" UPSTREAM_OK ",\n\"pool\": {\"profiles\": [\n {" PROFILE_A
+                ", \"businessId\": 1},"
                 "\n {" PROFILE_A ", \"businessId\": 2},\n {" PROFILE_A "},\n {" PROFILE_A
                 ", \"sceneId\": 1}]}}");
     assert_int_equal(c->pool.n_profiles, 4);
@@ -1155,9 +1172,11 @@ static void test_tls_front(void **state) {
     char dir[64], text[2048], err[512];
     struct config *c = NULL;
     make_certs(dir, sizeof dir);
-    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"[::1]:8443\", \"tls\": "
+    snprintf(text, sizeof text,
+             "{" UPSTREAM_OK ", \"tls_listen\": \"[::1]:8443\", \"tls\": "
              "{\"cert_file\": \"%s/var/certs/server.pem\", \"key_file\": "
-             "\"%s/var/certs/server.key\"}}", dir, dir);
+             "\"%s/var/certs/server.key\"}}",
+             dir, dir);
     c = load_ok(text);
     assert_string_equal(c->listen_host, "127.0.0.1");
     assert_string_equal(c->tls_listen_host, "::1");
@@ -1168,9 +1187,11 @@ static void test_tls_front(void **state) {
     free(dump);
     config_free(c);
 
-    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"listen\": null, \"tls_listen\": "
+    snprintf(text, sizeof text,
+             "{" UPSTREAM_OK ", \"listen\": null, \"tls_listen\": "
              "\"127.0.0.1:0\", \"tls\": {\"cert_file\": \"%s/var/certs/server.pem\", "
-             "\"key_file\": \"%s/var/certs/server.key\"}}", dir, dir);
+             "\"key_file\": \"%s/var/certs/server.key\"}}",
+             dir, dir);
     c = load_ok(text);
     assert_null(c->listen_host);
     dump = config_dump_masked(c);
@@ -1179,16 +1200,20 @@ static void test_tls_front(void **state) {
     config_free(c);
 
     /* the CA's key does not match the server certificate */
-    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
+    snprintf(text, sizeof text,
+             "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
              "{\"cert_file\": \"%s/var/certs/server.pem\", \"key_file\": "
-             "\"%s/var/certs/ca.key\"}}", dir, dir);
+             "\"%s/var/certs/ca.key\"}}",
+             dir, dir);
     c = (struct config *)1;
     assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
     assert_null(c);
     if (!strstr(err, "ca.key: ") || !strstr(err, "mismatch")) fail_msg("%s", err);
-    snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
+    snprintf(text, sizeof text,
+             "{" UPSTREAM_OK ", \"tls_listen\": \"127.0.0.1:0\", \"tls\": "
              "{\"cert_file\": \"%s/var/certs/missing.pem\", \"key_file\": "
-             "\"%s/var/certs/server.key\"}}", dir, dir);
+             "\"%s/var/certs/server.key\"}}",
+             dir, dir);
     assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
     assert_non_null(strstr(err, "tls: cannot open "));
     assert_non_null(strstr(err, "missing.pem"));
@@ -1311,11 +1336,13 @@ static void test_errors_hide_secrets(void **state) {
     const char *types[] = {"[\"arr-secret-1\"]", "{\"k\": \"obj-secret-1\"}", "1.5e3", "true"};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
         char text[256];
-        snprintf(text, sizeof text, "{" UPSTREAM_OK ", \"apps\": [{\"name\": \"a\", "
-                 "\"auth\": \"token\", \"token\": %s}]}", types[i]);
+        snprintf(text, sizeof text,
+                 "{" UPSTREAM_OK ", \"apps\": [{\"name\": \"a\", "
+                 "\"auth\": \"token\", \"token\": %s}]}",
+                 types[i]);
         assert_int_equal(config_load_string(text, "t.json", &c, err, sizeof err), -1);
-        assert_err_clean(err, (const char *const[]){"arr-secret", "obj-secret", "1.5", "1500",
-                                                    NULL});
+        assert_err_clean(err,
+                         (const char *const[]){"arr-secret", "obj-secret", "1.5", "1500", NULL});
         assert_non_null(strstr(err, "apps[0].token: must be a non-empty string; got "));
     }
 
@@ -1331,7 +1358,8 @@ static void test_errors_hide_secrets(void **state) {
     assert_err_clean(err, (const char *const[]){"up-pw-55", "user:", NULL});
 
     /* A DEL in a value shown back is escaped as JSON would escape a control character. */
-    expect_error("{\"log_level\": \"de\x7f" "bug\"}",
+    expect_error("{\"log_level\": \"de\x7f"
+                 "bug\"}",
                  "t.json:1:2: log_level: must be \"debug\", \"info\", \"warn\" or \"error\"; "
                  "got \"de\\u007fbug\"");
     /* So is one in a variable's name (found by fuzz_config). */
@@ -1343,7 +1371,10 @@ static void test_errors_hide_secrets(void **state) {
         struct config *d = NULL;
         char e[512];
         assert_int_equal(config_load_string("{" UPSTREAM_OK ", \"demo\": true, \"demo_app\": "
-                                            "\"no\x7f" "pe\"}", "t.json", &d, e, sizeof e), -1);
+                                            "\"no\x7f"
+                                            "pe\"}",
+                                            "t.json", &d, e, sizeof e),
+                         -1);
         assert_non_null(strstr(e, "demo_app: no app is named \"no\\x7Fpe\""));
     }
     /* A control byte in an unknown key's name is shown as \xNN. */
@@ -1393,12 +1424,12 @@ static void test_env_secret_removed(void **state) {
 /* Every secret of a loaded config sits in memory left out of core dumps. */
 static void test_secrets_not_dumped(void **state) {
     setenv("T_REDIS_PW2", "redis-pass-dd", 1);
-    struct config *c = load_ok(
-        "{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key\": \"lit-up-key\"},"
-        " \"redis\": {\"url\": \"redis://h\", \"password_env\": \"T_REDIS_PW2\"},"
-        " \"apps\": [{\"name\": \"t\", \"auth\": \"token\", \"token\": \"lit-token\"},"
-        "  {\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": \"AKIDs\","
-        "   \"secret_key_env\": \"T_UP_KEY\"}]}");
+    struct config *c =
+        load_ok("{\"upstream\": {\"secret_id\": \"AKIDup\", \"secret_key\": \"lit-up-key\"},"
+                " \"redis\": {\"url\": \"redis://h\", \"password_env\": \"T_REDIS_PW2\"},"
+                " \"apps\": [{\"name\": \"t\", \"auth\": \"token\", \"token\": \"lit-token\"},"
+                "  {\"name\": \"s\", \"auth\": \"signature\", \"secret_id\": \"AKIDs\","
+                "   \"secret_key_env\": \"T_UP_KEY\"}]}");
     assert_true(secmem_dontdump(c->upstream.secret_key));
     assert_true(secmem_dontdump(c->redis->password));
     assert_true(secmem_dontdump(c->apps[0].token));

@@ -67,8 +67,7 @@ static void test_cap_evicts_oldest(void **state) {
     struct etable *t = etable_new(3, NULL);
     static int dummy;
     const char *keys[] = {"k1", "k2", "k3", "k4"};
-    for (int i = 0; i < 4; i++)
-        assert_int_equal(etable_put(t, keys[i], 2, &dummy, 1000), 0);
+    for (int i = 0; i < 4; i++) assert_int_equal(etable_put(t, keys[i], 2, &dummy, 1000), 0);
     assert_int_equal(etable_count(t), 3);
     assert_int_equal(etable_evicted(t), 1);
     assert_int_equal(etable_find(t, "k1", 2, NULL), 0);

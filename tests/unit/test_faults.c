@@ -24,15 +24,19 @@ static int add(struct faults *f, const char *text, char *err, size_t errlen) {
     return rc;
 }
 
-static double draw_fixed(void *arg) { return *(double *)arg; }
+static double draw_fixed(void *arg) {
+    return *(double *)arg;
+}
 
 static void test_parse_full_rule(void **state) {
     struct faults f;
     char err[256];
     faults_init(&f);
-    assert_int_equal(add(&f, "{\"action\":\"CaptchaIframeQuery\",\"secret_id\":null,\"code\":6000,"
-                             "\"delay_ms\":0,\"network\":null,\"probability\":1.0,\"times\":null}",
-                         err, sizeof(err)), 0);
+    assert_int_equal(add(&f,
+                         "{\"action\":\"CaptchaIframeQuery\",\"secret_id\":null,\"code\":6000,"
+                         "\"delay_ms\":0,\"network\":null,\"probability\":1.0,\"times\":null}",
+                         err, sizeof(err)),
+                     0);
     assert_int_equal(f.count, 1);
     assert_string_equal(f.rules[0].action, "CaptchaIframeQuery");
     assert_null(f.rules[0].secret_id);
@@ -72,8 +76,8 @@ static void test_array_is_all_or_nothing(void **state) {
     struct faults f;
     char err[256];
     faults_init(&f);
-    assert_int_equal(add(&f, "[{\"code\":6000},{\"network\":\"reset\",\"times\":\"x\"}]", err,
-                         sizeof(err)), -1);
+    assert_int_equal(
+        add(&f, "[{\"code\":6000},{\"network\":\"reset\",\"times\":\"x\"}]", err, sizeof(err)), -1);
     assert_non_null(strstr(err, "faults[1].times"));
     assert_int_equal(f.count, 0);
     assert_int_equal(add(&f, "[{\"code\":6000},{\"network\":\"stall\"}]", err, sizeof(err)), 0);
@@ -88,9 +92,12 @@ static void test_match_in_order_with_filters(void **state) {
     struct fault_effect e;
     double d = 0.5;
     faults_init(&f);
-    assert_int_equal(add(&f, "[{\"action\":\"CaptchaCheck\",\"code\":5100},"
-                             "{\"secret_id\":\"AKIDa\",\"network\":\"close\"},"
-                             "{\"delay_ms\":250}]", err, sizeof(err)), 0);
+    assert_int_equal(add(&f,
+                         "[{\"action\":\"CaptchaCheck\",\"code\":5100},"
+                         "{\"secret_id\":\"AKIDa\",\"network\":\"close\"},"
+                         "{\"delay_ms\":250}]",
+                         err, sizeof(err)),
+                     0);
     assert_int_equal(faults_match(&f, "CaptchaCheck", "AKIDa", draw_fixed, &d, &e), 1);
     assert_int_equal(e.code, 5100);
     assert_int_equal(e.network, FAULT_NET_NONE);
@@ -124,9 +131,11 @@ static void test_probability(void **state) {
     struct fault_effect e;
     double d;
     faults_init(&f);
-    assert_int_equal(add(&f, "[{\"code\":6000,\"probability\":0},"
-                             "{\"code\":6100,\"probability\":0.3},{\"code\":6200}]",
-                         err, sizeof(err)), 0);
+    assert_int_equal(add(&f,
+                         "[{\"code\":6000,\"probability\":0},"
+                         "{\"code\":6100,\"probability\":0.3},{\"code\":6200}]",
+                         err, sizeof(err)),
+                     0);
     d = 0.0; /* even the lowest draw never fires probability 0 */
     assert_int_equal(faults_match(&f, "A", "s", draw_fixed, &d, &e), 1);
     assert_int_equal(e.code, 6100);
@@ -146,8 +155,7 @@ static void test_times_expire_rule(void **state) {
     struct fault_effect e;
     double d = 0.0;
     faults_init(&f);
-    assert_int_equal(add(&f, "[{\"code\":6000,\"times\":2},{\"code\":4300}]", err, sizeof(err)),
-                     0);
+    assert_int_equal(add(&f, "[{\"code\":6000,\"times\":2},{\"code\":4300}]", err, sizeof(err)), 0);
     assert_int_equal(faults_match(&f, "A", "s", draw_fixed, &d, &e), 1);
     assert_int_equal(e.code, 6000);
     assert_int_equal(faults_match(&f, "A", "s", draw_fixed, &d, &e), 1);
@@ -162,8 +170,11 @@ static void test_to_json_and_describe(void **state) {
     struct faults f;
     char err[256], desc[64];
     faults_init(&f);
-    assert_int_equal(add(&f, "{\"action\":\"CaptchaCheck\",\"delay_ms\":100,"
-                             "\"network\":\"malformed_json\",\"times\":3}", err, sizeof(err)), 0);
+    assert_int_equal(add(&f,
+                         "{\"action\":\"CaptchaCheck\",\"delay_ms\":100,"
+                         "\"network\":\"malformed_json\",\"times\":3}",
+                         err, sizeof(err)),
+                     0);
     json_t *a = faults_to_json(&f);
     assert_int_equal(json_array_size(a), 1);
     json_t *r = json_array_get(a, 0);

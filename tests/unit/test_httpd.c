@@ -59,7 +59,7 @@ struct fixture {
     struct seen seen;
     struct httpd_req *stalled;
     int cancels;
-    struct event *later;   /* MODE_LATER: replies to the stalled request after later_ms */
+    struct event *later; /* MODE_LATER: replies to the stalled request after later_ms */
     int later_ms;
 };
 
@@ -109,14 +109,9 @@ static void on_request(struct httpd_req *req, void *arg) {
         evtimer_add(f->later, &tv);
         return;
     }
-    case MODE_RESET:
-        httpd_reset(req);
-        return;
-    case MODE_DROP:
-        httpd_drop(req);
-        return;
-    case MODE_REPLY:
-        break;
+    case MODE_RESET: httpd_reset(req); return;
+    case MODE_DROP: httpd_drop(req); return;
+    case MODE_REPLY: break;
     }
     char body[600];
     int status = req->error_status ? req->error_status : 200;
@@ -190,9 +185,12 @@ static void client_read_cb(evutil_socket_t fd, short what, void *arg) {
             c->len += (size_t)n;
             continue;
         }
-        if (n == 0) c->eof = 1;
-        else if (errno != EAGAIN && errno != EWOULDBLOCK) c->err = errno;
-        else return;
+        if (n == 0)
+            c->eof = 1;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK)
+            c->err = errno;
+        else
+            return;
         event_del(c->ev);
         return;
     }
@@ -225,7 +223,9 @@ static void client_send(struct client *c, const char *data, size_t len) {
     }
 }
 
-static void client_sends(struct client *c, const char *s) { client_send(c, s, strlen(s)); }
+static void client_sends(struct client *c, const char *s) {
+    client_send(c, s, strlen(s));
+}
 
 static void client_free(struct client *c) {
     if (!c) return;
@@ -268,7 +268,10 @@ static int complete_replies(const struct client *c) {
     return n;
 }
 
-struct want { struct client *c; int replies; };
+struct want {
+    struct client *c;
+    int replies;
+};
 static int has_replies(void *arg) {
     struct want *w = arg;
     return complete_replies(w->c) >= w->replies;
@@ -488,7 +491,8 @@ static void test_chunked_body(void **state) {
 static void test_expect_continue(void **state) {
     struct fixture *f = fixture_new(NULL, NULL);
     struct client *c = client_new(f, f->port);
-    client_sends(c, "POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    client_sends(
+        c, "POST /e HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     struct want w = {c, 1};
     run_until(f->base, has_replies, &w, 100);
     assert_true(c->len >= 25);
@@ -560,8 +564,9 @@ static void test_errors(void **state) {
     assert_int_equal(f->seen.body_len, 0);
 
     /* 413 while de-chunking. */
-    n = snprintf(big, sizeof big, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                                  "300\r\n");
+    n = snprintf(big, sizeof big,
+                 "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "300\r\n");
     memset(big + n, 'y', 0x300);
     n += 0x300;
     n += snprintf(big + n, sizeof big - (size_t)n, "\r\n300\r\n");
@@ -574,10 +579,12 @@ static void test_errors(void **state) {
     expect_errors(f, "GET / HTTP/1.1\r\nHost: h\r\n folded\r\n\r\n", 400, "folding");
     expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 12x\r\n\r\n", 400,
                   "Content-Length");
-    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
-                     "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "both");
-    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-                  400, "hexadecimal");
+    expect_errors(f,
+                  "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+                  "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                  400, "both");
+    expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400,
+                  "hexadecimal");
     expect_errors(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n", 501,
                   "Transfer-Encoding");
     expect_errors(f, "GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505, "HTTP/2.0");
@@ -606,8 +613,7 @@ static void expect_ok(struct fixture *f, const char *data, size_t len, const cha
     client_send(c, data, len);
     wait_replies(f, c, 1);
     if (f->seen.error_status)
-        fail_msg("unexpected %d (%s) for %.60s", f->seen.error_status, f->seen.error_message,
-                 data);
+        fail_msg("unexpected %d (%s) for %.60s", f->seen.error_status, f->seen.error_message, data);
     assert_int_equal(status_of(c, 0), 200);
     if (body) assert_string_equal(f->seen.body, body);
     client_free(c);
@@ -642,40 +648,60 @@ static void test_framing_rfc9112(void **state) {
                "HTTP/1.0");
     EXPECT_400(f, "POST / HTTP/1.0\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\nabc",
                "HTTP/1.0");
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
-                  "abc", "more than one Content-Length");
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
-                  "abcd", "more than one Content-Length");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"
+               "abc",
+               "more than one Content-Length");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"
+               "abcd",
+               "more than one Content-Length");
     EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\n\r\nabc",
                "Content-Length");
 
     /* Chunk-size lines: a NUL, a bare CR, broken extensions. */
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "5\0garbage\r\nhello\r\n0\r\n\r\n", "chunk-size");
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "3;\rGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "5\0garbage\r\nhello\r\n0\r\n\r\n",
+               "chunk-size");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "3;\rGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\nabc\r\n0\r\n\r\n",
+               "chunk-size");
     assert_int_equal(f->seen.count, 1);
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "3\rx\r\nabc\r\n0\r\n\r\n", "chunk-size");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "3\rx\r\nabc\r\n0\r\n\r\n",
+               "chunk-size");
     static const char *const bad_ext[] = {
-        "3;", "3;=x", "3;a=", "3;a=\"open", "3;a=b c", "3;a b", "3 x", "3;a=\"x\"y",
-        "3;a=\"\x01\"", "3;a;", "3;a@b",
+        "3;",  "3;=x",       "3;a=",         "3;a=\"open", "3;a=b c", "3;a b",
+        "3 x", "3;a=\"x\"y", "3;a=\"\x01\"", "3;a;",       "3;a@b",
     };
     for (size_t i = 0; i < sizeof bad_ext / sizeof *bad_ext; i++) {
         char req[256];
-        int n = snprintf(req, sizeof req, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
-                         "chunked\r\n\r\n%s\r\nabc\r\n0\r\n\r\n", bad_ext[i]);
+        int n = snprintf(req, sizeof req,
+                         "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: "
+                         "chunked\r\n\r\n%s\r\nabc\r\n0\r\n\r\n",
+                         bad_ext[i]);
         expect_error(f, req, (size_t)n, 400, "chunk-size");
     }
-    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 "3;name=val;q=\"a \\\" b\";flag \r\nabc\r\n2 ; x = y\r\nde\r\n0\r\n\r\n", "abcde");
+    EXPECT_OK(f,
+              "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "3;name=val;q=\"a \\\" b\";flag \r\nabc\r\n2 ; x = y\r\nde\r\n0\r\n\r\n",
+              "abcde");
     /* Trailer lines are header fields. */
-    EXPECT_OK(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 "3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n", "abc");
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "3\r\nabc\r\n0\r\nX-Sum\0: 1\r\n\r\n", "trailer");
-    EXPECT_400(f, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  "3\r\nabc\r\n0\r\nnot a field\r\n\r\n", "trailer");
+    EXPECT_OK(f,
+              "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+              "3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n",
+              "abc");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "3\r\nabc\r\n0\r\nX-Sum\0: 1\r\n\r\n",
+               "trailer");
+    EXPECT_400(f,
+               "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+               "3\r\nabc\r\n0\r\nnot a field\r\n\r\n",
+               "trailer");
     fixture_free(f);
 }
 
@@ -702,8 +728,12 @@ static void test_half_close_gets_reply(void **state) {
 }
 
 /* Runs the loop for ms whatever happens. */
-static int never(void *arg) { return 0; }
-static void spin(struct fixture *f, int ms) { run_until(f->base, never, NULL, ms); }
+static int never(void *arg) {
+    return 0;
+}
+static void spin(struct fixture *f, int ms) {
+    run_until(f->base, never, NULL, ms);
+}
 
 /* Past max_connections a connection is accepted and closed at once; a freed slot serves the
  * next one. Two servers given one budget count together. */
@@ -827,7 +857,7 @@ static void test_emfile_pauses_accepting(void **state) {
     client_sends(fresh, "GET /fresh HTTP/1.1\r\nHost: h\r\n\r\n");
     wait_replies(f, fresh, 1);
     assert_int_equal(status_of(fresh, 0), 200);
-    spin(f, 1100);   /* a second without failures ends the episode at the next accept */
+    spin(f, 1100); /* a second without failures ends the episode at the next accept */
     client_free(fresh);
     struct client *last = client_new(f, f->port);
     client_sends(last, "GET /last HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -899,8 +929,8 @@ static void test_half_close_async_reply(void **state) {
         shutdown(c->fd, SHUT_WR);
         if (!run_until(f->base, closed, c, 3000)) fail_msg("try %d: no close", i);
         if (c->err != 0 || complete_replies(c) != 1 || status_of(c, 0) != 200)
-            fail_msg("try %d (reply after %d ms): err %d, %d replies: %.*s", i, f->later_ms,
-                     c->err, complete_replies(c), (int)c->len, c->buf);
+            fail_msg("try %d (reply after %d ms): err %d, %d replies: %.*s", i, f->later_ms, c->err,
+                     complete_replies(c), (int)c->len, c->buf);
         assert_non_null(memmem(c->buf, c->len, "{\"later\":1}", 11));
         assert_non_null(memmem(c->buf, c->len, "Connection: close\r\n", 19));
         client_free(c);
@@ -1025,14 +1055,14 @@ static void write_self_signed(struct tls_files *tf) {
     X509_gmtime_adj(X509_getm_notAfter(x), 3600);
     X509_set_pubkey(x, pkey);
     X509_NAME *name = X509_get_subject_name(x);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1,
-                               -1, 0);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"localhost", -1, -1,
+                               0);
     X509_set_issuer_name(x, name);
     X509V3_CTX v3;
     X509V3_set_ctx_nodb(&v3);
     X509V3_set_ctx(&v3, x, x, NULL, NULL, 0);
-    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name,
-                                              "DNS:localhost,IP:127.0.0.1");
+    X509_EXTENSION *ext =
+        X509V3_EXT_conf_nid(NULL, &v3, NID_subject_alt_name, "DNS:localhost,IP:127.0.0.1");
     assert_non_null(ext);
     X509_add_ext(x, ext, -1);
     X509_EXTENSION_free(ext);
@@ -1186,8 +1216,10 @@ static void test_reason_and_ipv6(void **state) {
     char err[256] = "";
     int p6 = httpd_listen(h, "::1", 0, NULL, 1, err, sizeof err);
     /* A machine without IPv6 loopback is told so in err; with it, the port is real. */
-    if (p6 < 0) assert_true(strlen(err) > 0);
-    else assert_true(p6 > 0);
+    if (p6 < 0)
+        assert_true(strlen(err) > 0);
+    else
+        assert_true(p6 > 0);
     assert_true(httpd_listen(h, "localhost", 0, NULL, 0, err, sizeof err) > 0);
     assert_int_equal(httpd_listen(h, "256.1.1.1", 0, NULL, 0, err, sizeof err), -1);
     assert_true(strlen(err) > 0);

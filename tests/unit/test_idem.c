@@ -33,7 +33,10 @@ static void test_header(void **state) {
     assert_int_equal(idem_header_check(v, err, sizeof err), -1);
     assert_non_null(strstr(err, "Idempotency-Key"));
     assert_int_equal(idem_header_check("", err, sizeof err), -1);
-    assert_int_equal(idem_header_check("a\x01" "b", err, sizeof err), -1);
+    assert_int_equal(idem_header_check("a\x01"
+                                       "b",
+                                       err, sizeof err),
+                     -1);
     assert_non_null(strstr(err, "Idempotency-Key must be printable ASCII"));
     assert_int_equal(idem_header_check("caf\xc3\xa9", err, sizeof err), -1);
 }
@@ -58,8 +61,9 @@ static void fp_of(const char *q, char *out) {
 
 static void test_fingerprint(void **state) {
     char a[STORE_IDEM_FP_LEN + 1], b[STORE_IDEM_FP_LEN + 1];
-    fp_of("Action=CaptchaIframeQuery&SecretId=A&Timestamp=1&Nonce=2&Signature=s&uid=u&captchaType=9",
-          a);
+    fp_of(
+        "Action=CaptchaIframeQuery&SecretId=A&Timestamp=1&Nonce=2&Signature=s&uid=u&captchaType=9",
+        a);
     /* re-signed and reordered: the same */
     fp_of("captchaType=9&uid=u&Action=CaptchaIframeQuery&SecretId=B&Timestamp=9&Nonce=7"
           "&Signature=t&Region=gz&SignatureMethod=HmacSHA256&RequestClient=X",
@@ -127,8 +131,8 @@ static void fixture_cleanup(struct fixture *f) {
 static void begin(struct fixture *f, const char *key, const char *fp, unsigned wait_ms,
                   struct outcome *o) {
     memset(o, 0, sizeof *o);
-    assert_int_equal(idem_begin(f->store, f->base, &f->waits, key, fp, 2000, wait_ms, on_begin,
-                                o), 0);
+    assert_int_equal(idem_begin(f->store, f->base, &f->waits, key, fp, 2000, wait_ms, on_begin, o),
+                     0);
     o->returned = 1;
     assert_int_equal(o->fired, 0);
 }
@@ -252,7 +256,7 @@ static void test_close_between_polls(void **state) {
     assert_int_equal(late.fired, 0);
     assert_int_equal(first.fired, 1);
     assert_int_equal(done.fired, 1);
-    assert_non_null(f.waits.head);    /* late's lookup */
+    assert_non_null(f.waits.head); /* late's lookup */
 
     /* a second close finds nothing armed; store_free ends late and nothing else */
     assert_int_equal(idem_waits_close(&f.waits), 0);

@@ -21,7 +21,8 @@ static void add_n(struct journal *j, int from, int to, const char *action) {
         assert_int_equal(params_adds(&p, "Nonce", nonce), 0);
         assert_int_equal(params_adds(&p, "Signature", "c2VjcmV0"), 0);
         assert_int_equal(journal_add(j, 1000000u * (uint64_t)i, "GET", action, "AKIDx",
-                                     JOURNAL_SIG_OK, i, NULL, &p), 0);
+                                     JOURNAL_SIG_OK, i, NULL, &p),
+                         0);
         params_cleanup(&p);
     }
 }
@@ -40,9 +41,11 @@ static void test_entry_fields_without_signature(void **state) {
     assert_int_equal(params_adds(&p, "Signature", "c2VjcmV0"), 0);
     assert_int_equal(params_adds(&p, "uid", "\xe7\x94\xa8"), 0);
     assert_int_equal(journal_add(j, 1795888725123456u, "POST", "CaptchaCheck", NULL,
-                                 JOURNAL_SIG_BAD, 4100, NULL, &p), 0);
-    assert_int_equal(journal_add(j, 1795888725123456u, NULL, NULL, NULL, JOURNAL_UNCHECKED, -1,
-                                 "reset", NULL), 0);
+                                 JOURNAL_SIG_BAD, 4100, NULL, &p),
+                     0);
+    assert_int_equal(
+        journal_add(j, 1795888725123456u, NULL, NULL, NULL, JOURNAL_UNCHECKED, -1, "reset", NULL),
+        0);
     params_cleanup(&p);
     json_t *o = journal_to_json(j, 0, NULL);
     json_t *arr = json_object_get(o, "requests");
@@ -53,8 +56,7 @@ static void test_entry_fields_without_signature(void **state) {
     assert_true(json_is_null(json_object_get(e, "secret_id")));
     assert_string_equal(json_string_value(json_object_get(e, "signature")), "bad");
     assert_int_equal(json_integer_value(json_object_get(e, "code")), 4100);
-    assert_string_equal(json_string_value(json_object_get(e, "time")),
-                        "2026-11-28T17:58:45.123Z");
+    assert_string_equal(json_string_value(json_object_get(e, "time")), "2026-11-28T17:58:45.123Z");
     json_t *ps = json_object_get(e, "params");
     assert_null(json_object_get(ps, "Signature"));
     assert_string_equal(json_string_value(json_object_get(ps, "uid")), "\xe7\x94\xa8");

@@ -12,11 +12,15 @@
 #include "limit.h"
 
 #define PARAMS(n, bany, bid, sany, sid, rt, per, bu) \
-    {.name = (n), .scope = CONFIG_SCOPE_PARAMS, .business_any = (bany), .business_id = (bid), \
-     .scene_any = (sany), .scene_id = (sid), .rate = (rt), .period_s = (per), .burst = (bu)}
+    { \
+        .name = (n), .scope = CONFIG_SCOPE_PARAMS, .business_any = (bany), .business_id = (bid), \
+        .scene_any = (sany), .scene_id = (sid), .rate = (rt), .period_s = (per), .burst = (bu) \
+    }
 #define SCOPED(n, sc, rt, per, bu) \
-    {.name = (n), .scope = (sc), .business_any = 1, .scene_any = 1, .rate = (rt), \
-     .period_s = (per), .burst = (bu)}
+    { \
+        .name = (n), .scope = (sc), .business_any = 1, .scene_any = 1, .rate = (rt), \
+        .period_s = (per), .burst = (bu) \
+    }
 
 static struct config_limit rules[] = {
     PARAMS("login", 0, 1, 0, 2, 50, 1, 100),
@@ -229,10 +233,14 @@ static void test_headers_allowed(void **state) {
     memset(&o, 0, sizeof o);
     o.allowed = 1;
     o.denied = o.shadow_denied = -1;
-    o.remaining[0] = 42; o.reset_us[0] = 1160000;
-    o.remaining[1] = 199; o.reset_us[1] = 5000;
-    o.remaining[2] = 42; o.reset_us[2] = 100000;
-    o.remaining[3] = 999; o.reset_us[3] = 1000;
+    o.remaining[0] = 42;
+    o.reset_us[0] = 1160000;
+    o.remaining[1] = 199;
+    o.reset_us[1] = 5000;
+    o.remaining[2] = 42;
+    o.reset_us[2] = 100000;
+    o.remaining[3] = 999;
+    o.reset_us[3] = 1000;
     assert_int_equal(limit_headers(b, n, &o, &p, &r, &ra), 0);
     assert_string_equal(p.s, "\"login\";q=100;w=1, \"per-app\";q=200;w=1, "
                              "\"per-app-minute\";q=600;w=60, \"quota\";q=1000;w=1");
@@ -263,20 +271,26 @@ static void test_headers_refused_and_shadow(void **state) {
     o.denied = 2;
     o.shadow_denied = 0;
     o.retry_after_us = 1000001;
-    o.remaining[1] = 1; o.reset_us[1] = 100000;
-    o.remaining[2] = 0; o.reset_us[2] = 2000000;
+    o.remaining[1] = 1;
+    o.reset_us[1] = 100000;
+    o.remaining[2] = 0;
+    o.reset_us[2] = 2000000;
     assert_int_equal(limit_headers(b, n, &o, &p, &r, &ra), 0);
     /* the shadow rule is not announced; integers: floor(burst), period rounded up */
     assert_string_equal(p.s, "\"app\";q=2;w=1, \"g\";q=5;w=1");
     assert_string_equal(r.s, "\"g\";r=0;t=2");
     assert_string_equal(ra.s, "2");
     /* a tiny wait still says at least one second */
-    strbuf_reset(&p); strbuf_reset(&r); strbuf_reset(&ra);
+    strbuf_reset(&p);
+    strbuf_reset(&r);
+    strbuf_reset(&ra);
     o.retry_after_us = 1;
     assert_int_equal(limit_headers(b, n, &o, &p, &r, &ra), 0);
     assert_string_equal(ra.s, "1");
     /* no outcome: only the policy; only shadow buckets: nothing at all */
-    strbuf_reset(&p); strbuf_reset(&r); strbuf_reset(&ra);
+    strbuf_reset(&p);
+    strbuf_reset(&r);
+    strbuf_reset(&ra);
     assert_int_equal(limit_headers(b, n, NULL, &p, &r, &ra), 0);
     assert_string_equal(p.s, "\"app\";q=2;w=1, \"g\";q=5;w=1");
     assert_int_equal(r.len, 0);
@@ -315,7 +329,9 @@ static void test_extreme_rule_times(void **state) {
 static void test_headers_number_and_name_edges(void **state) {
     struct config_limit l[] = {SCOPED("big", CONFIG_SCOPE_GLOBAL, 1, 1e20, 1e20),
                                SCOPED("edge", CONFIG_SCOPE_APP, 1, 1, 9007199254740991.0),
-                               SCOPED("a\x01" "b\\c\"d\xc3\xa9", CONFIG_SCOPE_GLOBAL, 1, 1, 1)};
+                               SCOPED("a\x01"
+                                      "b\\c\"d\xc3\xa9",
+                                      CONFIG_SCOPE_GLOBAL, 1, 1, 1)};
     struct config c = cfg_with(l, 3);
     struct limit_bucket b[4];
     struct limit_outcome o;
@@ -329,9 +345,12 @@ static void test_headers_number_and_name_edges(void **state) {
     memset(&o, 0, sizeof o);
     o.allowed = 1;
     o.denied = o.shadow_denied = -1;
-    o.remaining[0] = UINT64_MAX; o.reset_us[0] = 1;
-    o.remaining[1] = UINT64_MAX; o.reset_us[1] = 1;
-    o.remaining[2] = 18446744073709551614u; o.reset_us[2] = UINT64_MAX;
+    o.remaining[0] = UINT64_MAX;
+    o.reset_us[0] = 1;
+    o.remaining[1] = UINT64_MAX;
+    o.reset_us[1] = 1;
+    o.remaining[2] = 18446744073709551614u;
+    o.reset_us[2] = UINT64_MAX;
     assert_int_equal(limit_headers(b, n, &o, &p, &r, &ra), 0);
     /* app rules come before global ones */
     assert_string_equal(p.s, "\"edge\";q=9007199254740991;w=1, "

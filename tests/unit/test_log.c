@@ -66,7 +66,7 @@ static int say(struct log_limiter *l, uint64_t now_us, int ok, const char *fmt, 
     return r;
 }
 
-#define S(x) ((uint64_t)(x) * 1000000u)
+#define S(x) ((uint64_t)(x)*1000000u)
 
 /* ---- tests ---- */
 
@@ -80,8 +80,8 @@ static void test_repeats_become_summaries(void **state) {
     assert_int_equal(say(&l, t0, 0, "redis: connection refused; retrying in %d ms", 212), 1);
     /* A flush a second for 59 s: counted, not logged; the retry delay's digits do not count. */
     for (int i = 1; i < 60; i++)
-        assert_int_equal(say(&l, t0 + S(i) - 1, 0, "redis: connection refused; retrying in %d ms",
-                             100 + i), 0);
+        assert_int_equal(
+            say(&l, t0 + S(i) - 1, 0, "redis: connection refused; retrying in %d ms", 100 + i), 0);
     assert_int_equal(say(&l, t0 + S(60), 0, "redis: connection refused; retrying in 1 ms"), 1);
     char *out = capture_take(&cap);
     assert_int_equal(count_lines(out), 2);

@@ -47,8 +47,11 @@ static struct pipeline_record rec(uint64_t ts_s, int has_b, uint32_t b, int has_
 
 static void test_names(void **state) {
     char buf[128];
-    struct metrics_key k = {.minute = 29000000, .business_id = 7, .scene_id = 42,
-                            .has_business_id = 1, .has_scene_id = 1};
+    struct metrics_key k = {.minute = 29000000,
+                            .business_id = 7,
+                            .scene_id = 42,
+                            .has_business_id = 1,
+                            .has_scene_id = 1};
     assert_int_equal(metrics_key_name(buf, sizeof(buf), "capgate:", &k),
                      (int)strlen("capgate:m:7:42:29000000"));
     assert_string_equal(buf, "capgate:m:7:42:29000000");
@@ -76,13 +79,15 @@ static void test_names(void **state) {
 }
 
 static void test_buckets(void **state) {
-    static const struct { uint64_t us; const char *name; } cases[] = {
-        {0, "le_1ms"}, {1000, "le_1ms"}, {1001, "le_5ms"}, {5000, "le_5ms"},
-        {10000, "le_10ms"}, {50000, "le_50ms"}, {100000, "le_100ms"}, {100001, "le_500ms"},
-        {1000000, "le_1s"}, {5000000, "le_5s"}, {5000001, "le_inf"}, {UINT64_MAX, "le_inf"}};
+    static const struct {
+        uint64_t us;
+        const char *name;
+    } cases[] = {{0, "le_1ms"},        {1000, "le_1ms"},     {1001, "le_5ms"},
+                 {5000, "le_5ms"},     {10000, "le_10ms"},   {50000, "le_50ms"},
+                 {100000, "le_100ms"}, {100001, "le_500ms"}, {1000000, "le_1s"},
+                 {5000000, "le_5s"},   {5000001, "le_inf"},  {UINT64_MAX, "le_inf"}};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
-        assert_string_equal(metrics_bucket_name(metrics_bucket_index(cases[i].us)),
-                            cases[i].name);
+        assert_string_equal(metrics_bucket_name(metrics_bucket_index(cases[i].us)), cases[i].name);
     assert_null(metrics_bucket_name(METRICS_BUCKETS));
 }
 
@@ -160,8 +165,8 @@ static void test_batch_merge_and_trim(void **state) {
     assert_int_equal(metrics_batch_count(a), 120);
     assert_int_equal(metrics_batch_merge(a, b), 0);
     assert_int_equal(metrics_batch_count(a), 121);
-    struct metrics_key k = {.minute = 117, .business_id = 9, .scene_id = 2,
-                            .has_business_id = 1, .has_scene_id = 1};
+    struct metrics_key k = {
+        .minute = 117, .business_id = 9, .scene_id = 2, .has_business_id = 1, .has_scene_id = 1};
     assert_int_equal(metrics_batch_find(a, &k)->requests, 2);
     assert_int_equal(metrics_batch_find(a, &k)->codes[0].n, 2);
     struct metrics_key none = {.minute = 100};
@@ -188,9 +193,9 @@ static void test_batch_merge_and_trim(void **state) {
     assert_non_null(metrics_batch_find(a, &k));
     assert_int_equal(metrics_batch_trim(a, SIZE_MAX, 130, &reqs), 69); /* before minute 130 */
     assert_int_equal(metrics_batch_count(a), 30);
-    assert_non_null(metrics_batch_find(a, &(struct metrics_key){.minute = 139, .business_id = 9,
-                                                               .has_business_id = 1,
-                                                               .has_scene_id = 1}));
+    assert_non_null(metrics_batch_find(
+        a, &(struct metrics_key){
+               .minute = 139, .business_id = 9, .has_business_id = 1, .has_scene_id = 1}));
     metrics_batch_clear(a);
     assert_int_equal(metrics_batch_count(a), 0);
     metrics_batch_free(a);
@@ -208,8 +213,9 @@ static void test_query_parse(void **state) {
     assert_int_equal(q.step, 60);
     assert_int_equal(q.business_match, METRICS_MATCH_ANY);
 
-    assert_int_equal(metrics_query_parse("businessId=7&sceneId=-&from=6030&to=12000&step=300",
-                                         &q, err, sizeof(err)), 0);
+    assert_int_equal(metrics_query_parse("businessId=7&sceneId=-&from=6030&to=12000&step=300", &q,
+                                         err, sizeof(err)),
+                     0);
     assert_int_equal(q.business_match, METRICS_MATCH_ID);
     assert_int_equal(q.business_id, 7);
     assert_int_equal(q.scene_match, METRICS_MATCH_ABSENT);
@@ -219,7 +225,9 @@ static void test_query_parse(void **state) {
     assert_int_equal(metrics_query_parse("from=6000", &q, err, sizeof(err)), 0);
     assert_int_equal(q.to, 9600);
 
-    static const struct { const char *qs, *needle; } bad[] = {
+    static const struct {
+        const char *qs, *needle;
+    } bad[] = {
         {"businessId=abc", "businessId"},
         {"sceneId=-1", "sceneId"},
         {"businessId=4294967296", "businessId"},
@@ -228,7 +236,7 @@ static void test_query_parse(void **state) {
         {"step=90", "step"},
         {"step=0", "step"},
         {"from=6000&to=6000", "to must be later than from"},
-        {"from=10&to=5", "to must be later than from"},  /* not hidden by minute alignment */
+        {"from=10&to=5", "to must be later than from"}, /* not hidden by minute alignment */
         {"from=0&to=86460", "limit is 1440"},
         {"color=red", "unknown parameter color"},
         {"from=1&from=2", "from"},
@@ -274,8 +282,8 @@ static void test_query_json(void **state) {
         rec(6061, 1, 1, 1, 2, PIPELINE_LIMITED, 4400, 2000),
         rec(6300, 1, 1, 1, 2, PIPELINE_FORWARDED, 5100, 20000),
         rec(6000, 0, 0, 0, 0, PIPELINE_INVALID, 4000, 100),
-        rec(5999, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1),  /* before from */
-        rec(6600, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1),  /* at to: excluded */
+        rec(5999, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1), /* before from */
+        rec(6600, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1), /* at to: excluded */
     };
     for (size_t i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
         assert_int_equal(metrics_batch_add(b, &rs[i], SIZE_MAX), 0);
@@ -295,7 +303,7 @@ static void test_query_json(void **state) {
     assert_int_equal(jint(t, "requests"), 4);
     assert_int_equal(jint(t, "forwarded"), 3);
     assert_int_equal(jint(t, "limited"), 1);
-    assert_int_equal(jint(t, "pool"), 0);        /* totals hold every field */
+    assert_int_equal(jint(t, "pool"), 0); /* totals hold every field */
     assert_int_equal(jint(t, "code:0"), 2);
     assert_int_equal(jint(t, "code:4400"), 1);
     assert_int_equal(jint(t, "code:5100"), 1);
@@ -308,7 +316,7 @@ static void test_query_json(void **state) {
     json_t *s0 = json_array_get(series, 0), *s1 = json_array_get(series, 1);
     assert_int_equal(jint(s0, "ts"), 6000);
     assert_int_equal(jint(s0, "requests"), 3);
-    assert_int_equal(jint(s0, "pool"), -1);      /* zeros omitted in series */
+    assert_int_equal(jint(s0, "pool"), -1); /* zeros omitted in series */
     assert_int_equal(jint(s1, "ts"), 6300);
     assert_int_equal(jint(s1, "requests"), 1);
     assert_int_equal(jint(s1, "code:5100"), 1);
@@ -323,8 +331,8 @@ static void test_query_json(void **state) {
     free(text);
 
     /* filters */
-    assert_int_equal(metrics_query_parse("businessId=-&from=6000&to=6600", &q, err,
-                                         sizeof(err)), 0);
+    assert_int_equal(metrics_query_parse("businessId=-&from=6000&to=6600", &q, err, sizeof(err)),
+                     0);
     text = metrics_query_json(&q, b);
     root = json_loads(text, 0, NULL);
     assert_int_equal(json_array_size(json_object_get(root, "pairs")), 1);
@@ -332,8 +340,8 @@ static void test_query_json(void **state) {
     assert_int_equal(json_array_size(json_object_get(find_pair(root, -1, -1), "series")), 10);
     json_decref(root);
     free(text);
-    assert_int_equal(metrics_query_parse("businessId=1&sceneId=3&from=6000&to=6600", &q, err,
-                                         sizeof(err)), 0);
+    assert_int_equal(
+        metrics_query_parse("businessId=1&sceneId=3&from=6000&to=6600", &q, err, sizeof(err)), 0);
     text = metrics_query_json(&q, b);
     root = json_loads(text, 0, NULL);
     assert_int_equal(json_array_size(json_object_get(root, "pairs")), 0);
@@ -368,7 +376,7 @@ static json_t *run_query(struct metrics *m, const char *qs, int *status) {
     assert_int_equal(metrics_query_parse(qs, &q, err, sizeof(err)), 0);
     r.base = event_base_new();
     metrics_query(m, &q, r.base, query_done, &r);
-    assert_int_equal(r.calls, 0);   /* never inside the call */
+    assert_int_equal(r.calls, 0); /* never inside the call */
     event_base_loopexit(r.base, &limit);
     event_base_dispatch(r.base);
     assert_int_equal(r.calls, 1);
@@ -382,21 +390,21 @@ static void test_memory_mode(void **state) {
     char err[256], qs[128];
     int status;
     memset(&cfg, 0, sizeof(cfg));
-    cfg.metrics.flush_ms = 60000;   /* only explicit flushes in this test */
+    cfg.metrics.flush_ms = 60000; /* only explicit flushes in this test */
     cfg.metrics.retention_s = 3600;
     struct metrics *m = metrics_new(&cfg, 2, err, sizeof(err));
     assert_non_null(m);
     uint64_t now = clock_wall_us() / 1000000u;
     uint64_t m0 = (now / 60 - 2) * 60, m1 = m0 + 60;
     for (int i = 0; i < 50; i++) {
-        struct pipeline_record r = rec(i % 2 ? m0 : m1, 1, 5, 1, 6,
-                                       i % 5 ? PIPELINE_FORWARDED : PIPELINE_DENIED,
-                                       i % 5 ? 0 : 4300, 1500);
+        struct pipeline_record r =
+            rec(i % 2 ? m0 : m1, 1, 5, 1, 6, i % 5 ? PIPELINE_FORWARDED : PIPELINE_DENIED,
+                i % 5 ? 0 : 4300, 1500);
         metrics_record(m, (unsigned)(i % 2), &r);
     }
     struct pipeline_record old = rec(now - 7200, 1, 5, 1, 6, PIPELINE_FORWARDED, 0, 1);
-    metrics_record(m, 0, &old);   /* beyond retention: pruned */
-    metrics_record(m, 9, &old);   /* no such worker: dropped */
+    metrics_record(m, 0, &old); /* beyond retention: pruned */
+    metrics_record(m, 9, &old); /* no such worker: dropped */
     metrics_flush(m);
     /* a second round after the flush lands in the same tables */
     struct pipeline_record more = rec(m1, 1, 5, 1, 6, PIPELINE_POOL, 0, 200);
@@ -446,7 +454,7 @@ static void test_memory_mode_bounded(void **state) {
     struct metrics_stats st;
     const uint32_t per_minute = METRICS_MEMORY_MAX_KEYS / 2 + 1000;
     memset(&cfg, 0, sizeof(cfg));
-    cfg.metrics.flush_ms = 60000;   /* only explicit flushes */
+    cfg.metrics.flush_ms = 60000; /* only explicit flushes */
     cfg.metrics.retention_s = 3600;
     struct metrics *m = metrics_new(&cfg, 1, err, sizeof(err));
     assert_non_null(m);
@@ -461,7 +469,7 @@ static void test_memory_mode_bounded(void **state) {
         metrics_flush(m);
     }
     metrics_get_stats(m, &st);
-    assert_int_equal(st.dropped_keys, per_minute);      /* the older minute, whole */
+    assert_int_equal(st.dropped_keys, per_minute); /* the older minute, whole */
     assert_int_equal(st.dropped_requests, per_minute);
     metrics_free(m);
 }
@@ -536,8 +544,8 @@ struct worker_arg {
 static void *worker_main(void *arg) {
     struct worker_arg *w = arg;
     for (int i = 0; i < 20000; i++) {
-        struct pipeline_record r = rec(w->ts, 1, 77, 1, (uint32_t)(i % 7), PIPELINE_FORWARDED,
-                                       0, 10);
+        struct pipeline_record r =
+            rec(w->ts, 1, 77, 1, (uint32_t)(i % 7), PIPELINE_FORWARDED, 0, 10);
         metrics_record(w->m, w->id, &r);
     }
     return NULL;
@@ -555,7 +563,8 @@ static void test_concurrent_handover(void **state) {
     assert_non_null(m);
     uint64_t now = clock_wall_us() / 1000000u;
     struct worker_arg wa[2] = {{m, 0, now - 120}, {m, 1, now - 120}};
-    for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, worker_main, &wa[i]), 0);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, worker_main, &wa[i]), 0);
     for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
     metrics_flush(m);
     snprintf(qs, sizeof(qs), "businessId=77&from=%llu&to=%llu", (unsigned long long)(now - 600),
@@ -575,11 +584,17 @@ static void test_concurrent_handover(void **state) {
 /* A redis-server of our own on a free loopback port (redis_server.h). */
 static struct redis_server redis = {.pid = -1};
 
-static redisContext *redis_client(void) { return redis_server_connect(&redis); }
+static redisContext *redis_client(void) {
+    return redis_server_connect(&redis);
+}
 
-static void redis_start(void) { assert_int_equal(redis_server_start(&redis), 0); }
+static void redis_start(void) {
+    assert_int_equal(redis_server_start(&redis), 0);
+}
 
-static void redis_stop(void) { redis_server_stop(&redis); }
+static void redis_stop(void) {
+    redis_server_stop(&redis);
+}
 
 static long long redis_int(redisContext *c, const char *fmt, ...) {
     va_list ap;
@@ -587,8 +602,9 @@ static long long redis_int(redisContext *c, const char *fmt, ...) {
     redisReply *r = redisvCommand(c, fmt, ap);
     va_end(ap);
     assert_non_null(r);
-    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer
-                  : r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10) : -1;
+    long long v = r->type == REDIS_REPLY_INTEGER  ? r->integer
+                  : r->type == REDIS_REPLY_STRING ? strtoll(r->str, NULL, 10)
+                                                  : -1;
     freeReplyObject(r);
     return v;
 }
@@ -615,9 +631,9 @@ static void test_redis_mode(void **state) {
     uint64_t now = clock_wall_us() / 1000000u;
     uint64_t m0 = (now / 60 - 3) * 60, m1 = m0 + 60;
     for (int i = 0; i < 30; i++) {
-        struct pipeline_record r = rec(i < 20 ? m0 + 5 : m1 + 5, 1, 11, 0, 0,
-                                       i % 3 ? PIPELINE_FORWARDED : PIPELINE_UPSTREAM_ERROR,
-                                       i % 3 ? 0 : 6200, 60000);
+        struct pipeline_record r =
+            rec(i < 20 ? m0 + 5 : m1 + 5, 1, 11, 0, 0,
+                i % 3 ? PIPELINE_FORWARDED : PIPELINE_UPSTREAM_ERROR, i % 3 ? 0 : 6200, 60000);
         metrics_record(m, (unsigned)(i % 2), &r);
     }
     struct pipeline_record other = rec(m1, 1, 2, 1, 4, PIPELINE_LIMITED, 4400, 10);
@@ -633,7 +649,7 @@ static void test_redis_mode(void **state) {
     assert_int_equal(redis_int(c, "HGET %s code:6200", key), 7);
     assert_int_equal(redis_int(c, "HGET %s le_100ms", key), 20);
     assert_int_equal(redis_int(c, "HGET %s latency_us_sum", key), 20 * 60000);
-    assert_int_equal(redis_int(c, "HEXISTS %s pool", key), 0);   /* zeros are not written */
+    assert_int_equal(redis_int(c, "HEXISTS %s pool", key), 0); /* zeros are not written */
     long long ttl = redis_int(c, "TTL %s", key);
     assert_true(ttl > 0 && ttl <= 600);
     ttl = redis_int(c, "TTL t:m:index");
@@ -681,7 +697,7 @@ static void test_redis_mode(void **state) {
     assert_non_null(json_object_get(root, "error"));
     json_decref(root);
 
-    redis_start();   /* empty: --save '' */
+    redis_start(); /* empty: --save '' */
     metrics_flush(m);
     metrics_get_stats(m, &st);
     assert_int_equal(st.pending_keys, 0);
@@ -707,7 +723,7 @@ static void test_redis_mode(void **state) {
  * flush sent to it, continued after the flush timed out. */
 static long long wait_count(const char *key, long long want) {
     long long v = -1;
-    for (int i = 0; i < 500; i++) {   /* up to 5 s for the late EXEC to run */
+    for (int i = 0; i < 500; i++) { /* up to 5 s for the late EXEC to run */
         redisContext *c = redis_client();
         assert_non_null(c);
         v = redis_int(c, "HGET %s requests", key);

@@ -52,13 +52,13 @@ static void test_precedence(void **state) {
                      " \"credential\": [\"A:1\", \"B:2\"], \"faults\": [{\"code\": 6000}]}");
     assert_int_equal(mockopts_apply_json(&o, cfg, err, sizeof(err)), 0);
     json_decref(cfg);
-    static const char *const env[] = {"CAPGATE_MOCK_QUOTA", "7",
-                                      "CAPGATE_MOCK_TIMESTAMP_WINDOW", "90",
-                                      "CAPGATE_MOCK_CREDENTIAL", "C:3, D:4", NULL};
+    static const char *const env[] = {
+        "CAPGATE_MOCK_QUOTA", "7", "CAPGATE_MOCK_TIMESTAMP_WINDOW", "90", "CAPGATE_MOCK_CREDENTIAL",
+        "C:3, D:4",           NULL};
     fake_env = env;
     assert_int_equal(mockopts_apply_env(&o, fake_getenv, err, sizeof(err)), 0);
     char *argv[] = {"capgate-mock", "--quota=11", "--credential", "E:5", "--listen",
-                    "127.0.0.1:0", NULL};
+                    "127.0.0.1:0",  NULL};
     assert_int_equal(mockopts_apply_args(&o, 6, argv, err, sizeof(err)), 0);
     assert_int_equal(mockopts_finish(&o, err, sizeof(err)), 0);
     assert_int_equal(o.quota, 11);            /* flag beats env and config */
@@ -66,7 +66,7 @@ static void test_precedence(void **state) {
     assert_int_equal(o.has_seed, 1);          /* config alone */
     assert_int_equal(o.seed, 9);
     assert_int_equal(o.https_only, 1);
-    assert_int_equal(o.ncreds, 1);            /* the flag's list replaces lower ones */
+    assert_int_equal(o.ncreds, 1); /* the flag's list replaces lower ones */
     assert_string_equal(o.creds[0].secret_id, "E");
     assert_string_equal(o.creds[0].secret_key, "5");
     assert_int_equal(o.default_credential, 0);
@@ -82,8 +82,7 @@ static void test_env_credentials_replace_config(void **state) {
     json_t *cfg = js("{\"credential\": \"A:1\"}");
     assert_int_equal(mockopts_apply_json(&o, cfg, err, sizeof(err)), 0);
     json_decref(cfg);
-    static const char *const env[] = {"CAPGATE_MOCK_CREDENTIAL", "C:3 D:key:with:colons",
-                                      NULL};
+    static const char *const env[] = {"CAPGATE_MOCK_CREDENTIAL", "C:3 D:key:with:colons", NULL};
     fake_env = env;
     assert_int_equal(mockopts_apply_env(&o, fake_getenv, err, sizeof(err)), 0);
     assert_int_equal(o.ncreds, 2);
@@ -226,11 +225,12 @@ static void test_credentials_text(void **state) {
     char err[256];
     mockopts_init(&o);
     assert_int_equal(mockopts_add_credentials_text(&o, "# test keys\n\n  AKID1:k1  \nAKID2:k2",
-                                                   "creds.txt", err, sizeof(err)), 0);
+                                                   "creds.txt", err, sizeof(err)),
+                     0);
     assert_int_equal(o.ncreds, 2);
     assert_string_equal(o.creds[0].secret_key, "k1");
-    assert_int_equal(mockopts_add_credentials_text(&o, "ok:1\nbroken\n", "creds.txt", err,
-                                                   sizeof(err)), -1);
+    assert_int_equal(
+        mockopts_add_credentials_text(&o, "ok:1\nbroken\n", "creds.txt", err, sizeof(err)), -1);
     assert_non_null(strstr(err, "creds.txt:2"));
     mockopts_cleanup(&o);
 }
@@ -238,18 +238,18 @@ static void test_credentials_text(void **state) {
 static void test_split_hostport(void **state) {
     char host[64], err[128];
     int port;
-    assert_int_equal(mockopts_split_hostport("127.0.0.1:0", host, sizeof(host), &port, err,
-                                             sizeof(err)), 0);
+    assert_int_equal(
+        mockopts_split_hostport("127.0.0.1:0", host, sizeof(host), &port, err, sizeof(err)), 0);
     assert_string_equal(host, "127.0.0.1");
     assert_int_equal(port, 0);
-    assert_int_equal(mockopts_split_hostport("[::1]:9000", host, sizeof(host), &port, err,
-                                             sizeof(err)), 0);
+    assert_int_equal(
+        mockopts_split_hostport("[::1]:9000", host, sizeof(host), &port, err, sizeof(err)), 0);
     assert_string_equal(host, "::1");
     assert_int_equal(port, 9000);
-    assert_int_equal(mockopts_split_hostport("h:70000", host, sizeof(host), &port, err,
-                                             sizeof(err)), -1);
-    assert_int_equal(mockopts_split_hostport(":80", host, sizeof(host), &port, err,
-                                             sizeof(err)), -1);
+    assert_int_equal(
+        mockopts_split_hostport("h:70000", host, sizeof(host), &port, err, sizeof(err)), -1);
+    assert_int_equal(mockopts_split_hostport(":80", host, sizeof(host), &port, err, sizeof(err)),
+                     -1);
 }
 
 static void test_config_path(void **state) {

@@ -23,7 +23,8 @@ static void test_seed_reproducible(void **state) {
         assert_string_not_equal(ta, tc);
         assert_int_equal(strlen(ta), 64);
         assert_int_equal(strspn(ta, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                    "0123456789-_"), 64);
+                                    "0123456789-_"),
+                         64);
     }
     assert_true(mockrng_u64(&a) == mockrng_u64(&b));
 }

@@ -32,8 +32,8 @@ static void test_split_forms(void **state) {
 
 static void test_split_rejects(void **state) {
     static const char *const bad[] = {
-        "", ":80", "h:70000", "h:", "h:-1", "h: 80", "h:80x", "::1:9000", "[::1]x", "[]:80",
-        "[::1", "[::1]:", "host", "[::1]",
+        "",         ":80",    "h:70000", "h:",   "h:-1",   "h: 80", "h:80x",
+        "::1:9000", "[::1]x", "[]:80",   "[::1", "[::1]:", "host",  "[::1]",
     };
     char host[NET_HOST_MAX] = "untouched";
     int port = 7;

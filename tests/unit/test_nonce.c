@@ -55,7 +55,8 @@ static void test_prunes_incrementally(void **state) {
 
 static void test_bounded(void **state) {
     struct nonce_cache *c = nonce_cache_new(64, 4);
-    for (uint64_t i = 0; i < 10000; i++) assert_int_equal(nonce_cache_insert(c, "AKID", i, 0, 600), 0);
+    for (uint64_t i = 0; i < 10000; i++)
+        assert_int_equal(nonce_cache_insert(c, "AKID", i, 0, 600), 0);
     assert_true(nonce_cache_count(c) <= 64);
     assert_true(nonce_cache_evictions(c) >= 10000 - 64);
     /* the newest entries are the ones kept */
@@ -238,7 +239,8 @@ static void *race_thread(void *p) {
         int rc = nonce_cache_insert(a->r->c, "AKIDshared", n, 1, 600);
         if (rc == 0) atomic_fetch_add(&a->r->winners[n], 1);
         /* and its own, which must always be first use */
-        if (nonce_cache_insert(a->r->c, own, n, 1, 600) == 0) atomic_fetch_add(&a->r->distinct_ok, 1);
+        if (nonce_cache_insert(a->r->c, own, n, 1, 600) == 0)
+            atomic_fetch_add(&a->r->distinct_ok, 1);
         (void)nonce_cache_seen(a->r->c, own, n, 2);
     }
     return NULL;

@@ -11,7 +11,9 @@
 
 #include "capgate/num.h"
 
-static int parse32(const char *s, uint32_t *out) { return num_parse_u32(s, strlen(s), out); }
+static int parse32(const char *s, uint32_t *out) {
+    return num_parse_u32(s, strlen(s), out);
+}
 
 static void test_u32_accepts_digits(void **state) {
     uint32_t v = 99;
@@ -27,8 +29,9 @@ static void test_u32_accepts_digits(void **state) {
 
 static void test_u32_rejects(void **state) {
     static const char *const bad[] = {
-        "", "-1", "+1", " 1", "1 ", "1a", "a1", "0x10", "1.0", "4294967296", "99999999999",
-        "18446744073709551616", "1e3", "\t5",
+        "",    "-1",   "+1",  " 1",         "1 ",          "1a",
+        "a1",  "0x10", "1.0", "4294967296", "99999999999", "18446744073709551616",
+        "1e3", "\t5",
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         uint32_t v = 12345;
@@ -79,8 +82,17 @@ static void test_range(void **state) {
 /* num_put_u64, num_put_hex64 and num_put_i64 write what printf's %llu, %016llx and %lld write,
  * with no NUL. */
 static void test_writers_match_printf(void **state) {
-    static const uint64_t values[] = {0, 1, 9, 10, 99, 100, 4294967295u, 4294967296u,
-                                      1795897256, 999999999999, 10000000000000000000u,
+    static const uint64_t values[] = {0,
+                                      1,
+                                      9,
+                                      10,
+                                      99,
+                                      100,
+                                      4294967295u,
+                                      4294967296u,
+                                      1795897256,
+                                      999999999999,
+                                      10000000000000000000u,
                                       UINT64_MAX};
     char got[32], want[32];
     (void)state;
@@ -100,8 +112,8 @@ static void test_writers_match_printf(void **state) {
         snprintf(want, sizeof(want), "%016llx", (unsigned long long)values[i]);
         assert_string_equal(got, want);
     }
-    static const int64_t signed_values[] = {0, 1, -1, 9, -10, INT32_MIN, INT32_MAX,
-                                            INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    static const int64_t signed_values[] = {
+        0, 1, -1, 9, -10, INT32_MIN, INT32_MAX, INT64_MAX, INT64_MIN, INT64_MIN + 1};
     for (size_t i = 0; i < sizeof(signed_values) / sizeof(signed_values[0]); i++) {
         memset(got, 'x', sizeof(got));
         char *end = num_put_i64(got, signed_values[i]);
@@ -114,8 +126,10 @@ static void test_writers_match_printf(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_u32_accepts_digits), cmocka_unit_test(test_u32_rejects),
-        cmocka_unit_test(test_u64_edges),          cmocka_unit_test(test_len_not_nul_terminated),
+        cmocka_unit_test(test_u32_accepts_digits),
+        cmocka_unit_test(test_u32_rejects),
+        cmocka_unit_test(test_u64_edges),
+        cmocka_unit_test(test_len_not_nul_terminated),
         cmocka_unit_test(test_range),
         cmocka_unit_test(test_writers_match_printf),
     };

@@ -163,9 +163,10 @@ static void test_copy_without(void **state) {
     assert_int_equal(q.count, 0);
     params_cleanup(&q);
 
-    assert_int_equal(parse_q(&p, "Action=CaptchaIframeQuery&Region=gz&SecretId=AKIDx&Timestamp=1"
-                                 "&SignatureMethod=HmacSHA256&captchaType=1&Nonce=9&Signature=s"
-                                 "&Tokens=t&Nonc=1",
+    assert_int_equal(parse_q(&p,
+                             "Action=CaptchaIframeQuery&Region=gz&SecretId=AKIDx&Timestamp=1"
+                             "&SignatureMethod=HmacSHA256&captchaType=1&Nonce=9&Signature=s"
+                             "&Tokens=t&Nonc=1",
                              err, sizeof err),
                      0);
     assert_int_equal(params_copy_without(&q, &p, public_params), 0);
@@ -249,7 +250,7 @@ static void test_urlencoded_decoding(void **state) {
     assert_string_equal(params_get(&p, "d"), "");
     assert_string_equal(params_get(&p, "e"), "\xE5\xBC\xA0++");
     assert_string_equal(params_get(&p, "f"), "a=b"); /* split at the first '=' only */
-    assert_string_equal(p.items[0].name, "a");          /* arrival order */
+    assert_string_equal(p.items[0].name, "a");       /* arrival order */
     assert_string_equal(p.items[5].name, "f");
     params_cleanup(&p);
 
@@ -379,8 +380,10 @@ static void shown_name(char *out, size_t cap, const char *name, size_t len) {
         plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
                 c == '_' || c == '.' || c == '-';
     }
-    if (plain) snprintf(out, cap, "%.*s", (int)len, name);
-    else params_quote(out, cap, name, len);
+    if (plain)
+        snprintf(out, cap, "%.*s", (int)len, name);
+    else
+        params_quote(out, cap, name, len);
 }
 
 /* Parses buf into a list that holds existing (parsed first) and checks the outcome: message NULL
@@ -417,8 +420,8 @@ static void test_urlencoded_limit_edges(void **state) {
     enum { OK, MALFORMED, LONG_DECODED, LONG_SENT };
     static const char *const name_tails[] = {"=1", "%", "%4", "%41=1", "%G1=1", "&n=1"};
     static const struct {
-        size_t n;      /* "%41" and n - 1 'n': a name of n decoded bytes, then the tail */
-        int want[6];   /* per tail */
+        size_t n;    /* "%41" and n - 1 'n': a name of n decoded bytes, then the tail */
+        int want[6]; /* per tail */
         size_t count[6];
     } names[] = {
         {63, {OK, MALFORMED, MALFORMED, OK, MALFORMED, OK}, {1, 0, 0, 1, 0, 2}},
@@ -444,13 +447,10 @@ static void test_urlencoded_limit_edges(void **state) {
             /* the name as sent: up to its '=' or '&' */
             sent_len = strcspn(q.s, "=&");
             switch (names[i].want[t]) {
-            case OK:
-                expect_parse(q.s, q.len, NULL, NULL, names[i].count[t]);
-                break;
+            case OK: expect_parse(q.s, q.len, NULL, NULL, names[i].count[t]); break;
             case MALFORMED:
                 shown_name(shown, sizeof shown, q.s, sent_len);
-                snprintf(msg, sizeof msg, "malformed percent-encoding in parameter name %s",
-                         shown);
+                snprintf(msg, sizeof msg, "malformed percent-encoding in parameter name %s", shown);
                 expect_parse(q.s, q.len, NULL, msg, 0);
                 break;
             case LONG_DECODED:
@@ -469,22 +469,25 @@ static void test_urlencoded_limit_edges(void **state) {
 
     static const char *const value_tails[] = {"", "%", "%4", "%41", "%FF", "&b=1"};
     static const struct {
-        size_t n;      /* "v=%41" and n - 1 more bytes ('a' and '+'): n decoded, then the tail */
+        size_t n; /* "v=%41" and n - 1 more bytes ('a' and '+'): n decoded, then the tail */
         const char *want[6];
         size_t count[6];
     } values[] = {
-        {4095, {NULL, "malformed percent-encoding in parameter v",
-                "malformed percent-encoding in parameter v", NULL,
-                "parameter v is not valid UTF-8 text", NULL}, {1, 0, 0, 1, 0, 2}},
-        {4096, {NULL, "malformed percent-encoding in parameter v",
-                "malformed percent-encoding in parameter v",
-                "parameter v is longer than 4096 bytes",
-                "parameter v is longer than 4096 bytes", NULL}, {1, 0, 0, 0, 0, 2}},
-        {4097, {"parameter v is longer than 4096 bytes",
-                "malformed percent-encoding in parameter v",
-                "malformed percent-encoding in parameter v",
-                "parameter v is longer than 4096 bytes", "parameter v is longer than 4096 bytes",
-                "parameter v is longer than 4096 bytes"}, {0}},
+        {4095,
+         {NULL, "malformed percent-encoding in parameter v",
+          "malformed percent-encoding in parameter v", NULL, "parameter v is not valid UTF-8 text",
+          NULL},
+         {1, 0, 0, 1, 0, 2}},
+        {4096,
+         {NULL, "malformed percent-encoding in parameter v",
+          "malformed percent-encoding in parameter v", "parameter v is longer than 4096 bytes",
+          "parameter v is longer than 4096 bytes", NULL},
+         {1, 0, 0, 0, 0, 2}},
+        {4097,
+         {"parameter v is longer than 4096 bytes", "malformed percent-encoding in parameter v",
+          "malformed percent-encoding in parameter v", "parameter v is longer than 4096 bytes",
+          "parameter v is longer than 4096 bytes", "parameter v is longer than 4096 bytes"},
+         {0}},
     };
     for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
         for (int t = 0; t < 6; t++) {
@@ -518,10 +521,14 @@ static long form_decode(const char *s, size_t len, char *out) {
             for (int k = 1; k <= 2; k++) {
                 char c = s[i + (size_t)k];
                 v <<= 4;
-                if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-                else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-                else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-                else return -1;
+                if (c >= '0' && c <= '9')
+                    v |= (unsigned)(c - '0');
+                else if (c >= 'a' && c <= 'f')
+                    v |= (unsigned)(c - 'a' + 10);
+                else if (c >= 'A' && c <= 'F')
+                    v |= (unsigned)(c - 'A' + 10);
+                else
+                    return -1;
             }
             out[o++] = (char)v;
             i += 2;
@@ -533,8 +540,12 @@ static long form_decode(const char *s, size_t len, char *out) {
 }
 
 static const char *const error_prefixes[] = {
-    "malformed percent-encoding in parameter ", "empty parameter name", "parameter name ",
-    "parameter ", "duplicated parameter ", "more than 64 parameters",
+    "malformed percent-encoding in parameter ",
+    "empty parameter name",
+    "parameter name ",
+    "parameter ",
+    "duplicated parameter ",
+    "more than 64 parameters",
 };
 
 /* What must hold of any parse of q: on success, the list is q's non-empty pairs decoded, in
@@ -614,10 +625,12 @@ static void check_parse(const char *q, size_t len, const char *existing) {
     memset(short_err, 'x', sizeof short_err);
     assert_int_equal(params_parse_urlencoded(&again, q, len, short_err, sizeof short_err), rc);
     assert_int_equal(again.count, p.count);
-    if (rc) assert_true(strncmp(short_err, err, sizeof short_err - 1) == 0 &&
-                        strlen(short_err) == (strlen(err) < sizeof short_err - 1
-                                              ? strlen(err) : sizeof short_err - 1));
-    else assert_string_equal(short_err, "");
+    if (rc)
+        assert_true(strncmp(short_err, err, sizeof short_err - 1) == 0 &&
+                    strlen(short_err) ==
+                        (strlen(err) < sizeof short_err - 1 ? strlen(err) : sizeof short_err - 1));
+    else
+        assert_string_equal(short_err, "");
     params_cleanup(&again);
     params_init(&again);
     assert_int_equal(params_parse_urlencoded(&again, q, len, NULL, 0), rc);
@@ -660,9 +673,35 @@ static void check_parse(const char *q, size_t len, const char *existing) {
 static void test_urlencoded_random(void **state) {
     static const char bytes[] = "aA=&%+0F\xff\xe5\xbc\xa0\x80 .g";
     static const char *const tokens[] = {
-        "a", "b", "n", "=", "&", "&&", "+", "%", "%4", "%41", "%61", "%G1", "%00", "%2B",
-        "%26", "%3D", "%C3%A9", "%C3%28", "%C0%AF", "%E5%BC%A0", "%ED%A0%80", "%F0%9F%98%80",
-        "%F4%90%80%80", "%80", "\xff", "\xE5\xBC\xA0", "\xF0\x9F\x98\x80", "Nonce", "SecretId",
+        "a",
+        "b",
+        "n",
+        "=",
+        "&",
+        "&&",
+        "+",
+        "%",
+        "%4",
+        "%41",
+        "%61",
+        "%G1",
+        "%00",
+        "%2B",
+        "%26",
+        "%3D",
+        "%C3%A9",
+        "%C3%28",
+        "%C0%AF",
+        "%E5%BC%A0",
+        "%ED%A0%80",
+        "%F0%9F%98%80",
+        "%F4%90%80%80",
+        "%80",
+        "\xff",
+        "\xE5\xBC\xA0",
+        "\xF0\x9F\x98\x80",
+        "Nonce",
+        "SecretId",
         "nnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnnn", /* 63 */
     };
     static const char *const existing[] = {NULL, "a=1", "Nonce=5&b=&n=x"};
@@ -694,8 +733,10 @@ static void test_urlencoded_random(void **state) {
         check_parse(q.len ? q.s : "", q.len, existing[(seed >> 16) % 3]);
         struct params p;
         params_init(&p);
-        if (params_parse_urlencoded(&p, q.len ? q.s : "", q.len, NULL, 0) == 0) accepted++;
-        else refused++;
+        if (params_parse_urlencoded(&p, q.len ? q.s : "", q.len, NULL, 0) == 0)
+            accepted++;
+        else
+            refused++;
         params_cleanup(&p);
     }
     /* both outcomes were exercised, many times (469 and 5531 with this seed) */
@@ -719,7 +760,7 @@ static void test_urlencoded_random(void **state) {
 static void test_urlencoded_edges(void **state) {
     static const struct {
         const char *input;
-        size_t len; /* 0: strlen */
+        size_t len;          /* 0: strlen */
         const char *message; /* NULL: accepted */
     } cases[] = {
         {"a=%", 0, "malformed percent-encoding in parameter a"},
@@ -746,12 +787,12 @@ static void test_urlencoded_edges(void **state) {
         {"a=%F0%80%80%AF", 0, "parameter a is not valid UTF-8 text"}, /* overlong */
         {"a=%C3%28", 0, "parameter a is not valid UTF-8 text"},       /* bad continuation */
         {"a=%E5%BC%28", 0, "parameter a is not valid UTF-8 text"},
-        {"a=%F0%9F%98", 0, "parameter a is not valid UTF-8 text"},    /* truncated */
-        {"a=%80", 0, "parameter a is not valid UTF-8 text"},          /* lone continuation */
+        {"a=%F0%9F%98", 0, "parameter a is not valid UTF-8 text"}, /* truncated */
+        {"a=%80", 0, "parameter a is not valid UTF-8 text"},       /* lone continuation */
         {"a=\x80", 0, "parameter a is not valid UTF-8 text"},
         {"a=%F4%90%80%80", 0, "parameter a is not valid UTF-8 text"}, /* above U+10FFFF */
         {"a=%F5%80%80%80", 0, "parameter a is not valid UTF-8 text"},
-        {"a=%ED%A0%80", 0, "parameter a is not valid UTF-8 text"},    /* surrogate */
+        {"a=%ED%A0%80", 0, "parameter a is not valid UTF-8 text"}, /* surrogate */
         {"a=%FF&b=%00", 0, "parameter a is not valid UTF-8 text"},
         {"a=1&b=2&a=3", 0, "duplicated parameter a"},
         {"a=1&a", 0, "duplicated parameter a"},
@@ -765,9 +806,9 @@ static void test_urlencoded_edges(void **state) {
         {"a&b", 0, NULL},
         {"&a=1&", 0, NULL},
         {"a==", 0, NULL},
-        {"a=%F0%9F%98%80", 0, NULL},          /* 4 bytes: U+1F600 */
-        {"a=%F4%8F%BF%BF", 0, NULL},          /* U+10FFFF */
-        {"a=\xF0\x9F\x98\x80", 0, NULL},      /* the same, raw */
+        {"a=%F0%9F%98%80", 0, NULL},     /* 4 bytes: U+1F600 */
+        {"a=%F4%8F%BF%BF", 0, NULL},     /* U+10FFFF */
+        {"a=\xF0\x9F\x98\x80", 0, NULL}, /* the same, raw */
         {"%F0%9F%98%80=\xE5\xBC\xA0", 0, NULL},
         {"a=%26%3D%25%2B", 0, NULL},
     };
@@ -804,27 +845,26 @@ static void test_urlencoded_edges(void **state) {
 }
 
 /* What the Java SDK sends: a CRLF before the first delimiter, no Content-Type per part. */
-static const char java_body[] =
-    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
-    "Content-Disposition: form-data; name=\"Action\"\r\n\r\n"
-    "CaptchaIframeQuery"
-    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
-    "Content-Disposition: form-data; name=\"uid\"\r\n\r\n"
-    "a+b%20c\r\nline2"
-    "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
-    "content-disposition: form-data; name=\"empty\"\r\n"
-    "Content-Type: text/plain; charset=UTF-8\r\n\r\n"
-    "\r\n--------------------------3a4f1b2c5d6e7f8--\r\n";
+static const char java_body[] = "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+                                "Content-Disposition: form-data; name=\"Action\"\r\n\r\n"
+                                "CaptchaIframeQuery"
+                                "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+                                "Content-Disposition: form-data; name=\"uid\"\r\n\r\n"
+                                "a+b%20c\r\nline2"
+                                "\r\n--------------------------3a4f1b2c5d6e7f8\r\n"
+                                "content-disposition: form-data; name=\"empty\"\r\n"
+                                "Content-Type: text/plain; charset=UTF-8\r\n\r\n"
+                                "\r\n--------------------------3a4f1b2c5d6e7f8--\r\n";
 
 static void test_multipart_java(void **state) {
     struct params p;
     char err[256];
     params_init(&p);
-    assert_int_equal(
-        params_parse_multipart(&p, "multipart/form-data; boundary=------------------------"
-                                   "3a4f1b2c5d6e7f8",
-                               java_body, sizeof java_body - 1, err, sizeof err),
-        0);
+    assert_int_equal(params_parse_multipart(&p,
+                                            "multipart/form-data; boundary=------------------------"
+                                            "3a4f1b2c5d6e7f8",
+                                            java_body, sizeof java_body - 1, err, sizeof err),
+                     0);
     assert_int_equal(p.count, 3);
     assert_string_equal(params_get(&p, "Action"), "CaptchaIframeQuery");
     /* Bytes as sent: no '+' rule, no percent-decoding, inner CRLF kept. */
@@ -879,8 +919,7 @@ static void test_multipart_errors(void **state) {
     } cases[] = {
         {"multipart/form-data", "--x\r\n\r\n", "multipart/form-data without a valid boundary"},
         {"multipart/form-data; boundary=", "--x--", "multipart/form-data without a valid boundary"},
-        {"multipart/form-data; boundary=b", "nothing here",
-         "multipart body without its boundary"},
+        {"multipart/form-data; boundary=b", "nothing here", "multipart body without its boundary"},
         {"multipart/form-data; boundary=b",
          "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n",
          "multipart body does not end with the closing boundary"},
@@ -944,16 +983,16 @@ static void test_utf8(void **state) {
     assert_true(params_utf8_valid("", 0));
     assert_true(params_utf8_valid("plain", 5));
     assert_true(params_utf8_valid("\xE5\xBC\xA0\xE4\xB8\x89", 6));
-    assert_true(params_utf8_valid("\xF0\x9F\x98\x80", 4));      /* U+1F600 */
-    assert_true(params_utf8_valid("\xF4\x8F\xBF\xBF", 4));      /* U+10FFFF */
-    assert_true(params_utf8_valid("\xED\x9F\xBF", 3));          /* U+D7FF */
-    assert_false(params_utf8_valid("\xF4\x90\x80\x80", 4));     /* above U+10FFFF */
-    assert_false(params_utf8_valid("\xED\xA0\x80", 3));         /* surrogate */
-    assert_false(params_utf8_valid("\xC0\x80", 2));             /* overlong NUL */
-    assert_false(params_utf8_valid("\xE0\x80\xAF", 3));         /* overlong */
-    assert_false(params_utf8_valid("\xF0\x80\x80\xAF", 4));     /* overlong */
-    assert_false(params_utf8_valid("\xE5\xBC", 2));             /* truncated */
-    assert_false(params_utf8_valid("\x80", 1));                 /* lone continuation */
+    assert_true(params_utf8_valid("\xF0\x9F\x98\x80", 4));  /* U+1F600 */
+    assert_true(params_utf8_valid("\xF4\x8F\xBF\xBF", 4));  /* U+10FFFF */
+    assert_true(params_utf8_valid("\xED\x9F\xBF", 3));      /* U+D7FF */
+    assert_false(params_utf8_valid("\xF4\x90\x80\x80", 4)); /* above U+10FFFF */
+    assert_false(params_utf8_valid("\xED\xA0\x80", 3));     /* surrogate */
+    assert_false(params_utf8_valid("\xC0\x80", 2));         /* overlong NUL */
+    assert_false(params_utf8_valid("\xE0\x80\xAF", 3));     /* overlong */
+    assert_false(params_utf8_valid("\xF0\x80\x80\xAF", 4)); /* overlong */
+    assert_false(params_utf8_valid("\xE5\xBC", 2));         /* truncated */
+    assert_false(params_utf8_valid("\x80", 1));             /* lone continuation */
     assert_false(params_utf8_valid("\xF5\x80\x80\x80", 4));
     assert_false(params_utf8_valid("\xE5\x41\xA0", 3));
 }

@@ -75,7 +75,7 @@ static void test_reply_may_be_script(void **state) {
     f.action = V2_ACTION_CAPTCHA_QUERY;
     assert_false(pipeline_reply_may_be_script(&f));
     f.has_script = 1;
-    assert_false(pipeline_reply_may_be_script(&f));   /* script=0: JSON */
+    assert_false(pipeline_reply_may_be_script(&f)); /* script=0: JSON */
     f.script = 1;
     assert_true(pipeline_reply_may_be_script(&f));
     f.action = V2_ACTION_CAPTCHA_IFRAME_QUERY;
@@ -86,7 +86,11 @@ static void test_reply_may_be_script(void **state) {
 static struct config_limit rules[3] = {
     {.name = "login", .scope = CONFIG_SCOPE_PARAMS, .rate = 1, .period_s = 2, .burst = 3},
     {.name = "all", .scope = CONFIG_SCOPE_GLOBAL, .rate = 10, .period_s = 0.5, .burst = 10},
-    {.name = "trial", .scope = CONFIG_SCOPE_APP, .rate = 1, .period_s = 60, .burst = 1,
+    {.name = "trial",
+     .scope = CONFIG_SCOPE_APP,
+     .rate = 1,
+     .period_s = 60,
+     .burst = 1,
      .shadow = 1},
 };
 
@@ -146,18 +150,17 @@ static void test_limit_verdict(void **state) {
 /* A record keeps app and rule names as long as the config allows (64 bytes) whole. */
 static void test_record_names_whole(void **state) {
     static const char name[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._";
-    struct config_limit r = {.name = (char *)name, .scope = CONFIG_SCOPE_GLOBAL, .rate = 1,
-                             .period_s = 1, .burst = 1};
+    struct config_limit r = {
+        .name = (char *)name, .scope = CONFIG_SCOPE_GLOBAL, .rate = 1, .period_s = 1, .burst = 1};
     struct limit_bucket b = {.rule = &r};
-    struct limit_outcome o = {.allowed = 0, .denied = 0, .shadow_denied = -1,
-                              .retry_after_us = 1};
+    struct limit_outcome o = {.allowed = 0, .denied = 0, .shadow_denied = -1, .retry_after_us = 1};
     struct pipeline_record rec;
     char msg[256];
     assert_int_equal(strlen(name), CONFIG_NAME_MAX);
     assert_true(sizeof(rec.app) > CONFIG_NAME_MAX);
-    assert_int_equal(pipeline_limit_verdict(&b, 1, &o, rec.rule, sizeof(rec.rule), msg,
-                                            sizeof(msg)),
-                     PIPELINE_LIMITED);
+    assert_int_equal(
+        pipeline_limit_verdict(&b, 1, &o, rec.rule, sizeof(rec.rule), msg, sizeof(msg)),
+        PIPELINE_LIMITED);
     assert_string_equal(rec.rule, name);
 }
 
@@ -181,8 +184,11 @@ static const char *header(const struct pipeline_limit_headers *h, const char *na
 static void test_limit_headers(void **state) {
     struct limit_bucket b[3];
     struct pipeline_limit_headers h;
-    struct limit_outcome o = {.allowed = 1, .denied = -1, .shadow_denied = -1,
-                              .remaining = {2, 7, 0}, .reset_us = {2000000, 400000, 0}};
+    struct limit_outcome o = {.allowed = 1,
+                              .denied = -1,
+                              .shadow_denied = -1,
+                              .remaining = {2, 7, 0},
+                              .reset_us = {2000000, 400000, 0}};
     make_buckets(b);
 
     /* Admitted: the policy of the enforcing rules (not the shadow one) and the tightest bucket. */
@@ -220,12 +226,9 @@ static void test_limit_headers(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_http_status),
-        cmocka_unit_test(test_authorize),
-        cmocka_unit_test(test_reply_may_be_script),
-        cmocka_unit_test(test_limit_verdict),
-        cmocka_unit_test(test_record_names_whole),
-        cmocka_unit_test(test_store_fallback),
+        cmocka_unit_test(test_http_status),         cmocka_unit_test(test_authorize),
+        cmocka_unit_test(test_reply_may_be_script), cmocka_unit_test(test_limit_verdict),
+        cmocka_unit_test(test_record_names_whole),  cmocka_unit_test(test_store_fallback),
         cmocka_unit_test(test_limit_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

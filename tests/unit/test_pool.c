@@ -22,11 +22,23 @@
 #include "store.h"
 
 static const struct config_pool_profile with_ids = {
-    .captcha_type = 9, .disturb_level = 1, .is_https = 1, .client_type = 2, .account_type = 0,
-    .has_business_id = 1, .business_id = 7, .has_scene_id = 1, .scene_id = 8, .size = 4,
+    .captcha_type = 9,
+    .disturb_level = 1,
+    .is_https = 1,
+    .client_type = 2,
+    .account_type = 0,
+    .has_business_id = 1,
+    .business_id = 7,
+    .has_scene_id = 1,
+    .scene_id = 8,
+    .size = 4,
 };
 static const struct config_pool_profile without_ids = {
-    .captcha_type = 9, .disturb_level = 1, .is_https = 1, .client_type = 2, .account_type = 0,
+    .captcha_type = 9,
+    .disturb_level = 1,
+    .is_https = 1,
+    .client_type = 2,
+    .account_type = 0,
     .size = 2,
 };
 
@@ -80,9 +92,9 @@ static void test_match(void **state) {
     /* any per-user field keeps a request out */
     for (size_t i = 0; validate_user_fields[i]; i++) {
         char extra[128];
-        const char *v = strcmp(validate_user_fields[i], "userIp") == 0 ? "10.1.2.3"
+        const char *v = strcmp(validate_user_fields[i], "userIp") == 0         ? "10.1.2.3"
                         : strcmp(validate_user_fields[i], "registerTime") == 0 ? "1700000000"
-                                                                             : "x1";
+                                                                               : "x1";
         snprintf(extra, sizeof extra, "&businessId=7&sceneId=8&%s=%s", validate_user_fields[i], v);
         assert_null(match(&cfg, extra));
     }
@@ -102,7 +114,7 @@ static void test_match_other_values(void **state) {
     params_init(&p);
     assert_int_equal(params_parse_urlencoded(&p, check, strlen(check), err, sizeof err), 0);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_QUERY, &p, &f, err, sizeof err), 0);
-    assert_null(pool_match(&cfg, &f, &p));  /* another Action */
+    assert_null(pool_match(&cfg, &f, &p)); /* another Action */
     params_cleanup(&p);
     one.client_type = 4;
     assert_null(match(&cfg, "&businessId=7&sceneId=8"));

@@ -41,7 +41,8 @@ static void test_counts_summed_and_sorted(void **state) {
         "# TYPE capgate_requests_total counter\n"
         "capgate_requests_total{app=\"-\",action=\"unknown\",decision=\"unauthorized\"} 1\n"
         "capgate_requests_total{app=\"batch\",action=\"CaptchaCheck\",decision=\"denied\"} 1\n"
-        "capgate_requests_total{app=\"shop-web\",action=\"CaptchaIframeQuery\",decision=\"forwarded\"} 3\n";
+        "capgate_requests_total{app=\"shop-web\",action=\"CaptchaIframeQuery\",decision="
+        "\"forwarded\"} 3\n";
     assert_memory_equal(text, expect_requests, strlen(expect_requests));
     assert_non_null(strstr(text, "\ncapgate_open_connections 9\n"));
     assert_non_null(strstr(text, "\ncapgate_inflight_requests 3\n"));
@@ -64,8 +65,8 @@ static void test_histogram_and_breaker(void **state) {
     struct stats_worker *w[2] = {stats_worker_new(0), stats_worker_new(1)};
     struct stats_process p = {0};
     struct upstream_stats a = {0}, b = {0};
-    a.latency_buckets[0] = 1;           /* <= 1 ms */
-    a.latency_buckets[3] = 2;           /* <= 10 ms */
+    a.latency_buckets[0] = 1; /* <= 1 ms */
+    a.latency_buckets[3] = 2; /* <= 10 ms */
     a.latency_sum_us = 12500;
     a.breaker = BREAKER_OPEN;
     a.open_connections = 2;
@@ -78,11 +79,15 @@ static void test_histogram_and_breaker(void **state) {
 
     char *text = render(w, 2, &p);
     assert_non_null(strstr(text, "# TYPE capgate_upstream_request_duration_seconds histogram\n"));
-    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
-    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
-    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.01\"} 4\n"));
+    assert_non_null(
+        strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.001\"} 1\n"));
+    assert_non_null(
+        strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.0025\"} 1\n"));
+    assert_non_null(
+        strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"0.01\"} 4\n"));
     assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"5\"} 4\n"));
-    assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 5\n"));
+    assert_non_null(
+        strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 5\n"));
     assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_sum 7.512500\n"));
     assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_count 5\n"));
     assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"0\"} 1\n"));
@@ -107,7 +112,8 @@ static void test_label_escaping_and_overflow(void **state) {
     char *text = render(w, 1, &p);
     assert_non_null(strstr(text, "{app=\"a\\\"b\\\\c\\nd\",action=\"CaptchaCheck\""));
     /* triples beyond the table are counted under app "~" rather than lost */
-    assert_non_null(strstr(text, "capgate_requests_total{app=\"~\",action=\"CaptchaCheck\",decision=\"forwarded\"}"));
+    assert_non_null(strstr(
+        text, "capgate_requests_total{app=\"~\",action=\"CaptchaCheck\",decision=\"forwarded\"}"));
     assert_true(stats_requests(w[0], "~", "CaptchaCheck", "forwarded") > 100);
     free(text);
     stats_worker_free(w[0]);

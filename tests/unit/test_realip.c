@@ -66,12 +66,11 @@ static void test_forwarded_for_from_the_right(void **state) {
     assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "10.3.3.3, 192.168.7.1", NULL),
                         "10.3.3.3");
     /* two headers are one list, the later header holding the newer hops */
-    assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "198.51.100.9",
-                             "x-forwarded-for", "10.4.4.4", NULL),
+    assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "198.51.100.9", "x-forwarded-for",
+                             "10.4.4.4", NULL),
                         "198.51.100.9");
     /* a malformed element ends the walk at the last good address */
-    assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "1.1.1.1, garbage, 10.5.5.5",
-                             NULL),
+    assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "1.1.1.1, garbage, 10.5.5.5", NULL),
                         "10.5.5.5");
     assert_int_equal(d, 1);
     assert_string_equal(pick("10.0.0.2", &d, "X-Forwarded-For", "unknown", NULL), "10.0.0.2");
@@ -104,8 +103,7 @@ static void test_real_ip(void **state) {
                         "192.168.7.1");
     assert_int_equal(d, 0);
     /* 192.168.7.1 is trusted, 192.168.7.2 is not */
-    assert_string_equal(pick("192.168.7.2", &d, "X-Real-IP", "198.51.100.20", NULL),
-                        "192.168.7.2");
+    assert_string_equal(pick("192.168.7.2", &d, "X-Real-IP", "198.51.100.20", NULL), "192.168.7.2");
 }
 
 int main(void) {

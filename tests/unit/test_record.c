@@ -14,7 +14,7 @@ static void test_decision_names(void **state) {
     assert_string_equal(pipeline_decision_name(PIPELINE_SHADOW_LIMITED), "shadow_limited");
     assert_string_equal(pipeline_decision_name(PIPELINE_UPSTREAM_ERROR), "upstream_error");
     assert_string_equal(pipeline_decision_name(PIPELINE_DECISION_COUNT), "unknown");
-    assert_string_equal(pipeline_decision_name((enum pipeline_decision)-1), "unknown");
+    assert_string_equal(pipeline_decision_name((enum pipeline_decision) - 1), "unknown");
 }
 
 /* A decision added to the enum without a name would read NULL (or share a name). */

@@ -74,7 +74,9 @@ static void test_non_utf8_repaired(void **state) {
     json_decref(obj);
 }
 
-static void test_dump_null(void **state) { assert_null(reply_dump(NULL)); }
+static void test_dump_null(void **state) {
+    assert_null(reply_dump(NULL));
+}
 
 /* The out-of-memory literal is exactly what reply_error would have built. */
 static void test_oom_literal(void **state) {
@@ -112,26 +114,68 @@ static void expect_like_jansson(const char *text, size_t len) {
 
 static void test_scan_agrees_with_jansson(void **state) {
     static const char *const cases[] = {
-        "{\"code\":0,\"codeDesc\":\"Success\",\"message\":\"No Error\",\"url\":\"http://h/t.js?a=1&b=2\"}",
+        "{\"code\":0,\"codeDesc\":\"Success\",\"message\":\"No "
+        "Error\",\"url\":\"http://h/t.js?a=1&b=2\"}",
         " \r\n\t{ \"code\" : -0 , \"codeDesc\" : \"Su\\\"cc\\\\ess\\/\\b\\f\\n\\r\\t\" }\n",
         "{\"url\":\"https:\\/\\/ssl.captcha.qq.com\\/template\\/TCapIframeApi.js?appid=1\"}",
-        "{\"code\":5100,\"codeDesc\":\"OperationFailed\",\"message\":\"\\u9a8c\\u8bc1\\u5931\\u8d25\"}",
+        "{\"code\":5100,\"codeDesc\":\"OperationFailed\",\"message\":"
+        "\"\\u9a8c\\u8bc1\\u5931\\u8d25\"}",
         "{\"code\":1,\"code\":\"2\",\"codeDesc\":3,\"codeDesc\":\"last\",\"url\":null}",
-        "{\"code\":12.5}", "{\"code\":1e3}", "{\"code\":-1E-2}", "{\"code\":0.0}",
-        "{\"code\":123456789012345678}", "{\"code\":1234567890123456789}",
-        "{\"code\":99999999999999999999}", "{\"code\":-9223372036854775808}",
-        "{\"code\":01}", "{\"code\":-}", "{\"code\":+1}", "{\"code\":1x}",
+        "{\"code\":12.5}",
+        "{\"code\":1e3}",
+        "{\"code\":-1E-2}",
+        "{\"code\":0.0}",
+        "{\"code\":123456789012345678}",
+        "{\"code\":1234567890123456789}",
+        "{\"code\":99999999999999999999}",
+        "{\"code\":-9223372036854775808}",
+        "{\"code\":01}",
+        "{\"code\":-}",
+        "{\"code\":+1}",
+        "{\"code\":1x}",
         "{\"a\":[1,[2,{\"b\":[true,false,null]}],\"s\",{}],\"code\":7,\"e\":[],\"o\":{}}",
-        "{\"c\\u006fde\":4,\"codeDesc\":\"x\"}", "{\"co\\nde\":4}",
-        "{}", "{ }", "[]", "[{\"code\":0}]", "\"str\"", "12", "true", "null", "",
-        " ", "{", "}", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "{\"a\":1}x", "{\"a\":1}{}",
-        "{\"a\":[1,]}", "{\"a\":[,1]}", "{\"a\":tru}", "{\"a\":truex}", "{\"a\":nul}",
-        "{\"a\":\"\\x\"}", "{\"a\":\"\\u00\"}", "{\"a\":\"\\u0000\"}", "{\"a\":\"\\ud800\"}",
-        "{\"a\":\"\\ud83d\\ude00\"}", "{\"a\":\"tab\there\"}", "{\"a\":\"unterminated}",
-        "{\"codeDesc\":\"\xe9\xaa\x8c\xe8\xaf\x81\"}", "{\"a\":\"\xc0\xaf\"}", "{\"a\":\"\xed\xa0\x80\"}",
-        "{\"a\":\"\xf4\x90\x80\x80\"}", "{\"a\":\"\xe9\xaa\"}", "{\"a\":\"\x80\"}", "\xef\xbb\xbf{}",
+        "{\"c\\u006fde\":4,\"codeDesc\":\"x\"}",
+        "{\"co\\nde\":4}",
+        "{}",
+        "{ }",
+        "[]",
+        "[{\"code\":0}]",
+        "\"str\"",
+        "12",
+        "true",
+        "null",
+        "",
+        " ",
+        "{",
+        "}",
+        "{\"a\"}",
+        "{\"a\":}",
+        "{\"a\":1,}",
+        "{,}",
+        "{\"a\":1}x",
+        "{\"a\":1}{}",
+        "{\"a\":[1,]}",
+        "{\"a\":[,1]}",
+        "{\"a\":tru}",
+        "{\"a\":truex}",
+        "{\"a\":nul}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\\u00\"}",
+        "{\"a\":\"\\u0000\"}",
+        "{\"a\":\"\\ud800\"}",
+        "{\"a\":\"\\ud83d\\ude00\"}",
+        "{\"a\":\"tab\there\"}",
+        "{\"a\":\"unterminated}",
+        "{\"codeDesc\":\"\xe9\xaa\x8c\xe8\xaf\x81\"}",
+        "{\"a\":\"\xc0\xaf\"}",
+        "{\"a\":\"\xed\xa0\x80\"}",
+        "{\"a\":\"\xf4\x90\x80\x80\"}",
+        "{\"a\":\"\xe9\xaa\"}",
+        "{\"a\":\"\x80\"}",
+        "\xef\xbb\xbf{}",
         "{\"codeDesc\":\"0123456789012345678901234567890123456789012345678901234567890123456789\"}",
-        "{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],\"code\":3}",
+        "{\"a\":[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],"
+        "\"code\":3}",
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         expect_like_jansson(cases[i], strlen(cases[i]));
@@ -142,10 +186,14 @@ static void test_scan_agrees_with_jansson(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_success_shape),    cmocka_unit_test(test_caller_fields_follow),
-        cmocka_unit_test(test_custom_message),   cmocka_unit_test(test_unknown_code),
-        cmocka_unit_test(test_reply_error_formats), cmocka_unit_test(test_non_utf8_repaired),
-        cmocka_unit_test(test_dump_null),        cmocka_unit_test(test_oom_literal),
+        cmocka_unit_test(test_success_shape),
+        cmocka_unit_test(test_caller_fields_follow),
+        cmocka_unit_test(test_custom_message),
+        cmocka_unit_test(test_unknown_code),
+        cmocka_unit_test(test_reply_error_formats),
+        cmocka_unit_test(test_non_utf8_repaired),
+        cmocka_unit_test(test_dump_null),
+        cmocka_unit_test(test_oom_literal),
         cmocka_unit_test(test_scan_agrees_with_jansson),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

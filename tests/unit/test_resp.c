@@ -33,8 +33,8 @@ static void test_fixed_commands(void **state) {
     assert_same(1, ping, NULL);
     assert_same(0, ping, NULL);
 
-    const char *xadd[] = {"XADD", "capgate:audit", "MAXLEN", "~", "1000000", "*", "app", "",
-                          "code", "0"};
+    const char *xadd[] = {"XADD", "capgate:audit", "MAXLEN", "~",    "1000000",
+                          "*",    "app",           "",       "code", "0"};
     assert_same(10, xadd, NULL);
 
     const char bin[] = {'a', '\0', '\r', '\n', 'b'};

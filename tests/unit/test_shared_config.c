@@ -12,14 +12,16 @@
 static void test_config_refcount(void **state) {
     struct config *c = NULL;
     char err[256];
-    assert_int_equal(config_load_string("{\"upstream\": {\"url\": \"https://127.0.0.1/v2/index.php\","
-                                        " \"secret_id\": \"AKID\", \"secret_key\": \"k\"}}",
-                                        "t.json", &c, err, sizeof(err)), 0);
+    assert_int_equal(
+        config_load_string("{\"upstream\": {\"url\": \"https://127.0.0.1/v2/index.php\","
+                           " \"secret_id\": \"AKID\", \"secret_key\": \"k\"}}",
+                           "t.json", &c, err, sizeof(err)),
+        0);
     struct shared_config *pc = shared_config_new(c);
     assert_non_null(pc);
     assert_ptr_equal(shared_config_ref(pc), pc);
     shared_config_unref(pc);
-    assert_ptr_equal(pc->config, c);  /* still alive: one reference left */
+    assert_ptr_equal(pc->config, c); /* still alive: one reference left */
     shared_config_unref(pc);
     shared_config_unref(NULL);
 }

@@ -44,8 +44,8 @@ static void vector_from_json(json_t *v, struct vector *out) {
 static void parse_vector(const struct vector *v, struct params *p) {
     char err[256];
     params_init(p);
-    if (params_parse_urlencoded(p, v->encoded_params, strlen(v->encoded_params), err,
-                                sizeof err) != 0)
+    if (params_parse_urlencoded(p, v->encoded_params, strlen(v->encoded_params), err, sizeof err) !=
+        0)
         fail_msg("%s: %s", v->name, err);
 }
 
@@ -82,8 +82,8 @@ static void check_vector(const struct vector *v) {
     params_cleanup(&resigned);
 
     /* A wrong key. */
-    assert_int_equal(sign_verify(&p, v->method, v->host, v->path, "Gu5t9xGARNpq86cd98joQYCN3EXAMPLF"),
-                     -1);
+    assert_int_equal(
+        sign_verify(&p, v->method, v->host, v->path, "Gu5t9xGARNpq86cd98joQYCN3EXAMPLF"), -1);
     assert_int_equal(sign_verify(&p, v->method, v->host, v->path, ""), -1);
 
     /* A changed value. */
@@ -294,13 +294,13 @@ static void test_compute_many_keys(void **state) {
                 assert_non_null(HMAC(m ? EVP_sha256() : EVP_sha1(), keys[i], (int)lens[i],
                                      (const unsigned char *)data, sizeof data - 1, md, &md_len));
                 EVP_EncodeBlock((unsigned char *)want, md, (int)md_len);
-                assert_int_equal(sign_compute(method, keys[i], lens[i], data, sizeof data - 1, got), 0);
+                assert_int_equal(sign_compute(method, keys[i], lens[i], data, sizeof data - 1, got),
+                                 0);
                 assert_string_equal(got, want);
             }
         }
     }
 }
-
 
 /* ---- the '@' rule ----
  * Inline vectors, computed outside the code under test with openssl from the string to sign
@@ -311,8 +311,9 @@ static void test_compute_many_keys(void **state) {
 #define AT_KEY "testkey-0123456789"
 #define AT_HOST "csec.api.qcloud.com"
 #define AT_PATH "/v2/index.php"
-#define AT_SORTED_HEAD "Action=CaptchaCheck&Nonce=1234&SecretId=AKIDtest&Timestamp=1700000000" \
-                       "&captchaType=9"
+#define AT_SORTED_HEAD \
+    "Action=CaptchaCheck&Nonce=1234&SecretId=AKIDtest&Timestamp=1700000000" \
+    "&captchaType=9"
 #define AT_SORTED_TAIL "ticket=t03xyz&userIp=127.0.0.1"
 /* POST, randstr left out */
 #define AT_POST_STRING "POST" AT_HOST AT_PATH "?" AT_SORTED_HEAD "&" AT_SORTED_TAIL

@@ -32,8 +32,8 @@
 #include "redis_server.h"
 #include "store.h"
 
-#define TIMEOUT_MS 100        /* the tests of timeouts: a stopped or wrong server */
-#define CALL_TIMEOUT_MS 5000  /* every other test: a busy machine must not make a call time out */
+#define TIMEOUT_MS 100       /* the tests of timeouts: a stopped or wrong server */
+#define CALL_TIMEOUT_MS 5000 /* every other test: a busy machine must not make a call time out */
 #define SLACK_MS 150
 
 /* ---- a redis-server of our own (redis_server.h) ---- */
@@ -49,8 +49,10 @@ static long long redis_int(const struct redis_server *rp, unsigned db, const cha
     rep = redisCommand(c, "SELECT %u", db);
     if (rep) freeReplyObject(rep);
     rep = key ? redisCommand(c, "%s %s", cmd, key) : redisCommand(c, "%s", cmd);
-    if (rep && rep->type == REDIS_REPLY_INTEGER) v = rep->integer;
-    else if (rep && rep->type == REDIS_REPLY_STATUS) v = 0;
+    if (rep && rep->type == REDIS_REPLY_INTEGER)
+        v = rep->integer;
+    else if (rep && rep->type == REDIS_REPLY_STATUS)
+        v = 0;
     if (rep) freeReplyObject(rep);
     redisFree(c);
     return v;
@@ -96,8 +98,7 @@ static void run_loop_ms(struct fixture *f, unsigned ms) {
     event_base_dispatch(f->base);
 }
 
-static void guard_cb(evutil_socket_t fd, short what, void *arg) {
-}
+static void guard_cb(evutil_socket_t fd, short what, void *arg) {}
 
 /* One store_limit (or store_limit_local, or store_limit_nonce when nonce is set) call, run to
  * its callback (bounded at 5 s). */
@@ -108,9 +109,12 @@ static void call_with(struct fixture *f, int local, const struct limit_bucket *b
     struct event *guard = event_new(f->base, -1, EV_PERSIST, guard_cb, NULL);
     memset(c, 0, sizeof *c);
     event_add(guard, &tick);
-    if (local) store_limit_local(f->store, b, n, on_limit, c);
-    else if (nonce) store_limit_nonce(f->store, b, n, nonce, on_limit, c);
-    else store_limit(f->store, b, n, on_limit, c);
+    if (local)
+        store_limit_local(f->store, b, n, on_limit, c);
+    else if (nonce)
+        store_limit_nonce(f->store, b, n, nonce, on_limit, c);
+    else
+        store_limit(f->store, b, n, on_limit, c);
     c->returned = 1;
     assert_int_equal(c->fired, 0);
     while (!c->fired && clock_mono_us() - t0 < 5000000) event_base_loop(f->base, EVLOOP_ONCE);
@@ -139,8 +143,8 @@ static void call_ok(struct fixture *f, const struct limit_bucket *b, size_t n, s
 
 static unsigned key_serial;
 
-static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_us,
-                   unsigned burst, int shadow) {
+static void bucket(struct limit_bucket *b, const char *name, uint64_t emission_us, unsigned burst,
+                   int shadow) {
     memset(b, 0, sizeof *b);
     snprintf(b->key, sizeof b->key, "capgate-test:%d:%u:rl:%s", (int)getpid(), key_serial, name);
     b->emission_us = emission_us;
@@ -419,13 +423,13 @@ static void cache_wait(struct fixture *f, struct cache_call *c, size_t n) {
     }
 }
 
-#define CACHE_CALL(f, c, expr)                                                                 \
-    do {                                                                                       \
-        cache_reset(c);                                                                        \
-        expr;                                                                                  \
-        (c)->returned = 1;                                                                     \
-        assert_int_equal((c)->fired, 0);                                                       \
-        cache_wait(f, c, 1);                                                                   \
+#define CACHE_CALL(f, c, expr) \
+    do { \
+        cache_reset(c); \
+        expr; \
+        (c)->returned = 1; \
+        assert_int_equal((c)->fired, 0); \
+        cache_wait(f, c, 1); \
     } while (0)
 
 static void cache_key(char *out, size_t cap, const char *name) {
@@ -479,7 +483,7 @@ static void contract_pool(struct fixture *f, struct fixture *other) {
         store_pool_pop(which->store, key, 60000, on_pool, &many[i]);
         many[i].returned = 1;
     }
-    cache_wait(f, many, 24);   /* the other base's callbacks: see below */
+    cache_wait(f, many, 24); /* the other base's callbacks: see below */
     {
         int got = 0, none = 0;
         for (int i = 0; i < 24; i++) {
@@ -516,8 +520,8 @@ static void contract_idem(struct fixture *f, struct fixture *other) {
     /* only the pending marker's own fingerprint completes it */
     CACHE_CALL(f, &c, store_idem_complete(f->store, key, fb, "x", 1, 5000, on_idem, &c));
     assert_int_equal(c.state, STORE_IDEM_MISMATCH);
-    CACHE_CALL(f, &c, store_idem_complete(f->store, key, fa, body, sizeof body - 1, 150, on_idem,
-                                          &c));
+    CACHE_CALL(f, &c,
+               store_idem_complete(f->store, key, fa, body, sizeof body - 1, 150, on_idem, &c));
     assert_int_equal(c.state, STORE_IDEM_DONE);
     CACHE_CALL(f, &c, store_idem_begin(other->store, key, fa, 5000, on_idem, &c));
     assert_int_equal(c.state, STORE_IDEM_DONE);
@@ -619,7 +623,8 @@ static void test_memory_expiry_and_closed(void **state) {
     assert_int_equal(o.allowed, 1);
     assert_int_equal(store_memory_count(m), 3);
     /* long past TAT + tolerance, touching the table drops what expired */
-    for (int i = 0; i < 400; i++) store_memory_check(m, &b[2], 1, 1000000 + 20000 * (uint64_t)i, &o);
+    for (int i = 0; i < 400; i++)
+        store_memory_check(m, &b[2], 1, 1000000 + 20000 * (uint64_t)i, &o);
     assert_int_equal(store_memory_count(m), 1);
     store_memory_free(m);
 
@@ -757,8 +762,8 @@ static void test_redis_cache_layout(void **state) {
 }
 
 static void test_redis_auth_and_db(void **state) {
-    struct redis_server rp = {.pid = -1, .port = redis_server_free_port(),
-                              .password = "s3cret pass"};
+    struct redis_server rp = {
+        .pid = -1, .port = redis_server_free_port(), .password = "s3cret pass"};
     struct fixture *f;
     struct limit_bucket b;
     struct call c;
@@ -975,21 +980,17 @@ int main(void) {
         cmocka_unit_test(test_memory_nonce),
     };
     const struct CMUnitTest redis_tests[] = {
-        cmocka_unit_test(test_redis_contract),
-        cmocka_unit_test(test_redis_nonce),
-        cmocka_unit_test(test_redis_cache_layout),
-        cmocka_unit_test(test_redis_auth_and_db),
-        cmocka_unit_test(test_redis_noscript),
-        cmocka_unit_test(test_redis_timeout),
-        cmocka_unit_test(test_redis_probe_drop),
-        cmocka_unit_test(test_redis_free_with_pending),
+        cmocka_unit_test(test_redis_contract),     cmocka_unit_test(test_redis_nonce),
+        cmocka_unit_test(test_redis_cache_layout), cmocka_unit_test(test_redis_auth_and_db),
+        cmocka_unit_test(test_redis_noscript),     cmocka_unit_test(test_redis_timeout),
+        cmocka_unit_test(test_redis_probe_drop),   cmocka_unit_test(test_redis_free_with_pending),
         cmocka_unit_test(test_redis_reconnect),
     };
     int failed;
     signal(SIGPIPE, SIG_IGN);
     log_init("test_store", LOG_LEVEL_ERROR);
     failed = cmocka_run_group_tests_name("memory", memory_tests, NULL, NULL);
-    failed += cmocka_run_group_tests_name("redis", redis_tests, redis_group_setup,
-                                          redis_group_teardown);
+    failed +=
+        cmocka_run_group_tests_name("redis", redis_tests, redis_group_setup, redis_group_teardown);
     return failed ? 1 : 0;
 }

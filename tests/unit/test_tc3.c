@@ -62,8 +62,9 @@ static void test_authorization_matches_sdk(void **state) {
         struct hdrs h = {"application/json", vecs[i].host};
         struct tc3_request r = req_for(&vecs[i], &h);
         char out[512];
-        assert_int_equal(tc3_authorization(&r, vecs[i].id, vecs[i].key, vecs[i].service,
-                                           vecs[i].ts, out, sizeof(out)), 0);
+        assert_int_equal(tc3_authorization(&r, vecs[i].id, vecs[i].key, vecs[i].service, vecs[i].ts,
+                                           out, sizeof(out)),
+                         0);
         assert_string_equal(out, vecs[i].auth);
     }
 }
@@ -92,8 +93,7 @@ static void test_canonical_request_hashes(void **state) {
     struct hdrs h2 = {"  Application/JSON ", "CAPTCHA.tencentcloudapi.com"};
     r.header_arg = &h2;
     char out[512];
-    assert_int_equal(tc3_authorization(&r, v->id, v->key, v->service, v->ts, out, sizeof(out)),
-                     0);
+    assert_int_equal(tc3_authorization(&r, v->id, v->key, v->service, v->ts, out, sizeof(out)), 0);
     assert_string_equal(out, v->auth);
 }
 
@@ -110,8 +110,7 @@ static void test_verify(void **state) {
         /* Wrong key, changed body, another day, another host: each fails. */
         assert_int_equal(tc3_verify(&r, &a, "other", vecs[i].ts, err, sizeof(err)), -1);
         assert_non_null(strstr(err, "Signature"));
-        assert_int_equal(tc3_verify(&r, &a, vecs[i].key, vecs[i].ts + 86400, err, sizeof(err)),
-                         -1);
+        assert_int_equal(tc3_verify(&r, &a, vecs[i].key, vecs[i].ts + 86400, err, sizeof(err)), -1);
         assert_non_null(strstr(err, "date"));
         r.payload_len--;
         assert_int_equal(tc3_verify(&r, &a, vecs[i].key, vecs[i].ts, err, sizeof(err)), -1);
@@ -168,12 +167,12 @@ static void test_parse_refusals(void **state) {
     }
     assert_int_equal(tc3_parse_authorization(NULL, &a, err, sizeof(err)), -1);
     /* Without the space after the commas, as some clients write it. */
-    assert_int_equal(tc3_parse_authorization(
-                         "TC3-HMAC-SHA256 Credential=a/2023-11-14/captcha/tc3_request,"
-                         "SignedHeaders=content-type;host;x-tc-action,Signature="
-                         "3fc45b77fc18f7e8fe3b2820aa9b1e7e3488c6f255b27c1588cbc68860d099d0",
-                         &a, err, sizeof(err)),
-                     0);
+    assert_int_equal(
+        tc3_parse_authorization("TC3-HMAC-SHA256 Credential=a/2023-11-14/captcha/tc3_request,"
+                                "SignedHeaders=content-type;host;x-tc-action,Signature="
+                                "3fc45b77fc18f7e8fe3b2820aa9b1e7e3488c6f255b27c1588cbc68860d099d0",
+                                &a, err, sizeof(err)),
+        0);
     assert_string_equal(a.signed_headers, "content-type;host;x-tc-action");
 }
 

@@ -48,7 +48,7 @@ struct fake {
     char user_agent[64];
     char body[512];
     char query[512];
-    char bodies[4][512];                /* the first four request bodies */
+    char bodies[4][512]; /* the first four request bodies */
     struct httpd_req *stalled;
 };
 
@@ -58,7 +58,7 @@ struct outcome {
     int ok;
     int http_status;
     int breaker_rejected;
-    int json_fields;        /* the result had JSON fields (test_raw_ok_passes_a_script) */
+    int json_fields; /* the result had JSON fields (test_raw_ok_passes_a_script) */
     int nothing_sent;
     int timed_out;
     unsigned attempts;
@@ -73,71 +73,54 @@ static int g_inside_call;
 static char g_dir[64];
 static char g_ca[128], g_cert[128], g_key[128], g_wrong_ca[128];
 
-static void copy_str(char *dst, size_t n, const char *src)
-{
+static void copy_str(char *dst, size_t n, const char *src) {
     snprintf(dst, n, "%s", src ? src : "");
 }
 
-static const char *find_header(const struct httpd_req *req, const char *name)
-{
+static const char *find_header(const struct httpd_req *req, const char *name) {
     for (size_t i = 0; i < req->header_count; i++)
-        if (strcasecmp(req->headers[i].name, name) == 0)
-            return req->headers[i].value;
+        if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
     return NULL;
 }
 
-static void fake_cancel(struct httpd_req *req, void *arg)
-{
+static void fake_cancel(struct httpd_req *req, void *arg) {
     struct fake *f = arg;
 
-    if (f->stalled == req)
-        f->stalled = NULL;
+    if (f->stalled == req) f->stalled = NULL;
 }
 
-static void fake_handler(struct httpd_req *req, void *arg)
-{
+static void fake_handler(struct httpd_req *req, void *arg) {
     static const char json[] = "{\"code\":0,\"codeDesc\":\"Success\",\"url\":\"https://x\"}";
     struct fake *f = arg;
     size_t conns = httpd_connections(f->httpd);
 
     f->requests++;
-    if (conns > f->max_connections_seen)
-        f->max_connections_seen = conns;
+    if (conns > f->max_connections_seen) f->max_connections_seen = conns;
     copy_str(f->method, sizeof(f->method), req->method);
     copy_str(f->host, sizeof(f->host), req->host);
     copy_str(f->content_type, sizeof(f->content_type), req->content_type);
     copy_str(f->user_agent, sizeof(f->user_agent), find_header(req, "User-Agent"));
     copy_str(f->body, sizeof(f->body), req->body);
     copy_str(f->query, sizeof(f->query), req->query);
-    if (f->requests <= 4)
-        copy_str(f->bodies[f->requests - 1], sizeof(f->bodies[0]), req->body);
+    if (f->requests <= 4) copy_str(f->bodies[f->requests - 1], sizeof(f->bodies[0]), req->body);
     switch (f->mode) {
-    case FAKE_JSON:
-        httpd_reply(req, 200, "application/json", json, strlen(json));
-        break;
-    case FAKE_500:
-        httpd_reply(req, 500, "text/html", "<h1>oops</h1>", 13);
-        break;
-    case FAKE_TEXT:
-        httpd_reply(req, 200, "text/html", "<html>maintenance</html>", 24);
-        break;
+    case FAKE_JSON: httpd_reply(req, 200, "application/json", json, strlen(json)); break;
+    case FAKE_500: httpd_reply(req, 500, "text/html", "<h1>oops</h1>", 13); break;
+    case FAKE_TEXT: httpd_reply(req, 200, "text/html", "<html>maintenance</html>", 24); break;
     case FAKE_STALL:
         f->stalled = req;
         httpd_set_cancel(req, fake_cancel, f);
-        httpd_cancel_on_eof(req);   /* like the mock's stall: ends when the client leaves */
+        httpd_cancel_on_eof(req); /* like the mock's stall: ends when the client leaves */
         break;
-    case FAKE_RESET:
-        httpd_reset(req);
-        break;
-    case FAKE_RESET_ONCE:   /* as a server closing an idle connection just as a request came */
+    case FAKE_RESET: httpd_reset(req); break;
+    case FAKE_RESET_ONCE: /* as a server closing an idle connection just as a request came */
         f->mode = FAKE_JSON;
         httpd_reset(req);
         break;
     }
 }
 
-static void fake_start(struct fake *f, struct tls_server *server_tls)
-{
+static void fake_start(struct fake *f, struct tls_server *server_tls) {
     char err[256];
 
     memset(f, 0, sizeof(*f));
@@ -146,18 +129,15 @@ static void fake_start(struct fake *f, struct tls_server *server_tls)
     f->httpd = httpd_new(f->base, NULL, fake_handler, f);
     assert_non_null(f->httpd);
     f->port = httpd_listen(f->httpd, "127.0.0.1", 0, server_tls, 0, err, sizeof(err));
-    if (f->port <= 0)
-        fail_msg("listen: %s", err);
+    if (f->port <= 0) fail_msg("listen: %s", err);
 }
 
-static void fake_stop(struct fake *f)
-{
+static void fake_stop(struct fake *f) {
     httpd_free(f->httpd);
     event_base_free(f->base);
 }
 
-static void on_done(const struct upstream_result *r, void *arg)
-{
+static void on_done(const struct upstream_result *r, void *arg) {
     struct outcome *o = arg;
 
     o->done = 1;
@@ -178,39 +158,34 @@ static void on_done(const struct upstream_result *r, void *arg)
     event_base_loopbreak(o->base);
 }
 
-static void guard_cb(evutil_socket_t fd, short what, void *arg)
-{
+static void guard_cb(evutil_socket_t fd, short what, void *arg) {
     event_base_loopbreak(arg);
 }
 
 /* Runs the loop until the call completes, at most 10 s. */
-static void wait_for(struct event_base *base, struct outcome *o)
-{
+static void wait_for(struct event_base *base, struct outcome *o) {
     struct event *guard = evtimer_new(base, guard_cb, base);
-    struct timeval tv = { 10, 0 };
+    struct timeval tv = {10, 0};
 
     evtimer_add(guard, &tv);
     while (!o->done) {
         event_base_dispatch(base);
-        if (!o->done && !evtimer_pending(guard, NULL))
-            break;
+        if (!o->done && !evtimer_pending(guard, NULL)) break;
     }
     event_free(guard);
     assert_true(o->done);
 }
 
 /* Lets the loop run for ms (connections settle, the fake server notices closes). */
-static void spin(struct event_base *base, unsigned ms)
-{
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+static void spin(struct event_base *base, unsigned ms) {
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
     event_base_loopexit(base, &tv);
     event_base_dispatch(base);
 }
 
 static void call(struct upstream *u, struct event_base *base, const char *method,
-                 const char *params, struct outcome *o)
-{
+                 const char *params, struct outcome *o) {
     memset(o, 0, sizeof(*o));
     o->base = base;
     g_inside_call = 1;
@@ -221,8 +196,7 @@ static void call(struct upstream *u, struct event_base *base, const char *method
     assert_int_equal(o->fired_inside_call, 0);
 }
 
-static void plain_options(struct upstream_options *o, int port)
-{
+static void plain_options(struct upstream_options *o, int port) {
     memset(o, 0, sizeof(*o));
     o->host = "127.0.0.1";
     o->port = port;
@@ -236,19 +210,16 @@ static void plain_options(struct upstream_options *o, int port)
     o->breaker_open_ms = 5000;
 }
 
-static struct upstream *new_upstream(struct event_base *base, const struct upstream_options *o)
-{
+static struct upstream *new_upstream(struct event_base *base, const struct upstream_options *o) {
     char err[256] = "";
     struct upstream *u = upstream_new(base, o, err, sizeof(err));
 
-    if (!u)
-        fail_msg("upstream_new: %s", err);
+    if (!u) fail_msg("upstream_new: %s", err);
     return u;
 }
 
 /* A port on 127.0.0.1 that nothing listens on. */
-static int closed_port(void)
-{
+static int closed_port(void) {
     struct sockaddr_in sa;
     socklen_t len = sizeof(sa);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -267,8 +238,7 @@ static int closed_port(void)
 
 /* TCP_NODELAY of this process's socket connected to 127.0.0.1:port (the client's side: a server's
  * accepted sockets have the client's port as peer): 1 or 0, or -1 when there is no such socket. */
-static int client_nodelay(int port)
-{
+static int client_nodelay(int port) {
     for (int fd = 3; fd < 1024; fd++) {
         struct sockaddr_in sa;
         socklen_t len = sizeof(sa);
@@ -278,8 +248,7 @@ static int client_nodelay(int port)
         if (getpeername(fd, (struct sockaddr *)&sa, &len) != 0 || sa.sin_family != AF_INET ||
             ntohs(sa.sin_port) != port)
             continue;
-        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vlen) != 0)
-            return -1;
+        if (getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vlen) != 0) return -1;
         return v != 0;
     }
     return -1;
@@ -287,8 +256,7 @@ static int client_nodelay(int port)
 
 /* --- plain HTTP -------------------------------------------------------------------------- */
 
-static void test_post_roundtrip(void **state)
-{
+static void test_post_roundtrip(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -325,8 +293,7 @@ static void test_post_roundtrip(void **state)
     fake_stop(&f);
 }
 
-static void test_get_sends_query(void **state)
-{
+static void test_get_sends_query(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -345,8 +312,7 @@ static void test_get_sends_query(void **state)
     fake_stop(&f);
 }
 
-static void test_keepalive_reuses_one_connection(void **state)
-{
+static void test_keepalive_reuses_one_connection(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -371,8 +337,7 @@ static void test_keepalive_reuses_one_connection(void **state)
     fake_stop(&f);
 }
 
-static void test_pool_caps_connections_and_queues(void **state)
-{
+static void test_pool_caps_connections_and_queues(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -392,16 +357,13 @@ static void test_pool_caps_connections_and_queues(void **state)
     }
     for (;;) {
         done = 0;
-        for (int i = 0; i < 6; i++)
-            done += (unsigned)r[i].done;
-        if (done == 6)
-            break;
+        for (int i = 0; i < 6; i++) done += (unsigned)r[i].done;
+        if (done == 6) break;
         wait_for(f.base, &r[0]);
         spin(f.base, 20);
     }
     /* 2 on connections + 3 queued; the sixth found the queue full */
-    for (int i = 0; i < 5; i++)
-        assert_int_equal(r[i].ok, 1);
+    for (int i = 0; i < 5; i++) assert_int_equal(r[i].ok, 1);
     assert_int_equal(r[5].ok, 0);
     assert_string_equal(r[5].error, "upstream queue is full");
     assert_int_equal(r[5].nothing_sent, 1);
@@ -414,8 +376,7 @@ static void test_pool_caps_connections_and_queues(void **state)
 }
 
 /* A raw listening socket on 127.0.0.1; *port gets its port. */
-static int raw_listener(int *port)
-{
+static int raw_listener(int *port) {
     struct sockaddr_in sa;
     socklen_t len = sizeof(sa);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
@@ -432,8 +393,7 @@ static int raw_listener(int *port)
 }
 
 /* Reads one request head from the raw server side, turning the client's loop meanwhile. */
-static size_t raw_read_request(struct event_base *base, int fd, char *buf, size_t cap)
-{
+static size_t raw_read_request(struct event_base *base, int fd, char *buf, size_t cap) {
     size_t n = 0;
     uint64_t until = clock_mono_us() + 5000000;
 
@@ -456,8 +416,7 @@ static const char raw_reply[] = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{\
 /* One GET call answered by the raw server side: accepts the client's connection first when *sfd
  * is -1, reads the request head into buf, sends reply and waits for a successful outcome. */
 static void raw_call(struct upstream *u, struct event_base *base, int lfd, int *sfd,
-                     const char *params, const char *reply, char *buf, size_t cap)
-{
+                     const char *params, const char *reply, char *buf, size_t cap) {
     struct outcome r;
     uint64_t until = clock_mono_us() + 5000000;
 
@@ -467,8 +426,7 @@ static void raw_call(struct upstream *u, struct event_base *base, int lfd, int *
     while (*sfd < 0 && clock_mono_us() < until) {
         event_base_loop(base, EVLOOP_NONBLOCK);
         *sfd = accept(lfd, NULL, NULL);
-        if (*sfd < 0)
-            usleep(1000);
+        if (*sfd < 0) usleep(1000);
     }
     assert_true(*sfd >= 0);
     assert_true(raw_read_request(base, *sfd, buf, cap) > 0);
@@ -479,8 +437,7 @@ static void raw_call(struct upstream *u, struct event_base *base, int lfd, int *
 
 /* On a warm keep-alive connection the request is on the wire when upstream_call returns: it does
  * not wait for the loop to report the socket writable. */
-static void test_warm_connection_writes_before_the_loop_turns(void **state)
-{
+static void test_warm_connection_writes_before_the_loop_turns(void **state) {
     struct event_base *base = event_base_new();
     struct upstream_options o;
     struct upstream *u;
@@ -497,7 +454,7 @@ static void test_warm_connection_writes_before_the_loop_turns(void **state)
     memset(&r, 0, sizeof(r));
     r.base = base;
     assert_int_equal(upstream_call(u, "GET", "Action=CaptchaQuery&n=2", on_done, &r), 0);
-    usleep(20000);   /* loopback delivery; the client's loop does not run */
+    usleep(20000); /* loopback delivery; the client's loop does not run */
     got = recv(sfd, buf, sizeof(buf) - 1, MSG_DONTWAIT);
     assert_true(got > 0);
     buf[got] = '\0';
@@ -508,7 +465,7 @@ static void test_warm_connection_writes_before_the_loop_turns(void **state)
     assert_int_equal(r.ok, 1);
     assert_string_equal(r.body, "{\"code\":0}");
     extra = accept(lfd, NULL, NULL);
-    assert_int_equal(extra, -1);   /* both calls used the one connection */
+    assert_int_equal(extra, -1); /* both calls used the one connection */
     upstream_free(u);
     close(sfd);
     close(lfd);
@@ -519,8 +476,7 @@ static void test_warm_connection_writes_before_the_loop_turns(void **state)
  * and the next call goes out on a new one; its socket most likely reuses the old descriptor
  * number, which must be watched afresh (a watcher left on the old socket would leave the new one
  * unwatched or call into a freed connection). */
-static void test_connection_closed_while_idle_is_replaced(void **state)
-{
+static void test_connection_closed_while_idle_is_replaced(void **state) {
     struct event_base *base = event_base_new();
     struct upstream_options o;
     struct upstream *u;
@@ -547,8 +503,7 @@ static void test_connection_closed_while_idle_is_replaced(void **state)
 
 /* A reply with "Connection: close": evhttp opens a new socket for the next call on the same
  * connection, and that socket gets TCP_NODELAY too (it may reuse the old descriptor number). */
-static void test_socket_after_connection_close_gets_nodelay(void **state)
-{
+static void test_socket_after_connection_close_gets_nodelay(void **state) {
     static const char closing[] =
         "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 10\r\n\r\n{\"code\":0}";
     struct event_base *base = event_base_new();
@@ -563,7 +518,7 @@ static void test_socket_after_connection_close_gets_nodelay(void **state)
     close(sfd);
     sfd = -1;
     spin(base, 20);
-    assert_int_equal(client_nodelay(port), -1);   /* the client closed its side */
+    assert_int_equal(client_nodelay(port), -1); /* the client closed its side */
     raw_call(u, base, lfd, &sfd, "Action=CaptchaQuery", raw_reply, buf, sizeof(buf));
     assert_int_equal(client_nodelay(port), 1);
     upstream_free(u);
@@ -572,8 +527,7 @@ static void test_socket_after_connection_close_gets_nodelay(void **state)
     event_base_free(base);
 }
 
-static uint64_t cpu_us(void)
-{
+static uint64_t cpu_us(void) {
     struct rusage ru;
 
     getrusage(RUSAGE_SELF, &ru);
@@ -585,8 +539,7 @@ static uint64_t cpu_us(void)
  * has not read a large body yet): the socket is readable while evhttp is busy writing, and the
  * client must not spin on it (the second read watcher of upstream.c fires there). When the server
  * drains the body, the reply is read as usual. */
-static void test_reply_during_a_long_write_does_not_spin(void **state)
-{
+static void test_reply_during_a_long_write_does_not_spin(void **state) {
     struct event_base *base = event_base_new();
     struct upstream_options o;
     struct upstream *u;
@@ -614,12 +567,10 @@ static void test_reply_during_a_long_write_does_not_spin(void **state)
     assert_int_equal(r.done, 0);
     /* a loop spinning on the socket burns the whole 300 ms */
     if (cpu > 100000)
-        fail_msg("the client used %llu us of CPU in 300 ms while waiting",
-                 (unsigned long long)cpu);
+        fail_msg("the client used %llu us of CPU in 300 ms while waiting", (unsigned long long)cpu);
     until = clock_mono_us() + 5000000;
     while (!r.done && clock_mono_us() < until) {
-        if (recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) <= 0)
-            usleep(100);
+        if (recv(sfd, buf, sizeof(buf), MSG_DONTWAIT) <= 0) usleep(100);
         event_base_loop(base, EVLOOP_NONBLOCK);
     }
     assert_int_equal(r.done, 1);
@@ -632,8 +583,7 @@ static void test_reply_during_a_long_write_does_not_spin(void **state)
     free(body);
 }
 
-static void test_stalled_upstream_times_out(void **state)
-{
+static void test_stalled_upstream_times_out(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -648,7 +598,7 @@ static void test_stalled_upstream_times_out(void **state)
     call(u, f.base, "POST", "Action=CaptchaIframeQuery", &r);
     assert_int_equal(r.ok, 0);
     assert_string_equal(r.error, "upstream timed out after 300 ms");
-    assert_int_equal(r.timed_out, 1);  /* a 504 in the pipeline */
+    assert_int_equal(r.timed_out, 1); /* a 504 in the pipeline */
     assert_true(r.latency_us >= 280000);
     assert_true(r.latency_us < 1500000);
     assert_int_equal(r.nothing_sent, 0);
@@ -664,8 +614,7 @@ static void test_stalled_upstream_times_out(void **state)
     fake_stop(&f);
 }
 
-static void test_http_500_is_an_error_with_status(void **state)
-{
+static void test_http_500_is_an_error_with_status(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -679,7 +628,7 @@ static void test_http_500_is_an_error_with_status(void **state)
     assert_int_equal(r.ok, 0);
     assert_int_equal(r.http_status, 500);
     assert_string_equal(r.error, "upstream answered HTTP 500");
-    assert_int_equal(r.timed_out, 0);  /* a 502 */
+    assert_int_equal(r.timed_out, 0); /* a 502 */
     assert_string_equal(r.body, "<h1>oops</h1>");
     /* a status is never retried */
     assert_int_equal(r.attempts, 1);
@@ -688,8 +637,7 @@ static void test_http_500_is_an_error_with_status(void **state)
     fake_stop(&f);
 }
 
-static void test_non_json_body_is_an_error(void **state)
-{
+static void test_non_json_body_is_an_error(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -712,8 +660,7 @@ static void test_non_json_body_is_an_error(void **state)
 /* A status outside 2xx with a JSON body is not a success: "HTTP/1.1 2 OK" was taken for one
  * (found by tests/fuzz/fuzz_upstream; its input is corpus/upstream/regress-status-2), and so
  * would a 1xx sent as the final status. */
-static void test_status_below_200_is_an_error(void **state)
-{
+static void test_status_below_200_is_an_error(void **state) {
     static const char *const replies[] = {
         "HTTP/1.1 2 OK\r\nContent-Length: 10\r\n\r\n{\"code\":0}",
         "HTTP/1.1 199 Odd\r\nContent-Length: 10\r\n\r\n{\"code\":0}",
@@ -735,13 +682,11 @@ static void test_status_below_200_is_an_error(void **state)
         while (sfd < 0 && clock_mono_us() < until) {
             event_base_loop(base, EVLOOP_NONBLOCK);
             sfd = accept(lfd, NULL, NULL);
-            if (sfd < 0)
-                usleep(1000);
+            if (sfd < 0) usleep(1000);
         }
         assert_true(sfd >= 0);
         assert_true(raw_read_request(base, sfd, buf, sizeof(buf)) > 0);
-        assert_int_equal(send(sfd, replies[i], strlen(replies[i]), 0),
-                         (ssize_t)strlen(replies[i]));
+        assert_int_equal(send(sfd, replies[i], strlen(replies[i]), 0), (ssize_t)strlen(replies[i]));
         wait_for(base, &r);
         assert_int_equal(r.ok, 0);
         snprintf(want, sizeof(want), "upstream answered HTTP %d", r.http_status);
@@ -757,12 +702,10 @@ static void test_status_below_200_is_an_error(void **state)
 /* UPSTREAM_RAW_OK (CaptchaQuery script=1): a 2xx body that is not JSON is ok, with upstream's
  * Content-Type, and a breaker success; a 5xx is still an error; without the flag the same body
  * is a failure again. */
-static void raw_content_type(const struct upstream_result *r, void *arg)
-{
+static void raw_content_type(const struct upstream_result *r, void *arg) {
     struct outcome *o = arg;
 
-    if (r->content_type)
-        copy_str(o->error, sizeof(o->error), r->content_type);
+    if (r->content_type) copy_str(o->error, sizeof(o->error), r->content_type);
     o->json_fields = r->fields != NULL;
     o->done = 1;
     o->ok = r->ok;
@@ -775,17 +718,16 @@ static void raw_content_type(const struct upstream_result *r, void *arg)
     event_base_loopbreak(o->base);
 }
 
-static void call_raw(struct upstream *u, struct event_base *base, struct outcome *o)
-{
+static void call_raw(struct upstream *u, struct event_base *base, struct outcome *o) {
     memset(o, 0, sizeof(*o));
     o->base = base;
-    assert_int_equal(upstream_call_flags(u, "POST", "Action=CaptchaQuery&script=1",
-                                         UPSTREAM_RAW_OK, raw_content_type, o), 0);
+    assert_int_equal(upstream_call_flags(u, "POST", "Action=CaptchaQuery&script=1", UPSTREAM_RAW_OK,
+                                         raw_content_type, o),
+                     0);
     wait_for(base, o);
 }
 
-static void test_raw_ok_passes_a_script(void **state)
-{
+static void test_raw_ok_passes_a_script(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -802,7 +744,7 @@ static void test_raw_ok_passes_a_script(void **state)
         assert_int_equal(r.ok, 1);
         assert_int_equal(r.http_status, 200);
         assert_string_equal(r.body, "<html>maintenance</html>");
-        assert_string_equal(r.error, "text/html");   /* the Content-Type, passed on */
+        assert_string_equal(r.error, "text/html"); /* the Content-Type, passed on */
         assert_int_equal(r.json_fields, 0);
     }
     upstream_get_stats(u, &st);
@@ -823,8 +765,7 @@ static void test_raw_ok_passes_a_script(void **state)
     fake_stop(&f);
 }
 
-static void test_reset_after_sending_is_not_retried(void **state)
-{
+static void test_reset_after_sending_is_not_retried(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -855,8 +796,7 @@ struct signed_call {
     struct outcome r;
 };
 
-static char *sign_attempt(void *arg)
-{
+static char *sign_attempt(void *arg) {
     struct signer *sg = &((struct signed_call *)arg)->sg;
     char buf[64];
 
@@ -865,15 +805,13 @@ static char *sign_attempt(void *arg)
     return strdup(buf);
 }
 
-static void on_signed_done(const struct upstream_result *r, void *arg)
-{
+static void on_signed_done(const struct upstream_result *r, void *arg) {
     on_done(r, &((struct signed_call *)arg)->r);
 }
 
 /* A reset of a reused keep-alive connection before any reply byte is retried, and the retry is
  * signed again: upstream may have seen the first attempt's Nonce. */
-static void test_retry_signs_again(void **state)
-{
+static void test_retry_signs_again(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -889,7 +827,7 @@ static void test_retry_signs_again(void **state)
     memset(&c, 0, sizeof(c));
     c.r.base = f.base;
     assert_int_equal(upstream_call_signed(u, "POST", sign_attempt, 0, on_signed_done, &c), 0);
-    assert_int_equal(c.sg.calls, 1);   /* the first attempt is signed inside the call */
+    assert_int_equal(c.sg.calls, 1); /* the first attempt is signed inside the call */
     wait_for(f.base, &c.r);
     assert_int_equal(c.r.ok, 1);
     assert_int_equal(c.r.attempts, 2);
@@ -903,8 +841,7 @@ static void test_retry_signs_again(void **state)
     fake_stop(&f);
 }
 
-static void test_refused_port_is_retried(void **state)
-{
+static void test_refused_port_is_retried(void **state) {
     struct event_base *base = event_base_new();
     struct upstream_options o;
     struct upstream *u;
@@ -929,8 +866,7 @@ static void test_refused_port_is_retried(void **state)
     event_base_free(base);
 }
 
-static void test_breaker_opens_rejects_and_probe_closes(void **state)
-{
+static void test_breaker_opens_rejects_and_probe_closes(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -976,8 +912,7 @@ static void test_breaker_opens_rejects_and_probe_closes(void **state)
     fake_stop(&f);
 }
 
-static void test_free_completes_pending_calls(void **state)
-{
+static void test_free_completes_pending_calls(void **state) {
     struct fake f;
     struct upstream_options o;
     struct upstream *u;
@@ -1003,16 +938,14 @@ static void test_free_completes_pending_calls(void **state)
 
 /* --- TLS --------------------------------------------------------------------------------- */
 
-static EVP_PKEY *new_key(void)
-{
+static EVP_PKEY *new_key(void) {
     EVP_PKEY *k = EVP_EC_gen("P-256");
 
     assert_non_null(k);
     return k;
 }
 
-static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
+static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value) {
     X509V3_CTX ctx;
     X509_EXTENSION *ext;
 
@@ -1026,8 +959,7 @@ static void add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
 
 /* A certificate for cn/key, signed by issuer/issuer_key (self-signed when issuer is NULL). */
 static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key,
-                       long serial, int ca)
-{
+                       long serial, int ca) {
     X509 *c = X509_new();
     X509_NAME *name = X509_NAME_new();
 
@@ -1053,8 +985,7 @@ static X509 *make_cert(const char *cn, EVP_PKEY *key, X509 *issuer, EVP_PKEY *is
     return c;
 }
 
-static void write_cert(const char *path, X509 *c)
-{
+static void write_cert(const char *path, X509 *c) {
     FILE *fp = fopen(path, "w");
 
     assert_non_null(fp);
@@ -1062,8 +993,7 @@ static void write_cert(const char *path, X509 *c)
     fclose(fp);
 }
 
-static int tls_setup(void **state)
-{
+static int tls_setup(void **state) {
     EVP_PKEY *ca_key = new_key(), *leaf_key = new_key(), *other_key = new_key();
     X509 *ca, *leaf, *other;
     FILE *fp;
@@ -1093,8 +1023,7 @@ static int tls_setup(void **state)
     return 0;
 }
 
-static int tls_teardown(void **state)
-{
+static int tls_teardown(void **state) {
     unlink(g_ca);
     unlink(g_cert);
     unlink(g_key);
@@ -1112,14 +1041,11 @@ struct tls_case {
 static unsigned g_records_in;
 
 static void count_records_in(int write_p, int version, int content_type, const void *buf,
-                             size_t len, SSL *ssl, void *arg)
-{
-    if (!write_p && content_type == SSL3_RT_HEADER && len >= 1)
-        g_records_in++;
+                             size_t len, SSL *ssl, void *arg) {
+    if (!write_p && content_type == SSL3_RT_HEADER && len >= 1) g_records_in++;
 }
 
-static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fake_requests)
-{
+static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fake_requests) {
     char err[256];
     SSL_CTX *server = tls_server_ctx_new(g_cert, g_key, err, sizeof(err));
     struct tls_server *server_ts;
@@ -1128,12 +1054,10 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     struct upstream_options o;
     struct upstream *u;
 
-    if (!server)
-        fail_msg("server ctx: %s", err);
+    if (!server) fail_msg("server ctx: %s", err);
     SSL_CTX_set_msg_callback(server, count_records_in);
     client = tls_client_ctx_new(tc->ca, 1, err, sizeof(err));
-    if (!client)
-        fail_msg("client ctx: %s", err);
+    if (!client) fail_msg("client ctx: %s", err);
     server_ts = tls_server_wrap(SSL_CTX_up_ref(server) == 1 ? server : NULL);
     assert_non_null(server_ts);
     fake_start(&f, server_ts);
@@ -1166,9 +1090,8 @@ static void tls_call(const struct tls_case *tc, struct outcome *r, unsigned *fak
     SSL_CTX_free(server);
 }
 
-static void test_tls_roundtrip(void **state)
-{
-    struct tls_case by_name = { g_ca, "localhost" }, by_ip = { g_ca, NULL };
+static void test_tls_roundtrip(void **state) {
+    struct tls_case by_name = {g_ca, "localhost"}, by_ip = {g_ca, NULL};
     struct outcome r;
     unsigned n;
 
@@ -1180,9 +1103,8 @@ static void test_tls_roundtrip(void **state)
     assert_int_equal(n, 2);
 }
 
-static void test_tls_wrong_ca_fails_verification(void **state)
-{
-    struct tls_case tc = { g_wrong_ca, "localhost" };
+static void test_tls_wrong_ca_fails_verification(void **state) {
+    struct tls_case tc = {g_wrong_ca, "localhost"};
     struct outcome r;
     unsigned n;
 
@@ -1195,9 +1117,8 @@ static void test_tls_wrong_ca_fails_verification(void **state)
     assert_int_equal(n, 0);
 }
 
-static void test_tls_hostname_mismatch_fails(void **state)
-{
-    struct tls_case tc = { g_ca, "wronghost" };
+static void test_tls_hostname_mismatch_fails(void **state) {
+    struct tls_case tc = {g_ca, "wronghost"};
     struct outcome r;
     unsigned n;
 
@@ -1212,9 +1133,12 @@ static void test_tls_hostname_mismatch_fails(void **state)
 /* ---- upstream_params: the request sent upstream ---- */
 
 static void test_upstream_params(void **state) {
-    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
-                                 .region = "gz", .signature_method = SIGN_HMAC_SHA256,
-                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+    struct config_upstream up = {.secret_id = "AKIDreal",
+                                 .secret_key = "real-key",
+                                 .region = "gz",
+                                 .signature_method = SIGN_HMAC_SHA256,
+                                 .post = 1,
+                                 .sign_host = "csec.api.qcloud.com",
                                  .path = "/v2/index.php"};
     struct params in, out;
     params_init(&in);
@@ -1241,9 +1165,12 @@ static void test_upstream_params(void **state) {
     assert_string_equal(params_get(&out, "RequestClient"), "SDK_NODE_1.0");
     assert_string_not_equal(params_get(&out, "Signature"), "appsig");
     /* signed for upstream's host, path and method with the real key */
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), -1);
-    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "app-key"), -1);
+    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "real-key"),
+                     0);
+    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"),
+                     -1);
+    assert_int_equal(sign_verify(&out, "POST", "csec.api.qcloud.com", "/v2/index.php", "app-key"),
+                     -1);
     /* the input is untouched */
     assert_string_equal(params_get(&in, "SecretId"), "AKIDapp");
     params_cleanup(&out);
@@ -1252,7 +1179,8 @@ static void test_upstream_params(void **state) {
     up.signature_method = SIGN_HMAC_SHA1;
     assert_int_equal(upstream_params(&in, &up, 5, 6, &out), 0);
     assert_string_equal(params_get(&out, "SignatureMethod"), "HmacSHA1");
-    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"), 0);
+    assert_int_equal(sign_verify(&out, "GET", "csec.api.qcloud.com", "/v2/index.php", "real-key"),
+                     0);
     /* each name once */
     size_t n = 0;
     for (size_t i = 0; i < out.count; i++) n += strcmp(out.items[i].name, "Nonce") == 0;
@@ -1265,9 +1193,12 @@ static void test_upstream_params(void **state) {
  * and left out of the signature (so changing it keeps the signature valid); with GET it is
  * signed. */
 static void test_upstream_params_at_rule(void **state) {
-    struct config_upstream up = {.secret_id = "AKIDreal", .secret_key = "real-key",
-                                 .region = "gz", .signature_method = SIGN_HMAC_SHA1,
-                                 .post = 1, .sign_host = "csec.api.qcloud.com",
+    struct config_upstream up = {.secret_id = "AKIDreal",
+                                 .secret_key = "real-key",
+                                 .region = "gz",
+                                 .signature_method = SIGN_HMAC_SHA1,
+                                 .post = 1,
+                                 .sign_host = "csec.api.qcloud.com",
                                  .path = "/v2/index.php"};
     struct params in, out;
     params_init(&in);
@@ -1293,8 +1224,7 @@ static void test_upstream_params_at_rule(void **state) {
     params_cleanup(&in);
 }
 
-int main(void)
-{
+int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_upstream_params),
         cmocka_unit_test(test_upstream_params_at_rule),

@@ -114,9 +114,8 @@ static void test_iframe_ok(void **state) {
     assert_int_equal(f.business_id, 42);
     assert_int_equal(f.scene_id, 7);
     assert_int_equal(f.register_time, 1690000000u);
-    assert_true(f.has_captcha_type && f.has_disturb_level && f.has_is_https &&
-                f.has_client_type && f.has_account_type && f.has_business_id &&
-                f.has_scene_id && f.has_register_time);
+    assert_true(f.has_captcha_type && f.has_disturb_level && f.has_is_https && f.has_client_type &&
+                f.has_account_type && f.has_business_id && f.has_scene_id && f.has_register_time);
     assert_false(f.has_script);
     assert_string_equal(f.app_id, "wx1");
     assert_string_equal(f.uid, "u1");
@@ -167,8 +166,8 @@ static void test_query_rules(void **state) {
     assert_int_equal(f.register_time, 1700000000u);
     assert_string_equal(f.user_ip, "1.2.3.4");
     /* No disturbLevel, isHttps, clientType, accountType needed, none read. */
-    assert_false(f.has_disturb_level || f.has_is_https || f.has_client_type ||
-                 f.has_account_type || f.has_scene_id);
+    assert_false(f.has_disturb_level || f.has_is_https || f.has_client_type || f.has_account_type ||
+                 f.has_scene_id);
     /* CaptchaIframeQuery's rules do not apply: its parameters are unchecked extras here. */
     assert_int_equal(params_adds(&p, "clientType", "9"), 0);
     assert_int_equal(params_adds(&p, "isHttps", "x"), 0);
@@ -196,8 +195,15 @@ static void test_query_rules(void **state) {
 /* userIp is a String on every doc page: any printable ASCII up to VALIDATE_USER_IP_MAX. */
 static void test_user_ip_string(void **state) {
     static const char *const ok[] = {
-        "1.2.3.4", "1.2.3", "localhost", "1.2.3.4:80", "2001:db8::1", "fe80::1%eth0",
-        "203.0.113.9, 10.0.0.1", " ", "~",
+        "1.2.3.4",
+        "1.2.3",
+        "localhost",
+        "1.2.3.4:80",
+        "2001:db8::1",
+        "fe80::1%eth0",
+        "203.0.113.9, 10.0.0.1",
+        " ",
+        "~",
         "1234567890123456789012345678901234567890123456789012345678901234", /* 64 */
     };
     struct params p;
@@ -209,8 +215,7 @@ static void test_user_ip_string(void **state) {
                                                "&clientType=2&accountType=0",
                                                "ticket=t&captchaType=1", QUERY_MIN};
             static const enum v2_action act[] = {V2_ACTION_CAPTCHA_IFRAME_QUERY,
-                                                 V2_ACTION_CAPTCHA_CHECK,
-                                                 V2_ACTION_CAPTCHA_QUERY};
+                                                 V2_ACTION_CAPTCHA_CHECK, V2_ACTION_CAPTCHA_QUERY};
             parse_into(&p, base[a]);
             assert_int_equal(params_set(&p, "userIp", ok[i]), 0);
             if (validate_request(act[a], &p, &f, err, sizeof err) != 0)
@@ -273,10 +278,12 @@ static void test_request_errors(void **state) {
         /* Long and odd values are cut and escaped. */
         {IFQ, IFRAME_MIN, "captchaType", "1234567890123456789012345678901234567890",
          "captchaType " UINT_RULE "\"12345678901234567890123456789012...\""},
-        {IFQ, IFRAME_MIN, "captchaType", "a\"b\\c\n", "captchaType " UINT_RULE "\"a\\\"b\\\\c\\x0a\""},
-        {IFQ, IFRAME_MIN, "captchaType", "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC"
-                                         "\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5"
-                                         "\xBC\xA0\xE5\xBC\xA0",
+        {IFQ, IFRAME_MIN, "captchaType", "a\"b\\c\n",
+         "captchaType " UINT_RULE "\"a\\\"b\\\\c\\x0a\""},
+        {IFQ, IFRAME_MIN, "captchaType",
+         "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC"
+         "\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5"
+         "\xBC\xA0\xE5\xBC\xA0",
          "captchaType " UINT_RULE "\"\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0"
          "\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0\xE5\xBC\xA0...\""},
         /* Missing required. */
@@ -323,8 +330,9 @@ static void test_request_errors(void **state) {
          "userIp must be 1 to 64 printable ASCII characters; got \"1.2.3.4\\x0a\""},
         {IFQ, IFRAME_MIN, "userIp", "a\tb",
          "userIp must be 1 to 64 printable ASCII characters; got \"a\\x09b\""},
-        {CQ, QUERY_MIN, "userIp", "\x7f", "userIp must be 1 to 64 printable ASCII characters; got "
-                                          "\"\\x7f\""},
+        {CQ, QUERY_MIN, "userIp", "\x7f",
+         "userIp must be 1 to 64 printable ASCII characters; got "
+         "\"\\x7f\""},
         {CHK, CHECK_MIN, "userIp", "\xE5\xBC\xA0",
          "userIp must be 1 to 64 printable ASCII characters; got \"\xE5\xBC\xA0\""},
         /* CaptchaCheck's required parameters. */
@@ -371,8 +379,8 @@ static void test_small_err_buffer(void **state) {
 }
 
 static void test_user_fields(void **state) {
-    static const char *const want[] = {"uid",  "userIp", "xForwardedFor", "macAddress",
-                                       "imei", "associateAccount", "appId", "registerTime"};
+    static const char *const want[] = {"uid",  "userIp",           "xForwardedFor", "macAddress",
+                                       "imei", "associateAccount", "appId",         "registerTime"};
     size_t n = 0;
     while (validate_user_fields[n]) n++;
     assert_int_equal(n, sizeof want / sizeof want[0]);
@@ -386,10 +394,30 @@ static void test_user_fields(void **state) {
  * params_find has it). */
 static void test_known_name_lookup(void **state) {
     static const char *const real[] = {
-        "Action", "SecretId", "Timestamp", "Nonce", "Signature", "Region", "SignatureMethod",
-        "appId", "uid", "xForwardedFor", "macAddress", "imei", "associateAccount", "captchaType",
-        "disturbLevel", "isHttps", "clientType", "accountType", "businessId", "sceneId",
-        "registerTime", "userIp", "script", "ticket",
+        "Action",
+        "SecretId",
+        "Timestamp",
+        "Nonce",
+        "Signature",
+        "Region",
+        "SignatureMethod",
+        "appId",
+        "uid",
+        "xForwardedFor",
+        "macAddress",
+        "imei",
+        "associateAccount",
+        "captchaType",
+        "disturbLevel",
+        "isHttps",
+        "clientType",
+        "accountType",
+        "businessId",
+        "sceneId",
+        "registerTime",
+        "userIp",
+        "script",
+        "ticket",
     };
     struct params p;
     struct v2_public pub;
@@ -406,8 +434,7 @@ static void test_known_name_lookup(void **state) {
     }
     assert_int_equal(validate_public(&p, &pub, err, sizeof err), -1);
     assert_string_equal(err, "missing required parameter Action");
-    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err),
-                     -1);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), -1);
     assert_string_equal(err, "missing required parameter captchaType");
     assert_null(f.uid);
     assert_null(f.app_id);
@@ -434,10 +461,21 @@ static void test_known_name_lookup(void **state) {
     assert_string_equal(pub.region, "gz");
     assert_int_equal(pub.method, SIGN_HMAC_SHA256);
     static const char *const fields[][2] = {
-        {"appId", "app"}, {"xForwardedFor", "1.2.3.4"}, {"macAddress", "mac"}, {"imei", "im"},
-        {"associateAccount", "acc"}, {"captchaType", "9"}, {"disturbLevel", "2"},
-        {"isHttps", "1"}, {"clientType", "4"}, {"accountType", "7"}, {"businessId", "11"},
-        {"sceneId", "12"}, {"registerTime", "13"}, {"userIp", "::1"}, {"script", "1"},
+        {"appId", "app"},
+        {"xForwardedFor", "1.2.3.4"},
+        {"macAddress", "mac"},
+        {"imei", "im"},
+        {"associateAccount", "acc"},
+        {"captchaType", "9"},
+        {"disturbLevel", "2"},
+        {"isHttps", "1"},
+        {"clientType", "4"},
+        {"accountType", "7"},
+        {"businessId", "11"},
+        {"sceneId", "12"},
+        {"registerTime", "13"},
+        {"userIp", "::1"},
+        {"script", "1"},
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++)
         assert_int_equal(params_adds(&p, fields[i][0], fields[i][1]), 0);
@@ -452,8 +490,7 @@ static void test_known_name_lookup(void **state) {
     assert_true(f.captcha_type == 9 && f.account_type == 7 && f.business_id == 11 &&
                 f.scene_id == 12 && f.register_time == 13 && f.script == 1);
     assert_true(f.has_business_id && f.has_scene_id && f.has_register_time && f.has_script);
-    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err),
-                     0);
+    assert_int_equal(validate_request(V2_ACTION_CAPTCHA_IFRAME_QUERY, &p, &f, err, sizeof err), 0);
     assert_true(f.captcha_type == 9 && f.disturb_level == 2 && f.is_https == 1 &&
                 f.client_type == 4 && f.account_type == 7);
     assert_int_equal(validate_request(V2_ACTION_CAPTCHA_CHECK, &p, &f, err, sizeof err), -1);
@@ -496,10 +533,10 @@ static void test_nonce_ttl(void **state) {
 /* The one list of public parameters: Tencent's 公共参数 besides Action, SignatureMethod and
  * Token; not Action, not the SDK's RequestClient, not a business or per-user field. */
 static void test_public_params(void **state) {
-    static const char *const yes[] = {"SecretId", "Signature", "Timestamp", "Nonce", "Region",
-                                       "SignatureMethod", "Token"};
-    static const char *const no[] = {"Action", V2_REQUEST_CLIENT, "secretid", "SecretId ",
-                                      "captchaType", "businessId", "ticket", ""};
+    static const char *const yes[] = {"SecretId", "Signature",       "Timestamp", "Nonce",
+                                      "Region",   "SignatureMethod", "Token"};
+    static const char *const no[] = {"Action",      V2_REQUEST_CLIENT, "secretid", "SecretId ",
+                                     "captchaType", "businessId",      "ticket",   ""};
     size_t n = 0;
     for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) assert_true(validate_is_public(yes[i]));
     for (size_t i = 0; i < sizeof no / sizeof *no; i++) assert_false(validate_is_public(no[i]));
@@ -511,12 +548,12 @@ static void test_public_params(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_action_names),   cmocka_unit_test(test_public_ok),
-        cmocka_unit_test(test_public_errors),  cmocka_unit_test(test_iframe_ok),
-        cmocka_unit_test(test_query_rules),    cmocka_unit_test(test_check_ok),
-        cmocka_unit_test(test_user_ip_string), cmocka_unit_test(test_error_code),
-        cmocka_unit_test(test_request_errors), cmocka_unit_test(test_small_err_buffer),
-        cmocka_unit_test(test_user_fields),    cmocka_unit_test(test_nonce_ttl),
+        cmocka_unit_test(test_action_names),      cmocka_unit_test(test_public_ok),
+        cmocka_unit_test(test_public_errors),     cmocka_unit_test(test_iframe_ok),
+        cmocka_unit_test(test_query_rules),       cmocka_unit_test(test_check_ok),
+        cmocka_unit_test(test_user_ip_string),    cmocka_unit_test(test_error_code),
+        cmocka_unit_test(test_request_errors),    cmocka_unit_test(test_small_err_buffer),
+        cmocka_unit_test(test_user_fields),       cmocka_unit_test(test_nonce_ttl),
         cmocka_unit_test(test_known_name_lookup), cmocka_unit_test(test_public_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

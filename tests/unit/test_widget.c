@@ -15,11 +15,17 @@ static void test_script_api(void **state) {
     struct strbuf b;
     strbuf_init(&b);
     assert_int_equal(widget_script(&b, "http://127.0.0.1:9000", "abc-_123"), 0);
-    const char *want[] = {"window.capInit = function", "window.capGetTicket = function",
-                          "window.capRefresh = function", "window.capDestroy = function",
-                          "capgate-mock-solve", "capgate-mock-close",
-                          "var ORIGIN = \"http://127.0.0.1:9000\";", "var ASIG = \"abc-_123\";",
-                          "/__widget/solve?asig=", "ret: 0", "ret: 1"};
+    const char *want[] = {"window.capInit = function",
+                          "window.capGetTicket = function",
+                          "window.capRefresh = function",
+                          "window.capDestroy = function",
+                          "capgate-mock-solve",
+                          "capgate-mock-close",
+                          "var ORIGIN = \"http://127.0.0.1:9000\";",
+                          "var ASIG = \"abc-_123\";",
+                          "/__widget/solve?asig=",
+                          "ret: 0",
+                          "ret: 1"};
     for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
         if (!strstr(b.s, want[i])) fail_msg("script lacks %s", want[i]);
     strbuf_cleanup(&b);
