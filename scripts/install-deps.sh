@@ -3,7 +3,7 @@
 # missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
 # redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
 # (the fuzz targets, scripts/fuzz.sh), chromium (optional: the browser test skips without it) and
-# what the install test uses (man-db, systemd, dpkg-dev).
+# what the install test uses (man-db, systemd, dpkg-dev), clang-format (unit/format).
 # --bench adds wrk, nginx-light and node.
 set -euo pipefail
 
@@ -51,8 +51,9 @@ if ((want_test)); then
   # The install test (tests/install/): man -l renders the pages, systemd-analyze verify checks
   # the units, dpkg-shlibdeps (dpkg-dev) fills the .deb's Depends, curl sends its request.
   required+=(man-db groff-base systemd dpkg-dev curl)
-  # clang: tests/fuzz (libFuzzer ships in libclang-rt-14-dev on Debian 12)
-  required+=(clang libclang-rt-14-dev)
+  # clang: tests/fuzz (libFuzzer ships in libclang-rt-14-dev on Debian 12); clang-format: the
+  # unit/format test (scripts/check-format.sh)
+  required+=(clang libclang-rt-14-dev clang-format)
   optional+=(chromium)
 fi
 if ((want_bench)); then
