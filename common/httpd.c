@@ -331,13 +331,31 @@ static int is_tchar(unsigned char ch) {
 static void request_fail(struct httpd_request *r, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* The first error found wins: it is what the program reports. */
+/* The first error found wins: it is what the program reports. A message may quote request bytes
+ * (a chunk-size line, a header name); their control bytes are written \xHH, so the message is
+ * safe in a log line as it is in the JSON reply. */
 static void request_fail(struct httpd_request *r, int status, const char *fmt, ...) {
     if (r->pub.error_status) return;
+    char raw[sizeof r->errmsg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(r->errmsg, sizeof r->errmsg, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)raw; *p; p++) {
+        int ctl = *p < 0x20 || *p == 0x7f;
+        if (o + (ctl ? 4 : 1) >= sizeof r->errmsg) break;
+        if (ctl) {
+            static const char hex[] = "0123456789ABCDEF";
+            r->errmsg[o++] = '\\';
+            r->errmsg[o++] = 'x';
+            r->errmsg[o++] = hex[*p >> 4];
+            r->errmsg[o++] = hex[*p & 15];
+        } else {
+            r->errmsg[o++] = (char)*p;
+        }
+    }
+    r->errmsg[o] = '\0';
     r->pub.error_status = status;
     r->pub.error_message = r->errmsg;
 }
