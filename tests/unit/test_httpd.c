@@ -27,6 +27,7 @@
 #include <openssl/x509v3.h>
 
 #include "capgate/httpd.h"
+#include "capgate/num.h"
 #include "capgate/tls.h"
 
 enum handler_mode { MODE_REPLY, MODE_STALL, MODE_STALL_EOF, MODE_LATER, MODE_RESET, MODE_DROP };
@@ -806,8 +807,8 @@ static int highest_fd(void) {
     assert_non_null(d);
     struct dirent *e;
     while ((e = readdir(d))) {
-        int fd = atoi(e->d_name);
-        if (fd > max) max = fd;
+        uint64_t fd;
+        if (num_parse_u64z(e->d_name, &fd) == 0 && (int)fd > max) max = (int)fd; /* not . or .. */
     }
     closedir(d);
     return max;
