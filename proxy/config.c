@@ -1992,10 +1992,13 @@ static int load_text(const char *json_text, const char *name, const char *base_d
          * written in the file: the line and column say where, without quoting it. Only a
          * duplicate key keeps it, as it names the key. */
         char *near = strstr(jerr.text, " near '");
+        char text[4 * sizeof jerr.text + 1];
         if (near && strncmp(jerr.text, "duplicate object key", 20) != 0) *near = '\0';
+        /* the duplicate key is echoed with its control bytes as \xNN, like every key path */
+        shown_plain(jerr.text, text, sizeof text);
         if (errlen)
             snprintf(err, errlen, "%s:%d:%d: syntax error: %s", name, jerr.line < 1 ? 1 : jerr.line,
-                     jerr.column < 1 ? 1 : jerr.column, jerr.text);
+                     jerr.column < 1 ? 1 : jerr.column, text);
         goto out;
     }
     if (!(c = calloc(1, sizeof *c)) || config_defaults(c) != 0 || set_str(&c->path, name)) {

@@ -329,6 +329,11 @@ static void test_errors(void **state) {
          "t.json:3:3: limits[1].name: duplicate name \"l\" (also limits[0])"},
         {"{\"workers\": 1, \"workers\": 2}",
          "t.json:1:24: syntax error: duplicate object key near '\"workers\"'"},
+        /* the echoed key's control bytes written \xNN (found by fuzz_config) */
+        {"{\"a\x7f"
+         "b\": 1, \"a\x7f"
+         "b\": 2}",
+         "t.json:1:16: syntax error: duplicate object key near '\"a\\x7Fb\"'"},
         /* bad redis url */
         {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"http://127.0.0.1:6379\"}}",
          "t.json:2:11: redis.url: must be redis://[:password@]host[:port][/db]; got "
