@@ -36,7 +36,8 @@ const char *api3_code_name(int apierr) {
 int api3_code_class(const char *code) {
     if (!code) return APIERR_INTERNAL;
     if (strncmp(code, "AuthFailure", 11) == 0) return APIERR_AUTH_FAILURE;
-    if (strcmp(code, "RequestLimitExceeded") == 0 || strncmp(code, "RequestLimitExceeded.", 21) == 0)
+    if (strcmp(code, "RequestLimitExceeded") == 0 ||
+        strncmp(code, "RequestLimitExceeded.", 21) == 0)
         return APIERR_LIMIT_EXCEEDED;
     if (strncmp(code, "UnauthorizedOperation", 21) == 0) return APIERR_ACCESS_DENIED;
     if (strncmp(code, "InvalidParameter", 16) == 0 || strncmp(code, "MissingParameter", 16) == 0 ||
@@ -133,8 +134,7 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
     snprintf(r->secret_id, sizeof(r->secret_id), "%s", a.secret_id);
     const char *tss = req->header(req->header_arg, "x-tc-timestamp");
     uint64_t ts;
-    if (!tss || !*tss)
-        return fail(r, "MissingParameter", "the header X-TC-Timestamp is missing");
+    if (!tss || !*tss) return fail(r, "MissingParameter", "the header X-TC-Timestamp is missing");
     if (num_parse_u64(tss, strlen(tss), &ts) != 0)
         return fail(r, "InvalidParameter", "X-TC-Timestamp %.40s is not a Unix time in seconds",
                     tss);
@@ -187,16 +187,23 @@ struct field {
 };
 
 /* captcha_models.d.ts: DescribeCaptchaResultRequest, DescribeCaptchaMiniResultRequest. */
-static const struct field result_fields[] = {
-    {"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},          {"UserIp", F_STR, 1},
-    {"Randstr", F_STR, 1},      {"CaptchaAppId", F_INT, 1},    {"AppSecretKey", F_STR, 1},
-    {"BusinessId", F_INT, 0},   {"SceneId", F_INT, 0},         {"MacAddress", F_STR, 0},
-    {"Imei", F_STR, 0},         {"NeedGetCaptchaTime", F_INT, 0}, {NULL, F_INT, 0}};
-static const struct field mini_fields[] = {
-    {"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},       {"UserIp", F_STR, 1},
-    {"CaptchaAppId", F_INT, 1}, {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
-    {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},   {"Imei", F_STR, 0},
-    {NULL, F_INT, 0}};
+static const struct field result_fields[] = {{"CaptchaType", F_INT, 1},
+                                             {"Ticket", F_STR, 1},
+                                             {"UserIp", F_STR, 1},
+                                             {"Randstr", F_STR, 1},
+                                             {"CaptchaAppId", F_INT, 1},
+                                             {"AppSecretKey", F_STR, 1},
+                                             {"BusinessId", F_INT, 0},
+                                             {"SceneId", F_INT, 0},
+                                             {"MacAddress", F_STR, 0},
+                                             {"Imei", F_STR, 0},
+                                             {"NeedGetCaptchaTime", F_INT, 0},
+                                             {NULL, F_INT, 0}};
+static const struct field mini_fields[] = {{"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},
+                                           {"UserIp", F_STR, 1},       {"CaptchaAppId", F_INT, 1},
+                                           {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
+                                           {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
+                                           {"Imei", F_STR, 0},         {NULL, F_INT, 0}};
 
 static int vfail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -215,9 +222,8 @@ static uint32_t u32_of(json_t *body, const char *name, int *has) {
     return v ? (uint32_t)json_integer_value(v) : 0;
 }
 
-int api3_validate(const struct config *c, enum v2_action action, json_t *body,
-                  struct v2_fields *f, uint32_t *captcha_app_id, const char **code, char *err,
-                  size_t errlen) {
+int api3_validate(const struct config *c, enum v2_action action, json_t *body, struct v2_fields *f,
+                  uint32_t *captcha_app_id, const char **code, char *err, size_t errlen) {
     const struct field *fields =
         action == V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT ? mini_fields : result_fields;
     const char *aname = validate_action_name(action);
@@ -233,19 +239,19 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body,
         const struct field *k = fields;
         while (k->name && strcmp(k->name, key) != 0) k++;
         if (!k->name)
-            return vfail(code, "UnknownParameter", err, errlen,
-                         "%.64s is not a parameter of %s", key, aname);
+            return vfail(code, "UnknownParameter", err, errlen, "%.64s is not a parameter of %s",
+                         key, aname);
         if (k->type == F_INT) {
             /* Integer in the SDK model; the ids the gateway keys limits by are UInt32 there */
             if (!json_is_integer(v))
                 return vfail(code, "InvalidParameter", err, errlen,
                              "%s must be an Integer; got a JSON %s", key,
-                             json_is_string(v)   ? "string"
-                             : json_is_real(v)   ? "real number"
+                             json_is_string(v)    ? "string"
+                             : json_is_real(v)    ? "real number"
                              : json_is_boolean(v) ? "boolean"
-                             : json_is_null(v)   ? "null"
-                             : json_is_array(v)  ? "array"
-                                                 : "object");
+                             : json_is_null(v)    ? "null"
+                             : json_is_array(v)   ? "array"
+                                                  : "object");
             if (json_integer_value(v) < 0 || json_integer_value(v) > (json_int_t)UINT32_MAX)
                 return vfail(code, "InvalidParameterValue", err, errlen,
                              "%s must be 0..4294967295; got %lld", key,
@@ -255,8 +261,8 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body,
                 return vfail(code, "InvalidParameter", err, errlen, "%s must be a String", key);
             if (json_string_length(v) > API3_STRING_MAX)
                 return vfail(code, "InvalidParameterValue", err, errlen,
-                             "%s is %zu bytes; at most %d are accepted", key,
-                             json_string_length(v), API3_STRING_MAX);
+                             "%s is %zu bytes; at most %d are accepted", key, json_string_length(v),
+                             API3_STRING_MAX);
         }
     }
     *captcha_app_id = u32_of(body, "CaptchaAppId", &has);

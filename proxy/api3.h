@@ -46,11 +46,11 @@ struct api3_auth_request {
 };
 
 struct api3_auth_result {
-    const struct config_app *app;     /* set on success */
-    const struct config_app *claimed; /* the app the SecretId names, also on failure */
-    int bearer;                       /* an Authorization: Bearer header decided */
-    const char *code;                 /* failure: the 3.0 Error.Code (static) */
-    int apierr;                       /* failure: its v2 class (4100, 4000, ...) */
+    const struct config_app *app;          /* set on success */
+    const struct config_app *claimed;      /* the app the SecretId names, also on failure */
+    int bearer;                            /* an Authorization: Bearer header decided */
+    const char *code;                      /* failure: the 3.0 Error.Code (static) */
+    int apierr;                            /* failure: its v2 class (4100, 4000, ...) */
     char secret_id[TC3_MAX_SECRET_ID + 1]; /* the Credential's SecretId ("" when none) */
     char message[256];
 };
@@ -71,9 +71,8 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
  * *captcha_app_id. A missing AppSecretKey is allowed when c's captcha_apps holds the
  * CaptchaAppId's key (the gateway injects it). On failure -1 with *code (InvalidParameter,
  * UnknownParameter, MissingParameter, InvalidParameterValue) and err naming the field. */
-int api3_validate(const struct config *c, enum v2_action action, json_t *body,
-                  struct v2_fields *f, uint32_t *captcha_app_id, const char **code, char *err,
-                  size_t errlen);
+int api3_validate(const struct config *c, enum v2_action action, json_t *body, struct v2_fields *f,
+                  uint32_t *captcha_app_id, const char **code, char *err, size_t errlen);
 
 /* May app verify tickets of captcha_app_id (apps[].captcha_app_ids)? 0, or -1 with err. */
 int api3_authorize_captcha_app(const struct config_app *app, uint32_t captcha_app_id, char *err,
@@ -82,8 +81,7 @@ int api3_authorize_captcha_app(const struct config_app *app, uint32_t captcha_ap
 /* The body sent upstream: body as compact JSON, with the gateway's AppSecretKey for the
  * CaptchaAppId when c's captcha_apps holds it and the app sent none (or "inject": "always").
  * malloc'd, *len set; the caller wipes it before freeing it (it may hold the key). NULL on OOM. */
-char *api3_forward_body(const struct config *c, json_t *body, uint32_t captcha_app_id,
-                        size_t *len);
+char *api3_forward_body(const struct config *c, json_t *body, uint32_t captcha_app_id, size_t *len);
 
 /* Scans a 3.0 reply: *has_error and the Error.Code (cut to desclen) when it has one. 0 for a
  * JSON object with a "Response" object, -1 otherwise. */

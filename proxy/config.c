@@ -1938,6 +1938,17 @@ static const struct field config_fields[] = {
      .off = offsetof(struct config, demo_app),
      .flag_off = NO_FLAG,
      .flags = F_RELOAD},
+    {.key = "demo_tcaptcha_url",
+     .kind = FK_STRING,
+     .off = offsetof(struct config, demo_tcaptcha_url),
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_captcha_app_id",
+     .kind = FK_U32,
+     .off = offsetof(struct config, demo_captcha_app_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config, has_demo_captcha_app_id),
+     .flags = F_RELOAD},
     STR("instance", struct config, instance),
     {.key = "log_level",
      .kind = FK_CUSTOM,
@@ -1991,6 +2002,7 @@ static int config_defaults(struct config *c) {
     if (set_str(&c->listen_host, "127.0.0.1") || set_str(&c->admin_host, "127.0.0.1") ||
         set_str(&c->upstream.url, "https://csec.api.qcloud.com/v2/index.php") ||
         set_str(&c->upstream.v3_url, "https://captcha.tencentcloudapi.com/") ||
+        set_str(&c->demo_tcaptcha_url, "https://turing.captcha.qcloud.com/TCaptcha.js") ||
         set_str(&c->upstream.region, "gz") || set_str(&c->audit.stream, "capgate:audit") ||
         set_str(&c->audit.spool_dir, "var/spool") || set_str(&c->log_level, "info"))
         return -1;
@@ -2229,6 +2241,7 @@ void config_free(struct config *c) {
     secmem_free(c->audit.pii_key);
     free(c->pool.profiles);
     free(c->demo_app);
+    free(c->demo_tcaptcha_url);
     free(c->instance);
     free(c->log_level);
     free(c);

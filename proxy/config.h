@@ -189,6 +189,11 @@ struct config {
     int demo;
     char *demo_app; /* the token app the admin listener's /demo page calls as; when demo is
                             * true, always the name of a token app (default: the first one) */
+    /* /demo's API 3.0 flow: where the page loads TCaptcha.js, and the CaptchaAppId it shows
+     * (default: captcha_apps[0]'s, whose AppSecretKey the gateway injects) */
+    char *demo_tcaptcha_url;
+    uint32_t demo_captcha_app_id;
+    int has_demo_captcha_app_id;
     struct config_http http;
     char *instance;  /* default hostname:pid */
     char *log_level; /* "debug" "info" "warn" "error"; default "info" */
