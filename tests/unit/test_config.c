@@ -968,10 +968,21 @@ static void test_dump_loads_back(void **state) {
 
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
-    static const char *const applied[] = {
-        "tls",  "trusted_proxies", "http_errors",  "on_store_error", "auth",
-        "apps", "limits",          "captcha_apps", "pool",           "idempotency",
-        "demo", "demo_app",        "log_level"};
+    static const char *const applied[] = {"tls",
+                                          "trusted_proxies",
+                                          "http_errors",
+                                          "on_store_error",
+                                          "auth",
+                                          "apps",
+                                          "limits",
+                                          "captcha_apps",
+                                          "pool",
+                                          "idempotency",
+                                          "demo",
+                                          "demo_app",
+                                          "demo_tcaptcha_url",
+                                          "demo_captcha_app_id",
+                                          "log_level"};
     static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
                                           "workers", "upstream",   "redis",        "audit",
                                           "metrics", "http",       "instance",     "log_format"};
