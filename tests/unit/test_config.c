@@ -28,6 +28,7 @@ static int setup_env(void **state) {
     setenv("SHOP_WEB_KEY", "shop-web-key-c0ffee", 1);
     setenv("BATCH_TOKEN", "batch-token-deadbeef", 1);
     setenv("CAPTCHA_APP_KEY", "captcha-app-key-5eed", 1);
+    setenv("CAPGATE_CAPTCHA_APP_KEY", "dev-captcha-app-key", 1);
     setenv("CAPGATE_PII_KEY", "pii-key-12345678", 1);
     setenv("CAPGATE_DEMO_WEB_KEY", "demo-web-key-abcdef", 1);
     setenv("CAPGATE_BATCH_TOKEN", "dev-batch-token-0123", 1);
@@ -163,6 +164,9 @@ static void test_dev_loads(void **state) {
     assert_under_config(c->upstream.ca_file, "../var/certs/ca.pem");
     assert_null(c->redis);
     assert_true(c->demo);
+    assert_string_equal(c->upstream.v3_sign_host, "127.0.0.1:9443");
+    assert_int_equal(c->n_captcha_apps, 1);
+    assert_string_equal(c->captcha_apps[0].app_secret_key, "dev-captcha-app-key");
     assert_int_equal(c->n_apps, 2);
     assert_string_equal(c->apps[0].name, "demo-web");
     assert_string_equal(c->apps[0].secret_id, "AKIDcapgateDemoWeb0000000000000000000");
