@@ -302,3 +302,38 @@ test('bad 3.0 input: each answered with a 3.0-shaped error naming what was wrong
   assert.equal(recs[0].secret_id, 'AKIDnobodyHasThis000000000000000000');
   assert.equal(recs[0].decision, 'unauthorized');
 });
+
+test('a reset of a reused upstream connection is retried, built and signed again; the app gets the mock\'s CaptchaCode', async () => {
+  // One worker, one upstream connection: every call after the first rides a reused connection.
+  const gw1 = await startGateway({
+    mock,
+    env: { GW_CAPTCHA_APP_KEY: APP_KEY },
+    config: {
+      workers: 1,
+      upstream: { v3_url: `https://127.0.0.1:${mock.tlsPort}/`, retries: 1, max_connections: 1, timeout_ms: 3000,
+        breaker_failures: 1000 },
+      captcha_apps: [{ captcha_app_id: APP_ID, app_secret_key_env: 'GW_CAPTCHA_APP_KEY' }],
+    },
+  });
+  try {
+    const call = (s) => tc3Call(gw1.base, { secretId: APPS.sig.secretId, secretKey: APPS.sig.secretKey, service: '127',
+      body: fields(s) });
+    const warm = await call(await solve());
+    assert.equal(warm.json?.Response?.CaptchaCode, 1, warm.body);
+    for (const network of ['reset', 'close']) {
+      const s = await solve();
+      await mock.admin('faults', { method: 'POST', json: { action: 'DescribeCaptchaResult', network, times: 1 } });
+      const r = await call(s);
+      assert.equal(r.json?.Response?.CaptchaCode, 1, `${network}: ${r.body}`);
+      const seen = (await mock.admin('requests?action=DescribeCaptchaResult')).requests.filter((e) => e.params?.Ticket === s.ticket);
+      assert.equal(seen.length, 2, `${network}: the attempt and its retry: ${JSON.stringify(seen)}`);
+      assert.match(seen[0].fault ?? '', new RegExp(network), JSON.stringify(seen[0]));
+      for (const e of seen) {
+        assert.equal(e.signature, 'ok', JSON.stringify(e));
+        assert.equal(e.params.AppSecretKey, '***', 'the retry carries the injected key too');
+      }
+    }
+  } finally {
+    await gw1.stop();
+  }
+});
