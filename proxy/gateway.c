@@ -109,6 +109,18 @@ static void worker_publish(struct gateway_worker *w) {
     struct upstream_stats us;
     struct store_stats ss;
     upstream_get_stats(w->pw.upstream, &us);
+    if (w->pw.upstream3) {
+        /* the 3.0 upstream's calls and connections count in the same families; the breaker
+         * gauge stays the v2 upstream's */
+        struct upstream_stats us3;
+        upstream_get_stats(w->pw.upstream3, &us3);
+        for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
+            us.latency_buckets[i] += us3.latency_buckets[i];
+        us.latency_sum_us += us3.latency_sum_us;
+        us.latency_count += us3.latency_count;
+        us.open_connections += us3.open_connections;
+        us.idle_connections += us3.idle_connections;
+    }
     stats_set_upstream(w->pw.stats, &us);
     store_get_stats(w->pw.store, &ss);
     stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors, ss.timeouts,

@@ -169,7 +169,7 @@ static int validate(const struct config *c, enum v2_action a, const char *text, 
     return api3_validate(c, a, last_body, f, id, code, err, errlen);
 }
 
-#define FULL                                                                           \
+#define FULL \
     "\"CaptchaType\":9,\"Ticket\":\"t\",\"UserIp\":\"1.2.3.4\",\"Randstr\":\"@r\"," \
     "\"CaptchaAppId\":9,\"AppSecretKey\":\"s\""
 
@@ -275,7 +275,8 @@ static void test_forward_body(void **state) {
     json_t *j;
     /* injected when missing, escaped */
     s = forward(c, "{\"CaptchaType\":9,\"CaptchaAppId\":7}", 7);
-    assert_string_equal(s, "{\"CaptchaType\":9,\"CaptchaAppId\":7,\"AppSecretKey\":\"k\\\"ey\\\\7\"}");
+    assert_string_equal(s,
+                        "{\"CaptchaType\":9,\"CaptchaAppId\":7,\"AppSecretKey\":\"k\\\"ey\\\\7\"}");
     assert_non_null(j = json_loads(s, 0, NULL));
     assert_string_equal(json_string_value(json_object_get(j, "AppSecretKey")), "k\"ey\\7");
     json_decref(j);
@@ -316,9 +317,8 @@ static void test_errors_and_classes(void **state) {
     assert_string_equal(api3_code_name(APIERR_ACCESS_DENIED), "UnauthorizedOperation");
     assert_string_equal(api3_code_name(APIERR_UNAVAILABLE), "ServiceUnavailable");
     /* every gateway code maps to a 3.0 code of the same class */
-    static const int codes[] = {APIERR_INVALID_PARAMETER, APIERR_AUTH_FAILURE,
-                                APIERR_ACCESS_DENIED,     APIERR_LIMIT_EXCEEDED,
-                                APIERR_VERSION,           APIERR_UNAVAILABLE,
+    static const int codes[] = {APIERR_INVALID_PARAMETER, APIERR_AUTH_FAILURE, APIERR_ACCESS_DENIED,
+                                APIERR_LIMIT_EXCEEDED,    APIERR_VERSION,      APIERR_UNAVAILABLE,
                                 APIERR_INTERNAL};
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
         assert_int_equal(api3_code_class(api3_code_name(codes[i])), codes[i]);
@@ -336,10 +336,8 @@ static void test_errors_and_classes(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_authenticate),
-        cmocka_unit_test(test_validate),
-        cmocka_unit_test(test_authorize_captcha_app),
-        cmocka_unit_test(test_forward_body),
+        cmocka_unit_test(test_authenticate),          cmocka_unit_test(test_validate),
+        cmocka_unit_test(test_authorize_captcha_app), cmocka_unit_test(test_forward_body),
         cmocka_unit_test(test_errors_and_classes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
