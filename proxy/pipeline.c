@@ -765,9 +765,6 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     return STAGE_PENDING;
 }
 
-/* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
- * url for the audit (which keeps only its hash), from the upstream client's scan of the body; the
- * body passes unchanged. */
 /* 3.0: code 0 "Success" for a Response without Error, else the Error.Code and its class. */
 static void record_upstream_reply3(struct pipeline_ctx *ctx, const char *body, size_t len) {
     int has_error = 0;
@@ -781,6 +778,9 @@ static void record_upstream_reply3(struct pipeline_ctx *ctx, const char *body, s
     copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc), has_error ? desc : "Success");
 }
 
+/* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
+ * url for the audit (which keeps only its hash), from the upstream client's scan of the body; the
+ * body passes unchanged. */
 static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields *f) {
     struct pipeline_record *rec = &ctx->rec;
     if (f->has_code) rec->code = (int)f->code;
@@ -852,8 +852,12 @@ static char *forward_sign(void *arg) {
 
 /* The headers the 3.0 upstream request signs (content-type;host): the Host the upstream client
  * sends (upstream.v3_url's host[:port]). */
+struct sign_headers3 {
+    const char *host, *type;
+};
+
 static const char *forward_header3(void *arg, const char *lname) {
-    const struct { const char *host, *type; } *h = arg;
+    const struct sign_headers3 *h = arg;
     if (strcmp(lname, "host") == 0) return h->host;
     if (strcmp(lname, "content-type") == 0) return h->type;
     return NULL;
@@ -870,11 +874,8 @@ static int forward_build3(void *arg, struct upstream_attempt *a) {
         return -1;
     a->content_type = API3_CONTENT_TYPE;
     *num_put_u64(ts, now) = '\0';
-    struct {
-        const char *host, *type;
-    } h = {up->v3_sign_host, API3_CONTENT_TYPE};
-    struct tc3_request r = {"POST", "/", "", a->body, a->body_len, NULL, &h};
-    r.header = forward_header3;
+    struct sign_headers3 h = {up->v3_sign_host, API3_CONTENT_TYPE};
+    struct tc3_request r = {"POST", "/", "", a->body, a->body_len, forward_header3, &h};
     copy_str(a->name[0], sizeof(a->name[0]), "X-TC-Action");
     copy_str(a->value[0], sizeof(a->value[0]), validate_action_name(ctx->rec.action_id));
     copy_str(a->name[1], sizeof(a->name[1]), "X-TC-Version");
