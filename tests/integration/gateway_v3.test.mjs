@@ -303,13 +303,14 @@ test('bad 3.0 input: each answered with a 3.0-shaped error naming what was wrong
   assert.equal(recs[0].decision, 'unauthorized');
 });
 
-test('a reset of a reused upstream connection is retried, built and signed again; the app gets the mock\'s CaptchaCode', async () => {
+test('a reset of a reused upstream connection is retried, built and signed again; the app gets the mock\'s CaptchaCode; 3.0 errors stay 200 with http_errors semantic', async () => {
   // One worker, one upstream connection: every call after the first rides a reused connection.
   const gw1 = await startGateway({
     mock,
     env: { GW_CAPTCHA_APP_KEY: APP_KEY },
     config: {
       workers: 1,
+      http_errors: 'semantic',
       upstream: { v3_url: `https://127.0.0.1:${mock.tlsPort}/`, retries: 1, max_connections: 1, timeout_ms: 3000,
         breaker_failures: 1000 },
       captcha_apps: [{ captcha_app_id: APP_ID, app_secret_key_env: 'GW_CAPTCHA_APP_KEY' }],
@@ -333,7 +334,55 @@ test('a reset of a reused upstream connection is retried, built and signed again
         assert.equal(e.params.AppSecretKey, '***', 'the retry carries the injected key too');
       }
     }
+    // http_errors "semantic" is v2's: a 3.0 error stays HTTP 200, as the 3.0 SDKs read it
+    const bad = await tc3Call(gw1.base, { secretId: APPS.sig.secretId, secretKey: 'wrong', service: '127', body: {} });
+    error3(bad, 'AuthFailure.SignatureFailure');
+    const v2bad = await gwCall(gw1, { secretKey: 'wrong' });
+    assert.equal(v2bad.status, 401, v2bad.body);
   } finally {
     await gw1.stop();
+  }
+});
+
+test('captcha_apps from a file: SIGHUP applies a rotated AppSecretKey; "inject": "always" replaces the app\'s key', async () => {
+  const { default: fs } = await import('node:fs');
+  const { default: path } = await import('node:path');
+  const { tmpDir } = await import('./lib/harness.mjs');
+  const dir = tmpDir('capgate-v3-key-');
+  const keyFile = path.join(dir, 'app.key');
+  fs.writeFileSync(keyFile, `${APP_KEY}\n`);
+  const cfg = (inject) => ({
+    upstream: { v3_url: `https://127.0.0.1:${mock.tlsPort}/` },
+    captcha_apps: [{ captcha_app_id: APP_ID, app_secret_key_file: keyFile, inject }],
+  });
+  const gw2 = await startGateway({ mock, config: cfg('always') });
+  try {
+    const call = async (extra = {}) => {
+      const r = await tc3Call(gw2.base, { secretId: APPS.sig.secretId, secretKey: APPS.sig.secretKey, service: '127',
+        body: fields(await solve(), extra) });
+      return r.json?.Response?.CaptchaCode ?? r.body;
+    };
+    // always: the app's wrong key is replaced by the gateway's
+    assert.equal(await call({ AppSecretKey: 'the-app-guessed-wrong' }), 1);
+    // a rotated key file, applied by SIGHUP: the mock no longer accepts what the gateway injects
+    fs.writeFileSync(keyFile, 'rotated-key-the-mock-does-not-know\n');
+    const m0 = (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' });
+    gw2.reload();
+    await waitFor(async () => (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' }) > m0,
+      { timeoutMs: 5000, intervalMs: 50, what: 'the reload' });
+    assert.match(gw2.proc.stderr, /reload: captcha_apps\[0\] changed|reload: captcha_apps/, gw2.proc.stderr.slice(-2000));
+    assert.equal(await call(), 100, 'the rotated key is the one injected');
+    // "missing": the app's own (right) key is forwarded as is
+    const c = JSON.parse(fs.readFileSync(gw2.configPath, 'utf8'));
+    c.captcha_apps[0].inject = 'missing';
+    gw2.writeConfig(c);
+    gw2.reload();
+    await waitFor(async () => (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' }) > m0 + 1,
+      { timeoutMs: 5000, intervalMs: 50, what: 'the second reload' });
+    assert.equal(await call({ AppSecretKey: APP_KEY }), 1);
+    assert.equal(await call(), 100);
+  } finally {
+    await gw2.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
