@@ -136,6 +136,12 @@ test('SDK through the HTTPS front: forwarded with the gateway\'s AppSecretKey (t
     CaptchaAppId: OTHER_ID }));
   assert.equal(e.code, 'MissingParameter');
   assert.match(e.message, /AppSecretKey/);
+  // the running config shows the key masked
+  const dump = await gw.admin('/admin/config');
+  assert.equal(dump.status, 200);
+  assert.ok(!dump.body.includes(APP_KEY), 'the AppSecretKey is not in /admin/config');
+  assert.equal(dump.json?.captcha_apps?.[0]?.app_secret_key, '***', dump.body.slice(0, 200));
+  assert.equal(dump.json?.captcha_apps?.[0]?.captcha_app_id, APP_ID);
 });
 
 test('a bearer token app calls 3.0 too; actions and captcha_app_ids authorize 3.0 calls', async () => {
