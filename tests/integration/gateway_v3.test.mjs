@@ -105,7 +105,7 @@ async function auditRecords(pred, what) {
     const r = await gw.admin('/admin/audit?limit=1000');
     const recs = (r.json?.records ?? []).filter(pred);
     return recs.length ? recs : null;
-  }, { timeoutMs: 5000, intervalMs: 50, what });
+  }, { timeoutMs: 10000, intervalMs: 50, what });
 }
 
 test('SDK through the HTTPS front: forwarded with the gateway\'s AppSecretKey (the app sends none), CaptchaCode from the mock', async () => {
@@ -375,7 +375,7 @@ test('captcha_apps from a file: SIGHUP applies a rotated AppSecretKey; "inject":
     const m0 = (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' });
     gw2.reload();
     await waitFor(async () => (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' }) > m0,
-      { timeoutMs: 5000, intervalMs: 50, what: 'the reload' });
+      { timeoutMs: 10000, intervalMs: 50, what: 'the reload' });
     assert.match(gw2.proc.stderr, /reload: captcha_apps\[0\] changed|reload: captcha_apps/, gw2.proc.stderr.slice(-2000));
     assert.equal(await call(), 100, 'the rotated key is the one injected');
     // "missing": the app's own (right) key is forwarded as is
@@ -384,7 +384,7 @@ test('captcha_apps from a file: SIGHUP applies a rotated AppSecretKey; "inject":
     gw2.writeConfig(c);
     gw2.reload();
     await waitFor(async () => (await gw2.metrics()).get('capgate_config_reloads_total', { result: 'success' }) > m0 + 1,
-      { timeoutMs: 5000, intervalMs: 50, what: 'the second reload' });
+      { timeoutMs: 10000, intervalMs: 50, what: 'the second reload' });
     assert.equal(await call({ AppSecretKey: APP_KEY }), 1);
     assert.equal(await call(), 100);
   } finally {
