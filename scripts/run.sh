@@ -286,9 +286,21 @@ credentials changed:
   capi.request({ Action: 'CaptchaIframeQuery', captchaType: 1, disturbLevel: 1, isHttps: 0,
     clientType: 2, accountType: 0 }, (err, body) => console.log(err || body));
 
+API 3.0 (DescribeCaptchaResult) with Tencent's 3.0 Node SDK (npm install
+tencentcloud-sdk-nodejs), only endpoint and credentials changed; the gateway adds the
+AppSecretKey of CaptchaAppId $captcha_app_id (ticket and randstr: the /demo page's API 3.0 flow, or
+curl -s -X POST -d '{"appid": $captcha_app_id}' http://$mock_host:$mock_port/__admin/solve):
+
+  const { captcha } = require('tencentcloud-sdk-nodejs');
+  const c = new captcha.v20190722.Client({ credential: { secretId: '$demo_web_id',
+    secretKey: '$demo_web_key' }, region: '', profile: { httpProfile: { endpoint: '$gw_addr',
+    protocol: 'http://' } } });
+  c.DescribeCaptchaResult({ CaptchaType: 9, Ticket: TICKET, Randstr: RANDSTR,
+    UserIp: '127.0.0.1', CaptchaAppId: $captcha_app_id }).then(console.log, console.error);
+
 Admin: curl http://$admin_addr/healthz, /readyz, /metrics (Prometheus), /admin/stats
 (per businessId/sceneId/minute), /admin/audit (recent audit records).
-Demo page (the whole captcha flow in a browser): http://$admin_addr/demo
+Demo page (the whole captcha flow in a browser, v2 and API 3.0): http://$admin_addr/demo
 Mock admin API: http://$mock_host:$mock_port/__admin/health, /__admin/requests (journal).
 
 Ctrl-C stops both.
