@@ -92,6 +92,7 @@ static const struct field_desc record_fields[] = {
     F_STR("app", app),
     F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
+    F_STR("api", api),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
     F_U32("sceneId", scene_id, has_scene_id),
@@ -203,6 +204,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
+    copy_str(r->api, sizeof(r->api), pr->api3 ? "v3" : "v2");
     r->has_business_id = pr->has_business_id != 0;
     r->business_id = r->has_business_id ? pr->business_id : 0;
     r->has_scene_id = pr->has_scene_id != 0;

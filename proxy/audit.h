@@ -49,7 +49,8 @@ struct audit_record {
     char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
     int has_code; /* 0: the reply had no API code (null / left out) */
-    char code_desc[32];
+    char code_desc[48];
+    char api[3]; /* "v2" or "v3": the API generation of the request */
     int upstream_status;
     int http_status; /* answered (0: client gone); the access line's only: not
                                      * in the stream, the JSON or the spool */
@@ -79,7 +80,7 @@ int audit_record_from_json(const char *text, size_t len, struct audit_record *r)
 
 /* The flat field/value list of a stream entry (XADD): the same names as the JSON, absent
  * optional values left out, numbers in decimal. Values point into r or into f. */
-#define AUDIT_FIELDS_MAX 26
+#define AUDIT_FIELDS_MAX 27
 struct audit_fields {
     size_t count;
     const char *name[AUDIT_FIELDS_MAX];

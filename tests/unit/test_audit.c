@@ -148,8 +148,9 @@ static void test_record_json_hashed(void **state) {
     sample_params(&p);
     assert_int_equal(audit_record_init(&r, &pr, &p, url, &cfg, "host:1"), 0);
     json_t *o = record_object(&r);
-    assert_int_equal(json_object_size(o), 25);
+    assert_int_equal(json_object_size(o), 26);
     assert_string_equal(jstr(o, "ts"), "2025-11-28T17:43:42.123Z");
+    assert_string_equal(jstr(o, "api"), "v2");
     assert_true(json_is_null(json_object_get(o, "secret_id")));
     assert_string_equal(jstr(o, "request_id"), "0123456789abcdef");
     assert_string_equal(jstr(o, "instance"), "host:1");
@@ -196,7 +197,7 @@ static void test_record_json_hashed(void **state) {
     strbuf_cleanup(&b);
     struct audit_fields f;
     audit_record_fields(&r, &f);
-    assert_int_equal(f.count, 23); /* sceneId absent */
+    assert_int_equal(f.count, 24); /* sceneId absent */
     assert_string_equal(f.name[0], "ts");
     assert_memory_equal(f.value[0], "2025-11-28T17:43:42.123Z", 24);
     assert_int_equal(audit_record_from_fields(&back, f.count, f.name, f.value, f.value_len), 0);
@@ -422,6 +423,7 @@ static void random_record(struct audit_record *r) {
     random_string(r->secret_id, sizeof(r->secret_id));
     random_string(r->client_ip, sizeof(r->client_ip));
     random_string(r->action, sizeof(r->action));
+    random_string(r->api, sizeof(r->api));
     int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type, &r->has_client_type,
                   &r->has_account_type};
     uint32_t *val[] = {&r->business_id, &r->scene_id, &r->captcha_type, &r->client_type,
@@ -461,12 +463,12 @@ static char *reference_json(const struct audit_record *r) {
 #define OPT_U32(h, v) ((h) ? json_integer(v) : json_null())
     json_t *o = json_pack(
         "{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
-        "s:o,s:o,s:o,s:o}",
+        "s:o,s:o,s:o,s:o,s:o}",
         "ts", json_string(ts), "request_id", json_string(r->request_id), "instance",
         json_string(r->instance), "app", json_string(r->app), "secret_id", OPT_STR(r->secret_id),
-        "client_ip", json_string(r->client_ip), "action", json_string(r->action), "businessId",
-        OPT_U32(r->has_business_id, r->business_id), "sceneId",
-        OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
+        "client_ip", json_string(r->client_ip), "api", json_string(r->api), "action",
+        json_string(r->action), "businessId", OPT_U32(r->has_business_id, r->business_id),
+        "sceneId", OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
         OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
         OPT_U32(r->has_client_type, r->client_type), "accountType",
         OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision), "rule",
