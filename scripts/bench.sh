@@ -534,6 +534,10 @@ redis_per_request() {
     calls=$(sed -nE "s/^cmdstat_$cmd:calls=([0-9]+),.*/\\1/p" <<<"$stats")
     line+="$(printf '%s %s (%.4f per request); ' "${cmd^^}" "${calls:-0}" "$(awk -v c="${calls:-0}" -v n="$total" 'BEGIN { print c / n }')")"
   done
+  # Where the time inside commands went (INFO commandstats: usec, per forwarded request; a
+  # script's usec includes the commands it called, EXEC's those it ran, which are listed too).
+  line+="command time per request:$(awk -F'[:,=]' -v n="$total" '/^cmdstat_/ && $3 > 0 {
+    sub(/^cmdstat_/, "", $1); printf " %s %.2f us (%.3f calls),", toupper($1), $5 / n, $3 / n }' <<<"$stats" | sed 's/,$//'); "
   redis_stats+=("$total requests: $line")
   say "redis: $total requests: $line"
 }
