@@ -71,7 +71,8 @@
     "        end\n" \
     "      end\n" \
     "    end\n" \
-    "    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = denied < 0 and 1 or 0, denied, sd, retry\n" \
+    "    out[o + 1], out[o + 2], out[o + 3], out[o + 4] = denied < 0 and 1 or 0, denied, sd, " \
+    "retry\n" \
     "    o = o + 4\n" \
     "    for i = 1, nb do\n" \
     "      local j = tonumber(argv[a + i])\n" \

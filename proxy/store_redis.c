@@ -715,7 +715,7 @@ static int store_redis_format_batch(struct store_redis *r, const struct store_re
         const struct store_redis_cmd *c;
         size_t i; /* the bucket of c this entry stands for */
         uint32_t hash;
-    } *ent;
+    } * ent;
     size_t *idx;
     const char **argv;
     size_t *len;
