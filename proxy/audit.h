@@ -79,8 +79,8 @@ int audit_record_from_json(const char *text, size_t len, struct audit_record *r)
 
 /* A stream entry (XADD) holds one field, AUDIT_STREAM_FIELD, whose value is the record's compact
  * JSON object exactly as audit_record_json writes it (the text of an audit.file line): one
- * argument for Redis to parse and store instead of about 25 field/value pairs (README "Redis
- * keys"). */
+ * argument for Redis to parse and store instead of about 25 field/value pairs (README "Audit").
+ */
 #define AUDIT_STREAM_FIELD "json"
 /* Builds r from a stream entry's fields (names[i] = values[i]): its AUDIT_STREAM_FIELD when it
  * has one, else the flat field/value pairs that earlier versions wrote (audit_record_fields),

@@ -538,6 +538,13 @@ redis_per_request() {
   # script's usec includes the commands it called, EXEC's those it ran, which are listed too).
   line+="command time per request:$(awk -F'[:,=]' -v n="$total" '/^cmdstat_/ && $3 > 0 {
     sub(/^cmdstat_/, "", $1); printf " %s %.2f us (%.3f calls),", toupper($1), $5 / n, $3 / n }' <<<"$stats" | sed 's/,$//'); "
+  # What an audit record costs in Redis memory: the stream's bytes per entry (all entries sampled).
+  local len bytes
+  len=$(redis-cli -p "$redis_port" XLEN capgate:audit | tr -d '\r')
+  bytes=$(redis-cli -p "$redis_port" MEMORY USAGE capgate:audit SAMPLES 0 | tr -d '\r')
+  if [[ $len =~ ^[1-9][0-9]*$ && $bytes =~ ^[0-9]+$ ]]; then
+    line+="audit stream $len entries, $((bytes / len)) bytes each; "
+  fi
   redis_stats+=("$total requests: $line")
   say "redis: $total requests: $line"
 }
