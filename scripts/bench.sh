@@ -21,7 +21,9 @@
 #   capgate-tls (c) capgate, 1 worker, signature app, upstream HTTPS to the mock's TLS listener
 #   token       (d) capgate, 1 worker, token app (Authorization: Bearer), upstream plain HTTP
 #   full        (e) capgate, 1 worker, token app, with redis-server, limits (never refusing),
-#                   audit and metrics on; counts Redis commands per forwarded request
+#                   audit and metrics on; reports redis-server CPU per forwarded request, the
+#                   Redis commands per request and their time (INFO commandstats), and the
+#                   audit stream's bytes per entry
 #   pool-hit        capgate, 1 worker, token app, prefetch pool (in-memory store): requests with
 #                   exactly a profile's parameters, answered from the pool; the mock delays every
 #                   CaptchaIframeQuery by 20 ms (fault rule) during the run
