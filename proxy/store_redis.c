@@ -15,7 +15,7 @@
  * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
  * again when a probe succeeds: a PING on the same connection (its reply comes after every late
  * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake. */
-#include "store.h"
+#include "store_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -59,7 +59,7 @@ static const char *const store_redis_state_names[] = {
     "loading scripts", "ready",      "backoff",
 };
 
-/* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
+/* Script 0 is the limit script; script 1 + op serves enum store_op. */
 static const char *const store_redis_scripts[] = {
     STORE_LUA_LIMIT,      STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,     STORE_LUA_POOL_DEPTH,
     STORE_LUA_IDEM_BEGIN, STORE_LUA_IDEM_COMPLETE, STORE_LUA_IDEM_ABANDON,
@@ -97,9 +97,9 @@ struct store_redis_cmd {
     void *arg;
     struct event *timer; /* caller commands only */
     int noscript_retried;
-    unsigned script;        /* index in store_redis_scripts */
-    enum store_redis_op op; /* CACHE */
-    size_t argc;            /* CACHE: owned argv strings */
+    unsigned script;  /* index in store_redis_scripts */
+    enum store_op op; /* CACHE */
+    size_t argc;      /* CACHE: owned argv strings */
     char *argv[STORE_REDIS_CACHE_ARGS];
     size_t argvlen[STORE_REDIS_CACHE_ARGS];
     size_t n;
@@ -1140,7 +1140,7 @@ oom:
 }
 
 /* Queues or sends one cache script; exactly one of pool_cb / idem_cb is set. */
-static void store_redis_cache(struct store_redis *r, enum store_redis_op op, const char *key,
+static void store_redis_cache(struct store_redis *r, enum store_op op, const char *key,
                               const char *const *argv, const size_t *argvlen, size_t argc,
                               store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
     struct store_redis_cmd *c = NULL;
@@ -1192,14 +1192,72 @@ failed:
         store_defer_idem(r->owner, idem_cb, arg, fail, NULL);
 }
 
-void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_pool_fn cb,
-                      void *arg) {
-    store_redis_cache(r, op, key, argv, argvlen, argc, cb, NULL, arg);
+/* ---- the redis backend's table (store_backend.h) ---- */
+
+static int store_redis_op_open(struct store *s, struct event_base *base, void **state, char *err,
+                               size_t errlen) {
+    return (*state = store_redis_new(store_redis_options_of(s), s, base, err, errlen)) ? 0 : -1;
 }
 
-void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_idem_fn cb,
-                      void *arg) {
-    store_redis_cache(r, op, key, argv, argvlen, argc, NULL, cb, arg);
+static void store_redis_op_close(void *state) {
+    store_redis_free(state);
 }
+
+static int store_redis_op_connected(const void *state) {
+    return store_redis_connected(state);
+}
+
+static void store_redis_op_limit(struct store *s, void *state, const struct limit_bucket *b,
+                                 size_t n, const struct store_nonce *nonce, store_limit_fn cb,
+                                 void *arg) {
+    store_redis_limit(state, b, n, nonce, cb, arg);
+}
+
+/* The pool scripts' string arguments (store_lua.h): push url, cap, ttl_ms; pop and depth
+ * ttl_ms. */
+static void store_redis_op_pool(struct store *s, void *state, const struct store_pool_req *req,
+                                store_pool_fn cb, void *arg) {
+    char capbuf[24], ttlbuf[24];
+    const char *argv[3];
+    size_t argvlen[3], argc = 0;
+    snprintf(capbuf, sizeof capbuf, "%zu", req->cap);
+    snprintf(ttlbuf, sizeof ttlbuf, "%u", req->ttl_ms);
+    if (req->op == STORE_OP_POOL_PUSH) {
+        argv[argc++] = req->url;
+        argv[argc++] = capbuf;
+    }
+    argv[argc++] = ttlbuf;
+    for (size_t i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+    store_redis_cache(state, req->op, req->key, argv, argvlen, argc, cb, NULL, arg);
+}
+
+/* The idempotency scripts' string arguments (store_lua.h): begin fp, pending_ms; complete fp,
+ * body, ttl_ms; abandon fp. A TTL of 0 is sent as 1 (PX 0 is an error). */
+static void store_redis_op_idem(struct store *s, void *state, const struct store_idem_req *req,
+                                store_idem_fn cb, void *arg) {
+    char ttlbuf[24];
+    const char *argv[3];
+    size_t argvlen[3], argc = 0;
+    snprintf(ttlbuf, sizeof ttlbuf, "%u", req->ttl_ms ? req->ttl_ms : 1);
+    argv[argc] = req->fp;
+    argvlen[argc++] = strlen(req->fp);
+    if (req->op == STORE_OP_IDEM_COMPLETE) {
+        argv[argc] = req->body;
+        argvlen[argc++] = req->body_len;
+    }
+    if (req->op != STORE_OP_IDEM_ABANDON) {
+        argv[argc] = ttlbuf;
+        argvlen[argc++] = strlen(ttlbuf);
+    }
+    store_redis_cache(state, req->op, req->key, argv, argvlen, argc, NULL, cb, arg);
+}
+
+const struct store_ops store_redis_ops = {
+    .kind = "redis",
+    .open = store_redis_op_open,
+    .close = store_redis_op_close,
+    .connected = store_redis_op_connected,
+    .limit = store_redis_op_limit,
+    .pool = store_redis_op_pool,
+    .idem = store_redis_op_idem,
+};

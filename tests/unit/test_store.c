@@ -30,7 +30,7 @@
 #include "capgate/log.h"
 #include "config.h"
 #include "redis_server.h"
-#include "store.h"
+#include "store_backend.h" /* the memory tables, tested directly */
 
 #define TIMEOUT_MS 100       /* the tests of timeouts: a stopped or wrong server */
 #define CALL_TIMEOUT_MS 5000 /* every other test: a busy machine must not make a call time out */
