@@ -7,9 +7,12 @@
  * calls back later (with the late reply, or NULL when the connection goes), and only then is the
  * command freed. Callers only ever hear back through the owner's deferred queue (store_defer), so
  * no caller callback runs inside hiredis or inside store_limit.
- * Besides the limit script, the prefetch pool and idempotency operations are one script each
- * (store_lua.h); every script is loaded at connect (pipelined, ready after the last reply) and
- * the one a command needs is loaded again after NOSCRIPT.
+ * Limit calls with buckets are not sent one by one: those of one event-loop turn wait on r->batch
+ * and a flush event (run later in the same turn) sends them as one EVALSHA of the limit script, a
+ * BATCH command that owns them as its members (each keeps its own timer and is answered from its
+ * part of the reply); a lone Nonce claim is a plain SET NX. The prefetch pool and idempotency
+ * operations are one script each (store_lua.h); every script is loaded at connect (pipelined,
+ * ready after the last reply) and the one a command needs is loaded again after NOSCRIPT.
  * Fail fast: the first command that times out (or a lost connection) marks the store down, and
  * from then on every command is answered at once with an error (the caller applies
  * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
