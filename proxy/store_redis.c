@@ -57,7 +57,7 @@ static const char *const store_redis_state_names[] = {
 /* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
 static const char *const store_redis_scripts[] = {
     STORE_LUA_LIMIT,      STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,     STORE_LUA_POOL_DEPTH,
-    STORE_LUA_IDEM_BEGIN, STORE_LUA_IDEM_COMPLETE, STORE_LUA_IDEM_ABANDON,
+    STORE_LUA_IDEM_BEGIN, STORE_LUA_IDEM_COMPLETE, STORE_LUA_IDEM_ABANDON, STORE_LUA_HEARTBEAT,
 };
 #define STORE_REDIS_N_SCRIPTS (sizeof store_redis_scripts / sizeof store_redis_scripts[0])
 #define STORE_REDIS_CACHE_ARGS 3 /* most string arguments of a cache script */
@@ -222,7 +222,10 @@ static void store_redis_answer(struct store_redis *r, struct store_redis_cmd *c,
     c->pool_cb = NULL;
     c->idem_cb = NULL;
     if (!cb && !pool_cb && !idem_cb) return;
-    if (err && strncmp(err, "redis timed out", 15) == 0) store_count(r->owner, STORE_TIMEOUTS);
+    /* the heartbeat is the store's own: the counters are the callers' commands */
+    if (err && strncmp(err, "redis timed out", 15) == 0 &&
+        !(c->kind == STORE_REDIS_CMD_CACHE && c->op == STORE_OP_HEARTBEAT))
+        store_count(r->owner, STORE_TIMEOUTS);
     if (cb)
         store_defer(r->owner, cb, c->arg, err, o);
     else if (pool_cb)
@@ -441,6 +444,7 @@ static int store_redis_parse_cache(const struct store_redis_cmd *c, const redisR
     memset(ir, 0, sizeof *ir);
     switch (c->op) {
     case STORE_OP_POOL_PUSH:
+    case STORE_OP_HEARTBEAT:
         if (rep->type != REDIS_REPLY_INTEGER || rep->integer < 0) return -1;
         pr->depth = (size_t)rep->integer;
         return 0;
@@ -667,7 +671,9 @@ send:
         redisAsyncFormattedCommand(r->ac, store_redis_on_reply, c, r->resp.s, r->resp.len) !=
             REDIS_OK)
         return -1;
-    if (store_redis_caller_cmd(c)) store_count(r->owner, STORE_COMMANDS);
+    if (store_redis_caller_cmd(c) &&
+        !(c->kind == STORE_REDIS_CMD_CACHE && c->op == STORE_OP_HEARTBEAT))
+        store_count(r->owner, STORE_COMMANDS);
     c->where = STORE_REDIS_INFLIGHT;
     store_redis_list_push(&r->inflight, c);
     return 0;
