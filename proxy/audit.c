@@ -601,7 +601,8 @@ struct audit_queue {
     _Alignas(64) struct audit_node *pending; /* consumer only: taken overflow, oldest first */
     /* audit.commit "durable": every record of this worker numbered up to durable is stored
      * (Redis answered EXEC, and WAIT when min_replicas asks, or the spool fsynced it); the sink
-     * advances it and then calls notify (set before the first submit). */
+     * advances it and then calls notify (under notify_lock: the worker unsets it before it
+     * frees what notify_arg points to, while the sink may still run). */
     _Alignas(64) atomic_uint_fast64_t durable;
     void (*notify)(void *arg);
     void *notify_arg;
@@ -775,6 +776,8 @@ struct audit {
     struct audit_record *mem;
     size_t mem_cap, mem_alloc;
     uint64_t mem_total;
+
+    pthread_mutex_t notify_lock; /* the queues' notify functions (audit.commit durable) */
 
     /* running queries */
     pthread_mutex_t query_lock;
@@ -1952,8 +1955,10 @@ static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
     return deadline;
 }
 
+/* Not with audit.commit "durable": there every request waits for its batch, and the batch
+ * forms by itself (what arrives while the last one is written). */
 static void sink_gather(struct audit *a) {
-    if (!atomic_load(&a->stopping)) {
+    if (!atomic_load(&a->stopping) && !a->cfg->audit.commit_durable) {
         struct timespec ts = {0, SINK_GATHER_US * 1000L};
         nanosleep(&ts, NULL);
     }
@@ -2003,7 +2008,9 @@ static void commit_advance(struct audit *a, unsigned w, uint64_t seq) {
     struct audit_queue *q = a->queues[w];
     if (seq <= atomic_load_explicit(&q->durable, memory_order_relaxed)) return;
     atomic_store_explicit(&q->durable, seq, memory_order_release);
+    pthread_mutex_lock(&a->notify_lock);
     if (q->notify) q->notify(q->notify_arg);
+    pthread_mutex_unlock(&a->notify_lock);
 }
 
 /* After a batch was handled: what went to the spool is fsynced first (group commit: one fsync
@@ -2110,6 +2117,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
+    pthread_mutex_init(&a->notify_lock, NULL);
     pthread_cond_init(&a->query_cond, NULL);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
     snprintf(a->wait_replicas, sizeof(a->wait_replicas), "%u", cfg->audit.min_replicas);
@@ -2246,8 +2254,10 @@ uint64_t audit_durable_seq(struct audit *a, unsigned worker) {
 
 void audit_on_durable(struct audit *a, unsigned worker, void (*fn)(void *arg), void *arg) {
     if (!a || worker >= a->n_workers) return;
+    pthread_mutex_lock(&a->notify_lock);
     a->queues[worker]->notify = fn;
     a->queues[worker]->notify_arg = arg;
+    pthread_mutex_unlock(&a->notify_lock);
 }
 
 void audit_reopen(struct audit *a) {
@@ -2298,6 +2308,7 @@ void audit_free(struct audit *a) {
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
     pthread_mutex_destroy(&a->query_lock);
+    pthread_mutex_destroy(&a->notify_lock);
     pthread_cond_destroy(&a->query_cond);
     free(a);
 }
