@@ -1279,7 +1279,6 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
                 nodes[i]->uncertain = 1;
                 snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
             }
-            atomic_fetch_add(&a->redis_errors, 1);
             sink_failed(a, why);
             return n_retry;
         }

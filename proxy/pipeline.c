@@ -845,8 +845,7 @@ static int ctx_commit(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
     if (ctx->cancelled || !ctx->req || !ctx->reply_body) return -1;
     ctx->rec.http_status = ctx->reply_status;
-    if (ctx_audit(ctx) != 0) {
-        ctx->rec.http_status = 0;
+    if (ctx_audit(ctx) != 0) { /* nothing to wait for */
         ctx_reply(ctx);
         set_state(ctx, ST_AUDITED);
         ctx_release(ctx);
