@@ -1841,6 +1841,13 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
+        if (retried && a->cfg->audit.min_replicas > 0) {
+            /* held records (the spool refused them) go through the spool and replay: there a
+             * batch that landed is skipped only after a WAIT that covers it */
+            spool_or_hold(a, batch, n);
+            if (!a->held) set_state(a, AUDIT_REPLAYING);
+            return;
+        }
         if (retried && (n = drop_landed(a, batch, n)) == 0) return;
         n = live_write(a, batch, n, 0);
         if (n > 0) spool_or_hold(a, batch, n);
