@@ -589,8 +589,11 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
 
 struct audit_node {
     struct audit_node *next;
-    int uncertain;  /* spool only: its live XADD was sent but never answered */
-    char batch[48]; /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
+    unsigned worker; /* who submitted it, and its number among that worker's records (1, 2, ..): */
+    uint64_t seq;    /* audit.commit "durable" acknowledges by these; 0 for a replayed record */
+    int uncertain;   /* spool only: its live XADD was sent but never answered, or WAIT did not
+                      * confirm it (audit.min_replicas) */
+    char batch[48];  /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
     struct audit_record rec;
 };
 
@@ -606,6 +609,14 @@ struct audit_queue {
     atomic_uint_fast64_t overflow_taken; /* of taken, those that came from the overflow */
     _Alignas(64) _Atomic(struct audit_node *) overflow; /* newest first */
     _Alignas(64) struct audit_node *pending; /* consumer only: taken overflow, oldest first */
+    /* audit.commit "durable": every record of this worker numbered up to durable is stored
+     * (Redis answered EXEC, and WAIT when min_replicas asks, or the spool fsynced it); the sink
+     * advances it and then calls notify (under notify_lock: the worker unsets it before it
+     * frees what notify_arg points to, while the sink may still run). */
+    _Alignas(64) atomic_uint_fast64_t durable;
+    void (*notify)(void *arg);
+    void *notify_arg;
+    uint64_t batch_max; /* sink only: the highest number of this worker in the current batch */
     struct audit_node *slots[AUDIT_RING_SIZE];
 };
 _Static_assert((AUDIT_RING_SIZE & (AUDIT_RING_SIZE - 1)) == 0, "ring size: a power of two");
@@ -746,6 +757,7 @@ struct audit {
     struct audit_node *held; /* records to retry first (the spool could not take them) */
     int holding;             /* held was non-empty at the last look (logged once) */
     char maxlen[24];
+    char wait_replicas[24], wait_ms[24]; /* WAIT's arguments (audit.min_replicas) */
     char safe_instance[48];
     unsigned segment_seq;
     struct sync_file segment; /* the spool segment being appended to; fd -1 when none */
@@ -775,6 +787,8 @@ struct audit {
     struct audit_record *mem;
     size_t mem_cap, mem_alloc;
     uint64_t mem_total;
+
+    pthread_mutex_t notify_lock; /* the queues' notify functions (audit.commit durable) */
 
     /* running queries */
     pthread_mutex_t query_lock;
@@ -1179,7 +1193,9 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     size_t sent = 0, i, n_retry = 0; /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
     char why[160] = "", seq[24], ttl[24], batch[48];
     redisReply *r = NULL, *exec = NULL;
-    int queued = 0;
+    int queued = 0, waiting = !unfenced && a->cfg->audit.min_replicas > 0;
+    unsigned char ran[SINK_BATCH]; /* waiting: the XADD ran, the record waits for WAIT */
+    /* n <= SINK_BATCH: every caller's batch is at most that */
     a->batch_seq++;
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)a->batch_seq);
     snprintf(ttl, sizeof(ttl), "%d", AUDIT_SEEN_TTL_S);
@@ -1220,6 +1236,17 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         snprintf(why, sizeof(why), "XADD: cannot queue the command");
         goto unsent;
     }
+    /* audit.min_replicas: WAIT, pipelined behind EXEC (no extra round trip), covers the batch */
+    if (waiting) {
+        b.argc = 0;
+        argv_adds(&b, "WAIT");
+        argv_adds(&b, a->wait_replicas);
+        argv_adds(&b, a->wait_ms);
+        if (argv_send(a, &b) != 0) {
+            snprintf(why, sizeof(why), "WAIT: cannot queue the command");
+            goto unsent;
+        }
+    }
     /* MULTI, n XADDs, SET (fenced): each answered +OK/+QUEUED or an error that aborts EXEC */
     for (i = 0; i < n + (unfenced ? 1 : 2); i++) {
         if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) goto lost;
@@ -1244,6 +1271,10 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         if (exec->element[i]->type == REDIS_REPLY_ERROR) { /* ran and failed: not written */
             if (!why[0]) snprintf(why, sizeof(why), "XADD: %s", exec->element[i]->str);
             atomic_fetch_add(&a->redis_errors, 1);
+            ran[n_retry] = 0;
+            nodes[n_retry++] = nodes[i];
+        } else if (waiting) { /* kept until WAIT confirms it */
+            ran[n_retry] = 1;
             nodes[n_retry++] = nodes[i];
         } else {
             atomic_fetch_add(&a->written, 1);
@@ -1251,6 +1282,43 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         }
     }
     freeReplyObject(exec);
+    if (waiting) {
+        long long acked = -1;
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            snprintf(why, sizeof(why), "WAIT: %s", a->redis->errstr);
+        } else {
+            if (r->type == REDIS_REPLY_INTEGER) acked = r->integer;
+            if (acked < (long long)a->cfg->audit.min_replicas)
+                snprintf(why, sizeof(why),
+                         "WAIT: %s%lld of %u replicas confirmed the batch in %s ms",
+                         r->type == REDIS_REPLY_ERROR ? r->str : "", acked < 0 ? 0 : acked,
+                         a->cfg->audit.min_replicas, a->wait_ms);
+            freeReplyObject(r);
+            r = NULL;
+        }
+        if (acked < (long long)a->cfg->audit.min_replicas) {
+            /* in the master's stream, maybe not on the replica a failover would promote: the
+             * records stay spooled, tagged with their batch, so replay writes them again only
+             * when the batch key is missing (and replay WAITs again before it lets them go) */
+            for (i = 0; i < n_retry; i++) {
+                if (!ran[i]) continue;
+                nodes[i]->uncertain = 1;
+                snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
+            }
+            sink_failed(a, why);
+            return n_retry;
+        }
+        size_t kept = 0;
+        for (i = 0; i < n_retry; i++) {
+            if (ran[i]) {
+                atomic_fetch_add(&a->written, 1);
+                free(nodes[i]);
+            } else {
+                nodes[kept++] = nodes[i];
+            }
+        }
+        n_retry = kept;
+    }
     if (n_retry > 0) sink_failed(a, why);
     return n_retry;
 lost:
@@ -1367,6 +1435,8 @@ static int replay_open(struct audit *a) {
 static void sink_timeout(struct audit *a, int replay) {
     unsigned ms = a->cfg->redis->timeout_ms;
     if (replay && ms < REPLAY_TIMEOUT_MIN_MS) ms = REPLAY_TIMEOUT_MIN_MS;
+    /* WAIT answers after up to redis.timeout_ms of its own (audit.min_replicas) */
+    if (a->cfg->audit.min_replicas > 0) ms += a->cfg->redis->timeout_ms + 50;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     if (a->redis) (void)redisSetTimeout(a->redis, tv);
 }
@@ -1379,6 +1449,41 @@ static void replay_step(struct audit *a) {
     sink_timeout(a, 1);
     replay_chunk(a);
     sink_timeout(a, 0);
+}
+
+/* audit.min_replicas: before the replay cursor moves past a chunk, WAIT confirms it reached the
+ * replicas. WAIT covers this connection's writes only, and a chunk may write nothing (every
+ * record was in an earlier, unconfirmed attempt, or in a batch that landed): the SET of
+ * <prefix>audit:sync:<run> is a write after all of them, so WAIT covers everything before it.
+ * NULL when confirmed, else why not (in err). */
+static const char *replay_wait(struct audit *a, char *err, size_t errlen) {
+    redisReply *r = NULL;
+    long long acked = -1;
+    const char *why = NULL;
+    if (redisAppendCommand(a->redis, "SET %saudit:sync:%s %llu EX %d", a->cfg->redis->key_prefix,
+                           a->run_id, (unsigned long long)a->batch_seq,
+                           AUDIT_SEEN_TTL_S) != REDIS_OK ||
+        redisAppendCommand(a->redis, "WAIT %s %s", a->wait_replicas, a->wait_ms) != REDIS_OK)
+        return "WAIT: cannot queue the command";
+    for (int i = 0; i < 2; i++) {
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            snprintf(err, errlen, "WAIT: %s", a->redis->errstr);
+            return err;
+        }
+        if (r->type == REDIS_REPLY_ERROR && !why) {
+            snprintf(err, errlen, "%s: %s", i ? "WAIT" : "SET", r->str);
+            why = err;
+        }
+        if (i == 1 && r->type == REDIS_REPLY_INTEGER) acked = r->integer;
+        freeReplyObject(r);
+    }
+    if (why) return why;
+    if (acked < (long long)a->cfg->audit.min_replicas) {
+        snprintf(err, errlen, "WAIT: %lld of %u replicas confirmed the replayed records in %s ms",
+                 acked < 0 ? 0 : acked, a->cfg->audit.min_replicas, a->wait_ms);
+        return err;
+    }
+    return NULL;
 }
 
 static void replay_chunk(struct audit *a) {
@@ -1499,6 +1604,7 @@ static void replay_chunk(struct audit *a) {
         if (load_script(a) != 0) why = "SCRIPT LOAD failed";
         goto rewind;
     }
+    if (a->cfg->audit.min_replicas > 0 && (why = replay_wait(a, errbuf, sizeof(errbuf)))) goto out;
     a->replay_off = off;
     cursor_write(a, a->replay_name, off);
     atomic_fetch_add(&a->replayed, n);
@@ -1537,6 +1643,7 @@ static void try_connect(struct audit *a) {
         return;
     }
     learn_client(a);
+    sink_timeout(a, 0);
     a->backoff_ms = BACKOFF_MIN_MS;
     struct dirent **names;
     int n = list_segments(a->cfg->audit.spool_dir, &names);
@@ -1759,6 +1866,13 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
+        if (retried && a->cfg->audit.min_replicas > 0) {
+            /* held records (the spool refused them) go through the spool and replay: there a
+             * batch that landed is skipped only after a WAIT that covers it */
+            spool_or_hold(a, batch, n);
+            if (!a->held) set_state(a, AUDIT_REPLAYING);
+            return;
+        }
         if (retried && (n = drop_landed(a, batch, n)) == 0) return;
         n = live_write(a, batch, n, 0);
         if (n > 0) spool_or_hold(a, batch, n);
@@ -1872,8 +1986,10 @@ static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
     return deadline;
 }
 
+/* Not with audit.commit "durable": there every request waits for its batch, and the batch
+ * forms by itself (what arrives while the last one is written). */
 static void sink_gather(struct audit *a) {
-    if (!atomic_load(&a->stopping)) {
+    if (!atomic_load(&a->stopping) && !a->cfg->audit.commit_durable) {
         struct timespec ts = {0, SINK_GATHER_US * 1000L};
         nanosleep(&ts, NULL);
     }
@@ -1907,6 +2023,53 @@ static void sink_wait(struct audit *a) {
     sink_gather(a);
 }
 
+/* ---- audit.commit "durable" ---- */
+
+/* Before a batch is handled: the highest record number of each worker in it. */
+static void commit_note(struct audit *a, struct audit_node **batch, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (batch[i]->seq) {
+            struct audit_queue *q = a->queues[batch[i]->worker];
+            if (batch[i]->seq > q->batch_max) q->batch_max = batch[i]->seq;
+        }
+}
+
+/* Sets worker w's durable mark to seq (when higher) and tells the worker. */
+static void commit_advance(struct audit *a, unsigned w, uint64_t seq) {
+    struct audit_queue *q = a->queues[w];
+    if (seq <= atomic_load_explicit(&q->durable, memory_order_relaxed)) return;
+    atomic_store_explicit(&q->durable, seq, memory_order_release);
+    pthread_mutex_lock(&a->notify_lock);
+    if (q->notify) q->notify(q->notify_arg);
+    pthread_mutex_unlock(&a->notify_lock);
+}
+
+/* After a batch was handled: what went to the spool is fsynced first (group commit: one fsync
+ * for the batch, and the batch is what arrived while the last one was written), then each
+ * worker's mark moves to its highest record in the batch, short of any record still held (the
+ * spool refused it). A worker's records are taken and settled in order, so every record up to
+ * the mark is stored: in Redis (EXEC answered, and WAIT with min_replicas) or in the spool. */
+static void commit_ack(struct audit *a) {
+    sync_file_sync(a, &a->segment, 1);
+    if (atomic_load(&a->state) == AUDIT_MEMORY) sync_file_sync(a, &a->file, 1);
+    for (unsigned w = 0; w < a->n_workers; w++) {
+        struct audit_queue *q = a->queues[w];
+        uint64_t mark = q->batch_max;
+        if (!mark) continue;
+        for (struct audit_node *h = a->held; h; h = h->next)
+            if (h->worker == w && h->seq && h->seq <= mark) mark = h->seq - 1;
+        commit_advance(a, w, mark);
+        if (mark == q->batch_max) q->batch_max = 0; /* else kept: the held ones come back */
+    }
+}
+
+/* The sink stops: every record was written, spooled or printed (sink_last_resort), so no
+ * request waits any longer. */
+static void commit_release_all(struct audit *a) {
+    for (unsigned w = 0; w < a->n_workers; w++)
+        commit_advance(a, w, atomic_load(&a->queues[w]->submitted));
+}
+
 static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1916,7 +2079,9 @@ static void *sink_main(void *arg) {
         int stopping = atomic_load(&a->stopping), retried;
         file_reopen(a);
         size_t n = collect(a, batch, SINK_BATCH, &retried);
+        if (n > 0 && a->cfg->audit.commit_durable) commit_note(a, batch, n);
         if (n > 0) handle_batch(a, batch, n, retried);
+        if (n > 0 && a->cfg->audit.commit_durable) commit_ack(a);
         atomic_store(&a->held_records, a->held_n);
         if (!a->holding != !a->held) {
             a->holding = a->held != NULL;
@@ -1948,6 +2113,8 @@ static void *sink_main(void *arg) {
     }
     if (a->held) sink_last_resort(a);
     spool_close_segment(a);
+    if (a->file.fd >= 0 && a->cfg->audit.commit_durable) sync_file_sync(a, &a->file, 1);
+    commit_release_all(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
@@ -1982,8 +2149,11 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
     pthread_mutex_init(&a->query_lock, NULL);
+    pthread_mutex_init(&a->notify_lock, NULL);
     pthread_cond_init(&a->query_cond, NULL);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
+    snprintf(a->wait_replicas, sizeof(a->wait_replicas), "%u", cfg->audit.min_replicas);
+    snprintf(a->wait_ms, sizeof(a->wait_ms), "%u", cfg->redis ? cfg->redis->timeout_ms : 0);
     {
         const char *inst = cfg->instance ? cfg->instance : "capgate";
         size_t i;
@@ -2091,10 +2261,35 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
     if (!n) return -1;
     n->next = NULL;
     n->uncertain = 0;
+    n->worker = worker;
+    /* the producer alone moves submitted: this record's number is the next one */
+    n->seq = atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed) + 1;
     n->rec = *r;
     queue_push(a->queues[worker], n);
     sink_nudge(a);
     return 0;
+}
+
+int audit_commit_durable(const struct audit *a) {
+    return a && a->cfg->audit.commit_durable;
+}
+
+uint64_t audit_last_seq(struct audit *a, unsigned worker) {
+    if (!a || worker >= a->n_workers) return 0;
+    return atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed);
+}
+
+uint64_t audit_durable_seq(struct audit *a, unsigned worker) {
+    if (!a || worker >= a->n_workers) return UINT64_MAX;
+    return atomic_load_explicit(&a->queues[worker]->durable, memory_order_acquire);
+}
+
+void audit_on_durable(struct audit *a, unsigned worker, void (*fn)(void *arg), void *arg) {
+    if (!a || worker >= a->n_workers) return;
+    pthread_mutex_lock(&a->notify_lock);
+    a->queues[worker]->notify = fn;
+    a->queues[worker]->notify_arg = arg;
+    pthread_mutex_unlock(&a->notify_lock);
 }
 
 void audit_reopen(struct audit *a) {
@@ -2146,6 +2341,7 @@ void audit_free(struct audit *a) {
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
     pthread_mutex_destroy(&a->query_lock);
+    pthread_mutex_destroy(&a->notify_lock);
     pthread_cond_destroy(&a->query_cond);
     free(a);
 }

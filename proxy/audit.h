@@ -155,6 +155,20 @@ void audit_free(struct audit *a);
  * file error and goes on writing to the file it had. Nothing happens without an audit file.
  * NULL accepted. */
 void audit_reopen(struct audit *a);
+
+/* audit.commit "durable" (README "Durability"): a worker's records are numbered 1, 2, ... in
+ * submit order. After the sink stored some (Redis answered EXEC, and WAIT confirmed
+ * audit.min_replicas; or the spool, or without Redis the audit file, fsynced them: one fsync per
+ * batch), it moves the worker's durable mark and calls the worker's notify function from the
+ * sink thread. The worker parks a reply until the mark reaches its record's number. */
+int audit_commit_durable(const struct audit *a); /* 1 when cfg->audit.commit is "durable" */
+/* On worker's thread, right after audit_submit: the number of the record just submitted. */
+uint64_t audit_last_seq(struct audit *a, unsigned worker);
+/* Any thread: every record of worker numbered up to this is stored. */
+uint64_t audit_durable_seq(struct audit *a, unsigned worker);
+/* Before worker's first submit. fn(arg) runs on the sink thread: it must only wake the worker
+ * (e.g. event_active on a base with libevent threading enabled). */
+void audit_on_durable(struct audit *a, unsigned worker, void (*fn)(void *arg), void *arg);
 /* Any thread. */
 void audit_get_stats(struct audit *a, struct audit_stats *out);
 /* "memory" "live" "spooling" "replaying" "stopped": the sink's state, for /readyz and tests. */

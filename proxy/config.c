@@ -751,6 +751,7 @@ static const char *const app_auth_names[] = {"signature", "token", NULL};
 static const char *const scope_names[] = {"params", "app", "global", NULL};
 static const char *const mode_names[] = {"enforce", "shadow", NULL};
 static const char *const pii_names[] = {"hash", "raw", NULL};
+static const char *const commit_names[] = {"async", "durable", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 
@@ -1342,6 +1343,8 @@ static const struct field audit_fields[] = {
      .dump = dump_pii_key,
      .same = same_pii_key},
     SECRET("pii_key_file", FK_SECRET_FILE, struct config_audit, pii_key, "pii_key", NO_FLAG),
+    ENUM("commit", struct config_audit, commit_durable, commit_names),
+    NUM("min_replicas", FK_UINT, struct config_audit, min_replicas, 0, 64),
     END,
 };
 
@@ -2656,6 +2659,8 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
              "hashes differ between instances and restarts",
              arg);
     if (c->audit.pii_raw) warn("audit.pii is \"raw\": per-user fields are stored unhashed", arg);
+    if (c->audit.min_replicas && !c->redis)
+        warn("audit.min_replicas is set without a redis section: it has no effect", arg);
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);

@@ -115,6 +115,8 @@ struct config_audit {
     char *pii_key;         /* HMAC key for PII hashes */
     size_t pii_key_len;    /* bytes in pii_key (a generated key may hold NUL bytes) */
     int pii_key_generated; /* 1: pii_key_env absent, 32 random bytes for this process */
+    int commit_durable;    /* "commit": "durable": the reply waits for the record to be stored */
+    unsigned min_replicas; /* a live batch counts as written once WAIT confirms this many */
 };
 
 struct config_metrics {

@@ -240,6 +240,7 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     w->pw.instance = g->boot->config->instance ? g->boot->config->instance : "";
     w->pw.base = worker_base_new();
     if (!w->pw.base) goto oom;
+    if (pipeline_worker_commit_init(&w->pw) != 0) goto oom;
     w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
     if (!w->pw.upstream) return -1;
     w->pw.upstream3 = upstream_new(w->pw.base, uo3, err, errlen);
@@ -282,6 +283,7 @@ static void worker_cleanup(struct gateway_worker *w) {
     w->pw.on_release = NULL;
     httpd_free(w->httpd);
     w->httpd = NULL;
+    pipeline_worker_commit_close(&w->pw);
     w->pw.store_closing = 1;
     pool_refiller_stop(w->refiller);
     n = idem_waits_close(&w->pw.idem_waits);

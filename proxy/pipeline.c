@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <event2/event.h>
 #include <openssl/rand.h>
 
 #include "api3.h"
@@ -227,7 +228,9 @@ struct pipeline_ctx {
     int storable;                   /* the reply is upstream's or a pool hit: replayable */
     int replayed;                   /* the reply is a stored one: Idempotent-Replayed: true */
     int idem_owned;                 /* this request holds idem_key: finish it at the end */
-    struct pipeline_ctx *next_free; /* the worker's free list */
+    struct pipeline_ctx *next_free; /* the worker's free list; also the worker's list of
+                                     * replies waiting for their audit record (commit) */
+    uint64_t commit_seq;            /* audit.commit durable: the record's number (audit.h) */
     /* Scratch: every field from here on is written before it is read, so a context taken from
      * the worker's free list clears only the part above (4.6 KB of buckets stay as they are). */
     struct limit_bucket buckets[LIMIT_MAX_BUCKETS]; /* rules borrowed from config */
@@ -993,9 +996,11 @@ static void ctx_reply(struct pipeline_ctx *ctx) {
 }
 
 /* The end of every request, whatever became of it: counters, the metrics batch, the audit (whose
- * thread also writes the access line: no log write here on the worker's loop). */
-static void ctx_audit(struct pipeline_ctx *ctx) {
+ * thread also writes the access line: no log write here on the worker's loop). 0 when the record
+ * was submitted. */
+static int ctx_audit(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
+    int rc = -1;
     ctx->rec.latency_us = clock_mono_us() - ctx->start_us;
     if (w->metrics) metrics_record(w->metrics, w->id, &ctx->rec);
     if (w->audit) {
@@ -1006,11 +1011,88 @@ static void ctx_audit(struct pipeline_ctx *ctx) {
             audit_submit(w->audit, w->id, &ar) != 0) {
             stats_count_audit_failure(w->stats);
             log_error("request %s: audit record not submitted", ctx->rec.request_id);
+        } else {
+            rc = 0;
         }
     }
     stats_count_request(ctx->w->stats, ctx->rec.app[0] ? ctx->rec.app : "-",
                         validate_action_name(ctx->rec.action_id),
                         pipeline_decision_name(ctx->rec.decision));
+    return rc;
+}
+
+/* ---- audit.commit "durable": a reply waits until its audit record is stored ---- */
+
+/* On the sink thread (audit_on_durable): wake the worker. */
+static void commit_notify(void *arg) {
+    event_active(arg, EV_READ, 0);
+}
+
+/* Sends the replies whose records are stored now, oldest first (the records are numbered in
+ * submit order, so the list is in number order). */
+static void commit_run(evutil_socket_t fd, short what, void *arg) {
+    struct pipeline_worker *w = arg;
+    uint64_t durable = audit_durable_seq(w->audit, w->id);
+    (void)fd;
+    (void)what;
+    while (w->commit_head && w->commit_head->commit_seq <= durable) {
+        struct pipeline_ctx *ctx = w->commit_head;
+        w->commit_head = ctx->next_free;
+        if (!w->commit_head) w->commit_tail = NULL;
+        ctx->next_free = NULL;
+        ctx_reply(ctx);
+        set_state(ctx, ST_AUDITED);
+        ctx_release(ctx);
+    }
+}
+
+int pipeline_worker_commit_init(struct pipeline_worker *w) {
+    if (!audit_commit_durable(w->audit)) return 0;
+    if (!(w->commit_ev = event_new(w->base, -1, 0, commit_run, w))) return -1;
+    audit_on_durable(w->audit, w->id, commit_notify, w->commit_ev);
+    return 0;
+}
+
+void pipeline_worker_commit_close(struct pipeline_worker *w) {
+    if (!w->commit_ev) return;
+    audit_on_durable(w->audit, w->id, NULL, NULL);
+    while (w->commit_head) { /* the sink did not confirm them before the shutdown */
+        struct pipeline_ctx *ctx = w->commit_head;
+        w->commit_head = ctx->next_free;
+        ctx->next_free = NULL;
+        ctx_reply(ctx);
+        ctx_release(ctx);
+    }
+    w->commit_tail = NULL;
+    event_free(w->commit_ev);
+    w->commit_ev = NULL;
+}
+
+/* The record goes to the audit before the reply: the reply waits on the worker's commit list
+ * until the sink stored the record (commit_run). 0 parked, -1 not (no record was submitted: the
+ * caller replies now). The record says what the reply will be: its status, and the latency up
+ * to now (the wait for the record is not in it). */
+static int ctx_commit(struct pipeline_ctx *ctx) {
+    struct pipeline_worker *w = ctx->w;
+    if (ctx->cancelled || !ctx->req || !ctx->reply_body) return -1;
+    ctx->rec.http_status = ctx->reply_status;
+    if (ctx_audit(ctx) != 0) { /* nothing to wait for */
+        ctx_reply(ctx);
+        set_state(ctx, ST_AUDITED);
+        ctx_release(ctx);
+        return 0;
+    }
+    set_state(ctx, ST_REPLIED);
+    ctx->commit_seq = audit_last_seq(w->audit, w->id);
+    ctx->next_free = NULL;
+    if (w->commit_tail)
+        w->commit_tail->next_free = ctx;
+    else
+        w->commit_head = ctx;
+    w->commit_tail = ctx;
+    if (audit_durable_seq(w->audit, w->id) >= ctx->commit_seq)
+        event_active(w->commit_ev, EV_READ, 0);
+    return 0;
 }
 
 static void ctx_finish(struct pipeline_ctx *ctx) {
@@ -1019,6 +1101,7 @@ static void ctx_finish(struct pipeline_ctx *ctx) {
     if (ctx->idem_owned && !ctx->w->store_closing)
         idem_finish(ctx->w->store, ctx->idem_key, ctx->idem_fp, ctx->storable, ctx->reply_body,
                     ctx->reply_len, ctx->config->idempotency_ttl_s * 1000u);
+    if (ctx->w->commit_ev && ctx_commit(ctx) == 0) return;
     ctx_reply(ctx);
     set_state(ctx, ST_REPLIED);
     ctx_audit(ctx);

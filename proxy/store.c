@@ -18,6 +18,10 @@
 
 struct store_shared {
     const struct store_ops *ops;
+    atomic_uint live_instances; /* from the last heartbeat answer; 1 until one came */
+    atomic_int heartbeat_taken; /* one store of the process sends the heartbeats */
+    char *heartbeat_key;        /* <prefix>instances */
+    char *instance;
     struct store_memory *memory;      /* the memory store, or the local fallback beside redis */
     struct store_redis_options redis; /* copies of the config's strings (it may be reloaded) */
 };
@@ -45,6 +49,8 @@ struct store {
     struct store_deferred *head, *tail;
     const struct store_ops *ops; /* sh->ops */
     void *backend;               /* the backend's state for this store (redis: its connection) */
+    struct event *heartbeat_ev;  /* the store that sends the heartbeats; else NULL */
+    int heartbeat_inflight;
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
@@ -57,9 +63,16 @@ struct store_shared *store_shared_new(const struct config *cfg, char *err, size_
     struct store_shared *sh = calloc(1, sizeof *sh);
     if (!sh) goto oom;
     if (!(sh->memory = store_memory_new())) goto oom;
+    atomic_init(&sh->live_instances, 1);
+    atomic_init(&sh->heartbeat_taken, 0);
     if (cfg && cfg->redis) {
         const struct config_redis *r = cfg->redis;
         sh->ops = &store_redis_ops;
+        size_t klen = strlen(r->key_prefix ? r->key_prefix : "") + sizeof "instances";
+        if (!(sh->heartbeat_key = malloc(klen))) goto oom;
+        snprintf(sh->heartbeat_key, klen, "%sinstances", r->key_prefix ? r->key_prefix : "");
+        if (!(sh->instance = strdup(cfg->instance && *cfg->instance ? cfg->instance : "capgate")))
+            goto oom;
         if (!r->host || !*r->host) {
             snprintf(err, errlen, "redis: no host");
             goto fail;
@@ -83,9 +96,17 @@ fail:
 void store_shared_free(struct store_shared *sh) {
     if (!sh) return;
     store_memory_free(sh->memory);
+    free(sh->heartbeat_key);
+    free(sh->instance);
     free(sh->redis.host);
     store_secret_free(sh->redis.password);
     free(sh);
+}
+
+unsigned store_live_instances(const struct store_shared *sh) {
+    unsigned n =
+        atomic_load_explicit(&((struct store_shared *)sh)->live_instances, memory_order_relaxed);
+    return n ? n : 1;
 }
 
 const char *store_shared_kind(const struct store_shared *sh) {
@@ -132,8 +153,11 @@ static void store_run_deferred(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void store_heartbeat_done(const char *err, const struct store_pool_result *r, void *arg);
+
 static struct store_deferred *store_deferred_new(struct store *s, enum store_deferred_kind kind,
-                                                 void *arg, const char *err, int failed) {
+                                                 void *arg, const char *err, int failed,
+                                                 int counted) {
     struct store_deferred *d = calloc(1, sizeof *d);
     if (!d) {
         /* answering now would break "never inside the call", and every later path allocates
@@ -146,7 +170,7 @@ static struct store_deferred *store_deferred_new(struct store *s, enum store_def
     if (failed) {
         d->failed = 1;
         snprintf(d->err, sizeof d->err, "%s", err ? err : "store failed");
-        store_count(s, STORE_ERRORS);
+        if (counted) store_count(s, STORE_ERRORS);
     }
     return d;
 }
@@ -162,7 +186,7 @@ static void store_deferred_queue(struct store *s, struct store_deferred *d) {
 
 void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
                  const struct limit_outcome *o) {
-    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_LIMIT, arg, err, err || !o);
+    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_LIMIT, arg, err, err || !o, 1);
     if (!d) return;
     d->cb = cb;
     if (!d->failed) d->outcome = *o;
@@ -171,7 +195,8 @@ void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
 
 void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *err,
                       const struct store_pool_result *r) {
-    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_POOL, arg, err, err || !r);
+    struct store_deferred *d =
+        store_deferred_new(s, STORE_DEFERRED_POOL, arg, err, err || !r, cb != store_heartbeat_done);
     if (!d) return;
     d->pool_cb = cb;
     if (!d->failed) {
@@ -187,7 +212,7 @@ void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *
 
 void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
                       const struct store_idem_result *r) {
-    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_IDEM, arg, err, err || !r);
+    struct store_deferred *d = store_deferred_new(s, STORE_DEFERRED_IDEM, arg, err, err || !r, 1);
     if (!d) return;
     d->idem_cb = cb;
     if (!d->failed) {
@@ -212,6 +237,30 @@ void store_count(struct store *s, enum store_counter c) {
     atomic_fetch_add_explicit(&s->counters[c], 1, memory_order_relaxed);
 }
 
+static void store_heartbeat_done(const char *err, const struct store_pool_result *r, void *arg) {
+    struct store *s = arg;
+    s->heartbeat_inflight = 0;
+    if (err || !r) return; /* an outage: the count seen last stays */
+    unsigned n = r->depth > 0 && r->depth < 1000000 ? (unsigned)r->depth : 1;
+    unsigned old = atomic_exchange(&s->sh->live_instances, n);
+    if (old != n) log_info("store: %u live instance(s) share the limits", n);
+}
+
+static void store_heartbeat(evutil_socket_t fd, short what, void *arg) {
+    struct store *s = arg;
+    char ttl[24];
+    const char *argv[2] = {s->sh->instance, ttl};
+    size_t argvlen[2];
+    (void)fd;
+    (void)what;
+    if (s->heartbeat_inflight || !s->backend) return;
+    snprintf(ttl, sizeof ttl, "%u", STORE_HEARTBEAT_TTL_MS);
+    argvlen[0] = strlen(argv[0]);
+    argvlen[1] = strlen(ttl);
+    s->heartbeat_inflight = 1;
+    s->ops->heartbeat(s, s->backend, s->sh->heartbeat_key, argv, argvlen, store_heartbeat_done, s);
+}
+
 struct store *store_new(struct store_shared *sh, struct event_base *base, char *err,
                         size_t errlen) {
     struct store *s = calloc(1, sizeof *s);
@@ -228,6 +277,15 @@ struct store *store_new(struct store_shared *sh, struct event_base *base, char *
         goto fail;
     }
     if (s->ops->open(s, base, &s->backend, err, errlen) != 0) goto fail;
+    if (s->ops->heartbeat && !atomic_exchange(&sh->heartbeat_taken, 1)) {
+        struct timeval tv = {STORE_HEARTBEAT_MS / 1000, (STORE_HEARTBEAT_MS % 1000) * 1000};
+        if (!(s->heartbeat_ev = event_new(base, -1, EV_PERSIST, store_heartbeat, s))) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        event_add(s->heartbeat_ev, &tv);
+        event_active(s->heartbeat_ev, EV_TIMEOUT, 0); /* the first one now */
+    }
     return s;
 fail:
     store_free(s);
@@ -238,6 +296,8 @@ void store_free(struct store *s) {
     struct store_deferred *d;
     if (!s) return;
     /* the redis backend fails its pending commands through the deferred queue or directly */
+    if (s->heartbeat_ev) event_free(s->heartbeat_ev);
+    s->heartbeat_ev = NULL;
     if (s->backend) s->ops->close(s->backend);
     s->backend = NULL;
     while ((d = s->head)) {
@@ -271,7 +331,23 @@ void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, 
         store_defer(s, cb, arg, "too many buckets for one request", NULL);
         return;
     }
-    store_memory_check(s->sh->memory, b, n, clock_mono_us(), &o);
+    unsigned live = s->ops->heartbeat ? store_live_instances(s->sh) : 1;
+    if (live > 1) {
+        /* this instance's share of a shared rule: rate / live (emission * live), burst / live
+         * but at least 1, so tolerance = emission' * max(1, burst / live) */
+        struct limit_bucket share[LIMIT_MAX_BUCKETS];
+        for (size_t i = 0; i < n; i++) {
+            share[i] = b[i];
+            uint64_t em =
+                b[i].emission_us > UINT64_MAX / live ? UINT64_MAX / live : b[i].emission_us;
+            share[i].emission_us = em * live;
+            share[i].tolerance_us =
+                b[i].tolerance_us > share[i].emission_us ? b[i].tolerance_us : share[i].emission_us;
+        }
+        store_memory_check(s->sh->memory, share, n, clock_mono_us(), &o);
+    } else {
+        store_memory_check(s->sh->memory, b, n, clock_mono_us(), &o);
+    }
     if (s->ops == &store_memory_ops) store_count(s, STORE_COMMANDS); /* it is the store's check */
     store_defer(s, cb, arg, NULL, &o);
 }

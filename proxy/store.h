@@ -37,6 +37,13 @@ void store_free(struct store *s);
  * timed out and no probe has succeeded since; commands then fail at once, see store_redis.c). */
 int store_connected(const struct store *s);
 
+/* Heartbeats (redis only): one store per process writes this instance into the ZSET
+ * <prefix>instances every STORE_HEARTBEAT_MS; an instance unseen for STORE_HEARTBEAT_TTL_MS is
+ * gone. The live count from the last answer is kept through an outage (memory store: 1). */
+#define STORE_HEARTBEAT_MS 1000
+#define STORE_HEARTBEAT_TTL_MS 3500
+unsigned store_live_instances(const struct store_shared *sh);
+
 struct store_stats {
     uint64_t commands, errors, timeouts, reconnects, noscript_reloads;
     uint64_t fast_fails; /* commands refused at once while the store was marked down */
@@ -66,7 +73,9 @@ struct store_nonce {
 void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg);
 /* The same check against this process's own buckets only (on_store_error "local": the in-process
- * buckets keep enforcing while Redis is unreachable). For the memory store it is store_limit. */
+ * buckets keep enforcing while Redis is unreachable). For the memory store it is store_limit.
+ * Beside redis every rule is shared by the instances, so each enforces its share: rate and
+ * burst divided by the live instances it last saw (store_live_instances; burst at least 1). */
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                        void *arg);
 

@@ -17,7 +17,8 @@ enum store_op {
     STORE_OP_POOL_DEPTH,
     STORE_OP_IDEM_BEGIN,
     STORE_OP_IDEM_COMPLETE,
-    STORE_OP_IDEM_ABANDON
+    STORE_OP_IDEM_ABANDON,
+    STORE_OP_HEARTBEAT /* answered as a pool result: depth = the live instances */
 };
 struct store_pool_req {
     enum store_op op; /* POOL_* */
@@ -51,6 +52,10 @@ struct store_ops {
                  void *arg);
     void (*idem)(struct store *s, void *state, const struct store_idem_req *req, store_idem_fn cb,
                  void *arg);
+    /* The instance heartbeat (argv: the instance name, the TTL in ms) on key, answered as a pool
+     * result whose depth is the live instances; NULL for a backend shared by no other process. */
+    void (*heartbeat)(struct store *s, void *state, const char *key, const char *const argv[2],
+                      const size_t argvlen[2], store_pool_fn cb, void *arg);
 };
 extern const struct store_ops store_memory_ops;
 extern const struct store_ops store_redis_ops;

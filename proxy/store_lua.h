@@ -177,4 +177,16 @@
     "redis.call('DEL', KEYS[1])\n" \
     "return 2\n"
 
+/* Heartbeat (README "Redis layout and outages"): KEYS[1] is the ZSET <prefix>instances, member
+ * an instance name, score the Redis clock in ms when it last beat. ARGV: instance, ttl_ms.
+ * Members older than ttl_ms are dropped; the reply is the count of live instances (this one
+ * included). The Redis clock: instances need not agree on theirs. */
+#define STORE_LUA_HEARTBEAT \
+    "local t = redis.call('TIME')\n" \
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n" \
+    "redis.call('ZADD', KEYS[1], now, ARGV[1])\n" \
+    "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))\n" \
+    "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n" \
+    "return redis.call('ZCARD', KEYS[1])\n"
+
 #endif

@@ -1385,6 +1385,97 @@ static void test_sink_held_stats(void **state) {
     free(dir);
 }
 
+/* ---- audit.commit "durable": the per-worker marks ---- */
+
+static atomic_int notified;
+static void count_notify(void *arg) {
+    (void)arg;
+    atomic_fetch_add(&notified, 1);
+}
+
+/* Lines in path (0 when it does not open). */
+static unsigned count_lines(const char *path) {
+    FILE *f = fopen(path, "r");
+    unsigned n = 0;
+    int c;
+    if (!f) return 0;
+    while ((c = getc(f)) != EOF) n += c == '\n';
+    fclose(f);
+    return n;
+}
+
+/* Without Redis: a worker's mark reaches each record only once the audit file holds it (fsynced
+ * with its batch), and the sink calls the worker's notify. */
+static void test_commit_durable_memory(void **state) {
+    char *dir = make_tmpdir();
+    char path[1024];
+    struct config cfg = {0};
+    cfg.audit = audit_cfg(0);
+    cfg.audit.spool_dir = dir;
+    cfg.audit.commit_durable = 1;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 2, err, sizeof(err));
+    assert_non_null(a);
+    assert_int_equal(audit_commit_durable(a), 1);
+    atomic_store(&notified, 0);
+    audit_on_durable(a, 0, count_notify, NULL);
+    audit_on_durable(a, 1, count_notify, NULL);
+    snprintf(path, sizeof(path), "%s/audit.jsonl", dir);
+    struct audit_record r;
+    for (unsigned i = 0; i < 300; i++) {
+        make_record(&r, i % 2 ? "bbbbbbbb" : "aaaaaaaa", i, 0);
+        assert_int_equal(audit_submit(a, i % 2, &r), 0);
+        assert_int_equal(audit_last_seq(a, i % 2), i / 2 + 1);
+        /* whatever the mark says is stored is in the file already */
+        uint64_t d0 = audit_durable_seq(a, 0), d1 = audit_durable_seq(a, 1);
+        assert_true(count_lines(path) >= d0 + d1);
+    }
+    WAIT_UNTIL(audit_durable_seq(a, 0) == 150 && audit_durable_seq(a, 1) == 150, 5000,
+               "both marks at 150");
+    assert_int_equal(count_lines(path), 300);
+    assert_true(atomic_load(&notified) >= 2);
+    audit_free(a);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* With Redis down and the spool refusing records (its directory gone), the held records are not
+ * stored: the mark stays; once the spool takes them it moves to the last one. */
+static void test_commit_durable_held(void **state) {
+    char *dir = make_tmpdir();
+    char spool[512];
+    snprintf(spool, sizeof(spool), "%s/spool", dir);
+    struct config_redis rc = {0};
+    rc.host = "127.0.0.1";
+    rc.port = redis_server_free_port(); /* nothing listens there */
+    rc.timeout_ms = 300;
+    rc.key_prefix = "capgate:";
+    struct config cfg = {0};
+    cfg.redis = &rc;
+    cfg.audit = audit_cfg(0);
+    cfg.audit.maxlen = 100000;
+    cfg.audit.spool_dir = spool;
+    cfg.audit.commit_durable = 1;
+    cfg.instance = "test";
+    char err[256];
+    struct audit *a = audit_new(&cfg, 1, err, sizeof(err));
+    assert_non_null(a);
+    WAIT_UNTIL(strcmp(audit_state_name(a), "spooling") == 0, 5000, "spooling");
+    rm_rf(spool); /* before a segment is open: then every write to the spool fails */
+    submit_n(a, "d0000000", 30);
+    WAIT_UNTIL(stats_of(a).held_records == 30, 5000, "30 held records");
+    sleep_ms(50);
+    assert_int_equal(audit_durable_seq(a, 0), 0);
+    assert_int_equal(mkdir(spool, 0700), 0);
+    WAIT_UNTIL(audit_durable_seq(a, 0) == 30, 10000, "the held records spooled and stored");
+    submit_n(a, "c0000000", 20);
+    WAIT_UNTIL(audit_durable_seq(a, 0) == 50, 5000, "20 more spooled and stored");
+    audit_free(a);
+    rm_rf(dir);
+    free(dir);
+}
+
 /* ---- the sink thread's signal mask ---- */
 
 /* Thread ids of this process into ids (at most cap); the count. */
@@ -1499,6 +1590,8 @@ int main(void) {
         cmocka_unit_test(test_sink_live_failure_oom),
         cmocka_unit_test(test_sink_stop_unsaved),
         cmocka_unit_test(test_sink_held_stats),
+        cmocka_unit_test(test_commit_durable_memory),
+        cmocka_unit_test(test_commit_durable_held),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
