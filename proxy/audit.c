@@ -43,6 +43,7 @@
 #include "capgate/thread.h"
 #include "config.h"
 #include "record.h"
+#include "redis_conn.h"
 #include "redis_fence.h"
 #include "resp.h"
 
@@ -730,6 +731,7 @@ struct audit {
 
     /* sink thread only */
     redisContext *redis;
+    uint64_t redis_epoch; /* redis_conn_epoch() at connect: reconnect when it moves */
     char script_sha[41];
     unsigned backoff_ms;
     uint64_t next_connect_us;
@@ -847,40 +849,20 @@ static redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
     return r;
 }
 
-/* A synchronous connection with AUTH and SELECT as configured. NULL with err. */
-static redisContext *redis_open(const struct config_redis *rc, char *err, size_t errlen) {
-    struct timeval tv = {(time_t)(rc->timeout_ms / 1000),
-                         (suseconds_t)(rc->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(rc->host, rc->port, tv);
-    redisReply *r = NULL;
-    if (!c || c->err) {
-        snprintf(err, errlen, "connect %s:%d: %s", rc->host, rc->port, c ? c->errstr : "OOM");
-        goto fail;
-    }
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        snprintf(err, errlen, "set timeout: %s", c->errstr);
-        goto fail;
-    }
-    if (rc->password) {
-        r = redis_cmd(c, "AUTH %s", rc->password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "AUTH: %s", r ? r->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-        r = NULL;
-    }
-    r = redis_cmd(c, "SELECT %u", rc->db);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "SELECT %u: %s", rc->db, r ? r->str : c->errstr);
-        goto fail;
-    }
-    freeReplyObject(r);
+/* A synchronous connection to the master (redis_conn.h: the settings SIGHUP published last,
+ * else rc's; sentinels asked when configured), AUTH and SELECT done. NULL with err. *epoch: the
+ * redis_conn_epoch() the connection was made at (NULL: not wanted). */
+static redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
+                                size_t errlen) {
+    struct redis_target *t = redis_target_new(rc, err, errlen);
+    redisContext *c;
+    uint64_t e;
+    if (!t) return NULL;
+    e = redis_conn_refresh(&t);
+    c = redis_conn_open(t, err, errlen);
+    redis_target_unref(t);
+    if (c && epoch) *epoch = e;
     return c;
-fail:
-    if (r) freeReplyObject(r);
-    if (c) redisFree(c);
-    return NULL;
 }
 
 static void sink_disconnect(struct audit *a) {
@@ -1498,7 +1480,7 @@ out_free:
 
 static void try_connect(struct audit *a) {
     char err[256];
-    a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+    a->redis = redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
     if (!a->redis) {
         sink_failed(a, err);
         return;
@@ -1517,8 +1499,22 @@ static void try_connect(struct audit *a) {
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0) free_names(names, n);
     log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
-    log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
+    log_info("audit: connected to redis %s:%d", a->redis->tcp.host, a->redis->tcp.port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
+}
+
+/* New settings (SIGHUP) or a new master (+switch-master): between two batches, the connection
+ * is closed and a new one made at once, through the spool's usual reconnect path. */
+static void sink_check_epoch(struct audit *a) {
+    if (!a->redis || a->redis_epoch == redis_conn_epoch()) return;
+    log_info("audit: redis settings or master changed; reconnecting");
+    sink_disconnect(a);
+    if (a->replay_fp) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+    a->next_connect_us = clock_mono_us();
+    set_state(a, AUDIT_SPOOLING);
 }
 
 /* ---- the memory stream ---- */
@@ -1785,7 +1781,7 @@ static void sink_last_resort(struct audit *a) {
     }
     if (!a->redis && a->cfg->redis) {
         char err[256];
-        a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+        a->redis = redis_open(a->cfg->redis, NULL, err, sizeof(err));
         if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
@@ -1903,6 +1899,7 @@ static void *sink_main(void *arg) {
             else
                 log_info("audit: the held records are written; the worker queues drain again");
         }
+        sink_check_epoch(a);
         enum audit_state s = (enum audit_state)atomic_load(&a->state);
         if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
             try_connect(a);
@@ -2244,7 +2241,7 @@ static int query_add(json_t *records, const struct audit_record *r) {
 static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
                        size_t errlen) {
     const struct config *cfg = j->a->cfg;
-    redisContext *c = redis_open(cfg->redis, err, errlen);
+    redisContext *c = redis_open(cfg->redis, NULL, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
     if (!c) return -1;

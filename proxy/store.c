@@ -11,15 +11,15 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
-#include "capgate/secmem.h"
 #include "config.h"
+#include "redis_conn.h"
 
 enum store_kind { STORE_KIND_MEMORY, STORE_KIND_REDIS };
 
 struct store_shared {
     enum store_kind kind;
-    struct store_memory *memory;      /* the memory store, or the local fallback beside redis */
-    struct store_redis_options redis; /* copies of the config's strings (it may be reloaded) */
+    struct store_memory *memory; /* the memory store, or the local fallback beside redis */
+    struct redis_target *redis;  /* the settings at start; SIGHUP publishes newer (redis_conn.h) */
 };
 
 enum store_deferred_kind { STORE_DEFERRED_LIMIT, STORE_DEFERRED_POOL, STORE_DEFERRED_IDEM };
@@ -47,27 +47,13 @@ struct store {
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
-/* The password copy lives in secmem: out of core dumps, wiped when freed. */
-static void store_secret_free(char *s) {
-    secmem_free(s);
-}
-
 struct store_shared *store_shared_new(const struct config *cfg, char *err, size_t errlen) {
     struct store_shared *sh = calloc(1, sizeof *sh);
     if (!sh) goto oom;
     if (!(sh->memory = store_memory_new())) goto oom;
     if (cfg && cfg->redis) {
-        const struct config_redis *r = cfg->redis;
         sh->kind = STORE_KIND_REDIS;
-        if (!r->host || !*r->host) {
-            snprintf(err, errlen, "redis: no host");
-            goto fail;
-        }
-        if (!(sh->redis.host = strdup(r->host))) goto oom;
-        if (r->password && !(sh->redis.password = secmem_strdup(r->password))) goto oom;
-        sh->redis.port = r->port ? r->port : 6379;
-        sh->redis.db = r->db;
-        sh->redis.timeout_ms = r->timeout_ms ? r->timeout_ms : 100;
+        if (!(sh->redis = redis_target_new(cfg->redis, err, errlen))) goto fail;
     } else {
         sh->kind = STORE_KIND_MEMORY;
     }
@@ -82,8 +68,7 @@ fail:
 void store_shared_free(struct store_shared *sh) {
     if (!sh) return;
     store_memory_free(sh->memory);
-    free(sh->redis.host);
-    store_secret_free(sh->redis.password);
+    redis_target_unref(sh->redis);
     free(sh);
 }
 
@@ -218,7 +203,7 @@ struct store *store_new(struct store_shared *sh, struct event_base *base, char *
         goto fail;
     }
     if (sh->kind == STORE_KIND_REDIS &&
-        !(s->redis = store_redis_new(&sh->redis, s, base, err, errlen)))
+        !(s->redis = store_redis_new(sh->redis, s, base, err, errlen)))
         goto fail;
     return s;
 fail:

@@ -161,18 +161,12 @@ int store_memory_idem_abandon(struct store_memory *m, const char *key, const cha
 size_t store_memory_idem_count(struct store_memory *m);  /* records held, expired ones included */
 size_t store_memory_idem_chains(struct store_memory *m); /* the table grows with its records */
 
-/* Where the redis backend connects; store_shared owns a copy of the config's values. */
-struct store_redis_options {
-    char *host;
-    int port;
-    unsigned db;
-    char *password;      /* NULL: no AUTH */
-    unsigned timeout_ms; /* every command, queue wait included */
-};
-
 /* Redis (store_redis.c): one connection on the worker's base, owned by a struct store. */
 struct store_redis;
-struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+/* t: where it connects first (redis_conn.h; a reference is taken); every connect takes the
+ * process's current settings when a SIGHUP published newer ones. */
+struct redis_target;
+struct store_redis *store_redis_new(struct redis_target *t, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen);
 /* Pending callbacks fire with STORE_CLOSED_MESSAGE before it returns. */
 void store_redis_free(struct store_redis *r);

@@ -14,7 +14,12 @@
  * from then on every command is answered at once with an error (the caller applies
  * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
  * again when a probe succeeds: a PING on the same connection (its reply comes after every late
- * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake. */
+ * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake.
+ * Where it connects comes from redis_conn.h: with sentinels every connect first asks them for the
+ * master (without blocking the loop) and the handshake ends with ROLE, which must say master; a
+ * -READONLY reply drops the connection (so the next connect discovers again); a +switch-master
+ * heard by the watch, or a SIGHUP that published new settings, moves the epoch: the connection
+ * then takes no new command, and once its last reply is in it is closed and a new one made. */
 #include "store.h"
 
 #include <stdio.h>
@@ -29,6 +34,7 @@
 #include "capgate/log.h"
 #include "capgate/num.h"
 #include "capgate/strbuf.h"
+#include "redis_conn.h"
 #include "resp.h"
 #include "store_lua.h"
 
@@ -41,17 +47,19 @@
 
 enum store_redis_state {
     STORE_REDIS_DISCONNECTED,
+    STORE_REDIS_DISCOVERING,
     STORE_REDIS_CONNECTING,
     STORE_REDIS_AUTHENTICATING,
     STORE_REDIS_SELECTING,
+    STORE_REDIS_CHECKING_ROLE,
     STORE_REDIS_LOADING,
     STORE_REDIS_READY,
     STORE_REDIS_BACKOFF,
 };
 
 static const char *const store_redis_state_names[] = {
-    "disconnected",    "connecting", "authenticating", "selecting",
-    "loading scripts", "ready",      "backoff",
+    "disconnected",  "finding the master", "connecting", "authenticating", "selecting",
+    "checking ROLE", "loading scripts",    "ready",      "backoff",
 };
 
 /* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
@@ -67,6 +75,7 @@ enum store_redis_cmd_kind {
     STORE_REDIS_CMD_CACHE, /* a caller's pool or idempotency EVALSHA */
     STORE_REDIS_CMD_AUTH,
     STORE_REDIS_CMD_SELECT,
+    STORE_REDIS_CMD_ROLE,   /* sentinels: the master's address must be a master */
     STORE_REDIS_CMD_LOAD,   /* SCRIPT LOAD while connecting */
     STORE_REDIS_CMD_RELOAD, /* SCRIPT LOAD after NOSCRIPT */
     STORE_REDIS_CMD_PROBE,  /* PING while marked down on a live connection */
@@ -110,7 +119,13 @@ struct store_redis_list {
 struct store_redis {
     struct store *owner;
     struct event_base *base;
-    const struct store_redis_options *opt; /* borrowed from store_shared */
+    struct redis_target *t; /* the settings connected with (refreshed at each connect) */
+    uint64_t epoch;         /* redis_conn_epoch() when they were taken */
+    unsigned timeout_ms;
+    char addr[REDIS_CONN_HOST_MAX + 16]; /* the server connected to, for logs */
+    struct redis_resolve *resolve;       /* DISCOVERING */
+    struct redis_watch *watch;           /* +switch-master, with sentinels */
+    int switching; /* the epoch moved: no new command here; reconnect once inflight is empty */
     enum store_redis_state state;
     redisAsyncContext *ac;
     struct event *backoff_timer, *handshake_timer;
@@ -138,15 +153,14 @@ static struct log_limiter store_redis_warning = LOG_LIMITER_INIT(60, 0);
 static void store_redis_set_state(struct store_redis *r, enum store_redis_state to) {
     if (r->state == to) return;
     if (to == STORE_REDIS_READY) {
-        log_limited_ok(&store_redis_warning, LOG_LEVEL_INFO, "redis %s:%d: connected again",
-                       r->opt->host, r->opt->port);
+        log_limited_ok(&store_redis_warning, LOG_LEVEL_INFO, "redis %s: connected again", r->addr);
     }
     if (to == STORE_REDIS_READY)
-        log_info("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
-                 store_redis_state_names[r->state], store_redis_state_names[to]);
+        log_info("redis %s: %s → %s", r->addr, store_redis_state_names[r->state],
+                 store_redis_state_names[to]);
     else
-        log_debug("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
-                  store_redis_state_names[r->state], store_redis_state_names[to]);
+        log_debug("redis %s: %s → %s", r->addr, store_redis_state_names[r->state],
+                  store_redis_state_names[to]);
     r->state = to;
 }
 
@@ -162,9 +176,9 @@ static void store_redis_mark_down(struct store_redis *r, const char *why) {
         r->down = 1;
         snprintf(r->down_why, sizeof r->down_why, "%s", why);
         log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
-                    "redis %s:%d: store marked down (%s); commands fail at once until it "
+                    "redis %s: store marked down (%s); commands fail at once until it "
                     "answers",
-                    r->opt->host, r->opt->port, why);
+                    r->addr, why);
     }
     if (r->state == STORE_REDIS_READY) store_redis_probe(r);
 }
@@ -174,8 +188,8 @@ static void store_redis_mark_up(struct store_redis *r, const char *how) {
     r->down = 0;
     r->down_why[0] = 0;
     event_del(r->probe_timer);
-    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s:%d: store up again (%s)",
-                   r->opt->host, r->opt->port, how);
+    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s: store up again (%s)",
+                   r->addr, how);
 }
 
 static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
@@ -275,8 +289,8 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
     unsigned ms = store_redis_jitter(r, r->backoff_ms);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (why) snprintf(r->last_err, sizeof r->last_err, "%s", why);
-    log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s:%d: %s; retrying in %u ms",
-                r->opt->host, r->opt->port, r->last_err, ms);
+    log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s: %s; retrying in %u ms", r->addr,
+                r->last_err, ms);
     store_redis_set_state(r, STORE_REDIS_BACKOFF);
     store_redis_mark_down(r, r->last_err);
     event_del(r->probe_timer);
@@ -321,11 +335,14 @@ static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd
 /* The handshake step after state `from`, or ready. */
 static void store_redis_handshake_next(struct store_redis *r) {
     enum store_redis_state next = r->state;
-    if (r->state == STORE_REDIS_CONNECTING && r->opt->password)
+    if (r->state == STORE_REDIS_CONNECTING && redis_target_password(r->t))
         next = STORE_REDIS_AUTHENTICATING;
     else if ((r->state == STORE_REDIS_CONNECTING || r->state == STORE_REDIS_AUTHENTICATING) &&
-             r->opt->db)
+             redis_target_db(r->t))
         next = STORE_REDIS_SELECTING;
+    else if (r->state != STORE_REDIS_CHECKING_ROLE && r->state != STORE_REDIS_LOADING &&
+             redis_target_uses_sentinels(r->t))
+        next = STORE_REDIS_CHECKING_ROLE;
     else if (r->state != STORE_REDIS_LOADING)
         next = STORE_REDIS_LOADING;
     else
@@ -356,9 +373,11 @@ static void store_redis_handshake_next(struct store_redis *r) {
             }
         return;
     }
-    if (store_redis_send_internal(
-            r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH : STORE_REDIS_CMD_SELECT,
-            0))
+    if (store_redis_send_internal(r,
+                                  next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH
+                                  : next == STORE_REDIS_SELECTING    ? STORE_REDIS_CMD_SELECT
+                                                                     : STORE_REDIS_CMD_ROLE,
+                                  0))
         store_redis_drop(r, "could not send the handshake");
 }
 
@@ -501,13 +520,20 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
          * both go down the same connection, so the retry runs after the load */
         c->noscript_retried = 1;
         store_count(r->owner, STORE_NOSCRIPT_RELOADS);
-        log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
-                 r->opt->port);
+        log_info("redis %s: script missing (NOSCRIPT), loading it again", r->addr);
         if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD, c->script) == 0 &&
             store_redis_send(r, c) == 0)
             return;
         store_redis_answer(r, c, "redis script could not be reloaded", NULL);
         store_redis_cmd_free(c);
+        return;
+    }
+    if (redis_conn_is_readonly(rep)) {
+        /* a replica now: the master moved; find it again */
+        snprintf(err, sizeof err, "redis error: %s", rep->str);
+        store_redis_answer(r, c, err, NULL);
+        store_redis_cmd_free(c);
+        store_redis_drop(r, "-READONLY: the server is a replica now");
         return;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -529,7 +555,9 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
     store_redis_cmd_free(c);
 }
 
-static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+static void store_redis_reconnect_now(struct store_redis *r);
+
+static void store_redis_on_reply_cmd(redisAsyncContext *ac, void *reply, void *privdata) {
     struct store_redis_cmd *c = privdata;
     struct store_redis *r = c->r;
     redisReply *rep = reply;
@@ -562,6 +590,20 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         }
         store_redis_handshake_next(r);
         return;
+    case STORE_REDIS_CMD_ROLE: {
+        char role[32];
+        int m = redis_conn_parse_role(rep, role, sizeof role);
+        store_redis_cmd_free(c);
+        if (m != 1) {
+            snprintf(why, sizeof why, "%s",
+                     m == 0 ? "not a master (ROLE says so): the sentinels' answer is stale"
+                            : "ROLE: unexpected reply");
+            store_redis_drop(r, why);
+            return;
+        }
+        store_redis_handshake_next(r);
+        return;
+    }
     case STORE_REDIS_CMD_PROBE:
         store_redis_cmd_free(c);
         r->probing = 0;
@@ -595,6 +637,14 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
     }
 }
 
+static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct store_redis_cmd *c = privdata;
+    struct store_redis *r = c->where == STORE_REDIS_ABANDONED ? NULL : c->r;
+    store_redis_on_reply_cmd(ac, reply, privdata);
+    /* the last reply of a connection whose settings are out of date */
+    if (r && r->switching && r->ac == ac && r->inflight.count == 0) store_redis_reconnect_now(r);
+}
+
 /* Hands c to hiredis: 0, or -1 (nothing was handed over; c is the caller's again). */
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     const char *argv[5 + 4 * LIMIT_MAX_BUCKETS];
@@ -606,14 +656,15 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     switch (c->kind) {
     case STORE_REDIS_CMD_AUTH:
         argv[argc++] = "AUTH";
-        argv[argc++] = r->opt->password;
+        argv[argc++] = redis_target_password(r->t);
         break;
     case STORE_REDIS_CMD_SELECT:
-        snprintf(dbuf, sizeof dbuf, "%u", r->opt->db);
+        snprintf(dbuf, sizeof dbuf, "%u", redis_target_db(r->t));
         argv[argc++] = "SELECT";
         argv[argc++] = dbuf;
         break;
     case STORE_REDIS_CMD_PROBE: argv[argc++] = "PING"; break;
+    case STORE_REDIS_CMD_ROLE: argv[argc++] = "ROLE"; break;
     case STORE_REDIS_CMD_LOAD:
     case STORE_REDIS_CMD_RELOAD:
         argv[argc++] = "SCRIPT";
@@ -679,7 +730,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
     char err[200];
     if (c->where == STORE_REDIS_QUEUED) {
         snprintf(err, sizeof err, "redis timed out after %u ms waiting for a connection%s%s%s",
-                 r->opt->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
+                 r->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
                  r->last_err[0] ? ")" : "");
         store_redis_list_remove(&r->queue, c);
         store_redis_answer(r, c, err, NULL);
@@ -688,7 +739,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
         return;
     }
     /* sent: answer now, let hiredis hand the late reply (or NULL) to a command marked abandoned */
-    snprintf(err, sizeof err, "redis timed out after %u ms", r->opt->timeout_ms);
+    snprintf(err, sizeof err, "redis timed out after %u ms", r->timeout_ms);
     store_redis_list_remove(&r->inflight, c);
     if (c->kind == STORE_REDIS_CMD_PROBE)
         r->probing = 0;
@@ -707,7 +758,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
 /* One PING at a time on the live connection, timed out like any command. */
 static void store_redis_probe(struct store_redis *r) {
     struct store_redis_cmd *c;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     if (r->probing || r->state != STORE_REDIS_READY || !r->ac) return;
     if (!(c = calloc(1, sizeof *c))) return; /* the next timeout or reconnect probes again */
     c->r = r;
@@ -739,13 +790,15 @@ static void store_redis_on_handshake_timeout(evutil_socket_t fd, short what, voi
     store_redis_drop(r, why);
 }
 
-static void store_redis_connect(struct store_redis *r) {
+/* Connects to host:port, found by the resolve or given. */
+static void store_redis_connect_to(struct store_redis *r, const char *host, int port) {
     redisAsyncContext *ac;
-    unsigned hs_ms = r->opt->timeout_ms * 2 < 1000 ? 1000 : r->opt->timeout_ms * 2;
+    unsigned hs_ms = r->timeout_ms * 2 < 1000 ? 1000 : r->timeout_ms * 2;
     struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
     char why[160];
+    snprintf(r->addr, sizeof r->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
     store_redis_set_state(r, STORE_REDIS_CONNECTING);
-    ac = redisAsyncConnect(r->opt->host, r->opt->port);
+    ac = redisAsyncConnect(host, port);
     if (!ac) {
         store_redis_backoff(r, "connect failed: out of memory");
         return;
@@ -768,13 +821,84 @@ static void store_redis_connect(struct store_redis *r) {
     event_add(r->handshake_timer, &tv);
 }
 
-struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+static void store_redis_on_resolved(const char *err, const char *host, int port, void *arg) {
+    struct store_redis *r = arg;
+    r->resolve = NULL;
+    if (err) {
+        store_redis_backoff(r, err);
+        return;
+    }
+    store_redis_connect_to(r, host, port);
+}
+
+static void store_redis_check_epoch(struct store_redis *r);
+
+static void store_redis_on_switch(void *arg) {
+    store_redis_check_epoch(arg);
+}
+
+/* Takes the current settings (a SIGHUP may have published new ones), then connects: through
+ * the sentinels, or straight to the configured host. */
+static void store_redis_connect(struct store_redis *r) {
+    struct redis_target *before = r->t;
+    redis_target_ref(before);
+    r->epoch = redis_conn_refresh(&r->t);
+    r->timeout_ms = redis_target_timeout_ms(r->t);
+    r->switching = 0;
+    if (r->t != before || (!r->watch && redis_target_uses_sentinels(r->t))) {
+        redis_watch_free(r->watch);
+        r->watch = redis_watch_start(r->t, r->base, store_redis_on_switch, r);
+    }
+    redis_target_unref(before);
+    if (!redis_target_uses_sentinels(r->t))
+        snprintf(r->addr, sizeof r->addr, "%s", redis_target_name(r->t));
+    store_redis_set_state(r, STORE_REDIS_DISCOVERING);
+    redis_resolve_cancel(r->resolve);
+    if (!(r->resolve = redis_resolve_start(r->t, r->base, store_redis_on_resolved, r)))
+        store_redis_backoff(r, "connect failed: out of memory");
+}
+
+/* Closes the connection without marking the store down, and connects now. */
+static void store_redis_reconnect_now(struct store_redis *r) {
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    store_redis_abandon_inflight(r, "redis connection closed: settings changed");
+    if (ac) {
+        ac->data = NULL;
+        ac->onConnect = NULL;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+    }
+    event_del(r->probe_timer);
+    event_del(r->handshake_timer);
+    event_del(r->backoff_timer);
+    r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    store_redis_connect(r);
+}
+
+/* The epoch moved (a master switch, new settings): a ready connection takes no new command and
+ * is replaced once its replies are in; one waiting to retry retries now. */
+static void store_redis_check_epoch(struct store_redis *r) {
+    if (redis_conn_epoch() == r->epoch) return;
+    if (r->state == STORE_REDIS_READY && r->ac) {
+        if (!r->switching)
+            log_info("redis %s: new settings or a new master; reconnecting after %zu "
+                     "pending repl%s",
+                     r->addr, r->inflight.count, r->inflight.count == 1 ? "y" : "ies");
+        r->switching = 1;
+        if (r->inflight.count == 0) store_redis_reconnect_now(r);
+    } else if (r->state == STORE_REDIS_BACKOFF) {
+        store_redis_reconnect_now(r);
+    }
+}
+
+struct store_redis *store_redis_new(struct redis_target *t, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen) {
     struct store_redis *r = calloc(1, sizeof *r);
     if (!r) goto oom;
     r->owner = owner;
     r->base = base;
-    r->opt = opt;
+    r->t = redis_target_ref(t);
     r->state = STORE_REDIS_DISCONNECTED;
     r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
     strbuf_init(&r->resp);
@@ -810,6 +934,9 @@ void store_redis_free(struct store_redis *r) {
         ac->onDisconnect = NULL;
         redisAsyncFree(ac); /* answers the abandoned commands with NULL: they free themselves */
     }
+    redis_resolve_cancel(r->resolve);
+    redis_watch_free(r->watch);
+    redis_target_unref(r->t);
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
     if (r->probe_timer) event_free(r->probe_timer);
@@ -831,7 +958,7 @@ static void store_redis_down_error(struct store_redis *r, char *err, size_t errl
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
     struct store_redis_cmd *c = NULL;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     char err[200];
     if (nonce && (!nonce->key || !*nonce->key)) nonce = NULL;
     if ((n == 0 && !nonce) || n > LIMIT_MAX_BUCKETS) {
@@ -846,13 +973,15 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
         }
         return;
     }
+    store_redis_check_epoch(r);
     /* known down: say so now rather than after timeout_ms */
     if (r->down) {
         store_redis_down_error(r, err, sizeof err);
         store_defer(r->owner, cb, arg, err, NULL);
         return;
     }
-    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+    if ((r->state != STORE_REDIS_READY || r->switching) &&
+        r->queue.count >= STORE_REDIS_QUEUE_MAX) {
         store_defer(r->owner, cb, arg,
                     "redis queue full: too many commands waiting for a connection", NULL);
         return;
@@ -875,7 +1004,7 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
     }
     if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto oom;
     event_add(c->timer, &tv);
-    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    if (r->state == STORE_REDIS_READY && !r->switching && store_redis_send(r, c) == 0) return;
     c->where = STORE_REDIS_QUEUED;
     store_redis_list_push(&r->queue, c);
     return;
@@ -889,19 +1018,21 @@ static void store_redis_cache(struct store_redis *r, enum store_redis_op op, con
                               const char *const *argv, const size_t *argvlen, size_t argc,
                               store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
     struct store_redis_cmd *c = NULL;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     char err[200];
     const char *fail = NULL;
     if (argc > STORE_REDIS_CACHE_ARGS) {
         fail = "too many script arguments";
         goto failed;
     }
+    store_redis_check_epoch(r);
     if (r->down) {
         store_redis_down_error(r, err, sizeof err);
         fail = err;
         goto failed;
     }
-    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+    if ((r->state != STORE_REDIS_READY || r->switching) &&
+        r->queue.count >= STORE_REDIS_QUEUE_MAX) {
         fail = "redis queue full: too many commands waiting for a connection";
         goto failed;
     }
@@ -925,7 +1056,7 @@ static void store_redis_cache(struct store_redis *r, enum store_redis_op op, con
     c->pool_cb = pool_cb;
     c->idem_cb = idem_cb;
     event_add(c->timer, &tv);
-    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    if (r->state == STORE_REDIS_READY && !r->switching && store_redis_send(r, c) == 0) return;
     c->where = STORE_REDIS_QUEUED;
     store_redis_list_push(&r->queue, c);
     return;

@@ -969,15 +969,20 @@ static void test_dump_loads_back(void **state) {
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
     static const char *const applied[] = {
-        "tls",  "trusted_proxies", "http_errors", "on_store_error", "auth",     "apps", "limits",
-        "pool", "idempotency",     "demo",        "demo_app",       "log_level"};
+        "tls",  "trusted_proxies", "http_errors", "on_store_error", "auth",      "apps", "limits",
+        "pool", "idempotency",     "demo",        "demo_app",       "log_level", "redis"};
     static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
-                                          "workers", "upstream",   "redis",        "audit",
-                                          "metrics", "http",       "instance",     "log_format"};
+                                          "workers", "upstream",   "audit",        "metrics",
+                                          "http",    "instance",   "log_format"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
         int found = 0;
+        /* under a key SIGHUP applies, one that still needs a restart (README says so) */
+        if (strcmp(keys.k[i].path, "redis.key_prefix") == 0) {
+            assert_false(keys.k[i].reload);
+            continue;
+        }
         for (size_t j = 0; j < sizeof applied / sizeof *applied; j++)
             if (strcmp(keys.k[i].top, applied[j]) == 0) found = 1, assert_true(keys.k[i].reload);
         for (size_t j = 0; j < sizeof restart / sizeof *restart; j++)

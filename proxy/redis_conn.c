@@ -1,0 +1,727 @@
+/* redis_conn.c: see redis_conn.h. */
+#include "redis_conn.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/adapters/libevent.h>
+
+#include "capgate/log.h"
+#include "capgate/num.h"
+#include "capgate/secmem.h"
+#include "config.h"
+
+/* A sentinel that does not answer within this is skipped (the guidelines ask for "a few
+ * hundred milliseconds"); at least the target's timeout_ms. */
+#define REDIS_CONN_SENTINEL_MS_MIN 300
+#define REDIS_WATCH_RETRY_MS 1000
+
+struct redis_endpoint {
+    char *host;
+    int port;
+};
+
+struct redis_target {
+    atomic_uint refs;
+    char *host; /* direct */
+    int port;
+    unsigned db;
+    char *password; /* secmem */
+    unsigned timeout_ms;
+    struct redis_endpoint *sentinels;
+    size_t n_sentinels;
+    char *master_name;
+    char *sentinel_username;
+    char *sentinel_password; /* secmem */
+    atomic_uint first;       /* the sentinel to ask first: the last one that answered */
+    char name[REDIS_CONN_HOST_MAX + 64];
+};
+
+struct redis_target *redis_target_new(const struct config_redis *rc, char *err, size_t errlen) {
+    struct redis_target *t = calloc(1, sizeof *t);
+    if (!t) goto oom;
+    atomic_init(&t->refs, 1);
+    atomic_init(&t->first, 0);
+    t->port = rc->port ? rc->port : 6379;
+    t->db = rc->db;
+    t->timeout_ms = rc->timeout_ms ? rc->timeout_ms : 100;
+    if (rc->host && !(t->host = strdup(rc->host))) goto oom;
+    if (rc->password && !(t->password = secmem_strdup(rc->password))) goto oom;
+    if (rc->n_sentinels) {
+        if (!rc->master_name) {
+            snprintf(err, errlen, "redis: sentinels without master_name");
+            goto fail;
+        }
+        if (!(t->sentinels = calloc(rc->n_sentinels, sizeof *t->sentinels))) goto oom;
+        for (size_t i = 0; i < rc->n_sentinels; i++) {
+            if (!(t->sentinels[i].host = strdup(rc->sentinels[i].host))) goto oom;
+            t->sentinels[i].port = rc->sentinels[i].port;
+            t->n_sentinels = i + 1;
+        }
+        if (!(t->master_name = strdup(rc->master_name))) goto oom;
+        if (rc->sentinel_username && !(t->sentinel_username = strdup(rc->sentinel_username)))
+            goto oom;
+        if (rc->sentinel_password &&
+            !(t->sentinel_password = secmem_strdup(rc->sentinel_password)))
+            goto oom;
+        snprintf(t->name, sizeof t->name, "master %s via %zu sentinel%s", t->master_name,
+                 t->n_sentinels, t->n_sentinels == 1 ? "" : "s");
+    } else {
+        if (!t->host) {
+            snprintf(err, errlen, "redis: no host");
+            goto fail;
+        }
+        snprintf(t->name, sizeof t->name, strchr(t->host, ':') ? "[%s]:%d" : "%s:%d", t->host,
+                 t->port);
+    }
+    return t;
+oom:
+    snprintf(err, errlen, "out of memory");
+fail:
+    redis_target_unref(t);
+    return NULL;
+}
+
+struct redis_target *redis_target_ref(struct redis_target *t) {
+    if (t) atomic_fetch_add(&t->refs, 1);
+    return t;
+}
+
+void redis_target_unref(struct redis_target *t) {
+    if (!t || atomic_fetch_sub(&t->refs, 1) != 1) return;
+    free(t->host);
+    secmem_free(t->password);
+    for (size_t i = 0; i < t->n_sentinels; i++) free(t->sentinels[i].host);
+    free(t->sentinels);
+    free(t->master_name);
+    free(t->sentinel_username);
+    secmem_free(t->sentinel_password);
+    free(t);
+}
+
+unsigned redis_target_timeout_ms(const struct redis_target *t) {
+    return t->timeout_ms;
+}
+
+int redis_target_uses_sentinels(const struct redis_target *t) {
+    return t->n_sentinels > 0;
+}
+
+const char *redis_target_password(const struct redis_target *t) {
+    return t->password;
+}
+
+unsigned redis_target_db(const struct redis_target *t) {
+    return t->db;
+}
+
+const char *redis_target_name(const struct redis_target *t) {
+    return t->name;
+}
+
+static unsigned sentinel_ms(const struct redis_target *t) {
+    return t->timeout_ms < REDIS_CONN_SENTINEL_MS_MIN ? REDIS_CONN_SENTINEL_MS_MIN : t->timeout_ms;
+}
+
+/* ---- the process-wide current target ---- */
+
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct redis_target *current;
+static atomic_uint_fast64_t epoch = 1;
+
+static int same_str(const char *a, const char *b) {
+    if (!a || !b) return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static int target_same(const struct redis_target *a, const struct redis_target *b) {
+    if (!same_str(a->host, b->host) || a->port != b->port || a->db != b->db ||
+        !same_str(a->password, b->password) || a->timeout_ms != b->timeout_ms ||
+        a->n_sentinels != b->n_sentinels || !same_str(a->master_name, b->master_name) ||
+        !same_str(a->sentinel_username, b->sentinel_username) ||
+        !same_str(a->sentinel_password, b->sentinel_password))
+        return 0;
+    for (size_t i = 0; i < a->n_sentinels; i++)
+        if (!same_str(a->sentinels[i].host, b->sentinels[i].host) ||
+            a->sentinels[i].port != b->sentinels[i].port)
+            return 0;
+    return 1;
+}
+
+int redis_conn_publish(const struct config_redis *rc, char *err, size_t errlen) {
+    struct redis_target *t = redis_target_new(rc, err, errlen), *old;
+    if (!t) return -1;
+    pthread_mutex_lock(&current_lock);
+    if (current && target_same(current, t)) {
+        /* a SIGHUP for a log rotation: the connections stay */
+        pthread_mutex_unlock(&current_lock);
+        redis_target_unref(t);
+        return 0;
+    }
+    if (current) log_info("redis: new connection settings (%s); reconnecting", t->name);
+    old = current;
+    current = t;
+    atomic_fetch_add(&epoch, 1);
+    pthread_mutex_unlock(&current_lock);
+    redis_target_unref(old);
+    return 0;
+}
+
+void redis_conn_unpublish(void) {
+    pthread_mutex_lock(&current_lock);
+    redis_target_unref(current);
+    current = NULL;
+    pthread_mutex_unlock(&current_lock);
+}
+
+uint64_t redis_conn_epoch(void) {
+    return atomic_load(&epoch);
+}
+
+/* Every watch (one per worker) hears the same switch: one line per new address. */
+void redis_conn_master_switched(const char *master_name, const char *host, int port) {
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static char last[REDIS_CONN_HOST_MAX + 16];
+    char now[sizeof last];
+    snprintf(now, sizeof now, "%s:%d", host, port);
+    pthread_mutex_lock(&lock);
+    if (strcmp(now, last) != 0) {
+        log_info("redis: sentinels switched master %s to %s; reconnecting", master_name, now);
+        memcpy(last, now, sizeof last);
+    }
+    pthread_mutex_unlock(&lock);
+    atomic_fetch_add(&epoch, 1);
+}
+
+uint64_t redis_conn_refresh(struct redis_target **t) {
+    uint64_t e;
+    pthread_mutex_lock(&current_lock);
+    e = atomic_load(&epoch);
+    if (current && current != *t) {
+        redis_target_unref(*t);
+        *t = redis_target_ref(current);
+    }
+    pthread_mutex_unlock(&current_lock);
+    return e;
+}
+
+/* ---- parsing ---- */
+
+int redis_conn_parse_master_addr(const redisReply *r, char *host, size_t hostlen, int *port,
+                                 const char **why) {
+    uint64_t p;
+    if (!r) {
+        *why = "no reply";
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_NIL) {
+        *why = "the sentinel does not know this master";
+        return -1;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        *why = r->str;
+        return -1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[0]->len == 0 || r->element[0]->len >= hostlen ||
+        strlen(r->element[0]->str) != r->element[0]->len ||
+        num_parse_range(r->element[1]->str, r->element[1]->len, 1, 65535, &p) != 0) {
+        *why = "the reply is not [host, port]";
+        return -1;
+    }
+    memcpy(host, r->element[0]->str, r->element[0]->len + 1);
+    *port = (int)p;
+    return 0;
+}
+
+int redis_conn_parse_role(const redisReply *r, char *role, size_t rolelen) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        (r->element[0]->type != REDIS_REPLY_STRING && r->element[0]->type != REDIS_REPLY_STATUS))
+        return -1;
+    snprintf(role, rolelen, "%s", r->element[0]->str);
+    return strcmp(r->element[0]->str, "master") == 0;
+}
+
+int redis_conn_parse_switch(const char *msg, size_t len, const char *master_name, char *host,
+                            size_t hostlen, int *port) {
+    /* five fields split by single spaces; the name has none (Sentinel refuses such names) */
+    const char *f[5], *end = msg + len;
+    size_t fl[5], n = 0;
+    const char *p = msg;
+    uint64_t v;
+    while (p < end && n < 5) {
+        const char *sp = memchr(p, ' ', (size_t)(end - p));
+        f[n] = p;
+        fl[n] = sp ? (size_t)(sp - p) : (size_t)(end - p);
+        if (fl[n] == 0) return -1;
+        n++;
+        p = sp ? sp + 1 : end;
+        if (sp && p == end) return -1;
+    }
+    if (n != 5 || p != end) return -1;
+    if (fl[3] >= hostlen || memchr(f[3], '\0', fl[3]) ||
+        num_parse_range(f[4], fl[4], 1, 65535, &v) != 0 ||
+        num_parse_range(f[2], fl[2], 0, 65535, &(uint64_t){0}) != 0)
+        return -1;
+    if (strlen(master_name) != fl[0] || memcmp(master_name, f[0], fl[0]) != 0) return 0;
+    memcpy(host, f[3], fl[3]);
+    host[fl[3]] = '\0';
+    *port = (int)v;
+    return 1;
+}
+
+int redis_conn_is_readonly(const redisReply *r) {
+    return r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "READONLY", 8) == 0;
+}
+
+/* ---- synchronous ---- */
+
+static struct timeval ms_tv(unsigned ms) {
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static redisContext *connect_timed(const char *host, int port, unsigned ms, char *err,
+                                   size_t errlen) {
+    struct timeval tv = ms_tv(ms);
+    redisContext *c = redisConnectWithTimeout(host, port, tv);
+    if (!c || c->err) {
+        snprintf(err, errlen, "connect %s:%d: %s", host, port, c ? c->errstr : "out of memory");
+        if (c) redisFree(c);
+        return NULL;
+    }
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        snprintf(err, errlen, "%s:%d: cannot set the timeout", host, port);
+        redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* AUTH [user] password on c: 0, or -1 + err. */
+static int auth_sync(redisContext *c, const char *who, const char *user, const char *password,
+                     char *err, size_t errlen) {
+    redisReply *r;
+    if (!password) return 0;
+    r = user ? redisCommand(c, "AUTH %s %s", user, password)
+             : redisCommand(c, "AUTH %s", password);
+    if (!r || r->type == REDIS_REPLY_ERROR) {
+        snprintf(err, errlen, "%s: AUTH: %s", who, r ? r->str : c->errstr);
+        if (r) freeReplyObject(r);
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+/* Step 1 and 2: the master's address from the first sentinel that knows it. */
+static int discover_sync(struct redis_target *t, char *host, size_t hostlen, int *port, char *err,
+                         size_t errlen) {
+    unsigned first = atomic_load(&t->first) % (unsigned)t->n_sentinels;
+    char last[512] = "";
+    for (size_t k = 0; k < t->n_sentinels; k++) {
+        unsigned i = (unsigned)((first + k) % t->n_sentinels);
+        const struct redis_endpoint *s = &t->sentinels[i];
+        char who[REDIS_CONN_HOST_MAX + 32];
+        const char *why = NULL;
+        redisReply *r;
+        redisContext *c = connect_timed(s->host, s->port, sentinel_ms(t), last, sizeof last);
+        snprintf(who, sizeof who, "sentinel %s:%d", s->host, s->port);
+        if (!c) continue;
+        if (auth_sync(c, who, t->sentinel_username, t->sentinel_password, last, sizeof last)) {
+            redisFree(c);
+            continue;
+        }
+        r = redisCommand(c, "SENTINEL get-master-addr-by-name %s", t->master_name);
+        if (redis_conn_parse_master_addr(r, host, hostlen, port, &why) == 0) {
+            freeReplyObject(r);
+            redisFree(c);
+            atomic_store(&t->first, i);
+            return 0;
+        }
+        snprintf(last, sizeof last, "%s: %s", who, r ? why : c->errstr);
+        if (r) freeReplyObject(r);
+        redisFree(c);
+    }
+    snprintf(err, errlen, "no sentinel gave the address of master %s (last: %s)", t->master_name,
+             last[0] ? last : "none tried");
+    return -1;
+}
+
+redisContext *redis_conn_open(struct redis_target *t, char *err, size_t errlen) {
+    char host[REDIS_CONN_HOST_MAX], who[REDIS_CONN_HOST_MAX + 16], role[32];
+    int port = t->port;
+    redisContext *c;
+    redisReply *r = NULL;
+    if (t->n_sentinels) {
+        if (discover_sync(t, host, sizeof host, &port, err, errlen) != 0) return NULL;
+    } else {
+        snprintf(host, sizeof host, "%s", t->host);
+    }
+    snprintf(who, sizeof who, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    if (!(c = connect_timed(host, port, t->timeout_ms, err, errlen))) return NULL;
+    if (auth_sync(c, who, NULL, t->password, err, errlen)) goto fail;
+    if (t->db) {
+        r = redisCommand(c, "SELECT %u", t->db);
+        if (!r || r->type == REDIS_REPLY_ERROR) {
+            snprintf(err, errlen, "%s: SELECT %u: %s", who, t->db, r ? r->str : c->errstr);
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
+    if (t->n_sentinels) {
+        /* step 3: the address may be stale (a failover under way) */
+        int m;
+        r = redisCommand(c, "ROLE");
+        if ((m = redis_conn_parse_role(r, role, sizeof role)) != 1) {
+            snprintf(err, errlen, "%s: %s", who,
+                     !r        ? c->errstr
+                     : m == 0  ? "not a master (ROLE says so): the sentinels' answer is stale"
+                               : "ROLE: unexpected reply");
+            goto fail;
+        }
+        freeReplyObject(r);
+        r = NULL;
+    }
+    return c;
+fail:
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+/* ---- asynchronous discovery ---- */
+
+struct redis_resolve {
+    struct redis_target *t;
+    struct event_base *base;
+    redis_resolve_fn cb;
+    void *arg;
+    redisAsyncContext *ac;
+    struct event *timer; /* the current sentinel's deadline */
+    struct event *done;  /* delivers the answer on a later loop turn */
+    size_t tried;
+    unsigned at; /* the sentinel being asked */
+    int finished;
+    char last[400]; /* the last sentinel's error */
+    char err[640];
+    char host[REDIS_CONN_HOST_MAX];
+    int port;
+};
+
+static void resolve_next(struct redis_resolve *r);
+
+/* Lets go of the current sentinel connection (safe inside its callbacks: hiredis frees later). */
+static void resolve_close(struct redis_resolve *r) {
+    redisAsyncContext *ac = r->ac;
+    if (r->timer) event_del(r->timer);
+    if (!ac) return;
+    r->ac = NULL;
+    ac->data = NULL;
+    ac->onConnect = NULL;
+    ac->onDisconnect = NULL;
+    redisAsyncFree(ac);
+}
+
+static void resolve_finish(struct redis_resolve *r) {
+    r->finished = 1;
+    resolve_close(r);
+    event_active(r->done, EV_TIMEOUT, 0);
+}
+
+static void resolve_failed(struct redis_resolve *r, const char *why) {
+    const struct redis_endpoint *s = &r->t->sentinels[r->at];
+    snprintf(r->last, sizeof r->last, "sentinel %s:%d: %s", s->host, s->port, why);
+    resolve_close(r);
+    resolve_next(r);
+}
+
+static void resolve_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct redis_resolve *r = ac->data;
+    const char *why = NULL;
+    (void)privdata;
+    if (!r || r->ac != ac) return;
+    if (redis_conn_parse_master_addr(reply, r->host, sizeof r->host, &r->port, &why) != 0) {
+        resolve_failed(r, reply ? why : (ac->errstr[0] ? ac->errstr : "connection lost"));
+        return;
+    }
+    atomic_store(&r->t->first, r->at);
+    resolve_finish(r);
+}
+
+static void resolve_on_auth(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct redis_resolve *r = ac->data;
+    redisReply *rep = reply;
+    char why[200];
+    (void)privdata;
+    if (!r || r->ac != ac || !rep || rep->type != REDIS_REPLY_ERROR) return;
+    snprintf(why, sizeof why, "AUTH: %s", rep->str);
+    resolve_failed(r, why);
+}
+
+static void resolve_on_connect(const redisAsyncContext *ac, int status) {
+    struct redis_resolve *r = ac->data;
+    char why[200];
+    if (!r || r->ac != ac || status == REDIS_OK) return;
+    /* hiredis frees ac after this returns */
+    snprintf(why, sizeof why, "connect: %s", ac->errstr[0] ? ac->errstr : "error");
+    r->ac = NULL;
+    ((redisAsyncContext *)ac)->data = NULL;
+    resolve_failed(r, why);
+}
+
+static void resolve_on_disconnect(const redisAsyncContext *ac, int status) {
+    struct redis_resolve *r = ac->data;
+    if (!r || r->ac != ac) return;
+    r->ac = NULL;
+    ((redisAsyncContext *)ac)->data = NULL;
+    resolve_failed(r, "disconnected");
+}
+
+static void resolve_on_timeout(evutil_socket_t fd, short what, void *arg) {
+    struct redis_resolve *r = arg;
+    (void)fd;
+    (void)what;
+    resolve_failed(r, "no answer in time");
+}
+
+static void resolve_on_done(evutil_socket_t fd, short what, void *arg) {
+    struct redis_resolve *r = arg;
+    redis_resolve_fn cb = r->cb;
+    void *cbarg = r->arg;
+    char err[sizeof r->err], host[sizeof r->host];
+    int port = r->port, ok = r->host[0] != '\0';
+    (void)fd;
+    (void)what;
+    memcpy(err, r->err, sizeof err);
+    memcpy(host, r->host, sizeof host);
+    redis_resolve_cancel(r);
+    cb(ok ? NULL : err, ok ? host : NULL, ok ? port : 0, cbarg);
+}
+
+static void resolve_next(struct redis_resolve *r) {
+    const struct redis_endpoint *s;
+    unsigned ms = sentinel_ms(r->t);
+    struct timeval tv = ms_tv(ms);
+    redisAsyncContext *ac;
+    if (r->tried >= r->t->n_sentinels) {
+        snprintf(r->err, sizeof r->err, "no sentinel gave the address of master %.180s (last: %s)",
+                 r->t->master_name, r->last[0] ? r->last : "none");
+        resolve_finish(r);
+        return;
+    }
+    r->at = (unsigned)((atomic_load(&r->t->first) + r->tried) % r->t->n_sentinels);
+    r->tried++;
+    s = &r->t->sentinels[r->at];
+    ac = redisAsyncConnect(s->host, s->port);
+    if (!ac || ac->err) {
+        snprintf(r->last, sizeof r->last, "sentinel %s:%d: connect: %s", s->host, s->port,
+                 ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+        resolve_next(r);
+        return;
+    }
+    if (redisLibeventAttach(ac, r->base) != REDIS_OK) {
+        redisAsyncFree(ac);
+        snprintf(r->last, sizeof r->last, "cannot attach to the event loop");
+        resolve_next(r);
+        return;
+    }
+    ac->data = r;
+    r->ac = ac;
+    redisAsyncSetConnectCallback(ac, resolve_on_connect);
+    redisAsyncSetDisconnectCallback(ac, resolve_on_disconnect);
+    /* queued now, written once connected */
+    if (r->t->sentinel_password) {
+        if (r->t->sentinel_username)
+            redisAsyncCommand(ac, resolve_on_auth, NULL, "AUTH %s %s", r->t->sentinel_username,
+                              r->t->sentinel_password);
+        else
+            redisAsyncCommand(ac, resolve_on_auth, NULL, "AUTH %s", r->t->sentinel_password);
+    }
+    if (redisAsyncCommand(ac, resolve_on_reply, NULL, "SENTINEL get-master-addr-by-name %s",
+                          r->t->master_name) != REDIS_OK) {
+        resolve_failed(r, "cannot send the command");
+        return;
+    }
+    event_add(r->timer, &tv);
+}
+
+struct redis_resolve *redis_resolve_start(struct redis_target *t, struct event_base *base,
+                                          redis_resolve_fn cb, void *arg) {
+    struct redis_resolve *r = calloc(1, sizeof *r);
+    if (!r) return NULL;
+    r->t = redis_target_ref(t);
+    r->base = base;
+    r->cb = cb;
+    r->arg = arg;
+    if (!(r->timer = event_new(base, -1, 0, resolve_on_timeout, r)) ||
+        !(r->done = event_new(base, -1, 0, resolve_on_done, r))) {
+        redis_resolve_cancel(r);
+        return NULL;
+    }
+    if (!t->n_sentinels) {
+        snprintf(r->host, sizeof r->host, "%s", t->host);
+        r->port = t->port;
+        resolve_finish(r);
+        return r;
+    }
+    resolve_next(r);
+    return r;
+}
+
+void redis_resolve_cancel(struct redis_resolve *r) {
+    if (!r) return;
+    resolve_close(r);
+    if (r->timer) event_free(r->timer);
+    if (r->done) event_free(r->done);
+    redis_target_unref(r->t);
+    free(r);
+}
+
+/* ---- +switch-master ---- */
+
+struct redis_watch {
+    struct redis_target *t;
+    struct event_base *base;
+    void (*cb)(void *arg);
+    void *arg;
+    redisAsyncContext *ac;
+    struct event *retry;
+    unsigned at; /* the sentinel subscribed to (or tried next) */
+};
+
+static void watch_connect(struct redis_watch *w);
+
+static void watch_close(struct redis_watch *w) {
+    redisAsyncContext *ac = w->ac;
+    if (!ac) return;
+    w->ac = NULL;
+    ac->data = NULL;
+    ac->onConnect = NULL;
+    ac->onDisconnect = NULL;
+    redisAsyncFree(ac);
+}
+
+/* The next sentinel, a little later. */
+static void watch_retry(struct redis_watch *w, const char *why) {
+    struct timeval tv = ms_tv(REDIS_WATCH_RETRY_MS);
+    const struct redis_endpoint *s = &w->t->sentinels[w->at];
+    log_debug("redis: +switch-master watch on sentinel %s:%d: %s; trying the next", s->host,
+              s->port, why);
+    watch_close(w);
+    w->at = (w->at + 1) % (unsigned)w->t->n_sentinels;
+    event_add(w->retry, &tv);
+}
+
+static void watch_on_message(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct redis_watch *w = ac->data;
+    redisReply *r = reply;
+    char host[REDIS_CONN_HOST_MAX];
+    int port;
+    (void)privdata;
+    if (!w || w->ac != ac) return;
+    if (!r) return; /* the connection is going: the disconnect callback follows */
+    if (r->type == REDIS_REPLY_ERROR) {
+        char why[200];
+        snprintf(why, sizeof why, "%s", r->str);
+        watch_retry(w, why);
+        return;
+    }
+    /* ["message", "+switch-master", payload]; the "subscribe" confirmation is ignored */
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0 ||
+        r->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    if (redis_conn_parse_switch(r->element[2]->str, r->element[2]->len, w->t->master_name, host,
+                                sizeof host, &port) != 1)
+        return;
+    redis_conn_master_switched(w->t->master_name, host, port);
+    if (w->cb) w->cb(w->arg);
+}
+
+static void watch_on_auth(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct redis_watch *w = ac->data;
+    redisReply *r = reply;
+    char why[200];
+    (void)privdata;
+    if (!w || w->ac != ac || !r || r->type != REDIS_REPLY_ERROR) return;
+    snprintf(why, sizeof why, "AUTH: %s", r->str);
+    watch_retry(w, why);
+}
+
+static void watch_on_connect(const redisAsyncContext *ac, int status) {
+    struct redis_watch *w = ac->data;
+    if (!w || w->ac != ac || status == REDIS_OK) return;
+    w->ac = NULL; /* hiredis frees it */
+    ((redisAsyncContext *)ac)->data = NULL;
+    watch_retry(w, ac->errstr[0] ? ac->errstr : "connect failed");
+}
+
+static void watch_on_disconnect(const redisAsyncContext *ac, int status) {
+    struct redis_watch *w = ac->data;
+    if (!w || w->ac != ac) return;
+    w->ac = NULL;
+    ((redisAsyncContext *)ac)->data = NULL;
+    watch_retry(w, "disconnected");
+}
+
+static void watch_on_retry(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    watch_connect(arg);
+}
+
+static void watch_connect(struct redis_watch *w) {
+    const struct redis_endpoint *s = &w->t->sentinels[w->at];
+    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
+    if (!ac || ac->err || redisLibeventAttach(ac, w->base) != REDIS_OK) {
+        if (ac) redisAsyncFree(ac);
+        w->ac = NULL;
+        watch_retry(w, "connect failed");
+        return;
+    }
+    ac->data = w;
+    w->ac = ac;
+    redisAsyncSetConnectCallback(ac, watch_on_connect);
+    redisAsyncSetDisconnectCallback(ac, watch_on_disconnect);
+    if (w->t->sentinel_password) {
+        if (w->t->sentinel_username)
+            redisAsyncCommand(ac, watch_on_auth, NULL, "AUTH %s %s", w->t->sentinel_username,
+                              w->t->sentinel_password);
+        else
+            redisAsyncCommand(ac, watch_on_auth, NULL, "AUTH %s", w->t->sentinel_password);
+    }
+    redisAsyncCommand(ac, watch_on_message, NULL, "SUBSCRIBE +switch-master");
+}
+
+struct redis_watch *redis_watch_start(struct redis_target *t, struct event_base *base,
+                                      void (*cb)(void *arg), void *arg) {
+    struct redis_watch *w;
+    if (!t->n_sentinels || !(w = calloc(1, sizeof *w))) return NULL;
+    w->t = redis_target_ref(t);
+    w->base = base;
+    w->cb = cb;
+    w->arg = arg;
+    w->at = atomic_load(&t->first) % (unsigned)t->n_sentinels;
+    if (!(w->retry = event_new(base, -1, 0, watch_on_retry, w))) {
+        redis_watch_free(w);
+        return NULL;
+    }
+    watch_connect(w);
+    return w;
+}
+
+void redis_watch_free(struct redis_watch *w) {
+    if (!w) return;
+    watch_close(w);
+    if (w->retry) event_free(w->retry);
+    redis_target_unref(w->t);
+    free(w);
+}
