@@ -1566,7 +1566,10 @@ static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base) {
     json_t *e;
     char got[80];
     if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16) {
-        describe(v, got, sizeof got);
+        if (json_is_array(v))
+            snprintf(got, sizeof got, "%zu", json_array_size(v));
+        else
+            describe(v, got, sizeof got);
         return fail(x, "must be a list of 1 to 16 \"host:port\" Sentinel addresses; got %s", got);
     }
     if (!(r->sentinels = calloc(json_array_size(v), sizeof *r->sentinels))) return oom(x);

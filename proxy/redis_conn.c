@@ -65,8 +65,7 @@ struct redis_target *redis_target_new(const struct config_redis *rc, char *err, 
         if (!(t->master_name = strdup(rc->master_name))) goto oom;
         if (rc->sentinel_username && !(t->sentinel_username = strdup(rc->sentinel_username)))
             goto oom;
-        if (rc->sentinel_password &&
-            !(t->sentinel_password = secmem_strdup(rc->sentinel_password)))
+        if (rc->sentinel_password && !(t->sentinel_password = secmem_strdup(rc->sentinel_password)))
             goto oom;
         snprintf(t->name, sizeof t->name, "master %s via %zu sentinel%s", t->master_name,
                  t->n_sentinels, t->n_sentinels == 1 ? "" : "s");
@@ -308,8 +307,7 @@ static int auth_sync(redisContext *c, const char *who, const char *user, const c
                      char *err, size_t errlen) {
     redisReply *r;
     if (!password) return 0;
-    r = user ? redisCommand(c, "AUTH %s %s", user, password)
-             : redisCommand(c, "AUTH %s", password);
+    r = user ? redisCommand(c, "AUTH %s %s", user, password) : redisCommand(c, "AUTH %s", password);
     if (!r || r->type == REDIS_REPLY_ERROR) {
         snprintf(err, errlen, "%s: AUTH: %s", who, r ? r->str : c->errstr);
         if (r) freeReplyObject(r);
@@ -381,9 +379,9 @@ redisContext *redis_conn_open(struct redis_target *t, char *err, size_t errlen) 
         r = redisCommand(c, "ROLE");
         if ((m = redis_conn_parse_role(r, role, sizeof role)) != 1) {
             snprintf(err, errlen, "%s: %s", who,
-                     !r        ? c->errstr
-                     : m == 0  ? "not a master (ROLE says so): the sentinels' answer is stale"
-                               : "ROLE: unexpected reply");
+                     !r       ? c->errstr
+                     : m == 0 ? "not a master (ROLE says so): the sentinels' answer is stale"
+                              : "ROLE: unexpected reply");
             goto fail;
         }
         freeReplyObject(r);

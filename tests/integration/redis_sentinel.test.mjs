@@ -1,0 +1,143 @@
+// redis_sentinel.test.mjs: capgate with redis.sentinels (README "Redis Sentinel"; the client side
+// follows https://redis.io/docs/reference/sentinel-clients/). A master, a replica and three
+// Sentinels run on ports picked at run time (lib/sentinel.mjs).
+//  - SIGHUP moves the gateway from a standalone Redis (redis.url) to the Sentinel group: the new
+//    limit keys land on the master the sentinels name, none on the old server.
+//  - The master is killed (SIGKILL) under load: every request is answered (on_store_error
+//    "local") while the failover runs, and afterwards the limits are kept on the promoted replica:
+//    its keys exist there and a rule refuses at exactly its burst.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMock, startRedis, waitFor } from './lib/harness.mjs';
+import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
+import { runLoad, tokenRequest, summary } from './lib/load.mjs';
+import { startSentinelGroup, MASTER_NAME } from './lib/sentinel.mjs';
+
+// A bucket of 5 that refills one token an hour: within a test, exactly 5 admitted per bucket.
+const RULE = { name: 'sent', businessId: '*', sceneId: '*', rate: 5, period_s: 3600, burst: 5 };
+const PARAMS = { captchaType: '1', disturbLevel: '1', isHttps: '1', clientType: '2', accountType: '0' };
+
+let mock;
+let group;
+before(async () => {
+  mock = await startMock({ tls: true });
+  group = await startSentinelGroup();
+});
+after(async () => {
+  await group?.stop();
+  await mock?.stop();
+});
+
+const keyOf = (prefix, bid) => `${prefix}rl:${RULE.name}:${bid}:1`;
+const exists = (server, key) => {
+  try { return server.cli('EXISTS', key) === '1'; } catch { return false; }
+};
+const call = (gw, bid) => gwCall(gw, { app: APPS.token, params: { ...PARAMS, businessId: String(bid), sceneId: '1' } });
+
+/** Sends one request for bid until its bucket shows up on server (the store is through). */
+async function untilKeyOn(gw, server, prefix, bid, what) {
+  await waitFor(async () => {
+    await call(gw, bid);
+    return exists(server, keyOf(prefix, bid));
+  }, { timeoutMs: 20000, intervalMs: 200, what });
+}
+
+/** burst + 3 requests one after another on a fresh bucket: exactly burst admitted, the rest 4400. */
+async function exactBurst(gw, bid) {
+  const codes = [];
+  for (let i = 0; i < RULE.burst + 3; i++) {
+    const r = await call(gw, bid);
+    codes.push(r.json?.code);
+  }
+  assert.deepEqual(codes, [...Array(RULE.burst).fill(0), 4400, 4400, 4400], `bucket ${bid}: ${codes}`);
+}
+
+test('SIGHUP: from a standalone redis.url to redis.sentinels', async (t) => {
+  const solo = await startRedis();
+  const prefix = `sh${process.pid}:`;
+  let gw;
+  try {
+    gw = await startGateway({
+      mock,
+      config: { redis: { url: solo.url, key_prefix: prefix, timeout_ms: 200 }, on_store_error: 'local', limits: [RULE] },
+    });
+    await untilKeyOn(gw, solo, prefix, 11, 'a bucket on the standalone Redis');
+    const cfg = structuredClone(gw.config);
+    cfg.redis = { sentinels: group.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 200 };
+    gw.writeConfig(cfg);
+    gw.reload();
+    await waitFor(() => /reload: config .* applied/.test(gw.proc.stderr), { what: 'reload applied' });
+    assert.doesNotMatch(gw.proc.stderr, /reload: redis[^\n]*needs a restart/, 'the redis section is applied by SIGHUP');
+    const masterPort = group.masterPortNow();
+    const master = masterPort === group.master.port ? group.master : group.replica;
+    await untilKeyOn(gw, master, prefix, 12, 'a bucket on the master the sentinels name');
+    assert.equal(exists(solo, keyOf(prefix, 12)), false, 'nothing new on the old server');
+    await exactBurst(gw, 13);
+    assert.ok(exists(master, keyOf(prefix, 13)), 'the rule is kept on the sentinels\' master');
+    t.diagnostic(`after the reload the store writes to port ${masterPort}`);
+  } finally {
+    await gw?.stop();
+    await solo.stop();
+  }
+});
+
+test('the master killed under load: answered throughout, limits on the promoted replica', async (t) => {
+  const prefix = `fo${process.pid}:`;
+  const oldPort = group.masterPortNow();
+  assert.equal(oldPort, group.master.port, 'the group starts with its first master');
+  const gw = await startGateway({
+    mock,
+    config: {
+      redis: { sentinels: group.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 100 },
+      on_store_error: 'local',
+      limits: [RULE],
+    },
+  });
+  try {
+    await untilKeyOn(gw, group.master, prefix, 21, 'a bucket on the first master');
+    // Load across the failover, a fresh bucket for most requests: replies are 0, or 4400 once a
+    // bucket is reused.
+    let stop = false;
+    const load = (async () => {
+      const acc = { sent: 0, replies: 0, codes: {}, statuses: {}, errors: {}, maxMs: 0, elapsedMs: 0, admitted: 0, samples: {} };
+      let i = 0;
+      while (!stop) {
+        const base = i;
+        const part = await runLoad({
+          spec: (k) => tokenRequest(gw, APPS.token, { businessId: String(1000 + ((base + k) % 5000)), sceneId: '1' }),
+          concurrency: 8,
+          durationMs: 500,
+        });
+        i += part.sent;
+        for (const f of ['sent', 'replies', 'admitted', 'elapsedMs']) acc[f] += part[f];
+        acc.maxMs = Math.max(acc.maxMs, part.maxMs);
+        for (const f of ['codes', 'statuses', 'errors'])
+          for (const [k, v] of Object.entries(part[f])) acc[f][k] = (acc[f][k] || 0) + v;
+        for (const [k, v] of Object.entries(part.samples)) acc.samples[k] ??= v;
+      }
+      return acc;
+    })().catch((e) => e);
+    group.master.proc.signal('SIGKILL');
+    const { signal } = await group.master.proc.exited;
+    assert.equal(signal, 'SIGKILL');
+    await waitFor(() => group.masterPortNow() === group.replica.port,
+      { timeoutMs: 30000, intervalMs: 100, what: 'the sentinels promote the replica' });
+    await waitFor(() => /role:master/.test(group.replica.cli('INFO', 'replication')), { what: 'the replica is master' });
+    // the store is back, through the new master
+    await untilKeyOn(gw, group.replica, prefix, 22, 'a bucket on the promoted replica');
+    stop = true;
+    const r = await load;
+    t.diagnostic(`across the failover: ${r instanceof Error ? r.message : summary(r)}`);
+    assert.ok(!(r instanceof Error), String(r));
+    assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
+    assert.equal(r.admitted + (r.codes['4400'] || 0), r.replies, `only 0 and 4400 across the failover: ${summary(r)}; ${JSON.stringify(r.samples)}`);
+    assert.ok(r.replies > 0, summary(r));
+    // after it: the rule holds on the new master, at exactly its burst
+    await exactBurst(gw, 23);
+    assert.ok(exists(group.replica, keyOf(prefix, 23)), 'the bucket lives on the promoted replica');
+    assert.match(gw.proc.stderr, new RegExp(`switched master ${MASTER_NAME} to 127\\.0\\.0\\.1:${group.replica.port}`),
+      'the +switch-master event was heard');
+  } finally {
+    await gw.stop();
+  }
+});
