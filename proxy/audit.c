@@ -768,9 +768,7 @@ struct audit {
     uint64_t mem_total;
 
     /* running queries */
-    pthread_mutex_t query_lock;
-    pthread_cond_t query_cond;
-    unsigned queries;
+    struct redis_query_set queries;
 };
 
 static void set_state(struct audit *a, enum audit_state s) {
@@ -1952,8 +1950,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->client.id = -1;
     a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
-    pthread_mutex_init(&a->query_lock, NULL);
-    pthread_cond_init(&a->query_cond, NULL);
+    redis_query_set_init(&a->queries);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
     {
         const char *inst = cfg->instance ? cfg->instance : "capgate";
@@ -2081,9 +2078,7 @@ void audit_free(struct audit *a) {
         sink_wake(a);
         pthread_join(a->thread, NULL);
     }
-    pthread_mutex_lock(&a->query_lock);
-    while (a->queries > 0) pthread_cond_wait(&a->query_cond, &a->query_lock);
-    pthread_mutex_unlock(&a->query_lock);
+    redis_query_set_wait(&a->queries);
     for (unsigned w = 0; a->queues && w < a->n_workers; w++) {
         struct audit_queue *q = a->queues[w];
         if (!q) continue;
@@ -2115,8 +2110,7 @@ void audit_free(struct audit *a) {
     sink_disconnect(a);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
-    pthread_mutex_destroy(&a->query_lock);
-    pthread_cond_destroy(&a->query_cond);
+    redis_query_set_destroy(&a->queries);
     free(a);
 }
 
@@ -2225,11 +2219,6 @@ static int query_match(const struct audit_query *q, const struct audit_record *r
 struct query_job {
     struct audit *a;
     struct audit_query q;
-    struct event_base *base;
-    void (*done)(const char *json, int http_status, void *arg);
-    void *arg;
-    char *json;
-    int status;
 };
 
 static int query_add(json_t *records, const struct audit_record *r) {
@@ -2304,82 +2293,41 @@ static void query_memory(struct query_job *j, json_t *records, uint64_t *scanned
     pthread_mutex_unlock(&a->mem_lock);
 }
 
-static void query_deliver(evutil_socket_t fd, short what, void *arg) {
-    struct query_job *j = arg;
-    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500, j->arg);
-    free(j->json);
-    free(j);
-}
-
-static void *query_main(void *arg) {
+/* On the query's own thread (redis_query_run): the JSON answer and its status. */
+static char *query_work(void *arg, int *status) {
     struct query_job *j = arg;
     struct audit *a = j->a;
     json_t *records = json_array(), *o = NULL;
     uint64_t scanned = 0;
-    char err[256] = "";
+    char err[256] = "", *json = NULL;
     if (!records) goto out;
     if (a->cfg->redis) {
         if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
             o = json_pack("{s:s}", "error", err);
-            j->status = 503;
+            *status = 503;
         }
     } else {
         query_memory(j, records, &scanned);
     }
     if (!o) {
         o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
-        j->status = 200;
+        *status = 200;
     }
-    if (o) j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (o) json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
     json_decref(records);
     json_decref(o);
-    const struct timeval now = {0, 0};
-    if (event_base_once(j->base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-        log_error("audit: cannot deliver a query result to the event loop");
-        free(j->json);
-        free(j);
-    }
-    pthread_mutex_lock(&a->query_lock);
-    a->queries--;
-    pthread_cond_broadcast(&a->query_cond);
-    pthread_mutex_unlock(&a->query_lock);
-    return NULL;
+    return json;
 }
 
 void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,
                  void (*done)(const char *json, int http_status, void *arg), void *arg) {
     struct query_job *j = calloc(1, sizeof(*j));
-    pthread_t t;
-    pthread_attr_t attr;
     if (!j) {
         done("{\"error\":\"out of memory\"}", 500, arg);
         return;
     }
     j->a = a;
     j->q = *q;
-    j->base = base;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&a->query_lock);
-    a->queries++;
-    pthread_mutex_unlock(&a->query_lock);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = thread_start(&t, &attr, query_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        pthread_mutex_lock(&a->query_lock);
-        a->queries--;
-        pthread_cond_broadcast(&a->query_cond);
-        pthread_mutex_unlock(&a->query_lock);
-        j->json = strdup("{\"error\":\"cannot start the query thread\"}");
-        j->status = 503;
-        const struct timeval now = {0, 0};
-        if (event_base_once(base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-            free(j->json);
-            free(j);
-            done("{\"error\":\"cannot start the query thread\"}", 503, arg);
-        }
-    }
+    redis_query_run(&a->queries, base, query_work, j, free, done, arg);
 }

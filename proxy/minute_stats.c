@@ -633,10 +633,10 @@ struct metrics {
     int thread_started;
     pthread_mutex_t lock;   /* guards the fields below and the memory tables */
     pthread_cond_t wake;    /* flush thread: stop or a flush request */
-    pthread_cond_t flushed; /* metrics_flush waiters; also query completions */
+    pthread_cond_t flushed; /* metrics_flush waiters */
     int stop;
     uint64_t flush_requested, flush_done;
-    unsigned queries_running;
+    struct redis_query_set queries; /* /admin/metrics queries running */
 
     /* flush thread only */
     struct metrics_batch *pending; /* Redis mode: merged sums not yet written */
@@ -1072,6 +1072,7 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
     if (!wake_init) goto oom;
     if (pthread_cond_init(&m->flushed, NULL) != 0) goto oom;
     flushed_init = 1;
+    redis_query_set_init(&m->queries);
     if (thread_start(&m->thread, NULL, flush_main, m) != 0) {
         snprintf(err, errlen, "metrics: cannot start the flush thread");
         goto fail;
@@ -1082,7 +1083,10 @@ oom:
     snprintf(err, errlen, "metrics: out of memory");
 fail:
     if (m) {
-        if (flushed_init) pthread_cond_destroy(&m->flushed);
+        if (flushed_init) {
+            pthread_cond_destroy(&m->flushed);
+            redis_query_set_destroy(&m->queries);
+        }
         if (wake_init) pthread_cond_destroy(&m->wake);
         if (lock_init) pthread_mutex_destroy(&m->lock);
         redis_cfg_free(m->redis);
@@ -1096,8 +1100,8 @@ fail:
 
 void metrics_free(struct metrics *m) {
     if (!m) return;
+    redis_query_set_wait(&m->queries);
     pthread_mutex_lock(&m->lock);
-    while (m->queries_running) pthread_cond_wait(&m->flushed, &m->lock);
     m->stop = 1;
     pthread_cond_signal(&m->wake);
     pthread_mutex_unlock(&m->lock);
@@ -1121,6 +1125,7 @@ void metrics_free(struct metrics *m) {
     metrics_batch_free(m->memory);
     redis_cfg_free(m->redis);
     pthread_cond_destroy(&m->flushed);
+    redis_query_set_destroy(&m->queries);
     pthread_cond_destroy(&m->wake);
     pthread_mutex_destroy(&m->lock);
     free(m->slots);
@@ -1146,9 +1151,6 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out) {
 struct query_job {
     struct metrics *m;
     struct metrics_query q;
-    struct event *ev; /* on reply_base; activated once the reply is ready */
-    void (*done)(const char *json, int http_status, void *arg);
-    void *arg;
     char *json;
     int status;
 };
@@ -1251,7 +1253,8 @@ out:
     return rc;
 }
 
-static void *query_main(void *arg) {
+/* On the query's own thread (redis_query_run): the JSON answer and its status. */
+static char *query_work(void *arg, int *status) {
     struct query_job *j = arg;
     struct metrics *m = j->m;
     char err[256];
@@ -1273,54 +1276,20 @@ static void *query_main(void *arg) {
         if (!j->json) query_error(j, 500, "out of memory");
     }
     metrics_batch_free(cells);
-    /* after this the job belongs to reply_base's loop; m must not be touched by the job */
-    pthread_mutex_lock(&m->lock);
-    m->queries_running--;
-    pthread_cond_broadcast(&m->flushed);
-    event_active(j->ev, EV_TIMEOUT, 0);
-    pthread_mutex_unlock(&m->lock);
-    return NULL;
-}
-
-static void query_deliver(evutil_socket_t fd, short what, void *arg) {
-    struct query_job *j = arg;
-    const char *fallback = "{\"error\":\"out of memory\"}";
-    j->done(j->json ? j->json : fallback, j->json ? j->status : 500, j->arg);
-    event_free(j->ev);
-    free(j->json);
-    free(j);
+    *status = j->status;
+    char *json = j->json;
+    j->json = NULL;
+    return json;
 }
 
 void metrics_query(struct metrics *m, const struct metrics_query *q, struct event_base *reply_base,
                    void (*done)(const char *json, int http_status, void *arg), void *arg) {
-    pthread_t t;
-    pthread_attr_t attr;
-    int started = 0;
     struct query_job *j = calloc(1, sizeof(*j));
-    if (!j || !(j->ev = event_new(reply_base, -1, 0, query_deliver, j))) {
-        /* nothing can carry the reply to the loop later: answer now */
-        free(j);
+    if (!j) {
         done("{\"error\":\"out of memory\"}", 500, arg);
         return;
     }
     j->m = m;
     j->q = *q;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&m->lock);
-    m->queries_running++;
-    pthread_mutex_unlock(&m->lock);
-    if (pthread_attr_init(&attr) == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        started = thread_start(&t, &attr, query_main, j) == 0;
-        pthread_attr_destroy(&attr);
-    }
-    if (!started) {
-        pthread_mutex_lock(&m->lock);
-        m->queries_running--;
-        pthread_cond_broadcast(&m->flushed);
-        pthread_mutex_unlock(&m->lock);
-        query_error(j, 503, "cannot start a query thread");
-        event_active(j->ev, EV_TIMEOUT, 0);
-    }
+    redis_query_run(&m->queries, reply_base, query_work, j, free, done, arg);
 }

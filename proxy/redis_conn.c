@@ -13,6 +13,7 @@
 #include "capgate/log.h"
 #include "capgate/num.h"
 #include "capgate/secmem.h"
+#include "capgate/thread.h"
 #include "config.h"
 
 /* A sentinel that does not answer within this is skipped (the guidelines ask for "a few
@@ -722,4 +723,100 @@ void redis_watch_free(struct redis_watch *w) {
     if (w->retry) event_free(w->retry);
     redis_target_unref(w->t);
     free(w);
+}
+
+/* ---- admin queries ---- */
+
+void redis_query_set_init(struct redis_query_set *s) {
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->idle, NULL);
+    s->running = 0;
+}
+
+void redis_query_set_wait(struct redis_query_set *s) {
+    pthread_mutex_lock(&s->lock);
+    while (s->running > 0) pthread_cond_wait(&s->idle, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+}
+
+void redis_query_set_destroy(struct redis_query_set *s) {
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->idle);
+}
+
+struct redis_query {
+    struct redis_query_set *set;
+    struct event
+        *ev; /* on the reply base: made before the thread starts, so it cannot fail after */
+    char *(*work)(void *job, int *status);
+    void (*free_job)(void *job);
+    void *job;
+    void (*done)(const char *json, int http_status, void *arg);
+    void *arg;
+    char *json;
+    int status;
+};
+
+static void query_deliver(evutil_socket_t fd, short what, void *arg) {
+    struct redis_query *q = arg;
+    (void)fd;
+    (void)what;
+    q->done(q->json ? q->json : "{\"error\":\"out of memory\"}", q->json ? q->status : 500, q->arg);
+    event_free(q->ev);
+    free(q->json);
+    if (q->free_job) q->free_job(q->job);
+    free(q);
+}
+
+static void *query_thread(void *arg) {
+    struct redis_query *q = arg;
+    struct redis_query_set *s = q->set;
+    q->status = 500;
+    q->json = q->work(q->job, &q->status);
+    /* from here the query belongs to the reply base's loop; the set may go once it is idle */
+    pthread_mutex_lock(&s->lock);
+    s->running--;
+    pthread_cond_broadcast(&s->idle);
+    event_active(q->ev, EV_TIMEOUT, 0);
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+void redis_query_run(struct redis_query_set *s, struct event_base *reply_base,
+                     char *(*work)(void *job, int *status), void *job, void (*free_job)(void *job),
+                     void (*done)(const char *json, int http_status, void *arg), void *arg) {
+    struct redis_query *q = calloc(1, sizeof *q);
+    pthread_t t;
+    pthread_attr_t attr;
+    int started = 0;
+    if (!q || !(q->ev = event_new(reply_base, -1, 0, query_deliver, q))) {
+        /* nothing can carry the reply to the loop later: answer now */
+        free(q);
+        if (free_job) free_job(job);
+        done("{\"error\":\"out of memory\"}", 500, arg);
+        return;
+    }
+    q->set = s;
+    q->work = work;
+    q->free_job = free_job;
+    q->job = job;
+    q->done = done;
+    q->arg = arg;
+    pthread_mutex_lock(&s->lock);
+    s->running++;
+    pthread_mutex_unlock(&s->lock);
+    if (pthread_attr_init(&attr) == 0) {
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        started = thread_start(&t, &attr, query_thread, q) == 0;
+        pthread_attr_destroy(&attr);
+    }
+    if (!started) {
+        pthread_mutex_lock(&s->lock);
+        s->running--;
+        pthread_cond_broadcast(&s->idle);
+        pthread_mutex_unlock(&s->lock);
+        q->json = strdup("{\"error\":\"cannot start a query thread\"}");
+        q->status = 503;
+        event_active(q->ev, EV_TIMEOUT, 0);
+    }
 }

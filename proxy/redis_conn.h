@@ -18,6 +18,7 @@
  * picks it up at its next connect, and one whose epoch is behind reconnects. */
 #ifndef CAPGATE_REDIS_CONN_H
 #define CAPGATE_REDIS_CONN_H
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <hiredis/hiredis.h>
@@ -84,6 +85,24 @@ struct redis_watch;
 struct redis_watch *redis_watch_start(struct redis_target *t, struct event_base *base,
                                       void (*cb)(void *arg), void *arg);
 void redis_watch_free(struct redis_watch *w);
+
+/* ---- admin queries: blocking reads on a thread of their own, answered on a loop ----
+ * (/admin/audit and /admin/metrics: each query opens its own redis_conn_open connection there.) */
+struct redis_query_set {
+    pthread_mutex_t lock;
+    pthread_cond_t idle;
+    unsigned running;
+};
+void redis_query_set_init(struct redis_query_set *s);
+/* Waits until no query of s runs any more (their owner is about to go). */
+void redis_query_set_wait(struct redis_query_set *s);
+void redis_query_set_destroy(struct redis_query_set *s);
+/* Runs work(job) on a detached thread (it returns a malloc'ed JSON body, NULL on OOM, and sets
+ * *status), then, on reply_base's loop, done(json, status, arg) once and free_job(job). When no
+ * thread can start, done gets a 503 naming that; on OOM a 500, possibly at once. */
+void redis_query_run(struct redis_query_set *s, struct event_base *reply_base,
+                     char *(*work)(void *job, int *status), void *job, void (*free_job)(void *job),
+                     void (*done)(const char *json, int http_status, void *arg), void *arg);
 
 /* ---- the pure parts, for tests ---- */
 
