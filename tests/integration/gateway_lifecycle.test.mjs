@@ -160,7 +160,7 @@ test('SIGHUP: the log names every key that changed (pool, idempotency, demo, log
   from = gw.proc.stderr.length;
   await reload(changed);
   assert.match(gw.proc.stderr.slice(from),
-    /reload: no change to tls, trusted_proxies, http_errors, on_store_error, auth, apps, limits, pool, idempotency, demo, demo_app or log_level/);
+    /reload: no change to tls, trusted_proxies, http_errors, redis, on_store_error, auth, apps, limits, pool, idempotency, demo, demo_app or log_level/);
 
   // warn hides the info line closing that reload; the next reload (back to info) shows its own
   from = gw.proc.stderr.length;

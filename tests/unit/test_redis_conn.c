@@ -107,14 +107,13 @@ static void test_switch(void **state) {
     assert_int_equal(sw("mymaster  10.0.0.1 6379 10.0.0.2 6380", host, &port), -1);
     assert_int_equal(sw("mymaster 10.0.0.1 6379 10.0.0.2 6380 ", host, &port), -1);
     /* a host longer than the buffer */
-    assert_int_equal(redis_conn_parse_switch("mymaster a 1 abcdefgh 2", 23, "mymaster", host, 8,
-                                             &port),
-                     -1);
+    assert_int_equal(
+        redis_conn_parse_switch("mymaster a 1 abcdefgh 2", 23, "mymaster", host, 8, &port), -1);
 }
 
 static void test_readonly(void **state) {
-    redisReply ro = str_reply(REDIS_REPLY_ERROR,
-                              "READONLY You can't write against a read only replica.");
+    redisReply ro =
+        str_reply(REDIS_REPLY_ERROR, "READONLY You can't write against a read only replica.");
     redisReply other = str_reply(REDIS_REPLY_ERROR, "ERR wrong number of arguments");
     redisReply ok = str_reply(REDIS_REPLY_STATUS, "READONLY");
     assert_true(redis_conn_is_readonly(&ro));
@@ -127,8 +126,8 @@ static void test_target_and_epoch(void **state) {
     struct config_redis_sentinel s[2] = {{.host = "10.0.0.1", .port = 26379},
                                          {.host = "10.0.0.2", .port = 26379}};
     struct config_redis direct = {.host = "::1", .port = 6380, .timeout_ms = 0};
-    struct config_redis sent = {.host = "m", .sentinels = s, .n_sentinels = 2,
-                                .master_name = "m", .timeout_ms = 250};
+    struct config_redis sent = {
+        .host = "m", .sentinels = s, .n_sentinels = 2, .master_name = "m", .timeout_ms = 250};
     char err[128];
     struct redis_target *t = redis_target_new(&direct, err, sizeof err), *u;
     uint64_t e0;
@@ -168,8 +167,8 @@ static void test_target_and_epoch(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_master_addr), cmocka_unit_test(test_role),
-        cmocka_unit_test(test_switch),      cmocka_unit_test(test_readonly),
+        cmocka_unit_test(test_master_addr),      cmocka_unit_test(test_role),
+        cmocka_unit_test(test_switch),           cmocka_unit_test(test_readonly),
         cmocka_unit_test(test_target_and_epoch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
