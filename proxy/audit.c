@@ -731,7 +731,7 @@ struct audit {
 
     /* sink thread only */
     redisContext *redis;
-    uint64_t redis_epoch; /* redis_conn_epoch() at connect: reconnect when it moves */
+    uint64_t redis_epoch; /* redis_conn_epoch() at connect (or seen since): act when it moves */
     char script_sha[41];
     unsigned backoff_ms;
     uint64_t next_connect_us;
@@ -1502,16 +1502,21 @@ static void try_connect(struct audit *a) {
 }
 
 /* New settings (SIGHUP) or a new master (+switch-master): between two batches, the connection
- * is closed and a new one made at once, through the spool's usual reconnect path. */
+ * is closed and a new one made at once, through the spool's usual reconnect path; a sink waiting
+ * out its backoff tries at once. */
 static void sink_check_epoch(struct audit *a) {
-    if (!a->redis || a->redis_epoch == redis_conn_epoch()) return;
+    uint64_t e = redis_conn_epoch();
+    if (a->redis_epoch == e || !a->cfg->redis) return;
+    a->redis_epoch = e;
+    a->next_connect_us = clock_mono_us();
+    a->backoff_ms = BACKOFF_MIN_MS;
+    if (!a->redis) return;
     log_info("audit: redis settings or master changed; reconnecting");
     sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
     }
-    a->next_connect_us = clock_mono_us();
     set_state(a, AUDIT_SPOOLING);
 }
 

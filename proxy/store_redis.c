@@ -17,7 +17,11 @@
  * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake.
  * Where it connects comes from redis_conn.h: with sentinels every connect first asks them for the
  * master (without blocking the loop) and the handshake ends with ROLE, which must say master; a
- * -READONLY reply drops the connection (so the next connect discovers again); a +switch-master
+ * -READONLY reply (the server became a replica: nothing was written) puts the command back in the
+ * queue, once, and the connection is replaced as soon as its other replies are in, without
+ * backoff (so the next connect discovers again); a second -READONLY for the same command drops
+ * the connection and backs off, as a server still named master but refusing writes would
+ * otherwise be reconnected to in a loop; a +switch-master
  * heard by the watch, or a SIGHUP that published new settings, moves the epoch: the connection
  * then takes no new command, and once its last reply is in it is closed and a new one made. */
 #include "store.h"
@@ -98,6 +102,7 @@ struct store_redis_cmd {
     void *arg;
     struct event *timer; /* caller commands only */
     int noscript_retried;
+    int readonly_retried;   /* queued again once after -READONLY */
     unsigned script;        /* index in store_redis_scripts */
     enum store_redis_op op; /* CACHE */
     size_t argc;            /* CACHE: owned argv strings */
@@ -529,11 +534,21 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
         return;
     }
     if (redis_conn_is_readonly(rep)) {
-        /* a replica now: the master moved; find it again */
+        /* a replica now: the master moved; find it again, and run the command there */
+        if (!c->readonly_retried) {
+            c->readonly_retried = 1;
+            c->where = STORE_REDIS_QUEUED;
+            store_redis_list_push(&r->queue, c);
+            if (!r->switching)
+                log_info("redis %s: -READONLY: the server is a replica now; finding the master",
+                         r->addr);
+            r->switching = 1; /* replaced once the replies in flight are in (on_reply) */
+            return;
+        }
         snprintf(err, sizeof err, "redis error: %s", rep->str);
         store_redis_answer(r, c, err, NULL);
         store_redis_cmd_free(c);
-        store_redis_drop(r, "-READONLY: the server is a replica now");
+        store_redis_drop(r, "-READONLY again after finding the master anew");
         return;
     }
     if (rep->type == REDIS_REPLY_ERROR) {

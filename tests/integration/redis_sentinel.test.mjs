@@ -42,14 +42,56 @@ async function untilKeyOn(gw, server, prefix, bid, what) {
   }, { timeoutMs: 20000, intervalMs: 200, what });
 }
 
-/** burst + 3 requests one after another on a fresh bucket: exactly burst admitted, the rest 4400. */
+/**
+ * burst + 3 requests one after another on a fresh bucket: exactly burst admitted, the rest 4400.
+ * First every worker's store is connected (capgate_store_connected, as the gateway reports it),
+ * so no request of the burst is decided by a worker's local fallback.
+ */
 async function exactBurst(gw, bid) {
   const codes = [];
+  await waitFor(async () => (await gw.metrics()).get('capgate_store_connected') === gw.config.workers,
+    { timeoutMs: 20000, intervalMs: 100, what: 'every worker\'s store connected' });
   for (let i = 0; i < RULE.burst + 3; i++) {
     const r = await call(gw, bid);
     codes.push(r.json?.code);
   }
   assert.deepEqual(codes, [...Array(RULE.burst).fill(0), 4400, 4400, 4400], `bucket ${bid}: ${codes}`);
+}
+
+/**
+ * Load on gw until stop() (8 in flight, one bucket per request index mostly, so the rule rarely
+ * refuses); stop() resolves the summed runLoad results (or the error that ended it).
+ */
+function loadUntil(gw) {
+  let stop = false;
+  const done = (async () => {
+    const acc = { sent: 0, replies: 0, codes: {}, statuses: {}, errors: {}, maxMs: 0, elapsedMs: 0, admitted: 0, samples: {} };
+    let i = 0;
+    while (!stop) {
+      const base = i;
+      const part = await runLoad({
+        spec: (k) => tokenRequest(gw, APPS.token, { businessId: String(1000 + ((base + k) % 5000)), sceneId: '1' }),
+        concurrency: 8,
+        durationMs: 500,
+      });
+      i += part.sent;
+      for (const f of ['sent', 'replies', 'admitted', 'elapsedMs']) acc[f] += part[f];
+      acc.maxMs = Math.max(acc.maxMs, part.maxMs);
+      for (const f of ['codes', 'statuses', 'errors'])
+        for (const [k, v] of Object.entries(part[f])) acc[f][k] = (acc[f][k] || 0) + v;
+      for (const [k, v] of Object.entries(part.samples)) acc.samples[k] ??= v;
+    }
+    return acc;
+  })().catch((e) => e);
+  return { stop: () => { stop = true; return done; } };
+}
+
+/** Every request of r answered, with 0 or 4400 only. */
+function answeredThroughout(r) {
+  assert.ok(!(r instanceof Error), String(r));
+  assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
+  assert.equal(r.admitted + (r.codes['4400'] || 0), r.replies, `only 0 and 4400: ${summary(r)}; ${JSON.stringify(r.samples)}`);
+  assert.ok(r.replies > 0, summary(r));
 }
 
 test('SIGHUP: from a standalone redis.url to redis.sentinels', async (t) => {
@@ -97,26 +139,7 @@ test('the master killed under load: answered throughout, limits on the promoted 
     await untilKeyOn(gw, group.master, prefix, 21, 'a bucket on the first master');
     // Load across the failover, a fresh bucket for most requests: replies are 0, or 4400 once a
     // bucket is reused.
-    let stop = false;
-    const load = (async () => {
-      const acc = { sent: 0, replies: 0, codes: {}, statuses: {}, errors: {}, maxMs: 0, elapsedMs: 0, admitted: 0, samples: {} };
-      let i = 0;
-      while (!stop) {
-        const base = i;
-        const part = await runLoad({
-          spec: (k) => tokenRequest(gw, APPS.token, { businessId: String(1000 + ((base + k) % 5000)), sceneId: '1' }),
-          concurrency: 8,
-          durationMs: 500,
-        });
-        i += part.sent;
-        for (const f of ['sent', 'replies', 'admitted', 'elapsedMs']) acc[f] += part[f];
-        acc.maxMs = Math.max(acc.maxMs, part.maxMs);
-        for (const f of ['codes', 'statuses', 'errors'])
-          for (const [k, v] of Object.entries(part[f])) acc[f][k] = (acc[f][k] || 0) + v;
-        for (const [k, v] of Object.entries(part.samples)) acc.samples[k] ??= v;
-      }
-      return acc;
-    })().catch((e) => e);
+    const load = loadUntil(gw);
     group.master.proc.signal('SIGKILL');
     const { signal } = await group.master.proc.exited;
     assert.equal(signal, 'SIGKILL');
@@ -125,19 +148,55 @@ test('the master killed under load: answered throughout, limits on the promoted 
     await waitFor(() => /role:master/.test(group.replica.cli('INFO', 'replication')), { what: 'the replica is master' });
     // the store is back, through the new master
     await untilKeyOn(gw, group.replica, prefix, 22, 'a bucket on the promoted replica');
-    stop = true;
-    const r = await load;
+    const r = await load.stop();
     t.diagnostic(`across the failover: ${r instanceof Error ? r.message : summary(r)}`);
-    assert.ok(!(r instanceof Error), String(r));
-    assert.deepEqual(r.errors, {}, `every request answered: ${summary(r)}`);
-    assert.equal(r.admitted + (r.codes['4400'] || 0), r.replies, `only 0 and 4400 across the failover: ${summary(r)}; ${JSON.stringify(r.samples)}`);
-    assert.ok(r.replies > 0, summary(r));
+    answeredThroughout(r);
     // after it: the rule holds on the new master, at exactly its burst
+    const xlen = () => Number(group.replica.cli('XLEN', 'capgate:audit'));
+    const before = xlen();
     await exactBurst(gw, 23);
+    // and the audit sink writes there too (it reconnected after the switch)
+    await waitFor(() => xlen() >= before + RULE.burst + 3, { timeoutMs: 15000, intervalMs: 100, what: 'audit records on the new master' });
     assert.ok(exists(group.replica, keyOf(prefix, 23)), 'the bucket lives on the promoted replica');
     assert.match(gw.proc.stderr, new RegExp(`switched master ${MASTER_NAME} to 127\\.0\\.0\\.1:${group.replica.port}`),
       'the +switch-master event was heard');
   } finally {
     await gw.stop();
+  }
+});
+
+// A failover the sentinels are asked for: the old master stays up and becomes a replica, so a
+// worker that kept its connection would get -READONLY on every write and the limits would never
+// reach the new master. +switch-master and -READONLY both send the workers to the sentinels again.
+test('SENTINEL FAILOVER under load: every worker moves to the new master while the old one lives', async (t) => {
+  const g = await startSentinelGroup();
+  const prefix = `gf${process.pid}:`;
+  let gw;
+  try {
+    gw = await startGateway({
+      mock,
+      config: {
+        redis: { sentinels: g.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 100 },
+        on_store_error: 'local',
+        limits: [RULE],
+      },
+    });
+    await untilKeyOn(gw, g.master, prefix, 31, 'a bucket on the first master');
+    const load = loadUntil(gw);
+    assert.equal(g.sentinels[0].cli('SENTINEL', 'FAILOVER', MASTER_NAME), 'OK');
+    await waitFor(() => g.masterPortNow() === g.replica.port,
+      { timeoutMs: 30000, intervalMs: 100, what: 'the sentinels promote the replica' });
+    await waitFor(() => /role:master/.test(g.replica.cli('INFO', 'replication')), { what: 'the replica is master' });
+    await untilKeyOn(gw, g.replica, prefix, 32, 'a bucket on the promoted replica');
+    const r = await load.stop();
+    t.diagnostic(`across the failover: ${r instanceof Error ? r.message : summary(r)}`);
+    answeredThroughout(r);
+    assert.ok(g.master.proc.child.exitCode === null, 'the old master still runs');
+    await exactBurst(gw, 33);
+    assert.ok(exists(g.replica, keyOf(prefix, 33)), 'the bucket lives on the new master');
+    assert.match(gw.proc.stderr, new RegExp(`switched master ${MASTER_NAME} to 127\\.0\\.0\\.1:${g.replica.port}`));
+  } finally {
+    await gw?.stop();
+    await g.stop();
   }
 });
