@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
@@ -395,11 +398,145 @@ fail:
     return NULL;
 }
 
+/* ---- asynchronous connections ---- */
+
+struct evdns_base *redis_dns_new(struct event_base *base) {
+    return evdns_base_new(base,
+                          EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+}
+
+struct redis_dial {
+    struct event_base *base;
+    struct event *done;
+    struct evdns_getaddrinfo_request *req; /* a lookup under way */
+    int cancelled;                         /* while req: on_dns frees */
+    redisAsyncContext *ac;
+    int port;
+    redis_dial_fn cb;
+    void *arg;
+    char err[256];
+};
+
+static void dial_free(struct redis_dial *d) {
+    if (d->ac) redisAsyncFree(d->ac);
+    if (d->done) event_free(d->done);
+    free(d);
+}
+
+/* Connects to the numeric address ip (no lookup in hiredis) and delivers. */
+static void dial_connect(struct redis_dial *d, const char *ip) {
+    redisAsyncContext *ac = redisAsyncConnect(ip, d->port);
+    if (!ac || ac->err) {
+        snprintf(d->err, sizeof d->err, "connect %s:%d: %s", ip, d->port,
+                 ac ? ac->errstr : "out of memory");
+        if (ac) redisAsyncFree(ac);
+    } else if (redisLibeventAttach(ac, d->base) != REDIS_OK) {
+        snprintf(d->err, sizeof d->err, "cannot attach to the event loop");
+        redisAsyncFree(ac);
+    } else {
+        d->ac = ac;
+    }
+    event_active(d->done, EV_TIMEOUT, 0);
+}
+
+static void dial_on_dns(int result, struct evutil_addrinfo *res, void *arg) {
+    struct redis_dial *d = arg;
+    char ip[INET6_ADDRSTRLEN] = "";
+    d->req = NULL;
+    if (d->cancelled) {
+        if (res) evutil_freeaddrinfo(res);
+        dial_free(d);
+        return;
+    }
+    if (result == 0 && res) {
+        /* one address is tried: an IPv4 one when there is one ("localhost" is often ::1 first,
+         * and Redis is often bound to 127.0.0.1 only) */
+        const struct evutil_addrinfo *pick = res;
+        for (const struct evutil_addrinfo *p = res; p; p = p->ai_next)
+            if (p->ai_family == AF_INET) {
+                pick = p;
+                break;
+            }
+        const void *a = pick->ai_family == AF_INET6
+                            ? (const void *)&((struct sockaddr_in6 *)pick->ai_addr)->sin6_addr
+                            : (const void *)&((struct sockaddr_in *)pick->ai_addr)->sin_addr;
+        if (!evutil_inet_ntop(pick->ai_family, a, ip, sizeof ip)) ip[0] = '\0';
+    }
+    if (res) evutil_freeaddrinfo(res);
+    if (!ip[0]) {
+        snprintf(d->err, sizeof d->err, "cannot resolve: %s",
+                 result ? evutil_gai_strerror(result) : "no address");
+        event_active(d->done, EV_TIMEOUT, 0);
+        return;
+    }
+    dial_connect(d, ip);
+}
+
+static void dial_on_done(evutil_socket_t fd, short what, void *arg) {
+    struct redis_dial *d = arg;
+    redisAsyncContext *ac = d->ac;
+    redis_dial_fn cb = d->cb;
+    void *cbarg = d->arg;
+    char err[sizeof d->err];
+    (void)fd;
+    (void)what;
+    memcpy(err, d->err, sizeof err);
+    d->ac = NULL;
+    dial_free(d);
+    cb(ac ? NULL : err, ac, cbarg);
+}
+
+struct redis_dial *redis_dial_start(struct event_base *base, struct evdns_base *dns,
+                                    const char *host, int port, redis_dial_fn cb, void *arg) {
+    struct redis_dial *d = calloc(1, sizeof *d);
+    struct in6_addr a6;
+    struct in_addr a4;
+    struct evutil_addrinfo hints;
+    if (!d) return NULL;
+    d->base = base;
+    d->port = port;
+    d->cb = cb;
+    d->arg = arg;
+    if (!(d->done = event_new(base, -1, 0, dial_on_done, d))) {
+        free(d);
+        return NULL;
+    }
+    if (evutil_inet_pton(AF_INET, host, &a4) == 1 || evutil_inet_pton(AF_INET6, host, &a6) == 1) {
+        dial_connect(d, host);
+        return d;
+    }
+    if (!dns) {
+        snprintf(d->err, sizeof d->err, "cannot resolve %s: no resolver", host);
+        event_active(d->done, EV_TIMEOUT, 0);
+        return d;
+    }
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    /* the callback may run inside this call (an /etc/hosts answer): it only activates done */
+    d->req = evdns_getaddrinfo(dns, host, NULL, &hints, dial_on_dns, d);
+    return d;
+}
+
+void redis_dial_cancel(struct redis_dial *d) {
+    if (!d) return;
+    if (d->req) {
+        /* the lookup calls back (EVUTIL_EAI_CANCEL), now or later; it frees d then */
+        d->cancelled = 1;
+        evdns_getaddrinfo_cancel(d->req);
+        return;
+    }
+    dial_free(d);
+}
+
 /* ---- asynchronous discovery ---- */
 
 struct redis_resolve {
     struct redis_target *t;
     struct event_base *base;
+    struct evdns_base *dns;
+    struct redis_dial *dial; /* the sentinel's address being looked up and connected to */
     redis_resolve_fn cb;
     void *arg;
     redisAsyncContext *ac;
@@ -420,6 +557,8 @@ static void resolve_next(struct redis_resolve *r);
 static void resolve_close(struct redis_resolve *r) {
     redisAsyncContext *ac = r->ac;
     if (r->timer) event_del(r->timer);
+    redis_dial_cancel(r->dial);
+    r->dial = NULL;
     if (!ac) return;
     r->ac = NULL;
     ac->data = NULL;
@@ -504,11 +643,12 @@ static void resolve_on_done(evutil_socket_t fd, short what, void *arg) {
     cb(ok ? NULL : err, ok ? host : NULL, ok ? port : 0, cbarg);
 }
 
+static void resolve_on_dial(const char *err, redisAsyncContext *ac, void *arg);
+
 static void resolve_next(struct redis_resolve *r) {
     const struct redis_endpoint *s;
     unsigned ms = sentinel_ms(r->t);
     struct timeval tv = ms_tv(ms);
-    redisAsyncContext *ac;
     if (r->tried >= r->t->n_sentinels) {
         snprintf(r->err, sizeof r->err, "no sentinel gave the address of master %.180s (last: %s)",
                  r->t->master_name, r->last[0] ? r->last : "none");
@@ -518,18 +658,19 @@ static void resolve_next(struct redis_resolve *r) {
     r->at = (unsigned)((atomic_load(&r->t->first) + r->tried) % r->t->n_sentinels);
     r->tried++;
     s = &r->t->sentinels[r->at];
-    ac = redisAsyncConnect(s->host, s->port);
-    if (!ac || ac->err) {
-        snprintf(r->last, sizeof r->last, "sentinel %s:%d: connect: %s", s->host, s->port,
-                 ac ? ac->errstr : "out of memory");
-        if (ac) redisAsyncFree(ac);
+    if (!(r->dial = redis_dial_start(r->base, r->dns, s->host, s->port, resolve_on_dial, r))) {
+        snprintf(r->last, sizeof r->last, "sentinel %s:%d: out of memory", s->host, s->port);
         resolve_next(r);
         return;
     }
-    if (redisLibeventAttach(ac, r->base) != REDIS_OK) {
-        redisAsyncFree(ac);
-        snprintf(r->last, sizeof r->last, "cannot attach to the event loop");
-        resolve_next(r);
+    event_add(r->timer, &tv); /* the lookup, the connect and the answer */
+}
+
+static void resolve_on_dial(const char *err, redisAsyncContext *ac, void *arg) {
+    struct redis_resolve *r = arg;
+    r->dial = NULL;
+    if (err) {
+        resolve_failed(r, err);
         return;
     }
     ac->data = r;
@@ -545,19 +686,17 @@ static void resolve_next(struct redis_resolve *r) {
             redisAsyncCommand(ac, resolve_on_auth, NULL, "AUTH %s", r->t->sentinel_password);
     }
     if (redisAsyncCommand(ac, resolve_on_reply, NULL, "SENTINEL get-master-addr-by-name %s",
-                          r->t->master_name) != REDIS_OK) {
+                          r->t->master_name) != REDIS_OK)
         resolve_failed(r, "cannot send the command");
-        return;
-    }
-    event_add(r->timer, &tv);
 }
 
 struct redis_resolve *redis_resolve_start(struct redis_target *t, struct event_base *base,
-                                          redis_resolve_fn cb, void *arg) {
+                                          struct evdns_base *dns, redis_resolve_fn cb, void *arg) {
     struct redis_resolve *r = calloc(1, sizeof *r);
     if (!r) return NULL;
     r->t = redis_target_ref(t);
     r->base = base;
+    r->dns = dns;
     r->cb = cb;
     r->arg = arg;
     if (!(r->timer = event_new(base, -1, 0, resolve_on_timeout, r)) ||
@@ -589,6 +728,8 @@ void redis_resolve_cancel(struct redis_resolve *r) {
 struct redis_watch {
     struct redis_target *t;
     struct event_base *base;
+    struct evdns_base *dns;
+    struct redis_dial *dial;
     void (*cb)(void *arg);
     void *arg;
     redisAsyncContext *ac;
@@ -600,6 +741,8 @@ static void watch_connect(struct redis_watch *w);
 
 static void watch_close(struct redis_watch *w) {
     redisAsyncContext *ac = w->ac;
+    redis_dial_cancel(w->dial);
+    w->dial = NULL;
     if (!ac) return;
     w->ac = NULL;
     ac->data = NULL;
@@ -677,13 +820,11 @@ static void watch_on_retry(evutil_socket_t fd, short what, void *arg) {
     watch_connect(arg);
 }
 
-static void watch_connect(struct redis_watch *w) {
-    const struct redis_endpoint *s = &w->t->sentinels[w->at];
-    redisAsyncContext *ac = redisAsyncConnect(s->host, s->port);
-    if (!ac || ac->err || redisLibeventAttach(ac, w->base) != REDIS_OK) {
-        if (ac) redisAsyncFree(ac);
-        w->ac = NULL;
-        watch_retry(w, "connect failed");
+static void watch_on_dial(const char *err, redisAsyncContext *ac, void *arg) {
+    struct redis_watch *w = arg;
+    w->dial = NULL;
+    if (err) {
+        watch_retry(w, err);
         return;
     }
     ac->data = w;
@@ -700,12 +841,19 @@ static void watch_connect(struct redis_watch *w) {
     redisAsyncCommand(ac, watch_on_message, NULL, "SUBSCRIBE +switch-master");
 }
 
+static void watch_connect(struct redis_watch *w) {
+    const struct redis_endpoint *s = &w->t->sentinels[w->at];
+    if (!(w->dial = redis_dial_start(w->base, w->dns, s->host, s->port, watch_on_dial, w)))
+        watch_retry(w, "out of memory");
+}
+
 struct redis_watch *redis_watch_start(struct redis_target *t, struct event_base *base,
-                                      void (*cb)(void *arg), void *arg) {
+                                      struct evdns_base *dns, void (*cb)(void *arg), void *arg) {
     struct redis_watch *w;
     if (!t->n_sentinels || !(w = calloc(1, sizeof *w))) return NULL;
     w->t = redis_target_ref(t);
     w->base = base;
+    w->dns = dns;
     w->cb = cb;
     w->arg = arg;
     w->at = atomic_load(&t->first) % (unsigned)t->n_sentinels;

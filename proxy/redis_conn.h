@@ -22,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <hiredis/hiredis.h>
+#include <hiredis/async.h>
 
 struct config_redis;
 struct event_base;
@@ -66,7 +67,22 @@ redisContext *redis_conn_open(struct redis_target *t, char *err, size_t errlen);
 /* 1 when a reply is the -READONLY error of a replica (the master moved: reconnect). */
 int redis_conn_is_readonly(const redisReply *r);
 
-/* ---- asynchronous discovery (the workers' event loops) ---- */
+/* ---- asynchronous connections (the workers' event loops) ---- */
+
+/* hiredis's connect resolves a host name with a blocking getaddrinfo: on an event loop, names
+ * are resolved first with evdns (libevent; /etc/hosts, then the resolv.conf servers, again at
+ * every connect), and hiredis gets the address. dns: the loop's evdns base (the caller makes it
+ * with redis_dns_new and frees it after every dial, resolve and watch on it). cb gets, from the
+ * loop and never from inside this call, an async context connecting to host:port and attached to
+ * base (the caller's from then on), or err. NULL on OOM (cb is then never called). */
+struct evdns_base;
+struct evdns_base *redis_dns_new(struct event_base *base);
+typedef void (*redis_dial_fn)(const char *err, redisAsyncContext *ac, void *arg);
+struct redis_dial;
+struct redis_dial *redis_dial_start(struct event_base *base, struct evdns_base *dns,
+                                    const char *host, int port, redis_dial_fn cb, void *arg);
+/* Stops a dial whose callback has not run (it never runs then). */
+void redis_dial_cancel(struct redis_dial *d);
 
 /* Asks t's sentinels for the master's address without blocking base, then calls cb once (from
  * base's loop, never from inside this call) with err NULL and host/port, or err. Direct targets
@@ -74,7 +90,7 @@ int redis_conn_is_readonly(const redisReply *r);
 typedef void (*redis_resolve_fn)(const char *err, const char *host, int port, void *arg);
 struct redis_resolve;
 struct redis_resolve *redis_resolve_start(struct redis_target *t, struct event_base *base,
-                                          redis_resolve_fn cb, void *arg);
+                                          struct evdns_base *dns, redis_resolve_fn cb, void *arg);
 /* Stops a resolve whose callback has not run yet (it never runs then). */
 void redis_resolve_cancel(struct redis_resolve *r);
 
@@ -83,7 +99,7 @@ void redis_resolve_cancel(struct redis_resolve *r);
  * direct target or on OOM. */
 struct redis_watch;
 struct redis_watch *redis_watch_start(struct redis_target *t, struct event_base *base,
-                                      void (*cb)(void *arg), void *arg);
+                                      struct evdns_base *dns, void (*cb)(void *arg), void *arg);
 void redis_watch_free(struct redis_watch *w);
 
 /* ---- admin queries: blocking reads on a thread of their own, answered on a loop ----

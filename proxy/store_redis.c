@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -129,6 +130,8 @@ struct store_redis {
     unsigned timeout_ms;
     char addr[REDIS_CONN_HOST_MAX + 16]; /* the server connected to, for logs */
     struct redis_resolve *resolve;       /* DISCOVERING */
+    struct redis_dial *dial;             /* CONNECTING, before hiredis has the connection */
+    struct evdns_base *dns;              /* host names, looked up without blocking the loop */
     struct redis_watch *watch;           /* +switch-master, with sentinels */
     int switching; /* the epoch moved: no new command here; reconnect once inflight is empty */
     enum store_redis_state state;
@@ -300,6 +303,10 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
     store_redis_mark_down(r, r->last_err);
     event_del(r->probe_timer);
     event_del(r->handshake_timer);
+    redis_dial_cancel(r->dial);
+    r->dial = NULL;
+    redis_resolve_cancel(r->resolve);
+    r->resolve = NULL;
     r->backoff_until_us = clock_mono_us() + (uint64_t)ms * 1000;
     r->backoff_ms = r->backoff_ms * 2 > STORE_REDIS_BACKOFF_MAX_MS ? STORE_REDIS_BACKOFF_MAX_MS
                                                                    : r->backoff_ms * 2;
@@ -805,34 +812,32 @@ static void store_redis_on_handshake_timeout(evutil_socket_t fd, short what, voi
     store_redis_drop(r, why);
 }
 
-/* Connects to host:port, found by the resolve or given. */
-static void store_redis_connect_to(struct store_redis *r, const char *host, int port) {
-    redisAsyncContext *ac;
-    unsigned hs_ms = r->timeout_ms * 2 < 1000 ? 1000 : r->timeout_ms * 2;
-    struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
-    char why[160];
-    snprintf(r->addr, sizeof r->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-    store_redis_set_state(r, STORE_REDIS_CONNECTING);
-    ac = redisAsyncConnect(host, port);
-    if (!ac) {
-        store_redis_backoff(r, "connect failed: out of memory");
-        return;
-    }
-    if (ac->err) {
-        snprintf(why, sizeof why, "connect failed: %s", ac->errstr);
-        redisAsyncFree(ac);
+static void store_redis_on_dial(const char *err, redisAsyncContext *ac, void *arg) {
+    struct store_redis *r = arg;
+    char why[300];
+    r->dial = NULL;
+    if (err) {
+        snprintf(why, sizeof why, "connect failed: %s", err);
         store_redis_backoff(r, why);
-        return;
-    }
-    if (redisLibeventAttach(ac, r->base) != REDIS_OK) {
-        redisAsyncFree(ac);
-        store_redis_backoff(r, "connect failed: could not attach to the event loop");
         return;
     }
     ac->data = r;
     redisAsyncSetConnectCallback(ac, store_redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, store_redis_on_disconnect);
     r->ac = ac;
+}
+
+/* Connects to host:port, found by the resolve or given: its name looked up first (redis_conn.h),
+ * the handshake timer covering the lookup too. */
+static void store_redis_connect_to(struct store_redis *r, const char *host, int port) {
+    unsigned hs_ms = r->timeout_ms * 2 < 1000 ? 1000 : r->timeout_ms * 2;
+    struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
+    snprintf(r->addr, sizeof r->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    store_redis_set_state(r, STORE_REDIS_CONNECTING);
+    if (!(r->dial = redis_dial_start(r->base, r->dns, host, port, store_redis_on_dial, r))) {
+        store_redis_backoff(r, "connect failed: out of memory");
+        return;
+    }
     event_add(r->handshake_timer, &tv);
 }
 
@@ -862,14 +867,14 @@ static void store_redis_connect(struct store_redis *r) {
     r->switching = 0;
     if (r->t != before || (!r->watch && redis_target_uses_sentinels(r->t))) {
         redis_watch_free(r->watch);
-        r->watch = redis_watch_start(r->t, r->base, store_redis_on_switch, r);
+        r->watch = redis_watch_start(r->t, r->base, r->dns, store_redis_on_switch, r);
     }
     redis_target_unref(before);
     if (!redis_target_uses_sentinels(r->t))
         snprintf(r->addr, sizeof r->addr, "%s", redis_target_name(r->t));
     store_redis_set_state(r, STORE_REDIS_DISCOVERING);
     redis_resolve_cancel(r->resolve);
-    if (!(r->resolve = redis_resolve_start(r->t, r->base, store_redis_on_resolved, r)))
+    if (!(r->resolve = redis_resolve_start(r->t, r->base, r->dns, store_redis_on_resolved, r)))
         store_redis_backoff(r, "connect failed: out of memory");
 }
 
@@ -887,6 +892,8 @@ static void store_redis_reconnect_now(struct store_redis *r) {
     event_del(r->probe_timer);
     event_del(r->handshake_timer);
     event_del(r->backoff_timer);
+    redis_dial_cancel(r->dial);
+    r->dial = NULL;
     r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
     store_redis_connect(r);
 }
@@ -923,6 +930,8 @@ struct store_redis *store_redis_new(struct redis_target *t, struct store *owner,
     if (!(r->handshake_timer = event_new(base, -1, 0, store_redis_on_handshake_timeout, r)))
         goto oom;
     if (!(r->probe_timer = event_new(base, -1, 0, store_redis_on_probe_timer, r))) goto oom;
+    /* NULL leaves only numeric addresses usable (the dial then says so) */
+    r->dns = redis_dns_new(base);
     /* a failure to connect now is not an error: commands wait, and the backoff retries */
     store_redis_connect(r);
     return r;
@@ -950,8 +959,11 @@ void store_redis_free(struct store_redis *r) {
         redisAsyncFree(ac); /* answers the abandoned commands with NULL: they free themselves */
     }
     redis_resolve_cancel(r->resolve);
+    redis_dial_cancel(r->dial);
     redis_watch_free(r->watch);
     redis_target_unref(r->t);
+    /* after every lookup on it is cancelled; pending cancel callbacks run now and free theirs */
+    if (r->dns) evdns_base_free(r->dns, 1);
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
     if (r->probe_timer) event_free(r->probe_timer);

@@ -105,7 +105,9 @@ test('SIGHUP: from a standalone redis.url to redis.sentinels', async (t) => {
     });
     await untilKeyOn(gw, solo, prefix, 11, 'a bucket on the standalone Redis');
     const cfg = structuredClone(gw.config);
-    cfg.redis = { sentinels: group.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 200 };
+    // the sentinels by name: looked up on the workers' loops (evdns, /etc/hosts)
+    const byName = group.sentinels.map((x) => `localhost:${x.port}`);
+    cfg.redis = { sentinels: byName, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 200 };
     gw.writeConfig(cfg);
     gw.reload();
     await waitFor(() => /reload: config .* applied/.test(gw.proc.stderr), { what: 'reload applied' });
