@@ -618,7 +618,7 @@ struct metrics_slot {
 
 /* The settings copied from the config. */
 struct metrics_redis {
-    struct redis_target *target; /* where to connect (redis_conn.h; SIGHUP publishes newer) */
+    struct redis_target *target; /* the config's; redis_connect takes the published one */
     char *prefix;
 };
 
@@ -703,12 +703,15 @@ static void slot_give_back(struct metrics_slot *s, struct metrics_batch *b) {
 
 /* ---- Redis ---- */
 
-/* A connection to the master as redis_conn.h finds it, with the settings published last.
- * *epoch (when not NULL): the redis_conn_epoch() it was made at. */
-static redisContext *redis_connect(struct metrics_redis *cfg, uint64_t *epoch, char *err,
+/* A connection to the master as redis_conn.h finds it, with the settings published last (else
+ * the config's; cfg->target itself never changes: the flush thread and the query threads share
+ * it). *epoch (when not NULL): the redis_conn_epoch() it was made at. */
+static redisContext *redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
                                    size_t errlen) {
-    uint64_t e = redis_conn_refresh(&cfg->target);
-    redisContext *c = redis_conn_open(cfg->target, err, errlen);
+    struct redis_target *t = redis_target_ref(cfg->target);
+    uint64_t e = redis_conn_refresh(&t);
+    redisContext *c = redis_conn_open(t, err, errlen);
+    redis_target_unref(t);
     if (c && epoch) *epoch = e;
     return c;
 }
