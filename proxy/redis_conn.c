@@ -734,7 +734,8 @@ struct redis_watch {
     void *arg;
     redisAsyncContext *ac;
     struct event *retry;
-    unsigned at; /* the sentinel subscribed to (or tried next) */
+    struct event *deadline; /* until the subscription is confirmed (a connect may hang) */
+    unsigned at;            /* the sentinel subscribed to (or tried next) */
 };
 
 static void watch_connect(struct redis_watch *w);
@@ -758,6 +759,7 @@ static void watch_retry(struct redis_watch *w, const char *why) {
     log_debug("redis: +switch-master watch on sentinel %s:%d: %s; trying the next", s->host,
               s->port, why);
     watch_close(w);
+    event_del(w->deadline);
     w->at = (w->at + 1) % (unsigned)w->t->n_sentinels;
     event_add(w->retry, &tv);
 }
@@ -776,7 +778,10 @@ static void watch_on_message(redisAsyncContext *ac, void *reply, void *privdata)
         watch_retry(w, why);
         return;
     }
-    /* ["message", "+switch-master", payload]; the "subscribe" confirmation is ignored */
+    /* ["subscribe", "+switch-master", 1] first, then ["message", "+switch-master", payload] */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "subscribe") == 0)
+        event_del(w->deadline);
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
         r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "message") != 0 ||
         r->element[2]->type != REDIS_REPLY_STRING)
@@ -841,8 +846,16 @@ static void watch_on_dial(const char *err, redisAsyncContext *ac, void *arg) {
     redisAsyncCommand(ac, watch_on_message, NULL, "SUBSCRIBE +switch-master");
 }
 
+static void watch_on_deadline(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    watch_retry(arg, "not subscribed in time");
+}
+
 static void watch_connect(struct redis_watch *w) {
     const struct redis_endpoint *s = &w->t->sentinels[w->at];
+    struct timeval tv = ms_tv(sentinel_ms(w->t) * 2);
+    event_add(w->deadline, &tv);
     if (!(w->dial = redis_dial_start(w->base, w->dns, s->host, s->port, watch_on_dial, w)))
         watch_retry(w, "out of memory");
 }
@@ -857,7 +870,8 @@ struct redis_watch *redis_watch_start(struct redis_target *t, struct event_base 
     w->cb = cb;
     w->arg = arg;
     w->at = atomic_load(&t->first) % (unsigned)t->n_sentinels;
-    if (!(w->retry = event_new(base, -1, 0, watch_on_retry, w))) {
+    if (!(w->retry = event_new(base, -1, 0, watch_on_retry, w)) ||
+        !(w->deadline = event_new(base, -1, 0, watch_on_deadline, w))) {
         redis_watch_free(w);
         return NULL;
     }
@@ -869,6 +883,7 @@ void redis_watch_free(struct redis_watch *w) {
     if (!w) return;
     watch_close(w);
     if (w->retry) event_free(w->retry);
+    if (w->deadline) event_free(w->deadline);
     redis_target_unref(w->t);
     free(w);
 }

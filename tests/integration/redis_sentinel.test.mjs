@@ -170,18 +170,25 @@ test('the master killed under load: answered throughout, limits on the promoted 
 // A failover the sentinels are asked for: the old master stays up and becomes a replica, so a
 // worker that kept its connection would get -READONLY on every write and the limits would never
 // reach the new master. +switch-master and -READONLY both send the workers to the sentinels again.
+// The group here requires a password everywhere: the master's comes from redis.url, the
+// sentinels' from sentinel_password_env.
 test('SENTINEL FAILOVER under load: every worker moves to the new master while the old one lives', async (t) => {
-  const g = await startSentinelGroup();
+  const password = `pw-${process.pid}-sentinel`;
+  const g = await startSentinelGroup({ password });
   const prefix = `gf${process.pid}:`;
   let gw;
   try {
     gw = await startGateway({
       mock,
       config: {
-        redis: { sentinels: g.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 100 },
+        redis: {
+          url: `redis://:${password}@ignored/0`, sentinels: g.addrs, master_name: MASTER_NAME,
+          sentinel_password_env: 'T_SENTINEL_PW', key_prefix: prefix, timeout_ms: 100,
+        },
         on_store_error: 'local',
         limits: [RULE],
       },
+      env: { T_SENTINEL_PW: password },
     });
     await untilKeyOn(gw, g.master, prefix, 31, 'a bucket on the first master');
     const load = loadUntil(gw);
@@ -194,7 +201,11 @@ test('SENTINEL FAILOVER under load: every worker moves to the new master while t
     t.diagnostic(`across the failover: ${r instanceof Error ? r.message : summary(r)}`);
     answeredThroughout(r);
     assert.ok(g.master.proc.child.exitCode === null, 'the old master still runs');
+    const xlen = () => Number(g.replica.cli('XLEN', 'capgate:audit'));
+    const before = xlen();
     await exactBurst(gw, 33);
+    await waitFor(() => xlen() >= before + RULE.burst + 3, { timeoutMs: 15000, intervalMs: 100, what: 'audit records on the new master' });
+    assert.doesNotMatch(gw.proc.stderr, new RegExp(password), 'the password is in no log line');
     assert.ok(exists(g.replica, keyOf(prefix, 33)), 'the bucket lives on the new master');
     assert.match(gw.proc.stderr, new RegExp(`switched master ${MASTER_NAME} to 127\\.0\\.0\\.1:${g.replica.port}`));
   } finally {

@@ -9,14 +9,15 @@ import { startRedis, freePort, tmpDir, waitFor, Proc } from './harness.mjs';
 
 export const MASTER_NAME = 'mymaster';
 
-function cli(port, ...a) {
-  return execFileSync('redis-cli', ['-p', String(port), ...a], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+function cli(port, password, ...a) {
+  const auth = password ? ['--no-auth-warning', '-a', password] : [];
+  return execFileSync('redis-cli', ['-p', String(port), ...auth, ...a], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
 }
 
 /** The address the sentinel on port says the master has, as "host:port", or null. */
-export function sentinelMaster(port) {
+export function sentinelMaster(port, password) {
   try {
-    const out = cli(port, 'SENTINEL', 'get-master-addr-by-name', MASTER_NAME).split('\n');
+    const out = cli(port, password, 'SENTINEL', 'get-master-addr-by-name', MASTER_NAME).split('\n');
     return out.length === 2 ? `${out[0]}:${out[1]}` : null;
   } catch {
     return null;
@@ -24,13 +25,23 @@ export function sentinelMaster(port) {
 }
 
 /**
- * Starts the group. opts: downAfterMs (1000), failoverTimeoutMs (5000).
+ * Starts the group. opts: downAfterMs (1000), failoverTimeoutMs (5000), password (the master, the
+ * replica and the sentinels all require it: requirepass, masterauth, sentinel auth-pass and
+ * sentinel-pass; the cli helpers send it).
  * Returns { master, replica (startRedis objects), sentinels: [{ port, proc, cli }],
  * addrs: ["127.0.0.1:port", ...], masterPortNow(), stop() }.
  */
-export async function startSentinelGroup({ downAfterMs = 1000, failoverTimeoutMs = 5000 } = {}) {
+export async function startSentinelGroup({ downAfterMs = 1000, failoverTimeoutMs = 5000, password } = {}) {
   const master = await startRedis();
-  const replica = await startRedis({ args: ['--replicaof', '127.0.0.1', String(master.port)] });
+  const replica = await startRedis();
+  for (const r of [master, replica]) {
+    if (password) {
+      r.cli('CONFIG', 'SET', 'masterauth', password);
+      r.cli('CONFIG', 'SET', 'requirepass', password);
+      r.cli = (...a) => cli(r.port, password, ...a);
+    }
+  }
+  replica.cli('REPLICAOF', '127.0.0.1', String(master.port));
   const sentinels = [];
   const stopAll = async () => {
     for (const s of sentinels) await s.proc.stop();
@@ -51,10 +62,11 @@ export async function startSentinelGroup({ downAfterMs = 1000, failoverTimeoutMs
         `sentinel down-after-milliseconds ${MASTER_NAME} ${downAfterMs}`,
         `sentinel failover-timeout ${MASTER_NAME} ${failoverTimeoutMs}`,
         `sentinel parallel-syncs ${MASTER_NAME} 1`,
+        ...(password ? [`requirepass ${password}`, `sentinel auth-pass ${MASTER_NAME} ${password}`, `sentinel sentinel-pass ${password}`] : []),
         '',
       ].join('\n'));
       const proc = new Proc('redis-server', [conf, '--sentinel']);
-      sentinels.push({ port, proc, cli: (...a) => cli(port, ...a) });
+      sentinels.push({ port, proc, cli: (...a) => cli(port, password, ...a) });
     }
     // Each sentinel knows the master, its replica and the two other sentinels (hello messages
     // every 2 s): only then can a failover get its quorum and majority.
@@ -79,7 +91,7 @@ export async function startSentinelGroup({ downAfterMs = 1000, failoverTimeoutMs
     /** The master's port as the first sentinel that answers says, or null. */
     masterPortNow() {
       for (const s of sentinels) {
-        const a = sentinelMaster(s.port);
+        const a = sentinelMaster(s.port, password);
         if (a) return Number(a.split(':')[1]);
       }
       return null;
