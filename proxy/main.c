@@ -31,10 +31,11 @@ static void usage(FILE *out) {
             "        debugging; a core file then holds the secrets of the config.\n"
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
             "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
-            "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
-            "certificate and key again (a file that does not load refuses the reload);\n"
-            "listen, tls_listen, admin_listen, admin, workers, upstream, http, redis, audit,\n"
-            "instance, metrics and log_format need a restart. SIGUSR1\n"
+            "idempotency, trusted_proxies, demo, demo_app, log_level and the redis connection\n"
+            "settings (Redis connections made again), and loads the tls certificate and key\n"
+            "again (a file that does not load refuses the reload); listen, tls_listen,\n"
+            "admin_listen, admin, workers, upstream, http, redis.key_prefix (and adding or\n"
+            "removing redis), audit, instance, metrics and log_format need a restart. SIGUSR1\n"
             "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
             "after a log rotation; SIGHUP reopens it too.\n");
 }
