@@ -119,6 +119,14 @@ test('SIGHUP: from a standalone redis.url to redis.sentinels', async (t) => {
     await exactBurst(gw, 13);
     assert.ok(exists(master, keyOf(prefix, 13)), 'the rule is kept on the sentinels\' master');
     t.diagnostic(`after the reload the store writes to port ${masterPort}`);
+    // a SIGHUP that leaves the redis section as it is (a log rotation) reconnects nothing
+    const reconnects = () => (gw.proc.stderr.match(/redis: new connection settings/g) || []).length;
+    const applied = () => (gw.proc.stderr.match(/reload: config .* applied/g) || []).length;
+    const [r0, a0] = [reconnects(), applied()];
+    assert.equal(r0, 1, gw.proc.stderr);
+    gw.reload();
+    await waitFor(() => applied() === a0 + 1, { what: 'the second reload applied' });
+    assert.equal(reconnects(), r0, 'the same settings: no reconnect');
   } finally {
     await gw?.stop();
     await solo.stop();
