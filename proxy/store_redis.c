@@ -870,8 +870,7 @@ static void store_redis_connect(struct store_redis *r) {
         r->watch = redis_watch_start(r->t, r->base, r->dns, store_redis_on_switch, r);
     }
     redis_target_unref(before);
-    if (!redis_target_uses_sentinels(r->t))
-        snprintf(r->addr, sizeof r->addr, "%s", redis_target_name(r->t));
+    snprintf(r->addr, sizeof r->addr, "%s", redis_target_name(r->t)); /* until connect_to */
     store_redis_set_state(r, STORE_REDIS_DISCOVERING);
     redis_resolve_cancel(r->resolve);
     if (!(r->resolve = redis_resolve_start(r->t, r->base, r->dns, store_redis_on_resolved, r)))
