@@ -43,6 +43,7 @@
 #include "capgate/thread.h"
 #include "config.h"
 #include "record.h"
+#include "redis_conn.h"
 #include "redis_fence.h"
 #include "resp.h"
 
@@ -751,6 +752,7 @@ struct audit {
 
     /* sink thread only */
     redisContext *redis;
+    uint64_t redis_epoch; /* redis_conn_epoch() at connect (or seen since): act when it moves */
     char script_sha[41];
     unsigned backoff_ms;
     uint64_t next_connect_us;
@@ -791,9 +793,7 @@ struct audit {
     pthread_mutex_t notify_lock; /* the queues' notify functions (audit.commit durable) */
 
     /* running queries */
-    pthread_mutex_t query_lock;
-    pthread_cond_t query_cond;
-    unsigned queries;
+    struct redis_query_set queries;
 };
 
 static void set_state(struct audit *a, enum audit_state s) {
@@ -872,40 +872,20 @@ static redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
     return r;
 }
 
-/* A synchronous connection with AUTH and SELECT as configured. NULL with err. */
-static redisContext *redis_open(const struct config_redis *rc, char *err, size_t errlen) {
-    struct timeval tv = {(time_t)(rc->timeout_ms / 1000),
-                         (suseconds_t)(rc->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(rc->host, rc->port, tv);
-    redisReply *r = NULL;
-    if (!c || c->err) {
-        snprintf(err, errlen, "connect %s:%d: %s", rc->host, rc->port, c ? c->errstr : "OOM");
-        goto fail;
-    }
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        snprintf(err, errlen, "set timeout: %s", c->errstr);
-        goto fail;
-    }
-    if (rc->password) {
-        r = redis_cmd(c, "AUTH %s", rc->password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "AUTH: %s", r ? r->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-        r = NULL;
-    }
-    r = redis_cmd(c, "SELECT %u", rc->db);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "SELECT %u: %s", rc->db, r ? r->str : c->errstr);
-        goto fail;
-    }
-    freeReplyObject(r);
+/* A synchronous connection to the master (redis_conn.h: the settings SIGHUP published last,
+ * else rc's; sentinels asked when configured), AUTH and SELECT done. NULL with err. *epoch: the
+ * redis_conn_epoch() the connection was made at (NULL: not wanted). */
+static redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
+                                size_t errlen) {
+    struct redis_target *t = redis_target_new(rc, err, errlen);
+    redisContext *c;
+    uint64_t e;
+    if (!t) return NULL;
+    e = redis_conn_refresh(&t);
+    c = redis_conn_open(t, err, errlen);
+    redis_target_unref(t);
+    if (c && epoch) *epoch = e;
     return c;
-fail:
-    if (r) freeReplyObject(r);
-    if (c) redisFree(c);
-    return NULL;
 }
 
 static void sink_disconnect(struct audit *a) {
@@ -1629,7 +1609,7 @@ out_free:
 
 static void try_connect(struct audit *a) {
     char err[256];
-    a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+    a->redis = redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
     if (!a->redis) {
         sink_failed(a, err);
         return;
@@ -1649,8 +1629,27 @@ static void try_connect(struct audit *a) {
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0) free_names(names, n);
     log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
-    log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
+    log_info("audit: connected to redis %s:%d", a->redis->tcp.host, a->redis->tcp.port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
+}
+
+/* New settings (SIGHUP) or a new master (+switch-master): between two batches, the connection
+ * is closed and a new one made at once, through the spool's usual reconnect path; a sink waiting
+ * out its backoff tries at once. */
+static void sink_check_epoch(struct audit *a) {
+    uint64_t e = redis_conn_epoch();
+    if (a->redis_epoch == e || !a->cfg->redis) return;
+    a->redis_epoch = e;
+    a->next_connect_us = clock_mono_us();
+    a->backoff_ms = BACKOFF_MIN_MS;
+    if (!a->redis) return;
+    log_info("audit: redis settings or master changed; reconnecting");
+    sink_disconnect(a);
+    if (a->replay_fp) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+    set_state(a, AUDIT_SPOOLING);
 }
 
 /* ---- the memory stream ---- */
@@ -1924,7 +1923,7 @@ static void sink_last_resort(struct audit *a) {
     }
     if (!a->redis && a->cfg->redis) {
         char err[256];
-        a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+        a->redis = redis_open(a->cfg->redis, NULL, err, sizeof(err));
         if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
@@ -2093,6 +2092,7 @@ static void *sink_main(void *arg) {
             else
                 log_info("audit: the held records are written; the worker queues drain again");
         }
+        sink_check_epoch(a);
         enum audit_state s = (enum audit_state)atomic_load(&a->state);
         if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
             try_connect(a);
@@ -2148,9 +2148,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     a->client.id = -1;
     a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
-    pthread_mutex_init(&a->query_lock, NULL);
     pthread_mutex_init(&a->notify_lock, NULL);
-    pthread_cond_init(&a->query_cond, NULL);
+    redis_query_set_init(&a->queries);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
     snprintf(a->wait_replicas, sizeof(a->wait_replicas), "%u", cfg->audit.min_replicas);
     snprintf(a->wait_ms, sizeof(a->wait_ms), "%u", cfg->redis ? cfg->redis->timeout_ms : 0);
@@ -2305,9 +2304,7 @@ void audit_free(struct audit *a) {
         sink_wake(a);
         pthread_join(a->thread, NULL);
     }
-    pthread_mutex_lock(&a->query_lock);
-    while (a->queries > 0) pthread_cond_wait(&a->query_cond, &a->query_lock);
-    pthread_mutex_unlock(&a->query_lock);
+    redis_query_set_wait(&a->queries);
     for (unsigned w = 0; a->queues && w < a->n_workers; w++) {
         struct audit_queue *q = a->queues[w];
         if (!q) continue;
@@ -2340,9 +2337,8 @@ void audit_free(struct audit *a) {
     sink_disconnect(a);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
-    pthread_mutex_destroy(&a->query_lock);
     pthread_mutex_destroy(&a->notify_lock);
-    pthread_cond_destroy(&a->query_cond);
+    redis_query_set_destroy(&a->queries);
     free(a);
 }
 
@@ -2451,11 +2447,6 @@ static int query_match(const struct audit_query *q, const struct audit_record *r
 struct query_job {
     struct audit *a;
     struct audit_query q;
-    struct event_base *base;
-    void (*done)(const char *json, int http_status, void *arg);
-    void *arg;
-    char *json;
-    int status;
 };
 
 static int query_add(json_t *records, const struct audit_record *r) {
@@ -2467,7 +2458,7 @@ static int query_add(json_t *records, const struct audit_record *r) {
 static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
                        size_t errlen) {
     const struct config *cfg = j->a->cfg;
-    redisContext *c = redis_open(cfg->redis, err, errlen);
+    redisContext *c = redis_open(cfg->redis, NULL, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
     if (!c) return -1;
@@ -2530,82 +2521,41 @@ static void query_memory(struct query_job *j, json_t *records, uint64_t *scanned
     pthread_mutex_unlock(&a->mem_lock);
 }
 
-static void query_deliver(evutil_socket_t fd, short what, void *arg) {
-    struct query_job *j = arg;
-    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500, j->arg);
-    free(j->json);
-    free(j);
-}
-
-static void *query_main(void *arg) {
+/* On the query's own thread (redis_query_run): the JSON answer and its status. */
+static char *query_work(void *arg, int *status) {
     struct query_job *j = arg;
     struct audit *a = j->a;
     json_t *records = json_array(), *o = NULL;
     uint64_t scanned = 0;
-    char err[256] = "";
+    char err[256] = "", *json = NULL;
     if (!records) goto out;
     if (a->cfg->redis) {
         if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
             o = json_pack("{s:s}", "error", err);
-            j->status = 503;
+            *status = 503;
         }
     } else {
         query_memory(j, records, &scanned);
     }
     if (!o) {
         o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
-        j->status = 200;
+        *status = 200;
     }
-    if (o) j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (o) json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
     json_decref(records);
     json_decref(o);
-    const struct timeval now = {0, 0};
-    if (event_base_once(j->base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-        log_error("audit: cannot deliver a query result to the event loop");
-        free(j->json);
-        free(j);
-    }
-    pthread_mutex_lock(&a->query_lock);
-    a->queries--;
-    pthread_cond_broadcast(&a->query_cond);
-    pthread_mutex_unlock(&a->query_lock);
-    return NULL;
+    return json;
 }
 
 void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,
                  void (*done)(const char *json, int http_status, void *arg), void *arg) {
     struct query_job *j = calloc(1, sizeof(*j));
-    pthread_t t;
-    pthread_attr_t attr;
     if (!j) {
         done("{\"error\":\"out of memory\"}", 500, arg);
         return;
     }
     j->a = a;
     j->q = *q;
-    j->base = base;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&a->query_lock);
-    a->queries++;
-    pthread_mutex_unlock(&a->query_lock);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = thread_start(&t, &attr, query_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        pthread_mutex_lock(&a->query_lock);
-        a->queries--;
-        pthread_cond_broadcast(&a->query_cond);
-        pthread_mutex_unlock(&a->query_lock);
-        j->json = strdup("{\"error\":\"cannot start the query thread\"}");
-        j->status = 503;
-        const struct timeval now = {0, 0};
-        if (event_base_once(base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-            free(j->json);
-            free(j);
-            done("{\"error\":\"cannot start the query thread\"}", 503, arg);
-        }
-    }
+    redis_query_run(&a->queries, base, query_work, j, free, done, arg);
 }

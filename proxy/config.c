@@ -419,6 +419,9 @@ enum field_kind {
     4u             /* top-level keys: a SIGHUP reload applies it (and all under it); without it
                        * a change is logged as needing a restart */
 #define F_SHOWN 8u /* secret kinds: not a secret (a secret id), the dump shows the value */
+#define F_RESTART \
+    16u /* a field under a F_RELOAD key that a reload still does not apply (redis.key_prefix);
+         * a F_RELOAD object behind a pointer (redis) added or removed needs a restart too */
 
 /* What the dump and the reload diff see of a field (parsing ignores it). */
 enum field_shape {
@@ -1120,7 +1123,9 @@ static int same_limit_match(const struct field *f, const char *a, const char *b)
 static int dump_redis_url(const struct field *f, const char *base, json_t **out) {
     const struct config_redis *r = (const struct config_redis *)base;
     char url[600];
-    int v6 = strchr(r->host, ':') != NULL;
+    int v6;
+    if (!r->url) return 0; /* sentinels without a url */
+    v6 = strchr(r->host, ':') != NULL;
     snprintf(url, sizeof url, "redis://%s%s%s%s:%d/%u", r->password ? ":" MASK "@" : "",
              v6 ? "[" : "", r->host, v6 ? "]" : "", r->port, r->db);
     return (*out = json_string(url)) ? 0 : -1;
@@ -1130,7 +1135,29 @@ static int dump_redis_url(const struct field *f, const char *base, json_t **out)
 static int same_redis_url(const struct field *f, const char *a, const char *b) {
     const struct config_redis *x = (const struct config_redis *)a;
     const struct config_redis *y = (const struct config_redis *)b;
-    return same_str(x->host, y->host) && x->port == y->port && x->db == y->db;
+    return same_str(x->host, y->host) && x->port == y->port && x->db == y->db && !x->url == !y->url;
+}
+
+/* redis.sentinels as "host:port" strings (IPv6 in brackets). */
+static int dump_redis_sentinels(const struct field *f, const char *base, json_t **out) {
+    const struct config_redis *r = (const struct config_redis *)base;
+    if (!r->n_sentinels) return 0;
+    if (!(*out = json_array())) return -1;
+    for (size_t i = 0; i < r->n_sentinels; i++)
+        if (json_array_append_new(*out, host_port(r->sentinels[i].host, r->sentinels[i].port)))
+            return -1;
+    return 0;
+}
+
+static int same_redis_sentinels(const struct field *f, const char *a, const char *b) {
+    const struct config_redis *x = (const struct config_redis *)a;
+    const struct config_redis *y = (const struct config_redis *)b;
+    if (x->n_sentinels != y->n_sentinels) return 0;
+    for (size_t i = 0; i < x->n_sentinels; i++)
+        if (!same_str(x->sentinels[i].host, y->sentinels[i].host) ||
+            x->sentinels[i].port != y->sentinels[i].port)
+            return 0;
+    return 1;
 }
 
 static int dump_pii_key(const struct field *f, const char *base, json_t **out) {
@@ -1232,12 +1259,13 @@ static const struct field upstream_fields[] = {
     END,
 };
 
+static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base);
+
 static const struct field redis_fields[] = {
     {.key = "url",
      .kind = FK_STRING,
      .off = offsetof(struct config_redis, url),
      .flag_off = NO_FLAG,
-     .flags = F_REQUIRED,
      .dump = dump_redis_url,
      .same = same_redis_url},
     SECRET("password_env", FK_SECRET_ENV, struct config_redis, password, "password", NO_FLAG),
@@ -1247,7 +1275,26 @@ static const struct field redis_fields[] = {
      .kind = FK_STRING,
      .off = offsetof(struct config_redis, key_prefix),
      .max = CONFIG_KEY_PREFIX_MAX,
+     .flag_off = NO_FLAG,
+     .flags = F_RESTART},
+    CUSTOM_LEAF("sentinels", parse_redis_sentinels, dump_redis_sentinels, same_redis_sentinels, 0),
+    {.key = "master_name",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, master_name),
+     .max = 200,
      .flag_off = NO_FLAG},
+    {.key = "sentinel_username",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, sentinel_username),
+     .max = 200,
+     .flag_off = NO_FLAG},
+    /* _env first: the group's dump is null when unset */
+    SECRET("sentinel_password_env", FK_SECRET_ENV, struct config_redis, sentinel_password,
+           "sentinel_password", NO_FLAG),
+    SECRET("sentinel_password_file", FK_SECRET_FILE, struct config_redis, sentinel_password,
+           "sentinel_password", NO_FLAG),
+    SECRET("sentinel_password", FK_SECRET, struct config_redis, sentinel_password,
+           "sentinel_password", offsetof(struct config_redis, sentinel_password_literal)),
     END,
 };
 
@@ -1602,6 +1649,36 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     return parse_v3_url(x, u);
 }
 
+/* redis.sentinels: a non-empty list of "host:port" (IPv6 in brackets), at most 16. */
+static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base) {
+    struct config_redis *r = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16) {
+        if (json_is_array(v))
+            snprintf(got, sizeof got, "%zu", json_array_size(v));
+        else
+            describe(v, got, sizeof got);
+        return fail(x, "must be a list of 1 to 16 \"host:port\" Sentinel addresses; got %s", got);
+    }
+    if (!(r->sentinels = calloc(json_array_size(v), sizeof *r->sentinels))) return oom(x);
+    json_array_foreach(v, i, e) {
+        int port = 0;
+        push_index(x, i);
+        if (!json_is_string(e) ||
+            split_host_port(json_string_value(e), &r->sentinels[i].host, &port, 1) != 0 ||
+            port == 0) {
+            describe(e, got, sizeof got);
+            return fail(x, "must be \"host:port\" with a port 1..65535; got %s", got);
+        }
+        r->sentinels[i].port = port;
+        r->n_sentinels = i + 1;
+        pop(x);
+    }
+    return 0;
+}
+
 static int parse_redis(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     const char *why = NULL;
@@ -1611,6 +1688,21 @@ static int parse_redis(struct ctx *x, json_t *v, void *base) {
     c->redis->timeout_ms = 100;
     if (set_str(&c->redis->key_prefix, "capgate:")) return oom(x);
     if (parse_object(x, v, redis_fields, c->redis)) return -1;
+    if (c->redis->n_sentinels && !c->redis->master_name)
+        return fail(x, "missing required key \"master_name\" (the sentinels' name of the master)");
+    if (!c->redis->n_sentinels && c->redis->master_name) {
+        push_key(x, "master_name");
+        return fail(x, "needs \"sentinels\": the addresses to ask for this master");
+    }
+    if (!c->redis->n_sentinels && (c->redis->sentinel_password || c->redis->sentinel_username))
+        return fail(x, "sentinel_username/sentinel_password need \"sentinels\"");
+    if (!c->redis->url) {
+        if (!c->redis->n_sentinels)
+            return fail(x, "missing required key \"url\" (or \"sentinels\" and \"master_name\")");
+        /* the master's address comes from the sentinels; AUTH and SELECT as password / db 0 */
+        if (set_str(&c->redis->host, c->redis->master_name)) return oom(x);
+        return 0;
+    }
     if (parse_redis_url(c->redis, &why) != 0) {
         int rc;
         push_key(x, "url");
@@ -1899,7 +1991,8 @@ static const struct field config_fields[] = {
      .shape = SHAPE_OBJECT_PTR,
      .sub = redis_fields,
      .off = offsetof(struct config, redis),
-     .flag_off = NO_FLAG},
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
     {.key = "on_store_error",
      .kind = FK_ENUM,
      .off = offsetof(struct config, on_store_error),
@@ -2226,6 +2319,11 @@ void config_free(struct config *c) {
         free(c->redis->host);
         secmem_free(c->redis->password);
         free(c->redis->key_prefix);
+        for (size_t i = 0; i < c->redis->n_sentinels; i++) free(c->redis->sentinels[i].host);
+        free(c->redis->sentinels);
+        free(c->redis->master_name);
+        free(c->redis->sentinel_username);
+        secmem_free(c->redis->sentinel_password);
         free(c->redis);
     }
     for (size_t i = 0; i < c->n_apps; i++) {
@@ -2434,10 +2532,14 @@ struct diff {
     int applied;
     config_change_fn fn;
     void *arg;
-    size_t count;
+    size_t count; /* changes reported */
+    size_t seen;  /* changes found, reported or not (a list's "reordered") */
 };
 
-static void diff_report(struct diff *d, const char *path, const char *detail) {
+/* reload: whether a reload applies this change; only those of the pass's kind are reported. */
+static void diff_report(struct diff *d, const char *path, const char *detail, int reload) {
+    d->seen++;
+    if (!reload != !d->applied) return;
     d->count++;
     d->fn(path, detail, d->applied, d->arg);
 }
@@ -2461,7 +2563,7 @@ static void value_text(const struct field *f, const char *base, char *buf, size_
 }
 
 static void diff_object(struct diff *d, const struct field *table, const char *a, const char *b,
-                        const char *prefix);
+                        const char *prefix, int reload);
 
 /* The name of a list element whose fields have a "name" (apps, limits), or NULL. */
 static const char *element_name(const struct field *sub, const char *elem) {
@@ -2475,10 +2577,10 @@ static const char *element_name(const struct field *sub, const char *elem) {
  * another order: "reordered", which matters to limits), others by index. Called when the lists
  * differ. */
 static void diff_list(struct diff *d, const struct field *f, const char *a, const char *b,
-                      const char *path) {
+                      const char *path, int reload) {
     const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
     size_t nx = *(const size_t *)(a + f->count_off), ny = *(const size_t *)(b + f->count_off);
-    size_t reported = d->count;
+    size_t reported = d->seen;
     char where[CONFIG_NAME_MAX + 300];
     int named = (nx && element_name(f->sub, x)) || (ny && element_name(f->sub, y));
     for (size_t j = 0; j < ny; j++) {
@@ -2493,9 +2595,9 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
             snprintf(where, sizeof where, "%s[%zu]", path, j);
         }
         if (!o)
-            diff_report(d, where, "added");
+            diff_report(d, where, "added", reload);
         else if (!same_object(f->sub, o, e))
-            diff_report(d, where, "changed");
+            diff_report(d, where, "changed", reload);
     }
     for (size_t i = 0; i < nx; i++) {
         const char *o = x + i * f->elem_size;
@@ -2509,45 +2611,46 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
             kept = i < ny;
             snprintf(where, sizeof where, "%s[%zu]", path, i);
         }
-        if (!kept) diff_report(d, where, "removed");
+        if (!kept) diff_report(d, where, "removed", reload);
     }
-    if (d->count == reported) diff_report(d, path, "reordered");
+    if (d->seen == reported) diff_report(d, path, "reordered", reload);
 }
 
 static void diff_field(struct diff *d, const struct field *f, const char *a, const char *b,
-                       const char *path) {
+                       const char *path, int reload) {
     char was[128], now[128], detail[300];
     if (same_value(f, a, b)) return;
+    if (f->flags & F_RESTART) reload = 0;
     switch (f->shape) {
-    case SHAPE_OBJECT: diff_object(d, f->sub, a + f->off, b + f->off, path); return;
+    case SHAPE_OBJECT: diff_object(d, f->sub, a + f->off, b + f->off, path, reload); return;
     case SHAPE_OBJECT_PTR: {
         const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
         if (x && y)
-            diff_object(d, f->sub, x, y, path);
-        else
-            diff_report(d, path, x ? "removed" : "added");
+            diff_object(d, f->sub, x, y, path, reload);
+        else /* the section's presence picks a backend: a restart */
+            diff_report(d, path, x ? "removed" : "added", 0);
         return;
     }
-    case SHAPE_LIST: diff_list(d, f, a, b, path); return;
+    case SHAPE_LIST: diff_list(d, f, a, b, path, reload); return;
     case SHAPE_LEAF: break;
     }
     if (is_secret(f)) {
-        diff_report(d, path, "changed");
+        diff_report(d, path, "changed", reload);
         return;
     }
     value_text(f, a, was, sizeof was);
     value_text(f, b, now, sizeof now);
     snprintf(detail, sizeof detail, "%s -> %s", was, now);
-    diff_report(d, path, detail);
+    diff_report(d, path, detail, reload);
 }
 
 static void diff_object(struct diff *d, const struct field *table, const char *a, const char *b,
-                        const char *prefix) {
+                        const char *prefix, int reload) {
     char path[256];
     for (const struct field *f = table; f->key; f++) {
         if (group_follower(table, f)) continue;
         snprintf(path, sizeof path, "%s.%s", prefix, field_name(f));
-        diff_field(d, f, a, b, path);
+        diff_field(d, f, a, b, path, reload);
     }
 }
 
@@ -2555,8 +2658,8 @@ size_t config_diff(const struct config *a, const struct config *b, int applied, 
                    void *arg) {
     struct diff d = {.applied = !!applied, .fn = fn, .arg = arg};
     for (const struct field *f = config_fields; f->key; f++) {
-        if (!(f->flags & F_RELOAD) != !applied || group_follower(config_fields, f)) continue;
-        diff_field(&d, f, (const char *)a, (const char *)b, field_name(f));
+        if (group_follower(config_fields, f)) continue;
+        diff_field(&d, f, (const char *)a, (const char *)b, field_name(f), !!(f->flags & F_RELOAD));
     }
     return d.count;
 }
@@ -2576,7 +2679,7 @@ static void keys_walk(const struct field *table, const char *prefix, const struc
             continue;
         }
         k.top = field_name(t);
-        k.reload = !!(t->flags & F_RELOAD);
+        k.reload = !!(t->flags & F_RELOAD) && !(f->flags & F_RESTART);
         k.secret = is_secret(f);
         k.env_file = f->group != NULL;
         k.names = f->names;
@@ -2631,6 +2734,10 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
     if (c->upstream.secret_literal)
         warn("upstream.secret_key is written in the config file: use secret_key_env or "
              "secret_key_file outside local development",
+             arg);
+    if (c->redis && c->redis->sentinel_password_literal)
+        warn("redis.sentinel_password is written in the config file: use "
+             "sentinel_password_env or sentinel_password_file outside local development",
              arg);
     for (size_t i = 0; i < c->n_apps; i++) {
         if (!c->apps[i].secret_literal) continue;

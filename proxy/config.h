@@ -77,15 +77,29 @@ struct config_captcha_app {
     int secret_literal;
 };
 
-/* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. */
+/* A Sentinel's address (redis.sentinels[]). */
+struct config_redis_sentinel {
+    char *host;
+    int port;
+};
+
+/* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. With
+ * sentinels, the master is asked of them (proxy/redis_conn.h) and url, if given, only brings the
+ * password and the db. */
 struct config_redis {
-    char *url; /* redis://[:password@]host[:port][/db] */
+    char *url; /* redis://[:password@]host[:port][/db]; NULL with sentinels and no url */
     char *host;
     int port;       /* default 6379 */
     unsigned db;    /* default 0 */
     char *password; /* from password_env, or from the url; NULL when none */
     unsigned timeout_ms;
     char *key_prefix; /* default "capgate:" */
+    struct config_redis_sentinel *sentinels;
+    size_t n_sentinels; /* 0: connect to host:port */
+    char *master_name;  /* required with sentinels */
+    char *sentinel_username;
+    char *sentinel_password; /* secmem; NULL: no AUTH to the sentinels */
+    int sentinel_password_literal;
 };
 
 enum config_store_error {

@@ -33,6 +33,7 @@
 #include "pipeline.h"
 #include "pool.h"
 #include "prometheus.h"
+#include "redis_conn.h"
 #include "store.h"
 #include "upstream.h"
 
@@ -372,6 +373,14 @@ static void gateway_reload(struct gateway *g) {
     }
     if (g->front_tls && c->tls.cert_file)
         log_info("reload: tls certificate %s loaded for new connections", c->tls.cert_file);
+    /* the redis connection settings: whether Redis is used at all and its key_prefix stay as
+     * at start (reload_log_changes says so) */
+    if (c->redis && g->boot->config->redis && redis_conn_publish(c->redis, err, sizeof(err)) != 0) {
+        log_error("reload refused: redis: %s; keeping the running config", err);
+        g->process.reloads_failed++;
+        config_free(c);
+        return;
+    }
     reload_log_changes(g->current->config, g->boot->config, c);
     struct shared_config *pc = shared_config_new(c);
     if (!pc) {
@@ -456,6 +465,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     if (!(g->pool = pool_new())) goto oom;
     g->store_shared = store_shared_new(c, err, errlen);
     if (!g->store_shared) goto fail;
+    /* every Redis client connects with the settings published last (SIGHUP publishes anew) */
+    if (c->redis && redis_conn_publish(c->redis, err, errlen) != 0) goto fail;
     /* Redis is not contacted here: an unreachable one only delays the flushes. */
     g->metrics = metrics_new(c, g->n_workers, err, errlen);
     if (!g->metrics) goto fail;
@@ -644,6 +655,7 @@ void gateway_free(struct gateway *g) {
     free(g->stats);
     nonce_cache_free(g->nonces);
     store_shared_free(g->store_shared);
+    redis_conn_unpublish();
     pool_free(g->pool);
     if (g->ssl_ctx) SSL_CTX_free(g->ssl_ctx);
     tls_server_free(g->front_tls); /* after the workers' httpd: no accept is left */

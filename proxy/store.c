@@ -13,8 +13,8 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
-#include "capgate/secmem.h"
 #include "config.h"
+#include "redis_conn.h"
 
 struct store_shared {
     const struct store_ops *ops;
@@ -22,8 +22,8 @@ struct store_shared {
     atomic_int heartbeat_taken; /* one store of the process sends the heartbeats */
     char *heartbeat_key;        /* <prefix>instances */
     char *instance;
-    struct store_memory *memory;      /* the memory store, or the local fallback beside redis */
-    struct store_redis_options redis; /* copies of the config's strings (it may be reloaded) */
+    struct store_memory *memory; /* the memory store, or the local fallback beside redis */
+    struct redis_target *redis;  /* the settings at start; SIGHUP publishes newer (redis_conn.h) */
 };
 
 enum store_deferred_kind { STORE_DEFERRED_LIMIT, STORE_DEFERRED_POOL, STORE_DEFERRED_IDEM };
@@ -54,11 +54,6 @@ struct store {
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
-/* The password copy lives in secmem: out of core dumps, wiped when freed. */
-static void store_secret_free(char *s) {
-    secmem_free(s);
-}
-
 struct store_shared *store_shared_new(const struct config *cfg, char *err, size_t errlen) {
     struct store_shared *sh = calloc(1, sizeof *sh);
     if (!sh) goto oom;
@@ -73,15 +68,7 @@ struct store_shared *store_shared_new(const struct config *cfg, char *err, size_
         snprintf(sh->heartbeat_key, klen, "%sinstances", r->key_prefix ? r->key_prefix : "");
         if (!(sh->instance = strdup(cfg->instance && *cfg->instance ? cfg->instance : "capgate")))
             goto oom;
-        if (!r->host || !*r->host) {
-            snprintf(err, errlen, "redis: no host");
-            goto fail;
-        }
-        if (!(sh->redis.host = strdup(r->host))) goto oom;
-        if (r->password && !(sh->redis.password = secmem_strdup(r->password))) goto oom;
-        sh->redis.port = r->port ? r->port : 6379;
-        sh->redis.db = r->db;
-        sh->redis.timeout_ms = r->timeout_ms ? r->timeout_ms : 100;
+        if (!(sh->redis = redis_target_new(cfg->redis, err, errlen))) goto fail;
     } else {
         sh->ops = &store_memory_ops;
     }
@@ -98,8 +85,7 @@ void store_shared_free(struct store_shared *sh) {
     store_memory_free(sh->memory);
     free(sh->heartbeat_key);
     free(sh->instance);
-    free(sh->redis.host);
-    store_secret_free(sh->redis.password);
+    redis_target_unref(sh->redis);
     free(sh);
 }
 
@@ -117,8 +103,8 @@ struct store_memory *store_memory_of(struct store *s) {
     return s->sh->memory;
 }
 
-const struct store_redis_options *store_redis_options_of(struct store *s) {
-    return &s->sh->redis;
+struct redis_target *store_redis_target_of(struct store *s) {
+    return s->sh->redis;
 }
 
 /* Calls d's callback once (err overrides: STORE_CLOSED_MESSAGE) and frees d. */

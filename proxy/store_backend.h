@@ -8,7 +8,7 @@
 #include "store.h"
 
 struct store_memory;
-struct store_redis_options;
+struct redis_target;
 
 /* A prefetch pool or idempotency operation and its arguments (borrowed for the call). */
 enum store_op {
@@ -61,9 +61,9 @@ extern const struct store_ops store_memory_ops;
 extern const struct store_ops store_redis_ops;
 
 /* What store_shared holds for the backends: the process's memory tables (the memory store, or
- * the local fallback beside Redis) and the Redis connection options. */
+ * the local fallback beside Redis) and where Redis is (redis_conn.h). */
 struct store_memory *store_memory_of(struct store *s);
-const struct store_redis_options *store_redis_options_of(struct store *s);
+struct redis_target *store_redis_target_of(struct store *s);
 
 /* Memory (store_memory.c): buckets in a hash table shared by every thread, striped mutexes taken
  * in ascending stripe order. Expired buckets (TAT in the past by more than the tolerance) are
@@ -97,19 +97,11 @@ int store_memory_idem_abandon(struct store_memory *m, const char *key, const cha
 size_t store_memory_idem_count(struct store_memory *m);  /* records held, expired ones included */
 size_t store_memory_idem_chains(struct store_memory *m); /* the table grows with its records */
 
-/* Where the redis backend connects; store_shared owns a copy of the config's values. */
-struct store_redis_options {
-    char *host;
-    int port;
-    unsigned db;
-    char *password;      /* NULL: no AUTH */
-    unsigned timeout_ms; /* every command, queue wait included */
-};
-
 /* Redis (store_redis.c): one connection on the worker's base, owned by a struct store; its
- * table is store_redis_ops. */
+ * table is store_redis_ops. t: where it connects first (redis_conn.h; a reference is taken);
+ * every connect takes the process's current settings when a SIGHUP published newer ones. */
 struct store_redis;
-struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+struct store_redis *store_redis_new(struct redis_target *t, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen);
 /* Pending callbacks fire with STORE_CLOSED_MESSAGE before it returns. */
 void store_redis_free(struct store_redis *r);

@@ -17,12 +17,22 @@
  * from then on every command is answered at once with an error (the caller applies
  * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
  * again when a probe succeeds: a PING on the same connection (its reply comes after every late
- * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake. */
+ * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake.
+ * Where it connects comes from redis_conn.h: with sentinels every connect first asks them for the
+ * master (without blocking the loop) and the handshake ends with ROLE, which must say master; a
+ * -READONLY reply (the server became a replica: nothing was written) puts the command back in the
+ * queue, once, and the connection is replaced as soon as its other replies are in, without
+ * backoff (so the next connect discovers again); a second -READONLY for the same command drops
+ * the connection and backs off, as a server still named master but refusing writes would
+ * otherwise be reconnected to in a loop; a +switch-master
+ * heard by the watch, or a SIGHUP that published new settings, moves the epoch: the connection
+ * then takes no new command, and once its last reply is in it is closed and a new one made. */
 #include "store_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <event2/dns.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
@@ -32,6 +42,7 @@
 #include "capgate/log.h"
 #include "capgate/num.h"
 #include "capgate/strbuf.h"
+#include "redis_conn.h"
 #include "resp.h"
 #include "store_lua.h"
 
@@ -49,17 +60,19 @@
 
 enum store_redis_state {
     STORE_REDIS_DISCONNECTED,
+    STORE_REDIS_DISCOVERING,
     STORE_REDIS_CONNECTING,
     STORE_REDIS_AUTHENTICATING,
     STORE_REDIS_SELECTING,
+    STORE_REDIS_CHECKING_ROLE,
     STORE_REDIS_LOADING,
     STORE_REDIS_READY,
     STORE_REDIS_BACKOFF,
 };
 
 static const char *const store_redis_state_names[] = {
-    "disconnected",    "connecting", "authenticating", "selecting",
-    "loading scripts", "ready",      "backoff",
+    "disconnected",  "finding the master", "connecting", "authenticating", "selecting",
+    "checking ROLE", "loading scripts",    "ready",      "backoff",
 };
 
 /* Script 0 is the limit script; script 1 + op serves enum store_op. */
@@ -75,6 +88,7 @@ enum store_redis_cmd_kind {
     STORE_REDIS_CMD_CACHE, /* a caller's pool or idempotency EVALSHA */
     STORE_REDIS_CMD_AUTH,
     STORE_REDIS_CMD_SELECT,
+    STORE_REDIS_CMD_ROLE,   /* sentinels: the master's address must be a master */
     STORE_REDIS_CMD_LOAD,   /* SCRIPT LOAD while connecting */
     STORE_REDIS_CMD_RELOAD, /* SCRIPT LOAD after NOSCRIPT */
     STORE_REDIS_CMD_PROBE,  /* PING while marked down on a live connection */
@@ -100,9 +114,10 @@ struct store_redis_cmd {
     void *arg;
     struct event *timer; /* caller commands only */
     int noscript_retried;
-    unsigned script;  /* index in store_redis_scripts */
-    enum store_op op; /* CACHE */
-    size_t argc;      /* CACHE: owned argv strings */
+    int readonly_retried; /* queued again once after -READONLY */
+    unsigned script;      /* index in store_redis_scripts */
+    enum store_op op;     /* CACHE */
+    size_t argc;          /* CACHE: owned argv strings */
     char *argv[STORE_REDIS_CACHE_ARGS];
     size_t argvlen[STORE_REDIS_CACHE_ARGS];
     size_t n;
@@ -125,7 +140,15 @@ struct store_redis_list {
 struct store_redis {
     struct store *owner;
     struct event_base *base;
-    const struct store_redis_options *opt; /* borrowed from store_shared */
+    struct redis_target *t; /* the settings connected with (refreshed at each connect) */
+    uint64_t epoch;         /* redis_conn_epoch() when they were taken */
+    unsigned timeout_ms;
+    char addr[REDIS_CONN_HOST_MAX + 16]; /* the server connected to, for logs */
+    struct redis_resolve *resolve;       /* DISCOVERING */
+    struct redis_dial *dial;             /* CONNECTING, before hiredis has the connection */
+    struct evdns_base *dns;              /* host names, looked up without blocking the loop */
+    struct redis_watch *watch;           /* +switch-master, with sentinels */
+    int switching; /* the epoch moved: no new command here; reconnect once inflight is empty */
     enum store_redis_state state;
     redisAsyncContext *ac;
     struct event *backoff_timer, *handshake_timer;
@@ -156,15 +179,14 @@ static struct log_limiter store_redis_warning = LOG_LIMITER_INIT(60, 0);
 static void store_redis_set_state(struct store_redis *r, enum store_redis_state to) {
     if (r->state == to) return;
     if (to == STORE_REDIS_READY) {
-        log_limited_ok(&store_redis_warning, LOG_LEVEL_INFO, "redis %s:%d: connected again",
-                       r->opt->host, r->opt->port);
+        log_limited_ok(&store_redis_warning, LOG_LEVEL_INFO, "redis %s: connected again", r->addr);
     }
     if (to == STORE_REDIS_READY)
-        log_info("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
-                 store_redis_state_names[r->state], store_redis_state_names[to]);
+        log_info("redis %s: %s → %s", r->addr, store_redis_state_names[r->state],
+                 store_redis_state_names[to]);
     else
-        log_debug("redis %s:%d: %s → %s", r->opt->host, r->opt->port,
-                  store_redis_state_names[r->state], store_redis_state_names[to]);
+        log_debug("redis %s: %s → %s", r->addr, store_redis_state_names[r->state],
+                  store_redis_state_names[to]);
     r->state = to;
 }
 
@@ -180,9 +202,9 @@ static void store_redis_mark_down(struct store_redis *r, const char *why) {
         r->down = 1;
         snprintf(r->down_why, sizeof r->down_why, "%s", why);
         log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
-                    "redis %s:%d: store marked down (%s); commands fail at once until it "
+                    "redis %s: store marked down (%s); commands fail at once until it "
                     "answers",
-                    r->opt->host, r->opt->port, why);
+                    r->addr, why);
     }
     if (r->state == STORE_REDIS_READY) store_redis_probe(r);
 }
@@ -192,8 +214,8 @@ static void store_redis_mark_up(struct store_redis *r, const char *how) {
     r->down = 0;
     r->down_why[0] = 0;
     event_del(r->probe_timer);
-    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s:%d: store up again (%s)",
-                   r->opt->host, r->opt->port, how);
+    log_limited_ok(&store_redis_down_warning, LOG_LEVEL_INFO, "redis %s: store up again (%s)",
+                   r->addr, how);
 }
 
 static void store_redis_list_push(struct store_redis_list *l, struct store_redis_cmd *c) {
@@ -298,12 +320,16 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
     unsigned ms = store_redis_jitter(r, r->backoff_ms);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (why) snprintf(r->last_err, sizeof r->last_err, "%s", why);
-    log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s:%d: %s; retrying in %u ms",
-                r->opt->host, r->opt->port, r->last_err, ms);
+    log_limited(&store_redis_warning, LOG_LEVEL_WARN, "redis %s: %s; retrying in %u ms", r->addr,
+                r->last_err, ms);
     store_redis_set_state(r, STORE_REDIS_BACKOFF);
     store_redis_mark_down(r, r->last_err);
     event_del(r->probe_timer);
     event_del(r->handshake_timer);
+    redis_dial_cancel(r->dial);
+    r->dial = NULL;
+    redis_resolve_cancel(r->resolve);
+    r->resolve = NULL;
     r->backoff_until_us = clock_mono_us() + (uint64_t)ms * 1000;
     r->backoff_ms = r->backoff_ms * 2 > STORE_REDIS_BACKOFF_MAX_MS ? STORE_REDIS_BACKOFF_MAX_MS
                                                                    : r->backoff_ms * 2;
@@ -344,11 +370,14 @@ static int store_redis_send_internal(struct store_redis *r, enum store_redis_cmd
 /* The handshake step after state `from`, or ready. */
 static void store_redis_handshake_next(struct store_redis *r) {
     enum store_redis_state next = r->state;
-    if (r->state == STORE_REDIS_CONNECTING && r->opt->password)
+    if (r->state == STORE_REDIS_CONNECTING && redis_target_password(r->t))
         next = STORE_REDIS_AUTHENTICATING;
     else if ((r->state == STORE_REDIS_CONNECTING || r->state == STORE_REDIS_AUTHENTICATING) &&
-             r->opt->db)
+             redis_target_db(r->t))
         next = STORE_REDIS_SELECTING;
+    else if (r->state != STORE_REDIS_CHECKING_ROLE && r->state != STORE_REDIS_LOADING &&
+             redis_target_uses_sentinels(r->t))
+        next = STORE_REDIS_CHECKING_ROLE;
     else if (r->state != STORE_REDIS_LOADING)
         next = STORE_REDIS_LOADING;
     else
@@ -383,9 +412,11 @@ static void store_redis_handshake_next(struct store_redis *r) {
             }
         return;
     }
-    if (store_redis_send_internal(
-            r, next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH : STORE_REDIS_CMD_SELECT,
-            0))
+    if (store_redis_send_internal(r,
+                                  next == STORE_REDIS_AUTHENTICATING ? STORE_REDIS_CMD_AUTH
+                                  : next == STORE_REDIS_SELECTING    ? STORE_REDIS_CMD_SELECT
+                                                                     : STORE_REDIS_CMD_ROLE,
+                                  0))
         store_redis_drop(r, "could not send the handshake");
 }
 
@@ -544,13 +575,30 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
          * both go down the same connection, so the retry runs after the load */
         c->noscript_retried = 1;
         store_count(r->owner, STORE_NOSCRIPT_RELOADS);
-        log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
-                 r->opt->port);
+        log_info("redis %s: script missing (NOSCRIPT), loading it again", r->addr);
         if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD, c->script) == 0 &&
             store_redis_send(r, c) == 0)
             return;
         store_redis_answer(r, c, "redis script could not be reloaded", NULL);
         store_redis_cmd_free(c);
+        return;
+    }
+    if (redis_conn_is_readonly(rep)) {
+        /* a replica now: the master moved; find it again, and run the command there */
+        if (!c->readonly_retried) {
+            c->readonly_retried = 1;
+            c->where = STORE_REDIS_QUEUED;
+            store_redis_list_push(&r->queue, c);
+            if (!r->switching)
+                log_info("redis %s: -READONLY: the server is a replica now; finding the master",
+                         r->addr);
+            r->switching = 1; /* replaced once the replies in flight are in (on_reply) */
+            return;
+        }
+        snprintf(err, sizeof err, "redis error: %s", rep->str);
+        store_redis_answer(r, c, err, NULL);
+        store_redis_cmd_free(c);
+        store_redis_drop(r, "-READONLY again after finding the master anew");
         return;
     }
     if (rep->type == REDIS_REPLY_ERROR) {
@@ -594,8 +642,7 @@ static void store_redis_on_batch_reply(struct store_redis *r, struct store_redis
         /* as for a cache script: load it and send the batch again down the same connection */
         b->noscript_retried = 1;
         store_count(r->owner, STORE_NOSCRIPT_RELOADS);
-        log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
-                 r->opt->port);
+        log_info("redis %s: script missing (NOSCRIPT), loading it again", r->addr);
         if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD, b->script) == 0 &&
             store_redis_send(r, b) == 0)
             return;
@@ -632,7 +679,9 @@ static void store_redis_on_batch_reply(struct store_redis *r, struct store_redis
     store_redis_cmd_free(b);
 }
 
-static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+static void store_redis_reconnect_now(struct store_redis *r);
+
+static void store_redis_on_reply_cmd(redisAsyncContext *ac, void *reply, void *privdata) {
     struct store_redis_cmd *c = privdata;
     struct store_redis *r = c->r;
     redisReply *rep = reply;
@@ -667,6 +716,20 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         }
         store_redis_handshake_next(r);
         return;
+    case STORE_REDIS_CMD_ROLE: {
+        char role[32];
+        int m = redis_conn_parse_role(rep, role, sizeof role);
+        store_redis_cmd_free(c);
+        if (m != 1) {
+            snprintf(why, sizeof why, "%s",
+                     m == 0 ? "not a master (ROLE says so): the sentinels' answer is stale"
+                            : "ROLE: unexpected reply");
+            store_redis_drop(r, why);
+            return;
+        }
+        store_redis_handshake_next(r);
+        return;
+    }
     case STORE_REDIS_CMD_PROBE:
         store_redis_cmd_free(c);
         r->probing = 0;
@@ -800,6 +863,14 @@ static int store_redis_format_batch(struct store_redis *r, const struct store_re
     return rc;
 }
 
+static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
+    struct store_redis_cmd *c = privdata;
+    struct store_redis *r = c->where == STORE_REDIS_ABANDONED ? NULL : c->r;
+    store_redis_on_reply_cmd(ac, reply, privdata);
+    /* the last reply of a connection whose settings are out of date */
+    if (r && r->switching && r->ac == ac && r->inflight.count == 0) store_redis_reconnect_now(r);
+}
+
 /* Hands c to hiredis: 0, or -1 (nothing was handed over; c is the caller's again). */
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     const char *argv[4 + STORE_REDIS_CACHE_ARGS];
@@ -811,14 +882,15 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
     switch (c->kind) {
     case STORE_REDIS_CMD_AUTH:
         argv[argc++] = "AUTH";
-        argv[argc++] = r->opt->password;
+        argv[argc++] = redis_target_password(r->t);
         break;
     case STORE_REDIS_CMD_SELECT:
-        snprintf(dbuf, sizeof dbuf, "%u", r->opt->db);
+        snprintf(dbuf, sizeof dbuf, "%u", redis_target_db(r->t));
         argv[argc++] = "SELECT";
         argv[argc++] = dbuf;
         break;
     case STORE_REDIS_CMD_PROBE: argv[argc++] = "PING"; break;
+    case STORE_REDIS_CMD_ROLE: argv[argc++] = "ROLE"; break;
     case STORE_REDIS_CMD_LOAD:
     case STORE_REDIS_CMD_RELOAD:
         argv[argc++] = "SCRIPT";
@@ -880,7 +952,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
     char err[200];
     if (c->where == STORE_REDIS_BATCHED) { /* the flush never ran: not to be expected */
         snprintf(err, sizeof err, "redis timed out after %u ms before the command was sent",
-                 r->opt->timeout_ms);
+                 r->timeout_ms);
         store_redis_list_remove(&r->batch, c);
         store_redis_answer(r, c, err, NULL);
         store_redis_cmd_free(c);
@@ -888,7 +960,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
     }
     if (c->where == STORE_REDIS_QUEUED) {
         snprintf(err, sizeof err, "redis timed out after %u ms waiting for a connection%s%s%s",
-                 r->opt->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
+                 r->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
                  r->last_err[0] ? ")" : "");
         store_redis_list_remove(&r->queue, c);
         store_redis_answer(r, c, err, NULL);
@@ -897,7 +969,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
         return;
     }
     /* sent: answer now, let hiredis hand the late reply (or NULL) to a command marked abandoned */
-    snprintf(err, sizeof err, "redis timed out after %u ms", r->opt->timeout_ms);
+    snprintf(err, sizeof err, "redis timed out after %u ms", r->timeout_ms);
     store_redis_list_remove(&r->inflight, c);
     if (c->kind == STORE_REDIS_CMD_PROBE)
         r->probing = 0;
@@ -916,7 +988,7 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
 /* One PING at a time on the live connection, timed out like any command. */
 static void store_redis_probe(struct store_redis *r) {
     struct store_redis_cmd *c;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     if (r->probing || r->state != STORE_REDIS_READY || !r->ac) return;
     if (!(c = calloc(1, sizeof *c))) return; /* the next timeout or reconnect probes again */
     c->r = r;
@@ -948,32 +1020,32 @@ static void store_redis_on_handshake_timeout(evutil_socket_t fd, short what, voi
     store_redis_drop(r, why);
 }
 
-static void store_redis_connect(struct store_redis *r) {
-    redisAsyncContext *ac;
-    unsigned hs_ms = r->opt->timeout_ms * 2 < 1000 ? 1000 : r->opt->timeout_ms * 2;
-    struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
-    char why[160];
-    store_redis_set_state(r, STORE_REDIS_CONNECTING);
-    ac = redisAsyncConnect(r->opt->host, r->opt->port);
-    if (!ac) {
-        store_redis_backoff(r, "connect failed: out of memory");
-        return;
-    }
-    if (ac->err) {
-        snprintf(why, sizeof why, "connect failed: %s", ac->errstr);
-        redisAsyncFree(ac);
+static void store_redis_on_dial(const char *err, redisAsyncContext *ac, void *arg) {
+    struct store_redis *r = arg;
+    char why[300];
+    r->dial = NULL;
+    if (err) {
+        snprintf(why, sizeof why, "connect failed: %s", err);
         store_redis_backoff(r, why);
-        return;
-    }
-    if (redisLibeventAttach(ac, r->base) != REDIS_OK) {
-        redisAsyncFree(ac);
-        store_redis_backoff(r, "connect failed: could not attach to the event loop");
         return;
     }
     ac->data = r;
     redisAsyncSetConnectCallback(ac, store_redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, store_redis_on_disconnect);
     r->ac = ac;
+}
+
+/* Connects to host:port, found by the resolve or given: its name looked up first (redis_conn.h),
+ * the handshake timer covering the lookup too. */
+static void store_redis_connect_to(struct store_redis *r, const char *host, int port) {
+    unsigned hs_ms = r->timeout_ms * 2 < 1000 ? 1000 : r->timeout_ms * 2;
+    struct timeval tv = {hs_ms / 1000, (hs_ms % 1000) * 1000};
+    snprintf(r->addr, sizeof r->addr, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    store_redis_set_state(r, STORE_REDIS_CONNECTING);
+    if (!(r->dial = redis_dial_start(r->base, r->dns, host, port, store_redis_on_dial, r))) {
+        store_redis_backoff(r, "connect failed: out of memory");
+        return;
+    }
     event_add(r->handshake_timer, &tv);
 }
 
@@ -985,7 +1057,7 @@ static void store_redis_on_flush(evutil_socket_t fd, short what, void *arg) {
     struct store_redis_cmd *c, *b;
     while (r->batch.head) {
         size_t n = r->batch.count < STORE_REDIS_BATCH_MAX ? r->batch.count : STORE_REDIS_BATCH_MAX;
-        if (r->state != STORE_REDIS_READY || !r->ac) {
+        if (r->state != STORE_REDIS_READY || !r->ac || r->switching) {
             while ((c = r->batch.head)) {
                 store_redis_list_remove(&r->batch, c);
                 c->where = STORE_REDIS_QUEUED;
@@ -1028,13 +1100,85 @@ static void store_redis_batch_add(struct store_redis *r, struct store_redis_cmd 
     if (r->batch.count == 1) event_active(r->flush_ev, EV_TIMEOUT, 0);
 }
 
-struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
+static void store_redis_on_resolved(const char *err, const char *host, int port, void *arg) {
+    struct store_redis *r = arg;
+    r->resolve = NULL;
+    if (err) {
+        store_redis_backoff(r, err);
+        return;
+    }
+    store_redis_connect_to(r, host, port);
+}
+
+static void store_redis_check_epoch(struct store_redis *r);
+
+static void store_redis_on_switch(void *arg) {
+    store_redis_check_epoch(arg);
+}
+
+/* Takes the current settings (a SIGHUP may have published new ones), then connects: through
+ * the sentinels, or straight to the configured host. */
+static void store_redis_connect(struct store_redis *r) {
+    struct redis_target *before = r->t;
+    redis_target_ref(before);
+    r->epoch = redis_conn_refresh(&r->t);
+    r->timeout_ms = redis_target_timeout_ms(r->t);
+    r->switching = 0;
+    if (r->t != before || (!r->watch && redis_target_uses_sentinels(r->t))) {
+        redis_watch_free(r->watch);
+        r->watch = redis_watch_start(r->t, r->base, r->dns, store_redis_on_switch, r);
+    }
+    redis_target_unref(before);
+    snprintf(r->addr, sizeof r->addr, "%s", redis_target_name(r->t)); /* until connect_to */
+    store_redis_set_state(r, STORE_REDIS_DISCOVERING);
+    redis_resolve_cancel(r->resolve);
+    if (!(r->resolve = redis_resolve_start(r->t, r->base, r->dns, store_redis_on_resolved, r)))
+        store_redis_backoff(r, "connect failed: out of memory");
+}
+
+/* Closes the connection without marking the store down, and connects now. */
+static void store_redis_reconnect_now(struct store_redis *r) {
+    redisAsyncContext *ac = r->ac;
+    r->ac = NULL;
+    store_redis_abandon_inflight(r, "redis connection closed: settings changed");
+    if (ac) {
+        ac->data = NULL;
+        ac->onConnect = NULL;
+        ac->onDisconnect = NULL;
+        redisAsyncFree(ac);
+    }
+    event_del(r->probe_timer);
+    event_del(r->handshake_timer);
+    event_del(r->backoff_timer);
+    redis_dial_cancel(r->dial);
+    r->dial = NULL;
+    r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
+    store_redis_connect(r);
+}
+
+/* The epoch moved (a master switch, new settings): a ready connection takes no new command and
+ * is replaced once its replies are in; one waiting to retry retries now. */
+static void store_redis_check_epoch(struct store_redis *r) {
+    if (redis_conn_epoch() == r->epoch) return;
+    if (r->state == STORE_REDIS_READY && r->ac) {
+        if (!r->switching)
+            log_info("redis %s: new settings or a new master; reconnecting after %zu "
+                     "pending repl%s",
+                     r->addr, r->inflight.count, r->inflight.count == 1 ? "y" : "ies");
+        r->switching = 1;
+        if (r->inflight.count == 0) store_redis_reconnect_now(r);
+    } else if (r->state == STORE_REDIS_BACKOFF) {
+        store_redis_reconnect_now(r);
+    }
+}
+
+struct store_redis *store_redis_new(struct redis_target *t, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen) {
     struct store_redis *r = calloc(1, sizeof *r);
     if (!r) goto oom;
     r->owner = owner;
     r->base = base;
-    r->opt = opt;
+    r->t = redis_target_ref(t);
     r->state = STORE_REDIS_DISCONNECTED;
     r->backoff_ms = STORE_REDIS_BACKOFF_MIN_MS;
     strbuf_init(&r->resp);
@@ -1045,6 +1189,8 @@ struct store_redis *store_redis_new(const struct store_redis_options *opt, struc
         goto oom;
     if (!(r->probe_timer = event_new(base, -1, 0, store_redis_on_probe_timer, r))) goto oom;
     if (!(r->flush_ev = event_new(base, -1, 0, store_redis_on_flush, r))) goto oom;
+    /* NULL leaves only numeric addresses usable (the dial then says so) */
+    r->dns = redis_dns_new(base);
     /* a failure to connect now is not an error: commands wait, and the backoff retries */
     store_redis_connect(r);
     return r;
@@ -1076,6 +1222,12 @@ void store_redis_free(struct store_redis *r) {
         ac->onDisconnect = NULL;
         redisAsyncFree(ac); /* answers the abandoned commands with NULL: they free themselves */
     }
+    redis_resolve_cancel(r->resolve);
+    redis_dial_cancel(r->dial);
+    redis_watch_free(r->watch);
+    redis_target_unref(r->t);
+    /* after every lookup on it is cancelled; pending cancel callbacks run now and free theirs */
+    if (r->dns) evdns_base_free(r->dns, 1);
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
     if (r->probe_timer) event_free(r->probe_timer);
@@ -1098,7 +1250,7 @@ static void store_redis_down_error(struct store_redis *r, char *err, size_t errl
 void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
     struct store_redis_cmd *c = NULL;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     char err[200];
     if (nonce && (!nonce->key || !*nonce->key)) nonce = NULL;
     if ((n == 0 && !nonce) || n > LIMIT_MAX_BUCKETS) {
@@ -1113,13 +1265,15 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
         }
         return;
     }
+    store_redis_check_epoch(r);
     /* known down: say so now rather than after timeout_ms */
     if (r->down) {
         store_redis_down_error(r, err, sizeof err);
         store_defer(r->owner, cb, arg, err, NULL);
         return;
     }
-    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+    if ((r->state != STORE_REDIS_READY || r->switching) &&
+        r->queue.count >= STORE_REDIS_QUEUE_MAX) {
         store_defer(r->owner, cb, arg,
                     "redis queue full: too many commands waiting for a connection", NULL);
         return;
@@ -1142,11 +1296,11 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
     }
     if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto oom;
     event_add(c->timer, &tv);
-    if (r->state == STORE_REDIS_READY && n > 0) {
+    if (r->state == STORE_REDIS_READY && !r->switching && n > 0) {
         store_redis_batch_add(r, c);
         return;
     }
-    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    if (r->state == STORE_REDIS_READY && !r->switching && store_redis_send(r, c) == 0) return;
     c->where = STORE_REDIS_QUEUED;
     store_redis_list_push(&r->queue, c);
     return;
@@ -1160,19 +1314,21 @@ static void store_redis_cache(struct store_redis *r, enum store_op op, const cha
                               const char *const *argv, const size_t *argvlen, size_t argc,
                               store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
     struct store_redis_cmd *c = NULL;
-    struct timeval tv = {r->opt->timeout_ms / 1000, (r->opt->timeout_ms % 1000) * 1000};
+    struct timeval tv = {r->timeout_ms / 1000, (r->timeout_ms % 1000) * 1000};
     char err[200];
     const char *fail = NULL;
     if (argc > STORE_REDIS_CACHE_ARGS) {
         fail = "too many script arguments";
         goto failed;
     }
+    store_redis_check_epoch(r);
     if (r->down) {
         store_redis_down_error(r, err, sizeof err);
         fail = err;
         goto failed;
     }
-    if (r->state != STORE_REDIS_READY && r->queue.count >= STORE_REDIS_QUEUE_MAX) {
+    if ((r->state != STORE_REDIS_READY || r->switching) &&
+        r->queue.count >= STORE_REDIS_QUEUE_MAX) {
         fail = "redis queue full: too many commands waiting for a connection";
         goto failed;
     }
@@ -1196,7 +1352,7 @@ static void store_redis_cache(struct store_redis *r, enum store_op op, const cha
     c->pool_cb = pool_cb;
     c->idem_cb = idem_cb;
     event_add(c->timer, &tv);
-    if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
+    if (r->state == STORE_REDIS_READY && !r->switching && store_redis_send(r, c) == 0) return;
     c->where = STORE_REDIS_QUEUED;
     store_redis_list_push(&r->queue, c);
     return;
@@ -1212,7 +1368,7 @@ failed:
 
 static int store_redis_op_open(struct store *s, struct event_base *base, void **state, char *err,
                                size_t errlen) {
-    return (*state = store_redis_new(store_redis_options_of(s), s, base, err, errlen)) ? 0 : -1;
+    return (*state = store_redis_new(store_redis_target_of(s), s, base, err, errlen)) ? 0 : -1;
 }
 
 static void store_redis_op_close(void *state) {

@@ -465,6 +465,68 @@ static void test_redis_url(void **state) {
     config_free(c);
 }
 
+/* redis.sentinels and its companions: parsed, required together, named in each error. */
+static void test_redis_sentinels(void **state) {
+    static const struct error_case bad[] = {
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"127.0.0.1:26379\"]}}",
+         "redis: missing required key \"master_name\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://h\", \"master_name\": \"m\"}}",
+         "redis.master_name: needs \"sentinels\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [], \"master_name\": \"m\"}}",
+         "redis.sentinels: must be a list of 1 to 16 \"host:port\" Sentinel addresses; got 0"},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:1\", \"h\"], \"master_name\": \"m\"}}",
+         "redis.sentinels[1]: must be \"host:port\" with a port 1..65535; got \"h\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:0\"], \"master_name\": \"m\"}}",
+         "redis.sentinels[0]: must be \"host:port\" with a port 1..65535; got \"h:0\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://h\", \"sentinel_password\": \"x\"}}",
+         "sentinel_username/sentinel_password need \"sentinels\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"timeout_ms\": 5}}",
+         "redis: missing required key \"url\" (or \"sentinels\" and \"master_name\")"},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:1\"], \"master_name\": \"m\", "
+         "\"sentinel_password\": \"a\", \"sentinel_password_env\": \"T_UP_KEY\"}}",
+         "only one of sentinel_password, sentinel_password_env and sentinel_password_file"},
+    };
+    char err[512];
+    struct config *c;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        c = NULL;
+        assert_int_equal(config_load_string(bad[i].text, "t.json", &c, err, sizeof err), -1);
+        if (!strstr(err, bad[i].expected))
+            fail_msg("case %zu: %s\nwanted: %s", i, err, bad[i].expected);
+        assert_null(strstr(err, "upstream-secret-key-value"));
+    }
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"10.0.0.1:26379\", "
+                "\"[::1]:26380\", \"sentinel.local:26381\"], \"master_name\": \"cache\", "
+                "\"sentinel_username\": \"capgate\", \"sentinel_password_env\": \"T_UP_KEY\"}}");
+    assert_null(c->redis->url);
+    assert_int_equal(c->redis->n_sentinels, 3);
+    assert_string_equal(c->redis->sentinels[0].host, "10.0.0.1");
+    assert_int_equal(c->redis->sentinels[0].port, 26379);
+    assert_string_equal(c->redis->sentinels[1].host, "::1");
+    assert_int_equal(c->redis->sentinels[1].port, 26380);
+    assert_string_equal(c->redis->sentinels[2].host, "sentinel.local");
+    assert_string_equal(c->redis->master_name, "cache");
+    assert_string_equal(c->redis->sentinel_username, "capgate");
+    assert_string_equal(c->redis->sentinel_password, "upstream-secret-key-value");
+    assert_null(c->redis->password);
+    {
+        /* the dump masks the sentinel password and shows the addresses */
+        char *dump = config_dump_masked(c);
+        assert_non_null(dump);
+        assert_null(strstr(dump, "upstream-secret-key-value"));
+        assert_non_null(strstr(dump, "\"[::1]:26380\""));
+        assert_non_null(strstr(dump, "\"sentinel_password\": \"***\""));
+        free(dump);
+    }
+    config_free(c);
+    /* with a url too: its password and db apply to the master */
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://:pw@ignored/2\", "
+                "\"sentinels\": [\"h:1\"], \"master_name\": \"m\"}}");
+    assert_string_equal(c->redis->password, "pw");
+    assert_int_equal(c->redis->db, 2);
+    config_free(c);
+}
+
 static void test_upstream_url(void **state) {
     struct config *c = load_ok("{\"upstream\": {\"url\": \"http://mock.local:8000\", "
                                "\"secret_id\": \"i\", \"secret_key\": \"k\", \"method\": \"GET\", "
@@ -991,14 +1053,20 @@ static void test_reload_keys_match_readme(void **state) {
                                           "demo_app",
                                           "demo_tcaptcha_url",
                                           "demo_captcha_app_id",
-                                          "log_level"};
+                                          "log_level",
+                                          "redis"};
     static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
-                                          "workers", "upstream",   "redis",        "audit",
-                                          "metrics", "http",       "instance",     "log_format"};
+                                          "workers", "upstream",   "audit",        "metrics",
+                                          "http",    "instance",   "log_format"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
         int found = 0;
+        /* under a key SIGHUP applies, one that still needs a restart (README says so) */
+        if (strcmp(keys.k[i].path, "redis.key_prefix") == 0) {
+            assert_false(keys.k[i].reload);
+            continue;
+        }
         for (size_t j = 0; j < sizeof applied / sizeof *applied; j++)
             if (strcmp(keys.k[i].top, applied[j]) == 0) found = 1, assert_true(keys.k[i].reload);
         for (size_t j = 0; j < sizeof restart / sizeof *restart; j++)
@@ -1486,6 +1554,7 @@ int main(void) {
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),
         cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_upstream_url),
         cmocka_unit_test(test_dump_masked),
         cmocka_unit_test(test_dump_has_every_key),
