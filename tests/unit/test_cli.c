@@ -20,8 +20,8 @@ static void test_durations(void **state) {
     assert_int_equal(s, 3600);
     assert_int_equal(cli_parse_duration("2d", &s), 0);
     assert_int_equal(s, 172800);
-    static const char *const bad[] = {"", "h", "0", "0m", "-1h", "1y", "1.5h", " 1h", "1hh",
-                                      "99999999999999999999s", "4000d"};
+    static const char *const bad[] = {
+        "", "h", "0", "0m", "-1h", "1y", "1.5h", " 1h", "1hh", "99999999999999999999s", "4000d"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         if (cli_parse_duration(bad[i], &s) == 0) fail_msg("\"%s\" accepted", bad[i]);
     assert_true(cli_is_subcommand("stats") && cli_is_subcommand("audit") &&
