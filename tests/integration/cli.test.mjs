@@ -220,3 +220,29 @@ test('capgate top: per-business and per-app tables, snapshots when stdout is not
   assert.equal(typeof app.rate, 'number', 'the second snapshot has a rate');
   assert.ok(snaps[0].businesses.some((b) => b.businessId === '1'));
 });
+
+test('capgate top on a terminal redraws in place', async (t) => {
+  // a pseudo-terminal from util-linux script(1); skipped where it is missing
+  const probe = await new Promise((resolve) => {
+    const c = spawn('script', ['--version']);
+    c.on('error', () => resolve(false));
+    c.on('exit', (code) => resolve(code === 0));
+  });
+  if (!probe) {
+    t.skip('script(1) is not installed');
+    return;
+  }
+  const cmd = [CAPGATE_BIN, ...withAdmin(['top', '-n', '2', '--interval', '1s'])]
+    .map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+  const out = await new Promise((resolve, reject) => {
+    const c = spawn('script', ['-qec', cmd, '/dev/null'], { env: { ...process.env, CAPGATE_ADMIN_URL: '', CAPGATE_ADMIN_TOKEN: '' } });
+    let s = '';
+    c.stdout.on('data', (d) => { s += d; });
+    const timer = setTimeout(() => { c.kill('SIGKILL'); reject(new Error('top on a pty did not end')); }, 20000);
+    c.on('exit', (code) => { clearTimeout(timer); resolve({ code, s }); });
+  });
+  assert.equal(out.code, 0, out.s);
+  // home + clear before each of the two frames
+  assert.equal(out.s.split('\x1b[H\x1b[2J').length - 1, 2, JSON.stringify(out.s.slice(0, 200)));
+  assert.match(out.s, /BUSINESS +REQ\/S/);
+});
