@@ -54,9 +54,9 @@
 # --idle N: instead of the runs, capgate (as the capgate target) with N idle keep-alive clients
 # (capgate-loadgen --idle: one token request on each, then silence): VmRSS before and after.
 # --perf DIR: after the runs, one more wrk run per target under perf record (-g, the server's
-# processes); DIR/TARGET.txt gets perf report's per-function table, DIR/TARGET.folded the folded
-# stacks (scripts/bench/stackcollapse.awk) and DIR/TARGET.svg a flame graph of them
-# (scripts/bench/flamegraph.awk).
+# processes); DIR/TARGET.folded gets the folded stacks (scripts/bench/stackcollapse.awk),
+# DIR/TARGET.txt their per-function table (functable.awk) and DIR/TARGET.svg a flame graph of
+# them (flamegraph.awk).
 # Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
@@ -593,26 +593,21 @@ one_run() {
   fi
 }
 
-# perf_report KEY RPS CPU_US: from perf-KEY.data, perf_dir/KEY.txt (the per-function table:
-# self time of each symbol, its share of the server's samples, and that share of the CPU per
-# request), KEY.folded and KEY.svg.
+# perf_report KEY RPS CPU_US: from perf-KEY.data, perf_dir/KEY.folded (the folded stacks),
+# KEY.txt (the per-function table of them: self and total share, self as us of CPU_US) and
+# KEY.svg (a flame graph of them).
 perf_report() {
   local key=$1 data="$work/perf-$1.data"
-  {
-    printf 'perf record -F 499 --call-graph dwarf of %s during one wrk run: %s req/s, %s us of server CPU per request.\n' \
-      "$key" "$2" "$3"
-    printf 'self = share of the samples in the function itself; us/request = that share of %s us.\n\n' "$3"
-    printf '| self | us/request | function | object |\n|---:|---:|---|---|\n'
-    perf report -i "$data" --stdio --no-children --sort symbol,dso -g none --percent-limit 0.7 2>/dev/null |
-      awk -v cpu="$3" '/^ +[0-9.]+%/ { p = $1; sub(/%/, "", p); dso = $2; sym = "";
-          for (k = 4; k <= NF; k++) sym = sym (k > 4 ? " " : "") $k
-          printf "| %.1f%% | %.2f | %s | %s |\n", p, p * cpu / 100, sym, dso }'
-  } >"$perf_dir/$key.txt"
   perf script -i "$data" -F comm,tid,ip,sym,dso 2>/dev/null |
-    awk -f "$root/scripts/bench/stackcollapse.awk" >"$perf_dir/$key.folded"
-  sort "$perf_dir/$key.folded" |
-    awk -v title="$key: $2 req/s, $3 us server CPU per request" \
-      -f "$root/scripts/bench/flamegraph.awk" >"$perf_dir/$key.svg"
+    awk -f "$root/scripts/bench/stackcollapse.awk" | sort >"$perf_dir/$key.folded"
+  {
+    printf 'perf record -F 499 --call-graph dwarf of %s (the server'"'"'s processes) during one wrk run:\n' "$key"
+    printf '%s req/s, %s us of server CPU per request, %s samples.\n\n' "$2" "$3" \
+      "$(awk '{ s += $NF } END { print s + 0 }' "$perf_dir/$key.folded")"
+    awk -v cpu="$3" -f "$root/scripts/bench/functable.awk" "$perf_dir/$key.folded"
+  } >"$perf_dir/$key.txt"
+  awk -v title="$key: $2 req/s, $3 us server CPU per request" \
+    -f "$root/scripts/bench/flamegraph.awk" "$perf_dir/$key.folded" >"$perf_dir/$key.svg"
   say "perf: $perf_dir/$key.txt, $key.folded, $key.svg"
 }
 
@@ -806,20 +801,6 @@ if [[ -n $perf_dir ]]; then
   done
 fi
 
-if [[ -n $latency_pcts ]]; then
-  IFS=, read -r -a lat_pcts <<<"$latency_pcts"
-  if [[ -z ${gw_pid[capgate]:-} || -z ${results[capgate]:-} ]]; then
-    skipped+=("--latency: SKIPPED: it needs a valid capgate run (add capgate to --targets)")
-  else
-    lat_max=$(median capgate | awk '{ printf "%.0f", $1 }')
-    for ((i = 1; i <= runs; i++)); do
-      for pct in "${lat_pcts[@]}"; do
-        for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" "$i"; done
-      done
-    done
-  fi
-fi
-
 # ---- report --------------------------------------------------------------------------------
 
 # median TARGET: "rps p50 p99" of the median valid run by req/s (empty when none).
@@ -836,6 +817,20 @@ median_cpu() {
   printf '%s' "${results[$1]:-}" | awk 'NF { print $4 }' | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)] }'
 }
+
+if [[ -n $latency_pcts ]]; then
+  IFS=, read -r -a lat_pcts <<<"$latency_pcts"
+  if [[ -z ${gw_pid[capgate]:-} || -z ${results[capgate]:-} ]]; then
+    skipped+=("--latency: SKIPPED: it needs a valid capgate run (add capgate to --targets)")
+  else
+    lat_max=$(median capgate | awk '{ printf "%.0f", $1 }')
+    for ((i = 1; i <= runs; i++)); do
+      for pct in "${lat_pcts[@]}"; do
+        for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" "$i"; done
+      done
+    done
+  fi
+fi
 
 declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
 # table_row KEY CELLS: the table row of results[KEY], after its leading CELLS ("target | path |

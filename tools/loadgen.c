@@ -301,15 +301,24 @@ int main(int argc, char **argv) {
     uint64_t duration_s = 0, rate = 0, conns = 64, idle = 0, hold = 3600;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(a, "--host") == 0 && v) g.host_port = v;
-        else if (strcmp(a, "--file") == 0 && v) file = v;
-        else if (strcmp(a, "--path") == 0 && v) g.path = v;
-        else if (strcmp(a, "--header") == 0 && v) header = v;
-        else if (strcmp(a, "--rate") == 0) rate = arg_u64(a, v, 1, 10000000);
-        else if (strcmp(a, "--duration") == 0) duration_s = arg_u64(a, v, 1, 3600);
-        else if (strcmp(a, "--connections") == 0) conns = arg_u64(a, v, 1, 100000);
-        else if (strcmp(a, "--idle") == 0) idle = arg_u64(a, v, 1, 1000000);
-        else if (strcmp(a, "--hold") == 0) hold = arg_u64(a, v, 0, 86400);
+        if (strcmp(a, "--host") == 0 && v)
+            g.host_port = v;
+        else if (strcmp(a, "--file") == 0 && v)
+            file = v;
+        else if (strcmp(a, "--path") == 0 && v)
+            g.path = v;
+        else if (strcmp(a, "--header") == 0 && v)
+            header = v;
+        else if (strcmp(a, "--rate") == 0)
+            rate = arg_u64(a, v, 1, 10000000);
+        else if (strcmp(a, "--duration") == 0)
+            duration_s = arg_u64(a, v, 1, 3600);
+        else if (strcmp(a, "--connections") == 0)
+            conns = arg_u64(a, v, 1, 100000);
+        else if (strcmp(a, "--idle") == 0)
+            idle = arg_u64(a, v, 1, 1000000);
+        else if (strcmp(a, "--hold") == 0)
+            hold = arg_u64(a, v, 0, 86400);
         else {
             fprintf(stderr, "capgate-loadgen: unknown or incomplete argument %s\n", a);
             return 2;
