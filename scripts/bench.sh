@@ -594,7 +594,8 @@ one_run() {
 }
 
 # perf_report KEY RPS CPU_US: from perf-KEY.data, perf_dir/KEY.folded (the folded stacks),
-# KEY.txt (the per-function table of them: self and total share, self as us of CPU_US) and
+# KEY.txt (the share of each object, from perf report, then the per-function table of the
+# stacks: self and total share, self as us of CPU_US) and
 # KEY.svg (a flame graph of them).
 perf_report() {
   local key=$1 data="$work/perf-$1.data"
@@ -604,6 +605,11 @@ perf_report() {
     printf 'perf record -F 1999 --call-graph dwarf of %s (the server'"'"'s processes) during one wrk run:\n' "$key"
     printf '%s req/s, %s us of server CPU per request, %s samples.\n\n' "$2" "$3" \
       "$(awk '{ s += $NF } END { print s + 0 }' "$perf_dir/$key.folded")"
+    printf '| object | self | us/request |\n|---|---:|---:|\n'
+    perf report -i "$data" --stdio --no-children --sort dso -g none 2>/dev/null |
+      awk -v cpu="$3" '/^ +[0-9.]+%/ { p = $1; sub(/%/, "", p); if (p >= 0.5)
+        printf "| %s | %.1f%% | %.2f |\n", $2, p, p * cpu / 100 }'
+    echo
     awk -v cpu="$3" -f "$root/scripts/bench/functable.awk" "$perf_dir/$key.folded"
   } >"$perf_dir/$key.txt"
   awk -v title="$key: $2 req/s, $3 us server CPU per request" \
