@@ -585,7 +585,7 @@ one_run() {
     perf_report "$key" "$rps" "$cpu_us"
     return 0
   fi
-  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us"$'\n'
+  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i"$'\n'
   say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full ]]; then
     redis_per_request "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
@@ -893,21 +893,48 @@ for t in nginx-bare nginx-features lua-gateway; do
     awk -v a="${med_rps[$t]}" -v b="${med_rps[direct]}" -v t="$t" 'BEGIN { printf "- %s / direct req/s: %.2f\n", t, a / b }'
   fi
 done
-# goal_ratio LABEL A B GOAL: "- LABEL: A/B (goal GOAL)" when both medians exist.
+# paired A B COL OP: A's and B's valid runs of the same round (taken minutes apart at most, so in
+# the same phase of a noisy machine) compared: A / B (OP ratio) or A - B (OP diff) of column COL
+# (1 req/s, 4 CPU per request) per round; prints the median and the list, nothing without a pair.
+paired() {
+  {
+    printf '%s' "${results[$1]:-}" | awk 'NF { print "a", $0 }'
+    printf '%s' "${results[$2]:-}" | awk 'NF { print "b", $0 }'
+  } | awk -v col="$3" -v op="$4" '
+    { if ($1 == "a") a[$6] = $(col + 1); else b[$6] = $(col + 1) }
+    END {
+      n = 0
+      for (r = 1; r <= 10000; r++) {
+        if (!((r in a) && (r in b)) || (op == "ratio" && b[r] <= 0)) continue
+        x = op == "ratio" ? a[r] / b[r] : a[r] - b[r]
+        v[++n] = x
+        l = l (n > 1 ? ", " : "") sprintf("%.2f", x)
+      }
+      if (!n) exit
+      for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+      printf "%.2f (rounds: %s)", v[int((n + 1) / 2)], l
+    }'
+}
+# goal_ratio LABEL A B GOAL [KEY_A KEY_B COL]: "- LABEL: A/B (goal GOAL)" when both medians exist;
+# with the keys, the median of the same ratio taken round by round (paired) after it.
 goal_ratio() {
   [[ -n $2 && -n $3 ]] || return 0
-  awk -v l="$1" -v a="$2" -v b="$3" -v g="$4" 'BEGIN { printf "- %s: %.2f (%s / %s; goal %s)\n", l, a / b, a, b, g }'
+  local p=""
+  [[ -n ${5:-} ]] && p=$(paired "$5" "$6" "$7" ratio)
+  awk -v l="$1" -v a="$2" -v b="$3" -v g="$4" -v p="$p" 'BEGIN {
+    printf "- %s: %.2f (%s / %s; goal %s)%s\n", l, a / b, a, b, g, p == "" ? "" : "; paired by round " p }'
 }
 if [[ -n ${med_rps[lua-gateway]:-}${med_cpu[nginx-bare]:-}${med_cpu[capgate-tls]:-} ]]; then
   echo
   echo "Goals (issue 17), medians of this run:"
-  goal_ratio "capgate full / lua-gateway req/s" "${med_rps[full]:-}" "${med_rps[lua-gateway]:-}" ">= 1.3"
-  goal_ratio "capgate (signature, memory store) / lua-gateway req/s" "${med_rps[capgate]:-}" "${med_rps[lua-gateway]:-}" ">= 1.5"
-  goal_ratio "capgate / lua-gateway server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[lua-gateway]:-}" "none: a reading of the req/s goal that noise moves less"
-  goal_ratio "capgate / nginx-bare server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[nginx-bare]:-}" "<= 1.8"
+  goal_ratio "capgate full / lua-gateway req/s" "${med_rps[full]:-}" "${med_rps[lua-gateway]:-}" ">= 1.3" full lua-gateway 1
+  goal_ratio "capgate (signature, memory store) / lua-gateway req/s" "${med_rps[capgate]:-}" "${med_rps[lua-gateway]:-}" ">= 1.5" capgate lua-gateway 1
+  goal_ratio "capgate full / lua-gateway server CPU per request" "${med_cpu[full]:-}" "${med_cpu[lua-gateway]:-}" "none: a reading of the req/s goal that noise moves less" full lua-gateway 4
+  goal_ratio "capgate / lua-gateway server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[lua-gateway]:-}" "none: a reading of the req/s goal that noise moves less" capgate lua-gateway 4
+  goal_ratio "capgate / nginx-bare server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[nginx-bare]:-}" "<= 1.8" capgate nginx-bare 4
   if [[ -n ${med_cpu[capgate-tls]:-} && -n ${med_cpu[capgate]:-} ]]; then
-    awk -v a="${med_cpu[capgate-tls]}" -v b="${med_cpu[capgate]}" \
-      'BEGIN { printf "- capgate-tls - capgate server CPU per request: %.2f us (%s - %s; goal <= 3 us)\n", a - b, a, b }'
+    awk -v a="${med_cpu[capgate-tls]}" -v b="${med_cpu[capgate]}" -v p="$(paired capgate-tls capgate 4 diff)" \
+      'BEGIN { printf "- capgate-tls - capgate server CPU per request: %.2f us (%s - %s; goal <= 3 us)%s\n", a - b, a, b, p == "" ? "" : "; paired by round " p }'
   fi
 fi
 for s in "${redis_stats[@]}"; do echo "- full, Redis commands: $s"; done
