@@ -43,6 +43,7 @@
 #include "capgate/thread.h"
 #include "config.h"
 #include "record.h"
+#include "redis_conn.h"
 #include "redis_fence.h"
 #include "resp.h"
 
@@ -92,6 +93,7 @@ static const struct field_desc record_fields[] = {
     F_STR("app", app),
     F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
+    F_STR("api", api),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
     F_U32("sceneId", scene_id, has_scene_id),
@@ -203,6 +205,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
+    copy_str(r->api, sizeof(r->api), pr->api3 ? "v3" : "v2");
     r->has_business_id = pr->has_business_id != 0;
     r->business_id = r->has_business_id ? pr->business_id : 0;
     r->has_scene_id = pr->has_scene_id != 0;
@@ -493,6 +496,14 @@ int audit_record_from_fields(struct audit_record *r, size_t n, const char *const
     return 0;
 }
 
+int audit_record_from_entry(struct audit_record *r, size_t n, const char *const *names,
+                            const char *const *values, const size_t *value_lens) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], AUDIT_STREAM_FIELD) == 0)
+            return audit_record_from_json(values[i], value_lens[i], r);
+    return audit_record_from_fields(r, n, names, values, value_lens);
+}
+
 static int record_from_object(json_t *o, struct audit_record *r) {
     const char *key;
     json_t *v;
@@ -579,8 +590,11 @@ void audit_record_fields(const struct audit_record *r, struct audit_fields *f) {
 
 struct audit_node {
     struct audit_node *next;
-    int uncertain;  /* spool only: its live XADD was sent but never answered */
-    char batch[48]; /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
+    unsigned worker; /* who submitted it, and its number among that worker's records (1, 2, ..): */
+    uint64_t seq;    /* audit.commit "durable" acknowledges by these; 0 for a replayed record */
+    int uncertain;   /* spool only: its live XADD was sent but never answered, or WAIT did not
+                      * confirm it (audit.min_replicas) */
+    char batch[48];  /* uncertain: "<run>:<seq>" of its live batch, "" when unknown */
     struct audit_record rec;
 };
 
@@ -596,6 +610,14 @@ struct audit_queue {
     atomic_uint_fast64_t overflow_taken; /* of taken, those that came from the overflow */
     _Alignas(64) _Atomic(struct audit_node *) overflow; /* newest first */
     _Alignas(64) struct audit_node *pending; /* consumer only: taken overflow, oldest first */
+    /* audit.commit "durable": every record of this worker numbered up to durable is stored
+     * (Redis answered EXEC, and WAIT when min_replicas asks, or the spool fsynced it); the sink
+     * advances it and then calls notify (under notify_lock: the worker unsets it before it
+     * frees what notify_arg points to, while the sink may still run). */
+    _Alignas(64) atomic_uint_fast64_t durable;
+    void (*notify)(void *arg);
+    void *notify_arg;
+    uint64_t batch_max; /* sink only: the highest number of this worker in the current batch */
     struct audit_node *slots[AUDIT_RING_SIZE];
 };
 _Static_assert((AUDIT_RING_SIZE & (AUDIT_RING_SIZE - 1)) == 0, "ring size: a power of two");
@@ -730,12 +752,14 @@ struct audit {
 
     /* sink thread only */
     redisContext *redis;
+    uint64_t redis_epoch; /* redis_conn_epoch() at connect (or seen since): act when it moves */
     char script_sha[41];
     unsigned backoff_ms;
     uint64_t next_connect_us;
     struct audit_node *held; /* records to retry first (the spool could not take them) */
     int holding;             /* held was non-empty at the last look (logged once) */
     char maxlen[24];
+    char wait_replicas[24], wait_ms[24]; /* WAIT's arguments (audit.min_replicas) */
     char safe_instance[48];
     unsigned segment_seq;
     struct sync_file segment; /* the spool segment being appended to; fd -1 when none */
@@ -755,6 +779,7 @@ struct audit {
     struct sync_file file;     /* audit.file; fd -1 when not configured */
     struct strbuf file_text;   /* the lines of one batch for audit.file, kept between them */
     struct strbuf resp;        /* the command being queued, formatted (argv_send) */
+    struct strbuf entry;       /* one record's JSON for its XADD (argv_entry) */
     struct strbuf access;      /* one batch's access lines for stderr, kept between them */
     int lock_fd;               /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];      /* audit.file, or <spool_dir>/audit.jsonl without redis */
@@ -765,10 +790,10 @@ struct audit {
     size_t mem_cap, mem_alloc;
     uint64_t mem_total;
 
+    pthread_mutex_t notify_lock; /* the queues' notify functions (audit.commit durable) */
+
     /* running queries */
-    pthread_mutex_t query_lock;
-    pthread_cond_t query_cond;
-    unsigned queries;
+    struct redis_query_set queries;
 };
 
 static void set_state(struct audit *a, enum audit_state s) {
@@ -847,40 +872,20 @@ static redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
     return r;
 }
 
-/* A synchronous connection with AUTH and SELECT as configured. NULL with err. */
-static redisContext *redis_open(const struct config_redis *rc, char *err, size_t errlen) {
-    struct timeval tv = {(time_t)(rc->timeout_ms / 1000),
-                         (suseconds_t)(rc->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(rc->host, rc->port, tv);
-    redisReply *r = NULL;
-    if (!c || c->err) {
-        snprintf(err, errlen, "connect %s:%d: %s", rc->host, rc->port, c ? c->errstr : "OOM");
-        goto fail;
-    }
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        snprintf(err, errlen, "set timeout: %s", c->errstr);
-        goto fail;
-    }
-    if (rc->password) {
-        r = redis_cmd(c, "AUTH %s", rc->password);
-        if (!r || r->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "AUTH: %s", r ? r->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(r);
-        r = NULL;
-    }
-    r = redis_cmd(c, "SELECT %u", rc->db);
-    if (!r || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errlen, "SELECT %u: %s", rc->db, r ? r->str : c->errstr);
-        goto fail;
-    }
-    freeReplyObject(r);
+/* A synchronous connection to the master (redis_conn.h: the settings SIGHUP published last,
+ * else rc's; sentinels asked when configured), AUTH and SELECT done. NULL with err. *epoch: the
+ * redis_conn_epoch() the connection was made at (NULL: not wanted). */
+static redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
+                                size_t errlen) {
+    struct redis_target *t = redis_target_new(rc, err, errlen);
+    redisContext *c;
+    uint64_t e;
+    if (!t) return NULL;
+    e = redis_conn_refresh(&t);
+    c = redis_conn_open(t, err, errlen);
+    redis_target_unref(t);
+    if (c && epoch) *epoch = e;
     return c;
-fail:
-    if (r) freeReplyObject(r);
-    if (c) redisFree(c);
-    return NULL;
 }
 
 static void sink_disconnect(struct audit *a) {
@@ -1111,6 +1116,22 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
     }
 }
 
+/* A stream entry's field and value (audit.h AUDIT_STREAM_FIELD): "json" and the record's JSON,
+ * written into text (reset first), which must live until b is sent. Should the JSON not be made
+ * (it cannot: every string of a record is valid UTF-8) the flat fields of earlier versions go
+ * instead, written into f, so the record is never lost; the reader takes both. */
+static void argv_entry(struct argv_buf *b, const struct audit_record *r, struct strbuf *text,
+                       struct audit_fields *f) {
+    strbuf_reset(text);
+    if (record_json(r, 0, text) == 0) {
+        argv_add(b, AUDIT_STREAM_FIELD, sizeof(AUDIT_STREAM_FIELD) - 1);
+        argv_add(b, text->s, text->len);
+        return;
+    }
+    audit_record_fields(r, f);
+    argv_fields(b, f);
+}
+
 /* Queues b's command on the sink's connection, formatted here (resp.h) rather than by hiredis.
  * 0, or -1 (out of memory, or hiredis refused it). */
 static int argv_send(struct audit *a, const struct argv_buf *b) {
@@ -1152,7 +1173,9 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     size_t sent = 0, i, n_retry = 0; /* nodes[0 .. n_retry) are kept; n_retry <= i throughout */
     char why[160] = "", seq[24], ttl[24], batch[48];
     redisReply *r = NULL, *exec = NULL;
-    int queued = 0;
+    int queued = 0, waiting = !unfenced && a->cfg->audit.min_replicas > 0;
+    unsigned char ran[SINK_BATCH]; /* waiting: the XADD ran, the record waits for WAIT */
+    /* n <= SINK_BATCH: every caller's batch is at most that */
     a->batch_seq++;
     snprintf(seq, sizeof(seq), "%llu", (unsigned long long)a->batch_seq);
     snprintf(ttl, sizeof(ttl), "%d", AUDIT_SEEN_TTL_S);
@@ -1162,14 +1185,13 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     if (argv_send(a, &b) != 0) goto unsent;
     for (i = 0; i < n; i++) {
         b.argc = 0;
-        audit_record_fields(&nodes[i]->rec, &f);
         argv_adds(&b, "XADD");
         argv_adds(&b, a->cfg->audit.stream);
         argv_adds(&b, "MAXLEN");
         argv_adds(&b, "~");
         argv_adds(&b, a->maxlen);
         argv_adds(&b, "*");
-        argv_fields(&b, &f);
+        argv_entry(&b, &nodes[i]->rec, &a->entry, &f);
         if (argv_send(a, &b) != 0) break;
         sent++;
     }
@@ -1193,6 +1215,17 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     if (!unfenced && argv_send(a, &b) != 0) {
         snprintf(why, sizeof(why), "XADD: cannot queue the command");
         goto unsent;
+    }
+    /* audit.min_replicas: WAIT, pipelined behind EXEC (no extra round trip), covers the batch */
+    if (waiting) {
+        b.argc = 0;
+        argv_adds(&b, "WAIT");
+        argv_adds(&b, a->wait_replicas);
+        argv_adds(&b, a->wait_ms);
+        if (argv_send(a, &b) != 0) {
+            snprintf(why, sizeof(why), "WAIT: cannot queue the command");
+            goto unsent;
+        }
     }
     /* MULTI, n XADDs, SET (fenced): each answered +OK/+QUEUED or an error that aborts EXEC */
     for (i = 0; i < n + (unfenced ? 1 : 2); i++) {
@@ -1218,6 +1251,10 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         if (exec->element[i]->type == REDIS_REPLY_ERROR) { /* ran and failed: not written */
             if (!why[0]) snprintf(why, sizeof(why), "XADD: %s", exec->element[i]->str);
             atomic_fetch_add(&a->redis_errors, 1);
+            ran[n_retry] = 0;
+            nodes[n_retry++] = nodes[i];
+        } else if (waiting) { /* kept until WAIT confirms it */
+            ran[n_retry] = 1;
             nodes[n_retry++] = nodes[i];
         } else {
             atomic_fetch_add(&a->written, 1);
@@ -1225,6 +1262,43 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         }
     }
     freeReplyObject(exec);
+    if (waiting) {
+        long long acked = -1;
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            snprintf(why, sizeof(why), "WAIT: %s", a->redis->errstr);
+        } else {
+            if (r->type == REDIS_REPLY_INTEGER) acked = r->integer;
+            if (acked < (long long)a->cfg->audit.min_replicas)
+                snprintf(why, sizeof(why),
+                         "WAIT: %s%lld of %u replicas confirmed the batch in %s ms",
+                         r->type == REDIS_REPLY_ERROR ? r->str : "", acked < 0 ? 0 : acked,
+                         a->cfg->audit.min_replicas, a->wait_ms);
+            freeReplyObject(r);
+            r = NULL;
+        }
+        if (acked < (long long)a->cfg->audit.min_replicas) {
+            /* in the master's stream, maybe not on the replica a failover would promote: the
+             * records stay spooled, tagged with their batch, so replay writes them again only
+             * when the batch key is missing (and replay WAITs again before it lets them go) */
+            for (i = 0; i < n_retry; i++) {
+                if (!ran[i]) continue;
+                nodes[i]->uncertain = 1;
+                snprintf(nodes[i]->batch, sizeof(nodes[i]->batch), "%s", batch);
+            }
+            sink_failed(a, why);
+            return n_retry;
+        }
+        size_t kept = 0;
+        for (i = 0; i < n_retry; i++) {
+            if (ran[i]) {
+                atomic_fetch_add(&a->written, 1);
+                free(nodes[i]);
+            } else {
+                nodes[kept++] = nodes[i];
+            }
+        }
+        n_retry = kept;
+    }
     if (n_retry > 0) sink_failed(a, why);
     return n_retry;
 lost:
@@ -1341,6 +1415,8 @@ static int replay_open(struct audit *a) {
 static void sink_timeout(struct audit *a, int replay) {
     unsigned ms = a->cfg->redis->timeout_ms;
     if (replay && ms < REPLAY_TIMEOUT_MIN_MS) ms = REPLAY_TIMEOUT_MIN_MS;
+    /* WAIT answers after up to redis.timeout_ms of its own (audit.min_replicas) */
+    if (a->cfg->audit.min_replicas > 0) ms += a->cfg->redis->timeout_ms + 50;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     if (a->redis) (void)redisSetTimeout(a->redis, tv);
 }
@@ -1353,6 +1429,41 @@ static void replay_step(struct audit *a) {
     sink_timeout(a, 1);
     replay_chunk(a);
     sink_timeout(a, 0);
+}
+
+/* audit.min_replicas: before the replay cursor moves past a chunk, WAIT confirms it reached the
+ * replicas. WAIT covers this connection's writes only, and a chunk may write nothing (every
+ * record was in an earlier, unconfirmed attempt, or in a batch that landed): the SET of
+ * <prefix>audit:sync:<run> is a write after all of them, so WAIT covers everything before it.
+ * NULL when confirmed, else why not (in err). */
+static const char *replay_wait(struct audit *a, char *err, size_t errlen) {
+    redisReply *r = NULL;
+    long long acked = -1;
+    const char *why = NULL;
+    if (redisAppendCommand(a->redis, "SET %saudit:sync:%s %llu EX %d", a->cfg->redis->key_prefix,
+                           a->run_id, (unsigned long long)a->batch_seq,
+                           AUDIT_SEEN_TTL_S) != REDIS_OK ||
+        redisAppendCommand(a->redis, "WAIT %s %s", a->wait_replicas, a->wait_ms) != REDIS_OK)
+        return "WAIT: cannot queue the command";
+    for (int i = 0; i < 2; i++) {
+        if (redisGetReply(a->redis, (void **)&r) != REDIS_OK || !r) {
+            snprintf(err, errlen, "WAIT: %s", a->redis->errstr);
+            return err;
+        }
+        if (r->type == REDIS_REPLY_ERROR && !why) {
+            snprintf(err, errlen, "%s: %s", i ? "WAIT" : "SET", r->str);
+            why = err;
+        }
+        if (i == 1 && r->type == REDIS_REPLY_INTEGER) acked = r->integer;
+        freeReplyObject(r);
+    }
+    if (why) return why;
+    if (acked < (long long)a->cfg->audit.min_replicas) {
+        snprintf(err, errlen, "WAIT: %lld of %u replicas confirmed the replayed records in %s ms",
+                 acked < 0 ? 0 : acked, a->cfg->audit.min_replicas, a->wait_ms);
+        return err;
+    }
+    return NULL;
 }
 
 static void replay_chunk(struct audit *a) {
@@ -1435,7 +1546,6 @@ static void replay_chunk(struct audit *a) {
         if (skip[i]) continue;
         struct audit_fields f;
         struct argv_buf b = {0};
-        audit_record_fields(&chunk[i]->rec, &f);
         snprintf(seen_keys[i], sizeof(seen_keys[i]), "%s%s", seen_prefix, chunk[i]->rec.request_id);
         argv_adds(&b, "EVALSHA");
         argv_adds(&b, a->script_sha);
@@ -1444,7 +1554,7 @@ static void replay_chunk(struct audit *a) {
         argv_adds(&b, seen_keys[i]);
         argv_adds(&b, maxlen_ttl);
         argv_adds(&b, a->maxlen);
-        argv_fields(&b, &f);
+        argv_entry(&b, &chunk[i]->rec, &a->entry, &f);
         if (argv_send(a, &b) != 0) {
             why = "cannot queue EVALSHA";
             goto out;
@@ -1474,6 +1584,7 @@ static void replay_chunk(struct audit *a) {
         if (load_script(a) != 0) why = "SCRIPT LOAD failed";
         goto rewind;
     }
+    if (a->cfg->audit.min_replicas > 0 && (why = replay_wait(a, errbuf, sizeof(errbuf)))) goto out;
     a->replay_off = off;
     cursor_write(a, a->replay_name, off);
     atomic_fetch_add(&a->replayed, n);
@@ -1498,7 +1609,7 @@ out_free:
 
 static void try_connect(struct audit *a) {
     char err[256];
-    a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+    a->redis = redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
     if (!a->redis) {
         sink_failed(a, err);
         return;
@@ -1512,13 +1623,33 @@ static void try_connect(struct audit *a) {
         return;
     }
     learn_client(a);
+    sink_timeout(a, 0);
     a->backoff_ms = BACKOFF_MIN_MS;
     struct dirent **names;
     int n = list_segments(a->cfg->audit.spool_dir, &names);
     if (n > 0) free_names(names, n);
     log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
-    log_info("audit: connected to redis %s:%d", a->cfg->redis->host, a->cfg->redis->port);
+    log_info("audit: connected to redis %s:%d", a->redis->tcp.host, a->redis->tcp.port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
+}
+
+/* New settings (SIGHUP) or a new master (+switch-master): between two batches, the connection
+ * is closed and a new one made at once, through the spool's usual reconnect path; a sink waiting
+ * out its backoff tries at once. */
+static void sink_check_epoch(struct audit *a) {
+    uint64_t e = redis_conn_epoch();
+    if (a->redis_epoch == e || !a->cfg->redis) return;
+    a->redis_epoch = e;
+    a->next_connect_us = clock_mono_us();
+    a->backoff_ms = BACKOFF_MIN_MS;
+    if (!a->redis) return;
+    log_info("audit: redis settings or master changed; reconnecting");
+    sink_disconnect(a);
+    if (a->replay_fp) {
+        fclose(a->replay_fp);
+        a->replay_fp = NULL;
+    }
+    set_state(a, AUDIT_SPOOLING);
 }
 
 /* ---- the memory stream ---- */
@@ -1734,6 +1865,13 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
         atomic_fetch_add(&a->written, n);
         return;
     case AUDIT_LIVE:
+        if (retried && a->cfg->audit.min_replicas > 0) {
+            /* held records (the spool refused them) go through the spool and replay: there a
+             * batch that landed is skipped only after a WAIT that covers it */
+            spool_or_hold(a, batch, n);
+            if (!a->held) set_state(a, AUDIT_REPLAYING);
+            return;
+        }
         if (retried && (n = drop_landed(a, batch, n)) == 0) return;
         n = live_write(a, batch, n, 0);
         if (n > 0) spool_or_hold(a, batch, n);
@@ -1785,7 +1923,7 @@ static void sink_last_resort(struct audit *a) {
     }
     if (!a->redis && a->cfg->redis) {
         char err[256];
-        a->redis = redis_open(a->cfg->redis, err, sizeof(err));
+        a->redis = redis_open(a->cfg->redis, NULL, err, sizeof(err));
         if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
@@ -1847,8 +1985,10 @@ static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
     return deadline;
 }
 
+/* Not with audit.commit "durable": there every request waits for its batch, and the batch
+ * forms by itself (what arrives while the last one is written). */
 static void sink_gather(struct audit *a) {
-    if (!atomic_load(&a->stopping)) {
+    if (!atomic_load(&a->stopping) && !a->cfg->audit.commit_durable) {
         struct timespec ts = {0, SINK_GATHER_US * 1000L};
         nanosleep(&ts, NULL);
     }
@@ -1882,6 +2022,53 @@ static void sink_wait(struct audit *a) {
     sink_gather(a);
 }
 
+/* ---- audit.commit "durable" ---- */
+
+/* Before a batch is handled: the highest record number of each worker in it. */
+static void commit_note(struct audit *a, struct audit_node **batch, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (batch[i]->seq) {
+            struct audit_queue *q = a->queues[batch[i]->worker];
+            if (batch[i]->seq > q->batch_max) q->batch_max = batch[i]->seq;
+        }
+}
+
+/* Sets worker w's durable mark to seq (when higher) and tells the worker. */
+static void commit_advance(struct audit *a, unsigned w, uint64_t seq) {
+    struct audit_queue *q = a->queues[w];
+    if (seq <= atomic_load_explicit(&q->durable, memory_order_relaxed)) return;
+    atomic_store_explicit(&q->durable, seq, memory_order_release);
+    pthread_mutex_lock(&a->notify_lock);
+    if (q->notify) q->notify(q->notify_arg);
+    pthread_mutex_unlock(&a->notify_lock);
+}
+
+/* After a batch was handled: what went to the spool is fsynced first (group commit: one fsync
+ * for the batch, and the batch is what arrived while the last one was written), then each
+ * worker's mark moves to its highest record in the batch, short of any record still held (the
+ * spool refused it). A worker's records are taken and settled in order, so every record up to
+ * the mark is stored: in Redis (EXEC answered, and WAIT with min_replicas) or in the spool. */
+static void commit_ack(struct audit *a) {
+    sync_file_sync(a, &a->segment, 1);
+    if (atomic_load(&a->state) == AUDIT_MEMORY) sync_file_sync(a, &a->file, 1);
+    for (unsigned w = 0; w < a->n_workers; w++) {
+        struct audit_queue *q = a->queues[w];
+        uint64_t mark = q->batch_max;
+        if (!mark) continue;
+        for (struct audit_node *h = a->held; h; h = h->next)
+            if (h->worker == w && h->seq && h->seq <= mark) mark = h->seq - 1;
+        commit_advance(a, w, mark);
+        if (mark == q->batch_max) q->batch_max = 0; /* else kept: the held ones come back */
+    }
+}
+
+/* The sink stops: every record was written, spooled or printed (sink_last_resort), so no
+ * request waits any longer. */
+static void commit_release_all(struct audit *a) {
+    for (unsigned w = 0; w < a->n_workers; w++)
+        commit_advance(a, w, atomic_load(&a->queues[w]->submitted));
+}
+
 static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1891,7 +2078,9 @@ static void *sink_main(void *arg) {
         int stopping = atomic_load(&a->stopping), retried;
         file_reopen(a);
         size_t n = collect(a, batch, SINK_BATCH, &retried);
+        if (n > 0 && a->cfg->audit.commit_durable) commit_note(a, batch, n);
         if (n > 0) handle_batch(a, batch, n, retried);
+        if (n > 0 && a->cfg->audit.commit_durable) commit_ack(a);
         atomic_store(&a->held_records, a->held_n);
         if (!a->holding != !a->held) {
             a->holding = a->held != NULL;
@@ -1903,6 +2092,7 @@ static void *sink_main(void *arg) {
             else
                 log_info("audit: the held records are written; the worker queues drain again");
         }
+        sink_check_epoch(a);
         enum audit_state s = (enum audit_state)atomic_load(&a->state);
         if (s == AUDIT_SPOOLING && !stopping && clock_mono_us() >= a->next_connect_us)
             try_connect(a);
@@ -1923,6 +2113,8 @@ static void *sink_main(void *arg) {
     }
     if (a->held) sink_last_resort(a);
     spool_close_segment(a);
+    if (a->file.fd >= 0 && a->cfg->audit.commit_durable) sync_file_sync(a, &a->file, 1);
+    commit_release_all(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
@@ -1951,13 +2143,16 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     strbuf_init(&a->file_text);
     strbuf_init(&a->access);
     strbuf_init(&a->resp);
+    strbuf_init(&a->entry);
     a->backoff_ms = BACKOFF_MIN_MS;
     a->client.id = -1;
     a->fence.id = -1;
     pthread_mutex_init(&a->mem_lock, NULL);
-    pthread_mutex_init(&a->query_lock, NULL);
-    pthread_cond_init(&a->query_cond, NULL);
+    pthread_mutex_init(&a->notify_lock, NULL);
+    redis_query_set_init(&a->queries);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
+    snprintf(a->wait_replicas, sizeof(a->wait_replicas), "%u", cfg->audit.min_replicas);
+    snprintf(a->wait_ms, sizeof(a->wait_ms), "%u", cfg->redis ? cfg->redis->timeout_ms : 0);
     {
         const char *inst = cfg->instance ? cfg->instance : "capgate";
         size_t i;
@@ -2065,10 +2260,35 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
     if (!n) return -1;
     n->next = NULL;
     n->uncertain = 0;
+    n->worker = worker;
+    /* the producer alone moves submitted: this record's number is the next one */
+    n->seq = atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed) + 1;
     n->rec = *r;
     queue_push(a->queues[worker], n);
     sink_nudge(a);
     return 0;
+}
+
+int audit_commit_durable(const struct audit *a) {
+    return a && a->cfg->audit.commit_durable;
+}
+
+uint64_t audit_last_seq(struct audit *a, unsigned worker) {
+    if (!a || worker >= a->n_workers) return 0;
+    return atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed);
+}
+
+uint64_t audit_durable_seq(struct audit *a, unsigned worker) {
+    if (!a || worker >= a->n_workers) return UINT64_MAX;
+    return atomic_load_explicit(&a->queues[worker]->durable, memory_order_acquire);
+}
+
+void audit_on_durable(struct audit *a, unsigned worker, void (*fn)(void *arg), void *arg) {
+    if (!a || worker >= a->n_workers) return;
+    pthread_mutex_lock(&a->notify_lock);
+    a->queues[worker]->notify = fn;
+    a->queues[worker]->notify_arg = arg;
+    pthread_mutex_unlock(&a->notify_lock);
 }
 
 void audit_reopen(struct audit *a) {
@@ -2084,9 +2304,7 @@ void audit_free(struct audit *a) {
         sink_wake(a);
         pthread_join(a->thread, NULL);
     }
-    pthread_mutex_lock(&a->query_lock);
-    while (a->queries > 0) pthread_cond_wait(&a->query_cond, &a->query_lock);
-    pthread_mutex_unlock(&a->query_lock);
+    redis_query_set_wait(&a->queries);
     for (unsigned w = 0; a->queues && w < a->n_workers; w++) {
         struct audit_queue *q = a->queues[w];
         if (!q) continue;
@@ -2114,12 +2332,13 @@ void audit_free(struct audit *a) {
     strbuf_cleanup(&a->file_text);
     strbuf_cleanup(&a->access);
     strbuf_cleanup(&a->resp);
+    strbuf_cleanup(&a->entry);
     if (a->replay_fp) fclose(a->replay_fp);
     sink_disconnect(a);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
-    pthread_mutex_destroy(&a->query_lock);
-    pthread_cond_destroy(&a->query_cond);
+    pthread_mutex_destroy(&a->notify_lock);
+    redis_query_set_destroy(&a->queries);
     free(a);
 }
 
@@ -2228,11 +2447,6 @@ static int query_match(const struct audit_query *q, const struct audit_record *r
 struct query_job {
     struct audit *a;
     struct audit_query q;
-    struct event_base *base;
-    void (*done)(const char *json, int http_status, void *arg);
-    void *arg;
-    char *json;
-    int status;
 };
 
 static int query_add(json_t *records, const struct audit_record *r) {
@@ -2244,7 +2458,7 @@ static int query_add(json_t *records, const struct audit_record *r) {
 static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
                        size_t errlen) {
     const struct config *cfg = j->a->cfg;
-    redisContext *c = redis_open(cfg->redis, err, errlen);
+    redisContext *c = redis_open(cfg->redis, NULL, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
     if (!c) return -1;
@@ -2279,7 +2493,7 @@ static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, 
                 m++;
             }
             struct audit_record rec;
-            if (audit_record_from_fields(&rec, m, names, values, lens) == 0 &&
+            if (audit_record_from_entry(&rec, m, names, values, lens) == 0 &&
                 query_match(&j->q, &rec) && query_add(records, &rec) != 0) {
                 freeReplyObject(r);
                 snprintf(err, errlen, "out of memory");
@@ -2307,82 +2521,41 @@ static void query_memory(struct query_job *j, json_t *records, uint64_t *scanned
     pthread_mutex_unlock(&a->mem_lock);
 }
 
-static void query_deliver(evutil_socket_t fd, short what, void *arg) {
-    struct query_job *j = arg;
-    j->done(j->json ? j->json : "{\"error\":\"out of memory\"}", j->json ? j->status : 500, j->arg);
-    free(j->json);
-    free(j);
-}
-
-static void *query_main(void *arg) {
+/* On the query's own thread (redis_query_run): the JSON answer and its status. */
+static char *query_work(void *arg, int *status) {
     struct query_job *j = arg;
     struct audit *a = j->a;
     json_t *records = json_array(), *o = NULL;
     uint64_t scanned = 0;
-    char err[256] = "";
+    char err[256] = "", *json = NULL;
     if (!records) goto out;
     if (a->cfg->redis) {
         if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
             o = json_pack("{s:s}", "error", err);
-            j->status = 503;
+            *status = 503;
         }
     } else {
         query_memory(j, records, &scanned);
     }
     if (!o) {
         o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
-        j->status = 200;
+        *status = 200;
     }
-    if (o) j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (o) json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
     json_decref(records);
     json_decref(o);
-    const struct timeval now = {0, 0};
-    if (event_base_once(j->base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-        log_error("audit: cannot deliver a query result to the event loop");
-        free(j->json);
-        free(j);
-    }
-    pthread_mutex_lock(&a->query_lock);
-    a->queries--;
-    pthread_cond_broadcast(&a->query_cond);
-    pthread_mutex_unlock(&a->query_lock);
-    return NULL;
+    return json;
 }
 
 void audit_query(struct audit *a, const struct audit_query *q, struct event_base *base,
                  void (*done)(const char *json, int http_status, void *arg), void *arg) {
     struct query_job *j = calloc(1, sizeof(*j));
-    pthread_t t;
-    pthread_attr_t attr;
     if (!j) {
         done("{\"error\":\"out of memory\"}", 500, arg);
         return;
     }
     j->a = a;
     j->q = *q;
-    j->base = base;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&a->query_lock);
-    a->queries++;
-    pthread_mutex_unlock(&a->query_lock);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = thread_start(&t, &attr, query_main, j);
-    pthread_attr_destroy(&attr);
-    if (rc != 0) {
-        pthread_mutex_lock(&a->query_lock);
-        a->queries--;
-        pthread_cond_broadcast(&a->query_cond);
-        pthread_mutex_unlock(&a->query_lock);
-        j->json = strdup("{\"error\":\"cannot start the query thread\"}");
-        j->status = 503;
-        const struct timeval now = {0, 0};
-        if (event_base_once(base, -1, EV_TIMEOUT, query_deliver, j, &now) != 0) {
-            free(j->json);
-            free(j);
-            done("{\"error\":\"cannot start the query thread\"}", 503, arg);
-        }
-    }
+    redis_query_run(&a->queries, base, query_work, j, free, done, arg);
 }

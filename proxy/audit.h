@@ -49,7 +49,8 @@ struct audit_record {
     char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
     int has_code; /* 0: the reply had no API code (null / left out) */
-    char code_desc[32];
+    char code_desc[48];
+    char api[3]; /* "v2" or "v3": the API generation of the request */
     int upstream_status;
     int http_status; /* answered (0: client gone); the access line's only: not
                                      * in the stream, the JSON or the spool */
@@ -77,9 +78,22 @@ int audit_record_json(const struct audit_record *r, struct strbuf *out);
 /* Parses what audit_record_json wrote (unknown keys ignored) back into r. 0, or -1. */
 int audit_record_from_json(const char *text, size_t len, struct audit_record *r);
 
-/* The flat field/value list of a stream entry (XADD): the same names as the JSON, absent
- * optional values left out, numbers in decimal. Values point into r or into f. */
-#define AUDIT_FIELDS_MAX 26
+/* A stream entry (XADD) holds one field, AUDIT_STREAM_FIELD, whose value is the record's compact
+ * JSON object exactly as audit_record_json writes it (the text of an audit.file line): one
+ * argument for Redis to parse and store instead of about 25 field/value pairs (README "Audit").
+ */
+#define AUDIT_STREAM_FIELD "json"
+/* Builds r from a stream entry's fields (names[i] = values[i]): its AUDIT_STREAM_FIELD when it
+ * has one, else the flat field/value pairs that earlier versions wrote (audit_record_fields),
+ * so a stream holding both reads whole. 0, or -1 when the entry is neither. */
+int audit_record_from_entry(struct audit_record *r, size_t n, const char *const *names,
+                            const char *const *values, const size_t *value_lens);
+
+/* The flat field/value list of a stream entry as earlier versions wrote it (XADD): the same
+ * names as the JSON, absent optional values left out, numbers in decimal. Values point into r or
+ * into f. Still read (audit_record_from_entry); written only for a record whose JSON cannot be
+ * made (never expected: every string of a record is valid UTF-8). */
+#define AUDIT_FIELDS_MAX 27
 struct audit_fields {
     size_t count;
     const char *name[AUDIT_FIELDS_MAX];
@@ -141,6 +155,20 @@ void audit_free(struct audit *a);
  * file error and goes on writing to the file it had. Nothing happens without an audit file.
  * NULL accepted. */
 void audit_reopen(struct audit *a);
+
+/* audit.commit "durable" (README "Durability"): a worker's records are numbered 1, 2, ... in
+ * submit order. After the sink stored some (Redis answered EXEC, and WAIT confirmed
+ * audit.min_replicas; or the spool, or without Redis the audit file, fsynced them: one fsync per
+ * batch), it moves the worker's durable mark and calls the worker's notify function from the
+ * sink thread. The worker parks a reply until the mark reaches its record's number. */
+int audit_commit_durable(const struct audit *a); /* 1 when cfg->audit.commit is "durable" */
+/* On worker's thread, right after audit_submit: the number of the record just submitted. */
+uint64_t audit_last_seq(struct audit *a, unsigned worker);
+/* Any thread: every record of worker numbered up to this is stored. */
+uint64_t audit_durable_seq(struct audit *a, unsigned worker);
+/* Before worker's first submit. fn(arg) runs on the sink thread: it must only wake the worker
+ * (e.g. event_active on a base with libevent threading enabled). */
+void audit_on_durable(struct audit *a, unsigned worker, void (*fn)(void *arg), void *arg);
 /* Any thread. */
 void audit_get_stats(struct audit *a, struct audit_stats *out);
 /* "memory" "live" "spooling" "replaying" "stopped": the sink's state, for /readyz and tests. */

@@ -419,6 +419,9 @@ enum field_kind {
     4u             /* top-level keys: a SIGHUP reload applies it (and all under it); without it
                        * a change is logged as needing a restart */
 #define F_SHOWN 8u /* secret kinds: not a secret (a secret id), the dump shows the value */
+#define F_RESTART \
+    16u /* a field under a F_RELOAD key that a reload still does not apply (redis.key_prefix);
+         * a F_RELOAD object behind a pointer (redis) added or removed needs a restart too */
 
 /* What the dump and the reload diff see of a field (parsing ignores it). */
 enum field_shape {
@@ -751,6 +754,7 @@ static const char *const app_auth_names[] = {"signature", "token", NULL};
 static const char *const scope_names[] = {"params", "app", "global", NULL};
 static const char *const mode_names[] = {"enforce", "shadow", NULL};
 static const char *const pii_names[] = {"hash", "raw", NULL};
+static const char *const commit_names[] = {"async", "durable", NULL};
 static const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
 static const char *const log_format_names[] = {"text", "json", NULL};
 
@@ -759,7 +763,10 @@ static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",
     [V2_ACTION_CAPTCHA_CHECK] = "CaptchaCheck",
     [V2_ACTION_CAPTCHA_QUERY] = "CaptchaQuery",
+    [V3_ACTION_DESCRIBE_CAPTCHA_RESULT] = "DescribeCaptchaResult",
+    [V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT] = "DescribeCaptchaMiniResult",
 };
+static const char *const inject_names[] = {"missing", "always", NULL};
 
 static unsigned all_actions(void) {
     unsigned m = 0;
@@ -869,8 +876,9 @@ static int parse_actions(struct ctx *x, json_t *v, void *base) {
         if (!found) {
             describe(e, got, sizeof got);
             return fail(x,
-                        "must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
-                        "\"CaptchaQuery\"; got %s",
+                        "must be \"CaptchaIframeQuery\", \"CaptchaCheck\", "
+                        "\"CaptchaQuery\", \"DescribeCaptchaResult\" or "
+                        "\"DescribeCaptchaMiniResult\"; got %s",
                         got);
         }
         pop(x);
@@ -878,21 +886,22 @@ static int parse_actions(struct ctx *x, json_t *v, void *base) {
     return 0;
 }
 
-static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
-    struct config_app *app = base;
+/* "*" or a non-empty list of distinct UInts (what names them: "businessId", "CaptchaAppId"). */
+static int parse_id_list(struct ctx *x, json_t *v, const char *what, int *any, uint32_t **ids,
+                         size_t *n) {
     size_t i;
     json_t *e;
     char got[80];
     if (json_is_string(v) && strcmp(json_string_value(v), "*") == 0) {
-        app->business_any = 1;
+        *any = 1;
         return 0;
     }
     if (!json_is_array(v) || json_array_size(v) == 0) {
         describe(v, got, sizeof got);
-        return fail(x, "must be \"*\" or a non-empty list of UInt businessIds; got %s", got);
+        return fail(x, "must be \"*\" or a non-empty list of UInt %ss; got %s", what, got);
     }
-    if (!(app->business_ids = calloc(json_array_size(v), sizeof *app->business_ids))) return oom(x);
-    app->business_any = 0;
+    if (!(*ids = calloc(json_array_size(v), sizeof **ids))) return oom(x);
+    *any = 0;
     json_array_foreach(v, i, e) {
         push_index(x, i);
         if (!json_is_integer(e) || json_integer_value(e) < 0 ||
@@ -901,12 +910,24 @@ static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
             return fail(x, "must be a UInt (0..4294967295); got %s", got);
         }
         uint32_t id = (uint32_t)json_integer_value(e);
-        for (size_t j = 0; j < app->n_business_ids; j++)
-            if (app->business_ids[j] == id) return fail(x, "businessId %u listed twice", id);
-        app->business_ids[app->n_business_ids++] = id;
+        for (size_t j = 0; j < *n; j++)
+            if ((*ids)[j] == id) return fail(x, "%s %u listed twice", what, id);
+        (*ids)[(*n)++] = id;
         pop(x);
     }
     return 0;
+}
+
+static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    return parse_id_list(x, v, "businessId", &app->business_any, &app->business_ids,
+                         &app->n_business_ids);
+}
+
+static int parse_captcha_app_ids(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    return parse_id_list(x, v, "CaptchaAppId", &app->captcha_any, &app->captcha_app_ids,
+                         &app->n_captcha_app_ids);
 }
 
 static int parse_param_match(struct ctx *x, json_t *v, int *any, uint32_t *id) {
@@ -1035,21 +1056,42 @@ static int same_actions(const struct field *f, const char *a, const char *b) {
     return ((const struct config_app *)a)->actions == ((const struct config_app *)b)->actions;
 }
 
+static int dump_id_list(int any, const uint32_t *ids, size_t n, json_t **out) {
+    if (any) return (*out = json_string("*")) ? 0 : -1;
+    if (!(*out = json_array())) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (json_array_append_new(*out, json_integer(ids[i]))) return -1;
+    return 0;
+}
+
+static int same_id_list(int any_a, const uint32_t *a, size_t na, int any_b, const uint32_t *b,
+                        size_t nb) {
+    if (any_a != any_b || na != nb) return 0;
+    for (size_t i = 0; i < na; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 static int dump_business_ids(const struct field *f, const char *base, json_t **out) {
     const struct config_app *a = (const struct config_app *)base;
-    if (a->business_any) return (*out = json_string("*")) ? 0 : -1;
-    if (!(*out = json_array())) return -1;
-    for (size_t i = 0; i < a->n_business_ids; i++)
-        if (json_array_append_new(*out, json_integer(a->business_ids[i]))) return -1;
-    return 0;
+    return dump_id_list(a->business_any, a->business_ids, a->n_business_ids, out);
 }
 
 static int same_business_ids(const struct field *f, const char *a, const char *b) {
     const struct config_app *x = (const struct config_app *)a, *y = (const struct config_app *)b;
-    if (x->business_any != y->business_any || x->n_business_ids != y->n_business_ids) return 0;
-    for (size_t i = 0; i < x->n_business_ids; i++)
-        if (x->business_ids[i] != y->business_ids[i]) return 0;
-    return 1;
+    return same_id_list(x->business_any, x->business_ids, x->n_business_ids, y->business_any,
+                        y->business_ids, y->n_business_ids);
+}
+
+static int dump_captcha_app_ids(const struct field *f, const char *base, json_t **out) {
+    const struct config_app *a = (const struct config_app *)base;
+    return dump_id_list(a->captcha_any, a->captcha_app_ids, a->n_captcha_app_ids, out);
+}
+
+static int same_captcha_app_ids(const struct field *f, const char *a, const char *b) {
+    const struct config_app *x = (const struct config_app *)a, *y = (const struct config_app *)b;
+    return same_id_list(x->captcha_any, x->captcha_app_ids, x->n_captcha_app_ids, y->captcha_any,
+                        y->captcha_app_ids, y->n_captcha_app_ids);
 }
 
 /* A limit's businessId or sceneId (by f->key): "*" or the id; only rules with scope params
@@ -1081,7 +1123,9 @@ static int same_limit_match(const struct field *f, const char *a, const char *b)
 static int dump_redis_url(const struct field *f, const char *base, json_t **out) {
     const struct config_redis *r = (const struct config_redis *)base;
     char url[600];
-    int v6 = strchr(r->host, ':') != NULL;
+    int v6;
+    if (!r->url) return 0; /* sentinels without a url */
+    v6 = strchr(r->host, ':') != NULL;
     snprintf(url, sizeof url, "redis://%s%s%s%s:%d/%u", r->password ? ":" MASK "@" : "",
              v6 ? "[" : "", r->host, v6 ? "]" : "", r->port, r->db);
     return (*out = json_string(url)) ? 0 : -1;
@@ -1091,7 +1135,29 @@ static int dump_redis_url(const struct field *f, const char *base, json_t **out)
 static int same_redis_url(const struct field *f, const char *a, const char *b) {
     const struct config_redis *x = (const struct config_redis *)a;
     const struct config_redis *y = (const struct config_redis *)b;
-    return same_str(x->host, y->host) && x->port == y->port && x->db == y->db;
+    return same_str(x->host, y->host) && x->port == y->port && x->db == y->db && !x->url == !y->url;
+}
+
+/* redis.sentinels as "host:port" strings (IPv6 in brackets). */
+static int dump_redis_sentinels(const struct field *f, const char *base, json_t **out) {
+    const struct config_redis *r = (const struct config_redis *)base;
+    if (!r->n_sentinels) return 0;
+    if (!(*out = json_array())) return -1;
+    for (size_t i = 0; i < r->n_sentinels; i++)
+        if (json_array_append_new(*out, host_port(r->sentinels[i].host, r->sentinels[i].port)))
+            return -1;
+    return 0;
+}
+
+static int same_redis_sentinels(const struct field *f, const char *a, const char *b) {
+    const struct config_redis *x = (const struct config_redis *)a;
+    const struct config_redis *y = (const struct config_redis *)b;
+    if (x->n_sentinels != y->n_sentinels) return 0;
+    for (size_t i = 0; i < x->n_sentinels; i++)
+        if (!same_str(x->sentinels[i].host, y->sentinels[i].host) ||
+            x->sentinels[i].port != y->sentinels[i].port)
+            return 0;
+    return 1;
 }
 
 static int dump_pii_key(const struct field *f, const char *base, json_t **out) {
@@ -1154,6 +1220,7 @@ static int same_pii_key(const struct field *f, const char *a, const char *b) {
 static const struct field upstream_fields[] = {
     STR("url", struct config_upstream, url),
     STR("sign_host", struct config_upstream, sign_host),
+    STR("v3_url", struct config_upstream, v3_url),
     {.key = "secret_id",
      .kind = FK_SECRET,
      .off = offsetof(struct config_upstream, secret_id),
@@ -1192,12 +1259,13 @@ static const struct field upstream_fields[] = {
     END,
 };
 
+static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base);
+
 static const struct field redis_fields[] = {
     {.key = "url",
      .kind = FK_STRING,
      .off = offsetof(struct config_redis, url),
      .flag_off = NO_FLAG,
-     .flags = F_REQUIRED,
      .dump = dump_redis_url,
      .same = same_redis_url},
     SECRET("password_env", FK_SECRET_ENV, struct config_redis, password, "password", NO_FLAG),
@@ -1207,7 +1275,26 @@ static const struct field redis_fields[] = {
      .kind = FK_STRING,
      .off = offsetof(struct config_redis, key_prefix),
      .max = CONFIG_KEY_PREFIX_MAX,
+     .flag_off = NO_FLAG,
+     .flags = F_RESTART},
+    CUSTOM_LEAF("sentinels", parse_redis_sentinels, dump_redis_sentinels, same_redis_sentinels, 0),
+    {.key = "master_name",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, master_name),
+     .max = 200,
      .flag_off = NO_FLAG},
+    {.key = "sentinel_username",
+     .kind = FK_STRING,
+     .off = offsetof(struct config_redis, sentinel_username),
+     .max = 200,
+     .flag_off = NO_FLAG},
+    /* _env first: the group's dump is null when unset */
+    SECRET("sentinel_password_env", FK_SECRET_ENV, struct config_redis, sentinel_password,
+           "sentinel_password", NO_FLAG),
+    SECRET("sentinel_password_file", FK_SECRET_FILE, struct config_redis, sentinel_password,
+           "sentinel_password", NO_FLAG),
+    SECRET("sentinel_password", FK_SECRET, struct config_redis, sentinel_password,
+           "sentinel_password", offsetof(struct config_redis, sentinel_password_literal)),
     END,
 };
 
@@ -1239,6 +1326,25 @@ static const struct field app_fields[] = {
     SECRET("token_file", FK_SECRET_FILE, struct config_app, token, "token", NO_FLAG),
     CUSTOM_LEAF("actions", parse_actions, dump_actions, same_actions, 0),
     CUSTOM_LEAF("business_ids", parse_business_ids, dump_business_ids, same_business_ids, 0),
+    CUSTOM_LEAF("captcha_app_ids", parse_captcha_app_ids, dump_captcha_app_ids,
+                same_captcha_app_ids, 0),
+    END,
+};
+
+static const struct field captcha_app_fields[] = {
+    {.key = "captcha_app_id",
+     .kind = FK_U32,
+     .off = offsetof(struct config_captcha_app, captcha_app_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config_captcha_app, has_captcha_app_id),
+     .flags = F_REQUIRED},
+    SECRET("app_secret_key", FK_SECRET, struct config_captcha_app, app_secret_key, "app_secret_key",
+           offsetof(struct config_captcha_app, secret_literal)),
+    SECRET("app_secret_key_env", FK_SECRET_ENV, struct config_captcha_app, app_secret_key,
+           "app_secret_key", NO_FLAG),
+    SECRET("app_secret_key_file", FK_SECRET_FILE, struct config_captcha_app, app_secret_key,
+           "app_secret_key", NO_FLAG),
+    ENUM("inject", struct config_captcha_app, inject_always, inject_names),
     END,
 };
 
@@ -1284,6 +1390,8 @@ static const struct field audit_fields[] = {
      .dump = dump_pii_key,
      .same = same_pii_key},
     SECRET("pii_key_file", FK_SECRET_FILE, struct config_audit, pii_key, "pii_key", NO_FLAG),
+    ENUM("commit", struct config_audit, commit_durable, commit_names),
+    NUM("min_replicas", FK_UINT, struct config_audit, min_replicas, 0, 64),
     END,
 };
 
@@ -1483,6 +1591,35 @@ out:
 
 /* ---- sections ---------------------------------------------------------------------------- */
 
+/* upstream.v3_url into v3_tls/v3_host/v3_port/v3_path/v3_sign_host, by the rules of url. */
+static int parse_v3_url(struct ctx *x, struct config_upstream *u) {
+    struct config_upstream t = {.url = u->v3_url};
+    const char *why = NULL;
+    char buf[300];
+    if (parse_upstream_url(&t, &why) != 0) {
+        free(t.host);
+        free(t.path);
+        push_key(x, "v3_url");
+        char shown[200];
+        if (!why) return oom(x);
+        url_masked(u->v3_url, shown, sizeof shown);
+        return fail(x, "%s; got %s", why, shown);
+    }
+    free(u->v3_host);
+    free(u->v3_path);
+    u->v3_tls = t.tls;
+    u->v3_host = t.host;
+    u->v3_port = t.port;
+    u->v3_path = t.path;
+    int v6 = strchr(u->v3_host, ':') != NULL;
+    if (u->v3_port == (u->v3_tls ? 443 : 80))
+        snprintf(buf, sizeof buf, "%s%s%s", v6 ? "[" : "", u->v3_host, v6 ? "]" : "");
+    else
+        snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->v3_host, v6 ? "]" : "",
+                 u->v3_port);
+    return set_str(&u->v3_sign_host, buf) ? oom(x) : 0;
+}
+
 static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     struct config_upstream *u = &c->upstream;
@@ -1510,6 +1647,36 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     if (!u->secret_key)
         return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
     if (!(u->sign_key = sign_key_new(u->secret_key, strlen(u->secret_key)))) return oom(x);
+    return parse_v3_url(x, u);
+}
+
+/* redis.sentinels: a non-empty list of "host:port" (IPv6 in brackets), at most 16. */
+static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base) {
+    struct config_redis *r = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16) {
+        if (json_is_array(v))
+            snprintf(got, sizeof got, "%zu", json_array_size(v));
+        else
+            describe(v, got, sizeof got);
+        return fail(x, "must be a list of 1 to 16 \"host:port\" Sentinel addresses; got %s", got);
+    }
+    if (!(r->sentinels = calloc(json_array_size(v), sizeof *r->sentinels))) return oom(x);
+    json_array_foreach(v, i, e) {
+        int port = 0;
+        push_index(x, i);
+        if (!json_is_string(e) ||
+            split_host_port(json_string_value(e), &r->sentinels[i].host, &port, 1) != 0 ||
+            port == 0) {
+            describe(e, got, sizeof got);
+            return fail(x, "must be \"host:port\" with a port 1..65535; got %s", got);
+        }
+        r->sentinels[i].port = port;
+        r->n_sentinels = i + 1;
+        pop(x);
+    }
     return 0;
 }
 
@@ -1522,6 +1689,21 @@ static int parse_redis(struct ctx *x, json_t *v, void *base) {
     c->redis->timeout_ms = 100;
     if (set_str(&c->redis->key_prefix, "capgate:")) return oom(x);
     if (parse_object(x, v, redis_fields, c->redis)) return -1;
+    if (c->redis->n_sentinels && !c->redis->master_name)
+        return fail(x, "missing required key \"master_name\" (the sentinels' name of the master)");
+    if (!c->redis->n_sentinels && c->redis->master_name) {
+        push_key(x, "master_name");
+        return fail(x, "needs \"sentinels\": the addresses to ask for this master");
+    }
+    if (!c->redis->n_sentinels && (c->redis->sentinel_password || c->redis->sentinel_username))
+        return fail(x, "sentinel_username/sentinel_password need \"sentinels\"");
+    if (!c->redis->url) {
+        if (!c->redis->n_sentinels)
+            return fail(x, "missing required key \"url\" (or \"sentinels\" and \"master_name\")");
+        /* the master's address comes from the sentinels; AUTH and SELECT as password / db 0 */
+        if (set_str(&c->redis->host, c->redis->master_name)) return oom(x);
+        return 0;
+    }
     if (parse_redis_url(c->redis, &why) != 0) {
         int rc;
         push_key(x, "url");
@@ -1560,6 +1742,7 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
         c->n_apps = i + 1;
         app->actions = all_actions();
         app->business_any = 1;
+        app->captcha_any = 1;
         push_index(x, i);
         if (parse_object(x, e, app_fields, app)) return -1;
         if (app->auth == CONFIG_AUTH_SIGNATURE) {
@@ -1605,6 +1788,39 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
                 return rc;
             }
         }
+    }
+    return 0;
+}
+
+static int parse_captcha_apps(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of {\"captcha_app_id\", \"app_secret_key_env\"}; got %s",
+                    got);
+    }
+    if (json_array_size(v) &&
+        !(c->captcha_apps = calloc(json_array_size(v), sizeof *c->captcha_apps)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        struct config_captcha_app *a = &c->captcha_apps[i];
+        c->n_captcha_apps = i + 1;
+        push_index(x, i);
+        if (parse_object(x, e, captcha_app_fields, a)) return -1;
+        if (!a->app_secret_key)
+            return fail(x, "missing required key \"app_secret_key_env\" (or "
+                           "app_secret_key_file)");
+        for (size_t j = 0; j < i; j++) {
+            if (c->captcha_apps[j].captcha_app_id == a->captcha_app_id) {
+                push_key(x, "captcha_app_id");
+                return fail(x, "duplicate captcha_app_id %u (also captcha_apps[%zu])",
+                            a->captcha_app_id, j);
+            }
+        }
+        pop(x);
     }
     return 0;
 }
@@ -1778,7 +1994,8 @@ static const struct field config_fields[] = {
      .shape = SHAPE_OBJECT_PTR,
      .sub = redis_fields,
      .off = offsetof(struct config, redis),
-     .flag_off = NO_FLAG},
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
     {.key = "on_store_error",
      .kind = FK_ENUM,
      .off = offsetof(struct config, on_store_error),
@@ -1796,6 +2013,8 @@ static const struct field config_fields[] = {
     LIST("apps", parse_apps, app_fields, struct config, apps, n_apps, struct config_app, F_RELOAD),
     LIST("limits", parse_limits, limit_fields, struct config, limits, n_limits, struct config_limit,
          F_RELOAD),
+    LIST("captcha_apps", parse_captcha_apps, captcha_app_fields, struct config, captcha_apps,
+         n_captcha_apps, struct config_captcha_app, F_RELOAD),
     SECTION("audit", parse_audit, audit_fields, struct config, audit, 0),
     SECTION("metrics", parse_metrics, metrics_fields, struct config, metrics, 0),
     SECTION("pool", parse_pool, pool_fields, struct config, pool, F_RELOAD),
@@ -1817,6 +2036,17 @@ static const struct field config_fields[] = {
      .kind = FK_STRING_NULL,
      .off = offsetof(struct config, demo_app),
      .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_tcaptcha_url",
+     .kind = FK_STRING,
+     .off = offsetof(struct config, demo_tcaptcha_url),
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_captcha_app_id",
+     .kind = FK_U32,
+     .off = offsetof(struct config, demo_captcha_app_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config, has_demo_captcha_app_id),
      .flags = F_RELOAD},
     STR("instance", struct config, instance),
     {.key = "log_level",
@@ -1870,6 +2100,8 @@ static int config_defaults(struct config *c) {
 
     if (set_str(&c->listen_host, "127.0.0.1") || set_str(&c->admin_host, "127.0.0.1") ||
         set_str(&c->upstream.url, "https://csec.api.qcloud.com/v2/index.php") ||
+        set_str(&c->upstream.v3_url, "https://captcha.tencentcloudapi.com/") ||
+        set_str(&c->demo_tcaptcha_url, "https://turing.captcha.qcloud.com/TCaptcha.js") ||
         set_str(&c->upstream.region, "gz") || set_str(&c->audit.stream, "capgate:audit") ||
         set_str(&c->audit.spool_dir, "var/spool") || set_str(&c->log_level, "info"))
         return -1;
@@ -1995,10 +2227,13 @@ static int load_text(const char *json_text, const char *name, const char *base_d
          * written in the file: the line and column say where, without quoting it. Only a
          * duplicate key keeps it, as it names the key. */
         char *near = strstr(jerr.text, " near '");
+        char text[4 * sizeof jerr.text + 1];
         if (near && strncmp(jerr.text, "duplicate object key", 20) != 0) *near = '\0';
+        /* the duplicate key is echoed with its control bytes as \xNN, like every key path */
+        shown_plain(jerr.text, text, sizeof text);
         if (errlen)
             snprintf(err, errlen, "%s:%d:%d: syntax error: %s", name, jerr.line < 1 ? 1 : jerr.line,
-                     jerr.column < 1 ? 1 : jerr.column, jerr.text);
+                     jerr.column < 1 ? 1 : jerr.column, text);
         goto out;
     }
     if (!(c = calloc(1, sizeof *c)) || config_defaults(c) != 0 || set_str(&c->path, name)) {
@@ -2073,6 +2308,10 @@ void config_free(struct config *c) {
     free(c->upstream.host);
     free(c->upstream.path);
     free(c->upstream.sign_host);
+    free(c->upstream.v3_url);
+    free(c->upstream.v3_host);
+    free(c->upstream.v3_path);
+    free(c->upstream.v3_sign_host);
     free(c->upstream.secret_id);
     secmem_free(c->upstream.secret_key);
     sign_key_free(c->upstream.sign_key);
@@ -2084,6 +2323,11 @@ void config_free(struct config *c) {
         free(c->redis->host);
         secmem_free(c->redis->password);
         free(c->redis->key_prefix);
+        for (size_t i = 0; i < c->redis->n_sentinels; i++) free(c->redis->sentinels[i].host);
+        free(c->redis->sentinels);
+        free(c->redis->master_name);
+        free(c->redis->sentinel_username);
+        secmem_free(c->redis->sentinel_password);
         free(c->redis);
     }
     for (size_t i = 0; i < c->n_apps; i++) {
@@ -2093,8 +2337,11 @@ void config_free(struct config *c) {
         sign_key_free(c->apps[i].sign_key);
         secmem_free(c->apps[i].token);
         free(c->apps[i].business_ids);
+        free(c->apps[i].captcha_app_ids);
     }
     free(c->apps);
+    for (size_t i = 0; i < c->n_captcha_apps; i++) secmem_free(c->captcha_apps[i].app_secret_key);
+    free(c->captcha_apps);
     for (size_t i = 0; i < c->n_limits; i++) free(c->limits[i].name);
     free(c->limits);
     free(c->audit.stream);
@@ -2103,6 +2350,7 @@ void config_free(struct config *c) {
     secmem_free(c->audit.pii_key);
     free(c->pool.profiles);
     free(c->demo_app);
+    free(c->demo_tcaptcha_url);
     free(c->instance);
     free(c->log_level);
     free(c);
@@ -2289,10 +2537,14 @@ struct diff {
     int applied;
     config_change_fn fn;
     void *arg;
-    size_t count;
+    size_t count; /* changes reported */
+    size_t seen;  /* changes found, reported or not (a list's "reordered") */
 };
 
-static void diff_report(struct diff *d, const char *path, const char *detail) {
+/* reload: whether a reload applies this change; only those of the pass's kind are reported. */
+static void diff_report(struct diff *d, const char *path, const char *detail, int reload) {
+    d->seen++;
+    if (!reload != !d->applied) return;
     d->count++;
     d->fn(path, detail, d->applied, d->arg);
 }
@@ -2316,7 +2568,7 @@ static void value_text(const struct field *f, const char *base, char *buf, size_
 }
 
 static void diff_object(struct diff *d, const struct field *table, const char *a, const char *b,
-                        const char *prefix);
+                        const char *prefix, int reload);
 
 /* The name of a list element whose fields have a "name" (apps, limits), or NULL. */
 static const char *element_name(const struct field *sub, const char *elem) {
@@ -2330,10 +2582,10 @@ static const char *element_name(const struct field *sub, const char *elem) {
  * another order: "reordered", which matters to limits), others by index. Called when the lists
  * differ. */
 static void diff_list(struct diff *d, const struct field *f, const char *a, const char *b,
-                      const char *path) {
+                      const char *path, int reload) {
     const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
     size_t nx = *(const size_t *)(a + f->count_off), ny = *(const size_t *)(b + f->count_off);
-    size_t reported = d->count;
+    size_t reported = d->seen;
     char where[CONFIG_NAME_MAX + 300];
     int named = (nx && element_name(f->sub, x)) || (ny && element_name(f->sub, y));
     for (size_t j = 0; j < ny; j++) {
@@ -2348,9 +2600,9 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
             snprintf(where, sizeof where, "%s[%zu]", path, j);
         }
         if (!o)
-            diff_report(d, where, "added");
+            diff_report(d, where, "added", reload);
         else if (!same_object(f->sub, o, e))
-            diff_report(d, where, "changed");
+            diff_report(d, where, "changed", reload);
     }
     for (size_t i = 0; i < nx; i++) {
         const char *o = x + i * f->elem_size;
@@ -2364,45 +2616,46 @@ static void diff_list(struct diff *d, const struct field *f, const char *a, cons
             kept = i < ny;
             snprintf(where, sizeof where, "%s[%zu]", path, i);
         }
-        if (!kept) diff_report(d, where, "removed");
+        if (!kept) diff_report(d, where, "removed", reload);
     }
-    if (d->count == reported) diff_report(d, path, "reordered");
+    if (d->seen == reported) diff_report(d, path, "reordered", reload);
 }
 
 static void diff_field(struct diff *d, const struct field *f, const char *a, const char *b,
-                       const char *path) {
+                       const char *path, int reload) {
     char was[128], now[128], detail[300];
     if (same_value(f, a, b)) return;
+    if (f->flags & F_RESTART) reload = 0;
     switch (f->shape) {
-    case SHAPE_OBJECT: diff_object(d, f->sub, a + f->off, b + f->off, path); return;
+    case SHAPE_OBJECT: diff_object(d, f->sub, a + f->off, b + f->off, path, reload); return;
     case SHAPE_OBJECT_PTR: {
         const char *x = *(char *const *)(a + f->off), *y = *(char *const *)(b + f->off);
         if (x && y)
-            diff_object(d, f->sub, x, y, path);
-        else
-            diff_report(d, path, x ? "removed" : "added");
+            diff_object(d, f->sub, x, y, path, reload);
+        else /* the section's presence picks a backend: a restart */
+            diff_report(d, path, x ? "removed" : "added", 0);
         return;
     }
-    case SHAPE_LIST: diff_list(d, f, a, b, path); return;
+    case SHAPE_LIST: diff_list(d, f, a, b, path, reload); return;
     case SHAPE_LEAF: break;
     }
     if (is_secret(f)) {
-        diff_report(d, path, "changed");
+        diff_report(d, path, "changed", reload);
         return;
     }
     value_text(f, a, was, sizeof was);
     value_text(f, b, now, sizeof now);
     snprintf(detail, sizeof detail, "%s -> %s", was, now);
-    diff_report(d, path, detail);
+    diff_report(d, path, detail, reload);
 }
 
 static void diff_object(struct diff *d, const struct field *table, const char *a, const char *b,
-                        const char *prefix) {
+                        const char *prefix, int reload) {
     char path[256];
     for (const struct field *f = table; f->key; f++) {
         if (group_follower(table, f)) continue;
         snprintf(path, sizeof path, "%s.%s", prefix, field_name(f));
-        diff_field(d, f, a, b, path);
+        diff_field(d, f, a, b, path, reload);
     }
 }
 
@@ -2410,8 +2663,8 @@ size_t config_diff(const struct config *a, const struct config *b, int applied, 
                    void *arg) {
     struct diff d = {.applied = !!applied, .fn = fn, .arg = arg};
     for (const struct field *f = config_fields; f->key; f++) {
-        if (!(f->flags & F_RELOAD) != !applied || group_follower(config_fields, f)) continue;
-        diff_field(&d, f, (const char *)a, (const char *)b, field_name(f));
+        if (group_follower(config_fields, f)) continue;
+        diff_field(&d, f, (const char *)a, (const char *)b, field_name(f), !!(f->flags & F_RELOAD));
     }
     return d.count;
 }
@@ -2431,7 +2684,7 @@ static void keys_walk(const struct field *table, const char *prefix, const struc
             continue;
         }
         k.top = field_name(t);
-        k.reload = !!(t->flags & F_RELOAD);
+        k.reload = !!(t->flags & F_RELOAD) && !(f->flags & F_RESTART);
         k.secret = is_secret(f);
         k.env_file = f->group != NULL;
         k.names = f->names;
@@ -2446,6 +2699,12 @@ void config_keys(void (*fn)(const struct config_key *k, void *arg), void *arg) {
 }
 
 /* ---- lookups and warnings ---------------------------------------------------------------- */
+
+const struct config_captcha_app *config_find_captcha_app(const struct config *c, uint32_t id) {
+    for (size_t i = 0; i < c->n_captcha_apps; i++)
+        if (c->captcha_apps[i].captcha_app_id == id) return &c->captcha_apps[i];
+    return NULL;
+}
 
 const struct config_app *config_find_app_by_secret_id(const struct config *c,
                                                       const char *secret_id) {
@@ -2481,6 +2740,10 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
         warn("upstream.secret_key is written in the config file: use secret_key_env or "
              "secret_key_file outside local development",
              arg);
+    if (c->redis && c->redis->sentinel_password_literal)
+        warn("redis.sentinel_password is written in the config file: use "
+             "sentinel_password_env or sentinel_password_file outside local development",
+             arg);
     for (size_t i = 0; i < c->n_apps; i++) {
         if (!c->apps[i].secret_literal) continue;
         snprintf(msg, sizeof msg,
@@ -2491,12 +2754,25 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
                  c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key");
         warn(msg, arg);
     }
+    for (size_t i = 0; i < c->n_captcha_apps; i++) {
+        if (!c->captcha_apps[i].secret_literal) continue;
+        snprintf(msg, sizeof msg,
+                 "captcha_apps[%zu] (CaptchaAppId %u): the app_secret_key is written in the "
+                 "config file: use app_secret_key_env or app_secret_key_file outside local "
+                 "development",
+                 i, c->captcha_apps[i].captcha_app_id);
+        warn(msg, arg);
+    }
+    if (c->upstream.v3_url && !c->upstream.v3_tls)
+        warn("upstream.v3_url is plain http: the signed 3.0 requests travel unencrypted", arg);
     if (c->n_apps == 0) warn("apps is empty: every request will be refused", arg);
     if (c->audit.pii_key_generated)
         warn("audit.pii_key_env is not set: PII hashing uses a per-process random key, so "
              "hashes differ between instances and restarts",
              arg);
     if (c->audit.pii_raw) warn("audit.pii is \"raw\": per-user fields are stored unhashed", arg);
+    if (c->audit.min_replicas && !c->redis)
+        warn("audit.min_replicas is set without a redis section: it has no effect", arg);
     if (c->on_store_error == CONFIG_STORE_ERROR_ALLOW)
         warn("on_store_error is \"allow\": limits are not enforced while the store is down", arg);
     if (c->demo) warn("demo is true: demo mode is meant for local development only", arg);

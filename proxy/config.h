@@ -31,6 +31,11 @@ struct config_app {
     int business_any;          /* "business_ids": "*" or key absent */
     uint32_t *business_ids;
     size_t n_business_ids;
+    /* API 3.0: the CaptchaAppIds the app may verify tickets of ("captcha_app_ids": "*" or key
+     * absent: any) */
+    int captcha_any;
+    uint32_t *captcha_app_ids;
+    size_t n_captcha_app_ids;
     int secret_literal; /* the secret was written literally in the file (warned about) */
 };
 
@@ -54,17 +59,49 @@ struct config_upstream {
     unsigned breaker_failures; /* consecutive failures that open the breaker; default 5 */
     unsigned breaker_open_ms;  /* how long it stays open; default 5000 */
     int secret_literal;        /* secret_key written literally in the file (warned about) */
+    /* API 3.0 (captcha 2019-07-22): where the gateway forwards its 3.0 calls, re-signed TC3 with
+     * the same credential; TLS settings (ca_file, verify_tls) and timeouts as above. */
+    char *v3_url; /* default https://captcha.tencentcloudapi.com/ */
+    int v3_tls;
+    char *v3_host;
+    int v3_port;
+    char *v3_path;
+    char *v3_sign_host; /* host[:port] of v3_url (port only when not the scheme's default) */
 };
 
-/* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. */
+/* An API 3.0 CaptchaAppId whose AppSecretKey the gateway holds and injects, so apps never hold
+ * it (key "captcha_apps"). */
+struct config_captcha_app {
+    uint32_t captcha_app_id;
+    int has_captcha_app_id;
+    char *app_secret_key; /* resolved secret (secmem) */
+    int inject_always;    /* "inject": "always" (replace the app's); default "missing" */
+    int secret_literal;
+};
+
+/* A Sentinel's address (redis.sentinels[]). */
+struct config_redis_sentinel {
+    char *host;
+    int port;
+};
+
+/* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. With
+ * sentinels, the master is asked of them (proxy/redis_conn.h) and url, if given, only brings the
+ * password and the db. */
 struct config_redis {
-    char *url; /* redis://[:password@]host[:port][/db] */
+    char *url; /* redis://[:password@]host[:port][/db]; NULL with sentinels and no url */
     char *host;
     int port;       /* default 6379 */
     unsigned db;    /* default 0 */
     char *password; /* from password_env, or from the url; NULL when none */
     unsigned timeout_ms;
     char *key_prefix; /* default "capgate:" */
+    struct config_redis_sentinel *sentinels;
+    size_t n_sentinels; /* 0: connect to host:port */
+    char *master_name;  /* required with sentinels */
+    char *sentinel_username;
+    char *sentinel_password; /* secmem; NULL: no AUTH to the sentinels */
+    int sentinel_password_literal;
 };
 
 enum config_store_error {
@@ -94,6 +131,8 @@ struct config_audit {
     char *pii_key;         /* HMAC key for PII hashes */
     size_t pii_key_len;    /* bytes in pii_key (a generated key may hold NUL bytes) */
     int pii_key_generated; /* 1: pii_key_env absent, 32 random bytes for this process */
+    int commit_durable;    /* "commit": "durable": the reply waits for the record to be stored */
+    unsigned min_replicas; /* a live batch counts as written once WAIT confirms this many */
 };
 
 struct config_metrics {
@@ -159,6 +198,8 @@ struct config {
     size_t n_apps;
     struct config_limit *limits;
     size_t n_limits;
+    struct config_captcha_app *captcha_apps;
+    size_t n_captcha_apps;
     struct config_audit audit;
     struct config_metrics metrics;
     struct config_pool pool;
@@ -166,6 +207,11 @@ struct config {
     int demo;
     char *demo_app; /* the token app the admin listener's /demo page calls as; when demo is
                             * true, always the name of a token app (default: the first one) */
+    /* /demo's API 3.0 flow: where the page loads TCaptcha.js, and the CaptchaAppId it shows
+     * (default: captcha_apps[0]'s, whose AppSecretKey the gateway injects) */
+    char *demo_tcaptcha_url;
+    uint32_t demo_captcha_app_id;
+    int has_demo_captcha_app_id;
     struct config_http http;
     char *instance;  /* default hostname:pid */
     char *log_level; /* "debug" "info" "warn" "error"; default "info" */
@@ -218,6 +264,8 @@ void config_keys(void (*fn)(const struct config_key *k, void *arg), void *arg);
 /* Borrowed pointers into c, valid until config_free(c); NULL when no app matches. */
 const struct config_app *config_find_app_by_secret_id(const struct config *c,
                                                       const char *secret_id);
+/* The captcha_apps entry of a CaptchaAppId, or NULL. */
+const struct config_captcha_app *config_find_captcha_app(const struct config *c, uint32_t id);
 /* Compares in constant time against every token app (CRYPTO_memcmp after a length check). */
 const struct config_app *config_find_app_by_token(const struct config *c, const char *token,
                                                   size_t len);

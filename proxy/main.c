@@ -30,11 +30,13 @@ static void usage(FILE *out) {
             "        core file, RLIMIT_CORE 0, no ptrace by other processes of the user), for\n"
             "        debugging; a core file then holds the secrets of the config.\n"
             "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
-            "same file and applies apps, limits, auth, on_store_error, http_errors, pool,\n"
-            "idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls\n"
-            "certificate and key again (a file that does not load refuses the reload);\n"
-            "listen, tls_listen, admin_listen, admin, workers, upstream, http, redis, audit,\n"
-            "instance, metrics and log_format need a restart. SIGUSR1\n"
+            "same file and applies apps, limits, captcha_apps, auth, on_store_error,\n"
+            "http_errors, pool, idempotency, trusted_proxies, demo, demo_app,\n"
+            "demo_tcaptcha_url, demo_captcha_app_id, log_level and the redis connection\n"
+            "settings (Redis connections made again), and loads the tls certificate and key\n"
+            "again (a file that does not load refuses the reload); listen, tls_listen,\n"
+            "admin_listen, admin, workers, upstream, http, redis.key_prefix (and adding or\n"
+            "removing redis), audit, instance, metrics and log_format need a restart. SIGUSR1\n"
             "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
             "after a log rotation; SIGHUP reopens it too.\n");
 }

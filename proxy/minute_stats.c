@@ -28,6 +28,7 @@
 #include "capgate/secmem.h"
 #include "capgate/thread.h"
 #include "config.h"
+#include "redis_conn.h"
 #include "redis_fence.h"
 
 /* ---- fields ---- */
@@ -617,11 +618,7 @@ struct metrics_slot {
 
 /* The settings copied from the config. */
 struct metrics_redis {
-    char *host;
-    int port;
-    unsigned db;
-    char *password;
-    unsigned timeout_ms;
+    struct redis_target *target; /* the config's; redis_connect takes the published one */
     char *prefix;
 };
 
@@ -636,14 +633,15 @@ struct metrics {
     int thread_started;
     pthread_mutex_t lock;   /* guards the fields below and the memory tables */
     pthread_cond_t wake;    /* flush thread: stop or a flush request */
-    pthread_cond_t flushed; /* metrics_flush waiters; also query completions */
+    pthread_cond_t flushed; /* metrics_flush waiters */
     int stop;
     uint64_t flush_requested, flush_done;
-    unsigned queries_running;
+    struct redis_query_set queries; /* /admin/metrics queries running */
 
     /* flush thread only */
     struct metrics_batch *pending; /* Redis mode: merged sums not yet written */
     redisContext *conn;
+    uint64_t conn_epoch; /* redis_conn_epoch() when conn was made */
     /* Flush batches are numbered per process (run_id, batch_seq); each one's MULTI/EXEC also sets
      * batch_key to its number, so whether a batch whose EXEC reply never came landed is one GET
      * (after fencing the connection it went on), whatever the history. */
@@ -705,54 +703,29 @@ static void slot_give_back(struct metrics_slot *s, struct metrics_batch *b) {
 
 /* ---- Redis ---- */
 
-static redisContext *redis_connect(const struct metrics_redis *cfg, char *err, size_t errlen) {
-    struct timeval tv = {cfg->timeout_ms / 1000, (long)(cfg->timeout_ms % 1000) * 1000};
-    redisReply *reply = NULL;
-    redisContext *c = redisConnectWithTimeout(cfg->host, cfg->port, tv);
-    if (!c || c->err) {
-        snprintf(err, errlen, "redis %s:%d: %s", cfg->host, cfg->port,
-                 c ? c->errstr : "out of memory");
-        goto fail;
-    }
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        snprintf(err, errlen, "redis %s:%d: cannot set the timeout", cfg->host, cfg->port);
-        goto fail;
-    }
-    if (cfg->password) {
-        reply = redisCommand(c, "AUTH %s", cfg->password);
-        if (!reply || reply->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "redis %s:%d: AUTH failed: %s", cfg->host, cfg->port,
-                     reply ? reply->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(reply);
-        reply = NULL;
-    }
-    if (cfg->db) {
-        reply = redisCommand(c, "SELECT %u", cfg->db);
-        if (!reply || reply->type == REDIS_REPLY_ERROR) {
-            snprintf(err, errlen, "redis %s:%d: SELECT %u failed: %s", cfg->host, cfg->port,
-                     cfg->db, reply ? reply->str : c->errstr);
-            goto fail;
-        }
-        freeReplyObject(reply);
-    }
+/* A connection to the master as redis_conn.h finds it, with the settings published last (else
+ * the config's; cfg->target itself never changes: the flush thread and the query threads share
+ * it). *epoch (when not NULL): the redis_conn_epoch() it was made at. */
+static redisContext *redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
+                                   size_t errlen) {
+    struct redis_target *t = redis_target_ref(cfg->target);
+    uint64_t e = redis_conn_refresh(&t);
+    redisContext *c = redis_conn_open(t, err, errlen);
+    redis_target_unref(t);
+    if (c && epoch) *epoch = e;
     return c;
-fail:
-    if (reply) freeReplyObject(reply);
-    if (c) redisFree(c);
-    return NULL;
 }
 
 /* A connection, made if needed: the connection of an unanswered batch is killed first (so the
  * GET of the batch key that follows is final), then this one's client id is learnt. */
 static int conn_ensure(struct metrics *m, char *err, size_t errlen) {
-    if (m->conn && !m->conn->err) return 0;
+    /* new settings or a new master (the epoch moved): a new connection */
+    if (m->conn && !m->conn->err && m->conn_epoch == redis_conn_epoch()) return 0;
     if (m->conn) redisFree(m->conn);
-    if (!(m->conn = redis_connect(m->redis, err, errlen))) return -1;
+    if (!(m->conn = redis_connect(m->redis, &m->conn_epoch, err, errlen))) return -1;
     if (redis_fence_kill(m->conn, &m->lost, "metrics") != 0) {
-        snprintf(err, errlen, "redis %s:%d: CLIENT KILL of the lost connection: no answer",
-                 m->redis->host, m->redis->port);
+        snprintf(err, errlen, "redis %s: CLIENT KILL of the lost connection: no answer",
+                 redis_target_name(m->redis->target));
         redisFree(m->conn);
         m->conn = NULL;
         return -1;
@@ -898,7 +871,7 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, uint64_t seq,
     if (rc == -2) rc = -1;
     goto out;
 conn_err:
-    snprintf(err, errlen, "redis %s:%d: %s", m->redis->host, m->redis->port,
+    snprintf(err, errlen, "redis %s: %s", redis_target_name(m->redis->target),
              w.c->err ? w.c->errstr : "out of memory");
     /* the connection is in an unknown state: start over next time, after fencing it when the
      * EXEC may still run (conn_ensure) */
@@ -1055,8 +1028,7 @@ void metrics_flush(struct metrics *m) {
 
 static void redis_cfg_free(struct metrics_redis *r) {
     if (!r) return;
-    free(r->host);
-    secmem_free(r->password); /* wiped */
+    redis_target_unref(r->target);
     free(r->prefix);
     free(r);
 }
@@ -1074,13 +1046,8 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
     if (cfg->redis) {
         const struct config_redis *cr = cfg->redis;
         if (!(m->redis = calloc(1, sizeof(*m->redis)))) goto oom;
-        m->redis->port = cr->port;
-        m->redis->db = cr->db;
-        m->redis->timeout_ms = cr->timeout_ms ? cr->timeout_ms : 100;
-        if (!(m->redis->host = strdup(cr->host ? cr->host : "127.0.0.1")) ||
-            !(m->redis->prefix = strdup(cr->key_prefix ? cr->key_prefix : "capgate:")) ||
-            (cr->password && !(m->redis->password = secmem_strdup(cr->password))))
-            goto oom;
+        if (!(m->redis->target = redis_target_new(cr, err, errlen))) goto fail;
+        if (!(m->redis->prefix = strdup(cr->key_prefix ? cr->key_prefix : "capgate:"))) goto oom;
         unsigned char rnd[8];
         static const char digits[] = "0123456789abcdef";
         if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
@@ -1108,6 +1075,7 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
     if (!wake_init) goto oom;
     if (pthread_cond_init(&m->flushed, NULL) != 0) goto oom;
     flushed_init = 1;
+    redis_query_set_init(&m->queries);
     if (thread_start(&m->thread, NULL, flush_main, m) != 0) {
         snprintf(err, errlen, "metrics: cannot start the flush thread");
         goto fail;
@@ -1118,7 +1086,10 @@ oom:
     snprintf(err, errlen, "metrics: out of memory");
 fail:
     if (m) {
-        if (flushed_init) pthread_cond_destroy(&m->flushed);
+        if (flushed_init) {
+            pthread_cond_destroy(&m->flushed);
+            redis_query_set_destroy(&m->queries);
+        }
         if (wake_init) pthread_cond_destroy(&m->wake);
         if (lock_init) pthread_mutex_destroy(&m->lock);
         redis_cfg_free(m->redis);
@@ -1132,8 +1103,8 @@ fail:
 
 void metrics_free(struct metrics *m) {
     if (!m) return;
+    redis_query_set_wait(&m->queries);
     pthread_mutex_lock(&m->lock);
-    while (m->queries_running) pthread_cond_wait(&m->flushed, &m->lock);
     m->stop = 1;
     pthread_cond_signal(&m->wake);
     pthread_mutex_unlock(&m->lock);
@@ -1157,6 +1128,7 @@ void metrics_free(struct metrics *m) {
     metrics_batch_free(m->memory);
     redis_cfg_free(m->redis);
     pthread_cond_destroy(&m->flushed);
+    redis_query_set_destroy(&m->queries);
     pthread_cond_destroy(&m->wake);
     pthread_mutex_destroy(&m->lock);
     free(m->slots);
@@ -1182,9 +1154,6 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out) {
 struct query_job {
     struct metrics *m;
     struct metrics_query q;
-    struct event *ev; /* on reply_base; activated once the reply is ready */
-    void (*done)(const char *json, int http_status, void *arg);
-    void *arg;
     char *json;
     int status;
 };
@@ -1214,7 +1183,7 @@ static void query_copy_cell(const struct metrics_cell *c, void *arg) {
 /* Reads every hash of the pairs in the index that q selects into out. 0, or -1 with err. */
 static int query_redis(struct metrics *m, const struct metrics_query *q, struct metrics_batch *out,
                        char *err, size_t errlen) {
-    redisContext *c = redis_connect(m->redis, err, errlen);
+    redisContext *c = redis_connect(m->redis, NULL, err, errlen);
     redisReply *members = NULL, *reply = NULL;
     struct metrics_key *keys = NULL;
     size_t n_keys = 0, plen = strlen(m->redis->prefix), keylen = plen + 64;
@@ -1276,7 +1245,7 @@ static int query_redis(struct metrics *m, const struct metrics_query *q, struct 
     rc = 0;
     goto out;
 conn_err:
-    snprintf(err, errlen, "redis %s:%d: %s", m->redis->host, m->redis->port,
+    snprintf(err, errlen, "redis %s: %s", redis_target_name(m->redis->target),
              c->err ? c->errstr : "out of memory");
 out:
     if (reply) freeReplyObject(reply);
@@ -1287,7 +1256,8 @@ out:
     return rc;
 }
 
-static void *query_main(void *arg) {
+/* On the query's own thread (redis_query_run): the JSON answer and its status. */
+static char *query_work(void *arg, int *status) {
     struct query_job *j = arg;
     struct metrics *m = j->m;
     char err[256];
@@ -1309,54 +1279,20 @@ static void *query_main(void *arg) {
         if (!j->json) query_error(j, 500, "out of memory");
     }
     metrics_batch_free(cells);
-    /* after this the job belongs to reply_base's loop; m must not be touched by the job */
-    pthread_mutex_lock(&m->lock);
-    m->queries_running--;
-    pthread_cond_broadcast(&m->flushed);
-    event_active(j->ev, EV_TIMEOUT, 0);
-    pthread_mutex_unlock(&m->lock);
-    return NULL;
-}
-
-static void query_deliver(evutil_socket_t fd, short what, void *arg) {
-    struct query_job *j = arg;
-    const char *fallback = "{\"error\":\"out of memory\"}";
-    j->done(j->json ? j->json : fallback, j->json ? j->status : 500, j->arg);
-    event_free(j->ev);
-    free(j->json);
-    free(j);
+    *status = j->status;
+    char *json = j->json;
+    j->json = NULL;
+    return json;
 }
 
 void metrics_query(struct metrics *m, const struct metrics_query *q, struct event_base *reply_base,
                    void (*done)(const char *json, int http_status, void *arg), void *arg) {
-    pthread_t t;
-    pthread_attr_t attr;
-    int started = 0;
     struct query_job *j = calloc(1, sizeof(*j));
-    if (!j || !(j->ev = event_new(reply_base, -1, 0, query_deliver, j))) {
-        /* nothing can carry the reply to the loop later: answer now */
-        free(j);
+    if (!j) {
         done("{\"error\":\"out of memory\"}", 500, arg);
         return;
     }
     j->m = m;
     j->q = *q;
-    j->done = done;
-    j->arg = arg;
-    pthread_mutex_lock(&m->lock);
-    m->queries_running++;
-    pthread_mutex_unlock(&m->lock);
-    if (pthread_attr_init(&attr) == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        started = thread_start(&t, &attr, query_main, j) == 0;
-        pthread_attr_destroy(&attr);
-    }
-    if (!started) {
-        pthread_mutex_lock(&m->lock);
-        m->queries_running--;
-        pthread_cond_broadcast(&m->flushed);
-        pthread_mutex_unlock(&m->lock);
-        query_error(j, 503, "cannot start a query thread");
-        event_active(j->ev, EV_TIMEOUT, 0);
-    }
+    redis_query_run(&m->queries, reply_base, query_work, j, free, done, arg);
 }

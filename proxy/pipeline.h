@@ -21,6 +21,7 @@ struct audit;
 struct config;
 struct config_app;
 struct config_upstream;
+struct event;
 struct event_base;
 struct httpd_req;
 struct metrics;
@@ -41,6 +42,7 @@ struct pipeline_worker {
     const struct config *boot;    /* the startup config: upstream and listener settings
                                         * (they need a restart), valid for the process life */
     struct upstream *upstream;
+    struct upstream *upstream3; /* API 3.0 (upstream.v3_url); NULL: 3.0 calls fail 6200 */
     struct stats_worker *stats;
     struct nonce_cache *nonces;
     struct store *store;          /* rate-limit buckets, the worker's own */
@@ -59,6 +61,10 @@ struct pipeline_worker {
      * 5.7 KB, past malloc's fast bins, and each such malloc consolidates them. */
     struct pipeline_ctx *free_ctx;
     size_t n_free_ctx;
+    /* audit.commit "durable": replies waiting for their audit record, oldest first, and the
+     * event the sink activates when it stored some (pipeline_worker_commit_init). */
+    struct pipeline_ctx *commit_head, *commit_tail;
+    struct event *commit_ev;
     /* Called (if set) each time a context is released, after live was decremented. */
     void (*on_release)(struct pipeline_worker *w);
 };
@@ -68,6 +74,12 @@ struct pipeline_worker {
 /* Frees the worker's kept contexts, once no request of w is live (after its httpd, store and
  * upstream are freed). */
 void pipeline_worker_cleanup(struct pipeline_worker *w);
+
+/* With audit.commit "durable" (w->audit set): the event that sends the replies whose records
+ * the sink stored. 0, or -1 on OOM. */
+int pipeline_worker_commit_init(struct pipeline_worker *w);
+/* After httpd_free (the clients are gone): releases the replies still waiting. */
+void pipeline_worker_commit_close(struct pipeline_worker *w);
 
 /* Seeds w->rng from OpenSSL's CSPRNG. 0/-1. */
 int pipeline_worker_seed(struct pipeline_worker *w);

@@ -37,6 +37,13 @@ void store_free(struct store *s);
  * timed out and no probe has succeeded since; commands then fail at once, see store_redis.c). */
 int store_connected(const struct store *s);
 
+/* Heartbeats (redis only): one store per process writes this instance into the ZSET
+ * <prefix>instances every STORE_HEARTBEAT_MS; an instance unseen for STORE_HEARTBEAT_TTL_MS is
+ * gone. The live count from the last answer is kept through an outage (memory store: 1). */
+#define STORE_HEARTBEAT_MS 1000
+#define STORE_HEARTBEAT_TTL_MS 3500
+unsigned store_live_instances(const struct store_shared *sh);
+
 struct store_stats {
     uint64_t commands, errors, timeouts, reconnects, noscript_reloads;
     uint64_t fast_fails; /* commands refused at once while the store was marked down */
@@ -66,7 +73,9 @@ struct store_nonce {
 void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg);
 /* The same check against this process's own buckets only (on_store_error "local": the in-process
- * buckets keep enforcing while Redis is unreachable). For the memory store it is store_limit. */
+ * buckets keep enforcing while Redis is unreachable). For the memory store it is store_limit.
+ * Beside redis every rule is shared by the instances, so each enforces its share: rate and
+ * burst divided by the live instances it last saw (store_live_instances; burst at least 1). */
 void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, store_limit_fn cb,
                        void *arg);
 
@@ -125,93 +134,7 @@ void store_idem_complete(struct store *s, const char *key, const char *fp, const
 void store_idem_abandon(struct store *s, const char *key, const char *fp, store_idem_fn cb,
                         void *arg);
 
-/* ---- Backends. store.c owns struct store (the deferred-callback queue, the counters) and dispatches
- * to these; the gateway uses only the functions above. ---- */
-
-/* Memory (store_memory.c): buckets in a hash table shared by every thread, striped mutexes taken
- * in ascending stripe order. Expired buckets (TAT in the past by more than the tolerance) are
- * dropped as the table is touched. */
-struct store_memory;
-struct store_memory *store_memory_new(void); /* NULL on OOM */
-void store_memory_free(struct store_memory *m);
-/* limit_decide over the stored TATs, then writes the admitted buckets; synchronous, any thread.
- * Time is the caller's (monotonic µs in the store, explicit in tests). */
-void store_memory_check(struct store_memory *m, const struct limit_bucket *b, size_t n,
-                        uint64_t now_us, struct limit_outcome *o);
-size_t store_memory_count(struct store_memory *m); /* buckets held, expired ones included */
-
-/* Memory pool and idempotency records (store_memory.c), synchronous, any thread, the time given
- * in wall-clock ms by the caller. url/body in the results are malloc'ed copies the caller frees
- * (r->url cast, or the body out-parameter). */
-int store_memory_pool_push(struct store_memory *m, const char *key, const char *url, size_t cap,
-                           unsigned ttl_ms, uint64_t now_ms, size_t *depth);
-int store_memory_pool_pop(struct store_memory *m, const char *key, unsigned ttl_ms, uint64_t now_ms,
-                          char **url, unsigned *discarded);
-int store_memory_pool_depth(struct store_memory *m, const char *key, unsigned ttl_ms,
-                            uint64_t now_ms, size_t *depth, unsigned *discarded);
-/* 0 and *state (and *body, *len for DONE; the caller frees body), or -1 on OOM. */
-int store_memory_idem_begin(struct store_memory *m, const char *key, const char *fp,
-                            unsigned pending_ms, uint64_t now_ms, enum store_idem_state *state,
-                            char **body, size_t *len);
-int store_memory_idem_complete(struct store_memory *m, const char *key, const char *fp,
-                               const char *body, size_t len, unsigned ttl_ms, uint64_t now_ms,
-                               enum store_idem_state *state);
-int store_memory_idem_abandon(struct store_memory *m, const char *key, const char *fp,
-                              uint64_t now_ms, enum store_idem_state *state);
-size_t store_memory_idem_count(struct store_memory *m);  /* records held, expired ones included */
-size_t store_memory_idem_chains(struct store_memory *m); /* the table grows with its records */
-
-/* Where the redis backend connects; store_shared owns a copy of the config's values. */
-struct store_redis_options {
-    char *host;
-    int port;
-    unsigned db;
-    char *password;      /* NULL: no AUTH */
-    unsigned timeout_ms; /* every command, queue wait included */
-};
-
-/* Redis (store_redis.c): one connection on the worker's base, owned by a struct store. */
-struct store_redis;
-struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
-                                    struct event_base *base, char *err, size_t errlen);
-/* Pending callbacks fire with STORE_CLOSED_MESSAGE before it returns. */
-void store_redis_free(struct store_redis *r);
-int store_redis_connected(const struct store_redis *r);
-void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size_t n,
-                       const struct store_nonce *nonce, store_limit_fn cb, void *arg);
-/* One of the cache scripts (store_lua.h) over one key with string arguments (copied); the reply
- * is answered as a pool or an idempotency result through store_defer_pool / store_defer_idem. */
-enum store_redis_op {
-    STORE_OP_POOL_PUSH,
-    STORE_OP_POOL_POP,
-    STORE_OP_POOL_DEPTH,
-    STORE_OP_IDEM_BEGIN,
-    STORE_OP_IDEM_COMPLETE,
-    STORE_OP_IDEM_ABANDON
-};
-void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_pool_fn cb,
-                      void *arg);
-void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_idem_fn cb,
-                      void *arg);
-
-/* For the backends: deliver cb(err, o) from the owner's base on a later loop turn (err and o are
- * copied; o NULL when err is set), and count in the owner's statistics. */
-void store_defer(struct store *s, store_limit_fn cb, void *arg, const char *err,
-                 const struct limit_outcome *o);
-void store_defer_pool(struct store *s, store_pool_fn cb, void *arg, const char *err,
-                      const struct store_pool_result *r);
-void store_defer_idem(struct store *s, store_idem_fn cb, void *arg, const char *err,
-                      const struct store_idem_result *r);
-enum store_counter {
-    STORE_COMMANDS,
-    STORE_ERRORS,
-    STORE_TIMEOUTS,
-    STORE_RECONNECTS,
-    STORE_NOSCRIPT_RELOADS,
-    STORE_FAST_FAILS
-};
-void store_count(struct store *s, enum store_counter c);
+/* The backends (store_memory.c, store_redis.c) sit behind a table of operations declared in the
+ * private header store_backend.h. */
 
 #endif

@@ -28,7 +28,16 @@
 #   capgate-tls (c) capgate, 1 worker, signature app, upstream HTTPS to the mock's TLS listener
 #   token       (d) capgate, 1 worker, token app (Authorization: Bearer), upstream plain HTTP
 #   full        (e) capgate, 1 worker, token app, with redis-server, limits (never refusing),
-#                   audit and metrics on; counts Redis commands per forwarded request
+#                   audit and metrics on; reports redis-server CPU per forwarded request, the
+#                   Redis commands per request and their time (INFO commandstats), and the
+#                   audit stream's bytes per entry
+#   full-durable    full with audit.commit "durable": each reply waits for EXEC of its record
+#   full-replicas   full with audit.min_replicas 1 against a replica (redis-server --replicaof,
+#                   on CPU 0 too): each batch waits for WAIT 1
+#   full-replicas-durable  both
+#   token-durable   token (no Redis) with audit.commit "durable": each reply waits for the fsync
+#                   of <spool_dir>/audit.jsonl (one per batch)
+#   ("durability" = the four; the report adds their req/s and p99 against full or token.)
 #   pool-hit        capgate, 1 worker, token app, prefetch pool (in-memory store): requests with
 #                   exactly a profile's parameters, answered from the pool; the mock delays every
 #                   CaptchaIframeQuery by 20 ms (fault rule) during the run
@@ -57,7 +66,7 @@
 # processes); DIR/TARGET.folded gets the folded stacks (scripts/bench/stackcollapse.awk),
 # DIR/TARGET.txt their per-function table (functable.awk) and DIR/TARGET.svg a flame graph of
 # them (flamegraph.awk).
-# Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool]
+# Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool,durability]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
 #                 [--latency P,P...] [--idle N] [--perf DIR]
@@ -131,13 +140,15 @@ fi
 IFS=, read -r -a pool_conns <<<"$pool_connections"
 pool_profiles=$(((pool_rate * pool_duration + pool_size - 1) / pool_size))
 
-all_targets=(direct nginx-bare nginx-features lua-gateway capgate capgate-w2 capgate-tls token full pool-hit pool-forward)
+all_targets=(direct nginx-bare nginx-features lua-gateway capgate capgate-w2 capgate-tls token full
+  pool-hit pool-forward full-durable full-replicas full-replicas-durable token-durable)
 target_list=()
 IFS=, read -r -a requested <<<"$targets"
 for t in "${requested[@]}"; do
   case "$t" in
     a) t=direct ;; b | nginx) t=nginx-bare ;; c) t=capgate,capgate-w2,capgate-tls ;; d) t=token ;; e) t=full ;;
     pool) t=pool-hit,pool-forward ;;
+    durability) t=full,full-durable,full-replicas,full-replicas-durable,token,token-durable ;;
   esac
   IFS=, read -r -a expanded <<<"$t"
   for x in "${expanded[@]}"; do
@@ -311,6 +322,27 @@ http {
 CONF
 }
 
+replica_port=""
+# start_replica: a replica of the bench's redis-server (for audit.min_replicas), pinned with it;
+# bounded wait until it is in sync.
+start_replica() {
+  replica_port=$(free_port)
+  "${mock_pin[@]}" redis-server --bind 127.0.0.1 --port "$replica_port" --save '' \
+    --appendonly no --dir "$work" --dbfilename replica.rdb --logfile "$work/replica.log" \
+    --replicaof 127.0.0.1 "$redis_port" &
+  pids+=("$!")
+  local i
+  for ((i = 0; i < 100; i++)); do
+    if redis-cli -p "$replica_port" INFO replication 2>/dev/null | grep -q 'master_link_status:up'; then
+      say "redis-server replica at 127.0.0.1:$replica_port"
+      return 0
+    fi
+    sleep 0.1
+  done
+  say "the replica did not sync within 10 s"
+  return 1
+}
+
 redis_port=""
 start_redis() {
   redis_port=$(free_port)
@@ -335,9 +367,16 @@ pool_profile_query() {
   printf 'Action=CaptchaIframeQuery&captchaType=9&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=%s' "$1"
 }
 
-# capgate_config WORKERS UPSTREAM_URL PORT [full|pool]: a gateway config on stdout.
+# capgate_config WORKERS UPSTREAM_URL PORT [full|full-durable|full-replicas|
+# full-replicas-durable|durable|pool]: a gateway config on stdout.
 capgate_config() {
-  local workers=$1 url=$2 port=$3 full=${4:-} extra="" k
+  local workers=$1 url=$2 port=$3 full=${4:-} extra="" k durability=""
+  case "$full" in
+    *durable) durability+=', "commit": "durable"' ;;
+  esac
+  case "$full" in
+    full-replicas*) durability+=', "min_replicas": 1' ;;
+  esac
   if [[ $full == pool ]]; then
     extra=$(
       printf '  "pool": { "ttl_s": 300, "profiles": [\n'
@@ -349,8 +388,8 @@ capgate_config() {
       # without redis every audit record also goes to <spool_dir>/audit.jsonl: keep it in $work
       printf '  "audit": { "spool_dir": "%s" },' "$work/spool-$port"
     )
-  elif [[ $full != full ]]; then
-    extra=$(printf '  "audit": { "spool_dir": "%s" },' "$work/spool-$port")
+  elif [[ $full != full* ]]; then
+    extra=$(printf '  "audit": { "spool_dir": "%s"%s },' "$work/spool-$port" "$durability")
   else
     extra=$(
       cat <<JSON
@@ -360,7 +399,7 @@ capgate_config() {
     { "name": "bench-app", "scope": "app", "rate": 1000000000, "period_s": 1, "burst": 1000000000 },
     { "name": "bench-global", "scope": "global", "rate": 1000000000, "period_s": 1, "burst": 1000000000 }
   ],
-  "audit": { "stream": "capgate:audit", "maxlen": 100000, "spool_dir": "$work/spool-$port", "pii": "hash" },
+  "audit": { "stream": "capgate:audit", "maxlen": 100000, "spool_dir": "$work/spool-$port", "pii": "hash"$durability },
   "metrics": { "flush_ms": 1000 },
 JSON
     )
@@ -411,6 +450,8 @@ start_capgate() {
   wait_http "${gw_admin[$name]}/healthz"
   case "$full" in
     full) full=", redis + limits + audit + metrics" ;;
+    full-*) full=", redis + limits + audit ($full) + metrics" ;;
+    durable) full=", audit.commit durable" ;;
     pool) full=", pool of $pool_profiles profile(s) x $pool_size URLs in memory" ;;
   esac
   say "capgate ($name: $workers worker(s), upstream $url$full) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
@@ -428,6 +469,10 @@ label[capgate-w2]="capgate 2 workers -> mock (HTTP) | signature"
 label[capgate-tls]="capgate 1 worker -> mock (HTTPS) | signature"
 label[token]="capgate 1 worker -> mock (HTTP) | token"
 label[full]="capgate 1 worker + redis (limits, audit, metrics) -> mock (HTTP) | token"
+label[full-durable]="full, audit.commit durable | token"
+label[full-replicas]="full, audit.min_replicas 1 (one replica) | token"
+label[full-replicas-durable]="full, commit durable + min_replicas 1 | token"
+label[token-durable]="token, audit.commit durable (fsync of audit.jsonl) | token"
 label[pool-hit]="capgate 1 worker, pool hit (mock +${pool_delay_ms} ms) | token"
 label[pool-forward]="capgate 1 worker -> mock +${pool_delay_ms} ms (HTTP), userIp bypasses the pool | token"
 
@@ -495,7 +540,7 @@ one_run() {
     nginx-bare | nginx-features) host=${nginx_hosts[$t]}; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
     lua-gateway) host=${nginx_hosts[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
     capgate | capgate-w2 | capgate-tls) host=${gw_host[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
-    token | full) host=${gw_host[$t]} ;;
+    token | token-durable | full*) host=${gw_host[$t]} ;;
     pool-hit | pool-forward) host=${gw_host[pool]}; key="$t@$c" ;;
   esac
   if [[ $t == pool-hit ]]; then
@@ -508,7 +553,7 @@ one_run() {
   elif [[ $t == pool-forward ]]; then
     url="http://$host/v2/index.php?$(pool_profile_query 1)&userIp=203.0.113.9"
     args=(- "$host" 1 Authorization "Bearer $app_token")
-  elif [[ $t == token || $t == full ]]; then
+  elif [[ $t == token* || $t == full* ]]; then
     url="http://$host/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0&businessId=1&sceneId=1"
     args=(- "$host" 1 Authorization "Bearer $app_token")
   else
@@ -517,7 +562,7 @@ one_run() {
   fi
   node "$root/scripts/bench/admin.mjs" reset "$mock_url"
   local redis0=""
-  if [[ $t == full ]]; then
+  if [[ $t == full* ]]; then
     redis-cli -p "$redis_port" CONFIG RESETSTAT >/dev/null
     redis0=$(cpu_ticks "$redis_pid")
   fi
@@ -587,8 +632,8 @@ one_run() {
   fi
   results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i"$'\n'
   say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
-  if [[ $t == full ]]; then
-    redis_per_request "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
+  if [[ $t == full* ]]; then
+    redis_per_request "$t" "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
       -v n="$total" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')"
   fi
 }
@@ -628,16 +673,27 @@ redis_stats=()
 # redis_per_request TOTAL CPU_US: Redis commands per forwarded request in the last run, and
 # redis-server's CPU per request (CPU_US, measured over the wrk run).
 redis_per_request() {
-  local total=$1 stats line="redis-server CPU $2 us per request; "
+  local t=$1 total=$2 stats line="redis-server CPU $3 us per request; "
   # The metrics flush runs every flush_ms (1 s): let the last one land.
   sleep 1.5
   stats=$(redis-cli -p "$redis_port" INFO commandstats | tr -d '\r')
-  for cmd in evalsha xadd hincrby; do
+  for cmd in evalsha xadd hincrby wait; do
     local calls
     calls=$(sed -nE "s/^cmdstat_$cmd:calls=([0-9]+),.*/\\1/p" <<<"$stats")
     line+="$(printf '%s %s (%.4f per request); ' "${cmd^^}" "${calls:-0}" "$(awk -v c="${calls:-0}" -v n="$total" 'BEGIN { print c / n }')")"
   done
-  redis_stats+=("$total requests: $line")
+  # Where the time inside commands went (INFO commandstats: usec, per forwarded request; a
+  # script's usec includes the commands it called, EXEC's those it ran, which are listed too).
+  line+="command time per request:$(awk -F'[:,=]' -v n="$total" '/^cmdstat_/ && $3 > 0 {
+    sub(/^cmdstat_/, "", $1); printf " %s %.2f us (%.3f calls),", toupper($1), $5 / n, $3 / n }' <<<"$stats" | sed 's/,$//'); "
+  # What an audit record costs in Redis memory: the stream's bytes per entry (all entries sampled).
+  local len bytes
+  len=$(redis-cli -p "$redis_port" XLEN capgate:audit | tr -d '\r')
+  bytes=$(redis-cli -p "$redis_port" MEMORY USAGE capgate:audit SAMPLES 0 | tr -d '\r')
+  if [[ $len =~ ^[1-9][0-9]*$ && $bytes =~ ^[0-9]+$ ]]; then
+    line+="audit stream $len entries, $((bytes / len)) bytes each; "
+  fi
+  redis_stats+=("$t, $total requests: $line")
   say "redis: $total requests: $line"
 }
 
@@ -757,10 +813,12 @@ for t in "${target_list[@]}"; do
     capgate-w2) start_capgate capgate-w2 2 "$mock_url/v2/index.php" ;;
     capgate-tls) start_capgate capgate-tls 1 "$mock_tls/v2/index.php" ;;
     token) start_capgate token 1 "$mock_url/v2/index.php" ;;
-    full)
-      start_redis
-      start_capgate full 1 "$mock_url/v2/index.php" full
+    full | full-durable | full-replicas | full-replicas-durable)
+      [[ -n $redis_port ]] || start_redis
+      if [[ $t == full-replicas* && -z $replica_port ]]; then start_replica; fi
+      start_capgate "$t" 1 "$mock_url/v2/index.php" "$t"
       ;;
+    token-durable) start_capgate token-durable 1 "$mock_url/v2/index.php" durable ;;
     pool-hit | pool-forward)
       [[ -n ${gw_pid[pool]:-} ]] || start_capgate pool 1 "$mock_url/v2/index.php" pool
       ;;
@@ -770,7 +828,7 @@ skipped=()
 if [[ " ${target_list[*]} " == *" full "* ]] && ! full_probe; then
   skipped+=("full: SKIPPED: capgate with a redis section put no key into Redis (limits, audit and metrics are not wired into this build)")
   say "${skipped[-1]}"
-  target_list=("${target_list[@]/full/}")
+  for k in "${!target_list[@]}"; do [[ ${target_list[$k]} != full ]] || target_list[$k]=""; done
 fi
 if [[ " ${target_list[*]} " == *" lua-gateway "* ]]; then
   if lua_gateway_check "$root" "${nginx_hosts[lua-gateway]}" "$app_id" "$app_key" "$work" >"$work/luacheck.txt"; then
@@ -937,7 +995,15 @@ if [[ -n ${med_rps[lua-gateway]:-}${med_cpu[nginx-bare]:-}${med_cpu[capgate-tls]
       'BEGIN { printf "- capgate-tls - capgate server CPU per request: %.2f us (%s - %s; goal <= 3 us)%s\n", a - b, a, b, p == "" ? "" : "; paired by round " p }'
   fi
 fi
-for s in "${redis_stats[@]}"; do echo "- full, Redis commands: $s"; done
+for s in "${redis_stats[@]}"; do echo "- Redis commands: $s"; done
+# The cost of each durability option: req/s and p99 against the same gateway without it.
+for pair in full-durable:full full-replicas:full full-replicas-durable:full token-durable:token; do
+  t=${pair%%:*} b=${pair#*:}
+  if [[ -n ${med_rps[$t]:-} && -n ${med_rps[$b]:-} ]]; then
+    awk -v a="${med_rps[$t]}" -v b="${med_rps[$b]}" -v a99="${med_p99[$t]}" -v b99="${med_p99[$b]}" \
+      -v t="$t" -v base="$b" 'BEGIN { printf "- %s / %s: req/s %.2f, p99 %.2fx (%.2f ms against %.2f ms)\n", t, base, a / b, a99 / b99, a99 / 1000, b99 / 1000 }'
+  fi
+done
 for s in "${skipped[@]}"; do echo "- $s"; done
 
 if [[ -n $latency_pcts && -n ${lat_max:-} ]]; then

@@ -27,6 +27,8 @@ static int setup_env(void **state) {
     setenv("CAPGATE_SECRET_KEY", "real-upstream-key-9f8e7d", 1);
     setenv("SHOP_WEB_KEY", "shop-web-key-c0ffee", 1);
     setenv("BATCH_TOKEN", "batch-token-deadbeef", 1);
+    setenv("CAPTCHA_APP_KEY", "captcha-app-key-5eed", 1);
+    setenv("CAPGATE_CAPTCHA_APP_KEY", "dev-captcha-app-key", 1);
     setenv("CAPGATE_PII_KEY", "pii-key-12345678", 1);
     setenv("CAPGATE_DEMO_WEB_KEY", "demo-web-key-abcdef", 1);
     setenv("CAPGATE_BATCH_TOKEN", "dev-batch-token-0123", 1);
@@ -162,6 +164,9 @@ static void test_dev_loads(void **state) {
     assert_under_config(c->upstream.ca_file, "../var/certs/ca.pem");
     assert_null(c->redis);
     assert_true(c->demo);
+    assert_string_equal(c->upstream.v3_sign_host, "127.0.0.1:9443");
+    assert_int_equal(c->n_captcha_apps, 1);
+    assert_string_equal(c->captcha_apps[0].app_secret_key, "dev-captcha-app-key");
     assert_int_equal(c->n_apps, 2);
     assert_string_equal(c->apps[0].name, "demo-web");
     assert_string_equal(c->apps[0].secret_id, "AKIDcapgateDemoWeb0000000000000000000");
@@ -240,7 +245,10 @@ static void test_app_defaults(void **state) {
                                "\"rate\": 0.5, \"mode\": \"shadow\"}]}");
     assert_int_equal(c->apps[0].actions, (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) |
                                              (1u << V2_ACTION_CAPTCHA_CHECK) |
-                                             (1u << V2_ACTION_CAPTCHA_QUERY));
+                                             (1u << V2_ACTION_CAPTCHA_QUERY) |
+                                             (1u << V3_ACTION_DESCRIBE_CAPTCHA_RESULT) |
+                                             (1u << V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT));
+    assert_true(c->apps[0].captcha_any);
     assert_true(c->apps[0].business_any);
     assert_true(c->apps[0].secret_literal);
     assert_int_equal(c->limits[0].scope, CONFIG_SCOPE_PARAMS);
@@ -286,8 +294,9 @@ static void test_errors(void **state) {
          "t.json:1:2: http_errors: must be \"compat\" or \"semantic\"; got \"loud\""},
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
          "\"actions\": [\"CaptchaCheck\", \"Describe\"]}]}",
-         "t.json:2:83: apps[0].actions[1]: must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
-         "\"CaptchaQuery\"; got \"Describe\""},
+         "t.json:2:83: apps[0].actions[1]: must be \"CaptchaIframeQuery\", \"CaptchaCheck\", "
+         "\"CaptchaQuery\", \"DescribeCaptchaResult\" or \"DescribeCaptchaMiniResult\"; got "
+         "\"Describe\""},
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
          "\"business_ids\": [1, -2]}]}",
          "t.json:2:75: apps[0].business_ids[1]: must be a UInt (0..4294967295); got -2"},
@@ -329,6 +338,11 @@ static void test_errors(void **state) {
          "t.json:3:3: limits[1].name: duplicate name \"l\" (also limits[0])"},
         {"{\"workers\": 1, \"workers\": 2}",
          "t.json:1:24: syntax error: duplicate object key near '\"workers\"'"},
+        /* the echoed key's control bytes written \xNN (found by fuzz_config) */
+        {"{\"a\x7f"
+         "b\": 1, \"a\x7f"
+         "b\": 2}",
+         "t.json:1:16: syntax error: duplicate object key near '\"a\\x7Fb\"'"},
         /* bad redis url */
         {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"http://127.0.0.1:6379\"}}",
          "t.json:2:11: redis.url: must be redis://[:password@]host[:port][/db]; got "
@@ -448,6 +462,68 @@ static void test_redis_url(void **state) {
 
     c = load_ok("{" UPSTREAM_OK ", \"redis\": null}");
     assert_null(c->redis);
+    config_free(c);
+}
+
+/* redis.sentinels and its companions: parsed, required together, named in each error. */
+static void test_redis_sentinels(void **state) {
+    static const struct error_case bad[] = {
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"127.0.0.1:26379\"]}}",
+         "redis: missing required key \"master_name\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://h\", \"master_name\": \"m\"}}",
+         "redis.master_name: needs \"sentinels\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [], \"master_name\": \"m\"}}",
+         "redis.sentinels: must be a list of 1 to 16 \"host:port\" Sentinel addresses; got 0"},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:1\", \"h\"], \"master_name\": \"m\"}}",
+         "redis.sentinels[1]: must be \"host:port\" with a port 1..65535; got \"h\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:0\"], \"master_name\": \"m\"}}",
+         "redis.sentinels[0]: must be \"host:port\" with a port 1..65535; got \"h:0\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://h\", \"sentinel_password\": \"x\"}}",
+         "sentinel_username/sentinel_password need \"sentinels\""},
+        {"{" UPSTREAM_OK ", \"redis\": {\"timeout_ms\": 5}}",
+         "redis: missing required key \"url\" (or \"sentinels\" and \"master_name\")"},
+        {"{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"h:1\"], \"master_name\": \"m\", "
+         "\"sentinel_password\": \"a\", \"sentinel_password_env\": \"T_UP_KEY\"}}",
+         "only one of sentinel_password, sentinel_password_env and sentinel_password_file"},
+    };
+    char err[512];
+    struct config *c;
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        c = NULL;
+        assert_int_equal(config_load_string(bad[i].text, "t.json", &c, err, sizeof err), -1);
+        if (!strstr(err, bad[i].expected))
+            fail_msg("case %zu: %s\nwanted: %s", i, err, bad[i].expected);
+        assert_null(strstr(err, "upstream-secret-key-value"));
+    }
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"sentinels\": [\"10.0.0.1:26379\", "
+                "\"[::1]:26380\", \"sentinel.local:26381\"], \"master_name\": \"cache\", "
+                "\"sentinel_username\": \"capgate\", \"sentinel_password_env\": \"T_UP_KEY\"}}");
+    assert_null(c->redis->url);
+    assert_int_equal(c->redis->n_sentinels, 3);
+    assert_string_equal(c->redis->sentinels[0].host, "10.0.0.1");
+    assert_int_equal(c->redis->sentinels[0].port, 26379);
+    assert_string_equal(c->redis->sentinels[1].host, "::1");
+    assert_int_equal(c->redis->sentinels[1].port, 26380);
+    assert_string_equal(c->redis->sentinels[2].host, "sentinel.local");
+    assert_string_equal(c->redis->master_name, "cache");
+    assert_string_equal(c->redis->sentinel_username, "capgate");
+    assert_string_equal(c->redis->sentinel_password, "upstream-secret-key-value");
+    assert_null(c->redis->password);
+    {
+        /* the dump masks the sentinel password and shows the addresses */
+        char *dump = config_dump_masked(c);
+        assert_non_null(dump);
+        assert_null(strstr(dump, "upstream-secret-key-value"));
+        assert_non_null(strstr(dump, "\"[::1]:26380\""));
+        assert_non_null(strstr(dump, "\"sentinel_password\": \"***\""));
+        free(dump);
+    }
+    config_free(c);
+    /* with a url too: its password and db apply to the master */
+    c = load_ok("{" UPSTREAM_OK ", \"redis\": {\"url\": \"redis://:pw@ignored/2\", "
+                "\"sentinels\": [\"h:1\"], \"master_name\": \"m\"}}");
+    assert_string_equal(c->redis->password, "pw");
+    assert_int_equal(c->redis->db, 2);
     config_free(c);
 }
 
@@ -963,16 +1039,34 @@ static void test_dump_loads_back(void **state) {
 
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
-    static const char *const applied[] = {
-        "tls",  "trusted_proxies", "http_errors", "on_store_error", "auth",     "apps", "limits",
-        "pool", "idempotency",     "demo",        "demo_app",       "log_level"};
+    static const char *const applied[] = {"tls",
+                                          "trusted_proxies",
+                                          "http_errors",
+                                          "on_store_error",
+                                          "auth",
+                                          "apps",
+                                          "limits",
+                                          "captcha_apps",
+                                          "pool",
+                                          "idempotency",
+                                          "demo",
+                                          "demo_app",
+                                          "demo_tcaptcha_url",
+                                          "demo_captcha_app_id",
+                                          "log_level",
+                                          "redis"};
     static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
-                                          "workers", "upstream",   "redis",        "audit",
-                                          "metrics", "http",       "instance",     "log_format"};
+                                          "workers", "upstream",   "audit",        "metrics",
+                                          "http",    "instance",   "log_format"};
     struct key_list keys = {.n = 0};
     config_keys(collect_key, &keys);
     for (size_t i = 0; i < keys.n; i++) {
         int found = 0;
+        /* under a key SIGHUP applies, one that still needs a restart (README says so) */
+        if (strcmp(keys.k[i].path, "redis.key_prefix") == 0) {
+            assert_false(keys.k[i].reload);
+            continue;
+        }
         for (size_t j = 0; j < sizeof applied / sizeof *applied; j++)
             if (strcmp(keys.k[i].top, applied[j]) == 0) found = 1, assert_true(keys.k[i].reload);
         for (size_t j = 0; j < sizeof restart / sizeof *restart; j++)
@@ -1460,6 +1554,7 @@ int main(void) {
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),
         cmocka_unit_test(test_redis_url),
+        cmocka_unit_test(test_redis_sentinels),
         cmocka_unit_test(test_upstream_url),
         cmocka_unit_test(test_dump_masked),
         cmocka_unit_test(test_dump_has_every_key),
