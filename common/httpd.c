@@ -69,10 +69,14 @@ struct httpd_listener {
 
 struct httpd_conn;
 
-/* A request block kept by its connection between requests: allocated at least this large, kept
- * only up to the larger size (a flood of headers is not held on an idle connection). */
+/* Request blocks kept between requests, by the server rather than by each connection: an idle
+ * keep-alive connection then holds no block (at 10,000 idle clients, 4 KB each was 40 MB), and
+ * the blocks of the requests in flight are reused whatever connection comes next. A block is
+ * allocated at least this large and kept only up to the larger size (a flood of headers is not
+ * held), and at most HTTPD_SPARES_MAX of them (past the requests one worker has in flight). */
 #define REQUEST_BLOCK_MIN 4096
 #define REQUEST_SPARE_MAX 16384
+#define HTTPD_SPARES_MAX 128
 
 struct httpd_request {
     struct httpd_req pub;        /* first: handlers hold &pub */
@@ -82,7 +86,8 @@ struct httpd_request {
     void *cancel_arg;
     char *body_buf; /* heap body (NULL: pub.body is "") */
     size_t body_cap;
-    size_t block_size; /* bytes allocated for this block (request_alloc) */
+    size_t block_size;                /* bytes allocated for this block (request_alloc) */
+    struct httpd_request *next_spare; /* in the server's list of spare blocks */
     uint64_t content_length;
     int has_content_length;
     int chunked;
@@ -103,7 +108,6 @@ struct httpd_conn {
     struct event *timer;  /* the deadline of the current state */
     struct event *resume; /* parses buffered pipelined input after an asynchronous reply */
     struct httpd_request *req;
-    struct httpd_request *spare; /* the last request's block, kept for the next one */
     char peer_ip[INET6_ADDRSTRLEN];
     /* head scanning: complete lines seen so far, by offset into the input */
     size_t scan_off;
@@ -129,6 +133,8 @@ struct httpd {
     struct httpd_listener *listeners;
     struct httpd_conn *conns;
     size_t nconns;
+    struct httpd_request *spares; /* blocks of ended requests, for the next ones */
+    size_t n_spares;
     size_t inflight;
     struct httpd_budget own_budget;
     struct httpd_budget *budget; /* own_budget, or one shared with other servers */
@@ -260,24 +266,38 @@ static void request_free(struct httpd_request *r) {
 }
 
 /* The request ends: no longer counted, no longer reachable from its connection. Its block
- * stays with a live connection for the next request (a keep-alive connection serves many, and a
- * block this size is past malloc's fast bins); a large one is freed. */
+ * goes to the server's spares for the next request (a block this size is past malloc's fast
+ * bins); a large one, or one past HTTPD_SPARES_MAX, is freed. */
 static void request_end(struct httpd_request *r) {
     struct httpd_conn *c = r->conn;
     if (c) {
+        struct httpd *h = c->h;
         if (c->req == r) c->req = NULL;
-        c->h->inflight--;
+        h->inflight--;
         r->conn = NULL;
-        if (!c->spare && r->block_size <= REQUEST_SPARE_MAX) {
+        if (r->block_size <= REQUEST_SPARE_MAX && h->n_spares < HTTPD_SPARES_MAX) {
             free(r->body_buf);
             r->body_buf = NULL;
             strbuf_reset(&r->reply_headers);
-            c->spare = r;
+            r->next_spare = h->spares;
+            h->spares = r;
+            h->n_spares++;
             poison_mark(r + 1, r->block_size - sizeof(*r));
             return;
         }
     }
     request_free(r);
+}
+
+/* A spare block, off the server's list (NULL when none). */
+static struct httpd_request *spare_take(struct httpd *h) {
+    struct httpd_request *r = h->spares;
+    if (r) {
+        h->spares = r->next_spare;
+        h->n_spares--;
+        r->next_spare = NULL;
+    }
+    return r;
 }
 
 static void conn_free(struct httpd_conn *c) {
@@ -292,8 +312,6 @@ static void conn_free(struct httpd_conn *c) {
     if (c->timer) event_free(c->timer);
     if (c->resume) event_free(c->resume);
     if (c->bev) bufferevent_free(c->bev);
-    if (c->spare) poison_clear(c->spare + 1, c->spare->block_size - sizeof(*c->spare));
-    request_free(c->spare);
     free(c);
 }
 
@@ -360,16 +378,15 @@ static void request_fail(struct httpd_request *r, int status, const char *fmt, .
     r->pub.error_message = r->errmsg;
 }
 
-/* One block holds the request, its header table, the head text and a copy of the path. The
- * connection's spare block is used when it is large enough: only the struct is cleared, the
+/* One block holds the request, its header table, the head text and a copy of the path. A
+ * spare block is used when it is large enough: only the struct is cleared, the
  * rest is written before it is read. A new block has room for a usual head (REQUEST_BLOCK_MIN),
- * so the next request on the connection fits it too. */
+ * so the next request fits it too. */
 static struct httpd_request *request_alloc(struct httpd_conn *c, size_t head_len,
                                            unsigned nheaders) {
     size_t hdr_size = (size_t)nheaders * sizeof(struct httpd_header);
     size_t size = sizeof(struct httpd_request) + hdr_size + 2 * (head_len + 1);
-    struct httpd_request *r = c->spare;
-    c->spare = NULL;
+    struct httpd_request *r = spare_take(c->h);
     if (r && r->block_size >= size) {
         struct strbuf headers = r->reply_headers; /* keeps its memory, emptied */
         size_t block_size = r->block_size;
@@ -1658,6 +1675,10 @@ void httpd_free(struct httpd *h) {
         conn_free(c);
     }
     event_free(h->accept_timer);
+    for (struct httpd_request *r; (r = spare_take(h));) {
+        poison_clear(r + 1, r->block_size - sizeof(*r));
+        request_free(r);
+    }
     free(h);
 }
 

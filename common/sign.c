@@ -8,12 +8,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <openssl/core_names.h>
+/* SHA*_Init and friends: deprecated in OpenSSL 3, kept; see struct sign_key. */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/sha.h>
 
 #include "capgate/params.h"
+#include "capgate/secmem.h"
 
 #define SIGN_INDEX_STACK 64 /* a parsed request never has more (PARAMS_MAX_COUNT) */
 
@@ -170,20 +172,111 @@ char *sign_string_to_sign(const char *http_method, const char *host, const char 
                           &len, NULL);
 }
 
-/* ---- keyed HMAC contexts, per thread ----
- * A slot holds an EVP_MAC_CTX already keyed for (method, key); EVP_MAC_init with no key rewinds
- * it to the state after the key, so a call is update + final. A key longer than the slot's copy
- * is not cached. Slots are reused least recently used first; a thread's slots are freed (keys
- * cleansed) when it exits. */
+/* ---- HMAC from precomputed states ----
+ * HMAC(K, m) = H((K' ^ opad) || H((K' ^ ipad) || m)), K' the key padded to the block (hashed
+ * first when longer). The two key blocks are the same for every message, so a key's hash
+ * states after them are computed once (sign_key_new, at config load) and a signature costs a
+ * copy of each state and the message's blocks: two compressions fewer than HMAC from the key,
+ * and no OpenSSL provider dispatch or allocation. The states are as secret as the key (they
+ * sign for it), so a sign_key lives in secmem. OpenSSL 3 marks the SHA*_Init family
+ * deprecated but keeps it; it is the only API that exposes a hash state as a plain struct to
+ * copy (an EVP_MD_CTX copy allocates). */
+struct sign_key {
+    SHA_CTX sha1_inner, sha1_outer;
+    SHA256_CTX sha256_inner, sha256_outer;
+};
+
+#define SIGN_BLOCK 64 /* SHA-1 and SHA-256 alike */
+
+static int key_states(struct sign_key *k, const char *key, size_t key_len) {
+    unsigned char block[SIGN_BLOCK], pad[SIGN_BLOCK];
+    int ok = 1;
+    for (int sha256 = 0; sha256 < 2 && ok; sha256++) {
+        memset(block, 0, sizeof block);
+        if (key_len > SIGN_BLOCK) {
+            if (sha256)
+                ok = SHA256((const unsigned char *)key, key_len, block) != NULL;
+            else
+                ok = SHA1((const unsigned char *)key, key_len, block) != NULL;
+        } else if (key_len) {
+            memcpy(block, key, key_len);
+        }
+        for (int outer = 0; outer < 2 && ok; outer++) {
+            for (size_t i = 0; i < SIGN_BLOCK; i++)
+                pad[i] = (unsigned char)(block[i] ^ (outer ? 0x5c : 0x36));
+            if (sha256) {
+                SHA256_CTX *c = outer ? &k->sha256_outer : &k->sha256_inner;
+                ok = SHA256_Init(c) && SHA256_Update(c, pad, SIGN_BLOCK);
+            } else {
+                SHA_CTX *c = outer ? &k->sha1_outer : &k->sha1_inner;
+                ok = SHA1_Init(c) && SHA1_Update(c, pad, SIGN_BLOCK);
+            }
+        }
+    }
+    OPENSSL_cleanse(block, sizeof block);
+    OPENSSL_cleanse(pad, sizeof pad);
+    return ok ? 0 : -1;
+}
+
+struct sign_key *sign_key_new(const char *key, size_t key_len) {
+    struct sign_key *k = secmem_alloc(sizeof *k);
+    if (!k) return NULL;
+    if (key_states(k, key ? key : "", key ? key_len : 0) != 0) {
+        secmem_free(k);
+        return NULL;
+    }
+    return k;
+}
+
+void sign_key_free(struct sign_key *k) {
+    secmem_free(k); /* wipes the states */
+}
+
+/* The raw HMAC of data under k into md; its length. */
+static size_t key_mac(const struct sign_key *k, enum sign_method m, const char *data,
+                      size_t data_len, unsigned char md[EVP_MAX_MD_SIZE]) {
+    size_t n = 0;
+    if (m == SIGN_HMAC_SHA256) {
+        SHA256_CTX c = k->sha256_inner;
+        if (SHA256_Update(&c, data, data_len) && SHA256_Final(md, &c)) {
+            c = k->sha256_outer;
+            if (SHA256_Update(&c, md, SHA256_DIGEST_LENGTH) && SHA256_Final(md, &c))
+                n = SHA256_DIGEST_LENGTH;
+        }
+        OPENSSL_cleanse(&c, sizeof c);
+    } else {
+        SHA_CTX c = k->sha1_inner;
+        if (SHA1_Update(&c, data, data_len) && SHA1_Final(md, &c)) {
+            c = k->sha1_outer;
+            if (SHA1_Update(&c, md, SHA_DIGEST_LENGTH) && SHA1_Final(md, &c)) n = SHA_DIGEST_LENGTH;
+        }
+        OPENSSL_cleanse(&c, sizeof c);
+    }
+    return n;
+}
+
+int sign_compute_key(const struct sign_key *k, enum sign_method m, const char *data,
+                     size_t data_len, char out[SIGN_B64_MAX]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    size_t md_len = key_mac(k, m, data, data_len, md);
+    out[0] = '\0';
+    if (!md_len || EVP_EncodeBlock((unsigned char *)out, md, (int)md_len) <= 0) return -1;
+    return 0;
+}
+
+/* ---- keys given as strings: their states, per thread ----
+ * For callers that hold a key string (the mock, tests): each thread keeps the states of its last
+ * few keys. A key longer than the slot's copy is not cached. Slots are reused least recently used
+ * first; a thread's slots are wiped when it exits. */
 #define SIGN_SLOTS 8
 #define SIGN_SLOT_KEY_MAX 128
 
 struct sign_slot {
-    EVP_MAC_CTX *ctx;
-    enum sign_method method;
+    int used;
     size_t key_len;
     unsigned long last_use;
     unsigned char key[SIGN_SLOT_KEY_MAX];
+    struct sign_key states;
 };
 
 struct sign_cache {
@@ -194,30 +287,22 @@ struct sign_cache {
 
 static pthread_once_t sign_once = PTHREAD_ONCE_INIT;
 static pthread_key_t sign_exit_key;
-static EVP_MAC *sign_hmac; /* fetched once; lives as long as the process */
 static int sign_ready;
 static _Thread_local struct sign_cache sign_cache;
 
-static void slot_clear(struct sign_slot *sl) {
-    EVP_MAC_CTX_free(sl->ctx);
-    OPENSSL_cleanse(sl->key, sizeof sl->key);
-    memset(sl, 0, sizeof *sl);
-}
-
 static void sign_cache_exit(void *arg) {
     struct sign_cache *c = arg;
-    for (size_t i = 0; i < SIGN_SLOTS; i++) slot_clear(&c->slot[i]);
+    OPENSSL_cleanse(c->slot, sizeof c->slot);
     c->registered = 0;
 }
 
 static void sign_init_once(void) {
-    sign_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    if (sign_hmac && pthread_key_create(&sign_exit_key, sign_cache_exit) == 0) sign_ready = 1;
+    if (pthread_key_create(&sign_exit_key, sign_cache_exit) == 0) sign_ready = 1;
 }
 
-/* A context keyed for (m, key), rewound and ready for data; NULL when none can be had (the
- * caller then uses one-shot HMAC). */
-static EVP_MAC_CTX *cached_mac(enum sign_method m, const char *key, size_t key_len) {
+/* The states of key from this thread's cache, computed on a miss; NULL when it cannot be cached
+ * (the caller then computes them on its stack). */
+static const struct sign_key *cached_key(const char *key, size_t key_len) {
     struct sign_cache *c = &sign_cache;
     struct sign_slot *sl = NULL;
 
@@ -229,84 +314,60 @@ static EVP_MAC_CTX *cached_mac(enum sign_method m, const char *key, size_t key_l
     }
     for (size_t i = 0; i < SIGN_SLOTS; i++) {
         struct sign_slot *it = &c->slot[i];
-        if (it->ctx && it->method == m && it->key_len == key_len &&
-            CRYPTO_memcmp(it->key, key, key_len) == 0) {
+        if (it->used && it->key_len == key_len && CRYPTO_memcmp(it->key, key, key_len) == 0) {
             sl = it;
             break;
         }
     }
-    if (sl) {
-        if (!EVP_MAC_init(sl->ctx, NULL, 0, NULL)) {
-            slot_clear(sl);
-            return NULL;
-        }
-    } else {
-        static char sha256[] = "SHA256", sha1[] = "SHA1"; /* OSSL_PARAM wants char * */
-        OSSL_PARAM params[2];
+    if (!sl) {
         sl = &c->slot[0];
-        for (size_t i = 1; i < SIGN_SLOTS && sl->ctx; i++)
-            if (!c->slot[i].ctx || c->slot[i].last_use < sl->last_use) sl = &c->slot[i];
-        slot_clear(sl);
-        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
-                                                     m == SIGN_HMAC_SHA256 ? sha256 : sha1, 0);
-        params[1] = OSSL_PARAM_construct_end();
-        sl->ctx = EVP_MAC_CTX_new(sign_hmac);
-        /* EVP_MAC_init wants a non-NULL key even when it is empty. */
-        if (!sl->ctx ||
-            !EVP_MAC_init(sl->ctx, (const unsigned char *)(key_len ? key : ""), key_len, params)) {
-            slot_clear(sl);
+        for (size_t i = 1; i < SIGN_SLOTS && sl->used; i++)
+            if (!c->slot[i].used || c->slot[i].last_use < sl->last_use) sl = &c->slot[i];
+        OPENSSL_cleanse(sl, sizeof *sl);
+        if (key_states(&sl->states, key, key_len) != 0) {
+            OPENSSL_cleanse(sl, sizeof *sl);
             return NULL;
         }
-        sl->method = m;
+        sl->used = 1;
         sl->key_len = key_len;
         if (key_len) memcpy(sl->key, key, key_len);
     }
     sl->last_use = ++c->clock;
-    return sl->ctx;
+    return &sl->states;
 }
 
 int sign_compute(enum sign_method m, const char *key, size_t key_len, const char *data,
                  size_t data_len, char out[SIGN_B64_MAX]) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    size_t md_len = 0;
-    EVP_MAC_CTX *ctx = cached_mac(m, key ? key : "", key ? key_len : 0);
-
-    out[0] = '\0';
-    if (ctx) {
-        if (!EVP_MAC_update(ctx, (const unsigned char *)data, data_len) ||
-            !EVP_MAC_final(ctx, md, &md_len, sizeof md))
-            return -1;
-    } else {
-        unsigned int n = 0;
-        const EVP_MD *evp = m == SIGN_HMAC_SHA256 ? EVP_sha256() : EVP_sha1();
-        /* HMAC() wants a non-NULL key even when it is empty. */
-        if (!HMAC(evp, key ? key : "", (int)key_len, (const unsigned char *)data, data_len, md, &n))
-            return -1;
-        md_len = n;
-    }
-    if (EVP_EncodeBlock((unsigned char *)out, md, (int)md_len) <= 0) return -1;
-    return 0;
+    if (!key) key = "", key_len = 0;
+    const struct sign_key *k = cached_key(key, key_len);
+    if (k) return sign_compute_key(k, m, data, data_len, out);
+    struct sign_key local;
+    int rc = key_states(&local, key, key_len) == 0
+                 ? sign_compute_key(&local, m, data, data_len, out)
+                 : (out[0] = '\0', -1);
+    OPENSSL_cleanse(&local, sizeof local);
+    return rc;
 }
 
 /* Computes p's signature for the request into out, the '@' values left out when skip_at and the
  * names written as `names` says. seen (when not NULL) gets what string_to_sign saw. */
 static int sign_for(const struct params *p, const char *http_method, const char *host,
-                    const char *path, const char *key, int skip_at, enum name_form names,
+                    const char *path, const struct sign_key *k, int skip_at, enum name_form names,
                     struct sign_seen *seen, char out[SIGN_B64_MAX]) {
     size_t len;
     const char *method;
     char *text = string_to_sign(http_method, host, path, p, skip_at, names, seen, &len, &method);
     if (!text) return -1;
     enum sign_method m = sign_method_parse(method);
-    int rc = sign_compute(m, key, strlen(key), text, len, out);
+    int rc = sign_compute_key(k, m, text, len, out);
     free(text);
     return rc;
 }
 
-int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
-                const char *key) {
+int sign_params_key(struct params *p, const char *http_method, const char *host, const char *path,
+                    const struct sign_key *k) {
     char sig[SIGN_B64_MAX];
-    if (sign_for(p, http_method, host, path, key, sign_skips_at(http_method), NAMES_SENT, NULL,
+    if (sign_for(p, http_method, host, path, k, sign_skips_at(http_method), NAMES_SENT, NULL,
                  sig) != 0)
         return -1;
     return params_set(p, "Signature", sig);
@@ -321,15 +382,15 @@ static int sig_equal(const struct param *got, const char *want) {
 
 /* 0 when p's Signature is what key makes in this form. */
 static int verify_form(const struct params *p, const struct param *got, const char *http_method,
-                       const char *host, const char *path, const char *key, int skip_at,
+                       const char *host, const char *path, const struct sign_key *k, int skip_at,
                        enum name_form names, struct sign_seen *seen) {
     char want[SIGN_B64_MAX];
-    if (sign_for(p, http_method, host, path, key, skip_at, names, seen, want) != 0) return -1;
+    if (sign_for(p, http_method, host, path, k, skip_at, names, seen, want) != 0) return -1;
     return sig_equal(got, want);
 }
 
-int sign_verify(const struct params *p, const char *http_method, const char *host, const char *path,
-                const char *key) {
+int sign_verify_key(const struct params *p, const char *http_method, const char *host,
+                    const char *path, const struct sign_key *key) {
     struct sign_seen seen;
     const struct param *got = params_find(p, "Signature");
     int skip_at = sign_skips_at(http_method);
@@ -355,4 +416,28 @@ int sign_verify(const struct params *p, const char *http_method, const char *hos
         verify_form(p, got, http_method, host, path, key, skip_at, NAMES_ALL_SORTED, NULL) == 0)
         return 0;
     return -1;
+}
+
+/* The string-key forms: the key's states from the thread's cache, or made on the stack. */
+#define WITH_KEY(key, k, call) \
+    do { \
+        size_t key_len_ = strlen(key); \
+        const struct sign_key *k = cached_key(key, key_len_); \
+        if (k) return (call); \
+        struct sign_key local_; \
+        if (key_states(&local_, key, key_len_) != 0) return -1; \
+        k = &local_; \
+        int rc_ = (call); \
+        OPENSSL_cleanse(&local_, sizeof local_); \
+        return rc_; \
+    } while (0)
+
+int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key) {
+    WITH_KEY(key, k, sign_params_key(p, http_method, host, path, k));
+}
+
+int sign_verify(const struct params *p, const char *http_method, const char *host, const char *path,
+                const char *key) {
+    WITH_KEY(key, k, sign_verify_key(p, http_method, host, path, k));
 }

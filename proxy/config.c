@@ -1647,6 +1647,7 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     if (!u->secret_id) return fail(x, "missing required key \"secret_id_env\" (or secret_id)");
     if (!u->secret_key)
         return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
+    if (!(u->sign_key = sign_key_new(u->secret_key, strlen(u->secret_key)))) return oom(x);
     return parse_v3_url(x, u);
 }
 
@@ -1750,6 +1751,8 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
             if (!app->secret_id) return fail(x, "missing required key \"secret_id\"");
             if (!app->secret_key)
                 return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
+            if (!(app->sign_key = sign_key_new(app->secret_key, strlen(app->secret_key))))
+                return oom(x);
         } else {
             if (app->secret_id || app->secret_key)
                 return fail(x, "secret_id and secret_key keys are only for \"auth\": "
@@ -2351,6 +2354,7 @@ void config_free(struct config *c) {
     free(c->upstream.v3_sign_host);
     free(c->upstream.secret_id);
     secmem_free(c->upstream.secret_key);
+    sign_key_free(c->upstream.sign_key);
     secmem_free(c->admin.token);
     free(c->upstream.region);
     free(c->upstream.ca_file);
@@ -2370,6 +2374,7 @@ void config_free(struct config *c) {
         free(c->apps[i].name);
         free(c->apps[i].secret_id);
         secmem_free(c->apps[i].secret_key);
+        sign_key_free(c->apps[i].sign_key);
         secmem_free(c->apps[i].token);
         free(c->apps[i].business_ids);
         free(c->apps[i].captcha_app_ids);

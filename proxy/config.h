@@ -23,12 +23,13 @@
 struct config_app {
     char *name;
     enum config_app_auth { CONFIG_AUTH_SIGNATURE, CONFIG_AUTH_TOKEN } auth;
-    char *secret_id;  /* signature apps; NULL for token apps */
-    char *secret_key; /* signature apps, resolved secret; NULL for token apps */
-    char *token;      /* token apps, resolved secret; NULL for signature apps */
-    unsigned actions; /* bitmask of 1u << enum v2_action (include/capgate/validate.h); all
+    char *secret_id;           /* signature apps; NULL for token apps */
+    char *secret_key;          /* signature apps, resolved secret; NULL for token apps */
+    struct sign_key *sign_key; /* secret_key's HMAC states (capgate/sign.h); NULL for tokens */
+    char *token;               /* token apps, resolved secret; NULL for signature apps */
+    unsigned actions;          /* bitmask of 1u << enum v2_action (include/capgate/validate.h); all
                             * supported Actions when the key is absent */
-    int business_any; /* "business_ids": "*" or key absent */
+    int business_any;          /* "business_ids": "*" or key absent */
     uint32_t *business_ids;
     size_t n_business_ids;
     /* API 3.0: the CaptchaAppIds the app may verify tickets of ("captcha_app_ids": "*" or key
@@ -49,6 +50,7 @@ struct config_upstream {
     char *sign_host; /* host used in the string to sign; default host[:port] */
     char *secret_id;
     char *secret_key;
+    struct sign_key *sign_key; /* secret_key's HMAC states (capgate/sign.h), made at load */
     char *region;
     enum sign_method signature_method;
     int post;      /* method POST (default) or GET */

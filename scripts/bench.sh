@@ -15,7 +15,14 @@
 # and CPU per request and capgate p99 - direct p99.
 # Targets (letters of the brief in brackets):
 #   direct      (a) capgate-mock called directly, pre-signed CaptchaIframeQuery (mock credential)
-#   nginx       (b) nginx (1 worker, upstream keepalive 64) in front of the same mock
+#   nginx-bare  (b) nginx (1 worker, upstream keepalive 64) in front of the same mock, a bare
+#                   relay ("nginx" is another name for it)
+#   nginx-features  nginx-bare plus limit_req keyed by businessId:sceneId and an access log with
+#                   the business ids (scripts/bench/peers/nginx-features.conf.in)
+#   lua-gateway     nginx + lua doing what capgate does for a signature app: signature check,
+#                   Nonce in a shared dict, validation, a counter limit, re-signing, access log
+#                   (scripts/bench/peers/lua_gateway.lua); checked before its runs (a good request
+#                   gets code 0, a bad Signature 4100, a replayed Nonce 4500) and skipped if not
 #   capgate     (c) capgate, 1 worker, signature app, upstream plain HTTP to the mock
 #   capgate-w2  (c) the same with 2 workers
 #   capgate-tls (c) capgate, 1 worker, signature app, upstream HTTPS to the mock's TLS listener
@@ -47,16 +54,30 @@
 # A run is valid when wrk saw no socket error and no non-2xx reply, every body had "code":0
 # (counted by cycle.lua), no pre-signed request was sent twice, and the mock's journal ends in
 # code-0 entries; the table counts invalid runs apart.
-# Usage: bench.sh [--targets direct,nginx,...,pool-hit,pool-forward|a,b,c,d,e,pool,durability]
+# The report ends with the goals of issue 17: capgate full / lua-gateway and capgate / lua-gateway
+# req/s, capgate's CPU per request / nginx-bare's, capgate-tls - capgate CPU per request.
+# --latency P,P...: after the wrk runs, capgate-loadgen (tools/loadgen.c) sends at a constant
+# rate of P% of capgate's median req/s, --runs times taken in turns, to capgate and to the mock
+# directly (pre-signed requests, open loop, latency from each request's due time); reports the
+# p99 capgate adds over the direct call at each rate. Needs capgate in --targets.
+# --idle N: instead of the runs, capgate (as the capgate target) with N idle keep-alive clients
+# (capgate-loadgen --idle: one token request on each, then silence): VmRSS before and after.
+# --perf DIR: after the runs, one more wrk run per target under perf record (-g, the server's
+# processes); DIR/TARGET.folded gets the folded stacks (scripts/bench/stackcollapse.awk),
+# DIR/TARGET.txt their per-function table (functable.awk) and DIR/TARGET.svg a flame graph of
+# them (flamegraph.awk).
+# Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool,durability]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
+#                 [--latency P,P...] [--idle N] [--perf DIR]
 # Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (120000),
-# CAPGATE_BENCH_POOL_RATE (80000).
+# CAPGATE_BENCH_POOL_RATE (80000), CAPGATE_BENCH_LUA_ROOT (the lua module unpacked there rather
+# than installed: scripts/bench/peers/peers.sh).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_dir=${CAPGATE_BENCH_BUILD_DIR:-"$root/build"}
-targets="direct,nginx,capgate,capgate-w2,capgate-tls,token,full,pool-hit,pool-forward"
+targets="direct,nginx-bare,nginx-features,lua-gateway,capgate,capgate-w2,capgate-tls,token,full,pool-hit,pool-forward"
 duration=10
 runs=3
 connections=50
@@ -71,6 +92,9 @@ pool_rate=${CAPGATE_BENCH_POOL_RATE:-80000}
 pool_size=10000
 # The upstream latency the mock adds during the pool runs.
 pool_delay_ms=20
+latency_pcts=""
+idle_clients=0
+perf_dir=""
 
 usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
@@ -84,6 +108,9 @@ while (($#)); do
     --pool-duration) pool_duration=$2; shift 2 ;;
     --layout) layout=$2; shift 2 ;;
     --no-build) build=0; shift ;;
+    --latency) latency_pcts=$2; shift 2 ;;
+    --idle) idle_clients=$2; shift 2 ;;
+    --perf) perf_dir=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) echo "bench.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -101,16 +128,25 @@ done
   echo "bench.sh: --pool-connections takes positive integers separated by commas" >&2
   exit 2
 }
+[[ -z $latency_pcts || $latency_pcts =~ ^[1-9][0-9]?(,[1-9][0-9]?)*$ ]] || {
+  echo "bench.sh: --latency takes percentages 1..99 separated by commas" >&2
+  exit 2
+}
+[[ $idle_clients =~ ^[0-9]+$ ]] || { echo "bench.sh: --idle takes a count" >&2; exit 2; }
+if [[ -n $perf_dir ]]; then
+  mkdir -p "$perf_dir"
+  perf_dir=$(cd "$perf_dir" && pwd)
+fi
 IFS=, read -r -a pool_conns <<<"$pool_connections"
 pool_profiles=$(((pool_rate * pool_duration + pool_size - 1) / pool_size))
 
-all_targets=(direct nginx capgate capgate-w2 capgate-tls token full pool-hit pool-forward
-  full-durable full-replicas full-replicas-durable token-durable)
+all_targets=(direct nginx-bare nginx-features lua-gateway capgate capgate-w2 capgate-tls token full
+  pool-hit pool-forward full-durable full-replicas full-replicas-durable token-durable)
 target_list=()
 IFS=, read -r -a requested <<<"$targets"
 for t in "${requested[@]}"; do
   case "$t" in
-    a) t=direct ;; b) t=nginx ;; c) t=capgate,capgate-w2,capgate-tls ;; d) t=token ;; e) t=full ;;
+    a) t=direct ;; b | nginx) t=nginx-bare ;; c) t=capgate,capgate-w2,capgate-tls ;; d) t=token ;; e) t=full ;;
     pool) t=pool-hit,pool-forward ;;
     durability) t=full,full-durable,full-replicas,full-replicas-durable,token,token-durable ;;
   esac
@@ -201,7 +237,7 @@ wait_http() {
 do_build() {
   "$root/scripts/install-deps.sh" --bench
   cmake -S "$root" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" -j 2 --target capgate capgate-mock >/dev/null
+  cmake --build "$build_dir" -j 2 --target capgate capgate-mock capgate-loadgen >/dev/null
 }
 
 # ---- servers -----------------------------------------------------------------------------
@@ -223,13 +259,42 @@ start_mock() {
   say "capgate-mock at $mock_url and $mock_tls"
 }
 
-nginx_host=""
+# shellcheck source=bench/peers/peers.sh
+. "$root/scripts/bench/peers/peers.sh"
+declare -A nginx_hosts=() nginx_pids=()
+# start_nginx NAME: nginx-bare (its config here), nginx-features or lua-gateway (their templates
+# in scripts/bench/peers/), one worker pinned like capgate.
 start_nginx() {
-  local dir="$work/nginx" port
+  local name=$1 dir="$work/$1" port nginx_host peers="$root/scripts/bench/peers"
   port=$(free_port)
   nginx_host="127.0.0.1:$port"
   mkdir -p "$dir/tmp"
-  cat >"$dir/nginx.conf" <<CONF
+  case "$name" in
+    nginx-features)
+      peer_render "$peers/nginx-features.conf.in" "$dir/nginx.conf" DIR="$dir" \
+        UP_HOST="${mock_url#http://}" LISTEN="$nginx_host"
+      ;;
+    lua-gateway)
+      peer_render "$peers/lua-gateway.conf.in" "$dir/nginx.conf" DIR="$dir" PEERS="$peers" \
+        APP_ID="$app_id" APP_KEY="$app_key" UP_ID=AKIDcapgateMockTestKey00000000000000 \
+        UP_KEY=capgate-mock-secret UP_HOST="${mock_url#http://}" WINDOW=3600 LISTEN="$nginx_host" \
+        LUA_ROOT="$lua_root"
+      ;;
+    *) nginx_bare_conf "$dir" "$nginx_host" >"$dir/nginx.conf" ;;
+  esac
+  "${proxy_pin[@]}" env "${lua_env[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+    >"$dir/out.log" 2>&1 &
+  pids+=("$!")
+  nginx_pids[$name]=$!
+  nginx_hosts[$name]=$nginx_host
+  wait_http "http://$nginx_host/__admin/health"
+  say "$name at http://$nginx_host (one worker, upstream keepalive 64)"
+}
+
+# nginx_bare_conf DIR HOST:PORT: the bare relay's config.
+nginx_bare_conf() {
+  local dir=$1 nginx_host=$2
+  cat <<CONF
 worker_processes 1;
 daemon off;
 pid $dir/nginx.pid;
@@ -255,11 +320,6 @@ http {
   }
 }
 CONF
-  "${proxy_pin[@]}" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/out.log" 2>&1 &
-  pids+=("$!")
-  nginx_pid=$!
-  wait_http "http://$nginx_host/__admin/health"
-  say "nginx at http://$nginx_host (one worker, upstream keepalive 64)"
 }
 
 replica_port=""
@@ -401,7 +461,9 @@ start_capgate() {
 
 declare -A results=() invalid=() label=()
 label[direct]="capgate-mock direct | mock credential"
-label[nginx]="nginx -> mock (HTTP) | mock credential"
+label[nginx-bare]="nginx -> mock (HTTP), bare relay | mock credential"
+label[nginx-features]="nginx + limit_req + access log -> mock (HTTP) | mock credential"
+label[lua-gateway]="nginx + lua gateway -> mock (HTTP) | signature"
 label[capgate]="capgate 1 worker -> mock (HTTP) | signature"
 label[capgate-w2]="capgate 2 workers -> mock (HTTP) | signature"
 label[capgate-tls]="capgate 1 worker -> mock (HTTPS) | signature"
@@ -450,7 +512,7 @@ pool_fill() {
 server_pids() {
   case "$1" in
     direct) echo "$mock_pid" ;;
-    nginx) pgrep -P "$nginx_pid" | paste -sd ' ' - ;;
+    nginx-*| lua-gateway) pgrep -P "${nginx_pids[$1]}" | paste -sd ' ' - ;;
     pool-hit | pool-forward) echo "${gw_pid[pool]}" ;;
     *) echo "${gw_pid[$1]}" ;;
   esac
@@ -475,7 +537,8 @@ one_run() {
   local out="$work/wrk-$1-$2-${3:-c}.out" args bad=() total k hits0="" misses0="" hits1="" misses1=""
   case "$t" in
     direct) host=${mock_url#http://}; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
-    nginx) host=$nginx_host; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
+    nginx-bare | nginx-features) host=${nginx_hosts[$t]}; presign "$host" AKIDcapgateMockTestKey00000000000000 capgate-mock-secret "$file" ;;
+    lua-gateway) host=${nginx_hosts[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
     capgate | capgate-w2 | capgate-tls) host=${gw_host[$t]}; presign "$host" "$app_id" "$app_key" "$file" ;;
     token | token-durable | full*) host=${gw_host[$t]} ;;
     pool-hit | pool-forward) host=${gw_host[pool]}; key="$t@$c" ;;
@@ -516,11 +579,22 @@ one_run() {
   local spids cpu0 cpu1 cpu_us
   read -r -a spids <<<"$(server_pids "$t")"
   cpu0=$(cpu_ticks "${spids[@]}")
+  local perf_pid=""
+  if [[ $i == perf ]]; then
+    # The server's processes, sampled for the run's length (DWARF unwinding: the Release build
+    # keeps no frame pointers).
+    perf record -q -F 1999 --call-graph dwarf,16384 -o "$work/perf-$key.data" \
+      -p "$(IFS=,; echo "${spids[*]}")" -- sleep "$d" >"$work/perf-$key.log" 2>&1 &
+    perf_pid=$!
+  fi
   if ! "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
     -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
     bad+=("wrk failed")
   fi
   cpu1=$(cpu_ticks "${spids[@]}")
+  if [[ -n $perf_pid ]]; then
+    wait "$perf_pid" || bad+=("perf record failed: $(tail -n 3 "$work/perf-$key.log")")
+  fi
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$out")
   p50=$(awk '$1 == "50%" {print $2}' "$out")
   p99=$(awk '$1 == "99%" {print $2}' "$out")
@@ -551,12 +625,41 @@ one_run() {
     cat "$out" >&2
     return 0
   fi
-  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us"$'\n'
+  if [[ $i == perf ]]; then
+    say "$key profiled run: $rps req/s, server CPU $cpu_us us/request (not in the table)"
+    perf_report "$key" "$rps" "$cpu_us"
+    return 0
+  fi
+  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i"$'\n'
   say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full* ]]; then
     redis_per_request "$t" "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
       -v n="$total" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')"
   fi
+}
+
+# perf_report KEY RPS CPU_US: from perf-KEY.data, perf_dir/KEY.folded (the folded stacks),
+# KEY.txt (the share of each object, from perf report, then the per-function table of the
+# stacks: self and total share, self as us of CPU_US) and
+# KEY.svg (a flame graph of them).
+perf_report() {
+  local key=$1 data="$work/perf-$1.data"
+  perf script -i "$data" -F comm,tid,ip,sym,dso 2>/dev/null |
+    awk -f "$root/scripts/bench/stackcollapse.awk" | sort >"$perf_dir/$key.folded"
+  {
+    printf 'perf record -F 1999 --call-graph dwarf of %s (the server'"'"'s processes) during one wrk run:\n' "$key"
+    printf '%s req/s, %s us of server CPU per request, %s samples.\n\n' "$2" "$3" \
+      "$(awk '{ s += $NF } END { print s + 0 }' "$perf_dir/$key.folded")"
+    printf '| object | self | us/request |\n|---|---:|---:|\n'
+    perf report -i "$data" --stdio --no-children --sort dso -g none 2>/dev/null |
+      awk -v cpu="$3" '/^ +[0-9.]+%/ { p = $1; sub(/%/, "", p); if (p >= 0.5)
+        printf "| %s | %.1f%% | %.2f |\n", $2, p, p * cpu / 100 }'
+    echo
+    awk -v cpu="$3" -f "$root/scripts/bench/functable.awk" "$perf_dir/$key.folded"
+  } >"$perf_dir/$key.txt"
+  awk -v title="$key: $2 req/s, $3 us server CPU per request" \
+    -f "$root/scripts/bench/flamegraph.awk" "$perf_dir/$key.folded" >"$perf_dir/$key.svg"
+  say "perf: $perf_dir/$key.txt, $key.folded, $key.svg"
 }
 
 # to_us 1.23ms|456.00us|1.2s: microseconds.
@@ -608,13 +711,104 @@ full_probe() {
   ((keys > 0))
 }
 
+# ---- constant rate and idle clients ------------------------------------------------------------
+
+declare -A lat=() lat_invalid=()
+# latency_run TARGET PCT RATE RUN: capgate-loadgen at RATE req/s for --duration against TARGET
+# (direct or capgate), over at most --connections connections; appends "p50 p99 p99.9" (us) to
+# lat[TARGET@PCT] or counts the run invalid (a failed or non-code-0 reply, the mock's journal).
+latency_run() {
+  local t=$1 pct=$2 rate=$3 i=$4 host file="$work/rate-requests.txt" out="$work/rate-$1-$2-$4.out" bad=()
+  if [[ $t == direct ]]; then
+    host=${mock_url#http://}
+    node "$root/scripts/bench/presign.mjs" --host "$host" --secret-id AKIDcapgateMockTestKey00000000000000 \
+      --secret-key capgate-mock-secret --count "$((rate * duration + 100))" --out "$file"
+  else
+    host=${gw_host[$t]}
+    node "$root/scripts/bench/presign.mjs" --host "$host" --secret-id "$app_id" --secret-key "$app_key" \
+      --count "$((rate * duration + 100))" --out "$file"
+  fi
+  node "$root/scripts/bench/admin.mjs" reset "$mock_url"
+  "${wrk_pin[@]}" "$build_dir/capgate-loadgen" --host "$host" --file "$file" --rate "$rate" \
+    --duration "$duration" --connections "$connections" >"$out" 2>&1 || bad+=("not every reply was good")
+  node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
+  local p50 p99 p999
+  read -r p50 p99 p999 < <(awk '$1 == "latency_us" { print $3, $7, $9 }' "$out")
+  [[ -n $p99 ]] || bad+=("no numbers in capgate-loadgen's output")
+  if ((${#bad[@]})); then
+    lat_invalid[$t@$pct]=$((${lat_invalid[$t@$pct]:-0} + 1))
+    say "$t at $rate req/s ($pct% of capgate's max) run $i: INVALID: ${bad[*]}"
+    cat "$out" >&2
+    return 0
+  fi
+  lat[$t@$pct]+="$p50 $p99 $p999"$'\n'
+  say "$t at $rate req/s ($pct% of capgate's max) run $i: p50 $p50 us, p99 $p99 us, p99.9 $p999 us"
+}
+
+# lat_median KEY COLUMN: the median of a column (1 p50, 2 p99, 3 p99.9) over lat[KEY]'s runs.
+lat_median() {
+  printf '%s' "${lat[$1]:-}" | awk -v c="$2" 'NF { print $c }' | sort -n |
+    awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+
+# idle_mode: capgate (the capgate target's config) with idle_clients keep-alive clients that
+# each sent one request; prints VmRSS before and after, and exits.
+idle_mode() {
+  local log="$work/idle.out" i line rss0 rss1 hwm fds lg
+  start_capgate capgate 1 "$mock_url/v2/index.php"
+  local pid=${gw_pid[capgate]} host=${gw_host[capgate]}
+  # One request first, so the first-use allocations (upstream connection, TLS-less client
+  # buffers, caches) are in the baseline.
+  curl -s -o /dev/null -H "Authorization: Bearer $app_token" \
+    "http://$host/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0"
+  sleep 0.5
+  rss0=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+  "${wrk_pin[@]}" "$build_dir/capgate-loadgen" --host "$host" --idle "$idle_clients" --hold 600 \
+    --header "Authorization: Bearer $app_token" \
+    --path "/v2/index.php?Action=CaptchaIframeQuery&captchaType=1&disturbLevel=1&isHttps=0&clientType=2&accountType=0" \
+    >"$log" 2>&1 &
+  lg=$!
+  pids+=("$lg")
+  line=""
+  for ((i = 0; i < 1200; i++)); do
+    line=$(grep -m1 'idle connections open' "$log" || true)
+    [[ -n $line ]] && break
+    kill -0 "$lg" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ -z $line ]]; then
+    say "idle: the clients did not all get a reply within 120 s"
+    cat "$log" >&2
+    return 1
+  fi
+  sleep 1
+  rss1=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status")
+  hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status")
+  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  kill -TERM "$lg" 2>/dev/null || true
+  wait "$lg" 2>/dev/null || true
+  printf '\ncapgate, 1 worker, the capgate target'"'"'s config; %s keep-alive clients, each sent one token request and\nthen stayed idle (capgate-loadgen --idle).\n\n' "$idle_clients"
+  echo "| measure | value |"
+  echo "|---|---:|"
+  awk -v a="$rss0" 'BEGIN { printf "| VmRSS before | %.1f MB |\n", a / 1024 }'
+  awk -v a="$rss1" -v n="$idle_clients" 'BEGIN { printf "| VmRSS with %d idle clients | %.1f MB (goal <= 64 MB) |\n", n, a / 1024 }'
+  awk -v a="$hwm" 'BEGIN { printf "| VmHWM | %.1f MB |\n", a / 1024 }'
+  awk -v a="$rss0" -v b="$rss1" -v n="$idle_clients" 'BEGIN { printf "| per idle client | %.2f KB |\n", (b - a) / n }'
+  echo "| capgate's open descriptors | $fds |"
+  echo "| loadgen | $line |"
+}
+
 # ---- main ----------------------------------------------------------------------------------
 
 ((build)) && do_build
 start_mock
+if ((idle_clients > 0)); then
+  idle_mode
+  exit
+fi
 for t in "${target_list[@]}"; do
   case "$t" in
-    nginx) start_nginx ;;
+    nginx-bare | nginx-features | lua-gateway) start_nginx "$t" ;;
     capgate) start_capgate capgate 1 "$mock_url/v2/index.php" ;;
     capgate-w2) start_capgate capgate-w2 2 "$mock_url/v2/index.php" ;;
     capgate-tls) start_capgate capgate-tls 1 "$mock_tls/v2/index.php" ;;
@@ -636,6 +830,16 @@ if [[ " ${target_list[*]} " == *" full "* ]] && ! full_probe; then
   say "${skipped[-1]}"
   for k in "${!target_list[@]}"; do [[ ${target_list[$k]} != full ]] || target_list[$k]=""; done
 fi
+if [[ " ${target_list[*]} " == *" lua-gateway "* ]]; then
+  if lua_gateway_check "$root" "${nginx_hosts[lua-gateway]}" "$app_id" "$app_key" "$work" >"$work/luacheck.txt"; then
+    say "$(paste -sd ';' "$work/luacheck.txt")"
+  else
+    skipped+=("lua-gateway: SKIPPED: its check failed: $(grep FAILED "$work/luacheck.txt" | paste -sd ';' -)")
+    say "${skipped[-1]}"
+    cat "$work/lua-gateway/error.log" >&2
+    target_list=("${target_list[@]/lua-gateway/}")
+  fi
+fi
 
 for ((i = 1; i <= runs; i++)); do
   for t in "${target_list[@]}"; do
@@ -655,6 +859,12 @@ for ((i = 1; i <= runs; i++)); do
   done
 done
 
+if [[ -n $perf_dir ]]; then
+  for t in "${target_list[@]}"; do
+    case "$t" in "" | pool-*) ;; *) one_run "$t" perf ;; esac
+  done
+fi
+
 # ---- report --------------------------------------------------------------------------------
 
 # median TARGET: "rps p50 p99" of the median valid run by req/s (empty when none).
@@ -671,6 +881,20 @@ median_cpu() {
   printf '%s' "${results[$1]:-}" | awk 'NF { print $4 }' | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)] }'
 }
+
+if [[ -n $latency_pcts ]]; then
+  IFS=, read -r -a lat_pcts <<<"$latency_pcts"
+  if [[ -z ${gw_pid[capgate]:-} || -z ${results[capgate]:-} ]]; then
+    skipped+=("--latency: SKIPPED: it needs a valid capgate run (add capgate to --targets)")
+  else
+    lat_max=$(median capgate | awk '{ printf "%.0f", $1 }')
+    for ((i = 1; i <= runs; i++)); do
+      for pct in "${lat_pcts[@]}"; do
+        for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" "$i"; done
+      done
+    done
+  fi
+fi
 
 declare -A med_rps=() med_p50=() med_p99=() med_cpu=()
 # table_row KEY CELLS: the table row of results[KEY], after its leading CELLS ("target | path |
@@ -709,21 +933,67 @@ fi
 for t in "${main_targets[@]}"; do table_row "$t" "$t | ${label[$t]}"; done
 echo
 for t in capgate capgate-w2 capgate-tls token full; do
-  if [[ -n ${med_rps[$t]:-} && -n ${med_rps[nginx]:-} ]]; then
-    awk -v a="${med_rps[$t]}" -v b="${med_rps[nginx]}" -v t="$t" \
-      'BEGIN { printf "- %s / nginx req/s: %.2f (goal >= 0.8)\n", t, a / b }'
+  if [[ -n ${med_rps[$t]:-} && -n ${med_rps[nginx-bare]:-} ]]; then
+    awk -v a="${med_rps[$t]}" -v b="${med_rps[nginx-bare]}" -v t="$t" \
+      'BEGIN { printf "- %s / nginx-bare req/s: %.2f\n", t, a / b }'
   fi
-  if [[ -n ${med_cpu[$t]:-} && -n ${med_cpu[nginx]:-} ]]; then
-    awk -v a="${med_cpu[$t]}" -v b="${med_cpu[nginx]}" -v t="$t" \
-      'BEGIN { printf "- %s / nginx server CPU per request: %.2f (%.2f us against %.2f us)\n", t, a / b, a, b }'
+  if [[ -n ${med_cpu[$t]:-} && -n ${med_cpu[nginx-bare]:-} ]]; then
+    awk -v a="${med_cpu[$t]}" -v b="${med_cpu[nginx-bare]}" -v t="$t" \
+      'BEGIN { printf "- %s / nginx-bare server CPU per request: %.2f (%.2f us against %.2f us)\n", t, a / b, a, b }'
   fi
   if [[ -n ${med_p99[$t]:-} && -n ${med_p99[direct]:-} ]]; then
     awk -v a="${med_p99[$t]}" -v b="${med_p99[direct]}" -v t="$t" -v c="$connections" \
       'BEGIN { printf "- %s p99 - direct p99 at %s connections: %.2f ms (goal < 1 ms)\n", t, c, (a - b) / 1000 }'
   fi
 done
-if [[ -n ${med_rps[nginx]:-} && -n ${med_rps[direct]:-} ]]; then
-  awk -v a="${med_rps[nginx]}" -v b="${med_rps[direct]}" 'BEGIN { printf "- nginx / direct req/s: %.2f\n", a / b }'
+for t in nginx-bare nginx-features lua-gateway; do
+  if [[ -n ${med_rps[$t]:-} && -n ${med_rps[direct]:-} ]]; then
+    awk -v a="${med_rps[$t]}" -v b="${med_rps[direct]}" -v t="$t" 'BEGIN { printf "- %s / direct req/s: %.2f\n", t, a / b }'
+  fi
+done
+# paired A B COL OP: A's and B's valid runs of the same round (taken minutes apart at most, so in
+# the same phase of a noisy machine) compared: A / B (OP ratio) or A - B (OP diff) of column COL
+# (1 req/s, 4 CPU per request) per round; prints the median and the list, nothing without a pair.
+paired() {
+  {
+    printf '%s' "${results[$1]:-}" | awk 'NF { print "a", $0 }'
+    printf '%s' "${results[$2]:-}" | awk 'NF { print "b", $0 }'
+  } | awk -v col="$3" -v op="$4" '
+    { if ($1 == "a") a[$6] = $(col + 1); else b[$6] = $(col + 1) }
+    END {
+      n = 0
+      for (r = 1; r <= 10000; r++) {
+        if (!((r in a) && (r in b)) || (op == "ratio" && b[r] <= 0)) continue
+        x = op == "ratio" ? a[r] / b[r] : a[r] - b[r]
+        v[++n] = x
+        l = l (n > 1 ? ", " : "") sprintf("%.2f", x)
+      }
+      if (!n) exit
+      for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+      printf "%.2f (rounds: %s)", v[int((n + 1) / 2)], l
+    }'
+}
+# goal_ratio LABEL A B GOAL [KEY_A KEY_B COL]: "- LABEL: A/B (goal GOAL)" when both medians exist;
+# with the keys, the median of the same ratio taken round by round (paired) after it.
+goal_ratio() {
+  [[ -n $2 && -n $3 ]] || return 0
+  local p=""
+  [[ -n ${5:-} ]] && p=$(paired "$5" "$6" "$7" ratio)
+  awk -v l="$1" -v a="$2" -v b="$3" -v g="$4" -v p="$p" 'BEGIN {
+    printf "- %s: %.2f (%s / %s; goal %s)%s\n", l, a / b, a, b, g, p == "" ? "" : "; paired by round " p }'
+}
+if [[ -n ${med_rps[lua-gateway]:-}${med_cpu[nginx-bare]:-}${med_cpu[capgate-tls]:-} ]]; then
+  echo
+  echo "Goals (issue 17), medians of this run:"
+  goal_ratio "capgate full / lua-gateway req/s" "${med_rps[full]:-}" "${med_rps[lua-gateway]:-}" ">= 1.3" full lua-gateway 1
+  goal_ratio "capgate (signature, memory store) / lua-gateway req/s" "${med_rps[capgate]:-}" "${med_rps[lua-gateway]:-}" ">= 1.5" capgate lua-gateway 1
+  goal_ratio "capgate full / lua-gateway server CPU per request" "${med_cpu[full]:-}" "${med_cpu[lua-gateway]:-}" "none: a reading of the req/s goal that noise moves less" full lua-gateway 4
+  goal_ratio "capgate / lua-gateway server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[lua-gateway]:-}" "none: a reading of the req/s goal that noise moves less" capgate lua-gateway 4
+  goal_ratio "capgate / nginx-bare server CPU per request" "${med_cpu[capgate]:-}" "${med_cpu[nginx-bare]:-}" "<= 1.8" capgate nginx-bare 4
+  if [[ -n ${med_cpu[capgate-tls]:-} && -n ${med_cpu[capgate]:-} ]]; then
+    awk -v a="${med_cpu[capgate-tls]}" -v b="${med_cpu[capgate]}" -v p="$(paired capgate-tls capgate 4 diff)" \
+      'BEGIN { printf "- capgate-tls - capgate server CPU per request: %.2f us (%s - %s; goal <= 3 us)%s\n", a - b, a, b, p == "" ? "" : "; paired by round " p }'
+  fi
 fi
 for s in "${redis_stats[@]}"; do echo "- Redis commands: $s"; done
 # The cost of each durability option: req/s and p99 against the same gateway without it.
@@ -735,6 +1005,26 @@ for pair in full-durable:full full-replicas:full full-replicas-durable:full toke
   fi
 done
 for s in "${skipped[@]}"; do echo "- $s"; done
+
+if [[ -n $latency_pcts && -n ${lat_max:-} ]]; then
+  printf '\nConstant rate (capgate-loadgen, open loop, latency from each request'"'"'s due time), %s s per run,\n%s runs taken in turns, at most %s connections; %s; medians of the runs. capgate'"'"'s max: %s req/s\n(its median above).\n\n' \
+    "$duration" "$runs" "$connections" "$pinning" "$lat_max"
+  echo "| rate | target | p50 | p99 | p99.9 | invalid runs |"
+  echo "|---|---|---:|---:|---:|---:|"
+  for pct in "${lat_pcts[@]}"; do
+    for t in direct capgate; do
+      printf '| %s%% (%s req/s) | %s | %s us | %s us | %s us | %s |\n' "$pct" "$((lat_max * pct / 100))" "$t" \
+        "$(lat_median "$t@$pct" 1)" "$(lat_median "$t@$pct" 2)" "$(lat_median "$t@$pct" 3)" "${lat_invalid[$t@$pct]:-0}"
+    done
+  done
+  echo
+  for pct in "${lat_pcts[@]}"; do
+    a=$(lat_median "capgate@$pct" 2) b=$(lat_median "direct@$pct" 2)
+    if [[ -n $a && -n $b ]]; then
+      awk -v a="$a" -v b="$b" -v p="$pct" 'BEGIN { printf "- p99 capgate adds over the direct call at %s%% of its max: %.3f ms (goal <= %s)\n", p, (a - b) / 1000, p <= 20 ? "0.3 ms at 20%" : "1 ms at 50%" }'
+    fi
+  done
+fi
 
 if ((${#pool_targets[@]})); then
   printf '\nPrefetch pool: wrk 1 thread, keep-alive, hits %s s and forwarded %s s per run, %s runs taken in\nturns; %s (%s CPUs); the mock delays CaptchaIframeQuery by %s ms; %s profile(s) x %s URLs.\n\n' \

@@ -4,7 +4,8 @@
 # redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
 # (the fuzz targets, scripts/fuzz.sh), chromium (optional: the browser test skips without it) and
 # what the install test uses (man-db, systemd, dpkg-dev), clang-format (unit/format).
-# --bench adds wrk, nginx-light and node.
+# --bench adds wrk, nginx-light with its lua module (the lua-gateway peer), linux-perf (--perf)
+# and node.
 set -euo pipefail
 
 want_test=0
@@ -57,7 +58,10 @@ if ((want_test)); then
   optional+=(chromium)
 fi
 if ((want_bench)); then
-  required+=(wrk nginx-light)
+  # libnginx-mod-http-lua (the lua-gateway peer) replaces wrk's LuaJIT with OpenResty's
+  # (libluajit2-5.1-2; Debian 12's lua-resty-core needs it); scripts/bench/cycle.lua is written
+  # so its string hashing stays fast (see there). linux-perf: bench.sh --perf.
+  required+=(wrk nginx-light libnginx-mod-http-lua linux-perf)
 fi
 
 is_installed() {

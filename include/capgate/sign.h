@@ -27,6 +27,14 @@ char *sign_string_to_sign(const char *http_method, const char *host, const char 
 /* base64(HMAC(key, data)) into out, NUL-terminated. 0, or -1 on an OpenSSL failure. */
 int sign_compute(enum sign_method m, const char *key, size_t key_len, const char *data,
                  size_t data_len, char out[SIGN_B64_MAX]);
+/* A key's HMAC states (SHA-1 and SHA-256, inner and outer), computed once so a signature costs
+ * the message's hashing alone (sign.c). Lives in secmem; sign_key_free wipes it. NULL on OOM. */
+struct sign_key;
+struct sign_key *sign_key_new(const char *key, size_t key_len);
+void sign_key_free(struct sign_key *k); /* NULL is accepted */
+/* sign_compute with a key's states. */
+int sign_compute_key(const struct sign_key *k, enum sign_method m, const char *data,
+                     size_t data_len, char out[SIGN_B64_MAX]);
 /* Sets p's Signature for the request (the method comes from p's SignatureMethod; with POST the
  * '@' values are left out of the string to sign but stay in p). 0/-1. */
 int sign_params(struct params *p, const char *http_method, const char *host, const char *path,
@@ -38,5 +46,10 @@ int sign_params(struct params *p, const char *http_method, const char *host, con
  * the names are also accepted (sign.c, enum name_form). */
 int sign_verify(const struct params *p, const char *http_method, const char *host, const char *path,
                 const char *key);
+/* sign_params and sign_verify with a key's states. */
+int sign_params_key(struct params *p, const char *http_method, const char *host, const char *path,
+                    const struct sign_key *k);
+int sign_verify_key(const struct params *p, const char *http_method, const char *host,
+                    const char *path, const struct sign_key *k);
 
 #endif

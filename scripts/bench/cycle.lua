@@ -6,6 +6,7 @@
 -- FILE "-": no file, every request is GET HOST's URL path (for token auth; pair with a header).
 -- "repeat": the file's targets are meant to be sent over and over (token auth, no Nonce), so a
 -- wrap is not counted.
+-- Each request carries an "X-Seq: N" header last (see init).
 -- Garbage collection: a file holds up to millions of targets, and one LuaJIT collection cycle
 -- marks every one of them in a single step; with the collector running, each run had one pause
 -- of about 300 ms, which wrk's latency correction turned into a p99 of 260-380 ms whatever the
@@ -46,10 +47,19 @@ function init(args)
     targets[1] = wrk.format("GET", wrk.path, headers)
     return
   end
+  -- The request is built here rather than by wrk.format, with a header that differs from line
+  -- to line last ("X-Seq: N"). Every string is interned, and OpenResty's LuaJIT (libluajit2,
+  -- which Debian's lua module for nginx pulls in and wrk then loads) hashes a long string from
+  -- samples that weigh its end: requests that differ only in the middle (Nonce, Signature) and
+  -- end alike all hash the same, and loading 40,000 of them took 25 s instead of 0.03.
+  local head = " HTTP/1.1\r\n"
+  for name, value in pairs(headers) do
+    head = head .. name .. ": " .. value .. "\r\n"
+  end
   local k, i = id, 0
   for line in io.lines(file) do
     if i % nthreads == k then
-      targets[#targets + 1] = wrk.format("GET", line, headers)
+      targets[#targets + 1] = "GET " .. line .. head .. "X-Seq: " .. i .. "\r\n\r\n"
     end
     i = i + 1
   end

@@ -302,6 +302,77 @@ static void test_compute_many_keys(void **state) {
     }
 }
 
+/* Precomputed key states (sign_key_new): RFC 2202 / RFC 4231 answers, and equality with
+ * one-shot HMAC for keys shorter than, exactly, and longer than the 64-byte block (a longer key
+ * is hashed first), messages of 0 to 300 bytes (across block and padding boundaries), both
+ * methods; sign_params_key and sign_verify_key agree with the string-key forms. */
+static void test_key_states(void **state) {
+    static const char data[] = "what do ya want for nothing?";
+    char out[SIGN_B64_MAX];
+    struct sign_key *jefe = sign_key_new("Jefe", 4);
+    assert_non_null(jefe);
+    assert_int_equal(sign_compute_key(jefe, SIGN_HMAC_SHA1, data, strlen(data), out), 0);
+    assert_string_equal(out, "7/zfauXrL6LSdBbV8YTfnCWafHk=");
+    assert_int_equal(sign_compute_key(jefe, SIGN_HMAC_SHA256, data, strlen(data), out), 0);
+    assert_string_equal(out, "W9zBRr9gdU5qBCQmCJV1x1oAPwidJzmDnexYuWTsOEM=");
+    sign_key_free(jefe);
+    /* RFC 4231 test case 6 (60e43159...7f54 in hex): a 131-byte key of 0xaa. */
+    unsigned char aa[131];
+    memset(aa, 0xaa, sizeof aa);
+    static const char big[] = "Test Using Larger Than Block-Size Key - Hash Key First";
+    struct sign_key *k131 = sign_key_new((const char *)aa, sizeof aa);
+    assert_non_null(k131);
+    assert_int_equal(sign_compute_key(k131, SIGN_HMAC_SHA256, big, strlen(big), out), 0);
+    assert_string_equal(out, "YOQxWR7gtn8Niiaqy/W3f44LxiE3KMUUBUYEDw7jf1Q=");
+    sign_key_free(k131);
+    sign_key_free(NULL);
+
+    char key[200], msg[300];
+    for (size_t i = 0; i < sizeof msg; i++) msg[i] = (char)('!' + i % 90);
+    static const size_t key_lens[] = {0, 1, 20, 63, 64, 65, 128, 200};
+    for (size_t ki = 0; ki < sizeof key_lens / sizeof key_lens[0]; ki++) {
+        size_t kl = key_lens[ki];
+        for (size_t i = 0; i < kl; i++) key[i] = (char)(0x20 + (i * 7 + kl) % 90);
+        struct sign_key *k = sign_key_new(key, kl);
+        assert_non_null(k);
+        for (size_t ml = 0; ml <= sizeof msg; ml += ml < 70 ? 1 : 23) {
+            for (int m = 0; m < 2; m++) {
+                unsigned char md[EVP_MAX_MD_SIZE];
+                unsigned int md_len = 0;
+                char want[SIGN_B64_MAX], got[SIGN_B64_MAX], cached[SIGN_B64_MAX];
+                assert_non_null(HMAC(m ? EVP_sha256() : EVP_sha1(), kl ? key : "", (int)kl,
+                                     (const unsigned char *)msg, ml, md, &md_len));
+                EVP_EncodeBlock((unsigned char *)want, md, (int)md_len);
+                enum sign_method method = m ? SIGN_HMAC_SHA256 : SIGN_HMAC_SHA1;
+                assert_int_equal(sign_compute_key(k, method, msg, ml, got), 0);
+                assert_string_equal(got, want);
+                assert_int_equal(sign_compute(method, key, kl, msg, ml, cached), 0);
+                assert_string_equal(cached, want);
+            }
+        }
+        sign_key_free(k);
+    }
+
+    struct params p, q;
+    struct sign_key *k = sign_key_new("k", 1);
+    assert_non_null(k);
+    params_init(&p);
+    params_adds(&p, "Action", "CaptchaCheck");
+    params_adds(&p, "SignatureMethod", "HmacSHA256");
+    assert_int_equal(params_copy(&q, &p), 0);
+    assert_int_equal(sign_params_key(&p, "GET", "gw:1", "/v2/index.php", k), 0);
+    assert_int_equal(sign_params(&q, "GET", "gw:1", "/v2/index.php", "k"), 0);
+    assert_string_equal(params_get(&p, "Signature"), params_get(&q, "Signature"));
+    assert_int_equal(sign_verify_key(&p, "GET", "gw:1", "/v2/index.php", k), 0);
+    assert_int_equal(sign_verify_key(&p, "GET", "gw:2", "/v2/index.php", k), -1);
+    sign_key_free(k);
+    k = sign_key_new("K", 1);
+    assert_int_equal(sign_verify_key(&p, "GET", "gw:1", "/v2/index.php", k), -1);
+    sign_key_free(k);
+    params_cleanup(&p);
+    params_cleanup(&q);
+}
+
 /* ---- the '@' rule ----
  * Inline vectors, computed outside the code under test with openssl from the string to sign
  * that the SDKs' rule gives (QcloudApi/qcloudapi-sdk-python QcloudApi/common/sign.py, -php
@@ -498,6 +569,7 @@ int main(void) {
         cmocka_unit_test(test_method_names),
         cmocka_unit_test(test_sign_then_verify),
         cmocka_unit_test(test_compute_many_keys),
+        cmocka_unit_test(test_key_states),
         cmocka_unit_test(test_at_rule_string_to_sign),
         cmocka_unit_test(test_underscore_name_forms),
         cmocka_unit_test(test_at_rule_sign_and_verify),
