@@ -15,9 +15,9 @@
 /* 'self' everywhere the page needs it and nothing else: the page's own module scripts and
  * stylesheet, fetch() to the admin endpoints, the inline SVG it draws (no external image), and
  * the data: favicon that keeps the browser from asking for /favicon.ico. */
-#define DASHBOARD_CSP                                                                        \
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "        \
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; "          \
+#define DASHBOARD_CSP \
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " \
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; " \
     "frame-ancestors 'none'"
 
 static const char *content_type(const char *name) {
