@@ -96,6 +96,8 @@ async function checkAuth() {
 function showLogin(message) {
   stopTimer();
   $('main').hidden = true;
+  $('pause').hidden = true;
+  $('forget').hidden = true;
   $('login').hidden = false;
   $('login-error').hidden = !message;
   $('login-error').textContent = message || '';
@@ -119,6 +121,7 @@ async function start() {
   }
   $('login').hidden = true;
   $('main').hidden = false;
+  $('pause').hidden = false;
   document.body.dataset.view = 'main';
   refreshNow();
 }
