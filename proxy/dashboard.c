@@ -72,9 +72,7 @@ int dashboard_handle(struct httpd_req *req, int token_required, int authorized) 
     }
     const struct embedded_file *f = find_file(name);
     if (!f) {
-        reply_json(req, 404,
-                   "{\"error\":\"not found; the dashboard is /dashboard (files: index.html, "
-                   "app.css, app.mjs, lib.mjs, auth)\"}");
+        reply_json(req, 404, "{\"error\":\"not found; the dashboard is /dashboard\"}");
         return 1;
     }
     common_headers(req);
