@@ -758,6 +758,15 @@ function init() {
     $('token').value = '';
     start();
   });
+  // The charts are drawn at their box's width: a new width (a phone turned) redraws them.
+  let resized = null;
+  let width = window.innerWidth;
+  window.addEventListener('resize', () => {
+    if (window.innerWidth === width) return;
+    width = window.innerWidth;
+    clearTimeout(resized);
+    resized = setTimeout(() => { if ($('login').hidden && !state.paused) refreshNow(); }, 250);
+  });
   syncControls();
   start();
 }

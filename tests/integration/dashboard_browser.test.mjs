@@ -213,7 +213,7 @@ function suite(store) {
 
     once('without the token: a prompt and no data; a wrong token is refused; the right one opens it', async (t) => {
       if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
-      const { page, requested } = await openPage();
+      const { page, requested, errors } = await openPage();
       try {
         await page.goto(`${gw.adminUrl}/dashboard`, { waitUntil: 'load' });
         await page.waitForSelector('#login:not([hidden])');
@@ -240,6 +240,7 @@ function suite(store) {
         await page.click('#forget');
         await page.waitForSelector('#login:not([hidden])');
         assert.equal(await page.evaluate(() => sessionStorage.getItem('capgate.adminToken')), null);
+        assert.deepEqual(errors, [], 'console errors (a refused token is told without a 401)');
       } finally {
         await page.close();
       }
@@ -507,6 +508,8 @@ function suite(store) {
         assert.ok(scroll <= inner, `page ${scroll} px wide on a ${inner} px screen`);
         const widths = await page.$$eval('.chart svg', (es) => es.map((e) => e.getBoundingClientRect().right));
         assert.ok(widths.every((w) => w <= inner), `charts fit: ${widths}`);
+        const lefts = await page.$$eval('main > .card', (es) => new Set(es.map((e) => Math.round(e.getBoundingClientRect().left))).size);
+        assert.equal(lefts, 1, 'one column of cards');
         await assertTilesEqualStats(page, 'phone');
         await shot(page, 'phone');
         assert.deepEqual(errors, [], 'console errors');
