@@ -400,7 +400,7 @@ function hbarChart(box, { rows, keys, colors, xLabel, empty = 'no data' }) {
 
 function renderTotals(t, what) {
   $('totals-what').textContent = what;
-  const lat = t.requests ? (Number(t.latency_us_sum || 0) / t.requests) / 1000 : null;
+  const lat = t.requests && t.latency_us_sum !== undefined ? (Number(t.latency_us_sum) / t.requests) / 1000 : null;
   const tiles = [['requests', fmtNum(t.requests || 0), null]]
     .concat(DECISIONS.map((d) => [d, fmtNum(t[d] || 0), COLORS[d]]))
     .concat([['refused', fmtNum(refused(t)), null], ['mean latency', fmtMs(lat), null]]);
@@ -515,7 +515,7 @@ function renderUpstream(metrics, agg, step) {
     ['mean latency', n ? fmtMs((sum / n) * 1000) : '–', `${fmtNum(n)} calls, this instance since start`],
     ['open connections', fmtNum(metrics?.get('capgate_upstream_open_connections') ?? 0), null],
   ];
-  $('upstream').replaceChildren(...kv(items, 'upstream'));
+  $('upstream').replaceChildren(...kv(items));
   const up = $('upstream').querySelector('[data-k="breaker"]');
   if (up) up.className = worst === 0 ? 'ok' : worst > 0 ? 'error' : '';
   const cats = agg.series.map((p) => {
@@ -531,7 +531,7 @@ function renderUpstream(metrics, agg, step) {
   });
 }
 
-function kv(items, prefix) {
+function kv(items) {
   const out = [];
   for (const [k, v, tip] of items) {
     const dt = el('dt', { text: k });
@@ -581,7 +581,7 @@ function renderStore(ready, metrics) {
     ['store fast failures', g('capgate_store_fast_failures_total'), 'commands refused at once while the store was marked down'],
     ['metrics flush errors', g('capgate_metrics_flush_errors_total'), null],
   ];
-  $('store').replaceChildren(...kv(items, 'store'));
+  $('store').replaceChildren(...kv(items));
   const st = $('store').querySelector('[data-k="store"]');
   st.className = ready?.store === 'up' ? 'ok' : 'error';
 }
