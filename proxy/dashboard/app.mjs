@@ -32,7 +32,7 @@ const state = {
   appParam: true, // false once /admin/stats refused app= (a gateway without per-app stats)
   known: { business: new Set(), scene: new Set(), app: new Set() },
   selected: null, // the audit record shown in detail
-  lastStats: null,
+  lastStats: null, // {view, answer, at}: the last /admin/stats answer and the view it was for
 };
 
 class Unauthorized extends Error {}
@@ -205,7 +205,19 @@ async function refresh(gen) {
   if (gen !== state.gen) return;
   const metrics = metricsR.status === 200 ? parsePrometheus(metricsR.body) : null;
   const notes = [];
-  if (stats.status !== 200) notes.push(`/admin/stats answered ${stats.status}: ${stats.json?.error || stats.body}`);
+  // Stats that cannot be read now (Redis down) leave the last answer of the same view on screen,
+  // dated, rather than zeros.
+  const view = `${state.range}|${state.business}|${state.scene}|${state.app}|${state.appParam}`;
+  let answer = stats.status === 200 ? stats.json : null;
+  if (answer) {
+    state.lastStats = { view, answer, at: new Date() };
+  } else if (state.lastStats?.view === view) {
+    answer = state.lastStats.answer;
+  }
+  if (stats.status !== 200) {
+    notes.push(`/admin/stats answered ${stats.status}: ${stats.json?.error || stats.body}`
+      + (answer ? `; showing its answer of ${state.lastStats.at.toISOString().slice(11, 19)} UTC` : ''));
+  }
   if (stats.json?.partial) notes.push(`partial answer: ${stats.json.reason || 'the store could not be read'}`);
   if (metricsR.status !== 200) notes.push(`/metrics answered ${metricsR.status}`);
   const appFromMetrics = state.app && !state.appParam;
@@ -216,8 +228,6 @@ async function refresh(gen) {
   $('notice').hidden = notes.length === 0;
   $('notice').textContent = notes.join(' · ');
 
-  const answer = stats.status === 200 ? stats.json : null;
-  if (answer) state.lastStats = answer;
   learn(answer, metrics, auditR.json?.records);
   const agg = answer ? aggregate(answer) : { totals: {}, series: [] };
 
@@ -724,7 +734,7 @@ function init() {
   for (const b of document.querySelectorAll('[data-top]')) {
     b.addEventListener('click', () => {
       state.topBy[b.dataset.top] = b.dataset.by;
-      if (state.lastStats) renderTop(state.lastStats.pairs || []);
+      if (state.lastStats) renderTop(state.lastStats.answer.pairs || []);
     });
   }
   let debounce = null;

@@ -498,6 +498,42 @@ function suite(store) {
       }
     });
 
+    if (store === 'redis') {
+      test('Redis down: store down and audit spooling shown; the last stats stay on screen, dated', async (t) => {
+        if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
+        const { page, errors } = await openPage();
+        try {
+          await page.goto(`${gw.adminUrl}/dashboard#token=${encodeURIComponent(TOKEN)}`, { waitUntil: 'load' });
+          await page.waitForFunction(() => Number(document.body.dataset.refreshes || 0) >= 1);
+          assert.equal(await page.textContent('#store [data-k="store"]'), 'up');
+          const shown = await tiles(page);
+          await redis.stop();
+          redis = null;
+          await gwCall(gw, { params: biz(1, 1), timeoutMs: 8000 }); // its audit record is spooled
+          await page.waitForFunction(() => document.querySelector('#store [data-k="store"]')?.textContent === 'down'
+            && document.querySelector('#store [data-k="spooling"]')?.textContent === 'yes', null, { timeout: STEP_MS * 2 });
+          const pills = await page.textContent('#status');
+          assert.match(pills, /store down/);
+          assert.match(pills, /audit (spooling|connecting)/);
+          const spool = Number((await page.textContent('#store [data-k="spool records"]')).replace(/,/g, ''));
+          assert.ok(spool >= 1, `spool records ${spool}`);
+          const notice = await page.textContent('#notice');
+          if (/answered 503/.test(notice)) {
+            // A gateway whose /admin/stats answers 503 in an outage: the last answer stays, dated.
+            assert.match(notice, /showing its answer of \d\d:\d\d:\d\d UTC/);
+            assert.deepEqual(await tiles(page), shown);
+          } else {
+            assert.match(notice, /partial answer: \S/, notice);
+          }
+          await shot(page, 'outage');
+          // The browser logs each 503 of the outage; nothing else may be logged.
+          assert.deepEqual(errors.filter((e) => !/status of 503/.test(e)), [], 'console errors');
+        } finally {
+          await page.close();
+        }
+      });
+    }
+
     once('a phone-sized screen: one column, nothing wider than the screen', async (t) => {
       if (!HAVE_CHROMIUM) return t.skip(SKIP_REASON);
       const { page, errors } = await openPage({ width: 390, height: 844 });
