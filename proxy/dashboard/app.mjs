@@ -243,6 +243,7 @@ async function refresh(gen) {
   }
   renderRules(metrics);
   renderTop(answer?.pairs || []);
+  renderApps(metrics);
   renderUpstream(metrics, agg, sq.step);
   renderPool(metrics);
   renderStore(readyR.json, metrics);
@@ -501,6 +502,36 @@ function renderTop(pairs) {
     if (!rows.length) body.push(el('tr', {}, el('td', { colSpan: 4, class: 'muted', text: `no ${by === 'refused' ? 'refusals' : 'requests'} in this range` })));
     $(`top-${dim}`).replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
   }
+}
+
+/** Requests and refusals per app from capgate_requests_total (this instance, since it started);
+ *  a click on a row shows only that app. */
+function renderApps(metrics) {
+  const per = new Map();
+  for (const s of metrics?.all('capgate_requests_total') || []) {
+    const r = per.get(s.labels.app) || { key: s.labels.app, requests: 0, refused: 0 };
+    r.requests += s.value;
+    if (REFUSALS.includes(s.labels.decision)) r.refused += s.value;
+    per.set(s.labels.app, r);
+  }
+  const rows = [...per.values()].sort((a, b) => b.requests - a.requests || a.key.localeCompare(b.key)).slice(0, 10);
+  const max = Math.max(1, ...rows.map((r) => r.requests));
+  const head = el('tr', {}, el('th', { text: 'app' }), el('th', { class: 'n', text: 'requests' }),
+    el('th', { class: 'n', text: 'refused' }), el('th', { text: '' }));
+  const body = rows.map((r) => {
+    const bar = el('i');
+    bar.style.width = `${(100 * r.requests) / max}%`;
+    const tr = el('tr', { 'data-key': r.key }, el('td', { text: r.key === '-' ? '- (no app known)' : r.key }),
+      el('td', { class: 'n', text: fmtNum(r.requests) }), el('td', { class: 'n', text: fmtNum(r.refused) }),
+      el('td', { class: 'bar-cell' }, bar));
+    if (r.key !== '-') {
+      tr.title = 'show only this app';
+      tr.addEventListener('click', () => setScope({ app: r.key }));
+    }
+    return tr;
+  });
+  if (!rows.length) body.push(el('tr', {}, el('td', { colSpan: 4, class: 'muted', text: 'no requests yet' })));
+  $('top-app').replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
 }
 
 function renderUpstream(metrics, agg, step) {

@@ -288,6 +288,16 @@ function suite(store) {
         const scenes = await page.$$eval('#top-scene tbody tr[data-key]', (es) => es.map((e) => e.dataset.key));
         assert.ok(scenes.includes('2 / 7') && scenes.includes('1 / 1'), scenes.join(','));
 
+        // Top apps: capgate_requests_total per app.
+        const mApps = await metrics();
+        const apps = await page.$$eval('#top-app tbody tr[data-key]', (es) => es.map((e) => [e.dataset.key, ...[...e.children].slice(1, 3).map((c) => c.textContent)]));
+        assert.ok(apps.length >= 3, JSON.stringify(apps));
+        for (const [app, req, ref] of apps) {
+          assert.equal(Number(req), mApps.get('capgate_requests_total', { app }), `app ${app} requests`);
+          assert.equal(Number(ref), REFUSALS.reduce((a, d) => a + mApps.get('capgate_requests_total', { app, decision: d }), 0), `app ${app} refused`);
+        }
+        assert.deepEqual(apps.find((a) => a[0] === APPS.limited.name).slice(1), ['6', '4']);
+
         // Latency: p50/p95/p99 inside the bucket where the cumulative count crosses the rank.
         const bounds = [['le_1ms', 1], ['le_5ms', 5], ['le_10ms', 10], ['le_50ms', 50], ['le_100ms', 100],
           ['le_500ms', 500], ['le_1s', 1000], ['le_5s', 5000], ['le_inf', Infinity]];
