@@ -1725,6 +1725,8 @@ static size_t drop_landed(struct audit *a, struct audit_node **nodes, size_t n) 
 static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, int retried) {
     size_t i;
     if (a->file.fd >= 0 && !retried) file_append(a, batch, n);
+    if (!retried && a->cfg->redis) /* the ring of recent records; a record enters it once */
+        for (i = 0; i < n; i++) memory_push(a, &batch[i]->rec);
     switch ((enum audit_state)atomic_load(&a->state)) {
     case AUDIT_MEMORY:
         for (i = 0; i < n; i++) {
@@ -2016,6 +2018,8 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
             log_info("audit: %llu spooled records from an earlier run wait for redis",
                      (unsigned long long)atomic_load(&a->spool_depth));
         atomic_store(&a->state, AUDIT_CONNECTING);
+        /* the ring of this process's newest records, for /admin/audit while Redis is down */
+        a->mem_cap = cfg->audit.maxlen < AUDIT_RECENT_MAX ? cfg->audit.maxlen : AUDIT_RECENT_MAX;
     } else {
         a->mem_cap = cfg->audit.maxlen < AUDIT_MEMORY_MAX ? cfg->audit.maxlen : AUDIT_MEMORY_MAX;
         atomic_store(&a->state, AUDIT_MEMORY);
@@ -2321,18 +2325,24 @@ static void *query_main(void *arg) {
     uint64_t scanned = 0;
     char err[256] = "";
     if (!records) goto out;
-    if (a->cfg->redis) {
-        if (query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
-            o = json_pack("{s:s}", "error", err);
-            j->status = 503;
-        }
-    } else {
+    if (a->cfg->redis && query_redis(j, records, &scanned, err, sizeof(err)) != 0) {
+        /* Redis cannot be read: what this process holds, said to be partial */
+        char reason[400];
+        snprintf(reason, sizeof(reason),
+                 "redis cannot be read (%s); records are this process's newest %u at most, "
+                 "spooled ones included",
+                 err, (unsigned)a->mem_cap);
+        json_array_clear(records);
+        scanned = 0;
         query_memory(j, records, &scanned);
+        o = json_pack("{s:O,s:I,s:b,s:s}", "records", records, "scanned", (json_int_t)scanned,
+                      "partial", 1, "reason", reason);
+    } else {
+        if (!a->cfg->redis) query_memory(j, records, &scanned);
+        o = json_pack("{s:O,s:I,s:b}", "records", records, "scanned", (json_int_t)scanned,
+                      "partial", 0);
     }
-    if (!o) {
-        o = json_pack("{s:O,s:I}", "records", records, "scanned", (json_int_t)scanned);
-        j->status = 200;
-    }
+    j->status = 200;
     if (o) j->json = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
     json_decref(records);

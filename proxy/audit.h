@@ -21,6 +21,9 @@ struct strbuf;
 /* Bounds. */
 #define AUDIT_RING_SIZE 16384   /* records per worker ring; beyond it: the overflow list */
 #define AUDIT_MEMORY_MAX 100000 /* in-memory stream cap (memory store mode) */
+#define AUDIT_RECENT_MAX \
+    4096                        /* with Redis: this process's newest records kept in memory, what
+                                 * /admin/audit answers from while Redis cannot be read */
 #define AUDIT_SEEN_TTL_S 604800 /* replay dedup keys <prefix>audit:seen:<request_id> live 7 d */
 /* A record marked uncertain (its live batch was sent but EXEC never answered) carries its batch
  * number; the sink replays it only if <prefix>audit:batch:<run> shows that batch did not land
@@ -165,7 +168,9 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
 /* Runs q off the calling thread (a short-lived thread: XREVRANGE in chunks on its own Redis
  * connection, newest first, at most AUDIT_QUERY_SCAN_MAX entries; or the memory stream), then
  * calls done exactly once on base's loop with the JSON text {"records": [...newest first...],
- * "scanned": N} and 200, or an error JSON {"error": "..."} and 503 when Redis cannot be read.
+ * "scanned": N, "partial": false} and 200. When Redis cannot be read the answer is still 200, from
+ * this process's own newest records (at most AUDIT_RECENT_MAX, spooled ones included), with
+ * "partial": true and "reason": "..." (what failed).
  * json is valid only during the call. Only when memory or a thread cannot be had may done run
  * before audit_query returns (with a 500/503 error JSON). base must have libevent threading enabled
  * (evthread_use_pthreads) and keep running until done fired. Records still queued or spooled

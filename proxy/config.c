@@ -1267,6 +1267,7 @@ static const struct field limit_fields[] = {
      .flags = F_EXCL_MIN},
     NUM("burst", FK_DOUBLE, struct config_limit, burst, 1, 1e9),
     ENUM("mode", struct config_limit, shadow, mode_names),
+    {.key = "app", .kind = FK_NAME, .off = offsetof(struct config_limit, app), .flag_off = NO_FLAG},
     END,
 };
 
@@ -1632,8 +1633,13 @@ static int parse_limits(struct ctx *x, json_t *v, void *base) {
             return fail(x, "only for rules without a scope (or \"scope\": \"params\")");
         }
         if (l->burst == 0) l->burst = l->rate < 1 ? 1 : l->rate;
+        if (l->app && l->scope == CONFIG_SCOPE_GLOBAL) {
+            push_key(x, "app");
+            return fail(x, "only for rules with scope \"app\" or \"params\" (a global rule "
+                           "counts every app's requests together)");
+        }
         /* every one of them is a bucket of every request, and a request has a bounded few */
-        if (l->scope != CONFIG_SCOPE_PARAMS && ++scoped > CONFIG_SCOPED_LIMITS_MAX)
+        if (l->scope != CONFIG_SCOPE_PARAMS && !l->app && ++scoped > CONFIG_SCOPED_LIMITS_MAX)
             return fail(x, "more than %d rules with scope \"app\" or \"global\"",
                         CONFIG_SCOPED_LIMITS_MAX);
         for (size_t j = 0; j < i; j++) {
@@ -1900,6 +1906,39 @@ static int check_demo(struct ctx *x, struct config *c) {
     return 0;
 }
 
+/* A rule's "app" names an app of apps[] (a misspelt name would silently limit nobody), and the
+ * scope app and global rules one app's request falls under stay within CONFIG_SCOPED_LIMITS_MAX
+ * (the unnamed ones were counted by parse_limits). */
+static int check_limit_apps(struct ctx *x, struct config *c) {
+    size_t unnamed = 0;
+    for (size_t i = 0; i < c->n_limits; i++)
+        if (c->limits[i].scope != CONFIG_SCOPE_PARAMS && !c->limits[i].app) unnamed++;
+    for (size_t i = 0; i < c->n_limits; i++) {
+        const struct config_limit *l = &c->limits[i];
+        size_t named = 0, j;
+        if (!l->app) continue;
+        for (j = 0; j < c->n_apps && strcmp(c->apps[j].name, l->app) != 0; j++) {
+        }
+        push_key(x, "limits");
+        push_index(x, i);
+        push_key(x, "app");
+        if (j == c->n_apps) return fail(x, "no app is named \"%s\"", l->app);
+        for (j = 0; j < c->n_limits; j++)
+            if (c->limits[j].scope == CONFIG_SCOPE_APP && c->limits[j].app &&
+                strcmp(c->limits[j].app, l->app) == 0)
+                named++;
+        if (unnamed + named > CONFIG_SCOPED_LIMITS_MAX)
+            return fail(x,
+                        "app \"%s\" falls under %zu rules with scope \"app\" or \"global\"; "
+                        "the limit is %d",
+                        l->app, unnamed + named, CONFIG_SCOPED_LIMITS_MAX);
+        pop(x);
+        pop(x);
+        pop(x);
+    }
+    return 0;
+}
+
 /* At least one front listener; tls_listen and tls go together, and the certificate loads (so
  * --check-config and a SIGHUP reload refuse a bad one, naming why). */
 static int check_listeners(struct ctx *x, struct config *c) {
@@ -1992,10 +2031,13 @@ static int load_text(const char *json_text, const char *name, const char *base_d
          * written in the file: the line and column say where, without quoting it. Only a
          * duplicate key keeps it, as it names the key. */
         char *near = strstr(jerr.text, " near '");
+        char text[4 * sizeof jerr.text + 1];
         if (near && strncmp(jerr.text, "duplicate object key", 20) != 0) *near = '\0';
+        /* the duplicate key is echoed with its control bytes as \xNN, like every key path */
+        shown_plain(jerr.text, text, sizeof text);
         if (errlen)
             snprintf(err, errlen, "%s:%d:%d: syntax error: %s", name, jerr.line < 1 ? 1 : jerr.line,
-                     jerr.column < 1 ? 1 : jerr.column, jerr.text);
+                     jerr.column < 1 ? 1 : jerr.column, text);
         goto out;
     }
     if (!(c = calloc(1, sizeof *c)) || config_defaults(c) != 0 || set_str(&c->path, name)) {
@@ -2010,6 +2052,7 @@ static int load_text(const char *json_text, const char *name, const char *base_d
         goto out;
     }
     if (check_demo(&x, c) != 0) goto out;
+    if (check_limit_apps(&x, c) != 0) goto out;
     if (check_listeners(&x, c) != 0) goto out;
     if (check_admin(&x, c) != 0) goto out;
     if (config_finish(&x, c) != 0) goto out;
@@ -2090,7 +2133,10 @@ void config_free(struct config *c) {
         free(c->apps[i].business_ids);
     }
     free(c->apps);
-    for (size_t i = 0; i < c->n_limits; i++) free(c->limits[i].name);
+    for (size_t i = 0; i < c->n_limits; i++) {
+        free(c->limits[i].name);
+        free(c->limits[i].app);
+    }
     free(c->limits);
     free(c->audit.stream);
     free(c->audit.spool_dir);

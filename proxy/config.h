@@ -15,7 +15,8 @@
  * label built from them fits its buffer whole (limit.h, pipeline.h). */
 #define CONFIG_NAME_MAX 64
 #define CONFIG_KEY_PREFIX_MAX 64
-/* Rules with scope app or global, all of which apply to every request (with one params rule). */
+/* Rules with scope app or global that one request can fall under (with one params rule): every
+ * global rule, every scope app rule without "app", and the scope app rules naming its app. */
 #define CONFIG_SCOPED_LIMITS_MAX 15
 
 /* One app allowed to call the gateway. */
@@ -81,6 +82,8 @@ struct config_limit {
     double period_s; /* > 0 */
     double burst;    /* >= 1; default rate */
     int shadow;      /* "mode": "shadow": counts but never blocks */
+    char *app;       /* "app": the rule applies only to this app's requests (scope params or
+                      * app; an app of apps[]); NULL: every app */
 };
 
 struct config_audit {

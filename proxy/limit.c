@@ -68,6 +68,7 @@ int limit_buckets(const struct config *cfg, const char *key_prefix, const char *
     for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];
         if (r->scope != CONFIG_SCOPE_PARAMS) continue;
+        if (r->app && strcmp(r->app, app) != 0) continue;
         if (!r->business_any && (!has_business_id || r->business_id != business_id)) continue;
         if (!r->scene_any && (!has_scene_id || r->scene_id != scene_id)) continue;
         if (n >= cap || limit_fill(&out[n], r, key_prefix, NULL, bid, sid) != 0) return -1;
@@ -77,6 +78,7 @@ int limit_buckets(const struct config *cfg, const char *key_prefix, const char *
     for (size_t i = 0; i < cfg->n_limits; i++) {
         const struct config_limit *r = &cfg->limits[i];
         if (r->scope != CONFIG_SCOPE_APP) continue;
+        if (r->app && strcmp(r->app, app) != 0) continue; /* another app's own rule */
         if (n >= cap || limit_fill(&out[n], r, key_prefix, "app:", app, NULL) != 0) return -1;
         n++;
     }

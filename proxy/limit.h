@@ -27,8 +27,8 @@ struct limit_bucket {
 };
 
 /* The buckets for one request: the first matching params rule (file order; "*" matches any value, an
- * absent businessId/sceneId is the value "-"), then every scope:app rule (bucket per app), then every
- * scope:global rule. Returns the count (0..cap), or -1 when a key would not fit LIMIT_KEY_MAX or the
+ * absent businessId/sceneId is the value "-"; a rule with "app" matches only that app), then every
+ * scope:app rule (bucket per app) without "app" or naming this app, then every scope:global rule. Returns the count (0..cap), or -1 when a key would not fit LIMIT_KEY_MAX or the
  * buckets would not fit cap: a rule is never skipped, so the caller refuses the request (fails
  * closed). A loaded config never gets -1 for cap LIMIT_MAX_BUCKETS: config.c bounds names, the key
  * prefix and the number of app and global rules (config.h) so that every key and bucket fits. */

@@ -13,6 +13,7 @@
 #include "capgate/secmem.h"
 #include "capgate/tls.h"
 #include "capgate/version.h"
+#include "cli.h"
 #include "config.h"
 #include "gateway.h"
 
@@ -24,6 +25,9 @@ static void usage(FILE *out) {
             "                                    FILE's directory); also checks that the spool\n"
             "                                    directory and audit file can be written and the\n"
             "                                    certificates read; exit 0 when valid, 1 if not\n"
+            "       capgate stats|audit|top|health [options]\n"
+            "                                    read a running gateway's admin API (capgate\n"
+            "                                    stats --help lists the options)\n"
             "       capgate --version            print the version\n"
             "       capgate --help               this text\n"
             "Option: --allow-core-dump  keep the process dumpable (by default it is not: no\n"
@@ -134,6 +138,9 @@ int main(int argc, char **argv) {
     int rc = 1, allow_core_dump = 0;
 
     log_init("capgate", LOG_LEVEL_INFO);
+    /* The operator's subcommands come first: they are clients of a running gateway and take
+     * none of the server's flags. */
+    if (argc > 1 && cli_is_subcommand(argv[1])) return cli_main(argc - 1, argv + 1);
     for (int i = 1; i < argc; i++) {
         int missing = 0;
         const char *v;

@@ -54,6 +54,10 @@ static int id_name(char *out, size_t outlen, int has, uint32_t id) {
 
 int metrics_pair_name(char *out, size_t outlen, const struct metrics_key *k) {
     char b[16], s[16];
+    if (k->is_app) {
+        int n = snprintf(out, outlen, "%s", k->app);
+        return n < 0 || (size_t)n >= outlen ? -1 : n;
+    }
     id_name(b, sizeof(b), k->has_business_id, k->business_id);
     id_name(s, sizeof(s), k->has_scene_id, k->scene_id);
     int n = snprintf(out, outlen, "%s:%s", b, s);
@@ -61,9 +65,10 @@ int metrics_pair_name(char *out, size_t outlen, const struct metrics_key *k) {
 }
 
 int metrics_key_name(char *out, size_t outlen, const char *prefix, const struct metrics_key *k) {
-    char pair[40];
+    char pair[CONFIG_NAME_MAX + 8];
     metrics_pair_name(pair, sizeof(pair), k);
-    int n = snprintf(out, outlen, "%sm:%s:%" PRIu64, prefix, pair, k->minute);
+    int n = snprintf(out, outlen, "%sm:%s%s:%" PRIu64, prefix, k->is_app ? "app:" : "", pair,
+                     k->minute);
     return n < 0 || (size_t)n >= outlen ? -1 : n;
 }
 
@@ -93,6 +98,27 @@ void metrics_key_of(const struct pipeline_record *r, struct metrics_key *k) {
     k->business_id = r->has_business_id ? r->business_id : 0;
     k->has_scene_id = r->has_scene_id ? 1 : 0;
     k->scene_id = r->has_scene_id ? r->scene_id : 0;
+}
+
+void metrics_app_key_of(const struct pipeline_record *r, struct metrics_key *k) {
+    memset(k, 0, sizeof(*k));
+    k->minute = r->ts_us / 60000000u;
+    k->is_app = 1;
+    /* r->app is whole and bounded (config.h); "" before authentication */
+    snprintf(k->app, sizeof(k->app), "%s", r->app[0] ? r->app : "-");
+}
+
+/* An app name as /admin/stats and the index take it: "-", or 1..CONFIG_NAME_MAX bytes of
+ * [A-Za-z0-9._-] (what config.c allows). */
+static int app_name_ok(const char *s, size_t len) {
+    if (len == 0 || len > CONFIG_NAME_MAX) return 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = s[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == '-'))
+            return 0;
+    }
+    return 1;
 }
 
 /* ---- cells ---- */
@@ -177,6 +203,24 @@ int metrics_cell_add_field(struct metrics_cell *c, const char *name, uint64_t va
     return -1;
 }
 
+uint64_t metrics_cell_get(const struct metrics_cell *c, const char *name) {
+    if (strcmp(name, "requests") == 0) return c->requests;
+    if (strcmp(name, "latency_us_sum") == 0) return c->latency_us_sum;
+    if (strncmp(name, "code:", 5) == 0) {
+        int code;
+        if (code_parse(name + 5, &code) != 0) return 0;
+        for (size_t i = 0; i < c->n_codes; i++)
+            if (c->codes[i].code == code) return c->codes[i].n;
+        return 0;
+    }
+    for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++)
+        if (strcmp(name, pipeline_decision_name((enum pipeline_decision)d)) == 0)
+            return c->decisions[d];
+    for (unsigned b = 0; b < METRICS_BUCKETS; b++)
+        if (strcmp(name, bucket_names[b]) == 0) return c->buckets[b];
+    return 0;
+}
+
 int metrics_cell_merge(struct metrics_cell *dst, const struct metrics_cell *src) {
     dst->requests += src->requests;
     for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++) dst->decisions[d] += src->decisions[d];
@@ -225,7 +269,11 @@ static uint64_t key_hash(const struct metrics_key *k) {
     uint64_t h = k->minute * 0x9E3779B97F4A7C15ull;
     h ^= ((uint64_t)k->business_id << 32 | k->scene_id) + 0x632BE59BD9B4E019ull + (h << 6) +
          (h >> 2);
-    h ^= (uint64_t)(k->has_business_id | k->has_scene_id << 1) * 0xBF58476D1CE4E5B9ull;
+    h ^= (uint64_t)(k->has_business_id | k->has_scene_id << 1 | k->is_app << 2) *
+         0xBF58476D1CE4E5B9ull;
+    if (k->is_app) /* FNV-1a of the name */
+        for (const unsigned char *p = (const unsigned char *)k->app; *p; p++)
+            h = (h ^ *p) * 0x100000001B3ull;
     h ^= h >> 31;
     h *= 0x94D049BB133111EBull;
     return h ^ (h >> 29);
@@ -234,7 +282,8 @@ static uint64_t key_hash(const struct metrics_key *k) {
 static int key_equal(const struct metrics_key *a, const struct metrics_key *b) {
     return a->minute == b->minute && a->business_id == b->business_id &&
            a->scene_id == b->scene_id && a->has_business_id == b->has_business_id &&
-           a->has_scene_id == b->has_scene_id;
+           a->has_scene_id == b->has_scene_id && a->is_app == b->is_app &&
+           (!a->is_app || strcmp(a->app, b->app) == 0);
 }
 
 struct metrics_batch *metrics_batch_new(void) {
@@ -310,6 +359,14 @@ int metrics_batch_add(struct metrics_batch *b, const struct pipeline_record *r, 
     return c ? cell_add_record(c, r) : -1;
 }
 
+int metrics_batch_add_app(struct metrics_batch *b, const struct pipeline_record *r,
+                          size_t max_keys) {
+    struct metrics_key k;
+    metrics_app_key_of(r, &k);
+    struct metrics_cell *c = metrics_batch_cell(b, &k, max_keys);
+    return c ? cell_add_record(c, r) : -1;
+}
+
 int metrics_batch_merge(struct metrics_batch *dst, const struct metrics_batch *src) {
     for (size_t i = 0; i < src->cap; i++) {
         if (!src->slots[i].used) continue;
@@ -337,7 +394,7 @@ static size_t batch_drop_before(struct metrics_batch *b, uint64_t cut, uint64_t 
         /* no memory for a new table: drop everything rather than exceed the bound */
         for (size_t i = 0; i < cap; i++) {
             if (!old[i].used) continue;
-            *requests += old[i].cell.requests;
+            if (!old[i].cell.key.is_app) *requests += old[i].cell.requests; /* once per request */
             dropped++;
         }
         metrics_batch_clear(b);
@@ -346,7 +403,7 @@ static size_t batch_drop_before(struct metrics_batch *b, uint64_t cut, uint64_t 
     for (size_t i = 0; i < cap; i++) {
         if (!old[i].used) continue;
         if (old[i].cell.key.minute < cut) {
-            *requests += old[i].cell.requests;
+            if (!old[i].cell.key.is_app) *requests += old[i].cell.requests;
             metrics_cell_cleanup(&old[i].cell);
             dropped++;
         } else {
@@ -398,11 +455,13 @@ static int seconds_parse(const char *name, const char *v, uint64_t *out, char *e
     return 0;
 }
 
+static const char *const group_names[] = {"scene", "business", "app", "none"};
+
 int metrics_query_parse(const char *query_string, struct metrics_query *q, char *err,
                         size_t errlen) {
     struct params p;
     const char *v;
-    int has_from = 0, has_to = 0, rc = -1;
+    int has_from = 0, has_to = 0, rc = -1, has_group = 0;
     uint64_t from = 0, to = 0;
     params_init(&p);
     memset(q, 0, sizeof(*q));
@@ -413,9 +472,12 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
     for (size_t i = 0; i < p.count; i++) {
         const char *n = p.items[i].name;
         if (strcmp(n, "businessId") && strcmp(n, "sceneId") && strcmp(n, "from") &&
-            strcmp(n, "to") && strcmp(n, "step")) {
+            strcmp(n, "to") && strcmp(n, "step") && strcmp(n, "app") && strcmp(n, "group") &&
+            strcmp(n, "fill")) {
             snprintf(err, errlen,
-                     "unknown parameter %.40s; use businessId, sceneId, from, to, step", n);
+                     "unknown parameter %.40s; use businessId, sceneId, app, group, fill, from, "
+                     "to, step",
+                     n);
             goto out;
         }
     }
@@ -425,6 +487,55 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
     if ((v = params_get(&p, "sceneId")) &&
         match_parse("sceneId", v, &q->scene_match, &q->scene_id, err, errlen) != 0)
         goto out;
+    if ((v = params_get(&p, "app"))) {
+        if (!app_name_ok(v, strlen(v))) {
+            snprintf(err, errlen,
+                     "app must be an app name (1 to %d bytes of A-Z, a-z, 0-9, '.', '_', '-'); "
+                     "got \"%.40s\"",
+                     CONFIG_NAME_MAX, v);
+            goto out;
+        }
+        snprintf(q->app, sizeof(q->app), "%s", v);
+    }
+    if ((v = params_get(&p, "group"))) {
+        unsigned g;
+        for (g = 0; g < sizeof(group_names) / sizeof(group_names[0]); g++)
+            if (strcmp(v, group_names[g]) == 0) break;
+        if (g == sizeof(group_names) / sizeof(group_names[0])) {
+            snprintf(err, errlen, "group must be business, scene, app or none; got \"%.40s\"", v);
+            goto out;
+        }
+        q->group = (enum metrics_group)g;
+        has_group = 1;
+    }
+    if ((v = params_get(&p, "fill"))) {
+        if (strcmp(v, "zero") != 0 && strcmp(v, "none") != 0) {
+            snprintf(err, errlen, "fill must be zero or none; got \"%.40s\"", v);
+            goto out;
+        }
+        q->fill_none = strcmp(v, "none") == 0;
+    }
+    /* Counts are kept per (businessId, sceneId) and per app, not per both (Redis cost): a
+     * question that needs both is refused rather than answered wrong. */
+    if ((q->app[0] || q->group == METRICS_GROUP_APP) &&
+        (q->business_match != METRICS_MATCH_ANY || q->scene_match != METRICS_MATCH_ANY)) {
+        snprintf(err, errlen,
+                 "%s cannot be combined with businessId or sceneId: counts are kept per "
+                 "(businessId, sceneId) and per app, not per both",
+                 q->app[0] ? "app" : "group=app");
+        goto out;
+    }
+    if (q->app[0] && (q->group == METRICS_GROUP_SCENE || q->group == METRICS_GROUP_BUSINESS)) {
+        if (has_group) {
+            snprintf(err, errlen,
+                     "app cannot be combined with group=%s: counts are kept per (businessId, "
+                     "sceneId) and per app, not per both; use group=app or group=none",
+                     group_names[q->group]);
+            goto out;
+        }
+        q->group = METRICS_GROUP_APP; /* app= alone: that app's group */
+    }
+    q->by_app = q->app[0] || q->group == METRICS_GROUP_APP;
     if ((v = params_get(&p, "from"))) {
         if (seconds_parse("from", v, &from, err, errlen) != 0) goto out;
         has_from = 1;
@@ -468,14 +579,16 @@ static int match_one(enum metrics_match m, uint32_t want, uint8_t has, uint32_t 
 }
 
 int metrics_query_matches(const struct metrics_query *q, const struct metrics_key *k) {
+    if (!k->is_app != !q->by_app) return 0;
+    if (k->is_app && q->app[0] && strcmp(q->app, k->app) != 0) return 0;
     return match_one(q->business_match, q->business_id, k->has_business_id, k->business_id) &&
            match_one(q->scene_match, q->scene_id, k->has_scene_id, k->scene_id) &&
            k->minute * 60 >= q->from && k->minute * 60 < q->to;
 }
 
-/* One pair of the reply: its totals and one cell per step. */
+/* One group of the reply: its totals and one cell per step. */
 struct json_pair {
-    struct metrics_key key; /* minute 0 */
+    struct metrics_key key; /* minute 0; the group's ids only */
     struct metrics_cell totals;
     struct metrics_cell *series;
 };
@@ -485,12 +598,14 @@ struct json_build {
     size_t n_steps;
     struct json_pair *pairs;
     size_t n_pairs, cap_pairs;
+    struct json_pair all; /* every matching cell */
     int failed;
 };
 
 static int pair_cmp(const void *a, const void *b) {
     const struct metrics_key *x = &((const struct json_pair *)a)->key;
     const struct metrics_key *y = &((const struct json_pair *)b)->key;
+    if (x->is_app) return strcmp(x->app, y->app);
     /* numbers ascending, absent ("-") last */
     if (x->has_business_id != y->has_business_id) return x->has_business_id ? -1 : 1;
     if (x->business_id != y->business_id) return x->business_id < y->business_id ? -1 : 1;
@@ -499,13 +614,35 @@ static int pair_cmp(const void *a, const void *b) {
     return 0;
 }
 
+/* The key of the group c falls in (minute 0). */
+static void group_key(const struct metrics_query *q, const struct metrics_key *c,
+                      struct metrics_key *g) {
+    *g = *c;
+    g->minute = 0;
+    if (q->group == METRICS_GROUP_BUSINESS) {
+        g->has_scene_id = 0;
+        g->scene_id = 0;
+    }
+}
+
+static int json_pair_add(struct json_pair *p, size_t n_steps, size_t step,
+                         const struct metrics_cell *c) {
+    if (!p->series && !(p->series = calloc(n_steps, sizeof(*p->series)))) return -1;
+    return metrics_cell_merge(&p->totals, c) != 0 || metrics_cell_merge(&p->series[step], c) != 0
+               ? -1
+               : 0;
+}
+
 static void json_build_cell(const struct metrics_cell *c, void *arg) {
     struct json_build *jb = arg;
     struct json_pair *p = NULL;
-    struct metrics_key pk = c->key;
+    struct metrics_key pk;
     if (jb->failed || !metrics_query_matches(jb->q, &c->key)) return;
-    pk.minute = 0;
-    for (size_t i = 0; i < jb->n_pairs; i++)
+    size_t step = (size_t)((c->key.minute * 60 - jb->q->from) / jb->q->step);
+    if (json_pair_add(&jb->all, jb->n_steps, step, c) != 0) goto fail;
+    if (jb->q->group == METRICS_GROUP_NONE) return;
+    group_key(jb->q, &c->key, &pk);
+    for (size_t i = 0; i < jb->n_pairs && !p; i++)
         if (key_equal(&jb->pairs[i].key, &pk)) p = &jb->pairs[i];
     if (!p) {
         if (jb->n_pairs == jb->cap_pairs) {
@@ -518,12 +655,9 @@ static void json_build_cell(const struct metrics_cell *c, void *arg) {
         p = &jb->pairs[jb->n_pairs];
         memset(p, 0, sizeof(*p));
         p->key = pk;
-        if (!(p->series = calloc(jb->n_steps, sizeof(*p->series)))) goto fail;
         jb->n_pairs++;
     }
-    size_t step = (size_t)((c->key.minute * 60 - jb->q->from) / jb->q->step);
-    if (metrics_cell_merge(&p->totals, c) != 0 || metrics_cell_merge(&p->series[step], c) != 0)
-        goto fail;
+    if (json_pair_add(p, jb->n_steps, step, c) != 0) goto fail;
     return;
 fail:
     jb->failed = 1;
@@ -549,51 +683,96 @@ static json_t *json_cell(const struct metrics_cell *c, int all, int has_ts, uint
     return o;
 }
 
-char *metrics_query_json(const struct metrics_query *q, const struct metrics_batch *b) {
+struct json_fill {
+    json_t *o;
+    const struct metrics_cell *step;
+};
+
+static void json_fill_field(const char *name, uint64_t value, void *arg) {
+    struct json_fill *f = arg;
+    json_object_set_new(f->o, name, json_integer((json_int_t)metrics_cell_get(f->step, name)));
+}
+
+/* The series of p: with fill zero an entry per step holding the fields non-zero in p's totals
+ * (zeros included, so every entry has the same keys); with fill none only the steps with
+ * requests, their non-zero fields. NULL on OOM. */
+static json_t *json_series(const struct metrics_query *q, const struct json_pair *p,
+                           size_t n_steps) {
+    json_t *series = json_array();
+    static const struct metrics_cell empty;
+    for (size_t s = 0; series && s < n_steps; s++) {
+        const struct metrics_cell *c = p->series ? &p->series[s] : &empty;
+        json_t *o;
+        uint64_t ts = q->from + s * q->step;
+        if (q->fill_none) {
+            if (!c->requests) continue;
+            o = json_cell(c, 0, 1, ts);
+        } else if ((o = json_object()) &&
+                   !json_object_set_new(o, "ts", json_integer((json_int_t)ts))) {
+            struct json_fill f = {.o = o, .step = c};
+            metrics_cell_foreach(&p->totals, 0, json_fill_field, &f);
+        }
+        if (json_array_append_new(series, o)) {
+            json_decref(series);
+            return NULL;
+        }
+    }
+    return series;
+}
+
+/* The ids of a group, by q's grouping, into po. 0/-1. */
+static int json_group_ids(const struct metrics_query *q, const struct metrics_key *k, json_t *po) {
+    if (q->group == METRICS_GROUP_APP) return json_object_set_new(po, "app", json_string(k->app));
+    if (json_object_set_new(po, "businessId", json_id(k->has_business_id, k->business_id)))
+        return -1;
+    if (q->group == METRICS_GROUP_BUSINESS) return 0;
+    return json_object_set_new(po, "sceneId", json_id(k->has_scene_id, k->scene_id));
+}
+
+static void json_pair_cleanup(struct json_pair *p, size_t n_steps) {
+    metrics_cell_cleanup(&p->totals);
+    for (size_t s = 0; s < n_steps && p->series; s++) metrics_cell_cleanup(&p->series[s]);
+    free(p->series);
+}
+
+char *metrics_query_json(const struct metrics_query *q, const struct metrics_batch *b,
+                         const char *reason, uint64_t since) {
     struct json_build jb = {.q = q};
-    struct metrics_cell total;
-    json_t *root = NULL, *pairs;
+    json_t *root = NULL, *groups;
     char *text = NULL;
-    memset(&total, 0, sizeof(total));
     jb.n_steps = (size_t)((q->to - q->from + q->step - 1) / q->step);
     metrics_batch_foreach(b, json_build_cell, &jb);
     if (jb.failed) goto out;
     if (jb.n_pairs) qsort(jb.pairs, jb.n_pairs, sizeof(*jb.pairs), pair_cmp);
     if (!(root = json_object())) goto out;
-    pairs = json_array();
+    groups = json_array();
     if (json_object_set_new(root, "from", json_integer((json_int_t)q->from)) ||
         json_object_set_new(root, "to", json_integer((json_int_t)q->to)) ||
         json_object_set_new(root, "step", json_integer((json_int_t)q->step)) ||
-        json_object_set_new(root, "pairs", pairs) || !pairs)
+        json_object_set_new(root, "group", json_string(group_names[q->group])) ||
+        json_object_set_new(root, "fill", json_string(q->fill_none ? "none" : "zero")) ||
+        json_object_set_new(root, "partial", json_boolean(reason != NULL)))
         goto out;
+    if (reason && (json_object_set_new(root, "reason", json_string(reason)) ||
+                   json_object_set_new(root, "since", json_integer((json_int_t)since))))
+        goto out;
+    if (json_object_set_new(root, "groups", groups) || !groups) goto out;
     for (size_t i = 0; i < jb.n_pairs; i++) {
         struct json_pair *p = &jb.pairs[i];
-        json_t *po = json_object(), *series;
-        if (!po || json_array_append_new(pairs, po) || !(series = json_array()) ||
-            json_object_set_new(po, "businessId",
-                                json_id(p->key.has_business_id, p->key.business_id)) ||
-            json_object_set_new(po, "sceneId", json_id(p->key.has_scene_id, p->key.scene_id)) ||
+        json_t *po = json_object();
+        if (!po || json_array_append_new(groups, po) || json_group_ids(q, &p->key, po) ||
             json_object_set_new(po, "totals", json_cell(&p->totals, 1, 0, 0)) ||
-            json_object_set_new(po, "series", series) ||
-            metrics_cell_merge(&total, &p->totals) != 0)
+            json_object_set_new(po, "series", json_series(q, p, jb.n_steps)))
             goto out;
-        for (size_t s = 0; s < jb.n_steps; s++) {
-            if (json_array_append_new(series,
-                                      json_cell(&p->series[s], 0, 1, q->from + s * q->step)))
-                goto out;
-        }
     }
-    if (json_object_set_new(root, "totals", json_cell(&total, 1, 0, 0))) goto out;
+    if (json_object_set_new(root, "totals", json_cell(&jb.all.totals, 1, 0, 0)) ||
+        json_object_set_new(root, "series", json_series(q, &jb.all, jb.n_steps)))
+        goto out;
     text = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
 out:
-    for (size_t i = 0; i < jb.n_pairs; i++) {
-        metrics_cell_cleanup(&jb.pairs[i].totals);
-        for (size_t s = 0; s < jb.n_steps && jb.pairs[i].series; s++)
-            metrics_cell_cleanup(&jb.pairs[i].series[s]);
-        free(jb.pairs[i].series);
-    }
+    for (size_t i = 0; i < jb.n_pairs; i++) json_pair_cleanup(&jb.pairs[i], jb.n_steps);
+    json_pair_cleanup(&jb.all, jb.n_steps);
     free(jb.pairs);
-    metrics_cell_cleanup(&total);
     json_decref(root);
     return text;
 }
@@ -654,9 +833,11 @@ struct metrics {
     uint64_t unsure_seq;
     struct redis_fence client; /* m->conn's CLIENT ID and address */
     struct redis_fence lost;   /* the connection unsure went on, to kill; id -1 none */
-    /* memory mode, under lock */
+    /* memory mode: the tables; Redis mode: this process's own copy of what it counted (the
+     * partial answers while Redis cannot be read). Under lock. */
     struct metrics_batch *memory;
     uint64_t memory_pruned_minute;
+    uint64_t memory_since; /* unix seconds: memory holds every count from then on */
 
     atomic_uint_fast64_t flushes, flush_errors, pending_keys, dropped_keys, dropped_requests;
 };
@@ -670,7 +851,9 @@ void metrics_record(struct metrics *m, unsigned worker, const struct pipeline_re
     struct metrics_batch *b = atomic_exchange_explicit(&s->active, SLOT_BUSY, memory_order_acquire);
     if (!b) b = atomic_exchange_explicit(&s->spare, NULL, memory_order_acquire);
     if (!b) b = metrics_batch_new();
-    if (!b || metrics_batch_add(b, r, METRICS_BATCH_MAX_KEYS) != 0) {
+    /* the pair's cell and the app's: either one alone would leave its dimension short */
+    if (!b || metrics_batch_add(b, r, METRICS_BATCH_MAX_KEYS) != 0 ||
+        metrics_batch_add_app(b, r, METRICS_BATCH_MAX_KEYS) != 0) {
         if (!b || metrics_batch_count(b) >= METRICS_BATCH_MAX_KEYS)
             atomic_fetch_add_explicit(&s->dropped_keys, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->dropped_requests, 1, memory_order_relaxed);
@@ -805,7 +988,7 @@ struct redis_write {
     redisContext *c;
     const struct metrics *m;
     const char *key;
-    char *keybuf, *index;
+    char *keybuf, *index, *apps;
     size_t keylen;
     size_t appended;
     int failed;
@@ -821,7 +1004,7 @@ static void redis_write_field(const char *name, uint64_t value, void *arg) {
 
 static void redis_write_cell(const struct metrics_cell *cell, void *arg) {
     struct redis_write *w = arg;
-    char pair[40];
+    char pair[CONFIG_NAME_MAX + 8];
     if (w->failed || !cell->requests) return;
     metrics_key_name(w->keybuf, w->keylen, w->m->redis->prefix, &cell->key);
     metrics_pair_name(pair, sizeof(pair), &cell->key);
@@ -829,7 +1012,8 @@ static void redis_write_cell(const struct metrics_cell *cell, void *arg) {
     metrics_cell_foreach(cell, 0, redis_write_field, w);
     if (redisAppendCommand(w->c, "EXPIRE %s %llu", w->key, (unsigned long long)w->m->retention_s) !=
             REDIS_OK ||
-        redisAppendCommand(w->c, "SADD %s %s", w->index, pair) != REDIS_OK)
+        redisAppendCommand(w->c, "SADD %s %s", cell->key.is_app ? w->apps : w->index, pair) !=
+            REDIS_OK)
         w->failed = 1;
     else
         w->appended += 2;
@@ -846,14 +1030,16 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, uint64_t seq,
     size_t plen = strlen(m->redis->prefix);
     if (conn_ensure(m, err, errlen) != 0) return -1;
     w.c = m->conn;
-    w.keylen = plen + 64;
+    w.keylen = plen + 128;
     w.keybuf = malloc(w.keylen);
     w.index = malloc(plen + 8);
-    if (!w.keybuf || !w.index) {
+    w.apps = malloc(plen + 8);
+    if (!w.keybuf || !w.index || !w.apps) {
         snprintf(err, errlen, "out of memory");
         goto out;
     }
     snprintf(w.index, plen + 8, "%sm:index", m->redis->prefix);
+    snprintf(w.apps, plen + 8, "%sm:apps", m->redis->prefix);
     if (redisAppendCommand(w.c, "MULTI") != REDIS_OK ||
         redisAppendCommand(w.c, "SET %s %llu EX %llu", m->batch_key, (unsigned long long)seq,
                            (unsigned long long)m->retention_s) != REDIS_OK)
@@ -863,9 +1049,11 @@ static int redis_write(struct metrics *m, struct metrics_batch *b, uint64_t seq,
     if (w.failed ||
         redisAppendCommand(w.c, "EXPIRE %s %llu", w.index, (unsigned long long)m->retention_s) !=
             REDIS_OK ||
+        redisAppendCommand(w.c, "EXPIRE %s %llu", w.apps, (unsigned long long)m->retention_s) !=
+            REDIS_OK ||
         redisAppendCommand(w.c, "EXEC") != REDIS_OK)
         goto conn_err;
-    w.appended += 2;
+    w.appended += 3;
     for (size_t i = 0; i < w.appended; i++) {
         sent = 1; /* from the first read on, Redis may have the whole batch */
         if (redisGetReply(w.c, (void **)&reply) != REDIS_OK || !reply) goto conn_err;
@@ -911,10 +1099,39 @@ conn_err:
 out:
     free(w.keybuf);
     free(w.index);
+    free(w.apps);
     return rc;
 }
 
 /* ---- the flush thread ---- */
+
+/* The oldest minute in b (UINT64_MAX when empty). */
+static void oldest_cell(const struct metrics_cell *c, void *arg) {
+    uint64_t *oldest = arg;
+    if (c->key.minute < *oldest) *oldest = c->key.minute;
+}
+
+/* Redis mode: b's counts also into this process's own copy, bounded by the retention and by
+ * METRICS_LOCAL_MAX_KEYS (the oldest minutes go first; memory_since moves past them). */
+static void local_add(struct metrics *m, const struct metrics_batch *b, uint64_t keep_from) {
+    pthread_mutex_lock(&m->lock);
+    if (metrics_batch_merge(m->memory, b) != 0) {
+        log_warn("metrics: out of memory while copying counts for the partial answers");
+        m->memory_since = clock_wall_us() / 1000000u; /* the copy is short from here back */
+    }
+    if (keep_from > m->memory_pruned_minute) {
+        metrics_batch_trim(m->memory, SIZE_MAX, keep_from, NULL);
+        m->memory_pruned_minute = keep_from;
+        if (keep_from * 60 > m->memory_since) m->memory_since = keep_from * 60;
+    }
+    if (metrics_batch_count(m->memory) > METRICS_LOCAL_MAX_KEYS) {
+        uint64_t oldest = UINT64_MAX;
+        metrics_batch_trim(m->memory, METRICS_LOCAL_MAX_KEYS, 0, NULL);
+        metrics_batch_foreach(m->memory, oldest_cell, &oldest);
+        if (oldest != UINT64_MAX && oldest * 60 > m->memory_since) m->memory_since = oldest * 60;
+    }
+    pthread_mutex_unlock(&m->lock);
+}
 
 static void flush_cycle(struct metrics *m) {
     char err[256];
@@ -934,6 +1151,7 @@ static void flush_cycle(struct metrics *m) {
                                       memory_order_relaxed);
             log_warn("metrics: out of memory while merging a batch; its counts are lost");
         }
+        if (m->redis && metrics_batch_count(b)) local_add(m, b, keep_from);
         slot_give_back(&m->slots[i], b);
     }
     if (!m->redis) {
@@ -1096,9 +1314,9 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
         if (!(m->batch_key = malloc(klen))) goto oom;
         snprintf(m->batch_key, klen, "%sm:batch:%s", m->redis->prefix, m->run_id);
         m->client.id = m->lost.id = -1;
-    } else if (!(m->memory = metrics_batch_new())) {
-        goto oom;
     }
+    if (!(m->memory = metrics_batch_new())) goto oom;
+    m->memory_since = clock_wall_us() / 1000000u;
     if (pthread_mutex_init(&m->lock, NULL) != 0) goto oom;
     lock_init = 1;
     if (pthread_condattr_init(&ca) != 0) goto oom;
@@ -1217,7 +1435,7 @@ static int query_redis(struct metrics *m, const struct metrics_query *q, struct 
     redisContext *c = redis_connect(m->redis, err, errlen);
     redisReply *members = NULL, *reply = NULL;
     struct metrics_key *keys = NULL;
-    size_t n_keys = 0, plen = strlen(m->redis->prefix), keylen = plen + 64;
+    size_t n_keys = 0, plen = strlen(m->redis->prefix), keylen = plen + 128;
     char *keybuf = malloc(keylen);
     int rc = -1;
     uint64_t first = q->from / 60, last = (q->to + 59) / 60; /* minutes [first, last) */
@@ -1226,7 +1444,7 @@ static int query_redis(struct metrics *m, const struct metrics_query *q, struct 
         snprintf(err, errlen, "out of memory");
         goto out;
     }
-    snprintf(keybuf, keylen, "%sm:index", m->redis->prefix);
+    snprintf(keybuf, keylen, "%sm:%s", m->redis->prefix, q->by_app ? "apps" : "index");
     members = redisCommand(c, "SMEMBERS %s", keybuf);
     if (!members || members->type != REDIS_REPLY_ARRAY) {
         snprintf(err, errlen, "redis: SMEMBERS %s failed: %s", keybuf,
@@ -1240,7 +1458,15 @@ static int query_redis(struct metrics *m, const struct metrics_query *q, struct 
     for (size_t i = 0; i < members->elements; i++) {
         struct metrics_key k;
         redisReply *e = members->element[i];
-        if (e->type != REDIS_REPLY_STRING || metrics_pair_parse(e->str, &k) != 0) continue;
+        if (e->type != REDIS_REPLY_STRING) continue;
+        if (q->by_app) {
+            memset(&k, 0, sizeof(k));
+            if (!app_name_ok(e->str, e->len)) continue;
+            k.is_app = 1;
+            memcpy(k.app, e->str, e->len + 1);
+        } else if (metrics_pair_parse(e->str, &k) != 0) {
+            continue;
+        }
         k.minute = first;
         if (metrics_query_matches(q, &k)) keys[n_keys++] = k;
     }
@@ -1290,21 +1516,33 @@ out:
 static void *query_main(void *arg) {
     struct query_job *j = arg;
     struct metrics *m = j->m;
-    char err[256];
+    char err[256], reason[400];
+    int partial = 0;
+    uint64_t since = 0;
     struct metrics_batch *cells = metrics_batch_new();
     if (!cells) {
         query_error(j, 500, "out of memory");
-    } else if (m->redis) {
-        if (query_redis(m, &j->q, cells, err, sizeof(err)) != 0) query_error(j, 503, err);
+    } else if (m->redis && query_redis(m, &j->q, cells, err, sizeof(err)) == 0) {
+        /* the whole answer, every instance */
     } else {
+        /* memory mode, or Redis cannot be read: this process's own counts */
         struct query_copy qc = {.q = &j->q, .out = cells};
+        if (m->redis) {
+            partial = 1;
+            snprintf(reason, sizeof(reason),
+                     "redis cannot be read (%s); counts are this process's own, other "
+                     "instances are missing",
+                     err);
+            metrics_batch_clear(cells);
+        }
         pthread_mutex_lock(&m->lock);
         metrics_batch_foreach(m->memory, query_copy_cell, &qc);
+        since = m->memory_since;
         pthread_mutex_unlock(&m->lock);
         if (qc.failed) query_error(j, 500, "out of memory");
     }
     if (cells && !j->status) {
-        j->json = metrics_query_json(&j->q, cells);
+        j->json = metrics_query_json(&j->q, cells, partial ? reason : NULL, since);
         j->status = 200;
         if (!j->json) query_error(j, 500, "out of memory");
     }

@@ -15,7 +15,13 @@
  *                              latency histogram, NON-cumulative: le_5ms counts latencies in
  *                              (1 ms, 5 ms], le_inf those above 5 s; the buckets sum to requests
  *   set  <prefix>m:index       members "<businessId>:<sceneId>" of every pair written
- * Each hash and the index expire retention_s after their last write. Zero fields are not written. */
+ *   hash <prefix>m:app:<app>:<unix_minute>   the same fields per app ("-": no app known); every
+ *                              request is counted once per pair and once per app, so either
+ *                              dimension sums to the exact totals
+ *   set  <prefix>m:apps        the app names written
+ * Each hash and the indexes expire retention_s after their last write. Zero fields are not
+ * written. The flush thread also keeps what it wrote in in-process tables (bounded), so
+ * /admin/stats can answer from this process's own counts while Redis cannot be read. */
 #ifndef CAPGATE_MINUTE_STATS_H
 #define CAPGATE_MINUTE_STATS_H
 #include <stddef.h>
@@ -35,6 +41,9 @@ struct metrics_batch;
 #define METRICS_MEMORY_MAX_KEYS \
     262144 /* keys the in-process tables hold without Redis; the
                                           * oldest minutes beyond this are dropped (and counted) */
+#define METRICS_LOCAL_MAX_KEYS \
+    65536 /* with Redis: keys of this process's own copy (the partial answers during an
+           * outage); the oldest minutes beyond this are dropped */
 #define METRICS_QUERY_MAX_STEPS 1440
 
 /* ---- lifecycle and the worker side ---- */
@@ -67,6 +76,14 @@ void metrics_get_stats(struct metrics *m, struct metrics_stats *out);
 /* ---- the read side: GET /admin/stats ---- */
 
 enum metrics_match { METRICS_MATCH_ANY, METRICS_MATCH_ID, METRICS_MATCH_ABSENT };
+/* What the reply's "groups" are: one per businessId, per (businessId, sceneId), per app, or
+ * none (only the overall totals and series). */
+enum metrics_group {
+    METRICS_GROUP_SCENE,
+    METRICS_GROUP_BUSINESS,
+    METRICS_GROUP_APP,
+    METRICS_GROUP_NONE
+};
 
 struct metrics_query {
     uint64_t from; /* unix seconds, aligned down to a minute; inclusive */
@@ -74,23 +91,28 @@ struct metrics_query {
     uint64_t step; /* seconds, a multiple of 60 */
     enum metrics_match business_match, scene_match;
     uint32_t business_id, scene_id; /* with METRICS_MATCH_ID */
+    char app[CONFIG_NAME_MAX + 1];  /* "" = every app */
+    enum metrics_group group;       /* default METRICS_GROUP_SCENE */
+    int fill_none;                  /* fill=none: series leave out steps without requests */
+    int by_app;                     /* read the per-app hashes (app= or group=app) */
 };
 
 /* Parses the query string of /admin/stats (may be NULL or ""): businessId, sceneId (a number or
- * "-" for absent; no parameter: every value), from, to (unix seconds; default the last hour, to =
- * now), step (seconds, a positive multiple of 60, default 60). from < to and at most
- * METRICS_QUERY_MAX_STEPS steps. 0, or -1 with err naming the parameter
- * ("step must be a positive multiple of 60; got 90"). Unknown parameters are errors. */
+ * "-" for absent; no parameter: every value), app (an app name, or "-"), group (business, scene,
+ * app, none; default scene), fill (zero, none; default zero), from, to (unix seconds; default the
+ * last hour, to = now), step (seconds, a positive multiple of 60, default 60). from < to and at
+ * most METRICS_QUERY_MAX_STEPS steps. Counts are kept per pair and per app, not per both: app= or
+ * group=app with businessId/sceneId, and app= with group business or scene, are errors. 0, or -1
+ * with err naming the parameter ("step must be a positive multiple of 60; got 90"). Unknown and
+ * repeated parameters are errors. */
 int metrics_query_parse(const char *query_string, struct metrics_query *q, char *err,
                         size_t errlen);
 
 /* Runs q off the calling thread (a short-lived thread with its own Redis connection, or the
  * in-memory tables under their lock) and calls done exactly once on reply_base's loop with the
- * JSON text (borrowed for the call) and an HTTP status: 200 with
- *   {"from","to","step","pairs":[{"businessId","sceneId","totals":{every field},
- *     "series":[{"ts", nonzero fields}...]}...],"totals":{every field}}
- * (businessId/sceneId are numbers, or "-" when absent; one series entry per step, ts its start),
- * or 503/500 with {"error": "..."}. reply_base must keep running until done was called, and
+ * JSON text (borrowed for the call) and an HTTP status: 200 with metrics_query_json's answer;
+ * when Redis cannot be read, 200 with this process's own counts (its in-process copy) and
+ * "partial": true, "reason", "since"; 500 with {"error": "..."} when out of memory. reply_base must keep running until done was called, and
  * libevent threading must be enabled. q is copied. Only when not even the reply event can be
  * allocated is done called (500) before metrics_query returns. */
 void metrics_query(struct metrics *m, const struct metrics_query *q, struct event_base *reply_base,
@@ -98,11 +120,13 @@ void metrics_query(struct metrics *m, const struct metrics_query *q, struct even
 
 /* ---- pure parts, exported for tests ---- */
 
-/* Identity of one hash: a (businessId, sceneId) pair in one minute. */
+/* Identity of one hash: a (businessId, sceneId) pair, or an app, in one minute. */
 struct metrics_key {
     uint64_t minute; /* unix seconds / 60 */
     uint32_t business_id, scene_id;
     uint8_t has_business_id, has_scene_id;
+    uint8_t is_app;                /* 1: an app's hash (ids 0), 0: a pair's (app "") */
+    char app[CONFIG_NAME_MAX + 1]; /* is_app: the app's name, "-" when none is known */
 };
 
 struct metrics_code_count {
@@ -125,14 +149,18 @@ struct metrics_cell {
 unsigned metrics_bucket_index(uint64_t latency_us);
 const char *metrics_bucket_name(unsigned bucket);
 
-/* "<prefix>m:<businessId>:<sceneId>:<minute>" and "<businessId>:<sceneId>" into out. The length
- * written, or -1 when out is too small. */
+/* "<prefix>m:<businessId>:<sceneId>:<minute>" and "<businessId>:<sceneId>" into out (an app's:
+ * "<prefix>m:app:<app>:<minute>" and "<app>"). The length written, or -1 when out is too
+ * small. */
 int metrics_key_name(char *out, size_t outlen, const char *prefix, const struct metrics_key *k);
 int metrics_pair_name(char *out, size_t outlen, const struct metrics_key *k);
 /* Parses "<businessId>:<sceneId>" (an index member) into k (minute 0). 0/-1. */
 int metrics_pair_parse(const char *s, struct metrics_key *k);
-/* The key a record counts under. */
+/* The key a record counts under, and its app's key. */
 void metrics_key_of(const struct pipeline_record *r, struct metrics_key *k);
+void metrics_app_key_of(const struct pipeline_record *r, struct metrics_key *k);
+/* The value of the field called name in c (0 when c has none). */
+uint64_t metrics_cell_get(const struct metrics_cell *c, const char *name);
 
 /* Calls fn for each field of c: every field when all is non-zero (codes: those seen), otherwise
  * only the non-zero ones; in the order requests, decisions, code:<N> ascending, latency_us_sum,
@@ -157,8 +185,11 @@ struct metrics_cell *metrics_batch_cell(struct metrics_batch *b, const struct me
                                         size_t max_keys);
 const struct metrics_cell *metrics_batch_find(const struct metrics_batch *b,
                                               const struct metrics_key *k);
-/* Counts r. 0, or -1 when the batch is full (max_keys) or on OOM. */
+/* Counts r under its pair (metrics_batch_add) or its app (metrics_batch_add_app). 0, or -1 when
+ * the batch is full (max_keys) or on OOM. */
 int metrics_batch_add(struct metrics_batch *b, const struct pipeline_record *r, size_t max_keys);
+int metrics_batch_add_app(struct metrics_batch *b, const struct pipeline_record *r,
+                          size_t max_keys);
 /* Adds every cell of src into dst. 0, or -1 on OOM (dst then holds part of src). */
 int metrics_batch_merge(struct metrics_batch *dst, const struct metrics_batch *src);
 /* Calls fn for each cell, in table order. */
@@ -166,14 +197,24 @@ void metrics_batch_foreach(const struct metrics_batch *b,
                            void (*fn)(const struct metrics_cell *c, void *arg), void *arg);
 /* Drops whole minutes, oldest first, until at most max_keys keys remain; drops every minute
  * before min_minute first. Returns the number of keys dropped; *requests (if not NULL) gets the
- * requests they held. */
+ * requests they held (counted in the pair cells only: an app's cell counts the same requests). */
 size_t metrics_batch_trim(struct metrics_batch *b, size_t max_keys, uint64_t min_minute,
                           uint64_t *requests);
 
-/* 1 when k matches q's filters and its minute lies in [from, to). */
+/* 1 when k is of the dimension q reads (pairs, or apps with by_app), matches q's filters and its
+ * minute lies in [from, to). */
 int metrics_query_matches(const struct metrics_query *q, const struct metrics_key *k);
-/* The JSON reply of q over the cells of b (cells outside q are ignored). Caller frees with
- * free(); NULL on OOM. */
-char *metrics_query_json(const struct metrics_query *q, const struct metrics_batch *b);
+/* The JSON reply of q over the cells of b (cells outside q are ignored):
+ *   {"from","to","step","group","fill","partial":false,
+ *    "groups":[{<the group's ids>,"totals":{every field},"series":[...]}...],
+ *    "totals":{every field},"series":[...]}
+ * A group's ids: "businessId" (group business), "businessId" and "sceneId" (scene), "app" (app);
+ * ids are numbers, or "-" when absent; groups=[] with group none. A series has one entry per
+ * step ({"ts": its start, the fields non-zero in the totals beside it, zeros included}), or with
+ * fill none only the steps with requests (their non-zero fields). With reason (not NULL) the
+ * answer says "partial": true, "reason": reason, "since": since (unix seconds: what it counts
+ * began then). Caller frees with free(); NULL on OOM. */
+char *metrics_query_json(const struct metrics_query *q, const struct metrics_batch *b,
+                         const char *reason, uint64_t since);
 
 #endif

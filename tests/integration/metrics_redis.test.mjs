@@ -108,11 +108,11 @@ test('/admin/stats on either instance sums what both instances counted, per deci
   assert.equal(buckets.reduce((a, b) => a + body.totals[b], 0), expect.requests, 'the buckets sum to requests');
   assert.ok(body.totals.latency_us_sum > 0);
 
-  const pair = body.pairs.find((p) => p.businessId === 1 && p.sceneId === 2);
-  assert.ok(pair, JSON.stringify(body.pairs.map((p) => [p.businessId, p.sceneId])));
+  const pair = body.groups.find((p) => p.businessId === 1 && p.sceneId === 2);
+  assert.ok(pair, JSON.stringify(body.groups.map((p) => [p.businessId, p.sceneId])));
   assert.ok(pair.totals.forwarded === 6, `pair 1:2 forwarded ${pair.totals.forwarded}`);
   assert.equal(pair.totals['code:0'], 6);
-  const none = body.pairs.find((p) => p.businessId === '-' && p.sceneId === '-');
+  const none = body.groups.find((p) => p.businessId === '-' && p.sceneId === '-');
   assert.ok(none && none.totals.forwarded === 3, 'the token app without ids counts under -:-');
   const seriesSum = pair.series.reduce((a, e) => a + (e.requests ?? 0), 0);
   assert.equal(seriesSum, pair.totals.requests, 'series entries add up to the pair totals');
@@ -125,7 +125,7 @@ test('/admin/stats on either instance sums what both instances counted, per deci
   // filters
   const only = await stats(gws[1], `${query}&businessId=1&sceneId=2`);
   assert.equal(only.status, 200);
-  assert.equal(only.json.pairs.length, 1);
+  assert.equal(only.json.groups.length, 1);
   assert.equal(only.json.totals.forwarded, 6);
 
   // the keys as docs/design.md "Redis layout" names them, with a TTL within retention_s

@@ -128,7 +128,7 @@ static void test_example_loads(void **state) {
     assert_int_equal(c->apps[1].auth, CONFIG_AUTH_TOKEN);
     assert_string_equal(c->apps[1].token, "batch-token-deadbeef");
     assert_true(c->apps[1].business_any);
-    assert_int_equal(c->n_limits, 4);
+    assert_int_equal(c->n_limits, 5);
     assert_int_equal(c->limits[0].business_id, 1);
     assert_int_equal(c->limits[0].scene_id, 2);
     assert_true(c->limits[0].burst == 100.0);
@@ -136,6 +136,7 @@ static void test_example_loads(void **state) {
     assert_true(c->limits[1].burst == 20.0); /* default: rate */
     assert_int_equal(c->limits[2].scope, CONFIG_SCOPE_APP);
     assert_int_equal(c->limits[3].scope, CONFIG_SCOPE_GLOBAL);
+    assert_string_equal(c->limits[4].app, "batch-job");
     assert_string_equal(c->audit.pii_key, "pii-key-12345678");
     assert_false(c->audit.pii_key_generated);
     assert_int_equal(c->pool.n_profiles, 1);
@@ -329,6 +330,11 @@ static void test_errors(void **state) {
          "t.json:3:3: limits[1].name: duplicate name \"l\" (also limits[0])"},
         {"{\"workers\": 1, \"workers\": 2}",
          "t.json:1:24: syntax error: duplicate object key near '\"workers\"'"},
+        /* the echoed key's control bytes written \xNN (found by fuzz_config) */
+        {"{\"a\x7f"
+         "b\": 1, \"a\x7f"
+         "b\": 2}",
+         "t.json:1:16: syntax error: duplicate object key near '\"a\\x7Fb\"'"},
         /* bad redis url */
         {"{" UPSTREAM_OK ",\n\"redis\": {\"url\": \"http://127.0.0.1:6379\"}}",
          "t.json:2:11: redis.url: must be redis://[:password@]host[:port][/db]; got "
@@ -783,6 +789,23 @@ static int change_special(const struct config_key *k, const struct config *c0, j
         json_decref(copy);
         return ok;
     }
+    if (strcmp(k->path, "limits[].app") == 0) {
+        /* another app of apps[]: a name that is none would not load */
+        json_t *copy = json_deep_copy(root), *rules, *r;
+        size_t i;
+        int ok = 0;
+        assert_non_null(copy);
+        rules = json_object_get(copy, "limits");
+        json_array_foreach(rules, i, r) {
+            if (json_object_get(r, "app")) {
+                json_object_set_new(r, "app", json_string("shop-web"));
+                ok = try_change(k, c0, copy);
+                break;
+            }
+        }
+        json_decref(copy);
+        return ok;
+    }
     if (strcmp(k->path, "apps[].auth") == 0) {
         json_t *copy = json_deep_copy(root), *app;
         int ok;
@@ -1148,6 +1171,71 @@ static void test_scoped_limits_bound(void **state) {
     }
 }
 
+/* A rule may name an app: of apps[], never on a global rule; the bound on scoped rules counts
+ * per app, since another app's own rules are not buckets of its requests. */
+#define APP_TOKEN(n) "{\"name\": \"" n "\", \"auth\": \"token\", \"token\": \"t-" n "\"}"
+static void test_limit_app(void **state) {
+    char text[8192];
+    size_t used;
+    struct config *c;
+    char *dump;
+    (void)state;
+    c = load_ok("{" UPSTREAM_OK ",\n\"apps\": [" APP_TOKEN(
+        "partner-42") "],\n"
+                      "\"limits\": [{\"name\": \"p42\", \"scope\": \"app\", \"app\": "
+                      "\"partner-42\", "
+                      "\"rate\": 5},\n{\"name\": \"p42-login\", \"app\": \"partner-42\", "
+                      "\"businessId\": 1, \"rate\": 2}, {\"name\": \"all\", \"rate\": 9}]}");
+    assert_string_equal(c->limits[0].app, "partner-42");
+    assert_string_equal(c->limits[1].app, "partner-42");
+    assert_null(c->limits[2].app);
+    dump = config_dump_masked(c);
+    assert_non_null(strstr(dump, "\"app\": \"partner-42\""));
+    free(dump);
+    config_free(c);
+    expect_error("{" UPSTREAM_OK
+                 ",\n\"apps\": [" APP_TOKEN("a") "],\n"
+                                                 "\"limits\": [{\"name\": \"x\", \"scope\": "
+                                                 "\"app\", \"app\": \"b\", \"rate\": 1}]}",
+                 "t.json:3:42: limits[0].app: no app is named \"b\"");
+    expect_error("{" UPSTREAM_OK ",\n\"apps\": [" APP_TOKEN(
+                     "a") "],\n"
+                          "\"limits\": [{\"name\": \"x\", \"scope\": \"global\", \"app\": \"a\", "
+                          "\"rate\": 1}]}",
+                 "t.json:3:45: limits[0].app: only for rules with scope \"app\" or \"params\" (a "
+                 "global rule counts every app's requests together)");
+    expect_error("{" UPSTREAM_OK ",\n\"apps\": [" APP_TOKEN(
+                     "a") "],\n"
+                          "\"limits\": [{\"name\": \"x\", \"app\": \"no space\", \"rate\": 1}]}",
+                 "t.json:3:26: limits[0].app: must be 1 to 64 bytes of A-Z, a-z, 0-9, '.', '_' and "
+                 "'-'; got \"no space\"");
+    /* 14 unnamed scoped rules: one app may have one of its own, not two; other apps' own rules
+     * do not count */
+    for (int own = 1; own <= 2; own++) {
+        used = (size_t)snprintf(text, sizeof text,
+                                "{" UPSTREAM_OK ",\n\"apps\": [" APP_TOKEN("a") ", " APP_TOKEN(
+                                    "b") "],\n\"limits\": [{\"name\": \"p\", \"rate\": 1}");
+        for (int i = 0; i < 14; i++)
+            used += (size_t)snprintf(text + used, sizeof text - used,
+                                     ", {\"name\": \"s%d\", \"scope\": \"app\", \"rate\": 1}", i);
+        for (int i = 0; i < own; i++)
+            used += (size_t)snprintf(text + used, sizeof text - used,
+                                     ", {\"name\": \"a%d\", \"scope\": \"app\", \"app\": \"a\", "
+                                     "\"rate\": 1}, {\"name\": \"b%d\", \"scope\": \"app\", "
+                                     "\"app\": \"b\", \"rate\": 1}",
+                                     i, i);
+        snprintf(text + used, sizeof text - used, "]}");
+        if (own == 1) {
+            c = load_ok(text);
+            config_free(c);
+        } else {
+            expect_error(text,
+                         "t.json:3:675: limits[15].app: app \"a\" falls under 16 rules with scope "
+                         "\"app\" or \"global\"; the limit is 15");
+        }
+    }
+}
+
 /* Two profiles equal in every parameter (size aside) would share one pool list. */
 #define PROFILE_A \
     "\"captchaType\": 9, \"disturbLevel\": 1, \"isHttps\": 1, \"clientType\": 2, " \
@@ -1456,6 +1544,7 @@ int main(void) {
         cmocka_unit_test(test_name_bounds),
         cmocka_unit_test(test_duplicate_profiles),
         cmocka_unit_test(test_scoped_limits_bound),
+        cmocka_unit_test(test_limit_app),
         cmocka_unit_test(test_empty_env_var),
         cmocka_unit_test(test_load_missing_file),
         cmocka_unit_test(test_secret_file),

@@ -58,6 +58,34 @@ static void test_exact_rule_then_app_then_global(void **state) {
     assert_int_equal(b[3].tolerance_us, 1000000);
 }
 
+/* A rule naming an app: a params rule matches only that app's requests (so it can come before
+ * the rule every app falls under), a scope app rule is a bucket of that app only. */
+static void test_rules_naming_an_app(void **state) {
+    struct config_limit r[] = {
+        PARAMS("p42-login", 0, 1, 1, 0, 2, 1, 2),
+        PARAMS("login", 0, 1, 1, 0, 50, 1, 50),
+        SCOPED("p42", CONFIG_SCOPE_APP, 5, 1, 5),
+        SCOPED("per-app", CONFIG_SCOPE_APP, 100, 1, 100),
+    };
+    r[0].app = "partner-42";
+    r[2].app = "partner-42";
+    struct config c = cfg_with(r, sizeof r / sizeof r[0]);
+    struct limit_bucket b[LIMIT_MAX_BUCKETS];
+    int n = limit_buckets(&c, "cg:", "partner-42", 1, 1, 1, 2, b, LIMIT_MAX_BUCKETS);
+    assert_int_equal(n, 3);
+    assert_string_equal(b[0].key, "cg:rl:p42-login:1:2");
+    assert_string_equal(b[1].key, "cg:rl:p42:app:partner-42");
+    assert_string_equal(b[2].key, "cg:rl:per-app:app:partner-42");
+    n = limit_buckets(&c, "cg:", "shop", 1, 1, 1, 2, b, LIMIT_MAX_BUCKETS);
+    assert_int_equal(n, 2);
+    assert_string_equal(b[0].key, "cg:rl:login:1:2");
+    assert_string_equal(b[1].key, "cg:rl:per-app:app:shop");
+    /* no app known: none of the named rules */
+    n = limit_buckets(&c, "cg:", NULL, 1, 1, 1, 2, b, LIMIT_MAX_BUCKETS);
+    assert_int_equal(n, 2);
+    assert_string_equal(b[0].key, "cg:rl:login:1:2");
+}
+
 static void test_star_on_either_side(void **state) {
     struct config c = cfg_with(rules, sizeof rules / sizeof rules[0]);
     struct limit_bucket b[LIMIT_MAX_BUCKETS];
@@ -379,6 +407,7 @@ int main(void) {
         cmocka_unit_test(test_headers_refused_and_shadow),
         cmocka_unit_test(test_headers_number_and_name_edges),
         cmocka_unit_test(test_extreme_rule_times),
+        cmocka_unit_test(test_rules_naming_an_app),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -240,6 +240,13 @@ static void test_query_parse(void **state) {
         {"from=0&to=86460", "limit is 1440"},
         {"color=red", "unknown parameter color"},
         {"from=1&from=2", "from"},
+        {"group=day", "group must be business, scene, app or none"},
+        {"fill=linear", "fill must be zero or none"},
+        {"app=no%20space", "app must be an app name"},
+        {"app=a&app=b", "app"},
+        {"app=a&businessId=1", "app cannot be combined with businessId"},
+        {"group=app&sceneId=-", "group=app cannot be combined"},
+        {"app=a&group=business", "app cannot be combined with group=business"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         err[0] = 0;
@@ -247,6 +254,18 @@ static void test_query_parse(void **state) {
         if (!strstr(err, bad[i].needle)) fail_msg("%s: %s", bad[i].qs, err);
     }
     assert_int_equal(metrics_query_parse("from=0&to=86400", &q, err, sizeof(err)), 0);
+    assert_int_equal(q.group, METRICS_GROUP_SCENE);
+    assert_false(q.by_app || q.fill_none);
+    assert_int_equal(metrics_query_parse("app=partner-42&fill=none", &q, err, sizeof(err)), 0);
+    assert_string_equal(q.app, "partner-42");
+    assert_int_equal(q.group, METRICS_GROUP_APP); /* app= alone: its own group */
+    assert_true(q.by_app && q.fill_none);
+    assert_int_equal(metrics_query_parse("app=-&group=none", &q, err, sizeof(err)), 0);
+    assert_int_equal(q.group, METRICS_GROUP_NONE);
+    assert_true(q.by_app);
+    assert_int_equal(metrics_query_parse("group=business&businessId=3", &q, err, sizeof(err)), 0);
+    assert_int_equal(q.group, METRICS_GROUP_BUSINESS);
+    assert_false(q.by_app);
 }
 
 /* An id in the reply: a number, or "-" when absent (want -1). */
@@ -259,7 +278,7 @@ static int id_is(json_t *v, long long want) {
 static json_t *find_pair(json_t *root, long long b, long long s) {
     size_t i;
     json_t *p;
-    json_array_foreach(json_object_get(root, "pairs"), i, p) {
+    json_array_foreach(json_object_get(root, "groups"), i, p) {
         if (id_is(json_object_get(p, "businessId"), b) && id_is(json_object_get(p, "sceneId"), s))
             return p;
     }
@@ -288,15 +307,15 @@ static void test_query_json(void **state) {
     for (size_t i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
         assert_int_equal(metrics_batch_add(b, &rs[i], SIZE_MAX), 0);
     assert_int_equal(metrics_query_parse("from=6000&to=6600&step=300", &q, err, sizeof(err)), 0);
-    char *text = metrics_query_json(&q, b);
+    char *text = metrics_query_json(&q, b, NULL, 0);
     json_t *root = json_loads(text, 0, NULL);
     assert_non_null(root);
     assert_int_equal(jint(root, "from"), 6000);
     assert_int_equal(jint(root, "to"), 6600);
     assert_int_equal(jint(root, "step"), 300);
-    assert_int_equal(json_array_size(json_object_get(root, "pairs")), 2);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 2);
     /* numbers first, "-" last */
-    assert_int_equal(jint(json_array_get(json_object_get(root, "pairs"), 0), "businessId"), 1);
+    assert_int_equal(jint(json_array_get(json_object_get(root, "groups"), 0), "businessId"), 1);
     json_t *p = find_pair(root, 1, 2);
     assert_non_null(p);
     json_t *t = json_object_get(p, "totals");
@@ -320,7 +339,8 @@ static void test_query_json(void **state) {
     assert_int_equal(jint(s1, "ts"), 6300);
     assert_int_equal(jint(s1, "requests"), 1);
     assert_int_equal(jint(s1, "code:5100"), 1);
-    assert_int_equal(jint(s1, "code:0"), -1);
+    assert_int_equal(jint(s1, "code:0"), 0); /* fill zero: every field of the totals */
+    assert_int_equal(jint(s1, "pool"), -1);  /* but none that is zero throughout */
     p = find_pair(root, -1, -1);
     assert_non_null(p);
     assert_int_equal(jint(json_object_get(p, "totals"), "invalid"), 1);
@@ -333,18 +353,18 @@ static void test_query_json(void **state) {
     /* filters */
     assert_int_equal(metrics_query_parse("businessId=-&from=6000&to=6600", &q, err, sizeof(err)),
                      0);
-    text = metrics_query_json(&q, b);
+    text = metrics_query_json(&q, b, NULL, 0);
     root = json_loads(text, 0, NULL);
-    assert_int_equal(json_array_size(json_object_get(root, "pairs")), 1);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 1);
     assert_non_null(find_pair(root, -1, -1));
     assert_int_equal(json_array_size(json_object_get(find_pair(root, -1, -1), "series")), 10);
     json_decref(root);
     free(text);
     assert_int_equal(
         metrics_query_parse("businessId=1&sceneId=3&from=6000&to=6600", &q, err, sizeof(err)), 0);
-    text = metrics_query_json(&q, b);
+    text = metrics_query_json(&q, b, NULL, 0);
     root = json_loads(text, 0, NULL);
-    assert_int_equal(json_array_size(json_object_get(root, "pairs")), 0);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 0);
     assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 0);
     json_decref(root);
     free(text);
@@ -469,7 +489,8 @@ static void test_memory_mode_bounded(void **state) {
         metrics_flush(m);
     }
     metrics_get_stats(m, &st);
-    assert_int_equal(st.dropped_keys, per_minute); /* the older minute, whole */
+    assert_int_equal(st.dropped_keys, per_minute + 1); /* the older minute, whole: its pairs
+                                                        * and its app's cell */
     assert_int_equal(st.dropped_requests, per_minute);
     metrics_free(m);
 }
@@ -572,7 +593,7 @@ static void test_concurrent_handover(void **state) {
     json_t *root = run_query(m, qs, &status);
     assert_int_equal(status, 200);
     assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 40000);
-    assert_int_equal(json_array_size(json_object_get(root, "pairs")), 7);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 7);
     json_decref(root);
     struct metrics_stats st;
     metrics_get_stats(m, &st);
@@ -634,6 +655,7 @@ static void test_redis_mode(void **state) {
         struct pipeline_record r =
             rec(i < 20 ? m0 + 5 : m1 + 5, 1, 11, 0, 0,
                 i % 3 ? PIPELINE_FORWARDED : PIPELINE_UPSTREAM_ERROR, i % 3 ? 0 : 6200, 60000);
+        if (i < 5) memcpy(r.app, "partner-42", sizeof("partner-42"));
         metrics_record(m, (unsigned)(i % 2), &r);
     }
     struct pipeline_record other = rec(m1, 1, 2, 1, 4, PIPELINE_LIMITED, 4400, 10);
@@ -657,6 +679,16 @@ static void test_redis_mode(void **state) {
     assert_int_equal(redis_int(c, "SCARD t:m:index"), 2);
     assert_int_equal(redis_int(c, "SISMEMBER t:m:index 11:-"), 1);
     assert_int_equal(redis_int(c, "SISMEMBER t:m:index 2:4"), 1);
+    /* per app: the same fields, once more per request */
+    snprintf(key, sizeof(key), "t:m:app:partner-42:%llu", (unsigned long long)(m0 / 60));
+    assert_int_equal(redis_int(c, "HGET %s requests", key), 5);
+    assert_int_equal(redis_int(c, "HGET %s upstream_error", key), 2);
+    snprintf(key, sizeof(key), "t:m:app:-:%llu", (unsigned long long)(m0 / 60));
+    assert_int_equal(redis_int(c, "HGET %s requests", key), 15);
+    assert_int_equal(redis_int(c, "SCARD t:m:apps"), 2);
+    ttl = redis_int(c, "TTL t:m:apps");
+    assert_true(ttl > 0 && ttl <= 600);
+    snprintf(key, sizeof(key), "t:m:11:-:%llu", (unsigned long long)(m0 / 60));
 
     /* a query across both minutes sums them */
     snprintf(qs, sizeof(qs), "from=%llu&to=%llu", (unsigned long long)m0,
@@ -671,6 +703,26 @@ static void test_redis_mode(void **state) {
     assert_int_equal(jint(json_array_get(json_object_get(p, "series"), 1), "requests"), 10);
     assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 31);
     assert_int_equal(jint(json_object_get(root, "totals"), "code:4400"), 1);
+    json_decref(root);
+    /* grouped by app: the same totals; one app alone; fill none leaves out empty minutes */
+    snprintf(qs, sizeof(qs), "from=%llu&to=%llu&group=app&fill=none", (unsigned long long)m0,
+             (unsigned long long)m1 + 120);
+    root = run_query(m, qs, &status);
+    assert_int_equal(status, 200);
+    assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 31);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 2);
+    p = json_array_get(json_object_get(root, "groups"), 0);
+    assert_string_equal(json_string_value(json_object_get(p, "app")), "-");
+    assert_int_equal(jint(json_object_get(p, "totals"), "requests"), 26);
+    assert_int_equal(json_array_size(json_object_get(p, "series")), 2);
+    assert_int_equal(json_array_size(json_object_get(root, "series")), 2); /* of 3 steps */
+    json_decref(root);
+    snprintf(qs, sizeof(qs), "from=%llu&to=%llu&app=partner-42", (unsigned long long)m0,
+             (unsigned long long)m1 + 60);
+    root = run_query(m, qs, &status);
+    assert_int_equal(status, 200);
+    assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 5);
+    assert_int_equal(json_array_size(json_object_get(root, "groups")), 1);
     json_decref(root);
 
     /* a second flush adds to the same hashes */
@@ -687,14 +739,21 @@ static void test_redis_mode(void **state) {
     struct metrics_stats st;
     metrics_get_stats(m, &st);
     assert_int_equal(st.flush_errors, 1);
-    assert_int_equal(st.pending_keys, 1);
+    assert_int_equal(st.pending_keys, 2); /* the pair's hash and the app's */
     metrics_record(m, 0, &other);
     metrics_flush(m);
     metrics_get_stats(m, &st);
     assert_int_equal(st.flush_errors, 2);
+    /* queries answer from this process's own counts, said to be partial */
+    snprintf(qs, sizeof(qs), "from=%llu&to=%llu", (unsigned long long)m0,
+             (unsigned long long)m1 + 60);
     root = run_query(m, qs, &status);
-    assert_int_equal(status, 503);
-    assert_non_null(json_object_get(root, "error"));
+    assert_int_equal(status, 200);
+    assert_true(json_is_true(json_object_get(root, "partial")));
+    assert_non_null(strstr(json_string_value(json_object_get(root, "reason")), "redis"));
+    assert_true(jint(root, "since") > 0);
+    /* 32 counted and flushed before, 5 since (held): all this process's */
+    assert_int_equal(jint(json_object_get(root, "totals"), "requests"), 37);
     json_decref(root);
 
     redis_start(); /* empty: --save '' */
