@@ -9,7 +9,7 @@
 // moves it to sessionStorage and takes it out of the address bar at once.
 import {
   DECISIONS, LATENCY_BUCKETS, REFUSALS, aggregate, decumulate, fmtMs, fmtNum, fmtPct, fmtQuantile,
-  fmtStep, fmtTime, latencyQuantiles, parsePrometheus, quantile, refused, stepFor, ticks, top,
+  fmtStep, fmtTime, groupsOf, latencyQuantiles, parsePrometheus, quantile, refused, stepFor, ticks, top,
 } from './lib.mjs';
 
 const TOKEN_KEY = 'capgate.adminToken';
@@ -27,12 +27,12 @@ const $ = (id) => document.getElementById(id);
 
 const state = {
   range: 3600, business: '', scene: '', app: '',
-  topBy: { business: 'requests', scene: 'requests' },
+  topBy: { business: 'requests', scene: 'requests', app: 'requests' },
   paused: false, timer: null, gen: 0, refreshes: 0,
-  appParam: true, // false once /admin/stats refused app= (a gateway without per-app stats)
   known: { business: new Set(), scene: new Set(), app: new Set() },
   selected: null, // the audit record shown in detail
   lastStats: null, // {view, answer, at}: the last /admin/stats answer and the view it was for
+  lastApps: null, // the last group=app answer
 };
 
 class Unauthorized extends Error {}
@@ -179,35 +179,45 @@ function schedule() {
   state.timer = setTimeout(() => (document.hidden ? schedule() : refreshNow()), REFRESH_MS);
 }
 
+/**
+ * The /admin/stats query of the view. Counts are kept per (businessId, sceneId) and per app, not
+ * per both, so a view is all traffic, a business and/or scene (grouped by scene: the top tables
+ * come from the same answer), or one app. fill=none: the server leaves out empty steps and
+ * aggregate() puts them back, so a 24 h answer stays small.
+ */
 function statsQuery() {
   const to = Math.floor(Date.now() / 1000);
   const step = stepFor(state.range);
   const q = new URLSearchParams({ from: String(to - state.range), to: String(to), step: String(step) });
-  if (state.business) q.set('businessId', state.business);
-  if (state.scene) q.set('sceneId', state.scene);
-  if (state.app && state.appParam) q.set('app', state.app);
+  if (state.app) {
+    q.set('app', state.app);
+  } else {
+    if (state.business) q.set('businessId', state.business);
+    if (state.scene) q.set('sceneId', state.scene);
+  }
+  q.set('fill', 'none');
   return { url: `/admin/stats?${q}`, from: to - state.range, to, step };
 }
 
+/** Every app over the range in one step (group=app): the top apps table. */
+function appsQuery(sq) {
+  const q = new URLSearchParams({ from: String(sq.from), to: String(sq.to), step: String(state.range),
+    group: 'app', fill: 'none' });
+  return `/admin/stats?${q}`;
+}
+
 async function refresh(gen) {
-  let sq = statsQuery();
-  const [statsR, metricsR, readyR, auditR] = await Promise.all([
-    api(sq.url), api('/metrics', { text: true }), api('/readyz'), fetchAudit(sq.from),
+  const sq = statsQuery();
+  const appsUrl = appsQuery(sq);
+  const [stats, appsR, metricsR, readyR, auditR] = await Promise.all([
+    api(sq.url), api(appsUrl), api('/metrics', { text: true }), api('/readyz'), fetchAudit(sq.from),
   ]);
-  let stats = statsR;
-  if (stats.status === 400 && state.app && /\bapp\b/.test(stats.json?.error || '')) {
-    // This gateway's /admin/stats has no app= (per-app stats came later): say so, and show the
-    // app from this instance's /metrics counters instead.
-    state.appParam = false;
-    sq = statsQuery();
-    stats = await api(sq.url);
-  }
   if (gen !== state.gen) return;
   const metrics = metricsR.status === 200 ? parsePrometheus(metricsR.body) : null;
   const notes = [];
-  // Stats that cannot be read now (Redis down) leave the last answer of the same view on screen,
-  // dated, rather than zeros.
-  const view = `${state.range}|${state.business}|${state.scene}|${state.app}|${state.appParam}`;
+  // Stats that cannot be read at all leave the last answer of the same view on screen, dated,
+  // rather than zeros. (While Redis is down the gateway answers from its own counts, "partial".)
+  const view = `${state.range}|${state.business}|${state.scene}|${state.app}`;
   let answer = stats.status === 200 ? stats.json : null;
   if (answer) {
     state.lastStats = { view, answer, at: new Date() };
@@ -218,32 +228,26 @@ async function refresh(gen) {
     notes.push(`/admin/stats answered ${stats.status}: ${stats.json?.error || stats.body}`
       + (answer ? `; showing its answer of ${state.lastStats.at.toISOString().slice(11, 19)} UTC` : ''));
   }
-  if (stats.json?.partial) notes.push(`partial answer: ${stats.json.reason || 'the store could not be read'}`);
-  if (metricsR.status !== 200) notes.push(`/metrics answered ${metricsR.status}`);
-  const appFromMetrics = state.app && !state.appParam;
-  if (appFromMetrics) {
-    notes.push(`This gateway's /admin/stats cannot filter by app: the app's numbers below are this
-      instance's /metrics counters since it started; time series are not available per app.`);
+  if (stats.json?.partial) {
+    const since = Number(stats.json.since);
+    notes.push(`partial answer: ${stats.json.reason || 'the store could not be read'}`
+      + `${since ? ` (counted since ${new Date(since * 1000).toISOString().slice(0, 19).replace('T', ' ')} UTC)` : ''}`);
   }
+  if (metricsR.status !== 200) notes.push(`/metrics answered ${metricsR.status}`);
   $('notice').hidden = notes.length === 0;
   $('notice').textContent = notes.join(' · ');
 
-  learn(answer, metrics, auditR.json?.records);
+  const apps = appsR.status === 200 ? appsR.json : null;
+  learn(answer, apps, metrics, auditR.json?.records);
   const agg = answer ? aggregate(answer) : { totals: {}, series: [] };
 
   $('totals-card').dataset.src = sq.url;
-  if (appFromMetrics) {
-    renderTotals(appTotalsFromMetrics(metrics, state.app), 'this instance, since start');
-    renderRequests([], sq.step, 'no per-app series on this gateway');
-    renderLatency({}, 'no per-app latency on this gateway');
-  } else {
-    renderTotals(agg.totals, `${scopeText()}, last ${rangeText()}`);
-    renderRequests(agg.series, sq.step);
-    renderLatency(agg.totals);
-  }
+  renderTotals(agg.totals, `${scopeText()}, last ${rangeText()}`);
+  renderRequests(agg.series, sq.step);
+  renderLatency(agg.totals);
   renderRules(metrics);
-  renderTop(answer?.pairs || []);
-  renderApps(metrics);
+  renderTop(answer);
+  renderApps(apps, appsUrl);
   renderUpstream(metrics, agg, sq.step);
   renderPool(metrics);
   renderStore(readyR.json, metrics);
@@ -265,12 +269,12 @@ function scopeText() {
 }
 
 /** Business, scene and app values seen so far, for the scope selects. */
-function learn(answer, metrics, records) {
-  for (const p of answer?.pairs || []) {
+function learn(answer, apps, metrics, records) {
+  for (const p of groupsOf(answer)) {
     if (p.businessId !== undefined) state.known.business.add(fmtId(p.businessId));
     if (p.sceneId !== undefined) state.known.scene.add(fmtId(p.sceneId));
-    if (p.app !== undefined && p.app !== '') state.known.app.add(String(p.app));
   }
+  for (const g of groupsOf(apps)) if (g.app !== undefined && g.app !== '-') state.known.app.add(String(g.app));
   for (const s of metrics?.all('capgate_requests_total') || []) {
     if (s.labels.app && s.labels.app !== '-') state.known.app.add(s.labels.app);
   }
@@ -290,15 +294,6 @@ function fillSelect(sel, values, current) {
       ...want.map((v) => el('option', { value: v, text: v === '-' ? '- (none)' : v })));
   }
   sel.value = current;
-}
-
-function appTotalsFromMetrics(metrics, app) {
-  const t = { requests: 0 };
-  for (const d of DECISIONS) {
-    t[d] = metrics ? metrics.get('capgate_requests_total', { app, decision: d }) : 0;
-    t.requests += t[d];
-  }
-  return t;
 }
 
 // ---- tooltip -----------------------------------------------------------------------------------
@@ -475,63 +470,59 @@ function renderRules(metrics) {
   });
 }
 
-function renderTop(pairs) {
-  const defs = {
-    business: (p) => fmtId(p.businessId),
-    scene: (p) => `${fmtId(p.businessId)} / ${fmtId(p.sceneId)}`,
-  };
-  for (const [dim, key] of Object.entries(defs)) {
-    const by = state.topBy[dim];
-    for (const b of document.querySelectorAll(`[data-top="${dim}"]`)) b.setAttribute('aria-pressed', String(b.dataset.by === by));
-    const rows = top(pairs, key, by, 10);
-    const max = Math.max(1, ...rows.map((r) => r[by]));
-    const head = el('tr', {}, el('th', { text: dim === 'business' ? 'businessId' : 'businessId / sceneId' }),
-      el('th', { class: 'n', text: 'requests' }), el('th', { class: 'n', text: 'refused' }), el('th', { text: '' }));
-    const body = rows.map((r) => {
-      const bar = el('i');
-      bar.style.width = `${(100 * r[by]) / max}%`;
-      const tr = el('tr', { 'data-key': r.key, title: 'show only this one' }, el('td', { text: r.key }),
-        el('td', { class: 'n', text: fmtNum(r.requests) }), el('td', { class: 'n', text: fmtNum(r.refused) }),
-        el('td', { class: 'bar-cell' }, bar));
-      tr.addEventListener('click', () => {
-        const [b, s] = dim === 'business' ? [r.key, ''] : r.key.split(' / ');
-        setScope({ business: b, scene: s });
-      });
-      return tr;
-    });
-    if (!rows.length) body.push(el('tr', {}, el('td', { colSpan: 4, class: 'muted', text: `no ${by === 'refused' ? 'refusals' : 'requests'} in this range` })));
-    $(`top-${dim}`).replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
-  }
-}
-
-/** Requests and refusals per app from capgate_requests_total (this instance, since it started);
- *  a click on a row shows only that app. */
-function renderApps(metrics) {
-  const per = new Map();
-  for (const s of metrics?.all('capgate_requests_total') || []) {
-    const r = per.get(s.labels.app) || { key: s.labels.app, requests: 0, refused: 0 };
-    r.requests += s.value;
-    if (REFUSALS.includes(s.labels.decision)) r.refused += s.value;
-    per.set(s.labels.app, r);
-  }
-  const rows = [...per.values()].sort((a, b) => b.requests - a.requests || a.key.localeCompare(b.key)).slice(0, 10);
-  const max = Math.max(1, ...rows.map((r) => r.requests));
-  const head = el('tr', {}, el('th', { text: 'app' }), el('th', { class: 'n', text: 'requests' }),
+/** One top table: rows of top() ordered by state.topBy[dim], a click on a row narrows the view. */
+function topTable(dim, groups, { key, head, label = (k) => k, scope, empty }) {
+  const by = state.topBy[dim];
+  for (const b of document.querySelectorAll(`[data-top="${dim}"]`)) b.setAttribute('aria-pressed', String(b.dataset.by === by));
+  const rows = empty ? [] : top(groups, key, by, 10);
+  const max = Math.max(1, ...rows.map((r) => r[by]));
+  const th = el('tr', {}, el('th', { text: head }), el('th', { class: 'n', text: 'requests' }),
     el('th', { class: 'n', text: 'refused' }), el('th', { text: '' }));
   const body = rows.map((r) => {
     const bar = el('i');
-    bar.style.width = `${(100 * r.requests) / max}%`;
-    const tr = el('tr', { 'data-key': r.key }, el('td', { text: r.key === '-' ? '- (no app known)' : r.key }),
+    bar.style.width = `${(100 * r[by]) / max}%`;
+    const tr = el('tr', { 'data-key': r.key }, el('td', { text: label(r.key) }),
       el('td', { class: 'n', text: fmtNum(r.requests) }), el('td', { class: 'n', text: fmtNum(r.refused) }),
       el('td', { class: 'bar-cell' }, bar));
-    if (r.key !== '-') {
-      tr.title = 'show only this app';
-      tr.addEventListener('click', () => setScope({ app: r.key }));
+    const to = scope(r.key);
+    if (to) {
+      tr.title = 'show only this one';
+      tr.addEventListener('click', () => setScope(to));
     }
     return tr;
   });
-  if (!rows.length) body.push(el('tr', {}, el('td', { colSpan: 4, class: 'muted', text: 'no requests yet' })));
-  $('top-app').replaceChildren(el('thead', {}, head), el('tbody', {}, ...body));
+  if (!rows.length) {
+    body.push(el('tr', {}, el('td', { colSpan: 4, class: 'muted', text: empty || `no ${by === 'refused' ? 'refusals' : 'requests'} in this range` })));
+  }
+  $(`top-${dim}`).replaceChildren(el('thead', {}, th), el('tbody', {}, ...body));
+}
+
+/** Top businesses and scenes from the groups of the view's answer (grouped by scene). */
+function renderTop(answer) {
+  const groups = groupsOf(answer);
+  // An app's counts are not kept per business or scene.
+  const empty = state.app ? 'not counted per app: choose "all" apps' : null;
+  topTable('business', groups, {
+    key: (g) => fmtId(g.businessId), head: 'businessId', empty,
+    scope: (k) => ({ business: k, scene: '', app: '' }),
+  });
+  topTable('scene', groups, {
+    key: (g) => `${fmtId(g.businessId)} / ${fmtId(g.sceneId)}`, head: 'businessId / sceneId', empty,
+    scope: (k) => {
+      const [b, sc] = k.split(' / ');
+      return { business: b, scene: sc, app: '' };
+    },
+  });
+}
+
+/** Top apps over the range, all traffic (/admin/stats group=app). */
+function renderApps(apps, url) {
+  state.lastApps = apps;
+  $('top-app').dataset.src = url || '';
+  topTable('app', groupsOf(apps), {
+    key: (g) => String(g.app), head: 'app', label: (k) => (k === '-' ? '- (no app known)' : k),
+    scope: (k) => (k === '-' ? null : { app: k, business: '', scene: '' }),
+  });
 }
 
 function renderUpstream(metrics, agg, step) {
@@ -759,13 +750,15 @@ function init() {
   for (const b of document.querySelectorAll('[data-range]')) {
     b.addEventListener('click', () => setScope({ range: Number(b.dataset.range) }));
   }
-  $('f-business').addEventListener('change', (e) => setScope({ business: e.target.value }));
-  $('f-scene').addEventListener('change', (e) => setScope({ scene: e.target.value }));
-  $('f-app').addEventListener('change', (e) => setScope({ app: e.target.value }));
+  // Counts are kept per (businessId, sceneId) and per app, not per both: one excludes the other.
+  $('f-business').addEventListener('change', (e) => setScope({ business: e.target.value, ...(e.target.value ? { app: '' } : {}) }));
+  $('f-scene').addEventListener('change', (e) => setScope({ scene: e.target.value, ...(e.target.value ? { app: '' } : {}) }));
+  $('f-app').addEventListener('change', (e) => setScope({ app: e.target.value, ...(e.target.value ? { business: '', scene: '' } : {}) }));
   for (const b of document.querySelectorAll('[data-top]')) {
     b.addEventListener('click', () => {
       state.topBy[b.dataset.top] = b.dataset.by;
-      if (state.lastStats) renderTop(state.lastStats.answer.pairs || []);
+      if (b.dataset.top === 'app') renderApps(state.lastApps, $('top-app').dataset.src);
+      else if (state.lastStats) renderTop(state.lastStats.answer);
     });
   }
   let debounce = null;

@@ -157,14 +157,17 @@ const addInto = (into, from) => {
 /** refused = the sum of the REFUSALS decisions of a totals-like object. */
 export const refused = (t) => REFUSALS.reduce((a, d) => a + Number(t?.[d] || 0), 0);
 
+/** The groups of an /admin/stats answer ("groups"; "pairs" in answers before group=). */
+export const groupsOf = (answer) => answer?.groups ?? answer?.pairs ?? [];
+
 /**
- * An /admin/stats answer (or the pairs of one) → { totals, series: [{ts, ...fields}] }, the pairs
- * summed. Series are aligned on every step of [from, to) whether or not the answer lists a step
- * (a `fill=none` answer leaves empty steps out). The answer's own "totals" are used when it
- * has them, so the numbers equal what the server counted.
+ * An /admin/stats answer → { totals, series: [{ts, ...fields}] }. Series are aligned on every
+ * step of [from, to) whether or not the answer lists a step (a `fill=none` answer leaves empty
+ * steps out). The answer's own "totals" and "series" are used when it has them, so the numbers
+ * are what the server counted; otherwise its groups are summed.
  */
 export function aggregate(answer) {
-  const pairs = answer?.pairs || [];
+  const pairs = Array.isArray(answer?.series) ? [{ series: answer.series }] : groupsOf(answer);
   const byTs = new Map();
   const from = Number(answer?.from);
   const step = Number(answer?.step) || 60;

@@ -90,6 +90,20 @@ test('aggregate: pairs summed per step, empty steps filled, the answer\'s totals
   assert.deepEqual(a.series[1], { ts: 660 });
   assert.deepEqual(a.totals, answer.totals);
   assert.deepEqual(aggregate({ ...answer, totals: undefined }).totals, { requests: 5, forwarded: 3, limited: 2 });
+  // The grouped shape (group=, fill=none): the answer's own series, its empty steps put back.
+  const grouped = {
+    from: 600, to: 840, step: 60, group: 'app', fill: 'none',
+    groups: [{ app: 'a', totals: { requests: 9 }, series: [{ ts: 600, requests: 9 }] }],
+    totals: { requests: 4, forwarded: 4 },
+    series: [{ ts: 660, requests: 1, forwarded: 1 }, { ts: 780, requests: 3, forwarded: 3 }],
+  };
+  const g = aggregate(grouped);
+  assert.deepEqual(g.series, [{ ts: 600 }, { ts: 660, requests: 1, forwarded: 1 }, { ts: 720 },
+    { ts: 780, requests: 3, forwarded: 3 }], 'the top-level series, not the groups\'');
+  assert.deepEqual(g.totals, grouped.totals);
+  assert.deepEqual(lib.groupsOf(grouped), grouped.groups);
+  assert.deepEqual(lib.groupsOf(answer), answer.pairs);
+  assert.deepEqual(lib.groupsOf(null), []);
 });
 
 test('top and refused: grouped, ordered by requests or refusals, ties by the other then by key', () => {
