@@ -2,12 +2,13 @@
 // token on. Known traffic first (several businesses, scenes and apps; every decision; refusals of
 // a limit rule; pool hits), then: without the token the page shows a prompt and no data; with it
 // the totals shown for all traffic, a business, a scene and an app equal /admin/stats for the
-// query the page made (the app, on a gateway whose /admin/stats has no app=, equals /metrics);
-// the chart's tooltips hold the same numbers; the filters and the range change what is shown;
-// the audit table shows the newest records, its filters narrow it and a row opens its detail;
-// limit rules, pool, upstream and store panels show /metrics; the console stays free of errors.
-// All of it on both stores (memory, and a redis-server of its own). A screenshot of each main view
-// is saved under <build>/test-artifacts/dashboard/.
+// query the page made, and the top tables its groups (group=app for the apps); the chart's
+// tooltips hold the same numbers; the filters and the range change what is shown; the audit
+// table shows the newest records, its filters narrow it and a row opens its detail; limit rules,
+// pool, upstream and store panels show /metrics; the console stays free of errors. All of it on
+// both stores (memory, and a redis-server of its own); with Redis stopped the page shows the
+// store down, the audit spooling and /admin/stats' partial answer. A screenshot of each main view
+// is saved under <build>/test-artifacts/dashboard/ (the path is printed).
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
