@@ -52,7 +52,8 @@ static void test_every_source_file_embedded_byte_for_byte(void **state) {
         const struct embedded_file *f;
         if (e->d_name[0] == '.') continue;
         f = find(e->d_name);
-        if (!f) fail_msg("proxy/dashboard/%s is not embedded (add it to DASHBOARD_NAMES)", e->d_name);
+        if (!f)
+            fail_msg("proxy/dashboard/%s is not embedded (add it to DASHBOARD_NAMES)", e->d_name);
         assert_true((size_t)snprintf(path, sizeof path, "%s/%s", DASHBOARD_DIR, e->d_name) <
                     sizeof path);
         want = read_file(path, &len);
@@ -85,7 +86,8 @@ static void test_page_names_only_embedded_files(void **state) {
             assert_true(n > 0 && n < sizeof name);
             memcpy(name, p, n);
             name[n] = '\0';
-            if (!find(name)) fail_msg("index.html names /dashboard/%s, which is not embedded", name);
+            if (!find(name))
+                fail_msg("index.html names /dashboard/%s, which is not embedded", name);
             found++;
         }
     }
