@@ -461,8 +461,8 @@ static void fmt_time(char *buf, size_t len, uint64_t unix_s, int with_date) {
 
 /* The decision columns of the tables, by their /admin/stats field names. */
 static const char *const decision_cols[PIPELINE_DECISION_COUNT] = {
-    "forwarded", "pool", "replayed", "limited", "shadow_limited",
-    "invalid", "unauthorized", "denied", "upstream_error"};
+    "forwarded", "pool",         "replayed", "limited",       "shadow_limited",
+    "invalid",   "unauthorized", "denied",   "upstream_error"};
 static const char *const decision_heads[PIPELINE_DECISION_COUNT] = {
     "FORWARDED", "POOL", "REPLAYED", "LIMITED", "SHADOW", "INVALID", "UNAUTH", "DENIED", "UP_ERR"};
 
@@ -473,8 +473,7 @@ static void counts_row(struct table *t, const json_t *c) {
     table_cell(t, "%" PRIu64, req);
     for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++)
         table_cell(t, "%" PRIu64, jnum(c, decision_cols[d]));
-    for (unsigned b = 0; b < METRICS_BUCKETS; b++)
-        buckets[b] = jnum(c, metrics_bucket_name(b));
+    for (unsigned b = 0; b < METRICS_BUCKETS; b++) buckets[b] = jnum(c, metrics_bucket_name(b));
     if (req)
         table_cell(t, "%.1f", (double)jnum(c, "latency_us_sum") / (double)req / 1000.0);
     else
@@ -567,7 +566,7 @@ static int cmd_stats(int argc, char **argv) {
     size_t idcols = by_app || business_only ? 1 : 2;
     char right[64];
     memset(right, 'r', sizeof(right));
-    right[0] = right[1] = 'l';
+    memset(right, 'l', idcols); /* the ids left, the numbers right */
     struct table t;
     table_init(&t, idcols + COUNT_COLS, right);
     if (by_app) {
@@ -628,9 +627,9 @@ out:
 /* ---- capgate audit ---- */
 
 static void audit_head(struct table *t) {
-    static const char *const heads[] = {"TIME",     "REQUEST_ID", "APP",  "ACTION",     "BUSINESS",
-                                        "SCENE",    "DECISION",   "RULE", "CODE",       "MS",
-                                        "CLIENT_IP"};
+    static const char *const heads[] = {"TIME",     "REQUEST_ID", "APP",      "ACTION",
+                                        "BUSINESS", "SCENE",      "DECISION", "RULE",
+                                        "CODE",     "MS",         "CLIENT_IP"};
     for (size_t i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) table_cell(t, "%s", heads[i]);
 }
 
@@ -673,28 +672,52 @@ static uint64_t iso_ms(const char *s) {
     return t < 0 ? 0 : (uint64_t)t * 1000u + ms;
 }
 
-#define SEEN_MAX 1024 /* request ids of the newest millisecond already printed */
+/* --follow asks again from LOOKBACK_MS before the newest record printed: the sink writes each
+ * worker's queue in batches, so a record may reach the stream a little after a newer one of
+ * another worker. What was printed is remembered by request id for that long. */
+#define LOOKBACK_MS 5000
+#define SEEN_MAX 16384
+
+struct seen_id {
+    uint64_t ms;
+    char id[17];
+};
 
 struct seen {
-    uint64_t ms; /* the newest ts printed */
-    char ids[SEEN_MAX][17];
+    uint64_t newest_ms; /* the newest ts printed; 0: none yet */
+    struct seen_id *e;
     size_t n;
 };
 
-static int seen_has(const struct seen *s, uint64_t ms, const char *id) {
-    if (ms < s->ms) return 1;
-    if (ms > s->ms) return 0;
+static int seen_has(const struct seen *s, const char *id) {
     for (size_t i = 0; i < s->n; i++)
-        if (strcmp(s->ids[i], id) == 0) return 1;
+        if (strcmp(s->e[i].id, id) == 0) return 1;
     return 0;
 }
 
+/* Remembers id; forgets the ids older than the look-back window (and the oldest when full). */
 static void seen_add(struct seen *s, uint64_t ms, const char *id) {
-    if (ms > s->ms) {
-        s->ms = ms;
-        s->n = 0;
-    }
-    if (s->n < SEEN_MAX) snprintf(s->ids[s->n++], sizeof(s->ids[0]), "%s", id);
+    size_t keep = 0;
+    if (ms > s->newest_ms) s->newest_ms = ms;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->e[i].ms + LOOKBACK_MS + 1000 >= s->newest_ms) s->e[keep++] = s->e[i];
+    s->n = keep;
+    if (s->n == SEEN_MAX) memmove(&s->e[0], &s->e[1], --s->n * sizeof(s->e[0]));
+    s->e[s->n].ms = ms;
+    snprintf(s->e[s->n].id, sizeof(s->e[0].id), "%.16s", id);
+    s->n++;
+}
+
+struct audit_item {
+    uint64_t ms;
+    size_t order; /* oldest first among equal ms: the API's newest-first order, reversed */
+    json_t *rec;
+};
+
+static int audit_item_cmp(const void *a, const void *b) {
+    const struct audit_item *x = a, *y = b;
+    if (x->ms != y->ms) return x->ms < y->ms ? -1 : 1;
+    return x->order < y->order ? -1 : x->order > y->order;
 }
 
 static int cmd_audit(int argc, char **argv) {
@@ -717,22 +740,25 @@ static int cmd_audit(int argc, char **argv) {
         (o.scene && append_param(&base, "sceneId", o.scene)) ||
         (o.app && append_param(&base, "app", o.app)) ||
         (o.decision && append_param(&base, "decision", o.decision)) ||
-        append_param(&base, "limit", lim) || !(seen = calloc(1, sizeof(*seen)))) {
+        append_param(&base, "limit", lim) || !(seen = calloc(1, sizeof(*seen))) ||
+        !(seen->e = calloc(SEEN_MAX, sizeof(*seen->e)))) {
+        if (seen) free(seen->e);
         strbuf_cleanup(&base);
         fprintf(stderr, "capgate: out of memory\n");
         return 1;
     }
     if (http_open(&h, &o) != 0) {
         strbuf_cleanup(&base);
+        free(seen->e);
         free(seen);
         return 1;
     }
     uint64_t since_ms = since_s ? ((uint64_t)time(NULL) - since_s) * 1000u : 0;
-    int first = 1;
+    int was_partial = 0;
     for (;;) {
-        /* follow: from the newest record printed on (its millisecond again: a record of the
-         * same millisecond may have arrived after it; seen drops the ones printed) */
-        uint64_t from_ms = seen->ms ? seen->ms : since_ms;
+        uint64_t from_ms = seen->newest_ms
+                               ? (seen->newest_ms > LOOKBACK_MS ? seen->newest_ms - LOOKBACK_MS : 1)
+                               : since_ms;
         if (from_ms)
             snprintf(path, sizeof(path), "/admin/audit?%s&since=%" PRIu64, base.s, from_ms);
         else
@@ -743,39 +769,50 @@ static int cmd_audit(int argc, char **argv) {
         } else {
             json_t *recs = json_object_get(j, "records");
             struct table t;
-            size_t n = json_array_size(recs);
-            if (first || json_is_true(json_object_get(j, "partial"))) say_partial(j);
+            size_t n = json_array_size(recs), m = 0;
+            struct audit_item *items = n ? calloc(n, sizeof(*items)) : NULL;
+            int partial = json_is_true(json_object_get(j, "partial"));
+            if (partial && !was_partial) say_partial(j);
+            if (!partial && was_partial) fprintf(stderr, "capgate: whole answers again\n");
+            was_partial = partial;
             table_init(&t, 11, right);
             if (!o.json && !header) {
                 audit_head(&t);
                 header = 1;
             }
-            /* newest first from the API; printed oldest first, as a log reads */
-            for (size_t k = n; k-- > 0;) {
+            /* newest first from the API (in stream order); printed oldest first by ts, as a
+             * log reads */
+            for (size_t k = 0; items && k < n; k++) {
                 json_t *r = json_array_get(recs, k);
                 const char *id = jstr(r, "request_id");
-                uint64_t ms = iso_ms(json_string_value(json_object_get(r, "ts")));
-                if (o.follow && seen_has(seen, ms, id)) continue;
-                seen_add(seen, ms, id);
+                if (o.follow && seen_has(seen, id)) continue;
+                items[m].ms = iso_ms(json_string_value(json_object_get(r, "ts")));
+                items[m].order = n - k;
+                items[m++].rec = r;
+            }
+            if (m) qsort(items, m, sizeof(*items), audit_item_cmp);
+            for (size_t k = 0; k < m; k++) {
+                if (o.follow) seen_add(seen, items[k].ms, jstr(items[k].rec, "request_id"));
                 if (o.json) {
-                    char *line = json_dumps(r, JSON_COMPACT | JSON_PRESERVE_ORDER);
+                    char *line = json_dumps(items[k].rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
                     if (line) printf("%s\n", line);
                     free(line);
                 } else {
-                    audit_row(&t, r);
+                    audit_row(&t, items[k].rec);
                 }
             }
+            free(items);
             table_print(&t, stdout);
             out_flush();
             json_decref(j);
         }
-        first = 0;
         if (!o.follow) break;
         sleep((unsigned)o.interval_s);
     }
     rc = 0;
 out:
     strbuf_cleanup(&base);
+    free(seen->e);
     free(seen);
     http_close(&h);
     return rc;
@@ -963,11 +1000,10 @@ static void top_table(struct top_state *s, int kind, const json_t *j, double ela
     table_cell(&t, "REQ/S");
     counts_head(&t);
     for (i = 0; i < n; i++) {
-        double rate =
-            top_rate(s, kind, rows[i].key, rows[i].requests, elapsed, next, &n_next);
+        double rate = top_rate(s, kind, rows[i].key, rows[i].requests, elapsed, next, &n_next);
         if (json_rows) {
-            json_t *r = json_pack("{s:s,s:O}", kind ? "app" : "businessId", rows[i].key,
-                                  "totals", rows[i].totals);
+            json_t *r = json_pack("{s:s,s:O}", kind ? "app" : "businessId", rows[i].key, "totals",
+                                  rows[i].totals);
             if (r && rate >= 0) json_object_set_new(r, "rate", json_real(rate));
             json_array_append_new(json_rows, r);
             continue;
@@ -1029,10 +1065,10 @@ static int cmd_top(int argc, char **argv) {
         uint64_t from = jnum(biz, "from");
         const json_t *tot = json_object_get(biz, "totals");
         if (o.json) {
-            json_t *snap = json_pack("{s:s,s:I,s:I,s:b,s:[],s:[]}", "time", when, "from",
-                                     (json_int_t)from, "to", (json_int_t)(now + 1), "partial",
-                                     json_is_true(json_object_get(biz, "partial")),
-                                     "businesses", "apps");
+            json_t *snap =
+                json_pack("{s:s,s:I,s:I,s:b,s:[],s:[]}", "time", when, "from", (json_int_t)from,
+                          "to", (json_int_t)(now + 1), "partial",
+                          json_is_true(json_object_get(biz, "partial")), "businesses", "apps");
             if (snap) {
                 top_table(s, 0, biz, elapsed, json_object_get(snap, "businesses"), stdout);
                 top_table(s, 1, apps, elapsed, json_object_get(snap, "apps"), stdout);

@@ -3,7 +3,8 @@
 // Redis is stopped (SIGSTOP) or gone, which must hold exactly what this process counted.
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startMock, startRedis, waitFor, SEED_PARAMS } from './lib/harness.mjs';
+import { execFile } from 'node:child_process';
+import { startMock, startRedis, waitFor, SEED_PARAMS, CAPGATE_BIN } from './lib/harness.mjs';
 import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
 
 const LIMITS = [
@@ -202,6 +203,14 @@ for (const mode of ['memory', 'redis']) {
           const filtered = (await gwA.admin(`/admin/audit?app=${APPS.token.name}&decision=limited`)).json;
           assert.equal(filtered.partial, true);
           assert.equal(filtered.records.length, 2);
+          // the command line says so, and shows this process's numbers
+          const out = await new Promise((resolve) => execFile(CAPGATE_BIN,
+            ['stats', '--group', 'app', '--admin', gwA.adminUrl], { encoding: 'utf8', timeout: 20000 },
+            (err, stdout, stderr) => resolve({ code: err ? err.code : 0, stdout, stderr })));
+          assert.equal(out.code, 0, out.stderr);
+          assert.match(out.stderr, /partial answer: redis cannot be read/);
+          assert.match(out.stdout, /PARTIAL/);
+          assert.match(out.stdout, /^TOTAL +8 /m);
         } finally {
           redis.proc.signal('SIGCONT');
         }

@@ -989,6 +989,13 @@ static void test_sink_redis(void **state) {
     assert_true(stats_of(a).redis_errors > 0);
     WAIT_UNTIL(count_spool_lines(spool) == 300, 2000, "300 lines in the spool files");
     copy_dir_files(spool, copy);
+    /* /admin/audit meanwhile: this process's ring, spooled records included, said partial */
+    struct query_result qr = run_query(a, "limit=1000");
+    assert_int_equal(qr.status, 200);
+    assert_true(json_is_true(json_object_get(qr.json, "partial")));
+    assert_non_null(strstr(json_string_value(json_object_get(qr.json, "reason")), "redis"));
+    assert_int_equal(json_array_size(json_object_get(qr.json, "records")), 400);
+    json_decref(qr.json);
 
     /* Redis back (empty: no persistence): the spool is replayed in order, once each */
     redis_start(&rs);
@@ -997,6 +1004,11 @@ static void test_sink_redis(void **state) {
     assert_int_equal(stats_of(a).replayed, 300);
     assert_stream_tail(rs.port, 0, "b0000000", 300);
     assert_int_equal(count_spool_lines(spool), 0);
+    qr = run_query(a, "limit=5");
+    assert_int_equal(qr.status, 200);
+    assert_true(json_is_false(json_object_get(qr.json, "partial")));
+    assert_int_equal(json_array_size(json_object_get(qr.json, "records")), 5);
+    json_decref(qr.json);
     submit_n(a, "c0000000", 10);
     WAIT_UNTIL(stats_of(a).written == 110, 5000, "live writes after the replay");
     assert_stream_tail(rs.port, 300, "c0000000", 10);
