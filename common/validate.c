@@ -35,13 +35,23 @@ static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",
     [V2_ACTION_CAPTCHA_CHECK] = "CaptchaCheck",
     [V2_ACTION_CAPTCHA_QUERY] = "CaptchaQuery",
+    [V3_ACTION_DESCRIBE_CAPTCHA_RESULT] = "DescribeCaptchaResult",
+    [V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT] = "DescribeCaptchaMiniResult",
 };
 
-enum v2_action validate_action_parse(const char *name) {
+static enum v2_action action_in(const char *name, int from, int to) {
     if (!name) return V2_ACTION_UNKNOWN;
-    for (int a = V2_ACTION_UNKNOWN + 1; a < V2_ACTION_COUNT; a++)
+    for (int a = from; a < to; a++)
         if (strcmp(name, action_names[a]) == 0) return (enum v2_action)a;
     return V2_ACTION_UNKNOWN;
+}
+
+enum v2_action validate_action_parse(const char *name) {
+    return action_in(name, V2_ACTION_UNKNOWN + 1, V3_ACTION_FIRST);
+}
+
+enum v2_action validate_action3_parse(const char *name) {
+    return action_in(name, V3_ACTION_FIRST, V2_ACTION_COUNT);
 }
 
 const char *validate_action_name(enum v2_action a) {

@@ -92,6 +92,7 @@ static const struct field_desc record_fields[] = {
     F_STR("app", app),
     F_OPT("secret_id", secret_id),
     F_STR("client_ip", client_ip),
+    F_STR("api", api),
     F_STR("action", action),
     F_U32("businessId", business_id, has_business_id),
     F_U32("sceneId", scene_id, has_scene_id),
@@ -203,6 +204,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
     copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
     copy_str(r->action, sizeof(r->action), pr->action);
+    copy_str(r->api, sizeof(r->api), pr->api3 ? "v3" : "v2");
     r->has_business_id = pr->has_business_id != 0;
     r->business_id = r->has_business_id ? pr->business_id : 0;
     r->has_scene_id = pr->has_scene_id != 0;
@@ -493,6 +495,14 @@ int audit_record_from_fields(struct audit_record *r, size_t n, const char *const
     return 0;
 }
 
+int audit_record_from_entry(struct audit_record *r, size_t n, const char *const *names,
+                            const char *const *values, const size_t *value_lens) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(names[i], AUDIT_STREAM_FIELD) == 0)
+            return audit_record_from_json(values[i], value_lens[i], r);
+    return audit_record_from_fields(r, n, names, values, value_lens);
+}
+
 static int record_from_object(json_t *o, struct audit_record *r) {
     const char *key;
     json_t *v;
@@ -755,6 +765,7 @@ struct audit {
     struct sync_file file;     /* audit.file; fd -1 when not configured */
     struct strbuf file_text;   /* the lines of one batch for audit.file, kept between them */
     struct strbuf resp;        /* the command being queued, formatted (argv_send) */
+    struct strbuf entry;       /* one record's JSON for its XADD (argv_entry) */
     struct strbuf access;      /* one batch's access lines for stderr, kept between them */
     int lock_fd;               /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];      /* audit.file, or <spool_dir>/audit.jsonl without redis */
@@ -1111,6 +1122,22 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
     }
 }
 
+/* A stream entry's field and value (audit.h AUDIT_STREAM_FIELD): "json" and the record's JSON,
+ * written into text (reset first), which must live until b is sent. Should the JSON not be made
+ * (it cannot: every string of a record is valid UTF-8) the flat fields of earlier versions go
+ * instead, written into f, so the record is never lost; the reader takes both. */
+static void argv_entry(struct argv_buf *b, const struct audit_record *r, struct strbuf *text,
+                       struct audit_fields *f) {
+    strbuf_reset(text);
+    if (record_json(r, 0, text) == 0) {
+        argv_add(b, AUDIT_STREAM_FIELD, sizeof(AUDIT_STREAM_FIELD) - 1);
+        argv_add(b, text->s, text->len);
+        return;
+    }
+    audit_record_fields(r, f);
+    argv_fields(b, f);
+}
+
 /* Queues b's command on the sink's connection, formatted here (resp.h) rather than by hiredis.
  * 0, or -1 (out of memory, or hiredis refused it). */
 static int argv_send(struct audit *a, const struct argv_buf *b) {
@@ -1162,14 +1189,13 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
     if (argv_send(a, &b) != 0) goto unsent;
     for (i = 0; i < n; i++) {
         b.argc = 0;
-        audit_record_fields(&nodes[i]->rec, &f);
         argv_adds(&b, "XADD");
         argv_adds(&b, a->cfg->audit.stream);
         argv_adds(&b, "MAXLEN");
         argv_adds(&b, "~");
         argv_adds(&b, a->maxlen);
         argv_adds(&b, "*");
-        argv_fields(&b, &f);
+        argv_entry(&b, &nodes[i]->rec, &a->entry, &f);
         if (argv_send(a, &b) != 0) break;
         sent++;
     }
@@ -1435,7 +1461,6 @@ static void replay_chunk(struct audit *a) {
         if (skip[i]) continue;
         struct audit_fields f;
         struct argv_buf b = {0};
-        audit_record_fields(&chunk[i]->rec, &f);
         snprintf(seen_keys[i], sizeof(seen_keys[i]), "%s%s", seen_prefix, chunk[i]->rec.request_id);
         argv_adds(&b, "EVALSHA");
         argv_adds(&b, a->script_sha);
@@ -1444,7 +1469,7 @@ static void replay_chunk(struct audit *a) {
         argv_adds(&b, seen_keys[i]);
         argv_adds(&b, maxlen_ttl);
         argv_adds(&b, a->maxlen);
-        argv_fields(&b, &f);
+        argv_entry(&b, &chunk[i]->rec, &a->entry, &f);
         if (argv_send(a, &b) != 0) {
             why = "cannot queue EVALSHA";
             goto out;
@@ -1953,6 +1978,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     strbuf_init(&a->file_text);
     strbuf_init(&a->access);
     strbuf_init(&a->resp);
+    strbuf_init(&a->entry);
     a->backoff_ms = BACKOFF_MIN_MS;
     a->client.id = -1;
     a->fence.id = -1;
@@ -2118,6 +2144,7 @@ void audit_free(struct audit *a) {
     strbuf_cleanup(&a->file_text);
     strbuf_cleanup(&a->access);
     strbuf_cleanup(&a->resp);
+    strbuf_cleanup(&a->entry);
     if (a->replay_fp) fclose(a->replay_fp);
     sink_disconnect(a);
     free(a->mem);
@@ -2283,7 +2310,7 @@ static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, 
                 m++;
             }
             struct audit_record rec;
-            if (audit_record_from_fields(&rec, m, names, values, lens) == 0 &&
+            if (audit_record_from_entry(&rec, m, names, values, lens) == 0 &&
                 query_match(&j->q, &rec) && query_add(records, &rec) != 0) {
                 freeReplyObject(r);
                 snprintf(err, errlen, "out of memory");

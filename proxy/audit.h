@@ -52,7 +52,8 @@ struct audit_record {
     char rule[CONFIG_NAME_MAX + 1]; /* whole, as app */
     int code;
     int has_code; /* 0: the reply had no API code (null / left out) */
-    char code_desc[32];
+    char code_desc[48];
+    char api[3]; /* "v2" or "v3": the API generation of the request */
     int upstream_status;
     int http_status; /* answered (0: client gone); the access line's only: not
                                      * in the stream, the JSON or the spool */
@@ -80,9 +81,22 @@ int audit_record_json(const struct audit_record *r, struct strbuf *out);
 /* Parses what audit_record_json wrote (unknown keys ignored) back into r. 0, or -1. */
 int audit_record_from_json(const char *text, size_t len, struct audit_record *r);
 
-/* The flat field/value list of a stream entry (XADD): the same names as the JSON, absent
- * optional values left out, numbers in decimal. Values point into r or into f. */
-#define AUDIT_FIELDS_MAX 26
+/* A stream entry (XADD) holds one field, AUDIT_STREAM_FIELD, whose value is the record's compact
+ * JSON object exactly as audit_record_json writes it (the text of an audit.file line): one
+ * argument for Redis to parse and store instead of about 25 field/value pairs (README "Audit").
+ */
+#define AUDIT_STREAM_FIELD "json"
+/* Builds r from a stream entry's fields (names[i] = values[i]): its AUDIT_STREAM_FIELD when it
+ * has one, else the flat field/value pairs that earlier versions wrote (audit_record_fields),
+ * so a stream holding both reads whole. 0, or -1 when the entry is neither. */
+int audit_record_from_entry(struct audit_record *r, size_t n, const char *const *names,
+                            const char *const *values, const size_t *value_lens);
+
+/* The flat field/value list of a stream entry as earlier versions wrote it (XADD): the same
+ * names as the JSON, absent optional values left out, numbers in decimal. Values point into r or
+ * into f. Still read (audit_record_from_entry); written only for a record whose JSON cannot be
+ * made (never expected: every string of a record is valid UTF-8). */
+#define AUDIT_FIELDS_MAX 27
 struct audit_fields {
     size_t count;
     const char *name[AUDIT_FIELDS_MAX];

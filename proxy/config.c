@@ -759,7 +759,10 @@ static const char *const action_names[V2_ACTION_COUNT] = {
     [V2_ACTION_CAPTCHA_IFRAME_QUERY] = "CaptchaIframeQuery",
     [V2_ACTION_CAPTCHA_CHECK] = "CaptchaCheck",
     [V2_ACTION_CAPTCHA_QUERY] = "CaptchaQuery",
+    [V3_ACTION_DESCRIBE_CAPTCHA_RESULT] = "DescribeCaptchaResult",
+    [V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT] = "DescribeCaptchaMiniResult",
 };
+static const char *const inject_names[] = {"missing", "always", NULL};
 
 static unsigned all_actions(void) {
     unsigned m = 0;
@@ -869,8 +872,9 @@ static int parse_actions(struct ctx *x, json_t *v, void *base) {
         if (!found) {
             describe(e, got, sizeof got);
             return fail(x,
-                        "must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
-                        "\"CaptchaQuery\"; got %s",
+                        "must be \"CaptchaIframeQuery\", \"CaptchaCheck\", "
+                        "\"CaptchaQuery\", \"DescribeCaptchaResult\" or "
+                        "\"DescribeCaptchaMiniResult\"; got %s",
                         got);
         }
         pop(x);
@@ -878,21 +882,22 @@ static int parse_actions(struct ctx *x, json_t *v, void *base) {
     return 0;
 }
 
-static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
-    struct config_app *app = base;
+/* "*" or a non-empty list of distinct UInts (what names them: "businessId", "CaptchaAppId"). */
+static int parse_id_list(struct ctx *x, json_t *v, const char *what, int *any, uint32_t **ids,
+                         size_t *n) {
     size_t i;
     json_t *e;
     char got[80];
     if (json_is_string(v) && strcmp(json_string_value(v), "*") == 0) {
-        app->business_any = 1;
+        *any = 1;
         return 0;
     }
     if (!json_is_array(v) || json_array_size(v) == 0) {
         describe(v, got, sizeof got);
-        return fail(x, "must be \"*\" or a non-empty list of UInt businessIds; got %s", got);
+        return fail(x, "must be \"*\" or a non-empty list of UInt %ss; got %s", what, got);
     }
-    if (!(app->business_ids = calloc(json_array_size(v), sizeof *app->business_ids))) return oom(x);
-    app->business_any = 0;
+    if (!(*ids = calloc(json_array_size(v), sizeof **ids))) return oom(x);
+    *any = 0;
     json_array_foreach(v, i, e) {
         push_index(x, i);
         if (!json_is_integer(e) || json_integer_value(e) < 0 ||
@@ -901,12 +906,24 @@ static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
             return fail(x, "must be a UInt (0..4294967295); got %s", got);
         }
         uint32_t id = (uint32_t)json_integer_value(e);
-        for (size_t j = 0; j < app->n_business_ids; j++)
-            if (app->business_ids[j] == id) return fail(x, "businessId %u listed twice", id);
-        app->business_ids[app->n_business_ids++] = id;
+        for (size_t j = 0; j < *n; j++)
+            if ((*ids)[j] == id) return fail(x, "%s %u listed twice", what, id);
+        (*ids)[(*n)++] = id;
         pop(x);
     }
     return 0;
+}
+
+static int parse_business_ids(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    return parse_id_list(x, v, "businessId", &app->business_any, &app->business_ids,
+                         &app->n_business_ids);
+}
+
+static int parse_captcha_app_ids(struct ctx *x, json_t *v, void *base) {
+    struct config_app *app = base;
+    return parse_id_list(x, v, "CaptchaAppId", &app->captcha_any, &app->captcha_app_ids,
+                         &app->n_captcha_app_ids);
 }
 
 static int parse_param_match(struct ctx *x, json_t *v, int *any, uint32_t *id) {
@@ -1035,21 +1052,42 @@ static int same_actions(const struct field *f, const char *a, const char *b) {
     return ((const struct config_app *)a)->actions == ((const struct config_app *)b)->actions;
 }
 
+static int dump_id_list(int any, const uint32_t *ids, size_t n, json_t **out) {
+    if (any) return (*out = json_string("*")) ? 0 : -1;
+    if (!(*out = json_array())) return -1;
+    for (size_t i = 0; i < n; i++)
+        if (json_array_append_new(*out, json_integer(ids[i]))) return -1;
+    return 0;
+}
+
+static int same_id_list(int any_a, const uint32_t *a, size_t na, int any_b, const uint32_t *b,
+                        size_t nb) {
+    if (any_a != any_b || na != nb) return 0;
+    for (size_t i = 0; i < na; i++)
+        if (a[i] != b[i]) return 0;
+    return 1;
+}
+
 static int dump_business_ids(const struct field *f, const char *base, json_t **out) {
     const struct config_app *a = (const struct config_app *)base;
-    if (a->business_any) return (*out = json_string("*")) ? 0 : -1;
-    if (!(*out = json_array())) return -1;
-    for (size_t i = 0; i < a->n_business_ids; i++)
-        if (json_array_append_new(*out, json_integer(a->business_ids[i]))) return -1;
-    return 0;
+    return dump_id_list(a->business_any, a->business_ids, a->n_business_ids, out);
 }
 
 static int same_business_ids(const struct field *f, const char *a, const char *b) {
     const struct config_app *x = (const struct config_app *)a, *y = (const struct config_app *)b;
-    if (x->business_any != y->business_any || x->n_business_ids != y->n_business_ids) return 0;
-    for (size_t i = 0; i < x->n_business_ids; i++)
-        if (x->business_ids[i] != y->business_ids[i]) return 0;
-    return 1;
+    return same_id_list(x->business_any, x->business_ids, x->n_business_ids, y->business_any,
+                        y->business_ids, y->n_business_ids);
+}
+
+static int dump_captcha_app_ids(const struct field *f, const char *base, json_t **out) {
+    const struct config_app *a = (const struct config_app *)base;
+    return dump_id_list(a->captcha_any, a->captcha_app_ids, a->n_captcha_app_ids, out);
+}
+
+static int same_captcha_app_ids(const struct field *f, const char *a, const char *b) {
+    const struct config_app *x = (const struct config_app *)a, *y = (const struct config_app *)b;
+    return same_id_list(x->captcha_any, x->captcha_app_ids, x->n_captcha_app_ids, y->captcha_any,
+                        y->captcha_app_ids, y->n_captcha_app_ids);
 }
 
 /* A limit's businessId or sceneId (by f->key): "*" or the id; only rules with scope params
@@ -1154,6 +1192,7 @@ static int same_pii_key(const struct field *f, const char *a, const char *b) {
 static const struct field upstream_fields[] = {
     STR("url", struct config_upstream, url),
     STR("sign_host", struct config_upstream, sign_host),
+    STR("v3_url", struct config_upstream, v3_url),
     {.key = "secret_id",
      .kind = FK_SECRET,
      .off = offsetof(struct config_upstream, secret_id),
@@ -1239,6 +1278,25 @@ static const struct field app_fields[] = {
     SECRET("token_file", FK_SECRET_FILE, struct config_app, token, "token", NO_FLAG),
     CUSTOM_LEAF("actions", parse_actions, dump_actions, same_actions, 0),
     CUSTOM_LEAF("business_ids", parse_business_ids, dump_business_ids, same_business_ids, 0),
+    CUSTOM_LEAF("captcha_app_ids", parse_captcha_app_ids, dump_captcha_app_ids,
+                same_captcha_app_ids, 0),
+    END,
+};
+
+static const struct field captcha_app_fields[] = {
+    {.key = "captcha_app_id",
+     .kind = FK_U32,
+     .off = offsetof(struct config_captcha_app, captcha_app_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config_captcha_app, has_captcha_app_id),
+     .flags = F_REQUIRED},
+    SECRET("app_secret_key", FK_SECRET, struct config_captcha_app, app_secret_key, "app_secret_key",
+           offsetof(struct config_captcha_app, secret_literal)),
+    SECRET("app_secret_key_env", FK_SECRET_ENV, struct config_captcha_app, app_secret_key,
+           "app_secret_key", NO_FLAG),
+    SECRET("app_secret_key_file", FK_SECRET_FILE, struct config_captcha_app, app_secret_key,
+           "app_secret_key", NO_FLAG),
+    ENUM("inject", struct config_captcha_app, inject_always, inject_names),
     END,
 };
 
@@ -1484,6 +1542,35 @@ out:
 
 /* ---- sections ---------------------------------------------------------------------------- */
 
+/* upstream.v3_url into v3_tls/v3_host/v3_port/v3_path/v3_sign_host, by the rules of url. */
+static int parse_v3_url(struct ctx *x, struct config_upstream *u) {
+    struct config_upstream t = {.url = u->v3_url};
+    const char *why = NULL;
+    char buf[300];
+    if (parse_upstream_url(&t, &why) != 0) {
+        free(t.host);
+        free(t.path);
+        push_key(x, "v3_url");
+        char shown[200];
+        if (!why) return oom(x);
+        url_masked(u->v3_url, shown, sizeof shown);
+        return fail(x, "%s; got %s", why, shown);
+    }
+    free(u->v3_host);
+    free(u->v3_path);
+    u->v3_tls = t.tls;
+    u->v3_host = t.host;
+    u->v3_port = t.port;
+    u->v3_path = t.path;
+    int v6 = strchr(u->v3_host, ':') != NULL;
+    if (u->v3_port == (u->v3_tls ? 443 : 80))
+        snprintf(buf, sizeof buf, "%s%s%s", v6 ? "[" : "", u->v3_host, v6 ? "]" : "");
+    else
+        snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->v3_host, v6 ? "]" : "",
+                 u->v3_port);
+    return set_str(&u->v3_sign_host, buf) ? oom(x) : 0;
+}
+
 static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     struct config_upstream *u = &c->upstream;
@@ -1510,7 +1597,7 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     if (!u->secret_id) return fail(x, "missing required key \"secret_id_env\" (or secret_id)");
     if (!u->secret_key)
         return fail(x, "missing required key \"secret_key_env\" (or secret_key_file)");
-    return 0;
+    return parse_v3_url(x, u);
 }
 
 static int parse_redis(struct ctx *x, json_t *v, void *base) {
@@ -1560,6 +1647,7 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
         c->n_apps = i + 1;
         app->actions = all_actions();
         app->business_any = 1;
+        app->captcha_any = 1;
         push_index(x, i);
         if (parse_object(x, e, app_fields, app)) return -1;
         if (app->auth == CONFIG_AUTH_SIGNATURE) {
@@ -1603,6 +1691,39 @@ static int parse_apps(struct ctx *x, json_t *v, void *base) {
                 return rc;
             }
         }
+    }
+    return 0;
+}
+
+static int parse_captcha_apps(struct ctx *x, json_t *v, void *base) {
+    struct config *c = base;
+    size_t i;
+    json_t *e;
+    char got[80];
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be a list of {\"captcha_app_id\", \"app_secret_key_env\"}; got %s",
+                    got);
+    }
+    if (json_array_size(v) &&
+        !(c->captcha_apps = calloc(json_array_size(v), sizeof *c->captcha_apps)))
+        return oom(x);
+    json_array_foreach(v, i, e) {
+        struct config_captcha_app *a = &c->captcha_apps[i];
+        c->n_captcha_apps = i + 1;
+        push_index(x, i);
+        if (parse_object(x, e, captcha_app_fields, a)) return -1;
+        if (!a->app_secret_key)
+            return fail(x, "missing required key \"app_secret_key_env\" (or "
+                           "app_secret_key_file)");
+        for (size_t j = 0; j < i; j++) {
+            if (c->captcha_apps[j].captcha_app_id == a->captcha_app_id) {
+                push_key(x, "captcha_app_id");
+                return fail(x, "duplicate captcha_app_id %u (also captcha_apps[%zu])",
+                            a->captcha_app_id, j);
+            }
+        }
+        pop(x);
     }
     return 0;
 }
@@ -1799,6 +1920,8 @@ static const struct field config_fields[] = {
     LIST("apps", parse_apps, app_fields, struct config, apps, n_apps, struct config_app, F_RELOAD),
     LIST("limits", parse_limits, limit_fields, struct config, limits, n_limits, struct config_limit,
          F_RELOAD),
+    LIST("captcha_apps", parse_captcha_apps, captcha_app_fields, struct config, captcha_apps,
+         n_captcha_apps, struct config_captcha_app, F_RELOAD),
     SECTION("audit", parse_audit, audit_fields, struct config, audit, 0),
     SECTION("metrics", parse_metrics, metrics_fields, struct config, metrics, 0),
     SECTION("pool", parse_pool, pool_fields, struct config, pool, F_RELOAD),
@@ -1820,6 +1943,17 @@ static const struct field config_fields[] = {
      .kind = FK_STRING_NULL,
      .off = offsetof(struct config, demo_app),
      .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_tcaptcha_url",
+     .kind = FK_STRING,
+     .off = offsetof(struct config, demo_tcaptcha_url),
+     .flag_off = NO_FLAG,
+     .flags = F_RELOAD},
+    {.key = "demo_captcha_app_id",
+     .kind = FK_U32,
+     .off = offsetof(struct config, demo_captcha_app_id),
+     .max = UINT32_MAX,
+     .flag_off = offsetof(struct config, has_demo_captcha_app_id),
      .flags = F_RELOAD},
     STR("instance", struct config, instance),
     {.key = "log_level",
@@ -1873,6 +2007,8 @@ static int config_defaults(struct config *c) {
 
     if (set_str(&c->listen_host, "127.0.0.1") || set_str(&c->admin_host, "127.0.0.1") ||
         set_str(&c->upstream.url, "https://csec.api.qcloud.com/v2/index.php") ||
+        set_str(&c->upstream.v3_url, "https://captcha.tencentcloudapi.com/") ||
+        set_str(&c->demo_tcaptcha_url, "https://turing.captcha.qcloud.com/TCaptcha.js") ||
         set_str(&c->upstream.region, "gz") || set_str(&c->audit.stream, "capgate:audit") ||
         set_str(&c->audit.spool_dir, "var/spool") || set_str(&c->log_level, "info"))
         return -1;
@@ -2113,6 +2249,10 @@ void config_free(struct config *c) {
     free(c->upstream.host);
     free(c->upstream.path);
     free(c->upstream.sign_host);
+    free(c->upstream.v3_url);
+    free(c->upstream.v3_host);
+    free(c->upstream.v3_path);
+    free(c->upstream.v3_sign_host);
     free(c->upstream.secret_id);
     secmem_free(c->upstream.secret_key);
     secmem_free(c->admin.token);
@@ -2131,8 +2271,11 @@ void config_free(struct config *c) {
         secmem_free(c->apps[i].secret_key);
         secmem_free(c->apps[i].token);
         free(c->apps[i].business_ids);
+        free(c->apps[i].captcha_app_ids);
     }
     free(c->apps);
+    for (size_t i = 0; i < c->n_captcha_apps; i++) secmem_free(c->captcha_apps[i].app_secret_key);
+    free(c->captcha_apps);
     for (size_t i = 0; i < c->n_limits; i++) {
         free(c->limits[i].name);
         free(c->limits[i].app);
@@ -2144,6 +2287,7 @@ void config_free(struct config *c) {
     secmem_free(c->audit.pii_key);
     free(c->pool.profiles);
     free(c->demo_app);
+    free(c->demo_tcaptcha_url);
     free(c->instance);
     free(c->log_level);
     free(c);
@@ -2488,6 +2632,12 @@ void config_keys(void (*fn)(const struct config_key *k, void *arg), void *arg) {
 
 /* ---- lookups and warnings ---------------------------------------------------------------- */
 
+const struct config_captcha_app *config_find_captcha_app(const struct config *c, uint32_t id) {
+    for (size_t i = 0; i < c->n_captcha_apps; i++)
+        if (c->captcha_apps[i].captcha_app_id == id) return &c->captcha_apps[i];
+    return NULL;
+}
+
 const struct config_app *config_find_app_by_secret_id(const struct config *c,
                                                       const char *secret_id) {
     if (!secret_id) return NULL;
@@ -2532,6 +2682,17 @@ void config_warnings(const struct config *c, void (*warn)(const char *msg, void 
                  c->apps[i].auth == CONFIG_AUTH_TOKEN ? "token" : "secret_key");
         warn(msg, arg);
     }
+    for (size_t i = 0; i < c->n_captcha_apps; i++) {
+        if (!c->captcha_apps[i].secret_literal) continue;
+        snprintf(msg, sizeof msg,
+                 "captcha_apps[%zu] (CaptchaAppId %u): the app_secret_key is written in the "
+                 "config file: use app_secret_key_env or app_secret_key_file outside local "
+                 "development",
+                 i, c->captcha_apps[i].captcha_app_id);
+        warn(msg, arg);
+    }
+    if (c->upstream.v3_url && !c->upstream.v3_tls)
+        warn("upstream.v3_url is plain http: the signed 3.0 requests travel unencrypted", arg);
     if (c->n_apps == 0) warn("apps is empty: every request will be refused", arg);
     if (c->audit.pii_key_generated)
         warn("audit.pii_key_env is not set: PII hashing uses a per-process random key, so "

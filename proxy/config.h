@@ -31,6 +31,11 @@ struct config_app {
     int business_any; /* "business_ids": "*" or key absent */
     uint32_t *business_ids;
     size_t n_business_ids;
+    /* API 3.0: the CaptchaAppIds the app may verify tickets of ("captcha_app_ids": "*" or key
+     * absent: any) */
+    int captcha_any;
+    uint32_t *captcha_app_ids;
+    size_t n_captcha_app_ids;
     int secret_literal; /* the secret was written literally in the file (warned about) */
 };
 
@@ -53,6 +58,24 @@ struct config_upstream {
     unsigned breaker_failures; /* consecutive failures that open the breaker; default 5 */
     unsigned breaker_open_ms;  /* how long it stays open; default 5000 */
     int secret_literal;        /* secret_key written literally in the file (warned about) */
+    /* API 3.0 (captcha 2019-07-22): where the gateway forwards its 3.0 calls, re-signed TC3 with
+     * the same credential; TLS settings (ca_file, verify_tls) and timeouts as above. */
+    char *v3_url; /* default https://captcha.tencentcloudapi.com/ */
+    int v3_tls;
+    char *v3_host;
+    int v3_port;
+    char *v3_path;
+    char *v3_sign_host; /* host[:port] of v3_url (port only when not the scheme's default) */
+};
+
+/* An API 3.0 CaptchaAppId whose AppSecretKey the gateway holds and injects, so apps never hold
+ * it (key "captcha_apps"). */
+struct config_captcha_app {
+    uint32_t captcha_app_id;
+    int has_captcha_app_id;
+    char *app_secret_key; /* resolved secret (secmem) */
+    int inject_always;    /* "inject": "always" (replace the app's); default "missing" */
+    int secret_literal;
 };
 
 /* Redis: shared store for limits, nonces, pool, idempotency, audit stream and metrics. */
@@ -160,6 +183,8 @@ struct config {
     size_t n_apps;
     struct config_limit *limits;
     size_t n_limits;
+    struct config_captcha_app *captcha_apps;
+    size_t n_captcha_apps;
     struct config_audit audit;
     struct config_metrics metrics;
     struct config_pool pool;
@@ -167,6 +192,11 @@ struct config {
     int demo;
     char *demo_app; /* the token app the admin listener's /demo page calls as; when demo is
                             * true, always the name of a token app (default: the first one) */
+    /* /demo's API 3.0 flow: where the page loads TCaptcha.js, and the CaptchaAppId it shows
+     * (default: captcha_apps[0]'s, whose AppSecretKey the gateway injects) */
+    char *demo_tcaptcha_url;
+    uint32_t demo_captcha_app_id;
+    int has_demo_captcha_app_id;
     struct config_http http;
     char *instance;  /* default hostname:pid */
     char *log_level; /* "debug" "info" "warn" "error"; default "info" */
@@ -219,6 +249,8 @@ void config_keys(void (*fn)(const struct config_key *k, void *arg), void *arg);
 /* Borrowed pointers into c, valid until config_free(c); NULL when no app matches. */
 const struct config_app *config_find_app_by_secret_id(const struct config *c,
                                                       const char *secret_id);
+/* The captcha_apps entry of a CaptchaAppId, or NULL. */
+const struct config_captcha_app *config_find_captcha_app(const struct config *c, uint32_t id);
 /* Compares in constant time against every token app (CRYPTO_memcmp after a length check). */
 const struct config_app *config_find_app_by_token(const struct config *c, const char *token,
                                                   size_t len);

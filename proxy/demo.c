@@ -19,6 +19,8 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "api3.h"
+#include "capgate/clock.h"
 #include "capgate/httpd.h"
 #include "capgate/log.h"
 #include "capgate/secmem.h"
@@ -65,6 +67,9 @@ struct demo {
     char *app;   /* demo_app's name */
     char *token; /* demo_app's token; wiped when replaced */
     unsigned timeout_ms;
+    char *tcaptcha_url;         /* the 3.0 flow's TCaptcha.js */
+    uint32_t captcha_app_id;    /* the 3.0 flow's CaptchaAppId */
+    int v3;                     /* the 3.0 flow has a CaptchaAppId */
     struct demo_call_list live; /* CALL_SENT */
     struct demo_call_list dead; /* CALL_DONE */
     struct event *reap_ev;
@@ -97,7 +102,10 @@ static const char demo_page[] =
     "<p>The whole captcha flow through capgate: <code>CaptchaIframeQuery</code>, the widget, then "
     "<code>CaptchaCheck</code> with its ticket. Each is a real call to the front API as the demo "
     "app, so it is authenticated, validated, rate-limited, audited and counted.</p>\n"
-    "<p><button id=\"start\" type=\"button\">Get captcha</button></p>\n"
+    "<p>API 3.0: <code>TCaptcha.js</code>, then <code>DescribeCaptchaResult</code> through the "
+    "gateway (which adds the AppSecretKey it holds for the CaptchaAppId).</p>\n"
+    "<p><button id=\"start\" type=\"button\">Get captcha</button>\n"
+    "<button id=\"start3\" type=\"button\">API 3.0: TCaptcha.js</button></p>\n"
     "<div id=\"captcha\"></div>\n"
     "<p id=\"result\" data-code=\"\" role=\"status\"></p>\n"
     "<h2>Replies</h2>\n"
@@ -106,6 +114,7 @@ static const char demo_page[] =
     "(function () {\n"
     "  'use strict';\n"
     "  var start = document.getElementById('start');\n"
+    "  var start3 = document.getElementById('start3');\n"
     "  var box = document.getElementById('captcha');\n"
     "  var logPane = document.getElementById('log');\n"
     "  var result = document.getElementById('result');\n"
@@ -128,6 +137,7 @@ static const char demo_page[] =
     "    result.setAttribute('data-code', String(code));\n"
     "    result.className = code === 0 ? 'pass' : 'fail';\n"
     "    start.disabled = false;\n"
+    "    start3.disabled = false;\n"
     "  }\n"
     "  function describe(j) {\n"
     "    return 'code ' + j.code + ' (' + j.codeDesc + '): ' + j.message;\n"
@@ -195,6 +205,52 @@ static const char demo_page[] =
     "        window.capInit(box, { callback: function (res) { check(mine, res); } });\n"
     "      });\n"
     "    }).catch(function (e) { show('error', 'CaptchaIframeQuery failed: ' + e.message); });\n"
+    "  });\n"
+    "  function check3(mine, res) {\n"
+    "    if (mine !== round) return;\n"
+    "    log('widget', 'TencentCaptcha callback', JSON.stringify(res, null, 2));\n"
+    "    if (!res || res.ret !== 0 || typeof res.ticket !== 'string') {\n"
+    "      show('closed', 'The captcha was closed without a ticket (ret ' +\n"
+    "           (res ? res.ret : '?') + ').');\n"
+    "      return;\n"
+    "    }\n"
+    "    result.textContent = 'Checking the ticket with DescribeCaptchaResult\\u2026';\n"
+    "    post('/demo/api/check3', { ticket: res.ticket, randstr: res.randstr })\n"
+    "      .then(function (j) {\n"
+    "        var r = j.Response || {};\n"
+    "        if (r.Error) {\n"
+    "          show(r.Error.Code, 'DescribeCaptchaResult failed: ' + r.Error.Code + ': ' +\n"
+    "               r.Error.Message);\n"
+    "        } else if (r.CaptchaCode === 1) {\n"
+    "          show(0, 'DescribeCaptchaResult passed: CaptchaCode 1');\n"
+    "        } else {\n"
+    "          show(r.CaptchaCode, 'DescribeCaptchaResult: CaptchaCode ' + r.CaptchaCode +\n"
+    "               ' (' + r.CaptchaMsg + ')');\n"
+    "        }\n"
+    "      }).catch(function (e) { show('error', 'DescribeCaptchaResult failed: ' + e.message); "
+    "});\n"
+    "  }\n"
+    "  start3.addEventListener('click', function () {\n"
+    "    var mine = ++round;\n"
+    "    start.disabled = true;\n"
+    "    start3.disabled = true;\n"
+    "    while (box.firstChild) box.removeChild(box.firstChild);\n"
+    "    result.className = '';\n"
+    "    result.setAttribute('data-code', '');\n"
+    "    result.textContent = 'Loading TCaptcha.js\\u2026';\n"
+    "    post('/demo/api/config3', {}).then(function (cfg) {\n"
+    "      if (typeof cfg.tcaptchaUrl !== 'string' || !/^https?:\\/\\//.test(cfg.tcaptchaUrl)) {\n"
+    "        throw new Error('no http(s) TCaptcha.js url');\n"
+    "      }\n"
+    "      return loadScript(cfg.tcaptchaUrl).then(function () {\n"
+    "        if (typeof window.TencentCaptcha !== 'function') {\n"
+    "          throw new Error('TCaptcha.js defines no TencentCaptcha');\n"
+    "        }\n"
+    "        result.textContent = 'Solve the captcha.';\n"
+    "        new window.TencentCaptcha(String(cfg.captchaAppId),\n"
+    "          function (res) { check3(mine, res); }, {}).show();\n"
+    "      });\n"
+    "    }).catch(function (e) { show('error', 'TCaptcha.js failed: ' + e.message); });\n"
     "  });\n"
     "}());\n"
     "</script>\n"
@@ -339,15 +395,16 @@ static void call_cancel_cb(struct httpd_req *req, void *arg) {
     log_debug("demo: browser left during %s", call->action);
 }
 
-/* Starts a front call for req with the form body; req is ended by the call from here on,
- * whatever happens. */
-static void call_start(struct demo *d, struct httpd_req *req, const char *action,
-                       const char *form) {
+/* Starts a front call for req: a v2 form body to DEMO_API_PATH, or (v3) a 3.0 JSON body to /
+ * with the X-TC-* headers; req is ended by the call from here on, whatever happens. */
+static void call_start(struct demo *d, struct httpd_req *req, const char *action, const char *form,
+                       int v3) {
     struct demo_call *call = calloc(1, sizeof *call);
     struct evhttp_request *evreq = NULL;
     struct evkeyvalq *h;
     char auth[1024];
     struct timeval tv = {d->timeout_ms / 1000, (d->timeout_ms % 1000) * 1000};
+    char ts[32];
     int rc;
 
     if (!call) {
@@ -375,9 +432,15 @@ static void call_start(struct demo *d, struct httpd_req *req, const char *action
     evhttp_connection_set_max_headers_size(call->evcon, DEMO_MAX_REPLY_HEADERS);
     evhttp_request_set_error_cb(evreq, call_error_cb);
     h = evhttp_request_get_output_headers(evreq);
+    snprintf(ts, sizeof ts, "%llu", (unsigned long long)(clock_wall_us() / 1000000));
+    if (v3 && (evhttp_add_header(h, "X-TC-Action", action) ||
+               evhttp_add_header(h, "X-TC-Version", API3_VERSION) ||
+               evhttp_add_header(h, "X-TC-Timestamp", ts)))
+        goto oom;
     if (evhttp_add_header(h, "Host", d->front_authority) ||
         evhttp_add_header(h, "Authorization", auth) ||
-        evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded") ||
+        evhttp_add_header(h, "Content-Type",
+                          v3 ? API3_CONTENT_TYPE : "application/x-www-form-urlencoded") ||
         evhttp_add_header(h, "Accept", "application/json") ||
         evhttp_add_header(h, "User-Agent", "capgate-demo") ||
         evhttp_add_header(h, "Connection", "close") ||
@@ -385,7 +448,7 @@ static void call_start(struct demo *d, struct httpd_req *req, const char *action
         goto oom;
     /* evhttp owns evreq from here, also on failure. A connect that fails at once may run
      * call_done_cb before this returns; call->state tells. */
-    rc = evhttp_make_request(call->evcon, evreq, EVHTTP_REQ_POST, DEMO_API_PATH);
+    rc = evhttp_make_request(call->evcon, evreq, EVHTTP_REQ_POST, v3 ? API3_PATH : DEMO_API_PATH);
     evreq = NULL;
     if (rc != 0 && call->state == CALL_SENT)
         call_finish(call, 502, NULL, 0, "could not send the request to the front listener");
@@ -426,7 +489,7 @@ static void api_iframe(struct demo *d, struct httpd_req *req) {
         reply_error(req, 400, "request body is not a JSON object");
         return;
     }
-    call_start(d, req, "CaptchaIframeQuery", DEMO_IFRAME_FORM);
+    call_start(d, req, "CaptchaIframeQuery", DEMO_IFRAME_FORM, 0);
 }
 
 static void api_check(struct demo *d, struct httpd_req *req) {
@@ -465,11 +528,75 @@ static void api_check(struct demo *d, struct httpd_req *req) {
         reply_error(req, 500, "out of memory");
         goto out;
     }
-    call_start(d, req, "CaptchaCheck", form.s);
+    call_start(d, req, "CaptchaCheck", form.s, 0);
 out:
     free(ticket_enc);
     free(ip_enc);
     strbuf_cleanup(&form);
+    json_decref(root);
+}
+
+/* The 3.0 flow's settings: {"tcaptchaUrl", "captchaAppId"}. */
+static void api_config3(struct demo *d, struct httpd_req *req) {
+    if (check_post(req) != 0) return;
+    if (!d->v3) {
+        reply_error(req, 404,
+                    "the API 3.0 flow has no CaptchaAppId: set demo_captcha_app_id or "
+                    "captcha_apps");
+        return;
+    }
+    json_t *o = json_pack("{s:s, s:I}", "tcaptchaUrl", d->tcaptcha_url, "captchaAppId",
+                          (json_int_t)d->captcha_app_id);
+    char *body = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    if (!body) {
+        reply_error(req, 500, "out of memory");
+        return;
+    }
+    httpd_add_header(req, "Cache-Control", "no-store");
+    httpd_reply(req, 200, DEMO_JSON, body, strlen(body));
+    free(body);
+}
+
+/* {"ticket", "randstr"} → DescribeCaptchaResult through the front, as the demo app; the
+ * AppSecretKey is the gateway's (captcha_apps), never the page's. */
+static void api_check3(struct demo *d, struct httpd_req *req) {
+    json_t *root = NULL, *out = NULL;
+    char *body = NULL;
+    if (check_post(req) != 0) goto out;
+    if (!d->v3) {
+        reply_error(req, 404, "the API 3.0 flow has no CaptchaAppId");
+        goto out;
+    }
+    root = json_loadb(req->body, req->body_len, 0, NULL);
+    if (!root || !json_is_object(root)) {
+        reply_error(req, 400, "request body is not a JSON object");
+        goto out;
+    }
+    static const char *const need[] = {"ticket", "randstr"};
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_object_get(root, need[i]);
+        if (!json_is_string(v) || json_string_length(v) == 0 ||
+            json_string_length(v) > DEMO_MAX_TICKET) {
+            char msg[120];
+            snprintf(msg, sizeof msg, "%s must be a string of 1..%d bytes", need[i],
+                     DEMO_MAX_TICKET);
+            reply_error(req, 400, msg);
+            goto out;
+        }
+    }
+    out = json_pack("{s:i, s:O, s:s, s:O, s:I}", "CaptchaType", 9, "Ticket",
+                    json_object_get(root, "ticket"), "UserIp", req->peer_ip ? req->peer_ip : "",
+                    "Randstr", json_object_get(root, "randstr"), "CaptchaAppId",
+                    (json_int_t)d->captcha_app_id);
+    if (!out || !(body = json_dumps(out, JSON_COMPACT | JSON_PRESERVE_ORDER))) {
+        reply_error(req, 500, "out of memory");
+        goto out;
+    }
+    call_start(d, req, "DescribeCaptchaResult", body, 1);
+out:
+    free(body);
+    json_decref(out);
     json_decref(root);
 }
 
@@ -492,6 +619,10 @@ int demo_handle(struct demo *d, struct httpd_req *req) {
         api_iframe(d, req);
     else if (strcmp(req->path, "/demo/api/check") == 0)
         api_check(d, req);
+    else if (strcmp(req->path, "/demo/api/config3") == 0)
+        api_config3(d, req);
+    else if (strcmp(req->path, "/demo/api/check3") == 0)
+        api_check3(d, req);
     else
         return 0;
     return 1;
@@ -551,6 +682,19 @@ int demo_configure(struct demo *d, const struct config *c) {
     d->app = name;
     d->token = token;
     d->on = token != NULL;
+    char *url = strdup(c->demo_tcaptcha_url ? c->demo_tcaptcha_url : "");
+    if (url) {
+        free(d->tcaptcha_url);
+        d->tcaptcha_url = url;
+    }
+    d->v3 = 1;
+    if (c->has_demo_captcha_app_id)
+        d->captcha_app_id = c->demo_captcha_app_id;
+    else if (c->n_captcha_apps)
+        d->captcha_app_id = c->captcha_apps[0].captcha_app_id;
+    else
+        d->v3 = 0;
+    if (!d->tcaptcha_url) d->v3 = 0;
     d->timeout_ms = c->upstream.connect_timeout_ms +
                     c->upstream.timeout_ms * (c->upstream.retries + 1) + DEMO_TIMEOUT_SLACK_MS;
     if (d->on)
@@ -574,6 +718,7 @@ void demo_free(struct demo *d) {
     free(d->front_host);
     free(d->front_authority);
     free(d->app);
+    free(d->tcaptcha_url);
     secret_freez(d->token);
     free(d);
 }

@@ -69,6 +69,7 @@ struct gateway {
     SSL_CTX *ssl_ctx;
     struct tls_server *front_tls; /* the HTTPS front's certificate; NULL without tls_listen */
     struct breaker breaker;       /* one for the process: upstream is one service */
+    struct breaker breaker3;      /* the API 3.0 upstream's (another host, another service) */
     struct nonce_cache *nonces;
     struct store_shared *store_shared; /* lives as long as the process: counters survive SIGHUP */
     struct metrics *metrics; /* per-(businessId, sceneId, minute) counters, one flush thread */
@@ -108,6 +109,18 @@ static void worker_publish(struct gateway_worker *w) {
     struct upstream_stats us;
     struct store_stats ss;
     upstream_get_stats(w->pw.upstream, &us);
+    if (w->pw.upstream3) {
+        /* the 3.0 upstream's calls and connections count in the same families; the breaker
+         * gauge stays the v2 upstream's */
+        struct upstream_stats us3;
+        upstream_get_stats(w->pw.upstream3, &us3);
+        for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
+            us.latency_buckets[i] += us3.latency_buckets[i];
+        us.latency_sum_us += us3.latency_sum_us;
+        us.latency_count += us3.latency_count;
+        us.open_connections += us3.open_connections;
+        us.idle_connections += us3.idle_connections;
+    }
     stats_set_upstream(w->pw.stats, &us);
     store_get_stats(w->pw.store, &ss);
     stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors, ss.timeouts,
@@ -204,7 +217,8 @@ static struct event_base *worker_base_new(void) {
 }
 
 static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits *lim,
-                       const struct upstream_options *uo, char *err, size_t errlen) {
+                       const struct upstream_options *uo, const struct upstream_options *uo3,
+                       char *err, size_t errlen) {
     struct gateway_worker *w = &g->workers[i];
     w->g = g;
     pthread_mutex_init(&w->lock, NULL);
@@ -228,6 +242,8 @@ static int worker_init(struct gateway *g, unsigned i, const struct httpd_limits 
     if (!w->pw.base) goto oom;
     w->pw.upstream = upstream_new(w->pw.base, uo, err, errlen);
     if (!w->pw.upstream) return -1;
+    w->pw.upstream3 = upstream_new(w->pw.base, uo3, err, errlen);
+    if (!w->pw.upstream3) return -1;
     /* A Redis that is down now is no reason not to start: the store connects in the
      * background and requests are served per on_store_error meanwhile. */
     w->pw.store = store_new(g->store_shared, w->pw.base, err, errlen);
@@ -274,6 +290,8 @@ static void worker_cleanup(struct gateway_worker *w) {
     w->pw.store = NULL;
     upstream_free(w->pw.upstream);
     w->pw.upstream = NULL;
+    upstream_free(w->pw.upstream3);
+    w->pw.upstream3 = NULL;
     pool_refiller_free(w->refiller); /* its store and upstream callbacks have all fired */
     w->refiller = NULL;
     pipeline_worker_cleanup(&w->pw); /* every request context is released by now */
@@ -409,7 +427,7 @@ static char *gateway_dump_config(void *arg) {
 struct gateway *gateway_new(const char *path, struct config *c, char *err, size_t errlen) {
     struct gateway *g = calloc(1, sizeof(*g));
     struct httpd_limits lim;
-    struct upstream_options uo;
+    struct upstream_options uo, uo3;
     char hp[300];
 
     if (!g) {
@@ -443,7 +461,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     g->audit = audit_new(c, g->n_workers, err, errlen);
     if (!g->audit) goto fail;
 
-    if (c->upstream.tls) {
+    if (c->upstream.tls || c->upstream.v3_tls) {
         g->ssl_ctx = tls_client_ctx_new(c->upstream.ca_file, c->upstream.verify_tls, err, errlen);
         if (!g->ssl_ctx) goto fail;
     }
@@ -461,6 +479,15 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     uo.max_connections = c->upstream.max_connections;
     breaker_init(&g->breaker, c->upstream.breaker_failures, c->upstream.breaker_open_ms);
     uo.breaker = &g->breaker;
+    /* API 3.0: the same client, credential, TLS settings and timeouts, towards upstream.v3_url */
+    uo3 = uo;
+    uo3.tls = c->upstream.v3_tls;
+    uo3.host = c->upstream.v3_host;
+    uo3.port = c->upstream.v3_port;
+    uo3.path = c->upstream.v3_path;
+    uo3.sign_host = c->upstream.v3_sign_host;
+    breaker_init(&g->breaker3, c->upstream.breaker_failures, c->upstream.breaker_open_ms);
+    uo3.breaker = &g->breaker3;
 
     httpd_limits_default(&lim);
     if (c->http.max_uri) lim.max_uri = c->http.max_uri;
@@ -491,7 +518,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
         goto fail;
     int port = c->listen_port, tls_port = c->tls_listen_port;
     for (unsigned i = 0; i < g->n_workers; i++) {
-        if (worker_init(g, i, &lim, &uo, err, errlen) != 0) goto fail;
+        if (worker_init(g, i, &lim, &uo, &uo3, err, errlen) != 0) goto fail;
         httpd_set_budget(g->workers[i].httpd, &g->connections);
         /* Port 0: the first worker picks the port, the others share it. */
         if (c->listen_host) {

@@ -13,6 +13,7 @@
 #include <strings.h>
 #include <openssl/rand.h>
 
+#include "api3.h"
 #include "audit.h"
 #include "auth.h"
 #include "capgate/apierr.h"
@@ -204,6 +205,12 @@ struct pipeline_ctx {
     const struct config_app *app; /* borrowed from config */
     struct v2_fields fields;
     struct pipeline_record rec;
+    /* API 3.0 (api3.h): the request is POST / with X-TC-Action; its body parsed by validate */
+    int v3;
+    const char *code3; /* the next ctx_error's 3.0 Error.Code (static), NULL: from its code */
+    json_t *body3;
+    uint32_t captcha_app_id;
+    struct params audit_params; /* 3.0: the per-user fields under the audit's v2 names */
     /* rate limits: the request's n_buckets buckets (in the scratch part below) */
     size_t n_buckets;
     int local_tried; /* on_store_error "local": the local buckets were asked */
@@ -258,6 +265,22 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     free(ctx->reply_body);
+    if (ctx->v3) {
+        /* 3.0 answers its errors with HTTP 200, which is what its SDKs read the Error from; only
+         * a request that could not be read whole keeps its framing status */
+        const char *code3 = ctx->code3 ? ctx->code3 : api3_code_name(code);
+        ctx->code3 = NULL;
+        ctx->reply_body = api3_error_body(code3, msg, ctx->rec.request_id);
+        ctx->reply_len = ctx->reply_body ? strlen(ctx->reply_body) : 0;
+        ctx->reply_status = framing_status ? framing_status : 200;
+        ctx->rec.decision = decision;
+        ctx->rec.code = code;
+        ctx->rec.no_code = 0;
+        free(ctx->reply_type);
+        ctx->reply_type = NULL;
+        copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc), code3);
+        return STAGE_FINISH;
+    }
     ctx->reply_body = reply_error(code, "%s", msg);
     ctx->reply_len = ctx->reply_body ? strlen(ctx->reply_body) : 0;
     ctx->reply_status =
@@ -274,9 +297,52 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
 
 /* ---- stages ---- */
 
+static const char *req_header(const struct httpd_req *req, const char *name);
+
+/* A 3.0 error with its own Error.Code (ctx_error picks one from the v2 code otherwise). */
+#define ctx_error3(ctx, code3_, code, decision, ...) \
+    ((ctx)->code3 = (code3_), ctx_error((ctx), (code), (decision), 0, 0, __VA_ARGS__))
+
+/* POST / with X-TC-Action (or any POST /): a 3.0 call. */
+static int is_api3(const struct httpd_req *req) {
+    return req->path && strcmp(req->path, API3_PATH) == 0 &&
+           (req_header(req, "X-TC-Action") || strcmp(req->method, "POST") == 0);
+}
+
+/* 3.0: the shape of the request; the body is parsed once the caller is authenticated. */
+static enum stage_result stage_parse3(struct pipeline_ctx *ctx) {
+    struct httpd_req *req = ctx->req;
+    const char *action = req_header(req, "X-TC-Action");
+    ctx->rec.api3 = 1;
+    if (action) {
+        copy_str(ctx->rec.action, sizeof(ctx->rec.action), action);
+        ctx->rec.action_id = validate_action3_parse(action);
+    }
+    if (strcmp(req->method, "POST") != 0)
+        return ctx_error3(ctx, "UnsupportedProtocol", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                          "method %.32s is not supported; API 3.0 calls are POST / with a JSON "
+                          "body",
+                          req->method);
+    const char *ct = req->content_type ? req->content_type : "";
+    if (strncasecmp(ct, API3_CONTENT_TYPE, strlen(API3_CONTENT_TYPE)) != 0 ||
+        (ct[strlen(API3_CONTENT_TYPE)] && ct[strlen(API3_CONTENT_TYPE)] != ';'))
+        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                          "Content-Type %.100s is not supported; use " API3_CONTENT_TYPE,
+                          *ct ? ct : "(none)");
+    static const char *const need[] = {"X-TC-Action", "X-TC-Version"};
+    for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
+        const char *h = req_header(req, need[i]);
+        if (!h || !*h)
+            return ctx_error3(ctx, "MissingParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                              "the header %s is missing", need[i]);
+    }
+    return STAGE_NEXT;
+}
+
 static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
     struct httpd_req *req = ctx->req;
     char err[256];
+    if (ctx->v3) return stage_parse3(ctx);
     if (strcmp(req->path, PIPELINE_API_PATH) != 0)
         return ctx_error(ctx, APIERR_NOT_FOUND, PIPELINE_INVALID, 0, 0,
                          "no resource at %.200s; the API is GET|POST %s", req->path,
@@ -303,13 +369,44 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
 }
 
 static const char *req_header(const struct httpd_req *req, const char *name) {
+    if (!req) return NULL;
     for (size_t i = 0; i < req->header_count; i++)
         if (strcasecmp(req->headers[i].name, name) == 0) return req->headers[i].value;
     return NULL;
 }
 
+static const char *req_header_tc3(void *arg, const char *lname) {
+    return req_header(arg, lname);
+}
+
+static enum stage_result stage_authenticate3(struct pipeline_ctx *ctx) {
+    struct api3_auth_result r;
+    struct api3_auth_request ar = {
+        .header = req_header_tc3,
+        .header_arg = ctx->req,
+        .host = ctx->req->host ? ctx->req->host : "",
+        .body = ctx->req->body,
+        .body_len = ctx->req->body_len,
+        .now_s = clock_wall_us() / 1000000,
+    };
+    if (api3_authenticate(ctx->config, &ar, &r) != 0) {
+        if (r.claimed)
+            copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.claimed->name);
+        else if (!r.bearer && r.secret_id[0])
+            copy_str(ctx->rec.secret_id, sizeof(ctx->rec.secret_id), r.secret_id);
+        return ctx_error3(ctx, r.code, r.apierr,
+                          r.apierr == APIERR_INVALID_PARAMETER ? PIPELINE_INVALID
+                                                               : PIPELINE_UNAUTHORIZED,
+                          "%s", r.message);
+    }
+    ctx->app = r.app;
+    copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.app->name);
+    return STAGE_NEXT;
+}
+
 static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
     struct auth_result r;
+    if (ctx->v3) return stage_authenticate3(ctx);
     struct auth_request ar = {
         .params = &ctx->params,
         .authorization = req_header(ctx->req, "Authorization"),
@@ -338,12 +435,74 @@ static enum stage_result stage_authenticate(struct pipeline_ctx *ctx) {
     return STAGE_NEXT;
 }
 
+/* The body's top-level strings and integers as parameters (AppSecretKey left out): the
+ * idempotency fingerprint's input, with Action and Version. 0/-1 (OOM). */
+static int body3_params(struct pipeline_ctx *ctx) {
+    const char *key;
+    json_t *v;
+    if (params_adds(&ctx->params, "Action", ctx->rec.action) ||
+        params_adds(&ctx->params, "Version", req_header(ctx->req, "X-TC-Version")))
+        return -1;
+    json_object_foreach(ctx->body3, key, v) {
+        char num[32];
+        const char *s = NULL;
+        if (strcmp(key, "AppSecretKey") == 0) continue;
+        if (json_is_string(v)) {
+            s = json_string_value(v);
+        } else if (json_is_integer(v)) {
+            snprintf(num, sizeof(num), "%lld", (long long)json_integer_value(v));
+            s = num;
+        }
+        if (s && params_adds(&ctx->params, key, s)) return -1;
+    }
+    /* the audit reads the per-user fields by their v2 names */
+    const struct v2_fields *f = &ctx->fields;
+    if ((f->user_ip && params_adds(&ctx->audit_params, "userIp", f->user_ip)) ||
+        (f->imei && params_adds(&ctx->audit_params, "imei", f->imei)) ||
+        (f->mac_address && params_adds(&ctx->audit_params, "macAddress", f->mac_address)))
+        return -1;
+    return 0;
+}
+
+static enum stage_result stage_validate3(struct pipeline_ctx *ctx) {
+    char err[256];
+    const char *code = NULL;
+    json_error_t jerr;
+    ctx->body3 = json_loadb(ctx->req->body, ctx->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!ctx->body3)
+        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                          "the body is not JSON: %s (at byte %d)", jerr.text, jerr.position);
+    if (!json_is_object(ctx->body3))
+        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                          "the body must be a JSON object");
+    if (ctx->rec.action_id == V2_ACTION_UNKNOWN)
+        return ctx_error3(ctx, "InvalidAction", APIERR_VERSION, PIPELINE_INVALID,
+                          "the Action %.64s is not fronted by this gateway (it has "
+                          "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
+                          ctx->rec.action);
+    const char *ver = req_header(ctx->req, "X-TC-Version");
+    if (strcmp(ver, API3_VERSION) != 0)
+        return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
+                          "the Version %.40s does not exist; use " API3_VERSION, ver);
+    if (api3_validate(ctx->config, ctx->rec.action_id, ctx->body3, &ctx->fields,
+                      &ctx->captcha_app_id, &code, err, sizeof(err)) != 0)
+        return ctx_error3(ctx, code, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, "%s", err);
+    if (body3_params(ctx) != 0)
+        return ctx_error(ctx, APIERR_INTERNAL, PIPELINE_INVALID, 0, 0, "out of memory");
+    ctx->parsed = 1;
+    return STAGE_NEXT;
+}
+
 static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
     char err[256];
     enum v2_action action = ctx->rec.action_id;
-    if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0)
+    if (ctx->v3) {
+        enum stage_result r = stage_validate3(ctx);
+        if (r != STAGE_NEXT) return r;
+    } else if (validate_request(action, &ctx->params, &ctx->fields, err, sizeof(err)) != 0) {
         return ctx_error(ctx, validate_error_code(action, &ctx->params), PIPELINE_INVALID, 0, 0,
                          "%s", err);
+    }
     const struct v2_fields *f = &ctx->fields;
     struct pipeline_record *rec = &ctx->rec;
     rec->has_business_id = f->has_business_id;
@@ -361,13 +520,16 @@ static enum stage_result stage_validate(struct pipeline_ctx *ctx) {
 
 static enum stage_result stage_authorize(struct pipeline_ctx *ctx) {
     char err[256];
-    if (pipeline_authorize(ctx->app, &ctx->fields, err, sizeof(err)) != 0)
+    if (pipeline_authorize(ctx->app, &ctx->fields, err, sizeof(err)) != 0 ||
+        (ctx->v3 &&
+         api3_authorize_captcha_app(ctx->app, ctx->captcha_app_id, err, sizeof(err)) != 0))
         return ctx_error(ctx, APIERR_ACCESS_DENIED, PIPELINE_DENIED, 0, 0, "%s", err);
     return STAGE_NEXT;
 }
 
 static void pipeline_resume(struct pipeline_ctx *ctx, enum stage_result r);
 static void record_upstream_reply(struct pipeline_ctx *ctx, struct reply_fields *f);
+static void record_upstream_reply3(struct pipeline_ctx *ctx, const char *body, size_t len);
 
 static const char *store_prefix(const struct pipeline_ctx *ctx) {
     const struct config_redis *redis = ctx->w->boot->redis;
@@ -408,7 +570,9 @@ static void replay_done(const char *err, enum store_idem_state state, const char
         ctx->reply_status = 200;
         ctx->replayed = 1;
         ctx->rec.decision = PIPELINE_REPLAYED;
-        {
+        if (ctx->v3) {
+            record_upstream_reply3(ctx, body, len);
+        } else {
             struct reply_fields f;
             if (reply_scan(body, len, &f) == 0) {
                 record_upstream_reply(ctx, &f);
@@ -474,7 +638,8 @@ static void pool_done(const char *url, void *arg) {
 
 static enum stage_result stage_pool(struct pipeline_ctx *ctx) {
     const struct config_pool_profile *pr;
-    if (!ctx->w->pool || ctx->w->store_closing ||
+    /* 3.0 has no URL to prefetch */
+    if (ctx->v3 || !ctx->w->pool || ctx->w->store_closing ||
         !(pr = pool_match(&ctx->config->pool, &ctx->fields, &ctx->params)))
         return STAGE_NEXT;
     if (pool_take(ctx->w->pool, ctx->w->store, store_prefix(ctx), ctx->config->pool.ttl_s, pr,
@@ -600,6 +765,19 @@ static enum stage_result stage_limit(struct pipeline_ctx *ctx) {
     return STAGE_PENDING;
 }
 
+/* 3.0: code 0 "Success" for a Response without Error, else the Error.Code and its class. */
+static void record_upstream_reply3(struct pipeline_ctx *ctx, const char *body, size_t len) {
+    int has_error = 0;
+    char desc[sizeof(ctx->rec.code_desc)];
+    if (api3_reply_scan(body, len, &has_error, desc, sizeof(desc)) != 0) {
+        ctx->rec.code = APIERR_INTERNAL;
+        copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc), "InternalError");
+        return;
+    }
+    ctx->rec.code = has_error ? api3_code_class(desc) : 0;
+    copy_str(ctx->rec.code_desc, sizeof(ctx->rec.code_desc), has_error ? desc : "Success");
+}
+
 /* The upstream reply's code and codeDesc for the record, and a successful CaptchaIframeQuery's
  * url for the audit (which keeps only its hash), from the upstream client's scan of the body; the
  * body passes unchanged. */
@@ -643,7 +821,10 @@ static void forward_done(const struct upstream_result *r, void *arg) {
             ctx->reply_len = r->body_len;
             ctx->reply_status = 200;
             ctx->storable = 1;
-            if (r->fields) record_upstream_reply(ctx, r->fields);
+            if (ctx->v3)
+                record_upstream_reply3(ctx, r->body, r->body_len);
+            else if (r->fields)
+                record_upstream_reply(ctx, r->fields);
         } else {
             ctx_error(ctx, APIERR_INTERNAL, PIPELINE_UPSTREAM_ERROR, 0, 0, "out of memory");
         }
@@ -669,8 +850,55 @@ static char *forward_sign(void *arg) {
     return encoded;
 }
 
+/* The headers the 3.0 upstream request signs (content-type;host): the Host the upstream client
+ * sends (upstream.v3_url's host[:port]). */
+struct sign_headers3 {
+    const char *host, *type;
+};
+
+static const char *forward_header3(void *arg, const char *lname) {
+    const struct sign_headers3 *h = arg;
+    if (strcmp(lname, "host") == 0) return h->host;
+    if (strcmp(lname, "content-type") == 0) return h->type;
+    return NULL;
+}
+
+/* One 3.0 attempt: the body (with the gateway's AppSecretKey when it injects one) signed TC3
+ * with the real credential at this moment, so a retry carries a fresh X-TC-Timestamp. */
+static int forward_build3(void *arg, struct upstream_attempt *a) {
+    struct pipeline_ctx *ctx = arg;
+    const struct config_upstream *up = &ctx->w->boot->upstream;
+    uint64_t now = clock_wall_us() / 1000000;
+    char ts[NUM_U64_DIGITS + 1];
+    if (!(a->body = api3_forward_body(ctx->config, ctx->body3, ctx->captcha_app_id, &a->body_len)))
+        return -1;
+    a->content_type = API3_CONTENT_TYPE;
+    *num_put_u64(ts, now) = '\0';
+    struct sign_headers3 h = {up->v3_sign_host, API3_CONTENT_TYPE};
+    struct tc3_request r = {"POST", "/", "", a->body, a->body_len, forward_header3, &h};
+    copy_str(a->name[0], sizeof(a->name[0]), "X-TC-Action");
+    copy_str(a->value[0], sizeof(a->value[0]), validate_action_name(ctx->rec.action_id));
+    copy_str(a->name[1], sizeof(a->name[1]), "X-TC-Version");
+    copy_str(a->value[1], sizeof(a->value[1]), API3_VERSION);
+    copy_str(a->name[2], sizeof(a->name[2]), "X-TC-Timestamp");
+    copy_str(a->value[2], sizeof(a->value[2]), ts);
+    copy_str(a->name[3], sizeof(a->name[3]), "Authorization");
+    a->n_headers = 4;
+    if (tc3_authorization(&r, up->secret_id, up->secret_key, API3_SERVICE, now, a->value[3],
+                          sizeof(a->value[3])) != 0)
+        return -1;
+    return 0;
+}
+
 static enum stage_result stage_forward(struct pipeline_ctx *ctx) {
     const struct config_upstream *up = &ctx->w->boot->upstream;
+    if (ctx->v3) {
+        if (!ctx->w->upstream3 ||
+            upstream_call_built(ctx->w->upstream3, forward_build3, 0, forward_done, ctx) != 0)
+            return ctx_error(ctx, APIERR_UNAVAILABLE, PIPELINE_UPSTREAM_ERROR, 0, 0,
+                             "the upstream call could not be started");
+        return STAGE_PENDING;
+    }
     if (upstream_call_signed(ctx->w->upstream, up->post ? "POST" : "GET", forward_sign,
                              pipeline_reply_may_be_script(&ctx->fields) ? UPSTREAM_RAW_OK : 0,
                              forward_done, ctx) != 0)
@@ -719,6 +947,8 @@ void pipeline_worker_cleanup(struct pipeline_worker *w) {
 static void ctx_release(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
     params_cleanup(&ctx->params);
+    params_cleanup(&ctx->audit_params);
+    json_decref(ctx->body3);
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
     free(ctx->reply_body);
     free(ctx->reply_url);
@@ -770,8 +1000,9 @@ static void ctx_audit(struct pipeline_ctx *ctx) {
     if (w->metrics) metrics_record(w->metrics, w->id, &ctx->rec);
     if (w->audit) {
         struct audit_record ar;
-        if (audit_record_init(&ar, &ctx->rec, ctx->parsed ? &ctx->params : NULL, ctx->reply_url,
-                              w->audit_config, w->instance) != 0 ||
+        const struct params *p = !ctx->parsed ? NULL : ctx->v3 ? &ctx->audit_params : &ctx->params;
+        if (audit_record_init(&ar, &ctx->rec, p, ctx->reply_url, w->audit_config, w->instance) !=
+                0 ||
             audit_submit(w->audit, w->id, &ar) != 0) {
             stats_count_audit_failure(w->stats);
             log_error("request %s: audit record not submitted", ctx->rec.request_id);
@@ -853,6 +1084,7 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     ctx->start_us = clock_mono_us();
     ctx->state = ST_NEW;
     params_init(&ctx->params);
+    params_init(&ctx->audit_params);
     ctx->rec.ts_us = clock_wall_us();
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';
     /* the peer, or the client a trusted proxy names (config trusted_proxies) */
@@ -863,7 +1095,14 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     stats_inflight_add(w->stats, 1);
     httpd_set_cancel(req, pipeline_cancel, ctx);
 
+    /* 3.0 calls get 3.0's error shape from here on, framing errors included */
+    ctx->v3 = is_api3(req);
+    ctx->rec.api3 = ctx->v3;
     if (req->error_status) {
+        if (ctx->v3) {
+            ctx->code3 = req->error_status == 413 ? "RequestSizeLimitExceeded" : "InvalidParameter";
+            copy_str(ctx->rec.action, sizeof(ctx->rec.action), req_header(req, "X-TC-Action"));
+        }
         ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, req->error_status, "%s",
                   req->error_message ? req->error_message : "malformed request");
         ctx_finish(ctx);

@@ -41,6 +41,7 @@ struct pipeline_worker {
     const struct config *boot;    /* the startup config: upstream and listener settings
                                         * (they need a restart), valid for the process life */
     struct upstream *upstream;
+    struct upstream *upstream3; /* API 3.0 (upstream.v3_url); NULL: 3.0 calls fail 6200 */
     struct stats_worker *stats;
     struct nonce_cache *nonces;
     struct store *store;          /* rate-limit buckets, the worker's own */

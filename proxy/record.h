@@ -44,11 +44,12 @@ struct pipeline_record {
     int code;                       /* the API code answered (upstream's, for a pass-through) */
     int no_code;                    /* 1: the reply carries no API code (CaptchaQuery script=1's
                                     * JavaScript passed through): code is not recorded */
-    char code_desc[32];
-    int http_status;              /* the HTTP status answered (0: client gone, no reply) */
-    int upstream_status;          /* upstream's HTTP status, 0 when not called or no reply */
-    uint64_t latency_us;          /* arrival to reply */
-    uint64_t upstream_latency_us; /* 0 when upstream was not called */
+    char code_desc[48];             /* v2: codeDesc; 3.0: the Error.Code ("Success" without one) */
+    int api3;                       /* 1: an API 3.0 call (POST / with X-TC-Action), 0: v2 */
+    int http_status;                /* the HTTP status answered (0: client gone, no reply) */
+    int upstream_status;            /* upstream's HTTP status, 0 when not called or no reply */
+    uint64_t latency_us;            /* arrival to reply */
+    uint64_t upstream_latency_us;   /* 0 when upstream was not called */
 };
 
 #endif

@@ -1,7 +1,9 @@
-/* store.c: the store interface over its two backends. It owns what both share: the per-worker
- * queue that delivers callbacks on a later loop turn (so none fires inside the call that started
- * it), the counters behind /metrics, and the choice of backend from the config. */
-#include "store.h"
+/* store.c: the store interface over its two backends (store_backend.h: a table of operations,
+ * store_memory_ops or store_redis_ops). It owns what both share: the per-worker queue that
+ * delivers callbacks on a later loop turn (so none fires inside the call that started it), the
+ * counters behind /metrics, the checks of arguments, and the choice of backend from the
+ * config. */
+#include "store_backend.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -14,10 +16,8 @@
 #include "capgate/secmem.h"
 #include "config.h"
 
-enum store_kind { STORE_KIND_MEMORY, STORE_KIND_REDIS };
-
 struct store_shared {
-    enum store_kind kind;
+    const struct store_ops *ops;
     struct store_memory *memory;      /* the memory store, or the local fallback beside redis */
     struct store_redis_options redis; /* copies of the config's strings (it may be reloaded) */
 };
@@ -43,7 +43,8 @@ struct store {
     struct event_base *base;
     struct event *deferred_ev;
     struct store_deferred *head, *tail;
-    struct store_redis *redis; /* NULL for the memory store */
+    const struct store_ops *ops; /* sh->ops */
+    void *backend;               /* the backend's state for this store (redis: its connection) */
     atomic_uint_fast64_t counters[STORE_FAST_FAILS + 1];
 };
 
@@ -58,7 +59,7 @@ struct store_shared *store_shared_new(const struct config *cfg, char *err, size_
     if (!(sh->memory = store_memory_new())) goto oom;
     if (cfg && cfg->redis) {
         const struct config_redis *r = cfg->redis;
-        sh->kind = STORE_KIND_REDIS;
+        sh->ops = &store_redis_ops;
         if (!r->host || !*r->host) {
             snprintf(err, errlen, "redis: no host");
             goto fail;
@@ -69,7 +70,7 @@ struct store_shared *store_shared_new(const struct config *cfg, char *err, size_
         sh->redis.db = r->db;
         sh->redis.timeout_ms = r->timeout_ms ? r->timeout_ms : 100;
     } else {
-        sh->kind = STORE_KIND_MEMORY;
+        sh->ops = &store_memory_ops;
     }
     return sh;
 oom:
@@ -88,7 +89,15 @@ void store_shared_free(struct store_shared *sh) {
 }
 
 const char *store_shared_kind(const struct store_shared *sh) {
-    return sh->kind == STORE_KIND_REDIS ? "redis" : "memory";
+    return sh->ops->kind;
+}
+
+struct store_memory *store_memory_of(struct store *s) {
+    return s->sh->memory;
+}
+
+const struct store_redis_options *store_redis_options_of(struct store *s) {
+    return &s->sh->redis;
 }
 
 /* Calls d's callback once (err overrides: STORE_CLOSED_MESSAGE) and frees d. */
@@ -211,15 +220,14 @@ struct store *store_new(struct store_shared *sh, struct event_base *base, char *
         return NULL;
     }
     s->sh = sh;
+    s->ops = sh->ops;
     s->base = base;
     for (size_t i = 0; i <= STORE_FAST_FAILS; i++) atomic_init(&s->counters[i], 0);
     if (!(s->deferred_ev = event_new(base, -1, 0, store_run_deferred, s))) {
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if (sh->kind == STORE_KIND_REDIS &&
-        !(s->redis = store_redis_new(&sh->redis, s, base, err, errlen)))
-        goto fail;
+    if (s->ops->open(s, base, &s->backend, err, errlen) != 0) goto fail;
     return s;
 fail:
     store_free(s);
@@ -230,8 +238,8 @@ void store_free(struct store *s) {
     struct store_deferred *d;
     if (!s) return;
     /* the redis backend fails its pending commands through the deferred queue or directly */
-    store_redis_free(s->redis);
-    s->redis = NULL;
+    if (s->backend) s->ops->close(s->backend);
+    s->backend = NULL;
     while ((d = s->head)) {
         s->head = d->next;
         if (!s->head) s->tail = NULL;
@@ -242,7 +250,7 @@ void store_free(struct store *s) {
 }
 
 int store_connected(const struct store *s) {
-    return s->redis ? store_redis_connected(s->redis) : 1;
+    return s->ops->connected(s->backend);
 }
 
 void store_get_stats(const struct store *s, struct store_stats *out) {
@@ -264,7 +272,7 @@ void store_limit_local(struct store *s, const struct limit_bucket *b, size_t n, 
         return;
     }
     store_memory_check(s->sh->memory, b, n, clock_mono_us(), &o);
-    if (!s->redis) store_count(s, STORE_COMMANDS);
+    if (s->ops == &store_memory_ops) store_count(s, STORE_COMMANDS); /* it is the store's check */
     store_defer(s, cb, arg, NULL, &o);
 }
 
@@ -275,75 +283,28 @@ void store_limit(struct store *s, const struct limit_bucket *b, size_t n, store_
 
 void store_limit_nonce(struct store *s, const struct limit_bucket *b, size_t n,
                        const struct store_nonce *nonce, store_limit_fn cb, void *arg) {
-    if (s->redis)
-        store_redis_limit(s->redis, b, n, nonce, cb, arg);
-    else
-        store_limit_local(s, b, n, cb, arg);
+    s->ops->limit(s, s->backend, b, n, nonce, cb, arg);
 }
 
 /* ---- prefetch pool and idempotency: the memory backend answers at once (deferred), the redis
  * backend runs one script per call ---- */
 
-static uint64_t store_now_ms(void) {
-    return clock_wall_us() / 1000;
-}
-
 void store_pool_push(struct store *s, const char *key, const char *url, size_t cap, unsigned ttl_ms,
                      store_pool_fn cb, void *arg) {
-    struct store_pool_result r = {0};
-    if (s->redis) {
-        char capbuf[24], ttlbuf[24];
-        const char *argv[3] = {url, capbuf, ttlbuf};
-        size_t argvlen[3];
-        snprintf(capbuf, sizeof capbuf, "%zu", cap);
-        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms);
-        for (size_t i = 0; i < 3; i++) argvlen[i] = strlen(argv[i]);
-        store_redis_pool(s->redis, STORE_OP_POOL_PUSH, key, argv, argvlen, 3, cb, arg);
-        return;
-    }
-    store_count(s, STORE_COMMANDS);
-    if (store_memory_pool_push(s->sh->memory, key, url, cap, ttl_ms, store_now_ms(), &r.depth))
-        store_defer_pool(s, cb, arg, "out of memory", NULL);
-    else
-        store_defer_pool(s, cb, arg, NULL, &r);
-}
-
-static void store_pool_take(struct store *s, enum store_redis_op op, const char *key,
-                            unsigned ttl_ms, store_pool_fn cb, void *arg) {
-    struct store_pool_result r = {0};
-    char *url = NULL;
-    int rc;
-    if (s->redis) {
-        char ttlbuf[24];
-        const char *argv[1] = {ttlbuf};
-        size_t argvlen[1];
-        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms);
-        argvlen[0] = strlen(ttlbuf);
-        store_redis_pool(s->redis, op, key, argv, argvlen, 1, cb, arg);
-        return;
-    }
-    store_count(s, STORE_COMMANDS);
-    if (op == STORE_OP_POOL_POP)
-        rc = store_memory_pool_pop(s->sh->memory, key, ttl_ms, store_now_ms(), &url, &r.discarded);
-    else
-        rc = store_memory_pool_depth(s->sh->memory, key, ttl_ms, store_now_ms(), &r.depth,
-                                     &r.discarded);
-    r.url = url;
-    if (rc)
-        store_defer_pool(s, cb, arg, "out of memory", NULL);
-    else
-        store_defer_pool(s, cb, arg, NULL, &r);
-    free(url);
+    struct store_pool_req req = {STORE_OP_POOL_PUSH, key, url, cap, ttl_ms};
+    s->ops->pool(s, s->backend, &req, cb, arg);
 }
 
 void store_pool_pop(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
                     void *arg) {
-    store_pool_take(s, STORE_OP_POOL_POP, key, ttl_ms, cb, arg);
+    struct store_pool_req req = {STORE_OP_POOL_POP, key, NULL, 0, ttl_ms};
+    s->ops->pool(s, s->backend, &req, cb, arg);
 }
 
 void store_pool_depth(struct store *s, const char *key, unsigned ttl_ms, store_pool_fn cb,
                       void *arg) {
-    store_pool_take(s, STORE_OP_POOL_DEPTH, key, ttl_ms, cb, arg);
+    struct store_pool_req req = {STORE_OP_POOL_DEPTH, key, NULL, 0, ttl_ms};
+    s->ops->pool(s, s->backend, &req, cb, arg);
 }
 
 static int store_fp_ok(const char *fp) {
@@ -353,75 +314,30 @@ static int store_fp_ok(const char *fp) {
     return n == STORE_IDEM_FP_LEN;
 }
 
-void store_idem_begin(struct store *s, const char *key, const char *fp, unsigned pending_ms,
-                      store_idem_fn cb, void *arg) {
-    struct store_idem_result r = {0};
-    char *body = NULL;
-    if (!store_fp_ok(fp)) {
+/* Checks the fingerprint, then hands the operation to the backend. */
+static void store_idem(struct store *s, const struct store_idem_req *req, store_idem_fn cb,
+                       void *arg) {
+    if (!store_fp_ok(req->fp)) {
         store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
         return;
     }
-    if (s->redis) {
-        char ttlbuf[24];
-        const char *argv[2] = {fp, ttlbuf};
-        size_t argvlen[2];
-        snprintf(ttlbuf, sizeof ttlbuf, "%u", pending_ms ? pending_ms : 1);
-        argvlen[0] = strlen(fp);
-        argvlen[1] = strlen(ttlbuf);
-        store_redis_idem(s->redis, STORE_OP_IDEM_BEGIN, key, argv, argvlen, 2, cb, arg);
-        return;
-    }
-    store_count(s, STORE_COMMANDS);
-    if (store_memory_idem_begin(s->sh->memory, key, fp, pending_ms, store_now_ms(), &r.state, &body,
-                                &r.body_len)) {
-        store_defer_idem(s, cb, arg, "out of memory", NULL);
-        return;
-    }
-    r.body = body;
-    store_defer_idem(s, cb, arg, NULL, &r);
-    free(body);
+    s->ops->idem(s, s->backend, req, cb, arg);
+}
+
+void store_idem_begin(struct store *s, const char *key, const char *fp, unsigned pending_ms,
+                      store_idem_fn cb, void *arg) {
+    struct store_idem_req req = {STORE_OP_IDEM_BEGIN, key, fp, NULL, 0, pending_ms};
+    store_idem(s, &req, cb, arg);
 }
 
 void store_idem_complete(struct store *s, const char *key, const char *fp, const char *body,
                          size_t body_len, unsigned ttl_ms, store_idem_fn cb, void *arg) {
-    struct store_idem_result r = {0};
-    if (!store_fp_ok(fp)) {
-        store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
-        return;
-    }
-    if (s->redis) {
-        char ttlbuf[24];
-        const char *argv[3] = {fp, body, ttlbuf};
-        size_t argvlen[3];
-        snprintf(ttlbuf, sizeof ttlbuf, "%u", ttl_ms ? ttl_ms : 1);
-        argvlen[0] = strlen(fp);
-        argvlen[1] = body_len;
-        argvlen[2] = strlen(ttlbuf);
-        store_redis_idem(s->redis, STORE_OP_IDEM_COMPLETE, key, argv, argvlen, 3, cb, arg);
-        return;
-    }
-    store_count(s, STORE_COMMANDS);
-    if (store_memory_idem_complete(s->sh->memory, key, fp, body, body_len, ttl_ms, store_now_ms(),
-                                   &r.state))
-        store_defer_idem(s, cb, arg, "out of memory", NULL);
-    else
-        store_defer_idem(s, cb, arg, NULL, &r);
+    struct store_idem_req req = {STORE_OP_IDEM_COMPLETE, key, fp, body, body_len, ttl_ms};
+    store_idem(s, &req, cb, arg);
 }
 
 void store_idem_abandon(struct store *s, const char *key, const char *fp, store_idem_fn cb,
                         void *arg) {
-    struct store_idem_result r = {0};
-    if (!store_fp_ok(fp)) {
-        store_defer_idem(s, cb, arg, "malformed idempotency fingerprint", NULL);
-        return;
-    }
-    if (s->redis) {
-        const char *argv[1] = {fp};
-        size_t argvlen[1] = {strlen(fp)};
-        store_redis_idem(s->redis, STORE_OP_IDEM_ABANDON, key, argv, argvlen, 1, cb, arg);
-        return;
-    }
-    store_count(s, STORE_COMMANDS);
-    store_memory_idem_abandon(s->sh->memory, key, fp, store_now_ms(), &r.state);
-    store_defer_idem(s, cb, arg, NULL, &r);
+    struct store_idem_req req = {STORE_OP_IDEM_ABANDON, key, fp, NULL, 0, 0};
+    store_idem(s, &req, cb, arg);
 }

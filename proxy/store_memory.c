@@ -7,13 +7,15 @@
  * The prefetch pool is a ring of URLs per profile key under one mutex (a handful of profiles,
  * critical sections of a pointer move); idempotency records live in a chained table under one
  * mutex, expired records dropped a few chains per call. */
-#include "store.h"
+#include "store_backend.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <openssl/rand.h>
+
+#include "capgate/clock.h"
 
 #define STORE_MEMORY_STRIPES 64    /* power of two */
 #define STORE_MEMORY_MIN_CHAINS 16 /* per stripe, power of two */
@@ -564,3 +566,97 @@ size_t store_memory_idem_chains(struct store_memory *m) {
     pthread_mutex_unlock(&m->idem_lock);
     return n;
 }
+
+/* ---- the memory backend's table (store_backend.h): every operation answers at once, through
+ * the deferred queue, and counts as one command ---- */
+
+static int store_memory_op_open(struct store *s, struct event_base *base, void **state, char *err,
+                                size_t errlen) {
+    *state = NULL; /* the tables are the process's (store_memory_of) */
+    return 0;
+}
+
+static void store_memory_op_close(void *state) {}
+
+static int store_memory_op_connected(const void *state) {
+    return 1;
+}
+
+static void store_memory_op_limit(struct store *s, void *state, const struct limit_bucket *b,
+                                  size_t n, const struct store_nonce *nonce, store_limit_fn cb,
+                                  void *arg) {
+    store_limit_local(s, b, n, cb, arg);
+}
+
+static uint64_t store_memory_now_ms(void) {
+    return clock_wall_us() / 1000;
+}
+
+static void store_memory_op_pool(struct store *s, void *state, const struct store_pool_req *req,
+                                 store_pool_fn cb, void *arg) {
+    struct store_memory *m = store_memory_of(s);
+    struct store_pool_result r = {0};
+    char *url = NULL;
+    int rc;
+    store_count(s, STORE_COMMANDS);
+    switch (req->op) {
+    case STORE_OP_POOL_PUSH:
+        rc = store_memory_pool_push(m, req->key, req->url, req->cap, req->ttl_ms,
+                                    store_memory_now_ms(), &r.depth);
+        break;
+    case STORE_OP_POOL_POP:
+        rc = store_memory_pool_pop(m, req->key, req->ttl_ms, store_memory_now_ms(), &url,
+                                   &r.discarded);
+        break;
+    case STORE_OP_POOL_DEPTH:
+        rc = store_memory_pool_depth(m, req->key, req->ttl_ms, store_memory_now_ms(), &r.depth,
+                                     &r.discarded);
+        break;
+    default: store_defer_pool(s, cb, arg, "not a pool operation", NULL); return;
+    }
+    r.url = url;
+    if (rc)
+        store_defer_pool(s, cb, arg, "out of memory", NULL);
+    else
+        store_defer_pool(s, cb, arg, NULL, &r);
+    free(url);
+}
+
+static void store_memory_op_idem(struct store *s, void *state, const struct store_idem_req *req,
+                                 store_idem_fn cb, void *arg) {
+    struct store_memory *m = store_memory_of(s);
+    struct store_idem_result r = {0};
+    char *body = NULL;
+    int rc;
+    store_count(s, STORE_COMMANDS);
+    switch (req->op) {
+    case STORE_OP_IDEM_BEGIN:
+        rc = store_memory_idem_begin(m, req->key, req->fp, req->ttl_ms, store_memory_now_ms(),
+                                     &r.state, &body, &r.body_len);
+        break;
+    case STORE_OP_IDEM_COMPLETE:
+        rc = store_memory_idem_complete(m, req->key, req->fp, req->body, req->body_len, req->ttl_ms,
+                                        store_memory_now_ms(), &r.state);
+        break;
+    case STORE_OP_IDEM_ABANDON:
+        rc = store_memory_idem_abandon(m, req->key, req->fp, store_memory_now_ms(), &r.state);
+        break;
+    default: store_defer_idem(s, cb, arg, "not an idempotency operation", NULL); return;
+    }
+    r.body = body;
+    if (rc)
+        store_defer_idem(s, cb, arg, "out of memory", NULL);
+    else
+        store_defer_idem(s, cb, arg, NULL, &r);
+    free(body);
+}
+
+const struct store_ops store_memory_ops = {
+    .kind = "memory",
+    .open = store_memory_op_open,
+    .close = store_memory_op_close,
+    .connected = store_memory_op_connected,
+    .limit = store_memory_op_limit,
+    .pool = store_memory_op_pool,
+    .idem = store_memory_op_idem,
+};

@@ -7,15 +7,18 @@
  * calls back later (with the late reply, or NULL when the connection goes), and only then is the
  * command freed. Callers only ever hear back through the owner's deferred queue (store_defer), so
  * no caller callback runs inside hiredis or inside store_limit.
- * Besides the limit script, the prefetch pool and idempotency operations are one script each
- * (store_lua.h); every script is loaded at connect (pipelined, ready after the last reply) and
- * the one a command needs is loaded again after NOSCRIPT.
+ * Limit calls with buckets are not sent one by one: those of one event-loop turn wait on r->batch
+ * and a flush event (run later in the same turn) sends them as one EVALSHA of the limit script, a
+ * BATCH command that owns them as its members (each keeps its own timer and is answered from its
+ * part of the reply); a lone Nonce claim is a plain SET NX. The prefetch pool and idempotency
+ * operations are one script each (store_lua.h); every script is loaded at connect (pipelined,
+ * ready after the last reply) and the one a command needs is loaded again after NOSCRIPT.
  * Fail fast: the first command that times out (or a lost connection) marks the store down, and
  * from then on every command is answered at once with an error (the caller applies
  * on_store_error) instead of waiting timeout_ms for a server known not to answer. The store is up
  * again when a probe succeeds: a PING on the same connection (its reply comes after every late
  * one, so Redis has caught up), or, once the connection was dropped, the reconnect's handshake. */
-#include "store.h"
+#include "store_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,11 @@
 #define STORE_REDIS_TIMEOUTS_DROP 3 /* consecutive timed-out replies that drop the link */
 #define STORE_REDIS_SHA_LEN 40
 #define STORE_REDIS_PROBE_RETRY_MS 50 /* after a probe answered with an error (-LOADING) */
+/* Limit calls that share one EVALSHA at most: the calls of one event-loop turn go out together
+ * (the fixed cost of a script call, its TIME and MGET, and one SET per bucket key are paid once
+ * per batch instead of once per request); the bound keeps one script's run time, and so what it
+ * holds Redis up, short. */
+#define STORE_REDIS_BATCH_MAX 64
 
 enum store_redis_state {
     STORE_REDIS_DISCONNECTED,
@@ -54,7 +62,7 @@ static const char *const store_redis_state_names[] = {
     "loading scripts", "ready",      "backoff",
 };
 
-/* Script 0 is the limit script; script 1 + op serves enum store_redis_op. */
+/* Script 0 is the limit script; script 1 + op serves enum store_op. */
 static const char *const store_redis_scripts[] = {
     STORE_LUA_LIMIT,      STORE_LUA_POOL_PUSH,     STORE_LUA_POOL_POP,     STORE_LUA_POOL_DEPTH,
     STORE_LUA_IDEM_BEGIN, STORE_LUA_IDEM_COMPLETE, STORE_LUA_IDEM_ABANDON,
@@ -70,12 +78,15 @@ enum store_redis_cmd_kind {
     STORE_REDIS_CMD_LOAD,   /* SCRIPT LOAD while connecting */
     STORE_REDIS_CMD_RELOAD, /* SCRIPT LOAD after NOSCRIPT */
     STORE_REDIS_CMD_PROBE,  /* PING while marked down on a live connection */
+    STORE_REDIS_CMD_BATCH,  /* one EVALSHA of the limit script for several LIMIT commands (its
+                             * members); inflight itself, and owner of the members once sent */
 };
 
 enum store_redis_cmd_where {
     STORE_REDIS_QUEUED,    /* on r->queue, waiting for ready */
     STORE_REDIS_INFLIGHT,  /* handed to hiredis, on r->inflight */
     STORE_REDIS_ABANDONED, /* handed to hiredis, caller already answered: free on callback */
+    STORE_REDIS_BATCHED,   /* on r->batch, waiting for this loop turn's flush */
 };
 
 struct store_redis_cmd {
@@ -89,9 +100,9 @@ struct store_redis_cmd {
     void *arg;
     struct event *timer; /* caller commands only */
     int noscript_retried;
-    unsigned script;        /* index in store_redis_scripts */
-    enum store_redis_op op; /* CACHE */
-    size_t argc;            /* CACHE: owned argv strings */
+    unsigned script;  /* index in store_redis_scripts */
+    enum store_op op; /* CACHE */
+    size_t argc;      /* CACHE: owned argv strings */
     char *argv[STORE_REDIS_CACHE_ARGS];
     size_t argvlen[STORE_REDIS_CACHE_ARGS];
     size_t n;
@@ -100,6 +111,10 @@ struct store_redis_cmd {
     char *keys[LIMIT_MAX_BUCKETS];
     char *nonce_key; /* LIMIT: the Nonce to claim, NULL: none */
     unsigned nonce_ttl_ms;
+    struct store_redis_cmd **members; /* BATCH: the LIMIT commands, in request order; a member
+                                       * is on r->inflight until answered or abandoned, and is
+                                       * freed with its batch */
+    size_t n_members;
 };
 
 struct store_redis_list {
@@ -125,11 +140,14 @@ struct store_redis {
     char sha[STORE_REDIS_N_SCRIPTS][STORE_REDIS_SHA_LEN + 1];
     char last_err[128];
     struct store_redis_list queue, inflight;
+    struct store_redis_list batch; /* LIMIT commands of this loop turn, sent by flush_ev */
+    struct event *flush_ev;
     struct strbuf resp; /* the command being sent, formatted (resp.h) */
 };
 
 static void store_redis_connect(struct store_redis *r);
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c);
+static void store_redis_batch_add(struct store_redis *r, struct store_redis_cmd *c);
 
 /* Every worker retries while Redis is down: one warning when that starts (and when the error
  * changes), a summary a minute, one line when a connection is ready again. */
@@ -204,6 +222,8 @@ static void store_redis_list_remove(struct store_redis_list *l, struct store_red
 
 static void store_redis_cmd_free(struct store_redis_cmd *c) {
     if (!c) return;
+    for (size_t i = 0; i < c->n_members; i++) store_redis_cmd_free(c->members[i]);
+    free(c->members);
     if (c->timer) event_free(c->timer);
     for (size_t i = 0; i < c->n; i++) free(c->keys[i]);
     for (size_t i = 0; i < c->argc; i++) free(c->argv[i]);
@@ -340,6 +360,10 @@ static void store_redis_handshake_next(struct store_redis *r) {
         store_redis_mark_up(r, "connected");
         while (r->state == STORE_REDIS_READY && (c = r->queue.head)) {
             store_redis_list_remove(&r->queue, c);
+            if (c->kind == STORE_REDIS_CMD_LIMIT && c->n > 0) {
+                store_redis_batch_add(r, c);
+                continue;
+            }
             if (store_redis_send(r, c) != 0) {
                 store_redis_answer(r, c, "redis command could not be sent", NULL);
                 store_redis_cmd_free(c);
@@ -391,40 +415,55 @@ static void store_redis_on_disconnect(const redisAsyncContext *ac, int status) {
     store_redis_backoff(r, why);
 }
 
-/* Parses the script's reply into o: 0, or -1 when it has the wrong shape. */
-static int store_redis_parse_outcome(const redisReply *rep, size_t n, struct limit_outcome *o) {
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4 + 2 * n) return -1;
-    for (size_t i = 0; i < rep->elements; i++)
-        if (rep->element[i]->type != REDIS_REPLY_INTEGER) return -1;
-    memset(o, 0, sizeof *o);
-    o->allowed = rep->element[0]->integer == 1;
-    o->denied = (int)rep->element[1]->integer;
-    o->shadow_denied = (int)rep->element[2]->integer;
-    if (o->denied < -1 || o->denied >= (int)n || o->shadow_denied < -1 ||
-        o->shadow_denied >= (int)n || rep->element[3]->integer < 0)
+/* Parses one request's part of the limit script's reply (store_lua.h), of n buckets, from
+ * element *at on, into o (NULL: check only) and moves *at past it: 0, or -1 when it has the
+ * wrong shape. */
+static int store_redis_parse_outcome(const redisReply *rep, size_t *at, size_t n,
+                                     struct limit_outcome *o) {
+    redisReply **e = rep->element + *at;
+    size_t left = rep->elements - *at;
+    if (left < 1 || e[0]->type != REDIS_REPLY_INTEGER) return -1;
+    if (e[0]->integer == 2) { /* a replayed Nonce: nothing else was looked at */
+        if (o) {
+            memset(o, 0, sizeof *o);
+            o->replay = 1;
+            o->denied = o->shadow_denied = -1;
+        }
+        *at += 1;
+        return 0;
+    }
+    if (left < 4 + 2 * n || (e[0]->integer != 0 && e[0]->integer != 1)) return -1;
+    for (size_t i = 1; i < 4 + 2 * n; i++)
+        if (e[i]->type != REDIS_REPLY_INTEGER) return -1;
+    if (e[1]->integer < -1 || e[1]->integer >= (long long)n || e[2]->integer < -1 ||
+        e[2]->integer >= (long long)n || e[3]->integer < 0)
         return -1;
-    o->retry_after_us = (uint64_t)rep->element[3]->integer;
+    *at += 4 + 2 * n;
+    if (!o) return 0;
+    memset(o, 0, sizeof *o);
+    o->allowed = e[0]->integer == 1;
+    o->denied = (int)e[1]->integer;
+    o->shadow_denied = (int)e[2]->integer;
+    o->retry_after_us = (uint64_t)e[3]->integer;
     for (size_t i = 0; i < n; i++) {
-        long long rem = rep->element[4 + 2 * i]->integer, reset = rep->element[5 + 2 * i]->integer;
+        long long rem = e[4 + 2 * i]->integer, reset = e[5 + 2 * i]->integer;
         o->remaining[i] = rem > 0 ? (uint64_t)rem : 0;
         o->reset_us[i] = reset > 0 ? (uint64_t)reset : 0;
     }
     return 0;
 }
 
-/* A LIMIT command's reply when it carried a Nonce: "replay" (the script) or nil (the plain SET)
- * when the key was already claimed, "OK" when the plain SET claimed it. 1 when rep is one of
- * those and *o is set, 0 when it is the script's ordinary outcome. */
+/* The reply of a lone Nonce claim (a LIMIT command without buckets, a plain SET NX): nil when
+ * the key was already claimed, "OK" when the SET claimed it. 1 when rep is one of those and *o is
+ * set, 0 when it is neither. */
 static int store_redis_parse_nonce(const struct store_redis_cmd *c, const redisReply *rep,
                                    struct limit_outcome *o) {
     int replay;
-    if (!c->nonce_key) return 0;
-    if (c->n == 0 && rep->type == REDIS_REPLY_NIL)
+    if (!c->nonce_key || c->n != 0) return 0;
+    if (rep->type == REDIS_REPLY_NIL)
         replay = 1;
-    else if (c->n == 0 && rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0)
+    else if (rep->type == REDIS_REPLY_STATUS && strcmp(rep->str, "OK") == 0)
         replay = 0;
-    else if (c->n > 0 && rep->type == REDIS_REPLY_STRING && strcmp(rep->str, "replay") == 0)
-        replay = 1;
     else
         return 0;
     memset(o, 0, sizeof *o);
@@ -521,12 +560,72 @@ static void store_redis_on_limit_reply(struct store_redis *r, struct store_redis
             store_redis_answer_cache(r, c, &pr, &ir);
     } else if (store_redis_parse_nonce(c, rep, &o)) {
         store_redis_answer(r, c, NULL, &o);
-    } else if (c->n == 0 || store_redis_parse_outcome(rep, c->n, &o) != 0) {
-        store_redis_answer(r, c, "redis replied to the limit script in an unexpected shape", NULL);
     } else {
-        store_redis_answer(r, c, NULL, &o);
+        store_redis_answer(r, c, "redis replied to a Nonce claim in an unexpected shape", NULL);
     }
     store_redis_cmd_free(c);
+}
+
+/* Answers every member of batch b still waiting (not timed out) with err. */
+static void store_redis_batch_fail(struct store_redis *r, struct store_redis_cmd *b,
+                                   const char *err) {
+    for (size_t i = 0; i < b->n_members; i++) {
+        struct store_redis_cmd *m = b->members[i];
+        if (m->where != STORE_REDIS_INFLIGHT) continue;
+        store_redis_list_remove(&r->inflight, m);
+        m->where = STORE_REDIS_QUEUED; /* on no list; freed with b */
+        store_redis_answer(r, m, err, NULL);
+    }
+}
+
+/* The limit script's reply to batch b: each waiting member hears its part; b is freed (with its
+ * members) unless it went out again after NOSCRIPT. */
+static void store_redis_on_batch_reply(struct store_redis *r, struct store_redis_cmd *b,
+                                       redisReply *rep) {
+    char err[200];
+    size_t at = 0, i;
+    r->consecutive_timeouts = 0;
+    if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
+        !b->noscript_retried) {
+        /* as for a cache script: load it and send the batch again down the same connection */
+        b->noscript_retried = 1;
+        store_count(r->owner, STORE_NOSCRIPT_RELOADS);
+        log_info("redis %s:%d: script missing (NOSCRIPT), loading it again", r->opt->host,
+                 r->opt->port);
+        if (store_redis_send_internal(r, STORE_REDIS_CMD_RELOAD, b->script) == 0 &&
+            store_redis_send(r, b) == 0)
+            return;
+        store_redis_batch_fail(r, b, "redis script could not be reloaded");
+        store_redis_cmd_free(b);
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        snprintf(err, sizeof err, "redis error: %s", rep->str);
+        store_redis_batch_fail(r, b, err);
+        store_redis_cmd_free(b);
+        return;
+    }
+    /* the whole shape first, so a malformed reply answers no member with a wrong part */
+    if (rep->type == REDIS_REPLY_ARRAY) {
+        for (i = 0; i < b->n_members; i++)
+            if (store_redis_parse_outcome(rep, &at, b->members[i]->n, NULL) != 0) break;
+    }
+    if (rep->type != REDIS_REPLY_ARRAY || i < b->n_members || at != rep->elements) {
+        store_redis_batch_fail(r, b, "redis replied to the limit script in an unexpected shape");
+        store_redis_cmd_free(b);
+        return;
+    }
+    at = 0;
+    for (i = 0; i < b->n_members; i++) {
+        struct store_redis_cmd *m = b->members[i];
+        struct limit_outcome o;
+        (void)store_redis_parse_outcome(rep, &at, m->n, &o);
+        if (m->where != STORE_REDIS_INFLIGHT) continue; /* timed out: answered already */
+        store_redis_list_remove(&r->inflight, m);
+        m->where = STORE_REDIS_QUEUED; /* on no list; freed with b */
+        store_redis_answer(r, m, NULL, &o);
+    }
+    store_redis_cmd_free(b);
 }
 
 static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata) {
@@ -545,10 +644,12 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
         snprintf(why, sizeof why, "redis connection lost: %s",
                  ac->errstr[0] ? ac->errstr : "closed");
         if (store_redis_caller_cmd(c)) store_redis_answer(r, c, why, NULL);
+        if (c->kind == STORE_REDIS_CMD_BATCH) store_redis_batch_fail(r, c, why);
         store_redis_cmd_free(c);
         return;
     }
     switch (c->kind) {
+    case STORE_REDIS_CMD_BATCH: store_redis_on_batch_reply(r, c, rep); return;
     case STORE_REDIS_CMD_LIMIT:
     case STORE_REDIS_CMD_CACHE: store_redis_on_limit_reply(r, c, rep); return;
     case STORE_REDIS_CMD_AUTH:
@@ -595,11 +696,111 @@ static void store_redis_on_reply(redisAsyncContext *ac, void *reply, void *privd
     }
 }
 
+/* FNV-1a of a bucket key: compared before the key itself while entries are deduplicated. */
+static uint32_t store_redis_key_hash(const char *k) {
+    uint32_t h = 2166136261u;
+    for (; *k; k++) h = (h ^ (unsigned char)*k) * 16777619u;
+    return h;
+}
+
+/* The EVALSHA of batch b (store_lua.h has the layout) formatted into r->resp: 0, or -1 on OOM.
+ * Buckets that share a key and its parameters become one entry. */
+static int store_redis_format_batch(struct store_redis *r, const struct store_redis_cmd *b) {
+    size_t total = 0, m = 0, nonces = 0, argc = 0, k;
+    for (k = 0; k < b->n_members; k++) {
+        total += b->members[k]->n;
+        nonces += b->members[k]->nonce_key != NULL;
+    }
+    /* one block: entries (request bucket → entry), argv, lengths, and the numbers' text */
+    size_t max_argc = 3 + total + nonces + 2 + 4 * total + 2 * b->n_members + total;
+    size_t n_nums = 3 + 3 * total + 2 * b->n_members + total;
+    struct entry {
+        const struct store_redis_cmd *c;
+        size_t i; /* the bucket of c this entry stands for */
+        uint32_t hash;
+    } * ent;
+    size_t *idx;
+    const char **argv;
+    size_t *len;
+    char(*num)[24], *end;
+    size_t nn = 0;
+    char *block = malloc(total * (sizeof *ent + sizeof *idx) +
+                         max_argc * (sizeof *argv + sizeof *len) + n_nums * sizeof *num);
+    int rc = -1;
+    if (!block) return -1;
+    ent = (struct entry *)(void *)block;
+    idx = (size_t *)(void *)(ent + total);
+    argv = (const char **)(void *)(idx + total);
+    len = (size_t *)(void *)(argv + max_argc);
+    num = (char(*)[24])(void *)(len + max_argc);
+    for (k = 0, total = 0; k < b->n_members; k++) {
+        const struct store_redis_cmd *c = b->members[k];
+        for (size_t i = 0; i < c->n; i++, total++) {
+            uint32_t h = store_redis_key_hash(c->keys[i]);
+            size_t j;
+            for (j = 0; j < m; j++) {
+                const struct store_redis_cmd *d = ent[j].c;
+                size_t di = ent[j].i;
+                if (ent[j].hash == h && d->emission_us[di] == c->emission_us[i] &&
+                    d->tolerance_us[di] == c->tolerance_us[i] && d->shadow[di] == c->shadow[i] &&
+                    strcmp(d->keys[di], c->keys[i]) == 0)
+                    break;
+            }
+            if (j == m) ent[m++] = (struct entry){c, i, h};
+            idx[total] = j + 1;
+        }
+    }
+#define PUT_NUM(v) \
+    do { \
+        end = num_put_u64(num[nn], (v)); \
+        len[argc] = (size_t)(end - num[nn]); \
+        argv[argc++] = num[nn++]; \
+    } while (0)
+    argv[argc] = "EVALSHA";
+    len[argc++] = 7;
+    argv[argc] = r->sha[0];
+    len[argc++] = STORE_REDIS_SHA_LEN;
+    PUT_NUM(m + nonces);
+    for (k = 0; k < m; k++) {
+        argv[argc] = ent[k].c->keys[ent[k].i];
+        len[argc] = strlen(argv[argc]);
+        argc++;
+    }
+    for (k = 0; k < b->n_members; k++) {
+        if (!b->members[k]->nonce_key) continue;
+        argv[argc] = b->members[k]->nonce_key;
+        len[argc] = strlen(argv[argc]);
+        argc++;
+    }
+    PUT_NUM(m);
+    PUT_NUM(b->n_members);
+    for (k = 0; k < m; k++) {
+        const struct store_redis_cmd *c = ent[k].c;
+        uint64_t tol = c->tolerance_us[ent[k].i], px_ms = tol / 1000 + (tol % 1000 != 0);
+        PUT_NUM(c->emission_us[ent[k].i]);
+        PUT_NUM(tol);
+        argv[argc] = c->shadow[ent[k].i] ? "1" : "0";
+        len[argc++] = 1;
+        PUT_NUM(px_ms ? px_ms : 1); /* SET PX 0 is an error; a TAT is written only when e <= tol */
+    }
+    for (k = 0, total = 0; k < b->n_members; k++) {
+        const struct store_redis_cmd *c = b->members[k];
+        PUT_NUM(c->n);
+        for (size_t i = 0; i < c->n; i++) PUT_NUM(idx[total++]);
+        PUT_NUM(c->nonce_key ? c->nonce_ttl_ms : 0);
+    }
+#undef PUT_NUM
+    strbuf_reset(&r->resp);
+    rc = resp_append_command(&r->resp, (int)argc, argv, len);
+    free(block);
+    return rc;
+}
+
 /* Hands c to hiredis: 0, or -1 (nothing was handed over; c is the caller's again). */
 static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
-    const char *argv[5 + 4 * LIMIT_MAX_BUCKETS];
-    size_t argvlen[5 + 4 * LIMIT_MAX_BUCKETS];
-    char nums[2 + 2 * LIMIT_MAX_BUCKETS][24];
+    const char *argv[4 + STORE_REDIS_CACHE_ARGS];
+    size_t argvlen[4 + STORE_REDIS_CACHE_ARGS];
+    char nums[1][24];
     char dbuf[16];
     int argc = 0;
     if (!r->ac) return -1;
@@ -632,40 +833,27 @@ static int store_redis_send(struct store_redis *r, struct store_redis_cmd *c) {
         }
         goto send;
     case STORE_REDIS_CMD_LIMIT:
-        if (c->nonce_key) *num_put_u64(nums[1 + 2 * LIMIT_MAX_BUCKETS], c->nonce_ttl_ms) = '\0';
-        if (c->n == 0) {
-            /* only a Nonce to claim: no script needed */
-            argv[argc++] = "SET";
-            argv[argc++] = c->nonce_key;
-            argv[argc++] = "1";
-            argv[argc++] = "NX";
-            argv[argc++] = "PX";
-            argv[argc++] = nums[1 + 2 * LIMIT_MAX_BUCKETS];
-            break;
-        }
-        *num_put_u64(nums[0], c->n + (c->nonce_key ? 1 : 0)) = '\0';
-        argv[argc++] = "EVALSHA";
-        argv[argc++] = r->sha[0];
+        /* only a Nonce to claim, no script needed (commands with buckets go in a batch) */
+        if (c->n != 0 || !c->nonce_key) return -1;
+        *num_put_u64(nums[0], c->nonce_ttl_ms) = '\0';
+        argv[argc++] = "SET";
+        argv[argc++] = c->nonce_key;
+        argv[argc++] = "1";
+        argv[argc++] = "NX";
+        argv[argc++] = "PX";
         argv[argc++] = nums[0];
-        for (size_t i = 0; i < c->n; i++) argv[argc++] = c->keys[i];
-        if (c->nonce_key) argv[argc++] = c->nonce_key;
-        for (size_t i = 0; i < c->n; i++) {
-            /* numbers by hand: snprintf cost about 900 instructions each, 7 per request */
-            *num_put_u64(nums[1 + 2 * i], c->emission_us[i]) = '\0';
-            *num_put_u64(nums[2 + 2 * i], c->tolerance_us[i]) = '\0';
-            argv[argc++] = nums[1 + 2 * i];
-            argv[argc++] = nums[2 + 2 * i];
-            argv[argc++] = c->shadow[i] ? "1" : "0";
-        }
-        if (c->nonce_key) argv[argc++] = nums[1 + 2 * LIMIT_MAX_BUCKETS];
         break;
+    case STORE_REDIS_CMD_BATCH:
+        if (store_redis_format_batch(r, c) != 0) return -1;
+        goto formatted;
     }
     for (int i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
 send:
     strbuf_reset(&r->resp);
-    if (resp_append_command(&r->resp, argc, argv, argvlen) != 0 ||
-        redisAsyncFormattedCommand(r->ac, store_redis_on_reply, c, r->resp.s, r->resp.len) !=
-            REDIS_OK)
+    if (resp_append_command(&r->resp, argc, argv, argvlen) != 0) return -1;
+formatted:
+    if (redisAsyncFormattedCommand(r->ac, store_redis_on_reply, c, r->resp.s, r->resp.len) !=
+        REDIS_OK)
         return -1;
     if (store_redis_caller_cmd(c)) store_count(r->owner, STORE_COMMANDS);
     c->where = STORE_REDIS_INFLIGHT;
@@ -677,6 +865,14 @@ static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg
     struct store_redis_cmd *c = arg;
     struct store_redis *r = c->r;
     char err[200];
+    if (c->where == STORE_REDIS_BATCHED) { /* the flush never ran: not to be expected */
+        snprintf(err, sizeof err, "redis timed out after %u ms before the command was sent",
+                 r->opt->timeout_ms);
+        store_redis_list_remove(&r->batch, c);
+        store_redis_answer(r, c, err, NULL);
+        store_redis_cmd_free(c);
+        return;
+    }
     if (c->where == STORE_REDIS_QUEUED) {
         snprintf(err, sizeof err, "redis timed out after %u ms waiting for a connection%s%s%s",
                  r->opt->timeout_ms, r->last_err[0] ? " (last error: " : "", r->last_err,
@@ -768,6 +964,57 @@ static void store_redis_connect(struct store_redis *r) {
     event_add(r->handshake_timer, &tv);
 }
 
+/* Sends this loop turn's limit calls, STORE_REDIS_BATCH_MAX to a script call; they go back to the
+ * queue when the connection went meanwhile. Each member counts as one command, as it would
+ * alone. */
+static void store_redis_on_flush(evutil_socket_t fd, short what, void *arg) {
+    struct store_redis *r = arg;
+    struct store_redis_cmd *c, *b;
+    while (r->batch.head) {
+        size_t n = r->batch.count < STORE_REDIS_BATCH_MAX ? r->batch.count : STORE_REDIS_BATCH_MAX;
+        if (r->state != STORE_REDIS_READY || !r->ac) {
+            while ((c = r->batch.head)) {
+                store_redis_list_remove(&r->batch, c);
+                c->where = STORE_REDIS_QUEUED;
+                store_redis_list_push(&r->queue, c);
+            }
+            return;
+        }
+        if (!(b = calloc(1, sizeof *b)) || !(b->members = calloc(n, sizeof *b->members))) {
+            free(b);
+            for (size_t i = 0; i < n && (c = r->batch.head); i++) {
+                store_redis_list_remove(&r->batch, c);
+                store_redis_answer(r, c, "out of memory", NULL);
+                store_redis_cmd_free(c);
+            }
+            continue;
+        }
+        b->r = r;
+        b->kind = STORE_REDIS_CMD_BATCH;
+        b->script = 0;
+        while (b->n_members < n) {
+            c = r->batch.head;
+            store_redis_list_remove(&r->batch, c);
+            c->where = STORE_REDIS_INFLIGHT;
+            store_redis_list_push(&r->inflight, c);
+            b->members[b->n_members++] = c;
+        }
+        if (store_redis_send(r, b) != 0) {
+            store_redis_batch_fail(r, b, "redis command could not be sent");
+            store_redis_cmd_free(b);
+            continue;
+        }
+        for (size_t i = 0; i < n; i++) store_count(r->owner, STORE_COMMANDS);
+    }
+}
+
+/* Puts a LIMIT command with buckets into this loop turn's batch (the connection is ready). */
+static void store_redis_batch_add(struct store_redis *r, struct store_redis_cmd *c) {
+    c->where = STORE_REDIS_BATCHED;
+    store_redis_list_push(&r->batch, c);
+    if (r->batch.count == 1) event_active(r->flush_ev, EV_TIMEOUT, 0);
+}
+
 struct store_redis *store_redis_new(const struct store_redis_options *opt, struct store *owner,
                                     struct event_base *base, char *err, size_t errlen) {
     struct store_redis *r = calloc(1, sizeof *r);
@@ -784,6 +1031,7 @@ struct store_redis *store_redis_new(const struct store_redis_options *opt, struc
     if (!(r->handshake_timer = event_new(base, -1, 0, store_redis_on_handshake_timeout, r)))
         goto oom;
     if (!(r->probe_timer = event_new(base, -1, 0, store_redis_on_probe_timer, r))) goto oom;
+    if (!(r->flush_ev = event_new(base, -1, 0, store_redis_on_flush, r))) goto oom;
     /* a failure to connect now is not an error: commands wait, and the backoff retries */
     store_redis_connect(r);
     return r;
@@ -802,6 +1050,11 @@ void store_redis_free(struct store_redis *r) {
         store_redis_answer(r, c, STORE_CLOSED_MESSAGE, NULL);
         store_redis_cmd_free(c);
     }
+    while ((c = r->batch.head)) {
+        store_redis_list_remove(&r->batch, c);
+        store_redis_answer(r, c, STORE_CLOSED_MESSAGE, NULL);
+        store_redis_cmd_free(c);
+    }
     store_redis_abandon_inflight(r, STORE_CLOSED_MESSAGE);
     if ((ac = r->ac)) {
         r->ac = NULL;
@@ -813,6 +1066,7 @@ void store_redis_free(struct store_redis *r) {
     if (r->backoff_timer) event_free(r->backoff_timer);
     if (r->handshake_timer) event_free(r->handshake_timer);
     if (r->probe_timer) event_free(r->probe_timer);
+    if (r->flush_ev) event_free(r->flush_ev);
     strbuf_cleanup(&r->resp);
     free(r);
 }
@@ -875,6 +1129,10 @@ void store_redis_limit(struct store_redis *r, const struct limit_bucket *b, size
     }
     if (!(c->timer = event_new(r->base, -1, 0, store_redis_on_cmd_timeout, c))) goto oom;
     event_add(c->timer, &tv);
+    if (r->state == STORE_REDIS_READY && n > 0) {
+        store_redis_batch_add(r, c);
+        return;
+    }
     if (r->state == STORE_REDIS_READY && store_redis_send(r, c) == 0) return;
     c->where = STORE_REDIS_QUEUED;
     store_redis_list_push(&r->queue, c);
@@ -885,7 +1143,7 @@ oom:
 }
 
 /* Queues or sends one cache script; exactly one of pool_cb / idem_cb is set. */
-static void store_redis_cache(struct store_redis *r, enum store_redis_op op, const char *key,
+static void store_redis_cache(struct store_redis *r, enum store_op op, const char *key,
                               const char *const *argv, const size_t *argvlen, size_t argc,
                               store_pool_fn pool_cb, store_idem_fn idem_cb, void *arg) {
     struct store_redis_cmd *c = NULL;
@@ -937,14 +1195,72 @@ failed:
         store_defer_idem(r->owner, idem_cb, arg, fail, NULL);
 }
 
-void store_redis_pool(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_pool_fn cb,
-                      void *arg) {
-    store_redis_cache(r, op, key, argv, argvlen, argc, cb, NULL, arg);
+/* ---- the redis backend's table (store_backend.h) ---- */
+
+static int store_redis_op_open(struct store *s, struct event_base *base, void **state, char *err,
+                               size_t errlen) {
+    return (*state = store_redis_new(store_redis_options_of(s), s, base, err, errlen)) ? 0 : -1;
 }
 
-void store_redis_idem(struct store_redis *r, enum store_redis_op op, const char *key,
-                      const char *const *argv, const size_t *argvlen, size_t argc, store_idem_fn cb,
-                      void *arg) {
-    store_redis_cache(r, op, key, argv, argvlen, argc, NULL, cb, arg);
+static void store_redis_op_close(void *state) {
+    store_redis_free(state);
 }
+
+static int store_redis_op_connected(const void *state) {
+    return store_redis_connected(state);
+}
+
+static void store_redis_op_limit(struct store *s, void *state, const struct limit_bucket *b,
+                                 size_t n, const struct store_nonce *nonce, store_limit_fn cb,
+                                 void *arg) {
+    store_redis_limit(state, b, n, nonce, cb, arg);
+}
+
+/* The pool scripts' string arguments (store_lua.h): push url, cap, ttl_ms; pop and depth
+ * ttl_ms. */
+static void store_redis_op_pool(struct store *s, void *state, const struct store_pool_req *req,
+                                store_pool_fn cb, void *arg) {
+    char capbuf[24], ttlbuf[24];
+    const char *argv[3];
+    size_t argvlen[3], argc = 0;
+    snprintf(capbuf, sizeof capbuf, "%zu", req->cap);
+    snprintf(ttlbuf, sizeof ttlbuf, "%u", req->ttl_ms);
+    if (req->op == STORE_OP_POOL_PUSH) {
+        argv[argc++] = req->url;
+        argv[argc++] = capbuf;
+    }
+    argv[argc++] = ttlbuf;
+    for (size_t i = 0; i < argc; i++) argvlen[i] = strlen(argv[i]);
+    store_redis_cache(state, req->op, req->key, argv, argvlen, argc, cb, NULL, arg);
+}
+
+/* The idempotency scripts' string arguments (store_lua.h): begin fp, pending_ms; complete fp,
+ * body, ttl_ms; abandon fp. A TTL of 0 is sent as 1 (PX 0 is an error). */
+static void store_redis_op_idem(struct store *s, void *state, const struct store_idem_req *req,
+                                store_idem_fn cb, void *arg) {
+    char ttlbuf[24];
+    const char *argv[3];
+    size_t argvlen[3], argc = 0;
+    snprintf(ttlbuf, sizeof ttlbuf, "%u", req->ttl_ms ? req->ttl_ms : 1);
+    argv[argc] = req->fp;
+    argvlen[argc++] = strlen(req->fp);
+    if (req->op == STORE_OP_IDEM_COMPLETE) {
+        argv[argc] = req->body;
+        argvlen[argc++] = req->body_len;
+    }
+    if (req->op != STORE_OP_IDEM_ABANDON) {
+        argv[argc] = ttlbuf;
+        argvlen[argc++] = strlen(ttlbuf);
+    }
+    store_redis_cache(state, req->op, req->key, argv, argvlen, argc, NULL, cb, arg);
+}
+
+const struct store_ops store_redis_ops = {
+    .kind = "redis",
+    .open = store_redis_op_open,
+    .close = store_redis_op_close,
+    .connected = store_redis_op_connected,
+    .limit = store_redis_op_limit,
+    .pool = store_redis_op_pool,
+    .idem = store_redis_op_idem,
+};

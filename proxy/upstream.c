@@ -23,6 +23,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
@@ -96,7 +97,9 @@ struct upstream_call {
     int post;
     unsigned flags; /* UPSTREAM_RAW_OK */
     char *params;
-    upstream_sign_fn sign; /* NULL: params as given, for every attempt */
+    upstream_sign_fn sign;   /* NULL: params as given, for every attempt */
+    upstream_build_fn build; /* set: att is built for every attempt (params unused) */
+    struct upstream_attempt *att;
     upstream_done_fn cb;
     void *arg;
     struct event *deadline;      /* the total timeout; also delivers fail-fast results */
@@ -381,11 +384,20 @@ static void call_set_state(struct upstream_call *c, enum call_state to) {
     c->state = to;
 }
 
+static void attempt_clear(struct upstream_attempt *a) {
+    if (!a) return;
+    if (a->body) OPENSSL_cleanse(a->body, a->body_len);
+    free(a->body);
+    memset(a, 0, sizeof(*a));
+}
+
 static void call_free(struct upstream_call *c) {
     if (!c) return;
     if (c->deadline) event_free(c->deadline);
     if (c->connect_timer) event_free(c->connect_timer);
     free(c->params);
+    attempt_clear(c->att);
+    free(c->att);
     free(c);
 }
 
@@ -693,7 +705,14 @@ static int call_send(struct upstream_call *c, struct conn *k) {
     if (evhttp_add_header(h, "Host", u->sign_host) ||
         evhttp_add_header(h, "User-Agent", u->user_agent))
         goto out;
-    if (c->post) {
+    if (c->att) {
+        for (size_t i = 0; i < c->att->n_headers; i++)
+            if (evhttp_add_header(h, c->att->name[i], c->att->value[i])) goto out;
+        if (evhttp_add_header(h, "Content-Type", c->att->content_type) ||
+            evbuffer_add(evhttp_request_get_output_buffer(req), c->att->body, c->att->body_len))
+            goto out;
+        uri = dup_str(u->path);
+    } else if (c->post) {
         if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded") ||
             evbuffer_add(evhttp_request_get_output_buffer(req), c->params, strlen(c->params)))
             goto out;
@@ -751,6 +770,14 @@ static void call_start_attempt(struct upstream_call *c) {
         }
         free(c->params);
         c->params = fresh;
+    }
+    if (c->build) {
+        if (!c->att) c->att = calloc(1, sizeof(*c->att));
+        attempt_clear(c->att);
+        if (!c->att || c->build(c->arg, c->att) != 0 || !c->att->body || !c->att->content_type) {
+            call_attempt_failed(c, 0, "upstream request could not be signed (out of memory)");
+            return;
+        }
     }
     if (k) {
         conn_set_state(k, CONN_BUSY);
@@ -888,7 +915,8 @@ void upstream_free(struct upstream *u) {
 }
 
 static int call_submit(struct upstream *u, const char *method, const char *encoded_params,
-                       upstream_sign_fn sign, unsigned flags, upstream_done_fn cb, void *arg) {
+                       upstream_sign_fn sign, upstream_build_fn build, unsigned flags,
+                       upstream_done_fn cb, void *arg) {
     struct upstream_call *c = NULL;
     struct timeval tv;
     uint64_t now;
@@ -910,6 +938,7 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
     c->cb = cb;
     c->arg = arg;
     c->sign = sign;
+    c->build = build;
     c->start_us = clock_mono_us();
     c->params = dup_str(encoded_params ? encoded_params : "");
     c->deadline = evtimer_new(u->base, deadline_cb, c);
@@ -948,18 +977,24 @@ fail:
 
 int upstream_call(struct upstream *u, const char *method, const char *encoded_params,
                   upstream_done_fn cb, void *arg) {
-    return call_submit(u, method, encoded_params, NULL, 0, cb, arg);
+    return call_submit(u, method, encoded_params, NULL, NULL, 0, cb, arg);
 }
 
 int upstream_call_flags(struct upstream *u, const char *method, const char *encoded_params,
                         unsigned flags, upstream_done_fn cb, void *arg) {
-    return call_submit(u, method, encoded_params, NULL, flags, cb, arg);
+    return call_submit(u, method, encoded_params, NULL, NULL, flags, cb, arg);
 }
 
 int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
                          unsigned flags, upstream_done_fn cb, void *arg) {
     if (!sign) return -1;
-    return call_submit(u, method, NULL, sign, flags, cb, arg);
+    return call_submit(u, method, NULL, sign, NULL, flags, cb, arg);
+}
+
+int upstream_call_built(struct upstream *u, upstream_build_fn build, unsigned flags,
+                        upstream_done_fn cb, void *arg) {
+    if (!build) return -1;
+    return call_submit(u, "POST", NULL, NULL, build, flags, cb, arg);
 }
 
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {

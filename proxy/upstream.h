@@ -114,6 +114,28 @@ typedef char *(*upstream_sign_fn)(void *arg);
 int upstream_call_signed(struct upstream *u, const char *method, upstream_sign_fn sign,
                          unsigned flags, upstream_done_fn cb, void *arg);
 
+/* One attempt of an API 3.0 call as its build function makes it: a POST of body with the given
+ * Content-Type and headers besides Host (sign_host) and User-Agent, which the signature
+ * covers (X-TC-*, Authorization). */
+#define UPSTREAM_ATTEMPT_HEADERS 6
+struct upstream_attempt {
+    char *body; /* malloc'd by the build function; wiped and freed by the upstream (it may hold
+                 * an injected AppSecretKey) */
+    size_t body_len;
+    const char *content_type; /* static */
+    size_t n_headers;
+    char name[UPSTREAM_ATTEMPT_HEADERS][32];
+    char value[UPSTREAM_ATTEMPT_HEADERS][512];
+};
+/* Fills out (zeroed by the caller) for one attempt; 0, or -1 on OOM (the attempt then fails,
+ * not retried). */
+typedef int (*upstream_build_fn)(void *arg, struct upstream_attempt *out);
+/* upstream_call_signed for a request that is more than parameters (API 3.0: a JSON body and
+ * signed headers): build runs for every attempt, so each one goes out with a fresh timestamp
+ * and signature. Retries, timeouts, breaker and flags as upstream_call_signed. */
+int upstream_call_built(struct upstream *u, upstream_build_fn build, unsigned flags,
+                        upstream_done_fn cb, void *arg);
+
 /* Latency histogram: bucket i counts calls with latency <= upstream_latency_bounds_us[i] and
  * above bound i-1 (per bucket, not cumulative; sum them for Prometheus). The last bound is
  * UINT64_MAX (+Inf). Bounds: 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000 ms, +Inf. */

@@ -21,7 +21,9 @@
 #   capgate-tls (c) capgate, 1 worker, signature app, upstream HTTPS to the mock's TLS listener
 #   token       (d) capgate, 1 worker, token app (Authorization: Bearer), upstream plain HTTP
 #   full        (e) capgate, 1 worker, token app, with redis-server, limits (never refusing),
-#                   audit and metrics on; counts Redis commands per forwarded request
+#                   audit and metrics on; reports redis-server CPU per forwarded request, the
+#                   Redis commands per request and their time (INFO commandstats), and the
+#                   audit stream's bytes per entry
 #   pool-hit        capgate, 1 worker, token app, prefetch pool (in-memory store): requests with
 #                   exactly a profile's parameters, answered from the pool; the mock delays every
 #                   CaptchaIframeQuery by 20 ms (fault rule) during the run
@@ -534,6 +536,17 @@ redis_per_request() {
     calls=$(sed -nE "s/^cmdstat_$cmd:calls=([0-9]+),.*/\\1/p" <<<"$stats")
     line+="$(printf '%s %s (%.4f per request); ' "${cmd^^}" "${calls:-0}" "$(awk -v c="${calls:-0}" -v n="$total" 'BEGIN { print c / n }')")"
   done
+  # Where the time inside commands went (INFO commandstats: usec, per forwarded request; a
+  # script's usec includes the commands it called, EXEC's those it ran, which are listed too).
+  line+="command time per request:$(awk -F'[:,=]' -v n="$total" '/^cmdstat_/ && $3 > 0 {
+    sub(/^cmdstat_/, "", $1); printf " %s %.2f us (%.3f calls),", toupper($1), $5 / n, $3 / n }' <<<"$stats" | sed 's/,$//'); "
+  # What an audit record costs in Redis memory: the stream's bytes per entry (all entries sampled).
+  local len bytes
+  len=$(redis-cli -p "$redis_port" XLEN capgate:audit | tr -d '\r')
+  bytes=$(redis-cli -p "$redis_port" MEMORY USAGE capgate:audit SAMPLES 0 | tr -d '\r')
+  if [[ $len =~ ^[1-9][0-9]*$ && $bytes =~ ^[0-9]+$ ]]; then
+    line+="audit stream $len entries, $((bytes / len)) bytes each; "
+  fi
   redis_stats+=("$total requests: $line")
   say "redis: $total requests: $line"
 }

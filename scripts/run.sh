@@ -16,7 +16,8 @@
 # capgate-dev-demo-web-secret), CAPGATE_BATCH_TOKEN (bearer token of the app batch-job, default
 # capgate-dev-batch-token), CAPGATE_MOCK_HOST (127.0.0.1), CAPGATE_MOCK_PORT (9000),
 # CAPGATE_MOCK_SECRET_ID, CAPGATE_MOCK_SECRET_KEY (the mock's documented test pair, also the
-# gateway's "real" upstream credential), CAPGATE_RUN_SKIP_BUILD=1, CAPGATE_BUILD_DIR (build/).
+# gateway's "real" upstream credential), CAPGATE_CAPTCHA_APP_KEY (the AppSecretKey of CaptchaAppId
+# 190000001, held by capgate and the mock), CAPGATE_RUN_SKIP_BUILD=1, CAPGATE_BUILD_DIR (build/).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +32,10 @@ mock_secret_id=${CAPGATE_MOCK_SECRET_ID:-AKIDcapgateMockTestKey00000000000000}
 mock_secret_key=${CAPGATE_MOCK_SECRET_KEY:-capgate-mock-secret}
 demo_web_key=${CAPGATE_DEMO_WEB_KEY:-capgate-dev-demo-web-secret}
 batch_token=${CAPGATE_BATCH_TOKEN:-capgate-dev-batch-token}
+# API 3.0: the CaptchaAppId of config/dev.json's captcha_apps and its AppSecretKey, which the mock
+# accepts and capgate injects
+captcha_app_id=190000001
+captcha_app_key=${CAPGATE_CAPTCHA_APP_KEY:-capgate-dev-captcha-app-key}
 redis_url=${REDIS_URL:-}
 
 pids=()
@@ -124,7 +129,8 @@ start_mock() {
   start_service capgate-mock "$log_dir/capgate-mock.log" '^capgate-mock listening on https://' \
     "$build_dir/capgate-mock" --listen "$mock_host:$mock_port" --tls-listen "$mock_tls" \
     --tls-cert "$cert_dir/server.pem" --tls-key "$cert_dir/server.key" \
-    --credential "$mock_secret_id:$mock_secret_key"
+    --credential "$mock_secret_id:$mock_secret_key" \
+    --captcha-app "$captcha_app_id:$captcha_app_key"
 }
 
 # gateway_config: config/dev.json, or with REDIS_URL a copy in var/ with a redis section.
@@ -151,6 +157,7 @@ start_gateway() {
   start_service capgate "$log" '^capgate admin listening on http://' \
     env CAPGATE_SECRET_ID="$mock_secret_id" CAPGATE_SECRET_KEY="$mock_secret_key" \
     CAPGATE_DEMO_WEB_KEY="$demo_web_key" CAPGATE_BATCH_TOKEN="$batch_token" \
+    CAPGATE_CAPTCHA_APP_KEY="$captcha_app_key" \
     "$build_dir/capgate" --config "$config"
   gw_addr=$(sed -n 's|^capgate listening on http://||p' "$log" | head -n 1)
   gw_tls_addr=$(sed -n 's|^capgate listening on https://||p' "$log" | head -n 1)
@@ -279,9 +286,21 @@ credentials changed:
   capi.request({ Action: 'CaptchaIframeQuery', captchaType: 1, disturbLevel: 1, isHttps: 0,
     clientType: 2, accountType: 0 }, (err, body) => console.log(err || body));
 
+API 3.0 (DescribeCaptchaResult) with Tencent's 3.0 Node SDK (npm install
+tencentcloud-sdk-nodejs), only endpoint and credentials changed; the gateway adds the
+AppSecretKey of CaptchaAppId $captcha_app_id (ticket and randstr: the /demo page's API 3.0 flow, or
+curl -s -X POST -d '{"appid": $captcha_app_id}' http://$mock_host:$mock_port/__admin/solve):
+
+  const { captcha } = require('tencentcloud-sdk-nodejs');
+  const c = new captcha.v20190722.Client({ credential: { secretId: '$demo_web_id',
+    secretKey: '$demo_web_key' }, region: '', profile: { httpProfile: { endpoint: '$gw_addr',
+    protocol: 'http://' } } });
+  c.DescribeCaptchaResult({ CaptchaType: 9, Ticket: TICKET, Randstr: RANDSTR,
+    UserIp: '127.0.0.1', CaptchaAppId: $captcha_app_id }).then(console.log, console.error);
+
 Admin: curl http://$admin_addr/healthz, /readyz, /metrics (Prometheus), /admin/stats
 (per businessId/sceneId/minute), /admin/audit (recent audit records).
-Demo page (the whole captcha flow in a browser): http://$admin_addr/demo
+Demo page (the whole captcha flow in a browser, v2 and API 3.0): http://$admin_addr/demo
 Mock admin API: http://$mock_host:$mock_port/__admin/health, /__admin/requests (journal).
 
 Ctrl-C stops both.

@@ -14,12 +14,21 @@ enum v2_action {
     V2_ACTION_CAPTCHA_IFRAME_QUERY,
     V2_ACTION_CAPTCHA_CHECK,
     V2_ACTION_CAPTCHA_QUERY,
+    /* The API 3.0 Actions the gateway fronts (captcha 2019-07-22): in the same enum so apps'
+     * "actions", the stats labels and the audit name them like the v2 ones. */
+    V3_ACTION_DESCRIBE_CAPTCHA_RESULT,
+    V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT,
     V2_ACTION_COUNT
 };
+#define V3_ACTION_FIRST V3_ACTION_DESCRIBE_CAPTCHA_RESULT
 
-/* Exact, case-sensitive match; V2_ACTION_UNKNOWN for NULL or anything else. */
+/* Exact, case-sensitive match of a v2 Action; V2_ACTION_UNKNOWN for NULL or anything else (a 3.0
+ * name too: v2 has no such interface). */
 enum v2_action validate_action_parse(const char *name);
-const char *validate_action_name(enum v2_action a); /* "CaptchaIframeQuery", ..., "unknown" */
+/* The same for the 3.0 Actions (DescribeCaptchaResult, DescribeCaptchaMiniResult). */
+enum v2_action validate_action3_parse(const char *name);
+/* "CaptchaIframeQuery", ..., "DescribeCaptchaResult", ..., "unknown" */
+const char *validate_action_name(enum v2_action a);
 
 /* The public parameters of a signed request. Strings are borrowed from the params. */
 struct v2_public {

@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startMock, freePort, tmpDir, waitFor, Proc, SEED_PARAMS } from './lib/harness.mjs';
+import { streamEntries } from './lib/auditstream.mjs';
 import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
 
 const STREAM = 'capgate:audit';
@@ -49,16 +50,10 @@ async function persistentRedis() {
 
 /** The stream's records as { request_id: [decision, ...] } (a list, to see duplicates). */
 function streamRecords(redis) {
-  const out = redis.cli('--no-raw', 'XRANGE', STREAM, '-', '+');
-  // redis-cli prints entries as nested numbered lists: each field and value on its own line,
-  // quoted. Field names are followed by their value.
-  const tokens = [...out.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
   const byId = {};
-  for (let i = 0; i + 1 < tokens.length; i++) {
-    if (tokens[i] !== 'request_id') continue;
-    const id = tokens[i + 1];
-    const j = tokens.indexOf('decision', i);
-    (byId[id] ??= []).push(j > 0 ? tokens[j + 1] : undefined);
+  for (const { rec, format } of streamEntries(redis.port, STREAM)) {
+    assert.equal(format, 'json', `every entry is one "json" field: ${JSON.stringify(rec)}`);
+    (byId[rec.request_id] ??= []).push(rec.decision);
   }
   return byId;
 }
@@ -119,6 +114,27 @@ test('one record per request, whatever the decision', async () => {
   for (const secret of [APPS.sig.secretKey, APPS.limited.secretKey, 'Signature', 'asig=']) {
     assert.ok(!dump.includes(secret), `the stream holds ${secret}`);
   }
+});
+
+test('a stream entry is one field, the audit.file line; /admin/audit reads it and an entry of the earlier flat format alike', async () => {
+  const redis = await persistentRedis();
+  const file = path.join(redis.dir, 'audit.jsonl');
+  const gw = await gateway(redis, { audit: { file } });
+  const r = await gwCall(gw, { params: { ...SEED_PARAMS, uid: 'user-7' } });
+  const id = r.headers['x-request-id'];
+  await waitForIds(redis, [id], 'the record in the stream');
+  const [entry] = streamEntries(redis.port, STREAM);
+  const line = fs.readFileSync(file, 'utf8').split('\n').find((l) => l.includes(id));
+  assert.equal(entry.format, 'json');
+  assert.equal(entry.text, line, 'the entry\'s json field is the audit.file line, byte for byte');
+  // the same record as an earlier version wrote it: flat fields, absent values left out
+  const old = { ...entry.rec, request_id: 'feedfacefeedface' };
+  const flat = Object.entries(old).filter(([, v]) => v !== null).flatMap(([k, v]) => [k, String(v)]);
+  redis.cli('XADD', STREAM, '*', ...flat);
+  const q = await gw.admin('/admin/audit?limit=10');
+  assert.equal(q.status, 200, q.body);
+  assert.deepEqual(q.json.records, [old, entry.rec], 'newest first, both read whole');
+  assert.deepEqual(q.json.records[1], JSON.parse(line), '/admin/audit gives the audit.file record');
 });
 
 test('a Redis outage under load: every request has exactly one record afterwards', async () => {

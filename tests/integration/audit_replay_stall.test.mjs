@@ -9,6 +9,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { startMock, startRedis, waitFor, sleep } from './lib/harness.mjs';
+import { streamEntries } from './lib/auditstream.mjs';
 import { startGateway, APPS } from './lib/gateway.mjs';
 import { runLoad, tokenRequest, summary } from './lib/load.mjs';
 
@@ -50,14 +51,9 @@ function fillStream(redis, n) {
 
 /** request_id → number of entries, over the stream entries after id `after`. */
 function recordsAfter(redis, after) {
-  const out = execFileSync('redis-cli', ['-p', String(redis.port), '--raw', 'XRANGE', STREAM, `(${after}`, '+'],
-    { encoding: 'utf8', maxBuffer: 1 << 30 });
-  const lines = out.split('\n');
   const counts = new Map();
-  for (let i = 0; i + 1 < lines.length; i++) {
-    if (lines[i] !== 'request_id') continue;
-    counts.set(lines[i + 1], (counts.get(lines[i + 1]) || 0) + 1);
-    i++;
+  for (const { rec } of streamEntries(redis.port, STREAM, `(${after}`)) {
+    counts.set(rec.request_id, (counts.get(rec.request_id) || 0) + 1);
   }
   return counts;
 }

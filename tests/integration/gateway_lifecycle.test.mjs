@@ -73,7 +73,7 @@ test('--help says what SIGHUP applies and what needs a restart', async () => {
   const r = await runCapgate(['--help']);
   assert.equal(r.code, 0, r.stderr);
   const text = r.stdout.replace(/\s+/g, ' ');
-  assert.match(text, /SIGHUP reloads the same file and applies apps, limits, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo, demo_app and log_level, and loads the tls certificate and key again/, r.stdout);
+  assert.match(text, /SIGHUP reloads the same file and applies apps, limits, captcha_apps, auth, on_store_error, http_errors, pool, idempotency, trusted_proxies, demo, demo_app, demo_tcaptcha_url, demo_captcha_app_id and log_level, and loads the tls certificate and key again/, r.stdout);
   assert.match(text, /listen, tls_listen, admin_listen, admin, workers, upstream, http, redis, audit, instance, metrics and log_format need a restart/, r.stdout);
 });
 
@@ -160,7 +160,7 @@ test('SIGHUP: the log names every key that changed (pool, idempotency, demo, log
   from = gw.proc.stderr.length;
   await reload(changed);
   assert.match(gw.proc.stderr.slice(from),
-    /reload: no change to tls, trusted_proxies, http_errors, on_store_error, auth, apps, limits, pool, idempotency, demo, demo_app or log_level/);
+    /reload: no change to tls, trusted_proxies, http_errors, on_store_error, auth, apps, limits, captcha_apps, pool, idempotency, demo, demo_app, demo_tcaptcha_url, demo_captcha_app_id or log_level/);
 
   // warn hides the info line closing that reload; the next reload (back to info) shows its own
   from = gw.proc.stderr.length;

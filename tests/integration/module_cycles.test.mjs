@@ -14,7 +14,7 @@ import path from 'node:path';
 import { SOURCE_DIR, BUILD_DIR } from './lib/harness.mjs';
 
 const GROUPS = {
-  proxy: { store_memory: 'store', store_redis: 'store', store_lua: 'store' },
+  proxy: { store_memory: 'store', store_redis: 'store', store_lua: 'store', store_backend: 'store' },
   mockserver: { admin: 'mock' },
   common: {},
 };

@@ -148,8 +148,9 @@ static void test_record_json_hashed(void **state) {
     sample_params(&p);
     assert_int_equal(audit_record_init(&r, &pr, &p, url, &cfg, "host:1"), 0);
     json_t *o = record_object(&r);
-    assert_int_equal(json_object_size(o), 25);
+    assert_int_equal(json_object_size(o), 26);
     assert_string_equal(jstr(o, "ts"), "2025-11-28T17:43:42.123Z");
+    assert_string_equal(jstr(o, "api"), "v2");
     assert_true(json_is_null(json_object_get(o, "secret_id")));
     assert_string_equal(jstr(o, "request_id"), "0123456789abcdef");
     assert_string_equal(jstr(o, "instance"), "host:1");
@@ -196,12 +197,39 @@ static void test_record_json_hashed(void **state) {
     strbuf_cleanup(&b);
     struct audit_fields f;
     audit_record_fields(&r, &f);
-    assert_int_equal(f.count, 23); /* sceneId absent */
+    assert_int_equal(f.count, 24); /* sceneId absent */
     assert_string_equal(f.name[0], "ts");
     assert_memory_equal(f.value[0], "2025-11-28T17:43:42.123Z", 24);
     assert_int_equal(audit_record_from_fields(&back, f.count, f.name, f.value, f.value_len), 0);
     back.http_status = r.http_status; /* nor in the stream */
     assert_memory_equal(&back, &r, sizeof(r));
+    /* a stream entry: its one "json" field (the JSON above), or the flat fields of earlier
+     * versions, or both mixed with fields a consumer added: the same record each time */
+    {
+        const char *names[3] = {"note", AUDIT_STREAM_FIELD, "ts"};
+        const char *values[3] = {"added by a consumer", NULL, "1999-01-01T00:00:00.000Z"};
+        size_t lens[3] = {19, 0, 24};
+        strbuf_init(&b);
+        assert_int_equal(audit_record_json(&r, &b), 0);
+        values[1] = b.s;
+        lens[1] = b.len;
+        memset(&back, 0xAA, sizeof(back));
+        assert_int_equal(audit_record_from_entry(&back, 3, names, values, lens), 0);
+        back.http_status = r.http_status;
+        assert_memory_equal(&back, &r, sizeof(r));
+        memset(&back, 0xAA, sizeof(back));
+        assert_int_equal(audit_record_from_entry(&back, f.count, f.name, f.value, f.value_len), 0);
+        back.http_status = r.http_status;
+        assert_memory_equal(&back, &r, sizeof(r));
+        /* a "json" field that is not a record's JSON is an error, not an empty record */
+        values[1] = "{\"ts\":12}";
+        lens[1] = strlen(values[1]);
+        assert_int_equal(audit_record_from_entry(&back, 3, names, values, lens), -1);
+        values[1] = "not json";
+        lens[1] = strlen(values[1]);
+        assert_int_equal(audit_record_from_entry(&back, 3, names, values, lens), -1);
+        strbuf_cleanup(&b);
+    }
     params_cleanup(&p);
 }
 
@@ -422,6 +450,7 @@ static void random_record(struct audit_record *r) {
     random_string(r->secret_id, sizeof(r->secret_id));
     random_string(r->client_ip, sizeof(r->client_ip));
     random_string(r->action, sizeof(r->action));
+    random_string(r->api, sizeof(r->api));
     int *has[] = {&r->has_business_id, &r->has_scene_id, &r->has_captcha_type, &r->has_client_type,
                   &r->has_account_type};
     uint32_t *val[] = {&r->business_id, &r->scene_id, &r->captcha_type, &r->client_type,
@@ -461,12 +490,12 @@ static char *reference_json(const struct audit_record *r) {
 #define OPT_U32(h, v) ((h) ? json_integer(v) : json_null())
     json_t *o = json_pack(
         "{s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o,"
-        "s:o,s:o,s:o,s:o}",
+        "s:o,s:o,s:o,s:o,s:o}",
         "ts", json_string(ts), "request_id", json_string(r->request_id), "instance",
         json_string(r->instance), "app", json_string(r->app), "secret_id", OPT_STR(r->secret_id),
-        "client_ip", json_string(r->client_ip), "action", json_string(r->action), "businessId",
-        OPT_U32(r->has_business_id, r->business_id), "sceneId",
-        OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
+        "client_ip", json_string(r->client_ip), "api", json_string(r->api), "action",
+        json_string(r->action), "businessId", OPT_U32(r->has_business_id, r->business_id),
+        "sceneId", OPT_U32(r->has_scene_id, r->scene_id), "captchaType",
         OPT_U32(r->has_captcha_type, r->captcha_type), "clientType",
         OPT_U32(r->has_client_type, r->client_type), "accountType",
         OPT_U32(r->has_account_type, r->account_type), "decision", json_string(r->decision), "rule",
@@ -873,9 +902,17 @@ static char (*stream_ids(int port, size_t *n))[17] {
     char(*ids)[17] = calloc(r->elements + 1, 17);
     for (size_t i = 0; i < r->elements; i++) {
         redisReply *kv = r->element[i]->element[1];
-        for (size_t j = 0; j + 1 < kv->elements; j += 2)
-            if (strcmp(kv->element[j]->str, "request_id") == 0)
-                snprintf(ids[i], 17, "%s", kv->element[j + 1]->str);
+        const char *names[AUDIT_FIELDS_MAX], *values[AUDIT_FIELDS_MAX];
+        size_t lens[AUDIT_FIELDS_MAX], m = 0;
+        struct audit_record rec;
+        for (size_t j = 0; j + 1 < kv->elements && m < AUDIT_FIELDS_MAX; j += 2, m++) {
+            names[m] = kv->element[j]->str;
+            values[m] = kv->element[j + 1]->str;
+            lens[m] = kv->element[j + 1]->len;
+        }
+        /* the gateway writes the "json" field; the test's own filler entries flat fields */
+        assert_int_equal(audit_record_from_entry(&rec, m, names, values, lens), 0);
+        snprintf(ids[i], 17, "%s", rec.request_id);
     }
     *n = r->elements;
     freeReplyObject(r);

@@ -27,6 +27,8 @@ static int setup_env(void **state) {
     setenv("CAPGATE_SECRET_KEY", "real-upstream-key-9f8e7d", 1);
     setenv("SHOP_WEB_KEY", "shop-web-key-c0ffee", 1);
     setenv("BATCH_TOKEN", "batch-token-deadbeef", 1);
+    setenv("CAPTCHA_APP_KEY", "captcha-app-key-5eed", 1);
+    setenv("CAPGATE_CAPTCHA_APP_KEY", "dev-captcha-app-key", 1);
     setenv("CAPGATE_PII_KEY", "pii-key-12345678", 1);
     setenv("CAPGATE_DEMO_WEB_KEY", "demo-web-key-abcdef", 1);
     setenv("CAPGATE_BATCH_TOKEN", "dev-batch-token-0123", 1);
@@ -163,6 +165,9 @@ static void test_dev_loads(void **state) {
     assert_under_config(c->upstream.ca_file, "../var/certs/ca.pem");
     assert_null(c->redis);
     assert_true(c->demo);
+    assert_string_equal(c->upstream.v3_sign_host, "127.0.0.1:9443");
+    assert_int_equal(c->n_captcha_apps, 1);
+    assert_string_equal(c->captcha_apps[0].app_secret_key, "dev-captcha-app-key");
     assert_int_equal(c->n_apps, 2);
     assert_string_equal(c->apps[0].name, "demo-web");
     assert_string_equal(c->apps[0].secret_id, "AKIDcapgateDemoWeb0000000000000000000");
@@ -241,7 +246,10 @@ static void test_app_defaults(void **state) {
                                "\"rate\": 0.5, \"mode\": \"shadow\"}]}");
     assert_int_equal(c->apps[0].actions, (1u << V2_ACTION_CAPTCHA_IFRAME_QUERY) |
                                              (1u << V2_ACTION_CAPTCHA_CHECK) |
-                                             (1u << V2_ACTION_CAPTCHA_QUERY));
+                                             (1u << V2_ACTION_CAPTCHA_QUERY) |
+                                             (1u << V3_ACTION_DESCRIBE_CAPTCHA_RESULT) |
+                                             (1u << V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT));
+    assert_true(c->apps[0].captcha_any);
     assert_true(c->apps[0].business_any);
     assert_true(c->apps[0].secret_literal);
     assert_int_equal(c->limits[0].scope, CONFIG_SCOPE_PARAMS);
@@ -287,8 +295,9 @@ static void test_errors(void **state) {
          "t.json:1:2: http_errors: must be \"compat\" or \"semantic\"; got \"loud\""},
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
          "\"actions\": [\"CaptchaCheck\", \"Describe\"]}]}",
-         "t.json:2:83: apps[0].actions[1]: must be \"CaptchaIframeQuery\", \"CaptchaCheck\" or "
-         "\"CaptchaQuery\"; got \"Describe\""},
+         "t.json:2:83: apps[0].actions[1]: must be \"CaptchaIframeQuery\", \"CaptchaCheck\", "
+         "\"CaptchaQuery\", \"DescribeCaptchaResult\" or \"DescribeCaptchaMiniResult\"; got "
+         "\"Describe\""},
         {"{" UPSTREAM_OK ",\n\"apps\": [{\"name\": \"a\", \"auth\": \"token\", \"token\": \"t\", "
          "\"business_ids\": [1, -2]}]}",
          "t.json:2:75: apps[0].business_ids[1]: must be a UInt (0..4294967295); got -2"},
@@ -986,9 +995,21 @@ static void test_dump_loads_back(void **state) {
 
 /* The README's table of what SIGHUP applies, as the tables say it. */
 static void test_reload_keys_match_readme(void **state) {
-    static const char *const applied[] = {
-        "tls",  "trusted_proxies", "http_errors", "on_store_error", "auth",     "apps", "limits",
-        "pool", "idempotency",     "demo",        "demo_app",       "log_level"};
+    static const char *const applied[] = {"tls",
+                                          "trusted_proxies",
+                                          "http_errors",
+                                          "on_store_error",
+                                          "auth",
+                                          "apps",
+                                          "limits",
+                                          "captcha_apps",
+                                          "pool",
+                                          "idempotency",
+                                          "demo",
+                                          "demo_app",
+                                          "demo_tcaptcha_url",
+                                          "demo_captcha_app_id",
+                                          "log_level"};
     static const char *const restart[] = {"listen",  "tls_listen", "admin_listen", "admin",
                                           "workers", "upstream",   "redis",        "audit",
                                           "metrics", "http",       "instance",     "log_format"};

@@ -30,7 +30,7 @@
 #include "capgate/log.h"
 #include "config.h"
 #include "redis_server.h"
-#include "store.h"
+#include "store_backend.h" /* the memory tables, tested directly */
 
 #define TIMEOUT_MS 100       /* the tests of timeouts: a stopped or wrong server */
 #define CALL_TIMEOUT_MS 5000 /* every other test: a busy machine must not make a call time out */
@@ -807,6 +807,106 @@ static void test_redis_noscript(void **state) {
     fixture_free(f);
 }
 
+/* calls=N of one command in INFO commandstats (0 when it never ran). */
+static long long redis_calls(const char *cmd) {
+    redisContext *c = redis_server_connect(&main_redis);
+    redisReply *rep;
+    char pat[64];
+    long long v = 0;
+    const char *p;
+    if (!c) return -1;
+    rep = redisCommand(c, "INFO commandstats");
+    snprintf(pat, sizeof pat, "cmdstat_%s:calls=", cmd);
+    if (rep && rep->type == REDIS_REPLY_STRING && (p = strstr(rep->str, pat)))
+        v = strtoll(p + strlen(pat), NULL, 10);
+    if (rep) freeReplyObject(rep);
+    redisFree(c);
+    return v;
+}
+
+/* The limit calls of one loop turn share one EVALSHA (store_lua.h): each request is decided as
+ * if alone, in order: a later one sees what an earlier one took, a refusal names the bucket that
+ * refused and takes nothing, a shadow bucket reports without refusing, a Nonce claimed earlier in
+ * the same batch is a replay; each key written is SET once. The memory store, called one request
+ * at a time, must agree on every decision and remaining count. */
+#define BATCH_N 9
+static void test_redis_batch(void **state) {
+    struct fixture *f = fixture_new(&main_redis, 0, NULL);
+    struct fixture *mem = fixture_new(NULL, 0, NULL);
+    struct limit_bucket a, bb, sh, set[BATCH_N][3];
+    struct store_nonce nonce[BATCH_N];
+    struct call c[BATCH_N], m;
+    size_t nb[BATCH_N];
+    char nkey[2][128];
+    long long evalsha0, set0;
+    uint64_t t0;
+    int done;
+    bucket(&a, "batch-a", 10000000, 3, 0);   /* 3 requests, then refuses for 10 s */
+    bucket(&bb, "batch-b", 10000000, 5, 0);  /* 5 */
+    bucket(&sh, "batch-sh", 10000000, 2, 1); /* shadow: reports from the 3rd on */
+    snprintf(nkey[0], sizeof nkey[0], "capgate-test:%d:%u:nonce:AKIDbatch:1", (int)getpid(),
+             key_serial);
+    snprintf(nkey[1], sizeof nkey[1], "capgate-test:%d:%u:nonce:AKIDbatch:2", (int)getpid(),
+             key_serial);
+    for (int i = 0; i < BATCH_N; i++) {
+        memset(&nonce[i], 0, sizeof nonce[i]);
+        /* requests 0-5: [b, a, sh]; 6: [b] alone; 7, 8: [b] with the same Nonce */
+        set[i][0] = bb;
+        set[i][1] = a;
+        set[i][2] = sh;
+        nb[i] = i < 6 ? 3 : 1;
+        if (i >= 7) nonce[i] = (struct store_nonce){nkey[0], 60000};
+    }
+    nonce[2] = (struct store_nonce){nkey[1], 60000};
+    evalsha0 = redis_calls("evalsha");
+    set0 = redis_calls("set");
+    for (int i = 0; i < BATCH_N; i++) {
+        memset(&c[i], 0, sizeof c[i]);
+        store_limit_nonce(f->store, set[i], nb[i], nonce[i].key ? &nonce[i] : NULL, on_limit,
+                          &c[i]);
+        c[i].returned = 1;
+    }
+    t0 = clock_mono_us();
+    do {
+        event_base_loop(f->base, EVLOOP_ONCE);
+        done = 1;
+        for (int i = 0; i < BATCH_N; i++) done &= c[i].fired == 1;
+    } while (!done && clock_mono_us() - t0 < 5000000);
+    assert_true(done);
+    assert_int_equal(redis_calls("evalsha") - evalsha0, 1);
+    /* a SET NX per Nonce claim (requests 2, 7 and 8), then one SET per bucket key written (a,
+     * b, and sh, which admitted requests 0 and 1) */
+    assert_int_equal(redis_calls("set") - set0, 3 + 3);
+    for (int i = 0; i < BATCH_N; i++) {
+        if (c[i].failed) fail_msg("request %d: %s", i, c[i].err);
+        assert_int_equal(c[i].fired_inside, 0);
+    }
+    for (int i = 0; i < 8; i++) {
+        /* the memory store, one request at a time (it ignores Nonces) */
+        call(mem, 0, set[i], nb[i], &m);
+        assert_int_equal(c[i].o.replay, 0);
+        assert_int_equal(c[i].o.allowed, m.o.allowed);
+        assert_int_equal(c[i].o.denied, m.o.denied);
+        assert_int_equal(c[i].o.shadow_denied, m.o.shadow_denied);
+        for (size_t k = 0; k < nb[i]; k++) assert_int_equal(c[i].o.remaining[k], m.o.remaining[k]);
+    }
+    /* spelled out: a refuses the 4th to 6th (index 1), the shadow bucket reports from the 3rd,
+     * b keeps what the refused ones did not take */
+    assert_int_equal(c[2].o.allowed, 1);
+    assert_int_equal(c[2].o.shadow_denied, 2);
+    assert_int_equal(c[3].o.allowed, 0);
+    assert_int_equal(c[3].o.denied, 1);
+    assert_true(c[3].o.retry_after_us > 0);
+    assert_int_equal(c[6].o.allowed, 1);
+    assert_int_equal(c[6].o.remaining[0], 1); /* 3 + this one taken of 5 */
+    assert_int_equal(c[7].o.allowed, 1);      /* the last of b */
+    assert_int_equal(c[7].o.remaining[0], 0);
+    assert_int_equal(c[8].o.replay, 1); /* the same Nonce, claimed by request 7 */
+    assert_int_equal(c[8].o.allowed, 0);
+    fixture_free(mem);
+    fixture_free(f);
+}
+
 /* Calls until one succeeds, bounded; returns the number of calls that failed first. */
 static int call_until_ok(struct fixture *f, const struct limit_bucket *b, unsigned within_ms) {
     uint64_t t0 = clock_mono_us();
@@ -980,10 +1080,15 @@ int main(void) {
         cmocka_unit_test(test_memory_nonce),
     };
     const struct CMUnitTest redis_tests[] = {
-        cmocka_unit_test(test_redis_contract),     cmocka_unit_test(test_redis_nonce),
-        cmocka_unit_test(test_redis_cache_layout), cmocka_unit_test(test_redis_auth_and_db),
-        cmocka_unit_test(test_redis_noscript),     cmocka_unit_test(test_redis_timeout),
-        cmocka_unit_test(test_redis_probe_drop),   cmocka_unit_test(test_redis_free_with_pending),
+        cmocka_unit_test(test_redis_contract),
+        cmocka_unit_test(test_redis_nonce),
+        cmocka_unit_test(test_redis_cache_layout),
+        cmocka_unit_test(test_redis_auth_and_db),
+        cmocka_unit_test(test_redis_noscript),
+        cmocka_unit_test(test_redis_timeout),
+        cmocka_unit_test(test_redis_batch),
+        cmocka_unit_test(test_redis_probe_drop),
+        cmocka_unit_test(test_redis_free_with_pending),
         cmocka_unit_test(test_redis_reconnect),
     };
     int failed;

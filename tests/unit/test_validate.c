@@ -27,8 +27,17 @@ static void test_action_names(void **state) {
     assert_int_equal(validate_action_parse(""), V2_ACTION_UNKNOWN);
     assert_int_equal(validate_action_parse(NULL), V2_ACTION_UNKNOWN);
     assert_int_equal(validate_action_parse("unknown"), V2_ACTION_UNKNOWN);
-    for (int a = 1; a < V2_ACTION_COUNT; a++)
+    for (int a = 1; a < V3_ACTION_FIRST; a++)
         assert_int_equal(validate_action_parse(validate_action_name((enum v2_action)a)), a);
+    /* 3.0 names are not v2 Actions, and v2 names not 3.0 ones */
+    for (int a = V3_ACTION_FIRST; a < V2_ACTION_COUNT; a++) {
+        assert_int_equal(validate_action3_parse(validate_action_name((enum v2_action)a)), a);
+        assert_int_equal(validate_action_parse(validate_action_name((enum v2_action)a)),
+                         V2_ACTION_UNKNOWN);
+    }
+    assert_int_equal(validate_action3_parse("CaptchaCheck"), V2_ACTION_UNKNOWN);
+    assert_string_equal(validate_action_name(V3_ACTION_DESCRIBE_CAPTCHA_RESULT),
+                        "DescribeCaptchaResult");
     assert_string_equal(validate_action_name(V2_ACTION_UNKNOWN), "unknown");
     assert_string_equal(validate_action_name(V2_ACTION_COUNT), "unknown");
 }
