@@ -535,6 +535,10 @@ static int cmd_stats(int argc, char **argv) {
         return usage_error("--since must be a duration (90s, 15m, 1h, 2d); got \"%s\"", o.since);
     if (o.step && (cli_parse_duration(o.step, &step) != 0 || step % 60 != 0))
         return usage_error("--step must be whole minutes (1m, 5m, 1h); got \"%s\"", o.step);
+    /* without --step: whole minutes, as few as keep the span (since, plus the minute alignment
+     * of from and the current second) within the API's METRICS_QUERY_MAX_STEPS */
+    if (!o.step)
+        while ((since + 61 + step - 1) / step > METRICS_QUERY_MAX_STEPS) step += 60;
     strbuf_init(&q);
     char from[32], to[32], st[32];
     snprintf(from, sizeof(from), "%" PRIu64, now > since ? now - since : 0);

@@ -98,6 +98,12 @@ test('capgate stats: an aligned table per app with the counts of /admin/stats, a
   assert.equal(body.totals.requests, 3);
   assert.equal(body.partial, false);
 
+  // a day without --step: the step grows to keep within the API's 1440 steps
+  const day = await cli(withAdmin(['stats', '--json', '--since', '24h']));
+  assert.equal(day.code, 0, day.stderr);
+  assert.equal(JSON.parse(day.stdout).step, 120);
+  assert.equal(JSON.parse(day.stdout).totals.requests, 5);
+
   // by pair (the default), with the series table
   const s = await cli(withAdmin(['stats', '--business', '1', '--series']));
   assert.equal(s.code, 0, s.stderr);

@@ -195,7 +195,7 @@ test('one business across generations: v2 and 3.0 calls share the limit, are cou
     const st = await gw.admin(`/admin/stats${query}`);
     return st.status === 200 && st.json?.totals?.requests === 6 ? st.json : null;
   }, { timeoutMs: 10000, intervalMs: 100, what: '/admin/stats to count 6 requests for 77:5' });
-  assert.equal(stats.pairs.length, 1);
+  assert.equal(stats.groups.length, 1);
   assert.equal(stats.totals.forwarded, 3, JSON.stringify(stats.totals));
   assert.equal(stats.totals.limited, 3, JSON.stringify(stats.totals));
   assert.equal(stats.totals['code:0'], 3, JSON.stringify(stats.totals));
