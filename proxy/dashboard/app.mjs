@@ -637,7 +637,7 @@ function renderStatus(ready, metrics) {
 
 // ---- audit -------------------------------------------------------------------------------------
 
-const AUDIT_COLUMNS = ['ts', 'app', 'action', 'businessId', 'sceneId', 'decision', 'rule', 'code', 'latency_us', 'client_ip'];
+const AUDIT_COLUMNS = ['ts', 'app', 'api', 'action', 'businessId', 'sceneId', 'decision', 'rule', 'code', 'latency_us', 'client_ip'];
 
 function auditFilters() {
   return {
