@@ -147,9 +147,34 @@ static uint64_t *cell_code_slot(struct metrics_cell *c, int code) {
     return &c->codes[lo].n;
 }
 
+/* The slot of rule name in c, made (0) when absent; NULL on OOM. */
+static uint64_t *cell_rule_slot(struct metrics_cell *c, const char *name) {
+    size_t lo = 0, hi = c->n_rules;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(c->rules[mid].name, name) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo < c->n_rules && strcmp(c->rules[lo].name, name) == 0) return &c->rules[lo].n;
+    if (c->n_rules == c->cap_rules) {
+        size_t cap = c->cap_rules ? c->cap_rules * 2 : 2;
+        struct metrics_rule_count *rules = realloc(c->rules, cap * sizeof(*rules));
+        if (!rules) return NULL;
+        c->rules = rules;
+        c->cap_rules = cap;
+    }
+    memmove(&c->rules[lo + 1], &c->rules[lo], (c->n_rules - lo) * sizeof(*c->rules));
+    snprintf(c->rules[lo].name, sizeof(c->rules[lo].name), "%s", name);
+    c->rules[lo].n = 0;
+    c->n_rules++;
+    return &c->rules[lo].n;
+}
+
 void metrics_cell_foreach(const struct metrics_cell *c, int all,
                           void (*fn)(const char *name, uint64_t value, void *arg), void *arg) {
-    char name[32];
+    char name[CONFIG_NAME_MAX + 8];
     if (all || c->requests) fn("requests", c->requests, arg);
     for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++)
         if (all || c->decisions[d])
@@ -158,6 +183,11 @@ void metrics_cell_foreach(const struct metrics_cell *c, int all,
         if (!all && !c->codes[i].n) continue;
         snprintf(name, sizeof(name), "code:%d", c->codes[i].code);
         fn(name, c->codes[i].n, arg);
+    }
+    for (size_t i = 0; i < c->n_rules; i++) {
+        if (!all && !c->rules[i].n) continue;
+        snprintf(name, sizeof(name), "rule:%s", c->rules[i].name);
+        fn(name, c->rules[i].n, arg);
     }
     if (all || c->latency_us_sum) fn("latency_us_sum", c->latency_us_sum, arg);
     for (unsigned b = 0; b < METRICS_BUCKETS; b++)
@@ -179,6 +209,13 @@ int metrics_cell_add_field(struct metrics_cell *c, const char *name, uint64_t va
     }
     if (strcmp(name, "latency_us_sum") == 0) {
         c->latency_us_sum += value;
+        return 0;
+    }
+    if (strncmp(name, "rule:", 5) == 0) {
+        uint64_t *slot;
+        if (!app_name_ok(name + 5, strlen(name + 5)) || !(slot = cell_rule_slot(c, name + 5)))
+            return -1; /* rule names are app-name shaped (config.c FK_NAME) */
+        *slot += value;
         return 0;
     }
     if (strncmp(name, "code:", 5) == 0) {
@@ -213,6 +250,11 @@ uint64_t metrics_cell_get(const struct metrics_cell *c, const char *name) {
             if (c->codes[i].code == code) return c->codes[i].n;
         return 0;
     }
+    if (strncmp(name, "rule:", 5) == 0) {
+        for (size_t i = 0; i < c->n_rules; i++)
+            if (strcmp(c->rules[i].name, name + 5) == 0) return c->rules[i].n;
+        return 0;
+    }
     for (unsigned d = 0; d < PIPELINE_DECISION_COUNT; d++)
         if (strcmp(name, pipeline_decision_name((enum pipeline_decision)d)) == 0)
             return c->decisions[d];
@@ -231,17 +273,28 @@ int metrics_cell_merge(struct metrics_cell *dst, const struct metrics_cell *src)
         if (!slot) return -1;
         *slot += src->codes[i].n;
     }
+    for (size_t i = 0; i < src->n_rules; i++) {
+        uint64_t *slot = cell_rule_slot(dst, src->rules[i].name);
+        if (!slot) return -1;
+        *slot += src->rules[i].n;
+    }
     return 0;
 }
 
 void metrics_cell_cleanup(struct metrics_cell *c) {
     free(c->codes);
+    free(c->rules);
     memset(c, 0, sizeof(*c));
 }
 
 static int cell_add_record(struct metrics_cell *c, const struct pipeline_record *r) {
     if (!r->no_code) { /* a reply without an API code is in no code:<N> field */
         uint64_t *slot = cell_code_slot(c, r->code);
+        if (!slot) return -1;
+        (*slot)++;
+    }
+    if (r->rule[0] && (r->decision == PIPELINE_LIMITED || r->decision == PIPELINE_SHADOW_LIMITED)) {
+        uint64_t *slot = cell_rule_slot(c, r->rule);
         if (!slot) return -1;
         (*slot)++;
     }

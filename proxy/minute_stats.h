@@ -10,6 +10,8 @@
  *     forwarded pool replayed limited shadow_limited invalid unauthorized denied upstream_error
  *                              requests per decision (pipeline_decision_name)
  *     code:<N>                 requests answered with API code N (code:0 = success)
+ *     rule:<name>              requests refused (limited) or that would have been
+ *                              (shadow_limited) by limit rule <name>
  *     latency_us_sum           sum of arrival-to-reply latencies, microseconds
  *     le_1ms le_5ms le_10ms le_50ms le_100ms le_500ms le_1s le_5s le_inf
  *                              latency histogram, NON-cumulative: le_5ms counts latencies in
@@ -134,6 +136,11 @@ struct metrics_code_count {
     uint64_t n;
 };
 
+struct metrics_rule_count {
+    char name[CONFIG_NAME_MAX + 1];
+    uint64_t n;
+};
+
 /* The counters of one key: the fields of its hash. */
 struct metrics_cell {
     struct metrics_key key;
@@ -143,6 +150,8 @@ struct metrics_cell {
     uint64_t buckets[METRICS_BUCKETS];
     struct metrics_code_count *codes; /* sorted by code, owned */
     size_t n_codes, cap_codes;
+    struct metrics_rule_count *rules; /* rule:<name>, sorted by name, owned */
+    size_t n_rules, cap_rules;
 };
 
 /* The bucket of a latency (0 = le_1ms ... METRICS_BUCKETS-1 = le_inf) and its field name. */
@@ -162,9 +171,9 @@ void metrics_app_key_of(const struct pipeline_record *r, struct metrics_key *k);
 /* The value of the field called name in c (0 when c has none). */
 uint64_t metrics_cell_get(const struct metrics_cell *c, const char *name);
 
-/* Calls fn for each field of c: every field when all is non-zero (codes: those seen), otherwise
- * only the non-zero ones; in the order requests, decisions, code:<N> ascending, latency_us_sum,
- * buckets. name is valid only during the call. */
+/* Calls fn for each field of c: every field when all is non-zero (codes and rules: those seen),
+ * otherwise only the non-zero ones; in the order requests, decisions, code:<N> ascending,
+ * rule:<name> by name, latency_us_sum, buckets. name is valid only during the call. */
 void metrics_cell_foreach(const struct metrics_cell *c, int all,
                           void (*fn)(const char *name, uint64_t value, void *arg), void *arg);
 /* Adds value to the field called name (a hash field read back from Redis). 0; -1 for a name

@@ -126,6 +126,10 @@ for (const mode of ['memory', 'redis']) {
       assert.equal(one.totals.requests, 5);
       assert.equal(one.totals.limited, 2);
       assert.equal(one.totals['code:4400'], 2);
+      assert.equal(one.totals['rule:token-own'], 2, 'refusals per rule');
+      assert.equal(one.totals['rule:limited-b2'], undefined, 'another app\'s rule is not in it');
+      const limitedApp = await stats(gwB, `?${range()}&app=${APPS.limited.name}`);
+      assert.equal(limitedApp.totals['rule:limited-b2'], 2);
       const m = await gwA.metrics();
       assert.equal(m.get('capgate_limit_decisions_total', { rule: 'token-own', decision: 'limited' }), 2);
       assert.equal(m.get('capgate_limit_decisions_total', { rule: 'limited-b2', decision: 'limited' }), 2);

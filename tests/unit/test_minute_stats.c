@@ -304,6 +304,7 @@ static void test_query_json(void **state) {
         rec(5999, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1), /* before from */
         rec(6600, 1, 1, 1, 2, PIPELINE_FORWARDED, 0, 1), /* at to: excluded */
     };
+    memcpy(rs[2].rule, "login", sizeof("login")); /* the refusal names its rule */
     for (size_t i = 0; i < sizeof(rs) / sizeof(rs[0]); i++)
         assert_int_equal(metrics_batch_add(b, &rs[i], SIZE_MAX), 0);
     assert_int_equal(metrics_query_parse("from=6000&to=6600&step=300", &q, err, sizeof(err)), 0);
@@ -326,6 +327,7 @@ static void test_query_json(void **state) {
     assert_int_equal(jint(t, "code:0"), 2);
     assert_int_equal(jint(t, "code:4400"), 1);
     assert_int_equal(jint(t, "code:5100"), 1);
+    assert_int_equal(jint(t, "rule:login"), 1);
     assert_int_equal(jint(t, "latency_us_sum"), 23000);
     assert_int_equal(jint(t, "le_1ms"), 2);
     assert_int_equal(jint(t, "le_5ms"), 1);
@@ -339,6 +341,8 @@ static void test_query_json(void **state) {
     assert_int_equal(jint(s1, "ts"), 6300);
     assert_int_equal(jint(s1, "requests"), 1);
     assert_int_equal(jint(s1, "code:5100"), 1);
+    assert_int_equal(jint(s0, "rule:login"), 1);
+    assert_int_equal(jint(s1, "rule:login"), 0);
     assert_int_equal(jint(s1, "code:0"), 0); /* fill zero: every field of the totals */
     assert_int_equal(jint(s1, "pool"), -1);  /* but none that is zero throughout */
     p = find_pair(root, -1, -1);
@@ -659,6 +663,7 @@ static void test_redis_mode(void **state) {
         metrics_record(m, (unsigned)(i % 2), &r);
     }
     struct pipeline_record other = rec(m1, 1, 2, 1, 4, PIPELINE_LIMITED, 4400, 10);
+    memcpy(other.rule, "tight", sizeof("tight"));
     metrics_record(m, 0, &other);
     metrics_flush(m);
 
@@ -730,6 +735,7 @@ static void test_redis_mode(void **state) {
     metrics_flush(m);
     snprintf(key, sizeof(key), "t:m:2:4:%llu", (unsigned long long)(m1 / 60));
     assert_int_equal(redis_int(c, "HGET %s limited", key), 2);
+    assert_int_equal(redis_int(c, "HGET %s rule:tight", key), 2);
     redisFree(c);
 
     /* Redis down: the sums are kept, queries answer 503, and they arrive after the restart */
