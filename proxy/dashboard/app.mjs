@@ -245,7 +245,7 @@ async function refresh(gen) {
   renderTotals(agg.totals, `${scopeText()}, last ${rangeText()}`);
   renderRequests(agg.series, sq.step);
   renderLatency(agg.totals);
-  renderRules(metrics);
+  renderRules(agg.totals, metrics);
   renderTop(answer);
   renderApps(apps, appsUrl);
   renderUpstream(metrics, agg, sq.step);
@@ -452,21 +452,34 @@ function renderLatency(t, empty) {
   });
 }
 
-function renderRules(metrics) {
-  const rules = new Map();
+/**
+ * Refusals per limit rule in the view's range and scope: the rule:<name> fields of /admin/stats
+ * (limited and shadow_limited of that rule together). A rule's bar takes the colour of what this
+ * instance's capgate_limit_decisions_total says it does (refuse, or shadow), and its tooltip
+ * gives those counters too.
+ */
+function renderRules(totals, metrics) {
+  const local = new Map();
   for (const s of metrics?.all('capgate_limit_decisions_total') || []) {
-    const r = rules.get(s.labels.rule) || { admitted: 0, limited: 0, shadow_limited: 0 };
+    const r = local.get(s.labels.rule) || { admitted: 0, limited: 0, shadow_limited: 0 };
     r[s.labels.decision] = s.value;
-    rules.set(s.labels.rule, r);
+    local.set(s.labels.rule, r);
   }
-  const rows = [...rules.entries()].sort((a, b) => (b[1].limited + b[1].shadow_limited) - (a[1].limited + a[1].shadow_limited)
-    || a[0].localeCompare(b[0])).map(([rule, v]) => ({
-    label: rule || '(store error, deny)', values: v,
-    tip: `rule ${rule || '(none: on_store_error deny)'}\nlimited: ${fmtNum(v.limited)}\nshadow_limited: ${fmtNum(v.shadow_limited)}\nadmitted: ${fmtNum(v.admitted)}`,
-  }));
+  const rows = Object.entries(totals || {}).filter(([k, v]) => k.startsWith('rule:') && v > 0)
+    .map(([k, v]) => [k.slice(5), Number(v)])
+    .sort((x, y) => y[1] - x[1] || x[0].localeCompare(y[0]))
+    .map(([rule, n]) => {
+      const m = local.get(rule);
+      const kind = m && m.shadow_limited > m.limited ? 'shadow_limited' : 'limited';
+      return {
+        label: rule || '(store error, deny)', values: { [kind]: n },
+        tip: `rule ${rule || '(none: on_store_error deny)'}\nin this range: ${fmtNum(n)}`
+          + (m ? `\nthis instance since start: limited ${fmtNum(m.limited)}, shadow_limited ${fmtNum(m.shadow_limited)}, admitted ${fmtNum(m.admitted)}` : ''),
+      };
+    });
   hbarChart($('chart-rules'), {
-    rows, keys: ['limited', 'shadow_limited'], colors: COLORS, xLabel: 'refusals (requests)',
-    empty: 'no limit rule has decided yet',
+    rows, keys: ['limited', 'shadow_limited'], colors: COLORS, xLabel: 'refusals in the range (requests; shadow: would have)',
+    empty: 'no limit rule refused in this range',
   });
 }
 

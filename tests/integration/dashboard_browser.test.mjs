@@ -321,13 +321,18 @@ function suite(store) {
           }
         }
 
-        // Limit refusals per rule: /metrics capgate_limit_decisions_total.
+        // Limit refusals per rule: the rule:<name> fields of /admin/stats, with this instance's
+        // capgate_limit_decisions_total in the tooltip.
         const m = await metrics();
+        assert.equal(stats.totals['rule:b2-burst'], 3);
+        assert.equal(stats.totals['rule:b3-shadow'], 1);
         const ruleTip = await page.getAttribute('#chart-rules g[data-row="b2-burst"]', 'data-tip');
-        assert.match(ruleTip, new RegExp(`limited: ${m.get('capgate_limit_decisions_total', { rule: 'b2-burst', decision: 'limited' })}\\n`));
-        assert.equal(m.get('capgate_limit_decisions_total', { rule: 'b2-burst', decision: 'limited' }), 3);
+        assert.match(ruleTip, new RegExp(`in this range: ${stats.totals['rule:b2-burst']}\\n`));
+        assert.match(ruleTip, new RegExp(`limited ${m.get('capgate_limit_decisions_total', { rule: 'b2-burst', decision: 'limited' })},`));
+        assert.ok(await page.$('#chart-rules g[data-row="b2-burst"] rect[data-key="limited"]'), 'an enforcing rule');
         const shadowTip = await page.getAttribute('#chart-rules g[data-row="b3-shadow"]', 'data-tip');
-        assert.match(shadowTip, /shadow_limited: 1\n/);
+        assert.match(shadowTip, /in this range: 1\n.*shadow_limited 1,/);
+        assert.ok(await page.$('#chart-rules g[data-row="b3-shadow"] rect[data-key="shadow_limited"]'), 'a shadow rule');
 
         // Pool: depth and hits per profile, as /metrics says.
         const prof = await page.$$eval('#pool tbody tr[data-profile]', (es) => es.map((e) => [e.dataset.profile, ...[...e.children].slice(1).map((c) => c.textContent)]));
@@ -374,6 +379,8 @@ function suite(store) {
         assert.deepEqual([b2.shown.requests, b2.shown.forwarded, b2.shown.limited], [5, 2, 3]);
         assert.notEqual(b2.shown.requests, all.requests, 'the filter changed the totals');
         assert.equal((await chartSums(page)).limited, 3, 'the chart follows the filter');
+        assert.deepEqual(await page.$$eval('#chart-rules g[data-row]', (es) => es.map((e) => e.dataset.row)), ['b2-burst'],
+          'the rules that refused business 2');
         assert.match(await page.textContent('#totals-what'), /business 2/);
         assert.match(page.url(), /#.*b=2/, 'the view is in the address bar');
         await shot(page, 'business');
@@ -417,6 +424,8 @@ function suite(store) {
         await afterRefresh(page, () => page.click(`#top-app tbody tr[data-key="${APPS.token.name}"]`));
         const tok = await assertTilesEqualStats(page, 'app token-app (from the top table)');
         assert.deepEqual([tok.shown.forwarded, tok.shown.shadow_limited, tok.shown.pool], [1, 1, 2]);
+        assert.deepEqual(await page.$$eval('#chart-rules g[data-row]', (es) => es.map((e) => e.dataset.row)), ['b3-shadow'],
+          'the rules that refused token-app');
         await afterRefresh(page, () => page.selectOption('#f-app', ''));
 
         // The range: 15 min is 1-minute steps over 900 s, 24 h 15-minute steps; the totals stay.
