@@ -473,12 +473,13 @@ function renderRules(totals, metrics) {
       const kind = m && m.shadow_limited > m.limited ? 'shadow_limited' : 'limited';
       return {
         label: rule || '(store error, deny)', values: { [kind]: n },
-        tip: `rule ${rule || '(none: on_store_error deny)'}\nin this range: ${fmtNum(n)}`
+        tip: `rule ${rule || '(none: on_store_error deny)'}${kind === 'shadow_limited' ? ' (shadow: would have refused)' : ''}`
+          + `\nin this range: ${fmtNum(n)}`
           + (m ? `\nthis instance since start: limited ${fmtNum(m.limited)}, shadow_limited ${fmtNum(m.shadow_limited)}, admitted ${fmtNum(m.admitted)}` : ''),
       };
     });
   hbarChart($('chart-rules'), {
-    rows, keys: ['limited', 'shadow_limited'], colors: COLORS, xLabel: 'refusals in the range (requests; shadow: would have)',
+    rows, keys: ['limited', 'shadow_limited'], colors: COLORS, xLabel: 'refusals in the range (requests)',
     empty: 'no limit rule refused in this range',
   });
 }
