@@ -15,6 +15,7 @@
 #include "capgate/httpd.h"
 #include "capgate/log.h"
 #include "audit.h"
+#include "dashboard.h"
 #include "capgate/strbuf.h"
 #include "demo.h"
 #include "minute_stats.h"
@@ -239,6 +240,9 @@ static void admin_handle(struct httpd_req *req, void *arg) {
         admin_ready(a, req);
         return;
     }
+    /* The dashboard's files hold no data (its script fetches the endpoints below with the
+     * token), so a browser can load the page before it has a token to send. */
+    if (dashboard_handle(req, a->src.token != NULL, admin_authorized(a, req))) return;
     if (!admin_authorized(a, req)) {
         admin_json(req, 401,
                    "{\"error\":\"unauthorized: this admin listener needs "
@@ -261,7 +265,7 @@ static void admin_handle(struct httpd_req *req, void *arg) {
     } else {
         admin_json(req, 404,
                    "{\"error\":\"not found; try /healthz, /readyz, /metrics, "
-                   "/admin/stats, /admin/audit or /admin/config\"}");
+                   "/admin/stats, /admin/audit, /admin/config or /dashboard\"}");
     }
 }
 

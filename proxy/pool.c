@@ -99,6 +99,7 @@ char *pool_hit_body(const char *url) {
 struct pool_depth {
     char id[POOL_ID_MAX];
     size_t depth;
+    uint64_t hits, misses; /* this profile's lookups, so a hit ratio can be told per profile */
 };
 
 struct pool {
@@ -146,11 +147,24 @@ static void pool_set_profiles(struct pool *p, const struct config_pool *cfg) {
     for (size_t i = 0; i < cfg->n_profiles; i++) {
         pool_profile_id(&cfg->profiles[i], d[i].id, sizeof d[i].id);
         for (size_t j = 0; j < p->n_depths; j++)
-            if (strcmp(p->depths[j].id, d[i].id) == 0) d[i].depth = p->depths[j].depth;
+            if (strcmp(p->depths[j].id, d[i].id) == 0) d[i] = p->depths[j];
     }
     free(p->depths);
     p->depths = d;
     p->n_depths = cfg->n_profiles;
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* One lookup of profile id, a hit or a miss. */
+static void pool_note_lookup(struct pool *p, const char *id, int hit) {
+    pthread_mutex_lock(&p->lock);
+    for (size_t i = 0; i < p->n_depths; i++) {
+        if (strcmp(p->depths[i].id, id) != 0) continue;
+        if (hit)
+            p->depths[i].hits++;
+        else
+            p->depths[i].misses++;
+    }
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -196,6 +210,18 @@ int pool_render_metrics(const struct pool *p, struct strbuf *out) {
     for (size_t i = 0; i < m->n_depths; i++)
         rc |= strbuf_appendf(out, "capgate_pool_depth{profile=\"%s\"} %zu\n", m->depths[i].id,
                              m->depths[i].depth);
+    rc |= strbuf_appends(out, "# HELP capgate_pool_profile_hits_total Pool lookups of a profile "
+                              "served a pooled URL.\n"
+                              "# TYPE capgate_pool_profile_hits_total counter\n");
+    for (size_t i = 0; i < m->n_depths; i++)
+        rc |= strbuf_appendf(out, "capgate_pool_profile_hits_total{profile=\"%s\"} %llu\n",
+                             m->depths[i].id, (unsigned long long)m->depths[i].hits);
+    rc |= strbuf_appends(out, "# HELP capgate_pool_profile_misses_total Pool lookups of a "
+                              "profile that found no fresh URL.\n"
+                              "# TYPE capgate_pool_profile_misses_total counter\n");
+    for (size_t i = 0; i < m->n_depths; i++)
+        rc |= strbuf_appendf(out, "capgate_pool_profile_misses_total{profile=\"%s\"} %llu\n",
+                             m->depths[i].id, (unsigned long long)m->depths[i].misses);
     pthread_mutex_unlock(&m->lock);
     return rc ? -1 : 0;
 }
@@ -214,6 +240,16 @@ int pool_render_json(const struct pool *p, struct strbuf *out) {
     for (size_t i = 0; i < m->n_depths; i++)
         rc |=
             strbuf_appendf(out, "%s\"%s\":%zu", i ? "," : "", m->depths[i].id, m->depths[i].depth);
+    rc |= strbuf_appends(out, "},\"profiles\":{");
+    for (size_t i = 0; i < m->n_depths; i++) {
+        const struct pool_depth *d = &m->depths[i];
+        struct pool_totals pt = {.hits = d->hits, .misses = d->misses};
+        rc |= strbuf_appendf(out,
+                             "%s\"%s\":{\"depth\":%zu,\"hits\":%llu,\"misses\":%llu,"
+                             "\"hit_ratio\":%.6f}",
+                             i ? "," : "", d->id, d->depth, (unsigned long long)d->hits,
+                             (unsigned long long)d->misses, pool_hit_ratio(&pt));
+    }
     pthread_mutex_unlock(&m->lock);
     rc |= strbuf_appends(out, "}}");
     return rc ? -1 : 0;
@@ -246,6 +282,7 @@ static void pool_take_done(const char *err, const struct store_pool_result *r, v
         atomic_fetch_add_explicit(&p->misses, 1, memory_order_relaxed);
         if (!err) pool_note_depth(p, t->id, 0, 0);
     }
+    pool_note_lookup(p, t->id, url != NULL);
     t->cb(url, t->arg);
     free(t);
 }

@@ -67,11 +67,13 @@ void pool_get_totals(const struct pool *p, struct pool_totals *out);
 /* hits / (hits + misses), 0 when there was no lookup. */
 double pool_hit_ratio(const struct pool_totals *t);
 /* Appends capgate_pool_hits_total, capgate_pool_misses_total,
- * capgate_pool_discarded_expired_total and capgate_pool_depth{profile="<id>"} (the last depth the
- * refiller or a lookup saw, for the profiles of the running config). 0/-1 (OOM). */
+ * capgate_pool_discarded_expired_total, capgate_pool_depth{profile="<id>"} (the last depth the
+ * refiller or a lookup saw, for the profiles of the running config) and, per such profile,
+ * capgate_pool_profile_hits_total and capgate_pool_profile_misses_total. 0/-1 (OOM). */
 int pool_render_metrics(const struct pool *p, struct strbuf *out);
 /* Appends a JSON object: {"hits":N,"misses":N,"hit_ratio":R,"discarded_expired":N,
- * "depth":{"<id>":N,...}}. 0/-1. */
+ * "depth":{"<id>":N,...},"profiles":{"<id>":{"depth":N,"hits":N,"misses":N,"hit_ratio":R},...}}.
+ * 0/-1. */
 int pool_render_json(const struct pool *p, struct strbuf *out);
 
 /* ---- the request path ---- */
