@@ -190,11 +190,22 @@ struct audit {
 
 #define UNSAVED_PREFIX "capgate audit record (unsaved): "
 
+/* audit.c */
+void sync_file_sync(struct audit *a, struct sync_file *f, int force);
+void sink_last_resort(struct audit *a);
+void sink_nudge(struct audit *a);
+
 /* audit_record.c */
 void copy_str(char *dst, size_t size, const char *src);
 void hex_encode(const unsigned char *in, size_t n, char *out);
 json_t *record_to_object(const struct audit_record *r);
 int record_json(const struct audit_record *r, int uncertain, struct strbuf *out);
 int record_from_object(json_t *o, struct audit_record *r);
+
+/* audit_queue.c */
+struct audit_node *queue_pop(struct audit_queue *q);
+void commit_note(struct audit *a, struct audit_node **batch, size_t n);
+void commit_ack(struct audit *a);
+void commit_release_all(struct audit *a);
 
 #endif
