@@ -191,7 +191,6 @@ struct audit {
 #define UNSAVED_PREFIX "capgate audit record (unsaved): "
 
 /* audit.c */
-void sync_file_sync(struct audit *a, struct sync_file *f, int force);
 void sink_last_resort(struct audit *a);
 void sink_nudge(struct audit *a);
 
@@ -207,5 +206,20 @@ struct audit_node *queue_pop(struct audit_queue *q);
 void commit_note(struct audit *a, struct audit_node **batch, size_t n);
 void commit_ack(struct audit *a);
 void commit_release_all(struct audit *a);
+
+/* audit_spool.c */
+int write_all(int fd, const char *p, size_t n);
+void sync_file_sync(struct audit *a, struct sync_file *f, int force);
+int file_open(const char *path);
+void fsync_dir(const char *dir);
+int mkdir_p(const char *path);
+int list_segments(const char *dir, struct dirent ***names);
+void free_names(struct dirent **names, int n);
+int spool_path(const struct audit *a, const char *name, char *out, size_t outlen);
+void spool_close_segment(struct audit *a);
+int spool_append(struct audit *a, struct audit_node **nodes, size_t n);
+void cursor_write(struct audit *a, const char *segment, uint64_t off);
+uint64_t cursor_read(struct audit *a, const char *segment);
+uint64_t spool_count(struct audit *a);
 
 #endif
