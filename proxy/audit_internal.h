@@ -190,10 +190,6 @@ struct audit {
 
 #define UNSAVED_PREFIX "capgate audit record (unsaved): "
 
-/* audit.c */
-void sink_last_resort(struct audit *a);
-void sink_nudge(struct audit *a);
-
 /* audit_record.c */
 void copy_str(char *dst, size_t size, const char *src);
 void hex_encode(const unsigned char *in, size_t n, char *out);
@@ -221,5 +217,15 @@ int spool_append(struct audit *a, struct audit_node **nodes, size_t n);
 void cursor_write(struct audit *a, const char *segment, uint64_t off);
 uint64_t cursor_read(struct audit *a, const char *segment);
 uint64_t spool_count(struct audit *a);
+
+/* audit_sink.c */
+redisReply *redis_cmd(redisContext *c, const char *fmt, ...);
+redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err, size_t errlen);
+void sink_disconnect(struct audit *a);
+void print_unsaved(const struct audit_node *n);
+void sink_last_resort(struct audit *a);
+void sink_wake(struct audit *a);
+void sink_nudge(struct audit *a);
+void *sink_main(void *arg);
 
 #endif
