@@ -100,4 +100,9 @@ int key_equal(const struct metrics_key *a, const struct metrics_key *b);
 struct metrics_batch *slot_take(struct metrics_slot *s);
 void slot_give_back(struct metrics_slot *s, struct metrics_batch *b);
 
+/* metrics_flush.c */
+redisContext *redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
+                            size_t errlen);
+void *flush_main(void *arg);
+
 #endif
