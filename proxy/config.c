@@ -1668,6 +1668,7 @@ static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base) {
     json_array_foreach(v, i, e) {
         int port = 0;
         push_index(x, i);
+        r->n_sentinels = i + 1; /* freed with the config, whatever follows */
         if (!json_is_string(e) ||
             split_host_port(json_string_value(e), &r->sentinels[i].host, &port, 1) != 0 ||
             port == 0) {
@@ -1675,7 +1676,6 @@ static int parse_redis_sentinels(struct ctx *x, json_t *v, void *base) {
             return fail(x, "must be \"host:port\" with a port 1..65535; got %s", got);
         }
         r->sentinels[i].port = port;
-        r->n_sentinels = i + 1;
         pop(x);
     }
     return 0;
