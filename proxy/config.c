@@ -2222,11 +2222,13 @@ static int host_is_loopback(const char *host) {
 static int check_admin(struct ctx *x, struct config *c) {
     if (c->admin.token || c->admin.allow_unauthenticated || host_is_loopback(c->admin_host))
         return 0;
+    char shown[4 * NET_HOST_MAX + 1];
+    shown_plain(c->admin_host, shown, sizeof shown); /* as written, control bytes as \xNN */
     push_key(x, "admin_listen");
     return fail(x,
                 "%s is not a loopback address and admin has no token: set admin.token_file "
                 "(or admin.token_env), or \"admin\": {\"allow_unauthenticated\": true}",
-                c->admin_host);
+                shown);
 }
 
 /* Settings that depend on the process rather than the file. */

@@ -306,6 +306,11 @@ static void test_errors(void **state) {
          "t.json:2:1: admin_listen: 0.0.0.0 is not a loopback address and admin has no token: "
          "set admin.token_file (or admin.token_env), or \"admin\": {\"allow_unauthenticated\": "
          "true}"},
+        /* its host echoed with control bytes as \xNN (found by fuzz_config) */
+        {"{" UPSTREAM_OK ",\n\"admin_listen\": \"a\\tb:9\"}",
+         "t.json:2:1: admin_listen: a\\x09b is not a loopback address and admin has no token: "
+         "set admin.token_file (or admin.token_env), or \"admin\": {\"allow_unauthenticated\": "
+         "true}"},
         {"{" UPSTREAM_OK ",\n\"admin_listen\": \"[::]:9\", \"admin\": {\"token\": \"x\"}}",
          "t.json:2:37: admin.token: unknown key"},
         /* missing environment variable */
