@@ -54,6 +54,30 @@ enum v2_action validate_action3_parse(const char *name) {
     return action_in(name, V3_ACTION_FIRST, V2_ACTION_COUNT);
 }
 
+/* captcha_models.d.ts: DescribeCaptchaResultRequest, DescribeCaptchaMiniResultRequest. */
+static const struct api3_field result_fields[] = {{"CaptchaType", API3_INT, 1},
+                                                  {"Ticket", API3_STR, 1},
+                                                  {"UserIp", API3_STR, 1},
+                                                  {"Randstr", API3_STR, 1},
+                                                  {"CaptchaAppId", API3_INT, 1},
+                                                  {"AppSecretKey", API3_STR, 1},
+                                                  {"BusinessId", API3_INT, 0},
+                                                  {"SceneId", API3_INT, 0},
+                                                  {"MacAddress", API3_STR, 0},
+                                                  {"Imei", API3_STR, 0},
+                                                  {"NeedGetCaptchaTime", API3_INT, 0},
+                                                  {NULL, API3_INT, 0}};
+static const struct api3_field mini_fields[] = {
+    {"CaptchaType", API3_INT, 1},  {"Ticket", API3_STR, 1},
+    {"UserIp", API3_STR, 1},       {"CaptchaAppId", API3_INT, 1},
+    {"AppSecretKey", API3_STR, 1}, {"BusinessId", API3_INT, 0},
+    {"SceneId", API3_INT, 0},      {"MacAddress", API3_STR, 0},
+    {"Imei", API3_STR, 0},         {NULL, API3_INT, 0}};
+
+const struct api3_field *validate_api3_fields(int mini) {
+    return mini ? mini_fields : result_fields;
+}
+
 const char *validate_action_name(enum v2_action a) {
     if ((int)a <= V2_ACTION_UNKNOWN || a >= V2_ACTION_COUNT) return action_names[0];
     return action_names[a];

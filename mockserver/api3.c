@@ -17,6 +17,7 @@
 #include "capgate/httpd.h"
 #include "capgate/params.h"
 #include "capgate/tc3.h"
+#include "capgate/validate.h"
 
 static const char *header(const struct httpd_req *req, const char *name) {
     for (size_t i = 0; i < req->header_count; i++)
@@ -184,42 +185,17 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
 
 /* ---- the Actions ---- */
 
-enum ftype { F_INT, F_STR };
-struct field {
-    const char *name;
-    enum ftype type;
-    int required;
-};
-
-static const struct field result_fields[] = {{"CaptchaType", F_INT, 1},
-                                             {"Ticket", F_STR, 1},
-                                             {"UserIp", F_STR, 1},
-                                             {"Randstr", F_STR, 1},
-                                             {"CaptchaAppId", F_INT, 1},
-                                             {"AppSecretKey", F_STR, 1},
-                                             {"BusinessId", F_INT, 0},
-                                             {"SceneId", F_INT, 0},
-                                             {"MacAddress", F_STR, 0},
-                                             {"Imei", F_STR, 0},
-                                             {"NeedGetCaptchaTime", F_INT, 0},
-                                             {NULL, F_INT, 0}};
-static const struct field mini_fields[] = {{"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},
-                                           {"UserIp", F_STR, 1},       {"CaptchaAppId", F_INT, 1},
-                                           {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
-                                           {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
-                                           {"Imei", F_STR, 0},         {NULL, F_INT, 0}};
-
-static int check_fields(struct api3_call *c, const struct field *f) {
+static int check_fields(struct api3_call *c, const struct api3_field *f) {
     const char *key;
     json_t *v;
     json_object_foreach(c->body, key, v) {
-        const struct field *k = f;
+        const struct api3_field *k = f;
         while (k->name && strcmp(k->name, key) != 0) k++;
         if (!k->name)
             return fail(c, "UnknownParameter", "%.64s is not a parameter of %s", key, c->action);
-        if (k->type == F_INT && (!json_is_integer(v) || json_integer_value(v) < 0))
+        if (k->type == API3_INT && (!json_is_integer(v) || json_integer_value(v) < 0))
             return fail(c, "InvalidParameter", "%s must be a non-negative integer", key);
-        if (k->type == F_STR && !json_is_string(v))
+        if (k->type == API3_STR && !json_is_string(v))
             return fail(c, "InvalidParameter", "%s must be a string", key);
     }
     for (; f->name; f++)
@@ -236,7 +212,7 @@ static json_t *result(int code, const char *msg) {
 
 json_t *api3_run(struct mock *m, struct api3_call *c) {
     int mini = strcmp(c->action, "DescribeCaptchaMiniResult") == 0;
-    if (check_fields(c, mini ? mini_fields : result_fields) != 0) return NULL;
+    if (check_fields(c, validate_api3_fields(mini)) != 0) return NULL;
     const char *ticket = json_string_value(json_object_get(c->body, "Ticket"));
     const char *randstr = json_string_value(json_object_get(c->body, "Randstr"));
     const char *secret = json_string_value(json_object_get(c->body, "AppSecretKey"));

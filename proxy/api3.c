@@ -14,6 +14,7 @@
 #include "capgate/apierr.h"
 #include "capgate/num.h"
 #include "capgate/strbuf.h"
+#include "capgate/validate.h"
 #include "config.h"
 
 /* ---- error shape and codes ---- */
@@ -179,32 +180,6 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
 
 /* ---- validation ---- */
 
-enum ftype { F_INT, F_STR };
-struct field {
-    const char *name;
-    enum ftype type;
-    int required;
-};
-
-/* captcha_models.d.ts: DescribeCaptchaResultRequest, DescribeCaptchaMiniResultRequest. */
-static const struct field result_fields[] = {{"CaptchaType", F_INT, 1},
-                                             {"Ticket", F_STR, 1},
-                                             {"UserIp", F_STR, 1},
-                                             {"Randstr", F_STR, 1},
-                                             {"CaptchaAppId", F_INT, 1},
-                                             {"AppSecretKey", F_STR, 1},
-                                             {"BusinessId", F_INT, 0},
-                                             {"SceneId", F_INT, 0},
-                                             {"MacAddress", F_STR, 0},
-                                             {"Imei", F_STR, 0},
-                                             {"NeedGetCaptchaTime", F_INT, 0},
-                                             {NULL, F_INT, 0}};
-static const struct field mini_fields[] = {{"CaptchaType", F_INT, 1},  {"Ticket", F_STR, 1},
-                                           {"UserIp", F_STR, 1},       {"CaptchaAppId", F_INT, 1},
-                                           {"AppSecretKey", F_STR, 1}, {"BusinessId", F_INT, 0},
-                                           {"SceneId", F_INT, 0},      {"MacAddress", F_STR, 0},
-                                           {"Imei", F_STR, 0},         {NULL, F_INT, 0}};
-
 static int vfail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 static int vfail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...) {
@@ -224,8 +199,8 @@ static uint32_t u32_of(json_t *body, const char *name, int *has) {
 
 int api3_validate(const struct config *c, enum v2_action action, json_t *body, struct v2_fields *f,
                   uint32_t *captcha_app_id, const char **code, char *err, size_t errlen) {
-    const struct field *fields =
-        action == V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT ? mini_fields : result_fields;
+    const struct api3_field *fields =
+        validate_api3_fields(action == V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT);
     const char *aname = validate_action_name(action);
     const char *key;
     json_t *v;
@@ -236,12 +211,12 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body, s
     if (!json_is_object(body))
         return vfail(code, "InvalidParameter", err, errlen, "the body must be a JSON object");
     json_object_foreach(body, key, v) {
-        const struct field *k = fields;
+        const struct api3_field *k = fields;
         while (k->name && strcmp(k->name, key) != 0) k++;
         if (!k->name)
             return vfail(code, "UnknownParameter", err, errlen, "%.64s is not a parameter of %s",
                          key, aname);
-        if (k->type == F_INT) {
+        if (k->type == API3_INT) {
             /* Integer in the SDK model; the ids the gateway keys limits by are UInt32 there */
             if (!json_is_integer(v))
                 return vfail(code, "InvalidParameter", err, errlen,
@@ -266,7 +241,7 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body, s
         }
     }
     *captcha_app_id = u32_of(body, "CaptchaAppId", &has);
-    for (const struct field *k = fields; k->name; k++) {
+    for (const struct api3_field *k = fields; k->name; k++) {
         if (!k->required || json_object_get(body, k->name)) continue;
         /* the gateway holds this CaptchaAppId's key: the app need not send one */
         if (strcmp(k->name, "AppSecretKey") == 0 && has &&

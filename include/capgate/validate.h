@@ -27,6 +27,17 @@ enum v2_action {
 enum v2_action validate_action_parse(const char *name);
 /* The same for the 3.0 Actions (DescribeCaptchaResult, DescribeCaptchaMiniResult). */
 enum v2_action validate_action3_parse(const char *name);
+
+/* The request fields of the two 3.0 Actions, as the SDK models them (tencentcloud-sdk-nodejs
+ * captcha_models.d.ts: DescribeCaptchaResultRequest, DescribeCaptchaMiniResultRequest), the list
+ * ending in a NULL name. Integer fields are API3_INT, String fields API3_STR. */
+enum api3_ftype { API3_INT, API3_STR };
+struct api3_field {
+    const char *name;
+    enum api3_ftype type;
+    int required;
+};
+const struct api3_field *validate_api3_fields(int mini);
 /* "CaptchaIframeQuery", ..., "DescribeCaptchaResult", ..., "unknown" */
 const char *validate_action_name(enum v2_action a);
 
