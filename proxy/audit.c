@@ -62,13 +62,13 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         atomic_init(&a->queues[w]->overflow, NULL);
     }
     if (cfg->redis) {
-        if (!cfg->audit.spool_dir || mkdir_p(cfg->audit.spool_dir) != 0) {
+        if (!cfg->audit.spool_dir || audit_mkdir_p(cfg->audit.spool_dir) != 0) {
             snprintf(err, errlen, "audit.spool_dir: cannot create %s: %s",
                      cfg->audit.spool_dir ? cfg->audit.spool_dir : "(none)", strerror(errno));
             goto fail;
         }
         char lock[4096];
-        if (spool_path(a, ".lock", lock, sizeof(lock)) != 0 ||
+        if (audit_spool_path(a, ".lock", lock, sizeof(lock)) != 0 ||
             (a->lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600)) < 0) {
             snprintf(err, errlen, "audit.spool_dir: cannot open %s/.lock: %s", cfg->audit.spool_dir,
                      strerror(errno));
@@ -86,10 +86,10 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
             snprintf(err, errlen, "audit: RAND_bytes failed");
             goto fail;
         }
-        hex_encode(rnd, sizeof(rnd), a->run_id);
+        audit_hex_encode(rnd, sizeof(rnd), a->run_id);
         snprintf(a->batch_key, sizeof(a->batch_key), "%saudit:batch:%s", cfg->redis->key_prefix,
                  a->run_id);
-        atomic_store(&a->spool_depth, spool_count(a));
+        atomic_store(&a->spool_depth, audit_spool_count(a));
         if (atomic_load(&a->spool_depth) > 0)
             log_info("audit: %llu spooled records from an earlier run wait for redis",
                      (unsigned long long)atomic_load(&a->spool_depth));
@@ -106,15 +106,15 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         /* Without Redis the memory stream ends with the process: records must still survive a
          * restart, so they also go to a JSONL file in the spool directory (the config always
          * names one; only a struct built by hand can leave it out). */
-        if (mkdir_p(cfg->audit.spool_dir) != 0 ||
-            spool_path(a, "audit.jsonl", a->file_path, sizeof(a->file_path)) != 0) {
+        if (audit_mkdir_p(cfg->audit.spool_dir) != 0 ||
+            audit_spool_path(a, "audit.jsonl", a->file_path, sizeof(a->file_path)) != 0) {
             snprintf(err, errlen, "audit.spool_dir: cannot create %s: %s", cfg->audit.spool_dir,
                      strerror(errno));
             goto fail;
         }
     }
     if (a->file_path[0]) {
-        a->file.fd = file_open(a->file_path);
+        a->file.fd = audit_file_open(a->file_path);
         if (a->file.fd < 0) {
             snprintf(err, errlen, "%s: cannot open %s: %s",
                      cfg->audit.file ? "audit.file" : "audit.spool_dir", a->file_path,
@@ -128,7 +128,7 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
         snprintf(err, errlen, "audit: eventfd: %s", strerror(errno));
         goto fail;
     }
-    if (thread_start(&a->thread, NULL, sink_main, a) != 0) {
+    if (thread_start(&a->thread, NULL, audit_sink_main, a) != 0) {
         snprintf(err, errlen, "audit: cannot start the sink thread");
         goto fail;
     }
@@ -142,14 +142,14 @@ fail:
 void audit_reopen(struct audit *a) {
     if (!a) return;
     atomic_store(&a->reopen, 1);
-    sink_nudge(a);
+    audit_sink_nudge(a);
 }
 
 void audit_free(struct audit *a) {
     if (!a) return;
     if (a->thread_started) {
         atomic_store(&a->stopping, 1);
-        sink_wake(a);
+        audit_sink_wake(a);
         pthread_join(a->thread, NULL);
     }
     redis_query_set_wait(&a->queries);
@@ -161,8 +161,8 @@ void audit_free(struct audit *a) {
         /* The sink drains every queue before it ends (its last resort included), so records
          * are left here only when they were submitted after audit_free began, against the
          * contract; they still go to stderr rather than nowhere. */
-        while ((n = queue_pop(q)) != NULL) {
-            print_unsaved(n);
+        while ((n = audit_queue_pop(q)) != NULL) {
+            audit_print_unsaved(n);
             free(n);
             unsaved++;
         }
@@ -182,7 +182,7 @@ void audit_free(struct audit *a) {
     strbuf_cleanup(&a->resp);
     strbuf_cleanup(&a->entry);
     if (a->replay_fp) fclose(a->replay_fp);
-    sink_disconnect(a);
+    audit_sink_disconnect(a);
     free(a->mem);
     pthread_mutex_destroy(&a->mem_lock);
     pthread_mutex_destroy(&a->notify_lock);

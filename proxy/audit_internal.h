@@ -191,41 +191,42 @@ struct audit {
 #define UNSAVED_PREFIX "capgate audit record (unsaved): "
 
 /* audit_record.c */
-void copy_str(char *dst, size_t size, const char *src);
-void hex_encode(const unsigned char *in, size_t n, char *out);
-json_t *record_to_object(const struct audit_record *r);
-int record_json(const struct audit_record *r, int uncertain, struct strbuf *out);
-int record_from_object(json_t *o, struct audit_record *r);
+void audit_copy_str(char *dst, size_t size, const char *src);
+void audit_hex_encode(const unsigned char *in, size_t n, char *out);
+json_t *audit_record_to_object(const struct audit_record *r);
+int audit_record_strbuf(const struct audit_record *r, int uncertain, struct strbuf *out);
+int audit_record_from_object(json_t *o, struct audit_record *r);
 
 /* audit_queue.c */
-struct audit_node *queue_pop(struct audit_queue *q);
-void commit_note(struct audit *a, struct audit_node **batch, size_t n);
-void commit_ack(struct audit *a);
-void commit_release_all(struct audit *a);
+struct audit_node *audit_queue_pop(struct audit_queue *q);
+void audit_commit_note(struct audit *a, struct audit_node **batch, size_t n);
+void audit_commit_ack(struct audit *a);
+void audit_commit_release_all(struct audit *a);
 
 /* audit_spool.c */
-int write_all(int fd, const char *p, size_t n);
-void sync_file_sync(struct audit *a, struct sync_file *f, int force);
-int file_open(const char *path);
-void fsync_dir(const char *dir);
-int mkdir_p(const char *path);
-int list_segments(const char *dir, struct dirent ***names);
-void free_names(struct dirent **names, int n);
-int spool_path(const struct audit *a, const char *name, char *out, size_t outlen);
-void spool_close_segment(struct audit *a);
-int spool_append(struct audit *a, struct audit_node **nodes, size_t n);
-void cursor_write(struct audit *a, const char *segment, uint64_t off);
-uint64_t cursor_read(struct audit *a, const char *segment);
-uint64_t spool_count(struct audit *a);
+int audit_write_all(int fd, const char *p, size_t n);
+void audit_sync_file_sync(struct audit *a, struct sync_file *f, int force);
+int audit_file_open(const char *path);
+void audit_fsync_dir(const char *dir);
+int audit_mkdir_p(const char *path);
+int audit_list_segments(const char *dir, struct dirent ***names);
+void audit_free_names(struct dirent **names, int n);
+int audit_spool_path(const struct audit *a, const char *name, char *out, size_t outlen);
+void audit_spool_close_segment(struct audit *a);
+int audit_spool_append(struct audit *a, struct audit_node **nodes, size_t n);
+void audit_cursor_write(struct audit *a, const char *segment, uint64_t off);
+uint64_t audit_cursor_read(struct audit *a, const char *segment);
+uint64_t audit_spool_count(struct audit *a);
 
 /* audit_sink.c */
-redisReply *redis_cmd(redisContext *c, const char *fmt, ...);
-redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err, size_t errlen);
-void sink_disconnect(struct audit *a);
-void print_unsaved(const struct audit_node *n);
-void sink_last_resort(struct audit *a);
-void sink_wake(struct audit *a);
-void sink_nudge(struct audit *a);
-void *sink_main(void *arg);
+redisReply *audit_redis_cmd(redisContext *c, const char *fmt, ...);
+redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
+                               size_t errlen);
+void audit_sink_disconnect(struct audit *a);
+void audit_print_unsaved(const struct audit_node *n);
+void audit_sink_last_resort(struct audit *a);
+void audit_sink_wake(struct audit *a);
+void audit_sink_nudge(struct audit *a);
+void *audit_sink_main(void *arg);
 
 #endif

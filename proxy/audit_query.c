@@ -89,7 +89,7 @@ struct query_job {
 };
 
 static int query_add(json_t *records, const struct audit_record *r) {
-    json_t *o = record_to_object(r);
+    json_t *o = audit_record_to_object(r);
     return o ? json_array_append_new(records, o) : -1;
 }
 
@@ -97,14 +97,14 @@ static int query_add(json_t *records, const struct audit_record *r) {
 static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
                        size_t errlen) {
     const struct config *cfg = j->a->cfg;
-    redisContext *c = redis_open(cfg->redis, NULL, err, errlen);
+    redisContext *c = audit_redis_open(cfg->redis, NULL, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
     if (!c) return -1;
     if (j->q.since_ms) snprintf(start, sizeof(start), "%llu", (unsigned long long)j->q.since_ms);
     while (*scanned < AUDIT_QUERY_SCAN_MAX && json_array_size(records) < j->q.limit) {
         redisReply *r =
-            redis_cmd(c, "XREVRANGE %s %s %s COUNT %d", cfg->audit.stream, end, start, 1000);
+            audit_redis_cmd(c, "XREVRANGE %s %s %s COUNT %d", cfg->audit.stream, end, start, 1000);
         if (!r || r->type != REDIS_REPLY_ARRAY) {
             snprintf(err, errlen, "XREVRANGE: %s", r && r->str ? r->str : c->errstr);
             if (r) freeReplyObject(r);

@@ -23,7 +23,7 @@ static void queue_push(struct audit_queue *q, struct audit_node *n) {
 }
 
 /* The next record of this worker, oldest first, or NULL. Consumer only. */
-struct audit_node *queue_pop(struct audit_queue *q) {
+struct audit_node *audit_queue_pop(struct audit_queue *q) {
     struct audit_node *n = q->pending;
     if (n) {
         q->pending = n->next;
@@ -65,7 +65,7 @@ taken:
 /* ---- audit.commit "durable" ---- */
 
 /* Before a batch is handled: the highest record number of each worker in it. */
-void commit_note(struct audit *a, struct audit_node **batch, size_t n) {
+void audit_commit_note(struct audit *a, struct audit_node **batch, size_t n) {
     for (size_t i = 0; i < n; i++)
         if (batch[i]->seq) {
             struct audit_queue *q = a->queues[batch[i]->worker];
@@ -88,9 +88,9 @@ static void commit_advance(struct audit *a, unsigned w, uint64_t seq) {
  * worker's mark moves to its highest record in the batch, short of any record still held (the
  * spool refused it). A worker's records are taken and settled in order, so every record up to
  * the mark is stored: in Redis (EXEC answered, and WAIT with min_replicas) or in the spool. */
-void commit_ack(struct audit *a) {
-    sync_file_sync(a, &a->segment, 1);
-    if (atomic_load(&a->state) == AUDIT_MEMORY) sync_file_sync(a, &a->file, 1);
+void audit_commit_ack(struct audit *a) {
+    audit_sync_file_sync(a, &a->segment, 1);
+    if (atomic_load(&a->state) == AUDIT_MEMORY) audit_sync_file_sync(a, &a->file, 1);
     for (unsigned w = 0; w < a->n_workers; w++) {
         struct audit_queue *q = a->queues[w];
         uint64_t mark = q->batch_max;
@@ -102,9 +102,9 @@ void commit_ack(struct audit *a) {
     }
 }
 
-/* The sink stops: every record was written, spooled or printed (sink_last_resort), so no
+/* The sink stops: every record was written, spooled or printed (audit_sink_last_resort), so no
  * request waits any longer. */
-void commit_release_all(struct audit *a) {
+void audit_commit_release_all(struct audit *a) {
     for (unsigned w = 0; w < a->n_workers; w++)
         commit_advance(a, w, atomic_load(&a->queues[w]->submitted));
 }
@@ -120,7 +120,7 @@ int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r)
     n->seq = atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed) + 1;
     n->rec = *r;
     queue_push(a->queues[worker], n);
-    sink_nudge(a);
+    audit_sink_nudge(a);
     return 0;
 }
 

@@ -80,11 +80,11 @@ static void copy_utf8(char *dst, size_t size, const char *src, size_t len) {
     dst[len] = '\0';
 }
 
-void copy_str(char *dst, size_t size, const char *src) {
+void audit_copy_str(char *dst, size_t size, const char *src) {
     copy_utf8(dst, size, src ? src : "", src ? strlen(src) : 0);
 }
 
-void hex_encode(const unsigned char *in, size_t n, char *out) {
+void audit_hex_encode(const unsigned char *in, size_t n, char *out) {
     static const char digits[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
         out[2 * i] = digits[in[i] >> 4];
@@ -99,7 +99,7 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
     dst[0] = '\0';
     if (!value || !*value) return 0;
     if (cfg->pii_raw) {
-        copy_str(dst, AUDIT_PII_MAX, value);
+        audit_copy_str(dst, AUDIT_PII_MAX, value);
         return 0;
     }
     unsigned char md[EVP_MAX_MD_SIZE];
@@ -109,7 +109,7 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
               (const unsigned char *)value, strlen(value), md, &md_len) ||
         md_len < 16)
         return -1;
-    hex_encode(md, 16, dst);
+    audit_hex_encode(md, 16, dst);
     return 0;
 }
 
@@ -154,13 +154,13 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
                       const struct config_audit *cfg, const char *instance) {
     memset(r, 0, sizeof(*r));
     r->ts_us = pr->ts_us;
-    copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
-    copy_str(r->instance, sizeof(r->instance), instance);
-    copy_str(r->app, sizeof(r->app), pr->app);
-    copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
-    copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
-    copy_str(r->action, sizeof(r->action), pr->action);
-    copy_str(r->api, sizeof(r->api), pr->api3 ? "v3" : "v2");
+    audit_copy_str(r->request_id, sizeof(r->request_id), pr->request_id);
+    audit_copy_str(r->instance, sizeof(r->instance), instance);
+    audit_copy_str(r->app, sizeof(r->app), pr->app);
+    audit_copy_str(r->secret_id, sizeof(r->secret_id), pr->secret_id);
+    audit_copy_str(r->client_ip, sizeof(r->client_ip), pr->client_ip);
+    audit_copy_str(r->action, sizeof(r->action), pr->action);
+    audit_copy_str(r->api, sizeof(r->api), pr->api3 ? "v3" : "v2");
     r->has_business_id = pr->has_business_id != 0;
     r->business_id = r->has_business_id ? pr->business_id : 0;
     r->has_scene_id = pr->has_scene_id != 0;
@@ -171,12 +171,12 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->client_type = r->has_client_type ? pr->client_type : 0;
     r->has_account_type = pr->has_account_type != 0;
     r->account_type = r->has_account_type ? pr->account_type : 0;
-    copy_str(r->decision, sizeof(r->decision), pipeline_decision_name(pr->decision));
-    copy_str(r->rule, sizeof(r->rule), pr->rule);
+    audit_copy_str(r->decision, sizeof(r->decision), pipeline_decision_name(pr->decision));
+    audit_copy_str(r->rule, sizeof(r->rule), pr->rule);
     /* A reply with no API code (CaptchaQuery script=1's JavaScript) has none in the record. */
     r->has_code = !pr->no_code;
     r->code = r->has_code ? pr->code : 0;
-    copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
+    audit_copy_str(r->code_desc, sizeof(r->code_desc), pr->code_desc);
     r->upstream_status = pr->upstream_status;
     r->http_status = pr->http_status;
     r->latency_us = pr->latency_us;
@@ -193,7 +193,7 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     if (reply_url && *reply_url) {
         unsigned char md[SHA256_DIGEST_LENGTH];
         if (url_digest(reply_url, strlen(reply_url), md) != 0) return -1;
-        hex_encode(md, 8, r->url_sha256);
+        audit_hex_encode(md, 8, r->url_sha256);
     }
     return 0;
 }
@@ -262,7 +262,7 @@ static int parse_ts(const char *s, size_t len, uint64_t *out) {
     return 0;
 }
 
-json_t *record_to_object(const struct audit_record *r) {
+json_t *audit_record_to_object(const struct audit_record *r) {
     json_t *o = json_object();
     if (!o) return NULL;
     for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
@@ -349,12 +349,12 @@ static char *put_json_string(char *o, const char *s, size_t len) {
     return o;
 }
 
-/* The compact JSON object of r, byte for byte what json_dumps(record_to_object(r),
+/* The compact JSON object of r, byte for byte what json_dumps(audit_record_to_object(r),
  * JSON_COMPACT | JSON_PRESERVE_ORDER) gives, written straight from the fixed-size record (the
  * sink writes one per record to audit.file or the spool). With uncertain, ,"uncertain":true
  * ends it, as a spool line has it. -1 when a string is not valid UTF-8 (jansson refuses it too)
  * or on OOM. */
-int record_json(const struct audit_record *r, int uncertain, struct strbuf *out) {
+int audit_record_strbuf(const struct audit_record *r, int uncertain, struct strbuf *out) {
     char buf[RECORD_JSON_MAX], *o = buf;
     *o++ = '{';
     for (size_t i = 0; i < N_RECORD_FIELDS; i++) {
@@ -406,7 +406,7 @@ int record_json(const struct audit_record *r, int uncertain, struct strbuf *out)
 }
 
 int audit_record_json(const struct audit_record *r, struct strbuf *out) {
-    return record_json(r, 0, out);
+    return audit_record_strbuf(r, 0, out);
 }
 
 /* Sets one field of r from its text form (the stream's, or a JSON value printed). 0/-1. */
@@ -459,7 +459,7 @@ int audit_record_from_entry(struct audit_record *r, size_t n, const char *const 
     return audit_record_from_fields(r, n, names, values, value_lens);
 }
 
-int record_from_object(json_t *o, struct audit_record *r) {
+int audit_record_from_object(json_t *o, struct audit_record *r) {
     const char *key;
     json_t *v;
     memset(r, 0, sizeof(*r));
@@ -486,7 +486,7 @@ int record_from_object(json_t *o, struct audit_record *r) {
 int audit_record_from_json(const char *text, size_t len, struct audit_record *r) {
     json_t *o = json_loadb(text, len, 0, NULL);
     int rc = -1;
-    if (o && json_is_object(o)) rc = record_from_object(o, r);
+    if (o && json_is_object(o)) rc = audit_record_from_object(o, r);
     json_decref(o);
     return rc;
 }

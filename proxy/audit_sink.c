@@ -24,7 +24,7 @@ const char *audit_state_name(struct audit *a) {
 
 /* ---- Redis ---- */
 
-redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
+redisReply *audit_redis_cmd(redisContext *c, const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
     redisReply *r = redisvCommand(c, fmt, ap);
@@ -35,7 +35,8 @@ redisReply *redis_cmd(redisContext *c, const char *fmt, ...) {
 /* A synchronous connection to the master (redis_conn.h: the settings SIGHUP published last,
  * else rc's; sentinels asked when configured), AUTH and SELECT done. NULL with err. *epoch: the
  * redis_conn_epoch() the connection was made at (NULL: not wanted). */
-redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *err, size_t errlen) {
+redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
+                               size_t errlen) {
     struct redis_target *t = redis_target_new(rc, err, errlen);
     redisContext *c;
     uint64_t e;
@@ -47,7 +48,7 @@ redisContext *redis_open(const struct config_redis *rc, uint64_t *epoch, char *e
     return c;
 }
 
-void sink_disconnect(struct audit *a) {
+void audit_sink_disconnect(struct audit *a) {
     if (a->redis) {
         redisFree(a->redis);
         a->redis = NULL;
@@ -70,7 +71,7 @@ static int fence_lost_batch(struct audit *a) {
 }
 
 static int load_script(struct audit *a) {
-    redisReply *r = redis_cmd(a->redis, "SCRIPT LOAD %s", replay_script);
+    redisReply *r = audit_redis_cmd(a->redis, "SCRIPT LOAD %s", replay_script);
     int rc = -1;
     if (r && r->type == REDIS_REPLY_STRING && r->len == 40) {
         memcpy(a->script_sha, r->str, 41);
@@ -91,7 +92,7 @@ static void sink_failed(struct audit *a, const char *what) {
     atomic_fetch_add(&a->redis_errors, 1);
     log_limited(&sink_warning, LOG_LEVEL_WARN, "audit: redis: %s; spooling, next attempt in %u ms",
                 what, a->backoff_ms);
-    sink_disconnect(a);
+    audit_sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
@@ -133,7 +134,7 @@ static void argv_fields(struct argv_buf *b, const struct audit_fields *f) {
 static void argv_entry(struct argv_buf *b, const struct audit_record *r, struct strbuf *text,
                        struct audit_fields *f) {
     strbuf_reset(text);
-    if (record_json(r, 0, text) == 0) {
+    if (audit_record_strbuf(r, 0, text) == 0) {
         argv_add(b, AUDIT_STREAM_FIELD, sizeof(AUDIT_STREAM_FIELD) - 1);
         argv_add(b, text->s, text->len);
         return;
@@ -161,7 +162,7 @@ static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
 
 /* Spools nodes and frees them, or holds them when the spool refuses them. */
 static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) {
-    if (spool_append(a, nodes, n) == 0) {
+    if (audit_spool_append(a, nodes, n) == 0) {
         for (size_t i = 0; i < n; i++) free(nodes[i]);
     } else {
         hold(a, nodes, n);
@@ -353,7 +354,8 @@ static int batch_landed(struct audit *a, struct batch_runs *runs, const char *ta
     for (k = 0; k < runs->n; k++)
         if (strlen(runs->run[k]) == rl && memcmp(runs->run[k], tag, rl) == 0)
             return runs->landed[k] >= seq;
-    redisReply *r = redis_cmd(a->redis, "GET %saudit:batch:%b", a->cfg->redis->key_prefix, tag, rl);
+    redisReply *r =
+        audit_redis_cmd(a->redis, "GET %saudit:batch:%b", a->cfg->redis->key_prefix, tag, rl);
     if (!r) return -1;
     if (r->type == REDIS_REPLY_STRING && num_parse_u64(r->str, r->len, &landed) != 0) landed = 0;
     if (r->type == REDIS_REPLY_ERROR) {
@@ -373,7 +375,7 @@ static int batch_landed(struct audit *a, struct batch_runs *runs, const char *ta
 /* Finishes the replay: the spool is empty, records go live again. */
 static void replay_done(struct audit *a) {
     char path[4096];
-    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0) unlink(path);
+    if (audit_spool_path(a, CURSOR_NAME, path, sizeof(path)) == 0) unlink(path);
     set_state(a, AUDIT_LIVE);
 }
 
@@ -381,7 +383,7 @@ static void replay_done(struct audit *a) {
  * error (already handled). */
 static int replay_open(struct audit *a) {
     struct dirent **names;
-    int n = list_segments(a->cfg->audit.spool_dir, &names);
+    int n = audit_list_segments(a->cfg->audit.spool_dir, &names);
     int rc = 0;
     if (n < 0) {
         atomic_fetch_add(&a->file_errors, 1);
@@ -391,30 +393,30 @@ static int replay_open(struct audit *a) {
     for (int i = 0; i < n && rc == 0; i++) {
         char path[4096];
         if (strcmp(names[i]->d_name, a->segment_name) == 0) continue;
-        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
+        if (audit_spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
         a->replay_fp = fopen(path, "re");
         if (!a->replay_fp) {
             log_error("audit: cannot open %s: %s", path, strerror(errno));
             continue;
         }
-        copy_str(a->replay_name, sizeof(a->replay_name), names[i]->d_name);
-        a->replay_off = cursor_read(a, a->replay_name);
+        audit_copy_str(a->replay_name, sizeof(a->replay_name), names[i]->d_name);
+        a->replay_off = audit_cursor_read(a, a->replay_name);
         if (a->replay_off && fseeko(a->replay_fp, (off_t)a->replay_off, SEEK_SET) != 0)
             a->replay_off = 0;
         log_info("audit: replaying %s from byte %llu", a->replay_name,
                  (unsigned long long)a->replay_off);
         rc = 1;
     }
-    free_names(names, n);
+    audit_free_names(names, n);
     if (rc == 0 && a->segment.fd >= 0) {
         if (a->segment_records == 0) { /* nothing new arrived: drop the empty segment */
             char path[4096];
-            if (spool_path(a, a->segment_name, path, sizeof(path)) == 0) unlink(path);
+            if (audit_spool_path(a, a->segment_name, path, sizeof(path)) == 0) unlink(path);
             close(a->segment.fd);
             a->segment.fd = -1;
             a->segment_name[0] = '\0';
         } else { /* replay it next; new records start another one */
-            spool_close_segment(a);
+            audit_spool_close_segment(a);
             return replay_open(a);
         }
     }
@@ -496,7 +498,8 @@ static void replay_chunk(struct audit *a) {
         lines++;
         struct audit_node *node = calloc(1, sizeof(*node));
         json_t *o = json_loadb(line, (size_t)len - 1, 0, NULL);
-        if (!node || !o || record_from_object(o, &node->rec) != 0 || !node->rec.request_id[0]) {
+        if (!node || !o || audit_record_from_object(o, &node->rec) != 0 ||
+            !node->rec.request_id[0]) {
             log_warn("audit: skipping a malformed spool line in %s at byte %llu", a->replay_name,
                      (unsigned long long)(off - (uint64_t)len));
             free(node);
@@ -506,8 +509,8 @@ static void replay_chunk(struct audit *a) {
         }
         node->uncertain = json_is_true(json_object_get(o, "uncertain"));
         if (node->uncertain && json_is_string(json_object_get(o, "batch")))
-            copy_str(node->batch, sizeof(node->batch),
-                     json_string_value(json_object_get(o, "batch")));
+            audit_copy_str(node->batch, sizeof(node->batch),
+                           json_string_value(json_object_get(o, "batch")));
         json_decref(o);
         chunk[n++] = node;
     }
@@ -516,9 +519,9 @@ static void replay_chunk(struct audit *a) {
         char path[4096];
         fclose(a->replay_fp);
         a->replay_fp = NULL;
-        if (spool_path(a, a->replay_name, path, sizeof(path)) == 0 && unlink(path) != 0)
+        if (audit_spool_path(a, a->replay_name, path, sizeof(path)) == 0 && unlink(path) != 0)
             log_error("audit: cannot remove %s: %s", path, strerror(errno));
-        fsync_dir(a->cfg->audit.spool_dir);
+        audit_fsync_dir(a->cfg->audit.spool_dir);
         log_info("audit: replayed %s", a->replay_name);
         a->replay_name[0] = '\0';
         return;
@@ -596,7 +599,7 @@ static void replay_chunk(struct audit *a) {
     }
     if (a->cfg->audit.min_replicas > 0 && (why = replay_wait(a, errbuf, sizeof(errbuf)))) goto out;
     a->replay_off = off;
-    cursor_write(a, a->replay_name, off);
+    audit_cursor_write(a, a->replay_name, off);
     atomic_fetch_add(&a->replayed, n);
     {
         uint64_t depth = atomic_load(&a->spool_depth), done = n + bad;
@@ -619,7 +622,7 @@ out_free:
 
 static void try_connect(struct audit *a) {
     char err[256];
-    a->redis = redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
+    a->redis = audit_redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
     if (!a->redis) {
         sink_failed(a, err);
         return;
@@ -636,8 +639,8 @@ static void try_connect(struct audit *a) {
     sink_timeout(a, 0);
     a->backoff_ms = BACKOFF_MIN_MS;
     struct dirent **names;
-    int n = list_segments(a->cfg->audit.spool_dir, &names);
-    if (n > 0) free_names(names, n);
+    int n = audit_list_segments(a->cfg->audit.spool_dir, &names);
+    if (n > 0) audit_free_names(names, n);
     log_limited_ok(&sink_warning, LOG_LEVEL_INFO, "audit: redis is back");
     log_info("audit: connected to redis %s:%d", a->redis->tcp.host, a->redis->tcp.port);
     set_state(a, n > 0 || a->segment.fd >= 0 ? AUDIT_REPLAYING : AUDIT_LIVE);
@@ -654,7 +657,7 @@ static void sink_check_epoch(struct audit *a) {
     a->backoff_ms = BACKOFF_MIN_MS;
     if (!a->redis) return;
     log_info("audit: redis settings or master changed; reconnecting");
-    sink_disconnect(a);
+    audit_sink_disconnect(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
@@ -746,7 +749,7 @@ static size_t access_line(const struct audit_record *r, char line[LOG_LINE_MAX])
 
 /* Writes what b holds to stderr and empties it. Failing, stderr is nowhere to say so. */
 static void access_flush(struct strbuf *b) {
-    if (b->len > 0) (void)write_all(STDERR_FILENO, b->s, b->len);
+    if (b->len > 0) (void)audit_write_all(STDERR_FILENO, b->s, b->len);
     strbuf_reset(b);
 }
 
@@ -786,7 +789,7 @@ static size_t collect(struct audit *a, struct audit_node **batch, size_t max, in
     while (n < max && progress) {
         progress = 0;
         for (unsigned w = 0; w < a->n_workers && n < max; w++) {
-            struct audit_node *node = queue_pop(a->queues[w]);
+            struct audit_node *node = audit_queue_pop(a->queues[w]);
             if (node) {
                 batch[n++] = node;
                 progress = 1;
@@ -807,13 +810,13 @@ static void file_append(struct audit *a, struct audit_node **batch, size_t n) {
             return;
         }
     }
-    if (write_all(a->file.fd, b->s, b->len) != 0) {
+    if (audit_write_all(a->file.fd, b->s, b->len) != 0) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: write %s: %s", a->file_path, strerror(errno));
         return;
     }
     a->file.unsynced += (unsigned)n;
-    sync_file_sync(a, &a->file, 0);
+    audit_sync_file_sync(a, &a->file, 0);
 }
 
 /* Between two batches, so each batch goes whole to one file: what the old file got is fsynced
@@ -823,8 +826,8 @@ static void file_reopen(struct audit *a) {
     if (!atomic_exchange(&a->reopen, 0) || a->file.fd < 0) return;
     if (a->file.unsynced == 0)
         a->file.unsynced = 1; /* a write that failed midway may have left bytes behind */
-    sync_file_sync(a, &a->file, 1);
-    int fd = file_open(a->file_path);
+    audit_sync_file_sync(a, &a->file, 1);
+    int fd = audit_file_open(a->file_path);
     if (fd < 0) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: reopen %s: %s; still writing to the file open before", a->file_path,
@@ -897,7 +900,7 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
 
 /* Writes n's record to stderr as one JSON line after UNSAVED_PREFIX: the log is the last durable
  * place for a record neither Redis nor the spool took. */
-void print_unsaved(const struct audit_node *n) {
+void audit_print_unsaved(const struct audit_node *n) {
     struct strbuf b;
     strbuf_init(&b);
     if (audit_record_json(&n->rec, &b) == 0)
@@ -916,7 +919,7 @@ void print_unsaved(const struct audit_node *n) {
  * holding records does not drain) get one more attempt at Redis, then at the spool, and what
  * neither takes is printed to stderr, one line each, and counted: no record is freed unseen.
  * Written to Redis here, records may land ahead of older ones still in the spool. */
-void sink_last_resort(struct audit *a) {
+void audit_sink_last_resort(struct audit *a) {
     struct audit_node *batch[SINK_BATCH], *rest = a->held, **tail = &rest;
     size_t n, total = 0, unsaved = 0;
     int retried;
@@ -933,7 +936,7 @@ void sink_last_resort(struct audit *a) {
     }
     if (!a->redis && a->cfg->redis) {
         char err[256];
-        a->redis = redis_open(a->cfg->redis, NULL, err, sizeof(err));
+        a->redis = audit_redis_open(a->cfg->redis, NULL, err, sizeof(err));
         if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
@@ -945,12 +948,12 @@ void sink_last_resort(struct audit *a) {
         total += n;
         if (a->redis)
             n = live_write(a, batch, n, 1); /* on failure it disconnects: later batches skip it */
-        if (n > 0 && spool_append(a, batch, n) == 0) {
+        if (n > 0 && audit_spool_append(a, batch, n) == 0) {
             for (size_t i = 0; i < n; i++) free(batch[i]);
             n = 0;
         }
         for (size_t i = 0; i < n; i++) {
-            print_unsaved(batch[i]);
+            audit_print_unsaved(batch[i]);
             free(batch[i]);
         }
         unsaved += n;
@@ -974,7 +977,7 @@ static int queues_empty(struct audit *a) {
     return 1;
 }
 
-void sink_wake(struct audit *a) {
+void audit_sink_wake(struct audit *a) {
     uint64_t one = 1;
     /* nonblocking; EAGAIN only when the counter is full, and then the sink is awake anyway */
     (void)!write(a->wake_fd, &one, sizeof(one));
@@ -982,11 +985,11 @@ void sink_wake(struct audit *a) {
 
 /* After publishing work for the sink (a record, a reopen): wakes it if it sleeps. The fence pairs
  * with sink_wait's: either the sink sees the work before it sleeps, or this sees sleeping set. */
-void sink_nudge(struct audit *a) {
+void audit_sink_nudge(struct audit *a) {
     atomic_thread_fence(memory_order_seq_cst);
     if (atomic_load_explicit(&a->sleeping, memory_order_relaxed) &&
         atomic_exchange(&a->sleeping, 0))
-        sink_wake(a);
+        audit_sink_wake(a);
 }
 
 static uint64_t sync_deadline(const struct sync_file *f, uint64_t deadline) {
@@ -1015,7 +1018,7 @@ static void sink_wait(struct audit *a) {
     if (atomic_load(&a->state) == AUDIT_SPOOLING && a->next_connect_us < deadline)
         deadline = a->next_connect_us > now ? a->next_connect_us : now;
     atomic_store(&a->sleeping, 1);
-    atomic_thread_fence(memory_order_seq_cst); /* pairs with sink_nudge's fence */
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with audit_sink_nudge's fence */
     if (!queues_empty(a) || atomic_load(&a->stopping) || atomic_load(&a->reopen) ||
         deadline <= now) {
         /* a submit that cleared sleeping first also wrote wake_fd: the next poll takes it */
@@ -1032,7 +1035,7 @@ static void sink_wait(struct audit *a) {
     sink_gather(a);
 }
 
-void *sink_main(void *arg) {
+void *audit_sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
     unsigned stop_retries = 0;
@@ -1041,9 +1044,9 @@ void *sink_main(void *arg) {
         int stopping = atomic_load(&a->stopping), retried;
         file_reopen(a);
         size_t n = collect(a, batch, SINK_BATCH, &retried);
-        if (n > 0 && a->cfg->audit.commit_durable) commit_note(a, batch, n);
+        if (n > 0 && a->cfg->audit.commit_durable) audit_commit_note(a, batch, n);
         if (n > 0) handle_batch(a, batch, n, retried);
-        if (n > 0 && a->cfg->audit.commit_durable) commit_ack(a);
+        if (n > 0 && a->cfg->audit.commit_durable) audit_commit_ack(a);
         atomic_store(&a->held_records, a->held_n);
         if (!a->holding != !a->held) {
             a->holding = a->held != NULL;
@@ -1062,8 +1065,8 @@ void *sink_main(void *arg) {
         for (int i = 0; i < REPLAY_STEPS && !stopping && atomic_load(&a->state) == AUDIT_REPLAYING;
              i++)
             replay_step(a);
-        sync_file_sync(a, &a->segment, 0);
-        sync_file_sync(a, &a->file, 0);
+        audit_sync_file_sync(a, &a->segment, 0);
+        audit_sync_file_sync(a, &a->file, 0);
         if (stopping && n == 0 && !a->held)
             break; /* the workers stopped submitting before audit_free: all is written */
         if (stopping && a->held && ++stop_retries > STOP_RETRIES) break;
@@ -1074,17 +1077,17 @@ void *sink_main(void *arg) {
             sink_wait(a);
         }
     }
-    if (a->held) sink_last_resort(a);
-    spool_close_segment(a);
-    if (a->file.fd >= 0 && a->cfg->audit.commit_durable) sync_file_sync(a, &a->file, 1);
-    commit_release_all(a);
+    if (a->held) audit_sink_last_resort(a);
+    audit_spool_close_segment(a);
+    if (a->file.fd >= 0 && a->cfg->audit.commit_durable) audit_sync_file_sync(a, &a->file, 1);
+    audit_commit_release_all(a);
     if (a->replay_fp) {
         fclose(a->replay_fp);
         a->replay_fp = NULL;
     }
     if (a->file.fd >= 0 && a->file.unsynced == 0) a->file.unsynced = 1;
-    sync_file_sync(a, &a->file, 1);
-    sink_disconnect(a);
+    audit_sync_file_sync(a, &a->file, 1);
+    audit_sink_disconnect(a);
     set_state(a, AUDIT_STOPPED);
     return NULL;
 }

@@ -2,7 +2,7 @@
  * replay cursor, and the file helpers audit.file shares. Part of the audit module (audit.c). */
 #include "audit_internal.h"
 
-int write_all(int fd, const char *p, size_t n) {
+int audit_write_all(int fd, const char *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
         if (w < 0) {
@@ -15,7 +15,7 @@ int write_all(int fd, const char *p, size_t n) {
     return 0;
 }
 
-void sync_file_sync(struct audit *a, struct sync_file *f, int force) {
+void audit_sync_file_sync(struct audit *a, struct sync_file *f, int force) {
     if (f->fd < 0 || f->unsynced == 0) return;
     uint64_t now = clock_mono_us();
     if (!force && f->unsynced < SYNC_EVERY_RECORDS && now - f->synced_us < SYNC_EVERY_US) return;
@@ -29,11 +29,11 @@ void sync_file_sync(struct audit *a, struct sync_file *f, int force) {
 
 /* audit.file, at start and at each audit_reopen. O_APPEND: after a copytruncate rotation the
  * writes go on at the new end, not at the old offset behind a hole of zeros. */
-int file_open(const char *path) {
+int audit_file_open(const char *path) {
     return open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
 }
 
-void fsync_dir(const char *dir) {
+void audit_fsync_dir(const char *dir) {
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd >= 0) {
         (void)fsync(fd);
@@ -41,7 +41,7 @@ void fsync_dir(const char *dir) {
     }
 }
 
-int mkdir_p(const char *path) {
+int audit_mkdir_p(const char *path) {
     char buf[4096];
     size_t len = strlen(path);
     if (len == 0 || len >= sizeof(buf)) return -1;
@@ -69,25 +69,25 @@ static int segment_filter(const struct dirent *d) {
 }
 
 /* Segment names in order (they start with a zero-padded wall clock). Caller frees with
- * free_names. -1 when the directory cannot be read. */
-int list_segments(const char *dir, struct dirent ***names) {
+ * audit_free_names. -1 when the directory cannot be read. */
+int audit_list_segments(const char *dir, struct dirent ***names) {
     return scandir(dir, names, segment_filter, alphasort);
 }
 
-void free_names(struct dirent **names, int n) {
+void audit_free_names(struct dirent **names, int n) {
     for (int i = 0; i < n; i++) free(names[i]);
     free(names);
 }
 
-int spool_path(const struct audit *a, const char *name, char *out, size_t outlen) {
+int audit_spool_path(const struct audit *a, const char *name, char *out, size_t outlen) {
     int n = snprintf(out, outlen, "%s/%s", a->cfg->audit.spool_dir, name);
     return n < 0 || (size_t)n >= outlen ? -1 : 0;
 }
 
-void spool_close_segment(struct audit *a) {
+void audit_spool_close_segment(struct audit *a) {
     if (a->segment.fd < 0) return;
     a->segment.unsynced = a->segment.unsynced ? a->segment.unsynced : 1;
-    sync_file_sync(a, &a->segment, 1);
+    audit_sync_file_sync(a, &a->segment, 1);
     close(a->segment.fd);
     a->segment.fd = -1;
     a->segment_name[0] = '\0';
@@ -98,10 +98,10 @@ static int spool_open_segment(struct audit *a) {
     char path[4096];
     snprintf(a->segment_name, sizeof(a->segment_name), "%017llu-%06u-%s.jsonl",
              (unsigned long long)clock_wall_us(), a->segment_seq++ % 1000000, a->safe_instance);
-    if (spool_path(a, a->segment_name, path, sizeof(path)) != 0) goto fail;
+    if (audit_spool_path(a, a->segment_name, path, sizeof(path)) != 0) goto fail;
     a->segment.fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (a->segment.fd < 0) goto fail;
-    fsync_dir(a->cfg->audit.spool_dir);
+    audit_fsync_dir(a->cfg->audit.spool_dir);
     a->segment.unsynced = 0;
     a->segment.synced_us = clock_mono_us();
     a->segment_bytes = a->segment_records = 0;
@@ -116,7 +116,7 @@ fail:
 /* One spool line: the record's JSON, plus "uncertain": true when its live write may have
  * landed, and then "batch": "<run>:<seq>", the live batch it was in. */
 static int spool_line(const struct audit_node *n, struct strbuf *out) {
-    if (record_json(&n->rec, n->uncertain, out) != 0) return -1;
+    if (audit_record_strbuf(&n->rec, n->uncertain, out) != 0) return -1;
     if (n->uncertain && n->batch[0]) {
         out->len--; /* the closing brace */
         if (strbuf_appendf(out, ",\"batch\":\"%s\"}", n->batch) != 0) return -1;
@@ -125,18 +125,18 @@ static int spool_line(const struct audit_node *n, struct strbuf *out) {
 }
 
 /* Appends nodes to the spool. 0, or -1 (nothing counted; the caller keeps the records). */
-int spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
+int audit_spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
     struct strbuf b;
     int rc = -1;
     strbuf_init(&b);
     for (size_t i = 0; i < n; i++)
         if (spool_line(nodes[i], &b) != 0) goto out;
-    if (a->segment.fd >= 0 && a->segment_bytes >= SEGMENT_MAX_BYTES) spool_close_segment(a);
+    if (a->segment.fd >= 0 && a->segment_bytes >= SEGMENT_MAX_BYTES) audit_spool_close_segment(a);
     if (a->segment.fd < 0 && spool_open_segment(a) != 0) goto out;
-    if (write_all(a->segment.fd, b.s, b.len) != 0) {
+    if (audit_write_all(a->segment.fd, b.s, b.len) != 0) {
         log_error("audit: spool write %s: %s", a->segment_name, strerror(errno));
         /* a partial line would be skipped at replay; start a fresh segment next time */
-        spool_close_segment(a);
+        audit_spool_close_segment(a);
         goto out;
     }
     a->segment_bytes += b.len;
@@ -144,7 +144,7 @@ int spool_append(struct audit *a, struct audit_node **nodes, size_t n) {
     a->segment.unsynced += (unsigned)n;
     atomic_fetch_add(&a->spooled, n);
     atomic_fetch_add(&a->spool_depth, n);
-    sync_file_sync(a, &a->segment, 0);
+    audit_sync_file_sync(a, &a->segment, 0);
     rc = 0;
 out:
     if (rc != 0) atomic_fetch_add(&a->file_errors, 1);
@@ -152,14 +152,14 @@ out:
     return rc;
 }
 
-void cursor_write(struct audit *a, const char *segment, uint64_t off) {
+void audit_cursor_write(struct audit *a, const char *segment, uint64_t off) {
     char path[4096], tmp[4096], line[256];
-    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0 ||
-        spool_path(a, CURSOR_NAME ".tmp", tmp, sizeof(tmp)) != 0)
+    if (audit_spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0 ||
+        audit_spool_path(a, CURSOR_NAME ".tmp", tmp, sizeof(tmp)) != 0)
         return;
     int len = snprintf(line, sizeof(line), "%s %llu\n", segment, (unsigned long long)off);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0 || write_all(fd, line, (size_t)len) != 0 || fsync(fd) != 0 ||
+    if (fd < 0 || audit_write_all(fd, line, (size_t)len) != 0 || fsync(fd) != 0 ||
         rename(tmp, path) != 0) {
         atomic_fetch_add(&a->file_errors, 1);
         log_error("audit: cannot write the replay cursor: %s", strerror(errno));
@@ -168,10 +168,10 @@ void cursor_write(struct audit *a, const char *segment, uint64_t off) {
 }
 
 /* The offset the cursor file holds for segment, or 0. */
-uint64_t cursor_read(struct audit *a, const char *segment) {
+uint64_t audit_cursor_read(struct audit *a, const char *segment) {
     char path[4096], line[256];
     uint64_t off = 0;
-    if (spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0) return 0;
+    if (audit_spool_path(a, CURSOR_NAME, path, sizeof(path)) != 0) return 0;
     FILE *f = fopen(path, "re");
     if (!f) return 0;
     if (fgets(line, sizeof(line), f)) {
@@ -187,21 +187,21 @@ uint64_t cursor_read(struct audit *a, const char *segment) {
 }
 
 /* Lines after the cursor in every segment: the spool depth left by an earlier run. */
-uint64_t spool_count(struct audit *a) {
+uint64_t audit_spool_count(struct audit *a) {
     struct dirent **names;
-    int n = list_segments(a->cfg->audit.spool_dir, &names);
+    int n = audit_list_segments(a->cfg->audit.spool_dir, &names);
     uint64_t total = 0;
     for (int i = 0; i < n; i++) {
         char path[4096];
-        if (spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
+        if (audit_spool_path(a, names[i]->d_name, path, sizeof(path)) != 0) continue;
         FILE *f = fopen(path, "re");
         if (!f) continue;
-        uint64_t off = cursor_read(a, names[i]->d_name);
+        uint64_t off = audit_cursor_read(a, names[i]->d_name);
         if (off && fseeko(f, (off_t)off, SEEK_SET) != 0) off = 0;
         int c;
         while ((c = getc(f)) != EOF) total += c == '\n';
         fclose(f);
     }
-    if (n > 0) free_names(names, n);
+    if (n > 0) audit_free_names(names, n);
     return total;
 }

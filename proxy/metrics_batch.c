@@ -45,7 +45,7 @@ int metrics_key_name(char *out, size_t outlen, const char *prefix, const struct 
     return n < 0 || (size_t)n >= outlen ? -1 : n;
 }
 
-int id_parse(const char *s, size_t len, uint8_t *has, uint32_t *id) {
+int metrics_id_parse(const char *s, size_t len, uint8_t *has, uint32_t *id) {
     if (len == 1 && s[0] == '-') {
         *has = 0;
         *id = 0;
@@ -60,8 +60,9 @@ int metrics_pair_parse(const char *s, struct metrics_key *k) {
     const char *colon = strchr(s, ':');
     memset(k, 0, sizeof(*k));
     if (!colon) return -1;
-    if (id_parse(s, (size_t)(colon - s), &k->has_business_id, &k->business_id) != 0) return -1;
-    return id_parse(colon + 1, strlen(colon + 1), &k->has_scene_id, &k->scene_id);
+    if (metrics_id_parse(s, (size_t)(colon - s), &k->has_business_id, &k->business_id) != 0)
+        return -1;
+    return metrics_id_parse(colon + 1, strlen(colon + 1), &k->has_scene_id, &k->scene_id);
 }
 
 void metrics_key_of(const struct pipeline_record *r, struct metrics_key *k) {
@@ -83,7 +84,7 @@ void metrics_app_key_of(const struct pipeline_record *r, struct metrics_key *k) 
 
 /* An app name as /admin/stats and the index take it: "-", or 1..CONFIG_NAME_MAX bytes of
  * [A-Za-z0-9._-] (what config.c allows). */
-int app_name_ok(const char *s, size_t len) {
+int metrics_app_name_ok(const char *s, size_t len) {
     if (len == 0 || len > CONFIG_NAME_MAX) return 0;
     for (size_t i = 0; i < len; i++) {
         char ch = s[i];
@@ -186,7 +187,8 @@ int metrics_cell_add_field(struct metrics_cell *c, const char *name, uint64_t va
     }
     if (strncmp(name, "rule:", 5) == 0) {
         uint64_t *slot;
-        if (!app_name_ok(name + 5, strlen(name + 5)) || !(slot = cell_rule_slot(c, name + 5)))
+        if (!metrics_app_name_ok(name + 5, strlen(name + 5)) ||
+            !(slot = cell_rule_slot(c, name + 5)))
             return -1; /* rule names are app-name shaped (config.c FK_NAME) */
         *slot += value;
         return 0;
@@ -305,7 +307,7 @@ static uint64_t key_hash(const struct metrics_key *k) {
     return h ^ (h >> 29);
 }
 
-int key_equal(const struct metrics_key *a, const struct metrics_key *b) {
+int metrics_key_equal(const struct metrics_key *a, const struct metrics_key *b) {
     return a->minute == b->minute && a->business_id == b->business_id &&
            a->scene_id == b->scene_id && a->has_business_id == b->has_business_id &&
            a->has_scene_id == b->has_scene_id && a->is_app == b->is_app &&
@@ -338,7 +340,7 @@ size_t metrics_batch_count(const struct metrics_batch *b) {
 static struct batch_slot *batch_probe(struct batch_slot *slots, size_t cap,
                                       const struct metrics_key *k) {
     size_t i = (size_t)key_hash(k) & (cap - 1);
-    while (slots[i].used && !key_equal(&slots[i].cell.key, k)) i = (i + 1) & (cap - 1);
+    while (slots[i].used && !metrics_key_equal(&slots[i].cell.key, k)) i = (i + 1) & (cap - 1);
     return &slots[i];
 }
 
@@ -458,7 +460,7 @@ size_t metrics_batch_trim(struct metrics_batch *b, size_t max_keys, uint64_t min
     return dropped;
 }
 
-char slot_busy_marker;
+char metrics_slot_busy_marker;
 
 void metrics_record(struct metrics *m, unsigned worker, const struct pipeline_record *r) {
     if (worker >= m->n_slots) {
@@ -481,7 +483,7 @@ void metrics_record(struct metrics *m, unsigned worker, const struct pipeline_re
 
 /* Takes a worker's batch, or NULL when it has none (or stays busy for a while: it is then
  * taken at the next flush). */
-struct metrics_batch *slot_take(struct metrics_slot *s) {
+struct metrics_batch *metrics_slot_take(struct metrics_slot *s) {
     for (int tries = 0; tries < 1000; tries++) {
         struct metrics_batch *b = atomic_load_explicit(&s->active, memory_order_acquire);
         if (!b) return NULL;
@@ -496,7 +498,7 @@ struct metrics_batch *slot_take(struct metrics_slot *s) {
     return NULL;
 }
 
-void slot_give_back(struct metrics_slot *s, struct metrics_batch *b) {
+void metrics_slot_give_back(struct metrics_slot *s, struct metrics_batch *b) {
     struct metrics_batch *expect = NULL;
     metrics_batch_clear(b);
     if (!atomic_compare_exchange_strong_explicit(&s->spare, &expect, b, memory_order_acq_rel,

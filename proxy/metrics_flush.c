@@ -8,8 +8,8 @@
 /* A connection to the master as redis_conn.h finds it, with the settings published last (else
  * the config's; cfg->target itself never changes: the flush thread and the query threads share
  * it). *epoch (when not NULL): the redis_conn_epoch() it was made at. */
-redisContext *redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
-                            size_t errlen) {
+redisContext *metrics_redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
+                                    size_t errlen) {
     struct redis_target *t = redis_target_ref(cfg->target);
     uint64_t e = redis_conn_refresh(&t);
     redisContext *c = redis_conn_open(t, err, errlen);
@@ -24,7 +24,7 @@ static int conn_ensure(struct metrics *m, char *err, size_t errlen) {
     /* new settings or a new master (the epoch moved): a new connection */
     if (m->conn && !m->conn->err && m->conn_epoch == redis_conn_epoch()) return 0;
     if (m->conn) redisFree(m->conn);
-    if (!(m->conn = redis_connect(m->redis, &m->conn_epoch, err, errlen))) return -1;
+    if (!(m->conn = metrics_redis_connect(m->redis, &m->conn_epoch, err, errlen))) return -1;
     if (redis_fence_kill(m->conn, &m->lost, "metrics") != 0) {
         snprintf(err, errlen, "redis %s: CLIENT KILL of the lost connection: no answer",
                  redis_target_name(m->redis->target));
@@ -235,7 +235,7 @@ static void flush_cycle(struct metrics *m) {
 
     if (!m->pending && !(m->pending = metrics_batch_new())) return;
     for (unsigned i = 0; i < m->n_slots; i++) {
-        struct metrics_batch *b = slot_take(&m->slots[i]);
+        struct metrics_batch *b = metrics_slot_take(&m->slots[i]);
         if (!b) continue;
         if (metrics_batch_count(b)) have = 1;
         if (metrics_batch_merge(m->pending, b) != 0) {
@@ -244,7 +244,7 @@ static void flush_cycle(struct metrics *m) {
             log_warn("metrics: out of memory while merging a batch; its counts are lost");
         }
         if (m->redis && metrics_batch_count(b)) local_add(m, b, keep_from);
-        slot_give_back(&m->slots[i], b);
+        metrics_slot_give_back(&m->slots[i], b);
     }
     if (!m->redis) {
         pthread_mutex_lock(&m->lock);
@@ -328,7 +328,7 @@ static void deadline_after(struct timespec *ts, unsigned ms) {
     }
 }
 
-void *flush_main(void *arg) {
+void *metrics_flush_main(void *arg) {
     struct metrics *m = arg;
     struct timespec deadline;
     pthread_mutex_lock(&m->lock);

@@ -38,8 +38,8 @@
  * from a real batch pointer to NULL, so exactly one side owns a batch at any time. Emptied
  * batches come back through `spare` so a worker rarely allocates. */
 
-extern char slot_busy_marker; /* defined in metrics_batch.c */
-#define SLOT_BUSY ((struct metrics_batch *)(void *)&slot_busy_marker)
+extern char metrics_slot_busy_marker; /* defined in metrics_batch.c */
+#define SLOT_BUSY ((struct metrics_batch *)(void *)&metrics_slot_busy_marker)
 
 struct metrics_slot {
     _Atomic(struct metrics_batch *) active;
@@ -50,7 +50,7 @@ struct metrics_slot {
 
 /* The settings copied from the config. */
 struct metrics_redis {
-    struct redis_target *target; /* the config's; redis_connect takes the published one */
+    struct redis_target *target; /* the config's; metrics_redis_connect takes the published one */
     char *prefix;
 };
 
@@ -94,15 +94,15 @@ struct metrics {
 };
 
 /* metrics_batch.c */
-int id_parse(const char *s, size_t len, uint8_t *has, uint32_t *id);
-int app_name_ok(const char *s, size_t len);
-int key_equal(const struct metrics_key *a, const struct metrics_key *b);
-struct metrics_batch *slot_take(struct metrics_slot *s);
-void slot_give_back(struct metrics_slot *s, struct metrics_batch *b);
+int metrics_id_parse(const char *s, size_t len, uint8_t *has, uint32_t *id);
+int metrics_app_name_ok(const char *s, size_t len);
+int metrics_key_equal(const struct metrics_key *a, const struct metrics_key *b);
+struct metrics_batch *metrics_slot_take(struct metrics_slot *s);
+void metrics_slot_give_back(struct metrics_slot *s, struct metrics_batch *b);
 
 /* metrics_flush.c */
-redisContext *redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
-                            size_t errlen);
-void *flush_main(void *arg);
+redisContext *metrics_redis_connect(const struct metrics_redis *cfg, uint64_t *epoch, char *err,
+                                    size_t errlen);
+void *metrics_flush_main(void *arg);
 
 #endif

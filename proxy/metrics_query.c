@@ -7,7 +7,7 @@
 static int match_parse(const char *name, const char *v, enum metrics_match *m, uint32_t *id,
                        char *err, size_t errlen) {
     uint8_t has;
-    if (id_parse(v, strlen(v), &has, id) != 0) {
+    if (metrics_id_parse(v, strlen(v), &has, id) != 0) {
         snprintf(err, errlen, "%s must be an unsigned 32-bit integer or \"-\"; got \"%.40s\"", name,
                  v);
         return -1;
@@ -58,7 +58,7 @@ int metrics_query_parse(const char *query_string, struct metrics_query *q, char 
         match_parse("sceneId", v, &q->scene_match, &q->scene_id, err, errlen) != 0)
         goto out;
     if ((v = params_get(&p, "app"))) {
-        if (!app_name_ok(v, strlen(v))) {
+        if (!metrics_app_name_ok(v, strlen(v))) {
             snprintf(err, errlen,
                      "app must be an app name (1 to %d bytes of A-Z, a-z, 0-9, '.', '_', '-'); "
                      "got \"%.40s\"",
@@ -213,7 +213,7 @@ static void json_build_cell(const struct metrics_cell *c, void *arg) {
     if (jb->q->group == METRICS_GROUP_NONE) return;
     group_key(jb->q, &c->key, &pk);
     for (size_t i = 0; i < jb->n_pairs && !p; i++)
-        if (key_equal(&jb->pairs[i].key, &pk)) p = &jb->pairs[i];
+        if (metrics_key_equal(&jb->pairs[i].key, &pk)) p = &jb->pairs[i];
     if (!p) {
         if (jb->n_pairs == jb->cap_pairs) {
             size_t cap = jb->cap_pairs ? jb->cap_pairs * 2 : 8;
@@ -381,7 +381,7 @@ static void query_copy_cell(const struct metrics_cell *c, void *arg) {
 /* Reads every hash of the pairs in the index that q selects into out. 0, or -1 with err. */
 static int query_redis(struct metrics *m, const struct metrics_query *q, struct metrics_batch *out,
                        char *err, size_t errlen) {
-    redisContext *c = redis_connect(m->redis, NULL, err, errlen);
+    redisContext *c = metrics_redis_connect(m->redis, NULL, err, errlen);
     redisReply *members = NULL, *reply = NULL;
     struct metrics_key *keys = NULL;
     size_t n_keys = 0, plen = strlen(m->redis->prefix), keylen = plen + 128;
@@ -410,7 +410,7 @@ static int query_redis(struct metrics *m, const struct metrics_query *q, struct 
         if (e->type != REDIS_REPLY_STRING) continue;
         if (q->by_app) {
             memset(&k, 0, sizeof(k));
-            if (!app_name_ok(e->str, e->len)) continue;
+            if (!metrics_app_name_ok(e->str, e->len)) continue;
             k.is_app = 1;
             memcpy(k.app, e->str, e->len + 1);
         } else if (metrics_pair_parse(e->str, &k) != 0) {

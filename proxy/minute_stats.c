@@ -60,7 +60,7 @@ struct metrics *metrics_new(const struct config *cfg, unsigned n_workers, char *
     if (pthread_cond_init(&m->flushed, NULL) != 0) goto oom;
     flushed_init = 1;
     redis_query_set_init(&m->queries);
-    if (thread_start(&m->thread, NULL, flush_main, m) != 0) {
+    if (thread_start(&m->thread, NULL, metrics_flush_main, m) != 0) {
         snprintf(err, errlen, "metrics: cannot start the flush thread");
         goto fail;
     }
