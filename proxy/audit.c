@@ -10,6 +10,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -691,6 +694,7 @@ static const char *const audit_state_names[] = {"connecting", "live",   "spoolin
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CURSOR_NAME "replay.cursor"
+#define TRIM_MIN_US 10000000 /* at most one malloc_trim per this long (sink_trim) */
 
 /* Replays one spooled record: adds it to the stream only the first time its request_id is
  * seen. KEYS: stream, seen key. ARGV: ttl, maxlen, field, value, ... */
@@ -758,6 +762,10 @@ struct audit {
     struct strbuf access;      /* one batch's access lines for stderr, kept between them */
     int lock_fd;               /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];      /* audit.file, or <spool_dir>/audit.jsonl without redis */
+
+    int backlog;         /* sink: a backlog (replay, held records, full batches) since the
+                          * last sink_trim */
+    uint64_t trimmed_us; /* sink: the last sink_trim */
 
     /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
     pthread_mutex_t mem_lock;
@@ -1882,6 +1890,29 @@ static void sink_wait(struct audit *a) {
     sink_gather(a);
 }
 
+/* Once a backlog has drained, gives its memory back to the system. The records of a backlog
+ * (worker queues that grew while the sink could not write, held records, a replay's parsed
+ * lines) are freed when written, but glibc returns free memory only from the top of a heap: the
+ * free chunks among those still in use stay in the process, in the workers' arenas (where
+ * audit_submit allocated) and the sink's. RSS then keeps the backlog's peak for good (issue 12:
+ * 40 -> 125 MB after a stuck replay; the replay of that time parsed XREVRANGE replies of 20,000
+ * entries, a few hundred thousand small allocations per step). malloc_trim(0) releases the free
+ * pages of every arena. It walks them under their locks, so it runs only after a backlog, when
+ * the sink is idle again, and at most once per TRIM_MIN_US. */
+static void sink_trim(struct audit *a, size_t n) {
+    if (n >= SINK_BATCH || a->held || atomic_load(&a->state) == AUDIT_REPLAYING) {
+        a->backlog = 1;
+        return;
+    }
+    uint64_t now = clock_mono_us();
+    if (!a->backlog || now - a->trimmed_us < TRIM_MIN_US) return;
+    a->backlog = 0;
+    a->trimmed_us = now;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 static void *sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1911,6 +1942,7 @@ static void *sink_main(void *arg) {
             replay_step(a);
         sync_file_sync(a, &a->segment, 0);
         sync_file_sync(a, &a->file, 0);
+        sink_trim(a, n);
         if (stopping && n == 0 && !a->held)
             break; /* the workers stopped submitting before audit_free: all is written */
         if (stopping && a->held && ++stop_retries > STOP_RETRIES) break;
