@@ -112,6 +112,7 @@ enum audit_state {
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define CURSOR_NAME "replay.cursor"
+#define TRIM_MIN_US 10000000 /* at most one malloc_trim per this long (sink_trim) */
 
 /* An append-only file fsynced in batches (a spool segment or audit.file). */
 struct sync_file {
@@ -175,6 +176,10 @@ struct audit {
     struct strbuf access;      /* one batch's access lines for stderr, kept between them */
     int lock_fd;               /* flock on <spool_dir>/.lock: one process per spool */
     char file_path[4096];      /* audit.file, or <spool_dir>/audit.jsonl without redis */
+
+    int backlog;         /* sink: a backlog (replay, held records, full batches) since the
+                          * last sink_trim */
+    uint64_t trimmed_us; /* sink: the last sink_trim */
 
     /* memory stream: record k (0-based, in write order) is mem[k % mem_cap] */
     pthread_mutex_t mem_lock;

@@ -2,6 +2,9 @@
  * its fences, the connection, the memory stream, audit.file and the access log batches. Part of
  * the audit module (audit.c). */
 #include "audit_internal.h"
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 static const char *const audit_state_names[] = {"connecting", "live",   "spooling",
                                                 "replaying",  "memory", "stopped"};
@@ -1035,6 +1038,29 @@ static void sink_wait(struct audit *a) {
     sink_gather(a);
 }
 
+/* Once a backlog has drained, gives its memory back to the system. The records of a backlog
+ * (worker queues that grew while the sink could not write, held records, a replay's parsed
+ * lines) are freed when written, but glibc returns free memory only from the top of a heap: the
+ * free chunks among those still in use stay in the process, in the workers' arenas (where
+ * audit_submit allocated) and the sink's. RSS then keeps the backlog's peak for good (issue 12:
+ * 40 -> 125 MB after a stuck replay; the replay of that time parsed XREVRANGE replies of 20,000
+ * entries, a few hundred thousand small allocations per step). malloc_trim(0) releases the free
+ * pages of every arena. It walks them under their locks, so it runs only after a backlog, when
+ * the sink is idle again, and at most once per TRIM_MIN_US. */
+static void sink_trim(struct audit *a, size_t n) {
+    if (n >= SINK_BATCH || a->held || atomic_load(&a->state) == AUDIT_REPLAYING) {
+        a->backlog = 1;
+        return;
+    }
+    uint64_t now = clock_mono_us();
+    if (!a->backlog || now - a->trimmed_us < TRIM_MIN_US) return;
+    a->backlog = 0;
+    a->trimmed_us = now;
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+}
+
 void *audit_sink_main(void *arg) {
     struct audit *a = arg;
     struct audit_node *batch[SINK_BATCH];
@@ -1067,6 +1093,7 @@ void *audit_sink_main(void *arg) {
             replay_step(a);
         audit_sync_file_sync(a, &a->segment, 0);
         audit_sync_file_sync(a, &a->file, 0);
+        sink_trim(a, n);
         if (stopping && n == 0 && !a->held)
             break; /* the workers stopped submitting before audit_free: all is written */
         if (stopping && a->held && ++stop_retries > STOP_RETRIES) break;

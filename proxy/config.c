@@ -54,6 +54,7 @@ struct ctx {
     size_t depth;
     char *err;
     size_t errlen;
+    struct config *root; /* the config being loaded: its secret_src list */
 };
 
 struct scan {
@@ -557,7 +558,7 @@ out:
     return rc;
 }
 
-static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *base) {
+static int parse_secret_value(struct ctx *x, json_t *v, const struct field *f, char *base) {
     char **dst = (char **)(base + f->off);
     const char *name;
     char got[80];
@@ -629,6 +630,80 @@ static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *b
         *dst = secmem_memdup(buf, len);
         wipe_free(buf, read_len + 1);
         if (!*dst) return oom(x);
+    }
+    return 0;
+}
+
+/* Remembers where the secret of f's group came from (config_dump_json writes it back so):
+ * ref is the variable's name or the file's resolved path, NULL for a literal. */
+static int secret_src_add(struct ctx *x, const struct field *f, const char *ref) {
+    struct config *c = x->root;
+    struct config_secret_src *s;
+    char where[256];
+    size_t n = strlen(f->group);
+    if (!c) return 0;
+    /* the path of the object holding f, then the group's name */
+    path_format(x->path, x->depth ? x->depth - 1 : 0, where, sizeof where);
+    s = realloc(c->secret_src, (c->n_secret_src + 1) * sizeof *s);
+    if (!s) return oom(x);
+    c->secret_src = s;
+    s = &c->secret_src[c->n_secret_src];
+    *s = (struct config_secret_src){0};
+    size_t plen = strlen(where) + 1 + n + 1;
+    if (!(s->path = malloc(plen)) || !(s->key = strdup(f->key)) ||
+        (ref && !(s->ref = strdup(ref)))) {
+        free(s->path);
+        free(s->key);
+        return oom(x);
+    }
+    snprintf(s->path, plen, "%s%s%s", where, where[0] ? "." : "", f->group);
+    c->n_secret_src++;
+    return 0;
+}
+
+#define MASK "***" /* what a dump shows of a secret */
+
+/* A secret field: its value (parse_secret_value), and where it came from. A literal "***" is
+ * refused: it is the mask of a --check-config dump, never a secret someone chose, and loading
+ * it would quietly replace the real one. */
+static int parse_secret(struct ctx *x, json_t *v, const struct field *f, char *base) {
+    const char *const *dst = (const char *const *)(base + f->off);
+    if (f->kind == FK_SECRET && !(f->flags & F_SHOWN) && json_is_string(v) &&
+        strcmp(json_string_value(v), MASK) == 0)
+        return fail(x,
+                    "is \"" MASK "\", the mask --check-config prints in place of a secret: "
+                    "give the secret itself, or use %s_file or %s_env",
+                    f->group, f->group);
+    int had = *dst != NULL;
+    if (parse_secret_value(x, v, f, base) != 0) return -1;
+    if (had || !*dst) return 0; /* null: nothing given */
+    if (f->kind != FK_SECRET_FILE)
+        return secret_src_add(x, f, f->kind == FK_SECRET ? NULL : json_string_value(v));
+    char *file = path_under(x, json_string_value(v));
+    if (!file) return oom(x);
+    int rc = secret_src_add(x, f, file);
+    free(file);
+    return rc;
+}
+
+/* "_masked": the note a --check-config --format json dump carries of the keys it masked (a list
+ * of key paths). Accepted so the dump loads again; the masked secrets themselves are refused
+ * while they are "***". */
+static int parse_masked(struct ctx *x, json_t *v, void *base) {
+    size_t i;
+    json_t *e;
+    char got[80];
+    (void)base;
+    if (!json_is_array(v)) {
+        describe(v, got, sizeof got);
+        return fail(x, "must be an array of key paths (a --check-config note); got %s", got);
+    }
+    json_array_foreach(v, i, e) {
+        if (!json_is_string(e)) {
+            push_index(x, i);
+            describe(e, got, sizeof got);
+            return fail(x, "must be a key path string; got %s", got);
+        }
     }
     return 0;
 }
@@ -958,7 +1033,32 @@ static int parse_limit_scene(struct ctx *x, json_t *v, void *base) {
 
 /* ---- custom fields: what the dump shows and the reload diff compares ---------------------- */
 
-#define MASK "***"
+/* While config_dump_json runs (on its thread): the key path being dumped, and where secrets
+ * came from; NULL for the masked dump. */
+struct dump_cx {
+    const struct config *c;
+    struct seg path[MAX_DEPTH];
+    size_t depth;
+    json_t *masked; /* key paths written as "***" */
+};
+static _Thread_local struct dump_cx *dump_cx;
+
+static void dump_push(const char *key, size_t index) {
+    if (!dump_cx) return;
+    if (dump_cx->depth < MAX_DEPTH) dump_cx->path[dump_cx->depth] = (struct seg){key, index};
+    dump_cx->depth++;
+}
+
+static void dump_pop(void) {
+    if (dump_cx) dump_cx->depth--;
+}
+
+/* Notes the current key path as masked. 0/-1 (OOM). */
+static int dump_note_masked(void) {
+    char where[256];
+    path_format(dump_cx->path, dump_cx->depth, where, sizeof where);
+    return json_array_append_new(dump_cx->masked, json_string(where));
+}
 
 static int same_str(const char *a, const char *b) {
     if (!a || !b) return a == b;
@@ -1123,11 +1223,15 @@ static int same_limit_match(const struct field *f, const char *a, const char *b)
 static int dump_redis_url(const struct field *f, const char *base, json_t **out) {
     const struct config_redis *r = (const struct config_redis *)base;
     char url[600];
-    int v6;
     if (!r->url) return 0; /* sentinels without a url */
-    v6 = strchr(r->host, ':') != NULL;
-    snprintf(url, sizeof url, "redis://%s%s%s%s:%d/%u", r->password ? ":" MASK "@" : "",
-             v6 ? "[" : "", r->host, v6 ? "]" : "", r->port, r->db);
+    int v6 = strchr(r->host, ':') != NULL;
+    /* with password_env/password_file the password is not the url's */
+    int in_url = r->password != NULL;
+    for (size_t i = 0; in_url && dump_cx && i < dump_cx->c->n_secret_src; i++)
+        in_url = strcmp(dump_cx->c->secret_src[i].path, "redis.password") != 0;
+    snprintf(url, sizeof url, "redis://%s%s%s%s:%d/%u", in_url ? ":" MASK "@" : "", v6 ? "[" : "",
+             r->host, v6 ? "]" : "", r->port, r->db);
+    if (in_url && dump_cx && dump_note_masked()) return -1;
     return (*out = json_string(url)) ? 0 : -1;
 }
 
@@ -1555,6 +1659,11 @@ static int parse_redis_url(struct config_redis *r, const char **why) {
             *why = "has a bad %-escape in the password";
             goto out;
         }
+        if (strcmp(password, "***") == 0) {
+            *why = "holds the password \"***\", the mask --check-config prints: give the "
+                   "password itself, or use password_file or password_env";
+            goto out;
+        }
         hostpart = at + 1;
     } else {
         hostpart = rest;
@@ -1956,6 +2065,7 @@ static const struct field tls_fields[] = {
 
 static int parse_tls(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
+    if (json_is_null(v)) return 0; /* as absent: what the dump shows without tls_listen */
     return parse_object(x, v, tls_fields, &c->tls);
 }
 
@@ -2281,6 +2391,15 @@ static int load_text(const char *json_text, const char *name, const char *base_d
         oom(&x);
         goto out;
     }
+    x.root = c;
+    /* the note of a --format json dump, not a setting: checked, then out of the tables' way */
+    json_t *note = json_object_get(root, "_masked");
+    if (note) {
+        push_key(&x, "_masked");
+        if (parse_masked(&x, note, c) != 0) goto out;
+        pop(&x);
+        json_object_del(root, "_masked");
+    }
     if (parse_object(&x, root, config_fields, c) != 0) goto out;
     if (resolve_path(&x, &c->upstream.ca_file) || resolve_path(&x, &c->tls.cert_file) ||
         resolve_path(&x, &c->tls.key_file) || resolve_path(&x, &c->audit.spool_dir) ||
@@ -2322,10 +2441,26 @@ int config_load(const char *path, struct config **out, char *err, size_t errlen)
         if (errlen) snprintf(err, errlen, "%s: holds a NUL byte", path);
         goto out;
     }
-    /* The file's directory, as given (relative to the working directory at load time; no '/':
-     * the working directory, where relative paths already point). */
+    /* The file's directory, made absolute with the working directory at load time, so every
+     * path resolved under it is absolute: the dump of the config (--check-config) then names
+     * the same files wherever it is loaded from. */
     const char *slash = strrchr(path, '/');
-    if (slash && !(dir = strndup(path, slash == path ? 1 : (size_t)(slash - path)))) {
+    if (slash && path[0] == '/') {
+        dir = strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    } else {
+        char cwd[4096];
+        if (!getcwd(cwd, sizeof cwd)) {
+            if (errlen)
+                snprintf(err, errlen, "%s: cannot resolve its directory: %s", path,
+                         strerror(errno));
+            goto out;
+        }
+        size_t n = strlen(cwd) + 1 + (slash ? (size_t)(slash - path) : 0) + 1;
+        if ((dir = malloc(n)))
+            snprintf(dir, n, "%s%s%.*s", cwd, slash ? "/" : "", slash ? (int)(slash - path) : 0,
+                     path);
+    }
+    if (!dir) {
         if (errlen) snprintf(err, errlen, "out of memory");
         goto out;
     }
@@ -2339,6 +2474,12 @@ out:
 
 void config_free(struct config *c) {
     if (!c) return;
+    for (size_t i = 0; i < c->n_secret_src; i++) {
+        free(c->secret_src[i].path);
+        free(c->secret_src[i].key);
+        free(c->secret_src[i].ref);
+    }
+    free(c->secret_src);
     free(c->path);
     free(c->listen_host);
     free(c->tls_listen_host);
@@ -2423,6 +2564,24 @@ static int is_secret(const struct field *f) {
 
 static int dump_object(const struct field *table, const char *base, json_t **out);
 
+/* The loadable form of the secret group led by f (the current key path names the group): under
+ * the key it came from, the variable's name or the file's path; a literal as "***" (noted) or,
+ * for a secret id, as it is. Nothing for an absent one. 0/-1 (OOM). */
+static int dump_secret_src(const struct field *f, const char *base, json_t *o) {
+    char where[256];
+    const struct config_secret_src *src = NULL;
+    if (!*(char *const *)(base + f->off)) return 0;
+    path_format(dump_cx->path, dump_cx->depth, where, sizeof where);
+    for (size_t i = 0; i < dump_cx->c->n_secret_src && !src; i++)
+        if (strcmp(dump_cx->c->secret_src[i].path, where) == 0) src = &dump_cx->c->secret_src[i];
+    if (!src) return 0; /* not from the file: a generated PII key, a password in the url */
+    if (src->ref) return json_object_set_new(o, src->key, json_string(src->ref));
+    if (!is_secret(f))
+        return json_object_set_new(o, src->key, json_string(*(char *const *)(base + f->off)));
+    if (dump_note_masked()) return -1;
+    return json_object_set_new(o, src->key, json_string(MASK));
+}
+
 /* f's value in the struct at base as JSON; *out NULL: left out (an absent optional id, a rule's
  * ids outside scope params). 0/-1 (OOM). */
 static int dump_value(const struct field *f, const char *base, json_t **out) {
@@ -2443,7 +2602,11 @@ static int dump_value(const struct field *f, const char *base, json_t **out) {
         json_t *list = json_array(), *e;
         if (!list) return -1;
         for (size_t i = 0; i < n; i++) {
-            if (dump_object(f->sub, arr + i * f->elem_size, &e) || json_array_append_new(list, e)) {
+            dump_push(NULL, i);
+            int bad =
+                dump_object(f->sub, arr + i * f->elem_size, &e) || json_array_append_new(list, e);
+            dump_pop();
+            if (bad) {
                 json_decref(list);
                 return -1;
             }
@@ -2498,7 +2661,17 @@ static int dump_object(const struct field *table, const char *base, json_t **out
     if (!o) return -1;
     for (const struct field *f = table; f->key; f++) {
         if (group_follower(table, f)) continue;
-        if (dump_value(f, base, &v) != 0) goto fail;
+        if (dump_cx && f->group) { /* the loadable dump: a secret group under its source */
+            dump_push(f->group, 0);
+            int bad = dump_secret_src(f, base, o);
+            dump_pop();
+            if (bad) goto fail;
+            continue;
+        }
+        dump_push(field_name(f), 0);
+        int bad = dump_value(f, base, &v);
+        dump_pop();
+        if (bad) goto fail;
         if (!v) continue;
         if (json_is_null(v) && !null_ok(f)) {
             json_decref(v);
@@ -2518,6 +2691,25 @@ char *config_dump_masked(const struct config *c) {
     char *out;
     if (dump_object(config_fields, (const char *)c, &root)) return NULL;
     out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return out;
+}
+
+char *config_dump_json(const struct config *c) {
+    struct dump_cx cx = {.c = c, .masked = json_array()};
+    json_t *body = NULL, *root = json_object();
+    char *out = NULL;
+    if (!cx.masked || !root) goto out;
+    dump_cx = &cx;
+    int bad = dump_object(config_fields, (const char *)c, &body);
+    dump_cx = NULL;
+    /* the note first, where a reader sees it */
+    if (bad || json_object_set(root, "_masked", cx.masked) || json_object_update(root, body))
+        goto out;
+    out = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+out:
+    json_decref(cx.masked);
+    json_decref(body);
     json_decref(root);
     return out;
 }

@@ -219,6 +219,19 @@ struct config {
     char *instance;  /* default hostname:pid */
     char *log_level; /* "debug" "info" "warn" "error"; default "info" */
     int log_json;    /* "log_format": "json" (1) or "text" (0, default); needs a restart */
+    /* where each secret came from, for config_dump_json (parse order) */
+    struct config_secret_src *secret_src;
+    size_t n_secret_src;
+};
+
+/* A secret (or secret id) group as the file gave it: path is its key path with the group's name
+ * ("apps[1].secret_key", "audit.pii_key"), key the key it was given under ("secret_key_file"),
+ * ref the environment variable's name or the file's resolved path (NULL: the value was written
+ * in the file). */
+struct config_secret_src {
+    char *path;
+    char *key;
+    char *ref;
 };
 
 /* Loads and checks the file at path. 0 and *out set (caller frees with config_free), or -1 with
@@ -237,6 +250,15 @@ void config_free(struct config *c);
  * redis url with its password masked; secret ids are not secret and are shown. Caller frees with
  * free(); NULL on OOM. */
 char *config_dump_masked(const struct config *c);
+
+/* The effective config as pretty JSON that config_load accepts again and that dumps the same
+ * (--check-config --format json): as config_dump_masked, but a secret group is written under
+ * the key it came from, "<group>_env": NAME or "<group>_file": PATH (resolved), and a secret
+ * written in the file as "<group>": "***", its key path listed in the top-level "_masked" (as is
+ * "redis.url" when the url holds the password). The loader refuses "***" as a secret, so a
+ * masked one has to be given again; it accepts "_masked" and ignores it. Absent secrets (a
+ * generated PII key) are left out. Caller frees with free(); NULL on OOM. */
+char *config_dump_json(const struct config *c);
 
 /* ---- reload ---- */
 

@@ -18,31 +18,37 @@
 #include "gateway.h"
 
 static void usage(FILE *out) {
-    fprintf(out,
-            "usage: capgate --config FILE        run the gateway\n"
-            "       capgate --check-config FILE  validate FILE and print the effective config\n"
-            "                                    (secrets masked; relative paths resolved under\n"
-            "                                    FILE's directory); also checks that the spool\n"
-            "                                    directory and audit file can be written and the\n"
-            "                                    certificates read; exit 0 when valid, 1 if not\n"
-            "       capgate stats|audit|top|health [options]\n"
-            "                                    read a running gateway's admin API (capgate\n"
-            "                                    stats --help lists the options)\n"
-            "       capgate --version            print the version\n"
-            "       capgate --help               this text\n"
-            "Option: --allow-core-dump  keep the process dumpable (by default it is not: no\n"
-            "        core file, RLIMIT_CORE 0, no ptrace by other processes of the user), for\n"
-            "        debugging; a core file then holds the secrets of the config.\n"
-            "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
-            "same file and applies apps, limits, captcha_apps, auth, on_store_error,\n"
-            "http_errors, pool, idempotency, trusted_proxies, demo, demo_app,\n"
-            "demo_tcaptcha_url, demo_captcha_app_id, log_level and the redis connection\n"
-            "settings (Redis connections made again), and loads the tls certificate and key\n"
-            "again (a file that does not load refuses the reload); listen, tls_listen,\n"
-            "admin_listen, admin, workers, upstream, http, redis.key_prefix (and adding or\n"
-            "removing redis), audit, instance, metrics and log_format need a restart. SIGUSR1\n"
-            "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
-            "after a log rotation; SIGHUP reopens it too.\n");
+    fprintf(
+        out,
+        "usage: capgate --config FILE        run the gateway\n"
+        "       capgate --check-config FILE  validate FILE and print the effective config\n"
+        "                                    (secrets masked; relative paths resolved under\n"
+        "                                    FILE's directory); also checks that the spool\n"
+        "                                    directory and audit file can be written and the\n"
+        "                                    certificates read; exit 0 when valid, 1 if not\n"
+        "         --format json              with --check-config: print it as a config that\n"
+        "                                    loads again (a secret under the *_env/*_file key\n"
+        "                                    it came from; one written in the file as \"***\",\n"
+        "                                    listed in \"_masked\", to be given again);\n"
+        "                                    --format text (default): as /admin/config shows it\n"
+        "       capgate stats|audit|top|health [options]\n"
+        "                                    read a running gateway's admin API (capgate\n"
+        "                                    stats --help lists the options)\n"
+        "       capgate --version            print the version\n"
+        "       capgate --help               this text\n"
+        "Option: --allow-core-dump  keep the process dumpable (by default it is not: no\n"
+        "        core file, RLIMIT_CORE 0, no ptrace by other processes of the user), for\n"
+        "        debugging; a core file then holds the secrets of the config.\n"
+        "Signals: SIGTERM/SIGINT drain in-flight requests then exit; SIGHUP reloads the\n"
+        "same file and applies apps, limits, captcha_apps, auth, on_store_error,\n"
+        "http_errors, pool, idempotency, trusted_proxies, demo, demo_app,\n"
+        "demo_tcaptcha_url, demo_captcha_app_id, log_level and the redis connection\n"
+        "settings (Redis connections made again), and loads the tls certificate and key\n"
+        "again (a file that does not load refuses the reload); listen, tls_listen,\n"
+        "admin_listen, admin, workers, upstream, http, redis.key_prefix (and adding or\n"
+        "removing redis), audit, instance, metrics and log_format need a restart. SIGUSR1\n"
+        "reopens the audit file (audit.file, or <spool_dir>/audit.jsonl without redis)\n"
+        "after a log rotation; SIGHUP reopens it too.\n");
 }
 
 static void print_warning(const char *msg, void *arg) {
@@ -133,7 +139,7 @@ static const char *flag_value(int argc, char **argv, int *i, const char *name, i
 }
 
 int main(int argc, char **argv) {
-    const char *config_path = NULL, *check_path = NULL;
+    const char *config_path = NULL, *check_path = NULL, *format = NULL;
     struct config *c = NULL;
     struct gateway *g = NULL;
     char err[1024];
@@ -156,17 +162,31 @@ int main(int argc, char **argv) {
             config_path = v;
         } else if ((v = flag_value(argc, argv, &i, "--check-config", &missing))) {
             check_path = v;
+        } else if ((v = flag_value(argc, argv, &i, "--format", &missing))) {
+            format = v;
         } else if (strcmp(argv[i], "--allow-core-dump") == 0) {
             allow_core_dump = 1;
         } else {
             if (missing)
-                fprintf(stderr, "capgate: %s needs a FILE\n", argv[i]);
+                fprintf(stderr, "capgate: %s needs %s\n", argv[i],
+                        strcmp(argv[i], "--format") == 0 ? "text or json" : "a FILE");
             else
                 fprintf(stderr, "capgate: unknown argument %s\n", argv[i]);
             usage(stderr);
             return 2;
         }
     }
+
+    if (format && strcmp(format, "text") != 0 && strcmp(format, "json") != 0) {
+        fprintf(stderr, "capgate: --format must be text or json; got %.100s\n", format);
+        return 2;
+    }
+    if (format && !check_path) {
+        fprintf(stderr, "capgate: --format goes with --check-config\n");
+        usage(stderr);
+        return 2;
+    }
+    int as_json = format && strcmp(format, "json") == 0;
 
     /* Before any secret is read: the config's secrets (and the environment they came from) must
      * not reach a core file or a debugger of another process. */
@@ -187,7 +207,7 @@ int main(int argc, char **argv) {
             return 1;
         }
         config_warnings(c, print_warning, NULL);
-        char *dump = config_dump_masked(c);
+        char *dump = as_json ? config_dump_json(c) : config_dump_masked(c);
         if (dump) {
             printf("%s\n", dump);
             rc = 0;

@@ -5,7 +5,9 @@
  *  - a refused config gets a message without control bytes that never holds a secret written
  *    in the file (the value of a "secret_key" or "token" key that occurs once in the text), and
  *    a syntax error quotes nothing of the file (but the key of a duplicate key);
- *  - config_diff of a config with itself finds nothing.
+ *  - config_diff of a config with itself finds nothing;
+ *  - the loadable dump (config_dump_json) shows no secret either, and when it masked nothing
+ *    ("_masked": []) it loads again and dumps the same.
  * The environment variables the seeds name are set before each run (the loader removes them).
  * Inputs naming a secret file outside the seeds' own directory are skipped: /dev/stdin would
  * block and the fuzzer has no business reading the machine's files. */
@@ -129,6 +131,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_CHECK(config_diff(c, c, 1, diff_none, NULL) == 0);
     FUZZ_CHECK(config_diff(c, c, 0, diff_none, NULL) == 0);
 
+    char *loadable = config_dump_json(c);
+    FUZZ_CHECK(loadable);
+    json_t *note = json_loads(loadable, 0, NULL);
+    FUZZ_CHECK(note && json_is_array(json_object_get(note, "_masked")));
+    if (json_array_size(json_object_get(note, "_masked")) == 0) {
+        struct config *again = NULL;
+        if (config_load_string(loadable, "fuzz-dump.json", &again, err, sizeof err) != 0) {
+            fprintf(stderr, "the loadable dump does not load: %s\n%s\n", err, loadable);
+            abort();
+        }
+        char *second = config_dump_json(again);
+        FUZZ_CHECK(second);
+        if (strcmp(second, loadable) != 0) {
+            fprintf(stderr, "the dump of the dump differs:\n%s\n----\n%s\n", loadable, second);
+            abort();
+        }
+        free(second);
+        config_free(again);
+    }
+    json_decref(note);
+
     unsigned k = 0;
     replace(&c->upstream.secret_key, &k);
     for (size_t i = 0; i < c->n_apps; i++) {
@@ -143,6 +166,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *dump = config_dump_masked(c);
     FUZZ_CHECK(dump);
     if (!strstr(text, "fuzz-secret-marker-")) FUZZ_CHECK(!strstr(dump, "fuzz-secret-marker-"));
+    char *dump_json = config_dump_json(c);
+    FUZZ_CHECK(dump_json);
+    if (!strstr(text, "fuzz-secret-marker-")) FUZZ_CHECK(!strstr(dump_json, "fuzz-secret-marker-"));
+    free(dump_json);
+    free(loadable);
     json_t *back = json_loads(dump, 0, NULL);
     FUZZ_CHECK(back);
     json_t *url = json_object_get(json_object_get(back, "redis"), "url");
