@@ -6,6 +6,10 @@
 //  - The master is killed (SIGKILL) under load: every request is answered (on_store_error
 //    "local") while the failover runs, and afterwards the limits are kept on the promoted replica:
 //    its keys exist there and a rule refuses at exactly its burst.
+//  - SENTINEL FAILOVER under load (the old master lives on as a replica): every worker moves.
+//  - The master killed under load with audit.min_replicas 1: once a new replica of the promoted
+//    master lets WAIT 1 succeed and the spool drains, every answered request has exactly one
+//    record in the new master's stream.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { startMock, startRedis, waitFor, sleep } from './lib/harness.mjs';
@@ -282,6 +286,8 @@ test('the master killed under load with audit.min_replicas 1: every answered req
     const doubled = ids.filter((id) => (counts.get(id) || 0) > 1);
     assert.deepEqual(lost, [], `no answered request without its record (${lost.length} of ${ids.length})`);
     assert.deepEqual(doubled, [], `no record twice (${doubled.length} of ${ids.length})`);
+    // nor any other (the probes of untilKeyOn, whose ids were not kept)
+    assert.deepEqual([...counts].filter(([, n]) => n !== 1), [], 'every entry of the stream is one request');
   } finally {
     await gw?.stop();
     await fresh?.stop();
