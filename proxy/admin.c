@@ -21,6 +21,7 @@
 #include "minute_stats.h"
 #include "pool.h"
 #include "prometheus.h"
+#include "store.h"
 
 #define ADMIN_JSON "application/json"
 
@@ -157,6 +158,10 @@ static void admin_metrics(struct admin *a, struct httpd_req *req) {
         p.has_metrics = 1;
         p.metrics_flushes = ms.flushes;
         p.metrics_flush_errors = ms.flush_errors;
+    }
+    if (a->src.store && strcmp(store_shared_kind(a->src.store), "redis") == 0) {
+        p.has_heartbeat = 1;
+        p.live_instances = store_live_instances(a->src.store);
     }
     if (a->src.audit) {
         struct audit_stats as;

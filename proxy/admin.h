@@ -17,6 +17,7 @@ struct audit;
 struct demo;
 struct metrics;
 struct pool;
+struct store_shared;
 struct admin;
 
 /* The admin listener's own max_connections: an operator can still reach /metrics while the
@@ -29,15 +30,16 @@ struct admin_source {
     struct stats_worker *const *workers; /* one per worker */
     size_t n_workers;
     const struct stats_process *process;
-    const int *draining;             /* non-zero once shutdown began */
-    struct demo *demo;               /* the /demo page (demo.h); off unless "demo": true */
-    struct metrics *metrics;         /* /admin/stats and the flush counters; NULL: none */
-    struct audit *audit;             /* /admin/audit and the sink's counters; NULL: none */
-    struct pool *pool;               /* prefetch pool counters in /metrics and as "pool" in
+    const int *draining;              /* non-zero once shutdown began */
+    struct demo *demo;                /* the /demo page (demo.h); off unless "demo": true */
+    struct metrics *metrics;          /* /admin/stats and the flush counters; NULL: none */
+    struct audit *audit;              /* /admin/audit and the sink's counters; NULL: none */
+    struct pool *pool;                /* prefetch pool counters in /metrics and as "pool" in
                                            * /admin/stats; NULL: none */
-    const char *token;               /* admin.token: every path but /healthz and /readyz
+    const struct store_shared *store; /* capgate_store_live_instances with a Redis store */
+    const char *token;                /* admin.token: every path but /healthz and /readyz
                                            * needs "Authorization: Bearer <token>"; NULL: open */
-    char *(*dump_config)(void *arg); /* /admin/config: the running config, secrets masked
+    char *(*dump_config)(void *arg);  /* /admin/config: the running config, secrets masked
                                            * (malloc'd; NULL on OOM) */
     void *dump_arg;
 };

@@ -558,6 +558,7 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
                                .metrics = g->metrics,
                                .audit = g->audit,
                                .pool = g->pool,
+                               .store = g->store_shared,
                                .token = c->admin.token,
                                .dump_config = gateway_dump_config,
                                .dump_arg = g};

@@ -346,6 +346,17 @@ static int stats_render_store(struct strbuf *out, struct stats_worker *const *wo
     return 0;
 }
 
+static int stats_render_heartbeat(struct strbuf *out, const struct stats_process *p) {
+    if (!p->has_heartbeat) return 0;
+    return strbuf_appendf(out,
+                          "# HELP capgate_store_live_instances Instances the last heartbeat "
+                          "answer counted (kept through an outage); on_store_error \"local\" "
+                          "enforces each shared rule at rate / this.\n"
+                          "# TYPE capgate_store_live_instances gauge\n"
+                          "capgate_store_live_instances %u\n",
+                          p->live_instances);
+}
+
 static int stats_render_sinks(struct strbuf *out, const struct stats_process *p) {
     if (p->has_audit &&
         strbuf_appendf(
@@ -458,7 +469,7 @@ int stats_render(struct strbuf *out, struct stats_worker *const *workers, size_t
     if (stats_render_upstream(out, workers, n_workers)) return -1;
     if (stats_render_table(out, workers, n_workers, 1)) return -1;
     if (stats_render_store(out, workers, n_workers)) return -1;
-    if (stats_render_sinks(out, p)) return -1;
+    if (stats_render_heartbeat(out, p) || stats_render_sinks(out, p)) return -1;
     for (size_t w = 0; w < n_workers; w++) {
         conns += atomic_load_explicit(&workers[w]->connections, memory_order_relaxed);
         inflight += atomic_load_explicit(&workers[w]->inflight, memory_order_relaxed);

@@ -57,6 +57,8 @@ struct stats_process {
     uint64_t audit_held_records, audit_overflow_records, audit_file_errors;
     int has_metrics;
     uint64_t metrics_flushes, metrics_flush_errors;
+    int has_heartbeat;       /* a Redis store: the instances publish heartbeats */
+    unsigned live_instances; /* the count of the last heartbeat answer */
 };
 
 /* Appends the Prometheus text exposition (version 0.0.4) of every worker summed, series sorted
@@ -66,7 +68,8 @@ struct stats_process {
  * capgate_config_reloads_total{result}, capgate_limit_decisions_total{rule,decision},
  * capgate_store_connected{worker}, capgate_store_up, capgate_store_commands_total,
  * capgate_store_errors_total, capgate_store_timeouts_total, capgate_store_reconnects_total,
- * capgate_store_fast_failures_total, and with p's sinks
+ * capgate_store_fast_failures_total, capgate_store_live_instances (with p->has_heartbeat), and
+ * with p's sinks
  * capgate_audit_queue_depth, capgate_audit_spool_records, capgate_audit_held_records,
  * capgate_audit_overflow_records, capgate_audit_records_total{result},
  * capgate_audit_file_errors_total, capgate_audit_submit_failures_total,

@@ -103,6 +103,7 @@ test('the alert rules parse, have what Prometheus needs, and name only metrics /
   const want = {
     CapgateUpstreamBreakerOpen: 'capgate_upstream_breaker_state',
     CapgateStoreDown: 'capgate_store_up',
+    CapgateInstancesUndercounted: 'capgate_store_live_instances',
     CapgateAuditSpooling: 'capgate_audit_spool_records',
     CapgateAuditSpoolGrowing: 'capgate_audit_spool_records',
     CapgateLimitRefusalsSpiking: 'capgate_limit_decisions_total',

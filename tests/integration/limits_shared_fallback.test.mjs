@@ -70,6 +70,8 @@ test('on_store_error local with two instances: each enforces the global rule at 
       durationMs: LOAD_MS,
       onReply: (r) => answered[i].set(r.headers['x-request-id'], r.json?.code),
     })));
+    // /metrics shows the count each gateway divides by, kept through the outage
+    for (const gw of gws) assert.equal((await gw.metrics()).get('capgate_store_live_instances'), 2);
     redis.proc.signal('SIGCONT');
     stopped = false;
     const detail = runs.map((r, i) => `instance ${i}: ${summary(r)}`).join('\n');

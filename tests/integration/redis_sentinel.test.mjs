@@ -6,12 +6,17 @@
 //  - The master is killed (SIGKILL) under load: every request is answered (on_store_error
 //    "local") while the failover runs, and afterwards the limits are kept on the promoted replica:
 //    its keys exist there and a rule refuses at exactly its burst.
+//  - SENTINEL FAILOVER under load (the old master lives on as a replica): every worker moves.
+//  - The master killed under load with audit.min_replicas 1: once a new replica of the promoted
+//    master lets WAIT 1 succeed and the spool drains, every answered request has exactly one
+//    record in the new master's stream.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startMock, startRedis, waitFor } from './lib/harness.mjs';
+import { startMock, startRedis, waitFor, sleep } from './lib/harness.mjs';
 import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
 import { runLoad, tokenRequest, summary } from './lib/load.mjs';
 import { startSentinelGroup, MASTER_NAME } from './lib/sentinel.mjs';
+import { streamEntries } from './lib/auditstream.mjs';
 
 // A bucket of 5 that refills one token an hour: within a test, exactly 5 admitted per bucket.
 const RULE = { name: 'sent', businessId: '*', sceneId: '*', rate: 5, period_s: 3600, burst: 5 };
@@ -62,7 +67,7 @@ async function exactBurst(gw, bid) {
  * Load on gw until stop() (8 in flight, one bucket per request index mostly, so the rule rarely
  * refuses); stop() resolves the summed runLoad results (or the error that ended it).
  */
-function loadUntil(gw) {
+function loadUntil(gw, onReply) {
   let stop = false;
   const done = (async () => {
     const acc = { sent: 0, replies: 0, codes: {}, statuses: {}, errors: {}, maxMs: 0, elapsedMs: 0, admitted: 0, samples: {} };
@@ -73,6 +78,7 @@ function loadUntil(gw) {
         spec: (k) => tokenRequest(gw, APPS.token, { businessId: String(1000 + ((base + k) % 5000)), sceneId: '1' }),
         concurrency: 8,
         durationMs: 500,
+        onReply,
       });
       i += part.sent;
       for (const f of ['sent', 'replies', 'admitted', 'elapsedMs']) acc[f] += part[f];
@@ -218,6 +224,73 @@ test('SENTINEL FAILOVER under load: every worker moves to the new master while t
     assert.match(gw.proc.stderr, new RegExp(`switched master ${MASTER_NAME} to 127\\.0\\.0\\.1:${g.replica.port}`));
   } finally {
     await gw?.stop();
+    await g.stop();
+  }
+});
+
+// audit.min_replicas 1 across a failover (issue 13, "no audit record is lost"): a batch counts as
+// written only once WAIT 1 confirms a replica has it, so what the killed master took but never
+// passed on stays spooled. After the promotion the new master has no replica, so WAIT 1 fails and
+// every record stays spooled; a new replica of the new master lets the spool drain. Then every
+// request the client got a reply for has exactly one record in the new master's stream.
+test('the master killed under load with audit.min_replicas 1: every answered request has exactly one record on the new master', async (t) => {
+  const g = await startSentinelGroup();
+  const prefix = `fa${process.pid}:`;
+  const stream = `${prefix}audit`;
+  let gw;
+  let fresh;
+  try {
+    gw = await startGateway({
+      mock,
+      config: {
+        redis: { sentinels: g.addrs, master_name: MASTER_NAME, key_prefix: prefix, timeout_ms: 100 },
+        on_store_error: 'local',
+        audit: { stream, min_replicas: 1 },
+        limits: [RULE],
+      },
+    });
+    await untilKeyOn(gw, g.master, prefix, 41, 'a bucket on the first master');
+    const ids = [];
+    const load = loadUntil(gw, (r) => { if (r.headers['x-request-id']) ids.push(r.headers['x-request-id']); });
+    await sleep(1000);
+    const beforeKill = ids.length;
+    g.master.proc.signal('SIGKILL');
+    await g.master.proc.exited;
+    await waitFor(() => g.masterPortNow() === g.replica.port,
+      { timeoutMs: 30000, intervalMs: 100, what: 'the sentinels promote the replica' });
+    await waitFor(() => /role:master/.test(g.replica.cli('INFO', 'replication')), { what: 'the replica is master' });
+    await untilKeyOn(gw, g.replica, prefix, 42, 'a bucket on the promoted replica');
+    await sleep(500); // load on the new master too
+    const r = await load.stop();
+    t.diagnostic(`across the failover: ${r instanceof Error ? r.message : summary(r)}`);
+    answeredThroughout(r);
+    assert.ok(beforeKill > 0, 'replies before the kill');
+    const spooled = async () => (await gw.metrics()).get('capgate_audit_spool_records');
+    // alone, the new master cannot confirm WAIT 1: records are held
+    await waitFor(async () => (await spooled()) > 0,
+      { what: 'records spooled while the new master has no replica', timeoutMs: 10000, intervalMs: 100 });
+    t.diagnostic(`new master without a replica: ${await spooled()} records spooled`);
+
+    fresh = await startRedis({ args: ['--replicaof', '127.0.0.1', String(g.replica.port)] });
+    await waitFor(() => /master_link_status:up/.test(fresh.cli('INFO', 'replication')),
+      { what: 'a new replica in sync with the new master', timeoutMs: 15000, intervalMs: 100 });
+    await waitFor(async () => (await spooled()) === 0,
+      { what: 'the spool drained once the new master has a replica', timeoutMs: 30000, intervalMs: 200 });
+    const counts = new Map();
+    for (const e of streamEntries(g.replica.port, stream)) {
+      const id = e.rec.request_id;
+      counts.set(id, (counts.get(id) || 0) + 1);
+    }
+    t.diagnostic(`${ids.length} answered (${beforeKill} before the kill); ${[...counts.values()].reduce((a, b) => a + b, 0)} entries on the new master`);
+    const lost = ids.filter((id) => !counts.has(id));
+    const doubled = ids.filter((id) => (counts.get(id) || 0) > 1);
+    assert.deepEqual(lost, [], `no answered request without its record (${lost.length} of ${ids.length})`);
+    assert.deepEqual(doubled, [], `no record twice (${doubled.length} of ${ids.length})`);
+    // nor any other (the probes of untilKeyOn, whose ids were not kept)
+    assert.deepEqual([...counts].filter(([, n]) => n !== 1), [], 'every entry of the stream is one request');
+  } finally {
+    await gw?.stop();
+    await fresh?.stop();
     await g.stop();
   }
 });

@@ -181,6 +181,8 @@ static void test_limits_store_and_sinks(void **state) {
     /* sinks absent: their families are left out */
     assert_null(strstr(text, "capgate_audit_queue_depth"));
     assert_null(strstr(text, "capgate_metrics_flushes_total"));
+    /* no Redis store, no heartbeat: no live instance count */
+    assert_null(strstr(text, "capgate_store_live_instances"));
     free(text);
 
     p.has_audit = 1;
@@ -195,6 +197,8 @@ static void test_limits_store_and_sinks(void **state) {
     p.has_metrics = 1;
     p.metrics_flushes = 7;
     p.metrics_flush_errors = 2;
+    p.has_heartbeat = 1;
+    p.live_instances = 3;
     stats_count_audit_failure(w[1]);
     text = render(w, 2, &p);
     assert_non_null(strstr(text, "\ncapgate_audit_queue_depth 3\n"));
@@ -209,6 +213,8 @@ static void test_limits_store_and_sinks(void **state) {
     assert_non_null(strstr(text, "\ncapgate_audit_submit_failures_total 1\n"));
     assert_non_null(strstr(text, "\ncapgate_metrics_flushes_total 7\n"));
     assert_non_null(strstr(text, "\ncapgate_metrics_flush_errors_total 2\n"));
+    assert_non_null(strstr(text, "# TYPE capgate_store_live_instances gauge\n"
+                                 "capgate_store_live_instances 3\n"));
     free(text);
     stats_worker_free(w[0]);
     stats_worker_free(w[1]);
