@@ -200,7 +200,7 @@ static struct log_limiter store_redis_down_warning = LOG_LIMITER_INIT(60, 0);
 static void store_redis_mark_down(struct store_redis *r, const char *why) {
     if (!r->down) {
         r->down = 1;
-        snprintf(r->down_why, sizeof r->down_why, "%s", why);
+        snprintf(r->down_why, sizeof r->down_why, "%.*s", (int)sizeof r->down_why - 1, why);
         log_limited(&store_redis_down_warning, LOG_LEVEL_WARN,
                     "redis %s: store marked down (%s); commands fail at once until it "
                     "answers",
@@ -340,8 +340,9 @@ static void store_redis_backoff(struct store_redis *r, const char *why) {
  * answering) and backs off. Safe inside a hiredis callback: hiredis then frees after it returns. */
 static void store_redis_drop(struct store_redis *r, const char *why) {
     redisAsyncContext *ac = r->ac;
+    static const char lost[] = "redis connection lost: ";
     char err[200];
-    snprintf(err, sizeof err, "redis connection lost: %s", why);
+    snprintf(err, sizeof err, "%s%.*s", lost, (int)(sizeof err - sizeof lost), why); /* cut */
     r->ac = NULL;
     store_redis_abandon_inflight(r, err);
     if (ac) {
