@@ -106,8 +106,7 @@ static int usage_error(const char *fmt, ...) {
     return 2;
 }
 
-/* --name VALUE or --name=VALUE. NULL when argv[*i] is not --name; *missing when its value is. */
-static const char *opt_value(int argc, char **argv, int *i, const char *name, int *missing) {
+const char *cli_flag_value(int argc, char **argv, int *i, const char *name, int *missing) {
     size_t n = strlen(name);
     if (strncmp(argv[*i], name, n) != 0) return NULL;
     if (argv[*i][n] == '=') return argv[*i] + n + 1;
@@ -132,43 +131,47 @@ static int parse_opts(int argc, char **argv, unsigned allowed, struct cli_opts *
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             usage(stdout);
             exit(0);
-        } else if ((v = opt_value(argc, argv, &i, "--admin", &missing))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--admin", &missing))) {
             o->admin = v;
-        } else if ((v = opt_value(argc, argv, &i, "--token-file", &missing))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--token-file", &missing))) {
             o->token_file = v;
         } else if (strcmp(a, "--json") == 0) {
             o->json = 1;
         } else if ((allowed & OPT_FILTERS) &&
-                   (v = opt_value(argc, argv, &i, "--business", &missing))) {
+                   (v = cli_flag_value(argc, argv, &i, "--business", &missing))) {
             o->business = v;
         } else if ((allowed & OPT_FILTERS) &&
-                   (v = opt_value(argc, argv, &i, "--scene", &missing))) {
+                   (v = cli_flag_value(argc, argv, &i, "--scene", &missing))) {
             o->scene = v;
-        } else if ((allowed & OPT_FILTERS) && (v = opt_value(argc, argv, &i, "--app", &missing))) {
+        } else if ((allowed & OPT_FILTERS) &&
+                   (v = cli_flag_value(argc, argv, &i, "--app", &missing))) {
             o->app = v;
         } else if ((allowed & (OPT_STATS | OPT_AUDIT)) &&
-                   (v = opt_value(argc, argv, &i, "--since", &missing))) {
+                   (v = cli_flag_value(argc, argv, &i, "--since", &missing))) {
             o->since = v;
-        } else if ((allowed & OPT_STATS) && (v = opt_value(argc, argv, &i, "--step", &missing))) {
+        } else if ((allowed & OPT_STATS) &&
+                   (v = cli_flag_value(argc, argv, &i, "--step", &missing))) {
             o->step = v;
-        } else if ((allowed & OPT_STATS) && (v = opt_value(argc, argv, &i, "--group", &missing))) {
+        } else if ((allowed & OPT_STATS) &&
+                   (v = cli_flag_value(argc, argv, &i, "--group", &missing))) {
             o->group = v;
         } else if ((allowed & OPT_STATS) && strcmp(a, "--series") == 0) {
             o->series = 1;
         } else if ((allowed & OPT_AUDIT) &&
-                   (v = opt_value(argc, argv, &i, "--decision", &missing))) {
+                   (v = cli_flag_value(argc, argv, &i, "--decision", &missing))) {
             o->decision = v;
-        } else if ((allowed & OPT_AUDIT) && (v = opt_value(argc, argv, &i, "--limit", &missing))) {
+        } else if ((allowed & OPT_AUDIT) &&
+                   (v = cli_flag_value(argc, argv, &i, "--limit", &missing))) {
             o->limit = v;
         } else if ((allowed & OPT_AUDIT) && (strcmp(a, "--follow") == 0 || strcmp(a, "-f") == 0)) {
             o->follow = 1;
         } else if ((allowed & (OPT_AUDIT | OPT_TOP)) &&
-                   (v = opt_value(argc, argv, &i, "--interval", &missing))) {
+                   (v = cli_flag_value(argc, argv, &i, "--interval", &missing))) {
             if (cli_parse_duration(v, &o->interval_s) != 0 || o->interval_s > 3600)
                 return usage_error("--interval must be a duration of 1s to 1h; got \"%s\"", v);
         } else if ((allowed & OPT_TOP) && strcmp(a, "--once") == 0) {
             o->iterations = 1;
-        } else if ((allowed & OPT_TOP) && (v = opt_value(argc, argv, &i, "-n", &missing))) {
+        } else if ((allowed & OPT_TOP) && (v = cli_flag_value(argc, argv, &i, "-n", &missing))) {
             uint64_t n;
             if (num_parse_range(v, strlen(v), 1, 1000000, &n) != 0)
                 return usage_error("-n must be 1..1000000; got \"%s\"", v);

@@ -16,6 +16,11 @@ int cli_is_subcommand(const char *name);
  * ready), 2 a bad command line. */
 int cli_main(int argc, char **argv);
 
+/* --name VALUE or --name=VALUE at argv[*i] (then *i moves past the value): the value, or NULL
+ * when argv[*i] is not --name, with *missing set when the value is not there. The server's flags
+ * (main.c) and the subcommands' are read with it. */
+const char *cli_flag_value(int argc, char **argv, int *i, const char *name, int *missing);
+
 /* ---- pure parts, exported for tests ---- */
 
 /* A duration as the options take it: digits with an optional unit s, m, h or d ("90", "90s",

@@ -125,19 +125,6 @@ static int check_paths(const struct config *c, char *err, size_t errlen) {
     return 0;
 }
 
-/* --name VALUE or --name=VALUE; returns the value, or NULL when argv[*i] is not --name. */
-static const char *flag_value(int argc, char **argv, int *i, const char *name, int *missing) {
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0) return NULL;
-    if (argv[*i][n] == '=') return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0') return NULL;
-    if (*i + 1 >= argc) {
-        *missing = 1;
-        return NULL;
-    }
-    return argv[++*i];
-}
-
 int main(int argc, char **argv) {
     const char *config_path = NULL, *check_path = NULL, *format = NULL;
     struct config *c = NULL;
@@ -158,11 +145,11 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--version") == 0) {
             printf("capgate %s\n", version_string());
             return 0;
-        } else if ((v = flag_value(argc, argv, &i, "--config", &missing))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--config", &missing))) {
             config_path = v;
-        } else if ((v = flag_value(argc, argv, &i, "--check-config", &missing))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--check-config", &missing))) {
             check_path = v;
-        } else if ((v = flag_value(argc, argv, &i, "--format", &missing))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--format", &missing))) {
             format = v;
         } else if (strcmp(argv[i], "--allow-core-dump") == 0) {
             allow_core_dump = 1;
