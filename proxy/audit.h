@@ -184,12 +184,15 @@ struct audit_query {
     uint32_t business_id, scene_id;
     char app[CONFIG_NAME_MAX + 1]; /* "" = any */
     char decision[24];             /* "" = any */
-    uint64_t since_ms;             /* 0 = any; records with ts >= since */
-    unsigned limit;                /* 1..AUDIT_QUERY_LIMIT_MAX */
+    int has_code;                  /* 0 = any code; else records whose API code is code */
+    int code;
+    uint64_t since_ms; /* 0 = any; records with ts >= since */
+    unsigned limit;    /* 1..AUDIT_QUERY_LIMIT_MAX */
 };
 
 /* Parses the query string of GET /admin/audit (NULL or "" = no filter): businessId, sceneId
- * (UInt), app, decision (one of the decision names), since (Unix seconds, or milliseconds when
+ * (UInt), app, decision (one of the decision names), code (the reply's API code, an integer),
+ * since (Unix seconds, or milliseconds when
  * >= 10^11), limit (1..1000, default 100). Unknown or repeated parameters are errors. 0, or -1
  * with err naming the parameter ("limit must be 1..1000; got 0"). */
 int audit_query_parse(const char *query_string, struct audit_query *q, char *err, size_t errlen);

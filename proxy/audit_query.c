@@ -46,6 +46,18 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
                 goto out;
             }
             memcpy(q->decision, v, len + 1);
+        } else if (strcmp(name, "code") == 0) {
+            /* API codes are integers; 2.0's are 0..99999, 3.0's are mapped to 2.0's, and a
+             * negative one is kept as the reply gave it. */
+            int neg = len > 0 && v[0] == '-';
+            if (num_parse_range(v + neg, len - (size_t)neg, 0, neg ? 2147483648u : INT32_MAX, &u) !=
+                0) {
+                snprintf(err, errlen,
+                         "code must be an integer API code such as 4400; got \"%.64s\"", v);
+                goto out;
+            }
+            q->code = neg ? (int)(-(int64_t)u) : (int)u;
+            q->has_code = 1;
         } else if (strcmp(name, "since") == 0) {
             if (num_parse_range(v, len, 0, UINT64_MAX / 1000, &u) != 0) {
                 snprintf(err, errlen, "since must be Unix seconds or milliseconds; got \"%.64s\"",
@@ -63,7 +75,7 @@ int audit_query_parse(const char *query_string, struct audit_query *q, char *err
         } else {
             snprintf(err, errlen,
                      "unknown parameter %.64s (businessId, sceneId, app, decision, "
-                     "since, limit)",
+                     "code, since, limit)",
                      name);
             goto out;
         }
@@ -79,6 +91,7 @@ static int query_match(const struct audit_query *q, const struct audit_record *r
     if (q->has_scene_id && (!r->has_scene_id || r->scene_id != q->scene_id)) return 0;
     if (q->app[0] && strcmp(q->app, r->app) != 0) return 0;
     if (q->decision[0] && strcmp(q->decision, r->decision) != 0) return 0;
+    if (q->has_code && (!r->has_code || r->code != q->code)) return 0;
     if (q->since_ms && r->ts_us / 1000 < q->since_ms) return 0;
     return 1;
 }

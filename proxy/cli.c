@@ -71,7 +71,7 @@ struct cli_opts {
     const char *token_file; /* --token-file */
     int json;
     /* stats, audit */
-    const char *business, *scene, *app, *decision, *group, *since, *step, *limit;
+    const char *business, *scene, *app, *decision, *code, *group, *since, *step, *limit;
     int series, follow;
     /* top */
     long iterations; /* -n; 0: until interrupted */
@@ -83,7 +83,8 @@ static void usage(FILE *out) {
             "usage: capgate stats  [--business N|-] [--scene N|-] [--app NAME] [--since 1h]\n"
             "                      [--step 1m] [--group business|scene|app|none] [--series]\n"
             "       capgate audit  [--business N] [--scene N] [--app NAME] [--decision D]\n"
-            "                      [--since 10m] [--limit N] [--follow] [--interval 1s]\n"
+            "                      [--code N] [--since 10m] [--limit N] [--follow]\n"
+            "                      [--interval 1s]\n"
             "       capgate top    [--interval 1s] [--once | -n N]\n"
             "       capgate health\n"
             "Common options: --admin URL (default $CAPGATE_ADMIN_URL, else %s),\n"
@@ -160,6 +161,9 @@ static int parse_opts(int argc, char **argv, unsigned allowed, struct cli_opts *
         } else if ((allowed & OPT_AUDIT) &&
                    (v = cli_flag_value(argc, argv, &i, "--decision", &missing))) {
             o->decision = v;
+        } else if ((allowed & OPT_AUDIT) &&
+                   (v = cli_flag_value(argc, argv, &i, "--code", &missing))) {
+            o->code = v;
         } else if ((allowed & OPT_AUDIT) &&
                    (v = cli_flag_value(argc, argv, &i, "--limit", &missing))) {
             o->limit = v;
@@ -747,8 +751,8 @@ static int cmd_audit(int argc, char **argv) {
         (o.scene && append_param(&base, "sceneId", o.scene)) ||
         (o.app && append_param(&base, "app", o.app)) ||
         (o.decision && append_param(&base, "decision", o.decision)) ||
-        append_param(&base, "limit", lim) || !(seen = calloc(1, sizeof(*seen))) ||
-        !(seen->e = calloc(SEEN_MAX, sizeof(*seen->e)))) {
+        (o.code && append_param(&base, "code", o.code)) || append_param(&base, "limit", lim) ||
+        !(seen = calloc(1, sizeof(*seen))) || !(seen->e = calloc(SEEN_MAX, sizeof(*seen->e)))) {
         if (seen) free(seen->e);
         strbuf_cleanup(&base);
         fprintf(stderr, "capgate: out of memory\n");

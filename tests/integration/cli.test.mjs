@@ -174,6 +174,18 @@ test('capgate audit: the newest records oldest first, filtered; --json one recor
   const bad = await cli(withAdmin(['audit', '--decision', 'maybe']));
   assert.equal(bad.code, 1);
   assert.match(bad.stderr, /decision must be one of/);
+  // --code: the server filters by the reply's API code (every request so far got 0)
+  const zero = await cli(withAdmin(['audit', '--json', '--code', '0']));
+  assert.equal(zero.code, 0, zero.stderr);
+  const zeros = zero.stdout.trimEnd().split('\n').map((l) => JSON.parse(l));
+  assert.equal(zeros.length, sent.length);
+  assert.ok(zeros.every((x) => x.code === 0 && sent.includes(x.request_id)), zero.stdout);
+  const none = await cli(withAdmin(['audit', '--json', '--code', '4100']));
+  assert.equal(none.code, 0, none.stderr);
+  assert.equal(none.stdout, '');
+  const badCode = await cli(withAdmin(['audit', '--code', '44x']));
+  assert.equal(badCode.code, 1);
+  assert.match(badCode.stderr, /HTTP 400: code must be an integer API code/);
 });
 
 test('capgate audit --follow prints new records as they arrive, each once', async () => {

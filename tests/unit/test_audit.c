@@ -568,6 +568,13 @@ static void test_query_parse(void **state) {
     assert_int_equal(q.limit, 1000);
     assert_int_equal(audit_query_parse("since=1700000000123", &q, err, sizeof(err)), 0);
     assert_int_equal(q.since_ms, 1700000000123ull);
+    assert_false(q.has_code);
+    assert_int_equal(audit_query_parse("code=4400", &q, err, sizeof(err)), 0);
+    assert_true(q.has_code && q.code == 4400);
+    assert_int_equal(audit_query_parse("code=0", &q, err, sizeof(err)), 0);
+    assert_true(q.has_code && q.code == 0);
+    assert_int_equal(audit_query_parse("code=-2147483648", &q, err, sizeof(err)), 0);
+    assert_true(q.has_code && q.code == INT32_MIN);
 
     static const char *const bad[][2] = {{"limit=0", "limit"},
                                          {"limit=1001", "limit"},
@@ -576,6 +583,12 @@ static void test_query_parse(void **state) {
                                          {"sceneId=4294967296", "sceneId"},
                                          {"decision=maybe", "decision"},
                                          {"since=yesterday", "since"},
+                                         {"code=", "code"},
+                                         {"code=44x", "code"},
+                                         {"code=-", "code"},
+                                         {"code=2147483648", "code"},
+                                         {"code=-2147483649", "code"},
+                                         {"code=1&code=2", "code"},
                                          {"foo=1", "unknown parameter foo"},
                                          {"app=a&app=b", "app"},
                                          {"businessId=%zz", "businessId"}};
@@ -854,6 +867,9 @@ static void test_query_memory(void **state) {
     struct audit_record r;
     for (unsigned i = 0; i < 40; i++) {
         make_record(&r, "dddddddd", i, i % 2);
+        /* codes by i % 3: 0, 4100, none */
+        r.code = i % 3 == 1 ? 4100 : 0;
+        r.has_code = i % 3 != 2;
         assert_int_equal(audit_submit(a, 0, &r), 0);
     }
     WAIT_UNTIL(stats_of(a).written == 40, 5000, "records in the memory stream");
@@ -878,6 +894,24 @@ static void test_query_memory(void **state) {
     /* i % 9 == 0 (forwarded) and odd, among 10..39: 27 */
     assert_int_equal(json_array_size(recs), 1);
     json_decref(res.json);
+
+    /* by the reply's API code: 4100 is i % 3 == 1 among 10..39 (10, 13, ... 37); code=0 does not
+     * match the records without a code */
+    static const struct {
+        const char *qs;
+        int code;
+        size_t n;
+    } by_code[] = {{"code=4100&limit=1000", 4100, 10}, {"code=0&limit=1000", 0, 10}};
+    for (size_t k = 0; k < sizeof(by_code) / sizeof(by_code[0]); k++) {
+        res = run_query(a, by_code[k].qs);
+        recs = json_object_get(res.json, "records");
+        assert_int_equal(json_array_size(recs), by_code[k].n);
+        for (size_t i = 0; i < json_array_size(recs); i++) {
+            json_t *c = json_object_get(json_array_get(recs, i), "code");
+            assert_true(json_is_integer(c) && json_integer_value(c) == by_code[k].code);
+        }
+        json_decref(res.json);
+    }
     audit_free(a);
 }
 
