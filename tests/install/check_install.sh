@@ -45,6 +45,8 @@ cat >"$tmp/expected" <<'LIST'
 /usr/share/doc/capgate/README.md
 /usr/share/doc/capgate/capgate.example.json
 /usr/share/doc/capgate/configuration.md
+/usr/share/doc/capgate/contrib/grafana/capgate.json
+/usr/share/doc/capgate/contrib/prometheus/alerts.yml
 /usr/share/doc/capgate/operations.md
 /usr/share/man/man1/capgate-mock.1
 /usr/share/man/man8/capgate.8
