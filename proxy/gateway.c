@@ -111,8 +111,8 @@ static void worker_publish(struct gateway_worker *w) {
     struct store_stats ss;
     upstream_get_stats(w->pw.upstream, &us);
     if (w->pw.upstream3) {
-        /* the 3.0 upstream's calls and connections count in the same families; the breaker
-         * gauge stays the v2 upstream's */
+        /* the 3.0 upstream's calls and connections count in the same families; its breaker
+         * has its own series (api="v3") */
         struct upstream_stats us3;
         upstream_get_stats(w->pw.upstream3, &us3);
         for (int i = 0; i < UPSTREAM_LATENCY_BUCKETS; i++)
@@ -121,6 +121,7 @@ static void worker_publish(struct gateway_worker *w) {
         us.latency_count += us3.latency_count;
         us.open_connections += us3.open_connections;
         us.idle_connections += us3.idle_connections;
+        stats_set_upstream3_breaker(w->pw.stats, us3.breaker);
     }
     stats_set_upstream(w->pw.stats, &us);
     store_get_stats(w->pw.store, &ss);

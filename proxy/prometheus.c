@@ -34,7 +34,7 @@ struct stats_worker {
     /* the worker's upstream stats, copied after each call */
     atomic_uint_fast64_t up_buckets[UPSTREAM_LATENCY_BUCKETS];
     atomic_uint_fast64_t up_sum_us;
-    atomic_int up_breaker;
+    atomic_int up_breaker, up3_breaker; /* the 2.0 and the 3.0 upstream's */
     atomic_uint_fast64_t up_open;
     /* the worker's rate-limit store, copied on each publish */
     atomic_int store_connected;
@@ -193,6 +193,10 @@ void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s) 
     atomic_store_explicit(&w->up_sum_us, s->latency_sum_us, memory_order_relaxed);
     atomic_store_explicit(&w->up_breaker, (int)s->breaker, memory_order_relaxed);
     atomic_store_explicit(&w->up_open, s->open_connections, memory_order_relaxed);
+}
+
+void stats_set_upstream3_breaker(struct stats_worker *w, enum breaker_state state) {
+    atomic_store_explicit(&w->up3_breaker, (int)state, memory_order_relaxed);
 }
 
 /* ---- rendering ---- */
@@ -438,18 +442,22 @@ static int stats_render_upstream(struct strbuf *out, struct stats_worker *const 
                        "capgate_upstream_request_duration_seconds_count %llu\n",
                        (double)sum_us / 1e6, (unsigned long long)cumulative))
         return -1;
-    if (strbuf_appends(
-            out, "# HELP capgate_upstream_breaker_state Upstream circuit breaker (one per process, "
-                 "as each worker last saw it): "
-                 "0 closed, 1 open, 2 half-open.\n"
-                 "# TYPE capgate_upstream_breaker_state gauge\n"))
+    if (strbuf_appends(out,
+                       "# HELP capgate_upstream_breaker_state Upstream circuit breakers (one per "
+                       "process and API generation, as each worker last saw it): "
+                       "0 closed, 1 open, 2 half-open.\n"
+                       "# TYPE capgate_upstream_breaker_state gauge\n"))
         return -1;
     for (size_t w = 0; w < n_workers; w++) {
-        int st = atomic_load_explicit(&workers[w]->up_breaker, memory_order_relaxed);
-        int code = st == BREAKER_OPEN ? 1 : st == BREAKER_HALF_OPEN ? 2 : 0;
-        if (strbuf_appendf(out, "capgate_upstream_breaker_state{worker=\"%u\"} %d\n",
-                           workers[w]->id, code))
-            return -1;
+        for (int v3 = 0; v3 < 2; v3++) {
+            int st = atomic_load_explicit(v3 ? &workers[w]->up3_breaker : &workers[w]->up_breaker,
+                                          memory_order_relaxed);
+            int code = st == BREAKER_OPEN ? 1 : st == BREAKER_HALF_OPEN ? 2 : 0;
+            if (strbuf_appendf(out,
+                               "capgate_upstream_breaker_state{worker=\"%u\",api=\"v%d\"} %d\n",
+                               workers[w]->id, v3 ? 3 : 2, code))
+                return -1;
+        }
     }
     if (strbuf_appendf(out,
                        "# HELP capgate_upstream_open_connections Upstream connections in the "

@@ -28,6 +28,8 @@ void stats_count_request(struct stats_worker *w, const char *app, const char *ac
 void stats_inflight_add(struct stats_worker *w, int delta);
 void stats_set_connections(struct stats_worker *w, size_t front_connections);
 void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s);
+/* The API 3.0 upstream's breaker (its calls and connections count in stats_set_upstream's). */
+void stats_set_upstream3_breaker(struct stats_worker *w, enum breaker_state state);
 /* decision: "admitted", "limited" or "shadow_limited"; rule: a limit rule's name. */
 void stats_count_limit(struct stats_worker *w, const char *rule, const char *decision);
 /* The worker's rate-limit store, copied on each publish: reachable now, and its counters. */
@@ -63,7 +65,7 @@ struct stats_process {
 
 /* Appends the Prometheus text exposition (version 0.0.4) of every worker summed, series sorted
  * by labels: capgate_requests_total{app,action,decision},
- * capgate_upstream_request_duration_seconds (histogram), capgate_upstream_breaker_state{worker},
+ * capgate_upstream_request_duration_seconds (histogram), capgate_upstream_breaker_state{worker,api},
  * capgate_upstream_open_connections, capgate_open_connections, capgate_inflight_requests,
  * capgate_config_reloads_total{result}, capgate_limit_decisions_total{rule,decision},
  * capgate_store_connected{worker}, capgate_store_up, capgate_store_commands_total,

@@ -109,7 +109,10 @@ async function breakerScenario(workers) {
   let m;
   const allOpen = () => {
     const gauges = m.samples.filter((s) => s.name === 'capgate_upstream_breaker_state');
-    return gauges.length > 0 && gauges.every((s) => s.value === 1);
+    const v2 = gauges.filter((s) => s.labels.api === 'v2');
+    // the 3.0 upstream's breaker is its own: no 3.0 call failed
+    return v2.length > 0 && v2.length * 2 === gauges.length && v2.every((s) => s.value === 1) &&
+      gauges.every((s) => s.labels.api === 'v2' || s.value === 0);
   };
   await waitFor(async () => { m = await gw.metrics(); return allOpen(); },
     { what: 'capgate_upstream_breaker_state 1 for every worker', timeoutMs: 5000 })

@@ -350,6 +350,45 @@ test('a reset of a reused upstream connection is retried, built and signed again
   }
 });
 
+test('the 3.0 upstream has its own breaker, exported as capgate_upstream_breaker_state{api="v3"}: open after its failures while v2 calls still go through', async () => {
+  const gw1 = await startGateway({
+    mock,
+    env: { GW_CAPTCHA_APP_KEY: APP_KEY },
+    config: {
+      workers: 1,
+      upstream: { v3_url: `https://127.0.0.1:${mock.tlsPort}/`, retries: 0, breaker_failures: 2, breaker_open_ms: 60000 },
+      captcha_apps: [{ captcha_app_id: APP_ID, app_secret_key_env: 'GW_CAPTCHA_APP_KEY' }],
+    },
+  });
+  const breakers = async () => {
+    const m = await gw1.metrics();
+    return Object.fromEntries(m.samples.filter((x) => x.name === 'capgate_upstream_breaker_state')
+      .map((x) => [x.labels.api, x.value]));
+  };
+  try {
+    const call = (s) => tc3Call(gw1.base, { secretId: APPS.sig.secretId, secretKey: APPS.sig.secretKey, service: '127',
+      body: fields(s) });
+    assert.deepEqual(await breakers(), { v2: 0, v3: 0 });
+    await mock.admin('faults', { method: 'POST', json: { action: 'DescribeCaptchaResult', network: 'reset', times: 2 } });
+    for (let i = 0; i < 2; i++) {
+      const r = await call(await solve());
+      assert.ok(r.json?.Response?.Error, `failure ${i + 1} answered as a 3.0 error: ${r.body}`);
+    }
+    // the worker publishes its view every 200 ms
+    await waitFor(async () => (await breakers()).v3 === 1, { timeoutMs: 5000, what: 'the v3 breaker open in /metrics' });
+    assert.equal((await breakers()).v2, 0, 'the v2 breaker saw no failure');
+    const before = (await mock.admin('requests?action=DescribeCaptchaResult')).requests.length;
+    const open = await call(await solve());
+    assert.ok(open.json?.Response?.Error, `refused by the open breaker: ${open.body}`);
+    assert.equal((await mock.admin('requests?action=DescribeCaptchaResult')).requests.length, before,
+      'an open breaker does not call the upstream');
+    const v2 = await gwCall(gw1, { app: APPS.token });
+    assert.equal(v2.json?.code, 0, `v2 calls are not behind the 3.0 breaker: ${v2.body}`);
+  } finally {
+    await gw1.stop();
+  }
+});
+
 test('captcha_apps from a file: SIGHUP applies a rotated AppSecretKey; "inject": "always" replaces the app\'s key', async () => {
   const { default: fs } = await import('node:fs');
   const { default: path } = await import('node:path');

@@ -76,6 +76,7 @@ static void test_histogram_and_breaker(void **state) {
     b.breaker = BREAKER_HALF_OPEN;
     stats_set_upstream(w[0], &a);
     stats_set_upstream(w[1], &b);
+    stats_set_upstream3_breaker(w[1], BREAKER_OPEN);
 
     char *text = render(w, 2, &p);
     assert_non_null(strstr(text, "# TYPE capgate_upstream_request_duration_seconds histogram\n"));
@@ -90,8 +91,10 @@ static void test_histogram_and_breaker(void **state) {
         strstr(text, "capgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 5\n"));
     assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_sum 7.512500\n"));
     assert_non_null(strstr(text, "capgate_upstream_request_duration_seconds_count 5\n"));
-    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"0\"} 1\n"));
-    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"1\"} 2\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"0\",api=\"v2\"} 1\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"1\",api=\"v2\"} 2\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"0\",api=\"v3\"} 0\n"));
+    assert_non_null(strstr(text, "capgate_upstream_breaker_state{worker=\"1\",api=\"v3\"} 1\n"));
     assert_non_null(strstr(text, "capgate_upstream_open_connections 2\n"));
     /* no requests yet: the family is declared with no series */
     assert_non_null(strstr(text, "# TYPE capgate_requests_total counter\n# HELP capgate_upstream"));
