@@ -2,7 +2,8 @@
 # soak.sh [MINUTES]: both programs under ASan+UBSan for MINUTES (default 30) of moderate load,
 # with faults on a schedule, then checks that nothing was lost or leaked.
 #
-# Builds build-asan/ (as scripts/test.sh does), starts capgate-mock (TLS upstream), a
+# Builds build-asan/ (as scripts/test.sh does; SOAK_BUILD_DIR=DIR takes DIR's programs instead, to
+# read RSS without ASan's own memory), starts capgate-mock (TLS upstream), a
 # redis-server with AOF (appendfsync always, so a kill -9 loses no acknowledged write) on a free
 # port, and capgate (audit to the Redis stream, spool dir beside it), all in a fresh temp dir.
 # scripts/soak-load.mjs sends SOAK_RATE requests a second (default 50) from three signature apps
@@ -42,13 +43,23 @@ mkdir -p "$dir"
 
 log() { printf '[soak %s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 
-log "build-asan (ASan+UBSan)"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCAPGATE_SANITIZE=address,undefined \
-  >/dev/null
-cmake --build build-asan -j2 --target capgate capgate-mock >"$dir/build.log" 2>&1 || {
-  tail -n 30 "$dir/build.log" >&2
-  exit 1
-}
+if [[ -n ${SOAK_BUILD_DIR:-} ]]; then
+  # another build's programs (a Release or RelWithDebInfo tree: RSS without ASan's own memory),
+  # copied so a rebuild of that tree during the soak does not change them
+  bin="$dir/bin"
+  mkdir -p "$bin"
+  cp "$SOAK_BUILD_DIR/capgate" "$SOAK_BUILD_DIR/capgate-mock" "$bin/" || exit 1
+  log "programs of $SOAK_BUILD_DIR"
+else
+  bin=build-asan
+  log "build-asan (ASan+UBSan)"
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCAPGATE_SANITIZE=address,undefined \
+    >/dev/null
+  cmake --build build-asan -j2 --target capgate capgate-mock >"$dir/build.log" 2>&1 || {
+    tail -n 30 "$dir/build.log" >&2
+    exit 1
+  }
+fi
 if [[ ! -d tests/integration/node_modules ]]; then
   (cd tests/integration && npm ci --no-audit --no-fund --loglevel=error)
 fi
@@ -86,7 +97,7 @@ free_port() {
 # its memory grows for that long by design: here that horizon ends with the warm-up.
 
 log "capgate-mock"
-./build-asan/capgate-mock --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
+"$bin/capgate-mock" --listen 127.0.0.1:0 --tls-listen 127.0.0.1:0 \
   --tls-cert "$dir/certs/server.pem" --tls-key "$dir/certs/server.key" --log-level warn \
   --captcha-ttl "$((warmup > 60 ? warmup : 60))" \
   >"$dir/mock.log" 2>&1 &
@@ -165,7 +176,7 @@ EOF
 }
 write_config 1
 log "capgate (config $dir/capgate.json)"
-./build-asan/capgate --config "$dir/capgate.json" >"$dir/capgate.log" 2>&1 &
+"$bin/capgate" --config "$dir/capgate.json" >"$dir/capgate.log" 2>&1 &
 gw_pid=$!
 pids+=("$gw_pid")
 gw_base=$(waitline "$dir/capgate.log" '^capgate listening on http://' | awk '{print $4}')
