@@ -14,6 +14,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/queue.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -50,6 +51,8 @@
 #define UPSTREAM_IDLE_MS 30000u
 #define UPSTREAM_MAX_BODY (1024 * 1024)
 #define UPSTREAM_MAX_HEADERS (64 * 1024)
+/* deadline_cb: at most this many loop turns for a reply whose bytes wait to be read or parsed */
+#define UPSTREAM_DEADLINE_GRACE_TURNS 3u
 
 const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS] = {
     1000,   2500,   5000,    10000,   25000,   50000,      100000,
@@ -115,6 +118,7 @@ struct upstream_call {
     struct upstream_result fast; /* CALL_FAILING_FAST: the result to deliver */
     int timed_out;               /* the call ends on a timeout: total, or the last
                                          * attempt's connect (upstream_result.timed_out) */
+    unsigned graced;             /* loop turns deadline_cb gave a reply's waiting bytes */
     char errbuf[256];
     TAILQ_ENTRY(upstream_call) link;  /* u->calls */
     TAILQ_ENTRY(upstream_call) qlink; /* u->queue while QUEUED */
@@ -486,12 +490,39 @@ static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const 
     evtimer_add(c->deadline, &zero);
 }
 
+/* Bytes for the call's attempt wait to be read (in the socket) or parsed (in the bufferevent's
+ * input): deadline_cb's grace. */
+static int call_reply_waiting(const struct upstream_call *c) {
+    const struct conn *k = c->conn;
+    evutil_socket_t fd;
+    int n = 0;
+
+    if (!k || !k->bev) return 0;
+    if (evbuffer_get_length(bufferevent_get_input(k->bev)) > 0) return 1;
+    fd = bufferevent_getfd(k->bev);
+    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static void deadline_cb(evutil_socket_t fd, short what, void *arg) {
     struct upstream_call *c = arg;
 
     if (c->state == CALL_FAILING_FAST) {
         struct upstream_result r = c->fast;
         call_finish(c, &r, c->fast_success);
+        return;
+    }
+    /* Bytes of the reply wait on this attempt's connection, in the socket or read but not yet
+     * parsed. When the process itself was late past the timeout (stopped, or not scheduled: a
+     * VM pause, a debugger, swapping), the reply came in time and only this loop has not seen
+     * it: libevent runs expired timers in the turn that first reads those bytes, or before
+     * (epoll_wait returns EINTR to a stopped and continued process), and evhttp parses them in
+     * a deferred callback queued behind the timer. Failing now would call such replies
+     * timeouts, and the breaker would open on all the calls in flight. A few more turns let
+     * evhttp read and parse them; a reply still incomplete then times out. */
+    if (c->graced < UPSTREAM_DEADLINE_GRACE_TURNS && call_reply_waiting(c)) {
+        struct timeval zero = {0, 0};
+        c->graced++;
+        evtimer_add(c->deadline, &zero);
         return;
     }
     c->timed_out = 1;
