@@ -165,7 +165,8 @@ SSL_CTX *tls_client_ctx_new(const char *ca_file, int verify, char *err, size_t e
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
     /* No SSL_MODE_RELEASE_BUFFERS here (the listeners keep it, for many idle clients): the
      * upstream's few connections each carry a request and a reply every few milliseconds, and
-     * releasing the record buffers freed and allocated 17 KB twice per request. */
+     * it freed and allocated again the read and the write record buffers (about 17 KB each)
+     * for every request. */
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (verify) {
         if (ca_file) {
