@@ -11,7 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import tls from 'node:tls';
-import { certs } from './lib/harness.mjs';
+import { certs, waitFor } from './lib/harness.mjs';
 import { startGateway, gwCall, APPS } from './lib/gateway.mjs';
 
 const TIMEOUT_MS = 2000;
@@ -159,8 +159,11 @@ async function callOk(what) {
   return j;
 }
 
-/** Waits until the gateway's pool has reconnected if it must, by a bounded poll of the origin. */
-const settle = () => new Promise((r) => setTimeout(r, 100));
+/** After the origin closed the connection of an idle one: waits (bounded) until the gateway has
+ * seen the close and dropped it from its pool, so the next call is not sent into the closing one
+ * (a race retries: 0 would answer 6200 for). */
+const settle = () => waitFor(async () => origin.sockets.size === 0
+  && (await gw.metrics()).get('capgate_upstream_open_connections') === 0, { what: 'the gateway to drop the closed connection' });
 
 test('a reply in several TLS records that reach the gateway in one segment, 60 calls on one kept-alive connection', async () => {
   const conns0 = origin.conns;
@@ -195,7 +198,10 @@ test('the origin closes an idle connection with close_notify, in the reply\'s se
   const resumed0 = origin.resumed;
   // close_notify (and FIN) right behind the reply, gathered into its segment by the relay
   origin.plan = (sock, body) => { sock.write(head(body.length) + body); sock.end(); };
-  for (let i = 0; i < 3; i++) await callOk(`reply then close_notify ${i}`);
+  for (let i = 0; i < 3; i++) {
+    await callOk(`reply then close_notify ${i}`);
+    await settle();
+  }
   origin.plan = (sock, body) => { sock.write(head(body.length) + body); setTimeout(() => sock.end(), 30); };
   for (let i = 0; i < 3; i++) {
     await callOk(`reply, close_notify 30 ms later ${i}`);
