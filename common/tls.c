@@ -163,8 +163,11 @@ SSL_CTX *tls_client_ctx_new(const char *ca_file, int verify, char *err, size_t e
         goto fail;
     }
     SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
-    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-                              SSL_MODE_RELEASE_BUFFERS);
+    /* No SSL_MODE_RELEASE_BUFFERS here (the listeners keep it, for many idle clients): the
+     * upstream's few connections each carry a request and a reply every few milliseconds, and
+     * it freed and allocated again the read and the write record buffers (about 17 KB each)
+     * for every request. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (verify) {
         if (ca_file) {
             if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {

@@ -20,6 +20,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <event2/bufferevent_struct.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/http.h>
@@ -53,6 +54,8 @@
 #define UPSTREAM_MAX_HEADERS (64 * 1024)
 /* deadline_cb: at most this many loop turns for a reply whose bytes wait to be read or parsed */
 #define UPSTREAM_DEADLINE_GRACE_TURNS 3u
+/* conn_tls_write_now: libevent's default max_single_write */
+#define UPSTREAM_TLS_WRITE_NOW_MAX 16384u
 
 const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS] = {
     1000,   2500,   5000,    10000,   25000,   50000,      100000,
@@ -83,7 +86,9 @@ struct conn {
     struct evhttp_connection *evcon;
     struct bufferevent *bev; /* owned by evcon */
     struct evbuffer_cb_entry *out_cb, *in_cb;
-    struct event *watch;        /* plain TCP: the second read watcher (conn_watch_arm) */
+    struct event *watch;        /* the second read watcher (conn_watch_arm) */
+    struct event *tls_pending;  /* TLS: looks for records read ahead (conn_tls_pending_cb) */
+    int tls_session_saved;      /* TLS: this socket's session went to u->tls_session */
     evutil_socket_t nodelay_fd; /* the socket TCP_NODELAY was set on; -1 none */
     enum conn_state state;
     struct upstream_call *call;   /* CONNECTING/BUSY */
@@ -132,6 +137,7 @@ struct upstream {
     char *host, *path, *sign_host, *tls_name, *user_agent;
     int port;
     SSL_CTX *ssl_ctx;
+    SSL_SESSION *tls_session; /* the last connection's, offered by the next (conn_new) */
     int verify_tls;
     unsigned connect_timeout_ms, timeout_ms, retries, max_connections, max_queued;
     struct breaker own_breaker; /* used when the options name no shared one */
@@ -175,16 +181,21 @@ static char *dup_str(const char *s) {
  * libevent's epoll backend folds the pair made in one loop turn, but re-registers a descriptor
  * that gets EV_READ again even when it never lost it: an epoll_ctl each time, two per call. A
  * second read watcher on the same socket keeps libevent's count of readers above zero, so those
- * toggles never reach epoll. It does nothing when it fires beside evhttp's read. Should it find
- * the socket readable while evhttp is not reading, it would fire on every loop turn, so it then
- * steps aside until the connection is next idle (a safety net: libevent 2.1's evhttp reads even
- * while a request is still being written). It is removed before evhttp closes the socket
- * (conn_close_cb, conn_destroy), so a later socket with the same number starts with a true count.
- * Not for TLS, whose bufferevent reads on its own terms. */
+ * toggles never reach epoll. It does nothing when it fires beside the bufferevent's read. Should
+ * it find the socket readable while the bufferevent is not waiting to read (evhttp not reading;
+ * over TLS also a handshake step or a read held back by a write), it would fire on every loop
+ * turn, so it then steps aside until the connection is next idle (a safety net: libevent 2.1's
+ * evhttp reads even while a request is still being written). It is removed before evhttp closes
+ * the socket (conn_close_cb, conn_destroy), so a later socket with the same number starts with a
+ * true count. Over TLS the same holds: bufferevent_openssl adds and deletes its own read event
+ * (struct bufferevent's ev_read) on evhttp's toggles, and this watcher only keeps epoll's
+ * registration; what OpenSSL has read ahead of the socket is conn_tls_pending_cb's business. */
 static void conn_watch_cb(evutil_socket_t fd, short what, void *arg) {
     struct conn *k = arg;
 
-    if (!(bufferevent_get_enabled(k->bev) & EV_READ)) event_del(k->watch);
+    if (!(bufferevent_get_enabled(k->bev) & EV_READ) ||
+        (k->u->tls && !event_pending(&k->bev->ev_read, EV_READ, NULL)))
+        event_del(k->watch);
 }
 
 /* On a connection that has just become idle: evhttp reads (close detection) and the socket is
@@ -192,12 +203,73 @@ static void conn_watch_cb(evutil_socket_t fd, short what, void *arg) {
 static void conn_watch_arm(struct conn *k) {
     evutil_socket_t fd = bufferevent_getfd(k->bev);
 
-    if (k->u->tls || fd < 0) return;
+    if (fd < 0) return;
     if (!k->watch) {
         k->watch = event_new(k->u->base, fd, EV_READ | EV_PERSIST, conn_watch_cb, k);
         if (!k->watch) return; /* only the saving is lost */
     }
     if (!event_pending(k->watch, EV_READ, NULL)) event_add(k->watch, NULL);
+}
+
+/* TLS read-ahead. With SSL_set_read_ahead (conn_new) one read() takes a whole record, and
+ * whatever else the socket holds, instead of a 5-byte header and then the rest: half the reads.
+ * But bufferevent_openssl (libevent 2.1 and 2.2) reads on until SSL_pending() is 0, and
+ * SSL_pending() counts only the record being decoded: further records already pulled into
+ * OpenSSL's buffer stay there, out of epoll's sight, until more bytes reach the socket. A reply
+ * whose last records came in one segment with the first would wait for the timeout. So after
+ * each read that brought data (conn_in_cb), when a connection turns idle and after a request is
+ * written, this runs as a deferred event: if OpenSSL holds unread bytes (SSL_has_pending) while
+ * the bufferevent reads, it makes the bufferevent's own read event active, and libevent's
+ * consider_reading decodes them with all its error and close handling (a close_notify read
+ * ahead is reported as EOF there). Bytes of an incomplete record cost one read() that finds the
+ * socket empty; their remainder wakes epoll as usual. */
+static void conn_tls_pending_cb(evutil_socket_t fd, short what, void *arg) {
+    struct conn *k = arg;
+    SSL *ssl = bufferevent_openssl_get_ssl(k->bev);
+
+    if (ssl && SSL_has_pending(ssl) && (bufferevent_get_enabled(k->bev) & EV_READ) &&
+        bufferevent_getfd(k->bev) >= 0)
+        event_active(&k->bev->ev_read, EV_READ, 1);
+}
+
+static void conn_tls_check_pending(struct conn *k) {
+    if (k->tls_pending) event_active(k->tls_pending, EV_READ, 1);
+}
+
+/* TLS session reuse: the first time a socket's connection turns idle (its handshake, and TLS
+ * 1.3's session tickets, came before the reply), its session is kept for the next connection,
+ * which offers it (conn_new): an abbreviated handshake instead of a certificate chain to verify
+ * and a key exchange. Only a verified, resumable session is kept. */
+static void conn_tls_save_session(struct conn *k) {
+    struct upstream *u = k->u;
+    SSL *ssl;
+    SSL_SESSION *s;
+
+    if (!u->tls || k->tls_session_saved) return;
+    k->tls_session_saved = 1;
+    ssl = bufferevent_openssl_get_ssl(k->bev);
+    if (!ssl || k->verify_error != X509_V_OK) return;
+    log_debug("upstream %s:%d: connection %p: %s, TLS session %s", u->host, u->port, (void *)k,
+              SSL_get_version(ssl), SSL_session_reused(ssl) ? "resumed" : "new");
+    /* A copy: OpenSSL marks a connection's own session not resumable when the connection is
+     * freed without a close_notify of ours, as evhttp frees them. */
+    if (!SSL_get0_session(ssl) || !SSL_SESSION_is_resumable(SSL_get0_session(ssl))) return;
+    s = SSL_SESSION_dup(SSL_get0_session(ssl));
+    if (!s) return;
+    SSL_SESSION_free(u->tls_session);
+    u->tls_session = s;
+    log_debug("upstream %s:%d: connection %p: TLS session kept for the next connection", u->host,
+              u->port, (void *)k);
+}
+
+/* Offers the kept session on ssl, before its handshake. A copy again: should this connection end
+ * without a close_notify too, OpenSSL marks the session it used, not the one kept. A failure
+ * only costs a full handshake. */
+static void conn_tls_offer_session(struct upstream *u, SSL *ssl) {
+    SSL_SESSION *s = u->tls_session ? SSL_SESSION_dup(u->tls_session) : NULL;
+
+    if (s && SSL_set_session(ssl, s) != 1) ERR_clear_error();
+    SSL_SESSION_free(s);
 }
 
 /* The socket is closing: a new one (evhttp's reconnect) gets a watcher of its own. */
@@ -236,7 +308,11 @@ static void conn_set_state(struct conn *k, enum conn_state to) {
         TAILQ_REMOVE(&u->conns, k, link);
         TAILQ_INSERT_TAIL(&u->conns, k, link);
     }
-    if (to == CONN_IDLE) conn_watch_arm(k);
+    if (to == CONN_IDLE) {
+        conn_watch_arm(k);
+        conn_tls_save_session(k);
+        conn_tls_check_pending(k);
+    }
     if (to == CONN_DEAD) {
         conn_watch_stop(k);
         TAILQ_REMOVE(&u->conns, k, link);
@@ -250,6 +326,7 @@ static void conn_set_state(struct conn *k, enum conn_state to) {
 
 static void conn_destroy(struct conn *k) {
     conn_watch_stop(k);
+    if (k->tls_pending) event_free(k->tls_pending);
     if (k->evcon) {
         evhttp_connection_set_closecb(k->evcon, NULL, NULL);
         if (k->out_cb) evbuffer_remove_cb_entry(bufferevent_get_output(k->bev), k->out_cb);
@@ -282,6 +359,7 @@ static void conn_in_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info
     struct conn *k = arg;
 
     k->in_added += info->n_added;
+    if (info->n_added) conn_tls_check_pending(k);
 }
 
 /* evhttp closed the socket (peer closed an idle connection, Connection: close, error). */
@@ -290,6 +368,17 @@ static void conn_close_cb(struct evhttp_connection *evcon, void *arg) {
 
     conn_watch_stop(k);
     k->nodelay_fd = -1; /* a socket evhttp opens later may get the same number */
+    k->tls_session_saved = 0;
+    if (k->u->tls) {
+        /* evhttp may reconnect on this SSL (after a reply with Connection: close), which
+         * SSL_clear()s it first. Marked as shut down, the SSL keeps the session it is given
+         * here through that SSL_clear rather than dropping it as one left uncleanly. */
+        SSL *ssl = bufferevent_openssl_get_ssl(k->bev);
+        if (ssl && k->u->tls_session) {
+            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+            conn_tls_offer_session(k->u, ssl);
+        }
+    }
     if (k->state == CONN_IDLE) conn_set_state(k, CONN_DEAD);
     /* CONNECTING/BUSY: the request callback follows and decides */
 }
@@ -323,6 +412,15 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
         }
         SSL_set_app_data(ssl, k);
         SSL_set_verify(ssl, SSL_get_verify_mode(ssl), conn_verify_cb);
+        /* safe with conn_tls_pending_cb only */
+        SSL_set_read_ahead(ssl, 1);
+        conn_tls_offer_session(u, ssl);
+        k->tls_pending = event_new(u->base, -1, 0, conn_tls_pending_cb, k);
+        if (!k->tls_pending) {
+            SSL_free(ssl);
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
         bev = bufferevent_openssl_socket_new(u->base, -1, ssl, BUFFEREVENT_SSL_CONNECTING,
                                              BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
         if (!bev) {
@@ -490,15 +588,17 @@ static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const 
     evtimer_add(c->deadline, &zero);
 }
 
-/* Bytes for the call's attempt wait to be read (in the socket) or parsed (in the bufferevent's
- * input): deadline_cb's grace. */
+/* Bytes for the call's attempt wait to be read (in the socket, or over TLS read ahead by
+ * OpenSSL) or parsed (in the bufferevent's input): deadline_cb's grace. */
 static int call_reply_waiting(const struct upstream_call *c) {
     const struct conn *k = c->conn;
     evutil_socket_t fd;
+    SSL *ssl;
     int n = 0;
 
     if (!k || !k->bev) return 0;
     if (evbuffer_get_length(bufferevent_get_input(k->bev)) > 0) return 1;
+    if (k->u->tls && (ssl = bufferevent_openssl_get_ssl(k->bev)) && SSL_has_pending(ssl)) return 1;
     fd = bufferevent_getfd(k->bev);
     return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
@@ -677,14 +777,41 @@ static void request_error_cb(enum evhttp_request_error error, void *arg) {
     call_got_error(c, error, 0, saved_errno);
 }
 
-/* On an established plain connection, writes the request evhttp just queued at once instead of on
- * the next loop turn, then runs evhttp's write-done callback, which turns the connection to
- * reading. The bufferevent's write event, enabled and disabled within this turn, never reaches
- * epoll, and the request waits for no extra loop turn. Whatever the socket does not take (or an
- * error) is left to the bufferevent, which reports it as before.
- * Over TLS the output buffer holds plaintext, which bufferevent_openssl encrypts a buffer chain
+/* Over TLS the output buffer holds plaintext, which bufferevent_openssl encrypts a buffer chain
  * at a time: evhttp's request line and headers in two chains made two TLS records and two
- * writes. Made one chain here, the request leaves as one record in one write. */
+ * writes. Made one chain here, the request goes out as one record in one write, by the same
+ * SSL_write libevent's do_write would make on the next loop turn (and then an epoll_ctl to watch
+ * for writability, another to stop). Only on an idle connection whose output held nothing
+ * before this request (conn_write_now runs for CONN_BUSY, after a completed reply), so no
+ * earlier SSL_write waits to be retried. If OpenSSL wants to retry (the socket is full, or it
+ * must read first), the bytes stay at the head of the buffer, unmoved: libevent's next
+ * SSL_write offers the same bytes, as OpenSSL requires, and handles what follows: it offers at
+ * most its max_single_write (16384 by default), so a larger request is left to it. Returns 0
+ * when the whole request went out. */
+static int conn_tls_write_now(struct conn *k, struct evbuffer *out) {
+    SSL *ssl = bufferevent_openssl_get_ssl(k->bev);
+    size_t len = evbuffer_get_length(out);
+    unsigned char *data;
+    int n;
+
+    data = evbuffer_pullup(out, -1); /* NULL on OOM: the chains are then sent as they are */
+    if (!ssl || !data || len > UPSTREAM_TLS_WRITE_NOW_MAX || !SSL_is_init_finished(ssl)) return -1;
+    ERR_clear_error();
+    n = SSL_write(ssl, data, (int)len);
+    if (n <= 0) {
+        /* retried, or the error reported, by bufferevent_openssl's own write */
+        ERR_clear_error();
+        return -1;
+    }
+    evbuffer_drain(out, (size_t)n);
+    return (size_t)n == len ? 0 : -1;
+}
+
+/* On an established connection, writes the request evhttp just queued at once instead of on the
+ * next loop turn, then runs evhttp's write-done callback, which turns the connection to reading.
+ * The bufferevent's write event, enabled and disabled within this turn, never reaches epoll, and
+ * the request waits for no extra loop turn. Whatever the socket does not take (or an error) is
+ * left to the bufferevent, which reports it as before. */
 static void conn_write_now(struct conn *k) {
     struct evbuffer *out = bufferevent_get_output(k->bev);
     evutil_socket_t fd = bufferevent_getfd(k->bev);
@@ -694,17 +821,18 @@ static void conn_write_now(struct conn *k) {
 
     if (fd < 0 || evbuffer_get_length(out) == 0) return;
     if (k->u->tls) {
-        evbuffer_pullup(out, -1); /* NULL on OOM: the chains are then sent as they are */
-        return;
+        if (conn_tls_write_now(k, out) != 0) return;
+    } else {
+        /* A socket bufferevent keeps its output's start frozen except inside its own write;
+         * this is that write, done early. */
+        evbuffer_unfreeze(out, 1);
+        written = evbuffer_write(out, fd);
+        evbuffer_freeze(out, 1);
+        if (written <= 0 || evbuffer_get_length(out) > 0) return;
     }
-    /* A socket bufferevent keeps its output's start frozen except inside its own write; this
-     * is that write, done early. */
-    evbuffer_unfreeze(out, 1);
-    written = evbuffer_write(out, fd);
-    evbuffer_freeze(out, 1);
-    if (written <= 0 || evbuffer_get_length(out) > 0) return;
     bufferevent_getcb(k->bev, NULL, &write_cb, NULL, &cb_arg);
     if (write_cb) write_cb(k->bev, cb_arg);
+    conn_tls_check_pending(k);
 }
 
 static void request_done_cb(struct evhttp_request *req, void *arg) {
@@ -942,6 +1070,7 @@ void upstream_free(struct upstream *u) {
     free(u->sign_host);
     free(u->tls_name);
     free(u->user_agent);
+    SSL_SESSION_free(u->tls_session);
     free(u);
 }
 
