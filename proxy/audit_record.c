@@ -1,6 +1,10 @@
 /* audit_record.c: the audit record: building it from the pipeline's record, its JSON and its
  * stream-entry fields, and reading both back (audit.h). Part of the audit module (audit.c). */
+/* SHA256_Init and friends: deprecated in OpenSSL 3, kept (url_digest). */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "audit_internal.h"
+
+#include <openssl/sha.h>
 
 /* ======================================================================================== */
 /* Records                                                                                  */
@@ -113,40 +117,12 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
     return 0;
 }
 
-/* The url digest: SHA-256 fetched once per process and one digest context per thread, rewound
- * for each record, instead of SHA256()'s fetch, context set-up and free on every call (about
- * two thirds of a record's cost). A thread's context is freed when it exits. */
-static pthread_once_t url_md_once = PTHREAD_ONCE_INIT;
-static pthread_key_t url_md_exit_key;
-static EVP_MD *url_md; /* fetched once; lives as long as the process */
-static int url_md_ready;
-static _Thread_local EVP_MD_CTX *url_md_ctx;
-
-static void url_md_exit(void *arg) {
-    EVP_MD_CTX_free(arg);
-    url_md_ctx = NULL;
-}
-
-static void url_md_init_once(void) {
-    url_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (url_md && pthread_key_create(&url_md_exit_key, url_md_exit) == 0) url_md_ready = 1;
-}
-
-/* md = SHA-256(data); 0/-1. */
+/* The url digest: SHA-256 on a context on the stack. SHA256_Init and friends are deprecated in
+ * OpenSSL 3 but allocate nothing, where an EVP digest allocated its provider context for every
+ * record (the same choice as sign.c's HMAC states). md = SHA-256(data); 0/-1. */
 static int url_digest(const char *data, size_t len, unsigned char md[SHA256_DIGEST_LENGTH]) {
-    if (pthread_once(&url_md_once, url_md_init_once) == 0 && url_md_ready) {
-        if (!url_md_ctx) {
-            EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-            if (ctx && pthread_setspecific(url_md_exit_key, ctx) == 0)
-                url_md_ctx = ctx;
-            else
-                EVP_MD_CTX_free(ctx);
-        }
-        if (url_md_ctx && EVP_DigestInit_ex2(url_md_ctx, url_md, NULL) &&
-            EVP_DigestUpdate(url_md_ctx, data, len) && EVP_DigestFinal_ex(url_md_ctx, md, NULL))
-            return 0;
-    }
-    return SHA256((const unsigned char *)data, len, md) ? 0 : -1;
+    SHA256_CTX c;
+    return SHA256_Init(&c) && SHA256_Update(&c, data, len) && SHA256_Final(md, &c) ? 0 : -1;
 }
 
 int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
