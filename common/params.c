@@ -17,6 +17,7 @@
 #include "capgate/strbuf.h"
 
 #define PARAMS_INITIAL_CAP 16
+#define PARAMS_COPY_ROOM 8 /* items a copy has room for beyond its source's */
 /* A text block's usual size: a forwarded request's names and values fit one, and the block
  * stays within malloc's thread cache (a larger request would consolidate its fast bins). */
 #define PARAMS_TEXT_BYTES (1000 - sizeof(struct params_text))
@@ -248,9 +249,10 @@ int params_copy_without(struct params *dst, const struct params *src, const char
     _Static_assert(PARAMS_COPY_SKIP_MAX <= 64, "a bit per name");
     uint64_t pending = n_skip == 64 ? UINT64_MAX : ((uint64_t)1 << n_skip) - 1;
     if (src->count == 0) return 0;
-    dst->items = malloc(src->count * sizeof *dst->items);
+    /* room for the parameters callers add to a copy (upstream_params: six) */
+    dst->cap = src->count + PARAMS_COPY_ROOM;
+    dst->items = malloc(dst->cap * sizeof *dst->items);
     if (!dst->items) return -1;
-    dst->cap = src->count;
     size_t text = 0;
     for (size_t i = 0; i < src->count; i++)
         text += src->items[i].name_len + src->items[i].value_len + 2;

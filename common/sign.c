@@ -104,8 +104,8 @@ static void sort_rewritten(const struct param **index, size_t n) {
  * (returned != buf). */
 static char *string_to_sign(const char *http_method, const char *host, const char *path,
                             const struct params *p, int skip_at, enum name_form names,
-                            struct sign_seen *seen, size_t *len_out, const char **method,
-                            char *buf, size_t cap) {
+                            struct sign_seen *seen, size_t *len_out, const char **method, char *buf,
+                            size_t cap) {
     const struct param *stack_index[SIGN_INDEX_STACK];
     const struct param **index = stack_index;
     const char *method_value = NULL;

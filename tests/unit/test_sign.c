@@ -577,8 +577,8 @@ static void test_sign_around_the_stack_buffer(void **state) {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned md_len = 0;
         char want[SIGN_B64_MAX];
-        assert_non_null(HMAC(EVP_sha256(), "key", 3, (const unsigned char *)text, strlen(text), md,
-                             &md_len));
+        assert_non_null(
+            HMAC(EVP_sha256(), "key", 3, (const unsigned char *)text, strlen(text), md, &md_len));
         EVP_EncodeBlock((unsigned char *)want, md, (int)md_len);
         free(text);
         assert_int_equal(sign_params_key(&p, "GET", "h.example", "/v2/index.php", k), 0);
