@@ -236,6 +236,12 @@ struct pipeline_ctx {
     struct limit_bucket buckets[LIMIT_MAX_BUCKETS]; /* rules borrowed from config */
     char idem_key[IDEM_KEY_MAX];
     char idem_fp[STORE_IDEM_FP_LEN + 1];
+    /* Kept with a context on the worker's free list: the storage of the request's parameter
+     * list (taken back into params by pipeline_handle) and of the list forward_sign builds,
+     * emptied by params_reset, so parsing and signing a request allocate nothing once the
+     * context has served one (params_reset bounds what is kept). */
+    struct params kept_params;
+    struct params fwd_params;
 };
 #define CTX_CLEARED offsetof(struct pipeline_ctx, buckets)
 
@@ -843,13 +849,12 @@ static void forward_done(const struct upstream_result *r, void *arg) {
 static char *forward_sign(void *arg) {
     struct pipeline_ctx *ctx = arg;
     const struct config_upstream *up = &ctx->w->boot->upstream;
-    struct params out;
+    struct params *out = &ctx->fwd_params; /* kept with the context; emptied here */
     char *encoded = NULL;
-    params_init(&out);
-    if (upstream_params(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
-                        &out) == 0)
-        encoded = params_encode(&out);
-    params_cleanup(&out);
+    if (upstream_params_into(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
+                             out) == 0)
+        encoded = params_encode(out);
+    params_reset(out);
     return encoded;
 }
 
@@ -937,19 +942,29 @@ static struct pipeline_ctx *ctx_new(struct pipeline_worker *w) {
     return ctx;
 }
 
+/* Frees a context that is on no list, with the storage it keeps. */
+static void ctx_destroy(struct pipeline_ctx *ctx) {
+    params_cleanup(&ctx->kept_params);
+    params_cleanup(&ctx->fwd_params);
+    free(ctx);
+}
+
 void pipeline_worker_cleanup(struct pipeline_worker *w) {
     while (w->free_ctx) {
         struct pipeline_ctx *ctx = w->free_ctx;
         poison_clear(ctx, sizeof(*ctx));
         w->free_ctx = ctx->next_free;
-        free(ctx);
+        ctx_destroy(ctx);
     }
     w->n_free_ctx = 0;
 }
 
 static void ctx_release(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
-    params_cleanup(&ctx->params);
+    /* the request's list keeps its storage for the context's next request */
+    params_reset(&ctx->params);
+    ctx->kept_params = ctx->params;
+    params_init(&ctx->params);
     params_cleanup(&ctx->audit_params);
     json_decref(ctx->body3);
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
@@ -963,7 +978,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
         w->n_free_ctx++;
         poison_mark(ctx, sizeof(*ctx));
     } else {
-        free(ctx);
+        ctx_destroy(ctx);
     }
     w->live--;
     stats_inflight_add(w->stats, -1);
@@ -1166,7 +1181,8 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     ctx->config = ctx->pc->config;
     ctx->start_us = clock_mono_us();
     ctx->state = ST_NEW;
-    params_init(&ctx->params);
+    ctx->params = ctx->kept_params; /* empty (params_reset), or zero in a new context */
+    params_init(&ctx->kept_params);
     params_init(&ctx->audit_params);
     ctx->rec.ts_us = clock_wall_us();
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';

@@ -1078,8 +1078,14 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {
 
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out) {
+    params_init(out);
+    return upstream_params_into(in, up, now_s, nonce, out);
+}
+
+int upstream_params_into(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                         uint64_t nonce, struct params *out) {
     char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, validate_public_params) != 0) return -1;
+    if (params_assign_without(out, in, validate_public_params) != 0) return -1;
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
     *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;

@@ -166,5 +166,9 @@ unsigned upstream_pooled_calls(const struct upstream *u);
  * on OOM. */
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out);
+/* upstream_params into out, an initialised list it empties first and whose storage it reuses
+ * (params_assign_without): for a caller that keeps one list across requests. */
+int upstream_params_into(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                         uint64_t nonce, struct params *out);
 
 #endif
