@@ -242,6 +242,9 @@ struct pipeline_ctx {
      * context has served one (params_reset bounds what is kept). */
     struct params kept_params;
     struct params fwd_params;
+    /* and the buffer an upstream reply's body is copied to (reply_body_room) */
+    char *body_buf;
+    size_t body_cap;
 };
 #define CTX_CLEARED offsetof(struct pipeline_ctx, buckets)
 
@@ -259,6 +262,30 @@ static void copy_str(char *dst, size_t cap, const char *src) {
     dst[n] = '\0';
 }
 
+/* An upstream reply body larger than this gets a buffer of its own, not the context's kept one. */
+#define CTX_KEPT_BODY_MAX 4096
+
+/* Drops the reply body: freed, unless it is the context's kept buffer. */
+static void reply_body_drop(struct pipeline_ctx *ctx) {
+    if (ctx->reply_body != ctx->body_buf) free(ctx->reply_body);
+    ctx->reply_body = NULL;
+}
+
+/* n bytes for the reply body (the one before is dropped): the context's kept buffer, made or
+ * grown to n when n is at most CTX_KEPT_BODY_MAX, else a malloc'd one. NULL on OOM. */
+static char *reply_body_room(struct pipeline_ctx *ctx, size_t n) {
+    reply_body_drop(ctx);
+    if (n > CTX_KEPT_BODY_MAX) return ctx->reply_body = malloc(n);
+    if (n > ctx->body_cap) {
+        size_t cap = n < 1024 ? 1024 : n;
+        free(ctx->body_buf);
+        ctx->body_cap = 0;
+        if (!(ctx->body_buf = malloc(cap))) return NULL;
+        ctx->body_cap = cap;
+    }
+    return ctx->reply_body = ctx->body_buf;
+}
+
 /* Prepares an error reply in the API's shape; returns STAGE_FINISH for the caller to return. */
 static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
                                    enum pipeline_decision decision, int timed_out,
@@ -273,7 +300,7 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     if (ctx->v3) {
         /* 3.0 answers its errors with HTTP 200, which is what its SDKs read the Error from; only
          * a request that could not be read whole keeps its framing status */
@@ -567,7 +594,7 @@ static void replay_done(const char *err, enum store_idem_state state, const char
         pipeline_resume(ctx, STAGE_NEXT);
         return;
     case STORE_IDEM_DONE:
-        free(ctx->reply_body);
+        reply_body_drop(ctx);
         if (!(ctx->reply_body = malloc(len + 1))) {
             pipeline_resume(
                 ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_REPLAYED, 0, 0, "out of memory"));
@@ -629,7 +656,7 @@ static void pool_done(const char *url, void *arg) {
         pipeline_resume(ctx, STAGE_NEXT);
         return;
     }
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     free(ctx->reply_url);
     ctx->reply_url = strdup(url);
     if (!(ctx->reply_body = pool_hit_body(url))) {
@@ -823,8 +850,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
     } else if (r->ok) {
         /* A shadow refusal stays the decision of a request that was forwarded anyway. */
         ctx->rec.decision = ctx->shadow_limited ? PIPELINE_SHADOW_LIMITED : PIPELINE_FORWARDED;
-        ctx->reply_body = malloc(r->body_len + 1);
-        if (ctx->reply_body) {
+        if (reply_body_room(ctx, r->body_len + 1)) {
             memcpy(ctx->reply_body, r->body, r->body_len);
             ctx->reply_body[r->body_len] = '\0';
             ctx->reply_len = r->body_len;
@@ -946,6 +972,7 @@ static struct pipeline_ctx *ctx_new(struct pipeline_worker *w) {
 static void ctx_destroy(struct pipeline_ctx *ctx) {
     params_cleanup(&ctx->kept_params);
     params_cleanup(&ctx->fwd_params);
+    free(ctx->body_buf);
     free(ctx);
 }
 
@@ -968,7 +995,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
     params_cleanup(&ctx->audit_params);
     json_decref(ctx->body3);
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     free(ctx->reply_url);
     free(ctx->reply_type);
     shared_config_unref(ctx->pc);
