@@ -125,6 +125,31 @@ static int url_digest(const char *data, size_t len, unsigned char md[SHA256_DIGE
     return SHA256_Init(&c) && SHA256_Update(&c, data, len) && SHA256_Final(md, &c) ? 0 : -1;
 }
 
+/* The per-user fields of the record, in this order. */
+static const struct {
+    const char *name;
+    size_t len;
+} pii_names[] = {
+    {"uid", 3}, {"userIp", 6}, {"imei", 4}, {"macAddress", 10}, {"associateAccount", 16},
+};
+#define N_PII (sizeof(pii_names) / sizeof(pii_names[0]))
+
+/* values[k] = the first value of pii_names[k] in p (as params_get), in one pass over p. */
+static void pii_values(const struct params *p, const char *values[N_PII]) {
+    size_t found = 0;
+    for (size_t i = 0; i < p->count && found < N_PII; i++) {
+        const struct param *it = &p->items[i];
+        for (size_t k = 0; k < N_PII; k++) {
+            if (values[k] || it->name_len != pii_names[k].len ||
+                memcmp(it->name, pii_names[k].name, it->name_len) != 0)
+                continue;
+            values[k] = it->value;
+            found++;
+            break;
+        }
+    }
+}
+
 int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
                       const struct params *request_params, const char *reply_url,
                       const struct config_audit *cfg, const char *instance) {
@@ -158,12 +183,11 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->latency_us = pr->latency_us;
     r->upstream_latency_us = pr->upstream_latency_us;
     if (request_params) {
-        if (pii_field(r->uid, params_get(request_params, "uid"), cfg) != 0 ||
-            pii_field(r->user_ip, params_get(request_params, "userIp"), cfg) != 0 ||
-            pii_field(r->imei, params_get(request_params, "imei"), cfg) != 0 ||
-            pii_field(r->mac_address, params_get(request_params, "macAddress"), cfg) != 0 ||
-            pii_field(r->associate_account, params_get(request_params, "associateAccount"), cfg) !=
-                0)
+        const char *pii[N_PII] = {NULL};
+        pii_values(request_params, pii);
+        if (pii_field(r->uid, pii[0], cfg) != 0 || pii_field(r->user_ip, pii[1], cfg) != 0 ||
+            pii_field(r->imei, pii[2], cfg) != 0 || pii_field(r->mac_address, pii[3], cfg) != 0 ||
+            pii_field(r->associate_account, pii[4], cfg) != 0)
             return -1;
     }
     if (reply_url && *reply_url) {

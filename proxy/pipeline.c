@@ -397,10 +397,11 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
     }
     if (rc != 0) return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
     ctx->parsed = 1;
-    copy_str(ctx->rec.action, sizeof(ctx->rec.action), params_get(&ctx->params, "Action"));
+    const char *action = params_get(&ctx->params, "Action");
+    copy_str(ctx->rec.action, sizeof(ctx->rec.action), action);
     /* known now, so refusals before validation (4100, 4500) are counted under it; anything else
      * stays "unknown", which keeps the label's values bounded */
-    ctx->rec.action_id = validate_action_parse(params_get(&ctx->params, "Action"));
+    ctx->rec.action_id = validate_action_parse(action);
     return STAGE_NEXT;
 }
 
