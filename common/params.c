@@ -273,7 +273,7 @@ int params_assign_without(struct params *dst, const struct params *src, const ch
     size_t skip_len[PARAMS_COPY_SKIP_MAX];
     size_t n_skip = 0;
     uint64_t skip_bits = 0;
-    dst->count = 0;
+    params_reset(dst);
     for (; names[n_skip]; n_skip++) {
         if (n_skip == PARAMS_COPY_SKIP_MAX) return -1;
         skip_len[n_skip] = strlen(names[n_skip]);

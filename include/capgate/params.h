@@ -61,9 +61,9 @@ int params_copy(struct params *dst, const struct params *src);
  * names. */
 #define PARAMS_COPY_SKIP_MAX 64
 int params_copy_without(struct params *dst, const struct params *src, const char *const *names);
-/* params_copy_without into dst, an initialised list that it empties first, reusing its storage
- * (a list params_reset emptied: no allocation when it is large enough). On -1 dst is empty and
- * still initialised. */
+/* params_copy_without into dst, an initialised list that it empties first with params_reset,
+ * reusing the storage that keeps (no allocation when it is large enough). On -1 dst is empty
+ * and still initialised. */
 int params_assign_without(struct params *dst, const struct params *src, const char *const *names);
 
 /* Decodes an application/x-www-form-urlencoded string (also a GET query) and appends its
