@@ -35,15 +35,30 @@ int num_parse_u64z(const char *s, uint64_t *out) {
     return num_parse_u64(s, strlen(s), out);
 }
 
+/* Two digits per division: a Nonce has up to 20 of them, and every forwarded request writes a
+ * Timestamp and a Nonce, and its audit record a few more numbers. */
 char *num_put_u64(char *o, uint64_t v) {
+    static const char pairs[] =
+        "00010203040506070809101112131415161718192021222324252627282930313233"
+        "34353637383940414243444546474849505152535455565758596061626364656667"
+        "6869707172737475767778798081828384858687888990919293949596979899";
     char tmp[NUM_U64_DIGITS];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n > 0) *o++ = tmp[--n];
-    return o;
+    char *t = tmp + sizeof tmp;
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        t -= 2;
+        memcpy(t, pairs + 2 * r, 2);
+    }
+    if (v >= 10) {
+        t -= 2;
+        memcpy(t, pairs + 2 * v, 2);
+    } else {
+        *--t = (char)('0' + v);
+    }
+    size_t n = (size_t)(tmp + sizeof tmp - t);
+    memcpy(o, t, n);
+    return o + n;
 }
 
 char *num_put_i64(char *o, int64_t v) {

@@ -17,6 +17,10 @@
 #include "capgate/strbuf.h"
 
 #define PARAMS_INITIAL_CAP 16
+#define PARAMS_COPY_ROOM 8 /* items a copy has room for beyond its source's */
+/* params_reset keeps an item array and a text block of at most this many bytes (a usual
+ * request's); larger ones are freed, so a list kept for reuse holds no more than twice this. */
+#define PARAMS_KEEP_BYTES 4096
 /* A text block's usual size: a forwarded request's names and values fit one, and the block
  * stays within malloc's thread cache (a larger request would consolidate its fast bins). */
 #define PARAMS_TEXT_BYTES (1000 - sizeof(struct params_text))
@@ -42,6 +46,30 @@ void params_cleanup(struct params *p) {
     }
     free(p->items);
     params_init(p);
+}
+
+void params_reset(struct params *p) {
+    struct params_text *keep = p->text;
+    if (keep) {
+        while (keep->next) {
+            struct params_text *t = keep->next;
+            keep->next = t->next;
+            free(t);
+        }
+        if (keep->cap > PARAMS_KEEP_BYTES) {
+            free(keep);
+            keep = NULL;
+        } else {
+            keep->len = 0;
+        }
+    }
+    if (p->items && p->cap > PARAMS_KEEP_BYTES / sizeof *p->items) {
+        free(p->items);
+        p->items = NULL;
+        p->cap = 0;
+    }
+    p->text = keep;
+    p->count = 0;
 }
 
 /* A new empty block of cap bytes, now p's newest. NULL on OOM. */
@@ -235,10 +263,17 @@ static uint64_t name_bit(const char *name, size_t len) {
  * own parameters to a copy). The names to leave out are a few (the pipeline's seven): each
  * parameter whose name_bit they have is compared with those still pending. */
 int params_copy_without(struct params *dst, const struct params *src, const char *const *names) {
+    params_init(dst);
+    int rc = params_assign_without(dst, src, names);
+    if (rc != 0) params_cleanup(dst);
+    return rc;
+}
+
+int params_assign_without(struct params *dst, const struct params *src, const char *const *names) {
     size_t skip_len[PARAMS_COPY_SKIP_MAX];
     size_t n_skip = 0;
     uint64_t skip_bits = 0;
-    params_init(dst);
+    params_reset(dst);
     for (; names[n_skip]; n_skip++) {
         if (n_skip == PARAMS_COPY_SKIP_MAX) return -1;
         skip_len[n_skip] = strlen(names[n_skip]);
@@ -248,18 +283,21 @@ int params_copy_without(struct params *dst, const struct params *src, const char
     _Static_assert(PARAMS_COPY_SKIP_MAX <= 64, "a bit per name");
     uint64_t pending = n_skip == 64 ? UINT64_MAX : ((uint64_t)1 << n_skip) - 1;
     if (src->count == 0) return 0;
-    dst->items = malloc(src->count * sizeof *dst->items);
-    if (!dst->items) return -1;
-    dst->cap = src->count;
+    /* room for the parameters callers add to a copy (upstream_params: six) */
+    size_t cap = src->count + PARAMS_COPY_ROOM;
+    if (dst->cap < cap) {
+        struct param *items = malloc(cap * sizeof *items);
+        if (!items) return -1;
+        free(dst->items);
+        dst->items = items;
+        dst->cap = cap;
+    }
     size_t text = 0;
     for (size_t i = 0; i < src->count; i++)
         text += src->items[i].name_len + src->items[i].value_len + 2;
-    if (!text_take(dst, 0, text + PARAMS_TEXT_BYTES / 2)) {
-        params_cleanup(dst);
-        return -1;
-    }
-    /* The block has room for all of them (text_take cannot fail here), and "name\0value\0"
-     * is one run of the source, so each parameter is one memcpy. */
+    if (!text_room(dst, text, text + PARAMS_TEXT_BYTES / 2)) return -1;
+    /* The newest block has room for all of them (text_take cannot fail here), and
+     * "name\0value\0" is one run of the source, so each parameter is one memcpy. */
     for (size_t i = 0; i < src->count; i++) {
         const struct param *it = &src->items[i];
         size_t k = 0;

@@ -18,6 +18,8 @@
 #include "capgate/secmem.h"
 
 #define SIGN_INDEX_STACK 64 /* a parsed request never has more (PARAMS_MAX_COUNT) */
+/* The string to sign of a usual request fits this on the stack; a longer one is malloc'd. */
+#define SIGN_TEXT_STACK 2048
 
 enum sign_method sign_method_parse(const char *value) {
     if (value && strcmp(value, "HmacSHA256") == 0) return SIGN_HMAC_SHA256;
@@ -97,10 +99,13 @@ static void sort_rewritten(const struct param **index, size_t n) {
 /* The string to sign and its length (values may hold any byte when added by hand). skip_at: the
  * parameters whose value starts with '@' are left out. names: see enum name_form. seen, when not
  * NULL, is filled. method, when not NULL, gets the value of the first SignatureMethod (NULL when
- * absent), found on the way. */
+ * absent), found on the way. The string is written to buf when it fits in cap bytes (a usual
+ * request's does: no allocation per signature), else to a malloc'd copy the caller frees
+ * (returned != buf). */
 static char *string_to_sign(const char *http_method, const char *host, const char *path,
                             const struct params *p, int skip_at, enum name_form names,
-                            struct sign_seen *seen, size_t *len_out, const char **method) {
+                            struct sign_seen *seen, size_t *len_out, const char **method, char *buf,
+                            size_t cap) {
     const struct param *stack_index[SIGN_INDEX_STACK];
     const struct param **index = stack_index;
     const char *method_value = NULL;
@@ -136,7 +141,7 @@ static char *string_to_sign(const char *http_method, const char *host, const cha
         params_sort_index(index, n); /* by the name as sent: the rewrite below comes after */
     size_t first = names == NAMES_SENT ? 1 : 0;
 
-    out = malloc(total + 1);
+    out = total < cap ? buf : malloc(total + 1);
     if (!out) goto out;
     char *w = out;
     memcpy(w, http_method, method_len);
@@ -169,7 +174,7 @@ char *sign_string_to_sign(const char *http_method, const char *host, const char 
                           const struct params *p) {
     size_t len;
     return string_to_sign(http_method, host, path, p, sign_skips_at(http_method), NAMES_SENT, NULL,
-                          &len, NULL);
+                          &len, NULL, NULL, 0);
 }
 
 /* ---- HMAC from precomputed states ----
@@ -356,11 +361,13 @@ static int sign_for(const struct params *p, const char *http_method, const char 
                     struct sign_seen *seen, char out[SIGN_B64_MAX]) {
     size_t len;
     const char *method;
-    char *text = string_to_sign(http_method, host, path, p, skip_at, names, seen, &len, &method);
+    char buf[SIGN_TEXT_STACK];
+    char *text = string_to_sign(http_method, host, path, p, skip_at, names, seen, &len, &method,
+                                buf, sizeof buf);
     if (!text) return -1;
     enum sign_method m = sign_method_parse(method);
     int rc = sign_compute_key(k, m, text, len, out);
-    free(text);
+    if (text != buf) free(text);
     return rc;
 }
 

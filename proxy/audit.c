@@ -170,6 +170,7 @@ void audit_free(struct audit *a) {
             log_error("audit: %zu records of worker %u arrived after the sink stopped; each is "
                       "on stderr as a \"" UNSAVED_PREFIX "\" line",
                       unsaved, w);
+        audit_queue_free_nodes(q);
         free(q);
     }
     free(a->queues);

@@ -63,6 +63,8 @@ struct audit_node {
 /* Producer: the worker (tail, overflow push). Consumer: the sink (head, overflow take).
  * While the overflow stack is non-empty the producer pushes there too, and the consumer takes it
  * only once the ring is empty, so a worker's records keep their order. */
+/* Finished nodes a worker's queue keeps for its next records (about 1.1 KB each). */
+#define AUDIT_FREE_RING 256
 struct audit_queue {
     _Alignas(64) atomic_size_t tail;
     atomic_uint_fast64_t submitted;
@@ -80,8 +82,14 @@ struct audit_queue {
     void (*notify)(void *arg);
     void *notify_arg;
     uint64_t batch_max; /* sink only: the highest number of this worker in the current batch */
+    /* Nodes the sink is done with, back to this worker's audit_submit (audit_node_release):
+     * producer the sink (free_tail), consumer the worker (free_head). */
+    _Alignas(64) atomic_size_t free_tail;
+    _Alignas(64) atomic_size_t free_head;
+    struct audit_node *free_slots[AUDIT_FREE_RING];
     struct audit_node *slots[AUDIT_RING_SIZE];
 };
+_Static_assert((AUDIT_FREE_RING & (AUDIT_FREE_RING - 1)) == 0, "free ring: a power of two");
 _Static_assert((AUDIT_RING_SIZE & (AUDIT_RING_SIZE - 1)) == 0, "ring size: a power of two");
 
 enum audit_state {
@@ -204,6 +212,10 @@ int audit_record_from_object(json_t *o, struct audit_record *r);
 
 /* audit_queue.c */
 struct audit_node *audit_queue_pop(struct audit_queue *q);
+/* Sink only: n is done with; back to its worker's free ring, or freed when that is full. */
+void audit_node_release(struct audit *a, struct audit_node *n);
+/* After the sink stopped: frees the nodes in q's free ring. */
+void audit_queue_free_nodes(struct audit_queue *q);
 void audit_commit_note(struct audit *a, struct audit_node **batch, size_t n);
 void audit_commit_ack(struct audit *a);
 void audit_commit_release_all(struct audit *a);

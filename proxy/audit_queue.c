@@ -109,12 +109,47 @@ void audit_commit_release_all(struct audit *a) {
         commit_advance(a, w, atomic_load(&a->queues[w]->submitted));
 }
 
+/* Nodes go back to the worker that submitted them (a node the sink made for a replayed record
+ * counts as worker 0's), so a record costs no malloc, and no free of another thread's memory,
+ * once the ring holds some. */
+void audit_node_release(struct audit *a, struct audit_node *n) {
+    if (n->worker < a->n_workers) {
+        struct audit_queue *q = a->queues[n->worker];
+        size_t t = atomic_load_explicit(&q->free_tail, memory_order_relaxed);
+        size_t h = atomic_load_explicit(&q->free_head, memory_order_acquire);
+        if (t - h < AUDIT_FREE_RING) {
+            q->free_slots[t & (AUDIT_FREE_RING - 1)] = n;
+            atomic_store_explicit(&q->free_tail, t + 1, memory_order_release);
+            return;
+        }
+    }
+    free(n);
+}
+
+void audit_queue_free_nodes(struct audit_queue *q) {
+    size_t h = atomic_load_explicit(&q->free_head, memory_order_relaxed);
+    size_t t = atomic_load_explicit(&q->free_tail, memory_order_acquire);
+    for (; h != t; h++) free(q->free_slots[h & (AUDIT_FREE_RING - 1)]);
+    atomic_store_explicit(&q->free_head, h, memory_order_release);
+}
+
+/* A node for worker's next record: one the sink gave back, or a new one. */
+static struct audit_node *node_take(struct audit_queue *q) {
+    size_t h = atomic_load_explicit(&q->free_head, memory_order_relaxed);
+    size_t t = atomic_load_explicit(&q->free_tail, memory_order_acquire);
+    if (h == t) return malloc(sizeof(struct audit_node));
+    struct audit_node *n = q->free_slots[h & (AUDIT_FREE_RING - 1)];
+    atomic_store_explicit(&q->free_head, h + 1, memory_order_release);
+    return n;
+}
+
 int audit_submit(struct audit *a, unsigned worker, const struct audit_record *r) {
     if (!a || worker >= a->n_workers) return -1;
-    struct audit_node *n = malloc(sizeof(*n));
+    struct audit_node *n = node_take(a->queues[worker]);
     if (!n) return -1;
     n->next = NULL;
     n->uncertain = 0;
+    n->batch[0] = '\0';
     n->worker = worker;
     /* the producer alone moves submitted: this record's number is the next one */
     n->seq = atomic_load_explicit(&a->queues[worker]->submitted, memory_order_relaxed) + 1;

@@ -1,6 +1,10 @@
 /* audit_record.c: the audit record: building it from the pipeline's record, its JSON and its
  * stream-entry fields, and reading both back (audit.h). Part of the audit module (audit.c). */
+/* SHA256_Init and friends: deprecated in OpenSSL 3, kept (url_digest). */
+#define OPENSSL_SUPPRESS_DEPRECATED
 #include "audit_internal.h"
+
+#include <openssl/sha.h>
 
 /* ======================================================================================== */
 /* Records                                                                                  */
@@ -113,40 +117,37 @@ static int pii_field(char dst[AUDIT_PII_MAX], const char *value, const struct co
     return 0;
 }
 
-/* The url digest: SHA-256 fetched once per process and one digest context per thread, rewound
- * for each record, instead of SHA256()'s fetch, context set-up and free on every call (about
- * two thirds of a record's cost). A thread's context is freed when it exits. */
-static pthread_once_t url_md_once = PTHREAD_ONCE_INIT;
-static pthread_key_t url_md_exit_key;
-static EVP_MD *url_md; /* fetched once; lives as long as the process */
-static int url_md_ready;
-static _Thread_local EVP_MD_CTX *url_md_ctx;
-
-static void url_md_exit(void *arg) {
-    EVP_MD_CTX_free(arg);
-    url_md_ctx = NULL;
-}
-
-static void url_md_init_once(void) {
-    url_md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (url_md && pthread_key_create(&url_md_exit_key, url_md_exit) == 0) url_md_ready = 1;
-}
-
-/* md = SHA-256(data); 0/-1. */
+/* The url digest: SHA-256 on a context on the stack. SHA256_Init and friends are deprecated in
+ * OpenSSL 3 but allocate nothing, where an EVP digest allocated its provider context for every
+ * record (the same choice as sign.c's HMAC states). md = SHA-256(data); 0/-1. */
 static int url_digest(const char *data, size_t len, unsigned char md[SHA256_DIGEST_LENGTH]) {
-    if (pthread_once(&url_md_once, url_md_init_once) == 0 && url_md_ready) {
-        if (!url_md_ctx) {
-            EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-            if (ctx && pthread_setspecific(url_md_exit_key, ctx) == 0)
-                url_md_ctx = ctx;
-            else
-                EVP_MD_CTX_free(ctx);
+    SHA256_CTX c;
+    return SHA256_Init(&c) && SHA256_Update(&c, data, len) && SHA256_Final(md, &c) ? 0 : -1;
+}
+
+/* The per-user fields of the record, in this order. */
+static const struct {
+    const char *name;
+    size_t len;
+} pii_names[] = {
+    {"uid", 3}, {"userIp", 6}, {"imei", 4}, {"macAddress", 10}, {"associateAccount", 16},
+};
+#define N_PII (sizeof(pii_names) / sizeof(pii_names[0]))
+
+/* values[k] = the first value of pii_names[k] in p (as params_get), in one pass over p. */
+static void pii_values(const struct params *p, const char *values[N_PII]) {
+    size_t found = 0;
+    for (size_t i = 0; i < p->count && found < N_PII; i++) {
+        const struct param *it = &p->items[i];
+        for (size_t k = 0; k < N_PII; k++) {
+            if (values[k] || it->name_len != pii_names[k].len ||
+                memcmp(it->name, pii_names[k].name, it->name_len) != 0)
+                continue;
+            values[k] = it->value;
+            found++;
+            break;
         }
-        if (url_md_ctx && EVP_DigestInit_ex2(url_md_ctx, url_md, NULL) &&
-            EVP_DigestUpdate(url_md_ctx, data, len) && EVP_DigestFinal_ex(url_md_ctx, md, NULL))
-            return 0;
     }
-    return SHA256((const unsigned char *)data, len, md) ? 0 : -1;
 }
 
 int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
@@ -182,12 +183,11 @@ int audit_record_init(struct audit_record *r, const struct pipeline_record *pr,
     r->latency_us = pr->latency_us;
     r->upstream_latency_us = pr->upstream_latency_us;
     if (request_params) {
-        if (pii_field(r->uid, params_get(request_params, "uid"), cfg) != 0 ||
-            pii_field(r->user_ip, params_get(request_params, "userIp"), cfg) != 0 ||
-            pii_field(r->imei, params_get(request_params, "imei"), cfg) != 0 ||
-            pii_field(r->mac_address, params_get(request_params, "macAddress"), cfg) != 0 ||
-            pii_field(r->associate_account, params_get(request_params, "associateAccount"), cfg) !=
-                0)
+        const char *pii[N_PII] = {NULL};
+        pii_values(request_params, pii);
+        if (pii_field(r->uid, pii[0], cfg) != 0 || pii_field(r->user_ip, pii[1], cfg) != 0 ||
+            pii_field(r->imei, pii[2], cfg) != 0 || pii_field(r->mac_address, pii[3], cfg) != 0 ||
+            pii_field(r->associate_account, pii[4], cfg) != 0)
             return -1;
     }
     if (reply_url && *reply_url) {

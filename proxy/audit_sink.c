@@ -166,7 +166,7 @@ static void hold(struct audit *a, struct audit_node **nodes, size_t n) {
 /* Spools nodes and frees them, or holds them when the spool refuses them. */
 static void spool_or_hold(struct audit *a, struct audit_node **nodes, size_t n) {
     if (audit_spool_append(a, nodes, n) == 0) {
-        for (size_t i = 0; i < n; i++) free(nodes[i]);
+        for (size_t i = 0; i < n; i++) audit_node_release(a, nodes[i]);
     } else {
         hold(a, nodes, n);
     }
@@ -272,7 +272,7 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
             nodes[n_retry++] = nodes[i];
         } else {
             atomic_fetch_add(&a->written, 1);
-            free(nodes[i]);
+            audit_node_release(a, nodes[i]);
         }
     }
     freeReplyObject(exec);
@@ -306,7 +306,7 @@ static size_t live_write(struct audit *a, struct audit_node **nodes, size_t n, i
         for (i = 0; i < n_retry; i++) {
             if (ran[i]) {
                 atomic_fetch_add(&a->written, 1);
-                free(nodes[i]);
+                audit_node_release(a, nodes[i]);
             } else {
                 nodes[kept++] = nodes[i];
             }
@@ -878,7 +878,7 @@ static void handle_batch(struct audit *a, struct audit_node **batch, size_t n, i
     case AUDIT_MEMORY:
         for (i = 0; i < n; i++) {
             memory_push(a, &batch[i]->rec);
-            free(batch[i]);
+            audit_node_release(a, batch[i]);
         }
         atomic_fetch_add(&a->written, n);
         return;

@@ -79,7 +79,8 @@ void metrics_app_key_of(const struct pipeline_record *r, struct metrics_key *k) 
     k->minute = r->ts_us / 60000000u;
     k->is_app = 1;
     /* r->app is whole and bounded (config.h); "" before authentication */
-    snprintf(k->app, sizeof(k->app), "%s", r->app[0] ? r->app : "-");
+    const char *app = r->app[0] ? r->app : "-";
+    memcpy(k->app, app, strnlen(app, sizeof(k->app) - 1)); /* k is zeroed: NUL-terminated */
 }
 
 /* An app name as /admin/stats and the index take it: "-", or 1..CONFIG_NAME_MAX bytes of

@@ -236,6 +236,15 @@ struct pipeline_ctx {
     struct limit_bucket buckets[LIMIT_MAX_BUCKETS]; /* rules borrowed from config */
     char idem_key[IDEM_KEY_MAX];
     char idem_fp[STORE_IDEM_FP_LEN + 1];
+    /* Kept with a context on the worker's free list: the storage of the request's parameter
+     * list (taken back into params by pipeline_handle) and of the list forward_sign builds,
+     * emptied by params_reset, so parsing and signing a request allocate nothing once the
+     * context has served one (params_reset bounds what is kept). */
+    struct params kept_params;
+    struct params fwd_params;
+    /* and the buffer an upstream reply's body is copied to (reply_body_room) */
+    char *body_buf;
+    size_t body_cap;
 };
 #define CTX_CLEARED offsetof(struct pipeline_ctx, buckets)
 
@@ -253,6 +262,30 @@ static void copy_str(char *dst, size_t cap, const char *src) {
     dst[n] = '\0';
 }
 
+/* An upstream reply body larger than this gets a buffer of its own, not the context's kept one. */
+#define CTX_KEPT_BODY_MAX 4096
+
+/* Drops the reply body: freed, unless it is the context's kept buffer. */
+static void reply_body_drop(struct pipeline_ctx *ctx) {
+    if (ctx->reply_body != ctx->body_buf) free(ctx->reply_body);
+    ctx->reply_body = NULL;
+}
+
+/* n bytes for the reply body (the one before is dropped): the context's kept buffer, made or
+ * grown to n when n is at most CTX_KEPT_BODY_MAX, else a malloc'd one. NULL on OOM. */
+static char *reply_body_room(struct pipeline_ctx *ctx, size_t n) {
+    reply_body_drop(ctx);
+    if (n > CTX_KEPT_BODY_MAX) return ctx->reply_body = malloc(n);
+    if (n > ctx->body_cap) {
+        size_t cap = n < 1024 ? 1024 : n;
+        free(ctx->body_buf);
+        ctx->body_cap = 0;
+        if (!(ctx->body_buf = malloc(cap))) return NULL;
+        ctx->body_cap = cap;
+    }
+    return ctx->reply_body = ctx->body_buf;
+}
+
 /* Prepares an error reply in the API's shape; returns STAGE_FINISH for the caller to return. */
 static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
                                    enum pipeline_decision decision, int timed_out,
@@ -267,7 +300,7 @@ static enum stage_result ctx_error(struct pipeline_ctx *ctx, int code,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     if (ctx->v3) {
         /* 3.0 answers its errors with HTTP 200, which is what its SDKs read the Error from; only
          * a request that could not be read whole keeps its framing status */
@@ -364,10 +397,11 @@ static enum stage_result stage_parse(struct pipeline_ctx *ctx) {
     }
     if (rc != 0) return ctx_error(ctx, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, 0, 0, "%s", err);
     ctx->parsed = 1;
-    copy_str(ctx->rec.action, sizeof(ctx->rec.action), params_get(&ctx->params, "Action"));
+    const char *action = params_get(&ctx->params, "Action");
+    copy_str(ctx->rec.action, sizeof(ctx->rec.action), action);
     /* known now, so refusals before validation (4100, 4500) are counted under it; anything else
      * stays "unknown", which keeps the label's values bounded */
-    ctx->rec.action_id = validate_action_parse(params_get(&ctx->params, "Action"));
+    ctx->rec.action_id = validate_action_parse(action);
     return STAGE_NEXT;
 }
 
@@ -561,7 +595,7 @@ static void replay_done(const char *err, enum store_idem_state state, const char
         pipeline_resume(ctx, STAGE_NEXT);
         return;
     case STORE_IDEM_DONE:
-        free(ctx->reply_body);
+        reply_body_drop(ctx);
         if (!(ctx->reply_body = malloc(len + 1))) {
             pipeline_resume(
                 ctx, ctx_error(ctx, APIERR_INTERNAL, PIPELINE_REPLAYED, 0, 0, "out of memory"));
@@ -623,7 +657,7 @@ static void pool_done(const char *url, void *arg) {
         pipeline_resume(ctx, STAGE_NEXT);
         return;
     }
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     free(ctx->reply_url);
     ctx->reply_url = strdup(url);
     if (!(ctx->reply_body = pool_hit_body(url))) {
@@ -817,8 +851,7 @@ static void forward_done(const struct upstream_result *r, void *arg) {
     } else if (r->ok) {
         /* A shadow refusal stays the decision of a request that was forwarded anyway. */
         ctx->rec.decision = ctx->shadow_limited ? PIPELINE_SHADOW_LIMITED : PIPELINE_FORWARDED;
-        ctx->reply_body = malloc(r->body_len + 1);
-        if (ctx->reply_body) {
+        if (reply_body_room(ctx, r->body_len + 1)) {
             memcpy(ctx->reply_body, r->body, r->body_len);
             ctx->reply_body[r->body_len] = '\0';
             ctx->reply_len = r->body_len;
@@ -843,13 +876,12 @@ static void forward_done(const struct upstream_result *r, void *arg) {
 static char *forward_sign(void *arg) {
     struct pipeline_ctx *ctx = arg;
     const struct config_upstream *up = &ctx->w->boot->upstream;
-    struct params out;
+    struct params *out = &ctx->fwd_params; /* kept with the context; emptied here */
     char *encoded = NULL;
-    params_init(&out);
-    if (upstream_params(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
-                        &out) == 0)
-        encoded = params_encode(&out);
-    params_cleanup(&out);
+    if (upstream_params_into(&ctx->params, up, clock_wall_us() / 1000000, pipeline_random(ctx->w),
+                             out) == 0)
+        encoded = params_encode(out);
+    params_reset(out);
     return encoded;
 }
 
@@ -937,23 +969,34 @@ static struct pipeline_ctx *ctx_new(struct pipeline_worker *w) {
     return ctx;
 }
 
+/* Frees a context that is on no list, with the storage it keeps. */
+static void ctx_destroy(struct pipeline_ctx *ctx) {
+    params_cleanup(&ctx->kept_params);
+    params_cleanup(&ctx->fwd_params);
+    free(ctx->body_buf);
+    free(ctx);
+}
+
 void pipeline_worker_cleanup(struct pipeline_worker *w) {
     while (w->free_ctx) {
         struct pipeline_ctx *ctx = w->free_ctx;
         poison_clear(ctx, sizeof(*ctx));
         w->free_ctx = ctx->next_free;
-        free(ctx);
+        ctx_destroy(ctx);
     }
     w->n_free_ctx = 0;
 }
 
 static void ctx_release(struct pipeline_ctx *ctx) {
     struct pipeline_worker *w = ctx->w;
-    params_cleanup(&ctx->params);
+    /* the request's list keeps its storage for the context's next request */
+    params_reset(&ctx->params);
+    ctx->kept_params = ctx->params;
+    params_init(&ctx->params);
     params_cleanup(&ctx->audit_params);
     json_decref(ctx->body3);
     pipeline_limit_headers_cleanup(&ctx->limit_headers);
-    free(ctx->reply_body);
+    reply_body_drop(ctx);
     free(ctx->reply_url);
     free(ctx->reply_type);
     shared_config_unref(ctx->pc);
@@ -963,7 +1006,7 @@ static void ctx_release(struct pipeline_ctx *ctx) {
         w->n_free_ctx++;
         poison_mark(ctx, sizeof(*ctx));
     } else {
-        free(ctx);
+        ctx_destroy(ctx);
     }
     w->live--;
     stats_inflight_add(w->stats, -1);
@@ -1166,7 +1209,8 @@ void pipeline_handle(struct httpd_req *req, void *arg) {
     ctx->config = ctx->pc->config;
     ctx->start_us = clock_mono_us();
     ctx->state = ST_NEW;
-    params_init(&ctx->params);
+    ctx->params = ctx->kept_params; /* empty (params_reset), or zero in a new context */
+    params_init(&ctx->kept_params);
     params_init(&ctx->audit_params);
     ctx->rec.ts_us = clock_wall_us();
     *num_put_hex64(ctx->rec.request_id, pipeline_random(w)) = '\0';

@@ -56,6 +56,10 @@
 #define UPSTREAM_DEADLINE_GRACE_TURNS 3u
 /* conn_tls_write_now: libevent's default max_single_write */
 #define UPSTREAM_TLS_WRITE_NOW_MAX 16384u
+/* Finished calls kept, with their two timers, for the next ones (call_free): a forwarded request
+ * then allocates no call and no timer. At most this many per upstream; a worker has at most
+ * max_connections calls on the wire, so more are seldom reused. */
+#define UPSTREAM_CALL_POOL_MAX 64u
 
 const uint64_t upstream_latency_bounds_us[UPSTREAM_LATENCY_BUCKETS] = {
     1000,   2500,   5000,    10000,   25000,   50000,      100000,
@@ -125,6 +129,7 @@ struct upstream_call {
                                          * attempt's connect (upstream_result.timed_out) */
     unsigned graced;             /* loop turns deadline_cb gave a reply's waiting bytes */
     char errbuf[256];
+    struct upstream_call *next_free;  /* u->free_calls */
     TAILQ_ENTRY(upstream_call) link;  /* u->calls */
     TAILQ_ENTRY(upstream_call) qlink; /* u->queue while QUEUED */
 };
@@ -148,12 +153,18 @@ struct upstream {
     struct call_list calls; /* every call not yet completed */
     struct call_list queue;
     unsigned n_conns, n_idle, n_queued;
+    struct upstream_call *free_calls; /* finished calls for reuse (call_free) */
+    unsigned n_free_calls;            /* <= UPSTREAM_CALL_POOL_MAX */
+    char *uri;                        /* the GET request target of call_send, reused */
+    size_t uri_cap;
     int closing; /* upstream_free is running */
     struct upstream_stats stats;
 };
 
 static void call_start_attempt(struct upstream_call *c);
 static void pump_queue(struct upstream *u);
+static void deadline_cb(evutil_socket_t fd, short what, void *arg);
+static void connect_timer_cb(evutil_socket_t fd, short what, void *arg);
 
 static uint64_t now_ms(void) {
     return clock_mono_us() / 1000;
@@ -493,14 +504,58 @@ static void attempt_clear(struct upstream_attempt *a) {
     memset(a, 0, sizeof(*a));
 }
 
-static void call_free(struct upstream_call *c) {
-    if (!c) return;
+static void call_destroy(struct upstream_call *c) {
     if (c->deadline) event_free(c->deadline);
     if (c->connect_timer) event_free(c->connect_timer);
     free(c->params);
     attempt_clear(c->att);
     free(c->att);
     free(c);
+}
+
+/* A call that ended goes back to u's pool, cleared but for its timers (never pending here:
+ * call_finish removed them, and a call that failed in call_submit never added them) and its
+ * attempt buffer; or is freed when the pool is full or the upstream is closing. */
+static void call_free(struct upstream_call *c) {
+    if (!c) return;
+    struct upstream *u = c->u;
+    if (u->closing || u->n_free_calls >= UPSTREAM_CALL_POOL_MAX || !c->deadline ||
+        !c->connect_timer) {
+        call_destroy(c);
+        return;
+    }
+    struct event *deadline = c->deadline, *connect_timer = c->connect_timer;
+    struct upstream_attempt *att = c->att;
+    free(c->params);
+    attempt_clear(att);
+    memset(c, 0, sizeof(*c));
+    c->u = u;
+    c->deadline = deadline;
+    c->connect_timer = connect_timer;
+    c->att = att;
+    c->next_free = u->free_calls;
+    u->free_calls = c;
+    u->n_free_calls++;
+}
+
+/* A cleared call: from u's pool, or a new one with its timers. NULL on OOM. */
+static struct upstream_call *call_new(struct upstream *u) {
+    struct upstream_call *c = u->free_calls;
+    if (c) {
+        u->free_calls = c->next_free;
+        u->n_free_calls--;
+        c->next_free = NULL;
+        return c;
+    }
+    if (!(c = calloc(1, sizeof(*c)))) return NULL;
+    c->u = u;
+    c->deadline = evtimer_new(u->base, deadline_cb, c);
+    c->connect_timer = evtimer_new(u->base, connect_timer_cb, c);
+    if (!c->deadline || !c->connect_timer) {
+        call_destroy(c);
+        return NULL;
+    }
+    return c;
 }
 
 static void record_latency(struct upstream_stats *s, uint64_t us) {
@@ -680,9 +735,11 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req) 
     r.http_status = evhttp_request_get_response_code(req);
     r.body_len = len;
     r.body = len ? (const char *)evbuffer_pullup(in, -1) : NULL;
-    r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     json = r.body && reply_scan(r.body, len, &fields) == 0;
-    if (json) r.fields = &fields;
+    if (json)
+        r.fields = &fields;
+    else /* only a reply that is not JSON passes its type on (upstream.h) */
+        r.content_type = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
     /* a reply the caller said may be other than JSON (CaptchaQuery script=1: JavaScript) */
     raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
              r.http_status < 300;
@@ -848,12 +905,27 @@ static void request_done_cb(struct evhttp_request *req, void *arg) {
     call_got_error(c, EVREQ_HTTP_EOF, 1, errno);
 }
 
+/* path?params in u's reusable buffer (evhttp copies the target); NULL on OOM. */
+static const char *get_target(struct upstream *u, const char *params) {
+    size_t path_len = strlen(u->path), params_len = strlen(params);
+    size_t n = path_len + 1 + params_len + 1;
+    if (n > u->uri_cap) {
+        char *grown = realloc(u->uri, n);
+        if (!grown) return NULL;
+        u->uri = grown;
+        u->uri_cap = n;
+    }
+    char *o = (char *)memcpy(u->uri, u->path, path_len) + path_len;
+    if (params_len) *o++ = '?';
+    memcpy(o, params, params_len + 1);
+    return u->uri;
+}
+
 static int call_send(struct upstream_call *c, struct conn *k) {
     struct upstream *u = c->u;
     struct evhttp_request *req = evhttp_request_new(request_done_cb, k);
     struct evkeyvalq *h;
-    char *uri = NULL;
-    size_t n;
+    const char *uri = NULL;
     int rc = -1;
 
     if (!req) goto out;
@@ -870,21 +942,14 @@ static int call_send(struct upstream_call *c, struct conn *k) {
         if (evhttp_add_header(h, "Content-Type", c->att->content_type) ||
             evbuffer_add(evhttp_request_get_output_buffer(req), c->att->body, c->att->body_len))
             goto out;
-        uri = dup_str(u->path);
+        uri = u->path;
     } else if (c->post) {
         if (evhttp_add_header(h, "Content-Type", "application/x-www-form-urlencoded") ||
             evbuffer_add(evhttp_request_get_output_buffer(req), c->params, strlen(c->params)))
             goto out;
-        uri = dup_str(u->path);
+        uri = u->path;
     } else {
-        size_t path_len = strlen(u->path), params_len = strlen(c->params);
-        n = path_len + 1 + params_len + 1;
-        uri = malloc(n);
-        if (uri) {
-            char *o = (char *)memcpy(uri, u->path, path_len) + path_len;
-            if (params_len) *o++ = '?';
-            memcpy(o, c->params, params_len + 1);
-        }
+        uri = get_target(u, c->params);
     }
     if (!uri) goto out;
     k->call = c;
@@ -904,7 +969,6 @@ static int call_send(struct upstream_call *c, struct conn *k) {
     }
 out:
     if (req) evhttp_request_free(req);
-    free(uri);
     return rc;
 }
 
@@ -1063,6 +1127,12 @@ void upstream_free(struct upstream *u) {
         TAILQ_REMOVE(&u->dead, k, link);
         conn_destroy(k);
     }
+    while (u->free_calls) {
+        c = u->free_calls;
+        u->free_calls = c->next_free;
+        call_destroy(c);
+    }
+    free(u->uri);
     if (u->reap_ev) event_free(u->reap_ev);
     if (u->dns) evdns_base_free(u->dns, 0);
     free(u->host);
@@ -1089,9 +1159,7 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
         post = 0;
     else
         return -1;
-    c = calloc(1, sizeof(*c));
-    if (!c) goto fail;
-    c->u = u;
+    if (!(c = call_new(u))) return -1;
     c->state = CALL_DONE;
     c->post = post;
     c->flags = flags;
@@ -1100,10 +1168,8 @@ static int call_submit(struct upstream *u, const char *method, const char *encod
     c->sign = sign;
     c->build = build;
     c->start_us = clock_mono_us();
-    c->params = dup_str(encoded_params ? encoded_params : "");
-    c->deadline = evtimer_new(u->base, deadline_cb, c);
-    c->connect_timer = evtimer_new(u->base, connect_timer_cb, c);
-    if (!c->params || !c->deadline || !c->connect_timer) goto fail;
+    /* a signed or built call makes its parameters for each attempt */
+    if (!sign && !build && !(c->params = dup_str(encoded_params ? encoded_params : ""))) goto fail;
     TAILQ_INSERT_TAIL(&u->calls, c, link);
     u->stats.requests++;
 
@@ -1157,6 +1223,10 @@ int upstream_call_built(struct upstream *u, upstream_build_fn build, unsigned fl
     return call_submit(u, "POST", NULL, NULL, build, flags, cb, arg);
 }
 
+unsigned upstream_pooled_calls(const struct upstream *u) {
+    return u->n_free_calls;
+}
+
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {
     *out = u->stats;
     out->breaker = breaker_state(u->breaker);
@@ -1168,8 +1238,14 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {
 
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out) {
+    params_init(out);
+    return upstream_params_into(in, up, now_s, nonce, out);
+}
+
+int upstream_params_into(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                         uint64_t nonce, struct params *out) {
     char num[NUM_U64_DIGITS + 1];
-    if (params_copy_without(out, in, validate_public_params) != 0) return -1;
+    if (params_assign_without(out, in, validate_public_params) != 0) return -1;
     if (params_adds(out, "SecretId", up->secret_id) != 0) return -1;
     *num_put_u64(num, now_s) = '\0';
     if (params_adds(out, "Timestamp", num) != 0) return -1;

@@ -66,8 +66,9 @@ struct upstream_result {
     int timed_out;               /* !ok because a timer ran out: the call's timeout_ms (queued or
                              * sent), or the last attempt's connect_timeout_ms (a 504, where
                              * other failures are a 502) */
-    const char *content_type;    /* upstream's Content-Type header, NULL when none (borrowed
-                                    * for the callback) */
+    const char *content_type;    /* upstream's Content-Type header when the body is not JSON
+                                    * (fields NULL), else NULL; NULL when none (borrowed for
+                                    * the callback) */
     struct reply_fields *fields; /* the body's code, codeDesc and url when it is a JSON object
                                     * (from the scan that decided ok), else NULL. Borrowed for the
                                     * callback, which may take fields->url (setting it to NULL). */
@@ -154,6 +155,8 @@ struct upstream_stats {
     uint64_t latency_sum_us, latency_count;
 };
 void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
+/* Finished calls u keeps for reuse (at most 64): for tests. */
+unsigned upstream_pooled_calls(const struct upstream *u);
 
 /* The parameters sent upstream: a copy of in without the app's public parameters
  * (validate_public_params: SecretId, Signature, Timestamp, Nonce, Region, SignatureMethod,
@@ -163,5 +166,9 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out);
  * on OOM. */
 int upstream_params(const struct params *in, const struct config_upstream *up, uint64_t now_s,
                     uint64_t nonce, struct params *out);
+/* upstream_params into out, an initialised list it empties first and whose storage it reuses
+ * (params_assign_without): for a caller that keeps one list across requests. */
+int upstream_params_into(const struct params *in, const struct config_upstream *up, uint64_t now_s,
+                         uint64_t nonce, struct params *out);
 
 #endif

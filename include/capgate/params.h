@@ -32,6 +32,10 @@ struct params {
 
 void params_init(struct params *p);
 void params_cleanup(struct params *p);
+/* Empties p for reuse: count 0, its item array and its newest text block kept when each is at
+ * most 4 KB (a usual request's), the rest freed. Values borrowed from p are invalid after. A
+ * reset list is still initialised: params_cleanup frees what it kept. */
+void params_reset(struct params *p);
 /* Appends a copy of name/value (no duplicate check). 0, or -1 on OOM. */
 int params_add(struct params *p, const char *name, size_t name_len, const char *value,
                size_t value_len);
@@ -57,6 +61,10 @@ int params_copy(struct params *dst, const struct params *src);
  * names. */
 #define PARAMS_COPY_SKIP_MAX 64
 int params_copy_without(struct params *dst, const struct params *src, const char *const *names);
+/* params_copy_without into dst, an initialised list that it empties first with params_reset,
+ * reusing the storage that keeps (no allocation when it is large enough). On -1 dst is empty
+ * and still initialised. */
+int params_assign_without(struct params *dst, const struct params *src, const char *const *names);
 
 /* Decodes an application/x-www-form-urlencoded string (also a GET query) and appends its
  * parameters: '+' is a space, %XX is decoded. Errors: malformed percent-encoding, an empty name,

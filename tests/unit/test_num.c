@@ -112,6 +112,25 @@ static void test_writers_match_printf(void **state) {
         snprintf(want, sizeof(want), "%016llx", (unsigned long long)values[i]);
         assert_string_equal(got, want);
     }
+    /* every digit count (10^k - 1, 10^k, 10^k + 1) and pseudo-random values: the writer emits
+     * two digits per step, so odd and even lengths and every pair must come out right */
+    uint64_t x = 0x9e3779b97f4a7c15u, p10 = 1;
+    for (int k = 0; k < 20000; k++) {
+        uint64_t v;
+        if (k < 60) {
+            v = p10 + (uint64_t)(k % 3) - 1;
+            if (k % 3 == 2 && p10 <= UINT64_MAX / 10) p10 *= 10;
+        } else {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            v = x >> (k % 64);
+        }
+        memset(got, 'x', sizeof(got));
+        char *end = num_put_u64(got, v);
+        assert_int_equal(*end, 'x');
+        *end = '\0';
+        snprintf(want, sizeof(want), "%llu", (unsigned long long)v);
+        assert_string_equal(got, want);
+    }
     static const int64_t signed_values[] = {
         0, 1, -1, 9, -10, INT32_MIN, INT32_MAX, INT64_MAX, INT64_MIN, INT64_MIN + 1};
     for (size_t i = 0; i < sizeof(signed_values) / sizeof(signed_values[0]); i++) {

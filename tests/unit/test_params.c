@@ -1205,6 +1205,92 @@ static void test_quote(void **state) {
     assert_string_equal(out, "");
 }
 
+/* params_reset empties a list and keeps its storage for reuse, within its limit; a list parsed
+ * into after a reset holds only the new parameters. */
+static void test_reset_reuses_storage_within_limits(void **state) {
+    struct params p;
+    char err[256];
+    static const char q1[] = "Action=CaptchaIframeQuery&uid=abc&userIp=1.2.3.4&captchaType=1";
+    static const char q2[] = "Action=DescribeCaptchaResult&Ticket=t";
+    params_init(&p);
+    assert_int_equal(params_parse_urlencoded(&p, q1, strlen(q1), err, sizeof err), 0);
+    struct param *items = p.items;
+    struct params_text *text = p.text;
+    params_reset(&p);
+    assert_int_equal(p.count, 0);
+    assert_ptr_equal(p.items, items); /* kept */
+    assert_ptr_equal(p.text, text);
+    assert_null(params_get(&p, "Action"));
+    assert_int_equal(params_parse_urlencoded(&p, q2, strlen(q2), err, sizeof err), 0);
+    assert_ptr_equal(p.items, items); /* reused, no new allocation */
+    assert_ptr_equal(p.text, text);
+    assert_int_equal(p.count, 2);
+    assert_string_equal(params_get(&p, "Action"), "DescribeCaptchaResult");
+    assert_string_equal(params_get(&p, "Ticket"), "t");
+    assert_null(params_get(&p, "uid")); /* nothing of the list before */
+    assert_string_equal(p.items[0].name, "Action");
+    /* a duplicate check sees only the new list */
+    params_reset(&p);
+    assert_int_equal(params_parse_urlencoded(&p, q1, strlen(q1), err, sizeof err), 0);
+    assert_int_equal(p.count, 4);
+    /* over the limit: a 5000-byte value's block and a 200-item array are freed, not kept */
+    params_reset(&p);
+    static char big[5000];
+    memset(big, 'x', sizeof big);
+    assert_int_equal(params_add(&p, "big", 3, big, sizeof big), 0);
+    params_reset(&p);
+    assert_null(p.text);
+    for (int i = 0; i < 200; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "n%d", i);
+        assert_int_equal(params_adds(&p, name, "v"), 0);
+    }
+    assert_true(p.cap >= 200);
+    params_reset(&p);
+    assert_null(p.items);
+    assert_int_equal(p.cap, 0);
+    assert_int_equal(p.count, 0);
+    assert_non_null(p.text); /* the names' block is small: kept */
+    /* still a valid list */
+    assert_int_equal(params_adds(&p, "a", "1"), 0);
+    assert_string_equal(params_get(&p, "a"), "1");
+    params_cleanup(&p);
+    assert_null(p.text);
+    assert_null(p.items);
+}
+
+/* params_assign_without fills a kept list in place: the same storage, only src's parameters
+ * left in, nothing of the list's previous content. */
+static void test_assign_without_reuses_a_kept_list(void **state) {
+    static const char *const skip[] = {"Signature", "Nonce", NULL};
+    struct params src, dst;
+    params_init(&src);
+    params_init(&dst);
+    assert_int_equal(params_adds(&src, "Action", "A"), 0);
+    assert_int_equal(params_adds(&src, "Nonce", "1"), 0);
+    assert_int_equal(params_adds(&src, "Signature", "s"), 0);
+    assert_int_equal(params_adds(&src, "uid", "u"), 0);
+    assert_int_equal(params_assign_without(&dst, &src, skip), 0);
+    assert_int_equal(dst.count, 2);
+    assert_int_equal(params_adds(&dst, "Extra", "e"), 0);
+    struct param *items = dst.items;
+    struct params_text *text = dst.text;
+    params_reset(&dst);
+    assert_int_equal(params_assign_without(&dst, &src, skip), 0);
+    assert_ptr_equal(dst.items, items);
+    assert_ptr_equal(dst.text, text);
+    assert_int_equal(dst.count, 2);
+    assert_string_equal(dst.items[0].name, "Action");
+    assert_string_equal(dst.items[1].name, "uid");
+    assert_null(params_get(&dst, "Extra"));
+    assert_null(params_get(&dst, "Nonce"));
+    /* without a reset: emptied first all the same */
+    assert_int_equal(params_assign_without(&dst, &src, skip), 0);
+    assert_int_equal(dst.count, 2);
+    params_cleanup(&dst);
+    params_cleanup(&src);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_basics),
@@ -1232,6 +1318,8 @@ int main(void) {
         cmocka_unit_test(test_sort_index),
         cmocka_unit_test(test_fuzz_no_crash),
         cmocka_unit_test(test_quote),
+        cmocka_unit_test(test_reset_reuses_storage_within_limits),
+        cmocka_unit_test(test_assign_without_reuses_a_kept_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -559,6 +559,36 @@ static void test_underscore_name_forms(void **state) {
     params_cleanup(&p);
 }
 
+/* The string to sign is built on the stack up to 2 KB and malloc'd beyond: signatures on both
+ * sides of that size equal the HMAC of sign_string_to_sign's string, and verify. */
+static void test_sign_around_the_stack_buffer(void **state) {
+    static char value[2200];
+    struct sign_key *k = sign_key_new("key", 3);
+    assert_non_null(k);
+    memset(value, 'v', sizeof value - 1);
+    for (size_t len = 1900; len <= 2100; len += 7) {
+        struct params p;
+        params_init(&p);
+        assert_int_equal(params_adds(&p, "Action", "CaptchaIframeQuery"), 0);
+        assert_int_equal(params_add(&p, "uid", 3, value, len), 0);
+        assert_int_equal(params_adds(&p, "SignatureMethod", "HmacSHA256"), 0);
+        char *text = sign_string_to_sign("GET", "h.example", "/v2/index.php", &p);
+        assert_non_null(text);
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned md_len = 0;
+        char want[SIGN_B64_MAX];
+        assert_non_null(
+            HMAC(EVP_sha256(), "key", 3, (const unsigned char *)text, strlen(text), md, &md_len));
+        EVP_EncodeBlock((unsigned char *)want, md, (int)md_len);
+        free(text);
+        assert_int_equal(sign_params_key(&p, "GET", "h.example", "/v2/index.php", k), 0);
+        assert_string_equal(params_get(&p, "Signature"), want);
+        assert_int_equal(sign_verify_key(&p, "GET", "h.example", "/v2/index.php", k), 0);
+        params_cleanup(&p);
+    }
+    sign_key_free(k);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vectors),
@@ -570,6 +600,7 @@ int main(void) {
         cmocka_unit_test(test_sign_then_verify),
         cmocka_unit_test(test_compute_many_keys),
         cmocka_unit_test(test_key_states),
+        cmocka_unit_test(test_sign_around_the_stack_buffer),
         cmocka_unit_test(test_at_rule_string_to_sign),
         cmocka_unit_test(test_underscore_name_forms),
         cmocka_unit_test(test_at_rule_sign_and_verify),

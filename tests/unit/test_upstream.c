@@ -936,6 +936,58 @@ static void test_free_completes_pending_calls(void **state) {
     fake_stop(&f);
 }
 
+/* Finished calls are kept for reuse, never more than the pool's cap of 64, and a reused call
+ * carries nothing of the one before: its error, status, attempts and request target. */
+static void test_finished_calls_are_pooled_and_reused_clean(void **state) {
+    enum { N = 70 };
+    struct fake f;
+    struct upstream_options o;
+    struct upstream *u;
+    static struct outcome r[N];
+    struct outcome one;
+    unsigned done;
+
+    fake_start(&f, NULL);
+    plain_options(&o, f.port);
+    o.max_queued = N;
+    u = new_upstream(f.base, &o);
+    assert_int_equal(upstream_pooled_calls(u), 0);
+    for (int i = 0; i < N; i++) {
+        memset(&r[i], 0, sizeof(r[i]));
+        r[i].base = f.base;
+        assert_int_equal(upstream_call(u, "GET", "Action=CaptchaIframeQuery&businessId=123456789",
+                                       on_done, &r[i]),
+                         0);
+    }
+    for (;;) {
+        done = 0;
+        for (int i = 0; i < N; i++) done += (unsigned)r[i].done;
+        if (done == N) break;
+        wait_for(f.base, &r[0]);
+        spin(f.base, 20);
+    }
+    for (int i = 0; i < N; i++) assert_int_equal(r[i].ok, 1);
+    assert_int_equal(upstream_pooled_calls(u), 64); /* 70 ended; the pool keeps 64 */
+    /* a failed call, then a reused one with a shorter query */
+    f.mode = FAKE_500;
+    call(u, f.base, "GET", "Action=CaptchaIframeQuery&businessId=123456789", &one);
+    assert_int_equal(one.ok, 0);
+    assert_string_equal(one.error, "upstream answered HTTP 500");
+    assert_int_equal(upstream_pooled_calls(u), 64);
+    f.mode = FAKE_JSON;
+    call(u, f.base, "GET", "Action=A", &one);
+    assert_int_equal(one.ok, 1);
+    assert_int_equal(one.http_status, 200);
+    assert_string_equal(one.error, "");
+    assert_int_equal(one.attempts, 1);
+    assert_int_equal(one.timed_out, 0);
+    assert_string_equal(f.query, "Action=A");
+    assert_int_equal(f.requests, N + 2);
+    assert_int_equal(upstream_pooled_calls(u), 64);
+    upstream_free(u);
+    fake_stop(&f);
+}
+
 /* --- TLS --------------------------------------------------------------------------------- */
 
 static EVP_PKEY *new_key(void) {
@@ -1246,6 +1298,7 @@ int main(void) {
         cmocka_unit_test(test_breaker_opens_rejects_and_probe_closes),
         cmocka_unit_test(test_raw_ok_passes_a_script),
         cmocka_unit_test(test_free_completes_pending_calls),
+        cmocka_unit_test(test_finished_calls_are_pooled_and_reused_clean),
         cmocka_unit_test(test_tls_roundtrip),
         cmocka_unit_test(test_tls_wrong_ca_fails_verification),
         cmocka_unit_test(test_tls_hostname_mismatch_fails),
