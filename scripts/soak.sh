@@ -308,9 +308,13 @@ sleep "$sample_s"
 kill "$sampler_pid" 2>/dev/null || true
 wait "$sampler_pid" 2>/dev/null || true
 
-# The stream's request ids (redis-cli --raw prints each field and value on its own line).
+# The stream's request ids (redis-cli --raw prints each field and value on its own line). An
+# entry is one "json" field, the audit.file line; an entry of the earlier flat format has a
+# "request_id" field.
 redis-cli -p "$redis_port" --raw XRANGE soak:audit - + |
-  awk 'prev == "request_id" {print} {prev = $0}' >"$dir/stream_ids.txt"
+  awk 'prev == "request_id" {print}
+       prev == "json" && match($0, /"request_id":"[0-9a-f]+"/) {print substr($0, RSTART + 14, RLENGTH - 15)}
+       {prev = $0}' >"$dir/stream_ids.txt"
 sort -u "$dir/ids.txt" >"$dir/ids.sorted"
 sort "$dir/stream_ids.txt" >"$dir/stream.sorted"
 sort -u "$dir/stream.sorted" >"$dir/stream.usorted"
