@@ -3,6 +3,7 @@
  * could block it itself. */
 #include "capgate/thread.h"
 
+#include <sched.h>
 #include <signal.h>
 
 int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
@@ -16,4 +17,13 @@ int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), 
     int rc = pthread_create(t, attr, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
+}
+
+int thread_background(void) {
+#ifdef SCHED_BATCH
+    struct sched_param sp = {0};
+    return pthread_setschedparam(pthread_self(), SCHED_BATCH, &sp);
+#else
+    return 0;
+#endif
 }

@@ -3,6 +3,8 @@
  * (minute_stats.c). */
 #include "metrics_internal.h"
 
+#include "capgate/thread.h"
+
 /* ---- Redis ---- */
 
 /* A connection to the master as redis_conn.h finds it, with the settings published last (else
@@ -331,6 +333,7 @@ static void deadline_after(struct timespec *ts, unsigned ms) {
 void *metrics_flush_main(void *arg) {
     struct metrics *m = arg;
     struct timespec deadline;
+    (void)thread_background(); /* its flush each flush_ms preempts no worker (thread.h) */
     pthread_mutex_lock(&m->lock);
     for (;;) {
         int stopping = m->stop;

@@ -57,9 +57,21 @@
 # The report ends with the goals of issue 17: capgate full / lua-gateway and capgate / lua-gateway
 # req/s, capgate's CPU per request / nginx-bare's, capgate-tls - capgate CPU per request.
 # --latency P,P...: after the wrk runs, capgate-loadgen (tools/loadgen.c) sends at a constant
-# rate of P% of capgate's median req/s, --runs times taken in turns, to capgate and to the mock
-# directly (pre-signed requests, open loop, latency from each request's due time); reports the
-# p99 capgate adds over the direct call at each rate. Needs capgate in --targets.
+# rate of P% of capgate's median req/s (from the wrk runs, in --layout), --runs times taken in
+# turns, to capgate and to the mock directly (pre-signed requests, open loop, latency from each
+# request's due time, 1 s of warm-up before the measured --duration); reports p50/p90/p99/p99.9
+# of both, the p50 and p99 capgate adds over the direct call at each rate (the difference of the
+# medians, and run by run within a round), and per run the generator's own send lag and CPU and
+# the share of the two cores other processes took (a disturbed run shows there). Needs capgate
+# in --targets. --latency-layout picks where the generator and capgate run for these runs (the
+# wrk runs keep --layout): colocated (the default) puts the generator alone on CPU 1 and capgate
+# (moved there with taskset -a) beside the mock on CPU 0, so the direct call and the call through
+# capgate cross between the cores once each way alike and the generator keeps time alike;
+# dedicated puts the generator with the mock on CPU 0 and capgate alone on CPU 1 (the call
+# through capgate then crosses cores twice each way, the direct call never); shared puts the
+# generator on capgate's CPU 1 (the call through capgate then also pays for their taking turns on
+# one core). Why colocated: the comment at lat_pin below, and docs/benchmarks.md ("Latency at a
+# fixed rate").
 # --idle N: instead of the runs, capgate (as the capgate target) with N idle keep-alive clients
 # (capgate-loadgen --idle: one token request on each, then silence): VmRSS before and after.
 # --perf DIR: after the runs, one more wrk run per target under perf record (-g, the server's
@@ -69,7 +81,8 @@
 # Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool,durability]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
-#                 [--latency P,P...] [--idle N] [--perf DIR]
+#                 [--latency P,P...] [--latency-layout colocated|dedicated|shared] [--idle N]
+#                 [--perf DIR]
 # Environment: CAPGATE_BENCH_BUILD_DIR (default build/), CAPGATE_BENCH_PRESIGN_RATE (120000),
 # CAPGATE_BENCH_POOL_RATE (80000), CAPGATE_BENCH_LUA_ROOT (the lua module unpacked there rather
 # than installed: scripts/bench/peers/peers.sh).
@@ -93,6 +106,11 @@ pool_size=10000
 # The upstream latency the mock adds during the pool runs.
 pool_delay_ms=20
 latency_pcts=""
+latency_layout=colocated
+lat_proxy_cpu=""
+# Seconds each constant-rate run sends before its measured --duration (connections opened,
+# capgate's upstream connections warm; checked, not in the latencies).
+latency_warmup=1
 idle_clients=0
 perf_dir=""
 
@@ -109,6 +127,7 @@ while (($#)); do
     --layout) layout=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --latency) latency_pcts=$2; shift 2 ;;
+    --latency-layout) latency_layout=$2; shift 2 ;;
     --idle) idle_clients=$2; shift 2 ;;
     --perf) perf_dir=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
@@ -122,6 +141,10 @@ done
 }
 [[ $layout == shared || $layout == dedicated ]] || {
   echo "bench.sh: --layout takes shared or dedicated" >&2
+  exit 2
+}
+[[ $latency_layout == colocated || $latency_layout == dedicated || $latency_layout == shared ]] || {
+  echo "bench.sh: --latency-layout takes colocated, dedicated or shared" >&2
   exit 2
 }
 [[ $pool_connections =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || {
@@ -184,9 +207,38 @@ say() { printf 'bench.sh: %s\n' "$*" >&2; }
 mock_pin=()
 proxy_pin=()
 wrk_pin=()
+lat_pin=()
+lat_pinning="one CPU only: everything shares it, numbers are not comparable"
 if (($(nproc) >= 2)); then
   mock_pin=(taskset -c 0)
   proxy_pin=(taskset -c 1)
+  # The constant-rate runs compare the mock called directly with the mock behind capgate; for
+  # the difference to be capgate's, both calls must pay the machine alike. Two things differ
+  # between layouts on 2 cores: who the generator competes with, and how many wake-ups cross
+  # from one core to the other (about 18 us each at p50 on this VM, with a tail of 0.1-1 ms;
+  # on one core about 2 us). colocated (the default): the generator alone on CPU 1, capgate
+  # beside the mock on CPU 0: one cross-core round trip per request for both calls (generator
+  # <-> mock, or generator <-> capgate; capgate <-> mock stays on CPU 0) and the same generator
+  # conditions; capgate's own CPU work shares the mock's core, so at higher rates it waits for
+  # the mock's work too. dedicated: the generator with the mock on CPU 0, capgate alone on CPU 1:
+  # the same competition for both, but the call through capgate crosses cores twice per way
+  # and the direct call never, so "added" counts two cross-core round trips of this VM. shared:
+  # the generator on capgate's core: the call through capgate also pays for the generator and
+  # capgate taking turns on one core, which the direct call never does.
+  case "$latency_layout" in
+    colocated)
+      lat_pin=(taskset -c 1) lat_proxy_cpu=0
+      lat_pinning="capgate-loadgen alone on CPU 1, capgate with capgate-mock and redis-server on CPU 0 (--latency-layout colocated)"
+      ;;
+    dedicated)
+      lat_pin=(taskset -c 0) lat_proxy_cpu=1
+      lat_pinning="capgate-loadgen with capgate-mock and redis-server on CPU 0, capgate alone on CPU 1 (--latency-layout dedicated)"
+      ;;
+    shared)
+      lat_pin=(taskset -c 1) lat_proxy_cpu=1
+      lat_pinning="capgate-mock and redis-server on CPU 0, capgate-loadgen and capgate on CPU 1 (--latency-layout shared)"
+      ;;
+  esac
   if [[ $layout == shared ]]; then
     wrk_pin=(taskset -c 1)
     pinning="capgate-mock and redis-server on CPU 0; the proxy under test and wrk on CPU 1"
@@ -714,38 +766,62 @@ full_probe() {
 # ---- constant rate and idle clients ------------------------------------------------------------
 
 declare -A lat=() lat_invalid=()
-# latency_run TARGET PCT RATE RUN: capgate-loadgen at RATE req/s for --duration against TARGET
-# (direct or capgate), over at most --connections connections; appends "p50 p99 p99.9" (us) to
-# lat[TARGET@PCT] or counts the run invalid (a failed or non-code-0 reply, the mock's journal).
+# cores_busy_ticks: user + nice + system time of CPUs 0 and 1 so far (/proc/stat, clock ticks;
+# interrupts and softirqs left out: loopback traffic is counted there, not in any process).
+cores_busy_ticks() {
+  awk '$1 == "cpu0" || $1 == "cpu1" { t += $2 + $3 + $4 } END { print t + 0 }' /proc/stat
+}
+# our_ticks: CPU time (ticks) of the servers this bench started.
+our_ticks() {
+  local p=("$mock_pid" "${gw_pid[@]}")
+  [[ -n ${redis_pid:-} ]] && p+=("$redis_pid")
+  cpu_ticks "${p[@]}"
+}
+# latency_run TARGET PCT RATE RUN: capgate-loadgen at RATE req/s against TARGET (direct or
+# capgate), latency_warmup seconds of warm-up then --duration measured, over at most
+# --connections connections, pinned per --latency-layout; appends "p50 p90 p99 p99.9" (us),
+# the generator's send lag p99 (us) and CPU per request (us), the share of the two cores that
+# other processes used during the run (%) and RUN to lat[TARGET@PCT], or counts the run invalid
+# (a failed or non-code-0 reply, the mock's journal).
 latency_run() {
   local t=$1 pct=$2 rate=$3 i=$4 host file="$work/rate-requests.txt" out="$work/rate-$1-$2-$4.out" bad=()
+  local count=$((rate * (duration + latency_warmup) + 100))
   if [[ $t == direct ]]; then
     host=${mock_url#http://}
     node "$root/scripts/bench/presign.mjs" --host "$host" --secret-id AKIDcapgateMockTestKey00000000000000 \
-      --secret-key capgate-mock-secret --count "$((rate * duration + 100))" --out "$file"
+      --secret-key capgate-mock-secret --count "$count" --out "$file"
   else
     host=${gw_host[$t]}
     node "$root/scripts/bench/presign.mjs" --host "$host" --secret-id "$app_id" --secret-key "$app_key" \
-      --count "$((rate * duration + 100))" --out "$file"
+      --count "$count" --out "$file"
   fi
   node "$root/scripts/bench/admin.mjs" reset "$mock_url"
-  "${wrk_pin[@]}" "$build_dir/capgate-loadgen" --host "$host" --file "$file" --rate "$rate" \
-    --duration "$duration" --connections "$connections" >"$out" 2>&1 || bad+=("not every reply was good")
+  local busy0 ours0 busy1 ours1 ns0 ns1
+  busy0=$(cores_busy_ticks) ours0=$(our_ticks) ns0=$(date +%s%N)
+  "${lat_pin[@]}" "$build_dir/capgate-loadgen" --host "$host" --file "$file" --rate "$rate" \
+    --duration "$duration" --warmup "$latency_warmup" --connections "$connections" >"$out" 2>&1 ||
+    bad+=("not every reply was good")
+  busy1=$(cores_busy_ticks) ours1=$(our_ticks) ns1=$(date +%s%N)
   node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
-  local p50 p99 p999
-  read -r p50 p99 p999 < <(awk '$1 == "latency_us" { print $3, $7, $9 }' "$out")
-  [[ -n $p99 ]] || bad+=("no numbers in capgate-loadgen's output")
+  local p50 p90 p99 p999 lag99 lgcpu other
+  read -r p50 p90 p99 p999 < <(awk '$1 == "latency_us" { print $3, $5, $7, $9 }' "$out")
+  read -r lag99 lgcpu < <(awk '$1 == "generator" { print $6, $NF }' "$out")
+  [[ -n $p99 && -n $lgcpu ]] || bad+=("no numbers in capgate-loadgen's output")
+  other=$(awk -v b="$((busy1 - busy0))" -v o="$((ours1 - ours0))" -v hz="$clk_tck" -v lg="${lgcpu:-0}" \
+    -v n="$((rate * (duration + latency_warmup)))" -v el="$((ns1 - ns0))" 'BEGIN {
+      x = ((b - o) / hz * 1e6 - lg * n) / (el / 1e3 * 2) * 100; printf "%.0f", x < 0 ? 0 : x }')
   if ((${#bad[@]})); then
     lat_invalid[$t@$pct]=$((${lat_invalid[$t@$pct]:-0} + 1))
     say "$t at $rate req/s ($pct% of capgate's max) run $i: INVALID: ${bad[*]}"
     cat "$out" >&2
     return 0
   fi
-  lat[$t@$pct]+="$p50 $p99 $p999"$'\n'
-  say "$t at $rate req/s ($pct% of capgate's max) run $i: p50 $p50 us, p99 $p99 us, p99.9 $p999 us"
+  lat[$t@$pct]+="$p50 $p90 $p99 $p999 $lag99 $lgcpu $other $i"$'\n'
+  say "$t at $rate req/s ($pct% of capgate's max) run $i: p50 $p50 us, p90 $p90 us, p99 $p99 us, p99.9 $p999 us; generator: send lag p99 $lag99 us, $lgcpu us CPU/request; other processes $other% of the 2 cores; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 }
 
-# lat_median KEY COLUMN: the median of a column (1 p50, 2 p99, 3 p99.9) over lat[KEY]'s runs.
+# lat_median KEY COLUMN: the median of a column (1 p50, 2 p90, 3 p99, 4 p99.9, 5 send lag p99,
+# 6 generator CPU/request, 7 other processes' %) over lat[KEY]'s runs.
 lat_median() {
   printf '%s' "${lat[$1]:-}" | awk -v c="$2" 'NF { print $c }' | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
@@ -888,6 +964,8 @@ if [[ -n $latency_pcts ]]; then
     skipped+=("--latency: SKIPPED: it needs a valid capgate run (add capgate to --targets)")
   else
     lat_max=$(median capgate | awk '{ printf "%.0f", $1 }')
+    # capgate (every thread) moves to the CPU of --latency-layout for these runs
+    if [[ -n $lat_proxy_cpu ]]; then taskset -a -p -c "$lat_proxy_cpu" "${gw_pid[capgate]}" >/dev/null; fi
     for ((i = 1; i <= runs; i++)); do
       for pct in "${lat_pcts[@]}"; do
         for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" "$i"; done
@@ -1006,23 +1084,52 @@ for pair in full-durable:full full-replicas:full full-replicas-durable:full toke
 done
 for s in "${skipped[@]}"; do echo "- $s"; done
 
+# lat_added PCT COL: capgate's COL (1 p50, 3 p99) minus the direct call's, run by run (the runs of
+# one round are taken back to back); "MEDIAN (rounds: a, b, c)", nothing without a pair.
+lat_added() {
+  {
+    printf '%s' "${lat[capgate@$1]:-}" | awk 'NF { print "a", $0 }'
+    printf '%s' "${lat[direct@$1]:-}" | awk 'NF { print "b", $0 }'
+  } | awk -v col="$2" '
+    { if ($1 == "a") a[$NF] = $(col + 1); else b[$NF] = $(col + 1) }
+    END {
+      n = 0
+      for (r = 1; r <= 10000; r++) {
+        if (!((r in a) && (r in b))) continue
+        v[++n] = a[r] - b[r]
+        l = l (n > 1 ? ", " : "") (a[r] - b[r])
+      }
+      if (!n) exit
+      for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+      printf "%d us (rounds: %s us)", v[int((n + 1) / 2)], l
+    }'
+}
+
 if [[ -n $latency_pcts && -n ${lat_max:-} ]]; then
-  printf '\nConstant rate (capgate-loadgen, open loop, latency from each request'"'"'s due time), %s s per run,\n%s runs taken in turns, at most %s connections; %s; medians of the runs. capgate'"'"'s max: %s req/s\n(its median above).\n\n' \
-    "$duration" "$runs" "$connections" "$pinning" "$lat_max"
-  echo "| rate | target | p50 | p99 | p99.9 | invalid runs |"
-  echo "|---|---|---:|---:|---:|---:|"
+  printf '\nConstant rate (capgate-loadgen, open loop, latency from each request'"'"'s due time), %s s of warm-up\nthen %s s measured per run, %s runs taken in turns, at most %s connections; %s;\nmedians of the runs. capgate'"'"'s max: %s req/s (its median above). "generator lag" is how late\nthe generator sent (p99 of due -> sent), "other CPU" the share of the two cores that processes\nthis bench did not start used meanwhile: high values mark runs the machine disturbed.\n\n' \
+    "$latency_warmup" "$duration" "$runs" "$connections" "$lat_pinning" "$lat_max"
+  echo "| rate | target | p50 | p90 | p99 | p99.9 | generator lag p99 | generator CPU / request | other CPU | invalid runs |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for pct in "${lat_pcts[@]}"; do
     for t in direct capgate; do
-      printf '| %s%% (%s req/s) | %s | %s us | %s us | %s us | %s |\n' "$pct" "$((lat_max * pct / 100))" "$t" \
-        "$(lat_median "$t@$pct" 1)" "$(lat_median "$t@$pct" 2)" "$(lat_median "$t@$pct" 3)" "${lat_invalid[$t@$pct]:-0}"
+      printf '| %s%% (%s req/s) | %s | %s us | %s us | %s us | %s us | %s us | %s us | %s%% | %s |\n' "$pct" \
+        "$((lat_max * pct / 100))" "$t" "$(lat_median "$t@$pct" 1)" "$(lat_median "$t@$pct" 2)" \
+        "$(lat_median "$t@$pct" 3)" "$(lat_median "$t@$pct" 4)" "$(lat_median "$t@$pct" 5)" \
+        "$(lat_median "$t@$pct" 6)" "$(lat_median "$t@$pct" 7)" "${lat_invalid[$t@$pct]:-0}"
     done
   done
   echo
   for pct in "${lat_pcts[@]}"; do
-    a=$(lat_median "capgate@$pct" 2) b=$(lat_median "direct@$pct" 2)
-    if [[ -n $a && -n $b ]]; then
-      awk -v a="$a" -v b="$b" -v p="$pct" 'BEGIN { printf "- p99 capgate adds over the direct call at %s%% of its max: %.3f ms (goal <= %s)\n", p, (a - b) / 1000, p <= 20 ? "0.3 ms at 20%" : "1 ms at 50%" }'
-    fi
+    goal=""
+    case "$pct" in 20) goal="; goal <= 0.3 ms" ;; 50) goal="; goal <= 1 ms" ;; esac
+    for c in 1:p50 3:p99; do
+      a=$(lat_median "capgate@$pct" "${c%%:*}") b=$(lat_median "direct@$pct" "${c%%:*}")
+      [[ -n $a && -n $b ]] || continue
+      awk -v a="$a" -v b="$b" -v p="$pct" -v w="${c#*:}" -v g="$([[ $c == 3:* ]] && echo "$goal")" \
+        -v r="$(lat_added "$pct" "${c%%:*}")" -v l="$latency_layout" 'BEGIN {
+        printf "- %s capgate adds over the direct call at %s%% of its max (%s layout): %.3f ms (medians)%s%s\n",
+          w, p, l, (a - b) / 1000, r == "" ? "" : "; paired by round " r, g }'
+    done
   done
 fi
 

@@ -11,4 +11,11 @@
  * caller's mask is unchanged. 0, or an errno value. */
 int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg);
 
+/* For a helper thread that works in the background of the event loops (the audit sink, the
+ * metrics flush): SCHED_BATCH on Linux, which keeps its full share of the CPU but does not
+ * preempt a running thread when it wakes up. On a core it shares with a worker, a sink waking
+ * from its timer otherwise took the CPU from the worker in the middle of a request. Best effort:
+ * 0, or an errno value (the thread then runs as before). */
+int thread_background(void);
+
 #endif

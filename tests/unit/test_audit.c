@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1597,7 +1598,8 @@ static void test_memory_mode_keeps_file(void **state) {
 }
 
 /* The sink starts through thread_start: the asynchronous signals are blocked, the synchronous
- * ones (a crash) stay deliverable so it is reported where it happened. */
+ * ones (a crash) stay deliverable so it is reported where it happened. It then makes itself
+ * SCHED_BATCH. */
 static void test_sink_signal_mask(void **state) {
     long before[256], after[256], sink = 0;
     size_t n_before = task_ids(before, 256);
@@ -1623,6 +1625,9 @@ static void test_sink_signal_mask(void **state) {
     assert_true(mask & (1ull << (SIGPIPE - 1)));
     assert_false(mask & (1ull << (SIGSEGV - 1)));
     assert_false(mask & (1ull << (SIGBUS - 1)));
+    /* and it is background work (thread_background): waking up, it preempts no worker */
+    WAIT_UNTIL(sched_getscheduler((pid_t)sink) == SCHED_BATCH, 2000,
+               "the sink thread runs as SCHED_BATCH");
     audit_free(a);
 }
 
