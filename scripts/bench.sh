@@ -639,8 +639,10 @@ one_run() {
       -p "$(IFS=,; echo "${spids[*]}")" -- sleep "$d" >"$work/perf-$key.log" 2>&1 &
     perf_pid=$!
   fi
-  if ! "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
-    -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
+  # /usr/bin/time: wrk's own user + system CPU, for its share of the core it shares with the
+  # server in the shared layout
+  if ! /usr/bin/time -f '%U %S' -o "$work/wrk-time" "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" \
+    --latency -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
     bad+=("wrk failed")
   fi
   cpu1=$(cpu_ticks "${spids[@]}")
@@ -682,8 +684,10 @@ one_run() {
     perf_report "$key" "$rps" "$cpu_us"
     return 0
   fi
-  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i"$'\n'
-  say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
+  local wrk_us
+  wrk_us=$(awk -v n="${total:-1}" 'NF == 2 && $1 ~ /^[0-9.]+$/ { printf "%.2f", ($1 + $2) * 1000000 / n }' "$work/wrk-time")
+  results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i ${wrk_us:-0}"$'\n'
+  say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request, wrk ${wrk_us:-?} us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full* ]]; then
     redis_per_request "$t" "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
       -v n="$total" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')"
@@ -952,11 +956,13 @@ median() {
   printf '%s\n' "$lines" | sed -n "$(((n + 1) / 2))p"
 }
 fmt_ms() { awk -v u="$1" 'BEGIN { printf "%.2f ms", u / 1000 }'; }
-# median_cpu TARGET: the median server CPU us/request over the valid runs (empty when none).
-median_cpu() {
-  printf '%s' "${results[$1]:-}" | awk 'NF { print $4 }' | sort -n |
+# median_col TARGET COL: the median of column COL of the valid runs (empty when none): 4 the
+# server's CPU us/request, 6 wrk's.
+median_col() {
+  printf '%s' "${results[$1]:-}" | awk -v c="$2" 'NF >= c { print $c }' | sort -n |
     awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", v[int((NR + 1) / 2)] }'
 }
+median_cpu() { median_col "$1" 4; }
 
 if [[ -n $latency_pcts ]]; then
   IFS=, read -r -a lat_pcts <<<"$latency_pcts"
@@ -1071,6 +1077,18 @@ if [[ -n ${med_rps[lua-gateway]:-}${med_cpu[nginx-bare]:-}${med_cpu[capgate-tls]
   if [[ -n ${med_cpu[capgate-tls]:-} && -n ${med_cpu[capgate]:-} ]]; then
     awk -v a="${med_cpu[capgate-tls]}" -v b="${med_cpu[capgate]}" -v p="$(paired capgate-tls capgate 4 diff)" \
       'BEGIN { printf "- capgate-tls - capgate server CPU per request: %.2f us (%s - %s; goal <= 3 us)%s\n", a - b, a, b, p == "" ? "" : "; paired by round " p }'
+  fi
+  # In the shared layout the server and wrk share one core, so a target's req/s is about
+  # 1 / (server + wrk CPU per request): the req/s ratio the CPU figures predict, with the
+  # median wrk CPU per request of each target.
+  if [[ $layout == shared ]]; then
+    for pair in full:lua-gateway capgate:lua-gateway; do
+      a=${pair%%:*} b=${pair#*:}
+      [[ -n ${med_cpu[$a]:-} && -n ${med_cpu[$b]:-} ]] || continue
+      wa=$(median_col "$a" 6) wb=$(median_col "$b" 6)
+      awk -v l="$a / $b" -v sa="${med_cpu[$a]}" -v sb="${med_cpu[$b]}" -v wa="$wa" -v wb="$wb" 'BEGIN {
+        printf "- %s req/s from the one core'"'"'s CPU per request, (%s + wrk %s) / (%s + wrk %s): %.2f\n", l, sb, wb, sa, wa, (sb + wb) / (sa + wa) }'
+    done
   fi
 fi
 for s in "${redis_stats[@]}"; do echo "- Redis commands: $s"; done
