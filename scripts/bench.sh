@@ -639,10 +639,8 @@ one_run() {
       -p "$(IFS=,; echo "${spids[*]}")" -- sleep "$d" >"$work/perf-$key.log" 2>&1 &
     perf_pid=$!
   fi
-  # /usr/bin/time: wrk's own user + system CPU, for its share of the core it shares with the
-  # server in the shared layout
-  if ! /usr/bin/time -f '%U %S' -o "$work/wrk-time" "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" \
-    --latency -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
+  if ! "${wrk_pin[@]}" wrk -t1 -c "$c" -d "${d}s" --latency \
+    -s "$root/scripts/bench/cycle.lua" "$url" "${args[@]}" >"$out" 2>&1; then
     bad+=("wrk failed")
   fi
   cpu1=$(cpu_ticks "${spids[@]}")
@@ -684,8 +682,10 @@ one_run() {
     perf_report "$key" "$rps" "$cpu_us"
     return 0
   fi
+  # wrk's own CPU per request during the run (cycle.lua: the process's CPU after its targets were
+  # loaded), its share of the core it shares with the server in the shared layout
   local wrk_us
-  wrk_us=$(awk -v n="${total:-1}" 'NF == 2 && $1 ~ /^[0-9.]+$/ { printf "%.2f", ($1 + $2) * 1000000 / n }' "$work/wrk-time")
+  wrk_us=$(awk -v n="${total:-1}" '/^cycle.lua: cpu after loading / { printf "%.2f", $NF * 1000000 / n }' "$out")
   results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i ${wrk_us:-0}"$'\n'
   say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request, wrk ${wrk_us:-?} us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full* ]]; then

@@ -4,7 +4,7 @@
 # redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
 # (the fuzz targets, scripts/fuzz.sh), chromium (optional: the browser test skips without it) and
 # what the install test uses (man-db, systemd, dpkg-dev), clang-format (unit/format).
-# --bench adds wrk, nginx-light with its lua module (the lua-gateway peer), linux-perf (--perf), time
+# --bench adds wrk, nginx-light with its lua module (the lua-gateway peer), linux-perf (--perf)
 # and node.
 set -euo pipefail
 
@@ -60,9 +60,8 @@ fi
 if ((want_bench)); then
   # libnginx-mod-http-lua (the lua-gateway peer) replaces wrk's LuaJIT with OpenResty's
   # (libluajit2-5.1-2; Debian 12's lua-resty-core needs it); scripts/bench/cycle.lua is written
-  # so its string hashing stays fast (see there). linux-perf: bench.sh --perf. time: wrk's own
-  # CPU per request.
-  required+=(wrk nginx-light libnginx-mod-http-lua linux-perf time)
+  # so its string hashing stays fast (see there). linux-perf: bench.sh --perf.
+  required+=(wrk nginx-light libnginx-mod-http-lua linux-perf)
 fi
 
 is_installed() {
