@@ -8,7 +8,7 @@
 # the proxy. Besides req/s, every run records the CPU time the server under test used per request
 # (utime + stime of the mock, the nginx worker or capgate, over the run / requests; for full,
 # redis-server's is reported beside it): a figure that varies far less than req/s on a shared
-# machine. Each target runs --runs
+# machine; and wrk's own CPU per request (cycle.lua counts it from when its targets are loaded). Each target runs --runs
 # times, the targets taking turns (run 1 of each, then run 2 of each, ...) so a noisy phase of the
 # machine hits every target alike; the table gives the median requests/s of the valid runs and
 # p50/p99 of that median run and the median CPU per request, then the ratios capgate/nginx req/s
