@@ -121,6 +121,11 @@ static void hist_init(struct hist *h) {
     if (!h->fine || !h->coarse) die("out of memory");
 }
 
+static void hist_free(struct hist *h) {
+    free(h->fine);
+    free(h->coarse);
+}
+
 static void hist_add(struct hist *h, uint64_t ns) {
     uint64_t us = ns / 1000;
     if (us < HIST_FINE)
@@ -709,5 +714,14 @@ int main(int argc, char **argv) {
            g.queued, g.opened_late, g.total ? cpu / (double)g.total : 0.0);
     if (g.first_error) printf("first error: %s\n", g.first_error);
     if (g.trace) fclose(g.trace);
+    event_free(g.tick);
+    event_free(g.deadline);
+    event_free(sigterm);
+    event_free(sigint);
+    free(g.queue);
+    hist_free(&g.lat);
+    hist_free(&g.lag);
+    for (size_t i = 0; i < g.n_targets; i++) free(g.targets[i]);
+    free(g.targets);
     return g.done == g.total && g.good == g.total ? 0 : 1;
 }
