@@ -201,8 +201,13 @@ test('one business across generations: v2 and 3.0 calls share the limit, are cou
   assert.equal(stats.totals['code:0'], 3, JSON.stringify(stats.totals));
   assert.equal(stats.totals['code:4400'], 3, JSON.stringify(stats.totals));
 
-  // audit: the 3.0 records carry api v3 and the 3.0 fields, the v2 ones api v2
-  const recs = await auditRecords((x) => x.businessId === BIZ, 'the audit records of businessId 77');
+  // audit: the 3.0 records carry api v3 and the 3.0 fields, the v2 ones api v2 (all six: the
+  // audit writes them in batches, so the first ones can be readable before the last)
+  const recs = await waitFor(async () => {
+    const r = await gw.admin(`/admin/audit?businessId=${BIZ}&limit=1000`);
+    const all = r.json?.records ?? [];
+    return all.length >= 6 ? all : null;
+  }, { timeoutMs: 10000, intervalMs: 50, what: 'the 6 audit records of businessId 77' });
   const v3 = recs.filter((x) => x.api === 'v3');
   const v2recs = recs.filter((x) => x.api === 'v2');
   assert.equal(v3.length, 3, JSON.stringify(recs));
