@@ -1,16 +1,21 @@
 // upstream_stall.test.mjs: a gateway whose own process stalls (SIGSTOP, as a VM pause, a swap
-// storm or a debugger would) past upstream.timeout_ms while the upstream's replies arrive in its
-// sockets. When it runs again, a reply already received counts: libevent runs the expired
+// storm or a debugger would) past upstream.timeout_ms, or redis.timeout_ms, while the upstream's
+// or Redis's replies arrive in its sockets. When it runs again, a reply already received counts: libevent runs the expired
 // deadline timers in the same loop turn as the reads, and evhttp parses a read reply in a
 // deferred callback queued behind them, so without a grace turn every call in flight failed
 // "upstream timed out" (6200), the breaker opened on them, and the gateway refused everything
 // that followed for breaker_open_ms, though the upstream had answered each call in time. A
-// reply that did not arrive still times out.
+// reply that did not arrive still times out. The same for the rate-limit store: Redis's replies
+// to the limit checks, there when the gateway runs again, are read rather than timed out (which
+// marked the store down and, with on_store_error "deny", refused the requests).
 import { test, before, after, beforeEach } from 'node:test';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import assert from 'node:assert/strict';
-import { startMock, sleep, waitFor } from './lib/harness.mjs';
+import { startMock, startRedis, sleep, waitFor } from './lib/harness.mjs';
 import { startGateway, gwCall, resetMock, addFault, APPS } from './lib/gateway.mjs';
 
+const execFileAsync = promisify(execFile);
 const TIMEOUT_MS = 400;
 const CALLS = 8;
 
@@ -68,3 +73,38 @@ for (const kind of ['https', 'http']) {
     }
   });
 }
+
+test('redis store: limit checks that Redis answered while the gateway was stopped past redis.timeout_ms are read, not timed out', async () => {
+  const redis = await startRedis({ args: ['--enable-debug-command', 'yes'] });
+  const gw = await startGateway({
+    mock,
+    config: {
+      workers: 1,
+      redis: { url: redis.url, key_prefix: 'stall:', timeout_ms: 300 },
+      on_store_error: 'deny',
+      limits: [{ name: 'all', scope: 'global', rate: 100000, period_s: 1 }],
+    },
+  });
+  try {
+    const warm = await gwCall(gw, { app: APPS.token });
+    assert.equal(warm.json?.code, 0, warm.body);
+    // Redis sleeps 400 ms: the limit checks of the calls wait for it; the gateway is stopped
+    // before it wakes and continued at 1,100 ms, long past redis.timeout_ms
+    const sleeper = execFileAsync('redis-cli', ['-p', String(redis.port), 'DEBUG', 'SLEEP', '0.4']);
+    await sleep(50);
+    const calls = [];
+    for (let i = 0; i < CALLS; i++) calls.push(gwCall(gw, { app: APPS.token }));
+    await sleep(100);
+    gw.proc.signal('SIGSTOP');
+    await sleep(1000);
+    gw.proc.signal('SIGCONT');
+    await sleeper;
+    const replies = await Promise.all(calls);
+    for (const r of replies) assert.equal(r.json?.code, 0, `a limit check Redis answered in time: ${r.body}`);
+    const m = await gw.metrics();
+    assert.equal(m.get('capgate_store_up'), 1, 'the store was not marked down');
+  } finally {
+    await gw.stop();
+    await redis.stop();
+  }
+});
