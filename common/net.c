@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <sys/ioctl.h>
 #include <string.h>
 
 #include "capgate/num.h"
@@ -120,4 +121,9 @@ int net_cidr_match(const struct net_cidr *c, const struct net_addr *a) {
 void net_addr_format(const struct net_addr *a, char *out, size_t outlen) {
     if (!outlen) return;
     if (!inet_ntop(a->family, a->bytes, out, (socklen_t)outlen)) out[0] = '\0';
+}
+
+int net_bytes_waiting(int fd) {
+    int n = 0;
+    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }

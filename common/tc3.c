@@ -301,3 +301,14 @@ int tc3_timestamp_fresh(uint64_t timestamp, uint64_t now, uint64_t window) {
     uint64_t skew = timestamp > now ? timestamp - now : now - timestamp;
     return skew <= window;
 }
+
+void tc3_host_without_port(const char *host, char *out, size_t len) {
+    snprintf(out, len, "%s", host ? host : "");
+    char *close = strchr(out, ']');
+    char *colon = strrchr(out, ':');
+    if (out[0] == '[' && close) {
+        if (close[1] == ':') close[1] = '\0';
+    } else if (colon && colon == strchr(out, ':')) {
+        *colon = '\0';
+    }
+}

@@ -41,17 +41,6 @@ static const char *hdr_no_port(void *arg, const char *lname) {
     return strcmp(lname, "host") == 0 ? a->host : header(a->req, lname);
 }
 
-static void host_without_port(const char *host, char *out, size_t len) {
-    snprintf(out, len, "%s", host ? host : "");
-    char *close = strchr(out, ']');
-    char *colon = strrchr(out, ':');
-    if (out[0] == '[' && close) {
-        if (close[1] == ':') close[1] = '\0';
-    } else if (colon && colon == strchr(out, ':')) {
-        *colon = '\0';
-    }
-}
-
 static int fail(struct api3_call *c, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int fail(struct api3_call *c, const char *code, const char *fmt, ...) {
@@ -130,7 +119,7 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
     /* The service of the scope: "captcha", or the first label of the Host, which is what the
      * SDKs derive from an endpoint (endpoint.split(".")[0]) when pointed at the emulator. */
     struct hdr_arg ha = {.req = req};
-    host_without_port(req->host, ha.host, sizeof(ha.host));
+    tc3_host_without_port(req->host, ha.host, sizeof(ha.host));
     size_t label = strcspn(req->host ? req->host : "", ".");
     if (strcmp(a.service, "captcha") != 0 &&
         (!req->host || strlen(a.service) != label || strncmp(a.service, req->host, label) != 0))

@@ -96,18 +96,6 @@ static const char *hdr_no_port(void *arg, const char *lname) {
     return strcmp(lname, "host") == 0 ? h->host : h->req->header(h->req->header_arg, lname);
 }
 
-/* "host:port" → "host", "[v6]:port" → "[v6]"; a bare IPv6 address stays whole. */
-static void host_without_port(const char *host, char *out, size_t len) {
-    snprintf(out, len, "%s", host ? host : "");
-    char *close = strchr(out, ']');
-    char *colon = strrchr(out, ':');
-    if (out[0] == '[' && close) {
-        if (close[1] == ':') close[1] = '\0';
-    } else if (colon && colon == strchr(out, ':')) {
-        *colon = '\0';
-    }
-}
-
 int api3_authenticate(const struct config *c, const struct api3_auth_request *req,
                       struct api3_auth_result *r) {
     const char *authz = req->header(req->header_arg, "authorization");
@@ -162,7 +150,7 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
                     " nor the first label of the Host",
                     a.service);
     struct host_arg ha = {.req = req};
-    host_without_port(host, ha.host, sizeof(ha.host));
+    tc3_host_without_port(host, ha.host, sizeof(ha.host));
     struct tc3_request tr = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
     int rc = tc3_verify(&tr, &a, app->secret_key, ts, err, sizeof(err));
     if (rc == -1) {

@@ -32,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
@@ -41,6 +40,7 @@
 
 #include "capgate/clock.h"
 #include "capgate/log.h"
+#include "capgate/net.h"
 #include "capgate/num.h"
 #include "capgate/strbuf.h"
 #include "redis_conn.h"
@@ -955,11 +955,10 @@ formatted:
  * yet parsed. */
 static int store_redis_reply_waiting(const struct store_redis *r) {
     const redisContext *c = r->ac ? &r->ac->c : NULL;
-    int n = 0;
 
     if (!c) return 0;
     if (c->reader && c->reader->len > c->reader->pos) return 1;
-    return c->fd >= 0 && ioctl(c->fd, FIONREAD, &n) == 0 && n > 0;
+    return net_bytes_waiting(c->fd);
 }
 
 static void store_redis_on_cmd_timeout(evutil_socket_t fd, short what, void *arg) {

@@ -14,7 +14,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/queue.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include <event2/buffer.h>
@@ -647,15 +646,12 @@ static void call_fail_soon(struct upstream_call *c, int breaker_rejected, const 
  * OpenSSL) or parsed (in the bufferevent's input): deadline_cb's grace. */
 static int call_reply_waiting(const struct upstream_call *c) {
     const struct conn *k = c->conn;
-    evutil_socket_t fd;
     SSL *ssl;
-    int n = 0;
 
     if (!k || !k->bev) return 0;
     if (evbuffer_get_length(bufferevent_get_input(k->bev)) > 0) return 1;
     if (k->u->tls && (ssl = bufferevent_openssl_get_ssl(k->bev)) && SSL_has_pending(ssl)) return 1;
-    fd = bufferevent_getfd(k->bev);
-    return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+    return net_bytes_waiting(bufferevent_getfd(k->bev));
 }
 
 static void deadline_cb(evutil_socket_t fd, short what, void *arg) {

@@ -37,4 +37,7 @@ int net_cidr_match(const struct net_cidr *c, const struct net_addr *a);
 /* The text form of a (inet_ntop) into out; "" when it does not fit. */
 void net_addr_format(const struct net_addr *a, char *out, size_t outlen);
 
+/* 1 when bytes wait to be read on the socket fd (FIONREAD > 0), else 0 (none, fd < 0, error). */
+int net_bytes_waiting(int fd);
+
 #endif

@@ -78,6 +78,10 @@ int tc3_authorization(const struct tc3_request *r, const char *secret_id, const 
 int tc3_verify(const struct tc3_request *r, const struct tc3_auth *a, const char *secret_key,
                uint64_t timestamp, char *err, size_t errlen);
 
+/* The Host without its port, as a client may have signed it: "host:port" -> "host",
+ * "[v6]:port" -> "[v6]"; a bare IPv6 address stays whole. NULL is "". Cut to len - 1 bytes. */
+void tc3_host_without_port(const char *host, char *out, size_t len);
+
 /* 1 when |timestamp - now| <= window seconds. */
 int tc3_timestamp_fresh(uint64_t timestamp, uint64_t now, uint64_t window);
 

@@ -190,6 +190,29 @@ static void test_date_and_skew(void **state) {
     assert_false(tc3_timestamp_fresh(1301, 1000, 300));
 }
 
+static void test_host_without_port(void **state) {
+    (void)state;
+    static const char *const cases[][2] = {
+        {"captcha.tencentcloudapi.com", "captcha.tencentcloudapi.com"},
+        {"127.0.0.1:8443", "127.0.0.1"},
+        {"gw.example:443", "gw.example"},
+        {"[::1]:8443", "[::1]"},
+        {"[::1]", "[::1]"},
+        {"::1", "::1"}, /* a bare IPv6 address has more than one colon: kept whole */
+        {"", ""},
+    };
+    char out[64];
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        tc3_host_without_port(cases[i][0], out, sizeof(out));
+        assert_string_equal(out, cases[i][1]);
+    }
+    tc3_host_without_port(NULL, out, sizeof(out));
+    assert_string_equal(out, "");
+    char small[5];
+    tc3_host_without_port("abcdefgh:1", small, sizeof(small));
+    assert_string_equal(small, "abcd");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_authorization_matches_sdk),
@@ -197,6 +220,7 @@ int main(void) {
         cmocka_unit_test(test_verify),
         cmocka_unit_test(test_parse_refusals),
         cmocka_unit_test(test_date_and_skew),
+        cmocka_unit_test(test_host_without_port),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
