@@ -5,7 +5,7 @@
 FROM debian:12-slim AS build
 RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential cmake pkg-config \
-      libevent-dev libssl-dev libhiredis-dev libjansson-dev libcmocka-dev \
+      libevent-dev libssl-dev libhiredis-dev libjansson-dev libcmocka-dev libjemalloc-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -20,7 +20,7 @@ FROM debian:12-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 libhiredis0.14 \
       libjansson4 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7 \
-      libevent-pthreads-2.1-7 \
+      libevent-pthreads-2.1-7 libjemalloc2 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/capgate \
       --shell /usr/sbin/nologin capgate \

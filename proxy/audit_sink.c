@@ -2,10 +2,8 @@
  * its fences, the connection, the memory stream, audit.file and the access log batches. Part of
  * the audit module (audit.c). */
 #include "audit_internal.h"
-#ifdef __GLIBC__
-#include <malloc.h>
-#endif
 
+#include "capgate/alloc.h"
 #include "capgate/thread.h"
 
 static const char *const audit_state_names[] = {"connecting", "live",   "spooling",
@@ -1046,9 +1044,10 @@ static void sink_wait(struct audit *a) {
  * free chunks among those still in use stay in the process, in the workers' arenas (where
  * audit_submit allocated) and the sink's. RSS then keeps the backlog's peak for good (issue 12:
  * 40 -> 125 MB after a stuck replay; the replay of that time parsed XREVRANGE replies of 20,000
- * entries, a few hundred thousand small allocations per step). malloc_trim(0) releases the free
- * pages of every arena. It walks them under their locks, so it runs only after a backlog, when
- * the sink is idle again, and at most once per TRIM_MIN_US. */
+ * entries, a few hundred thousand small allocations per step). alloc_release_free (malloc_trim,
+ * or jemalloc's purge, which would otherwise wait for its decay time) releases the free pages of
+ * every arena. It walks them under their locks, so it runs only after a backlog, when the sink is
+ * idle again, and at most once per TRIM_MIN_US. */
 static void sink_trim(struct audit *a, size_t n) {
     if (n >= SINK_BATCH || a->held || atomic_load(&a->state) == AUDIT_REPLAYING) {
         a->backlog = 1;
@@ -1058,9 +1057,7 @@ static void sink_trim(struct audit *a, size_t n) {
     if (!a->backlog || now - a->trimmed_us < TRIM_MIN_US) return;
     a->backlog = 0;
     a->trimmed_us = now;
-#ifdef __GLIBC__
-    malloc_trim(0);
-#endif
+    alloc_release_free();
 }
 
 void *audit_sink_main(void *arg) {

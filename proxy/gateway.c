@@ -19,6 +19,7 @@
 
 #include "admin.h"
 #include "audit.h"
+#include "capgate/alloc.h"
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
 #include "capgate/log.h"
@@ -596,8 +597,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     gateway_host_port(hp, sizeof(hp), c->admin_host, admin_port);
     printf("capgate admin listening on http://%s\n", hp);
     fflush(stdout);
-    log_info("capgate %s: %u worker(s), upstream %s, %s store", c->path, g->n_workers,
-             c->upstream.url, store_shared_kind(g->store_shared));
+    log_info("capgate %s: %u worker(s), upstream %s, %s store, %s malloc", c->path, g->n_workers,
+             c->upstream.url, store_shared_kind(g->store_shared), alloc_name());
     /* Every listener is bound: Type=notify units count as started from here. */
     if (sd_notify_state("READY=1") < 0)
         log_warn("cannot notify $NOTIFY_SOCKET: %s", strerror(errno));

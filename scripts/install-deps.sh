@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install-deps.sh [--test] [--bench]: installs the Debian 12 packages capgate needs, only those
-# missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka. --test adds
+# missing. Build: compiler, cmake, libevent, OpenSSL, hiredis, jansson, cmocka, jemalloc. --test adds
 # redis, node and npm (unless a node >= 18 is already on PATH), clang with its libFuzzer runtime
 # (the fuzz targets, scripts/fuzz.sh), chromium (optional: the browser test skips without it) and
 # what the install test uses (man-db, systemd, dpkg-dev), clang-format (unit/format).
@@ -25,8 +25,9 @@ for arg in "$@"; do
   esac
 done
 
+# libjemalloc-dev: capgate's allocator (CMakeLists.txt, CAPGATE_ALLOCATOR; without it, libc's).
 required=(build-essential cmake pkg-config libevent-dev libssl-dev libhiredis-dev
-  libjansson-dev libcmocka-dev openssl)
+  libjansson-dev libcmocka-dev libjemalloc-dev openssl)
 optional=()
 
 node_major() {

@@ -6,7 +6,8 @@ import { test, before, after, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { startMock, request, waitFor, SEED_PARAMS } from './lib/harness.mjs';
+import { execFileSync } from 'node:child_process';
+import { startMock, request, waitFor, SEED_PARAMS, CAPGATE_BIN } from './lib/harness.mjs';
 import {
   startGateway, gatewayConfig, runCapgate, gwCall, resetMock, addFault, assertApiReply, baseApps,
   CountingAgent, APPS, SECRETS,
@@ -274,4 +275,14 @@ test('/healthz, /readyz, /metrics: capgate_requests_total by app/action/decision
   const breaker = m.samples.filter((s) => /breaker/.test(s.name));
   assert.ok(breaker.length > 0, `no breaker gauge in /metrics\n${m.text}`);
   assert.ok(breaker.some((s) => m.types[s.name] === 'gauge'), `the breaker metric is a gauge\n${m.text}`);
+});
+
+test('the start-up log names the malloc the binary runs on (jemalloc when it is linked in)', async (t) => {
+  const gw = await gateway();
+  await waitFor(() => / malloc$/m.test(gw.proc.stderr), { timeoutMs: 5000, what: 'the start-up line' });
+  const line = gw.proc.stderr.split('\n').find((l) => / malloc$/.test(l));
+  const linked = execFileSync('ldd', [CAPGATE_BIN], { encoding: 'utf8' });
+  if (/libjemalloc/.test(linked)) assert.match(line, /, jemalloc \d+\.\d+\.\d+ malloc$/, line);
+  else assert.match(line, /, libc malloc$/, line);
+  t.diagnostic(line);
 });
