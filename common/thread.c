@@ -5,6 +5,7 @@
 
 #include <sched.h>
 #include <signal.h>
+#include <stdio.h>
 
 int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), void *arg) {
     static const int async_signals[] = {SIGTERM, SIGINT,  SIGHUP,  SIGQUIT, SIGUSR1,
@@ -17,6 +18,12 @@ int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), 
     int rc = pthread_create(t, attr, fn, arg);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;
+}
+
+void thread_name(const char *name) {
+    char n[16];
+    snprintf(n, sizeof(n), "%s", name);
+    (void)pthread_setname_np(pthread_self(), n);
 }
 
 int thread_background(void) {

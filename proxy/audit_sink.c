@@ -1067,6 +1067,7 @@ void *audit_sink_main(void *arg) {
     /* the sink wakes every SINK_GATHER_US under load: it must not take a worker's core from it
      * in the middle of a request (a constant-rate run saw it do so ~90 times a second at 6,000
      * req/s); it runs when the worker waits, and gets its fair share when the core is full */
+    thread_name("capgate-audit");
     (void)thread_background();
     if (a->cfg->redis) try_connect(a);
     for (;;) {

@@ -194,6 +194,9 @@ static void worker_wake(evutil_socket_t fd, short what, void *arg) {
 static void *worker_main(void *arg) {
     struct gateway_worker *w = arg;
     struct gateway *g = w->g;
+    char name[16];
+    snprintf(name, sizeof(name), "capgate-w%u", (unsigned)(w - g->workers));
+    thread_name(name);
     event_base_loop(w->pw.base, EVLOOP_NO_EXIT_ON_EMPTY);
     atomic_fetch_add(&g->finished, 1);
     event_active(g->workers_done, EV_READ, 0);

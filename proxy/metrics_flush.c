@@ -333,6 +333,7 @@ static void deadline_after(struct timespec *ts, unsigned ms) {
 void *metrics_flush_main(void *arg) {
     struct metrics *m = arg;
     struct timespec deadline;
+    thread_name("capgate-metrics");
     (void)thread_background(); /* its flush each flush_ms preempts no worker (thread.h) */
     pthread_mutex_lock(&m->lock);
     for (;;) {

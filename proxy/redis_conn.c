@@ -934,6 +934,7 @@ static void query_deliver(evutil_socket_t fd, short what, void *arg) {
 static void *query_thread(void *arg) {
     struct redis_query *q = arg;
     struct redis_query_set *s = q->set;
+    thread_name("capgate-query");
     q->status = 500;
     q->json = q->work(q->job, &q->status);
     /* from here the query belongs to the reply base's loop; the set may go once it is idle */

@@ -18,4 +18,8 @@ int thread_start(pthread_t *t, const pthread_attr_t *attr, void *(*fn)(void *), 
  * 0, or an errno value (the thread then runs as before). */
 int thread_background(void);
 
+/* Names the calling thread (at most 15 characters, the kernel's limit; longer is cut) for
+ * `top -H`, `ps -L`, perf and /proc/PID/task/TID/comm. Best effort. */
+void thread_name(const char *name);
+
 #endif

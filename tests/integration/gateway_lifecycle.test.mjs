@@ -277,8 +277,14 @@ test('/healthz, /readyz, /metrics: capgate_requests_total by app/action/decision
   assert.ok(breaker.some((s) => m.types[s.name] === 'gauge'), `the breaker metric is a gauge\n${m.text}`);
 });
 
-test('the start-up log names the malloc the binary runs on (jemalloc when it is linked in)', async (t) => {
+test('the start-up log names the malloc the binary runs on (jemalloc when it is linked in); threads have names', async (t) => {
   const gw = await gateway();
+  const pid = gw.proc.child.pid;
+  const comms = () => fs.readdirSync(`/proc/${pid}/task`)
+    .map((tid) => fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim()).sort();
+  // the default config: two workers, the audit sink and the metrics flush beside the main thread
+  await waitFor(() => ['capgate-w0', 'capgate-w1', 'capgate-audit', 'capgate-metrics'].every((n) => comms().includes(n)),
+    { timeoutMs: 5000, what: 'named threads' }).catch((e) => { throw new Error(`${e.message}: ${comms().join(', ')}`); });
   await waitFor(() => / malloc$/m.test(gw.proc.stderr), { timeoutMs: 5000, what: 'the start-up line' });
   const line = gw.proc.stderr.split('\n').find((l) => / malloc$/.test(l));
   const linked = execFileSync('ldd', [CAPGATE_BIN], { encoding: 'utf8' });
