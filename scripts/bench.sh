@@ -77,7 +77,8 @@
 # --perf DIR: after the runs, one more wrk run per target under perf record (-g, the server's
 # processes); DIR/TARGET.folded gets the folded stacks (scripts/bench/stackcollapse.awk),
 # DIR/TARGET.txt their per-function table (functable.awk) and DIR/TARGET.svg a flame graph of
-# them (flamegraph.awk).
+# them (flamegraph.awk). With --latency, one more constant-rate run per target and rate under
+# perf record of the scheduler (see latency_run): DIR/latency-TARGET-PCT.md.
 # Usage: bench.sh [--targets direct,nginx-bare,...,pool-hit,pool-forward|a,b,c,d,e,pool,durability]
 #                 [--duration S] [--runs N] [--connections N] [--pool-connections N,N...]
 #                 [--pool-duration S] [--layout shared|dedicated] [--no-build]
@@ -786,7 +787,10 @@ our_ticks() {
 # --connections connections, pinned per --latency-layout; appends "p50 p90 p99 p99.9" (us),
 # the generator's send lag p99 (us) and CPU per request (us), the share of the two cores that
 # other processes used during the run (%) and RUN to lat[TARGET@PCT], or counts the run invalid
-# (a failed or non-code-0 reply, the mock's journal).
+# (a failed or non-code-0 reply, the mock's journal). RUN "sched" (with --perf DIR): a run under
+# `perf record` of the scheduler's switches and wake-ups on every CPU, with the generator's
+# per-request trace, left out of the medians; scripts/bench/sched-attrib.mjs then writes
+# DIR/latency-TARGET-PCT.md: where the time of the median and of the slowest requests went.
 latency_run() {
   local t=$1 pct=$2 rate=$3 i=$4 host file="$work/rate-requests.txt" out="$work/rate-$1-$2-$4.out" bad=()
   local count=$((rate * (duration + latency_warmup) + 100))
@@ -801,11 +805,23 @@ latency_run() {
   fi
   node "$root/scripts/bench/admin.mjs" reset "$mock_url"
   local busy0 ours0 busy1 ours1 ns0 ns1
+  local trace=() perf_pid="" sched="$perf_dir/latency-$t-$pct"
+  if [[ $i == sched ]]; then
+    trace=(--trace "$sched.trace")
+    perf record -q -k CLOCK_MONOTONIC -a -e sched:sched_switch -e sched:sched_wakeup \
+      -o "$sched.data" >"$sched.perf.log" 2>&1 &
+    perf_pid=$!
+    sleep 0.5
+  fi
   busy0=$(cores_busy_ticks) ours0=$(our_ticks) ns0=$(date +%s%N)
   "${lat_pin[@]}" "$build_dir/capgate-loadgen" --host "$host" --file "$file" --rate "$rate" \
-    --duration "$duration" --warmup "$latency_warmup" --connections "$connections" >"$out" 2>&1 ||
-    bad+=("not every reply was good")
+    --duration "$duration" --warmup "$latency_warmup" --connections "$connections" \
+    "${trace[@]}" >"$out" 2>&1 || bad+=("not every reply was good")
   busy1=$(cores_busy_ticks) ours1=$(our_ticks) ns1=$(date +%s%N)
+  if [[ -n $perf_pid ]]; then
+    kill -INT "$perf_pid" 2>/dev/null
+    wait "$perf_pid" 2>/dev/null || true
+  fi
   node "$root/scripts/bench/admin.mjs" check "$mock_url" >/dev/null || bad+=("the mock's journal shows failed requests")
   local p50 p90 p99 p999 lag99 lgcpu other
   read -r p50 p90 p99 p999 < <(awk '$1 == "latency_us" { print $3, $5, $7, $9 }' "$out")
@@ -818,6 +834,15 @@ latency_run() {
     lat_invalid[$t@$pct]=$((${lat_invalid[$t@$pct]:-0} + 1))
     say "$t at $rate req/s ($pct% of capgate's max) run $i: INVALID: ${bad[*]}"
     cat "$out" >&2
+    return 0
+  fi
+  if [[ $i == sched ]]; then
+    perf script -i "$sched.data" -F comm,pid,tid,cpu,time,event,trace --ns >"$sched.sched" 2>/dev/null &&
+      node "$root/scripts/bench/sched-attrib.mjs" --trace "$sched.trace" --sched "$sched.sched" \
+        --pids "capgate=${gw_pid[capgate]},mock=$mock_pid${redis_pid:+,redis=$redis_pid}" \
+        --label "$t at $rate req/s ($pct% of capgate's max), p50 $p50 us, p99 $p99 us, other processes $other% of the 2 cores" \
+        >"$sched.md" 2>"$sched.err" && say "sched: $sched.md" || say "sched: no attribution ($(cat "$sched.err"))"
+    rm -f "$sched.data" "$sched.sched"
     return 0
   fi
   lat[$t@$pct]+="$p50 $p90 $p99 $p999 $lag99 $lgcpu $other $i"$'\n'
@@ -977,6 +1002,11 @@ if [[ -n $latency_pcts ]]; then
         for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" "$i"; done
       done
     done
+    if [[ -n $perf_dir ]]; then
+      for pct in "${lat_pcts[@]}"; do
+        for t in direct capgate; do latency_run "$t" "$pct" "$((lat_max * pct / 100))" sched; done
+      done
+    fi
   fi
 fi
 
@@ -1149,6 +1179,13 @@ if [[ -n $latency_pcts && -n ${lat_max:-} ]]; then
           w, p, l, (a - b) / 1000, r == "" ? "" : "; paired by round " r, g }'
     done
   done
+  if [[ -n $perf_dir ]]; then
+    for pct in "${lat_pcts[@]}"; do
+      for t in direct capgate; do
+        [[ -s $perf_dir/latency-$t-$pct.md ]] && { echo; cat "$perf_dir/latency-$t-$pct.md"; }
+      done
+    done
+  fi
 fi
 
 if ((${#pool_targets[@]})); then
