@@ -487,6 +487,11 @@ app_key="capgate-bench-app-secret"
 app_token="capgate-bench-token"
 declare -A gw_host=() gw_admin=() gw_pid=()
 
+# capgate_malloc: the allocator the capgate under test is linked with (CAPGATE_ALLOCATOR).
+capgate_malloc() {
+  if ldd "$build_dir/capgate" 2>/dev/null | grep -q libjemalloc; then echo "jemalloc"; else echo "libc malloc"; fi
+}
+
 # start_capgate NAME WORKERS UPSTREAM_URL [full]
 start_capgate() {
   local name=$1 workers=$2 url=$3 full=${4:-} port conf="$work/$1.json" log="$work/$1.log" line
@@ -507,7 +512,7 @@ start_capgate() {
     durable) full=", audit.commit durable" ;;
     pool) full=", pool of $pool_profiles profile(s) x $pool_size URLs in memory" ;;
   esac
-  say "capgate ($name: $workers worker(s), upstream $url$full) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
+  say "capgate ($name: $workers worker(s), upstream $url$full, $(capgate_malloc)) at http://${gw_host[$name]} (pid ${gw_pid[$name]})"
 }
 
 # ---- runs ----------------------------------------------------------------------------------
