@@ -82,7 +82,12 @@ static void sign(struct hdrs *h, char *auth, size_t authlen, const char *id, con
 
 static int authn(const struct config *c, struct hdrs *h, const char *host,
                  struct api3_auth_result *r) {
-    struct api3_auth_request ar = {hdr, h, host, BODY, strlen(BODY), NOW};
+    struct api3_auth_request ar = {.header = hdr,
+                                   .header_arg = h,
+                                   .host = host,
+                                   .body = BODY,
+                                   .body_len = strlen(BODY),
+                                   .now_s = NOW};
     return api3_authenticate(c, &ar, r);
 }
 
