@@ -51,8 +51,8 @@ int api3req_shape(const char *method, const char *content_type, enum api3_shape 
     return 0;
 }
 
-int api3req_params(enum api3_shape s, const char *query, const char *content_type,
-                   const void *body, size_t len, struct params *p, char *err, size_t errlen) {
+int api3req_params(enum api3_shape s, const char *query, const char *content_type, const void *body,
+                   size_t len, struct params *p, char *err, size_t errlen) {
     switch (s) {
     case API3_SHAPE_QUERY:
         return query ? params_parse_urlencoded(p, query, strlen(query), err, errlen) : 0;
@@ -68,7 +68,7 @@ int api3req_is_v1(const struct params *p) {
 }
 
 static const char *const common_names[] = {
-    "Action",   "Version",         "Region", "Timestamp", "Nonce",         "SecretId",
+    "Action",    "Version",         "Region", "Timestamp", "Nonce",         "SecretId",
     "Signature", "SignatureMethod", "Token",  "Language",  "RequestClient", NULL,
 };
 
@@ -80,8 +80,8 @@ int api3req_is_common(const char *name) {
 
 int api3req_v1_public(const struct params *p, struct api3_v1 *out, const char **code, char *err,
                       size_t errlen) {
-    static const char *const need[] = {"Action", "Version", "SecretId",
-                                       "Timestamp", "Nonce", "Signature"};
+    static const char *const need[] = {"Action",    "Version", "SecretId",
+                                       "Timestamp", "Nonce",   "Signature"};
     const char *v[6];
     for (size_t i = 0; i < 6; i++) {
         v[i] = params_get(p, need[i]);
@@ -98,8 +98,8 @@ int api3req_v1_public(const struct params *p, struct api3_v1 *out, const char **
         return fail(code, "InvalidParameter", err, errlen,
                     "Timestamp %.40s is not a Unix time in seconds", v[3]);
     if (num_parse_u64z(v[4], &out->nonce) != 0)
-        return fail(code, "InvalidParameter", err, errlen,
-                    "Nonce %.40s is not an unsigned integer", v[4]);
+        return fail(code, "InvalidParameter", err, errlen, "Nonce %.40s is not an unsigned integer",
+                    v[4]);
     out->token = params_get(p, "Token");
     out->method = sign_method_parse(params_get(p, "SignatureMethod"));
     return 0;

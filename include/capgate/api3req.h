@@ -38,8 +38,8 @@ int api3req_shape(const char *method, const char *content_type, enum api3_shape 
 
 /* Decodes the fields of a QUERY, FORM or MULTIPART request into p (params.h rules: duplicates,
  * bad percent-encoding and invalid UTF-8 are errors). 0, or -1 with err (InvalidParameter). */
-int api3req_params(enum api3_shape s, const char *query, const char *content_type,
-                   const void *body, size_t len, struct params *p, char *err, size_t errlen);
+int api3req_params(enum api3_shape s, const char *query, const char *content_type, const void *body,
+                   size_t len, struct params *p, char *err, size_t errlen);
 
 /* 1 when p is signed with the v1 signature (it holds a Signature). */
 int api3req_is_v1(const struct params *p);

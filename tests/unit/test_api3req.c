@@ -89,9 +89,8 @@ static void test_v1_matches_sdk(void **state) {
     /* signed over the Host without its port (the Python SDK's hostname): sent with one */
     struct params p;
     parse(&p, v1vecs[0].sent);
-    assert_int_equal(api3req_v1_verify(&p, "GET", "captcha.tencentcloudapi.com:443", NULL,
-                                       "secret-key"),
-                     0);
+    assert_int_equal(
+        api3req_v1_verify(&p, "GET", "captcha.tencentcloudapi.com:443", NULL, "secret-key"), 0);
     params_cleanup(&p);
 }
 
@@ -149,13 +148,11 @@ static void test_shape(void **state) {
     char err[256];
     assert_int_equal(api3req_shape("GET", NULL, &s, &code, err, sizeof(err)), 0);
     assert_int_equal(s, API3_SHAPE_QUERY);
-    assert_int_equal(api3req_shape("POST", "application/json; charset=utf-8", &s, &code, err,
-                                   sizeof(err)),
-                     0);
+    assert_int_equal(
+        api3req_shape("POST", "application/json; charset=utf-8", &s, &code, err, sizeof(err)), 0);
     assert_int_equal(s, API3_SHAPE_JSON);
-    assert_int_equal(api3req_shape("POST", "Application/X-WWW-Form-Urlencoded", &s, &code, err,
-                                   sizeof(err)),
-                     0);
+    assert_int_equal(
+        api3req_shape("POST", "Application/X-WWW-Form-Urlencoded", &s, &code, err, sizeof(err)), 0);
     assert_int_equal(s, API3_SHAPE_FORM);
     assert_int_equal(
         api3req_shape("POST", "multipart/form-data; boundary=x", &s, &code, err, sizeof(err)), 0);
@@ -173,9 +170,9 @@ static void test_shape(void **state) {
 static json_t *body_of(const char *q, int v1, int mini, const char **code, char *err) {
     struct params p;
     parse(&p, q);
-    json_t *o = api3req_body(&p, v1, validate_api3_fields(mini),
-                             mini ? "DescribeCaptchaMiniResult" : "DescribeCaptchaResult", code,
-                             err, 256);
+    json_t *o =
+        api3req_body(&p, v1, validate_api3_fields(mini),
+                     mini ? "DescribeCaptchaMiniResult" : "DescribeCaptchaResult", code, err, 256);
     params_cleanup(&p);
     return o;
 }
@@ -204,7 +201,8 @@ static void test_body_typing(void **state) {
         int v1;
         const char *code, *msg;
     } bad[] = {
-        {"CaptchaType=abc", 0, "InvalidParameterValue", "CaptchaType must be an Integer; got \"abc\""},
+        {"CaptchaType=abc", 0, "InvalidParameterValue",
+         "CaptchaType must be an Integer; got \"abc\""},
         {"CaptchaType=", 0, "InvalidParameterValue", "CaptchaType must be an Integer; got \"\""},
         {"CaptchaType=-", 0, "InvalidParameterValue", "got \"-\""},
         {"CaptchaType=9.0", 0, "InvalidParameterValue", "got \"9.0\""},
@@ -229,16 +227,15 @@ static void test_params_of_shapes(void **state) {
     struct params p;
     char err[256];
     params_init(&p);
-    assert_int_equal(api3req_params(API3_SHAPE_QUERY, "a=1&b=%41", NULL, "", 0, &p, err,
-                                    sizeof(err)),
-                     0);
+    assert_int_equal(
+        api3req_params(API3_SHAPE_QUERY, "a=1&b=%41", NULL, "", 0, &p, err, sizeof(err)), 0);
     assert_string_equal(params_get(&p, "b"), "A");
     params_cleanup(&p);
     params_init(&p);
     assert_int_equal(api3req_params(API3_SHAPE_QUERY, NULL, NULL, "", 0, &p, err, sizeof(err)), 0);
     assert_int_equal(p.count, 0);
-    assert_int_equal(
-        api3req_params(API3_SHAPE_QUERY, "a=%zz", NULL, "", 0, &p, err, sizeof(err)), -1);
+    assert_int_equal(api3req_params(API3_SHAPE_QUERY, "a=%zz", NULL, "", 0, &p, err, sizeof(err)),
+                     -1);
     params_cleanup(&p);
     params_init(&p);
     assert_int_equal(
@@ -290,19 +287,17 @@ static void check_tc3(struct tc3_request *r, const char *auth_sig) {
 static void test_tc3_get_and_multipart_match_sdk(void **state) {
     (void)state;
     struct hdrs h = {"application/x-www-form-urlencoded", "127.0.0.1"};
-    struct tc3_request r = {"GET",
-                            "/",
-                            "CaptchaType=9&Ticket=t%2B1&UserIp=1.2.3.4&CaptchaAppId=7&AppSecretKey=k",
-                            "",
-                            0,
-                            get,
-                            &h};
+    struct tc3_request r = {
+        "GET", "/", "CaptchaType=9&Ticket=t%2B1&UserIp=1.2.3.4&CaptchaAppId=7&AppSecretKey=k",
+        "",    0,   get,
+        &h};
     check_tc3(&r, "fabe60a4a7a63642dcd280810642a00380ed5deb467ecb03bc400dce86f38f15");
     /* the body form-data sends for the SDK's parts; the SDK hashed its own rendering of them */
-#define PART(n, v) "--" BOUNDARY "\r\nContent-Disposition: form-data; name=\"" n "\"\r\n\r\n" v "\r\n"
-    static const char body[] = PART("CaptchaType", "9") PART("Ticket", "t") PART(
-        "UserIp", "1.2.3.4") PART("CaptchaAppId", "7") PART("AppSecretKey", "k") "--" BOUNDARY
-                                                                                "--\r\n";
+#define PART(n, v) \
+    "--" BOUNDARY "\r\nContent-Disposition: form-data; name=\"" n "\"\r\n\r\n" v "\r\n"
+    static const char body[] =
+        PART("CaptchaType", "9") PART("Ticket", "t") PART("UserIp", "1.2.3.4")
+            PART("CaptchaAppId", "7") PART("AppSecretKey", "k") "--" BOUNDARY "--\r\n";
 #undef PART
     struct hdrs hm = {"multipart/form-data; boundary=" BOUNDARY, "127.0.0.1"};
     struct tc3_request m = {"POST", "/", "", body, sizeof(body) - 1, get, &hm};
