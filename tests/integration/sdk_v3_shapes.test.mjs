@@ -281,6 +281,20 @@ for (const [name, target] of Object.entries(targets)) {
   });
 }
 
+test('mock: a delayed v1 call (fault rule on its Action) is answered and journalled under that Action', async () => {
+  const t = targets.mock();
+  const s = await solve();
+  await mock.admin('faults', { method: 'POST', json: { action: 'DescribeCaptchaResult', delay_ms: 100, times: 1 } });
+  const r = await sdkCall(t, ['HmacSHA1', 'GET', false], fields(t, s, { Imei: `delayed-${process.pid}` }));
+  assert.equal(r.CaptchaCode, 1, JSON.stringify(r));
+  const seen = (await mock.admin('requests?action=DescribeCaptchaResult')).requests
+    .filter((e) => e.params.Imei === `delayed-${process.pid}`);
+  assert.equal(seen.length, 1, JSON.stringify(seen));
+  assert.equal(seen[0].fault, 'delay_ms 100');
+  assert.equal(seen[0].params.Action, 'DescribeCaptchaResult');
+  assert.equal(seen[0].method, 'GET');
+});
+
 test('gateway: every shape is forwarded as POST JSON signed TC3, and audited with the same fields', async () => {
   const t = targets.gateway();
   const biz = { json: 601, 'TC3-HMAC-SHA256 GET': 602, 'HmacSHA1 GET': 603, 'HmacSHA256 POST': 604,
