@@ -206,7 +206,7 @@ struct pipeline_ctx {
     const struct config_app *app; /* borrowed from config */
     struct v2_fields fields;
     struct pipeline_record rec;
-    /* API 3.0 (api3.h): the request is POST / with X-TC-Action; its body parsed by validate */
+    /* API 3.0 (api3.h): a request to /; its body (or its fields) parsed by validate */
     int v3;
     enum api3_shape shape3; /* JSON, or a GET query / form / multipart (params hold its fields) */
     int v1;                 /* the params are signed v1 (api3req.h) */
@@ -543,6 +543,7 @@ static enum stage_result stage_validate3(struct pipeline_ctx *ctx) {
         if (strcmp(ctx->version3, API3_VERSION) != 0)
             return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
                               "the Version %.40s does not exist; use " API3_VERSION, ctx->version3);
+        ctx->version3 = API3_VERSION; /* it may point into the list emptied here */
         params_reset(&ctx->params);
     } else {
         ctx->body3 = json_loadb(ctx->req->body, ctx->req->body_len, JSON_REJECT_DUPLICATES, &jerr);

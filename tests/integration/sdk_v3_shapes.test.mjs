@@ -295,6 +295,15 @@ test('mock: a delayed v1 call (fault rule on its Action) is answered and journal
   assert.equal(seen[0].method, 'GET');
 });
 
+test('gateway: a v1 form of 8 KB (fields longer than the parameter list keeps between requests) verifies', async () => {
+  const t = targets.gateway();
+  for (let i = 0; i < 2; i++) {
+    const s = await solve();
+    const r = await sdkCall(t, ['HmacSHA256', 'POST', false], fields(t, s, { MacAddress: 'm'.repeat(4000), Imei: 'i'.repeat(4000) }));
+    assert.equal(r.CaptchaCode, 1, JSON.stringify(r));
+  }
+});
+
 test('gateway: every shape is forwarded as POST JSON signed TC3, and audited with the same fields', async () => {
   const t = targets.gateway();
   const biz = { json: 601, 'TC3-HMAC-SHA256 GET': 602, 'HmacSHA1 GET': 603, 'HmacSHA256 POST': 604,
