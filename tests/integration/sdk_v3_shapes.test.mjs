@@ -272,6 +272,15 @@ for (const [name, target] of Object.entries(targets)) {
     // the same query, signed as sent: verified (CaptchaCode 1)
     r = await get(q);
     assert.equal(r.CaptchaCode, 1, JSON.stringify(r));
+    // multipart without a boundary, a form with a bad escape: InvalidParameter naming it
+    const mp = await request(`${t.base}/`, { method: 'POST', body: 'x', ca: certs().caPem,
+      headers: { Host: t.host, 'Content-Type': 'multipart/form-data' } });
+    assert.equal(mp.json?.Response?.Error?.Code, 'InvalidParameter', mp.body);
+    assert.match(mp.json.Response.Error.Message, /boundary/);
+    const fm = await request(`${t.base}/`, { method: 'POST', body: 'Ticket=%G1', ca: certs().caPem,
+      headers: { Host: t.host, 'Content-Type': 'application/x-www-form-urlencoded' } });
+    assert.equal(fm.json?.Response?.Error?.Code, 'InvalidParameter', fm.body);
+    assert.match(fm.json.Response.Error.Message, /Ticket/);
     // v1 without its Nonce: MissingParameter
     const form = new URLSearchParams({ Action: 'DescribeCaptchaResult', Version: '2019-07-22', SecretId: t.secretId,
       Timestamp: String(ts), Signature: 'x', CaptchaType: '9' }).toString();
