@@ -1,5 +1,7 @@
 /* api3.c: the API 3.0 face of the mock (captcha.tencentcloudapi.com): POST / with a JSON body,
- * X-TC-* headers and a TC3-HMAC-SHA256 Authorization (common/tc3.c), answered in 3.0's shape
+ * X-TC-* headers and a TC3-HMAC-SHA256 Authorization (common/tc3.c), or the other shapes the
+ * official SDKs send (GET, a form, multipart; TC3 or v1 signed: capgate/api3req.h), answered in
+ * 3.0's shape
  * {"Response": {..., "RequestId"}} or {"Response": {"Error": {"Code", "Message"}, "RequestId"}}.
  * Error codes are the API 3.0 common ones (AuthFailure.*, MissingParameter, InvalidParameter,
  * InvalidAction, NoSuchVersion, UnsupportedProtocol, RequestLimitExceeded, ...); the Actions and
@@ -13,8 +15,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include "capgate/api3req.h"
 #include "capgate/clock.h"
 #include "capgate/httpd.h"
+#include "capgate/log.h"
 #include "capgate/params.h"
 #include "capgate/tc3.h"
 #include "capgate/validate.h"
@@ -69,37 +73,131 @@ static int parse_u64(const char *s, uint64_t *out) {
     return 0;
 }
 
-int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
+/* The mock takes permanent credentials only (--cred): a Token is a temporary credential's, which
+ * none of them is. Tencent answers a token that does not hold with AuthFailure.TokenFailure (the
+ * API 3.0 common error codes). */
+#define TOKEN_FAILURE "the Token is not valid: SecretId %s is a permanent key, which takes no Token"
+
+static int check_quota(struct mock *m, struct api3_call *c, uint64_t now) {
+    if (!m->opts->quota) return 0;
+    struct mock_quota *q = &m->quota[c->cred];
+    if (q->second != now) {
+        q->second = now;
+        q->count = 0;
+    }
+    if (q->count >= m->opts->quota)
+        return fail(c, "RequestLimitExceeded", "quota of %u requests/s for SecretId %s exceeded",
+                    m->opts->quota, c->secret_id);
+    q->count++;
+    return 0;
+}
+
+static int check_action(struct api3_call *c, const char *ver) {
+    if (strcmp(c->action, "DescribeCaptchaResult") != 0 &&
+        strcmp(c->action, "DescribeCaptchaMiniResult") != 0)
+        return fail(c, "InvalidAction",
+                    "the Action %.64s does not exist (this emulator has "
+                    "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
+                    c->action);
+    if (strcmp(ver, MOCK_API3_VERSION) != 0)
+        return fail(c, "NoSuchVersion", "the Version %.40s does not exist; use " MOCK_API3_VERSION,
+                    ver);
+    return 0;
+}
+
+/* The fields of a GET, form or multipart call, typed into c->body. */
+static int type_fields(struct api3_call *c, const struct params *p, int v1) {
+    const char *code = "InternalError";
+    int mini = strcmp(c->action, "DescribeCaptchaMiniResult") == 0;
+    c->body =
+        api3req_body(p, v1, validate_api3_fields(mini), c->action, &code, c->msg, sizeof(c->msg));
+    if (!c->body) c->code = code;
+    return c->body ? 0 : -1;
+}
+
+/* v1: the common parameters among the fields, signed HmacSHA1 / HmacSHA256 (api3req.h); the
+ * Nonce spent once per SecretId within twice the window, as v2's. */
+static int check_v1(struct mock *m, struct httpd_req *req, struct api3_call *c,
+                    const struct params *p) {
+    struct api3_v1 v;
+    const char *code = NULL;
+    if (api3req_v1_public(p, &v, &code, c->msg, sizeof(c->msg)) != 0) {
+        c->code = code;
+        return -1;
+    }
+    snprintf(c->action_buf, sizeof(c->action_buf), "%s", v.action);
+    c->action = c->action_buf;
+    snprintf(c->secret_id, sizeof(c->secret_id), "%s", v.secret_id);
+    c->cred = find_cred(m, v.secret_id);
+    if (c->cred < 0)
+        return fail(c, "AuthFailure.SecretIdNotFound", "SecretId %s does not exist", c->secret_id);
+    uint64_t now = clock_wall_us() / 1000000u, window = m->opts->timestamp_window;
+    if (!tc3_timestamp_fresh(v.timestamp, now, window))
+        return fail(c, "AuthFailure.SignatureExpire",
+                    "Timestamp %llu is %llu s from the server time; at most %llu s is accepted",
+                    (unsigned long long)v.timestamp,
+                    (unsigned long long)(v.timestamp > now ? v.timestamp - now : now - v.timestamp),
+                    (unsigned long long)window);
+    char nonce_key[48];
+    int nk =
+        snprintf(nonce_key, sizeof(nonce_key), "v3:%d:%llu", c->cred, (unsigned long long)v.nonce);
+    uint64_t now_us = clock_mono_us();
+    etable_expire(m->nonces, now_us);
+    if (etable_find(m->nonces, nonce_key, (size_t)nk, NULL))
+        return fail(c, "AuthFailure.SignatureExpire",
+                    "the Nonce %llu was already used by this SecretId within the last %llu s",
+                    (unsigned long long)v.nonce, (unsigned long long)validate_nonce_ttl_s(window));
+    if (api3req_v1_verify(p, req->method, req->host, NULL, m->opts->creds[c->cred].secret_key) !=
+        0) {
+        c->verdict = JOURNAL_SIG_BAD;
+        return fail(c, "AuthFailure.SignatureFailure",
+                    "the Signature does not match the request signed %s with the SecretKey of %s",
+                    sign_method_name(v.method), c->secret_id);
+    }
+    c->verdict = JOURNAL_SIG_OK;
+    if (v.token && *v.token)
+        return fail(c, "AuthFailure.TokenFailure", TOKEN_FAILURE, c->secret_id);
+    /* only a correctly signed request spends its Nonce */
+    if (etable_put(m->nonces, nonce_key, (size_t)nk, NULL,
+                   now_us + validate_nonce_ttl_s(window) * 1000000u) != 0)
+        log_warn("nonce table: out of memory");
+    if (check_quota(m, c, now) != 0) return -1;
+    if (check_action(c, v.version) != 0) return -1;
+    return type_fields(c, p, 1);
+}
+
+static int check(struct mock *m, struct httpd_req *req, struct api3_call *c, struct params *p) {
     c->cred = -1;
     c->verdict = JOURNAL_UNCHECKED;
     c->action = header(req, "x-tc-action");
     if (m->opts->https_only && !req->is_tls)
         return fail(c, "UnsupportedProtocol", "this endpoint accepts HTTPS only");
-    if (strcmp(req->method, "POST") != 0)
-        return fail(c, "UnsupportedProtocol",
-                    "method %s is not supported; this emulator takes "
-                    "POST with a JSON body",
-                    req->method);
+    enum api3_shape shape;
+    const char *code = NULL;
     const char *ct = req->content_type ? req->content_type : "";
-    if (strncasecmp(ct, "application/json", 16) != 0 || (ct[16] && ct[16] != ';'))
-        return fail(c, "InvalidParameter",
-                    "Content-Type %.100s is not supported; use "
-                    "application/json",
-                    *ct ? ct : "(none)");
+    if (api3req_shape(req->method, ct, &shape, &code, c->msg, sizeof(c->msg)) != 0) {
+        c->code = code;
+        return -1;
+    }
+    if (shape != API3_SHAPE_JSON) {
+        if (api3req_params(shape, req->query, ct, req->body, req->body_len, p, c->msg,
+                           sizeof(c->msg)) != 0) {
+            c->code = "InvalidParameter";
+            return -1;
+        }
+        if (api3req_is_v1(p)) return check_v1(m, req, c, p);
+    }
     static const char *const need[] = {"X-TC-Action", "X-TC-Version", "X-TC-Timestamp",
                                        "Authorization"};
     for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++)
         if (!header(req, need[i]) || !*header(req, need[i]))
             return i == 3 ? fail(c, "AuthFailure.InvalidAuthorization",
-                                 "the Authorization "
-                                 "header is missing")
+                                 "the Authorization header is missing")
                           : fail(c, "MissingParameter", "the header %s is missing", need[i]);
     uint64_t ts;
     const char *tss = header(req, "x-tc-timestamp");
     if (parse_u64(tss, &ts) != 0)
-        return fail(c, "InvalidParameter",
-                    "X-TC-Timestamp %.40s is not a Unix time in "
-                    "seconds",
+        return fail(c, "InvalidParameter", "X-TC-Timestamp %.40s is not a Unix time in seconds",
                     tss);
     struct tc3_auth a;
     char err[256];
@@ -129,6 +227,13 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
                     a.service);
     const char *key = m->opts->creds[c->cred].secret_key;
     struct tc3_request r = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
+    if (shape == API3_SHAPE_QUERY) {
+        /* TC3 over GET: the query signed as sent, the payload hash that of "" */
+        r.method = "GET";
+        r.payload = "";
+        r.payload_len = 0;
+    }
+    if (shape != API3_SHAPE_JSON) r.query = req->query ? req->query : "";
     int rc = tc3_verify(&r, &a, key, ts, err, sizeof(err));
     if (rc == -1) {
         r.header = hdr_no_port;
@@ -141,35 +246,27 @@ int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
                     a.secret_id);
     }
     c->verdict = JOURNAL_SIG_OK;
-    if (m->opts->quota) {
-        struct mock_quota *q = &m->quota[c->cred];
-        if (q->second != now) {
-            q->second = now;
-            q->count = 0;
-        }
-        if (q->count >= m->opts->quota)
-            return fail(c, "RequestLimitExceeded",
-                        "quota of %u requests/s for SecretId %s "
-                        "exceeded",
-                        m->opts->quota, a.secret_id);
-        q->count++;
+    const char *token = header(req, "x-tc-token");
+    if (token && *token) return fail(c, "AuthFailure.TokenFailure", TOKEN_FAILURE, a.secret_id);
+    if (check_quota(m, c, now) != 0) return -1;
+    if (shape != API3_SHAPE_JSON) {
+        if (check_action(c, header(req, "x-tc-version")) != 0) return -1;
+        return type_fields(c, p, 0);
     }
     json_error_t jerr;
     c->body = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!c->body) return fail(c, "InvalidParameter", "the body is not JSON: %s", jerr.text);
     if (!json_is_object(c->body))
         return fail(c, "InvalidParameter", "the body must be a JSON object");
-    if (strcmp(c->action, "DescribeCaptchaResult") != 0 &&
-        strcmp(c->action, "DescribeCaptchaMiniResult") != 0)
-        return fail(c, "InvalidAction",
-                    "the Action %.64s does not exist (this emulator has "
-                    "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
-                    c->action);
-    const char *ver = header(req, "x-tc-version");
-    if (strcmp(ver, MOCK_API3_VERSION) != 0)
-        return fail(c, "NoSuchVersion", "the Version %.40s does not exist; use " MOCK_API3_VERSION,
-                    ver);
-    return 0;
+    return check_action(c, header(req, "x-tc-version"));
+}
+
+int api3_check(struct mock *m, struct httpd_req *req, struct api3_call *c) {
+    struct params p;
+    params_init(&p);
+    int rc = check(m, req, c, &p);
+    params_cleanup(&p);
+    return rc;
 }
 
 /* ---- the Actions ---- */

@@ -343,6 +343,7 @@ static struct call *call_to_heap(struct call *c) {
     struct call *h = malloc(sizeof(*h));
     if (!h) return NULL;
     *h = *c;
+    if (c->a3.action == c->a3.action_buf) h->a3.action = h->a3.action_buf; /* v1's, copied */
     params_init(&c->params);
     c->a3.body = NULL;
     h->m->pending++;
@@ -369,6 +370,7 @@ static void apply_fault(struct call *c) {
                          (suseconds_t)(c->fault.delay_ms % 1000) * 1000};
     if (!h->timer || evtimer_add(h->timer, &tv) != 0) {
         *c = *h; /* back to the stack so the caller frees params once */
+        if (h->a3.action == h->a3.action_buf) c->a3.action = c->a3.action_buf;
         if (c->timer) event_free(c->timer);
         c->timer = NULL;
         c->m->pending--;

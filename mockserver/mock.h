@@ -123,7 +123,8 @@ void widget_handle_solve(struct mock *m, struct httpd_req *req);
 #define MOCK_API3_VERSION "2019-07-22"
 struct api3_call {
     json_t *body;       /* the parsed JSON body (owned) */
-    const char *action; /* X-TC-Action, borrowed from the request */
+    const char *action; /* X-TC-Action, borrowed from the request, or action_buf (v1) */
+    char action_buf[72];
     char secret_id[130];
     int cred; /* index into opts->creds, -1 before it is known */
     enum journal_verdict verdict;

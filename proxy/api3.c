@@ -13,9 +13,11 @@
 #include "auth.h"
 #include "capgate/apierr.h"
 #include "capgate/num.h"
+#include "capgate/params.h"
 #include "capgate/strbuf.h"
 #include "capgate/validate.h"
 #include "config.h"
+#include "nonce.h"
 
 /* ---- error shape and codes ---- */
 
@@ -96,6 +98,61 @@ static const char *hdr_no_port(void *arg, const char *lname) {
     return strcmp(lname, "host") == 0 ? h->host : h->req->header(h->req->header_arg, lname);
 }
 
+/* The gateway issues permanent keys: a Token (a temporary credential's) cannot belong to one. */
+#define TOKEN_REFUSED \
+    "a Token (temporary credential) is not accepted: the gateway issues permanent keys; send none"
+
+/* v1: the common parameters in the query or form, the signature over them (api3req.h). */
+static int authenticate_v1(const struct config *c, const struct api3_auth_request *req,
+                           struct api3_auth_result *r) {
+    struct api3_v1 v;
+    char err[256];
+    const char *code = NULL;
+    if (api3req_v1_public(req->v1, &v, &code, err, sizeof(err)) != 0) {
+        const char *sid = params_get(req->v1, "SecretId");
+        if (sid) snprintf(r->secret_id, sizeof(r->secret_id), "%s", sid);
+        const struct config_app *claimed = config_find_app_by_secret_id(c, sid);
+        fail(r, code, "%s", err);
+        r->claimed = claimed;
+        return -1;
+    }
+    snprintf(r->secret_id, sizeof(r->secret_id), "%s", v.secret_id);
+    const struct config_app *app = config_find_app_by_secret_id(c, v.secret_id);
+    if (!app)
+        return fail(r, "AuthFailure.SecretIdNotFound",
+                    "SecretId %.128s is not known at this gateway", v.secret_id);
+    r->claimed = app;
+    uint64_t window = c->timestamp_window_s;
+    if (!tc3_timestamp_fresh(v.timestamp, req->now_s, window))
+        return fail(r, "AuthFailure.SignatureExpire",
+                    "Timestamp %llu is %llu s from the server time; at most %llu s is accepted",
+                    (unsigned long long)v.timestamp,
+                    (unsigned long long)(v.timestamp > req->now_s ? v.timestamp - req->now_s
+                                                                  : req->now_s - v.timestamp),
+                    (unsigned long long)window);
+    if (req->nonces && nonce_cache_seen(req->nonces, v.secret_id, v.nonce, req->now_s)) goto replay;
+    if (api3req_v1_verify(req->v1, req->method, req->host, app->sign_key, app->secret_key) != 0)
+        return fail(r, "AuthFailure.SignatureFailure",
+                    "the Signature does not match the request (%s over the method, Host, path "
+                    "and sorted parameters)",
+                    sign_method_name(v.method));
+    if (v.token && *v.token) return fail(r, "AuthFailure.TokenFailure", TOKEN_REFUSED);
+    /* only a correctly signed request spends its Nonce, so a forger cannot burn an app's */
+    if (req->nonces) {
+        int rc = nonce_cache_insert(req->nonces, v.secret_id, v.nonce, req->now_s,
+                                    validate_nonce_ttl_s(window));
+        if (rc == 1) goto replay;
+        if (rc < 0) return fail(r, "InternalError", "the Nonce could not be recorded");
+    }
+    r->app = app;
+    r->has_nonce = 1;
+    r->nonce = v.nonce;
+    return 0;
+replay:
+    return fail(r, "AuthFailure.SignatureExpire", "Nonce %llu was already used by SecretId %.128s",
+                (unsigned long long)v.nonce, v.secret_id);
+}
+
 int api3_authenticate(const struct config *c, const struct api3_auth_request *req,
                       struct api3_auth_result *r) {
     const char *authz = req->header(req->header_arg, "authorization");
@@ -114,6 +171,7 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
         r->app = app;
         return 0;
     }
+    if (req->v1) return authenticate_v1(c, req, r);
     if (!authz || !*authz)
         return fail(r, "AuthFailure.InvalidAuthorization",
                     "the Authorization header is missing; sign with TC3-HMAC-SHA256 or send "
@@ -152,6 +210,15 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
     struct host_arg ha = {.req = req};
     tc3_host_without_port(host, ha.host, sizeof(ha.host));
     struct tc3_request tr = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
+    if (req->shape == API3_SHAPE_QUERY) {
+        /* the query as sent, and no payload (its hash is that of "") */
+        tr.method = "GET";
+        tr.query = req->query ? req->query : "";
+        tr.payload = "";
+        tr.payload_len = 0;
+    } else if (req->shape != API3_SHAPE_JSON) {
+        tr.query = req->query ? req->query : "";
+    }
     int rc = tc3_verify(&tr, &a, app->secret_key, ts, err, sizeof(err));
     if (rc == -1) {
         char err2[256];
@@ -162,6 +229,8 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
         return fail(r, "AuthFailure.SignatureFailure", "%s", err);
     if (rc != 0)
         return fail(r, rc == -1 ? "AuthFailure.SignatureFailure" : "InternalError", "%s", err);
+    const char *tc_token = req->header(req->header_arg, "x-tc-token");
+    if (tc_token && *tc_token) return fail(r, "AuthFailure.TokenFailure", TOKEN_REFUSED);
     r->app = app;
     return 0;
 }

@@ -10,11 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <jansson.h>
+#include "capgate/api3req.h"
 #include "capgate/tc3.h"
 #include "capgate/validate.h"
 
 struct config;
 struct config_app;
+struct nonce_cache;
+struct params;
 
 #define API3_VERSION "2019-07-22"
 #define API3_SERVICE "captcha"
@@ -43,6 +46,12 @@ struct api3_auth_request {
     const void *body;
     size_t body_len;
     uint64_t now_s;
+    /* the shape (api3req.h); JSON (0) is POST / with the body signed, as before */
+    enum api3_shape shape;
+    const char *method;         /* QUERY, FORM, MULTIPART: the method ("GET", "POST") */
+    const char *query;          /* the query as sent (TC3 over GET signs it); NULL: none */
+    const struct params *v1;    /* a v1-signed request's parameters (api3req_is_v1), or NULL */
+    struct nonce_cache *nonces; /* v1: where its Nonce is remembered (as v2's, auth.c) */
 };
 
 struct api3_auth_result {
@@ -52,6 +61,8 @@ struct api3_auth_result {
     const char *code;                      /* failure: the 3.0 Error.Code (static) */
     int apierr;                            /* failure: its v2 class (4100, 4000, ...) */
     char secret_id[TC3_MAX_SECRET_ID + 1]; /* the Credential's SecretId ("" when none) */
+    int has_nonce;                         /* v1: the Nonce, claimed with Redis by the limit */
+    uint64_t nonce;                        /* stage as a v2 one's */
     char message[256];
 };
 
@@ -62,7 +73,12 @@ struct api3_auth_result {
  * is "captcha" or the Host's first label (what the SDKs derive from an endpoint) and the scope's
  * date and the signature match, with the Host as sent or without its port (the Node SDK signs
  * URL.hostname) (AuthFailure.SignatureFailure). TC3 has no Nonce: replays within the window are
- * not refused (as by Tencent's service). 0 (r->app set) or -1 (r->code, r->message). */
+ * not refused (as by Tencent's service). TC3 over GET signs the query and the hash of "", over
+ * FORM / MULTIPART the body. v1 (req->v1): its common parameters (MissingParameter,
+ * InvalidParameter), the SecretId, the Timestamp window, the Nonce not seen before, the
+ * Signature (api3req_v1_verify), then the Nonce recorded (AuthFailure.SignatureExpire on a
+ * replay, as v2's 4500). A Token (X-TC-Token or v1's Token) is AuthFailure.TokenFailure: the
+ * gateway issues permanent keys only. 0 (r->app set) or -1 (r->code, r->message). */
 int api3_authenticate(const struct config *c, const struct api3_auth_request *req,
                       struct api3_auth_result *r);
 

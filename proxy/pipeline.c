@@ -206,9 +206,12 @@ struct pipeline_ctx {
     const struct config_app *app; /* borrowed from config */
     struct v2_fields fields;
     struct pipeline_record rec;
-    /* API 3.0 (api3.h): the request is POST / with X-TC-Action; its body parsed by validate */
+    /* API 3.0 (api3.h): a request to /; its body (or its fields) parsed by validate */
     int v3;
-    const char *code3; /* the next ctx_error's 3.0 Error.Code (static), NULL: from its code */
+    enum api3_shape shape3; /* JSON, or a GET query / form / multipart (params hold its fields) */
+    int v1;                 /* the params are signed v1 (api3req.h) */
+    const char *version3;   /* X-TC-Version or v1's Version, borrowed */
+    const char *code3;      /* the next ctx_error's 3.0 Error.Code (static), NULL: from its code */
     json_t *body3;
     uint32_t captcha_app_id;
     struct params audit_params; /* 3.0: the per-user fields under the audit's v2 names */
@@ -339,10 +342,9 @@ static const char *req_header(const struct httpd_req *req, const char *name);
 #define ctx_error3(ctx, code3_, code, decision, ...) \
     ((ctx)->code3 = (code3_), ctx_error((ctx), (code), (decision), 0, 0, __VA_ARGS__))
 
-/* POST / with X-TC-Action (or any POST /): a 3.0 call. */
+/* Any request to / is a 3.0 call: POST JSON, GET, a form or multipart (api3req.h). */
 static int is_api3(const struct httpd_req *req) {
-    return req->path && strcmp(req->path, API3_PATH) == 0 &&
-           (req_header(req, "X-TC-Action") || strcmp(req->method, "POST") == 0);
+    return req->path && strcmp(req->path, API3_PATH) == 0;
 }
 
 /* 3.0: the shape of the request; the body is parsed once the caller is authenticated. */
@@ -354,17 +356,29 @@ static enum stage_result stage_parse3(struct pipeline_ctx *ctx) {
         copy_str(ctx->rec.action, sizeof(ctx->rec.action), action);
         ctx->rec.action_id = validate_action3_parse(action);
     }
-    if (strcmp(req->method, "POST") != 0)
-        return ctx_error3(ctx, "UnsupportedProtocol", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
-                          "method %.32s is not supported; API 3.0 calls are POST / with a JSON "
-                          "body",
-                          req->method);
     const char *ct = req->content_type ? req->content_type : "";
-    if (strncasecmp(ct, API3_CONTENT_TYPE, strlen(API3_CONTENT_TYPE)) != 0 ||
-        (ct[strlen(API3_CONTENT_TYPE)] && ct[strlen(API3_CONTENT_TYPE)] != ';'))
-        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
-                          "Content-Type %.100s is not supported; use " API3_CONTENT_TYPE,
-                          *ct ? ct : "(none)");
+    if (strcmp(req->method, "POST") != 0 ||
+        strncasecmp(ct, API3_CONTENT_TYPE, strlen(API3_CONTENT_TYPE)) != 0 ||
+        (ct[strlen(API3_CONTENT_TYPE)] && ct[strlen(API3_CONTENT_TYPE)] != ';')) {
+        /* not POST JSON: GET, a form or multipart, TC3 or v1 signed (api3req.h) */
+        const char *code = NULL;
+        char err[256];
+        if (api3req_shape(req->method, ct, &ctx->shape3, &code, err, sizeof(err)) != 0 ||
+            api3req_params(ctx->shape3, req->query, ct, req->body, req->body_len, &ctx->params, err,
+                           sizeof(err)) != 0)
+            return ctx_error3(ctx, code ? code : "InvalidParameter", APIERR_INVALID_PARAMETER,
+                              PIPELINE_INVALID, "%s", err);
+        ctx->v1 = api3req_is_v1(&ctx->params);
+        if (ctx->v1) {
+            /* v1 names the Action and Version among its parameters (checked by authenticate) */
+            action = params_get(&ctx->params, "Action");
+            copy_str(ctx->rec.action, sizeof(ctx->rec.action), action);
+            ctx->rec.action_id = validate_action3_parse(action);
+            ctx->version3 = params_get(&ctx->params, "Version");
+            return STAGE_NEXT;
+        }
+    }
+    ctx->version3 = req_header(req, "X-TC-Version");
     static const char *const need[] = {"X-TC-Action", "X-TC-Version"};
     for (size_t i = 0; i < sizeof(need) / sizeof(need[0]); i++) {
         const char *h = req_header(req, need[i]);
@@ -425,6 +439,11 @@ static enum stage_result stage_authenticate3(struct pipeline_ctx *ctx) {
         .body = ctx->req->body,
         .body_len = ctx->req->body_len,
         .now_s = clock_wall_us() / 1000000,
+        .shape = ctx->shape3,
+        .method = ctx->req->method,
+        .query = ctx->req->query,
+        .v1 = ctx->v1 ? &ctx->params : NULL,
+        .nonces = ctx->w->nonces,
     };
     if (api3_authenticate(ctx->config, &ar, &r) != 0) {
         if (r.claimed)
@@ -437,6 +456,8 @@ static enum stage_result stage_authenticate3(struct pipeline_ctx *ctx) {
                           "%s", r.message);
     }
     ctx->app = r.app;
+    ctx->has_nonce = r.has_nonce;
+    ctx->nonce = r.nonce;
     copy_str(ctx->rec.app, sizeof(ctx->rec.app), r.app->name);
     return STAGE_NEXT;
 }
@@ -478,7 +499,7 @@ static int body3_params(struct pipeline_ctx *ctx) {
     const char *key;
     json_t *v;
     if (params_adds(&ctx->params, "Action", ctx->rec.action) ||
-        params_adds(&ctx->params, "Version", req_header(ctx->req, "X-TC-Version")))
+        params_adds(&ctx->params, "Version", API3_VERSION))
         return -1;
     json_object_foreach(ctx->body3, key, v) {
         char num[32];
@@ -505,7 +526,28 @@ static enum stage_result stage_validate3(struct pipeline_ctx *ctx) {
     char err[256];
     const char *code = NULL;
     json_error_t jerr;
-    ctx->body3 = json_loadb(ctx->req->body, ctx->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (ctx->shape3 != API3_SHAPE_JSON) {
+        /* the fields as strings, typed by the Action's model; the list is then reused for the
+         * fingerprint's parameters (body3_params), as a JSON call's */
+        if (ctx->rec.action_id == V2_ACTION_UNKNOWN)
+            return ctx_error3(ctx, "InvalidAction", APIERR_VERSION, PIPELINE_INVALID,
+                              "the Action %.64s is not fronted by this gateway (it has "
+                              "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
+                              ctx->rec.action);
+        ctx->body3 = api3req_body(
+            &ctx->params, ctx->v1,
+            validate_api3_fields(ctx->rec.action_id == V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT),
+            validate_action_name(ctx->rec.action_id), &code, err, sizeof(err));
+        if (!ctx->body3)
+            return ctx_error3(ctx, code, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, "%s", err);
+        if (strcmp(ctx->version3, API3_VERSION) != 0)
+            return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
+                              "the Version %.40s does not exist; use " API3_VERSION, ctx->version3);
+        ctx->version3 = API3_VERSION; /* it may point into the list emptied here */
+        params_reset(&ctx->params);
+    } else {
+        ctx->body3 = json_loadb(ctx->req->body, ctx->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    }
     if (!ctx->body3)
         return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
                           "the body is not JSON: %s (at byte %d)", jerr.text, jerr.position);
@@ -517,7 +559,7 @@ static enum stage_result stage_validate3(struct pipeline_ctx *ctx) {
                           "the Action %.64s is not fronted by this gateway (it has "
                           "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
                           ctx->rec.action);
-    const char *ver = req_header(ctx->req, "X-TC-Version");
+    const char *ver = ctx->version3;
     if (strcmp(ver, API3_VERSION) != 0)
         return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
                           "the Version %.40s does not exist; use " API3_VERSION, ver);

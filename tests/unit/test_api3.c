@@ -15,8 +15,11 @@
 
 #include "api3.h"
 #include "capgate/apierr.h"
+#include "capgate/params.h"
+#include "capgate/sign.h"
 #include "capgate/tc3.h"
 #include "config.h"
+#include "nonce.h"
 
 #define NOW 1764300000ull
 
@@ -82,8 +85,104 @@ static void sign(struct hdrs *h, char *auth, size_t authlen, const char *id, con
 
 static int authn(const struct config *c, struct hdrs *h, const char *host,
                  struct api3_auth_result *r) {
-    struct api3_auth_request ar = {hdr, h, host, BODY, strlen(BODY), NOW};
+    struct api3_auth_request ar = {.header = hdr,
+                                   .header_arg = h,
+                                   .host = host,
+                                   .body = BODY,
+                                   .body_len = strlen(BODY),
+                                   .now_s = NOW};
     return api3_authenticate(c, &ar, r);
+}
+
+/* v1 (HmacSHA1 / HmacSHA256 in the query or form) and Tokens, at the gateway. */
+static void v1_params(struct params *p, const char *method, const char *host, const char *key,
+                      const char *nonce, uint64_t ts) {
+    char tsbuf[24];
+    snprintf(tsbuf, sizeof tsbuf, "%llu", (unsigned long long)ts);
+    params_init(p);
+    assert_int_equal(params_adds(p, "Action", "DescribeCaptchaResult"), 0);
+    assert_int_equal(params_adds(p, "Version", "2019-07-22"), 0);
+    assert_int_equal(params_adds(p, "SecretId", "AKIDsig"), 0);
+    assert_int_equal(params_adds(p, "Timestamp", tsbuf), 0);
+    assert_int_equal(params_adds(p, "Nonce", nonce), 0);
+    assert_int_equal(params_adds(p, "SignatureMethod", "HmacSHA256"), 0);
+    assert_int_equal(params_adds(p, "CaptchaType", "9"), 0);
+    assert_int_equal(sign_params(p, method, host, "/", key), 0);
+}
+
+static int authn_v1(const struct config *c, struct nonce_cache *n, const struct params *p,
+                    const char *method, const char *host, struct api3_auth_result *r) {
+    struct hdrs h = {.n = 0};
+    struct api3_auth_request ar = {.header = hdr,
+                                   .header_arg = &h,
+                                   .host = host,
+                                   .now_s = NOW,
+                                   .shape =
+                                       strcmp(method, "GET") ? API3_SHAPE_FORM : API3_SHAPE_QUERY,
+                                   .method = method,
+                                   .v1 = p,
+                                   .nonces = n};
+    return api3_authenticate(c, &ar, r);
+}
+
+static void test_authenticate_v1(void **state) {
+    (void)state;
+    struct config *c = load();
+    struct nonce_cache *n = nonce_cache_new(1000, 1);
+    struct api3_auth_result r;
+    struct params p;
+    assert_non_null(n);
+    /* signed for the Host as sent (the Node SDK's endpoint, port included) */
+    v1_params(&p, "GET", "gw.example:8443", "sig-key", "11", NOW - 5);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example:8443", &r), 0);
+    assert_string_equal(r.app->name, "sig");
+    assert_true(r.has_nonce);
+    assert_int_equal(r.nonce, 11);
+    /* the same Nonce again: a replay */
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example:8443", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.SignatureExpire");
+    assert_non_null(strstr(r.message, "Nonce 11 was already used"));
+    params_cleanup(&p);
+    /* a wrong key does not spend its Nonce */
+    v1_params(&p, "POST", "gw.example", "not-the-key", "12", NOW);
+    assert_int_equal(authn_v1(c, n, &p, "POST", "gw.example:8443", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.SignatureFailure");
+    assert_string_equal(r.claimed->name, "sig");
+    params_cleanup(&p);
+    /* signed without the port, POST: accepted, Nonce 12 still free */
+    v1_params(&p, "POST", "gw.example", "sig-key", "12", NOW);
+    assert_int_equal(authn_v1(c, n, &p, "POST", "gw.example:8443", &r), 0);
+    /* signed for POST, sent as GET */
+    params_cleanup(&p);
+    v1_params(&p, "POST", "gw.example", "sig-key", "13", NOW);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.SignatureFailure");
+    params_cleanup(&p);
+    /* old, unknown SecretId, missing Nonce, a Token */
+    v1_params(&p, "GET", "gw.example", "sig-key", "14", NOW - 301);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.SignatureExpire");
+    params_cleanup(&p);
+    v1_params(&p, "GET", "gw.example", "sig-key", "15", NOW);
+    assert_int_equal(params_set(&p, "SecretId", "AKIDnobody"), 0);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.SecretIdNotFound");
+    assert_string_equal(r.secret_id, "AKIDnobody");
+    assert_int_equal(params_remove(&p, "Nonce"), 1);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example", &r), -1);
+    assert_string_equal(r.code, "MissingParameter");
+    assert_non_null(strstr(r.message, "Nonce"));
+    params_cleanup(&p);
+    params_init(&p);
+    v1_params(&p, "GET", "gw.example", "sig-key", "16", NOW);
+    assert_int_equal(params_remove(&p, "Signature"), 1);
+    assert_int_equal(params_adds(&p, "Token", "tmp"), 0);
+    assert_int_equal(sign_params(&p, "GET", "gw.example", "/", "sig-key"), 0);
+    assert_int_equal(authn_v1(c, n, &p, "GET", "gw.example", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.TokenFailure");
+    params_cleanup(&p);
+    nonce_cache_free(n);
+    config_free(c);
 }
 
 static void test_authenticate(void **state) {
@@ -155,6 +254,14 @@ static void test_authenticate(void **state) {
     hdr_set(&h, "authorization", "Bearer tok-secreT");
     assert_int_equal(authn(c, &h, "127.0.0.1:9", &r), -1);
     assert_string_equal(r.code, "AuthFailure.InvalidAuthorization");
+    /* a Token on a gateway key (permanent): refused by name; an empty one is no Token */
+    sign(&h, auth, sizeof auth, "AKIDsig", "sig-key", "captcha", NOW, "127.0.0.1:9", ts);
+    hdr_set(&h, "x-tc-token", "");
+    assert_int_equal(authn(c, &h, "127.0.0.1:9", &r), 0);
+    hdr_set(&h, "x-tc-token", "tmp-token");
+    assert_int_equal(authn(c, &h, "127.0.0.1:9", &r), -1);
+    assert_string_equal(r.code, "AuthFailure.TokenFailure");
+    assert_int_equal(r.apierr, APIERR_AUTH_FAILURE);
     config_free(c);
 }
 
@@ -338,7 +445,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_authenticate),          cmocka_unit_test(test_validate),
         cmocka_unit_test(test_authorize_captcha_app), cmocka_unit_test(test_forward_body),
-        cmocka_unit_test(test_errors_and_classes),
+        cmocka_unit_test(test_errors_and_classes),    cmocka_unit_test(test_authenticate_v1),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
