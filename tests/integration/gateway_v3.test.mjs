@@ -13,7 +13,7 @@ import https from 'node:https';
 import { createRequire } from 'node:module';
 import { certs, startMock, waitFor } from './lib/harness.mjs';
 import { APPS, baseApps, gwCall, startGateway } from './lib/gateway.mjs';
-import { tc3Call } from './lib/tc3.mjs';
+import { tc3Call, sdkError } from './lib/tc3.mjs';
 import { SEED_PARAMS } from './lib/harness.mjs';
 
 const require = createRequire(import.meta.url);
@@ -71,18 +71,6 @@ async function solve(appid = APP_ID) {
 
 const fields = (s, extra = {}) => ({ CaptchaType: 9, Ticket: s.ticket, UserIp: '203.0.113.9', Randstr: s.randstr,
   CaptchaAppId: APP_ID, ...extra });
-
-/** The SDK rejects a 3.0 Error with an exception carrying code, message and requestId. */
-async function sdkError(promise) {
-  try {
-    const r = await promise;
-    assert.fail(`expected an error, got ${JSON.stringify(r)}`);
-  } catch (e) {
-    if (e.code === 'ERR_ASSERTION') throw e;
-    assert.ok(e.requestId, `no RequestId in ${e}`);
-    return e;
-  }
-}
 
 /** A 3.0 call with the project's TC3 client to the HTTPS front, signed as app. */
 const call3 = (opts = {}) => tc3Call(gw.httpsBase, {

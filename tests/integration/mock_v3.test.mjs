@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import https from 'node:https';
 import { createRequire } from 'node:module';
 import { startMock, certs, request, MOCK_SECRET_ID, MOCK_SECRET_KEY } from './lib/harness.mjs';
-import { tc3Sign, tc3Call } from './lib/tc3.mjs';
+import { tc3Sign, tc3Call, sdkError } from './lib/tc3.mjs';
 
 const require = createRequire(import.meta.url);
 const tencentcloud = require('tencentcloud-sdk-nodejs');
@@ -52,18 +52,6 @@ const req = (s, extra = {}) => ({
   CaptchaType: 9, Ticket: s.ticket, UserIp: '203.0.113.7', Randstr: s.randstr,
   CaptchaAppId: APP_ID, AppSecretKey: APP_KEY, ...extra,
 });
-
-/** The SDK rejects a 3.0 Error with a TencentCloudSDKHttpException carrying code and requestId. */
-async function sdkError(promise) {
-  try {
-    const r = await promise;
-    assert.fail(`expected an error, got ${JSON.stringify(r)}`);
-  } catch (e) {
-    if (e.code === 'ERR_ASSERTION') throw e;
-    assert.ok(e.requestId, `no RequestId in ${e}`);
-    return e;
-  }
-}
 
 async function journal(action) {
   const body = await mock.admin(`requests${action ? `?action=${action}` : ''}`);

@@ -14,7 +14,7 @@ import https from 'node:https';
 import { createRequire } from 'node:module';
 import { certs, request, sign, startMock, startRedis, waitFor, MOCK_SECRET_ID, MOCK_SECRET_KEY } from './lib/harness.mjs';
 import { APPS, baseApps, startGateway } from './lib/gateway.mjs';
-import { tc3Sign } from './lib/tc3.mjs';
+import { tc3Sign, sdkError } from './lib/tc3.mjs';
 
 const require = createRequire(import.meta.url);
 const tencentcloud = require('tencentcloud-sdk-nodejs');
@@ -116,17 +116,6 @@ function sdkCall(t, shape, body, { cred, nonce, action = 'DescribeCaptchaResult'
     ? c.request(action, Object.fromEntries(Object.entries(body).map(([k, v]) => [k, String(v)])), { multipart: true })
     : c.request(action, body));
   return withNonce(nonce ?? nextNonce++, send);
-}
-
-async function sdkError(promise) {
-  try {
-    const r = await promise;
-    assert.fail(`expected an error, got ${JSON.stringify(r)}`);
-  } catch (e) {
-    if (e.code === 'ERR_ASSERTION') throw e;
-    assert.ok(e.requestId, `no RequestId in ${e}`);
-    return e;
-  }
 }
 
 async function solve() {

@@ -1,6 +1,7 @@
 // lib/tc3.mjs: the project's own TC3-HMAC-SHA256 client, written from Tencent's "签名方法 v3"
 // page with node:crypto (not from an SDK), so it can be compared with the official SDK's
 // Authorization and used to send requests the SDK would not (bad signatures, odd headers).
+import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { request } from './harness.mjs';
 
@@ -52,4 +53,19 @@ export async function tc3Call(baseUrl, { action = 'DescribeCaptchaResult', versi
   if (mutate) mutate(headers);
   const r = await request(`${baseUrl}/`, { method: 'POST', headers, body: payload, ca });
   return r;
+}
+
+/**
+ * The error an official 3.0 SDK call rejects with (TencentCloudSDKHttpException: code, message,
+ * requestId): a call that resolves fails the test, and so does an error without a RequestId.
+ */
+export async function sdkError(promise) {
+  try {
+    const r = await promise;
+    assert.fail(`expected an error, got ${JSON.stringify(r)}`);
+  } catch (e) {
+    if (e.code === 'ERR_ASSERTION') throw e;
+    assert.ok(e.requestId, `no RequestId in ${e}`);
+    return e;
+  }
 }
