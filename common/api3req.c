@@ -10,9 +10,7 @@
 #include "capgate/params.h"
 #include "capgate/tc3.h"
 
-static int fail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static int fail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...) {
+int api3req_fail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...) {
     va_list ap;
     *code = c;
     va_start(ap, fmt);
@@ -35,8 +33,9 @@ int api3req_shape(const char *method, const char *content_type, enum api3_shape 
         return 0;
     }
     if (strcmp(method, "POST") != 0)
-        return fail(code, "UnsupportedProtocol", err, errlen,
-                    "method %.32s is not supported; API 3.0 calls are POST or GET /", method);
+        return api3req_fail(code, "UnsupportedProtocol", err, errlen,
+                            "method %.32s is not supported; API 3.0 calls are POST or GET /",
+                            method);
     if (type_is(ct, "application/json"))
         *out = API3_SHAPE_JSON;
     else if (type_is(ct, "application/x-www-form-urlencoded"))
@@ -44,10 +43,10 @@ int api3req_shape(const char *method, const char *content_type, enum api3_shape 
     else if (type_is(ct, "multipart/form-data"))
         *out = API3_SHAPE_MULTIPART;
     else
-        return fail(code, "InvalidParameter", err, errlen,
-                    "Content-Type %.100s is not supported; use application/json, "
-                    "application/x-www-form-urlencoded or multipart/form-data",
-                    *ct ? ct : "(none)");
+        return api3req_fail(code, "InvalidParameter", err, errlen,
+                            "Content-Type %.100s is not supported; use application/json, "
+                            "application/x-www-form-urlencoded or multipart/form-data",
+                            *ct ? ct : "(none)");
     return 0;
 }
 
@@ -86,8 +85,8 @@ int api3req_v1_public(const struct params *p, struct api3_v1 *out, const char **
     for (size_t i = 0; i < 6; i++) {
         v[i] = params_get(p, need[i]);
         if (!v[i] || !*v[i])
-            return fail(code, "MissingParameter", err, errlen, "the parameter %s is missing",
-                        need[i]);
+            return api3req_fail(code, "MissingParameter", err, errlen,
+                                "the parameter %s is missing", need[i]);
     }
     memset(out, 0, sizeof(*out));
     out->action = v[0];
@@ -95,11 +94,11 @@ int api3req_v1_public(const struct params *p, struct api3_v1 *out, const char **
     out->secret_id = v[2];
     out->signature = v[5];
     if (num_parse_u64z(v[3], &out->timestamp) != 0)
-        return fail(code, "InvalidParameter", err, errlen,
-                    "Timestamp %.40s is not a Unix time in seconds", v[3]);
+        return api3req_fail(code, "InvalidParameter", err, errlen,
+                            "Timestamp %.40s is not a Unix time in seconds", v[3]);
     if (num_parse_u64z(v[4], &out->nonce) != 0)
-        return fail(code, "InvalidParameter", err, errlen, "Nonce %.40s is not an unsigned integer",
-                    v[4]);
+        return api3req_fail(code, "InvalidParameter", err, errlen,
+                            "Nonce %.40s is not an unsigned integer", v[4]);
     out->token = params_get(p, "Token");
     out->method = sign_method_parse(params_get(p, "SignatureMethod"));
     return 0;
@@ -121,7 +120,7 @@ json_t *api3req_body(const struct params *p, int v1, const struct api3_field *fi
                      const char *action, const char **code, char *err, size_t errlen) {
     json_t *o = json_object();
     if (!o) {
-        fail(code, "InternalError", err, errlen, "out of memory");
+        api3req_fail(code, "InternalError", err, errlen, "out of memory");
         return NULL;
     }
     for (size_t i = 0; i < p->count; i++) {
@@ -130,8 +129,8 @@ json_t *api3req_body(const struct params *p, int v1, const struct api3_field *fi
         const struct api3_field *k = fields;
         while (k->name && strcmp(k->name, it->name) != 0) k++;
         if (!k->name) {
-            fail(code, "UnknownParameter", err, errlen, "%.64s is not a parameter of %s", it->name,
-                 action);
+            api3req_fail(code, "UnknownParameter", err, errlen, "%.64s is not a parameter of %s",
+                         it->name, action);
             goto bad;
         }
         json_t *v;
@@ -143,8 +142,8 @@ json_t *api3req_body(const struct params *p, int v1, const struct api3_field *fi
             uint64_t u;
             if (n - neg == 0 || n - neg > 19 || num_parse_u64(s + neg, n - neg, &u) != 0 ||
                 u > (uint64_t)INT64_MAX) {
-                fail(code, "InvalidParameterValue", err, errlen,
-                     "%s must be an Integer; got \"%.40s\"", it->name, s);
+                api3req_fail(code, "InvalidParameterValue", err, errlen,
+                             "%s must be an Integer; got \"%.40s\"", it->name, s);
                 goto bad;
             }
             v = json_integer(neg ? -(json_int_t)u : (json_int_t)u);
@@ -152,7 +151,7 @@ json_t *api3req_body(const struct params *p, int v1, const struct api3_field *fi
             v = json_stringn(it->value, it->value_len);
         }
         if (!v || json_object_set_new(o, it->name, v) != 0) {
-            fail(code, "InternalError", err, errlen, "out of memory");
+            api3req_fail(code, "InternalError", err, errlen, "out of memory");
             goto bad;
         }
     }

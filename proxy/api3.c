@@ -237,17 +237,6 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
 
 /* ---- validation ---- */
 
-static int vfail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-static int vfail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    *code = c;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static uint32_t u32_of(json_t *body, const char *name, int *has) {
     json_t *v = json_object_get(body, name);
     *has = v != NULL;
@@ -266,35 +255,37 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body, s
     memset(f, 0, sizeof(*f));
     f->action = action;
     if (!json_is_object(body))
-        return vfail(code, "InvalidParameter", err, errlen, "the body must be a JSON object");
+        return api3req_fail(code, "InvalidParameter", err, errlen,
+                            "the body must be a JSON object");
     json_object_foreach(body, key, v) {
         const struct api3_field *k = fields;
         while (k->name && strcmp(k->name, key) != 0) k++;
         if (!k->name)
-            return vfail(code, "UnknownParameter", err, errlen, "%.64s is not a parameter of %s",
-                         key, aname);
+            return api3req_fail(code, "UnknownParameter", err, errlen,
+                                "%.64s is not a parameter of %s", key, aname);
         if (k->type == API3_INT) {
             /* Integer in the SDK model; the ids the gateway keys limits by are UInt32 there */
             if (!json_is_integer(v))
-                return vfail(code, "InvalidParameter", err, errlen,
-                             "%s must be an Integer; got a JSON %s", key,
-                             json_is_string(v)    ? "string"
-                             : json_is_real(v)    ? "real number"
-                             : json_is_boolean(v) ? "boolean"
-                             : json_is_null(v)    ? "null"
-                             : json_is_array(v)   ? "array"
-                                                  : "object");
+                return api3req_fail(code, "InvalidParameter", err, errlen,
+                                    "%s must be an Integer; got a JSON %s", key,
+                                    json_is_string(v)    ? "string"
+                                    : json_is_real(v)    ? "real number"
+                                    : json_is_boolean(v) ? "boolean"
+                                    : json_is_null(v)    ? "null"
+                                    : json_is_array(v)   ? "array"
+                                                         : "object");
             if (json_integer_value(v) < 0 || json_integer_value(v) > (json_int_t)UINT32_MAX)
-                return vfail(code, "InvalidParameterValue", err, errlen,
-                             "%s must be 0..4294967295; got %lld", key,
-                             (long long)json_integer_value(v));
+                return api3req_fail(code, "InvalidParameterValue", err, errlen,
+                                    "%s must be 0..4294967295; got %lld", key,
+                                    (long long)json_integer_value(v));
         } else {
             if (!json_is_string(v))
-                return vfail(code, "InvalidParameter", err, errlen, "%s must be a String", key);
+                return api3req_fail(code, "InvalidParameter", err, errlen, "%s must be a String",
+                                    key);
             if (json_string_length(v) > API3_STRING_MAX)
-                return vfail(code, "InvalidParameterValue", err, errlen,
-                             "%s is %zu bytes; at most %d are accepted", key, json_string_length(v),
-                             API3_STRING_MAX);
+                return api3req_fail(code, "InvalidParameterValue", err, errlen,
+                                    "%s is %zu bytes; at most %d are accepted", key,
+                                    json_string_length(v), API3_STRING_MAX);
         }
     }
     *captcha_app_id = u32_of(body, "CaptchaAppId", &has);
@@ -304,17 +295,17 @@ int api3_validate(const struct config *c, enum v2_action action, json_t *body, s
         if (strcmp(k->name, "AppSecretKey") == 0 && has &&
             config_find_captcha_app(c, *captcha_app_id))
             continue;
-        return vfail(code, "MissingParameter", err, errlen, "the parameter %s is missing%s",
-                     k->name,
-                     strcmp(k->name, "AppSecretKey") == 0
-                         ? " (and the gateway holds no AppSecretKey for this CaptchaAppId)"
-                         : "");
+        return api3req_fail(code, "MissingParameter", err, errlen, "the parameter %s is missing%s",
+                            k->name,
+                            strcmp(k->name, "AppSecretKey") == 0
+                                ? " (and the gateway holds no AppSecretKey for this CaptchaAppId)"
+                                : "");
     }
     f->captcha_type = u32_of(body, "CaptchaType", &has);
     f->has_captcha_type = 1;
     if (f->captcha_type != 9)
-        return vfail(code, "InvalidParameterValue", err, errlen, "CaptchaType must be 9; got %u",
-                     f->captcha_type);
+        return api3req_fail(code, "InvalidParameterValue", err, errlen,
+                            "CaptchaType must be 9; got %u", f->captcha_type);
     f->business_id = u32_of(body, "BusinessId", &has);
     f->has_business_id = has != 0;
     f->scene_id = u32_of(body, "SceneId", &has);

@@ -30,6 +30,11 @@ enum api3_shape {
     API3_SHAPE_MULTIPART, /* POST multipart/form-data */
 };
 
+/* Sets *code to c and err to the formatted message; returns -1. The failure of every check here
+ * and of the 3.0 fronts (a 3.0 Error.Code and its Message). */
+int api3req_fail(const char **code, const char *c, char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
 /* The shape of a request by method and Content-Type (its parameters ignored, the type compared
  * case-insensitively; a GET's type is not looked at). 0, or -1 with *code (UnsupportedProtocol
  * for a method other than GET and POST, InvalidParameter for a POST of another type) and err. */
