@@ -8,15 +8,15 @@
 #define CAPGATE_UPADDR_H
 #include <stdint.h>
 
-#define UPADDR_MAX 16       /* addresses kept of one resolution (the first ones) */
-#define UPADDR_TEXT 48      /* a numeric IPv4 or IPv6 address, NUL included */
+#define UPADDR_MAX 16  /* addresses kept of one resolution (the first ones) */
+#define UPADDR_TEXT 48 /* a numeric IPv4 or IPv6 address, NUL included */
 #define UPADDR_HOLD_MIN_MS 2000u
 #define UPADDR_HOLD_MAX_MS 60000u
 
 struct upaddr {
-    char text[UPADDR_TEXT];   /* numeric, as given to upaddr_set */
-    uint64_t held_until_ms;   /* skipped by upaddr_pick before then; 0: not held */
-    unsigned fails;           /* connect failures in a row */
+    char text[UPADDR_TEXT];    /* numeric, as given to upaddr_set */
+    uint64_t held_until_ms;    /* skipped by upaddr_pick before then; 0: not held */
+    unsigned fails;            /* connect failures in a row */
     uint64_t connect_failures; /* ever, for the operator */
 };
 

@@ -18,27 +18,29 @@ struct upstream_options {
     int tls;          /* 1: https (bufferevent_openssl), 0: plain http */
     const char *host; /* connect to, and with TLS the SNI and certificate name */
     int port;
-    const char *path;             /* "/v2/index.php" */
-    const char *sign_host;        /* the Host header */
-    SSL_CTX *ssl_ctx;             /* borrowed, must outlive the upstream (tls_client_ctx_new) */
-    int verify_tls;               /* hostname check per connection (the ctx verifies the chain) */
-    unsigned connect_timeout_ms;  /* TCP connect + TLS handshake of one attempt (0: 1000) */
-    unsigned timeout_ms;          /* whole call, queueing and retries included (0: 3000) */
-    unsigned retries;             /* extra attempts after a retriable failure */
-    unsigned max_connections;     /* keep-alive pool cap for this worker (0: 64) */
-    unsigned breaker_failures;    /* consecutive failures that open the breaker (0: 5) */
-    unsigned breaker_open_ms;     /* pause before a probe (0: 5000) */
-    unsigned max_queued;          /* calls waiting for a free connection (0: 1024); beyond it a
+    const char *path;            /* "/v2/index.php" */
+    const char *sign_host;       /* the Host header */
+    SSL_CTX *ssl_ctx;            /* borrowed, must outlive the upstream (tls_client_ctx_new) */
+    int verify_tls;              /* hostname check per connection (the ctx verifies the chain) */
+    unsigned connect_timeout_ms; /* TCP connect + TLS handshake of one attempt (0: 1000) */
+    unsigned timeout_ms;         /* whole call, queueing and retries included (0: 3000) */
+    unsigned retries;            /* extra attempts after a retriable failure */
+    unsigned max_connections;    /* keep-alive pool cap for this worker (0: 64) */
+    unsigned breaker_failures;   /* consecutive failures that open the breaker (0: 5) */
+    unsigned breaker_open_ms;    /* pause before a probe (0: 5000) */
+    unsigned max_queued;         /* calls waiting for a free connection (0: 1024); beyond it a
                                  * call fails at once with "upstream queue is full" */
-    const char *tls_name;         /* name for SNI and the certificate check (NULL: host) */
-    const char *resolver;         /* host name lookups: "ip[:port]" nameservers separated by
-                                  * spaces or commas, only those asked; NULL or "": the system's
-                                  * (/etc/resolv.conf, /etc/hosts) */
-    unsigned resolve_interval_ms; /* a host name is looked up again this often (0: 30000) */
-    struct breaker *breaker;      /* shared by every worker's upstream (borrowed, initialised by
+    const char *tls_name;        /* name for SNI and the certificate check (NULL: host) */
+    struct breaker *breaker;     /* shared by every worker's upstream (borrowed, initialised by
                                  * the caller, outlives the upstream); NULL: a breaker of its own
                                  * from breaker_failures/breaker_open_ms */
-};                                /* strings are copied by upstream_new */
+
+    /* Host name lookups (an IP literal is never looked up): "ip[:port]" nameservers separated
+     * by spaces or commas, only those asked; NULL or "": the system's (/etc/resolv.conf and
+     * /etc/hosts). The name is looked up again every resolve_interval_ms (0: 30000). */
+    const char *resolver;
+    unsigned resolve_interval_ms;
+}; /* strings are copied by upstream_new */
 
 /* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
  * the SSL_CTX and the breaker (both borrowed; the breaker is lock-free). NULL and err on a bad option or OOM. */

@@ -75,7 +75,7 @@ static void test_all_held_picks_the_one_that_recovers_first(void **state) {
     upaddr_failed(&l, "a1", 10000); /* second failure: until 14000 */
     /* at 11000 both are held: a2's hold (6500) has ended, so it is simply up */
     assert_string_equal(pick(&l, 11000, 0), "a2");
-    upaddr_failed(&l, "a2", 11000); /* third: until 19000 */
+    upaddr_failed(&l, "a2", 11000);                /* third: until 19000 */
     assert_string_equal(pick(&l, 12000, 0), "a1"); /* held until 14000, the sooner */
     /* and never one already tried by the attempt */
     assert_int_equal(upaddr_pick(&l, 12000, 1u << 0), 1);
