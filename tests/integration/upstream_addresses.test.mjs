@@ -8,9 +8,14 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { startMock, waitFor } from './lib/harness.mjs';
-import { startGateway, gwCall, assertApiReply, journal, verdict, resetMock, API_PATH } from './lib/gateway.mjs';
+import {
+  startGateway, gwCall, assertApiReply, journal, verdict, resetMock, runCapgate, gatewayConfig, gatewayEnv, API_PATH,
+} from './lib/gateway.mjs';
 import { startDnsServer } from './lib/dns_server.mjs';
 
 let mock;
@@ -105,16 +110,52 @@ async function forwarder(host, port) {
   return { stop, get accepted() { return accepted; } };
 }
 
-test('localhost → ::1 (refused) and 127.0.0.1: every call succeeds, the fallback is logged and counted', async () => {
-  dns.set('localhost', { A: ['127.0.0.1'], AAAA: ['::1'] });
-  const gw = await gateway('localhost', { upstream: { max_connections: 16 } });
-  await logged(gw, /localhost resolves to 127\.0\.0\.1, ::1/);
-  // parallel calls open several connections, which rotate over both addresses
-  assertAllOk(await calls(gw, 40, 10), 'calls to localhost');
-  assert.match(gw.proc.stderr, /address ::1 failed: connection refused[^\n]*next address/);
+for (const tls of [false, true]) {
+  test(`${tls ? 'https' : 'http'}://localhost → ::1 (refused) and 127.0.0.1: every call succeeds, the fallback is logged and counted`, async () => {
+    dns.set('localhost', { A: ['127.0.0.1'], AAAA: ['::1'] });
+    // over TLS the certificate names localhost: checked whatever address is dialled
+    const gw = await gateway('localhost', { tls, upstream: { max_connections: 16 } });
+    await logged(gw, /localhost resolves to 127\.0\.0\.1, ::1/);
+    // parallel calls open several connections, which rotate over both addresses
+    assertAllOk(await calls(gw, 40, 10), 'calls to localhost');
+    assert.match(gw.proc.stderr, /address ::1 failed: [^\n]*next address/);
+    const m = await gw.metrics();
+    assert.ok(metric(m, 'capgate_upstream_connect_failures_total', { api: 'v2' }) >= 1, 'a connect failure counted');
+    assert.equal(metric(m, 'capgate_upstream_addresses', { api: 'v2' }), 2);
+    assert.equal(metric(m, 'capgate_upstream_breaker_state', { api: 'v2' }), 0, 'the breaker stays closed');
+  });
+}
+
+test('system resolver: /etc/hosts lists ::1 first for localhost, the upstream listens on 127.0.0.1 only', async (t) => {
+  // capgate in a mount namespace of its own whose /etc/hosts says "::1 localhost" first (evdns
+  // reads it; the machine's file is untouched); skipped where unshare -m is not allowed
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'capgate-hosts-'));
+  const hosts = path.join(dir, 'hosts');
+  fs.writeFileSync(hosts, '::1 localhost\n127.0.0.1 localhost\n');
+  stoppers.push(async () => fs.rmSync(dir, { recursive: true, force: true }));
+  const mount = `mount --bind ${hosts} /etc/hosts`;
+  if (spawnSync('unshare', ['-m', 'sh', '-c', mount], { stdio: 'ignore' }).status !== 0) {
+    return t.skip('unshare -m / mount --bind not permitted here');
+  }
+  const gw = await startGateway({
+    mock,
+    launcher: ['unshare', '-m', 'sh', '-c', `${mount} && exec "$0" "$@"`],
+    config: {
+      workers: 1,
+      upstream: {
+        url: `http://localhost:${mock.port}${API_PATH}`,
+        sign_host: `localhost:${mock.port}`,
+        v3_url: `https://127.0.0.1:${mock.tlsPort}/`,
+        retries: 0,
+        breaker_failures: 2,
+      },
+    },
+  });
+  gateways.push(gw);
+  await logged(gw, /localhost resolves to ::1, 127\.0\.0\.1/);
+  assertAllOk(await calls(gw, 10, 1), 'calls to localhost');
+  assert.match(gw.proc.stderr, /address ::1 failed: connection refused/);
   const m = await gw.metrics();
-  assert.ok(metric(m, 'capgate_upstream_connect_failures_total', { api: 'v2' }) >= 1, 'a connect failure counted');
-  assert.equal(metric(m, 'capgate_upstream_addresses', { api: 'v2' }), 2);
   assert.equal(metric(m, 'capgate_upstream_breaker_state', { api: 'v2' }), 0, 'the breaker stays closed');
 });
 
@@ -220,9 +261,6 @@ test('a name that does not resolve: 6200 at once naming the lookup, then calls s
 });
 
 test('upstream.resolver that is not an address is refused by --check-config', async () => {
-  const { runCapgate, gatewayConfig, gatewayEnv } = await import('./lib/gateway.mjs');
-  const fs = await import('node:fs');
-  const path = await import('node:path');
   const { dir, config } = gatewayConfig(mock, { upstream: { resolver: 'dns.example:53' } });
   fs.mkdirSync(dir, { recursive: true });
   const file = path.join(dir, 'capgate.json');
