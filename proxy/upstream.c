@@ -161,6 +161,8 @@ struct upstream {
     uint64_t resolve_at_ms;               /* when resolve_ev fires; UINT64_MAX: not pending */
     uint64_t resolve_done_ms;             /* when the last lookup ended (0: none yet) */
     struct resolve_req *resolving;        /* the lookup in flight, NULL if none */
+    uint64_t lookup_requests;             /* stats.requests when the last lookup started */
+    int resolve_stale;                    /* the next call starts a lookup (none runs while idle) */
     char resolve_err[192];                /* the last lookup's failure; "" after a success */
     struct log_limiter dns_log, addr_log; /* this host's repeated lookup / address failures */
     int limiters;                         /* both initialised */
@@ -1047,6 +1049,7 @@ static void call_start_attempt(struct upstream_call *c) {
     struct upstream *u = c->u;
     struct conn *k;
 
+    if (u->resolve_stale) resolve_soon(u);
     k = u->n_idle ? TAILQ_FIRST(&u->conns) : NULL; /* idle ones are at the head */
     if (!k && u->addrs.n == 0) {
         /* a host name with no address yet: the call waits for the lookup (within its timeout),
@@ -1259,6 +1262,14 @@ static void resolve_timer_cb(evutil_socket_t fd, short what, void *arg) {
 
     u->resolve_at_ms = UINT64_MAX;
     if (u->resolving) return;
+    if (u->stats.requests == u->lookup_requests && u->resolve_done_ms) {
+        /* no call since the last lookup: none until the next call (an upstream not in use, as
+         * the 3.0 one of a gateway serving 2.0 only, is not looked up every interval) */
+        u->resolve_stale = 1;
+        return;
+    }
+    u->resolve_stale = 0;
+    u->lookup_requests = u->stats.requests;
     if (!(r = calloc(1, sizeof(*r)))) {
         resolve_schedule(u, UPSTREAM_RESOLVE_MIN_MS);
         return;
@@ -1380,7 +1391,7 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
         if (own && resolver_add(u, o->resolver, err, errlen) != 0) goto fail;
         u->resolve_ev = evtimer_new(base, resolve_timer_cb, u);
         if (!u->resolve_ev) goto oom;
-        resolve_schedule(u, 0); /* the first lookup on the loop's next turn */
+        u->resolve_stale = 1; /* the first lookup comes with the first call */
     }
     return u;
 oom:

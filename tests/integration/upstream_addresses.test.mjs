@@ -12,7 +12,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startMock, waitFor } from './lib/harness.mjs';
+import { startMock, waitFor, sleep } from './lib/harness.mjs';
 import {
   startGateway, gwCall, assertApiReply, journal, verdict, resetMock, runCapgate, gatewayConfig, gatewayEnv, API_PATH,
 } from './lib/gateway.mjs';
@@ -115,9 +115,9 @@ for (const tls of [false, true]) {
     dns.set('localhost', { A: ['127.0.0.1'], AAAA: ['::1'] });
     // over TLS the certificate names localhost: checked whatever address is dialled
     const gw = await gateway('localhost', { tls, upstream: { max_connections: 16 } });
-    await logged(gw, /localhost resolves to 127\.0\.0\.1, ::1/);
     // parallel calls open several connections, which rotate over both addresses
     assertAllOk(await calls(gw, 40, 10), 'calls to localhost');
+    await logged(gw, /localhost resolves to 127\.0\.0\.1, ::1/);
     assert.match(gw.proc.stderr, /address ::1 failed: [^\n]*next address/);
     const m = await gw.metrics();
     assert.ok(metric(m, 'capgate_upstream_connect_failures_total', { api: 'v2' }) >= 1, 'a connect failure counted');
@@ -152,8 +152,8 @@ test('system resolver: /etc/hosts lists ::1 first for localhost, the upstream li
     },
   });
   gateways.push(gw);
-  await logged(gw, /localhost resolves to ::1, 127\.0\.0\.1/);
   assertAllOk(await calls(gw, 10, 1), 'calls to localhost');
+  await logged(gw, /localhost resolves to ::1, 127\.0\.0\.1/);
   assert.match(gw.proc.stderr, /address ::1 failed: connection refused/);
   const m = await gw.metrics();
   assert.equal(metric(m, 'capgate_upstream_breaker_state', { api: 'v2' }), 0, 'the breaker stays closed');
@@ -162,9 +162,9 @@ test('system resolver: /etc/hosts lists ::1 first for localhost, the upstream li
 test('first address refuses (A 127.0.0.2, 127.0.0.1): a lone call still succeeds', async () => {
   dns.set('two.test', { A: ['127.0.0.2', '127.0.0.1'] });
   const gw = await gateway('two.test');
-  await logged(gw, /two\.test resolves to 127\.0\.0\.2, 127\.0\.0\.1/);
   // one at a time: each new connection starts at the next address in turn
   assertAllOk(await calls(gw, 6, 1), 'calls to two.test');
+  await logged(gw, /two\.test resolves to 127\.0\.0\.2, 127\.0\.0\.1/);
   assert.match(gw.proc.stderr, /address 127\.0\.0\.2 failed: connection refused/);
 });
 
@@ -224,7 +224,6 @@ test('an address that never answers (connect timeout): the attempt goes on with 
   if (!(await blackHole(mock.port))) return t.skip('no black hole (python3 missing, or the port is taken on 127.0.0.3)');
   dns.set('dark.test', { A: ['127.0.0.3', '127.0.0.1'] });
   const gw = await gateway('dark.test', { upstream: { connect_timeout_ms: 300 } });
-  await logged(gw, /dark\.test resolves to/);
   assertAllOk(await calls(gw, 6, 1), 'calls to dark.test');
   assert.match(gw.proc.stderr, /address 127\.0\.0\.3 failed: upstream connect to dark\.test:\d+ timed out/);
   const m = await gw.metrics();
@@ -248,16 +247,43 @@ test('the DNS answer changes: the gateway follows it', async () => {
   await waitFor(() => dns.count('moving.test') > asked, { timeoutMs: 5000, what: 'another lookup' });
 });
 
-test('a name that does not resolve: 6200 at once naming the lookup, then calls succeed once it does', async () => {
-  const gw = await gateway('late.test', { upstream: { resolve_interval_ms: 1000, breaker_failures: 1000 } });
-  await logged(gw, /could not resolve upstream host late\.test/);
+test('a name that does not resolve: 6200 naming the lookup, then calls succeed once it does', async () => {
+  const gw = await gateway('late.test', { upstream: { breaker_failures: 1000 } });
+  // the first call starts the first lookup (an upstream never called is never looked up)
+  assert.equal(dns.count('late.test'), 0);
   const [j] = await calls(gw, 1, 1);
   assert.equal(j.code, 6200, JSON.stringify(j));
+  assert.match(j.message, /could not resolve upstream host late\.test/);
+  await logged(gw, /could not resolve upstream host late\.test/);
   const m = await gw.metrics();
   assert.ok(metric(m, 'capgate_upstream_dns_failures_total', { api: 'v2' }) >= 1);
   dns.set('late.test', { A: ['127.0.0.1'] });
-  await logged(gw, /late\.test resolves to 127\.0\.0\.1/, 10000);
+  // within a second of the failed lookup a call fails at once; after it, a call looks the name up
+  let last;
+  await waitFor(async () => {
+    [last] = await calls(gw, 1, 1);
+    return last.code === 0;
+  }, { timeoutMs: 10000, intervalMs: 200, what: 'a call that succeeds' });
+  await logged(gw, /late\.test resolves to 127\.0\.0\.1/);
   assertAllOk(await calls(gw, 4, 2), 'after the name appeared');
+});
+
+test('an upstream not called is not looked up; one left idle is not looked up every interval', async () => {
+  dns.set('idle.test', { A: ['127.0.0.1'] });
+  const gw = await gateway('idle.test', { upstream: { resolve_interval_ms: 1000 } });
+  await sleep(1500);
+  assert.equal(dns.count('idle.test'), 0, 'no lookup before the first call');
+  assertAllOk(await calls(gw, 2, 1), 'calls to idle.test');
+  const asked = dns.count('idle.test');
+  assert.ok(asked >= 1);
+  // one more interval may look up once more (calls came since the last lookup); then none
+  await sleep(2500);
+  const later = dns.count('idle.test');
+  await sleep(2500);
+  assert.equal(dns.count('idle.test'), later, 'no lookups while idle');
+  // the next call starts one, without waiting for it
+  assertAllOk(await calls(gw, 1, 1), 'after the idle time');
+  await waitFor(() => dns.count('idle.test') > later, { timeoutMs: 5000, what: 'a lookup after the idle time' });
 });
 
 test('upstream.resolver that is not an address is refused by --check-config', async () => {
