@@ -106,6 +106,7 @@ struct conn {
     uint64_t out_added, in_added; /* bytes queued for writing / received, ever */
     unsigned replies;             /* completed replies: > 0 means reused */
     int addr_ok;                  /* the address answered: its failures were cleared */
+    int retire;                   /* its address left the host's list: closed when idle */
     char addr[UPADDR_TEXT];       /* the numeric address evhttp connects to */
     int verify_error;             /* X509_V_OK or the first certificate error */
     TAILQ_ENTRY(conn) link;       /* u->conns or u->dead */
@@ -817,7 +818,7 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req) 
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
     c->conn = NULL;
     k->call = NULL;
-    if (k->state != CONN_DEAD) conn_set_state(k, CONN_IDLE);
+    if (k->state != CONN_DEAD) conn_set_state(k, k->retire ? CONN_DEAD : CONN_IDLE);
     /* not 2xx: a 1xx (or a bare "2") is no final answer either (found by tests/fuzz) */
     if (r.http_status < 200 || r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
@@ -1173,6 +1174,21 @@ static void resolve_soon(struct upstream *u) {
     if (at < u->resolve_at_ms) resolve_schedule(u, (unsigned)(at - now));
 }
 
+/* The addresses changed: a connection to one no longer listed is closed now when idle, else when
+ * its call ends, so a keep-alive pool that is never idle still follows the new answer. */
+static void conns_retire(struct upstream *u) {
+    struct conn *k, *next;
+
+    for (k = TAILQ_FIRST(&u->conns); k; k = next) {
+        next = TAILQ_NEXT(k, link);
+        if (upaddr_find(&u->addrs, k->addr) >= 0) continue;
+        if (k->state == CONN_IDLE)
+            conn_set_state(k, CONN_DEAD);
+        else
+            k->retire = 1;
+    }
+}
+
 /* "a, b, c" of u's addresses into buf. */
 static void addrs_text(const struct upstream *u, char *buf, size_t len) {
     size_t o = 0;
@@ -1217,6 +1233,7 @@ static void resolve_cb(int err, struct evutil_addrinfo *ai, void *arg) {
         addrs_text(u, was, sizeof(was));
         if (upaddr_set(&u->addrs, list, n)) {
             u->addrs_gen++;
+            conns_retire(u);
             addrs_text(u, now, sizeof(now));
             if (first)
                 log_info("upstream %s:%d: %s resolves to %s", u->host, u->port, u->host, now);
@@ -1226,6 +1243,9 @@ static void resolve_cb(int err, struct evutil_addrinfo *ai, void *arg) {
         } else {
             log_debug("upstream %s:%d: %s still resolves to %s", u->host, u->port, u->host, was);
         }
+        if (u->resolve_err[0])
+            log_limited_ok(&u->dns_log, LOG_LEVEL_INFO, "upstream %s:%d: %s resolves again",
+                           u->host, u->port, u->host);
         u->resolve_err[0] = '\0';
         next = u->resolve_interval_ms;
     } else {

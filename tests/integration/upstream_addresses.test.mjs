@@ -89,8 +89,10 @@ const metric = (m, name, labels) => m.get(name, labels);
 async function forwarder(host, port) {
   const socks = new Set();
   let accepted = 0;
+  let bytes = 0;
   const server = net.createServer((c) => {
     accepted++;
+    c.on('data', (d) => { bytes += d.length; });
     const u = net.connect(port, '127.0.0.1');
     socks.add(c).add(u);
     c.pipe(u).pipe(c);
@@ -107,7 +109,7 @@ async function forwarder(host, port) {
     await new Promise((resolve) => server.close(() => resolve()));
   };
   stoppers.push(stop);
-  return { stop, get accepted() { return accepted; } };
+  return { stop, get accepted() { return accepted; }, get bytes() { return bytes; } };
 }
 
 for (const tls of [false, true]) {
@@ -230,20 +232,22 @@ test('an address that never answers (connect timeout): the attempt goes on with 
   assert.equal(metric(m, 'capgate_upstream_breaker_state', { api: 'v2' }), 0, 'the breaker stays closed');
 });
 
-test('the DNS answer changes: the gateway follows it', async () => {
+test('the DNS answer changes: the gateway follows it, keep-alive connections to the old address too', async () => {
   const fwd = await forwarder('127.0.0.4', mock.port);
   dns.set('moving.test', { A: ['127.0.0.4'] });
   const gw = await gateway('moving.test', { upstream: { resolve_interval_ms: 1000 } });
   assertAllOk(await calls(gw, 4, 2), 'via 127.0.0.4');
-  assert.ok(fwd.accepted > 0, 'the calls went to 127.0.0.4');
+  assert.ok(fwd.accepted > 0 && fwd.bytes > 0, 'the calls went to 127.0.0.4');
   dns.set('moving.test', { A: ['127.0.0.1'] });
   await logged(gw, /moving\.test now resolves to 127\.0\.0\.1 \(was 127\.0\.0\.4\)/, 8000);
-  await fwd.stop(); // the old address is gone for good
-  const before = fwd.accepted;
+  // 127.0.0.4 still answers, but is no longer the name's: its idle keep-alive connections are
+  // closed, and no request goes there
+  const before = fwd.bytes;
   assertAllOk(await calls(gw, 8, 2), 'after the move');
-  assert.equal(fwd.accepted, before);
-  // the periodic lookups go on (A and AAAA each time)
+  assert.equal(fwd.bytes, before, 'no request went to the old address');
+  // the periodic lookups go on while calls come (A and AAAA each time)
   const asked = dns.count('moving.test');
+  assertAllOk(await calls(gw, 2, 1), 'more calls');
   await waitFor(() => dns.count('moving.test') > asked, { timeoutMs: 5000, what: 'another lookup' });
 });
 
