@@ -1253,8 +1253,9 @@ static void resolve_cb(int err, struct evutil_addrinfo *ai, void *arg) {
         snprintf(u->resolve_err, sizeof(u->resolve_err), "could not resolve upstream host %s: %s",
                  u->host, err ? evutil_gai_strerror(err) : "no IPv4 or IPv6 address");
         if (u->addrs.n)
-            log_limited(&u->dns_log, LOG_LEVEL_WARN, "upstream %s:%d: %s; keeping the %u known",
-                        u->host, u->port, u->resolve_err, u->addrs.n);
+            log_limited(&u->dns_log, LOG_LEVEL_WARN,
+                        "upstream %s:%d: %s; keeping the %u address(es) known", u->host, u->port,
+                        u->resolve_err, u->addrs.n);
         else
             log_limited(&u->dns_log, LOG_LEVEL_ERROR, "upstream %s:%d: %s", u->host, u->port,
                         u->resolve_err);

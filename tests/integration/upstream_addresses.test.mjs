@@ -251,6 +251,21 @@ test('the DNS answer changes: the gateway follows it, keep-alive connections to 
   await waitFor(() => dns.count('moving.test') > asked, { timeoutMs: 5000, what: 'another lookup' });
 });
 
+test('the name stops resolving: the addresses known stay in use', async () => {
+  dns.set('gone.test', { A: ['127.0.0.1'] });
+  const gw = await gateway('gone.test', { upstream: { resolve_interval_ms: 1000 } });
+  assertAllOk(await calls(gw, 2, 1), 'while the name resolves');
+  dns.remove('gone.test');
+  // calls keep coming, so the lookups go on, and fail
+  await waitFor(async () => {
+    assertAllOk(await calls(gw, 1, 1), 'while the name does not resolve');
+    return /could not resolve upstream host gone\.test[^\n]*keeping the 1 address\(es\) known/.test(gw.proc.stderr);
+  }, { timeoutMs: 10000, intervalMs: 200, what: 'a failed lookup' });
+  assertAllOk(await calls(gw, 4, 2), 'after the failed lookup');
+  const m = await gw.metrics();
+  assert.equal(metric(m, 'capgate_upstream_addresses', { api: 'v2' }), 1);
+});
+
 test('a name that does not resolve: 6200 naming the lookup, then calls succeed once it does', async () => {
   const gw = await gateway('late.test', { upstream: { breaker_failures: 1000 } });
   // the first call starts the first lookup (an upstream never called is never looked up)

@@ -39,7 +39,7 @@ function rdata(type, addr) {
 /**
  * Starts the server. records: { 'name': { A: ['127.0.0.1'], AAAA: ['::1'] } } (names matched
  * without regard to case; evdns randomises the case of the names it asks). Returns
- * { port, address ('127.0.0.1:PORT', for upstream.resolver), set(name, {A, AAAA}), queries
+ * { port, address ('127.0.0.1:PORT', for upstream.resolver), set(name, {A, AAAA}), remove(name), queries
  * (array of { name, type: 'A'|'AAAA'|number }), count(name), stop() }.
  */
 export async function startDnsServer(records = {}, { ttl = 1 } = {}) {
@@ -94,6 +94,10 @@ export async function startDnsServer(records = {}, { ttl = 1 } = {}) {
         if (!net.isIP(a)) throw new Error(`not an address: ${a}`);
       }
       table.set(name.toLowerCase(), value);
+    },
+    /** The name is no longer known (NXDOMAIN). */
+    remove(name) {
+      table.delete(name.toLowerCase());
     },
     count(name) {
       return queries.filter((x) => x.name === name.toLowerCase()).length;
