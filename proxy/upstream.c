@@ -3,7 +3,12 @@
  * retries are never used: a connection that errors, or that the server closes while it is idle,
  * is discarded. One that a reply closed (Connection: close) goes back to the pool, and evhttp
  * opens a new socket under it for its next call (over TLS too: checked by hand against an nginx
- * with keepalive_requests 2). */
+ * with keepalive_requests 2). A host name is looked up here (evdns_getaddrinfo), not by evhttp:
+ * each connection is given one numeric address to connect to (and to reconnect to), chosen from
+ * the host's addresses (upaddr.h), and a connect that fails goes on at the next address within
+ * the same attempt. evhttp adds no Host header of its own (libevent 2.1.12's
+ * evhttp_make_header_request writes only the request line and Content-Length): call_send's Host
+ * and the TLS name stay the configured host. */
 #include "upstream.h"
 
 #include <errno.h>
