@@ -1360,6 +1360,9 @@ static const struct field upstream_fields[] = {
     NUM("max_connections", FK_UINT, struct config_upstream, max_connections, 1, 65536),
     NUM("breaker_failures", FK_UINT, struct config_upstream, breaker_failures, 1, 10000),
     NUM("breaker_open_ms", FK_UINT, struct config_upstream, breaker_open_ms, 1, MS_MAX),
+    STRN("resolver", struct config_upstream, resolver),
+    NUM("resolve_interval_ms", FK_UINT, struct config_upstream, resolve_interval_ms, 1000,
+        86400000),
     END,
 };
 
@@ -1730,6 +1733,33 @@ static int parse_v3_url(struct ctx *x, struct config_upstream *u) {
     return set_str(&u->v3_sign_host, buf) ? oom(x) : 0;
 }
 
+/* upstream.resolver: one or more nameservers, "ip", "ip:port" or "[ipv6]:port", separated by
+ * spaces or commas (what evdns_base_nameserver_ip_add takes). */
+static int check_resolver(struct ctx *x, const char *s) {
+    unsigned n = 0;
+    while (*s) {
+        size_t len = strcspn(s, " ,\t");
+        char tok[NET_HOST_MAX + 8], host[NET_HOST_MAX];
+        int port = -1;
+        if (len == 0) {
+            s++;
+            continue;
+        }
+        if (len >= sizeof tok) return fail(x, "a nameserver address is too long");
+        memcpy(tok, s, len);
+        tok[len] = '\0';
+        /* a bare IPv6 address has colons of its own */
+        if (!net_is_ip_literal(tok) &&
+            (net_split_host_port(tok, host, sizeof host, &port, 0) != 0 ||
+             !net_is_ip_literal(host) || port == 0))
+            return fail(x, "\"%s\" is not a nameserver address (ip, ip:port or [ipv6]:port)", tok);
+        n++;
+        s += len;
+    }
+    if (n == 0) return fail(x, "names no nameserver (null: the system's resolver)");
+    return 0;
+}
+
 static int parse_upstream(struct ctx *x, json_t *v, void *base) {
     struct config *c = base;
     struct config_upstream *u = &c->upstream;
@@ -1752,6 +1782,11 @@ static int parse_upstream(struct ctx *x, json_t *v, void *base) {
         else
             snprintf(buf, sizeof buf, "%s%s%s:%d", v6 ? "[" : "", u->host, v6 ? "]" : "", u->port);
         if (set_str(&u->sign_host, buf)) return oom(x);
+    }
+    if (u->resolver) {
+        push_key(x, "resolver");
+        if (check_resolver(x, u->resolver)) return -1;
+        pop(x);
     }
     if (!u->secret_id) return fail(x, "missing required key \"secret_id_env\" (or secret_id)");
     if (!u->secret_key)
@@ -2199,6 +2234,7 @@ static int config_defaults(struct config *c) {
     c->upstream.max_connections = 64;
     c->upstream.breaker_failures = 5;
     c->upstream.breaker_open_ms = 5000;
+    c->upstream.resolve_interval_ms = 30000;
 
     c->audit.maxlen = 1000000;
     c->audit.pii_raw = 0;
@@ -2501,6 +2537,7 @@ void config_free(struct config *c) {
     secmem_free(c->admin.token);
     free(c->upstream.region);
     free(c->upstream.ca_file);
+    free(c->upstream.resolver);
     if (c->redis) {
         free(c->redis->url);
         free(c->redis->host);

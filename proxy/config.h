@@ -60,6 +60,10 @@ struct config_upstream {
     unsigned breaker_failures; /* consecutive failures that open the breaker; default 5 */
     unsigned breaker_open_ms;  /* how long it stays open; default 5000 */
     int secret_literal;        /* secret_key written literally in the file (warned about) */
+    /* Host name lookups: NULL for the system's resolver, else "ip[:port]" nameservers; the name
+     * is looked up again every resolve_interval_ms (default 30000). */
+    char *resolver;
+    unsigned resolve_interval_ms;
     /* API 3.0 (captcha 2019-07-22): where the gateway forwards its 3.0 calls, re-signed TC3 with
      * the same credential; TLS settings (ca_file, verify_tls) and timeouts as above. */
     char *v3_url; /* default https://captcha.tencentcloudapi.com/ */

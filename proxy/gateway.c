@@ -129,7 +129,9 @@ static void worker_publish(struct gateway_worker *w) {
         us.open_connections += us3.open_connections;
         us.idle_connections += us3.idle_connections;
         stats_set_upstream3_breaker(w->pw.stats, us3.breaker);
+        stats_set_upstream_addresses(w->pw.stats, 1, &us3);
     }
+    stats_set_upstream_addresses(w->pw.stats, 0, &us);
     stats_set_upstream(w->pw.stats, &us);
     store_get_stats(w->pw.store, &ss);
     stats_set_store(w->pw.stats, store_connected(w->pw.store), ss.commands, ss.errors, ss.timeouts,
@@ -501,6 +503,8 @@ struct gateway *gateway_new(const char *path, struct config *c, char *err, size_
     uo.timeout_ms = c->upstream.timeout_ms;
     uo.retries = c->upstream.retries;
     uo.max_connections = c->upstream.max_connections;
+    uo.resolver = c->upstream.resolver;
+    uo.resolve_interval_ms = c->upstream.resolve_interval_ms;
     breaker_init(&g->breaker, c->upstream.breaker_failures, c->upstream.breaker_open_ms);
     uo.breaker = &g->breaker;
     /* API 3.0: the same client, credential, TLS settings and timeouts, towards upstream.v3_url */

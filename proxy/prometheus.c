@@ -36,6 +36,9 @@ struct stats_worker {
     atomic_uint_fast64_t up_sum_us;
     atomic_int up_breaker, up3_breaker; /* the 2.0 and the 3.0 upstream's */
     atomic_uint_fast64_t up_open;
+    /* per API generation (0: 2.0, 1: 3.0): the host's addresses known, connect failures at one
+     * of them, failed lookups */
+    atomic_uint_fast64_t up_addresses[2], up_connect_failures[2], up_dns_failures[2];
     /* the worker's rate-limit store, copied on each publish */
     atomic_int store_connected;
     atomic_uint_fast64_t store_commands, store_errors, store_timeouts, store_reconnects;
@@ -193,6 +196,13 @@ void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s) 
     atomic_store_explicit(&w->up_sum_us, s->latency_sum_us, memory_order_relaxed);
     atomic_store_explicit(&w->up_breaker, (int)s->breaker, memory_order_relaxed);
     atomic_store_explicit(&w->up_open, s->open_connections, memory_order_relaxed);
+}
+
+void stats_set_upstream_addresses(struct stats_worker *w, int v3, const struct upstream_stats *s) {
+    v3 = v3 ? 1 : 0;
+    atomic_store_explicit(&w->up_addresses[v3], s->addresses, memory_order_relaxed);
+    atomic_store_explicit(&w->up_connect_failures[v3], s->connect_failures, memory_order_relaxed);
+    atomic_store_explicit(&w->up_dns_failures[v3], s->dns_failures, memory_order_relaxed);
 }
 
 void stats_set_upstream3_breaker(struct stats_worker *w, enum breaker_state state) {
@@ -456,6 +466,38 @@ static int stats_render_upstream(struct strbuf *out, struct stats_worker *const 
             if (strbuf_appendf(out,
                                "capgate_upstream_breaker_state{worker=\"%u\",api=\"v%d\"} %d\n",
                                workers[w]->id, v3 ? 3 : 2, code))
+                return -1;
+        }
+    }
+    if (strbuf_appends(out, "# HELP capgate_upstream_addresses Addresses of the upstream host each "
+                            "worker knows (its last lookup's answer; 1 for an IP literal).\n"
+                            "# TYPE capgate_upstream_addresses gauge\n"))
+        return -1;
+    for (size_t w = 0; w < n_workers; w++)
+        for (int v3 = 0; v3 < 2; v3++)
+            if (strbuf_appendf(out, "capgate_upstream_addresses{worker=\"%u\",api=\"v%d\"} %llu\n",
+                               workers[w]->id, v3 ? 3 : 2,
+                               (unsigned long long)atomic_load_explicit(
+                                   &workers[w]->up_addresses[v3], memory_order_relaxed)))
+                return -1;
+    for (int m = 0; m < 2; m++) {
+        static const char *const help[2] = {
+            "# HELP capgate_upstream_connect_failures_total Connects (TCP or TLS handshake) to "
+            "one address of the upstream host name that failed (the call went on with the next "
+            "address).\n# TYPE capgate_upstream_connect_failures_total counter\n",
+            "# HELP capgate_upstream_dns_failures_total Lookups of the upstream host name that "
+            "failed.\n# TYPE capgate_upstream_dns_failures_total counter\n"};
+        if (strbuf_appends(out, help[m])) return -1;
+        for (int v3 = 0; v3 < 2; v3++) {
+            uint64_t sum = 0;
+            for (size_t w = 0; w < n_workers; w++)
+                sum += atomic_load_explicit(m ? &workers[w]->up_dns_failures[v3]
+                                              : &workers[w]->up_connect_failures[v3],
+                                            memory_order_relaxed);
+            if (strbuf_appendf(out, "%s{api=\"v%d\"} %llu\n",
+                               m ? "capgate_upstream_dns_failures_total"
+                                 : "capgate_upstream_connect_failures_total",
+                               v3 ? 3 : 2, (unsigned long long)sum))
                 return -1;
         }
     }

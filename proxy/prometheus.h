@@ -28,6 +28,8 @@ void stats_count_request(struct stats_worker *w, const char *app, const char *ac
 void stats_inflight_add(struct stats_worker *w, int delta);
 void stats_set_connections(struct stats_worker *w, size_t front_connections);
 void stats_set_upstream(struct stats_worker *w, const struct upstream_stats *s);
+/* The upstream's addresses, connect failures and failed lookups; v3: the API 3.0 upstream's. */
+void stats_set_upstream_addresses(struct stats_worker *w, int v3, const struct upstream_stats *s);
 /* The API 3.0 upstream's breaker (its calls and connections count in stats_set_upstream's). */
 void stats_set_upstream3_breaker(struct stats_worker *w, enum breaker_state state);
 /* decision: "admitted", "limited" or "shadow_limited"; rule: a limit rule's name. */

@@ -3,7 +3,12 @@
  * retries are never used: a connection that errors, or that the server closes while it is idle,
  * is discarded. One that a reply closed (Connection: close) goes back to the pool, and evhttp
  * opens a new socket under it for its next call (over TLS too: checked by hand against an nginx
- * with keepalive_requests 2). */
+ * with keepalive_requests 2). A host name is looked up here (evdns_getaddrinfo), not by evhttp:
+ * each connection is given one numeric address to connect to (and to reconnect to), chosen from
+ * the host's addresses (upaddr.h), and a connect that fails goes on at the next address within
+ * the same attempt. evhttp adds no Host header of its own (libevent 2.1.12's
+ * evhttp_make_header_request writes only the request line and Content-Length): call_send's Host
+ * and the TLS name stay the configured host. */
 #include "upstream.h"
 
 #include <errno.h>
@@ -13,6 +18,7 @@
 #include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <arpa/inet.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
 
@@ -39,6 +45,7 @@
 #include "capgate/validate.h"
 #include "capgate/version.h"
 #include "config.h"
+#include "upaddr.h"
 
 #define UPSTREAM_DEFAULT_CONNECT_MS 1000u
 #define UPSTREAM_DEFAULT_TIMEOUT_MS 3000u
@@ -46,6 +53,12 @@
 #define UPSTREAM_DEFAULT_BREAKER_FAILURES 5u
 #define UPSTREAM_DEFAULT_BREAKER_OPEN_MS 5000u
 #define UPSTREAM_DEFAULT_MAX_QUEUED 1024u
+#define UPSTREAM_DEFAULT_RESOLVE_INTERVAL_MS 30000u
+/* A lookup that a connect failure, or a call finding no address, asks for starts no sooner than
+ * this after the last one ended. */
+#define UPSTREAM_RESOLVE_MIN_MS 1000u
+/* A failed lookup is tried again after this (or resolve_interval_ms when that is shorter). */
+#define UPSTREAM_RESOLVE_RETRY_MS 5000u
 /* evhttp's per-connection read/write timeout: a backstop behind our own timers, and the idle
  * time after which evhttp drops a keep-alive connection. */
 #define UPSTREAM_IDLE_MS 30000u
@@ -97,6 +110,9 @@ struct conn {
     struct upstream_call *call;   /* CONNECTING/BUSY */
     uint64_t out_added, in_added; /* bytes queued for writing / received, ever */
     unsigned replies;             /* completed replies: > 0 means reused */
+    int addr_ok;                  /* the address answered: its failures were cleared */
+    int retire;                   /* its address left the host's list: closed when idle */
+    char addr[UPADDR_TEXT];       /* the numeric address evhttp connects to */
     int verify_error;             /* X509_V_OK or the first certificate error */
     TAILQ_ENTRY(conn) link;       /* u->conns or u->dead */
 };
@@ -123,6 +139,8 @@ struct upstream_call {
     int submitting;             /* inside upstream_call: results are deferred */
     int fast_success;           /* CALL_FAILING_FAST: the breaker outcome to record */
     unsigned attempts;
+    uint32_t tried;              /* this attempt's addresses dialled: bit i is u->addrs.a[i] */
+    unsigned tried_gen;          /* u->addrs_gen that tried refers to */
     struct upstream_result fast; /* CALL_FAILING_FAST: the result to deliver */
     int timed_out;               /* the call ends on a timeout: total, or the last
                                          * attempt's connect (upstream_result.timed_out) */
@@ -134,9 +152,26 @@ struct upstream_call {
 };
 TAILQ_HEAD(call_list, upstream_call);
 
+struct resolve_req;
+
 struct upstream {
     struct event_base *base;
     struct evdns_base *dns; /* only for a host name; NULL for an IP literal */
+    /* The host's addresses: an IP literal's one, or a host name's as last resolved; new
+     * connections rotate over them, skipping those that failed recently (upaddr.h). */
+    struct upaddr_list addrs;
+    unsigned addrs_gen; /* bumped when the set of addresses changes */
+    int literal;        /* host is an IP literal: never resolved */
+    unsigned resolve_interval_ms;
+    struct event *resolve_ev;             /* the next lookup (host name only) */
+    uint64_t resolve_at_ms;               /* when resolve_ev fires; UINT64_MAX: not pending */
+    uint64_t resolve_done_ms;             /* when the last lookup ended (0: none yet) */
+    struct resolve_req *resolving;        /* the lookup in flight, NULL if none */
+    uint64_t lookup_requests;             /* stats.requests when the last lookup started */
+    int resolve_stale;                    /* the next call starts a lookup (none runs while idle) */
+    char resolve_err[192];                /* the last lookup's failure; "" after a success */
+    struct log_limiter dns_log, addr_log; /* this host's repeated lookup / address failures */
+    int limiters;                         /* both initialised */
     int tls;
     char *host, *path, *sign_host, *tls_name, *user_agent;
     int port;
@@ -164,6 +199,7 @@ static void call_start_attempt(struct upstream_call *c);
 static void pump_queue(struct upstream *u);
 static void deadline_cb(evutil_socket_t fd, short what, void *arg);
 static void connect_timer_cb(evutil_socket_t fd, short what, void *arg);
+static void resolve_soon(struct upstream *u);
 
 static uint64_t now_ms(void) {
     return clock_mono_us() / 1000;
@@ -402,7 +438,10 @@ static int conn_verify_cb(int preverify_ok, X509_STORE_CTX *store) {
     return preverify_ok;
 }
 
-static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
+/* A connection to addr, one of u->addrs: evhttp connects to that numeric address (no lookup),
+ * and reconnects to it after a reply that closed the socket. The Host header (call_send) and
+ * the TLS name (SNI and the certificate check) stay u's configured names. */
+static struct conn *conn_new(struct upstream *u, const char *addr, char *err, size_t errlen) {
     struct conn *k = calloc(1, sizeof(*k));
     struct bufferevent *bev = NULL;
     SSL *ssl = NULL;
@@ -414,6 +453,7 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
     k->u = u;
     k->verify_error = X509_V_OK;
     k->nodelay_fd = -1;
+    snprintf(k->addr, sizeof(k->addr), "%s", addr);
     if (u->tls) {
         ssl = tls_client_ssl_new(u->ssl_ctx, u->tls_name, u->verify_tls);
         if (!ssl) {
@@ -447,7 +487,7 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
         }
     }
     k->evcon =
-        evhttp_connection_base_bufferevent_new(u->base, u->dns, bev, u->host, (ev_uint16_t)u->port);
+        evhttp_connection_base_bufferevent_new(u->base, NULL, bev, k->addr, (ev_uint16_t)u->port);
     if (!k->evcon) {
         bufferevent_free(bev);
         snprintf(err, errlen, "out of memory");
@@ -472,7 +512,7 @@ static struct conn *conn_new(struct upstream *u, char *err, size_t errlen) {
     k->state = CONN_CONNECTING;
     TAILQ_INSERT_TAIL(&u->conns, k, link);
     u->n_conns++;
-    log_debug("upstream %s:%d: new connection %p", u->host, u->port, (void *)k);
+    log_debug("upstream %s:%d: new connection %p to %s", u->host, u->port, (void *)k, k->addr);
     return k;
 fail:
     if (k) conn_destroy(k);
@@ -707,6 +747,44 @@ static void call_attempt_failed(struct upstream_call *c, int retriable, const ch
     call_fail(c, 0, "%s", msg);
 }
 
+static void call_dial(struct upstream_call *c, const char *last_error);
+
+/* k's address answered (the request went out on it): its failures are forgotten. */
+static void conn_addr_ok(struct conn *k) {
+    struct upstream *u = k->u;
+
+    k->addr_ok = 1;
+    if (upaddr_ok(&u->addrs, k->addr))
+        log_info("upstream %s:%d: address %s answers again", u->host, u->port, k->addr);
+}
+
+/* The connect phase of c's attempt (TCP connect, TLS handshake) failed: nothing was sent, so
+ * trying another address is safe. The address is held (upaddr_failed) and the attempt goes on
+ * with the next address it has not dialled, while the call's timeout allows; when none is left
+ * the attempt has failed, and may be retried as before. */
+static void call_connect_failed(struct upstream_call *c, const char *msg) {
+    struct upstream *u = c->u;
+    struct conn *k = c->conn;
+
+    if (k && !u->literal) {
+        uint64_t hold = upaddr_failed(&u->addrs, k->addr, now_ms());
+        u->stats.connect_failures++;
+        log_limited(&u->addr_log, LOG_LEVEL_WARN,
+                    "upstream %s:%d: address %s failed: %s; not used for %llu ms%s", u->host,
+                    u->port, k->addr, msg, (unsigned long long)hold,
+                    u->addrs.n > 1 ? " (the attempt goes on with the next address)" : "");
+        resolve_soon(u); /* the name may point elsewhere now */
+        if (u->addrs.n > 1 && remaining_ms(c) > 0) {
+            c->conn = NULL;
+            conn_set_state(k, CONN_DEAD);
+            event_del(c->connect_timer);
+            call_dial(c, msg);
+            return;
+        }
+    }
+    call_attempt_failed(c, 1, msg);
+}
+
 static void connect_timer_cb(evutil_socket_t fd, short what, void *arg) {
     struct upstream_call *c = arg;
     char msg[128];
@@ -715,7 +793,7 @@ static void connect_timer_cb(evutil_socket_t fd, short what, void *arg) {
     snprintf(msg, sizeof(msg), "upstream connect to %s:%d timed out after %u ms", c->u->host,
              c->u->port, c->u->connect_timeout_ms);
     c->timed_out = 1;
-    call_attempt_failed(c, 1, msg);
+    call_connect_failed(c, msg);
 }
 
 static void call_got_reply(struct upstream_call *c, struct evhttp_request *req) {
@@ -740,11 +818,12 @@ static void call_got_reply(struct upstream_call *c, struct evhttp_request *req) 
     raw_ok = !json && r.body && (c->flags & UPSTREAM_RAW_OK) && r.http_status >= 200 &&
              r.http_status < 300;
     c->sent_any = 1;
+    if (!k->addr_ok) conn_addr_ok(k);
     k->replies++;
     /* the reply is complete: the connection goes back to the pool unless evhttp closed it */
     c->conn = NULL;
     k->call = NULL;
-    if (k->state != CONN_DEAD) conn_set_state(k, CONN_IDLE);
+    if (k->state != CONN_DEAD) conn_set_state(k, k->retire ? CONN_DEAD : CONN_IDLE);
     /* not 2xx: a 1xx (or a bare "2") is no final answer either (found by tests/fuzz) */
     if (r.http_status < 200 || r.http_status >= 300) {
         snprintf(c->errbuf, sizeof(c->errbuf), "upstream answered HTTP %d", r.http_status);
@@ -773,7 +852,10 @@ static void call_got_error(struct upstream_call *c, enum evhttp_request_error er
     unsigned long ssl_err = u->tls ? bufferevent_get_openssl_error(k->bev) : 0;
     char msg[256];
 
-    if (sent) c->sent_any = 1;
+    if (sent) {
+        c->sent_any = 1;
+        if (!k->addr_ok) conn_addr_ok(k);
+    }
     if (k->verify_error != X509_V_OK) {
         snprintf(msg, sizeof(msg), "upstream TLS certificate verification failed: %s",
                  X509_verify_cert_error_string(k->verify_error));
@@ -799,7 +881,7 @@ static void call_got_error(struct upstream_call *c, enum evhttp_request_error er
                      saved_errno ? ": " : "", saved_errno ? strerror(saved_errno) : "");
         }
         ERR_clear_error();
-        call_attempt_failed(c, 1, msg);
+        call_connect_failed(c, msg);
     } else if (!got_bytes && error == EVREQ_HTTP_EOF) {
         /* the request went out and nothing came back: retry only the stale keep-alive race */
         snprintf(msg, sizeof(msg), "upstream %s the connection before replying",
@@ -972,9 +1054,22 @@ out:
 static void call_start_attempt(struct upstream_call *c) {
     struct upstream *u = c->u;
     struct conn *k;
-    char err[160];
 
+    if (u->resolve_stale) resolve_soon(u);
     k = u->n_idle ? TAILQ_FIRST(&u->conns) : NULL; /* idle ones are at the head */
+    if (!k && u->addrs.n == 0) {
+        /* a host name with no address yet: the call waits for the lookup (within its timeout),
+         * or fails now when the last lookup failed a moment ago */
+        if (u->resolve_err[0] && !u->resolving &&
+            now_ms() - u->resolve_done_ms < UPSTREAM_RESOLVE_MIN_MS) {
+            call_set_state(c, CALL_ACTIVE);
+            call_fail(c, 0, "%s", u->resolve_err);
+            return;
+        }
+        call_set_state(c, CALL_QUEUED);
+        resolve_soon(u);
+        return;
+    }
     if (!k && u->n_conns >= u->max_connections) {
         call_set_state(c, CALL_QUEUED);
         return;
@@ -1005,7 +1100,31 @@ static void call_start_attempt(struct upstream_call *c) {
         call_attempt_failed(c, 0, "upstream request could not be built (out of memory)");
         return;
     }
-    k = conn_new(u, err, sizeof(err));
+    c->tried = 0;
+    c->tried_gen = u->addrs_gen;
+    call_dial(c, NULL);
+}
+
+/* c's attempt on a new connection, to the next address (upaddr_pick) it has not dialled;
+ * last_error is the failure of the one before, the attempt's result when none is left. */
+static void call_dial(struct upstream_call *c, const char *last_error) {
+    struct upstream *u = c->u;
+    struct conn *k;
+    char err[160];
+    int i;
+
+    if (c->tried_gen != u->addrs_gen) { /* the addresses changed: the old indexes mean nothing */
+        c->tried = 0;
+        c->tried_gen = u->addrs_gen;
+    }
+    i = upaddr_pick(&u->addrs, now_ms(), c->tried);
+    if (i < 0) {
+        call_attempt_failed(c, 1, last_error ? last_error : "upstream has no address");
+        return;
+    }
+    c->tried |= 1u << i;
+    c->timed_out = 0; /* this address decides */
+    k = conn_new(u, u->addrs.a[i].text, err, sizeof(err));
     if (!k) {
         call_attempt_failed(c, 0, err);
         return;
@@ -1030,9 +1149,196 @@ static void pump_queue(struct upstream *u) {
         c = TAILQ_FIRST(&u->queue);
         if (!c) return;
         idle = u->n_idle;
-        if (!idle && u->n_conns >= u->max_connections) return;
+        /* no address yet: the lookup's end pumps the queue */
+        if (!idle && (u->n_conns >= u->max_connections || u->addrs.n == 0)) return;
         call_start_attempt(c);
     }
+}
+
+/* --- the host's addresses ---------------------------------------------------------------- */
+
+/* A lookup in flight; it outlives u when upstream_free runs first (u is then NULL). */
+struct resolve_req {
+    struct upstream *u;
+};
+
+static void resolve_schedule(struct upstream *u, unsigned ms) {
+    struct timeval tv = ms_tv(ms);
+
+    if (evtimer_add(u->resolve_ev, &tv) == 0) u->resolve_at_ms = now_ms() + ms;
+}
+
+/* A lookup soon (a connect failed, or a call found no address): at once when the last one ended
+ * UPSTREAM_RESOLVE_MIN_MS ago or more, else then; never later than one already planned. */
+static void resolve_soon(struct upstream *u) {
+    uint64_t now = now_ms(), at;
+
+    if (u->literal || u->resolving || !u->resolve_ev) return;
+    at = u->resolve_done_ms + UPSTREAM_RESOLVE_MIN_MS;
+    if (at < now) at = now;
+    if (at < u->resolve_at_ms) resolve_schedule(u, (unsigned)(at - now));
+}
+
+/* The addresses changed: a connection to one no longer listed is closed now when idle, else when
+ * its call ends, so a keep-alive pool that is never idle still follows the new answer. */
+static void conns_retire(struct upstream *u) {
+    struct conn *k, *next;
+
+    for (k = TAILQ_FIRST(&u->conns); k; k = next) {
+        next = TAILQ_NEXT(k, link);
+        if (upaddr_find(&u->addrs, k->addr) >= 0) continue;
+        if (k->state == CONN_IDLE)
+            conn_set_state(k, CONN_DEAD);
+        else
+            k->retire = 1;
+    }
+}
+
+/* "a, b, c" of u's addresses into buf. */
+static void addrs_text(const struct upstream *u, char *buf, size_t len) {
+    size_t o = 0;
+
+    buf[0] = '\0';
+    for (unsigned i = 0; i < u->addrs.n && o < len; i++) {
+        int n = snprintf(buf + o, len - o, "%s%s", i ? ", " : "", u->addrs.a[i].text);
+        if (n < 0) break;
+        o += (size_t)n;
+    }
+}
+
+static void resolve_cb(int err, struct evutil_addrinfo *ai, void *arg) {
+    struct resolve_req *r = arg;
+    struct upstream *u = r->u;
+    char texts[UPADDR_MAX][UPADDR_TEXT];
+    const char *list[UPADDR_MAX];
+    unsigned n = 0, next;
+
+    free(r);
+    if (!u) { /* upstream_free ran first */
+        if (ai) evutil_freeaddrinfo(ai);
+        return;
+    }
+    u->resolving = NULL;
+    u->resolve_done_ms = now_ms();
+    for (struct evutil_addrinfo *p = ai; !err && p && n < UPADDR_MAX; p = p->ai_next) {
+        const void *a = NULL;
+        if (p->ai_family == AF_INET)
+            a = &((const struct sockaddr_in *)(const void *)p->ai_addr)->sin_addr;
+        else if (p->ai_family == AF_INET6)
+            a = &((const struct sockaddr_in6 *)(const void *)p->ai_addr)->sin6_addr;
+        if (a && inet_ntop(p->ai_family, a, texts[n], sizeof(texts[n]))) {
+            list[n] = texts[n];
+            n++;
+        }
+    }
+    if (ai) evutil_freeaddrinfo(ai);
+    if (n > 0) {
+        char was[512], now[512];
+        int first = u->addrs.n == 0;
+        addrs_text(u, was, sizeof(was));
+        if (upaddr_set(&u->addrs, list, n)) {
+            u->addrs_gen++;
+            conns_retire(u);
+            addrs_text(u, now, sizeof(now));
+            if (first)
+                log_info("upstream %s:%d: %s resolves to %s", u->host, u->port, u->host, now);
+            else
+                log_info("upstream %s:%d: %s now resolves to %s (was %s)", u->host, u->port,
+                         u->host, now, was);
+        } else {
+            log_debug("upstream %s:%d: %s still resolves to %s", u->host, u->port, u->host, was);
+        }
+        if (u->resolve_err[0])
+            log_limited_ok(&u->dns_log, LOG_LEVEL_INFO, "upstream %s:%d: %s resolves again",
+                           u->host, u->port, u->host);
+        u->resolve_err[0] = '\0';
+        next = u->resolve_interval_ms;
+    } else {
+        u->stats.dns_failures++;
+        snprintf(u->resolve_err, sizeof(u->resolve_err), "could not resolve upstream host %s: %s",
+                 u->host, err ? evutil_gai_strerror(err) : "no IPv4 or IPv6 address");
+        if (u->addrs.n)
+            log_limited(&u->dns_log, LOG_LEVEL_WARN,
+                        "upstream %s:%d: %s; keeping the %u address(es) known", u->host, u->port,
+                        u->resolve_err, u->addrs.n);
+        else
+            log_limited(&u->dns_log, LOG_LEVEL_ERROR, "upstream %s:%d: %s", u->host, u->port,
+                        u->resolve_err);
+        next = u->resolve_interval_ms < UPSTREAM_RESOLVE_RETRY_MS ? u->resolve_interval_ms
+                                                                  : UPSTREAM_RESOLVE_RETRY_MS;
+    }
+    resolve_schedule(u, next);
+    if (u->addrs.n == 0) {
+        /* nothing to connect to: the calls that waited for this lookup fail with its error */
+        struct upstream_call *c;
+        while ((c = TAILQ_FIRST(&u->queue)) != NULL) call_fail(c, 0, "%s", u->resolve_err);
+        return;
+    }
+    pump_queue(u);
+}
+
+/* resolve_ev: a lookup of u's host name, A and AAAA (evdns: /etc/hosts, then the nameservers),
+ * never blocking the loop. Its answer may come inside evdns_getaddrinfo (a hosts file entry). */
+static void resolve_timer_cb(evutil_socket_t fd, short what, void *arg) {
+    struct upstream *u = arg;
+    struct evutil_addrinfo hints;
+    struct resolve_req *r;
+
+    u->resolve_at_ms = UINT64_MAX;
+    if (u->resolving) return;
+    if (u->stats.requests == u->lookup_requests && u->resolve_done_ms) {
+        /* no call since the last lookup: none until the next call (an upstream not in use, as
+         * the 3.0 one of a gateway serving 2.0 only, is not looked up every interval) */
+        u->resolve_stale = 1;
+        return;
+    }
+    u->resolve_stale = 0;
+    u->lookup_requests = u->stats.requests;
+    if (!(r = calloc(1, sizeof(*r)))) {
+        resolve_schedule(u, UPSTREAM_RESOLVE_MIN_MS);
+        return;
+    }
+    r->u = u;
+    u->resolving = r;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    log_debug("upstream %s:%d: looking up %s", u->host, u->port, u->host);
+    (void)evdns_getaddrinfo(u->dns, u->host, NULL, &hints, resolve_cb, r);
+}
+
+/* The nameservers of upstream.resolver ("ip[:port]" separated by spaces or commas); 0 or -1 and
+ * err. */
+static int resolver_add(struct upstream *u, const char *resolver, char *err, size_t errlen) {
+    const char *p = resolver;
+    unsigned added = 0;
+
+    while (*p) {
+        char tok[NET_HOST_MAX + 8];
+        size_t len = strcspn(p, " ,\t");
+        if (len == 0) {
+            p++;
+            continue;
+        }
+        if (len >= sizeof(tok)) {
+            snprintf(err, errlen, "upstream.resolver: a nameserver address is too long");
+            return -1;
+        }
+        memcpy(tok, p, len);
+        tok[len] = '\0';
+        if (evdns_base_nameserver_ip_add(u->dns, tok) != 0) {
+            snprintf(err, errlen, "upstream.resolver: %s is not a nameserver address", tok);
+            return -1;
+        }
+        added++;
+        p += len;
+    }
+    if (!added) {
+        snprintf(err, errlen, "upstream.resolver names no nameserver");
+        return -1;
+    }
+    return 0;
 }
 
 /* --- public ------------------------------------------------------------------------------ */
@@ -1086,13 +1392,30 @@ struct upstream *upstream_new(struct event_base *base, const struct upstream_opt
     if (!u->host || !u->path || !u->sign_host || !u->tls_name || !u->user_agent) goto oom;
     u->reap_ev = event_new(base, -1, 0, reap_cb, u);
     if (!u->reap_ev) goto oom;
-    if (!net_is_ip_literal(u->host)) {
-        u->dns = evdns_base_new(base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+    u->resolve_interval_ms =
+        o->resolve_interval_ms ? o->resolve_interval_ms : UPSTREAM_DEFAULT_RESOLVE_INTERVAL_MS;
+    u->resolve_at_ms = UINT64_MAX;
+    log_limiter_init(&u->dns_log, 60, 5000);
+    log_limiter_init(&u->addr_log, 10, 5000);
+    u->limiters = 1;
+    u->literal = net_is_ip_literal(u->host);
+    if (u->literal) {
+        const char *one = u->host;
+        upaddr_set(&u->addrs, &one, 1);
+    } else {
+        /* upstream.resolver: those nameservers only (no /etc/hosts, no search domains); else
+         * the system's (/etc/resolv.conf and /etc/hosts) */
+        int own = o->resolver && o->resolver[0];
+        u->dns = evdns_base_new(base, (own ? 0 : EVDNS_BASE_INITIALIZE_NAMESERVERS) |
                                           EVDNS_BASE_DISABLE_WHEN_INACTIVE);
         if (!u->dns) {
             snprintf(err, errlen, "upstream: could not set up the DNS resolver for %s", u->host);
             goto fail;
         }
+        if (own && resolver_add(u, o->resolver, err, errlen) != 0) goto fail;
+        u->resolve_ev = evtimer_new(base, resolve_timer_cb, u);
+        if (!u->resolve_ev) goto oom;
+        u->resolve_stale = 1; /* the first lookup comes with the first call */
     }
     return u;
 oom:
@@ -1130,12 +1453,20 @@ void upstream_free(struct upstream *u) {
     }
     free(u->uri);
     if (u->reap_ev) event_free(u->reap_ev);
-    if (u->dns) evdns_base_free(u->dns, 0);
+    if (u->resolve_ev) event_free(u->resolve_ev);
+    /* a lookup in flight reports to nobody: evdns_base_free fails it (DNS_ERR_SHUTDOWN, a
+     * deferred callback that frees the request and does not touch the freed evdns base) */
+    if (u->resolving) u->resolving->u = NULL;
+    if (u->dns) evdns_base_free(u->dns, 1);
     free(u->host);
     free(u->path);
     free(u->sign_host);
     free(u->tls_name);
     free(u->user_agent);
+    if (u->limiters) {
+        log_limiter_destroy(&u->dns_log);
+        log_limiter_destroy(&u->addr_log);
+    }
     SSL_SESSION_free(u->tls_session);
     free(u);
 }
@@ -1228,6 +1559,7 @@ void upstream_get_stats(const struct upstream *u, struct upstream_stats *out) {
     out->breaker = breaker_state(u->breaker);
     out->open_connections = u->n_conns;
     out->idle_connections = u->n_idle;
+    out->addresses = u->addrs.n;
 }
 
 /* ---- the request sent upstream ---- */

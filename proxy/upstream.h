@@ -34,7 +34,13 @@ struct upstream_options {
     struct breaker *breaker;     /* shared by every worker's upstream (borrowed, initialised by
                                  * the caller, outlives the upstream); NULL: a breaker of its own
                                  * from breaker_failures/breaker_open_ms */
-};                               /* strings are copied by upstream_new */
+
+    /* Host name lookups (an IP literal is never looked up): "ip[:port]" nameservers separated
+     * by spaces or commas, only those asked; NULL or "": the system's (/etc/resolv.conf and
+     * /etc/hosts). The name is looked up again every resolve_interval_ms (0: 30000). */
+    const char *resolver;
+    unsigned resolve_interval_ms;
+}; /* strings are copied by upstream_new */
 
 /* One per worker (per event_base); not thread-safe; nothing is shared with other workers except
  * the SSL_CTX and the breaker (both borrowed; the breaker is lock-free). NULL and err on a bad option or OOM. */
@@ -151,6 +157,10 @@ struct upstream_stats {
     enum breaker_state breaker;
     unsigned open_connections; /* connections in the pool, busy or idle */
     unsigned idle_connections;
+    unsigned addresses;        /* the host's addresses known (0: a host name not resolved yet) */
+    uint64_t connect_failures; /* connects (TCP or TLS handshake) that failed at one address of
+                                * a host name (an IP literal's are not counted) */
+    uint64_t dns_failures;     /* lookups of the host name that failed */
     uint64_t latency_buckets[UPSTREAM_LATENCY_BUCKETS]; /* completed calls, not rejections */
     uint64_t latency_sum_us, latency_count;
 };

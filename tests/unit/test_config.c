@@ -365,6 +365,16 @@ static void test_errors(void **state) {
         /* bad upstream url */
         {"{\"upstream\": {\"url\": \"ftp://x/\", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
          "t.json:1:15: upstream.url: must start with https:// or http://; got \"ftp://x/\""},
+        /* upstream.resolver: nameserver addresses only, at least one */
+        {"{\"upstream\": {\"resolver\": \"127.0.0.1 dns.example:53\", \"secret_id\": \"i\", "
+         "\"secret_key\": \"k\"}}",
+         "t.json:1:15: upstream.resolver: \"dns.example:53\" is not a nameserver address (ip, "
+         "ip:port or [ipv6]:port)"},
+        {"{\"upstream\": {\"resolver\": \" , \", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
+         "t.json:1:15: upstream.resolver: names no nameserver (null: the system's resolver)"},
+        {"{\"upstream\": {\"resolver\": \"[::1]:0\", \"secret_id\": \"i\", \"secret_key\": \"k\"}}",
+         "t.json:1:15: upstream.resolver: \"[::1]:0\" is not a nameserver address (ip, ip:port or "
+         "[ipv6]:port)"},
         /* syntax errors */
         {"{\n  \"workers\": 2,\n}", "t.json:3:1: syntax error: string or '}' expected"},
         {"[]", "t.json:1:1: must be an object; got an array"},
@@ -879,6 +889,17 @@ static int change_special(const struct config_key *k, const struct config *c0, j
                 break;
             }
         }
+        json_decref(copy);
+        return ok;
+    }
+    if (strcmp(k->path, "upstream.resolver") == 0) {
+        /* null in the example (the system's resolver): a nameserver of its own */
+        json_t *copy = json_deep_copy(root);
+        int ok;
+        assert_non_null(copy);
+        json_object_set_new(json_object_get(copy, "upstream"), "resolver",
+                            json_string("127.0.0.1:5353 [::1]:53"));
+        ok = try_change(k, c0, copy);
         json_decref(copy);
         return ok;
     }

@@ -103,7 +103,7 @@ process.on('exit', () => {
  * { httpsBase ('https://127.0.0.1:PORT'), httpsUrl, tlsHost, tlsPort }. With "listen": null
  * (HTTPS only) base, url, host and port are null.
  */
-export async function startGateway({ mock, config = {}, env = {}, args = [], tls = false, nofile } = {}) {
+export async function startGateway({ mock, config = {}, env = {}, args = [], tls = false, nofile, launcher = [] } = {}) {
   assert.ok(mock?.tlsPort, 'startGateway needs a mock started with tls: true');
   if (tls) {
     const c = certs();
@@ -114,7 +114,9 @@ export async function startGateway({ mock, config = {}, env = {}, args = [], tls
   fs.mkdirSync(path.join(dir, 'spool'), { recursive: true });
   const configPath = path.join(dir, 'capgate.json');
   fs.writeFileSync(configPath, `${JSON.stringify(cfg, null, 2)}\n`);
-  const proc = new Proc(...withNofile(nofile, CAPGATE_BIN, ['--config', configPath, ...args]),
+  // launcher: a command capgate runs under, [bin, ...args] before capgate's path (which must exec it)
+  const [bin, argv] = withNofile(nofile, CAPGATE_BIN, ['--config', configPath, ...args]);
+  const proc = new Proc(...(launcher.length ? [launcher[0], [...launcher.slice(1), bin, ...argv]] : [bin, argv]),
     { env: gatewayEnv(env) });
   running.add(proc);
   proc.exited.then(() => running.delete(proc));
