@@ -640,7 +640,7 @@ static void store_redis_batch_fail(struct store_redis *r, struct store_redis_cmd
 static void store_redis_on_batch_reply(struct store_redis *r, struct store_redis_cmd *b,
                                        redisReply *rep) {
     char err[200];
-    size_t at = 0, i;
+    size_t at = 0, i = 0;
     r->consecutive_timeouts = 0;
     if (rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
         !b->noscript_retried) {
