@@ -847,7 +847,7 @@ latency_run() {
         --pids "capgate=${gw_pid[capgate]},mock=$mock_pid${redis_pid:+,redis=$redis_pid}" \
         --label "$t at $rate req/s ($pct% of capgate's max), p50 $p50 us, p99 $p99 us, other processes $other% of the 2 cores" \
         >"$sched.md" 2>"$sched.err" && say "sched: $sched.md" || say "sched: no attribution ($(cat "$sched.err"))"
-    rm -f "$sched.data" "$sched.sched"
+    rm -f "$sched.sched" # (the .data stays for perf sched timehist -i)
     return 0
   fi
   lat[$t@$pct]+="$p50 $p90 $p99 $p999 $lag99 $lgcpu $other $i"$'\n'

@@ -58,13 +58,14 @@ if (!reqs.length) {
 
 // ---- the scheduler ----
 const ROLES = ['capgate workers', 'capgate main thread', 'capgate audit sink', 'capgate metrics flush',
-  'capgate other threads', 'mock', 'generator', 'redis-server', 'other processes', 'idle'];
+  'capgate other threads', 'mock', 'generator', 'redis-server', 'other processes', 'idle CPU 0',
+  'idle CPU 1'];
 const CAPGATE_THREADS = { capgate: 'capgate main thread', 'capgate-audit': 'capgate audit sink',
   'capgate-metrics': 'capgate metrics flush' };
 const tgidOf = new Map(); // tid -> pid, from the events' headers (the thread on the CPU)
 // role of a thread: by its process (--pids), then by its name
-function role(tid, comm) {
-  if (tid === '0') return 'idle';
+function role(tid, comm, cpu) {
+  if (tid === '0') return `idle CPU ${cpu}`;
   const who = pids.get(tgidOf.get(tid));
   if (who === 'capgate') {
     if (/^capgate-w\d+$/.test(comm)) return 'capgate workers';
@@ -111,7 +112,7 @@ while (start < text.length) {
   if (!w) continue;
   const [, prevComm, prevTid, prevState, nextComm, nextTid] = w;
   const c = cur.get(cpu);
-  if (c && c.tid === prevTid) runList.push([c.since, t, prevTid, prevComm]);
+  if (c && c.tid === prevTid) runList.push([c.since, t, prevTid, prevComm, cpu]);
   // the previous thread is runnable again at once if it was preempted
   const ps = state.get(prevTid) || { comm: prevComm };
   ps.comm = prevComm;
@@ -119,7 +120,7 @@ while (start < text.length) {
   state.set(prevTid, ps);
   const ns = state.get(nextTid) || { comm: nextComm };
   if (ns.runnableSince !== undefined && nextTid !== '0')
-    waitList.push([ns.runnableSince, t, nextTid, nextComm]);
+    waitList.push([ns.runnableSince, t, nextTid, nextComm, cpu]);
   ns.runnableSince = undefined;
   ns.comm = nextComm;
   state.set(nextTid, ns);
@@ -131,8 +132,8 @@ if (!Number.isFinite(first)) {
 }
 const runs = new Map(ROLES.map((r) => [r, []]));
 const waits = new Map(ROLES.map((r) => [r, []]));
-for (const iv of runList) runs.get(role(iv[2], iv[3])).push(iv);
-for (const iv of waitList) waits.get(role(iv[2], iv[3])).push(iv);
+for (const iv of runList) runs.get(role(iv[2], iv[3], iv[4]))?.push(iv);
+for (const iv of waitList) waits.get(role(iv[2], iv[3], iv[4]))?.push(iv);
 for (const list of [...runs.values(), ...waits.values()]) list.sort((a, b) => a[0] - b[0]);
 
 // overlap of [a, b] with a role's intervals (sorted by start; a role's intervals may overlap each
@@ -154,6 +155,25 @@ function overlap(list, a, b, maxLen) {
   }
   return s;
 }
+// The part of a role's waits inside [a, b] during which the CPU it then ran on was still idle:
+// woken, but the halted vCPU had not come back yet (the wake-up latency of the VM), not a queue.
+function waitOnIdle(list, a, b, maxLen, maxIdle) {
+  let lo = 0;
+  let hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (list[mid][0] < a - maxLen) lo = mid + 1;
+    else hi = mid;
+  }
+  let s = 0;
+  for (let i = lo; i < list.length && list[i][0] < b; i++) {
+    const x = Math.max(a, list[i][0]);
+    const y = Math.min(b, list[i][1]);
+    const idle = runs.get(`idle CPU ${list[i][4]}`);
+    if (y > x && idle) s += overlap(idle, x, y, maxIdle.get(list[i][4]));
+  }
+  return s;
+}
 const maxLen = new Map();
 for (const [k, list] of [...runs.entries()].map(([k, v]) => [`r:${k}`, v])
   .concat([...waits.entries()].map(([k, v]) => [`w:${k}`, v]))) {
@@ -161,6 +181,8 @@ for (const [k, list] of [...runs.entries()].map(([k, v]) => [`r:${k}`, v])
   for (const iv of list) mx = Math.max(mx, iv[1] - iv[0]);
   maxLen.set(k, mx);
 }
+
+const maxIdle = new Map([0, 1].map((c) => [c, maxLen.get(`r:idle CPU ${c}`) || 0]));
 
 // ---- the groups ----
 const covered = reqs.filter((r) => r.due >= first && r.done <= last);
@@ -188,7 +210,10 @@ function attribute(list) {
     sum.lag += q.sent - q.due;
     for (const r of ROLES) {
       sum[`run ${r}`] += overlap(runs.get(r), q.due, q.done, maxLen.get(`r:${r}`));
-      if (r !== 'idle') sum[`wait ${r}`] += overlap(waits.get(r), q.due, q.done, maxLen.get(`w:${r}`));
+      if (r.startsWith('idle')) continue;
+      sum[`wait ${r}`] += overlap(waits.get(r), q.due, q.done, maxLen.get(`w:${r}`));
+      sum[`wake ${r}`] = (sum[`wake ${r}`] || 0) +
+        waitOnIdle(waits.get(r), q.due, q.done, maxLen.get(`w:${r}`), maxIdle);
     }
   }
   for (const k of Object.keys(sum)) sum[k] /= list.length;
@@ -209,6 +234,10 @@ line('latency (due -> done)', 'latency');
 line("generator's send lag (due -> sent)", 'lag');
 for (const r of ROLES) {
   if (rows.some(([, , s]) => s[`run ${r}`] >= 0.5))
-    line(r === 'idle' ? 'a core idle (no thread on it)' : `${r} running`, `run ${r}`);
+    line(r.startsWith('idle') ? `${r.slice(5)} idle (no thread on it)` : `${r} running`, `run ${r}`);
 }
-for (const r of ROLES) if (r !== 'idle' && rows.some(([, , s]) => s[`wait ${r}`] >= 0.5)) line(`${r} runnable, waiting for a CPU`, `wait ${r}`);
+for (const r of ROLES) {
+  if (r.startsWith('idle') || !rows.some(([, , s]) => s[`wait ${r}`] >= 0.5)) continue;
+  line(`${r} runnable, waiting for a CPU`, `wait ${r}`);
+  line('&nbsp;&nbsp;of which its CPU was idle (the vCPU waking up)', `wake ${r}`);
+}
