@@ -15,12 +15,12 @@ RUN cmake -S . -B /build -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr 
  && DESTDIR=/stage cmake --install /build
 
 FROM debian:12-slim
-# The runtime libraries the .deb depends on (dpkg-shlibdeps), and the CA store for the
-# upstream's TLS certificate.
+# The runtime libraries the .deb depends on (dpkg-shlibdeps; libstdc++6 is jemalloc's), and the
+# CA store for the upstream's TLS certificate.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates libssl3 libhiredis0.14 \
       libjansson4 libevent-core-2.1-7 libevent-extra-2.1-7 libevent-openssl-2.1-7 \
-      libevent-pthreads-2.1-7 libjemalloc2 \
+      libevent-pthreads-2.1-7 libjemalloc2 libstdc++6 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --user-group --home-dir /var/lib/capgate \
       --shell /usr/sbin/nologin capgate \
