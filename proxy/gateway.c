@@ -315,6 +315,14 @@ static void worker_cleanup(struct gateway_worker *w) {
     if (w->tick) event_free(w->tick);
     shared_config_unref(w->pending);
     shared_config_unref(w->pw.config);
+    /* Objects freed above may still be held by callbacks libevent deferred: a bufferevent of an
+     * upstream connection whose read or event callback was queued when evhttp freed it, an
+     * evdns lookup that evdns_base_free failed. event_base_free cancels such callbacks without
+     * running them, and what they hold leaked (as many as the upstream connections that were
+     * busy at the stop). One non-blocking turn runs them: their own callbacks were cleared when
+     * their owners freed them, so they only release. Nothing of the worker's is registered any
+     * more (only libevent's notification event). */
+    if (w->pw.base) event_base_loop(w->pw.base, EVLOOP_NONBLOCK);
     if (w->pw.base) event_base_free(w->pw.base);
     if (w->g) pthread_mutex_destroy(&w->lock);
 }
