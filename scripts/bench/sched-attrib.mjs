@@ -134,55 +134,37 @@ const runs = new Map(ROLES.map((r) => [r, []]));
 const waits = new Map(ROLES.map((r) => [r, []]));
 for (const iv of runList) runs.get(role(iv[2], iv[3], iv[4]))?.push(iv);
 for (const iv of waitList) waits.get(role(iv[2], iv[3], iv[4]))?.push(iv);
-for (const list of [...runs.values(), ...waits.values()]) list.sort((a, b) => a[0] - b[0]);
 
-// overlap of [a, b] with a role's intervals (sorted by start; a role's intervals may overlap each
-// other when it has several threads or CPUs: they add up, as CPU time does)
-function overlap(list, a, b, maxLen) {
-  // first interval that could reach a: start >= a - maxLen
+// A role's intervals sorted by start, with the longest one's length: the intervals that can
+// reach a time t start at or after t - maxLen. A role's intervals may overlap each other (several
+// threads or CPUs): they add up, as CPU time does.
+for (const list of [...runs.values(), ...waits.values()]) {
+  list.sort((x, y) => x[0] - y[0]);
+  list.maxLen = list.reduce((m, iv) => Math.max(m, iv[1] - iv[0]), 0);
+}
+
+// The sum of f(x, y, interval) over the parts [x, y] of list's intervals inside [a, b].
+function sumInside(list, a, b, f) {
   let lo = 0;
   let hi = list.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (list[mid][0] < a - maxLen) lo = mid + 1;
+    if (list[mid][0] < a - list.maxLen) lo = mid + 1;
     else hi = mid;
   }
   let s = 0;
   for (let i = lo; i < list.length && list[i][0] < b; i++) {
     const x = Math.max(a, list[i][0]);
     const y = Math.min(b, list[i][1]);
-    if (y > x) s += y - x;
+    if (y > x) s += f(x, y, list[i]);
   }
   return s;
 }
+const overlap = (list, a, b) => sumInside(list, a, b, (x, y) => y - x);
 // The part of a role's waits inside [a, b] during which the CPU it then ran on was still idle:
 // woken, but the halted vCPU had not come back yet (the wake-up latency of the VM), not a queue.
-function waitOnIdle(list, a, b, maxLen, maxIdle) {
-  let lo = 0;
-  let hi = list.length;
-  while (lo < hi) {
-    const mid = (lo + hi) >> 1;
-    if (list[mid][0] < a - maxLen) lo = mid + 1;
-    else hi = mid;
-  }
-  let s = 0;
-  for (let i = lo; i < list.length && list[i][0] < b; i++) {
-    const x = Math.max(a, list[i][0]);
-    const y = Math.min(b, list[i][1]);
-    const idle = runs.get(`idle CPU ${list[i][4]}`);
-    if (y > x && idle) s += overlap(idle, x, y, maxIdle.get(list[i][4]));
-  }
-  return s;
-}
-const maxLen = new Map();
-for (const [k, list] of [...runs.entries()].map(([k, v]) => [`r:${k}`, v])
-  .concat([...waits.entries()].map(([k, v]) => [`w:${k}`, v]))) {
-  let mx = 0;
-  for (const iv of list) mx = Math.max(mx, iv[1] - iv[0]);
-  maxLen.set(k, mx);
-}
-
-const maxIdle = new Map([0, 1].map((c) => [c, maxLen.get(`r:idle CPU ${c}`) || 0]));
+const waitOnIdle = (list, a, b) =>
+  sumInside(list, a, b, (x, y, iv) => (runs.has(`idle CPU ${iv[4]}`) ? overlap(runs.get(`idle CPU ${iv[4]}`), x, y) : 0));
 
 // ---- the groups ----
 const covered = reqs.filter((r) => r.due >= first && r.done <= last);
@@ -209,11 +191,10 @@ function attribute(list) {
     sum.latency += q.done - q.due;
     sum.lag += q.sent - q.due;
     for (const r of ROLES) {
-      sum[`run ${r}`] += overlap(runs.get(r), q.due, q.done, maxLen.get(`r:${r}`));
+      sum[`run ${r}`] += overlap(runs.get(r), q.due, q.done);
       if (r.startsWith('idle')) continue;
-      sum[`wait ${r}`] += overlap(waits.get(r), q.due, q.done, maxLen.get(`w:${r}`));
-      sum[`wake ${r}`] = (sum[`wake ${r}`] || 0) +
-        waitOnIdle(waits.get(r), q.due, q.done, maxLen.get(`w:${r}`), maxIdle);
+      sum[`wait ${r}`] += overlap(waits.get(r), q.due, q.done);
+      sum[`wake ${r}`] = (sum[`wake ${r}`] || 0) + waitOnIdle(waits.get(r), q.due, q.done);
     }
   }
   for (const k of Object.keys(sum)) sum[k] /= list.length;
