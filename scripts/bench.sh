@@ -836,7 +836,7 @@ latency_run() {
     -v n="$((rate * (duration + latency_warmup)))" -v el="$((ns1 - ns0))" 'BEGIN {
       x = ((b - o) / hz * 1e6 - lg * n) / (el / 1e3 * 2) * 100; printf "%.0f", x < 0 ? 0 : x }')
   if ((${#bad[@]})); then
-    lat_invalid[$t@$pct]=$((${lat_invalid[$t@$pct]:-0} + 1))
+    [[ $i == sched ]] || lat_invalid[$t@$pct]=$((${lat_invalid[$t@$pct]:-0} + 1))
     say "$t at $rate req/s ($pct% of capgate's max) run $i: INVALID: ${bad[*]}"
     cat "$out" >&2
     return 0
