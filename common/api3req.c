@@ -19,6 +19,43 @@ int api3req_fail(const char **code, const char *c, char *err, size_t errlen, con
     return -1;
 }
 
+/* The request's headers with its Host without the port. */
+struct no_port {
+    tc3_header_fn header;
+    void *arg;
+    char host[300];
+};
+
+static const char *host_without_port(void *arg, const char *lname) {
+    struct no_port *np = arg;
+    return strcmp(lname, "host") == 0 ? np->host : np->header(np->arg, lname);
+}
+
+int api3req_tc3_verify(enum api3_shape s, const char *query, const void *body, size_t body_len,
+                       tc3_header_fn header, void *arg, const struct tc3_auth *a,
+                       const char *secret_key, uint64_t timestamp, char *err, size_t errlen) {
+    struct tc3_request r = {"POST", "/", "", body, body_len, header, arg};
+    const char *content_sha = header(arg, "x-tc-content-sha256");
+    if (s != API3_SHAPE_JSON) r.query = query ? query : "";
+    if (s == API3_SHAPE_QUERY) {
+        r.method = "GET";
+        r.payload = "";
+        r.payload_len = 0;
+    }
+    if (content_sha && strcmp(content_sha, API3REQ_UNSIGNED_PAYLOAD) == 0) {
+        r.payload = API3REQ_UNSIGNED_PAYLOAD;
+        r.payload_len = sizeof(API3REQ_UNSIGNED_PAYLOAD) - 1;
+    }
+    int rc = tc3_verify(&r, a, secret_key, timestamp, err, errlen);
+    if (rc != -1) return rc;
+    struct no_port np = {header, arg, ""};
+    tc3_host_without_port(header(arg, "host"), np.host, sizeof(np.host));
+    r.header = host_without_port;
+    r.header_arg = &np;
+    char err2[256];
+    return tc3_verify(&r, a, secret_key, timestamp, err2, sizeof(err2)) == 0 ? 0 : rc;
+}
+
 /* 1 when ct is type, alone or followed by ';' and parameters. */
 static int type_is(const char *ct, const char *type) {
     size_t n = strlen(type);

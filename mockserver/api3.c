@@ -29,20 +29,9 @@ static const char *header(const struct httpd_req *req, const char *name) {
     return NULL;
 }
 
-/* Header lookup for tc3: host can be the Host header as sent or without its port (the Node
- * SDK signs URL.hostname but sends URL.host). */
-struct hdr_arg {
-    const struct httpd_req *req;
-    char host[300];
-};
-
+/* The request's headers for tc3 (api3req_tc3_verify), by lower-case name. */
 static const char *hdr_as_sent(void *arg, const char *lname) {
-    return header(((struct hdr_arg *)arg)->req, lname);
-}
-
-static const char *hdr_no_port(void *arg, const char *lname) {
-    struct hdr_arg *a = arg;
-    return strcmp(lname, "host") == 0 ? a->host : header(a->req, lname);
+    return header(arg, lname);
 }
 
 static int fail(struct api3_call *c, const char *code, const char *fmt, ...)
@@ -216,8 +205,6 @@ static int check(struct mock *m, struct httpd_req *req, struct api3_call *c, str
                     m->opts->timestamp_window);
     /* The service of the scope: "captcha", or the first label of the Host, which is what the
      * SDKs derive from an endpoint (endpoint.split(".")[0]) when pointed at the emulator. */
-    struct hdr_arg ha = {.req = req};
-    tc3_host_without_port(req->host, ha.host, sizeof(ha.host));
     size_t label = strcspn(req->host ? req->host : "", ".");
     if (strcmp(a.service, "captcha") != 0 &&
         (!req->host || strlen(a.service) != label || strncmp(a.service, req->host, label) != 0))
@@ -226,20 +213,8 @@ static int check(struct mock *m, struct httpd_req *req, struct api3_call *c, str
                     "captcha nor the first label of the Host",
                     a.service);
     const char *key = m->opts->creds[c->cred].secret_key;
-    struct tc3_request r = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
-    if (shape == API3_SHAPE_QUERY) {
-        /* TC3 over GET: the query signed as sent, the payload hash that of "" */
-        r.method = "GET";
-        r.payload = "";
-        r.payload_len = 0;
-    }
-    if (shape != API3_SHAPE_JSON) r.query = req->query ? req->query : "";
-    int rc = tc3_verify(&r, &a, key, ts, err, sizeof(err));
-    if (rc == -1) {
-        r.header = hdr_no_port;
-        char err2[256];
-        if (tc3_verify(&r, &a, key, ts, err2, sizeof(err2)) == 0) rc = 0;
-    }
+    int rc = api3req_tc3_verify(shape, req->query, req->body, req->body_len, hdr_as_sent,
+                                (void *)req, &a, key, ts, err, sizeof(err));
     if (rc != 0) {
         c->verdict = JOURNAL_SIG_BAD;
         return fail(c, "AuthFailure.SignatureFailure", "%s (signed with the SecretKey of %s)", err,

@@ -83,19 +83,10 @@ static int fail(struct api3_auth_result *r, const char *code, const char *fmt, .
     return -1;
 }
 
-struct host_arg {
-    const struct api3_auth_request *req;
-    char host[300];
-};
-
+/* The request's headers for tc3 (api3req_tc3_verify), by lower-case name. */
 static const char *hdr_as_sent(void *arg, const char *lname) {
-    const struct host_arg *h = arg;
-    return h->req->header(h->req->header_arg, lname);
-}
-
-static const char *hdr_no_port(void *arg, const char *lname) {
-    struct host_arg *h = arg;
-    return strcmp(lname, "host") == 0 ? h->host : h->req->header(h->req->header_arg, lname);
+    const struct api3_auth_request *req = arg;
+    return req->header(req->header_arg, lname);
 }
 
 /* The gateway issues permanent keys: a Token (a temporary credential's) cannot belong to one. */
@@ -207,24 +198,8 @@ int api3_authenticate(const struct config *c, const struct api3_auth_request *re
                     "the Credential's service %s is neither " API3_SERVICE
                     " nor the first label of the Host",
                     a.service);
-    struct host_arg ha = {.req = req};
-    tc3_host_without_port(host, ha.host, sizeof(ha.host));
-    struct tc3_request tr = {"POST", "/", "", req->body, req->body_len, hdr_as_sent, &ha};
-    if (req->shape == API3_SHAPE_QUERY) {
-        /* the query as sent, and no payload (its hash is that of "") */
-        tr.method = "GET";
-        tr.query = req->query ? req->query : "";
-        tr.payload = "";
-        tr.payload_len = 0;
-    } else if (req->shape != API3_SHAPE_JSON) {
-        tr.query = req->query ? req->query : "";
-    }
-    int rc = tc3_verify(&tr, &a, app->secret_key, ts, err, sizeof(err));
-    if (rc == -1) {
-        char err2[256];
-        tr.header = hdr_no_port;
-        if (tc3_verify(&tr, &a, app->secret_key, ts, err2, sizeof(err2)) == 0) rc = 0;
-    }
+    int rc = api3req_tc3_verify(req->shape, req->query, req->body, req->body_len, hdr_as_sent,
+                                (void *)req, &a, app->secret_key, ts, err, sizeof(err));
     if (rc == -2 && strstr(err, "missing"))
         return fail(r, "AuthFailure.SignatureFailure", "%s", err);
     if (rc != 0)

@@ -18,6 +18,7 @@
 #include <jansson.h>
 
 #include "capgate/sign.h"
+#include "capgate/tc3.h"
 #include "capgate/validate.h"
 
 struct params;
@@ -69,6 +70,21 @@ int api3req_v1_public(const struct params *p, struct api3_v1 *out, const char **
  * SDK's hostname). k when not NULL (precomputed states), else key. 0 match, -1 not. */
 int api3req_v1_verify(const struct params *p, const char *method, const char *host,
                       const struct sign_key *k, const char *key);
+
+/* The value of X-TC-Content-SHA256 with which the Python, Java and Go SDKs (their profile's
+ * unsignedPayload) sign the string "UNSIGNED-PAYLOAD" in place of the body. */
+#define API3REQ_UNSIGNED_PAYLOAD "UNSIGNED-PAYLOAD"
+
+/* Verifies a's TC3 signature over a request of shape s, whose headers header(arg, lname) gives
+ * (the lower-case name; "host" included). What is signed follows the shape: GET signs the query
+ * as sent and an empty payload, a form or multipart POST the query as sent and the body, a JSON
+ * POST the body; with "X-TC-Content-SHA256: UNSIGNED-PAYLOAD" the payload is that string, not
+ * the body. The Host is tried as sent, then without its port (the Node SDK signs URL.hostname
+ * but sends URL.host). tc3_verify's result: 0, -1 mismatch (err says what), -2 OOM or a signed
+ * header missing. */
+int api3req_tc3_verify(enum api3_shape s, const char *query, const void *body, size_t body_len,
+                       tc3_header_fn header, void *arg, const struct tc3_auth *a,
+                       const char *secret_key, uint64_t timestamp, char *err, size_t errlen);
 
 /* The fields of p as a JSON object typed by fields (validate_api3_fields): an Integer field's
  * value must be an optional '-' and 1..19 digits (it becomes a JSON integer; its range is the

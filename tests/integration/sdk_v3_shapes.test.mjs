@@ -64,12 +64,13 @@ const SHAPES = [
 ];
 const shapeName = ([m, r, mp]) => `${m} ${r}${mp ? ' multipart' : ''}`;
 
-function client(t, signMethod, reqMethod, cred = {}) {
+function client(t, signMethod, reqMethod, cred = {}, language = undefined) {
   return new tencentcloud.captcha.v20190722.Client({
     credential: { secretId: t.secretId, secretKey: t.secretKey, ...cred },
     region: '',
     profile: {
       signMethod,
+      language,
       httpProfile: { reqMethod, endpoint: t.host, protocol: 'https://', agent: new https.Agent({ ca: certs().caPem }) },
     },
   });
@@ -109,9 +110,9 @@ async function atOffset(offsetS, fn) {
 
 /** One SDK call of a shape. multipart: the SDK hashes only string (and Buffer) parts of the body
  * it sends (common/sign.js sign3), so its fields go as strings there. */
-function sdkCall(t, shape, body, { cred, nonce, action = 'DescribeCaptchaResult' } = {}) {
+function sdkCall(t, shape, body, { cred, nonce, action = 'DescribeCaptchaResult', language } = {}) {
   const [signMethod, reqMethod, multipart] = shape;
-  const c = client(t, signMethod, reqMethod, cred);
+  const c = client(t, signMethod, reqMethod, cred, language);
   const send = () => (multipart
     ? c.request(action, Object.fromEntries(Object.entries(body).map(([k, v]) => [k, String(v)])), { multipart: true })
     : c.request(action, body));
@@ -143,6 +144,15 @@ for (const [name, target] of Object.entries(targets)) {
       const mini = await sdkCall(t, shape, { CaptchaType: 9, Ticket: s2.ticket, UserIp: '203.0.113.9',
         CaptchaAppId: APP_ID, ...t.appKey }, { action: 'DescribeCaptchaMiniResult' });
       assert.equal(mini.CaptchaCode, 1, `${shapeName(shape)} mini: ${JSON.stringify(mini)}`);
+    }
+  });
+
+  test(`${name}: a client with profile.language (X-TC-Language, or v1's Language) is answered in every shape`, async () => {
+    for (const shape of SHAPES) {
+      const t = target();
+      const s = await solve();
+      const r = await sdkCall(t, shape, fields(t, s), { language: 'en-US' });
+      assert.equal(r.CaptchaCode, 1, `${shapeName(shape)}: ${JSON.stringify(r)}`);
     }
   });
 
@@ -276,6 +286,29 @@ for (const [name, target] of Object.entries(targets)) {
     const v1 = await request(`${t.base}/?${form}`, { ca: certs().caPem, headers: { Host: t.host } });
     assert.equal(v1.json?.Response?.Error?.Code, 'MissingParameter', v1.body);
     assert.match(v1.json.Response.Error.Message, /Nonce/);
+  });
+
+  test(`${name}: X-TC-Content-SHA256: UNSIGNED-PAYLOAD (the Python, Java and Go SDKs' unsignedPayload) signs that string, not the body`, async () => {
+    const t = target();
+    const s = await solve();
+    const ts = Math.floor(Date.now() / 1000);
+    const body = JSON.stringify(fields(t, s));
+    const send = (signedPayload, extra = {}) => {
+      const headers = { 'Content-Type': 'application/json', Host: t.host, 'X-TC-Action': 'DescribeCaptchaResult',
+        'X-TC-Version': '2019-07-22', 'X-TC-Timestamp': String(ts), ...extra };
+      headers.Authorization = tc3Sign({ headers, payload: signedPayload, secretId: t.secretId,
+        secretKey: t.secretKey, service: '127', timestamp: ts }).authorization;
+      return request(`${t.base}/`, { method: 'POST', headers, body, ca: certs().caPem });
+    };
+    // signed over "UNSIGNED-PAYLOAD" without saying so: the body's hash was expected
+    let r = await send('UNSIGNED-PAYLOAD');
+    assert.equal(r.json?.Response?.Error?.Code, 'AuthFailure.SignatureFailure', r.body);
+    // said so, but signed over the body: refused too
+    r = await send(body, { 'X-TC-Content-SHA256': 'UNSIGNED-PAYLOAD' });
+    assert.equal(r.json?.Response?.Error?.Code, 'AuthFailure.SignatureFailure', r.body);
+    // said and signed so: verified, and the call is answered (CaptchaCode 1)
+    r = await send('UNSIGNED-PAYLOAD', { 'X-TC-Content-SHA256': 'UNSIGNED-PAYLOAD' });
+    assert.equal(r.json?.Response?.CaptchaCode, 1, r.body);
   });
 }
 

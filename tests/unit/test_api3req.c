@@ -314,6 +314,57 @@ static void test_tc3_get_and_multipart_match_sdk(void **state) {
     params_cleanup(&p);
 }
 
+/* X-TC-Content-SHA256: UNSIGNED-PAYLOAD (the unsignedPayload of the Python, Java and Go SDKs):
+ * the payload signed is that string, not the body. The signatures are the official Python SDK's
+ * (TencentCloud/tencentcloud-sdk-python, AbstractClient._get_tc3_signature) for this body, the
+ * Host captcha.tencentcloudapi.com, X-TC-Timestamp 1765000000 and the key below, computed with
+ * and without the header. */
+struct hdrs3 {
+    const char *host, *content_sha;
+};
+static const char *get3(void *arg, const char *lname) {
+    struct hdrs3 *h = arg;
+    if (strcmp(lname, "content-type") == 0) return "application/json";
+    if (strcmp(lname, "host") == 0) return h->host;
+    if (strcmp(lname, "x-tc-content-sha256") == 0) return h->content_sha;
+    return NULL;
+}
+
+static int verify3(const char *sig, const char *host, const char *content_sha) {
+    static const char body[] = "{\"CaptchaType\":9,\"Ticket\":\"t\",\"UserIp\":\"127.0.0.1\","
+                               "\"Randstr\":\"r\",\"CaptchaAppId\":190000001,"
+                               "\"AppSecretKey\":\"k\"}";
+    char value[512], err[256];
+    struct tc3_auth a;
+    struct hdrs3 h = {host, content_sha};
+    snprintf(value, sizeof(value),
+             "TC3-HMAC-SHA256 Credential=AKIDtest/2025-12-06/captcha/tc3_request, "
+             "SignedHeaders=content-type;host, Signature=%s",
+             sig);
+    assert_int_equal(tc3_parse_authorization(value, &a, err, sizeof(err)), 0);
+    return api3req_tc3_verify(API3_SHAPE_JSON, NULL, body, sizeof(body) - 1, get3, &h, &a,
+                              "capgate-test-secret-key", 1765000000u, err, sizeof(err));
+}
+
+static void test_tc3_unsigned_payload_matches_sdk(void **state) {
+    (void)state;
+    const char *unsigned_sig = "784171c99388da90c0307e2f7feec17eeb3791e15a5a6f0149a87d90e3074761";
+    const char *signed_sig = "4f0701ef7fcabac3483bcc1b47552e6e4dd112dcf53dc4c07e687dc0c4610f21";
+    const char *host = "captcha.tencentcloudapi.com";
+    assert_int_equal(verify3(unsigned_sig, host, "UNSIGNED-PAYLOAD"), 0);
+    assert_int_equal(verify3(signed_sig, host, NULL), 0);
+    /* each only in its own mode: the header decides what is hashed */
+    assert_int_equal(verify3(unsigned_sig, host, NULL), -1);
+    assert_int_equal(verify3(signed_sig, host, "UNSIGNED-PAYLOAD"), -1);
+    /* another value of the header (a hash of the body, as some clients send) signs the body */
+    assert_int_equal(verify3(signed_sig, host,
+                             "0000000000000000000000000000000000000000000000000000000000000000"),
+                     0);
+    /* signed without the port, sent with it */
+    assert_int_equal(verify3(unsigned_sig, "captcha.tencentcloudapi.com:443", "UNSIGNED-PAYLOAD"),
+                     0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_v1_matches_sdk),
@@ -322,6 +373,7 @@ int main(void) {
         cmocka_unit_test(test_body_typing),
         cmocka_unit_test(test_params_of_shapes),
         cmocka_unit_test(test_tc3_get_and_multipart_match_sdk),
+        cmocka_unit_test(test_tc3_unsigned_payload_matches_sdk),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
