@@ -522,47 +522,46 @@ static int body3_params(struct pipeline_ctx *ctx) {
     return 0;
 }
 
+/* 3.0: the Action one this gateway fronts, the Version 2019-07-22. */
+static enum stage_result check_action_version3(struct pipeline_ctx *ctx) {
+    if (ctx->rec.action_id == V2_ACTION_UNKNOWN)
+        return ctx_error3(ctx, "InvalidAction", APIERR_VERSION, PIPELINE_INVALID,
+                          "the Action %.64s is not fronted by this gateway (it has "
+                          "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
+                          ctx->rec.action);
+    if (strcmp(ctx->version3, API3_VERSION) != 0)
+        return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
+                          "the Version %.40s does not exist; use " API3_VERSION, ctx->version3);
+    return STAGE_NEXT;
+}
+
 static enum stage_result stage_validate3(struct pipeline_ctx *ctx) {
     char err[256];
     const char *code = NULL;
-    json_error_t jerr;
+    enum stage_result next;
     if (ctx->shape3 != API3_SHAPE_JSON) {
         /* the fields as strings, typed by the Action's model; the list is then reused for the
          * fingerprint's parameters (body3_params), as a JSON call's */
-        if (ctx->rec.action_id == V2_ACTION_UNKNOWN)
-            return ctx_error3(ctx, "InvalidAction", APIERR_VERSION, PIPELINE_INVALID,
-                              "the Action %.64s is not fronted by this gateway (it has "
-                              "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
-                              ctx->rec.action);
+        if ((next = check_action_version3(ctx)) != STAGE_NEXT) return next;
         ctx->body3 = api3req_body(
             &ctx->params, ctx->v1,
             validate_api3_fields(ctx->rec.action_id == V3_ACTION_DESCRIBE_CAPTCHA_MINI_RESULT),
             validate_action_name(ctx->rec.action_id), &code, err, sizeof(err));
         if (!ctx->body3)
             return ctx_error3(ctx, code, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, "%s", err);
-        if (strcmp(ctx->version3, API3_VERSION) != 0)
-            return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
-                              "the Version %.40s does not exist; use " API3_VERSION, ctx->version3);
         ctx->version3 = API3_VERSION; /* it may point into the list emptied here */
         params_reset(&ctx->params);
     } else {
+        json_error_t jerr;
         ctx->body3 = json_loadb(ctx->req->body, ctx->req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+        if (!ctx->body3)
+            return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                              "the body is not JSON: %s (at byte %d)", jerr.text, jerr.position);
+        if (!json_is_object(ctx->body3))
+            return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
+                              "the body must be a JSON object");
+        if ((next = check_action_version3(ctx)) != STAGE_NEXT) return next;
     }
-    if (!ctx->body3)
-        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
-                          "the body is not JSON: %s (at byte %d)", jerr.text, jerr.position);
-    if (!json_is_object(ctx->body3))
-        return ctx_error3(ctx, "InvalidParameter", APIERR_INVALID_PARAMETER, PIPELINE_INVALID,
-                          "the body must be a JSON object");
-    if (ctx->rec.action_id == V2_ACTION_UNKNOWN)
-        return ctx_error3(ctx, "InvalidAction", APIERR_VERSION, PIPELINE_INVALID,
-                          "the Action %.64s is not fronted by this gateway (it has "
-                          "DescribeCaptchaResult and DescribeCaptchaMiniResult)",
-                          ctx->rec.action);
-    const char *ver = ctx->version3;
-    if (strcmp(ver, API3_VERSION) != 0)
-        return ctx_error3(ctx, "NoSuchVersion", APIERR_VERSION, PIPELINE_INVALID,
-                          "the Version %.40s does not exist; use " API3_VERSION, ver);
     if (api3_validate(ctx->config, ctx->rec.action_id, ctx->body3, &ctx->fields,
                       &ctx->captcha_app_id, &code, err, sizeof(err)) != 0)
         return ctx_error3(ctx, code, APIERR_INVALID_PARAMETER, PIPELINE_INVALID, "%s", err);
