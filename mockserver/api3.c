@@ -68,16 +68,9 @@ static int parse_u64(const char *s, uint64_t *out) {
 #define TOKEN_FAILURE "the Token is not valid: SecretId %s is a permanent key, which takes no Token"
 
 static int check_quota(struct mock *m, struct api3_call *c, uint64_t now) {
-    if (!m->opts->quota) return 0;
-    struct mock_quota *q = &m->quota[c->cred];
-    if (q->second != now) {
-        q->second = now;
-        q->count = 0;
-    }
-    if (q->count >= m->opts->quota)
+    if (mock_quota_take(m, c->cred, now) != 0)
         return fail(c, "RequestLimitExceeded", "quota of %u requests/s for SecretId %s exceeded",
                     m->opts->quota, c->secret_id);
-    q->count++;
     return 0;
 }
 
@@ -127,12 +120,7 @@ static int check_v1(struct mock *m, struct httpd_req *req, struct api3_call *c,
                     (unsigned long long)v.timestamp,
                     (unsigned long long)(v.timestamp > now ? v.timestamp - now : now - v.timestamp),
                     (unsigned long long)window);
-    char nonce_key[48];
-    int nk =
-        snprintf(nonce_key, sizeof(nonce_key), "v3:%d:%llu", c->cred, (unsigned long long)v.nonce);
-    uint64_t now_us = clock_mono_us();
-    etable_expire(m->nonces, now_us);
-    if (etable_find(m->nonces, nonce_key, (size_t)nk, NULL))
+    if (mock_nonce_used(m, "v3", c->cred, v.nonce))
         return fail(c, "AuthFailure.SignatureExpire",
                     "the Nonce %llu was already used by this SecretId within the last %llu s",
                     (unsigned long long)v.nonce, (unsigned long long)validate_nonce_ttl_s(window));
@@ -146,10 +134,7 @@ static int check_v1(struct mock *m, struct httpd_req *req, struct api3_call *c,
     c->verdict = JOURNAL_SIG_OK;
     if (v.token && *v.token)
         return fail(c, "AuthFailure.TokenFailure", TOKEN_FAILURE, c->secret_id);
-    /* only a correctly signed request spends its Nonce */
-    if (etable_put(m->nonces, nonce_key, (size_t)nk, NULL,
-                   now_us + validate_nonce_ttl_s(window) * 1000000u) != 0)
-        log_warn("nonce table: out of memory");
+    mock_nonce_spend(m, "v3", c->cred, v.nonce);
     if (check_quota(m, c, now) != 0) return -1;
     if (check_action(c, v.version) != 0) return -1;
     return type_fields(c, p, 1);

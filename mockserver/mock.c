@@ -69,6 +69,41 @@ static void free_value(void *v) {
     free(v);
 }
 
+/* "<space>:<cred>:<nonce>", or "<cred>:<nonce>" for v2's space "". */
+static int nonce_key(char *out, size_t len, const char *space, int cred, uint64_t nonce) {
+    int n = snprintf(out, len, "%s%s%d:%llu", space, *space ? ":" : "", cred,
+                     (unsigned long long)nonce);
+    return n < 0 || (size_t)n >= len ? -1 : n;
+}
+
+int mock_nonce_used(struct mock *m, const char *space, int cred, uint64_t nonce) {
+    char key[64];
+    int n = nonce_key(key, sizeof(key), space, cred, nonce);
+    if (n < 0) return 0;
+    etable_expire(m->nonces, clock_mono_us());
+    return etable_find(m->nonces, key, (size_t)n, NULL);
+}
+
+void mock_nonce_spend(struct mock *m, const char *space, int cred, uint64_t nonce) {
+    char key[64];
+    int n = nonce_key(key, sizeof(key), space, cred, nonce);
+    uint64_t ttl_us = validate_nonce_ttl_s(m->opts->timestamp_window) * 1000000u;
+    if (n < 0 || etable_put(m->nonces, key, (size_t)n, NULL, clock_mono_us() + ttl_us) != 0)
+        log_warn("nonce table: out of memory");
+}
+
+int mock_quota_take(struct mock *m, int cred, uint64_t now_s) {
+    if (!m->opts->quota) return 0;
+    struct mock_quota *q = &m->quota[cred];
+    if (q->second != now_s) {
+        q->second = now_s;
+        q->count = 0;
+    }
+    if (q->count >= m->opts->quota) return -1;
+    q->count++;
+    return 0;
+}
+
 void mock_reset(struct mock *m) {
     etable_clear(m->nonces);
     etable_clear(m->urls);
@@ -437,12 +472,7 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
                    c.pub.timestamp > now_s ? "+" : "-", (unsigned long long)skew);
         goto out;
     }
-    char nonce_key[48];
-    int nk =
-        snprintf(nonce_key, sizeof(nonce_key), "%d:%llu", cred, (unsigned long long)c.pub.nonce);
-    uint64_t now_us = clock_mono_us();
-    etable_expire(m->nonces, now_us);
-    if (etable_find(m->nonces, nonce_key, (size_t)nk, NULL)) {
+    if (mock_nonce_used(m, "", cred, c.pub.nonce)) {
         call_error(&c, APIERR_REPLAY,
                    "the Nonce %llu was already used by this SecretId within "
                    "the last %llu s",
@@ -461,25 +491,11 @@ static void handle_api(struct mock *m, struct httpd_req *req) {
         goto out;
     }
     c.verdict = JOURNAL_SIG_OK;
-    /* Only a correctly signed request spends its Nonce, so a forger cannot burn nonces. It is
-     * remembered as long as its Timestamp could still pass the window (twice the window). */
-    if (etable_put(m->nonces, nonce_key, (size_t)nk, NULL,
-                   now_us + validate_nonce_ttl_s(window) * 1000000u) != 0)
-        log_warn("nonce table: out of memory");
-    if (m->opts->quota) {
-        struct mock_quota *q = &m->quota[cred];
-        if (q->second != now_s) {
-            q->second = now_s;
-            q->count = 0;
-        }
-        if (q->count >= m->opts->quota) {
-            call_error(&c, APIERR_LIMIT_EXCEEDED,
-                       "quota of %u requests/s for SecretId %s "
-                       "exceeded",
-                       m->opts->quota, c.pub.secret_id);
-            goto out;
-        }
-        q->count++;
+    mock_nonce_spend(m, "", cred, c.pub.nonce);
+    if (mock_quota_take(m, cred, now_s) != 0) {
+        call_error(&c, APIERR_LIMIT_EXCEEDED, "quota of %u requests/s for SecretId %s exceeded",
+                   m->opts->quota, c.pub.secret_id);
+        goto out;
     }
     /* An Action other than the three: 6100, the code the error code page gives for an
      * interface this version does not have (validate_error_code). */

@@ -69,9 +69,9 @@ struct mock {
     char appid[24];           /* the app of v2 URLs: the first --captcha-app, else generated */
     uint64_t app_id;          /* the same as a number */
     uint64_t ttl_us;          /* lifetime of URLs and tickets */
-    struct etable *nonces;    /* "<credential index>:<nonce>" */
-    struct etable *urls;      /* asig -> struct mock_url */
-    struct etable *tickets;   /* ticket -> struct mock_ticket */
+    struct etable *nonces;  /* "<credential index>:<nonce>", "v3:<...>:<nonce>" (mock_nonce_used) */
+    struct etable *urls;    /* asig -> struct mock_url */
+    struct etable *tickets; /* ticket -> struct mock_ticket */
     struct faults faults;
     struct journal *journal;
     struct mock_quota *quota; /* one per credential */
@@ -87,6 +87,15 @@ struct mock *mock_new(struct event_base *base, const struct mock_opts *opts, cha
 void mock_free(struct mock *m);
 /* Forgets nonces, URLs, tickets, the journal, faults and quota counters. */
 void mock_reset(struct mock *m);
+
+/* Nonces of credential cred, in a namespace of their own per API (space: "" for v2, "v3" for
+ * API 3.0's v1 signatures). mock_nonce_used: 1 when nonce was spent within twice the window.
+ * mock_nonce_spend: spends it (only a correctly signed request does, so a forger cannot burn
+ * nonces), remembered as long as its Timestamp could still pass the window. */
+int mock_nonce_used(struct mock *m, const char *space, int cred, uint64_t nonce);
+void mock_nonce_spend(struct mock *m, const char *space, int cred, uint64_t nonce);
+/* The per-credential quota (--quota requests/s): 0 and counted, or -1 past it. */
+int mock_quota_take(struct mock *m, int cred, uint64_t now_s);
 
 /* The AppSecretKey of a CaptchaAppId (--captcha-app; without any, the generated app id has
  * MOCKOPTS_DEFAULT_APP_SECRET_KEY), or NULL for an unknown app. */
