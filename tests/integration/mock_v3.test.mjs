@@ -314,3 +314,25 @@ test('--seed makes tickets, randstr and RequestIds repeat', async () => {
   }
   assert.deepEqual(runs[0], runs[1]);
 });
+
+test('--quota limits 3.0 calls per second per SecretId too (RequestLimitExceeded)', async () => {
+  const m = await startMock({ tls: true, args: ['--quota', '1', '--captcha-app', `${APP_ID}:${APP_KEY}`] });
+  try {
+    const s = await m.admin('solve', { method: 'POST', json: { appid: APP_ID } });
+    const answers = [];
+    const seconds = new Set();
+    for (let i = 0; i < 6; i++) {
+      const r = await tc3Call(m.httpsUrl, { body: req(s), secretId: MOCK_SECRET_ID, secretKey: MOCK_SECRET_KEY,
+        ca: certs().caPem });
+      seconds.add(r.headers.date);
+      answers.push(r.json.Response);
+    }
+    const limited = answers.filter((r) => r.Error?.Code === 'RequestLimitExceeded');
+    // at most one a second was let through, over the seconds the mock answered in (its Date)
+    assert.ok(limited.length >= 1 && answers.length - limited.length <= seconds.size,
+      `${seconds.size} second(s): ${JSON.stringify(answers)}`);
+    for (const r of limited) assert.match(r.Error.Message, /quota of 1 requests\/s for SecretId/);
+  } finally {
+    await m.stop();
+  }
+});
