@@ -1,11 +1,12 @@
-/* nonce.c: the striped replay cache. Each stripe is an open-addressed table of (hash, entry)
- * pairs plus a ring of its entries in insertion order; because every entry of a stripe gets the
- * same ttl from the caller, insertion order is expiry order and pruning only ever looks at the
- * ring's head. A lookup compares hashes inside the table and reads an entry only when the hash
- * matches, and the ring keeps each entry's expiry, so a first use costs about one cache miss for
- * the check and one for the eviction of the oldest entry (a chained table of a million entries
- * took several: bucket, chain, list neighbours). The hash is keyed with random bytes so that
- * clients cannot aim many entries at one probe sequence. */
+/* nonce.c: the striped replay cache. Each stripe keeps its entries in a ring in insertion order,
+ * one cache line each, and an open-addressed table of (hash, ring position) pairs. Because every
+ * entry of a stripe gets the same ttl from the caller, insertion order is expiry order: pruning
+ * and eviction only ever look at the ring's head, and a new entry goes to its tail, which in a
+ * full stripe is the line just freed. A first use so costs about two cache misses (its own table
+ * slot, and the slot of the oldest entry it evicts); the ring is walked in order. Entries used to
+ * be allocated apart from the ring, which cost two more misses per request in a table of a million
+ * (the evicted entry, and the ring item pointing to it). The hash is keyed with random bytes so
+ * that clients cannot aim many entries at one probe sequence. */
 #include "nonce.h"
 
 #include <pthread.h>
@@ -16,46 +17,32 @@
 #define NONCE_PRUNE_STEP 4 /* expired entries removed per insert, at most */
 #define NONCE_MIN_SLOTS 32 /* table slots of a new stripe; kept at most half full */
 #define NONCE_MIN_RING 16
-#define NONCE_SPARE_MAX 64   /* removed entries a stripe keeps for reuse */
-#define NONCE_MIN_ID_ROOM 40 /* an entry holds an id of this many bytes at least (36 usual) */
+#define NONCE_INLINE_ID 36 /* ids up to this long live in the entry (AKID + 32 is usual) */
 
-struct nonce_entry {
+/* One cache line. A longer id is allocated apart; its pointer is stored in id[]. */
+struct nonce_item {
     uint64_t hash;
     uint64_t nonce;
-    union {
-        uint64_t seq;                   /* in the table: position in the stripe's ring */
-        struct nonce_entry *next_spare; /* on the stripe's spare list */
-    };
+    uint64_t expires_s; /* 0: removed before reaching the ring's head */
     uint32_t id_len;
-    uint32_t id_room; /* bytes secret_id can hold, its NUL included */
-    char secret_id[];
+    char id[NONCE_INLINE_ID];
 };
 
 struct nonce_slot {
     uint64_t hash;
-    struct nonce_entry *e; /* NULL: empty */
-};
-
-struct nonce_ring_item {
-    struct nonce_entry *e; /* NULL: removed before reaching the head */
-    uint64_t expires_s;
+    uint64_t seq; /* the entry's position in the stripe's ring; 0: an empty slot */
 };
 
 struct nonce_stripe {
     pthread_mutex_t lock;
     struct nonce_slot *slots;
     size_t n_slots; /* power of two */
-    struct nonce_ring_item *ring;
+    struct nonce_item *ring;
     size_t ring_cap;            /* power of two */
     size_t ring_head, ring_len; /* ring_len counts removed items not yet passed */
-    uint64_t head_seq;          /* seq of the item at ring_head */
+    uint64_t head_seq;          /* seq of the item at ring_head; seqs start at 1 */
     size_t count;
     uint64_t evictions;
-    /* Entries removed from the table, reused by the next inserts: once the cache is full every
-     * insert evicts one entry, so a steady stream of Nonces costs no malloc or free (a million
-     * small allocations and frees interleaved with the requests' own fragmented the heap). */
-    struct nonce_entry *spare;
-    unsigned n_spare;
 };
 
 struct nonce_cache {
@@ -98,6 +85,11 @@ static uint64_t nonce_hash(const struct nonce_cache *c, const char *id, size_t l
     return nonce_mix(h ^ nonce_mix(nonce + c->seed));
 }
 
+static struct nonce_item *nonce_ring_alloc(size_t n) {
+    /* lines of their own: a 64-byte item then costs one miss, not two */
+    return aligned_alloc(64, n * sizeof(struct nonce_item));
+}
+
 struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes) {
     struct nonce_cache *c = NULL;
     unsigned n = 1;
@@ -115,7 +107,7 @@ struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes) {
     for (unsigned i = 0; i < n; i++) {
         struct nonce_stripe *s = &c->stripes[i];
         s->slots = calloc(NONCE_MIN_SLOTS, sizeof(*s->slots));
-        s->ring = calloc(NONCE_MIN_RING, sizeof(*s->ring));
+        s->ring = nonce_ring_alloc(NONCE_MIN_RING);
         if (!s->slots || !s->ring) {
             free(s->slots);
             free(s->ring);
@@ -124,6 +116,7 @@ struct nonce_cache *nonce_cache_new(size_t max_entries, unsigned stripes) {
         }
         s->n_slots = NONCE_MIN_SLOTS;
         s->ring_cap = NONCE_MIN_RING;
+        s->head_seq = 1;
         pthread_mutex_init(&s->lock, NULL);
     }
     return c;
@@ -132,16 +125,32 @@ fail:
     return NULL;
 }
 
+static struct nonce_item *nonce_ring_at(struct nonce_stripe *s, uint64_t seq) {
+    return &s->ring[(s->ring_head + (size_t)(seq - s->head_seq)) & (s->ring_cap - 1)];
+}
+
+static const char *nonce_item_id(const struct nonce_item *it) {
+    if (it->id_len <= NONCE_INLINE_ID) return it->id;
+    const char *p;
+    memcpy(&p, it->id, sizeof(p));
+    return p;
+}
+
+/* Forgets the entry's id; the item stays in the ring, marked removed, until the head passes it. */
+static void nonce_item_clear(struct nonce_stripe *s, struct nonce_item *it) {
+    if (it->id_len > NONCE_INLINE_ID) free((char *)nonce_item_id(it));
+    it->expires_s = 0;
+    s->count--;
+}
+
 void nonce_cache_free(struct nonce_cache *c) {
     if (!c) return;
     for (unsigned i = 0; c->stripes && i < c->n_stripes; i++) {
         struct nonce_stripe *s = &c->stripes[i];
         if (!s->slots) continue;
-        for (size_t k = 0; k < s->n_slots; k++) free(s->slots[k].e);
-        while (s->spare) {
-            struct nonce_entry *next = s->spare->next_spare;
-            free(s->spare);
-            s->spare = next;
+        for (size_t k = 0; k < s->ring_len; k++) {
+            struct nonce_item *it = &s->ring[(s->ring_head + k) & (s->ring_cap - 1)];
+            if (it->expires_s) nonce_item_clear(s, it);
         }
         free(s->slots);
         free(s->ring);
@@ -156,14 +165,14 @@ static struct nonce_stripe *nonce_stripe_of(struct nonce_cache *c, uint64_t hash
     return &c->stripes[(hash >> 48) & (c->n_stripes - 1)];
 }
 
-/* The slot holding (id, nonce), or SIZE_MAX. */
-static size_t nonce_lookup(const struct nonce_stripe *s, uint64_t hash, const char *id, size_t len,
+/* The slot holding (id, nonce), or SIZE_MAX. The entry itself is read only on a matching hash. */
+static size_t nonce_lookup(struct nonce_stripe *s, uint64_t hash, const char *id, size_t len,
                            uint64_t nonce) {
     size_t mask = s->n_slots - 1;
-    for (size_t i = hash & mask; s->slots[i].e; i = (i + 1) & mask) {
-        const struct nonce_entry *e = s->slots[i].e;
-        if (s->slots[i].hash == hash && e->nonce == nonce && e->id_len == len &&
-            memcmp(e->secret_id, id, len) == 0)
+    for (size_t i = hash & mask; s->slots[i].seq; i = (i + 1) & mask) {
+        if (s->slots[i].hash != hash) continue;
+        const struct nonce_item *it = nonce_ring_at(s, s->slots[i].seq);
+        if (it->nonce == nonce && it->id_len == len && memcmp(nonce_item_id(it), id, len) == 0)
             return i;
     }
     return SIZE_MAX;
@@ -173,7 +182,7 @@ static size_t nonce_lookup(const struct nonce_stripe *s, uint64_t hash, const ch
  * tombstones then). */
 static void nonce_slot_clear(struct nonce_stripe *s, size_t i) {
     size_t mask = s->n_slots - 1;
-    for (size_t j = (i + 1) & mask; s->slots[j].e; j = (j + 1) & mask) {
+    for (size_t j = (i + 1) & mask; s->slots[j].seq; j = (j + 1) & mask) {
         size_t home = s->slots[j].hash & mask;
         /* The member at j may move to i unless its home lies cyclically in (i, j]. */
         int stays = i <= j ? (home > i && home <= j) : (home > i || home <= j);
@@ -182,54 +191,18 @@ static void nonce_slot_clear(struct nonce_stripe *s, size_t i) {
             i = j;
         }
     }
-    s->slots[i].e = NULL;
+    s->slots[i].seq = 0;
 }
 
-static struct nonce_ring_item *nonce_ring_at(struct nonce_stripe *s, uint64_t seq) {
-    return &s->ring[(s->ring_head + (size_t)(seq - s->head_seq)) & (s->ring_cap - 1)];
-}
-
-/* Removes the entry in slot i from the table and the ring; it goes to the spare list (or is
- * freed when that is full). */
+/* Removes the entry in slot i from the table and the ring. */
 static void nonce_remove(struct nonce_stripe *s, size_t i) {
-    struct nonce_entry *e = s->slots[i].e;
-    nonce_ring_at(s, e->seq)->e = NULL;
+    nonce_item_clear(s, nonce_ring_at(s, s->slots[i].seq));
     nonce_slot_clear(s, i);
-    s->count--;
-    if (s->n_spare >= NONCE_SPARE_MAX) {
-        free(e);
-        return;
-    }
-    e->next_spare = s->spare;
-    s->spare = e;
-    s->n_spare++;
-}
-
-/* An entry with room for an id of len bytes: a spare one when the first fits, else a new one;
- * NULL when out of memory. */
-static struct nonce_entry *nonce_entry_take(struct nonce_stripe *s, size_t len) {
-    struct nonce_entry *e = s->spare;
-    if (e && e->id_room > len) {
-        s->spare = e->next_spare;
-        s->n_spare--;
-        return e;
-    }
-    size_t room = len + 1 > NONCE_MIN_ID_ROOM ? len + 1 : NONCE_MIN_ID_ROOM;
-    e = malloc(sizeof(*e) + room);
-    if (e) e->id_room = (uint32_t)room;
-    return e;
-}
-
-/* The slot of an entry known to be in the table. */
-static size_t nonce_slot_of(const struct nonce_stripe *s, const struct nonce_entry *e) {
-    size_t mask = s->n_slots - 1, i = e->hash & mask;
-    while (s->slots[i].e != e) i = (i + 1) & mask;
-    return i;
 }
 
 /* Passes removed items at the ring's head; then the head is the oldest entry (if any). */
-static struct nonce_ring_item *nonce_oldest(struct nonce_stripe *s) {
-    while (s->ring_len && !s->ring[s->ring_head].e) {
+static struct nonce_item *nonce_oldest(struct nonce_stripe *s) {
+    while (s->ring_len && !s->ring[s->ring_head].expires_s) {
         s->ring_head = (s->ring_head + 1) & (s->ring_cap - 1);
         s->ring_len--;
         s->head_seq++;
@@ -237,8 +210,12 @@ static struct nonce_ring_item *nonce_oldest(struct nonce_stripe *s) {
     return s->ring_len ? &s->ring[s->ring_head] : NULL;
 }
 
-static void nonce_remove_oldest(struct nonce_stripe *s, struct nonce_ring_item *oldest) {
-    nonce_remove(s, nonce_slot_of(s, oldest->e));
+/* Removes the oldest entry (the one nonce_oldest returned): its slot is found by its hash and
+ * its seq, without reading other entries. */
+static void nonce_remove_oldest(struct nonce_stripe *s, const struct nonce_item *oldest) {
+    size_t mask = s->n_slots - 1, i = oldest->hash & mask;
+    while (s->slots[i].seq != s->head_seq) i = (i + 1) & mask;
+    nonce_remove(s, i);
     nonce_oldest(s);
 }
 
@@ -251,9 +228,9 @@ static int nonce_grow_slots(struct nonce_stripe *s) {
     struct nonce_slot *b = calloc(n, sizeof(*b));
     if (!b) return s->count + 1 < s->n_slots ? 0 : -1;
     for (size_t k = 0; k < s->n_slots; k++) {
-        if (!s->slots[k].e) continue;
+        if (!s->slots[k].seq) continue;
         size_t i = s->slots[k].hash & (n - 1);
-        while (b[i].e) i = (i + 1) & (n - 1);
+        while (b[i].seq) i = (i + 1) & (n - 1);
         b[i] = s->slots[k];
     }
     free(s->slots);
@@ -262,11 +239,12 @@ static int nonce_grow_slots(struct nonce_stripe *s) {
     return 0;
 }
 
-/* Room for one more ring item: doubles the ring (laid out from index 0 again). -1 on OOM. */
+/* Room for one more ring item: doubles the ring (laid out from index 0 again; seqs stay valid,
+ * as they count from head_seq). -1 on OOM. */
 static int nonce_grow_ring(struct nonce_stripe *s) {
     if (s->ring_len < s->ring_cap) return 0;
     size_t n = s->ring_cap * 2;
-    struct nonce_ring_item *r = malloc(n * sizeof(*r));
+    struct nonce_item *r = nonce_ring_alloc(n);
     if (!r) return -1;
     for (size_t k = 0; k < s->ring_len; k++) r[k] = s->ring[(s->ring_head + k) & (s->ring_cap - 1)];
     free(s->ring);
@@ -276,14 +254,41 @@ static int nonce_grow_ring(struct nonce_stripe *s) {
     return 0;
 }
 
+/* Fills the ring's tail with (hash, id, nonce). -1 when a long id cannot be copied. */
+static int nonce_append(struct nonce_stripe *s, uint64_t hash, const char *id, size_t len,
+                        uint64_t nonce, uint64_t expires_s) {
+    struct nonce_item *it = &s->ring[(s->ring_head + s->ring_len) & (s->ring_cap - 1)];
+    if (len > NONCE_INLINE_ID) {
+        char *p = malloc(len);
+        if (!p) return -1;
+        memcpy(p, id, len);
+        memcpy(it->id, &p, sizeof(p));
+    } else {
+        memcpy(it->id, id, len);
+    }
+    it->hash = hash;
+    it->nonce = nonce;
+    it->expires_s = expires_s;
+    it->id_len = (uint32_t)len;
+    s->ring_len++;
+    s->count++;
+    return 0;
+}
+
 int nonce_cache_seen(struct nonce_cache *c, const char *secret_id, uint64_t nonce, uint64_t now_s) {
     size_t len = strlen(secret_id);
     if (len > NONCE_MAX_SECRET_ID) return 0;
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);
     struct nonce_stripe *s = nonce_stripe_of(c, hash);
     pthread_mutex_lock(&s->lock);
+    /* A check is followed by the insert once the signature is verified, a microsecond or more
+     * later. The insert reads the ring's head (the entry it prunes or evicts) and that entry's
+     * slot: both are fetched now, beside this lookup's own miss, so they are in cache by then. */
+    const struct nonce_item *head = s->ring_len ? &s->ring[s->ring_head] : NULL;
+    if (head) __builtin_prefetch(head);
     size_t i = nonce_lookup(s, hash, secret_id, len, nonce);
-    int seen = i != SIZE_MAX && nonce_ring_at(s, s->slots[i].e->seq)->expires_s > now_s;
+    int seen = i != SIZE_MAX && nonce_ring_at(s, s->slots[i].seq)->expires_s > now_s;
+    if (head) __builtin_prefetch(&s->slots[head->hash & (s->n_slots - 1)], 1);
     pthread_mutex_unlock(&s->lock);
     return seen;
 }
@@ -294,8 +299,7 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
     if (len > NONCE_MAX_SECRET_ID) return -1;
     uint64_t hash = nonce_hash(c, secret_id, len, nonce);
     struct nonce_stripe *s = nonce_stripe_of(c, hash);
-    struct nonce_entry *fresh;
-    struct nonce_ring_item *oldest;
+    struct nonce_item *oldest;
     int rc = 0;
 
     pthread_mutex_lock(&s->lock);
@@ -306,7 +310,7 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
     }
     size_t i = nonce_lookup(s, hash, secret_id, len, nonce);
     if (i != SIZE_MAX) {
-        if (nonce_ring_at(s, s->slots[i].e->seq)->expires_s > now_s) {
+        if (nonce_ring_at(s, s->slots[i].seq)->expires_s > now_s) {
             rc = 1;
             goto out;
         }
@@ -316,24 +320,16 @@ int nonce_cache_insert(struct nonce_cache *c, const char *secret_id, uint64_t no
         if (oldest->expires_s > now_s) s->evictions++;
         nonce_remove_oldest(s, oldest);
     }
+    /* an expires_s of 0 marks a removed item: a real entry expires at 1 at the earliest */
+    uint64_t expires_s = now_s + ttl_s ? now_s + ttl_s : 1;
     if (nonce_grow_slots(s) != 0 || nonce_grow_ring(s) != 0 ||
-        !(fresh = nonce_entry_take(s, len))) {
+        nonce_append(s, hash, secret_id, len, nonce, expires_s) != 0) {
         rc = -1;
         goto out;
     }
-    fresh->hash = hash;
-    fresh->nonce = nonce;
-    fresh->id_len = (uint32_t)len;
-    memcpy(fresh->secret_id, secret_id, len + 1);
     i = hash & (s->n_slots - 1);
-    while (s->slots[i].e) i = (i + 1) & (s->n_slots - 1);
-    s->slots[i].hash = hash;
-    s->slots[i].e = fresh;
-    fresh->seq = s->head_seq + s->ring_len;
-    s->ring[(s->ring_head + s->ring_len) & (s->ring_cap - 1)] =
-        (struct nonce_ring_item){fresh, now_s + ttl_s};
-    s->ring_len++;
-    s->count++;
+    while (s->slots[i].seq) i = (i + 1) & (s->n_slots - 1);
+    s->slots[i] = (struct nonce_slot){hash, s->head_seq + s->ring_len - 1};
 out:
     pthread_mutex_unlock(&s->lock);
     return rc;
