@@ -35,7 +35,6 @@ struct audit *audit_new(const struct config *cfg, unsigned n_workers, char *err,
     redis_query_set_init(&a->queries);
     snprintf(a->maxlen, sizeof(a->maxlen), "%lu", cfg->audit.maxlen);
     snprintf(a->wait_replicas, sizeof(a->wait_replicas), "%u", cfg->audit.min_replicas);
-    snprintf(a->wait_ms, sizeof(a->wait_ms), "%u", cfg->redis ? cfg->redis->timeout_ms : 0);
     {
         const char *inst = cfg->instance ? cfg->instance : "capgate";
         size_t i;

@@ -160,7 +160,9 @@ struct audit {
     struct audit_node *held; /* records to retry first (the spool could not take them) */
     int holding;             /* held was non-empty at the last look (logged once) */
     char maxlen[24];
-    char wait_replicas[24], wait_ms[24]; /* WAIT's arguments (audit.min_replicas) */
+    unsigned redis_timeout_ms;           /* redis.timeout_ms of the connection's settings */
+    char wait_replicas[24], wait_ms[24]; /* WAIT's arguments (audit.min_replicas); wait_ms is
+                                            redis_timeout_ms, set at each connect */
     char safe_instance[48];
     unsigned segment_seq;
     struct sync_file segment; /* the spool segment being appended to; fd -1 when none */
@@ -237,8 +239,8 @@ uint64_t audit_spool_count(struct audit *a);
 
 /* audit_sink.c */
 redisReply *audit_redis_cmd(redisContext *c, const char *fmt, ...);
-redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
-                               size_t errlen);
+redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, unsigned *timeout_ms,
+                               char *err, size_t errlen);
 void audit_sink_disconnect(struct audit *a);
 void audit_print_unsaved(const struct audit_node *n);
 void audit_sink_last_resort(struct audit *a);

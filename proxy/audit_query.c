@@ -110,7 +110,7 @@ static int query_add(json_t *records, const struct audit_record *r) {
 static int query_redis(struct query_job *j, json_t *records, uint64_t *scanned, char *err,
                        size_t errlen) {
     const struct config *cfg = j->a->cfg;
-    redisContext *c = audit_redis_open(cfg->redis, NULL, err, errlen);
+    redisContext *c = audit_redis_open(cfg->redis, NULL, NULL, err, errlen);
     char end[64] = "+", start[32] = "-";
     int rc = -1;
     if (!c) return -1;

@@ -37,17 +37,19 @@ redisReply *audit_redis_cmd(redisContext *c, const char *fmt, ...) {
 
 /* A synchronous connection to the master (redis_conn.h: the settings SIGHUP published last,
  * else rc's; sentinels asked when configured), AUTH and SELECT done. NULL with err. *epoch: the
- * redis_conn_epoch() the connection was made at (NULL: not wanted). */
-redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, char *err,
-                               size_t errlen) {
+ * redis_conn_epoch() the connection was made at; *timeout_ms: the redis.timeout_ms of the
+ * settings it was made with (either NULL: not wanted). */
+redisContext *audit_redis_open(const struct config_redis *rc, uint64_t *epoch, unsigned *timeout_ms,
+                               char *err, size_t errlen) {
     struct redis_target *t = redis_target_new(rc, err, errlen);
     redisContext *c;
     uint64_t e;
     if (!t) return NULL;
     e = redis_conn_refresh(&t);
     c = redis_conn_open(t, err, errlen);
-    redis_target_unref(t);
     if (c && epoch) *epoch = e;
+    if (c && timeout_ms) *timeout_ms = redis_target_timeout_ms(t);
+    redis_target_unref(t);
     return c;
 }
 
@@ -426,12 +428,13 @@ static int replay_open(struct audit *a) {
     return rc;
 }
 
-/* The sink connection's read timeout: redis.timeout_ms, or the replay's own. */
+/* The sink connection's read timeout: redis.timeout_ms of the settings it was made with (a
+ * SIGHUP may have changed them since start), or the replay's own. */
 static void sink_timeout(struct audit *a, int replay) {
-    unsigned ms = a->cfg->redis->timeout_ms;
+    unsigned ms = a->redis_timeout_ms;
     if (replay && ms < REPLAY_TIMEOUT_MIN_MS) ms = REPLAY_TIMEOUT_MIN_MS;
     /* WAIT answers after up to redis.timeout_ms of its own (audit.min_replicas) */
-    if (a->cfg->audit.min_replicas > 0) ms += a->cfg->redis->timeout_ms + 50;
+    if (a->cfg->audit.min_replicas > 0) ms += a->redis_timeout_ms + 50;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     if (a->redis) (void)redisSetTimeout(a->redis, tv);
 }
@@ -623,10 +626,18 @@ out_free:
 
 /* ---- connection ---- */
 
+/* Connects the sink (audit_redis_open) and takes the settings' timeout_ms for its waits and
+ * WAIT's argument. 0, or -1 with err. */
+static int sink_open(struct audit *a, uint64_t *epoch, char *err, size_t errlen) {
+    a->redis = audit_redis_open(a->cfg->redis, epoch, &a->redis_timeout_ms, err, errlen);
+    if (!a->redis) return -1;
+    snprintf(a->wait_ms, sizeof(a->wait_ms), "%u", a->redis_timeout_ms);
+    return 0;
+}
+
 static void try_connect(struct audit *a) {
     char err[256];
-    a->redis = audit_redis_open(a->cfg->redis, &a->redis_epoch, err, sizeof(err));
-    if (!a->redis) {
+    if (sink_open(a, &a->redis_epoch, err, sizeof(err)) != 0) {
         sink_failed(a, err);
         return;
     }
@@ -939,8 +950,8 @@ void audit_sink_last_resort(struct audit *a) {
     }
     if (!a->redis && a->cfg->redis) {
         char err[256];
-        a->redis = audit_redis_open(a->cfg->redis, NULL, err, sizeof(err));
-        if (!a->redis) log_warn("audit: last attempt at redis: %s", err);
+        if (sink_open(a, NULL, err, sizeof(err)) != 0)
+            log_warn("audit: last attempt at redis: %s", err);
     }
     while (rest) {
         for (n = 0; n < SINK_BATCH && rest; n++) {

@@ -178,3 +178,43 @@ test('a capgate restart over a non-empty spool: the records arrive', async () =>
   await waitFor(() => fs.readdirSync(spool).filter((f) => f.endsWith('.jsonl')).length === 0,
     { what: 'the spool emptied', timeoutMs: 10000 });
 });
+
+// The sink waits for Redis as long as the redis.timeout_ms of the settings its connection was made
+// with: a SIGHUP that raises it applies to the audit trail too (it kept the start-up value
+// before). Redis is stopped for STALL_MS around one request with each setting: 200 ms gives up
+// (the batch spools, one failure line), 3000 ms waits the stall out (no failure line).
+test('redis.timeout_ms changed by SIGHUP applies to the audit sink\'s waits', async () => {
+  const STALL_MS = 800;
+  const SINK_FAILURE = /audit: redis: .*; spooling, next attempt/g;
+  const failures = (gw) => (gw.proc.stderr.match(SINK_FAILURE) ?? []).length;
+  const redis = await persistentRedis();
+  const gw = await gateway(redis);
+  /** One request while Redis is stopped for STALL_MS; resolves once its record is in the stream. */
+  const stalledRequest = async () => {
+    redis.proc.signal('SIGSTOP');
+    let id;
+    try {
+      id = (await gwCall(gw)).headers['x-request-id'];
+      await new Promise((r) => setTimeout(r, STALL_MS));
+    } finally {
+      redis.proc.signal('SIGCONT');
+    }
+    await waitForIds(redis, [id], `the record of ${id}`);
+  };
+  await waitForIds(redis, [(await gwCall(gw)).headers['x-request-id']], 'the first record');
+  assert.equal(failures(gw), 0, gw.proc.stderr);
+
+  await stalledRequest();
+  assert.ok(failures(gw) >= 1, `with timeout_ms 200 the sink gave up during the stall:\n${gw.proc.stderr}`);
+
+  const before = failures(gw);
+  const reconnects = (gw.proc.stderr.match(/audit: connected to redis/g) ?? []).length;
+  gw.writeConfig({ ...gw.config, redis: { ...gw.config.redis, timeout_ms: 3000 } });
+  gw.reload();
+  await waitFor(() => /reload: redis\.timeout_ms 200 -> 3000/.test(gw.proc.stderr),
+    { what: 'the reload of redis.timeout_ms', timeoutMs: 5000 });
+  await waitFor(() => (gw.proc.stderr.match(/audit: connected to redis/g) ?? []).length > reconnects,
+    { what: 'the sink connected with the new settings', timeoutMs: 10000 });
+  await stalledRequest();
+  assert.equal(failures(gw), before, `with timeout_ms 3000 the sink waited the stall out:\n${gw.proc.stderr}`);
+});
