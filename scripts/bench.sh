@@ -8,7 +8,8 @@
 # the proxy. Besides req/s, every run records the CPU time the server under test used per request
 # (utime + stime of the mock, the nginx worker or capgate, over the run / requests; for full,
 # redis-server's is reported beside it): a figure that varies far less than req/s on a shared
-# machine; and wrk's own CPU per request (cycle.lua counts it from when its targets are loaded). Each target runs --runs
+# machine; wrk's own CPU per request (cycle.lua counts it from when its targets are loaded); and the
+# server threads' context switches per request, voluntary + involuntary. Each target runs --runs
 # times, the targets taking turns (run 1 of each, then run 2 of each, ...) so a noisy phase of the
 # machine hits every target alike; the table gives the median requests/s of the valid runs and
 # p50/p99 of that median run and the median CPU per request, then the ratios capgate/nginx req/s
@@ -588,6 +589,15 @@ cpu_ticks() {
   echo "$total"
 }
 
+# ctx_switches PID...: the voluntary and the involuntary context switches of the processes' threads
+# so far, as "V N" (a thread that ended is not counted).
+ctx_switches() {
+  local p
+  for p in "$@"; do cat "/proc/$p"/task/*/status 2>/dev/null; done |
+    awk '$1 == "voluntary_ctxt_switches:" { v += $2 } $1 == "nonvoluntary_ctxt_switches:" { n += $2 }
+      END { print v + 0, n + 0 }'
+}
+
 # one_run TARGET RUN [CONNECTIONS]: one wrk run of TARGET; appends "rps p50_us p99_us cpu_us" to
 # results[TARGET] (results[TARGET@CONNECTIONS] for the pool targets) or counts invalid.
 one_run() {
@@ -637,6 +647,8 @@ one_run() {
   local spids cpu0 cpu1 cpu_us
   read -r -a spids <<<"$(server_pids "$t")"
   cpu0=$(cpu_ticks "${spids[@]}")
+  local sw0 sw1
+  sw0=$(ctx_switches "${spids[@]}")
   local perf_pid=""
   if [[ $i == perf ]]; then
     # The server's processes, sampled for the run's length (DWARF unwinding: the Release build
@@ -650,6 +662,7 @@ one_run() {
     bad+=("wrk failed")
   fi
   cpu1=$(cpu_ticks "${spids[@]}")
+  sw1=$(ctx_switches "${spids[@]}")
   if [[ -n $perf_pid ]]; then
     wait "$perf_pid" || bad+=("perf record failed: $(tail -n 3 "$work/perf-$key.log")")
   fi
@@ -693,7 +706,12 @@ one_run() {
   local wrk_us
   wrk_us=$(awk -v n="${total:-1}" '/^cycle.lua: cpu after loading / { printf "%.2f", $NF * 1000000 / n }' "$out")
   results[$key]+="$rps $(to_us "$p50") $(to_us "$p99") $cpu_us $i ${wrk_us:-0}"$'\n'
-  say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request, wrk ${wrk_us:-?} us/request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
+  # the server's threads' context switches per request: how often they slept (voluntary: epoll_wait
+  # found nothing) and were preempted (involuntary: wrk woke on their core and took it)
+  local switches
+  switches=$(awk -v a="$sw0" -v b="$sw1" -v n="${total:-1}" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    printf "%.2f voluntary + %.2f involuntary", (y[1] - x[1]) / n, (y[2] - x[2]) / n }')
+  say "$key run $i: $rps req/s, p50 $p50, p99 $p99, server CPU $cpu_us us/request, wrk ${wrk_us:-?} us/request, context switches $switches per request ($total requests${hits1:+, pool hits +$((hits1 - hits0)), misses +$((misses1 - misses0))})"
   if [[ $t == full* ]]; then
     redis_per_request "$t" "$total" "$(awk -v a="$redis0" -v b="$(cpu_ticks "$redis_pid")" -v hz="$clk_tck" \
       -v n="$total" 'BEGIN { printf "%.2f", (b - a) * 1000000 / hz / n }')"
