@@ -28,6 +28,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include "capgate/bevread.h"
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/num.h"
@@ -1443,6 +1444,7 @@ static void conn_new(struct httpd *h, evutil_socket_t fd, struct sockaddr *sa,
         c->is_tls = 1;
     } else {
         c->bev = bufferevent_socket_new(h->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        if (c->bev) (void)bevread_install(c->bev); /* else it reads through libevent's */
     }
     if (!c->bev) evutil_closesocket(fd);
     c->timer = evtimer_new(h->base, conn_timer_cb, c);

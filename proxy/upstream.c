@@ -34,6 +34,7 @@
 #include <openssl/err.h>
 #include <openssl/x509.h>
 
+#include "capgate/bevread.h"
 #include "capgate/clock.h"
 #include "capgate/log.h"
 #include "capgate/net.h"
@@ -245,11 +246,14 @@ static void conn_watch_cb(evutil_socket_t fd, short what, void *arg) {
 }
 
 /* On a connection that has just become idle: evhttp reads (close detection) and the socket is
- * connected. */
+ * connected. A plain socket reads with one system call from now on (bevread.h; evhttp's
+ * reconnect on the same bufferevent gives libevent's read back, so this is done at each idle
+ * turn, a no-op once done). */
 static void conn_watch_arm(struct conn *k) {
     evutil_socket_t fd = bufferevent_getfd(k->bev);
 
     if (fd < 0) return;
+    if (!k->u->tls) (void)bevread_install(k->bev);
     if (!k->watch) {
         k->watch = event_new(k->u->base, fd, EV_READ | EV_PERSIST, conn_watch_cb, k);
         if (!k->watch) return; /* only the saving is lost */
