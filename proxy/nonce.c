@@ -2,10 +2,11 @@
  * one cache line each, and an open-addressed table of (hash, ring position) pairs. Because every
  * entry of a stripe gets the same ttl from the caller, insertion order is expiry order: pruning
  * and eviction only ever look at the ring's head, and a new entry goes to its tail, which in a
- * full stripe is the line just freed. A first use so costs about two cache misses (its own table
- * slot, and the slot of the oldest entry it evicts); the ring is walked in order. Entries used to
- * be allocated apart from the ring, which cost two more misses per request in a table of a million
- * (the evicted entry, and the ring item pointing to it). The hash is keyed with random bytes so
+ * full stripe is the line just freed. A first use so touches three lines out of cache (its own
+ * table slot, the ring's head and the head's slot), and the check prefetches the last two for
+ * the insert that follows. Entries used to be allocated apart from the ring, which cost two more
+ * misses per request in a table of a million (the evicted entry, and the ring item pointing to
+ * it). The hash is keyed with random bytes so
  * that clients cannot aim many entries at one probe sequence. */
 #include "nonce.h"
 
